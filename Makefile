@@ -1,0 +1,40 @@
+# One task runner for CI, the README and developers.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+DEMO := demo-data
+
+.PHONY: venv install install-test system-deps demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q -e .
+
+install-test: $(BIN)/python system-deps
+	$(BIN)/pip install -q -e '.[test]'
+
+# PostgreSQL server binaries and Java 17 for the engine tests, from Debian, where missing.
+system-deps:
+	@bash .ci/system-deps.sh
+
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb init
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb vocab load --demo
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb status
+
+test: install-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: install-test
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not postgres and not spark and not slow"
+
+bench: install-test
+	$(BIN)/python bench/vocab_load.py
+
+clean:
+	rm -rf $(VENV) $(DEMO) medlake-data .pytest_cache

@@ -1,0 +1,63 @@
+"""DDL and Arrow schemas generated from the CDM model, never hand-written."""
+from __future__ import annotations
+
+import pyarrow as pa
+from sqlglot import exp
+
+from medlake.cdm.model import Field, Table
+
+# Logical kind -> SQL type, written once in DuckDB's dialect. Engines override a few (see engines/*).
+SQL_TYPES = {
+    "bigint": "BIGINT",
+    "integer": "INTEGER",
+    "float": "DOUBLE",
+    "date": "DATE",
+    "datetime": "TIMESTAMP",
+    "varchar": "VARCHAR",
+}
+
+ARROW_TYPES = {
+    "bigint": pa.int64(),
+    "integer": pa.int32(),
+    "float": pa.float64(),
+    "date": pa.date32(),
+    "datetime": pa.timestamp("us"),
+    "varchar": pa.string(),
+}
+
+
+def sql_type(field: Field, overrides: dict[str, str] | None = None, keep_length: bool = False) -> exp.DataType:
+    name = (overrides or {}).get(field.kind, SQL_TYPES[field.kind])
+    if keep_length and field.kind == "varchar" and field.length:
+        name = f"{name}({field.length})"
+    return exp.DataType.build(name, dialect="duckdb")
+
+
+def create_table(
+    table: Table,
+    *,
+    name: str | None = None,
+    overrides: dict[str, str] | None = None,
+    keep_length: bool = False,
+    not_null: bool = True,
+) -> exp.Create:
+    """A CREATE TABLE IF NOT EXISTS expression for a CDM table; render it with `.sql(dialect)`."""
+    cols = []
+    for f in table.fields:
+        constraints = [exp.ColumnConstraint(kind=exp.NotNullColumnConstraint())] if (f.required and not_null) else []
+        cols.append(
+            exp.ColumnDef(
+                this=exp.to_identifier(f.name, quoted=True),
+                kind=sql_type(f, overrides, keep_length),
+                constraints=constraints,
+            )
+        )
+    return exp.Create(
+        this=exp.Schema(this=exp.to_table(name or table.name), expressions=cols),
+        kind="TABLE",
+        exists=True,
+    )
+
+
+def arrow_schema(table: Table) -> pa.Schema:
+    return pa.schema([pa.field(f.name, ARROW_TYPES[f.kind], nullable=not f.required) for f in table.fields])

@@ -1,0 +1,29 @@
+"""Engines: one protocol, three databases (DuckDB default, PostgreSQL, Spark).
+
+A store is named by a URL: `duckdb:path/to/file.duckdb`, `postgresql://user@host:port/db`,
+`spark:path/to/warehouse`.
+"""
+from __future__ import annotations
+
+from medlake.engines.base import Column, Engine, EngineError, transpile
+
+__all__ = ["Column", "Engine", "EngineError", "open_engine", "transpile"]
+
+
+def open_engine(url: str) -> Engine:
+    """Open the store a URL names."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from medlake.engines.postgres import PostgresEngine
+
+        return PostgresEngine(url)
+    if url.startswith("spark:"):
+        from medlake.engines.spark import SparkEngine
+
+        return SparkEngine(url.removeprefix("spark:"))
+    if url.startswith("duckdb:"):
+        from medlake.engines.duckdb import DuckDBEngine
+
+        return DuckDBEngine(url.removeprefix("duckdb:") or ":memory:")
+    raise EngineError(
+        f"unknown store {url!r}: use duckdb:PATH, postgresql://USER@HOST:PORT/DB or spark:WAREHOUSE_DIR"
+    )

@@ -1,0 +1,107 @@
+"""The Engine protocol: the few methods every database offers medlake.
+
+SQL is written once in DuckDB's dialect and transpiled by sqlglot for the engine. Bulk data moves as
+Arrow. A capability an engine lacks fails with `EngineError` and a clear message.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol, runtime_checkable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlglot
+
+from medlake.cdm.model import Table
+
+
+class EngineError(RuntimeError):
+    """An engine could not do what was asked; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # the engine's own type name, upper-case
+    nullable: bool
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # duckdb | postgres | spark
+    dialect: str  # sqlglot dialect name
+    url: str
+
+    def execute(self, sql: str, params: list | None = None) -> None: ...
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table: ...
+
+    def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int: ...
+
+    def read_arrow(self, table: str) -> pa.Table: ...
+
+    def tables(self) -> list[str]: ...
+
+    def columns(self, table: str) -> list[Column]: ...
+
+    def create_table(self, table: "Table", name: str | None = None) -> None:
+        """Create a CDM table (or a table shaped like one, under another name) with the engine's types."""
+
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    def close(self) -> None: ...
+
+
+@lru_cache(maxsize=4096)
+def transpile(sql: str, dialect: str) -> str:
+    """DuckDB-dialect SQL (one or more statements) -> the engine's dialect."""
+    if dialect == "duckdb":
+        return sql
+    try:
+        return ";\n".join(sqlglot.transpile(sql, read="duckdb", write=dialect))
+    except sqlglot.errors.ParseError as e:
+        raise EngineError(f"cannot translate SQL for {dialect}: {e}") from e
+
+
+ARROW_OF_SQL = {
+    "BIGINT": pa.int64(), "INT8": pa.int64(), "INTEGER": pa.int32(), "INT": pa.int32(), "INT4": pa.int32(),
+    "SMALLINT": pa.int16(), "DOUBLE": pa.float64(), "DOUBLE PRECISION": pa.float64(), "FLOAT": pa.float64(),
+    "REAL": pa.float32(), "DATE": pa.date32(), "TIMESTAMP": pa.timestamp("us"), "TIMESTAMP_NTZ": pa.timestamp("us"),
+    "TIMESTAMP WITHOUT TIME ZONE": pa.timestamp("us"), "BOOLEAN": pa.bool_(), "BLOB": pa.binary(),
+    "BYTEA": pa.binary(), "BINARY": pa.binary(),
+}
+
+
+def arrow_schema_of(columns: list[Column]) -> pa.Schema:
+    """The Arrow schema of a table as an engine reports it; text-like and unknown types are strings."""
+    return pa.schema(
+        [pa.field(c.name, ARROW_OF_SQL.get(c.type.split("(")[0].strip(), pa.string()), c.nullable) for c in columns]
+    )
+
+
+def conform(data: pa.Table, schema: pa.Schema, table: str) -> pa.Table:
+    """Select and cast `data` to a table's schema: missing columns become null, unknown ones are an error.
+
+    Required (non-nullable) columns with nulls are refused, naming the column and the first row.
+    """
+    unknown = [n for n in data.column_names if schema.get_field_index(n) < 0]
+    if unknown:
+        raise EngineError(f"{table}: unknown column(s) {', '.join(unknown)}")
+    cols = []
+    for f in schema:
+        if f.name in data.column_names:
+            col = data.column(f.name)
+            if col.type != f.type:
+                try:
+                    col = col.cast(f.type)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                    raise EngineError(f"{table}.{f.name}: cannot convert {col.type} to {f.type}: {e}") from e
+        else:
+            col = pa.nulls(data.num_rows, f.type)
+        if not f.nullable and col.null_count:
+            first = pc.index(col.is_null(), True).as_py()
+            raise EngineError(f"{table}.{f.name} is required but row {first} is null")
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema)

@@ -1,0 +1,94 @@
+"""DuckDB: the embedded default. One file, nothing to start."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from medlake.cdm.ddl import create_table
+from medlake.engines.base import Column, EngineError
+
+
+class DuckDBEngine:
+    name = "duckdb"
+    dialect = "duckdb"
+
+    def __init__(self, path: str | Path = ":memory:", *, memory_limit: str | None = None, read_only: bool = False):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        config = {"memory_limit": memory_limit} if memory_limit else {}
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only, config=config)
+        except duckdb.Error as e:
+            raise EngineError(f"cannot open DuckDB store {self.path}: {e}") from e
+        self.url = f"duckdb:{self.path}"
+        self._depth = 0
+
+    def execute(self, sql: str, params: list | None = None) -> None:
+        try:
+            self.con.execute(sql, params) if params is not None else self.con.execute(sql)
+        except duckdb.Error as e:
+            raise EngineError(str(e).splitlines()[0]) from e
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table:
+        try:
+            rel = self.con.sql(sql, params=params)
+            return rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as e:
+            raise EngineError(str(e).splitlines()[0]) from e
+
+    def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
+        view = f"__medlake_load_{id(data)}"
+        self.con.register(view, data)
+        try:
+            names = data.schema.names
+            cols = ", ".join(f'"{n}"' for n in names)
+            return self.query(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM "{view}"').column(0)[0].as_py()
+        finally:
+            self.con.unregister(view)
+
+    def read_arrow(self, table: str) -> pa.Table:
+        return self.query(f'SELECT * FROM "{table}"')
+
+    def tables(self) -> list[str]:
+        t = self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() ORDER BY 1"
+        )
+        return t.column(0).to_pylist()
+
+    def columns(self, table: str) -> list[Column]:
+        t = self.query(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).to_pylist()
+        return [Column(r["column_name"], r["data_type"].upper(), r["is_nullable"] == "YES") for r in t]
+
+    def create_table(self, table, name: str | None = None) -> None:
+        self.execute(create_table(table, name=name).sql("duckdb"))
+
+    @contextmanager
+    def transaction(self):
+        if self._depth:  # nested: join the outer transaction
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.con.execute("BEGIN TRANSACTION")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.con.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        self.con.execute("COMMIT")
+
+    def close(self) -> None:
+        self.con.close()

@@ -1,0 +1,240 @@
+"""PostgreSQL: where OHDSI tools (ATLAS, HADES) use the same CDM. Arrow in and out through ADBC (COPY)."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+
+from medlake.cdm.ddl import create_table
+from medlake.engines.base import Column, EngineError, arrow_schema_of, conform
+
+# Dialect overrides: keep VARCHAR lengths; float is DOUBLE PRECISION (sqlglot renders DOUBLE that way).
+TYPE_OVERRIDES: dict[str, str] = {}
+
+
+@lru_cache(maxsize=4096)
+def to_postgres(sql: str) -> str:
+    """DuckDB SQL -> PostgreSQL, with `?` placeholders numbered `$1, $2, …` as libpq wants."""
+    try:
+        statements = sqlglot.parse(sql, read="duckdb")
+    except sqlglot.errors.ParseError as e:
+        raise EngineError(f"cannot translate SQL for postgres: {e}") from e
+    out = []
+    n = 0
+    for st in statements:
+        if st is None:
+            continue
+
+        def number(node):
+            nonlocal n
+            if isinstance(node, exp.Placeholder) and not node.this:
+                n += 1
+                return exp.Parameter(this=exp.Literal.number(n))
+            return node
+
+        out.append(st.transform(number).sql("postgres"))
+    return ";\n".join(out)
+
+
+class PostgresEngine:
+    name = "postgres"
+    dialect = "postgres"
+
+    def __init__(self, url: str):
+        try:
+            import adbc_driver_postgresql.dbapi as dbapi
+        except ImportError as e:  # pragma: no cover - depends on install
+            raise EngineError("PostgreSQL support is not installed: pip install 'medlake[postgres]'") from e
+        self.url = url
+        try:
+            self.con = dbapi.connect(url, autocommit=True)
+        except Exception as e:  # adbc raises its own OperationalError family
+            raise EngineError(f"cannot connect to {redact(url)}: {str(e).splitlines()[0]}") from e
+        self._depth = 0
+
+    def _cursor(self):
+        return self.con.cursor()
+
+    def execute(self, sql: str, params: list | None = None) -> None:
+        with self._cursor() as cur:
+            try:
+                cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
+            except EngineError:
+                raise
+            except Exception as e:
+                raise EngineError(str(e).splitlines()[0]) from e
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table:
+        with self._cursor() as cur:
+            try:
+                cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
+                return cur.fetch_arrow_table()
+            except EngineError:
+                raise
+            except Exception as e:
+                raise EngineError(str(e).splitlines()[0]) from e
+
+    def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
+        schema = arrow_schema_of(self.columns(table))
+        if not len(schema):
+            raise EngineError(f"no table {table} in {redact(self.url)}")
+        batches = data.to_batches() if isinstance(data, pa.Table) else data
+        total = 0
+        with self._cursor() as cur:
+            for batch in batches:
+                part = conform(pa.Table.from_batches([batch]), schema, table)
+                try:
+                    cur.adbc_ingest(table, part, mode="append")
+                except Exception as e:
+                    raise EngineError(f"{table}: {str(e).splitlines()[0]}") from e
+                total += part.num_rows
+        return total
+
+    def read_arrow(self, table: str) -> pa.Table:
+        return self.query(f'SELECT * FROM "{table}"')
+
+    def tables(self) -> list[str]:
+        t = self.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "AND table_type = 'BASE TABLE' ORDER BY 1"
+        )
+        return [str(x) for x in t.column(0).to_pylist()]
+
+    def columns(self, table: str) -> list[Column]:
+        rows = self.query(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).to_pylist()
+        return [Column(r["column_name"], r["data_type"].upper(), r["is_nullable"] == "YES") for r in rows]
+
+    def create_table(self, table, name: str | None = None) -> None:
+        self.execute_native(create_table(table, name=name, overrides=TYPE_OVERRIDES, keep_length=True).sql("postgres"))
+
+    def execute_native(self, sql: str) -> None:
+        """Run SQL already written for PostgreSQL (no translation)."""
+        with self._cursor() as cur:
+            try:
+                cur.execute(sql)
+            except Exception as e:
+                raise EngineError(str(e).splitlines()[0]) from e
+
+    @contextmanager
+    def transaction(self):
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.execute_native("BEGIN")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self.execute_native("ROLLBACK")
+            raise
+        self._depth = 0
+        self.execute_native("COMMIT")
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def redact(url: str) -> str:
+    """A connection URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        return f"{scheme}://{cred.split(':', 1)[0]}@{host}"
+    return url
+
+
+# --- a throwaway local server, for tests and benchmarks -------------------------------------------------
+
+
+def _pg_bindir() -> Path:
+    for cand in [os.environ.get("MEDLAKE_PG_BINDIR")] + sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if cand and Path(cand, "initdb").exists():
+            return Path(cand)
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    raise EngineError("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's postgresql package")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class TempCluster:
+    """A PostgreSQL cluster in a temporary folder on a free loopback port; `stop()` removes it.
+
+    initdb refuses to run as root, so as root the cluster belongs to the `postgres` OS user.
+    """
+
+    def __init__(self):
+        self.bindir = _pg_bindir()
+        self.dir = Path(tempfile.mkdtemp(prefix="medlake-pg-"))
+        self.data = self.dir / "data"
+        self.port = _free_port()
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            shutil.chown(self.dir, "postgres")
+            os.chmod(self.dir, 0o755)
+        self.user = "postgres" if self._as else os.environ.get("USER", "postgres")
+
+    def _run(self, *args: str) -> None:
+        r = subprocess.run([*self._as, *args], capture_output=True, text=True)
+        if r.returncode:
+            raise EngineError(f"{Path(args[0]).name} failed: {(r.stderr or r.stdout).strip()[-500:]}")
+
+    def start(self) -> "TempCluster":
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", self.user,
+                  "-E", "UTF8", "--locale=C", "--no-sync")
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off " \
+               f"-c synchronous_commit=off -c full_page_writes=off"
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
+                  "-w", "-t", "60", "start")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+
+    def create_database(self, name: str) -> str:
+        eng = PostgresEngine(self.url)
+        try:
+            eng.execute_native(f'CREATE DATABASE "{name}"')
+        finally:
+            eng.close()
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        except EngineError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        time.sleep(0)
+        self.stop()

@@ -1,0 +1,232 @@
+"""Spark: where a site outgrows one machine. Tables are Parquet folders in a warehouse directory.
+
+The catalog is rebuilt at start from the DDL kept beside each table (`<table>/_medlake.sql`), so a warehouse
+folder is self-describing and needs no metastore. Arrow goes in as Parquet files written by pyarrow and
+comes out through `DataFrame.toArrow()`.
+
+Parquet tables have no transactions and ignore NOT NULL. medlake adds both for its own writes:
+`transaction()` snapshots the warehouse with hard links (Parquet files are never modified in place) and
+restores it on error; `load_arrow` refuses nulls in required fields.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlglot import exp
+
+from medlake.engines.base import Column, EngineError, conform, transpile
+
+TYPE_OVERRIDES = {"datetime": "TIMESTAMP_NTZ"}
+META = "_medlake.json"
+
+_SESSION = None
+
+
+def spark_session():
+    """One local SparkSession per process (Spark allows one active context)."""
+    global _SESSION
+    if _SESSION is None:
+        try:
+            from pyspark.sql import SparkSession
+        except ImportError as e:  # pragma: no cover
+            raise EngineError("Spark support is not installed: pip install 'medlake[spark]'") from e
+        os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+        b = (
+            SparkSession.builder.master(os.environ.get("MEDLAKE_SPARK_MASTER", "local[2]"))
+            .appName("medlake")
+            .config("spark.sql.catalogImplementation", "in-memory")
+            .config("spark.ui.enabled", "false")
+            .config("spark.sql.shuffle.partitions", os.environ.get("MEDLAKE_SPARK_PARTITIONS", "4"))
+            .config("spark.sql.session.timeZone", "UTC")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+            .config("spark.driver.memory", os.environ.get("MEDLAKE_SPARK_DRIVER_MEMORY", "2g"))
+            .config("spark.sql.ansi.enabled", "false")
+        )
+        _SESSION = b.getOrCreate()
+        _SESSION.sparkContext.setLogLevel("ERROR")
+    return _SESSION
+
+
+def _arrow_to_spark_type(t: pa.DataType) -> str:
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_int32(t):
+        return "INT"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    if pa.types.is_date(t):
+        return "DATE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP_NTZ"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    return "STRING"
+
+
+class SparkEngine:
+    name = "spark"
+    dialect = "spark"
+
+    def __init__(self, warehouse: str | Path):
+        self.warehouse = Path(warehouse).resolve()
+        self.warehouse.mkdir(parents=True, exist_ok=True)
+        self.url = f"spark:{self.warehouse}"
+        self.spark = spark_session()
+        self._snapshot: Path | None = None
+        self._depth = 0
+        self._register_all()
+
+    # -- catalog ---------------------------------------------------------------------------------------
+    def _meta(self, table: str) -> dict | None:
+        p = self.warehouse / table / META
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def _register(self, table: str, meta: dict) -> None:
+        cols = ", ".join(f"`{c['name']}` {c['type']}" for c in meta["columns"])
+        loc = (self.warehouse / table).as_posix()
+        self.spark.sql(f"DROP TABLE IF EXISTS `{table}`")
+        self.spark.sql(f"CREATE TABLE `{table}` ({cols}) USING PARQUET LOCATION '{loc}'")
+
+    def _register_all(self) -> None:
+        known = {t.name for t in self.spark.catalog.listTables()}
+        for d in sorted(self.warehouse.iterdir()):
+            meta = self._meta(d.name) if d.is_dir() else None
+            if meta and d.name not in known:
+                self._register(d.name, meta)
+
+    def _define(self, table: str, columns: list[dict]) -> None:
+        d = self.warehouse / table
+        d.mkdir(parents=True, exist_ok=True)
+        (d / META).write_text(json.dumps({"columns": columns}, indent=1))
+        self._register(table, {"columns": columns})
+
+    # -- protocol ------------------------------------------------------------------------------------------
+    def _sql(self, sql: str, params: list | None):
+        try:
+            out = None
+            for st in transpile(sql, "spark").split(";\n"):
+                out = self.spark.sql(st, args=list(params) if params else None)
+            return out
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(str(e).splitlines()[0][:500]) from e
+
+    def execute(self, sql: str, params: list | None = None) -> None:
+        parsed = exp.maybe_parse(sql, dialect="duckdb") if ";" not in sql else None
+        if isinstance(parsed, exp.Create) and parsed.kind == "TABLE" and isinstance(parsed.this, exp.Schema):
+            self._create_from_sql(parsed)
+            return
+        if isinstance(parsed, exp.Drop) and parsed.kind == "TABLE":
+            name = parsed.this.name
+            self._sql(sql, params)
+            shutil.rmtree(self.warehouse / name, ignore_errors=True)
+            return
+        df = self._sql(sql, params)
+        if df is not None:
+            df.collect()
+
+    def _create_from_sql(self, create: exp.Create) -> None:
+        name = create.this.this.name
+        if (self.warehouse / name / META).exists():
+            if create.args.get("exists"):
+                return
+            raise EngineError(f"table {name} already exists")
+        cols = []
+        for cd in create.this.expressions:
+            nn = any(isinstance(c.kind, exp.NotNullColumnConstraint) for c in cd.constraints)
+            cols.append({"name": cd.name, "type": cd.kind.sql("spark"), "nullable": not nn})
+        self._define(name, cols)
+
+    def create_table(self, table, name: str | None = None) -> None:
+        from medlake.cdm.ddl import create_table
+
+        self._create_from_sql(create_table(table, name=name, overrides=TYPE_OVERRIDES))
+
+    def query(self, sql: str, params: list | None = None) -> pa.Table:
+        df = self._sql(sql, params)
+        try:
+            return df.toArrow()
+        except Exception as e:
+            raise EngineError(str(e).splitlines()[0][:500]) from e
+
+    def _schema(self, table: str) -> pa.Schema:
+        meta = self._meta(table)
+        if meta is None:
+            raise EngineError(f"no table {table} in {self.warehouse}")
+        fields = []
+        for c in meta["columns"]:
+            t = c["type"].upper()
+            at = {"BIGINT": pa.int64(), "INT": pa.int32(), "INTEGER": pa.int32(), "DOUBLE": pa.float64(),
+                  "DATE": pa.date32(), "TIMESTAMP_NTZ": pa.timestamp("us"), "TIMESTAMP": pa.timestamp("us"),
+                  "BOOLEAN": pa.bool_()}.get(t.split("(")[0], pa.string())
+            fields.append(pa.field(c["name"], at, nullable=c["nullable"]))
+        return pa.schema(fields)
+
+    def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
+        schema = self._schema(table)
+        if isinstance(data, pa.RecordBatchReader):
+            data = data.read_all()
+        data = conform(data, schema, table)
+        if data.num_rows:
+            pq.write_table(data, self.warehouse / table / f"part-{uuid.uuid4().hex}.parquet")
+            self.spark.sql(f"REFRESH TABLE `{table}`")
+        return data.num_rows
+
+    def read_arrow(self, table: str) -> pa.Table:
+        return self.query(f'SELECT * FROM "{table}"')
+
+    def tables(self) -> list[str]:
+        return sorted(d.name for d in self.warehouse.iterdir() if (d / META).exists())
+
+    def columns(self, table: str) -> list[Column]:
+        meta = self._meta(table)
+        if meta is None:
+            raise EngineError(f"no table {table} in {self.warehouse}")
+        return [Column(c["name"], c["type"].upper(), c["nullable"]) for c in meta["columns"]]
+
+    # -- transactions by snapshot ----------------------------------------------------------------------
+    @contextmanager
+    def transaction(self):
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        snap = self.warehouse.parent / f".{self.warehouse.name}.snapshot-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(self.warehouse, snap, copy_function=os.link)
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._restore(snap)
+            raise
+        finally:
+            self._depth = 0
+        shutil.rmtree(snap, ignore_errors=True)
+
+    def _restore(self, snap: Path) -> None:
+        before = set(self.tables())
+        broken = self.warehouse.parent / f".{self.warehouse.name}.rolledback-{uuid.uuid4().hex[:8]}"
+        os.replace(self.warehouse, broken)
+        os.replace(snap, self.warehouse)
+        shutil.rmtree(broken, ignore_errors=True)
+        after = set(self.tables())
+        for t in before - after:
+            self.spark.sql(f"DROP TABLE IF EXISTS `{t}`")
+        for t in after:
+            self._register(t, self._meta(t))
+
+    def close(self) -> None:
+        """The Spark session is shared by the process and stays up; nothing to release per store."""
