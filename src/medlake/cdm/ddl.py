@@ -30,7 +30,7 @@ def sql_type(field: Field, overrides: dict[str, str] | None = None, keep_length:
     name = (overrides or {}).get(field.kind, SQL_TYPES[field.kind])
     if keep_length and field.kind == "varchar" and field.length:
         name = f"{name}({field.length})"
-    return exp.DataType.build(name, dialect="duckdb")
+    return exp.DataType.build(name)
 
 
 def create_table(

@@ -48,7 +48,10 @@ class DuckDBEngine:
             cols = ", ".join(f'"{n}"' for n in names)
             return self.query(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM "{view}"').column(0)[0].as_py()
         finally:
-            self.con.unregister(view)
+            try:
+                self.con.unregister(view)
+            except duckdb.Error:  # an aborted transaction refuses even this; the view dies with the rollback
+                pass
 
     def read_arrow(self, table: str) -> pa.Table:
         return self.query(f'SELECT * FROM "{table}"')

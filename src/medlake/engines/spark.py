@@ -191,7 +191,9 @@ class SparkEngine:
         meta = self._meta(table)
         if meta is None:
             raise EngineError(f"no table {table} in {self.warehouse}")
-        return [Column(c["name"], c["type"].upper(), c["nullable"]) for c in meta["columns"]]
+        # Types as Spark's catalog reports them; nullability from medlake's DDL (Parquet tables drop NOT NULL).
+        actual = {f.name: f.dataType.simpleString().upper() for f in self.spark.table(f"`{table}`").schema}
+        return [Column(c["name"], actual.get(c["name"], "?"), c["nullable"]) for c in meta["columns"]]
 
     # -- transactions by snapshot ----------------------------------------------------------------------
     @contextmanager

@@ -1,0 +1,138 @@
+"""The spec suite for the foundation: the same CDM, the same data, on every engine."""
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pyarrow as pa
+import pytest
+
+from medlake.cdm import ddl, model, store
+from medlake.engines import EngineError
+
+# What each engine must report for each logical kind of the spec.
+EXPECTED = {
+    "duckdb": {"bigint": "BIGINT", "integer": "INTEGER", "float": "DOUBLE", "date": "DATE",
+               "datetime": "TIMESTAMP", "varchar": "VARCHAR"},
+    "postgres": {"bigint": "BIGINT", "integer": "INTEGER", "float": "DOUBLE PRECISION", "date": "DATE",
+                 "datetime": "TIMESTAMP WITHOUT TIME ZONE", "varchar": ("CHARACTER VARYING", "TEXT")},
+    "spark": {"bigint": "BIGINT", "integer": "INT", "float": "DOUBLE", "date": "DATE",
+              "datetime": "TIMESTAMP_NTZ", "varchar": "STRING"},
+}
+
+
+@pytest.mark.parametrize("version", ["5.4", "5.3"])
+def test_cdm_created_exactly_per_spec(engine, version):
+    store.init(engine, version)
+    cdm = model.load(version)
+    expected_tables = {t.name for t in cdm.tables} | {store.INFO_TABLE}
+    assert set(engine.tables()) == expected_tables
+    lengths = {}
+    if engine.name == "postgres":
+        rows = engine.query(
+            "SELECT table_name, column_name, character_maximum_length AS n FROM information_schema.columns "
+            "WHERE table_schema = current_schema()").to_pylist()
+        lengths = {(r["table_name"], r["column_name"]): r["n"] for r in rows}
+    checked = 0
+    for table in cdm.tables:
+        cols = engine.columns(table.name)
+        assert [c.name for c in cols] == table.field_names, table.name
+        for f, c in zip(table.fields, cols):
+            want = EXPECTED[engine.name][f.kind]
+            assert c.type in (want if isinstance(want, tuple) else (want,)), (table.name, f.name, c.type)
+            assert c.nullable == (not f.required), (table.name, f.name)
+            if engine.name == "postgres" and f.kind == "varchar":
+                assert lengths[(table.name, f.name)] == f.length, (table.name, f.name)
+            checked += 1
+    assert checked == {"5.4": 432, "5.3": 396}[version]
+
+
+def test_init_is_idempotent_and_keeps_its_version(engine):
+    assert len(store.init(engine, "5.4")) == 39
+    assert store.init(engine, "5.4") == []
+    with pytest.raises(ValueError, match="holds OMOP CDM v5.4"):
+        store.init(engine, "5.3")
+
+
+def sample_rows(table: model.Table, n: int, seed: int) -> pa.Table:
+    """Rows of every type with edge values: 64-bit ids, extremes of dates, microseconds, Chinese text, ''."""
+    rnd = random.Random(seed)
+    cols = {}
+    for f in table.fields:
+        vals = []
+        for i in range(n):
+            if not f.required and i == n - 1:
+                vals.append(None)
+                continue
+            if f.kind == "bigint":
+                vals.append(rnd.choice([2**62 + i, 1, 9_007_199_254_740_993 + i]))
+            elif f.kind == "integer":
+                vals.append(rnd.choice([2**31 - 1, -(2**31), 0, 8507]))
+            elif f.kind == "float":
+                vals.append(rnd.choice([0.1, -1e-9, 123456.789, 5.6]))
+            elif f.kind == "date":
+                vals.append(rnd.choice([dt.date(1900, 1, 1), dt.date(2099, 12, 31), dt.date(2024, 2, 29)]))
+            elif f.kind == "datetime":
+                vals.append(dt.datetime(2024, 2, 29, 23, 59, 59, rnd.randrange(1, 999_999)))
+            else:
+                limit = f.length or 200
+                vals.append(rnd.choice(["血糖(空腹)", "GLU-F", "", "O'Brien \"x\"\t|", "NA"])[:limit])
+        cols[f.name] = pa.array(vals, ddl.ARROW_TYPES[f.kind])
+    return pa.Table.from_pydict(cols, schema=ddl.arrow_schema(table))
+
+
+def test_arrow_round_trip_of_every_cdm_table(engine):
+    store.init(engine, "5.4")
+    for i, table in enumerate(model.load("5.4").tables):
+        data = sample_rows(table, 3, seed=i)
+        assert engine.load_arrow(table.name, data) == 3
+        back = engine.read_arrow(table.name)
+        assert back.schema.names == data.schema.names
+        key = table.field_names
+        got = sorted(back.cast(ddl.arrow_schema(table)).to_pylist(), key=repr)
+        want = sorted(data.to_pylist(), key=repr)
+        assert got == want, table.name
+        assert all(back.column(f.name).type == ddl.ARROW_TYPES[f.kind] for f in table.fields), (table.name, key)
+
+
+def test_required_field_refuses_null(engine):
+    store.init(engine, "5.4")
+    with pytest.raises(EngineError):
+        engine.load_arrow("person", pa.table({"person_id": pa.array([1], pa.int64()),
+                                              "gender_concept_id": pa.array([None], pa.int32())}))
+
+
+def test_transaction_rolls_back_on_error(engine):
+    store.init(engine, "5.4")
+    loc = pa.table({"location_id": pa.array([1, 2], pa.int64()), "city": ["Beijing", "Boston"]})
+    engine.load_arrow("location", loc)
+    with pytest.raises(RuntimeError, match="boom"):
+        with engine.transaction():
+            engine.load_arrow("location", pa.table({"location_id": pa.array([3], pa.int64()), "city": ["x"]}))
+            engine.execute("INSERT INTO care_site (care_site_id, care_site_name) VALUES (7, 'ward')")
+            raise RuntimeError("boom")
+    assert sorted(engine.query("SELECT location_id FROM location").column(0).to_pylist()) == [1, 2]
+    assert engine.query("SELECT count(*) AS n FROM care_site").column(0)[0].as_py() == 0
+    # a failing statement inside the transaction also leaves everything as it was
+    with pytest.raises(EngineError):
+        with engine.transaction():
+            engine.load_arrow("location", pa.table({"location_id": pa.array([4], pa.int64())}))
+            engine.load_arrow("person", pa.table({"person_id": pa.array([1], pa.int64())}))
+    assert engine.query("SELECT count(*) AS n FROM location").column(0)[0].as_py() == 2
+    # and a transaction that ends well keeps its work
+    with engine.transaction():
+        engine.load_arrow("location", pa.table({"location_id": pa.array([5], pa.int64())}))
+    assert engine.query("SELECT count(*) AS n FROM location").column(0)[0].as_py() == 3
+
+
+def test_sql_written_once_runs_everywhere(engine):
+    store.init(engine, "5.4")
+    engine.load_arrow("person", pa.table({
+        "person_id": pa.array([1, 2, 3], pa.int64()), "gender_concept_id": pa.array([8507, 8532, 8532], pa.int32()),
+        "year_of_birth": pa.array([1950, 1980, 2001], pa.int32()), "race_concept_id": pa.array([0, 0, 0], pa.int32()),
+        "ethnicity_concept_id": pa.array([0, 0, 0], pa.int32()),
+    }))
+    got = engine.query(
+        "SELECT gender_concept_id AS g, count(*) AS n, max(year_of_birth) AS y FROM person "
+        "WHERE year_of_birth > ? GROUP BY gender_concept_id ORDER BY gender_concept_id", [1960]).to_pylist()
+    assert [(r["g"], r["n"], r["y"]) for r in got] == [(8532, 2, 2001)]
