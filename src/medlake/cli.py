@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
@@ -82,7 +81,7 @@ def vocab_load(
     from medlake.cdm import store, vocab
 
     if folder is None and not demo:
-        raise click.UsageError("give a FOLDER or --demo")
+        raise typer.BadParameter("give a FOLDER or --demo")
     folder = vocab.demo_vocabulary_dir() if demo else folder
     eng = engine()
     try:
@@ -137,26 +136,18 @@ def status():
 
 
 def main() -> None:
+    """Typer handles --help and usage errors (exit 2); medlake's own errors become one line and exit 1."""
     from medlake.cdm.vocab import VocabError
     from medlake.engines.base import EngineError
 
     try:
-        rv = app(standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.UsageError as e:
-        e.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        err.print("aborted")
-        sys.exit(1)
+        app()
     except (EngineError, VocabError, config_mod.ConfigError, ValueError, OSError, KeyError) as e:
         if os.environ.get("MEDLAKE_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        err.print(f"error: {msg}", highlight=False, markup=False)
+        err.print(f"error: {msg}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
-    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""The CLI as a person uses it: a real `medlake` process, exit codes and output."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MEDLAKE = [sys.executable, "-m", "medlake.cli"]
+
+
+def run(*args, cwd: Path, env: dict | None = None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MEDLAKE_")}
+    e.update({"COLUMNS": "200", **(env or {})})
+    return subprocess.run([*MEDLAKE, *args], cwd=cwd, capture_output=True, text=True, env=e, timeout=300)
+
+
+def test_init_vocab_status_on_the_default_duckdb_store(tmp_path):
+    r = run("init", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "39 table(s) created" in r.stdout
+    assert (tmp_path / "medlake-data" / "medlake.duckdb").exists()  # the default location
+    r = run("vocab", "load", "--demo", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "row counts verified" in r.stdout
+    r = run("status", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "OMOP v5.4" in r.stdout and "DEMO" in r.stdout and "duckdb" in r.stdout
+    assert "concept " in r.stdout or "concept│" in r.stdout.replace(" ", "")
+
+
+def test_config_file_and_environment_name_the_store(tmp_path):
+    (tmp_path / "medlake.toml").write_text('[store]\nurl = "duckdb:from-config.duckdb"\ncdm_version = "5.3"\n')
+    assert run("init", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "from-config.duckdb").exists()
+    r = run("status", cwd=tmp_path)
+    assert "OMOP v5.3" in r.stdout
+    r = run("init", cwd=tmp_path, env={"MEDLAKE_STORE": "duckdb:from-env.duckdb"})
+    assert r.returncode == 0 and (tmp_path / "from-env.duckdb").exists()
+    r = run("--store", "duckdb:from-flag.duckdb", "init", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "from-flag.duckdb").exists()
+
+
+@pytest.mark.parametrize("args,code,text", [
+    (["--store", "mysql://x", "status"], 1, "unknown store"),
+    (["vocab", "load", "does-not-exist"], 1, "not a folder"),
+    (["vocab", "load"], 2, "give a FOLDER or --demo"),
+    (["no-such-command"], 2, "No such command"),
+    (["init", "--cdm-version", "6.0"], 1, "unknown OMOP CDM version"),
+])
+def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text):
+    if args[:2] == ["vocab", "load"] and len(args) == 3:
+        assert run("init", cwd=tmp_path).returncode == 0
+    r = run(*args, cwd=tmp_path)
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert text in r.stderr
+    if code == 1:
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_bad_config_names_file_and_reason(tmp_path):
+    (tmp_path / "medlake.toml").write_text('[store]\ncdm_version = "7"\n')
+    r = run("status", cwd=tmp_path)
+    assert r.returncode == 1 and "medlake.toml" in r.stderr and "cdm_version" in r.stderr
+
+
+def test_every_command_has_help(tmp_path):
+    for args in (["--help"], ["init", "--help"], ["vocab", "--help"], ["vocab", "load", "--help"],
+                 ["status", "--help"]):
+        r = run(*args, cwd=tmp_path)
+        assert r.returncode == 0 and "Usage" in r.stdout, args
