@@ -133,7 +133,7 @@ def read_batches(path: Path, table: model.Table):
 
     with open(path, "rb") as fh:
         head = fh.readline().decode("utf-8-sig").rstrip("\r\n").split("\t")
-    names = [h.strip().lower() for h in head]
+    names = [h.strip().strip('"').lower() for h in head]
     try:
         reader = pacsv.open_csv(
             path,

@@ -23,7 +23,9 @@ def open_engine(url: str) -> Engine:
     if url.startswith("duckdb:"):
         from medlake.engines.duckdb import DuckDBEngine
 
-        return DuckDBEngine(url.removeprefix("duckdb:") or ":memory:")
+        path, _, query = url.removeprefix("duckdb:").partition("?")
+        opts = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        return DuckDBEngine(path or ":memory:", memory_limit=opts.get("memory_limit"))
     raise EngineError(
         f"unknown store {url!r}: use duckdb:PATH, postgresql://USER@HOST:PORT/DB or spark:WAREHOUSE_DIR"
     )
