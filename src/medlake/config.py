@@ -3,6 +3,9 @@
 Lookup order for the store URL: `--store` on the command line, `MEDLAKE_STORE`, `medlake.toml`
 (`[store] url = …`) in the working directory or the file named by `MEDLAKE_CONFIG`, then the default
 `duckdb:./medlake-data/medlake.duckdb`.
+
+The data folder (landing, quarantine) is `MEDLAKE_DATA_DIR`, else `[site] data_dir`, else the folder of the
+DuckDB store file, else `medlake-data`.
 """
 from __future__ import annotations
 
@@ -24,6 +27,11 @@ class Config:
     cdm_version: str
     source: str  # where the settings came from, for messages
     data: dict
+    data_dir: str = "medlake-data"
+
+    @property
+    def landing_dir(self) -> Path:
+        return Path(self.data_dir) / "landing"
 
 
 def load(path: str | Path | None = None, store: str | None = None) -> Config:
@@ -45,4 +53,14 @@ def load(path: str | Path | None = None, store: str | None = None) -> Config:
     version = os.environ.get("MEDLAKE_CDM_VERSION") or section.get("cdm_version") or "5.4"
     if str(version) not in ("5.4", "5.3"):
         raise ConfigError(f"{path}: store.cdm_version must be \"5.4\" or \"5.3\", not {version!r}")
-    return Config(store=url, cdm_version=str(version), source=origin, data=data)
+    site = data.get("site", {})
+    if not isinstance(site, dict):
+        raise ConfigError(f"{path}: [site] must be a table")
+    data_dir = os.environ.get("MEDLAKE_DATA_DIR") or site.get("data_dir")
+    if data_dir is not None and not isinstance(data_dir, str):
+        raise ConfigError(f"{path}: site.data_dir must be a string")
+    if not data_dir:
+        data_dir = str(Path(url.removeprefix("duckdb:").partition("?")[0]).parent) \
+            if url.startswith("duckdb:") and url.removeprefix("duckdb:").partition("?")[0] not in ("", ":memory:") \
+            else "medlake-data"
+    return Config(store=url, cdm_version=str(version), source=origin, data=data, data_dir=data_dir)
