@@ -1,0 +1,1 @@
+"""The simulated hospital: multi-system, messy, bilingual synthetic data with ground truth."""
