@@ -1,0 +1,324 @@
+"""Checks as data: every OHDSI DQD check, generated from the CDM spec and DQD's threshold files.
+
+The CDM spec (`medlake.cdm.load`) decides which fields are required, primary keys, foreign keys and their
+domain/class; DQD's files (`dqd/`, copied from OHDSI/DataQualityDashboard) give the check types, Kahn
+categories and thresholds, and the plausibility rules the spec does not have. Where they disagree the spec
+wins; `dqd_vs_spec` lists every difference.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+from medlake.cdm import model
+
+
+@dataclass(frozen=True)
+class CheckType:
+    level: str  # TABLE, FIELD, CONCEPT
+    name: str
+    description: str
+    context: str  # Kahn: Verification / Validation
+    category: str  # Conformance / Completeness / Plausibility
+    subcategory: str
+    severity: str
+
+
+@dataclass(frozen=True)
+class Check:
+    """One concrete check: a check type on one table (and field, concept, unit)."""
+
+    name: str
+    level: str
+    table: str
+    field: str | None = None
+    concept_id: int | None = None
+    unit_concept_id: int | None = None
+    threshold: float = 0.0
+    category: str = ""
+    subcategory: str = ""
+    context: str = ""
+    severity: str = ""
+    description: str = ""
+    params: tuple = ()  # (key, value) pairs, see `param`
+    source: str = "dqd"  # dqd | medlake | site
+
+    @property
+    def id(self) -> str:
+        parts = [self.level.lower(), self.name.lower(), self.table]
+        parts += [str(p) for p in (self.field, self.concept_id, self.unit_concept_id) if p is not None]
+        return "_".join(parts)
+
+    def param(self, key: str, default=None):
+        return dict(self.params).get(key, default)
+
+
+def _csv(name: str) -> list[dict[str, str]]:
+    text = resources.files("medlake.quality").joinpath("dqd").joinpath(name).read_text(encoding="utf-8-sig")
+    return list(csv.DictReader(text.splitlines(keepends=True)))
+
+
+def dqd_rows(version: str, level: str) -> list[dict[str, str]]:
+    """Rows of DQD's OMOP_CDMv<version>_<level>.csv (Check_Descriptions, Table_Level, Field_Level, Concept_Level)."""
+    if version not in model.VERSIONS:
+        raise ValueError(f"unknown OMOP CDM version {version!r}; supported: {', '.join(model.VERSIONS)}")
+    return _csv(f"OMOP_CDMv{version}_{level}.csv")
+
+
+@cache
+def check_types(version: str = model.DEFAULT_VERSION) -> dict[str, CheckType]:
+    out: dict[str, CheckType] = {}
+    for r in dqd_rows(version, "Check_Descriptions"):
+        out[r["checkName"].strip()] = CheckType(
+            level=r["checkLevel"].strip(),
+            name=r["checkName"].strip(),
+            description=" ".join(r["checkDescription"].split()),
+            context=r["kahnContext"].strip(),
+            category=r["kahnCategory"].strip(),
+            subcategory=r["kahnSubcategory"].strip(),
+            severity=r["severity"].strip(),
+        )
+    return out
+
+
+# Checks medlake adds to DQD's list (same shape, source "medlake").
+MEDLAKE_TYPES = {
+    "mappingCoverage": CheckType(
+        "FIELD", "mappingCoverage",
+        "The number and percent of records in @cdmTableName whose @cdmFieldName is not mapped to a standard, "
+        "valid concept (0, NULL or a non-standard concept); coverage is 100 minus this percentage.",
+        "Verification", "Completeness", "Mapping", "characterization"),
+}
+
+
+def _yes(v: str | None) -> bool:
+    return (v or "").strip().lower() == "yes"
+
+
+def _num(v: str | None, default: float | None = 0.0) -> float | None:
+    v = (v or "").strip()
+    if not v or v == "NA":
+        return default
+    return float(v)
+
+
+def plausible_value(raw: str, kind: str, today: dt.date | None = None):
+    """DQD's plausibleValueLow/High as a Python value. DQD writes SQL Server expressions for dates
+    ('19500101' and DATEADD(dd,1,GETDATE())); they become dates relative to `today`."""
+    raw = raw.strip()
+    today = today or dt.date.today()
+    if raw.upper() == "DATEADD(DD,1,GETDATE())":
+        return today + dt.timedelta(days=1)
+    if raw.upper() == "YEAR(GETDATE())+1":
+        return today.year + 1
+    if raw.startswith("'") and raw.endswith("'"):
+        return dt.datetime.strptime(raw.strip("'"), "%Y%m%d").date()
+    value = float(raw)
+    if kind in ("date", "datetime"):
+        raise ValueError(f"plausible value {raw!r} is not a date")
+    return int(value) if value.is_integer() and kind in ("integer", "bigint") else value
+
+
+def _fill(text: str, **kw) -> str:
+    for k, v in kw.items():
+        text = text.replace(f"@{k}", str(v))
+    return text
+
+
+@cache
+def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None) -> tuple[Check, ...]:
+    """Every DQD check for a CDM version (plus medlake's mapping coverage), in a stable order."""
+    cdm = model.load(version)
+    types = check_types(version)
+    out: list[Check] = []
+
+    def add(name, table, fld=None, threshold=0.0, concept=None, unit=None, params=(), **fill):
+        t = types.get(name) or MEDLAKE_TYPES[name]
+        desc = _fill(t.description, cdmTableName=table.upper(), cdmFieldName=(fld or "").upper(), **fill)
+        level = "CONCEPT" if concept is not None else t.level
+        out.append(Check(name, level, table, fld, concept, unit, float(threshold), t.category, t.subcategory,
+                         t.context, t.severity, desc, tuple(params),
+                         "dqd" if name in types else "medlake"))
+
+    # -- table level ---------------------------------------------------------------------------------------
+    tl = {r["cdmTableName"].strip().lower(): r for r in dqd_rows(version, "Table_Level")}
+    for table in cdm.tables:
+        r = tl.get(table.name, {})
+        add("cdmTable", table.name)
+        for name in ("measurePersonCompleteness", "measureConditionEraCompleteness",
+                     "measureObservationPeriodOverlap"):
+            if name in types and _yes(r.get(name)):
+                add(name, table.name, threshold=_num(r.get(name + "Threshold")))
+
+    # -- field level ---------------------------------------------------------------------------------------
+    fl = {(r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower()): r
+          for r in dqd_rows(version, "Field_Level")}
+    for table in cdm.tables:
+        for f in table.fields:
+            r = fl.get((table.name, f.name), {})
+            thr = lambda name: _num(r.get(name + "Threshold"))  # noqa: E731
+            add("cdmField", table.name, f.name)
+            if f.required:  # spec wins
+                add("isRequired", table.name, f.name, thr("isRequired"))
+            if f.kind in ("integer", "bigint"):
+                add("cdmDatatype", table.name, f.name, thr("cdmDatatype"))
+            if f.primary_key:
+                add("isPrimaryKey", table.name, f.name, thr("isPrimaryKey"))
+            if f.fk_table:
+                fk = (("fk_table", f.fk_table), ("fk_field", f.fk_field or f.fk_table + "_id"))
+                add("isForeignKey", table.name, f.name, thr("isForeignKey"), params=fk, fkTableName=f.fk_table.upper())
+                if f.fk_domain and f.fk_table == "concept":
+                    add("fkDomain", table.name, f.name, thr("fkDomain"), params=(("domain", f.fk_domain),),
+                        fkDomain=f.fk_domain)
+                if f.fk_class and f.fk_table == "concept":
+                    add("fkClass", table.name, f.name, thr("fkClass"), params=(("class", f.fk_class),),
+                        fkClass=f.fk_class)
+            if not r:
+                continue  # the plausibility rules below exist only in DQD's files
+            if f.fk_table == "concept" and _yes(r.get("isStandardValidConcept")):
+                add("isStandardValidConcept", table.name, f.name, thr("isStandardValidConcept"))
+            if _yes(r.get("measureValueCompleteness")):
+                add("measureValueCompleteness", table.name, f.name, thr("measureValueCompleteness"))
+            if _yes(r.get("standardConceptRecordCompleteness")):
+                add("standardConceptRecordCompleteness", table.name, f.name, thr("standardConceptRecordCompleteness"))
+                add("mappingCoverage", table.name, f.name, 100)
+            if _yes(r.get("sourceConceptRecordCompleteness")):
+                add("sourceConceptRecordCompleteness", table.name, f.name, thr("sourceConceptRecordCompleteness"))
+            std = (r.get("standardConceptFieldName") or "").strip().lower()
+            if _yes(r.get("sourceValueCompleteness")) and std in table.field_names:
+                add("sourceValueCompleteness", table.name, f.name, thr("sourceValueCompleteness"),
+                    params=(("standard_field", std),))
+            for bound in ("Low", "High"):
+                raw = (r.get(f"plausibleValue{bound}") or "").strip()
+                if raw:
+                    value = plausible_value(raw, f.kind, today)
+                    add(f"plausibleValue{bound}", table.name, f.name, thr(f"plausibleValue{bound}"),
+                        params=(("value", value),), **{f"plausibleValue{bound}": value})
+            if _yes(r.get("plausibleTemporalAfter")):
+                at = r["plausibleTemporalAfterTableName"].strip().lower()
+                af = r["plausibleTemporalAfterFieldName"].strip().lower()
+                if at in cdm.table_names and af in cdm.table(at).field_names:
+                    add("plausibleTemporalAfter", table.name, f.name, thr("plausibleTemporalAfter"),
+                        params=(("after_table", at), ("after_field", af)),
+                        plausibleTemporalAfterTableName=at.upper(), plausibleTemporalAfterFieldName=af.upper())
+            for name in ("plausibleDuringLife", "plausibleAfterBirth", "plausibleBeforeDeath", "withinVisitDates"):
+                if name in types and _yes(r.get(name)):
+                    if name == "withinVisitDates" and "visit_occurrence_id" not in table.field_names:
+                        continue
+                    if name != "withinVisitDates" and "person_id" not in table.field_names and table.name != "person":
+                        continue
+                    add(name, table.name, f.name, thr(name))
+            if _yes(r.get("plausibleStartBeforeEnd")):
+                end = r["plausibleStartBeforeEndFieldName"].strip().lower()
+                if end in table.field_names:
+                    add("plausibleStartBeforeEnd", table.name, f.name, thr("plausibleStartBeforeEnd"),
+                        params=(("end_field", end),), plausibleStartBeforeEndFieldName=end.upper())
+
+    # -- concept level -------------------------------------------------------------------------------------
+    for r in dqd_rows(version, "Concept_Level"):
+        table, fld = r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower()
+        if table not in cdm.table_names or fld not in cdm.table(table).field_names:
+            continue
+        concepts = tuple(int(c) for c in r["conceptId"].split(","))  # DQD lists a few as "a, b"
+        concept = concepts[0]
+        unit = int(r["unitConceptId"]) if (r.get("unitConceptId") or "").strip() else None
+        fill = dict(conceptId=concept, conceptName=r["conceptName"].strip())
+        for bound in ("Low", "High"):
+            raw = (r.get(f"plausibleValue{bound}") or "").strip()
+            if raw and unit is not None:
+                add(f"plausibleValue{bound}", table, fld, _num(r.get(f"plausibleValue{bound}Threshold")),
+                    concept, unit, params=(("value", float(raw)), ("concept_ids", concepts)),
+                    **{f"plausibleValue{bound}": raw}, **fill)
+        for name in ("plausibleGender", "plausibleGenderUseDescendants"):
+            g = (r.get(name) or "").strip()
+            if g:
+                gid = {"male": 8507, "female": 8532}[g.lower()]
+                add(name, table, fld, _num(r.get(name + "Threshold")), concept,
+                    params=(("gender_concept_id", gid), ("concept_ids", concepts)), **{name: g}, **fill)
+        units = (r.get("plausibleUnitConceptIds") or "").strip()
+        if units and "unit_concept_id" in cdm.table(table).field_names:
+            ids = tuple(int(u) for u in units.split(","))
+            add("plausibleUnitConceptIds", table, fld, _num(r.get("plausibleUnitConceptIdsThreshold")), concept,
+                params=(("units", ids), ("concept_ids", concepts)), plausibleUnitConceptIds=units, **fill)
+    return tuple(out)
+
+
+def check_type_of(c: Check) -> CheckType:
+    return check_types().get(c.name) or MEDLAKE_TYPES[c.name]
+
+
+# -- where DQD's files and the CDM spec disagree -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Difference:
+    table: str
+    field: str
+    attribute: str
+    dqd: str
+    spec: str
+    resolution: str = field(default="the spec wins")
+
+
+def dqd_vs_spec(version: str) -> list[Difference]:
+    """Every place where DQD's Field_Level file disagrees with the OMOP CDM spec of the same version."""
+    cdm = model.load(version)
+    out: list[Difference] = []
+    dqd = {(r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower()): r
+           for r in dqd_rows(version, "Field_Level")}
+    spec = {(t.name, f.name): f for t in cdm.tables for f in t.fields}
+    for key, r in sorted(dqd.items()):
+        f = spec.get(key)
+        if f is None:
+            out.append(Difference(*key, "field", "present", "absent", "ignored: no such field in the spec"))
+            continue
+        pairs = [
+            ("isRequired", _yes(r["isRequired"]), f.required),
+            ("cdmDatatype", r["cdmDatatype"].strip().lower(), f.datatype),
+            ("isPrimaryKey", _yes(r["isPrimaryKey"]), f.primary_key),
+            ("isForeignKey", _yes(r["isForeignKey"]), bool(f.fk_table)),
+            ("fkTableName", (r["fkTableName"].strip().lower() or None) if _yes(r["isForeignKey"]) else None,
+             f.fk_table),
+            ("fkDomain", r["fkDomain"].strip() or None, f.fk_domain),
+            ("fkClass", r["fkClass"].strip() or None, f.fk_class),
+        ]
+        for attr, d, s in pairs:
+            if d != s:
+                out.append(Difference(*key, attr, _show(d), _show(s)))
+    for key in sorted(set(spec) - set(dqd)):
+        out.append(Difference(*key, "field", "absent", "present",
+                              "checked from the spec only (no DQD plausibility rules or thresholds)"))
+    tables = {r["cdmTableName"].strip().lower() for r in dqd_rows(version, "Table_Level")}
+    for t in sorted(tables - set(cdm.table_names)):
+        out.append(Difference(t, "", "table", "present", "absent", "ignored: no such table in the spec"))
+    for t in sorted(set(cdm.table_names) - tables):
+        out.append(Difference(t, "", "table", "absent", "present", "checked from the spec with default thresholds"))
+    return out
+
+
+def _show(v) -> str:
+    if isinstance(v, bool):
+        return "Yes" if v else "No"
+    return "" if v is None else str(v)
+
+
+def differences_markdown() -> str:
+    """The text of docs/dqd-vs-spec.md (a test keeps the file equal to this)."""
+    lines = [
+        "# DQD threshold files vs the OMOP CDM spec",
+        "",
+        "Generated by `medlake.quality.checks.differences_markdown()`; a test keeps this file current.",
+        "Where OHDSI DataQualityDashboard's `Field_Level`/`Table_Level` files disagree with the OMOP CDM spec",
+        "CSVs of the same version, medlake follows the spec: required fields, datatypes, primary keys and foreign",
+        "keys (table, domain, class) come from the spec; DQD contributes thresholds and plausibility rules.",
+        "",
+    ]
+    for version in model.VERSIONS:
+        diffs = dqd_vs_spec(version)
+        lines += [f"## CDM v{version}: {len(diffs)} difference(s)", "",
+                  "| table | field | attribute | DQD | spec | resolution |", "|---|---|---|---|---|---|"]
+        lines += [f"| {d.table} | {d.field} | {d.attribute} | {d.dqd} | {d.spec} | {d.resolution} |" for d in diffs]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,345 @@
+"""Compile checks to set-based SQL, written once in DuckDB's dialect (engines transpile it).
+
+For one table, every field-level check becomes a pair of aggregates (violations, denominator) in ONE query
+over the table, with one LEFT JOIN per referenced table (concept per concept field, person, death, visit…).
+Primary keys take one GROUP BY query, concept-level checks one query per rule kind (the rules travel as
+literal rows and are joined), table-level checks one query each. `Item` is the unit both for the batched
+query and for the one-query-per-check baseline, so both run exactly the same conditions.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from medlake.quality.checks import Check
+
+INTEGRAL = ("BIGINT", "INTEGER", "INT", "INT4", "INT8", "SMALLINT", "HUGEINT", "TINYINT", "LONG", "SHORT")
+FLOATING = ("DOUBLE", "FLOAT", "REAL", "DOUBLE PRECISION", "DECIMAL", "NUMERIC", "FLOAT8", "FLOAT4")
+
+
+class NotApplicable(Exception):
+    """A check cannot apply here (a field or referenced table is absent or empty); the message says why."""
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(v) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, bool):
+        return "TRUE" if v else "FALSE"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, dt.date):
+        return f"DATE '{v.isoformat()}'"
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+@dataclass
+class Item:
+    """One check as SQL: aggregates over `FROM <table> AS t <joins>` (or a whole query of its own)."""
+
+    check: Check
+    num: str  # aggregate expression: violating rows
+    den: str  # aggregate expression: denominator
+    joins: tuple[str, ...] = ()  # aliases of the joins it needs
+    where: str | None = None  # condition of a violating row, for examples
+    needs: tuple[str, ...] = ()  # other tables it reads (for incremental re-checks)
+
+
+@dataclass
+class Context:
+    """What a table looks like in the store, and the stores' other tables (for joins)."""
+
+    table: str
+    columns: dict[str, str]  # name -> engine type (upper)
+    present: dict[str, int]  # every table in the store -> row count (-1 if not counted)
+    id_column: str | None
+    joins: dict[str, tuple[str, str]] = field(default_factory=dict)  # alias -> (join SQL, table it reads)
+
+    def has(self, table: str) -> bool:
+        return self.present.get(table, 0) != 0
+
+    def need_table(self, table: str, what: str) -> None:
+        if table not in self.present:
+            raise NotApplicable(f"{table} table absent ({what})")
+        if self.present[table] == 0:
+            raise NotApplicable(f"{table} table empty ({what})")
+
+    def need_column(self, name: str) -> str:
+        if name not in self.columns:
+            raise NotApplicable(f"field {self.table}.{name} absent")
+        return f"t.{q(name)}"
+
+    # -- joins -------------------------------------------------------------------------------------------
+    def fk(self, fld: str, table: str, key: str) -> str:
+        if table == "concept":
+            self.need_table(table, "vocabulary not loaded")
+        elif table not in self.present:  # an empty referenced table is checked: every value then violates
+            raise NotApplicable(f"{table} table absent (referenced by {self.table}.{fld})")
+        alias = f"fk_{fld}"
+        self.joins[alias] = (f"LEFT JOIN {q(table)} AS {alias} ON t.{q(fld)} = {alias}.{q(key)}", table)
+        return alias
+
+    def person(self) -> str:
+        if self.table == "person":
+            return "t"
+        self.need_column("person_id")
+        return self.fk("person_id", "person", "person_id")
+
+    def death(self) -> str:
+        if "death" not in self.present:
+            raise NotApplicable("death table absent")
+        self.need_column("person_id")
+        self.joins["dth"] = (
+            "LEFT JOIN (SELECT person_id, min(death_date) AS death_date FROM death GROUP BY person_id) AS dth "
+            "ON t.person_id = dth.person_id", "death")
+        return "dth"
+
+
+def sum_if(cond: str) -> str:
+    return f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END)"
+
+
+def as_date(expr: str) -> str:
+    return f"CAST({expr} AS DATE)"
+
+
+def _birth_after(p: str, when: str) -> str:
+    """Birth (birth_datetime, else year_of_birth) after the date `when`."""
+    return (f"(({p}.birth_datetime IS NOT NULL AND CAST({p}.birth_datetime AS DATE) > {when}) OR "
+            f"({p}.birth_datetime IS NULL AND {p}.year_of_birth > EXTRACT(YEAR FROM {when})))")
+
+
+def field_item(c: Check, ctx: Context) -> Item:
+    """An Item for a field-level check on table `ctx.table`; NotApplicable if it cannot apply."""
+    f = ctx.need_column(c.field)
+    col_type = ctx.columns[c.field].split("(")[0]
+    nn = f"{f} IS NOT NULL"
+    name = c.name
+    joins_before = set(ctx.joins)
+
+    def item(cond: str, den_cond: str | None = None, needs=()) -> Item:
+        used = tuple(a for a in ctx.joins if a not in joins_before or a in _used(cond, den_cond))
+        return Item(c, sum_if(cond), sum_if(den_cond) if den_cond else "count(*)", used, cond, tuple(needs))
+
+    if name in ("isRequired", "measureValueCompleteness"):
+        return item(f"{f} IS NULL")
+    if name == "cdmDatatype":
+        if col_type in INTEGRAL:
+            return item("1 = 0", nn)  # the engine's column type guarantees integers
+        if col_type in FLOATING:
+            return item(f"{nn} AND {f} <> floor({f})", nn)
+        return item(f"{nn} AND NOT regexp_matches(trim(CAST({f} AS VARCHAR)), '^-?[0-9]+$')", nn)
+    if name == "isForeignKey":
+        a = ctx.fk(c.field, c.param("fk_table"), c.param("fk_field"))
+        return item(f"{nn} AND {a}.{q(c.param('fk_field'))} IS NULL", needs=[c.param("fk_table")])
+    if name in ("fkDomain", "fkClass", "isStandardValidConcept", "mappingCoverage"):
+        if name == "mappingCoverage" and not ctx.has("concept"):
+            return item(f"({f} IS NULL OR {f} = 0)")  # without a vocabulary only unmapped (0/NULL) rows count
+        a = ctx.fk(c.field, "concept", "concept_id")
+        cond = {
+            "fkDomain": f"{a}.concept_id <> 0 AND {a}.domain_id <> {lit(c.param('domain'))}",
+            "fkClass": f"{a}.concept_id <> 0 AND {a}.concept_class_id <> {lit(c.param('class'))}",
+            "isStandardValidConcept": f"{a}.concept_id <> 0 AND (coalesce({a}.standard_concept, '') <> 'S' "
+                                      f"OR coalesce({a}.invalid_reason, '') <> '')",
+            "mappingCoverage": f"({f} IS NULL OR {f} = 0 OR {a}.concept_id IS NULL "
+                               f"OR coalesce({a}.standard_concept, '') <> 'S')",
+        }[name]
+        return item(cond, needs=["concept"])
+    if name in ("standardConceptRecordCompleteness", "sourceConceptRecordCompleteness"):
+        return item(f"{f} = 0")
+    if name == "sourceValueCompleteness":
+        s = ctx.need_column(c.param("standard_field"))
+        return Item(c, f"count(DISTINCT CASE WHEN {s} = 0 THEN {f} END)", f"count(DISTINCT {f})", (),
+                    f"{s} = 0 AND {nn}")
+    if name in ("plausibleValueLow", "plausibleValueHigh"):
+        v = c.param("value")
+        expr = as_date(f) if isinstance(v, dt.date) else f
+        op = "<" if name == "plausibleValueLow" else ">"
+        return item(f"{expr} {op} {lit(v)}", nn)
+    if name == "plausibleTemporalAfter":
+        at, af = c.param("after_table"), c.param("after_field")
+        if at == ctx.table:
+            other = ctx.need_column(af)
+            return item(f"{as_date(other)} > {as_date(f)}", f"{nn} AND {other} IS NOT NULL")
+        if at == "person" and af == "birth_datetime":
+            p = ctx.person()
+            return item(f"{nn} AND {_birth_after(p, as_date(f))}", f"{nn} AND {p}.person_id IS NOT NULL",
+                        needs=["person"])
+        raise NotApplicable(f"temporal rule against {at}.{af} is not supported")
+    if name == "plausibleAfterBirth":
+        p = ctx.person()
+        return item(f"{nn} AND {_birth_after(p, as_date(f))}", f"{nn} AND {p}.person_id IS NOT NULL",
+                    needs=["person"])
+    if name in ("plausibleDuringLife", "plausibleBeforeDeath"):
+        d = ctx.death()  # DQD allows 60 days after death (e.g. claims processed late)
+        return item(f"{as_date(f)} > {d}.death_date + INTERVAL 60 DAY", f"{nn} AND {d}.death_date IS NOT NULL",
+                    needs=["death"])
+    if name == "plausibleStartBeforeEnd":
+        end = ctx.need_column(c.param("end_field"))
+        return item(f"{as_date(f)} > {as_date(end)}", f"{nn} AND {end} IS NOT NULL")
+    if name == "withinVisitDates":
+        ctx.need_column("visit_occurrence_id")
+        v = ctx.fk("visit_occurrence_id", "visit_occurrence", "visit_occurrence_id")
+        return item(f"({as_date(f)} < CAST({v}.visit_start_date AS DATE) - INTERVAL 7 DAY OR "
+                    f"{as_date(f)} > CAST({v}.visit_end_date AS DATE) + INTERVAL 7 DAY)",
+                    f"{nn} AND {v}.visit_occurrence_id IS NOT NULL", needs=["visit_occurrence"])
+    if name == "site":
+        return item(c.param("violation"), c.param("denominator"))
+    raise NotApplicable(f"no field-level compiler for {name}")
+
+
+def _used(*conds) -> set[str]:
+    text = " ".join(x for x in conds if x)
+    return {w.split(".")[0] for w in text.replace("(", " ").split() if "." in w}
+
+
+def scan_sql(table: str, items: list[Item], ctx: Context) -> str:
+    """ONE query computing every item's violations and denominator over `table` (plus the row count)."""
+    aggs = ["count(*) AS n"]
+    for i, it in enumerate(items):
+        aggs += [f"{it.num} AS v{i}", f"{it.den} AS d{i}"]
+    aliases = []
+    for it in items:
+        aliases += [a for a in it.joins if a not in aliases]
+    joins = " ".join(ctx.joins[a][0] for a in aliases)
+    return f"SELECT {', '.join(aggs)} FROM {q(table)} AS t {joins}".strip()
+
+
+def single_sql(table: str, it: Item, ctx: Context) -> str:
+    """The same item as a query of its own (the one-query-per-check baseline, and error isolation)."""
+    joins = " ".join(ctx.joins[a][0] for a in it.joins)
+    return f"SELECT {it.num} AS v0, {it.den} AS d0 FROM {q(table)} AS t {joins}".strip()
+
+
+def examples_sql(table: str, wanted: list[tuple[str, str, tuple[str, ...]]], ctx: Context, k: int = 10) -> str:
+    """Up to k example row ids per (check id, condition, joins), as one UNION ALL query."""
+    parts = []
+    for cid, cond, joins in wanted:
+        js = " ".join(ctx.joins[a][0] for a in joins)
+        parts.append(f"SELECT * FROM (SELECT {lit(cid)} AS check_id, CAST(t.{q(ctx.id_column)} AS VARCHAR) AS row_id "
+                     f"FROM {q(table)} AS t {js} WHERE {cond} LIMIT {k}) AS e{len(parts)}")
+    return " UNION ALL ".join(parts)
+
+
+def primary_key_sql(table: str, fld: str) -> tuple[str, str]:
+    """(violations query, examples query) for isPrimaryKey: rows whose key value occurs more than once."""
+    dup = f"SELECT {q(fld)} AS k, count(*) AS n FROM {q(table)} GROUP BY {q(fld)} HAVING count(*) > 1"
+    return (f"SELECT coalesce(sum(n), 0) AS v0 FROM ({dup}) AS d",
+            f"SELECT CAST(k AS VARCHAR) AS row_id FROM ({dup}) AS d ORDER BY k LIMIT 10")
+
+
+# -- concept level -----------------------------------------------------------------------------------------
+
+def _rows(rows: list[dict]) -> str:
+    """Literal rows as a UNION ALL of SELECTs (portable where VALUES lists are not)."""
+    out = []
+    for r in rows:
+        out.append("SELECT " + ", ".join(f"CAST({lit(v)} AS {t}) AS {k}" for k, (v, t) in r.items()))
+    return " UNION ALL ".join(out)
+
+
+def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple[str, list[Check], tuple[str, ...]]]:
+    """(query, checks, tables read) per rule kind; each query returns rows (rid, v, d) with rid = index in checks."""
+    out = []
+    value = [c for c in checks if c.name in ("plausibleValueLow", "plausibleValueHigh")]
+    gender = [c for c in checks if c.name in ("plausibleGender", "plausibleGenderUseDescendants")]
+    units = [c for c in checks if c.name == "plausibleUnitConceptIds"]
+    if value:
+        ctx.need_column("value_as_number")
+        ctx.need_column("unit_concept_id")
+        rows = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER"), "unit_id": (c.unit_concept_id, "INTEGER"),
+                 "lo": (c.param("value") if c.name == "plausibleValueLow" else None, "DOUBLE"),
+                 "hi": (c.param("value") if c.name == "plausibleValueHigh" else None, "DOUBLE")}
+                for i, c in enumerate(value) for cid in c.param("concept_ids")]
+        f = ctx.need_column(value[0].field)
+        out.append((
+            f"SELECT r.rid, {sum_if('t.value_as_number < r.lo OR t.value_as_number > r.hi')} AS v, count(*) AS d "
+            f"FROM {q(table)} AS t JOIN ({_rows(rows)}) AS r ON {f} = r.concept_id AND t.unit_concept_id = r.unit_id "
+            f"WHERE t.value_as_number IS NOT NULL GROUP BY r.rid", value, ()))
+    if gender:
+        ctx.need_column("person_id")
+        ctx.need_table("person", "gender")
+        direct = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER"), "g": (c.param("gender_concept_id"), "INTEGER")}
+                  for i, c in enumerate(gender) if c.name == "plausibleGender" for cid in c.param("concept_ids")]
+        desc = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER"), "g": (c.param("gender_concept_id"), "INTEGER")}
+                for i, c in enumerate(gender) if c.name != "plausibleGender" for cid in c.param("concept_ids")]
+        rules = [f"SELECT rid, concept_id, g FROM ({_rows(direct)}) AS r0"] if direct else []
+        reads = ("person",)
+        if desc:
+            ctx.need_table("concept_ancestor", "descendants")
+            rules.append(f"SELECT DISTINCT r1.rid, ca.descendant_concept_id AS concept_id, r1.g FROM ({_rows(desc)}) AS r1 "
+                         "JOIN concept_ancestor AS ca ON ca.ancestor_concept_id = r1.concept_id")
+            reads += ("concept_ancestor",)
+        f = ctx.need_column(gender[0].field)
+        out.append((
+            f"SELECT r.rid, {sum_if('p.gender_concept_id <> r.g')} AS v, count(*) AS d FROM {q(table)} AS t "
+            f"JOIN ({' UNION ALL '.join(rules)}) AS r ON {f} = r.concept_id "
+            f"JOIN person AS p ON t.person_id = p.person_id GROUP BY r.rid", gender, reads))
+    if units:
+        ctx.need_column("value_as_number")
+        ctx.need_column("unit_concept_id")
+        f = ctx.need_column(units[0].field)
+        rules = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER")}
+                 for i, c in enumerate(units) for cid in c.param("concept_ids")]
+        allowed = [{"rid": (i, "INTEGER"), "unit_id": (u, "INTEGER")} for i, c in enumerate(units) for u in c.param("units")]
+        out.append((
+            f"SELECT r.rid, {sum_if('ru.rid IS NULL')} AS v, count(*) AS d FROM {q(table)} AS t "
+            f"JOIN ({_rows(rules)}) AS r ON {f} = r.concept_id "
+            f"LEFT JOIN ({_rows(allowed)}) AS ru ON ru.rid = r.rid AND ru.unit_id = coalesce(t.unit_concept_id, -1) "
+            f"WHERE t.value_as_number IS NOT NULL GROUP BY r.rid", units, ()))
+    return out
+
+
+def concept_example(c: Check, ctx: Context) -> tuple[str, tuple[str, ...]]:
+    """(violating-row condition, joins) for one concept-level check, for examples."""
+    f = f"t.{q(c.field)}"
+    ids = ", ".join(str(i) for i in c.param("concept_ids"))
+    if c.name in ("plausibleValueLow", "plausibleValueHigh"):
+        op = "<" if c.name == "plausibleValueLow" else ">"
+        return (f"{f} IN ({ids}) AND t.unit_concept_id = {c.unit_concept_id} "
+                f"AND t.value_as_number {op} {lit(c.param('value'))}", ())
+    if c.name == "plausibleUnitConceptIds":
+        units = ", ".join(str(u) for u in c.param("units"))
+        return (f"{f} IN ({ids}) AND t.value_as_number IS NOT NULL "
+                f"AND coalesce(t.unit_concept_id, -1) NOT IN ({units})", ())
+    p = ctx.person()
+    g = c.param("gender_concept_id")
+    if c.name == "plausibleGender":
+        return f"{f} IN ({ids}) AND {p}.gender_concept_id <> {g}", (p,)
+    return (f"{f} IN (SELECT descendant_concept_id FROM concept_ancestor WHERE ancestor_concept_id IN ({ids})) "
+            f"AND {p}.gender_concept_id <> {g}", (p,))
+
+
+# -- table level -------------------------------------------------------------------------------------------
+
+def table_level_sql(c: Check, ctx: Context) -> tuple[str, str, tuple[str, ...]]:
+    """(query returning v0, d0; examples query; tables read) for a table-level check."""
+    t = q(c.table)
+    if c.name == "measurePersonCompleteness":
+        ctx.need_table("person", "persons")
+        ctx.need_column("person_id")
+        base = f"FROM person AS p LEFT JOIN (SELECT DISTINCT person_id FROM {t}) AS x ON p.person_id = x.person_id"
+        return (f"SELECT {sum_if('x.person_id IS NULL')} AS v0, count(*) AS d0 {base}",
+                f"SELECT CAST(p.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "
+                f"ORDER BY p.person_id LIMIT 10", ("person",))
+    if c.name == "measureConditionEraCompleteness":
+        ctx.need_table("condition_occurrence", "conditions")
+        base = ("FROM (SELECT DISTINCT person_id FROM condition_occurrence) AS co "
+                f"LEFT JOIN (SELECT DISTINCT person_id FROM {t}) AS x ON co.person_id = x.person_id")
+        return (f"SELECT {sum_if('x.person_id IS NULL')} AS v0, count(*) AS d0 {base}",
+                f"SELECT CAST(co.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "
+                f"ORDER BY co.person_id LIMIT 10", ("condition_occurrence",))
+    if c.name == "measureObservationPeriodOverlap":
+        s, e = "observation_period_start_date", "observation_period_end_date"
+        w = (f"SELECT person_id, {s} AS s, max({e}) OVER (PARTITION BY person_id ORDER BY {s}, {e} "
+             f"ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end FROM {t}")
+        bad = "s <= prev_end + INTERVAL 1 DAY"  # overlapping or back to back
+        return (f"SELECT count(DISTINCT CASE WHEN {bad} THEN person_id END) AS v0, count(DISTINCT person_id) AS d0 "
+                f"FROM ({w}) AS w",
+                f"SELECT DISTINCT CAST(person_id AS VARCHAR) AS row_id FROM ({w}) AS w WHERE {bad} "
+                f"ORDER BY row_id LIMIT 10", ())
+    raise NotApplicable(f"no table-level compiler for {c.name}")

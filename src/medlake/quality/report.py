@@ -1,0 +1,129 @@
+"""The HTML report: one self-contained file (inline CSS, JS and SVG; nothing fetched from the network)."""
+from __future__ import annotations
+
+from html import escape
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;width:100%}td,th{padding:3px 6px;border-bottom:1px solid #eee;text-align:left;
+vertical-align:top}th{background:#f6f6f6}.num{text-align:right;font-variant-numeric:tabular-nums}
+.big{font-size:2.4em;font-weight:600}.failed{color:#b00020}.passed{color:#1b7a2f}.error{color:#a15c00}
+.not_applicable{color:#777}.cards{display:flex;gap:2em;flex-wrap:wrap}.card{padding:.6em 1em;background:#f6f6f6;
+border-radius:6px}code{font-size:12px}small{color:#666}input{padding:4px;width:30em}
+"""
+
+JS = """
+function filt(){const q=document.getElementById('q').value.toLowerCase();
+for(const tr of document.querySelectorAll('#all tbody tr')){tr.style.display=tr.textContent.toLowerCase().includes(q)?'':'none'}}
+"""
+
+
+def _pct(x) -> str:
+    return "" if x is None else f"{100 * x:.2f}%"
+
+
+def _bars(rows: list[tuple[str, float | None, str]]) -> str:
+    """Horizontal bars (SVG) of pass rates."""
+    h = 22 * len(rows) + 10
+    out = [f'<svg width="640" height="{h}" role="img" aria-label="pass rates">']
+    for i, (label, rate, extra) in enumerate(rows):
+        y = 5 + 22 * i
+        w = 0 if rate is None else 360 * rate
+        out.append(f'<text x="0" y="{y + 14}" font-size="12">{escape(label)}</text>'
+                   f'<rect x="170" y="{y}" width="360" height="16" fill="#eee"/>'
+                   f'<rect x="170" y="{y}" width="{w:.1f}" height="16" fill="#3b7dd8"/>'
+                   f'<text x="540" y="{y + 14}" font-size="12">{_pct(rate) or "n/a"} {escape(extra)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _trend(history: list[dict]) -> str:
+    pts = [(h["run_id"], h.get("pass_rate")) for h in history if h.get("pass_rate") is not None]
+    if len(pts) < 2:
+        return "<p><small>Trends appear after two or more runs.</small></p>"
+    w, h, pad = 640, 180, 30
+    lo = min(r for _, r in pts)
+    lo = max(0.0, min(lo, 1.0) - 0.05)
+    xs = [pad + (w - 2 * pad) * i / (len(pts) - 1) for i in range(len(pts))]
+    ys = [h - pad - (h - 2 * pad) * ((r - lo) / (1 - lo or 1)) for _, r in pts]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="#3b7dd8"><title>{escape(rid)}: {_pct(r)}'
+                   f'</title></circle>' for (rid, r), x, y in zip(pts, xs, ys))
+    return (f'<svg width="{w}" height="{h}" role="img" aria-label="pass rate across runs">'
+            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#999"/>'
+            f'<text x="2" y="{pad}" font-size="11">100%</text><text x="2" y="{h - pad}" font-size="11">{_pct(lo)}</text>'
+            f'<polyline fill="none" stroke="#3b7dd8" stroke-width="2" points="{line}"/>{dots}'
+            f'<text x="{pad}" y="{h - 8}" font-size="11">{escape(pts[0][0])}</text>'
+            f'<text x="{w - pad}" y="{h - 8}" font-size="11" text-anchor="end">{escape(pts[-1][0])}</text></svg>')
+
+
+def _row(r: dict) -> str:
+    where = r["cdm_table"] + (f".{r['cdm_field']}" if r["cdm_field"] else "")
+    if r["concept_id"] is not None:
+        where += f" [concept {r['concept_id']}" + (f", unit {r['unit_concept_id']}" if r["unit_concept_id"] else "") + "]"
+    note = r.get("error") or r.get("not_applicable_reason") or ""
+    ex = ", ".join(r.get("examples") or [])
+    if ex:
+        ex = f"<br><small>examples ({escape(r.get('example_field') or 'id')}): {escape(ex)}</small>"
+    vr = "" if r["num_violated_rows"] is None else f"{r['num_violated_rows']:,}"
+    dr = "" if r["num_denominator_rows"] is None else f"{r['num_denominator_rows']:,}"
+    return (f'<tr><td class="{r["status"]}">{r["status"]}</td><td><b>{escape(r["check_name"])}</b><br>'
+            f'<small>{escape(r["category"])} / {escape(r["subcategory"] or "-")} / {escape(r["context"])}</small></td>'
+            f'<td>{escape(where)}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
+            f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%</td>'
+            f'<td><small>{escape(r["description"])}</small>{ex}'
+            f'{"<br><small>" + escape(note) + "</small>" if note else ""}</td></tr>')
+
+
+HEAD = ("<thead><tr><th>status</th><th>check</th><th>where</th><th>violated</th><th>of</th><th>%</th>"
+        "<th>threshold</th><th>details</th></tr></thead>")
+
+
+def render(run, history: list[dict]) -> str:
+    s = run.summary
+    results = run.results
+    failed = sorted((r for r in results if r["status"] == "failed"),
+                    key=lambda r: (r["severity"] != "fatal", -(r["pct_violated_rows"] or 0)))
+    errors = [r for r in results if r["status"] == "error"]
+    order = {"failed": 0, "error": 1, "passed": 2, "not_applicable": 3}
+    cats = [(k, v["pass_rate"], f"({v['passed']}/{v['passed'] + v['failed']})") for k, v in s["by_category"].items()]
+    tables = "".join(
+        f'<tr><td>{escape(t)}</td><td class="num">{v["passed"]}</td><td class="num failed">{v["failed"]}</td>'
+        f'<td class="num">{v["errors"]}</td><td class="num">{v["not_applicable"]}</td>'
+        f'<td class="num">{_pct(v["pass_rate"])}</td></tr>'
+        for t, v in sorted(s["by_table"].items(), key=lambda kv: (-kv[1]["failed"], kv[0])))
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>medlake data quality — {escape(s['run_id'])}</title><style>{CSS}</style><script>{JS}</script></head><body>",
+        f"<h1>Data quality report</h1><p><small>run {escape(s['run_id'])} · {escape(s['started'])} · "
+        f"{escape(s['engine'])} store {escape(s['store'])} · OMOP CDM v{escape(s['cdm_version'])} · "
+        f"{s['queries']} queries, {s['seconds']} s · rechecked {len(s['rechecked_tables'])} table(s), "
+        f"reused {len(s['reused_tables'])}</small></p>",
+        "<div class='cards'>",
+        f"<div class='card'><div class='big'>{_pct(s['pass_rate']) or 'n/a'}</div>pass rate (passed / (passed + failed))</div>",
+        f"<div class='card'><div class='big passed'>{s['passed']}</div>passed</div>",
+        f"<div class='card'><div class='big failed'>{s['failed']}</div>failed</div>",
+        f"<div class='card'><div class='big error'>{s['errors']}</div>errors</div>",
+        f"<div class='card'><div class='big not_applicable'>{s['not_applicable']}</div>not applicable</div></div>",
+        "<h2>Pass rate by Kahn category</h2>", _bars(cats),
+        "<h2>Pass rate across runs</h2>", _trend(history),
+        f"<h2>Failed checks ({len(failed)})</h2>",
+        f"<table>{HEAD}<tbody>{''.join(_row(r) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
+    ]
+    if errors:
+        parts += [f"<h2>Checks that could not run ({len(errors)})</h2>",
+                  f"<table>{HEAD}<tbody>{''.join(_row(r) for r in errors)}</tbody></table>"]
+    parts += [
+        "<h2>By table</h2><table><thead><tr><th>table</th><th>passed</th><th>failed</th><th>errors</th>"
+        f"<th>not applicable</th><th>pass rate</th></tr></thead><tbody>{tables}</tbody></table>",
+        f"<h2>All checks ({len(results)})</h2><p><input id='q' oninput='filt()' placeholder='filter: table, check, status…'></p>",
+        f"<table id='all'>{HEAD}<tbody>",
+        "".join(_row(r) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
+        "</tbody></table></body></html>",
+    ]
+    return "".join(parts)
+
+
+def write_html(run, history: list[dict]) -> None:
+    (run.dir / "report.html").write_text(render(run, history), encoding="utf-8")

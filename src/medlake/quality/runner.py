@@ -1,0 +1,443 @@
+"""Run the checks on a store: set-based, incremental, resumable; honest results.
+
+Work is done table by table. Each table's results are written to `<out>/<run-id>/tables/<table>.json` as soon
+as they are known, with a key made of the table's fingerprint (row count and cheap column sums), the
+fingerprints of the tables its checks read (person, concept, …) and the list of checks. A later run reuses a
+table's results when its key is unchanged (incremental); a run that stopped half-way continues where it
+stopped (resumable). At the end `results.json`, `run.json` and `report.html` are written.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import sqlglot
+from sqlglot import exp
+
+from medlake.cdm import model
+from medlake.engines.base import EngineError
+from medlake.quality import compile as cp
+from medlake.quality.checks import Check, checks as dqd_checks
+
+RESULT_FIELDS = (
+    "check_id", "check_name", "check_level", "category", "subcategory", "context", "severity", "cdm_table",
+    "cdm_field", "concept_id", "unit_concept_id", "status", "num_violated_rows", "num_denominator_rows",
+    "pct_violated_rows", "threshold", "failed", "error", "not_applicable_reason", "examples", "example_field",
+    "description", "source",
+)
+
+
+def result(c: Check, status: str, violated: int | None = None, denominator: int | None = None, *,
+           error: str | None = None, reason: str | None = None) -> dict:
+    """One check's result. `status` is decided here from the counts and the threshold unless given as
+    not_applicable or error. DQD's rule: threshold 0 fails on any violation, otherwise pct > threshold %."""
+    pct = None
+    if status == "counted":
+        if not denominator:
+            status, reason = "not_applicable", reason or "no rows to check (denominator 0)"
+        else:
+            pct = violated / denominator
+            bad = violated > 0 if c.threshold == 0 else pct * 100 > c.threshold
+            status = "failed" if bad else "passed"
+    return {
+        "check_id": c.id, "check_name": c.name, "check_level": c.level, "category": c.category,
+        "subcategory": c.subcategory, "context": c.context, "severity": c.severity, "cdm_table": c.table,
+        "cdm_field": c.field, "concept_id": c.concept_id, "unit_concept_id": c.unit_concept_id,
+        "status": status, "num_violated_rows": violated, "num_denominator_rows": denominator,
+        "pct_violated_rows": pct, "threshold": c.threshold, "failed": status == "failed", "error": error,
+        "not_applicable_reason": reason, "examples": [], "example_field": None, "description": c.description,
+        "source": c.source,
+    }
+
+
+class Counted:
+    """An engine wrapper that counts the queries issued and the table scans they contain."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.queries = 0
+        self.scans = 0
+        self.seconds = 0.0
+
+    def query(self, sql: str, params=None):
+        self.queries += 1
+        try:
+            self.scans += sum(1 for _ in sqlglot.parse_one(sql, read="duckdb").find_all(exp.Table))
+        except sqlglot.errors.ParseError:
+            pass
+        t0 = time.perf_counter()
+        try:
+            return self.engine.query(sql, params)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+@dataclass
+class Run:
+    run_id: str
+    dir: Path
+    results: list[dict]
+    summary: dict
+    rechecked: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+
+
+def _fingerprint_sql(table: str, columns: dict[str, str]) -> str:
+    """Row count plus cheap per-column sums: numeric sums, string lengths, date ranges. Not cryptographic."""
+    aggs = ["count(*)"]
+    for name, typ in columns.items():
+        base = typ.split("(")[0]
+        col = f"t.{cp.q(name)}"
+        if base in cp.INTEGRAL:
+            aggs.append(f"sum(CAST({col} AS DOUBLE))")
+        elif base in cp.FLOATING:
+            aggs.append(f"sum({col})")
+        elif base in ("DATE", "TIMESTAMP", "TIMESTAMP_NTZ", "TIMESTAMP WITHOUT TIME ZONE"):
+            aggs += [f"count({col})", f"CAST(min({col}) AS VARCHAR)", f"CAST(max({col}) AS VARCHAR)"]
+        else:
+            aggs.append(f"sum(length(CAST({col} AS VARCHAR)))")
+    return f"SELECT {', '.join(aggs)} FROM {cp.q(table)} AS t"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.9g}"
+    return str(v)
+
+
+class Runner:
+    def __init__(self, engine, version: str, out: Path, *, site_checks: list[tuple[Check, cp.Item]] = (),
+                 mode: str = "set", incremental: bool = True, resume: bool = True,
+                 progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None):
+        self.eng = Counted(engine)
+        self.version = version
+        self.out = Path(out)
+        self.site = list(site_checks)
+        self.mode = mode
+        self.incremental = incremental
+        self.resume = resume
+        self.progress = progress
+        self.only = only
+        self._fp: dict[str, str] = {}
+
+    # -- store facts --------------------------------------------------------------------------------------
+    def _survey(self) -> None:
+        tables = [t.lower() for t in self.eng.tables()]
+        wanted = [t.name for t in model.load(self.version).tables if t.name in tables]
+        wanted += [c.table for c, _ in self.site if c.table in tables and c.table not in wanted]
+        counts = {}
+        if wanted:
+            sql = " UNION ALL ".join(f"SELECT '{n}' AS t, count(*) AS n FROM {cp.q(n)}" for n in wanted)
+            counts = {r["t"]: r["n"] for r in self.eng.query(sql).to_pylist()}
+        self.present = {t: counts.get(t, -1) for t in tables}
+        self.columns: dict[str, dict[str, str]] = {}
+
+    def cols(self, table: str) -> dict[str, str]:
+        if table not in self.columns:
+            self.columns[table] = {c.name.lower(): c.type.upper() for c in self.eng.columns(table)}
+        return self.columns[table]
+
+    def fingerprint(self, table: str) -> str:
+        if table not in self._fp:
+            if table not in self.present:
+                self._fp[table] = "absent"
+            else:
+                row = self.eng.query(_fingerprint_sql(table, self.cols(table))).to_pylist()[0]
+                self._fp[table] = "|".join(_fmt(v) for v in row.values())
+        return self._fp[table]
+
+    # -- one table ----------------------------------------------------------------------------------------
+    def context(self, table: str) -> cp.Context:
+        cols = self.cols(table)
+        spec = model.load(self.version)
+        pk = spec.table(table).primary_key if table in spec.table_names else []
+        idc = next((c for c in pk + ["person_id"] if c in cols), next(iter(cols), None))
+        return cp.Context(table, cols, self.present, idc)
+
+    def plan(self, table: str, checks: list[Check]):
+        """Compile a table's checks: (results known without querying, field items, pk, concept, table-level)."""
+        known: dict[str, dict] = {}
+        if table not in self.present:
+            for c in checks:
+                if c.name == "cdmTable":
+                    known[c.id] = result(c, "counted", 1, 1)
+                else:
+                    known[c.id] = result(c, "not_applicable", reason=f"table {table} absent")
+            return known, [], [], [], [], {table}, None
+        ctx = self.context(table)
+        empty = self.present.get(table) == 0
+        items, pks, concept, tlevel, reads = [], [], [], [], {table}
+        for c in checks:
+            try:
+                if c.name == "cdmTable":
+                    known[c.id] = result(c, "counted", 0, 1)
+                elif c.name == "cdmField":
+                    known[c.id] = result(c, "counted", 0 if c.field in ctx.columns else 1, 1)
+                elif c.level == "TABLE":
+                    sql, ex, needs = cp.table_level_sql(c, ctx)
+                    tlevel.append((c, sql, ex))
+                    reads.update(needs)
+                elif empty:
+                    raise cp.NotApplicable(f"table {table} empty")
+                elif c.name == "isPrimaryKey":
+                    ctx.need_column(c.field)
+                    pks.append(c)
+                elif c.level == "CONCEPT":
+                    ctx.need_column(c.field)
+                    concept.append(c)
+                else:
+                    it = cp.field_item(c, ctx)
+                    items.append(it)
+                    reads.update(it.needs)
+            except cp.NotApplicable as e:
+                known[c.id] = result(c, "not_applicable", reason=str(e))
+        cq = []
+        if concept:
+            for kind in (("plausibleValueLow", "plausibleValueHigh"), ("plausibleGender", "plausibleGenderUseDescendants"),
+                         ("plausibleUnitConceptIds",)):
+                group = [c for c in concept if c.name in kind]
+                try:
+                    cq += cp.concept_queries(table, group, ctx)
+                except cp.NotApplicable as e:
+                    for c in group:
+                        known[c.id] = result(c, "not_applicable", reason=str(e))
+            for _, _, r in cq:
+                reads.update(r)
+        return known, items, pks, cq, tlevel, reads, ctx
+
+    def run_table(self, table: str, checks: list[Check], site_items: list[cp.Item]) -> list[dict]:
+        known, items, pks, cq, tlevel, reads, ctx = self.plan(table, checks)
+        if ctx is None:  # absent table
+            return list(known.values()) + [result(i.check, "not_applicable", reason=f"table {table} absent")
+                                           for i in site_items]
+        res = dict(known)
+        conds: dict[str, tuple[str, tuple[str, ...]]] = {}
+        if self.present.get(table) == 0:
+            for it in site_items:
+                res[it.check.id] = result(it.check, "not_applicable", reason=f"table {table} empty")
+            site_items = []
+        # field-level: one scan for the DQD checks, one for site checks (their SQL is the site's own)
+        for group, isolate in ((items, False), (site_items, True)):
+            self._scan(table, group, ctx, res, isolate)
+            for it in group:
+                conds[it.check.id] = (it.where, it.joins)
+        for c in pks:
+            sql, ex = cp.primary_key_sql(table, c.field)
+            self._single(c, sql, res, examples=ex)
+        for sql, group, _ in cq:
+            try:
+                rows = {r["rid"]: r for r in self.eng.query(sql).to_pylist()} if self.mode == "set" else None
+            except EngineError as e:
+                for c in group:
+                    res[c.id] = result(c, "error", error=str(e))
+                continue
+            for i, c in enumerate(group):
+                if rows is None:  # baseline: the same query, restricted to this one rule
+                    try:
+                        r = self.eng.query(f"SELECT * FROM ({sql}) AS x WHERE rid = {i}").to_pylist()
+                    except EngineError as e:
+                        res[c.id] = result(c, "error", error=str(e))
+                        continue
+                    row = r[0] if r else None
+                else:
+                    row = rows.get(i)
+                if row is None:
+                    ids = ", ".join(str(x) for x in c.param("concept_ids"))
+                    res[c.id] = result(c, "not_applicable", reason=f"no records with concept {ids}"
+                                       + (f" and unit {c.unit_concept_id}" if c.unit_concept_id else ""))
+                else:
+                    res[c.id] = result(c, "counted", int(row["v"] or 0), int(row["d"] or 0))
+                    try:
+                        conds[c.id] = cp.concept_example(c, ctx)
+                    except cp.NotApplicable:
+                        pass
+        for c, sql, ex in tlevel:
+            self._single(c, sql, res, examples=ex)
+        # examples: one UNION ALL query for every failed scan/concept check of the table
+        wanted = [(cid, *conds[cid]) for cid, r in res.items() if r["failed"] and cid in conds and conds[cid][0]]
+        if wanted and ctx.id_column:
+            try:
+                for r in self.eng.query(cp.examples_sql(table, wanted, ctx)).to_pylist():
+                    res[r["check_id"]]["examples"].append(r["row_id"])
+                for cid, *_ in wanted:
+                    res[cid]["example_field"] = ctx.id_column
+            except EngineError as e:  # examples are a help, not a result: say so, keep the counts
+                for cid, *_ in wanted:
+                    res[cid]["example_error"] = str(e)
+        order = {c.id: i for i, c in enumerate(checks + [i.check for i in site_items])}
+        return sorted(res.values(), key=lambda r: order.get(r["check_id"], 1 << 30))
+
+    def _scan(self, table, items, ctx, res, isolate):
+        if not items:
+            return
+        if self.mode == "set":
+            try:
+                row = self.eng.query(cp.scan_sql(table, items, ctx)).to_pylist()[0]
+                for i, it in enumerate(items):
+                    res[it.check.id] = result(it.check, "counted", int(row[f"v{i}"] or 0), int(row[f"d{i}"] or 0))
+                return
+            except EngineError as e:
+                if not isolate:
+                    for it in items:
+                        res[it.check.id] = result(it.check, "error", error=str(e))
+                    return
+        for it in items:  # one query per check: the baseline, or to isolate a bad site predicate
+            self._single(it.check, cp.single_sql(table, it, ctx), res)
+
+    def _single(self, c, sql, res, examples=None):
+        try:
+            row = self.eng.query(sql).to_pylist()[0]
+            v = int(row["v0"] or 0)
+            d = int(row["d0"] or 0) if "d0" in row else self.present.get(c.table, 0)  # isPrimaryKey: all rows
+            res[c.id] = result(c, "counted", v, d)
+            if examples and res[c.id]["failed"]:
+                res[c.id]["examples"] = [r["row_id"] for r in self.eng.query(examples).to_pylist()]
+                res[c.id]["example_field"] = c.field or "person_id"
+        except EngineError as e:
+            res[c.id] = result(c, "error", error=str(e))
+
+    # -- the whole run ------------------------------------------------------------------------------------
+    def run(self, run_id: str | None = None) -> Run:
+        started = dt.datetime.now(dt.timezone.utc)
+        t0 = time.perf_counter()
+        self._survey()
+        all_checks = list(dqd_checks(self.version))
+        by_table: dict[str, list[Check]] = {}
+        for c in all_checks:
+            by_table.setdefault(c.table, []).append(c)
+        site_by_table: dict[str, list[cp.Item]] = {}
+        for c, it in self.site:
+            site_by_table.setdefault(c.table, []).append(it)
+            by_table.setdefault(c.table, [])
+        tables = [t for t in by_table if not self.only or t in self.only]
+
+        run_dir, prev = self._dirs(run_id)
+        (run_dir / "tables").mkdir(parents=True, exist_ok=True)
+        run = Run(run_dir.name, run_dir, [], {})
+        for n, table in enumerate(tables):
+            if self.progress:
+                self.progress(table, n, len(tables))
+            checks = by_table[table]
+            site_items = site_by_table.get(table, [])
+            key = self._key(table, checks, site_items)
+            path = run_dir / "tables" / f"{table}.json"
+            if path.exists():
+                saved = json.loads(path.read_text())
+                if saved.get("key") == key:
+                    run.results += saved["results"]
+                    run.resumed.append(table)
+                    continue
+            old = prev / "tables" / f"{table}.json" if prev else None
+            if self.incremental and old and old.exists():
+                saved = json.loads(old.read_text())
+                if saved.get("key") == key:
+                    _write(path, {"key": key, "reused_from": saved.get("reused_from") or prev.name,
+                                  "results": saved["results"]})
+                    run.results += saved["results"]
+                    run.reused.append(table)
+                    continue
+            t1 = time.perf_counter()
+            results = self.run_table(table, checks, site_items)
+            _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
+            run.results += results
+            run.rechecked.append(table)
+        if self.progress:
+            self.progress("done", len(tables), len(tables))
+        run.summary = summarize(run.results) | {
+            "run_id": run.run_id, "store": self.eng.engine.url, "engine": self.eng.engine.name,
+            "cdm_version": self.version, "started": started.isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
+            "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
+            "resumed_tables": run.resumed,
+        }
+        _write(run_dir / "results.json", run.results)
+        _write(run_dir / "run.json", run.summary)
+        from medlake.quality.report import write_html
+
+        write_html(run, history(self.out))
+        return run
+
+    def _key(self, table, checks, site_items) -> str:
+        reads = set(self.plan(table, checks)[5])
+        sig = [self.version, self.mode] + [c.id + repr(c.threshold) + repr(c.params) for c in checks]
+        sig += [it.check.id + it.num + it.den for it in site_items]
+        sig += [f"{t}={self.fingerprint(t)}" for t in sorted(reads)]
+        return hashlib.sha256("\n".join(sig).encode()).hexdigest()
+
+    def _dirs(self, run_id):
+        """This run's folder (a new one, or the unfinished last one when resuming) and the last finished run."""
+        runs = finished_runs(self.out, self.eng.engine.url)
+        prev = runs[-1] if runs else None
+        if run_id:
+            return self.out / run_id, prev
+        if self.resume and self.out.exists():
+            mine = sorted(d for d in self.out.iterdir() if d.is_dir() and (d / "tables").is_dir()
+                          and not (d / "run.json").exists() and _store_of(d) == self.eng.engine.url)
+            if mine:
+                return mine[-1], prev
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        d = self.out / stamp
+        (d / "tables").mkdir(parents=True, exist_ok=True)
+        (d / "store.txt").write_text(self.eng.engine.url)
+        return d, prev
+
+
+def _store_of(d: Path) -> str | None:
+    p = d / "store.txt"
+    return p.read_text() if p.exists() else None
+
+
+def finished_runs(out: Path, store: str | None = None) -> list[Path]:
+    if not Path(out).exists():
+        return []
+    runs = []
+    for d in sorted(Path(out).iterdir()):
+        if (d / "run.json").exists() and (store is None or _store_of(d) == store):
+            runs.append(d)
+    return runs
+
+
+def history(out: Path) -> list[dict]:
+    return [json.loads((d / "run.json").read_text()) for d in finished_runs(out)]
+
+
+def _write(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def summarize(results: list[dict]) -> dict:
+    def rate(rs):
+        p = sum(r["status"] == "passed" for r in rs)
+        f = sum(r["status"] == "failed" for r in rs)
+        return {"passed": p, "failed": f, "errors": sum(r["status"] == "error" for r in rs),
+                "not_applicable": sum(r["status"] == "not_applicable" for r in rs),
+                "pass_rate": round(p / (p + f), 4) if p + f else None}
+
+    by_cat: dict[str, list] = {}
+    by_table: dict[str, list] = {}
+    for r in results:
+        by_cat.setdefault(r["category"] or "(none)", []).append(r)
+        by_table.setdefault(r["cdm_table"], []).append(r)
+    return {"checks": len(results), **rate(results),
+            "by_category": {k: rate(v) for k, v in sorted(by_cat.items())},
+            "by_table": {k: rate(v) for k, v in by_table.items()}}
+
+
+def run(engine, version: str | None = None, out: str | Path = "quality", **kw) -> Run:
+    """Run every check for the store's CDM version (and the site's checks) and write the reports."""
+    from medlake.cdm import store
+
+    version = version or store.info(engine).get("cdm_version") or model.DEFAULT_VERSION
+    return Runner(engine, version, Path(out), **kw).run()

@@ -1,0 +1,114 @@
+"""Site-defined checks, declared in TOML: a SQL predicate on a table, or a declared rule.
+
+```toml
+[[check]]
+name = "visitInFuture"                 # how it is reported (check_name)
+table = "visit_occurrence"
+field = "visit_start_date"             # optional: reported as cdm_field
+violation = "visit_start_date > DATE '2030-01-01'"   # SQL (DuckDB dialect), TRUE for a bad row
+denominator = "visit_start_date IS NOT NULL"          # optional; default: all rows
+threshold = 0                          # percent; 0 = any violation fails (DQD's rule)
+category = "Plausibility"              # Kahn category / subcategory / context (optional)
+
+[[check]]
+name = "labValueRange"
+table = "measurement"
+field = "value_as_number"
+rule = "range"                         # not_null | range (min, max) | allowed (values) | pattern (regex) | unique
+min = 0
+max = 1000
+```
+The predicate is compiled into the table's one scan of site checks; a predicate that fails in the
+database is reported as that check's `error`, the others still run.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import sqlglot
+
+from medlake.quality.checks import Check
+from medlake.quality.compile import Item, lit, q, sum_if
+
+RULES = ("not_null", "range", "allowed", "pattern", "unique")
+
+
+def _rule_sql(spec: dict, where: str) -> str:
+    f, rule = q(spec["field"]), spec["rule"]
+    if rule == "not_null":
+        return f"{f} IS NULL"
+    if rule == "range":
+        parts = []
+        if "min" in spec:
+            parts.append(f"{f} < {lit(spec['min'])}")
+        if "max" in spec:
+            parts.append(f"{f} > {lit(spec['max'])}")
+        if not parts:
+            raise ValueError(f"{where}: rule 'range' needs min and/or max")
+        return " OR ".join(parts)
+    if rule == "allowed":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: rule 'allowed' needs values = [...]")
+        return f"{f} IS NOT NULL AND {f} NOT IN ({', '.join(lit(v) for v in values)})"
+    if rule == "pattern":
+        return f"{f} IS NOT NULL AND NOT regexp_matches(CAST({f} AS VARCHAR), {lit(spec['regex'])})"
+    if rule == "unique":
+        t = q(spec["table"])
+        return f"{f} IN (SELECT {f} FROM {t} WHERE {f} IS NOT NULL GROUP BY {f} HAVING count(*) > 1)"
+    raise ValueError(f"{where}: unknown rule {rule!r}; use one of {', '.join(RULES)}")
+
+
+def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
+    """Checks and their compiled items from TOML text; errors name the file, the check and what to fix."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{source}: not valid TOML: {e}") from e
+    out, seen = [], set()
+    for n, spec in enumerate(doc.get("check", []), 1):
+        name = spec.get("name")
+        where = f"{source}: check #{n}" + (f" ({name})" if name else "")
+        for key in ("name", "table"):
+            if not spec.get(key):
+                raise ValueError(f"{where}: missing '{key}'")
+        if name in seen:
+            raise ValueError(f"{where}: duplicate check name {name!r}")
+        seen.add(name)
+        spec = {k: (v.lower() if k in ("table", "field") and isinstance(v, str) else v) for k, v in spec.items()}
+        if "violation" in spec:
+            violation = spec["violation"]
+        elif "rule" in spec:
+            if not spec.get("field"):
+                raise ValueError(f"{where}: rule {spec['rule']!r} needs a 'field'")
+            violation = _rule_sql(spec, where)
+        else:
+            raise ValueError(f"{where}: give 'violation' (a SQL predicate) or 'rule' ({', '.join(RULES)})")
+        den = spec.get("denominator")
+        for label, sql in (("violation", violation), ("denominator", den)):
+            if sql:
+                try:
+                    sqlglot.parse_one(f"SELECT 1 WHERE {sql}", read="duckdb")
+                except sqlglot.errors.ParseError as e:
+                    raise ValueError(f"{where}: {label} is not valid SQL: {str(e).splitlines()[0]}") from e
+        try:
+            threshold = float(spec.get("threshold", 0))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: threshold must be a number (percent)") from e
+        check = Check(
+            name=name, level="FIELD" if spec.get("field") else "TABLE", table=spec["table"], field=spec.get("field"),
+            threshold=threshold, category=spec.get("category", "Plausibility"),
+            subcategory=spec.get("subcategory", ""), context=spec.get("context", "Validation"),
+            severity=spec.get("severity", "site"), description=spec.get("description", violation),
+            params=(("violation", violation), ("denominator", den)), source="site")
+        item = Item(check, sum_if(f"({violation})"), sum_if(f"({den})") if den else "count(*)", (), f"({violation})")
+        out.append((check, item))
+    return out
+
+
+def load(path: str | Path) -> list[tuple[Check, Item]]:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"site checks file {p} not found")
+    return parse(p.read_text(encoding="utf-8"), str(p))
