@@ -136,3 +136,14 @@ def test_sql_written_once_runs_everywhere(engine):
         "SELECT gender_concept_id AS g, count(*) AS n, max(year_of_birth) AS y FROM person "
         "WHERE year_of_birth > ? GROUP BY gender_concept_id ORDER BY gender_concept_id", [1960]).to_pylist()
     assert [(r["g"], r["n"], r["y"]) for r in got] == [(8532, 2, 2001)]
+
+
+def test_stable_id_is_the_same_on_every_engine(engine):
+    import hashlib
+
+    store.init(engine, "5.4")
+    keys = ["h1-lis|MSG0001|OBX-1", "甲状腺|2024", "", "x" * 50]
+    engine.load_arrow("location", pa.table({"location_id": pa.array(range(1, 5), pa.int64()), "address_1": keys}))
+    got = engine.query("SELECT address_1 AS k, stable_id(address_1) AS id FROM location").to_pylist()
+    want = {k: int(hashlib.md5(k.encode()).hexdigest()[:15], 16) for k in keys}
+    assert {r["k"]: r["id"] for r in got} == want

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
+from sqlglot import exp
 
 from medlake.cdm.model import Table
 
@@ -54,15 +55,54 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-@lru_cache(maxsize=4096)
-def transpile(sql: str, dialect: str) -> str:
-    """DuckDB-dialect SQL (one or more statements) -> the engine's dialect."""
-    if dialect == "duckdb":
-        return sql
+# Functions medlake adds to its SQL. Written in DuckDB SQL as plain calls; DuckDB gets them as macros, the
+# other engines get a rewrite to their own SQL (see `template` and each engine's FUNCTIONS).
+#   stable_id(text) -> BIGINT: the first 60 bits of md5(text), identical on every engine.
+DUCKDB_MACROS = [
+    "CREATE OR REPLACE TEMP MACRO stable_id(s) AS CAST(('0x' || substr(md5(CAST(s AS VARCHAR)), 1, 15)) AS BIGINT)",
+]
+
+
+def template(body: str, dialect: str):
+    """A function rewrite from SQL text in `dialect` with arguments named _1, _2, …"""
+    tree = sqlglot.parse_one(body, read=dialect)
+
+    def build(*args):
+        def put(node):
+            if isinstance(node, exp.Column) and node.name.startswith("_") and node.name[1:].isdigit():
+                return args[int(node.name[1:]) - 1].copy()
+            return node
+
+        return tree.copy().transform(put)
+
+    return build
+
+
+def translate(sql: str, dialect: str, functions: dict | None = None, hook=None) -> list[str]:
+    """DuckDB-dialect SQL (one or more statements) -> statements in `dialect`.
+
+    `functions` rewrites medlake's own functions (name -> builder); `hook` may rewrite any other node.
+    """
     try:
-        return ";\n".join(sqlglot.transpile(sql, read="duckdb", write=dialect))
+        statements = [s for s in sqlglot.parse(sql, read="duckdb") if s is not None]
     except sqlglot.errors.ParseError as e:
         raise EngineError(f"cannot translate SQL for {dialect}: {e}") from e
+    functions = functions or {}
+
+    def rewrite(node):
+        if isinstance(node, exp.Anonymous) and node.name.lower() in functions:
+            return functions[node.name.lower()](*node.expressions)
+        return hook(node) if hook else node
+
+    return [st.transform(rewrite).sql(dialect) for st in statements]
+
+
+@lru_cache(maxsize=4096)
+def transpile(sql: str, dialect: str) -> str:
+    """DuckDB-dialect SQL -> another dialect, without medlake's function rewrites (for reading)."""
+    if dialect == "duckdb":
+        return sql
+    return ";\n".join(translate(sql, dialect))
 
 
 ARROW_OF_SQL = {

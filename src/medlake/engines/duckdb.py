@@ -8,7 +8,7 @@ import duckdb
 import pyarrow as pa
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import Column, EngineError
+from medlake.engines.base import DUCKDB_MACROS, Column, EngineError
 
 
 class DuckDBEngine:
@@ -24,6 +24,8 @@ class DuckDBEngine:
             self.con = duckdb.connect(self.path, read_only=read_only, config=config)
         except duckdb.Error as e:
             raise EngineError(f"cannot open DuckDB store {self.path}: {e}") from e
+        for macro in DUCKDB_MACROS:
+            self.con.execute(macro)
         self.url = f"duckdb:{self.path}"
         self._depth = 0
 

@@ -17,34 +17,31 @@ import sqlglot
 from sqlglot import exp
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import Column, EngineError, arrow_schema_of, conform
+from medlake.engines.base import Column, EngineError, arrow_schema_of, conform, template, translate
 
 # Dialect overrides: keep VARCHAR lengths; float is DOUBLE PRECISION (sqlglot renders DOUBLE that way).
 TYPE_OVERRIDES: dict[str, str] = {}
 
 
+FUNCTIONS = {
+    "stable_id": template("CAST(CAST('x' || LPAD(SUBSTRING(MD5(CAST(_1 AS TEXT)), 1, 15), 16, '0') AS BIT(64)) "
+                          "AS BIGINT)", "postgres"),
+}
+
+
 @lru_cache(maxsize=4096)
 def to_postgres(sql: str) -> str:
     """DuckDB SQL -> PostgreSQL, with `?` placeholders numbered `$1, $2, …` as libpq wants."""
-    try:
-        statements = sqlglot.parse(sql, read="duckdb")
-    except sqlglot.errors.ParseError as e:
-        raise EngineError(f"cannot translate SQL for postgres: {e}") from e
-    out = []
     n = 0
-    for st in statements:
-        if st is None:
-            continue
 
-        def number(node):
-            nonlocal n
-            if isinstance(node, exp.Placeholder) and not node.this:
-                n += 1
-                return exp.Parameter(this=exp.Literal.number(n))
-            return node
+    def number(node):
+        nonlocal n
+        if isinstance(node, exp.Placeholder) and not node.this:
+            n += 1
+            return exp.Parameter(this=exp.Literal.number(n))
+        return node
 
-        out.append(st.transform(number).sql("postgres"))
-    return ";\n".join(out)
+    return ";\n".join(translate(sql, "postgres", FUNCTIONS, number))
 
 
 class PostgresEngine:

@@ -15,18 +15,28 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from medlake.engines.base import Column, EngineError, conform, transpile
+from medlake.engines.base import Column, EngineError, conform, template, translate
 
 TYPE_OVERRIDES = {"datetime": "TIMESTAMP_NTZ"}
 META = "_medlake.json"
 
 _SESSION = None
+
+FUNCTIONS = {
+    "stable_id": template("CAST(CONV(SUBSTRING(MD5(CAST(_1 AS STRING)), 1, 15), 16, 10) AS BIGINT)", "spark"),
+}
+
+
+@lru_cache(maxsize=4096)
+def to_spark(sql: str) -> tuple[str, ...]:
+    return tuple(translate(sql, "spark", FUNCTIONS))
 
 
 def spark_session():
@@ -112,7 +122,7 @@ class SparkEngine:
     def _sql(self, sql: str, params: list | None):
         try:
             out = None
-            for st in transpile(sql, "spark").split(";\n"):
+            for st in to_spark(sql):
                 out = self.spark.sql(st, args=list(params) if params else None)
             return out
         except EngineError:
