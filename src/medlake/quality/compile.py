@@ -294,6 +294,25 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
     return out
 
 
+def concept_single_sql(c: Check, ctx: Context) -> str:
+    """One concept-level check as a query of its own (the one-query-per-check baseline), returning v0, d0."""
+    cond, joins = concept_example(c, ctx)
+    ids = ", ".join(str(i) for i in c.param("concept_ids"))
+    f = f"t.{q(c.field)}"
+    if c.name == "plausibleGenderUseDescendants":
+        scope = f"{f} IN (SELECT descendant_concept_id FROM concept_ancestor WHERE ancestor_concept_id IN ({ids}))"
+    else:
+        scope = f"{f} IN ({ids})"
+    if c.name in ("plausibleValueLow", "plausibleValueHigh"):
+        scope += f" AND t.unit_concept_id = {c.unit_concept_id} AND t.value_as_number IS NOT NULL"
+    elif c.name == "plausibleUnitConceptIds":
+        scope += " AND t.value_as_number IS NOT NULL"
+    else:
+        scope += f" AND {joins[0]}.person_id IS NOT NULL"
+    js = " ".join(ctx.joins[a][0] for a in joins)
+    return f"SELECT {sum_if(cond)} AS v0, count(*) AS d0 FROM {q(c.table)} AS t {js} WHERE {scope}"
+
+
 def concept_example(c: Check, ctx: Context) -> tuple[str, tuple[str, ...]]:
     """(violating-row condition, joins) for one concept-level check, for examples."""
     f = f"t.{q(c.field)}"

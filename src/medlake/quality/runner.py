@@ -227,36 +227,37 @@ class Runner:
                 res[it.check.id] = result(it.check, "not_applicable", reason=f"table {table} empty")
             site_items = []
         # field-level: one scan for the DQD checks, one for site checks (their SQL is the site's own)
-        for group, isolate in ((items, False), (site_items, True)):
-            self._scan(table, group, ctx, res, isolate)
+        for group in (items, site_items):  # the DQD checks, then the site's own SQL
+            self._scan(table, group, ctx, res)
             for it in group:
                 conds[it.check.id] = (it.where, it.joins)
         for c in pks:
             sql, ex = cp.primary_key_sql(table, c.field)
             self._single(c, sql, res, examples=ex)
         for sql, group, _ in cq:
-            try:
-                rows = {r["rid"]: r for r in self.eng.query(sql).to_pylist()} if self.mode == "set" else None
-            except EngineError as e:
-                for c in group:
-                    res[c.id] = result(c, "error", error=str(e))
-                continue
+            rows = {}
+            if self.mode == "set":
+                try:
+                    rows = {r["rid"]: (r["v"], r["d"]) for r in self.eng.query(sql).to_pylist()}
+                except EngineError as e:
+                    for c in group:
+                        res[c.id] = result(c, "error", error=str(e))
+                    continue
             for i, c in enumerate(group):
-                if rows is None:  # baseline: the same query, restricted to this one rule
+                if self.mode != "set":  # baseline: DQD's way, one query per concept rule
                     try:
-                        r = self.eng.query(f"SELECT * FROM ({sql}) AS x WHERE rid = {i}").to_pylist()
+                        r = self.eng.query(cp.concept_single_sql(c, ctx)).to_pylist()[0]
                     except EngineError as e:
                         res[c.id] = result(c, "error", error=str(e))
                         continue
-                    row = r[0] if r else None
-                else:
-                    row = rows.get(i)
-                if row is None:
+                    if r["d0"]:
+                        rows[i] = (r["v0"], r["d0"])
+                if i not in rows:
                     ids = ", ".join(str(x) for x in c.param("concept_ids"))
                     res[c.id] = result(c, "not_applicable", reason=f"no records with concept {ids}"
                                        + (f" and unit {c.unit_concept_id}" if c.unit_concept_id else ""))
                 else:
-                    res[c.id] = result(c, "counted", int(row["v"] or 0), int(row["d"] or 0))
+                    res[c.id] = result(c, "counted", int(rows[i][0] or 0), int(rows[i][1] or 0))
                     try:
                         conds[c.id] = cp.concept_example(c, ctx)
                     except cp.NotApplicable:
@@ -277,7 +278,7 @@ class Runner:
         order = {c.id: i for i, c in enumerate(checks + [i.check for i in site_items])}
         return sorted(res.values(), key=lambda r: order.get(r["check_id"], 1 << 30))
 
-    def _scan(self, table, items, ctx, res, isolate):
+    def _scan(self, table, items, ctx, res):
         if not items:
             return
         if self.mode == "set":
@@ -286,12 +287,9 @@ class Runner:
                 for i, it in enumerate(items):
                     res[it.check.id] = result(it.check, "counted", int(row[f"v{i}"] or 0), int(row[f"d{i}"] or 0))
                 return
-            except EngineError as e:
-                if not isolate:
-                    for it in items:
-                        res[it.check.id] = result(it.check, "error", error=str(e))
-                    return
-        for it in items:  # one query per check: the baseline, or to isolate a bad site predicate
+            except EngineError:
+                pass  # one check broke the scan (a bad type, a site predicate): run them singly to isolate it
+        for it in items:  # one query per check: the baseline, or to isolate the failing check
             self._single(it.check, cp.single_sql(table, it, ctx), res)
 
     def _single(self, c, sql, res, examples=None):

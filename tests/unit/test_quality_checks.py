@@ -1,0 +1,289 @@
+"""Every DQD check type, made to pass on a small clean CDM and then to fail by one readable change (DuckDB).
+
+The world: two persons (1: male, born 1980; 2: female, born 1990), one visit and one condition each,
+observation periods, eras, a measurement and an observation. Every case first asserts that its check
+passes on the clean world, then applies its SQL and asserts the exact violated/denominator counts.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from medlake.cdm import store
+from medlake.engines import open_engine
+from medlake.quality import compile as cp
+from medlake.quality.checks import checks
+from medlake.quality.runner import Runner
+
+FEMALE_ONLY = next(c for c in checks("5.4") if c.name == "plausibleGender" and c.table == "condition_occurrence"
+                   and c.param("gender_concept_id") == 8532).concept_id
+MALE_TREE = 4090861  # plausibleGenderUseDescendants: male genitalia finding and its descendants
+HBA1C = 3004410  # plausibleUnitConceptIds: 8554 (percent) is allowed, 8876 (mmHg) is not
+OBS = 37393449  # concept-level plausibleValueLow/High with unit 8840
+
+CONCEPTS = [  # concept_id, name, domain, class, standard
+    (0, "No matching concept", "Metadata", "Undefined", None),
+    (8507, "MALE", "Gender", "Gender", "S"),
+    (8532, "FEMALE", "Gender", "Gender", "S"),
+    (9201, "Inpatient Visit", "Visit", "Visit", "S"),
+    (32817, "EHR", "Type Concept", "Type Concept", "S"),
+    (201826, "Type 2 diabetes mellitus", "Condition", "Clinical Finding", "S"),
+    (45576876, "E11 Type 2 diabetes mellitus", "Condition", "3-char nonbill code", None),
+    (FEMALE_ONLY, "female-only condition", "Condition", "Clinical Finding", "S"),
+    (MALE_TREE, "Male genitalia finding", "Condition", "Clinical Finding", "S"),
+    (3004249, "Systolic blood pressure", "Measurement", "Clinical Observation", "S"),
+    (HBA1C, "Hemoglobin A1c", "Measurement", "Lab Test", "S"),
+    (8554, "percent", "Unit", "Unit", "S"),
+    (8876, "millimeter mercury column", "Unit", "Unit", "S"),
+    (8840, "milligram per deciliter", "Unit", "Unit", "S"),
+    (OBS, "observation with a plausible range", "Observation", "Clinical Observation", "S"),
+    (1503297, "metformin", "Drug", "Ingredient", "S"),
+    (40163924, "metformin 500 MG Oral Tablet", "Drug", "Clinical Drug", "S"),
+]
+
+WORLD = [
+    "INSERT INTO person (person_id, gender_concept_id, year_of_birth, birth_datetime, race_concept_id, "
+    "ethnicity_concept_id) VALUES (1, 8507, 1980, TIMESTAMP '1980-05-01 00:00:00', 0, 0), "
+    "(2, 8532, 1990, TIMESTAMP '1990-03-01 00:00:00', 0, 0)",
+    "INSERT INTO observation_period VALUES (1, 1, DATE '2019-01-01', DATE '2022-12-31', 32817), "
+    "(2, 2, DATE '2019-01-01', DATE '2022-12-31', 32817)",
+    "INSERT INTO visit_occurrence (visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
+    "visit_end_date, visit_type_concept_id) VALUES (10, 1, 9201, DATE '2020-01-01', DATE '2020-01-03', 32817), "
+    "(20, 2, 9201, DATE '2021-01-01', DATE '2021-01-02', 32817)",
+    "INSERT INTO condition_occurrence (condition_occurrence_id, person_id, condition_concept_id, condition_start_date, "
+    "condition_end_date, condition_type_concept_id, visit_occurrence_id, condition_source_value, "
+    "condition_source_concept_id) VALUES "
+    "(100, 1, 201826, DATE '2020-01-02', DATE '2020-01-05', 32817, 10, 'E11', 45576876), "
+    "(200, 2, 201826, DATE '2021-01-01', DATE '2021-01-02', 32817, 20, 'E11.9', 45576876), "
+    f"(300, 2, {FEMALE_ONLY}, DATE '2021-01-01', NULL, 32817, 20, 'X', 45576876), "
+    f"(400, 1, {MALE_TREE}, DATE '2020-01-01', NULL, 32817, 10, 'Y', 45576876)",
+    "INSERT INTO condition_era VALUES (1, 1, 201826, DATE '2020-01-02', DATE '2020-01-05', 1), "
+    "(2, 2, 201826, DATE '2021-01-01', DATE '2021-01-02', 1)",
+    "INSERT INTO drug_era VALUES (1, 1, 1503297, DATE '2020-01-01', DATE '2020-02-01', 1, 0), "
+    "(2, 2, 1503297, DATE '2021-01-01', DATE '2021-02-01', 1, 0)",
+    "INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date, "
+    f"measurement_type_concept_id, value_as_number, unit_concept_id) VALUES "
+    f"(1000, 1, {HBA1C}, DATE '2020-01-02', 32817, 6.5, 8554)",
+    "INSERT INTO observation (observation_id, person_id, observation_concept_id, observation_date, "
+    f"observation_type_concept_id, value_as_number, unit_concept_id) VALUES "
+    f"(5000, 1, {OBS}, DATE '2020-01-02', 32817, 70, 8840)",
+    "INSERT INTO death (person_id, death_date, death_type_concept_id) VALUES (2, DATE '2022-06-01', 32817)",
+    f"INSERT INTO concept_ancestor VALUES ({MALE_TREE}, {MALE_TREE}, 0, 0)",
+    "INSERT INTO note (note_id, person_id, note_date, note_type_concept_id, note_class_concept_id, note_text, "
+    "encoding_concept_id, language_concept_id) VALUES (1, 1, DATE '2020-01-02', 32817, 0, 'text', 0, 0)",
+]
+
+DEATH_P1 = "INSERT INTO death (person_id, death_date, death_type_concept_id) VALUES (1, DATE '2019-06-01', 32817)"
+CO = "UPDATE condition_occurrence SET "
+
+# check id, table, SQL that breaks it, violated rows, denominator
+CASES = [
+    ("table_cdmtable_note", ["DROP TABLE note"], 1, 1),
+    ("field_cdmfield_note_note_text", ["ALTER TABLE note DROP COLUMN note_text"], 1, 1),
+    ("field_isrequired_person_gender_concept_id",
+     ["ALTER TABLE person ALTER COLUMN gender_concept_id DROP NOT NULL",
+      "UPDATE person SET gender_concept_id = NULL WHERE person_id = 2"], 1, 2),
+    ("field_measurevaluecompleteness_person_gender_concept_id",
+     ["ALTER TABLE person ALTER COLUMN gender_concept_id DROP NOT NULL",
+      "UPDATE person SET gender_concept_id = NULL WHERE person_id = 2"], 1, 2),
+    ("field_cdmdatatype_person_year_of_birth",
+     ["ALTER TABLE person ALTER COLUMN year_of_birth TYPE VARCHAR",
+      "UPDATE person SET year_of_birth = '19x0' WHERE person_id = 2"], 1, 2),
+    ("field_isprimarykey_person_person_id",
+     ["INSERT INTO person (person_id, gender_concept_id, year_of_birth, race_concept_id, ethnicity_concept_id) "
+      "VALUES (2, 8532, 1990, 0, 0)"], 2, 3),
+    ("field_isforeignkey_condition_occurrence_person_id", [CO + "person_id = 99 WHERE condition_occurrence_id = 200"], 1, 4),
+    ("field_fkdomain_condition_occurrence_condition_concept_id",
+     [CO + "condition_concept_id = 3004249 WHERE condition_occurrence_id = 200"], 1, 4),
+    ("field_fkclass_drug_era_drug_concept_id", ["UPDATE drug_era SET drug_concept_id = 40163924 WHERE drug_era_id = 2"],
+     1, 2),
+    ("field_isstandardvalidconcept_condition_occurrence_condition_concept_id",
+     [CO + "condition_concept_id = 45576876 WHERE condition_occurrence_id = 200"], 1, 4),
+    ("field_standardconceptrecordcompleteness_condition_occurrence_condition_concept_id",
+     [CO + "condition_concept_id = 0 WHERE condition_occurrence_id = 200"], 1, 4),
+    ("field_sourceconceptrecordcompleteness_condition_occurrence_condition_source_concept_id",
+     [CO + "condition_source_concept_id = 0 WHERE condition_occurrence_id = 200"], 1, 4),
+    ("field_sourcevaluecompleteness_condition_occurrence_condition_source_value",
+     [CO + "condition_concept_id = 0 WHERE condition_occurrence_id = 200"], 1, 4),  # distinct source values
+    ("field_plausiblevaluelow_person_year_of_birth", ["UPDATE person SET year_of_birth = 1849 WHERE person_id = 2"],
+     1, 2),
+    ("field_plausiblevaluehigh_condition_occurrence_condition_start_date",
+     [CO + "condition_start_date = DATE '2999-01-01', condition_end_date = DATE '2999-01-02' "
+      "WHERE condition_occurrence_id = 200"], 1, 4),
+    ("field_plausibletemporalafter_condition_occurrence_condition_start_date",
+     [CO + "condition_start_date = DATE '1975-01-01' WHERE condition_occurrence_id = 100"], 1, 4),
+    ("field_plausibletemporalafter_condition_occurrence_condition_end_date",
+     [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 2),
+    ("field_plausibleafterbirth_condition_occurrence_condition_start_date",
+     [CO + "condition_start_date = DATE '1975-01-01' WHERE condition_occurrence_id = 100"], 1, 4),
+    ("field_plausiblebeforedeath_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
+    ("field_plausibleduringlife_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
+    ("field_plausiblestartbeforeend_condition_occurrence_condition_start_date",
+     [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 2),
+    ("field_withinvisitdates_condition_occurrence_condition_start_date",
+     [CO + "condition_start_date = DATE '2020-03-01', condition_end_date = NULL WHERE condition_occurrence_id = 100"],
+     1, 4),
+    ("table_measurepersoncompleteness_observation_period", ["DELETE FROM observation_period WHERE person_id = 2"], 1, 2),
+    ("table_measureconditioneracompleteness_condition_era", ["DELETE FROM condition_era WHERE person_id = 2"], 1, 2),
+    ("table_measureobservationperiodoverlap_observation_period",
+     ["INSERT INTO observation_period VALUES (3, 1, DATE '2023-01-01', DATE '2023-06-30', 32817)"], 1, 2),  # back to back
+    (f"concept_plausiblegender_condition_occurrence_condition_concept_id_{FEMALE_ONLY}",
+     [f"INSERT INTO condition_occurrence (condition_occurrence_id, person_id, condition_concept_id, "
+      f"condition_start_date, condition_type_concept_id) VALUES (301, 1, {FEMALE_ONLY}, DATE '2020-01-01', 32817)"], 1, 2),
+    (f"concept_plausiblegenderusedescendants_condition_occurrence_condition_concept_id_{MALE_TREE}",
+     [f"INSERT INTO condition_occurrence (condition_occurrence_id, person_id, condition_concept_id, "
+      f"condition_start_date, condition_type_concept_id) VALUES (401, 2, {MALE_TREE}, DATE '2021-01-01', 32817)"], 1, 2),
+    (f"concept_plausibleunitconceptids_measurement_measurement_concept_id_{HBA1C}",
+     ["INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date, "
+      f"measurement_type_concept_id, value_as_number, unit_concept_id) VALUES "
+      f"(1001, 2, {HBA1C}, DATE '2021-01-01', 32817, 7.0, 8876)"], 1, 2),
+    (f"concept_plausiblevaluelow_observation_observation_concept_id_{OBS}_8840",
+     ["UPDATE observation SET value_as_number = 20"], 1, 1),
+    (f"concept_plausiblevaluehigh_observation_observation_concept_id_{OBS}_8840",
+     ["UPDATE observation SET value_as_number = 99999"], 1, 1),
+]
+
+
+def world(eng):
+    store.init(eng, "5.4")
+    rows = ", ".join(f"({i}, '{n}', '{d}', 'Test', '{k}', {'NULL' if s is None else repr(s)}, '{i}', "
+                     "DATE '1970-01-01', DATE '2099-12-31', NULL)" for i, n, d, k, s in CONCEPTS)
+    eng.execute(f"INSERT INTO concept VALUES {rows}")
+    for sql in WORLD:
+        eng.execute(sql)
+    return eng
+
+
+def results(eng, table, tmp_path, extra=()):
+    runner = Runner(eng, "5.4", tmp_path / "q", incremental=False, resume=False)
+    runner._survey()
+    cs = [c for c in checks("5.4") if c.table == table] + list(extra)
+    return {r["check_id"]: r for r in runner.run_table(table, cs, [])}
+
+
+def table_of(check_id):
+    return next(c.table for c in checks("5.4") if c.id == check_id)
+
+
+@pytest.fixture
+def clean():
+    eng = open_engine("duckdb::memory:")
+    yield world(eng)
+    eng.close()
+
+
+@pytest.mark.parametrize("check_id,breaking,violated,denominator", CASES, ids=[c[0].split("_")[1] + ":" + c[0]
+                                                                                for c in CASES])
+def test_check_passes_then_fails(clean, tmp_path, check_id, breaking, violated, denominator):
+    table = table_of(check_id)
+    before = results(clean, table, tmp_path)[check_id]
+    assert before["status"] == "passed", before
+    assert before["num_violated_rows"] == 0
+    for sql in breaking:
+        clean.execute(sql)
+    after = results(clean, table, tmp_path)[check_id]
+    assert after["status"] == "failed", after
+    assert (after["num_violated_rows"], after["num_denominator_rows"]) == (violated, denominator)
+    assert after["failed"] is True
+    if after["check_name"] not in ("cdmTable", "cdmField"):  # those are about the schema, not rows
+        assert 0 < len(after["examples"]) <= 10, after
+
+
+def test_every_check_type_has_a_case():
+    names = {c.name for c in checks("5.4") if c.source == "dqd"} | {c.name for c in checks("5.3") if c.source == "dqd"}
+    covered = {next(c.name for c in checks("5.4") if c.id == cid) for cid, *_ in CASES}
+    assert names - covered == set()
+    assert len(names) >= 27  # DQD's 27 check types (plus the concept-level low/high sharing names)
+
+
+def test_examples_name_the_violating_rows(clean, tmp_path):
+    clean.execute(CO + "person_id = 99 WHERE condition_occurrence_id IN (200, 300)")
+    r = results(clean, "condition_occurrence", tmp_path)["field_isforeignkey_condition_occurrence_person_id"]
+    assert sorted(r["examples"]) == ["200", "300"]
+    assert r["example_field"] == "condition_occurrence_id"
+    assert r["pct_violated_rows"] == 0.5
+
+
+def test_threshold_follows_dqd_rule(clean, tmp_path):
+    """Threshold 5%: 1 violation in 4 rows (25%) fails; the same at threshold 30% passes."""
+    cid = "field_standardconceptrecordcompleteness_condition_occurrence_condition_concept_id"
+    clean.execute(CO + "condition_concept_id = 0 WHERE condition_occurrence_id = 200")
+    assert results(clean, "condition_occurrence", tmp_path)[cid]["status"] == "failed"
+    c = next(c for c in checks("5.4") if c.id == cid)
+    loose = dataclasses.replace(c, threshold=30.0, name="standardConceptRecordCompleteness")
+    runner = Runner(clean, "5.4", tmp_path / "q", incremental=False, resume=False)
+    runner._survey()
+    r = {x["check_id"]: x for x in runner.run_table("condition_occurrence", [loose], [])}[cid]
+    assert (r["status"], r["pct_violated_rows"]) == ("passed", 0.25)
+
+
+def test_mapping_coverage_counts_unmapped_and_non_standard(clean, tmp_path):
+    cid = "field_mappingcoverage_condition_occurrence_condition_concept_id"
+    assert results(clean, "condition_occurrence", tmp_path)[cid]["num_violated_rows"] == 0
+    clean.execute(CO + "condition_concept_id = 0 WHERE condition_occurrence_id = 100")
+    clean.execute(CO + "condition_concept_id = 45576876 WHERE condition_occurrence_id = 200")
+    r = results(clean, "condition_occurrence", tmp_path)[cid]
+    assert (r["num_violated_rows"], r["num_denominator_rows"]) == (2, 4)
+    assert r["status"] == "passed"  # informational by default (threshold 100%)
+    strict = dataclasses.replace(next(c for c in checks("5.4") if c.id == cid), threshold=0.0)
+    runner = Runner(clean, "5.4", tmp_path / "q2", incremental=False, resume=False)
+    runner._survey()
+    assert runner.run_table("condition_occurrence", [strict], [])[0]["status"] == "failed"
+
+
+def test_not_applicable_is_not_passed(clean, tmp_path):
+    r = results(clean, "specimen", tmp_path)  # empty table
+    assert r["field_isrequired_specimen_specimen_id"]["status"] == "not_applicable"
+    assert "empty" in r["field_isrequired_specimen_specimen_id"]["not_applicable_reason"]
+    assert r["table_cdmtable_specimen"]["status"] == "passed"
+    clean.execute("ALTER TABLE note DROP COLUMN note_text")
+    r = results(clean, "note", tmp_path)
+    assert r["field_cdmfield_note_note_text"]["status"] == "failed"
+    assert r["field_measurevaluecompleteness_note_note_text"]["status"] == "not_applicable"
+    # a concept rule with no records of its concept is not applicable, not passed
+    r = results(clean, "measurement", tmp_path)
+    other = next(c.id for c in checks("5.4") if c.name == "plausibleUnitConceptIds" and c.concept_id != HBA1C)
+    assert r[other]["status"] == "not_applicable"
+    clean.execute("DROP TABLE death")
+    r = results(clean, "condition_occurrence", tmp_path)
+    assert r["field_plausiblebeforedeath_condition_occurrence_condition_start_date"]["status"] == "not_applicable"
+
+
+def test_a_failing_query_is_an_error_with_its_text(clean, tmp_path):
+    clean.execute("ALTER TABLE person ALTER COLUMN year_of_birth TYPE VARCHAR")
+    clean.execute("UPDATE person SET year_of_birth = 'abc' WHERE person_id = 2")  # cannot compare with 1850
+    r = results(clean, "person", tmp_path)
+    bad = r["field_plausiblevaluelow_person_year_of_birth"]
+    assert bad["status"] == "error" and "VARCHAR" in bad["error"]
+    # the failing check is isolated: the others of the same scan still have results
+    assert r["field_cdmdatatype_person_year_of_birth"]["status"] == "failed"
+    assert r["field_isrequired_person_gender_concept_id"]["status"] == "passed"
+
+
+def test_set_based_and_per_check_agree(clean, tmp_path):
+    clean.execute(CO + "person_id = 99, condition_concept_id = 0 WHERE condition_occurrence_id = 200")
+    clean.execute(DEATH_P1)
+    out = {}
+    for mode in ("set", "per_check"):
+        runner = Runner(clean, "5.4", tmp_path / mode, incremental=False, resume=False, mode=mode)
+        runner._survey()
+        cs = [c for c in checks("5.4") if c.table in ("condition_occurrence", "measurement")]
+        res = runner.run_table("condition_occurrence", [c for c in cs if c.table == "condition_occurrence"], [])
+        res += runner.run_table("measurement", [c for c in cs if c.table == "measurement"], [])
+        out[mode] = ({r["check_id"]: (r["status"], r["num_violated_rows"], r["num_denominator_rows"]) for r in res},
+                     runner.eng.queries)
+    assert out["set"][0] == out["per_check"][0]
+    assert out["set"][1] * 5 < out["per_check"][1]
+
+
+def test_compile_gives_one_scan_per_table(clean):
+    from medlake.quality.runner import Runner as R
+
+    runner = R(clean, "5.4", "unused", incremental=False)
+    runner._survey()
+    known, items, pks, cq, tl, reads, ctx = runner.plan("condition_occurrence",
+                                                       [c for c in checks("5.4") if c.table == "condition_occurrence"])
+    sql = cp.scan_sql("condition_occurrence", items, ctx)
+    assert sql.count("FROM \"condition_occurrence\"") == 1 and len(items) > 40
+    assert {"person", "concept", "visit_occurrence", "death"} <= reads
