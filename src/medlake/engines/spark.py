@@ -140,9 +140,36 @@ class SparkEngine:
             self._sql(sql, params)
             shutil.rmtree(self.warehouse / name, ignore_errors=True)
             return
+        if isinstance(parsed, exp.Delete):
+            self._delete(parsed, params)
+            return
         df = self._sql(sql, params)
         if df is not None:
             df.collect()
+
+    def _delete(self, delete: exp.Delete, params: list | None) -> None:
+        """Parquet tables have no DELETE: write the rows that stay to new files, then swap them in."""
+        name = delete.this.name
+        where = delete.args.get("where")
+        keep = "SELECT * FROM " + exp.to_table(name).sql("duckdb")
+        if where is not None:
+            keep += f" WHERE NOT COALESCE(({where.this.sql('duckdb')}), FALSE)"
+        else:
+            keep += " WHERE FALSE"
+        df = self._sql(keep, params)
+        table_dir = self.warehouse / name
+        staged = self.warehouse / f".{name}.rewrite-{uuid.uuid4().hex[:8]}"
+        try:
+            df.write.parquet(staged.as_posix())
+        except Exception as e:
+            raise EngineError(str(e).splitlines()[0][:500]) from e
+        for p in table_dir.iterdir():
+            if p.name != META:
+                p.unlink() if p.is_file() else shutil.rmtree(p)
+        for p in staged.glob("*.parquet"):
+            os.replace(p, table_dir / p.name)
+        shutil.rmtree(staged, ignore_errors=True)
+        self.spark.sql(f"REFRESH TABLE `{name}`")
 
     def _create_from_sql(self, create: exp.Create) -> None:
         name = create.this.this.name

@@ -1,0 +1,1 @@
+"""Transform: staging -> OMOP CDM (declared mappings compiled to SQL), derived tables, lineage."""

@@ -1,0 +1,87 @@
+"""Derived tables (observation period, condition and drug eras): the same rows and ids on every engine."""
+import datetime as dt
+
+import pyarrow as pa
+
+from medlake.cdm import ddl, model, store
+from medlake.transform import derived
+
+D = dt.date
+
+
+def table(name, **cols):
+    return ddl.arrow_table(model.load("5.4").table(name), cols)
+
+
+def seed(engine):
+    store.init(engine, "5.4")
+    engine.load_arrow("concept", table("concept",
+        concept_id=[1125315, 1127433, 201826],
+        concept_name=["acetaminophen", "acetaminophen 325 MG Oral Tablet", "Type 2 diabetes mellitus"],
+        domain_id=["Drug", "Drug", "Condition"], vocabulary_id=["RxNorm", "RxNorm", "SNOMED"],
+        concept_class_id=["Ingredient", "Clinical Drug", "Disorder"], standard_concept=["S", "S", "S"],
+        concept_code=["161", "313782", "44054006"], valid_start_date=[D(1970, 1, 1)] * 3,
+        valid_end_date=[D(2099, 12, 31)] * 3))
+    engine.load_arrow("concept_ancestor", pa.table({
+        "ancestor_concept_id": pa.array([1125315, 1125315], pa.int32()),
+        "descendant_concept_id": pa.array([1125315, 1127433], pa.int32()),
+        "min_levels_of_separation": pa.array([0, 1], pa.int32()),
+        "max_levels_of_separation": pa.array([0, 1], pa.int32())}))
+    #      person  start            end               -> era
+    engine.load_arrow("condition_occurrence", table("condition_occurrence",
+        condition_occurrence_id=[1, 2, 3, 4],
+        person_id=[1, 1, 1, 2],
+        condition_concept_id=[201826, 201826, 201826, 201826],
+        condition_start_date=[D(2020, 1, 1), D(2020, 1, 20), D(2020, 3, 15), D(2022, 5, 5)],
+        condition_end_date=[None, D(2020, 1, 25), None, D(2022, 5, 6)],
+        condition_type_concept_id=[32817] * 4))
+    engine.load_arrow("drug_exposure", table("drug_exposure",
+        drug_exposure_id=[1, 2],
+        person_id=[1, 1],
+        drug_concept_id=[1127433, 1127433],
+        drug_exposure_start_date=[D(2021, 1, 1), D(2021, 1, 25)],
+        drug_exposure_end_date=[D(2021, 1, 11), D(2021, 2, 3)],
+        days_supply=[10, None],
+        drug_type_concept_id=[32817, 32817]))
+
+
+def rows(engine, sql):
+    return sorted(tuple(r.values()) for r in engine.query(sql).to_pylist())
+
+
+def test_eras_and_observation_periods(engine):
+    seed(engine)
+    counts = derived.rebuild(engine)
+    assert counts == {"observation_period": 2, "condition_era": 3, "drug_era": 1}
+    assert rows(engine, "SELECT person_id, condition_concept_id, condition_era_start_date, condition_era_end_date, "
+                        "condition_occurrence_count FROM condition_era") == [
+        (1, 201826, D(2020, 1, 1), D(2020, 1, 25), 2),   # 20 Jan starts within 30 days of 2 Jan
+        (1, 201826, D(2020, 3, 15), D(2020, 3, 16), 1),  # more than 30 days after 25 Jan: a new era
+        (2, 201826, D(2022, 5, 5), D(2022, 5, 6), 1),
+    ]
+    assert rows(engine, "SELECT person_id, drug_concept_id, drug_era_start_date, drug_era_end_date, "
+                        "drug_exposure_count, gap_days FROM drug_era") == [
+        (1, 1125315, D(2021, 1, 1), D(2021, 2, 3), 2, 14),  # rolled up to the ingredient; 33 days, 19 exposed
+    ]
+    assert rows(engine, "SELECT person_id, observation_period_start_date, observation_period_end_date, "
+                        "period_type_concept_id FROM observation_period") == [
+        (1, D(2020, 1, 1), D(2021, 2, 3), 44814724),
+        (2, D(2022, 5, 5), D(2022, 5, 6), 44814724),
+    ]
+
+
+def test_rebuild_for_touched_persons_only_and_ids_are_stable(engine):
+    seed(engine)
+    derived.rebuild(engine)
+    before = rows(engine, "SELECT condition_era_id, person_id, condition_era_start_date FROM condition_era")
+    engine.load_arrow("condition_occurrence", table("condition_occurrence",
+        condition_occurrence_id=[5], person_id=[2], condition_concept_id=[201826],
+        condition_start_date=[D(2023, 1, 1)], condition_type_concept_id=[32817]))
+    engine.execute("CREATE TABLE touched (person_id BIGINT)")
+    engine.execute("INSERT INTO touched VALUES (2)")
+    derived.rebuild(engine, persons="touched")
+    after = rows(engine, "SELECT condition_era_id, person_id, condition_era_start_date FROM condition_era")
+    assert [r for r in after if r[1] == 1] == [r for r in before if r[1] == 1]
+    assert sorted(r[2] for r in after if r[1] == 2) == [D(2022, 5, 5), D(2023, 1, 1)]
+    assert derived.rebuild(engine) and rows(engine, "SELECT condition_era_id, person_id, condition_era_start_date "
+                                                    "FROM condition_era") == after  # a full rebuild agrees
