@@ -135,6 +135,271 @@ def status():
     out.print(f"{len(empty)} empty table(s)")
 
 
+# -- ingest: landing, staging, quarantine ------------------------------------------------------------------------
+quarantine_app = typer.Typer(help="Records that could not be staged: list, show, retry.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+
+
+def _landing():
+    from medlake.landing import Landing
+    from medlake.landing.quarantine import Quarantine
+
+    root = settings().landing_dir
+    return Landing(root), Quarantine(root)
+
+
+def _load_sources(path: Optional[Path]):
+    from medlake.sources import config as source_config
+
+    return source_config.load(path) if path else None
+
+
+def _counting_progress() -> Progress:
+    from rich.progress import MofNCompleteColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=err, transient=True, disable=not err.is_terminal)
+
+
+def _print_ingest_summary(summary) -> None:
+    t = Table(title=f"ingest {summary.batch}")
+    for c in ("source", "received", "landed", "duplicates", "unchanged", "staged", "rows", "quarantined"):
+        t.add_column(c, justify="left" if c == "source" else "right", no_wrap=True)
+    rows = list(summary.sources.items()) + [("total", summary.total())]
+    for name, s in rows:
+        t.add_row(name, *(f"{v:,}" for v in (s.received, s.landed, s.duplicates, s.unchanged, s.records, s.rows,
+                                              sum(s.quarantined.values()))))
+    out.print(t)
+    q = summary.total().quarantined
+    out.print("quarantined by reason: " + (", ".join(f"{k} {v:,}" for k, v in sorted(q.items())) or "none"))
+    if q:
+        out.print("see `medlake quarantine list`; fix the parser or mapping, then `medlake quarantine retry`")
+    if summary.ignored:
+        out.print(f"{len(summary.ignored):,} file(s) outside every configured source were not ingested, e.g. "
+                  f"{summary.ignored[0]}", highlight=False)
+
+
+@app.command("ingest")
+def ingest_cmd(
+    paths: Optional[list[Path]] = typer.Argument(None, help="Files or folders to ingest (walked recursively)."),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="The site's sources.toml ([[source]] tables)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Source name for files no config claims "
+                                         "(default: the folder name)."),
+):
+    """Land files, stage what is new (HL7 v2, FHIR, CSV), quarantine what is bad; print the summary."""
+    from medlake.landing import ingest as ingest_mod
+
+    srcs = _load_sources(sources)
+    if not paths and not srcs:
+        raise click.UsageError("give PATH… to ingest, or --sources to ingest every configured source")
+    eng = engine()
+    land, q = _landing()
+    try:
+        with _counting_progress() as bar:
+            task = bar.add_task("ingest", total=None)
+
+            def tick(desc, done, total):
+                bar.update(task, description=desc[:70], completed=done, total=total)
+
+            summary = ingest_mod.ingest(eng, land, q, paths or (), srcs, source, progress=tick)
+    finally:
+        eng.close()
+        land.close()
+        q.close()
+    _print_ingest_summary(summary)
+
+
+def _known_source(name: str, sources: Optional[Path], root: Path):
+    from medlake.landing import ingest as ingest_mod
+
+    known = {s.name: s for s in _load_sources(sources)} if sources else ingest_mod.known_sources(root)
+    if name not in known:
+        raise ValueError(f"unknown source {name!r}; known: {', '.join(sorted(known)) or 'none (ingest first)'}")
+    return known[name]
+
+
+@app.command()
+def replay(
+    source: str = typer.Option(..., "--source", help="The source whose staging is rebuilt."),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="sources.toml (default: the config last used)."),
+):
+    """Rebuild one source's staging tables from landing alone."""
+    from medlake.landing import ingest as ingest_mod
+
+    eng = engine()
+    land, q = _landing()
+    try:
+        src = _known_source(source, sources, land.root)
+        if sources:
+            ingest_mod.remember(land.root, [src])
+        with _counting_progress() as bar:
+            task = bar.add_task("replay", total=None)
+            summary = ingest_mod.replay(eng, land, q, src, progress=lambda d, n, t: bar.update(
+                task, description=d[:70], completed=n, total=t))
+    finally:
+        eng.close()
+        land.close()
+        q.close()
+    _print_ingest_summary(summary)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    source: Optional[str] = typer.Option(None, "--source", help="Only this source."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="Only this reason."),
+    all_: bool = typer.Option(False, "--all", help="Resolved items too."),
+    limit: int = typer.Option(50, "--limit", help="At most this many (0: all)."),
+):
+    """Quarantined records: id, source, reason, location."""
+    land, q = _landing()
+    try:
+        items = q.items(source=source, status=None if all_ else "open", reason=reason, limit=limit or None)
+        counts = q.counts(source=source, status=None if all_ else "open")
+    finally:
+        land.close()
+        q.close()
+    t = Table(title=f"quarantine ({sum(counts.values()):,} {'items' if all_ else 'open'})")
+    for c in ("id", "source", "status", "reason", "location", "detail"):
+        t.add_column(c, overflow="fold")
+    for it in items:
+        t.add_row(str(it.id), it.source, it.status, it.reason, it.location, it.detail[:100])
+    out.print(t)
+    out.print("by reason: " + (", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"))
+
+
+@quarantine_app.command("show")
+def quarantine_show(
+    item_id: int = typer.Argument(..., help="Item id (from `medlake quarantine list`)."),
+    raw: bool = typer.Option(False, "--raw", help="Write only the raw bytes to stdout."),
+):
+    """One quarantined record: where, why, and its raw bytes."""
+    land, q = _landing()
+    try:
+        it = q.get(item_id)
+    finally:
+        land.close()
+        q.close()
+    if raw:
+        sys.stdout.buffer.write(it.raw)
+        sys.stdout.buffer.flush()
+        return
+    for k in ("id", "source", "status", "reason", "detail", "location", "receipt_seq", "landing_sha256",
+              "created_at", "attempts", "last_error", "resolved_at", "resolution"):
+        v = getattr(it, k)
+        if v is not None:
+            out.print(f"{k:15}{v}", highlight=False, markup=False)
+    text = it.raw[:4000].decode("utf-8", errors="backslashreplace").replace("\r", "\n")
+    out.print(f"raw ({len(it.raw):,} bytes{', first 4,000' if len(it.raw) > 4000 else ''}):", highlight=False)
+    out.print(text, highlight=False, markup=False)
+
+
+@quarantine_app.command("retry")
+def quarantine_retry(
+    ids: Optional[list[int]] = typer.Argument(None, help="Item ids (default: every open item)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Only this source."),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="sources.toml with the fixed mapping "
+                                           "(default: the config last used)."),
+):
+    """Re-read quarantined records with today's parsers and mappings; stage those that now pass."""
+    from medlake.landing import ingest as ingest_mod
+
+    eng = engine()
+    land, q = _landing()
+    try:
+        known = ingest_mod.known_sources(land.root)
+        if sources:
+            fresh = _load_sources(sources)
+            ingest_mod.remember(land.root, fresh)
+            known.update({s.name: s for s in fresh})
+        r = ingest_mod.retry(eng, land, q, known, source=source, ids=ids or None)
+    finally:
+        eng.close()
+        land.close()
+        q.close()
+    out.print(f"resolved {r.resolved:,}, still failing {r.still_failing:,}, rows staged {r.rows:,}"
+              + (f", new items {r.new_items:,}" if r.new_items else ""))
+    for e in r.errors[:5]:
+        out.print(f"  {e}", highlight=False, markup=False)
+
+
+@quality_app.command("run")
+def quality_run(
+    out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder for quality/<run-id>/ reports."),
+    fail_on: Optional[float] = typer.Option(
+        None, "--fail-on", min=0, max=100,
+        help="Exit 1 when failed checks (plus errors) exceed this percent of checks with a result (0: any)."),
+    site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
+    full: bool = typer.Option(False, "--full", help="Re-check every table (default: only tables that changed)."),
+    tables: Optional[str] = typer.Option(None, "--tables", help="Only these tables (comma-separated)."),
+):
+    """Run every DQD check (and the site's checks); write results.json and report.html."""
+    from medlake.quality import runner, site
+
+    extra, feed = site.load(site_checks) if site_checks else ([], None)
+    eng = engine()
+    try:
+        with progress() as bar:
+            task = bar.add_task("quality", total=None)
+
+            def tick(name, done, total):
+                bar.update(task, description=name, completed=done, total=total)
+
+            r = runner.run(eng, None, out_dir, site_checks=extra, feed=feed, incremental=not full, progress=tick,
+                           only=[t.strip().lower() for t in tables.split(",")] if tables else None)
+    finally:
+        eng.close()
+    s = r.summary
+    t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']})")
+    for col in ("category", "passed", "failed", "errors", "not applicable", "pass rate"):
+        t.add_column(col, justify="left" if col == "category" else "right")
+    for name, v in list(s["by_category"].items()) + [("all", s)]:
+        rate = "n/a" if v["pass_rate"] is None else f"{100 * v['pass_rate']:.1f}%"
+        t.add_row(name, str(v["passed"]), str(v["failed"]), str(v["errors"]), str(v["not_applicable"]), rate)
+    out.print(t)
+    out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
+              f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
+    out.print(f"results: {r.dir / 'results.json'}", highlight=False)
+    out.print(f"report:  {r.dir / 'report.html'}", highlight=False)
+    if fail_on is not None:
+        judged = s["passed"] + s["failed"] + s["errors"]
+        bad = 100 * (s["failed"] + s["errors"]) / judged if judged else 0.0
+        if bad > fail_on:
+            err.print(f"error: {bad:.2f}% of checks failed or could not run, above --fail-on {fail_on:g}%",
+                      highlight=False, markup=False)
+            raise typer.Exit(1)
+
+
+@cdm_app.command("import")
+def cdm_import(
+    folder: Path = typer.Argument(..., help="Folder with one CSV or Parquet file per CDM table (e.g. person.csv)."),
+    version: Optional[str] = typer.Option(None, "--version", help="OMOP CDM version of the files: 5.4 or 5.3."),
+    delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
+):
+    """Load an existing OMOP CDM (CSV or Parquet, one file per table) into the store, streamed via Arrow."""
+    from medlake.cdm import importer
+
+    version = version or settings().cdm_version
+    eng = engine()
+    try:
+        with progress() as bar:
+            task = bar.add_task("import", total=None)
+
+            def tick(name, done, total):
+                bar.update(task, description=name, completed=done, total=total)
+
+            report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
+                                            progress=tick)
+    finally:
+        eng.close()
+    t = Table(title=f"OMOP CDM v{version} imported from {folder}")
+    t.add_column("table")
+    t.add_column("file")
+    t.add_column("rows", justify="right")
+    for name, (path, n) in report.items():
+        t.add_row(name, path.name, f"{n:,}")
+    out.print(t)
+
+
 def main() -> None:
     """Typer handles --help and usage errors (exit 2); medlake's own errors become one line and exit 1."""
     from medlake.cdm.vocab import VocabError
