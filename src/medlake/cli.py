@@ -20,6 +20,10 @@ app = typer.Typer(help="medlake: a hospital data center on the OMOP CDM.", no_ar
                   pretty_exceptions_enable=False, add_completion=False)
 vocab_app = typer.Typer(help="Load and inspect OMOP vocabularies.", no_args_is_help=True)
 app.add_typer(vocab_app, name="vocab")
+quality_app = typer.Typer(help="Data quality: every OHDSI DQD check, set-based, with a report.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
+cdm_app = typer.Typer(help="Bring an existing OMOP CDM into a store.", no_args_is_help=True)
+app.add_typer(cdm_app, name="cdm")
 
 out = Console()
 err = Console(stderr=True)
@@ -320,6 +324,84 @@ def quarantine_retry(
               + (f", new items {r.new_items:,}" if r.new_items else ""))
     for e in r.errors[:5]:
         out.print(f"  {e}", highlight=False, markup=False)
+
+
+@quality_app.command("run")
+def quality_run(
+    out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder for quality/<run-id>/ reports."),
+    fail_on: Optional[float] = typer.Option(
+        None, "--fail-on", min=0, max=100,
+        help="Exit 1 when failed checks (plus errors) exceed this percent of checks with a result (0: any)."),
+    site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
+    full: bool = typer.Option(False, "--full", help="Re-check every table (default: only tables that changed)."),
+    tables: Optional[str] = typer.Option(None, "--tables", help="Only these tables (comma-separated)."),
+):
+    """Run every DQD check (and the site's checks); write results.json and report.html."""
+    from medlake.quality import runner, site
+
+    extra, feed = site.load(site_checks) if site_checks else ([], None)
+    eng = engine()
+    try:
+        with progress() as bar:
+            task = bar.add_task("quality", total=None)
+
+            def tick(name, done, total):
+                bar.update(task, description=name, completed=done, total=total)
+
+            r = runner.run(eng, None, out_dir, site_checks=extra, feed=feed, incremental=not full, progress=tick,
+                           only=[t.strip().lower() for t in tables.split(",")] if tables else None)
+    finally:
+        eng.close()
+    s = r.summary
+    t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']})")
+    for col in ("category", "passed", "failed", "errors", "not applicable", "pass rate"):
+        t.add_column(col, justify="left" if col == "category" else "right")
+    for name, v in list(s["by_category"].items()) + [("all", s)]:
+        rate = "n/a" if v["pass_rate"] is None else f"{100 * v['pass_rate']:.1f}%"
+        t.add_row(name, str(v["passed"]), str(v["failed"]), str(v["errors"]), str(v["not_applicable"]), rate)
+    out.print(t)
+    out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
+              f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
+    out.print(f"results: {r.dir / 'results.json'}", highlight=False)
+    out.print(f"report:  {r.dir / 'report.html'}", highlight=False)
+    if fail_on is not None:
+        judged = s["passed"] + s["failed"] + s["errors"]
+        bad = 100 * (s["failed"] + s["errors"]) / judged if judged else 0.0
+        if bad > fail_on:
+            err.print(f"error: {bad:.2f}% of checks failed or could not run, above --fail-on {fail_on:g}%",
+                      highlight=False, markup=False)
+            raise typer.Exit(1)
+
+
+@cdm_app.command("import")
+def cdm_import(
+    folder: Path = typer.Argument(..., help="Folder with one CSV or Parquet file per CDM table (e.g. person.csv)."),
+    version: Optional[str] = typer.Option(None, "--version", help="OMOP CDM version of the files: 5.4 or 5.3."),
+    delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
+):
+    """Load an existing OMOP CDM (CSV or Parquet, one file per table) into the store, streamed via Arrow."""
+    from medlake.cdm import importer
+
+    version = version or settings().cdm_version
+    eng = engine()
+    try:
+        with progress() as bar:
+            task = bar.add_task("import", total=None)
+
+            def tick(name, done, total):
+                bar.update(task, description=name, completed=done, total=total)
+
+            report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
+                                            progress=tick)
+    finally:
+        eng.close()
+    t = Table(title=f"OMOP CDM v{version} imported from {folder}")
+    t.add_column("table")
+    t.add_column("file")
+    t.add_column("rows", justify="right")
+    for name, (path, n) in report.items():
+        t.add_row(name, path.name, f"{n:,}")
+    out.print(t)
 
 
 def main() -> None:

@@ -118,7 +118,8 @@ def _fmt(v) -> str:
 class Runner:
     def __init__(self, engine, version: str, out: Path, *, site_checks: list[tuple[Check, cp.Item]] = (),
                  mode: str = "set", incremental: bool = True, resume: bool = True,
-                 progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None):
+                 progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
+                 feed: dict | None = None):
         self.eng = Counted(engine)
         self.version = version
         self.out = Path(out)
@@ -128,6 +129,7 @@ class Runner:
         self.resume = resume
         self.progress = progress
         self.only = only
+        self.feed = feed
         self._fp: dict[str, str] = {}
 
     # -- store facts --------------------------------------------------------------------------------------
@@ -349,6 +351,15 @@ class Runner:
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
             run.results += results
             run.rechecked.append(table)
+        if self.feed:
+            from medlake.quality.feeds import run_feeds
+
+            try:
+                run.results += run_feeds(self.eng, self.feed, result)
+            except EngineError as e:
+                from medlake.quality.feeds import feed_checks
+
+                run.results += [result(c, "error", error=str(e)) for c in feed_checks(self.feed["table"], "*", 0.5)]
         if self.progress:
             self.progress("done", len(tables), len(tables))
         run.summary = summarize(run.results) | {

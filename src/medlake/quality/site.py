@@ -18,6 +18,16 @@ rule = "range"                         # not_null | range (min, max) | allowed (
 min = 0
 max = 1000
 ```
+Feed (source-level) checks run over a table with one row per received message or file:
+
+```toml
+[feed]
+table = "landing_message"     # any table with a source column and a received-at timestamp
+source = "source"
+received_at = "received_at"
+drop = 0.5                     # a day below half the median of the previous 7 days is a volume drop
+```
+
 The predicate is compiled into the table's one scan of site checks; a predicate that fails in the
 database is reported as that check's `error`, the others still run.
 """
@@ -60,12 +70,27 @@ def _rule_sql(spec: dict, where: str) -> str:
     raise ValueError(f"{where}: unknown rule {rule!r}; use one of {', '.join(RULES)}")
 
 
-def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
-    """Checks and their compiled items from TOML text; errors name the file, the check and what to fix."""
+def feed_config(text: str, source: str = "site checks") -> dict | None:
+    """The [feed] table of a site checks file, or None."""
+    feed = _toml(text, source).get("feed")
+    if feed is None:
+        return None
+    if not feed.get("table"):
+        raise ValueError(f"{source}: [feed] needs 'table'")
+    return {"table": feed["table"].lower(), "source": feed.get("source", "source"),
+            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", 0.5))}
+
+
+def _toml(text: str, source: str) -> dict:
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{source}: not valid TOML: {e}") from e
+
+
+def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
+    """Checks and their compiled items from TOML text; errors name the file, the check and what to fix."""
+    doc = _toml(text, source)
     out, seen = [], set()
     for n, spec in enumerate(doc.get("check", []), 1):
         name = spec.get("name")
@@ -107,8 +132,10 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
     return out
 
 
-def load(path: str | Path) -> list[tuple[Check, Item]]:
+def load(path: str | Path) -> tuple[list[tuple[Check, Item]], dict | None]:
+    """(site checks, feed config) from a TOML file."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"site checks file {p} not found")
-    return parse(p.read_text(encoding="utf-8"), str(p))
+    text = p.read_text(encoding="utf-8")
+    return parse(text, str(p)), feed_config(text, str(p))
