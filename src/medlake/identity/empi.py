@@ -1,0 +1,483 @@
+"""EMPI: link every source identity to one person, with Splink (Fellegi–Sunter, EM) on an in-memory DuckDB.
+
+A run reads the vault's identities (a logged plaintext read, kept in this process's memory only), derives the
+comparison values, blocks on the vault's HMAC-ed keys, scores pairs with the saved (or newly estimated) model,
+and stores in the site store — never any identifying value — :
+
+- `empi_pair`: the scored pairs of the latest run (identity keys, probability, weight, level per comparison);
+  those between the review and the link threshold form the review queue;
+- `empi_decision`: the history of A40 merges and of manual accept / reject / unmerge decisions (append-only;
+  the latest decision on a pair wins);
+- `empi_person_map(source, source_id, person_id)`: what the transform uses;
+- `empi_person_history`: every person_id change, with the run and the reason;
+- `empi_run`: one row per run or re-cluster, with thresholds and the model (Splink JSON: the m/u parameters).
+
+Clusters are the connected components of (automatic links ∪ accepted pairs ∪ merges) minus rejected/unmerged
+pairs. person_ids are stable: each cluster keeps the smallest old id it holds a majority of; an id is never
+reused; a new cluster gets the next unused id.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from medlake.identity import model as model_mod
+from medlake.identity.normalize import BLOCKING_KINDS, comparison_values
+from medlake.identity.vault import Vault
+
+LINK_THRESHOLD = 0.95    # match probability at or above: linked
+REVIEW_THRESHOLD = 0.50  # between this and the link threshold: review queue
+MIN_TRAIN = 2000         # fewer identities than this: the prior model is used as it is
+
+Key = tuple[str, str]
+
+DDL = """
+CREATE TABLE IF NOT EXISTS empi_person_map (source VARCHAR NOT NULL, source_id VARCHAR NOT NULL,
+  person_id BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS empi_pair (run_id BIGINT NOT NULL, pair_id BIGINT NOT NULL,
+  source_l VARCHAR NOT NULL, id_l VARCHAR NOT NULL, source_r VARCHAR NOT NULL, id_r VARCHAR NOT NULL,
+  match_probability DOUBLE, match_weight DOUBLE, status VARCHAR NOT NULL, {gammas});
+CREATE TABLE IF NOT EXISTS empi_decision (seq BIGINT NOT NULL, recorded_at TIMESTAMP NOT NULL, who VARCHAR NOT NULL,
+  kind VARCHAR NOT NULL, source_l VARCHAR NOT NULL, id_l VARCHAR NOT NULL, source_r VARCHAR NOT NULL,
+  id_r VARCHAR NOT NULL, reason VARCHAR);
+CREATE TABLE IF NOT EXISTS empi_person_history (run_id BIGINT NOT NULL, recorded_at TIMESTAMP NOT NULL, source VARCHAR NOT NULL,
+  source_id VARCHAR NOT NULL, old_person_id BIGINT, new_person_id BIGINT NOT NULL, reason VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS empi_run (run_id BIGINT NOT NULL, recorded_at TIMESTAMP NOT NULL, who VARCHAR NOT NULL,
+  kind VARCHAR NOT NULL, identities BIGINT, pairs BIGINT, links BIGINT, review BIGINT, persons BIGINT,
+  changed BIGINT, link_threshold DOUBLE, review_threshold DOUBLE, trained BOOLEAN, seconds DOUBLE, model VARCHAR)
+""".format(gammas=", ".join(f"g_{c['output_column_name']} INTEGER" for c in model_mod.COMPARISONS))
+
+LINKING = {"accept", "merge"}
+SPLITTING = {"reject", "unmerge"}
+
+
+def ensure_tables(engine) -> None:
+    for stmt in DDL.split(";"):
+        if stmt.strip():
+            engine.execute(stmt)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now().replace(microsecond=0)
+
+
+def _order(a: Key, b: Key) -> tuple[Key, Key]:
+    return (a, b) if a <= b else (b, a)
+
+
+def parse_key(text: str) -> Key:
+    """'SOURCE:SOURCE_ID' -> (source, source_id); the source name may not contain ':'."""
+    src, sep, sid = text.partition(":")
+    if not sep or not src or not sid:
+        raise ValueError(f"{text!r}: give an identity as SOURCE:SOURCE_ID (e.g. h1-his:MRN0001)")
+    return src, sid
+
+
+@dataclass
+class RunReport:
+    run_id: int
+    identities: int
+    pairs: int
+    links: int
+    review: int
+    persons: int
+    changed: int
+    trained: bool
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+
+# -- input ------------------------------------------------------------------------------------------------------
+def build_input(vault: Vault, who: str, why: str = "empi run") -> tuple[pa.Table, list[Key]]:
+    """The in-memory linkage input: comparison values (plaintext, this process only) + HMAC blocking keys."""
+    recs = vault.read(who, why)
+    bks = {(b["source"], b["source_id"]): b for b in vault.blocking()}
+    cols: dict[str, list] = defaultdict(list)
+    keys = []
+    for i, r in enumerate(recs):
+        k = (r["source"], r["source_id"])
+        keys.append(k)
+        cv = comparison_values(r)
+        cols["unique_id"].append(i)
+        for c in model_mod.COMPARISON_COLUMNS:
+            cols[c].append(cv[c])
+        bk = bks.get(k, {})
+        for kind in BLOCKING_KINDS:
+            cols[f"bk_{kind}"].append(bk.get(f"bk_{kind}"))
+    types = {"unique_id": pa.int64(), "id_valid": pa.bool_()}
+    table = pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in cols.items()}) if keys else None
+    return table, keys
+
+
+def _linker(table: pa.Table, settings: dict):
+    from splink import DuckDBAPI, Linker
+
+    db = DuckDBAPI(":memory:")
+    return Linker(db.register(table), settings, log_level=logging.WARNING), db
+
+
+def train(table: pa.Table, settings: dict):
+    """Estimate the model without labels: λ from deterministic rules, u by random sampling, m by EM."""
+    linker, db = _linker(table, settings)
+    t = linker.training
+    t.estimate_probability_two_random_records_match(
+        ["l.id_number = r.id_number", "l.name_py = r.name_py AND l.birth_date = r.birth_date"], recall=0.8)
+    t.estimate_u_using_random_sampling(max_pairs=2e6, seed=42)
+    for rule in ("l.birth_date = r.birth_date", "l.name_py = r.name_py", "l.phone = r.phone"):
+        t.estimate_parameters_using_expectation_maximisation(rule, max_pairs=2e6, record_sample_proportion=1.0)
+    return linker, db
+
+
+def _latest_model(engine) -> dict | None:
+    t = engine.query("SELECT model FROM empi_run WHERE model IS NOT NULL ORDER BY run_id DESC LIMIT 1")
+    return json.loads(t.column(0)[0].as_py()) if t.num_rows else None
+
+
+def _next_run_id(engine) -> int:
+    return (engine.query("SELECT max(run_id) FROM empi_run").column(0)[0].as_py() or 0) + 1
+
+
+# -- the run ----------------------------------------------------------------------------------------------------
+def run(engine, vault: Vault, *, who: str, link_threshold: float = LINK_THRESHOLD,
+        review_threshold: float = REVIEW_THRESHOLD, retrain: bool = False, min_train: int = MIN_TRAIN,
+        progress=None) -> RunReport:
+    """Link all identities in the vault; replace the pair table and re-cluster into stable person_ids."""
+    if not 0 < review_threshold <= link_threshold <= 1:
+        raise ValueError(f"thresholds must satisfy 0 < review ({review_threshold}) <= link ({link_threshold}) <= 1")
+    say = progress or (lambda msg: None)
+    ensure_tables(engine)
+    t0 = time.perf_counter()
+    timings = {}
+    say("reading the vault")
+    table, keys = build_input(vault, who)
+    timings["read_and_normalise"] = time.perf_counter() - t0
+    run_id = _next_run_id(engine)
+    if not keys:
+        return _finish(engine, run_id, who, "run", [], [], link_threshold, review_threshold, False, None, t0, timings)
+    settings = None if retrain else _latest_model(engine)
+    trained = False
+    t1 = time.perf_counter()
+    if settings is None:
+        settings = model_mod.default_settings()
+        if len(keys) >= min_train:
+            say(f"estimating the model on {len(keys):,} identities")
+            linker, db = train(table, settings)
+            trained = True
+        else:
+            linker, db = _linker(table, settings)
+    else:
+        linker, db = _linker(table, settings)
+    timings["train"] = time.perf_counter() - t1
+    say("scoring pairs")
+    t2 = time.perf_counter()
+    pred = linker.inference.predict(threshold_match_probability=review_threshold, warning_mode="never")
+    names = [c["output_column_name"] for c in model_mod.COMPARISONS]
+    gam = ", ".join(f"gamma_{n}" for n in names)
+    scored = db.duckdb_con.sql(
+        f"SELECT unique_id_l, unique_id_r, match_probability, match_weight, {gam} FROM {pred.physical_name} "
+        "ORDER BY match_probability DESC, unique_id_l, unique_id_r").to_arrow_table()
+    model_json = linker.misc.save_model_to_json()
+    timings["predict"] = time.perf_counter() - t2
+    pairs = []
+    ul, ur = scored.column("unique_id_l").to_pylist(), scored.column("unique_id_r").to_pylist()
+    probs, weights = scored.column("match_probability").to_pylist(), scored.column("match_weight").to_pylist()
+    gcols = [scored.column(f"gamma_{n}").to_pylist() for n in names]
+    for i in range(scored.num_rows):
+        a, b = _order(keys[ul[i]], keys[ur[i]])
+        pairs.append((a, b, probs[i], weights[i], "link" if probs[i] >= link_threshold else "review",
+                      [g[i] for g in gcols]))
+    return _finish(engine, run_id, who, "run", keys, pairs, link_threshold, review_threshold, trained,
+                   model_json, t0, timings)
+
+
+def _finish(engine, run_id, who, kind, keys, pairs, link_t, review_t, trained, model_json, t0, timings) -> RunReport:
+    names = [c["output_column_name"] for c in model_mod.COMPARISONS]
+    now = _now()
+    t3 = time.perf_counter()
+    with engine.transaction():
+        engine.execute("DELETE FROM empi_pair")
+        if pairs:
+            data = {
+                "run_id": pa.array([run_id] * len(pairs), pa.int64()),
+                "pair_id": pa.array(range(1, len(pairs) + 1), pa.int64()),
+                "source_l": [p[0][0] for p in pairs], "id_l": [p[0][1] for p in pairs],
+                "source_r": [p[1][0] for p in pairs], "id_r": [p[1][1] for p in pairs],
+                "match_probability": pa.array([p[2] for p in pairs], pa.float64()),
+                "match_weight": pa.array([p[3] for p in pairs], pa.float64()),
+                "status": [p[4] for p in pairs],
+            }
+            for j, n in enumerate(names):
+                data[f"g_{n}"] = pa.array([p[5][j] for p in pairs], pa.int32())
+            engine.load_arrow("empi_pair", pa.table(data))
+        changed, persons = _recluster(engine, run_id, now, f"run {run_id}", keys)
+        links = sum(1 for p in pairs if p[4] == "link")
+        engine.load_arrow("empi_run", pa.table({
+            "run_id": pa.array([run_id], pa.int64()), "recorded_at": pa.array([now], pa.timestamp("us")), "who": [who],
+            "kind": [kind], "identities": pa.array([len(keys)], pa.int64()), "pairs": pa.array([len(pairs)], pa.int64()),
+            "links": pa.array([links], pa.int64()), "review": pa.array([len(pairs) - links], pa.int64()),
+            "persons": pa.array([persons], pa.int64()), "changed": pa.array([changed], pa.int64()),
+            "link_threshold": [float(link_t)], "review_threshold": [float(review_t)], "trained": [trained],
+            "seconds": [time.perf_counter() - t0], "model": [json.dumps(model_json) if model_json else None]}))
+    timings["cluster_and_store"] = time.perf_counter() - t3
+    return RunReport(run_id, len(keys), len(pairs), links, len(pairs) - links, persons, changed, trained,
+                     time.perf_counter() - t0, timings)
+
+
+# -- clustering and stable ids ----------------------------------------------------------------------------------
+def _decisions(engine) -> dict[tuple[Key, Key], str]:
+    """The latest decision per pair."""
+    t = engine.query("SELECT kind, source_l, id_l, source_r, id_r FROM empi_decision ORDER BY seq").to_pylist()
+    return {((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"])): r["kind"] for r in t}
+
+
+def _recluster(engine, run_id: int, now: dt.datetime, reason: str, new_keys: list[Key] | None = None) -> tuple[int, int]:
+    old = {(r["source"], r["source_id"]): r["person_id"]
+           for r in engine.query("SELECT source, source_id, person_id FROM empi_person_map").to_pylist()}
+    nodes = list(new_keys) if new_keys else list(old)
+    if new_keys:  # identities once mapped stay mapped even when a run does not see them (e.g. vault pruned)
+        seen = set(new_keys)
+        nodes += [k for k in old if k not in seen]
+    decisions = _decisions(engine)
+    edges = set()
+    for r in engine.query("SELECT source_l, id_l, source_r, id_r FROM empi_pair WHERE status = 'link'").to_pylist():
+        edges.add(((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"])))
+    for pair, kind in decisions.items():
+        if kind in LINKING:
+            edges.add(pair)
+        elif kind in SPLITTING:
+            edges.discard(pair)
+    parent = {k: k for k in nodes}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        for x in (a, b):
+            if x not in parent:  # a decision or merge names an identity not (yet) in the vault
+                parent[x] = x
+                nodes.append(x)
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    clusters: dict[Key, list[Key]] = defaultdict(list)
+    for k in nodes:
+        clusters[find(k)].append(k)
+    new = assign_ids(old, list(clusters.values()), _max_id_ever(engine))
+    changes = [(k, old.get(k), pid) for k, pid in new.items() if old.get(k) != pid]
+    engine.execute("DELETE FROM empi_person_map")
+    if new:
+        items = sorted(new.items())
+        engine.load_arrow("empi_person_map", pa.table({
+            "source": [k[0] for k, _ in items], "source_id": [k[1] for k, _ in items],
+            "person_id": pa.array([p for _, p in items], pa.int64())}))
+    if changes:
+        engine.load_arrow("empi_person_history", pa.table({
+            "run_id": pa.array([run_id] * len(changes), pa.int64()),
+            "recorded_at": pa.array([now] * len(changes), pa.timestamp("us")),
+            "source": [c[0][0] for c in changes], "source_id": [c[0][1] for c in changes],
+            "old_person_id": pa.array([c[1] for c in changes], pa.int64()),
+            "new_person_id": pa.array([c[2] for c in changes], pa.int64()),
+            "reason": [("new identity; " if c[1] is None else "") + reason for c in changes]}))
+    return len(changes), len(clusters)
+
+
+def _max_id_ever(engine) -> int:
+    t = engine.query("SELECT greatest(coalesce((SELECT max(person_id) FROM empi_person_map), 0), "
+                     "coalesce((SELECT max(new_person_id) FROM empi_person_history), 0))")
+    return t.column(0)[0].as_py() or 0
+
+
+def assign_ids(old: dict[Key, int], clusters: list[list[Key]], max_ever: int) -> dict[Key, int]:
+    """Stable person_ids. An old id goes to the cluster holding most of its identities (ties: the cluster with the
+    smallest identity key); a cluster takes the smallest old id it won; the others get fresh ids, in order of
+    their smallest identity key. Ids are never reused."""
+    clusters = [sorted(c) for c in clusters]
+    holders: dict[int, list[tuple[int, Key, int]]] = defaultdict(list)
+    for ci, members in enumerate(clusters):
+        for pid, n in Counter(old[k] for k in members if k in old).items():
+            holders[pid].append((-n, members[0], ci))
+    won: dict[int, list[int]] = defaultdict(list)
+    for pid, claims in holders.items():
+        won[min(claims)[2]].append(pid)
+    out: dict[Key, int] = {}
+    fresh = max_ever
+    for ci in sorted(range(len(clusters)), key=lambda i: clusters[i][0]):
+        if won.get(ci):
+            pid = min(won[ci])
+        else:
+            fresh += 1
+            pid = fresh
+        for k in clusters[ci]:
+            out[k] = pid
+    return out
+
+
+def recluster(engine, who: str, reason: str) -> int:
+    """Re-cluster from the stored pairs and decisions (no vault needed); returns the number of changed ids."""
+    ensure_tables(engine)
+    run_id = _next_run_id(engine)
+    t0 = time.perf_counter()
+    now = _now()
+    with engine.transaction():
+        changed, persons = _recluster(engine, run_id, now, reason)
+        engine.load_arrow("empi_run", pa.table({
+            "run_id": pa.array([run_id], pa.int64()), "recorded_at": pa.array([now], pa.timestamp("us")), "who": [who],
+            "kind": ["recluster"], "persons": pa.array([persons], pa.int64()),
+            "changed": pa.array([changed], pa.int64()), "seconds": [time.perf_counter() - t0]}))
+    return changed
+
+
+# -- decisions --------------------------------------------------------------------------------------------------
+def decide(engine, kind: str, a: Key, b: Key, who: str, reason: str = "", recluster_now: bool = True) -> int:
+    """Record accept | reject | merge | unmerge for a pair of identities; returns the number of changed ids."""
+    if kind not in LINKING | SPLITTING:
+        raise ValueError(f"unknown decision {kind!r}: use accept, reject, merge or unmerge")
+    if a == b:
+        raise ValueError(f"{a[0]}:{a[1]} is the same identity on both sides")
+    ensure_tables(engine)
+    (sl, il), (sr, ir) = _order(a, b)
+    seq = (engine.query("SELECT max(seq) FROM empi_decision").column(0)[0].as_py() or 0) + 1
+    engine.execute("INSERT INTO empi_decision VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   [seq, _now(), who, kind, sl, il, sr, ir, reason or kind])
+    return recluster(engine, who, f"{kind} {sl}:{il} ~ {sr}:{ir} by {who}" + (f": {reason}" if reason else "")) \
+        if recluster_now else 0
+
+
+def record_merges(engine, merges: list[dict], who: str = "adt") -> int:
+    """ADT A40 merges {prior_source, prior_id, source, source_id, reason}: prior identity -> surviving identity.
+    Idempotent: a merge already recorded (and not undone since) is not recorded again. Returns how many were new."""
+    ensure_tables(engine)
+    latest = _decisions(engine)
+    new = 0
+    for m in merges:
+        a, b = _order((m["prior_source"], str(m["prior_id"])), (m["source"], str(m["source_id"])))
+        if a == b or latest.get((a, b)) == "merge":
+            continue
+        decide(engine, "merge", a, b, who, m.get("reason") or "ADT A40 merge", recluster_now=False)
+        latest[(a, b)] = "merge"
+        new += 1
+    return new
+
+
+def unmerge(engine, key: Key, who: str, reason: str = "") -> int:
+    """Take one identity out of its person: every direct link of it (automatic, accepted or merged) is undone."""
+    ensure_tables(engine)
+    pid = person_id_for(engine, *key)
+    if pid is None:
+        raise ValueError(f"{key[0]}:{key[1]} is not in the person map: run `medlake empi run` first")
+    links = set()
+    for r in engine.query("SELECT source_l, id_l, source_r, id_r FROM empi_pair WHERE status = 'link' AND "
+                          "((source_l = ? AND id_l = ?) OR (source_r = ? AND id_r = ?))", [*key, *key]).to_pylist():
+        links.add(((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"])))
+    for pair, kind in _decisions(engine).items():
+        if key in pair:
+            (links.add if kind in LINKING else links.discard)(pair)
+    if not links:
+        raise ValueError(f"{key[0]}:{key[1]} is linked to nothing directly; nothing to unmerge")
+    for a, b in sorted(links):
+        decide(engine, "unmerge", a, b, who, reason, recluster_now=False)
+    return recluster(engine, who, f"unmerge {key[0]}:{key[1]} by {who}" + (f": {reason}" if reason else ""))
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+def person_id_for(engine, source: str, source_id: str) -> int | None:
+    t = engine.query("SELECT person_id FROM empi_person_map WHERE source = ? AND source_id = ?", [source, str(source_id)])
+    return t.column(0)[0].as_py() if t.num_rows else None
+
+
+def review_queue(engine) -> list[dict]:
+    """Pairs of the latest run between the thresholds with no decision since."""
+    ensure_tables(engine)
+    decided = _decisions(engine)
+    rows = engine.query("SELECT * FROM empi_pair WHERE status = 'review' ORDER BY match_probability DESC, pair_id")
+    return [r for r in rows.to_pylist()
+            if ((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"])) not in decided]
+
+
+def pair(engine, pair_id: int) -> dict:
+    t = engine.query("SELECT * FROM empi_pair WHERE pair_id = ?", [pair_id]).to_pylist()
+    if not t:
+        raise ValueError(f"no pair {pair_id} in the latest run: see `medlake empi review`")
+    return t[0]
+
+
+def status(engine) -> dict:
+    ensure_tables(engine)
+    q = lambda sql: engine.query(sql).column(0)[0].as_py()  # noqa: E731
+    last = engine.query("SELECT run_id, recorded_at, who, kind, identities, pairs, links, review, persons, changed, "
+                        "link_threshold, review_threshold, trained, seconds FROM empi_run ORDER BY run_id DESC LIMIT 1")
+    return {
+        "identities": q("SELECT count(*) FROM empi_person_map"),
+        "persons": q("SELECT count(DISTINCT person_id) FROM empi_person_map"),
+        "pairs": q("SELECT count(*) FROM empi_pair"),
+        "review_pending": len(review_queue(engine)),
+        "decisions": q("SELECT count(*) FROM empi_decision"),
+        "id_changes": q("SELECT count(*) FROM empi_person_history"),
+        "last": last.to_pylist()[0] if last.num_rows else None,
+    }
+
+
+def explain(engine, vault: Vault, a: Key, b: Key, who: str) -> dict:
+    """Why two identities are or are not linked: level and match weight per comparison (scored live with the
+    model of the latest run), whether blocking put them together, the stored pair, decisions, person_ids."""
+    ensure_tables(engine)
+    settings = _latest_model(engine) or model_mod.default_settings()
+    recs = {(r["source"], r["source_id"]): r for r in vault.read(who, "empi explain", [a, b])}
+    for k in (a, b):
+        if k not in recs:
+            raise ValueError(f"{k[0]}:{k[1]} is not in the identity vault")
+    bks = {(x["source"], x["source_id"]): x for x in vault.blocking() if (x["source"], x["source_id"]) in (a, b)}
+    rows = []
+    for i, k in enumerate((a, b)):
+        cv = comparison_values(recs[k])
+        row = {"unique_id": i, **{c: cv[c] for c in model_mod.COMPARISON_COLUMNS}}
+        row.update({f"bk_{kind}": bks.get(k, {}).get(f"bk_{kind}") for kind in BLOCKING_KINDS})
+        rows.append(row)
+    table = pa.Table.from_pylist(rows, schema=pa.schema(
+        [("unique_id", pa.int64())] + [(c, pa.bool_() if c == "id_valid" else pa.string())
+                                       for c in model_mod.COMPARISON_COLUMNS]
+        + [(f"bk_{k}", pa.string()) for k in BLOCKING_KINDS]))
+    linker, db = _linker(table, settings)
+    scored = db.duckdb_con.sql(
+        f"SELECT * FROM {linker.inference.score_pair(rows[0], rows[1]).physical_name}").to_arrow_table().to_pylist()[0]
+    lv = model_mod.levels(settings)
+    per = []
+    for c in settings["comparisons"]:
+        n = c["output_column_name"]
+        g = scored[f"gamma_{n}"]
+        label, w = lv[n][g]
+        per.append({"comparison": n, "level": label, "weight": w, "left": _shown(recs[a], n), "right": _shown(recs[b], n)})
+    blocked = [r for r in model_mod.BLOCKING_RULES
+               if (k := r.split(".")[1].split(" ")[0]) and rows[0][k] is not None and rows[0][k] == rows[1][k]]
+    x, y = _order(a, b)
+    stored = engine.query("SELECT pair_id, status, match_probability FROM empi_pair WHERE source_l = ? AND id_l = ? "
+                          "AND source_r = ? AND id_r = ?", [*x, *y]).to_pylist()
+    hist = engine.query("SELECT seq, recorded_at, who, kind, reason FROM empi_decision WHERE source_l = ? AND id_l = ? AND "
+                        "source_r = ? AND id_r = ? ORDER BY seq", [*x, *y]).to_pylist()
+    pa_, pb_ = person_id_for(engine, *a), person_id_for(engine, *b)
+    return {"comparisons": per, "match_weight": scored["match_weight"],
+            "match_probability": scored["match_probability"],
+            "prior_weight": _prior_weight(settings), "blocking_rules": blocked, "stored_pair": stored[0] if stored else None,
+            "decisions": hist, "person_ids": (pa_, pb_), "same_person": pa_ is not None and pa_ == pb_}
+
+
+def _prior_weight(settings: dict) -> float:
+    import math
+
+    p = settings["probability_two_random_records_match"]
+    return math.log2(p / (1 - p))
+
+
+def _shown(rec: dict, comparison: str) -> str:
+    fields = {"name": ("family", "given", "full_name"), "id_number": ("id_number",), "birth_date": ("birth_date",),
+              "sex": ("sex",), "phone": ("phone",), "address": ("address",), "insurance": ("insurance",)}[comparison]
+    return " / ".join(str(rec.get(f)) for f in fields if rec.get(f)) or "—"
