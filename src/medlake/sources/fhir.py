@@ -705,7 +705,8 @@ def stage_resource(res, raw: str | None = None, refs: dict | None = None, id_hin
 def _json_error(e: orjson.JSONDecodeError, data: bytes, loc: Loc) -> Rejected:
     pos = getattr(e, "pos", 0) or 0
     truncated = pos >= len(data.rstrip()) - 1 or "end of" in str(e).lower() or "EOF" in str(e)
-    loc.line = loc.line if loc.line is not None else (data.count(b"\n", 0, pos) + 1)
+    if loc.line is None:  # a whole document: the record is the file; the line says where it broke
+        loc.line, loc.whole = data.count(b"\n", 0, pos) + 1, True
     return Rejected(loc, "truncated" if truncated else "bad_json",
                     f"{'truncated JSON' if truncated else 'not valid JSON'}: {str(e).splitlines()[0]}", data)
 
@@ -834,8 +835,7 @@ def ndjson_records(first: bytes, stream: BinaryIO, name: str) -> Iterator[Staged
             res = orjson.loads(s)
         except orjson.JSONDecodeError as e:
             r = _json_error(e, s, loc)
-            if not b.endswith(b"\n") and r.reason == "bad_json":
-                r.reason = "truncated"
+            r.reason = "truncated" if r.reason == "truncated" and not b.endswith(b"\n") else "bad_json"
             yield r
             continue
         yield _resource_record(res, s.decode(), loc)

@@ -30,10 +30,11 @@ class Loc:
     offset: int | None = None
     message_id: str | None = None
     field: str | None = None
+    whole: bool = False  # the problem is the whole file (e.g. its JSON does not parse); line/offset say where
 
     def key(self) -> str:
         """A stable key for the record within its file (the field is not part of it)."""
-        if self.line is None and self.offset is None and self.message_id is None and not self.path_part():
+        if self.whole or self.line is None and self.offset is None and self.message_id is None and not self.path_part():
             return "file"
         parts = []
         if self.line is not None:

@@ -1,0 +1,95 @@
+import pytest
+
+from medlake.sources import config
+
+
+def write(tmp_path, text):
+    (tmp_path / "h2" / "pharmacy").mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "sources.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+GOOD = """
+[[source]]
+name = "h2-pharmacy"
+kind = "csv"
+hospital = "h2"
+system = "pharmacy"
+path = "h2/pharmacy"
+encoding = "gbk"
+[source.columns]
+record_id = "发药单号"
+patient_id = "病人ID"
+drug_code = "药品编码"
+dispensed_at = "发药时间"
+quantity = "数量"
+[source.formats]
+dispensed_at = "%Y/%m/%d %H:%M"
+[source.code_systems]
+drug_code = "urn:medlake:h2:pharmacy"
+
+[[source]]
+name = "h2-his"
+kind = "hl7v2"
+hospital = "h2"
+system = "his"
+mllp_port = 2575
+"""
+
+
+def test_a_good_config_is_read_with_paths_relative_to_the_file(tmp_path):
+    srcs = config.load(write(tmp_path, GOOD))
+    pharmacy, his = srcs
+    assert pharmacy.name == "h2-pharmacy" and pharmacy.kind == "csv" and pharmacy.encoding == "gbk"
+    assert pharmacy.path == (tmp_path / "h2" / "pharmacy").resolve()
+    assert pharmacy.columns["patient_id"] == "病人ID"
+    assert pharmacy.formats == {"dispensed_at": "%Y/%m/%d %H:%M"}
+    assert pharmacy.code_systems == {"drug_code": "urn:medlake:h2:pharmacy"}
+    assert his.path is None and his.mllp_port == 2575
+    assert config.Source.from_dict(pharmacy.as_dict()) == pharmacy
+
+
+def test_every_error_names_file_key_and_reason_before_anything_runs(tmp_path):
+    p = write(tmp_path, """
+[[source]]
+name = "a"
+kind = "hl7"
+path = "h2/pharmacy"
+
+[[source]]
+name = "a"
+kind = "csv"
+system = "pharmacy"
+path = "nowhere"
+encoding = "utf-16"
+delimiter = ";;"
+[source.columns]
+record_id = "id"
+colour = "c"
+[source.formats]
+record_id = "%Y"
+""")
+    with pytest.raises(config.SourceConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    where1, where2 = f"{p}: [[source]] #1 (a)", f"{p}: [[source]] #2 (a)"
+    assert f"{where1} key `kind`: 'hl7' is not one of hl7v2, fhir, csv" in msg
+    assert f"{where2} key `name`: 'a' is already used by source #1" in msg
+    assert f"{where2} key `path`: {(tmp_path / 'nowhere').resolve()} does not exist" in msg
+    assert f"{where2} key `encoding`: 'utf-16' is not line-oriented" in msg
+    assert f"{where2} key `delimiter`: ';;' must be one character" in msg
+    assert f"{where2} key `columns.colour`: not a pharmacy staging field" in msg
+    assert f"{where2} key `columns.patient_id`: required for a pharmacy source" in msg
+    assert f"{where2} key `formats.record_id`: record_id is a string field" in msg
+
+
+def test_toml_syntax_and_unknown_keys(tmp_path):
+    with pytest.raises(config.SourceConfigError, match=r"sources.toml: not valid TOML"):
+        config.load(write(tmp_path, "[[source]\nname = 1"))
+    with pytest.raises(config.SourceConfigError, match=r"#1 \(x\) key `port`: unknown key"):
+        config.load(write(tmp_path, '[[source]]\nname = "x"\nkind = "fhir"\npath = "h2"\nport = 1\n'))
+    with pytest.raises(config.SourceConfigError, match=r"key `path`: give a file-drop folder"):
+        config.load(write(tmp_path, '[[source]]\nname = "x"\nkind = "fhir"\n'))
+    with pytest.raises(config.SourceConfigError, match=r"key `encoding`: 'klingon' is not a known encoding"):
+        config.load(write(tmp_path, GOOD.replace('"gbk"', '"klingon"')))
