@@ -1,0 +1,152 @@
+"""The identity vault: no plaintext at rest, key rotation end to end, the access log, pseudonyms."""
+from __future__ import annotations
+
+import base64
+import sqlite3
+
+import pytest
+
+from medlake.identity import empi, keys, pseudonym
+from medlake.identity.vault import Vault, VaultError
+
+PEOPLE = [
+    dict(source="h1-his", source_id=f"MRN{i:04d}", family=fam, given=giv, birth_date=f"19{50 + i}-0{1 + i % 9}-1{i % 10}",
+         sex="F" if i % 2 else "M", id_number=idn, phone=f"1390000{i:04d}", address=f"上海市徐汇区漕溪北路{i}号",
+         insurance=f"3101{i:08d}")
+    for i, (fam, giv, idn) in enumerate([("欧阳", "娜娜", "310104195001100028"), ("诸葛", "孔明", "110101195102110010"),
+                                        ("Montgomery", "Beatrice", None), ("司马", "懿", "440106195303130033")])
+]
+SECRETS = ["欧阳娜娜", "欧阳", "诸葛", "孔明", "Montgomery", "Beatrice", "310104195001100028", "110101195102110010",
+           "440106195303130033", "13900000001", "漕溪北路"]
+
+
+def ring(*ks: str) -> keys.KeyRing:
+    return keys.KeyRing([base64.b64decode(k) for k in ks], origin="test")
+
+
+def raw_bytes(folder) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def test_no_plaintext_in_the_vault_or_store_files(tmp_path):
+    # control: the same values written plainly to SQLite are found by the same grep
+    plain = sqlite3.connect(tmp_path / "control.sqlite")
+    plain.execute("CREATE TABLE t (v TEXT)")
+    plain.executemany("INSERT INTO t VALUES (?)", [[s] for s in SECRETS])
+    plain.commit()
+    plain.close()
+    control = (tmp_path / "control.sqlite").read_bytes()
+    assert all(s.encode() in control for s in SECRETS)
+
+    data = tmp_path / "site"
+    with Vault.open(data, ring(keys.new_key())) as v:
+        v.put(PEOPLE)
+        eng = __import__("medlake.engines", fromlist=["open_engine"]).open_engine(f"duckdb:{data / 'store.duckdb'}")
+        empi.run(eng, v, who="test")
+        eng.close()
+        assert {r["family"] for r in v.read("test", "check")} == {"欧阳", "诸葛", "Montgomery", "司马"}
+    blob = raw_bytes(data)
+    assert len(blob) > 10_000
+    found = [s for s in SECRETS if s.encode() in blob or s.encode("utf-16-le") in blob]
+    assert found == []
+
+
+def test_key_rotation_end_to_end_while_in_use(tmp_path, monkeypatch):
+    key_file = tmp_path / "vault.keys"
+    old_id = keys.append_key(key_file)
+    monkeypatch.setenv("MEDLAKE_VAULT_KEY_FILE", str(key_file))
+    path = tmp_path / "identity" / "vault.sqlite"
+    with Vault(path) as v:
+        v.put(PEOPLE)
+        before = v.read("test", "before rotation")
+        pseudo = pseudonym.pseudonym(v, "study-a", 42)
+    assert Vault(path).key_status() == {old_id: len(PEOPLE) + 2}  # rows + the matching and pseudonym secrets
+
+    new_id = keys.append_key(key_file)  # the new key is active, the old one still readable
+    assert (key_file.stat().st_mode & 0o777) == 0o600
+    other = Vault(path)  # a second user of the vault during the rotation (another connection)
+    seen = []
+
+    def meanwhile(done):
+        seen.append(done)
+        now = {(r["source"], r["source_id"]): r for r in other.read("reader", "during rotation")}
+        assert [now[(r["source"], r["source_id"])] for r in before] == before  # old and new key both readable
+        other.put([dict(source="h2-his", source_id=f"NEW{done}", family="新", given="人", birth_date="2000-01-01")])
+
+    with Vault(path) as v:
+        moved = v.rotate(batch=2, between=meanwhile)
+        assert seen and moved >= len(PEOPLE) + 2
+        assert set(v.key_status()) == {new_id}
+        assert v.rotate() == 0  # nothing left; running again is harmless
+    other.close()
+
+    # drop the old key: everything still reads, values unchanged, pseudonyms stable
+    key_file.write_text(key_file.read_text().splitlines()[1] + "\n")
+    with Vault(path) as v:
+        after = {(r["source"], r["source_id"]): r for r in v.read("test", "after rotation")}
+        assert len(after) == len(PEOPLE) + len(seen)  # the rows written during the rotation are there too
+        assert [after[(r["source"], r["source_id"])] for r in before] == before
+        assert pseudonym.pseudonym(v, "study-a", 42) == pseudo
+    # with only the old key, the vault refuses clearly
+    key_file.write_text(keys.new_key() + "\n")
+    with pytest.raises(keys.VaultKeyError, match="not in .*vault.keys"):
+        Vault(path).read("test", "wrong key")
+
+
+def test_keys_from_the_environment_and_clear_errors(tmp_path):
+    k1, k2 = keys.new_key(), keys.new_key()
+    r = keys.load({"MEDLAKE_VAULT_KEY": f"{k1},{k2}"})
+    assert r.active_id == keys.key_id(base64.b64decode(k2)) and len(r.by_id) == 2
+    with pytest.raises(keys.VaultKeyError, match="no vault key"):
+        keys.load({})
+    with pytest.raises(keys.VaultKeyError, match="32 bytes"):
+        keys.load({"MEDLAKE_VAULT_KEY": base64.b64encode(b"short").decode()})
+    with pytest.raises(keys.VaultKeyError, match="no such file"):
+        keys.load({"MEDLAKE_VAULT_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_a_tampered_value_does_not_decrypt(tmp_path):
+    with Vault(tmp_path / "v.sqlite", ring(keys.new_key())) as v:
+        v.put(PEOPLE[:2])
+        # move one ciphertext to another row: the associated data (row, field) no longer fits
+        blob = v.con.execute("SELECT family FROM identity WHERE source_id = 'MRN0000'").fetchone()[0]
+        v.con.execute("UPDATE identity SET family = ? WHERE source_id = 'MRN0001'", [blob])
+        with pytest.raises(VaultError, match="does not decrypt"):
+            v.read("test", "tamper check")
+
+
+def test_access_log_is_append_only_and_chained(tmp_path):
+    with Vault(tmp_path / "v.sqlite", ring(keys.new_key())) as v:
+        v.put(PEOPLE)
+        v.read("alice", "review pair 3", [("h1-his", "MRN0001")], fields=["family", "given"])
+        v.read("bob", "audit")
+        log = v.access_log()
+        assert [(r["who"], r["why"], r["rows"]) for r in log] == [("alice", "review pair 3", 1), ("bob", "audit", 4)]
+        assert "h1-his:MRN0001" in log[0]["what"] and "family,given" in log[0]["what"]
+        assert v.verify_log() == []
+        for sql in ("UPDATE access_log SET who = 'mallory'", "DELETE FROM access_log"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                v.con.execute(sql)
+        with pytest.raises(VaultError, match="who and why"):
+            v.read("", "")
+
+
+def test_pseudonyms_differ_per_project_are_stable_and_reidentify_only_for_trustees(tmp_path, duck):
+    with Vault(tmp_path / "v.sqlite", ring(keys.new_key())) as v:
+        v.put(PEOPLE)
+        empi.run(duck, v, who="test")
+        pid = empi.person_id_for(duck, "h1-his", "MRN0001")
+        a, b = pseudonym.pseudonym(v, "study-a", pid), pseudonym.pseudonym(v, "study-b", pid)
+        assert a != b and a == pseudonym.pseudonym(v, "study-a", pid) and len(a) == 24
+        assert len(set(pseudonym.pseudonyms(v, "study-a", range(1, 1001)))) == 1000
+        with pytest.raises(VaultError, match="may not re-identify"):
+            pseudonym.reidentify(v, duck, "study-a", a, who="eve", role="researcher", why="curious")
+        got = pseudonym.reidentify(v, duck, "study-a", a, who="tina", role="trustee", why="incidental finding, ethics 7")
+        assert got["person_id"] == pid and got["identities"][0]["family"] == "诸葛"
+        with pytest.raises(VaultError, match="not a pseudonym"):
+            pseudonym.reidentify(v, duck, "study-b", a, who="tina", role="trustee", why="wrong project")
+        log = [(r["who"], r["role"], r["granted"]) for r in v.access_log()]
+        assert ("eve", "researcher", 0) in log and ("tina", "trustee", 1) in log
+    # another vault (another site secret) gives other pseudonyms for the same person
+    with Vault(tmp_path / "w.sqlite", ring(keys.new_key())) as w:
+        assert pseudonym.pseudonym(w, "study-a", pid) != a
