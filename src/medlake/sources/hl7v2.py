@@ -147,10 +147,13 @@ def codec_for(name: str, default: str = "utf-8") -> str:
     if key in CHARSETS:
         return CHARSETS[key]
     try:
-        return codecs.lookup(name.strip()).name
-    except LookupError:
-        raise HL7Error(f"unknown character set {name.strip()!r} in MSH-18; use an HL7 table 0211 name "
-                       f"such as 'UNICODE UTF-8', '8859/1' or 'GB 18030-2000'", field="MSH-18") from None
+        info = codecs.lookup(name.strip())
+        if getattr(info, "_is_text_encoding", True):
+            return info.name
+    except (LookupError, ValueError):
+        pass
+    raise HL7Error(f"unknown character set {name.strip()!r} in MSH-18; use an HL7 table 0211 name "
+                   f"such as 'UNICODE UTF-8', '8859/1' or 'GB 18030-2000'", field="MSH-18")
 
 
 # -- messages and segments ------------------------------------------------------------------------------------
@@ -294,7 +297,11 @@ def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
     if isinstance(data, str):
         text, codec = data.lstrip("\ufeff"), None
     elif data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        text, codec = data.decode("utf-16"), "utf-16"
+        try:
+            text, codec = data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError as e:
+            raise HL7Error(f"bytes at offset {e.start} are not valid UTF-16 (the data starts with a UTF-16 "
+                           f"byte order mark)", field="MSH-18") from None
     else:
         text, codec = None, None
     b = data if text is None else None
@@ -347,7 +354,7 @@ def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
         if not s:
             continue
         name = s[:3]
-        if not ((len(s) == 3 or s[3] == fs) and name.isalnum() and name.isascii() and name.isupper()
+        if not ((len(s) == 3 or len(s) > 3 and s[3] == fs) and name.isalnum() and name.isascii() and name.isupper()
                 and not name[0].isdigit()):
             if not s.strip(" \t\x0b\x1c\x1a\x00"):
                 continue
@@ -1024,10 +1031,10 @@ def _header_fields(raw: bytes) -> list[str]:
     """MSH fields of a message that may not parse (MSH-n at index n), read as latin-1: enough to answer it."""
     b = raw[3:] if raw.startswith(BOM) else raw
     b = b.lstrip(_BLANK)
-    if not b.startswith(b"MSH") or len(b) < 8 or b[3:4].isalnum():
-        return []
     end = min([i for i in (b.find(b"\r"), b.find(b"\n")) if i >= 0] or [len(b)])
     head = b[:end].decode("latin-1")
+    if not head.startswith("MSH") or len(head) < 5 or head[3].isalnum():
+        return []
     fields = head.split(head[3])
     return [fields[0], head[3], *fields[1:]]
 
