@@ -1,0 +1,216 @@
+"""A whole quality run: results.json and the HTML report, incremental and resumable runs, site and feed
+checks, the DQD-vs-spec list, `medlake cdm import` and `medlake quality run` (DuckDB)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from medlake.cdm import importer
+from medlake.engines import open_engine
+from medlake.quality import runner, site
+from medlake.quality.checks import checks, differences_markdown
+
+from test_quality_checks import CO, world  # the small clean CDM of the check-type tests
+
+REPO = Path(__file__).resolve().parents[2]
+REQUIRED_FIELDS = {"check_name", "category", "subcategory", "context", "cdm_table", "cdm_field", "concept_id",
+                   "status", "num_violated_rows", "num_denominator_rows", "pct_violated_rows", "threshold", "failed"}
+
+
+@pytest.fixture
+def store():
+    eng = open_engine("duckdb::memory:")
+    yield world(eng)
+    eng.close()
+
+
+def test_results_json_and_self_contained_report(store, tmp_path):
+    store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    r = runner.run(store, "5.4", tmp_path / "quality")
+    rows = json.loads((r.dir / "results.json").read_text())
+    assert len(rows) == len(checks("5.4"))
+    assert all(REQUIRED_FIELDS <= set(x) for x in rows)
+    assert {x["status"] for x in rows} <= {"passed", "failed", "not_applicable", "error"}
+    fk = next(x for x in rows if x["check_id"] == "field_isforeignkey_condition_occurrence_person_id")
+    assert (fk["status"], fk["num_violated_rows"], fk["examples"]) == ("failed", 1, ["200"])
+    html = (r.dir / "report.html").read_text()
+    assert "isForeignKey" in html and "<svg" in html
+    assert "http://" not in html.replace("http://www.w3", "") and "https://" not in html  # nothing fetched
+    assert "<script src" not in html and "<link" not in html
+    summary = json.loads((r.dir / "run.json").read_text())
+    assert summary["failed"] == sum(x["status"] == "failed" for x in rows)
+    assert set(summary["by_category"]) >= {"Conformance", "Completeness", "Plausibility"}
+
+
+def test_rerun_rechecks_only_changed_tables(store, tmp_path):
+    out = tmp_path / "quality"
+    first = runner.run(store, "5.4", out)
+    assert len(first.rechecked) == len({c.table for c in checks("5.4")})
+    second = runner.run(store, "5.4", out)
+    assert second.rechecked == [] and second.summary["queries"] < first.summary["queries"] / 2
+    store.execute(CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100")
+    third = runner.run(store, "5.4", out)
+    # condition_era's completeness check reads condition_occurrence, so it is re-checked too
+    assert set(third.rechecked) == {"condition_occurrence", "condition_era"}
+    ids = {x["check_id"]: x for x in third.results}
+    assert ids["field_plausiblestartbeforeend_condition_occurrence_condition_start_date"]["status"] == "failed"
+    fresh = runner.Runner(store, "5.4", tmp_path / "fresh", incremental=False).run()
+    key = lambda rs: sorted((x["check_id"], x["status"], x["num_violated_rows"]) for x in rs)  # noqa: E731
+    assert key(third.results) == key(fresh.results)
+
+
+def test_a_crashed_run_resumes_where_it_stopped(store, tmp_path):
+    out = tmp_path / "quality"
+
+    def crash(name, done, total):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.Runner(store, "5.4", out, progress=crash).run()
+    unfinished = [d for d in out.iterdir() if not (d / "run.json").exists()]
+    assert len(unfinished) == 1 and len(list((unfinished[0] / "tables").glob("*.json"))) == 5
+    done = runner.Runner(store, "5.4", out).run()
+    assert done.dir == unfinished[0] and len(done.resumed) == 5
+    assert len(done.results) == len(checks("5.4"))
+
+
+def test_site_checks_from_toml(store, tmp_path):
+    toml = """
+[[check]]
+name = "conditionAfter2020"
+table = "condition_occurrence"
+field = "condition_start_date"
+violation = "condition_start_date < DATE '2021-01-01'"
+threshold = 0
+
+[[check]]
+name = "labValueRange"
+table = "measurement"
+field = "value_as_number"
+rule = "range"
+min = 0
+max = 5
+
+[[check]]
+name = "brokenPredicate"
+table = "measurement"
+violation = "no_such_column > 1"
+"""
+    extra = site.parse(toml, "site.toml")
+    r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra, only=["condition_occurrence", "measurement"])
+    got = {x["check_name"]: x for x in r.results if x["source"] == "site"}
+    assert (got["conditionAfter2020"]["status"], got["conditionAfter2020"]["num_violated_rows"]) == ("failed", 2)
+    assert got["conditionAfter2020"]["examples"]
+    assert (got["labValueRange"]["status"], got["labValueRange"]["num_violated_rows"]) == ("failed", 1)  # 6.5 > 5
+    assert got["brokenPredicate"]["status"] == "error" and "no_such_column" in got["brokenPredicate"]["error"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[[check]]\ntable = 'person'\nviolation = 'x'", "missing 'name'"),
+    ("[[check]]\nname = 'a'\ntable = 'person'", "give 'violation'"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'x'\nrule = 'shiny'", "unknown rule 'shiny'"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'x >'", "violation is not valid SQL"),
+    ("[[check", "not valid TOML"),
+])
+def test_site_check_errors_name_file_and_check(text, message):
+    with pytest.raises(ValueError, match=message) as e:
+        site.parse(text, "site.toml")
+    assert str(e.value).startswith("site.toml")
+
+
+def test_feed_checks_flag_missing_days_and_volume_drops(store, tmp_path):
+    days = [f"2024-01-{d:02d}" for d in range(1, 11)]
+    lis = [d for d in days if d != "2024-01-05"]  # LIS silent on the 5th
+    his = days
+    rows = [("LIS", d) for d in lis for _ in range(10)] + [("HIS", d) for d in his for _ in range(10 if d != "2024-01-09" else 2)]
+    store.execute("CREATE TABLE feed (source VARCHAR, received_at TIMESTAMP)")
+    store.load_arrow("feed", pa.table({"source": [s for s, _ in rows],
+                                       "received_at": pa.array([f"{d} 10:00:00" for _, d in rows]).cast(pa.timestamp("us"))}))
+    cfg = site.feed_config("[feed]\ntable = 'feed'\n")
+    r = runner.run(store, "5.4", tmp_path / "q", feed=cfg, only=["person"])
+    got = {(x["check_name"], x["cdm_field"]): x for x in r.results if x["check_level"] == "SOURCE"}
+    assert got["feedTimeliness", "LIS"]["status"] == "failed" and got["feedTimeliness", "LIS"]["examples"] == ["2024-01-05"]
+    assert got["feedTimeliness", "HIS"]["status"] == "passed"
+    assert got["feedVolume", "HIS"]["examples"] == ["2024-01-09"]
+    assert got["feedVolume", "LIS"]["status"] == "passed"
+
+
+def test_dqd_vs_spec_document_is_current():
+    assert (REPO / "docs" / "dqd-vs-spec.md").read_text() == differences_markdown()
+
+
+def test_spec_wins_over_dqd():
+    """DQD marks condition_era dates as datetime and cohort_definition_id as a foreign key; the spec does not."""
+    cs = {c.id for c in checks("5.4")}
+    assert "field_isforeignkey_cohort_definition_cohort_definition_id" not in cs
+    text = differences_markdown()
+    assert "| condition_era | condition_era_start_date | cdmDatatype | datetime | date | the spec wins |" in text
+
+
+# -- cdm import ------------------------------------------------------------------------------------------------
+
+def _write_cdm(folder: Path):
+    folder.mkdir()
+    (folder / "PERSON.csv").write_text(
+        "PERSON_ID,GENDER_CONCEPT_ID,YEAR_OF_BIRTH,BIRTH_DATETIME,RACE_CONCEPT_ID,ETHNICITY_CONCEPT_ID\n"
+        "1,8507,1980,1980-05-01 00:00:00,0,0\n2,8532,1990,,0,0\n")
+    pq.write_table(pa.table({"condition_occurrence_id": [1, 2], "person_id": [1, 2],
+                             "condition_concept_id": [201826, 201826],
+                             "condition_start_date": pa.array(["2020-01-02", "2021-01-01"]).cast(pa.date32()),
+                             "condition_type_concept_id": [32817, 32817]}), folder / "condition_occurrence.parquet")
+
+
+def test_import_csv_and_parquet_twice_is_a_no_op(tmp_path):
+    _write_cdm(tmp_path / "cdm")
+    eng = open_engine("duckdb::memory:")
+    for _ in range(2):
+        report = importer.import_folder(eng, tmp_path / "cdm", "5.4")
+    assert {k: n for k, (_, n) in report.items()} == {"condition_occurrence": 2, "person": 2}
+    assert eng.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 2
+    rows = eng.query("SELECT year_of_birth, birth_datetime FROM person ORDER BY person_id").to_pylist()
+    assert rows[0]["year_of_birth"] == 1980 and rows[1]["birth_datetime"] is None
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("person.csv", "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n1,8507,19x0,0,0\n",
+     r"person.csv:2: field year_of_birth: cannot read '19x0' as integer"),
+    ("person.csv", "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n1,8507,1980,0,0\n"
+     "2,,1990,0,0\n", r"person.csv:3: field gender_concept_id is required in person but empty"),
+    ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person"),
+    ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4"),
+])
+def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name, content, message):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "death.csv").write_text("person_id,death_date,death_type_concept_id\n1,2020-01-01,32817\n")
+    (folder / name).write_text(content)
+    eng = open_engine("duckdb::memory:")
+    with pytest.raises(ValueError, match=message):
+        importer.import_folder(eng, folder, "5.4")
+    if "death" in eng.tables():
+        assert eng.query("SELECT count(*) FROM death").column(0)[0].as_py() == 0  # all or nothing
+
+
+def test_cli_import_then_quality_run(tmp_path):
+    _write_cdm(tmp_path / "cdm")
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
+    cli = [sys.executable, "-m", "medlake.cli"]
+    p = subprocess.run(cli + ["cdm", "import", str(tmp_path / "cdm"), "--version", "5.4"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(cli + ["quality", "run"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr  # failed checks are reported, not an exit code
+    assert "pass rate" in p.stdout and (tmp_path / "quality").is_dir()
+    [run_dir] = list((tmp_path / "quality").iterdir())
+    assert (run_dir / "results.json").exists() and (run_dir / "report.html").exists()
+    p = subprocess.run(cli + ["quality", "run", "--fail-on", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 1 and "above --fail-on 0%" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
