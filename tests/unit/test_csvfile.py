@@ -53,7 +53,7 @@ def test_gbk_rows_are_staged_and_bad_rows_rejected_with_line_numbers():
 
 def test_a_mapped_column_missing_from_the_header_rejects_the_file():
     (r,) = read("单号,病人ID\nR1,MRN-1\n".encode("gbk"))
-    assert (r.reason, r.loc.line, r.loc.key()) == ("missing_column", 1, "line 1")
+    assert (r.reason, r.loc.line, r.loc.key()) == ("missing_column", 1, "file")
     assert "发药单号" in r.detail
 
 

@@ -117,11 +117,12 @@ def detect(head: bytes, name: str) -> str | None:
     return None
 
 
-def _hl7_reason(e) -> str:
+def _hl7_reason(e, parsed: bool) -> str:
+    """malformed: the message cannot be parsed; missing_mandatory / invalid: it parses but fails validation."""
+    if not parsed:
+        return "malformed"
     text = str(getattr(e, "reason", e)).lower()
-    if "missing" in text or "required" in text or "empty" in text:
-        return "missing_mandatory"
-    return "invalid" if getattr(e, "field", None) else "malformed"
+    return "missing_mandatory" if any(w in text for w in ("missing", "required", "empty")) else "invalid"
 
 
 def hl7_records(data: bytes, name: str) -> Iterator[Staged | Rejected]:
@@ -132,8 +133,10 @@ def hl7_records(data: bytes, name: str) -> Iterator[Staged | Rejected]:
         return
     for raw in hl7.split(data):
         loc = Loc(name, line=raw.line, offset=raw.offset)
+        parsed = False
         try:
             msg = hl7.parse(raw.data)
+            parsed = True
             loc.message_id = msg.control_id or None
             if getattr(raw, "error", None):  # the framing says the file was cut inside this message
                 yield Rejected(loc, "truncated", raw.error, raw.data)
@@ -142,7 +145,7 @@ def hl7_records(data: bytes, name: str) -> Iterator[Staged | Rejected]:
         except hl7.HL7Error as e:
             loc.message_id = getattr(e, "control_id", None) or loc.message_id
             loc.field = getattr(e, "field", None)
-            yield Rejected(loc, _hl7_reason(e), str(getattr(e, "reason", e)), raw.data)
+            yield Rejected(loc, _hl7_reason(e, parsed), str(getattr(e, "reason", e)), raw.data)
             continue
         except Exception as e:  # a parser bug must not stop the batch
             yield Rejected(loc, "parser_error", f"{type(e).__name__}: {e}", raw.data)

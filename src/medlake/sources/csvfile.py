@@ -106,7 +106,8 @@ def read(stream: BinaryIO, name: str, source) -> Iterator[Staged | Rejected]:
             header = [h.strip() for h in rec]
             missing = [f"{f} → {c!r}" for f, c in source.columns.items() if c not in header]
             if missing:
-                yield Rejected(Loc(name, line=first, field=missing[0].split(" → ")[1].strip("'")), "missing_column",
+                yield Rejected(Loc(name, line=first, field=missing[0].split(" → ")[1].strip("'"), whole=True),
+                               "missing_column",
                                f"column(s) named in the source mapping are not in the header: {', '.join(missing)}; "
                                f"header is {header}; fix [source.columns] and retry", lines_raw)
                 return
