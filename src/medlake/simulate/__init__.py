@@ -1,1 +1,177 @@
-"""The simulated hospital: multi-system, messy, bilingual synthetic data with ground truth."""
+"""The simulated hospital: multi-system, messy, bilingual synthetic data with ground truth.
+
+`simulate(out, patients=..., hospitals=..., seed=...)` writes DIR/<hospital>/<system>/..., DIR/sources.toml and
+DIR/ground_truth/*.jsonl (see docs/simulate.md). Same seed, same bytes; one person at a time is held in
+memory, so memory does not grow with the number of patients.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from medlake.simulate import care
+from medlake.simulate.people import full_name, make_person
+from medlake.simulate.sinks import Truth
+from medlake.simulate.writers import Hospital
+
+__all__ = ["simulate", "Summary"]
+
+
+@dataclass
+class Summary:
+    out: Path
+    patients: int
+    hospitals: int
+    files: int = 0
+    messages: int = 0       # HL7 v2 messages (incl. duplicates)
+    resources: int = 0      # FHIR resources (bundled or NDJSON lines)
+    rows: int = 0           # pharmacy CSV rows
+    facts: int = 0
+    defects: dict = field(default_factory=dict)
+
+
+def _visit_fact(person: dict, enc: care.Encounter) -> dict:
+    from medlake.simulate.writers import VISIT_CONCEPT
+    return {"person": person["person"], "kind": "visit", "date": enc.start.date().isoformat(),
+            "concept_id": VISIT_CONCEPT[enc.cls], "value_as_number": None, "unit_concept_id": None}
+
+
+def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, rng: random.Random,
+                  truth: Truth) -> None:
+    regs: dict[int, list] = {}
+    merged: set = set()
+    second: set = set()  # hospitals where the person came back (the one chance of a duplicate registration)
+    death_enc = next((e for e in encs if e.died), None)
+    for enc in encs:
+        h = hosp[enc.hospital]
+        lst = regs.get(enc.hospital)
+        if lst is None:
+            lst = regs[enc.hospital] = [h.registration(person, True, rng)]
+            reg = lst[0]
+        elif len(lst) == 1 and enc.hospital not in second and (second.add(enc.hospital) or rng.random() < rate * 2):
+            dup = h.registration(person, False, rng)
+            dup.defects.insert(0, ("duplicate_identity", "PID-3",
+                                   f"MRN {dup.mrn} is the same person as MRN {lst[0].mrn}"))
+            lst.append(dup)
+            reg = dup
+        elif len(lst) == 2 and enc.hospital not in merged and rng.random() < 0.5:
+            reg = lst[1]
+        else:
+            reg = lst[0]
+        visit = f"{h.H}V{h.next('visit'):08d}"
+        death = enc.end if enc.died else None
+        vfact = [_visit_fact(person, enc)]
+        if enc.cls == "IP":
+            dfact = [{"person": person["person"], "kind": "death", "date": enc.end.date().isoformat(),
+                      "concept_id": 0, "value_as_number": None, "unit_concept_id": None}] if death else []
+            if rng.random() < rate * 2:
+                h.adt("A03", reg, enc, visit, enc.end, rng, dfact, death=death,
+                      defects=[("out_of_order", 0, None, "discharge (A03) sent before its admission (A01)", None)])
+                h.adt("A01", reg, enc, visit, enc.start, rng, vfact)
+            else:
+                h.adt("A01", reg, enc, visit, enc.start, rng, vfact)
+                h.adt("A03", reg, enc, visit, enc.end, rng, dfact, death=death)
+        else:
+            h.adt("A04", reg, enc, visit, enc.start, rng, vfact)
+            if enc.cls == "ER":
+                h.adt("A03", reg, enc, visit, enc.end, rng)
+        if rng.random() < 0.04:
+            h.adt("A08", reg, enc, visit, enc.end, rng)
+        if enc.labs:
+            h.oru(reg, enc, visit, rng)
+        h.fhir_encounter(reg, enc, visit, rng, person)
+        when = enc.end + dt.timedelta(minutes=5 + rng.randrange(55))
+        for key, days in enc.meds:
+            h.dispense(reg, enc, visit, key, days, rng, when)
+        if enc.meds and rng.random() < rate:
+            h.dispense(reg, enc, visit, None, 7, rng, when)
+        if reg is not lst[0] and enc.hospital not in merged and rng.random() < 0.5:
+            merged.add(enc.hospital)
+            h.adt("A40", lst[0], enc, visit, enc.end + dt.timedelta(days=1), rng, merge=reg.mrn)
+    if person["death_date"]:
+        if death_enc is not None:
+            for reg in regs[death_enc.hospital]:
+                reg.deceased = death_enc.end
+        elif person["home"] in regs:
+            reg = regs[person["home"]][0]
+            reg.deceased = dt.datetime.combine(person["death_date"], dt.time(12))
+            person["death_source"] = (hosp[person["home"]].id, reg.patient_id)
+    for idx in sorted(regs):
+        h = hosp[idx]
+        for i, reg in enumerate(regs[idx]):
+            person_allergies = person["allergies"] if i == 0 else ()
+            h.flush_emr(reg, dict(person, allergies=person_allergies), rng)
+            for system in ("his", "lis", "emr", "pharmacy"):
+                if system not in reg.systems:
+                    continue
+                ids = [("patient_resource", reg.patient_id), ("mrn", reg.mrn)] if system == "emr" else [("mrn", reg.mrn)]
+                for id_type, sid in ids:
+                    truth.row("identities", {"hospital": h.id, "system": system, "id_type": id_type,
+                                             "source_id": sid, "person": person["person"]})
+    a = person["address"]
+    truth.row("persons", {
+        "person": person["person"], "locale": person["locale"], "name": full_name(person),
+        "family": person["family"], "given": person["given"],
+        "pinyin": f"{person['family_pinyin']} {person['given_pinyin']}", "sex": person["sex"],
+        "birth_date": person["birth_date"].isoformat(),
+        "death_date": person["death_date"].isoformat() if person["death_date"] else None,
+        "id_number": person.get("id_number"), "passport": person.get("passport"), "phone": person["phone"],
+        "address": a, "insurance": person["insurance"], "allergies": person["allergies"],
+        "hospitals": [hosp[i].id for i in sorted(regs)]})
+
+
+def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: int = 42,
+             start: dt.date = dt.date(2015, 1, 1), end: dt.date = dt.date(2025, 12, 31), defect_rate: float = 0.02,
+             progress: Optional[Callable[[int, int], None]] = None) -> Summary:
+    """Write a simulated hospital group to `out` (emptied first)."""
+    out = Path(out)
+    if patients < 1 or hospitals < 1:
+        raise ValueError("--patients and --hospitals must be at least 1")
+    if not 0 <= defect_rate <= 0.2:
+        raise ValueError("--defect-rate must be between 0 and 0.2")
+    if end <= start:
+        raise ValueError(f"--end {end} must be after --start {start}")
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / "sources.toml").exists()):
+            raise ValueError(f"{out} exists and is not a simulate output folder; choose an empty or new --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    truth = Truth(out)
+    hosp = [Hospital(i, out, truth, defect_rate, seed) for i in range(hospitals)]
+    (out / "sources.toml").write_text(
+        f"# Site source configuration for this simulated output (medlake simulate --seed {seed}).\n"
+        "# Paths are relative to this file.\n\n" + "\n".join(h.source_config() for h in hosp), encoding="utf-8")
+    for i in range(patients):
+        rng = random.Random(seed * 1_000_003 + i)
+        person = make_person(f"P{i + 1:07d}", rng, start)
+        encs = care.plan(person, start, end, hospitals, rng)
+        person["allergies"] = care.allergies(rng)
+        _write_person(person, encs, hosp, defect_rate, rng, truth)
+        if progress and (i + 1) % 200 == 0:
+            progress(i + 1, patients)
+    stamp = f"{end.isoformat()}T23:59:59+08:00"
+    for h in hosp:
+        h.close(stamp)
+    truth.close()
+    if progress:
+        progress(patients, patients)
+    s = Summary(out, patients, hospitals, files=sum(h.files() for h in hosp) + 1 + 6,
+                messages=sum(h.his.records + h.lis.records for h in hosp),
+                resources=truth_resources(hosp),
+                rows=sum(h.pharmacy.records for h in hosp), facts=truth.n_facts,
+                defects=dict(sorted(truth.defects_by_class.items())))
+    return s
+
+
+def truth_resources(hosp) -> int:
+    n = 0
+    for h in hosp:
+        if h.fhir_mode == "bulk":
+            n += sum(s.records for s in h.bulk.values())
+        else:
+            n += h.res_count
+    return n
