@@ -195,7 +195,7 @@ def ingest_cmd(
 
     srcs = _load_sources(sources)
     if not paths and not srcs:
-        raise click.UsageError("give PATH… to ingest, or --sources to ingest every configured source")
+        raise typer.BadParameter("give PATH… to ingest, or --sources to ingest every configured source")
     eng = engine()
     land, q = _landing()
     try:

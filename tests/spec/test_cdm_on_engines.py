@@ -147,3 +147,15 @@ def test_stable_id_is_the_same_on_every_engine(engine):
     got = engine.query("SELECT address_1 AS k, stable_id(address_1) AS id FROM location").to_pylist()
     want = {k: int(hashlib.md5(k.encode()).hexdigest()[:15], 16) for k in keys}
     assert {r["k"]: r["id"] for r in got} == want
+
+
+def test_demo_vocabulary_loads_and_status_reports_it(engine):
+    from medlake.cdm import vocab
+
+    store.init(engine, "5.4")
+    first = vocab.load(engine, vocab.demo_vocabulary_dir())
+    again = vocab.load(engine, vocab.demo_vocabulary_dir())  # a second release over the first replaces it
+    assert first.verified and again.loaded == first.loaded
+    s = store.status(engine)
+    assert s.cdm_version == "5.4" and "demo" in s.vocabulary_version.lower()
+    assert s.counts["concept"] == first.files["concept"] and s.counts["person"] == 0

@@ -143,6 +143,10 @@ class SparkEngine:
         if isinstance(parsed, exp.Delete):
             self._delete(parsed, params)
             return
+        if isinstance(parsed, exp.TruncateTable):  # external Parquet tables cannot be truncated by Spark
+            for t in parsed.expressions:
+                self._replace_files(t.name, None)
+            return
         df = self._sql(sql, params)
         if df is not None:
             df.collect()
@@ -151,18 +155,23 @@ class SparkEngine:
         """Parquet tables have no DELETE: write the rows that stay to new files, then swap them in."""
         name = delete.this.name
         where = delete.args.get("where")
-        keep = "SELECT * FROM " + exp.to_table(name).sql("duckdb")
-        if where is not None:
-            keep += f" WHERE NOT COALESCE(({where.this.sql('duckdb')}), FALSE)"
-        else:
-            keep += " WHERE FALSE"
-        df = self._sql(keep, params)
+        if where is None:
+            self._replace_files(name, None)
+            return
+        keep = f"SELECT * FROM {exp.to_table(name).sql('duckdb')} WHERE NOT COALESCE(({where.this.sql('duckdb')}), FALSE)"
+        self._replace_files(name, self._sql(keep, params))
+
+    def _replace_files(self, name: str, df) -> None:
+        """Replace a table's Parquet files by those of `df` (None: no rows). Old files stay in a snapshot, if any."""
         table_dir = self.warehouse / name
+        if not (table_dir / META).exists():
+            raise EngineError(f"no table {name} in {self.warehouse}")
         staged = self.warehouse / f".{name}.rewrite-{uuid.uuid4().hex[:8]}"
-        try:
-            df.write.parquet(staged.as_posix())
-        except Exception as e:
-            raise EngineError(str(e).splitlines()[0][:500]) from e
+        if df is not None:
+            try:
+                df.write.parquet(staged.as_posix())
+            except Exception as e:
+                raise EngineError(str(e).splitlines()[0][:500]) from e
         for p in table_dir.iterdir():
             if p.name != META:
                 p.unlink() if p.is_file() else shutil.rmtree(p)
