@@ -404,6 +404,47 @@ def cdm_import(
     out.print(t)
 
 
+@app.command("simulate")
+def simulate_cmd(
+    patients: int = typer.Option(1000, "--patients", min=1, help="Number of persons."),
+    hospitals: int = typer.Option(3, "--hospitals", min=1, help="Number of hospitals (h1, h2, …)."),
+    seed: int = typer.Option(42, "--seed", help="Same seed, same bytes."),
+    out_dir: Path = typer.Option(Path("simulated"), "--out", help="Output folder (replaced if it is a former "
+                                 "simulate output)."),
+    start: str = typer.Option("2015-01-01", "--start", help="First day of care (YYYY-MM-DD)."),
+    end: str = typer.Option("2025-12-31", "--end", help="Last day of care (YYYY-MM-DD)."),
+    defect_rate: float = typer.Option(0.02, "--defect-rate", help="Share of records carrying each kind of defect."),
+):
+    """Simulate a hospital group: HL7 v2, FHIR and CSV feeds with defects, and the ground truth."""
+    import datetime as dt
+
+    from rich.progress import MofNCompleteColumn
+
+    from medlake.simulate import simulate
+
+    try:
+        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError as e:
+        raise typer.BadParameter(f"{e}; write dates as YYYY-MM-DD", param_hint="--start/--end")
+    with Progress(TextColumn("simulate"), BarColumn(), MofNCompleteColumn(), TextColumn("patients"),
+                  TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("simulate", total=patients)
+        s = simulate(out_dir, patients=patients, hospitals=hospitals, seed=seed, start=first, end=last,
+                     defect_rate=defect_rate, progress=lambda done, total: bar.update(task, completed=done))
+    out.print(f"simulated {s.patients:,} patients in {s.hospitals} hospital(s) -> {s.out}", highlight=False)
+    t = Table(title="output")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for name, n in (("files", s.files), ("HL7 v2 messages", s.messages), ("FHIR resources", s.resources),
+                    ("CSV rows", s.rows), ("facts (ground truth)", s.facts),
+                    ("defects", sum(s.defects.values()))):
+        t.add_row(name, f"{n:,}")
+    out.print(t)
+    out.print("defects by class: " + (", ".join(f"{k} {v:,}" for k, v in s.defects.items()) or "none"),
+              highlight=False)
+    out.print(f"sources: {s.out / 'sources.toml'}   ground truth: {s.out / 'ground_truth'}", highlight=False)
+
+
 def main() -> None:
     """Typer handles --help and usage errors (exit 2); medlake's own errors become one line and exit 1."""
     from medlake.cdm.vocab import VocabError
