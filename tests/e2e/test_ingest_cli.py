@@ -1,0 +1,80 @@
+"""`medlake ingest`, `replay` and `quarantine` as a person uses them: a shell, a folder, a sources.toml."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+MEDLAKE = Path(sys.executable).with_name("medlake")
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+
+def run(tmp_path, *args, ok=True):
+    env = {**os.environ, "MEDLAKE_STORE": f"duckdb:{tmp_path / 'data' / 'store.duckdb'}", "COLUMNS": "200"}
+    env.pop("MEDLAKE_DATA_DIR", None)
+    p = subprocess.run([str(MEDLAKE), *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def row(out: str, name: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.strip("│┃ ").startswith(name + " "))
+    return [c.strip() for c in line.strip("│┃").split("│")]
+
+
+def test_ingest_quarantine_retry_replay(tmp_path):
+    site = tmp_path / "site"
+    (site / "emr").mkdir(parents=True)
+    (site / "pharmacy").mkdir()
+    good = {"resourceType": "Patient", "id": "p1", "gender": "male"}
+    (site / "emr" / "Patient.ndjson").write_text(json.dumps(good) + "\n" + '{"resourceType": "Patient", "id"\n')
+    (site / "pharmacy" / "d.csv").write_bytes("单号,病人,药品,时间\nR1,M1,D1,2024-01-02 03:04\n".encode("gbk"))
+    toml = site / "sources.toml"
+    toml.write_text('[[source]]\nname = "emr"\nkind = "fhir"\npath = "emr"\n\n[[source]]\nname = "rx"\n'
+                    'kind = "csv"\nsystem = "pharmacy"\npath = "pharmacy"\nencoding = "gbk"\n[source.columns]\n'
+                    'record_id = "单号"\npatient_id = "病人"\ndrug_code = "药品X"\ndispensed_at = "时间"\n',
+                    encoding="utf-8")
+    p = run(tmp_path, "ingest", site, "--sources", toml)
+    assert row(p.stdout, "emr") == ["emr", "1", "1", "0", "0", "1", "1", "1"]
+    assert row(p.stdout, "rx")[1:] == ["1", "1", "0", "0", "0", "0", "1"]
+    assert "quarantined by reason: bad_json 1, missing_column 1" in p.stdout
+    assert (tmp_path / "data" / "landing" / "quarantine.sqlite").exists()
+
+    p = run(tmp_path, "quarantine", "list")
+    assert "Patient.ndjson, line 2" in p.stdout and "d.csv, line 1, at 药品X" in p.stdout
+    raw = run(tmp_path, "quarantine", "show", "1", "--raw")
+    assert raw.stdout == '{"resourceType": "Patient", "id"'
+    assert "reason         bad_json" in run(tmp_path, "quarantine", "show", "1").stdout
+
+    p = run(tmp_path, "ingest", site, "--sources", toml)  # nothing new
+    assert row(p.stdout, "total") == ["total", "0", "0", "0", "2", "0", "0", "0"]
+
+    toml.write_text(toml.read_text(encoding="utf-8").replace("药品X", "药品"), encoding="utf-8")
+    p = run(tmp_path, "quarantine", "retry", "--sources", toml)
+    assert "resolved 1, still failing 1, rows staged 1" in p.stdout
+    p = run(tmp_path, "quarantine", "list", "--all")
+    assert "resolved" in p.stdout and "by reason: bad_json 1, missing_column 1" in p.stdout
+
+    p = run(tmp_path, "replay", "--source", "rx")
+    assert row(p.stdout, "rx")[5:] == ["1", "1", "0"]
+
+
+def test_errors_are_one_line_and_exit_codes(tmp_path):
+    bad = tmp_path / "sources.toml"
+    bad.write_text('[[source]]\nname = "x"\nkind = "xml"\npath = "."\n')
+    p = run(tmp_path, "ingest", tmp_path, "--sources", bad, ok=False)
+    assert p.returncode == 1
+    assert p.stderr.strip() == f"error: {bad}: [[source]] #1 (x) key `kind`: 'xml' is not one of hl7v2, fhir, csv"
+    assert not (tmp_path / "data").exists()  # nothing ran
+    assert run(tmp_path, "ingest", ok=False).returncode == 2
+    p = run(tmp_path, "replay", "--source", "nope", ok=False)
+    assert p.returncode == 1 and "unknown source 'nope'" in p.stderr
+
+
+def test_every_shared_fhir_file_ingests(tmp_path):
+    p = run(tmp_path, "ingest", SHARED / "fhir" / "r4-examples", SHARED / "fhir" / "synthea-bundles")
+    r4, synthea = row(p.stdout, "r4-examples"), row(p.stdout, "synthea-bundles")
+    assert r4[1:3] == ["14", "14"] and synthea[1:3] == ["4", "4"]
+    assert "quarantined by reason: none" in p.stdout
