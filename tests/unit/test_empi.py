@@ -10,9 +10,9 @@ from medlake.identity import empi, keys
 from medlake.identity.vault import Vault
 
 # A resident ID number with a valid check digit, and a one-digit typo of it (check digit then fails).
-ID_LI = "110101199211200025"
-ID_LI_TYPO = "110101199211290025"
-ID_ZHANG = "110101198003050013"
+ID_LI = "110101199211200028"
+ID_LI_TYPO = "110101199211290028"
+ID_ZHANG = "110101198003050016"
 
 IDENTITIES = [
     # person "zhang wei 1980": characters, a homophone typo (玮), pinyin in latin letters with day/month swapped
@@ -31,7 +31,7 @@ IDENTITIES = [
          phone="+1-555-201-3344"),
     # same names, other people
     dict(source="h1-his", source_id="A4", family="张", given="伟", birth_date="1965-01-02", sex="M",
-         id_number="110105196501020031"),
+         id_number="110105196501020035"),
     dict(source="h2-his", source_id="B6", family="李", given="芳", birth_date="1970-02-02", sex="F",
          id_number="310104197002020044"),
     dict(source="h1-his", source_id="A5", family="王", given="芳", birth_date="1980-03-05", sex="F"),

@@ -13,11 +13,11 @@ PEOPLE = [
     dict(source="h1-his", source_id=f"MRN{i:04d}", family=fam, given=giv, birth_date=f"19{50 + i}-0{1 + i % 9}-1{i % 10}",
          sex="F" if i % 2 else "M", id_number=idn, phone=f"1390000{i:04d}", address=f"上海市徐汇区漕溪北路{i}号",
          insurance=f"3101{i:08d}")
-    for i, (fam, giv, idn) in enumerate([("欧阳", "娜娜", "310104195001100028"), ("诸葛", "孔明", "110101195102110010"),
-                                        ("Montgomery", "Beatrice", None), ("司马", "懿", "440106195303130033")])
+    for i, (fam, giv, idn) in enumerate([("欧阳", "娜娜", "310104195001100027"), ("诸葛", "孔明", "110101195102110017"),
+                                        ("Montgomery", "Beatrice", None), ("司马", "懿", "440106195303130039")])
 ]
-SECRETS = ["欧阳娜娜", "欧阳", "诸葛", "孔明", "Montgomery", "Beatrice", "310104195001100028", "110101195102110010",
-           "440106195303130033", "13900000001", "漕溪北路"]
+SECRETS = ["欧阳娜娜", "欧阳", "诸葛", "孔明", "Montgomery", "Beatrice", "310104195001100027", "110101195102110017",
+           "440106195303130039", "13900000001", "漕溪北路"]
 
 
 def ring(*ks: str) -> keys.KeyRing:

@@ -479,5 +479,6 @@ def _prior_weight(settings: dict) -> float:
 
 def _shown(rec: dict, comparison: str) -> str:
     fields = {"name": ("family", "given", "full_name"), "id_number": ("id_number",), "birth_date": ("birth_date",),
-              "sex": ("sex",), "phone": ("phone",), "address": ("address",), "insurance": ("insurance",)}[comparison]
+              "sex": ("sex",), "phone": ("phone",), "address": ("address",), "insurance": ("insurance",),
+              "mrn": ("hospital", "mrn")}[comparison]
     return " / ".join(str(rec.get(f)) for f in fields if rec.get(f)) or "—"

@@ -63,13 +63,19 @@ COMPARISONS = [
         _null("insurance"),
         _lvl("same insurance number", "insurance_l = insurance_r", 0.85, 1e-6),
         _else(0.15, 1.0 - 1e-6)]},
+    {"output_column_name": "mrn", "comparison_description": "hospital record number (MRN)", "comparison_levels": [
+        _null("mrn"),
+        _lvl("same MRN at the same hospital", "mrn_l = mrn_r", 0.90, 1e-7),
+        _lvl("other MRN at the same hospital (duplicate registration?)",
+             "split_part(mrn_l, '|', 1) = split_part(mrn_r, '|', 1)", 0.10, 0.5),
+        _else(0.5, 0.5)]},
 ]
 
-BLOCKING_RULES = [f"l.bk_{k} = r.bk_{k}" for k in ("id", "phone", "insurance", "name_dob", "dob_initial", "name")]
+BLOCKING_RULES = [f"l.bk_{k} = r.bk_{k}" for k in ("mrn", "id", "phone", "insurance", "name_dob", "dob_initial", "name")]
 
 # Columns handed to Splink (besides unique_id and the bk_* keys).
 COMPARISON_COLUMNS = ["name_cjk", "name_py", "name_py_rev", "id_number", "id_valid", "birth_date", "sex", "phone",
-                      "address", "insurance"]
+                      "address", "insurance", "mrn"]
 
 
 def default_settings(prior: float = 1e-4) -> dict:

@@ -14,7 +14,7 @@ import unicodedata
 
 from pypinyin import lazy_pinyin
 
-FIELDS = ("family", "given", "full_name", "id_number", "insurance", "birth_date", "sex", "phone", "address")
+FIELDS = ("family", "given", "full_name", "id_number", "insurance", "birth_date", "sex", "phone", "address", "mrn")
 WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _NOT_LETTER = re.compile(r"[^a-z]")
@@ -95,6 +95,8 @@ def comparison_values(rec: dict) -> dict:
     full = clean(rec.get("full_name"))
     if full and not (family or given):
         family, given = split_full(full)
+    elif family and not given and has_cjk(family) and len(family) >= 2:  # '张伟' in one component (PID-5.1)
+        family, given = split_full(family)
     fam_py, giv_py = pinyin(family), pinyin(given)
     chars = (family or "") + (given or "")
     idn = (clean(rec.get("id_number")) or "").upper().replace(" ", "") or None
@@ -112,10 +114,12 @@ def comparison_values(rec: dict) -> dict:
         "phone": norm_phone(rec.get("phone")),
         "address": norm_text(rec.get("address")),
         "insurance": norm_text(rec.get("insurance")),
+        # the hospital's own record number: the same MRN at the same hospital is the same registration
+        "mrn": f"{rec['hospital']}|{clean(rec.get('mrn'))}" if rec.get("hospital") and clean(rec.get("mrn")) else None,
     }
 
 
-BLOCKING_KINDS = ("id", "phone", "insurance", "name", "name_dob", "dob_initial")
+BLOCKING_KINDS = ("id", "phone", "insurance", "name", "name_dob", "dob_initial", "mrn")
 
 
 def blocking_values(cv: dict) -> dict[str, str | None]:
@@ -130,6 +134,7 @@ def blocking_values(cv: dict) -> dict[str, str | None]:
         "name": tokens,
         "name_dob": f"{tokens}|{dob}" if tokens and dob else None,
         "dob_initial": f"{dob}|{py[0]}" if dob and py else None,
+        "mrn": cv["mrn"],
     }
 
 

@@ -115,21 +115,34 @@ class Vault:
                              f"{keys_mod.KeyRing.blob_key_id(blob)}, or the vault was altered): {type(e).__name__}") from e
 
     # -- writing -------------------------------------------------------------------------------------------
-    def put(self, identities: Iterable[dict]) -> int:
-        """Insert or replace source identities: dicts with source, source_id, hospital, system, id_type and any of
-        `FIELDS`. Values are encrypted; keyed blocking keys are derived. One transaction. Returns the count."""
+    def put(self, identities: Iterable[dict], who: str = "vault", merge: bool = True) -> int:
+        """Insert or update source identities: dicts with source, source_id, hospital, system, id_type and any of
+        `FIELDS`. With `merge` (the default) a field given as empty keeps the value already in the vault (staging
+        of a later message may carry fewer fields); that update decrypts the stored row, which is logged.
+        Values are encrypted; keyed blocking keys are derived. One transaction. Returns the count."""
         match = self.secret("matching")
         now = _now()
-        rows, bks = [], []
+        recs = {}
         for rec in identities:
             src, sid = rec.get("source"), rec.get("source_id")
             if not src or sid is None or str(sid) == "":
                 raise VaultError(f"identity without source/source_id: fields {sorted(k for k in rec if rec[k])}")
-            src, sid = str(src), str(sid)
-            vals = {f: (None if rec.get(f) in (None, "") else str(rec[f])) for f in FIELDS}
-            rows.append([src, sid, rec.get("hospital"), rec.get("system"), rec.get("id_type"), self.keys.active_id, now]
+            recs[(str(src), str(sid))] = rec
+        old = {}
+        if merge and recs:
+            present = [k for k in recs if self.con.execute(
+                "SELECT 1 FROM identity WHERE source = ? AND source_id = ?", list(k)).fetchone()]
+            if present:
+                old = {(r["source"], r["source_id"]): r
+                       for r in self.read(who, "update identities (keep fields the update leaves empty)", present)}
+        rows, bks = [], []
+        for (src, sid), rec in recs.items():
+            prev = old.get((src, sid), {})
+            vals = {f: (str(rec[f]) if rec.get(f) not in (None, "") else prev.get(f)) for f in FIELDS}
+            plain = {c: rec.get(c) or prev.get(c) for c in ("hospital", "system", "id_type")}
+            rows.append([src, sid, plain["hospital"], plain["system"], plain["id_type"], self.keys.active_id, now]
                         + [None if v is None else self.keys.encrypt(v.encode(), _aad(src, sid, f)) for f, v in vals.items()])
-            bk = blocking_keys(match, comparison_values(vals))
+            bk = blocking_keys(match, comparison_values({**vals, "hospital": plain["hospital"]}))
             bks.append([src, sid] + [bk[k] for k in BLOCKING_KINDS])
         cols = ", ".join(["source", "source_id", "hospital", "system", "id_type", "key_id", "updated_at", *FIELDS])
         with self._tx():

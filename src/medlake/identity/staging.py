@@ -1,0 +1,203 @@
+"""Source identities and merges from the staging tables, and moving identifying staging columns into the vault.
+
+One source identity per (source, source_id): for HL7 v2 the patient id (PID-3, the MRN) of the source, for FHIR
+the Patient resource id. Several staging rows of one identity (A01, A08, every ORU's PID …) are folded into one:
+per field, the latest non-empty value (by event time, then receipt). A40 merges come from `stg_hl7_merge`.
+
+`vault_staging(engine, vault)` puts these identities into the vault, records the merges in the EMPI, then nulls
+every identifying staging column (Arrow metadata `identifying=true` in the sources' `STAGING_SCHEMAS`) except
+the source ids themselves (`KEEP`), which the transform needs to find `person_id`. On a DuckDB file the store
+must then be rewritten (`compact_duckdb`), or the old values stay readable in freed blocks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from medlake.identity import empi
+from medlake.identity.normalize import id_check_ok
+from medlake.identity.vault import Vault
+
+KEEP = {"patient_id", "prior_patient_id"}  # source ids: the join key to empi_person_map, not moved
+_ID18 = re.compile(r"^[0-9]{17}[0-9Xx]$")
+
+
+def _schemas() -> dict:
+    """STAGING_SCHEMAS of every source module that is there (each team's module may land at its own time)."""
+    out = {}
+    for mod in ("hl7v2", "fhir", "csvfile"):
+        try:
+            m = __import__(f"medlake.sources.{mod}", fromlist=["STAGING_SCHEMAS"])
+        except ImportError:
+            continue
+        out.update(getattr(m, "STAGING_SCHEMAS", {}))
+    return out
+
+
+def identifying_columns(table: str, schemas: dict | None = None) -> list[str]:
+    from medlake.sources.records import is_identifying
+
+    schema = (schemas if schemas is not None else _schemas()).get(table)
+    if schema is None and table.startswith("stg_csv_"):
+        schema = next((s for n, s in (schemas or _schemas()).items() if n == table), None)
+    return [f.name for f in schema if is_identifying(f)] if schema is not None else []
+
+
+def _rows(engine, table: str, wanted: list[str], order: list[str]) -> list[dict]:
+    have = {c.name for c in engine.columns(table)}
+    cols = [c for c in wanted if c in have]
+    if "source" not in have:
+        return []
+    by = ", ".join(f'"{c}"' for c in order if c in have) or "1"
+    return engine.query(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{table}" ORDER BY {by}').to_pylist()
+
+
+def _fold(rows: list[dict], key) -> dict:
+    out: dict = {}
+    for r in rows:
+        k = key(r)
+        if k is None:
+            continue
+        cur = out.setdefault(k, {})
+        for f, v in r.items():
+            if v not in (None, ""):
+                cur[f] = v
+    return out
+
+
+def _hl7_ids(text: str | None) -> dict:
+    """National id and insurance number from PID-3 repetitions (`id^^^authority^type~…`)."""
+    out = {}
+    for rep in (text or "").split("~"):
+        p = rep.split("^") + [""] * 5
+        if p[4] in ("NNCHN", "NN", "SS") or (_ID18.match(p[0]) and id_check_ok(p[0].upper())):
+            out.setdefault("id_number", p[0])
+        elif p[4] in ("HC", "IN", "SN"):
+            out.setdefault("insurance", p[0])
+    return out
+
+
+def _join(*parts) -> str | None:
+    s = " ".join(str(p) for p in parts if p not in (None, ""))
+    return s or None
+
+
+def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None) -> list[dict]:
+    """Vault records from `stg_hl7_patient` and `stg_fhir_patient`. `sources` maps a source name to (hospital,
+    system) (from sources.toml); without it the HL7 assigning authority stands for the hospital."""
+    sources = sources or {}
+    tables = set(engine.tables())
+    out = []
+    if "stg_hl7_patient" in tables:
+        cols = ["source", "patient_id", "patient_id_type", "patient_id_authority", "identifiers", "national_id",
+                "names", "family_name", "given_name", "middle_name", "birth_date", "sex", "address_street",
+                "address_other", "address_county", "address_city", "address_state", "address_postal_code",
+                "phone_home", "phone_business"]
+        for (src, pid), r in _fold(_rows(engine, "stg_hl7_patient", cols, ["event_time", "receipt_seq"]),
+                                   lambda r: (r["source"], r["patient_id"]) if r.get("patient_id") else None).items():
+            hosp, system = sources.get(src, (r.get("patient_id_authority"), None))
+            ids = _hl7_ids(r.get("identifiers"))
+            given = _join(r.get("given_name"), r.get("middle_name"))
+            out.append(dict(
+                source=src, source_id=str(pid), hospital=hosp, system=system,
+                id_type="mrn" if (r.get("patient_id_type") or "MR") == "MR" else r["patient_id_type"].lower(),
+                family=r.get("family_name"), given=given,
+                full_name=None if r.get("family_name") else r.get("names"),
+                id_number=r.get("national_id") or ids.get("id_number"), insurance=ids.get("insurance"),
+                birth_date=r.get("birth_date"), sex=r.get("sex"),
+                phone=r.get("phone_home") or r.get("phone_business"),
+                address=_join(r.get("address_state"), r.get("address_city"), r.get("address_county"),
+                              r.get("address_street"), r.get("address_other")),
+                mrn=str(pid)))
+    if "stg_fhir_patient" in tables:
+        cols = ["source", "resource_id", "gender", "birth_date", "family_name", "given_names", "name_text",
+                "identifiers", "mrn", "telecom", "address_line", "address_city", "address_district", "address_state",
+                "address_postal_code"]
+        for (src, rid), r in _fold(_rows(engine, "stg_fhir_patient", cols, ["last_updated", "receipt_seq"]),
+                                   lambda r: (r["source"], r["resource_id"]) if r.get("resource_id") else None).items():
+            hosp, system = sources.get(src, (None, None))
+            idn = ins = None
+            for i in _loads(r.get("identifiers")):
+                v = str(i.get("value") or "")
+                if _ID18.match(v) and (id_check_ok(v.upper()) or "resident" in str(i.get("system", "")).lower()):
+                    idn = idn or v
+                elif "ins" in str(i.get("system", "")).lower():
+                    ins = ins or v
+            phone = next((t.get("value") for t in _loads(r.get("telecom")) if t.get("system") == "phone"), None)
+            out.append(dict(
+                source=src, source_id=str(rid), hospital=hosp, system=system, id_type="patient_resource",
+                family=r.get("family_name"), given=r.get("given_names"),
+                full_name=None if r.get("family_name") else r.get("name_text"), id_number=idn, insurance=ins,
+                birth_date=r.get("birth_date"), sex=r.get("gender"), phone=phone,
+                address=_join(r.get("address_state"), r.get("address_city"), r.get("address_district"),
+                              r.get("address_line")), mrn=r.get("mrn")))
+    return out
+
+
+def _loads(text) -> list[dict]:
+    try:
+        v = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [x for x in v if isinstance(x, dict)] if isinstance(v, list) else []
+
+
+def source_merges(engine) -> list[dict]:
+    """A40 (and A34/A36/A39/A41) merges: prior patient id -> surviving patient id, within one source."""
+    if "stg_hl7_merge" not in engine.tables():
+        return []
+    rows = _rows(engine, "stg_hl7_merge", ["source", "patient_id", "prior_patient_id", "event_type", "control_id"],
+                 ["event_time", "receipt_seq"])
+    return [dict(prior_source=r["source"], prior_id=r["prior_patient_id"], source=r["source"], source_id=r["patient_id"],
+                 reason=f"ADT {r.get('event_type') or 'merge'} message {r.get('control_id')}")
+            for r in rows if r.get("prior_patient_id") and r.get("patient_id")]
+
+
+def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | None = None) -> dict:
+    """Move identifying staging values into the vault; record merges; null the moved columns in staging.
+    Returns counts. Idempotent: a second call finds nothing left to move."""
+    ids = source_identities(engine, sources)
+    # identities already in the vault and nothing new in staging: put() is only called with what staging holds
+    moved = vault.put(ids) if ids else 0
+    merges = empi.record_merges(engine, source_merges(engine))
+    schemas = _schemas()
+    nulled = {}
+    with engine.transaction():
+        for t in engine.tables():
+            if not t.startswith("stg_"):
+                continue
+            have = {c.name for c in engine.columns(t)}
+            cols = [c for c in identifying_columns(t, schemas) if c in have and c not in KEEP]
+            if cols:
+                n = engine.query(f'SELECT count(*) FROM "{t}" WHERE ' + " OR ".join(f'"{c}" IS NOT NULL' for c in cols))
+                n = n.column(0)[0].as_py()
+                if n:
+                    engine.execute(f'UPDATE "{t}" SET ' + ", ".join(f'"{c}" = NULL' for c in cols))
+                    nulled[t] = n
+    return {"identities": moved, "merges": merges, "rows_cleared": nulled}
+
+
+def compact_duckdb(path: str | Path) -> None:
+    """Rewrite a DuckDB file so values nulled or deleted are gone from its freed blocks too. No connection to
+    the file may be open."""
+    import duckdb
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".compact")
+    if tmp.exists():
+        tmp.unlink()
+    con = duckdb.connect()
+    try:
+        con.execute(f"ATTACH '{path}' AS old (READ_ONLY)")
+        con.execute(f"ATTACH '{tmp}' AS fresh")
+        con.execute("COPY FROM DATABASE old TO fresh")
+        con.execute("DETACH old")
+        con.execute("DETACH fresh")
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        wal.unlink()

@@ -1,0 +1,115 @@
+"""From staging to the vault: real HL7 v2 and FHIR files through ingest, identities and A40 merges into the vault,
+identifying staging columns cleared, the store rewritten — and no name or ID number left in the store's file."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from medlake.engines import open_engine
+from medlake.identity import empi, keys, staging
+from medlake.identity.vault import Vault
+
+ingest_mod = pytest.importorskip("medlake.landing.ingest")
+from medlake.landing.quarantine import Quarantine  # noqa: E402
+from medlake.landing.store import Landing  # noqa: E402
+from medlake.sources import config  # noqa: E402
+
+MSH = "MSH|^~\\&|HIS|H1|MEDLAKE|MEDLAKE|{ts}||ADT^{ev}^ADT_A01|{cid}|P|2.5.1|||||||UNICODE UTF-8\r"
+PIDS = {
+    "M001": "PID|1||M001^^^H1^MR~110101198003050016^^^CHN^NNCHN~310100000001^^^H1INS^HC||张^伟||19800305|M|||"
+            "建国路1号^^北京市^朝阳区^100000^CN||13800000001\r",
+    "M002": "PID|1||M002^^^H1^MR~310104195001100027^^^CHN^NNCHN||欧阳^娜娜||19500110|F|||漕溪北路8号^^上海市^徐汇区^200000^CN"
+            "||13900000002\r",
+    "M003": "PID|1||M003^^^H1^MR||欧阳^娜||19500110|F\r",
+}
+
+
+def hl7(n: int, ev: str, pid: str, extra: str = "") -> str:
+    return MSH.format(ts=f"2024010{n}120000", ev=ev, cid=f"MSG{n:04d}") + f"EVN|{ev}|2024010{n}120000\r" + pid + extra
+
+
+SOURCES = """
+[[source]]
+name = "h1-his"
+kind = "hl7v2"
+hospital = "h1"
+system = "his"
+path = "h1/his"
+
+[[source]]
+name = "h2-emr"
+kind = "fhir"
+hospital = "h2"
+system = "emr"
+path = "h2/emr"
+"""
+PATIENT = {"resourceType": "Patient", "id": "h2-pat-1",
+           "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+                           "system": "urn:medlake:h2:mrn", "value": "X77"},
+                          {"system": "urn:oid:2.16.156.10011.1.1", "value": "110101198003050016"}],
+           "name": [{"family": "Zhang", "given": ["Wei"], "text": "Wei Zhang"}], "gender": "male",
+           "birthDate": "1980-03-05", "telecom": [{"system": "phone", "value": "13800000001"}]}
+SECRETS = ["张", "欧阳", "娜娜", "建国路", "漕溪北路", "110101198003050016", "310104195001100027", "13800000001", "Zhang"]
+
+
+@pytest.fixture
+def site(tmp_path):
+    (tmp_path / "h1/his").mkdir(parents=True)
+    (tmp_path / "h2/emr").mkdir(parents=True)
+    (tmp_path / "h1/his/adt.hl7").write_bytes("".join([
+        hl7(1, "A01", PIDS["M001"], "PV1|1|I|W1^101^1\r"),
+        hl7(2, "A01", PIDS["M002"], "PV1|1|I|W1^102^1\r"),
+        hl7(3, "A01", PIDS["M003"], "PV1|1|I|W1^103^1\r"),
+        hl7(4, "A08", PIDS["M001"].replace("13800000001", "13800000009"), "PV1|1|I|W1^101^1\r"),
+        hl7(5, "A40", PIDS["M002"], "MRG|M003^^^H1^MR\r"),
+    ]).encode())
+    (tmp_path / "h2/emr/Patient.ndjson").write_text(json.dumps(PATIENT, ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "sources.toml").write_text(SOURCES)
+    return tmp_path
+
+
+def test_staging_into_the_vault_and_nothing_left_in_the_store(site):
+    srcs = config.load(site / "sources.toml")
+    store = site / "data" / "store.duckdb"
+    eng = open_engine(f"duckdb:{store}")
+    summary = ingest_mod.ingest(eng, Landing(site / "data/landing"), Quarantine(site / "data/quarantine"),
+                                [site / "h1/his", site / "h2/emr"], sources=srcs)
+    assert sum(s.quarantined.total() for s in summary.sources.values()) == 0
+    eng.close()
+    assert any(s.encode() in store.read_bytes() for s in SECRETS)  # control: staging holds plaintext
+
+    ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
+    eng = open_engine(f"duckdb:{store}")
+    with Vault.open(site / "data", ring) as v:
+        got = staging.vault_staging(eng, v, {s.name: (s.hospital, s.system) for s in srcs})
+        assert got["identities"] == 4 and got["merges"] == 1
+        assert got["rows_cleared"]["stg_hl7_patient"] == 5
+        recs = {r["source_id"]: r for r in v.read("test", "check staging move")}
+        assert recs["M001"]["phone"] == "13800000009"  # the A08 update wins
+        assert recs["M001"]["insurance"] == "310100000001" and recs["M001"]["id_number"] == "110101198003050016"
+        assert (recs["M001"]["family"], recs["M001"]["given"], recs["M001"]["hospital"]) == ("张", "伟", "h1")
+        assert recs["h2-pat-1"]["mrn"] == "X77" and recs["h2-pat-1"]["id_number"] == "110101198003050016"
+        # staging keeps the patient ids (the transform's join key) and nothing identifying
+        pat = eng.query("SELECT patient_id, family_name, national_id, phone_home, birth_date FROM stg_hl7_patient "
+                        "ORDER BY control_id").to_pylist()
+        assert [p["patient_id"] for p in pat] == ["M001", "M002", "M003", "M001", "M002"]
+        assert all(p[c] is None for p in pat for c in ("family_name", "national_id", "phone_home", "birth_date"))
+        assert eng.query("SELECT count(family_name) FROM stg_fhir_patient").column(0)[0].as_py() == 0
+        # a second move finds nothing to clear, and the vault keeps its values
+        assert staging.vault_staging(eng, v, {s.name: (s.hospital, s.system) for s in srcs})["rows_cleared"] == {}
+        assert v.read("test", "again", [("h1-his", "M001")])[0]["family"] == "张"
+
+        empi.run(eng, v, who="test")
+        pid = {k: empi.person_id_for(eng, "h1-his", k) for k in ("M001", "M002", "M003")}
+        assert pid["M002"] == pid["M003"] != pid["M001"]  # the A40 merge
+        assert empi.person_id_for(eng, "h2-emr", "h2-pat-1") == pid["M001"]  # same ID number and phone, pinyin
+        eng.close()
+    staging.compact_duckdb(store)
+    raw = store.read_bytes() + (site / "data/identity/vault.sqlite").read_bytes()
+    assert [s for s in SECRETS if s.encode() in raw] == []
+    eng = open_engine(f"duckdb:{store}")  # the rewritten store is whole
+    assert eng.query("SELECT count(*) FROM empi_person_map").column(0)[0].as_py() == 4
+    assert eng.query("SELECT count(*) FROM stg_hl7_patient").column(0)[0].as_py() == 5
+    eng.close()
