@@ -150,7 +150,8 @@ def _csv_options(t: dict, bad, csvfile) -> dict:
     enc = t.get("encoding", "utf-8")
     try:
         codecs.lookup(enc)
-        if "\n".encode(enc) != b"\n":
+        one, two = "\n".encode(enc), "\n\n".encode(enc)
+        if len(two) - len(one) != 1 or not one.endswith(b"\n"):
             bad("encoding", f"{enc!r} is not line-oriented (newline is not one byte); export as UTF-8 or GB18030")
         opts["encoding"] = enc
     except (LookupError, TypeError):
