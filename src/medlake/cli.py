@@ -24,6 +24,10 @@ quality_app = typer.Typer(help="Data quality: every OHDSI DQD check, set-based, 
 app.add_typer(quality_app, name="quality")
 cdm_app = typer.Typer(help="Bring an existing OMOP CDM into a store.", no_args_is_help=True)
 app.add_typer(cdm_app, name="cdm")
+identity_app = typer.Typer(help="The identity vault: keys, rotation, status.", no_args_is_help=True)
+app.add_typer(identity_app, name="identity")
+empi_app = typer.Typer(help="EMPI: one person across systems; review, decisions, explain.", no_args_is_help=True)
+app.add_typer(empi_app, name="empi")
 
 out = Console()
 err = Console(stderr=True)
@@ -443,6 +447,265 @@ def simulate_cmd(
     out.print("defects by class: " + (", ".join(f"{k} {v:,}" for k, v in s.defects.items()) or "none"),
               highlight=False)
     out.print(f"sources: {s.out / 'sources.toml'}   ground truth: {s.out / 'ground_truth'}", highlight=False)
+
+
+# -- identity vault and EMPI (medlake.identity) -----------------------------------------------------------------
+def _user(user: Optional[str]) -> str:
+    from medlake.identity.vault import default_user
+
+    return user or default_user()
+
+
+def _vault():
+    from medlake.identity.vault import Vault
+
+    return Vault.open(settings().data_dir)
+
+
+def _empi_thresholds(link: Optional[float], review: Optional[float]) -> tuple[float, float]:
+    from medlake.identity import empi
+
+    cfg = settings().data.get("empi", {})
+    return (link if link is not None else float(cfg.get("link_threshold", empi.LINK_THRESHOLD)),
+            review if review is not None else float(cfg.get("review_threshold", empi.REVIEW_THRESHOLD)))
+
+
+@identity_app.command("new-key")
+def identity_new_key(key_file: Path = typer.Option(..., "--key-file", help="Key file to create or add to (mode 600).")):
+    """Add a new AES-256 key to a key file; it becomes the active key (older keys stay readable)."""
+    from medlake.identity import keys
+
+    kid = keys.append_key(key_file)
+    out.print(f"key {kid} added to {key_file}; set MEDLAKE_VAULT_KEY_FILE={key_file}, then "
+              "`medlake identity rotate-key` re-encrypts the vault with it", highlight=False)
+
+
+@identity_app.command("rotate-key")
+def identity_rotate_key(
+    generate: bool = typer.Option(False, "--generate", help="First add a new key to MEDLAKE_VAULT_KEY_FILE."),
+    batch: int = typer.Option(1000, "--batch", min=1, help="Rows re-encrypted per short transaction."),
+):
+    """Re-encrypt every vault value with the active (last) key, batch by batch; the vault stays in use."""
+    from medlake.identity import keys
+
+    if generate:
+        path = os.environ.get("MEDLAKE_VAULT_KEY_FILE")
+        if not path:
+            raise ValueError("--generate needs MEDLAKE_VAULT_KEY_FILE (a key file to add the new key to)")
+        out.print(f"new key {keys.append_key(path)} added to {path}", highlight=False)
+    with _vault() as v:
+        before = v.key_status()
+        with _counting_progress() as bar:
+            task = bar.add_task("re-encrypting", total=sum(n for k, n in before.items() if k != v.keys.active_id))
+            moved = v.rotate(batch=batch, between=lambda done: bar.update(task, completed=done))
+        after = v.key_status()
+    out.print(f"{moved:,} row(s) re-encrypted; rows per key now: "
+              + ", ".join(f"{k} {n:,}" for k, n in sorted(after.items())), highlight=False)
+    out.print("older keys may now be removed from the key file", highlight=False)
+
+
+@identity_app.command("status")
+def identity_status():
+    """The vault: identities, rows per key, the access log and whether its hash chain is intact."""
+    with _vault() as v:
+        out.print(f"vault      {v.path}", highlight=False)
+        out.print(f"identities {v.count():,}")
+        out.print("keys       " + ", ".join(f"{k}{' (active)' if k == v.keys.active_id else ''} {n:,} row(s)"
+                                            for k, n in sorted(v.key_status().items())), highlight=False)
+        log = v.access_log()
+        problems = v.verify_log()
+        out.print(f"access log {len(log):,} entr{'y' if len(log) == 1 else 'ies'}; "
+                  + ("hash chain intact" if not problems else f"[red]{problems[0]}[/red]"))
+
+
+@empi_app.command("run")
+def empi_run(
+    link_threshold: Optional[float] = typer.Option(None, "--link-threshold", help="Match probability to link "
+                                                   "(default [empi] link_threshold or 0.95)."),
+    review_threshold: Optional[float] = typer.Option(None, "--review-threshold", help="Match probability from which "
+                                                     "a pair goes to review (default 0.5)."),
+    retrain: bool = typer.Option(False, "--retrain", help="Estimate the model again instead of using the saved one."),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="sources.toml (default: the config last used)."),
+    user: Optional[str] = typer.Option(None, "--user", help="Who runs it (for the access log)."),
+):
+    """Move identifying staging columns into the vault, link all identities, update person_ids."""
+    from medlake.identity import empi, staging
+
+    link, review = _empi_thresholds(link_threshold, review_threshold)
+    cfg = settings()
+    if sources:
+        srcs = {s.name: (s.hospital, s.system) for s in _load_sources(sources)}
+    else:
+        try:
+            from medlake.landing import ingest as ingest_mod
+
+            srcs = {n: (s.hospital, s.system) for n, s in ingest_mod.known_sources(cfg.landing_dir).items()}
+        except (ImportError, OSError, ValueError):
+            srcs = {}
+    with _vault() as v:
+        eng = engine()
+        try:
+            moved = staging.vault_staging(eng, v, srcs)
+        finally:
+            eng.close()
+        if moved["rows_cleared"] and cfg.store.startswith("duckdb:"):
+            staging.compact_duckdb(cfg.store.removeprefix("duckdb:").partition("?")[0])
+        out.print(f"staging: {moved['identities']:,} identit(ies) into the vault, {moved['merges']:,} new merge(s), "
+                  f"{sum(moved['rows_cleared'].values()):,} staging row(s) cleared of identifying values")
+        eng = engine()
+        try:
+            with err.status("linking", spinner="dots") if err.is_terminal else _nullctx() as st:
+                rep = empi.run(eng, v, who=_user(user), link_threshold=link, review_threshold=review, retrain=retrain,
+                               progress=(lambda m: st.update(m)) if st else None)
+        finally:
+            eng.close()
+    out.print(f"run {rep.run_id}: {rep.identities:,} identities, {rep.pairs:,} scored pair(s), {rep.links:,} linked, "
+              f"{rep.review:,} to review, {rep.persons:,} persons, {rep.changed:,} person_id change(s); "
+              f"model {'estimated (EM)' if rep.trained else 'saved/prior'}; {rep.seconds:.1f} s")
+
+
+class _nullctx:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False
+
+
+@empi_app.command("status")
+def empi_status():
+    """Identities, persons, review queue, decisions and the last run."""
+    from medlake.identity import empi
+
+    eng = engine()
+    try:
+        s = empi.status(eng)
+    finally:
+        eng.close()
+    for k in ("identities", "persons", "pairs", "review_pending", "decisions", "id_changes"):
+        out.print(f"{k.replace('_', ' '):<15}{s[k]:,}")
+    if s["last"]:
+        r = s["last"]
+        out.print(f"last           {r['kind']} {r['run_id']} at {r['recorded_at']} by {r['who']}"
+                  + (f", thresholds link {r['link_threshold']} review {r['review_threshold']}"
+                     if r["link_threshold"] is not None else ""), highlight=False)
+
+
+def _pair_keys(engine_, ids: list[str]):
+    from medlake.identity import empi
+
+    if len(ids) == 1 and ids[0].isdigit():
+        p = empi.pair(engine_, int(ids[0]))
+        return (p["source_l"], p["id_l"]), (p["source_r"], p["id_r"])
+    if len(ids) == 2:
+        return empi.parse_key(ids[0]), empi.parse_key(ids[1])
+    raise typer.BadParameter("give a PAIR number from `medlake empi review`, or two identities SOURCE:ID SOURCE:ID")
+
+
+@empi_app.command("review")
+def empi_review(
+    limit: int = typer.Option(20, "--limit", help="Pairs to show."),
+    user: Optional[str] = typer.Option(None, "--user", help="Who reviews (for the access log)."),
+):
+    """The review queue: pairs between the thresholds, side by side (a logged plaintext read)."""
+    from medlake.identity import empi
+
+    eng = engine()
+    try:
+        queue = empi.review_queue(eng)
+    finally:
+        eng.close()
+    if not queue:
+        out.print("review queue empty")
+        return
+    shown = queue[:limit]
+    with _vault() as v:
+        recs = {(r["source"], r["source_id"]): r for r in v.read(
+            _user(user), "empi review", sorted({k for q in shown for k in ((q["source_l"], q["id_l"]),
+                                                                            (q["source_r"], q["id_r"]))}))}
+    for q in shown:
+        a, b = recs.get((q["source_l"], q["id_l"]), {}), recs.get((q["source_r"], q["id_r"]), {})
+        t = Table(title=f"pair {q['pair_id']}: match probability {q['match_probability']:.3f}")
+        t.add_column("field")
+        t.add_column(f"{q['source_l']}:{q['id_l']}")
+        t.add_column(f"{q['source_r']}:{q['id_r']}")
+        for f in ("family", "given", "full_name", "id_number", "birth_date", "sex", "phone", "address", "insurance"):
+            if a.get(f) or b.get(f):
+                same = a.get(f) == b.get(f)
+                t.add_row(f, str(a.get(f) or "—"), str(b.get(f) or "—"), style=None if same else "yellow")
+        out.print(t)
+    out.print(f"{len(queue):,} pair(s) waiting; decide with `medlake empi accept PAIR` or `medlake empi reject PAIR`")
+
+
+def _decide(kind: str, ids: list[str], reason: str, user: Optional[str]) -> None:
+    from medlake.identity import empi
+
+    eng = engine()
+    try:
+        a, b = _pair_keys(eng, ids)
+        changed = empi.decide(eng, kind, a, b, _user(user), reason)
+    finally:
+        eng.close()
+    out.print(f"{kind}ed {a[0]}:{a[1]} ~ {b[0]}:{b[1]}; {changed:,} person_id change(s)", highlight=False)
+
+
+@empi_app.command("accept")
+def empi_accept(ids: list[str] = typer.Argument(..., help="PAIR number, or SOURCE:ID SOURCE:ID."),
+                reason: str = typer.Option("", "--reason"), user: Optional[str] = typer.Option(None, "--user")):
+    """Link a pair (same person); kept in the decision history."""
+    _decide("accept", ids, reason, user)
+
+
+@empi_app.command("reject")
+def empi_reject(ids: list[str] = typer.Argument(..., help="PAIR number, or SOURCE:ID SOURCE:ID."),
+                reason: str = typer.Option("", "--reason"), user: Optional[str] = typer.Option(None, "--user")):
+    """Keep a pair apart (different persons); kept in the decision history."""
+    _decide("reject", ids, reason, user)
+
+
+@empi_app.command("unmerge")
+def empi_unmerge(identity: str = typer.Argument(..., help="SOURCE:ID to take out of its person."),
+                 reason: str = typer.Option("", "--reason"), user: Optional[str] = typer.Option(None, "--user")):
+    """Take one identity out of its person (undo the merges and links that put it there)."""
+    from medlake.identity import empi
+
+    eng = engine()
+    try:
+        key = empi.parse_key(identity)
+        changed = empi.unmerge(eng, key, _user(user), reason)
+        pid = empi.person_id_for(eng, *key)
+    finally:
+        eng.close()
+    out.print(f"{identity} is now person {pid}; {changed:,} person_id change(s)", highlight=False)
+
+
+@empi_app.command("explain")
+def empi_explain(ids: list[str] = typer.Argument(..., help="PAIR number, or SOURCE:ID SOURCE:ID."),
+                 user: Optional[str] = typer.Option(None, "--user")):
+    """Why two identities are or are not linked: level and match weight per comparison."""
+    from medlake.identity import empi
+
+    eng = engine()
+    try:
+        a, b = _pair_keys(eng, ids)
+        with _vault() as v:
+            x = empi.explain(eng, v, a, b, _user(user))
+    finally:
+        eng.close()
+    t = Table(title=f"{a[0]}:{a[1]} ~ {b[0]}:{b[1]}")
+    for c in ("comparison", "left", "right", "level", "weight"):
+        t.add_column(c, justify="right" if c == "weight" else "left")
+    t.add_row("prior", "", "", "two random identities", f"{x['prior_weight']:+.2f}")
+    for c in x["comparisons"]:
+        t.add_row(c["comparison"], c["left"], c["right"], c["level"], "" if c["weight"] is None else f"{c['weight']:+.2f}")
+    t.add_row("total", "", "", f"match probability {x['match_probability']:.4f}", f"{x['match_weight']:+.2f}")
+    out.print(t)
+    out.print("blocking: " + (", ".join(x["blocking_rules"]) or "no blocking rule puts them together (never compared)"))
+    if x["decisions"]:
+        out.print("decisions: " + "; ".join(f"{d['kind']} by {d['who']} ({d['reason']})" for d in x["decisions"]),
+                  highlight=False)
+    pa_, pb_ = x["person_ids"]
+    out.print(f"person_ids: {pa_} and {pb_}: " + ("linked (same person)" if x["same_person"] else "not linked"))
 
 
 def main() -> None:

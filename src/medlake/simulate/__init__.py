@@ -141,7 +141,7 @@ def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: in
         shutil.rmtree(out)
     out.mkdir(parents=True)
     truth = Truth(out)
-    hosp = [Hospital(i, out, truth, defect_rate, seed) for i in range(hospitals)]
+    hosp = [Hospital(i, out, truth, defect_rate, seed, end) for i in range(hospitals)]
     (out / "sources.toml").write_text(
         f"# Site source configuration for this simulated output (medlake simulate --seed {seed}).\n"
         "# Paths are relative to this file.\n\n" + "\n".join(h.source_config() for h in hosp), encoding="utf-8")

@@ -31,7 +31,6 @@ VITAL_SIGNS = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/obs
                             "code": "vital-signs"}]}]
 VITAL_CODE = {v.key: {"coding": [{"system": LOINC, "code": v.loinc, "display": v.en}]} for v in cat.VITALS}
 BUNDLE_RECORDS = 20  # patient records per transaction Bundle
-FUTURE = dt.timedelta(days=10957)  # ~30 years: dates that have not happened yet
 VISIT_CONCEPT = {"OP": 9202, "ER": 9203, "IP": 9201}
 FHIR_CLASS = {"OP": "AMB", "ER": "EMER", "IP": "IMP"}
 HL7_CLASS = {"OP": "O", "ER": "E", "IP": "I"}
@@ -85,7 +84,8 @@ class Registration:
 
 
 class Hospital:
-    def __init__(self, index: int, out, truth: Truth, rate: float, seed: int):
+    def __init__(self, index: int, out, truth: Truth, rate: float, seed: int, end: dt.date):
+        self.future_year = end.year + 25
         self.index = index
         self.id = f"h{index + 1}"
         self.H = self.id.upper()
@@ -158,6 +158,10 @@ class Hospital:
                           f'drug_code = "{self.drug_code_system()}"']
             lines.append("")
         return "\n".join(lines)
+
+    def future(self, d: dt.datetime) -> dt.datetime:
+        """The same day and time 25 years after the simulated period: a date that has not happened yet."""
+        return d.replace(year=self.future_year, day=min(d.day, 28) if d.month == 2 else d.day)
 
     def drug_code(self, key: str) -> str:
         """The drug's code in this hospital (pharmacy and EMR share the drug dictionary)."""
@@ -396,8 +400,8 @@ class Hospital:
                 sent_unit = ""
                 defects.append(("missing_unit", line, "OBX-6", f"unit {unit_ucum} not sent", None))
             if rng.random() < p / 8:
-                obs = self.ts(collected + FUTURE)
-                defects.append(("future_date", line, "OBX-14", f"observation time in {(collected + FUTURE).year} "
+                obs = self.ts(self.future(collected))
+                defects.append(("future_date", line, "OBX-14", f"observation time in {(self.future(collected)).year} "
                                 f"(true {date})", None))
             segs.append(f"OBX|{i}|NM|{code}^{escape(name)}^{self.lis_sys}||{fmt(value, digits)}|{escape(sent_unit)}|"
                         f"{fmt(lo, digits)}-{fmt(hi, digits)}|{flag}|||F|||{obs}")
@@ -446,9 +450,9 @@ class Hospital:
             mrn = ""
             defects.append(("missing_mandatory", 0, self.columns["patient_id"], "no patient identifier", None))
         elif r < p / 2 and not defects:
-            stamp = (when + FUTURE).strftime(self.date_format)
+            stamp = (self.future(when)).strftime(self.date_format)
             defects.append(("future_date", 0, self.columns["dispensed_at"],
-                            f"dispensed in {(when + FUTURE).year} (true {when.date()})", None))
+                            f"dispensed in {(self.future(when)).year} (true {when.date()})", None))
         row = [rid, mrn, visit, code, name, str(qty), unit, str(days), route, stamp]
         text = self.delimiter.join(f'"{v}"' if self.delimiter in v or '"' in v else v for v in row) + "\n"
         data = text.encode(self.encoding)
@@ -535,9 +539,9 @@ class Hospital:
                 del o["code"]
                 defects.append(("missing_mandatory", None, "Observation.code", "Observation without code", oid))
             elif r < p / 5:
-                o["effectiveDateTime"] = fhir_time(enc.start + FUTURE)
+                o["effectiveDateTime"] = fhir_time(self.future(enc.start))
                 defects.append(("future_date", None, "Observation.effectiveDateTime",
-                                f"effective in {(enc.start + FUTURE).year} (true {day})", oid))
+                                f"effective in {(self.future(enc.start)).year} (true {day})", oid))
             add((o, [{"person": who, "kind": "measurement", "date": day, "concept_id": cat.concept_id("vital", key),
                       "value_as_number": value, "unit_concept_id": cat.concept_id("unit", v.unit), "_mid": oid}],
                  defects))
