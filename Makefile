@@ -23,6 +23,7 @@ system-deps:
 
 demo: install
 	rm -rf $(DEMO)
+	$(BIN)/medlake simulate --patients 1000 --hospitals 3 --seed 42 --out $(DEMO)/hospital
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb init
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb vocab load --demo
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb status
