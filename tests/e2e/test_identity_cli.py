@@ -1,0 +1,102 @@
+"""The identity vault and the EMPI from a shell: ingest, empi run/status/review/accept/explain/unmerge, key rotation."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+MEDLAKE = [sys.executable, "-m", "medlake.cli"]
+MSH = "MSH|^~\\&|HIS|H1|MEDLAKE|MEDLAKE|2024010{n}120000||ADT^{ev}^ADT_A01|MSG{n:04d}|P|2.5.1|||||||UNICODE UTF-8\r"
+PIDS = [
+    "PID|1||M001^^^H1^MR~110101198003050016^^^CHN^NNCHN||张^伟||19800305|M|||建国路1号^^北京市^朝阳区^100000^CN||13800000001\r",
+    "PID|1||M002^^^H1^MR||欧阳^娜娜||19500110|F\r",
+    "PID|1||M003^^^H1^MR||欧阳^娜||19500110|F\r",
+    "PID|1||M004^^^H1^MR||陈^静||19900101|F\r",
+]
+PATIENTS = [
+    {"resourceType": "Patient", "id": "p1", "name": [{"family": "Zhang", "given": ["Wei"]}], "gender": "male",
+     "birthDate": "1980-03-05", "identifier": [{"system": "urn:resident-id", "value": "110101198003050016"}]},
+    {"resourceType": "Patient", "id": "p2", "name": [{"family": "陈", "given": ["静"]}], "gender": "female",
+     "birthDate": "1990-01-07"},
+]
+SOURCES = """
+[[source]]
+name = "h1-his"
+kind = "hl7v2"
+hospital = "h1"
+system = "his"
+path = "h1/his"
+
+[[source]]
+name = "h2-emr"
+kind = "fhir"
+hospital = "h2"
+system = "emr"
+path = "h2/emr"
+"""
+
+
+def run(*args, cwd: Path, env: dict | None = None):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("MEDLAKE_")}
+    e.update({"COLUMNS": "200", "MEDLAKE_USER": "tester", **(env or {})})
+    return subprocess.run([*MEDLAKE, *args], cwd=cwd, capture_output=True, text=True, env=e, timeout=300)
+
+
+def test_identity_and_empi_commands_end_to_end(tmp_path):
+    (tmp_path / "h1/his").mkdir(parents=True)
+    (tmp_path / "h2/emr").mkdir(parents=True)
+    msgs = [MSH.format(n=i + 1, ev="A01") + f"EVN|A01|2024010{i + 1}120000\r" + p + "PV1|1|I|W1\r"
+            for i, p in enumerate(PIDS)]
+    msgs.append(MSH.format(n=5, ev="A40") + "EVN|A40|20240105120000\r" + PIDS[1] + "MRG|M003^^^H1^MR\r")
+    (tmp_path / "h1/his/adt.hl7").write_bytes("".join(msgs).encode())
+    (tmp_path / "h2/emr/Patient.ndjson").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in PATIENTS),
+                                                    encoding="utf-8")
+    (tmp_path / "sources.toml").write_text(SOURCES)
+    key_file = tmp_path / "secret" / "vault.keys"
+    env = {"MEDLAKE_VAULT_KEY_FILE": str(key_file)}
+
+    r = run("empi", "run", cwd=tmp_path)
+    assert r.returncode == 1 and "no vault key" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run("identity", "new-key", "--key-file", str(key_file), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run("ingest", "--sources", "sources.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+
+    r = run("empi", "run", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "6 identit(ies) into the vault, 1 new merge(s)" in r.stdout
+    assert re.search(r"6 identities, .* 4 persons", r.stdout), r.stdout
+    store = (tmp_path / "medlake-data" / "medlake.duckdb").read_bytes()
+    assert "欧阳".encode() not in store and b"110101198003050016" not in store
+
+    r = run("empi", "status", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and re.search(r"persons\s+4", r.stdout) and re.search(r"review pending\s+1", r.stdout)
+
+    r = run("empi", "review", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    pair = re.search(r"pair (\d+): match probability", r.stdout).group(1)
+    assert "h1-his:M004" in r.stdout and "h2-emr:p2" in r.stdout and "1990-01-07" in r.stdout and "陈" in r.stdout
+    r = run("empi", "accept", pair, "--reason", "same person on the phone", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "1 person_id change(s)" in r.stdout, r.stdout + r.stderr
+    assert "review queue empty" in run("empi", "review", cwd=tmp_path, env=env).stdout
+
+    r = run("empi", "explain", "h1-his:M001", "h2-emr:p1", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "same ID number" in r.stdout and "pinyin" in r.stdout and "linked (same person)" in r.stdout
+
+    r = run("empi", "unmerge", "h1-his:M003", "--reason", "merged in error", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "1 person_id change(s)" in r.stdout, r.stdout + r.stderr
+
+    r = run("identity", "rotate-key", "--generate", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "7 row(s) re-encrypted" in r.stdout  # 6 identities + the matching secret
+    r = run("identity", "status", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "(active) 7 row(s)" in r.stdout and "hash chain intact" in r.stdout, r.stdout
+
+    r = run("empi", "accept", "999", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "no pair 999" in r.stderr
+    r = run("empi", "explain", "nocolon", "h1-his:M001", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "SOURCE:SOURCE_ID" in r.stderr
