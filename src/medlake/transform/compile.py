@@ -1,0 +1,404 @@
+"""Rules → SQL, written once in DuckDB's dialect (the engines transpile it for PostgreSQL and Spark).
+
+Work tables (`tx_*`) hold one run's delta: the record keys to (re)build, the resolved codes, the events.
+"""
+from __future__ import annotations
+
+from medlake.cdm import model
+from medlake.cdm.ddl import SQL_TYPES
+from medlake.transform.rules import DOMAIN_TABLE, TABLE_KEYS, Code, EventRule, PersonRule, TableRule
+
+OPERATORS = {"<": 4171756, "<=": 4171754, "=": 4172703, ">=": 4171755, ">": 4172704}
+
+# medlake's own tables (name -> columns), created when missing.
+OWN_TABLES = {
+    "medlake_code_system": "system VARCHAR, vocabulary_id VARCHAR",
+    "transform_source": "source VARCHAR, namespace VARCHAR",
+    "transform_watermark": "source VARCHAR, receipt_seq BIGINT",
+    "transform_merge": "namespace VARCHAR, prior_ref VARCHAR, survivor_ref VARCHAR, receipt_seq BIGINT, "
+                       "source VARCHAR",
+    "transform_run": "run_id BIGINT, started_at TIMESTAMP, finished_at TIMESTAMP, engine VARCHAR, records BIGINT, "
+                     "rows_written BIGINT, rows_deleted BIGINT, skipped BIGINT, persons BIGINT",
+    "transform_gap": "source VARCHAR, rule VARCHAR, code_system VARCHAR, code VARCHAR, vocabulary_id VARCHAR, "
+                     "n_rows BIGINT",
+    "cdm_lineage": "cdm_table VARCHAR, row_id BIGINT, person_id BIGINT, rule VARCHAR, source VARCHAR, "
+                   "record_key VARCHAR, source_key VARCHAR, landing_sha256 VARCHAR, receipt_seq BIGINT, "
+                   "record_location VARCHAR, message_id VARCHAR, code_system VARCHAR, code VARCHAR, "
+                   "concept_id INTEGER, run_id BIGINT",
+}
+EVENT_COLUMNS = {
+    "rule": "VARCHAR", "source": "VARCHAR", "record_key": "VARCHAR", "source_key": "VARCHAR",
+    "landing_sha256": "VARCHAR", "receipt_seq": "BIGINT", "record_location": "VARCHAR", "message_id": "VARCHAR",
+    "cdm_table": "VARCHAR", "row_id": "BIGINT", "person_id": "BIGINT", "visit_occurrence_id": "BIGINT",
+    "provider_id": "BIGINT", "concept_id": "INTEGER", "source_concept_id": "INTEGER", "code_system": "VARCHAR",
+    "code": "VARCHAR", "source_value": "VARCHAR", "type_concept_id": "INTEGER", "start_date": "DATE",
+    "start_datetime": "TIMESTAMP", "end_date": "DATE", "end_datetime": "TIMESTAMP", "value_as_number": "DOUBLE",
+    "value_as_concept_id": "INTEGER", "value_source_value": "VARCHAR", "unit_concept_id": "INTEGER",
+    "unit_source_concept_id": "INTEGER", "unit_source_value": "VARCHAR", "operator_concept_id": "INTEGER",
+    "range_low": "DOUBLE", "range_high": "DOUBLE", "quantity": "DOUBLE", "days_supply": "INTEGER",
+    "refills": "INTEGER", "route_source_value": "VARCHAR", "dose_unit_source_value": "VARCHAR",
+    "lot_number": "VARCHAR", "status_concept_id": "INTEGER", "status_source_value": "VARCHAR",
+    "stop_reason": "VARCHAR",
+}
+WORK_TABLES = {
+    "tx_mark": "source VARCHAR, receipt_seq BIGINT",
+    "tx_delta": "source_key VARCHAR",
+    "tx_needed": "system VARCHAR, code VARCHAR",
+    "tx_code": "system VARCHAR, code VARCHAR, vocabulary_id VARCHAR, source_concept_id INTEGER, "
+               "concept_id INTEGER, domain_id VARCHAR, n BIGINT",
+    "tx_touched": "person_id BIGINT",
+    "tx_merge": "namespace VARCHAR, prior_ref VARCHAR, survivor_ref VARCHAR, receipt_seq BIGINT, source VARCHAR",
+    "tx_event": ", ".join(f"{k} {v}" for k, v in EVENT_COLUMNS.items()),
+    "tx_person": "person_id BIGINT, rule VARCHAR, source VARCHAR, record_key VARCHAR, source_key VARCHAR, "
+                 "landing_sha256 VARCHAR, receipt_seq BIGINT, record_location VARCHAR, message_id VARCHAR, "
+                 "seen_at TIMESTAMP, gender VARCHAR, birth DATE, race VARCHAR, ethnicity VARCHAR, death TIMESTAMP",
+}
+
+# Event columns -> CDM columns, per domain table (unlisted CDM columns are NULL).
+_COMMON = {"person_id": "e.person_id", "provider_id": "e.provider_id", "visit_occurrence_id": "e.visit_occurrence_id"}
+DOMAIN_COLUMNS = {
+    "condition_occurrence": {
+        "condition_occurrence_id": "e.row_id", "condition_concept_id": "e.concept_id",
+        "condition_start_date": "e.start_date", "condition_start_datetime": "e.start_datetime",
+        "condition_end_date": "e.end_date", "condition_end_datetime": "e.end_datetime",
+        "condition_type_concept_id": "e.type_concept_id", "condition_status_concept_id": "e.status_concept_id",
+        "stop_reason": "e.stop_reason", "condition_source_value": "e.source_value",
+        "condition_source_concept_id": "e.source_concept_id",
+        "condition_status_source_value": "e.status_source_value", **_COMMON},
+    "measurement": {
+        "measurement_id": "e.row_id", "measurement_concept_id": "e.concept_id", "measurement_date": "e.start_date",
+        "measurement_datetime": "e.start_datetime", "measurement_type_concept_id": "e.type_concept_id",
+        "operator_concept_id": "e.operator_concept_id", "value_as_number": "e.value_as_number",
+        "value_as_concept_id": "e.value_as_concept_id", "unit_concept_id": "e.unit_concept_id",
+        "range_low": "e.range_low", "range_high": "e.range_high", "measurement_source_value": "e.source_value",
+        "measurement_source_concept_id": "e.source_concept_id", "unit_source_value": "e.unit_source_value",
+        "unit_source_concept_id": "e.unit_source_concept_id", "value_source_value": "e.value_source_value",
+        **_COMMON},
+    "observation": {
+        "observation_id": "e.row_id", "observation_concept_id": "e.concept_id", "observation_date": "e.start_date",
+        "observation_datetime": "e.start_datetime", "observation_type_concept_id": "e.type_concept_id",
+        "value_as_number": "e.value_as_number", "value_as_concept_id": "e.value_as_concept_id",
+        "unit_concept_id": "e.unit_concept_id", "observation_source_value": "e.source_value",
+        "observation_source_concept_id": "e.source_concept_id", "unit_source_value": "e.unit_source_value",
+        "value_source_value": "e.value_source_value", **_COMMON},
+    "procedure_occurrence": {
+        "procedure_occurrence_id": "e.row_id", "procedure_concept_id": "e.concept_id",
+        "procedure_date": "e.start_date", "procedure_datetime": "e.start_datetime",
+        "procedure_end_date": "e.end_date", "procedure_end_datetime": "e.end_datetime",
+        "procedure_type_concept_id": "e.type_concept_id", "procedure_source_value": "e.source_value",
+        "procedure_source_concept_id": "e.source_concept_id", **_COMMON},
+    "drug_exposure": {
+        "drug_exposure_id": "e.row_id", "drug_concept_id": "e.concept_id",
+        "drug_exposure_start_date": "e.start_date", "drug_exposure_start_datetime": "e.start_datetime",
+        "drug_exposure_end_date": "COALESCE(e.end_date, CASE WHEN e.days_supply > 0 THEN "
+                                  "e.start_date + e.days_supply END, e.start_date)",
+        "drug_exposure_end_datetime": "e.end_datetime", "verbatim_end_date": "e.end_date",
+        "drug_type_concept_id": "e.type_concept_id", "stop_reason": "e.stop_reason", "refills": "e.refills",
+        "quantity": "e.quantity", "days_supply": "e.days_supply", "lot_number": "e.lot_number",
+        "drug_source_value": "e.source_value", "drug_source_concept_id": "e.source_concept_id",
+        "route_source_value": "e.route_source_value", "dose_unit_source_value": "e.dose_unit_source_value",
+        **_COMMON},
+    "device_exposure": {
+        "device_exposure_id": "e.row_id", "device_concept_id": "e.concept_id",
+        "device_exposure_start_date": "e.start_date", "device_exposure_start_datetime": "e.start_datetime",
+        "device_exposure_end_date": "e.end_date", "device_exposure_end_datetime": "e.end_datetime",
+        "device_type_concept_id": "e.type_concept_id", "quantity": "CAST(e.quantity AS INTEGER)",
+        "device_source_value": "e.source_value", "device_source_concept_id": "e.source_concept_id",
+        "unit_concept_id": "e.unit_concept_id", "unit_source_value": "e.unit_source_value", **_COMMON},
+}
+
+
+def create_sql(name: str, columns: str) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {name} ({columns})"
+
+
+def _null(table: str, column: str) -> str:
+    f = model.load("5.4").table(table).field(column)
+    return f"CAST(NULL AS {SQL_TYPES[f.kind]})"
+
+
+def select_list(table: str, exprs: dict) -> str:
+    """Every column of a CDM table, in order: the given expression or a typed NULL."""
+    cols = model.load("5.4").table(table).field_names
+    unknown = set(exprs) - set(cols)
+    if unknown:
+        raise ValueError(f"{table} has no column(s) {', '.join(sorted(unknown))}")
+    return ", ".join(f"{exprs[c]} AS {c}" if c in exprs else f"{_null(table, c)} AS {c}" for c in cols)
+
+
+# -- keys and ids ----------------------------------------------------------------------------------------------------
+NS = "COALESCE(ns.namespace, s.source)"
+
+
+def source_key(rule, alias: str = "s") -> str:
+    return f"'{rule.name}|' || {alias}.source || '|' || ({rule.key})"
+
+
+def keyed_id(kind: str, expr: str | None) -> str:
+    """The id of a visit/provider/care site named by `expr` in the row's namespace (NULL when expr is)."""
+    if not expr or expr == "NULL":
+        return "CAST(NULL AS BIGINT)"
+    return f"CASE WHEN ({expr}) IS NULL THEN NULL ELSE stable_id('{kind}|' || {NS} || '|' || ({expr})) END"
+
+
+def person_joins(rule, empi: bool) -> tuple[str, str]:
+    """(joins, person_id expression) for a rule's rows."""
+    pref = rule.person_ref or rule.person
+    joins = (f"LEFT JOIN transform_merge mg ON mg.namespace = {NS} AND mg.prior_ref = ({pref})")
+    pid = f"stable_id({NS} || '|' || COALESCE(mg.survivor_ref, ({pref})))"
+    if empi:
+        joins += f"\nLEFT JOIN empi_person_map em ON em.source = s.source AND em.source_id = ({rule.person})"
+        pid = f"COALESCE(em.person_id, {pid})"
+    return joins, f"CASE WHEN ({pref}) IS NULL THEN NULL ELSE {pid} END"
+
+
+def latest(rule, aggregates: dict | None = None) -> str:
+    """The newest version of every delta key of a rule, as CTE `s` (plus `v`, all versions)."""
+    aggs = "".join(f", {a} OVER (PARTITION BY s.source, {rule.key}) AS {n}" for n, a in (aggregates or {}).items())
+    return f"""WITH v AS (
+    SELECT s.*, {rule.key} AS rkey, ROW_NUMBER() OVER (PARTITION BY s.source, {rule.key} ORDER BY {rule.order}) AS rn{aggs}
+    FROM {rule.staging} s
+    JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
+    WHERE {source_key(rule)} IN (SELECT source_key FROM tx_delta)
+), s AS (SELECT * FROM v WHERE rn = 1)"""
+
+
+def delta_sql(rule) -> str:
+    """Keys of a rule's staging rows that arrived since the last run."""
+    return f"""INSERT INTO tx_delta
+SELECT DISTINCT {source_key(rule)}
+FROM {rule.staging} s
+JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
+LEFT JOIN transform_watermark w ON w.source = s.source
+WHERE s.receipt_seq > COALESCE(w.receipt_seq, -1) AND ({rule.key}) IS NOT NULL"""
+
+
+def codes_of(rule) -> list[Code]:
+    if isinstance(rule, EventRule):
+        return [c for c in (rule.code, rule.unit, rule.value_code) if c is not None]
+    if isinstance(rule, TableRule):
+        c = TABLE_KEYS.get(rule.name, {}).get("concept")
+        return [c] if c else []
+    return []
+
+
+def needed_sql(rule, code: Code) -> str:
+    return f"""INSERT INTO tx_needed
+SELECT DISTINCT COALESCE({code.system}, ''), {code.code}
+FROM {rule.staging} s
+WHERE {source_key(rule)} IN (SELECT source_key FROM tx_delta) AND ({code.code}) IS NOT NULL"""
+
+
+RESOLVE_SQL = """INSERT INTO tx_code
+WITH p AS (SELECT DISTINCT system, code FROM tx_needed),
+v AS (SELECT p.system, p.code, COALESCE(cs.vocabulary_id, p.system) AS vocabulary_id
+      FROM p LEFT JOIN medlake_code_system cs ON cs.system = p.system),
+src AS (SELECT v.*, c.concept_id AS scid, c.standard_concept AS sstd
+        FROM v LEFT JOIN concept c ON c.vocabulary_id = v.vocabulary_id AND c.concept_code = v.code),
+m AS (SELECT src.*, cr.concept_id_2 AS mid
+      FROM src LEFT JOIN concept_relationship cr ON cr.concept_id_1 = src.scid AND cr.relationship_id = 'Maps to'
+           AND cr.invalid_reason IS NULL),
+st AS (SELECT m.*, t.target_concept_id AS tid, t.source_concept_id AS tsid
+       FROM m LEFT JOIN source_to_concept_map t ON t.source_vocabulary_id = m.vocabulary_id
+            AND t.source_code = m.code AND t.invalid_reason IS NULL),
+r AS (SELECT DISTINCT system, code, vocabulary_id, COALESCE(scid, NULLIF(tsid, 0), 0) AS source_concept_id,
+             COALESCE(mid, CASE WHEN sstd = 'S' THEN scid END, NULLIF(tid, 0), 0) AS concept_id FROM st)
+SELECT r.system, r.code, r.vocabulary_id, r.source_concept_id, r.concept_id, COALESCE(k.domain_id, ''),
+       ROW_NUMBER() OVER (PARTITION BY r.system, r.code ORDER BY r.concept_id)
+FROM r LEFT JOIN concept k ON k.concept_id = r.concept_id AND r.concept_id <> 0"""
+
+
+def _code_join(alias: str, code: Code, first: bool) -> str:
+    return (f"LEFT JOIN tx_code {alias} ON {alias}.system = COALESCE({code.system}, '') AND {alias}.code = {code.code}"
+            + (f" AND {alias}.n = 1" if first else ""))
+
+
+def _lineage_cols(rule, person: str) -> str:
+    return (f"'{rule.name}' AS rule, s.source AS source, s.rkey AS record_key, {source_key(rule)} AS source_key, "
+            f"s.landing_sha256 AS landing_sha256, s.receipt_seq AS receipt_seq, s.record_location AS record_location, "
+            f"CAST({rule.message_id} AS VARCHAR) AS message_id, {person} AS person_id")
+
+
+def event_sql(rule: EventRule, empi: bool) -> str:
+    """Insert a rule's events (newest version of each delta key, filtered) into tx_event, routed by domain."""
+    pjoin, pid = person_joins(rule, empi)
+    v = rule.values
+    joins = [pjoin, _code_join("c", rule.code, False)]
+    unit = value = "CAST(NULL AS INTEGER)"
+    unit_src = "CAST(NULL AS INTEGER)"
+    if rule.unit:
+        joins.append(_code_join("u", rule.unit, True))
+        unit, unit_src = "NULLIF(u.concept_id, 0)", "u.source_concept_id"
+    if rule.value_code:
+        joins.append(_code_join("vc", rule.value_code, True))
+        value = "vc.concept_id"
+    op = v.get("operator_source")
+    routed = " ".join(f"WHEN '{d}' THEN '{t}'" for d, t in DOMAIN_TABLE.items())
+    table = f"CASE b.domain_id {routed} ELSE '{rule.default_table}' END" if rule.routed else f"'{rule.default_table}'"
+    body = {
+        "visit_occurrence_id": keyed_id("visit_occurrence", rule.visit),
+        "provider_id": keyed_id("provider", rule.provider),
+        "concept_id": "COALESCE(c.concept_id, 0)", "source_concept_id": "COALESCE(c.source_concept_id, 0)",
+        "domain_id": "c.domain_id",
+        "code_system": f"CAST({rule.code.system} AS VARCHAR)", "code": f"CAST({rule.code.code} AS VARCHAR)",
+        "source_value": f"CAST({rule.source_value or rule.code.code} AS VARCHAR)",
+        "type_concept_id": f"CAST({rule.type_concept} AS INTEGER)",
+        "start_date": f"CAST({rule.start} AS DATE)", "start_datetime": f"CAST({rule.start} AS TIMESTAMP)",
+        "end_date": f"CAST({rule.end} AS DATE)", "end_datetime": f"CAST({rule.end} AS TIMESTAMP)",
+        "value_as_concept_id": f"CASE WHEN {value} IS NULL THEN NULL ELSE {value} END",
+        "unit_concept_id": unit, "unit_source_concept_id": unit_src,
+        "operator_concept_id": (f"CASE {op} " + " ".join(f"WHEN '{k}' THEN {c}" for k, c in OPERATORS.items())
+                                + " END") if op else "CAST(NULL AS INTEGER)",
+    }
+    for col, expr in v.items():
+        if col != "operator_source":
+            body[col] = expr
+    if rule.value_code is None:
+        body["value_as_concept_id"] = "CAST(NULL AS INTEGER)"
+    inner = ", ".join([_lineage_cols(rule, pid)] + [f"{e} AS {k}" for k, e in body.items()])
+    cols = [c for c in EVENT_COLUMNS]
+    outer = []
+    for c in cols:
+        if c == "cdm_table":
+            outer.append(f"{table}")
+        elif c == "row_id":
+            outer.append(f"stable_id({table} || '|{rule.name}|' || b.source || '|' || b.record_key || '|' || "
+                         f"CAST(b.concept_id AS VARCHAR))")
+        elif c in body or c in ("rule", "source", "record_key", "source_key", "landing_sha256", "receipt_seq",
+                                 "record_location", "message_id", "person_id"):
+            outer.append(f"b.{c}")
+        else:
+            outer.append(f"CAST(NULL AS {EVENT_COLUMNS[c]})")
+    join_sql = "\n".join(joins)
+    return f"""INSERT INTO tx_event
+{latest(rule)}
+SELECT {', '.join(outer)}
+FROM (
+    SELECT {inner}
+    FROM s
+    LEFT JOIN transform_source ns ON ns.source = s.source
+    {join_sql}
+    WHERE ({rule.where})
+) AS b"""
+
+
+def domain_insert_sql(table: str) -> str:
+    return f"INSERT INTO {table}\nSELECT {select_list(table, DOMAIN_COLUMNS[table])}\nFROM tx_event e\n" \
+           f"WHERE e.cdm_table = '{table}' AND e.person_id IS NOT NULL AND e.start_date IS NOT NULL"
+
+
+def table_rule_sql(rule: TableRule, empi: bool, run_id: int) -> tuple[str, str]:
+    """(insert into the CDM table, insert into cdm_lineage) for an entity rule."""
+    keys = TABLE_KEYS.get(rule.name, {})
+    joins = ["LEFT JOIN transform_source ns ON ns.source = s.source"]
+    pid = "CAST(NULL AS BIGINT)"
+    if rule.person:
+        pj, pid = person_joins(rule, empi)
+        joins.append(pj)
+    concept = keys.get("concept")
+    if concept:
+        joins.append(_code_join("c", concept, True))
+    row_id = f"stable_id('{rule.table}|{rule.name}|' || s.source || '|' || s.rkey)"
+    subst = {"visit": keyed_id("visit_occurrence", keys.get("visit")),
+             "provider": keyed_id("provider", keys.get("provider")),
+             "care_site": keyed_id("care_site", keys.get("care_site")),
+             "concept": "COALESCE(c.concept_id, 0)", "row_id": row_id}
+    table = model.load("5.4").table(rule.table)
+    pk = table.primary_key[0] if table.primary_key else table.field_names[0]
+    exprs = {k: e.format(**subst) for k, e in rule.columns.items()}
+    id_expr = rule.id.format(**subst)
+    exprs[pk] = id_expr
+    if "person_id" in table.field_names and rule.person:
+        exprs["person_id"] = pid
+    where = f"({rule.where}) AND ({id_expr}) IS NOT NULL"
+    frm = f"{latest(rule, rule.aggregates)}\nSELECT {{cols}}\nFROM s\n" + "\n".join(joins) + f"\nWHERE {where}"
+    if "person_id" in table.field_names:
+        frm += f" AND ({pid}) IS NOT NULL"
+    insert = f"INSERT INTO {rule.table}\n" + frm.replace("{cols}", select_list(rule.table, exprs))
+    code = (f"CAST({concept.system} AS VARCHAR), CAST({concept.code} AS VARCHAR), COALESCE(c.concept_id, 0)"
+            if concept else "CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS INTEGER)")
+    lin = (f"'{rule.table}', {id_expr}, {pid}, '{rule.name}', s.source, s.rkey, {source_key(rule)}, "
+           f"s.landing_sha256, s.receipt_seq, s.record_location, CAST({rule.message_id} AS VARCHAR), {code}, "
+           f"CAST({run_id} AS BIGINT)")
+    lineage = "INSERT INTO cdm_lineage\n" + frm.replace("{cols}", lin)
+    return insert, lineage
+
+
+def lineage_from_events_sql(run_id: int) -> str:
+    return ("INSERT INTO cdm_lineage SELECT cdm_table, row_id, person_id, rule, source, record_key, source_key, "
+            "landing_sha256, receipt_seq, record_location, message_id, code_system, code, concept_id, "
+            f"CAST({run_id} AS BIGINT) FROM tx_event WHERE person_id IS NOT NULL AND start_date IS NOT NULL")
+
+
+# -- persons ---------------------------------------------------------------------------------------------------------
+def person_rows_sql(rule: PersonRule, empi: bool, touched_only: bool = True) -> str:
+    """Every record of a person rule whose person is touched, into tx_person."""
+    pj, pid = person_joins(rule, empi)
+    return f"""INSERT INTO tx_person
+SELECT * FROM (
+    SELECT {pid} AS person_id, '{rule.name}', s.source, {rule.key}, {source_key(rule)}, s.landing_sha256,
+           s.receipt_seq, s.record_location, CAST({rule.message_id} AS VARCHAR), CAST({rule.when} AS TIMESTAMP),
+           CAST({rule.gender} AS VARCHAR), CAST({rule.birth} AS DATE), CAST({rule.race} AS VARCHAR),
+           CAST({rule.ethnicity} AS VARCHAR), CAST({rule.death} AS TIMESTAMP)
+    FROM {rule.staging} s
+    JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
+    LEFT JOIN transform_source ns ON ns.source = s.source
+    {pj}
+    WHERE ({rule.where}) AND ({rule.key}) IS NOT NULL
+) AS p
+WHERE p.person_id IN (SELECT person_id FROM tx_touched)"""
+
+
+def person_delta_touched_sql(rule: PersonRule, empi: bool) -> str:
+    pj, pid = person_joins(rule, empi)
+    return f"""INSERT INTO tx_touched
+SELECT DISTINCT {pid}
+FROM {rule.staging} s
+LEFT JOIN transform_source ns ON ns.source = s.source
+{pj}
+WHERE {source_key(rule)} IN (SELECT source_key FROM tx_delta)"""
+
+
+def _case(expr: str, mapping: dict) -> str:
+    return "CASE " + expr + " " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in mapping.items()) + " ELSE 0 END"
+
+
+def person_insert_sql(gender: dict, race: dict, ethnicity: dict) -> str:
+    exprs = {
+        "person_id": "p.person_id", "gender_concept_id": _case("p.gender", gender),
+        "year_of_birth": "CAST(EXTRACT(year FROM p.birth) AS INTEGER)",
+        "month_of_birth": "CAST(EXTRACT(month FROM p.birth) AS INTEGER)",
+        "day_of_birth": "CAST(EXTRACT(day FROM p.birth) AS INTEGER)",
+        "race_concept_id": _case("p.race", race), "ethnicity_concept_id": _case("p.ethnicity", ethnicity),
+        "gender_source_value": "left(p.gender, 50)", "gender_source_concept_id": "0",
+        "race_source_value": "left(p.race, 50)", "race_source_concept_id": "0",
+        "ethnicity_source_value": "left(p.ethnicity, 50)", "ethnicity_source_concept_id": "0",
+    }
+    return f"""INSERT INTO person
+SELECT {select_list('person', exprs)}
+FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
+                                      record_location DESC) AS rn
+      FROM tx_person tp WHERE birth IS NOT NULL) AS p
+WHERE p.rn = 1"""
+
+
+DEATH_SQL = f"""INSERT INTO death
+SELECT {select_list('death', {"person_id": "p.person_id", "death_date": "CAST(p.death AS DATE)",
+                              "death_datetime": "p.death", "death_type_concept_id": "32817",
+                              "cause_concept_id": "0", "cause_source_concept_id": "0"})}
+FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
+                                      record_location DESC) AS rn
+      FROM tx_person tp WHERE death IS NOT NULL) AS p
+WHERE p.rn = 1"""
+
+
+def person_lineage_sql(table: str, run_id: int) -> str:
+    cond = "birth IS NOT NULL" if table == "person" else "death IS NOT NULL"
+    return f"""INSERT INTO cdm_lineage
+SELECT '{table}', p.person_id, p.person_id, p.rule, p.source, p.record_key, p.source_key, p.landing_sha256,
+       p.receipt_seq, p.record_location, p.message_id, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
+       CAST(NULL AS INTEGER), CAST({run_id} AS BIGINT)
+FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
+                                      record_location DESC) AS rn
+      FROM tx_person tp WHERE {cond}) AS p
+WHERE p.rn = 1"""

@@ -1,0 +1,427 @@
+"""Mappings as data: which staging rows become which CDM rows.
+
+Every rule is declared here; `compile.py` turns it into SQL (DuckDB dialect, transpiled for PostgreSQL and Spark).
+Expressions are SQL over one staging row `s` (with the ingest columns `source`, `receipt_seq`,
+`landing_sha256`, `record_location`).
+
+Three kinds of rule:
+
+- `EventRule`: a clinical event with a code. The code resolves through the vocabulary (code system →
+  vocabulary_id → source concept → `Maps to` standard concept, else SOURCE_TO_CONCEPT_MAP) and the row goes to
+  the CDM table of the standard concept's domain (a Condition-coded row whose concept is a Measurement becomes
+  a MEASUREMENT row). Unmapped codes get concept 0 and go to the rule's default table.
+- `TableRule`: an entity with fixed columns (visits, providers, care sites, notes).
+- `PersonRule`: demographics and death; many source records can name one person, the latest wins.
+
+A rule's `key` names its source record within a source (a FHIR resource, an HL7 visit or result); the newest
+version of a key wins (`order`), and the CDM row id is `stable_id(table|rule|source|key|concept)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Type concepts (OMOP "Type Concept" vocabulary).
+EHR = 32817
+EHR_ENCOUNTER = 32827
+EHR_PROBLEM_LIST = 32840
+LAB = 32856
+PRESCRIPTION = 32838
+DISPENSING = 32825
+ADMINISTRATION = 32818
+SELF_REPORT = 32865
+
+# The CDM table of each domain an event can be routed to.
+DOMAIN_TABLE = {
+    "Condition": "condition_occurrence", "Measurement": "measurement", "Observation": "observation",
+    "Procedure": "procedure_occurrence", "Drug": "drug_exposure", "Device": "device_exposure",
+}
+
+# Code system (FHIR URI or HL7 v2 table 0396 name) → OMOP vocabulary_id. A site adds its own rows to the table
+# `medlake_code_system`; a system listed nowhere is looked up under its own name (so a site's
+# SOURCE_TO_CONCEPT_MAP can use it as source_vocabulary_id).
+CODE_SYSTEMS = {
+    "http://snomed.info/sct": "SNOMED", "http://loinc.org": "LOINC",
+    "http://www.nlm.nih.gov/research/umls/rxnorm": "RxNorm", "http://hl7.org/fhir/sid/icd-10-cm": "ICD10CM",
+    "http://hl7.org/fhir/sid/icd-9-cm": "ICD9CM", "http://hl7.org/fhir/sid/icd-10": "ICD10",
+    "http://hl7.org/fhir/sid/icd-10-pcs": "ICD10PCS", "http://hl7.org/fhir/sid/ndc": "NDC",
+    "http://hl7.org/fhir/sid/cvx": "CVX", "http://www.ama-assn.org/go/cpt": "CPT4",
+    "https://www.cms.gov/Medicare/Coding/place-of-service-codes": "CMS Place of Service",
+    "http://unitsofmeasure.org": "UCUM", "https://medlake.org/fhir/sid/icd-10-cn": "ICD10CN",
+    "urn:oid:2.16.840.1.113883.6.1": "LOINC", "urn:oid:2.16.840.1.113883.6.96": "SNOMED",
+    "urn:oid:2.16.840.1.113883.6.88": "RxNorm", "urn:oid:2.16.840.1.113883.12.292": "CVX",
+    # HL7 v2 coding system names (table 0396)
+    "LN": "LOINC", "LOINC": "LOINC", "SCT": "SNOMED", "SNM": "SNOMED", "SNOMED": "SNOMED", "SNOMEDCT": "SNOMED",
+    "I10": "ICD10CM", "I10C": "ICD10CM", "ICD10CM": "ICD10CM", "ICD10": "ICD10", "I9CDX": "ICD9CM",
+    "I9C": "ICD9CM", "I10P": "ICD10PCS", "RXNORM": "RxNorm", "RXN": "RxNorm", "CVX": "CVX", "NDC": "NDC",
+    "UCUM": "UCUM", "ICD10CN": "ICD10CN", "ICD-10-CN": "ICD10CN", "C4": "CPT4", "CPT": "CPT4",
+}
+
+# -- small SQL helpers ---------------------------------------------------------------------------------------------
+
+
+def case(expr: str, mapping: dict, default="NULL") -> str:
+    """CASE expr WHEN k THEN v … END, for code → concept maps declared as dicts."""
+    def lit(v):
+        return f"'{v}'" if isinstance(v, str) else str(v)
+    whens = " ".join(f"WHEN {lit(k)} THEN {lit(v)}" for k, v in mapping.items())
+    return f"CASE {expr} {whens} ELSE {lit(default) if default != 'NULL' else 'NULL'} END"
+
+
+def ref_id(col: str, rtype: str) -> str:
+    """The id of a FHIR reference `Type/id` (NULL for another type)."""
+    return f"CASE WHEN {col} LIKE '{rtype}/%' THEN substr({col}, {len(rtype) + 2}) END"
+
+
+def fhir_ref(col: str, rtype: str) -> str:
+    """A FHIR reference as a key, only when it points at `rtype`."""
+    return f"CASE WHEN {col} LIKE '{rtype}/%' THEN {col} END"
+
+
+GENDER = {"male": 8507, "female": 8532, "other": 8521, "unknown": 8551, "M": 8507, "F": 8532, "O": 8521,
+          "U": 8551, "A": 8521, "N": 8551}
+RACE = {"2106-3": 8527, "2054-5": 8516, "2028-9": 8515, "1002-5": 8657, "2076-8": 8557, "UNK": 8552}
+ETHNICITY = {"2135-2": 38003563, "2186-5": 38003564, "H": 38003563, "N": 38003564}
+FHIR_VISIT = {"AMB": 9202, "IMP": 9201, "ACUTE": 9201, "NONAC": 42898160, "EMER": 9203, "SS": 8870, "HH": 581476,
+              "FLD": 581476, "OBSENC": 9202, "VR": 722455, "PRENC": 9202, "ambulatory": 9202, "outpatient": 9202,
+              "wellness": 9202, "inpatient": 9201, "emergency": 9203, "urgentcare": 8870, "hospice": 8546,
+              "snf": 8676, "virtual": 722455}
+HL7_VISIT = {"I": 9201, "O": 9202, "E": 9203, "P": 9202, "R": 9202, "B": 9202, "U": 0}
+CONDITION_CATEGORY = {"encounter-diagnosis": EHR_ENCOUNTER, "problem-list-item": EHR_PROBLEM_LIST,
+                      "health-concern": EHR}
+VERIFICATION = {"confirmed": 32893, "provisional": 32899}
+LANGUAGE = {"zh": 4182948, "zh-CN": 4182948, "en": 4180186, "en-US": 4180186}
+
+# -- rule kinds ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Code:
+    system: str
+    code: str
+
+
+@dataclass(frozen=True)
+class EventRule:
+    name: str
+    staging: str
+    key: str
+    person: str                      # the source patient id (as the EMPI knows it)
+    start: str                       # timestamp or date
+    code: Code
+    default_table: str
+    type_concept: str | int = EHR
+    person_ref: str | None = None    # the id as hashed for person_id without EMPI (default: person)
+    where: str = "TRUE"
+    order: str = "s.receipt_seq DESC, s.record_location DESC"
+    routed: bool = True
+    end: str = "NULL"
+    source_value: str | None = None  # default: the code
+    visit: str = "NULL"              # visit key in the source's namespace
+    provider: str = "NULL"           # provider key
+    message_id: str = "NULL"
+    unit: Code | None = None
+    value_code: Code | None = None
+    values: dict = field(default_factory=dict)  # tx_event column -> expression
+
+
+@dataclass(frozen=True)
+class TableRule:
+    name: str
+    staging: str
+    table: str
+    key: str
+    id: str                          # the row id, e.g. the visit id others refer to
+    columns: dict                    # CDM column -> expression (unlisted columns are NULL)
+    person: str | None = None
+    person_ref: str | None = None
+    where: str = "TRUE"
+    order: str = "s.receipt_seq DESC, s.record_location DESC"
+    message_id: str = "NULL"
+    aggregates: dict = field(default_factory=dict)  # name -> aggregate over all versions of the key
+
+
+@dataclass(frozen=True)
+class PersonRule:
+    name: str
+    staging: str
+    key: str
+    person: str
+    person_ref: str | None = None
+    where: str = "TRUE"
+    when: str = "NULL"               # timestamp of the record: the newest record of a person wins
+    gender: str = "NULL"             # gender source value
+    birth: str = "NULL"              # date
+    race: str = "NULL"
+    ethnicity: str = "NULL"
+    death: str = "NULL"              # timestamp of death
+    message_id: str = "NULL"
+
+
+# -- FHIR R4 ---------------------------------------------------------------------------------------------------------
+FHIR_PATIENT = "s.subject_ref"
+
+
+def _fhir(rtype: str, **kw) -> dict:
+    subj = kw.pop("subject", "s.subject_ref")
+    return dict(key=f"'{rtype}/' || s.resource_id", person=ref_id(subj, "Patient"),
+                person_ref=fhir_ref(subj, "Patient"), message_id=f"'{rtype}/' || s.resource_id",
+                order="s.last_updated DESC NULLS LAST, s.receipt_seq DESC, s.record_location DESC", **kw)
+
+
+_FHIR_CODE = Code("s.code_system", "s.code")
+_FHIR_SV = "left(COALESCE(s.code_display, s.code, s.code_text), 50)"
+_PROVIDER = "CASE WHEN {c} LIKE 'Practitioner/%' OR {c} LIKE 'PractitionerRole/%' THEN {c} END"
+
+FHIR_EVENTS = [
+    EventRule(name="fhir.condition", staging="stg_fhir_condition", default_table="condition_occurrence",
+              start="COALESCE(s.onset_at, s.recorded_date)", end="s.abatement_at", code=_FHIR_CODE,
+              source_value=_FHIR_SV, visit=fhir_ref("s.encounter_ref", "Encounter"),
+              provider=_PROVIDER.format(c="COALESCE(s.asserter_ref, s.recorder_ref)"),
+              where="COALESCE(s.verification_status, 'confirmed') NOT IN ('refuted', 'entered-in-error')",
+              type_concept=f"COALESCE({case('s.category_code', CONDITION_CATEGORY)}, {EHR})",
+              values={"status_concept_id": f"COALESCE({case('s.verification_status', VERIFICATION)}, "
+                                           f"CASE WHEN s.clinical_status = 'resolved' THEN 32906 END, 0)",
+                      "status_source_value": "s.clinical_status"},
+              **_fhir("Condition")),
+    EventRule(name="fhir.observation", staging="stg_fhir_observation",
+              default_table="measurement", start="s.effective_at", code=_FHIR_CODE, source_value=_FHIR_SV,
+              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.performer_ref"),
+              where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered')",
+              unit=Code("s.value_unit_system", "COALESCE(s.value_unit_code, s.value_unit)"),
+              value_code=Code("s.value_code_system", "s.value_code"),
+              values={"value_as_number": "s.value_number",
+                      "unit_source_value": "COALESCE(s.value_unit_code, s.value_unit)",
+                      "value_source_value": "left(COALESCE(s.value_code_display, s.value_code, "
+                                            "CAST(s.value_number AS VARCHAR)), 50)",
+                      "range_low": "s.range_low", "range_high": "s.range_high",
+                      "operator_source": "s.value_comparator"},
+              **_fhir("Observation")),
+    EventRule(name="fhir.medication_request", staging="stg_fhir_medication_request", default_table="drug_exposure",
+              start="COALESCE(s.validity_start, s.authored_on)", end="s.validity_end", code=_FHIR_CODE,
+              source_value=_FHIR_SV, visit=fhir_ref("s.encounter_ref", "Encounter"),
+              provider=_PROVIDER.format(c="s.requester_ref"), type_concept=PRESCRIPTION,
+              where="COALESCE(s.status, 'active') NOT IN ('entered-in-error', 'cancelled', 'draft') AND "
+                    "COALESCE(s.intent, 'order') IN ('order', 'original-order', 'reflex-order', 'filler-order', "
+                    "'instance-order')",
+              values={"quantity": "s.dispense_quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
+                      "refills": "CAST(s.refills AS INTEGER)", "route_source_value": "s.route_code",
+                      "dose_unit_source_value": "s.dose_unit"},
+              **_fhir("MedicationRequest")),
+    *[EventRule(name=f"fhir.medication_{kind}", staging=f"stg_fhir_medication_{kind}", default_table="drug_exposure",
+                start="s.effective_at", end="s.effective_end", code=_FHIR_CODE, source_value=_FHIR_SV,
+                visit=fhir_ref("s.encounter_ref", "Encounter"), type_concept=tc,
+                where=f"COALESCE(s.status, 'completed') NOT IN ({bad})",
+                values={"quantity": "s.quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
+                        "route_source_value": "s.route_code", "dose_unit_source_value": "s.dose_unit"},
+                **_fhir(rt))
+      for kind, rt, tc, bad in [
+          ("administration", "MedicationAdministration", ADMINISTRATION, "'entered-in-error', 'not-done'"),
+          ("dispense", "MedicationDispense", DISPENSING,
+           "'entered-in-error', 'cancelled', 'declined', 'preparation'"),
+          ("statement", "MedicationStatement", SELF_REPORT, "'entered-in-error', 'not-taken', 'intended'")]],
+    EventRule(name="fhir.procedure", staging="stg_fhir_procedure", default_table="procedure_occurrence",
+              start="s.performed_at", end="s.performed_end", code=_FHIR_CODE, source_value=_FHIR_SV,
+              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.performer_ref"),
+              where="COALESCE(s.status, 'completed') NOT IN ('entered-in-error', 'not-done', 'preparation')",
+              **_fhir("Procedure")),
+    EventRule(name="fhir.immunization", staging="stg_fhir_immunization", default_table="drug_exposure",
+              start="s.occurrence_at", end="s.occurrence_at", code=_FHIR_CODE, source_value=_FHIR_SV,
+              visit=fhir_ref("s.encounter_ref", "Encounter"),
+              where="COALESCE(s.status, 'completed') = 'completed'",
+              values={"lot_number": "s.lot_number", "route_source_value": "s.route_code",
+                      "quantity": "s.dose_value", "dose_unit_source_value": "s.dose_unit"},
+              **_fhir("Immunization", subject="s.patient_ref")),
+    EventRule(name="fhir.allergy_intolerance", staging="stg_fhir_allergy_intolerance", default_table="observation",
+              routed=False, start="COALESCE(s.onset_at, s.recorded_date)", code=_FHIR_CODE, source_value=_FHIR_SV,
+              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.recorder_ref"),
+              where="COALESCE(s.verification_status, 'confirmed') NOT IN ('refuted', 'entered-in-error')",
+              values={"value_source_value": "s.reaction_code"},
+              **_fhir("AllergyIntolerance", subject="s.patient_ref")),
+]
+
+FHIR_TABLES = [
+    TableRule(name="fhir.encounter", staging="stg_fhir_encounter", table="visit_occurrence",
+              where="COALESCE(s.status, 'finished') NOT IN ('entered-in-error', 'cancelled', 'planned')",
+              id="{visit}", columns={
+                  "visit_concept_id": f"COALESCE({case('s.class_code', FHIR_VISIT)}, 0)",
+                  "visit_start_date": "CAST(s.period_start AS DATE)", "visit_start_datetime": "s.period_start",
+                  "visit_end_date": "CAST(COALESCE(s.period_end, s.period_start) AS DATE)",
+                  "visit_end_datetime": "COALESCE(s.period_end, s.period_start)",
+                  "visit_type_concept_id": str(EHR), "provider_id": "{provider}", "care_site_id": "{care_site}",
+                  "visit_source_value": "s.class_code", "visit_source_concept_id": "0",
+                  "admitted_from_concept_id": "0", "admitted_from_source_value": "s.admit_source_code",
+                  "discharged_to_concept_id": "0", "discharged_to_source_value": "s.discharge_disposition_code",
+              }, **_fhir("Encounter")),
+    TableRule(name="fhir.practitioner", staging="stg_fhir_practitioner", table="provider", id="{provider}",
+              columns={"gender_concept_id": f"COALESCE({case('s.gender', GENDER)}, 0)",
+                       "provider_source_value": "s.resource_id", "specialty_concept_id": "0",
+                       "specialty_source_concept_id": "0", "gender_source_value": "s.gender",
+                       "gender_source_concept_id": "0"},
+              key="'Practitioner/' || s.resource_id", message_id="'Practitioner/' || s.resource_id"),
+    TableRule(name="fhir.organization", staging="stg_fhir_organization", table="care_site", id="{care_site}",
+              columns={"care_site_name": "left(s.name, 255)", "place_of_service_concept_id": "0",
+                       "care_site_source_value": "left(s.resource_id, 50)",
+                       "place_of_service_source_value": "s.type_code"},
+              key="'Organization/' || s.resource_id", message_id="'Organization/' || s.resource_id"),
+    TableRule(name="fhir.document_reference", staging="stg_fhir_document_reference", table="note",
+              where="COALESCE(s.status, 'current') <> 'entered-in-error' AND "
+                    "COALESCE(s.doc_status, 'final') <> 'entered-in-error'",
+              id="{row_id}", columns={
+                  "note_date": "CAST(COALESCE(s.date, s.period_start) AS DATE)",
+                  "note_datetime": "COALESCE(s.date, s.period_start)", "note_type_concept_id": str(EHR),
+                  "note_class_concept_id": "{concept}", "note_title": "left(s.content_title, 250)",
+                  "note_text": "COALESCE(s.text, '')", "encoding_concept_id": "32678",
+                  "language_concept_id": f"COALESCE({case('s.content_language', LANGUAGE)}, 0)",
+                  "provider_id": "{provider}", "visit_occurrence_id": "{visit}",
+                  "note_source_value": "left(COALESCE(s.code_display, s.code), 50)",
+              }, **_fhir("DocumentReference")),
+]
+# The TableRule placeholders {visit}, {provider}, {care_site}, {concept} and {row_id} are filled by the compiler
+# from these per-rule expressions (keys in the source's namespace).
+TABLE_KEYS = {
+    "fhir.encounter": dict(visit="'Encounter/' || s.resource_id", provider=_PROVIDER.format(c="s.participant_ref"),
+                           care_site="CASE WHEN s.service_provider_ref LIKE 'Organization/%' "
+                                     "THEN s.service_provider_ref END"),
+    "fhir.practitioner": dict(provider="'Practitioner/' || s.resource_id"),
+    "fhir.organization": dict(care_site="'Organization/' || s.resource_id"),
+    "fhir.document_reference": dict(visit=fhir_ref("s.encounter_ref", "Encounter"),
+                                    provider=_PROVIDER.format(c="s.author_ref"),
+                                    concept=Code("s.code_system", "s.code")),
+}
+
+FHIR_PERSONS = [
+    PersonRule(name="fhir.patient", staging="stg_fhir_patient", key="'Patient/' || s.resource_id",
+               person="s.resource_id", person_ref="'Patient/' || s.resource_id",
+               message_id="'Patient/' || s.resource_id",
+               when="s.last_updated",
+               gender="s.gender", birth="s.birth_date", race="s.race_code", ethnicity="s.ethnicity_code",
+               death="s.deceased_at"),
+]
+
+# -- HL7 v2 ----------------------------------------------------------------------------------------------------------
+_HL7 = dict(person="s.patient_id", message_id="s.control_id", visit="s.visit_number")
+_HL7_ORDER = "s.event_time DESC NULLS LAST, s.receipt_seq DESC, s.record_location DESC"
+
+HL7_EVENTS = [
+    EventRule(name="hl7.observation", staging="stg_hl7_observation", default_table="measurement",
+              key="'obx|' || COALESCE(s.filler_number, s.placer_number, s.control_id) || '|' || "
+                  "COALESCE(s.code, '') || '|' || COALESCE(s.sub_id, '')",
+              start="COALESCE(s.observation_time, s.specimen_time, s.event_time)", code=Code("s.code_system", "s.code"),
+              source_value="left(COALESCE(s.code_text, s.code), 50)", type_concept=LAB, order=_HL7_ORDER,
+              where="COALESCE(s.result_status, 'F') NOT IN ('W', 'X', 'D')",
+              unit=Code("COALESCE(s.units_system, 'UCUM')", "s.units"),
+              value_code=Code("s.value_code_system", "s.value_code"),
+              values={"value_as_number": "s.value_number", "unit_source_value": "s.units",
+                      "value_source_value": "left(COALESCE(s.value_code_text, s.value_code, "
+                                            "CAST(s.value_number AS VARCHAR)), 50)",
+                      "range_low": "s.range_low", "range_high": "s.range_high",
+                      "operator_source": "s.value_comparator"},
+              provider="s.observer_id", **_HL7),
+    EventRule(name="hl7.diagnosis", staging="stg_hl7_diagnosis", default_table="condition_occurrence",
+              key="'dg1|' || COALESCE(s.visit_number, s.control_id) || '|' || COALESCE(s.code, '') || '|' || "
+                  "COALESCE(s.code_system, '')",
+              start="COALESCE(s.diagnosis_time, s.event_time)", code=Code("s.code_system", "s.code"),
+              source_value="left(COALESCE(s.code, s.code_text), 50)", order=_HL7_ORDER,
+              where="COALESCE(s.action, 'A') <> 'D'",
+              provider="s.clinician_id", **_HL7),
+    EventRule(name="hl7.procedure", staging="stg_hl7_procedure", default_table="procedure_occurrence",
+              key="'pr1|' || COALESCE(s.visit_number, s.control_id) || '|' || COALESCE(s.code, '') || '|' || "
+                  "COALESCE(CAST(s.procedure_time AS VARCHAR), '')",
+              start="COALESCE(s.procedure_time, s.event_time)", code=Code("s.code_system", "s.code"),
+              source_value="left(COALESCE(s.code, s.code_text), 50)", order=_HL7_ORDER, **_HL7),
+    EventRule(name="hl7.medication", staging="stg_hl7_medication", default_table="drug_exposure",
+              key="'rx|' || COALESCE(s.placer_number, s.filler_number, s.prescription_number, s.control_id) || '|' "
+                  "|| COALESCE(s.drug_code, '')",
+              start="COALESCE(s.start_time, s.dispensed_time, s.ordered_time, s.event_time)", end="s.end_time",
+              code=Code("s.drug_code_system", "s.drug_code"),
+              source_value="left(COALESCE(s.drug_code, s.drug_name), 50)", order=_HL7_ORDER,
+              type_concept=f"CASE WHEN s.message_type LIKE 'RDS%' OR s.source_segment = 'RXD' THEN {DISPENSING} "
+                           f"WHEN s.source_segment = 'RXA' THEN {ADMINISTRATION} ELSE {PRESCRIPTION} END",
+              where="COALESCE(s.order_control, 'NW') NOT IN ('CA', 'OC', 'CR', 'DE')",
+              values={"quantity": "s.quantity", "refills": "CAST(s.refills AS INTEGER)",
+                      "route_source_value": "s.route", "dose_unit_source_value": "s.dose_units"},
+              provider="s.ordering_provider_id", **_HL7),
+    EventRule(name="hl7.immunization", staging="stg_hl7_immunization", default_table="drug_exposure",
+              key="'rxa|' || COALESCE(s.filler_number, s.placer_number, s.control_id) || '|' || "
+                  "COALESCE(s.vaccine_code, '') || '|' || COALESCE(CAST(s.administered_time AS VARCHAR), '')",
+              start="s.administered_time", end="s.administered_end_time",
+              code=Code("COALESCE(s.vaccine_code_system, 'CVX')", "s.vaccine_code"),
+              source_value="left(COALESCE(s.vaccine_code, s.vaccine_name), 50)", order=_HL7_ORDER,
+              where="COALESCE(s.completion_status, 'CP') IN ('CP', 'PA') AND COALESCE(s.action_code, 'A') <> 'D'",
+              values={"quantity": "s.amount", "lot_number": "s.lot_number", "route_source_value": "s.route",
+                      "dose_unit_source_value": "s.amount_units"},
+              provider="s.administering_provider_id", **_HL7),
+    EventRule(name="hl7.allergy", staging="stg_hl7_allergy", default_table="observation", routed=False,
+              key="'al1|' || COALESCE(s.code, '') || '|' || COALESCE(s.code_text, '')",
+              start="COALESCE(CAST(s.identified_date AS TIMESTAMP), s.event_time)",
+              code=Code("s.code_system", "s.code"), source_value="left(COALESCE(s.code, s.code_text), 50)",
+              order=_HL7_ORDER, values={"value_source_value": "left(s.reaction, 50)"}, **_HL7),
+]
+
+HL7_TABLES = [
+    TableRule(name="hl7.visit", staging="stg_hl7_visit", table="visit_occurrence",
+              key="'visit|' || COALESCE(s.visit_number, s.control_id)", person="s.patient_id",
+              message_id="s.control_id", order=_HL7_ORDER, id="{visit}",
+              where="s.message_type LIKE 'ADT%' AND COALESCE(s.event_type, '') NOT IN ('A11', 'A13', 'A27', 'A38')",
+              aggregates={"v_start": "MIN(COALESCE(s.admit_time, s.event_time))", "v_end": "MAX(s.discharge_time)"},
+              columns={"visit_concept_id": f"COALESCE({case('s.patient_class', HL7_VISIT)}, 0)",
+                       "visit_start_date": "CAST(s.v_start AS DATE)", "visit_start_datetime": "s.v_start",
+                       "visit_end_date": "CAST(COALESCE(s.v_end, s.v_start) AS DATE)",
+                       "visit_end_datetime": "COALESCE(s.v_end, s.v_start)",
+                       "visit_type_concept_id": str(EHR), "provider_id": "{provider}",
+                       "care_site_id": "{care_site}", "visit_source_value": "left(s.visit_number, 50)",
+                       "visit_source_concept_id": "0", "admitted_from_concept_id": "0",
+                       "admitted_from_source_value": "s.admit_source", "discharged_to_concept_id": "0",
+                       "discharged_to_source_value": "s.discharge_disposition"}),
+    TableRule(name="hl7.provider", staging="stg_hl7_visit", table="provider", key="'doctor|' || s.attending_doctor_id",
+              where="s.attending_doctor_id IS NOT NULL", id="{provider}", order=_HL7_ORDER,
+              message_id="s.control_id",
+              columns={"provider_source_value": "left(s.attending_doctor_id, 50)", "specialty_concept_id": "0",
+                       "specialty_source_value": "left(s.hospital_service, 50)", "gender_concept_id": "0",
+                       "specialty_source_concept_id": "0", "gender_source_concept_id": "0"}),
+    TableRule(name="hl7.care_site", staging="stg_hl7_visit", table="care_site",
+              key="'unit|' || s.point_of_care", where="s.point_of_care IS NOT NULL", id="{care_site}",
+              order=_HL7_ORDER, message_id="s.control_id",
+              columns={"care_site_name": "left(s.point_of_care, 255)", "place_of_service_concept_id": "0",
+                       "care_site_source_value": "left(s.point_of_care, 50)",
+                       "place_of_service_source_value": "left(COALESCE(s.facility, s.servicing_facility), 50)"}),
+    TableRule(name="hl7.document", staging="stg_hl7_document", table="note",
+              key="'doc|' || COALESCE(s.document_id, s.control_id)", person="s.patient_id", message_id="s.control_id",
+              order=_HL7_ORDER, where="COALESCE(s.completion_status, 'AU') NOT IN ('CA')", id="{row_id}",
+              columns={"note_date": "CAST(COALESCE(s.activity_time, s.origination_time, s.event_time) AS DATE)",
+                       "note_datetime": "COALESCE(s.activity_time, s.origination_time, s.event_time)",
+                       "note_type_concept_id": str(EHR), "note_class_concept_id": "0",
+                       "note_text": "COALESCE(s.text, '')", "encoding_concept_id": "32678",
+                       "language_concept_id": "0", "provider_id": "{provider}", "visit_occurrence_id": "{visit}",
+                       "note_source_value": "left(s.document_type, 50)"}),
+]
+TABLE_KEYS.update({
+    "hl7.visit": dict(visit="s.visit_number", provider="s.attending_doctor_id", care_site="s.point_of_care"),
+    "hl7.provider": dict(provider="s.attending_doctor_id"),
+    "hl7.care_site": dict(care_site="s.point_of_care"),
+    "hl7.document": dict(visit="s.visit_number", provider="s.author_id"),
+})
+
+HL7_PERSONS = [
+    PersonRule(name="hl7.patient", staging="stg_hl7_patient", key="'patient|' || s.patient_id",
+               person="s.patient_id", message_id="s.control_id",
+               when="s.event_time",
+               where="s.patient_id IS NOT NULL",
+               gender="s.sex", birth="s.birth_date", race="s.race", ethnicity="s.ethnicity",
+               death="CASE WHEN s.death_time IS NOT NULL THEN s.death_time END"),
+]
+
+# -- CSV -------------------------------------------------------------------------------------------------------------
+CSV_EVENTS = [
+    EventRule(name="csv.pharmacy", staging="stg_csv_pharmacy", default_table="drug_exposure",
+              key="'rx|' || s.record_id", person="s.patient_id", message_id="s.record_id",
+              start="s.dispensed_at", code=Code("s.drug_code_system", "s.drug_code"),
+              source_value="left(s.drug_code, 50)", type_concept=DISPENSING, visit="s.visit_id",
+              values={"quantity": "s.quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
+                      "route_source_value": "left(s.route, 50)", "dose_unit_source_value": "left(s.quantity_unit, 50)"}),
+]
+
+EVENTS: list[EventRule] = FHIR_EVENTS + HL7_EVENTS + CSV_EVENTS
+TABLES: list[TableRule] = FHIR_TABLES + HL7_TABLES
+PERSONS: list[PersonRule] = FHIR_PERSONS + HL7_PERSONS
+ALL = [*EVENTS, *TABLES, *PERSONS]

@@ -1,0 +1,254 @@
+"""One transform run: staging rows not transformed yet → CDM rows, incrementally, in one transaction.
+
+1. **Delta.** For every rule, the keys of staging rows that arrived since the last run (per source, by
+   `receipt_seq`; the upper bound is fixed at the start, so rows staged meanwhile wait for the next run). A new
+   A40 merge adds every record of the merged-away person.
+2. **Replace.** The CDM rows the lineage lists for those keys are deleted; the newest version of each key is
+   mapped again (an A08, a newer FHIR version, an entered-in-error status all land here). Same key, same ids.
+3. **Persons.** PERSON and DEATH are rebuilt for every person touched, from all their records; the derived
+   tables (observation period, eras) are rebuilt for the same persons.
+4. **Account.** Lineage for every row written, the mapping-gap table, CDM_SOURCE, METADATA, a `transform_run` row.
+
+Everything happens in one engine transaction: a failure leaves the CDM as it was.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+
+from medlake.engines.base import Engine
+from medlake.transform import compile as c
+from medlake.transform import derived, rules as r
+
+PROTECTED = ("person", "death")  # rebuilt per touched person, not per record key
+
+
+@dataclass
+class RunSummary:
+    run_id: int | None
+    records: int = 0                       # source record keys (re)mapped
+    written: dict[str, int] = field(default_factory=dict)
+    deleted: int = 0                       # CDM rows replaced or removed
+    skipped: int = 0                       # events without a person or a date (counted, see transform_run)
+    persons: int = 0                       # persons touched
+    unmapped_codes: int = 0                # distinct (source, system, code) with concept 0, whole store
+    seconds: float = 0.0
+
+
+def _count(engine: Engine, sql: str) -> int:
+    return engine.query(sql).column(0)[0].as_py() or 0
+
+
+def ensure_tables(engine: Engine) -> None:
+    have = set(engine.tables())
+    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES}.items():
+        if name not in have:
+            engine.execute(c.create_sql(name, cols))
+    if _count(engine, "SELECT count(*) FROM medlake_code_system") == 0:
+        engine.load_arrow("medlake_code_system", pa.table({"system": list(r.CODE_SYSTEMS),
+                                                           "vocabulary_id": list(r.CODE_SYSTEMS.values())}))
+
+
+def register_code_systems(engine: Engine, systems: dict[str, str]) -> None:
+    """Declare a site's code systems: system (URI or HL7 name) → vocabulary_id used in SOURCE_TO_CONCEPT_MAP."""
+    ensure_tables(engine)
+    with engine.transaction():
+        for system in systems:
+            engine.execute("DELETE FROM medlake_code_system WHERE system = ?", [system])
+        engine.load_arrow("medlake_code_system", pa.table({"system": list(systems),
+                                                           "vocabulary_id": list(systems.values())}))
+
+
+def _set_namespaces(engine: Engine, namespaces: dict[str, str]) -> None:
+    for src in namespaces:
+        engine.execute("DELETE FROM transform_source WHERE source = ?", [src])
+    engine.load_arrow("transform_source", pa.table({"source": list(namespaces), "namespace": list(namespaces.values())}))
+
+
+def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full: bool = False,
+              progress: Callable[[str, int, int], None] | None = None) -> RunSummary:
+    """Transform what is new in staging. `namespaces` maps a source to the namespace of its patient and visit ids
+    (the hospital: a HIS, LIS and pharmacy of one hospital share MRNs); `full` re-maps every record."""
+    t0 = time.perf_counter()
+    tables = set(engine.tables())
+    if "concept" not in tables or "person" not in tables:
+        raise ValueError("this store has no OMOP CDM: run `medlake init` (and `medlake vocab load`) first")
+    ensure_tables(engine)
+    tables = set(engine.tables())
+    empi = "empi_person_map" in tables
+    events = [x for x in r.EVENTS if x.staging in tables]
+    entities = [x for x in r.TABLES if x.staging in tables]
+    persons = [x for x in r.PERSONS if x.staging in tables]
+    staged = sorted({x.staging for x in (*events, *entities, *persons)})
+    steps = 12 + len(events) + len(entities)
+    done = 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(what, done, steps)
+
+    with engine.transaction():
+        for w in c.WORK_TABLES:
+            engine.execute(f"DELETE FROM {w}")
+        if namespaces:
+            _set_namespaces(engine, namespaces)
+        if full:
+            engine.execute("DELETE FROM transform_watermark")
+        if not staged:
+            return RunSummary(None, seconds=time.perf_counter() - t0)
+        engine.execute("INSERT INTO tx_mark SELECT source, MAX(receipt_seq) FROM (" + " UNION ALL ".join(
+            f"SELECT source, receipt_seq FROM {t}" for t in staged) + ") AS a GROUP BY source")
+        step("finding new records")
+        for rule in (*events, *entities, *persons):
+            engine.execute(c.delta_sql(rule))
+        _merges(engine, tables)
+        n_delta = _count(engine, "SELECT count(*) FROM tx_delta")
+        if n_delta == 0:
+            engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
+            engine.execute("INSERT INTO transform_watermark SELECT source, receipt_seq FROM tx_mark")
+            return RunSummary(None, seconds=time.perf_counter() - t0)
+        run_id = _count(engine, "SELECT COALESCE(MAX(run_id), 0) + 1 FROM transform_run")
+        started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+        # replace: old rows of the delta keys go (their persons are touched)
+        step("removing replaced rows")
+        engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE person_id IS NOT NULL "
+                       "AND source_key IN (SELECT source_key FROM tx_delta)")
+        deleted = _count(engine, "SELECT count(*) FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta)"
+                         f" AND cdm_table NOT IN {PROTECTED}")
+        if deleted:
+            targets = {row["cdm_table"] for row in engine.query(
+                "SELECT DISTINCT cdm_table FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta)"
+            ).to_pylist()} - set(PROTECTED)
+            for t in sorted(targets):
+                pk = _pk(t)
+                engine.execute(f"DELETE FROM {t} WHERE {pk} IN (SELECT row_id FROM cdm_lineage WHERE cdm_table = '{t}' "
+                               "AND source_key IN (SELECT source_key FROM tx_delta))")
+            engine.execute("DELETE FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta) "
+                           f"AND cdm_table NOT IN {PROTECTED}")
+
+        # codes of the delta, resolved once
+        step("resolving codes")
+        for rule in (*events, *entities):
+            for code in c.codes_of(rule):
+                engine.execute(c.needed_sql(rule, code))
+        engine.execute(c.RESOLVE_SQL)
+
+        for rule in events:
+            step(f"mapping {rule.name}")
+            engine.execute(c.event_sql(rule, empi))
+        step("writing events")
+        routed = {x["cdm_table"] for x in engine.query("SELECT DISTINCT cdm_table FROM tx_event").to_pylist()}
+        for t in sorted(routed):
+            engine.execute(c.domain_insert_sql(t))
+        engine.execute(c.lineage_from_events_sql(run_id))
+        skipped = _count(engine, "SELECT count(*) FROM tx_event WHERE person_id IS NULL OR start_date IS NULL")
+        for rule in entities:
+            step(f"mapping {rule.name}")
+            insert, lineage = c.table_rule_sql(rule, empi, run_id)
+            engine.execute(insert)
+            engine.execute(lineage)
+
+        # persons: demographics and death from all their records; derived tables
+        step("rebuilding persons")
+        engine.execute(f"INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE run_id = {run_id} "
+                       "AND person_id IS NOT NULL")
+        for rule in persons:
+            engine.execute(c.person_delta_touched_sql(rule, empi))
+        for t in PROTECTED:
+            engine.execute(f"DELETE FROM {t} WHERE person_id IN (SELECT person_id FROM tx_touched)")
+        engine.execute(f"DELETE FROM cdm_lineage WHERE cdm_table IN {PROTECTED} "
+                       "AND row_id IN (SELECT person_id FROM tx_touched)")
+        for rule in persons:
+            engine.execute(c.person_rows_sql(rule, empi))
+        engine.execute(c.person_insert_sql(r.GENDER, r.RACE, r.ETHNICITY))
+        engine.execute(c.DEATH_SQL)
+        for t in PROTECTED:
+            engine.execute(c.person_lineage_sql(t, run_id))
+        step("rebuilding observation periods and eras")
+        derived.rebuild(engine, persons="tx_touched")
+
+        step("recording the run")
+        engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
+        engine.execute("INSERT INTO transform_watermark SELECT source, receipt_seq FROM tx_mark")
+        engine.execute("DELETE FROM transform_gap")
+        engine.execute("""INSERT INTO transform_gap
+SELECT l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system), count(*)
+FROM cdm_lineage l LEFT JOIN medlake_code_system cs ON cs.system = l.code_system
+WHERE l.concept_id = 0 AND l.code IS NOT NULL
+GROUP BY l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system)""")
+        written = {x["cdm_table"]: x["n"] for x in engine.query(
+            f"SELECT cdm_table, count(*) AS n FROM cdm_lineage WHERE run_id = {run_id} GROUP BY cdm_table").to_pylist()}
+        n_persons = _count(engine, "SELECT count(DISTINCT person_id) FROM tx_touched")
+        _cdm_source(engine, run_id, started)
+        engine.load_arrow("transform_run", pa.table({
+            "run_id": [run_id], "started_at": [started],
+            "finished_at": [dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], "engine": [engine.name],
+            "records": [n_delta], "rows_written": [sum(written.values())], "rows_deleted": [deleted],
+            "skipped": [skipped], "persons": [n_persons]}))
+        gaps = _count(engine, "SELECT count(*) FROM transform_gap")
+    return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
+                      time.perf_counter() - t0)
+
+
+def _pk(table: str) -> str:
+    from medlake.cdm import model
+
+    t = model.load("5.4").table(table)
+    return (t.primary_key or t.field_names)[0]
+
+
+def _merges(engine: Engine, tables: set[str]) -> None:
+    """Person links known from the sources themselves: HL7 A40 merges (prior MRN → surviving MRN) and a FHIR
+    Patient's MRN identifier (Patient/id → MRN, in the hospital's namespace). When a link is new or changed, every
+    record of the person it took the id from is mapped again."""
+    window = "JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq " \
+             "LEFT JOIN transform_source ns ON ns.source = s.source"
+    parts = []
+    if "stg_hl7_merge" in tables:
+        parts.append(f"SELECT {c.NS} AS namespace, s.prior_patient_id AS prior_ref, s.patient_id AS survivor_ref, "
+                     f"s.receipt_seq, s.source FROM stg_hl7_merge s {window} "
+                     "WHERE s.prior_patient_id IS NOT NULL AND s.patient_id IS NOT NULL")
+    if "stg_fhir_patient" in tables:
+        parts.append(f"SELECT {c.NS}, 'Patient/' || s.resource_id, s.mrn, s.receipt_seq, s.source FROM ("
+                     "SELECT s.*, ROW_NUMBER() OVER (PARTITION BY s.source, s.resource_id ORDER BY s.last_updated DESC "
+                     "NULLS LAST, s.receipt_seq DESC) AS rn FROM stg_fhir_patient s) AS s "
+                     f"{window} WHERE s.rn = 1 AND s.mrn IS NOT NULL")
+    if not parts:
+        return
+    engine.execute("INSERT INTO tx_merge " + " UNION ALL ".join(parts))
+    changed = ("SELECT n.namespace, n.prior_ref FROM tx_merge n LEFT JOIN transform_merge o ON o.namespace = "
+               "n.namespace AND o.prior_ref = n.prior_ref WHERE o.survivor_ref IS NULL OR o.survivor_ref <> n.survivor_ref")
+    engine.execute(f"""INSERT INTO tx_delta
+SELECT DISTINCT l.source_key FROM cdm_lineage l
+WHERE l.cdm_table NOT IN {PROTECTED} AND l.person_id IN (
+    SELECT stable_id(x.namespace || '|' || COALESCE(o.survivor_ref, x.prior_ref))
+    FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace AND o.prior_ref = x.prior_ref)""")
+    engine.execute(f"""INSERT INTO tx_touched
+SELECT DISTINCT stable_id(x.namespace || '|' || COALESCE(o.survivor_ref, x.prior_ref))
+FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace AND o.prior_ref = x.prior_ref""")
+    engine.execute("DELETE FROM transform_merge")
+    engine.execute("INSERT INTO transform_merge SELECT * FROM tx_merge")
+
+
+def _cdm_source(engine: Engine, run_id: int, when: dt.datetime) -> None:
+    v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
+    vocab = (v.column(0)[0].as_py() if v.num_rows else None) or "unknown"
+    engine.execute("DELETE FROM cdm_source")
+    engine.execute("INSERT INTO cdm_source SELECT " + c.select_list("cdm_source", {
+        "cdm_source_name": "'medlake site'", "cdm_source_abbreviation": "'medlake'", "cdm_holder": "'medlake site'",
+        "source_description": "'HL7 v2, FHIR R4 and CSV feeds transformed by medlake'",
+        "source_release_date": "CAST(? AS DATE)", "cdm_release_date": "CAST(? AS DATE)",
+        "cdm_etl_reference": "'medlake.transform'", "cdm_version": "'5.4'", "cdm_version_concept_id": "756265",
+        "vocabulary_version": "CAST(? AS VARCHAR)"}), [when.date().isoformat(), when.date().isoformat(), vocab])
+    engine.execute("INSERT INTO metadata SELECT " + c.select_list("metadata", {
+        "metadata_id": str(run_id), "metadata_concept_id": "0", "metadata_type_concept_id": "32817",
+        "name": "'medlake transform run'", "value_as_string": f"'run {run_id}'", "value_as_number": str(run_id),
+        "metadata_date": "CAST(? AS DATE)", "metadata_datetime": "CAST(? AS TIMESTAMP)"}),
+        [when.date().isoformat(), when.isoformat(sep=" ")])
