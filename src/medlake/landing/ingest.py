@@ -20,8 +20,10 @@ parser or mapping fix) and stages those that now pass, marking them resolved.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import json
+import operator
 import re
 import uuid
 from collections import Counter, defaultdict
@@ -218,8 +220,9 @@ class _Stager:
         self.tx_rows = self.tx_receipts = 0
         self.log: list[dict] = []
         self.names: dict[int, str | None] = {}
+        self.shapes: dict[str, tuple] = {}
 
-    # buffer: table -> [rows, seqs, shas, locs]
+    # buffer: table -> [rows as tuples in schema order, seqs, shas, locs]
     def add(self, receipt: Receipt, rec: Staged) -> int:
         key = rec.loc.key()
         self.names[receipt.seq] = receipt.original_name
@@ -228,7 +231,14 @@ class _Stager:
             b = self.buf.get(table)
             if b is None:
                 b = self.buf[table] = [[], [], [], []]
-            b[0].extend(rows)
+            shape = self.shapes.get(table)
+            if shape is None:
+                schema = self.schemas.get(table)
+                if schema is None:
+                    raise EngineError(f"a reader produced rows for unknown staging table {table}")
+                shape = self.shapes[table] = (dict.fromkeys(schema.names), operator.itemgetter(*schema.names))
+            blank, pick = shape
+            b[0].extend([pick({**blank, **r}) for r in rows])
             k = len(rows)
             b[1].extend([receipt.seq] * k)
             b[2].extend([receipt.sha256] * k)
@@ -246,38 +256,38 @@ class _Stager:
 
     def flush_table(self, table: str, source: str) -> None:
         rows, seqs, shas, locs = self.buf.pop(table)
-        schema = self.schemas.get(table)
-        if schema is None:
-            raise EngineError(f"a reader produced rows for unknown staging table {table}")
+        if not rows:
+            return
+        schema = self.schemas[table]
         _ensure_table(self.engine, table, schema, self.known)
-        try:
-            data = pa.Table.from_pylist(rows, schema=schema)
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            data, bad = self._salvage(rows, schema, table)
-            for i, why in bad.items():  # a value of the wrong type: that row goes to quarantine instead
+        columns = list(zip(*rows))
+        bad: dict[int, str] = {}
+        arrays = []
+        for j, f in enumerate(schema):
+            try:
+                arrays.append(pa.array(columns[j], type=f.type))
+            except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                for i, v in enumerate(columns[j]):  # find the rows whose value is of the wrong type
+                    try:
+                        pa.array([v], type=f.type)
+                    except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
+                        bad.setdefault(i, f"{table}.{f.name} = {v!r:.80} is not {f.type}: {e}")
+        if bad:  # those rows go to quarantine instead of staging
+            for i, why in bad.items():
                 loc = Loc(self.names.get(seqs[i]), field=table)
                 self.q.add_many(source, seqs[i], shas[i], [Rejected(loc, "invalid", why, orjson.dumps(
-                    rows[i], default=str))], keys=[locs[i]])
+                    dict(zip(schema.names, rows[i])), default=str))], keys=[locs[i]])
                 if self.summary is not None:
                     self.summary.sources[source].quarantined["invalid"] += 1
             keep = [i for i in range(len(rows)) if i not in bad]
-            seqs, shas, locs = [seqs[i] for i in keep], [shas[i] for i in keep], [locs[i] for i in keep]
-        cols = [pa.array([source] * data.num_rows, pa.string()), pa.array(seqs, pa.int64()),
-                pa.array(shas, pa.string()), pa.array(locs, pa.string())]
-        for f, col in zip(EXTRA, cols):
-            data = data.append_column(f, col)
+            rows, seqs, shas, locs = ([x[i] for i in keep] for x in (rows, seqs, shas, locs))
+            columns = list(zip(*rows)) if rows else [()] * len(schema)
+            arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema)]
+        arrays += [pa.array([source] * len(seqs), pa.string()), pa.array(seqs, pa.int64()),
+                   pa.array(shas, pa.string()), pa.array(locs, pa.string())]
+        data = pa.Table.from_arrays(arrays, schema=_full(schema))
         self.engine.load_arrow(table, data)
         self.tx_rows += data.num_rows
-
-    def _salvage(self, rows, schema, table):
-        good, bad = [], {}
-        for i, r in enumerate(rows):
-            try:
-                pa.Table.from_pylist([r], schema=schema)
-                good.append(r)
-            except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
-                bad[i] = f"{table}: {e}"
-        return pa.Table.from_pylist(good, schema=schema), bad
 
     def end_receipt(self, receipt: Receipt, kind: str | None, nrec: int, nrows: int, nbad: int, force=False) -> None:
         self.log.append({"source": receipt.source, "receipt_seq": receipt.seq, "landing_sha256": receipt.sha256,
@@ -461,6 +471,8 @@ def stage_pending(engine: Engine, land: Landing, q: Quarantine, src: Source, sum
     done = _processed(engine, src.name)
     pending = [r for r in land.receipts(src.name) if r.seq not in done]
     st = _Stager(engine, q, summary)
+    collecting = gc.isenabled()
+    gc.disable()  # parsed JSON has no reference cycles; the collector would rescan every buffered row
     try:
         for i, r in enumerate(pending, 1):
             _stage_receipt(st, land, q, src, r, summary)
@@ -471,6 +483,9 @@ def stage_pending(engine: Engine, land: Landing, q: Quarantine, src: Source, sum
     except BaseException as e:
         st.abort(e)
         raise
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def ingest(engine: Engine, land: Landing, q: Quarantine, paths: Iterable[str | Path] = (),

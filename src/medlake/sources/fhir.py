@@ -180,6 +180,11 @@ def _when(v, path: str) -> dt.datetime | None:
             return dt.datetime(int(v), 1, 1)
         if n == 7 and v[4] == "-":
             return dt.datetime(int(v[:4]), int(v[5:7]), 1)
+        if n > 19:  # drop the offset by slicing (cheaper than parsing it): wall-clock time
+            if v[-1] == "Z":
+                v = v[:-1]
+            elif v[-6] in "+-" and v[-3] == ":":
+                v = v[:-6]
         d = dt.datetime.fromisoformat(v)
         return d.replace(tzinfo=None) if d.tzinfo else d
     except ValueError:
@@ -217,6 +222,9 @@ class Ctx:
             raise Invalid(f"{self.rt}.{el}.reference", "invalid", f"{self.rt}.{el}.reference is empty")
         if self.refs and r in self.refs:
             return self.refs[r]
+        t, sep, i = r.partition("/")
+        if sep and t in R4_TYPES and i and "/" not in i and len(i) <= 64 and " " not in i and "?" not in i:
+            return r  # the common case, Type/id
         if r[0] == "#" or r.startswith(("urn:uuid:", "urn:oid:")):
             return r
         m = _REF.match(r)
@@ -641,6 +649,24 @@ EXTRACT = {"Patient": _patient, "Encounter": _encounter, "Condition": _condition
            "Practitioner": _practitioner, "PractitionerRole": _practitioner_role, "Organization": _organization,
            "Location": _location}
 SUBJECT_KEYS = ("subject", "patient", "beneficiary")
+_BAD_ID = re.compile(r"[\s/]")
+# Top-level CodeableConcept elements whose codings go to stg_fhir_coding (other types: every top-level one).
+_MED_CODED = ("category", "medicationCodeableConcept", "reasonCode", "statusReason", "courseOfTherapyType", "type")
+CODED = {
+    "Patient": ("maritalStatus",), "Encounter": ("type", "serviceType", "priority", "reasonCode"),
+    "Condition": ("clinicalStatus", "verificationStatus", "category", "severity", "code", "bodySite"),
+    "Observation": ("category", "code", "valueCodeableConcept", "interpretation", "dataAbsentReason", "bodySite",
+                    "method"),
+    "MedicationRequest": _MED_CODED, "MedicationAdministration": _MED_CODED, "MedicationDispense": _MED_CODED,
+    "MedicationStatement": _MED_CODED, "Medication": ("code", "form"),
+    "Procedure": ("category", "code", "bodySite", "reasonCode", "outcome", "statusReason"),
+    "AllergyIntolerance": ("clinicalStatus", "verificationStatus", "code"),
+    "Immunization": ("vaccineCode", "route", "site", "reasonCode", "statusReason"),
+    "DocumentReference": ("type", "category", "securityLabel"), "DiagnosticReport": ("category", "code",
+                                                                                      "conclusionCode"),
+    "Practitioner": (), "PractitionerRole": ("code", "specialty"), "Organization": ("type",),
+    "Location": ("type", "physicalType"),
+}
 
 
 # -- one resource -------------------------------------------------------------------------------------------------
@@ -667,7 +693,7 @@ def stage_resource(res, raw: str | None = None, refs: dict | None = None, id_hin
     rid = res.get("id", id_hint)
     if rid is None and id_hint is None:
         raise Invalid(f"{rt}.id", "missing_mandatory", f"{rt}.id is missing")
-    if not isinstance(rid, str) or not rid or len(rid) > 64 or any(ch in rid for ch in " \t\r\n/"):
+    if not isinstance(rid, str) or not rid or len(rid) > 64 or _BAD_ID.search(rid):
         raise Invalid(f"{rt}.id", "invalid", f"{rt}.id {rid!r} is not a FHIR id (1-64 characters, no spaces or /)")
     _check_required(res, rt)
     c = Ctx(rt, refs)
@@ -684,7 +710,9 @@ def stage_resource(res, raw: str | None = None, refs: dict | None = None, id_hin
         if rt == "Observation" and res.get("component"):
             out["stg_fhir_observation_component"] = _components(res, c, rid)
     codings = []
-    for el, v in res.items():
+    elements = CODED.get(rt)
+    for el in elements if elements is not None else res:
+        v = res.get(el)
         if isinstance(v, dict):
             v = (v,)
         elif not isinstance(v, list) or not v or not isinstance(v[0], dict):
