@@ -128,7 +128,7 @@ def plan(person: dict, start: dt.date, end: dt.date, hospitals: int, rng: random
         hyper = "htn" in active
         enc.vitals = [("sbp", round(rng.gauss(146 if hyper else 121, 13))),
                       ("dbp", round(rng.gauss(92 if hyper else 77, 8))), ("hr", round(rng.gauss(88 if fever else 75, 9)))]
-        if fever or enc.cls != "OP" or rng.random() < 0.3:
+        if fever or enc.cls != "OP":
             enc.vitals.append(("temp", round(rng.gauss(38.6, 0.5) if fever else rng.gauss(36.6, 0.25), 1)))
         if enc.cls != "ER" and rng.random() < 0.3:
             w = round(weight + rng.gauss(0, 1.0), 1)
@@ -169,7 +169,7 @@ def plan(person: dict, start: dt.date, end: dt.date, hospitals: int, rng: random
                     c = CONDITION[k]
                     if c.inpatient and rng.random() < c.inpatient * 0.6:
                         episodes.append((day + dt.timedelta(days=rng.randrange(1, 120)), k))
-            day += dt.timedelta(days=rng.randrange(200, 600))
+            day += dt.timedelta(days=rng.randrange(240, 720))
 
     # yearly check-ups and vaccines
     for y in range(int(years) + 1):

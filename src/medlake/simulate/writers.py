@@ -30,6 +30,7 @@ DIAGNOSIS = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condi
 VITAL_SIGNS = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                             "code": "vital-signs"}]}]
 VITAL_CODE = {v.key: {"coding": [{"system": LOINC, "code": v.loinc, "display": v.en}]} for v in cat.VITALS}
+BP_PANEL = {"coding": [{"system": LOINC, "code": "85354-9", "display": "Blood pressure panel with all children optional"}]}
 BUNDLE_RECORDS = 20  # patient records per transaction Bundle
 VISIT_CONCEPT = {"OP": 9202, "ER": 9203, "IP": 9201}
 FHIR_CLASS = {"OP": "AMB", "ER": "EMER", "IP": "IMP"}
@@ -63,10 +64,6 @@ def fhir_time(d: dt.datetime) -> str:
     return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}+08:00"
 
 
-def fmt(v: float, digits: int) -> str:
-    return f"{v:.{digits}f}"
-
-
 class Registration:
     """One patient record (MRN) of a person at one hospital, with the demographics as registered there."""
     __slots__ = ("mrn", "patient_id", "demo", "defects", "systems", "primary", "resources", "facts",
@@ -98,6 +95,8 @@ class Hospital:
         self.rng = random.Random(seed * 7919 + index)  # file-level decisions
         self.res_count = 0
         self._ts: dict = {}
+        self.labs: dict = {}   # lab key -> local dialect (lab_local)
+        self.dx: dict = {}     # condition key -> local coding (dx_local)
         self.batch, self.batch_records = ([], [], []), 0   # the transaction Bundle being filled
         self.counters = dict(mrn=0, msg=0, visit=0, res=0, rx=0, order=0, bundle=0)
         self.lis_sys = f"{self.H}LIS"
@@ -363,7 +362,7 @@ class Hospital:
             obs = self.ts(collected)
             if unmapped:
                 code, name, unit_text, mean = unmapped
-                value = fmt(max(0.1, rng.gauss(mean, mean / 8)), 2)
+                value = f"{max(0.1, rng.gauss(mean, mean / 8)):.2f}"
                 self.truth.code(self.id, "lis", self.lis_sys, code, name, "lab", None, None, 0)
                 segs.append(f"OBX|{i}|NM|{code}^{name}^{self.lis_sys}||{value}|{unit_text}||||F|||{obs}")
                 facts.append({"person": reg.demo["person"], "kind": "measurement", "date": date, "concept_id": 0,
@@ -372,30 +371,20 @@ class Hospital:
                                 None))
                 continue
             lab = cat.LAB[key]
-            li = LAB_INDEX[key]
-            code, name = ((f"{1000 + li}", lab.abbr), (lab.abbr, lab.zh), (f"L{li:04d}", lab.en.split(" [")[0]))[
-                self.profile]
-            unit_ucum, factor = lab.unit, 1.0
-            if self.profile == 2 and lab.conv_unit:
-                unit_ucum, factor = lab.conv_unit, lab.conv_factor
-            digits = lab.digits if factor == 1.0 else max(lab.digits, 1 if factor > 1 else 2)
+            local = self.labs.get(key) or self.lab_local(key)
+            code, name, unit_ucum, factor, digits, unit_text, ref, lo, hi, concept, unit_concept = local
             value = round(si * factor, digits)
-            lo, hi = round(lab.lo * factor, digits), round(lab.hi * factor, digits)
-            unit_text = cat.UNIT[unit_ucum].local_styles[self.profile] if unit_ucum else ""
             flag = "H" if value > hi else "L" if value < lo else "N"
             sent_unit = unit_text
-            self.truth.code(self.id, "lis", self.lis_sys, code, name, "lab", "LOINC", lab.loinc,
-                            cat.concept_id("lab", key))
-            if unit_text:
-                self.truth.code(self.id, "lis", f"{self.lis_sys}-UNIT", unit_text, unit_text, "unit", "UCUM", unit_ucum,
-                                cat.concept_id("unit", unit_ucum))
             r = rng.random()
             if unit_text and r < p / 4 and lab.conv_unit:
                 # the other unit system's label on this value
                 other = lab.conv_unit if unit_ucum == lab.unit else lab.unit
                 sent_unit = cat.UNIT[other].local_styles[self.profile]
+                self.truth.code(self.id, "lis", f"{self.lis_sys}-UNIT", sent_unit, sent_unit, "unit", "UCUM", other,
+                                cat.concept_id("unit", other))
                 defects.append(("wrong_unit", line, "OBX-6",
-                                f"value {fmt(value, digits)} is in {unit_ucum} but labelled '{sent_unit}'", None))
+                                f"value {value:.{digits}f} is in {unit_ucum} but labelled '{sent_unit}'", None))
             elif unit_text and r < p / 2:
                 sent_unit = ""
                 defects.append(("missing_unit", line, "OBX-6", f"unit {unit_ucum} not sent", None))
@@ -403,13 +392,32 @@ class Hospital:
                 obs = self.ts(self.future(collected))
                 defects.append(("future_date", line, "OBX-14", f"observation time in {(self.future(collected)).year} "
                                 f"(true {date})", None))
-            segs.append(f"OBX|{i}|NM|{code}^{escape(name)}^{self.lis_sys}||{fmt(value, digits)}|{escape(sent_unit)}|"
-                        f"{fmt(lo, digits)}-{fmt(hi, digits)}|{flag}|||F|||{obs}")
+            segs.append(f"OBX|{i}|NM|{code}^{name}^{self.lis_sys}||{value:.{digits}f}|{escape(sent_unit)}|"
+                        f"{ref}|{flag}|||F|||{obs}")
             facts.append({"person": reg.demo["person"], "kind": "measurement", "date": date,
-                          "concept_id": cat.concept_id("lab", key), "value_as_number": value,
-                          "unit_concept_id": cat.concept_id("unit", unit_ucum) if unit_text else None})
+                          "concept_id": concept, "value_as_number": value, "unit_concept_id": unit_concept})
         reg.systems.add("lis")
         self.hl7_record(segs, mid, facts, defects, rng, self.lis, allow_malformed=not defects)
+
+    def lab_local(self, key: str) -> tuple:
+        """This LIS's local code, name, unit and reference range of a lab test (registered in codes.jsonl)."""
+        lab = cat.LAB[key]
+        li = LAB_INDEX[key]
+        code, name = ((f"{1000 + li}", lab.abbr), (lab.abbr, lab.zh), (f"L{li:04d}", lab.en.split(" [")[0]))[self.profile]
+        unit_ucum, factor = lab.unit, 1.0
+        if self.profile == 2 and lab.conv_unit:
+            unit_ucum, factor = lab.conv_unit, lab.conv_factor
+        digits = lab.digits if factor == 1.0 else max(lab.digits, 1 if factor > 1 else 2)
+        lo, hi = round(lab.lo * factor, digits), round(lab.hi * factor, digits)
+        unit_text = cat.UNIT[unit_ucum].local_styles[self.profile] if unit_ucum else ""
+        self.truth.code(self.id, "lis", self.lis_sys, code, name, "lab", "LOINC", lab.loinc, cat.concept_id("lab", key))
+        if unit_text:
+            self.truth.code(self.id, "lis", f"{self.lis_sys}-UNIT", unit_text, unit_text, "unit", "UCUM", unit_ucum,
+                            cat.concept_id("unit", unit_ucum))
+        local = self.labs[key] = (code, escape(name), unit_ucum, factor, digits, unit_text,
+                                  f"{lo:.{digits}f}-{hi:.{digits}f}", lo, hi, cat.concept_id("lab", key),
+                                  cat.concept_id("unit", unit_ucum) if unit_text else None)
+        return local
 
     # ---------- pharmacy CSV ----------
     def dispense(self, reg: Registration, enc: Encounter, visit: str, drug_key: str | None, days: int,
@@ -502,13 +510,7 @@ class Hospital:
                 defects = [("unmapped_code", None, "Condition.code", f"local diagnosis code {code} has no standard "
                                                                       "concept", cid)]
             else:
-                c = cat.CONDITION[k]
-                system, code, display, vocab = ((ICD10CN, c.icd10cn, c.zh, "ICD10CN"),
-                                                (ICD10CM, c.icd10cm, c.icd10cm_name, "ICD10CM"),
-                                                (SNOMED, c.snomed, c.en, "SNOMED"))[self.profile]
-                concept = cat.concept_id("condition", k)
-                self.truth.code(self.id, "emr", system, code, display, "diagnosis", vocab, code,
-                                concept)
+                system, code, display, concept = self.dx.get(k) or self.dx_local(k)
                 defects = []
             add(({"resourceType": "Condition", "id": cid,
                   "clinicalStatus": ACTIVE, "verificationStatus": CONFIRMED, "category": DIAGNOSIS,
@@ -517,7 +519,24 @@ class Hospital:
                  [{"person": who, "kind": "condition", "date": day, "concept_id": concept, "value_as_number": None,
                    "unit_concept_id": None, "_mid": cid}], defects))
         when = fhir_time(enc.start + dt.timedelta(minutes=5))
+        vitals = dict(enc.vitals)
+        if "sbp" in vitals:  # blood pressure travels as one panel with two components, as EHRs send it
+            oid = self.res_id("obs")
+            comps, facts = [], []
+            for key in ("sbp", "dbp"):
+                v = cat.VITAL[key]
+                comps.append({"code": VITAL_CODE[key], "valueQuantity": {
+                    "value": vitals[key], "unit": cat.UNIT[v.unit].local_styles[self.profile], "system": UCUM,
+                    "code": v.unit}})
+                facts.append({"person": who, "kind": "measurement", "date": day, "concept_id": cat.concept_id("vital", key),
+                              "value_as_number": vitals[key], "unit_concept_id": cat.concept_id("unit", v.unit),
+                              "_mid": oid})
+            add(({"resourceType": "Observation", "id": oid, "status": "final", "category": VITAL_SIGNS,
+                  "code": BP_PANEL, "subject": pref, "encounter": eref, "effectiveDateTime": when, "component": comps},
+                 facts, []))
         for key, value in enc.vitals:
+            if key in ("sbp", "dbp"):
+                continue
             v = cat.VITAL[key]
             oid = self.res_id("obs")
             unit_text = cat.UNIT[v.unit].local_styles[self.profile]
@@ -589,6 +608,16 @@ class Hospital:
                    "value_as_number": None, "unit_concept_id": None, "_mid": iid}], []))
         if enc.note:
             self.note(reg, enc, eref, pref, rng, person)
+
+    def dx_local(self, k: str) -> tuple:
+        """This EMR's coding of a condition: ICD-10 Chinese clinical codes, ICD-10-CM or SNOMED CT."""
+        c = cat.CONDITION[k]
+        system, code, display, vocab = ((ICD10CN, c.icd10cn, c.zh, "ICD10CN"), (ICD10CM, c.icd10cm, c.icd10cm_name, "ICD10CM"),
+                                        (SNOMED, c.snomed, c.en, "SNOMED"))[self.profile]
+        concept = cat.concept_id("condition", k)
+        self.truth.code(self.id, "emr", system, code, display, "diagnosis", vocab, code, concept)
+        self.dx[k] = (system, code, display, concept)
+        return self.dx[k]
 
     def note(self, reg, enc, eref, pref, rng, person):
         key, en, zh, loinc = next(n for n in cat.NOTE_TYPES if n[0] == enc.note)
