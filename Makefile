@@ -26,6 +26,7 @@ demo: install
 	$(BIN)/medlake simulate --patients 1000 --hospitals 3 --seed 42 --out $(DEMO)/hospital
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb init
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb vocab load --demo
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb ingest $(DEMO)/hospital --sources $(DEMO)/hospital/sources.toml
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb status
 
 test: install-test

@@ -236,3 +236,21 @@ def test_kinds_are_detected_by_content_without_a_config(site, tmp_path):
     assert dict(s.sources["drop"].quarantined) == {"unknown_kind": 1}
     assert eng.query("SELECT count(*) FROM stg_fhir_observation").column(0)[0].as_py() == 2
     assert ing.known_sources(land.root)["drop"].kind == "auto"
+
+
+@pytest.mark.postgres
+def test_the_same_staging_on_postgresql(site, pg_cluster, tmp_path):
+    root, sources, eng, land, q = site
+    ing.ingest(eng, land, q, [root], sources)
+    pg = open_engine(pg_cluster.create_database("ingest_site"))
+    try:
+        land2, q2 = Landing(tmp_path / "landing-pg"), Quarantine(tmp_path / "landing-pg")
+        ing.ingest(pg, land2, q2, [root], sources)
+        for t in ("stg_fhir_observation", "stg_hl7_patient", "stg_csv_pharmacy"):
+            cols = "source, record_location, receipt_seq"
+            assert pg.query(f"SELECT {cols} FROM {t} ORDER BY 1, 2").to_pylist() == \
+                eng.query(f"SELECT {cols} FROM {t} ORDER BY 1, 2").to_pylist()
+        ing.replay(pg, land2, q2, sources[1])
+        assert pg.query("SELECT count(*) FROM stg_fhir_observation").column(0)[0].as_py() == 2
+    finally:
+        pg.close()
