@@ -118,7 +118,7 @@ def plan(person: dict, start: dt.date, end: dt.date, hospitals: int, rng: random
 
     abnormal = {}
     chronic_keys = {k for _, k in chronic}
-    for k in chronic_keys:
+    for k in sorted(chronic_keys):  # sorted: set order changes with PYTHONHASHSEED
         for lab, mean, sd in CONDITION[k].abnormal:
             abnormal[lab] = (mean, sd)
     encs: list[Encounter] = []
