@@ -119,7 +119,7 @@ def _linker(table: pa.Table, settings: dict):
     from splink import DuckDBAPI, Linker
 
     db = DuckDBAPI(":memory:")
-    return Linker(db.register(table), settings, log_level=logging.WARNING), db
+    return Linker(db.register(table), settings, log_level=logging.ERROR), db
 
 
 def train(table: pa.Table, settings: dict):

@@ -71,7 +71,7 @@ COMPARISONS = [
         _else(0.5, 0.5)]},
 ]
 
-BLOCKING_RULES = [f"l.bk_{k} = r.bk_{k}" for k in ("mrn", "id", "phone", "insurance", "name_dob", "dob_initial", "name")]
+BLOCKING_RULES = [f"l.bk_{k} = r.bk_{k}" for k in ("mrn", "id", "phone", "insurance", "name_dob", "name_year", "dob_initial")]
 
 # Columns handed to Splink (besides unique_id and the bk_* keys).
 COMPARISON_COLUMNS = ["name_cjk", "name_py", "name_py_rev", "id_number", "id_valid", "birth_date", "sex", "phone",

@@ -119,7 +119,7 @@ def comparison_values(rec: dict) -> dict:
     }
 
 
-BLOCKING_KINDS = ("id", "phone", "insurance", "name", "name_dob", "dob_initial", "mrn")
+BLOCKING_KINDS = ("id", "phone", "insurance", "name_year", "name_dob", "dob_initial", "mrn")
 
 
 def blocking_values(cv: dict) -> dict[str, str | None]:
@@ -131,7 +131,7 @@ def blocking_values(cv: dict) -> dict[str, str | None]:
         "id": cv["id_number"],
         "phone": cv["phone"] if cv["phone"] and len(cv["phone"]) >= 7 else None,
         "insurance": cv["insurance"],
-        "name": tokens,
+        "name_year": f"{tokens}|{dob[:4]}" if tokens and dob else None,  # day/month swaps and day typos
         "name_dob": f"{tokens}|{dob}" if tokens and dob else None,
         "dob_initial": f"{dob}|{py[0]}" if dob and py else None,
         "mrn": cv["mrn"],
