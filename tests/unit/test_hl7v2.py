@@ -234,7 +234,7 @@ def test_split_flags_truncated_files():
     (b"MSH|^~\\&|A|B|C|D|2024||^|C1\rPID|1||X", "MSH-9", "message type"),
     (b"MSHa^~\\&|A", "MSH-1", "field separator"),
     (b"MSH|ab12|A", "MSH-2", "encoding characters"),
-    (msg(MSH.replace("ORU^R01^ORU_R01", "ADT^A01"), "EVN|A01|20240101", "PV1|1|I"), "PID", "needs a PID"),
+    (msg(MSH.replace("ORU^R01^ORU_R01", "ADT^A01"), "EVN|A01|20240101", "PV1|1|I"), "PID", "PID segment is missing"),
     (msg(MSH, "PID|1||^^^H1^MR||Wang^Fang"), "PID-3", "patient identifier"),
     (msg(MSH, PID, "OBR|1|P1|F1|GLU^Glucose", "OBX|1|NM|||5.6|mmol/L"), "OBX-3", "observation identifier"),
     (msg(MSH, PID, "OBR|1|P1|F1|"), "OBR-4", "universal service"),

@@ -87,14 +87,12 @@ def split(data: bytes) -> Iterator[RawMessage]:
         yield garbage
     pending: RawMessage | None = None
     open_file = open_batch = False
-    count = 0
     for (start, kind), (end, _) in zip(starts, bounds[1:]):
         if kind == b"MSH":
             m = piece(start, end)
             if pending is not None:
                 yield pending
             pending = m
-            count += 1
             continue
         # an envelope segment: its own line is dropped; anything on the lines after it is garbage
         eol = end
@@ -120,7 +118,7 @@ def split(data: bytes) -> Iterator[RawMessage]:
         error = None
         if open_file or open_batch:
             error = "the file ends inside a batch (no BTS/FTS trailer): truncated?"
-        elif count > 1 and b"\n" not in data and not data.rstrip(b"\x1c\x1a\x00 \t").endswith(b"\r"):
+        elif b"\n" not in data and data.count(b"\r") > 1 and not data.rstrip(b"\x1c\x1a\x00 \t").endswith(b"\r"):
             error = "the file ends in the middle of a segment (no final segment terminator): truncated?"
         yield RawMessage(pending.offset, pending.line, pending.data, error)
 
@@ -459,6 +457,8 @@ _NUM = re.compile(r"^\s*([<>]=?|=)?\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?
 _RANGE = re.compile(r"^\s*([<>]=?)?\s*([+-]?\d+(?:\.\d+)?)\s*(?:(?:-|_|~|to|–)\s*([+-]?\d+(?:\.\d+)?))?\s*$")
 
 
+_TS_CACHE: dict[str, dt.datetime] = {}
+
 # -- staging schemas ------------------------------------------------------------------------------------------
 
 S, TS, D, F, I = pa.string(), pa.timestamp("us"), pa.date32(), pa.float64(), pa.int32()
@@ -565,9 +565,12 @@ class _Stager:
     def __init__(self, msg: Message):
         self.msg = msg
         self.d = msg.delims
+        d = self.d
+        self.special = tuple(x for x in (d[1], d[2], d[3], d[4]) if x)   # a value without these is plain text
         self.out: dict[str, list[dict]] = {}
         self.notes: list[str] = []
         self.imm: dict | None = None
+        self.obr_ctx: dict = {}
 
     # small readers ------------------------------------------------------------------------------------------
     def comps(self, seg: Segment, n: int, r: int = 1) -> list[str]:
@@ -586,8 +589,21 @@ class _Stager:
             parts = [self.msg.unescape(p) for p in parts]
         return ["" if p == '""' else p for p in parts]
 
-    def c(self, seg: Segment, n: int, c: int = 1, r: int = 1) -> str | None:
+    def c(self, seg: Segment | None, n: int, c: int = 1, r: int = 1) -> str | None:
         """Component c of field n (its subcomponents joined by a space); None when empty."""
+        if seg is None:
+            return None
+        f = seg.fields
+        if n >= len(f):
+            return None
+        v = f[n]
+        if not v:
+            return None
+        for ch in self.special:
+            if ch in v:
+                break
+        else:  # plain text: the common case
+            return v if c == 1 and r == 1 and v != '""' else None
         parts = self.comps(seg, n, r)
         v = parts[c - 1] if c <= len(parts) else ""
         if v and self.d[4] and self.d[4] in v:
@@ -613,12 +629,19 @@ class _Stager:
             v = sep.join(v.split(self.d[2]))
         return self.msg.unescape(v) if self.d[3] and self.d[3] in v else v
 
-    def ts(self, seg: Segment, n: int, c: int = 1, r: int = 1) -> dt.datetime | None:
+    def ts(self, seg: Segment | None, n: int, c: int = 1, r: int = 1) -> dt.datetime | None:
         v = self.c(seg, n, c, r)
         if not v:
             return None
+        t = _TS_CACHE.get(v)
+        if t is not None:
+            return t
         try:
-            return timestamp(v)
+            t = timestamp(v)
+            if len(_TS_CACHE) > 20000:
+                _TS_CACHE.clear()
+            _TS_CACHE[v] = t
+            return t
         except ValueError:
             self.notes.append(f"{seg.name}-{n}: {v!r} is not a valid date/time")
             return None
@@ -667,7 +690,8 @@ class _Stager:
         segs = msg.segments
         pid = msg.segment("PID")
         if pid is None and kind in _NEEDS_PATIENT:
-            raise HL7Error(f"a {msg.type} message needs a PID segment", field="PID", control_id=msg.control_id)
+            raise HL7Error(f"the PID segment is missing (a {msg.type} message needs one)", field="PID",
+                           control_id=msg.control_id)
         self.patient = self.patient_id(pid) if pid is not None else None
         pv1 = msg.segment("PV1")
         self.visit = self.c(pv1, 19) if pv1 is not None else None
@@ -833,7 +857,7 @@ class _Stager:
                  prior_visit_number=self.c(seg, 5), prior_patient_name=self.text(seg, 7))
 
     def orc_(self, seg: Segment):
-        self.orc, self.obr, self.med = seg, None, None
+        self.orc, self.obr, self.med, self.obr_ctx = seg, None, None, {}
         self.med_defaults = {}
 
     def obr_(self, seg: Segment):
@@ -843,6 +867,9 @@ class _Stager:
         if not code and not text:
             self.fail("the order's universal service identifier (OBR-4) is empty", seg, 4)
         c = self.c
+        self.obr_ctx = {"placer_number": c(seg, 2) or c(orc, 2), "filler_number": c(seg, 3) or c(orc, 3),
+                        "order_code": code, "order_code_text": text, "order_code_system": system,
+                        "specimen_time": self.ts(seg, 7)}
         self.row("stg_hl7_order", seg, patient_id=self.pat(), visit_number=self.visit,
                  order_control=c(orc, 1) if orc else None,
                  placer_number=c(seg, 2) or (c(orc, 2) if orc else None),
@@ -893,21 +920,21 @@ class _Stager:
                 else:
                     low = float(m.group(2))
                     rhigh = float(m.group(3)) if m.group(3) else None
-        obr, orc = self.obr, self.orc
-        flags = "~".join(x for x in (c(seg, 8, 1, r) for r in range(1, len(seg.reps(8)) + 1)) if x) or None
-        units = self.code(seg, 6)
+        ctx = self.obr_ctx if self.obr is not None else {"placer_number": c(self.orc, 2),
+                                                         "filler_number": c(self.orc, 3)}
+        f8 = seg.field(8)
+        flags = (f8 if f8 and f8 != '""' and not any(ch in f8 for ch in self.special) else
+                 "~".join(x for x in (c(seg, 8, 1, r) for r in range(1, len(seg.reps(8)) + 1)) if x)) or None
+        units = self.code(seg, 6) if seg.field(6) else (None, None, None)
         self.row("stg_hl7_observation", seg, patient_id=self.pat(), visit_number=self.visit, context=self.context,
-                 placer_number=(c(obr, 2) if obr else None) or (c(orc, 2) if orc else None),
-                 filler_number=(c(obr, 3) if obr else None) or (c(orc, 3) if orc else None),
-                 order_code=c(obr, 4, 1) if obr else None, order_code_text=c(obr, 4, 2) if obr else None,
-                 order_code_system=c(obr, 4, 3) if obr else None, set_id=c(seg, 1), value_type=vt or None,
+                 **ctx, set_id=c(seg, 1), value_type=vt or None,
                  code=code, code_text=text, code_system=system, alt_code=acode, alt_code_text=atext,
                  alt_code_system=asystem, sub_id=c(seg, 4), value_text=value_text, value_number=number,
                  value_comparator=comparator, value_number_high=high, value_code=vcode, value_code_text=vtext,
                  value_code_system=vsystem, units=units[0], units_text=units[1], units_system=units[2],
                  reference_range=rr, range_low=low, range_high=rhigh, abnormal_flags=flags,
-                 result_status=c(seg, 11), observation_time=self.ts(seg, 14) or (self.ts(obr, 7) if obr else None),
-                 specimen_time=self.ts(obr, 7) if obr else None, analysis_time=self.ts(seg, 19),
+                 result_status=c(seg, 11), observation_time=self.ts(seg, 14) or ctx.get("specimen_time"),
+                 analysis_time=self.ts(seg, 19),
                  producer=c(seg, 15), observer_id=c(seg, 16), method=c(seg, 17))
 
     def rx(self, seg: Segment):
