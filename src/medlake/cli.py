@@ -449,6 +449,49 @@ def simulate_cmd(
     out.print(f"sources: {s.out / 'sources.toml'}   ground truth: {s.out / 'ground_truth'}", highlight=False)
 
 
+@app.command("listen")
+def listen_cmd(
+    port: int = typer.Option(2575, "--port", min=0, max=65535, help="TCP port (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Land every message in this source."),
+    routes: Optional[Path] = typer.Option(None, "--routes", help="Routing rules: TOML [[route]] tables with "
+                                          "source, message_type, sending_application, sending_facility globs."),
+    landing: Optional[Path] = typer.Option(None, "--landing", help="Landing folder (default: <data_dir>/landing)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Stage each message to answer AE "
+                                  "(with the field) when it is invalid; off: AA once landed and parsed."),
+):
+    """Receive HL7 v2 over MLLP: land each message durably (group commit), then answer AA, AE or AR."""
+    from medlake.landing import Item, Landing
+    from medlake.sources import mllp
+
+    if bool(source) == bool(routes):
+        raise click.UsageError("give either --source S or --routes FILE")
+    rules, default = mllp.load_routes(routes) if routes else ([], None)
+    root = landing or settings().landing_dir
+    listener = mllp.Listener(Landing(root), Item, mllp.Router(rules, default=source or default), host=host,
+                             port=port, validate=validate)
+
+    def line(s) -> str:
+        return (f"received {s.received:,}: AA {s.acks['AA']:,}, AE {s.acks['AE']:,}, AR {s.acks['AR']:,}; "
+                f"landed {s.landed:,} new, {s.duplicates:,} duplicate(s), in {s.commits:,} commit(s)")
+
+    with err.status("listening", spinner="dots") if err.is_terminal else _nothing() as status:
+        stats = mllp.run(listener,
+                         on_start=lambda li: err.print(f"listening on {host}:{li.port} -> landing {root} "
+                                                       f"(SIGTERM or Ctrl-C to stop)", highlight=False,
+                                                       markup=False, soft_wrap=True),
+                         tick=(lambda s: status.update(line(s))) if status is not None else None)
+    out.print(f"stopped; {line(stats)}", highlight=False, markup=False, soft_wrap=True)
+
+
+class _nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
 # -- identity vault and EMPI (medlake.identity) -----------------------------------------------------------------
 def _user(user: Optional[str]) -> str:
     from medlake.identity.vault import default_user
