@@ -403,10 +403,12 @@ class Listener:
 
 # -- the sender -----------------------------------------------------------------------------------------------------
 
-def send(host: str, port: int, messages: Iterable[bytes], *, window: int = 1, timeout: float = 30.0) -> list[bytes]:
+def send(host: str, port: int, messages: Iterable[bytes], *, window: int = 1, timeout: float = 30.0,
+         on_ack: Callable[[int, bytes], None] | None = None) -> list[bytes]:
     """Send messages over one connection and return their ACKs, in order. `window` > 1 pipelines (that many
-    messages in flight). On failure raises MLLPError whose `.acks` are the ACKs received so far: the messages
-    after those were not acknowledged and must be sent again."""
+    messages in flight). `on_ack(i, ack)` is called as each ACK arrives. On failure raises MLLPError whose
+    `.acks` are the ACKs received so far: the messages after those were not acknowledged and must be sent
+    again."""
     acks: list[bytes] = []
     buf = bytearray()
     sent = 0
@@ -422,6 +424,8 @@ def send(host: str, port: int, messages: Iterable[bytes], *, window: int = 1, ti
                         a = bytes(buf[:i])
                         del buf[:i + 2]
                         acks.append(a[a.find(VT) + 1:] if VT in a else a)
+                        if on_ack is not None:
+                            on_ack(len(acks) - 1, acks[-1])
                         return
                     chunk = s.recv(65536)
                     if not chunk:
