@@ -1,0 +1,286 @@
+"""Review and record: accept, reject, no match; a CSV round trip for a spreadsheet; auto-accept above a score.
+
+An accepted mapping is a valid SOURCE_TO_CONCEPT_MAP row (source_concept_id 0, valid 2099-12-31); "no match"
+is a row with target_concept_id 0 (reviewed: no standard concept exists). Each decision is also appended to
+`mapping_decision` with who and when (and how: cli, import, auto), since the CDM table has no such columns.
+A later decision for the same code replaces its SOURCE_TO_CONCEPT_MAP row; the history stays.
+The transform reads SOURCE_TO_CONCEPT_MAP; `changed_since(engine, when)` names the codes whose mapping changed,
+so only their rows need recomputing.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import getpass
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from medlake.mapping import store
+
+END = dt.date(2099, 12, 31)
+EXPORT_COLUMNS = ["gap_id", "code_system", "source_vocabulary_id", "code", "display", "kind", "rows", "persons",
+                  "units", "concept_id", "concept_name", "vocabulary_id", "score", "evidence", "alternatives",
+                  "decision", "reviewer", "note"]
+DECISIONS = {"accept": "accepted", "accepted": "accepted", "reject": "rejected", "rejected": "rejected",
+             "no_match": "no_match", "no match": "no_match", "none": "no_match"}
+
+
+def who(default: str | None = None) -> str:
+    if default:
+        return default
+    try:
+        return os.environ.get("MEDLAKE_USER") or getpass.getuser()
+    except Exception:  # no login name (containers)
+        return "unknown"
+
+
+@dataclass
+class Target:
+    code_system: str | None
+    source_vocabulary_id: str
+    code: str
+    description: str | None
+
+
+def gap(engine, gap_id: str) -> Target:
+    """The source code behind a gap id (from `medlake map gaps`)."""
+    store.ensure(engine)
+    rows = engine.query("SELECT code_system, source_vocabulary_id, code, display FROM mapping_gap WHERE gap_id = ?",
+                        [gap_id]).to_pylist()
+    if not rows:
+        raise ValueError(f"no gap {gap_id!r}: run `medlake map gaps` and use an id from its first column")
+    r = rows[0]
+    return Target(r["code_system"], r["source_vocabulary_id"], r["code"], r["display"])
+
+
+def _concept(engine, concept_id: int) -> dict:
+    rows = engine.query("SELECT concept_id, concept_name, vocabulary_id, standard_concept, invalid_reason FROM concept "
+                        "WHERE concept_id = ?", [int(concept_id)]).to_pylist()
+    if not rows:
+        raise ValueError(f"concept {concept_id} is not in this store's vocabulary")
+    c = rows[0]
+    if c["standard_concept"] != "S" or c["invalid_reason"]:
+        raise ValueError(f"concept {concept_id} ({c['concept_name']}) is not a valid standard concept; map to the "
+                         "standard concept it 'Maps to'")
+    return c
+
+
+def decide(engine, t: Target, decision: str, concept_id: int | None = None, by: str | None = None,
+           how: str = "cli", score: float | None = None, evidence: str | None = None,
+           today: dt.date | None = None) -> None:
+    """Record one decision: accepted (concept), rejected (concept) or no_match."""
+    store.require_cdm(engine)
+    store.ensure(engine)
+    decision = DECISIONS.get(decision, decision)
+    if decision not in ("accepted", "rejected", "no_match"):
+        raise ValueError(f"decision {decision!r}: use accept, reject or no_match")
+    if decision == "accepted":
+        if concept_id is None:
+            raise ValueError("accept needs a concept id")
+        c = _concept(engine, concept_id)
+    elif decision == "no_match":
+        concept_id, c = 0, {"vocabulary_id": "None"}
+    elif concept_id is None:
+        raise ValueError("reject needs the concept id being rejected (use no_match when nothing fits)")
+    today = today or dt.date.today()
+    now = dt.datetime.now().replace(microsecond=0)
+    current = engine.query("SELECT target_concept_id FROM source_to_concept_map WHERE source_vocabulary_id = ? AND "
+                           "source_code = ? AND invalid_reason IS NULL", [t.source_vocabulary_id, t.code]).to_pylist()
+    with engine.transaction():
+        if decision in ("accepted", "no_match") or any(r["target_concept_id"] == concept_id for r in current):
+            engine.execute("DELETE FROM source_to_concept_map WHERE source_vocabulary_id = ? AND source_code = ?",
+                           [t.source_vocabulary_id, t.code])
+        if decision in ("accepted", "no_match"):
+            engine.load_arrow("source_to_concept_map", pa.Table.from_pylist([{
+                "source_code": t.code[:50], "source_concept_id": 0, "source_vocabulary_id": t.source_vocabulary_id,
+                "source_code_description": (t.description or "")[:255] or None, "target_concept_id": int(concept_id),
+                "target_vocabulary_id": c["vocabulary_id"], "valid_start_date": today, "valid_end_date": END,
+                "invalid_reason": None}], schema=_stcm_schema()))
+        store.append_rows(engine, "mapping_decision", [{
+            "source_vocabulary_id": t.source_vocabulary_id, "source_code": t.code, "code_system": t.code_system,
+            "source_code_description": t.description, "decision": decision, "target_concept_id": int(concept_id),
+            "score": score, "evidence": evidence, "decided_by": who(by), "decided_at": now, "how": how}])
+    store.remember_systems(engine, [t.code_system])
+
+
+def _stcm_schema() -> pa.Schema:
+    return pa.schema([("source_code", pa.string()), ("source_concept_id", pa.int32()),
+                      ("source_vocabulary_id", pa.string()), ("source_code_description", pa.string()),
+                      ("target_concept_id", pa.int32()), ("target_vocabulary_id", pa.string()),
+                      ("valid_start_date", pa.date32()), ("valid_end_date", pa.date32()),
+                      ("invalid_reason", pa.string())])
+
+
+def top_suggestion(engine, gap_id: str) -> dict | None:
+    rows = engine.query("SELECT concept_id, score, evidence FROM mapping_suggestion WHERE gap_id = ? ORDER BY rank "
+                        "LIMIT 1", [gap_id]).to_pylist()
+    return rows[0] if rows else None
+
+
+def accept(engine, gap_id: str, concept_id: int | None = None, by: str | None = None, how: str = "cli") -> int:
+    """Accept a concept (default: the top suggestion) for a gap; returns the concept id."""
+    t = gap(engine, gap_id)
+    score = evidence = None
+    if concept_id is None:
+        s = top_suggestion(engine, gap_id)
+        if s is None:
+            raise ValueError(f"gap {gap_id} has no suggestion: run `medlake map suggest`, or give a CONCEPT_ID")
+        concept_id, score, evidence = s["concept_id"], s["score"], s["evidence"]
+    decide(engine, t, "accepted", concept_id, by, how, score, evidence)
+    return int(concept_id)
+
+
+def reject(engine, gap_id: str, concept_id: int | None = None, by: str | None = None) -> None:
+    """Reject one suggested concept for a gap (it is not suggested again); without one: no standard concept."""
+    t = gap(engine, gap_id)
+    decide(engine, t, "rejected" if concept_id is not None else "no_match", concept_id, by)
+
+
+def auto_accept(engine, min_score: float, by: str = "auto", dry_run: bool = False) -> list[dict]:
+    """Accept the top suggestion of every undecided gap whose score is at least `min_score`."""
+    if not 0 < min_score <= 1:
+        raise ValueError(f"--min-score {min_score} must be in (0, 1]")
+    store.ensure(engine)
+    decided = {(r["source_vocabulary_id"], r["source_code"]) for r in engine.query(
+        "SELECT source_vocabulary_id, source_code FROM mapping_decision WHERE decision <> 'rejected'").to_pylist()}
+    rows = engine.query(
+        "SELECT g.gap_id, g.code_system, g.source_vocabulary_id, g.code, g.display, s.concept_id, s.score, s.evidence "
+        "FROM mapping_gap g JOIN mapping_suggestion s ON s.gap_id = g.gap_id AND s.rank = 1 WHERE s.score >= ? "
+        "ORDER BY g.rows DESC, g.gap_id", [float(min_score)]).to_pylist()
+    done = []
+    for r in rows:
+        if (r["source_vocabulary_id"], r["code"]) in decided:
+            continue
+        if not dry_run:
+            decide(engine, Target(r["code_system"], r["source_vocabulary_id"], r["code"], r["display"]), "accepted",
+                   r["concept_id"], by, "auto", r["score"], r["evidence"])
+        done.append(r)
+    return done
+
+
+def current(engine) -> dict[tuple, dict]:
+    """Latest decision per (source_vocabulary_id, code)."""
+    store.ensure(engine)
+    latest: dict[tuple, dict] = {}
+    for r in engine.query("SELECT * FROM mapping_decision ORDER BY decided_at").to_pylist():
+        latest[(r["source_vocabulary_id"], r["source_code"])] = r
+    return latest
+
+
+def changed_since(engine, when: dt.datetime) -> list[tuple[str, str]]:
+    """(source_vocabulary_id, source_code) of every code whose mapping was decided after `when`."""
+    store.ensure(engine)
+    return [(r["source_vocabulary_id"], r["source_code"]) for r in engine.query(
+        "SELECT DISTINCT source_vocabulary_id, source_code FROM mapping_decision WHERE decided_at > ? "
+        "AND decision <> 'rejected' ORDER BY 1, 2", [when]).to_pylist()]
+
+
+def export_csv(engine, path: Path) -> int:
+    """One row per gap (top suggestion and alternatives), then the codes already decided; returns rows written."""
+    store.ensure(engine)
+    gaps = engine.query("SELECT * FROM mapping_gap ORDER BY rows DESC, gap_id").to_pylist()
+    sugg: dict[str, list] = {}
+    for s in engine.query("SELECT * FROM mapping_suggestion ORDER BY gap_id, rank").to_pylist():
+        sugg.setdefault(s["gap_id"], []).append(s)
+    dec = current(engine)
+    names = {}
+    ids = sorted({d["target_concept_id"] for d in dec.values() if d["target_concept_id"]})
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        for r in engine.query("SELECT concept_id, concept_name, vocabulary_id FROM concept WHERE concept_id IN ("
+                              + ", ".join("?" for _ in chunk) + ")", chunk).to_pylist():
+            names[r["concept_id"]] = r
+    n = 0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:  # BOM: spreadsheets then read Chinese right
+        w = csv.DictWriter(f, EXPORT_COLUMNS)
+        w.writeheader()
+        seen = set()
+        for g in gaps:
+            ss = sugg.get(g["gap_id"], [])
+            top = ss[0] if ss else {}
+            d = dec.get((g["source_vocabulary_id"], g["code"]))
+            seen.add((g["source_vocabulary_id"], g["code"]))
+            w.writerow({"gap_id": g["gap_id"], "code_system": g["code_system"],
+                        "source_vocabulary_id": g["source_vocabulary_id"], "code": g["code"], "display": g["display"],
+                        "kind": g["kind"], "rows": g["rows"], "persons": g["persons"], "units": g["units"],
+                        "concept_id": top.get("concept_id", ""), "concept_name": top.get("concept_name", ""),
+                        "vocabulary_id": top.get("vocabulary_id", ""), "score": top.get("score", ""),
+                        "evidence": top.get("evidence", ""),
+                        "alternatives": "; ".join(f"{s['concept_id']} {s['concept_name']} ({s['score']:.2f})"
+                                                  for s in ss[1:]),
+                        "decision": "", "reviewer": "", "note": (f"decided: {d['decision']}" if d else "")})
+            n += 1
+        for (svid, code), d in sorted(dec.items()):
+            if (svid, code) in seen or d["decision"] == "rejected":
+                continue
+            c = names.get(d["target_concept_id"], {})
+            w.writerow({"gap_id": store.gap_id(d["code_system"], code), "code_system": d["code_system"],
+                        "source_vocabulary_id": svid, "code": code, "display": d["source_code_description"],
+                        "concept_id": d["target_concept_id"], "concept_name": c.get("concept_name", ""),
+                        "vocabulary_id": c.get("vocabulary_id", ""), "score": d["score"] if d["score"] is not None
+                        else "", "evidence": d["evidence"] or "",
+                        "decision": {"accepted": "accept", "no_match": "no_match"}[d["decision"]],
+                        "reviewer": d["decided_by"], "note": f"decided {d['decided_at']} ({d['how']})"})
+            n += 1
+    return n
+
+
+def import_csv(engine, path: Path, by: str | None = None) -> dict[str, int]:
+    """Apply the decisions of a reviewed export. Every row is checked first; on any error nothing is applied and
+    the error names the file, line and column. Rows whose decision is already current are skipped."""
+    path = Path(path)
+    store.require_cdm(engine)
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); save the sheet as CSV UTF-8") from e
+    if rows and not {"code", "decision", "concept_id"} <= set(rows[0]):
+        raise ValueError(f"{path}:1: the header needs at least code, decision and concept_id (and code_system or "
+                         "source_vocabulary_id); export one with `medlake map export`")
+    errors, plan = [], []
+    for line, r in enumerate(rows, 2):
+        d = (r.get("decision") or "").strip().lower()
+        if not d:
+            continue
+        if d not in DECISIONS:
+            errors.append(f"{path}:{line}: column decision: {d!r} is not accept, reject or no_match")
+            continue
+        d = DECISIONS[d]
+        cid = (r.get("concept_id") or "").strip()
+        if d != "no_match":
+            try:
+                cid_int = int(float(cid))
+                _concept(engine, cid_int)
+            except (ValueError, TypeError) as e:
+                errors.append(f"{path}:{line}: column concept_id: {e if cid else 'empty'}; give a standard "
+                              "concept id")
+                continue
+        else:
+            cid_int = 0
+        code = (r.get("code") or "").strip()
+        if not code:
+            errors.append(f"{path}:{line}: column code is empty")
+            continue
+        system = (r.get("code_system") or "").strip() or None
+        svid = (r.get("source_vocabulary_id") or "").strip() or store.source_vocabulary_id(system)
+        plan.append((Target(system, svid, code, r.get("display") or None), d, cid_int,
+                     (r.get("reviewer") or "").strip() or by))
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ValueError(errors[0] + more + "; nothing was imported")
+    now_ = current(engine)
+    counts = {"accepted": 0, "rejected": 0, "no_match": 0, "unchanged": 0}
+    for t, d, cid, reviewer in plan:
+        cur = now_.get((t.source_vocabulary_id, t.code))
+        if cur and cur["decision"] == d and cur["target_concept_id"] == cid:
+            counts["unchanged"] += 1
+            continue
+        decide(engine, t, d, cid if d != "no_match" else None, reviewer, "import")
+        counts[d] += 1
+    return counts
