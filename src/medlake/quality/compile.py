@@ -235,11 +235,11 @@ def primary_key_sql(table: str, fld: str) -> tuple[str, str]:
 # -- concept level -----------------------------------------------------------------------------------------
 
 def _rows(rows: list[dict]) -> str:
-    """Literal rows as a UNION ALL of SELECTs (portable where VALUES lists are not)."""
-    out = []
-    for r in rows:
-        out.append("SELECT " + ", ".join(f"CAST({lit(v)} AS {t}) AS {k}" for k, (v, t) in r.items()))
-    return " UNION ALL ".join(out)
+    """Literal rows as an inline VALUES table (one small relation on every engine); the first row is cast so
+    every engine gives the columns the same types. Use as `FROM (...) AS alias`: returns `VALUES … ) AS x(cols`."""
+    first = "(" + ", ".join(f"CAST({lit(v)} AS {t})" for v, t in rows[0].values()) + ")"
+    rest = ["(" + ", ".join(lit(v) for v, _ in r.values()) + ")" for r in rows[1:]]
+    return f"SELECT * FROM (VALUES {', '.join([first] + rest)}) AS v({', '.join(rows[0])})"
 
 
 def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple[str, list[Check], tuple[str, ...]]]:
