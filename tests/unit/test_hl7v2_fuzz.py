@@ -64,13 +64,13 @@ def run(data: bytes) -> None:
             assert set().union(*rs) <= set(hl7v2.STAGING_SCHEMAS[table].names)
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(mutated())
 def test_mutated_messages_only_ever_raise_hl7error(data):
     run(data)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(st.binary(max_size=300).map(lambda b: b"MSH|^~\\&|" + b))
 def test_random_bytes_after_an_msh_header(data):
     run(data)

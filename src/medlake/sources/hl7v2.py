@@ -571,10 +571,19 @@ class _Stager:
         self.notes: list[str] = []
         self.imm: dict | None = None
         self.obr_ctx: dict = {}
+        self._comps: dict = {}
+        self._pids: dict = {}
 
     # small readers ------------------------------------------------------------------------------------------
     def comps(self, seg: Segment, n: int, r: int = 1) -> list[str]:
         """The components of one repetition of field n, escapes resolved, HL7 null ("") as empty."""
+        key = (seg.line, n, r)
+        got = self._comps.get(key)
+        if got is None:
+            got = self._comps[key] = self._split(seg, n, r)
+        return got
+
+    def _split(self, seg: Segment, n: int, r: int) -> list[str]:
         v = seg.field(n)
         if not v:
             return []
@@ -725,6 +734,11 @@ class _Stager:
         return self.out
 
     def patient_id(self, pid: Segment) -> tuple:
+        if pid.line not in self._pids:
+            self._pids[pid.line] = self._patient_id(pid)
+        return self._pids[pid.line]
+
+    def _patient_id(self, pid: Segment) -> tuple:
         best = None
         for r in range(1, len(pid.reps(3)) + 1):
             p = self.comps(pid, 3, r) + [""] * 5

@@ -149,6 +149,7 @@ class _Entry:
     reject: str | None          # AR reason decided before landing
     conn: "_Conn | None"        # None: land it, nobody to answer (bytes outside a frame, a frame cut short)
     ack: bytes | None = None    # set after the commit
+    invalid: hl7v2.HL7Error | None = None   # staging failed: answered AE once landed
 
 
 class _Conn(asyncio.Protocol):
@@ -322,6 +323,11 @@ class Listener:
                                 f"MSH-9 {msg.type!r}")
         name = f"mllp:{conn.peer}/{msg.control_id}" if msg is not None else f"mllp:{conn.peer}"
         entry = _Entry(data, source, name, msg, error, reject, conn)
+        if self.validate and reject is None:   # here, on the loop, while the worker thread waits on the disk
+            try:
+                hl7v2.stage(msg)
+            except hl7v2.HL7Error as x:
+                entry.invalid = x
         conn.waiting.append(entry)
         self.submit(entry)
 
@@ -387,15 +393,12 @@ class Listener:
             elif e.reject is not None:
                 field = e.error.field if e.error is not None else None
                 out.append(("AR", hl7v2.ack(e.msg or e.data, "AR", e.reject, error_field=field)))
-            elif self.validate:
-                try:
-                    hl7v2.stage(e.msg)
-                    out.append(("AA", hl7v2.ack(e.msg, "AA")))
-                except hl7v2.HL7Error as x:
-                    out.append(("AE", hl7v2.ack(e.msg, "AE", x.reason, error_field=x.field,
-                                                error_code="101^Required field missing^HL70357"
-                                                if "empty" in x.reason or "missing" in x.reason else
-                                                "207^Application internal error^HL70357")))
+            elif e.invalid is not None:
+                x = e.invalid
+                out.append(("AE", hl7v2.ack(e.msg, "AE", x.reason, error_field=x.field,
+                                            error_code="101^Required field missing^HL70357"
+                                            if "empty" in x.reason or "missing" in x.reason else
+                                            "207^Application internal error^HL70357")))
             else:
                 out.append(("AA", hl7v2.ack(e.msg, "AA")))
         return out
