@@ -129,8 +129,13 @@ def train(table: pa.Table, settings: dict):
     t.estimate_probability_two_random_records_match(
         ["l.id_number = r.id_number", "l.name_py = r.name_py AND l.birth_date = r.birth_date"], recall=0.8)
     t.estimate_u_using_random_sampling(max_pairs=2e6, seed=42)
-    for rule in ("l.birth_date = r.birth_date", "l.name_py = r.name_py", "l.phone = r.phone"):
-        t.estimate_parameters_using_expectation_maximisation(rule, max_pairs=2e6, record_sample_proportion=1.0)
+    import pyarrow.compute as pc
+
+    for col in ("birth_date", "name_py", "phone"):
+        counts = pc.value_counts(table.column(col).drop_null()).field("counts")
+        if len(counts) and pc.max(counts).as_py() > 1:  # a rule with no pairs (e.g. no phones at all) is skipped
+            t.estimate_parameters_using_expectation_maximisation(f"l.{col} = r.{col}", max_pairs=2e6,
+                                                                 record_sample_proportion=1.0)
     return linker, db
 
 
