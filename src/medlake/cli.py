@@ -330,6 +330,84 @@ def quarantine_retry(
         out.print(f"  {e}", highlight=False, markup=False)
 
 
+# -- transform: staging -> OMOP CDM, lineage, conformance ---------------------------------------------------------
+conformance_app = typer.Typer(help="Golden-case conformance suites.", no_args_is_help=True)
+app.add_typer(conformance_app, name="conformance")
+
+
+def _print_gaps(eng, limit: int = 10) -> None:
+    gaps = eng.query("SELECT source, code_system, code, n_rows FROM transform_gap ORDER BY n_rows DESC, source, code "
+                     f"LIMIT {limit}").to_pylist() if "transform_gap" in eng.tables() else []
+    total = eng.query("SELECT count(*) AS n, COALESCE(sum(n_rows), 0) AS r FROM transform_gap").to_pylist()[0] \
+        if gaps else {"n": 0, "r": 0}
+    out.print(f"mapping gaps: {total['n']:,} unmapped code(s) in {total['r']:,} CDM row(s) (concept 0)"
+              + (f"; top {len(gaps)}:" if gaps else ""), highlight=False)
+    for g in gaps:
+        out.print(f"  {g['source']}  {g['code_system']}  {g['code']}  {g['n_rows']:,} row(s)", highlight=False,
+                  markup=False)
+
+
+@app.command("transform")
+def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every staged record again, not only new ones.")):
+    """Staging -> OMOP CDM: new records only, in one transaction; lineage, gaps, derived tables."""
+    from medlake.landing import ingest as ingest_mod
+    from medlake.transform.run import transform
+
+    ns = {s.name: s.hospital for s in ingest_mod.known_sources(settings().landing_dir).values() if s.hospital}
+    eng = engine()
+    try:
+        with _counting_progress() as bar:
+            task = bar.add_task("transform", total=None)
+            s = transform(eng, namespaces=ns, full=full,
+                          progress=lambda d, i, n: bar.update(task, description=d[:70], completed=i, total=n))
+        if s.run_id is None:
+            out.print("nothing new in staging: the CDM is unchanged")
+        else:
+            t = Table(title=f"transform run {s.run_id}")
+            t.add_column("CDM table")
+            t.add_column("rows written", justify="right")
+            for name, n in s.written.items():
+                t.add_row(name, f"{n:,}")
+            out.print(t)
+            out.print(f"{s.records:,} source record(s), {s.deleted:,} row(s) replaced, {s.persons:,} person(s) "
+                      f"touched, {s.skipped:,} event(s) without person or date skipped, {s.seconds:.1f} s",
+                      highlight=False)
+        _print_gaps(eng)
+    finally:
+        eng.close()
+
+
+@app.command("trace")
+def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement."),
+              row_id: int = typer.Argument(..., help="The row's id (its primary key).")):
+    """Print the chain from a CDM row back to the landing receipt it came from."""
+    from medlake.landing import Landing
+    from medlake.transform.trace import trace
+
+    eng = engine()
+    root = settings().landing_dir
+    land = Landing(root) if Path(root).exists() else None
+    try:
+        chain = trace(eng, table, row_id, land)
+    finally:
+        eng.close()
+        if land is not None:
+            land.close()
+    for r in chain:
+        out.print(f"{r['cdm_table']} {r['row_id']}  (person {r['person_id']})", highlight=False)
+        out.print(f"  <- rule {r['rule']}, run {r['run_id']} at {r['run_at']}", highlight=False)
+        if r["code"] is not None:
+            out.print(f"  <- code {r['code_system']} {r['code']} -> concept {r['concept_id']}", highlight=False,
+                      markup=False)
+        out.print(f"  <- source {r['source']}, record {r['record_key']}, message/resource id {r['message_id']}, "
+                  f"at {r['record_location']}", highlight=False, markup=False)
+        rec = r.get("receipt")
+        where = f", file {rec['original_name']}, received {rec['received_at']}, batch {rec['batch']}" if rec else \
+            " (not in this site's landing)"
+        out.print(f"  <- landing receipt {r['receipt_seq']} sha256 {r['landing_sha256']}{where}", highlight=False,
+                  markup=False)
+
+
 @quality_app.command("run")
 def quality_run(
     out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder for quality/<run-id>/ reports."),
@@ -749,6 +827,174 @@ def empi_explain(ids: list[str] = typer.Argument(..., help="PAIR number, or SOUR
                   highlight=False)
     pa_, pb_ = x["person_ids"]
     out.print(f"person_ids: {pa_} and {pb_}: " + ("linked (same person)" if x["same_person"] else "not linked"))
+
+
+# -- map: local codes to standard concepts -------------------------------------------------------------------------
+map_app = typer.Typer(help="Map local codes to standard concepts: gaps, suggestions, review.", no_args_is_help=True)
+app.add_typer(map_app, name="map")
+
+
+def _print_coverage(codes, title: str) -> None:
+    from medlake.mapping import gaps as gaps_mod
+
+    t = Table(title=title)
+    for c in ("kind", "codes", "gaps", "rows", "rows mapped", "share"):
+        t.add_column(c, justify="left" if c == "kind" else "right")
+    for kind, d in gaps_mod.coverage(codes).items():
+        t.add_row(kind, f"{d['codes']:,}", f"{d['gaps']:,}", f"{d['rows']:,}", f"{d['mapped_rows']:,}",
+                  "n/a" if d["share"] is None else f"{100 * d['share']:.1f}%")
+    out.print(t)
+
+
+@map_app.command("gaps")
+def map_gaps(
+    source: Optional[str] = typer.Option(None, "--source", help="Only gaps seen in this source."),
+    limit: int = typer.Option(30, "--limit", help="Show at most this many gaps (0: all)."),
+    coverage_only: bool = typer.Option(False, "--coverage", help="Only the coverage table."),
+):
+    """List unmapped source codes per source: rows, patients, units, example values; and the coverage."""
+    from medlake.mapping import gaps as gaps_mod
+
+    eng = engine()
+    try:
+        codes = gaps_mod.refresh(eng)
+    finally:
+        eng.close()
+    _print_coverage(codes, "staged code rows that reach a standard concept")
+    if coverage_only:
+        return
+    todo = [c for c in codes if c.status == "gap" and (source is None or source in c.sources)]
+    t = Table(title=f"gaps ({len(todo):,})")
+    for c in ("id", "kind", "code system", "code", "display", "sources", "rows", "patients", "unit", "median"):
+        t.add_column(c, justify="right" if c in ("rows", "patients", "median") else "left", overflow="fold")
+    from rich.markup import escape
+
+    for c in todo[: limit or None]:
+        t.add_row(c.gap_id, c.kind, escape(c.code_system or ""), escape(c.code), escape(c.display or ""),
+                  ", ".join(sorted(c.sources)),
+                  f"{c.rows:,}", f"{c.n_persons:,}", c.unit or "",
+                  "" if c.value_median is None else f"{c.value_median:g}")
+    out.print(t)
+    out.print("patients are counted per source as distinct patient identifiers (no identifier is shown); next: "
+              "`medlake map suggest`", highlight=False)
+
+
+@map_app.command("suggest")
+def map_suggest(
+    top: int = typer.Option(5, "--top", min=1, max=20, help="Candidates kept per gap."),
+    limit: int = typer.Option(30, "--limit", help="Show at most this many gaps (0: all)."),
+):
+    """Rank standard concepts for every gap (code, synonyms, term similarity, unit and values, past decisions)."""
+    from rich.markup import escape
+
+    from medlake.mapping import gaps as gaps_mod
+    from medlake.mapping import suggest as suggest_mod
+
+    eng = engine()
+    try:
+        codes = [c for c in gaps_mod.refresh(eng) if c.status == "gap"]
+        with _counting_progress() as bar:
+            task = bar.add_task("suggest", total=len(codes))
+            result = suggest_mod.refresh(eng, codes, top=top,
+                                         progress=lambda done, total: bar.update(task, completed=done))
+    finally:
+        eng.close()
+    t = Table(title=f"top suggestion per gap ({len(codes):,} gaps)")
+    for c in ("id", "code", "display", "concept_id", "concept", "score", "evidence"):
+        t.add_column(c, justify="right" if c in ("concept_id", "score") else "left", overflow="fold")
+    for c in codes[: limit or None]:
+        ss = result.get(c.gap_id) or []
+        s = ss[0] if ss else None
+        t.add_row(c.gap_id, escape(c.code), escape(c.display or ""), str(s.concept_id) if s else "",
+                  escape(s.concept_name) if s else "", f"{s.score:.3f}" if s else "",
+                  escape(s.evidence[0]) if s and s.evidence else "")
+    out.print(t)
+    out.print("review: `medlake map accept ID [CONCEPT_ID]`, `medlake map reject ID [CONCEPT_ID]`, or "
+              "`medlake map export FILE.csv` for a spreadsheet", highlight=False)
+
+
+@map_app.command("accept")
+def map_accept(
+    gap_id: str = typer.Argument(..., help="Gap id (first column of `medlake map gaps`)."),
+    concept_id: Optional[int] = typer.Argument(None, help="Standard concept id (default: the top suggestion)."),
+    by: Optional[str] = typer.Option(None, "--by", help="Reviewer (default: $MEDLAKE_USER or the login name)."),
+):
+    """Accept a mapping: writes SOURCE_TO_CONCEPT_MAP; who and when go to mapping_decision."""
+    from medlake.mapping import review
+
+    eng = engine()
+    try:
+        cid = review.accept(eng, gap_id, concept_id, by)
+    finally:
+        eng.close()
+    out.print(f"accepted: gap {gap_id} -> concept {cid}; it applies on the next `medlake transform`", highlight=False)
+
+
+@map_app.command("reject")
+def map_reject(
+    gap_id: str = typer.Argument(..., help="Gap id (first column of `medlake map gaps`)."),
+    concept_id: Optional[int] = typer.Argument(None, help="The suggested concept that is wrong (omit: no standard "
+                                               "concept fits this code)."),
+    by: Optional[str] = typer.Option(None, "--by", help="Reviewer (default: $MEDLAKE_USER or the login name)."),
+):
+    """Reject a suggestion (not suggested again), or record that no standard concept fits."""
+    from medlake.mapping import review
+
+    eng = engine()
+    try:
+        review.reject(eng, gap_id, concept_id, by)
+    finally:
+        eng.close()
+    out.print(f"rejected concept {concept_id} for gap {gap_id}" if concept_id is not None else
+              f"recorded: no standard concept fits gap {gap_id} (mapped to 0)", highlight=False)
+
+
+@map_app.command("export")
+def map_export(file: Path = typer.Argument(..., help="CSV file to write (UTF-8 with BOM, for spreadsheets).")):
+    """Write gaps, their suggestions and current decisions to CSV for review in a spreadsheet."""
+    from medlake.mapping import review
+
+    eng = engine()
+    try:
+        n = review.export_csv(eng, file)
+    finally:
+        eng.close()
+    out.print(f"{n:,} row(s) -> {file}; fill the decision column (accept, reject, no_match; change concept_id to "
+              "accept another concept), then `medlake map import`", highlight=False)
+
+
+@map_app.command("import")
+def map_import(
+    file: Path = typer.Argument(..., help="A reviewed CSV from `medlake map export`."),
+    by: Optional[str] = typer.Option(None, "--by", help="Reviewer for rows whose reviewer column is empty."),
+):
+    """Apply the decisions of a reviewed CSV (all rows checked first; on an error nothing is applied)."""
+    from medlake.mapping import review
+
+    eng = engine()
+    try:
+        counts = review.import_csv(eng, file, by)
+    finally:
+        eng.close()
+    out.print("imported: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), highlight=False)
+
+
+@map_app.command("auto-accept")
+def map_auto_accept(
+    min_score: float = typer.Option(..., "--min-score", help="Accept top suggestions scoring at least this (0-1]."),
+    by: str = typer.Option("auto", "--by", help="Recorded as the reviewer."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be accepted."),
+):
+    """Accept every undecided gap's top suggestion whose score is at least --min-score."""
+    from medlake.mapping import review
+
+    eng = engine()
+    try:
+        done = review.auto_accept(eng, min_score, by=by, dry_run=dry_run)
+    finally:
+        eng.close()
+    out.print(f"{'would accept' if dry_run else 'accepted'} {len(done):,} mapping(s) with score >= {min_score:g}",
+              highlight=False)
 
 
 def main() -> None:

@@ -68,42 +68,68 @@ def _concept(engine, concept_id: int) -> dict:
     return c
 
 
+def _concept_exists(engine, concept_id: int) -> None:
+    if not engine.query("SELECT concept_id FROM concept WHERE concept_id = ?", [int(concept_id)]).num_rows:
+        raise ValueError(f"concept {concept_id} is not in this store's vocabulary")
+
+
 def decide(engine, t: Target, decision: str, concept_id: int | None = None, by: str | None = None,
            how: str = "cli", score: float | None = None, evidence: str | None = None,
            today: dt.date | None = None) -> None:
     """Record one decision: accepted (concept), rejected (concept) or no_match."""
+    decide_many(engine, [(t, decision, concept_id, score, evidence)], by, how, today)
+
+
+def decide_many(engine, items, by: str | None = None, how: str = "cli", today: dt.date | None = None) -> int:
+    """Record decisions [(Target, decision, concept_id, score, evidence)] in one transaction (all or none)."""
     store.require_cdm(engine)
     store.ensure(engine)
-    decision = DECISIONS.get(decision, decision)
-    if decision not in ("accepted", "rejected", "no_match"):
-        raise ValueError(f"decision {decision!r}: use accept, reject or no_match")
-    if decision == "accepted":
-        if concept_id is None:
-            raise ValueError("accept needs a concept id")
-        c = _concept(engine, concept_id)
-    elif decision == "no_match":
-        concept_id, c = 0, {"vocabulary_id": "None"}
-    elif concept_id is None:
-        raise ValueError("reject needs the concept id being rejected (use no_match when nothing fits)")
     today = today or dt.date.today()
     now = dt.datetime.now().replace(microsecond=0)
-    current = engine.query("SELECT target_concept_id FROM source_to_concept_map WHERE source_vocabulary_id = ? AND "
-                           "source_code = ? AND invalid_reason IS NULL", [t.source_vocabulary_id, t.code]).to_pylist()
-    with engine.transaction():
-        if decision in ("accepted", "no_match") or any(r["target_concept_id"] == concept_id for r in current):
-            engine.execute("DELETE FROM source_to_concept_map WHERE source_vocabulary_id = ? AND source_code = ?",
-                           [t.source_vocabulary_id, t.code])
-        if decision in ("accepted", "no_match"):
-            engine.load_arrow("source_to_concept_map", pa.Table.from_pylist([{
+    reviewer = who(by)
+    checked: dict[int, dict] = {}
+    stcm_rows, decisions, drop, unset = [], [], [], []
+    for t, decision, concept_id, score, evidence in items:
+        decision = DECISIONS.get(decision, decision)
+        if decision not in ("accepted", "rejected", "no_match"):
+            raise ValueError(f"decision {decision!r}: use accept, reject or no_match")
+        if decision == "accepted":
+            if concept_id is None:
+                raise ValueError("accept needs a concept id")
+            c = checked.get(int(concept_id)) or checked.setdefault(int(concept_id), _concept(engine, concept_id))
+        elif decision == "no_match":
+            concept_id, c = 0, {"vocabulary_id": "None"}
+        elif concept_id is None:
+            raise ValueError("reject needs the concept id being rejected (use no_match when nothing fits)")
+        else:
+            _concept_exists(engine, concept_id)
+        if decision == "rejected":
+            unset.append((t.source_vocabulary_id, t.code, int(concept_id)))
+        else:
+            drop.append((t.source_vocabulary_id, t.code))
+            stcm_rows.append({
                 "source_code": t.code[:50], "source_concept_id": 0, "source_vocabulary_id": t.source_vocabulary_id,
                 "source_code_description": (t.description or "")[:255] or None, "target_concept_id": int(concept_id),
                 "target_vocabulary_id": c["vocabulary_id"], "valid_start_date": today, "valid_end_date": END,
-                "invalid_reason": None}], schema=_stcm_schema()))
-        store.append_rows(engine, "mapping_decision", [{
+                "invalid_reason": None})
+        decisions.append({
             "source_vocabulary_id": t.source_vocabulary_id, "source_code": t.code, "code_system": t.code_system,
             "source_code_description": t.description, "decision": decision, "target_concept_id": int(concept_id),
-            "score": score, "evidence": evidence, "decided_by": who(by), "decided_at": now, "how": how}])
-    store.remember_systems(engine, [t.code_system])
+            "score": score, "evidence": evidence, "decided_by": reviewer, "decided_at": now, "how": how})
+    with engine.transaction():
+        for svid, code in drop:
+            engine.execute("DELETE FROM source_to_concept_map WHERE source_vocabulary_id = ? AND source_code = ?",
+                           [svid, code])
+        for svid, code, cid in unset:  # rejecting the concept currently mapped takes the mapping away
+            engine.execute("DELETE FROM source_to_concept_map WHERE source_vocabulary_id = ? AND source_code = ? "
+                           "AND target_concept_id = ?", [svid, code, cid])
+        if stcm_rows:
+            engine.load_arrow("source_to_concept_map", pa.Table.from_pylist(stcm_rows, schema=_stcm_schema()))
+        store.append_rows(engine, "mapping_decision", decisions)
+    systems = {t.code_system for t, *_ in items}
+    store.remember_systems(engine, systems)
+    store.register_with_transform(engine, systems)
+    return len(decisions)
 
 
 def _stcm_schema() -> pa.Schema:
@@ -150,22 +176,19 @@ def auto_accept(engine, min_score: float, by: str = "auto", dry_run: bool = Fals
         "SELECT g.gap_id, g.code_system, g.source_vocabulary_id, g.code, g.display, s.concept_id, s.score, s.evidence "
         "FROM mapping_gap g JOIN mapping_suggestion s ON s.gap_id = g.gap_id AND s.rank = 1 WHERE s.score >= ? "
         "ORDER BY g.rows DESC, g.gap_id", [float(min_score)]).to_pylist()
-    done = []
-    for r in rows:
-        if (r["source_vocabulary_id"], r["code"]) in decided:
-            continue
-        if not dry_run:
-            decide(engine, Target(r["code_system"], r["source_vocabulary_id"], r["code"], r["display"]), "accepted",
-                   r["concept_id"], by, "auto", r["score"], r["evidence"])
-        done.append(r)
+    done = [r for r in rows if (r["source_vocabulary_id"], r["code"]) not in decided]
+    if not dry_run and done:
+        decide_many(engine, [(Target(r["code_system"], r["source_vocabulary_id"], r["code"], r["display"]),
+                              "accepted", r["concept_id"], r["score"], r["evidence"]) for r in done], by, "auto")
     return done
 
 
 def current(engine) -> dict[tuple, dict]:
-    """Latest decision per (source_vocabulary_id, code)."""
+    """Latest accept / no-match decision per (source_vocabulary_id, code) (rejections only exclude concepts)."""
     store.ensure(engine)
     latest: dict[tuple, dict] = {}
-    for r in engine.query("SELECT * FROM mapping_decision ORDER BY decided_at").to_pylist():
+    for r in engine.query("SELECT * FROM mapping_decision WHERE decision <> 'rejected' ORDER BY decided_at"
+                          ).to_pylist():
         latest[(r["source_vocabulary_id"], r["source_code"])] = r
     return latest
 
@@ -276,11 +299,14 @@ def import_csv(engine, path: Path, by: str | None = None) -> dict[str, int]:
         raise ValueError(errors[0] + more + "; nothing was imported")
     now_ = current(engine)
     counts = {"accepted": 0, "rejected": 0, "no_match": 0, "unchanged": 0}
+    by_reviewer: dict[str | None, list] = {}
     for t, d, cid, reviewer in plan:
         cur = now_.get((t.source_vocabulary_id, t.code))
         if cur and cur["decision"] == d and cur["target_concept_id"] == cid:
             counts["unchanged"] += 1
             continue
-        decide(engine, t, d, cid if d != "no_match" else None, reviewer, "import")
+        by_reviewer.setdefault(reviewer, []).append((t, d, cid if d != "no_match" else None, None, None))
         counts[d] += 1
+    for reviewer, items in by_reviewer.items():
+        decide_many(engine, items, reviewer, "import")
     return counts

@@ -76,11 +76,37 @@ def require_cdm(engine) -> None:
         raise ValueError("this store has no OMOP CDM: run `medlake init` and `medlake vocab load` first")
 
 
+def _transform_systems() -> dict:
+    try:  # the transform's own table of code systems wins, so both look SOURCE_TO_CONCEPT_MAP up the same way
+        from medlake.transform.rules import CODE_SYSTEMS
+        return CODE_SYSTEMS
+    except ImportError:
+        return {}
+
+
 def vocabulary_of(code_system: str | None) -> str | None:
     """The OMOP vocabulary a code system is, when it is a known one."""
     if not code_system:
         return None
-    return KNOWN_SYSTEMS.get(code_system.strip().rstrip("/").lower()) or KNOWN_SYSTEMS.get(code_system.strip())
+    s = code_system.strip()
+    return _transform_systems().get(s) or KNOWN_SYSTEMS.get(s.rstrip("/").lower()) or KNOWN_SYSTEMS.get(s)
+
+
+def register_with_transform(engine, systems) -> None:
+    """Tell the transform which source_vocabulary_id a local code system has in SOURCE_TO_CONCEPT_MAP."""
+    local = {s: source_vocabulary_id(s) for s in systems if s and not vocabulary_of(s)}
+    if not local:
+        return
+    try:
+        from medlake.transform.run import register_code_systems
+    except ImportError:
+        return
+    if "medlake_code_system" in engine.tables():
+        have = {(r["system"], r["vocabulary_id"]) for r in engine.query(
+            "SELECT system, vocabulary_id FROM medlake_code_system").to_pylist()}
+        local = {k: v for k, v in local.items() if (k, v) not in have}
+    if local:
+        register_code_systems(engine, local)
 
 
 def source_vocabulary_id(code_system: str | None) -> str:

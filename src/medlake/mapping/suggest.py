@@ -182,10 +182,10 @@ class Index:
         cm = [max((self._tok_sim(t, x) for x in q), default=0.0) for t in e.comp]
         q_cov = sum(w * m for w, m in zip(qw, qm)) / sum(qw)
         c_cov = sum(w * m for w, m in zip(cw, cm)) / sum(cw)
-        score = 0.5 * q_cov + 0.5 * c_cov
+        score = min(0.5 * q_cov + 0.5 * c_cov, 1.0)
         if e.ctx and not (set(q) & SPECIMENS) and ("serum" in e.ctx or "plasma" in e.ctx):
             score += 0.01  # no specimen named: serum/plasma is the default of a chemistry LIS
-        return min(score, 1.0)
+        return score
 
     def _candidates(self, dom: str, queries: list[str], limit: int = 60) -> set[int]:
         choices = self._choices.get(dom, [])
@@ -233,7 +233,7 @@ class Index:
                         s = self.token_score(dom, en, e)
                         q = " ".join(en)
                     if s >= 0.3:
-                        put(e.concept_id, 0.9 * s, f"term '{term}' ~ {e.via} '{e.text}' ({s:.2f}"
+                        put(e.concept_id, 0.9 * s, f"term '{term}' ~ {e.via} '{e.text}' ({min(s, 1.0):.2f}"
                                                    + (f" via '{q}'" if q != n else "") + ")")
         return out
 

@@ -114,16 +114,20 @@ def _zh_english(run: str, drug: bool) -> list[str]:
             continue
         elif len(w) > 1:  # unknown word: try its longest known pieces
             i = 0
+            unknown = ""
             while i < len(w):
                 for j in range(len(w), i, -1):
-                    if w[i:j] in terms and (j - i > 1 or w[i:j] in terms):
+                    if w[i:j] in terms:
                         words.extend(terms[w[i:j]].split())
                         i = j
                         break
                 else:
+                    unknown += w[i]
                     i += 1
-        elif w in terms:
-            words.extend(terms[w].split())
+            if unknown:
+                words.append(unknown)  # untranslated meaning still counts: it must lower the match
+        elif has_cjk(w):
+            words.append(w)
     return words
 
 

@@ -1,0 +1,274 @@
+"""Mapping benchmark: suggestion accuracy against the simulator's ground truth, and coverage before/after.
+
+A simulated hospital group is generated in-process, ingested into a fresh DuckDB store with the demo vocabulary,
+and its gap inventory built from staging. For every local code in ground_truth/codes.jsonl of kind lab, drug,
+diagnosis and procedure that truly maps to a concept, medlake's top-5 suggestions are compared with the true
+concept: top-1 and top-5 accuracy per kind and language (zh when the source's term has Chinese characters).
+Every code is suggested for as if it were a gap (codes whose code system is a known vocabulary are counted
+apart). Baseline in the same run: plain rapidfuzz string similarity of the source term against standard concept
+names only (what Usagi does). Variants: medlake without code evidence (names only); a vocabulary without Chinese
+synonyms (Athena-like: the shipped dictionary must do the work); ICD-10-CN not loaded (the prefix fallback).
+Then: share of staged code rows whose code reaches a standard concept, before and after auto-accepting the top
+suggestions at --min-score, and how many auto-accepted mappings are right.
+
+Usage: .venv/bin/python bench/mapping.py [--patients 400] [--min-score 0.9]
+Writes bench/results/mapping.md and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from rapidfuzz import fuzz, process
+
+from medlake.cdm import store as cdm_store
+from medlake.cdm import vocab
+from medlake.engines import open_engine
+from medlake.landing import Landing
+from medlake.landing import ingest as ingest_mod
+from medlake.landing.quarantine import Quarantine
+from medlake.mapping import gaps, review, store, suggest, text, units
+from medlake.simulate import simulate
+from medlake.sources import config as source_config
+
+ROOT = Path(__file__).resolve().parent
+KINDS = ("lab", "drug", "diagnosis", "procedure")
+
+
+def build(work: Path, patients: int, seed: int):
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    t = time.time()
+    simulate(work / "sim", patients=patients, hospitals=3, seed=seed)
+    eng = open_engine(f"duckdb:{work / 'store.duckdb'}")
+    cdm_store.init(eng, "5.4")
+    vocab.load(eng, vocab.demo_vocabulary_dir(), "5.4")
+    land, q = Landing(work / "landing"), Quarantine(work / "landing")
+    ingest_mod.ingest(eng, land, q, (), source_config.load(work / "sim" / "sources.toml"))
+    land.close()
+    q.close()
+    return eng, time.time() - t
+
+
+def truth_codes(sim: Path) -> dict[tuple, dict]:
+    out = {}
+    for line in (sim / "ground_truth" / "codes.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        if r["kind"] in KINDS:
+            out[(r["code_system"], r["code"])] = r
+    return out
+
+
+def baseline(index: suggest.Index, g: suggest.Gap, top: int = 5) -> list[int]:
+    """Usagi-like: rapidfuzz similarity of the source term to standard concept names only (no synonyms)."""
+    names = index._baseline.get(g.kind)
+    if names is None:
+        doms = suggest.DOMAINS[g.kind]
+        ids = [cid for cid, c in index.concepts.items() if c["domain_id"] in doms]
+        names = index._baseline[g.kind] = (ids, [text.norm(index.concepts[c]["concept_name"]) for c in ids])
+    ids, choices = names
+    hits = process.extract(text.norm(g.display or g.code), choices, scorer=fuzz.WRatio, limit=top)
+    return [ids[i] for _, _, i in hits]
+
+
+def evaluate(index, truth, codes_by_key, accepted=None, use_code=True, method="medlake"):
+    sug = suggest.Suggester(index, accepted)
+    res = defaultdict(lambda: {"n": 0, "top1": 0, "top5": 0})
+    misses = []
+    for key, t in truth.items():
+        if not t["concept_id"]:
+            continue
+        c = codes_by_key.get(key)
+        g = suggest.Gap(t["code_system"], t["code"], t["kind"], t["display"], c.unit if c else None,
+                        c.value_median if c else None)
+        if method == "baseline":
+            ranked = baseline(index, g)
+        else:
+            ranked = [s.concept_id for s in sug.suggest(g, top=5, use_code=use_code)]
+        lang = "zh" if text.has_cjk(t["display"]) else "en"
+        known = "known vocabulary" if store.vocabulary_of(t["code_system"]) else "local code"
+        for k in ((t["kind"], lang), (t["kind"], "all"), ("all", known)):
+            r = res[k]
+            r["n"] += 1
+            r["top1"] += bool(ranked[:1] == [t["concept_id"]])
+            r["top5"] += t["concept_id"] in ranked[:5]
+        if ranked[:1] != [t["concept_id"]] and method == "medlake" and use_code:
+            misses.append(f"{t['hospital']} {t['kind']} {t['code']} '{t['display']}' -> "
+                          f"{index.concepts.get(ranked[0], {}).get('concept_name') if ranked else None} "
+                          f"(true: {index.concepts.get(t['concept_id'], {}).get('concept_name')})")
+    out = {f"{k[0]}/{k[1]}": {**v, "top1_rate": v["top1"] / v["n"], "top5_rate": v["top5"] / v["n"]}
+           for k, v in sorted(res.items())}
+    return out, misses
+
+
+def no_match_scores(index, truth, codes_by_key) -> list[float]:
+    sug = suggest.Suggester(index)
+    scores = []
+    for key, t in truth.items():
+        if t["concept_id"]:
+            continue
+        c = codes_by_key.get(key)
+        g = suggest.Gap(t["code_system"], t["code"], t["kind"], t["display"], c.unit if c else None,
+                        c.value_median if c else None)
+        s = sug.suggest(g, top=1)
+        scores.append(s[0].score if s else 0.0)
+    return scores
+
+
+def filtered_index(eng, drop_zh=False, drop_vocab=None) -> suggest.Index:
+    idx = suggest.Index.from_engine(eng)
+    concepts = eng.query("SELECT concept_id, concept_name, domain_id, vocabulary_id, concept_class_id, "
+                         "standard_concept, concept_code FROM concept WHERE invalid_reason IS NULL").to_pylist()
+    synonyms = eng.query("SELECT concept_id, concept_synonym_name, language_concept_id FROM concept_synonym"
+                         ).to_pylist()
+    maps = eng.query("SELECT concept_id_1, concept_id_2 FROM concept_relationship WHERE relationship_id = 'Maps to'"
+                     ).to_pylist()
+    if drop_zh:
+        synonyms = [s for s in synonyms if not text.has_cjk(s["concept_synonym_name"])]
+    if drop_vocab:
+        gone = {c["concept_id"] for c in concepts if c["vocabulary_id"] == drop_vocab}
+        concepts = [c for c in concepts if c["concept_id"] not in gone]
+        maps = [m for m in maps if m["concept_id_1"] not in gone]
+    idx = suggest.Index(concepts, synonyms, maps)
+    idx._baseline = {}
+    return idx
+
+
+def unit_accuracy(sim: Path) -> dict:
+    """Unit strings of the LIS (ground truth kind 'unit'): parsed to a UCUM unit equal to the true one."""
+    rows = [json.loads(line) for line in (sim / "ground_truth" / "codes.jsonl").read_text(encoding="utf-8")
+            .splitlines()]
+    rows = [r for r in rows if r["kind"] == "unit"]
+    ok = base = 0
+    wrong = []
+    for r in rows:
+        got = units.parse(r["code"])
+        same = got == r["concept_code"] or (got and units.factor(None, got, r["concept_code"]) == (1.0, 0.0))
+        ok += bool(same)
+        base += r["code"] == r["concept_code"]
+        if not same:
+            wrong.append(f"{r['code']!r} -> {got} (true {r['concept_code']})")
+    return {"n": len(rows), "medlake": ok / len(rows) if rows else None,
+            "baseline_exact_ucum_string": base / len(rows) if rows else None, "wrong": wrong}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--patients", type=int, default=400)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--min-score", type=float, default=0.9)
+    ap.add_argument("--work", type=Path, default=ROOT / "work" / "mapping")
+    args = ap.parse_args(argv)
+    eng, build_s = build(args.work, args.patients, args.seed)
+    sim = args.work / "sim"
+    truth = truth_codes(sim)
+    t = time.time()
+    before = gaps.refresh(eng)
+    inv_s = time.time() - t
+    by_key = {(c.code_system, c.code): c for c in before}
+    idx = filtered_index(eng)
+    t = time.time()
+    results = {"medlake": evaluate(idx, truth, by_key)}
+    sugg_s = time.time() - t
+    results["medlake, names only (no code evidence)"] = evaluate(idx, truth, by_key, use_code=False)
+    results["baseline: rapidfuzz on concept names (Usagi-like)"] = evaluate(idx, truth, by_key, method="baseline")
+    results["medlake, vocabulary without Chinese synonyms"] = evaluate(filtered_index(eng, drop_zh=True), truth,
+                                                                      by_key)
+    results["baseline, vocabulary without Chinese synonyms"] = evaluate(filtered_index(eng, drop_zh=True), truth,
+                                                                       by_key, method="baseline")
+    results["medlake, ICD10CN not loaded (prefix fallback)"] = evaluate(
+        filtered_index(eng, drop_vocab="ICD10CN"), truth, by_key)
+    zero = no_match_scores(idx, truth, by_key)
+
+    # coverage before / after auto-accept
+    t = time.time()
+    suggest.refresh(eng, [c for c in before if c.status == "gap"], index=idx)
+    accepted = review.auto_accept(eng, args.min_score, by="bench")
+    auto_s = time.time() - t
+    right = sum(1 for a in accepted if truth.get((a["code_system"], a["code"]), {}).get("concept_id") ==
+                a["concept_id"])
+    after = gaps.inventory(eng)
+    cov_before, cov_after = gaps.coverage(before), gaps.coverage(after)
+    ua = unit_accuracy(sim)
+    eng.close()
+
+    lab = results["medlake"][0]
+    report = {
+        "patients": args.patients, "seed": args.seed, "min_score": args.min_score,
+        "seconds": {"simulate+ingest": round(build_s, 1), "gap inventory": round(inv_s, 2),
+                    "suggestions (all truth codes)": round(sugg_s, 2), "suggest+auto-accept gaps": round(auto_s, 2)},
+        "truth_codes": {k: sum(1 for t in truth.values() if t["kind"] == k) for k in KINDS},
+        "accuracy": {name: r[0] for name, r in results.items()},
+        "medlake_top1_misses": results["medlake"][1],
+        "truly_unmapped": {"n": len(zero), "max_top1_score": max(zero) if zero else None,
+                           "above_min_score": sum(s >= args.min_score for s in zero)},
+        "auto_accept": {"accepted": len(accepted), "correct": right,
+                        "precision": right / len(accepted) if accepted else None},
+        "coverage_before": cov_before, "coverage_after": cov_after,
+        "units": ua,
+        "targets": {"lab top1 >= 0.85": lab["lab/all"]["top1_rate"] >= 0.85,
+                    "lab top5 >= 0.95": lab["lab/all"]["top5_rate"] >= 0.95},
+    }
+    out = ROOT / "results"
+    out.mkdir(exist_ok=True)
+    (out / "mapping.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "mapping.md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+    return 0 if all(report["targets"].values()) else 1
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# Mapping benchmark\n",
+             f"Simulated hospital group: {r['patients']} patients, 3 hospitals, seed {r['seed']}; demo vocabulary; "
+             f"ground truth codes: " + ", ".join(f"{k} {v}" for k, v in r["truth_codes"].items()) + ".",
+             "Command: `.venv/bin/python bench/mapping.py`. Accuracy counts codes that truly map to a concept; "
+             "every code is suggested for as if it were a gap. Language: zh when the source term has Chinese "
+             "characters.\n",
+             "Targets (labs, medlake): " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in
+                                                    r["targets"].items()) + "\n"]
+    keys = sorted({k for res in r["accuracy"].values() for k in res})
+    lines.append("## Top-1 / top-5 accuracy\n")
+    lines.append("| method | " + " | ".join(keys) + " |")
+    lines.append("|---|" + "---|" * len(keys))
+    for name, res in r["accuracy"].items():
+        cells = []
+        for k in keys:
+            v = res.get(k)
+            cells.append(f"{v['top1_rate']:.3f} / {v['top5_rate']:.3f} (n={v['n']})" if v else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    z = r["truly_unmapped"]
+    lines += ["", f"Codes that truly map to nothing (TCM items, site-specific tests): {z['n']}; highest top-1 score "
+                  f"{z['max_top1_score']}; at or above --min-score {r['min_score']}: {z['above_min_score']}.", ""]
+    a = r["auto_accept"]
+    lines += ["## Coverage: staged code rows that reach a standard concept\n",
+              f"Auto-accept of top suggestions with score >= {r['min_score']}: {a['accepted']} mappings, "
+              f"{a['correct']} correct (precision {a['precision'] if a['precision'] is None else round(a['precision'], 4)}).",
+              "The transform is not in the tree yet, so this is measured on staging rows (the rows the transform "
+              "turns into CDM rows), not on CDM tables.\n",
+              "| kind | rows | before | after |", "|---|---|---|---|"]
+    for k, b in r["coverage_before"].items():
+        after = r["coverage_after"].get(k, {})
+        lines.append(f"| {k} | {b['rows']} | {b['share']:.3f} | {after.get('share', 0):.3f} |")
+    u = r["units"]
+    lines += ["", "## Units\n",
+              f"LIS unit strings (ground truth kind unit, n={u['n']}) parsed to the true UCUM unit (or an equal one): "
+              f"medlake {u['medlake']:.3f}; baseline (string equals the UCUM code) {u['baseline_exact_ucum_string']:.3f}."]
+    if u["wrong"]:
+        lines.append("Not parsed right: " + "; ".join(u["wrong"]))
+    lines += ["", "## medlake top-1 misses\n"] + [f"- {m}" for m in r["medlake_top1_misses"]] + [
+        "", "## Time (s)\n"] + [f"- {k}: {v}" for k, v in r["seconds"].items()] + [
+        "", "Caveat: the shipped dictionaries (src/medlake/mapping/dict/) were written by the same project that "
+            "wrote the simulator's catalog; lab abbreviations and Chinese lab terms are general clinical usage, but "
+            "the drug, diagnosis and procedure entries cover the catalog's items, so the 'without Chinese synonyms' "
+            "rows for those kinds are optimistic for a real hospital.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
