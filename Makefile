@@ -28,6 +28,7 @@ demo: install
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb vocab load --demo
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb ingest $(DEMO)/hospital --sources $(DEMO)/hospital/sources.toml
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb status
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb quality run --out $(DEMO)/quality
 
 test: install-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider

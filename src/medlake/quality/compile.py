@@ -47,6 +47,8 @@ class Item:
     joins: tuple[str, ...] = ()  # aliases of the joins it needs
     where: str | None = None  # condition of a violating row, for examples
     needs: tuple[str, ...] = ()  # other tables it reads (for incremental re-checks)
+    den_where: str | None = None  # condition of a denominator row (None: every row)
+    grouped: bool = False  # reads only its own field and concept: can run on the table grouped by value
 
 
 @dataclass
@@ -123,7 +125,9 @@ def field_item(c: Check, ctx: Context) -> Item:
 
     def item(cond: str, den_cond: str | None = None, needs=()) -> Item:
         used = tuple(a for a in ctx.joins if a not in joins_before or a in _used(cond, den_cond))
-        return Item(c, sum_if(cond), sum_if(den_cond) if den_cond else "count(*)", used, cond, tuple(needs))
+        grouped = bool(used) and all(ctx.joins[a][1] == "concept" and a == f"fk_{c.field}" for a in used)
+        return Item(c, sum_if(cond), sum_if(den_cond) if den_cond else "count(*)", used, cond, tuple(needs),
+                    den_cond, grouped)
 
     if name in ("isRequired", "measureValueCompleteness"):
         return item(f"{f} IS NULL")
@@ -199,14 +203,35 @@ def _used(*conds) -> set[str]:
 
 def scan_sql(table: str, items: list[Item], ctx: Context) -> str:
     """ONE query computing every item's violations and denominator over `table` (plus the row count)."""
-    aggs = ["count(*) AS n"]
+    aggs = {"count(*)": "n"}  # expression -> first name; the same condition is computed once
+    names = []
     for i, it in enumerate(items):
-        aggs += [f"{it.num} AS v{i}", f"{it.den} AS d{i}"]
+        for expr, name in ((it.num, f"v{i}"), (it.den, f"d{i}")):
+            names.append(f"{aggs.setdefault(expr, name)} AS {name}" if expr in aggs and aggs[expr] != name else name)
+            aggs.setdefault(expr, name)
     aliases = []
     for it in items:
         aliases += [a for a in it.joins if a not in aliases]
     joins = " ".join(ctx.joins[a][0] for a in aliases)
-    return f"SELECT {', '.join(aggs)} FROM {q(table)} AS t {joins}".strip()
+    inner = ", ".join(f"{e} AS {n}" for e, n in aggs.items())
+    return f"SELECT n, {', '.join(names)} FROM (SELECT {inner} FROM {q(table)} AS t {joins}) AS s"
+
+
+def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
+    """The concept checks of a table in ONE query that groups the table by its concept fields first and joins
+    the concept table to the (few) distinct combinations: each condition is weighted by its group's size."""
+    fields = sorted({it.check.field for it in items})
+    cols = ", ".join(q(f) for f in fields)
+    aggs = ["sum(t.n__) AS n"]
+    for i, it in enumerate(items):
+        aggs += [f"sum(CASE WHEN {it.where} THEN t.n__ ELSE 0 END) AS v{i}",
+                 f"sum(CASE WHEN {it.den_where} THEN t.n__ ELSE 0 END) AS d{i}" if it.den_where else f"sum(t.n__) AS d{i}"]
+    aliases = []
+    for it in items:
+        aliases += [a for a in it.joins if a not in aliases]
+    joins = " ".join(ctx.joins[a][0] for a in aliases)
+    return (f"SELECT {', '.join(aggs)} FROM (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols}) AS t "
+            f"{joins}")
 
 
 def single_sql(table: str, it: Item, ctx: Context) -> str:

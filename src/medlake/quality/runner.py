@@ -306,13 +306,19 @@ class Runner:
         if not items:
             return
         if self.mode == "set":
-            try:
-                row = self.eng.query(cp.scan_sql(table, items, ctx)).to_pylist()[0]
-                for i, it in enumerate(items):
-                    res[it.check.id] = result(it.check, "counted", int(row[f"v{i}"] or 0), int(row[f"d{i}"] or 0))
-                return
-            except EngineError:
-                pass  # one check broke the scan (a bad type, a site predicate): run them singly to isolate it
+            grouped = [it for it in items if it.grouped]
+            rest = [it for it in items if not it.grouped]
+            todo = []
+            for group, build in ((rest, cp.scan_sql), (grouped, cp.grouped_sql)):
+                if not group:
+                    continue
+                try:
+                    row = self.eng.query(build(table, group, ctx)).to_pylist()[0]
+                    for i, it in enumerate(group):
+                        res[it.check.id] = result(it.check, "counted", int(row[f"v{i}"] or 0), int(row[f"d{i}"] or 0))
+                except EngineError:
+                    todo += group  # one check broke the query (a bad type, a site predicate): isolate it below
+            items = todo
         for it in items:  # one query per check: the baseline, or to isolate the failing check
             self._single(it.check, cp.single_sql(table, it, ctx), res)
 
