@@ -50,6 +50,12 @@ def gap(engine, gap_id: str) -> Target:
     store.ensure(engine)
     rows = engine.query("SELECT code_system, source_vocabulary_id, code, display FROM mapping_gap WHERE gap_id = ?",
                         [gap_id]).to_pylist()
+    if not rows:  # a code decided before (no longer a gap) keeps its id
+        rows = [{"code_system": r["code_system"], "source_vocabulary_id": r["source_vocabulary_id"],
+                 "code": r["source_code"], "display": r["source_code_description"]}
+                for r in engine.query("SELECT DISTINCT code_system, source_vocabulary_id, source_code, "
+                                      "source_code_description FROM mapping_decision").to_pylist()
+                if store.gap_id(r["code_system"], r["source_code"]) == gap_id]
     if not rows:
         raise ValueError(f"no gap {gap_id!r}: run `medlake map gaps` and use an id from its first column")
     r = rows[0]
