@@ -214,3 +214,26 @@ def test_cli_import_then_quality_run(tmp_path):
     p = subprocess.run(cli + ["quality", "run", "--fail-on", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 1 and "above --fail-on 0%" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
+    """CDM v5.3 has its own spec and DQD files (e.g. death has no death_id, visit_occurrence has
+    admitting_source_concept_id); the whole suite runs on a v5.3 store and finds a v5.3 defect."""
+    from medlake.cdm import store as cdm_store
+
+    eng = open_engine("duckdb::memory:")
+    cdm_store.init(eng, "5.3")
+    eng.execute("INSERT INTO person (person_id, gender_concept_id, year_of_birth, race_concept_id, "
+                "ethnicity_concept_id) VALUES (1, 8507, 1980, 0, 0), (2, 8532, 1849, 0, 0)")
+    eng.execute("INSERT INTO visit_occurrence (visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
+                "visit_end_date, visit_type_concept_id, admitting_source_concept_id) VALUES "
+                "(10, 1, 9201, DATE '2020-01-05', DATE '2020-01-01', 32817, 0)")
+    r = runner.run(eng, None, tmp_path / "q")
+    assert r.summary["cdm_version"] == "5.3"
+    got = {x["check_id"]: x for x in r.results}
+    assert len(got) == len(checks("5.3"))
+    assert [x for x in r.results if x["status"] == "error"] == []
+    assert got["field_plausiblevaluelow_person_year_of_birth"]["status"] == "failed"
+    assert got["field_plausiblestartbeforeend_visit_occurrence_visit_start_date"]["num_violated_rows"] == 1
+    assert got["field_cdmfield_visit_occurrence_admitting_source_concept_id"]["status"] == "passed"
+    assert "table_measureobservationperiodoverlap_observation_period" in got
