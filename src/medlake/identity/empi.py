@@ -131,7 +131,7 @@ def train(table: pa.Table, settings: dict):
     t.estimate_u_using_random_sampling(max_pairs=2e6, seed=42)
     import pyarrow.compute as pc
 
-    for col in ("birth_date", "name_py", "phone"):
+    for col in ("birth_date", "name_py"):  # each trains the other; a phone block is all matches (λ -> 1)
         counts = pc.value_counts(table.column(col).drop_null()).field("counts")
         if len(counts) and pc.max(counts).as_py() > 1:  # a rule with no pairs (e.g. no phones at all) is skipped
             t.estimate_parameters_using_expectation_maximisation(f"l.{col} = r.{col}", max_pairs=2e6,
