@@ -228,12 +228,11 @@ def export_csv(engine, path: Path) -> int:
     with open(path, "w", encoding="utf-8-sig", newline="") as f:  # BOM: spreadsheets then read Chinese right
         w = csv.DictWriter(f, EXPORT_COLUMNS)
         w.writeheader()
-        seen = set()
         for g in gaps:
             ss = sugg.get(g["gap_id"], [])
             top = ss[0] if ss else {}
-            d = dec.get((g["source_vocabulary_id"], g["code"]))
-            seen.add((g["source_vocabulary_id"], g["code"]))
+            if (g["source_vocabulary_id"], g["code"]) in dec:
+                continue  # decided since the inventory: written with the decisions below
             w.writerow({"gap_id": g["gap_id"], "code_system": g["code_system"],
                         "source_vocabulary_id": g["source_vocabulary_id"], "code": g["code"], "display": g["display"],
                         "kind": g["kind"], "rows": g["rows"], "persons": g["persons"], "units": g["units"],
@@ -242,11 +241,9 @@ def export_csv(engine, path: Path) -> int:
                         "evidence": top.get("evidence", ""),
                         "alternatives": "; ".join(f"{s['concept_id']} {s['concept_name']} ({s['score']:.2f})"
                                                   for s in ss[1:]),
-                        "decision": "", "reviewer": "", "note": (f"decided: {d['decision']}" if d else "")})
+                        "decision": "", "reviewer": "", "note": ""})
             n += 1
         for (svid, code), d in sorted(dec.items()):
-            if (svid, code) in seen or d["decision"] == "rejected":
-                continue
             c = names.get(d["target_concept_id"], {})
             w.writerow({"gap_id": store.gap_id(d["code_system"], code), "code_system": d["code_system"],
                         "source_vocabulary_id": svid, "code": code, "display": d["source_code_description"],
