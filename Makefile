@@ -27,6 +27,10 @@ demo: install
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb init
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb vocab load --demo
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb ingest $(DEMO)/hospital --sources $(DEMO)/hospital/sources.toml
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map gaps --coverage
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map suggest --limit 10
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map auto-accept --min-score 0.9
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map gaps --coverage
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb status
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb quality run --out $(DEMO)/quality
 
