@@ -42,7 +42,7 @@ EVENT_COLUMNS = {
 }
 WORK_TABLES = {
     "tx_mark": "source VARCHAR, receipt_seq BIGINT",
-    "tx_delta": "source_key VARCHAR",
+    "tx_delta": "rule VARCHAR, source_key VARCHAR",
     "tx_needed": "system VARCHAR, code VARCHAR",
     "tx_code": "system VARCHAR, code VARCHAR, vocabulary_id VARCHAR, source_concept_id INTEGER, "
                "concept_id INTEGER, domain_id VARCHAR, n BIGINT",
@@ -152,12 +152,16 @@ def person_joins(rule, empi: bool) -> tuple[str, str]:
     return joins, f"CASE WHEN ({pref}) IS NULL THEN NULL ELSE {pid} END"
 
 
+def _from(rule) -> str:
+    return getattr(rule, "from_sql", None) or rule.staging
+
+
 def latest(rule, aggregates: dict | None = None) -> str:
     """The newest version of every delta key of a rule, as CTE `s` (plus `v`, all versions)."""
     aggs = "".join(f", {a} OVER (PARTITION BY s.source, {rule.key}) AS {n}" for n, a in (aggregates or {}).items())
     return f"""WITH v AS (
     SELECT s.*, {rule.key} AS rkey, ROW_NUMBER() OVER (PARTITION BY s.source, {rule.key} ORDER BY {rule.order}) AS rn{aggs}
-    FROM {rule.staging} s
+    FROM {_from(rule)} s
     JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
     WHERE {source_key(rule)} IN (SELECT source_key FROM tx_delta)
 ), s AS (SELECT * FROM v WHERE rn = 1)"""
@@ -166,8 +170,8 @@ def latest(rule, aggregates: dict | None = None) -> str:
 def delta_sql(rule) -> str:
     """Keys of a rule's staging rows that arrived since the last run."""
     return f"""INSERT INTO tx_delta
-SELECT DISTINCT {source_key(rule)}
-FROM {rule.staging} s
+SELECT DISTINCT '{rule.name}', {source_key(rule)}
+FROM {_from(rule)} s
 JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
 LEFT JOIN transform_watermark w ON w.source = s.source
 WHERE s.receipt_seq > COALESCE(w.receipt_seq, -1) AND ({rule.key}) IS NOT NULL"""
@@ -185,7 +189,7 @@ def codes_of(rule) -> list[Code]:
 def needed_sql(rule, code: Code) -> str:
     return f"""INSERT INTO tx_needed
 SELECT DISTINCT COALESCE({code.system}, ''), {code.code}
-FROM {rule.staging} s
+FROM {_from(rule)} s
 WHERE {source_key(rule)} IN (SELECT source_key FROM tx_delta) AND ({code.code}) IS NOT NULL"""
 
 
@@ -219,7 +223,7 @@ def _lineage_cols(rule, person: str) -> str:
             f"CAST({rule.message_id} AS VARCHAR) AS message_id, {person} AS person_id")
 
 
-def event_sql(rule: EventRule, empi: bool) -> str:
+def event_sql(rule: EventRule, empi: bool, tables: set[str] = frozenset()) -> str:
     """Insert a rule's events (newest version of each delta key, filtered) into tx_event, routed by domain."""
     pjoin, pid = person_joins(rule, empi)
     v = rule.values
@@ -270,6 +274,7 @@ def event_sql(rule: EventRule, empi: bool) -> str:
         else:
             outer.append(f"CAST(NULL AS {EVENT_COLUMNS[c]})")
     join_sql = "\n".join(joins)
+    where = " AND ".join([f"({rule.where})"] + [f"({w})" for t, w in rule.where_if if t in tables])
     return f"""INSERT INTO tx_event
 {latest(rule)}
 SELECT {', '.join(outer)}
@@ -278,7 +283,7 @@ FROM (
     FROM s
     LEFT JOIN transform_source ns ON ns.source = s.source
     {join_sql}
-    WHERE ({rule.where})
+    WHERE {where}
 ) AS b"""
 
 

@@ -122,6 +122,8 @@ class EventRule:
     unit: Code | None = None
     value_code: Code | None = None
     values: dict = field(default_factory=dict)  # tx_event column -> expression
+    from_sql: str | None = None      # a query to read instead of the staging table (same columns and more)
+    where_if: tuple = ()             # (table, condition): a condition used only when that table exists
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,11 @@ def _fhir(rtype: str, **kw) -> dict:
 
 _FHIR_CODE = Code("s.code_system", "s.code")
 _FHIR_SV = "left(COALESCE(s.code_display, s.code, s.code_text), 50)"
+# A panel (blood pressure …) has no value of its own: its components are the measurements.
+_NOT_A_PANEL = ("NOT (s.value_number IS NULL AND s.value_code IS NULL AND s.value_string IS NULL AND "
+                "s.value_boolean IS NULL AND EXISTS (SELECT 1 FROM stg_fhir_observation_component k WHERE "
+                "k.source = s.source AND k.receipt_seq = s.receipt_seq AND k.record_location = s.record_location "
+                "AND k.resource_id = s.resource_id))")
 _PROVIDER = "CASE WHEN {c} LIKE 'Practitioner/%' OR {c} LIKE 'PractitionerRole/%' THEN {c} END"
 
 FHIR_EVENTS = [
@@ -195,7 +202,24 @@ FHIR_EVENTS = [
                                             "CAST(s.value_number AS VARCHAR)), 50)",
                       "range_low": "s.range_low", "range_high": "s.range_high",
                       "operator_source": "s.value_comparator"},
+              where_if=(("stg_fhir_observation_component", _NOT_A_PANEL),),
               **_fhir("Observation")),
+    EventRule(name="fhir.observation_component", staging="stg_fhir_observation_component",
+              from_sql="(SELECT k.*, o.subject_ref, o.encounter_ref, o.effective_at, o.status, o.last_updated, "
+                       "o.performer_ref FROM stg_fhir_observation_component k JOIN stg_fhir_observation o "
+                       "ON o.source = k.source AND o.receipt_seq = k.receipt_seq AND o.record_location = "
+                       "k.record_location AND o.resource_id = k.resource_id)",
+              default_table="measurement", start="s.effective_at", code=_FHIR_CODE, source_value="s.code",
+              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.performer_ref"),
+              where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered') AND "
+                    "(s.value_number IS NOT NULL OR s.value_code IS NOT NULL)",
+              unit=Code("'http://unitsofmeasure.org'", "COALESCE(s.value_unit_code, s.value_unit)"),
+              value_code=Code("s.value_code_system", "s.value_code"),
+              values={"value_as_number": "s.value_number",
+                      "unit_source_value": "COALESCE(s.value_unit_code, s.value_unit)",
+                      "value_source_value": "left(COALESCE(s.value_code, CAST(s.value_number AS VARCHAR)), 50)"},
+              **{**_fhir("Observation"), "key": "'Observation/' || s.resource_id || '#' || "
+                                               "CAST(s.position AS VARCHAR)"}),
     EventRule(name="fhir.medication_request", staging="stg_fhir_medication_request", default_table="drug_exposure",
               start="COALESCE(s.validity_start, s.authored_on)", end="s.validity_end", code=_FHIR_CODE,
               source_value=_FHIR_SV, visit=fhir_ref("s.encounter_ref", "Encounter"),

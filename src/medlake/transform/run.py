@@ -45,7 +45,7 @@ def _count(engine: Engine, sql: str) -> int:
 
 def ensure_tables(engine: Engine) -> None:
     have = set(engine.tables())
-    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES}.items():
+    for name, cols in c.OWN_TABLES.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
     if _count(engine, "SELECT count(*) FROM medlake_code_system") == 0:
@@ -83,7 +83,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
     events = [x for x in r.EVENTS if x.staging in tables]
     entities = [x for x in r.TABLES if x.staging in tables]
     persons = [x for x in r.PERSONS if x.staging in tables]
-    staged = sorted({x.staging for x in (*events, *entities, *persons)})
+    staged = sorted({x.staging for x in (*events, *entities, *persons)} | ({"stg_hl7_merge"} & tables))
     steps = 12 + len(events) + len(entities)
     done = 0
 
@@ -94,8 +94,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             progress(what, done, steps)
 
     with engine.transaction():
-        for w in c.WORK_TABLES:
-            engine.execute(f"DELETE FROM {w}")
+        for w, cols in c.WORK_TABLES.items():  # drop and create: no table rewrite on Spark
+            engine.execute(f"DROP TABLE IF EXISTS {w}")
+            engine.execute(c.create_sql(w, cols))
         if namespaces:
             _set_namespaces(engine, namespaces)
         if full:
@@ -108,7 +109,11 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         for rule in (*events, *entities, *persons):
             engine.execute(c.delta_sql(rule))
         _merges(engine, tables)
-        n_delta = _count(engine, "SELECT count(*) FROM tx_delta")
+        per_rule = {x["rule"]: x["n"] for x in engine.query(
+            "SELECT rule, count(*) AS n FROM tx_delta GROUP BY rule").to_pylist()}
+        n_delta = sum(per_rule.values())
+        events = [x for x in events if x.name in per_rule]  # only rules with something to do run their SQL
+        entities = [x for x in entities if x.name in per_rule]
         if n_delta == 0:
             engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
             engine.execute("INSERT INTO transform_watermark SELECT source, receipt_seq FROM tx_mark")
@@ -120,16 +125,14 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         step("removing replaced rows")
         engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE person_id IS NOT NULL "
                        "AND source_key IN (SELECT source_key FROM tx_delta)")
-        deleted = _count(engine, "SELECT count(*) FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta)"
-                         f" AND cdm_table NOT IN {PROTECTED}")
+        old = {x["cdm_table"]: x["n"] for x in engine.query(
+            "SELECT cdm_table, count(*) AS n FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta) "
+            "GROUP BY cdm_table").to_pylist() if x["cdm_table"] not in PROTECTED}
+        deleted = sum(old.values())
+        for t in sorted(old):
+            engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM cdm_lineage WHERE cdm_table = '{t}' "
+                           "AND source_key IN (SELECT source_key FROM tx_delta))")
         if deleted:
-            targets = {row["cdm_table"] for row in engine.query(
-                "SELECT DISTINCT cdm_table FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta)"
-            ).to_pylist()} - set(PROTECTED)
-            for t in sorted(targets):
-                pk = _pk(t)
-                engine.execute(f"DELETE FROM {t} WHERE {pk} IN (SELECT row_id FROM cdm_lineage WHERE cdm_table = '{t}' "
-                               "AND source_key IN (SELECT source_key FROM tx_delta))")
             engine.execute("DELETE FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta) "
                            f"AND cdm_table NOT IN {PROTECTED}")
 
@@ -142,7 +145,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
 
         for rule in events:
             step(f"mapping {rule.name}")
-            engine.execute(c.event_sql(rule, empi))
+            engine.execute(c.event_sql(rule, empi, tables))
         step("writing events")
         routed = {x["cdm_table"] for x in engine.query("SELECT DISTINCT cdm_table FROM tx_event").to_pylist()}
         for t in sorted(routed):
@@ -160,7 +163,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         engine.execute(f"INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE run_id = {run_id} "
                        "AND person_id IS NOT NULL")
         for rule in persons:
-            engine.execute(c.person_delta_touched_sql(rule, empi))
+            if rule.name in per_rule:
+                engine.execute(c.person_delta_touched_sql(rule, empi))
         for t in PROTECTED:
             engine.execute(f"DELETE FROM {t} WHERE person_id IN (SELECT person_id FROM tx_touched)")
         engine.execute(f"DELETE FROM cdm_lineage WHERE cdm_table IN {PROTECTED} "
@@ -226,7 +230,7 @@ def _merges(engine: Engine, tables: set[str]) -> None:
     changed = ("SELECT n.namespace, n.prior_ref FROM tx_merge n LEFT JOIN transform_merge o ON o.namespace = "
                "n.namespace AND o.prior_ref = n.prior_ref WHERE o.survivor_ref IS NULL OR o.survivor_ref <> n.survivor_ref")
     engine.execute(f"""INSERT INTO tx_delta
-SELECT DISTINCT l.source_key FROM cdm_lineage l
+SELECT DISTINCT l.rule, l.source_key FROM cdm_lineage l
 WHERE l.cdm_table NOT IN {PROTECTED} AND l.person_id IN (
     SELECT stable_id(x.namespace || '|' || COALESCE(o.survivor_ref, x.prior_ref))
     FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace AND o.prior_ref = x.prior_ref)""")
