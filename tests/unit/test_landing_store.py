@@ -50,3 +50,13 @@ def test_large_files_are_streamed_to_objects(tmp_path, monkeypatch):
     assert land.put_file(big, "h2-emr").duplicate
     with land.open(r.sha256) as f:
         assert f.read() == big.read_bytes()
+
+
+def test_a_group_with_repeats_lands_each_content_once_per_source(tmp_path):
+    land = Landing(tmp_path)
+    land.put(b"old", "s")
+    rs = land.put_many([Item(b"new", "s"), Item(b"new", "s"), Item(b"old", "s"), Item(b"new", "t")])
+    assert [r.duplicate for r in rs] == [False, True, True, False]
+    assert [r.seq for r in rs] == [2, 3, 4, 5]
+    assert [(r.seq, r.duplicate) for r in land.receipts(include_duplicates=True)] == [
+        (1, False), (2, False), (3, True), (4, True), (5, False)]

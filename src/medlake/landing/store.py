@@ -102,20 +102,59 @@ class Landing:
         return self.put_many([Item(data, source, original_name, batch)])[0]
 
     def put_many(self, items: Iterable[Item]) -> list[Receipt]:
-        """Land a group of items durably, in one transaction; returns one receipt per item, in order."""
+        """Land a group of items durably, in one transaction; returns one receipt per item, in order.
+
+        Set-based: one lookup of what each source already holds, one insert of objects, one of receipts.
+        """
         items = list(items)
+        if not items:
+            return []
         at = now()
+        digests = [sha256(it.data) for it in items]
+        big = [(i, d) for i, (it, d) in enumerate(zip(items, digests)) if len(it.data) > INLINE_LIMIT]
+        files = {d: self._write_object(items[i].data, d) for i, d in big}
         with self.lock:
             cur = self.db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                out = [self._land(cur, it.source, sha256(it.data), len(it.data), at, it.batch, it.original_name,
-                                  inline=it.data) for it in items]
+                keys = sorted({(it.source, d) for it, d in zip(items, digests)})
+                held = set()
+                for start in range(0, len(keys), 400):
+                    part = keys[start:start + 400]
+                    cond = " OR ".join("(source = ? AND sha256 = ?)" for _ in part)
+                    held.update(cur.execute(f"SELECT DISTINCT source, sha256 FROM receipt WHERE duplicate = 0 "
+                                            f"AND ({cond})", [v for k in part for v in k]).fetchall())
+                cur.executemany("INSERT OR IGNORE INTO object (sha256, size, data, path) VALUES (?, ?, ?, ?)",
+                                [(d, len(it.data), None if d in files else it.data, files.get(d))
+                                 for it, d in zip(items, digests)])
+                rows = []
+                for it, d in zip(items, digests):
+                    dup = (it.source, d) in held
+                    held.add((it.source, d))
+                    rows.append((d, it.source, at, it.batch, it.original_name, len(it.data), int(dup)))
+                first = cur.execute("SELECT coalesce(max(seq), 0) FROM receipt").fetchone()[0]
+                cur.executemany("INSERT INTO receipt (sha256, source, received_at, batch, original_name, size, "
+                                "duplicate) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        return out
+        return [Receipt(first + i + 1, r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6])) for i, r in enumerate(rows)]
+
+    def _write_object(self, data: bytes, digest: str) -> str:
+        """Write a large object as a file (temporary name, fsync, rename); return its relative path."""
+        rel = Path("objects") / digest[:2] / digest
+        final = self.root / rel
+        if not final.exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        return rel.as_posix()
 
     def put_file(self, path: str | Path, source: str, batch: str | None = None,
                  original_name: str | None = None) -> Receipt:
@@ -154,23 +193,9 @@ class Landing:
                 raise
         return r
 
-    def _land(self, cur, source, digest, size, at, batch, name, inline: bytes | None = None,
-              file: str | None = None) -> Receipt:
-        if inline is not None and size > INLINE_LIMIT:
-            rel = Path("objects") / digest[:2] / digest
-            final = self.root / rel
-            if not final.exists():
-                final.parent.mkdir(parents=True, exist_ok=True)
-                tmp = final.with_suffix(".tmp")
-                with open(tmp, "wb") as f:
-                    f.write(inline)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)
-                _fsync_dir(final.parent)
-            inline, file = None, rel.as_posix()
-        cur.execute("INSERT OR IGNORE INTO object (sha256, size, data, path) VALUES (?, ?, ?, ?)",
-                    (digest, size, inline, file))
+    def _land(self, cur, source, digest, size, at, batch, name, file: str) -> Receipt:
+        cur.execute("INSERT OR IGNORE INTO object (sha256, size, data, path) VALUES (?, ?, NULL, ?)",
+                    (digest, size, file))
         dup = cur.execute("SELECT 1 FROM receipt WHERE source = ? AND sha256 = ? AND duplicate = 0 LIMIT 1",
                           (source, digest)).fetchone() is not None
         cur.execute(
