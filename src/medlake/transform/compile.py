@@ -315,7 +315,9 @@ def table_rule_sql(rule: TableRule, empi: bool, run_id: int) -> tuple[str, str]:
     exprs[pk] = id_expr
     if "person_id" in table.field_names and rule.person:
         exprs["person_id"] = pid
-    where = f"({rule.where}) AND ({id_expr}) IS NOT NULL"
+    required = [f"({exprs[f.name]}) IS NOT NULL" for f in table.fields if f.required and f.name in exprs
+                and f.name != pk]  # a record lacking what the CDM requires is skipped, never a failed run
+    where = " AND ".join([f"({rule.where})", f"({id_expr}) IS NOT NULL", *required])
     frm = f"{latest(rule, rule.aggregates)}\nSELECT {{cols}}\nFROM s\n" + "\n".join(joins) + f"\nWHERE {where}"
     if "person_id" in table.field_names:
         frm += f" AND ({pid}) IS NOT NULL"

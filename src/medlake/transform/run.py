@@ -45,7 +45,7 @@ def _count(engine: Engine, sql: str) -> int:
 
 def ensure_tables(engine: Engine) -> None:
     have = set(engine.tables())
-    for name, cols in c.OWN_TABLES.items():
+    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES}.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
     if _count(engine, "SELECT count(*) FROM medlake_code_system") == 0:
@@ -94,9 +94,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             progress(what, done, steps)
 
     with engine.transaction():
-        for w, cols in c.WORK_TABLES.items():  # drop and create: no table rewrite on Spark
-            engine.execute(f"DROP TABLE IF EXISTS {w}")
-            engine.execute(c.create_sql(w, cols))
+        for w in c.WORK_TABLES:
+            engine.execute(f"DELETE FROM {w}")
         if namespaces:
             _set_namespaces(engine, namespaces)
         if full:
