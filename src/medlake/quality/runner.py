@@ -116,14 +116,14 @@ def _fingerprint_sql(table: str, columns: dict[str, str]) -> str:
         base = typ.split("(")[0]
         col = f"t.{cp.q(name)}"
         if base in cp.INTEGRAL:
-            aggs.append(f"sum(CAST({col} AS DOUBLE))")
+            aggs.append(f"sum({col})")  # exact: integer sums do not depend on the order of addition
         elif base in cp.FLOATING:
             aggs.append(f"sum({col})")
         elif base in ("DATE", "TIMESTAMP", "TIMESTAMP_NTZ", "TIMESTAMP WITHOUT TIME ZONE"):
             aggs += [f"count({col})", f"CAST(min({col}) AS VARCHAR)", f"CAST(max({col}) AS VARCHAR)"]
         else:
             aggs.append(f"sum(length(CAST({col} AS VARCHAR)))")
-    return f"SELECT {', '.join(aggs)} FROM {cp.q(table)} AS t"
+    return f"SELECT {', '.join(f'{a} AS f{i}' for i, a in enumerate(aggs))} FROM {cp.q(table)} AS t"
 
 
 def _fmt(v) -> str:
