@@ -377,6 +377,30 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
         eng.close()
 
 
+@conformance_app.command("fhir2omop")
+def conformance_fhir2omop(folder: Path = typer.Argument(..., help="Folder of fhir2omop case files (*.json)."),
+                          verbose: bool = typer.Option(False, "--verbose", "-v", help="Say why each variant failed.")):
+    """Run FHIR->OMOP golden cases on a fresh store; pass/fail per variant and totals; exit 0 only if all pass."""
+    from medlake.transform.conformance import run
+
+    if not folder.exists():
+        raise ValueError(f"{folder}: no such folder")
+    with _counting_progress() as bar:
+        bar.add_task("running cases", total=None)
+        results = run(folder)
+    for v in results:
+        mark = "[green]pass[/green]" if v.passed else "[red]FAIL[/red]"
+        out.print(f"{mark} {v.file} #{v.index} {v.desc[:90]}", highlight=False)
+        if verbose and not v.passed:
+            for p in v.problems[:4]:
+                out.print(f"       {p}", highlight=False, markup=False)
+    passed = sum(v.passed for v in results)
+    out.print(f"{passed} of {len(results)} variant(s) passed, {len(results) - passed} failed "
+              "(documented differences: docs/fhir2omop-differences.md)")
+    if passed != len(results):
+        raise typer.Exit(1)
+
+
 @app.command("trace")
 def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement."),
               row_id: int = typer.Argument(..., help="The row's id (its primary key).")):

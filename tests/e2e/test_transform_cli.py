@@ -1,0 +1,54 @@
+"""`medlake transform`, `trace` and `conformance fhir2omop` as a person uses them."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from medlake.simulate import simulate
+
+MEDLAKE = Path(sys.executable).with_name("medlake")
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+
+def run(tmp_path, *args, ok=True):
+    env = {**os.environ, "MEDLAKE_STORE": f"duckdb:{tmp_path / 'data' / 'store.duckdb'}", "COLUMNS": "200"}
+    env.pop("MEDLAKE_DATA_DIR", None)
+    p = subprocess.run([str(MEDLAKE), *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_transform_then_trace_then_rerun(tmp_path):
+    simulate(tmp_path / "sim", patients=8, hospitals=1, seed=3)
+    run(tmp_path, "init")
+    run(tmp_path, "vocab", "load", "--demo")
+    run(tmp_path, "ingest", "--sources", tmp_path / "sim" / "sources.toml")
+    out = run(tmp_path, "transform").stdout
+    assert "transform run 1" in out and "measurement" in out and "mapping gaps:" in out
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "data" / "store.duckdb"), read_only=True)
+    mid = con.sql("SELECT measurement_id FROM measurement ORDER BY measurement_id LIMIT 1").fetchall()[0][0]
+    con.close()
+    chain = run(tmp_path, "trace", "measurement", mid).stdout
+    assert f"measurement {mid}" in chain and "landing receipt" in chain and "received" in chain
+    assert re.search(r"sha256 [0-9a-f]{64}", chain.replace("\n", " "))
+    assert "nothing new in staging" in run(tmp_path, "transform").stdout
+    bad = run(tmp_path, "trace", "measurement", "1", ok=False)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: no lineage for measurement 1")
+    assert run(tmp_path, "trace", "nosuchtable", "1", ok=False).returncode == 1
+
+
+def test_conformance_prints_per_variant_and_totals(tmp_path):
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    shutil.copy(SHARED / "fhir2omop" / "cases" / "allergyintolerance--observation--core.json", cases)
+    p = run(tmp_path, "conformance", "fhir2omop", cases, ok=False)
+    lines = [x for x in p.stdout.splitlines() if x.startswith(("pass", "FAIL"))]
+    assert len(lines) == 4
+    total = re.search(r"(\d+) of 4 variant\(s\) passed", p.stdout)
+    assert total and p.returncode == (0 if total.group(1) == "4" else 1)
