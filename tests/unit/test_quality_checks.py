@@ -245,6 +245,12 @@ def test_not_applicable_is_not_passed(clean, tmp_path):
     r = results(clean, "measurement", tmp_path)
     other = next(c.id for c in checks("5.4") if c.name == "plausibleUnitConceptIds" and c.concept_id != HBA1C)
     assert r[other]["status"] == "not_applicable"
+    # a field no row fills: its foreign-key and concept checks are not applicable (not "passed")
+    r = results(clean, "condition_occurrence", tmp_path)
+    na = r["field_isforeignkey_condition_occurrence_provider_id"]
+    assert (na["status"], na["not_applicable_reason"]) == (
+        "not_applicable", "field condition_occurrence.provider_id has no values")
+    assert r["field_isforeignkey_condition_occurrence_person_id"]["status"] == "passed"
     clean.execute("DROP TABLE death")
     r = results(clean, "condition_occurrence", tmp_path)
     assert r["field_plausiblebeforedeath_condition_occurrence_condition_start_date"]["status"] == "not_applicable"

@@ -58,6 +58,10 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
 TABLE_REF = re.compile(r"(?<!YEAR )\b(?:FROM|JOIN)\s+(?!\()", re.IGNORECASE)  # a base table read (not a subquery)
 
 
+NA_IF_NO_VALUES = ("isForeignKey", "fkDomain", "fkClass", "isStandardValidConcept",
+                   "standardConceptRecordCompleteness", "sourceConceptRecordCompleteness")
+
+
 class RowCounts(dict):
     """The store's tables -> row count, each counted when first needed."""
 
@@ -250,11 +254,22 @@ class Runner:
             for it in site_items:
                 res[it.check.id] = result(it.check, "not_applicable", reason=f"table {table} empty")
             site_items = []
-        # field-level: one scan for the DQD checks, one for site checks (their SQL is the site's own)
-        for group in (items, site_items):  # the DQD checks, then the site's own SQL
+        # field-level: one scan for the DQD checks, one for site checks (their SQL is the site's own).
+        # DQD: a check on a field with no values at all is not applicable, not passed
+        empty_ok = sorted({it.check.field for it in items if it.check.name in NA_IF_NO_VALUES})
+        probes = [cp.Item(Check("nonNull", "FIELD", table, f, source="probe"), f"count(t.{cp.q(f)})", "count(*)")
+                  for f in empty_ok]
+        for group in (items + probes, site_items):  # the DQD checks, then the site's own SQL
             self._scan(table, group, ctx, res)
-            for it in group:
-                conds[it.check.id] = (it.where, it.joins)
+        for it in items + site_items:
+            conds[it.check.id] = (it.where, it.joins)
+        for p in probes:
+            got = res.pop(p.check.id)
+            if got["status"] != "error" and not got["num_violated_rows"]:
+                for it in items:
+                    if it.check.field == p.check.field and it.check.name in NA_IF_NO_VALUES:
+                        res[it.check.id] = result(it.check, "not_applicable",
+                                                  reason=f"field {table}.{p.check.field} has no values")
         for c in pks:
             sql, ex = cp.primary_key_sql(table, c.field)
             self._single(c, sql, res, examples=ex)
