@@ -44,7 +44,7 @@ from medlake.sources.records import Loc, Rejected, Staged
 EXTRA = [pa.field("source", pa.string()), pa.field("receipt_seq", pa.int64()),
          pa.field("landing_sha256", pa.string()), pa.field("record_location", pa.string())]
 LOG_TABLE = "ingest_log"
-FLUSH_ROWS = 50_000  # buffered rows per table before they go to the engine (inside the open transaction)
+FLUSH_ROWS = 20_000  # buffered rows per table before they go to the engine (inside the open transaction)
 COMMIT_ROWS = 200_000  # rows per transaction (a transaction always ends on a receipt boundary)
 COMMIT_RECEIPTS = 500
 SQL_OF = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER", pa.float64(): "DOUBLE",
@@ -87,6 +87,12 @@ def _ensure_table(engine: Engine, name: str, schema: pa.Schema, known: set[str])
         cols = ", ".join(f'"{f.name}" {SQL_OF.get(f.type, "VARCHAR")}' for f in full)
         engine.execute(f'CREATE TABLE IF NOT EXISTS "{name}" ({cols})')
     known.add(name)
+
+
+def _once(batch: pa.RecordBatch):
+    box = [batch]
+    del batch
+    yield box.pop()
 
 
 def _ensure_log(engine: Engine) -> None:
@@ -285,9 +291,13 @@ class _Stager:
             arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema)]
         arrays += [pa.array([source] * len(seqs), pa.string()), pa.array(seqs, pa.int64()),
                    pa.array(shas, pa.string()), pa.array(locs, pa.string())]
-        data = pa.Table.from_arrays(arrays, schema=_full(schema))
-        self.engine.load_arrow(table, data)
-        self.tx_rows += data.num_rows
+        batch = pa.RecordBatch.from_arrays(arrays, schema=_full(schema))
+        n = batch.num_rows
+        del arrays, columns, rows
+        # A reader over a one-shot generator: an engine may keep a registered Arrow object alive until the
+        # transaction ends (DuckDB does), a consumed generator holds nothing.
+        self.engine.load_arrow(table, pa.RecordBatchReader.from_batches(batch.schema, _once(batch)))
+        self.tx_rows += n
 
     def end_receipt(self, receipt: Receipt, kind: str | None, nrec: int, nrows: int, nbad: int, force=False) -> None:
         self.log.append({"source": receipt.source, "receipt_seq": receipt.seq, "landing_sha256": receipt.sha256,
