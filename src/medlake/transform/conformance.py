@@ -12,6 +12,7 @@ staging (`medlake.sources.fhir.stage_resource`) and the real transform.
 from __future__ import annotations
 
 import csv
+import hashlib
 import datetime as dt
 import json
 from dataclasses import dataclass, field
@@ -118,6 +119,12 @@ def run_variant(engine, fixtures: list, case: dict, targets: list[str]) -> list[
     _stage(engine, [*fixtures, *case.get("fhir", [])])
     transform(engine)
     refs = {}
+    kinds = {"Patient": "", "Encounter": "visit_occurrence|", "Practitioner": "provider|",
+             "PractitionerRole": "provider|", "Organization": "care_site|"}
+    for res in [*fixtures, *case.get("fhir", [])]:  # an FK is the referenced resource's id even without its row
+        if res.get("resourceType") in kinds:
+            key = f"{kinds[res['resourceType']]}{SOURCE}|{res['resourceType']}/{res.get('id')}"
+            refs[res.get("id")] = int(hashlib.md5(key.encode()).hexdigest()[:15], 16)
     for r in engine.query("SELECT cdm_table, row_id, record_key FROM cdm_lineage").to_pylist():
         rtype, _, rid = (r["record_key"] or "").partition("/")
         if REF_TABLES.get(rtype) == r["cdm_table"]:
