@@ -31,6 +31,7 @@ demo: install
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map suggest --limit 10
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map auto-accept --min-score 0.9
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map gaps --coverage
+	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb transform
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb status
 	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb quality run --out $(DEMO)/quality
 
