@@ -170,9 +170,13 @@ def _counting_progress() -> Progress:
 
 
 def _print_ingest_summary(summary) -> None:
-    t = Table(title=f"ingest {summary.batch}")
-    for c in ("source", "received", "landed", "duplicates", "unchanged", "staged", "rows", "quarantined"):
-        t.add_column(c, justify="left" if c == "source" else "right", no_wrap=True)
+    from rich import box
+
+    t = Table(title=f"ingest {summary.batch}", box=box.SIMPLE_HEAD,
+              caption="files: received, landed, duplicates (same content, other name), unchanged (already "
+              "landed); records: staged, rows, quarantined")
+    for c in ("source", "recv.", "landed", "dup.", "same", "staged", "rows", "quar."):
+        t.add_column(c, justify="left" if c == "source" else "right", overflow="fold")
     rows = list(summary.sources.items()) + [("total", summary.total())]
     for name, s in rows:
         t.add_row(name, *(f"{v:,}" for v in (s.received, s.landed, s.duplicates, s.unchanged, s.records, s.rows,
