@@ -76,11 +76,11 @@ def simulate(folder: Path, patients: int, seed: int, suffix: str = "") -> dict[s
     sim(folder, patients=patients, hospitals=3, seed=seed)
     toml = (folder / "sources.toml").read_text(encoding="utf-8")
     if suffix:  # another feed of the same sites: own source names and namespaces
-        toml = re.sub(r'name = "(h\d+)-', rf'name = "\1{suffix}-', toml)
-        toml = re.sub(r'hospital = "(h\d+)"', rf'hospital = "\1{suffix}"', toml)
+        toml = re.sub(r'^name = "(h\d+)-', rf'name = "\1{suffix}-', toml, flags=re.M)
+        toml = re.sub(r'^hospital = "(h\d+)"', rf'hospital = "\1{suffix}"', toml, flags=re.M)
         (folder / "sources.toml").write_text(toml, encoding="utf-8")
-    names = re.findall(r'name = "([^"]+)"', toml)
-    hosp = re.findall(r'hospital = "([^"]+)"', toml)
+    names = re.findall(r'^name = "([^"]+)"', toml, re.M)
+    hosp = re.findall(r'^hospital = "([^"]+)"', toml, re.M)
     return dict(zip(names, hosp))
 
 
