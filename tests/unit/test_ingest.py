@@ -254,3 +254,21 @@ def test_the_same_staging_on_postgresql(site, pg_cluster, tmp_path):
         assert pg.query("SELECT count(*) FROM stg_fhir_observation").column(0)[0].as_py() == 2
     finally:
         pg.close()
+
+
+def test_a_value_of_the_wrong_type_quarantines_its_row_not_the_batch(site, monkeypatch):
+    root, sources, eng, land, q = site
+    real = ing.fhir._observation
+
+    def sloppy(r, c):
+        out = real(r, c)
+        if r["id"] == "o4":
+            out["value_number"] = "nine"  # a reader bug: a string where staging wants a number
+        return out
+
+    monkeypatch.setitem(ing.fhir.EXTRACT, "Observation", sloppy)
+    s = ing.ingest(eng, land, q, [root / "h1" / "emr"], sources)
+    assert s.sources["h1-emr"].quarantined["invalid"] == 2  # o3 (status) and o4 (type)
+    (item,) = [i for i in q.items(reason="invalid") if i.field == "stg_fhir_observation"]
+    assert "value_number = 'nine'" in item.detail and item.loc_key.startswith("line 4")
+    assert eng.query("SELECT resource_id FROM stg_fhir_observation").column(0).to_pylist() == ["o1"]

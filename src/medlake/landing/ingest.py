@@ -457,6 +457,9 @@ def _stage_receipt(st: _Stager, land: Landing, q: Quarantine, src: Source, r: Re
             kind = detect(f.read(4096), name)
             f.seek(0)
         for rec in records(kind, src, f, name):
+            if isinstance(rec, Staged) and any(t not in st.schemas for t in rec.rows):
+                rec = Rejected(rec.loc, "parser_error", "the reader produced rows for unknown staging table(s) "
+                               f"{', '.join(t for t in rec.rows if t not in st.schemas)}", b"")
             if isinstance(rec, Staged):
                 nrows += st.add(r, rec)
                 nrec += 1
