@@ -73,6 +73,7 @@ RELATIONSHIPS = [
 
 OMOP_CONCEPTS = [
     # concept_id, name, domain, vocabulary, class, standard, code
+    (0, "No matching concept", "Metadata", "None", "Undefined", "", "No matching concept"),
     (8507, "MALE", "Gender", "Gender", "Gender", "S", "M"),
     (8532, "FEMALE", "Gender", "Gender", "Gender", "S", "F"),
     (8551, "UNKNOWN", "Gender", "Gender", "Gender", "", "U"),
