@@ -16,7 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from medlake.identity import empi
+from medlake.identity import demographics, empi
 from medlake.identity.normalize import id_check_ok
 from medlake.identity.vault import Vault
 
@@ -161,6 +161,7 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
     ids = source_identities(engine, sources)
     # identities already in the vault and nothing new in staging: put() is only called with what staging holds
     moved = vault.put(ids) if ids else 0
+    demographics.record(engine, ids)  # sex, year and month of birth: what the CDM may keep
     merges = empi.record_merges(engine, source_merges(engine))
     schemas = _schemas()
     nulled = {}
