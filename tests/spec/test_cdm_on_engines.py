@@ -159,3 +159,13 @@ def test_demo_vocabulary_loads_and_status_reports_it(engine):
     s = store.status(engine)
     assert s.cdm_version == "5.4" and "demo" in s.vocabulary_version.lower()
     assert s.counts["concept"] == first.files["concept"] and s.counts["person"] == 0
+
+
+def test_work_tables_can_be_created_filled_and_dropped(engine):
+    engine.execute("CREATE TABLE IF NOT EXISTS work_t (a INTEGER, b VARCHAR)")
+    engine.execute("INSERT INTO work_t VALUES (1, 'x'), (2, 'y')")
+    engine.execute("DELETE FROM work_t WHERE a = 1")
+    assert engine.query("SELECT a, b FROM work_t").to_pylist() == [{"a": 2, "b": "y"}]
+    engine.execute("DROP TABLE IF EXISTS work_t")
+    engine.execute("DROP TABLE IF EXISTS never_was")
+    assert "work_t" not in engine.tables()

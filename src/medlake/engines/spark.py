@@ -136,9 +136,9 @@ class SparkEngine:
             self._create_from_sql(parsed)
             return
         if isinstance(parsed, exp.Drop) and parsed.kind == "TABLE":
-            name = parsed.this.name
             self._sql(sql, params)
-            shutil.rmtree(self.warehouse / name, ignore_errors=True)
+            for t in parsed.args.get("tables") or [parsed.this]:
+                shutil.rmtree(self.warehouse / t.name, ignore_errors=True)
             return
         if isinstance(parsed, exp.Delete):
             self._delete(parsed, params)
