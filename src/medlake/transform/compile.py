@@ -123,7 +123,12 @@ def select_list(table: str, exprs: dict) -> str:
     unknown = set(exprs) - set(cols)
     if unknown:
         raise ValueError(f"{table} has no column(s) {', '.join(sorted(unknown))}")
-    return ", ".join(f"{exprs[c]} AS {c}" if c in exprs else f"{_null(table, c)} AS {c}" for c in cols)
+    t = model.load("5.4").table(table)
+
+    def fit(c: str) -> str:  # PostgreSQL enforces the spec's VARCHAR lengths: cut, never fail the run
+        f = t.field(c)
+        return f"left(CAST({exprs[c]} AS VARCHAR), {f.length})" if f.kind == "varchar" and f.length else exprs[c]
+    return ", ".join(f"{fit(c)} AS {c}" if c in exprs else f"{_null(table, c)} AS {c}" for c in cols)
 
 
 # -- keys and ids ----------------------------------------------------------------------------------------------------
