@@ -51,7 +51,8 @@ WORK_TABLES = {
     "tx_event": ", ".join(f"{k} {v}" for k, v in EVENT_COLUMNS.items()),
     "tx_person": "person_id BIGINT, rule VARCHAR, source VARCHAR, record_key VARCHAR, source_key VARCHAR, "
                  "landing_sha256 VARCHAR, receipt_seq BIGINT, record_location VARCHAR, message_id VARCHAR, "
-                 "seen_at TIMESTAMP, gender VARCHAR, birth DATE, race VARCHAR, ethnicity VARCHAR, death TIMESTAMP",
+                 "seen_at TIMESTAMP, gender VARCHAR, birth DATE, race VARCHAR, ethnicity VARCHAR, death TIMESTAMP, "
+                 "birth_year INTEGER, birth_month INTEGER",
 }
 
 # Event columns -> CDM columns, per domain table (unlisted CDM columns are NULL).
@@ -343,21 +344,34 @@ def lineage_from_events_sql(run_id: int) -> str:
 
 
 # -- persons ---------------------------------------------------------------------------------------------------------
-def person_rows_sql(rule: PersonRule, empi: bool, touched_only: bool = True) -> str:
-    """Every record of a person rule whose person is touched, into tx_person."""
+NO_DEMOGRAPHICS = ("SELECT CAST(NULL AS BIGINT) AS person_id, CAST(NULL AS VARCHAR) AS gender_source_value, "
+                   "CAST(NULL AS INTEGER) AS year_of_birth, CAST(NULL AS INTEGER) AS month_of_birth")
+
+
+def person_rows_sql(rule: PersonRule, empi: bool, touched_only: bool = True, demographics: str = NO_DEMOGRAPHICS) -> str:
+    """Every record of a person rule whose person is touched, into tx_person.
+
+    `demographics` (person_id, gender_source_value, year_of_birth, month_of_birth) fills what staging no longer
+    holds once the EMPI has moved identifying values into the vault (see medlake.identity.demographics)."""
     pj, pid = person_joins(rule, empi)
     return f"""INSERT INTO tx_person
-SELECT * FROM (
-    SELECT {pid} AS person_id, '{rule.name}', s.source, {rule.key}, {source_key(rule)}, s.landing_sha256,
-           s.receipt_seq, s.record_location, CAST({rule.message_id} AS VARCHAR), CAST({rule.when} AS TIMESTAMP),
-           CAST({rule.gender} AS VARCHAR), CAST({rule.birth} AS DATE), CAST({rule.race} AS VARCHAR),
-           CAST({rule.ethnicity} AS VARCHAR), CAST({rule.death} AS TIMESTAMP)
+SELECT p.person_id, p.rule, p.source, p.record_key, p.source_key, p.landing_sha256, p.receipt_seq,
+       p.record_location, p.message_id, p.seen_at, COALESCE(dm.gender_source_value, p.gender), p.birth, p.race,
+       p.ethnicity, p.death, dm.year_of_birth, dm.month_of_birth
+FROM (
+    SELECT {pid} AS person_id, '{rule.name}' AS rule, s.source AS source, {rule.key} AS record_key,
+           {source_key(rule)} AS source_key, s.landing_sha256 AS landing_sha256, s.receipt_seq AS receipt_seq,
+           s.record_location AS record_location, CAST({rule.message_id} AS VARCHAR) AS message_id,
+           CAST({rule.when} AS TIMESTAMP) AS seen_at, CAST({rule.gender} AS VARCHAR) AS gender,
+           CAST({rule.birth} AS DATE) AS birth, CAST({rule.race} AS VARCHAR) AS race,
+           CAST({rule.ethnicity} AS VARCHAR) AS ethnicity, CAST({rule.death} AS TIMESTAMP) AS death
     FROM {rule.staging} s
     JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
     LEFT JOIN transform_source ns ON ns.source = s.source
     {pj}
     WHERE ({rule.where}) AND ({rule.key}) IS NOT NULL
 ) AS p
+LEFT JOIN ({demographics}) AS dm ON dm.person_id = p.person_id
 WHERE p.person_id IN (SELECT person_id FROM tx_touched)"""
 
 
@@ -378,8 +392,8 @@ def _case(expr: str, mapping: dict) -> str:
 def person_insert_sql(gender: dict, race: dict, ethnicity: dict) -> str:
     exprs = {
         "person_id": "p.person_id", "gender_concept_id": _case("p.gender", gender),
-        "year_of_birth": "CAST(EXTRACT(year FROM p.birth) AS INTEGER)",
-        "month_of_birth": "CAST(EXTRACT(month FROM p.birth) AS INTEGER)",
+        "year_of_birth": "COALESCE(CAST(EXTRACT(year FROM p.birth) AS INTEGER), p.birth_year)",
+        "month_of_birth": "COALESCE(CAST(EXTRACT(month FROM p.birth) AS INTEGER), p.birth_month)",
         "day_of_birth": "CAST(EXTRACT(day FROM p.birth) AS INTEGER)",
         "race_concept_id": _case("p.race", race), "ethnicity_concept_id": _case("p.ethnicity", ethnicity),
         "gender_source_value": "left(p.gender, 50)", "gender_source_concept_id": "0",
@@ -390,7 +404,7 @@ def person_insert_sql(gender: dict, race: dict, ethnicity: dict) -> str:
 SELECT {select_list('person', exprs)}
 FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
                                       record_location DESC) AS rn
-      FROM tx_person tp WHERE birth IS NOT NULL) AS p
+      FROM tx_person tp WHERE birth IS NOT NULL OR birth_year IS NOT NULL) AS p
 WHERE p.rn = 1"""
 
 
@@ -405,7 +419,7 @@ WHERE p.rn = 1"""
 
 
 def person_lineage_sql(table: str, run_id: int) -> str:
-    cond = "birth IS NOT NULL" if table == "person" else "death IS NOT NULL"
+    cond = "(birth IS NOT NULL OR birth_year IS NOT NULL)" if table == "person" else "death IS NOT NULL"
     return f"""INSERT INTO cdm_lineage
 SELECT '{table}', p.person_id, p.person_id, p.rule, p.source, p.record_key, p.source_key, p.landing_sha256,
        p.receipt_seq, p.record_location, p.message_id, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),

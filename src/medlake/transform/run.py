@@ -21,6 +21,7 @@ from typing import Callable
 import pyarrow as pa
 
 from medlake.engines.base import Engine
+from medlake.identity import demographics
 from medlake.transform import compile as c
 from medlake.transform import derived, rules as r
 
@@ -45,6 +46,9 @@ def _count(engine: Engine, sql: str) -> int:
 
 def ensure_tables(engine: Engine) -> None:
     have = set(engine.tables())
+    if "tx_person" in have and "birth_year" not in {col.name for col in engine.columns("tx_person")}:
+        engine.execute("DROP TABLE tx_person")  # a work table from an older release: recreated below
+        have.discard("tx_person")
     for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES}.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
@@ -168,8 +172,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             engine.execute(f"DELETE FROM {t} WHERE person_id IN (SELECT person_id FROM tx_touched)")
         engine.execute(f"DELETE FROM cdm_lineage WHERE cdm_table IN {PROTECTED} "
                        "AND row_id IN (SELECT person_id FROM tx_touched)")
+        demo = demographics.person_sql() if empi and demographics.TABLE in tables else c.NO_DEMOGRAPHICS
         for rule in persons:
-            engine.execute(c.person_rows_sql(rule, empi))
+            engine.execute(c.person_rows_sql(rule, empi, demographics=demo))
         engine.execute(c.person_insert_sql(r.GENDER, r.RACE, r.ETHNICITY))
         engine.execute(c.DEATH_SQL)
         for t in PROTECTED:
