@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 DEMO := demo-data
+# the demo's store; its vault key is a throwaway file beside it (never in the repo)
+ML = MEDLAKE_VAULT_KEY_FILE=$(DEMO)/vault.key $(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb
 
 .PHONY: venv install install-test system-deps demo test test-fast bench clean
 
@@ -24,16 +26,19 @@ system-deps:
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/medlake simulate --patients 1000 --hospitals 3 --seed 42 --out $(DEMO)/hospital
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb init
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb vocab load --demo
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb ingest $(DEMO)/hospital --sources $(DEMO)/hospital/sources.toml
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map gaps --coverage
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map suggest --limit 10
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map auto-accept --min-score 0.9
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb map gaps --coverage
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb transform
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb status
-	$(BIN)/medlake --store duckdb:$(DEMO)/medlake.duckdb quality run --out $(DEMO)/quality
+	$(ML) init
+	$(ML) vocab load --demo
+	$(ML) ingest $(DEMO)/hospital --sources $(DEMO)/hospital/sources.toml
+	$(ML) identity new-key --key-file $(DEMO)/vault.key
+	$(ML) empi run
+	$(ML) transform
+	$(ML) map gaps --coverage
+	$(ML) map suggest --limit 10
+	$(ML) map auto-accept --min-score 0.9
+	$(ML) transform --full
+	$(ML) map gaps --coverage
+	$(ML) status
+	$(ML) quality run --out $(DEMO)/quality
 
 test: install-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
