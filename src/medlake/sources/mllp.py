@@ -285,8 +285,20 @@ class Listener:
                 await self._committer
             except asyncio.CancelledError:
                 pass
+        # Answer, then half-close: the sender reads every ACK before it sees the end. Reading resumes only to
+        # drop what the sender still sends (never answered, so sent again) — closing with unread input would
+        # reset the connection and could destroy ACKs not yet read by the sender.
         for c in list(self.conns):
             c.flush()
+            t = c.transport
+            if t is not None and not t.is_closing():
+                if t.can_write_eof():
+                    t.write_eof()
+                t.resume_reading()
+        grace = asyncio.get_running_loop().time() + 2.0
+        while any(not c.closed for c in self.conns) and asyncio.get_running_loop().time() < grace:
+            await asyncio.sleep(0.01)
+        for c in list(self.conns):
             if c.transport is not None:
                 c.transport.close()
         if self.server is not None:
@@ -435,11 +447,20 @@ def send(host: str, port: int, messages: Iterable[bytes], *, window: int = 1, ti
                         raise ConnectionError("the listener closed the connection before answering")
                     buf += chunk
 
-            for m in messages:
-                s.sendall(frame(m))
-                sent += 1
-                while sent - len(acks) >= window:
-                    read_one()
+            try:
+                for m in messages:
+                    s.sendall(frame(m))
+                    sent += 1
+                    while sent - len(acks) >= window:
+                        read_one()
+            except OSError:  # the listener stopped taking messages: collect the ACKs it still sent, then fail
+                s.settimeout(min(timeout, 5.0))
+                try:
+                    while len(acks) < sent:
+                        read_one()
+                except (OSError, ConnectionError):
+                    pass
+                raise
             while len(acks) < sent:
                 read_one()
     except (OSError, ConnectionError) as e:
