@@ -272,3 +272,47 @@ def test_a_value_of_the_wrong_type_quarantines_its_row_not_the_batch(site, monke
     (item,) = [i for i in q.items(reason="invalid") if i.field == "stg_fhir_observation"]
     assert "value_number = 'nine'" in item.detail and item.loc_key.startswith("line 4")
     assert eng.query("SELECT resource_id FROM stg_fhir_observation").column(0).to_pylist() == ["o1"]
+
+
+def test_an_upload_goes_to_the_named_source_with_its_mapping(site, tmp_path):
+    root, sources, eng, land, q = site
+    (root / "sources.toml").write_text((root / "sources.toml").read_text(encoding="utf-8") + '''
+[[source]]
+name = "h2-pharmacy-upload"
+kind = "csv"
+hospital = "h2"
+system = "pharmacy"
+upload = true
+encoding = "gbk"
+[source.columns]
+record_id = "发药单号"
+patient_id = "病人ID"
+drug_code = "药品编码"
+quantity = "数量"
+dispensed_at = "发药时间"
+[source.formats]
+dispensed_at = "%Y/%m/%d %H:%M"
+''', encoding="utf-8")
+    sources = config.load(root / "sources.toml")
+    assert next(s for s in sources if s.name == "h2-pharmacy-upload").upload
+    handed_in = tmp_path / "inbox" / "march.csv"
+    handed_in.parent.mkdir()
+    handed_in.write_bytes("发药单号,病人ID,药品编码,数量,发药时间\nU1,MRN-9,D009,3,2024/03/05 11:00\n".encode("gbk"))
+    summary = ing.ingest(eng, land, q, [handed_in], sources, source_name="h2-pharmacy-upload")
+    up = summary.sources["h2-pharmacy-upload"]
+    assert (up.received, up.landed, up.records) == (1, 1, 1)
+    rows = eng.query("SELECT record_id, patient_id, drug_code FROM stg_csv_pharmacy WHERE source = "
+                     "'h2-pharmacy-upload'").to_pylist()
+    assert rows == [{"record_id": "U1", "patient_id": "MRN-9", "drug_code": "D009"}]
+    with pytest.raises(ValueError, match="no such source"):
+        ing.ingest(eng, land, q, [handed_in], sources, source_name="nope")
+
+
+def test_a_source_needs_a_folder_a_port_or_upload(tmp_path):
+    f = tmp_path / "sources.toml"
+    f.write_text('[[source]]\nname = "x"\nkind = "fhir"\n')
+    with pytest.raises(config.SourceConfigError, match="upload = true"):
+        config.load(f)
+    f.write_text('[[source]]\nname = "x"\nkind = "fhir"\nupload = "yes"\n')
+    with pytest.raises(config.SourceConfigError, match="must be true or false"):
+        config.load(f)

@@ -376,6 +376,10 @@ def plan(paths: Iterable[str | Path], sources: list[Source] | None = None, sourc
     folders = sorted(((s.path.resolve(), s) for s in sources if s.path is not None), key=lambda x: -len(str(x[0])))
     config_files = {Path(s.file).resolve() for s in sources if s.file}
     out, ignored, implicit = [], [], {}
+    named = next((s for s in sources if s.name == source_name), None)
+    if sources and source_name and named is None:
+        raise ValueError(f"--source {source_name}: no such source in the sources file "
+                         f"({', '.join(s.name for s in sources)})")
     for p in paths:
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such file or folder")
@@ -384,6 +388,10 @@ def plan(paths: Iterable[str | Path], sources: list[Source] | None = None, sourc
             src = next((s for folder, s in folders if rf.is_relative_to(folder)), None)
             if src is not None:
                 out.append(Planned(src, f, rf.relative_to(src.path.resolve()).as_posix()))
+                continue
+            if named is not None:  # an upload: files handed in for a configured source, outside its folder
+                root = p if p.is_dir() else p.parent
+                out.append(Planned(named, f, f.resolve().relative_to(root.resolve()).as_posix()))
                 continue
             if sources:
                 if rf not in config_files:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KINDS = ("hl7v2", "fhir", "csv")
-KEYS = {"name", "kind", "hospital", "system", "path", "mllp_port", "encoding", "delimiter", "columns", "formats",
+KEYS = {"name", "kind", "hospital", "system", "path", "mllp_port", "upload", "encoding", "delimiter", "columns", "formats",
         "code_systems", "quotechar", "skip_rows"}
 
 
@@ -44,6 +44,7 @@ class Source:
     system: str | None = None
     path: Path | None = None  # absolute
     mllp_port: int | None = None
+    upload: bool = False  # files are handed in with `medlake ingest FILE… --source NAME`
     encoding: str = "utf-8"
     delimiter: str = ","
     quotechar: str = '"'
@@ -130,8 +131,12 @@ def parse(data: dict, path: Path, check_paths: bool = True) -> list[Source]:
         port = t.get("mllp_port")
         if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
             bad("mllp_port", f"{port!r} is not a port number (1-65535)")
-        if src_path is None and port is None:
-            bad("path", "give a file-drop folder `path` or an `mllp_port`")
+        upload = t.get("upload", False)
+        if not isinstance(upload, bool):
+            bad("upload", f"{upload!r} must be true or false")
+            upload = False
+        if src_path is None and port is None and not upload:
+            bad("path", "give a file-drop folder `path`, an `mllp_port` or `upload = true`")
         opts = {}
         if kind == "csv":
             opts = _csv_options(t, bad, csvfile)
@@ -139,7 +144,7 @@ def parse(data: dict, path: Path, check_paths: bool = True) -> list[Source]:
             bad(next(k for k in ("columns", "formats", "code_systems", "encoding", "delimiter") if k in t),
                 f"only csv sources take a column mapping, not {kind}")
         out.append(Source(name=name, kind=kind, hospital=t.get("hospital"), system=t.get("system"), path=src_path,
-                          mllp_port=port, file=str(path), **opts))
+                          mllp_port=port, upload=upload, file=str(path), **opts))
     if errors:
         raise SourceConfigError("; ".join(errors))
     return out
