@@ -293,3 +293,22 @@ def test_compile_gives_one_scan_per_table(clean):
     sql = cp.scan_sql("condition_occurrence", items, ctx)
     assert sql.count("FROM \"condition_occurrence\"") == 1 and len(items) > 40
     assert {"person", "concept", "visit_occurrence", "death"} <= reads
+
+
+def test_after_birth_uses_the_birth_month_when_only_year_and_month_are_known(clean, tmp_path):
+    """Birth known as 1990-03 (no birth_datetime): an event in February 1990 is before birth, one in March is not."""
+    cid = "field_plausibleafterbirth_condition_occurrence_condition_start_date"
+    clean.execute("UPDATE person SET birth_datetime = NULL, month_of_birth = 3 WHERE person_id = 2")
+    clean.execute(CO + "condition_start_date = DATE '1990-03-20' WHERE condition_occurrence_id = 200")
+    assert results(clean, "condition_occurrence", tmp_path)[cid]["num_violated_rows"] == 0
+    clean.execute(CO + "condition_start_date = DATE '1990-02-20' WHERE condition_occurrence_id = 200")
+    r = results(clean, "condition_occurrence", tmp_path)[cid]
+    assert (r["status"], r["num_violated_rows"]) == ("failed", 1)
+
+
+def test_violating_rows_lists_every_violating_row(clean, tmp_path):
+    clean.execute(CO + "person_id = 99 WHERE condition_occurrence_id IN (200, 300)")
+    runner = Runner(clean, "5.4", tmp_path / "q", incremental=False, resume=False)
+    rows = runner.violating_rows("condition_occurrence")
+    assert sorted(rows["field_isforeignkey_condition_occurrence_person_id"]) == ["200", "300"]
+    assert "field_isrequired_condition_occurrence_person_id" not in rows  # no violation: not listed

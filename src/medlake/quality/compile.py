@@ -110,9 +110,14 @@ def as_date(expr: str) -> str:
 
 
 def _birth_after(p: str, when: str) -> str:
-    """Birth (birth_datetime, else year_of_birth) after the date `when`."""
+    """Birth after the date `when`: birth_datetime if known, else the earliest day the birth fields allow
+    (year_of_birth, month_of_birth or January, day_of_birth or the 1st) — so a date in the birth year but
+    before the birth month counts, and no date that could be after birth does."""
+    ymd = lambda y, m, d: f"({y} * 10000 + {m} * 100 + {d})"  # noqa: E731
     return (f"(({p}.birth_datetime IS NOT NULL AND CAST({p}.birth_datetime AS DATE) > {when}) OR "
-            f"({p}.birth_datetime IS NULL AND {p}.year_of_birth > EXTRACT(YEAR FROM {when})))")
+            f"({p}.birth_datetime IS NULL AND "
+            f"{ymd(f'{p}.year_of_birth', f'coalesce({p}.month_of_birth, 1)', f'coalesce({p}.day_of_birth, 1)')} > "
+            f"{ymd(f'EXTRACT(YEAR FROM {when})', f'EXTRACT(MONTH FROM {when})', f'EXTRACT(DAY FROM {when})')}))")
 
 
 def field_item(c: Check, ctx: Context) -> Item:

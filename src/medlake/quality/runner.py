@@ -55,7 +55,7 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
     }
 
 
-TABLE_REF = re.compile(r"(?<!YEAR )\b(?:FROM|JOIN)\s+(?!\()", re.IGNORECASE)  # a base table read (not a subquery)
+TABLE_REF = re.compile(r"(?<!YEAR )(?<!MONTH )(?<!DAY )\b(?:FROM|JOIN)\s+(?!\()", re.IGNORECASE)  # a base table read (not a subquery)
 
 
 NA_IF_NO_VALUES = ("isForeignKey", "fkDomain", "fkClass", "isStandardValidConcept",
@@ -316,6 +316,32 @@ class Runner:
                     res[cid]["example_error"] = str(e)
         order = {c.id: i for i, c in enumerate(checks + [i.check for i in site_items])}
         return sorted(res.values(), key=lambda r: order.get(r["check_id"], 1 << 30))
+
+    def violating_rows(self, table: str) -> dict[str, list[str]]:
+        """Every violating row id (the table's id column) per field-level and concept-level check of `table`,
+        one query per check. Not part of a run: for tracing checks back to their source rows (bench/)."""
+        if not hasattr(self, "present"):
+            self._survey()
+        checks = [c for c in dqd_checks(self.version) if c.table == table]
+        _, items, _, cq, _, _, ctx = self.plan(table, checks)
+        if ctx is None or not ctx.id_column:
+            return {}
+        wanted = [(it.check.id, it.where, it.joins) for it in items if it.where]
+        for _, group, _ in cq:
+            for c in group:
+                try:
+                    wanted.append((c.id, *cp.concept_example(c, ctx)))
+                except cp.NotApplicable:
+                    pass
+        out: dict[str, list[str]] = {}
+        for cid, cond, joins in wanted:
+            try:
+                rows = self.eng.query(cp.examples_sql(table, [(cid, cond, joins)], ctx, k=1 << 40)).to_pylist()
+            except EngineError:
+                continue
+            if rows:
+                out[cid] = [r["row_id"] for r in rows]
+        return out
 
     def _scan(self, table, items, ctx, res):
         if not items:
