@@ -312,3 +312,16 @@ def test_violating_rows_lists_every_violating_row(clean, tmp_path):
     rows = runner.violating_rows("condition_occurrence")
     assert sorted(rows["field_isforeignkey_condition_occurrence_person_id"]) == ["200", "300"]
     assert "field_isrequired_condition_occurrence_person_id" not in rows  # no violation: not listed
+
+
+def test_split_and_single_scan_agree(clean, tmp_path):
+    clean.execute(CO + "person_id = 99, condition_start_date = DATE '1975-01-01' WHERE condition_occurrence_id = 200")
+    got = {}
+    for split in (False, True):
+        runner = Runner(clean, "5.4", tmp_path / f"q{split}", incremental=False, resume=False, split_joins=split)
+        runner._survey()
+        cs = [c for c in checks("5.4") if c.table == "condition_occurrence"]
+        got[split] = {r["check_id"]: (r["status"], r["num_violated_rows"], r["num_denominator_rows"])
+                      for r in runner.run_table("condition_occurrence", cs, [])}
+    assert got[True] == got[False]
+    assert got[True]["field_isforeignkey_condition_occurrence_person_id"] == ("failed", 1, 4)
