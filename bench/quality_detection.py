@@ -171,7 +171,8 @@ def main() -> None:
            "- `reached CDM` 0: the defect's message was quarantined at ingest or merged (duplicates, identity "
            "defects); those are seen by ingest and the EMPI, not by CDM checks.",
            f"- Measurement rows whose concept has a DQD concept-level rule (plausibleValueLow/High, "
-           f"plausibleUnitConceptIds): {meta['measurement_rows_with_dqd_concept_rules']:.1%}. DQD keys those rules "
+           f"plausibleUnitConceptIds): {meta['measurement_rows_with_dqd_concept_rules']:.1%} (DQD v5.4 has unit rules "
+           "for measurements but no value ranges: its concept-level value rules are all on observation). DQD keys those rules "
            "on Athena concept ids; concepts the demo vocabulary gives local ids (>= 2,000,000,000, e.g. LOINC 8310-5 "
            "body temperature = 2002100003 instead of Athena's 3020891) get no value or unit rule, so "
            "impossible values and wrong units on them cannot be seen by DQD's checks."]
