@@ -171,5 +171,9 @@ def test_rerun_changes_nothing_and_lineage_covers_every_row(hospital):
     assert again.run_id is None
     assert counts == {t: engine.query(f"SELECT count(*) FROM {t}").column(0)[0].as_py() for t in summary.written}
     lin = {r["cdm_table"]: r["n"] for r in engine.query(
-        "SELECT cdm_table, count(*) AS n FROM cdm_lineage GROUP BY cdm_table").to_pylist()}
+        "SELECT cdm_table, count(DISTINCT row_id) AS n FROM cdm_lineage GROUP BY cdm_table").to_pylist()}
     assert lin == counts
+    # the HL7 visit and the FHIR Encounter of one stay (same visit number) are one row traced to both records
+    both = engine.query("SELECT count(*) FROM (SELECT row_id FROM cdm_lineage WHERE cdm_table = 'visit_occurrence' "
+                        "GROUP BY row_id HAVING count(DISTINCT rule) = 2) AS a").column(0)[0].as_py()
+    assert both > 0.9 * counts["visit_occurrence"]

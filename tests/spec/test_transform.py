@@ -54,8 +54,8 @@ def stage(engine, table: str, source: str, seq: int, rows: list[dict]):
     if table not in engine.tables():
         cols = ", ".join(f'"{f.name}" {"BIGINT" if f.type == pa.int64() else "DOUBLE" if f.type == pa.float64() else "DATE" if f.type == pa.date32() else "TIMESTAMP" if pa.types.is_timestamp(f.type) else "BOOLEAN" if f.type == pa.bool_() else "INTEGER" if f.type == pa.int32() else "VARCHAR"}' for f in schema)
         engine.execute(f"CREATE TABLE {table} ({cols})")
-    full = [{**r, "source": source, "receipt_seq": seq, "landing_sha256": f"sha-{source}-{seq}",
-             "record_location": f"line {i + 1}"} for i, r in enumerate(rows)]
+    full = [{"record_location": f"line {i + 1}", **r, "source": source, "receipt_seq": seq,
+             "landing_sha256": f"sha-{source}-{seq}"} for i, r in enumerate(rows)]
     engine.load_arrow(table, pa.Table.from_pylist(full, schema=schema))
 
 
@@ -192,3 +192,39 @@ def test_incremental_updates_deletes_and_reruns(engine):
     final = rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement")
     transform(engine, namespaces=NS, full=True)  # a full re-map agrees with the incremental result
     assert rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement") == final
+
+
+def test_one_visit_for_hl7_and_fhir_and_the_coding_that_maps(engine):
+    """The FHIR Encounter whose identifier is the HL7 visit number is the same VISIT_OCCURRENCE row (in either
+    order of arrival); a Condition whose first coding is local uses its second, SNOMED, coding."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    stage(engine, "stg_fhir_encounter", "emr", 1, [
+        dict(resource_id="e7", status="finished", class_code="IMP", subject_ref="Patient/p1", identifier_value="V7",
+             period_start=T(2022, 3, 1, 8), period_end=T(2022, 3, 4, 10)),
+        dict(resource_id="e8", status="finished", class_code="AMB", subject_ref="Patient/p1",
+             period_start=T(2022, 6, 1, 8))])
+    stage(engine, "stg_fhir_condition", "emr", 1, [
+        dict(resource_id="c7", code_system="urn:local", code="HT", code_display="local hypertension",
+             subject_ref="Patient/p1", encounter_ref="Encounter/e7", onset_at=T(2022, 3, 1, 9))])
+    stage(engine, "stg_fhir_coding", "emr", 1, [
+        dict(resource_type="Condition", resource_id="c7", element="code", position=0, coding_index=i, system=sy,
+             code=co, display=di, record_location="line 1")  # the Condition's record
+        for i, (sy, co, di) in enumerate([
+                 ("urn:local", "HT", "local hypertension"), ("http://snomed.info/sct", "59621000", "Essential HT")])])
+    transform(engine, namespaces=NS)
+    stage(engine, "stg_hl7_visit", "his", 2, [
+        dict(control_id="A7", message_type="ADT^A01", event_type="A01", event_time=T(2022, 3, 1), patient_id="M1",
+             visit_number="V7", patient_class="I", admit_time=T(2022, 3, 1, 8))])
+    transform(engine, namespaces=NS)
+    visit = sid("visit_occurrence|h1|V7")
+    assert rows(engine, "SELECT visit_occurrence_id, visit_concept_id FROM visit_occurrence") == sorted([
+        (visit, 9201), (sid("visit_occurrence|h1|Encounter/e8"), 9202)])
+    assert rows(engine, "SELECT condition_concept_id, condition_source_concept_id, condition_source_value, "
+                        "visit_occurrence_id FROM condition_occurrence") == [(320128, 320128, "Essential HT", visit)]
+    # both records are traced to the one visit row
+    assert rows(engine, "SELECT rule FROM cdm_lineage WHERE cdm_table = 'visit_occurrence' "
+                        f"AND row_id = {visit}") == [("fhir.encounter",), ("hl7.visit",)]
+    transform(engine, namespaces=NS, full=True)  # a full re-map keeps one row
+    assert rows(engine, "SELECT count(*) AS n, count(DISTINCT visit_occurrence_id) AS ids FROM visit_occurrence") \
+        == [(2, 2)]

@@ -59,7 +59,7 @@ def test_ndjson_rows_values_and_identifying_columns():
     assert json.loads(ob["raw"]) == OBS
     assert o.rows["stg_fhir_coding"] == [{"resource_type": "Observation", "resource_id": "o1", "element": "code",
                                           "position": 0, "system": "urn:lab", "code": "GLU", "display": "Glucose",
-                                          "text": "glucose"}]
+                                          "text": "glucose", "coding_index": 0}]
     schema = fhir.STAGING_SCHEMAS["stg_fhir_patient"]
     marked = {f.name for f in schema if is_identifying(f)}
     assert {"family_name", "given_names", "birth_date", "mrn", "identifiers", "telecom", "address_line",

@@ -105,7 +105,7 @@ COLUMNS = {
                "ethnicity_display birth_sex language_code managing_organization_ref general_practitioner_ref",
     "Encounter": "status class_system class_code class_display type_system type_code type_display subject_ref "
                  "period_start:t period_end:t service_provider_ref participant_ref location_ref part_of_ref "
-                 "admit_source_code discharge_disposition_code reason_system reason_code",
+                 "admit_source_code discharge_disposition_code reason_system reason_code identifier_value",
     "Condition": f"clinical_status verification_status category_code {CODE} subject_ref encounter_ref onset_at:t "
                  "abatement_at:t recorded_date:t recorder_ref asserter_ref",
     "Observation": f"status category_code {CODE} subject_ref encounter_ref effective_at:t effective_end:t issued:t "
@@ -159,7 +159,7 @@ STAGING_SCHEMAS["stg_fhir_other"] = pa.schema(
     [pa.field("resource_type", pa.string())] + _fields(COMMON) + _fields("subject_ref request_method request_url")
     + [ident("raw")])
 STAGING_SCHEMAS["stg_fhir_coding"] = pa.schema(_fields(
-    "resource_type resource_id element position:i system code display text!"))
+    "resource_type resource_id element position:i system code display text! coding_index:i"))
 STAGING_SCHEMAS["stg_fhir_observation_component"] = pa.schema(_fields(
     "resource_id position:i code_system code code_display code_text value_number:f value_unit value_unit_code "
     "value_code_system value_code value_string!"))
@@ -407,7 +407,21 @@ def _encounter(r: dict, c: Ctx) -> dict:
             "part_of_ref": c.ref(r.get("partOf"), "partOf"),
             "admit_source_code": _code(hosp.get("admitSource")),
             "discharge_disposition_code": _code(hosp.get("dischargeDisposition")),
-            "reason_system": rs, "reason_code": rc}
+            "reason_system": rs, "reason_code": rc, "identifier_value": _visit_number(r.get("identifier"))}
+
+
+def _visit_number(ids) -> str | None:
+    """The visit number among an Encounter's identifiers: type VN first, then use official/usual, then the first.
+
+    It is the key HL7 v2 uses (PV1-19), so the HL7 visit and the FHIR Encounter of one stay become one visit."""
+    ids = [i for i in ids if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"]] \
+        if isinstance(ids, list) else []
+
+    def rank(i):
+        t = i.get("type") if isinstance(i.get("type"), dict) else {}
+        vn = any(isinstance(cd, dict) and cd.get("code") == "VN" for cd in t.get("coding") or ())
+        return (0 if vn else 1 if i.get("use") in ("official", "usual") else 2)
+    return min(ids, key=rank)["value"] if ids else None
 
 
 def _condition(r: dict, c: Ctx) -> dict:
@@ -719,11 +733,11 @@ def stage_resource(res, raw: str | None = None, refs: dict | None = None, id_hin
             continue
         for pos, cc in enumerate(v):
             if isinstance(cc, dict) and isinstance(cc.get("coding"), list):
-                for cd in cc["coding"]:
+                for k, cd in enumerate(cc["coding"]):
                     if isinstance(cd, dict):
                         codings.append({"resource_type": rt, "resource_id": rid, "element": el, "position": pos,
                                         "system": cd.get("system"), "code": cd.get("code"),
-                                        "display": cd.get("display"), "text": cc.get("text")})
+                                        "display": cd.get("display"), "text": cc.get("text"), "coding_index": k})
     if codings:
         out["stg_fhir_coding"] = codings
     return out

@@ -4,6 +4,9 @@ Work tables (`tx_*`) hold one run's delta: the record keys to (re)build, the res
 """
 from __future__ import annotations
 
+import dataclasses
+import re
+
 from medlake.cdm import model
 from medlake.cdm.ddl import SQL_TYPES
 from medlake.transform.rules import DOMAIN_TABLE, TABLE_KEYS, Code, EventRule, PersonRule, TableRule
@@ -229,11 +232,61 @@ def _lineage_cols(rule, person: str) -> str:
             f"CAST({rule.message_id} AS VARCHAR) AS message_id, {person} AS person_id")
 
 
+def visit_key(visit: str, visit_if: tuple, tables) -> str:
+    """A rule's visit key: the first `visit_if` key whose table (or `table.column`) exists, else `visit`."""
+    return next((k for t, k in visit_if if t in tables), visit)
+
+
+CODINGS = "stg_fhir_coding.coding_index"  # in `tables` when the staging keeps every coding in order
+
+
+def coding_needed_sql(rule) -> str:
+    """Every coding of a FHIR rule's delta resources (the event picks one, see `_pick_coding`)."""
+    rtype, element = rule.codings[:2]
+    return f"""INSERT INTO tx_needed
+SELECT DISTINCT COALESCE(k.system, ''), k.code
+FROM stg_fhir_coding k
+WHERE k.resource_type = '{rtype}' AND k.element = '{element}' AND k.code IS NOT NULL
+  AND '{rule.name}|' || k.source || '|{rtype}/' || k.resource_id IN (SELECT source_key FROM tx_delta)"""
+
+
+_CODE_COL = re.compile(r"\bs\.code(_system|_display)?\b")
+
+
+def _pick_coding(rule) -> tuple[str, callable]:
+    """(join, rewrite): join `bc`, the first coding of the resource that maps to a standard concept (preferred
+    vocabularies first, then the order in the resource), and a rewrite of s.code/s.code_system/s.code_display to it."""
+    rtype, element, *prefer = rule.codings
+    rank = "CASE t.vocabulary_id " + " ".join(f"WHEN '{p}' THEN {i}" for i, p in enumerate(prefer)) + \
+        f" ELSE {len(prefer)} END" if prefer else "0"
+    join = f"""LEFT JOIN (
+        SELECT k.source, k.receipt_seq, k.record_location, k.resource_id, k.system, k.code, k.display,
+               ROW_NUMBER() OVER (PARTITION BY k.source, k.receipt_seq, k.record_location, k.resource_id
+                                  ORDER BY {rank}, k.position, k.coding_index) AS pick
+        FROM stg_fhir_coding k
+        JOIN tx_code t ON t.system = COALESCE(k.system, '') AND t.code = k.code AND t.n = 1
+        WHERE k.resource_type = '{rtype}' AND k.element = '{element}' AND t.concept_id <> 0
+    ) bc ON bc.source = s.source AND bc.receipt_seq = s.receipt_seq AND bc.record_location = s.record_location
+        AND bc.resource_id = s.resource_id AND bc.pick = 1"""
+    col = {None: "code", "_system": "system", "_display": "display"}
+
+    def rewrite(expr: str) -> str:
+        return _CODE_COL.sub(lambda m: f"(CASE WHEN bc.code IS NULL THEN {m.group(0)} ELSE bc.{col[m.group(1)]} END)",
+                             expr)
+    return join, rewrite
+
+
 def event_sql(rule: EventRule, empi: bool, tables: set[str] = frozenset()) -> str:
     """Insert a rule's events (newest version of each delta key, filtered) into tx_event, routed by domain."""
     pjoin, pid = person_joins(rule, empi)
     v = rule.values
-    joins = [pjoin, _code_join("c", rule.code, False)]
+    pick = []
+    if rule.codings and CODINGS in tables:
+        join, rewrite = _pick_coding(rule)
+        pick = [join]
+        rule = dataclasses.replace(rule, code=Code(rewrite(rule.code.system), rewrite(rule.code.code)),
+                                   source_value=rule.source_value and rewrite(rule.source_value))
+    joins = [pjoin, *pick, _code_join("c", rule.code, False)]
     unit = value = "CAST(NULL AS INTEGER)"
     unit_src = "CAST(NULL AS INTEGER)"
     if rule.unit:
@@ -246,7 +299,7 @@ def event_sql(rule: EventRule, empi: bool, tables: set[str] = frozenset()) -> st
     routed = " ".join(f"WHEN '{d}' THEN '{t}'" for d, t in DOMAIN_TABLE.items())
     table = f"CASE b.domain_id {routed} ELSE '{rule.default_table}' END" if rule.routed else f"'{rule.default_table}'"
     body = {
-        "visit_occurrence_id": keyed_id("visit_occurrence", rule.visit),
+        "visit_occurrence_id": keyed_id("visit_occurrence", visit_key(rule.visit, rule.visit_if, tables)),
         "provider_id": keyed_id("provider", rule.provider),
         "concept_id": "COALESCE(c.concept_id, 0)", "source_concept_id": "COALESCE(c.source_concept_id, 0)",
         "domain_id": "c.domain_id",
@@ -298,8 +351,11 @@ def domain_insert_sql(table: str) -> str:
            f"WHERE e.cdm_table = '{table}' AND e.person_id IS NOT NULL AND e.start_date IS NOT NULL"
 
 
-def table_rule_sql(rule: TableRule, empi: bool, run_id: int) -> tuple[str, str]:
-    """(insert into the CDM table, insert into cdm_lineage) for an entity rule."""
+def table_rule_sql(rule: TableRule, empi: bool, run_id: int, tables=frozenset()) -> tuple[str, str]:
+    """(insert into the CDM table, insert into cdm_lineage) for an entity rule.
+
+    A row whose id is already in the table is not inserted again (the HL7 visit and the FHIR Encounter of one stay
+    share a visit id; the first one mapped is the row); both records still get a lineage row."""
     keys = TABLE_KEYS.get(rule.name, {})
     joins = ["LEFT JOIN transform_source ns ON ns.source = s.source"]
     pid = "CAST(NULL AS BIGINT)"
@@ -310,7 +366,7 @@ def table_rule_sql(rule: TableRule, empi: bool, run_id: int) -> tuple[str, str]:
     if concept:
         joins.append(_code_join("c", concept, True))
     row_id = f"stable_id('{rule.table}|{rule.name}|' || s.source || '|' || s.rkey)"
-    subst = {"visit": keyed_id("visit_occurrence", keys.get("visit")),
+    subst = {"visit": keyed_id("visit_occurrence", visit_key(keys.get("visit"), keys.get("visit_if", ()), tables)),
              "provider": keyed_id("provider", keys.get("provider")),
              "care_site": keyed_id("care_site", keys.get("care_site")),
              "concept": "COALESCE(c.concept_id, 0)", "row_id": row_id}
@@ -327,7 +383,11 @@ def table_rule_sql(rule: TableRule, empi: bool, run_id: int) -> tuple[str, str]:
     frm = f"{latest(rule, rule.aggregates)}\nSELECT {{cols}}\nFROM s\n" + "\n".join(joins) + f"\nWHERE {where}"
     if "person_id" in table.field_names:
         frm += f" AND ({pid}) IS NOT NULL"
-    insert = f"INSERT INTO {rule.table}\n" + frm.replace("{cols}", select_list(rule.table, exprs))
+    cols = ", ".join(f"d.{c}" for c in table.field_names)
+    insert = (f"INSERT INTO {rule.table}\n{frm.split(chr(10) + 'SELECT {cols}')[0]}\nSELECT {cols} FROM (\n"
+              f"SELECT {select_list(rule.table, exprs)}, ROW_NUMBER() OVER (PARTITION BY {id_expr} ORDER BY s.rkey) "
+              f"AS dup_rn\n" + frm.split("SELECT {cols}\n")[1] + f"\n) AS d\nWHERE d.dup_rn = 1 AND NOT EXISTS "
+              f"(SELECT 1 FROM {rule.table} x WHERE x.{pk} = d.{pk})")
     code = (f"CAST({concept.system} AS VARCHAR), CAST({concept.code} AS VARCHAR), COALESCE(c.concept_id, 0)"
             if concept else "CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS INTEGER)")
     lin = (f"'{rule.table}', {id_expr}, {pid}, '{rule.name}', s.source, s.rkey, {source_key(rule)}, "

@@ -46,7 +46,7 @@ CODE_SYSTEMS = {
     "http://hl7.org/fhir/sid/icd-10-pcs": "ICD10PCS", "http://hl7.org/fhir/sid/ndc": "NDC",
     "http://hl7.org/fhir/sid/cvx": "CVX", "http://www.ama-assn.org/go/cpt": "CPT4",
     "https://www.cms.gov/Medicare/Coding/place-of-service-codes": "CMS Place of Service",
-    "http://unitsofmeasure.org": "UCUM", "https://medlake.org/fhir/sid/icd-10-cn": "ICD10CN",
+    "http://unitsofmeasure.org": "UCUM", "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets": "HCPCS", "https://medlake.org/fhir/sid/icd-10-cn": "ICD10CN",
     "urn:oid:2.16.840.1.113883.6.1": "LOINC", "urn:oid:2.16.840.1.113883.6.96": "SNOMED",
     "urn:oid:2.16.840.1.113883.6.88": "RxNorm", "urn:oid:2.16.840.1.113883.12.292": "CVX",
     # HL7 v2 coding system names (table 0396)
@@ -125,6 +125,8 @@ class EventRule:
     values: dict = field(default_factory=dict)  # tx_event column -> expression
     from_sql: str | None = None      # a query to read instead of the staging table (same columns and more)
     where_if: tuple = ()             # (table, condition): a condition used only when that table exists
+    visit_if: tuple = ()             # (table, visit key): a visit key used instead of `visit` when that table exists
+    codings: tuple = ()              # FHIR (resource type, element, preferred vocabulary ids …): pick the coding
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,21 @@ class PersonRule:
 FHIR_PATIENT = "s.subject_ref"
 
 
+# A CodeableConcept can carry several codings (staged in stg_fhir_coding): the event uses the first one that maps
+# to a standard concept, preferring the domain's standard vocabularies; without one, the first coding.
+_PREFER = {"Condition": ("SNOMED",), "Observation": ("LOINC", "SNOMED"), "Procedure": ("SNOMED",),
+           "Immunization": ("CVX", "RxNorm"), "AllergyIntolerance": ("SNOMED", "RxNorm")}
+_ELEMENT = {"Immunization": "vaccineCode", "AllergyIntolerance": "code"}
+
+
 def _fhir(rtype: str, **kw) -> dict:
     subj = kw.pop("subject", "s.subject_ref")
+    if "codings" not in kw:  # an event rule (entity rules pass codings=None)
+        el = _ELEMENT.get(rtype, "medicationCodeableConcept" if rtype.startswith("Medication") else "code")
+        kw["codings"] = (rtype, el, *_PREFER.get(rtype, ("RxNorm", "NDC") if rtype.startswith("Medication")
+                                                  else ()))
+    elif kw["codings"] is None:
+        del kw["codings"]
     return dict(key=f"'{rtype}/' || s.resource_id", person=ref_id(subj, "Patient"),
                 person_ref=fhir_ref(subj, "Patient"), message_id=f"'{rtype}/' || s.resource_id",
                 order="s.last_updated DESC NULLS LAST, s.receipt_seq DESC, s.record_location DESC", **kw)
@@ -179,11 +194,18 @@ _NOT_A_PANEL = ("NOT (s.value_number IS NULL AND s.value_code IS NULL AND s.valu
                 "k.source = s.source AND k.receipt_seq = s.receipt_seq AND k.record_location = s.record_location "
                 "AND k.resource_id = s.resource_id))")
 _PROVIDER = "CASE WHEN {c} LIKE 'Practitioner/%' OR {c} LIKE 'PractitionerRole/%' THEN {c} END"
+# A FHIR visit's key is its Encounter's visit number (Encounter.identifier, staged as identifier_value) when it has
+# one — the key HL7 v2 uses (PV1-19), so the HL7 visit and the FHIR Encounter of one stay are one VISIT_OCCURRENCE
+# row — else the reference `Encounter/id`. Used only when the staging has that column (older stores lack it).
+VISIT_NUMBER = "stg_fhir_encounter.identifier_value"
+_ENC = fhir_ref("s.encounter_ref", "Encounter")
+_ENC_VISIT = ((VISIT_NUMBER, f"COALESCE((SELECT max(x.identifier_value) FROM stg_fhir_encounter x WHERE "
+                             f"x.source = s.source AND 'Encounter/' || x.resource_id = s.encounter_ref), {_ENC})"),)
 
 FHIR_EVENTS = [
     EventRule(name="fhir.condition", staging="stg_fhir_condition", default_table="condition_occurrence",
               start="COALESCE(s.onset_at, s.recorded_date)", end="s.abatement_at", code=_FHIR_CODE,
-              source_value=_FHIR_SV, visit=fhir_ref("s.encounter_ref", "Encounter"),
+              source_value=_FHIR_SV, visit=_ENC, visit_if=_ENC_VISIT,
               provider=_PROVIDER.format(c="COALESCE(s.asserter_ref, s.recorder_ref)"),
               where="COALESCE(s.verification_status, 'confirmed') NOT IN ('refuted', 'entered-in-error')",
               type_concept=f"COALESCE({case('s.category_code', CONDITION_CATEGORY)}, {EHR})",
@@ -193,7 +215,7 @@ FHIR_EVENTS = [
               **_fhir("Condition")),
     EventRule(name="fhir.observation", staging="stg_fhir_observation",
               default_table="measurement", start="s.effective_at", code=_FHIR_CODE, source_value=_FHIR_SV,
-              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.performer_ref"),
+              visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
               where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered')",
               unit=Code("s.value_unit_system", "COALESCE(s.value_unit_code, s.value_unit)"),
               value_code=Code("s.value_code_system", "s.value_code"),
@@ -211,7 +233,7 @@ FHIR_EVENTS = [
                        "ON o.source = k.source AND o.receipt_seq = k.receipt_seq AND o.record_location = "
                        "k.record_location AND o.resource_id = k.resource_id)",
               default_table="measurement", start="s.effective_at", code=_FHIR_CODE, source_value="s.code",
-              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.performer_ref"),
+              visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
               where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered') AND "
                     "(s.value_number IS NOT NULL OR s.value_code IS NOT NULL)",
               unit=Code("'http://unitsofmeasure.org'", "COALESCE(s.value_unit_code, s.value_unit)"),
@@ -219,11 +241,11 @@ FHIR_EVENTS = [
               values={"value_as_number": "s.value_number",
                       "unit_source_value": "COALESCE(s.value_unit_code, s.value_unit)",
                       "value_source_value": "left(COALESCE(s.value_code, CAST(s.value_number AS VARCHAR)), 50)"},
-              **{**_fhir("Observation"), "key": "'Observation/' || s.resource_id || '#' || "
+              **{**_fhir("Observation", codings=()), "key": "'Observation/' || s.resource_id || '#' || "
                                                "CAST(s.position AS VARCHAR)"}),
     EventRule(name="fhir.medication_request", staging="stg_fhir_medication_request", default_table="drug_exposure",
               start="COALESCE(s.validity_start, s.authored_on)", end="s.validity_end", code=_FHIR_CODE,
-              source_value=_FHIR_SV, visit=fhir_ref("s.encounter_ref", "Encounter"),
+              source_value=_FHIR_SV, visit=_ENC, visit_if=_ENC_VISIT,
               provider=_PROVIDER.format(c="s.requester_ref"), type_concept=PRESCRIPTION,
               where="COALESCE(s.status, 'active') NOT IN ('entered-in-error', 'cancelled', 'draft') AND "
                     "COALESCE(s.intent, 'order') IN ('order', 'original-order', 'reflex-order', 'filler-order', "
@@ -234,7 +256,7 @@ FHIR_EVENTS = [
               **_fhir("MedicationRequest")),
     *[EventRule(name=f"fhir.medication_{kind}", staging=f"stg_fhir_medication_{kind}", default_table="drug_exposure",
                 start="s.effective_at", end="s.effective_end", code=_FHIR_CODE, source_value=_FHIR_SV,
-                visit=fhir_ref("s.encounter_ref", "Encounter"), type_concept=tc,
+                visit=_ENC, visit_if=_ENC_VISIT, type_concept=tc,
                 where=f"COALESCE(s.status, 'completed') NOT IN ({bad})",
                 values={"quantity": "s.quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
                         "route_source_value": "s.route_code", "dose_unit_source_value": "s.dose_unit"},
@@ -246,19 +268,19 @@ FHIR_EVENTS = [
           ("statement", "MedicationStatement", SELF_REPORT, "'entered-in-error', 'not-taken', 'intended'")]],
     EventRule(name="fhir.procedure", staging="stg_fhir_procedure", default_table="procedure_occurrence",
               start="s.performed_at", end="s.performed_end", code=_FHIR_CODE, source_value=_FHIR_SV,
-              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.performer_ref"),
+              visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
               where="COALESCE(s.status, 'completed') NOT IN ('entered-in-error', 'not-done', 'preparation')",
               **_fhir("Procedure")),
     EventRule(name="fhir.immunization", staging="stg_fhir_immunization", default_table="drug_exposure",
               start="s.occurrence_at", end="s.occurrence_at", code=_FHIR_CODE, source_value=_FHIR_SV,
-              visit=fhir_ref("s.encounter_ref", "Encounter"),
+              visit=_ENC, visit_if=_ENC_VISIT,
               where="COALESCE(s.status, 'completed') = 'completed'",
               values={"lot_number": "s.lot_number", "route_source_value": "s.route_code",
                       "quantity": "s.dose_value", "dose_unit_source_value": "s.dose_unit"},
               **_fhir("Immunization", subject="s.patient_ref")),
     EventRule(name="fhir.allergy_intolerance", staging="stg_fhir_allergy_intolerance", default_table="observation",
               routed=False, start="COALESCE(s.onset_at, s.recorded_date)", code=_FHIR_CODE, source_value=_FHIR_SV,
-              visit=fhir_ref("s.encounter_ref", "Encounter"), provider=_PROVIDER.format(c="s.recorder_ref"),
+              visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.recorder_ref"),
               where="COALESCE(s.verification_status, 'confirmed') NOT IN ('refuted', 'entered-in-error')",
               values={"value_source_value": "s.reaction_code"},
               **_fhir("AllergyIntolerance", subject="s.patient_ref")),
@@ -276,7 +298,7 @@ FHIR_TABLES = [
                   "visit_source_value": "s.class_code", "visit_source_concept_id": "0",
                   "admitted_from_concept_id": "0", "admitted_from_source_value": "s.admit_source_code",
                   "discharged_to_concept_id": "0", "discharged_to_source_value": "s.discharge_disposition_code",
-              }, **_fhir("Encounter")),
+              }, **_fhir("Encounter", codings=None)),
     TableRule(name="fhir.practitioner", staging="stg_fhir_practitioner", table="provider", id="{provider}",
               columns={"gender_concept_id": f"COALESCE({case('s.gender', GENDER)}, 0)",
                        "provider_source_value": "s.resource_id", "specialty_concept_id": "0",
@@ -299,17 +321,19 @@ FHIR_TABLES = [
                   "language_concept_id": f"COALESCE({case('s.content_language', LANGUAGE)}, 0)",
                   "provider_id": "{provider}", "visit_occurrence_id": "{visit}",
                   "note_source_value": "left(COALESCE(s.code_display, s.code), 50)",
-              }, **_fhir("DocumentReference")),
+              }, **_fhir("DocumentReference", codings=None)),
 ]
 # The TableRule placeholders {visit}, {provider}, {care_site}, {concept} and {row_id} are filled by the compiler
 # from these per-rule expressions (keys in the source's namespace).
 TABLE_KEYS = {
-    "fhir.encounter": dict(visit="'Encounter/' || s.resource_id", provider=_PROVIDER.format(c="s.participant_ref"),
+    "fhir.encounter": dict(visit="'Encounter/' || s.resource_id",
+                           visit_if=((VISIT_NUMBER, "COALESCE(s.identifier_value, 'Encounter/' || s.resource_id)"),),
+                           provider=_PROVIDER.format(c="s.participant_ref"),
                            care_site="CASE WHEN s.service_provider_ref LIKE 'Organization/%' "
                                      "THEN s.service_provider_ref END"),
     "fhir.practitioner": dict(provider="'Practitioner/' || s.resource_id"),
     "fhir.organization": dict(care_site="'Organization/' || s.resource_id"),
-    "fhir.document_reference": dict(visit=fhir_ref("s.encounter_ref", "Encounter"),
+    "fhir.document_reference": dict(visit=_ENC, visit_if=_ENC_VISIT,
                                     provider=_PROVIDER.format(c="s.author_ref"),
                                     concept=Code("s.code_system", "s.code")),
 }

@@ -83,6 +83,10 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         raise ValueError("this store has no OMOP CDM: run `medlake init` (and `medlake vocab load`) first")
     ensure_tables(engine)
     tables = set(engine.tables())
+    if "stg_fhir_encounter" in tables and "identifier_value" in {x.name for x in engine.columns("stg_fhir_encounter")}:
+        tables.add(r.VISIT_NUMBER)  # the visit number is staged (older stores lack the column)
+    if "stg_fhir_coding" in tables and "coding_index" in {x.name for x in engine.columns("stg_fhir_coding")}:
+        tables.add(c.CODINGS)  # every coding is staged in order: events pick the one that maps
     empi = "empi_person_map" in tables
     events = [x for x in r.EVENTS if x.staging in tables]
     entities = [x for x in r.TABLES if x.staging in tables]
@@ -144,6 +148,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         for rule in (*events, *entities):
             for code in c.codes_of(rule):
                 engine.execute(c.needed_sql(rule, code))
+            if getattr(rule, "codings", ()) and c.CODINGS in tables:
+                engine.execute(c.coding_needed_sql(rule))
         engine.execute(c.RESOLVE_SQL)
 
         for rule in events:
@@ -157,7 +163,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         skipped = _count(engine, "SELECT count(*) FROM tx_event WHERE person_id IS NULL OR start_date IS NULL")
         for rule in entities:
             step(f"mapping {rule.name}")
-            insert, lineage = c.table_rule_sql(rule, empi, run_id)
+            insert, lineage = c.table_rule_sql(rule, empi, run_id, tables)
             engine.execute(insert)
             engine.execute(lineage)
 
@@ -192,7 +198,8 @@ FROM cdm_lineage l LEFT JOIN medlake_code_system cs ON cs.system = l.code_system
 WHERE l.concept_id = 0 AND l.code IS NOT NULL
 GROUP BY l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system)""")
         written = {x["cdm_table"]: x["n"] for x in engine.query(
-            f"SELECT cdm_table, count(*) AS n FROM cdm_lineage WHERE run_id = {run_id} GROUP BY cdm_table").to_pylist()}
+            f"SELECT cdm_table, count(DISTINCT row_id) AS n FROM cdm_lineage WHERE run_id = {run_id} "
+            "GROUP BY cdm_table").to_pylist()}
         n_persons = _count(engine, "SELECT count(DISTINCT person_id) FROM tx_touched")
         _cdm_source(engine, run_id, started)
         engine.load_arrow("transform_run", pa.table({
