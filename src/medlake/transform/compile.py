@@ -471,7 +471,7 @@ WHERE p.rn = 1"""
 DEATH_SQL = f"""INSERT INTO death
 SELECT {select_list('death', {"person_id": "p.person_id", "death_date": "CAST(p.death AS DATE)",
                               "death_datetime": "p.death", "death_type_concept_id": "32817",
-                              "cause_concept_id": "0", "cause_source_concept_id": "0"})}
+                              })}
 FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
                                       record_location DESC) AS rn
       FROM tx_person tp WHERE death IS NOT NULL) AS p

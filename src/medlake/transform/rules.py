@@ -90,6 +90,8 @@ HL7_VISIT = {"I": 9201, "O": 9202, "E": 9203, "P": 9202, "R": 9202, "B": 9202, "
 CONDITION_CATEGORY = {"encounter-diagnosis": EHR_ENCOUNTER, "problem-list-item": EHR_PROBLEM_LIST,
                       "health-concern": EHR}
 VERIFICATION = {"confirmed": 32893, "provisional": 32899}
+# FHIR organization-type (http://terminology.hl7.org/CodeSystem/organization-type) → place of service
+ORGANIZATION_TYPE = {"prov": 8940, "dept": 4318944, "govt": 4195901, "team": 4217012}
 LANGUAGE = {"zh": 4182948, "zh-CN": 4182948, "en": 4180186, "en-US": 4180186}
 
 # -- rule kinds ----------------------------------------------------------------------------------------------------
@@ -187,7 +189,8 @@ def _fhir(rtype: str, **kw) -> dict:
 
 
 _FHIR_CODE = Code("s.code_system", "s.code")
-_FHIR_SV = "left(COALESCE(s.code_display, s.code, s.code_text), 50)"
+_FHIR_SV = "left(COALESCE(s.code_display, s.code, s.code_text), 50)"  # Condition: the display (as the IG cases)
+_FHIR_SRC = "left(COALESCE(s.code, s.code_text), 50)"  # other events: the source code itself (OMOP convention)
 # A panel (blood pressure …) has no value of its own: its components are the measurements.
 _NOT_A_PANEL = ("NOT (s.value_number IS NULL AND s.value_code IS NULL AND s.value_string IS NULL AND "
                 "s.value_boolean IS NULL AND EXISTS (SELECT 1 FROM stg_fhir_observation_component k WHERE "
@@ -214,7 +217,7 @@ FHIR_EVENTS = [
                       "status_source_value": "s.clinical_status"},
               **_fhir("Condition")),
     EventRule(name="fhir.observation", staging="stg_fhir_observation",
-              default_table="measurement", start="s.effective_at", code=_FHIR_CODE, source_value=_FHIR_SV,
+              default_table="measurement", start="s.effective_at", code=_FHIR_CODE, source_value=_FHIR_SRC,
               visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
               where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered')",
               unit=Code("s.value_unit_system", "COALESCE(s.value_unit_code, s.value_unit)"),
@@ -245,7 +248,7 @@ FHIR_EVENTS = [
                                                "CAST(s.position AS VARCHAR)"}),
     EventRule(name="fhir.medication_request", staging="stg_fhir_medication_request", default_table="drug_exposure",
               start="COALESCE(s.validity_start, s.authored_on)", end="s.validity_end", code=_FHIR_CODE,
-              source_value=_FHIR_SV, visit=_ENC, visit_if=_ENC_VISIT,
+              source_value=_FHIR_SRC, visit=_ENC, visit_if=_ENC_VISIT,
               provider=_PROVIDER.format(c="s.requester_ref"), type_concept=PRESCRIPTION,
               where="COALESCE(s.status, 'active') NOT IN ('entered-in-error', 'cancelled', 'draft') AND "
                     "COALESCE(s.intent, 'order') IN ('order', 'original-order', 'reflex-order', 'filler-order', "
@@ -255,7 +258,7 @@ FHIR_EVENTS = [
                       "dose_unit_source_value": "s.dose_unit"},
               **_fhir("MedicationRequest")),
     *[EventRule(name=f"fhir.medication_{kind}", staging=f"stg_fhir_medication_{kind}", default_table="drug_exposure",
-                start="s.effective_at", end="s.effective_end", code=_FHIR_CODE, source_value=_FHIR_SV,
+                start="s.effective_at", end="s.effective_end", code=_FHIR_CODE, source_value=_FHIR_SRC,
                 visit=_ENC, visit_if=_ENC_VISIT, type_concept=tc,
                 where=f"COALESCE(s.status, 'completed') NOT IN ({bad})",
                 values={"quantity": "s.quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
@@ -267,12 +270,13 @@ FHIR_EVENTS = [
            "'entered-in-error', 'cancelled', 'declined', 'preparation'"),
           ("statement", "MedicationStatement", SELF_REPORT, "'entered-in-error', 'not-taken', 'intended'")]],
     EventRule(name="fhir.procedure", staging="stg_fhir_procedure", default_table="procedure_occurrence",
-              start="s.performed_at", end="s.performed_end", code=_FHIR_CODE, source_value=_FHIR_SV,
+              start="s.performed_at", end="s.performed_end", code=_FHIR_CODE, source_value=_FHIR_SRC,
+              type_concept=EHR_ENCOUNTER,
               visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
               where="COALESCE(s.status, 'completed') NOT IN ('entered-in-error', 'not-done', 'preparation')",
               **_fhir("Procedure")),
     EventRule(name="fhir.immunization", staging="stg_fhir_immunization", default_table="drug_exposure",
-              start="s.occurrence_at", end="s.occurrence_at", code=_FHIR_CODE, source_value=_FHIR_SV,
+              start="s.occurrence_at", end="s.occurrence_at", code=_FHIR_CODE, source_value=_FHIR_SRC,
               visit=_ENC, visit_if=_ENC_VISIT,
               where="COALESCE(s.status, 'completed') = 'completed'",
               values={"lot_number": "s.lot_number", "route_source_value": "s.route_code",
@@ -294,8 +298,9 @@ FHIR_TABLES = [
                   "visit_start_date": "CAST(s.period_start AS DATE)", "visit_start_datetime": "s.period_start",
                   "visit_end_date": "CAST(COALESCE(s.period_end, s.period_start) AS DATE)",
                   "visit_end_datetime": "COALESCE(s.period_end, s.period_start)",
-                  "visit_type_concept_id": str(EHR), "provider_id": "{provider}", "care_site_id": "{care_site}",
-                  "visit_source_value": "s.class_code", "visit_source_concept_id": "0",
+                  "visit_type_concept_id": str(EHR_ENCOUNTER), "provider_id": "{provider}",
+                  "care_site_id": "{care_site}", "visit_source_value": "left(s.resource_id, 50)",
+                  "visit_source_concept_id": "0",
                   "admitted_from_concept_id": "0", "admitted_from_source_value": "s.admit_source_code",
                   "discharged_to_concept_id": "0", "discharged_to_source_value": "s.discharge_disposition_code",
               }, **_fhir("Encounter", codings=None)),
@@ -306,7 +311,8 @@ FHIR_TABLES = [
                        "gender_source_concept_id": "0"},
               key="'Practitioner/' || s.resource_id", message_id="'Practitioner/' || s.resource_id"),
     TableRule(name="fhir.organization", staging="stg_fhir_organization", table="care_site", id="{care_site}",
-              columns={"care_site_name": "left(s.name, 255)", "place_of_service_concept_id": "0",
+              columns={"care_site_name": "left(s.name, 255)",
+                       "place_of_service_concept_id": f"COALESCE({case('s.type_code', ORGANIZATION_TYPE)}, 0)",
                        "care_site_source_value": "left(s.resource_id, 50)",
                        "place_of_service_source_value": "s.type_code"},
               key="'Organization/' || s.resource_id", message_id="'Organization/' || s.resource_id"),
