@@ -224,8 +224,7 @@ FHIR_EVENTS = [
               value_code=Code("s.value_code_system", "s.value_code"),
               values={"value_as_number": "s.value_number",
                       "unit_source_value": "COALESCE(s.value_unit_code, s.value_unit)",
-                      "value_source_value": "left(COALESCE(s.value_code_display, s.value_code, "
-                                            "CAST(s.value_number AS VARCHAR)), 50)",
+                      "value_source_value": "left(COALESCE(s.value_code_display, s.value_code), 50)",
                       "range_low": "s.range_low", "range_high": "s.range_high",
                       "operator_source": "s.value_comparator"},
               where_if=(("stg_fhir_observation_component", _NOT_A_PANEL),),
@@ -243,7 +242,7 @@ FHIR_EVENTS = [
               value_code=Code("s.value_code_system", "s.value_code"),
               values={"value_as_number": "s.value_number",
                       "unit_source_value": "COALESCE(s.value_unit_code, s.value_unit)",
-                      "value_source_value": "left(COALESCE(s.value_code, CAST(s.value_number AS VARCHAR)), 50)"},
+                      "value_source_value": "left(s.value_code, 50)"},
               **{**_fhir("Observation", codings=()), "key": "'Observation/' || s.resource_id || '#' || "
                                                "CAST(s.position AS VARCHAR)"}),
     EventRule(name="fhir.medication_request", staging="stg_fhir_medication_request", default_table="drug_exposure",
