@@ -132,3 +132,21 @@ def test_document_reference_text_is_decoded_and_bad_base64_rejected():
     assert ok.rows["stg_fhir_document_reference"][0]["text"] == "主诉：头痛三天"
     assert rej.loc.field == "DocumentReference.content[0].attachment.data"
     assert is_identifying(fhir.STAGING_SCHEMAS["stg_fhir_document_reference"].field("text"))
+
+
+def test_encounter_visit_number_and_coding_order():
+    enc = {"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "IMP"},
+           "subject": {"reference": "Patient/p1"},
+           "identifier": [{"system": "urn:other", "value": "X-1"},
+                          {"type": {"coding": [{"code": "VN"}]}, "system": "urn:his:visit", "value": "V42"}]}
+    assert fhir.stage_resource(enc)["stg_fhir_encounter"][0]["identifier_value"] == "V42"  # the VN-typed one
+    enc["identifier"] = [{"use": "secondary", "value": "S-1"}, {"use": "official", "value": "V43"}]
+    assert fhir.stage_resource(enc)["stg_fhir_encounter"][0]["identifier_value"] == "V43"
+    enc["identifier"] = [{"system": "urn:x"}]  # no value
+    assert fhir.stage_resource(enc)["stg_fhir_encounter"][0]["identifier_value"] is None
+    cond = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+            "code": {"coding": [{"system": "urn:local", "code": "HT"}, {"system": "http://snomed.info/sct",
+                                                                         "code": "59621000"}]}}
+    codings = [(r["element"], r["position"], r["coding_index"], r["code"])
+               for r in fhir.stage_resource(cond)["stg_fhir_coding"]]
+    assert codings == [("code", 0, 0, "HT"), ("code", 0, 1, "59621000")]

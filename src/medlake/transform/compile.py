@@ -96,7 +96,9 @@ DOMAIN_COLUMNS = {
         "drug_exposure_start_date": "e.start_date", "drug_exposure_start_datetime": "e.start_datetime",
         "drug_exposure_end_date": "COALESCE(e.end_date, CASE WHEN e.days_supply > 0 THEN "
                                   "e.start_date + e.days_supply END, e.start_date)",
-        "drug_exposure_end_datetime": "e.end_datetime", "verbatim_end_date": "e.end_date",
+        "drug_exposure_end_datetime": "COALESCE(e.end_datetime, CASE WHEN e.end_date IS NULL AND "
+                                      "COALESCE(e.days_supply, 0) <= 0 THEN e.start_datetime END)",
+        "verbatim_end_date": "e.end_date",
         "drug_type_concept_id": "e.type_concept_id", "stop_reason": "e.stop_reason", "refills": "e.refills",
         "quantity": "e.quantity", "days_supply": "e.days_supply", "lot_number": "e.lot_number",
         "drug_source_value": "e.source_value", "drug_source_concept_id": "e.source_concept_id",

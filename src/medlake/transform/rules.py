@@ -275,7 +275,7 @@ FHIR_EVENTS = [
               where="COALESCE(s.status, 'completed') NOT IN ('entered-in-error', 'not-done', 'preparation')",
               **_fhir("Procedure")),
     EventRule(name="fhir.immunization", staging="stg_fhir_immunization", default_table="drug_exposure",
-              start="s.occurrence_at", end="s.occurrence_at", code=_FHIR_CODE, source_value=_FHIR_SRC,
+              start="s.occurrence_at", code=_FHIR_CODE, source_value=_FHIR_SRC, type_concept=EHR_ENCOUNTER,
               visit=_ENC, visit_if=_ENC_VISIT,
               where="COALESCE(s.status, 'completed') = 'completed'",
               values={"lot_number": "s.lot_number", "route_source_value": "s.route_code",
