@@ -1,25 +1,10 @@
 """`medlake transform`, `trace` and `conformance fhir2omop` as a person uses them."""
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 from medlake.simulate import simulate
 
-MEDLAKE = Path(sys.executable).with_name("medlake")
-SHARED = Path(__file__).resolve().parents[3] / "shared"
-
-
-def run(tmp_path, *args, ok=True):
-    env = {**os.environ, "MEDLAKE_STORE": f"duckdb:{tmp_path / 'data' / 'store.duckdb'}", "COLUMNS": "200"}
-    env.pop("MEDLAKE_DATA_DIR", None)
-    p = subprocess.run([str(MEDLAKE), *map(str, args)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
+from e2e_cli import SHARED, run
 
 
 def test_transform_then_trace_then_rerun(tmp_path):
