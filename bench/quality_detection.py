@@ -152,7 +152,9 @@ def main() -> None:
               "hospitals": a.hospitals, "defect_rate": a.defect_rate, "seed": a.seed,
               "seconds_build": round(t_build, 1), **meta, "detection": det, "clean_run_failed_checks": fails}
     a.results.mkdir(parents=True, exist_ok=True)
-    (a.results / "quality_detection.json").write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")
+    text = json.dumps(report, indent=1, default=str)
+    text = text.replace(str(Path(__file__).resolve().parents[1]) + "/", "")  # no machine paths in the report
+    (a.results / "quality_detection.json").write_text(text, encoding="utf-8")
     met = all(d["recall"] is None or d["recall"] >= 0.95 for d in det)
     md = [f"# Quality detection on the simulated hospital\n",
           f"`.venv/bin/python bench/quality_detection.py --patients {a.patients} --hospitals {a.hospitals} "
