@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -60,6 +61,16 @@ def engine():
     return open_engine(settings().store)
 
 
+@contextmanager
+def open_store():
+    """The configured store, closed when the block ends (also on error)."""
+    eng = engine()
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
 def progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
@@ -72,11 +83,8 @@ def init(cdm_version: Optional[str] = typer.Option(None, "--cdm-version", help="
 
     cfg = settings()
     version = cdm_version or cfg.cdm_version
-    eng = engine()
-    try:
+    with open_store() as eng:
         created = store.init(eng, version)
-    finally:
-        eng.close()
     out.print(f"OMOP CDM v{version} at {cfg.store}: {len(created)} table(s) created")
 
 
@@ -91,8 +99,7 @@ def vocab_load(
     if folder is None and not demo:
         raise typer.BadParameter("give a FOLDER or --demo")
     folder = vocab.demo_vocabulary_dir() if demo else folder
-    eng = engine()
-    try:
+    with open_store() as eng:
         version = store.info(eng).get("cdm_version") or settings().cdm_version
         with progress() as bar:
             task = bar.add_task("vocabulary", total=None)
@@ -101,8 +108,6 @@ def vocab_load(
                 bar.update(task, description=name, completed=done, total=total)
 
             report = vocab.load(eng, folder, version, progress=tick)
-    finally:
-        eng.close()
     t = Table(title=f"vocabulary {report.version or '(no version row)'} from {folder}")
     t.add_column("table")
     t.add_column("rows in file", justify="right")
@@ -120,11 +125,8 @@ def status():
     """Show the store: engine, location, CDM version, vocabulary version, rows per table."""
     from medlake.cdm import store
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         s = store.status(eng)
-    finally:
-        eng.close()
     out.print(f"store      {s.url}")
     out.print(f"engine     {s.engine}")
     if not s.cdm_version:
@@ -358,8 +360,7 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
     from medlake.transform.run import transform
 
     ns = {s.name: s.hospital for s in ingest_mod.known_sources(settings().landing_dir).values() if s.hospital}
-    eng = engine()
-    try:
+    with open_store() as eng:
         with _counting_progress() as bar:
             task = bar.add_task("transform", total=None)
             s = transform(eng, namespaces=ns, full=full,
@@ -377,8 +378,6 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
                       f"touched, {s.skipped:,} event(s) without person or date skipped, {s.seconds:.1f} s",
                       highlight=False)
         _print_gaps(eng)
-    finally:
-        eng.close()
 
 
 @conformance_app.command("fhir2omop")
@@ -450,8 +449,7 @@ def quality_run(
     from medlake.quality import runner, site
 
     extra, feed = site.load(site_checks) if site_checks else ([], None)
-    eng = engine()
-    try:
+    with open_store() as eng:
         with progress() as bar:
             task = bar.add_task("quality", total=None)
 
@@ -460,8 +458,6 @@ def quality_run(
 
             r = runner.run(eng, None, out_dir, site_checks=extra, feed=feed, incremental=not full, progress=tick,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None)
-    finally:
-        eng.close()
     s = r.summary
     t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']})")
     for col in ("category", "passed", "failed", "errors", "not applicable", "pass rate"):
@@ -493,8 +489,7 @@ def cdm_import(
     from medlake.cdm import importer
 
     version = version or settings().cdm_version
-    eng = engine()
-    try:
+    with open_store() as eng:
         with progress() as bar:
             task = bar.add_task("import", total=None)
 
@@ -503,8 +498,6 @@ def cdm_import(
 
             report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
                                             progress=tick)
-    finally:
-        eng.close()
     t = Table(title=f"OMOP CDM v{version} imported from {folder}")
     t.add_column("table")
     t.add_column("file")
@@ -692,22 +685,16 @@ def empi_run(
         except (ImportError, OSError, ValueError):
             srcs = {}
     with _vault() as v:
-        eng = engine()
-        try:
+        with open_store() as eng:
             moved = staging.vault_staging(eng, v, srcs)
-        finally:
-            eng.close()
         if moved["rows_cleared"] and cfg.store.startswith("duckdb:"):
             staging.compact_duckdb(cfg.store.removeprefix("duckdb:").partition("?")[0])
         out.print(f"staging: {moved['identities']:,} identit(ies) into the vault, {moved['merges']:,} new merge(s), "
                   f"{sum(moved['rows_cleared'].values()):,} staging row(s) cleared of identifying values")
-        eng = engine()
-        try:
+        with open_store() as eng:
             with err.status("linking", spinner="dots") if err.is_terminal else _nullctx() as st:
                 rep = empi.run(eng, v, who=_user(user), link_threshold=link, review_threshold=review, retrain=retrain,
                                progress=(lambda m: st.update(m)) if st else None)
-        finally:
-            eng.close()
     out.print(f"run {rep.run_id}: {rep.identities:,} identities, {rep.pairs:,} scored pair(s), {rep.links:,} linked, "
               f"{rep.review:,} to review, {rep.persons:,} persons, {rep.changed:,} person_id change(s); "
               f"model {'estimated (EM)' if rep.trained else 'saved/prior'}; {rep.seconds:.1f} s")
@@ -726,11 +713,8 @@ def empi_status():
     """Identities, persons, review queue, decisions and the last run."""
     from medlake.identity import empi
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         s = empi.status(eng)
-    finally:
-        eng.close()
     for k in ("identities", "persons", "pairs", "review_pending", "decisions", "id_changes"):
         out.print(f"{k.replace('_', ' '):<15}{s[k]:,}")
     if s["last"]:
@@ -759,11 +743,8 @@ def empi_review(
     """The review queue: pairs between the thresholds, side by side (a logged plaintext read)."""
     from medlake.identity import empi
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         queue = empi.review_queue(eng)
-    finally:
-        eng.close()
     if not queue:
         out.print("review queue empty")
         return
@@ -789,12 +770,9 @@ def empi_review(
 def _decide(kind: str, ids: list[str], reason: str, user: Optional[str]) -> None:
     from medlake.identity import empi
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         a, b = _pair_keys(eng, ids)
         changed = empi.decide(eng, kind, a, b, _user(user), reason)
-    finally:
-        eng.close()
     out.print(f"{kind}ed {a[0]}:{a[1]} ~ {b[0]}:{b[1]}; {changed:,} person_id change(s)", highlight=False)
 
 
@@ -818,13 +796,10 @@ def empi_unmerge(identity: str = typer.Argument(..., help="SOURCE:ID to take out
     """Take one identity out of its person (undo the merges and links that put it there)."""
     from medlake.identity import empi
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         key = empi.parse_key(identity)
         changed = empi.unmerge(eng, key, _user(user), reason)
         pid = empi.person_id_for(eng, *key)
-    finally:
-        eng.close()
     out.print(f"{identity} is now person {pid}; {changed:,} person_id change(s)", highlight=False)
 
 
@@ -834,13 +809,10 @@ def empi_explain(ids: list[str] = typer.Argument(..., help="PAIR number, or SOUR
     """Why two identities are or are not linked: level and match weight per comparison."""
     from medlake.identity import empi
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         a, b = _pair_keys(eng, ids)
         with _vault() as v:
             x = empi.explain(eng, v, a, b, _user(user))
-    finally:
-        eng.close()
     t = Table(title=f"{a[0]}:{a[1]} ~ {b[0]}:{b[1]}")
     for c in ("comparison", "left", "right", "level", "weight"):
         t.add_column(c, justify="right" if c == "weight" else "left")
@@ -883,11 +855,8 @@ def map_gaps(
     """List unmapped source codes per source: rows, patients, units, example values; and the coverage."""
     from medlake.mapping import gaps as gaps_mod
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         codes = gaps_mod.refresh(eng)
-    finally:
-        eng.close()
     _print_coverage(codes, "staged code rows that reach a standard concept")
     if coverage_only:
         return
@@ -918,15 +887,12 @@ def map_suggest(
     from medlake.mapping import gaps as gaps_mod
     from medlake.mapping import suggest as suggest_mod
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         codes = [c for c in gaps_mod.refresh(eng) if c.status == "gap"]
         with _counting_progress() as bar:
             task = bar.add_task("suggest", total=len(codes))
             result = suggest_mod.refresh(eng, codes, top=top,
                                          progress=lambda done, total: bar.update(task, completed=done))
-    finally:
-        eng.close()
     t = Table(title=f"top suggestion per gap ({len(codes):,} gaps)")
     for c in ("id", "code", "display", "concept_id", "concept", "score", "evidence"):
         t.add_column(c, justify="right" if c in ("concept_id", "score") else "left", overflow="fold")
@@ -950,11 +916,8 @@ def map_accept(
     """Accept a mapping: writes SOURCE_TO_CONCEPT_MAP; who and when go to mapping_decision."""
     from medlake.mapping import review
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         cid = review.accept(eng, gap_id, concept_id, by)
-    finally:
-        eng.close()
     out.print(f"accepted: gap {gap_id} -> concept {cid}; it applies on the next `medlake transform`", highlight=False)
 
 
@@ -968,11 +931,8 @@ def map_reject(
     """Reject a suggestion (not suggested again), or record that no standard concept fits."""
     from medlake.mapping import review
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         review.reject(eng, gap_id, concept_id, by)
-    finally:
-        eng.close()
     out.print(f"rejected concept {concept_id} for gap {gap_id}" if concept_id is not None else
               f"recorded: no standard concept fits gap {gap_id} (mapped to 0)", highlight=False)
 
@@ -982,11 +942,8 @@ def map_export(file: Path = typer.Argument(..., help="CSV file to write (UTF-8 w
     """Write gaps, their suggestions and current decisions to CSV for review in a spreadsheet."""
     from medlake.mapping import review
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         n = review.export_csv(eng, file)
-    finally:
-        eng.close()
     out.print(f"{n:,} row(s) -> {file}; fill the decision column (accept, reject, no_match; change concept_id to "
               "accept another concept), then `medlake map import`", highlight=False)
 
@@ -999,11 +956,8 @@ def map_import(
     """Apply the decisions of a reviewed CSV (all rows checked first; on an error nothing is applied)."""
     from medlake.mapping import review
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         counts = review.import_csv(eng, file, by)
-    finally:
-        eng.close()
     out.print("imported: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), highlight=False)
 
 
@@ -1016,11 +970,8 @@ def map_auto_accept(
     """Accept every undecided gap's top suggestion whose score is at least --min-score."""
     from medlake.mapping import review
 
-    eng = engine()
-    try:
+    with open_store() as eng:
         done = review.auto_accept(eng, min_score, by=by, dry_run=dry_run)
-    finally:
-        eng.close()
     out.print(f"{'would accept' if dry_run else 'accepted'} {len(done):,} mapping(s) with score >= {min_score:g}",
               highlight=False)
 
