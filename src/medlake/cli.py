@@ -564,7 +564,7 @@ def listen_cmd(
     from medlake.sources import mllp
 
     if bool(source) == bool(routes):
-        raise click.UsageError("give either --source S or --routes FILE")
+        raise typer.BadParameter("give either --source S or --routes FILE")
     rules, default = mllp.load_routes(routes) if routes else ([], None)
     root = landing or settings().landing_dir
     listener = mllp.Listener(Landing(root), Item, mllp.Router(rules, default=source or default), host=host,

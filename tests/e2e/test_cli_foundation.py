@@ -48,6 +48,7 @@ def test_config_file_and_environment_name_the_store(tmp_path):
     (["vocab", "load", "does-not-exist"], 1, "not a folder"),
     (["vocab", "load"], 2, "give a FOLDER or --demo"),
     (["no-such-command"], 2, "No such command"),
+    (["listen", "--port", "0"], 2, "give either --source S or --routes FILE"),
     (["init", "--cdm-version", "6.0"], 1, "unknown OMOP CDM version"),
 ])
 def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text):
