@@ -1,4 +1,4 @@
-"""Derived tables (observation period, condition and drug eras): the same rows and ids on every engine."""
+"""Derived tables (observation period, condition, drug and dose eras): the same rows and ids on every engine."""
 import datetime as dt
 
 import pyarrow as pa
@@ -16,17 +16,26 @@ def table(name, **cols):
 def seed(engine):
     store.init(engine, "5.4")
     engine.load_arrow("concept", table("concept",
-        concept_id=[1125315, 1127433, 201826],
-        concept_name=["acetaminophen", "acetaminophen 325 MG Oral Tablet", "Type 2 diabetes mellitus"],
-        domain_id=["Drug", "Drug", "Condition"], vocabulary_id=["RxNorm", "RxNorm", "SNOMED"],
-        concept_class_id=["Ingredient", "Clinical Drug", "Disorder"], standard_concept=["S", "S", "S"],
-        concept_code=["161", "313782", "44054006"], valid_start_date=[D(1970, 1, 1)] * 3,
-        valid_end_date=[D(2099, 12, 31)] * 3))
+        concept_id=[1125315, 1127433, 201826, 40000001],
+        concept_name=["acetaminophen", "acetaminophen 325 MG Oral Tablet", "Type 2 diabetes mellitus",
+                      "acetaminophen 160 MG in 5 ML Oral Suspension"],
+        domain_id=["Drug", "Drug", "Condition", "Drug"], vocabulary_id=["RxNorm", "RxNorm", "SNOMED", "RxNorm"],
+        concept_class_id=["Ingredient", "Clinical Drug", "Disorder", "Clinical Drug"],
+        standard_concept=["S", "S", "S", "S"],
+        concept_code=["161", "313782", "44054006", "x-liquid"], valid_start_date=[D(1970, 1, 1)] * 4,
+        valid_end_date=[D(2099, 12, 31)] * 4))
     engine.load_arrow("concept_ancestor", pa.table({
-        "ancestor_concept_id": pa.array([1125315, 1125315], pa.int32()),
-        "descendant_concept_id": pa.array([1125315, 1127433], pa.int32()),
-        "min_levels_of_separation": pa.array([0, 1], pa.int32()),
-        "max_levels_of_separation": pa.array([0, 1], pa.int32())}))
+        "ancestor_concept_id": pa.array([1125315, 1125315, 1125315], pa.int32()),
+        "descendant_concept_id": pa.array([1125315, 1127433, 40000001], pa.int32()),
+        "min_levels_of_separation": pa.array([0, 1, 1], pa.int32()),
+        "max_levels_of_separation": pa.array([0, 1, 1], pa.int32())}))
+    # the tablet holds 325 mg; the suspension 160 mg per 5 mL (8576 mg, 8587 mL)
+    engine.load_arrow("drug_strength", table("drug_strength",
+        drug_concept_id=[1127433, 40000001], ingredient_concept_id=[1125315, 1125315],
+        amount_value=[325.0, None], amount_unit_concept_id=[8576, None],
+        numerator_value=[None, 160.0], numerator_unit_concept_id=[None, 8576],
+        denominator_value=[None, 5.0], denominator_unit_concept_id=[None, 8587],
+        valid_start_date=[D(1970, 1, 1)] * 2, valid_end_date=[D(2099, 12, 31)] * 2))
     #      person  start            end               -> era
     engine.load_arrow("condition_occurrence", table("condition_occurrence",
         condition_occurrence_id=[1, 2, 3, 4],
@@ -35,14 +44,16 @@ def seed(engine):
         condition_start_date=[D(2020, 1, 1), D(2020, 1, 20), D(2020, 3, 15), D(2022, 5, 5)],
         condition_end_date=[None, D(2020, 1, 25), None, D(2022, 5, 6)],
         condition_type_concept_id=[32817] * 4))
+    #      person  drug      start       end         quantity  days supply  -> daily dose
     engine.load_arrow("drug_exposure", table("drug_exposure",
-        drug_exposure_id=[1, 2],
-        person_id=[1, 1],
-        drug_concept_id=[1127433, 1127433],
-        drug_exposure_start_date=[D(2021, 1, 1), D(2021, 1, 25)],
-        drug_exposure_end_date=[D(2021, 1, 11), D(2021, 2, 3)],
-        days_supply=[10, None],
-        drug_type_concept_id=[32817, 32817]))
+        drug_exposure_id=[1, 2, 3, 4, 5],
+        person_id=[1, 1, 2, 2, 2],
+        drug_concept_id=[1127433, 1127433, 40000001, 40000001, 40000001],
+        drug_exposure_start_date=[D(2021, 1, 1), D(2021, 1, 25), D(2022, 2, 1), D(2022, 3, 1), D(2022, 3, 20)],
+        drug_exposure_end_date=[D(2021, 1, 11), D(2021, 2, 3), D(2022, 2, 6), D(2022, 3, 6), D(2022, 3, 21)],
+        quantity=[20.0, 18.0, 100.0, 50.0, None],  # tablets, tablets, mL, mL, unknown
+        days_supply=[10, None, 5, 5, None],
+        drug_type_concept_id=[32817] * 5))
 
 
 def rows(engine, sql):
@@ -52,7 +63,7 @@ def rows(engine, sql):
 def test_eras_and_observation_periods(engine):
     seed(engine)
     counts = derived.rebuild(engine)
-    assert counts == {"observation_period": 2, "condition_era": 3, "drug_era": 1}
+    assert counts == {"observation_period": 2, "condition_era": 3, "drug_era": 2, "dose_era": 3}
     assert rows(engine, "SELECT person_id, condition_concept_id, condition_era_start_date, condition_era_end_date, "
                         "condition_occurrence_count FROM condition_era") == [
         (1, 201826, D(2020, 1, 1), D(2020, 1, 25), 2),   # 20 Jan starts within 30 days of 2 Jan
@@ -62,11 +73,18 @@ def test_eras_and_observation_periods(engine):
     assert rows(engine, "SELECT person_id, drug_concept_id, drug_era_start_date, drug_era_end_date, "
                         "drug_exposure_count, gap_days FROM drug_era") == [
         (1, 1125315, D(2021, 1, 1), D(2021, 2, 3), 2, 14),  # rolled up to the ingredient; 33 days, 19 exposed
+        (2, 1125315, D(2022, 2, 1), D(2022, 3, 21), 3, 37),  # 48 days, 11 exposed
     ]
+    assert rows(engine, "SELECT person_id, drug_concept_id, unit_concept_id, dose_value, dose_era_start_date, "
+                        "dose_era_end_date FROM dose_era") == [
+        (1, 1125315, 8576, 650.0, D(2021, 1, 1), D(2021, 2, 3)),  # 325 mg x 20 / 10 days = 325 x 18 / 9 days
+        (2, 1125315, 8576, 320.0, D(2022, 3, 1), D(2022, 3, 6)),  # 160 mg / 5 mL x 50 mL / 5 days: a new dose
+        (2, 1125315, 8576, 640.0, D(2022, 2, 1), D(2022, 2, 6)),  # 160 mg / 5 mL x 100 mL / 5 days
+    ]  # 20 March has no quantity: no known dose, no dose era (its drug era counts it)
     assert rows(engine, "SELECT person_id, observation_period_start_date, observation_period_end_date, "
                         "period_type_concept_id FROM observation_period") == [
         (1, D(2020, 1, 1), D(2021, 2, 3), 44814724),
-        (2, D(2022, 5, 5), D(2022, 5, 6), 44814724),
+        (2, D(2022, 2, 1), D(2022, 5, 6), 44814724),
     ]
 
 
@@ -74,6 +92,7 @@ def test_rebuild_for_touched_persons_only_and_ids_are_stable(engine):
     seed(engine)
     derived.rebuild(engine)
     before = rows(engine, "SELECT condition_era_id, person_id, condition_era_start_date FROM condition_era")
+    doses = rows(engine, "SELECT dose_era_id, person_id, dose_value FROM dose_era")
     engine.load_arrow("condition_occurrence", table("condition_occurrence",
         condition_occurrence_id=[5], person_id=[2], condition_concept_id=[201826],
         condition_start_date=[D(2023, 1, 1)], condition_type_concept_id=[32817]))
@@ -83,5 +102,6 @@ def test_rebuild_for_touched_persons_only_and_ids_are_stable(engine):
     after = rows(engine, "SELECT condition_era_id, person_id, condition_era_start_date FROM condition_era")
     assert [r for r in after if r[1] == 1] == [r for r in before if r[1] == 1]
     assert sorted(r[2] for r in after if r[1] == 2) == [D(2022, 5, 5), D(2023, 1, 1)]
+    assert rows(engine, "SELECT dose_era_id, person_id, dose_value FROM dose_era") == doses  # rebuilt, same ids
     assert derived.rebuild(engine) and rows(engine, "SELECT condition_era_id, person_id, condition_era_start_date "
                                                     "FROM condition_era") == after  # a full rebuild agrees

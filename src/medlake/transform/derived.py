@@ -1,9 +1,10 @@
-"""Derived CDM tables: OBSERVATION_PERIOD, CONDITION_ERA, DRUG_ERA — SQL written once, run on every engine.
+"""Derived CDM tables: OBSERVATION_PERIOD, CONDITION_ERA, DRUG_ERA, DOSE_ERA — SQL written once, every engine.
 
 Era logic is the standard OHDSI one: events of the same person and concept whose start falls within the
 persistence window (30 days) after the end of the era so far join that era. Drug eras roll drug exposures up to
-their ingredients through CONCEPT_ANCESTOR. Ids are `stable_id(...)` of the era's natural key, so the same data
-gives the same ids on every engine and every rerun.
+their ingredients through CONCEPT_ANCESTOR. Dose eras do the same per ingredient *and* daily dose (value and unit),
+the dose coming from DRUG_STRENGTH (see `dose_era_sql`). Ids are `stable_id(...)` of the era's natural key, so the
+same data gives the same ids on every engine and every rerun.
 
 Incremental: with `persons` (a table holding `person_id`s), only those persons' rows are deleted and rebuilt.
 """
@@ -13,12 +14,16 @@ PERSISTENCE_DAYS = 30
 EHR_PERIOD_TYPE = 44814724  # Period covering healthcare encounters
 
 
-def _era_sql(events: str, era_table: str, tail: str = "n") -> str:
-    """Collapse `events` (person_id, concept_id, start_date, end_date) into eras.
+def _era_sql(events: str, era_table: str, tail: str = "n", keys: tuple[str, ...] = (), head: str = "",
+             id_keys: tuple[str, ...] = ()) -> str:
+    """Collapse `events` (person_id, concept_id, [keys…], start_date, end_date) into eras.
 
     `tail` lists the columns after the dates: the event count `n`, and for drug eras the gap days
-    (days inside the era not covered by an exposure)."""
-    w = "PARTITION BY person_id, concept_id ORDER BY start_date, end_date"
+    (days inside the era not covered by an exposure). `keys` are further columns an era is made per (a dose era:
+    unit and dose), `head` the columns written between concept and dates, `id_keys` expressions added to the id."""
+    part = ", ".join(("person_id", "concept_id", *keys))
+    w = f"PARTITION BY {part} ORDER BY start_date, end_date"
+    ids = "".join(f" || '|' || CAST({k} AS VARCHAR)" for k in id_keys)
     return f"""
 INSERT INTO {era_table}
 WITH ev AS ({events}),
@@ -32,13 +37,13 @@ grouped AS (
     FROM marked
 ),
 eras AS (
-    SELECT person_id, concept_id, MIN(start_date) AS era_start, MAX(end_date) AS era_end, COUNT(*) AS n,
+    SELECT {part}, MIN(start_date) AS era_start, MAX(end_date) AS era_end, COUNT(*) AS n,
            SUM(date_diff('day', start_date, end_date)) AS exposed_days
-    FROM grouped GROUP BY person_id, concept_id, grp
+    FROM grouped GROUP BY {part}, grp
 )
-SELECT stable_id('{era_table}|' || CAST(person_id AS VARCHAR) || '|' || CAST(concept_id AS VARCHAR) || '|'
+SELECT stable_id('{era_table}|' || CAST(person_id AS VARCHAR) || '|' || CAST(concept_id AS VARCHAR){ids} || '|'
                  || CAST(era_start AS VARCHAR)),
-       person_id, concept_id, era_start, era_end, {tail}
+       person_id, concept_id, {head}era_start, era_end{", " + tail if tail else ""}
 FROM eras
 """
 
@@ -68,6 +73,49 @@ def drug_era_sql(persons: str | None = None) -> str:
         WHERE c.concept_class_id = 'Ingredient' AND c.vocabulary_id IN ('RxNorm', 'RxNorm Extension')
           AND d.drug_concept_id <> 0{_person_filter('d', persons)}"""
     return _era_sql(events, "drug_era", "n, GREATEST(date_diff('day', era_start, era_end) - exposed_days, 0)")
+
+
+# The daily dose of one ingredient in one exposure, from DRUG_STRENGTH (OMOP "drug_dose" conventions):
+# - a fixed amount per unit (tablet, capsule: amount_value) → amount × quantity ÷ days, unit amount_unit;
+# - a concentration (numerator per denominator: liquids, injections) → numerator ÷ denominator × quantity ÷ days
+#   (a NULL denominator means the quantity is already in denominator units: numerator × quantity ÷ days),
+#   unit numerator_unit.
+# days = days_supply, else the exposure's length in days (at least 1). An exposure without quantity, or whose drug
+# has no DRUG_STRENGTH row for the ingredient, has no known dose and gets no dose era (its drug era still counts it).
+# The dose is rounded to 6 decimals (a DECIMAL cast) so that every engine groups the same exposures together.
+_DAILY_DOSE = """CAST(CAST(CASE WHEN ds.amount_value IS NOT NULL THEN ds.amount_value
+                  WHEN ds.denominator_value IS NOT NULL AND ds.denominator_value > 0
+                       THEN ds.numerator_value / ds.denominator_value
+                  ELSE ds.numerator_value END
+             * d.quantity / COALESCE(NULLIF(d.days_supply, 0),
+                                     GREATEST(date_diff('day', d.drug_exposure_start_date,
+                                                        COALESCE(d.drug_exposure_end_date,
+                                                                 d.drug_exposure_start_date)), 1))
+             AS DECIMAL(18, 6)) AS DOUBLE)"""
+
+
+def dose_era_sql(persons: str | None = None) -> str:
+    """DOSE_ERA: per person, ingredient, unit and daily dose, OHDSI eras with the 30-day persistence window."""
+    events = f"""
+        SELECT person_id, concept_id, unit_concept_id, dose_value, start_date, end_date FROM (
+        SELECT d.person_id, ca.ancestor_concept_id AS concept_id,
+               CAST(COALESCE(ds.amount_unit_concept_id, ds.numerator_unit_concept_id) AS INTEGER) AS unit_concept_id,
+               {_DAILY_DOSE} AS dose_value,
+               d.drug_exposure_start_date AS start_date,
+               COALESCE(d.drug_exposure_end_date,
+                        CASE WHEN d.days_supply > 0 THEN d.drug_exposure_start_date + d.days_supply END,
+                        d.drug_exposure_start_date + 1) AS end_date
+        FROM drug_exposure d
+        JOIN concept_ancestor ca ON ca.descendant_concept_id = d.drug_concept_id
+        JOIN concept c ON c.concept_id = ca.ancestor_concept_id
+        JOIN drug_strength ds ON ds.drug_concept_id = d.drug_concept_id
+             AND ds.ingredient_concept_id = ca.ancestor_concept_id AND ds.invalid_reason IS NULL
+        WHERE c.concept_class_id = 'Ingredient' AND c.vocabulary_id IN ('RxNorm', 'RxNorm Extension')
+          AND d.drug_concept_id <> 0 AND d.quantity > 0{_person_filter('d', persons)}
+        ) AS x WHERE dose_value > 0 AND unit_concept_id IS NOT NULL"""
+    return _era_sql(events, "dose_era", tail="", keys=("unit_concept_id", "dose_value"),
+                    head="unit_concept_id, dose_value, ",
+                    id_keys=("unit_concept_id", "CAST(ROUND(dose_value * 1000000) AS BIGINT)"))
 
 
 def observation_period_sql(persons: str | None = None) -> str:
@@ -104,6 +152,7 @@ def rebuild(engine, persons: str | None = None) -> dict[str, int]:
         ("observation_period", observation_period_sql(persons)),
         ("condition_era", condition_era_sql(persons)),
         ("drug_era", drug_era_sql(persons)),
+        ("dose_era", dose_era_sql(persons)),
     ]
     counts = {}
     with engine.transaction():
