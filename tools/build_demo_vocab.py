@@ -52,6 +52,8 @@ VOCABULARIES = [
     ("NDC", "National Drug Code (FDA and manufacturers)", "http://www.fda.gov/", 44819105),
     ("Medicare Specialty", "Medicare provider/supplier specialty codes (CMS)", "http://www.cms.gov/", 44819138),
     ("Metadata", "Metadata", "OMOP generated", 32675),
+    ("CDM", "OMOP Common DataModel", "https://github.com/OHDSI/CommonDataModel", 2_000_000_900),  # local id
+    ("Language", "Languages (demo subset: SNOMED language qualifiers)", "demo", 2_000_000_901),  # local id
 ]
 
 DOMAINS = ["Metadata", "Condition", "Drug", "Procedure", "Measurement", "Observation", "Device", "Visit",
@@ -114,6 +116,13 @@ OMOP_CONCEPTS = [
     (8848, "thousand per microliter", "Unit", "UCUM", "Unit", "S", "10*3/uL"),
     (8576, "milligram", "Unit", "UCUM", "Unit", "S", "mg"),
     (8587, "milliliter", "Unit", "UCUM", "Unit", "S", "mL"),
+    # The CDM version cdm_source.cdm_version_concept_id names (the transform writes 756265 for v5.4).
+    (756265, "OMOP CDM Version 5.4.0", "Metadata", "CDM", "CDM", "S", "CDM v5.4.0"),
+    # Languages of notes and synonyms (the transform and the catalog use these Athena ids). Their SNOMED
+    # codes are not given by a source in ../shared, so the demo carries them under a "Language" vocabulary
+    # with ISO 639-1 codes; an Athena download has them as SNOMED qualifier values.
+    (4182948, "Chinese language", "Language", "Language", "Qualifier Value", "S", "zh"),
+    (4180186, "English language", "Language", "Language", "Qualifier Value", "S", "en"),
 ]
 
 
@@ -173,6 +182,12 @@ def main() -> None:
     for a, b, rel in list(rels):
         if rel in reverse and a != b:
             rels.add((b, a, reverse[rel]))
+    # Metadata concepts Athena carries for every vocabulary and relationship (vocabulary_concept_id and
+    # relationship_concept_id point at them).
+    for v, name, _ref, cid in VOCABULARIES:
+        concepts.setdefault(cid, (cid, name, "Metadata", "Vocabulary", "Vocabulary", "", "OMOP generated"))
+    for _rid, name, _h, _d, _rev, cid in RELATIONSHIPS:
+        concepts.setdefault(cid, (cid, name, "Metadata", "Relationship", "Relationship", "", "OMOP generated"))
     known = set(concepts)
     vocab_rows = [(v, n, ref, RELEASE if v == "None" else "demo", cid) for v, n, ref, cid in VOCABULARIES]
     used_vocabs = {c[3] for c in concepts.values()}

@@ -135,13 +135,16 @@ def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None) -
     types = check_types(version)
     out: list[Check] = []
 
-    def add(name, table, fld=None, threshold=0.0, concept=None, unit=None, params=(), **fill):
+    def add(name, table, fld=None, threshold=0.0, concept=None, unit=None, params=(), source=None, desc=None,
+            **fill):
         t = types.get(name) or MEDLAKE_TYPES[name]
-        desc = _fill(t.description, cdmTableName=table.upper(), cdmFieldName=(fld or "").upper(), **fill)
+        desc = desc or _fill(t.description, cdmTableName=table.upper(), cdmFieldName=(fld or "").upper(), **fill)
         level = "CONCEPT" if concept is not None else t.level
+        source = source or ("dqd" if name in types else "medlake")
+        if source == "medlake" and name in types:
+            desc += " (medlake rule, beyond DQD)"
         out.append(Check(name, level, table, fld, concept, unit, float(threshold), t.category, t.subcategory,
-                         t.context, t.severity, desc, tuple(params),
-                         "dqd" if name in types else "medlake"))
+                         t.context, t.severity, desc, tuple(params), source))
 
     # -- table level ---------------------------------------------------------------------------------------
     tl = {r["cdmTableName"].strip().lower(): r for r in dqd_rows(version, "Table_Level")}
@@ -218,6 +221,11 @@ def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None) -
                         params=(("end_field", end),), plausibleStartBeforeEndFieldName=end.upper())
 
     # -- concept level -------------------------------------------------------------------------------------
+    ranges = plausible_values()
+    extra_units: dict[int, set[int]] = {}
+    for r in ranges:
+        extra_units.setdefault(r["concept_id"], set()).add(r["unit_concept_id"])
+    unit_rules: set[int] = set()
     for r in dqd_rows(version, "Concept_Level"):
         table, fld = r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower()
         if table not in cdm.table_names or fld not in cdm.table(table).field_names:
@@ -241,8 +249,53 @@ def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None) -
         units = (r.get("plausibleUnitConceptIds") or "").strip()
         if units and "unit_concept_id" in cdm.table(table).field_names:
             ids = tuple(int(u) for u in units.split(","))
+            if table == "measurement":  # medlake's SI units for the concept join DQD's (mostly US) list
+                more = sorted(set().union(*(extra_units.get(c, set()) for c in concepts)) - set(ids))
+                ids += tuple(more)
+                unit_rules.update(concepts)
             add("plausibleUnitConceptIds", table, fld, _num(r.get("plausibleUnitConceptIdsThreshold")), concept,
-                params=(("units", ids), ("concept_ids", concepts)), plausibleUnitConceptIds=units, **fill)
+                params=(("units", ids), ("concept_ids", concepts)),
+                plausibleUnitConceptIds=",".join(str(u) for u in ids), **fill)
+
+    # -- beyond DQD: medlake's physiologic value ranges per measurement concept and unit ----------------------
+    if "measurement" in cdm.table_names:
+        for r in ranges:
+            for bound, word in (("Low", "below"), ("High", "above")):
+                value = r[f"plausible_value_{bound.lower()}"]
+                desc = (f"The number and percent of records with MEASUREMENT_CONCEPT_ID {r['concept_id']} "
+                        f"({r['concept_name']}) and UNIT_CONCEPT_ID {r['unit_concept_id']} ({r['ucum']}) whose "
+                        f"VALUE_AS_NUMBER is {word} the physiologic limit {value:g}")
+                add(f"plausibleValue{bound}", "measurement", "measurement_concept_id", RANGE_THRESHOLD,
+                    r["concept_id"], r["unit_concept_id"],
+                    params=(("value", value), ("concept_ids", (r["concept_id"],))), source="medlake", desc=desc)
+        for cid in sorted(extra_units):
+            if cid not in unit_rules:  # a concept DQD has no unit list for: medlake's units are the list
+                ids = tuple(sorted(extra_units[cid]))
+                name = next(r["concept_name"] for r in ranges if r["concept_id"] == cid)
+                add("plausibleUnitConceptIds", "measurement", "measurement_concept_id", 5.0, cid,
+                    params=(("units", ids), ("concept_ids", (cid,))), source="medlake",
+                    plausibleUnitConceptIds=",".join(str(u) for u in ids), conceptId=cid, conceptName=name)
+    return tuple(out)
+
+
+# DQD's threshold for its concept-level value rules (OMOP_CDMv5.4_Concept_Level.csv: 5%).
+RANGE_THRESHOLD = 5.0
+
+
+@cache
+def plausible_values() -> tuple[dict, ...]:
+    """medlake's physiologic value ranges per measurement concept and unit (`plausible_values.csv`,
+    documented in `plausible_values.md`): a value outside is not a human measurement, or is in another unit."""
+    text = resources.files("medlake.quality").joinpath("plausible_values.csv").read_text(encoding="utf-8")
+    out = []
+    for n, r in enumerate(csv.DictReader(text.splitlines(keepends=True)), 2):
+        try:
+            out.append({"concept_id": int(r["measurement_concept_id"]), "concept_name": r["concept_name"],
+                        "loinc": r["loinc"], "unit_concept_id": int(r["unit_concept_id"]), "ucum": r["ucum"],
+                        "plausible_value_low": float(r["plausible_value_low"]),
+                        "plausible_value_high": float(r["plausible_value_high"])})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"plausible_values.csv:{n}: {e}") from e
     return tuple(out)
 
 

@@ -107,6 +107,34 @@ KNOWN_IDS = {
     ("UCUM", "/min"): 8541, ("UCUM", "Cel"): 586323, ("UCUM", "kg"): 9529, ("UCUM", "cm"): 8582,
     ("UCUM", "umol/L"): 8749, ("UCUM", "g/dL"): 8713, ("UCUM", "g/L"): 8636, ("UCUM", "10*3/uL"): 8848,
     ("UCUM", "mg"): 8576, ("UCUM", "mL"): 8587,
+    # LOINC labs and vitals: the Athena conceptId that OHDSI DataQualityDashboard's Concept_Level CSV
+    # (src/medlake/quality/dqd/OMOP_CDMv5.4_Concept_Level.csv) lists under the same LOINC long common name
+    # (tests/unit/test_quality_checks.py keeps each pair equal to that file).
+    ("LOINC", "2345-7"): 3004501, ("LOINC", "4548-4"): 3004410, ("LOINC", "6690-2"): 3000905,
+    ("LOINC", "789-8"): 3020416, ("LOINC", "718-7"): 3000963, ("LOINC", "4544-3"): 3023314,
+    ("LOINC", "777-3"): 3024929, ("LOINC", "787-2"): 3023599, ("LOINC", "751-8"): 3013650,
+    ("LOINC", "731-0"): 3004327, ("LOINC", "2951-2"): 3019550, ("LOINC", "2823-3"): 3023103,
+    ("LOINC", "2075-0"): 3014576, ("LOINC", "17861-6"): 3006906, ("LOINC", "2160-0"): 3016723,
+    ("LOINC", "3094-0"): 3013682, ("LOINC", "3084-1"): 3037556, ("LOINC", "33914-3"): 46236952,
+    ("LOINC", "1742-6"): 3006923, ("LOINC", "1920-8"): 3013721, ("LOINC", "6768-6"): 3035995,
+    ("LOINC", "2324-2"): 3026910, ("LOINC", "1975-2"): 3024128, ("LOINC", "1751-7"): 3024561,
+    ("LOINC", "2885-2"): 3020630, ("LOINC", "2093-3"): 3027114, ("LOINC", "2571-8"): 3022192,
+    ("LOINC", "2085-9"): 3007070, ("LOINC", "13457-7"): 3028288, ("LOINC", "3016-3"): 3009201,
+    ("LOINC", "3024-7"): 3008598, ("LOINC", "1988-5"): 3020460, ("LOINC", "30341-2"): 3013707,
+    ("LOINC", "5902-2"): 3034426, ("LOINC", "2276-4"): 3001122, ("LOINC", "2857-1"): 3013603,
+    ("LOINC", "19123-9"): 3001420,
+    ("LOINC", "1558-6"): 3037110,  # not in DQD's file: the Athena id OHDSI cohort reports show for this LOINC name
+    ("LOINC", "8867-4"): 3027018, ("LOINC", "8310-5"): 3020891, ("LOINC", "9279-1"): 3024171,
+    ("LOINC", "59408-5"): 40762499, ("LOINC", "29463-7"): 3025315, ("LOINC", "8302-2"): 3036277,
+    ("LOINC", "39156-5"): 3038553,
+    # UCUM units: Athena ids of the units named in DQD's plausibleUnitConceptIds lists for those labs (and
+    # pmol/L 8729); the UCUM code of each is given in OHDSI ETL notes (e.g. 8815 10*6/uL, 8734 10*12/L,
+    # 9444 10*9/L). {INR}, [pH] and m[IU]/mL keep local ids.
+    ("UCUM", "10*9/L"): 9444, ("UCUM", "10*12/L"): 8734, ("UCUM", "10*6/uL"): 8815, ("UCUM", "fL"): 8583,
+    ("UCUM", "mL/min/{1.73_m2}"): 720870, ("UCUM", "U/L"): 8645, ("UCUM", "m[IU]/L"): 9040,
+    ("UCUM", "pmol/L"): 8729, ("UCUM", "ng/dL"): 8817, ("UCUM", "mg/L"): 8751, ("UCUM", "mm/h"): 8752,
+    ("UCUM", "s"): 8555, ("UCUM", "ng/mL"): 8842, ("UCUM", "pg/mL"): 8845, ("UCUM", "ug/L"): 8748,
+    ("UCUM", "kg/m2"): 9531,
 }
 
 # Local id bases (OMOP local range starts at 2,000,000,000; the seed uses 2,000,000,029).
