@@ -164,3 +164,52 @@ def test_explain_gives_weights_per_comparison(duck, vault):
     y = empi.explain(duck, vault, ("h1-his", "A1"), ("h1-his", "A4"), who="test")
     assert not y["same_person"] and y["match_probability"] < 0.5
     assert {c["comparison"]: c["level"] for c in y["comparisons"]}["birth_date"] == "different"
+
+
+def test_reject_splits_a_person_even_when_other_links_chain_the_pair(duck, vault):
+    """A1, L1 and E1 are linked pairwise (a triangle). Rejecting A1 ~ L1 must split them although A1 ~ E1 ~ L1
+    still chains them; accepting the pair later undoes the reject and the person gets its old id back."""
+    empi.run(duck, vault, who="test")
+    a1, l1, e1 = ("h1-his", "A1"), ("h1-lis", "L1"), ("h2-emr", "E1")
+    pid = empi.person_id_for(duck, *a1)
+    assert empi.person_id_for(duck, *l1) == empi.person_id_for(duck, *e1) == pid
+    links = {(r["id_l"], r["id_r"]) for r in duck.query("SELECT id_l, id_r FROM empi_pair WHERE status = 'link'").to_pylist()}
+    assert {("A1", "L1"), ("A1", "E1"), ("L1", "E1")} <= links  # the chain is there
+
+    assert empi.decide(duck, "reject", a1, l1, who="bob", reason="other mother's name") == 1
+    # E1 stays with A1 (their link is the strongest); L1's link to E1 is left out: it would rejoin the pair
+    assert empi.person_id_for(duck, *a1) == empi.person_id_for(duck, *e1) == pid
+    assert empi.person_id_for(duck, *l1) not in (None, pid)
+    empi.run(duck, vault, who="test")  # the reject holds over a new run
+    assert empi.person_id_for(duck, *l1) != empi.person_id_for(duck, *a1)
+
+    assert empi.decide(duck, "accept", a1, l1, who="alice", reason="same person, checked the ID card") == 1
+    assert empi.person_id_for(duck, *l1) == empi.person_id_for(duck, *a1) == pid
+    hist = duck.query("SELECT old_person_id, new_person_id, reason FROM empi_person_history WHERE source_id = 'L1' "
+                      "ORDER BY run_id").to_pylist()
+    assert [(h["old_person_id"], h["new_person_id"]) for h in hist][1:] == [(pid, hist[1]["new_person_id"]),
+                                                                            (hist[1]["new_person_id"], pid)]
+    assert "reject h1-his:A1 ~ h1-lis:L1 by bob" in hist[1]["reason"] and "accept" in hist[2]["reason"]
+    assert [r["kind"] for r in duck.query("SELECT kind FROM empi_decision ORDER BY seq").to_pylist()] == ["reject", "accept"]
+    assert empi.status(duck)["decision_conflicts"] == 0
+
+
+def test_cluster_keeps_rejected_pairs_apart_strongest_links_first():
+    a, b, c, d = ("s", "a"), ("s", "b"), ("s", "c"), ("s", "d")
+
+    def persons(decisions, links):
+        clusters, left_out = empi.cluster([a, b, c, d], decisions, links)
+        return sorted(sorted(k[1] for k in cl) for cl in clusters), left_out
+
+    chain = [(a, c, 0.99), (b, c, 0.97), (c, d, 0.96)]
+    assert persons({}, chain)[0] == [["a", "b", "c", "d"]]
+    # reject a ~ b: c goes with a (the stronger link), b's link to c is left out, d follows c
+    assert persons({(a, b): "reject"}, chain) == ([["a", "c", "d"], ["b"]], [])
+    # an accepted pair outranks automatic links: b ~ c accepted, so now a's link to c is the one left out
+    assert persons({(a, b): "reject", (b, c): "accept"}, chain) == ([["a"], ["b", "c", "d"]], [])
+    # a later reject wins over an earlier accept that chains the pair; the accept is reported as left out
+    assert persons({(b, c): "accept", (a, c): "accept", (a, b): "reject"}, []) == ([["a", "c"], ["b"], ["d"]], [(b, c)])
+    # the latest decision on a pair wins: an accept after the reject links them again
+    assert persons({(a, b): "accept"}, chain)[0] == [["a", "b", "c", "d"]]
+    # decisions naming an identity that is not in the map do not fail
+    assert persons({(a, ("s", "zz")): "reject"}, chain)[0] == [["a", "b", "c", "d"]]

@@ -24,6 +24,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -115,16 +116,46 @@ def build_input(vault: Vault, who: str, why: str = "empi run") -> tuple[pa.Table
     return table, keys
 
 
-def _linker(table: pa.Table, settings: dict):
-    from splink import DuckDBAPI, Linker
+def _linker(table: pa.Table, settings: dict, engine=None):
+    """A Splink linker on the store's engine: Splink's Spark backend for a Spark store, else an in-memory DuckDB.
+    `settings` are in DuckDB's SQL (as stored) and translated for Spark."""
+    from splink import Linker
 
-    db = DuckDBAPI(":memory:")
+    if getattr(engine, "name", None) == "spark":
+        db = _spark_api(engine.spark)
+        settings = model_mod.for_dialect(settings, "spark")
+    else:
+        from splink import DuckDBAPI
+
+        db = DuckDBAPI(":memory:")
+        settings = model_mod.for_dialect(settings, "duckdb")
     return Linker(db.register(table), settings, log_level=logging.ERROR), db
 
 
-def train(table: pa.Table, settings: dict):
+def _spark_api(spark):
+    """Splink's Spark backend on the running session. Its similarity functions (Jaro-Winkler, Damerau-Levenshtein)
+    are Scala UDFs in a jar that ships inside the splink wheel: added to the session here (no download), then
+    registered by SparkAPI. Intermediate tables are kept in memory (persist), never written as Parquet files:
+    they hold comparison values derived from plaintext."""
+    from splink.backends.spark import SparkAPI, similarity_jar_location
+
+    jar = similarity_jar_location()
+    if not Path(jar).exists():
+        raise RuntimeError(f"Splink's similarity UDF jar is missing ({jar}): reinstall splink")
+    spark.sql(f"ADD JAR '{jar}'")
+    return SparkAPI(spark_session=spark, break_lineage_method="persist")
+
+
+def _release(db) -> None:
+    """Drop Splink's tables (in-memory comparison values) once a run has its pairs."""
+    db.delete_tables_created_by_splink_from_db()
+    if hasattr(db, "spark"):
+        db.spark.catalog.clearCache()
+
+
+def train(table: pa.Table, settings: dict, engine=None):
     """Estimate the model without labels: λ from deterministic rules, u by random sampling, m by EM."""
-    linker, db = _linker(table, settings)
+    linker, db = _linker(table, settings, engine)
     t = linker.training
     t.estimate_probability_two_random_records_match(
         ["l.id_number = r.id_number", "l.name_py = r.name_py AND l.birth_date = r.birth_date"], recall=0.8)
@@ -172,22 +203,23 @@ def run(engine, vault: Vault, *, who: str, link_threshold: float = LINK_THRESHOL
         settings = model_mod.default_settings()
         if len(keys) >= min_train:
             say(f"estimating the model on {len(keys):,} identities")
-            linker, db = train(table, settings)
+            linker, db = train(table, settings, engine)
             trained = True
         else:
-            linker, db = _linker(table, settings)
+            linker, db = _linker(table, settings, engine)
     else:
-        linker, db = _linker(table, settings)
+        linker, db = _linker(table, settings, engine)
     timings["train"] = time.perf_counter() - t1
     say("scoring pairs")
     t2 = time.perf_counter()
     pred = linker.inference.predict(threshold_match_probability=review_threshold, warning_mode="never")
     names = [c["output_column_name"] for c in model_mod.COMPARISONS]
     gam = ", ".join(f"gamma_{n}" for n in names)
-    scored = db.duckdb_con.sql(
-        f"SELECT unique_id_l, unique_id_r, match_probability, match_weight, {gam} FROM {pred.physical_name} "
-        "ORDER BY match_probability DESC, unique_id_l, unique_id_r").to_arrow_table()
-    model_json = linker.misc.save_model_to_json()
+    scored = pred.query_sql(f"SELECT unique_id_l, unique_id_r, match_probability, match_weight, {gam} FROM {{this}}")
+    scored = scored.as_pyarrow_table().sort_by(
+        [("match_probability", "descending"), ("unique_id_l", "ascending"), ("unique_id_r", "ascending")])
+    model_json = model_mod.for_dialect(linker.misc.save_model_to_json(), "duckdb")
+    _release(db)
     timings["predict"] = time.perf_counter() - t2
     pairs = []
     ul, ur = scored.column("unique_id_l").to_pylist(), scored.column("unique_id_r").to_pylist()
@@ -236,9 +268,61 @@ def _finish(engine, run_id, who, kind, keys, pairs, link_t, review_t, trained, m
 
 # -- clustering and stable ids ----------------------------------------------------------------------------------
 def _decisions(engine) -> dict[tuple[Key, Key], str]:
-    """The latest decision per pair."""
+    """The latest decision per pair, in the order they were made."""
     t = engine.query("SELECT kind, source_l, id_l, source_r, id_r FROM empi_decision ORDER BY seq").to_pylist()
-    return {((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"])): r["kind"] for r in t}
+    out: dict[tuple[Key, Key], str] = {}
+    for r in t:
+        pair = ((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"]))
+        out.pop(pair, None)  # re-inserted: the dict's order is the order of each pair's latest decision
+        out[pair] = r["kind"]
+    return out
+
+
+def cluster(nodes: list[Key], decisions: dict[tuple[Key, Key], str],
+            links: list[tuple[Key, Key, float]]) -> tuple[list[list[Key]], list[tuple[Key, Key]]]:
+    """Persons from links and decisions (the latest per pair, oldest first). A reject or unmerge keeps its two
+    identities in different persons even when other links chain them (a cannot-link constraint): links are
+    joined strongest first — manual accepts and merges (the latest first), then automatic links by match
+    probability — and a link that would put a kept-apart pair into one person is left out. Returns the
+    clusters and the manual links left out that way (decisions in conflict with a later reject)."""
+    parent = {k: k for k in nodes}
+    apart: dict[Key, set[Key]] = defaultdict(set)  # root -> identities its person may not hold
+    for (a, b), kind in decisions.items():
+        if kind in SPLITTING:
+            apart[a].add(b)
+            apart[b].add(a)
+    manual = [pair for pair, kind in reversed(decisions.items()) if kind in LINKING]
+    automatic = [(a, b) for a, b, _ in sorted(links, key=lambda x: (-x[2], x[0], x[1]))
+                 if decisions.get((a, b)) not in SPLITTING]
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    left_out = []
+    for i, (a, b) in enumerate(manual + automatic):
+        for x in (a, b):
+            if x not in parent:  # a decision or merge names an identity not (yet) in the vault
+                parent[x] = x
+                nodes.append(x)
+        ra, rb = find(a), find(b)
+        if ra == rb:
+            continue
+        if any(x in parent and find(x) == rb for x in apart.get(ra, ())) or \
+                any(x in parent and find(x) == ra for x in apart.get(rb, ())):
+            if i < len(manual):
+                left_out.append((a, b))
+            continue
+        keep, gone = min(ra, rb), max(ra, rb)
+        parent[gone] = keep
+        if gone in apart:
+            apart[keep] |= apart.pop(gone)
+    clusters: dict[Key, list[Key]] = defaultdict(list)
+    for k in nodes:
+        clusters[find(k)].append(k)
+    return list(clusters.values()), left_out
 
 
 def _recluster(engine, run_id: int, now: dt.datetime, reason: str, new_keys: list[Key] | None = None) -> tuple[int, int]:
@@ -248,35 +332,10 @@ def _recluster(engine, run_id: int, now: dt.datetime, reason: str, new_keys: lis
     if new_keys:  # identities once mapped stay mapped even when a run does not see them (e.g. vault pruned)
         seen = set(new_keys)
         nodes += [k for k in old if k not in seen]
-    decisions = _decisions(engine)
-    edges = set()
-    for r in engine.query("SELECT source_l, id_l, source_r, id_r FROM empi_pair WHERE status = 'link'").to_pylist():
-        edges.add(((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"])))
-    for pair, kind in decisions.items():
-        if kind in LINKING:
-            edges.add(pair)
-        elif kind in SPLITTING:
-            edges.discard(pair)
-    parent = {k: k for k in nodes}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in edges:
-        for x in (a, b):
-            if x not in parent:  # a decision or merge names an identity not (yet) in the vault
-                parent[x] = x
-                nodes.append(x)
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    clusters: dict[Key, list[Key]] = defaultdict(list)
-    for k in nodes:
-        clusters[find(k)].append(k)
-    new = assign_ids(old, list(clusters.values()), _max_id_ever(engine))
+    links = [((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"]), r["match_probability"]) for r in engine.query(
+        "SELECT source_l, id_l, source_r, id_r, match_probability FROM empi_pair WHERE status = 'link'").to_pylist()]
+    clusters, _ = cluster(nodes, _decisions(engine), links)
+    new = assign_ids(old, clusters, _max_id_ever(engine))
     changes = [(k, old.get(k), pid) for k, pid in new.items() if old.get(k) != pid]
     engine.execute("DELETE FROM empi_person_map")
     if new:
@@ -399,6 +458,15 @@ def person_id_for(engine, source: str, source_id: str) -> int | None:
     return t.column(0)[0].as_py() if t.num_rows else None
 
 
+def conflicts(engine) -> list[tuple[Key, Key]]:
+    """Accepted or merged pairs (their latest decision) whose identities are in different persons: a later reject
+    or unmerge keeps them apart (see `cluster`)."""
+    pid = {(r["source"], r["source_id"]): r["person_id"]
+           for r in engine.query("SELECT source, source_id, person_id FROM empi_person_map").to_pylist()}
+    return [(a, b) for (a, b), kind in _decisions(engine).items()
+            if kind in LINKING and a in pid and b in pid and pid[a] != pid[b]]
+
+
 def review_queue(engine) -> list[dict]:
     """Pairs of the latest run between the thresholds with no decision since."""
     ensure_tables(engine)
@@ -426,6 +494,7 @@ def status(engine) -> dict:
         "pairs": q("SELECT count(*) FROM empi_pair"),
         "review_pending": len(review_queue(engine)),
         "decisions": q("SELECT count(*) FROM empi_decision"),
+        "decision_conflicts": len(conflicts(engine)),
         "id_changes": q("SELECT count(*) FROM empi_person_history"),
         "last": last.to_pylist()[0] if last.num_rows else None,
     }

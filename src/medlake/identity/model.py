@@ -14,7 +14,7 @@ def _lvl(label: str, sql: str, m: float, u: float, **kw) -> dict:
 
 
 def _null(*cols: str) -> dict:
-    return {"sql_condition": " OR ".join(f'"{c}_l" IS NULL OR "{c}_r" IS NULL' for c in cols),
+    return {"sql_condition": " OR ".join(f"{c}_l IS NULL OR {c}_r IS NULL" for c in cols),
             "label_for_charts": "missing on one side", "is_null_level": True}
 
 
@@ -79,6 +79,7 @@ COMPARISON_COLUMNS = ["name_cjk", "name_py", "name_py_rev", "id_number", "id_val
 
 
 def default_settings(prior: float = 1e-4) -> dict:
+    """The model in DuckDB's SQL (the form medlake stores); `for_dialect` gives Splink's Spark form."""
     return {
         "link_type": "dedupe_only",
         "unique_id_column_name": "unique_id",
@@ -89,6 +90,25 @@ def default_settings(prior: float = 1e-4) -> dict:
         "retain_intermediate_calculation_columns": True,
         "additional_columns_to_retain": [],
     }
+
+
+# The SQL of the comparison levels differs between DuckDB and Spark (Splink's similarity UDF jar) only in these.
+_SPARK_SPELLING = [("jaro_winkler_similarity(", "jaro_winkler("), ('"', "`")]
+
+
+def for_dialect(settings: dict, dialect: str) -> dict:
+    """A copy of `settings` whose comparison SQL is written for `dialect` ("duckdb" or "spark"). Models are stored
+    in DuckDB's form; a run on a Spark store translates them there and back."""
+    if dialect not in ("duckdb", "spark"):
+        raise ValueError(f"no linkage model for SQL dialect {dialect!r}")
+    out = copy.deepcopy(settings)
+    pairs = _SPARK_SPELLING if dialect == "spark" else [(b, a) for a, b in _SPARK_SPELLING]
+    for c in out["comparisons"]:
+        for lv in c["comparison_levels"]:
+            for a, b in pairs:
+                lv["sql_condition"] = lv["sql_condition"].replace(a, b)
+    out["sql_dialect"] = dialect
+    return out
 
 
 def levels(settings: dict) -> dict[str, dict[int, tuple[str, float | None]]]:

@@ -16,7 +16,9 @@ import os
 import re
 from pathlib import Path
 
+from medlake.engines.base import arrow_schema_of
 from medlake.identity import demographics, empi
+from medlake.landing.ingest import SQL_OF
 from medlake.identity.normalize import id_check_ok
 from medlake.identity.vault import Vault
 
@@ -169,15 +171,31 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
         for t in engine.tables():
             if not t.startswith("stg_"):
                 continue
-            have = {c.name for c in engine.columns(t)}
-            cols = [c for c in identifying_columns(t, schemas) if c in have and c not in KEEP]
-            if cols:
-                n = engine.query(f'SELECT count(*) FROM "{t}" WHERE ' + " OR ".join(f'"{c}" IS NOT NULL' for c in cols))
-                n = n.column(0)[0].as_py()
-                if n:
-                    engine.execute(f'UPDATE "{t}" SET ' + ", ".join(f'"{c}" = NULL' for c in cols))
-                    nulled[t] = n
+            n = clear_columns(engine, t, [c for c in identifying_columns(t, schemas) if c not in KEEP])
+            if n:
+                nulled[t] = n
     return {"identities": moved, "merges": merges, "rows_cleared": nulled}
+
+
+def clear_columns(engine, table: str, columns: list[str]) -> int:
+    """Set `columns` to NULL in every row of `table` that has a value in one of them; returns how many rows.
+
+    Engine-neutral (Spark's Parquet tables have no UPDATE): the rows are inserted again with those columns
+    NULL, then the originals are deleted — both set-based in the engine, inside the caller's transaction."""
+    cols = engine.columns(table)
+    gone = [c.name for c in cols if c.name in set(columns)]
+    if not gone:
+        return 0
+    where = " OR ".join(f'"{c}" IS NOT NULL' for c in gone)
+    n = engine.query(f'SELECT count(*) FROM "{table}" WHERE {where}').column(0)[0].as_py()
+    if n:
+        types = dict(zip((c.name for c in cols), arrow_schema_of(cols).types))
+        select = ", ".join(f'CAST(NULL AS {SQL_OF.get(types[c.name], "VARCHAR")})' if c.name in gone
+                           else f'"{c.name}"' for c in cols)
+        names = ", ".join(f'"{c.name}"' for c in cols)
+        engine.execute(f'INSERT INTO "{table}" ({names}) SELECT {select} FROM "{table}" WHERE {where}')
+        engine.execute(f'DELETE FROM "{table}" WHERE {where}')
+    return n
 
 
 def compact_duckdb(path: str | Path) -> None:
