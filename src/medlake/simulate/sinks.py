@@ -1,5 +1,8 @@
 """Output files that stream to disk and know where each record lands (file, line, byte offset), so that
-facts and defects can name their exact location. Ground truth goes to JSON Lines files."""
+facts and defects can name their exact location. Ground truth goes to JSON Lines files.
+
+With `discard=True` nothing is written: every file is a `Discard` that only counts its bytes — the same
+generation, formatting and encoding work, for runs larger than the disk (bench/simulate.py --discard)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,27 +12,47 @@ import orjson
 QUARANTINE = {"malformed_hl7", "bad_json", "truncated_file", "wrong_encoding", "missing_mandatory"}
 
 
-class Truth:
-    """DIR/ground_truth/*.jsonl writers and the run summary."""
+class Discard:
+    """A write-only file that keeps nothing and counts the bytes written to it."""
 
-    def __init__(self, out: Path):
+    def __init__(self, owner: "Truth"):
+        self.owner = owner
+
+    def write(self, b: bytes) -> int:
+        self.owner.discarded += len(b)
+        return len(b)
+
+    def close(self) -> None:
+        pass
+
+
+class Truth:
+    """DIR/ground_truth/*.jsonl writers and the run summary; opens every output file of a run."""
+
+    def __init__(self, out: Path, discard: bool = False):
         self.out = out
+        self.discard = discard
+        self.discarded = 0  # bytes counted by Discard files
         d = out / "ground_truth"
         d.mkdir(parents=True, exist_ok=True)
-        self.files = {n: open(d / f"{n}.jsonl", "wb") for n in
+        self.files = {n: self.open(d / f"{n}.jsonl") for n in
                       ("identities", "persons", "facts", "defects", "note_mentions")}
         self.codes: dict = {}
         self.defects_by_class: dict[str, int] = {}
         self.n_defects = 0
         self.n_facts = 0
 
+    def open(self, path: Path):
+        """A binary file for writing, or a Discard in a discard run."""
+        return Discard(self) if self.discard else open(path, "wb", buffering=1 << 16)
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        f = self.open(path)
+        f.write(data)
+        f.close()
+
     def row(self, name: str, obj: dict) -> None:
         self.files[name].write(orjson.dumps(obj) + b"\n")
-
-    def fact(self, fact: dict, hospital: str, system: str, file: str, message_id: str | None) -> None:
-        fact["source"] = {"hospital": hospital, "system": system, "file": file, "message_id": message_id}
-        self.n_facts += 1
-        self.files["facts"].write(orjson.dumps(fact) + b"\n")
 
     def defect(self, cls: str, file: str, line, byte_offset, message_id, field, detail: str) -> None:
         self.n_defects += 1
@@ -46,9 +69,8 @@ class Truth:
                                "concept_code": concept_code, "concept_id": concept_id}
 
     def close(self) -> None:
-        with open(self.out / "ground_truth" / "codes.jsonl", "wb") as f:
-            for key in sorted(self.codes):
-                f.write(orjson.dumps(self.codes[key]) + b"\n")
+        self.write_file(self.out / "ground_truth" / "codes.jsonl",
+                        b"".join(orjson.dumps(self.codes[key]) + b"\n" for key in sorted(self.codes)))
         for f in self.files.values():
             f.close()
 
@@ -80,7 +102,8 @@ class Sink:
         self.header, self.footer = header, footer
         self.nl = newline_counts
         self.truncate = truncate  # (random.Random, chance): whether a new file will end truncated
-        (out / folder).mkdir(parents=True, exist_ok=True)
+        if not truth.discard:
+            (out / folder).mkdir(parents=True, exist_ok=True)
         self.f = None
         self.seq = 0
         self.files = 0
@@ -92,7 +115,10 @@ class Sink:
         self.seq += 1
         self.files += 1
         self.rel = f"{self.folder}/{self.pattern.format(self.seq)}"
-        self.f = open(self.out / self.rel, "wb")
+        self.f = self.truth.open(self.out / self.rel)
+        # the end of every fact line from this file: its "source" object up to the message id
+        src = orjson.dumps({"hospital": self.hospital, "system": self.system, "file": self.rel, "message_id": 0})
+        self.src = b',"source":' + src[:-2]
         self.offset = 0
         self.line = 1
         self.count = 0
@@ -118,12 +144,12 @@ class Sink:
             self.close_file()
 
     def _flush(self, rec: Record, cut: int | None = None) -> None:
-        t = self.truth
         if cut is None and not rec.defects:  # the common case
             self._raw(rec.data, rec.lines)
-            for fact in rec.facts:
-                t.fact(fact, self.hospital, self.system, self.rel, fact.pop("_mid", rec.message_id))
+            if rec.facts:
+                self._facts(rec)
             return
+        t = self.truth
         start_line, start_off = self.line, self.offset
         lines = self.nl is not None
         for cls, dline, field, detail, mid in rec.defects:
@@ -135,9 +161,18 @@ class Sink:
                      f"file ends {len(rec.data) - cut} bytes early, inside this record")
             return
         self._raw(rec.data, None if rec.quarantined else rec.lines)
-        if not rec.quarantined:
-            for fact in rec.facts:
-                t.fact(fact, self.hospital, self.system, self.rel, fact.pop("_mid", rec.message_id))
+        if not rec.quarantined and rec.facts:
+            self._facts(rec)
+
+    def _facts(self, rec: Record) -> None:
+        """The record's facts to facts.jsonl, each with its source (message ids are the
+        simulator's own ASCII ids, so they are written without JSON escaping)."""
+        write = self.truth.files["facts"].write
+        src, rmid, dumps = self.src, rec.message_id, orjson.dumps
+        for fact in rec.facts:
+            mid = fact.pop("_mid", rmid)
+            write(dumps(fact)[:-1] + src + (b"null}}\n" if mid is None else b'"' + mid.encode() + b'"}}\n'))
+        self.truth.n_facts += len(rec.facts)
 
     def close_file(self, final: bool = False) -> None:
         if self.f is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import itertools
 import random
 import re
 
@@ -34,6 +35,11 @@ BP_PANEL = {"coding": [{"system": LOINC, "code": "85354-9", "display": "Blood pr
 BUNDLE_RECORDS = 20  # patient records per transaction Bundle
 VISIT_CONCEPT = {"OP": 9202, "ER": 9203, "IP": 9201}
 FHIR_CLASS = {"OP": "AMB", "ER": "EMER", "IP": "IMP"}
+FHIR_CLASS_CODING = {k: {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": v}
+                     for k, v in FHIR_CLASS.items()}
+EXPIRED = {"dischargeDisposition": {"coding": [{
+    "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "exp"}]}}
+FIVE_MINUTES, TWO_HOURS = dt.timedelta(minutes=5), dt.timedelta(hours=2)
 HL7_CLASS = {"OP": "O", "ER": "E", "IP": "I"}
 FHIR_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
               "AllergyIntolerance", "Immunization", "DocumentReference")
@@ -61,7 +67,7 @@ def escape(s: str) -> str:
 
 
 def fhir_time(d: dt.datetime) -> str:
-    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}+08:00"
+    return d.isoformat(timespec="seconds") + "+08:00"
 
 
 class Registration:
@@ -98,7 +104,12 @@ class Hospital:
         self.labs: dict = {}   # lab key -> local dialect (lab_local)
         self.dx: dict = {}     # condition key -> local coding (dx_local)
         self.batch, self.batch_records = ([], [], []), 0   # the transaction Bundle being filled
-        self.counters = dict(mrn=0, msg=0, visit=0, res=0, rx=0, order=0, bundle=0)
+        self.counters = {k: itertools.count(1) for k in ("mrn", "msg", "visit", "rx", "order", "bundle")}
+        self._res = itertools.count(1)  # FHIR resource ids (all types)
+        self.visit_sys = f"urn:medlake:{self.id}:visit"
+        self.vital_info = self._vital_info()
+        self.med_info: dict = {}
+        self.proc_info: dict = {}
         self.lis_sys = f"{self.H}LIS"
         self.drug_sys = f"urn:medlake:{self.id}:pharmacy"
         self.proc_sys = f"urn:medlake:{self.id}:procedure"
@@ -182,12 +193,7 @@ class Hospital:
 
     # ---------- identifiers and formats ----------
     def next(self, what: str) -> int:
-        self.counters[what] += 1
-        return self.counters[what]
-
-    def new_mrn(self) -> str:
-        n = self.next("mrn")
-        return (f"{10000000 + n}", f"ZY{n:07d}", f"P-{n:06d}")[self.profile]
+        return next(self.counters[what])
 
     def ts(self, d: dt.datetime) -> str:
         s = self._ts.get(d)
@@ -210,7 +216,9 @@ class Hospital:
                 "id_number": person.get("id_number"), "sex": person["sex"], "phone": person["phone"],
                 "address": person["address"], "insurance": person["insurance"], "pinyin": False,
                 "person": person["person"]}
-        reg = Registration(self.new_mrn(), f"{self.id}-pat-{self.counters['mrn']:07d}", demo, primary)
+        n = self.next("mrn")
+        mrn = (f"{10000000 + n}", f"ZY{n:07d}", f"P-{n:06d}")[self.profile]
+        reg = Registration(mrn, f"{self.id}-pat-{n:07d}", demo, primary)
         dup = not primary
         name_field = "PID-5"
         if rng.random() < (0.35 if dup else p):
@@ -480,69 +488,71 @@ class Hospital:
 
     # ---------- FHIR ----------
     def res_id(self, kind: str) -> str:
-        return f"{self.id}-{kind}-{self.next('res')}"
+        return f"{self.id}-{kind}-{next(self._res)}"
 
     def fhir_encounter(self, reg: Registration, enc: Encounter, visit: str, rng: random.Random, person: dict):
         p = self.rate
+        hid = self.id
+        res = self._res
         pref = {"reference": f"Patient/{reg.patient_id}"}
-        eid = self.res_id("enc")
+        eid = f"{hid}-enc-{next(res)}"
         eref = {"reference": f"Encounter/{eid}"}
-        e = {"resourceType": "Encounter", "id": eid, "status": "finished",
-             "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": FHIR_CLASS[enc.cls]},
-             "identifier": [{"system": f"urn:medlake:{self.id}:visit", "value": visit}],
-             "subject": pref, "period": {"start": fhir_time(enc.start), "end": fhir_time(enc.end)}}
+        start = enc.start
+        e = {"resourceType": "Encounter", "id": eid, "status": "finished", "class": FHIR_CLASS_CODING[enc.cls],
+             "identifier": [{"system": self.visit_sys, "value": visit}],
+             "subject": pref, "period": {"start": fhir_time(start), "end": fhir_time(enc.end)}}
         if enc.died:
-            e["hospitalization"] = {"dischargeDisposition": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "exp"}]}}
-        add = reg.resources.append
+            e["hospitalization"] = EXPIRED
+        resources = reg.resources
+        add = resources.append
         add((e, [], []))
-        day = enc.start.date().isoformat()
+        day = start.date().isoformat()
         who = person["person"]
-        dxs = [(k, None) for k in enc.dx]
-        if rng.random() < p and self.profile < 2:
-            dxs.append((None, rng.choice(UNMAPPED_DX)))
-        for k, tcm in dxs:
-            cid = self.res_id("cond")
-            if tcm:
-                system, code, display = self.tcm_sys, tcm[0], tcm[1]
-                self.truth.code(self.id, "emr", system, code, display, "diagnosis", None, None, 0)
-                concept = 0
-                defects = [("unmapped_code", None, "Condition.code", f"local diagnosis code {code} has no standard "
-                                                                      "concept", cid)]
-            else:
-                system, code, display, concept = self.dx.get(k) or self.dx_local(k)
-                defects = []
+        dx = self.dx
+        for k in enc.dx:
+            cid = f"{hid}-cond-{next(res)}"
+            system, code, display, concept = dx.get(k) or self.dx_local(k)
             add(({"resourceType": "Condition", "id": cid,
                   "clinicalStatus": ACTIVE, "verificationStatus": CONFIRMED, "category": DIAGNOSIS,
                   "code": {"coding": [{"system": system, "code": code, "display": display}], "text": display},
                   "subject": pref, "encounter": eref, "recordedDate": day},
                  [{"person": who, "kind": "condition", "date": day, "concept_id": concept, "value_as_number": None,
-                   "unit_concept_id": None, "_mid": cid}], defects))
-        when = fhir_time(enc.start + dt.timedelta(minutes=5))
-        vitals = dict(enc.vitals)
-        if "sbp" in vitals:  # blood pressure travels as one panel with two components, as EHRs send it
-            oid = self.res_id("obs")
+                   "unit_concept_id": None, "_mid": cid}], []))
+        if rng.random() < p and self.profile < 2:
+            code, display = rng.choice(UNMAPPED_DX)
+            cid = f"{hid}-cond-{next(res)}"
+            self.truth.code(hid, "emr", self.tcm_sys, code, display, "diagnosis", None, None, 0)
+            add(({"resourceType": "Condition", "id": cid,
+                  "clinicalStatus": ACTIVE, "verificationStatus": CONFIRMED, "category": DIAGNOSIS,
+                  "code": {"coding": [{"system": self.tcm_sys, "code": code, "display": display}], "text": display},
+                  "subject": pref, "encounter": eref, "recordedDate": day},
+                 [{"person": who, "kind": "condition", "date": day, "concept_id": 0, "value_as_number": None,
+                   "unit_concept_id": None, "_mid": cid}],
+                 [("unmapped_code", None, "Condition.code", f"local diagnosis code {code} has no standard concept",
+                   cid)]))
+        when = fhir_time(start + FIVE_MINUTES)
+        vinfo = self.vital_info
+        vitals = enc.vitals
+        if vitals and vitals[0][0] == "sbp":  # blood pressure travels as one panel with two components
+            oid = f"{hid}-obs-{next(res)}"
             comps, facts = [], []
-            for key in ("sbp", "dbp"):
-                v = cat.VITAL[key]
-                comps.append({"code": VITAL_CODE[key], "valueQuantity": {
-                    "value": vitals[key], "unit": cat.UNIT[v.unit].local_styles[self.profile], "system": UCUM,
-                    "code": v.unit}})
-                facts.append({"person": who, "kind": "measurement", "date": day, "concept_id": cat.concept_id("vital", key),
-                              "value_as_number": vitals[key], "unit_concept_id": cat.concept_id("unit", v.unit),
-                              "_mid": oid})
+            for key, value in vitals[:2]:
+                code_cc, unit_text, ucum, concept, unit_concept = vinfo[key]
+                comps.append({"code": code_cc, "valueQuantity": {"value": value, "unit": unit_text,
+                                                                  "system": UCUM, "code": ucum}})
+                facts.append({"person": who, "kind": "measurement", "date": day, "concept_id": concept,
+                              "value_as_number": value, "unit_concept_id": unit_concept, "_mid": oid})
             add(({"resourceType": "Observation", "id": oid, "status": "final", "category": VITAL_SIGNS,
                   "code": BP_PANEL, "subject": pref, "encounter": eref, "effectiveDateTime": when, "component": comps},
                  facts, []))
-        for key, value in enc.vitals:
-            if key in ("sbp", "dbp"):
-                continue
-            v = cat.VITAL[key]
-            oid = self.res_id("obs")
-            unit_text = cat.UNIT[v.unit].local_styles[self.profile]
-            qty = {"value": value, "unit": unit_text or v.unit, "system": UCUM, "code": v.unit}
+            vitals = vitals[2:]
+        bulk = self.fhir_mode == "bulk"
+        for key, value in vitals:
+            code_cc, unit_text, ucum, concept, unit_concept = vinfo[key]
+            oid = f"{hid}-obs-{next(res)}"
+            qty = {"value": value, "unit": unit_text or ucum, "system": UCUM, "code": ucum}
             o = {"resourceType": "Observation", "id": oid, "status": "final",
-                 "category": VITAL_SIGNS, "code": VITAL_CODE[key],
+                 "category": VITAL_SIGNS, "code": code_cc,
                  "subject": pref, "encounter": eref, "effectiveDateTime": when, "valueQuantity": qty}
             defects = []
             r = rng.random()
@@ -552,55 +562,41 @@ class Hospital:
                                 f"body temperature {qty['value']} Cel (true {value})", oid))
             elif r < p / 8:
                 del qty["unit"], qty["code"], qty["system"]
-                defects.append(("missing_unit", None, "Observation.valueQuantity.unit", f"unit {v.unit} not sent",
-                                oid))
-            elif r < p / 6 and self.fhir_mode == "bulk":
+                defects.append(("missing_unit", None, "Observation.valueQuantity.unit", f"unit {ucum} not sent", oid))
+            elif r < p / 6 and bulk:
                 del o["code"]
                 defects.append(("missing_mandatory", None, "Observation.code", "Observation without code", oid))
             elif r < p / 5:
-                o["effectiveDateTime"] = fhir_time(self.future(enc.start))
+                o["effectiveDateTime"] = fhir_time(self.future(start))
                 defects.append(("future_date", None, "Observation.effectiveDateTime",
-                                f"effective in {(self.future(enc.start)).year} (true {day})", oid))
-            add((o, [{"person": who, "kind": "measurement", "date": day, "concept_id": cat.concept_id("vital", key),
-                      "value_as_number": value, "unit_concept_id": cat.concept_id("unit", v.unit), "_mid": oid}],
-                 defects))
+                                f"effective in {(self.future(start)).year} (true {day})", oid))
+            add((o, [{"person": who, "kind": "measurement", "date": day, "concept_id": concept,
+                      "value_as_number": value, "unit_concept_id": unit_concept, "_mid": oid}], defects))
+        meds = self.med_info
         for key, days in enc.meds:
-            d = cat.DRUG[key]
-            mid = self.res_id("medrq")
-            coding = [{"system": self.drug_code_system(), "code": self.drug_code(key),
-                       "display": d.en if self.profile == 2 else d.zh}]
-            self.truth.code(self.id, "emr", coding[0]["system"], coding[0]["code"], coding[0]["display"], "drug",
-                            "RxNorm", d.rxnorm, cat.concept_id("drug", key))
+            coding, text, dosage, concept = meds.get(key) or self._med_info(key)
+            mid = f"{hid}-medrq-{next(res)}"
             add(({"resourceType": "MedicationRequest", "id": mid, "status": "completed", "intent": "order",
-                  "medicationCodeableConcept": {"coding": coding, "text": d.zh if self.profile < 2 else d.en},
-                  "subject": pref, "encounter": eref, "authoredOn": when,
-                  "dosageInstruction": [{"text": f"{d.strength} {d.route} x{d.daily}/d"}],
+                  "medicationCodeableConcept": {"coding": coding, "text": text},
+                  "subject": pref, "encounter": eref, "authoredOn": when, "dosageInstruction": dosage,
                   "dispenseRequest": {"expectedSupplyDuration": {"value": days, "unit": "days", "system": UCUM,
                                                                  "code": "d"}}},
-                 [{"person": who, "kind": "drug", "date": day, "concept_id": cat.concept_id("drug", key),
+                 [{"person": who, "kind": "drug", "date": day, "concept_id": concept,
                    "value_as_number": None, "unit_concept_id": None, "_mid": mid}], []))
-        for key in enc.procs:
-            pr = cat.PROCEDURE[key]
-            pid = self.res_id("proc")
-            if self.profile == 1:
-                coding = {"system": self.proc_sys, "code": f"SS{PROC_INDEX[key] + 101:04d}",
-                          "display": pr.zh}
-                self.truth.code(self.id, "emr", self.proc_sys, coding["code"], pr.zh, "procedure", "SNOMED",
-                                pr.snomed, cat.concept_id("procedure", key))
-            else:
-                coding = {"system": SNOMED, "code": pr.snomed, "display": pr.en}
-                self.truth.code(self.id, "emr", SNOMED, pr.snomed, pr.en, "procedure", "SNOMED", pr.snomed,
-                                cat.concept_id("procedure", key))
-            add(({"resourceType": "Procedure", "id": pid, "status": "completed", "code": {"coding": [coding]},
-                  "subject": pref, "encounter": eref,
-                  "performedDateTime": fhir_time(enc.start + dt.timedelta(hours=2))},
-                 [{"person": who, "kind": "procedure", "date": (enc.start + dt.timedelta(hours=2)).date().isoformat(),
-                   "concept_id": cat.concept_id("procedure", key), "value_as_number": None, "unit_concept_id": None,
-                   "_mid": pid}], []))
+        if enc.procs:
+            done = start + TWO_HOURS
+            done_time, done_day = fhir_time(done), done.date().isoformat()
+            for key in enc.procs:
+                code, concept = self.proc_info.get(key) or self._proc_info(key)
+                pid = f"{hid}-proc-{next(res)}"
+                add(({"resourceType": "Procedure", "id": pid, "status": "completed", "code": code,
+                      "subject": pref, "encounter": eref, "performedDateTime": done_time},
+                     [{"person": who, "kind": "procedure", "date": done_day, "concept_id": concept,
+                       "value_as_number": None, "unit_concept_id": None, "_mid": pid}], []))
         for key in enc.vaccines:
             v = cat.VACCINE[key]
-            iid = self.res_id("imm")
-            self.truth.code(self.id, "emr", CVX, v.cvx, v.en, "vaccine", "CVX", v.cvx, cat.concept_id("vaccine", key))
+            iid = f"{hid}-imm-{next(res)}"
+            self.truth.code(hid, "emr", CVX, v.cvx, v.en, "vaccine", "CVX", v.cvx, cat.concept_id("vaccine", key))
             add(({"resourceType": "Immunization", "id": iid, "status": "completed",
                   "vaccineCode": {"coding": [{"system": CVX, "code": v.cvx, "display": v.en}]},
                   "patient": pref, "encounter": eref, "occurrenceDateTime": when},
@@ -608,6 +604,36 @@ class Hospital:
                    "value_as_number": None, "unit_concept_id": None, "_mid": iid}], []))
         if enc.note:
             self.note(reg, enc, eref, pref, rng, person)
+
+    def _vital_info(self) -> dict:
+        """Per vital sign: (LOINC code, unit as this EMR writes it, UCUM unit, concept id, unit concept id)."""
+        return {v.key: (VITAL_CODE[v.key], cat.UNIT[v.unit].local_styles[self.profile], v.unit,
+                        cat.concept_id("vital", v.key), cat.concept_id("unit", v.unit)) for v in cat.VITALS}
+
+    def _med_info(self, key: str) -> tuple:
+        """This EMR's MedicationRequest coding of a drug (registered in codes.jsonl when first used)."""
+        d = cat.DRUG[key]
+        coding = [{"system": self.drug_code_system(), "code": self.drug_code(key),
+                   "display": d.en if self.profile == 2 else d.zh}]
+        concept = cat.concept_id("drug", key)
+        self.truth.code(self.id, "emr", coding[0]["system"], coding[0]["code"], coding[0]["display"], "drug",
+                        "RxNorm", d.rxnorm, concept)
+        info = self.med_info[key] = (coding, d.zh if self.profile < 2 else d.en,
+                                     [{"text": f"{d.strength} {d.route} x{d.daily}/d"}], concept)
+        return info
+
+    def _proc_info(self, key: str) -> tuple:
+        """This EMR's Procedure code (local codes in profile 1, SNOMED CT otherwise) and its concept id."""
+        pr = cat.PROCEDURE[key]
+        concept = cat.concept_id("procedure", key)
+        if self.profile == 1:
+            coding = {"system": self.proc_sys, "code": f"SS{PROC_INDEX[key] + 101:04d}", "display": pr.zh}
+        else:
+            coding = {"system": SNOMED, "code": pr.snomed, "display": pr.en}
+        self.truth.code(self.id, "emr", coding["system"], coding["code"], coding["display"], "procedure", "SNOMED",
+                        pr.snomed, concept)
+        info = self.proc_info[key] = ({"coding": [coding]}, concept)
+        return info
 
     def dx_local(self, k: str) -> tuple:
         """This EMR's coding of a condition: ICD-10 Chinese clinical codes, ICD-10-CM or SNOMED CT."""
