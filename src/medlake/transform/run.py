@@ -27,6 +27,18 @@ from medlake.transform import derived, rules as r
 
 PROTECTED = ("person", "death")  # rebuilt per touched person, not per record key
 
+# What the last run applied, so the next one can see what changed since (medlake's own tables, beside the CDM).
+APPLIED = {
+    "transform_applied_mapping": ("source_vocabulary_id VARCHAR, source_code VARCHAR, target_concept_id INTEGER, "
+                                  "source_concept_id INTEGER",
+                                  "SELECT DISTINCT source_vocabulary_id, source_code, target_concept_id, "
+                                  "source_concept_id FROM source_to_concept_map WHERE invalid_reason IS NULL"),
+    "transform_applied_identity": ("source VARCHAR, source_id VARCHAR, person_id BIGINT",
+                                   "SELECT DISTINCT source, source_id, person_id FROM empi_person_map"),
+}
+CHANGES = {"tx_remap_code": "vocabulary_id VARCHAR, code VARCHAR",  # codes whose site mapping changed
+           "tx_remap_identity": "source VARCHAR, source_id VARCHAR"}  # source patients whose EMPI person changed
+
 
 @dataclass
 class RunSummary:
@@ -49,7 +61,8 @@ def ensure_tables(engine: Engine) -> None:
     if "tx_person" in have and "birth_year" not in {col.name for col in engine.columns("tx_person")}:
         engine.execute("DROP TABLE tx_person")  # a work table from an older release: recreated below
         have.discard("tx_person")
-    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES}.items():
+    own = {k: v[0] for k, v in APPLIED.items()}
+    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES}.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
     if _count(engine, "SELECT count(*) FROM medlake_code_system") == 0:
@@ -102,7 +115,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             progress(what, done, steps)
 
     with engine.transaction():
-        for w in c.WORK_TABLES:
+        for w in (*c.WORK_TABLES, *CHANGES):
             engine.execute(f"DELETE FROM {w}")
         if namespaces:
             _set_namespaces(engine, namespaces)
@@ -116,8 +129,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         for rule in (*events, *entities, *persons):
             engine.execute(c.delta_sql(rule))
         _merges(engine, tables)
+        _applied_changes(engine, tables, (*events, *entities, *persons), full)
         per_rule = {x["rule"]: x["n"] for x in engine.query(
-            "SELECT rule, count(*) AS n FROM tx_delta GROUP BY rule").to_pylist()}
+            "SELECT rule, count(DISTINCT source_key) AS n FROM tx_delta GROUP BY rule").to_pylist()}
         n_delta = sum(per_rule.values())
         events = [x for x in events if x.name in per_rule]  # only rules with something to do run their SQL
         entities = [x for x in entities if x.name in per_rule]
@@ -250,6 +264,63 @@ SELECT DISTINCT stable_id(x.namespace || '|' || COALESCE(o.survivor_ref, x.prior
 FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace AND o.prior_ref = x.prior_ref""")
     engine.execute("DELETE FROM transform_merge")
     engine.execute("INSERT INTO transform_merge SELECT * FROM tx_merge")
+
+
+def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> None:
+    """Records to map again because what the last run applied has changed since: a site mapping in
+    SOURCE_TO_CONCEPT_MAP (`medlake map accept|reject|import|auto-accept`, or edited by hand) re-maps the records
+    carrying that code (as code, unit, value or any FHIR coding); a changed `empi_person_map` (a new EMPI run, a merge
+    or unmerge) re-maps the records of the source patients whose person changed. Their old and new persons are
+    touched through the lineage, so PERSON, DEATH and the derived tables are rebuilt for both."""
+    for name, (_, now) in APPLIED.items():
+        if name == "transform_applied_identity" and "empi_person_map" not in tables:
+            continue
+        cols = now.split("SELECT DISTINCT ")[1].split(" FROM ")[0]
+        key = ", ".join(cols.split(", ")[:2])
+        work = "tx_remap_code" if name == "transform_applied_mapping" else "tx_remap_identity"
+        if not full:
+            engine.execute(f"INSERT INTO {work} SELECT DISTINCT {key} FROM ("
+                           f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
+                           f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b) AS d")
+            if not _count(engine, f"SELECT count(*) FROM {work}"):
+                continue
+            for rule in rules:
+                if work == "tx_remap_code":
+                    for sql in _code_change_sql(rule, tables):
+                        engine.execute(sql)
+                elif rule.person:
+                    engine.execute(_keys_sql(rule, "JOIN tx_remap_identity m ON m.source = s.source "
+                                                   f"AND m.source_id = ({rule.person})"))
+        engine.execute(f"DELETE FROM {name}")
+        engine.execute(f"INSERT INTO {name} {now}")
+
+
+def _keys_sql(rule, join: str, frm: str | None = None, key: str | None = None) -> str:
+    return f"""INSERT INTO tx_delta
+SELECT DISTINCT '{rule.name}', {key or c.source_key(rule)}
+FROM {frm or getattr(rule, "from_sql", None) or rule.staging} s
+JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
+{join}
+WHERE ({rule.key}) IS NOT NULL"""
+
+
+def _code_change_sql(rule, tables: set[str]) -> list[str]:
+    """Keys of a rule's records carrying a code whose site mapping changed (tx_remap_code)."""
+    def join(code) -> str:
+        system = f"COALESCE({code.system}, '')"
+        return (f"LEFT JOIN medlake_code_system cs ON cs.system = {system}\nJOIN tx_remap_code m ON m.code = "
+                f"({code.code}) AND m.vocabulary_id = COALESCE(cs.vocabulary_id, {system})")
+    out = [_keys_sql(rule, join(code)) for code in c.codes_of(rule)]
+    if getattr(rule, "codings", ()) and c.CODINGS in tables:  # any coding of the resource (the event picks one)
+        rtype, element = rule.codings[:2]
+        k = r.Code("k.system", "k.code")
+        out.append(f"""INSERT INTO tx_delta
+SELECT DISTINCT '{rule.name}', '{rule.name}|' || k.source || '|{rtype}/' || k.resource_id
+FROM stg_fhir_coding k
+JOIN tx_mark mk ON mk.source = k.source AND k.receipt_seq <= mk.receipt_seq
+{join(k)}
+WHERE k.resource_type = '{rtype}' AND k.element = '{element}'""")
+    return out
 
 
 def _cdm_source(engine: Engine, run_id: int, when: dt.datetime) -> None:

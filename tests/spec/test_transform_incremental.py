@@ -1,0 +1,114 @@
+"""Incremental transform on every engine: a re-run changes nothing; an accepted (then rejected) site mapping re-maps
+only the rows carrying that code; an A08 updates its visit; a changed EMPI person map moves the source patient's
+rows to the new person and rebuilds both persons' derived rows. Rows not involved keep their ids and the run that
+wrote them."""
+import datetime as dt
+
+import pyarrow as pa
+
+from medlake.cdm import store
+from medlake.mapping import review
+from medlake.transform.run import transform
+from test_transform import NS, D, T, batch1, rows, sid, stage, vocab
+
+LINEAGE = "SELECT cdm_table, row_id, source_key, run_id FROM cdm_lineage"
+
+
+def test_rerun_and_an_accepted_mapping_remaps_only_its_rows(engine):
+    store.init(engine, "5.4")
+    vocab(engine)
+    batch1(engine)
+    transform(engine, namespaces=NS)
+    lineage = rows(engine, LINEAGE)
+    again = transform(engine, namespaces=NS)  # nothing new: no run, nothing changes
+    assert again.run_id is None and rows(engine, LINEAGE) == lineage
+
+    # the reviewer maps the local code X1 of Condition c4 (concept 0 so far) to essential hypertension
+    x1 = review.Target("urn:local", "local", "X1", "local hypertension")
+    review.decide(engine, x1, "accepted", 320128, by="test", today=dt.date(2024, 1, 1))
+    s = transform(engine, namespaces=NS)
+    assert s.run_id == 2 and s.records == 1  # only Condition c4
+    old_c4, new_c4 = (sid(f"condition_occurrence|fhir.condition|emr|Condition/c4|{c}") for c in (0, 320128))
+    assert rows(engine, "SELECT condition_occurrence_id, condition_concept_id, condition_source_value "
+                        "FROM condition_occurrence WHERE condition_start_date = DATE '2020-04-01'") == [
+        (new_c4, 320128, "X1")]
+    person = sid("h1|M1")
+    # the person's condition era is rebuilt: c1 (January) and c4 (April) are two eras of 320128
+    assert rows(engine, "SELECT person_id, condition_concept_id, condition_era_start_date, condition_occurrence_count "
+                        "FROM condition_era") == [(person, 320128, D(2020, 1, 1), 1), (person, 320128, D(2020, 4, 1), 1)]
+    assert rows(engine, "SELECT code FROM transform_gap") == []
+    now = rows(engine, LINEAGE)
+    unrelated = [x for x in lineage if x[2] != "fhir.condition|emr|Condition/c4" and x[0] not in ("person", "death")]
+    assert unrelated and all(x in now for x in unrelated)  # same ids, same run id
+    assert [x for x in now if x[2] == "fhir.condition|emr|Condition/c4"] == [
+        ("condition_occurrence", new_c4, "fhir.condition|emr|Condition/c4", 2)]
+
+    # rejecting the mapping takes it away again: back to concept 0 and in the gap report
+    review.decide(engine, x1, "rejected", 320128, by="test")
+    s = transform(engine, namespaces=NS)
+    assert s.records == 1
+    assert rows(engine, "SELECT condition_occurrence_id, condition_concept_id FROM condition_occurrence "
+                        "WHERE condition_start_date = DATE '2020-04-01'") == [(old_c4, 0)]
+    assert rows(engine, "SELECT code, n_rows FROM transform_gap") == [("X1", 1)]
+    assert all(x in rows(engine, LINEAGE) for x in unrelated)
+
+
+def empi(engine, mapping: dict):
+    engine.execute("CREATE TABLE IF NOT EXISTS empi_person_map (source VARCHAR NOT NULL, source_id VARCHAR NOT NULL, "
+                   "person_id BIGINT NOT NULL)")
+    engine.execute("DELETE FROM empi_person_map")
+    engine.load_arrow("empi_person_map", pa.table({
+        "source": [k[0] for k in mapping], "source_id": [k[1] for k in mapping],
+        "person_id": pa.array(list(mapping.values()), pa.int64())}))
+
+
+def test_a08_and_an_empi_merge_remap_only_the_persons_involved(engine):
+    store.init(engine, "5.4")
+    vocab(engine)
+    ns = {"his": "h1", "lis": "h1"}
+    stage(engine, "stg_hl7_patient", "his", 1, [
+        dict(control_id=f"A{i}", message_type="ADT^A01", event_time=T(2021, 5, i), patient_id=f"M{i}", sex="F",
+             birth_date=D(1960 + i, 1, 1)) for i in (1, 2, 3)])
+    stage(engine, "stg_hl7_visit", "his", 1, [
+        dict(control_id=f"V{i}", message_type="ADT^A01", event_type="A01", event_time=T(2021, 5, i),
+             patient_id=f"M{i}", visit_number=f"V{i}", patient_class="I", admit_time=T(2021, 5, i, 8))
+        for i in (1, 2, 3)])
+    stage(engine, "stg_hl7_observation", "lis", 1, [
+        dict(control_id=f"L{i}", message_type="ORU^R01", event_time=T(2021, 6, i), patient_id=f"M{i}",
+             filler_number=f"F{i}", code="4548-4", code_system="LN", value_number=6.0 + i, units="%",
+             observation_time=T(2021, 6, i)) for i in (1, 2, 3)])
+    empi(engine, {("his", "M1"): 101, ("lis", "M1"): 101, ("his", "M2"): 102, ("lis", "M2"): 102,
+                  ("his", "M3"): 103, ("lis", "M3"): 103})
+    transform(engine, namespaces=ns)
+    assert rows(engine, "SELECT person_id, year_of_birth FROM person") == [(101, 1961), (102, 1962), (103, 1963)]
+    lineage = rows(engine, LINEAGE)
+    m3 = [x for x in lineage if x[0] not in ("person", "death") and ("|V3" in x[2] or "|F3|" in x[2])]
+    assert len(m3) == 2  # M3's visit and lab result
+
+    # an A08 discharges M1's visit: only that visit is re-mapped
+    stage(engine, "stg_hl7_visit", "his", 2, [
+        dict(control_id="V1b", message_type="ADT^A08", event_type="A08", event_time=T(2021, 5, 9), patient_id="M1",
+             visit_number="V1", patient_class="I", admit_time=T(2021, 5, 1, 8), discharge_time=T(2021, 5, 9, 12))])
+    s = transform(engine, namespaces=ns)
+    assert s.records == 1
+    assert rows(engine, "SELECT person_id, visit_end_date FROM visit_occurrence") == [
+        (101, D(2021, 5, 9)), (102, D(2021, 5, 2)), (103, D(2021, 5, 3))]
+
+    # a new EMPI run links M2 to M1: M2's records move to person 101, person 102 goes; M3 is untouched
+    before_m3 = [x for x in rows(engine, LINEAGE) if x in m3]
+    empi(engine, {("his", "M1"): 101, ("lis", "M1"): 101, ("his", "M2"): 101, ("lis", "M2"): 101,
+                  ("his", "M3"): 103, ("lis", "M3"): 103})
+    s = transform(engine, namespaces=ns)
+    assert s.records == 3  # M2's patient record, visit and lab result
+    assert rows(engine, "SELECT person_id FROM person") == [(101,), (103,)]
+    assert rows(engine, "SELECT person_id, value_as_number FROM measurement") == [(101, 7.0), (101, 8.0), (103, 9.0)]
+    assert rows(engine, "SELECT person_id, observation_period_start_date, observation_period_end_date "
+                        "FROM observation_period") == [(101, D(2021, 5, 1), D(2021, 6, 2)),
+                                                       (103, D(2021, 5, 3), D(2021, 6, 3))]
+    assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE person_id = 102") == [(0,)]
+    assert before_m3 == m3 and all(x in rows(engine, LINEAGE) for x in m3)
+    final = rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement")
+    assert transform(engine, namespaces=ns).run_id is None  # the change is applied once
+    transform(engine, namespaces=ns, full=True)  # a full re-map agrees with the incremental result
+    assert rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement") == final
+    assert rows(engine, "SELECT person_id FROM person") == [(101,), (103,)]
