@@ -133,8 +133,18 @@ class Sink:
             self.line += b.count(self.nl) if lines is None else lines
 
     def add(self, rec: Record) -> None:
-        if self.pending is not None:
-            self._flush(self.pending)
+        pend = self.pending
+        if pend is not None:
+            if pend.defects:
+                self._flush(pend)
+            else:  # the common case of _flush, inline
+                data = pend.data
+                self.f.write(data)
+                self.offset += len(data)
+                if self.nl is not None:
+                    self.line += pend.lines
+                if pend.facts:
+                    self._facts(pend)
         if self.f is None:
             self._open()
         self.pending = rec

@@ -41,6 +41,7 @@ EXPIRED = {"dischargeDisposition": {"coding": [{
     "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "exp"}]}}
 FIVE_MINUTES, TWO_HOURS = dt.timedelta(minutes=5), dt.timedelta(hours=2)
 HL7_CLASS = {"OP": "O", "ER": "E", "IP": "I"}
+ADT_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03", "A40": "ADT_A39"}
 FHIR_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
               "AllergyIntolerance", "Immunization", "DocumentReference")
 # Unmapped local codes: traditional Chinese medicine items, hospital-specific tests (truly no standard concept).
@@ -50,6 +51,17 @@ UNMAPPED_LABS = [("XLB-01", "全血黏度(低切)", "mPa.s", 6.0), ("ZDY-07", "�
 UNMAPPED_DX = [("BNV090", "气虚证"), ("BNP070", "肝郁气滞证"), ("BNX010", "湿热证")]
 NOTE_NEG_EN = ["Denies chest pain.", "No fever.", "No evidence of pneumonia.", "Denies shortness of breath."]
 NOTE_NEG_ZH = ["否认胸痛。", "无发热。", "胸片未见异常。", "否认呼吸困难。"]
+
+
+NOTE_TYPE = {n[0]: n for n in cat.NOTE_TYPES}
+NOTE_CODE = {n[0]: {"coding": [{"system": LOINC, "code": n[3], "display": n[1]}]} for n in cat.NOTE_TYPES}
+NOTE_CONCEPT = {n[0]: cat.concept_id("note", n[0]) for n in cat.NOTE_TYPES}
+NOT_PREGNANCY = [c for c in cat.CONDITIONS if c.kind != "pregnancy"]
+# the end of a note_mentions.jsonl row: (condition key, Chinese note) -> concept id and text; assertion
+NOTE_MENTION = {(c.key, zh): orjson.dumps({"concept_id": cat.concept_id("condition", c.key),
+                                           "text": c.zh if zh else c.en.lower()})[14:-1]
+                for c in cat.CONDITIONS for zh in (True, False)}
+ASSERTION = {a: b',"assertion":"%s"}\n' % a.encode() for a in ("present", "negated", "possible", "family")}
 
 
 _SPECIAL = re.compile(r"[|^~\\&]")
@@ -109,7 +121,11 @@ class Hospital:
         self.visit_sys = f"urn:medlake:{self.id}:visit"
         self.vital_info = self._vital_info()
         self.med_info: dict = {}
+        locations = {"OP": "门诊", "ER": "急诊", "IP": "病房"} if self.profile != 2 else {"OP": "OPD", "ER": "ED", "IP": "WARD"}
+        self.pv1_head = {c: f"PV1|1|{HL7_CLASS[c]}|{locations[c]}^^^{self.H}" + "|" * 16 for c in HL7_CLASS}
         self.proc_info: dict = {}
+        self.note_codes: set = set()
+        self.rx_info: dict = {}
         self.lis_sys = f"{self.H}LIS"
         self.drug_sys = f"urn:medlake:{self.id}:pharmacy"
         self.proc_sys = f"urn:medlake:{self.id}:procedure"
@@ -290,19 +306,14 @@ class Hospital:
         return "PID|" + "|".join(f[1:])
 
     def pv1(self, enc: Encounter, visit: str, discharge: bool) -> str:
-        f = [""] * 46
-        f[1] = "1"
-        f[2] = HL7_CLASS[enc.cls]
-        f[3] = {"OP": "门诊^^^", "ER": "急诊^^^", "IP": "病房^^^"}[enc.cls] + self.H if self.profile != 2 else \
-            {"OP": "OPD^^^", "ER": "ED^^^", "IP": "WARD^^^"}[enc.cls] + self.H
-        f[19] = visit if self.profile == 1 else f"{visit}^^^{self.H}^VN"
-        f[44] = self.ts(enc.start)
+        """PV1 with PV1-2 class, PV1-3 location, PV1-19 visit number, PV1-44 admit time, and on discharge PV1-36
+        disposition and PV1-45 discharge time."""
+        head = self.pv1_head[enc.cls]
+        vn = visit if self.profile == 1 else f"{visit}^^^{self.H}^VN"
         if discharge:
-            f[36] = "20" if enc.died else "01"
-            f[45] = self.ts(enc.end)
-        while f and f[-1] == "":
-            f.pop()
-        return "PV1|" + "|".join(f[1:])
+            return (f"{head}{vn}|||||||||||||||||{'20' if enc.died else '01'}||||||||"
+                    f"{self.ts(enc.start)}|{self.ts(enc.end)}")
+        return f"{head}{vn}|||||||||||||||||||||||||{self.ts(enc.start)}"
 
     def hl7_record(self, segs: list[str], mid: str, facts, defects, rng: random.Random, sink: Sink,
                    allow_malformed: bool = True) -> None:
@@ -335,7 +346,7 @@ class Hospital:
     def adt(self, event: str, reg: Registration, enc: Encounter, visit: str, when: dt.datetime,
             rng: random.Random, facts=(), defects=(), death=None, merge: str | None = None) -> str:
         mid = f"{self.H}A{self.next('msg'):09d}"
-        structure = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03", "A40": "ADT_A39"}[event]
+        structure = ADT_STRUCTURE[event]
         segs = [self.msh("HIS", f"ADT^{event}", structure, when, mid), f"EVN|{event}|{self.ts(when)}",
                 self.pid(reg, death)]
         defects = list(defects)
@@ -361,49 +372,49 @@ class Hospital:
                 f"ORC|RE|{order}", f"OBR|1|{order}|{order}F|LAB^{'检验' if self.profile < 2 else 'Laboratory'}^"
                 f"{self.lis_sys}|||{self.ts(collected)}|||||||{self.ts(collected)}"]
         facts, defects = [], []
-        items = [(k, v, None) for k, v in enc.labs]
-        if rng.random() < p:
-            items.append(("?", 0.0, rng.choice(UNMAPPED_LABS)))
-        for i, (key, si, unmapped) in enumerate(items, 1):
+        extra = rng.choice(UNMAPPED_LABS) if rng.random() < p else None
+        person = reg.demo["person"]
+        date = collected.date().isoformat()
+        obs0 = self.ts(collected)
+        labs = self.labs
+        for i, (key, si) in enumerate(enc.labs, 1):
             line = len(segs)
-            date = collected.date().isoformat()
-            obs = self.ts(collected)
-            if unmapped:
-                code, name, unit_text, mean = unmapped
-                value = f"{max(0.1, rng.gauss(mean, mean / 8)):.2f}"
-                self.truth.code(self.id, "lis", self.lis_sys, code, name, "lab", None, None, 0)
-                segs.append(f"OBX|{i}|NM|{code}^{name}^{self.lis_sys}||{value}|{unit_text}||||F|||{obs}")
-                facts.append({"person": reg.demo["person"], "kind": "measurement", "date": date, "concept_id": 0,
-                              "value_as_number": float(value), "unit_concept_id": None})
-                defects.append(("unmapped_code", line, "OBX-3", f"local lab code {code} has no standard concept",
-                                None))
-                continue
-            lab = cat.LAB[key]
-            local = self.labs.get(key) or self.lab_local(key)
-            code, name, unit_ucum, factor, digits, unit_text, ref, lo, hi, concept, unit_concept = local
+            obs = obs0
+            code, prefix, unit_ucum, factor, digits, unit_text, ref, lo, hi, concept, unit_concept, esc_unit = \
+                labs.get(key) or self.lab_local(key)
             value = round(si * factor, digits)
             flag = "H" if value > hi else "L" if value < lo else "N"
-            sent_unit = unit_text
             r = rng.random()
-            if unit_text and r < p / 4 and lab.conv_unit:
-                # the other unit system's label on this value
-                other = lab.conv_unit if unit_ucum == lab.unit else lab.unit
-                sent_unit = cat.UNIT[other].local_styles[self.profile]
-                self.truth.code(self.id, "lis", f"{self.lis_sys}-UNIT", sent_unit, sent_unit, "unit", "UCUM", other,
-                                cat.concept_id("unit", other))
-                defects.append(("wrong_unit", line, "OBX-6",
-                                f"value {value:.{digits}f} is in {unit_ucum} but labelled '{sent_unit}'", None))
-            elif unit_text and r < p / 2:
-                sent_unit = ""
-                defects.append(("missing_unit", line, "OBX-6", f"unit {unit_ucum} not sent", None))
+            if r < p / 2 and unit_text:
+                lab = cat.LAB[key]
+                if r < p / 4 and lab.conv_unit:
+                    # the other unit system's label on this value
+                    other = lab.conv_unit if unit_ucum == lab.unit else lab.unit
+                    sent_unit = cat.UNIT[other].local_styles[self.profile]
+                    self.truth.code(self.id, "lis", f"{self.lis_sys}-UNIT", sent_unit, sent_unit, "unit", "UCUM",
+                                    other, cat.concept_id("unit", other))
+                    defects.append(("wrong_unit", line, "OBX-6",
+                                    f"value {value:.{digits}f} is in {unit_ucum} but labelled '{sent_unit}'", None))
+                    esc_unit = escape(sent_unit)
+                else:
+                    esc_unit = ""
+                    defects.append(("missing_unit", line, "OBX-6", f"unit {unit_ucum} not sent", None))
             if rng.random() < p / 8:
                 obs = self.ts(self.future(collected))
                 defects.append(("future_date", line, "OBX-14", f"observation time in {(self.future(collected)).year} "
                                 f"(true {date})", None))
-            segs.append(f"OBX|{i}|NM|{code}^{name}^{self.lis_sys}||{value:.{digits}f}|{escape(sent_unit)}|"
-                        f"{ref}|{flag}|||F|||{obs}")
-            facts.append({"person": reg.demo["person"], "kind": "measurement", "date": date,
+            segs.append(f"OBX|{i}{prefix}{value:.{digits}f}|{esc_unit}|{ref}|{flag}|||F|||{obs}")
+            facts.append({"person": person, "kind": "measurement", "date": date,
                           "concept_id": concept, "value_as_number": value, "unit_concept_id": unit_concept})
+        if extra:
+            code, name, unit_text, mean = extra
+            value = f"{max(0.1, rng.gauss(mean, mean / 8)):.2f}"
+            self.truth.code(self.id, "lis", self.lis_sys, code, name, "lab", None, None, 0)
+            defects.append(("unmapped_code", len(segs), "OBX-3", f"local lab code {code} has no standard concept",
+                            None))
+            segs.append(f"OBX|{len(enc.labs) + 1}|NM|{code}^{name}^{self.lis_sys}||{value}|{unit_text}||||F|||{obs0}")
+            facts.append({"person": person, "kind": "measurement", "date": date, "concept_id": 0,
+                          "value_as_number": float(value), "unit_concept_id": None})
         reg.systems.add("lis")
         self.hl7_record(segs, mid, facts, defects, rng, self.lis, allow_malformed=not defects)
 
@@ -422,9 +433,9 @@ class Hospital:
         if unit_text:
             self.truth.code(self.id, "lis", f"{self.lis_sys}-UNIT", unit_text, unit_text, "unit", "UCUM", unit_ucum,
                             cat.concept_id("unit", unit_ucum))
-        local = self.labs[key] = (code, escape(name), unit_ucum, factor, digits, unit_text,
-                                  f"{lo:.{digits}f}-{hi:.{digits}f}", lo, hi, cat.concept_id("lab", key),
-                                  cat.concept_id("unit", unit_ucum) if unit_text else None)
+        local = self.labs[key] = (code, f"|NM|{code}^{escape(name)}^{self.lis_sys}||", unit_ucum, factor, digits,
+                                  unit_text, f"{lo:.{digits}f}-{hi:.{digits}f}", lo, hi, cat.concept_id("lab", key),
+                                  cat.concept_id("unit", unit_ucum) if unit_text else None, escape(unit_text))
         return local
 
     # ---------- pharmacy CSV ----------
@@ -433,44 +444,34 @@ class Hospital:
         p = self.rate
         n = self.next("rx")
         rid = (f"RX{n:09d}", f"FY{n:010d}", f"{n}")[self.profile]
-        defects, facts = [], []
+        defects = []
+        day = when.date().isoformat()
         if drug_key:
-            d = cat.DRUG[drug_key]
-            qty = d.daily * days if d.form in ("tablet", "capsule") else max(1, days // 10) * d.daily
-            code = self.drug_code(drug_key)
-            name = (f"{d.zh}({d.strength})", f"{d.zh} {d.strength}", f"{d.en} {d.strength}")[self.profile]
-            self.truth.code(self.id, "pharmacy", self.drug_code_system(), code, name, "drug", "RxNorm", d.rxnorm,
-                            cat.concept_id("drug", drug_key))
-            unit = {"tablet": ("tab", "片", "TAB"), "capsule": ("cap", "粒", "CAP"), "injection": ("vial", "支", "VIAL"),
-                    "inhaler": ("inh", "瓶", "INH")}[d.form][self.profile]
-            route = {"PO": ("PO", "口服", "oral"), "IV": ("IV", "静脉滴注", "intravenous"),
-                     "SC": ("SC", "皮下注射", "subcutaneous"), "INH": ("INH", "吸入", "inhalation"),
-                     "SL": ("SL", "舌下含服", "sublingual"), "IM": ("IM", "肌肉注射", "intramuscular")}[d.route][
-                self.profile]
-            facts.append({"person": reg.demo["person"], "kind": "drug", "date": when.date().isoformat(),
-                          "concept_id": cat.concept_id("drug", drug_key), "value_as_number": None,
-                          "unit_concept_id": None})
+            drug, unit, route, tablets, daily, concept = self.rx_info.get(drug_key) or self._rx_info(drug_key)
+            qty = daily * days if tablets else max(1, days // 10) * daily
         else:
             code, name = rng.choice(UNMAPPED_DRUGS)
             qty, unit, route = 6 * days // 3, ("bag", "袋", "BAG")[self.profile], ("PO", "口服", "oral")[self.profile]
             code_sys = self.drug_code_system()
             self.truth.code(self.id, "pharmacy", code_sys, code, name, "drug", None, None, 0)
-            facts.append({"person": reg.demo["person"], "kind": "drug", "date": when.date().isoformat(),
-                          "concept_id": 0, "value_as_number": None, "unit_concept_id": None})
+            drug, concept = self.csv_fields(code, name), 0
             defects.append(("unmapped_code", 0, self.columns["drug_code"],
                             f"local drug code {code} has no standard concept", None))
-        stamp = when.strftime(self.date_format)
+        facts = [{"person": reg.demo["person"], "kind": "drug", "date": day, "concept_id": concept,
+                  "value_as_number": None, "unit_concept_id": None}]
+        stamp = self.csv_time(when)
         mrn = reg.mrn
         r = rng.random()
         if r < p / 4:
             mrn = ""
             defects.append(("missing_mandatory", 0, self.columns["patient_id"], "no patient identifier", None))
         elif r < p / 2 and not defects:
-            stamp = (self.future(when)).strftime(self.date_format)
+            stamp = self.csv_time(self.future(when))
             defects.append(("future_date", 0, self.columns["dispensed_at"],
                             f"dispensed in {(self.future(when)).year} (true {when.date()})", None))
-        row = [rid, mrn, visit, code, name, str(qty), unit, str(days), route, stamp]
-        text = self.delimiter.join(f'"{v}"' if self.delimiter in v or '"' in v else v for v in row) + "\n"
+        sep = self.delimiter
+        # record id, MRN, visit number, quantities and times never hold the delimiter or a quote
+        text = f"{rid}{sep}{mrn}{sep}{visit}{sep}{drug}{sep}{qty}{sep}{unit}{sep}{days}{sep}{route}{sep}{stamp}\n"
         data = text.encode(self.encoding)
         if self.encoding == "utf-8" and not defects and rng.random() < p / 2 and not text.isascii():
             wrong = text.encode("gbk", errors="replace")
@@ -485,6 +486,35 @@ class Hospital:
         if not rec.quarantined and rng.random() < p / 2:
             self.pharmacy.add(Record(data, rid, [], [("duplicate_message", 0, None, "same row exported twice",
                                                       None)]))
+
+    def csv_fields(self, *values: str) -> str:
+        """Values joined by the delimiter, quoted where they hold the delimiter or a quote."""
+        sep = self.delimiter
+        return sep.join(f'"{v}"' if sep in v or '"' in v else v for v in values)
+
+    def csv_time(self, d: dt.datetime) -> str:
+        """`d` in this pharmacy's date format (self.date_format), without strftime."""
+        if self.profile == 0:
+            return f"{d.year:04d}-{d.month:02d}-{d.day:02d} {d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+        if self.profile == 1:
+            return f"{d.year:04d}/{d.month:02d}/{d.day:02d} {d.hour:02d}:{d.minute:02d}"
+        return f"{d.day:02d}/{d.month:02d}/{d.year:04d} {d.hour:02d}:{d.minute:02d}"
+
+    def _rx_info(self, key: str) -> tuple:
+        """This pharmacy's code and name columns, unit, route, whether counted in units, units a day, concept."""
+        d = cat.DRUG[key]
+        code = self.drug_code(key)
+        name = (f"{d.zh}({d.strength})", f"{d.zh} {d.strength}", f"{d.en} {d.strength}")[self.profile]
+        concept = cat.concept_id("drug", key)
+        self.truth.code(self.id, "pharmacy", self.drug_code_system(), code, name, "drug", "RxNorm", d.rxnorm, concept)
+        unit = {"tablet": ("tab", "片", "TAB"), "capsule": ("cap", "粒", "CAP"), "injection": ("vial", "支", "VIAL"),
+                "inhaler": ("inh", "瓶", "INH")}[d.form][self.profile]
+        route = {"PO": ("PO", "口服", "oral"), "IV": ("IV", "静脉滴注", "intravenous"),
+                 "SC": ("SC", "皮下注射", "subcutaneous"), "INH": ("INH", "吸入", "inhalation"),
+                 "SL": ("SL", "舌下含服", "sublingual"), "IM": ("IM", "肌肉注射", "intramuscular")}[d.route][self.profile]
+        info = self.rx_info[key] = (self.csv_fields(code, name), self.csv_fields(unit), self.csv_fields(route),
+                                    d.form in ("tablet", "capsule"), d.daily, concept)
+        return info
 
     # ---------- FHIR ----------
     def res_id(self, kind: str) -> str:
@@ -646,13 +676,12 @@ class Hospital:
         return self.dx[k]
 
     def note(self, reg, enc, eref, pref, rng, person):
-        key, en, zh, loinc = next(n for n in cat.NOTE_TYPES if n[0] == enc.note)
-        nid = self.res_id("doc")
+        key, en, zh, loinc = NOTE_TYPE[enc.note]
+        nid = f"{self.id}-doc-{next(self._res)}"
         zh_note = self.profile < 2
         dx = [cat.CONDITION[k] for k in enc.dx]
-        others = [c for c in cat.CONDITIONS if c.key not in enc.dx and c.kind != "pregnancy"]
+        others = [c for c in NOT_PREGNANCY if c.key not in enc.dx]
         neg, maybe, fam = rng.sample(others, 3)
-        mentions = [(c, "present") for c in dx] + [(neg, "negated"), (maybe, "possible"), (fam, "family")]
         if zh_note:
             parts = [f"{zh}。", f"患者因{'、'.join(c.zh for c in dx) or '体检'}就诊。", rng.choice(NOTE_NEG_ZH),
                      f"否认{neg.zh}病史。", f"考虑{maybe.zh}可能，待排。", f"家族史：母亲患{fam.zh}。",
@@ -663,20 +692,23 @@ class Hospital:
                      f"Possible {maybe.en.lower()}, to be ruled out.", f"Family history: mother with {fam.en.lower()}.",
                      rng.choice(NOTE_NEG_EN)]
         text = " ".join(parts)
-        for c, assertion in mentions:
-            self.truth.row("note_mentions", {"hospital": self.id, "note_id": nid, "person": person["person"],
-                                             "concept_id": cat.concept_id("condition", c.key),
-                                             "text": c.zh if zh_note else c.en.lower(), "assertion": assertion})
-        self.truth.code(self.id, "emr", LOINC, loinc, en, "note", "LOINC", loinc, cat.concept_id("note", key))
+        row = self.truth.files["note_mentions"].write
+        head = b'{"hospital":"%s","note_id":"%s","person":"%s","concept_id":' % (
+            self.id.encode(), nid.encode(), person["person"].encode())
+        for c, assertion in [(c, "present") for c in dx] + [(neg, "negated"), (maybe, "possible"), (fam, "family")]:
+            row(head + NOTE_MENTION[c.key, zh_note] + ASSERTION[assertion])
+        if loinc not in self.note_codes:
+            self.note_codes.add(loinc)
+            self.truth.code(self.id, "emr", LOINC, loinc, en, "note", "LOINC", loinc, cat.concept_id("note", key))
         when = fhir_time(enc.end)
         reg.resources.append(({"resourceType": "DocumentReference", "id": nid, "status": "current",
-                               "type": {"coding": [{"system": LOINC, "code": loinc, "display": en}]},
-                               "subject": pref, "date": when, "context": {"encounter": [eref]},
+                               "type": NOTE_CODE[key], "subject": pref, "date": when,
+                               "context": {"encounter": [eref]},
                                "content": [{"attachment": {"contentType": "text/plain; charset=utf-8",
                                                            "language": "zh-CN" if zh_note else "en",
                                                            "data": base64.b64encode(text.encode()).decode()}}]},
                               [{"person": person["person"], "kind": "note", "date": enc.end.date().isoformat(),
-                                "concept_id": cat.concept_id("note", key), "value_as_number": None,
+                                "concept_id": NOTE_CONCEPT[key], "value_as_number": None,
                                 "unit_concept_id": None, "_mid": nid}], []))
 
     def patient_resource(self, reg: Registration, person: dict, rng: random.Random):
