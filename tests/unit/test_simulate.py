@@ -126,6 +126,17 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     assert (tmp_path / "keep.txt").exists()
 
 
+def test_discard_run_counts_the_bytes_of_a_written_run_and_writes_nothing(tmp_path):
+    written = simulate(tmp_path / "w", patients=40, hospitals=3, seed=4, defect_rate=0.1)
+    gone = simulate(tmp_path / "d", patients=40, hospitals=3, seed=4, defect_rate=0.1, discard=True)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "w").rglob("*") if f.is_file())
+    assert written.bytes == on_disk > 1_000_000
+    assert gone.bytes == on_disk and gone.discarded and not written.discarded
+    assert (gone.files, gone.messages, gone.resources, gone.rows, gone.facts, gone.defects) == \
+        (written.files, written.messages, written.resources, written.rows, written.facts, written.defects)
+    assert not (tmp_path / "d").exists()
+
+
 # ---------- layout and config ----------
 
 def test_layout_and_sources_toml(messy):
@@ -325,6 +336,52 @@ def test_every_defect_class_occurs_and_each_defect_is_where_it_says(messy, defec
                 assert text.startswith("MSH|") and f[9] == mid, d
         elif path.suffix == ".csv":
             assert mid.encode() in line, d
+
+
+def test_wrong_unit_only_where_the_value_is_wrong_for_the_unit_written(messy, defects):
+    """A unit label that differs from the one a LIS uses for that code is always a wrong_unit defect, and a
+    wrong_unit defect is always between units that differ by a factor (never 10^9/L vs K/uL, ug/L vs ng/mL)."""
+    units = {(r["hospital"], r["code"]): r["concept_code"] for r in jsonl(messy / "ground_truth" / "codes.jsonl")
+             if r["kind"] == "unit"}
+    labels = defaultdict(Counter)  # (hospital, local lab code) -> unit labels written
+    obx = []
+    copies = {(d["file"], d["line"]) for d in defects if d["class"] == "duplicate_message"}
+    for path in sorted(messy.glob("h*/lis/*.hl7")):
+        h, rel = path.parts[-3], str(path.relative_to(messy))
+        for start, lines in hl7_messages(path):
+            if (rel, start) in copies:  # a message sent twice: its defects are listed at the first copy
+                continue
+            for i, line in enumerate(lines, start):
+                f = line.split("|")
+                if f[0] == "OBX" and len(f) > 6 and f[6]:
+                    label = hl7_unescape(f[6])
+                    labels[h, f[3]][label] += 1
+                    obx.append((rel, i, h, f[3], label))
+    wrong = {(d["file"], d["line"]): d for d in defects if d["class"] == "wrong_unit"}
+    relabelled = {(file, line) for file, line, h, code, label in obx
+                  if label != labels[h, code].most_common(1)[0][0]}
+    assert wrong and relabelled == set(wrong)
+    factor_1 = [x for x in catalog.LABS if x.conv_unit and x.conv_factor == 1.0]
+    assert factor_1  # the catalog has such pairs, and they are never swapped
+    for (file, line), d in wrong.items():
+        m = re.match(r"value (\S+) is in (\S+) but labelled '(.*)' \((\S+)\); in \S+ it would be (\S+)$",
+                     d["detail"])
+        assert m, d
+        _, written_in, label, labelled_as, _ = m.groups()
+        assert units[d["file"].split("/")[0], label] == labelled_as != written_in
+        lab = next(x for x in catalog.LABS if {x.unit, x.conv_unit} == {written_in, labelled_as})
+        assert lab.conv_factor != 1.0, d
+
+
+def test_pharmacy_times_are_in_the_declared_format(tmp_path):
+    from medlake.simulate.sinks import Truth
+    from medlake.simulate.writers import Hospital
+    truth = Truth(tmp_path, discard=True)
+    d = dt.datetime(2019, 3, 7, 8, 5, 9)
+    for i in range(3):
+        h = Hospital(i, tmp_path, truth, 0.0, 1, dt.date(2025, 12, 31))
+        assert h.csv_time(d) == d.strftime(h.date_format)
+        assert dt.datetime.strptime(h.csv_time(d), h.date_format) <= d
 
 
 def hl7_unescape(s: str) -> str:

@@ -31,6 +31,8 @@ class Summary:
     resources: int = 0      # FHIR resources (bundled or NDJSON lines)
     rows: int = 0           # pharmacy CSV rows
     facts: int = 0
+    bytes: int = 0          # output size (written, or counted and discarded)
+    discarded: bool = False
     defects: dict = field(default_factory=dict)
 
 
@@ -126,8 +128,12 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
 
 def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: int = 42,
              start: dt.date = dt.date(2015, 1, 1), end: dt.date = dt.date(2025, 12, 31), defect_rate: float = 0.02,
-             progress: Optional[Callable[[int, int], None]] = None) -> Summary:
-    """Write a simulated hospital group to `out` (emptied first)."""
+             progress: Optional[Callable[[int, int], None]] = None, discard: bool = False) -> Summary:
+    """Write a simulated hospital group to `out` (emptied first).
+
+    discard=True does all the work (generation, every writer and encoder, the ground truth) but keeps no bytes:
+    each file only counts what is written to it (Summary.bytes), and `out` is not touched. For measuring runs
+    larger than the disk."""
     out = Path(out)
     if patients < 1 or hospitals < 1:
         raise ValueError("--patients and --hospitals must be at least 1")
@@ -135,16 +141,17 @@ def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: in
         raise ValueError("--defect-rate must be between 0 and 0.2")
     if end <= start:
         raise ValueError(f"--end {end} must be after --start {start}")
-    if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / "sources.toml").exists()):
-            raise ValueError(f"{out} exists and is not a simulate output folder; choose an empty or new --out")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    truth = Truth(out)
+    if not discard:
+        if out.exists():
+            if not out.is_dir() or (any(out.iterdir()) and not (out / "sources.toml").exists()):
+                raise ValueError(f"{out} exists and is not a simulate output folder; choose an empty or new --out")
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+    truth = Truth(out, discard)
     hosp = [Hospital(i, out, truth, defect_rate, seed, end) for i in range(hospitals)]
-    (out / "sources.toml").write_text(
+    truth.write_file(out / "sources.toml", (
         f"# Site source configuration for this simulated output (medlake simulate --seed {seed}).\n"
-        "# Paths are relative to this file.\n\n" + "\n".join(h.source_config() for h in hosp), encoding="utf-8")
+        "# Paths are relative to this file.\n\n" + "\n".join(h.source_config() for h in hosp)).encode("utf-8"))
     for i in range(patients):
         rng = random.Random(seed * 1_000_003 + i)
         person = make_person(f"P{i + 1:07d}", rng, start)
@@ -163,7 +170,8 @@ def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: in
                 messages=sum(h.his.records + h.lis.records for h in hosp),
                 resources=truth_resources(hosp),
                 rows=sum(h.pharmacy.records for h in hosp), facts=truth.n_facts,
-                defects=dict(sorted(truth.defects_by_class.items())))
+                defects=dict(sorted(truth.defects_by_class.items())), discarded=discard)
+    s.bytes = truth.discarded if discard else sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return s
 
 

@@ -34,7 +34,8 @@ class Truth:
         self.discard = discard
         self.discarded = 0  # bytes counted by Discard files
         d = out / "ground_truth"
-        d.mkdir(parents=True, exist_ok=True)
+        if not discard:
+            d.mkdir(parents=True, exist_ok=True)
         self.files = {n: self.open(d / f"{n}.jsonl") for n in
                       ("identities", "persons", "facts", "defects", "note_mentions")}
         self.codes: dict = {}

@@ -387,14 +387,18 @@ class Hospital:
             r = rng.random()
             if r < p / 2 and unit_text:
                 lab = cat.LAB[key]
-                if r < p / 4 and lab.conv_unit:
-                    # the other unit system's label on this value
-                    other = lab.conv_unit if unit_ucum == lab.unit else lab.unit
+                if r < p / 4 and lab.conv_factor != 1.0:
+                    # the other unit system's label on this value, which is not converted: the value is wrong for
+                    # the unit written. (Units that differ by a factor of 1, such as 10*9/L and 10*3/uL or ug/L
+                    # and ng/mL, are never swapped: such a relabel would be no defect.)
+                    other, factor_to = (lab.conv_unit, lab.conv_factor) if unit_ucum == lab.unit else \
+                        (lab.unit, 1 / lab.conv_factor)
                     sent_unit = cat.UNIT[other].local_styles[self.profile]
                     self.truth.code(self.id, "lis", f"{self.lis_sys}-UNIT", sent_unit, sent_unit, "unit", "UCUM",
                                     other, cat.concept_id("unit", other))
                     defects.append(("wrong_unit", line, "OBX-6",
-                                    f"value {value:.{digits}f} is in {unit_ucum} but labelled '{sent_unit}'", None))
+                                    f"value {value:.{digits}f} is in {unit_ucum} but labelled '{sent_unit}' "
+                                    f"({other}); in {other} it would be {value * factor_to:.4g}", None))
                     esc_unit = escape(sent_unit)
                 else:
                     esc_unit = ""
@@ -819,12 +823,12 @@ class Hospital:
             sink.close_file(final=True)
             if n:
                 out.append({"type": t, "url": f"{t}.ndjson", "count": n})
-            else:
+            elif not self.truth.discard:
                 (self.out / sink.folder / f"{t}.ndjson").unlink(missing_ok=True)
         manifest = {"transactionTime": transaction_time, "request": f"https://emr.{self.id}.example/fhir/$export",
                     "requiresAccessToken": False, "output": out, "error": []}
-        (self.out / self.id / "emr" / "bulk" / "manifest.json").write_bytes(
-            orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        self.truth.write_file(self.out / self.id / "emr" / "bulk" / "manifest.json",
+                              orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
 
     def files(self) -> int:
         n = self.his.files + self.lis.files + self.pharmacy.files
