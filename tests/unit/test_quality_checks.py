@@ -13,6 +13,7 @@ import pytest
 from medlake.cdm import store
 from medlake.engines import open_engine
 from medlake.quality import compile as cp
+from medlake.quality import report
 from medlake.quality.checks import checks
 from medlake.quality.runner import Runner
 
@@ -142,6 +143,11 @@ CASES = [
      ["UPDATE observation SET value_as_number = 20"], 1, 1),
     (f"concept_plausiblevaluehigh_observation_observation_concept_id_{OBS}_8840",
      ["UPDATE observation SET value_as_number = 99999"], 1, 1),
+    # beyond DQD: medlake's physiologic range for HbA1c in percent (2-25 %)
+    (f"concept_plausiblevaluehigh_measurement_measurement_concept_id_{HBA1C}_8554",
+     ["UPDATE measurement SET value_as_number = 65"], 1, 1),
+    (f"concept_plausiblevaluelow_measurement_measurement_concept_id_{HBA1C}_8554",
+     ["UPDATE measurement SET value_as_number = 0.65"], 1, 1),
 ]
 
 
@@ -325,3 +331,105 @@ def test_split_and_single_scan_agree(clean, tmp_path):
                       for r in runner.run_table("condition_occurrence", cs, [])}
     assert got[True] == got[False]
     assert got[True]["field_isforeignkey_condition_occurrence_person_id"] == ("failed", 1, 4)
+
+
+# -- beyond DQD: medlake's value ranges and unit lists, and the demo vocabulary's Athena ids ------------------
+
+def test_medlake_value_ranges_are_sane_and_match_the_demo_vocabulary():
+    from medlake.cdm import vocab
+    from medlake.quality.checks import plausible_values
+
+    rows = {}
+    for line in (vocab.demo_vocabulary_dir() / "CONCEPT.csv").read_text(encoding="utf-8").splitlines()[1:]:
+        f = line.split("\t")
+        rows[int(f[0])] = (f[3], f[6])  # vocabulary, code
+    ranges = plausible_values()
+    assert len(ranges) >= 50
+    for r in ranges:
+        assert r["plausible_value_low"] < r["plausible_value_high"], r
+        if r["concept_id"] in rows:  # the demo vocabulary carries these concepts with the same codes
+            assert rows[r["concept_id"]] == ("LOINC", r["loinc"]), r
+        if r["unit_concept_id"] in rows:
+            assert rows[r["unit_concept_id"]] == ("UCUM", r["ucum"]), r
+    assert {3020891, 3016723, 3000963} <= {r["concept_id"] for r in ranges}  # temperature, creatinine, hemoglobin
+    medlake = [c for c in checks("5.4") if c.source == "medlake" and c.name.startswith("plausibleValue")]
+    assert len(medlake) == 2 * len(ranges) and all(c.table == "measurement" and c.unit_concept_id for c in medlake)
+
+
+def test_si_units_join_dqds_unit_lists():
+    units = {c.concept_id: c.param("units") for c in checks("5.4") if c.name == "plausibleUnitConceptIds"}
+    assert 8840 in units[3000483] and 8753 in units[3000483]  # glucose in blood: DQD lists mg/dL only
+    assert units[HBA1C][:4] == (8554, 8737, 9225, 9579)  # DQD's own list first, unchanged
+
+
+def test_catalog_lab_ids_are_the_ones_dqd_lists_under_the_same_loinc_name():
+    from medlake.quality.checks import _csv
+    from medlake.simulate import catalog
+
+    dqd = {}
+    for r in _csv("OMOP_CDMv5.4_Concept_Level.csv"):
+        if r["cdmTableName"] == "MEASUREMENT":
+            dqd.setdefault(int(r["conceptId"].split(",")[0]), r["conceptName"].strip())
+    names = {x.loinc: x.en for x in catalog.LABS + catalog.VITALS}
+    checked = 0
+    for (vocabulary, code), cid in catalog.KNOWN_IDS.items():
+        if vocabulary == "LOINC" and cid in dqd:
+            assert dqd[cid] == names[code], (code, cid)
+            checked += 1
+    assert checked >= 45
+
+
+# -- source-level checks ----------------------------------------------------------------------------------------
+
+def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(tmp_path):
+    from medlake.landing import Landing
+    from medlake.landing.quarantine import Quarantine
+    from medlake.quality.feeds import run_sources
+    from medlake.quality.runner import result
+    from medlake.sources.records import Loc, Rejected
+
+    eng = open_engine("duckdb::memory:")
+    store.init(eng, "5.4")
+    eng.execute("INSERT INTO concept VALUES (3004410, 'HbA1c', 'Measurement', 'LOINC', 'Lab Test', 'S', '4548-4', "
+                "DATE '1970-01-01', DATE '2099-12-31', NULL), (2000000001, 'local', 'Measurement', 'L', 'Lab Test', "
+                "NULL, 'X1', DATE '1970-01-01', DATE '2099-12-31', NULL)")
+    eng.execute("CREATE TABLE stg_hl7_message (control_id VARCHAR, message_type VARCHAR, message_time TIMESTAMP, "
+                "sending_facility VARCHAR, source VARCHAR)")
+    eng.execute("INSERT INTO stg_hl7_message VALUES ('M1', 'ORU^R01', TIMESTAMP '2024-01-01 10:00:00', 'H1', 'lis'), "
+                "('M1', 'ORU^R01', TIMESTAMP '2024-01-01 10:00:00', 'H1', 'lis'), "   # sent twice
+                "('M2', 'ORU^R01', NULL, 'H1', 'lis'), ('A1', 'ADT^A01', TIMESTAMP '2024-01-01 09:00:00', '', 'his')")
+    eng.execute("CREATE TABLE cdm_lineage (cdm_table VARCHAR, row_id BIGINT, source VARCHAR, code_system VARCHAR, "
+                "code VARCHAR, concept_id INTEGER)")
+    eng.execute("INSERT INTO cdm_lineage VALUES ('measurement', 1, 'lis', 'LIS', 'A1C', 3004410), "
+                "('measurement', 2, 'lis', 'LIS', 'X1', 2000000001), ('measurement', 3, 'lis', 'LIS', 'Q', 0), "
+                "('measurement', 4, 'lis', 'LIS', 'Q', NULL), ('person', 5, 'his', NULL, NULL, NULL)")
+    eng.execute("CREATE TABLE ingest_log (source VARCHAR, records BIGINT, quarantined BIGINT)")
+    eng.execute("INSERT INTO ingest_log VALUES ('lis', 3, 1), ('his', 1, 0)")
+    land, quar = Landing(tmp_path / "landing"), Quarantine(tmp_path / "landing")
+    r = land.put(b"MSH|1", "lis")
+    land.put(b"MSH|1", "lis")  # the same file again: a landing duplicate
+    land.put(b"MSH|2", "his")
+    quar.add_many("lis", r.seq, r.sha256, [Rejected(Loc(file="f", line=3), "missing_mandatory", "PID-3 empty")])
+    land.close()
+    quar.close()
+
+    got = {(x["check_name"], x["data_source"], x["cdm_table"], x["cdm_field"]): x
+           for x in run_sources(eng, result, tmp_path / "landing")}
+    counts = {k: (v["num_violated_rows"], v["num_denominator_rows"], v["status"]) for k, v in got.items()}
+    assert counts[("sourceMandatoryCompleteness", "lis", "stg_hl7_message", "message_time")] == (1, 3, "failed")
+    assert counts[("sourceMandatoryCompleteness", "his", "stg_hl7_message", "sending_facility")] == (1, 1, "failed")
+    assert counts[("sourceMandatoryCompleteness", "lis", "stg_hl7_message", "control_id")] == (0, 3, "passed")
+    assert counts[("sourceDuplicateRecords", "lis", "stg_hl7_message", "control_id")] == (1, 3, "failed")
+    assert got[("sourceDuplicateRecords", "lis", "stg_hl7_message", "control_id")]["examples"] == ["M1"]
+    assert counts[("sourceDuplicateRecords", "his", "stg_hl7_message", "control_id")] == (0, 1, "passed")
+    assert counts[("sourceDuplicateReceipts", "lis", "landing", None)] == (1, 2, "failed")  # 50% > 5%
+    assert counts[("sourceDuplicateReceipts", "his", "landing", None)] == (0, 1, "passed")
+    assert counts[("sourceQuarantined", "lis", "quarantine", None)] == (1, 4, "failed")
+    assert got[("sourceQuarantined", "lis", "quarantine", None)]["examples"] == ["missing_mandatory: 1"]
+    # mapping coverage: a local non-standard concept, 0 and NULL are not standard; rows without a code don't count
+    assert counts[("sourceMappingCoverage", "lis", "measurement", None)] == (3, 4, "failed")
+    assert ("sourceMappingCoverage", "his", "person", None) not in counts
+    assert len({x["check_id"] for x in got.values()}) == len(got)
+    html = "".join(report._sources(list(got.values())))
+    assert "By source (2)" in html and "75.00% <small>(3 of 4)</small>" in html  # lis: rows without a standard concept
+    eng.close()

@@ -13,8 +13,15 @@ Results have the same shape as every other check (cdm_table = the feed table, cd
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 import statistics
+import tomllib
+from contextlib import closing
+from functools import cache
+from importlib import resources
+from pathlib import Path
 
+from medlake import config
 from medlake.quality.checks import Check
 from medlake.quality.compile import q
 
@@ -57,7 +64,7 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
         span = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
         missing = [d for d in span if d not in days]
         r = result(timely, "counted", len(missing), len(span))
-        r["examples"], r["example_field"] = [d.isoformat() for d in missing[:10]], "day"
+        r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[:10]], "day", src
         out.append(r)
         seen = sorted(days)
         low, judged = [], 0
@@ -68,6 +75,152 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
                 if days[d] < drop * statistics.median(prev):
                     low.append(d)
         r = result(volume, "counted", len(low), judged)
-        r["examples"], r["example_field"] = [d.isoformat() for d in low[:10]], "day"
+        r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[:10]], "day", src
         out.append(r)
     return out
+
+
+# -- source-level checks beyond the feed: completeness, duplicates, quarantine, mapping coverage -----------------
+
+SOURCE_TYPES = {
+    # name: (category, subcategory, context, threshold %, description)
+    "sourceMandatoryCompleteness": (
+        "Completeness", "Mandatory fields", "Verification", 0.0,
+        "Staged records of @table from source @source without @field, a field the source must send."),
+    "sourceDuplicateRecords": (
+        "Plausibility", "Uniqueness", "Verification", 0.0,
+        "Staged records of @table from source @source that repeat a record already staged (same @field)."),
+    "sourceDuplicateReceipts": (
+        "Plausibility", "Uniqueness", "Verification", 5.0,
+        "Messages or files from source @source received again with content already landed (landing duplicates)."),
+    "sourceQuarantined": (
+        "Conformance", "Value", "Verification", 0.0,
+        "Records from source @source held in quarantine (malformed, missing a mandatory field, bad encoding, …) "
+        "and not yet resolved, of all records received from it."),
+    "sourceMappingCoverage": (
+        "Completeness", "Mapping", "Verification", 5.0,
+        "Rows of @table from source @source whose source code is not mapped to a standard, valid concept."),
+}
+
+
+@cache
+def source_fields() -> dict:
+    """Per staging table: its record key and the fields its sources must send (source_fields.toml)."""
+    text = resources.files("medlake.quality").joinpath("source_fields.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def source_check(name: str, table: str, field: str | None, src: str) -> Check:
+    cat, sub, ctx, thr, desc = SOURCE_TYPES[name]
+    desc = desc.replace("@table", table).replace("@source", src).replace("@field", field or "")
+    return Check(name, "SOURCE", table, field, threshold=thr, category=cat, subcategory=sub, context=ctx,
+                 severity="source", description=desc, source="medlake")
+
+
+def _counted(result, name, table, field, src, violated, denominator, examples=(), example_field=None) -> dict:
+    r = result(source_check(name, table, field, src), "counted", violated, denominator)
+    r["check_id"] = "_".join(["source", name.lower(), src, table] + ([field] if field else []))
+    r["data_source"] = src
+    r["examples"], r["example_field"] = list(examples)[:10], example_field
+    return r
+
+
+def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[dict]:
+    """Source-level checks for every source in the store: mandatory fields and duplicate records in the
+    staging tables, landing duplicates and open quarantine (from the landing folder, when it is found), and
+    mapping coverage per source and CDM table (through `cdm_lineage`). A store without medlake's staging
+    and lineage tables (an imported OHDSI database) gets none of them."""
+    tables = {t.lower() for t in engine.tables()}
+    out: list[dict] = []
+    for table, spec in source_fields().items():
+        if table not in tables:
+            continue
+        cols = {c.name.lower() for c in engine.columns(table)}
+        if "source" not in cols:
+            continue
+        when = spec.get("when", {})
+        fields = [f for f in list(spec.get("mandatory", [])) + list(when) if f in cols]
+        if fields:
+            sums = ", ".join(
+                f"sum(CASE WHEN ({when[f]}) AND {_blank(f)} THEN 1 ELSE 0 END) AS v{i}, "
+                f"sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS d{i}" if f in when else
+                f"sum(CASE WHEN {_blank(f)} THEN 1 ELSE 0 END) AS v{i}, count(*) AS d{i}"
+                for i, f in enumerate(fields))
+            for r in engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
+                                  "ORDER BY 1").to_pylist():
+                for i, f in enumerate(fields):
+                    out.append(_counted(result, "sourceMandatoryCompleteness", table, f, r["s"], r[f"v{i}"] or 0,
+                                        r[f"d{i}"] or 0))
+        key = [k for k in spec.get("key", []) if k in cols]
+        if key:
+            k = ", ".join(q(c) for c in key)
+            sql = (f"SELECT s, sum(n) AS n, sum(n - 1) AS dups FROM (SELECT CAST(source AS VARCHAR) AS s, {k}, "
+                   f"count(*) AS n FROM {q(table)} GROUP BY source, {k}) AS g GROUP BY s ORDER BY s")
+            ex = (f"SELECT s, CAST({q(key[0])} AS VARCHAR) AS k FROM (SELECT CAST(source AS VARCHAR) AS s, {k}, "
+                  f"count(*) AS n FROM {q(table)} GROUP BY source, {k}) AS g WHERE n > 1 ORDER BY s, k")
+            examples: dict[str, list[str]] = {}
+            for r in engine.query(ex).to_pylist():
+                if len(examples.setdefault(r["s"], [])) < 10:
+                    examples[r["s"]].append(r["k"])
+            for r in engine.query(sql).to_pylist():
+                out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
+                                    r["n"] or 0, examples.get(r["s"], ()), key[0]))
+    out += _landing_checks(engine, result, tables, landing_dir)
+    if "cdm_lineage" in tables and "concept" in tables:
+        bad = ("c.concept_id IS NULL OR l.concept_id = 0 OR coalesce(c.standard_concept, '') <> 'S' "
+               "OR c.invalid_reason IS NOT NULL")
+        base = ("FROM cdm_lineage AS l LEFT JOIN concept AS c ON c.concept_id = l.concept_id "
+                "WHERE l.code IS NOT NULL AND l.source IS NOT NULL")
+        examples = {}
+        for r in engine.query(
+                f"SELECT l.source AS s, l.cdm_table AS t, l.code_system AS sys, l.code AS code, count(*) AS n {base} "
+                f"AND ({bad}) GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 5 DESC, 3, 4").to_pylist():
+            ex = examples.setdefault((r["s"], r["t"]), [])
+            if len(ex) < 10:
+                ex.append(f"{r['sys']}|{r['code']} ({r['n']})")
+        for r in engine.query(f"SELECT l.source AS s, l.cdm_table AS t, sum(CASE WHEN {bad} THEN 1 ELSE 0 END) AS v, "
+                              f"count(*) AS d {base} GROUP BY 1, 2 ORDER BY 1, 2").to_pylist():
+            out.append(_counted(result, "sourceMappingCoverage", r["t"], None, r["s"], r["v"] or 0, r["d"],
+                                examples.get((r["s"], r["t"]), ()), "code (rows)"))
+    return out
+
+
+def _blank(f: str) -> str:
+    return f"({q(f)} IS NULL OR trim(CAST({q(f)} AS VARCHAR)) = '')"
+
+
+def _landing_checks(engine, result, tables: set[str], landing_dir) -> list[dict]:
+    """Landing duplicates and open quarantine per source, read (read-only) from the landing folder's SQLite
+    files; none when the folder is not found (a store checked without its landing, e.g. `--store postgresql://…`)."""
+    if landing_dir is None:
+        try:
+            url = getattr(getattr(engine, "engine", engine), "url", None)
+            landing_dir = config.load(store=url).landing_dir if url else None
+        except (config.ConfigError, OSError):
+            landing_dir = None
+    if landing_dir is None or not (Path(landing_dir) / "landing.sqlite").exists():
+        return []
+    out = []
+    with closing(_ro(Path(landing_dir) / "landing.sqlite")) as db:
+        for src, n, dups in db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt "
+                                       "GROUP BY source ORDER BY source"):
+            out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
+    qpath = Path(landing_dir) / "quarantine.sqlite"
+    if "ingest_log" in tables and qpath.exists():
+        records = {r["s"]: r["n"] for r in engine.query(
+            "SELECT CAST(source AS VARCHAR) AS s, CAST(sum(records + quarantined) AS BIGINT) AS n FROM ingest_log "
+            "GROUP BY 1").to_pylist()}
+        held: dict[str, dict[str, int]] = {}
+        with closing(_ro(qpath)) as db:
+            for src, reason, n in db.execute("SELECT source, reason, count(*) FROM item WHERE status = 'open' "
+                                             "GROUP BY 1, 2 ORDER BY 1, 3 DESC"):
+                held.setdefault(src, {})[reason] = n
+        for src in sorted(set(records) | set(held)):
+            reasons = held.get(src, {})
+            out.append(_counted(result, "sourceQuarantined", "quarantine", None, src, sum(reasons.values()),
+                                records.get(src) or 0, [f"{k}: {v}" for k, v in reasons.items()], "reason"))
+    return out
+
+
+def _ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)

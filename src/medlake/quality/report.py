@@ -60,6 +60,8 @@ def _trend(history: list[dict]) -> str:
 
 def _row(r: dict) -> str:
     where = r["cdm_table"] + (f".{r['cdm_field']}" if r["cdm_field"] else "")
+    if r.get("data_source"):
+        where = f"source {r['data_source']}: {where}"
     if r["concept_id"] is not None:
         where += f" [concept {r['concept_id']}" + (f", unit {r['unit_concept_id']}" if r["unit_concept_id"] else "") + "]"
     note = r.get("error") or r.get("not_applicable_reason") or ""
@@ -114,6 +116,7 @@ def render(run, history: list[dict]) -> str:
     if errors:
         parts += [f"<h2>Checks that could not run ({len(errors)})</h2>",
                   f"<table>{HEAD}<tbody>{''.join(_row(r) for r in errors)}</tbody></table>"]
+    parts += _sources(results)
     parts += [
         "<h2>By table</h2><table><thead><tr><th>table</th><th>passed</th><th>failed</th><th>errors</th>"
         f"<th>not applicable</th><th>pass rate</th></tr></thead><tbody>{tables}</tbody></table>",
@@ -123,6 +126,32 @@ def render(run, history: list[dict]) -> str:
         "</tbody></table></body></html>",
     ]
     return "".join(parts)
+
+
+def _sources(results: list[dict]) -> list[str]:
+    """One line per data source (completeness, duplicates, quarantine, mapping coverage, feed), then its checks."""
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("data_source"):
+            by.setdefault(r["data_source"], []).append(r)
+    if not by:
+        return []
+
+    def rate(rs, name):
+        v = sum(r["num_violated_rows"] or 0 for r in rs if r["check_name"] == name)
+        d = sum(r["num_denominator_rows"] or 0 for r in rs if r["check_name"] == name)
+        return f"{_pct(v / d)} <small>({v:,} of {d:,})</small>" if d else "<small>n/a</small>"
+
+    names = [("sourceMandatoryCompleteness", "missing mandatory fields"), ("sourceDuplicateRecords", "duplicate records"),
+             ("sourceDuplicateReceipts", "duplicate receipts"), ("sourceQuarantined", "quarantined (open)"),
+             ("sourceMappingCoverage", "rows without a standard concept")]
+    head = "".join(f"<th>{escape(label)}</th>" for _, label in names)
+    rows = "".join(
+        f"<tr><td><b>{escape(src)}</b></td><td class='num failed'>{sum(r['status'] == 'failed' for r in rs)}</td>"
+        + "".join(f"<td class='num'>{rate(rs, n)}</td>" for n, _ in names) + "</tr>"
+        for src, rs in sorted(by.items()))
+    return [f"<h2>By source ({len(by)})</h2><table><thead><tr><th>source</th><th>failed checks</th>{head}</tr></thead>"
+            f"<tbody>{rows}</tbody></table>"]
 
 
 def write_html(run, history: list[dict]) -> None:

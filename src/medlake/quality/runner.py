@@ -436,6 +436,14 @@ class Runner:
                 from medlake.quality.feeds import feed_checks
 
                 run.results += [result(c, "error", error=str(e)) for c in feed_checks(self.feed["table"], "*", 0.5)]
+        if not self.only:  # source-level checks (staging, landing, lineage): cheap, run every time
+            from medlake.quality.feeds import run_sources, source_check
+
+            try:
+                run.results += run_sources(self.eng, result)
+            except EngineError as e:
+                run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
+                                          error=str(e)))
         if self.progress:
             self.progress("done", len(tables), len(tables))
         run.summary = summarize(run.results) | {
