@@ -48,12 +48,13 @@ def record(engine, identities: list[dict]) -> int:
     keys = list(rows)
     data = pa.table([[k[0] for k in keys], [k[1] for k in keys], [rows[k][0] for k in keys],
                      [rows[k][1] for k in keys], [rows[k][2] for k in keys]], schema=SCHEMA)
-    with engine.transaction():
-        engine.execute("CREATE TEMP TABLE IF NOT EXISTS identity_demographics_new (source VARCHAR, source_id VARCHAR)")
-        engine.execute("DELETE FROM identity_demographics_new")
+    with engine.transaction():  # the keys go through a plain work table: Spark has no temporary tables
+        engine.execute("DROP TABLE IF EXISTS identity_demographics_new")
+        engine.execute("CREATE TABLE identity_demographics_new (source VARCHAR, source_id VARCHAR)")
         engine.load_arrow("identity_demographics_new", data.select(["source", "source_id"]))
         engine.execute(f"DELETE FROM {TABLE} WHERE source || '|' || source_id IN "
                        "(SELECT source || '|' || source_id FROM identity_demographics_new)")
+        engine.execute("DROP TABLE identity_demographics_new")
         engine.load_arrow(TABLE, data)
     return data.num_rows
 

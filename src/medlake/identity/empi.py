@@ -92,6 +92,7 @@ class RunReport:
     trained: bool
     seconds: float
     timings: dict = field(default_factory=dict)
+    backend: str = "duckdb"  # where Splink ran: "spark" (a Spark store) or "duckdb" (in memory, every other store)
 
 
 # -- input ------------------------------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def _linker(table: pa.Table, settings: dict, engine=None):
     `settings` are in DuckDB's SQL (as stored) and translated for Spark."""
     from splink import Linker
 
-    if getattr(engine, "name", None) == "spark":
+    if linkage_backend(engine) == "spark":
         db = _spark_api(engine.spark)
         settings = model_mod.for_dialect(settings, "spark")
     else:
@@ -130,6 +131,10 @@ def _linker(table: pa.Table, settings: dict, engine=None):
         db = DuckDBAPI(":memory:")
         settings = model_mod.for_dialect(settings, "duckdb")
     return Linker(db.register(table), settings, log_level=logging.ERROR), db
+
+
+def linkage_backend(engine) -> str:
+    return "spark" if getattr(engine, "name", None) == "spark" else "duckdb"
 
 
 def _spark_api(spark):
@@ -229,8 +234,10 @@ def run(engine, vault: Vault, *, who: str, link_threshold: float = LINK_THRESHOL
         a, b = _order(keys[ul[i]], keys[ur[i]])
         pairs.append((a, b, probs[i], weights[i], "link" if probs[i] >= link_threshold else "review",
                       [g[i] for g in gcols]))
-    return _finish(engine, run_id, who, "run", keys, pairs, link_threshold, review_threshold, trained,
-                   model_json, t0, timings)
+    rep = _finish(engine, run_id, who, "run", keys, pairs, link_threshold, review_threshold, trained,
+                  model_json, t0, timings)
+    rep.backend = linkage_backend(engine)
+    return rep
 
 
 def _finish(engine, run_id, who, kind, keys, pairs, link_t, review_t, trained, model_json, t0, timings) -> RunReport:
