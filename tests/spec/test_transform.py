@@ -228,3 +228,67 @@ def test_one_visit_for_hl7_and_fhir_and_the_coding_that_maps(engine):
     transform(engine, namespaces=NS, full=True)  # a full re-map keeps one row
     assert rows(engine, "SELECT count(*) AS n, count(DISTINCT visit_occurrence_id) AS ids FROM visit_occurrence") \
         == [(2, 2)]
+
+
+def test_visit_detail_from_transfers(engine):
+    """An inpatient stay with transfers (HL7 A01/A02/A03 units, FHIR Encounter.location periods) becomes
+    VISIT_DETAIL rows under its VISIT_OCCURRENCE, chained by preceding_visit_detail_id, with lineage; a late
+    transfer splits a stretch and keeps the other ids."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    adt = dict(message_type="ADT^A01", patient_id="M1", visit_number="V9", patient_class="I",
+               admit_time=T(2021, 5, 1, 8))
+    stage(engine, "stg_hl7_visit", "his", 1, [
+        dict(adt, control_id="A1", event_type="A01", event_time=T(2021, 5, 1, 8), point_of_care="W1",
+             attending_doctor_id="D1"),
+        dict(adt, control_id="A2", event_type="A08", event_time=T(2021, 5, 2), point_of_care="W1"),  # same unit
+        dict(adt, control_id="A3", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 3, 10),
+             point_of_care="ICU"),
+        dict(adt, control_id="A4", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 5, 9),
+             point_of_care="W2")])
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
+    stage(engine, "stg_fhir_encounter", "emr", 1, [
+        dict(resource_id="e2", status="finished", class_code="IMP", subject_ref="Patient/p1",
+             period_start=T(2020, 1, 1, 8), period_end=T(2020, 1, 4))])
+    stage(engine, "stg_fhir_encounter_location", "emr", 1, [  # the rows of one resource share its location
+        dict(record_location="line 1", resource_id="e2", position=0, location_ref="Location/L1", status="completed",
+             period_start=T(2020, 1, 1, 8), period_end=T(2020, 1, 2, 8)),
+        dict(record_location="line 1", resource_id="e2", position=1, location_ref="Location/L2",
+             period_start=T(2020, 1, 2, 8)),
+        dict(record_location="line 1", resource_id="e2", position=2, location_ref="Location/L3", status="planned")])
+    transform(engine, namespaces=NS)
+    person, visit, enc = sid("h1|M1"), sid("visit_occurrence|h1|V9"), sid("visit_occurrence|h1|Encounter/e2")
+    w1, icu, w2 = (sid(f"visit_detail|h1|V9|{u}|{t}") for u, t in
+                   [("W1", "2021-05-01 08:00:00"), ("ICU", "2021-05-03 10:00:00"), ("W2", "2021-05-05 09:00:00")])
+    l1, l2 = sid("visit_detail|h1|Encounter/e2|0"), sid("visit_detail|h1|Encounter/e2|1")
+    query = ("SELECT visit_detail_id, person_id, visit_occurrence_id, visit_detail_concept_id, "
+             "visit_detail_start_datetime, visit_detail_end_datetime, visit_detail_source_value, care_site_id, "
+             "preceding_visit_detail_id, visit_detail_type_concept_id FROM visit_detail")
+    assert rows(engine, query) == sorted([
+        (w1, person, visit, 9201, T(2021, 5, 1, 8), T(2021, 5, 3, 10), "W1", sid("care_site|h1|W1"), None, 32817),
+        (icu, person, visit, 9201, T(2021, 5, 3, 10), T(2021, 5, 5, 9), "ICU", sid("care_site|h1|ICU"), w1, 32817),
+        (w2, person, visit, 9201, T(2021, 5, 5, 9), T(2021, 5, 5, 9), "W2", sid("care_site|h1|W2"), icu, 32817),
+        (l1, person, enc, 9201, T(2020, 1, 1, 8), T(2020, 1, 2, 8), "L1", sid("care_site|h1|Location/L1"), None,
+         32817),
+        (l2, person, enc, 9201, T(2020, 1, 2, 8), T(2020, 1, 4), "L2", sid("care_site|h1|Location/L2"), l1, 32817)])
+    assert rows(engine, "SELECT row_id, rule, message_id FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == sorted([
+        (w1, "hl7.visit_detail", "A1"), (icu, "hl7.visit_detail", "A3"), (w2, "hl7.visit_detail", "A4"),
+        (l1, "fhir.encounter_location", "Encounter/e2"), (l2, "fhir.encounter_location", "Encounter/e2")])
+    if engine.name == "spark":  # the incremental statements are the same; two more runs take minutes on Spark
+        return
+    # an open stretch ends where it starts (as an open visit does); the next batch transfers to W3 and discharges:
+    # W2 now ends on 7 May, W3 follows until the discharge; the other stretches keep their ids
+    stage(engine, "stg_hl7_visit", "his", 2, [
+        dict(adt, control_id="A6", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 7),
+             point_of_care="W3"),
+        dict(adt, control_id="A7", event_type="A03", message_type="ADT^A03", event_time=T(2021, 5, 9, 12),
+             point_of_care="W3", discharge_time=T(2021, 5, 9, 12))])
+    transform(engine, namespaces=NS)
+    w3 = sid("visit_detail|h1|V9|W3|2021-05-07 00:00:00")
+    got = rows(engine, "SELECT visit_detail_id, visit_detail_end_datetime, preceding_visit_detail_id FROM "
+                       "visit_detail WHERE visit_occurrence_id = " + str(visit))
+    assert got == sorted([(w1, T(2021, 5, 3, 10), None), (icu, T(2021, 5, 5, 9), w1), (w2, T(2021, 5, 7), icu),
+                          (w3, T(2021, 5, 9, 12), w2)])
+    assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == [(6,)]
+    assert rows(engine, "SELECT message_id FROM cdm_lineage WHERE row_id = " + str(w3)) == [("A6",)]
+    assert transform(engine, namespaces=NS).run_id is None  # nothing new: nothing changes

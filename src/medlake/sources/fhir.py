@@ -163,6 +163,8 @@ STAGING_SCHEMAS["stg_fhir_coding"] = pa.schema(_fields(
 STAGING_SCHEMAS["stg_fhir_observation_component"] = pa.schema(_fields(
     "resource_id position:i code_system code code_display code_text value_number:f value_unit value_unit_code "
     "value_code_system value_code value_string!"))
+STAGING_SCHEMAS["stg_fhir_encounter_location"] = pa.schema(_fields(  # Encounter.location[]: transfers (VISIT_DETAIL)
+    "resource_id position:i location_ref status period_start:t period_end:t"))
 STAGING_SCHEMAS["stg_fhir_bulk_manifest"] = pa.schema(_fields(
     "transaction_time:t request resource_type url count:i"))
 TABLE_OF = {rt: table_name(rt) for rt in COLUMNS}
@@ -494,6 +496,20 @@ def _components(r: dict, c: Ctx, rid: str) -> list[dict]:
     return out
 
 
+def _encounter_locations(r: dict, c: Ctx, rid: str) -> list[dict]:
+    """Every Encounter.location[] entry with its period: where the patient was, when (the transfers of a stay)."""
+    out = []
+    for i, loc in enumerate(r.get("location") or ()):
+        if not isinstance(loc, dict):
+            continue
+        start, end = _period(loc.get("period"), c, f"location[{i}].period")
+        out.append({"resource_id": rid, "position": i, "location_ref": c.ref(loc.get("location"), f"location[{i}]"
+                                                                                                   ".location"),
+                    "status": loc.get("status") if isinstance(loc.get("status"), str) else None,
+                    "period_start": start, "period_end": end})
+    return out
+
+
 def _med_code(r: dict, c: Ctx) -> dict:
     return {**_codes(r, c, "medicationCodeableConcept"),
             "medication_ref": c.ref(r.get("medicationReference"), "medicationReference")}
@@ -723,6 +739,8 @@ def stage_resource(res, raw: str | None = None, refs: dict | None = None, id_hin
         out = {TABLE_OF[rt]: [{**base, **fn(res, c), "raw": raw}]}
         if rt == "Observation" and res.get("component"):
             out["stg_fhir_observation_component"] = _components(res, c, rid)
+        if rt == "Encounter" and isinstance(res.get("location"), list) and res["location"]:
+            out["stg_fhir_encounter_location"] = _encounter_locations(res, c, rid)
     codings = []
     elements = CODED.get(rt)
     for el in elements if elements is not None else res:

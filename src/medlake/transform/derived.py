@@ -10,6 +10,9 @@ Incremental: with `persons` (a table holding `person_id`s), only those persons' 
 """
 from __future__ import annotations
 
+from medlake.transform import compile as c
+from medlake.transform import rules as r
+
 PERSISTENCE_DAYS = 30
 EHR_PERIOD_TYPE = 44814724  # Period covering healthcare encounters
 
@@ -145,10 +148,163 @@ GROUP BY person_id
 """
 
 
+# -- VISIT_DETAIL: where in the hospital a stay took place, one row per stretch in one unit -------------------------
+_HL7_ADT = ("s.message_type LIKE 'ADT%' AND COALESCE(s.event_type, '') NOT IN ('A11', 'A12', 'A13', 'A27', 'A38')")
+_FHIR_ENC = "COALESCE(s.status, 'finished') NOT IN ('entered-in-error', 'cancelled', 'planned')"
+_WINDOW = ("JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq\n"
+           "    LEFT JOIN transform_source ns ON ns.source = s.source")
+# the columns every stretch carries into the common tail (HL7 and FHIR parts select them in this order)
+_STRETCH = ("grp", "id_key", "person_id", "visit_occurrence_id", "concept_id", "provider_id", "care_site_id",
+            "source_value", "d_start", "d_end", "v_end", "o2", "o3", "rule", "source", "record_key", "source_key",
+            "landing_sha256", "receipt_seq", "record_location", "message_id")
+
+
+def _rule(name: str):
+    return next(x for x in r.TABLES if x.name == name)
+
+
+def _hl7_stretches(persons: str | None, empi: bool) -> str:
+    """HL7 ADT: the unit (PV1-3.1 point of care) of each message of a visit, in time order; a message in another
+    unit than the one before starts a stretch (A01 admit at the admit time, A02 transfer at the event time)."""
+    rule = _rule("hl7.visit")
+    pj, pid = c.person_joins(rule, empi)
+    flt = f" AND ({pid}) IN (SELECT person_id FROM {persons})" if persons else ""
+    order = "COALESCE(s.event_time, s.admit_time), s.receipt_seq, s.record_location"
+    return f"""
+    SELECT s.source || '|' || s.visit_number, s.ns || '|' || s.visit_number || '|' || s.point_of_care || '|'
+               || CAST(s.d_start AS VARCHAR),
+           s.person_id, s.visit_occurrence_id, s.concept_id, s.provider_id, s.care_site_id,
+           left(s.point_of_care, 50), s.d_start, CAST(NULL AS TIMESTAMP), s.v_end, s.receipt_seq, s.record_location,
+           'hl7.visit_detail', s.source, 'visit|' || s.visit_number, 'hl7.visit|' || s.source || '|visit|' ||
+           s.visit_number, s.landing_sha256, s.receipt_seq, s.record_location, s.control_id
+    FROM (
+        SELECT s.*, {pid} AS person_id, {c.NS} AS ns,
+               {c.keyed_id("visit_occurrence", "s.visit_number")} AS visit_occurrence_id,
+               {c.keyed_id("provider", "s.attending_doctor_id")} AS provider_id,
+               {c.keyed_id("care_site", "s.point_of_care")} AS care_site_id,
+               COALESCE({r.case("s.patient_class", r.HL7_VISIT)}, 0) AS concept_id,
+               CASE WHEN LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) IS NULL
+                    THEN COALESCE(s.admit_time, s.event_time) ELSE s.event_time END AS d_start,
+               LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) AS prev_unit,
+               MAX(s.discharge_time) OVER (PARTITION BY s.source, s.visit_number) AS v_end
+        FROM stg_hl7_visit s
+        {_WINDOW}
+        {pj}
+        WHERE {_HL7_ADT} AND s.visit_number IS NOT NULL AND s.point_of_care IS NOT NULL{flt}
+    ) AS s
+    WHERE s.prev_unit IS NULL OR s.prev_unit <> s.point_of_care"""
+
+
+def _fhir_stretches(persons: str | None, empi: bool) -> str:
+    """FHIR: every Encounter.location[] entry (not `planned`) of the newest version of an Encounter, with its
+    period (else the Encounter's), under the Encounter's visit (its visit number, as for VISIT_OCCURRENCE)."""
+    rule = _rule("fhir.encounter")
+    pj, pid = c.person_joins(rule, empi)
+    flt = f" AND ({pid}) IN (SELECT person_id FROM {persons})" if persons else ""
+    visit = "COALESCE(s.identifier_value, 'Encounter/' || s.resource_id)"
+    loc = r.fhir_ref("s.l_ref", "Location")
+    return f"""
+    SELECT s.source || '|Encounter/' || s.resource_id, s.ns || '|Encounter/' || s.resource_id || '|'
+               || CAST(s.position AS VARCHAR),
+           s.person_id, s.visit_occurrence_id, s.concept_id, CAST(NULL AS BIGINT), s.care_site_id,
+           left({r.ref_id("s.l_ref", "Location")}, 50), s.d_start, s.l_end, s.period_end,
+           CAST(s.position AS BIGINT), s.record_location,
+           'fhir.encounter_location', s.source, 'Encounter/' || s.resource_id, 'fhir.encounter|' || s.source ||
+           '|Encounter/' || s.resource_id, s.landing_sha256, s.receipt_seq, s.record_location,
+           'Encounter/' || s.resource_id
+    FROM (
+        SELECT s.*, {pid} AS person_id, {c.NS} AS ns,
+               {c.keyed_id("visit_occurrence", visit)} AS visit_occurrence_id,
+               {c.keyed_id("care_site", loc)} AS care_site_id,
+               COALESCE({r.case("s.class_code", r.FHIR_VISIT)}, 0) AS concept_id
+        FROM (
+            SELECT e.*, l.position, l.location_ref AS l_ref, l.status AS location_status, l.period_end AS l_end,
+                   COALESCE(l.period_start, e.period_start) AS d_start
+            FROM (SELECT s.*, ROW_NUMBER() OVER (PARTITION BY s.source, s.resource_id ORDER BY s.last_updated DESC
+                                                 NULLS LAST, s.receipt_seq DESC, s.record_location DESC) AS rn
+                  FROM stg_fhir_encounter s JOIN tx_mark mk ON mk.source = s.source
+                       AND s.receipt_seq <= mk.receipt_seq) AS e
+            JOIN stg_fhir_encounter_location l ON l.source = e.source AND l.receipt_seq = e.receipt_seq
+                 AND l.record_location = e.record_location AND l.resource_id = e.resource_id
+            WHERE e.rn = 1
+        ) AS s
+        LEFT JOIN transform_source ns ON ns.source = s.source
+        {pj}
+        WHERE {_FHIR_ENC} AND COALESCE(s.location_status, 'completed') <> 'planned'
+          AND s.l_ref IS NOT NULL{flt}
+    ) AS s"""
+
+
+def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
+    """(insert into VISIT_DETAIL, insert into cdm_lineage) from the stretches of `parts` (HL7 and/or FHIR).
+
+    A stretch ends where the next one of its visit starts, else at its own end (FHIR period), else at the visit's
+    discharge, else where it started. Ids are stable_id of (namespace, visit, unit, start) for HL7 and (namespace,
+    Encounter, location entry) for FHIR; preceding_visit_detail_id links the stretches of a stay. Only stretches
+    whose VISIT_OCCURRENCE exists are written."""
+    union = "\n    UNION ALL".join(parts)
+    cols = ", ".join(_STRETCH)
+    tail = f"""WITH seg ({cols}) AS ({union}
+), t AS (
+    SELECT seg.*, stable_id('visit_detail|' || id_key) AS id,
+           LEAD(d_start) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS next_start
+    FROM seg WHERE d_start IS NOT NULL AND person_id IS NOT NULL
+      AND visit_occurrence_id IN (SELECT visit_occurrence_id FROM visit_occurrence)
+), u AS (
+    SELECT t.*, LAG(id) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS prev_id,
+           COALESCE(d_end, next_start, v_end, d_start) AS end0
+    FROM t
+), d AS (
+    SELECT u.*, CASE WHEN end0 < d_start THEN d_start ELSE end0 END AS d_stop,
+           ROW_NUMBER() OVER (PARTITION BY id ORDER BY source, record_location) AS dup
+    FROM u
+)"""
+    exprs = {"visit_detail_id": "d.id", "person_id": "d.person_id", "visit_detail_concept_id": "d.concept_id",
+             "visit_detail_start_date": "CAST(d.d_start AS DATE)", "visit_detail_start_datetime": "d.d_start",
+             "visit_detail_end_date": "CAST(d.d_stop AS DATE)", "visit_detail_end_datetime": "d.d_stop",
+             "visit_detail_type_concept_id": str(r.EHR), "provider_id": "d.provider_id",
+             "care_site_id": "d.care_site_id", "visit_detail_source_value": "d.source_value",
+             "visit_detail_source_concept_id": "0", "admitted_from_concept_id": "0",
+             "discharged_to_concept_id": "0", "preceding_visit_detail_id": "d.prev_id",
+             "visit_occurrence_id": "d.visit_occurrence_id"}
+    insert = f"INSERT INTO visit_detail\n{tail}\nSELECT {c.select_list('visit_detail', exprs)} FROM d WHERE d.dup = 1"
+    lineage = (f"INSERT INTO cdm_lineage\n{tail}\nSELECT 'visit_detail', d.id, d.person_id, d.rule, d.source, "
+               "d.record_key, d.source_key, d.landing_sha256, d.receipt_seq, d.record_location, d.message_id, "
+               f"CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS INTEGER), CAST({run_id} AS BIGINT) "
+               "FROM d WHERE d.dup = 1")
+    return insert, lineage
+
+
+def _visit_detail_steps(engine, persons: str | None) -> list[tuple[str, str]]:
+    """The VISIT_DETAIL statements for this store (none when nothing stages visits or no run has set up)."""
+    tables = set(engine.tables())
+    if not {"tx_mark", "transform_source", "cdm_lineage"} <= tables:
+        return []
+    empi = "empi_person_map" in tables
+    parts = []
+    if "stg_hl7_visit" in tables:
+        parts.append(_hl7_stretches(persons, empi))
+    if {"stg_fhir_encounter", "stg_fhir_encounter_location"} <= tables:
+        parts.append(_fhir_stretches(persons, empi))
+    if not parts:
+        return []
+    # the run that calls rebuild records itself as the next run_id when it ends
+    run_id = engine.query("SELECT COALESCE(MAX(run_id), 0) + 1 AS n FROM transform_run").column(0)[0].as_py() \
+        if "transform_run" in tables else 0
+    flt = f" AND person_id IN (SELECT person_id FROM {persons})" if persons else ""
+    insert, lineage = visit_detail_sql(parts, run_id)
+    return [("visit_detail", f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'{flt}"),
+            ("visit_detail", insert), ("visit_detail", lineage)]
+
+
 def rebuild(engine, persons: str | None = None) -> dict[str, int]:
-    """Recompute the derived tables (for all persons, or only those listed in table `persons`), atomically."""
+    """Recompute the derived tables (for all persons, or only those listed in table `persons`), atomically.
+
+    VISIT_DETAIL is rebuilt from staging (HL7 ADT units, FHIR Encounter.location) inside a transform run (it reads
+    the run's window `tx_mark` and writes lineage); without staging it is left alone."""
     flt = f" WHERE person_id IN (SELECT person_id FROM {persons})" if persons else ""
-    steps = [
+    detail = _visit_detail_steps(engine, persons)
+    steps = [*([("visit_detail", detail[1][1])] if detail else []),
         ("observation_period", observation_period_sql(persons)),
         ("condition_era", condition_era_sql(persons)),
         ("drug_era", drug_era_sql(persons)),
@@ -156,9 +312,13 @@ def rebuild(engine, persons: str | None = None) -> dict[str, int]:
     ]
     counts = {}
     with engine.transaction():
+        if detail:
+            engine.execute(detail[0][1])
         for table, sql in steps:
             engine.execute(f"DELETE FROM {table}{flt}")
             engine.execute(sql)
+        if detail:
+            engine.execute(detail[2][1])
     for table, _ in steps:
         counts[table] = engine.query(f"SELECT count(*) AS n FROM {table}").column(0)[0].as_py()
     return counts
