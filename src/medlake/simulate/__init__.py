@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from medlake.simulate import care
 from medlake.simulate.people import full_name, make_person
 from medlake.simulate.sinks import Truth
-from medlake.simulate.writers import Hospital
+from medlake.simulate.writers import VISIT_CONCEPT, Hospital
 
 __all__ = ["simulate", "Summary"]
 
@@ -37,7 +37,6 @@ class Summary:
 
 
 def _visit_fact(person: dict, enc: care.Encounter) -> dict:
-    from medlake.simulate.writers import VISIT_CONCEPT
     return {"person": person["person"], "kind": "visit", "date": enc.start.date().isoformat(),
             "concept_id": VISIT_CONCEPT[enc.cls], "value_as_number": None, "unit_concept_id": None}
 
