@@ -178,11 +178,13 @@ class Sink:
     def _facts(self, rec: Record) -> None:
         """The record's facts to facts.jsonl, each with its source (message ids are the
         simulator's own ASCII ids, so they are written without JSON escaping)."""
-        write = self.truth.files["facts"].write
         src, rmid, dumps = self.src, rec.message_id, orjson.dumps
+        tail = b"null}}\n" if rmid is None else b'"%s"}}\n' % rmid.encode()
+        out = []
         for fact in rec.facts:
             mid = fact.pop("_mid", rmid)
-            write(dumps(fact)[:-1] + src + (b"null}}\n" if mid is None else b'"' + mid.encode() + b'"}}\n'))
+            out += (dumps(fact)[:-1], src, tail if mid == rmid else b'"%s"}}\n' % mid.encode())
+        self.truth.files["facts"].write(b"".join(out))
         self.truth.n_facts += len(rec.facts)
 
     def close_file(self, final: bool = False) -> None:
