@@ -284,8 +284,8 @@ RANGE_THRESHOLD = 5.0
 
 @cache
 def plausible_values() -> tuple[dict, ...]:
-    """medlake's physiologic value ranges per measurement concept and unit (`plausible_values.csv`,
-    documented in `plausible_values.md`): a value outside is not a human measurement, or is in another unit."""
+    """medlake's physiologic value ranges per measurement concept and unit (`plausible_values.csv`, described
+    in docs/quality.md): a value outside is not a human measurement, or is in another unit."""
     text = resources.files("medlake.quality").joinpath("plausible_values.csv").read_text(encoding="utf-8")
     out = []
     for n, r in enumerate(csv.DictReader(text.splitlines(keepends=True)), 2):
@@ -374,4 +374,23 @@ def differences_markdown() -> str:
                   "| table | field | attribute | DQD | spec | resolution |", "|---|---|---|---|---|---|"]
         lines += [f"| {d.table} | {d.field} | {d.attribute} | {d.dqd} | {d.spec} | {d.resolution} |" for d in diffs]
         lines.append("")
+    lines += ["## medlake's additions to DQD's concept-level rules", "",
+              "DQD's `plausibleUnitConceptIds` lists come mostly from US data and lack the SI units Chinese (and most",
+              "non-US) laboratories report in. Where medlake's physiologic value ranges",
+              "(`src/medlake/quality/plausible_values.csv`, checks `plausibleValueLow/High` with source `medlake`) name",
+              "a unit for a concept DQD lists units for, that unit joins DQD's list (same on v5.4 and v5.3):", "",
+              "| concept | name | DQD's units | added by medlake |", "|---|---|---|---|"]
+    ranges = plausible_values()
+    for r in dqd_rows("5.4", "Concept_Level"):
+        units = (r.get("plausibleUnitConceptIds") or "").strip()
+        if r["cdmTableName"].strip().lower() != "measurement" or not units:
+            continue
+        ids = [int(c) for c in r["conceptId"].split(",")]
+        dqd = {int(u) for u in units.split(",")}
+        added = sorted({x["unit_concept_id"] for x in ranges if x["concept_id"] in ids} - dqd)
+        if added:
+            ucum = {x["unit_concept_id"]: x["ucum"] for x in ranges}
+            lines.append(f"| {ids[0]} | {r['conceptName'].strip()} | {units} | "
+                         f"{', '.join(f'{u} ({ucum[u]})' for u in added)} |")
+    lines.append("")
     return "\n".join(lines)

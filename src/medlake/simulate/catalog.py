@@ -127,14 +127,14 @@ KNOWN_IDS = {
     ("LOINC", "8867-4"): 3027018, ("LOINC", "8310-5"): 3020891, ("LOINC", "9279-1"): 3024171,
     ("LOINC", "59408-5"): 40762499, ("LOINC", "29463-7"): 3025315, ("LOINC", "8302-2"): 3036277,
     ("LOINC", "39156-5"): 3038553,
-    # UCUM units: Athena ids of the units named in DQD's plausibleUnitConceptIds lists for those labs (and
-    # pmol/L 8729); the UCUM code of each is given in OHDSI ETL notes (e.g. 8815 10*6/uL, 8734 10*12/L,
-    # 9444 10*9/L). {INR}, [pH] and m[IU]/mL keep local ids.
+    # UCUM units: Athena ids of the units DQD's plausibleUnitConceptIds lists name for those labs (plus pmol/L
+    # 8729 and m[IU]/mL 9550); the UCUM code behind each id as OHDSI sites' ETL unit mappings give it (e.g.
+    # 8815 10*6/uL, 8734 10*12/L, 9444 10*9/L, 8645 U/L, 8729 pmol/L). {INR} and [pH] keep local ids.
     ("UCUM", "10*9/L"): 9444, ("UCUM", "10*12/L"): 8734, ("UCUM", "10*6/uL"): 8815, ("UCUM", "fL"): 8583,
     ("UCUM", "mL/min/{1.73_m2}"): 720870, ("UCUM", "U/L"): 8645, ("UCUM", "m[IU]/L"): 9040,
     ("UCUM", "pmol/L"): 8729, ("UCUM", "ng/dL"): 8817, ("UCUM", "mg/L"): 8751, ("UCUM", "mm/h"): 8752,
     ("UCUM", "s"): 8555, ("UCUM", "ng/mL"): 8842, ("UCUM", "pg/mL"): 8845, ("UCUM", "ug/L"): 8748,
-    ("UCUM", "kg/m2"): 9531,
+    ("UCUM", "kg/m2"): 9531, ("UCUM", "m[IU]/mL"): 9550,
 }
 
 # Local id bases (OMOP local range starts at 2,000,000,000; the seed uses 2,000,000,029).
