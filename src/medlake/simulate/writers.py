@@ -537,8 +537,7 @@ class Hospital:
              "subject": pref, "period": {"start": fhir_time(start), "end": fhir_time(enc.end)}}
         if enc.died:
             e["hospitalization"] = EXPIRED
-        resources = reg.resources
-        add = resources.append
+        add = reg.resources.append
         add((e, [], []))
         day = start.date().isoformat()
         who = person["person"]
@@ -567,7 +566,8 @@ class Hospital:
         when = fhir_time(start + FIVE_MINUTES)
         vinfo = self.vital_info
         vitals = enc.vitals
-        if vitals and vitals[0][0] == "sbp":  # blood pressure travels as one panel with two components
+        # blood pressure travels as one panel with two components, as EHRs send it (care puts sbp, dbp first)
+        if vitals and vitals[0][0] == "sbp":
             oid = f"{hid}-obs-{next(res)}"
             comps, facts = [], []
             for key, value in vitals[:2]:
