@@ -13,7 +13,9 @@ Everything happens in one engine transaction: a failure leaves the CDM as it was
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,7 +39,11 @@ APPLIED = {
                                    "SELECT DISTINCT source, source_id, person_id FROM empi_person_map"),
 }
 CHANGES = {"tx_remap_code": "vocabulary_id VARCHAR, code VARCHAR",  # codes whose site mapping changed
-           "tx_remap_identity": "source VARCHAR, source_id VARCHAR"}  # source patients whose EMPI person changed
+           "tx_remap_identity": "source VARCHAR, source_id VARCHAR",  # source patients whose EMPI person changed
+           "tx_old": "cdm_table VARCHAR, row_id BIGINT, person_id BIGINT, source_key VARCHAR"}  # rows replaced
+# Record keys mapped without writing a CDM row (filtered, skipped): with the lineage, the keys seen before.
+QUIET = {"transform_quiet_key": "source_key VARCHAR"}
+CODING_WORK = "tx_stg_coding"
 
 
 @dataclass
@@ -62,7 +68,7 @@ def ensure_tables(engine: Engine) -> None:
         engine.execute("DROP TABLE tx_person")  # a work table from an older release: recreated below
         have.discard("tx_person")
     own = {k: v[0] for k, v in APPLIED.items()}
-    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES}.items():
+    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES, **QUIET}.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
     if _count(engine, "SELECT count(*) FROM medlake_code_system") == 0:
@@ -121,15 +127,27 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             _set_namespaces(engine, namespaces)
         if full:
             engine.execute("DELETE FROM transform_watermark")
+            engine.execute("DELETE FROM transform_quiet_key")
         if not staged:
             return RunSummary(None, seconds=time.perf_counter() - t0)
-        engine.execute("INSERT INTO tx_mark SELECT source, MAX(receipt_seq) FROM (" + " UNION ALL ".join(
-            f"SELECT source, receipt_seq FROM {t}" for t in staged) + ") AS a GROUP BY source")
+        marks = engine.query("SELECT source, MIN(receipt_seq) AS lo, MAX(receipt_seq) AS hi FROM (" + " UNION ALL ".join(
+            f"SELECT source, receipt_seq FROM {t}" for t in staged) + ") AS a GROUP BY source").to_pylist()
+        engine.load_arrow("tx_mark", pa.table({"source": pa.array([m["source"] for m in marks], pa.string()),
+                                               "receipt_seq": pa.array([m["hi"] for m in marks], pa.int64())}))
+        seen = {x["source"]: x["receipt_seq"] for x in engine.query(
+            "SELECT source, receipt_seq FROM transform_watermark").to_pylist()}
+        # every new staging row has a receipt_seq above `floor` (receipt numbers only grow within a source): a
+        # constant filter the engines can use to skip the old part of a staging table
+        floor = min((seen[m["source"]] if m["source"] in seen else m["lo"] - 1 for m in marks
+                     if m["hi"] > seen.get(m["source"], -1)), default=None)
         step("finding new records")
-        for rule in (*events, *entities, *persons):
-            engine.execute(c.delta_sql(rule))
+        if floor is not None:
+            for rule in (*events, *entities, *persons):
+                engine.execute(c.delta_sql(rule) + f" AND s.receipt_seq > {floor}")
+        new_keys = _count(engine, "SELECT count(*) FROM tx_delta")
         _merges(engine, tables)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
+        only_new = _count(engine, "SELECT count(*) FROM tx_delta") == new_keys  # no merge, mapping or EMPI change
         per_rule = {x["rule"]: x["n"] for x in engine.query(
             "SELECT rule, count(DISTINCT source_key) AS n FROM tx_delta GROUP BY rule").to_pylist()}
         n_delta = sum(per_rule.values())
@@ -144,18 +162,23 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
 
         # replace: old rows of the delta keys go (their persons are touched)
         step("removing replaced rows")
-        engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE person_id IS NOT NULL "
-                       "AND source_key IN (SELECT source_key FROM tx_delta)")
+        engine.execute("INSERT INTO tx_old SELECT cdm_table, row_id, person_id, source_key FROM cdm_lineage "
+                       "WHERE source_key IN (SELECT source_key FROM tx_delta)")
+        engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM tx_old WHERE person_id IS NOT NULL")
         old = {x["cdm_table"]: x["n"] for x in engine.query(
-            "SELECT cdm_table, count(*) AS n FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta) "
-            "GROUP BY cdm_table").to_pylist() if x["cdm_table"] not in PROTECTED}
+            "SELECT cdm_table, count(*) AS n FROM tx_old GROUP BY cdm_table").to_pylist()
+            if x["cdm_table"] not in PROTECTED}
         deleted = sum(old.values())
         for t in sorted(old):
-            engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM cdm_lineage WHERE cdm_table = '{t}' "
-                           "AND source_key IN (SELECT source_key FROM tx_delta))")
+            engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM tx_old WHERE cdm_table = '{t}')")
         if deleted:
-            engine.execute("DELETE FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_delta) "
+            engine.execute("DELETE FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_old) "
                            f"AND cdm_table NOT IN {PROTECTED}")
+        narrowed = {}
+        if not full and seen and engine.name in ("duckdb", "postgres"):
+            narrowed = _narrow(engine, events + entities, floor if only_new else None, tables)
+        events = [narrowed.get(x.name, x) for x in events]  # rules narrowed to their delta rows
+        entities = [narrowed.get(x.name, x) for x in entities]
 
         # codes of the delta, resolved once
         step("resolving codes")
@@ -163,12 +186,12 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             for code in c.codes_of(rule):
                 engine.execute(c.needed_sql(rule, code))
             if getattr(rule, "codings", ()) and c.CODINGS in tables:
-                engine.execute(c.coding_needed_sql(rule))
+                engine.execute(_codings(c.coding_needed_sql(rule), narrowed))
         engine.execute(c.RESOLVE_SQL)
 
         for rule in events:
             step(f"mapping {rule.name}")
-            engine.execute(c.event_sql(rule, empi, tables))
+            engine.execute(_codings(c.event_sql(rule, empi, tables), narrowed))
         step("writing events")
         routed = {x["cdm_table"] for x in engine.query("SELECT DISTINCT cdm_table FROM tx_event").to_pylist()}
         for t in sorted(routed):
@@ -201,6 +224,15 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             engine.execute(c.person_lineage_sql(t, run_id))
         step("rebuilding observation periods and eras")
         derived.rebuild(engine, persons="tx_touched")
+
+        history = [x.name for x in (*events, *entities) if _needs_history(x)]
+        if history:  # keys mapped without a row: with the lineage, the keys seen before (see _narrow)
+            engine.execute("INSERT INTO transform_quiet_key SELECT DISTINCT d.source_key FROM tx_delta d WHERE d.rule IN ("
+                           + ", ".join(f"'{x}'" for x in history) + ") AND d.source_key NOT IN (SELECT source_key "
+                           f"FROM cdm_lineage WHERE run_id = {run_id}) AND d.source_key NOT IN "
+                           "(SELECT source_key FROM transform_quiet_key)")
+        for name in sorted(k for k, x in narrowed.items() if x is None):  # the work tables
+            engine.execute(f"DROP TABLE IF EXISTS {name}")
 
         step("recording the run")
         engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
@@ -264,6 +296,60 @@ SELECT DISTINCT stable_id(x.namespace || '|' || COALESCE(o.survivor_ref, x.prior
 FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace AND o.prior_ref = x.prior_ref""")
     engine.execute("DELETE FROM transform_merge")
     engine.execute("INSERT INTO transform_merge SELECT * FROM tx_merge")
+
+
+def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) -> dict:
+    """Rules reading a work table with only the staging rows of their delta keys (every version), instead of scanning
+    their staging table once per code and once more per statement. Where the newest version is the last received,
+    the new rows suffice: rules read only the rows above `floor` (None: a merge, mapping or EMPI change re-maps old
+    records: read everything). A rule whose versions are ordered otherwise (FHIR: lastUpdated, which can arrive out
+    of order) or aggregated (a visit's admit time is the earliest of its messages) reads its whole staging table
+    once when one of its keys was seen before (it has lineage, or was mapped without a row)."""
+    old_rules = set()
+    history = [x.name for x in rules if _needs_history(x)]
+    if floor is not None and history:
+        old_rules = {x["rule"] for x in engine.query(
+            "SELECT DISTINCT rule FROM tx_delta WHERE rule IN (" + ", ".join(f"'{x}'" for x in history) + ") AND ("
+            "source_key IN (SELECT source_key FROM tx_old) OR source_key IN (SELECT source_key FROM "
+            "transform_quiet_key))").to_pylist()}
+
+    def above(alias: str, names) -> str:
+        return f"{alias}.receipt_seq > {floor} AND " if floor is not None and not old_rules & set(names) else ""
+
+    def work(sql: str, name: str) -> None:
+        engine.execute(f"DROP TABLE IF EXISTS {name}")
+        engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
+        if engine.name == "postgres":
+            engine.execute_native(f"ANALYZE {name}")  # temporary tables get no statistics otherwise
+
+    out = {}
+    for rule in rules:
+        name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
+        frm = getattr(rule, "from_sql", None) or rule.staging
+        work(f"SELECT s.* FROM {frm} s WHERE {above('s', [rule.name])}{c.source_key(rule)} IN "
+             f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
+        field = "from_sql" if hasattr(rule, "from_sql") else "staging"  # entity rules read their `staging`
+        out[rule.name] = dataclasses.replace(rule, **{field: name})
+        out[name] = None
+    coding = [x for x in out.values() if getattr(x, "codings", ())]
+    if coding and c.CODINGS in tables:  # the codings those rows can pick from
+        rec = "{a}.source || '|' || CAST({a}.receipt_seq AS VARCHAR) || '|' || {a}.record_location || '|' || " \
+              "{a}.resource_id"
+        keys = " UNION ALL ".join(f"SELECT {rec.format(a='s')} FROM {x.from_sql} s" for x in coding)
+        work(f"SELECT k.* FROM stg_fhir_coding k WHERE {above('k', [x.name for x in coding])}{rec.format(a='k')} "
+             f"IN ({keys})", CODING_WORK)
+        out[CODING_WORK] = None
+    return out
+
+
+def _needs_history(rule) -> bool:
+    """Whether a rule's newest version may not be the last received, or it aggregates over every version."""
+    return bool(getattr(rule, "aggregates", None)) or not rule.order.startswith("s.receipt_seq DESC")
+
+
+def _codings(sql: str, narrowed: dict) -> str:
+    """A rule's SQL reading the narrowed codings (when there are) instead of every staged coding."""
+    return sql.replace("FROM stg_fhir_coding k", f"FROM {CODING_WORK} k") if CODING_WORK in narrowed else sql
 
 
 def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> None:
