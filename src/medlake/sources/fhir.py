@@ -136,6 +136,11 @@ COLUMNS = {
                     "address_state address_postal_code address_country",
     "Location": "status name type_system type_code address_line address_city address_state address_postal_code "
                 "address_country latitude:f longitude:f managing_organization_ref part_of_ref",
+    "Device": f"status {CODE} patient_ref lot_number udi_device_identifier manufacture_date:t expiration_date:t",
+    "Specimen": f"status {CODE} subject_ref collected_at:t collected_end:t quantity_value:f quantity_unit "
+                "body_site_system body_site_code",
+    "Coverage": "status beneficiary_ref period_start:t period_end:t payor_ref payor_display type_system type_code "
+                "type_text relationship_code",
 }
 
 
@@ -671,13 +676,45 @@ def _location(r: dict, c: Ctx) -> dict:
             "part_of_ref": c.ref(r.get("partOf"), "partOf")}
 
 
+def _device(r: dict, c: Ctx) -> dict:
+    """Device (R4 has no use period: the IG takes manufactureDate → expirationDate as the exposure)."""
+    udi = r.get("udiCarrier")
+    udi = udi[0] if isinstance(udi, list) and udi and isinstance(udi[0], dict) else {}
+    return {"status": _status(r, c), **_codes(r, c, "type"), "patient_ref": c.ref(r.get("patient"), "patient"),
+            "lot_number": r.get("lotNumber"), "udi_device_identifier": udi.get("deviceIdentifier"),
+            "manufacture_date": c.when(r.get("manufactureDate"), "manufactureDate"),
+            "expiration_date": c.when(r.get("expirationDate"), "expirationDate")}
+
+
+def _specimen(r: dict, c: Ctx) -> dict:
+    col = r.get("collection") if isinstance(r.get("collection"), dict) else {}
+    start, end = _choice(col, "collected", Ctx("Specimen.collection", c.refs))
+    qty, unit = _qty(col.get("quantity"))
+    ss, sc, _, _ = _cc(col.get("bodySite"))
+    return {"status": _status(r, c), **_codes(r, c, "type"), "subject_ref": c.ref(r.get("subject"), "subject"),
+            "collected_at": start, "collected_end": end, "quantity_value": qty, "quantity_unit": unit,
+            "body_site_system": ss, "body_site_code": sc}
+
+
+def _coverage(r: dict, c: Ctx) -> dict:
+    """Coverage without the member and subscriber ids (identifying): who pays, which plan, when."""
+    start, end = _period(r.get("period"), c, "period")
+    payor = r.get("payor")
+    payor = payor[0] if isinstance(payor, list) and payor and isinstance(payor[0], dict) else {}
+    ts, tc, _, tt = _cc(r.get("type"))
+    return {"status": _status(r, c), "beneficiary_ref": c.ref(r.get("beneficiary"), "beneficiary"),
+            "period_start": start, "period_end": end, "payor_ref": c.ref(payor, "payor[0]") if payor else None,
+            "payor_display": payor.get("display"), "type_system": ts, "type_code": tc, "type_text": tt,
+            "relationship_code": _code(r.get("relationship"))}
+
+
 EXTRACT = {"Patient": _patient, "Encounter": _encounter, "Condition": _condition, "Observation": _observation,
            "MedicationRequest": _medication_request, "MedicationAdministration": _medication_event,
            "MedicationDispense": _medication_event, "MedicationStatement": _medication_event,
            "Medication": _medication, "Procedure": _procedure, "AllergyIntolerance": _allergy,
            "Immunization": _immunization, "DocumentReference": _document, "DiagnosticReport": _report,
            "Practitioner": _practitioner, "PractitionerRole": _practitioner_role, "Organization": _organization,
-           "Location": _location}
+           "Location": _location, "Device": _device, "Specimen": _specimen, "Coverage": _coverage}
 SUBJECT_KEYS = ("subject", "patient", "beneficiary")
 _BAD_ID = re.compile(r"[\s/]")
 # Top-level CodeableConcept elements whose codings go to stg_fhir_coding (other types: every top-level one).
@@ -695,7 +732,7 @@ CODED = {
     "DocumentReference": ("type", "category", "securityLabel"), "DiagnosticReport": ("category", "code",
                                                                                       "conclusionCode"),
     "Practitioner": (), "PractitionerRole": ("code", "specialty"), "Organization": ("type",),
-    "Location": ("type", "physicalType"),
+    "Location": ("type", "physicalType"), "Device": ("type",), "Specimen": ("type",), "Coverage": ("type",),
 }
 
 

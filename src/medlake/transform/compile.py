@@ -110,7 +110,15 @@ DOMAIN_COLUMNS = {
         "device_exposure_end_date": "e.end_date", "device_exposure_end_datetime": "e.end_datetime",
         "device_type_concept_id": "e.type_concept_id", "quantity": "CAST(e.quantity AS INTEGER)",
         "device_source_value": "e.source_value", "device_source_concept_id": "e.source_concept_id",
-        "unit_concept_id": "e.unit_concept_id", "unit_source_value": "e.unit_source_value", **_COMMON},
+        "unit_concept_id": "e.unit_concept_id", "unit_source_value": "e.unit_source_value",
+        "unique_device_id": "CASE WHEN e.rule = 'fhir.device' THEN e.value_source_value END",  # UDI device id
+        "production_id": "e.lot_number", **_COMMON},
+    "specimen": {  # the anatomic site is the event's coded value
+        "specimen_id": "e.row_id", "person_id": "e.person_id", "specimen_concept_id": "e.concept_id",
+        "specimen_type_concept_id": "e.type_concept_id", "specimen_date": "e.start_date",
+        "specimen_datetime": "e.start_datetime", "quantity": "e.quantity", "unit_concept_id": "e.unit_concept_id",
+        "anatomic_site_concept_id": "e.value_as_concept_id", "specimen_source_value": "e.source_value",
+        "unit_source_value": "e.unit_source_value", "anatomic_site_source_value": "e.value_source_value"},
 }
 
 

@@ -31,6 +31,10 @@ CDM = model.load("5.4")
 CLINICAL = [t.name for t in CDM.tables if t.schema == "CDM"]
 REF_TABLES = {"Patient": "person", "Encounter": "visit_occurrence", "Practitioner": "provider",
               "PractitionerRole": "provider", "Organization": "care_site", "Location": "care_site"}
+# `ref:<id>` in a column is the id our mapping gave that resource *in the table the column points to* (a Location is
+# both a CARE_SITE and a LOCATION row)
+REF_COLUMNS = {"person_id": "person", "visit_occurrence_id": "visit_occurrence", "provider_id": "provider",
+               "care_site_id": "care_site", "location_id": "location"}
 
 
 @dataclass
@@ -93,7 +97,8 @@ def _match(exp: dict, got: dict, refs: dict, binds: dict, pk: str) -> list[str]:
             continue
         have = _norm(got.get(col))
         if isinstance(want, str) and want.startswith("ref:"):
-            want = refs.get(want[4:], f"<no row for {want[4:]}>")
+            rid = want[4:]
+            want = refs.get((REF_COLUMNS.get(col), rid), refs.get(rid, f"<no row for {rid}>"))
         elif isinstance(want, str) and want.startswith("id:"):
             if want in binds and binds[want] != have:
                 bad.append(f"{col}={have!r} (bound {want} = {binds[want]!r})")
@@ -121,14 +126,22 @@ def run_variant(engine, fixtures: list, case: dict, targets: list[str]) -> list[
     refs = {}
     kinds = {"Patient": "", "Encounter": "visit_occurrence|", "Practitioner": "provider|",
              "PractitionerRole": "provider|", "Organization": "care_site|"}
+    def sid(key: str) -> int:
+        return int(hashlib.md5(key.encode()).hexdigest()[:15], 16)
     for res in [*fixtures, *case.get("fhir", [])]:  # an FK is the referenced resource's id even without its row
         if res.get("resourceType") in kinds:
-            key = f"{kinds[res['resourceType']]}{SOURCE}|{res['resourceType']}/{res.get('id')}"
-            refs[res.get("id")] = int(hashlib.md5(key.encode()).hexdigest()[:15], 16)
+            refs[res.get("id")] = sid(f"{kinds[res['resourceType']]}{SOURCE}|{res['resourceType']}/{res.get('id')}")
+        for col in ("patient", "subject", "beneficiary"):  # a patient named only by reference (no Patient resource)
+            ref = (res.get(col) or {}).get("reference") if isinstance(res.get(col), dict) else None
+            if isinstance(ref, str) and ref.startswith(("Patient/", "urn:uuid:")):
+                pid = ref.split("/", 1)[1] if ref.startswith("Patient/") else ref[len("urn:uuid:"):]
+                refs.setdefault(("person", pid), sid(f"{SOURCE}|Patient/{pid}"))
     for r in engine.query("SELECT cdm_table, row_id, record_key FROM cdm_lineage").to_pylist():
         rtype, _, rid = (r["record_key"] or "").partition("/")
         if REF_TABLES.get(rtype) == r["cdm_table"]:
             refs[rid] = r["row_id"]
+        if rtype:
+            refs[(r["cdm_table"], rid)] = r["row_id"]
     problems = []
     expected = case.get("omop") or {}
     for t in targets:

@@ -92,6 +92,9 @@ CONDITION_CATEGORY = {"encounter-diagnosis": EHR_ENCOUNTER, "problem-list-item":
 VERIFICATION = {"confirmed": 32893, "provisional": 32899}
 # FHIR organization-type (http://terminology.hl7.org/CodeSystem/organization-type) → place of service
 ORGANIZATION_TYPE = {"prov": 8940, "dept": 4318944, "govt": 4195901, "team": 4217012}
+# ISO 3166 country (alpha-2/alpha-3) → OMOP Geography concept; a site adds its own (unlisted: 0)
+COUNTRY = {"US": 4330442, "USA": 4330442}
+SNOMED_URI = "http://snomed.info/sct"
 LANGUAGE = {"zh": 4182948, "zh-CN": 4182948, "en": 4180186, "en-US": 4180186}
 
 # -- rule kinds ----------------------------------------------------------------------------------------------------
@@ -171,8 +174,9 @@ FHIR_PATIENT = "s.subject_ref"
 # A CodeableConcept can carry several codings (staged in stg_fhir_coding): the event uses the first one that maps
 # to a standard concept, preferring the domain's standard vocabularies; without one, the first coding.
 _PREFER = {"Condition": ("SNOMED",), "Observation": ("LOINC", "SNOMED"), "Procedure": ("SNOMED",),
+           "DiagnosticReport": ("LOINC", "SNOMED"), "Device": ("SNOMED",), "Specimen": ("SNOMED",),
            "Immunization": ("CVX", "RxNorm"), "AllergyIntolerance": ("SNOMED", "RxNorm")}
-_ELEMENT = {"Immunization": "vaccineCode", "AllergyIntolerance": "code"}
+_ELEMENT = {"Immunization": "vaccineCode", "AllergyIntolerance": "code", "Device": "type", "Specimen": "type"}
 
 
 def _fhir(rtype: str, **kw) -> dict:
@@ -287,6 +291,36 @@ FHIR_EVENTS = [
               where="COALESCE(s.verification_status, 'confirmed') NOT IN ('refuted', 'entered-in-error')",
               values={"value_source_value": "s.reaction_code"},
               **_fhir("AllergyIntolerance", subject="s.patient_ref")),
+    # The report's own code, when it is a clinical fact (a panel → MEASUREMENT, a questionnaire → OBSERVATION …);
+    # a document-type code (Note domain) is only the NOTE below. Its results are its Observations, mapped as such.
+    EventRule(name="fhir.diagnostic_report", staging="stg_fhir_diagnostic_report", default_table="measurement",
+              start="COALESCE(s.effective_at, s.issued)", code=_FHIR_CODE, source_value=_FHIR_SRC,
+              visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
+              type_concept=f"CASE WHEN c.domain_id = 'Measurement' THEN {LAB} ELSE {EHR} END",
+              where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered', 'unknown') "
+                    "AND c.domain_id IN ('Measurement', 'Observation', 'Condition', 'Procedure')",
+              values={"value_source_value": "CASE WHEN c.domain_id = 'Observation' THEN "
+                                            "left(COALESCE(s.code_text, s.code_display), 50) END"},
+              **_fhir("DiagnosticReport")),
+    # R4 Device has no use period: the exposure runs from manufactureDate to expirationDate (as the IG does).
+    # Device.patient can only be a Patient, so an unresolved urn:uuid reference names the Patient's id.
+    EventRule(name="fhir.device", staging="stg_fhir_device", default_table="device_exposure",
+              start="s.manufacture_date", end="s.expiration_date", code=_FHIR_CODE, source_value=_FHIR_SRC,
+              where="COALESCE(s.status, 'active') IN ('active', 'inactive')",
+              values={"value_source_value": "s.udi_device_identifier", "lot_number": "s.lot_number"},
+              **{**_fhir("Device", subject="s.patient_ref"),
+                 "person": "CASE WHEN s.patient_ref LIKE 'urn:uuid:%' THEN substr(s.patient_ref, 10) ELSE "
+                           + ref_id("s.patient_ref", "Patient") + " END",
+                 "person_ref": "CASE WHEN s.patient_ref LIKE 'urn:uuid:%' THEN 'Patient/' || substr(s.patient_ref, 10) "
+                               "ELSE " + fhir_ref("s.patient_ref", "Patient") + " END"}),
+    EventRule(name="fhir.specimen", staging="stg_fhir_specimen", default_table="specimen", routed=False,
+              start="s.collected_at", code=_FHIR_CODE, source_value=_FHIR_SRC, type_concept=LAB,
+              where="COALESCE(s.status, 'available') <> 'entered-in-error'",
+              unit=Code("'http://unitsofmeasure.org'", "s.quantity_unit"),
+              value_code=Code("s.body_site_system", "s.body_site_code"),  # the anatomic site
+              values={"quantity": "s.quantity_value", "unit_source_value": "s.quantity_unit",
+                      "value_source_value": "s.body_site_code"},
+              **_fhir("Specimen")),
 ]
 
 FHIR_TABLES = [
@@ -328,6 +362,48 @@ FHIR_TABLES = [
                   "note_source_value": "left(COALESCE(s.code_display, s.code), 50)",
               }, **_fhir("DocumentReference", codings=None)),
 ]
+# A FHIR Location is a CARE_SITE (as the IG does) with its facility address as a LOCATION row; a patient's residence
+# (type PTRES) gives no LOCATION (addresses of persons stay out of the CDM).
+LOCATION_ID = "stable_id('location|' || COALESCE(ns.namespace, s.source) || '|Location/' || s.resource_id)"
+_NOT_HOME = "COALESCE(s.type_code, '') <> 'PTRES'"
+FHIR_TABLES += [
+    TableRule(name="fhir.location_care_site", staging="stg_fhir_location", table="care_site", id="{care_site}",
+              columns={"care_site_name": "left(s.name, 255)", "place_of_service_concept_id": "{concept}",
+                       "location_id": f"CASE WHEN {_NOT_HOME} THEN {LOCATION_ID} END",
+                       "care_site_source_value": "left(s.resource_id, 50)",
+                       "place_of_service_source_value": "s.type_code"},
+              key="'Location/' || s.resource_id", message_id="'Location/' || s.resource_id"),
+    TableRule(name="fhir.location", staging="stg_fhir_location", table="location", id=LOCATION_ID, where=_NOT_HOME,
+              columns={"address_1": "left(s.address_line, 50)", "city": "left(s.address_city, 50)",
+                       "state": "CASE WHEN length(s.address_state) <= 2 THEN s.address_state END",
+                       "zip": "left(s.address_postal_code, 9)",
+                       "country_concept_id": f"COALESCE({case('upper(s.address_country)', COUNTRY)}, 0)",
+                       "country_source_value": "s.address_country", "latitude": "s.latitude",
+                       "longitude": "s.longitude"},
+              key="'Location/' || s.resource_id", message_id="'Location/' || s.resource_id"),
+    TableRule(name="fhir.coverage", staging="stg_fhir_coverage", table="payer_plan_period", id="{row_id}",
+              where="COALESCE(s.status, 'active') NOT IN ('entered-in-error', 'cancelled', 'draft')",
+              columns={"payer_plan_period_start_date": "CAST(s.period_start AS DATE)",
+                       "payer_plan_period_end_date": "CAST(s.period_end AS DATE)", "payer_concept_id": "0",
+                       # the payor's name only when it is an organization (a self-paying person's name is not)
+                       "payer_source_value": "CASE WHEN s.payor_ref IS NULL OR s.payor_ref LIKE 'Organization/%' "
+                                             "THEN left(s.payor_display, 50) END",
+                       "plan_concept_id": "0", "plan_source_value": "left(COALESCE(s.type_text, s.type_code), 50)",
+                       "sponsor_concept_id": "0", "stop_reason_concept_id": "0"},
+              **_fhir("Coverage", subject="s.beneficiary_ref", codings=None)),
+    TableRule(name="fhir.diagnostic_report_note", staging="stg_fhir_diagnostic_report", table="note",
+              where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered', 'unknown')",
+              id="{row_id}", columns={
+                  "note_date": "CAST(COALESCE(s.effective_at, s.issued) AS DATE)",
+                  "note_datetime": "COALESCE(s.effective_at, s.issued)", "note_type_concept_id": str(EHR),
+                  "note_class_concept_id": "CASE WHEN c.domain_id = 'Note' THEN c.concept_id ELSE 0 END",
+                  "note_title": "left(COALESCE(s.code_text, s.code_display), 250)",
+                  "note_text": "COALESCE(s.text, s.conclusion, s.code_text, s.code_display, '')",
+                  "encoding_concept_id": "32678", "language_concept_id": "0",
+                  "provider_id": "{provider}", "visit_occurrence_id": "{visit}",
+                  "note_source_value": "left(s.code, 50)",
+              }, **_fhir("DiagnosticReport", codings=None)),
+]
 # The TableRule placeholders {visit}, {provider}, {care_site}, {concept} and {row_id} are filled by the compiler
 # from these per-rule expressions (keys in the source's namespace).
 TABLE_KEYS = {
@@ -341,6 +417,10 @@ TABLE_KEYS = {
     "fhir.document_reference": dict(visit=_ENC, visit_if=_ENC_VISIT,
                                     provider=_PROVIDER.format(c="s.author_ref"),
                                     concept=Code("s.code_system", "s.code")),
+    "fhir.location_care_site": dict(care_site="'Location/' || s.resource_id",
+                                    concept=Code("s.type_system", "s.type_code")),
+    "fhir.diagnostic_report_note": dict(visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
+                                        concept=Code("s.code_system", "s.code")),
 }
 
 FHIR_PERSONS = [
