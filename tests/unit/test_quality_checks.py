@@ -381,14 +381,15 @@ def test_catalog_lab_ids_are_the_ones_dqd_lists_under_the_same_loinc_name():
 
 # -- source-level checks ----------------------------------------------------------------------------------------
 
-def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(tmp_path):
+def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(engine, tmp_path):
+    """On DuckDB, PostgreSQL and Spark (the `engine` fixture): the same counts."""
     from medlake.landing import Landing
     from medlake.landing.quarantine import Quarantine
     from medlake.quality.feeds import run_sources
     from medlake.quality.runner import result
     from medlake.sources.records import Loc, Rejected
 
-    eng = open_engine("duckdb::memory:")
+    eng = engine
     store.init(eng, "5.4")
     eng.execute("INSERT INTO concept VALUES (3004410, 'HbA1c', 'Measurement', 'LOINC', 'Lab Test', 'S', '4548-4', "
                 "DATE '1970-01-01', DATE '2099-12-31', NULL), (2000000001, 'local', 'Measurement', 'L', 'Lab Test', "
@@ -432,4 +433,3 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     assert len({x["check_id"] for x in got.values()}) == len(got)
     html = "".join(report._sources(list(got.values())))
     assert "By source (2)" in html and "75.00% <small>(3 of 4)</small>" in html  # lis: rows without a standard concept
-    eng.close()

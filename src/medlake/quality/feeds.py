@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import tomllib
 from contextlib import closing
+from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -118,6 +119,7 @@ def source_check(name: str, table: str, field: str | None, src: str) -> Check:
 
 
 def _counted(result, name, table, field, src, violated, denominator, examples=(), example_field=None) -> dict:
+    violated, denominator = (int(Decimal(str(x or 0))) for x in (violated, denominator))  # PostgreSQL: numeric
     r = result(source_check(name, table, field, src), "counted", violated, denominator)
     r["check_id"] = "_".join(["source", name.lower(), src, table] + ([field] if field else []))
     r["data_source"] = src
