@@ -267,11 +267,12 @@ def main() -> None:
            "(the same number, the other unit). Below 1.0 the two units' ranges overlap and a wrong label on those "
            "values is physiologically possible: no range check can see it (urea nitrogen mmol/L vs mg/dL, CRP mg/L "
            "vs mg/dL, magnesium, bilirubin in part).\n",
-           "| concept | unit | labelled as | results | outside the range | share |", "|---|---|---|---:|---:|---:|"]
+           ]
     n_all = sum(x["results"] for x in detectable)
     if n_all:
         md.append(f"Over all these results: {sum(x['outside_range'] for x in detectable) / n_all:.2f} would be seen "
                   "— the recall to expect for wrong units on a large sample with the simulator's lab mix.\n")
+    md += ["| concept | unit | labelled as | results | outside the range | share |", "|---|---|---|---:|---:|---:|"]
     for x in detectable:
         md.append(f"| {x['concept']} | {x['unit']} | {x['labelled']} | {x['results']} | {x['outside_range']} | "
                   f"{x['share']:.2f} |")
