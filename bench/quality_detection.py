@@ -35,6 +35,7 @@ from medlake.landing.quarantine import Quarantine  # noqa: E402
 from medlake.quality import runner  # noqa: E402
 from medlake.quality.checks import checks as dqd_checks  # noqa: E402
 from medlake.quality.checks import plausible_values  # noqa: E402
+from medlake.quality.feeds import odd_unit_rows  # noqa: E402
 from medlake.simulate import simulate  # noqa: E402
 from medlake.sources import config as source_config  # noqa: E402
 from medlake.transform.run import transform  # noqa: E402
@@ -42,7 +43,7 @@ from medlake.transform.run import transform  # noqa: E402
 # defect class -> the checks meant to see it in the CDM ("name" or "name:field")
 EXPECTED = {
     "impossible_value": ("plausibleValueLow", "plausibleValueHigh"),
-    "wrong_unit": ("plausibleValueLow", "plausibleValueHigh", "plausibleUnitConceptIds"),
+    "wrong_unit": ("plausibleValueLow", "plausibleValueHigh", "plausibleUnitConceptIds", "sourceUnitConsistency"),
     "missing_unit": ("plausibleUnitConceptIds", "measureValueCompleteness:unit_concept_id",
                      "measureValueCompleteness:unit_source_value", "standardConceptRecordCompleteness:unit_concept_id"),
     "future_date": ("plausibleValueHigh", "plausibleStartBeforeEnd", "plausibleTemporalAfter", "plausibleBeforeDeath"),
@@ -91,6 +92,11 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
         for cid, rows in r.violating_rows(table).items():
             for rid in rows:
                 flagged[(table, rid)].add((by_id[cid].name, by_id[cid].field, status.get(cid), by_id[cid].source))
+    unit_status = {x["data_source"]: x["status"] for x in run.results if x["check_name"] == "sourceUnitConsistency"}
+    for src, ids in odd_unit_rows(eng).items():  # the one source-level check with rows in the CDM
+        for rid in ids:
+            flagged[("measurement", str(rid))].add(("sourceUnitConsistency", "unit_concept_id", unit_status.get(src),
+                                                    "medlake"))
     per = collections.defaultdict(lambda: collections.Counter())
     missed = collections.defaultdict(list)
     for d in jsonl(work / "out" / "ground_truth" / "defects.jsonl"):

@@ -385,7 +385,7 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     """On DuckDB, PostgreSQL and Spark (the `engine` fixture): the same counts."""
     from medlake.landing import Landing
     from medlake.landing.quarantine import Quarantine
-    from medlake.quality.feeds import run_sources
+    from medlake.quality.feeds import odd_unit_rows, run_sources
     from medlake.quality.runner import result
     from medlake.sources.records import Loc, Rejected
 
@@ -404,6 +404,13 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     eng.execute("INSERT INTO cdm_lineage VALUES ('measurement', 1, 'lis', 'LIS', 'A1C', 3004410), "
                 "('measurement', 2, 'lis', 'LIS', 'X1', 2000000001), ('measurement', 3, 'lis', 'LIS', 'Q', 0), "
                 "('measurement', 4, 'lis', 'LIS', 'Q', NULL), ('person', 5, 'his', NULL, NULL, NULL)")
+    # unit consistency: lis sends HbA1c in percent (20 results) and once in mg/dL (a label from elsewhere)
+    eng.execute("INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date, "
+                "measurement_type_concept_id, value_as_number, unit_concept_id) VALUES "
+                + ", ".join(f"({100 + i}, 1, 3004410, DATE '2024-01-01', 32817, 6.5, {8840 if i == 20 else 8554})"
+                            for i in range(21)))
+    eng.execute("INSERT INTO cdm_lineage VALUES " + ", ".join(f"('measurement', {100 + i}, 'lis', 'LIS', 'A1C', 3004410)"
+                                                             for i in range(21)))
     eng.execute("CREATE TABLE ingest_log (source VARCHAR, records BIGINT, quarantined BIGINT)")
     eng.execute("INSERT INTO ingest_log VALUES ('lis', 3, 1), ('his', 1, 0)")
     land, quar = Landing(tmp_path / "landing"), Quarantine(tmp_path / "landing")
@@ -428,8 +435,10 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     assert counts[("sourceQuarantined", "lis", "quarantine", None)] == (1, 4, "failed")
     assert got[("sourceQuarantined", "lis", "quarantine", None)]["examples"] == ["missing_mandatory: 1"]
     # mapping coverage: a local non-standard concept, 0 and NULL are not standard; rows without a code don't count
-    assert counts[("sourceMappingCoverage", "lis", "measurement", None)] == (3, 4, "failed")
+    assert counts[("sourceMappingCoverage", "lis", "measurement", None)] == (3, 25, "failed")
+    assert counts[("sourceUnitConsistency", "lis", "measurement", "unit_concept_id")] == (1, 21, "failed")
+    assert odd_unit_rows(eng) == {"lis": [120]}
     assert ("sourceMappingCoverage", "his", "person", None) not in counts
     assert len({x["check_id"] for x in got.values()}) == len(got)
     html = "".join(report._sources(list(got.values())))
-    assert "By source (2)" in html and "75.00% <small>(3 of 4)</small>" in html  # lis: rows without a standard concept
+    assert "By source (2)" in html and "12.00% <small>(3 of 25)</small>" in html  # lis: rows without a standard concept

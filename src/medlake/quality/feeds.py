@@ -24,7 +24,7 @@ from pathlib import Path
 
 from medlake import config
 from medlake.quality.checks import Check
-from medlake.quality.compile import q
+from medlake.quality.compile import lit, q
 
 TYPES = {
     "feedTimeliness": ("Plausibility", "Temporal", "Validation",
@@ -101,7 +101,13 @@ SOURCE_TYPES = {
     "sourceMappingCoverage": (
         "Completeness", "Mapping", "Verification", 5.0,
         "Rows of @table from source @source whose source code is not mapped to a standard, valid concept."),
+    "sourceUnitConsistency": (
+        "Plausibility", "Atemporal", "Validation", 0.0,
+        "Numeric results from source @source in a unit other than the one the source uses for at least "
+        "95% of that measurement's results (a label from another unit system, or a unit switch)."),
 }
+
+UNIT_DOMINANT = 0.95  # a source's usual unit for a measurement: at least this share of its results
 
 
 @cache
@@ -168,6 +174,15 @@ def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[d
                 out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
                                     r["n"] or 0, examples.get(r["s"], ()), key[0]))
     out += _landing_checks(engine, result, tables, landing_dir)
+    if {"cdm_lineage", "measurement"} <= tables:
+        rows, odd = _unit_counts(engine)
+        examples: dict[str, list[str]] = {}
+        for (src, cid, unit), n in sorted(odd.items()):
+            examples.setdefault(src, []).append(f"concept {cid} in unit {unit} ({n})")
+        for src in sorted(rows):
+            out.append(_counted(result, "sourceUnitConsistency", "measurement", "unit_concept_id", src,
+                                sum(n for (s, *_), n in odd.items() if s == src), rows[src],
+                                examples.get(src, ()), "concept in unit (rows)"))
     if "cdm_lineage" in tables and "concept" in tables:
         bad = ("c.concept_id IS NULL OR l.concept_id = 0 OR coalesce(c.standard_concept, '') <> 'S' "
                "OR c.invalid_reason IS NOT NULL")
@@ -184,6 +199,43 @@ def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[d
                               f"count(*) AS d {base} GROUP BY 1, 2 ORDER BY 1, 2").to_pylist():
             out.append(_counted(result, "sourceMappingCoverage", r["t"], None, r["s"], r["v"] or 0, r["d"],
                                 examples.get((r["s"], r["t"]), ()), "code (rows)"))
+    return out
+
+
+_UNITS = ("SELECT l.source AS s, m.measurement_concept_id AS c, m.unit_concept_id AS u, count(*) AS n "
+          "FROM measurement AS m JOIN cdm_lineage AS l ON l.cdm_table = 'measurement' AND l.row_id = m.measurement_id "
+          "WHERE m.value_as_number IS NOT NULL AND m.unit_concept_id IS NOT NULL AND m.unit_concept_id <> 0 "
+          "AND l.source IS NOT NULL GROUP BY 1, 2, 3")
+
+
+def _unit_counts(engine) -> tuple[dict[str, int], dict[tuple, int]]:
+    """(numeric results with a unit per source, {(source, concept, unit): rows} for units off the source's usual
+    one: a unit other than one holding >= UNIT_DOMINANT of the source's results of that concept)."""
+    per: dict[tuple, dict[int, int]] = {}
+    for r in engine.query(_UNITS).to_pylist():
+        per.setdefault((r["s"], r["c"]), {})[r["u"]] = int(r["n"])
+    rows: dict[str, int] = {}
+    odd: dict[tuple, int] = {}
+    for (src, cid), units in per.items():
+        total = sum(units.values())
+        rows[src] = rows.get(src, 0) + total
+        usual = max(units, key=units.get)
+        if len(units) > 1 and units[usual] >= UNIT_DOMINANT * total:
+            odd.update({(src, cid, u): n for u, n in units.items() if u != usual})
+    return rows, odd
+
+
+def odd_unit_rows(engine) -> dict[str, list[int]]:
+    """Every measurement row `sourceUnitConsistency` counts, per source (for tracing)."""
+    _, odd = _unit_counts(engine)
+    out: dict[str, list[int]] = {}
+    for src, cid, unit in odd:
+        for r in engine.query(
+                "SELECT m.measurement_id AS id FROM measurement AS m JOIN cdm_lineage AS l ON l.cdm_table = "
+                f"'measurement' AND l.row_id = m.measurement_id WHERE l.source = {lit(src)} AND "
+                f"m.measurement_concept_id = {int(cid)} AND m.unit_concept_id = {int(unit)} "
+                "AND m.value_as_number IS NOT NULL").to_pylist():
+            out.setdefault(src, []).append(r["id"])
     return out
 
 

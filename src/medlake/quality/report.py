@@ -144,7 +144,8 @@ def _sources(results: list[dict]) -> list[str]:
 
     names = [("sourceMandatoryCompleteness", "missing mandatory fields"), ("sourceDuplicateRecords", "duplicate records"),
              ("sourceDuplicateReceipts", "duplicate receipts"), ("sourceQuarantined", "quarantined (open)"),
-             ("sourceMappingCoverage", "rows without a standard concept")]
+             ("sourceMappingCoverage", "rows without a standard concept"),
+             ("sourceUnitConsistency", "results in an unusual unit")]
     head = "".join(f"<th>{escape(label)}</th>" for _, label in names)
     rows = "".join(
         f"<tr><td><b>{escape(src)}</b></td><td class='num failed'>{sum(r['status'] == 'failed' for r in rs)}</td>"
