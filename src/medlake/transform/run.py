@@ -31,6 +31,8 @@ PROTECTED = ("person", "death")  # rebuilt per touched person, not per record ke
 
 # What the last run applied, so the next one can see what changed since (medlake's own tables, beside the CDM).
 APPLIED = {
+    "transform_applied_code_system": ("system VARCHAR, vocabulary_id VARCHAR",
+                                      "SELECT DISTINCT system, vocabulary_id FROM medlake_code_system"),
     "transform_applied_mapping": ("source_vocabulary_id VARCHAR, source_code VARCHAR, target_concept_id INTEGER, "
                                   "source_concept_id INTEGER",
                                   "SELECT DISTINCT source_vocabulary_id, source_code, target_concept_id, "
@@ -40,7 +42,9 @@ APPLIED = {
 }
 CHANGES = {"tx_remap_code": "vocabulary_id VARCHAR, code VARCHAR",  # codes whose site mapping changed
            "tx_remap_identity": "source VARCHAR, source_id VARCHAR",  # source patients whose EMPI person changed
-           "tx_old": "cdm_table VARCHAR, row_id BIGINT, person_id BIGINT, source_key VARCHAR"}  # rows replaced
+           "tx_replaced": "cdm_table VARCHAR, row_id BIGINT, person_id BIGINT, source_key VARCHAR, "  # rows replaced
+                          "code VARCHAR, concept_id INTEGER",
+           "tx_gap_code": "code VARCHAR"}  # codes whose gap counts may have changed
 # Record keys mapped without writing a CDM row (filtered, skipped): with the lineage, the keys seen before.
 QUIET = {"transform_quiet_key": "source_key VARCHAR"}
 CODING_WORK = "tx_stg_coding"
@@ -162,17 +166,18 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
 
         # replace: old rows of the delta keys go (their persons are touched)
         step("removing replaced rows")
-        engine.execute("INSERT INTO tx_old SELECT cdm_table, row_id, person_id, source_key FROM cdm_lineage "
+        engine.execute("INSERT INTO tx_replaced SELECT cdm_table, row_id, person_id, source_key, code, concept_id "
+                       "FROM cdm_lineage "
                        "WHERE source_key IN (SELECT source_key FROM tx_delta)")
-        engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM tx_old WHERE person_id IS NOT NULL")
+        engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM tx_replaced WHERE person_id IS NOT NULL")
         old = {x["cdm_table"]: x["n"] for x in engine.query(
-            "SELECT cdm_table, count(*) AS n FROM tx_old GROUP BY cdm_table").to_pylist()
+            "SELECT cdm_table, count(*) AS n FROM tx_replaced GROUP BY cdm_table").to_pylist()
             if x["cdm_table"] not in PROTECTED}
         deleted = sum(old.values())
         for t in sorted(old):
-            engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM tx_old WHERE cdm_table = '{t}')")
+            engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM tx_replaced WHERE cdm_table = '{t}')")
         if deleted:
-            engine.execute("DELETE FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_old) "
+            engine.execute("DELETE FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_replaced) "
                            f"AND cdm_table NOT IN {PROTECTED}")
         narrowed = {}
         if not full and seen and engine.name in ("duckdb", "postgres"):
@@ -237,12 +242,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         step("recording the run")
         engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
         engine.execute("INSERT INTO transform_watermark SELECT source, receipt_seq FROM tx_mark")
-        engine.execute("DELETE FROM transform_gap")
-        engine.execute("""INSERT INTO transform_gap
-SELECT l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system), count(*)
-FROM cdm_lineage l LEFT JOIN medlake_code_system cs ON cs.system = l.code_system
-WHERE l.concept_id = 0 AND l.code IS NOT NULL
-GROUP BY l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system)""")
+        _gaps(engine, run_id, everything=full or not only_new)
         written = {x["cdm_table"]: x["n"] for x in engine.query(
             f"SELECT cdm_table, count(DISTINCT row_id) AS n FROM cdm_lineage WHERE run_id = {run_id} "
             "GROUP BY cdm_table").to_pylist()}
@@ -256,6 +256,23 @@ GROUP BY l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.c
         gaps = _count(engine, "SELECT count(*) FROM transform_gap")
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
                       time.perf_counter() - t0)
+
+
+def _gaps(engine: Engine, run_id: int, everything: bool) -> None:
+    """The mapping-gap table (unmapped codes counted per source, rule and code, over the whole store): recounted for
+    the codes of the rows this run wrote or replaced, or for everything after a full run or a mapping change."""
+    where = ""
+    if not everything:
+        engine.execute("INSERT INTO tx_gap_code SELECT DISTINCT code FROM tx_replaced WHERE concept_id = 0 AND code IS "
+                       f"NOT NULL UNION SELECT code FROM cdm_lineage WHERE run_id = {run_id} AND concept_id = 0 "
+                       "AND code IS NOT NULL")
+        where = " AND l.code IN (SELECT code FROM tx_gap_code)"
+    engine.execute("DELETE FROM transform_gap" + (" WHERE code IN (SELECT code FROM tx_gap_code)" if where else ""))
+    engine.execute(f"""INSERT INTO transform_gap
+SELECT l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system), count(*)
+FROM cdm_lineage l LEFT JOIN medlake_code_system cs ON cs.system = l.code_system
+WHERE l.concept_id = 0 AND l.code IS NOT NULL{where}
+GROUP BY l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system)""")
 
 
 def _pk(table: str) -> str:
@@ -286,6 +303,10 @@ def _merges(engine: Engine, tables: set[str]) -> None:
     engine.execute("INSERT INTO tx_merge " + " UNION ALL ".join(parts))
     changed = ("SELECT n.namespace, n.prior_ref FROM tx_merge n LEFT JOIN transform_merge o ON o.namespace = "
                "n.namespace AND o.prior_ref = n.prior_ref WHERE o.survivor_ref IS NULL OR o.survivor_ref <> n.survivor_ref")
+    gone = ("SELECT count(*) FROM transform_merge o LEFT JOIN tx_merge n ON n.namespace = o.namespace "
+            "AND n.prior_ref = o.prior_ref WHERE n.prior_ref IS NULL")
+    if not _count(engine, f"SELECT count(*) FROM ({changed}) AS x") and not _count(engine, gone):
+        return  # no link is new, changed or gone
     engine.execute(f"""INSERT INTO tx_delta
 SELECT DISTINCT l.rule, l.source_key FROM cdm_lineage l
 WHERE l.cdm_table NOT IN {PROTECTED} AND l.person_id IN (
@@ -310,7 +331,7 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) ->
     if floor is not None and history:
         old_rules = {x["rule"] for x in engine.query(
             "SELECT DISTINCT rule FROM tx_delta WHERE rule IN (" + ", ".join(f"'{x}'" for x in history) + ") AND ("
-            "source_key IN (SELECT source_key FROM tx_old) OR source_key IN (SELECT source_key FROM "
+            "source_key IN (SELECT source_key FROM tx_replaced) OR source_key IN (SELECT source_key FROM "
             "transform_quiet_key))").to_pylist()}
 
     def above(alias: str, names) -> str:
@@ -355,19 +376,26 @@ def _codings(sql: str, narrowed: dict) -> str:
 def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> None:
     """Records to map again because what the last run applied has changed since: a site mapping in
     SOURCE_TO_CONCEPT_MAP (`medlake map accept|reject|import|auto-accept`, or edited by hand) re-maps the records
-    carrying that code (as code, unit, value or any FHIR coding); a changed `empi_person_map` (a new EMPI run, a merge
-    or unmerge) re-maps the records of the source patients whose person changed. Their old and new persons are
-    touched through the lineage, so PERSON, DEATH and the derived tables are rebuilt for both."""
+    carrying that code (as code, unit, value or any FHIR coding), as does a code system now read as another
+    vocabulary for the site codes of both; a changed `empi_person_map` (a new EMPI run, a merge or unmerge) re-maps
+    the records of the source patients whose person changed. Their old and new persons are touched through the
+    lineage, so PERSON, DEATH and the derived tables are rebuilt for both."""
     for name, (_, now) in APPLIED.items():
         if name == "transform_applied_identity" and "empi_person_map" not in tables:
             continue
         cols = now.split("SELECT DISTINCT ")[1].split(" FROM ")[0]
-        key = ", ".join(cols.split(", ")[:2])
-        work = "tx_remap_code" if name == "transform_applied_mapping" else "tx_remap_identity"
-        if not full:
-            engine.execute(f"INSERT INTO {work} SELECT DISTINCT {key} FROM ("
-                           f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
-                           f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b) AS d")
+        diff = (f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
+                f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b")
+        if full:
+            pass
+        elif name == "transform_applied_code_system":
+            if not _count(engine, f"SELECT count(*) FROM ({diff}) AS d"):
+                continue
+            engine.execute("INSERT INTO tx_remap_code SELECT DISTINCT source_vocabulary_id, source_code FROM "
+                           f"source_to_concept_map WHERE source_vocabulary_id IN (SELECT vocabulary_id FROM ({diff}) AS d)")
+        else:
+            work = "tx_remap_identity" if name == "transform_applied_identity" else "tx_remap_code"
+            engine.execute(f"INSERT INTO {work} SELECT DISTINCT {', '.join(cols.split(', ')[:2])} FROM ({diff}) AS d")
             if not _count(engine, f"SELECT count(*) FROM {work}"):
                 continue
             for rule in rules:
