@@ -4,8 +4,9 @@ An accepted mapping is a valid SOURCE_TO_CONCEPT_MAP row (source_concept_id 0, v
 is a row with target_concept_id 0 (reviewed: no standard concept exists). Each decision is also appended to
 `mapping_decision` with who and when (and how: cli, import, auto), since the CDM table has no such columns.
 A later decision for the same code replaces its SOURCE_TO_CONCEPT_MAP row; the history stays.
-The transform reads SOURCE_TO_CONCEPT_MAP; `changed_since(engine, when)` names the codes whose mapping changed,
-so only their rows need recomputing.
+The transform reads SOURCE_TO_CONCEPT_MAP and, on its next plain run, re-maps only the records whose code's mapping
+changed since its last run (it keeps what it applied); `changed_since(engine, when)` names the codes decided after
+a time.
 """
 from __future__ import annotations
 
