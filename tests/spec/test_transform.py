@@ -292,3 +292,84 @@ def test_visit_detail_from_transfers(engine):
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == [(6,)]
     assert rows(engine, "SELECT message_id FROM cdm_lineage WHERE row_id = " + str(w3)) == [("A6",)]
     assert transform(engine, namespaces=NS).run_id is None  # nothing new: nothing changes
+
+
+def test_location_device_specimen_coverage_report(engine):
+    """FHIR Location → CARE_SITE + LOCATION (facility address only), Device → DEVICE_EXPOSURE, Specimen → SPECIMEN,
+    Coverage → PAYER_PLAN_PERIOD, DiagnosticReport → NOTE (+ its code, when a clinical fact, by domain)."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    extra = [  # id, name, domain, vocabulary, class, code
+        (4015740, "Home nebulizer", "Device", "SNOMED", "Physical Object", "170615005"),
+        (4001225, "Blood specimen", "Specimen", "SNOMED", "Specimen", "119297000"),
+        (4283159, "Left upper arm structure", "Spec Anatomic Site", "SNOMED", "Body Structure", "368208006"),
+        (3030023, "History and physical note", "Note", "LOINC", "Clinical Observation", "34117-2"),
+        (3026023, "Comprehensive metabolic 2000 panel", "Measurement", "LOINC", "Lab Test", "24323-8"),
+        (8587, "milliliter", "Unit", "UCUM", "Unit", "mL")]
+    cols = list(zip(*extra))
+    engine.load_arrow("concept", ddl.arrow_table(CDM.table("concept"), dict(
+        concept_id=list(cols[0]), concept_name=list(cols[1]), domain_id=list(cols[2]), vocabulary_id=list(cols[3]),
+        concept_class_id=list(cols[4]), standard_concept=["S"] * len(extra), concept_code=list(cols[5]),
+        valid_start_date=[D(1970, 1, 1)] * len(extra), valid_end_date=[D(2099, 12, 31)] * len(extra))))
+    sct, loinc = "http://snomed.info/sct", "http://loinc.org"
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
+    stage(engine, "stg_fhir_location", "emr", 1, [
+        dict(resource_id="ward3", name="Ward 3", address_line="1 Hospital Rd", address_city="Hangzhou",
+             address_state="浙江省", address_postal_code="310000", address_country="CN"),
+        dict(resource_id="home", name="Patient's home", type_code="PTRES", address_line="9 Home St")])
+    stage(engine, "stg_fhir_device", "emr", 1, [
+        dict(resource_id="d1", status="active", code_system=sct, code="170615005", patient_ref="Patient/p1",
+             lot_number="1106", udi_device_identifier="43856429819831", manufacture_date=T(2019, 10, 29, 20),
+             expiration_date=T(2024, 11, 13)),
+        dict(resource_id="d2", status="entered-in-error", code_system=sct, code="170615005",
+             patient_ref="Patient/p1", manufacture_date=T(2019, 1, 1))])
+    stage(engine, "stg_fhir_specimen", "emr", 1, [
+        dict(resource_id="s1", code_system=sct, code="119297000", subject_ref="Patient/p1",
+             collected_at=T(2021, 3, 15, 9, 30), quantity_value=5.0, quantity_unit="mL", body_site_system=sct,
+             body_site_code="368208006")])
+    stage(engine, "stg_fhir_coverage", "emr", 1, [
+        dict(resource_id="cov1", status="active", beneficiary_ref="Patient/p1", period_start=T(2021, 1, 1),
+             period_end=T(2021, 12, 31), payor_display="City Medical Insurance", type_text="employee"),
+        dict(resource_id="cov2", status="active", beneficiary_ref="Patient/p1", period_start=T(2022, 1, 1),
+             period_end=T(2022, 12, 31), payor_ref="Patient/p1", payor_display="Zhao Wei")])  # self-pay
+    stage(engine, "stg_fhir_diagnostic_report", "emr", 1, [
+        dict(resource_id="r1", status="final", code_system=loinc, code="34117-2", code_text="H&P",
+             subject_ref="Patient/p1", effective_at=T(2021, 3, 16, 10), text="History and physical."),
+        dict(resource_id="r2", status="final", code_system=loinc, code="24323-8", subject_ref="Patient/p1",
+             effective_at=T(2021, 3, 17, 10), conclusion="Normal.")])
+    transform(engine, namespaces=NS)
+    person = sid("h1|M1")
+    ward = sid("location|h1|Location/ward3")
+    assert rows(engine, "SELECT care_site_id, care_site_name, location_id, care_site_source_value, "
+                        "place_of_service_concept_id FROM care_site") == sorted([
+        (sid("care_site|h1|Location/ward3"), "Ward 3", ward, "ward3", 0),
+        (sid("care_site|h1|Location/home"), "Patient's home", None, "home", 0)])
+    assert rows(engine, "SELECT location_id, address_1, city, state, zip, country_concept_id, country_source_value "
+                        "FROM location") == [(ward, "1 Hospital Rd", "Hangzhou", None, "310000", 0, "CN")]
+    assert rows(engine, "SELECT device_exposure_id, person_id, device_concept_id, device_exposure_start_date, "
+                        "device_exposure_end_date, unique_device_id, production_id, device_source_value, "
+                        "device_type_concept_id FROM device_exposure") == [
+        (sid("device_exposure|fhir.device|emr|Device/d1|4015740"), person, 4015740, D(2019, 10, 29), D(2024, 11, 13),
+         "43856429819831", "1106", "170615005", 32817)]
+    assert rows(engine, "SELECT specimen_id, person_id, specimen_concept_id, specimen_type_concept_id, specimen_date, "
+                        "quantity, unit_concept_id, anatomic_site_concept_id, specimen_source_value, "
+                        "anatomic_site_source_value FROM specimen") == [
+        (sid("specimen|fhir.specimen|emr|Specimen/s1|4001225"), person, 4001225, 32856, D(2021, 3, 15), 5.0, 8587,
+         4283159, "119297000", "368208006")]
+    assert rows(engine, "SELECT person_id, payer_plan_period_start_date, payer_plan_period_end_date, "
+                        "payer_source_value, plan_source_value FROM payer_plan_period") == sorted([
+        (person, D(2021, 1, 1), D(2021, 12, 31), "City Medical Insurance", "employee"),
+        (person, D(2022, 1, 1), D(2022, 12, 31), None, None)])  # a person paying: no name
+    assert rows(engine, "SELECT person_id, note_date, note_class_concept_id, note_title, note_text, "
+                        "note_source_value FROM note") == sorted([
+        (person, D(2021, 3, 16), 3030023, "H&P", "History and physical.", "34117-2"),
+        (person, D(2021, 3, 17), 0, None, "Normal.", "24323-8")])
+    assert rows(engine, "SELECT person_id, measurement_concept_id, measurement_date, measurement_type_concept_id "
+                        "FROM measurement") == [(person, 3026023, D(2021, 3, 17), 32856)]  # the panel; not the H&P
+    assert rows(engine, "SELECT cdm_table, count(*) FROM cdm_lineage WHERE rule IN ('fhir.location', "
+                        "'fhir.location_care_site', 'fhir.device', 'fhir.specimen', 'fhir.coverage', "
+                        "'fhir.diagnostic_report', 'fhir.diagnostic_report_note') GROUP BY cdm_table") == sorted([
+        ("care_site", 2), ("location", 1), ("device_exposure", 1), ("specimen", 1), ("payer_plan_period", 2),
+        ("note", 2), ("measurement", 1)])
+    text = " ".join(str(engine.query(f"SELECT * FROM {t}").to_pylist()) for t in ("location", "payer_plan_period"))
+    assert "Home St" not in text and "Zhao" not in text
