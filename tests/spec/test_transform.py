@@ -296,7 +296,8 @@ def test_visit_detail_from_transfers(engine):
 
 def test_location_device_specimen_coverage_report(engine):
     """FHIR Location → CARE_SITE + LOCATION (facility address only), Device → DEVICE_EXPOSURE, Specimen → SPECIMEN,
-    Coverage → PAYER_PLAN_PERIOD, DiagnosticReport → NOTE (+ its code, when a clinical fact, by domain)."""
+    Coverage → PAYER_PLAN_PERIOD, DiagnosticReport → NOTE (+ its code, when a clinical fact, by domain),
+    PractitionerRole → PROVIDER (specialty, care site)."""
     store.init(engine, "5.4")
     vocab(engine)
     extra = [  # id, name, domain, vocabulary, class, code
@@ -317,6 +318,9 @@ def test_location_device_specimen_coverage_report(engine):
         dict(resource_id="ward3", name="Ward 3", address_line="1 Hospital Rd", address_city="Hangzhou",
              address_state="浙江省", address_postal_code="310000", address_country="CN"),
         dict(resource_id="home", name="Patient's home", type_code="PTRES", address_line="9 Home St")])
+    stage(engine, "stg_fhir_practitioner_role", "emr", 1, [
+        dict(resource_id="role1", practitioner_ref="Practitioner/dr1", location_ref="Location/ward3",
+             specialty_system="urn:local", specialty_code="CARD")])
     stage(engine, "stg_fhir_device", "emr", 1, [
         dict(resource_id="d1", status="active", code_system=sct, code="170615005", patient_ref="Patient/p1",
              lot_number="1106", udi_device_identifier="43856429819831", manufacture_date=T(2019, 10, 29, 20),
@@ -344,6 +348,9 @@ def test_location_device_specimen_coverage_report(engine):
                         "place_of_service_concept_id FROM care_site") == sorted([
         (sid("care_site|h1|Location/ward3"), "Ward 3", ward, "ward3", 0),
         (sid("care_site|h1|Location/home"), "Patient's home", None, "home", 0)])
+    assert rows(engine, "SELECT provider_id, care_site_id, specialty_source_value, provider_source_value "
+                        "FROM provider") == [(sid("provider|h1|PractitionerRole/role1"),
+                                              sid("care_site|h1|Location/ward3"), "CARD", "role1")]
     assert rows(engine, "SELECT location_id, address_1, city, state, zip, country_concept_id, country_source_value "
                         "FROM location") == [(ward, "1 Hospital Rd", "Hangzhou", None, "310000", 0, "CN")]
     assert rows(engine, "SELECT device_exposure_id, person_id, device_concept_id, device_exposure_start_date, "

@@ -381,6 +381,15 @@ FHIR_TABLES += [
                        "country_source_value": "s.address_country", "latitude": "s.latitude",
                        "longitude": "s.longitude"},
               key="'Location/' || s.resource_id", message_id="'Location/' || s.resource_id"),
+    # A PractitionerRole is the provider its references name (events key a performer `PractitionerRole/id`): its
+    # specialty (resolved through the vocabulary) and its care site (organization, else location). The
+    # Practitioner's own row is not changed by it (first mapped wins; see docs/transform.md).
+    TableRule(name="fhir.practitioner_role", staging="stg_fhir_practitioner_role", table="provider", id="{provider}",
+              columns={"specialty_concept_id": "{concept}", "care_site_id": "{care_site}",
+                       "provider_source_value": "left(s.resource_id, 50)", "specialty_source_value":
+                       "left(s.specialty_code, 50)", "specialty_source_concept_id": "COALESCE(c.source_concept_id, 0)",
+                       "gender_concept_id": "0", "gender_source_concept_id": "0"},
+              key="'PractitionerRole/' || s.resource_id", message_id="'PractitionerRole/' || s.resource_id"),
     TableRule(name="fhir.coverage", staging="stg_fhir_coverage", table="payer_plan_period", id="{row_id}",
               where="COALESCE(s.status, 'active') NOT IN ('entered-in-error', 'cancelled', 'draft')",
               columns={"payer_plan_period_start_date": "CAST(s.period_start AS DATE)",
@@ -417,6 +426,10 @@ TABLE_KEYS = {
     "fhir.document_reference": dict(visit=_ENC, visit_if=_ENC_VISIT,
                                     provider=_PROVIDER.format(c="s.author_ref"),
                                     concept=Code("s.code_system", "s.code")),
+    "fhir.practitioner_role": dict(provider="'PractitionerRole/' || s.resource_id",
+                                   care_site="COALESCE(" + fhir_ref("s.organization_ref", "Organization") + ", "
+                                             + fhir_ref("s.location_ref", "Location") + ")",
+                                   concept=Code("s.specialty_system", "s.specialty_code")),
     "fhir.location_care_site": dict(care_site="'Location/' || s.resource_id",
                                     concept=Code("s.type_system", "s.type_code")),
     "fhir.diagnostic_report_note": dict(visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
