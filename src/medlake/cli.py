@@ -697,7 +697,7 @@ def empi_run(
                                progress=(lambda m: st.update(m)) if st else None)
     out.print(f"run {rep.run_id}: {rep.identities:,} identities, {rep.pairs:,} scored pair(s), {rep.links:,} linked, "
               f"{rep.review:,} to review, {rep.persons:,} persons, {rep.changed:,} person_id change(s); "
-              f"model {'estimated (EM)' if rep.trained else 'saved/prior'}; {rep.seconds:.1f} s")
+              f"model {'estimated (EM)' if rep.trained else 'saved/prior'}; Splink on {rep.backend}; {rep.seconds:.1f} s")
 
 
 class _nullctx:
@@ -717,6 +717,9 @@ def empi_status():
         s = empi.status(eng)
     for k in ("identities", "persons", "pairs", "review_pending", "decisions", "id_changes"):
         out.print(f"{k.replace('_', ' '):<15}{s[k]:,}")
+    if s["decision_conflicts"]:
+        out.print(f"[yellow]{s['decision_conflicts']:,} accepted/merged pair(s) kept apart by a later reject or unmerge"
+                  "[/yellow] (see `medlake empi explain`)")
     if s["last"]:
         r = s["last"]
         out.print(f"last           {r['kind']} {r['run_id']} at {r['recorded_at']} by {r['who']}"

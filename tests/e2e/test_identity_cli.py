@@ -1,4 +1,5 @@
-"""The identity vault and the EMPI from a shell: ingest, empi run/status/review/accept/explain/unmerge, key rotation."""
+"""The identity vault and the EMPI from a shell: ingest, empi run/status/review/accept/reject/explain/unmerge, key
+rotation; and the EMPI on a Spark store (`--store spark:DIR`), linked by Splink's Spark backend."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,9 @@ PATIENTS = [
      "birthDate": "1980-03-05", "identifier": [{"system": "urn:resident-id", "value": "110101198003050016"}]},
     {"resourceType": "Patient", "id": "p2", "name": [{"family": "陈", "given": ["静"]}], "gender": "female",
      "birthDate": "1990-01-07"},
+    # a third registration of 张伟: M001, p1 and p3 are linked pairwise (a chain for the reject below)
+    {"resourceType": "Patient", "id": "p3", "name": [{"family": "张", "given": ["伟"]}], "gender": "male",
+     "birthDate": "1980-03-05", "identifier": [{"system": "urn:resident-id", "value": "110101198003050016"}]},
 ]
 SOURCES = """
 [[source]]
@@ -67,8 +71,8 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
 
     r = run("empi", "run", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
-    assert "6 identit(ies) into the vault, 1 new merge(s)" in r.stdout
-    assert re.search(r"6 identities, .* 4 persons", r.stdout), r.stdout
+    assert "7 identit(ies) into the vault, 1 new merge(s)" in r.stdout
+    assert re.search(r"7 identities, .* 4 persons", r.stdout) and "Splink on duckdb" in r.stdout, r.stdout
     store = (tmp_path / "medlake-data" / "medlake.duckdb").read_bytes()
     assert "欧阳".encode() not in store and b"110101198003050016" not in store
 
@@ -90,11 +94,23 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
     r = run("empi", "unmerge", "h1-his:M003", "--reason", "merged in error", cwd=tmp_path, env=env)
     assert r.returncode == 0 and "1 person_id change(s)" in r.stdout, r.stdout + r.stderr
 
+    # a reject splits the pair although p3 still links to both; an accept undoes it (the history keeps both)
+    r = run("empi", "reject", "h1-his:M001", "h2-emr:p1", "--reason", "twins", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "1 person_id change(s)" in r.stdout, r.stdout + r.stderr
+    r = run("empi", "explain", "h1-his:M001", "h2-emr:p1", cwd=tmp_path, env=env)
+    assert "not linked" in r.stdout and "reject by tester (twins)" in r.stdout, r.stdout
+    r = run("empi", "run", cwd=tmp_path, env=env)  # the reject holds over a new run
+    assert r.returncode == 0 and re.search(r"7 identities, .* 5 persons", r.stdout), r.stdout
+    r = run("empi", "accept", "h1-his:M001", "h2-emr:p1", "--reason", "checked the ID card", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "1 person_id change(s)" in r.stdout, r.stdout + r.stderr
+    r = run("empi", "explain", "h1-his:M001", "h2-emr:p1", cwd=tmp_path, env=env)
+    assert "linked (same person)" in r.stdout and "reject by tester (twins); accept by tester" in r.stdout, r.stdout
+
     r = run("identity", "rotate-key", "--generate", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
-    assert "7 row(s) re-encrypted" in r.stdout  # 6 identities + the matching secret
+    assert "8 row(s) re-encrypted" in r.stdout  # 7 identities + the matching secret
     r = run("identity", "status", cwd=tmp_path, env=env)
-    assert r.returncode == 0 and "(active) 7 row(s)" in r.stdout and "hash chain intact" in r.stdout, r.stdout
+    assert r.returncode == 0 and "(active) 8 row(s)" in r.stdout and "hash chain intact" in r.stdout, r.stdout
 
     r = run("empi", "accept", "999", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "no pair 999" in r.stderr

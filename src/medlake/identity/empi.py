@@ -425,16 +425,20 @@ def decide(engine, kind: str, a: Key, b: Key, who: str, reason: str = "", reclus
 
 def record_merges(engine, merges: list[dict], who: str = "adt") -> int:
     """ADT A40 merges {prior_source, prior_id, source, source_id, reason}: prior identity -> surviving identity.
-    Idempotent: a merge already recorded (and not undone since) is not recorded again. Returns how many were new."""
+    Idempotent per message: a merge whose pair and reason (the message) are already recorded is not recorded
+    again — also when it was unmerged since, so a later run does not undo the unmerge; a new merge message for
+    the pair is recorded. Returns how many were new."""
     ensure_tables(engine)
-    latest = _decisions(engine)
+    done = {(((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"])), r["reason"]) for r in engine.query(
+        "SELECT source_l, id_l, source_r, id_r, reason FROM empi_decision WHERE kind = 'merge'").to_pylist()}
     new = 0
     for m in merges:
         a, b = _order((m["prior_source"], str(m["prior_id"])), (m["source"], str(m["source_id"])))
-        if a == b or latest.get((a, b)) == "merge":
+        reason = m.get("reason") or "ADT A40 merge"
+        if a == b or ((a, b), reason) in done:
             continue
-        decide(engine, "merge", a, b, who, m.get("reason") or "ADT A40 merge", recluster_now=False)
-        latest[(a, b)] = "merge"
+        decide(engine, "merge", a, b, who, reason, recluster_now=False)
+        done.add(((a, b), reason))
         new += 1
     return new
 
