@@ -98,6 +98,7 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
             flagged[("measurement", str(rid))].add(("sourceUnitConsistency", "unit_concept_id", unit_status.get(src),
                                                     "medlake"))
     per = collections.defaultdict(lambda: collections.Counter())
+    by_check = collections.defaultdict(collections.Counter)  # class -> check name -> defects it saw
     missed = collections.defaultdict(list)
     for d in jsonl(work / "out" / "ground_truth" / "defects.jsonl"):
         cls, rows = d["class"], lineage.get(d["message_id"] or "", set())
@@ -112,6 +113,8 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
         per[cls]["failed_check"] += any(h[2] == "failed" for h in want)
         per[cls]["by_dqd"] += any(h[3] == "dqd" for h in want)
         per[cls]["by_medlake"] += any(h[3] == "medlake" for h in want)
+        for name in {h[0] for h in want}:
+            by_check[cls][name] += 1
         if cls in EXPECTED and not want:
             missed[cls].append({"defect_id": d["defect_id"], "message_id": d["message_id"], "detail": d["detail"],
                                 "rows": sorted(rows)[:3], "checks": sorted(f"{h[0]}:{h[1]}" for h in hits)[:12]})
@@ -122,6 +125,7 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
                     "expected_checks": list(EXPECTED.get(cls, ())), "detected": n["expected"],
                     "detected_by_failed_check": n["failed_check"], "flagged_by_any_check": n["any"],
                     "detected_by_dqd_check": n["by_dqd"], "detected_by_medlake_check": n["by_medlake"],
+                    "detected_by_check": dict(by_check[cls].most_common()),
                     "recall": n["expected"] / n["reached"] if n["reached"] and cls in EXPECTED else None,
                     "missed_examples": missed.get(cls, [])})
     units = {i for c in dqd_checks("5.4") if c.name == "plausibleUnitConceptIds" and c.table == "measurement"
@@ -265,6 +269,9 @@ def main() -> None:
            f"range for their unit: {meta['numeric_measurement_rows_with_a_value_range_for_their_unit']:.1%} "
            "(the demo vocabulary now carries Athena ids for the simulated LOINC labs and UCUM units)."]
     for d in det:
+        if d["detected_by_check"]:
+            md.append(f"- {d['class']} seen by: " + ", ".join(f"{k} {v}" for k, v in d["detected_by_check"].items()))
+    for d in det:
         for m in d["missed_examples"][:5]:
             md.append(f"- missed {d['class']}: {m['message_id']} — {m['detail']}; rows {m['rows']}; "
                       f"flagged by {m['checks'] or 'nothing'}")
@@ -294,10 +301,12 @@ def main() -> None:
            f"missing_mandatory {truth['missing_mandatory']} + bad_json {truth['bad_json']} + wrong_encoding "
            f"{truth['wrong_encoding']} + truncated_file {truth['truncated_file']}); rows without a standard concept "
            f"{viol.get('sourceMappingCoverage', 0)} (simulator: unmapped_code {truth['unmapped_code']}, each message "
-           "can carry several rows).\n",
+           f"can carry several rows); results in an unusual unit {viol.get('sourceUnitConsistency', 0)} (simulator: "
+           f"wrong_unit {truth['wrong_unit']}).\n",
            "| source | check | table | field | violated | of | status |", "|---|---|---|---|---:|---:|---|"]
     for x in src:
-        if x["status"] != "passed" or x["check_name"] in ("sourceQuarantined", "sourceMappingCoverage"):
+        if x["status"] != "passed" or x["check_name"] in ("sourceQuarantined", "sourceMappingCoverage",
+                                                          "sourceUnitConsistency"):
             md.append(f"| {x['data_source']} | {x['check_name']} | {x['cdm_table']} | {x['cdm_field'] or ''} | "
                       f"{x['num_violated_rows']} | {x['num_denominator_rows']} | {x['status']} |")
     md += ["", f"## Clean run (defect rate 0): {len(fails)} failed check(s) beyond DQD's default thresholds "
