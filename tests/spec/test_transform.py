@@ -245,7 +245,9 @@ def test_visit_detail_from_transfers(engine):
         dict(adt, control_id="A3", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 3, 10),
              point_of_care="ICU"),
         dict(adt, control_id="A4", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 5, 9),
-             point_of_care="W2")])
+             point_of_care="W2"),
+        dict(adt, control_id="O1", event_type="A04", visit_number="V10", patient_class="O",  # outpatient: no detail
+             event_time=T(2021, 6, 1, 9), admit_time=T(2021, 6, 1, 9), point_of_care="OPD")])
     stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
     stage(engine, "stg_fhir_encounter", "emr", 1, [
         dict(resource_id="e2", status="finished", class_code="IMP", subject_ref="Patient/p1",

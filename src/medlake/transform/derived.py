@@ -163,9 +163,13 @@ def _rule(name: str):
     return next(x for x in r.TABLES if x.name == name)
 
 
+STAY_CLASSES = ("I", "E")  # PV1-2 patient classes whose units make details (an outpatient visit has one place)
+
+
 def _hl7_stretches(persons: str | None, empi: bool) -> str:
-    """HL7 ADT: the unit (PV1-3.1 point of care) of each message of a visit, in time order; a message in another
-    unit than the one before starts a stretch (A01 admit at the admit time, A02 transfer at the event time)."""
+    """HL7 ADT of inpatient and emergency visits: the unit (PV1-3.1 point of care) of each message of a visit, in
+    time order; a message in another unit than the one before starts a stretch (A01 admit at the admit time, A02
+    transfer at the event time)."""
     rule = _rule("hl7.visit")
     pj, pid = c.person_joins(rule, empi)
     flt = f" AND ({pid}) IN (SELECT person_id FROM {persons})" if persons else ""
@@ -190,7 +194,8 @@ def _hl7_stretches(persons: str | None, empi: bool) -> str:
         FROM stg_hl7_visit s
         {_WINDOW}
         {pj}
-        WHERE {_HL7_ADT} AND s.visit_number IS NOT NULL AND s.point_of_care IS NOT NULL{flt}
+        WHERE {_HL7_ADT} AND s.visit_number IS NOT NULL AND s.point_of_care IS NOT NULL
+          AND s.patient_class IN ({", ".join(f"'{k}'" for k in STAY_CLASSES)}){flt}
     ) AS s
     WHERE s.prev_unit IS NULL OR s.prev_unit <> s.point_of_care"""
 
