@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 MEDLAKE = [sys.executable, "-m", "medlake.cli"]
 MSH = "MSH|^~\\&|HIS|H1|MEDLAKE|MEDLAKE|2024010{n}120000||ADT^{ev}^ADT_A01|MSG{n:04d}|P|2.5.1|||||||UNICODE UTF-8\r"
 PIDS = [
@@ -116,3 +118,29 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
     assert r.returncode == 1 and "no pair 999" in r.stderr
     r = run("empi", "explain", "nocolon", "h1-his:M001", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "SOURCE:SOURCE_ID" in r.stderr
+
+
+@pytest.mark.spark
+def test_empi_on_a_spark_store_links_with_splinks_spark_backend(tmp_path):
+    """`--store spark:DIR`: staging is cleared without UPDATE, Splink links on Spark, a reject splits a chain."""
+    (tmp_path / "h1/his").mkdir(parents=True)
+    (tmp_path / "h2/emr").mkdir(parents=True)
+    (tmp_path / "h1/his/adt.hl7").write_bytes((MSH.format(n=1, ev="A01") + "EVN|A01|20240101120000\r" + PIDS[0]
+                                               + "PV1|1|I|W1\r").encode())
+    (tmp_path / "h2/emr/Patient.ndjson").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n"
+                                                            for p in (PATIENTS[0], PATIENTS[2])), encoding="utf-8")
+    (tmp_path / "sources.toml").write_text(SOURCES)
+    key_file = tmp_path / "secret" / "vault.keys"
+    env = {"MEDLAKE_VAULT_KEY_FILE": str(key_file)}
+    store = ["--store", f"spark:{tmp_path / 'warehouse'}"]
+    assert run("identity", "new-key", "--key-file", str(key_file), cwd=tmp_path).returncode == 0
+    r = run(*store, "ingest", "--sources", "sources.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = run(*store, "empi", "run", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"3 identities, 3 scored pair\(s\), 3 linked, .* 1 persons", r.stdout), r.stdout
+    assert "Splink on spark" in r.stdout and "3 staging row(s) cleared" in r.stdout, r.stdout
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "warehouse").rglob("*") if p.is_file())
+    assert "张".encode() not in raw and b"110101198003050016" not in raw
+    r = run(*store, "empi", "reject", "h1-his:M001", "h2-emr:p1", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "1 person_id change(s)" in r.stdout, r.stdout + r.stderr  # p1 out, p3 stays
