@@ -9,6 +9,7 @@ query and for the one-query-per-check baseline, so both run exactly the same con
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field
 
 from medlake.quality.checks import Check
@@ -60,6 +61,7 @@ class Context:
     present: dict[str, int]  # every table in the store -> row count (-1 if not counted)
     id_column: str | None
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)  # alias -> (join SQL, table it reads)
+    filter_aggs: bool = False  # count(*) FILTER (WHERE …) instead of sum(CASE …): faster on PostgreSQL, slower on DuckDB
 
     def has(self, table: str) -> bool:
         return self.present.get(table, 0) != 0
@@ -105,7 +107,21 @@ def sum_if(cond: str) -> str:
     return f"sum(CASE WHEN {cond} THEN 1 ELSE 0 END)"
 
 
+NULL_TEST = re.compile(r"^(t\.\"[a-z0-9_]+\") IS (NOT )?NULL$")
+
+
+def count_if(cond: str, filter_aggs: bool = False) -> str:
+    """The number of rows where `cond` holds; a plain null test of a column as count(col), which engines answer
+    from the column's validity mask instead of evaluating a CASE per row."""
+    m = NULL_TEST.match(cond)
+    if m:
+        return f"count({m[1]})" if m[2] else f"(count(*) - count({m[1]}))"
+    return f"count(*) FILTER (WHERE {cond})" if filter_aggs else sum_if(cond)
+
+
 def as_date(expr: str) -> str:
+    """A date; days are added as integers (DATE + n stays a DATE on every engine: DATE + INTERVAL would make
+    DuckDB compare timestamps row by row)."""
     return f"CAST({expr} AS DATE)"
 
 
@@ -131,8 +147,9 @@ def field_item(c: Check, ctx: Context) -> Item:
     def item(cond: str, den_cond: str | None = None, needs=()) -> Item:
         used = tuple(a for a in ctx.joins if a not in joins_before or a in _used(cond, den_cond))
         grouped = bool(used) and all(ctx.joins[a][1] == "concept" and a == f"fk_{c.field}" for a in used)
-        return Item(c, sum_if(cond), sum_if(den_cond) if den_cond else "count(*)", used, cond, tuple(needs),
-                    den_cond, grouped)
+        agg = lambda x: count_if(x, ctx.filter_aggs)  # noqa: E731
+        return Item(c, agg(cond), agg(den_cond) if den_cond else "count(*)", used, cond, tuple(needs), den_cond,
+                    grouped)
 
     if name in ("isRequired", "measureValueCompleteness"):
         return item(f"{f} IS NULL")
@@ -143,7 +160,10 @@ def field_item(c: Check, ctx: Context) -> Item:
             return item(f"{nn} AND {f} <> floor({f})", nn)
         return item(f"{nn} AND NOT regexp_matches(trim(CAST({f} AS VARCHAR)), '^-?[0-9]+$')", nn)
     if name == "isForeignKey":
-        a = ctx.fk(c.field, c.param("fk_table"), c.param("fk_field"))
+        ft = c.param("fk_table")
+        if ft != "concept" and ctx.present.get(ft) == 0:  # an empty referenced table: every value violates
+            return item(nn, needs=[ft])
+        a = ctx.fk(c.field, ft, c.param("fk_field"))
         return item(f"{nn} AND {a}.{q(c.param('fk_field'))} IS NULL", needs=[c.param("fk_table")])
     if name in ("fkDomain", "fkClass", "isStandardValidConcept", "mappingCoverage"):
         if name == "mappingCoverage" and not ctx.has("concept"):
@@ -185,7 +205,7 @@ def field_item(c: Check, ctx: Context) -> Item:
                     needs=["person"])
     if name in ("plausibleDuringLife", "plausibleBeforeDeath"):
         d = ctx.death()  # DQD allows 60 days after death (e.g. claims processed late)
-        return item(f"{as_date(f)} > {d}.death_date + INTERVAL 60 DAY", f"{nn} AND {d}.death_date IS NOT NULL",
+        return item(f"{as_date(f)} > {as_date(f'{d}.death_date')} + 60", f"{nn} AND {d}.death_date IS NOT NULL",
                     needs=["death"])
     if name == "plausibleStartBeforeEnd":
         end = ctx.need_column(c.param("end_field"))
@@ -193,8 +213,8 @@ def field_item(c: Check, ctx: Context) -> Item:
     if name == "withinVisitDates":
         ctx.need_column("visit_occurrence_id")
         v = ctx.fk("visit_occurrence_id", "visit_occurrence", "visit_occurrence_id")
-        return item(f"({as_date(f)} < CAST({v}.visit_start_date AS DATE) - INTERVAL 7 DAY OR "
-                    f"{as_date(f)} > CAST({v}.visit_end_date AS DATE) + INTERVAL 7 DAY)",
+        return item(f"({as_date(f)} < CAST({v}.visit_start_date AS DATE) - 7 OR "
+                    f"{as_date(f)} > CAST({v}.visit_end_date AS DATE) + 7)",
                     f"{nn} AND {v}.visit_occurrence_id IS NOT NULL", needs=["visit_occurrence"])
     if name == "site":
         return item(c.param("violation"), c.param("denominator"))
@@ -206,27 +226,40 @@ def _used(*conds) -> set[str]:
     return {w.split(".")[0] for w in text.replace("(", " ").split() if "." in w}
 
 
+def _scan_aggs(items: list[Item]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Each distinct aggregate once (expression -> column name), and each item's (violations, denominator)
+    columns: checks sharing a condition (isRequired and measureValueCompleteness, …) share the column."""
+    aggs = {"count(*)": "n"}
+    refs = [(aggs.setdefault(it.num, f"a{len(aggs)}"), aggs.setdefault(it.den, f"a{len(aggs)}")) for it in items]
+    return aggs, refs
+
+
+def scan_refs(items: list[Item]) -> list[tuple[str, str]]:
+    """The (violations, denominator) column of each item in `scan_sql(…, items, …)`."""
+    return _scan_aggs(items)[1]
+
+
 def scan_sql(table: str, items: list[Item], ctx: Context) -> str:
-    """ONE query computing every item's violations and denominator over `table` (plus the row count)."""
-    aggs = {"count(*)": "n"}  # expression -> first name; the same condition is computed once
-    names = []
-    for i, it in enumerate(items):
-        for expr, name in ((it.num, f"v{i}"), (it.den, f"d{i}")):
-            names.append(f"{aggs.setdefault(expr, name)} AS {name}" if expr in aggs and aggs[expr] != name else name)
-            aggs.setdefault(expr, name)
+    """ONE query computing every item's violations and denominator over `table` (plus the row count `n`);
+    each distinct aggregate once (a short statement is also quick to translate to other dialects)."""
+    aggs, _ = _scan_aggs(items)
     aliases = []
     for it in items:
         aliases += [a for a in it.joins if a not in aliases]
     joins = " ".join(ctx.joins[a][0] for a in aliases)
-    inner = ", ".join(f"{e} AS {n}" for e, n in aggs.items())
-    return f"SELECT n, {', '.join(names)} FROM (SELECT {inner} FROM {q(table)} AS t {joins}) AS s"
+    return f"SELECT {', '.join(f'{e} AS {n}' for e, n in aggs.items())} FROM {q(table)} AS t {joins}".strip()
+
+
+CONCEPT_COLUMNS = ("concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
 
 
 def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
-    """The concept checks of a table in ONE query that groups the table by its concept fields first and joins
-    the concept table to the (few) distinct combinations: each condition is weighted by its group's size."""
+    """The concept checks of a table in ONE query that groups the table by its concept fields first, looks up
+    the concept rows of just the ids that occur (once), and joins them to the (few) distinct combinations:
+    each condition is weighted by its group's size. (GROUPING SETS per field was slower on DuckDB.)"""
     fields = sorted({it.check.field for it in items})
     cols = ", ".join(q(f) for f in fields)
+    ids = " UNION ".join(f"SELECT {q(f)} FROM g__" for f in fields)
     aggs = ["sum(t.n__) AS n"]
     for i, it in enumerate(items):
         aggs += [f"sum(CASE WHEN {it.where} THEN t.n__ ELSE 0 END) AS v{i}",
@@ -234,9 +267,10 @@ def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
     aliases = []
     for it in items:
         aliases += [a for a in it.joins if a not in aliases]
-    joins = " ".join(ctx.joins[a][0] for a in aliases)
-    return (f"SELECT {', '.join(aggs)} FROM (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols}) AS t "
-            f"{joins}")
+    joins = " ".join(f"LEFT JOIN lk__ AS {a} ON t.{q(a[3:])} = {a}.concept_id" for a in aliases)
+    return (f"WITH g__ AS (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols}), "
+            f"lk__ AS (SELECT {', '.join(CONCEPT_COLUMNS)} FROM concept WHERE concept_id IN ({ids})) "
+            f"SELECT {', '.join(aggs)} FROM g__ AS t {joins}")
 
 
 def single_sql(table: str, it: Item, ctx: Context) -> str:
@@ -272,12 +306,19 @@ def _rows(rows: list[dict]) -> str:
     return f"SELECT * FROM (VALUES {', '.join([first] + rest)}) AS v({', '.join(rows[0])})"
 
 
-def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple[str, list[Check], tuple[str, ...]]]:
-    """(query, checks, tables read) per rule kind; each query returns rows (rid, v, d) with rid = index in checks."""
+def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple[str, list[Check], tuple[str, ...], tuple]]:
+    """(query, checks, tables read, parts for `concept_examples_sql`) per rule kind; each query returns rows
+    (rid, v, d) with rid = index in checks."""
     out = []
     value = [c for c in checks if c.name in ("plausibleValueLow", "plausibleValueHigh")]
     gender = [c for c in checks if c.name in ("plausibleGender", "plausibleGenderUseDescendants")]
     units = [c for c in checks if c.name == "plausibleUnitConceptIds"]
+
+    def add(frm: str, pre: str | None, viol: str, group: list[Check], reads: tuple[str, ...]):
+        where = f" WHERE {pre}" if pre else ""
+        out.append((f"SELECT r.rid, {sum_if(viol)} AS v, count(*) AS d {frm}{where} GROUP BY r.rid", group, reads,
+                    (frm, pre, viol)))
+
     if value:
         ctx.need_column("value_as_number")
         ctx.need_column("unit_concept_id")
@@ -286,10 +327,8 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
                  "hi": (c.param("value") if c.name == "plausibleValueHigh" else None, "DOUBLE")}
                 for i, c in enumerate(value) for cid in c.param("concept_ids")]
         f = ctx.need_column(value[0].field)
-        out.append((
-            f"SELECT r.rid, {sum_if('t.value_as_number < r.lo OR t.value_as_number > r.hi')} AS v, count(*) AS d "
-            f"FROM {q(table)} AS t JOIN ({_rows(rows)}) AS r ON {f} = r.concept_id AND t.unit_concept_id = r.unit_id "
-            f"WHERE t.value_as_number IS NOT NULL GROUP BY r.rid", value, ()))
+        add(f"FROM {q(table)} AS t JOIN ({_rows(rows)}) AS r ON {f} = r.concept_id AND t.unit_concept_id = r.unit_id",
+            "t.value_as_number IS NOT NULL", "t.value_as_number < r.lo OR t.value_as_number > r.hi", value, ())
     if gender:
         ctx.need_column("person_id")
         ctx.need_table("person", "gender")
@@ -305,10 +344,8 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
                          "JOIN concept_ancestor AS ca ON ca.ancestor_concept_id = r1.concept_id")
             reads += ("concept_ancestor",)
         f = ctx.need_column(gender[0].field)
-        out.append((
-            f"SELECT r.rid, {sum_if('p.gender_concept_id <> r.g')} AS v, count(*) AS d FROM {q(table)} AS t "
-            f"JOIN ({' UNION ALL '.join(rules)}) AS r ON {f} = r.concept_id "
-            f"JOIN person AS p ON t.person_id = p.person_id GROUP BY r.rid", gender, reads))
+        add(f"FROM {q(table)} AS t JOIN ({' UNION ALL '.join(rules)}) AS r ON {f} = r.concept_id "
+            f"JOIN person AS p ON t.person_id = p.person_id", None, "p.gender_concept_id <> r.g", gender, reads)
     if units:
         ctx.need_column("value_as_number")
         ctx.need_column("unit_concept_id")
@@ -316,12 +353,20 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
         rules = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER")}
                  for i, c in enumerate(units) for cid in c.param("concept_ids")]
         allowed = [{"rid": (i, "INTEGER"), "unit_id": (u, "INTEGER")} for i, c in enumerate(units) for u in c.param("units")]
-        out.append((
-            f"SELECT r.rid, {sum_if('ru.rid IS NULL')} AS v, count(*) AS d FROM {q(table)} AS t "
-            f"JOIN ({_rows(rules)}) AS r ON {f} = r.concept_id "
-            f"LEFT JOIN ({_rows(allowed)}) AS ru ON ru.rid = r.rid AND ru.unit_id = coalesce(t.unit_concept_id, -1) "
-            f"WHERE t.value_as_number IS NOT NULL GROUP BY r.rid", units, ()))
+        add(f"FROM {q(table)} AS t JOIN ({_rows(rules)}) AS r ON {f} = r.concept_id "
+            f"LEFT JOIN ({_rows(allowed)}) AS ru ON ru.rid = r.rid AND ru.unit_id = coalesce(t.unit_concept_id, -1)",
+            "t.value_as_number IS NOT NULL", "ru.rid IS NULL", units, ())
     return out
+
+
+def concept_examples_sql(parts: tuple, rids: list[int], ctx: Context, k: int = 10) -> str:
+    """Up to k example row ids (the smallest ids) for each failed rule `rids` of one rule kind, in ONE scan
+    joined to the rules (not one scan per failed check): rows (rid, row_id)."""
+    frm, pre, viol = parts
+    cond = " AND ".join(x for x in (pre, f"({viol})", f"r.rid IN ({', '.join(str(r) for r in rids)})") if x)
+    idc = f"t.{q(ctx.id_column)}"
+    return (f"SELECT rid, row_id FROM (SELECT r.rid, CAST({idc} AS VARCHAR) AS row_id, row_number() OVER "
+            f"(PARTITION BY r.rid ORDER BY {idc}) AS rn {frm} WHERE {cond}) AS x WHERE rn <= {k}")
 
 
 def concept_single_sql(c: Check, ctx: Context) -> str:
@@ -386,7 +431,7 @@ def table_level_sql(c: Check, ctx: Context) -> tuple[str, str, tuple[str, ...]]:
         s, e = "observation_period_start_date", "observation_period_end_date"
         w = (f"SELECT person_id, {s} AS s, max({e}) OVER (PARTITION BY person_id ORDER BY {s}, {e} "
              f"ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end FROM {t}")
-        bad = "s <= prev_end + INTERVAL 1 DAY"  # overlapping or back to back
+        bad = "s <= CAST(prev_end AS DATE) + 1"  # overlapping or back to back
         return (f"SELECT count(DISTINCT CASE WHEN {bad} THEN person_id END) AS v0, count(DISTINCT person_id) AS d0 "
                 f"FROM ({w}) AS w",
                 f"SELECT DISTINCT CAST(person_id AS VARCHAR) AS row_id FROM ({w}) AS w WHERE {bad} "

@@ -88,6 +88,7 @@ class Counted:
         self.queries = 0
         self.scans = 0
         self.seconds = 0.0
+        self.log: list[tuple[float, str]] = []  # (seconds, SQL) of every query, for profiling (bench/)
 
     def query(self, sql: str, params=None):
         self.queries += 1
@@ -96,7 +97,9 @@ class Counted:
         try:
             return self.engine.query(sql, params)
         finally:
-            self.seconds += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            self.seconds += took
+            self.log.append((took, sql))
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
@@ -172,6 +175,11 @@ class Runner:
         return self.eng.query(f"SELECT count(*) AS n FROM {cp.q(table)}").column(0)[0].as_py()
 
     def cols(self, table: str) -> dict[str, str]:
+        if not self.columns and self.eng.engine.name in ("duckdb", "postgres"):  # every table in one query
+            for r in self.eng.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                                    "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+                                    ).to_pylist():
+                self.columns.setdefault(r["table_name"].lower(), {})[r["column_name"].lower()] = r["data_type"].upper()
         if table not in self.columns:
             self.columns[table] = {c.name.lower(): c.type.upper() for c in self.eng.columns(table)}
         return self.columns[table]
@@ -191,7 +199,7 @@ class Runner:
         spec = model.load(self.version)
         pk = spec.table(table).primary_key if table in spec.table_names else []
         idc = next((c for c in pk + ["person_id"] if c in cols), next(iter(cols), None))
-        return cp.Context(table, cols, self.present, idc)
+        return cp.Context(table, cols, self.present, idc, filter_aggs=self.eng.engine.name == "postgres")
 
     def plan(self, table: str, checks: list[Check]):
         """Compile a table's checks: (results known without querying, field items, pk, concept, table-level)."""
@@ -240,7 +248,7 @@ class Runner:
                 except cp.NotApplicable as e:
                     for c in group:
                         known[c.id] = result(c, "not_applicable", reason=str(e))
-            for _, _, r in cq:
+            for _, _, r, _ in cq:
                 reads.update(r)
         return known, items, pks, cq, tlevel, reads, ctx
 
@@ -274,7 +282,8 @@ class Runner:
         for c in pks:
             sql, ex = cp.primary_key_sql(table, c.field)
             self._single(c, sql, res, examples=ex)
-        for sql, group, _ in cq:
+        concept_failed = []  # (example parts, failed checks by rid) per rule kind
+        for sql, group, _, parts in cq:
             rows = {}
             if self.mode == "set":
                 try:
@@ -298,10 +307,9 @@ class Runner:
                                        + (f" and unit {c.unit_concept_id}" if c.unit_concept_id else ""))
                 else:
                     res[c.id] = result(c, "counted", int(rows[i][0] or 0), int(rows[i][1] or 0))
-                    try:
-                        conds[c.id] = cp.concept_example(c, ctx)
-                    except cp.NotApplicable:
-                        pass
+            failed = {i: c for i, c in enumerate(group) if res[c.id]["failed"]}
+            if failed:
+                concept_failed.append((parts, failed))
         for c, sql, ex in tlevel:
             self._single(c, sql, res, examples=ex)
         # examples: one UNION ALL query for every failed scan/concept check of the table
@@ -315,6 +323,15 @@ class Runner:
             except EngineError as e:  # examples are a help, not a result: say so, keep the counts
                 for cid, *_ in wanted:
                     res[cid]["example_error"] = str(e)
+        for parts, failed in concept_failed if ctx.id_column else ():  # one scan per rule kind, not per check
+            try:
+                for r in self.eng.query(cp.concept_examples_sql(parts, sorted(failed), ctx)).to_pylist():
+                    res[failed[r["rid"]].id]["examples"].append(r["row_id"])
+                for c in failed.values():
+                    res[c.id]["example_field"] = ctx.id_column
+            except EngineError as e:
+                for c in failed.values():
+                    res[c.id]["example_error"] = str(e)
         order = {c.id: i for i, c in enumerate(checks + [i.check for i in site_items])}
         return sorted(res.values(), key=lambda r: order.get(r["check_id"], 1 << 30))
 
@@ -328,7 +345,7 @@ class Runner:
         if ctx is None or not ctx.id_column:
             return {}
         wanted = [(it.check.id, it.where, it.joins) for it in items if it.where]
-        for _, group, _ in cq:
+        for _, group, _, _ in cq:
             for c in group:
                 try:
                     wanted.append((c.id, *cp.concept_example(c, ctx)))
@@ -353,17 +370,18 @@ class Runner:
             todo = []
             batches = [(rest, cp.scan_sql)]
             if self.split_joins:  # one query per set of joins: a wide chain of LEFT JOINs is slower than
-                parts: dict[tuple, list] = {}  # one pass per join on a column store (bench/quality.py)
-                for it in rest:
-                    parts.setdefault(tuple(sorted(it.joins)), []).append(it)
+                parts: dict[tuple, list] = {}  # one pass per join on a column store (bench/quality.py);
+                for it in rest:  # person and death are both small and keyed by person_id: one pass for both
+                    parts.setdefault(tuple(sorted({"fk_person_id" if a == "dth" else a for a in it.joins})), []).append(it)
                 batches = [(g, cp.scan_sql) for g in parts.values()]
             for group, build in batches + [(grouped, cp.grouped_sql)]:
                 if not group:
                     continue
+                refs = cp.scan_refs(group) if build is cp.scan_sql else [(f"v{i}", f"d{i}") for i in range(len(group))]
                 try:
                     row = self.eng.query(build(table, group, ctx)).to_pylist()[0]
-                    for i, it in enumerate(group):
-                        res[it.check.id] = result(it.check, "counted", int(row[f"v{i}"] or 0), int(row[f"d{i}"] or 0))
+                    for it, (v, d) in zip(group, refs):
+                        res[it.check.id] = result(it.check, "counted", int(row[v] or 0), int(row[d] or 0))
                 except EngineError:
                     todo += group  # one check broke the query (a bad type, a site predicate): isolate it below
             items = todo
@@ -386,6 +404,17 @@ class Runner:
     def run(self, run_id: str | None = None) -> Run:
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
+        jit = None
+        if self.eng.engine.name == "postgres":  # JIT compiles each check query for ~1 s (estimates of the wide
+            jit = self.eng.engine.query("SELECT current_setting('jit') AS v").column(0)[0].as_py()  # aggregates
+            self.eng.engine.execute_native("SET jit = off")  # are huge) and runs it in ms: off, both modes
+        try:
+            return self._run(run_id, started, t0)
+        finally:
+            if jit is not None:
+                self.eng.engine.execute_native(f"SET jit = {cp.lit(jit)}")
+
+    def _run(self, run_id, started, t0) -> Run:
         self._survey()
         all_checks = list(dqd_checks(self.version))
         by_table: dict[str, list[Check]] = {}
@@ -508,7 +537,7 @@ def history(out: Path) -> list[dict]:
 
 def _write(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(data, default=str))  # compact: the C encoder (indent falls back to pure Python)
     os.replace(tmp, path)
 
 
