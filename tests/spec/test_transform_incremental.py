@@ -52,6 +52,18 @@ def test_rerun_and_an_accepted_mapping_remaps_only_its_rows(engine):
     assert rows(engine, "SELECT code, n_rows FROM transform_gap") == [("X1", 1)]
     assert all(x in rows(engine, LINEAGE) for x in unrelated)
 
+    # a corrected dispensing names another patient: the record moves, the old person keeps its PERSON row
+    stage(engine, "stg_csv_pharmacy", "pharmacy", 3, [
+        dict(record_id="RX1", patient_id="M9", visit_id="V9", drug_code="Y100147", drug_code_system="H1PHARM",
+             quantity=90.0, days_supply=30, dispensed_at=T(2021, 5, 3, 15))])
+    s = transform(engine, namespaces=NS)
+    assert s.records == 1
+    assert rows(engine, "SELECT person_id, drug_concept_id FROM drug_exposure") == [(sid("h1|M9"), 1127433)]
+    assert rows(engine, "SELECT person_id, year_of_birth FROM person") == [(person, 1965)]
+    assert rows(engine, "SELECT person_id, drug_concept_id FROM drug_era") == [(sid("h1|M9"), 1125315)]
+    assert rows(engine, "SELECT person_id, observation_period_end_date FROM observation_period") == sorted([
+        (person, D(2021, 5, 2)), (sid("h1|M9"), D(2021, 6, 2))])
+
 
 def empi(engine, mapping: dict):
     engine.execute("CREATE TABLE IF NOT EXISTS empi_person_map (source VARCHAR NOT NULL, source_id VARCHAR NOT NULL, "

@@ -44,7 +44,8 @@ CHANGES = {"tx_remap_code": "vocabulary_id VARCHAR, code VARCHAR",  # codes whos
            "tx_remap_identity": "source VARCHAR, source_id VARCHAR",  # source patients whose EMPI person changed
            "tx_replaced": "cdm_table VARCHAR, row_id BIGINT, person_id BIGINT, source_key VARCHAR, "  # rows replaced
                           "code VARCHAR, concept_id INTEGER",
-           "tx_gap_code": "code VARCHAR"}  # codes whose gap counts may have changed
+           "tx_gap_code": "code VARCHAR",  # codes whose gap counts may have changed
+           "tx_person_ref": "ref VARCHAR"}  # source patient ids of the touched persons (see _person_work)
 # Record keys mapped without writing a CDM row (filtered, skipped): with the lineage, the keys seen before.
 QUIET = {"transform_quiet_key": "source_key VARCHAR"}
 CODING_WORK = "tx_stg_coding"
@@ -213,16 +214,26 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         step("rebuilding persons")
         engine.execute(f"INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE run_id = {run_id} "
                        "AND person_id IS NOT NULL")
+        found, records = {}, {}
+        if narrowed and floor is not None and only_new and not empi:
+            found, records = _person_work(engine, persons, [*events, *entities], floor)
+            narrowed.update({x.staging: None for x in (*found.values(), *records.values())})
         for rule in persons:
             if rule.name in per_rule:
-                engine.execute(c.person_delta_touched_sql(rule, empi))
+                engine.execute(c.person_delta_touched_sql(found.get(rule.name, rule), empi))
+        demo = demographics.person_sql() if empi and demographics.TABLE in tables else c.NO_DEMOGRAPHICS
+        for rule in persons:
+            engine.execute(c.person_rows_sql(records.get(rule.name, rule), empi, demographics=demo))
+        if records and _count(engine, "SELECT count(*) FROM (SELECT person_id FROM person UNION ALL SELECT person_id "
+                              "FROM death) AS p WHERE person_id IN (SELECT person_id FROM tx_touched) AND person_id "
+                              "NOT IN (SELECT person_id FROM tx_person)"):
+            engine.execute("DELETE FROM tx_person")  # a touched person's records were not all found: read all
+            for rule in persons:
+                engine.execute(c.person_rows_sql(rule, empi, demographics=demo))
         for t in PROTECTED:
             engine.execute(f"DELETE FROM {t} WHERE person_id IN (SELECT person_id FROM tx_touched)")
         engine.execute(f"DELETE FROM cdm_lineage WHERE cdm_table IN {PROTECTED} "
                        "AND row_id IN (SELECT person_id FROM tx_touched)")
-        demo = demographics.person_sql() if empi and demographics.TABLE in tables else c.NO_DEMOGRAPHICS
-        for rule in persons:
-            engine.execute(c.person_rows_sql(rule, empi, demographics=demo))
         engine.execute(c.person_insert_sql(r.GENDER, r.RACE, r.ETHNICITY))
         engine.execute(c.DEATH_SQL)
         for t in PROTECTED:
@@ -338,10 +349,7 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) ->
         return f"{alias}.receipt_seq > {floor} AND " if floor is not None and not old_rules & set(names) else ""
 
     def work(sql: str, name: str) -> None:
-        engine.execute(f"DROP TABLE IF EXISTS {name}")
-        engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
-        if engine.name == "postgres":
-            engine.execute_native(f"ANALYZE {name}")  # temporary tables get no statistics otherwise
+        _work(engine, sql, name)
 
     out = {}
     for rule in rules:
@@ -361,6 +369,43 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) ->
              f"IN ({keys})", CODING_WORK)
         out[CODING_WORK] = None
     return out
+
+
+def _work(engine: Engine, sql: str, name: str) -> None:
+    """A temporary work table holding the rows of `sql`."""
+    engine.execute(f"DROP TABLE IF EXISTS {name}")
+    engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
+    if engine.name == "postgres":
+        engine.execute_native(f"ANALYZE {name}")  # temporary tables get no statistics otherwise
+
+
+def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tuple[dict, dict]:
+    """Person rules narrowed like the others (only new rows: no merge, mapping or EMPI change; no EMPI): (rules
+    reading their delta rows, to find the persons they touch; rules reading every record of the source patients
+    involved, to rebuild PERSON and DEATH). A person's id is the hash of its patient id or, after an A40 or a FHIR
+    Patient's MRN, of the surviving id: the patient ids of the new rows, their survivors and every id merged into
+    those are all the ids of the touched persons (checked by the caller)."""
+    found, records = {}, {}
+    for rule in persons:
+        name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
+        _work(engine, f"SELECT s.* FROM {rule.staging} s WHERE s.receipt_seq > {floor} AND {c.source_key(rule)} IN "
+                      f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
+        found[rule.name] = dataclasses.replace(rule, staging=name)
+    refs = [f"SELECT ({x.person_ref or x.person}) AS ref FROM {getattr(x, 'from_sql', None) or x.staging} s"
+            for x in (*rules, *found.values()) if x.person and (getattr(x, "from_sql", None) or x.staging).startswith(
+                "tx_stg_")]
+    engine.execute("INSERT INTO tx_person_ref SELECT DISTINCT ref FROM (" + " UNION ALL ".join(refs) + ") AS r "
+                   "WHERE ref IS NOT NULL")
+    engine.execute("INSERT INTO tx_person_ref SELECT DISTINCT survivor_ref FROM transform_merge "
+                   "WHERE prior_ref IN (SELECT ref FROM tx_person_ref)")
+    engine.execute("INSERT INTO tx_person_ref SELECT DISTINCT prior_ref FROM transform_merge "
+                   "WHERE survivor_ref IN (SELECT ref FROM tx_person_ref)")
+    for rule in persons:
+        name = "tx_rec_" + re.sub(r"\W", "_", rule.name)
+        _work(engine, f"SELECT s.* FROM {rule.staging} s WHERE ({rule.person_ref or rule.person}) IN "
+                      "(SELECT ref FROM tx_person_ref)", name)
+        records[rule.name] = dataclasses.replace(rule, staging=name)
+    return found, records
 
 
 def _needs_history(rule) -> bool:
