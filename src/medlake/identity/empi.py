@@ -1,4 +1,5 @@
-"""EMPI: link every source identity to one person, with Splink (Fellegi–Sunter, EM) on an in-memory DuckDB.
+"""EMPI: link every source identity to one person, with Splink (Fellegi–Sunter, EM) on the store's engine:
+Splink's Spark backend for a Spark store, an in-memory DuckDB for every other store.
 
 A run reads the vault's identities (a logged plaintext read, kept in this process's memory only), derives the
 comparison values, blocks on the vault's HMAC-ed keys, scores pairs with the saved (or newly estimated) model,
@@ -12,8 +13,8 @@ and stores in the site store — never any identifying value — :
 - `empi_person_history`: every person_id change, with the run and the reason;
 - `empi_run`: one row per run or re-cluster, with thresholds and the model (Splink JSON: the m/u parameters).
 
-Clusters are the connected components of (automatic links ∪ accepted pairs ∪ merges) minus rejected/unmerged
-pairs. person_ids are stable: each cluster keeps the smallest old id it holds a majority of; an id is never
+Clusters join automatic links, accepted pairs and merges, strongest first; a rejected or unmerged pair is
+never put into one person, also not through a chain of other links (`cluster`). person_ids are stable: each cluster keeps the smallest old id it holds a majority of; an id is never
 reused; a new cluster gets the next unused id.
 """
 from __future__ import annotations

@@ -5,7 +5,8 @@ the Patient resource id. Several staging rows of one identity (A01, A08, every O
 per field, the latest non-empty value (by event time, then receipt). A40 merges come from `stg_hl7_merge`.
 
 `vault_staging(engine, vault)` puts these identities into the vault, records the merges in the EMPI, then nulls
-every identifying staging column (Arrow metadata `identifying=true` in the sources' `STAGING_SCHEMAS`) except
+(`clear_columns`: insert again with NULLs, delete the originals — engine-neutral, Spark has no UPDATE) every
+identifying staging column (Arrow metadata `identifying=true` in the sources' `STAGING_SCHEMAS`) except
 the source ids themselves (`KEEP`), which the transform needs to find `person_id`. On a DuckDB file the store
 must then be rewritten (`compact_duckdb`), or the old values stay readable in freed blocks.
 """
