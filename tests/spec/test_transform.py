@@ -232,8 +232,8 @@ def test_one_visit_for_hl7_and_fhir_and_the_coding_that_maps(engine):
 
 def test_visit_detail_from_transfers(engine):
     """An inpatient stay with transfers (HL7 A01/A02/A03 units, FHIR Encounter.location periods) becomes
-    VISIT_DETAIL rows under its VISIT_OCCURRENCE, chained by preceding_visit_detail_id, with lineage; a late
-    transfer splits a stretch and keeps the other ids."""
+    VISIT_DETAIL rows under its VISIT_OCCURRENCE, chained by preceding_visit_detail_id, with lineage; events in a
+    stretch carry its visit_detail_id; a later transfer splits a stretch and keeps the other ids."""
     store.init(engine, "5.4")
     vocab(engine)
     adt = dict(message_type="ADT^A01", patient_id="M1", visit_number="V9", patient_class="I",
@@ -258,6 +258,16 @@ def test_visit_detail_from_transfers(engine):
         dict(record_location="line 1", resource_id="e2", position=1, location_ref="Location/L2",
              period_start=T(2020, 1, 2, 8)),
         dict(record_location="line 1", resource_id="e2", position=2, location_ref="Location/L3", status="planned")])
+    # a lab result in the ICU stretch, a diagnosis during the second FHIR location, one outside any stretch
+    stage(engine, "stg_hl7_observation", "lis", 1, [
+        dict(control_id="L1", message_type="ORU^R01", event_time=T(2021, 5, 4), patient_id="M1", visit_number="V9",
+             filler_number="F1", code="4548-4", code_system="LN", value_number=6.5, units="%",
+             observation_time=T(2021, 5, 4, 7), result_status="F")])
+    stage(engine, "stg_fhir_condition", "emr", 1, [
+        dict(resource_id="c1", code_system="http://snomed.info/sct", code="59621000", subject_ref="Patient/p1",
+             encounter_ref="Encounter/e2", onset_at=T(2020, 1, 3, 9)),
+        dict(resource_id="c2", code_system="http://snomed.info/sct", code="59621000", subject_ref="Patient/p1",
+             encounter_ref="Encounter/e2", onset_at=T(2020, 2, 1))])
     transform(engine, namespaces=NS)
     person, visit, enc = sid("h1|M1"), sid("visit_occurrence|h1|V9"), sid("visit_occurrence|h1|Encounter/e2")
     w1, icu, w2 = (sid(f"visit_detail|h1|V9|{u}|{t}") for u, t in
@@ -273,6 +283,9 @@ def test_visit_detail_from_transfers(engine):
         (l1, person, enc, 9201, T(2020, 1, 1, 8), T(2020, 1, 2, 8), "L1", sid("care_site|h1|Location/L1"), None,
          32817),
         (l2, person, enc, 9201, T(2020, 1, 2, 8), T(2020, 1, 4), "L2", sid("care_site|h1|Location/L2"), l1, 32817)])
+    assert rows(engine, "SELECT visit_occurrence_id, visit_detail_id FROM measurement") == [(visit, icu)]
+    assert rows(engine, "SELECT condition_start_date, visit_detail_id FROM condition_occurrence") == [
+        (D(2020, 1, 3), l2), (D(2020, 2, 1), None)]  # after the Encounter's end: in no stretch
     assert rows(engine, "SELECT row_id, rule, message_id FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == sorted([
         (w1, "hl7.visit_detail", "A1"), (icu, "hl7.visit_detail", "A3"), (w2, "hl7.visit_detail", "A4"),
         (l1, "fhir.encounter_location", "Encounter/e2"), (l2, "fhir.encounter_location", "Encounter/e2")])

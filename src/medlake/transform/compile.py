@@ -356,9 +356,26 @@ FROM (
 ) AS b"""
 
 
-def domain_insert_sql(table: str) -> str:
-    return f"INSERT INTO {table}\nSELECT {select_list(table, DOMAIN_COLUMNS[table])}\nFROM tx_event e\n" \
+def domain_insert_sql(table: str, detail: bool = False) -> str:
+    """This run's events of one CDM table (tx_event) into it. With `detail`, only the events that fall in a stretch of
+    their visit's VISIT_DETAIL, with that visit_detail_id (see `event_detail_sql`)."""
+    cols = DOMAIN_COLUMNS[table]
+    join = ""
+    if detail:
+        cols = {**cols, "visit_detail_id": "d.visit_detail_id"}
+        join = f"JOIN ({event_detail_sql(table)}) d ON d.row_id = e.row_id AND d.rn = 1\n"
+    return f"INSERT INTO {table}\nSELECT {select_list(table, cols)}\nFROM tx_event e\n{join}" \
            f"WHERE e.cdm_table = '{table}' AND e.person_id IS NOT NULL AND e.start_date IS NOT NULL"
+
+
+def event_detail_sql(table: str) -> str:
+    """(row_id, visit_detail_id, rn) of this run's events of `table` whose time lies in a VISIT_DETAIL stretch of their
+    visit (start ≤ time ≤ end); rn = 1 is the latest-starting such stretch (a transfer's time belongs to the new unit)."""
+    at = "COALESCE(e.start_datetime, CAST(e.start_date AS TIMESTAMP))"
+    return (f"SELECT e.row_id, vd.visit_detail_id, ROW_NUMBER() OVER (PARTITION BY e.row_id ORDER BY "
+            f"vd.visit_detail_start_datetime DESC, vd.visit_detail_id) AS rn FROM tx_event e JOIN visit_detail vd "
+            f"ON vd.visit_occurrence_id = e.visit_occurrence_id AND vd.visit_detail_start_datetime <= {at} "
+            f"AND {at} <= vd.visit_detail_end_datetime WHERE e.cdm_table = '{table}'")
 
 
 def table_rule_sql(rule: TableRule, empi: bool, run_id: int, tables=frozenset()) -> tuple[str, str]:

@@ -10,6 +10,7 @@ Incremental: with `persons` (a table holding `person_id`s), only those persons' 
 """
 from __future__ import annotations
 
+from medlake.cdm import model
 from medlake.transform import compile as c
 from medlake.transform import rules as r
 
@@ -302,6 +303,18 @@ def _visit_detail_steps(engine, persons: str | None) -> list[tuple[str, str]]:
             ("visit_detail", insert), ("visit_detail", lineage)]
 
 
+def _link_events(engine) -> None:
+    """This run's events (tx_event) that fall in a stretch of their visit get its visit_detail_id: their rows are
+    written again with it (same ids, same lineage). Events of earlier runs keep theirs until re-mapped."""
+    for table in sorted(c.DOMAIN_COLUMNS):
+        if "visit_detail_id" not in model.load("5.4").table(table).field_names:
+            continue
+        pk = model.load("5.4").table(table).primary_key[0]
+        engine.execute(f"DELETE FROM {table} WHERE {pk} IN (SELECT d.row_id FROM ({c.event_detail_sql(table)}) AS d "
+                       "WHERE d.rn = 1)")
+        engine.execute(c.domain_insert_sql(table, detail=True))
+
+
 def rebuild(engine, persons: str | None = None) -> dict[str, int]:
     """Recompute the derived tables (for all persons, or only those listed in table `persons`), atomically.
 
@@ -324,6 +337,8 @@ def rebuild(engine, persons: str | None = None) -> dict[str, int]:
             engine.execute(sql)
         if detail:
             engine.execute(detail[2][1])
+            if persons and "tx_event" in engine.tables():
+                _link_events(engine)
     for table, _ in steps:
         counts[table] = engine.query(f"SELECT count(*) AS n FROM {table}").column(0)[0].as_py()
     return counts
