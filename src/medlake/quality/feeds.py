@@ -9,6 +9,11 @@ rest is arithmetic on that small result:
 - `feedVolume`: days whose count is below `drop` × the median of the source's previous 7 days with data.
 
 Results have the same shape as every other check (cdm_table = the feed table, cdm_field = the source).
+
+`run_sources` adds the source-level checks every full run gets (no configuration): mandatory fields and
+duplicate records per staging table (`source_fields.toml`), landing duplicates and open quarantine (the site
+folder's SQLite files, read-only), mapping coverage per CDM table and unit consistency of numeric results
+(through `cdm_lineage`). Each result names its `data_source`.
 """
 from __future__ import annotations
 
@@ -135,9 +140,9 @@ def _counted(result, name, table, field, src, violated, denominator, examples=()
 
 def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[dict]:
     """Source-level checks for every source in the store: mandatory fields and duplicate records in the
-    staging tables, landing duplicates and open quarantine (from the landing folder, when it is found), and
-    mapping coverage per source and CDM table (through `cdm_lineage`). A store without medlake's staging
-    and lineage tables (an imported OHDSI database) gets none of them."""
+    staging tables, landing duplicates and open quarantine (from the landing folder, when it is found),
+    mapping coverage per source and CDM table and unit consistency of numeric results (through `cdm_lineage`).
+    A store without medlake's staging and lineage tables (an imported OHDSI database) gets none of them."""
     tables = {t.lower() for t in engine.tables()}
     out: list[dict] = []
     for table, spec in source_fields().items():
