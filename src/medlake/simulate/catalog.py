@@ -2,8 +2,9 @@
 allergies and note types, with their standard codes and the concepts of the demo vocabulary.
 
 Codes (SNOMED CT, ICD-10-CM, LOINC, RxNorm, CVX, UCUM) are the real published codes. Concept ids are real
-OMOP (Athena) ids only where they come from the fhir2omop vocabulary seed or the foundation's OMOP list
-(written out below); every other concept gets an id >= 2,000,000,000, OMOP's range for local concepts,
+OMOP (Athena) ids only where a source gives them (written out in KNOWN_IDS below: the fhir2omop vocabulary
+seed, the foundation's OMOP list, DQD's Concept_Level file for LOINC labs and vitals, the UCUM unit ids DQD's
+unit lists use); every other concept gets an id >= 2,000,000,000, OMOP's range for local concepts,
 assigned from the fixed bases below by position. Lists are APPEND-ONLY: never reorder or delete a row,
 or the local ids shift.
 
