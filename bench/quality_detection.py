@@ -246,7 +246,7 @@ def main() -> None:
     md = ["# Quality detection on the simulated hospital\n",
           f"`.venv/bin/python bench/quality_detection.py --patients {a.patients} --hospitals {a.hospitals} "
           f"--defect-rate {a.defect_rate} --seed {a.seed}` on {report['machine']}. simulate → ingest → site mapping "
-          "→ transform (in-process, DuckDB, demo vocabulary, no EMPI step) → full v5.4 DQD suite. Each check's "
+          "→ transform (in-process, DuckDB, demo vocabulary, no EMPI step) → full v5.4 suite (DQD checks, medlake value ranges, source-level checks). Each check's "
           "violating rows are traced to their message through `cdm_lineage` and matched with "
           "`ground_truth/defects.jsonl` by message id. A defect counts as detected when a row of its message "
           "violates one of the checks meant for its class (a message can carry several rows: a lab message with "
