@@ -12,7 +12,7 @@ simulate(discard=True): every writer, encoder and ground-truth writer runs, and 
 written to it (reported as output MB, counted and discarded). Compare with a run of the same code written to disk.
 
 Report: bench/results/<name>.md and .json (name: simulate, or simulate.1m etc. with --name);
-progress: bench/results/<name>.progress.jsonl.
+progress: bench/results/<name>.progress.jsonl; `--from-progress NAME` summarizes a run stopped before the end.
 
     python bench/simulate.py [--sizes 10000 100000] [--keep]
     nice -n 10 python bench/simulate.py --discard --sizes 1000000 --name simulate.1m --no-baseline --core 0
@@ -103,8 +103,44 @@ def run(mode: str, n: int, discard: bool, core: int, log: Path) -> dict:
     return r
 
 
+def from_progress(name: str) -> None:
+    """Report a run that was stopped before it finished (deadline, machine time) from its progress log: the
+    largest size reached, its speed and the RSS curve. Writes bench/results/<name>.md."""
+    log = RESULTS / f"{name}.progress.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    med = [r for r in rows if r["mode"] == "medlake"]
+    last = med[-1]
+    done = last["patients"] == last["of"]
+    step = max(1, len(med) // 20)
+    lines = [
+        f"# Simulated hospital benchmark: {last['of']:,} patients, output counted and discarded"
+        + ("" if done else " — STOPPED EARLY"), "",
+        f"{'Finished' if done else 'Stopped'} at **{last['patients']:,} of {last['of']:,} patients** after "
+        f"{last['seconds']:,.0f} s ({last['cpu_seconds']:,.0f} CPU-seconds): "
+        f"{last['patients'] / last['cpu_seconds']:,.0f} patients per CPU-second, "
+        f"{last['patients'] / last['seconds']:,.0f} patients/s wall-clock; peak RSS {last['peak_rss_mb']:,.1f} MB "
+        f"(target < 2 GB: **{'met' if last['peak_rss_mb'] < 2048 else 'NOT met'}** up to this size).", "",
+        "Every writer, encoder and ground-truth writer ran; the bytes were counted and discarded "
+        "(simulate(discard=True)), because the full output (~100 KB per patient) does not fit on the disk. "
+        "A run of the same code written to disk: bench/results/simulate.md.", "",
+        "RSS curve (from the progress log):", "",
+        "| patients | seconds | CPU-seconds | patients per CPU-s | RSS now (MB) | peak RSS (MB) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    shown = med[step - 1::step]
+    for r in shown + ([] if shown[-1] is last else [last]):
+        lines.append(f"| {r['patients']:,} | {r['seconds']:,.0f} | {r['cpu_seconds']:,.1f} | "
+                     f"{r['patients'] / r['cpu_seconds']:,.0f} | {r['rss_mb']:,.1f} | {r['peak_rss_mb']:,.1f} |")
+    lines += ["", f"Full log: `bench/results/{log.name}`. Summary written by "
+              f"`.venv/bin/python bench/simulate.py --from-progress {name}`."]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--from-progress", metavar="NAME", help="only summarize bench/results/NAME.progress.jsonl "
+                    "(a run stopped before it finished)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--discard", action="store_true", help="count the output bytes and discard them (no disk)")
     ap.add_argument("--no-baseline", action="store_true")
@@ -112,6 +148,8 @@ def main() -> None:
     ap.add_argument("--name", default="simulate", help="report name in bench/results")
     ap.add_argument("--keep", action="store_true", help="keep the outputs in bench/work/simulate")
     args = ap.parse_args()
+    if args.from_progress:
+        return from_progress(args.from_progress)
     core = sorted(os.sched_getaffinity(0))[-1] if args.core is None else args.core
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
@@ -131,7 +169,7 @@ def main() -> None:
     rss_flat = max(rss) < 1.5 * min(rss) + 50
     report = {
         "benchmark": args.name, "machine": f"{platform.machine()}, {os.cpu_count()} cores (runs pinned to core "
-        f"{core}), Python {platform.python_version()}", "load_average_at_start": [round(x, 2) for x in load],
+        f"{core}), Python {platform.python_version()}, niceness {os.nice(0)}", "load_average_at_start": [round(x, 2) for x in load],
         "setup": "3 hospitals, 2015-01-01..2025-12-31, defect rate 0.02, seed 42",
         "output": "counted and discarded (simulate(discard=True))" if args.discard else "written to disk",
         "runs": results,
