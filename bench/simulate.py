@@ -204,6 +204,9 @@ def main() -> None:
         "The baseline builds the same persons and care plans and writes them as one JSON line per person: the "
         "clinical model alone, without the four systems' formats, the defects and the ground truth.",
     ]
+    if not args.discard:
+        lines += ["", "1,000,000 patients (~100 GB of output, more than the disk holds): "
+                  "bench/results/simulate.1m.md, a run with the output counted and discarded."]
     if args.discard:
         lines += ["", "Output counted and discarded: every writer, encoder and ground-truth writer ran; each file "
                   "only counted its bytes (the output column), because the full output does not fit on the disk."]
