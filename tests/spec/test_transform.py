@@ -244,6 +244,10 @@ def test_visit_detail_from_transfers(engine):
         dict(adt, control_id="A2", event_type="A08", event_time=T(2021, 5, 2), point_of_care="W1"),  # same unit
         dict(adt, control_id="A3", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 3, 10),
              point_of_care="ICU"),
+        dict(adt, control_id="X1", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 4, 8),
+             point_of_care="X"),  # a transfer to X …
+        dict(adt, control_id="X2", event_type="A12", message_type="ADT^A12", event_time=T(2021, 5, 4, 12),
+             point_of_care="ICU"),  # … cancelled: no stretch in X
         dict(adt, control_id="A4", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 5, 9),
              point_of_care="W2"),
         dict(adt, control_id="O1", event_type="A04", visit_number="V10", patient_class="O",  # outpatient: no detail

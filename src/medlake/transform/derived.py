@@ -170,7 +170,7 @@ STAY_CLASSES = ("I", "E")  # PV1-2 patient classes whose units make details (an 
 def _hl7_stretches(persons: str | None, empi: bool) -> str:
     """HL7 ADT of inpatient and emergency visits: the unit (PV1-3.1 point of care) of each message of a visit, in
     time order; a message in another unit than the one before starts a stretch (A01 admit at the admit time, A02
-    transfer at the event time)."""
+    transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out."""
     rule = _rule("hl7.visit")
     pj, pid = c.person_joins(rule, empi)
     flt = f" AND ({pid}) IN (SELECT person_id FROM {persons})" if persons else ""
@@ -183,7 +183,7 @@ def _hl7_stretches(persons: str | None, empi: bool) -> str:
            'hl7.visit_detail', s.source, 'visit|' || s.visit_number, 'hl7.visit|' || s.source || '|visit|' ||
            s.visit_number, s.landing_sha256, s.receipt_seq, s.record_location, s.control_id
     FROM (
-        SELECT s.*, {pid} AS person_id, {c.NS} AS ns,
+        SELECT s.*,
                {c.keyed_id("visit_occurrence", "s.visit_number")} AS visit_occurrence_id,
                {c.keyed_id("provider", "s.attending_doctor_id")} AS provider_id,
                {c.keyed_id("care_site", "s.point_of_care")} AS care_site_id,
@@ -192,11 +192,19 @@ def _hl7_stretches(persons: str | None, empi: bool) -> str:
                     THEN COALESCE(s.admit_time, s.event_time) ELSE s.event_time END AS d_start,
                LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) AS prev_unit,
                MAX(s.discharge_time) OVER (PARTITION BY s.source, s.visit_number) AS v_end
-        FROM stg_hl7_visit s
-        {_WINDOW}
-        {pj}
-        WHERE {_HL7_ADT} AND s.visit_number IS NOT NULL AND s.point_of_care IS NOT NULL
-          AND s.patient_class IN ({", ".join(f"'{k}'" for k in STAY_CLASSES)}){flt}
+        FROM (
+            SELECT s.*, {pid} AS person_id, {c.NS} AS ns,
+                   LEAD(s.event_type) OVER (PARTITION BY s.source, s.visit_number,
+                                            CASE WHEN s.event_type IN ('A02', 'A12') THEN 1 ELSE 0 END
+                                            ORDER BY {order}) AS next_move
+            FROM stg_hl7_visit s
+            {_WINDOW}
+            {pj}
+            WHERE ({_HL7_ADT} OR s.event_type = 'A12') AND s.visit_number IS NOT NULL AND s.point_of_care IS NOT NULL
+              AND s.patient_class IN ({", ".join(f"'{k}'" for k in STAY_CLASSES)}){flt}
+        ) AS s
+        LEFT JOIN transform_source ns ON ns.source = s.source
+        WHERE COALESCE(s.event_type, '') <> 'A12' AND NOT (s.event_type = 'A02' AND COALESCE(s.next_move, '') = 'A12')
     ) AS s
     WHERE s.prev_unit IS NULL OR s.prev_unit <> s.point_of_care"""
 
