@@ -247,7 +247,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                            + ", ".join(f"'{x}'" for x in history) + ") AND d.source_key NOT IN (SELECT source_key "
                            f"FROM cdm_lineage WHERE run_id = {run_id}) AND d.source_key NOT IN "
                            "(SELECT source_key FROM transform_quiet_key)")
-        for name in sorted(k for k, x in narrowed.items() if x is None):  # the work tables
+        for name in sorted(k for k, x in narrowed.items() if x is None and not k.startswith("__")):  # work tables
             engine.execute(f"DROP TABLE IF EXISTS {name}")
 
         step("recording the run")
@@ -360,19 +360,38 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) ->
         field = "from_sql" if hasattr(rule, "from_sql") else "staging"  # entity rules read their `staging`
         out[rule.name] = dataclasses.replace(rule, **{field: name})
         out[name] = None
-    coding = [x for x in out.values() if getattr(x, "codings", ())]
-    if coding and c.CODINGS in tables:  # the codings those rows can pick from
-        rec = "{a}.source || '|' || CAST({a}.receipt_seq AS VARCHAR) || '|' || {a}.record_location || '|' || " \
-              "{a}.resource_id"
-        keys = " UNION ALL ".join(f"SELECT {rec.format(a='s')} FROM {x.from_sql} s" for x in coding)
-        work(f"SELECT k.* FROM stg_fhir_coding k WHERE {above('k', [x.name for x in coding])}{rec.format(a='k')} "
-             f"IN ({keys})", CODING_WORK)
-        out[CODING_WORK] = None
+    narrowed = [x for x in out.values() if x is not None]
+    rec = "{a}.source || '|' || CAST({a}.receipt_seq AS VARCHAR) || '|' || {a}.record_location || '|' || {a}.resource_id"
+    replace = {}
+    # Tables the rules' SQL looks up per row, narrowed to the rows those delta rows can find (same receipt: the same
+    # floor applies; an Encounter may be older than its events: no floor): FHIR codings, an Observation's
+    # components (a panel has no value of its own), the Encounter's visit number.
+    for table, alias, uses, key, ref, same_receipt in (
+            ("stg_fhir_coding", "k", lambda x: getattr(x, "codings", ()) and c.CODINGS in tables, rec, rec, True),
+            ("stg_fhir_observation_component", "k", lambda x: "FROM stg_fhir_observation_component k WHERE" in x.where,
+             rec, rec, True),
+            ("stg_fhir_encounter", "x", lambda x: r.VISIT_NUMBER in tables and any(
+                "FROM stg_fhir_encounter x WHERE" in k for _, k in x.visit_if), "'Encounter/' || {a}.resource_id",
+             "{a}.encounter_ref", False)):
+        users = [x for x in narrowed if isinstance(x, r.EventRule) and uses(x)]
+        if not users or table not in tables:
+            continue
+        name = CODING_WORK if table == "stg_fhir_coding" else f"tx_stg_lookup_{alias}_{len(replace)}"
+        keys = " UNION ALL ".join(f"SELECT {ref.format(a='s')} FROM {x.from_sql} s" for x in users)
+        lo = above(alias, [x.name for x in users]) if same_receipt else ""
+        work(f"SELECT {alias}.* FROM {table} {alias} WHERE {lo}{key.format(a=alias)} IN ({keys})", name)
+        out[name] = None
+        replace[f"FROM {table} {alias}\n"] = f"FROM {name} {alias}\n"
+        replace[f"FROM {table} {alias} "] = f"FROM {name} {alias} "
+    out["__sql__"] = replace
     return out
 
 
 def _work(engine: Engine, sql: str, name: str) -> None:
     """A temporary work table holding the rows of `sql`."""
+    if engine.name == "duckdb":
+        engine.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        return
     engine.execute(f"DROP TABLE IF EXISTS {name}")
     engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
     if engine.name == "postgres":
@@ -414,8 +433,10 @@ def _needs_history(rule) -> bool:
 
 
 def _codings(sql: str, narrowed: dict) -> str:
-    """A rule's SQL reading the narrowed codings (when there are) instead of every staged coding."""
-    return sql.replace("FROM stg_fhir_coding k", f"FROM {CODING_WORK} k") if CODING_WORK in narrowed else sql
+    """A rule's SQL reading the narrowed lookup tables (codings, components, encounters) where there are."""
+    for old, new in narrowed.get("__sql__", {}).items():
+        sql = sql.replace(old, new)
+    return sql
 
 
 def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> None:
