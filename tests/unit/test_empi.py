@@ -193,24 +193,29 @@ def test_reject_splits_a_person_even_when_other_links_chain_the_pair(duck, vault
     assert "reject h1-his:A1 ~ h1-lis:L1 by bob" in hist[1]["reason"] and "accept" in hist[2]["reason"]
     assert [r["kind"] for r in duck.query("SELECT kind FROM empi_decision ORDER BY seq").to_pylist()] == ["reject", "accept"]
     assert empi.status(duck)["decision_conflicts"] == 0
+    # two accepts chain L1 ~ A1 ~ E1; a later reject of L1 ~ E1 still splits them, and the accept it overrides
+    # (the older one) is reported
+    empi.decide(duck, "accept", a1, e1, who="alice")
+    empi.decide(duck, "reject", l1, e1, who="bob")
+    assert empi.person_id_for(duck, *a1) == empi.person_id_for(duck, *e1) != empi.person_id_for(duck, *l1)
+    assert empi.conflicts(duck) == [(a1, l1)] and empi.status(duck)["decision_conflicts"] == 1
 
 
 def test_cluster_keeps_rejected_pairs_apart_strongest_links_first():
     a, b, c, d = ("s", "a"), ("s", "b"), ("s", "c"), ("s", "d")
 
     def persons(decisions, links):
-        clusters, left_out = empi.cluster([a, b, c, d], decisions, links)
-        return sorted(sorted(k[1] for k in cl) for cl in clusters), left_out
+        return sorted(sorted(k[1] for k in cl) for cl in empi.cluster([a, b, c, d], decisions, links))
 
     chain = [(a, c, 0.99), (b, c, 0.97), (c, d, 0.96)]
-    assert persons({}, chain)[0] == [["a", "b", "c", "d"]]
+    assert persons({}, chain) == [["a", "b", "c", "d"]]
     # reject a ~ b: c goes with a (the stronger link), b's link to c is left out, d follows c
-    assert persons({(a, b): "reject"}, chain) == ([["a", "c", "d"], ["b"]], [])
+    assert persons({(a, b): "reject"}, chain) == [["a", "c", "d"], ["b"]]
     # an accepted pair outranks automatic links: b ~ c accepted, so now a's link to c is the one left out
-    assert persons({(a, b): "reject", (b, c): "accept"}, chain) == ([["a"], ["b", "c", "d"]], [])
-    # a later reject wins over an earlier accept that chains the pair; the accept is reported as left out
-    assert persons({(b, c): "accept", (a, c): "accept", (a, b): "reject"}, []) == ([["a", "c"], ["b"], ["d"]], [(b, c)])
+    assert persons({(a, b): "reject", (b, c): "accept"}, chain) == [["a"], ["b", "c", "d"]]
+    # a later reject wins over an earlier accept that chains the pair (the latest accept is joined first)
+    assert persons({(b, c): "accept", (a, c): "accept", (a, b): "reject"}, []) == [["a", "c"], ["b"], ["d"]]
     # the latest decision on a pair wins: an accept after the reject links them again
-    assert persons({(a, b): "accept"}, chain)[0] == [["a", "b", "c", "d"]]
+    assert persons({(a, b): "accept"}, chain) == [["a", "b", "c", "d"]]
     # decisions naming an identity that is not in the map do not fail
-    assert persons({(a, ("s", "zz")): "reject"}, chain)[0] == [["a", "b", "c", "d"]]
+    assert persons({(a, ("s", "zz")): "reject"}, chain) == [["a", "b", "c", "d"]]

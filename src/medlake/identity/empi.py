@@ -14,8 +14,9 @@ and stores in the site store — never any identifying value — :
 - `empi_run`: one row per run or re-cluster, with thresholds and the model (Splink JSON: the m/u parameters).
 
 Clusters join automatic links, accepted pairs and merges, strongest first; a rejected or unmerged pair is
-never put into one person, also not through a chain of other links (`cluster`). person_ids are stable: each cluster keeps the smallest old id it holds a majority of; an id is never
-reused; a new cluster gets the next unused id.
+never put into one person, also not through a chain of other links (`cluster`). person_ids are stable: each
+cluster keeps the smallest old id it holds a majority of; an id is never reused; a new cluster gets the next
+unused id.
 """
 from __future__ import annotations
 
@@ -287,12 +288,12 @@ def _decisions(engine) -> dict[tuple[Key, Key], str]:
 
 
 def cluster(nodes: list[Key], decisions: dict[tuple[Key, Key], str],
-            links: list[tuple[Key, Key, float]]) -> tuple[list[list[Key]], list[tuple[Key, Key]]]:
+            links: list[tuple[Key, Key, float]]) -> list[list[Key]]:
     """Persons from links and decisions (the latest per pair, oldest first). A reject or unmerge keeps its two
     identities in different persons even when other links chain them (a cannot-link constraint): links are
     joined strongest first — manual accepts and merges (the latest first), then automatic links by match
-    probability — and a link that would put a kept-apart pair into one person is left out. Returns the
-    clusters and the manual links left out that way (decisions in conflict with a later reject)."""
+    probability — and a link that would put a kept-apart pair into one person is left out (an accept left out
+    so is listed by `conflicts`)."""
     parent = {k: k for k in nodes}
     apart: dict[Key, set[Key]] = defaultdict(set)  # root -> identities its person may not hold
     for (a, b), kind in decisions.items():
@@ -309,8 +310,7 @@ def cluster(nodes: list[Key], decisions: dict[tuple[Key, Key], str],
             x = parent[x]
         return x
 
-    left_out = []
-    for i, (a, b) in enumerate(manual + automatic):
+    for a, b in manual + automatic:
         for x in (a, b):
             if x not in parent:  # a decision or merge names an identity not (yet) in the vault
                 parent[x] = x
@@ -320,8 +320,6 @@ def cluster(nodes: list[Key], decisions: dict[tuple[Key, Key], str],
             continue
         if any(x in parent and find(x) == rb for x in apart.get(ra, ())) or \
                 any(x in parent and find(x) == ra for x in apart.get(rb, ())):
-            if i < len(manual):
-                left_out.append((a, b))
             continue
         keep, gone = min(ra, rb), max(ra, rb)
         parent[gone] = keep
@@ -330,7 +328,7 @@ def cluster(nodes: list[Key], decisions: dict[tuple[Key, Key], str],
     clusters: dict[Key, list[Key]] = defaultdict(list)
     for k in nodes:
         clusters[find(k)].append(k)
-    return list(clusters.values()), left_out
+    return list(clusters.values())
 
 
 def _recluster(engine, run_id: int, now: dt.datetime, reason: str, new_keys: list[Key] | None = None) -> tuple[int, int]:
@@ -342,7 +340,7 @@ def _recluster(engine, run_id: int, now: dt.datetime, reason: str, new_keys: lis
         nodes += [k for k in old if k not in seen]
     links = [((r["source_l"], r["id_l"]), (r["source_r"], r["id_r"]), r["match_probability"]) for r in engine.query(
         "SELECT source_l, id_l, source_r, id_r, match_probability FROM empi_pair WHERE status = 'link'").to_pylist()]
-    clusters, _ = cluster(nodes, _decisions(engine), links)
+    clusters = cluster(nodes, _decisions(engine), links)
     new = assign_ids(old, clusters, _max_id_ever(engine))
     changes = [(k, old.get(k), pid) for k, pid in new.items() if old.get(k) != pid]
     engine.execute("DELETE FROM empi_person_map")
