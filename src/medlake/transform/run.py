@@ -188,11 +188,17 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
 
         # codes of the delta, resolved once
         step("resolving codes")
+        needed = []
         for rule in (*events, *entities):
-            for code in c.codes_of(rule):
-                engine.execute(c.needed_sql(rule, code))
+            needed += [c.needed_sql(rule, code) for code in c.codes_of(rule)]
             if getattr(rule, "codings", ()) and c.CODINGS in tables:
-                engine.execute(_codings(c.coding_needed_sql(rule), narrowed))
+                needed.append(_codings(c.coding_needed_sql(rule), narrowed))
+        head = "INSERT INTO tx_needed\n"
+        if narrowed and all(x.startswith(head) for x in needed):  # few rows each: one statement
+            needed = [head + "\nUNION ALL\n".join(f"SELECT * FROM ({x[len(head):]}) AS n{i}"
+                                                  for i, x in enumerate(needed))] if needed else []
+        for sql in needed:
+            engine.execute(sql)
         engine.execute(c.RESOLVE_SQL)
 
         for rule in events:
@@ -248,7 +254,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                            f"FROM cdm_lineage WHERE run_id = {run_id}) AND d.source_key NOT IN "
                            "(SELECT source_key FROM transform_quiet_key)")
         for name in sorted(k for k, x in narrowed.items() if x is None and not k.startswith("__")):  # work tables
-            engine.execute(f"DROP TABLE IF EXISTS {name}")
+            if engine.name != "duckdb":  # DuckDB replaces them next time (CREATE OR REPLACE), and at close
+                engine.execute(f"DROP TABLE IF EXISTS {name}")
 
         step("recording the run")
         engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
