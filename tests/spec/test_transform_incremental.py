@@ -52,7 +52,15 @@ def test_rerun_and_an_accepted_mapping_remaps_only_its_rows(engine):
     assert rows(engine, "SELECT code, n_rows FROM transform_gap") == [("X1", 1)]
     assert all(x in rows(engine, LINEAGE) for x in unrelated)
 
-    # a corrected dispensing names another patient: the record moves, the old person keeps its PERSON row
+
+def test_a_record_moved_to_another_patient_keeps_the_old_person(engine):
+    """A corrected dispensing names another patient: the record moves; the old person, touched, keeps its PERSON
+    row (rebuilt from all of its records, not only the new ones)."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    batch1(engine)
+    transform(engine, namespaces=NS)
+    person = sid("h1|M1")
     stage(engine, "stg_csv_pharmacy", "pharmacy", 3, [
         dict(record_id="RX1", patient_id="M9", visit_id="V9", drug_code="Y100147", drug_code_system="H1PHARM",
              quantity=90.0, days_supply=30, dispensed_at=T(2021, 5, 3, 15))])
