@@ -114,12 +114,14 @@ def from_progress(name: str) -> None:
     step = max(1, len(med) // 20)
     lines = [
         f"# Simulated hospital benchmark: {last['of']:,} patients, output counted and discarded"
-        + ("" if done else " — STOPPED EARLY"), "",
-        f"{'Finished' if done else 'Stopped'} at **{last['patients']:,} of {last['of']:,} patients** after "
+        + ("" if done else " — NOT FINISHED"), "",
+        f"{'Finished' if done else 'Largest size reached'}: **{last['patients']:,} of {last['of']:,} patients** after "
         f"{last['seconds']:,.0f} s ({last['cpu_seconds']:,.0f} CPU-seconds): "
         f"{last['patients'] / last['cpu_seconds']:,.0f} patients per CPU-second, "
         f"{last['patients'] / last['seconds']:,.0f} patients/s wall-clock; peak RSS {last['peak_rss_mb']:,.1f} MB "
         f"(target < 2 GB: **{'met' if last['peak_rss_mb'] < 2048 else 'NOT met'}** up to this size).", "",
+        *([] if done else ["The run had not finished when this summary was written from its progress log "
+                           "(it was stopped, or still going).", ""]),
         "Every writer, encoder and ground-truth writer ran; the bytes were counted and discarded "
         "(simulate(discard=True)), because the full output (~100 KB per patient) does not fit on the disk. "
         "A run of the same code written to disk: bench/results/simulate.md.", "",
