@@ -237,3 +237,17 @@ def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
     assert got["field_plausiblestartbeforeend_visit_occurrence_visit_start_date"]["num_violated_rows"] == 1
     assert got["field_cdmfield_visit_occurrence_admitting_source_concept_id"]["status"] == "passed"
     assert "table_measureobservationperiodoverlap_observation_period" in got
+
+
+@pytest.mark.parametrize("keys, dups", [([1, 2, 3], 0), ([1, 1, 2], 2), ([None, None, 1], 2), ([None, 1], 0),
+                                        ([None, 1, 1, 1, 2, 2, 3], 5)])
+def test_primary_key_by_sorting_counts_what_group_by_counts(keys, dups):
+    """isPrimaryKey on DuckDB sorts (a row equal to its neighbour) instead of grouping: the same rows count,
+    NULL keys included (GROUP BY puts them in one group)."""
+    from medlake.quality.compile import primary_key_sql
+
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE t (id BIGINT)")
+    eng.load_arrow("t", pa.table({"id": pa.array(keys, pa.int64())}))
+    got = [eng.query(primary_key_sql("t", "id", sort=s)[0]).column(0)[0].as_py() for s in (False, True)]
+    assert got == [dups, dups]

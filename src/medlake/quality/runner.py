@@ -145,7 +145,11 @@ class Runner:
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
                  feed: dict | None = None, split_joins: bool | None = None):
         self.eng = Counted(engine)
-        self.split_joins = getattr(engine, "name", "") == "duckdb" if split_joins is None else split_joins
+        name = getattr(engine, "name", "")
+        self.split_joins = name in ("duckdb", "postgres") if split_joins is None else split_joins
+        # examples of failed concept rules: DuckDB stops a LIMIT 10 scan early, one query per failed rule is
+        # cheap; a row store reads the table once per query, so there one windowed scan per rule kind
+        self.scan_examples = name != "duckdb"
         self.version = version
         self.out = Path(out)
         self.site = list(site_checks)
@@ -280,7 +284,7 @@ class Runner:
                         res[it.check.id] = result(it.check, "not_applicable",
                                                   reason=f"field {table}.{p.check.field} has no values")
         for c in pks:
-            sql, ex = cp.primary_key_sql(table, c.field)
+            sql, ex = cp.primary_key_sql(table, c.field, sort=self.eng.engine.name == "duckdb")
             self._single(c, sql, res, examples=ex)
         concept_failed = []  # (example parts, failed checks by rid) per rule kind
         for sql, group, _, parts in cq:
@@ -308,8 +312,13 @@ class Runner:
                 else:
                     res[c.id] = result(c, "counted", int(rows[i][0] or 0), int(rows[i][1] or 0))
             failed = {i: c for i, c in enumerate(group) if res[c.id]["failed"]}
-            if failed:
+            if failed and self.scan_examples:
                 concept_failed.append((parts, failed))
+            for c in failed.values() if not self.scan_examples else ():
+                try:
+                    conds[c.id] = cp.concept_example(c, ctx)
+                except cp.NotApplicable:
+                    pass
         for c, sql, ex in tlevel:
             self._single(c, sql, res, examples=ex)
         # examples: one UNION ALL query for every failed scan/concept check of the table
@@ -404,15 +413,18 @@ class Runner:
     def run(self, run_id: str | None = None) -> Run:
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
-        jit = None
-        if self.eng.engine.name == "postgres":  # JIT compiles each check query for ~1 s (estimates of the wide
-            jit = self.eng.engine.query("SELECT current_setting('jit') AS v").column(0)[0].as_py()  # aggregates
-            self.eng.engine.execute_native("SET jit = off")  # are huge) and runs it in ms: off, both modes
+        settings = {}
+        if self.eng.engine.name == "postgres":  # for this session, both executions: JIT compiles each check
+            # query for ~1 s (the wide aggregates have huge cost estimates) and then runs it in ms; the default
+            # 4 MB work_mem sends every primary-key GROUP BY of a large table to disk
+            for name, value in (("jit", "off"), ("work_mem", "256MB")):
+                settings[name] = self.eng.engine.query(f"SELECT current_setting('{name}') AS v").column(0)[0].as_py()
+                self.eng.engine.execute_native(f"SET {name} = {cp.lit(value)}")
         try:
             return self._run(run_id, started, t0)
         finally:
-            if jit is not None:
-                self.eng.engine.execute_native(f"SET jit = {cp.lit(jit)}")
+            for name, value in settings.items():
+                self.eng.engine.execute_native(f"SET {name} = {cp.lit(value)}")
 
     def _run(self, run_id, started, t0) -> Run:
         self._survey()
