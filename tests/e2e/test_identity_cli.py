@@ -122,7 +122,7 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
 
 @pytest.mark.spark
 def test_empi_on_a_spark_store_links_with_splinks_spark_backend(tmp_path):
-    """`--store spark:DIR`: staging is cleared without UPDATE, Splink links on Spark, a reject splits a chain."""
+    """`--store spark:DIR`: staging is cleared without UPDATE, Splink links on Spark, no plaintext left."""
     (tmp_path / "h1/his").mkdir(parents=True)
     (tmp_path / "h2/emr").mkdir(parents=True)
     (tmp_path / "h1/his/adt.hl7").write_bytes((MSH.format(n=1, ev="A01") + "EVN|A01|20240101120000\r" + PIDS[0]
@@ -142,5 +142,4 @@ def test_empi_on_a_spark_store_links_with_splinks_spark_backend(tmp_path):
     assert "Splink on spark" in r.stdout and "3 staging row(s) cleared" in r.stdout, r.stdout
     raw = b"".join(p.read_bytes() for p in (tmp_path / "warehouse").rglob("*") if p.is_file())
     assert "张".encode() not in raw and b"110101198003050016" not in raw
-    r = run(*store, "empi", "reject", "h1-his:M001", "h2-emr:p1", cwd=tmp_path, env=env)
-    assert r.returncode == 0 and "1 person_id change(s)" in r.stdout, r.stdout + r.stderr  # p1 out, p3 stays
+    # decisions on Spark: tests/unit/test_identity_engines.py (each command here starts a JVM)
