@@ -272,6 +272,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             "records": [n_delta], "rows_written": [sum(written.values())], "rows_deleted": [deleted],
             "skipped": [skipped], "persons": [n_persons]}))
         gaps = _count(engine, "SELECT count(*) FROM transform_gap")
+        for w in (*c.WORK_TABLES, *CHANGES):  # emptied now, so the next run does not pay for this one's size
+            if w != "tx_mark":
+                engine.execute(f"DELETE FROM {w}")
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
                       time.perf_counter() - t0)
 
