@@ -310,7 +310,8 @@ def report(res: dict) -> str:
          "of source identities put in the same person; B-cubed averages per identity.", ""]
     H = "| method | precision | recall | F1 | B³ precision | B³ recall | B³ F1 |\n|---|---|---|---|---|---|---|"
     def measured(part: dict) -> list[str]:  # sections may come from different runs of this script
-        return [f"Measured {part['when']} with `{part['command']}`.", ""] if part.get("when") else []
+        load = f" (1-minute load average at start {part['load_average']} on this machine)" if "load_average" in part else ""
+        return [f"Measured {part['when']} with `{part['command']}`{load}.", ""] if part.get("when") else []
 
     if s := res.get("simulated"):
         L += [f"## Simulated hospital ({s['patients']:,} patients, {s['hospitals']} hospitals, seed {s['seed']})", "",
@@ -356,7 +357,8 @@ def report(res: dict) -> str:
                 L.append(f"| {s['identities']:,} | failed: {s['error']} | | | | | | |")
                 continue
             t = s["empi_timings"]
-            L.append(f"| {s['identities']:,}{' (' + s['when'][:10] + ')' if s.get('when') else ''} | "
+            when = s["when"][:10] + (f", load {s['load_average']}" if "load_average" in s else "") if s.get("when") else ""
+            L.append(f"| {s['identities']:,}{' (' + when + ')' if when else ''} | "
                      f"{s['vault_put_s']:.1f} s | {s['empi_run_s']:.1f} s | "
                      f"{t.get('read_and_normalise', 0):.1f} / {t.get('train', 0):.1f} / {t.get('predict', 0):.1f} / "
                      f"{t.get('cluster_and_store', 0):.1f} s | {s['pairs']:,} | {s['peak_rss_mb']:,.0f} MB | "
@@ -379,7 +381,8 @@ def main() -> None:
     if a.scale_child:
         print(json.dumps(scale_child(a.scale_child), default=str))
         return
-    stamp = {"when": dt.datetime.now().isoformat(timespec="seconds"), "command": "bench/empi.py " + " ".join(sys.argv[1:])}
+    stamp = {"when": dt.datetime.now().isoformat(timespec="seconds"), "command": "bench/empi.py " + " ".join(sys.argv[1:]),
+             "load_average": round(__import__("os").getloadavg()[0], 1)}  # the machine may be shared: times vary
     # sections not run this time keep their last figures (each says when and how it was measured)
     old = json.loads((RESULTS / "empi.json").read_text()) if (RESULTS / "empi.json").exists() else {}
     for part in ("simulated", "febrl4"):

@@ -301,8 +301,9 @@ def cluster(nodes: list[Key], decisions: dict[tuple[Key, Key], str],
             apart[a].add(b)
             apart[b].add(a)
     manual = [pair for pair, kind in reversed(decisions.items()) if kind in LINKING]
-    automatic = [(a, b) for a, b, _ in sorted(links, key=lambda x: (-x[2], x[0], x[1]))
-                 if decisions.get((a, b)) not in SPLITTING]
+    if apart:  # the order only matters when a pair is kept apart
+        links = sorted(links, key=lambda x: (-x[2], x[0], x[1]))
+    automatic = [(a, b) for a, b, _ in links if decisions.get((a, b)) not in SPLITTING]
 
     def find(x):
         while parent[x] != x:
