@@ -176,7 +176,7 @@ def build(url: str, n: int) -> dict[str, int]:
 
 KINDS = (  # what a query of the run is, from its SQL (for the time breakdown)
     ("concept checks, grouped by value", lambda s: s.startswith("WITH g__")),
-    ("primary keys", lambda s: "HAVING count(*) > 1" in s),
+    ("primary keys", lambda s: "HAVING count(*) > 1" in s or "lead(" in s),
     ("concept-level rules (value, unit, gender)", lambda s: "r.rid" in s or "ancestor_concept_id IN" in s),
     ("examples of failed checks", lambda s: "row_id" in s),
     ("table-level checks", lambda s: "AS v0" in s and "person" in s and "DISTINCT person_id" in s),

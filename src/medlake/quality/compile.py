@@ -64,6 +64,8 @@ class Context:
     id_column: str | None
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)  # alias -> (join SQL, table it reads)
     filter_aggs: bool = False  # count(*) FILTER (WHERE …) instead of sum(CASE …): faster on PostgreSQL, slower on DuckDB
+    distinct_grouped: bool = False  # count(DISTINCT …) on the grouped table: PostgreSQL sorts for a DISTINCT
+    # aggregate over every row; DuckDB hashes it in the scan faster than it groups by text columns
 
     def has(self, table: str) -> bool:
         return self.present.get(table, 0) != 0
@@ -186,9 +188,10 @@ def field_item(c: Check, ctx: Context) -> Item:
     if name in ("standardConceptRecordCompleteness", "sourceConceptRecordCompleteness"):
         return item(f"{f} = 0")
     if name == "sourceValueCompleteness":
-        s = ctx.need_column(c.param("standard_field"))  # distinct values: counted on the grouped table
+        s = ctx.need_column(c.param("standard_field"))
         return Item(c, f"count(DISTINCT CASE WHEN {s} = 0 THEN {f} END)", f"count(DISTINCT {f})", (),
-                    f"{s} = 0 AND {nn}", grouped=True, group_cols=(c.param("standard_field"),), weighted=False)
+                    f"{s} = 0 AND {nn}", grouped=ctx.distinct_grouped, group_cols=(c.param("standard_field"),),
+                    weighted=False)
     if name in ("plausibleValueLow", "plausibleValueHigh"):
         v = c.param("value")
         expr = as_date(f) if isinstance(v, dt.date) else f
@@ -312,6 +315,12 @@ def primary_key_sql(table: str, fld: str, sort: bool = False) -> tuple[str, str]
         return (f"SELECT {sum_if('k = p OR k = nx')} + CASE WHEN {nulls} > 1 THEN {nulls} ELSE 0 END AS v0 "
                 f"FROM ({w}) AS w", ex)
     return f"SELECT coalesce(sum(n), 0) AS v0 FROM ({dup}) AS d", ex
+
+
+def key_unique_sql(table: str, fld: str) -> str:
+    """0 when every key is present and distinct (then isPrimaryKey has no violation; otherwise the exact
+    query counts them): on PostgreSQL a DISTINCT count sorts, ~8x faster than a GROUP BY of a million keys."""
+    return f"SELECT count(*) - count(DISTINCT {q(fld)}) AS x FROM {q(table)}"
 
 
 # -- concept level -----------------------------------------------------------------------------------------
