@@ -83,8 +83,20 @@ def test_eras_and_observation_periods(engine):
     ]  # 20 March has no quantity: no known dose, no dose era (its drug era counts it)
     assert rows(engine, "SELECT person_id, observation_period_start_date, observation_period_end_date, "
                         "period_type_concept_id FROM observation_period") == [
-        (1, D(2020, 1, 1), D(2021, 2, 3), 44814724),
-        (2, D(2022, 2, 1), D(2022, 5, 6), 44814724),
+        (1, D(2020, 1, 1), D(2021, 2, 3), 32817),
+        (2, D(2022, 2, 1), D(2022, 5, 6), 32817),
+    ]
+
+
+def test_observation_period_ends_at_death(engine):
+    seed(engine)  # person 2: drugs until 21 March 2022, a condition on 5-6 May 2022
+    engine.load_arrow("death", table("death", person_id=[2], death_date=[D(2022, 4, 1)],
+                                     death_type_concept_id=[32817]))
+    derived.rebuild(engine)
+    assert rows(engine, "SELECT person_id, observation_period_start_date, observation_period_end_date "
+                        "FROM observation_period") == [
+        (1, D(2020, 1, 1), D(2021, 2, 3)),  # no death: the last event
+        (2, D(2022, 2, 1), D(2022, 4, 1)),  # records after death do not extend the observed time
     ]
 
 

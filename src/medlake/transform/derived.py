@@ -15,7 +15,7 @@ from medlake.transform import compile as c
 from medlake.transform import rules as r
 
 PERSISTENCE_DAYS = 30
-EHR_PERIOD_TYPE = 44814724  # Period covering healthcare encounters
+EHR_PERIOD_TYPE = 32817  # EHR: the standard type concept (Obs Period Type 44814724 is no longer standard)
 
 
 def _era_sql(events: str, era_table: str, tail: str = "n", keys: tuple[str, ...] = (), head: str = "",
@@ -124,7 +124,8 @@ def dose_era_sql(persons: str | None = None) -> str:
 
 def observation_period_sql(persons: str | None = None) -> str:
     """One period per person from the earliest to the latest clinical event (visits, conditions, drugs,
-    procedures, measurements, observations, devices, death)."""
+    procedures, measurements, observations, devices, death), ending at death at the latest (a supply that runs
+    past the death date does not extend the time the person was observed)."""
     parts = [
         ("visit_occurrence", "visit_start_date", "COALESCE(visit_end_date, visit_start_date)"),
         ("condition_occurrence", "condition_start_date", "COALESCE(condition_end_date, condition_start_date)"),
@@ -141,11 +142,15 @@ def observation_period_sql(persons: str | None = None) -> str:
                                       for t, s, e in parts)
     return f"""
 INSERT INTO observation_period
-SELECT stable_id('observation_period|' || CAST(person_id AS VARCHAR)), person_id, MIN(s), MAX(e), {EHR_PERIOD_TYPE}
+SELECT stable_id('observation_period|' || CAST(ev.person_id AS VARCHAR)), ev.person_id, MIN(ev.s),
+       CASE WHEN MAX(dd.death_date) >= MIN(ev.s) AND MAX(ev.e) > MAX(dd.death_date) THEN MAX(dd.death_date)
+            ELSE MAX(ev.e) END,
+       {EHR_PERIOD_TYPE}
 FROM (
 {union}
 ) AS ev
-GROUP BY person_id
+LEFT JOIN death dd ON dd.person_id = ev.person_id
+GROUP BY ev.person_id
 """
 
 
@@ -278,8 +283,7 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
              "visit_detail_end_date": "CAST(d.d_stop AS DATE)", "visit_detail_end_datetime": "d.d_stop",
              "visit_detail_type_concept_id": str(r.EHR), "provider_id": "d.provider_id",
              "care_site_id": "d.care_site_id", "visit_detail_source_value": "d.source_value",
-             "visit_detail_source_concept_id": "0", "admitted_from_concept_id": "0",
-             "discharged_to_concept_id": "0", "preceding_visit_detail_id": "d.prev_id",
+             "visit_detail_source_concept_id": "0", "preceding_visit_detail_id": "d.prev_id",
              "visit_occurrence_id": "d.visit_occurrence_id"}
     insert = f"INSERT INTO visit_detail\n{tail}\nSELECT {c.select_list('visit_detail', exprs)} FROM d WHERE d.dup = 1"
     lineage = (f"INSERT INTO cdm_lineage\n{tail}\nSELECT 'visit_detail', d.id, d.person_id, d.rule, d.source, "
