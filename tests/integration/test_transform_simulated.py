@@ -19,7 +19,9 @@ from medlake.landing.quarantine import Quarantine
 from medlake.simulate import simulate
 from medlake.sources import config as source_config
 from medlake.sources.records import is_identifying
-from medlake.transform.run import register_code_systems, transform
+from medlake.mapping import review
+from medlake.mapping import store as map_store
+from medlake.transform.run import transform
 
 KIND_SQL = {
     "condition": "SELECT l.message_id, t.person_id, condition_start_date, condition_concept_id, NULL, NULL "
@@ -55,26 +57,27 @@ def jsonl(path):
 
 
 def site_mapping(engine, truth) -> None:
-    """The site's SOURCE_TO_CONCEPT_MAP for its local codes, and short vocabulary ids for its code systems."""
-    systems, rows = {}, {}
+    """The site's reviewed mappings of its local codes, recorded through the mapping workbench as a reviewer who
+    accepts each code's true concept would (SOURCE_TO_CONCEPT_MAP, the codes' own source concepts, history), and
+    its local unit spellings mapped to UCUM concepts."""
+    items, units = [], {}
     for c in jsonl(truth / "codes.jsonl"):
         if c["kind"] == "unit":
-            vocab_id = "UCUM"  # local unit spellings, mapped to UCUM concepts
-        elif c["code_system"].startswith(("http", "https")):
+            if c["concept_id"]:
+                units[c["code"]] = c["concept_id"]
+            continue
+        if c["code_system"].startswith(("http", "https")):
             continue  # a standard code system: resolved through the vocabulary itself
-        else:
-            vocab_id = c["code_system"].split(":")[-2].upper() + "-" + c["code_system"].split(":")[-1].upper()[:12] \
-                if c["code_system"].startswith("urn:") else c["code_system"]
-            systems[c["code_system"]] = vocab_id
-        if c["concept_id"]:
-            rows[(vocab_id, c["code"])] = c["concept_id"]
-    register_code_systems(engine, systems)
-    keys = list(rows)
+        t = review.Target(c["code_system"], map_store.source_vocabulary_id(c["code_system"]), c["code"],
+                          c.get("display"))
+        items.append((t, "accepted" if c["concept_id"] else "no_match", c["concept_id"] or None, None,
+                      "ground truth"))
+    review.decide_many(engine, items, by="site reviewer", how="import")
+    keys = sorted(units)
     engine.load_arrow("source_to_concept_map", ddl.arrow_table(model.load("5.4").table("source_to_concept_map"), dict(
-        source_code=[k[1] for k in keys], source_concept_id=[0] * len(keys),
-        source_vocabulary_id=[k[0] for k in keys], target_concept_id=[rows[k] for k in keys],
-        target_vocabulary_id=["None"] * len(keys), valid_start_date=[dt.date(1970, 1, 1)] * len(keys),
-        valid_end_date=[dt.date(2099, 12, 31)] * len(keys))))
+        source_code=keys, source_concept_id=[0] * len(keys), source_vocabulary_id=["UCUM"] * len(keys),
+        target_concept_id=[units[k] for k in keys], target_vocabulary_id=["UCUM"] * len(keys),
+        valid_start_date=[dt.date(1970, 1, 1)] * len(keys), valid_end_date=[dt.date(2099, 12, 31)] * len(keys))))
 
 
 @pytest.fixture(scope="module")

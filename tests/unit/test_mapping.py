@@ -117,6 +117,14 @@ def test_accept_reject_no_match_write_stcm_and_history(eng):
                      "valid_end_date FROM source_to_concept_map WHERE source_code = '1000'").to_pylist()
     assert len(stcm) == 1 and stcm[0]["target_concept_id"] == fasting and stcm[0]["source_vocabulary_id"] == "H1LIS"
     assert str(stcm[0]["valid_end_date"]) == "2099-12-31"
+    # a local code gets the site's own source concept (not standard, its source vocabulary), named in the map
+    local = eng.query("SELECT c.concept_id, c.concept_name, c.domain_id, c.vocabulary_id, c.standard_concept, "
+                      "m.source_concept_id FROM concept c JOIN source_to_concept_map m ON m.source_concept_id = "
+                      "c.concept_id WHERE m.source_code = '1000'").to_pylist()
+    assert len(local) == 1 and local[0]["concept_id"] >= 2_000_000_000
+    assert (local[0]["concept_name"], local[0]["domain_id"], local[0]["vocabulary_id"], local[0]["standard_concept"]
+            ) == ("GLU-F", "Measurement", "H1LIS", None)
+    assert eng.query("SELECT count(*) FROM vocabulary WHERE vocabulary_id = 'H1LIS'").column(0)[0].as_py() == 1
     d = eng.query("SELECT decided_by, decision, how FROM mapping_decision WHERE source_code = '1000'").to_pylist()
     assert d == [{"decided_by": "alice", "decision": "accepted", "how": "cli"}]
     # the code is mapped now, not a gap; the transform finds it by the same source_vocabulary_id
@@ -129,6 +137,12 @@ def test_accept_reject_no_match_write_stcm_and_history(eng):
     review.reject(eng, store.gap_id("urn:medlake:h1:pharmacy", "ZY0301"), by="bob")
     assert eng.query("SELECT target_concept_id FROM source_to_concept_map WHERE source_code = 'ZY0301'"
                      ).column(0)[0].as_py() == 0
+    # the same code decided again keeps its source concept; another code gets the next id
+    review.accept(eng, g, fasting, by="carol")
+    again = eng.query("SELECT source_concept_id FROM source_to_concept_map WHERE source_code = '1000'").to_pylist()
+    assert again == [{"source_concept_id": local[0]["concept_id"]}]
+    assert eng.query("SELECT source_concept_id FROM source_to_concept_map WHERE source_code = 'ZY0301'"
+                     ).column(0)[0].as_py() > local[0]["concept_id"]
     with pytest.raises(ValueError, match="not in this store"):
         review.accept(eng, store.gap_id("H2LIS", "HBA1C"), 999999)
     with pytest.raises(ValueError, match="no gap"):

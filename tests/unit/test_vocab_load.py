@@ -68,6 +68,19 @@ def test_newer_release_replaces_older(duck, tmp_path):
     assert ids == [8507, 4000000]
 
 
+def test_a_reload_keeps_the_sites_own_concepts(duck, tmp_path):
+    store.init(duck)
+    vocab.load(duck, write_vocab(tmp_path / "v1", ROWS))
+    duck.execute("INSERT INTO concept VALUES (2000000007, 'GLU-F', 'Measurement', 'H1LIS', 'Undefined', NULL, "
+                 "'1000', DATE '1970-01-01', DATE '2099-12-31', NULL)")
+    duck.execute("INSERT INTO vocabulary VALUES ('H1LIS', 'Site-local codes H1LIS', 'medlake map', NULL, 0)")
+    report = vocab.load(duck, write_vocab(tmp_path / "v2", ROWS, version="v5.0 01-JUL-24"))
+    assert report.verified and report.kept == {"vocabulary": 1, "concept": 1}
+    assert duck.query("SELECT concept_id FROM concept ORDER BY 1").column(0).to_pylist() == [
+        8507, 201826, 45756805, 2000000007]
+    assert sorted(duck.query("SELECT vocabulary_id FROM vocabulary").column(0).to_pylist()) == ["H1LIS", "None"]
+
+
 def test_large_file_is_streamed_in_batches(duck, tmp_path, monkeypatch):
     monkeypatch.setattr(vocab, "BLOCK", 4096)
     rows = [(i, f"concept {i}", "Condition", "SNOMED", "Disorder", "S", str(i), "19700101", "20991231", "")

@@ -43,6 +43,7 @@ class VocabReport:
     loaded: dict[str, int] = field(default_factory=dict)  # table -> rows in store after load
     missing: list[str] = field(default_factory=list)
     version: str | None = None
+    kept: dict[str, int] = field(default_factory=dict)  # table -> the site's own rows kept over a reload
 
     @property
     def verified(self) -> bool:
@@ -161,6 +162,23 @@ def read_batches(path: Path, table: model.Table):
         raise VocabError(f"{path.name}: {str(e).splitlines()[0]}") from e
 
 
+LOCAL_CONCEPTS = 2_000_000_000  # OMOP's range for a site's own concepts (the mapping workbench creates them)
+
+
+def _site_local(engine, files) -> dict[str, pa.Table]:
+    """The site's own concepts (id >= 2,000,000,000) and their vocabularies, kept over a vocabulary reload:
+    SOURCE_TO_CONCEPT_MAP and the CDM's *_source_concept_id point at them."""
+    if "concept" not in engine.tables():
+        return {}
+    concepts = engine.query(f"SELECT * FROM concept WHERE concept_id >= {LOCAL_CONCEPTS}")
+    out = {"concept": concepts}
+    vocabs = sorted(set(concepts.column("vocabulary_id").to_pylist()))
+    if vocabs and "vocabulary" in files:
+        out["vocabulary"] = engine.query("SELECT * FROM vocabulary WHERE vocabulary_id IN "
+                                         f"({', '.join('?' for _ in vocabs)})", vocabs)
+    return out
+
+
 def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
          progress: Callable[[str, int, int], None] | None = None) -> VocabReport:
     """Load every vocabulary file found in `folder` into `engine`, atomically."""
@@ -177,6 +195,7 @@ def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
         raise VocabError(f"store has no table(s) {', '.join(missing_tables)}: run `medlake init` first")
     total = sum(p.stat().st_size for p in files.values())
     done = 0
+    kept = _site_local(engine, files)
     with engine.transaction():
         for name in VOCAB_FILES:
             if name not in files:
@@ -193,6 +212,14 @@ def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
                     progress(name, min(done + int(size * loaded / max(report.files[name], 1)), total), total)
             done += size
             n = engine.query(f"SELECT count(*) AS n FROM {name}").column(0)[0].as_py()
+            if kept.get(name) is not None and kept[name].num_rows:  # the site's own concepts stay
+                key = kept[name].column_names[0]
+                have = {r[key] for r in engine.query(f"SELECT {key} FROM {name} WHERE {key} IN "
+                                                     f"({', '.join('?' for _ in range(kept[name].num_rows))})",
+                                                     kept[name].column(key).to_pylist()).to_pylist()}
+                keep = kept[name].filter(pa.array([v not in have for v in kept[name].column(key).to_pylist()]))
+                engine.load_arrow(name, keep)
+                report.kept[name] = keep.num_rows
             report.loaded[name] = n
             if n != report.files[name]:
                 raise VocabError(f"{path.name}: {report.files[name]} rows in the file but {n} loaded")

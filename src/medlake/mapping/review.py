@@ -1,7 +1,10 @@
 """Review and record: accept, reject, no match; a CSV round trip for a spreadsheet; auto-accept above a score.
 
-An accepted mapping is a valid SOURCE_TO_CONCEPT_MAP row (source_concept_id 0, valid 2099-12-31); "no match"
-is a row with target_concept_id 0 (reviewed: no standard concept exists). Each decision is also appended to
+An accepted mapping is a valid SOURCE_TO_CONCEPT_MAP row (valid 2099-12-31); "no match" is a row with
+target_concept_id 0 (reviewed: no standard concept exists). A local code (a code system that is no known
+vocabulary) gets the site's own source concept (id >= 2,000,000,000, vocabulary = its source_vocabulary_id, not
+standard) the first time it is decided, so the CDM's *_source_concept_id names it instead of 0 (what DQD's
+sourceConceptRecordCompleteness asks for); a vocabulary reload keeps these concepts. Each decision is also appended to
 `mapping_decision` with who and when (and how: cli, import, auto), since the CDM table has no such columns.
 A later decision for the same code replaces its SOURCE_TO_CONCEPT_MAP row; the history stays.
 The transform reads SOURCE_TO_CONCEPT_MAP and, on its next plain run, re-maps only the records whose code's mapping
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from medlake.cdm.vocab import LOCAL_CONCEPTS
 from medlake.mapping import store
 
 END = dt.date(2099, 12, 31)
@@ -64,7 +68,8 @@ def gap(engine, gap_id: str) -> Target:
 
 
 def _concept(engine, concept_id: int) -> dict:
-    rows = engine.query("SELECT concept_id, concept_name, vocabulary_id, standard_concept, invalid_reason FROM concept "
+    rows = engine.query("SELECT concept_id, concept_name, domain_id, vocabulary_id, standard_concept, invalid_reason "
+                        "FROM concept "
                         "WHERE concept_id = ?", [int(concept_id)]).to_pylist()
     if not rows:
         raise ValueError(f"concept {concept_id} is not in this store's vocabulary")
@@ -95,7 +100,7 @@ def decide_many(engine, items, by: str | None = None, how: str = "cli", today: d
     now = dt.datetime.now().replace(microsecond=0)
     reviewer = who(by)
     checked: dict[int, dict] = {}
-    stcm_rows, decisions, drop, unset = [], [], [], []
+    stcm_rows, decisions, drop, unset, local_targets = [], [], [], [], []
     for t, decision, concept_id, score, evidence in items:
         decision = DECISIONS.get(decision, decision)
         if decision not in ("accepted", "rejected", "no_match"):
@@ -114,6 +119,7 @@ def decide_many(engine, items, by: str | None = None, how: str = "cli", today: d
             unset.append((t.source_vocabulary_id, t.code, int(concept_id)))
         else:
             drop.append((t.source_vocabulary_id, t.code))
+            local_targets.append((t, c.get("domain_id")))
             stcm_rows.append({
                 "source_code": t.code[:50], "source_concept_id": 0, "source_vocabulary_id": t.source_vocabulary_id,
                 "source_code_description": (t.description or "")[:255] or None, "target_concept_id": int(concept_id),
@@ -124,6 +130,9 @@ def decide_many(engine, items, by: str | None = None, how: str = "cli", today: d
             "source_code_description": t.description, "decision": decision, "target_concept_id": int(concept_id),
             "score": score, "evidence": evidence, "decided_by": reviewer, "decided_at": now, "how": how})
     with engine.transaction():
+        local = local_concepts(engine, local_targets)
+        for row in stcm_rows:
+            row["source_concept_id"] = local.get((row["source_vocabulary_id"], row["source_code"]), 0)
         for svid, code in drop:
             engine.execute("DELETE FROM source_to_concept_map WHERE source_vocabulary_id = ? AND source_code = ?",
                            [svid, code])
@@ -137,6 +146,58 @@ def decide_many(engine, items, by: str | None = None, how: str = "cli", today: d
     store.remember_systems(engine, systems)
     store.register_with_transform(engine, systems)
     return len(decisions)
+
+
+def local_concepts(engine, targets) -> dict[tuple[str, str], int]:
+    """{(source_vocabulary_id, code): concept_id} of the site's own concept for each local code in `targets`
+    [(Target, domain_id or None)], created where missing (next free id from 2,000,000,000; its vocabulary row too).
+    Codes of a known vocabulary have their own concepts and are left out."""
+    local = {}
+    for t, domain in targets:
+        if not store.vocabulary_of(t.code_system):
+            local.setdefault((t.source_vocabulary_id[:20], t.code[:50]), (t, domain or "Observation"))
+    if not local:
+        return {}
+    vocabs = sorted({v for v, _ in local})
+    marks = ", ".join("?" for _ in vocabs)
+    have = {(r["vocabulary_id"], r["concept_code"]): r["concept_id"] for r in engine.query(
+        f"SELECT vocabulary_id, concept_code, concept_id FROM concept WHERE concept_id >= {LOCAL_CONCEPTS} "
+        f"AND vocabulary_id IN ({marks})", vocabs).to_pylist()}
+    new = [k for k in sorted(local) if k not in have]
+    if new:
+        top = engine.query(f"SELECT max(concept_id) AS m FROM concept WHERE concept_id >= {LOCAL_CONCEPTS}"
+                           ).to_pylist()[0]["m"]
+        first = (top or LOCAL_CONCEPTS - 1) + 1
+        if first + len(new) > 2**31 - 1:
+            raise ValueError("no free local concept ids left (2,000,000,000 .. 2,147,483,647)")
+        rows = []
+        for i, (v, code) in enumerate(new):
+            t, domain = local[(v, code)]
+            have[(v, code)] = first + i
+            rows.append({"concept_id": first + i, "concept_name": ((t.description or code)[:255]),
+                         "domain_id": domain, "vocabulary_id": v, "concept_class_id": "Undefined",
+                         "standard_concept": None, "concept_code": code, "valid_start_date": dt.date(1970, 1, 1),
+                         "valid_end_date": END, "invalid_reason": None})
+        engine.load_arrow("concept", pa.Table.from_pylist(rows, schema=_concept_schema()))
+        known = {r["vocabulary_id"] for r in engine.query(
+            f"SELECT vocabulary_id FROM vocabulary WHERE vocabulary_id IN ({marks})", vocabs).to_pylist()}
+        missing = [{"vocabulary_id": v, "vocabulary_name": f"Site-local codes {v} (medlake mapping workbench)",
+                    "vocabulary_reference": "medlake map", "vocabulary_version": None, "vocabulary_concept_id": 0}
+                   for v in vocabs if v not in known]
+        if missing:
+            engine.load_arrow("vocabulary", pa.Table.from_pylist(missing, schema=pa.schema([
+                ("vocabulary_id", pa.string()), ("vocabulary_name", pa.string()),
+                ("vocabulary_reference", pa.string()), ("vocabulary_version", pa.string()),
+                ("vocabulary_concept_id", pa.int32())])))
+    return {k: have[k] for k in local}
+
+
+def _concept_schema() -> pa.Schema:
+    return pa.schema([("concept_id", pa.int32()), ("concept_name", pa.string()), ("domain_id", pa.string()),
+                      ("vocabulary_id", pa.string()), ("concept_class_id", pa.string()),
+                      ("standard_concept", pa.string()), ("concept_code", pa.string()),
+                      ("valid_start_date", pa.date32()), ("valid_end_date", pa.date32()),
+                      ("invalid_reason", pa.string())])
 
 
 def _stcm_schema() -> pa.Schema:
