@@ -53,6 +53,10 @@ def spark_session():
             .appName("medlake")
             .config("spark.sql.catalogImplementation", "in-memory")
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")  # no [Stage …] bars over the CLI's own progress
+            # shuffle and spill files can hold identifying values (EMPI comparisons): encrypted on local disk
+            .config("spark.io.encryption.enabled", "true")
+            .config("spark.authenticate", "true").config("spark.network.crypto.enabled", "true")
             .config("spark.sql.shuffle.partitions", os.environ.get("MEDLAKE_SPARK_PARTITIONS", "4"))
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
