@@ -35,7 +35,7 @@ demo: install
 	$(ML) map gaps --coverage
 	$(ML) map suggest --limit 10
 	$(ML) map auto-accept --min-score 0.9
-	$(ML) transform --full
+	$(ML) transform
 	$(ML) map gaps --coverage
 	$(ML) status
 	$(ML) quality run --out $(DEMO)/quality
