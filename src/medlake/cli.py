@@ -517,6 +517,8 @@ def simulate_cmd(
     start: str = typer.Option("2015-01-01", "--start", help="First day of care (YYYY-MM-DD)."),
     end: str = typer.Option("2025-12-31", "--end", help="Last day of care (YYYY-MM-DD)."),
     defect_rate: float = typer.Option(0.02, "--defect-rate", help="Share of records carrying each kind of defect."),
+    discard: bool = typer.Option(False, "--discard", help="Generate and encode everything but keep no bytes (only "
+                                 "count them): to measure runs larger than the disk."),
 ):
     """Simulate a hospital group: HL7 v2, FHIR and CSV feeds with defects, and the ground truth."""
     import datetime as dt
@@ -533,8 +535,10 @@ def simulate_cmd(
                   TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("simulate", total=patients)
         s = simulate(out_dir, patients=patients, hospitals=hospitals, seed=seed, start=first, end=last,
-                     defect_rate=defect_rate, progress=lambda done, total: bar.update(task, completed=done))
-    out.print(f"simulated {s.patients:,} patients in {s.hospitals} hospital(s) -> {s.out}", highlight=False)
+                     defect_rate=defect_rate, progress=lambda done, total: bar.update(task, completed=done),
+                     discard=discard)
+    where = f"{s.bytes / 1e6:,.0f} MB counted and discarded" if discard else f"-> {s.out}"
+    out.print(f"simulated {s.patients:,} patients in {s.hospitals} hospital(s) {where}", highlight=False)
     t = Table(title="output")
     t.add_column("what")
     t.add_column("count", justify="right")
@@ -545,7 +549,8 @@ def simulate_cmd(
     out.print(t)
     out.print("defects by class: " + (", ".join(f"{k} {v:,}" for k, v in s.defects.items()) or "none"),
               highlight=False)
-    out.print(f"sources: {s.out / 'sources.toml'}   ground truth: {s.out / 'ground_truth'}", highlight=False)
+    if not discard:
+        out.print(f"sources: {s.out / 'sources.toml'}   ground truth: {s.out / 'ground_truth'}", highlight=False)
 
 
 @app.command("listen")

@@ -35,6 +35,17 @@ def test_simulate_writes_the_group_and_prints_a_summary(tmp_path):
     assert not (out / "h2").exists()
 
 
+def test_discard_counts_the_bytes_of_a_written_run_and_writes_nothing(tmp_path):
+    r = run("simulate", "--patients", "20", "--hospitals", "2", "--seed", "5", "--out", "hosp", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = sum(f.stat().st_size for f in (tmp_path / "hosp").rglob("*") if f.is_file())
+    r = run("simulate", "--patients", "20", "--hospitals", "2", "--seed", "5", "--out", "gone", "--discard",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{written / 1e6:,.0f} MB counted and discarded" in r.stdout
+    assert not (tmp_path / "gone").exists()
+
+
 def test_simulate_errors_are_one_line_and_usage_errors_exit_2(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
