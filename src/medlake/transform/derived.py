@@ -65,16 +65,22 @@ def condition_era_sql(persons: str | None = None) -> str:
     return _era_sql(events, "condition_era")
 
 
+# A drug exposure's end (its own, else start + days supply, else the next day) and its ingredients (RxNorm)
+_DRUG_END = """COALESCE(d.drug_exposure_end_date,
+                        CASE WHEN d.days_supply > 0 THEN d.drug_exposure_start_date + d.days_supply END,
+                        d.drug_exposure_start_date + 1)"""
+_INGREDIENTS = """JOIN concept_ancestor ca ON ca.descendant_concept_id = d.drug_concept_id
+        JOIN concept c ON c.concept_id = ca.ancestor_concept_id"""
+_IS_INGREDIENT = "c.concept_class_id = 'Ingredient' AND c.vocabulary_id IN ('RxNorm', 'RxNorm Extension')"
+
+
 def drug_era_sql(persons: str | None = None) -> str:
     events = f"""
         SELECT d.person_id, ca.ancestor_concept_id AS concept_id, d.drug_exposure_start_date AS start_date,
-               COALESCE(d.drug_exposure_end_date,
-                        CASE WHEN d.days_supply > 0 THEN d.drug_exposure_start_date + d.days_supply END,
-                        d.drug_exposure_start_date + 1) AS end_date
+               {_DRUG_END} AS end_date
         FROM drug_exposure d
-        JOIN concept_ancestor ca ON ca.descendant_concept_id = d.drug_concept_id
-        JOIN concept c ON c.concept_id = ca.ancestor_concept_id
-        WHERE c.concept_class_id = 'Ingredient' AND c.vocabulary_id IN ('RxNorm', 'RxNorm Extension')
+        {_INGREDIENTS}
+        WHERE {_IS_INGREDIENT}
           AND d.drug_concept_id <> 0{_person_filter('d', persons)}"""
     return _era_sql(events, "drug_era", "n, GREATEST(date_diff('day', era_start, era_end) - exposed_days, 0)")
 
@@ -105,16 +111,12 @@ def dose_era_sql(persons: str | None = None) -> str:
         SELECT d.person_id, ca.ancestor_concept_id AS concept_id,
                CAST(COALESCE(ds.amount_unit_concept_id, ds.numerator_unit_concept_id) AS INTEGER) AS unit_concept_id,
                {_DAILY_DOSE} AS dose_value,
-               d.drug_exposure_start_date AS start_date,
-               COALESCE(d.drug_exposure_end_date,
-                        CASE WHEN d.days_supply > 0 THEN d.drug_exposure_start_date + d.days_supply END,
-                        d.drug_exposure_start_date + 1) AS end_date
+               d.drug_exposure_start_date AS start_date, {_DRUG_END} AS end_date
         FROM drug_exposure d
-        JOIN concept_ancestor ca ON ca.descendant_concept_id = d.drug_concept_id
-        JOIN concept c ON c.concept_id = ca.ancestor_concept_id
+        {_INGREDIENTS}
         JOIN drug_strength ds ON ds.drug_concept_id = d.drug_concept_id
              AND ds.ingredient_concept_id = ca.ancestor_concept_id AND ds.invalid_reason IS NULL
-        WHERE c.concept_class_id = 'Ingredient' AND c.vocabulary_id IN ('RxNorm', 'RxNorm Extension')
+        WHERE {_IS_INGREDIENT}
           AND d.drug_concept_id <> 0 AND d.quantity > 0{_person_filter('d', persons)}
         ) AS x WHERE dose_value > 0 AND unit_concept_id IS NOT NULL"""
     return _era_sql(events, "dose_era", tail="", keys=("unit_concept_id", "dose_value"),
