@@ -291,6 +291,28 @@ def single_sql(table: str, it: Item, ctx: Context) -> str:
     return f"SELECT {it.num} AS v0, {it.den} AS d0 FROM {q(table)} AS t {joins}".strip()
 
 
+def dqd_sql(table: str, it: Item, ctx: Context) -> str:
+    """The same item shaped as DQD's own SQL templates run it (the `dqd` baseline): a subquery selecting the
+    violating rows (a label and every column of the row), counted, cross-joined to a second query counting the
+    denominator rows. Items without a row condition (DISTINCT counts, probes) run as `single_sql`."""
+    if not it.where or not it.weighted:
+        return single_sql(table, it, ctx)
+    label = lit(f"{table}.{it.check.field or ''}")
+    joins = " ".join(ctx.joins[a][0] for a in it.joins)
+    den_joins = " ".join(ctx.joins[a][0] for a in it.joins if it.den_where and a in _used(it.den_where))
+    den = f" WHERE {it.den_where}" if it.den_where else ""
+    return dqd_wrap(f"SELECT {label} AS violating_field, t.* FROM {q(table)} AS t {joins} WHERE {it.where}",
+                    f"SELECT count(*) AS num_rows FROM {q(table)} AS t {den_joins}{den}")
+
+
+def dqd_wrap(violated: str, denominator: str | None) -> str:
+    """DQD's result shape: (violated rows counted) x (denominator rows counted), as v0, d0."""
+    v = f"(SELECT count(violated_rows.violating_field) AS num_violated_rows FROM ({violated}) AS violated_rows) AS vc"
+    if denominator is None:
+        return f"SELECT vc.num_violated_rows AS v0 FROM {v}"
+    return f"SELECT vc.num_violated_rows AS v0, dn.num_rows AS d0 FROM {v} CROSS JOIN ({denominator}) AS dn"
+
+
 def examples_sql(table: str, wanted: list[tuple[str, str, tuple[str, ...]]], ctx: Context, k: int = 10) -> str:
     """Up to k example row ids per (check id, condition, joins), as one UNION ALL query."""
     parts = []
@@ -315,6 +337,17 @@ def primary_key_sql(table: str, fld: str, sort: bool = False) -> tuple[str, str]
         return (f"SELECT {sum_if('k = p OR k = nx')} + CASE WHEN {nulls} > 1 THEN {nulls} ELSE 0 END AS v0 "
                 f"FROM ({w}) AS w", ex)
     return f"SELECT coalesce(sum(n), 0) AS v0 FROM ({dup}) AS d", ex
+
+
+def primary_key_dqd_sql(table: str, fld: str) -> str:
+    """isPrimaryKey shaped as DQD's template (the rows whose key is among the duplicated keys, counted); NULL keys
+    count as one key, as in `primary_key_sql`."""
+    f = q(fld)
+    dup = f"SELECT {f} FROM {q(table)} GROUP BY {f} HAVING count(*) > 1"
+    nulls = f"(SELECT count(*) - count({f}) FROM {q(table)}) > 1"
+    return dqd_wrap(f"SELECT {lit(f'{table}.{fld}')} AS violating_field, t.* FROM {q(table)} AS t "
+                    f"WHERE t.{f} IN ({dup}) OR (t.{f} IS NULL AND {nulls})",
+                    f"SELECT count(*) AS num_rows FROM {q(table)}")
 
 
 def key_unique_sql(table: str, fld: str) -> str:
@@ -396,8 +429,9 @@ def concept_examples_sql(parts: tuple, rids: list[int], ctx: Context, k: int = 1
             f"(PARTITION BY r.rid ORDER BY {idc}) AS rn {frm} WHERE {cond}) AS x WHERE rn <= {k}")
 
 
-def concept_single_sql(c: Check, ctx: Context) -> str:
-    """One concept-level check as a query of its own (the one-query-per-check baseline), returning v0, d0."""
+def concept_single_sql(c: Check, ctx: Context, dqd: bool = False) -> str:
+    """One concept-level check as a query of its own (the one-query-per-check baselines), returning v0, d0;
+    `dqd`: shaped as DQD's templates (violating rows and denominator rows counted by two subqueries)."""
     cond, joins = concept_example(c, ctx)
     ids = ", ".join(str(i) for i in c.param("concept_ids"))
     f = f"t.{q(c.field)}"
@@ -412,6 +446,9 @@ def concept_single_sql(c: Check, ctx: Context) -> str:
     else:
         scope += f" AND {joins[0]}.person_id IS NOT NULL"
     js = " ".join(ctx.joins[a][0] for a in joins)
+    if dqd:
+        return dqd_wrap(f"SELECT {lit(f'{c.table}.{c.field}')} AS violating_field, t.* FROM {q(c.table)} AS t {js} "
+                        f"WHERE {scope} AND {cond}", f"SELECT count(*) AS num_rows FROM {q(c.table)} AS t {js} WHERE {scope}")
     return f"SELECT {sum_if(cond)} AS v0, count(*) AS d0 FROM {q(c.table)} AS t {js} WHERE {scope}"
 
 
@@ -437,15 +474,19 @@ def concept_example(c: Check, ctx: Context) -> tuple[str, tuple[str, ...]]:
 
 # -- table level -------------------------------------------------------------------------------------------
 
-def table_level_sql(c: Check, ctx: Context) -> tuple[str, str, tuple[str, ...]]:
-    """(query returning v0, d0; examples query; tables read) for a table-level check."""
+def table_level_sql(c: Check, ctx: Context, dqd: bool = False) -> tuple[str, str, tuple[str, ...]]:
+    """(query returning v0, d0; examples query; tables read) for a table-level check (`dqd`: in DQD's shape
+    where that differs)."""
     t = q(c.table)
     if c.name == "measurePersonCompleteness":
         ctx.need_table("person", "persons")
         ctx.need_column("person_id")
         base = f"FROM person AS p LEFT JOIN (SELECT DISTINCT person_id FROM {t}) AS x ON p.person_id = x.person_id"
-        return (f"SELECT {sum_if('x.person_id IS NULL')} AS v0, count(*) AS d0 {base}",
-                f"SELECT CAST(p.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "
+        sql = f"SELECT {sum_if('x.person_id IS NULL')} AS v0, count(*) AS d0 {base}"
+        if dqd:  # DQD's template: every person row left-joined to every row of the table
+            sql = dqd_wrap(f"SELECT 'person.person_id' AS violating_field, p.* FROM person AS p LEFT JOIN {t} AS x "
+                           "ON p.person_id = x.person_id WHERE x.person_id IS NULL", "SELECT count(*) AS num_rows FROM person")
+        return (sql, f"SELECT CAST(p.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "
                 f"ORDER BY p.person_id LIMIT 10", ("person",))
     if c.name == "measureConditionEraCompleteness":
         ctx.need_table("condition_occurrence", "conditions")

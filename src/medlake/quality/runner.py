@@ -227,7 +227,7 @@ class Runner:
                 elif c.name == "cdmField":
                     known[c.id] = result(c, "counted", 0 if c.field in ctx.columns else 1, 1)
                 elif c.level == "TABLE":
-                    sql, ex, needs = cp.table_level_sql(c, ctx)
+                    sql, ex, needs = cp.table_level_sql(c, ctx, dqd=self.mode == "dqd")
                     tlevel.append((c, sql, ex))
                     reads.update(needs)
                 elif empty:
@@ -288,7 +288,9 @@ class Runner:
         duck = self.eng.engine.name == "duckdb"
         for c in pks:
             sql, ex = cp.primary_key_sql(table, c.field, sort=duck)
-            if not duck:  # first the cheap test that every key is distinct; the exact count only when not
+            if self.mode == "dqd":
+                sql = cp.primary_key_dqd_sql(table, c.field)
+            elif not duck:  # first the cheap test that every key is distinct; the exact count only when not
                 try:
                     if self.eng.query(cp.key_unique_sql(table, c.field)).column(0)[0].as_py() == 0:
                         res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
@@ -309,7 +311,7 @@ class Runner:
             for i, c in enumerate(group):
                 if self.mode != "set":  # baseline: DQD's way, one query per concept rule
                     try:
-                        r = self.eng.query(cp.concept_single_sql(c, ctx)).to_pylist()[0]
+                        r = self.eng.query(cp.concept_single_sql(c, ctx, dqd=self.mode == "dqd")).to_pylist()[0]
                     except EngineError as e:
                         res[c.id] = result(c, "error", error=str(e))
                         continue
@@ -404,8 +406,9 @@ class Runner:
                 except EngineError:
                     todo += group  # one check broke the query (a bad type, a site predicate): isolate it below
             items = todo
-        for it in items:  # one query per check: the baseline, or to isolate the failing check
-            self._single(it.check, cp.single_sql(table, it, ctx), res)
+        one = cp.dqd_sql if self.mode == "dqd" else cp.single_sql
+        for it in items:  # one query per check: the baselines, or to isolate the failing check
+            self._single(it.check, one(table, it, ctx), res)
 
     def _single(self, c, sql, res, examples=None):
         try:
