@@ -229,8 +229,8 @@ def measure(work: Path, engine: str, cluster: KeptCluster | None, sim: dict) -> 
     inc = run_child(url, "transform:" + json.dumps(ns_all))
     accepted = run_child(url, "accept-top-gap")
     remap = run_child(url, "transform:" + json.dumps(ns_all))
-    if engine == "duckdb":
-        (work / "run.duckdb").unlink(missing_ok=True)
+    if engine == "duckdb":  # the transformed CDM is kept for `bench/quality.py --cdm` (the simulated hospital's CDM)
+        os.replace(work / "run.duckdb", work / "cdm.duckdb")
     return {"staged_rows": staged["staged_rows"], "ingest_seconds": staged["seconds"], "full": full, "rerun": rerun,
             "incremental": inc, "accepted": accepted, "remap": remap, "rows_per_s": full["rows"] / full["seconds"],
             "incremental_share": inc["seconds"] / full["seconds"], "remap_share": remap["seconds"] / full["seconds"],
