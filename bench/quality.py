@@ -11,11 +11,12 @@ one after a load into one table. Optionally the same on PostgreSQL (`--postgres`
 
 The CDM is synthesized directly as Arrow (persons, observation periods, visits, conditions, drug exposures,
 measurements, observations, deaths; eras derived in SQL) with the shipped demo vocabulary, and a small rate of
-realistic defects. Detection recall on the simulated hospital is NOT measured here: it needs the simulated
-hospital taken through ingest and the transform (staging → CDM), which was being built in parallel and is not
-wired into this benchmark.
+realistic defects. `--cdm STORE` checks instead the CDM of a medlake DuckDB store — the simulated hospital
+transformed by bench/transform.py (`bench/work/transform-N/cdm.duckdb`): every table the transform fills,
+hashed ids, the demo vocabulary; for PostgreSQL its CDM tables go through `medlake cdm import` (Parquet).
+Detection recall on the simulated hospital is bench/quality_detection.py.
 
-    python bench/quality.py [--persons 100000] [--postgres] [--pg-persons 20000]
+    python bench/quality.py [--persons 100000] [--postgres] [--pg-persons 20000] [--cdm STORE.duckdb] [--out NAME]
 
 Report: bench/results/quality.md and .json.
 """
@@ -224,9 +225,56 @@ def same(a: list[dict], b: list[dict]) -> list[str]:
     return [r["check_id"] for r in a if bm.get(r["check_id"]) != key(r)]
 
 
-def suite(url: str, label: str, n: int, reps: int) -> dict:
-    print(f"[{label}] generating {n:,} persons …", flush=True)
-    rows = build(url, n)
+EVENT_TABLES = ("person", "observation_period", "visit_occurrence", "visit_detail", "condition_occurrence",
+                "drug_exposure", "procedure_occurrence", "device_exposure", "measurement", "observation", "note",
+                "specimen", "death", "payer_plan_period", "provider", "care_site", "location", "drug_era",
+                "dose_era", "condition_era")
+
+
+def copied(src: Path, url: str) -> dict[str, int]:
+    """The CDM of a medlake DuckDB store (e.g. the simulated hospital transformed by bench/transform.py) into the
+    store at `url`: a file copy for DuckDB; for PostgreSQL every non-empty CDM table (vocabulary included) is
+    exported to Parquet and loaded with `medlake cdm import` — the way an existing OMOP database gets checked."""
+    import duckdb
+
+    t0 = time.perf_counter()
+    if url.startswith("duckdb:"):
+        shutil.copyfile(src, url[7:])
+    else:
+        folder = WORK / "cdm-parquet"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        con = duckdb.connect(str(src), read_only=True)
+        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        for t in model.load("5.4").tables:
+            if t.name in have and con.execute(f'SELECT count(*) FROM "{t.name}"').fetchone()[0]:
+                con.execute(f"COPY (SELECT * FROM \"{t.name}\") TO '{folder / t.name}.parquet' (FORMAT parquet)")
+        con.close()
+        from medlake.cdm.importer import import_folder
+
+        eng = open_engine(url)
+        try:
+            import_folder(eng, folder, "5.4")
+            eng.execute_native("ANALYZE")
+        finally:
+            eng.close()
+    eng = open_engine(url)
+    try:
+        have = set(eng.tables())
+        rows = {t: eng.query(f'SELECT count(*) AS n FROM "{t}"').column(0)[0].as_py() for t in EVENT_TABLES if t in have}
+    finally:
+        eng.close()
+    return {k: v for k, v in rows.items() if v} | {"_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def suite(url: str, label: str, n: int, reps: int, cdm: Path | None = None) -> dict:
+    if cdm:
+        print(f"[{label}] copying the CDM of {cdm} …", flush=True)
+        rows = copied(cdm, url)
+        n = rows.get("person", 0)
+    else:
+        print(f"[{label}] generating {n:,} persons …", flush=True)
+        rows = build(url, n)
     out = WORK / f"reports-{label}"
     shutil.rmtree(out, ignore_errors=True)
     print(f"[{label}] incremental first run (cold: SQL not yet translated, buffers not warm) …", flush=True)
@@ -253,7 +301,7 @@ def suite(url: str, label: str, n: int, reps: int) -> dict:
     finally:
         eng.close()
     after_load, _ = measure(url, out, "set", incremental=True)
-    return {"engine": label, "persons": n, "rows": rows, "set_based": fast, "per_check": slow, "dqd": dqd,
+    return {"engine": label, "persons": n, "rows": rows, "cdm": str(cdm) if cdm else None, "set_based": fast, "per_check": slow, "dqd": dqd,
             "speedup": round(slow["wall_s"] / fast["wall_s"], 1) if fast["wall_s"] else None,
             "speedup_dqd": round(dqd["wall_s"] / fast["wall_s"], 1) if fast["wall_s"] else None,
             "query_ratio": round(slow["queries"] / fast["queries"], 1), "results_differ": diff,
@@ -277,8 +325,9 @@ def report(runs: list[dict]) -> str:
     for r in runs:
         f = r["set_based"]
         rows = {k: v for k, v in r["rows"].items() if not k.startswith("_")}
-        lines += [f"## {r['engine']}: {r['persons']:,} persons, {sum(rows.values()):,} event rows "
-                  f"(generated in {r['rows']['_seconds']} s)", "",
+        made = (f"the CDM of `{r['cdm']}`, copied in {r['rows']['_seconds']} s" if r.get("cdm")
+                else f"generated in {r['rows']['_seconds']} s")
+        lines += [f"## {r['engine']}: {r['persons']:,} persons, {sum(rows.values()):,} rows ({made})", "",
                   "| execution | wall time (s) | CPU s | queries | table scans | checks | passed | failed | errors | not applicable |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         named = [(f"{label}, warm", r[key]) for key, label in EXECUTIONS if key in r]
@@ -351,20 +400,23 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL server")
     ap.add_argument("--pg-persons", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=2, help="runs of each execution, alternating; the fastest counts")
+    ap.add_argument("--cdm", type=Path, help="check the CDM of this medlake DuckDB store (e.g. the simulated hospital "
+                    "transformed by bench/transform.py: bench/work/transform-N/cdm.duckdb) instead of generating one")
+    ap.add_argument("--out", default="quality", help="report name under bench/results/ (default: quality)")
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     db = WORK / "cdm.duckdb"
     db.unlink(missing_ok=True)
-    runs = [suite(f"duckdb:{db}", "duckdb", a.persons, a.reps)]
+    runs = [suite(f"duckdb:{db}", "duckdb", a.persons, a.reps, a.cdm)]
     if a.postgres:
         from medlake.engines.postgres import TempCluster
 
         with TempCluster() as c:
-            runs.append(suite(c.create_database("bench_quality"), "postgres", a.pg_persons, a.reps))
+            runs.append(suite(c.create_database("bench_quality"), "postgres", a.pg_persons, a.reps, a.cdm))
     text = report(runs)  # (adds the shared-query floor to each run)
-    (RESULTS / "quality.json").write_text(json.dumps(runs, indent=1))
-    (RESULTS / "quality.md").write_text(text)
+    (RESULTS / f"{a.out}.json").write_text(json.dumps(runs, indent=1))
+    (RESULTS / f"{a.out}.md").write_text(text)
     print(text)
 
 
