@@ -52,6 +52,9 @@ class Engine(Protocol):
 
     def transaction(self) -> AbstractContextManager[None]: ...
 
+    def analyze(self, *tables: str) -> None:
+        """Refresh the planner's statistics of tables just filled (work tables inside a run); may do nothing."""
+
     def close(self) -> None: ...
 
 

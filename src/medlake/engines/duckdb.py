@@ -95,5 +95,8 @@ class DuckDBEngine:
         self._depth = 0
         self.con.execute("COMMIT")
 
+    def analyze(self, *tables: str) -> None:
+        """Nothing to do: DuckDB keeps its statistics as it writes."""
+
     def close(self) -> None:
         self.con.close()

@@ -280,5 +280,8 @@ class SparkEngine:
         for t in after:
             self._register(t, self._meta(t))
 
+    def analyze(self, *tables: str) -> None:
+        """Nothing to do: Spark plans from the files themselves."""
+
     def close(self) -> None:
         """The Spark session is shared by the process and stays up; nothing to release per store."""

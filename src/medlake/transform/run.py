@@ -109,10 +109,6 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
     tables = set(engine.tables())
     if "stg_fhir_encounter" in tables and "identifier_value" in {x.name for x in engine.columns("stg_fhir_encounter")}:
         tables.add(r.VISIT_NUMBER)  # the visit number is staged (older stores lack the column)
-        if engine.name == "postgres":  # PostgreSQL runs the events' visit-number lookup once per row: an index
-            engine.execute("CREATE INDEX IF NOT EXISTS stg_fhir_encounter_ref ON stg_fhir_encounter "
-                           "(source, ('Encounter/' || resource_id))")  # makes it a lookup, not a scan (105 s -> 0.07 s
-                                                                       # for 40k events x 40k encounters)
     if "stg_fhir_coding" in tables and "coding_index" in {x.name for x in engine.columns("stg_fhir_coding")}:
         tables.add(c.CODINGS)  # every coding is staged in order: events pick the one that maps
     empi = "empi_person_map" in tables
@@ -129,7 +125,11 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if progress:
             progress(what, done, steps)
 
+    if engine.name == "postgres":  # its index outside the run's transaction (which would hold a lock on staging)
+        _postgres_index(engine, tables)
     with engine.transaction():
+        if engine.name == "postgres":
+            _postgres_settings(engine)
         for w in (*c.WORK_TABLES, *CHANGES):
             engine.execute(f"DELETE FROM {w}")
         if namespaces:
@@ -156,6 +156,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         new_keys = _count(engine, "SELECT count(*) FROM tx_delta")
         _merges(engine, tables)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
+        engine.analyze("tx_mark", "tx_delta", "tx_merge")  # work tables just filled: statistics for the planner
         only_new = _count(engine, "SELECT count(*) FROM tx_delta") == new_keys  # no merge, mapping or EMPI change
         per_rule = {x["rule"]: x["n"] for x in engine.query(
             "SELECT rule, count(DISTINCT source_key) AS n FROM tx_delta GROUP BY rule").to_pylist()}
@@ -175,6 +176,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                        "FROM cdm_lineage "
                        "WHERE source_key IN (SELECT source_key FROM tx_delta)")
         engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM tx_replaced WHERE person_id IS NOT NULL")
+        engine.analyze("tx_replaced", "tx_touched")
         old = {x["cdm_table"]: x["n"] for x in engine.query(
             "SELECT cdm_table, count(*) AS n FROM tx_replaced GROUP BY cdm_table").to_pylist()
             if x["cdm_table"] not in PROTECTED}
@@ -203,12 +205,15 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                                                   for i, x in enumerate(needed))] if needed else []
         for sql in needed:
             engine.execute(sql)
+        engine.analyze("tx_needed")
         engine.execute(c.RESOLVE_SQL)
+        engine.analyze("tx_code")
 
         for rule in events:
             step(f"mapping {rule.name}")
             engine.execute(_codings(c.event_sql(rule, empi, tables), narrowed))
         step("writing events")
+        engine.analyze("tx_event")
         routed = {x["cdm_table"] for x in engine.query("SELECT DISTINCT cdm_table FROM tx_event").to_pylist()}
         for t in sorted(routed):
             engine.execute(c.domain_insert_sql(t))
@@ -231,6 +236,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         for rule in persons:
             if rule.name in per_rule:
                 engine.execute(c.person_delta_touched_sql(found.get(rule.name, rule), empi))
+        engine.analyze("tx_touched")
         demo = demographics.person_sql() if empi and demographics.TABLE in tables else c.NO_DEMOGRAPHICS
         for rule in persons:
             engine.execute(c.person_rows_sql(records.get(rule.name, rule), empi, demographics=demo))
@@ -240,6 +246,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             engine.execute("DELETE FROM tx_person")  # a touched person's records were not all found: read all
             for rule in persons:
                 engine.execute(c.person_rows_sql(rule, empi, demographics=demo))
+        engine.analyze("tx_person")
         for t in PROTECTED:
             engine.execute(f"DELETE FROM {t} WHERE person_id IN (SELECT person_id FROM tx_touched)")
         engine.execute(f"DELETE FROM cdm_lineage WHERE cdm_table IN {PROTECTED} "
@@ -281,6 +288,24 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                 engine.execute(f"DELETE FROM {w}")
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
                       time.perf_counter() - t0)
+
+
+def _postgres_settings(engine: Engine) -> None:
+    """PostgreSQL's own settings for a run (this transaction only). Its planner guesses the rows of every newest
+    version (`rn = 1` after a window) and of every coding picked at a handful, and then joins tens of thousands of
+    rows by a nested loop or a merge on one of four keys (74 s for the 32k Conditions of 2,000 patients, 2 s with a
+    hash join). A run joins whole work and staging tables, and no CDM table has an index to loop over: hash joins.
+    No JIT: it compiles every large statement again (~0.3 s each)."""
+    for setting in ("enable_nestloop", "enable_mergejoin", "jit"):
+        engine.execute_native(f"SET LOCAL {setting} = off")
+
+
+def _postgres_index(engine: Engine, tables: set[str]) -> None:
+    """PostgreSQL runs the events' visit-number lookup (a correlated subquery) once per row: an index makes it a
+    lookup, not a scan (105 s -> 0.07 s for 40k events x 40k encounters)."""
+    if r.VISIT_NUMBER in tables:
+        engine.execute("CREATE INDEX IF NOT EXISTS stg_fhir_encounter_ref ON stg_fhir_encounter "
+                       "(source, ('Encounter/' || resource_id))")
 
 
 def _gaps(engine: Engine, run_id: int, everything: bool) -> None:
@@ -408,8 +433,7 @@ def _work(engine: Engine, sql: str, name: str) -> None:
         return
     engine.execute(f"DROP TABLE IF EXISTS {name}")
     engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
-    if engine.name == "postgres":
-        engine.execute_native(f"ANALYZE {name}")  # temporary tables get no statistics otherwise
+    engine.analyze(name)  # temporary tables get no statistics otherwise
 
 
 def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tuple[dict, dict]:
