@@ -186,7 +186,7 @@ KINDS = (  # what a query of the run is, from its SQL (for the time breakdown)
     ("concept-level rules (value, unit, gender)", lambda s: "r.rid" in s or "ancestor_concept_id IN" in s or any(
         x in s for x in ("t.unit_concept_id = ", "value_as_number IS NOT NULL AND coalesce", ".gender_concept_id <> "))),
     ("table-level checks", lambda s: "AS v0" in s and "person" in s and (
-        "DISTINCT person_id" in s or "'person.person_id' AS violating_field" in s)),
+        "DISTINCT person_id" in s or "NOT EXISTS (SELECT 1 FROM" in s or "'person.person_id' AS violating_field" in s)),
     ("store survey (row counts, columns)", lambda s: "information_schema" in s or "count(*) AS n FROM" in s),
     ("field-level scans", lambda s: True),
 )

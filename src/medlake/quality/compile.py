@@ -482,7 +482,9 @@ def table_level_sql(c: Check, ctx: Context, dqd: bool = False) -> tuple[str, str
         ctx.need_table("person", "persons")
         ctx.need_column("person_id")
         base = f"FROM person AS p LEFT JOIN (SELECT DISTINCT person_id FROM {t}) AS x ON p.person_id = x.person_id"
-        sql = f"SELECT {sum_if('x.person_id IS NULL')} AS v0, count(*) AS d0 {base}"
+        # an anti-join: PostgreSQL hashes the table's rows about twice as fast as it groups them for the DISTINCT
+        sql = (f"SELECT (SELECT count(*) FROM person AS p WHERE NOT EXISTS (SELECT 1 FROM {t} AS x "
+               "WHERE x.person_id = p.person_id)) AS v0, (SELECT count(*) FROM person) AS d0")
         if dqd:  # DQD's template: every person row left-joined to every row of the table
             sql = dqd_wrap(f"SELECT 'person.person_id' AS violating_field, p.* FROM person AS p LEFT JOIN {t} AS x "
                            "ON p.person_id = x.person_id WHERE x.person_id IS NULL", "SELECT count(*) AS num_rows FROM person")
