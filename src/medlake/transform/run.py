@@ -344,13 +344,17 @@ def _merges(engine: Engine, tables: set[str]) -> None:
                      f"s.receipt_seq, s.source FROM stg_hl7_merge s {window} "
                      "WHERE s.prior_patient_id IS NOT NULL AND s.patient_id IS NOT NULL")
     if "stg_fhir_patient" in tables:
-        parts.append(f"SELECT {c.NS}, 'Patient/' || s.resource_id, s.mrn, s.receipt_seq, s.source FROM ("
+        parts.append(f"SELECT {c.NS} AS namespace, 'Patient/' || s.resource_id AS prior_ref, s.mrn AS survivor_ref, "
+                     "s.receipt_seq, s.source FROM ("
                      "SELECT s.*, ROW_NUMBER() OVER (PARTITION BY s.source, s.resource_id ORDER BY s.last_updated DESC "
                      "NULLS LAST, s.receipt_seq DESC) AS rn FROM stg_fhir_patient s) AS s "
                      f"{window} WHERE s.rn = 1 AND s.mrn IS NOT NULL")
     if not parts:
         return
-    engine.execute("INSERT INTO tx_merge " + " UNION ALL ".join(parts))
+    # one link per prior id: the newest (a message repeated in a batch file, or resent, is staged twice)
+    engine.execute("INSERT INTO tx_merge SELECT namespace, prior_ref, survivor_ref, receipt_seq, source FROM ("
+                   "SELECT m.*, ROW_NUMBER() OVER (PARTITION BY m.namespace, m.prior_ref ORDER BY m.receipt_seq DESC, "
+                   f"m.survivor_ref DESC, m.source) AS rn FROM ({' UNION ALL '.join(parts)}) AS m) AS m WHERE m.rn = 1")
     changed = ("SELECT n.namespace, n.prior_ref FROM tx_merge n LEFT JOIN transform_merge o ON o.namespace = "
                "n.namespace AND o.prior_ref = n.prior_ref WHERE o.survivor_ref IS NULL OR o.survivor_ref <> n.survivor_ref")
     gone = ("SELECT count(*) FROM transform_merge o LEFT JOIN tx_merge n ON n.namespace = o.namespace "
@@ -413,8 +417,9 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) ->
                 "FROM stg_fhir_encounter x WHERE" in k for _, k in x.visit_if), "'Encounter/' || {a}.resource_id",
              "{a}.encounter_ref", False)):
         users = [x for x in narrowed if isinstance(x, r.EventRule) and uses(x)]
-        if not users or table not in tables:
-            continue
+        if not users or table not in tables or (table == "stg_fhir_encounter" and engine.name == "postgres"):
+            continue  # PostgreSQL looks an Encounter up through its index (_postgres_index); a work table without
+                      # one is scanned once per event: quadratic in the delta
         name = CODING_WORK if table == "stg_fhir_coding" else f"tx_stg_lookup_{alias}_{len(replace)}"
         keys = " UNION ALL ".join(f"SELECT {ref.format(a='s')} FROM {x.from_sql} s" for x in users)
         lo = above(alias, [x.name for x in users]) if same_receipt else ""
