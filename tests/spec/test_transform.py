@@ -182,12 +182,14 @@ def test_incremental_updates_deletes_and_reruns(engine):
                         "9201") == [(sid("visit_occurrence|h1|V9"), D(2021, 5, 9))]
     assert rows(engine, "SELECT count(*) FROM person") == [(2,)]
     assert rows(engine, "SELECT source, code FROM transform_gap") == []
-    # A40: M2 merged into M1 — M2's lab result moves to M1, M2's person row goes
-    stage(engine, "stg_hl7_merge", "his", 3, [
-        dict(control_id="A4", message_type="ADT^A40", event_type="A40", patient_id="M1", prior_patient_id="M2")])
+    # A40: M2 merged into M1 — M2's lab result moves to M1, M2's person row goes. The message came twice in
+    # its batch file (a resend): two staged merge rows, still one link and one row per lab result
+    a40 = dict(control_id="A4", message_type="ADT^A40", event_type="A40", patient_id="M1", prior_patient_id="M2")
+    stage(engine, "stg_hl7_merge", "his", 3, [a40, a40])
     transform(engine, namespaces=NS)
     assert rows(engine, "SELECT person_id FROM person") == [(sid("h1|M1"),)]
     assert rows(engine, "SELECT DISTINCT person_id FROM measurement") == [(sid("h1|M1"),)]
+    assert rows(engine, "SELECT count(*) - count(DISTINCT measurement_id) FROM measurement") == [(0,)]
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE person_id = ?".replace("?", str(sid("h1|M2")))) == [(0,)]
     final = rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement")
     transform(engine, namespaces=NS, full=True)  # a full re-map agrees with the incremental result
