@@ -143,7 +143,7 @@ class Runner:
     def __init__(self, engine, version: str, out: Path, *, site_checks: list[tuple[Check, cp.Item]] = (),
                  mode: str = "set", incremental: bool = True, resume: bool = True,
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
-                 feed: dict | None = None, split_joins: bool | None = None):
+                 feed: dict | None = None, split_joins: bool | None = None, sources: bool = True):
         self.eng = Counted(engine)
         name = getattr(engine, "name", "")
         self.split_joins = name in ("duckdb", "postgres") if split_joins is None else split_joins
@@ -159,6 +159,7 @@ class Runner:
         self.progress = progress
         self.only = only
         self.feed = feed
+        self.sources = sources  # the source-level checks (staging, landing, lineage) of a whole-suite run
         self._fp: dict[str, str] = {}
 
     # -- store facts --------------------------------------------------------------------------------------
@@ -490,7 +491,7 @@ class Runner:
                 from medlake.quality.feeds import feed_checks
 
                 run.results += [result(c, "error", error=str(e)) for c in feed_checks(self.feed["table"], "*", 0.5)]
-        if not self.only:  # source-level checks (staging, landing, lineage): cheap, run every time
+        if self.sources and not self.only:  # source-level checks (staging, landing, lineage): run every time
             from medlake.quality.feeds import run_sources, source_check
 
             try:
