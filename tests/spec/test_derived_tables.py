@@ -117,3 +117,17 @@ def test_rebuild_for_touched_persons_only_and_ids_are_stable(engine):
     assert rows(engine, "SELECT dose_era_id, person_id, dose_value FROM dose_era") == doses  # rebuilt, same ids
     assert derived.rebuild(engine) and rows(engine, "SELECT condition_era_id, person_id, condition_era_start_date "
                                                     "FROM condition_era") == after  # a full rebuild agrees
+
+
+def test_the_same_exposure_recorded_twice_is_one_era(engine):
+    """An order in the EMR and its dispensing in the pharmacy feed: two exposures with the same drug and dates.
+    They make one era of two exposures (not two eras of one with the same id, whatever order ties sort in)."""
+    seed(engine)
+    n = 300
+    engine.load_arrow("drug_exposure", table("drug_exposure",
+        drug_exposure_id=list(range(100, 100 + 2 * n)), person_id=[10 + i // 2 for i in range(2 * n)],
+        drug_concept_id=[1127433] * (2 * n), drug_exposure_start_date=[D(2021, 6, 1)] * (2 * n),
+        drug_exposure_end_date=[D(2021, 6, 30)] * (2 * n), drug_type_concept_id=[32817] * (2 * n)))
+    derived.rebuild(engine)
+    assert rows(engine, "SELECT count(*) AS n, count(DISTINCT drug_era_id) AS ids, min(drug_exposure_count) AS lo, "
+                        "max(drug_exposure_count) AS hi FROM drug_era WHERE person_id >= 10") == [(n, n, 2, 2)]

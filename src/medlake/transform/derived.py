@@ -24,7 +24,9 @@ def _era_sql(events: str, era_table: str, tail: str = "n", keys: tuple[str, ...]
 
     `tail` lists the columns after the dates: the event count `n`, and for drug eras the gap days
     (days inside the era not covered by an exposure). `keys` are further columns an era is made per (a dose era:
-    unit and dose), `head` the columns written between concept and dates, `id_keys` expressions added to the id."""
+    unit and dose), `head` the columns written between concept and dates, `id_keys` expressions added to the id.
+    The running sum follows the order `marked` numbered (`seq`): events that tie on their dates (one drug recorded
+    by two feeds) could otherwise sort one way for `prev_end` and the other for the sum, and split one era in two."""
     part = ", ".join(("person_id", "concept_id", *keys))
     w = f"PARTITION BY {part} ORDER BY start_date, end_date"
     ids = "".join(f" || '|' || CAST({k} AS VARCHAR)" for k in id_keys)
@@ -32,12 +34,13 @@ def _era_sql(events: str, era_table: str, tail: str = "n", keys: tuple[str, ...]
 INSERT INTO {era_table}
 WITH ev AS ({events}),
 marked AS (
-    SELECT *, MAX(end_date) OVER ({w} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+    SELECT *, MAX(end_date) OVER ({w} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end,
+           ROW_NUMBER() OVER ({w}) AS seq
     FROM ev
 ),
 grouped AS (
     SELECT *, SUM(CASE WHEN prev_end IS NULL OR start_date > prev_end + {PERSISTENCE_DAYS} THEN 1 ELSE 0 END)
-              OVER ({w} ROWS UNBOUNDED PRECEDING) AS grp
+              OVER (PARTITION BY {part} ORDER BY seq ROWS UNBOUNDED PRECEDING) AS grp
     FROM marked
 ),
 eras AS (
