@@ -366,9 +366,9 @@ def report(runs: list[dict]) -> str:
                   f"- Re-run with nothing changed re-checked {r['rerun_unchanged']['rechecked_tables']} table(s); after a "
                   f"load into measurement it re-checked {r['rerun_after_load_into_measurement']['rechecked_tables']}.",
                   f"- Rows: {', '.join(f'{k} {v:,}' for k, v in rows.items())}.",
-                  (f"- Not in the times above: medlake's source-level checks (staging, landing, lineage; not DQD's, "
-                   f"the same queries in every execution): {r['sources']['checks']:,} checks, "
-                   f"{r['sources']['queries']} queries, {r['sources']['wall_s']} s." if r.get("sources") else ""),
+                  *([f"- Not in the times above: medlake's source-level checks (staging, landing, lineage; not DQD's, "
+                     f"the same queries in every execution): {r['sources']['checks']:,} checks, "
+                     f"{r['sources']['queries']} queries, {r['sources']['wall_s']} s."] if r.get("sources") else []),
                   "- Wall times of every run, alternating (the fastest of each is in the table): "
                   + "; ".join(f"{label} {r[key].get('all_wall_s')}" for key, label in EXECUTIONS if key in r) + ".", "",
                   "Where the time goes (seconds inside the engine, per kind of query; queries / s):", "",

@@ -297,19 +297,18 @@ def dqd_sql(table: str, it: Item, ctx: Context) -> str:
     denominator rows. Items without a row condition (DISTINCT counts, probes) run as `single_sql`."""
     if not it.where or not it.weighted:
         return single_sql(table, it, ctx)
-    label = lit(f"{table}.{it.check.field or ''}")
     joins = " ".join(ctx.joins[a][0] for a in it.joins)
     den_joins = " ".join(ctx.joins[a][0] for a in it.joins if it.den_where and a in _used(it.den_where))
     den = f" WHERE {it.den_where}" if it.den_where else ""
-    return dqd_wrap(f"SELECT {label} AS violating_field, t.* FROM {q(table)} AS t {joins} WHERE {it.where}",
+    return dqd_wrap(table, it.check.field or "", f"{joins} WHERE {it.where}",
                     f"SELECT count(*) AS num_rows FROM {q(table)} AS t {den_joins}{den}")
 
 
-def dqd_wrap(violated: str, denominator: str | None) -> str:
-    """DQD's result shape: (violated rows counted) x (denominator rows counted), as v0, d0."""
+def dqd_wrap(table: str, fld: str, rest: str, denominator: str) -> str:
+    """DQD's result shape, as v0, d0: the violating rows (`FROM table AS t {rest}`: joins and WHERE) selected with
+    a label and every column, counted, cross-joined to the `denominator` query (one row, `num_rows`)."""
+    violated = f"SELECT {lit(f'{table}.{fld}')} AS violating_field, t.* FROM {q(table)} AS t {rest}"
     v = f"(SELECT count(violated_rows.violating_field) AS num_violated_rows FROM ({violated}) AS violated_rows) AS vc"
-    if denominator is None:
-        return f"SELECT vc.num_violated_rows AS v0 FROM {v}"
     return f"SELECT vc.num_violated_rows AS v0, dn.num_rows AS d0 FROM {v} CROSS JOIN ({denominator}) AS dn"
 
 
@@ -345,8 +344,7 @@ def primary_key_dqd_sql(table: str, fld: str) -> str:
     f = q(fld)
     dup = f"SELECT {f} FROM {q(table)} GROUP BY {f} HAVING count(*) > 1"
     nulls = f"(SELECT count(*) - count({f}) FROM {q(table)}) > 1"
-    return dqd_wrap(f"SELECT {lit(f'{table}.{fld}')} AS violating_field, t.* FROM {q(table)} AS t "
-                    f"WHERE t.{f} IN ({dup}) OR (t.{f} IS NULL AND {nulls})",
+    return dqd_wrap(table, fld, f"WHERE t.{f} IN ({dup}) OR (t.{f} IS NULL AND {nulls})",
                     f"SELECT count(*) AS num_rows FROM {q(table)}")
 
 
@@ -447,8 +445,8 @@ def concept_single_sql(c: Check, ctx: Context, dqd: bool = False) -> str:
         scope += f" AND {joins[0]}.person_id IS NOT NULL"
     js = " ".join(ctx.joins[a][0] for a in joins)
     if dqd:
-        return dqd_wrap(f"SELECT {lit(f'{c.table}.{c.field}')} AS violating_field, t.* FROM {q(c.table)} AS t {js} "
-                        f"WHERE {scope} AND {cond}", f"SELECT count(*) AS num_rows FROM {q(c.table)} AS t {js} WHERE {scope}")
+        return dqd_wrap(c.table, c.field, f"{js} WHERE {scope} AND {cond}",
+                        f"SELECT count(*) AS num_rows FROM {q(c.table)} AS t {js} WHERE {scope}")
     return f"SELECT {sum_if(cond)} AS v0, count(*) AS d0 FROM {q(c.table)} AS t {js} WHERE {scope}"
 
 
@@ -486,8 +484,8 @@ def table_level_sql(c: Check, ctx: Context, dqd: bool = False) -> tuple[str, str
         sql = (f"SELECT (SELECT count(*) FROM person AS p WHERE NOT EXISTS (SELECT 1 FROM {t} AS x "
                "WHERE x.person_id = p.person_id)) AS v0, (SELECT count(*) FROM person) AS d0")
         if dqd:  # DQD's template: every person row left-joined to every row of the table
-            sql = dqd_wrap(f"SELECT 'person.person_id' AS violating_field, p.* FROM person AS p LEFT JOIN {t} AS x "
-                           "ON p.person_id = x.person_id WHERE x.person_id IS NULL", "SELECT count(*) AS num_rows FROM person")
+            sql = dqd_wrap("person", "person_id", f"LEFT JOIN {t} AS x ON t.person_id = x.person_id "
+                           "WHERE x.person_id IS NULL", "SELECT count(*) AS num_rows FROM person")
         return (sql, f"SELECT CAST(p.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "
                 f"ORDER BY p.person_id LIMIT 10", ("person",))
     if c.name == "measureConditionEraCompleteness":
