@@ -55,6 +55,14 @@ class Engine(Protocol):
     def analyze(self, *tables: str) -> None:
         """Refresh the planner's statistics of tables just filled (work tables inside a run); may do nothing."""
 
+    def index(self, table: str, *keys: str) -> bool:
+        """A lookup index on `keys` (columns or expressions) where the engine's plans use one to find a few rows in
+        a large table; True if the table has it now. Engines that scan columns fast do nothing (False)."""
+
+    def plan(self, *, bulk: bool) -> None:
+        """Planner settings for the rest of this transaction: `bulk` statements join whole tables (a first or full
+        load), the others find few rows through indexes; may do nothing."""
+
     def close(self) -> None: ...
 
 

@@ -98,5 +98,12 @@ class DuckDBEngine:
     def analyze(self, *tables: str) -> None:
         """Nothing to do: DuckDB keeps its statistics as it writes."""
 
+    def index(self, table: str, *keys: str) -> bool:
+        """None: DuckDB finds rows by scanning (zone maps skip the rest); an index would slow every insert."""
+        return False
+
+    def plan(self, *, bulk: bool) -> None:
+        """Nothing to set: DuckDB joins by hash whatever the size."""
+
     def close(self) -> None:
         self.con.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import socket
@@ -132,6 +133,24 @@ class PostgresEngine:
         (a handful of rows) turn joins of tens of thousands of rows into nested loops."""
         if tables:
             self.execute_native("ANALYZE " + ", ".join(tables))
+
+    def index(self, table: str, *keys: str) -> bool:
+        """A B-tree index (if not there yet), named after the table and a hash of its keys. Inside a transaction it
+        holds a lock on the table until the end."""
+        name = f"ix_{table[:40]}_{hashlib.md5('|'.join(keys).encode()).hexdigest()[:8]}"
+        self.execute_native(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({', '.join(keys)})")
+        return True
+
+    def plan(self, *, bulk: bool) -> None:
+        """For this transaction. Bulk: the planner guesses the rows of every newest version (`rn = 1` after a
+        window) and of every coding picked at a handful, and then joins tens of thousands of rows by a nested loop
+        or a merge on one of four keys (74 s for the 32k Conditions of 2,000 patients, 2 s with a hash join):
+        hash joins only. Otherwise nested loops find the few rows through indexes. Never JIT: it compiles every
+        large statement again (~0.3 s each)."""
+        settings = {"jit": "off", "enable_nestloop": "off" if bulk else "on", "enable_mergejoin": "off" if bulk else "on",
+                    "random_page_cost": "4" if bulk else "1.1"}
+        for k, v in settings.items():
+            self.execute_native(f"SET LOCAL {k} = {v}")
 
     @contextmanager
     def transaction(self):

@@ -283,5 +283,12 @@ class SparkEngine:
     def analyze(self, *tables: str) -> None:
         """Nothing to do: Spark plans from the files themselves."""
 
+    def index(self, table: str, *keys: str) -> bool:
+        """None: Parquet tables have no indexes."""
+        return False
+
+    def plan(self, *, bulk: bool) -> None:
+        """Nothing to set: Spark picks its joins by size at run time."""
+
     def close(self) -> None:
         """The Spark session is shared by the process and stays up; nothing to release per store."""

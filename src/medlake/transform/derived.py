@@ -337,8 +337,10 @@ def _link_events(engine) -> None:
         engine.execute(c.domain_insert_sql(table, detail=True))
 
 
-def rebuild(engine, persons: str | None = None) -> dict[str, int]:
+def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[str, int]:
     """Recompute the derived tables (for all persons, or only those listed in table `persons`), atomically.
+    `lookups`: the persons are few, their rows are found through indexes (`Engine.plan`); VISIT_DETAIL, rebuilt
+    from staging, joins whole tables either way.
 
     VISIT_DETAIL is rebuilt from staging (HL7 ADT units, FHIR Encounter.location) inside a transform run (it reads
     the run's window `tx_mark` and writes lineage); without staging it is left alone."""
@@ -353,10 +355,13 @@ def rebuild(engine, persons: str | None = None) -> dict[str, int]:
     counts = {}
     with engine.transaction():
         if detail:
+            engine.plan(bulk=not lookups)
             engine.execute(detail[0][1])
         for table, sql in steps:
+            engine.plan(bulk=not lookups or table == "visit_detail")
             engine.execute(f"DELETE FROM {table}{flt}")
             engine.execute(sql)
+        engine.plan(bulk=True)
         if detail:
             engine.execute(detail[2][1])
             if persons and "tx_event" in engine.tables():

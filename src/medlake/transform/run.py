@@ -43,9 +43,11 @@ APPLIED = {
 CHANGES = {"tx_remap_code": "vocabulary_id VARCHAR, code VARCHAR",  # codes whose site mapping changed
            "tx_remap_identity": "source VARCHAR, source_id VARCHAR",  # source patients whose EMPI person changed
            "tx_replaced": "cdm_table VARCHAR, row_id BIGINT, person_id BIGINT, source_key VARCHAR, "  # rows replaced
-                          "code VARCHAR, concept_id INTEGER",
-           "tx_gap_code": "code VARCHAR",  # codes whose gap counts may have changed
-           "tx_person_ref": "ref VARCHAR"}  # source patient ids of the touched persons (see _person_work)
+                          "code VARCHAR, concept_id INTEGER, source VARCHAR, rule VARCHAR, code_system VARCHAR",
+           "tx_gap": "source VARCHAR, rule VARCHAR, code_system VARCHAR, code VARCHAR, vocabulary_id VARCHAR, "
+                     "n_rows BIGINT",  # the gap table moved by this run (see _gaps)
+           "tx_person_ref": "ref VARCHAR",  # source patient ids of the touched persons (see _person_work)
+           "tx_merge_person": "person_id BIGINT"}  # persons whose link (A40, a Patient's MRN) is new or changed
 # Record keys mapped without writing a CDM row (filtered, skipped): with the lineage, the keys seen before.
 QUIET = {"transform_quiet_key": "source_key VARCHAR"}
 CODING_WORK = "tx_stg_coding"
@@ -69,9 +71,10 @@ def _count(engine: Engine, sql: str) -> int:
 
 def ensure_tables(engine: Engine) -> None:
     have = set(engine.tables())
-    if "tx_person" in have and "birth_year" not in {col.name for col in engine.columns("tx_person")}:
-        engine.execute("DROP TABLE tx_person")  # a work table from an older release: recreated below
-        have.discard("tx_person")
+    for name, cols in {**c.WORK_TABLES, **CHANGES}.items():
+        if name in have and [x.name for x in engine.columns(name)] != [x.split()[0] for x in cols.split(", ")]:
+            engine.execute(f"DROP TABLE {name}")  # a work table from an older release: recreated below
+            have.discard(name)
     own = {k: v[0] for k, v in APPLIED.items()}
     for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES, **QUIET}.items():
         if name not in have:
@@ -125,13 +128,11 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if progress:
             progress(what, done, steps)
 
-    if engine.name == "postgres":  # its index outside the run's transaction (which would hold a lock on staging)
-        _postgres_index(engine, tables)
+    indexed = _staging_indexes(engine, tables, staged)  # outside the run's transaction: it would lock staging
     with engine.transaction():
-        if engine.name == "postgres":
-            _postgres_settings(engine)
+        engine.plan(bulk=True)
         for w in (*c.WORK_TABLES, *CHANGES):
-            engine.execute(f"DELETE FROM {w}")
+            engine.execute(f"TRUNCATE TABLE {w}")  # (PostgreSQL: a DELETE leaves the last run's rows to scan)
         if namespaces:
             _set_namespaces(engine, namespaces)
         if full:
@@ -154,7 +155,10 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             for rule in (*events, *entities, *persons):
                 engine.execute(c.delta_sql(rule) + f" AND s.receipt_seq > {floor}")
         new_keys = _count(engine, "SELECT count(*) FROM tx_delta")
-        _merges(engine, tables)
+        # a first load, or a batch as large as a tenth of what the store holds, joins whole tables; a smaller one
+        # finds the rows it replaces and the persons it touches through indexes (`lookups`)
+        bulk = full or new_keys * 10 > _count(engine, "SELECT CAST(sum(records) AS BIGINT) FROM transform_run")
+        _merges(engine, tables, bulk)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
         engine.analyze("tx_mark", "tx_delta", "tx_merge")  # work tables just filled: statistics for the planner
         only_new = _count(engine, "SELECT count(*) FROM tx_delta") == new_keys  # no merge, mapping or EMPI change
@@ -172,7 +176,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
 
         # replace: old rows of the delta keys go (their persons are touched)
         step("removing replaced rows")
-        engine.execute("INSERT INTO tx_replaced SELECT cdm_table, row_id, person_id, source_key, code, concept_id "
+        engine.plan(bulk=bulk)
+        engine.execute("INSERT INTO tx_replaced SELECT cdm_table, row_id, person_id, source_key, code, concept_id, "
+                       "source, rule, code_system "
                        "FROM cdm_lineage "
                        "WHERE source_key IN (SELECT source_key FROM tx_delta)")
         engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM tx_replaced WHERE person_id IS NOT NULL")
@@ -186,9 +192,10 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if deleted:
             engine.execute("DELETE FROM cdm_lineage WHERE source_key IN (SELECT source_key FROM tx_replaced) "
                            f"AND cdm_table NOT IN {PROTECTED}")
+        engine.plan(bulk=True)
         narrowed = {}
         if not full and seen and engine.name in ("duckdb", "postgres"):
-            narrowed = _narrow(engine, events + entities, floor if only_new else None, tables)
+            narrowed = _narrow(engine, events + entities, floor if only_new else None, tables, indexed)
         events = [narrowed.get(x.name, x) for x in events]  # rules narrowed to their delta rows
         entities = [narrowed.get(x.name, x) for x in entities]
 
@@ -247,16 +254,18 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             for rule in persons:
                 engine.execute(c.person_rows_sql(rule, empi, demographics=demo))
         engine.analyze("tx_person")
+        engine.plan(bulk=bulk)
         for t in PROTECTED:
             engine.execute(f"DELETE FROM {t} WHERE person_id IN (SELECT person_id FROM tx_touched)")
         engine.execute(f"DELETE FROM cdm_lineage WHERE cdm_table IN {PROTECTED} "
-                       "AND row_id IN (SELECT person_id FROM tx_touched)")
+                       "AND person_id IN (SELECT person_id FROM tx_touched)")  # (their row_id is the person_id)
+        engine.plan(bulk=True)
         engine.execute(c.person_insert_sql(r.GENDER, r.RACE, r.ETHNICITY))
         engine.execute(c.DEATH_SQL)
         for t in PROTECTED:
             engine.execute(c.person_lineage_sql(t, run_id))
         step("rebuilding observation periods and eras")
-        derived.rebuild(engine, persons="tx_touched")
+        derived.rebuild(engine, persons="tx_touched", lookups=not bulk)
 
         history = [x.name for x in (*events, *entities) if _needs_history(x)]
         if history:  # keys mapped without a row: with the lineage, the keys seen before (see _narrow)
@@ -265,8 +274,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                            f"FROM cdm_lineage WHERE run_id = {run_id}) AND d.source_key NOT IN "
                            "(SELECT source_key FROM transform_quiet_key)")
         for name in sorted(k for k, x in narrowed.items() if x is None and not k.startswith("__")):  # work tables
-            if engine.name != "duckdb":  # DuckDB replaces them next time (CREATE OR REPLACE), and at close
-                engine.execute(f"DROP TABLE IF EXISTS {name}")
+            engine.execute(f"DROP TABLE IF EXISTS {name}")
 
         step("recording the run")
         engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
@@ -285,44 +293,63 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         gaps = _count(engine, "SELECT count(*) FROM transform_gap")
         for w in (*c.WORK_TABLES, *CHANGES):  # emptied now, so the next run does not pay for this one's size
             if w != "tx_mark" and engine.name != "spark":  # (Spark empties a table by removing its files)
-                engine.execute(f"DELETE FROM {w}")
+                engine.execute(f"TRUNCATE TABLE {w}")
+        _cdm_indexes(engine, analyze=bulk)
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
                       time.perf_counter() - t0)
 
 
-def _postgres_settings(engine: Engine) -> None:
-    """PostgreSQL's own settings for a run (this transaction only). Its planner guesses the rows of every newest
-    version (`rn = 1` after a window) and of every coding picked at a handful, and then joins tens of thousands of
-    rows by a nested loop or a merge on one of four keys (74 s for the 32k Conditions of 2,000 patients, 2 s with a
-    hash join). A run joins whole work and staging tables, and no CDM table has an index to loop over: hash joins.
-    No JIT: it compiles every large statement again (~0.3 s each)."""
-    for setting in ("enable_nestloop", "enable_mergejoin", "jit"):
-        engine.execute_native(f"SET LOCAL {setting} = off")
+def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set[str]:
+    """Indexes a run reads staging through, where the engine keeps them: the rows received since the last run
+    (`receipt_seq`), and the events' visit-number lookup (a correlated subquery, run once per row: 105 s -> 0.07 s
+    for 40k events x 40k encounters on PostgreSQL). Returns the lookups indexed."""
+    for t in staged:
+        engine.index(t, "receipt_seq")
+    if r.VISIT_NUMBER in tables and engine.index("stg_fhir_encounter", "source", "('Encounter/' || resource_id)"):
+        return {"stg_fhir_encounter"}
+    return set()
 
 
-def _postgres_index(engine: Engine, tables: set[str]) -> None:
-    """PostgreSQL runs the events' visit-number lookup (a correlated subquery) once per row: an index makes it a
-    lookup, not a scan (105 s -> 0.07 s for 40k events x 40k encounters)."""
-    if r.VISIT_NUMBER in tables:
-        engine.execute("CREATE INDEX IF NOT EXISTS stg_fhir_encounter_ref ON stg_fhir_encounter "
-                       "(source, ('Encounter/' || resource_id))")
+def _cdm_indexes(engine: Engine, analyze: bool) -> None:
+    """Indexes the next run finds its few rows through, where the engine keeps them (created once, after the first
+    load, which is faster than growing them row by row): lineage by record key, person and run; every person-level
+    CDM table by its primary key and person (as the OHDSI DDL's indexes). `analyze`: after a bulk load, fresh
+    statistics, or the next run's planner guesses half the lineage for a few thousand record keys."""
+    from medlake.cdm import model
+
+    for key in ("source_key", "person_id", "run_id"):
+        engine.index("cdm_lineage", key)
+    have = set(engine.tables())
+    for t in model.load("5.4").tables:
+        if t.name in have and "person_id" in t.field_names:
+            for key in dict.fromkeys([*t.primary_key[:1], "person_id"]):
+                engine.index(t.name, key)
+            if analyze:
+                engine.analyze(t.name)
+    if analyze:
+        engine.analyze("cdm_lineage")
 
 
 def _gaps(engine: Engine, run_id: int, everything: bool) -> None:
-    """The mapping-gap table (unmapped codes counted per source, rule and code, over the whole store): recounted for
-    the codes of the rows this run wrote or replaced, or for everything after a full run or a mapping change."""
-    where = ""
-    if not everything:
-        engine.execute("INSERT INTO tx_gap_code SELECT DISTINCT code FROM tx_replaced WHERE concept_id = 0 AND code IS "
-                       f"NOT NULL UNION SELECT code FROM cdm_lineage WHERE run_id = {run_id} AND concept_id = 0 "
-                       "AND code IS NOT NULL")
-        where = " AND l.code IN (SELECT code FROM tx_gap_code)"
-    engine.execute("DELETE FROM transform_gap" + (" WHERE code IN (SELECT code FROM tx_gap_code)" if where else ""))
-    engine.execute(f"""INSERT INTO transform_gap
-SELECT l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system), count(*)
-FROM cdm_lineage l LEFT JOIN medlake_code_system cs ON cs.system = l.code_system
-WHERE l.concept_id = 0 AND l.code IS NOT NULL{where}
-GROUP BY l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system)""")
+    """The mapping-gap table (unmapped codes counted per source, rule and code, over the whole store): counted
+    again over the lineage after a full run or a mapping change; otherwise moved by this run's rows — less the
+    rows it replaced, plus those it wrote."""
+    def unmapped(frm: str, sign: str = "", where: str = "") -> str:
+        return (f"SELECT l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system) AS v, "
+                f"{sign}count(*) AS n FROM {frm} l LEFT JOIN medlake_code_system cs ON cs.system = l.code_system "
+                f"WHERE l.concept_id = 0 AND l.code IS NOT NULL{where} "
+                "GROUP BY l.source, l.rule, l.code_system, l.code, COALESCE(cs.vocabulary_id, l.code_system)")
+    if everything:
+        engine.execute("DELETE FROM transform_gap")
+        engine.execute("INSERT INTO transform_gap " + unmapped("cdm_lineage"))
+        return
+    engine.execute("INSERT INTO tx_gap SELECT source, rule, code_system, code, v, CAST(sum(n) AS BIGINT) FROM ("
+                   "SELECT source, rule, code_system, code, vocabulary_id AS v, n_rows AS n FROM transform_gap "
+                   f"UNION ALL {unmapped('tx_replaced', '-')} "
+                   f"UNION ALL {unmapped('cdm_lineage', where=f' AND l.run_id = {run_id}')}) AS g "
+                   "GROUP BY source, rule, code_system, code, v HAVING sum(n) > 0")
+    engine.execute("DELETE FROM transform_gap")
+    engine.execute("INSERT INTO transform_gap SELECT * FROM tx_gap")
 
 
 def _pk(table: str) -> str:
@@ -332,7 +359,7 @@ def _pk(table: str) -> str:
     return (t.primary_key or t.field_names)[0]
 
 
-def _merges(engine: Engine, tables: set[str]) -> None:
+def _merges(engine: Engine, tables: set[str], bulk: bool) -> None:
     """Person links known from the sources themselves: HL7 A40 merges (prior MRN → surviving MRN) and a FHIR
     Patient's MRN identifier (Patient/id → MRN, in the hospital's namespace). When a link is new or changed, every
     record of the person it took the id from is mapped again."""
@@ -359,21 +386,22 @@ def _merges(engine: Engine, tables: set[str]) -> None:
                "n.namespace AND o.prior_ref = n.prior_ref WHERE o.survivor_ref IS NULL OR o.survivor_ref <> n.survivor_ref")
     gone = ("SELECT count(*) FROM transform_merge o LEFT JOIN tx_merge n ON n.namespace = o.namespace "
             "AND n.prior_ref = o.prior_ref WHERE n.prior_ref IS NULL")
-    if not _count(engine, f"SELECT count(*) FROM ({changed}) AS x") and not _count(engine, gone):
-        return  # no link is new, changed or gone
-    engine.execute(f"""INSERT INTO tx_delta
-SELECT DISTINCT l.rule, l.source_key FROM cdm_lineage l
-WHERE l.cdm_table NOT IN {PROTECTED} AND l.person_id IN (
-    SELECT stable_id(x.namespace || '|' || COALESCE(o.survivor_ref, x.prior_ref))
-    FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace AND o.prior_ref = x.prior_ref)""")
-    engine.execute(f"""INSERT INTO tx_touched
+    engine.execute(f"""INSERT INTO tx_merge_person
 SELECT DISTINCT stable_id(x.namespace || '|' || COALESCE(o.survivor_ref, x.prior_ref))
 FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace AND o.prior_ref = x.prior_ref""")
+    if not _count(engine, "SELECT count(*) FROM tx_merge_person") and not _count(engine, gone):
+        return  # no link is new, changed or gone
+    engine.analyze("tx_merge_person")
+    engine.plan(bulk=bulk)  # the lineage of those persons: few, through its index
+    engine.execute(f"INSERT INTO tx_delta SELECT DISTINCT l.rule, l.source_key FROM cdm_lineage l WHERE l.cdm_table "
+                   f"NOT IN {PROTECTED} AND l.person_id IN (SELECT person_id FROM tx_merge_person)")
+    engine.execute("INSERT INTO tx_touched SELECT person_id FROM tx_merge_person")
+    engine.plan(bulk=True)
     engine.execute("DELETE FROM transform_merge")
     engine.execute("INSERT INTO transform_merge SELECT * FROM tx_merge")
 
 
-def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) -> dict:
+def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], indexed: set[str]) -> dict:
     """Rules reading a work table with only the staging rows of their delta keys (every version), instead of scanning
     their staging table once per code and once more per statement. Where the newest version is the last received,
     the new rows suffice: rules read only the rows above `floor` (None: a merge, mapping or EMPI change re-maps old
@@ -417,9 +445,9 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) ->
                 "FROM stg_fhir_encounter x WHERE" in k for _, k in x.visit_if), "'Encounter/' || {a}.resource_id",
              "{a}.encounter_ref", False)):
         users = [x for x in narrowed if isinstance(x, r.EventRule) and uses(x)]
-        if not users or table not in tables or (table == "stg_fhir_encounter" and engine.name == "postgres"):
-            continue  # PostgreSQL looks an Encounter up through its index (_postgres_index); a work table without
-                      # one is scanned once per event: quadratic in the delta
+        if not users or table not in tables or table in indexed:
+            continue  # looked up through its index (_staging_indexes); a work table without one would be scanned
+                      # once per event: quadratic in the delta
         name = CODING_WORK if table == "stg_fhir_coding" else f"tx_stg_lookup_{alias}_{len(replace)}"
         keys = " UNION ALL ".join(f"SELECT {ref.format(a='s')} FROM {x.from_sql} s" for x in users)
         lo = above(alias, [x.name for x in users]) if same_receipt else ""
@@ -433,9 +461,6 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str]) ->
 
 def _work(engine: Engine, sql: str, name: str) -> None:
     """A temporary work table holding the rows of `sql`."""
-    if engine.name == "duckdb":
-        engine.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
-        return
     engine.execute(f"DROP TABLE IF EXISTS {name}")
     engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
     engine.analyze(name)  # temporary tables get no statistics otherwise
