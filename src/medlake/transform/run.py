@@ -248,8 +248,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         for rule in persons:
             engine.execute(c.person_rows_sql(records.get(rule.name, rule), empi, demographics=demo))
         if records and _count(engine, "SELECT count(*) FROM (SELECT person_id FROM person UNION ALL SELECT person_id "
-                              "FROM death) AS p WHERE person_id IN (SELECT person_id FROM tx_touched) AND person_id "
-                              "NOT IN (SELECT person_id FROM tx_person)"):
+                              "FROM death) AS p WHERE person_id IN (SELECT person_id FROM tx_touched) AND NOT EXISTS "
+                              "(SELECT 1 FROM tx_person tp WHERE tp.person_id = p.person_id)"):
             engine.execute("DELETE FROM tx_person")  # a touched person's records were not all found: read all
             for rule in persons:
                 engine.execute(c.person_rows_sql(rule, empi, demographics=demo))
@@ -269,10 +269,12 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
 
         history = [x.name for x in (*events, *entities) if _needs_history(x)]
         if history:  # keys mapped without a row: with the lineage, the keys seen before (see _narrow)
+            # (NOT EXISTS, not NOT IN: PostgreSQL runs a NOT IN whose keys outgrow work_mem once per row; bulk: the
+            # quiet keys have no index, a nested loop would scan them once per delta key)
             engine.execute("INSERT INTO transform_quiet_key SELECT DISTINCT d.source_key FROM tx_delta d WHERE d.rule IN ("
-                           + ", ".join(f"'{x}'" for x in history) + ") AND d.source_key NOT IN (SELECT source_key "
-                           f"FROM cdm_lineage WHERE run_id = {run_id}) AND d.source_key NOT IN "
-                           "(SELECT source_key FROM transform_quiet_key)")
+                           + ", ".join(f"'{x}'" for x in history) + ") AND NOT EXISTS (SELECT 1 FROM cdm_lineage l "
+                           f"WHERE l.source_key = d.source_key AND l.run_id = {run_id}) AND NOT EXISTS "
+                           "(SELECT 1 FROM transform_quiet_key q WHERE q.source_key = d.source_key)")
         for name in sorted(k for k, x in narrowed.items() if x is None and not k.startswith("__")):  # work tables
             engine.execute(f"DROP TABLE IF EXISTS {name}")
 
@@ -415,10 +417,11 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
     old_rules = set()
     history = [x.name for x in rules if _needs_history(x)]
     if floor is not None and history:
-        old_rules = {x["rule"] for x in engine.query(
-            "SELECT DISTINCT rule FROM tx_delta WHERE rule IN (" + ", ".join(f"'{x}'" for x in history) + ") AND ("
-            "source_key IN (SELECT source_key FROM tx_replaced) OR source_key IN (SELECT source_key FROM "
-            "transform_quiet_key))").to_pylist()}
+        rules_in = "rule IN (" + ", ".join(f"'{x}'" for x in history) + ")"
+        old_rules = {x["rule"] for x in engine.query(  # (a UNION, not an OR of two IN: each is a join)
+            f"SELECT rule FROM tx_delta WHERE {rules_in} AND source_key IN (SELECT source_key FROM tx_replaced) UNION "
+            f"SELECT rule FROM tx_delta WHERE {rules_in} AND source_key IN (SELECT source_key FROM transform_quiet_key)"
+        ).to_pylist()}
 
     def above(alias: str, names) -> str:
         return f"{alias}.receipt_seq > {floor} AND " if floor is not None and not old_rules & set(names) else ""
