@@ -282,6 +282,8 @@ def main() -> None:
                     help="copy: fill PostgreSQL's staging from the staged DuckDB store (made first) instead of ingesting")
     ap.add_argument("--postgres-in-place", action="store_true",
                     help="transform the staged PostgreSQL database itself, not a copy (disk space)")
+    ap.add_argument("--keep-others", action="store_true",
+                    help="engines not run now keep their result from the last report (marked as such)")
     ap.add_argument("--child", nargs=3)
     a = ap.parse_args()
     if a.child:
@@ -290,6 +292,10 @@ def main() -> None:
     engines = a.engines.split(",")
     sizes = {"duckdb": a.patients, "postgres": a.postgres_patients or a.patients}
     res, sims, clusters = {}, {}, {}
+    kept = {}
+    if a.keep_others and (RESULTS / "transform.json").exists():
+        last = json.loads((RESULTS / "transform.json").read_text())
+        kept = {k: {**r, "earlier_run": True} for k, r in last["engines"].items() if k not in engines}
     try:
         for name in engines:
             n = sizes[name]
@@ -305,7 +311,8 @@ def main() -> None:
             res[name] = {"patients": n, **measure(work, name, cluster, sims[n], a.postgres_staging == "copy",
                                                   a.postgres_in_place)}
             print(name, json.dumps(res[name]), flush=True)
-            write_report(res, sizes, engines)  # after each engine: a slow one does not lose the others
+            write_report({**res, **kept}, {**sizes, **{k: r["patients"] for k, r in kept.items()}},
+                         engines + list(kept))  # after each engine: a slow one does not lose the others
     finally:
         for c in clusters.values():
             c.stop()
@@ -355,6 +362,10 @@ def write_report(res: dict, sizes: dict, engines: list) -> None:
         if r.get("staging", "ingested") != "ingested":
             lines.append(f"{name}'s staging was {r['staging']} ({r['ingest_seconds']:.0f} s, not timed): the same rows, "
                          "receipt numbers and ingest log; its +1 % is ingested into it as usual.")
+    earlier = [k for k, r in res.items() if r.get("earlier_run")]
+    if earlier:
+        lines.append(f"{', '.join(earlier)}: the result of an earlier run of this benchmark on the same staged store, "
+                     "kept (`--keep-others`); not measured in this run.")
     missing = [e for e in engines if e not in res]
     if missing:
         lines.append(f"Not measured in this run (still running or failed): {', '.join(missing)}.")
