@@ -296,7 +296,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         for w in (*c.WORK_TABLES, *CHANGES):  # emptied now, so the next run does not pay for this one's size
             if w != "tx_mark" and engine.name != "spark":  # (Spark empties a table by removing its files)
                 engine.execute(f"TRUNCATE TABLE {w}")
-        _cdm_indexes(engine, analyze=bulk)
+        _cdm_indexes(engine, tables, analyze=bulk)
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
                       time.perf_counter() - t0)
 
@@ -316,7 +316,7 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
     return set()
 
 
-def _cdm_indexes(engine: Engine, analyze: bool) -> None:
+def _cdm_indexes(engine: Engine, tables: set[str], analyze: bool) -> None:
     """Indexes the next run finds its few rows through, where the engine keeps them (created once, after the first
     load, which is faster than growing them row by row): lineage by record key, person and run; every person-level
     CDM table by its primary key and person (as the OHDSI DDL's indexes). `analyze`: after a bulk load, fresh
@@ -325,9 +325,8 @@ def _cdm_indexes(engine: Engine, analyze: bool) -> None:
 
     for key in ("source_key", "person_id", "run_id"):
         engine.index("cdm_lineage", key)
-    have = set(engine.tables())
     for t in model.load("5.4").tables:
-        if t.name in have and "person_id" in t.field_names:
+        if t.name in tables and "person_id" in t.field_names:
             for key in dict.fromkeys([*t.primary_key[:1], "person_id"]):
                 engine.index(t.name, key)
             if analyze:
