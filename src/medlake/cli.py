@@ -444,6 +444,9 @@ def quality_run(
     site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
     full: bool = typer.Option(False, "--full", help="Re-check every table (default: only tables that changed)."),
     tables: Optional[str] = typer.Option(None, "--tables", help="Only these tables (comma-separated)."),
+    exclude: Optional[str] = typer.Option(
+        None, "--exclude",
+        help="Tables not to check (comma-separated; default: the vocabulary tables, as DQD; 'none': check all)."),
 ):
     """Run every DQD check (and the site's checks); write results.json and report.html."""
     from medlake.quality import runner, site
@@ -457,7 +460,9 @@ def quality_run(
                 bar.update(task, description=name, completed=done, total=total)
 
             r = runner.run(eng, None, out_dir, site_checks=extra, feed=feed, incremental=not full, progress=tick,
-                           only=[t.strip().lower() for t in tables.split(",")] if tables else None)
+                           only=[t.strip().lower() for t in tables.split(",")] if tables else None,
+                           exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
+                                                                 if t.strip() and t.strip().lower() != "none"])
     s = r.summary
     t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']})")
     for col in ("category", "passed", "failed", "errors", "not applicable", "pass rate"):
@@ -468,6 +473,8 @@ def quality_run(
     out.print(t)
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
+    if s["excluded_tables"]:
+        out.print(f"not checked (--exclude): {', '.join(s['excluded_tables'])}", highlight=False)
     out.print(f"results: {r.dir / 'results.json'}", highlight=False)
     out.print(f"report:  {r.dir / 'report.html'}", highlight=False)
     if fail_on is not None:

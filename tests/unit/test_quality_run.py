@@ -20,6 +20,8 @@ from medlake.quality.checks import checks, differences_markdown
 from test_quality_checks import CO, world  # the small clean CDM of the check-type tests
 
 REPO = Path(__file__).resolve().parents[2]
+# DQD's default: the vocabulary tables are not checked (runner.VOCABULARY_TABLES)
+SUITE = [c for c in checks("5.4") if c.table not in runner.VOCABULARY_TABLES]
 REQUIRED_FIELDS = {"check_name", "category", "subcategory", "context", "cdm_table", "cdm_field", "concept_id",
                    "status", "num_violated_rows", "num_denominator_rows", "pct_violated_rows", "threshold", "failed"}
 
@@ -35,7 +37,7 @@ def test_results_json_and_self_contained_report(store, tmp_path):
     store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
     r = runner.run(store, "5.4", tmp_path / "quality")
     rows = json.loads((r.dir / "results.json").read_text())
-    assert len(rows) == len(checks("5.4"))
+    assert len(rows) == len(SUITE)
     assert all(REQUIRED_FIELDS <= set(x) for x in rows)
     assert {x["status"] for x in rows} <= {"passed", "failed", "not_applicable", "error"}
     fk = next(x for x in rows if x["check_id"] == "field_isforeignkey_condition_occurrence_person_id")
@@ -52,7 +54,7 @@ def test_results_json_and_self_contained_report(store, tmp_path):
 def test_rerun_rechecks_only_changed_tables(store, tmp_path):
     out = tmp_path / "quality"
     first = runner.run(store, "5.4", out)
-    assert len(first.rechecked) == len({c.table for c in checks("5.4")})
+    assert len(first.rechecked) == len({c.table for c in SUITE})
     second = runner.run(store, "5.4", out)
     assert second.rechecked == [] and second.summary["queries"] < first.summary["queries"] / 2
     store.execute(CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100")
@@ -79,7 +81,21 @@ def test_a_crashed_run_resumes_where_it_stopped(store, tmp_path):
     assert len(unfinished) == 1 and len(list((unfinished[0] / "tables").glob("*.json"))) == 5
     done = runner.Runner(store, "5.4", out).run()
     assert done.dir == unfinished[0] and len(done.resumed) == 5
-    assert len(done.results) == len(checks("5.4"))
+    assert len(done.results) == len(SUITE)
+
+
+def test_vocabulary_tables_are_excluded_as_dqd_does_unless_asked(store, tmp_path):
+    store.execute("INSERT INTO concept SELECT * FROM concept WHERE concept_id = 8507")  # a duplicate key
+    cid = "field_isprimarykey_concept_concept_id"
+    default = runner.run(store, "5.4", tmp_path / "a")
+    assert "concept" in default.summary["excluded_tables"] and cid not in {x["check_id"] for x in default.results}
+    assert "concept" not in default.summary["rechecked_tables"]
+    assert "not checked: " in (default.dir / "report.html").read_text()
+    every = runner.run(store, "5.4", tmp_path / "b", exclude=())
+    assert len(every.results) == len(checks("5.4")) and every.summary["excluded_tables"] == []
+    assert {x["check_id"]: x for x in every.results}[cid]["status"] == "failed"
+    named = runner.run(store, "5.4", tmp_path / "c", only=["concept"])  # naming a table checks it
+    assert {x["check_id"]: x for x in named.results}[cid]["status"] == "failed"
 
 
 def test_site_checks_from_toml(store, tmp_path):
@@ -231,7 +247,7 @@ def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
     r = runner.run(eng, None, tmp_path / "q")
     assert r.summary["cdm_version"] == "5.3"
     got = {x["check_id"]: x for x in r.results}
-    assert len(got) == len(checks("5.3"))
+    assert len(got) == len([c for c in checks("5.3") if c.table not in runner.VOCABULARY_TABLES])
     assert [x for x in r.results if x["status"] == "error"] == []
     assert got["field_plausiblevaluelow_person_year_of_birth"]["status"] == "failed"
     assert got["field_plausiblestartbeforeend_visit_occurrence_visit_start_date"]["num_violated_rows"] == 1

@@ -101,7 +101,9 @@ def render(run, history: list[dict]) -> str:
         f"<h1>Data quality report</h1><p><small>run {escape(s['run_id'])} · {escape(s['started'])} · "
         f"{escape(s['engine'])} store {escape(s['store'])} · OMOP CDM v{escape(s['cdm_version'])} · "
         f"{s['queries']} queries, {s['seconds']} s · rechecked {len(s['rechecked_tables'])} table(s), "
-        f"reused {len(s['reused_tables'])}</small></p>",
+        f"reused {len(s['reused_tables'])}"
+        + (f" · not checked: {escape(', '.join(s['excluded_tables']))}" if s.get("excluded_tables") else "")
+        + "</small></p>",
         "<div class='cards'>",
         f"<div class='card'><div class='big'>{_pct(s['pass_rate']) or 'n/a'}</div>pass rate (passed / (passed + failed))</div>",
         f"<div class='card'><div class='big passed'>{s['passed']}</div>passed</div>",

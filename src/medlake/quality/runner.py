@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import re
 
@@ -139,11 +139,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
+# DQD's default `tablesToExclude`: the vocabulary comes from Athena and is checked there, not at every site (a
+# full vocabulary is ~100M rows of concept_ancestor and concept_relationship: most of a run's work, none of its use)
+VOCABULARY_TABLES = ("concept", "vocabulary", "concept_ancestor", "concept_relationship", "concept_class",
+                     "concept_synonym", "relationship", "domain")
+
+
 class Runner:
     def __init__(self, engine, version: str, out: Path, *, site_checks: list[tuple[Check, cp.Item]] = (),
                  mode: str = "set", incremental: bool = True, resume: bool = True,
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
-                 feed: dict | None = None, split_joins: bool | None = None, sources: bool = True):
+                 exclude: Iterable[str] | None = None, feed: dict | None = None, split_joins: bool | None = None,
+                 sources: bool = True):
+        """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
+        tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded."""
         self.eng = Counted(engine)
         name = getattr(engine, "name", "")
         self.split_joins = name in ("duckdb", "postgres") if split_joins is None else split_joins
@@ -158,6 +167,7 @@ class Runner:
         self.resume = resume
         self.progress = progress
         self.only = only
+        self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(only or ())
         self.feed = feed
         self.sources = sources  # the source-level checks (staging, landing, lineage) of a whole-suite run
         self._fp: dict[str, str] = {}
@@ -167,8 +177,7 @@ class Runner:
         tables = [t.lower() for t in self.eng.tables()]
         wanted = [t.name for t in model.load(self.version).tables if t.name in tables]
         wanted += [c.table for c, _ in self.site if c.table in tables and c.table not in wanted]
-        if self.only:
-            wanted = [t for t in wanted if t in self.only]
+        wanted = [t for t in wanted if t not in self.exclude and (not self.only or t in self.only)]
         self.present = RowCounts(tables, self._count)
         if wanted:  # the tables to check, counted in one query; the ones they refer to when first needed
             sql = " UNION ALL ".join(f"SELECT '{n}' AS t, count(*) AS n FROM {cp.q(n)}" for n in wanted)
@@ -450,7 +459,7 @@ class Runner:
         for c, it in self.site:
             site_by_table.setdefault(c.table, []).append(it)
             by_table.setdefault(c.table, [])
-        tables = [t for t in by_table if not self.only or t in self.only]
+        tables = [t for t in by_table if t not in self.exclude and (not self.only or t in self.only)]
 
         run_dir, prev = self._dirs(run_id)
         (run_dir / "tables").mkdir(parents=True, exist_ok=True)
@@ -507,6 +516,7 @@ class Runner:
             "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
             "resumed_tables": run.resumed,
+            "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
         }
         _write(run_dir / "results.json", run.results)
         _write(run_dir / "run.json", run.summary)
