@@ -29,11 +29,27 @@ class Column:
     nullable: bool
 
 
+@dataclass(frozen=True)
+class Shapes:
+    """Which of two equivalent query shapes the engine runs faster, where engines differ (each measured with
+    bench/quality.py or bench/transform.py at 100,000 persons; the results are the same either way)."""
+    filter_aggs: bool = False  # count(*) FILTER (WHERE …) rather than sum(CASE WHEN … THEN 1 ELSE 0 END)
+    distinct_on_groups: bool = True  # count(DISTINCT …) on the table grouped by value, not over every row
+    split_joins: bool = False  # one scan per join key rather than one scan with every LEFT JOIN chained
+    window_examples: bool = True  # examples of failed rules: one windowed scan per rule kind, not a LIMIT query each
+    sorted_keys: bool = False  # duplicate keys found by sorting (a row equal to its neighbour), not by GROUP BY
+    unique_test: bool = False  # keys first tested with count(DISTINCT …); duplicates counted only if that fails
+    catalog: bool = False  # information_schema.columns lists every table's columns in one query
+    narrow_delta: bool = False  # an incremental transform copies its delta rows into work tables first
+    truncate: bool = False  # TRUNCATE TABLE empties a work table (else a DELETE, or the engine drops its files)
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str  # duckdb | postgres | spark
     dialect: str  # sqlglot dialect name
     url: str
+    shapes: Shapes  # the query shapes it runs faster (set-based quality checks)
 
     def execute(self, sql: str, params: list | None = None) -> None: ...
 
@@ -62,6 +78,10 @@ class Engine(Protocol):
     def plan(self, *, bulk: bool) -> None:
         """Planner settings for the rest of this transaction: `bulk` statements join whole tables (a first or full
         load), the others find few rows through indexes; may do nothing."""
+
+    def scanning(self) -> AbstractContextManager[None]:
+        """Session settings for a series of read-only queries that aggregate whole tables (a quality run), restored
+        after; may do nothing."""
 
     def close(self) -> None: ...
 

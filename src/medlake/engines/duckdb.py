@@ -8,12 +8,16 @@ import duckdb
 import pyarrow as pa
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import DUCKDB_MACROS, Column, EngineError
+from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes
 
 
 class DuckDBEngine:
     name = "duckdb"
     dialect = "duckdb"
+    # a column store: a chain of LEFT JOINs carries every column read; sorting a million keys beats a hash table
+    # that outgrows the cache; a LIMIT 10 query stops early; count(DISTINCT) is hashed in the scan itself
+    shapes = Shapes(distinct_on_groups=False, split_joins=True, window_examples=False, sorted_keys=True, catalog=True,
+                    narrow_delta=True, truncate=True)
 
     def __init__(self, path: str | Path = ":memory:", *, memory_limit: str | None = None, read_only: bool = False):
         self.path = str(path)
@@ -104,6 +108,11 @@ class DuckDBEngine:
 
     def plan(self, *, bulk: bool) -> None:
         """Nothing to set: DuckDB joins by hash whatever the size."""
+
+    @contextmanager
+    def scanning(self):
+        """Nothing to set: DuckDB's defaults are for scans."""
+        yield
 
     def close(self) -> None:
         self.con.close()

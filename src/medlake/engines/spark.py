@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from medlake.engines.base import Column, EngineError, conform, template, translate
+from medlake.engines.base import Column, EngineError, Shapes, conform, template, translate
 
 TYPE_OVERRIDES = {"datetime": "TIMESTAMP_NTZ"}
 META = "_medlake.json"
@@ -88,6 +88,7 @@ def _arrow_to_spark_type(t: pa.DataType) -> str:
 class SparkEngine:
     name = "spark"
     dialect = "spark"
+    shapes = Shapes(unique_test=True)  # every query is a job: the fewer the better
 
     def __init__(self, warehouse: str | Path):
         self.warehouse = Path(warehouse).resolve()
@@ -289,6 +290,11 @@ class SparkEngine:
 
     def plan(self, *, bulk: bool) -> None:
         """Nothing to set: Spark picks its joins by size at run time."""
+
+    @contextmanager
+    def scanning(self):
+        """Nothing to set: Spark sizes its shuffles at run time."""
+        yield
 
     def close(self) -> None:
         """The Spark session is shared by the process and stays up; nothing to release per store."""

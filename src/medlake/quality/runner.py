@@ -154,11 +154,8 @@ class Runner:
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded."""
         self.eng = Counted(engine)
-        name = getattr(engine, "name", "")
-        self.split_joins = name in ("duckdb", "postgres") if split_joins is None else split_joins
-        # examples of failed concept rules: DuckDB stops a LIMIT 10 scan early, one query per failed rule is
-        # cheap; a row store reads the table once per query, so there one windowed scan per rule kind
-        self.scan_examples = name != "duckdb"
+        self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
+        self.split_joins = self.shapes.split_joins if split_joins is None else split_joins
         self.version = version
         self.out = Path(out)
         self.site = list(site_checks)
@@ -189,7 +186,7 @@ class Runner:
         return self.eng.query(f"SELECT count(*) AS n FROM {cp.q(table)}").column(0)[0].as_py()
 
     def cols(self, table: str) -> dict[str, str]:
-        if not self.columns and self.eng.engine.name in ("duckdb", "postgres"):  # every table in one query
+        if not self.columns and self.shapes.catalog:  # every table in one query
             for r in self.eng.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
                                     "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
                                     ).to_pylist():
@@ -213,9 +210,8 @@ class Runner:
         spec = model.load(self.version)
         pk = spec.table(table).primary_key if table in spec.table_names else []
         idc = next((c for c in pk + ["person_id"] if c in cols), next(iter(cols), None))
-        name = self.eng.engine.name
-        return cp.Context(table, cols, self.present, idc, filter_aggs=name == "postgres",
-                          distinct_grouped=name != "duckdb")
+        return cp.Context(table, cols, self.present, idc, filter_aggs=self.shapes.filter_aggs,
+                          distinct_grouped=self.shapes.distinct_on_groups)
 
     def plan(self, table: str, checks: list[Check]):
         """Compile a table's checks: (results known without querying, field items, pk, concept, table-level)."""
@@ -295,12 +291,11 @@ class Runner:
                     if it.check.field == p.check.field and it.check.name in NA_IF_NO_VALUES:
                         res[it.check.id] = result(it.check, "not_applicable",
                                                   reason=f"field {table}.{p.check.field} has no values")
-        duck = self.eng.engine.name == "duckdb"
         for c in pks:
-            sql, ex = cp.primary_key_sql(table, c.field, sort=duck)
+            sql, ex = cp.primary_key_sql(table, c.field, sort=self.shapes.sorted_keys)
             if self.mode == "dqd":
                 sql = cp.primary_key_dqd_sql(table, c.field)
-            elif not duck:  # first the cheap test that every key is distinct; the exact count only when not
+            elif self.shapes.unique_test:  # first the test that every key is distinct; the exact count only when not
                 try:
                     if self.eng.query(cp.key_unique_sql(table, c.field)).column(0)[0].as_py() == 0:
                         res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
@@ -334,9 +329,9 @@ class Runner:
                 else:
                     res[c.id] = result(c, "counted", int(rows[i][0] or 0), int(rows[i][1] or 0))
             failed = {i: c for i, c in enumerate(group) if res[c.id]["failed"]}
-            if failed and self.scan_examples:
+            if failed and self.shapes.window_examples:
                 concept_failed.append((parts, failed))
-            for c in failed.values() if not self.scan_examples else ():
+            for c in failed.values() if not self.shapes.window_examples else ():
                 try:
                     conds[c.id] = cp.concept_example(c, ctx)
                 except cp.NotApplicable:
@@ -436,18 +431,8 @@ class Runner:
     def run(self, run_id: str | None = None) -> Run:
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
-        settings = {}
-        if self.eng.engine.name == "postgres":  # for this session, both executions: JIT compiles each check
-            # query for ~1 s (the wide aggregates have huge cost estimates) and then runs it in ms; the default
-            # 4 MB work_mem sends every primary-key GROUP BY of a large table to disk
-            for name, value in (("jit", "off"), ("work_mem", "256MB")):
-                settings[name] = self.eng.engine.query(f"SELECT current_setting('{name}') AS v").column(0)[0].as_py()
-                self.eng.engine.execute_native(f"SET {name} = {cp.lit(value)}")
-        try:
+        with self.eng.engine.scanning():  # the engine's session settings for whole-table aggregates
             return self._run(run_id, started, t0)
-        finally:
-            for name, value in settings.items():
-                self.eng.engine.execute_native(f"SET {name} = {cp.lit(value)}")
 
     def _run(self, run_id, started, t0) -> Run:
         self._survey()

@@ -194,7 +194,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                            f"AND cdm_table NOT IN {PROTECTED}")
         engine.plan(bulk=True)
         narrowed = {}
-        if not full and seen and engine.name in ("duckdb", "postgres"):
+        if not full and seen and engine.shapes.narrow_delta:
             narrowed = _narrow(engine, events + entities, floor if only_new else None, tables, indexed)
         events = [narrowed.get(x.name, x) for x in events]  # rules narrowed to their delta rows
         entities = [narrowed.get(x.name, x) for x in entities]
@@ -294,7 +294,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             "skipped": [skipped], "persons": [n_persons]}))
         gaps = _count(engine, "SELECT count(*) FROM transform_gap")
         for w in (*c.WORK_TABLES, *CHANGES):  # emptied now, so the next run does not pay for this one's size
-            if w != "tx_mark" and engine.name != "spark":  # (Spark empties a table by removing its files)
+            if w != "tx_mark" and engine.shapes.truncate:  # (Spark empties a table by removing its files)
                 engine.execute(f"TRUNCATE TABLE {w}")
         _cdm_indexes(engine, tables, analyze=bulk)
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
