@@ -14,9 +14,14 @@ measurements, observations, deaths; eras derived in SQL) with the shipped demo v
 realistic defects. `--cdm STORE` checks instead the CDM of a medlake DuckDB store — the simulated hospital
 transformed by bench/transform.py (`bench/work/transform-N/cdm.duckdb`): every table the transform fills,
 hashed ids, the demo vocabulary; for PostgreSQL its CDM tables go through `medlake cdm import` (Parquet).
+Both have the demo vocabulary (446 concepts); a site has Athena's (5–9M concepts, ~80M ancestor
+rows). `--vocabulary N` adds N concepts and 4N concept_ancestor rows, generated, that no record
+uses (ids from 2,000,000,000, OMOP's local range): the checks and their results are unchanged, the lookups and
+joins into the vocabulary cost what they cost at a site. As DQD, no run checks the vocabulary tables themselves.
 Detection recall on the simulated hospital is bench/quality_detection.py.
 
-    python bench/quality.py [--persons 100000] [--postgres] [--pg-persons 20000] [--cdm STORE.duckdb] [--out NAME]
+    python bench/quality.py [--persons 100000] [--postgres] [--pg-persons 20000] [--cdm STORE.duckdb]
+                            [--vocabulary 5000000] [--out NAME]
 
 Report: bench/results/quality.md and .json.
 """
@@ -215,7 +220,7 @@ def measure(url: str, out: Path, mode: str, incremental=False) -> tuple[dict, li
     s = run.summary
     return ({"mode": mode, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "queries": s["queries"], "scans": s["scans"],
              "query_s": round(r.eng.seconds, 2), "by_kind": breakdown(r.eng.log),
-             "slowest": [[round(t, 3), sql[:160]] for t, sql in sorted(r.eng.log, reverse=True)[:5]],
+             "slowest": [[round(t, 3), sql[:int(os.environ.get("SLOWLEN", 160))]] for t, sql in sorted(r.eng.log, reverse=True)[:int(os.environ.get("SLOWN", 5))]],
              "checks": s["checks"], "passed": s["passed"], "failed": s["failed"], "errors": s["errors"],
              "not_applicable": s["not_applicable"], "rechecked_tables": len(s["rechecked_tables"]),
              "reused_tables": len(s["reused_tables"])}, run.results)
@@ -269,7 +274,35 @@ def copied(src: Path, url: str) -> dict[str, int]:
     return {k: v for k, v in rows.items() if v} | {"_seconds": round(time.perf_counter() - t0, 1)}
 
 
-def suite(url: str, label: str, n: int, reps: int, cdm: Path | None = None) -> dict:
+def athena_sized(url: str, n: int) -> dict:
+    """Add `n` concepts and 4n ancestor rows, as in a site's Athena download: generated concepts
+    no record uses, with Athena's spread of domains, vocabularies, classes, standard flags and invalid reasons."""
+    eng = open_engine(url)
+    t0 = time.perf_counter()
+    try:
+        def pick(xs, k):
+            return f"CASE i % {k} " + " ".join(f"WHEN {j} THEN '{x}'" for j, x in enumerate(xs)) + " END"
+
+        base = 2_000_000_000
+        with eng.transaction():
+            eng.execute(
+                f"INSERT INTO concept SELECT {base} + i, 'Generated concept ' || CAST(i AS VARCHAR), "
+                f"{pick(['Condition', 'Drug', 'Measurement', 'Procedure', 'Observation', 'Device', 'Unit', 'Visit'], 8)}, "
+                f"{pick(['SNOMED', 'RxNorm', 'RxNorm Extension', 'LOINC', 'ICD10CM', 'NDC', 'CPT4'], 7)}, "
+                f"{pick(['Clinical Finding', 'Clinical Drug', 'Lab Test', 'Procedure', 'Ingredient'], 5)}, "
+                "CASE WHEN i % 3 = 0 THEN 'S' WHEN i % 3 = 2 THEN 'C' END, 'G' || CAST(i AS VARCHAR), "
+                "DATE '1970-01-01', DATE '2099-12-31', CASE WHEN i % 17 = 0 THEN 'D' END "
+                f"FROM generate_series(0, {n - 1}) AS r(i)")
+            eng.execute(f"INSERT INTO concept_ancestor SELECT {base} + i % {max(n // 10, 1)}, {base} + (i * 7) % {n}, "
+                        f"i % 5, i % 5 + 1 FROM generate_series(0, {4 * n - 1}) AS r(i)")
+        eng.analyze("concept", "concept_ancestor")  # planner statistics, where the engine needs them
+        got = {t: eng.query(f"SELECT count(*) AS n FROM {t}").column(0)[0].as_py() for t in ("concept", "concept_ancestor")}
+    finally:
+        eng.close()
+    return got | {"_seconds": round(time.perf_counter() - t0, 1)}
+
+
+def suite(url: str, label: str, n: int, reps: int, cdm: Path | None = None, vocabulary: int = 0) -> dict:
     if cdm:
         print(f"[{label}] copying the CDM of {cdm} …", flush=True)
         rows = copied(cdm, url)
@@ -277,6 +310,10 @@ def suite(url: str, label: str, n: int, reps: int, cdm: Path | None = None) -> d
     else:
         print(f"[{label}] generating {n:,} persons …", flush=True)
         rows = build(url, n)
+    vocab_rows = None
+    if vocabulary:
+        print(f"[{label}] adding {vocabulary:,} concepts to the vocabulary …", flush=True)
+        vocab_rows = athena_sized(url, vocabulary)
     out = WORK / f"reports-{label}"
     shutil.rmtree(out, ignore_errors=True)
     print(f"[{label}] incremental first run (cold: SQL not yet translated, buffers not warm) …", flush=True)
@@ -315,7 +352,8 @@ def suite(url: str, label: str, n: int, reps: int, cdm: Path | None = None) -> d
     finally:
         eng.close()
     after_load, _ = measure(url, out, "set", incremental=True)
-    return {"engine": label, "persons": n, "rows": rows, "cdm": str(cdm) if cdm else None, "sources": sources, "set_based": fast, "per_check": slow, "dqd": dqd,
+    return {"engine": label, "persons": n, "rows": rows, "cdm": str(cdm) if cdm else None, "vocabulary": vocab_rows,
+            "sources": sources, "set_based": fast, "per_check": slow, "dqd": dqd,
             "speedup": round(slow["wall_s"] / fast["wall_s"], 1) if fast["wall_s"] else None,
             "speedup_dqd": round(dqd["wall_s"] / fast["wall_s"], 1) if fast["wall_s"] else None,
             "query_ratio": round(slow["queries"] / fast["queries"], 1), "results_differ": diff,
@@ -341,6 +379,9 @@ def report(runs: list[dict]) -> str:
         rows = {k: v for k, v in r["rows"].items() if not k.startswith("_")}
         made = (f"the CDM of `{r['cdm']}`, copied in {r['rows']['_seconds']} s" if r.get("cdm")
                 else f"generated in {r['rows']['_seconds']} s")
+        v = r.get("vocabulary")
+        made += (f"; a vocabulary of Athena's size: {v['concept']:,} concepts, {v['concept_ancestor']:,} "
+                 f"ancestor rows, in {v['_seconds']} s" if v else "; the demo vocabulary")
         lines += [f"## {r['engine']}: {r['persons']:,} persons, {sum(rows.values()):,} rows ({made})", "",
                   "| execution | wall time (s) | CPU s | queries | table scans | checks | passed | failed | errors | not applicable |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -421,18 +462,19 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2, help="runs of each execution, alternating; the fastest counts")
     ap.add_argument("--cdm", type=Path, help="check the CDM of this medlake DuckDB store (e.g. the simulated hospital "
                     "transformed by bench/transform.py: bench/work/transform-N/cdm.duckdb) instead of generating one")
+    ap.add_argument("--vocabulary", type=int, default=0, help="add this many generated concepts to the vocabulary (Athena: 5-9M)")
     ap.add_argument("--out", default="quality", help="report name under bench/results/ (default: quality)")
     a = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     db = WORK / "cdm.duckdb"
     db.unlink(missing_ok=True)
-    runs = [suite(f"duckdb:{db}", "duckdb", a.persons, a.reps, a.cdm)]
+    runs = [suite(f"duckdb:{db}", "duckdb", a.persons, a.reps, a.cdm, a.vocabulary)]
     if a.postgres:
         from medlake.engines.postgres import TempCluster
 
         with TempCluster() as c:
-            runs.append(suite(c.create_database("bench_quality"), "postgres", a.pg_persons, a.reps, a.cdm))
+            runs.append(suite(c.create_database("bench_quality"), "postgres", a.pg_persons, a.reps, a.cdm, a.vocabulary))
     text = report(runs)  # (adds the shared-query floor to each run)
     (RESULTS / f"{a.out}.json").write_text(json.dumps(runs, indent=1))
     (RESULTS / f"{a.out}.md").write_text(text)
