@@ -215,6 +215,23 @@ def test_examples_name_the_violating_rows(clean, tmp_path):
     assert r["pct_violated_rows"] == 0.5
 
 
+def test_examples_of_a_failed_concept_check_are_its_violating_rows_found_without_the_vocabulary(clean, tmp_path):
+    """fkDomain fails on two rows: their ids are the examples, found by the violating concept ids the grouped
+    scan returns (no join to a vocabulary of millions of rows), the same rows as the joined condition finds."""
+    clean.execute(CO + "condition_concept_id = 1503297 WHERE condition_occurrence_id = 200")  # a Drug concept
+    clean.execute(CO + "condition_concept_id = 3004249 WHERE condition_occurrence_id = 300")  # a Measurement one
+    runner = Runner(clean, "5.4", tmp_path / "q", incremental=False, resume=False)
+    runner._survey()
+    cs = [c for c in checks("5.4") if c.table == "condition_occurrence"]
+    r = {x["check_id"]: x for x in runner.run_table("condition_occurrence", cs, [])}
+    fk = r["field_fkdomain_condition_occurrence_condition_concept_id"]
+    assert (fk["status"], fk["num_violated_rows"], sorted(fk["examples"])) == ("failed", 2, ["200", "300"])
+    examples = [sql for _, sql in runner.eng.log if "row_id" in sql and "fkdomain" in sql]
+    assert examples and all('"concept"' not in sql for sql in examples), examples
+    joined = results(clean, "condition_occurrence", tmp_path, mode="per_check")
+    assert sorted(joined[fk["check_id"]]["examples"]) == ["200", "300"]
+
+
 def test_threshold_follows_dqd_rule(clean, tmp_path):
     """Threshold 5%: 1 violation in 4 rows (25%) fails; the same at threshold 30% passes."""
     cid = "field_standardconceptrecordcompleteness_condition_occurrence_condition_concept_id"

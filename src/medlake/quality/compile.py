@@ -264,7 +264,9 @@ CONCEPT_COLUMNS = ("concept_id", "domain_id", "concept_class_id", "standard_conc
 def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
     """The concept checks of a table in ONE query that groups the table by its concept fields first, looks up
     the concept rows of just the ids that occur (once), and joins them to the (few) distinct combinations:
-    each condition is weighted by its group's size. (GROUPING SETS per field was slower on DuckDB.)"""
+    each condition is weighted by its group's size. (GROUPING SETS per field was slower on DuckDB.)
+    Per weighted item also the lowest and highest violating value of its field (lo{i}, hi{i}): every row with
+    one of them violates, so the examples need no join to the vocabulary (`value_condition`)."""
     fields = sorted({it.check.field for it in items} | {f for it in items for f in it.group_cols})
     cols = ", ".join(q(f) for f in fields)
     aggs = ["sum(t.n__) AS n"]
@@ -273,7 +275,9 @@ def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
             aggs += [f"{it.num} AS v{i}", f"{it.den} AS d{i}"]
             continue
         aggs += [f"sum(CASE WHEN {it.where} THEN t.n__ ELSE 0 END) AS v{i}",
-                 f"sum(CASE WHEN {it.den_where} THEN t.n__ ELSE 0 END) AS d{i}" if it.den_where else f"sum(t.n__) AS d{i}"]
+                 f"sum(CASE WHEN {it.den_where} THEN t.n__ ELSE 0 END) AS d{i}" if it.den_where else f"sum(t.n__) AS d{i}",
+                 f"min(CASE WHEN {it.where} THEN t.{q(it.check.field)} END) AS lo{i}",
+                 f"max(CASE WHEN {it.where} THEN t.{q(it.check.field)} END) AS hi{i}"]
     aliases = []
     for it in items:
         aliases += [a for a in it.joins if a not in aliases]
@@ -283,6 +287,13 @@ def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
               if aliases else "")
     return (f"WITH g__ AS (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols}){lookup} "
             f"SELECT {', '.join(aggs)} FROM g__ AS t {joins}")
+
+
+def value_condition(it: Item, values: list) -> tuple[str, tuple[str, ...]] | None:
+    """A grouped item's violating rows, for examples: the rows whose field has one of `values` (violating values
+    found by `grouped_sql`), with no join; None when there is none."""
+    values = sorted({v for v in values if v is not None})
+    return (f"t.{q(it.check.field)} IN ({', '.join(lit(v) for v in values)})", ()) if values else None
 
 
 def single_sql(table: str, it: Item, ctx: Context) -> str:

@@ -280,10 +280,11 @@ class Runner:
         empty_ok = sorted({it.check.field for it in items if it.check.name in NA_IF_NO_VALUES})
         probes = [cp.Item(Check("nonNull", "FIELD", table, f, source="probe"), f"count(t.{cp.q(f)})", "count(*)")
                   for f in empty_ok]
+        found: dict[str, tuple[str, tuple[str, ...]]] = {}  # violating rows by value, from the grouped scan
         for group in (items + probes, site_items):  # the DQD checks, then the site's own SQL
-            self._scan(table, group, ctx, res)
+            self._scan(table, group, ctx, res, found)
         for it in items + site_items:
-            conds[it.check.id] = (it.where, it.joins)
+            conds[it.check.id] = found.get(it.check.id) or (it.where, it.joins)
         for p in probes:
             got = res.pop(p.check.id)
             if got["status"] != "error" and not got["num_violated_rows"]:
@@ -387,7 +388,7 @@ class Runner:
                 out[cid] = [r["row_id"] for r in rows]
         return out
 
-    def _scan(self, table, items, ctx, res):
+    def _scan(self, table, items, ctx, res, found):
         if not items:
             return
         if self.mode == "set":
@@ -406,8 +407,10 @@ class Runner:
                 refs = cp.scan_refs(group) if build is cp.scan_sql else [(f"v{i}", f"d{i}") for i in range(len(group))]
                 try:
                     row = self.eng.query(build(table, group, ctx)).to_pylist()[0]
-                    for it, (v, d) in zip(group, refs):
+                    for i, (it, (v, d)) in enumerate(zip(group, refs)):
                         res[it.check.id] = result(it.check, "counted", int(row[v] or 0), int(row[d] or 0))
+                        if f"lo{i}" in row and (cond := cp.value_condition(it, [row[f"lo{i}"], row[f"hi{i}"]])):
+                            found[it.check.id] = cond
                 except EngineError:
                     todo += group  # one check broke the query (a bad type, a site predicate): isolate it below
             items = todo
