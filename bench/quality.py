@@ -20,7 +20,7 @@ uses (ids from 2,000,000,000, OMOP's local range): the checks and their results 
 joins into the vocabulary cost what they cost at a site. As DQD, no run checks the vocabulary tables themselves.
 Detection recall on the simulated hospital is bench/quality_detection.py.
 
-    python bench/quality.py [--persons 100000] [--postgres] [--pg-persons 20000] [--cdm STORE.duckdb]
+    python bench/quality.py [--persons 100000] [--postgres] [--pg-persons 20000] [--pg-reps N] [--cdm STORE.duckdb]
                             [--vocabulary 5000000] [--out NAME]
 
 Report: bench/results/quality.md and .json.
@@ -460,6 +460,7 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL server")
     ap.add_argument("--pg-persons", type=int, default=20_000)
     ap.add_argument("--reps", type=int, default=2, help="runs of each execution, alternating; the fastest counts")
+    ap.add_argument("--pg-reps", type=int, help="the same for PostgreSQL (default: --reps)")
     ap.add_argument("--cdm", type=Path, help="check the CDM of this medlake DuckDB store (e.g. the simulated hospital "
                     "transformed by bench/transform.py: bench/work/transform-N/cdm.duckdb) instead of generating one")
     ap.add_argument("--vocabulary", type=int, default=0, help="add this many generated concepts to the vocabulary (Athena: 5-9M)")
@@ -474,7 +475,8 @@ def main() -> None:
         from medlake.engines.postgres import TempCluster
 
         with TempCluster() as c:
-            runs.append(suite(c.create_database("bench_quality"), "postgres", a.pg_persons, a.reps, a.cdm, a.vocabulary))
+            runs.append(suite(c.create_database("bench_quality"), "postgres", a.pg_persons, a.pg_reps or a.reps, a.cdm,
+                              a.vocabulary))
     text = report(runs)  # (adds the shared-query floor to each run)
     (RESULTS / f"{a.out}.json").write_text(json.dumps(runs, indent=1))
     (RESULTS / f"{a.out}.md").write_text(text)
