@@ -179,6 +179,13 @@ def _site_local(engine, files) -> dict[str, pa.Table]:
     return out
 
 
+# the lookups into the vocabulary (a concept by id or by code, ancestors and descendants, relationships), indexed
+# where the engine uses indexes: the OHDSI DDL's indexes on these tables, which every OHDSI database has
+LOOKUPS = (("concept", "concept_id"), ("concept", "vocabulary_id", "concept_code"),
+           ("concept_relationship", "concept_id_1", "relationship_id"), ("concept_ancestor", "ancestor_concept_id"),
+           ("concept_ancestor", "descendant_concept_id"), ("concept_synonym", "concept_id"))
+
+
 def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
          progress: Callable[[str, int, int], None] | None = None) -> VocabReport:
     """Load every vocabulary file found in `folder` into `engine`, atomically."""
@@ -223,6 +230,10 @@ def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
             report.loaded[name] = n
             if n != report.files[name]:
                 raise VocabError(f"{path.name}: {report.files[name]} rows in the file but {n} loaded")
+    for table, *keys in LOOKUPS:  # where the engine keeps indexes (PostgreSQL), as the OHDSI DDL's
+        if table in files:
+            engine.index(table, *keys)
+    engine.analyze(*files)
     if "vocabulary" in files:
         v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
         report.version = v.column(0)[0].as_py() if v.num_rows else None
