@@ -16,7 +16,7 @@ transformed by bench/transform.py (`bench/work/transform-N/cdm.duckdb`): every t
 hashed ids, the demo vocabulary; for PostgreSQL its CDM tables go through `medlake cdm import` (Parquet).
 Both have the demo vocabulary (446 concepts); a site has Athena's (5–9M concepts, ~80M ancestor
 rows). `--vocabulary N` adds N concepts and 4N concept_ancestor rows, generated, that no record
-uses (ids from 2,000,000,000, OMOP's local range): the checks and their results are unchanged, the lookups and
+uses (ids above every concept id there): the checks and their results are unchanged, the lookups and
 joins into the vocabulary cost what they cost at a site. As DQD, no run checks the vocabulary tables themselves.
 Detection recall on the simulated hospital is bench/quality_detection.py.
 
@@ -283,7 +283,8 @@ def athena_sized(url: str, n: int) -> dict:
         def pick(xs, k):
             return f"CASE i % {k} " + " ".join(f"WHEN {j} THEN '{x}'" for j, x in enumerate(xs)) + " END"
 
-        base = 2_000_000_000
+        # above every id there (the demo vocabulary's site concepts use OMOP's local range from 2,000,000,000)
+        base = eng.query("SELECT max(concept_id) + 1 AS m FROM concept").column(0)[0].as_py()
         with eng.transaction():
             eng.execute(
                 f"INSERT INTO concept SELECT {base} + i, 'Generated concept ' || CAST(i AS VARCHAR), "
