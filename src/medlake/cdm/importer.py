@@ -17,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from medlake.cdm import ddl, model, store
-from medlake.cdm.vocab import LOOKUPS
+from medlake.cdm.vocab import index_lookups
 
 SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet")
 BATCH_BYTES = 8 << 20
@@ -174,8 +174,5 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             report[name] = (path, rows)
         if progress:
             progress("done", len(files), len(files))
-    for table, *keys in LOOKUPS:  # the vocabulary's lookups, indexed where the engine uses indexes
-        if table in files:
-            engine.index(table, *keys)
-    engine.analyze(*files)  # planner statistics of the tables just filled, where the engine needs them
+    index_lookups(engine, list(files))
     return report

@@ -186,6 +186,15 @@ LOOKUPS = (("concept", "concept_id"), ("concept", "vocabulary_id", "concept_code
            ("concept_ancestor", "descendant_concept_id"), ("concept_synonym", "concept_id"))
 
 
+def index_lookups(engine, tables) -> None:
+    """After `tables` were filled (a vocabulary load, a CDM import): the vocabulary's LOOKUPS among them indexed
+    where the engine uses indexes, and planner statistics where the engine needs them."""
+    for table, *keys in LOOKUPS:
+        if table in tables:
+            engine.index(table, *keys)
+    engine.analyze(*tables)
+
+
 def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
          progress: Callable[[str, int, int], None] | None = None) -> VocabReport:
     """Load every vocabulary file found in `folder` into `engine`, atomically."""
@@ -230,10 +239,7 @@ def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
             report.loaded[name] = n
             if n != report.files[name]:
                 raise VocabError(f"{path.name}: {report.files[name]} rows in the file but {n} loaded")
-    for table, *keys in LOOKUPS:  # where the engine keeps indexes (PostgreSQL), as the OHDSI DDL's
-        if table in files:
-            engine.index(table, *keys)
-    engine.analyze(*files)
+    index_lookups(engine, list(files))
     if "vocabulary" in files:
         v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
         report.version = v.column(0)[0].as_py() if v.num_rows else None

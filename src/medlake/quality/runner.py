@@ -176,13 +176,16 @@ class Runner:
         tables = [t.lower() for t in self.eng.tables()]
         wanted = [t.name for t in model.load(self.version).tables if t.name in tables]
         wanted += [c.table for c, _ in self.site if c.table in tables and c.table not in wanted]
-        wanted = [t for t in wanted if t not in self.exclude and (not self.only or t in self.only)]
+        wanted = [t for t in wanted if self._checked(t)]
         self.present = RowCounts(tables, self._count)
         if wanted:  # the tables to check, counted in one query; the ones they refer to when first needed
             sql = " UNION ALL ".join(f"SELECT '{n}' AS t, count(*) AS n FROM {cp.q(n)}" for n in wanted)
             for r in self.eng.query(sql).to_pylist():
                 self.present[r["t"]] = r["n"]
         self.columns: dict[str, dict[str, str]] = {}
+
+    def _checked(self, table: str) -> bool:
+        return table not in self.exclude and (not self.only or table in self.only)
 
     def _count(self, table: str) -> int:
         """1 if `table` has a row, else 0 (see RowCounts)."""
@@ -451,7 +454,7 @@ class Runner:
         for c, it in self.site:
             site_by_table.setdefault(c.table, []).append(it)
             by_table.setdefault(c.table, [])
-        tables = [t for t in by_table if t not in self.exclude and (not self.only or t in self.only)]
+        tables = [t for t in by_table if self._checked(t)]
 
         run_dir, prev = self._dirs(run_id)
         (run_dir / "tables").mkdir(parents=True, exist_ok=True)
