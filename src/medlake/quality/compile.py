@@ -12,6 +12,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
+from medlake.engines.base import Shapes
 from medlake.quality.checks import Check
 
 INTEGRAL = ("BIGINT", "INTEGER", "INT", "INT4", "INT8", "SMALLINT", "HUGEINT", "TINYINT", "LONG", "SHORT")
@@ -63,9 +64,7 @@ class Context:
     present: dict[str, int]  # every table in the store -> row count (-1 if not counted)
     id_column: str | None
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)  # alias -> (join SQL, table it reads)
-    filter_aggs: bool = False  # count(*) FILTER (WHERE …) instead of sum(CASE …): faster on PostgreSQL, slower on DuckDB
-    distinct_grouped: bool = False  # count(DISTINCT …) on the grouped table: PostgreSQL sorts for a DISTINCT
-    # aggregate over every row; DuckDB hashes it in the scan faster than it groups by text columns
+    shapes: Shapes = field(default_factory=Shapes)  # the query shapes the engine runs faster (engines/base.py)
 
     def has(self, table: str) -> bool:
         return self.present.get(table, 0) != 0
@@ -154,7 +153,7 @@ def field_item(c: Check, ctx: Context) -> Item:
     def item(cond: str, den_cond: str | None = None, needs=()) -> Item:
         used = tuple(a for a in ctx.joins if a not in joins_before or a in _used(cond, den_cond))
         grouped = bool(used) and all(ctx.joins[a][1] == "concept" and a == f"fk_{c.field}" for a in used)
-        agg = lambda x: count_if(x, ctx.filter_aggs)  # noqa: E731
+        agg = lambda x: count_if(x, ctx.shapes.filter_aggs)  # noqa: E731
         return Item(c, agg(cond), agg(den_cond) if den_cond else "count(*)", used, cond, tuple(needs), den_cond,
                     grouped)
 
@@ -190,7 +189,7 @@ def field_item(c: Check, ctx: Context) -> Item:
     if name == "sourceValueCompleteness":
         s = ctx.need_column(c.param("standard_field"))
         return Item(c, f"count(DISTINCT CASE WHEN {s} = 0 THEN {f} END)", f"count(DISTINCT {f})", (),
-                    f"{s} = 0 AND {nn}", grouped=ctx.distinct_grouped, group_cols=(c.param("standard_field"),),
+                    f"{s} = 0 AND {nn}", grouped=ctx.shapes.distinct_on_groups, group_cols=(c.param("standard_field"),),
                     weighted=False)
     if name in ("plausibleValueLow", "plausibleValueHigh"):
         v = c.param("value")
@@ -283,8 +282,8 @@ def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
         aliases += [a for a in it.joins if a not in aliases]
     joins = " ".join(f"LEFT JOIN lk__ AS {a} ON t.{q(a[3:])} = {a}.concept_id" for a in aliases)
     ids = " UNION ".join(f"SELECT {q(a[3:])} FROM g__" for a in aliases)
-    lookup = (f", lk__ AS (SELECT {', '.join(CONCEPT_COLUMNS)} FROM concept WHERE concept_id IN ({ids}))"
-              if aliases else "")
+    ids = f"= ANY(ARRAY({ids}))" if ctx.shapes.lookup_array else f"IN ({ids})"
+    lookup = f", lk__ AS (SELECT {', '.join(CONCEPT_COLUMNS)} FROM concept WHERE concept_id {ids})" if aliases else ""
     return (f"WITH g__ AS (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols}){lookup} "
             f"SELECT {', '.join(aggs)} FROM g__ AS t {joins}")
 

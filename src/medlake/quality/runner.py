@@ -217,8 +217,7 @@ class Runner:
         spec = model.load(self.version)
         pk = spec.table(table).primary_key if table in spec.table_names else []
         idc = next((c for c in pk + ["person_id"] if c in cols), next(iter(cols), None))
-        return cp.Context(table, cols, self.present, idc, filter_aggs=self.shapes.filter_aggs,
-                          distinct_grouped=self.shapes.distinct_on_groups)
+        return cp.Context(table, cols, self.present, idc, shapes=self.shapes)
 
     def plan(self, table: str, checks: list[Check]):
         """Compile a table's checks: (results known without querying, field items, pk, concept, table-level)."""
