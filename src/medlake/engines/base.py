@@ -35,7 +35,6 @@ class Shapes:
     bench/quality.py or bench/transform.py at 100,000 persons; the results are the same either way)."""
     filter_aggs: bool = False  # count(*) FILTER (WHERE …) rather than sum(CASE WHEN … THEN 1 ELSE 0 END)
     distinct_on_groups: bool = True  # count(DISTINCT …) on the table grouped by value, not over every row
-    split_joins: bool = False  # one scan per join key rather than one scan with every LEFT JOIN chained
     window_examples: bool = True  # examples of failed rules: one windowed scan per rule kind, not a LIMIT query each
     sorted_keys: bool = False  # duplicate keys found by sorting (a row equal to its neighbour), not by GROUP BY
     unique_test: bool = False  # keys first tested with count(DISTINCT …); duplicates counted only if that fails
