@@ -481,6 +481,7 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     assert got[("sourceQuarantined", "lis", "quarantine", None)]["examples"] == ["missing_mandatory: 1"]
     # mapping coverage: a local non-standard concept, 0 and NULL are not standard; rows without a code don't count
     assert counts[("sourceMappingCoverage", "lis", "measurement", None)] == (3, 25, "failed")
+    assert got[("sourceMappingCoverage", "lis", "measurement", None)]["examples"] == ["LIS|Q (2)", "LIS|X1 (1)"]
     assert counts[("sourceUnitConsistency", "lis", "measurement", "unit_concept_id")] == (1, 21, "failed")
     assert odd_unit_rows(eng) == {"lis": [120]}
     assert ("sourceMappingCoverage", "his", "person", None) not in counts

@@ -171,11 +171,12 @@ def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[d
                    f"count(*) AS n FROM {q(table)} GROUP BY source, {k}) AS g GROUP BY s ORDER BY s")
             ex = (f"SELECT s, CAST({q(key[0])} AS VARCHAR) AS k FROM (SELECT CAST(source AS VARCHAR) AS s, {k}, "
                   f"count(*) AS n FROM {q(table)} GROUP BY source, {k}) AS g WHERE n > 1 ORDER BY s, k")
+            counts = engine.query(sql).to_pylist()
             examples: dict[str, list[str]] = {}
-            for r in engine.query(ex).to_pylist():
+            for r in engine.query(ex).to_pylist() if any(int(r["dups"] or 0) for r in counts) else ():  # if any
                 if len(examples.setdefault(r["s"], [])) < 10:
                     examples[r["s"]].append(r["k"])
-            for r in engine.query(sql).to_pylist():
+            for r in counts:
                 out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
                                     r["n"] or 0, examples.get(r["s"], ()), key[0]))
     out += _landing_checks(engine, result, tables, landing_dir)
@@ -189,21 +190,25 @@ def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[d
                                 sum(n for (s, *_), n in odd.items() if s == src), rows[src],
                                 examples.get(src, ()), "concept in unit (rows)"))
     if "cdm_lineage" in tables and "concept" in tables:
-        bad = ("c.concept_id IS NULL OR l.concept_id = 0 OR coalesce(c.standard_concept, '') <> 'S' "
+        # lineage grouped by source code first (a few thousand codes, millions of rows), then the concepts of
+        # just those looked up: one pass, and no join of every row to a vocabulary of millions of concepts
+        bad = ("c.concept_id IS NULL OR g.concept_id = 0 OR coalesce(c.standard_concept, '') <> 'S' "
                "OR c.invalid_reason IS NOT NULL")
-        base = ("FROM cdm_lineage AS l LEFT JOIN concept AS c ON c.concept_id = l.concept_id "
-                "WHERE l.code IS NOT NULL AND l.source IS NOT NULL")
-        examples = {}
-        for r in engine.query(
-                f"SELECT l.source AS s, l.cdm_table AS t, l.code_system AS sys, l.code AS code, count(*) AS n {base} "
-                f"AND ({bad}) GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 5 DESC, 3, 4").to_pylist():
-            ex = examples.setdefault((r["s"], r["t"]), [])
-            if len(ex) < 10:
-                ex.append(f"{r['sys']}|{r['code']} ({r['n']})")
-        for r in engine.query(f"SELECT l.source AS s, l.cdm_table AS t, sum(CASE WHEN {bad} THEN 1 ELSE 0 END) AS v, "
-                              f"count(*) AS d {base} GROUP BY 1, 2 ORDER BY 1, 2").to_pylist():
-            out.append(_counted(result, "sourceMappingCoverage", r["t"], None, r["s"], r["v"] or 0, r["d"],
-                                examples.get((r["s"], r["t"]), ()), "code (rows)"))
+        codes = ("SELECT source AS s, cdm_table AS t, code_system AS sys, code, concept_id, count(*) AS n "
+                 "FROM cdm_lineage WHERE code IS NOT NULL AND source IS NOT NULL GROUP BY 1, 2, 3, 4, 5")
+        per: dict[tuple, list[int]] = {}
+        examples: dict[tuple, list[tuple]] = {}
+        for r in engine.query(f"SELECT g.s, g.t, g.sys, g.code, sum(CASE WHEN {bad} THEN g.n ELSE 0 END) AS v, "
+                              f"sum(g.n) AS d FROM ({codes}) AS g LEFT JOIN concept AS c ON c.concept_id = "
+                              "g.concept_id GROUP BY 1, 2, 3, 4").to_pylist():
+            v, tot = int(r["v"] or 0), per.setdefault((r["s"], r["t"]), [0, 0])
+            tot[0] += v
+            tot[1] += int(r["d"] or 0)
+            if v:
+                examples.setdefault((r["s"], r["t"]), []).append((-v, r["sys"], r["code"]))
+        for (src, table), (v, d) in sorted(per.items()):
+            ex = [f"{sys}|{code} ({-n})" for n, sys, code in sorted(examples.get((src, table), []))[:10]]
+            out.append(_counted(result, "sourceMappingCoverage", table, None, src, v, d, ex, "code (rows)"))
     return out
 
 
