@@ -167,16 +167,17 @@ def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[d
         key = [k for k in spec.get("key", []) if k in cols]
         if key:
             k = ", ".join(q(c) for c in key)
-            sql = (f"SELECT s, sum(n) AS n, sum(n - 1) AS dups FROM (SELECT CAST(source AS VARCHAR) AS s, {k}, "
-                   f"count(*) AS n FROM {q(table)} GROUP BY source, {k}) AS g GROUP BY s ORDER BY s")
-            ex = (f"SELECT s, CAST({q(key[0])} AS VARCHAR) AS k FROM (SELECT CAST(source AS VARCHAR) AS s, {k}, "
-                  f"count(*) AS n FROM {q(table)} GROUP BY source, {k}) AS g WHERE n > 1 ORDER BY s, k")
-            counts = engine.query(sql).to_pylist()
+            # one GROUP BY of the record key: per source its totals (kind 0) and the duplicated keys (kind 1)
+            g = f"SELECT CAST(source AS VARCHAR) AS s, {k}, count(*) AS n FROM {q(table)} GROUP BY source, {k}"
+            rows = engine.query(
+                f"WITH g AS ({g}) SELECT 0 AS kind, s, sum(n) AS n, sum(n - 1) AS dups, NULL AS k FROM g GROUP BY s "
+                f"UNION ALL SELECT 1 AS kind, s, n, NULL AS dups, CAST({q(key[0])} AS VARCHAR) AS k FROM g WHERE n > 1"
+            ).to_pylist()
             examples: dict[str, list[str]] = {}
-            for r in engine.query(ex).to_pylist() if any(int(r["dups"] or 0) for r in counts) else ():  # if any
+            for r in sorted((r for r in rows if r["kind"] == 1), key=lambda r: (r["s"], r["k"] is None, r["k"])):
                 if len(examples.setdefault(r["s"], [])) < 10:
                     examples[r["s"]].append(r["k"])
-            for r in counts:
+            for r in sorted((r for r in rows if r["kind"] == 0), key=lambda r: r["s"]):
                 out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
                                     r["n"] or 0, examples.get(r["s"], ()), key[0]))
     out += _landing_checks(engine, result, tables, landing_dir)
