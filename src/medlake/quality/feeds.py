@@ -129,8 +129,13 @@ def source_check(name: str, table: str, field: str | None, src: str) -> Check:
                  severity="source", description=desc, source="medlake")
 
 
+def _int(x) -> int:
+    """A count from a query: PostgreSQL returns numeric sums (as text through ADBC)."""
+    return int(Decimal(str(x or 0)))
+
+
 def _counted(result, name, table, field, src, violated, denominator, examples=(), example_field=None) -> dict:
-    violated, denominator = (int(Decimal(str(x or 0))) for x in (violated, denominator))  # PostgreSQL: numeric
+    violated, denominator = _int(violated), _int(denominator)
     r = result(source_check(name, table, field, src), "counted", violated, denominator)
     r["check_id"] = "_".join(["source", name.lower(), src, table] + ([field] if field else []))
     r["data_source"] = src
@@ -202,9 +207,9 @@ def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[d
         for r in engine.query(f"SELECT g.s, g.t, g.sys, g.code, sum(CASE WHEN {bad} THEN g.n ELSE 0 END) AS v, "
                               f"sum(g.n) AS d FROM ({codes}) AS g LEFT JOIN concept AS c ON c.concept_id = "
                               "g.concept_id GROUP BY 1, 2, 3, 4").to_pylist():
-            v, tot = int(r["v"] or 0), per.setdefault((r["s"], r["t"]), [0, 0])
+            v, tot = _int(r["v"]), per.setdefault((r["s"], r["t"]), [0, 0])
             tot[0] += v
-            tot[1] += int(r["d"] or 0)
+            tot[1] += _int(r["d"])
             if v:
                 examples.setdefault((r["s"], r["t"]), []).append((-v, r["sys"], r["code"]))
         for (src, table), (v, d) in sorted(per.items()):

@@ -151,8 +151,7 @@ class Runner:
     def __init__(self, engine, version: str, out: Path, *, site_checks: list[tuple[Check, cp.Item]] = (),
                  mode: str = "set", incremental: bool = True, resume: bool = True,
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
-                 exclude: Iterable[str] | None = None, feed: dict | None = None,
-                 sources: bool = True):
+                 exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded."""
         self.eng = Counted(engine)
