@@ -431,10 +431,14 @@ def report(runs: list[dict]) -> str:
         if floor:
             r["shared_s"] = round(floor, 3)
             r["ceiling"] = round(s["wall_s"] / floor, 1)
+            d = r.get("dqd")
+            r["ceiling_dqd"] = round(d["wall_s"] / floor, 1) if d else None
+            vs_dqd = (f" (over DQD's query shapes: {d['wall_s']} / {round(floor, 2)} = **{r['ceiling_dqd']}×**)"
+                      if d else "")
             lines += [f"The set-based run's queries that the lean baseline issues as they are (one per primary key, one "
                       f"per table-level check, the examples of failed checks, the survey) took {round(floor, 2)} s: even "
                       f"if every other query took no time at all, the speed-up over the lean baseline could not exceed "
-                      f"{s['wall_s']} / {round(floor, 2)} = **{r['ceiling']}×** on this machine.", ""]
+                      f"{s['wall_s']} / {round(floor, 2)} = **{r['ceiling']}×** on this machine{vs_dqd}.", ""]
         if f.get("slowest"):
             lines += ["Slowest set-based queries:", ""] + [f"- {t} s: `{sql} …`" for t, sql in f["slowest"]] + [""]
     lines += ["## Notes", "",
