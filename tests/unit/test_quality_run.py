@@ -51,6 +51,21 @@ def test_results_json_and_self_contained_report(store, tmp_path):
     assert set(summary["by_category"]) >= {"Conformance", "Completeness", "Plausibility"}
 
 
+def test_rerun_sees_a_change_that_keeps_every_column_total(store, tmp_path):
+    """Two rows swap their end dates: the row count, every column's values (as a multiset), sums and ranges stay the
+    same, but condition 200 now ends before it starts. The table's fingerprint hashes whole rows, so the re-run
+    re-checks it and sees the violation."""
+    out = tmp_path / "quality"
+    runner.run(store, "5.4", out)
+    store.execute(CO + "condition_end_date = CASE condition_occurrence_id WHEN 100 THEN DATE '2021-01-02' "
+                  "ELSE DATE '2020-01-05' END WHERE condition_occurrence_id IN (100, 200)")
+    again = runner.run(store, "5.4", out)
+    assert "condition_occurrence" in again.rechecked
+    r = next(x for x in again.results
+             if x["check_id"] == "field_plausiblestartbeforeend_condition_occurrence_condition_start_date")
+    assert (r["status"], r["num_violated_rows"], r["examples"]) == ("failed", 1, ["200"])
+
+
 def test_rerun_rechecks_only_changed_tables(store, tmp_path):
     out = tmp_path / "quality"
     first = runner.run(store, "5.4", out)

@@ -90,6 +90,8 @@ class Engine(Protocol):
 # Functions medlake adds to its SQL. Written in DuckDB SQL as plain calls; DuckDB gets them as macros, the
 # other engines get a rewrite to their own SQL (see `template` and each engine's FUNCTIONS).
 #   stable_id(text) -> BIGINT: the first 60 bits of md5(text), identical on every engine.
+#   hash(a, b, …) -> a 64-bit hash of the values together (DuckDB's own function; PostgreSQL and Spark hash in
+#     their own way, so it differs between engines: for fingerprints that compare a store with itself).
 DUCKDB_MACROS = [
     "CREATE OR REPLACE TEMP MACRO stable_id(s) AS CAST(('0x' || substr(md5(CAST(s AS VARCHAR)), 1, 15)) AS BIGINT)",
 ]
