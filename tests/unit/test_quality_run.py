@@ -66,6 +66,20 @@ def test_rerun_sees_a_change_that_keeps_every_column_total(store, tmp_path):
     assert (r["status"], r["num_violated_rows"], r["examples"]) == ("failed", 1, ["200"])
 
 
+def test_a_table_without_a_fingerprint_is_always_checked(store, tmp_path, monkeypatch):
+    """If the engine cannot compute a table's fingerprint (e.g. no hash function), the run does not stop: that
+    table's results are never reused, the others' are."""
+    out = tmp_path / "quality"
+    runner.run(store, "5.4", out)
+    fingerprint = runner._fingerprint_sql
+    monkeypatch.setattr(runner, "_fingerprint_sql", lambda table, cols: fingerprint(table, cols).replace(
+        "hash(", "no_such_hash(") if table == "drug_era" else fingerprint(table, cols))
+    again = runner.run(store, "5.4", out)
+    assert again.rechecked == ["drug_era"]
+    assert [x for x in again.results if x["status"] == "error"] == []
+    assert runner.run(store, "5.4", out).rechecked == ["drug_era"]
+
+
 def test_rerun_rechecks_only_changed_tables(store, tmp_path):
     out = tmp_path / "quality"
     first = runner.run(store, "5.4", out)

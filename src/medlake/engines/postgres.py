@@ -27,9 +27,10 @@ TYPE_OVERRIDES: dict[str, str] = {}
 FUNCTIONS = {
     "stable_id": template("CAST(CAST('x' || LPAD(SUBSTRING(MD5(CAST(_1 AS TEXT)), 1, 15), 16, '0') AS BIT(64)) "
                           "AS BIGINT)", "postgres"),
-    # the row's text form, hashed to 64 bits (ROW(…) keeps the columns apart: NULL and '' differ)
-    "hash": lambda *args: exp.func("hashtextextended", exp.cast(exp.Anonymous(this="ROW", expressions=list(args)),
-                                                                 "TEXT"), exp.Literal.number(0)),
+    # the values as one record, hashed to 64 bits (PostgreSQL 14 or later; about twice as fast as hashing the
+    # row's text form)
+    "hash": lambda *args: exp.func("hash_record_extended", exp.Anonymous(this="ROW", expressions=list(args)),
+                                   exp.Literal.number(0)),
 }
 
 
