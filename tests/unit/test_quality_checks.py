@@ -14,7 +14,6 @@ import pytest
 from medlake.cdm import store
 from medlake.engines import open_engine
 from medlake.engines.base import Shapes
-from medlake.quality import compile as cp
 from medlake.quality import report
 from medlake.quality.checks import checks
 from medlake.quality.runner import Runner

@@ -32,7 +32,8 @@ _SESSION = None
 FUNCTIONS = {
     "stable_id": template("CAST(CONV(SUBSTRING(MD5(CAST(_1 AS STRING)), 1, 15), 16, 10) AS BIGINT)", "spark"),
     # xxhash64 skips NULL values: each value's null flag is hashed too, so a value moving to a NULL neighbour counts
-    "hash": lambda *args: exp.func("xxhash64", *[x for a in args for x in (a, exp.Is(this=a.copy(), expression=exp.Null()))]),
+    "hash": lambda *args: exp.func("xxhash64", *[x for a in args
+                                                 for x in (a, exp.Is(this=a.copy(), expression=exp.Null()))]),
 }
 
 
