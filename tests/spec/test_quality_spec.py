@@ -125,6 +125,30 @@ def test_same_results_on_every_engine(engine, reference, tmp_path):
     assert len(got) == len(reference) == len([c for c in checks("5.4") if c.table in TABLES])
 
 
+@pytest.mark.postgres
+def test_an_ohdsi_database_with_the_vocabulary_in_its_own_schema(pg_cluster, reference, tmp_path):
+    """An existing OHDSI database: the CDM in schema `cdm`, the vocabulary in `vocab` (DQD's cdmDatabaseSchema and
+    vocabDatabaseSchema), checked in place through the search path in the URL: the same results as one store."""
+    url = pg_cluster.create_database("ohdsi")
+    setup = open_engine(url)
+    setup.execute("CREATE SCHEMA cdm")
+    setup.execute("CREATE SCHEMA vocab")
+    setup.close()
+    cdm = open_engine(url + "?options=-csearch_path%3Dcdm")
+    load(cdm)
+    for t in ("concept", "concept_ancestor", "concept_relationship", "vocabulary", "domain", "concept_class",
+              "relationship", "concept_synonym", "drug_strength"):
+        cdm.execute(f"ALTER TABLE {t} SET SCHEMA vocab")
+    cdm.close()
+    eng = open_engine(url + "?options=-csearch_path%3Dcdm,vocab")
+    try:
+        assert "concept" in eng.tables() and "person" in eng.tables()
+        assert [c.name for c in eng.columns("concept")][:2] == ["concept_id", "concept_name"]
+        assert outcome(eng, tmp_path / "q") == reference
+    finally:
+        eng.close()
+
+
 def test_incremental_rerun_sees_a_load_on_every_engine(engine, tmp_path):
     """The table fingerprint (row count, a sum of row hashes) is computed by the engine: a load changes it, and
     so does a swap of two rows' values, which keeps every column's values."""

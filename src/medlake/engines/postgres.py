@@ -113,17 +113,21 @@ class PostgresEngine:
         return self.query(f'SELECT * FROM "{table}"')
 
     def tables(self) -> list[str]:
+        """The tables of every schema on the search path (an OHDSI database may keep its CDM and its vocabulary in
+        two schemas: `?options=-csearch_path%3Dcdm,vocab` in the URL), as unqualified names resolve them."""
         t = self.query(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
+            "SELECT DISTINCT table_name FROM information_schema.tables WHERE table_schema = ANY(current_schemas(FALSE)) "
             "AND table_type = 'BASE TABLE' ORDER BY 1"
         )
         return [str(x) for x in t.column(0).to_pylist()]
 
     def columns(self, table: str) -> list[Column]:
+        """The columns of the table the name resolves to (the first schema on the search path that has it)."""
         rows = self.query(
-            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
-            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
-            [table],
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE c.oid = to_regclass(quote_ident(?))) ORDER BY ordinal_position",
+            [table, table],
         ).to_pylist()
         return [Column(r["column_name"], r["data_type"].upper(), r["is_nullable"] == "YES") for r in rows]
 
