@@ -447,6 +447,8 @@ def quality_run(
     exclude: Optional[str] = typer.Option(
         None, "--exclude",
         help="Tables not to check (comma-separated; default: the vocabulary tables, as DQD; 'none': check all)."),
+    cdm_version: Optional[str] = typer.Option(
+        None, "--cdm-version", help="OMOP CDM version of the store: 5.4 or 5.3 (default: read from the store)."),
 ):
     """Run every DQD check (and the site's checks); write results.json and report.html."""
     from medlake.quality import runner, site
@@ -459,12 +461,12 @@ def quality_run(
             def tick(name, done, total):
                 bar.update(task, description=name, completed=done, total=total)
 
-            r = runner.run(eng, None, out_dir, site_checks=extra, feed=feed, incremental=not full, progress=tick,
+            r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, incremental=not full, progress=tick,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])
     s = r.summary
-    t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']})")
+    t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']}, {s['cdm_version_from']})")
     for col in ("category", "passed", "failed", "errors", "not applicable", "pass rate"):
         t.add_column(col, justify="left" if col == "category" else "right")
     for name, v in list(s["by_category"].items()) + [("all", s)]:

@@ -140,13 +140,16 @@ def test_an_ohdsi_database_with_the_vocabulary_in_its_own_schema(pg_cluster, ref
               "relationship", "concept_synonym", "drug_strength"):
         cdm.execute(f"ALTER TABLE {t} SET SCHEMA vocab")
     cdm.close()
-    eng = open_engine(url + "?options=-csearch_path%3Dcdm,vocab")
+    # with a password in the URL (the test server trusts local connections, so any password is accepted)
+    eng = open_engine(url.replace("postgres@", "postgres:s3cret@") + "?options=-csearch_path%3Dcdm,vocab")
     try:
         assert "concept" in eng.tables() and "person" in eng.tables()
         assert [c.name for c in eng.columns("concept")][:2] == ["concept_id", "concept_name"]
         assert outcome(eng, tmp_path / "q") == reference
     finally:
         eng.close()
+    written = [f for f in (tmp_path / "q").rglob("*") if f.is_file()]
+    assert written and not [f for f in written if "s3cret" in f.read_text(errors="replace")]  # the password stays out
 
 
 def test_incremental_rerun_sees_a_load_on_every_engine(engine, tmp_path):

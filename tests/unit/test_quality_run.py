@@ -244,6 +244,37 @@ def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name,
         assert eng.query("SELECT count(*) FROM death").column(0)[0].as_py() == 0  # all or nothing
 
 
+def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):
+    """An existing OHDSI CDM has no medlake record of its version: it is read from its tables (v5.4 renamed
+    visit_occurrence.admitting_source_concept_id), else from cdm_source.cdm_version; `--cdm-version` overrides."""
+    from medlake.cdm import model, store as cdm_store
+
+    eng = open_engine(f"duckdb:{tmp_path / 'ohdsi.duckdb'}")
+    for t in model.load("5.3").tables:
+        eng.create_table(t)
+    assert "medlake_info" not in eng.tables()
+    assert cdm_store.detect_version(eng) == ("5.3", "from visit_occurrence.admitting_source_concept_id")
+    eng.execute("INSERT INTO cdm_source (cdm_source_name, cdm_version) VALUES ('site', 'v5.3.1')")
+    eng.execute("DROP TABLE visit_occurrence")
+    assert cdm_store.detect_version(eng) == ("5.3", "from cdm_source.cdm_version 'v5.3.1'")
+    eng.execute("DELETE FROM cdm_source")
+    assert cdm_store.detect_version(eng)[0] == "5.4"  # nothing says: the default
+    eng.execute("INSERT INTO cdm_source (cdm_source_name, cdm_version) VALUES ('site', '5.3')")
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 'ohdsi.duckdb'}")
+    cli = [sys.executable, "-m", "medlake.cli", "quality", "run"]
+    p = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    [run_dir] = list((tmp_path / "quality").iterdir())
+    summary = json.loads((run_dir / "run.json").read_text())
+    assert (summary["cdm_version"], summary["cdm_version_from"]) == ("5.3", "from cdm_source.cdm_version '5.3'")
+    rows = json.loads((run_dir / "results.json").read_text())
+    assert len(rows) == len([c for c in checks("5.3") if c.table not in runner.VOCABULARY_TABLES])
+    p = subprocess.run(cli + ["--cdm-version", "5.4", "--out", "q54"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "OMOP CDM v5.4, as given" in " ".join(p.stdout.split()), p.stderr
+
+
 def test_cli_import_then_quality_run(tmp_path):
     _write_cdm(tmp_path / "cdm")
     env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
@@ -296,3 +327,13 @@ def test_primary_key_by_sorting_counts_what_group_by_counts(keys, dups):
     eng.load_arrow("t", pa.table({"id": pa.array(keys, pa.int64())}))
     got = [eng.query(primary_key_sql("t", "id", sort=s)[0]).column(0)[0].as_py() for s in (False, True)]
     assert got == [dups, dups]
+
+
+def test_store_urls_in_reports_and_messages_have_no_password():
+    from medlake.engines.base import redact
+
+    assert redact("postgresql://me:pw@db:5432/cdm?options=-csearch_path%3Dcdm") == \
+        "postgresql://me@db:5432/cdm?options=-csearch_path%3Dcdm"
+    assert redact("postgresql://db/cdm?user=me&password=pw&sslmode=require") == \
+        "postgresql://db/cdm?user=me&password=***&sslmode=require"
+    assert redact("duckdb:/data/store.duckdb") == "duckdb:/data/store.duckdb"

@@ -1,11 +1,13 @@
 """A CDM store on any engine: create it from the spec, describe it."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from medlake.cdm import model
+from medlake.engines.base import redact
 
 INFO_TABLE = "medlake_info"
 INFO = model.Table(
@@ -24,6 +26,28 @@ def info(engine) -> dict[str, str]:
         return {}
     rows = engine.query(f"SELECT key, value FROM {INFO_TABLE}").to_pylist()
     return {r["key"]: r["value"] for r in rows}
+
+
+def detect_version(engine) -> tuple[str, str]:
+    """(CDM version, how it was found) of a store: medlake's own record; else, for a database medlake did not
+    create (an existing OHDSI CDM), its tables — v5.4 renamed visit_occurrence.admitting_source_concept_id to
+    admitted_from_concept_id — then `cdm_source.cdm_version` ('v5.3.1', '5.4', …), which sites do not always
+    update after a migration; else the default version."""
+    version = info(engine).get("cdm_version")
+    if version:
+        return version, "from the store's record"
+    tables = set(engine.tables())
+    if "visit_occurrence" in tables:
+        cols = {c.name.lower() for c in engine.columns("visit_occurrence")}
+        if ("admitted_from_concept_id" in cols) != ("admitting_source_concept_id" in cols):
+            v, field = ("5.4", "admitted_from") if "admitted_from_concept_id" in cols else ("5.3", "admitting_source")
+            return v, f"from visit_occurrence.{field}_concept_id"
+    if "cdm_source" in tables and "cdm_version" in {c.name.lower() for c in engine.columns("cdm_source")}:
+        for value in engine.query("SELECT cdm_version FROM cdm_source").column(0).to_pylist():
+            m = re.match(r"\s*v?(5\.[34])\b", str(value or ""), re.IGNORECASE)
+            if m:
+                return m[1], f"from cdm_source.cdm_version '{value}'"
+    return model.DEFAULT_VERSION, "the default: nothing in the store says"
 
 
 def init(engine, version: str = model.DEFAULT_VERSION) -> list[str]:
@@ -71,4 +95,4 @@ def status(engine) -> Status:
         if counts.get("vocabulary"):
             v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
             vocab_version = v.column(0)[0].as_py() if v.num_rows else None
-    return Status(engine.url, engine.name, version, vocab_version, counts)
+    return Status(redact(engine.url), engine.name, version, vocab_version, counts)

@@ -18,7 +18,8 @@ import sqlglot
 from sqlglot import exp
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import Column, EngineError, Shapes, arrow_schema_of, conform, template, translate
+from medlake.engines.base import (Column, EngineError, Shapes, arrow_schema_of, conform, redact, template,
+                                  translate)
 
 # Dialect overrides: keep VARCHAR lengths; float is DOUBLE PRECISION (sqlglot renders DOUBLE that way).
 TYPE_OVERRIDES: dict[str, str] = {}
@@ -202,15 +203,6 @@ class PostgresEngine:
 
     def close(self) -> None:
         self.con.close()
-
-
-def redact(url: str) -> str:
-    """A connection URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        return f"{scheme}://{cred.split(':', 1)[0]}@{host}"
-    return url
 
 
 # --- a throwaway local server, for tests and benchmarks -------------------------------------------------

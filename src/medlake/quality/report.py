@@ -99,7 +99,7 @@ def render(run, history: list[dict]) -> str:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>medlake data quality — {escape(s['run_id'])}</title><style>{CSS}</style><script>{JS}</script></head><body>",
         f"<h1>Data quality report</h1><p><small>run {escape(s['run_id'])} · {escape(s['started'])} · "
-        f"{escape(s['engine'])} store {escape(s['store'])} · OMOP CDM v{escape(s['cdm_version'])} · "
+        f"{escape(s['engine'])} store {escape(s['store'])} · OMOP CDM v{escape(s['cdm_version'])} ({escape(s.get('cdm_version_from', ''))}) · "
         f"{s['queries']} queries, {s['seconds']} s · rechecked {len(s['rechecked_tables'])} table(s), "
         f"reused {len(s['reused_tables'])}"
         + (f" · not checked: {escape(', '.join(s['excluded_tables']))}" if s.get("excluded_tables") else "")

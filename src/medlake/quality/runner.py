@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 import re
 
 from medlake.cdm import model
-from medlake.engines.base import EngineError
+from medlake.engines.base import EngineError, redact
 from medlake.quality import compile as cp
 from medlake.quality.checks import Check, checks as dqd_checks
 
@@ -143,10 +143,12 @@ class Runner:
     def __init__(self, engine, version: str, out: Path, *, site_checks: list[tuple[Check, cp.Item]] = (),
                  mode: str = "set", incremental: bool = True, resume: bool = True,
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
-                 exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True):
+                 exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
+                 version_from: str = "as given"):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded."""
         self.eng = Counted(engine)
+        self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
         self.version = version
         self.out = Path(out)
@@ -159,6 +161,7 @@ class Runner:
         self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(only or ())
         self.feed = feed
         self.sources = sources  # the source-level checks (staging, landing, lineage) of a whole-suite run
+        self.version_from = version_from  # how the CDM version was found (store.detect_version), for the reports
         self._fp: dict[str, str] = {}
 
     # -- store facts --------------------------------------------------------------------------------------
@@ -499,8 +502,9 @@ class Runner:
         if self.progress:
             self.progress("done", len(tables), len(tables))
         run.summary = summarize(run.results) | {
-            "run_id": run.run_id, "store": self.eng.engine.url, "engine": self.eng.engine.name,
-            "cdm_version": self.version, "started": started.isoformat(timespec="seconds"),
+            "run_id": run.run_id, "store": self.store, "engine": self.eng.engine.name,
+            "cdm_version": self.version, "cdm_version_from": self.version_from,
+            "started": started.isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
             "resumed_tables": run.resumed,
@@ -524,19 +528,19 @@ class Runner:
 
     def _dirs(self, run_id):
         """This run's folder (a new one, or the unfinished last one when resuming) and the last finished run."""
-        runs = finished_runs(self.out, self.eng.engine.url)
+        runs = finished_runs(self.out, self.store)
         prev = runs[-1] if runs else None
         if run_id:
             return self.out / run_id, prev
         if self.resume and self.out.exists():
             mine = sorted(d for d in self.out.iterdir() if d.is_dir() and (d / "tables").is_dir()
-                          and not (d / "run.json").exists() and _store_of(d) == self.eng.engine.url)
+                          and not (d / "run.json").exists() and _store_of(d) == self.store)
             if mine:
                 return mine[-1], prev
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         d = self.out / stamp
         (d / "tables").mkdir(parents=True, exist_ok=True)
-        (d / "store.txt").write_text(self.eng.engine.url)
+        (d / "store.txt").write_text(self.store)
         return d, prev
 
 
@@ -587,5 +591,5 @@ def run(engine, version: str | None = None, out: str | Path = "quality", **kw) -
     """Run every check for the store's CDM version (and the site's checks) and write the reports."""
     from medlake.cdm import store
 
-    version = version or store.info(engine).get("cdm_version") or model.DEFAULT_VERSION
-    return Runner(engine, version, Path(out), **kw).run()
+    version, found = (version, "as given") if version else store.detect_version(engine)
+    return Runner(engine, version, Path(out), version_from=found, **kw).run()
