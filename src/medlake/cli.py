@@ -132,7 +132,8 @@ def status():
     if not s.cdm_version:
         out.print("CDM        not initialised: run `medlake init`")
         return
-    out.print(f"CDM        OMOP v{s.cdm_version}")
+    out.print(f"CDM        OMOP v{s.cdm_version}" + ("" if s.cdm_version_from == "from the store's record" else
+                                                      f" ({s.cdm_version_from}; a CDM medlake did not create)"))
     out.print(f"vocabulary {s.vocabulary_version or 'not loaded: run `medlake vocab load DIR` or `--demo`'}")
     t = Table(title="rows per table")
     t.add_column("table")

@@ -61,6 +61,27 @@ def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def test_status_of_an_existing_ohdsi_cdm_medlake_did_not_create(tmp_path):
+    """A v5.3 CDM created by other tools (no medlake record): status reads the version and counts, and does not ask
+    for `medlake init` (which would write to that database)."""
+    from medlake.cdm import model
+    from medlake.engines import open_engine
+
+    eng = open_engine(f"duckdb:{tmp_path / 'ohdsi.duckdb'}")
+    for t in model.load("5.3").tables:
+        eng.create_table(t)
+    eng.execute("INSERT INTO person (person_id, gender_concept_id, year_of_birth, race_concept_id, "
+                "ethnicity_concept_id) VALUES (1, 8507, 1980, 0, 0)")
+    eng.close()
+    r = run("--store", f"duckdb:{tmp_path / 'ohdsi.duckdb'}", "status", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "OMOP v5.3 (from visit_occurrence.admitting_source_concept_id" in r.stdout and "init" not in r.stdout
+    assert "person" in r.stdout
+    eng = open_engine(f"duckdb:{tmp_path / 'ohdsi.duckdb'}")
+    assert "medlake_info" not in eng.tables()  # nothing written
+    eng.close()
+
+
 def test_bad_config_names_file_and_reason(tmp_path):
     (tmp_path / "medlake.toml").write_text('[store]\ncdm_version = "7"\n')
     r = run("status", cwd=tmp_path)

@@ -80,14 +80,17 @@ class Status:
     cdm_version: str | None
     vocabulary_version: str | None
     counts: dict[str, int]
+    cdm_version_from: str | None = None  # how the version was found (detect_version)
 
 
 def status(engine) -> Status:
-    version = info(engine).get("cdm_version")
+    """The store's CDM version (a database medlake did not create, but which has a person table: as detected),
+    vocabulary version and row counts."""
+    tables = set(engine.tables())
+    version, found = detect_version(engine) if INFO_TABLE in tables or "person" in tables else (None, None)
     counts: dict[str, int] = {}
     vocab_version = None
     if version:
-        tables = set(engine.tables())
         names = [t.name for t in model.load(version).tables if t.name in tables]
         if names:
             sql = " UNION ALL ".join(f"SELECT '{n}' AS t, count(*) AS n FROM {n}" for n in names)
@@ -95,4 +98,4 @@ def status(engine) -> Status:
         if counts.get("vocabulary"):
             v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
             vocab_version = v.column(0)[0].as_py() if v.num_rows else None
-    return Status(redact(engine.url), engine.name, version, vocab_version, counts)
+    return Status(redact(engine.url), engine.name, version, vocab_version, counts, found)
