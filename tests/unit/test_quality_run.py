@@ -337,3 +337,35 @@ def test_store_urls_in_reports_and_messages_have_no_password():
     assert redact("postgresql://db/cdm?user=me&password=pw&sslmode=require") == \
         "postgresql://db/cdm?user=me&password=***&sslmode=require"
     assert redact("duckdb:/data/store.duckdb") == "duckdb:/data/store.duckdb"
+
+
+def test_dqd_results_file_in_dqd_format(store, tmp_path):
+    """dqd.json: the DQD checks as DQD 2.x writes its results (camelCase CheckResults, Metadata from cdm_source,
+    Overview), the fields DQD's viewer reads, the same outcomes as results.json."""
+    store.execute("INSERT INTO cdm_source (cdm_source_name, cdm_source_abbreviation, cdm_holder, source_release_date, "
+                  "cdm_release_date, cdm_version, cdm_version_concept_id, vocabulary_version) VALUES "
+                  "('Test hospital', 'TH', 'medlake', DATE '2026-01-01', DATE '2026-01-02', '5.4', 756265, 'v5.0')")
+    store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    r = runner.run(store, "5.4", tmp_path / "quality")
+    dqd = json.loads((r.dir / "dqd.json").read_text())
+    assert set(dqd) == {"startTimestamp", "endTimestamp", "executionTime", "CheckResults", "Metadata", "Overview"}
+    ours = {x["check_id"]: x for x in r.results if x["source"] == "dqd"}
+    assert len(dqd["CheckResults"]) == len(ours) and any(x["source"] != "dqd" for x in r.results)
+    viewer = {"cdmTableName", "cdmFieldName", "checkName", "category", "subcategory", "checkLevel", "notesValue",
+              "checkDescription", "thresholdValue", "pctViolatedRows", "isError", "notApplicable", "failed", "passed",
+              "numViolatedRows", "numDenominatorRows", "executionTime", "notApplicableReason", "queryText", "error",
+              "checkId", "conceptId", "unitConceptId", "sqlFile", "context", "warning"}
+    assert all(viewer <= set(x) for x in dqd["CheckResults"])
+    fk = next(x for x in dqd["CheckResults"] if x["checkId"] == "field_isforeignkey_condition_occurrence_person_id")
+    assert (fk["failed"], fk["passed"], fk["numViolatedRows"], fk["cdmTableName"], fk["cdmFieldName"]) == \
+        (1, 0, 1, "CONDITION_OCCURRENCE", "PERSON_ID")
+    assert fk["sqlFile"] == "is_foreign_key.sql"  # DQD's template for the check type
+    for x in dqd["CheckResults"]:  # exactly one status each, the one results.json has
+        flags = {"failed": x["failed"], "passed": x["passed"], "error": x["isError"], "not_applicable": x["notApplicable"]}
+        assert sum(flags.values()) == 1 and flags[ours[x["checkId"]]["status"]] == 1
+    o = dqd["Overview"]
+    assert o["countTotal"] == len(ours) and o["countThresholdFailed"] == sum(x["status"] == "failed" for x in ours.values())
+    assert o["countPassed"] == sum(x["status"] == "passed" for x in ours.values())  # not-applicable is not passed
+    meta = dqd["Metadata"][0]
+    assert (meta["cdmSourceName"], meta["cdmSourceAbbreviation"], meta["cdmVersion"]) == ("Test hospital", "TH", "5.4")
+    assert meta["dqdVersion"].startswith("medlake")

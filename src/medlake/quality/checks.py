@@ -25,6 +25,7 @@ class CheckType:
     category: str  # Conformance / Completeness / Plausibility
     subcategory: str
     severity: str
+    sql_file: str = ""  # DQD's SQL template for the check type (named in DQD's result files)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ def check_types(version: str = model.DEFAULT_VERSION) -> dict[str, CheckType]:
             category=r["kahnCategory"].strip(),
             subcategory=r["kahnSubcategory"].strip(),
             severity=r["severity"].strip(),
+            sql_file=r["sqlFile"].strip(),
         )
     return out
 

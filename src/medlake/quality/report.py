@@ -159,3 +159,59 @@ def _sources(results: list[dict]) -> list[str]:
 
 def write_html(run, history: list[dict]) -> None:
     (run.dir / "report.html").write_text(render(run, history), encoding="utf-8")
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(p.capitalize() for p in rest)
+
+
+def dqd_results(run) -> dict:
+    """The run's DQD checks as DQD (2.1 and later) writes its results JSON — `CheckResults`, `Metadata` (the
+    store's cdm_source row), `Overview` — so DQD's own viewer and the tools that read its files (ARES) take them.
+    medlake's own and the site's checks are left out. Unlike DQD's Overview, a check that is not applicable is not
+    counted as passed."""
+    from medlake.quality.checks import check_types
+
+    s = run.summary
+    types = check_types(s["cdm_version"])
+    rows = []
+    for r in run.results:
+        if r["source"] != "dqd":
+            continue
+        st = r["status"]
+        rows.append({
+            "numViolatedRows": r["num_violated_rows"], "pctViolatedRows": r["pct_violated_rows"],
+            "numDenominatorRows": r["num_denominator_rows"], "executionTime": None, "queryText": "",
+            "checkName": r["check_name"], "checkLevel": r["check_level"], "checkDescription": r["description"],
+            "cdmTableName": (r["cdm_table"] or "").upper(), "cdmFieldName": (r["cdm_field"] or "").upper() or None,
+            "conceptId": r["concept_id"], "unitConceptId": r["unit_concept_id"],
+            "sqlFile": getattr(types.get(r["check_name"]), "sql_file", ""), "category": r["category"],
+            "subcategory": r["subcategory"] or None, "context": r["context"], "warning": None, "error": r["error"],
+            "checkId": r["check_id"], "failed": int(st == "failed"), "passed": int(st == "passed"),
+            "isError": int(st == "error"), "notApplicable": int(st == "not_applicable"),
+            "notApplicableReason": r["not_applicable_reason"], "thresholdValue": r["threshold"], "notesValue": None,
+        })
+
+    def count(status=None, category=None):
+        return sum(1 for x in rows if (category is None or x["category"] == category)
+                   and (status is None or x[status] == 1))
+
+    passed, failed, errors = count("passed"), count("failed"), count("isError")
+    overview = {"countTotal": len(rows), "countPassed": passed, "countErrorFailed": errors,
+                "countThresholdFailed": failed, "countOverallFailed": failed + errors,
+                "percentPassed": round(100 * passed / (passed + failed + errors), 2) if passed + failed + errors else None,
+                "percentFailed": round(100 * (failed + errors) / (passed + failed + errors), 2)
+                if passed + failed + errors else None}
+    for cat in ("Plausibility", "Conformance", "Completeness"):
+        overview |= {f"countTotal{cat}": count(None, cat), f"countFailed{cat}": count("failed", cat),
+                     f"countPassed{cat}": count("passed", cat)}
+    meta = {_camel(k): (str(v) if v is not None else None) for k, v in (s.get("cdm_source") or {}).items()}
+    meta.setdefault("cdmSourceName", s["store"])
+    meta.setdefault("cdmVersion", s["cdm_version"])
+    from medlake import __version__
+
+    meta["dqdVersion"] = f"medlake {__version__}"
+    start, end = (s[k].replace("T", " ")[:19] for k in ("started", "finished"))
+    return {"startTimestamp": start, "endTimestamp": end, "executionTime": f"{s['seconds']} secs",
+            "CheckResults": rows, "Metadata": [meta], "Overview": overview}

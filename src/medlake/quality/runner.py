@@ -509,13 +509,26 @@ class Runner:
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
             "resumed_tables": run.resumed,
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cdm_source": self._cdm_source(),
         }
         _write(run_dir / "results.json", run.results)
         _write(run_dir / "run.json", run.summary)
-        from medlake.quality.report import write_html
+        from medlake.quality.report import dqd_results, write_html
 
         write_html(run, history(self.out))
+        _write(run_dir / "dqd.json", dqd_results(run))  # DQD's own results format, for its viewer and ARES
         return run
+
+    def _cdm_source(self) -> dict | None:
+        """The store's cdm_source row (name, holder, versions…) if it has one."""
+        if not self.present.get("cdm_source"):
+            return None
+        try:
+            rows = self.eng.query("SELECT * FROM cdm_source LIMIT 1").to_pylist()
+        except EngineError:
+            return None
+        return {k.lower(): v for k, v in rows[0].items()} if rows else None
 
     def _key(self, table, checks, site_items) -> str:
         if not (self.incremental or self.resume):
