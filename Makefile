@@ -19,7 +19,8 @@ install: $(BIN)/python
 install-test: $(BIN)/python system-deps
 	$(BIN)/pip install -q -e '.[test]'
 
-# PostgreSQL server binaries and Java 17 for the engine tests, from Debian, where missing.
+# PostgreSQL server binaries and Java 17 for the engine tests, Chromium for the browser tests, from Debian,
+# where missing.
 system-deps:
 	@bash .ci/system-deps.sh
 
@@ -44,7 +45,7 @@ test: install-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install-test
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not postgres and not spark and not slow"
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not postgres and not spark and not slow and not browser"
 
 bench: install-test
 	$(BIN)/python bench/vocab_load.py

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what the tests need beyond Python packages, where missing: PostgreSQL server binaries and Java 17.
+# Install what the tests need beyond Python packages, where missing: PostgreSQL server binaries, Java 17 and
+# Chromium.
 set -euo pipefail
 need=()
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
@@ -7,6 +8,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 if ! command -v java >/dev/null 2>&1; then
   need+=(openjdk-17-jre-headless)
+fi
+if ! command -v chromium >/dev/null 2>&1; then  # the browser tests of the HTML reports (Playwright drives it)
+  need+=(chromium)
 fi
 if ((${#need[@]})); then
   echo "installing system packages: ${need[*]}"

@@ -1,0 +1,64 @@
+"""The quality report as a reader opens it: the file in headless Chromium (Debian's, driven by Playwright), offline."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from medlake.engines import open_engine
+from medlake.quality import runner
+
+from test_quality_checks import CO, world  # the small clean CDM of the check-type tests
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# as root Chromium needs --no-sandbox; the others keep it from reaching for Google's hosts on a closed network
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture
+def report(tmp_path):
+    """Two runs on the small CDM, the second with a person_id that points nowhere: a failure and a trend."""
+    eng = open_engine("duckdb::memory:")
+    world(eng)
+    runner.run(eng, "5.4", tmp_path / "quality")
+    eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    run = runner.run(eng, "5.4", tmp_path / "quality")
+    eng.close()
+    return run
+
+
+@pytest.mark.browser
+def test_the_report_reads_offline_in_a_browser(report):
+    from playwright.sync_api import sync_playwright
+
+    requests, errors = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((report.dir / "report.html").as_uri())
+
+        assert page.title().startswith("medlake data quality")
+        assert [u for u in requests if not u.startswith("file://")] == []  # nothing fetched: self-contained
+        # the failed check comes first, with its example row
+        failed = page.locator("h2:has-text('Failed checks') + table tbody tr").first
+        assert "isForeignKey" in failed.inner_text() and "200" in failed.inner_text()
+        # the charts are drawn: category bars and the pass rate across the two runs
+        trend = page.locator("svg[aria-label='pass rate across runs'] polyline")
+        assert trend.count() == 1 and trend.bounding_box()["width"] > 100
+        assert page.locator("svg[aria-label='pass rates'] rect").count() >= 6
+
+        # the filter box narrows the table of all checks to the rows that match (shown: laid out by the browser)
+        shown = "() => [...document.querySelectorAll('#all tbody tr')].filter(r => r.offsetParent).map(r => r.innerText)"
+        total = len(page.evaluate(shown))
+        assert total == len(report.results)
+        page.fill("#q", "isforeignkey")
+        visible = page.evaluate(shown)
+        assert 0 < len(visible) < total and all("isForeignKey" in r for r in visible)
+        page.fill("#q", "")
+        assert len(page.evaluate(shown)) == total
+        browser.close()
+    assert errors == []
