@@ -451,7 +451,7 @@ def quality_run(
     cdm_version: Optional[str] = typer.Option(
         None, "--cdm-version", help="OMOP CDM version of the store: 5.4 or 5.3 (default: read from the store)."),
 ):
-    """Run every DQD check (and the site's checks); write results.json and report.html."""
+    """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format)."""
     from medlake.quality import runner, site
 
     extra, feed = site.load(site_checks) if site_checks else ([], None)
