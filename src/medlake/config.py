@@ -9,6 +9,8 @@ DuckDB store file, else `medlake-data`.
 """
 from __future__ import annotations
 
+import re
+
 import os
 import tomllib
 from dataclasses import dataclass
@@ -64,3 +66,13 @@ def load(path: str | Path | None = None, store: str | None = None) -> Config:
             if url.startswith("duckdb:") and url.removeprefix("duckdb:").partition("?")[0] not in ("", ":memory:") \
             else "medlake-data"
     return Config(store=url, cdm_version=str(version), source=origin, data=data, data_dir=data_dir)
+
+
+def redact(url: str) -> str:
+    """A store URL without its password (`user:password@`, a `password=` parameter): for messages, reports and the
+    records that name the store."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        url = f"{scheme}://{cred.split(':', 1)[0]}@{host}"
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)

@@ -330,7 +330,7 @@ def test_primary_key_by_sorting_counts_what_group_by_counts(keys, dups):
 
 
 def test_store_urls_in_reports_and_messages_have_no_password():
-    from medlake.engines.base import redact
+    from medlake.config import redact
 
     assert redact("postgresql://me:pw@db:5432/cdm?options=-csearch_path%3Dcdm") == \
         "postgresql://me@db:5432/cdm?options=-csearch_path%3Dcdm"

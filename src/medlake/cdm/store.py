@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from medlake.cdm import model
-from medlake.engines.base import redact
+from medlake.config import redact
 
 INFO_TABLE = "medlake_info"
 INFO = model.Table(

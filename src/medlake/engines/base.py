@@ -5,7 +5,6 @@ Arrow. A capability an engine lacks fails with `EngineError` and a clear message
 """
 from __future__ import annotations
 
-import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,16 +43,6 @@ class Shapes:
     catalog: bool = False  # information_schema.columns lists every table's columns in one query
     narrow_delta: bool = False  # an incremental transform copies its delta rows into work tables first
     truncate: bool = False  # TRUNCATE TABLE empties a work table (else a DELETE, or the engine drops its files)
-
-
-def redact(url: str) -> str:
-    """A store URL without its password (`user:password@`, a `password=` parameter): for messages, reports and the
-    records that name the store."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        cred, host = rest.rsplit("@", 1)
-        url = f"{scheme}://{cred.split(':', 1)[0]}@{host}"
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
 
 
 @runtime_checkable

@@ -18,8 +18,8 @@ import sqlglot
 from sqlglot import exp
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import (Column, EngineError, Shapes, arrow_schema_of, conform, redact, template,
-                                  translate)
+from medlake.config import redact
+from medlake.engines.base import Column, EngineError, Shapes, arrow_schema_of, conform, template, translate
 
 # Dialect overrides: keep VARCHAR lengths; float is DOUBLE PRECISION (sqlglot renders DOUBLE that way).
 TYPE_OVERRIDES: dict[str, str] = {}

@@ -20,7 +20,8 @@ from typing import Callable, Iterable
 import re
 
 from medlake.cdm import model
-from medlake.engines.base import EngineError, redact
+from medlake.config import redact
+from medlake.engines.base import EngineError
 from medlake.quality import compile as cp
 from medlake.quality.checks import Check, checks as dqd_checks
 
