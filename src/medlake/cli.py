@@ -478,6 +478,8 @@ def quality_run(
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
     if s["excluded_tables"]:
         out.print(f"not checked (--exclude): {', '.join(s['excluded_tables'])}", highlight=False)
+    for w in s.get("warnings", []):
+        err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"results: {r.dir / 'results.json'}", highlight=False)
     out.print(f"report:  {r.dir / 'report.html'}", highlight=False)
     if fail_on is not None:

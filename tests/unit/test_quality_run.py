@@ -2,6 +2,7 @@
 checks, the DQD-vs-spec list, `medlake cdm import` and `medlake quality run` (DuckDB)."""
 from __future__ import annotations
 
+from html import escape
 import json
 import os
 import subprocess
@@ -49,6 +50,21 @@ def test_results_json_and_self_contained_report(store, tmp_path):
     summary = json.loads((r.dir / "run.json").read_text())
     assert summary["failed"] == sum(x["status"] == "failed" for x in rows)
     assert set(summary["by_category"]) >= {"Conformance", "Completeness", "Plausibility"}
+
+
+def test_an_empty_vocabulary_is_a_warning_not_a_quiet_pass(store, tmp_path):
+    """With the concept table empty (a vocabulary not loaded, or hidden by the CDM schema's empty one on a search
+    path) every concept check is not applicable: the run says how many, in run.json, the report and the CLI."""
+    assert runner.run(store, "5.4", tmp_path / "a").summary["warnings"] == []
+    store.execute("DELETE FROM concept")
+    r = runner.run(store, "5.4", tmp_path / "b")
+    silenced = [x for x in r.results if x["status"] == "not_applicable"
+                and x["not_applicable_reason"].startswith("concept table empty")]
+    assert len(silenced) > 50 and {x["check_name"] for x in silenced} >= {"isForeignKey", "fkDomain", "isStandardValidConcept"}
+    [w] = json.loads((r.dir / "run.json").read_text())["warnings"]
+    assert f"the concept table is empty ({len(silenced):,} checks)" in w
+    assert "medlake vocab load" in w and "search_path" not in w  # the PostgreSQL hint only on PostgreSQL
+    assert "warning: " + escape(w) in (r.dir / "report.html").read_text()
 
 
 def test_rerun_sees_a_change_that_keeps_every_column_total(store, tmp_path):
@@ -285,11 +301,14 @@ def test_cli_import_then_quality_run(tmp_path):
     p = subprocess.run(cli + ["quality", "run"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr  # failed checks are reported, not an exit code
     assert "pass rate" in p.stdout and (tmp_path / "quality").is_dir()
+    # no vocabulary in this CDM: the checks it silences are counted and the fix named
+    [w] = [x for x in p.stderr.splitlines() if x.startswith("warning: ")]
+    assert "because the store's vocabulary is missing: the concept table is empty" in w, p.stderr
     [run_dir] = list((tmp_path / "quality").iterdir())
     assert (run_dir / "results.json").exists() and (run_dir / "report.html").exists()
     p = subprocess.run(cli + ["quality", "run", "--fail-on", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 1 and "above --fail-on 0%" in p.stderr
-    assert len(p.stderr.strip().splitlines()) == 1
+    assert [x for x in p.stderr.strip().splitlines() if not x.startswith("warning:")] == [p.stderr.strip().splitlines()[-1]]
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):

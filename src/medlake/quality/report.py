@@ -11,6 +11,7 @@ vertical-align:top}th{background:#f6f6f6}.num{text-align:right;font-variant-nume
 .big{font-size:2.4em;font-weight:600}.failed{color:#b00020}.passed{color:#1b7a2f}.error{color:#a15c00}
 .not_applicable{color:#777}.cards{display:flex;gap:2em;flex-wrap:wrap}.card{padding:.6em 1em;background:#f6f6f6;
 border-radius:6px}code{font-size:12px}small{color:#666}input{padding:4px;width:30em}
+.warning{background:#fff4e0;border-left:4px solid #a15c00;padding:.5em 1em}
 """
 
 JS = """
@@ -104,6 +105,7 @@ def render(run, history: list[dict]) -> str:
         f"reused {len(s['reused_tables'])}"
         + (f" · not checked: {escape(', '.join(s['excluded_tables']))}" if s.get("excluded_tables") else "")
         + "</small></p>",
+        *(f"<p class='warning'>warning: {escape(w)}</p>" for w in s.get("warnings", [])),
         "<div class='cards'>",
         f"<div class='card'><div class='big'>{_pct(s['pass_rate']) or 'n/a'}</div>pass rate (passed / (passed + failed))</div>",
         f"<div class='card'><div class='big passed'>{s['passed']}</div>passed</div>",

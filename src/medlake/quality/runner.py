@@ -512,6 +512,7 @@ class Runner:
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cdm_source": self._cdm_source(),
+            "warnings": vocabulary_warnings(run.results, self.eng.engine.name),
         }
         _write(run_dir / "results.json", run.results)
         _write(run_dir / "run.json", run.summary)
@@ -581,6 +582,26 @@ def _write(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, default=str))  # compact: the C encoder (indent falls back to pure Python)
     os.replace(tmp, path)
+
+
+def vocabulary_warnings(results: list[dict], engine: str) -> list[str]:
+    """A vocabulary table that is absent or empty makes every check that looks up concepts not applicable: a
+    run that quietly passes. Say so, with the number of checks it silenced and what to do."""
+    silenced: dict[str, int] = {}
+    for r in results:
+        reason = r.get("not_applicable_reason") or ""
+        table, _, rest = reason.partition(" table ")
+        if r["status"] == "not_applicable" and table in VOCABULARY_TABLES and rest.startswith(("absent", "empty")):
+            key = f"{table} table is {rest.split()[0]}"
+            silenced[key] = silenced.get(key, 0) + 1
+    hint = (", or, if it is in another schema, name that schema first on the search path (?options=-csearch_path"
+            "%3Dvocab,cdm in the store URL: empty vocabulary tables in the CDM schema hide the vocabulary schema's "
+            "when the CDM schema comes first)" if engine == "postgres" else "")
+    if not silenced:
+        return []
+    what = ", ".join(f"the {k} ({n:,} checks)" for k, n in silenced.items())
+    return [f"{sum(silenced.values()):,} checks not applicable because the store's vocabulary is missing: {what}; "
+            f"load the vocabulary (medlake vocab load){hint}"]
 
 
 def summarize(results: list[dict]) -> dict:
