@@ -491,6 +491,65 @@ def quality_run(
             raise typer.Exit(1)
 
 
+@quality_app.command("show")
+def quality_show(
+    check_id: str = typer.Argument(..., help="A check id, as results.json and the report name it."),
+    rows: int = typer.Option(10, "--rows", min=0, help="Show up to this many violating rows (0: none)."),
+    out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder of the quality runs."),
+    site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
+    cdm_version: Optional[str] = typer.Option(None, "--cdm-version", help="OMOP CDM version (default: as the last run)."),
+):
+    """One check: its result in the latest run, its query alone (DQD's shape, the store's dialect) and its
+    violating rows — from a failure in the report to the rows behind it."""
+    import json
+
+    from medlake.cdm import store
+    from medlake.config import redact
+    from medlake.quality import compile as cp, runner, site
+
+    extra, _ = site.load(site_checks) if site_checks else ([], None)
+    with open_store() as eng:
+        last = None
+        for d in reversed(runner.finished_runs(out_dir, redact(eng.url))):
+            last = next((r for r in json.loads((d / "results.json").read_text()) if r["check_id"] == check_id), None)
+            if last:
+                last["run_id"], version = d.name, json.loads((d / "run.json").read_text())["cdm_version"]
+                break
+        version = cdm_version or (version if last else store.detect_version(eng)[0])
+        try:
+            c, count, listed = runner.Runner(eng, version, out_dir, site_checks=extra).check_queries(check_id, rows)
+        except KeyError:
+            raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks): the check ids are "
+                             "in results.json and the report") from None
+        except cp.NotApplicable as e:
+            raise ValueError(f"{check_id} does not apply to this store: {e}") from None
+        where = c.table + (f".{c.field}" if c.field else "") + (f", concept {c.concept_id}" if c.concept_id else "")
+        out.print(f"{c.id}: {c.name} on {where}", highlight=False, markup=False)
+        out.print(f"{c.category} / {c.subcategory or '-'} / {c.context}; threshold {c.threshold}%", highlight=False)
+        if c.description:
+            out.print(c.description, highlight=False, markup=False)
+        if last:
+            pct = "" if last["pct_violated_rows"] is None else f" ({100 * last['pct_violated_rows']:.4g}%)"
+            seen = (f"{last['num_violated_rows']:,} of {last['num_denominator_rows']:,} rows{pct}"
+                    if last["num_denominator_rows"] is not None else last.get("not_applicable_reason") or last["error"] or "")
+            out.print(f"run {last['run_id']}: {last['status']} — {seen}", highlight=False, markup=False)
+        else:
+            out.print(f"no run in {out_dir} has checked it yet (medlake quality run)", highlight=False)
+        if count:
+            out.print("\n-- the check alone, as DQD's SQL counts it:", highlight=False, markup=False)
+            out.print(eng.native(count), highlight=False, markup=False, soft_wrap=True)
+        if listed and rows:
+            out.print("\n-- its violating rows:", highlight=False, markup=False)
+            out.print(eng.native(listed), highlight=False, markup=False, soft_wrap=True)
+            got = eng.query(listed)
+            t = Table(title=f"violating rows (up to {rows})")
+            for name in got.column_names:
+                t.add_column(name)
+            for r in got.to_pylist():
+                t.add_row(*("" if v is None else str(v) for v in r.values()))
+            out.print(t if got.num_rows else "none", highlight=False)
+
+
 @cdm_app.command("import")
 def cdm_import(
     folder: Path = typer.Argument(..., help="Folder with one CSV or Parquet file per CDM table (e.g. person.csv)."),

@@ -162,6 +162,34 @@ def test_an_ohdsi_database_with_the_vocabulary_in_its_own_schema(pg_cluster, ref
     assert written and not [f for f in written if "s3cret" in f.read_text(errors="replace")]  # the password stays out
 
 
+def run_native(eng, sql: str) -> list[dict]:
+    """A statement in the engine's own dialect, as `medlake quality show` prints it for a user to run by hand."""
+    if eng.name == "postgres":
+        with eng.con.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetch_arrow_table().to_pylist()
+    if eng.name == "spark":
+        return [r.asDict() for r in eng.spark.sql(sql).collect()]
+    return eng.con.sql(sql).to_arrow_table().to_pylist()
+
+
+def test_a_checks_own_queries_count_it_and_list_its_rows(engine, tmp_path):
+    """`medlake quality show`: a failed check's query alone, in the engine's own dialect, counts what the set-based
+    run counted; its listing gives the rows behind the count (the run's examples among them)."""
+    run = runner.Runner(load(engine), "5.4", tmp_path / "q", only=TABLES, incremental=False, resume=False).run()
+    by_id = {r["check_id"]: r for r in run.results}
+    for cid, (status, v, d) in EXPECTED.items():
+        if status != "failed":
+            continue
+        _, count, listed = runner.Runner(engine, "5.4", tmp_path / "q", only=TABLES).check_queries(cid, rows=50)
+        [row] = run_native(engine, engine.native(count))
+        assert (row["v0"], row["d0"]) == (v, d), cid
+        ids = [str(next(iter(r.values()))) for r in engine.query(listed).to_pylist()]  # the id comes first
+        assert by_id[cid]["examples"] and set(ids) == set(by_id[cid]["examples"]), cid
+        if "sourcevaluecompleteness" not in cid:  # counts distinct source values, not rows
+            assert len(ids) == v, cid
+
+
 def test_incremental_rerun_sees_a_load_on_every_engine(engine, tmp_path):
     """The table fingerprint (row count, a sum of row hashes) is computed by the engine: a load changes it, and
     so does a swap of two rows' values, which keeps every column's values."""

@@ -311,6 +311,28 @@ def test_cli_import_then_quality_run(tmp_path):
     assert [x for x in p.stderr.strip().splitlines() if not x.startswith("warning:")] == [p.stderr.strip().splitlines()[-1]]
 
 
+def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    fk = "field_isforeignkey_condition_occurrence_person_id"
+    p = subprocess.run(cli + ["show", fk], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "no run in quality has checked it yet" in p.stdout, p.stderr
+    assert subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    p = subprocess.run(cli + ["show", fk], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "isForeignKey on condition_occurrence.person_id" in p.stdout and ": failed — 1 of 4 rows (25%)" in p.stdout
+    assert "violated_rows" in p.stdout  # the query alone, in DQD's shape
+    [row] = [x for x in p.stdout.splitlines() if x.startswith("│")]  # the one violating row: its id, its person
+    assert [x.strip() for x in row.split("│")[1:-1]] == ["200", "99", ""], p.stdout  # person 99 not in person
+    p = subprocess.run(cli + ["show", "field_isrequired_nowhere_x"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 1 and p.stderr.startswith("error: no check field_isrequired_nowhere_x")
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
     """CDM v5.3 has its own spec and DQD files (e.g. death has no death_id, visit_occurrence has
     admitting_source_concept_id); the whole suite runs on a v5.3 store and finds a v5.3 defect."""

@@ -56,6 +56,9 @@ class Engine(Protocol):
 
     def query(self, sql: str, params: list | None = None) -> pa.Table: ...
 
+    def native(self, sql: str) -> str:
+        """A statement written in DuckDB's dialect as this engine runs it (to show a user, to run by hand)."""
+
     def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int: ...
 
     def read_arrow(self, table: str) -> pa.Table: ...

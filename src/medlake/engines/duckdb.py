@@ -46,6 +46,9 @@ class DuckDBEngine:
         except duckdb.Error as e:
             raise EngineError(str(e).splitlines()[0]) from e
 
+    def native(self, sql: str) -> str:
+        return sql
+
     def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
         view = f"__medlake_load_{id(data)}"
         self.con.register(view, data)

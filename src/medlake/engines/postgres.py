@@ -94,6 +94,9 @@ class PostgresEngine:
             except Exception as e:
                 raise EngineError(str(e).splitlines()[0]) from e
 
+    def native(self, sql: str) -> str:
+        return to_postgres(sql)
+
     def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
         schema = arrow_schema_of(self.columns(table))
         if not len(schema):

@@ -212,6 +212,9 @@ class SparkEngine:
         except Exception as e:
             raise EngineError(str(e).splitlines()[0][:500]) from e
 
+    def native(self, sql: str) -> str:
+        return ";\n".join(to_spark(sql))
+
     def _schema(self, table: str) -> pa.Schema:
         meta = self._meta(table)
         if meta is None:

@@ -59,6 +59,8 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
 TABLE_REF = re.compile(r"(?<!YEAR )(?<!MONTH )(?<!DAY )\b(?:FROM|JOIN)\s+(?!\()", re.IGNORECASE)  # a base table read (not a subquery)
 
 
+FIELD_REF = re.compile(r'\b(t|fk_\w+|dth)\.("[^"]+"|\w+)')  # a field a check's condition reads: alias.field
+
 NA_IF_NO_VALUES = ("isForeignKey", "fkDomain", "fkClass", "isStandardValidConcept",
                    "standardConceptRecordCompleteness", "sourceConceptRecordCompleteness")
 
@@ -390,6 +392,56 @@ class Runner:
             if rows:
                 out[cid] = [r["row_id"] for r in rows]
         return out
+
+    def check_queries(self, check_id: str, rows: int = 20) -> tuple[Check, str | None, str | None]:
+        """One check's queries, to run by hand: its count alone, in DQD's shape (what DQD's `queryText` holds:
+        medlake computes it inside a table's scan), and up to `rows` of its violating rows, whole (a table-level
+        check: the ids of the persons it counts). In medlake's dialect (the engine's `native` gives its own); None
+        where the check has no query (cdmTable, cdmField: read from the catalog). cp.NotApplicable (with the reason) if it cannot apply here;
+        KeyError if there is no such check."""
+        if not hasattr(self, "present"):
+            self._survey()
+        site = {c.id: (c, it) for c, it in self.site}
+        c = site[check_id][0] if check_id in site else next(
+            (c for c in dqd_checks(self.version) if c.id == check_id), None)
+        if c is None:
+            raise KeyError(check_id)
+        table = c.table
+        if table not in self.present:
+            raise cp.NotApplicable(f"table {table} absent")
+        if c.name in ("cdmTable", "cdmField"):
+            return c, None, None
+        ctx = self.context(table)
+        order = f" ORDER BY t.{cp.q(ctx.id_column)}" if ctx.id_column else ""
+
+        def whole(cond: str, joins=()) -> str:
+            """The rows' id and the fields the condition reads, its joins' fields named by their table."""
+            cols = {f"t.{cp.q(ctx.id_column)}": ctx.id_column} if ctx.id_column else {}
+            for alias, col in FIELD_REF.findall(cond):
+                name = col.strip('"')
+                cols.setdefault(f"{alias}.{col}", name if alias == "t" else f"{ctx.joins.get(alias, ('', alias))[1]}.{name}")
+            js = " ".join(ctx.joins[a][0] for a in joins)
+            pick = ", ".join(f"{e} AS {cp.q(n)}" for e, n in cols.items()) or "t.*"
+            return f"SELECT {pick} FROM {cp.q(table)} AS t {js} WHERE {cond}{order} LIMIT {rows}"
+
+        if c.level == "TABLE":
+            count, ex, _ = cp.table_level_sql(c, ctx, dqd=True)
+            # the persons (ids) it counts
+            listed = ex.replace("LIMIT 10", f"LIMIT {rows}")
+        elif c.name == "isPrimaryKey":
+            ctx.need_column(c.field)
+            f = cp.q(c.field)
+            count = cp.primary_key_dqd_sql(table, c.field)
+            listed = whole(f"t.{f} IN (SELECT {f} FROM {cp.q(table)} GROUP BY {f} HAVING count(*) > 1)")
+        elif c.level == "CONCEPT":
+            ctx.need_column(c.field)
+            count = cp.concept_single_sql(c, ctx, dqd=True)
+            listed = whole(*cp.concept_example(c, ctx))
+        else:
+            it = site[check_id][1] if check_id in site else cp.field_item(c, ctx)
+            count = cp.dqd_sql(table, it, ctx)
+            listed = whole(it.where, it.joins) if it.where else None
+        return c, count, listed
 
     def _scan(self, table, items, ctx, res, found):
         if not items:
