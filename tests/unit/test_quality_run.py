@@ -17,6 +17,7 @@ from medlake.cdm import importer
 from medlake.engines import open_engine
 from medlake.quality import runner, site
 from medlake.quality.checks import checks, differences_markdown
+from medlake.quality.compile import key_unique_sql, primary_key_sql
 
 from test_quality_checks import CO, world  # the small clean CDM of the check-type tests
 
@@ -361,13 +362,27 @@ def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
 def test_primary_key_by_sorting_counts_what_group_by_counts(keys, dups):
     """isPrimaryKey on DuckDB sorts (a row equal to its neighbour) instead of grouping: the same rows count,
     NULL keys included (GROUP BY puts them in one group)."""
-    from medlake.quality.compile import primary_key_sql
-
     eng = open_engine("duckdb::memory:")
     eng.execute("CREATE TABLE t (id BIGINT)")
     eng.load_arrow("t", pa.table({"id": pa.array(keys, pa.int64())}))
     got = [eng.query(primary_key_sql("t", "id", sort=s)[0]).column(0)[0].as_py() for s in (False, True)]
     assert got == [dups, dups]
+    # the quick test run first (a bitmap of the key range): 0 exactly when there is nothing to count
+    assert (eng.query(key_unique_sql("t", "id", bitmap=True)).column(0)[0].as_py() == 0) == (dups == 0)
+
+
+def test_primary_keys_too_sparse_for_a_bitmap_are_counted_exactly(store, tmp_path):
+    """Keys spread too far for a bitmap (or not integers): the quick test fails on the engine, and the exact
+    query counts the duplicates."""
+    from medlake.engines.base import EngineError
+
+    ids = [r["person_id"] for r in store.query("SELECT person_id FROM person ORDER BY 1").to_pylist()]
+    store.execute(f"UPDATE person SET person_id = 10 ** 15 WHERE person_id IN ({ids[0]}, {ids[1]})")
+    with pytest.raises(EngineError, match="too large"):
+        store.query(key_unique_sql("person", "person_id", bitmap=True))
+    r = runner.Runner(store, "5.4", tmp_path / "q", only=["person"]).run()
+    pk = next(x for x in r.results if x["check_id"] == "field_isprimarykey_person_person_id")
+    assert (pk["status"], pk["num_violated_rows"], pk["examples"]) == ("failed", 2, [str(10 ** 15)])
 
 
 def test_store_urls_in_reports_and_messages_have_no_password():

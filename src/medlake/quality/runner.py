@@ -303,7 +303,7 @@ class Runner:
                 sql = cp.primary_key_dqd_sql(table, c.field)
             elif self.shapes.unique_test:  # first the test that every key is distinct; the exact count only when not
                 try:
-                    if self.eng.query(cp.key_unique_sql(table, c.field)).column(0)[0].as_py() == 0:
+                    if self.eng.query(cp.key_unique_sql(table, c.field, self.shapes.bitmap_keys)).column(0)[0].as_py() == 0:
                         res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
                         continue
                 except EngineError:
