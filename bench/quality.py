@@ -186,7 +186,7 @@ def build(url: str, n: int) -> dict[str, int]:
 
 KINDS = (  # what a query of the run is, from its SQL (for the time breakdown)
     ("concept checks, grouped by value", lambda s: s.startswith("WITH g__")),
-    ("primary keys", lambda s: "HAVING count(*) > 1" in s or "lead(" in s or "- count(DISTINCT" in s),
+    ("primary keys", lambda s: any(x in s for x in ("HAVING count(*) > 1", "lead(", "- count(DISTINCT", "bitstring_agg("))),
     ("examples of failed checks", lambda s: "row_id" in s),
     ("concept-level rules (value, unit, gender)", lambda s: "r.rid" in s or "ancestor_concept_id IN" in s or any(
         x in s for x in ("t.unit_concept_id = ", "value_as_number IS NOT NULL AND coalesce", ".gender_concept_id <> "))),
