@@ -72,7 +72,8 @@ def _row(r: dict) -> str:
     vr = "" if r["num_violated_rows"] is None else f"{r['num_violated_rows']:,}"
     dr = "" if r["num_denominator_rows"] is None else f"{r['num_denominator_rows']:,}"
     return (f'<tr><td class="{r["status"]}">{r["status"]}</td><td><b>{escape(r["check_name"])}</b><br>'
-            f'<small>{escape(r["category"])} / {escape(r["subcategory"] or "-")} / {escape(r["context"])}</small></td>'
+            f'<small>{escape(r["category"])} / {escape(r["subcategory"] or "-")} / {escape(r["context"])}</small>'
+            f'<br><small><code>{escape(r["check_id"])}</code></small></td>'
             f'<td>{escape(where)}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
             f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%</td>'
             f'<td><small>{escape(r["description"])}</small>{ex}'
@@ -116,6 +117,7 @@ def render(run, history: list[dict]) -> str:
         "<h2>Pass rate across runs</h2>", _trend(history),
         f"<h2>Failed checks ({len(failed)})</h2>",
         f"<table>{HEAD}<tbody>{''.join(_row(r) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
+        "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
     ]
     if errors:
         parts += [f"<h2>Checks that could not run ({len(errors)})</h2>",
