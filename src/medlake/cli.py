@@ -519,6 +519,9 @@ def quality_show(
         try:
             c, count, listed = runner.Runner(eng, version, out_dir, site_checks=extra).check_queries(check_id, rows)
         except KeyError:
+            if last:  # in the run, not a CDM check: medlake's source-level checks (staging, landing, lineage)
+                raise ValueError(f"{check_id} is one of medlake's source-level checks, not a check of the CDM: "
+                                 "quality show covers the DQD checks and the site's (--checks)") from None
             raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks): the check ids are "
                              "in results.json and the report") from None
         except cp.NotApplicable as e:
@@ -536,7 +539,7 @@ def quality_show(
         else:
             out.print(f"no run in {out_dir} has checked it yet (medlake quality run)", highlight=False)
         if count:
-            out.print("\n-- the check alone, as DQD's SQL counts it:", highlight=False, markup=False)
+            out.print("\n-- the check alone, in the shape of DQD's queries:", highlight=False, markup=False)
             out.print(eng.native(count), highlight=False, markup=False, soft_wrap=True)
         if listed and rows:
             out.print("\n-- its violating rows:", highlight=False, markup=False)
