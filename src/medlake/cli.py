@@ -454,7 +454,7 @@ def quality_run(
     """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format)."""
     from medlake.quality import runner, site
 
-    extra, feed = site.load(site_checks) if site_checks else ([], None)
+    extra, feed, fields = site.load(site_checks) if site_checks else ([], None, {})
     with open_store() as eng:
         with progress() as bar:
             task = bar.add_task("quality", total=None)
@@ -462,7 +462,8 @@ def quality_run(
             def tick(name, done, total):
                 bar.update(task, description=name, completed=done, total=total)
 
-            r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, incremental=not full, progress=tick,
+            r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
+                           incremental=not full, progress=tick,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])
@@ -507,7 +508,7 @@ def quality_show(
     from medlake.config import redact
     from medlake.quality import compile as cp, runner, site
 
-    extra, _ = site.load(site_checks) if site_checks else ([], None)
+    extra = site.load(site_checks)[0] if site_checks else []
     with open_store() as eng:
         last = None
         for d in reversed(runner.finished_runs(out_dir, redact(eng.url))):

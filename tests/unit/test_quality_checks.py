@@ -14,7 +14,7 @@ import pytest
 from medlake.cdm import store
 from medlake.engines import open_engine
 from medlake.engines.base import Shapes
-from medlake.quality import report
+from medlake.quality import report, site
 from medlake.quality.checks import checks
 from medlake.quality.runner import Runner
 
@@ -494,3 +494,19 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     assert len({x["check_id"] for x in got.values()}) == len(got)
     html = "".join(report._sources(list(got.values())))
     assert "By source (2)" in html and "12.00% <small>(3 of 25)</small>" in html  # lis: rows without a standard concept
+
+    # the site's own rules ([source_fields] in its checks TOML): sending_facility no longer mandatory (its mandatory
+    # list replaces medlake's), a key of two fields, a staging table not in the store yet, a misspelt field
+    fields = site.fields_config("[source_fields.stg_hl7_message]\nmandatory = ['control_id', 'message_time']\n"
+                                "key = ['control_id', 'message_type']\n"
+                                "[source_fields.stg_csv_lab]\nmandatory = ['order_id']\n"
+                                "[source_fields.stg_hl7_message.when]\nsendng_facility = \"message_type LIKE 'ADT%'\"\n")
+    got = {x["check_id"]: x for x in run_sources(eng, result, tmp_path / "landing", fields=fields)}
+    mandatory = {k for k in got if k.startswith("source_sourcemandatorycompleteness_lis_stg_hl7_message")}
+    assert mandatory == {f"source_sourcemandatorycompleteness_lis_stg_hl7_message_{f}" for f in ("control_id", "message_time")}
+    dup = got["source_sourceduplicaterecords_lis_stg_hl7_message_control_id+message_type"]
+    assert (dup["num_violated_rows"], dup["examples"]) == (1, ["M1"])
+    lab = got["source_sourcemandatorycompleteness_site_stg_csv_lab"]
+    assert lab["status"] == "not_applicable" and "not in the store" in lab["not_applicable_reason"]
+    typo = got["source_sourcemandatorycompleteness_site_stg_hl7_message_sendng_facility"]
+    assert typo["status"] == "error" and "sendng_facility is not a field of stg_hl7_message" in typo["error"]

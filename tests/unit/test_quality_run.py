@@ -188,6 +188,17 @@ def test_site_check_errors_name_file_and_check(text, message):
     assert str(e.value).startswith("site.toml")
 
 
+@pytest.mark.parametrize("text,message", [
+    ("[source_fields.stg_x]\nmandatory = 'a'", r"\[source_fields.stg_x\]: mandatory must be a list of field names"),
+    ("[source_fields.stg_x]\nrequired = ['a']", r"\[source_fields.stg_x\]: give key = \[...\], mandatory"),
+    ("[source_fields.stg_x.when]\na = 'b >'", r"\[source_fields.stg_x\]: when.a is not a valid SQL condition"),
+])
+def test_site_source_fields_errors_name_file_and_table(text, message):
+    with pytest.raises(ValueError, match=message) as e:
+        site.fields_config(text, "site.toml")
+    assert str(e.value).startswith("site.toml")
+
+
 def test_feed_checks_flag_missing_days_and_volume_drops(store, tmp_path):
     days = [f"2024-01-{d:02d}" for d in range(1, 11)]
     lis = [d for d in days if d != "2024-01-05"]  # LIS silent on the 5th
@@ -332,6 +343,28 @@ def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
                        text=True)
     assert p.returncode == 1 and p.stderr.startswith("error: no check field_isrequired_nowhere_x")
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
+    """A site's CSV feed of lab orders (stg_csv_lab): its mandatory fields and record key declared in the site's
+    checks file are checked per source, like medlake's own staging tables."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute("CREATE TABLE stg_csv_lab (order_id VARCHAR, test_code VARCHAR, source VARCHAR)")
+    eng.execute("INSERT INTO stg_csv_lab VALUES ('O1', 'HB', 'lab'), (NULL, 'HB', 'lab'), ('O1', 'HB', 'lab')")
+    eng.close()
+    (tmp_path / "site.toml").write_text("[source_fields.stg_csv_lab]\nmandatory = ['order_id', 'test_code']\n"
+                                        "key = ['order_id', 'test_code']\n")
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    [run_dir] = list((tmp_path / "quality").iterdir())
+    got = {x["check_id"]: x for x in json.loads((run_dir / "results.json").read_text())}
+    missing = got["source_sourcemandatorycompleteness_lab_stg_csv_lab_order_id"]
+    assert (missing["status"], missing["num_violated_rows"], missing["num_denominator_rows"]) == ("failed", 1, 3)
+    assert got["source_sourcemandatorycompleteness_lab_stg_csv_lab_test_code"]["status"] == "passed"
+    dup = got["source_sourceduplicaterecords_lab_stg_csv_lab_order_id+test_code"]
+    assert (dup["num_violated_rows"], dup["examples"]) == (1, ["O1"])
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):

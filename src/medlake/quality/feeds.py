@@ -11,7 +11,7 @@ rest is arithmetic on that small result:
 Results have the same shape as every other check (cdm_table = the feed table, cdm_field = the source).
 
 `run_sources` adds the source-level checks every full run gets (no configuration): mandatory fields and
-duplicate records per staging table (`source_fields.toml`), landing duplicates and open quarantine (the site
+duplicate records per staging table (`source_fields.toml`, and the site's `[source_fields]`), landing duplicates and open quarantine (the site
 folder's SQLite files, read-only), mapping coverage per CDM table and unit consistency of numeric results
 (through `cdm_lineage`). Each result names its `data_source`.
 """
@@ -143,34 +143,55 @@ def _counted(result, name, table, field, src, violated, denominator, examples=()
     return r
 
 
-def run_sources(engine, result, landing_dir: str | Path | None = None) -> list[dict]:
+def _site_field_problems(result, table: str, spec: dict, cols: set[str]) -> list[dict]:
+    """A site's [source_fields] entry that cannot be checked, said rather than skipped: its table not in the store
+    yet (not applicable) or without a source column, or a field it names not in the table (errors)."""
+    def res(field, status, **kw):
+        r = result(source_check("sourceMandatoryCompleteness", table, field, "*"), status, **kw)
+        r["check_id"] = "_".join(["source", "sourcemandatorycompleteness", "site", table] + ([field] if field else []))
+        return r
+
+    if not cols:
+        return [res(None, "not_applicable", reason=f"{table} is not in the store (no data from its feed yet)")]
+    if "source" not in cols:
+        return [res(None, "error", error=f"{table} has no source column: not a staging table")]
+    named = dict.fromkeys(list(spec.get("mandatory", [])) + list(spec.get("when", {})) + list(spec.get("key", [])))
+    return [res(f, "error", error=f"{f} is not a field of {table} ([source_fields.{table}] in the site checks): "
+                "fix the name") for f in named if f not in cols]
+
+
+def run_sources(engine, result, landing_dir: str | Path | None = None, fields: dict | None = None) -> list[dict]:
     """Source-level checks for every source in the store: mandatory fields and duplicate records in the
     staging tables, landing duplicates and open quarantine (from the landing folder, when it is found),
     mapping coverage per source and CDM table and unit consistency of numeric results (through `cdm_lineage`).
-    A store without medlake's staging and lineage tables (an imported OHDSI database) gets none of them."""
+    A store without medlake's staging and lineage tables (an imported OHDSI database) gets none of them.
+    `fields`: the site's [source_fields] (site.fields_config): per staging table, a key given replaces medlake's."""
     tables = {t.lower() for t in engine.tables()}
     out: list[dict] = []
-    for table, spec in source_fields().items():
-        if table not in tables:
-            continue
-        cols = {c.name.lower() for c in engine.columns(table)}
+    specs = {t: dict(v) for t, v in source_fields().items()}
+    for table, spec in (fields or {}).items():
+        specs.setdefault(table, {}).update(spec)
+    for table, spec in specs.items():
+        cols = {c.name.lower() for c in engine.columns(table)} if table in tables else set()
+        when = spec.get("when", {})
+        if table in (fields or {}):
+            out += _site_field_problems(result, table, spec, cols)
         if "source" not in cols:
             continue
-        when = spec.get("when", {})
-        fields = [f for f in list(spec.get("mandatory", [])) + list(when) if f in cols]
-        if fields:
+        mandatory = [f for f in dict.fromkeys(list(spec.get("mandatory", [])) + list(when)) if f in cols]
+        if mandatory:
             sums = ", ".join(
                 f"sum(CASE WHEN ({when[f]}) AND {_blank(f)} THEN 1 ELSE 0 END) AS v{i}, "
                 f"sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS d{i}" if f in when else
                 f"sum(CASE WHEN {_blank(f)} THEN 1 ELSE 0 END) AS v{i}, count(*) AS d{i}"
-                for i, f in enumerate(fields))
+                for i, f in enumerate(mandatory))
             for r in engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
                                   "ORDER BY 1").to_pylist():
-                for i, f in enumerate(fields):
+                for i, f in enumerate(mandatory):
                     out.append(_counted(result, "sourceMandatoryCompleteness", table, f, r["s"], r[f"v{i}"] or 0,
                                         r[f"d{i}"] or 0))
-        key = [k for k in spec.get("key", []) if k in cols]
-        if key:
+        key = spec.get("key", [])
+        if key and set(key) <= cols:  # (a key with a field missing would count other duplicates)
             k = ", ".join(q(c) for c in key)
             # one GROUP BY of the record key: per source its totals (kind 0) and the duplicated keys (kind 1)
             g = f"SELECT CAST(source AS VARCHAR) AS s, {k}, count(*) AS n FROM {q(table)} GROUP BY source, {k}"

@@ -147,6 +147,7 @@ class Runner:
                  mode: str = "set", incremental: bool = True, resume: bool = True,
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
                  exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
+                 source_fields: dict | None = None,
                  version_from: str = "as given"):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded."""
@@ -164,6 +165,7 @@ class Runner:
         self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(only or ())
         self.feed = feed
         self.sources = sources  # the source-level checks (staging, landing, lineage) of a whole-suite run
+        self.source_fields = source_fields  # the site's staging tables' keys and mandatory fields (site.py)
         self.version_from = version_from  # how the CDM version was found (store.detect_version), for the reports
         self._fp: dict[str, str] = {}
 
@@ -548,7 +550,7 @@ class Runner:
             from medlake.quality.feeds import run_sources, source_check
 
             try:
-                run.results += run_sources(self.eng, result)
+                run.results += run_sources(self.eng, result, fields=self.source_fields)
             except EngineError as e:
                 run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
                                           error=str(e)))

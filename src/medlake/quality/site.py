@@ -28,6 +28,18 @@ received_at = "received_at"
 drop = 0.5                     # a day below half the median of the previous 7 days is a volume drop
 ```
 
+A site's staging tables (a CSV feed of its own: `stg_csv_<name>`) and stricter rules for medlake's: the record
+key and the fields each source must send, per staging table (medlake's defaults: `source_fields.toml`; a key
+given here replaces medlake's for that table, the others stay):
+
+```toml
+[source_fields.stg_csv_lab]
+key = ["order_id", "test_code"]           # duplicate records: the same key twice from a source
+mandatory = ["order_id", "patient_id", "test_code", "result_time"]
+[source_fields.stg_csv_lab.when]
+unit = "result_type = 'numeric'"          # mandatory only where the condition holds
+```
+
 The predicate is compiled into the table's one scan of site checks; a predicate that fails in the
 database is reported as that check's `error`, the others still run.
 """
@@ -81,6 +93,27 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
             "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", 0.5))}
 
 
+def fields_config(text: str, source: str = "site checks") -> dict:
+    """The [source_fields.<staging table>] tables of a site checks file ({} if none), checked."""
+    out = {}
+    for table, spec in (_toml(text, source).get("source_fields") or {}).items():
+        where = f"{source}: [source_fields.{table}]"
+        if not isinstance(spec, dict) or set(spec) - {"key", "mandatory", "when"}:
+            raise ValueError(f"{where}: give key = [...], mandatory = [...] and/or a [when] table")
+        for k in ("key", "mandatory"):
+            if k in spec and not (isinstance(spec[k], list) and all(isinstance(f, str) and f for f in spec[k])):
+                raise ValueError(f"{where}: {k} must be a list of field names")
+        when = spec.get("when", {})
+        for f, cond in when.items():
+            try:
+                sqlglot.parse_one(f"SELECT 1 WHERE {cond}", read="duckdb")
+            except (sqlglot.errors.ParseError, TypeError) as e:
+                raise ValueError(f"{where}: when.{f} is not a valid SQL condition: {str(e).splitlines()[0]}") from e
+        out[table.lower()] = {k: ([f.lower() for f in v] if isinstance(v, list) else {f.lower(): c for f, c in v.items()})
+                              for k, v in spec.items()}
+    return out
+
+
 def _toml(text: str, source: str) -> dict:
     try:
         return tomllib.loads(text)
@@ -132,10 +165,10 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
     return out
 
 
-def load(path: str | Path) -> tuple[list[tuple[Check, Item]], dict | None]:
-    """(site checks, feed config) from a TOML file."""
+def load(path: str | Path) -> tuple[list[tuple[Check, Item]], dict | None, dict]:
+    """(site checks, feed config, source fields) from a TOML file."""
     p = Path(path)
     if not p.exists():
         raise ValueError(f"site checks file {p} not found")
     text = p.read_text(encoding="utf-8")
-    return parse(text, str(p)), feed_config(text, str(p))
+    return parse(text, str(p)), feed_config(text, str(p)), fields_config(text, str(p))
