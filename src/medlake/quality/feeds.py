@@ -11,9 +11,9 @@ rest is arithmetic on that small result:
 Results have the same shape as every other check (cdm_table = the feed table, cdm_field = the source).
 
 `run_sources` adds the source-level checks every full run gets (no configuration): mandatory fields and
-duplicate records per staging table (`source_fields.toml`, and the site's `[source_fields]`), landing duplicates and open quarantine (the site
-folder's SQLite files, read-only), mapping coverage per CDM table and unit consistency of numeric results
-(through `cdm_lineage`). Each result names its `data_source`.
+duplicate records per staging table (`source_fields.toml`, and the site's `[source_fields]`), landing duplicates
+and open quarantine (the site folder's SQLite files, read-only), mapping coverage per CDM table and unit
+consistency of numeric results (through `cdm_lineage`). Each result names its `data_source`.
 """
 from __future__ import annotations
 

@@ -305,7 +305,8 @@ class Runner:
                 sql = cp.primary_key_dqd_sql(table, c.field)
             elif self.shapes.unique_test:  # first the test that every key is distinct; the exact count only when not
                 try:
-                    if self.eng.query(cp.key_unique_sql(table, c.field, self.shapes.bitmap_keys)).column(0)[0].as_py() == 0:
+                    test = cp.key_unique_sql(table, c.field, self.shapes.bitmap_keys)
+                    if self.eng.query(test).column(0)[0].as_py() == 0:
                         res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
                         continue
                 except EngineError:
@@ -397,10 +398,10 @@ class Runner:
 
     def check_queries(self, check_id: str, rows: int = 20) -> tuple[Check, str | None, str | None]:
         """One check's queries, to run by hand: its count alone, in DQD's shape (what DQD's `queryText` holds:
-        medlake computes it inside a table's scan), and up to `rows` of its violating rows, whole (a table-level
-        check: the ids of the persons it counts). In medlake's dialect (the engine's `native` gives its own); None
-        where the check has no query (cdmTable, cdmField: read from the catalog). cp.NotApplicable (with the reason) if it cannot apply here;
-        KeyError if there is no such check."""
+        medlake computes it inside a table's scan), and up to `rows` of its violating rows — their id and the
+        fields the rule reads (a table-level check: the ids of the persons it counts). In medlake's dialect (the
+        engine's `native` gives its own); None where the check has no query (cdmTable, cdmField: read from the
+        catalog). cp.NotApplicable (with the reason) if it cannot apply here; KeyError if there is no such check."""
         if not hasattr(self, "present"):
             self._survey()
         site = {c.id: (c, it) for c, it in self.site}
@@ -421,14 +422,14 @@ class Runner:
             cols = {f"t.{cp.q(ctx.id_column)}": ctx.id_column} if ctx.id_column else {}
             for alias, col in FIELD_REF.findall(cond):
                 name = col.strip('"')
-                cols.setdefault(f"{alias}.{col}", name if alias == "t" else f"{ctx.joins.get(alias, ('', alias))[1]}.{name}")
+                owner = ctx.joins.get(alias, ("", alias))[1]  # a joined table's field: named by its table
+                cols.setdefault(f"{alias}.{col}", name if alias == "t" else f"{owner}.{name}")
             js = " ".join(ctx.joins[a][0] for a in joins)
             pick = ", ".join(f"{e} AS {cp.q(n)}" for e, n in cols.items()) or "t.*"
             return f"SELECT {pick} FROM {cp.q(table)} AS t {js} WHERE {cond}{order} LIMIT {rows}"
 
         if c.level == "TABLE":
             count, ex, _ = cp.table_level_sql(c, ctx, dqd=True)
-            # the persons (ids) it counts
             listed = ex.replace("LIMIT 10", f"LIMIT {rows}")
         elif c.name == "isPrimaryKey":
             ctx.need_column(c.field)
