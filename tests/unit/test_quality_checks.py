@@ -16,6 +16,7 @@ from medlake.engines import open_engine
 from medlake.engines.base import Shapes
 from medlake.quality import report, site
 from medlake.quality.checks import checks
+from medlake.quality.compile import PERSON
 from medlake.quality.runner import Runner
 
 FEMALE_ONLY = next(c for c in checks("5.4") if c.name == "plausibleGender" and c.table == "condition_occurrence"
@@ -322,8 +323,8 @@ def test_field_checks_run_as_one_scan_per_set_of_joins(clean, tmp_path):
     table = 'FROM "condition_occurrence" AS t'
     scans = [sql for _, sql in runner.eng.log if sql.startswith("SELECT count(*) AS n") and table in sql]
     grouped = [sql for _, sql in runner.eng.log if sql.startswith("WITH g__") and 'FROM "condition_occurrence"' in sql]
-    joined = sorted(tuple(sorted(re.findall(r'LEFT JOIN (?:"(\w+)"|\(SELECT person_id, min\(death_date\))', sql)))
-                    for sql in scans)
+    joined = sorted(tuple(sorted(re.findall(r'LEFT JOIN (?:"(\w+)"|\(SELECT person_id, min\(death_date\))',
+                                            sql.replace(PERSON, '"person"')))) for sql in scans)
     assert len(field_checks) > 40 and len(grouped) == 1
     # no join; person and death (the min(death_date) subquery); visit; the other referenced tables one each
     assert {(), ("", "person"), ("visit_occurrence",)} <= set(joined), joined
@@ -339,6 +340,22 @@ def test_after_birth_uses_the_birth_month_when_only_year_and_month_are_known(cle
     clean.execute(CO + "condition_start_date = DATE '1990-02-20' WHERE condition_occurrence_id = 200")
     r = results(clean, "condition_occurrence", tmp_path)[cid]
     assert (r["status"], r["num_violated_rows"]) == ("failed", 1)
+
+
+@pytest.mark.parametrize("month, day, event, before", [
+    (3, None, "1990-02-28", True), (3, None, "1990-03-01", False),      # a sure date: compared as dates
+    (1, 31, "1990-01-30", True), (1, 31, "1990-01-31", False),          # day 29-31: as the number yyyymmdd
+    (2, 30, "1990-02-28", True), (2, 30, "1990-03-01", False),          # no such day: never an error
+    (13, None, "1990-12-31", True), (None, None, "1989-12-31", True), (None, None, "1990-01-01", False),
+])
+def test_after_birth_from_birth_fields_of_any_quality(clean, tmp_path, month, day, event, before):
+    """Without birth_datetime, birth is the earliest day the birth fields allow, even where they make no date."""
+    cid = "field_plausibleafterbirth_condition_occurrence_condition_start_date"
+    clean.execute(f"UPDATE person SET birth_datetime = NULL, month_of_birth = {month or 'NULL'}, "
+                  f"day_of_birth = {day or 'NULL'} WHERE person_id = 2")
+    clean.execute(CO + f"condition_start_date = DATE '{event}' WHERE condition_occurrence_id = 200")
+    r = results(clean, "condition_occurrence", tmp_path)[cid]
+    assert (r["status"], r["num_violated_rows"]) == (("failed", 1) if before else ("passed", 0))
 
 
 def test_violating_rows_lists_every_violating_row(clean, tmp_path):
