@@ -14,7 +14,7 @@ from medlake.cdm import ddl, model, store
 from medlake.engines import open_engine
 from medlake.quality import runner
 from medlake.quality.checks import checks
-from medlake.quality.compile import PERSON
+from medlake.quality.compile import PERSON, _birth_after
 
 D = dt.date
 TABLES = ["person", "observation_period", "condition_occurrence", "measurement", "condition_era", "specimen"]
@@ -226,26 +226,31 @@ def test_set_based_and_one_query_per_check_agree_on_every_engine(engine, referen
     assert fast["field_withinvisitdates_condition_occurrence_condition_start_date"][:3] == ("failed", 2, 3)
 
 
-BIRTHS = [  # (year, month, day, birth_datetime of a person) -> (the birth date the checks compare with, beyond 9999)
-    ((1990, None, None, None), D(1990, 1, 1), 0), ((1990, 3, None, None), D(1990, 3, 1), 0),
-    ((1990, 1, 31, None), D(1990, 1, 31), 0), ((1990, 4, 31, None), D(1990, 5, 1), 0),  # no such day: the next
-    ((1990, 2, 30, None), D(1990, 3, 1), 0), ((1992, 2, 29, None), D(1992, 2, 29), 0),
-    ((1900, 2, 29, None), D(1900, 3, 1), 0), ((2000, 2, 29, None), D(2000, 2, 29), 0),
-    ((1990, 13, None, None), D(1991, 1, 1), 0), ((1990, 0, 5, None), D(1990, 1, 1), 0),
-    ((1990, 4, 0, None), D(1990, 4, 1), 0), ((1990, 12, 32, None), D(1991, 1, 1), 0),
-    ((1990, 2, 250, None), D(1990, 5, 1), 0),  # yyyymmdd 19900450: after every day of April
-    ((9999, 12, 31, None), D(9999, 12, 31), 0), ((0, 6, 1, None), D(1, 1, 1), 0), ((10000, 1, 1, None), None, 1),
-    ((1990, 5, 5, dt.datetime(1980, 2, 3, 4, 5)), D(1980, 2, 3), 0),  # birth_datetime wins
+
+BIRTHS = [  # (year, month, day, birth_datetime of a person) -> the first day not before birth (None: no such day)
+    ((1990, None, None, None), D(1990, 1, 1)), ((1990, 3, None, None), D(1990, 3, 1)),
+    ((1990, 1, 31, None), D(1990, 1, 31)), ((1990, 4, 31, None), D(1990, 5, 1)),  # no such day: the next
+    ((1990, 2, 30, None), D(1990, 3, 1)), ((1992, 2, 29, None), D(1992, 2, 29)), ((1900, 2, 29, None), D(1900, 3, 1)),
+    ((2000, 2, 29, None), D(2000, 2, 29)), ((1990, 13, None, None), D(1991, 1, 1)), ((1990, 0, 5, None), D(1990, 1, 1)),
+    ((1990, 4, 0, None), D(1990, 4, 1)), ((1990, 12, 32, None), D(1991, 1, 1)),
+    ((1990, 2, 250, None), D(1990, 5, 1)),  # yyyymmdd 19900450: after every day of April
+    ((9999, 12, 31, None), D(9999, 12, 31)), ((10000, 1, 1, None), None),
+    ((1990, 5, 5, dt.datetime(1980, 2, 3, 4, 5)), D(1980, 2, 3)),  # birth_datetime wins
 ]
 
 
-def test_birth_as_one_date_from_birth_fields_of_any_quality(engine):
-    """plausibleAfterBirth compares each row's date with one date per person: the same on every engine, for
-    birth fields that make a date, no such day, month 13 or 0, or a year beyond the calendar."""
+def test_after_birth_from_birth_fields_of_any_quality(engine):
+    """plausibleAfterBirth's comparison, natively on each engine, for birth fields that make a date, no such day,
+    month 13 or 0, or a year beyond the calendar: the day before the first day not before birth violates, that
+    day does not."""
     store.init(engine, "5.4")
     rows = [dict(person_id=i, gender_concept_id=0, year_of_birth=y, month_of_birth=m, day_of_birth=d,
                  birth_datetime=b, race_concept_id=0, ethnicity_concept_id=0)
-            for i, ((y, m, d, b), _, _) in enumerate(BIRTHS)]
+            for i, ((y, m, d, b), _) in enumerate(BIRTHS)]
     engine.load_arrow("person", pa.Table.from_pylist(rows, schema=ddl.arrow_schema(model.load("5.4").table("person"))))
-    got = engine.query(f"SELECT person_id, birth_date__, birth_late__ FROM {PERSON} AS p ORDER BY person_id").to_pylist()
-    assert [(r["birth_date__"], r["birth_late__"]) for r in got] == [(want, late) for _, want, late in BIRTHS]
+    days = sorted({x for _, first in BIRTHS if first for x in (first, first - dt.timedelta(days=1))})
+    dates = " UNION ALL ".join(f"SELECT DATE '{x.isoformat()}' AS w" for x in days)
+    got = engine.query(f"SELECT p.person_id, d.w, CASE WHEN {_birth_after('p', 'd.w')} THEN 1 ELSE 0 END AS before "
+                       f"FROM {PERSON} AS p CROSS JOIN ({dates}) AS d").to_pylist()
+    want = {(i, w): int(first is None or w < first) for i, (_, first) in enumerate(BIRTHS) for w in days}
+    assert {(r["person_id"], r["w"]): r["before"] for r in got} == want
