@@ -426,7 +426,7 @@ class Runner:
                 cols.setdefault(f"{alias}.{col}", name if alias == "t" else f"{owner}.{name}")
             js = " ".join(ctx.joins[a][0] for a in joins)
             pick = ", ".join(f"{e} AS {cp.q(n)}" for e, n in cols.items()) or "t.*"
-            return f"SELECT {pick} FROM {cp.q(table)} AS t {js} WHERE {cond}{order} LIMIT {rows}"
+            return cp.person_as_needed(f"SELECT {pick} FROM {cp.q(table)} AS t {js} WHERE {cond}{order} LIMIT {rows}")
 
         if c.level == "TABLE":
             count, ex, _ = cp.table_level_sql(c, ctx, dqd=True)
