@@ -559,27 +559,71 @@ def cdm_import(
     folder: Path = typer.Argument(..., help="Folder with one CSV or Parquet file per CDM table (e.g. person.csv)."),
     version: Optional[str] = typer.Option(None, "--version", help="OMOP CDM version of the files: 5.4 or 5.3."),
     delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first row that cannot be imported (nothing "
+                                "is imported) instead of setting it aside in quarantine."),
+    max_bad: int = typer.Option(1000, "--max-bad-rows", min=0, help="Stop (nothing imported) when more rows than "
+                                "this cannot be imported: the files are then not in the form expected."),
 ):
-    """Load an existing OMOP CDM (CSV or Parquet, one file per table) into the store, streamed via Arrow."""
+    """Load an existing OMOP CDM (CSV or Parquet, one file per table) into the store, streamed via Arrow.
+
+    A row that cannot be imported (a value not of its field's type, an empty required field, a CSV line with the
+    wrong number of fields) goes to quarantine with its file, line and field; the rest loads. Importing a table
+    again resolves its earlier quarantined rows (the file replaces the table)."""
     from medlake.cdm import importer
+    from medlake.landing.quarantine import Quarantine
 
     version = version or settings().cdm_version
     with open_store() as eng:
-        with progress() as bar:
-            task = bar.add_task("import", total=None)
+        q = Quarantine(settings().landing_dir)
+        try:
+            with progress() as bar:
+                task = bar.add_task("import", total=None)
 
-            def tick(name, done, total):
-                bar.update(task, description=name, completed=done, total=total)
+                def tick(name, done, total):
+                    bar.update(task, description=name, completed=done, total=total)
 
-            report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
-                                            progress=tick)
+                report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
+                                                progress=tick, strict=strict, max_bad=max_bad,
+                                                set_aside=lambda files, bad: _quarantine_import(q, files, bad))
+        finally:
+            q.close()
     t = Table(title=f"OMOP CDM v{version} imported from {folder}")
     t.add_column("table")
     t.add_column("file")
     t.add_column("rows", justify="right")
-    for name, (path, n) in report.items():
-        t.add_row(name, path.name, f"{n:,}")
+    bad = {name: r.bad for name, r in report.items() if r.bad}
+    if bad:
+        t.add_column("quarantined", justify="right")
+    for name, r in report.items():
+        t.add_row(name, r.path.name, f"{r.rows:,}", *([f"{r.bad:,}" if r.bad else ""] if bad else []))
     out.print(t)
+    if bad:
+        out.print(f"{sum(bad.values()):,} row(s) could not be imported and are in quarantine (source "
+                  f"{', '.join(importer.quarantine_source(t) for t in bad)}): see `medlake quarantine list`, fix the "
+                  "file(s) and import again", highlight=False, markup=False)
+
+
+def _quarantine_import(q, files: dict[str, Path], bad) -> None:
+    """File a CDM import's bad rows in quarantine; a table's earlier open items are resolved first (its file
+    replaced the table; a row still bad is filed again, which reopens its item)."""
+    import hashlib
+
+    from medlake.cdm.importer import quarantine_source
+    from medlake.sources.records import Loc, Rejected
+
+    for table, path in files.items():
+        for it in q.items(source=quarantine_source(table), status="open"):
+            q.resolve(it.id, f"table re-imported from {path}")
+    by_file: dict[Path, list] = {}
+    for b in bad:
+        by_file.setdefault(b.path, []).append(b)
+    for path, rows in by_file.items():
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        q.add_many(quarantine_source(rows[0].table), 0, h.hexdigest(),
+                   [Rejected(Loc(str(b.path), b.line, field=b.field), b.reason, b.detail, b.raw) for b in rows])
 
 
 @app.command("simulate")

@@ -246,30 +246,91 @@ def test_import_csv_and_parquet_twice_is_a_no_op(tmp_path):
     eng = open_engine("duckdb::memory:")
     for _ in range(2):
         report = importer.import_folder(eng, tmp_path / "cdm", "5.4")
-    assert {k: n for k, (_, n) in report.items()} == {"condition_occurrence": 2, "person": 2}
+    assert {k: (r.rows, r.bad) for k, r in report.items()} == {"condition_occurrence": (2, 0), "person": (2, 0)}
     assert eng.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 2
     rows = eng.query("SELECT year_of_birth, birth_datetime FROM person ORDER BY person_id").to_pylist()
     assert rows[0]["year_of_birth"] == 1980 and rows[1]["birth_datetime"] is None
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("person.csv", "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n1,8507,19x0,0,0\n",
-     r"person.csv:2: field year_of_birth: cannot read '19x0' as integer"),
-    ("person.csv", "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n1,8507,1980,0,0\n"
-     "2,,1990,0,0\n", r"person.csv:3: field gender_concept_id is required in person but empty"),
-    ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person"),
-    ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4"),
+PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n"
+
+
+@pytest.mark.parametrize("name,content,message,strict", [
+    ("person.csv", PERSON_HEADER + "1,8507,19x0,0,0\n",
+     r"person.csv:2: field year_of_birth: cannot read '19x0' as integer", True),
+    ("person.csv", PERSON_HEADER + "1,8507,1980,0,0\n2,,1990,0,0\n",
+     r"person.csv:3: field gender_concept_id is required in person but empty", True),
+    ("person.csv", PERSON_HEADER + "1,8507,1980,0,0\n2,8507\n", r"person.csv:3: 2 fields where the header has 5", True),
+    ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person", False),
+    ("person.csv", "person_id,year_of_birth\n1,1980\n", r"no column gender_concept_id, .*required in person", False),
+    ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4", False),
 ])
-def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name, content, message):
+def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name, content, message, strict):
+    """A file that is not a CDM table stops the import; with `strict`, so does the first bad row."""
     folder = tmp_path / "cdm"
     folder.mkdir()
     (folder / "death.csv").write_text("person_id,death_date,death_type_concept_id\n1,2020-01-01,32817\n")
     (folder / name).write_text(content)
     eng = open_engine("duckdb::memory:")
+    aside = []
     with pytest.raises(ValueError, match=message):
-        importer.import_folder(eng, folder, "5.4")
+        importer.import_folder(eng, folder, "5.4", strict=strict, set_aside=lambda f, b: aside.append(b))
     if "death" in eng.tables():
         assert eng.query("SELECT count(*) FROM death").column(0)[0].as_py() == 0  # all or nothing
+    assert aside == []
+
+
+def test_import_sets_bad_rows_aside_with_where_and_why_and_loads_the_rest(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(
+        PERSON_HEADER + "1,8507,1980,0,0\n2,8532,19x0,0,0\n3,,1990,0,0\n4,8507\n5,8507,1970,0,0\n"
+        "6,8507,3000000000,x,0\n7,8507,1975,0,0\n")
+    (folder / "death.tsv").write_text("person_id\tdeath_date\tdeath_type_concept_id\n1\t2020-02-30\t32817\n"
+                                      "5\t20200101\t32817\n7\t2020-03-01 00:00:00\t32817\n")
+    pq.write_table(pa.table({"observation_period_id": ["1", "2", "3"], "person_id": ["1", "5", "7"],
+                             "observation_period_start_date": ["2019-01-01", "2019-13-01", "2019-01-01"],
+                             "observation_period_end_date": ["2020-01-01", "2020-01-01", "2020-01-01"],
+                             "period_type_concept_id": ["32817", "32817", "32817"]}),
+                   folder / "observation_period.parquet")
+    eng = open_engine("duckdb::memory:")
+    got = {}
+    report = importer.import_folder(eng, folder, "5.4", set_aside=lambda files, bad: got.update(files=files, bad=bad))
+    assert {t: (r.rows, r.bad) for t, r in report.items()} == {
+        "death": (2, 1), "observation_period": (2, 1), "person": (3, 4)}
+    assert sorted(eng.query("SELECT person_id FROM person").column(0).to_pylist()) == [1, 5, 7]
+    assert sorted(eng.query("SELECT person_id FROM death").column(0).to_pylist()) == [5, 7]
+    assert set(got["files"]) == {"death", "observation_period", "person"}
+    bad = {(b.table, b.line): b for b in got["bad"]}
+    assert {k: (b.field, b.reason) for k, b in bad.items()} == {
+        ("person", 3): ("year_of_birth", "invalid"),
+        ("person", 4): ("gender_concept_id", "missing_mandatory"),
+        ("person", 5): (None, "malformed"),
+        ("person", 7): ("year_of_birth", "invalid"),  # and race_concept_id: both said
+        ("death", 2): ("death_date", "invalid"),
+        ("observation_period", 2): ("observation_period_start_date", "invalid"),
+    }
+    assert "out of range for a 32-bit integer" in bad["person", 7].detail and "race_concept_id" in bad["person", 7].detail
+    assert bad["person", 7].raw == b"6,8507,3000000000,x,0" and bad["person", 5].raw == b"4,8507"
+    assert "2 fields where the header has 5" in bad["person", 5].detail
+    assert bad["death", 2].raw == b"1\t2020-02-30\t32817" and "day is out of range" in bad["death", 2].detail
+    assert bad["death", 2].where.endswith("death.tsv:2")
+    assert json.loads(bad["observation_period", 2].raw)["observation_period_start_date"] == "2019-13-01"
+    assert bad["observation_period", 2].where.endswith("observation_period.parquet: row 2")
+
+
+def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON_HEADER + "".join(f"{i},8507,19{i}x,0,0\n" for i in range(10)))
+    eng = open_engine("duckdb::memory:")
+    aside = []
+    with pytest.raises(ValueError, match=r"more than 5 rows cannot be imported \(the first: .*person.csv:2: field "
+                                         r"year_of_birth.*nothing was imported"):
+        importer.import_folder(eng, folder, "5.4", max_bad=5, set_aside=lambda f, b: aside.append(b))
+    assert aside == [] and eng.query("SELECT count(*) FROM person").column(0)[0].as_py() == 0
+    report = importer.import_folder(eng, folder, "5.4", max_bad=10)
+    assert (report["person"].rows, report["person"].bad) == (0, 10)
 
 
 def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):
@@ -321,6 +382,37 @@ def test_cli_import_then_quality_run(tmp_path):
     p = subprocess.run(cli + ["quality", "run", "--fail-on", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 1 and "above --fail-on 0%" in p.stderr
     assert [x for x in p.stderr.strip().splitlines() if not x.startswith("warning:")] == [p.stderr.strip().splitlines()[-1]]
+
+
+def test_cli_import_quarantines_bad_rows_the_quality_run_counts_them_a_fixed_file_resolves_them(tmp_path):
+    folder = tmp_path / "cdm"
+    _write_cdm(folder)
+    (folder / "PERSON.csv").write_text(PERSON_HEADER + "1,8507,1980,0,0\n2,8532,19x0,0,0\n3,8507,1990,0,0\n")
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli"]
+
+    def run(*args):
+        p = subprocess.run(cli + list(args), env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        return " ".join(p.stdout.split())
+
+    text = run("cdm", "import", str(folder))
+    assert "1 row(s) could not be imported and are in quarantine (source cdm:person)" in text
+    assert "cdm:person" in run("quarantine", "list")
+    shown = run("quarantine", "show", "1")
+    assert "PERSON.csv, line 3, at year_of_birth" in shown and "'19x0'" in shown and shown.endswith("2,8532,19x0,0,0")
+    assert "cdm:person: rows of a CDM import; fix the file and run `medlake cdm import` again" in run("quarantine",
+                                                                                                     "retry")
+    run("quality", "run", "--out", "q1")
+    [rows] = [json.loads(p.read_text()) for p in (tmp_path / "q1").glob("*/results.json")]
+    [r] = [r for r in rows if r["check_name"] == "sourceQuarantined"]
+    assert (r["data_source"], r["num_violated_rows"], r["num_denominator_rows"], r["failed"]) == ("cdm:person", 1, 3, True)
+    (folder / "PERSON.csv").write_text(PERSON_HEADER + "1,8507,1980,0,0\n2,8532,1960,0,0\n3,8507,1990,0,0\n")
+    assert "quarantine" not in run("cdm", "import", str(folder)).replace(str(tmp_path), "")
+    assert "0 open" in run("quarantine", "list") and "table re-imported from" in run("quarantine", "show", "1")
+    run("quality", "run", "--out", "q2")
+    [rows] = [json.loads(p.read_text()) for p in (tmp_path / "q2").glob("*/results.json")]
+    assert [r for r in rows if r["check_name"] == "sourceQuarantined"] == []  # nothing held: no import source
 
 
 def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):

@@ -1,15 +1,24 @@
 """`medlake cdm import`: load an existing OMOP CDM from a folder of CSV or Parquet files, one per table.
 
 Files are named after their table (`person.csv`, `PERSON.csv`, `condition_occurrence.parquet`, `.csv.gz`).
-Data is streamed in Arrow batches, converted to the CDM types of the spec, and loaded in ONE transaction:
-a bad value stops the import with its file, line, field and value, and the store is left as it was.
+Data is streamed in Arrow batches, converted to the CDM types of the spec, and loaded in ONE transaction.
+A row that cannot be imported (a value not of its field's type, an empty required field, a CSV line with the
+wrong number of fields) is set aside with its file, line, field and what to do, and handed to `on_bad` before the
+transaction commits (the CLI files them in quarantine); the other rows load. `strict` stops at the first such row
+instead. A file that cannot be read as a table (unknown name or columns, not CSV/Parquet), or more bad rows than
+`max_bad`, stops the import and leaves the store as it was.
 A table in the folder replaces the store's rows of that table, so importing twice changes nothing.
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import gzip
+import io
+import json
+import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,8 +32,41 @@ SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet")
 BATCH_BYTES = 8 << 20
 
 
+MAX_BAD = 1000  # more bad rows than this in one import: the files are not what the import expects
+
+
 class CdmImportError(ValueError):
     """A file cannot be imported; the message names the file, line, field and what to do."""
+
+
+class BadRow(NamedTuple):
+    """A row left out of the import: where (file, CSV line or Parquet row, field), why, and the row as read."""
+    table: str
+    path: Path
+    line: int | None  # the file line (CSV: the header is line 1) or the Parquet row (1-based)
+    field: str | None
+    reason: str  # invalid (a value not of the field's type), missing_mandatory, malformed (a CSV line)
+    detail: str  # what is wrong and what to do, one line
+    raw: bytes
+
+    @property
+    def where(self) -> str:
+        parquet = self.path.name.lower().endswith(".parquet")
+        return f"{self.path}: row {self.line}" if parquet else f"{self.path}:{self.line if self.line else '?'}"
+
+
+class Imported(NamedTuple):
+    path: Path
+    rows: int  # loaded
+    bad: int  # left out (BadRow)
+
+
+QUARANTINE_PREFIX = "cdm:"
+
+
+def quarantine_source(table: str) -> str:
+    """The quarantine source of a CDM import's bad rows of `table` (`medlake quarantine list --source`)."""
+    return QUARANTINE_PREFIX + table
 
 
 def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
@@ -47,15 +89,27 @@ def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
     return found
 
 
-def _csv_batches(path: Path, table: model.Table, delimiter: str) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """(batch of strings, number of the file line of its first row)."""
+def _delimiter(path: Path, delimiter: str) -> str:
+    return "\t" if path.name.lower().endswith(".tsv") else delimiter
+
+
+def _csv_batches(path: Path, table: model.Table, delimiter: str,
+                 invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """(batch of strings, number of the file line of its first row). `invalid`: lines with the wrong number of
+    fields are appended to it (text, fields expected, fields found) and skipped (the line numbers of later rows are then fixed by `_invalid_lines`);
+    without it they stop the import."""
     names = table.field_names
     types = {n: pa.string() for n in names} | {n.upper(): pa.string() for n in names}
-    delim = "\t" if path.name.lower().endswith(".tsv") else delimiter
+
+    def skip(row) -> str:
+        invalid.append((row.text, row.expected_columns, row.actual_columns))
+        return "skip"
+
     try:
         reader = pacsv.open_csv(
             path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=delim),
+            parse_options=pacsv.ParseOptions(delimiter=_delimiter(path, delimiter),
+                                             invalid_row_handler=skip if invalid is not None else None),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
                                                  null_values=[""], quoted_strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as e:
@@ -83,76 +137,185 @@ def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, int]]:
         row += batch.num_rows
 
 
-def _parse_one(value, kind: str):
-    """Python-side conversion, used only to find the first bad value after a vectorised cast failed."""
-    if value is None:
-        return None
+def _why(value, kind: str) -> str:
+    """Why the conversion refuses `value`, in words (Python's reading of it; the vectorised cast's error is terse)."""
     s = str(value).strip()
-    if kind in ("bigint", "integer"):
-        return int(s)
-    if kind == "float":
-        return float(s)
-    if kind == "date":
-        return dt.date.fromisoformat(s) if "-" in s else dt.datetime.strptime(s, "%Y%m%d").date()
-    if kind == "datetime":
-        return dt.datetime.fromisoformat(s)
-    return s
+    try:
+        if kind in ("bigint", "integer"):
+            n = int(s)
+            if kind == "integer" and not -2**31 <= n < 2**31:
+                return "out of range for a 32-bit integer"
+            if not -2**63 <= n < 2**63:
+                return "out of range for a 64-bit integer"
+        elif kind == "float":
+            float(s)
+        elif kind == "date":
+            if not re.fullmatch(r"\d{4}-\d\d-\d\d|\d{8}", s):
+                return "a date is read as YYYY-MM-DD or YYYYMMDD"
+            dt.date.fromisoformat(s) if "-" in s else dt.datetime.strptime(s, "%Y%m%d")
+        elif kind == "datetime":
+            dt.datetime.fromisoformat(s)
+    except ValueError as e:
+        return str(e)
+    return "not a value of this type"
 
 
-def _convert(col: pa.Array, f: model.Field, target: pa.DataType, where: Callable[[int], str]) -> pa.Array:
+def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
+    """The field's column as the spec's type (raises ArrowInvalid where a value cannot be read so)."""
     if col.type == target:
         return col
-    try:
-        if f.kind == "date" and pa.types.is_string(col.type):
-            s = pc.utf8_trim_whitespace(col)
-            compact = pc.match_substring_regex(s, r"^\d{8}$")
-            if pc.any(compact).as_py():  # 20200131 as written by some exports
-                s = pc.if_else(compact, pc.binary_join_element_wise(
-                    pc.utf8_slice_codeunits(s, 0, 4), pc.utf8_slice_codeunits(s, 4, 6),
-                    pc.utf8_slice_codeunits(s, 6, 8), "-"), s)
-            return pc.cast(pc.cast(s, pa.timestamp("s")), target)
-        if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
-            col = pc.utf8_trim_whitespace(col)
-        return pc.cast(col, target)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        for i, v in enumerate(col.to_pylist()):
-            try:
-                parsed = _parse_one(v, f.kind)
-                if f.kind in ("integer",) and parsed is not None and not -2**31 <= parsed < 2**31:
-                    raise ValueError("out of range for a 32-bit integer")
-            except (ValueError, TypeError) as bad:
-                raise CdmImportError(f"{where(i)}: field {f.name}: cannot read {v!r} as {f.kind} ({bad}); "
-                                   "fix the value in the file and import again") from e
-        raise CdmImportError(f"{where(0)}: field {f.name}: cannot convert to {f.kind}: {str(e).splitlines()[0]}") from e
+    if f.kind == "date" and pa.types.is_string(col.type):
+        s = pc.utf8_trim_whitespace(col)
+        compact = pc.match_substring_regex(s, r"^\d{8}$")
+        if pc.any(compact).as_py():  # 20200131 as written by some exports
+            s = pc.if_else(compact, pc.binary_join_element_wise(
+                pc.utf8_slice_codeunits(s, 0, 4), pc.utf8_slice_codeunits(s, 4, 6),
+                pc.utf8_slice_codeunits(s, 6, 8), "-"), s)
+        return pc.cast(pc.cast(s, pa.timestamp("s")), target)
+    if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
+        col = pc.utf8_trim_whitespace(col)
+    return pc.cast(col, target)
 
 
-def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, where: Callable[[int], str]) -> pa.Table:
+CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
+
+
+def _refused(col: pa.Array, f: model.Field, target: pa.DataType, limit: int) -> list[int]:
+    """Indices of the values `_cast` refuses, found by casting halves (the same conversion, not a re-implementation
+    of it); stops after `limit` + 1."""
+    found: list[int] = []
+    todo = [(0, len(col))]
+    while todo and len(found) <= limit:
+        lo, n = todo.pop()
+        try:
+            _cast(col.slice(lo, n), f, target)
+        except CAST_ERRORS:
+            if n == 1:
+                found.append(lo)
+            else:
+                todo += [(lo + n // 2, n - n // 2), (lo, n // 2)]
+    return sorted(found)
+
+
+def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, where: Callable[[int], str],
+             limit: int) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]]]:
+    """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
+    {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError."""
     names = [n.lower().strip() for n in batch.schema.names]
     unknown = [n for n in names if n not in table.field_names]
     if unknown:
         raise CdmImportError(f"{where(-1)}: column(s) {', '.join(unknown)} are not fields of {table.name} "
                            f"(fields: {', '.join(table.field_names)})")
     data = dict(zip(names, batch.columns))
+    absent = [f.name for f in table.fields if f.required and f.name not in data]
+    if absent:
+        raise CdmImportError(f"{where(-1)}: no column {', '.join(absent)}, required in {table.name}: add it to "
+                           "the file")
+    bad: dict[int, list[tuple[str, str, str]]] = {}
+    done: dict[str, pa.Array] = {}
+    for f, af in zip(table.fields, schema):
+        col = data.get(f.name)
+        if col is None:
+            continue
+        if f.required and col.null_count:
+            for i in pc.indices_nonzero(col.is_null()).to_pylist():
+                bad.setdefault(i, []).append((f.name, "missing_mandatory", f"field {f.name} is required in "
+                                              f"{table.name} but empty; fill it in the file and import again"))
+        try:
+            done[f.name] = _cast(col, f, af.type)
+        except CAST_ERRORS:
+            for i in _refused(col, f, af.type, limit):
+                v = col[i].as_py()
+                bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read {v!r} as {f.kind} "
+                                              f"({_why(v, f.kind)}); fix the value in the file and import again"))
+        if len(bad) > limit:
+            break
+    if len(bad) > limit:
+        raise _TooMany(bad)
+    keep = None
+    if bad:
+        mask = [True] * batch.num_rows
+        for i in bad:
+            mask[i] = False
+        keep = pa.array(mask)
     cols = []
     for f, af in zip(table.fields, schema):
-        if f.name in data:
-            col = _convert(data[f.name], f, af.type, where)
+        if f.name not in data:
+            cols.append(pa.nulls(batch.num_rows if keep is None else batch.num_rows - len(bad), af.type))
+        elif f.name in done:
+            cols.append(done[f.name] if keep is None else done[f.name].filter(keep))
+        else:  # this column had bad values: the rest of it converts
+            cols.append(_cast(data[f.name].filter(keep), f, af.type))
+    return pa.Table.from_arrays(cols, schema=schema), bad
+
+
+class _TooMany(Exception):
+    def __init__(self, bad):
+        self.bad = bad
+
+
+def _raw_rows(batch: pa.RecordBatch, rows: list[int], csv_delimiter: str | None) -> dict[int, bytes]:
+    """Rows of a batch as read: a CSV line (the file's columns and delimiter) or, from Parquet, a JSON object."""
+    names = batch.schema.names
+    out = {}
+    for i in rows:
+        values = [batch.column(k)[i].as_py() for k in range(len(names))]
+        if csv_delimiter is None:
+            out[i] = json.dumps(dict(zip(names, values)), default=str).encode()
         else:
-            col = pa.nulls(batch.num_rows, af.type)
-        if f.required and col.null_count:
-            i = pc.index(col.is_null(), True).as_py()
-            raise CdmImportError(f"{where(i)}: field {f.name} is required in {table.name} but empty")
-        cols.append(col)
-    return pa.Table.from_arrays(cols, schema=schema)
+            buf = io.StringIO()
+            csv.writer(buf, delimiter=csv_delimiter, lineterminator="").writerow(["" if v is None else v
+                                                                                 for v in values])
+            out[i] = buf.getvalue().encode()
+    return out
+
+
+def _invalid_lines(path: Path, texts: list[str]) -> list[int | None]:
+    """The file lines of the CSV rows the reader skipped (it does not number them), found in order by text."""
+    lines: list[int | None] = []
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        want = iter(texts)
+        text = next(want, None)
+        for n, line in enumerate(fh, 1):
+            if text is None:
+                break
+            if n > 1 and line.rstrip("\r\n") == text:
+                lines.append(n)
+                text = next(want, None)
+    return lines + [None] * (len(texts) - len(lines))
+
+
+def _stop_at_invalid(path: Path, invalid: list[tuple[str, int, int]]):
+    text, expected, found = invalid[0]
+    raise CdmImportError(f"{path}:{_invalid_lines(path, [text])[0] or '?'}: {found} fields where the header has "
+                       f"{expected}; check the quoting and --delimiter, fix the line and import again")
+
+
+def _line(first: int, i: int, skipped: list[int]) -> int:
+    """The file line of a batch's row `i` when the reader skipped the (sorted) lines `skipped`."""
+    line = first + i
+    for s in skipped:
+        if s <= line:
+            line += 1
+    return line
 
 
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
-                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, tuple[Path, int]]:
-    """Load every table file of `folder` into the store; return {table: (file, rows)}."""
+                  progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
+                  max_bad: int = MAX_BAD,
+                  set_aside: Callable[[dict[str, Path], list[BadRow]], None] | None = None) -> dict[str, Imported]:
+    """Load every table file of `folder` into the store; return {table: Imported(file, rows, bad rows)}.
+
+    Rows that cannot be imported are left out and given to `set_aside` with the tables imported ({table: file};
+    once, before the transaction commits: an error there rolls the import back); `strict`: the first one stops
+    the import instead.
+    """
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)
-    report: dict[str, tuple[Path, int]] = {}
+    report: dict[str, Imported] = {}
+    left_out: list[BadRow] = []
     with engine.transaction():
         for n, (name, path) in enumerate(files.items()):
             if progress:
@@ -160,18 +323,55 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             table = cdm.table(name)
             schema = ddl.arrow_schema(table)
             parquet = path.name.lower().endswith(".parquet")
-            batches = _parquet_batches(path) if parquet else _csv_batches(path, table, delimiter)
+            invalid: list[tuple[str, int, int]] | None = None if parquet else []
+            batches = _parquet_batches(path) if parquet else _csv_batches(path, table, delimiter, invalid)
             if engine.query(f'SELECT count(*) AS n FROM "{name}"').column(0)[0].as_py():
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
-            rows = 0
+            rows, bad = 0, []  # bad: (first line of the batch, row in it, problems, raw row)
             for batch, first in batches:
                 def where(i: int, first=first) -> str:
                     if i < 0:
                         return str(path)
                     return f"{path}: row {first + i}" if parquet else f"{path}:{first + i}"
 
-                rows += engine.load_arrow(name, _conform(batch, table, schema, where))
-            report[name] = (path, rows)
+                if strict and invalid:
+                    _stop_at_invalid(path, invalid)
+                try:
+                    data, problems = _conform(batch, table, schema, where,
+                                              0 if strict else max_bad - len(left_out) - len(bad))
+                except _TooMany as e:
+                    if strict:
+                        i = min(e.bad)
+                        raise CdmImportError(f"{where(i)}: {e.bad[i][0][2]}") from None
+                    i = min(e.bad)
+                    why = e.bad[i][0][2]
+                    raise CdmImportError(
+                        f"{path}: more than {max_bad:,} rows cannot be imported (the first: {where(i)}: {why}): "
+                        "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
+                        "nothing was imported") from None
+                if problems:
+                    raw = _raw_rows(batch, sorted(problems), None if parquet else _delimiter(path, delimiter))
+                    bad += [(first, i, problems[i], raw[i]) for i in sorted(problems)]
+                rows += engine.load_arrow(name, data)
+            if strict and invalid:
+                _stop_at_invalid(path, invalid)
+            skipped = _invalid_lines(path, [t for t, _, _ in invalid]) if invalid else []
+            if invalid and len(left_out) + len(bad) + len(invalid) > max_bad:
+                raise CdmImportError(f"{path}: more than {max_bad:,} rows cannot be imported ({len(invalid):,} CSV "
+                                   "lines with the wrong number of fields): check --delimiter and the file; "
+                                   "nothing was imported")
+            known = sorted(x for x in skipped if x is not None)
+            for first, i, problems, raw in bad:
+                field, reason, _ = problems[0]
+                left_out.append(BadRow(name, path, _line(first, i, known), field, reason,
+                                       "; ".join(p[2] for p in problems), raw))
+            for (text, expected, found), line in zip(invalid or [], skipped):
+                left_out.append(BadRow(name, path, line, None, "malformed",
+                                       f"{found} fields where the header has {expected}; check the quoting and "
+                                       "--delimiter, fix the line and import again", text.encode()))
+            report[name] = Imported(path, rows, len(bad) + len(invalid or []))
+        if set_aside:
+            set_aside(dict(files), left_out)
         if progress:
             progress("done", len(files), len(files))
     index_lookups(engine, list(files))

@@ -34,6 +34,7 @@ from typing import Callable, Iterable, Iterator
 import orjson
 import pyarrow as pa
 
+from medlake.cdm.importer import QUARANTINE_PREFIX
 from medlake.engines.base import Engine, EngineError
 from medlake.landing.quarantine import Quarantine
 from medlake.landing.store import Landing, Receipt
@@ -568,6 +569,10 @@ def retry(engine: Engine, land: Landing, q: Quarantine, sources: dict[str, Sourc
     receipts = {}
     for (name, seq, sha), its in groups.items():
         src = sources.get(name)
+        if name.startswith(QUARANTINE_PREFIX):  # rows of `medlake cdm import`: no landed file to read again
+            res.errors.append(f"{name}: rows of a CDM import; fix the file and run `medlake cdm import` again")
+            res.still_failing += len(its)
+            continue
         if src is None:
             res.errors.append(f"source {name!r} is not known: pass --sources with its [[source]]")
             res.still_failing += len(its)

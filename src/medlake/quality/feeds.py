@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 
 from medlake import config
+from medlake.cdm.importer import QUARANTINE_PREFIX
 from medlake.quality.checks import Check
 from medlake.quality.compile import lit, q
 
@@ -282,34 +283,42 @@ def _blank(f: str) -> str:
 
 def _landing_checks(engine, result, tables: set[str], landing_dir) -> list[dict]:
     """Landing duplicates and open quarantine per source, read (read-only) from the landing folder's SQLite
-    files; none when the folder is not found (a store checked without its landing, e.g. `--store postgresql://…`)."""
+    files; none when the folder is not found (a store checked without its landing, e.g. `--store postgresql://…`).
+    Rows a `medlake cdm import` set aside are a source per CDM table (`cdm:<table>`), of the rows imported."""
     if landing_dir is None:
         try:
             url = getattr(getattr(engine, "engine", engine), "url", None)
             landing_dir = config.load(store=url).landing_dir if url else None
         except (config.ConfigError, OSError):
             landing_dir = None
-    if landing_dir is None or not (Path(landing_dir) / "landing.sqlite").exists():
+    if landing_dir is None:
         return []
     out = []
-    with closing(_ro(Path(landing_dir) / "landing.sqlite")) as db:
-        for src, n, dups in db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt "
-                                       "GROUP BY source ORDER BY source"):
-            out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
+    if (Path(landing_dir) / "landing.sqlite").exists():
+        with closing(_ro(Path(landing_dir) / "landing.sqlite")) as db:
+            for src, n, dups in db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt "
+                                           "GROUP BY source ORDER BY source"):
+                out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
     qpath = Path(landing_dir) / "quarantine.sqlite"
-    if "ingest_log" in tables and qpath.exists():
-        records = {r["s"]: r["n"] for r in engine.query(
-            "SELECT CAST(source AS VARCHAR) AS s, CAST(sum(records + quarantined) AS BIGINT) AS n FROM ingest_log "
-            "GROUP BY 1").to_pylist()}
-        held: dict[str, dict[str, int]] = {}
-        with closing(_ro(qpath)) as db:
-            for src, reason, n in db.execute("SELECT source, reason, count(*) FROM item WHERE status = 'open' "
-                                             "GROUP BY 1, 2 ORDER BY 1, 3 DESC"):
-                held.setdefault(src, {})[reason] = n
-        for src in sorted(set(records) | set(held)):
-            reasons = held.get(src, {})
-            out.append(_counted(result, "sourceQuarantined", "quarantine", None, src, sum(reasons.values()),
-                                records.get(src) or 0, [f"{k}: {v}" for k, v in reasons.items()], "reason"))
+    if not qpath.exists():
+        return out
+    held: dict[str, dict[str, int]] = {}
+    with closing(_ro(qpath)) as db:
+        for src, reason, n in db.execute("SELECT source, reason, count(*) FROM item WHERE status = 'open' "
+                                         "GROUP BY 1, 2 ORDER BY 1, 3 DESC"):
+            held.setdefault(src, {})[reason] = n
+    records = {r["s"]: r["n"] for r in engine.query(
+        "SELECT CAST(source AS VARCHAR) AS s, CAST(sum(records + quarantined) AS BIGINT) AS n FROM ingest_log "
+        "GROUP BY 1").to_pylist()} if "ingest_log" in tables else {}
+    for src in held:
+        table = src[len(QUARANTINE_PREFIX):]
+        if src.startswith(QUARANTINE_PREFIX) and table in tables:
+            records[src] = _int(engine.query(f"SELECT count(*) AS n FROM {q(table)}").column(0)[0].as_py()) \
+                + sum(held[src].values())
+    for src in sorted(set(records) | (set(held) if "ingest_log" in tables else set())):
+        reasons = held.get(src, {})
+        out.append(_counted(result, "sourceQuarantined", "quarantine", None, src, sum(reasons.values()),
+                            records.get(src) or 0, [f"{k}: {v}" for k, v in reasons.items()], "reason"))
     return out
 
 
