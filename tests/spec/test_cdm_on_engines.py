@@ -169,3 +169,31 @@ def test_work_tables_can_be_created_filled_and_dropped(engine):
     engine.execute("DROP TABLE IF EXISTS work_t")
     engine.execute("DROP TABLE IF EXISTS never_was")
     assert "work_t" not in engine.tables()
+
+
+def test_cdm_import_sets_bad_rows_aside_and_a_failed_import_leaves_the_store_as_it_was(engine, tmp_path):
+    from medlake.cdm import importer
+
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(
+        "person_id,gender_concept_id,year_of_birth,birth_datetime,race_concept_id,ethnicity_concept_id\n"
+        "1,8507,1980,1980-05-01 10:20:30,0,0\n2,8532,19x0,,0,0\n3,8532,1990,,0,0\n4,8507\n")
+    (folder / "death.csv").write_text("person_id,death_date,death_type_concept_id\n1,2020-02-30,32817\n"
+                                      "3,20200101,32817\n")
+    aside = []
+    report = importer.import_folder(engine, folder, "5.4", set_aside=lambda files, bad: aside.extend(bad))
+    assert {t: (r.rows, r.bad) for t, r in report.items()} == {"death": (1, 1), "person": (2, 2)}
+    assert sorted((b.table, b.line, b.reason) for b in aside) == [
+        ("death", 2, "invalid"), ("person", 3, "invalid"), ("person", 5, "malformed")]
+    rows = engine.query("SELECT person_id, year_of_birth, birth_datetime FROM person ORDER BY person_id").to_pylist()
+    assert rows == [{"person_id": 1, "year_of_birth": 1980, "birth_datetime": dt.datetime(1980, 5, 1, 10, 20, 30)},
+                    {"person_id": 3, "year_of_birth": 1990, "birth_datetime": None}]
+    assert engine.query("SELECT death_date FROM death").to_pylist() == [{"death_date": dt.date(2020, 1, 1)}]
+    # a second import whose last file is not a CDM table: nothing of it lands, the first import's rows stay
+    (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth,race_concept_id,"
+                                       "ethnicity_concept_id\n9,8507,1999,0,0\n")
+    (folder / "visit_occurrence.csv").write_text("visit_occurrence_id,shoe_size\n1,42\n")
+    with pytest.raises(importer.CdmImportError, match="shoe_size are not fields of visit_occurrence"):
+        importer.import_folder(engine, folder, "5.4")
+    assert engine.query("SELECT person_id FROM person ORDER BY person_id").column(0).to_pylist() == [1, 3]
