@@ -112,7 +112,7 @@ def empi(engine, mapping: dict):
 def test_a08_and_an_empi_merge_remap_only_the_persons_involved(engine):
     store.init(engine, "5.4")
     vocab(engine)
-    ns = {"his": "h1", "lis": "h1"}
+    ns = {"his": "h1", "lis": "h1", "rx": "h1"}
     stage(engine, "stg_hl7_patient", "his", 1, [
         dict(control_id=f"A{i}", message_type="ADT^A01", event_time=T(2021, 5, i), patient_id=f"M{i}", sex="F",
              birth_date=D(1960 + i, 1, 1)) for i in (1, 2, 3)])
@@ -124,10 +124,16 @@ def test_a08_and_an_empi_merge_remap_only_the_persons_involved(engine):
         dict(control_id=f"L{i}", message_type="ORU^R01", event_time=T(2021, 6, i), patient_id=f"M{i}",
              filler_number=f"F{i}", code="4548-4", code_system="LN", value_number=6.0 + i, units="%",
              observation_time=T(2021, 6, i)) for i in (1, 2, 3)])
+    # the pharmacy sends the hospital's MRN and is not registered in the EMPI: its rows take the person the EMPI gave
+    # that MRN in the hospital (namespace h1); an MRN the EMPI does not know keeps the namespace's own id
+    stage(engine, "stg_csv_pharmacy", "rx", 1, [
+        dict(record_id=f"RX{i}", patient_id=m, drug_code="Y100147", drug_code_system="urn:medlake:h1:pharmacy",
+             quantity=30.0, dispensed_at=T(2021, 7, i)) for i, m in ((1, "M1"), (2, "M2"), (3, "M9"))])
     empi(engine, {("his", "M1"): 101, ("lis", "M1"): 101, ("his", "M2"): 102, ("lis", "M2"): 102,
                   ("his", "M3"): 103, ("lis", "M3"): 103})
     transform(engine, namespaces=ns)
     assert rows(engine, "SELECT person_id, year_of_birth FROM person") == [(101, 1961), (102, 1962), (103, 1963)]
+    assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(101,), (102,), (sid("h1|M9"),)])
     lineage = rows(engine, LINEAGE)
     m3 = [x for x in lineage if x[0] not in ("person", "death") and ("|V3" in x[2] or "|F3|" in x[2])]
     assert len(m3) == 2  # M3's visit and lab result
@@ -146,16 +152,20 @@ def test_a08_and_an_empi_merge_remap_only_the_persons_involved(engine):
     empi(engine, {("his", "M1"): 101, ("lis", "M1"): 101, ("his", "M2"): 101, ("lis", "M2"): 101,
                   ("his", "M3"): 103, ("lis", "M3"): 103})
     s = transform(engine, namespaces=ns)
-    assert s.records == 3  # M2's patient record, visit and lab result
+    assert s.records == 4  # M2's patient record, visit, lab result and dispensing
     assert rows(engine, "SELECT person_id FROM person") == [(101,), (103,)]
+    assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(101,), (101,), (sid("h1|M9"),)])
     assert rows(engine, "SELECT person_id, value_as_number FROM measurement") == [(101, 7.0), (101, 8.0), (103, 9.0)]
     assert rows(engine, "SELECT person_id, observation_period_start_date, observation_period_end_date "
-                        "FROM observation_period") == [(101, D(2021, 5, 1), D(2021, 6, 2)),
-                                                       (103, D(2021, 5, 3), D(2021, 6, 3))]
+                        "FROM observation_period") == sorted([(101, D(2021, 5, 1), D(2021, 7, 2)),
+                                                              (103, D(2021, 5, 3), D(2021, 6, 3)),
+                                                              (sid("h1|M9"), D(2021, 7, 3), D(2021, 7, 3))])
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE person_id = 102") == [(0,)]
     assert before_m3 == m3 and all(x in rows(engine, LINEAGE) for x in m3)
     final = rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement")
+    dispensed = rows(engine, "SELECT drug_exposure_id, person_id FROM drug_exposure")
     assert transform(engine, namespaces=ns).run_id is None  # the change is applied once
     transform(engine, namespaces=ns, full=True)  # a full re-map agrees with the incremental result
     assert rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement") == final
+    assert rows(engine, "SELECT drug_exposure_id, person_id FROM drug_exposure") == dispensed
     assert rows(engine, "SELECT person_id FROM person") == [(101,), (103,)]

@@ -135,6 +135,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             engine.execute(f"TRUNCATE TABLE {w}")  # (PostgreSQL: a DELETE leaves the last run's rows to scan)
         if namespaces:
             _set_namespaces(engine, namespaces)
+        if empi:
+            engine.execute(c.EMPI_BY_NAMESPACE)
+            engine.analyze("tx_empi_ns")
         if full:
             engine.execute("DELETE FROM transform_watermark")
             engine.execute("DELETE FROM transform_quiet_key")
@@ -518,7 +521,8 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
     SOURCE_TO_CONCEPT_MAP (`medlake map accept|reject|import|auto-accept`, or edited by hand) re-maps the records
     carrying that code (as code, unit, value or any FHIR coding), as does a code system now read as another
     vocabulary for the site codes of both; a changed `empi_person_map` (a new EMPI run, a merge or unmerge) re-maps
-    the records of the source patients whose person changed. Their old and new persons are touched through the
+    the records of the source patients whose person changed, in their source and in the other sources of its
+    namespace (which take the EMPI's person by the same id: compile.EMPI_BY_NAMESPACE). Their old and new persons are touched through the
     lineage, so PERSON, DEATH and the derived tables are rebuilt for both."""
     for name, (_, now) in APPLIED.items():
         if name == "transform_applied_identity" and "empi_person_map" not in tables:
@@ -538,6 +542,10 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
             engine.execute(f"INSERT INTO {work} SELECT DISTINCT {', '.join(cols.split(', ')[:2])} FROM ({diff}) AS d")
             if not _count(engine, f"SELECT count(*) FROM {work}"):
                 continue
+            if work == "tx_remap_identity":  # the other sources of its namespace take the person by that id too
+                engine.execute("INSERT INTO tx_remap_identity SELECT DISTINCT t2.source, m.source_id "
+                               "FROM tx_remap_identity m JOIN transform_source t1 ON t1.source = m.source "
+                               "JOIN transform_source t2 ON t2.namespace = t1.namespace AND t2.source <> m.source")
             for rule in rules:
                 if work == "tx_remap_code":
                     for sql in _code_change_sql(rule, tables):
