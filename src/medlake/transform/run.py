@@ -297,7 +297,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             "skipped": [skipped], "persons": [n_persons]}))
         gaps = _count(engine, "SELECT count(*) FROM transform_gap")
         for w in (*c.WORK_TABLES, *CHANGES):  # emptied now, so the next run does not pay for this one's size
-            if w != "tx_mark" and engine.shapes.truncate:  # (Spark empties a table by removing its files)
+            if w not in ("tx_mark", "tx_empi_ns") and engine.shapes.truncate:  # (Spark empties a table by removing
+                # its files; these two stay for derived.rebuild outside a run)
                 engine.execute(f"TRUNCATE TABLE {w}")
         _cdm_indexes(engine, tables, analyze=bulk)
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
