@@ -50,6 +50,13 @@ def test_the_report_reads_offline_in_a_browser(report):
         trend = page.locator("svg[aria-label='pass rate across runs'] polyline")
         assert trend.count() == 1 and trend.bounding_box()["width"] > 100
         assert page.locator("svg[aria-label='pass rates'] rect").count() >= 6
+        # laid out to be read on a laptop screen: nothing wider than the window, no chart label cut by its chart
+        for width in (1280, 1024):
+            page.set_viewport_size({"width": width, "height": 800})
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            assert page.evaluate("""[...document.querySelectorAll('svg text')].every(t => {
+                const s = t.ownerSVGElement.getBoundingClientRect(), b = t.getBoundingClientRect();
+                return b.right <= s.right + 0.5 && b.left >= s.left - 0.5 })""")
 
         # the filter box narrows the table of all checks to the rows that match (shown: laid out by the browser)
         shown = "() => [...document.querySelectorAll('#all tbody tr')].filter(r => r.offsetParent).map(r => r.innerText)"

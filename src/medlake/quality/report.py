@@ -12,6 +12,7 @@ vertical-align:top}th{background:#f6f6f6}.num{text-align:right;font-variant-nume
 .not_applicable{color:#777}.cards{display:flex;gap:2em;flex-wrap:wrap}.card{padding:.6em 1em;background:#f6f6f6;
 border-radius:6px}code{font-size:12px}small{color:#666}input{padding:4px;width:30em}
 .warning{background:#fff4e0;border-left:4px solid #a15c00;padding:.5em 1em}
+table.checks{table-layout:fixed}table.checks td{overflow-wrap:anywhere}
 """
 
 JS = """
@@ -27,7 +28,7 @@ def _pct(x) -> str:
 def _bars(rows: list[tuple[str, float | None, str]]) -> str:
     """Horizontal bars (SVG) of pass rates."""
     h = 22 * len(rows) + 10
-    out = [f'<svg width="640" height="{h}" role="img" aria-label="pass rates">']
+    out = [f'<svg width="760" height="{h}" role="img" aria-label="pass rates">']
     for i, (label, rate, extra) in enumerate(rows):
         y = 5 + 22 * i
         w = 0 if rate is None else 360 * rate
@@ -80,8 +81,10 @@ def _row(r: dict) -> str:
             f'{"<br><small>" + escape(note) + "</small>" if note else ""}</td></tr>')
 
 
-HEAD = ("<thead><tr><th>status</th><th>check</th><th>where</th><th>violated</th><th>of</th><th>%</th>"
-        "<th>threshold</th><th>details</th></tr></thead>")
+HEAD = ('<colgroup><col style="width:6%"><col style="width:20%"><col style="width:18%"><col style="width:6%">'
+        '<col style="width:7%"><col style="width:6%"><col style="width:7%"><col></colgroup>'
+        '<thead><tr><th>status</th><th>check</th><th>where</th><th class="num">violated</th><th class="num">of</th>'
+        '<th class="num">%</th><th class="num">threshold</th><th>details</th></tr></thead>')
 
 
 def render(run, history: list[dict]) -> str:
@@ -116,18 +119,18 @@ def render(run, history: list[dict]) -> str:
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
         f"<h2>Failed checks ({len(failed)})</h2>",
-        f"<table>{HEAD}<tbody>{''.join(_row(r) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
+        f"<table class='checks'>{HEAD}<tbody>{''.join(_row(r) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
         "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
     ]
     if errors:
         parts += [f"<h2>Checks that could not run ({len(errors)})</h2>",
-                  f"<table>{HEAD}<tbody>{''.join(_row(r) for r in errors)}</tbody></table>"]
+                  f"<table class='checks'>{HEAD}<tbody>{''.join(_row(r) for r in errors)}</tbody></table>"]
     parts += _sources(results)
     parts += [
         "<h2>By table</h2><table><thead><tr><th>table</th><th>passed</th><th>failed</th><th>errors</th>"
         f"<th>not applicable</th><th>pass rate</th></tr></thead><tbody>{tables}</tbody></table>",
         f"<h2>All checks ({len(results)})</h2><p><input id='q' oninput='filt()' placeholder='filter: table, check, status…'></p>",
-        f"<table id='all'>{HEAD}<tbody>",
+        f"<table id='all' class='checks'>{HEAD}<tbody>",
         "".join(_row(r) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
         "</tbody></table></body></html>",
     ]
