@@ -103,7 +103,12 @@ def test_staging_moves_into_the_vault_on_every_engine(engine, site, tmp_path):  
         kept = engine.query("SELECT count(*) AS n, count(resource_id) AS ids, count(raw) AS raws "
                             "FROM stg_fhir_patient").to_pylist()[0]
         assert kept == {"n": 1, "ids": 1, "raws": 0}
+        # what moved, counted per source and receipt for the completeness checks (all 5 HL7 patients had a birth date)
+        moved = "SELECT stg_table, field, CAST(sum(present) AS BIGINT) AS n FROM identity_vaulted GROUP BY 1, 2"
+        counts = {(r["stg_table"], r["field"]): int(r["n"]) for r in engine.query(moved).to_pylist()}
+        assert counts[("stg_hl7_patient", "birth_date")] == 5 and counts[("stg_fhir_patient", "birth_date")] == 1
         assert staging.vault_staging(engine, v, {s.name: (s.hospital, s.system) for s in srcs})["rows_cleared"] == {}
+        assert {(r["stg_table"], r["field"]): int(r["n"]) for r in engine.query(moved).to_pylist()} == counts
         assert {r["source_id"] for r in v.read("test", "check")} == {"M001", "M002", "M003", "h2-pat-1"}
         empi.run(engine, v, who="test")
         pid = {k: empi.person_id_for(engine, "h1-his", k) for k in ("M001", "M002", "M003")}

@@ -113,3 +113,38 @@ def test_staging_into_the_vault_and_nothing_left_in_the_store(site):
     assert eng.query("SELECT count(*) FROM empi_person_map").column(0)[0].as_py() == 4
     assert eng.query("SELECT count(*) FROM stg_hl7_patient").column(0)[0].as_py() == 5
     eng.close()
+
+
+def test_completeness_of_fields_moved_into_the_vault_counts_what_the_source_sent(site):
+    """After the vault run staging holds NULL in place of every birth date and name; the source-level completeness
+    check counts the values the source did send (recorded per receipt as they move), so only the patient sent
+    without a birth date is missing — before and after the move, and again after a replay moves them once more."""
+    from medlake.quality.feeds import run_sources
+    from medlake.quality.runner import result
+
+    (site / "h1/his/more.hl7").write_bytes(hl7(6, "A01", "PID|1||M004^^^H1^MR||王^五|||M\r", "PV1|1|I|W1^104^1\r")
+                                           .encode())
+    srcs = config.load(site / "sources.toml")
+    eng = open_engine(f"duckdb:{site / 'store.duckdb'}")
+    ingest_mod.ingest(eng, Landing(site / "data/landing"), Quarantine(site / "data/quarantine"),
+                      [site / "h1/his", site / "h2/emr"], sources=srcs)
+
+    def birth_dates():
+        got = {(x["cdm_table"], x["cdm_field"], x["data_source"]): (x["num_violated_rows"], x["num_denominator_rows"])
+               for x in run_sources(eng, result) if x["check_name"] == "sourceMandatoryCompleteness"}
+        return got[("stg_hl7_patient", "birth_date", "h1-his")], got[("stg_fhir_patient", "birth_date", "h2-emr")]
+
+    assert birth_dates() == ((1, 6), (0, 1))
+    ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
+    with Vault.open(site / "data", ring) as v:
+        staging.vault_staging(eng, v, {s.name: (s.hospital, s.system) for s in srcs})
+        assert eng.query("SELECT count(birth_date) FROM stg_hl7_patient").column(0)[0].as_py() == 0
+        assert birth_dates() == ((1, 6), (0, 1))
+        staging.vault_staging(eng, v, {s.name: (s.hospital, s.system) for s in srcs})  # nothing left: no change
+        assert birth_dates() == ((1, 6), (0, 1))
+        ingest_mod.replay(eng, Landing(site / "data/landing"), Quarantine(site / "data/quarantine"),
+                          next(s for s in srcs if s.name == "h1-his"))
+        assert eng.query("SELECT count(birth_date) FROM stg_hl7_patient").column(0)[0].as_py() == 5
+        staging.vault_staging(eng, v, {s.name: (s.hospital, s.system) for s in srcs})
+        assert birth_dates() == ((1, 6), (0, 1))  # the replayed receipts' counts replace theirs, not added
+    eng.close()

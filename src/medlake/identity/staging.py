@@ -172,10 +172,34 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
         for t in engine.tables():
             if not t.startswith("stg_"):
                 continue
-            n = clear_columns(engine, t, [c for c in identifying_columns(t, schemas) if c not in KEEP])
+            columns = [c for c in identifying_columns(t, schemas) if c not in KEEP]
+            _record_vaulted(engine, t, columns)
+            n = clear_columns(engine, t, columns)
             if n:
                 nulled[t] = n
     return {"identities": moved, "merges": merges, "rows_cleared": nulled}
+
+
+VAULTED = "identity_vaulted"  # per staging table, source, receipt and column: how many values moved to the vault
+
+
+def _record_vaulted(engine, table: str, columns: list[str]) -> None:
+    """Count, per source and receipt, the values of `columns` about to move into the vault (a receipt moved again
+    after a replay replaces its counts): staging then holds NULL where the source did send a value, and the quality
+    run's completeness checks count these as sent (quality.feeds)."""
+    have = {c.name for c in engine.columns(table)}
+    gone = [c for c in columns if c in have]
+    if not gone or not {"source", "receipt_seq"} <= have:
+        return
+    where = " OR ".join(f'"{c}" IS NOT NULL' for c in gone)
+    if VAULTED not in engine.tables():
+        engine.execute(f"CREATE TABLE {VAULTED} (stg_table VARCHAR, source VARCHAR, receipt_seq BIGINT, "
+                       "field VARCHAR, present BIGINT)")
+    engine.execute(f"DELETE FROM {VAULTED} WHERE stg_table = '{table}' AND source || '|' || CAST(receipt_seq AS "
+                   f'VARCHAR) IN (SELECT source || \'|\' || CAST(receipt_seq AS VARCHAR) FROM "{table}" WHERE {where})')
+    engine.execute(f"INSERT INTO {VAULTED} " + " UNION ALL ".join(
+        f"SELECT '{table}', source, CAST(receipt_seq AS BIGINT), '{c}', count(\"{c}\") FROM \"{table}\" "
+        f"WHERE {where} GROUP BY source, receipt_seq HAVING count(\"{c}\") > 0" for c in gone))
 
 
 def clear_columns(engine, table: str, columns: list[str]) -> int:

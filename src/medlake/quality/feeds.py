@@ -29,6 +29,7 @@ from pathlib import Path
 
 from medlake import config
 from medlake.cdm.importer import QUARANTINE_PREFIX
+from medlake.identity.staging import VAULTED
 from medlake.quality.checks import Check
 from medlake.quality.compile import lit, q
 
@@ -186,11 +187,13 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
                 f"sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS d{i}" if f in when else
                 f"sum(CASE WHEN {_blank(f)} THEN 1 ELSE 0 END) AS v{i}, count(*) AS d{i}"
                 for i, f in enumerate(mandatory))
+            vaulted = _vaulted(engine, table) if VAULTED in tables else {}
             for r in engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
                                   "ORDER BY 1").to_pylist():
                 for i, f in enumerate(mandatory):
-                    out.append(_counted(result, "sourceMandatoryCompleteness", table, f, r["s"], r[f"v{i}"] or 0,
-                                        r[f"d{i}"] or 0))
+                    moved = 0 if f in when else vaulted.get((r["s"], f), 0)  # sent, now in the identity vault
+                    out.append(_counted(result, "sourceMandatoryCompleteness", table, f, r["s"],
+                                        max(_int(r[f"v{i}"] or 0) - moved, 0), r[f"d{i}"] or 0))
         key = spec.get("key", [])
         if key and set(key) <= cols:  # (a key with a field missing would count other duplicates)
             k = ", ".join(q(c) for c in key)
@@ -279,6 +282,15 @@ def odd_unit_rows(engine) -> dict[str, list[int]]:
 
 def _blank(f: str) -> str:
     return f"({q(f)} IS NULL OR trim(CAST({q(f)} AS VARCHAR)) = '')"
+
+
+def _vaulted(engine, table: str) -> dict[tuple[str, str], int]:
+    """{(source, field): values the EMPI run moved from `table` into the identity vault} (identity.staging records
+    them per receipt; only receipts still staged count)."""
+    return {(r["s"], r["f"]): _int(r["n"]) for r in engine.query(
+        f"SELECT v.source AS s, v.field AS f, CAST(sum(v.present) AS BIGINT) AS n FROM {VAULTED} v "
+        f"WHERE v.stg_table = {lit(table)} AND EXISTS (SELECT 1 FROM {q(table)} x WHERE x.source = v.source "
+        "AND x.receipt_seq = v.receipt_seq) GROUP BY v.source, v.field").to_pylist()}
 
 
 def _landing_checks(engine, result, tables: set[str], landing_dir) -> list[dict]:
