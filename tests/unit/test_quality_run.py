@@ -331,6 +331,10 @@ def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
     assert aside == [] and eng.query("SELECT count(*) FROM person").column(0)[0].as_py() == 0
     report = importer.import_folder(eng, folder, "5.4", max_bad=10)
     assert (report["person"].rows, report["person"].bad) == (0, 10)
+    (folder / "person.csv").write_text(PERSON_HEADER + "".join(f"{i};8507;1980;0;0\n" for i in range(10)))
+    with pytest.raises(ValueError, match=r"more than 5 rows .*10 CSV lines with the wrong number of fields"):
+        importer.import_folder(eng, folder, "5.4", max_bad=5)
+    assert eng.query("SELECT count(*) FROM person").column(0)[0].as_py() == 0
 
 
 def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):

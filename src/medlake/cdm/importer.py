@@ -292,6 +292,11 @@ def _stop_at_invalid(path: Path, invalid: list[tuple[str, int, int]]):
                        f"{expected}; check the quoting and --delimiter, fix the line and import again")
 
 
+def _too_many_invalid(path: Path, max_bad: int, invalid: list[tuple[str, int, int]]):
+    raise CdmImportError(f"{path}: more than {max_bad:,} rows cannot be imported ({len(invalid):,} CSV lines with the "
+                       "wrong number of fields so far): check --delimiter and the file; nothing was imported")
+
+
 def _line(first: int, i: int, skipped: list[int]) -> int:
     """The file line of a batch's row `i` when the reader skipped the (sorted) lines `skipped`."""
     line = first + i
@@ -336,15 +341,16 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
 
                 if strict and invalid:
                     _stop_at_invalid(path, invalid)
+                budget = 0 if strict else max_bad - len(left_out) - len(bad) - len(invalid or [])
+                if budget < 0:
+                    _too_many_invalid(path, max_bad, invalid)
                 try:
-                    data, problems = _conform(batch, table, schema, where,
-                                              0 if strict else max_bad - len(left_out) - len(bad))
+                    data, problems = _conform(batch, table, schema, where, budget)
                 except _TooMany as e:
-                    if strict:
-                        i = min(e.bad)
-                        raise CdmImportError(f"{where(i)}: {e.bad[i][0][2]}") from None
                     i = min(e.bad)
                     why = e.bad[i][0][2]
+                    if strict:
+                        raise CdmImportError(f"{where(i)}: {why}") from None
                     raise CdmImportError(
                         f"{path}: more than {max_bad:,} rows cannot be imported (the first: {where(i)}: {why}): "
                         "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
@@ -357,9 +363,7 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                 _stop_at_invalid(path, invalid)
             skipped = _invalid_lines(path, [t for t, _, _ in invalid]) if invalid else []
             if invalid and len(left_out) + len(bad) + len(invalid) > max_bad:
-                raise CdmImportError(f"{path}: more than {max_bad:,} rows cannot be imported ({len(invalid):,} CSV "
-                                   "lines with the wrong number of fields): check --delimiter and the file; "
-                                   "nothing was imported")
+                _too_many_invalid(path, max_bad, invalid)
             known = sorted(x for x in skipped if x is not None)
             for first, i, problems, raw in bad:
                 field, reason, _ = problems[0]
