@@ -606,9 +606,8 @@ def cdm_import(
 def _quarantine_import(q, files: dict[str, Path], bad) -> None:
     """File a CDM import's bad rows in quarantine; a table's earlier open items are resolved first (its file
     replaced the table; a row still bad is filed again, which reopens its item)."""
-    import hashlib
-
     from medlake.cdm.importer import quarantine_source
+    from medlake.landing.store import file_sha256
     from medlake.sources.records import Loc, Rejected
 
     for table, path in files.items():
@@ -618,11 +617,7 @@ def _quarantine_import(q, files: dict[str, Path], bad) -> None:
     for b in bad:
         by_file.setdefault(b.path, []).append(b)
     for path, rows in by_file.items():
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        q.add_many(quarantine_source(rows[0].table), 0, h.hexdigest(),
+        q.add_many(quarantine_source(rows[0].table), 0, file_sha256(path),
                    [Rejected(Loc(str(b.path), b.line, field=b.field), b.reason, b.detail, b.raw) for b in rows])
 
 

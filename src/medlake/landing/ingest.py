@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-import hashlib
 import json
 import operator
 import re
@@ -37,7 +36,7 @@ import pyarrow as pa
 from medlake.cdm.importer import QUARANTINE_PREFIX
 from medlake.engines.base import Engine, EngineError
 from medlake.landing.quarantine import Quarantine
-from medlake.landing.store import Landing, Receipt
+from medlake.landing.store import Landing, Receipt, file_sha256
 from medlake.sources import csvfile, fhir
 from medlake.sources.config import Source
 from medlake.sources.records import Loc, Rejected, Staged
@@ -405,14 +404,6 @@ def plan(paths: Iterable[str | Path], sources: list[Source] | None = None, sourc
     return out, ignored
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _seen(land: Landing, source: str, sha: str, name: str) -> bool:
     return land.db.execute("SELECT 1 FROM receipt WHERE source = ? AND sha256 = ? AND original_name = ? LIMIT 1",
                            (source, sha, name)).fetchone() is not None
@@ -437,7 +428,7 @@ def land_files(land: Landing, planned: list[Planned], batch: str, summary: Summa
 
     for p in planned:
         size = p.path.stat().st_size
-        if _seen(land, p.source.name, _file_sha(p.path), p.name):
+        if _seen(land, p.source.name, file_sha256(p.path), p.name):
             summary.sources[p.source.name].unchanged += 1
         elif size > INLINE_LIMIT:
             count([land.put_file(p.path, p.source.name, batch, original_name=p.name)])
