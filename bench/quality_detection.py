@@ -56,7 +56,7 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def build(work: Path, patients: int, hospitals: int, rate: float, seed: int):
+def build(work: Path, patients: int, hospitals: int, rate: float, seed: int, with_empi: bool = False):
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t0 = time.perf_counter()
@@ -69,6 +69,15 @@ def build(work: Path, patients: int, hospitals: int, rate: float, seed: int):
     ingest(eng, land, q, (), sources)
     land.close()
     q.close()
+    if with_empi:  # as `medlake empi run`: identifying staging values into the vault, then linkage
+        import base64
+
+        from medlake.identity import empi, keys, staging
+        from medlake.identity.vault import Vault
+
+        with Vault.open(work / "site", keys.KeyRing([base64.b64decode(keys.new_key())], origin="bench")) as v:
+            staging.vault_staging(eng, v, {s.name: (s.hospital, s.system) for s in sources})
+            empi.run(eng, v, who="bench")
     site_mapping(eng, work / "out" / "ground_truth")
     transform(eng, namespaces={s.name: s.hospital for s in sources})
     return eng, time.perf_counter() - t0
@@ -226,11 +235,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "quality_detection")
     ap.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--empi", action="store_true", help="run the EMPI (vault, linkage) before the transform, as "
+                    "`make demo` does; report quality_detection_empi")
     a = ap.parse_args()
-    eng, t_build = build(a.work / "defects", a.patients, a.hospitals, a.defect_rate, a.seed)
+    name = "quality_detection_empi" if a.empi else "quality_detection"
+    eng, t_build = build(a.work / "defects", a.patients, a.hospitals, a.defect_rate, a.seed, a.empi)
     det, meta = detection(eng, a.work / "defects")
     eng.close()
-    eng0, t_build0 = build(a.work / "clean", a.patients, a.hospitals, 0.0, a.seed)
+    eng0, t_build0 = build(a.work / "clean", a.patients, a.hospitals, 0.0, a.seed, a.empi)
     fails = failures(eng0, a.work / "clean")
     detectable = unit_detectability(eng0)
     eng0.close()
@@ -241,12 +253,12 @@ def main() -> None:
     a.results.mkdir(parents=True, exist_ok=True)
     text = json.dumps(report, indent=1, default=str)
     text = text.replace(str(Path(__file__).resolve().parents[1]) + "/", "")  # no machine paths in the report
-    (a.results / "quality_detection.json").write_text(text, encoding="utf-8")
+    (a.results / f"{name}.json").write_text(text, encoding="utf-8")
     met = all(d["recall"] is None or d["recall"] >= 0.95 for d in det)
     md = ["# Quality detection on the simulated hospital\n",
           f"`.venv/bin/python bench/quality_detection.py --patients {a.patients} --hospitals {a.hospitals} "
-          f"--defect-rate {a.defect_rate} --seed {a.seed}` on {report['machine']}. simulate → ingest → site mapping "
-          "→ transform (in-process, DuckDB, demo vocabulary, no EMPI step) → full v5.4 suite (DQD checks, medlake value ranges, source-level checks). Each check's "
+          f"--defect-rate {a.defect_rate} --seed {a.seed}{' --empi' if a.empi else ''}` on {report['machine']}. simulate → ingest → site mapping "
+          f"→ transform (in-process, DuckDB, demo vocabulary, {'the EMPI (vault, linkage) before it' if a.empi else 'no EMPI step'}) → full v5.4 suite (DQD checks, medlake value ranges, source-level checks). Each check's "
           "violating rows are traced to their message through `cdm_lineage` and matched with "
           "`ground_truth/defects.jsonl` by message id. A defect counts as detected when a row of its message "
           "violates one of the checks meant for its class (a message can carry several rows: a lab message with "
@@ -316,7 +328,7 @@ def main() -> None:
         cause = CAUSES.get((f["check_name"], f["cdm_table"], f["cdm_field"]), "")
         md.append(f"| {f['check_name']} | {f.get('data_source') or ''} | {f['cdm_table']} | {f['cdm_field'] or ''} | "
                   f"{f['num_violated_rows']} | {f['num_denominator_rows']} | {f['threshold']} | {cause} |")
-    (a.results / "quality_detection.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    (a.results / f"{name}.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
 
 
