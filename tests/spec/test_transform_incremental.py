@@ -169,3 +169,23 @@ def test_a08_and_an_empi_merge_remap_only_the_persons_involved(engine):
     assert rows(engine, "SELECT measurement_id, person_id, value_as_number FROM measurement") == final
     assert rows(engine, "SELECT drug_exposure_id, person_id FROM drug_exposure") == dispensed
     assert rows(engine, "SELECT person_id FROM person") == [(101,), (103,)]
+
+
+def test_only_a_source_the_empi_does_not_register_takes_the_empi_person_of_its_namespace(engine):
+    """The pharmacy (not in the EMPI) takes the person the EMPI gave its MRN in the hospital; the LIS, which the
+    EMPI registers, keeps to its own identities: an id the EMPI linked only for the HIS is no link for it (a source's
+    id that equals another source's is not the same patient unless the EMPI says so)."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    ns = {"his": "h1", "lis": "h1", "rx": "h1"}
+    stage(engine, "stg_hl7_observation", "lis", 1, [
+        dict(control_id=f"L{m}", message_type="ORU^R01", event_time=T(2021, 6, 1), patient_id=m, filler_number=f"F{m}",
+             code="4548-4", code_system="LN", value_number=6.0, units="%", observation_time=T(2021, 6, 1))
+        for m in ("M1", "M5")])
+    stage(engine, "stg_csv_pharmacy", "rx", 1, [
+        dict(record_id=f"RX{m}", patient_id=m, drug_code="Y100147", drug_code_system="urn:medlake:h1:pharmacy",
+             quantity=30.0, dispensed_at=T(2021, 7, 1)) for m in ("M1", "M5", "M9")])
+    empi(engine, {("his", "M1"): 101, ("lis", "M1"): 101, ("his", "M5"): 105})
+    transform(engine, namespaces=ns)
+    assert rows(engine, "SELECT person_id FROM measurement") == sorted([(101,), (sid("h1|M5"),)])
+    assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(101,), (105,), (sid("h1|M9"),)])

@@ -50,7 +50,7 @@ WORK_TABLES = {
     "tx_code": "system VARCHAR, code VARCHAR, vocabulary_id VARCHAR, source_concept_id INTEGER, "
                "concept_id INTEGER, domain_id VARCHAR, n BIGINT",
     "tx_touched": "person_id BIGINT",
-    "tx_empi_ns": "namespace VARCHAR, source_id VARCHAR, person_id BIGINT",  # see EMPI_BY_NAMESPACE
+    "tx_empi_ns": "source VARCHAR, source_id VARCHAR, person_id BIGINT",  # see EMPI_BY_NAMESPACE
     "tx_merge": "namespace VARCHAR, prior_ref VARCHAR, survivor_ref VARCHAR, receipt_seq BIGINT, source VARCHAR",
     "tx_event": ", ".join(f"{k} {v}" for k, v in EVENT_COLUMNS.items()),
     "tx_person": "person_id BIGINT, rule VARCHAR, source VARCHAR, record_key VARCHAR, source_key VARCHAR, "
@@ -161,12 +161,14 @@ def keyed_id(kind: str, expr: str | None) -> str:
     return f"CASE WHEN ({expr}) IS NULL THEN NULL ELSE stable_id('{kind}|' || {NS} || '|' || ({expr})) END"
 
 
-# The EMPI's persons by namespace and source patient id, filled once per run (tx_empi_ns): a source the EMPI does not
-# register (a pharmacy feed that sends only the hospital's MRN) takes the person of the same id in its namespace (the
-# sources of one hospital share MRNs), as it does without the EMPI. Sources of a namespace that disagree on an id:
-# the lowest person.
-EMPI_BY_NAMESPACE = ("INSERT INTO tx_empi_ns SELECT COALESCE(t.namespace, m.source), m.source_id, min(m.person_id) "
-                     "FROM empi_person_map m LEFT JOIN transform_source t ON t.source = m.source GROUP BY 1, 2")
+# The EMPI's persons for the sources it does not register (a pharmacy feed that sends only the hospital's MRN), filled
+# once per run (tx_empi_ns): such a source takes the person the EMPI gave the same id in its namespace (the sources of
+# one hospital share MRNs), as it does without the EMPI; a source the EMPI registers keeps to its own ids (a FHIR
+# Patient id equal to some MRN links nothing). Sources of a namespace that disagree on an id: the lowest person.
+EMPI_BY_NAMESPACE = ("INSERT INTO tx_empi_ns SELECT t2.source, m.source_id, min(m.person_id) FROM empi_person_map m "
+                     "JOIN transform_source t1 ON t1.source = m.source "
+                     "JOIN transform_source t2 ON t2.namespace = t1.namespace "
+                     "WHERE t2.source NOT IN (SELECT DISTINCT source FROM empi_person_map) GROUP BY 1, 2")
 
 
 def person_joins(rule, empi: bool) -> tuple[str, str]:
@@ -176,7 +178,7 @@ def person_joins(rule, empi: bool) -> tuple[str, str]:
     pid = f"stable_id({NS} || '|' || COALESCE(mg.survivor_ref, ({pref})))"
     if empi:
         joins += (f"\nLEFT JOIN empi_person_map em ON em.source = s.source AND em.source_id = ({rule.person})"
-                  f"\nLEFT JOIN tx_empi_ns en ON en.namespace = {NS} AND en.source_id = ({rule.person})")
+                  f"\nLEFT JOIN tx_empi_ns en ON en.source = s.source AND en.source_id = ({rule.person})")
         pid = f"COALESCE(em.person_id, en.person_id, {pid})"
     return joins, f"CASE WHEN ({pref}) IS NULL THEN NULL ELSE {pid} END"
 

@@ -315,7 +315,7 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
         engine.index(t, "receipt_seq")
     if "empi_person_map" in tables:  # every rule's person: its source's EMPI id, else its namespace's (lookups)
         engine.index("empi_person_map", "source", "source_id")
-        engine.index("tx_empi_ns", "namespace", "source_id")
+        engine.index("tx_empi_ns", "source", "source_id")
     if "stg_fhir_observation_component" in tables:
         engine.index("stg_fhir_observation_component", "source", "receipt_seq", "record_location", "resource_id")
     if r.VISIT_NUMBER in tables and engine.index("stg_fhir_encounter", "source", "('Encounter/' || resource_id)"):
