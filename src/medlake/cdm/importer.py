@@ -3,7 +3,7 @@
 Files are named after their table (`person.csv`, `PERSON.csv`, `condition_occurrence.parquet`, `.csv.gz`).
 Data is streamed in Arrow batches, converted to the CDM types of the spec, and loaded in ONE transaction.
 A row that cannot be imported (a value not of its field's type, an empty required field, a CSV line with the
-wrong number of fields) is set aside with its file, line, field and what to do, and handed to `on_bad` before the
+wrong number of fields) is set aside with its file, line, field and what to do, and handed to `set_aside` before the
 transaction commits (the CLI files them in quarantine); the other rows load. `strict` stops at the first such row
 instead. A file that cannot be read as a table (unknown name or columns, not CSV/Parquet), or more bad rows than
 `max_bad`, stops the import and leaves the store as it was.
@@ -51,8 +51,14 @@ class BadRow(NamedTuple):
 
     @property
     def where(self) -> str:
-        parquet = self.path.name.lower().endswith(".parquet")
-        return f"{self.path}: row {self.line}" if parquet else f"{self.path}:{self.line if self.line else '?'}"
+        return _at(self.path, self.line)
+
+
+def _at(path: Path, line: int | None) -> str:
+    """Where a row is: `file:line` for CSV, `file: row N` for Parquet."""
+    if path.name.lower().endswith(".parquet"):
+        return f"{path}: row {line}"
+    return f"{path}:{line or '?'}"
 
 
 class Imported(NamedTuple):
@@ -96,8 +102,8 @@ def _delimiter(path: Path, delimiter: str) -> str:
 def _csv_batches(path: Path, table: model.Table, delimiter: str,
                  invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
     """(batch of strings, number of the file line of its first row). `invalid`: lines with the wrong number of
-    fields are appended to it (text, fields expected, fields found) and skipped (the line numbers of later rows are then fixed by `_invalid_lines`);
-    without it they stop the import."""
+    fields are appended to it (text, fields expected, fields found) and skipped (the line numbers of later rows are
+    then fixed by `_invalid_lines`); without it they stop the import."""
     names = table.field_names
     types = {n: pa.string() for n in names} | {n.upper(): pa.string() for n in names}
 
@@ -197,19 +203,18 @@ def _refused(col: pa.Array, f: model.Field, target: pa.DataType, limit: int) -> 
     return sorted(found)
 
 
-def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, where: Callable[[int], str],
-             limit: int) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]]]:
+def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError."""
     names = [n.lower().strip() for n in batch.schema.names]
     unknown = [n for n in names if n not in table.field_names]
     if unknown:
-        raise CdmImportError(f"{where(-1)}: column(s) {', '.join(unknown)} are not fields of {table.name} "
+        raise CdmImportError(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
                            f"(fields: {', '.join(table.field_names)})")
     data = dict(zip(names, batch.columns))
     absent = [f.name for f in table.fields if f.required and f.name not in data]
     if absent:
-        raise CdmImportError(f"{where(-1)}: no column {', '.join(absent)}, required in {table.name}: add it to "
+        raise CdmImportError(f"{path}: no column {', '.join(absent)}, required in {table.name}: add it to "
                            "the file")
     bad: dict[int, list[tuple[str, str, str]]] = {}
     done: dict[str, pa.Array] = {}
@@ -286,10 +291,14 @@ def _invalid_lines(path: Path, texts: list[str]) -> list[int | None]:
     return lines + [None] * (len(texts) - len(lines))
 
 
+def _malformed(expected: int, found: int) -> str:
+    return (f"{found} fields where the header has {expected}; check the quoting and --delimiter, fix the line and "
+            "import again")
+
+
 def _stop_at_invalid(path: Path, invalid: list[tuple[str, int, int]]):
     text, expected, found = invalid[0]
-    raise CdmImportError(f"{path}:{_invalid_lines(path, [text])[0] or '?'}: {found} fields where the header has "
-                       f"{expected}; check the quoting and --delimiter, fix the line and import again")
+    raise CdmImportError(f"{_at(path, _invalid_lines(path, [text])[0])}: {_malformed(expected, found)}")
 
 
 def _too_many_invalid(path: Path, max_bad: int, invalid: list[tuple[str, int, int]]):
@@ -334,25 +343,20 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
             rows, bad = 0, []  # bad: (first line of the batch, row in it, problems, raw row)
             for batch, first in batches:
-                def where(i: int, first=first) -> str:
-                    if i < 0:
-                        return str(path)
-                    return f"{path}: row {first + i}" if parquet else f"{path}:{first + i}"
-
                 if strict and invalid:
                     _stop_at_invalid(path, invalid)
                 budget = 0 if strict else max_bad - len(left_out) - len(bad) - len(invalid or [])
                 if budget < 0:
                     _too_many_invalid(path, max_bad, invalid)
                 try:
-                    data, problems = _conform(batch, table, schema, where, budget)
+                    data, problems = _conform(batch, table, schema, path, budget)
                 except _TooMany as e:
                     i = min(e.bad)
-                    why = e.bad[i][0][2]
+                    at, why = _at(path, first + i), e.bad[i][0][2]
                     if strict:
-                        raise CdmImportError(f"{where(i)}: {why}") from None
+                        raise CdmImportError(f"{at}: {why}") from None
                     raise CdmImportError(
-                        f"{path}: more than {max_bad:,} rows cannot be imported (the first: {where(i)}: {why}): "
+                        f"{path}: more than {max_bad:,} rows cannot be imported (the first: {at}: {why}): "
                         "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
                         "nothing was imported") from None
                 if problems:
@@ -370,9 +374,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                 left_out.append(BadRow(name, path, _line(first, i, known), field, reason,
                                        "; ".join(p[2] for p in problems), raw))
             for (text, expected, found), line in zip(invalid or [], skipped):
-                left_out.append(BadRow(name, path, line, None, "malformed",
-                                       f"{found} fields where the header has {expected}; check the quoting and "
-                                       "--delimiter, fix the line and import again", text.encode()))
+                left_out.append(BadRow(name, path, line, None, "malformed", _malformed(expected, found),
+                                       text.encode()))
             report[name] = Imported(path, rows, len(bad) + len(invalid or []))
         if set_aside:
             set_aside(dict(files), left_out)
