@@ -172,9 +172,7 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
         for t in engine.tables():
             if not t.startswith("stg_"):
                 continue
-            columns = [c for c in identifying_columns(t, schemas) if c not in KEEP]
-            _record_vaulted(engine, t, columns)
-            n = clear_columns(engine, t, columns)
+            n = clear_columns(engine, t, [c for c in identifying_columns(t, schemas) if c not in KEEP])
             if n:
                 nulled[t] = n
     return {"identities": moved, "merges": merges, "rows_cleared": nulled}
@@ -183,15 +181,10 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
 VAULTED = "identity_vaulted"  # per staging table, source, receipt and column: how many values moved to the vault
 
 
-def _record_vaulted(engine, table: str, columns: list[str]) -> None:
-    """Count, per source and receipt, the values of `columns` about to move into the vault (a receipt moved again
-    after a replay replaces its counts): staging then holds NULL where the source did send a value, and the quality
-    run's completeness checks count these as sent (quality.feeds)."""
-    have = {c.name for c in engine.columns(table)}
-    gone = [c for c in columns if c in have]
-    if not gone or not {"source", "receipt_seq"} <= have:
-        return
-    where = " OR ".join(f'"{c}" IS NOT NULL' for c in gone)
+def _record_vaulted(engine, table: str, gone: list[str], where: str) -> None:
+    """Count, per source and receipt, the values of the columns `gone` about to move into the vault from the rows
+    `where` selects (a receipt moved again after a replay replaces its counts): staging then holds NULL where the
+    source did send a value, and the quality run's completeness checks count these as sent (quality.feeds)."""
     if VAULTED not in engine.tables():
         engine.execute(f"CREATE TABLE {VAULTED} (stg_table VARCHAR, source VARCHAR, receipt_seq BIGINT, "
                        "field VARCHAR, present BIGINT)")
@@ -203,7 +196,8 @@ def _record_vaulted(engine, table: str, columns: list[str]) -> None:
 
 
 def clear_columns(engine, table: str, columns: list[str]) -> int:
-    """Set `columns` to NULL in every row of `table` that has a value in one of them; returns how many rows.
+    """Set `columns` to NULL in every row of `table` that has a value in one of them (a staging table first records
+    how many values move: `_record_vaulted`); returns how many rows.
 
     Engine-neutral (Spark's Parquet tables have no UPDATE): the rows are inserted again with those columns
     NULL, then the originals are deleted — both set-based in the engine, inside the caller's transaction."""
@@ -214,6 +208,8 @@ def clear_columns(engine, table: str, columns: list[str]) -> int:
     where = " OR ".join(f'"{c}" IS NOT NULL' for c in gone)
     n = engine.query(f'SELECT count(*) FROM "{table}" WHERE {where}').column(0)[0].as_py()
     if n:
+        if {"source", "receipt_seq"} <= {c.name for c in cols}:  # a staging table: what moved, for quality
+            _record_vaulted(engine, table, gone, where)
         types = dict(zip((c.name for c in cols), arrow_schema_of(cols).types))
         select = ", ".join(f'CAST(NULL AS {SQL_OF.get(types[c.name], "VARCHAR")})' if c.name in gone
                            else f'"{c.name}"' for c in cols)
