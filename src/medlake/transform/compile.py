@@ -314,7 +314,8 @@ def event_sql(rule: EventRule, empi: bool, tables: set[str] = frozenset()) -> st
     if rule.unit:
         joins.append(_code_join("u", rule.unit, True))
         # the spec: no unit in the source, NULL; a unit that is not mapped, 0
-        unit = f"CASE WHEN NULLIF(CAST({rule.unit.code} AS VARCHAR), '') IS NULL THEN NULL ELSE COALESCE(u.concept_id, 0) END"
+        unit = (f"CASE WHEN NULLIF(CAST({rule.unit.code} AS VARCHAR), '') IS NULL THEN NULL "
+                "ELSE COALESCE(u.concept_id, 0) END")
         unit_src = "u.source_concept_id"
     if rule.value_code:
         joins.append(_code_join("vc", rule.value_code, True))

@@ -546,10 +546,12 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
             engine.execute(f"INSERT INTO {work} SELECT DISTINCT {', '.join(cols.split(', ')[:2])} FROM ({diff}) AS d")
             if not _count(engine, f"SELECT count(*) FROM {work}"):
                 continue
-            if work == "tx_remap_identity":  # the other sources of its namespace take the person by that id too
+            if work == "tx_remap_identity":  # the namespace's sources the EMPI does not register take the person
+                # by that id too (c.EMPI_BY_NAMESPACE); the registered ones keep to their own identities
                 engine.execute("INSERT INTO tx_remap_identity SELECT DISTINCT t2.source, m.source_id "
                                "FROM tx_remap_identity m JOIN transform_source t1 ON t1.source = m.source "
-                               "JOIN transform_source t2 ON t2.namespace = t1.namespace AND t2.source <> m.source")
+                               "JOIN transform_source t2 ON t2.namespace = t1.namespace "
+                               "WHERE t2.source NOT IN (SELECT DISTINCT source FROM empi_person_map)")
             for rule in rules:
                 if work == "tx_remap_code":
                     for sql in _code_change_sql(rule, tables):
