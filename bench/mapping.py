@@ -221,8 +221,19 @@ def main(argv=None) -> int:
     suggest.refresh(eng, [c for c in before if c.status == "gap"], index=idx)
     accepted = review.auto_accept(eng, args.min_score, by="bench")
     auto_s = time.time() - t
+    unit_truth = defaultdict(set)  # a unit spelling -> the true UCUM unit of each hospital that writes it
+    for r in (json.loads(x) for x in (sim / "ground_truth" / "codes.jsonl").read_text(encoding="utf-8").splitlines()):
+        if r["kind"] == "unit":
+            unit_truth[r["code"]].add(r["concept_code"])
+    unit_acc = [a for a in accepted if store.vocabulary_of(a["code_system"]) == "UCUM" and a["code"] in unit_truth]
+    unit_wrong = []
+    for a in unit_acc:
+        got = idx.concepts[a["concept_id"]]["concept_code"].replace("[iU]", "[IU]")
+        bad = sorted(t for t in unit_truth[a["code"]] if t != got and units.factor(None, got, t) != (1.0, 0.0))
+        if bad:
+            unit_wrong.append(f"'{a['code']}' -> {got} (true for some hospital: {', '.join(bad)})")
     right = sum(1 for a in accepted if truth.get((a["code_system"], a["code"]), {}).get("concept_id") ==
-                a["concept_id"])
+                a["concept_id"]) + len(unit_acc) - len(unit_wrong)
     after = gaps.inventory(eng)
     t = time.time()
     run = transform(eng, namespaces=ns)  # a plain (incremental) run applies the accepted mappings
@@ -245,7 +256,8 @@ def main(argv=None) -> int:
         "medlake_top1_misses": results["medlake"][1],
         "truly_unmapped": {"n": len(zero), "max_top1_score": max(zero) if zero else None,
                            "above_min_score": sum(s >= args.min_score for s in zero)},
-        "auto_accept": {"accepted": len(accepted), "correct": right,
+        "auto_accept": {"accepted": len(accepted), "correct": right, "units": len(unit_acc),
+                        "units_differing": unit_wrong,
                         "precision": right / len(accepted) if accepted else None},
         "coverage_before": cov_before, "coverage_after": cov_after,
         "cdm_coverage_before": cdm_before, "cdm_coverage_after": cdm_after,
@@ -286,7 +298,10 @@ def markdown(r: dict) -> str:
     a = r["auto_accept"]
     lines += ["## Coverage: staged code rows that reach a standard concept\n",
               f"Auto-accept of top suggestions with score >= {r['min_score']}: {a['accepted']} mappings, "
-              f"{a['correct']} correct (precision {a['precision'] if a['precision'] is None else round(a['precision'], 4)}).",
+              f"{a['correct']} correct (precision {a['precision'] if a['precision'] is None else round(a['precision'], 4)}); "
+              f"of them {a['units']} unit spellings (kind unit, counted correct when the UCUM unit is, or equals, the "
+              "true unit of every hospital that writes the spelling)"
+              + (": differing " + "; ".join(a["units_differing"]) if a["units_differing"] else "") + ".",
               "Staged code rows (what the transform turns into CDM rows) per kind of code:\n",
               "| kind | rows | before | after |", "|---|---|---|---|"]
     for k, b in r["coverage_before"].items():

@@ -116,6 +116,8 @@ OMOP_CONCEPTS = [
     (8848, "thousand per microliter", "Unit", "UCUM", "Unit", "S", "10*3/uL"),
     (8576, "milligram", "Unit", "UCUM", "Unit", "S", "mg"),
     (8587, "milliliter", "Unit", "UCUM", "Unit", "S", "mL"),
+    # as Athena codes it ([iU], UCUM's other case-sensitive symbol of [IU]); DQD allows it for the enzyme labs
+    (8923, "international unit per liter", "Unit", "UCUM", "Unit", "S", "[iU]/L"),
     # The CDM version cdm_source.cdm_version_concept_id names (the transform writes 756265 for v5.4).
     (756265, "OMOP CDM Version 5.4.0", "Metadata", "CDM", "CDM", "S", "CDM v5.4.0"),
     # Languages of notes and synonyms (the transform and the catalog use these Athena ids). Their SNOMED

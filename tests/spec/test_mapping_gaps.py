@@ -1,9 +1,10 @@
 """The gap inventory on every engine: the same codes, statuses, people and median values (MEDIAN is
 transpiled per engine)."""
 from medlake.cdm import store
-from medlake.mapping import gaps
+from medlake.mapping import gaps, review, suggest
+from medlake.transform.run import transform
 
-from test_transform import T, batch1, stage, vocab
+from test_transform import NS, T, batch1, stage, vocab
 
 
 def test_gap_inventory_same_on_every_engine(engine):
@@ -29,3 +30,42 @@ def test_gap_inventory_same_on_every_engine(engine):
     assert inv[("http://hl7.org/fhir/sid/icd-10-cm", "I10")].target_concept_id == 320128
     # most rows first
     assert [c.rows for c in inv.values()] == sorted((c.rows for c in inv.values()), reverse=True)
+
+
+def test_unit_spellings_are_gaps_the_suggester_maps_and_the_transform_then_uses(engine):
+    """A unit as a hospital writes it ('％', 'percent') is a gap of kind unit under the system the transform looks
+    it up with (UCUM when the feed names none, a FHIR Quantity too); the suggester reads it as UCUM %, auto-accept
+    records it, and the next transform re-maps the rows already in the CDM from 0 to the unit's concept."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    stage(engine, "stg_hl7_observation", "lis", 1, [
+        dict(control_id=f"L{i}", message_type="ORU^R01", event_time=T(2021, 5, 2), patient_id="M1",
+             filler_number=f"F{i}", code="4548-4", code_system="LN", value_type="NM", value_number=6.5, units=u,
+             observation_time=T(2021, 5, 2, 7), result_status="F")
+        for i, u in enumerate(["%", "％", "％", "percent", "bananas"])])
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", gender="female", mrn="M1")])
+    stage(engine, "stg_fhir_observation", "emr", 1, [
+        dict(resource_id="o1", status="final", code_system="http://loinc.org", code="4548-4",
+             subject_ref="Patient/p1", effective_at=T(2021, 5, 3, 7), value_number=6.1, value_unit="％")])
+    transform(engine, namespaces=NS)
+    units = "SELECT unit_source_value AS u, unit_concept_id AS c, count(*) AS n FROM measurement GROUP BY 1, 2"
+    assert {(r["u"], r["c"], r["n"]) for r in engine.query(units).to_pylist()} == {
+        ("%", 8554, 1), ("％", 0, 3), ("percent", 0, 1), ("bananas", 0, 1)}
+
+    inv = {(c.code_system, c.code): c for c in gaps.inventory(engine)}
+    assert (inv[("UCUM", "%")].status, inv[("UCUM", "%")].via) == ("mapped", "vocabulary")
+    assert {k: (c.kind, c.status, c.rows) for k, c in inv.items() if c.kind == "unit" and c.status == "gap"} == {
+        ("UCUM", "％"): ("unit", "gap", 2), ("UCUM", "percent"): ("unit", "gap", 1),
+        ("UCUM", "bananas"): ("unit", "gap", 1), ("http://unitsofmeasure.org", "％"): ("unit", "gap", 1)}
+    got = suggest.refresh(engine)
+    top = {(c.code_system, c.code): got[c.gap_id][0] if got[c.gap_id] else None for c in inv.values()
+           if c.status == "gap" and c.kind == "unit"}
+    assert top[("UCUM", "bananas")] is None
+    assert {k: (s.concept_id, s.score) for k, s in top.items() if s} == {  # 'percent' is also the concept's name
+        ("UCUM", "％"): (8554, 0.95), ("UCUM", "percent"): (8554, 0.97), ("http://unitsofmeasure.org", "％"): (8554, 0.95)}
+    assert "is UCUM %" in top[("UCUM", "％")].evidence[0]
+    assert len(review.auto_accept(engine, 0.9)) == 3
+
+    transform(engine, namespaces=NS)
+    assert {(r["u"], r["c"], r["n"]) for r in engine.query(units).to_pylist()} == {
+        ("%", 8554, 1), ("％", 8554, 3), ("percent", 8554, 1), ("bananas", 0, 1)}

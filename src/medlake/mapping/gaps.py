@@ -9,10 +9,13 @@ People are counted per source as distinct patient identifiers (pseudonymous coun
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from medlake.mapping import store
+from medlake.transform import compile as tx
+from medlake.transform import rules
 
 # table, kind, code column, code system column, display columns (first non-null), unit column(s), value, patient
 EXTRACTS = [
@@ -135,6 +138,17 @@ def collect(engine) -> dict[tuple, Code]:
                 c = codes[(r["code_system"], r["code"])]
                 n0, _ = c.units.get(r["unit"], (0, None))
                 c.units[r["unit"]] = (n0 + r["n"], r["med"])
+    # unit spellings: the transform's own unit expressions (a slot without a code system is UCUM), so a gap is
+    # exactly what the transform will look up
+    for rule in (r for r in rules.EVENTS if r.unit is not None and r.staging in tables):
+        u = rule.unit
+        if not set(re.findall(r"\bs\.(\w+)", u.system + u.code)) <= {c.name for c in engine.columns(rule.staging)}:
+            continue  # a staging table of an older or partial layout: the transform cannot map its units either
+        for r in engine.query(f"SELECT s.source, {u.system} AS code_system, {u.code} AS code, COUNT(*) AS n "
+                              f"FROM {tx._from(rule)} s WHERE NULLIF(CAST({u.code} AS VARCHAR), '') IS NOT NULL "
+                              "GROUP BY 1, 2, 3").to_pylist():
+            c = codes.setdefault((r["code_system"], r["code"]), Code(r["code_system"], r["code"], "unit"))
+            c.sources[r["source"]] = c.sources.get(r["source"], 0) + r["n"]
     for c in codes.values():
         if c.displays:
             c.display = max(c.displays.items(), key=lambda kv: (kv[1], kv[0]))[0]

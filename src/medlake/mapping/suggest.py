@@ -11,6 +11,8 @@ Evidence, strongest first:
   split into what is measured and where/how, so "GLU" is glucose (in serum, the default specimen) rather than
   the longest name that contains glucose. Names of non-standard concepts (e.g. ICD-10-CM) count through their
   'Maps to'.
+- **unit spelling** (gaps of kind unit): `units.parse` reads the unit as hospitals write it ("×10⁹/L", "u/l",
+  "μmol/L") as the UCUM unit it means, whose concept is suggested at 0.95.
 - **unit / value**: the source's unit must fit the concept's kind of quantity (mmol/L suits glucose, not HbA1c)
   and its median value should be plausible for it (units.Units.fits).
 """
@@ -247,6 +249,12 @@ class Index:
         for v in vocabs:
             for src, t in self.code_index.get((v, code), ()):
                 out[t] = (1.0, f"code {code} in {v}" + ("" if src == t else " maps to it"))
+        if not out and gap.kind == "unit":  # a unit as written ("×10⁹/L", "mg/dl"): the UCUM unit it means
+            ucum = units_mod.parse(code)
+            cid = self.units.unit_concept(ucum)
+            if cid in self.concepts:
+                out[cid] = (0.95, f"unit '{code}' is UCUM {ucum}" + ("" if ucum in self.units.unit_ids else
+                                                                    f", equal to {self.concepts[cid]['concept_code']}"))
         if not out and (declared in ICD_FALLBACK or re.match(r"^[A-Z]\d\d(\.\w+)?", code)):
             for prefix in _icd_prefixes(code):
                 for v in ICD_FALLBACK:

@@ -308,7 +308,7 @@ class Units:
         unit_ids, analytes = {}, {}
         for c in concepts:
             if c["vocabulary_id"] == "UCUM" and c.get("standard_concept") == "S":
-                unit_ids[c["concept_code"]] = int(c["concept_id"])
+                unit_ids[c["concept_code"].replace("[iU]", "[IU]")] = int(c["concept_id"])  # Athena writes [iU]
             elif c["vocabulary_id"] == "LOINC":
                 a = analyte_of(c["concept_code"], c["concept_name"])
                 if a:
