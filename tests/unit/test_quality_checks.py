@@ -466,7 +466,7 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
                 "sending_facility VARCHAR, source VARCHAR)")
     eng.execute("INSERT INTO stg_hl7_message VALUES ('M1', 'ORU^R01', TIMESTAMP '2024-01-01 10:00:00', 'H1', 'lis'), "
                 "('M1', 'ORU^R01', TIMESTAMP '2024-01-01 10:00:00', 'H1', 'lis'), "   # sent twice
-                "('M2', 'ORU^R01', NULL, 'H1', 'lis'), ('A1', 'ADT^A01', TIMESTAMP '2024-01-01 09:00:00', '', 'his')")
+                "('M2', 'ORU^R01', NULL, 'H1', 'lis'), ('A1', 'ADT^A01', TIMESTAMP '2024-01-01 09:00:00', '  ', 'his')")  # spaces: blank
     eng.execute("CREATE TABLE cdm_lineage (cdm_table VARCHAR, row_id BIGINT, source VARCHAR, code_system VARCHAR, "
                 "code VARCHAR, concept_id INTEGER)")
     eng.execute("INSERT INTO cdm_lineage VALUES ('measurement', 1, 'lis', 'LIS', 'A1C', 3004410), "
