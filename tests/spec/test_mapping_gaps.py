@@ -54,9 +54,10 @@ def test_unit_spellings_are_gaps_the_suggester_maps_and_the_transform_then_uses(
 
     inv = {(c.code_system, c.code): c for c in gaps.inventory(engine)}
     assert (inv[("UCUM", "%")].status, inv[("UCUM", "%")].via) == ("mapped", "vocabulary")
-    assert {k: (c.kind, c.status, c.rows) for k, c in inv.items() if c.kind == "unit" and c.status == "gap"} == {
-        ("UCUM", "％"): ("unit", "gap", 2), ("UCUM", "percent"): ("unit", "gap", 1),
-        ("UCUM", "bananas"): ("unit", "gap", 1), ("http://unitsofmeasure.org", "％"): ("unit", "gap", 1)}
+    assert {k: (c.kind, c.status, c.rows, c.n_persons) for k, c in inv.items()
+            if c.kind == "unit" and c.status == "gap"} == {
+        ("UCUM", "％"): ("unit", "gap", 2, 1), ("UCUM", "percent"): ("unit", "gap", 1, 1),
+        ("UCUM", "bananas"): ("unit", "gap", 1, 1), ("http://unitsofmeasure.org", "％"): ("unit", "gap", 1, 1)}
     got = suggest.refresh(engine)
     top = {(c.code_system, c.code): got[c.gap_id][0] if got[c.gap_id] else None for c in inv.values()
            if c.status == "gap" and c.kind == "unit"}

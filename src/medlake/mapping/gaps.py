@@ -142,13 +142,15 @@ def collect(engine) -> dict[tuple, Code]:
     # exactly what the transform will look up
     for rule in (r for r in rules.EVENTS if r.unit is not None and r.staging in tables):
         u = rule.unit
-        if not set(re.findall(r"\bs\.(\w+)", u.system + u.code)) <= {c.name for c in engine.columns(rule.staging)}:
+        read = set(re.findall(r"\bs\.(\w+)", " ".join((u.system, u.code, "" if rule.from_sql else rule.person))))
+        if not read <= {c.name for c in engine.columns(rule.staging)}:
             continue  # a staging table of an older or partial layout: the transform cannot map its units either
-        for r in engine.query(f"SELECT s.source, {u.system} AS code_system, {u.code} AS code, COUNT(*) AS n "
-                              f"FROM {tx._from(rule)} s WHERE NULLIF(CAST({u.code} AS VARCHAR), '') IS NOT NULL "
-                              "GROUP BY 1, 2, 3").to_pylist():
+        for r in engine.query(f"SELECT s.source, {u.system} AS code_system, {u.code} AS code, COUNT(*) AS n, "
+                              f"COUNT(DISTINCT {rule.person}) AS p FROM {tx._from(rule)} s "
+                              f"WHERE NULLIF(CAST({u.code} AS VARCHAR), '') IS NOT NULL GROUP BY 1, 2, 3").to_pylist():
             c = codes.setdefault((r["code_system"], r["code"]), Code(r["code_system"], r["code"], "unit"))
             c.sources[r["source"]] = c.sources.get(r["source"], 0) + r["n"]
+            c.persons[r["source"]] = c.persons.get(r["source"], 0) + r["p"]
     for c in codes.values():
         if c.displays:
             c.display = max(c.displays.items(), key=lambda kv: (kv[1], kv[0]))[0]
