@@ -87,9 +87,21 @@ class Context:
         elif table not in self.present:  # an empty referenced table is checked: every value then violates
             raise NotApplicable(f"{table} table absent (referenced by {self.table}.{fld})")
         alias = f"fk_{fld}"
-        src = PERSON if table == "person" else q(table)
-        self.joins[alias] = (f"LEFT JOIN {src} AS {alias} ON t.{q(fld)} = {alias}.{q(key)}", table)
+        self.joins[alias] = (f"LEFT JOIN {q(table)} AS {alias} ON t.{q(fld)} = {alias}.{q(key)}", table)
         return alias
+
+    def join_sql(self, aliases, *reads: str | None) -> str:
+        """The joins `aliases` name, for a statement whose conditions are `reads`: the person table with each
+        birth as a date (PERSON) where the statement reads that birth, else as it is (a query of one check, as
+        DQD issues it, pays for no column it does not read; 1-2 ms a query on DuckDB)."""
+        text = " ".join(r for r in reads if r)
+        out = []
+        for a in aliases:
+            sql, table = self.joins[a]
+            if table == "person" and (f"{a}.birth_date__" in text or f"{a}.birth_key__" in text):
+                sql = sql.replace(f"LEFT JOIN {q('person')} ", f"LEFT JOIN {PERSON} ", 1)
+            out.append(sql)
+        return " ".join(out)
 
     def person(self) -> str:
         if self.table == "person":
@@ -149,18 +161,11 @@ PERSON = ("(SELECT *, CASE WHEN birth_datetime IS NOT NULL THEN CAST(birth_datet
           f"CASE WHEN birth_datetime IS NULL THEN {_ymd(*_BIRTH_FIELDS)} END AS birth_key__ FROM person)")
 
 
-def person_as_needed(sql: str) -> str:
-    """A statement joins the person table as it is, unless it reads the birth PERSON adds (a query of one
-    check, as DQD issues it, pays for no column it does not read; 1-2 ms a query on DuckDB)."""
-    rest = sql.replace(PERSON, "")
-    return sql if "birth_date__" in rest or "birth_key__" in rest else sql.replace(PERSON, q("person"))
-
-
 def _birth_after(p: str, when: str) -> str:
     """Birth after the date `when`: birth_datetime if known, else the earliest day the birth fields allow
     (year_of_birth, month_of_birth or January, day_of_birth or the 1st) — so a date in the birth year but
-    before the birth month counts, and no date that could be after birth does. `p`: the person table joined as
-    PERSON, or `t` (the person table itself)."""
+    before the birth month counts, and no date that could be after birth does. `p`: the person table's alias (a
+    statement reading its birth joins it as PERSON: Context.join_sql), or `t` (the person table itself)."""
     key = _ymd(f"EXTRACT(YEAR FROM {when})", f"EXTRACT(MONTH FROM {when})", f"EXTRACT(DAY FROM {when})")
     if p != "t":
         return (f"(({p}.birth_date__ IS NOT NULL AND {p}.birth_date__ > {when}) OR "
@@ -281,8 +286,8 @@ def scan_sql(table: str, items: list[Item], ctx: Context) -> str:
     aliases = []
     for it in items:
         aliases += [a for a in it.joins if a not in aliases]
-    joins = " ".join(ctx.joins[a][0] for a in aliases)
-    return person_as_needed(f"SELECT {', '.join(f'{e} AS {n}' for e, n in aggs.items())} FROM {q(table)} AS t {joins}".strip())
+    joins = ctx.join_sql(aliases, *aggs)
+    return f"SELECT {', '.join(f'{e} AS {n}' for e, n in aggs.items())} FROM {q(table)} AS t {joins}".strip()
 
 
 CONCEPT_COLUMNS = ("concept_id", "domain_id", "concept_class_id", "standard_concept", "invalid_reason")
@@ -325,8 +330,8 @@ def value_condition(it: Item, values: list) -> tuple[str, tuple[str, ...]] | Non
 
 def single_sql(table: str, it: Item, ctx: Context) -> str:
     """The same item as a query of its own (the one-query-per-check baseline, and error isolation)."""
-    joins = " ".join(ctx.joins[a][0] for a in it.joins)
-    return person_as_needed(f"SELECT {it.num} AS v0, {it.den} AS d0 FROM {q(table)} AS t {joins}".strip())
+    joins = ctx.join_sql(it.joins, it.num, it.den)
+    return f"SELECT {it.num} AS v0, {it.den} AS d0 FROM {q(table)} AS t {joins}".strip()
 
 
 def dqd_sql(table: str, it: Item, ctx: Context) -> str:
@@ -335,11 +340,11 @@ def dqd_sql(table: str, it: Item, ctx: Context) -> str:
     denominator rows. Items without a row condition (DISTINCT counts, probes) run as `single_sql`."""
     if not it.where or not it.weighted:
         return single_sql(table, it, ctx)
-    joins = " ".join(ctx.joins[a][0] for a in it.joins)
-    den_joins = " ".join(ctx.joins[a][0] for a in it.joins if it.den_where and a in _used(it.den_where))
+    joins = ctx.join_sql(it.joins, it.where)
+    den_joins = ctx.join_sql([a for a in it.joins if it.den_where and a in _used(it.den_where)], it.den_where)
     den = f" WHERE {it.den_where}" if it.den_where else ""
-    return person_as_needed(dqd_wrap(table, it.check.field or "", f"{joins} WHERE {it.where}",
-                                     f"SELECT count(*) AS num_rows FROM {q(table)} AS t {den_joins}{den}"))
+    return dqd_wrap(table, it.check.field or "", f"{joins} WHERE {it.where}",
+                    f"SELECT count(*) AS num_rows FROM {q(table)} AS t {den_joins}{den}")
 
 
 def dqd_wrap(table: str, fld: str, rest: str, denominator: str) -> str:
@@ -354,10 +359,9 @@ def examples_sql(table: str, wanted: list[tuple[str, str, tuple[str, ...]]], ctx
     """Up to k example row ids per (check id, condition, joins), as one UNION ALL query."""
     parts = []
     for cid, cond, joins in wanted:
-        js = " ".join(ctx.joins[a][0] for a in joins)
-        parts.append(person_as_needed(
+        parts.append(
             f"SELECT * FROM (SELECT {lit(cid)} AS check_id, CAST(t.{q(ctx.id_column)} AS VARCHAR) AS row_id "
-            f"FROM {q(table)} AS t {js} WHERE {cond} LIMIT {k}) AS e{len(parts)}"))
+            f"FROM {q(table)} AS t {ctx.join_sql(joins, cond)} WHERE {cond} LIMIT {k}) AS e{len(parts)}")
     return " UNION ALL ".join(parts)
 
 
@@ -489,11 +493,11 @@ def concept_single_sql(c: Check, ctx: Context, dqd: bool = False) -> str:
         scope += " AND t.value_as_number IS NOT NULL"
     else:
         scope += f" AND {joins[0]}.person_id IS NOT NULL"
-    js = " ".join(ctx.joins[a][0] for a in joins)
+    js = ctx.join_sql(joins, scope, cond)
     if dqd:
-        return person_as_needed(dqd_wrap(c.table, c.field, f"{js} WHERE {scope} AND {cond}",
-                                         f"SELECT count(*) AS num_rows FROM {q(c.table)} AS t {js} WHERE {scope}"))
-    return person_as_needed(f"SELECT {sum_if(cond)} AS v0, count(*) AS d0 FROM {q(c.table)} AS t {js} WHERE {scope}")
+        return dqd_wrap(c.table, c.field, f"{js} WHERE {scope} AND {cond}",
+                        f"SELECT count(*) AS num_rows FROM {q(c.table)} AS t {js} WHERE {scope}")
+    return f"SELECT {sum_if(cond)} AS v0, count(*) AS d0 FROM {q(c.table)} AS t {js} WHERE {scope}"
 
 
 def concept_example(c: Check, ctx: Context) -> tuple[str, tuple[str, ...]]:

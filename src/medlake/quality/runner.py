@@ -424,9 +424,8 @@ class Runner:
                 name = col.strip('"')
                 owner = ctx.joins.get(alias, ("", alias))[1]  # a joined table's field: named by its table
                 cols.setdefault(f"{alias}.{col}", name if alias == "t" else f"{owner}.{name}")
-            js = " ".join(ctx.joins[a][0] for a in joins)
             pick = ", ".join(f"{e} AS {cp.q(n)}" for e, n in cols.items()) or "t.*"
-            return cp.person_as_needed(f"SELECT {pick} FROM {cp.q(table)} AS t {js} WHERE {cond}{order} LIMIT {rows}")
+            return f"SELECT {pick} FROM {cp.q(table)} AS t {ctx.join_sql(joins, cond)} WHERE {cond}{order} LIMIT {rows}"
 
         if c.level == "TABLE":
             count, ex, _ = cp.table_level_sql(c, ctx, dqd=True)
