@@ -506,7 +506,7 @@ def quality_show(
 
     from medlake.cdm import store
     from medlake.config import redact
-    from medlake.quality import compile as cp, runner, site
+    from medlake.quality import compile as cp, report, runner, site
 
     extra = site.load(site_checks)[0] if site_checks else []
     with open_store() as eng:
@@ -537,6 +537,9 @@ def quality_show(
             seen = (f"{last['num_violated_rows']:,} of {last['num_denominator_rows']:,} rows{pct}"
                     if last["num_denominator_rows"] is not None else last.get("not_applicable_reason") or last["error"] or "")
             out.print(f"run {last['run_id']}: {last['status']} — {seen}", highlight=False, markup=False)
+            step = report.next_step(last) if last["status"] == "failed" else None
+            if step:
+                out.print(f"what to do: {step}", highlight=False, markup=False)
         else:
             out.print(f"no run in {out_dir} has checked it yet (medlake quality run)", highlight=False)
         if count:

@@ -46,6 +46,8 @@ def test_the_report_reads_offline_in_a_browser(report):
         # the failed check comes first, with its example row
         failed = page.locator("h2:has-text('Failed checks') + table tbody tr").first
         assert "isForeignKey" in failed.inner_text() and "200" in failed.inner_text()
+        assert "What to do: Rows point at a row that does not exist" in failed.inner_text()  # the next step
+        assert "What to do" not in page.locator("#all tbody tr", has_text="passed").first.inner_text()
         # the charts are drawn: category bars and the pass rate across the two runs
         trend = page.locator("svg[aria-label='pass rate across runs'] polyline")
         assert trend.count() == 1 and trend.bounding_box()["width"] > 100

@@ -1,7 +1,10 @@
 """The HTML report: one self-contained file (inline CSS, JS and SVG; nothing fetched from the network)."""
 from __future__ import annotations
 
+import tomllib
+from functools import cache
 from html import escape
+from importlib import resources
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -13,6 +16,7 @@ vertical-align:top}th{background:#f6f6f6}.num{text-align:right;font-variant-nume
 border-radius:6px}code{font-size:12px}small{color:#666}input{padding:4px;width:30em}
 .warning{background:#fff4e0;border-left:4px solid #a15c00;padding:.5em 1em}
 table.checks{table-layout:fixed}table.checks td{overflow-wrap:anywhere}
+p.next{margin:.3em 0 0;padding:.2em .5em;background:#f3f7ff;border-left:3px solid #3a6fd8}
 """
 
 JS = """
@@ -60,6 +64,20 @@ def _trend(history: list[dict]) -> str:
             f'<text x="{w - pad}" y="{h - 8}" font-size="11" text-anchor="end">{escape(pts[-1][0])}</text></svg>')
 
 
+@cache
+def _steps() -> dict[str, str]:
+    return tomllib.loads(resources.files("medlake.quality").joinpath("next_steps.toml").read_text("utf-8"))["steps"]
+
+
+def next_step(r: dict) -> str | None:
+    """What to do about a failed check of this type (next_steps.toml), with its own id, table, field and source;
+    None for a type without one (a site's own check)."""
+    text = _steps().get(r["check_name"])
+    names = {"check_id": r["check_id"], "table": r["cdm_table"], "field": r["cdm_field"] or "the field",
+             "source": r.get("data_source") or "the source"}
+    return text.format(**names) if text else None
+
+
 def _row(r: dict) -> str:
     where = r["cdm_table"] + (f".{r['cdm_field']}" if r["cdm_field"] else "")
     if r.get("data_source"):
@@ -67,6 +85,7 @@ def _row(r: dict) -> str:
     if r["concept_id"] is not None:
         where += f" [concept {r['concept_id']}" + (f", unit {r['unit_concept_id']}" if r["unit_concept_id"] else "") + "]"
     note = r.get("error") or r.get("not_applicable_reason") or ""
+    step = next_step(r) if r["status"] == "failed" else None
     ex = ", ".join(r.get("examples") or [])
     if ex:
         ex = f"<br><small>examples ({escape(r.get('example_field') or 'id')}): {escape(ex)}</small>"
@@ -78,7 +97,8 @@ def _row(r: dict) -> str:
             f'<td>{escape(where)}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
             f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%</td>'
             f'<td><small>{escape(r["description"])}</small>{ex}'
-            f'{"<br><small>" + escape(note) + "</small>" if note else ""}</td></tr>')
+            f'{"<br><small>" + escape(note) + "</small>" if note else ""}'
+            f'{"<p class=next><small><b>What to do:</b> " + escape(step) + "</small></p>" if step else ""}</td></tr>')
 
 
 HEAD = ('<colgroup><col style="width:6%"><col style="width:20%"><col style="width:18%"><col style="width:6%">'
