@@ -306,7 +306,8 @@ def markdown(r: dict) -> str:
               "| kind | rows | before | after |", "|---|---|---|---|"]
     for k, b in r["coverage_before"].items():
         after = r["coverage_after"].get(k, {})
-        lines.append(f"| {k} | {b['rows']} | {b['share']:.3f} | {after.get('share', 0):.3f} |")
+        name = "unit (spellings of the results above; not in all)" if k == "unit" else k
+        lines.append(f"| {name} | {b['rows']} | {b['share']:.3f} | {after.get('share', 0):.3f} |")
     rt = r["retransform"]
     lines += ["", "CDM rows with a standard concept, after the first transform and after a plain `medlake transform` "
                   f"run following the auto-accept (it re-mapped {rt['records']:,} source record(s), replacing "

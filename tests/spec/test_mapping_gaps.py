@@ -58,6 +58,9 @@ def test_unit_spellings_are_gaps_the_suggester_maps_and_the_transform_then_uses(
             if c.kind == "unit" and c.status == "gap"} == {
         ("UCUM", "％"): ("unit", "gap", 2, 1), ("UCUM", "percent"): ("unit", "gap", 1, 1),
         ("UCUM", "bananas"): ("unit", "gap", 1, 1), ("http://unitsofmeasure.org", "％"): ("unit", "gap", 1, 1)}
+    cov = gaps.coverage(list(inv.values()))  # units apart: a unit belongs to a result already counted as a lab
+    assert (cov["unit"]["rows"], cov["unit"]["mapped_rows"]) == (6, 1)
+    assert cov["all"]["rows"] == sum(v["rows"] for k, v in cov.items() if k not in ("all", "unit"))
     got = suggest.refresh(engine)
     top = {(c.code_system, c.code): got[c.gap_id][0] if got[c.gap_id] else None for c in inv.values()
            if c.status == "gap" and c.kind == "unit"}
