@@ -452,7 +452,7 @@ def quality_run(
         None, "--cdm-version", help="OMOP CDM version of the store: 5.4 or 5.3 (default: read from the store)."),
 ):
     """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format)."""
-    from medlake.quality import runner, site
+    from medlake.quality import report, runner, site
 
     extra, feed, fields = site.load(site_checks) if site_checks else ([], None, {})
     with open_store() as eng:
@@ -475,6 +475,16 @@ def quality_run(
         rate = "n/a" if v["pass_rate"] is None else f"{100 * v['pass_rate']:.1f}%"
         t.add_row(name, str(v["passed"]), str(v["failed"]), str(v["errors"]), str(v["not_applicable"]), rate)
     out.print(t)
+    worst = report.failed_first(r.results)
+    if worst:
+        t = Table(title=f"failed checks, worst first ({min(len(worst), 10)} of {len(worst)}; all in the report)")
+        for col in ("check", "where", "violated", "of", "%", "threshold"):
+            t.add_column(col, justify="left" if col in ("check", "where") else "right", overflow="fold")
+        for x in worst[:10]:
+            t.add_row(x["check_id"], report.where(x), f"{x['num_violated_rows']:,}", f"{x['num_denominator_rows']:,}",
+                      f"{100 * x['pct_violated_rows']:.2f}", f"{x['threshold']:g}")
+        out.print(t)
+        out.print("a check's rows and what to do: medlake quality show CHECK_ID", highlight=False)
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
     if s["excluded_tables"]:
@@ -520,23 +530,33 @@ def quality_show(
         try:
             c, count, listed = runner.Runner(eng, version, out_dir, site_checks=extra).check_queries(check_id, rows)
         except KeyError:
-            if last:  # in the run, not a CDM check: medlake's source-level checks (staging, landing, lineage)
-                raise ValueError(f"{check_id} is one of medlake's source-level checks, not a check of the CDM: "
-                                 "quality show covers the DQD checks and the site's (--checks)") from None
-            raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks): the check ids are "
-                             "in results.json and the report") from None
+            if not last:
+                raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks): the check ids are "
+                                 "in results.json and the report") from None
+            c = count = listed = None  # in the run, not a CDM check: medlake's source-level checks (staging, landing)
         except cp.NotApplicable as e:
             raise ValueError(f"{check_id} does not apply to this store: {e}") from None
-        where = c.table + (f".{c.field}" if c.field else "") + (f", concept {c.concept_id}" if c.concept_id else "")
-        out.print(f"{c.id}: {c.name} on {where}", highlight=False, markup=False)
-        out.print(f"{c.category} / {c.subcategory or '-'} / {c.context}; threshold {c.threshold}%", highlight=False)
-        if c.description:
-            out.print(c.description, highlight=False, markup=False)
+        if c is None:
+            out.print(f"{check_id}: {last['check_name']} on {report.where(last)}", highlight=False, markup=False)
+            out.print(f"{last['category']} / {last['subcategory'] or '-'} / {last['context']}; threshold "
+                      f"{last['threshold']}%; one of medlake's source-level checks (staging, landing, lineage): its "
+                      "rows are the examples below, it has no query of its own", highlight=False, markup=False)
+            if last.get("description"):
+                out.print(last["description"], highlight=False, markup=False)
+        else:
+            where = c.table + (f".{c.field}" if c.field else "") + (f", concept {c.concept_id}" if c.concept_id else "")
+            out.print(f"{c.id}: {c.name} on {where}", highlight=False, markup=False)
+            out.print(f"{c.category} / {c.subcategory or '-'} / {c.context}; threshold {c.threshold}%", highlight=False)
+            if c.description:
+                out.print(c.description, highlight=False, markup=False)
         if last:
             pct = "" if last["pct_violated_rows"] is None else f" ({100 * last['pct_violated_rows']:.4g}%)"
             seen = (f"{last['num_violated_rows']:,} of {last['num_denominator_rows']:,} rows{pct}"
                     if last["num_denominator_rows"] is not None else last.get("not_applicable_reason") or last["error"] or "")
             out.print(f"run {last['run_id']}: {last['status']} — {seen}", highlight=False, markup=False)
+            if c is None and last.get("examples"):
+                out.print(f"examples ({last.get('example_field') or 'id'}): {', '.join(last['examples'])}",
+                          highlight=False, markup=False)
             step = report.next_step(last) if last["status"] == "failed" else None
             if step:
                 out.print(f"what to do: {step}", highlight=False, markup=False)

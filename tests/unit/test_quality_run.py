@@ -453,8 +453,8 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     (tmp_path / "site.toml").write_text("[source_fields.stg_csv_lab]\nmandatory = ['order_id', 'test_code']\n"
                                         "key = ['order_id', 'test_code']\n")
     env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
-    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml"], env=env,
-                       cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml"],
+                       env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     [run_dir] = list((tmp_path / "quality").iterdir())
     got = {x["check_id"]: x for x in json.loads((run_dir / "results.json").read_text())}
@@ -463,6 +463,16 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     assert got["source_sourcemandatorycompleteness_lab_stg_csv_lab_test_code"]["status"] == "passed"
     dup = got["source_sourceduplicaterecords_lab_stg_csv_lab_order_id+test_code"]
     assert (dup["num_violated_rows"], dup["examples"]) == (1, ["O1"])
+    # the run's summary lists the worst failures; quality show gives a source-level one's result, examples and
+    # what to do (it has no query of its own)
+    assert "failed checks, worst first" in p.stdout
+    assert "source_sourcemandatorycompleteness_lab_stg_csv_lab_order_id" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "show", dup["check_id"]], env=dict(
+        env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "sourceDuplicateRecords on source lab: stg_csv_lab.order_id+test_code" in p.stdout
+    assert ": failed — 1 of 3 rows" in p.stdout and "examples (order_id): O1" in p.stdout
+    assert "what to do: Source lab sent the same record (the same key) more than once" in p.stdout
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):

@@ -78,12 +78,23 @@ def next_step(r: dict) -> str | None:
     return text.format(**names) if text else None
 
 
-def _row(r: dict) -> str:
-    where = r["cdm_table"] + (f".{r['cdm_field']}" if r["cdm_field"] else "")
+def failed_first(results: list[dict]) -> list[dict]:
+    """The failed checks, fatal ones first, then by the share of rows they find (as the report lists them)."""
+    return sorted((r for r in results if r["status"] == "failed"),
+                  key=lambda r: (r["severity"] != "fatal", -(r["pct_violated_rows"] or 0)))
+
+
+def where(r: dict) -> str:
+    """Where a check looks: table.field, its source, concept and unit."""
+    w = r["cdm_table"] + (f".{r['cdm_field']}" if r["cdm_field"] else "")
     if r.get("data_source"):
-        where = f"source {r['data_source']}: {where}"
+        w = f"source {r['data_source']}: {w}"
     if r["concept_id"] is not None:
-        where += f" [concept {r['concept_id']}" + (f", unit {r['unit_concept_id']}" if r["unit_concept_id"] else "") + "]"
+        w += f" [concept {r['concept_id']}" + (f", unit {r['unit_concept_id']}" if r["unit_concept_id"] else "") + "]"
+    return w
+
+
+def _row(r: dict) -> str:
     note = r.get("error") or r.get("not_applicable_reason") or ""
     step = next_step(r) if r["status"] == "failed" else None
     ex = ", ".join(r.get("examples") or [])
@@ -94,7 +105,7 @@ def _row(r: dict) -> str:
     return (f'<tr><td class="{r["status"]}">{r["status"]}</td><td><b>{escape(r["check_name"])}</b><br>'
             f'<small>{escape(r["category"])} / {escape(r["subcategory"] or "-")} / {escape(r["context"])}</small>'
             f'<br><small><code>{escape(r["check_id"])}</code></small></td>'
-            f'<td>{escape(where)}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
+            f'<td>{escape(where(r))}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
             f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%</td>'
             f'<td><small>{escape(r["description"])}</small>{ex}'
             f'{"<br><small>" + escape(note) + "</small>" if note else ""}'
@@ -110,8 +121,7 @@ HEAD = ('<colgroup><col style="width:6%"><col style="width:20%"><col style="widt
 def render(run, history: list[dict]) -> str:
     s = run.summary
     results = run.results
-    failed = sorted((r for r in results if r["status"] == "failed"),
-                    key=lambda r: (r["severity"] != "fatal", -(r["pct_violated_rows"] or 0)))
+    failed = failed_first(results)
     errors = [r for r in results if r["status"] == "error"]
     order = {"failed": 0, "error": 1, "passed": 2, "not_applicable": 3}
     cats = [(k, v["pass_rate"], f"({v['passed']}/{v['passed'] + v['failed']})") for k, v in s["by_category"].items()]
