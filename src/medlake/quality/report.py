@@ -1,6 +1,7 @@
 """The HTML report: one self-contained file (inline CSS, JS and SVG; nothing fetched from the network)."""
 from __future__ import annotations
 
+import re
 import tomllib
 from functools import cache
 from html import escape
@@ -94,6 +95,11 @@ def where(r: dict) -> str:
     return w
 
 
+def _code(text: str) -> str:
+    """`command` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def _row(r: dict) -> str:
     note = r.get("error") or r.get("not_applicable_reason") or ""
     step = next_step(r) if r["status"] == "failed" else None
@@ -109,7 +115,7 @@ def _row(r: dict) -> str:
             f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%</td>'
             f'<td><small>{escape(r["description"])}</small>{ex}'
             f'{"<br><small>" + escape(note) + "</small>" if note else ""}'
-            f'{"<p class=next><small><b>What to do:</b> " + escape(step) + "</small></p>" if step else ""}</td></tr>')
+            f'{"<p class=next><small><b>What to do:</b> " + _code(escape(step)) + "</small></p>" if step else ""}</td></tr>')
 
 
 HEAD = ('<colgroup><col style="width:6%"><col style="width:20%"><col style="width:18%"><col style="width:6%">'
