@@ -146,7 +146,7 @@ def collect(engine) -> dict[tuple, Code]:
         if not read <= {c.name for c in engine.columns(rule.staging)}:
             continue  # a staging table of an older or partial layout: the transform cannot map its units either
         for r in engine.query(f"SELECT s.source, {u.system} AS code_system, {u.code} AS code, COUNT(*) AS n, "
-                              f"COUNT(DISTINCT {rule.person}) AS p FROM {tx._from(rule)} s "
+                              f"COUNT(DISTINCT {rule.person}) AS p FROM {tx.read_sql(rule)} s "
                               f"WHERE NULLIF(CAST({u.code} AS VARCHAR), '') IS NOT NULL GROUP BY 1, 2, 3").to_pylist():
             c = codes.setdefault((r["code_system"], r["code"]), Code(r["code_system"], r["code"], "unit"))
             c.sources[r["source"]] = c.sources.get(r["source"], 0) + r["n"]

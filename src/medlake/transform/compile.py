@@ -183,7 +183,8 @@ def person_joins(rule, empi: bool) -> tuple[str, str]:
     return joins, f"CASE WHEN ({pref}) IS NULL THEN NULL ELSE {pid} END"
 
 
-def _from(rule) -> str:
+def read_sql(rule) -> str:
+    """What a rule reads, as `FROM … s`: its staging table, or the query it reads instead (from_sql)."""
     return getattr(rule, "from_sql", None) or rule.staging
 
 
@@ -192,7 +193,7 @@ def latest(rule, aggregates: dict | None = None) -> str:
     aggs = "".join(f", {a} OVER (PARTITION BY s.source, {rule.key}) AS {n}" for n, a in (aggregates or {}).items())
     return f"""WITH v AS (
     SELECT s.*, {rule.key} AS rkey, ROW_NUMBER() OVER (PARTITION BY s.source, {rule.key} ORDER BY {rule.order}) AS rn{aggs}
-    FROM {_from(rule)} s
+    FROM {read_sql(rule)} s
     JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
     WHERE {source_key(rule)} IN (SELECT source_key FROM tx_delta)
 ), s AS (SELECT * FROM v WHERE rn = 1)"""
@@ -202,7 +203,7 @@ def delta_sql(rule) -> str:
     """Keys of a rule's staging rows that arrived since the last run."""
     return f"""INSERT INTO tx_delta
 SELECT DISTINCT '{rule.name}', {source_key(rule)}
-FROM {_from(rule)} s
+FROM {read_sql(rule)} s
 JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
 LEFT JOIN transform_watermark w ON w.source = s.source
 WHERE s.receipt_seq > COALESCE(w.receipt_seq, -1) AND ({rule.key}) IS NOT NULL"""
@@ -220,7 +221,7 @@ def codes_of(rule) -> list[Code]:
 def needed_sql(rule, code: Code) -> str:
     return f"""INSERT INTO tx_needed
 SELECT DISTINCT COALESCE({code.system}, ''), {code.code}
-FROM {_from(rule)} s
+FROM {read_sql(rule)} s
 WHERE {source_key(rule)} IN (SELECT source_key FROM tx_delta) AND ({code.code}) IS NOT NULL"""
 
 
