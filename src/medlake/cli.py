@@ -485,6 +485,10 @@ def quality_run(
                       f"{100 * x['pct_violated_rows']:.2f} > {x['threshold']:g}")
         out.print(t)
         out.print("a check's rows and what to do: medlake quality show CHECK_ID", highlight=False)
+    if s.get("since_last_run"):
+        d = s["since_last_run"]
+        out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s), {len(d['fixed'])} fixed",
+                  highlight=False)
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
     if s["excluded_tables"]:

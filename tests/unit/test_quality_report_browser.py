@@ -44,9 +44,10 @@ def test_the_report_reads_offline_in_a_browser(report):
         assert page.title().startswith("medlake data quality")
         assert [u for u in requests if not u.startswith("file://")] == []  # nothing fetched: self-contained
         # the failed check comes first, with its example row
-        failed = page.locator("h2:has-text('Failed checks') + table tbody tr").first
+        failed = page.locator("h2:has-text('Failed checks') ~ table tbody tr").first
         assert "isForeignKey" in failed.inner_text() and "200" in failed.inner_text()
         assert "What to do: Rows point at a row that does not exist" in failed.inner_text()  # the next step
+        assert failed.locator(".new").inner_text() == "new"  # it did not fail in the run before
         assert "What to do" not in page.locator("#all tbody tr", has_text="passed").first.inner_text()
         # the charts are drawn: category bars and the pass rate across the two runs
         trend = page.locator("svg[aria-label='pass rate across runs'] polyline")

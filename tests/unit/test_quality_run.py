@@ -473,6 +473,9 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     assert "sourceDuplicateRecords on source lab: stg_csv_lab.order_id+test_code" in p.stdout
     assert ": failed — 1 of 3 rows" in p.stdout and "examples (order_id): O1" in p.stdout
     assert "what to do: Source lab sent the same record (the same key) more than once" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml"],
+                       env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and f"since run {run_dir.name}: 0 new failure(s), 0 fixed" in p.stdout, p.stdout
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
@@ -566,3 +569,30 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
     meta = dqd["Metadata"][0]
     assert (meta["cdmSourceName"], meta["cdmSourceAbbreviation"], meta["cdmVersion"]) == ("Test hospital", "TH", "5.4")
     assert meta["dqdVersion"].startswith("medlake")
+
+
+def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last_run(tmp_path):
+    """run.json's since_last_run, the report's 'new' marks and the CLI line compare with the same store's previous
+    finished run only (another store's runs in the same folder do not count)."""
+    fk = "field_isforeignkey_condition_occurrence_person_id"
+    out = tmp_path / "quality"
+    other = open_engine(f"duckdb:{tmp_path / 'other.duckdb'}")
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    first = runner.run(eng, "5.4", out)
+    assert first.summary["since_last_run"] is None
+    world(other).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    assert runner.run(other, "5.4", out).summary["since_last_run"] is None  # its first run, in a folder with one
+    eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    second = runner.run(eng, "5.4", out)
+    both = [fk, "table_measureconditioneracompleteness_condition_era"]  # person 99's condition has no era either
+    assert second.summary["since_last_run"] == {"run_id": first.run_id, "new_failures": both, "fixed": []}
+    html = (second.dir / "report.html").read_text()
+    assert "2 new failure(s)" in html and html.count("<span class=new>new</span>") == 5  # legend; failed; all
+    eng.execute(CO + "person_id = 1 WHERE condition_occurrence_id = 200")
+    third = runner.run(eng, "5.4", out)
+    assert third.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "fixed": both}
+    assert [h["run_id"] for h in runner.history(out, third.summary["store"])] == [
+        first.run_id, second.run_id, third.run_id]
+    eng.close()
+    other.close()

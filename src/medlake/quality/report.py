@@ -17,6 +17,7 @@ vertical-align:top}th{background:#f6f6f6}.num{text-align:right;font-variant-nume
 border-radius:6px}code{font-size:12px}small{color:#666}input{padding:4px;width:30em}
 .warning{background:#fff4e0;border-left:4px solid #a15c00;padding:.5em 1em}
 table.checks{table-layout:fixed}table.checks td{overflow-wrap:anywhere}
+.new{font-size:11px;color:#fff;background:#b00020;border-radius:3px;padding:0 4px}
 p.next{margin:.3em 0 0;padding:.2em .5em;background:#f3f7ff;border-left:3px solid #3a6fd8}
 """
 
@@ -100,7 +101,7 @@ def _code(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
-def _row(r: dict) -> str:
+def _row(r: dict, new: frozenset = frozenset()) -> str:
     note = r.get("error") or r.get("not_applicable_reason") or ""
     step = next_step(r) if r["status"] == "failed" else None
     ex = ", ".join(r.get("examples") or [])
@@ -108,7 +109,8 @@ def _row(r: dict) -> str:
         ex = f"<br><small>examples ({escape(r.get('example_field') or 'id')}): {escape(ex)}</small>"
     vr = "" if r["num_violated_rows"] is None else f"{r['num_violated_rows']:,}"
     dr = "" if r["num_denominator_rows"] is None else f"{r['num_denominator_rows']:,}"
-    return (f'<tr><td class="{r["status"]}">{r["status"]}</td><td><b>{escape(r["check_name"])}</b><br>'
+    badge = "<br><span class=new>new</span>" if r["check_id"] in new else ""
+    return (f'<tr><td class="{r["status"]}">{r["status"]}{badge}</td><td><b>{escape(r["check_name"])}</b><br>'
             f'<small>{escape(r["category"])} / {escape(r["subcategory"] or "-")} / {escape(r["context"])}</small>'
             f'<br><small><code>{escape(r["check_id"])}</code></small></td>'
             f'<td>{escape(where(r))}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
@@ -128,6 +130,8 @@ def render(run, history: list[dict]) -> str:
     s = run.summary
     results = run.results
     failed = failed_first(results)
+    since = s.get("since_last_run")
+    new = frozenset(since["new_failures"]) if since else frozenset()
     errors = [r for r in results if r["status"] == "error"]
     order = {"failed": 0, "error": 1, "passed": 2, "not_applicable": 3}
     cats = [(k, v["pass_rate"], f"({v['passed']}/{v['passed'] + v['failed']})") for k, v in s["by_category"].items()]
@@ -155,7 +159,9 @@ def render(run, history: list[dict]) -> str:
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
         f"<h2>Failed checks ({len(failed)})</h2>",
-        f"<table class='checks'>{HEAD}<tbody>{''.join(_row(r) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
+        *([f"<p><small>since run {escape(since['run_id'])}: {len(since['new_failures'])} new failure(s) (marked "
+           f"<span class=new>new</span>), {len(since['fixed'])} fixed</small></p>"] if since else []),
+        f"<table class='checks'>{HEAD}<tbody>{''.join(_row(r, new) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
         "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
     ]
     if errors:
@@ -167,7 +173,7 @@ def render(run, history: list[dict]) -> str:
         f"<th>not applicable</th><th>pass rate</th></tr></thead><tbody>{tables}</tbody></table>",
         f"<h2>All checks ({len(results)})</h2><p><input id='q' oninput='filt()' placeholder='filter: table, check, status…'></p>",
         f"<table id='all' class='checks'>{HEAD}<tbody>",
-        "".join(_row(r) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
+        "".join(_row(r, new) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
         "</tbody></table></body></html>",
     ]
     return "".join(parts)

@@ -567,12 +567,14 @@ class Runner:
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cdm_source": self._cdm_source(),
             "warnings": vocabulary_warnings(run.results, self.eng.engine.name),
+            "since_last_run": since_last_run(run.results, [d for d in finished_runs(self.out, self.store)
+                                                           if d.name != run.run_id]),
         }
         _write(run_dir / "results.json", run.results)
         _write(run_dir / "run.json", run.summary)
         from medlake.quality.report import dqd_results, write_html
 
-        write_html(run, history(self.out))
+        write_html(run, history(self.out, self.store))
         _write(run_dir / "dqd.json", dqd_results(run))  # DQD's own results format, for its viewer and ARES
         return run
 
@@ -628,8 +630,22 @@ def finished_runs(out: Path, store: str | None = None) -> list[Path]:
     return runs
 
 
-def history(out: Path) -> list[dict]:
-    return [json.loads((d / "run.json").read_text()) for d in finished_runs(out)]
+def history(out: Path, store: str | None = None) -> list[dict]:
+    """The summaries of the finished runs in `out` (of one store, when given), oldest first."""
+    return [json.loads((d / "run.json").read_text()) for d in finished_runs(out, store)]
+
+
+def since_last_run(results: list[dict], earlier: list[Path]) -> dict | None:
+    """What changed since the store's previous finished run: the checks failing now that did not fail then (new, or
+    passed, not applicable, an error, not run) and those that failed then and pass now. None for a first run."""
+    if not earlier:
+        return None
+    before = {r["check_id"]: r["status"] for r in json.loads((earlier[-1] / "results.json").read_text())}
+    return {"run_id": earlier[-1].name,
+            "new_failures": sorted(r["check_id"] for r in results
+                                   if r["status"] == "failed" and before.get(r["check_id"]) != "failed"),
+            "fixed": sorted(r["check_id"] for r in results
+                            if r["status"] == "passed" and before.get(r["check_id"]) == "failed")}
 
 
 def _write(path: Path, data) -> None:
