@@ -165,10 +165,13 @@ def keyed_id(kind: str, expr: str | None) -> str:
 # once per run (tx_empi_ns): such a source takes the person the EMPI gave the same id in its namespace (the sources of
 # one hospital share MRNs), as it does without the EMPI; a source the EMPI registers keeps to its own ids (a FHIR
 # Patient id equal to some MRN links nothing). Sources of a namespace that disagree on an id: the lowest person.
+# UNREGISTERED_IN_NAMESPACE: for each row `m` of a source, the sources of its namespace the EMPI does not register
+# (as t2.source): the ones that take the EMPI's person by id here, and follow its changes (transform.run).
+UNREGISTERED_IN_NAMESPACE = ("JOIN transform_source t1 ON t1.source = m.source "
+                             "JOIN transform_source t2 ON t2.namespace = t1.namespace "
+                             "WHERE t2.source NOT IN (SELECT DISTINCT source FROM empi_person_map)")
 EMPI_BY_NAMESPACE = ("INSERT INTO tx_empi_ns SELECT t2.source, m.source_id, min(m.person_id) FROM empi_person_map m "
-                     "JOIN transform_source t1 ON t1.source = m.source "
-                     "JOIN transform_source t2 ON t2.namespace = t1.namespace "
-                     "WHERE t2.source NOT IN (SELECT DISTINCT source FROM empi_person_map) GROUP BY 1, 2")
+                     f"{UNREGISTERED_IN_NAMESPACE} GROUP BY 1, 2")
 
 
 def person_joins(rule, empi: bool) -> tuple[str, str]:

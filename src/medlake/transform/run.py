@@ -307,10 +307,10 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
 
 def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set[str]:
     """Indexes a run reads staging (and the EMPI maps) through, where the engine keeps them: the rows received
-    since the last run (`receipt_seq`), and the lookups PostgreSQL runs once per row (correlated subqueries; DuckDB turns them into
-    joins): an event's visit number (105 s -> 0.07 s for 40k events x 40k encounters), whether an Observation
-    without a value is a panel with components (without the index, quadratic: the 100,000-patient full load did not
-    get past `fhir.observation` in 23 minutes). Returns the lookups indexed."""
+    since the last run (`receipt_seq`), and the lookups PostgreSQL runs once per row (correlated subqueries; DuckDB
+    turns them into joins): an event's visit number (105 s -> 0.07 s for 40k events x 40k encounters), whether an
+    Observation without a value is a panel with components (without the index, quadratic: the 100,000-patient full
+    load did not get past `fhir.observation` in 23 minutes). Returns the lookups indexed."""
     for t in staged:
         engine.index(t, "receipt_seq")
     if "empi_person_map" in tables:  # every rule's person: its source's EMPI id, else its namespace's (lookups)
@@ -549,9 +549,7 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
             if work == "tx_remap_identity":  # the namespace's sources the EMPI does not register take the person
                 # by that id too (c.EMPI_BY_NAMESPACE); the registered ones keep to their own identities
                 engine.execute("INSERT INTO tx_remap_identity SELECT DISTINCT t2.source, m.source_id "
-                               "FROM tx_remap_identity m JOIN transform_source t1 ON t1.source = m.source "
-                               "JOIN transform_source t2 ON t2.namespace = t1.namespace "
-                               "WHERE t2.source NOT IN (SELECT DISTINCT source FROM empi_person_map)")
+                               f"FROM tx_remap_identity m {c.UNREGISTERED_IN_NAMESPACE}")
             for rule in rules:
                 if work == "tx_remap_code":
                     for sql in _code_change_sql(rule, tables):
