@@ -990,8 +990,9 @@ def _print_coverage(codes, title: str) -> None:
     for c in ("kind", "codes", "gaps", "rows", "rows mapped", "share"):
         t.add_column(c, justify="left" if c == "kind" else "right")
     for kind, d in gaps_mod.coverage(codes).items():
-        t.add_row("unit (not in all)" if kind == "unit" else kind, f"{d['codes']:,}", f"{d['gaps']:,}", f"{d['rows']:,}", f"{d['mapped_rows']:,}",
-                  "n/a" if d["share"] is None else f"{100 * d['share']:.1f}%")
+        share = "n/a" if d["share"] is None else f"{100 * d['share']:.1f}%"
+        t.add_row("unit (not in all)" if kind == "unit" else kind, f"{d['codes']:,}", f"{d['gaps']:,}",
+                  f"{d['rows']:,}", f"{d['mapped_rows']:,}", share)
     out.print(t)
 
 

@@ -203,7 +203,8 @@ def _refused(col: pa.Array, f: model.Field, target: pa.DataType, limit: int) -> 
     return sorted(found)
 
 
-def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]]]:
+def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path,
+             limit: int) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError."""
     names = [n.lower().strip() for n in batch.schema.names]

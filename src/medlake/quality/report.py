@@ -104,6 +104,7 @@ def _code(text: str) -> str:
 def _row(r: dict, new: frozenset = frozenset()) -> str:
     note = r.get("error") or r.get("not_applicable_reason") or ""
     step = next_step(r) if r["status"] == "failed" else None
+    step = f"<p class=next><small><b>What to do:</b> {_code(escape(step))}</small></p>" if step else ""
     ex = ", ".join(r.get("examples") or [])
     if ex:
         ex = f"<br><small>examples ({escape(r.get('example_field') or 'id')}): {escape(ex)}</small>"
@@ -116,8 +117,7 @@ def _row(r: dict, new: frozenset = frozenset()) -> str:
             f'<td>{escape(where(r))}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
             f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%</td>'
             f'<td><small>{escape(r["description"])}</small>{ex}'
-            f'{"<br><small>" + escape(note) + "</small>" if note else ""}'
-            f'{"<p class=next><small><b>What to do:</b> " + _code(escape(step)) + "</small></p>" if step else ""}</td></tr>')
+            f'{"<br><small>" + escape(note) + "</small>" if note else ""}{step}</td></tr>')
 
 
 HEAD = ('<colgroup><col style="width:6%"><col style="width:20%"><col style="width:18%"><col style="width:6%">'
@@ -161,7 +161,8 @@ def render(run, history: list[dict]) -> str:
         f"<h2>Failed checks ({len(failed)})</h2>",
         *([f"<p><small>since run {escape(since['run_id'])}: {len(since['new_failures'])} new failure(s) (marked "
            f"<span class=new>new</span>), {len(since['fixed'])} fixed</small></p>"] if since else []),
-        f"<table class='checks'>{HEAD}<tbody>{''.join(_row(r, new) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
+        f"<table class='checks'>{HEAD}<tbody>"
+        f"{''.join(_row(r, new) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
         "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
     ]
     if errors:
