@@ -4,7 +4,7 @@ from medlake.cdm import store
 from medlake.mapping import gaps, review, suggest
 from medlake.transform.run import transform
 
-from test_transform import NS, T, batch1, stage, vocab
+from test_transform import NS, T, batch1, hba1c_results, stage, vocab
 
 
 def test_gap_inventory_same_on_every_engine(engine):
@@ -38,11 +38,7 @@ def test_unit_spellings_are_gaps_the_suggester_maps_and_the_transform_then_uses(
     records it, and the next transform re-maps the rows already in the CDM from 0 to the unit's concept."""
     store.init(engine, "5.4")
     vocab(engine)
-    stage(engine, "stg_hl7_observation", "lis", 1, [
-        dict(control_id=f"L{i}", message_type="ORU^R01", event_time=T(2021, 5, 2), patient_id="M1",
-             filler_number=f"F{i}", code="4548-4", code_system="LN", value_type="NM", value_number=6.5, units=u,
-             observation_time=T(2021, 5, 2, 7), result_status="F")
-        for i, u in enumerate(["%", "％", "％", "percent", "bananas"])])
+    hba1c_results(engine, ["%", "％", "％", "percent", "bananas"])
     stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", gender="female", mrn="M1")])
     stage(engine, "stg_fhir_observation", "emr", 1, [
         dict(resource_id="o1", status="final", code_system="http://loinc.org", code="4548-4",

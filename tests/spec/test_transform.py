@@ -403,16 +403,21 @@ def test_location_device_specimen_coverage_report(engine):
     assert "Home St" not in text and "Zhao" not in text
 
 
+def hba1c_results(engine, units: list[str | None]) -> None:
+    """HL7 HbA1c results of patient M1 from the LIS, one per unit as sent (OBX-6 without a code system)."""
+    stage(engine, "stg_hl7_observation", "lis", 1, [
+        dict(control_id=f"L{i}", message_type="ORU^R01", event_time=T(2021, 5, 2), patient_id="M1",
+             filler_number=f"F{i}", code="4548-4", code_system="LN", value_type="NM", value_number=6.5, units=u,
+             observation_time=T(2021, 5, 2, 7), result_status="F")
+        for i, u in enumerate(units)])
+
+
 def test_a_unit_that_does_not_map_is_0_and_no_unit_is_null(engine):
     """The CDM spec for MEASUREMENT.unit_concept_id: no unit in the source, NULL; a unit given but not mapped, 0
     (UCUM is case-sensitive: 'PERCENT' is no unit)."""
     store.init(engine, "5.4")
     vocab(engine)
-    stage(engine, "stg_hl7_observation", "lis", 1, [
-        dict(control_id=f"L{i}", message_type="ORU^R01", event_time=T(2021, 5, 2), patient_id="M1",
-             filler_number=f"F{i}", code="4548-4", code_system="LN", value_type="NM", value_number=6.5, units=u,
-             observation_time=T(2021, 5, 2, 7), result_status="F")
-        for i, u in enumerate(["%", "PERCENT", None, ""])])
+    hba1c_results(engine, ["%", "PERCENT", None, ""])
     transform(engine, namespaces=NS)
     got = engine.query("SELECT unit_source_value AS u, unit_concept_id AS c FROM measurement").to_pylist()
     assert {(r["u"] or None, r["c"]) for r in got} == {("%", 8554), ("PERCENT", 0), (None, None)} and len(got) == 4
