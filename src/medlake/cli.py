@@ -450,6 +450,10 @@ def quality_run(
         help="Tables not to check (comma-separated; default: the vocabulary tables, as DQD; 'none': check all)."),
     cdm_version: Optional[str] = typer.Option(
         None, "--cdm-version", help="OMOP CDM version of the store: 5.4 or 5.3 (default: read from the store)."),
+    write_table: Optional[str] = typer.Option(
+        None, "--write-table", metavar="NAME",
+        help="Also put the DQD checks' results in table NAME of the store, in DQD's layout (e.g. "
+             "dqdashboard_results, as DQD's writeToTable); its rows are replaced each run."),
 ):
     """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format)."""
     from medlake.quality import report, runner, site
@@ -463,7 +467,7 @@ def quality_run(
                 bar.update(task, description=name, completed=done, total=total)
 
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
-                           incremental=not full, progress=tick,
+                           incremental=not full, progress=tick, write_table=write_table,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])
@@ -497,6 +501,9 @@ def quality_run(
         err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"results: {r.dir / 'results.json'}", highlight=False)
     out.print(f"report:  {r.dir / 'report.html'}", highlight=False)
+    if s.get("dqd_table"):
+        out.print(f"table:   {s['dqd_table']['table']} ({s['dqd_table']['rows']} DQD check results, DQD's layout)",
+                  highlight=False)
     if fail_on is not None:
         judged = s["passed"] + s["failed"] + s["errors"]
         bad = 100 * (s["failed"] + s["errors"]) / judged if judged else 0.0

@@ -6,6 +6,7 @@ agreement cannot come from every engine being wrong the same way.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pyarrow as pa
 import pytest
@@ -226,6 +227,36 @@ def test_set_based_and_one_query_per_check_agree_on_every_engine(engine, referen
     assert fast["field_withinvisitdates_condition_occurrence_condition_start_date"][:3] == ("failed", 2, 3)
 
 
+
+def test_results_written_to_a_table_in_dqds_layout_on_every_engine(engine, tmp_path):
+    """`--write-table`: the DQD checks' results in the store, in DQD's dqdashboard_results layout, as dqd.json
+    has them; a second run replaces the rows; a name taken by a table of another shape is refused before the run."""
+    from medlake.quality.report import DQD_TABLE
+
+    load(engine)
+    out = tmp_path / "q"
+    for _ in range(2):
+        r = runner.Runner(engine, "5.4", out, only=["condition_occurrence"], write_table="DQDashboard_Results").run()
+        rows = {x["checkid"]: x for x in engine.query("SELECT * FROM dqdashboard_results").to_pylist()}
+        dqd = json.loads((r.dir / "dqd.json").read_text())["CheckResults"]
+        assert len(rows) == len(dqd) == sum(x["source"] == "dqd" for x in r.results) > 0
+        assert r.summary["dqd_table"] == {"table": "dqdashboard_results", "rows": len(dqd)}
+    assert [c.name.lower() for c in engine.columns("dqdashboard_results")] == [c for c, _, _ in DQD_TABLE]
+    fk = rows["field_isforeignkey_condition_occurrence_person_id"]
+    assert (fk["failed"], fk["passed"], fk["is_error"], fk["not_applicable"], fk["num_violated_rows"],
+            fk["num_denominator_rows"], fk["cdm_table_name"], fk["cdm_field_name"], fk["sql_file"]) == \
+        (1, 0, 0, 0, 1, 4, "CONDITION_OCCURRENCE", "PERSON_ID", "is_foreign_key.sql")
+    assert fk["pct_violated_rows"] == pytest.approx(0.25) and fk["threshold_value"] == 0
+    assert [(r["v0"], r["d0"]) for r in run_native(engine, fk["query_text"])] == [(1, 4)]  # the engine's dialect
+    by_id = {x["checkId"]: x for x in dqd}
+    assert {k: (v["failed"], v["passed"], v["not_applicable"]) for k, v in rows.items()} == \
+        {k: (v["failed"], v["passed"], v["notApplicable"]) for k, v in by_id.items()}
+    runs = sorted(out.iterdir())
+    with pytest.raises(ValueError, match="person exists with other columns"):
+        runner.Runner(engine, "5.4", out, only=["condition_occurrence"], write_table="person").run()
+    with pytest.raises(ValueError, match="not a table name"):
+        runner.Runner(engine, "5.4", out, only=["condition_occurrence"], write_table="results.dq; drop").run()
+    assert sorted(out.iterdir()) == runs  # refused before any run folder was made
 
 BIRTHS = [  # (year, month, day, birth_datetime of a person) -> the first day not before birth (None: no such day)
     ((1990, None, None, None), D(1990, 1, 1)), ((1990, 3, None, None), D(1990, 3, 1)),

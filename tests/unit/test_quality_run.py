@@ -386,6 +386,17 @@ def test_cli_import_then_quality_run(tmp_path):
     p = subprocess.run(cli + ["quality", "run", "--fail-on", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 1 and "above --fail-on 0%" in p.stderr
     assert [x for x in p.stderr.strip().splitlines() if not x.startswith("warning:")] == [p.stderr.strip().splitlines()[-1]]
+    # DQD's results table (writeToTable), and a name that would overwrite a CDM table refused in one line
+    p = subprocess.run(cli + ["quality", "run", "--write-table", "dqdashboard_results"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "table:   dqdashboard_results (" in p.stdout, p.stderr
+    p = subprocess.run(cli + ["quality", "run", "--write-table", "person"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: table person exists with other")
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    n = eng.query("SELECT count(*) AS n, sum(failed) AS f FROM dqdashboard_results").to_pylist()[0]
+    eng.close()
+    assert n["n"] > 0 and n["f"] > 0
 
 
 def test_cli_import_quarantines_bad_rows_the_quality_run_counts_them_a_fixed_file_resolves_them(tmp_path):
@@ -560,6 +571,9 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
     assert (fk["failed"], fk["passed"], fk["numViolatedRows"], fk["cdmTableName"], fk["cdmFieldName"]) == \
         (1, 0, 1, "CONDITION_OCCURRENCE", "PERSON_ID")
     assert fk["sqlFile"] == "is_foreign_key.sql"  # DQD's template for the check type
+    # a failed check's query alone (what `quality show` prints) counts it; the checks that passed share queries
+    assert store.query(fk["queryText"]).to_pylist()[0]["v0"] == 1
+    assert all(x["queryText"] == "" for x in dqd["CheckResults"] if not (x["failed"] or x["isError"]))
     for x in dqd["CheckResults"]:  # exactly one status each, the one results.json has
         flags = {"failed": x["failed"], "passed": x["passed"], "error": x["isError"], "not_applicable": x["notApplicable"]}
         assert sum(flags.values()) == 1 and flags[ours[x["checkId"]]["status"]] == 1

@@ -216,11 +216,11 @@ def _camel(name: str) -> str:
     return first + "".join(p.capitalize() for p in rest)
 
 
-def dqd_results(run) -> dict:
+def dqd_results(run, queries: dict[str, str] | None = None) -> dict:
     """The run's DQD checks as DQD (2.1 and later) writes its results JSON — `CheckResults`, `Metadata` (the
     store's cdm_source row), `Overview` — so DQD's own viewer and the tools that read its files (ARES) take them.
     medlake's own and the site's checks are left out. Unlike DQD's Overview, a check that is not applicable is not
-    counted as passed."""
+    counted as passed. `queries`: check id -> its query alone (`queryText`)."""
     from medlake.quality.checks import check_types
 
     s = run.summary
@@ -232,7 +232,8 @@ def dqd_results(run) -> dict:
         st = r["status"]
         rows.append({
             "numViolatedRows": r["num_violated_rows"], "pctViolatedRows": r["pct_violated_rows"],
-            "numDenominatorRows": r["num_denominator_rows"], "executionTime": None, "queryText": "",
+            "numDenominatorRows": r["num_denominator_rows"], "executionTime": None,
+            "queryText": (queries or {}).get(r["check_id"], ""),
             "checkName": r["check_name"], "checkLevel": r["check_level"], "checkDescription": r["description"],
             "cdmTableName": (r["cdm_table"] or "").upper(), "cdmFieldName": (r["cdm_field"] or "").upper() or None,
             "conceptId": r["concept_id"], "unitConceptId": r["unit_concept_id"],
@@ -265,3 +266,56 @@ def dqd_results(run) -> dict:
     start, end = (s[k].replace("T", " ")[:19] for k in ("started", "finished"))
     return {"startTimestamp": start, "endTimestamp": end, "executionTime": f"{s['seconds']} secs",
             "CheckResults": rows, "Metadata": [meta], "Overview": overview}
+
+
+# DQD's results table (DataQualityDashboard's result_dataframe_ddl.sql: what `executeDqChecks(writeToTable = TRUE)`
+# writes to `dqdashboard_results`), column by column from dqd.json's CheckResults; threshold_value is a DOUBLE
+# here (DQD: integer), so a site's fractional threshold is kept
+DQD_TABLE = (("num_violated_rows", "BIGINT", "numViolatedRows"), ("pct_violated_rows", "DOUBLE", "pctViolatedRows"),
+             ("num_denominator_rows", "BIGINT", "numDenominatorRows"), ("execution_time", "VARCHAR", "executionTime"),
+             ("query_text", "VARCHAR", "queryText"), ("check_name", "VARCHAR", "checkName"),
+             ("check_level", "VARCHAR", "checkLevel"), ("check_description", "VARCHAR", "checkDescription"),
+             ("cdm_table_name", "VARCHAR", "cdmTableName"), ("cdm_field_name", "VARCHAR", "cdmFieldName"),
+             ("concept_id", "VARCHAR", "conceptId"), ("unit_concept_id", "VARCHAR", "unitConceptId"),
+             ("sql_file", "VARCHAR", "sqlFile"), ("category", "VARCHAR", "category"),
+             ("subcategory", "VARCHAR", "subcategory"), ("context", "VARCHAR", "context"),
+             ("warning", "VARCHAR", "warning"), ("error", "VARCHAR", "error"), ("checkid", "VARCHAR", "checkId"),
+             ("is_error", "INTEGER", "isError"), ("not_applicable", "INTEGER", "notApplicable"),
+             ("failed", "INTEGER", "failed"), ("passed", "INTEGER", "passed"),
+             ("not_applicable_reason", "VARCHAR", "notApplicableReason"),
+             ("threshold_value", "DOUBLE", "thresholdValue"), ("notes_value", "VARCHAR", "notesValue"))
+TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def dqd_table_exists(engine, name: str) -> bool:
+    """Whether the store has results table `name` in DQD's layout already; ValueError if `name` is not a plain table
+    name or a table of that name has other columns (it is left alone)."""
+    if not TABLE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a table name (letters, digits, _): name the results table plainly, "
+                         "e.g. dqdashboard_results")
+    if name.lower() not in {t.lower() for t in engine.tables()}:
+        return False
+    have = [c.name.lower() for c in engine.columns(name.lower())]
+    if have != [c for c, _, _ in DQD_TABLE]:
+        raise ValueError(f"table {name.lower()} exists with other columns than DQD's results table "
+                         f"({', '.join(have[:4])}{', …' if len(have) > 4 else ''}): give another name, or drop that "
+                         "table first")
+    return True
+
+
+def write_dqd_table(engine, name: str, dqd: dict) -> int:
+    """Replace the rows of table `name` in the store (created if absent) with `dqd`'s CheckResults in DQD's
+    results-table layout; the number of rows written."""
+    import pyarrow as pa
+
+    if not dqd_table_exists(engine, name):
+        engine.execute(f'CREATE TABLE "{name.lower()}" ({", ".join(f"{c} {t}" for c, t, _ in DQD_TABLE)})')
+    types = {"BIGINT": pa.int64(), "DOUBLE": pa.float64(), "VARCHAR": pa.string(), "INTEGER": pa.int32()}
+    schema = pa.schema([(c, types[t]) for c, t, _ in DQD_TABLE])
+    rows = [{c: (str(x[k]) if t == "VARCHAR" and x[k] is not None else x[k]) for c, t, k in DQD_TABLE}
+            for x in dqd["CheckResults"]]
+    with engine.transaction():
+        engine.execute(f'DELETE FROM "{name.lower()}"')
+        if rows:
+            engine.load_arrow(name.lower(), pa.Table.from_pylist(rows, schema=schema))
+    return len(rows)

@@ -148,9 +148,11 @@ class Runner:
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
                  exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
                  source_fields: dict | None = None,
-                 version_from: str = "as given"):
+                 version_from: str = "as given", write_table: str | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
-        tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded."""
+        tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
+        `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
+        (its `dqdashboard_results` layout, the rows replaced each run)."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -167,6 +169,7 @@ class Runner:
         self.sources = sources  # the source-level checks (staging, landing, lineage) of a whole-suite run
         self.source_fields = source_fields  # the site's staging tables' keys and mandatory fields (site.py)
         self.version_from = version_from  # how the CDM version was found (store.detect_version), for the reports
+        self.write_table = write_table
         self._fp: dict[str, str] = {}
 
     # -- store facts --------------------------------------------------------------------------------------
@@ -409,6 +412,11 @@ class Runner:
             (c for c in dqd_checks(self.version) if c.id == check_id), None)
         if c is None:
             raise KeyError(check_id)
+        return self.queries_of(c, rows, site[check_id][1] if check_id in site else None)
+
+    def queries_of(self, c: Check, rows: int = 20, site_item: cp.Item | None = None
+                   ) -> tuple[Check, str | None, str | None]:
+        """`check_queries` of a check in hand (`site_item`: a site check's compiled SQL)."""
         table = c.table
         if table not in self.present:
             raise cp.NotApplicable(f"table {table} absent")
@@ -440,7 +448,7 @@ class Runner:
             count = cp.concept_single_sql(c, ctx, dqd=True)
             listed = whole(*cp.concept_example(c, ctx))
         else:
-            it = site[check_id][1] if check_id in site else cp.field_item(c, ctx)
+            it = site_item or cp.field_item(c, ctx)
             count = cp.dqd_sql(table, it, ctx)
             listed = whole(it.where, it.joins) if it.where else None
         return c, count, listed
@@ -490,6 +498,10 @@ class Runner:
 
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self, run_id: str | None = None) -> Run:
+        if self.write_table:  # a name that cannot be written is said before the run, not after it
+            from medlake.quality.report import dqd_table_exists
+
+            dqd_table_exists(self.eng.engine, self.write_table)
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
         with self.eng.engine.scanning():  # the engine's session settings for whole-table aggregates
@@ -575,8 +587,33 @@ class Runner:
         from medlake.quality.report import dqd_results, write_html
 
         write_html(run, history(self.out, self.store))
-        _write(run_dir / "dqd.json", dqd_results(run))  # DQD's own results format, for its viewer and ARES
+        dqd = dqd_results(run, self._query_texts(run.results, all_checks))
+        _write(run_dir / "dqd.json", dqd)  # DQD's own results format, for its viewer and ARES
+        if self.write_table:
+            from medlake.quality.report import write_dqd_table
+
+            try:
+                rows = write_dqd_table(self.eng.engine, self.write_table, dqd)
+            except (ValueError, EngineError) as e:
+                raise ValueError(f"the results are in {run_dir}, but not in table {self.write_table}: {e}") from None
+            run.summary["dqd_table"] = {"table": self.write_table.lower(), "rows": rows}
+            _write(run_dir / "run.json", run.summary)
         return run
+
+    def _query_texts(self, results: list[dict], checks: list[Check]) -> dict[str, str]:
+        """The failed and broken DQD checks' queries alone, in DQD's shape and the store's dialect (dqd.json's
+        `queryText`; the others share their table's queries and have none of their own)."""
+        wanted = {r["check_id"] for r in results if r["source"] == "dqd" and r["status"] in ("failed", "error")}
+        out = {}
+        for c in checks:
+            if c.id in wanted:
+                try:
+                    count = self.queries_of(c)[1]
+                except cp.NotApplicable:
+                    continue
+                if count:
+                    out[c.id] = self.eng.engine.native(count)
+        return out
 
     def _cdm_source(self) -> dict | None:
         """The store's cdm_source row (name, holder, versions…) if it has one."""
