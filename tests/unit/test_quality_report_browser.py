@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import pytest
 
@@ -49,6 +50,14 @@ def test_the_report_reads_offline_in_a_browser(report):
         assert "What to do: Rows point at a row that does not exist" in failed.inner_text()  # the next step
         assert failed.locator(".new").inner_text() == "new"  # it did not fail in the run before
         assert "What to do" not in page.locator("#all tbody tr", has_text="passed").first.inner_text()
+        assert "What to do" not in page.locator("#all tbody tr", has_text="isForeignKey").first.inner_text()
+        # the kinds of problem at a glance: one line per failed check type, where, how many rows
+        types = [r.split("\t") for r in page.locator("#types tbody tr").all_inner_texts()]
+        want = Counter(r["check_name"] for r in report.results if r["status"] == "failed")
+        got = {t[0].split("\n")[0]: int(t[1]) for t in types}
+        assert got == want and list(got) == sorted(want, key=lambda n: (-want[n], n))  # most failed checks first
+        fk = next(t for t in types if t[0].startswith("isForeignKey"))
+        assert fk[2:4] == ["condition_occurrence.person_id", "1"]
         # the charts are drawn: category bars and the pass rate across the two runs
         trend = page.locator("svg[aria-label='pass rate across runs'] polyline")
         assert trend.count() == 1 and trend.bounding_box()["width"] > 100

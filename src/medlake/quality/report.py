@@ -101,9 +101,33 @@ def _code(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
-def _row(r: dict, new: frozenset = frozenset()) -> str:
+def _by_type(failed: list[dict]) -> str:
+    """One line per check type that failed: how many of its checks, where (table.field, source, concept), the rows
+    they find and the worst share — the kinds of problem at a glance, before the checks one by one."""
+    by: dict[str, list[dict]] = {}
+    for r in failed:
+        by.setdefault(r["check_name"], []).append(r)
+    rows = []
+    for name, rs in sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        places = [where(r) for r in rs]
+        more = f" <small>(+{len(places) - 6} more)</small>" if len(places) > 6 else ""
+        rows.append(
+            f"<tr><td><b>{escape(name)}</b><br><small>{escape(rs[0]['category'])} / "
+            f"{escape(rs[0]['subcategory'] or '-')}</small></td><td class='num failed'>{len(rs)}</td>"
+            f"<td><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
+            f"<td class='num'>{sum(r['num_violated_rows'] or 0 for r in rs):,}</td>"
+            f"<td class='num'>{_pct(max(r['pct_violated_rows'] or 0 for r in rs))}</td></tr>")
+    return ("<table id='types'><colgroup><col style='width:22%'><col style='width:8%'><col><col style='width:10%'>"
+            "<col style='width:8%'></colgroup><thead><tr><th>check type</th><th class='num'>failed</th>"
+            "<th>where</th><th class='num'>violated rows</th><th class='num'>worst %</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _row(r: dict, new: frozenset = frozenset(), steps: bool = True) -> str:
+    """A check as a table row; `steps`: with what to do under a failed check (the failures' table, not the list
+    of all checks, which would repeat it)."""
     note = r.get("error") or r.get("not_applicable_reason") or ""
-    step = next_step(r) if r["status"] == "failed" else None
+    step = next_step(r) if steps and r["status"] == "failed" else None
     step = f"<p class=next><small><b>What to do:</b> {_code(escape(step))}</small></p>" if step else ""
     ex = ", ".join(r.get("examples") or [])
     if ex:
@@ -158,6 +182,8 @@ def render(run, history: list[dict]) -> str:
         f"<div class='card'><div class='big not_applicable'>{s['not_applicable']}</div>not applicable</div></div>",
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
+        *([f"<h2>Failures by check type ({len({r['check_name'] for r in failed})})</h2>", _by_type(failed)]
+          if failed else []),
         f"<h2>Failed checks ({len(failed)})</h2>",
         *([f"<p><small>since run {escape(since['run_id'])}: {len(since['new_failures'])} new failure(s) (marked "
            f"<span class=new>new</span>), {len(since['fixed'])} fixed</small></p>"] if since else []),
@@ -174,7 +200,7 @@ def render(run, history: list[dict]) -> str:
         f"<th>not applicable</th><th>pass rate</th></tr></thead><tbody>{tables}</tbody></table>",
         f"<h2>All checks ({len(results)})</h2><p><input id='q' oninput='filt()' placeholder='filter: table, check, status…'></p>",
         f"<table id='all' class='checks'>{HEAD}<tbody>",
-        "".join(_row(r, new) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
+        "".join(_row(r, new, steps=False) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
         "</tbody></table></body></html>",
     ]
     return "".join(parts)
