@@ -547,19 +547,14 @@ def quality_show(
             c = count = listed = None  # in the run, not a CDM check: medlake's source-level checks (staging, landing)
         except cp.NotApplicable as e:
             raise ValueError(f"{check_id} does not apply to this store: {e}") from None
-        if c is None:
-            out.print(f"{check_id}: {last['check_name']} on {report.where(last)}", highlight=False, markup=False)
-            out.print(f"{last['category']} / {last['subcategory'] or '-'} / {last['context']}; threshold "
-                      f"{last['threshold']}%; one of medlake's source-level checks (staging, landing, lineage): its "
-                      "rows are the examples below, it has no query of its own", highlight=False, markup=False)
-            if last.get("description"):
-                out.print(last["description"], highlight=False, markup=False)
-        else:
-            where = c.table + (f".{c.field}" if c.field else "") + (f", concept {c.concept_id}" if c.concept_id else "")
-            out.print(f"{c.id}: {c.name} on {where}", highlight=False, markup=False)
-            out.print(f"{c.category} / {c.subcategory or '-'} / {c.context}; threshold {c.threshold}%", highlight=False)
-            if c.description:
-                out.print(c.description, highlight=False, markup=False)
+        about = last or runner.result(c, "not_applicable")  # the check, worded as the report words it
+        out.print(f"{check_id}: {about['check_name']} on {report.where(about)}", highlight=False, markup=False)
+        out.print(f"{about['category']} / {about['subcategory'] or '-'} / {about['context']}; threshold "
+                  f"{about['threshold']:g}%" + ("" if c else "; one of medlake's source-level checks (staging, "
+                                               "landing, lineage): its rows are the examples below, it has no query "
+                                               "of its own"), highlight=False, markup=False)
+        if about.get("description"):
+            out.print(about["description"], highlight=False, markup=False)
         if last:
             pct = "" if last["pct_violated_rows"] is None else f" ({100 * last['pct_violated_rows']:.4g}%)"
             seen = (f"{last['num_violated_rows']:,} of {last['num_denominator_rows']:,} rows{pct}"

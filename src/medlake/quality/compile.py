@@ -494,8 +494,8 @@ def concept_single_sql(c: Check, ctx: Context, dqd: bool = False) -> str:
     else:
         scope += f" AND {joins[0]}.person_id IS NOT NULL"
     js = ctx.join_sql(joins, scope, cond)
-    if dqd:
-        return dqd_wrap(c.table, c.field, f"{js} WHERE {scope} AND {cond}",
+    if dqd:  # (a violating row is in scope: `cond` names the concepts, and its test fails on a missing value)
+        return dqd_wrap(c.table, c.field, f"{js} WHERE {cond}",
                         f"SELECT count(*) AS num_rows FROM {q(c.table)} AS t {js} WHERE {scope}")
     return f"SELECT {sum_if(cond)} AS v0, count(*) AS d0 FROM {q(c.table)} AS t {js} WHERE {scope}"
 
