@@ -513,6 +513,36 @@ def quality_run(
             raise typer.Exit(1)
 
 
+@quality_app.command("runs")
+def quality_runs(
+    out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder of the quality runs."),
+    last: int = typer.Option(20, "--last", min=1, help="Show this many of the latest runs."),
+):
+    """This store's finished quality runs, oldest first: pass rate, failed checks, what failed anew and what was
+    fixed since the run before."""
+    from medlake.config import redact
+    from medlake.quality import runner
+
+    with open_store() as eng:
+        store = redact(eng.url)
+    runs = runner.history(out_dir, store)
+    if not runs:
+        raise ValueError(f"no finished quality run of {store} in {out_dir}: run `medlake quality run` first")
+    t = Table(title=f"quality runs of {store} in {out_dir} ({min(last, len(runs))} of {len(runs)})")
+    for col in ("run", "started", "CDM", "checks", "pass rate", "failed", "errors", "new", "fixed", "rechecked",
+                "seconds"):
+        t.add_column(col, justify="left" if col in ("run", "started", "CDM") else "right")
+    for s in runs[-last:]:
+        d = s.get("since_last_run") or {}
+        rate = "n/a" if s["pass_rate"] is None else f"{100 * s['pass_rate']:.2f}%"
+        t.add_row(s["run_id"], s["started"].replace("T", " ")[:19], f"v{s['cdm_version']}", f"{s['checks']:,}", rate,
+                  str(s["failed"]), str(s["errors"]), str(len(d["new_failures"])) if d else "",
+                  str(len(d["fixed"])) if d else "", f"{len(s['rechecked_tables'])} table(s)", f"{s['seconds']:g}")
+    out.print(t)
+    out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
+              highlight=False)
+
+
 @quality_app.command("show")
 def quality_show(
     check_id: str = typer.Argument(..., help="A check id, as results.json and the report name it."),

@@ -397,6 +397,19 @@ def test_cli_import_then_quality_run(tmp_path):
     n = eng.query("SELECT count(*) AS n, sum(failed) AS f FROM dqdashboard_results").to_pylist()[0]
     eng.close()
     assert n["n"] > 0 and n["f"] > 0
+    # the store's runs, oldest first, with their failures (the refused run left none)
+    p = subprocess.run(cli + ["quality", "runs"], env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    runs = sorted(d.name for d in (tmp_path / "quality").iterdir())
+    lines = [x for x in p.stdout.splitlines() if x.strip("│ ").startswith("2")]  # the rows: run ids are dates
+    assert [x.split("│")[1].strip() for x in lines] == runs and "(3 of 3)" in p.stdout
+    failed = json.loads((tmp_path / "quality" / runs[-1] / "run.json").read_text())["failed"]
+    assert [x.split("│")[6].strip() for x in lines] == [str(failed)] * 3
+    assert [x.split("│")[8].strip() for x in lines] == ["", "0", "0"]  # new failures: none after the first run
+    p = subprocess.run(cli + ["quality", "runs", "--out", "elsewhere"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 1 and "no finished quality run of duckdb:" in p.stderr
 
 
 def test_cli_import_quarantines_bad_rows_the_quality_run_counts_them_a_fixed_file_resolves_them(tmp_path):
