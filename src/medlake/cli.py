@@ -520,6 +520,8 @@ def quality_runs(
 ):
     """This store's finished quality runs, oldest first: pass rate, failed checks, what failed anew and what was
     fixed since the run before."""
+    from rich import box
+
     from medlake.config import redact
     from medlake.quality import runner
 
@@ -528,17 +530,19 @@ def quality_runs(
     runs = runner.history(out_dir, store)
     if not runs:
         raise ValueError(f"no finished quality run of {store} in {out_dir}: run `medlake quality run` first")
-    t = Table(title=f"quality runs of {store} in {out_dir} ({min(last, len(runs))} of {len(runs)})")
-    for col in ("run", "started", "CDM", "checks", "pass rate", "failed", "errors", "new", "fixed", "rechecked",
-                "seconds"):
-        t.add_column(col, justify="left" if col in ("run", "started", "CDM") else "right")
+    t = Table(title=f"quality runs of {store} ({min(last, len(runs))} of {len(runs)})", box=box.SIMPLE_HEAD,
+              padding=(0, 1, 0, 0), pad_edge=False)
+    for col in ("run (started, UTC)", "checks", "pass", "failed", "err", "new", "fixed", "tables", "s"):
+        t.add_column(col, justify="left" if col.startswith("run") else "right", no_wrap=True)
     for s in runs[-last:]:
         d = s.get("since_last_run") or {}
         rate = "n/a" if s["pass_rate"] is None else f"{100 * s['pass_rate']:.2f}%"
-        t.add_row(s["run_id"], s["started"].replace("T", " ")[:19], f"v{s['cdm_version']}", f"{s['checks']:,}", rate,
-                  str(s["failed"]), str(s["errors"]), str(len(d["new_failures"])) if d else "",
-                  str(len(d["fixed"])) if d else "", f"{len(s['rechecked_tables'])} table(s)", f"{s['seconds']:g}")
+        t.add_row(s["run_id"], str(s["checks"]), rate, str(s["failed"]), str(s["errors"]),
+                  str(len(d["new_failures"])) if d else "-", str(len(d["fixed"])) if d else "-",
+                  str(len(s["rechecked_tables"])), f"{s['seconds']:.1f}")
     out.print(t)
+    out.print("pass: passed / (passed + failed); new, fixed: failed checks since the run before; tables: re-checked "
+              "(the others were unchanged)", highlight=False)
     out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
               highlight=False)
 
