@@ -449,6 +449,41 @@ def test_catalog_lab_ids_are_the_ones_dqd_lists_under_the_same_loinc_name():
 
 # -- source-level checks ----------------------------------------------------------------------------------------
 
+def test_feed_checks_read_what_the_landing_received_per_day(tmp_path):
+    """Without a site [feed] table, each source's arrivals in the landing (messages or files per UTC day) are
+    checked: a silent day and a day far below the source's usual volume fail; a source seen on one day only is not
+    judged for volume."""
+    import sqlite3
+
+    from medlake.landing import Landing
+    from medlake.quality.feeds import run_sources
+    from medlake.quality.runner import result
+
+    Landing(tmp_path / "landing").close()  # the landing's own tables
+    days = {"lis": {1: 10, 2: 12, 3: 9, 4: 11, 6: 10, 7: 3, 8: 10},  # nothing on the 5th, little on the 7th
+            "his": {d: 5 for d in range(1, 9)}, "pacs": {8: 1}}
+    db = sqlite3.connect(tmp_path / "landing" / "landing.sqlite")
+    db.executemany("INSERT INTO receipt (sha256, source, received_at, size, duplicate) VALUES (?, ?, ?, 1, 0)",
+                   [(f"{src}-{d}-{i}", src, f"2026-01-{d:02d}T{i:02d}:30:00.000000+00:00")
+                    for src, per in days.items() for d, n in per.items() for i in range(n)])
+    db.commit()
+    db.close()
+    eng = open_engine("duckdb::memory:")
+    got = {(x["check_name"], x["data_source"]): x for x in run_sources(eng, result, tmp_path / "landing")}
+    counts = {k: (v["num_violated_rows"], v["num_denominator_rows"], v["status"], v["examples"])
+              for k, v in got.items() if k[0].startswith("feed")}
+    assert counts == {
+        ("feedTimeliness", "lis"): (1, 8, "failed", ["2026-01-05"]),
+        ("feedVolume", "lis"): (1, 4, "failed", ["2026-01-07"]),  # days 4, 6, 7, 8 have 3 days of data before them
+        ("feedTimeliness", "his"): (0, 8, "passed", []), ("feedVolume", "his"): (0, 5, "passed", []),
+        ("feedTimeliness", "pacs"): (0, 1, "passed", []), ("feedVolume", "pacs"): (0, 0, "not_applicable", [])}
+    assert "1 day(s) with data from pacs" in got["feedVolume", "pacs"]["not_applicable_reason"]
+    assert got["feedTimeliness", "lis"]["check_id"] == "source_feedtimeliness_landing_lis"
+    # a site's [feed] table replaces them
+    assert not [x for x in run_sources(eng, result, tmp_path / "landing", feeds=False) if x["check_name"].startswith("feed")]
+    eng.close()
+
+
 def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(engine, tmp_path):
     """On DuckDB, PostgreSQL and Spark (the `engine` fixture): the same counts."""
     from medlake.landing import Landing

@@ -61,10 +61,15 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
         f"WHERE {q(tcol)} IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2").to_pylist()
     if not rows:
         return [result(x, "not_applicable", reason=f"feed table {table} empty") for x in feed_checks(table, "*", drop)]
-    last = max(r["d"] for r in rows)
     per: dict[str, dict[dt.date, int]] = {}
     for r in rows:
         per.setdefault(r["s"], {})[r["d"]] = r["n"]
+    return feed_results(per, table, drop, result)
+
+
+def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result) -> list[dict]:
+    """feedTimeliness and feedVolume per source from what it sent per day ({source: {day: count}})."""
+    last = max(d for days in per.values() for d in days)
     out = []
     for src, days in sorted(per.items()):
         timely, volume = feed_checks(table, src, drop)
@@ -82,10 +87,22 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
                 judged += 1
                 if days[d] < drop * statistics.median(prev):
                     low.append(d)
-        r = result(volume, "counted", len(low), judged)
+        r = result(volume, "counted", len(low), judged,
+                   reason=f"{len(seen)} day(s) with data from {src}: a day is judged against at least 3 before it")
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[:10]], "day", src
         out.append(r)
     return out
+
+
+def landing_feed(db: sqlite3.Connection) -> dict[str, dict[dt.date, int]]:
+    """What each source sent per day, as the landing received it: messages (MLLP) or files, by UTC day."""
+    per: dict[str, dict[dt.date, int]] = {}
+    for src, day, n in db.execute("SELECT source, substr(received_at, 1, 10), count(*) FROM receipt GROUP BY 1, 2"):
+        try:
+            per.setdefault(src, {})[dt.date.fromisoformat(day)] = n
+        except ValueError:  # (a receipt's time is written by the landing itself: never expected)
+            continue
+    return per
 
 
 # -- source-level checks beyond the feed: completeness, duplicates, quarantine, mapping coverage -----------------
@@ -114,6 +131,7 @@ SOURCE_TYPES = {
         "95% of that measurement's results (a label from another unit system, or a unit switch)."),
 }
 
+FEED_DROP = 0.5  # a day below half the median of the source's previous 7 days with data is a volume drop
 UNIT_DOMINANT = 0.95  # a source's usual unit for a measurement: at least this share of its results
 
 
@@ -162,10 +180,12 @@ def _site_field_problems(result, table: str, spec: dict, cols: dict) -> list[dic
                 "fix the name") for f in named if f not in cols]
 
 
-def run_sources(engine, result, landing_dir: str | Path | None = None, fields: dict | None = None) -> list[dict]:
+def run_sources(engine, result, landing_dir: str | Path | None = None, fields: dict | None = None,
+                feeds: bool = True) -> list[dict]:
     """Source-level checks for every source in the store: mandatory fields and duplicate records in the
-    staging tables, landing duplicates and open quarantine (from the landing folder, when it is found),
-    mapping coverage per source and CDM table and unit consistency of numeric results (through `cdm_lineage`).
+    staging tables, landing duplicates, the feed checks on what the landing received per day (`feeds`; a site's
+    [feed] table replaces them) and open quarantine (from the landing folder, when it is found), mapping coverage
+    per source and CDM table and unit consistency of numeric results (through `cdm_lineage`).
     A store without medlake's staging and lineage tables (an imported OHDSI database) gets none of them.
     `fields`: the site's [source_fields] (site.fields_config): per staging table, a key given replaces medlake's."""
     tables = {t.lower() for t in engine.tables()}
@@ -210,7 +230,7 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             for r in sorted((r for r in rows if r["kind"] == 0), key=lambda r: r["s"]):
                 out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
                                     r["n"] or 0, examples.get(r["s"], ()), key[0]))
-    out += _landing_checks(engine, result, tables, landing_dir)
+    out += _landing_checks(engine, result, tables, landing_dir, feeds)
     if {"cdm_lineage", "measurement"} <= tables:
         rows, odd = _unit_counts(engine)
         examples: dict[str, list[str]] = {}
@@ -297,10 +317,11 @@ def _vaulted(engine, table: str) -> dict[tuple[str, str], int]:
         "AND x.receipt_seq = v.receipt_seq) GROUP BY v.source, v.field").to_pylist()}
 
 
-def _landing_checks(engine, result, tables: set[str], landing_dir) -> list[dict]:
-    """Landing duplicates and open quarantine per source, read (read-only) from the landing folder's SQLite
-    files; none when the folder is not found (a store checked without its landing, e.g. `--store postgresql://…`).
-    Rows a `medlake cdm import` set aside are a source per CDM table (`cdm:<table>`), of the rows imported."""
+def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool = True) -> list[dict]:
+    """Landing duplicates, the feed checks (`feeds`) and open quarantine per source, read (read-only) from the
+    landing folder's SQLite files; none when the folder is not found (a store checked without its landing, e.g.
+    `--store postgresql://…`). Rows a `medlake cdm import` set aside are a source per CDM table (`cdm:<table>`),
+    of the rows imported."""
     if landing_dir is None:
         try:
             url = getattr(getattr(engine, "engine", engine), "url", None)
@@ -315,6 +336,8 @@ def _landing_checks(engine, result, tables: set[str], landing_dir) -> list[dict]
             for src, n, dups in db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt "
                                            "GROUP BY source ORDER BY source"):
                 out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
+            per = landing_feed(db) if feeds else {}
+            out += feed_results(per, "landing", FEED_DROP, result) if per else []
     qpath = Path(landing_dir) / "quarantine.sqlite"
     if not qpath.exists():
         return out

@@ -207,7 +207,7 @@ def render(run, history: list[dict]) -> str:
 
 
 def _sources(results: list[dict]) -> list[str]:
-    """One line per data source (completeness, duplicates, quarantine, mapping coverage, feed), then its checks."""
+    """One line per data source: completeness, duplicates, quarantine, mapping coverage, units, its days."""
     by: dict[str, list[dict]] = {}
     for r in results:
         if r.get("data_source"):
@@ -223,7 +223,8 @@ def _sources(results: list[dict]) -> list[str]:
     names = [("sourceMandatoryCompleteness", "missing mandatory fields"), ("sourceDuplicateRecords", "duplicate records"),
              ("sourceDuplicateReceipts", "duplicate receipts"), ("sourceQuarantined", "quarantined (open)"),
              ("sourceMappingCoverage", "rows without a standard concept"),
-             ("sourceUnitConsistency", "results in an unusual unit")]
+             ("sourceUnitConsistency", "results in an unusual unit"), ("feedTimeliness", "days without data"),
+             ("feedVolume", "days of low volume")]
     head = "".join(f"<th>{escape(label)}</th>" for _, label in names)
     rows = "".join(
         f"<tr><td><b>{escape(src)}</b></td><td class='num failed'>{sum(r['status'] == 'failed' for r in rs)}</td>"

@@ -562,7 +562,7 @@ class Runner:
             from medlake.quality.feeds import run_sources, source_check
 
             try:
-                run.results += run_sources(self.eng, result, fields=self.source_fields)
+                run.results += run_sources(self.eng, result, fields=self.source_fields, feeds=not self.feed)
             except EngineError as e:
                 run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
                                           error=str(e)))

@@ -18,11 +18,12 @@ rule = "range"                         # not_null | range (min, max) | allowed (
 min = 0
 max = 1000
 ```
-Feed (source-level) checks run over a table with one row per received message or file:
+Feed (source-level) checks run over the landing's receipts, or, named here, a table of the site's own with one row
+per received message or file (its interface engine's message log), which replaces them:
 
 ```toml
 [feed]
-table = "landing_message"     # any table with a source column and a received-at timestamp
+table = "interface_message_log"   # any table with a source column and a received-at timestamp
 source = "source"
 received_at = "received_at"
 drop = 0.5                     # a day below half the median of the previous 7 days is a volume drop
@@ -52,6 +53,7 @@ import sqlglot
 
 from medlake.quality.checks import Check
 from medlake.quality.compile import Item, lit, q, sum_if
+from medlake.quality.feeds import FEED_DROP
 
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
 
@@ -90,7 +92,7 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
     if not feed.get("table"):
         raise ValueError(f"{source}: [feed] needs 'table'")
     return {"table": feed["table"].lower(), "source": feed.get("source", "source"),
-            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", 0.5))}
+            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP))}
 
 
 def fields_config(text: str, source: str = "site checks") -> dict:
