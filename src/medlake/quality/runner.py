@@ -549,6 +549,8 @@ class Runner:
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
             run.results += results
             run.rechecked.append(table)
+        if self.progress and (self.feed or (self.sources and not self.only)):
+            self.progress("source-level checks", len(tables), len(tables))
         if self.feed:
             from medlake.quality.feeds import run_feeds
 
