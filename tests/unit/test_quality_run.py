@@ -573,6 +573,14 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
     r = runner.run(store, "5.4", tmp_path / "quality")
     dqd = json.loads((r.dir / "dqd.json").read_text())
     assert set(dqd) == {"startTimestamp", "endTimestamp", "executionTime", "CheckResults", "Metadata", "Overview"}
+    # results.csv: results.json for a spreadsheet, row for row
+    import csv
+
+    with open(r.dir / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [x["check_id"] for x in rows] == [x["check_id"] for x in r.results]
+    row = next(x for x in rows if x["check_id"] == "field_isforeignkey_condition_occurrence_person_id")
+    assert (row["status"], row["num_violated_rows"], row["examples"]) == ("failed", "1", "200")
     ours = {x["check_id"]: x for x in r.results if x["source"] == "dqd"}
     assert len(dqd["CheckResults"]) == len(ours) and any(x["source"] != "dqd" for x in r.results)
     viewer = {"cdmTableName", "cdmFieldName", "checkName", "category", "subcategory", "checkLevel", "notesValue",

@@ -1,13 +1,15 @@
 """Run the checks on a store: set-based, incremental, resumable; honest results.
 
 Work is done table by table. Each table's results are written to `<out>/<run-id>/tables/<table>.json` as soon
-as they are known, with a key made of the table's fingerprint (row count and cheap column sums), the
+as they are known, with a key made of the table's fingerprint (row count and a sum of row hashes), the
 fingerprints of the tables its checks read (person, concept, …) and the list of checks. A later run reuses a
 table's results when its key is unchanged (incremental); a run that stopped half-way continues where it
-stopped (resumable). At the end `results.json`, `run.json` and `report.html` are written.
+stopped (resumable). At the end `results.json` (and the same as `results.csv`), `run.json`, `report.html` and
+`dqd.json` are written.
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -585,6 +587,7 @@ class Runner:
                                                            if d.name != run.run_id]),
         }
         _write(run_dir / "results.json", run.results)
+        _write_csv(run_dir / "results.csv", run.results)
         _write(run_dir / "run.json", run.summary)
         from medlake.quality.report import dqd_results, write_html
 
@@ -690,6 +693,18 @@ def since_last_run(results: list[dict], earlier: list[Path]) -> dict | None:
 def _write(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, default=str))  # compact: the C encoder (indent falls back to pure Python)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, results: list[dict]) -> None:
+    """results.json as a spreadsheet opens it: one row per check, the same fields, the examples space-separated."""
+    cols = list(dict.fromkeys(k for r in results for k in r))
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        for r in results:
+            w.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
     os.replace(tmp, path)
 
 
