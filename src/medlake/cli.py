@@ -458,7 +458,7 @@ def quality_run(
     """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format)."""
     from medlake.quality import report, runner, site
 
-    extra, feed, fields = site.load(site_checks) if site_checks else ([], None, {})
+    extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
     with open_store() as eng:
         with progress() as bar:
             task = bar.add_task("quality", total=None)
@@ -467,7 +467,7 @@ def quality_run(
                 bar.update(task, description=name, completed=done, total=total)
 
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
-                           incremental=not full, progress=tick, write_table=write_table,
+                           incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])
@@ -583,12 +583,15 @@ def quality_show(
             raise ValueError(f"{check_id} does not apply to this store: {e}") from None
         about = last or runner.result(c, "not_applicable")  # the check, worded as the report words it
         out.print(f"{check_id}: {about['check_name']} on {report.where(about)}", highlight=False, markup=False)
+        own = f" (the site's; the check's own {about['default_threshold']:g}%)" if "default_threshold" in about else ""
         out.print(f"{about['category']} / {about['subcategory'] or '-'} / {about['context']}; threshold "
-                  f"{about['threshold']:g}%" + ("" if c else "; one of medlake's source-level checks (staging, "
+                  f"{about['threshold']:g}%{own}" + ("" if c else "; one of medlake's source-level checks (staging, "
                                                "landing, lineage): its rows are the examples below, it has no query "
                                                "of its own"), highlight=False, markup=False)
         if about.get("description"):
             out.print(about["description"], highlight=False, markup=False)
+        if about.get("notes"):
+            out.print(f"note: {about['notes']}", highlight=False, markup=False)
         if last:
             pct = "" if last["pct_violated_rows"] is None else f" ({100 * last['pct_violated_rows']:.4g}%)"
             seen = (f"{last['num_violated_rows']:,} of {last['num_denominator_rows']:,} rows{pct}"

@@ -188,6 +188,46 @@ def test_site_check_errors_name_file_and_check(text, message):
     assert str(e.value).startswith("site.toml")
 
 
+def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path):
+    """[thresholds] and [notes], as DQD's threshold files carry them: by check id (which wins) or by type; the status
+    decided again with the site's threshold, the check's own kept; re-used results tuned afresh on each run; an
+    entry no check has is a warning, not silence."""
+    fk = "field_isforeignkey_condition_occurrence_person_id"
+    store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")  # 1 of 4 rows: 25%
+    tuning = site.tuning_config(f"[thresholds]\n{fk} = 30\nisForeignKey = 10\nisRequired = 5\n"
+                                f"[notes]\n{fk} = \"person 99 is a visitor: known\"\nnoSuchCheck = \"x\"\n", "site.toml")
+    r = runner.run(store, "5.4", tmp_path / "q", tuning=tuning)
+    got = {x["check_id"]: x for x in r.results}
+    assert (got[fk]["status"], got[fk]["threshold"], got[fk]["default_threshold"], got[fk]["notes"]) == \
+        ("passed", 30.0, 0.0, "person 99 is a visitor: known")  # 25% <= 30%: the id's threshold, not the type's
+    other_fk = next(x for x in r.results if x["check_name"] == "isForeignKey" and x["status"] == "passed"
+                    and x["check_id"] != fk)
+    assert other_fk["threshold"] == 10.0 and other_fk["notes"] is None
+    required = [x for x in r.results if x["check_name"] == "isRequired" and x["status"] in ("passed", "failed")]
+    assert required and all(x["threshold"] == 5.0 for x in required)
+    assert all(x["threshold"] == 0 for x in r.results if x["check_name"] == "isRequired" and x["status"] == "error")
+    assert r.summary["warnings"] == ["[notes] noSuchCheck: no check of this run has that id or name (a typo, or a "
+                                     "table not checked)"]
+    dqd = {x["checkId"]: x for x in json.loads((r.dir / "dqd.json").read_text())["CheckResults"]}
+    assert (dqd[fk]["passed"], dqd[fk]["thresholdValue"], dqd[fk]["notesValue"]) == (1, 30.0, "person 99 is a visitor: known")
+    html = (r.dir / "report.html").read_text()
+    assert "<b>Note:</b> person 99 is a visitor: known" in html and "the site's; the check's own 0%" in html
+    again = runner.run(store, "5.4", tmp_path / "q")  # no site file: the tables' results re-used, untuned
+    assert again.reused and {x["check_id"]: x for x in again.results}[fk]["status"] == "failed"
+    assert all(x["notes"] is None and "default_threshold" not in x for x in again.results)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[thresholds]\nisRequired = 150", r"\[thresholds\] isRequired must be a percent from 0 to 100, not 150"),
+    ("[thresholds]\nisRequired = 'five'", r"\[thresholds\] isRequired must be a percent"),
+    ("[notes]\nisRequired = 5", r"\[notes\] isRequired must be a text"),
+])
+def test_site_threshold_and_note_errors_name_file_and_entry(text, message):
+    with pytest.raises(ValueError, match=message) as e:
+        site.tuning_config(text, "site.toml")
+    assert str(e.value).startswith("site.toml")
+
+
 @pytest.mark.parametrize("text,message", [
     ("[source_fields.stg_x]\nmandatory = 'a'", r"\[source_fields.stg_x\]: mandatory must be a list of field names"),
     ("[source_fields.stg_x]\nrequired = ['a']", r"\[source_fields.stg_x\]: give key = \[...\], mandatory"),

@@ -57,6 +57,11 @@ class Check:
         return dict(self.params).get(key, default)
 
 
+def fails(violated: int, pct: float, threshold: float) -> bool:
+    """DQD's rule: threshold 0 fails on any violation, otherwise a share above the threshold (percent)."""
+    return violated > 0 if threshold == 0 else pct * 100 > threshold
+
+
 def _csv(name: str) -> list[dict[str, str]]:
     text = resources.files("medlake.quality").joinpath("dqd").joinpath(name).read_text(encoding="utf-8-sig")
     return list(csv.DictReader(text.splitlines(keepends=True)))

@@ -17,7 +17,7 @@ vertical-align:top}th{background:#f6f6f6}.num{text-align:right;font-variant-nume
 border-radius:6px}code{font-size:12px}small{color:#666}input{padding:4px;width:30em}
 .warning{background:#fff4e0;border-left:4px solid #a15c00;padding:.5em 1em}
 table.checks{table-layout:fixed}table.checks td{overflow-wrap:anywhere}
-.new{font-size:11px;color:#fff;background:#b00020;border-radius:3px;padding:0 4px}
+.remark{color:#5a3e00}.new{font-size:11px;color:#fff;background:#b00020;border-radius:3px;padding:0 4px}
 p.next{margin:.3em 0 0;padding:.2em .5em;background:#f3f7ff;border-left:3px solid #3a6fd8}
 """
 
@@ -135,12 +135,15 @@ def _row(r: dict, new: frozenset = frozenset(), steps: bool = True) -> str:
     vr = "" if r["num_violated_rows"] is None else f"{r['num_violated_rows']:,}"
     dr = "" if r["num_denominator_rows"] is None else f"{r['num_denominator_rows']:,}"
     badge = "<br><span class=new>new</span>" if r["check_id"] in new else ""
+    site = f"<br><small>the site's; the check's own {r['default_threshold']:g}%</small>" if "default_threshold" in r \
+        else ""
+    remark = f"<br><small class=remark><b>Note:</b> {escape(r['notes'])}</small>" if r.get("notes") else ""
     return (f'<tr><td class="{r["status"]}">{r["status"]}{badge}</td><td><b>{escape(r["check_name"])}</b><br>'
             f'<small>{escape(r["category"])} / {escape(r["subcategory"] or "-")} / {escape(r["context"])}</small>'
             f'<br><small><code>{escape(r["check_id"])}</code></small></td>'
             f'<td>{escape(where(r))}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
-            f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%</td>'
-            f'<td><small>{escape(r["description"])}</small>{ex}'
+            f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%{site}</td>'
+            f'<td><small>{escape(r["description"])}</small>{remark}{ex}'
             f'{"<br><small>" + escape(note) + "</small>" if note else ""}{step}</td></tr>')
 
 
@@ -268,7 +271,7 @@ def dqd_results(run, queries: dict[str, str] | None = None) -> dict:
             "subcategory": r["subcategory"] or None, "context": r["context"], "warning": None, "error": r["error"],
             "checkId": r["check_id"], "failed": int(st == "failed"), "passed": int(st == "passed"),
             "isError": int(st == "error"), "notApplicable": int(st == "not_applicable"),
-            "notApplicableReason": r["not_applicable_reason"], "thresholdValue": r["threshold"], "notesValue": None,
+            "notApplicableReason": r["not_applicable_reason"], "thresholdValue": r["threshold"], "notesValue": r.get("notes"),
         })
 
     def count(status=None, category=None):

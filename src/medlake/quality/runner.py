@@ -25,7 +25,7 @@ from medlake.cdm import model
 from medlake.config import redact
 from medlake.engines.base import EngineError
 from medlake.quality import compile as cp
-from medlake.quality.checks import Check, checks as dqd_checks
+from medlake.quality.checks import Check, checks as dqd_checks, fails
 
 RESULT_FIELDS = (
     "check_id", "check_name", "check_level", "category", "subcategory", "context", "severity", "cdm_table",
@@ -45,8 +45,7 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
             status, reason = "not_applicable", reason or "no rows to check (denominator 0)"
         else:
             pct = violated / denominator
-            bad = violated > 0 if c.threshold == 0 else pct * 100 > c.threshold
-            status = "failed" if bad else "passed"
+            status = "failed" if fails(violated, pct, c.threshold) else "passed"
     return {
         "check_id": c.id, "check_name": c.name, "check_level": c.level, "category": c.category,
         "subcategory": c.subcategory, "context": c.context, "severity": c.severity, "cdm_table": c.table,
@@ -54,7 +53,7 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
         "status": status, "num_violated_rows": violated, "num_denominator_rows": denominator,
         "pct_violated_rows": pct, "threshold": c.threshold, "failed": status == "failed", "error": error,
         "not_applicable_reason": reason, "examples": [], "example_field": None, "description": c.description,
-        "source": c.source,
+        "source": c.source, "notes": None,
     }
 
 
@@ -150,11 +149,12 @@ class Runner:
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
                  exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
                  source_fields: dict | None = None,
-                 version_from: str = "as given", write_table: str | None = None):
+                 version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
-        (its `dqdashboard_results` layout, the rows replaced each run)."""
+        (its `dqdashboard_results` layout, the rows replaced each run). `tuning`: the site's thresholds and notes
+        (site.tuning_config), applied to the results of every check, re-used ones too."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -172,6 +172,7 @@ class Runner:
         self.source_fields = source_fields  # the site's staging tables' keys and mandatory fields (site.py)
         self.version_from = version_from  # how the CDM version was found (store.detect_version), for the reports
         self.write_table = write_table
+        self.tuning = tuning or {}
         self._fp: dict[str, str] = {}
 
     # -- store facts --------------------------------------------------------------------------------------
@@ -570,6 +571,11 @@ class Runner:
             except EngineError as e:
                 run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
                                           error=str(e)))
+        tuned = []
+        if self.tuning:
+            from medlake.quality.site import tune
+
+            tuned = tune(run.results, self.tuning)
         if self.progress:
             self.progress("done", len(tables), len(tables))
         run.summary = summarize(run.results) | {
@@ -582,7 +588,7 @@ class Runner:
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cdm_source": self._cdm_source(),
-            "warnings": vocabulary_warnings(run.results, self.eng.engine.name),
+            "warnings": vocabulary_warnings(run.results, self.eng.engine.name) + tuned,
             "since_last_run": since_last_run(run.results, [d for d in finished_runs(self.out, self.store)
                                                            if d.name != run.run_id]),
         }
