@@ -505,6 +505,12 @@ def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
                        text=True)
     assert p.returncode == 1 and p.stderr.startswith("error: no check field_isrequired_nowhere_x")
     assert len(p.stderr.strip().splitlines()) == 1
+    # with the site's threshold and note: passed under 30%, the note and both thresholds shown
+    (tmp_path / "site.toml").write_text(f"[thresholds]\n{fk} = 30\n[notes]\n{fk} = \"person 99: a visitor\"\n")
+    assert subprocess.run(cli + ["run", "--checks", "site.toml"], env=env, cwd=tmp_path).returncode == 0
+    p = subprocess.run(cli + ["show", fk, "--rows", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert "threshold 30% (the site's; the check's own 0%)" in p.stdout and "note: person 99: a visitor" in p.stdout
+    assert ": passed — 1 of 4 rows (25%)" in p.stdout and "what to do" not in p.stdout
 
 
 def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
