@@ -450,6 +450,9 @@ def quality_run(
         help="Tables not to check (comma-separated; default: the vocabulary tables, as DQD; 'none': check all)."),
     cdm_version: Optional[str] = typer.Option(
         None, "--cdm-version", help="OMOP CDM version of the store: 5.4 or 5.3 (default: read from the store)."),
+    check_names: Optional[str] = typer.Option(
+        None, "--check-names", metavar="NAMES",
+        help="Only checks of these types, comma-separated (DQD's checkNames), e.g. isForeignKey,plausibleDuringLife."),
     write_table: Optional[str] = typer.Option(
         None, "--write-table", metavar="NAME",
         help="Also put the DQD checks' results in table NAME of the store, in DQD's layout (e.g. "
@@ -468,6 +471,7 @@ def quality_run(
 
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
+                           check_names=[n.strip() for n in check_names.split(",") if n.strip()] if check_names else None,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])

@@ -217,6 +217,20 @@ def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path
     assert all(x["notes"] is None and "default_threshold" not in x for x in again.results)
 
 
+def test_check_names_run_only_those_types(store, tmp_path):
+    """DQD's checkNames: only the named check types (any spelling of case), the source-level ones too; a name that
+    is no check type is refused before the run."""
+    store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    r = runner.run(store, "5.4", tmp_path / "q", check_names=["isforeignkey", "measurePersonCompleteness"])
+    assert {x["check_name"] for x in r.results} == {"isForeignKey", "measurePersonCompleteness"}
+    assert len(r.results) == len([c for c in checks("5.4") if c.name in ("isForeignKey", "measurePersonCompleteness")
+                                  and c.table not in runner.VOCABULARY_TABLES])
+    assert {x["check_id"]: x["status"] for x in r.results}["field_isforeignkey_condition_occurrence_person_id"] == "failed"
+    assert r.summary["check_names"] == ["isForeignKey", "measurePersonCompleteness"]
+    with pytest.raises(ValueError, match="no check type isForeignKy in OMOP CDM v5.4"):
+        runner.run(store, "5.4", tmp_path / "q", check_names=["isForeignKy"])
+
+
 @pytest.mark.parametrize("text,message", [
     ("[thresholds]\nisRequired = 150", r"\[thresholds\] isRequired must be a percent from 0 to 100, not 150"),
     ("[thresholds]\nisRequired = 'five'", r"\[thresholds\] isRequired must be a percent"),
@@ -546,6 +560,12 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml"],
                        env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0 and f"since run {run_dir.name}: 0 new failure(s), 0 fixed" in p.stdout, p.stdout
+    # only one source-level check type (DQD's checkNames): the others, DQD's included, not run
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml", "--out", "dups",
+                        "--check-names", "sourceDuplicateRecords"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    [rows] = [json.loads(x.read_text()) for x in (tmp_path / "dups").glob("*/results.json")]
+    assert {x["check_name"] for x in rows} == {"sourceDuplicateRecords"} and dup["check_id"] in {x["check_id"] for x in rows}
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):

@@ -149,12 +149,14 @@ class Runner:
                  progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
                  exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
                  source_fields: dict | None = None,
-                 version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None):
+                 version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
+                 check_names: Iterable[str] | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
         (its `dqdashboard_results` layout, the rows replaced each run). `tuning`: the site's thresholds and notes
-        (site.tuning_config), applied to the results of every check, re-used ones too."""
+        (site.tuning_config), applied to the results of every check, re-used ones too. `check_names`: only checks
+        of these types (DQD's `checkNames`: `isForeignKey`, …; medlake's and the site's names too)."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -173,6 +175,7 @@ class Runner:
         self.version_from = version_from  # how the CDM version was found (store.detect_version), for the reports
         self.write_table = write_table
         self.tuning = tuning or {}
+        self.names = set(check_names or ())
         self._fp: dict[str, str] = {}
 
     # -- store facts --------------------------------------------------------------------------------------
@@ -501,6 +504,17 @@ class Runner:
 
     # -- the whole run ------------------------------------------------------------------------------------
     def run(self, run_id: str | None = None) -> Run:
+        if self.names:  # a misspelt check name would quietly check nothing
+            from medlake.quality.feeds import SOURCE_TYPES, TYPES
+
+            known = {c.name for c in dqd_checks(self.version)} | {c.name for c, _ in self.site} | set(SOURCE_TYPES) \
+                | set(TYPES)
+            spelled = {n.lower(): n for n in known}  # isforeignkey is isForeignKey
+            self.names = {spelled.get(n.lower(), n) for n in self.names}
+            if self.names - known:
+                raise ValueError(f"no check type {', '.join(sorted(self.names - known))} in OMOP CDM v{self.version}: "
+                                 "the names are DQD's (isRequired, isForeignKey, plausibleDuringLife, …), medlake's "
+                                 "(mappingCoverage, sourceDuplicateRecords, feedTimeliness, …) and the site's")
         if self.write_table:  # a name that cannot be written is said before the run, not after it
             from medlake.quality.report import dqd_table_exists
 
@@ -512,12 +526,14 @@ class Runner:
 
     def _run(self, run_id, started, t0) -> Run:
         self._survey()
-        all_checks = list(dqd_checks(self.version))
+        all_checks = [c for c in dqd_checks(self.version) if not self.names or c.name in self.names]
         by_table: dict[str, list[Check]] = {}
         for c in all_checks:
             by_table.setdefault(c.table, []).append(c)
         site_by_table: dict[str, list[cp.Item]] = {}
         for c, it in self.site:
+            if self.names and c.name not in self.names:
+                continue
             site_by_table.setdefault(c.table, []).append(it)
             by_table.setdefault(c.table, [])
         tables = [t for t in by_table if self._checked(t)]
@@ -552,9 +568,14 @@ class Runner:
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
             run.results += results
             run.rechecked.append(table)
-        if self.progress and (self.feed or (self.sources and not self.only)):
+        first = len(run.results)  # the source-level checks' results start here
+        from medlake.quality.feeds import SOURCE_TYPES, TYPES
+
+        feed = self.feed and (not self.names or self.names & set(TYPES))
+        sources = self.sources and not self.only and (not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
+        if self.progress and (feed or sources):
             self.progress("source-level checks", len(tables), len(tables))
-        if self.feed:
+        if feed:
             from medlake.quality.feeds import run_feeds
 
             try:
@@ -562,8 +583,9 @@ class Runner:
             except EngineError as e:
                 from medlake.quality.feeds import feed_checks
 
-                run.results += [result(c, "error", error=str(e)) for c in feed_checks(self.feed["table"], "*", 0.5)]
-        if self.sources and not self.only:  # source-level checks (staging, landing, lineage): run every time
+                run.results += [result(c, "error", error=str(e))
+                                for c in feed_checks(self.feed["table"], "*", self.feed["drop"])]
+        if sources:  # source-level checks (staging, landing, lineage): run every time
             from medlake.quality.feeds import run_sources, source_check
 
             try:
@@ -571,6 +593,8 @@ class Runner:
             except EngineError as e:
                 run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
                                           error=str(e)))
+        if self.names:  # (the source-level queries each serve several check types: kept only as asked)
+            run.results[first:] = [r for r in run.results[first:] if r["check_name"] in self.names]
         tuned = []
         if self.tuning:
             from medlake.quality.site import tune
@@ -584,6 +608,7 @@ class Runner:
             "started": started.isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
+            "check_names": sorted(self.names) or None,
             "resumed_tables": run.resumed,
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
