@@ -693,6 +693,8 @@ def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last
     eng.execute(CO + "person_id = 1 WHERE condition_occurrence_id = 200")
     third = runner.run(eng, "5.4", out)
     assert third.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "fixed": both}
+    html = (third.dir / "report.html").read_text()
+    assert f"<h2>Fixed since run {second.run_id} (2)</h2>" in html and f"<code>{fk}</code>" in html.split("Fixed since")[1]
     assert [h["run_id"] for h in runner.history(out, third.summary["store"])] == [
         first.run_id, second.run_id, third.run_id]
     eng.close()

@@ -193,6 +193,7 @@ def render(run, history: list[dict]) -> str:
         f"<table class='checks'>{HEAD}<tbody>"
         f"{''.join(_row(r, new) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
         "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
+        *_fixed(results, since),
     ]
     if errors:
         parts += [f"<h2>Checks that could not run ({len(errors)})</h2>",
@@ -207,6 +208,19 @@ def render(run, history: list[dict]) -> str:
         "</tbody></table></body></html>",
     ]
     return "".join(parts)
+
+
+def _fixed(results: list[dict], since: dict | None) -> list[str]:
+    """The checks that failed in the store's previous run and pass now, with where they look."""
+    if not since or not since["fixed"]:
+        return []
+    by_id = {r["check_id"]: r for r in results}
+    rows = "".join(f"<tr><td class=passed>passed</td><td><b>{escape(by_id[c]['check_name'])}</b><br><small><code>"
+                   f"{escape(c)}</code></small></td><td>{escape(where(by_id[c]))}</td></tr>"
+                   for c in since["fixed"] if c in by_id)
+    return [f"<h2>Fixed since run {escape(since['run_id'])} ({len(since['fixed'])})</h2>"
+            f"<table id='fixed'><thead><tr><th>status</th><th>check</th><th>where</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"]
 
 
 def _sources(results: list[dict]) -> list[str]:
