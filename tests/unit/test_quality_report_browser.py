@@ -59,8 +59,10 @@ def test_the_report_reads_offline_in_a_browser(report):
         fk = next(t for t in types if t[0].startswith("isForeignKey"))
         assert fk[2:4] == ["condition_occurrence.person_id", "1"]
         # the charts are drawn: category bars and the pass rate across the two runs
-        trend = page.locator("svg[aria-label='pass rate across runs'] polyline")
-        assert trend.count() == 1 and trend.bounding_box()["width"] > 100
+        trend = page.locator("svg[aria-label='pass rate across runs'] polyline")  # all checks, each Kahn category
+        assert [trend.nth(i).get_attribute("data-series") for i in range(trend.count())] == [
+            "all checks", "Completeness", "Conformance", "Plausibility"]
+        assert trend.first.bounding_box()["width"] > 100
         assert page.locator("svg[aria-label='pass rates'] rect").count() >= 6
         # laid out to be read on a laptop screen: nothing wider than the window, no chart label cut by its chart
         for width in (1280, 1024):

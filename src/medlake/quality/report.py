@@ -46,24 +46,49 @@ def _bars(rows: list[tuple[str, float | None, str]]) -> str:
     return "".join(out)
 
 
+TREND = (("all checks", "#3b7dd8", 3), ("Completeness", "#1b7a2f", 1.5), ("Conformance", "#a15c00", 1.5),
+         ("Plausibility", "#7b3fb0", 1.5))
+
+
 def _trend(history: list[dict]) -> str:
-    pts = [(h["run_id"], h.get("pass_rate")) for h in history if h.get("pass_rate") is not None]
-    if len(pts) < 2:
+    """The pass rate of each run, of all checks and per Kahn category, as lines over the store's runs."""
+    runs = [h for h in history if h.get("pass_rate") is not None]
+    if len(runs) < 2:
         return "<p><small>Trends appear after two or more runs.</small></p>"
-    w, h, pad = 640, 180, 30
-    lo = min(r for _, r in pts)
+
+    def rate(h, name):
+        return h["pass_rate"] if name == "all checks" else (h.get("by_category") or {}).get(name, {}).get("pass_rate")
+
+    series = [(name, color, width, [rate(h, name) for h in runs]) for name, color, width in TREND]
+    series = [x for x in series if any(r is not None for r in x[3])]
+    w, h, pad, left = 640, 200, 30, 44
+    lo = min(r for *_, rs in series for r in rs if r is not None)
     lo = max(0.0, min(lo, 1.0) - 0.05)
-    xs = [pad + (w - 2 * pad) * i / (len(pts) - 1) for i in range(len(pts))]
-    ys = [h - pad - (h - 2 * pad) * ((r - lo) / (1 - lo or 1)) for _, r in pts]
-    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
-    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="#3b7dd8"><title>{escape(rid)}: {_pct(r)}'
-                   f'</title></circle>' for (rid, r), x, y in zip(pts, xs, ys))
-    return (f'<svg width="{w}" height="{h}" role="img" aria-label="pass rate across runs">'
-            f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#999"/>'
-            f'<text x="2" y="{pad}" font-size="11">100%</text><text x="2" y="{h - pad}" font-size="11">{_pct(lo)}</text>'
-            f'<polyline fill="none" stroke="#3b7dd8" stroke-width="2" points="{line}"/>{dots}'
-            f'<text x="{pad}" y="{h - 8}" font-size="11">{escape(pts[0][0])}</text>'
-            f'<text x="{w - pad}" y="{h - 8}" font-size="11" text-anchor="end">{escape(pts[-1][0])}</text></svg>')
+    xs = [left + (w - left - pad) * i / (len(runs) - 1) for i in range(len(runs))]
+
+    def y(r):
+        return h - 2 * pad - (h - 3 * pad) * ((r - lo) / (1 - lo or 1))
+
+    out = [f'<svg width="{w}" height="{h}" role="img" aria-label="pass rate across runs">',
+           f'<line x1="{left}" y1="{h - 2 * pad}" x2="{w - pad}" y2="{h - 2 * pad}" stroke="#999"/>',
+           f'<text x="2" y="{pad + 4}" font-size="11">100%</text>'
+           f'<text x="2" y="{h - 2 * pad}" font-size="11">{_pct(lo)}</text>']
+    for name, color, width, rs in series:
+        pts = [(x, y(r), run["run_id"], r) for x, r, run in zip(xs, rs, runs) if r is not None]
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}" data-series="{escape(name)}" '
+                   f'points="{" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)}"/>')
+        out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"><title>{escape(rid)}, {escape(name)}: '
+                f'{_pct(r)}</title></circle>' for px, py, rid, r in pts]
+    out.append(f'<text x="{left}" y="{h - 2 * pad + 16}" font-size="11">{escape(runs[0]["run_id"])}</text>'
+               f'<text x="{w - pad}" y="{h - 2 * pad + 16}" font-size="11" text-anchor="end">'
+               f'{escape(runs[-1]["run_id"])}</text>')
+    x = left
+    for name, color, _, _ in series:  # the legend, one line under the chart
+        out.append(f'<rect x="{x}" y="{h - 14}" width="12" height="4" fill="{color}"/>'
+                   f'<text x="{x + 16}" y="{h - 9}" font-size="11">{escape(name)}</text>')
+        x += 26 + 7 * len(name)
+    out.append("</svg>")
+    return "".join(out)
 
 
 @cache
