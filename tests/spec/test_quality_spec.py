@@ -13,7 +13,7 @@ import pytest
 
 from medlake.cdm import ddl, model, store
 from medlake.engines import open_engine
-from medlake.quality import runner
+from medlake.quality import compile as cp, runner
 from medlake.quality.checks import checks
 from medlake.quality.compile import PERSON, _birth_after
 
@@ -226,6 +226,28 @@ def test_set_based_and_one_query_per_check_agree_on_every_engine(engine, referen
     assert {k: v for k, v in fast.items() if v != reference[k]} == {}
     assert fast["field_withinvisitdates_condition_occurrence_condition_start_date"][:3] == ("failed", 2, 3)
 
+
+
+def test_a_primary_key_the_store_enforces_needs_no_query(engine, tmp_path):
+    """An OHDSI database with its primary-key DDL applied: the engine keeps person_id unique and not NULL, so the
+    check is answered from the catalog (where the engine has one: not Spark's Parquet tables); a table without the
+    constraint is counted as before."""
+    load(engine)
+    if engine.shapes.catalog:
+        engine.execute("ALTER TABLE person ADD PRIMARY KEY (person_id)")
+    run = runner.Runner(engine, "5.4", tmp_path / "q", only=["person", "condition_occurrence"], incremental=False,
+                        resume=False)
+    got = {x["check_id"]: x for x in run.run().results}
+    person = got["field_isprimarykey_person_person_id"]
+    assert (person["status"], person["num_violated_rows"], person["num_denominator_rows"]) == ("passed", 0, 3)
+    assert person.get("answered_by") == ("the store's PRIMARY KEY constraint on person(person_id)"
+                                         if engine.shapes.catalog else None)
+    key_queries = {cp.primary_key_sql("person", "person_id", sort=engine.shapes.sorted_keys)[0],
+                   cp.key_unique_sql("person", "person_id", engine.shapes.bitmap_keys)}
+    issued = key_queries & {sql for _, sql in run.eng.log}
+    assert issued == (set() if engine.shapes.catalog else issued) and (issued or engine.shapes.catalog)
+    co = got["field_isprimarykey_condition_occurrence_condition_occurrence_id"]
+    assert (co["status"], co["num_violated_rows"], co.get("answered_by")) == ("failed", 2, None)
 
 
 def test_results_written_to_a_table_in_dqds_layout_on_every_engine(engine, tmp_path):

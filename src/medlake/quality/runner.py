@@ -131,6 +131,14 @@ def _fingerprint_sql(table: str, columns: dict[str, str]) -> str:
             f"FROM {cp.q(table)} AS t")
 
 
+# every one-column PRIMARY KEY of the store's schema: the engine keeps such a key unique and not NULL
+DECLARED_KEYS = ("SELECT tc.table_name AS t, min(kcu.column_name) AS c FROM information_schema.table_constraints AS tc "
+                 "JOIN information_schema.key_column_usage AS kcu ON kcu.constraint_name = tc.constraint_name AND "
+                 "kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name WHERE tc.constraint_type = "
+                 "'PRIMARY KEY' AND tc.table_schema = current_schema() GROUP BY tc.table_name, tc.constraint_name "
+                 "HAVING count(*) = 1")
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.9g}"
@@ -208,6 +216,19 @@ class Runner:
         if table not in self.columns:
             self.columns[table] = {c.name.lower(): c.type.upper() for c in self.eng.columns(table)}
         return self.columns[table]
+
+    def declared_keys(self) -> set[tuple[str, str]]:
+        """(table, column) of the one-column primary keys the engine enforces (an OHDSI database with its
+        primary-key DDL applied): such a key has no duplicate and no NULL, so its isPrimaryKey check needs no
+        query. None on an engine without a catalog of constraints (Spark)."""
+        if not hasattr(self, "_keys"):
+            self._keys: set[tuple[str, str]] = set()
+            if self.shapes.catalog:
+                try:
+                    self._keys = {(r["t"].lower(), r["c"].lower()) for r in self.eng.query(DECLARED_KEYS).to_pylist()}
+                except EngineError:
+                    pass  # no such catalog: every key is counted
+        return self._keys
 
     def fingerprint(self, table: str) -> str:
         if table not in self._fp:
@@ -309,6 +330,10 @@ class Runner:
                         res[it.check.id] = result(it.check, "not_applicable",
                                                   reason=f"field {table}.{p.check.field} has no values")
         for c in pks:
+            if self.mode == "set" and (table, c.field) in self.declared_keys():
+                res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
+                res[c.id]["answered_by"] = f"the store's PRIMARY KEY constraint on {table}({c.field})"
+                continue
             sql, ex = cp.primary_key_sql(table, c.field, sort=self.shapes.sorted_keys)
             if self.mode == "dqd":
                 sql = cp.primary_key_dqd_sql(table, c.field)
