@@ -246,6 +246,9 @@ def test_a_primary_key_the_store_enforces_needs_no_query(engine, tmp_path):
                    cp.key_unique_sql("person", "person_id", engine.shapes.bitmap_keys)}
     issued = key_queries & {sql for _, sql in run.eng.log}
     assert issued == (set() if engine.shapes.catalog else issued) and (issued or engine.shapes.catalog)
+    if engine.shapes.catalog:  # the report says how it was answered
+        assert "the store&#x27;s PRIMARY KEY constraint on person(person_id)" in (run.out / sorted(
+            d.name for d in run.out.iterdir())[-1] / "report.html").read_text()
     co = got["field_isprimarykey_condition_occurrence_condition_occurrence_id"]
     assert (co["status"], co["num_violated_rows"], co.get("answered_by")) == ("failed", 2, None)
 

@@ -151,7 +151,7 @@ def _by_type(failed: list[dict]) -> str:
 def _row(r: dict, new: frozenset = frozenset(), steps: bool = True) -> str:
     """A check as a table row; `steps`: with what to do under a failed check (the failures' table, not the list
     of all checks, which would repeat it)."""
-    note = r.get("error") or r.get("not_applicable_reason") or ""
+    note = r.get("error") or r.get("not_applicable_reason") or r.get("answered_by") or ""
     step = next_step(r) if steps and r["status"] == "failed" else None
     step = f"<p class=next><small><b>What to do:</b> {_code(escape(step))}</small></p>" if step else ""
     ex = ", ".join(r.get("examples") or [])
