@@ -442,6 +442,8 @@ def quality_run(
     fail_on: Optional[float] = typer.Option(
         None, "--fail-on", min=0, max=100,
         help="Exit 1 when failed checks (plus errors) exceed this percent of checks with a result (0: any)."),
+    fail_on_new: bool = typer.Option(
+        False, "--fail-on-new", help="Exit 1 when a check fails that did not fail in the store's previous run."),
     site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
     full: bool = typer.Option(False, "--full", help="Re-check every table (default: only tables that changed)."),
     tables: Optional[str] = typer.Option(None, "--tables", help="Only these tables (comma-separated)."),
@@ -508,6 +510,12 @@ def quality_run(
     if s.get("dqd_table"):
         out.print(f"table:   {s['dqd_table']['table']} ({s['dqd_table']['rows']} DQD check results, DQD's layout)",
                   highlight=False)
+    new = (s.get("since_last_run") or {}).get("new_failures", [])
+    if fail_on_new and new:
+        err.print(f"error: {len(new)} check(s) failed that did not fail in run {s['since_last_run']['run_id']}: "
+                  f"{', '.join(new[:3])}{', …' if len(new) > 3 else ''} (the report marks them 'new')",
+                  highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1)
     if fail_on is not None:
         judged = s["passed"] + s["failed"] + s["errors"]
         bad = 100 * (s["failed"] + s["errors"]) / judged if judged else 0.0

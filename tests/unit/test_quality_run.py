@@ -497,6 +497,23 @@ def test_cli_import_quarantines_bad_rows_the_quality_run_counts_them_a_fixed_fil
     assert [r for r in rows if r["check_name"] == "sourceQuarantined"] == []  # nothing held: no import source
 
 
+def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
+    cli = [sys.executable, "-m", "medlake.cli", "quality", "run", "--fail-on-new"]
+    assert subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True).returncode == 0  # a first run: nothing new
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    eng.close()
+    p = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: 2 check(s) failed that did not fail in run "), p.stderr
+    assert "field_isforeignkey_condition_occurrence_person_id" in p.stderr
+    assert subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True).returncode == 0  # known now: not new
+
+
 def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     world(eng).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
