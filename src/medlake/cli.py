@@ -559,6 +559,53 @@ def quality_runs(
               highlight=False)
 
 
+@quality_app.command("diff")
+def quality_diff(
+    before: Optional[str] = typer.Argument(None, help="A run id (default: the store's run before the latest)."),
+    after: Optional[str] = typer.Argument(None, help="A later run id (default: the latest)."),
+    out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder of the quality runs."),
+    limit: int = typer.Option(40, "--limit", min=1, help="Show at most this many changed checks."),
+):
+    """What changed between two quality runs of this store: checks newly failing, fixed, failing with more or fewer
+    rows, or otherwise changed."""
+    import json
+
+    from rich import box
+
+    from medlake.config import redact
+    from medlake.quality import report, runner
+
+    with open_store() as eng:
+        store = redact(eng.url)
+    runs = {d.name: d for d in runner.finished_runs(out_dir, store)}
+    names = list(runs)
+    a = before or (names[-2] if len(names) > 1 else None)
+    b = after or (names[-1] if names else None)
+    if a is None or b is None:
+        raise ValueError(f"fewer than two finished quality runs of {store} in {out_dir}: run `medlake quality run` "
+                         "again, or name two runs")
+    for rid in (a, b):
+        if rid not in runs:
+            raise ValueError(f"no finished run {rid} of {store} in {out_dir} (medlake quality runs lists them)")
+    changes = runner.compare(*(json.loads((runs[r] / "results.json").read_text()) for r in (a, b)))
+    counts = {k: sum(c["change"] == k for c in changes) for k in runner.CHANGES}
+    out.print(f"from run {a} to run {b}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
+    if not changes:
+        return
+    t = Table(title=f"changed checks ({min(limit, len(changes))} of {len(changes)}, the worst first)",
+              box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False)
+    for col in ("change", "check (where)", "before", "after"):
+        t.add_column(col, overflow="fold")
+
+    def status(s, v):
+        return s if s in ("not run", "not_applicable", "error") or v is None else f"{s} {v:,}"
+
+    for c in changes[:limit]:
+        t.add_row(c["change"], f"{c['check_id']}\n({report.where(c['result'])})", status(c["before"],
+                  c["violated_before"]), status(c["after"], c["violated_after"]))
+    out.print(t)
+
+
 @quality_app.command("show")
 def quality_show(
     check_id: str = typer.Argument(..., help="A check id, as results.json and the report name it."),

@@ -514,6 +514,46 @@ def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
     assert subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True).returncode == 0  # known now: not new
 
 
+def test_compare_two_runs_worst_change_first():
+    def r(cid, status, v=None):
+        return {"check_id": cid, "status": status, "num_violated_rows": v}
+
+    before = [r("a", "passed", 0), r("b", "failed", 3), r("c", "failed", 5), r("d", "failed", 5), r("e", "passed", 0),
+              r("f", "passed", 0), r("g", "failed", 2)]
+    after = [r("a", "failed", 1), r("b", "passed", 0), r("c", "failed", 9), r("d", "failed", 4), r("e", "passed", 0),
+             r("f", "error"), r("h", "failed", 1)]
+    got = [(c["check_id"], c["change"], c["before"], c["after"]) for c in runner.compare(before, after)]
+    assert got == [("a", "newly failing", "passed", "failed"), ("h", "newly failing", "not run", "failed"),
+                   ("b", "fixed", "failed", "passed"), ("c", "more rows", "failed", "failed"),
+                   ("d", "fewer rows", "failed", "failed"), ("f", "other", "passed", "error"),
+                   ("g", "other", "failed", "not run")]
+
+
+def test_cli_diff_two_runs(tmp_path):
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    assert subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 1 and "fewer than two finished quality runs" in p.stderr
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    eng.close()
+    assert subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    first, second = sorted(d.name for d in (tmp_path / "quality").iterdir())
+    p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert f"from run {first} to run {second}: 2 newly failing, 0 fixed, 0 more rows, 0 fewer rows, 2 other" in p.stdout
+    assert "field_isforeignkey_condition_occurrence_person_id" in p.stdout and "passed 0" in p.stdout
+    assert "(condition_occurrence.person_id)" in p.stdout and "failed 1" in p.stdout
+    p = subprocess.run(cli + ["diff", second, first], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert "0 newly failing, 2 fixed" in p.stdout
+    p = subprocess.run(cli + ["diff", "nosuchrun"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 1 and "no finished run nosuchrun" in p.stderr
+
+
 def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     world(eng).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")

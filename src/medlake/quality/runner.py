@@ -738,12 +738,39 @@ def since_last_run(results: list[dict], earlier: list[Path]) -> dict | None:
     passed, not applicable, an error, not run) and those that failed then and pass now. None for a first run."""
     if not earlier:
         return None
-    before = {r["check_id"]: r["status"] for r in json.loads((earlier[-1] / "results.json").read_text())}
+    changes = compare(json.loads((earlier[-1] / "results.json").read_text()), results)
     return {"run_id": earlier[-1].name,
-            "new_failures": sorted(r["check_id"] for r in results
-                                   if r["status"] == "failed" and before.get(r["check_id"]) != "failed"),
-            "fixed": sorted(r["check_id"] for r in results
-                            if r["status"] == "passed" and before.get(r["check_id"]) == "failed")}
+            "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
+            "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed")}
+
+
+CHANGES = ("newly failing", "fixed", "more rows", "fewer rows", "other")  # compare's kinds, the worst first
+
+
+def compare(before: list[dict], after: list[dict]) -> list[dict]:
+    """The checks whose result differs between two runs, the worst change first: failing now and not then
+    (`newly failing`), failed then and passed now (`fixed`), failing in both with more or fewer violating rows,
+    any other change of status (a check now not applicable, an error, not run in one of them)."""
+    old = {r["check_id"]: r for r in before}
+    new = {r["check_id"]: r for r in after}
+    out = []
+    for cid in sorted(old.keys() | new.keys()):
+        a, b = old.get(cid), new.get(cid)
+        sa, sb = (a or {}).get("status", "not run"), (b or {}).get("status", "not run")
+        va, vb = (a or {}).get("num_violated_rows"), (b or {}).get("num_violated_rows")
+        if sb == "failed" and sa != "failed":
+            change = "newly failing"
+        elif sa == "failed" and sb == "passed":
+            change = "fixed"
+        elif sa == sb == "failed" and va != vb:
+            change = "more rows" if (vb or 0) > (va or 0) else "fewer rows"
+        elif sa != sb:
+            change = "other"
+        else:
+            continue
+        out.append({"check_id": cid, "change": change, "before": sa, "after": sb, "violated_before": va,
+                    "violated_after": vb, "result": b or a})
+    return sorted(out, key=lambda c: (CHANGES.index(c["change"]), c["check_id"]))
 
 
 def _write(path: Path, data) -> None:
