@@ -503,6 +503,8 @@ def quality_run(
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
     if s["excluded_tables"]:
         out.print(f"not checked (--exclude): {', '.join(s['excluded_tables'])}", highlight=False)
+    if s.get("check_names"):
+        out.print(f"only the check types (--check-names): {', '.join(s['check_names'])}", highlight=False)
     for w in s.get("warnings", []):
         err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"results: {r.dir / 'results.json'}", highlight=False)

@@ -227,6 +227,7 @@ def test_check_names_run_only_those_types(store, tmp_path):
                                   and c.table not in runner.VOCABULARY_TABLES])
     assert {x["check_id"]: x["status"] for x in r.results}["field_isforeignkey_condition_occurrence_person_id"] == "failed"
     assert r.summary["check_names"] == ["isForeignKey", "measurePersonCompleteness"]
+    assert "only the check types isForeignKey, measurePersonCompleteness" in (r.dir / "report.html").read_text()
     with pytest.raises(ValueError, match="no check type isForeignKy in OMOP CDM v5.4"):
         runner.run(store, "5.4", tmp_path / "q", check_names=["isForeignKy"])
 
@@ -623,6 +624,7 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     assert p.returncode == 0, p.stderr
     [rows] = [json.loads(x.read_text()) for x in (tmp_path / "dups").glob("*/results.json")]
     assert {x["check_name"] for x in rows} == {"sourceDuplicateRecords"} and dup["check_id"] in {x["check_id"] for x in rows}
+    assert "only the check types (--check-names): sourceDuplicateRecords" in p.stdout
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):

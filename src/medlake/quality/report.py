@@ -200,6 +200,7 @@ def render(run, history: list[dict]) -> str:
         f"{s['queries']} queries, {s['seconds']} s · rechecked {len(s['rechecked_tables'])} table(s), "
         f"reused {len(s['reused_tables'])}"
         + (f" · not checked: {escape(', '.join(s['excluded_tables']))}" if s.get("excluded_tables") else "")
+        + (f" · only the check types {escape(', '.join(s['check_names']))}" if s.get("check_names") else "")
         + "</small></p>",
         *(f"<p class='warning'>warning: {escape(w)}</p>" for w in s.get("warnings", [])),
         "<div class='cards'>",
