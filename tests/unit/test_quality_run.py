@@ -232,25 +232,22 @@ def test_check_names_run_only_those_types(store, tmp_path):
         runner.run(store, "5.4", tmp_path / "q", check_names=["isForeignKy"])
 
 
-@pytest.mark.parametrize("text,message", [
-    ("[thresholds]\nisRequired = 150", r"\[thresholds\] isRequired must be a percent from 0 to 100, not 150"),
-    ("[thresholds]\nisRequired = 'five'", r"\[thresholds\] isRequired must be a percent"),
-    ("[notes]\nisRequired = 5", r"\[notes\] isRequired must be a text"),
+@pytest.mark.parametrize("read,text,message", [
+    (site.fields_config, "[source_fields.stg_x]\nmandatory = 'a'",
+     r"\[source_fields.stg_x\]: mandatory must be a list of field names"),
+    (site.fields_config, "[source_fields.stg_x]\nrequired = ['a']",
+     r"\[source_fields.stg_x\]: give key = \[...\], mandatory"),
+    (site.fields_config, "[source_fields.stg_x.when]\na = 'b >'",
+     r"\[source_fields.stg_x\]: when.a is not a valid SQL condition"),
+    (site.tuning_config, "[thresholds]\nisRequired = 150",
+     r"\[thresholds\] isRequired must be a percent from 0 to 100, not 150"),
+    (site.tuning_config, "[thresholds]\nisRequired = 'five'", r"\[thresholds\] isRequired must be a percent"),
+    (site.tuning_config, "[notes]\nisRequired = 5", r"\[notes\] isRequired must be a text"),
 ])
-def test_site_threshold_and_note_errors_name_file_and_entry(text, message):
+def test_site_file_errors_name_file_and_entry(read, text, message):
+    """The site's [source_fields], [thresholds] and [notes] entries: a mistake names the file and the entry."""
     with pytest.raises(ValueError, match=message) as e:
-        site.tuning_config(text, "site.toml")
-    assert str(e.value).startswith("site.toml")
-
-
-@pytest.mark.parametrize("text,message", [
-    ("[source_fields.stg_x]\nmandatory = 'a'", r"\[source_fields.stg_x\]: mandatory must be a list of field names"),
-    ("[source_fields.stg_x]\nrequired = ['a']", r"\[source_fields.stg_x\]: give key = \[...\], mandatory"),
-    ("[source_fields.stg_x.when]\na = 'b >'", r"\[source_fields.stg_x\]: when.a is not a valid SQL condition"),
-])
-def test_site_source_fields_errors_name_file_and_table(text, message):
-    with pytest.raises(ValueError, match=message) as e:
-        site.fields_config(text, "site.toml")
+        read(text, "site.toml")
     assert str(e.value).startswith("site.toml")
 
 

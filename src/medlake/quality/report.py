@@ -241,12 +241,9 @@ def _fixed(results: list[dict], since: dict | None) -> list[str]:
     if not since or not since["fixed"]:
         return []
     by_id = {r["check_id"]: r for r in results}
-    rows = "".join(f"<tr><td class=passed>passed</td><td><b>{escape(by_id[c]['check_name'])}</b><br><small><code>"
-                   f"{escape(c)}</code></small></td><td>{escape(where(by_id[c]))}</td></tr>"
-                   for c in since["fixed"] if c in by_id)
+    rows = "".join(_row(by_id[c]) for c in since["fixed"] if c in by_id)
     return [f"<h2>Fixed since run {escape(since['run_id'])} ({len(since['fixed'])})</h2>"
-            f"<table id='fixed'><thead><tr><th>status</th><th>check</th><th>where</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>"]
+            f"<table id='fixed' class='checks'>{HEAD}<tbody>{rows}</tbody></table>"]
 
 
 def _sources(results: list[dict]) -> list[str]:

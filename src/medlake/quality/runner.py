@@ -220,7 +220,7 @@ class Runner:
     def declared_keys(self) -> set[tuple[str, str]]:
         """(table, column) of the one-column primary keys the engine enforces (an OHDSI database with its
         primary-key DDL applied): such a key has no duplicate and no NULL, so its isPrimaryKey check needs no
-        query. None on an engine without a catalog of constraints (Spark)."""
+        query. Empty on an engine without a catalog of constraints (Spark)."""
         if not hasattr(self, "_keys"):
             self._keys: set[tuple[str, str]] = set()
             if self.shapes.catalog:
