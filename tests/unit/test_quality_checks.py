@@ -7,6 +7,7 @@ passes on the clean world, then applies its SQL and asserts the exact violated/d
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
 
 import pytest
@@ -482,6 +483,34 @@ def test_feed_checks_read_what_the_landing_received_per_day(tmp_path):
     # a site's [feed] table replaces them
     assert not [x for x in run_sources(eng, result, tmp_path / "landing", feeds=False) if x["check_name"].startswith("feed")]
     eng.close()
+
+
+def test_feed_checks_learn_each_sources_week():
+    """Five weeks from Monday 2026-01-05: a weekday-only feed is not missing its weekends (but is its silent
+    Wednesday), a feed with light weekends has no weekend volume drops (but has its low Tuesday), and a feed
+    that went silent after two weeks is missing every day since, weekends included."""
+    from medlake.quality.feeds import cadence, feed_results
+    from medlake.quality.runner import result
+
+    start = dt.date(2026, 1, 5)
+    span = [start + dt.timedelta(days=i) for i in range(35)]
+    wed, tue = dt.date(2026, 1, 21), dt.date(2026, 1, 27)
+    per = {"lab": {d: 100 for d in span if d.weekday() < 5 and d != wed},
+           "adt": {d: (20 if d.weekday() >= 5 else 30 if d == tue else 100) for d in span},
+           "old": {d: 50 for d in span[:14]}}
+    assert cadence(per["lab"], 0.5) == ((5, 6), (5, 6))
+    assert cadence(per["adt"], 0.5) == ((), (5, 6))
+    assert cadence(per["old"], 0.5) == ((), ())
+    got = {(x["check_name"], x["data_source"]): x for x in feed_results(per, "landing", 0.5, result)}
+    counts = {k: (v["num_violated_rows"], v["num_denominator_rows"], v["examples"]) for k, v in got.items()}
+    assert counts[("feedTimeliness", "lab")] == (1, 25, ["2026-01-21"])
+    assert counts[("feedVolume", "lab")] == (0, 21, [])
+    assert counts[("feedTimeliness", "adt")] == (0, 35, [])
+    assert counts[("feedVolume", "adt")] == (1, 22 + 7, ["2026-01-27"])  # 22 weekdays after the first 3, 7 weekend days after 3
+    assert counts[("feedTimeliness", "old")][:2] == (21, 35)
+    assert "(not counting Saturdays and Sundays: it sends on fewer than 1 in 5 of them)" in got[
+        "feedTimeliness", "lab"]["description"]
+    assert "(Saturdays and Sundays, its quiet days, are judged" in got["feedVolume", "adt"]["description"]
 
 
 def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(engine, tmp_path):

@@ -5,8 +5,11 @@ timestamp (the landing layer's record of what arrived). One query counts rows pe
 rest is arithmetic on that small result:
 
 - `feedTimeliness`: days with nothing from a source between its first day and the last day seen in the
-  feed (any source) — a silent feed is flagged; threshold 0 (any missing day fails).
-- `feedVolume`: days whose count is below `drop` × the median of the source's previous 7 days with data.
+  feed (any source) — a silent feed is flagged; threshold 0 (any missing day fails). The weekdays a source
+  does not send on (learnt from three weeks of it: a weekday-only feed's weekends) are not missing days.
+- `feedVolume`: days whose count is below `drop` × the median of the source's previous 7 days with data of
+  the same kind: its quiet weekdays (learnt: a lighter weekend) against its quiet days, the others against
+  the others.
 
 Results have the same shape as every other check (cdm_table = the feed table, cdm_field = the source).
 
@@ -41,13 +44,45 @@ TYPES = {
 }
 
 
-def feed_checks(table: str, source: str, drop: float) -> list[Check]:
+def feed_checks(table: str, source: str, drop: float, off: tuple[int, ...] = (), quiet: tuple[int, ...] = ()) -> list[Check]:
+    """The two feed checks of one source; `off` and `quiet` are its learnt weekdays (see `cadence`)."""
+    words = {"feedTimeliness": f" (not counting {_weekdays(off)}: it sends on fewer than 1 in 5 of them)" if off else "",
+             "feedVolume": f" ({_weekdays(quiet)}, its quiet days, are judged against its previous quiet days)"
+             if quiet else ""}
     out = []
     for name, (cat, sub, ctx, desc) in TYPES.items():
+        desc = desc.replace("@source", source).replace("@drop", f"{drop:g}")
         out.append(Check(name, "SOURCE", table, source, threshold=0.0, category=cat, subcategory=sub, context=ctx,
-                         severity="feed", description=desc.replace("@source", source).replace("@drop", f"{drop:g}"),
-                         source="medlake"))
+                         severity="feed", description=desc[:-1] + words[name] + ".", source="medlake"))
     return out
+
+
+WEEKDAYS = ("Mondays", "Tuesdays", "Wednesdays", "Thursdays", "Fridays", "Saturdays", "Sundays")
+CADENCE_WEEKS = 3  # a source's habit on a weekday is learnt once it has 3 of that weekday behind it
+
+
+def _weekdays(days: tuple[int, ...]) -> str:
+    names = [WEEKDAYS[d] for d in days]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
+def cadence(days: dict[dt.date, int], drop: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A source's weekly habit, learnt from its own span (its first to its last day with data, so a feed that
+    went silent does not teach that silence): the weekdays it does not send on (data on fewer than 1 in 5 of at
+    least `CADENCE_WEEKS` of them; never all seven) and its quiet weekdays (those, and the weekdays with data on at
+    least `CADENCE_WEEKS` days whose median volume is below `drop` x the median of all its days)."""
+    first, last = min(days), max(days)
+    seen, sent = [0] * 7, [[] for _ in range(7)]
+    for i in range((last - first).days + 1):
+        d = first + dt.timedelta(days=i)
+        seen[d.weekday()] += 1
+        if d in days:
+            sent[d.weekday()].append(days[d])
+    off = tuple(w for w in range(7) if seen[w] >= CADENCE_WEEKS and 5 * len(sent[w]) < seen[w])
+    off = () if len(off) == 7 else off
+    usual = statistics.median(days.values())
+    low = {w for w in range(7) if len(sent[w]) >= CADENCE_WEEKS and statistics.median(sent[w]) < drop * usual}
+    return off, tuple(sorted(low | set(off)))
 
 
 def run_feeds(engine, cfg: dict, result) -> list[dict]:
@@ -68,13 +103,19 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
 
 
 def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result) -> list[dict]:
-    """feedTimeliness and feedVolume per source from what it sent per day ({source: {day: count}})."""
+    """feedTimeliness and feedVolume per source from what it sent per day ({source: {day: count}}).
+
+    A day the source does not send on (a weekend for a weekday feed, learnt by `cadence`) is not a missing day;
+    a quiet weekday's volume is judged against the source's previous quiet days, the others against its other
+    days, so a lighter weekend is not a volume drop."""
     last = max(d for days in per.values() for d in days)
     out = []
     for src, days in sorted(per.items()):
-        timely, volume = feed_checks(table, src, drop)
+        off, quiet = cadence(days, drop)
+        timely, volume = feed_checks(table, src, drop, off, quiet)
         first = min(days)
         span = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+        span = [d for d in span if d.weekday() not in off]
         missing = [d for d in span if d not in days]
         r = result(timely, "counted", len(missing), len(span))
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[:10]], "day", src
@@ -82,7 +123,8 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         seen = sorted(days)
         low, judged = [], 0
         for i, d in enumerate(seen):
-            prev = [days[x] for x in seen[max(0, i - 7):i]]
+            kind = d.weekday() in quiet
+            prev = [days[x] for x in seen[:i] if (x.weekday() in quiet) == kind][-7:]
             if len(prev) >= 3:
                 judged += 1
                 if days[d] < drop * statistics.median(prev):
