@@ -503,6 +503,8 @@ def quality_run(
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
     if s["excluded_tables"]:
         out.print(f"not checked (--exclude): {', '.join(s['excluded_tables'])}", highlight=False)
+    if s.get("tables"):
+        out.print(f"only the tables (--tables): {', '.join(s['tables'])}", highlight=False)
     if s.get("check_names"):
         out.print(f"only the check types (--check-names): {', '.join(s['check_names'])}", highlight=False)
     for w in s.get("warnings", []):
@@ -551,19 +553,20 @@ def quality_runs(
     for s in runs[-last:]:
         d = s.get("since_last_run") or {}
         rate = "n/a" if s["pass_rate"] is None else f"{100 * s['pass_rate']:.2f}%"
-        t.add_row(s["run_id"], str(s["checks"]), rate, str(s["failed"]), str(s["errors"]),
+        t.add_row(s["run_id"] + ("*" if s.get("tables") or s.get("check_names") else ""), str(s["checks"]), rate, str(s["failed"]), str(s["errors"]),
                   str(len(d["new_failures"])) if d else "-", str(len(d["fixed"])) if d else "-",
                   str(len(s["rechecked_tables"])), f"{s['seconds']:.1f}")
     out.print(t)
     out.print("pass: passed / (passed + failed); new, fixed: failed checks since the run before; tables: re-checked "
-              "(the others were unchanged)", highlight=False)
+              "(the others were unchanged); *: some tables or check types only (--tables, --check-names)",
+              highlight=False)
     out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
               highlight=False)
 
 
 @quality_app.command("diff")
 def quality_diff(
-    before: Optional[str] = typer.Argument(None, help="A run id (default: the store's run before the latest)."),
+    before: Optional[str] = typer.Argument(None, help="A run id (default: the run AFTER compared itself with: the store's previous run of its scope)."),
     after: Optional[str] = typer.Argument(None, help="A later run id (default: the latest)."),
     out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder of the quality runs."),
     limit: int = typer.Option(40, "--limit", min=1, help="Show at most this many changed checks."),
@@ -581,14 +584,17 @@ def quality_diff(
         store = redact(eng.url)
     runs = {d.name: d for d in runner.finished_runs(out_dir, store)}
     names = list(runs)
-    a = before or (names[-2] if len(names) > 1 else None)
     b = after or (names[-1] if names else None)
+    for rid in (before, after):
+        if rid is not None and rid not in runs:
+            raise ValueError(f"no finished run {rid} of {store} in {out_dir} (medlake quality runs lists them)")
+    a = before
+    if a is None and b is not None:  # the run b compared itself with (its scope's previous one), else the one before
+        a = (json.loads((runs[b] / "run.json").read_text()).get("since_last_run") or {}).get("run_id") or (
+            names[names.index(b) - 1] if names.index(b) else None)
     if a is None or b is None:
         raise ValueError(f"fewer than two finished quality runs of {store} in {out_dir}: run `medlake quality run` "
                          "again, or name two runs")
-    for rid in (a, b):
-        if rid not in runs:
-            raise ValueError(f"no finished run {rid} of {store} in {out_dir} (medlake quality runs lists them)")
     changes = runner.compare(*(json.loads((runs[r] / "results.json").read_text()) for r in (a, b)))
     counts = {k: sum(c["change"] == k for c in changes) for k in runner.CHANGES}
     out.print(f"from run {a} to run {b}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)

@@ -449,16 +449,19 @@ def test_cli_import_then_quality_run(tmp_path):
     n = eng.query("SELECT count(*) AS n, sum(failed) AS f FROM dqdashboard_results").to_pylist()[0]
     eng.close()
     assert n["n"] > 0 and n["f"] > 0
-    # the store's runs, oldest first, with their failures (the refused run left none)
+    p = subprocess.run(cli + ["quality", "run", "--tables", "person"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "only the tables (--tables): person" in p.stdout, p.stderr
+    # the store's runs, oldest first, with their failures (the refused run left none); the run of one table marked
     p = subprocess.run(cli + ["quality", "runs"], env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 0, p.stderr
     runs = sorted(d.name for d in (tmp_path / "quality").iterdir())
     lines = [x.split() for x in p.stdout.splitlines() if x.strip().startswith("2")]  # the rows: run ids are dates
-    assert [x[0] for x in lines] == runs and "(3 of 3)" in p.stdout
-    failed = json.loads((tmp_path / "quality" / runs[-1] / "run.json").read_text())["failed"]
-    assert [x[3] for x in lines] == [str(failed)] * 3
-    assert [x[5] for x in lines] == ["-", "0", "0"]  # new failures: none after the first run
+    assert [x[0] for x in lines] == runs[:3] + [runs[3] + "*"] and "(4 of 4)" in p.stdout
+    failed = json.loads((tmp_path / "quality" / runs[-2] / "run.json").read_text())["failed"]
+    assert [x[3] for x in lines] == [str(failed)] * 3 + ["0"]
+    assert [x[5] for x in lines] == ["-", "0", "0", "0"]  # new failures: none after the first run
     p = subprocess.run(cli + ["quality", "runs", "--out", "elsewhere"], env=env, cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 1 and "no finished quality run of duckdb:" in p.stderr
@@ -550,6 +553,11 @@ def test_cli_diff_two_runs(tmp_path):
     assert "0 newly failing, 2 fixed" in p.stdout
     p = subprocess.run(cli + ["diff", "nosuchrun"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 1 and "no finished run nosuchrun" in p.stderr
+    # after a run of one table, a whole run's diff goes back to the whole run before it, as its run.json did
+    for args in (["--tables", "person"], []):
+        assert subprocess.run(cli + ["run", *args], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert f"from run {second} to run " in p.stdout and "0 newly failing, 0 fixed" in p.stdout, p.stdout
 
 
 def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
@@ -730,7 +738,8 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
 
 def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last_run(tmp_path):
     """run.json's since_last_run, the report's 'new' marks and the CLI line compare with the same store's previous
-    finished run only (another store's runs in the same folder do not count)."""
+    finished run of the same scope or of everything (another store's runs in the same folder, or a run of one
+    table, do not count)."""
     fk = "field_isforeignkey_condition_occurrence_person_id"
     out = tmp_path / "quality"
     other = open_engine(f"duckdb:{tmp_path / 'other.duckdb'}")
@@ -746,12 +755,24 @@ def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last
     assert second.summary["since_last_run"] == {"run_id": first.run_id, "new_failures": both, "fixed": []}
     html = (second.dir / "report.html").read_text()
     assert "2 new failure(s)" in html and html.count("<span class=new>new</span>") == 5  # legend; failed; all
+    # a run of one table between two whole runs: the next whole run compares with the whole run before (a check
+    # the run of one table did not run is not new), and its trend leaves the run of one table out
+    one = runner.run(eng, "5.4", out, only=["person"])
+    assert one.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "fixed": []}
+    assert one.summary["tables"] == ["person"] and "Runs of the same tables and check types" in (
+        one.dir / "report.html").read_text()
     eng.execute(CO + "person_id = 1 WHERE condition_occurrence_id = 200")
     third = runner.run(eng, "5.4", out)
     assert third.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "fixed": both}
     html = (third.dir / "report.html").read_text()
     assert f"<h2>Fixed since run {second.run_id} (2)</h2>" in html and f"<code>{fk}</code>" in html.split("Fixed since")[1]
+    assert f"<title>{second.run_id}, all checks" in html and one.run_id not in html
     assert [h["run_id"] for h in runner.history(out, third.summary["store"])] == [
-        first.run_id, second.run_id, third.run_id]
+        first.run_id, second.run_id, one.run_id, third.run_id]
+    eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")  # broken again, seen by a run of one table
+    assert runner.run(eng, "5.4", out, only=["condition_occurrence"]).summary["since_last_run"] == {
+        "run_id": third.run_id, "new_failures": [fk], "fixed": []}
+    assert runner.run(eng, "5.4", out).summary["since_last_run"] == {  # new since the last whole run, still
+        "run_id": third.run_id, "new_failures": both, "fixed": []}
     eng.close()
     other.close()

@@ -200,6 +200,7 @@ def render(run, history: list[dict]) -> str:
         f"{s['queries']} queries, {s['seconds']} s · rechecked {len(s['rechecked_tables'])} table(s), "
         f"reused {len(s['reused_tables'])}"
         + (f" · not checked: {escape(', '.join(s['excluded_tables']))}" if s.get("excluded_tables") else "")
+        + (f" · only the tables {escape(', '.join(s['tables']))}" if s.get("tables") else "")
         + (f" · only the check types {escape(', '.join(s['check_names']))}" if s.get("check_names") else "")
         + "</small></p>",
         *(f"<p class='warning'>warning: {escape(w)}</p>" for w in s.get("warnings", [])),
@@ -211,6 +212,8 @@ def render(run, history: list[dict]) -> str:
         f"<div class='card'><div class='big not_applicable'>{s['not_applicable']}</div>not applicable</div></div>",
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
+        *(["<p><small>Runs of the same tables and check types as this one only.</small></p>"]
+          if s.get("tables") or s.get("check_names") else []),
         *([f"<h2>Failures by check type ({len({r['check_name'] for r in failed})})</h2>", _by_type(failed)]
           if failed else []),
         f"<h2>Failed checks ({len(failed)})</h2>",

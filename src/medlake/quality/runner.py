@@ -633,21 +633,22 @@ class Runner:
             "started": started.isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
-            "check_names": sorted(self.names) or None,
+            "check_names": sorted(self.names) or None, "tables": sorted(self.only) if self.only else None,
+            "exclude": sorted(self.exclude),
             "resumed_tables": run.resumed,
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cdm_source": self._cdm_source(),
             "warnings": vocabulary_warnings(run.results, self.eng.engine.name) + tuned,
-            "since_last_run": since_last_run(run.results, [d for d in finished_runs(self.out, self.store)
-                                                           if d.name != run.run_id]),
         }
+        run.summary["since_last_run"] = since_last_run(
+            run.results, [d for d in finished_runs(self.out, self.store) if d.name != run.run_id], scope(run.summary))
         _write(run_dir / "results.json", run.results)
         _write_csv(run_dir / "results.csv", run.results)
         _write(run_dir / "run.json", run.summary)
         from medlake.quality.report import dqd_results, write_html
 
-        write_html(run, history(self.out, self.store))
+        write_html(run, [h for h in history(self.out, self.store) if scope(h) == scope(run.summary)])
         dqd = dqd_results(run, self._query_texts(run.results, all_checks))
         _write(run_dir / "dqd.json", dqd)  # DQD's own results format, for its viewer and ARES
         if self.write_table:
@@ -733,15 +734,26 @@ def history(out: Path, store: str | None = None) -> list[dict]:
     return [json.loads((d / "run.json").read_text()) for d in finished_runs(out, store)]
 
 
-def since_last_run(results: list[dict], earlier: list[Path]) -> dict | None:
-    """What changed since the store's previous finished run: the checks failing now that did not fail then (new, or
-    passed, not applicable, an error, not run) and those that failed then and pass now. None for a first run."""
-    if not earlier:
-        return None
-    changes = compare(json.loads((earlier[-1] / "results.json").read_text()), results)
-    return {"run_id": earlier[-1].name,
-            "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
-            "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed")}
+def scope(summary: dict) -> tuple:
+    """What a run checked: its tables (`--tables`), check types (`--check-names`) and excluded tables. The trend
+    compares runs of one scope (a run of one table is not a drop in the pass rate of the whole suite)."""
+    return (tuple(summary.get("tables") or ()), tuple(summary.get("check_names") or ()),
+            tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))))
+
+
+def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> dict | None:
+    """What changed since the store's previous finished run of the same scope (`within`, this run's) or of all
+    tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an
+    error, not run) and those that failed then and pass now. None when there is none (a first run). An ad-hoc run
+    of one table is not what the next nightly run compares with."""
+    for d in reversed(earlier):
+        s = json.loads((d / "run.json").read_text())
+        if scope(s) == within or not (s.get("tables") or s.get("check_names")):
+            changes = compare(json.loads((d / "results.json").read_text()), results)
+            return {"run_id": d.name,
+                    "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
+                    "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed")}
+    return None
 
 
 CHANGES = ("newly failing", "fixed", "more rows", "fewer rows", "other")  # compare's kinds, the worst first
