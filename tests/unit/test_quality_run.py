@@ -112,6 +112,14 @@ def test_rerun_rechecks_only_changed_tables(store, tmp_path):
     fresh = runner.Runner(store, "5.4", tmp_path / "fresh", incremental=False).run()
     key = lambda rs: sorted((x["check_id"], x["status"], x["num_violated_rows"]) for x in rs)  # noqa: E731
     assert key(third.results) == key(fresh.results)
+    # runs of one table or of some check types in between: the next whole run still re-uses the others' results,
+    # from the last run that checked them all, and re-checks the one changed since
+    assert runner.run(store, "5.4", out, only=["person"]).rechecked == []
+    assert runner.run(store, "5.4", out, check_names=["isRequired"]).rechecked == sorted(
+        {c.table for c in SUITE if c.name == "isRequired"}, key=[c.table for c in SUITE].index)
+    store.execute("UPDATE drug_era SET drug_exposure_count = 3")
+    fourth = runner.run(store, "5.4", out)
+    assert fourth.rechecked == ["drug_era"] and len(fourth.reused) == len({c.table for c in SUITE}) - 1
 
 
 def test_a_crashed_run_resumes_where_it_stopped(store, tmp_path):

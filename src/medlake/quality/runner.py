@@ -563,7 +563,7 @@ class Runner:
             by_table.setdefault(c.table, [])
         tables = [t for t in by_table if self._checked(t)]
 
-        run_dir, prev = self._dirs(run_id)
+        run_dir, earlier = self._dirs(run_id)
         (run_dir / "tables").mkdir(parents=True, exist_ok=True)
         run = Run(run_dir.name, run_dir, [], {})
         for n, table in enumerate(tables):
@@ -579,15 +579,14 @@ class Runner:
                     run.results += saved["results"]
                     run.resumed.append(table)
                     continue
-            old = prev / "tables" / f"{table}.json" if prev else None
-            if self.incremental and old and old.exists():
-                saved = json.loads(old.read_text())
-                if saved.get("key") == key:
-                    _write(path, {"key": key, "reused_from": saved.get("reused_from") or prev.name,
-                                  "results": saved["results"]})
-                    run.results += saved["results"]
-                    run.reused.append(table)
-                    continue
+            found = self._reusable(earlier, table, key) if self.incremental else None
+            if found:
+                d, saved = found
+                _write(path, {"key": key, "reused_from": saved.get("reused_from") or d.name,
+                              "results": saved["results"]})
+                run.results += saved["results"]
+                run.reused.append(table)
+                continue
             t1 = time.perf_counter()
             results = self.run_table(table, checks, site_items)
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
@@ -696,10 +695,25 @@ class Runner:
         sig += [f"{t}={self.fingerprint(t)}" for t in sorted(reads)]
         return hashlib.sha256("\n".join(sig).encode()).hexdigest()
 
+    @staticmethod
+    def _reusable(earlier: list[Path], table: str, key: str) -> tuple[Path, dict] | None:
+        """(run, its saved results of `table`) from the latest earlier run that checked it with the same checks on the
+        same data (`key`); back past runs that did not check it (of other tables) or checked only some check types,
+        to the table's last check by every type. None if there is none."""
+        for d in earlier:
+            p = d / "tables" / f"{table}.json"
+            if p.exists():
+                saved = json.loads(p.read_text())
+                if saved.get("key") == key:
+                    return d, saved
+                if not json.loads((d / "run.json").read_text()).get("check_names"):
+                    return None  # its last check by every type, of other data: older ones are older still
+        return None
+
     def _dirs(self, run_id):
-        """This run's folder (a new one, or the unfinished last one when resuming) and the last finished run."""
-        runs = finished_runs(self.out, self.store)
-        prev = runs[-1] if runs else None
+        """This run's folder (a new one, or the unfinished last one when resuming) and the store's finished runs,
+        the latest first."""
+        prev = finished_runs(self.out, self.store)[::-1]
         if run_id:
             return self.out / run_id, prev
         if self.resume and self.out.exists():
