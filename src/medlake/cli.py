@@ -459,6 +459,10 @@ def quality_run(
         None, "--write-table", metavar="NAME",
         help="Also put the DQD checks' results in table NAME of the store, in DQD's layout (e.g. "
              "dqdashboard_results, as DQD's writeToTable); its rows are replaced each run."),
+    dqd_thresholds: Optional[str] = typer.Option(
+        None, "--dqd-thresholds", metavar="FILES",
+        help="The site's own copies of DQD's threshold files (Table_Level, Field_Level, Concept_Level CSV; "
+             "comma-separated), as DQD's tableCheckThresholdLoc, fieldCheckThresholdLoc, conceptCheckThresholdLoc."),
 ):
     """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format)."""
     from medlake.quality import report, runner, site
@@ -474,6 +478,7 @@ def quality_run(
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
                            check_names=[n.strip() for n in check_names.split(",") if n.strip()] if check_names else None,
+                           dqd_thresholds=[f.strip() for f in (dqd_thresholds or "").split(",") if f.strip()],
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])
@@ -505,6 +510,9 @@ def quality_run(
         out.print(f"not checked (--exclude): {', '.join(s['excluded_tables'])}", highlight=False)
     if s.get("tables"):
         out.print(f"only the tables (--tables): {', '.join(s['tables'])}", highlight=False)
+    if s.get("dqd_thresholds"):
+        out.print(f"DQD's rules and thresholds from the site's files (--dqd-thresholds): {', '.join(s['dqd_thresholds'])}",
+                  highlight=False)
     if s.get("check_names"):
         out.print(f"only the check types (--check-names): {', '.join(s['check_names'])}", highlight=False)
     for w in s.get("warnings", []):
@@ -633,14 +641,17 @@ def quality_show(
     extra = site.load(site_checks)[0] if site_checks else []
     with open_store() as eng:
         last = None
+        files = []  # the site's DQD threshold files the run used
         for d in reversed(runner.finished_runs(out_dir, redact(eng.url))):
             last = next((r for r in json.loads((d / "results.json").read_text()) if r["check_id"] == check_id), None)
             if last:
-                last["run_id"], version = d.name, json.loads((d / "run.json").read_text())["cdm_version"]
+                s = json.loads((d / "run.json").read_text())
+                last["run_id"], version, files = d.name, s["cdm_version"], s.get("dqd_thresholds") or []
                 break
         version = cdm_version or (version if last else store.detect_version(eng)[0])
         try:
-            c, count, listed = runner.Runner(eng, version, out_dir, site_checks=extra).check_queries(check_id, rows)
+            c, count, listed = runner.Runner(eng, version, out_dir, site_checks=extra,
+                                             dqd_thresholds=files).check_queries(check_id, rows)
         except KeyError:
             if not last:
                 raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks): the check ids are "

@@ -3,6 +3,7 @@ checks, the DQD-vs-spec list, `medlake cdm import` and `medlake quality run` (Du
 from __future__ import annotations
 
 from html import escape
+import csv
 import json
 import os
 import subprocess
@@ -222,7 +223,8 @@ def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path
     assert "<b>Note:</b> person 99 is a visitor: known" in html and "the site's; the check's own 0%" in html
     again = runner.run(store, "5.4", tmp_path / "q")  # no site file: the tables' results re-used, untuned
     assert again.reused and {x["check_id"]: x for x in again.results}[fk]["status"] == "failed"
-    assert all(x["notes"] is None and "default_threshold" not in x for x in again.results)
+    own = {c.id: c.notes or None for c in checks("5.4")}  # DQD's files' own notes (its unit lists have one)
+    assert all(x["notes"] == own.get(x["check_id"]) and "default_threshold" not in x for x in again.results)
 
 
 def test_check_names_run_only_those_types(store, tmp_path):
@@ -784,3 +786,108 @@ def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last
         "run_id": third.run_id, "new_failures": both, "fixed": []}
     eng.close()
     other.close()
+
+
+def _dqd_copy(tmp_path, level: str, change) -> Path:
+    """The site's own copy of one of DQD's threshold files (as shipped with medlake), changed row by row."""
+    src = REPO / "src" / "medlake" / "quality" / "dqd" / f"OMOP_CDMv5.4_{level}.csv"
+    with src.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        cols, rows = reader.fieldnames, list(reader)
+    out = tmp_path / f"site_{level.lower()}.csv"
+    with out.open("w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(r for r in rows if change(r) is not False)
+    return out
+
+
+def test_a_sites_own_dqd_threshold_files_set_rules_thresholds_and_notes(store, tmp_path):
+    """A site's copies of DQD's Field_Level and Concept_Level files: a plausibility value, threshold and note of
+    its own, a plausibility check switched off, a threshold on a check the spec decides; concept rules only as
+    its file lists them. The next run without them is DQD's defaults again (the tables re-checked)."""
+    def field(r):
+        key = (r["cdmTableName"].lower(), r["cdmFieldName"].lower())
+        if key == ("person", "year_of_birth"):
+            r.update(plausibleValueLow="1985", plausibleValueLowThreshold="40",
+                     plausibleValueLowNotes="births before 1985: the paper archive, known")
+        elif key == ("condition_occurrence", "condition_start_date"):
+            r["plausibleDuringLife"] = "No"
+        elif key == ("person", "gender_concept_id"):
+            r["isRequiredThreshold"] = "5"
+
+    fl = _dqd_copy(tmp_path, "Field_Level", field)
+    cl = _dqd_copy(tmp_path, "Concept_Level", lambda r: r["conceptId"].strip() == "3013721")  # one concept's rules
+    r = runner.run(store, "5.4", tmp_path / "q", dqd_thresholds=[str(fl), str(cl)])
+    got = {x["check_id"]: x for x in r.results}
+    low = got["field_plausiblevaluelow_person_year_of_birth"]
+    assert (low["num_violated_rows"], low["num_denominator_rows"], low["threshold"], low["status"]) == (1, 2, 40, "failed")
+    assert low["notes"] == "births before 1985: the paper archive, known"
+    assert "field_plausibleduringlife_condition_occurrence_condition_start_date" not in got
+    assert "field_plausibleduringlife_drug_exposure_drug_exposure_start_date" in got  # the rest as DQD's file
+    assert got["field_isrequired_person_gender_concept_id"]["threshold"] == 5
+    dqd_concepts = {x["concept_id"] for x in r.results if x["check_level"] == "CONCEPT" and x["source"] == "dqd"}
+    assert dqd_concepts == {3013721}
+    assert r.summary["dqd_thresholds"] == [str(fl.resolve()), str(cl.resolve())]
+    dqd = json.loads((r.dir / "dqd.json").read_text())
+    [row] = [x for x in dqd["CheckResults"] if x["checkId"] == low["check_id"]]
+    assert row["notesValue"] == low["notes"] and row["thresholdValue"] == 40
+    again = runner.run(store, "5.4", tmp_path / "q")  # DQD's own files again: person's checks differ, re-checked
+    assert "person" in again.rechecked and "condition_occurrence" in again.rechecked
+    low = {x["check_id"]: x for x in again.results}["field_plausiblevaluelow_person_year_of_birth"]
+    default = next(c.threshold for c in checks("5.4") if c.id == low["check_id"])  # DQD's 1%
+    assert (low["num_violated_rows"], low["threshold"], low["notes"]) == (0, default, None)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("cdmTableName,cdmFieldName,isRequired,isRequiredThreshold\nperson,person_id,Yes,abc\n",
+     r"site\.csv:2: isRequiredThreshold must be empty, NA or a percent from 0 to 100, not 'abc'"),
+    ("cdmTableName,cdmFieldName,isRequired,isRequiredThreshold\nperson,person_id,Maybe,0\n",
+     r"site\.csv:2: isRequired must be Yes, No or empty, not 'Maybe'"),
+    ("table,field\nperson,person_id\n", r"site\.csv: not one of DQD's threshold files"),
+    ("cdmTableName,cdmFieldName,conceptId,conceptName,plausibleGender,plausibleGenderThreshold\n"
+     "measurement,measurement_concept_id,4000,x,Both,5\n", r"site\.csv:2: plausibleGender must be Male or Female"),
+    ("cdmTableName,cdmFieldName,plausibleValueLow,plausibleValueLowThreshold\nperson,year_of_birth,old,1\n",
+     r"site\.csv:2: plausibleValueLow cannot be read: 'old' is not what the column holds"),
+    ("cdmTableName,cdmFieldName,conceptId,conceptName,unitConceptId,plausibleValueLow,plausibleValueLowThreshold\n"
+     "measurement,measurement_concept_id,3013721,x,8840,five,5\n", r"site\.csv:2: plausibleValueLow cannot be read"),
+    ("cdmTableName,cdmFieldName,conceptId,conceptName\nmeasurement,measurement_concept_id,30x,x\n",
+     r"site\.csv:2: conceptId cannot be read: '30x'"),
+])
+def test_a_mistake_in_a_sites_dqd_threshold_file_names_file_line_and_column(store, tmp_path, text, message):
+    (tmp_path / "site.csv").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        runner.run(store, "5.4", tmp_path / "q", dqd_thresholds=[str(tmp_path / "site.csv")])
+    assert not (tmp_path / "q").exists()  # refused before any run folder
+
+
+def test_two_dqd_threshold_files_of_one_level_are_refused(store, tmp_path):
+    a = _dqd_copy(tmp_path, "Field_Level", lambda r: None)
+    b = tmp_path / "b.csv"
+    b.write_text(a.read_text())
+    with pytest.raises(ValueError, match=r"two DQD Field_Level threshold files: .*site_field_level\.csv and .*b\.csv"):
+        runner.run(store, "5.4", tmp_path / "q", dqd_thresholds=[str(a), str(b)])
+
+
+def test_cli_runs_with_a_sites_dqd_files_and_shows_their_threshold_and_note(tmp_path):
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    eng.close()
+
+    def field(r):
+        if (r["cdmTableName"].lower(), r["cdmFieldName"].lower()) == ("person", "year_of_birth"):
+            r.update(plausibleValueLow="1985", plausibleValueLowThreshold="40", plausibleValueLowNotes="the archive")
+
+    fl = _dqd_copy(tmp_path, "Field_Level", field)
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    p = subprocess.run(cli + ["run", "--dqd-thresholds", str(fl)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and f"from the site's files (--dqd-thresholds): {fl.resolve()}" in p.stdout, p.stderr
+    p = subprocess.run(cli + ["show", "field_plausiblevaluelow_person_year_of_birth"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "threshold 40%" in p.stdout and "note: the archive" in p.stdout, p.stderr
+    assert ": failed — 1 of 2 rows (50%)" in p.stdout and "1985" in p.stdout  # the query has the site's value
+    fl.write_text("table,field\n")
+    p = subprocess.run(cli + ["run", "--dqd-thresholds", str(fl)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: ") and \
+        "not one of DQD's threshold files" in p.stderr

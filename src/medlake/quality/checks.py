@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 from medlake.cdm import model
 
@@ -46,6 +47,7 @@ class Check:
     description: str = ""
     params: tuple = ()  # (key, value) pairs, see `param`
     source: str = "dqd"  # dqd | medlake | site
+    notes: str = ""  # the `…Notes` column of the threshold file (a site's own copy of DQD's: `threshold_file`)
 
     @property
     def id(self) -> str:
@@ -67,11 +69,71 @@ def _csv(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(text.splitlines(keepends=True)))
 
 
-def dqd_rows(version: str, level: str) -> list[dict[str, str]]:
-    """Rows of DQD's OMOP_CDMv<version>_<level>.csv (Check_Descriptions, Table_Level, Field_Level, Concept_Level)."""
+def dqd_rows(version: str, level: str, files: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """Rows of DQD's OMOP_CDMv<version>_<level>.csv (Check_Descriptions, Table_Level, Field_Level, Concept_Level),
+    or of the site's own copy of that level among `files` (`threshold_file`). Each row says where it is from
+    (`_at`: file and line)."""
     if version not in model.VERSIONS:
         raise ValueError(f"unknown OMOP CDM version {version!r}; supported: {', '.join(model.VERSIONS)}")
-    return _csv(f"OMOP_CDMv{version}_{level}.csv")
+    for path in files:
+        got, rows = threshold_file(path)
+        if got == level:
+            return rows
+    name = f"OMOP_CDMv{version}_{level}.csv"
+    return [r | {"_at": f"{name}:{n}"} for n, r in enumerate(_csv(name), 2)]
+
+
+VALUE_COLUMNS = ("cdmDatatype", "fkDomain", "fkClass", "plausibleValueLow", "plausibleValueHigh")  # not Yes/No
+def threshold_files(paths) -> tuple[str, ...]:
+    """A site's own copies of DQD's threshold files, read and checked (`threshold_file`), at most one per level;
+    as absolute paths (the key of `checks`' cache, and what run.json records)."""
+    out, seen = [], {}
+    for path in paths:
+        p = str(Path(path).resolve())
+        level = threshold_file(p)[0]
+        if level in seen:
+            raise ValueError(f"two DQD {level} threshold files: {seen[level]} and {path} (give one per level)")
+        seen[level] = path
+        out.append(p)
+    return tuple(out)
+
+
+LEVEL_KEYS = {"Concept_Level": "conceptId", "Field_Level": "cdmFieldName", "Table_Level": "cdmTableName"}
+
+
+@cache
+def threshold_file(path: str) -> tuple[str, list[dict[str, str]]]:
+    """(level, rows) of a site's own copy of one of DQD's threshold files (DQD's `tableCheckThresholdLoc`,
+    `fieldCheckThresholdLoc`, `conceptCheckThresholdLoc`), its level told by its columns. Every `…Threshold` is
+    empty, NA or a percent from 0 to 100, and every check column Yes, No or empty; a mistake names the file, the
+    line and the column."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"DQD threshold file {p}: cannot read it ({e})") from None
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    cols = reader.fieldnames or []
+    level = next((lv for lv, key in LEVEL_KEYS.items() if key in cols), None)
+    if level is None or "cdmTableName" not in cols:
+        raise ValueError(f"{p}: not one of DQD's threshold files (no cdmTableName column; a Table_Level, Field_Level "
+                         "or Concept_Level CSV as DQD ships them)")
+    rows = []
+    for n, r in enumerate(reader, 2):
+        for col in cols:
+            v = (r.get(col) or "").strip()
+            if col.endswith("Threshold") and v and v != "NA":
+                try:
+                    ok = 0 <= float(v) <= 100
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise ValueError(f"{p}:{n}: {col} must be empty, NA or a percent from 0 to 100, not {v!r}")
+            elif col + "Threshold" in cols and col not in VALUE_COLUMNS and v and level != "Concept_Level" \
+                    and v.lower() not in ("yes", "no"):
+                raise ValueError(f"{p}:{n}: {col} must be Yes, No or empty, not {v!r}")
+        rows.append(r | {"_at": f"{p}:{n}"})
+    return level, rows
 
 
 @cache
@@ -129,6 +191,19 @@ def plausible_value(raw: str, kind: str, today: dt.date | None = None):
     return int(value) if value.is_integer() and kind in ("integer", "bigint") else value
 
 
+def _ids(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def _read(column: str, raw: str, read):
+    """A threshold file's value as `read` takes it; a ValueError naming the column and the value otherwise."""
+    try:
+        return read(raw)
+    except ValueError:
+        raise ValueError(f"{column} cannot be read: {raw!r} is not what the column holds (DQD's files: "
+                         "a number, a date as 'YYYYMMDD', or concept ids separated by commas)") from None
+
+
 def _fill(text: str, **kw) -> str:
     for k, v in kw.items():
         text = text.replace(f"@{k}", str(v))
@@ -136,11 +211,16 @@ def _fill(text: str, **kw) -> str:
 
 
 @cache
-def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None) -> tuple[Check, ...]:
-    """Every DQD check for a CDM version (plus medlake's mapping coverage), in a stable order."""
+def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None,
+           files: tuple[str, ...] = ()) -> tuple[Check, ...]:
+    """Every DQD check for a CDM version (plus medlake's mapping coverage), in a stable order. `files`: a site's own
+    copies of DQD's threshold files (`threshold_file`), each replacing medlake's copy of its level: the rules only
+    DQD's files have (which plausibility checks, their values), every check's threshold and notes. The checks the
+    spec decides (isRequired, isPrimaryKey, isForeignKey, …) stay as the spec says."""
     cdm = model.load(version)
     types = check_types(version)
     out: list[Check] = []
+    row: dict = {}  # the threshold file's row being read: its notes, and where a mistake is
 
     def add(name, table, fld=None, threshold=0.0, concept=None, unit=None, params=(), source=None, desc=None,
             **fill):
@@ -150,119 +230,127 @@ def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None) -
         source = source or ("dqd" if name in types else "medlake")
         if source == "medlake" and name in types:
             desc += " (medlake rule, beyond DQD)"
+        notes = (row.get(name + "Notes") or "").strip() if source == "dqd" else ""
         out.append(Check(name, level, table, fld, concept, unit, float(threshold), t.category, t.subcategory,
-                         t.context, t.severity, desc, tuple(params), source))
+                         t.context, t.severity, desc, tuple(params), source, "" if notes == "NA" else notes))
 
-    # -- table level ---------------------------------------------------------------------------------------
-    tl = {r["cdmTableName"].strip().lower(): r for r in dqd_rows(version, "Table_Level")}
-    for table in cdm.tables:
-        r = tl.get(table.name, {})
-        add("cdmTable", table.name)
-        for name in ("measurePersonCompleteness", "measureConditionEraCompleteness",
-                     "measureObservationPeriodOverlap"):
-            if name in types and _yes(r.get(name)):
-                add(name, table.name, threshold=_num(r.get(name + "Threshold")))
+    try:  # a value DQD's files or the site's copy hold that is not what its column needs: where it is
+        # -- table level ---------------------------------------------------------------------------------------
+        tl = {r["cdmTableName"].strip().lower(): r for r in dqd_rows(version, "Table_Level", files)}
+        for table in cdm.tables:
+            r = row = tl.get(table.name, {})
+            add("cdmTable", table.name)
+            for name in ("measurePersonCompleteness", "measureConditionEraCompleteness",
+                         "measureObservationPeriodOverlap"):
+                if name in types and _yes(r.get(name)):
+                    add(name, table.name, threshold=_num(r.get(name + "Threshold")))
 
-    # -- field level ---------------------------------------------------------------------------------------
-    fl = {(r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower()): r
-          for r in dqd_rows(version, "Field_Level")}
-    for table in cdm.tables:
-        for f in table.fields:
-            r = fl.get((table.name, f.name), {})
-            thr = lambda name: _num(r.get(name + "Threshold"))  # noqa: E731
-            add("cdmField", table.name, f.name)
-            if f.required:  # spec wins
-                add("isRequired", table.name, f.name, thr("isRequired"))
-            if f.kind in ("integer", "bigint"):
-                add("cdmDatatype", table.name, f.name, thr("cdmDatatype"))
-            if f.primary_key:
-                add("isPrimaryKey", table.name, f.name, thr("isPrimaryKey"))
-            if f.fk_table:
-                fk = (("fk_table", f.fk_table), ("fk_field", f.fk_field or f.fk_table + "_id"))
-                add("isForeignKey", table.name, f.name, thr("isForeignKey"), params=fk, fkTableName=f.fk_table.upper())
-                if f.fk_domain and f.fk_table == "concept":
-                    add("fkDomain", table.name, f.name, thr("fkDomain"), params=(("domain", f.fk_domain),),
-                        fkDomain=f.fk_domain)
-                if f.fk_class and f.fk_table == "concept":
-                    add("fkClass", table.name, f.name, thr("fkClass"), params=(("class", f.fk_class),),
-                        fkClass=f.fk_class)
-            if not r:
-                continue  # the plausibility rules below exist only in DQD's files
-            if f.fk_table == "concept" and _yes(r.get("isStandardValidConcept")):
-                add("isStandardValidConcept", table.name, f.name, thr("isStandardValidConcept"))
-            if _yes(r.get("measureValueCompleteness")):
-                add("measureValueCompleteness", table.name, f.name, thr("measureValueCompleteness"))
-            if _yes(r.get("standardConceptRecordCompleteness")):
-                add("standardConceptRecordCompleteness", table.name, f.name, thr("standardConceptRecordCompleteness"))
-                add("mappingCoverage", table.name, f.name, 100)
-            if _yes(r.get("sourceConceptRecordCompleteness")):
-                add("sourceConceptRecordCompleteness", table.name, f.name, thr("sourceConceptRecordCompleteness"))
-            std = (r.get("standardConceptFieldName") or "").strip().lower()
-            if _yes(r.get("sourceValueCompleteness")) and std in table.field_names:
-                add("sourceValueCompleteness", table.name, f.name, thr("sourceValueCompleteness"),
-                    params=(("standard_field", std),))
+        # -- field level ---------------------------------------------------------------------------------------
+        fl = {(r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower()): r
+              for r in dqd_rows(version, "Field_Level", files)}
+        for table in cdm.tables:
+            for f in table.fields:
+                r = row = fl.get((table.name, f.name), {})
+                thr = lambda name: _num(r.get(name + "Threshold"))  # noqa: E731
+                add("cdmField", table.name, f.name)
+                if f.required:  # spec wins
+                    add("isRequired", table.name, f.name, thr("isRequired"))
+                if f.kind in ("integer", "bigint"):
+                    add("cdmDatatype", table.name, f.name, thr("cdmDatatype"))
+                if f.primary_key:
+                    add("isPrimaryKey", table.name, f.name, thr("isPrimaryKey"))
+                if f.fk_table:
+                    fk = (("fk_table", f.fk_table), ("fk_field", f.fk_field or f.fk_table + "_id"))
+                    add("isForeignKey", table.name, f.name, thr("isForeignKey"), params=fk, fkTableName=f.fk_table.upper())
+                    if f.fk_domain and f.fk_table == "concept":
+                        add("fkDomain", table.name, f.name, thr("fkDomain"), params=(("domain", f.fk_domain),),
+                            fkDomain=f.fk_domain)
+                    if f.fk_class and f.fk_table == "concept":
+                        add("fkClass", table.name, f.name, thr("fkClass"), params=(("class", f.fk_class),),
+                            fkClass=f.fk_class)
+                if not r:
+                    continue  # the plausibility rules below exist only in DQD's files
+                if f.fk_table == "concept" and _yes(r.get("isStandardValidConcept")):
+                    add("isStandardValidConcept", table.name, f.name, thr("isStandardValidConcept"))
+                if _yes(r.get("measureValueCompleteness")):
+                    add("measureValueCompleteness", table.name, f.name, thr("measureValueCompleteness"))
+                if _yes(r.get("standardConceptRecordCompleteness")):
+                    add("standardConceptRecordCompleteness", table.name, f.name, thr("standardConceptRecordCompleteness"))
+                    add("mappingCoverage", table.name, f.name, 100)
+                if _yes(r.get("sourceConceptRecordCompleteness")):
+                    add("sourceConceptRecordCompleteness", table.name, f.name, thr("sourceConceptRecordCompleteness"))
+                std = (r.get("standardConceptFieldName") or "").strip().lower()
+                if _yes(r.get("sourceValueCompleteness")) and std in table.field_names:
+                    add("sourceValueCompleteness", table.name, f.name, thr("sourceValueCompleteness"),
+                        params=(("standard_field", std),))
+                for bound in ("Low", "High"):
+                    raw = (r.get(f"plausibleValue{bound}") or "").strip()
+                    if raw:
+                        value = _read(f"plausibleValue{bound}", raw, lambda v: plausible_value(v, f.kind, today))
+                        add(f"plausibleValue{bound}", table.name, f.name, thr(f"plausibleValue{bound}"),
+                            params=(("value", value),), **{f"plausibleValue{bound}": value})
+                if _yes(r.get("plausibleTemporalAfter")):
+                    at = r["plausibleTemporalAfterTableName"].strip().lower()
+                    af = r["plausibleTemporalAfterFieldName"].strip().lower()
+                    if at in cdm.table_names and af in cdm.table(at).field_names:
+                        add("plausibleTemporalAfter", table.name, f.name, thr("plausibleTemporalAfter"),
+                            params=(("after_table", at), ("after_field", af)),
+                            plausibleTemporalAfterTableName=at.upper(), plausibleTemporalAfterFieldName=af.upper())
+                for name in ("plausibleDuringLife", "plausibleAfterBirth", "plausibleBeforeDeath", "withinVisitDates"):
+                    if name in types and _yes(r.get(name)):
+                        if name == "withinVisitDates" and "visit_occurrence_id" not in table.field_names:
+                            continue
+                        if name != "withinVisitDates" and "person_id" not in table.field_names and table.name != "person":
+                            continue
+                        add(name, table.name, f.name, thr(name))
+                if _yes(r.get("plausibleStartBeforeEnd")):
+                    end = r["plausibleStartBeforeEndFieldName"].strip().lower()
+                    if end in table.field_names:
+                        add("plausibleStartBeforeEnd", table.name, f.name, thr("plausibleStartBeforeEnd"),
+                            params=(("end_field", end),), plausibleStartBeforeEndFieldName=end.upper())
+
+        # -- concept level -------------------------------------------------------------------------------------
+        ranges = plausible_values()
+        extra_units: dict[int, set[int]] = {}
+        for r in ranges:
+            extra_units.setdefault(r["concept_id"], set()).add(r["unit_concept_id"])
+        unit_rules: set[int] = set()
+        for r in dqd_rows(version, "Concept_Level", files):
+            row = r
+            table, fld = r["cdmTableName"].strip().lower(), (r.get("cdmFieldName") or "").strip().lower()
+            if table not in cdm.table_names or fld not in cdm.table(table).field_names:
+                continue
+            concepts = _read("conceptId", r["conceptId"], _ids)  # DQD lists a few as "a, b"
+            concept = concepts[0]
+            unit = _read("unitConceptId", r["unitConceptId"], int) if (r.get("unitConceptId") or "").strip() else None
+            fill = dict(conceptId=concept, conceptName=r["conceptName"].strip())
             for bound in ("Low", "High"):
                 raw = (r.get(f"plausibleValue{bound}") or "").strip()
-                if raw:
-                    value = plausible_value(raw, f.kind, today)
-                    add(f"plausibleValue{bound}", table.name, f.name, thr(f"plausibleValue{bound}"),
-                        params=(("value", value),), **{f"plausibleValue{bound}": value})
-            if _yes(r.get("plausibleTemporalAfter")):
-                at = r["plausibleTemporalAfterTableName"].strip().lower()
-                af = r["plausibleTemporalAfterFieldName"].strip().lower()
-                if at in cdm.table_names and af in cdm.table(at).field_names:
-                    add("plausibleTemporalAfter", table.name, f.name, thr("plausibleTemporalAfter"),
-                        params=(("after_table", at), ("after_field", af)),
-                        plausibleTemporalAfterTableName=at.upper(), plausibleTemporalAfterFieldName=af.upper())
-            for name in ("plausibleDuringLife", "plausibleAfterBirth", "plausibleBeforeDeath", "withinVisitDates"):
-                if name in types and _yes(r.get(name)):
-                    if name == "withinVisitDates" and "visit_occurrence_id" not in table.field_names:
-                        continue
-                    if name != "withinVisitDates" and "person_id" not in table.field_names and table.name != "person":
-                        continue
-                    add(name, table.name, f.name, thr(name))
-            if _yes(r.get("plausibleStartBeforeEnd")):
-                end = r["plausibleStartBeforeEndFieldName"].strip().lower()
-                if end in table.field_names:
-                    add("plausibleStartBeforeEnd", table.name, f.name, thr("plausibleStartBeforeEnd"),
-                        params=(("end_field", end),), plausibleStartBeforeEndFieldName=end.upper())
-
-    # -- concept level -------------------------------------------------------------------------------------
-    ranges = plausible_values()
-    extra_units: dict[int, set[int]] = {}
-    for r in ranges:
-        extra_units.setdefault(r["concept_id"], set()).add(r["unit_concept_id"])
-    unit_rules: set[int] = set()
-    for r in dqd_rows(version, "Concept_Level"):
-        table, fld = r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower()
-        if table not in cdm.table_names or fld not in cdm.table(table).field_names:
-            continue
-        concepts = tuple(int(c) for c in r["conceptId"].split(","))  # DQD lists a few as "a, b"
-        concept = concepts[0]
-        unit = int(r["unitConceptId"]) if (r.get("unitConceptId") or "").strip() else None
-        fill = dict(conceptId=concept, conceptName=r["conceptName"].strip())
-        for bound in ("Low", "High"):
-            raw = (r.get(f"plausibleValue{bound}") or "").strip()
-            if raw and unit is not None:
-                add(f"plausibleValue{bound}", table, fld, _num(r.get(f"plausibleValue{bound}Threshold")),
-                    concept, unit, params=(("value", float(raw)), ("concept_ids", concepts)),
-                    **{f"plausibleValue{bound}": raw}, **fill)
-        for name in ("plausibleGender", "plausibleGenderUseDescendants"):
-            g = (r.get(name) or "").strip()
-            if g:
-                gid = {"male": 8507, "female": 8532}[g.lower()]
-                add(name, table, fld, _num(r.get(name + "Threshold")), concept,
-                    params=(("gender_concept_id", gid), ("concept_ids", concepts)), **{name: g}, **fill)
-        units = (r.get("plausibleUnitConceptIds") or "").strip()
-        if units and "unit_concept_id" in cdm.table(table).field_names:
-            ids = tuple(int(u) for u in units.split(","))
-            if table == "measurement":  # medlake's SI units for the concept join DQD's (mostly US) list
-                more = sorted(set().union(*(extra_units.get(c, set()) for c in concepts)) - set(ids))
-                ids += tuple(more)
-                unit_rules.update(concepts)
-            add("plausibleUnitConceptIds", table, fld, _num(r.get("plausibleUnitConceptIdsThreshold")), concept,
-                params=(("units", ids), ("concept_ids", concepts)),
-                plausibleUnitConceptIds=",".join(str(u) for u in ids), **fill)
+                if raw and unit is not None:
+                    add(f"plausibleValue{bound}", table, fld, _num(r.get(f"plausibleValue{bound}Threshold")),
+                        concept, unit, params=(("value", _read(f"plausibleValue{bound}", raw, float)),
+                                               ("concept_ids", concepts)),
+                        **{f"plausibleValue{bound}": raw}, **fill)
+            for name in ("plausibleGender", "plausibleGenderUseDescendants"):
+                g = (r.get(name) or "").strip()
+                if g:
+                    gid = {"male": 8507, "female": 8532}.get(g.lower())
+                    if gid is None:
+                        raise ValueError(f"{name} must be Male or Female, not {g!r}")
+                    add(name, table, fld, _num(r.get(name + "Threshold")), concept,
+                        params=(("gender_concept_id", gid), ("concept_ids", concepts)), **{name: g}, **fill)
+            units = (r.get("plausibleUnitConceptIds") or "").strip()
+            if units and "unit_concept_id" in cdm.table(table).field_names:
+                ids = _read("plausibleUnitConceptIds", units, _ids)
+                if table == "measurement":  # medlake's SI units for the concept join DQD's (mostly US) list
+                    more = sorted(set().union(*(extra_units.get(c, set()) for c in concepts)) - set(ids))
+                    ids += tuple(more)
+                    unit_rules.update(concepts)
+                add("plausibleUnitConceptIds", table, fld, _num(r.get("plausibleUnitConceptIdsThreshold")), concept,
+                    params=(("units", ids), ("concept_ids", concepts)),
+                    plausibleUnitConceptIds=",".join(str(u) for u in ids), **fill)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{row.get('_at', 'DQD threshold file')}: {e}") from None
 
     # -- beyond DQD: medlake's physiologic value ranges per measurement concept and unit ----------------------
     if "measurement" in cdm.table_names:

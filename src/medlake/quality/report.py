@@ -6,6 +6,7 @@ import tomllib
 from functools import cache
 from html import escape
 from importlib import resources
+from pathlib import Path
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -201,6 +202,8 @@ def render(run, history: list[dict]) -> str:
         f"reused {len(s['reused_tables'])}"
         + (f" · not checked: {escape(', '.join(s['excluded_tables']))}" if s.get("excluded_tables") else "")
         + (f" · only the tables {escape(', '.join(s['tables']))}" if s.get("tables") else "")
+        + (f" · DQD's rules and thresholds from the site's files {escape(', '.join(Path(f).name for f in s['dqd_thresholds']))}"
+           if s.get("dqd_thresholds") else "")
         + (f" · only the check types {escape(', '.join(s['check_names']))}" if s.get("check_names") else "")
         + "</small></p>",
         *(f"<p class='warning'>warning: {escape(w)}</p>" for w in s.get("warnings", [])),

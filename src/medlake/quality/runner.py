@@ -25,7 +25,7 @@ from medlake.cdm import model
 from medlake.config import redact
 from medlake.engines.base import EngineError
 from medlake.quality import compile as cp
-from medlake.quality.checks import Check, checks as dqd_checks, fails
+from medlake.quality.checks import Check, checks as all_dqd_checks, fails, threshold_files
 
 RESULT_FIELDS = (
     "check_id", "check_name", "check_level", "category", "subcategory", "context", "severity", "cdm_table",
@@ -53,7 +53,7 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
         "status": status, "num_violated_rows": violated, "num_denominator_rows": denominator,
         "pct_violated_rows": pct, "threshold": c.threshold, "failed": status == "failed", "error": error,
         "not_applicable_reason": reason, "examples": [], "example_field": None, "description": c.description,
-        "source": c.source, "notes": None,
+        "source": c.source, "notes": c.notes or None,
     }
 
 
@@ -158,13 +158,15 @@ class Runner:
                  exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
                  source_fields: dict | None = None,
                  version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
-                 check_names: Iterable[str] | None = None):
+                 check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = ()):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
         (its `dqdashboard_results` layout, the rows replaced each run). `tuning`: the site's thresholds and notes
         (site.tuning_config), applied to the results of every check, re-used ones too. `check_names`: only checks
-        of these types (DQD's `checkNames`: `isForeignKey`, …; medlake's and the site's names too)."""
+        of these types (DQD's `checkNames`: `isForeignKey`, …; medlake's and the site's names too).
+        `dqd_thresholds`: the site's own copies of DQD's threshold files (checks.threshold_file), read here: a
+        mistake in them is a ValueError before any run."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -184,7 +186,13 @@ class Runner:
         self.write_table = write_table
         self.tuning = tuning or {}
         self.names = set(check_names or ())
+        self.dqd_files = threshold_files(dqd_thresholds)
         self._fp: dict[str, str] = {}
+
+    def dqd_checks(self) -> tuple[Check, ...]:
+        """DQD's checks (and medlake's beside them) of the store's CDM version, from the site's threshold files where
+        given."""
+        return all_dqd_checks(self.version, None, self.dqd_files)
 
     # -- store facts --------------------------------------------------------------------------------------
     def _survey(self) -> None:
@@ -409,7 +417,7 @@ class Runner:
         one query per check. Not part of a run: for tracing checks back to their source rows (bench/)."""
         if not hasattr(self, "present"):
             self._survey()
-        checks = [c for c in dqd_checks(self.version) if c.table == table]
+        checks = [c for c in self.dqd_checks() if c.table == table]
         _, items, _, cq, _, _, ctx = self.plan(table, checks)
         if ctx is None or not ctx.id_column:
             return {}
@@ -440,7 +448,7 @@ class Runner:
             self._survey()
         site = {c.id: (c, it) for c, it in self.site}
         c = site[check_id][0] if check_id in site else next(
-            (c for c in dqd_checks(self.version) if c.id == check_id), None)
+            (c for c in self.dqd_checks() if c.id == check_id), None)
         if c is None:
             raise KeyError(check_id)
         return self.queries_of(c, rows, site[check_id][1] if check_id in site else None)
@@ -532,7 +540,7 @@ class Runner:
         if self.names:  # a misspelt check name would quietly check nothing
             from medlake.quality.feeds import SOURCE_TYPES, TYPES
 
-            known = {c.name for c in dqd_checks(self.version)} | {c.name for c, _ in self.site} | set(SOURCE_TYPES) \
+            known = {c.name for c in self.dqd_checks()} | {c.name for c, _ in self.site} | set(SOURCE_TYPES) \
                 | set(TYPES)
             spelled = {n.lower(): n for n in known}  # isforeignkey is isForeignKey
             self.names = {spelled.get(n.lower(), n) for n in self.names}
@@ -551,7 +559,7 @@ class Runner:
 
     def _run(self, run_id, started, t0) -> Run:
         self._survey()
-        all_checks = [c for c in dqd_checks(self.version) if not self.names or c.name in self.names]
+        all_checks = [c for c in self.dqd_checks() if not self.names or c.name in self.names]
         by_table: dict[str, list[Check]] = {}
         for c in all_checks:
             by_table.setdefault(c.table, []).append(c)
@@ -619,6 +627,10 @@ class Runner:
                                           error=str(e)))
         if self.names:  # (the source-level queries each serve several check types: kept only as asked)
             run.results[first:] = [r for r in run.results[first:] if r["check_name"] in self.names]
+        notes = {c.id: c.notes for c in all_checks}  # the threshold files' notes, on re-used results too
+        for r in run.results[:first]:
+            if r["check_id"] in notes:
+                r["notes"] = notes[r["check_id"]] or None
         tuned = []
         if self.tuning:
             from medlake.quality.site import tune
@@ -633,6 +645,7 @@ class Runner:
             "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
             "check_names": sorted(self.names) or None, "tables": sorted(self.only) if self.only else None,
+            "dqd_thresholds": list(self.dqd_files) or None,
             "exclude": sorted(self.exclude),
             "resumed_tables": run.resumed,
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
