@@ -459,6 +459,10 @@ def quality_run(
         None, "--write-table", metavar="NAME",
         help="Also put the DQD checks' results in table NAME of the store, in DQD's layout (e.g. "
              "dqdashboard_results, as DQD's writeToTable); its rows are replaced each run."),
+    check_levels: Optional[str] = typer.Option(
+        None, "--check-levels", metavar="LEVELS",
+        help="Only checks of these levels, comma-separated (DQD's checkLevels): TABLE, FIELD, CONCEPT, and SOURCE "
+             "(medlake's source-level checks)."),
     dqd_thresholds: Optional[str] = typer.Option(
         None, "--dqd-thresholds", metavar="FILES",
         help="The site's own copies of DQD's threshold files (Table_Level, Field_Level, Concept_Level CSV; "
@@ -479,6 +483,7 @@ def quality_run(
                            incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
                            check_names=[n.strip() for n in check_names.split(",") if n.strip()] if check_names else None,
                            dqd_thresholds=[f.strip() for f in (dqd_thresholds or "").split(",") if f.strip()],
+                           check_levels=[x.strip() for x in check_levels.split(",") if x.strip()] if check_levels else None,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])
@@ -515,6 +520,8 @@ def quality_run(
                   highlight=False)
     if s.get("check_names"):
         out.print(f"only the check types (--check-names): {', '.join(s['check_names'])}", highlight=False)
+    if s.get("check_levels"):
+        out.print(f"only the check levels (--check-levels): {', '.join(s['check_levels'])}", highlight=False)
     for w in s.get("warnings", []):
         err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"results: {r.dir / 'results.json'}", highlight=False)
@@ -561,12 +568,12 @@ def quality_runs(
     for s in runs[-last:]:
         d = s.get("since_last_run") or {}
         rate = "n/a" if s["pass_rate"] is None else f"{100 * s['pass_rate']:.2f}%"
-        t.add_row(s["run_id"] + ("*" if s.get("tables") or s.get("check_names") else ""), str(s["checks"]), rate, str(s["failed"]), str(s["errors"]),
+        t.add_row(s["run_id"] + ("*" if runner.partial(s) else ""), str(s["checks"]), rate, str(s["failed"]), str(s["errors"]),
                   str(len(d["new_failures"])) if d else "-", str(len(d["fixed"])) if d else "-",
                   str(len(s["rechecked_tables"])), f"{s['seconds']:.1f}")
     out.print(t)
     out.print("pass: passed / (passed + failed); new, fixed: failed checks since the run before; tables: re-checked "
-              "(the others were unchanged); *: some tables or check types only (--tables, --check-names)",
+              "(the others were unchanged); *: some tables, check types or levels only",
               highlight=False)
     out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
               highlight=False)

@@ -242,6 +242,19 @@ def test_check_names_run_only_those_types(store, tmp_path):
         runner.run(store, "5.4", tmp_path / "q", check_names=["isForeignKy"])
 
 
+def test_check_levels_run_only_those_levels(store, tmp_path):
+    """DQD's checkLevels: only checks of these levels (any case), with --check-names both must hold; a level that
+    is none is refused before the run."""
+    r = runner.run(store, "5.4", tmp_path / "q", check_levels=["concept"])
+    assert {x["check_level"] for x in r.results} == {"CONCEPT"}
+    assert len(r.results) == len([c for c in SUITE if c.level == "CONCEPT"])
+    assert r.summary["check_levels"] == ["CONCEPT"] and "only the check levels CONCEPT" in (r.dir / "report.html").read_text()
+    r = runner.run(store, "5.4", tmp_path / "q", check_levels=["FIELD", "table"], check_names=["plausibleValueLow"])
+    assert len(r.results) == len([c for c in SUITE if c.name == "plausibleValueLow" and c.level == "FIELD"]) > 0
+    with pytest.raises(ValueError, match="no check level ROW: the levels are TABLE, FIELD, CONCEPT, SOURCE"):
+        runner.run(store, "5.4", tmp_path / "q", check_levels=["row"])
+
+
 @pytest.mark.parametrize("read,text,message", [
     (site.fields_config, "[source_fields.stg_x]\nmandatory = 'a'",
      r"\[source_fields.stg_x\]: mandatory must be a list of field names"),
@@ -640,6 +653,12 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     [rows] = [json.loads(x.read_text()) for x in (tmp_path / "dups").glob("*/results.json")]
     assert {x["check_name"] for x in rows} == {"sourceDuplicateRecords"} and dup["check_id"] in {x["check_id"] for x in rows}
     assert "only the check types (--check-names): sourceDuplicateRecords" in p.stdout
+    # only the source level (beside DQD's checkLevels): every source-level check, none of DQD's
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml", "--out", "src",
+                        "--check-levels", "source"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "only the check levels (--check-levels): SOURCE" in p.stdout, p.stderr
+    [rows] = [json.loads(x.read_text()) for x in (tmp_path / "src").glob("*/results.json")]
+    assert {x["check_id"] for x in rows} == {k for k, x in got.items() if x["check_level"] == "SOURCE"}  # as the whole run's
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):

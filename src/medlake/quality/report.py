@@ -180,6 +180,8 @@ HEAD = ('<colgroup><col style="width:6%"><col style="width:20%"><col style="widt
 
 
 def render(run, history: list[dict]) -> str:
+    from medlake.quality.runner import partial
+
     s = run.summary
     results = run.results
     failed = failed_first(results)
@@ -205,6 +207,7 @@ def render(run, history: list[dict]) -> str:
         + (f" · DQD's rules and thresholds from the site's files {escape(', '.join(Path(f).name for f in s['dqd_thresholds']))}"
            if s.get("dqd_thresholds") else "")
         + (f" · only the check types {escape(', '.join(s['check_names']))}" if s.get("check_names") else "")
+        + (f" · only the check levels {escape(', '.join(s['check_levels']))}" if s.get("check_levels") else "")
         + "</small></p>",
         *(f"<p class='warning'>warning: {escape(w)}</p>" for w in s.get("warnings", [])),
         "<div class='cards'>",
@@ -216,7 +219,7 @@ def render(run, history: list[dict]) -> str:
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
         *(["<p><small>Runs of the same tables and check types as this one only.</small></p>"]
-          if s.get("tables") or s.get("check_names") else []),
+          if partial(s) else []),
         *([f"<h2>Failures by check type ({len({r['check_name'] for r in failed})})</h2>", _by_type(failed)]
           if failed else []),
         f"<h2>Failed checks ({len(failed)})</h2>",

@@ -147,6 +147,7 @@ def _fmt(v) -> str:
 
 # DQD's default `tablesToExclude`: the vocabulary comes from Athena and is checked there, not at every site (a
 # full vocabulary is ~100M rows of concept_ancestor and concept_relationship: most of a run's work, none of its use)
+LEVELS = ("TABLE", "FIELD", "CONCEPT", "SOURCE")  # DQD's check levels, and medlake's source-level checks
 VOCABULARY_TABLES = ("concept", "vocabulary", "concept_ancestor", "concept_relationship", "concept_class",
                      "concept_synonym", "relationship", "domain")
 
@@ -158,7 +159,8 @@ class Runner:
                  exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
                  source_fields: dict | None = None,
                  version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
-                 check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = ()):
+                 check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = (),
+                 check_levels: Iterable[str] | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
@@ -186,8 +188,16 @@ class Runner:
         self.write_table = write_table
         self.tuning = tuning or {}
         self.names = set(check_names or ())
+        self.levels = {x.upper() for x in check_levels or ()}  # DQD's checkLevels (and SOURCE: medlake's)
+        if self.levels - set(LEVELS):
+            raise ValueError(f"no check level {', '.join(sorted(self.levels - set(LEVELS)))}: the levels are "
+                             f"{', '.join(LEVELS)}")
         self.dqd_files = threshold_files(dqd_thresholds)
         self._fp: dict[str, str] = {}
+
+    def _wanted(self, name: str, level: str) -> bool:
+        """A check of a type (`--check-names`) and level (`--check-levels`) this run was asked for."""
+        return (not self.names or name in self.names) and (not self.levels or level in self.levels)
 
     def dqd_checks(self) -> tuple[Check, ...]:
         """DQD's checks (and medlake's beside them) of the store's CDM version, from the site's threshold files where
@@ -559,13 +569,13 @@ class Runner:
 
     def _run(self, run_id, started, t0) -> Run:
         self._survey()
-        all_checks = [c for c in self.dqd_checks() if not self.names or c.name in self.names]
+        all_checks = [c for c in self.dqd_checks() if self._wanted(c.name, c.level)]
         by_table: dict[str, list[Check]] = {}
         for c in all_checks:
             by_table.setdefault(c.table, []).append(c)
         site_by_table: dict[str, list[cp.Item]] = {}
         for c, it in self.site:
-            if self.names and c.name not in self.names:
+            if not self._wanted(c.name, c.level):
                 continue
             site_by_table.setdefault(c.table, []).append(it)
             by_table.setdefault(c.table, [])
@@ -603,8 +613,10 @@ class Runner:
         first = len(run.results)  # the source-level checks' results start here
         from medlake.quality.feeds import SOURCE_TYPES, TYPES
 
-        feed = self.feed and (not self.names or self.names & set(TYPES))
-        sources = self.sources and not self.only and (not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
+        asked = not self.levels or "SOURCE" in self.levels
+        feed = self.feed and asked and (not self.names or self.names & set(TYPES))
+        sources = self.sources and asked and not self.only and (
+            not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
         if self.progress and (feed or sources):
             self.progress("source-level checks", len(tables), len(tables))
         if feed:
@@ -626,7 +638,7 @@ class Runner:
                 run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
                                           error=str(e)))
         if self.names:  # (the source-level queries each serve several check types: kept only as asked)
-            run.results[first:] = [r for r in run.results[first:] if r["check_name"] in self.names]
+            run.results[first:] = [r for r in run.results[first:] if self._wanted(r["check_name"], r["check_level"])]
         notes = {c.id: c.notes for c in all_checks}  # the threshold files' notes, on re-used results too
         for r in run.results[:first]:
             if r["check_id"] in notes:
@@ -645,6 +657,7 @@ class Runner:
             "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
             "check_names": sorted(self.names) or None, "tables": sorted(self.only) if self.only else None,
+            "check_levels": [x for x in LEVELS if x in self.levels] or None,
             "dqd_thresholds": list(self.dqd_files) or None,
             "exclude": sorted(self.exclude),
             "resumed_tables": run.resumed,
@@ -719,7 +732,7 @@ class Runner:
                 saved = json.loads(p.read_text())
                 if saved.get("key") == key:
                     return d, saved
-                if not json.loads((d / "run.json").read_text()).get("check_names"):
+                if not some_checks(json.loads((d / "run.json").read_text())):
                     return None  # its last check by every type, of other data: older ones are older still
         return None
 
@@ -765,7 +778,18 @@ def scope(summary: dict) -> tuple:
     """What a run checked: its tables (`--tables`), check types (`--check-names`) and excluded tables. The trend
     compares runs of one scope (a run of one table is not a drop in the pass rate of the whole suite)."""
     return (tuple(summary.get("tables") or ()), tuple(summary.get("check_names") or ()),
+            tuple(summary.get("check_levels") or ()),
             tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))))
+
+
+def some_checks(summary: dict) -> bool:
+    """A run of some check types or levels only (`--check-names`, `--check-levels`)."""
+    return bool(summary.get("check_names") or summary.get("check_levels"))
+
+
+def partial(summary: dict) -> bool:
+    """A run of some tables, check types or levels only: not the whole suite."""
+    return bool(summary.get("tables")) or some_checks(summary)
 
 
 def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> dict | None:
@@ -775,7 +799,7 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
     of one table is not what the next nightly run compares with."""
     for d in reversed(earlier):
         s = json.loads((d / "run.json").read_text())
-        if scope(s) == within or not (s.get("tables") or s.get("check_names")):
+        if scope(s) == within or not partial(s):
             changes = compare(json.loads((d / "results.json").read_text()), results)
             return {"run_id": d.name,
                     "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
