@@ -463,6 +463,12 @@ def quality_run(
         None, "--check-levels", metavar="LEVELS",
         help="Only checks of these levels, comma-separated (DQD's checkLevels): TABLE, FIELD, CONCEPT, and SOURCE "
              "(medlake's source-level checks)."),
+    cohort_id: Optional[int] = typer.Option(
+        None, "--cohort-id", metavar="ID",
+        help="Check only the rows of this cohort's persons (DQD's cohortDefinitionId), from --cohort-table."),
+    cohort_table: str = typer.Option(
+        "cohort", "--cohort-table", metavar="TABLE",
+        help="The cohort table (DQD's cohortDatabaseSchema.cohortTableName): NAME or SCHEMA.NAME."),
     dqd_thresholds: Optional[str] = typer.Option(
         None, "--dqd-thresholds", metavar="FILES",
         help="The site's own copies of DQD's threshold files (Table_Level, Field_Level, Concept_Level CSV; "
@@ -484,6 +490,7 @@ def quality_run(
                            check_names=[n.strip() for n in check_names.split(",") if n.strip()] if check_names else None,
                            dqd_thresholds=[f.strip() for f in (dqd_thresholds or "").split(",") if f.strip()],
                            check_levels=[x.strip() for x in check_levels.split(",") if x.strip()] if check_levels else None,
+                           cohort=(cohort_table, cohort_id) if cohort_id is not None else None,
                            only=[t.strip().lower() for t in tables.split(",")] if tables else None,
                            exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
                                                                  if t.strip() and t.strip().lower() != "none"])
@@ -522,6 +529,10 @@ def quality_run(
         out.print(f"only the check types (--check-names): {', '.join(s['check_names'])}", highlight=False)
     if s.get("check_levels"):
         out.print(f"only the check levels (--check-levels): {', '.join(s['check_levels'])}", highlight=False)
+    if s.get("cohort"):
+        c = s["cohort"]
+        out.print(f"only the rows of cohort {c['cohort_definition_id']}'s {c['subjects']:,} person(s) ({c['table']}; "
+                  "no source-level checks)", highlight=False)
     for w in s.get("warnings", []):
         err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
     out.print(f"results: {r.dir / 'results.json'}", highlight=False)
@@ -648,17 +659,19 @@ def quality_show(
     extra = site.load(site_checks)[0] if site_checks else []
     with open_store() as eng:
         last = None
-        files = []  # the site's DQD threshold files the run used
+        files, cohort = [], None  # the site's DQD threshold files and the cohort the run used
         for d in reversed(runner.finished_runs(out_dir, redact(eng.url))):
             last = next((r for r in json.loads((d / "results.json").read_text()) if r["check_id"] == check_id), None)
             if last:
                 s = json.loads((d / "run.json").read_text())
                 last["run_id"], version, files = d.name, s["cdm_version"], s.get("dqd_thresholds") or []
+                cohort = (s["cohort"]["table"], s["cohort"]["cohort_definition_id"]) if s.get("cohort") else None
                 break
         version = cdm_version or (version if last else store.detect_version(eng)[0])
         try:
-            c, count, listed = runner.Runner(eng, version, out_dir, site_checks=extra,
-                                             dqd_thresholds=files).check_queries(check_id, rows)
+            r = runner.Runner(eng, version, out_dir, site_checks=extra, dqd_thresholds=files, cohort=cohort)
+            with r.restricted():  # (a cohort's run: the store as the run saw it)
+                c, count, listed = r.check_queries(check_id, rows)
         except KeyError:
             if not last:
                 raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks): the check ids are "
@@ -696,7 +709,11 @@ def quality_show(
         if listed and rows:
             out.print("\n-- its violating rows:", highlight=False, markup=False)
             out.print(eng.native(listed), highlight=False, markup=False, soft_wrap=True)
-            got = eng.query(listed)
+            if cohort:
+                out.print(f"(run of cohort {cohort[1]} of {cohort[0]}: its tables read as their rows of the cohort's "
+                          "persons, and so are the rows below)", highlight=False, markup=False)
+            with r.restricted():
+                got = eng.query(listed)
             t = Table(title=f"violating rows (up to {rows})")
             for name in got.column_names:
                 t.add_column(name)

@@ -310,3 +310,35 @@ def test_after_birth_from_birth_fields_of_any_quality(engine):
                        f"FROM {PERSON} AS p CROSS JOIN ({dates}) AS d").to_pylist()
     want = {(i, w): int(first is None or w < first) for i, (_, first) in enumerate(BIRTHS) for w in days}
     assert {(r["person_id"], r["w"]): r["before"] for r in got} == want
+
+
+def test_a_cohorts_run_is_the_run_of_a_database_of_its_persons_on_every_engine(engine, tmp_path):
+    """DQD's cohortDefinitionId: every table with a person_id read as its rows of the cohort's persons. The results
+    are those of a database holding only those persons' rows (an in-memory DuckDB, the reference), the store's
+    tables are whole again after the run, and a cohort without subjects is refused before the run."""
+    load(engine)
+    cohort = ddl.arrow_schema(model.load("5.4").table("cohort"))
+    engine.load_arrow("cohort", pa.Table.from_pylist(
+        [dict(cohort_definition_id=7, subject_id=2, cohort_start_date=D(2021, 1, 1), cohort_end_date=D(2021, 12, 31)),
+         dict(cohort_definition_id=8, subject_id=1, cohort_start_date=D(2020, 1, 1), cohort_end_date=D(2020, 12, 31))],
+        schema=cohort))
+    r = runner.Runner(engine, "5.4", tmp_path / "q", only=TABLES, incremental=False, resume=False,
+                      cohort=("cohort", 7)).run()
+    got = {x["check_id"]: (x["status"], x["num_violated_rows"], x["num_denominator_rows"], sorted(x["examples"]))
+           for x in r.results}
+    ref = open_engine("duckdb::memory:")
+    store.init(ref, "5.4")
+    cdm = model.load("5.4")
+    for name, rows in DATA.items():
+        mine = [x for x in rows if x.get("person_id", 2) == 2]  # person 2's rows, and the tables without persons
+        ref.load_arrow(name, pa.Table.from_pylist(mine, schema=ddl.arrow_schema(cdm.table(name))))
+    want = outcome(ref, tmp_path / "ref")
+    ref.close()
+    assert {k: (v, want[k]) for k, v in got.items() if v != want[k]} == {}
+    assert got["field_plausiblestartbeforeend_condition_occurrence_condition_start_date"][:3] == ("failed", 1, 1)
+    assert got["field_isprimarykey_condition_occurrence_condition_occurrence_id"][:3] == ("passed", 0, 1)
+    assert got["field_plausiblevaluelow_person_year_of_birth"][:3] == ("passed", 0, 1)
+    assert r.summary["cohort"] == {"table": "cohort", "cohort_definition_id": 7, "subjects": 1}
+    assert engine.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 3  # the views are gone
+    with pytest.raises(ValueError, match="cohort 9 has no subjects in cohort"):
+        runner.Runner(engine, "5.4", tmp_path / "q", only=["person"], cohort=("cohort", 9)).run()

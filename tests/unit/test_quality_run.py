@@ -118,6 +118,8 @@ def test_rerun_rechecks_only_changed_tables(store, tmp_path):
     assert runner.run(store, "5.4", out, only=["person"]).rechecked == []
     assert runner.run(store, "5.4", out, check_names=["isRequired"]).rechecked == sorted(
         {c.table for c in SUITE if c.name == "isRequired"}, key=[c.table for c in SUITE].index)
+    store.execute("INSERT INTO cohort VALUES (7, 1, DATE '2020-01-01', DATE '2020-12-31')")
+    assert "person" in runner.run(store, "5.4", out, cohort=("cohort", 7)).rechecked  # (its rows: other data)
     store.execute("UPDATE drug_era SET drug_exposure_count = 3")
     fourth = runner.run(store, "5.4", out)
     assert fourth.rechecked == ["drug_era"] and len(fourth.reused) == len({c.table for c in SUITE}) - 1
@@ -910,3 +912,40 @@ def test_cli_runs_with_a_sites_dqd_files_and_shows_their_threshold_and_note(tmp_
     p = subprocess.run(cli + ["run", "--dqd-thresholds", str(fl)], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: ") and \
         "not one of DQD's threshold files" in p.stderr
+
+
+def test_cli_runs_on_a_cohort_and_shows_its_rows(tmp_path):
+    """--cohort-id (DQD's cohortDefinitionId): person 1's condition ends before it starts; a run of cohort 7
+    (person 2) passes the check, of cohort 8 (person 1) fails it, and quality show lists that person's row."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute(CO + "condition_end_date = DATE '1999-01-01' WHERE condition_occurrence_id = 100")
+    eng.execute("INSERT INTO cohort VALUES (7, 2, DATE '2020-01-01', DATE '2020-12-31'), "
+                "(8, 1, DATE '2020-01-01', DATE '2020-12-31')")
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    check = "field_plausiblestartbeforeend_condition_occurrence_condition_start_date"
+
+    def status(out):
+        [d] = [x for x in (tmp_path / out).iterdir()]
+        return {r["check_id"]: r for r in json.loads((d / "results.json").read_text())}[check]
+
+    p = subprocess.run(cli + ["run", "--cohort-id", "7", "--out", "c7"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "only the rows of cohort 7's 1 person(s) (cohort; no source-level" in p.stdout, p.stderr
+    assert (status("c7")["status"], status("c7")["num_denominator_rows"]) == ("passed", 1)
+    p = subprocess.run(cli + ["run", "--cohort-id", "8", "--out", "c8"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and (status("c8")["status"], status("c8")["num_violated_rows"]) == ("failed", 1)
+    assert "only the rows of cohort 8's 1 person(s) (cohort)" in next((tmp_path / "c8").iterdir()).joinpath(
+        "report.html").read_text()
+    p = subprocess.run(cli + ["show", check, "--out", "c8"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "(run of cohort 8 of cohort:" in p.stdout, p.stderr
+    table = p.stdout.split("violating rows (up to 10)")[1]
+    assert "100" in table and "200" not in table
+    for args, message in ((["--cohort-id", "9"], "error: cohort 9 has no subjects in cohort"),
+                          (["--cohort-id", "7", "--cohort-table", "results.nope"], "error: cohort table results.nope:"),
+                          (["--cohort-id", "7", "--cohort-table", "x;drop"], "error: cohort table 'x;drop' is not a")):
+        p = subprocess.run(cli + ["run", "--out", "bad", *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith(message), p.stderr
+    assert not (tmp_path / "bad").exists()

@@ -88,6 +88,11 @@ class Engine(Protocol):
         """Session settings for a series of read-only queries that aggregate whole tables (a quality run), restored
         after; may do nothing."""
 
+    def restricted(self, where: dict[str, str]) -> AbstractContextManager[None]:
+        """For the session, then dropped: each table of `where` seen through a temporary view of the same name, of
+        its rows where the condition (DuckDB SQL, the table's columns unqualified) holds; every unqualified read of
+        the table reads the view (a quality run of a cohort's persons)."""
+
     def close(self) -> None: ...
 
 

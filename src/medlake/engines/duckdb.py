@@ -118,5 +118,18 @@ class DuckDBEngine:
         """Nothing to set: DuckDB's defaults are for scans."""
         yield
 
+    @contextmanager
+    def restricted(self, where: dict[str, str]):
+        """Temporary views (the temp catalog is read first); each reads its table by the catalog's name."""
+        db, schema = self.query("SELECT current_database() AS d, current_schema() AS s").to_pylist()[0].values()
+        try:
+            for table, cond in where.items():
+                self.execute(f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM "{db}"."{schema}"."{table}" '
+                             f"WHERE {cond}")
+            yield
+        finally:
+            for table in where:
+                self.execute(f'DROP VIEW IF EXISTS temp.main."{table}"')
+
     def close(self) -> None:
         self.con.close()

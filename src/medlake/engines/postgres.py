@@ -204,6 +204,21 @@ class PostgresEngine:
         self._depth = 0
         self.execute_native("COMMIT")
 
+    @contextmanager
+    def restricted(self, where: dict[str, str]):
+        """Temporary views (pg_temp is searched first); each reads its table in the schema the name resolved to."""
+        made = []
+        try:
+            for table, cond in where.items():
+                schema = self.query("SELECT n.nspname AS s FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = "
+                                    "c.relnamespace WHERE c.oid = to_regclass(quote_ident(?))", [table]).column(0)[0]
+                self.execute(f'CREATE TEMP VIEW "{table}" AS SELECT * FROM "{schema}"."{table}" WHERE {cond}')
+                made.append(table)
+            yield
+        finally:
+            for table in made:
+                self.execute_native(f'DROP VIEW IF EXISTS pg_temp."{table}"')
+
     def close(self) -> None:
         self.con.close()
 

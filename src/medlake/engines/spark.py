@@ -302,5 +302,18 @@ class SparkEngine:
         """Nothing to set: Spark sizes its shuffles at run time."""
         yield
 
+    @contextmanager
+    def restricted(self, where: dict[str, str]):
+        """Temporary views (read before the catalog's tables); each reads its table by the catalog's name."""
+        db = self.spark.catalog.currentDatabase()
+        try:
+            for table, cond in where.items():
+                self.execute(f'CREATE OR REPLACE TEMP VIEW "{table}" AS SELECT * FROM spark_catalog."{db}"."{table}" '
+                             f"WHERE {cond}")
+            yield
+        finally:
+            for table in where:
+                self.spark.catalog.dropTempView(table)
+
     def close(self) -> None:
         """The Spark session is shared by the process and stays up; nothing to release per store."""

@@ -9,6 +9,7 @@ stopped (resumable). At the end `results.json` (and the same as `results.csv`), 
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -147,6 +148,13 @@ def _fmt(v) -> str:
 
 # DQD's default `tablesToExclude`: the vocabulary comes from Athena and is checked there, not at every site (a
 # full vocabulary is ~100M rows of concept_ancestor and concept_relationship: most of a run's work, none of its use)
+COHORT_TABLE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?")  # DQD's cohortDatabaseSchema.cohortTableName
+
+
+def _qualified(name: str) -> str:
+    return ".".join(cp.q(x) for x in name.split("."))
+
+
 LEVELS = ("TABLE", "FIELD", "CONCEPT", "SOURCE")  # DQD's check levels, and medlake's source-level checks
 VOCABULARY_TABLES = ("concept", "vocabulary", "concept_ancestor", "concept_relationship", "concept_class",
                      "concept_synonym", "relationship", "domain")
@@ -160,7 +168,7 @@ class Runner:
                  source_fields: dict | None = None,
                  version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
                  check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = (),
-                 check_levels: Iterable[str] | None = None):
+                 check_levels: Iterable[str] | None = None, cohort: tuple[str, int] | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
@@ -168,7 +176,8 @@ class Runner:
         (site.tuning_config), applied to the results of every check, re-used ones too. `check_names`: only checks
         of these types (DQD's `checkNames`: `isForeignKey`, …; medlake's and the site's names too).
         `dqd_thresholds`: the site's own copies of DQD's threshold files (checks.threshold_file), read here: a
-        mistake in them is a ValueError before any run."""
+        mistake in them is a ValueError before any run. `cohort`: (cohort table, cohort_definition_id): check the
+        rows of that cohort's persons only (DQD's cohortTableName and cohortDefinitionId; `restricted`)."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -182,7 +191,11 @@ class Runner:
         self.only = only
         self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(only or ())
         self.feed = feed
-        self.sources = sources  # the source-level checks (staging, landing, lineage) of a whole-suite run
+        self.sources = sources and not cohort  # the source-level checks (staging, landing, lineage) of a whole run
+        if cohort and not COHORT_TABLE.fullmatch(cohort[0]):
+            raise ValueError(f"cohort table {cohort[0]!r} is not a table name (NAME or SCHEMA.NAME)")
+        self.cohort = (cohort[0].lower(), int(cohort[1])) if cohort else None
+        self.cohort_subjects: int | None = None
         self.source_fields = source_fields  # the site's staging tables' keys and mandatory fields (site.py)
         self.version_from = version_from  # how the CDM version was found (store.detect_version), for the reports
         self.write_table = write_table
@@ -562,10 +575,34 @@ class Runner:
             from medlake.quality.report import dqd_table_exists
 
             dqd_table_exists(self.eng.engine, self.write_table)
+        if self.cohort:  # a cohort that is not there is said before the run
+            table, cid = self.cohort
+            try:
+                self.cohort_subjects = self.eng.engine.query(
+                    f"SELECT count(DISTINCT subject_id) AS n FROM {_qualified(table)} "
+                    f"WHERE cohort_definition_id = {cid}").column(0)[0].as_py()
+            except EngineError as e:
+                raise ValueError(f"cohort table {table}: cannot read its cohort_definition_id and subject_id ({e})"
+                                 ) from None
+            if not self.cohort_subjects:
+                raise ValueError(f"cohort {cid} has no subjects in {table}: is it generated (ATLAS), and is that "
+                                 "its cohort_definition_id?")
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
-        with self.eng.engine.scanning():  # the engine's session settings for whole-table aggregates
+        with self.eng.engine.scanning(), self.restricted():  # whole-table aggregates; a cohort's rows only
             return self._run(run_id, started, t0)
+
+    def restricted(self):
+        """With a cohort: for the session, every CDM table with a person_id seen as its rows of the cohort's
+        persons (the engine's temporary views of the same names), as DQD joins the cohort to each checked table;
+        the tables they refer to (a foreign key's target) are seen so too. Without one: nothing."""
+        if not self.cohort:
+            return contextlib.nullcontext()
+        table, cid = self.cohort
+        present = {t.lower() for t in self.eng.engine.tables()}
+        cond = f"person_id IN (SELECT subject_id FROM {_qualified(table)} WHERE cohort_definition_id = {cid})"
+        return self.eng.engine.restricted({t.name: cond for t in model.load(self.version).tables
+                                           if "person_id" in t.field_names and t.name in present})
 
     def _run(self, run_id, started, t0) -> Run:
         self._survey()
@@ -614,7 +651,7 @@ class Runner:
         from medlake.quality.feeds import SOURCE_TYPES, TYPES
 
         asked = not self.levels or "SOURCE" in self.levels
-        feed = self.feed and asked and (not self.names or self.names & set(TYPES))
+        feed = self.feed and asked and not self.cohort and (not self.names or self.names & set(TYPES))
         sources = self.sources and asked and not self.only and (
             not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
         if self.progress and (feed or sources):
@@ -658,6 +695,8 @@ class Runner:
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
             "check_names": sorted(self.names) or None, "tables": sorted(self.only) if self.only else None,
             "check_levels": [x for x in LEVELS if x in self.levels] or None,
+            "cohort": {"table": self.cohort[0], "cohort_definition_id": self.cohort[1],
+                       "subjects": self.cohort_subjects} if self.cohort else None,
             "dqd_thresholds": list(self.dqd_files) or None,
             "exclude": sorted(self.exclude),
             "resumed_tables": run.resumed,
@@ -724,16 +763,17 @@ class Runner:
     @staticmethod
     def _reusable(earlier: list[Path], table: str, key: str) -> tuple[Path, dict] | None:
         """(run, its saved results of `table`) from the latest earlier run that checked it with the same checks on the
-        same data (`key`); back past runs that did not check it (of other tables) or checked only some check types,
-        to the table's last check by every type. None if there is none."""
+        same data (`key`); back past runs that did not check it (of other tables) or checked only some check types
+        or a cohort's rows, to the table's last check by every type of all its rows. None if there is none."""
         for d in earlier:
             p = d / "tables" / f"{table}.json"
             if p.exists():
                 saved = json.loads(p.read_text())
                 if saved.get("key") == key:
                     return d, saved
-                if not some_checks(json.loads((d / "run.json").read_text())):
-                    return None  # its last check by every type, of other data: older ones are older still
+                s = json.loads((d / "run.json").read_text())
+                if not (some_checks(s) or s.get("cohort")):
+                    return None  # its last check by every type of all its rows, of other data: older ones are older
         return None
 
     def _dirs(self, run_id):
@@ -778,7 +818,7 @@ def scope(summary: dict) -> tuple:
     """What a run checked: its tables (`--tables`), check types (`--check-names`) and excluded tables. The trend
     compares runs of one scope (a run of one table is not a drop in the pass rate of the whole suite)."""
     return (tuple(summary.get("tables") or ()), tuple(summary.get("check_names") or ()),
-            tuple(summary.get("check_levels") or ()),
+            tuple(summary.get("check_levels") or ()), tuple((summary.get("cohort") or {}).items())[:2],
             tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))))
 
 
@@ -788,8 +828,8 @@ def some_checks(summary: dict) -> bool:
 
 
 def partial(summary: dict) -> bool:
-    """A run of some tables, check types or levels only: not the whole suite."""
-    return bool(summary.get("tables")) or some_checks(summary)
+    """A run of some tables, check types or levels, or of a cohort's persons only: not the whole suite."""
+    return bool(summary.get("tables") or summary.get("cohort")) or some_checks(summary)
 
 
 def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> dict | None:
