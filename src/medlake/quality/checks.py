@@ -83,10 +83,9 @@ def dqd_rows(version: str, level: str, files: tuple[str, ...] = ()) -> list[dict
     return [r | {"_at": f"{name}:{n}"} for n, r in enumerate(_csv(name), 2)]
 
 
-VALUE_COLUMNS = ("cdmDatatype", "fkDomain", "fkClass", "plausibleValueLow", "plausibleValueHigh")  # not Yes/No
 def threshold_files(paths) -> tuple[str, ...]:
     """A site's own copies of DQD's threshold files, read and checked (`threshold_file`), at most one per level;
-    as absolute paths (the key of `checks`' cache, and what run.json records)."""
+    as absolute paths (what run.json records)."""
     out, seen = [], {}
     for path in paths:
         p = str(Path(path).resolve())
@@ -98,10 +97,10 @@ def threshold_files(paths) -> tuple[str, ...]:
     return tuple(out)
 
 
+VALUE_COLUMNS = ("cdmDatatype", "fkDomain", "fkClass", "plausibleValueLow", "plausibleValueHigh")  # not Yes/No
 LEVEL_KEYS = {"Concept_Level": "conceptId", "Field_Level": "cdmFieldName", "Table_Level": "cdmTableName"}
 
 
-@cache
 def threshold_file(path: str) -> tuple[str, list[dict[str, str]]]:
     """(level, rows) of a site's own copy of one of DQD's threshold files (DQD's `tableCheckThresholdLoc`,
     `fieldCheckThresholdLoc`, `conceptCheckThresholdLoc`), its level told by its columns. Every `…Threshold` is
@@ -211,12 +210,16 @@ def _fill(text: str, **kw) -> str:
 
 
 @cache
-def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None,
-           files: tuple[str, ...] = ()) -> tuple[Check, ...]:
-    """Every DQD check for a CDM version (plus medlake's mapping coverage), in a stable order. `files`: a site's own
-    copies of DQD's threshold files (`threshold_file`), each replacing medlake's copy of its level: the rules only
-    DQD's files have (which plausibility checks, their values), every check's threshold and notes. The checks the
-    spec decides (isRequired, isPrimaryKey, isForeignKey, …) stay as the spec says."""
+def checks(version: str = model.DEFAULT_VERSION, today: dt.date | None = None) -> tuple[Check, ...]:
+    """Every DQD check for a CDM version (plus medlake's mapping coverage), in a stable order."""
+    return build_checks(version, today)
+
+
+def build_checks(version: str, today: dt.date | None = None, files: tuple[str, ...] = ()) -> tuple[Check, ...]:
+    """`checks`, read from the files each time: `files` are a site's own copies of DQD's threshold files
+    (`threshold_file`), each replacing medlake's copy of its level: the rules only DQD's files have (which
+    plausibility checks, their values), every check's threshold and notes. The checks the spec decides
+    (isRequired, isPrimaryKey, isForeignKey, …) stay as the spec says."""
     cdm = model.load(version)
     types = check_types(version)
     out: list[Check] = []

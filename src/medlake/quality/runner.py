@@ -26,7 +26,7 @@ from medlake.cdm import model
 from medlake.config import redact
 from medlake.engines.base import EngineError
 from medlake.quality import compile as cp
-from medlake.quality.checks import Check, checks as all_dqd_checks, fails, threshold_files
+from medlake.quality.checks import Check, build_checks, checks as all_dqd_checks, fails, threshold_files
 
 RESULT_FIELDS = (
     "check_id", "check_name", "check_level", "category", "subcategory", "context", "severity", "cdm_table",
@@ -206,6 +206,7 @@ class Runner:
             raise ValueError(f"no check level {', '.join(sorted(self.levels - set(LEVELS)))}: the levels are "
                              f"{', '.join(LEVELS)}")
         self.dqd_files = threshold_files(dqd_thresholds)
+        self._checks: tuple[Check, ...] | None = None
         self._fp: dict[str, str] = {}
 
     def _wanted(self, name: str, level: str) -> bool:
@@ -215,7 +216,10 @@ class Runner:
     def dqd_checks(self) -> tuple[Check, ...]:
         """DQD's checks (and medlake's beside them) of the store's CDM version, from the site's threshold files where
         given."""
-        return all_dqd_checks(self.version, None, self.dqd_files)
+        if self._checks is None:  # (read once a run: the site's files as they are now)
+            self._checks = build_checks(self.version, None, self.dqd_files) if self.dqd_files else all_dqd_checks(
+                self.version)
+        return self._checks
 
     # -- store facts --------------------------------------------------------------------------------------
     def _survey(self) -> None:
