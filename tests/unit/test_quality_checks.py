@@ -485,6 +485,39 @@ def test_feed_checks_read_what_the_landing_received_per_day(tmp_path):
     eng.close()
 
 
+def test_feed_checks_count_the_hospitals_local_days(tmp_path):
+    """[feed] timezone: the landing's receipts (UTC) counted by local days, to the quarter of an hour (Nepal is
+    UTC+5:45); the examples are local days. A zone that is none, or a zone beside a table, is refused."""
+    import sqlite3
+
+    from medlake.landing import Landing
+    from medlake.quality.feeds import landing_feed, run_sources
+    from medlake.quality.runner import result
+
+    Landing(tmp_path / "landing").close()
+    times = [f"2026-03-{d:02d}T18:40:00.000000+00:00" for d in (1, 2, 3, 5)]  # 00:25 the next day in Kathmandu
+    times += ["2026-03-05T18:10:00.000000+00:00"]  # 23:55 the same day there
+    db = sqlite3.connect(tmp_path / "landing" / "landing.sqlite")
+    db.executemany("INSERT INTO receipt (sha256, source, received_at, size, duplicate) VALUES (?, 'lis', ?, 1, 0)",
+                   [(f"x{i}", t) for i, t in enumerate(times)])
+    db.commit()
+    assert landing_feed(db)["lis"] == {dt.date(2026, 3, d): n for d, n in ((1, 1), (2, 1), (3, 1), (5, 2))}
+    assert landing_feed(db, "Asia/Kathmandu")["lis"] == {dt.date(2026, 3, d): 1 for d in (2, 3, 4, 5, 6)}
+    db.close()
+    eng = open_engine("duckdb::memory:")
+    utc = {x["check_name"]: x for x in run_sources(eng, result, tmp_path / "landing") if x["data_source"] == "lis"}
+    local = {x["check_name"]: x for x in run_sources(eng, result, tmp_path / "landing", feed={"timezone": "Asia/Kathmandu"})
+             if x["data_source"] == "lis"}
+    eng.close()
+    assert utc["feedTimeliness"]["examples"] == ["2026-03-04"] and local["feedTimeliness"]["status"] == "passed"
+    for text, message in (("[feed]\ntimezone = 'Mars/Olympus'", "timezone 'Mars/Olympus' is not a time zone"),
+                          ("[feed]\ntimezone = 'UTC'\ntable = 'log'", "timezone is for the landing's receipts"),
+                          ("[feed]\ndrop = 0.3", "needs 'table' .* or 'timezone'")):
+        with pytest.raises(ValueError, match=message):
+            site.feed_config(text, "site.toml")
+    assert site.feed_config("[feed]\ntimezone = 'Europe/Berlin'")["table"] is None
+
+
 def test_feed_checks_learn_each_sources_week():
     """Five weeks from Monday 2026-01-05: a weekday-only feed is not missing its weekends (but is its silent
     Wednesday), a feed with light weekends has no weekend volume drops (but has its low Tuesday), and a feed

@@ -29,6 +29,7 @@ from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from medlake import config
 from medlake.cdm.importer import QUARANTINE_PREFIX
@@ -136,15 +137,34 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
     return out
 
 
-def landing_feed(db: sqlite3.Connection) -> dict[str, dict[dt.date, int]]:
-    """What each source sent per day, as the landing received it: messages (MLLP) or files, by UTC day."""
+def landing_feed(db: sqlite3.Connection, timezone: str | None = None) -> dict[str, dict[dt.date, int]]:
+    """What each source sent per day, as the landing received it: messages (MLLP) or files, by UTC day, or by the
+    local day of `timezone` (the receipts, in UTC, counted per quarter of an hour, as every zone's offset is a
+    whole number of quarters, then each quarter given its local day)."""
     per: dict[str, dict[dt.date, int]] = {}
-    for src, day, n in db.execute("SELECT source, substr(received_at, 1, 10), count(*) FROM receipt GROUP BY 1, 2"):
+    if timezone is None:
+        rows = db.execute("SELECT source, substr(received_at, 1, 10), count(*) FROM receipt GROUP BY 1, 2")
+    else:
+        rows = db.execute("SELECT source, substr(received_at, 1, 14) || printf('%02d', "
+                          "CAST(substr(received_at, 15, 2) AS INTEGER) / 15 * 15), count(*) FROM receipt GROUP BY 1, 2")
+    local = _local_day(timezone) if timezone else dt.date.fromisoformat
+    for src, at, n in rows:
         try:
-            per.setdefault(src, {})[dt.date.fromisoformat(day)] = n
+            day = local(at)
         except ValueError:  # (a receipt's time is written by the landing itself: never expected)
             continue
+        days = per.setdefault(src, {})
+        days[day] = days.get(day, 0) + n
     return per
+
+
+def _local_day(timezone: str):
+    zone = ZoneInfo(timezone)
+
+    @cache
+    def day(quarter: str) -> dt.date:  # "YYYY-MM-DDTHH:MM", UTC
+        return dt.datetime.fromisoformat(quarter + "+00:00").astimezone(zone).date()
+    return day
 
 
 # -- source-level checks beyond the feed: completeness, duplicates, quarantine, mapping coverage -----------------
@@ -223,10 +243,11 @@ def _site_field_problems(result, table: str, spec: dict, cols: dict) -> list[dic
 
 
 def run_sources(engine, result, landing_dir: str | Path | None = None, fields: dict | None = None,
-                feeds: bool = True) -> list[dict]:
+                feeds: bool = True, feed: dict | None = None) -> list[dict]:
     """Source-level checks for every source in the store: mandatory fields and duplicate records in the
     staging tables, landing duplicates, the feed checks on what the landing received per day (`feeds`; a site's
-    [feed] table replaces them) and open quarantine (from the landing folder, when it is found), mapping coverage
+    [feed] table replaces them; `feed`: the site's [feed] `timezone` and `drop`, site.feed_config) and open
+    quarantine (from the landing folder, when it is found), mapping coverage
     per source and CDM table and unit consistency of numeric results (through `cdm_lineage`).
     A store without medlake's staging and lineage tables (an imported OHDSI database) gets none of them.
     `fields`: the site's [source_fields] (site.fields_config): per staging table, a key given replaces medlake's."""
@@ -272,7 +293,7 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             for r in sorted((r for r in rows if r["kind"] == 0), key=lambda r: r["s"]):
                 out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
                                     r["n"] or 0, examples.get(r["s"], ()), key[0]))
-    out += _landing_checks(engine, result, tables, landing_dir, feeds)
+    out += _landing_checks(engine, result, tables, landing_dir, feeds, feed or {})
     if {"cdm_lineage", "measurement"} <= tables:
         rows, odd = _unit_counts(engine)
         examples: dict[str, list[str]] = {}
@@ -359,7 +380,8 @@ def _vaulted(engine, table: str) -> dict[tuple[str, str], int]:
         "AND x.receipt_seq = v.receipt_seq) GROUP BY v.source, v.field").to_pylist()}
 
 
-def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool = True) -> list[dict]:
+def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool = True, feed: dict | None = None
+                    ) -> list[dict]:
     """Landing duplicates, the feed checks (`feeds`) and open quarantine per source, read (read-only) from the
     landing folder's SQLite files; none when the folder is not found (a store checked without its landing, e.g.
     `--store postgresql://…`). Rows a `medlake cdm import` set aside are a source per CDM table (`cdm:<table>`),
@@ -378,8 +400,8 @@ def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool =
             for src, n, dups in db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt "
                                            "GROUP BY source ORDER BY source"):
                 out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
-            per = landing_feed(db) if feeds else {}
-            out += feed_results(per, "landing", FEED_DROP, result) if per else []
+            per = landing_feed(db, (feed or {}).get("timezone")) if feeds else {}
+            out += feed_results(per, "landing", (feed or {}).get("drop", FEED_DROP), result) if per else []
     qpath = Path(landing_dir) / "quarantine.sqlite"
     if not qpath.exists():
         return out

@@ -655,7 +655,8 @@ class Runner:
         from medlake.quality.feeds import SOURCE_TYPES, TYPES
 
         asked = not self.levels or "SOURCE" in self.levels
-        feed = self.feed and asked and not self.cohort and (not self.names or self.names & set(TYPES))
+        feed = self.feed and self.feed["table"] and asked and not self.cohort and (
+            not self.names or self.names & set(TYPES))
         sources = self.sources and asked and not self.only and (
             not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
         if self.progress and (feed or sources):
@@ -674,7 +675,8 @@ class Runner:
             from medlake.quality.feeds import run_sources, source_check
 
             try:
-                run.results += run_sources(self.eng, result, fields=self.source_fields, feeds=not self.feed)
+                run.results += run_sources(self.eng, result, fields=self.source_fields,
+                                           feeds=not (self.feed and self.feed["table"]), feed=self.feed)
             except EngineError as e:
                 run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
                                           error=str(e)))

@@ -29,6 +29,13 @@ received_at = "received_at"
 drop = 0.5                     # a day below half the median of the previous 7 days is a volume drop
 ```
 
+Or the landing's receipts (kept in UTC) counted by the hospital's own days:
+
+```toml
+[feed]
+timezone = "Europe/Berlin"     # an IANA time zone; the days of the feed checks and their examples are local days
+```
+
 A site's staging tables (a CSV feed of its own: `stg_csv_<name>`) and stricter rules for medlake's: the record
 key and the fields each source must send, per staging table (medlake's defaults: `source_fields.toml`; a key
 given here replaces medlake's for that table, the others stay):
@@ -60,6 +67,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlglot
 
@@ -97,14 +105,28 @@ def _rule_sql(spec: dict, where: str) -> str:
 
 
 def feed_config(text: str, source: str = "site checks") -> dict | None:
-    """The [feed] table of a site checks file, or None."""
+    """The [feed] settings of a site checks file, or None: a table of the site's own (`table`, `source`,
+    `received_at`), or the landing's receipts counted by the hospital's local days (`timezone`); `drop` either way."""
     feed = _toml(text, source).get("feed")
     if feed is None:
         return None
-    if not feed.get("table"):
-        raise ValueError(f"{source}: [feed] needs 'table'")
-    return {"table": feed["table"].lower(), "source": feed.get("source", "source"),
-            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP))}
+    if not isinstance(feed, dict) or set(feed) - {"table", "source", "received_at", "drop", "timezone"}:
+        raise ValueError(f"{source}: [feed] takes table, source, received_at, drop and timezone")
+    tz = feed.get("timezone")
+    if tz is not None:
+        if feed.get("table"):
+            raise ValueError(f"{source}: [feed] timezone is for the landing's receipts (kept in UTC); a [feed] table's "
+                             "times are read as they are (give one or the other)")
+        try:
+            ZoneInfo(str(tz))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{source}: [feed] timezone {tz!r} is not a time zone (an IANA name such as "
+                             "Europe/Berlin or America/New_York)") from None
+    elif not feed.get("table"):
+        raise ValueError(f"{source}: [feed] needs 'table' (a log of the site's own) or 'timezone' (the landing's)")
+    return {"table": str(feed["table"]).lower() if feed.get("table") else None, "source": feed.get("source", "source"),
+            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP)),
+            "timezone": tz}
 
 
 def fields_config(text: str, source: str = "site checks") -> dict:
