@@ -6,6 +6,7 @@ from html import escape
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -939,6 +940,17 @@ def test_cli_runs_on_a_cohort_and_shows_its_rows(tmp_path):
     assert p.returncode == 0 and (status("c8")["status"], status("c8")["num_violated_rows"]) == ("failed", 1)
     assert "only the rows of cohort 8's 1 person(s) (cohort)" in next((tmp_path / "c8").iterdir()).joinpath(
         "report.html").read_text()
+    # after it in the same folder: cohort 7's run is not compared with cohort 8's, and a whole run neither
+    for args in (["--cohort-id", "7"], []):
+        p = subprocess.run(cli + ["run", "--out", "c8", *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0 and "since run" not in p.stdout, p.stdout
+    p = subprocess.run(cli + ["show", check, "--out", "c8"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert "(run of cohort" not in p.stdout  # the latest run of c8 is the whole one
+    [c8] = [d for d in (tmp_path / "c8").iterdir() if json.loads((d / "run.json").read_text())["cohort"] == {
+        "table": "cohort", "cohort_definition_id": 8, "subjects": 1}]
+    for d in (tmp_path / "c8").iterdir():
+        if d != c8:
+            shutil.rmtree(d)  # (show reads the latest run that has the check)
     p = subprocess.run(cli + ["show", check, "--out", "c8"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0 and "(run of cohort 8 of cohort:" in p.stdout, p.stderr
     table = p.stdout.split("violating rows (up to 10)")[1]

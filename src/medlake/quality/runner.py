@@ -146,8 +146,6 @@ def _fmt(v) -> str:
     return str(v)
 
 
-# DQD's default `tablesToExclude`: the vocabulary comes from Athena and is checked there, not at every site (a
-# full vocabulary is ~100M rows of concept_ancestor and concept_relationship: most of a run's work, none of its use)
 COHORT_TABLE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?")  # DQD's cohortDatabaseSchema.cohortTableName
 
 
@@ -156,6 +154,8 @@ def _qualified(name: str) -> str:
 
 
 LEVELS = ("TABLE", "FIELD", "CONCEPT", "SOURCE")  # DQD's check levels, and medlake's source-level checks
+# DQD's default `tablesToExclude`: the vocabulary comes from Athena and is checked there, not at every site (a
+# full vocabulary is ~100M rows of concept_ancestor and concept_relationship: most of a run's work, none of its use)
 VOCABULARY_TABLES = ("concept", "vocabulary", "concept_ancestor", "concept_relationship", "concept_class",
                      "concept_synonym", "relationship", "domain")
 
@@ -821,8 +821,9 @@ def history(out: Path, store: str | None = None) -> list[dict]:
 
 
 def scope(summary: dict) -> tuple:
-    """What a run checked: its tables (`--tables`), check types (`--check-names`) and excluded tables. The trend
-    compares runs of one scope (a run of one table is not a drop in the pass rate of the whole suite)."""
+    """What a run checked: its tables (`--tables`), check types and levels (`--check-names`, `--check-levels`),
+    cohort (`--cohort-id`: (table, id), or ()) and excluded tables. The trend compares runs of one scope (a run of
+    one table is not a drop in the pass rate of the whole suite)."""
     return (tuple(summary.get("tables") or ()), tuple(summary.get("check_names") or ()),
             tuple(summary.get("check_levels") or ()), tuple((summary.get("cohort") or {}).items())[:2],
             tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))))
@@ -842,10 +843,12 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
     """What changed since the store's previous finished run of the same scope (`within`, this run's) or of all
     tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an
     error, not run) and those that failed then and pass now. None when there is none (a first run). An ad-hoc run
-    of one table is not what the next nightly run compares with."""
+    of one table is not what the next nightly run compares with; a cohort's run compares with the same cohort's
+    only (other persons' rows are not its rows fixed or broken)."""
+    cohort = within[3]
     for d in reversed(earlier):
         s = json.loads((d / "run.json").read_text())
-        if scope(s) == within or not partial(s):
+        if scope(s) == within or (not partial(s) and not cohort):
             changes = compare(json.loads((d / "results.json").read_text()), results)
             return {"run_id": d.name,
                     "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
