@@ -42,6 +42,11 @@ class State:
 state = State()
 
 
+def _items(text: Optional[str]) -> list[str] | None:
+    """A comma-separated option's items (None when not given)."""
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
 @app.callback()
 def _root(
     store: Optional[str] = typer.Option(None, "--store", help="Store URL: duckdb:PATH, postgresql://…, spark:DIR."),
@@ -487,13 +492,11 @@ def quality_run(
 
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
-                           check_names=[n.strip() for n in check_names.split(",") if n.strip()] if check_names else None,
-                           dqd_thresholds=[f.strip() for f in (dqd_thresholds or "").split(",") if f.strip()],
-                           check_levels=[x.strip() for x in check_levels.split(",") if x.strip()] if check_levels else None,
+                           check_names=_items(check_names), check_levels=_items(check_levels),
+                           dqd_thresholds=_items(dqd_thresholds) or (),
                            cohort=(cohort_table, cohort_id) if cohort_id is not None else None,
-                           only=[t.strip().lower() for t in tables.split(",")] if tables else None,
-                           exclude=None if exclude is None else [t.strip() for t in exclude.split(",")
-                                                                 if t.strip() and t.strip().lower() != "none"])
+                           only=[t.lower() for t in _items(tables)] if tables else None,
+                           exclude=None if exclude is None else [t for t in _items(exclude) if t.lower() != "none"])
     s = r.summary
     t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']}, {s['cdm_version_from']})")
     for col in ("category", "passed", "failed", "errors", "not applicable", "pass rate"):
@@ -523,8 +526,8 @@ def quality_run(
     if s.get("tables"):
         out.print(f"only the tables (--tables): {', '.join(s['tables'])}", highlight=False)
     if s.get("dqd_thresholds"):
-        out.print(f"DQD's rules and thresholds from the site's files (--dqd-thresholds): {', '.join(s['dqd_thresholds'])}",
-                  highlight=False)
+        out.print("DQD's rules and thresholds from the site's files (--dqd-thresholds): "
+                  + ", ".join(s["dqd_thresholds"]), highlight=False)
     if s.get("check_names"):
         out.print(f"only the check types (--check-names): {', '.join(s['check_names'])}", highlight=False)
     if s.get("check_levels"):
@@ -579,12 +582,13 @@ def quality_runs(
     for s in runs[-last:]:
         d = s.get("since_last_run") or {}
         rate = "n/a" if s["pass_rate"] is None else f"{100 * s['pass_rate']:.2f}%"
-        t.add_row(s["run_id"] + ("*" if runner.partial(s) else ""), str(s["checks"]), rate, str(s["failed"]), str(s["errors"]),
+        t.add_row(s["run_id"] + ("*" if runner.partial(s) else ""), str(s["checks"]), rate, str(s["failed"]),
+                  str(s["errors"]),
                   str(len(d["new_failures"])) if d else "-", str(len(d["fixed"])) if d else "-",
                   str(len(s["rechecked_tables"])), f"{s['seconds']:.1f}")
     out.print(t)
     out.print("pass: passed / (passed + failed); new, fixed: failed checks since the run before; tables: re-checked "
-              "(the others were unchanged); *: some tables, check types or levels only",
+              "(the others were unchanged); *: some tables, check types or levels, or a cohort, only",
               highlight=False)
     out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
               highlight=False)
@@ -592,7 +596,7 @@ def quality_runs(
 
 @quality_app.command("diff")
 def quality_diff(
-    before: Optional[str] = typer.Argument(None, help="A run id (default: the run AFTER compared itself with: the store's previous run of its scope)."),
+    before: Optional[str] = typer.Argument(None, help="A run id (default: the run the later one compared itself with)."),
     after: Optional[str] = typer.Argument(None, help="A later run id (default: the latest)."),
     out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder of the quality runs."),
     limit: int = typer.Option(40, "--limit", min=1, help="Show at most this many changed checks."),
