@@ -468,6 +468,10 @@ def quality_run(
         None, "--check-levels", metavar="LEVELS",
         help="Only checks of these levels, comma-separated (DQD's checkLevels): TABLE, FIELD, CONCEPT, and SOURCE "
              "(medlake's source-level checks)."),
+    check_severity: Optional[str] = typer.Option(
+        None, "--check-severity", metavar="SEVERITIES",
+        help="Only checks of these severities, comma-separated (DQD's checkSeverity): fatal, convention, "
+             "characterization; source and feed for medlake's source-level checks."),
     cohort_id: Optional[int] = typer.Option(
         None, "--cohort-id", metavar="ID",
         help="Check only the rows of this cohort's persons (DQD's cohortDefinitionId), from --cohort-table."),
@@ -493,6 +497,7 @@ def quality_run(
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
                            check_names=_items(check_names), check_levels=_items(check_levels),
+                           check_severity=_items(check_severity),
                            dqd_thresholds=_items(dqd_thresholds) or (),
                            cohort=(cohort_table, cohort_id) if cohort_id is not None else None,
                            only=[t.lower() for t in _items(tables)] if tables else None,
@@ -532,6 +537,8 @@ def quality_run(
         out.print(f"only the check types (--check-names): {', '.join(s['check_names'])}", highlight=False)
     if s.get("check_levels"):
         out.print(f"only the check levels (--check-levels): {', '.join(s['check_levels'])}", highlight=False)
+    if s.get("check_severity"):
+        out.print(f"only the check severities (--check-severity): {', '.join(s['check_severity'])}", highlight=False)
     if s.get("cohort"):
         c = s["cohort"]
         out.print(f"only the rows of cohort {c['cohort_definition_id']}'s {c['subjects']:,} person(s) ({c['table']}; "
@@ -588,7 +595,7 @@ def quality_runs(
                   str(len(s["rechecked_tables"])), f"{s['seconds']:.1f}")
     out.print(t)
     out.print("pass: passed / (passed + failed); new, fixed: failed checks since the run before; tables: re-checked "
-              "(the others were unchanged); *: some tables, check types or levels, or a cohort, only",
+              "(the others were unchanged); *: some tables, check types, levels or severities, or a cohort, only",
               highlight=False)
     out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
               highlight=False)

@@ -256,6 +256,13 @@ def test_check_levels_run_only_those_levels(store, tmp_path):
     assert len(r.results) == len([c for c in SUITE if c.name == "plausibleValueLow" and c.level == "FIELD"]) > 0
     with pytest.raises(ValueError, match="no check level ROW: the levels are TABLE, FIELD, CONCEPT, SOURCE"):
         runner.run(store, "5.4", tmp_path / "q", check_levels=["row"])
+    # DQD's checkSeverity: fatal only (any case), with a level; a severity that is none refused
+    r = runner.run(store, "5.4", tmp_path / "q", check_severity=["Fatal"], check_levels=["FIELD"])
+    assert len(r.results) == len([c for c in SUITE if c.severity == "fatal" and c.level == "FIELD"]) > 0
+    assert r.summary["check_severity"] == ["fatal"] and "only the check severities fatal" in (
+        r.dir / "report.html").read_text()
+    with pytest.raises(ValueError, match="no check severity fatl: the severities are characterization, convention"):
+        runner.run(store, "5.4", tmp_path / "q", check_severity=["fatl"])
 
 
 @pytest.mark.parametrize("read,text,message", [
@@ -662,6 +669,11 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     assert p.returncode == 0 and "only the check levels (--check-levels): SOURCE" in p.stdout, p.stderr
     [rows] = [json.loads(x.read_text()) for x in (tmp_path / "src").glob("*/results.json")]
     assert {x["check_id"] for x in rows} == {k for k, x in got.items() if x["check_level"] == "SOURCE"}  # as the whole run's
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml", "--out", "sev",
+                        "--check-severity", "source"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "only the check severities (--check-severity): source" in p.stdout, p.stderr
+    [rows] = [json.loads(x.read_text()) for x in (tmp_path / "sev").glob("*/results.json")]
+    assert {x["check_id"] for x in rows} == {k for k, x in got.items() if x["severity"] == "source"} != set()
 
 
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):

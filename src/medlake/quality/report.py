@@ -208,6 +208,7 @@ def render(run, history: list[dict]) -> str:
            if s.get("dqd_thresholds") else "")
         + (f" · only the check types {escape(', '.join(s['check_names']))}" if s.get("check_names") else "")
         + (f" · only the check levels {escape(', '.join(s['check_levels']))}" if s.get("check_levels") else "")
+        + (f" · only the check severities {escape(', '.join(s['check_severity']))}" if s.get("check_severity") else "")
         + (f" · only the rows of cohort {s['cohort']['cohort_definition_id']}'s {s['cohort']['subjects']:,} person(s) "
            f"({escape(s['cohort']['table'])})" if s.get("cohort") else "")
         + "</small></p>",

@@ -153,6 +153,7 @@ def _qualified(name: str) -> str:
     return ".".join(cp.q(x) for x in name.split("."))
 
 
+SEVERITIES = {"source", "feed"}  # the severities of medlake's source-level checks (DQD's: fatal, convention, …)
 LEVELS = ("TABLE", "FIELD", "CONCEPT", "SOURCE")  # DQD's check levels, and medlake's source-level checks
 # DQD's default `tablesToExclude`: the vocabulary comes from Athena and is checked there, not at every site (a
 # full vocabulary is ~100M rows of concept_ancestor and concept_relationship: most of a run's work, none of its use)
@@ -168,7 +169,8 @@ class Runner:
                  source_fields: dict | None = None,
                  version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
                  check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = (),
-                 check_levels: Iterable[str] | None = None, cohort: tuple[str, int] | None = None):
+                 check_levels: Iterable[str] | None = None, cohort: tuple[str, int] | None = None,
+                 check_severity: Iterable[str] | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
@@ -177,7 +179,9 @@ class Runner:
         of these types (DQD's `checkNames`: `isForeignKey`, …; medlake's and the site's names too).
         `dqd_thresholds`: the site's own copies of DQD's threshold files (checks.threshold_file), read here: a
         mistake in them is a ValueError before any run. `cohort`: (cohort table, cohort_definition_id): check the
-        rows of that cohort's persons only (DQD's cohortTableName and cohortDefinitionId; `restricted`)."""
+        rows of that cohort's persons only (DQD's cohortTableName and cohortDefinitionId; `restricted`).
+        `check_levels`, `check_severity`: only checks of these levels and severities (DQD's checkLevels and
+        checkSeverity)."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -205,13 +209,16 @@ class Runner:
         if self.levels - set(LEVELS):
             raise ValueError(f"no check level {', '.join(sorted(self.levels - set(LEVELS)))}: the levels are "
                              f"{', '.join(LEVELS)}")
+        self.severities = {x.lower() for x in check_severity or ()}  # DQD's checkSeverity (and medlake's)
         self.dqd_files = threshold_files(dqd_thresholds)
         self._checks: tuple[Check, ...] | None = None
         self._fp: dict[str, str] = {}
 
-    def _wanted(self, name: str, level: str) -> bool:
-        """A check of a type (`--check-names`) and level (`--check-levels`) this run was asked for."""
-        return (not self.names or name in self.names) and (not self.levels or level in self.levels)
+    def _wanted(self, name: str, level: str, severity: str) -> bool:
+        """A check of a type (`--check-names`), level (`--check-levels`) and severity (`--check-severity`) this run
+        was asked for."""
+        return (not self.names or name in self.names) and (not self.levels or level in self.levels) and (
+            not self.severities or severity in self.severities)
 
     def dqd_checks(self) -> tuple[Check, ...]:
         """DQD's checks (and medlake's beside them) of the store's CDM version, from the site's threshold files where
@@ -575,6 +582,11 @@ class Runner:
                 raise ValueError(f"no check type {', '.join(sorted(self.names - known))} in OMOP CDM v{self.version}: "
                                  "the names are DQD's (isRequired, isForeignKey, plausibleDuringLife, …), medlake's "
                                  "(mappingCoverage, sourceDuplicateRecords, feedTimeliness, …) and the site's")
+        if self.severities:  # as a misspelt name, a misspelt severity would quietly check nothing
+            known = {c.severity for c in self.dqd_checks()} | {c.severity for c, _ in self.site} | SEVERITIES
+            if self.severities - known:
+                raise ValueError(f"no check severity {', '.join(sorted(self.severities - known))}: the severities are "
+                                 f"{', '.join(sorted(known))}")
         if self.write_table:  # a name that cannot be written is said before the run, not after it
             from medlake.quality.report import dqd_table_exists
 
@@ -610,13 +622,13 @@ class Runner:
 
     def _run(self, run_id, started, t0) -> Run:
         self._survey()
-        all_checks = [c for c in self.dqd_checks() if self._wanted(c.name, c.level)]
+        all_checks = [c for c in self.dqd_checks() if self._wanted(c.name, c.level, c.severity)]
         by_table: dict[str, list[Check]] = {}
         for c in all_checks:
             by_table.setdefault(c.table, []).append(c)
         site_by_table: dict[str, list[cp.Item]] = {}
         for c, it in self.site:
-            if not self._wanted(c.name, c.level):
+            if not self._wanted(c.name, c.level, c.severity):
                 continue
             site_by_table.setdefault(c.table, []).append(it)
             by_table.setdefault(c.table, [])
@@ -654,7 +666,7 @@ class Runner:
         first = len(run.results)  # the source-level checks' results start here
         from medlake.quality.feeds import SOURCE_TYPES, TYPES
 
-        asked = not self.levels or "SOURCE" in self.levels
+        asked = (not self.levels or "SOURCE" in self.levels) and (not self.severities or self.severities & SEVERITIES)
         feed = self.feed and self.feed["table"] and asked and not self.cohort and (
             not self.names or self.names & set(TYPES))
         sources = self.sources and asked and not self.only and (
@@ -680,8 +692,9 @@ class Runner:
             except EngineError as e:
                 run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
                                           error=str(e)))
-        if self.names:  # (the source-level queries each serve several check types: kept only as asked)
-            run.results[first:] = [r for r in run.results[first:] if self._wanted(r["check_name"], r["check_level"])]
+        if self.names or self.severities:  # (the source-level queries each serve several check types: as asked)
+            run.results[first:] = [r for r in run.results[first:]
+                                   if self._wanted(r["check_name"], r["check_level"], r["severity"])]
         notes = {c.id: c.notes for c in all_checks}  # the threshold files' notes, on re-used results too
         for r in run.results[:first]:
             if r["check_id"] in notes:
@@ -701,6 +714,7 @@ class Runner:
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
             "check_names": sorted(self.names) or None, "tables": sorted(self.only) if self.only else None,
             "check_levels": [x for x in LEVELS if x in self.levels] or None,
+            "check_severity": sorted(self.severities) or None,
             "cohort": {"table": self.cohort[0], "cohort_definition_id": self.cohort[1],
                        "subjects": self.cohort_subjects} if self.cohort else None,
             "dqd_thresholds": list(self.dqd_files) or None,
@@ -826,12 +840,14 @@ def scope(summary: dict) -> tuple:
     one table is not a drop in the pass rate of the whole suite)."""
     return (tuple(summary.get("tables") or ()), tuple(summary.get("check_names") or ()),
             tuple(summary.get("check_levels") or ()), tuple((summary.get("cohort") or {}).items())[:2],
+            tuple(summary.get("check_severity") or ()),
             tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))))
 
 
 def some_checks(summary: dict) -> bool:
-    """A run of some check types or levels only (`--check-names`, `--check-levels`)."""
-    return bool(summary.get("check_names") or summary.get("check_levels"))
+    """A run of some check types, levels or severities only (`--check-names`, `--check-levels`,
+    `--check-severity`)."""
+    return bool(summary.get("check_names") or summary.get("check_levels") or summary.get("check_severity"))
 
 
 def partial(summary: dict) -> bool:
