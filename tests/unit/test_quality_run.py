@@ -207,6 +207,7 @@ def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path
     fk = "field_isforeignkey_condition_occurrence_person_id"
     store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")  # 1 of 4 rows: 25%
     tuning = site.tuning_config(f"[thresholds]\n{fk} = 30\nisForeignKey = 10\nisRequired = 5\n"
+                                f"field_measurevaluecompleteness_person_month_of_birth = 0\n"
                                 f"[notes]\n{fk} = \"person 99 is a visitor: known\"\nnoSuchCheck = \"x\"\n", "site.toml")
     r = runner.run(store, "5.4", tmp_path / "q", tuning=tuning)
     got = {x["check_id"]: x for x in r.results}
@@ -215,6 +216,8 @@ def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path
     other_fk = next(x for x in r.results if x["check_name"] == "isForeignKey" and x["status"] == "passed"
                     and x["check_id"] != fk)
     assert other_fk["threshold"] == 10.0 and other_fk["notes"] is None
+    month = got["field_measurevaluecompleteness_person_month_of_birth"]  # both persons lack it: 100% > 0%
+    assert (month["status"], month["examples"], month["example_field"]) == ("failed", ["1", "2"], "person_id")
     required = [x for x in r.results if x["check_name"] == "isRequired" and x["status"] in ("passed", "failed")]
     assert required and all(x["threshold"] == 5.0 for x in required)
     assert all(x["threshold"] == 0 for x in r.results if x["check_name"] == "isRequired" and x["status"] == "error")

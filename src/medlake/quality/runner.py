@@ -557,6 +557,24 @@ class Runner:
         for it in items:  # one query per check: the baselines, or to isolate the failing check
             self._single(it.check, one(table, it, ctx), res)
 
+    def _examples_of_tuned(self, results: list[dict], checks: list[Check]) -> None:
+        """Examples for the checks that fail only by the site's threshold: the run looked for examples with each
+        check's own threshold, under which they passed. Each one's violating rows (up to 10), one query each."""
+        site = {c.id: (c, it) for c, it in self.site}
+        own = {c.id: (c, None) for c in checks}
+        for r in results:
+            if not (r["failed"] and "default_threshold" in r and r["num_violated_rows"] and not r["examples"]):
+                continue
+            c, it = site.get(r["check_id"]) or own.get(r["check_id"]) or (None, None)
+            try:
+                listed = self.queries_of(c, 10, it)[2] if c else None
+                if listed:
+                    got = self.eng.query(listed)
+                    r["examples"] = [str(v) for v in got.column(0).to_pylist()]  # (as every check's examples)
+                    r["example_field"] = got.column_names[0]
+            except (cp.NotApplicable, EngineError):
+                continue  # (examples are a help, not a result: the counts stand)
+
     def _single(self, c, sql, res, examples=None):
         try:
             row = self.eng.query(sql).to_pylist()[0]
@@ -704,6 +722,7 @@ class Runner:
             from medlake.quality.site import tune
 
             tuned = tune(run.results, self.tuning)
+            self._examples_of_tuned(run.results[:first], all_checks)
         if self.progress:
             self.progress("done", len(tables), len(tables))
         run.summary = summarize(run.results) | {
