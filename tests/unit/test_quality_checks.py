@@ -512,10 +512,13 @@ def test_feed_checks_count_the_hospitals_local_days(tmp_path):
     assert utc["feedTimeliness"]["examples"] == ["2026-03-04"] and local["feedTimeliness"]["status"] == "passed"
     for text, message in (("[feed]\ntimezone = 'Mars/Olympus'", "timezone 'Mars/Olympus' is not a time zone"),
                           ("[feed]\ntimezone = 'UTC'\ntable = 'log'", "timezone is for the landing's receipts"),
-                          ("[feed]\ndrop = 0.3", "needs 'table' .* or 'timezone'")):
+                          ("[feed]\nholidays = ['Christmas']", "holidays must be a list of dates .* not 'Christmas'"),
+                          ("[feed]\nweekends = true", r"\[feed\] takes table, source, received_at, drop, timezone")):
         with pytest.raises(ValueError, match=message):
             site.feed_config(text, "site.toml")
     assert site.feed_config("[feed]\ntimezone = 'Europe/Berlin'")["table"] is None
+    assert site.feed_config("[feed]\nholidays = [2026-12-25, '2027-01-01']")["holidays"] == {
+        dt.date(2026, 12, 25), dt.date(2027, 1, 1)}
 
 
 def test_feed_checks_learn_each_sources_week():
@@ -544,6 +547,10 @@ def test_feed_checks_learn_each_sources_week():
     assert "(not counting Saturdays and Sundays: it sends on fewer than 1 in 5 of them)" in got[
         "feedTimeliness", "lab"]["description"]
     assert "(Saturdays and Sundays, its quiet days, are judged" in got["feedVolume", "adt"]["description"]
+    # the site's holidays: the silent Wednesday and the low Tuesday are neither missing nor a drop
+    got = {(x["check_name"], x["data_source"]): x for x in feed_results(per, "landing", 0.5, result, frozenset({wed, tue}))}
+    assert (got["feedTimeliness", "lab"]["num_violated_rows"], got["feedTimeliness", "lab"]["num_denominator_rows"]) == (0, 23)  # 25 weekdays, 2 holidays
+    assert (got["feedVolume", "adt"]["num_violated_rows"], got["feedVolume", "adt"]["num_denominator_rows"]) == (0, 20 + 7)  # 23 weekdays, 3 first
 
 
 def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(engine, tmp_path):

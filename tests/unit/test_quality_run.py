@@ -494,7 +494,7 @@ def test_cli_import_then_quality_run(tmp_path):
     assert p.returncode == 0, p.stderr
     runs = sorted(d.name for d in (tmp_path / "quality").iterdir())
     lines = [x.split() for x in p.stdout.splitlines() if x.strip().startswith("2")]  # the rows: run ids are dates
-    assert [x[0] for x in lines] == runs[:3] + [runs[3] + "*"] and "(4 of 4)" in p.stdout
+    assert [x[0] for x in lines] == runs[:3] + [runs[3] + "*"] and "(4 of 4)" in " ".join(p.stdout.split())  # the title wraps with the path
     failed = json.loads((tmp_path / "quality" / runs[-2] / "run.json").read_text())["failed"]
     assert [x[3] for x in lines] == [str(failed)] * 3 + ["0"]
     assert [x[5] for x in lines] == ["-", "0", "0", "0"]  # new failures: none after the first run

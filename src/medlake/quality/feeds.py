@@ -67,15 +67,19 @@ def _weekdays(days: tuple[int, ...]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
-def cadence(days: dict[dt.date, int], drop: float) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def cadence(days: dict[dt.date, int], drop: float, holidays: frozenset = frozenset()
+            ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """A source's weekly habit, learnt from its own span (its first to its last day with data, so a feed that
     went silent does not teach that silence): the weekdays it does not send on (data on fewer than 1 in 5 of at
     least `CADENCE_WEEKS` of them; never all seven) and its quiet weekdays (those, and the weekdays with data on at
-    least `CADENCE_WEEKS` days whose median volume is below `drop` x the median of all its days)."""
+    least `CADENCE_WEEKS` days whose median volume is below `drop` x the median of all its days). Holidays are
+    not weekdays of the source's habit."""
     first, last = min(days), max(days)
     seen, sent = [0] * 7, [[] for _ in range(7)]
     for i in range((last - first).days + 1):
         d = first + dt.timedelta(days=i)
+        if d in holidays:
+            continue
         seen[d.weekday()] += 1
         if d in days:
             sent[d.weekday()].append(days[d])
@@ -100,28 +104,30 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
     per: dict[str, dict[dt.date, int]] = {}
     for r in rows:
         per.setdefault(r["s"], {})[r["d"]] = r["n"]
-    return feed_results(per, table, drop, result)
+    return feed_results(per, table, drop, result, cfg.get("holidays", frozenset()))
 
 
-def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result) -> list[dict]:
+def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result,
+                 holidays: frozenset = frozenset()) -> list[dict]:
     """feedTimeliness and feedVolume per source from what it sent per day ({source: {day: count}}).
 
     A day the source does not send on (a weekend for a weekday feed, learnt by `cadence`) is not a missing day;
     a quiet weekday's volume is judged against the source's previous quiet days, the others against its other
-    days, so a lighter weekend is not a volume drop."""
+    days, so a lighter weekend is not a volume drop. The site's `holidays` are neither missing days nor judged for
+    volume, nor part of any day's baseline."""
     last = max(d for days in per.values() for d in days)
     out = []
     for src, days in sorted(per.items()):
-        off, quiet = cadence(days, drop)
+        off, quiet = cadence(days, drop, holidays)
         timely, volume = feed_checks(table, src, drop, off, quiet)
         first = min(days)
         span = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-        span = [d for d in span if d.weekday() not in off]
+        span = [d for d in span if d.weekday() not in off and d not in holidays]
         missing = [d for d in span if d not in days]
         r = result(timely, "counted", len(missing), len(span))
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[:10]], "day", src
         out.append(r)
-        seen = sorted(days)
+        seen = sorted(d for d in days if d not in holidays)
         low, judged = [], 0
         for i, d in enumerate(seen):
             kind = d.weekday() in quiet
@@ -400,8 +406,10 @@ def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool =
             for src, n, dups in db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt "
                                            "GROUP BY source ORDER BY source"):
                 out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
-            per = landing_feed(db, (feed or {}).get("timezone")) if feeds else {}
-            out += feed_results(per, "landing", (feed or {}).get("drop", FEED_DROP), result) if per else []
+            feed = feed or {}
+            per = landing_feed(db, feed.get("timezone")) if feeds else {}
+            out += feed_results(per, "landing", feed.get("drop", FEED_DROP), result,
+                                feed.get("holidays", frozenset())) if per else []
     qpath = Path(landing_dir) / "quarantine.sqlite"
     if not qpath.exists():
         return out

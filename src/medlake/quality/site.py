@@ -34,6 +34,7 @@ Or the landing's receipts (kept in UTC) counted by the hospital's own days:
 ```toml
 [feed]
 timezone = "Europe/Berlin"     # an IANA time zone; the days of the feed checks and their examples are local days
+holidays = [2026-12-25, 2026-12-26, 2027-01-01]   # days no source is expected to send (with a table too)
 ```
 
 A site's staging tables (a CSV feed of its own: `stg_csv_<name>`) and stricter rules for medlake's: the record
@@ -65,6 +66,7 @@ field_isforeignkey_observation_person_id = "h1-emr sends observations of visitor
 """
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -106,12 +108,13 @@ def _rule_sql(spec: dict, where: str) -> str:
 
 def feed_config(text: str, source: str = "site checks") -> dict | None:
     """The [feed] settings of a site checks file, or None: a table of the site's own (`table`, `source`,
-    `received_at`), or the landing's receipts counted by the hospital's local days (`timezone`); `drop` either way."""
+    `received_at`) or, without one, the landing's receipts, counted by the hospital's local days (`timezone`);
+    either way `drop` and the days no source is expected to send (`holidays`)."""
     feed = _toml(text, source).get("feed")
     if feed is None:
         return None
-    if not isinstance(feed, dict) or set(feed) - {"table", "source", "received_at", "drop", "timezone"}:
-        raise ValueError(f"{source}: [feed] takes table, source, received_at, drop and timezone")
+    if not isinstance(feed, dict) or set(feed) - {"table", "source", "received_at", "drop", "timezone", "holidays"}:
+        raise ValueError(f"{source}: [feed] takes table, source, received_at, drop, timezone and holidays")
     tz = feed.get("timezone")
     if tz is not None:
         if feed.get("table"):
@@ -122,11 +125,16 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{source}: [feed] timezone {tz!r} is not a time zone (an IANA name such as "
                              "Europe/Berlin or America/New_York)") from None
-    elif not feed.get("table"):
-        raise ValueError(f"{source}: [feed] needs 'table' (a log of the site's own) or 'timezone' (the landing's)")
+    holidays = set()
+    for d in feed.get("holidays", []) if isinstance(feed.get("holidays", []), list) else [feed["holidays"]]:
+        try:
+            holidays.add(d if isinstance(d, dt.date) and not isinstance(d, dt.datetime) else dt.date.fromisoformat(d))
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: [feed] holidays must be a list of dates (2026-12-25 or \"2026-12-25\"), "
+                             f"not {d!r}") from None
     return {"table": str(feed["table"]).lower() if feed.get("table") else None, "source": feed.get("source", "source"),
             "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP)),
-            "timezone": tz}
+            "timezone": tz, "holidays": frozenset(holidays)}
 
 
 def fields_config(text: str, source: str = "site checks") -> dict:
