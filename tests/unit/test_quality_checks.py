@@ -521,6 +521,48 @@ def test_feed_checks_count_the_hospitals_local_days(tmp_path):
         dt.date(2026, 12, 25), dt.date(2027, 1, 1)}
 
 
+def test_feed_checks_know_the_sites_public_holidays(tmp_path):
+    """A weekday feed in Bavaria, silent over Easter 2026 (Good Friday 3 April, Easter Monday 6 April) and on
+    Epiphany (6 January, a holiday in Bavaria, not in Berlin): missing days by UTC, none with the country's
+    calendar, one (Epiphany) with Berlin's. A country or subdivision that has no calendar is refused."""
+    import sqlite3
+
+    from medlake.landing import Landing
+    from medlake.quality.feeds import days_off, run_sources
+    from medlake.quality.runner import result
+
+    Landing(tmp_path / "landing").close()
+    start = dt.date(2026, 1, 5)
+    quiet = {dt.date(2026, 1, 6), dt.date(2026, 4, 3), dt.date(2026, 4, 6)}
+    sent = [start + dt.timedelta(days=i) for i in range(100)]
+    sent = [d for d in sent if d.weekday() < 5 and d not in quiet]
+    db = sqlite3.connect(tmp_path / "landing" / "landing.sqlite")
+    db.executemany("INSERT INTO receipt (sha256, source, received_at, size, duplicate) VALUES (?, 'lis', ?, 1, 0)",
+                   [(f"x{i}", f"{d}T10:00:00.000000+00:00") for i, d in enumerate(sent)])
+    db.commit()
+    db.close()
+    eng = open_engine("duckdb::memory:")
+    got = {}
+    for name, text in (("none", "[feed]\ndrop = 0.5"), ("BY", "[feed]\ncountry = 'de'\nsubdivision = 'BY'"),
+                       ("BE", "[feed]\ncountry = 'DE'\nsubdivision = 'BE'\nholidays = [2026-01-02]")):
+        got[name] = {x["check_name"]: x for x in run_sources(eng, result, tmp_path / "landing",
+                                                             feed=site.feed_config(text)) if x["data_source"] == "lis"}
+    eng.close()
+    t = {k: (v["feedTimeliness"]["num_violated_rows"], v["feedTimeliness"]["examples"]) for k, v in got.items()}
+    assert t == {"none": (3, ["2026-01-06", "2026-04-03", "2026-04-06"]), "BY": (0, []), "BE": (1, ["2026-01-06"])}
+    assert (got["none"]["feedTimeliness"]["num_denominator_rows"] - got["BY"]["feedTimeliness"]["num_denominator_rows"]
+            == 3)  # Epiphany, Good Friday, Easter Monday: holidays on weekdays of its span (1 May is past it)
+    assert "nor 3 holiday(s) of the site" in got["BY"]["feedTimeliness"]["description"]
+    assert got["BY"]["feedVolume"]["status"] == "passed"
+    cal = days_off(site.feed_config("[feed]\ncountry = 'US'\nholidays = ['2026-12-24']"), {"x": {dt.date(2026, 7, 1): 1}})
+    assert {dt.date(2026, 7, 3), dt.date(2026, 12, 24), dt.date(2026, 12, 25)} <= cal  # 4 July 2026, a Saturday: observed the Friday
+    for text, message in (("[feed]\ncountry = 'Atlantis'", "country 'ATLANTIS' has no calendar of public holidays"),
+                          ("[feed]\ncountry = 'DE'\nsubdivision = 'XX'", "subdivision 'XX' is not one of DE's: BB, BE"),
+                          ("[feed]\nsubdivision = 'BY'", "subdivision 'BY' needs the country")):
+        with pytest.raises(ValueError, match=message):
+            site.feed_config(text, "site.toml")
+
+
 def test_feed_checks_learn_each_sources_week():
     """Five weeks from Monday 2026-01-05: a weekday-only feed is not missing its weekends (but is its silent
     Wednesday), a feed with light weekends has no weekend volume drops (but has its low Tuesday), and a feed

@@ -7,6 +7,7 @@ rest is arithmetic on that small result:
 - `feedTimeliness`: days with nothing from a source between its first day and the last day seen in the
   feed (any source) — a silent feed is flagged; threshold 0 (any missing day fails). The weekdays a source
   does not send on (learnt from three weeks of it: a weekday-only feed's weekends) are not missing days.
+  Nor are the site's holidays (`[feed] holidays`, and its `country`'s public holidays: python-holidays).
 - `feedVolume`: days whose count is below `drop` × the median of the source's previous 7 days with data of
   the same kind: its quiet weekdays (learnt: a lighter weekend) against its quiet days, the others against
   the others.
@@ -45,9 +46,13 @@ TYPES = {
 }
 
 
-def feed_checks(table: str, source: str, drop: float, off: tuple[int, ...] = (), quiet: tuple[int, ...] = ()) -> list[Check]:
-    """The two feed checks of one source; `off` and `quiet` are its learnt weekdays (see `cadence`)."""
-    words = {"feedTimeliness": f" (not counting {_weekdays(off)}: it sends on fewer than 1 in 5 of them)" if off else "",
+def feed_checks(table: str, source: str, drop: float, off: tuple[int, ...] = (), quiet: tuple[int, ...] = (),
+                holidays: int = 0) -> list[Check]:
+    """The two feed checks of one source; `off` and `quiet` are its learnt weekdays (see `cadence`), `holidays` the
+    number of the site's holidays on other days of its span."""
+    hol = f"{holidays} holiday(s) of the site" if holidays else ""
+    not_counted = [f"{_weekdays(off)}: it sends on fewer than 1 in 5 of them" if off else "", hol]
+    words = {"feedTimeliness": f" (not counting {'; nor '.join(x for x in not_counted if x)})" if off or hol else "",
              "feedVolume": f" ({_weekdays(quiet)}, its quiet days, are judged against its previous quiet days)"
              if quiet else ""}
     out = []
@@ -104,7 +109,20 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
     per: dict[str, dict[dt.date, int]] = {}
     for r in rows:
         per.setdefault(r["s"], {})[r["d"]] = r["n"]
-    return feed_results(per, table, drop, result, cfg.get("holidays", frozenset()))
+    return feed_results(per, table, drop, result, days_off(cfg, per))
+
+
+def days_off(feed: dict, per: dict[str, dict[dt.date, int]]) -> frozenset:
+    """The days no source is expected to send: the site's own `holidays` and its country's (and subdivision's)
+    public holidays, including the days they are observed on, in the years of the feed."""
+    days = frozenset(feed.get("holidays", ()))
+    if not feed.get("country") or not per:
+        return days
+    import holidays  # only for a site that names its country (~0.1 s to import)
+    seen = [d for src in per.values() for d in src]
+    cal = holidays.country_holidays(feed["country"], subdiv=feed.get("subdivision"),
+                                    years=range(min(seen).year, max(seen).year + 1))
+    return days | frozenset(cal)
 
 
 def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result,
@@ -119,8 +137,9 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
     out = []
     for src, days in sorted(per.items()):
         off, quiet = cadence(days, drop, holidays)
-        timely, volume = feed_checks(table, src, drop, off, quiet)
         first = min(days)
+        timely, volume = feed_checks(table, src, drop, off, quiet,
+                                     sum(first <= d <= last and d.weekday() not in off for d in holidays))
         span = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
         span = [d for d in span if d.weekday() not in off and d not in holidays]
         missing = [d for d in span if d not in days]
@@ -408,8 +427,7 @@ def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool =
                 out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
             feed = feed or {}
             per = landing_feed(db, feed.get("timezone")) if feeds else {}
-            out += feed_results(per, "landing", feed.get("drop", FEED_DROP), result,
-                                feed.get("holidays", frozenset())) if per else []
+            out += feed_results(per, "landing", feed.get("drop", FEED_DROP), result, days_off(feed, per)) if per else []
     qpath = Path(landing_dir) / "quarantine.sqlite"
     if not qpath.exists():
         return out

@@ -34,7 +34,9 @@ Or the landing's receipts (kept in UTC) counted by the hospital's own days:
 ```toml
 [feed]
 timezone = "Europe/Berlin"     # an IANA time zone; the days of the feed checks and their examples are local days
-holidays = [2026-12-25, 2026-12-26, 2027-01-01]   # days no source is expected to send (with a table too)
+country = "DE"                 # its public holidays (python-holidays; ISO 3166 code), with a table too
+subdivision = "BY"             # the state or province, where its holidays differ (optional)
+holidays = [2026-12-24, 2026-12-31]   # and the site's own days no source is expected to send
 ```
 
 A site's staging tables (a CSV feed of its own: `stg_csv_<name>`) and stricter rules for medlake's: the record
@@ -109,12 +111,15 @@ def _rule_sql(spec: dict, where: str) -> str:
 def feed_config(text: str, source: str = "site checks") -> dict | None:
     """The [feed] settings of a site checks file, or None: a table of the site's own (`table`, `source`,
     `received_at`) or, without one, the landing's receipts, counted by the hospital's local days (`timezone`);
-    either way `drop` and the days no source is expected to send (`holidays`)."""
+    either way `drop` and the days no source is expected to send: the public holidays of `country` (and of its
+    `subdivision`), and the site's own `holidays`."""
     feed = _toml(text, source).get("feed")
     if feed is None:
         return None
-    if not isinstance(feed, dict) or set(feed) - {"table", "source", "received_at", "drop", "timezone", "holidays"}:
-        raise ValueError(f"{source}: [feed] takes table, source, received_at, drop, timezone and holidays")
+    keys = {"table", "source", "received_at", "drop", "timezone", "holidays", "country", "subdivision"}
+    if not isinstance(feed, dict) or set(feed) - keys:
+        raise ValueError(f"{source}: [feed] takes table, source, received_at, drop, timezone, holidays, country and "
+                         "subdivision")
     tz = feed.get("timezone")
     if tz is not None:
         if feed.get("table"):
@@ -132,9 +137,27 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
         except (TypeError, ValueError):
             raise ValueError(f"{source}: [feed] holidays must be a list of dates (2026-12-25 or \"2026-12-25\"), "
                              f"not {d!r}") from None
+    country, sub = _calendar(feed.get("country"), feed.get("subdivision"), source)
     return {"table": str(feed["table"]).lower() if feed.get("table") else None, "source": feed.get("source", "source"),
             "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP)),
-            "timezone": tz, "holidays": frozenset(holidays)}
+            "timezone": tz, "holidays": frozenset(holidays), "country": country, "subdivision": sub}
+
+
+def _calendar(country, sub, source: str) -> tuple[str | None, str | None]:
+    """The [feed] country and subdivision, checked against python-holidays' calendars."""
+    if country is None:
+        if sub is not None:
+            raise ValueError(f"{source}: [feed] subdivision {sub!r} needs the country it belongs to (country = \"DE\")")
+        return None, None
+    import holidays  # only for a site that names its country (~0.1 s to import)
+    country, known = str(country).upper(), holidays.list_supported_countries()
+    if country not in known:
+        raise ValueError(f"{source}: [feed] country {country!r} has no calendar of public holidays here (an ISO 3166 "
+                         "code such as DE, FR, US or IN; or list the days in holidays = [...])")
+    if sub is not None and str(sub) not in known[country]:
+        raise ValueError(f"{source}: [feed] subdivision {sub!r} is not one of {country}'s: "
+                         f"{', '.join(known[country]) or 'it has none'}")
+    return country, None if sub is None else str(sub)
 
 
 def fields_config(text: str, source: str = "site checks") -> dict:
