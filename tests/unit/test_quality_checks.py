@@ -537,28 +537,44 @@ def test_feed_checks_know_the_sites_public_holidays(tmp_path):
     sent = [start + dt.timedelta(days=i) for i in range(100)]
     sent = [d for d in sent if d.weekday() < 5 and d not in quiet]
     db = sqlite3.connect(tmp_path / "landing" / "landing.sqlite")
-    db.executemany("INSERT INTO receipt (sha256, source, received_at, size, duplicate) VALUES (?, 'lis', ?, 1, 0)",
-                   [(f"x{i}", f"{d}T10:00:00.000000+00:00") for i, d in enumerate(sent)])
+    for src in ("lis", "ed-adt", "h3-lis"):  # the same days from three sources
+        db.executemany("INSERT INTO receipt (sha256, source, received_at, size, duplicate) VALUES (?, ?, ?, 1, 0)",
+                       [(f"{src}{i}", src, f"{d}T10:00:00.000000+00:00") for i, d in enumerate(sent)])
     db.commit()
     db.close()
     eng = open_engine("duckdb::memory:")
     got = {}
     for name, text in (("none", "[feed]\ndrop = 0.5"), ("BY", "[feed]\ncountry = 'de'\nsubdivision = 'BY'"),
-                       ("BE", "[feed]\ncountry = 'DE'\nsubdivision = 'BE'\nholidays = [2026-01-02]")):
-        got[name] = {x["check_name"]: x for x in run_sources(eng, result, tmp_path / "landing",
-                                                             feed=site.feed_config(text)) if x["data_source"] == "lis"}
+                       ("BE", "[feed]\ncountry = 'DE'\nsubdivision = 'BE'\nholidays = [2026-01-02]"),
+                       ("own", "[feed]\ncountry = 'DE'\nsubdivision = 'BY'\n[feed.sources.ed-adt]\n"
+                               "sends_on_holidays = true\n[feed.sources.h3-lis]\nsubdivision = 'BE'\n"
+                               "[feed.sources.gone]\ncountry = 'AT'")):
+        for x in run_sources(eng, result, tmp_path / "landing", feed=site.feed_config(text)):
+            got.setdefault(name, {})[x["check_name"], x["data_source"]] = x
     eng.close()
-    t = {k: (v["feedTimeliness"]["num_violated_rows"], v["feedTimeliness"]["examples"]) for k, v in got.items()}
-    assert t == {"none": (3, ["2026-01-06", "2026-04-03", "2026-04-06"]), "BY": (0, []), "BE": (1, ["2026-01-06"])}
+    t = {k: (v["feedTimeliness", "lis"]["num_violated_rows"], v["feedTimeliness", "lis"]["examples"])
+         for k, v in got.items()}
+    assert t == {"none": (3, ["2026-01-06", "2026-04-03", "2026-04-06"]), "BY": (0, []), "BE": (1, ["2026-01-06"]),
+                 "own": (0, [])}
+    # a source's own calendar: the emergency department's silent holidays are missing days, h3's state is Berlin
+    own = {s: got["own"]["feedTimeliness", s]["examples"] for s in ("lis", "ed-adt", "h3-lis")}
+    assert own == {"lis": [], "ed-adt": ["2026-01-06", "2026-04-03", "2026-04-06"], "h3-lis": ["2026-01-06"]}
+    assert got["own"]["feedTimeliness", "gone"]["status"] == "not_applicable"  # named, never sent
+    assert "sent nothing to landing" in got["own"]["feedTimeliness", "gone"]["not_applicable_reason"]
+    got = {k: {c: x for (c, s), x in v.items() if s == "lis"} for k, v in got.items()}
     assert (got["none"]["feedTimeliness"]["num_denominator_rows"] - got["BY"]["feedTimeliness"]["num_denominator_rows"]
             == 3)  # Epiphany, Good Friday, Easter Monday: holidays on weekdays of its span (1 May is past it)
-    assert "nor 3 holiday(s) of the site" in got["BY"]["feedTimeliness"]["description"]
+    assert "nor 3 holiday(s))" in got["BY"]["feedTimeliness"]["description"]
     assert got["BY"]["feedVolume"]["status"] == "passed"
-    cal = days_off(site.feed_config("[feed]\ncountry = 'US'\nholidays = ['2026-12-24']"), {"x": {dt.date(2026, 7, 1): 1}})
+    cal = days_off(site.feed_config("[feed]\ncountry = 'US'\nholidays = ['2026-12-24']"), {"x": {dt.date(2026, 7, 1): 1}})["x"]
     assert {dt.date(2026, 7, 3), dt.date(2026, 12, 24), dt.date(2026, 12, 25)} <= cal  # 4 July 2026, a Saturday: observed the Friday
     for text, message in (("[feed]\ncountry = 'Atlantis'", "country 'ATLANTIS' has no calendar of public holidays"),
                           ("[feed]\ncountry = 'DE'\nsubdivision = 'XX'", "subdivision 'XX' is not one of DE's: BB, BE"),
-                          ("[feed]\nsubdivision = 'BY'", "subdivision 'BY' needs the country")):
+                          ("[feed]\nsubdivision = 'BY'", "subdivision 'BY' needs the country"),
+                          ("[feed]\ncountry = 'DE'\n[feed.sources.x]\nsubdivision = 'CA'",
+                           r"\[feed.sources.x\] subdivision 'CA' is not one of DE's"),
+                          ("[feed.sources.x]\nsends_on_holiday = true", r"\[feed.sources.x\] takes country, subdivision"),
+                          ("[feed]\nsources = ['x']", r"\[feed.sources.NAME\] are tables")):
         with pytest.raises(ValueError, match=message):
             site.feed_config(text, "site.toml")
 
@@ -590,7 +606,8 @@ def test_feed_checks_learn_each_sources_week():
         "feedTimeliness", "lab"]["description"]
     assert "(Saturdays and Sundays, its quiet days, are judged" in got["feedVolume", "adt"]["description"]
     # the site's holidays: the silent Wednesday and the low Tuesday are neither missing nor a drop
-    got = {(x["check_name"], x["data_source"]): x for x in feed_results(per, "landing", 0.5, result, frozenset({wed, tue}))}
+    got = {(x["check_name"], x["data_source"]): x for x in feed_results(per, "landing", 0.5, result, {
+        "lab": frozenset({wed, tue}), "adt": frozenset({wed, tue})})}
     assert (got["feedTimeliness", "lab"]["num_violated_rows"], got["feedTimeliness", "lab"]["num_denominator_rows"]) == (0, 23)  # 25 weekdays, 2 holidays
     assert (got["feedVolume", "adt"]["num_violated_rows"], got["feedVolume", "adt"]["num_denominator_rows"]) == (0, 20 + 7)  # 23 weekdays, 3 first
 

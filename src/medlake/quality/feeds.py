@@ -7,7 +7,8 @@ rest is arithmetic on that small result:
 - `feedTimeliness`: days with nothing from a source between its first day and the last day seen in the
   feed (any source) — a silent feed is flagged; threshold 0 (any missing day fails). The weekdays a source
   does not send on (learnt from three weeks of it: a weekday-only feed's weekends) are not missing days.
-  Nor are the site's holidays (`[feed] holidays`, and its `country`'s public holidays: python-holidays).
+  Nor are its holidays (the site's `[feed] holidays` and its `country`'s public holidays, python-holidays'
+  calendars; or a calendar of the source's own, `[feed.sources.NAME]`).
 - `feedVolume`: days whose count is below `drop` × the median of the source's previous 7 days with data of
   the same kind: its quiet weekdays (learnt: a lighter weekend) against its quiet days, the others against
   the others.
@@ -49,8 +50,8 @@ TYPES = {
 def feed_checks(table: str, source: str, drop: float, off: tuple[int, ...] = (), quiet: tuple[int, ...] = (),
                 holidays: int = 0) -> list[Check]:
     """The two feed checks of one source; `off` and `quiet` are its learnt weekdays (see `cadence`), `holidays` the
-    number of the site's holidays on other days of its span."""
-    hol = f"{holidays} holiday(s) of the site" if holidays else ""
+    number of its holidays (`days_off`) on other days of its span."""
+    hol = f"{holidays} holiday(s)" if holidays else ""
     not_counted = [f"{_weekdays(off)}: it sends on fewer than 1 in 5 of them" if off else "", hol]
     words = {"feedTimeliness": f" (not counting {'; nor '.join(x for x in not_counted if x)})" if off or hol else "",
              "feedVolume": f" ({_weekdays(quiet)}, its quiet days, are judged against its previous quiet days)"
@@ -109,33 +110,53 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
     per: dict[str, dict[dt.date, int]] = {}
     for r in rows:
         per.setdefault(r["s"], {})[r["d"]] = r["n"]
-    return feed_results(per, table, drop, result, days_off(cfg, per))
+    return feed_run(per, table, cfg, result)
 
 
-def days_off(feed: dict, per: dict[str, dict[dt.date, int]]) -> frozenset:
-    """The days no source is expected to send: the site's own `holidays` and its country's (and subdivision's)
-    public holidays, including the days they are observed on, in the years of the feed."""
-    days = frozenset(feed.get("holidays", ()))
-    if not feed.get("country") or not per:
-        return days
-    import holidays  # only for a site that names its country (~0.1 s to import)
-    seen = [d for src in per.values() for d in src]
-    cal = holidays.country_holidays(feed["country"], subdiv=feed.get("subdivision"),
-                                    years=range(min(seen).year, max(seen).year + 1))
-    return days | frozenset(cal)
+def feed_run(per: dict[str, dict[dt.date, int]], table: str, feed: dict, result) -> list[dict]:
+    """The feed checks of every source in `per` ({source: {day: count}}) under the site's [feed] settings
+    (`site.feed_config`), and a not_applicable pair for a source named in [feed.sources] that sent nothing."""
+    drop = feed.get("drop", FEED_DROP)
+    out = feed_results(per, table, drop, result, days_off(feed, per))
+    for src in sorted(set(feed.get("sources", {})) - set(per)):
+        for c in feed_checks(table, src, drop):
+            r = result(c, "not_applicable", reason=f"source {src} (named in [feed.sources]) sent nothing to {table}")
+            r["data_source"] = src
+            out.append(r)
+    return out
+
+
+def days_off(feed: dict, per: dict[str, dict[dt.date, int]]) -> dict[str, frozenset]:
+    """Each source's days it is not expected to send on: its calendar's `holidays` and its country's (and
+    subdivision's) public holidays, including the days they are observed on, in the years of the feed; the site's
+    calendar ([feed]) unless [feed.sources.NAME] gives the source its own, none if it sends on holidays."""
+    seen = [d for days in per.values() for d in days]
+    years = range(min(seen).year, max(seen).year + 1) if seen else range(0)
+    out, cals = {}, {}
+    for src in per:
+        spec = feed.get("sources", {}).get(src, feed)
+        if spec.get("sends_on_holidays"):
+            continue
+        key = (spec.get("country"), spec.get("subdivision"))
+        if key[0] and key not in cals:
+            import holidays  # ~0.1 s to import, only for a calendar with a country
+            cals[key] = frozenset(holidays.country_holidays(key[0], subdiv=key[1], years=years))
+        out[src] = frozenset(spec.get("holidays", ())) | cals.get(key, frozenset())
+    return out
 
 
 def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result,
-                 holidays: frozenset = frozenset()) -> list[dict]:
+                 days_off: dict[str, frozenset] | None = None) -> list[dict]:
     """feedTimeliness and feedVolume per source from what it sent per day ({source: {day: count}}).
 
     A day the source does not send on (a weekend for a weekday feed, learnt by `cadence`) is not a missing day;
     a quiet weekday's volume is judged against the source's previous quiet days, the others against its other
-    days, so a lighter weekend is not a volume drop. The site's `holidays` are neither missing days nor judged for
-    volume, nor part of any day's baseline."""
+    days, so a lighter weekend is not a volume drop. A source's holidays (`days_off`: {source: days}) are neither
+    missing days nor judged for volume, nor part of any day's baseline."""
     last = max(d for days in per.values() for d in days)
     out = []
     for src, days in sorted(per.items()):
+        holidays = (days_off or {}).get(src, frozenset())
         off, quiet = cadence(days, drop, holidays)
         first = min(days)
         timely, volume = feed_checks(table, src, drop, off, quiet,
@@ -427,7 +448,7 @@ def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool =
                 out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
             feed = feed or {}
             per = landing_feed(db, feed.get("timezone")) if feeds else {}
-            out += feed_results(per, "landing", feed.get("drop", FEED_DROP), result, days_off(feed, per)) if per else []
+            out += feed_run(per, "landing", feed, result) if per else []
     qpath = Path(landing_dir) / "quarantine.sqlite"
     if not qpath.exists():
         return out

@@ -37,6 +37,11 @@ timezone = "Europe/Berlin"     # an IANA time zone; the days of the feed checks 
 country = "DE"                 # its public holidays (python-holidays; ISO 3166 code), with a table too
 subdivision = "BY"             # the state or province, where its holidays differ (optional)
 holidays = [2026-12-24, 2026-12-31]   # and the site's own days no source is expected to send
+
+[feed.sources.h3-adt]          # a source with a calendar of its own (the others keep the site's)
+subdivision = "NW"             # its hospital's state (a `country` of its own drops the site's subdivision)
+[feed.sources.h1-ed-adt]
+sends_on_holidays = true       # an emergency department's feed: a silent holiday is a missing day
 ```
 
 A site's staging tables (a CSV feed of its own: `stg_csv_<name>`) and stricter rules for medlake's: the record
@@ -116,10 +121,10 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
     feed = _toml(text, source).get("feed")
     if feed is None:
         return None
-    keys = {"table", "source", "received_at", "drop", "timezone", "holidays", "country", "subdivision"}
+    keys = {"table", "source", "received_at", "drop", "timezone", "holidays", "country", "subdivision", "sources"}
     if not isinstance(feed, dict) or set(feed) - keys:
-        raise ValueError(f"{source}: [feed] takes table, source, received_at, drop, timezone, holidays, country and "
-                         "subdivision")
+        raise ValueError(f"{source}: [feed] takes table, source, received_at, drop, timezone, holidays, country, "
+                         "subdivision and sources")
     tz = feed.get("timezone")
     if tz is not None:
         if feed.get("table"):
@@ -130,32 +135,53 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{source}: [feed] timezone {tz!r} is not a time zone (an IANA name such as "
                              "Europe/Berlin or America/New_York)") from None
+    days = _days_off(feed, source, "[feed]")
+    sources = feed.get("sources", {})
+    if not isinstance(sources, dict) or not all(isinstance(v, dict) for v in sources.values()):
+        raise ValueError(f"{source}: [feed.sources.NAME] are tables, one per source with a calendar of its own")
+    own = {}
+    for name, spec in sources.items():
+        where = f"[feed.sources.{name}]"
+        if set(spec) - {"country", "subdivision", "holidays", "sends_on_holidays"}:
+            raise ValueError(f"{source}: {where} takes country, subdivision, holidays and sends_on_holidays")
+        if not isinstance(spec.get("sends_on_holidays", False), bool):
+            raise ValueError(f"{source}: {where} sends_on_holidays is true or false")
+        inherit = {k: feed[k] for k in ("country", "subdivision", "holidays") if k in feed}
+        if "country" in spec:
+            inherit.pop("subdivision", None)  # another country's calendar: not the site's state
+        own[str(name)] = _days_off(inherit | spec, source, where) | {
+            "sends_on_holidays": spec.get("sends_on_holidays", False)}
+    return {"table": str(feed["table"]).lower() if feed.get("table") else None, "source": feed.get("source", "source"),
+            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP)),
+            "timezone": tz, **days, "sources": own}
+
+
+def _days_off(spec: dict, source: str, where: str) -> dict:
+    """A calendar of days off, checked: its `holidays` (dates) and `country`'s public holidays (of `subdivision`)."""
     holidays = set()
-    for d in feed.get("holidays", []) if isinstance(feed.get("holidays", []), list) else [feed["holidays"]]:
+    for d in spec.get("holidays", []) if isinstance(spec.get("holidays", []), list) else [spec["holidays"]]:
         try:
             holidays.add(d if isinstance(d, dt.date) and not isinstance(d, dt.datetime) else dt.date.fromisoformat(d))
         except (TypeError, ValueError):
-            raise ValueError(f"{source}: [feed] holidays must be a list of dates (2026-12-25 or \"2026-12-25\"), "
+            raise ValueError(f"{source}: {where} holidays must be a list of dates (2026-12-25 or \"2026-12-25\"), "
                              f"not {d!r}") from None
-    country, sub = _calendar(feed.get("country"), feed.get("subdivision"), source)
-    return {"table": str(feed["table"]).lower() if feed.get("table") else None, "source": feed.get("source", "source"),
-            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP)),
-            "timezone": tz, "holidays": frozenset(holidays), "country": country, "subdivision": sub}
+    country, sub = _calendar(spec.get("country"), spec.get("subdivision"), f"{source}: {where}")
+    return {"holidays": frozenset(holidays), "country": country, "subdivision": sub}
 
 
-def _calendar(country, sub, source: str) -> tuple[str | None, str | None]:
-    """The [feed] country and subdivision, checked against python-holidays' calendars."""
+def _calendar(country, sub, where: str) -> tuple[str | None, str | None]:
+    """A country and subdivision, checked against python-holidays' calendars."""
     if country is None:
         if sub is not None:
-            raise ValueError(f"{source}: [feed] subdivision {sub!r} needs the country it belongs to (country = \"DE\")")
+            raise ValueError(f"{where} subdivision {sub!r} needs the country it belongs to (country = \"DE\")")
         return None, None
     import holidays  # only for a site that names its country (~0.1 s to import)
     country, known = str(country).upper(), holidays.list_supported_countries()
     if country not in known:
-        raise ValueError(f"{source}: [feed] country {country!r} has no calendar of public holidays here (an ISO 3166 "
+        raise ValueError(f"{where} country {country!r} has no calendar of public holidays here (an ISO 3166 "
                          "code such as DE, FR, US or IN; or list the days in holidays = [...])")
     if sub is not None and str(sub) not in known[country]:
-        raise ValueError(f"{source}: [feed] subdivision {sub!r} is not one of {country}'s: "
+        raise ValueError(f"{where} subdivision {sub!r} is not one of {country}'s: "
                          f"{', '.join(known[country]) or 'it has none'}")
     return country, None if sub is None else str(sub)
 
