@@ -47,6 +47,7 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
         else:
             pct = violated / denominator
             status = "failed" if fails(violated, pct, c.threshold) else "passed"
+            reason = None  # given for the case the check has nothing to judge
     return {
         "check_id": c.id, "check_name": c.name, "check_level": c.level, "category": c.category,
         "subcategory": c.subcategory, "context": c.context, "severity": c.severity, "cdm_table": c.table,
