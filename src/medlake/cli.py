@@ -671,7 +671,8 @@ def quality_show(
     with open_store() as eng:
         last = None
         files, cohort = [], None  # the site's DQD threshold files and the cohort the run used
-        for d in reversed(runner.finished_runs(out_dir, redact(eng.url))):
+        runs = runner.finished_runs(out_dir, redact(eng.url))
+        for d in reversed(runs):
             last = next((r for r in json.loads((d / "results.json").read_text()) if r["check_id"] == check_id), None)
             if last:
                 s = json.loads((d / "run.json").read_text())
@@ -685,8 +686,10 @@ def quality_show(
                 c, count, listed = r.check_queries(check_id, rows)
         except KeyError:
             if not last:
-                raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks): the check ids are "
-                                 "in results.json and the report") from None
+                where = (f", and no finished run of this store in {out_dir} to look in (--out names the folder of its "
+                         "runs)" if not runs else f" nor in its runs in {out_dir}: the check ids are in results.json "
+                         "and the report")
+                raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks){where}") from None
             c = count = listed = None  # in the run, not a CDM check: medlake's source-level checks (staging, landing)
         except cp.NotApplicable as e:
             raise ValueError(f"{check_id} does not apply to this store: {e}") from None

@@ -617,7 +617,12 @@ def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     p = subprocess.run(cli + ["show", "field_isrequired_nowhere_x"], env=env, cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 1 and p.stderr.startswith("error: no check field_isrequired_nowhere_x")
+    assert "nor in its runs in quality: the check ids are in results.json" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+    # a source-level check is known from the runs only: a wrong --out says that it found none to look in
+    p = subprocess.run(cli + ["show", "source_feedtimeliness_landing_lis", "--out", "elsewhere"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "no finished run of this store in elsewhere to look in (--out names" in p.stderr
     # with the site's threshold and note: passed under 30%, the note and both thresholds shown
     (tmp_path / "site.toml").write_text(f"[thresholds]\n{fk} = 30\n[notes]\n{fk} = \"person 99: a visitor\"\n")
     assert subprocess.run(cli + ["run", "--checks", "site.toml"], env=env, cwd=tmp_path).returncode == 0
