@@ -612,6 +612,29 @@ def test_feed_checks_learn_each_sources_week():
     assert (got["feedVolume", "adt"]["num_violated_rows"], got["feedVolume", "adt"]["num_denominator_rows"]) == (0, 20 + 7)  # 23 weekdays, 3 first
 
 
+def test_feed_table_of_the_sites_own_with_its_calendar(engine):
+    """On DuckDB, PostgreSQL and Spark: a site's interface-engine log ([feed] table, its own column names), a French
+    LIS silent on New Year's Day (a public holiday) and on 5 January (not one), a HIS whose 9 January is a drop."""
+    from medlake.quality.feeds import run_feeds
+    from medlake.quality.runner import result
+
+    days = [dt.date(2023, 12, 28) + dt.timedelta(days=i) for i in range(14)]  # to 10 January
+    rows = [("LIS", d, 4) for d in days if d not in (dt.date(2024, 1, 1), dt.date(2024, 1, 5))]
+    rows += [("HIS", d, 2 if d == dt.date(2024, 1, 9) else 10) for d in days]
+    engine.execute("CREATE TABLE msg_log (sender VARCHAR, got TIMESTAMP, n INTEGER)")
+    engine.execute("INSERT INTO msg_log VALUES " + ", ".join(
+        f"('{src}', TIMESTAMP '{d} {h:02d}:30:00', {i})" for src, d, n in rows for i, h in enumerate(range(8, 8 + n))))
+    base = "[feed]\ntable = 'MSG_LOG'\nsource = 'sender'\nreceived_at = 'got'\n"
+    got = {}
+    for name, extra in (("plain", ""), ("FR", "country = 'FR'\n")):
+        got[name] = {(x["check_name"], x["data_source"]): x for x in run_feeds(engine, site.feed_config(base + extra), result)}
+    lis = {k: (v["feedTimeliness", "LIS"]["num_violated_rows"], v["feedTimeliness", "LIS"]["num_denominator_rows"],
+               v["feedTimeliness", "LIS"]["examples"]) for k, v in got.items()}
+    assert lis == {"plain": (2, 14, ["2024-01-01", "2024-01-05"]), "FR": (1, 13, ["2024-01-05"])}
+    assert [got[k]["feedVolume", "HIS"]["examples"] for k in got] == [["2024-01-09"]] * 2
+    assert got["FR"]["feedVolume", "HIS"]["num_denominator_rows"] == 14 - 1 - 3  # New Year's Day not judged; 3 first
+
+
 def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(engine, tmp_path):
     """On DuckDB, PostgreSQL and Spark (the `engine` fixture): the same counts."""
     from medlake.landing import Landing
