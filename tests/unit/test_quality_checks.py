@@ -605,6 +605,12 @@ def test_feed_checks_learn_each_sources_week():
     assert "(not counting Saturdays and Sundays: it sends on fewer than 1 in 5 of them)" in got[
         "feedTimeliness", "lab"]["description"]
     assert "(Saturdays and Sundays, its quiet days, are judged" in got["feedVolume", "adt"]["description"]
+    # each source's days for the report's chart: what it sent, and a letter a day
+    lab = got["feedVolume", "lab"]
+    assert (lab["daily_from"], lab["daily_counts"][:7]) == ("2026-01-05", [100] * 5 + [0, 0])
+    assert lab["daily_marks"] == "".join("x" if d == wed else "-" if d.weekday() >= 5 else "." for d in span)
+    assert got["feedVolume", "adt"]["daily_marks"] == "".join("v" if d == tue else "." for d in span)
+    assert got["feedVolume", "old"]["daily_marks"] == "." * 14 + "x" * 21
     # the site's holidays: the silent Wednesday and the low Tuesday are neither missing nor a drop
     got = {(x["check_name"], x["data_source"]): x for x in feed_results(per, "landing", 0.5, result, {
         "lab": frozenset({wed, tue}), "adt": frozenset({wed, tue})})}

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from medlake.engines import open_engine
-from medlake.quality import runner
+from medlake.quality import runner, site
 
 from test_quality_checks import CO, world  # the small clean CDM of the check-type tests
 
@@ -24,7 +24,10 @@ def report(tmp_path):
     world(eng)
     runner.run(eng, "5.4", tmp_path / "quality")
     eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
-    run = runner.run(eng, "5.4", tmp_path / "quality")
+    # an interface engine's log: the LIS sends 10 a day for 100 days, none on day 40, 2 on day 70
+    eng.execute("CREATE TABLE msg_log AS SELECT 'LIS' AS source, TIMESTAMP '2024-01-01 10:00:00' + d * INTERVAL 1 DAY "
+                "AS received_at FROM range(100) AS r(d), range(10) AS k(i) WHERE d <> 40 AND (d <> 70 OR i < 2)")
+    run = runner.run(eng, "5.4", tmp_path / "quality", feed=site.feed_config("[feed]\ntable = 'msg_log'"))
     eng.close()
     return run
 
@@ -64,6 +67,14 @@ def test_the_report_reads_offline_in_a_browser(report):
             "all checks", "Completeness", "Conformance", "Plausibility"]
         assert trend.first.bounding_box()["width"] > 100
         assert page.locator("svg[aria-label='pass rates'] rect").count() >= 6
+        # what the LIS sent per day, its last 90: one bar a day, the silent day red, the low day orange
+        lis = page.locator("svg[aria-label='LIS per day']")
+        assert lis.locator("rect").count() == 90 and lis.bounding_box()["width"] >= 90 * 5
+        assert [lis.locator(f"rect.{k}").count() for k in ("missing", "low", "sent")] == [1, 1, 88]
+        assert lis.locator("rect.missing title").text_content() == "2024-02-10: 0 (nothing: a missing day)"
+        low = lis.locator("rect.low")
+        assert low.locator("title").text_content() == "2024-03-11: 2 (volume drop)"
+        assert 0 < low.bounding_box()["height"] < lis.locator("rect.sent").first.bounding_box()["height"] / 2
         # laid out to be read on a laptop screen: nothing wider than the window, no chart label cut by its chart
         for width in (1280, 1024):
             page.set_viewport_size({"width": width, "height": 800})

@@ -179,8 +179,24 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         r = result(volume, "counted", len(low), judged,
                    reason=f"{len(seen)} day(s) with data from {src}: a day is judged against at least 3 before it")
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[:10]], "day", src
+        r.update(daily(days, first, last, set(missing), set(low), off, holidays))
         out.append(r)
     return out
+
+
+FEED_CHART_DAYS = 90  # the report draws a source's last 90 days
+
+
+def daily(days: dict[dt.date, int], first: dt.date, last: dt.date, missing: set, low: set, off: tuple[int, ...],
+          holidays: frozenset) -> dict:
+    """A source's last `FEED_CHART_DAYS` days to the feed's last day (from its first): `daily_from` (the first
+    day), `daily_counts` (what it sent, 0 for nothing) and `daily_marks`, a letter a day: `x` a missing day, `v` a
+    volume drop, `-` a day off (a weekday it does not send on, a holiday), `.` any other."""
+    start = max(first, last - dt.timedelta(days=FEED_CHART_DAYS - 1))
+    span = [start + dt.timedelta(days=i) for i in range((last - start).days + 1)]
+    marks = "".join("x" if d in missing else "v" if d in low else "-" if d.weekday() in off or d in holidays else "."
+                    for d in span)
+    return {"daily_from": start.isoformat(), "daily_counts": [days.get(d, 0) for d in span], "daily_marks": marks}
 
 
 def landing_feed(db: sqlite3.Connection, timezone: str | None = None) -> dict[str, dict[dt.date, int]]:

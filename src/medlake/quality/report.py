@@ -237,6 +237,7 @@ def render(run, history: list[dict]) -> str:
         parts += [f"<h2>Checks that could not run ({len(errors)})</h2>",
                   f"<table class='checks'>{HEAD}<tbody>{''.join(_row(r) for r in errors)}</tbody></table>"]
     parts += _sources(results)
+    parts += _feeds(results)
     parts += [
         "<h2>By table</h2><table><thead><tr><th>table</th><th>passed</th><th>failed</th><th>errors</th>"
         f"<th>not applicable</th><th>pass rate</th></tr></thead><tbody>{tables}</tbody></table>",
@@ -284,6 +285,42 @@ def _sources(results: list[dict]) -> list[str]:
         for src, rs in sorted(by.items()))
     return [f"<h2>By source ({len(by)})</h2><table><thead><tr><th>source</th><th>failed checks</th>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>"]
+
+
+MARKS = {".": ("sent", "#7a94c4", "sent"), "v": ("low", "#e08a00", "volume drop"),
+         "x": ("missing", "#b00020", "nothing: a missing day"), "-": ("off", "#c8c8c8", "a day off (not expected)")}
+
+
+def _feeds(results: list[dict]) -> list[str]:
+    """Per source, what it sent each of its last days (feedVolume's `daily_counts`): one bar a day, a missing day
+    a red tick, a volume drop orange, a day off grey; each bar titled with its day and count."""
+    feeds = sorted((r for r in results if r["check_name"] == "feedVolume" and r.get("daily_counts")),
+                   key=lambda r: r["data_source"])
+    if not feeds:
+        return []
+    import datetime as dt
+
+    rows = []
+    for r in feeds:
+        counts, marks, start = r["daily_counts"], r["daily_marks"], dt.date.fromisoformat(r["daily_from"])
+        top, w, h = max(counts) or 1, 6, 40
+        bars = []
+        for i, (n, m) in enumerate(zip(counts, marks)):
+            # a day with nothing: a grey tick if a day off; a missing day a pale red band the chart's height
+            bh = h if m == "x" else max(2, round(h * n / top))
+            day = (start + dt.timedelta(days=i)).isoformat()
+            kind, color, label = MARKS[m]
+            pale = ' fill-opacity=".45"' if m == "x" else ""
+            bars.append(f'<rect class="{kind}" x="{i * w}" y="{h - bh}" width="{w - 1}" height="{bh}" fill="{color}"'
+                        f'{pale}><title>{day}: {n:,} ({label})</title></rect>')
+        svg = (f'<svg width="{len(counts) * w}" height="{h}" role="img" aria-label="{escape(r["data_source"])} per day">'
+               + "".join(bars) + "</svg>")
+        rows.append(f"<tr><td><b>{escape(r['data_source'])}</b><br><small>{escape(r['cdm_table'])}</small></td>"
+                    f"<td>{svg}<br><small>{escape(r['daily_from'])} to {escape((start + dt.timedelta(days=len(counts) - 1)).isoformat())}"
+                    f" · most in a day {max(counts):,} · {marks.count('x')} missing, {marks.count('v')} low</small></td></tr>")
+    legend = " · ".join(f"<span style='color:{c}'>■</span> {escape(label)}" for _, c, label in MARKS.values())
+    return [f"<h2>Feeds: what each source sent per day (its last {max(len(r['daily_counts']) for r in feeds)} days)</h2>",
+            f"<p><small>{legend}</small></p><table class='feeds'><tbody>{''.join(rows)}</tbody></table>"]
 
 
 def write_html(run, history: list[dict]) -> None:
