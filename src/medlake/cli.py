@@ -672,9 +672,14 @@ def quality_show(
         last = None
         files, cohort = [], None  # the site's DQD threshold files and the cohort the run used
         runs = runner.finished_runs(out_dir, redact(eng.url))
+        series = None  # a feed check's days: its source's feedVolume result in the same run
         for d in reversed(runs):
-            last = next((r for r in json.loads((d / "results.json").read_text()) if r["check_id"] == check_id), None)
+            results = json.loads((d / "results.json").read_text())
+            last = next((r for r in results if r["check_id"] == check_id), None)
             if last:
+                series = next((r for r in results if r["check_name"] == "feedVolume" and r.get("daily_counts") and
+                               last["check_name"].startswith("feed") and r["data_source"] == last.get("data_source")
+                               and r["cdm_table"] == last["cdm_table"]), None)
                 s = json.loads((d / "run.json").read_text())
                 last["run_id"], version, files = d.name, s["cdm_version"], s.get("dqd_thresholds") or []
                 cohort = (s["cohort"]["table"], s["cohort"]["cohort_definition_id"]) if s.get("cohort") else None
@@ -712,6 +717,8 @@ def quality_show(
             if c is None and last.get("examples"):
                 out.print(f"examples ({last.get('example_field') or 'id'}): {', '.join(last['examples'])}",
                           highlight=False, markup=False)
+            for line in report.daily_text(series) if series else []:
+                out.print(line, highlight=False, markup=False, soft_wrap=True)
             step = report.next_step(last) if last["status"] == "failed" else None
             if step:
                 out.print(f"what to do: {step}", highlight=False, markup=False)

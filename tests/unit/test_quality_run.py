@@ -596,6 +596,30 @@ def test_cli_diff_two_runs(tmp_path):
     assert f"from run {second} to run " in p.stdout and "0 newly failing, 0 fixed" in p.stdout, p.stdout
 
 
+def test_cli_show_a_feed_check_draws_its_days(tmp_path):
+    """quality show of a feed check prints what its source sent per day, a character a day, and under it the
+    missing day and the drop; the chart is the same for the source's two feed checks."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    eng.execute("CREATE TABLE msg_log AS SELECT 'LIS' AS source, TIMESTAMP '2024-01-01 10:00:00' + d * INTERVAL 1 DAY "
+                "AS received_at FROM range(20) AS r(d), range(8) AS k(i) WHERE d <> 12 AND (d <> 15 OR i < 2)")
+    eng.close()
+    (tmp_path / "site.toml").write_text("[feed]\ntable = 'msg_log'\n")
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    assert subprocess.run(cli + ["run", "--checks", "site.toml"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    shown = []
+    for check in ("source_feedtimeliness_msg_log_LIS", "source_feedvolume_msg_log_LIS"):
+        p = subprocess.run(cli + ["show", check], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0 and ": failed — 1 of " in p.stdout, p.stdout + p.stderr
+        lines = p.stdout.splitlines()
+        i = next(i for i, x in enumerate(lines) if x.startswith("what LIS sent, 2024-01-01 to 2024-01-20"))
+        shown.append(lines[i + 1:i + 3])
+    bars, marks = shown[0]
+    assert shown[0] == shown[1] and bars == "█" * 12 + " " + "█" * 2 + "▂" + "█" * 4
+    assert marks == " " * 12 + "x" + " " * 2 + "v"
+
+
 def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     world(eng).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")

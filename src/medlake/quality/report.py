@@ -323,6 +323,19 @@ def _feeds(results: list[dict]) -> list[str]:
             f"<p><small>{legend}</small></p><table class='feeds'><tbody>{''.join(rows)}</tbody></table>"]
 
 
+def daily_text(r: dict) -> list[str]:
+    """A feed's days (feedVolume's series) as text for a terminal: a heading, a block a day scaled to its most in
+    a day (a blank for nothing), and under it the days that are not ordinary (`x` missing, `v` drop, `-` off)."""
+    import datetime as dt
+
+    counts, marks = r["daily_counts"], r["daily_marks"]
+    top = max(counts) or 1
+    end = dt.date.fromisoformat(r["daily_from"]) + dt.timedelta(days=len(counts) - 1)
+    bars = "".join(" " if not n else "▁▂▃▄▅▆▇█"[min(7, (8 * n - 1) // top)] for n in counts)
+    return [f"what {r['data_source']} sent, {r['daily_from']} to {end.isoformat()}, a character a day (most "
+            f"{max(counts):,}); under it x: missing, v: volume drop, -: a day off", bars, marks.replace(".", " ").rstrip()]
+
+
 def write_html(run, history: list[dict]) -> None:
     (run.dir / "report.html").write_text(render(run, history), encoding="utf-8")
 
