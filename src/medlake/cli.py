@@ -677,9 +677,10 @@ def quality_show(
             results = json.loads((d / "results.json").read_text())
             last = next((r for r in results if r["check_id"] == check_id), None)
             if last:
-                series = next((r for r in results if r["check_name"] == "feedVolume" and r.get("daily_counts") and
-                               last["check_name"].startswith("feed") and r["data_source"] == last.get("data_source")
-                               and r["cdm_table"] == last["cdm_table"]), None)
+                if last["check_name"] in ("feedTimeliness", "feedVolume"):
+                    series = next((r for r in results if r["check_name"] == "feedVolume" and r.get("daily_counts")
+                                   and (r["data_source"], r["cdm_table"]) == (last["data_source"], last["cdm_table"])),
+                                  None)
                 s = json.loads((d / "run.json").read_text())
                 last["run_id"], version, files = d.name, s["cdm_version"], s.get("dqd_thresholds") or []
                 cohort = (s["cohort"]["table"], s["cohort"]["cohort_definition_id"]) if s.get("cohort") else None

@@ -159,10 +159,10 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         holidays = (days_off or {}).get(src, frozenset())
         off, quiet = cadence(days, drop, holidays)
         first = min(days)
-        timely, volume = feed_checks(table, src, drop, off, quiet,
-                                     sum(first <= d <= last and d.weekday() not in off for d in holidays))
-        span = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-        span = [d for d in span if d.weekday() not in off and d not in holidays]
+        on = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+        on = [d for d in on if d.weekday() not in off]  # the weekdays it sends on
+        span = [d for d in on if d not in holidays]
+        timely, volume = feed_checks(table, src, drop, off, quiet, len(on) - len(span))
         missing = [d for d in span if d not in days]
         r = result(timely, "counted", len(missing), len(span))
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[:10]], "day", src

@@ -1,6 +1,7 @@
 """The HTML report: one self-contained file (inline CSS, JS and SVG; nothing fetched from the network)."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from functools import cache
@@ -291,18 +292,22 @@ MARKS = {".": ("sent", "#7a94c4", "sent"), "v": ("low", "#e08a00", "volume drop"
          "x": ("missing", "#b00020", "nothing: a missing day"), "-": ("off", "#c8c8c8", "a day off (not expected)")}
 
 
+def _days(r: dict) -> tuple[dt.date, dt.date]:
+    """The first and last day of a feed's series (feedVolume's `daily_from`, `daily_counts`)."""
+    start = dt.date.fromisoformat(r["daily_from"])
+    return start, start + dt.timedelta(days=len(r["daily_counts"]) - 1)
+
+
 def _feeds(results: list[dict]) -> list[str]:
     """Per source, what it sent each of its last days (feedVolume's `daily_counts`): one bar a day, a missing day
-    a red tick, a volume drop orange, a day off grey; each bar titled with its day and count."""
+    a pale red band, a volume drop orange, a day off grey; each bar titled with its day and count."""
     feeds = sorted((r for r in results if r["check_name"] == "feedVolume" and r.get("daily_counts")),
                    key=lambda r: r["data_source"])
     if not feeds:
         return []
-    import datetime as dt
-
     rows = []
     for r in feeds:
-        counts, marks, start = r["daily_counts"], r["daily_marks"], dt.date.fromisoformat(r["daily_from"])
+        (start, end), counts, marks = _days(r), r["daily_counts"], r["daily_marks"]
         top, w, h = max(counts) or 1, 6, 40
         bars = []
         for i, (n, m) in enumerate(zip(counts, marks)):
@@ -316,7 +321,7 @@ def _feeds(results: list[dict]) -> list[str]:
         svg = (f'<svg width="{len(counts) * w}" height="{h}" role="img" aria-label="{escape(r["data_source"])} per day">'
                + "".join(bars) + "</svg>")
         rows.append(f"<tr><td><b>{escape(r['data_source'])}</b><br><small>{escape(r['cdm_table'])}</small></td>"
-                    f"<td>{svg}<br><small>{escape(r['daily_from'])} to {escape((start + dt.timedelta(days=len(counts) - 1)).isoformat())}"
+                    f"<td>{svg}<br><small>{start.isoformat()} to {end.isoformat()}"
                     f" · most in a day {max(counts):,} · {marks.count('x')} missing, {marks.count('v')} low</small></td></tr>")
     legend = " · ".join(f"<span style='color:{c}'>■</span> {escape(label)}" for _, c, label in MARKS.values())
     return [f"<h2>Feeds: what each source sent per day (its last {max(len(r['daily_counts']) for r in feeds)} days)</h2>",
@@ -326,13 +331,10 @@ def _feeds(results: list[dict]) -> list[str]:
 def daily_text(r: dict) -> list[str]:
     """A feed's days (feedVolume's series) as text for a terminal: a heading, a block a day scaled to its most in
     a day (a blank for nothing), and under it the days that are not ordinary (`x` missing, `v` drop, `-` off)."""
-    import datetime as dt
-
-    counts, marks = r["daily_counts"], r["daily_marks"]
+    (start, end), counts, marks = _days(r), r["daily_counts"], r["daily_marks"]
     top = max(counts) or 1
-    end = dt.date.fromisoformat(r["daily_from"]) + dt.timedelta(days=len(counts) - 1)
     bars = "".join(" " if not n else "▁▂▃▄▅▆▇█"[min(7, (8 * n - 1) // top)] for n in counts)
-    return [f"what {r['data_source']} sent, {r['daily_from']} to {end.isoformat()}, a character a day (most "
+    return [f"what {r['data_source']} sent, {start.isoformat()} to {end.isoformat()}, a character a day (most "
             f"{max(counts):,}); under it x: missing, v: volume drop, -: a day off", bars, marks.replace(".", " ").rstrip()]
 
 
