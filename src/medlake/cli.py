@@ -500,7 +500,7 @@ def quality_run(
                            check_severity=_items(check_severity),
                            dqd_thresholds=_items(dqd_thresholds) or (),
                            cohort=(cohort_table, cohort_id) if cohort_id is not None else None,
-                           only=[t.lower() for t in _items(tables)] if tables else None,
+                           only=_items(tables) if tables else None,
                            exclude=None if exclude is None else [t for t in _items(exclude) if t.lower() != "none"])
     s = r.summary
     t = Table(title=f"data quality, run {s['run_id']} (OMOP CDM v{s['cdm_version']}, {s['cdm_version_from']})")

@@ -154,6 +154,15 @@ def test_vocabulary_tables_are_excluded_as_dqd_does_unless_asked(store, tmp_path
     assert {x["check_id"]: x for x in every.results}[cid]["status"] == "failed"
     named = runner.run(store, "5.4", tmp_path / "c", only=["concept"])  # naming a table checks it
     assert {x["check_id"]: x for x in named.results}[cid]["status"] == "failed"
+    twice = runner.run(store, "5.4", tmp_path / "c", only=["PERSON", "person"])  # any case, once each
+    assert twice.summary["tables"] == ["person"] and {x["cdm_table"] for x in twice.results} == {"person"}
+    # a table the CDM version does not have would quietly check nothing (or skip nothing): refused before the run
+    with pytest.raises(ValueError, match=r"--tables: no table persn in OMOP CDM v5.4 \(nor in --checks\); did you "
+                                         r"mean person\?"):
+        runner.run(store, "5.4", tmp_path / "d", only=["person", "persn"])
+    with pytest.raises(ValueError, match="--exclude: no table episode in OMOP CDM v5.3"):
+        runner.run(store, "5.3", tmp_path / "d", exclude=["episode"])
+    assert not (tmp_path / "d").exists()
 
 
 def test_site_checks_from_toml(store, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import difflib
 import hashlib
 import json
 import os
@@ -193,8 +194,8 @@ class Runner:
         self.incremental = incremental
         self.resume = resume
         self.progress = progress
-        self.only = only
-        self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(only or ())
+        self.only = sorted({t.lower() for t in only}) if only else None  # (once each, as the store names them)
+        self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(self.only or ())
         self.feed = feed
         self.sources = sources and not cohort  # the source-level checks (staging, landing, lineage) of a whole run
         if cohort and not COHORT_TABLE.fullmatch(cohort[0]):
@@ -601,6 +602,13 @@ class Runner:
                 raise ValueError(f"no check type {', '.join(sorted(self.names - known))} in OMOP CDM v{self.version}: "
                                  "the names are DQD's (isRequired, isForeignKey, plausibleDuringLife, …), medlake's "
                                  "(mappingCoverage, sourceDuplicateRecords, feedTimeliness, …) and the site's")
+        if self.only or self.exclude:  # a misspelt table would quietly check nothing (--tables) or not skip it
+            known = {t.name for t in model.load(self.version).tables} | {c.table for c, _ in self.site}
+            for opt, given in (("--tables", set(self.only or ())), ("--exclude", self.exclude)):
+                if given - known:
+                    near = [m for t in sorted(given - known) for m in difflib.get_close_matches(t, known, 1)]
+                    raise ValueError(f"{opt}: no table {', '.join(sorted(given - known))} in OMOP CDM v{self.version}"
+                                     f" (nor in --checks){'; did you mean ' + ', '.join(near) + '?' if near else ''}")
         if self.severities:  # as a misspelt name, a misspelt severity would quietly check nothing
             known = {c.severity for c in self.dqd_checks()} | {c.severity for c, _ in self.site} | SEVERITIES
             if self.severities - known:
