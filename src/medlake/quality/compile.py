@@ -17,6 +17,7 @@ from medlake.quality.checks import Check
 
 INTEGRAL = ("BIGINT", "INTEGER", "INT", "INT4", "INT8", "SMALLINT", "HUGEINT", "TINYINT", "LONG", "SHORT")
 FLOATING = ("DOUBLE", "FLOAT", "REAL", "DOUBLE PRECISION", "DECIMAL", "NUMERIC", "FLOAT8", "FLOAT4")
+TEXTUAL = ("VARCHAR", "TEXT", "STRING", "CHAR", "BPCHAR", "NVARCHAR")  # (prefixes: CHARACTER VARYING too)
 
 
 class NotApplicable(Exception):

@@ -243,6 +243,30 @@ class Runner:
                 self.present[r["t"]] = r["n"]
         self.columns: dict[str, dict[str, str]] = {}
 
+    def _type_warnings(self, tables: list[str]) -> list[str]:
+        """A column the store holds as text (or a date held as a number) where the CDM says a number or a date: an
+        OHDSI database loaded from CSV as it came. The checks that compare it stop with an error on the first value
+        they cannot read ('20200101' as a date), which the errors alone do not explain: say which columns, once."""
+        spec = {t.name: t for t in model.load(self.version).tables}
+        wrong = []
+        for table in tables:
+            if table not in spec or table not in self.present:
+                continue
+            have = self.cols(table)
+            for f in spec[table].fields:
+                got = have.get(f.name, "").split("(")[0].strip()
+                if f.kind != "varchar" and got.startswith(cp.TEXTUAL) or (
+                        f.kind in ("date", "datetime") and got in cp.INTEGRAL + cp.FLOATING):
+                    wrong.append(f"{table}.{f.name} is {got} (the CDM: {f.kind})")
+        if not wrong:
+            return []
+        more = f" and {len(wrong) - 10} more" if len(wrong) > 10 else ""
+        unread = ("read as empty and not counted by the checks that compare them" if self.eng.engine.name == "spark"
+                  else "an error of the checks that compare them")
+        return [f"{len(wrong)} column(s) not of their CDM type in the store: {'; '.join(wrong[:10])}{more}; a value "
+                f"not of the CDM's type ('20200101' for a date) is {unread}: convert the columns to the CDM's types "
+                "(medlake cdm import converts a folder of CSV or Parquet files as it loads them)"]
+
     def _checked(self, table: str) -> bool:
         return table not in self.exclude and (not self.only or table in self.only)
 
@@ -751,7 +775,7 @@ class Runner:
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cdm_source": self._cdm_source(),
-            "warnings": vocabulary_warnings(run.results, self.eng.engine.name) + tuned,
+            "warnings": vocabulary_warnings(run.results, self.eng.engine.name) + self._type_warnings(tables) + tuned,
         }
         run.summary["since_last_run"] = since_last_run(
             run.results, [d for d in finished_runs(self.out, self.store) if d.name != run.run_id], scope(run.summary))
