@@ -50,6 +50,7 @@ def test_config_file_and_environment_name_the_store(tmp_path):
     (["no-such-command"], 2, "No such command"),
     (["listen", "--port", "0"], 2, "give either --source S or --routes FILE"),
     (["init", "--cdm-version", "6.0"], 1, "unknown OMOP CDM version"),
+    (["quality", "run", "--out", "/proc/medlake-q"], 1, "error: /proc/medlake-q: no such file or directory"),
 ])
 def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text):
     if args[:2] == ["vocab", "load"] and len(args) == 3:
