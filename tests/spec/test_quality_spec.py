@@ -375,3 +375,44 @@ def test_columns_not_of_their_cdm_type_are_named_on_every_engine(engine, tmp_pat
     after = statuses["field_plausibleafterbirth_condition_occurrence_condition_start_date"]
     assert after == "passed" if engine.name == "spark" else after == "error"  # '20210301' is no date
     assert ("read as empty" in w) == (engine.name == "spark")
+
+
+def test_a_person_table_without_some_fields_on_every_engine(engine, tmp_path):
+    """A CDM trimmed to what its source had: a person table with year_of_birth and no other birth field still
+    gives plausibleAfterBirth its counts (a missing field reads as unknown); without year_of_birth and
+    birth_datetime, or gender_concept_id, the checks that read them are not applicable, saying which field."""
+    cdm = model.load("5.4")
+
+    def trimmed(t, keep):
+        return dataclasses.replace(t, fields=tuple(f for f in t.fields if f.name in keep))
+
+    person = trimmed(cdm.table("person"), {"person_id", "year_of_birth"})
+    engine.create_table(person)
+    engine.load_arrow("person", pa.Table.from_pylist([dict(person_id=1, year_of_birth=1950),
+                                                      dict(person_id=2, year_of_birth=1990)],
+                                                     schema=ddl.arrow_schema(person)))
+    for t in ("condition_occurrence", "concept_ancestor"):
+        engine.create_table(cdm.table(t))
+    co = [dict(condition_occurrence_id=i, person_id=p, condition_concept_id=c, condition_start_date=d,
+               condition_type_concept_id=32817)
+          for i, (p, c, d) in enumerate([(1, 196051, D(2020, 2, 1)), (2, 201826, D(1989, 12, 31))])]
+    engine.load_arrow("condition_occurrence", pa.Table.from_pylist(
+        co, schema=ddl.arrow_schema(cdm.table("condition_occurrence"))))
+    engine.load_arrow("concept_ancestor", pa.Table.from_pylist(
+        [dict(ancestor_concept_id=196051, descendant_concept_id=196051, min_levels_of_separation=0,
+              max_levels_of_separation=0)], schema=ddl.arrow_schema(cdm.table("concept_ancestor"))))
+    got = {x["check_id"]: x for x in runner.Runner(
+        engine, "5.4", tmp_path / "q", only=["condition_occurrence"], incremental=False, resume=False,
+        check_names=["plausibleAfterBirth", "plausibleGender"]).run().results}
+    after = got["field_plausibleafterbirth_condition_occurrence_condition_start_date"]
+    assert (after["status"], after["num_violated_rows"], after["num_denominator_rows"]) == ("failed", 1, 2)
+    gender = got["concept_plausiblegender_condition_occurrence_condition_concept_id_196051"]
+    assert (gender["status"], gender["not_applicable_reason"]) == ("not_applicable", "field person.gender_concept_id absent")
+    assert not [x for x in got.values() if x["status"] == "error"]
+    if engine.shapes.catalog:  # (Spark's Parquet tables keep their columns)
+        engine.execute("ALTER TABLE person DROP COLUMN year_of_birth")
+        after = {x["check_id"]: x for x in runner.Runner(
+            engine, "5.4", tmp_path / "q2", only=["condition_occurrence"], incremental=False, resume=False,
+            check_names=["plausibleAfterBirth"]).run().results}[after["check_id"]]
+        assert (after["status"], after["not_applicable_reason"]) == (
+            "not_applicable", "fields person.year_of_birth and person.birth_datetime absent")

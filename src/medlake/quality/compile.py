@@ -56,6 +56,10 @@ class Item:
     weighted: bool = True  # grouped: num/den conditions weighted by group size (False: num/den as they are)
 
 
+BIRTH_COLUMNS = {"birth_datetime": "TIMESTAMP", "year_of_birth": "INTEGER", "month_of_birth": "INTEGER",
+                 "day_of_birth": "INTEGER"}  # the person fields a birth is read from
+
+
 @dataclass
 class Context:
     """What a table looks like in the store, and the stores' other tables (for joins)."""
@@ -66,6 +70,7 @@ class Context:
     id_column: str | None
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)  # alias -> (join SQL, table it reads)
     shapes: Shapes = field(default_factory=Shapes)  # the query shapes the engine runs faster (engines/base.py)
+    person_columns: tuple[str, ...] | None = None  # the person table's columns (None: the spec's)
 
     def has(self, table: str) -> bool:
         return self.present.get(table, 0) != 0
@@ -100,7 +105,7 @@ class Context:
         for a in aliases:
             sql, table = self.joins[a]
             if table == "person" and (f"{a}.birth_date__" in text or f"{a}.birth_key__" in text):
-                sql = sql.replace(f"LEFT JOIN {q('person')} ", f"LEFT JOIN {PERSON} ", 1)
+                sql = sql.replace(f"LEFT JOIN {q('person')} ", f"LEFT JOIN {person_sql(self.person_columns or BIRTH_COLUMNS)} ", 1)
             out.append(sql)
         return " ".join(out)
 
@@ -109,6 +114,19 @@ class Context:
             return "t"
         self.need_column("person_id")
         return self.fk("person_id", "person", "person_id")
+
+    def birth(self) -> str:
+        """The person table's alias, for a check of a date against each person's birth; NotApplicable when the
+        person table has no field a birth can be read from."""
+        p = self.person()
+        if p != "t" and self.person_columns is not None and not {"year_of_birth", "birth_datetime"} & set(
+                self.person_columns):
+            raise NotApplicable("fields person.year_of_birth and person.birth_datetime absent")
+        return p
+
+    def need_person_column(self, name: str) -> None:
+        if self.table != "person" and self.person_columns is not None and name not in self.person_columns:
+            raise NotApplicable(f"field person.{name} absent")
 
     def death(self) -> str:
         if "death" not in self.present:
@@ -156,10 +174,18 @@ _BIRTH_FIELDS = ("year_of_birth", "coalesce(month_of_birth, 1)", "coalesce(day_o
 # a date, and only for persons without one taken apart (EXTRACT of year, month and day on every row of a fact
 # table cost DuckDB 0.1 s per date field per 8.5M rows, where birth_datetime is empty, as in many CDMs).
 _BIRTH_DATE = " || '-' || ".join(f"lpad(CAST({f} AS VARCHAR), {n}, '0')" for f, n in zip(_BIRTH_FIELDS, (4, 2, 2)))
-PERSON = ("(SELECT *, CASE WHEN birth_datetime IS NOT NULL THEN CAST(birth_datetime AS DATE) "
-          f"WHEN {_BIRTH_FIELDS[0]} BETWEEN 1 AND 9999 AND {_BIRTH_FIELDS[1]} BETWEEN 1 AND 12 "
-          f"AND {_BIRTH_FIELDS[2]} BETWEEN 1 AND 28 THEN CAST({_BIRTH_DATE} AS DATE) END AS birth_date__, "
-          f"CASE WHEN birth_datetime IS NULL THEN {_ymd(*_BIRTH_FIELDS)} END AS birth_key__ FROM person)")
+def person_sql(columns=BIRTH_COLUMNS) -> str:
+    """PERSON for a person table of these `columns`: a birth field it lacks (a CDM trimmed to what its source had)
+    reads as not known (NULL), as an empty one."""
+    lack = [f"CAST(NULL AS {t}) AS {n}" for n, t in BIRTH_COLUMNS.items() if n not in columns]
+    src = f"(SELECT *, {', '.join(lack)} FROM person) AS p__" if lack else "person"
+    return ("(SELECT *, CASE WHEN birth_datetime IS NOT NULL THEN CAST(birth_datetime AS DATE) "
+            f"WHEN {_BIRTH_FIELDS[0]} BETWEEN 1 AND 9999 AND {_BIRTH_FIELDS[1]} BETWEEN 1 AND 12 "
+            f"AND {_BIRTH_FIELDS[2]} BETWEEN 1 AND 28 THEN CAST({_BIRTH_DATE} AS DATE) END AS birth_date__, "
+            f"CASE WHEN birth_datetime IS NULL THEN {_ymd(*_BIRTH_FIELDS)} END AS birth_key__ FROM {src})")
+
+
+PERSON = person_sql()
 
 
 def _birth_after(p: str, when: str) -> str:
@@ -236,12 +262,12 @@ def field_item(c: Check, ctx: Context) -> Item:
             other = ctx.need_column(af)
             return item(f"{as_date(other)} > {as_date(f)}", f"{nn} AND {other} IS NOT NULL")
         if at == "person" and af == "birth_datetime":
-            p = ctx.person()
+            p = ctx.birth()
             return item(f"{nn} AND {_birth_after(p, as_date(f))}", f"{nn} AND {p}.person_id IS NOT NULL",
                         needs=["person"])
         raise NotApplicable(f"temporal rule against {at}.{af} is not supported")
     if name == "plausibleAfterBirth":
-        p = ctx.person()
+        p = ctx.birth()
         return item(f"{nn} AND {_birth_after(p, as_date(f))}", f"{nn} AND {p}.person_id IS NOT NULL",
                     needs=["person"])
     if name in ("plausibleDuringLife", "plausibleBeforeDeath"):
@@ -441,6 +467,7 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
     if gender:
         ctx.need_column("person_id")
         ctx.need_table("person", "gender")
+        ctx.need_person_column("gender_concept_id")
         direct = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER"), "g": (c.param("gender_concept_id"), "INTEGER")}
                   for i, c in enumerate(gender) if c.name == "plausibleGender" for cid in c.param("concept_ids")]
         desc = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER"), "g": (c.param("gender_concept_id"), "INTEGER")}
@@ -514,6 +541,7 @@ def concept_example(c: Check, ctx: Context) -> tuple[str, tuple[str, ...]]:
         return (f"{f} IN ({ids}) AND t.value_as_number IS NOT NULL "
                 f"AND coalesce(t.unit_concept_id, -1) NOT IN ({units})", ())
     p = ctx.person()
+    ctx.need_person_column("gender_concept_id")
     g = c.param("gender_concept_id")
     if c.name == "plausibleGender":
         return f"{f} IN ({ids}) AND {p}.gender_concept_id <> {g}", (p,)

@@ -316,7 +316,8 @@ class Runner:
         spec = model.load(self.version)
         pk = spec.table(table).primary_key if table in spec.table_names else []
         idc = next((c for c in pk + ["person_id"] if c in cols), next(iter(cols), None))
-        return cp.Context(table, cols, self.present, idc, shapes=self.shapes)
+        person = tuple(self.cols("person")) if "person" in self.present else None
+        return cp.Context(table, cols, self.present, idc, shapes=self.shapes, person_columns=person)
 
     def plan(self, table: str, checks: list[Check]):
         """Compile a table's checks: (results known without querying, field items, pk, concept, table-level)."""
