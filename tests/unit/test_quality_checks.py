@@ -663,7 +663,8 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
                 "code VARCHAR, concept_id INTEGER)")
     eng.execute("INSERT INTO cdm_lineage VALUES ('measurement', 1, 'lis', 'LIS', 'A1C', 3004410), "
                 "('measurement', 2, 'lis', 'LIS', 'X1', 2000000001), ('measurement', 3, 'lis', 'LIS', 'Q', 0), "
-                "('measurement', 4, 'lis', 'LIS', 'Q', NULL), ('person', 5, 'his', NULL, NULL, NULL)")
+                "('measurement', 4, 'lis', 'LIS', 'Q', NULL), ('person', 5, 'his', NULL, NULL, NULL), "
+                "('measurement', 6, 'lis', NULL, '1234', 0)")  # a code without its system (an HL7 CE's 3rd part empty)
     # unit consistency: lis sends HbA1c in percent (20 results) and once in mg/dL (a label from elsewhere)
     eng.execute("INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date, "
                 "measurement_type_concept_id, value_as_number, unit_concept_id) VALUES "
@@ -695,14 +696,15 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     assert counts[("sourceQuarantined", "lis", "quarantine", None)] == (1, 4, "failed")
     assert got[("sourceQuarantined", "lis", "quarantine", None)]["examples"] == ["missing_mandatory: 1"]
     # mapping coverage: a local non-standard concept, 0 and NULL are not standard; rows without a code don't count
-    assert counts[("sourceMappingCoverage", "lis", "measurement", None)] == (3, 25, "failed")
-    assert got[("sourceMappingCoverage", "lis", "measurement", None)]["examples"] == ["LIS|Q (2)", "LIS|X1 (1)"]
+    assert counts[("sourceMappingCoverage", "lis", "measurement", None)] == (4, 26, "failed")
+    assert got[("sourceMappingCoverage", "lis", "measurement", None)]["examples"] == ["LIS|Q (2)", "1234 (1)",
+                                                                                      "LIS|X1 (1)"]
     assert counts[("sourceUnitConsistency", "lis", "measurement", "unit_concept_id")] == (1, 21, "failed")
     assert odd_unit_rows(eng) == {"lis": [120]}
     assert ("sourceMappingCoverage", "his", "person", None) not in counts
     assert len({x["check_id"] for x in got.values()}) == len(got)
     html = "".join(report._sources(list(got.values())))
-    assert "By source (2)" in html and "12.00% <small>(3 of 25)</small>" in html  # lis: rows without a standard concept
+    assert "By source (2)" in html and "15.38% <small>(4 of 26)</small>" in html  # lis: rows without a standard concept
 
     # the site's own rules ([source_fields] in its checks TOML): sending_facility no longer mandatory (its mandatory
     # list replaces medlake's), a key of two fields, a staging table not in the store yet, a misspelt field

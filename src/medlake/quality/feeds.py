@@ -381,9 +381,11 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             tot[0] += v
             tot[1] += _int(r["d"])
             if v:
-                examples.setdefault((r["s"], r["t"]), []).append((-v, r["sys"], r["code"]))
+                # (a code without a system, as an HL7 CE without its coding system, sorts and reads as the code)
+                examples.setdefault((r["s"], r["t"]), []).append((-v, r["sys"] or "", r["code"]))
         for (src, table), (v, d) in sorted(per.items()):
-            ex = [f"{sys}|{code} ({-n})" for n, sys, code in sorted(examples.get((src, table), []))[:10]]
+            ex = [f"{sys + '|' if sys else ''}{code} ({-n})"
+                  for n, sys, code in sorted(examples.get((src, table), []))[:10]]
             out.append(_counted(result, "sourceMappingCoverage", table, None, src, v, d, ex, "code (rows)"))
     return out
 
@@ -391,6 +393,7 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
 _UNITS = ("SELECT l.source AS s, m.measurement_concept_id AS c, m.unit_concept_id AS u, count(*) AS n "
           "FROM measurement AS m JOIN cdm_lineage AS l ON l.cdm_table = 'measurement' AND l.row_id = m.measurement_id "
           "WHERE m.value_as_number IS NOT NULL AND m.unit_concept_id IS NOT NULL AND m.unit_concept_id <> 0 "
+          "AND m.measurement_concept_id IS NOT NULL "
           "AND l.source IS NOT NULL GROUP BY 1, 2, 3")
 
 
