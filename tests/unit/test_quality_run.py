@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from html import escape
 import csv
+import datetime as dt
 import json
 import os
 import shutil
@@ -347,6 +348,34 @@ def test_import_csv_and_parquet_twice_is_a_no_op(tmp_path):
     assert eng.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 2
     rows = eng.query("SELECT year_of_birth, birth_datetime FROM person ORDER BY person_id").to_pylist()
     assert rows[0]["year_of_birth"] == 1980 and rows[1]["birth_datetime"] is None
+
+
+def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
+    """SQL Server's '2020-12-31 00:00:00.000' in a date field, 20201231, a time after the day; a zone after a time
+    (Z, +02:00, -0500) dropped, the time as written kept; a day or month that does not exist set aside, saying so."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "observation_period.csv").write_text(
+        "observation_period_id,person_id,observation_period_start_date,observation_period_end_date,"
+        "period_type_concept_id\n1,1,2010-01-01 00:00:00.000,20201231,32817\n2,2,2015-01-01T13:45:00,2016-01-01,32817\n"
+        "3,3,2015-01-01,2016-02-30 00:00:00,32817\n")
+    (folder / "person.csv").write_text(
+        "person_id,gender_concept_id,year_of_birth,birth_datetime,race_concept_id,ethnicity_concept_id\n"
+        "1,8507,1950,1950-03-04 10:00:00.250,0,0\n2,8507,1950,1950-03-04T10:00:00Z,0,0\n"
+        "3,8507,1950,1950-03-04T10:00:00+02:00,0,0\n4,8507,1950,1950-03-04 10:00-0500,0,0\n"
+        "5,8507,1950,1950-13-04 10:00:00,0,0\n")
+    eng = open_engine("duckdb::memory:")
+    aside = []
+    report = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: aside.extend(b))
+    assert {k: (r.rows, r.bad) for k, r in report.items()} == {"observation_period": (2, 1), "person": (4, 1)}
+    periods = eng.query("SELECT observation_period_start_date AS s, observation_period_end_date AS e "
+                        "FROM observation_period ORDER BY 1").to_pylist()
+    assert periods == [{"s": dt.date(2010, 1, 1), "e": dt.date(2020, 12, 31)},
+                       {"s": dt.date(2015, 1, 1), "e": dt.date(2016, 1, 1)}]
+    births = eng.query("SELECT birth_datetime AS b FROM person ORDER BY person_id").column(0).to_pylist()
+    assert births == [dt.datetime(1950, 3, 4, 10, 0, 0, 250000)] + [dt.datetime(1950, 3, 4, 10, 0)] * 3
+    why = sorted(b.detail for b in aside)
+    assert len(why) == 2 and "month must be in 1..12" in why[0] and "day is out of range for month" in why[1], why
 
 
 PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n"

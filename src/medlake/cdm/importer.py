@@ -156,9 +156,10 @@ def _why(value, kind: str) -> str:
         elif kind == "float":
             float(s)
         elif kind == "date":
-            if not re.fullmatch(r"\d{4}-\d\d-\d\d|\d{8}", s):
+            if not re.fullmatch(r"\d{4}-\d\d-\d\d([T ].*)?|\d{8}", s):
                 return "a date is read as YYYY-MM-DD or YYYYMMDD"
-            dt.date.fromisoformat(s) if "-" in s else dt.datetime.strptime(s, "%Y%m%d")
+            dt.date.fromisoformat(s[:10]) if "-" in s else dt.datetime.strptime(s, "%Y%m%d")
+            dt.datetime.fromisoformat(s)  # (a time after the day)
         elif kind == "datetime":
             dt.datetime.fromisoformat(s)
     except ValueError as e:
@@ -166,18 +167,25 @@ def _why(value, kind: str) -> str:
     return "not a value of this type"
 
 
+# A time's zone, as some exports write it (2020-01-31T10:00:00Z, +02:00, -0500): dropped, the time as written kept
+# (the CDM's datetimes have no zone, and the date beside them is the day as written).
+ZONE = r"^(.*[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?)(?:Z|[+-]\d\d(?::?\d\d)?)$"
+
+
 def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
     """The field's column as the spec's type (raises ArrowInvalid where a value cannot be read so)."""
     if col.type == target:
         return col
-    if f.kind == "date" and pa.types.is_string(col.type):
-        s = pc.utf8_trim_whitespace(col)
+    if f.kind in ("date", "datetime") and pa.types.is_string(col.type):
+        s = pc.replace_substring_regex(pc.utf8_trim_whitespace(col), ZONE, r"\1")
+        if f.kind == "datetime":
+            return pc.cast(s, target)
         compact = pc.match_substring_regex(s, r"^\d{8}$")
         if pc.any(compact).as_py():  # 20200131 as written by some exports
             s = pc.if_else(compact, pc.binary_join_element_wise(
                 pc.utf8_slice_codeunits(s, 0, 4), pc.utf8_slice_codeunits(s, 4, 6),
                 pc.utf8_slice_codeunits(s, 6, 8), "-"), s)
-        return pc.cast(pc.cast(s, pa.timestamp("s")), target)
+        return pc.cast(pc.cast(s, pa.timestamp("us")), target)  # (a time after the day, as SQL Server's .000, read)
     if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
         col = pc.utf8_trim_whitespace(col)
     return pc.cast(col, target)
