@@ -121,6 +121,9 @@ CASES = [
      [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 2),
     ("field_plausibleafterbirth_condition_occurrence_condition_start_date",
      [CO + "condition_start_date = DATE '1975-01-01' WHERE condition_occurrence_id = 100"], 1, 4),
+    # a concept id in year_of_birth: a birth after every date, counted (64-bit), not an overflow that stops the check
+    ("field_plausibleafterbirth_condition_occurrence_condition_end_date",
+     ["UPDATE person SET birth_datetime = NULL, year_of_birth = 3004410 WHERE person_id = 2"], 1, 2),
     ("field_plausiblebeforedeath_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
     ("field_plausibleduringlife_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
     ("field_plausiblestartbeforeend_condition_occurrence_condition_start_date",
@@ -152,6 +155,13 @@ CASES = [
     (f"concept_plausiblevaluelow_measurement_measurement_concept_id_{HBA1C}_8554",
      ["UPDATE measurement SET value_as_number = 0.65"], 1, 1),
 ]
+
+
+def test_a_violating_row_without_an_id_is_an_example_as_null(clean, tmp_path):
+    clean.execute("ALTER TABLE condition_occurrence ALTER COLUMN condition_occurrence_id DROP NOT NULL")
+    clean.execute(CO + "condition_occurrence_id = NULL WHERE condition_occurrence_id = 200")
+    got = results(clean, "condition_occurrence", tmp_path)["field_isrequired_condition_occurrence_condition_occurrence_id"]
+    assert (got["status"], got["num_violated_rows"], got["examples"]) == ("failed", 1, ["NULL"])
 
 
 def world(eng):

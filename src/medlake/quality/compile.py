@@ -164,7 +164,9 @@ def as_date(expr: str) -> str:
 
 
 def _ymd(y: str, m: str, d: str) -> str:
-    return f"({y} * 10000 + {m} * 100 + {d})"
+    """yyyymmdd as a number, in 64 bits: a year of birth of 3004410 (a concept id in the wrong field) is no
+    overflow that stops the checks, but a birth after every date."""
+    return f"(CAST({y} AS BIGINT) * 10000 + CAST({m} AS BIGINT) * 100 + {d})"
 
 
 _BIRTH_FIELDS = ("year_of_birth", "coalesce(month_of_birth, 1)", "coalesce(day_of_birth, 1)")

@@ -60,6 +60,12 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
     }
 
 
+def example_ids(values) -> list[str]:
+    """Example row ids as the results give them: text, and a violating row whose id is empty as NULL (isRequired of
+    the table's own id)."""
+    return ["NULL" if v is None else str(v) for v in values]
+
+
 TABLE_REF = re.compile(r"(?<!YEAR )(?<!MONTH )(?<!DAY )\b(?:FROM|JOIN)\s+(?!\()", re.IGNORECASE)  # a base table read (not a subquery)
 
 
@@ -470,6 +476,8 @@ class Runner:
             except EngineError as e:
                 for c in failed.values():
                     res[c.id]["example_error"] = str(e)
+        for r in res.values():
+            r["examples"] = example_ids(r["examples"])
         order = {c.id: i for i, c in enumerate(checks + [i.check for i in site_items])}
         return sorted(res.values(), key=lambda r: order.get(r["check_id"], 1 << 30))
 
@@ -597,7 +605,7 @@ class Runner:
                 listed = self.queries_of(c, 10, it)[2] if c else None
                 if listed:
                     got = self.eng.query(listed)
-                    r["examples"] = [str(v) for v in got.column(0).to_pylist()]  # (as every check's examples)
+                    r["examples"] = example_ids(got.column(0).to_pylist())  # (as every check's examples)
                     r["example_field"] = got.column_names[0]
             except (cp.NotApplicable, EngineError):
                 continue  # (examples are a help, not a result: the counts stand)
