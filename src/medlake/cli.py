@@ -669,7 +669,7 @@ def quality_show(
 
     extra = site.load(site_checks)[0] if site_checks else []
     with open_store() as eng:
-        last = None
+        last, run_summary = None, {}
         files, cohort = [], None  # the site's DQD threshold files and the cohort the run used
         runs = runner.finished_runs(out_dir, redact(eng.url))
         series = None  # a feed check's days: its source's feedVolume result in the same run
@@ -681,7 +681,7 @@ def quality_show(
                     series = next((r for r in results if r["check_name"] == "feedVolume" and r.get("daily_counts")
                                    and (r["data_source"], r["cdm_table"]) == (last["data_source"], last["cdm_table"])),
                                   None)
-                s = json.loads((d / "run.json").read_text())
+                s = run_summary = json.loads((d / "run.json").read_text())
                 last["run_id"], version, files = d.name, s["cdm_version"], s.get("dqd_thresholds") or []
                 cohort = (s["cohort"]["table"], s["cohort"]["cohort_definition_id"]) if s.get("cohort") else None
                 break
@@ -721,6 +721,9 @@ def quality_show(
             for line in report.daily_text(series) if series else []:
                 out.print(line, highlight=False, markup=False, soft_wrap=True)
             step = report.next_step(last) if last["status"] == "failed" else None
+            if last["status"] == "error":  # a column of its table not of the CDM's type explains most errors
+                step = next(iter(runner.type_warnings(run_summary.get("mismatched_columns") or [], eng.name,
+                                                      last["cdm_table"])), None)
             if step:
                 out.print(f"what to do: {step}", highlight=False, markup=False)
         else:

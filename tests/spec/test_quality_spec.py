@@ -370,6 +370,9 @@ def test_columns_not_of_their_cdm_type_are_named_on_every_engine(engine, tmp_pat
     assert named == ["condition_occurrence.person_id", "condition_occurrence.condition_start_date",
                      "condition_occurrence.condition_end_date"], w
     assert w.startswith("3 column(s)") and "(the CDM: date)" in w and "(the CDM: bigint)" in w
+    assert [(x["table"], x["field"], x["cdm_type"]) for x in run.summary["mismatched_columns"]] == [
+        ("condition_occurrence", f, k) for f, k in (("person_id", "bigint"), ("condition_start_date", "date"),
+                                                     ("condition_end_date", "date"))]
     assert "medlake cdm import converts" in w and "person." not in w
     statuses = {x["check_id"]: x["status"] for x in run.results}
     after = statuses["field_plausibleafterbirth_condition_occurrence_condition_start_date"]

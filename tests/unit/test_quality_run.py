@@ -693,6 +693,27 @@ def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     assert ": passed — 1 of 4 rows (25%)" in p.stdout and "what to do" not in p.stdout
 
 
+def test_cli_show_of_a_check_that_stopped_says_which_column_is_not_of_its_type(tmp_path):
+    """A CDM loaded from CSV as it came: condition_end_date held as text, one value '20200105'. The checks that
+    compare it stop with an error; the run warns once, and `quality show` of such a check says what to do."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute("ALTER TABLE condition_occurrence ALTER COLUMN condition_end_date TYPE VARCHAR")
+    eng.execute(CO + "condition_end_date = '20200105' WHERE condition_occurrence_id = 100")
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    p = subprocess.run(cli + ["run", "--tables", "condition_occurrence"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "warning: 1 column(s) not of their CDM type in the store: condition_occurrence." \
+        "condition_end_date is VARCHAR (the CDM: date)" in p.stderr, p.stderr
+    cid = "field_plausiblestartbeforeend_condition_occurrence_condition_start_date"
+    p = subprocess.run(cli + ["show", cid, "--rows", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    text = " ".join(p.stdout.split())
+    assert p.returncode == 0 and ": error — Conversion Error" in text, p.stderr
+    assert "what to do: 1 column(s) not of their CDM type in the store: condition_occurrence.condition_end_date is " \
+           "VARCHAR (the CDM: date); a value not of the CDM's type ('20200101' for a date) is an error" in text
+
+
 def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     """A site's CSV feed of lab orders (stg_csv_lab): its mandatory fields and record key declared in the site's
     checks file are checked per source, like medlake's own staging tables."""

@@ -249,10 +249,10 @@ class Runner:
                 self.present[r["t"]] = r["n"]
         self.columns: dict[str, dict[str, str]] = {}
 
-    def _type_warnings(self, tables: list[str]) -> list[str]:
-        """A column the store holds as text (or a date held as a number) where the CDM says a number or a date: an
-        OHDSI database loaded from CSV as it came. The checks that compare it stop with an error on the first value
-        they cannot read ('20200101' as a date), which the errors alone do not explain: say which columns, once."""
+    def mismatched_columns(self, tables: list[str]) -> list[dict]:
+        """The columns the store holds as text (or a date as a number) where the CDM says a number or a date: an
+        OHDSI database loaded from CSV as it came. The checks that compare them stop with an error on the first
+        value they cannot read ('20200101' as a date), which the errors alone do not explain (run.json, warnings)."""
         spec = {t.name: t for t in model.load(self.version).tables}
         wrong = []
         for table in tables:
@@ -263,15 +263,9 @@ class Runner:
                 got = have.get(f.name, "").split("(")[0].strip()
                 if f.kind != "varchar" and got.startswith(cp.TEXTUAL) or (
                         f.kind in ("date", "datetime") and got in cp.INTEGRAL + cp.FLOATING):
-                    wrong.append(f"{table}.{f.name} is {got} (the CDM: {f.kind})")
-        if not wrong:
-            return []
-        more = f" and {len(wrong) - 10} more" if len(wrong) > 10 else ""
-        unread = ("read as empty and not counted by the checks that compare them" if self.eng.engine.name == "spark"
-                  else "an error of the checks that compare them")
-        return [f"{len(wrong)} column(s) not of their CDM type in the store: {'; '.join(wrong[:10])}{more}; a value "
-                f"not of the CDM's type ('20200101' for a date) is {unread}: convert the columns to the CDM's types "
-                "(medlake cdm import converts a folder of CSV or Parquet files as it loads them)"]
+                    wrong.append({"table": table, "field": f.name, "type": got, "cdm_type": f.kind})
+        return wrong
+
 
     def _checked(self, table: str) -> bool:
         return table not in self.exclude and (not self.only or table in self.only)
@@ -767,6 +761,7 @@ class Runner:
             self._examples_of_tuned(run.results[:first], all_checks)
         if self.progress:
             self.progress("done", len(tables), len(tables))
+        wrong = self.mismatched_columns(tables)
         run.summary = summarize(run.results) | {
             "run_id": run.run_id, "store": self.store, "engine": self.eng.engine.name,
             "cdm_version": self.version, "cdm_version_from": self.version_from,
@@ -784,7 +779,9 @@ class Runner:
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cdm_source": self._cdm_source(),
-            "warnings": vocabulary_warnings(run.results, self.eng.engine.name) + self._type_warnings(tables) + tuned,
+            "mismatched_columns": wrong,
+            "warnings": vocabulary_warnings(run.results, self.eng.engine.name)
+            + type_warnings(wrong, self.eng.engine.name) + tuned,
         }
         run.summary["since_last_run"] = since_last_run(
             run.results, [d for d in finished_runs(self.out, self.store) if d.name != run.run_id], scope(run.summary))
@@ -998,6 +995,21 @@ def vocabulary_warnings(results: list[dict], engine: str) -> list[str]:
     what = ", ".join(f"the {k} ({n:,} checks)" for k, n in silenced.items())
     return [f"{sum(silenced.values()):,} checks not applicable because the store's vocabulary is missing: {what}; "
             f"load the vocabulary (medlake vocab load){hint}"]
+
+
+def type_warnings(wrong: list[dict], engine: str, table: str | None = None) -> list[str]:
+    """The columns not of their CDM type (`mismatched_columns`), of one table or all, in one warning with what to
+    do (a run's warnings; `quality show` of a check that stopped with an error)."""
+    wrong = [w for w in wrong if table in (None, w["table"])]
+    if not wrong:
+        return []
+    named = [f"{w['table']}.{w['field']} is {w['type']} (the CDM: {w['cdm_type']})" for w in wrong]
+    more = f" and {len(named) - 10} more" if len(named) > 10 else ""
+    unread = ("read as empty and not counted by the checks that compare them" if engine == "spark"
+              else "an error of the checks that compare them")
+    return [f"{len(named)} column(s) not of their CDM type in the store: {'; '.join(named[:10])}{more}; a value "
+            f"not of the CDM's type ('20200101' for a date) is {unread}: convert the columns to the CDM's types "
+            "(medlake cdm import converts a folder of CSV or Parquet files as it loads them)"]
 
 
 def summarize(results: list[dict]) -> dict:
