@@ -203,6 +203,12 @@ violation = "no_such_column > 1"
     ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'x'\nrule = 'shiny'", "unknown rule 'shiny'"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'x >'", "violation is not valid SQL"),
     ("[[check", "not valid TOML"),
+    ("[[check]]\nname = 5\ntable = 'person'\nfield = 'person_id'\nrule = 'not_null'",
+     r"check #1 \(5\): name must be text \(in quotes\), not 5"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'range'\nmin = 'x'",
+     r"min must be a number or a date \(1900, 2.5, 2020-01-01\), not 'x'"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'person_source_value'\nrule = 'pattern'",
+     "rule 'pattern' needs regex = "),
 ])
 def test_site_check_errors_name_file_and_check(text, message):
     with pytest.raises(ValueError, match=message) as e:

@@ -87,12 +87,31 @@ from medlake.quality.feeds import FEED_DROP
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
 
 
+def _bound(v) -> bool:
+    """A range's bound: a number or a date (a TOML date, or one in quotes)."""
+    if isinstance(v, str):
+        try:
+            dt.date.fromisoformat(v)
+        except ValueError:
+            return False
+        return True
+    return isinstance(v, (int, float, dt.date)) and not isinstance(v, bool)
+
+
+TEXT_KEYS = ("name", "table", "field", "violation", "denominator", "rule", "category", "subcategory", "context",
+             "severity", "description")
+
+
 def _rule_sql(spec: dict, where: str) -> str:
     f, rule = q(spec["field"]), spec["rule"]
     if rule == "not_null":
         return f"{f} IS NULL"
     if rule == "range":
         parts = []
+        for k in ("min", "max"):
+            v = spec.get(k)
+            if k in spec and not _bound(v):
+                raise ValueError(f"{where}: {k} must be a number or a date (1900, 2.5, 2020-01-01), not {v!r}")
         if "min" in spec:
             parts.append(f"{f} < {lit(spec['min'])}")
         if "max" in spec:
@@ -106,6 +125,8 @@ def _rule_sql(spec: dict, where: str) -> str:
             raise ValueError(f"{where}: rule 'allowed' needs values = [...]")
         return f"{f} IS NOT NULL AND {f} NOT IN ({', '.join(lit(v) for v in values)})"
     if rule == "pattern":
+        if not isinstance(spec.get("regex"), str):
+            raise ValueError(f"{where}: rule 'pattern' needs regex = \"...\" (a regular expression in quotes)")
         return f"{f} IS NOT NULL AND NOT regexp_matches(CAST({f} AS VARCHAR), {lit(spec['regex'])})"
     if rule == "unique":
         t = q(spec["table"])
@@ -262,6 +283,9 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
         for key in ("name", "table"):
             if not spec.get(key):
                 raise ValueError(f"{where}: missing '{key}'")
+        for key in TEXT_KEYS:
+            if key in spec and not isinstance(spec[key], str):
+                raise ValueError(f"{where}: {key} must be text (in quotes), not {spec[key]!r}")
         if name in seen:
             raise ValueError(f"{where}: duplicate check name {name!r}")
         seen.add(name)
