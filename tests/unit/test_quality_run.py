@@ -209,10 +209,13 @@ violation = "no_such_column > 1"
      r"min must be a number or a date \(1900, 2.5, 2020-01-01\), not 'x'"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'person_source_value'\nrule = 'pattern'",
      "rule 'pattern' needs regex = "),
+    ("[feed]\ndrop = 'x'", r"\[feed\] drop must be a share between 0 and 1 \(0.5: a day below half the usual volume\), "
+     "not 'x'"),
+    ("[feed]\ntable = 5", r"\[feed\] table must be text \(in quotes\), not 5"),
 ])
 def test_site_check_errors_name_file_and_check(text, message):
     with pytest.raises(ValueError, match=message) as e:
-        site.parse(text, "site.toml")
+        site.parse(text, "site.toml") if "[feed]" not in text else site.feed_config(text, "site.toml")
     assert str(e.value).startswith("site.toml")
 
 

@@ -146,6 +146,13 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
     if not isinstance(feed, dict) or set(feed) - keys:
         raise ValueError(f"{source}: [feed] takes table, source, received_at, drop, timezone, holidays, country, "
                          "subdivision and sources")
+    for key in ("table", "source", "received_at", "timezone"):
+        if key in feed and not isinstance(feed[key], str):
+            raise ValueError(f"{source}: [feed] {key} must be text (in quotes), not {feed[key]!r}")
+    drop = feed.get("drop", FEED_DROP)
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 < drop <= 1:
+        raise ValueError(f"{source}: [feed] drop must be a share between 0 and 1 (0.5: a day below half the usual "
+                         f"volume), not {drop!r}")
     tz = feed.get("timezone")
     if tz is not None:
         if feed.get("table"):
@@ -173,7 +180,7 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
         own[str(name)] = _days_off(inherit | spec, source, where) | {
             "sends_on_holidays": spec.get("sends_on_holidays", False)}
     return {"table": str(feed["table"]).lower() if feed.get("table") else None, "source": feed.get("source", "source"),
-            "received_at": feed.get("received_at", "received_at"), "drop": float(feed.get("drop", FEED_DROP)),
+            "received_at": feed.get("received_at", "received_at"), "drop": float(drop),
             "timezone": tz, **days, "sources": own}
 
 
