@@ -399,6 +399,8 @@ PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethni
     ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person", False),
     ("person.csv", "person_id,year_of_birth\n1,1980\n", r"no column gender_concept_id, .*required in person", False),
     ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4", False),
+    ("person.csv", PERSON_HEADER.replace(",", ";") + "1;8507;1980;0;0\n",
+     r"person.csv: the header reads as one column: its fields are separated by ';' \(give --delimiter ';'\)", False),
 ])
 def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name, content, message, strict):
     """A file that is not a CDM table stops the import; with `strict`, so does the first bad row."""
@@ -413,6 +415,12 @@ def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name,
     if "death" in eng.tables():
         assert eng.query("SELECT count(*) FROM death").column(0)[0].as_py() == 0  # all or nothing
     assert aside == []
+
+
+def test_import_delimiter_is_one_character(tmp_path):
+    _write_cdm(tmp_path / "cdm")
+    with pytest.raises(ValueError, match=r"the delimiter must be one character .*, not ';;'"):
+        importer.import_folder(open_engine("duckdb::memory:"), tmp_path / "cdm", "5.4", delimiter=";;")
 
 
 def test_import_sets_bad_rows_aside_with_where_and_why_and_loads_the_rest(tmp_path):

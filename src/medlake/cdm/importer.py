@@ -218,6 +218,11 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     names = [n.lower().strip() for n in batch.schema.names]
     unknown = [n for n in names if n not in table.field_names]
     if unknown:
+        if len(names) == 1:  # the header read as one column: another delimiter than the file's
+            sep = next((d for d in (",", ";", "|", "\t") if d in names[0]), None)
+            if sep:
+                raise CdmImportError(f"{path}: the header reads as one column: its fields are separated by {sep!r} "
+                                     f"(give --delimiter {sep!r})".replace("'\t'", "'\\t'"))
         raise CdmImportError(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
                            f"(fields: {', '.join(table.field_names)})")
     data = dict(zip(names, batch.columns))
@@ -334,6 +339,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     once, before the transaction commits: an error there rolls the import back); `strict`: the first one stops
     the import instead.
     """
+    if len(delimiter) != 1:
+        raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), not {delimiter!r}")
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)
