@@ -158,8 +158,7 @@ def _why(value, kind: str) -> str:
         elif kind == "date":
             if not re.fullmatch(r"\d{4}-\d\d-\d\d([T ].*)?|\d{8}", s):
                 return "a date is read as YYYY-MM-DD or YYYYMMDD"
-            dt.date.fromisoformat(s[:10]) if "-" in s else dt.datetime.strptime(s, "%Y%m%d")
-            dt.datetime.fromisoformat(s)  # (a time after the day)
+            dt.datetime.fromisoformat(s) if "-" in s else dt.datetime.strptime(s, "%Y%m%d")  # (with a time too)
         elif kind == "datetime":
             dt.datetime.fromisoformat(s)
     except ValueError as e:
@@ -222,7 +221,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             sep = next((d for d in (",", ";", "|", "\t") if d in names[0]), None)
             if sep:
                 raise CdmImportError(f"{path}: the header reads as one column: its fields are separated by {sep!r} "
-                                     f"(give --delimiter {sep!r})".replace("'\t'", "'\\t'"))
+                                     f"(give --delimiter {sep!r})")
         raise CdmImportError(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
                            f"(fields: {', '.join(table.field_names)})")
     data = dict(zip(names, batch.columns))
@@ -340,7 +339,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     the import instead.
     """
     if len(delimiter) != 1:
-        raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), not {delimiter!r}")
+        raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), "
+                             f"not {delimiter!r}")
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)

@@ -105,7 +105,7 @@ class Context:
         for a in aliases:
             sql, table = self.joins[a]
             if table == "person" and (f"{a}.birth_date__" in text or f"{a}.birth_key__" in text):
-                sql = sql.replace(f"LEFT JOIN {q('person')} ", f"LEFT JOIN {person_sql(self.person_columns or BIRTH_COLUMNS)} ", 1)
+                sql = sql.replace(f"LEFT JOIN {q('person')} ", f"LEFT JOIN {person_sql(self.person_columns)} ", 1)
             out.append(sql)
         return " ".join(out)
 
@@ -176,10 +176,13 @@ _BIRTH_FIELDS = ("year_of_birth", "coalesce(month_of_birth, 1)", "coalesce(day_o
 # a date, and only for persons without one taken apart (EXTRACT of year, month and day on every row of a fact
 # table cost DuckDB 0.1 s per date field per 8.5M rows, where birth_datetime is empty, as in many CDMs).
 _BIRTH_DATE = " || '-' || ".join(f"lpad(CAST({f} AS VARCHAR), {n}, '0')" for f, n in zip(_BIRTH_FIELDS, (4, 2, 2)))
-def person_sql(columns=BIRTH_COLUMNS) -> str:
-    """PERSON for a person table of these `columns`: a birth field it lacks (a CDM trimmed to what its source had)
-    reads as not known (NULL), as an empty one."""
-    lack = [f"CAST(NULL AS {t}) AS {n}" for n, t in BIRTH_COLUMNS.items() if n not in columns]
+
+
+def person_sql(columns=None) -> str:
+    """PERSON for a person table of these `columns` (None: the spec's): a birth field it lacks (a CDM trimmed to
+    what its source had) reads as not known (NULL), as an empty one."""
+    lack = [f"CAST(NULL AS {t}) AS {n}" for n, t in BIRTH_COLUMNS.items()
+            if columns is not None and n not in columns]
     src = f"(SELECT *, {', '.join(lack)} FROM person) AS p__" if lack else "person"
     return ("(SELECT *, CASE WHEN birth_datetime IS NOT NULL THEN CAST(birth_datetime AS DATE) "
             f"WHEN {_BIRTH_FIELDS[0]} BETWEEN 1 AND 9999 AND {_BIRTH_FIELDS[1]} BETWEEN 1 AND 12 "

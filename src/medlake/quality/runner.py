@@ -266,7 +266,6 @@ class Runner:
                     wrong.append({"table": table, "field": f.name, "type": got, "cdm_type": f.kind})
         return wrong
 
-
     def _checked(self, table: str) -> bool:
         return table not in self.exclude and (not self.only or table in self.only)
 
