@@ -761,8 +761,9 @@ def cdm_import(
 
     A row that cannot be imported (a value not of its field's type, an empty required field, a CSV line with the
     wrong number of fields) goes to quarantine with its file, line and field; the rest loads. Importing a table
-    again resolves its earlier quarantined rows (the file replaces the table)."""
-    from medlake.cdm import importer
+    again resolves its earlier quarantined rows (the file replaces the table). Text longer than the spec's length
+    for its field is cut to it (as the CDM's tables hold it), with a warning naming the field."""
+    from medlake.cdm import importer, model
     from medlake.landing.quarantine import Quarantine
 
     version = version or settings().cdm_version
@@ -790,6 +791,13 @@ def cdm_import(
     for name, r in report.items():
         t.add_row(name, r.path.name, f"{r.rows:,}", *([f"{r.bad:,}" if r.bad else ""] if bad else []))
     out.print(t)
+    cdm = model.load(version)
+    for name, r in report.items():
+        for field, (n, first) in r.cut.items():
+            length = cdm.table(name).field(field).length
+            err.print(f"warning: {name}.{field}: {n:,} value(s) longer than the {length} characters OMOP CDM "
+                      f"v{version} gives the field, cut to {length} (the first: {first}); shorten them in the file "
+                      "to choose what is kept", highlight=False, markup=False, soft_wrap=True)
     if bad:
         out.print(f"{sum(bad.values()):,} row(s) could not be imported and are in quarantine (source "
                   f"{', '.join(importer.quarantine_source(t) for t in bad)}): see `medlake quarantine list`, fix the "

@@ -176,14 +176,19 @@ def test_cdm_import_sets_bad_rows_aside_and_a_failed_import_leaves_the_store_as_
 
     folder = tmp_path / "cdm"
     folder.mkdir()
+    long = "é" * 49 + "überlang"  # 57 characters where the spec gives person_source_value 50 (PostgreSQL's DDL too)
     (folder / "person.csv").write_text(
-        "person_id,gender_concept_id,year_of_birth,birth_datetime,race_concept_id,ethnicity_concept_id\n"
-        "1,8507,1980,1980-05-01 10:20:30,0,0\n2,8532,19x0,,0,0\n3,8532,1990,,0,0\n4,8507\n")
+        "person_id,gender_concept_id,year_of_birth,birth_datetime,race_concept_id,ethnicity_concept_id,"
+        f"person_source_value\n1,8507,1980,1980-05-01 10:20:30,0,0,p1\n2,8532,19x0,,0,0,\n3,8532,1990,,0,0,{long}\n"
+        "4,8507\n")
     (folder / "death.csv").write_text("person_id,death_date,death_type_concept_id\n1,2020-02-30,32817\n"
                                       "3,20200101,32817\n")
     aside = []
     report = importer.import_folder(engine, folder, "5.4", set_aside=lambda files, bad: aside.extend(bad))
     assert {t: (r.rows, r.bad) for t, r in report.items()} == {"death": (1, 1), "person": (2, 2)}
+    assert report["person"].cut == {"person_source_value": (1, f"{folder / 'person.csv'}:4")}
+    assert engine.query("SELECT person_source_value AS v FROM person WHERE person_id = 3").column(0).to_pylist() == [
+        "é" * 49 + "ü"]
     assert sorted((b.table, b.line, b.reason) for b in aside) == [
         ("death", 2, "invalid"), ("person", 3, "invalid"), ("person", 5, "malformed")]
     rows = engine.query("SELECT person_id, year_of_birth, birth_datetime FROM person ORDER BY person_id").to_pylist()

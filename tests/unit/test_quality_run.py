@@ -462,6 +462,40 @@ def test_import_sets_bad_rows_aside_with_where_and_why_and_loads_the_rest(tmp_pa
     assert bad["observation_period", 2].where.endswith("observation_period.parquet: row 2")
 
 
+@pytest.mark.parametrize("block", [importer.BATCH_BYTES, 256])
+def test_import_names_the_file_line_of_rows_after_a_value_written_over_several_lines(tmp_path, monkeypatch, block):
+    """A note's text quoted over several lines (CRLF or LF) moves the lines of the rows after it, in its batch and the
+    next ones; a row with the wrong number of fields spanning lines is found by its first line."""
+    monkeypatch.setattr(importer, "BATCH_BYTES", block)
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    head = "note_id,person_id,note_date,note_type_concept_id,note_class_concept_id,note_title,note_text," \
+           "encoding_concept_id,language_concept_id\n"
+    rows = ['1,1,2020-01-01,32817,0,t,"one\ntwo\r\nthree",0,0',  # lines 2-4
+            "2,1,2020-01-0x,32817,0,t,plain,0,0",  # line 5
+            '3,1,2020-01-02,32817,0,t,"a\nb",0',  # lines 6-7: 8 fields
+            '4,1,2020-01-03,32817,0,t,"' + "x" * 100 + '\n\n",0,0',  # lines 8-10
+            "5,1,2020-13-01,32817,0,t,plain,0,0"]  # line 11
+    (folder / "note.csv").write_text(head + "\n".join(rows) + "\n", newline="")
+    got = []
+    report = importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4",
+                                    set_aside=lambda files, bad: got.extend(bad))
+    assert (report["note"].rows, report["note"].bad) == (2, 3)
+    assert sorted((b.line, b.reason, b.field) for b in got) == [
+        (5, "invalid", "note_date"), (6, "malformed", None), (11, "invalid", "note_date")]
+
+
+def test_import_stops_at_a_quote_not_closed_naming_its_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(importer, "BATCH_BYTES", 256)
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON_HEADER.replace("\n", ",person_source_value\n") + "".join(
+        f"{i},8507,1980,0,0,{'p' if i != 12 else chr(34) + 'p'}{i}\n" for i in range(1, 60)))  # 34: a quote
+    with pytest.raises(ValueError, match=r"person.csv:13: the row runs on for more than 0 MB \(a quote that is not "
+                                         r"closed\?\): fix the quoting there"):
+        importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4")
+
+
 def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
     folder = tmp_path / "cdm"
     folder.mkdir()
@@ -513,11 +547,16 @@ def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):
 
 def test_cli_import_then_quality_run(tmp_path):
     _write_cdm(tmp_path / "cdm")
+    (tmp_path / "cdm" / "death.csv").write_text("person_id,death_date,death_type_concept_id,cause_source_value\n"
+                                                f"1,2020-01-01,32817,{'x' * 51}\n2,2021-01-01,32817,{'y' * 60}\n")
     env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
     cli = [sys.executable, "-m", "medlake.cli"]
     p = subprocess.run(cli + ["cdm", "import", str(tmp_path / "cdm"), "--version", "5.4"], env=env, cwd=tmp_path,
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [  # text longer than the spec's length: cut, said
+        f"warning: death.cause_source_value: 2 value(s) longer than the 50 characters OMOP CDM v5.4 gives the field, "
+        f"cut to 50 (the first: {tmp_path / 'cdm' / 'death.csv'}:2); shorten them in the file to choose what is kept"]
     p = subprocess.run(cli + ["quality", "run"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr  # failed checks are reported, not an exit code
     assert "pass rate" in p.stdout and (tmp_path / "quality").is_dir()

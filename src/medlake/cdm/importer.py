@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -65,6 +66,7 @@ class Imported(NamedTuple):
     path: Path
     rows: int  # loaded
     bad: int  # left out (BadRow)
+    cut: dict[str, tuple[int, str]] = {}  # {field: (values longer than the spec's length, where the first is)}
 
 
 QUARANTINE_PREFIX = "cdm:"
@@ -99,9 +101,26 @@ def _delimiter(path: Path, delimiter: str) -> str:
     return "\t" if path.name.lower().endswith(".tsv") else delimiter
 
 
+def _breaks(batch: pa.RecordBatch) -> np.ndarray | None:
+    """Per row, the line breaks inside the quoted values of the batch's rows before it (a note's text written over
+    several lines), with the batch's total last; None when its values have none (the usual case, found in one pass
+    over their bytes)."""
+    per_row = None
+    for col in batch.columns:
+        data = col.buffers()[2] if len(col) and col.type == pa.string() else None
+        if data is None:
+            continue
+        offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=len(col) + 1, offset=4 * col.offset)
+        if not np.count_nonzero(np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] == 10):
+            continue
+        n = pc.fill_null(pc.count_substring(col, "\n"), 0).to_numpy(zero_copy_only=False)
+        per_row = n if per_row is None else per_row + n
+    return None if per_row is None else np.concatenate(([0], np.cumsum(per_row)))
+
+
 def _csv_batches(path: Path, table: model.Table, delimiter: str,
-                 invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """(batch of strings, number of the file line of its first row). `invalid`: lines with the wrong number of
+                 invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, Callable]]:
+    """(batch of strings, the file line of its row i as `line(i)`). `invalid`: lines with the wrong number of
     fields are appended to it (text, fields expected, fields found) and skipped (the line numbers of later rows are
     then fixed by `_invalid_lines`); without it they stop the import."""
     names = table.field_names
@@ -114,7 +133,7 @@ def _csv_batches(path: Path, table: model.Table, delimiter: str,
     try:
         reader = pacsv.open_csv(
             path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=_delimiter(path, delimiter),
+            parse_options=pacsv.ParseOptions(delimiter=_delimiter(path, delimiter), newlines_in_values=True,
                                              invalid_row_handler=skip if invalid is not None else None),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
                                                  null_values=[""], quoted_strings_can_be_null=True))
@@ -127,19 +146,24 @@ def _csv_batches(path: Path, table: model.Table, delimiter: str,
         except StopIteration:
             return
         except pa.ArrowInvalid as e:
+            if "straddl" in str(e):  # pyarrow: "straddling object straddles two block boundaries"
+                raise CdmImportError(f"{_at(path, line)}: the row runs on for more than {BATCH_BYTES >> 20} MB (a "
+                                     "quote that is not closed?): fix the quoting there and import again") from e
             raise CdmImportError(f"{path}: near line {line}: {str(e).splitlines()[0]}") from e
-        yield batch, line
-        line += batch.num_rows
+        breaks = _breaks(batch)
+        yield batch, (lambda i, first=line: first + i) if breaks is None else (
+            lambda i, first=line, breaks=breaks: first + i + int(breaks[i]))
+        line += batch.num_rows + (0 if breaks is None else int(breaks[-1]))
 
 
-def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, int]]:
+def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, Callable]]:
     try:
         f = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise CdmImportError(f"{path}: cannot read as Parquet: {str(e).splitlines()[0]}") from e
     row = 1
     for batch in f.iter_batches(batch_size=100_000):
-        yield batch, row
+        yield batch, lambda i, first=row: first + i
         row += batch.num_rows
 
 
@@ -210,10 +234,12 @@ def _refused(col: pa.Array, f: model.Field, target: pa.DataType, limit: int) -> 
     return sorted(found)
 
 
-def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path,
-             limit: int) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]]]:
+def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int
+             ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[str, tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
-    {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError."""
+    {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
+    length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted:
+    {field: (values cut, row index of the first)}."""
     names = [n.lower().strip() for n in batch.schema.names]
     unknown = [n for n in names if n not in table.field_names]
     if unknown:
@@ -257,14 +283,24 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             mask[i] = False
         keep = pa.array(mask)
     cols = []
+    cut: dict[str, tuple[int, int]] = {}
     for f, af in zip(table.fields, schema):
         if f.name not in data:
             cols.append(pa.nulls(batch.num_rows if keep is None else batch.num_rows - len(bad), af.type))
-        elif f.name in done:
-            cols.append(done[f.name] if keep is None else done[f.name].filter(keep))
+            continue
+        if f.name in done:
+            col = done[f.name] if keep is None else done[f.name].filter(keep)
         else:  # this column had bad values: the rest of it converts
-            cols.append(_cast(data[f.name].filter(keep), f, af.type))
-    return pa.Table.from_arrays(cols, schema=schema), bad
+            col = _cast(data[f.name].filter(keep), f, af.type)
+        if f.kind == "varchar" and f.length:
+            over = pc.fill_null(pc.greater(pc.utf8_length(col), f.length), False)
+            n = pc.sum(over).as_py()
+            if n:
+                first = pc.index(over, True).as_py()
+                cut[f.name] = (n, first if keep is None else pc.indices_nonzero(keep)[first].as_py())
+                col = pc.if_else(over, pc.utf8_slice_codeunits(col, 0, f.length), col)
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=schema), bad, cut
 
 
 class _TooMany(Exception):
@@ -289,7 +325,9 @@ def _raw_rows(batch: pa.RecordBatch, rows: list[int], csv_delimiter: str | None)
 
 
 def _invalid_lines(path: Path, texts: list[str]) -> list[int | None]:
-    """The file lines of the CSV rows the reader skipped (it does not number them), found in order by text."""
+    """The file lines of the CSV rows the reader skipped (it does not number them), found in order by text (by
+    its first line: a quoted value may run over several)."""
+    texts = [t.split("\n", 1)[0].rstrip("\r") for t in texts]
     lines: list[int | None] = []
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
@@ -319,12 +357,12 @@ def _too_many_invalid(path: Path, max_bad: int, invalid: list[tuple[str, int, in
                        "wrong number of fields so far): check --delimiter and the file; nothing was imported")
 
 
-def _line(first: int, i: int, skipped: list[int]) -> int:
-    """The file line of a batch's row `i` when the reader skipped the (sorted) lines `skipped`."""
-    line = first + i
-    for s in skipped:
-        if s <= line:
-            line += 1
+def _line(line: int, skipped: list[tuple[int, int]]) -> int:
+    """The file line of a row read as at `line` when the reader skipped the rows `skipped` (sorted (first line,
+    lines it spans))."""
+    for first, span in skipped:
+        if first <= line:
+            line += span
     return line
 
 
@@ -357,18 +395,18 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             batches = _parquet_batches(path) if parquet else _csv_batches(path, table, delimiter, invalid)
             if engine.query(f'SELECT count(*) AS n FROM "{name}"').column(0)[0].as_py():
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
-            rows, bad = 0, []  # bad: (first line of the batch, row in it, problems, raw row)
-            for batch, first in batches:
+            rows, bad, cut = 0, [], {}  # bad: (line as read, problems, raw row); cut: {field: (values, first)}
+            for batch, line in batches:
                 if strict and invalid:
                     _stop_at_invalid(path, invalid)
                 budget = 0 if strict else max_bad - len(left_out) - len(bad) - len(invalid or [])
                 if budget < 0:
                     _too_many_invalid(path, max_bad, invalid)
                 try:
-                    data, problems = _conform(batch, table, schema, path, budget)
+                    data, problems, long = _conform(batch, table, schema, path, budget)
                 except _TooMany as e:
                     i = min(e.bad)
-                    at, why = _at(path, first + i), e.bad[i][0][2]
+                    at, why = _at(path, line(i)), e.bad[i][0][2]
                     if strict:
                         raise CdmImportError(f"{at}: {why}") from None
                     raise CdmImportError(
@@ -377,22 +415,26 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                         "nothing was imported") from None
                 if problems:
                     raw = _raw_rows(batch, sorted(problems), None if parquet else _delimiter(path, delimiter))
-                    bad += [(first, i, problems[i], raw[i]) for i in sorted(problems)]
+                    bad += [(line(i), problems[i], raw[i]) for i in sorted(problems)]
+                for field, (n, i) in long.items():
+                    before, at = cut.get(field, (0, line(i)))
+                    cut[field] = (before + n, at)
                 rows += engine.load_arrow(name, data)
             if strict and invalid:
                 _stop_at_invalid(path, invalid)
             skipped = _invalid_lines(path, [t for t, _, _ in invalid]) if invalid else []
             if invalid and len(left_out) + len(bad) + len(invalid) > max_bad:
                 _too_many_invalid(path, max_bad, invalid)
-            known = sorted(x for x in skipped if x is not None)
-            for first, i, problems, raw in bad:
+            known = sorted((x, t.count("\n") + 1) for x, (t, _, _) in zip(skipped, invalid or []) if x is not None)
+            for at, problems, raw in bad:
                 field, reason, _ = problems[0]
-                left_out.append(BadRow(name, path, _line(first, i, known), field, reason,
+                left_out.append(BadRow(name, path, _line(at, known), field, reason,
                                        "; ".join(p[2] for p in problems), raw))
-            for (text, expected, found), line in zip(invalid or [], skipped):
-                left_out.append(BadRow(name, path, line, None, "malformed", _malformed(expected, found),
+            for (text, expected, found), at in zip(invalid or [], skipped):
+                left_out.append(BadRow(name, path, at, None, "malformed", _malformed(expected, found),
                                        text.encode()))
-            report[name] = Imported(path, rows, len(bad) + len(invalid or []))
+            report[name] = Imported(path, rows, len(bad) + len(invalid or []),
+                                    {f: (n, _at(path, _line(at, known))) for f, (n, at) in cut.items()})
         if set_aside:
             set_aside(dict(files), left_out)
         if progress:
