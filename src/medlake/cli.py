@@ -749,7 +749,9 @@ def quality_show(
 
 @cdm_app.command("import")
 def cdm_import(
-    folder: Path = typer.Argument(..., help="Folder with one CSV or Parquet file per CDM table (e.g. person.csv)."),
+    folder: Path = typer.Argument(..., help="Folder with one CSV or Parquet file per CDM table (e.g. person.csv), "
+                                  "or a folder of part files per table (measurement/part-0.parquet, as Spark "
+                                  "writes)."),
     version: Optional[str] = typer.Option(None, "--version", help="OMOP CDM version of the files: 5.4 or 5.3."),
     delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first row that cannot be imported (nothing "
@@ -789,7 +791,8 @@ def cdm_import(
     if bad:
         t.add_column("quarantined", justify="right")
     for name, r in report.items():
-        t.add_row(name, r.path.name, f"{r.rows:,}", *([f"{r.bad:,}" if r.bad else ""] if bad else []))
+        t.add_row(name, r.path.name + ("/" if r.path.is_dir() else ""), f"{r.rows:,}",
+                  *([f"{r.bad:,}" if r.bad else ""] if bad else []))
     out.print(t)
     cdm = model.load(version)
     for name, r in report.items():

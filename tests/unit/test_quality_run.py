@@ -496,6 +496,41 @@ def test_import_stops_at_a_quote_not_closed_naming_its_line(tmp_path, monkeypatc
         importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4")
 
 
+def test_import_reads_a_table_from_a_folder_of_part_files(tmp_path):
+    """As Spark writes a table (`measurement.parquet/part-*.parquet`, `_SUCCESS`, `.crc`), or CSV parts each with its
+    header: one table, its rows from every part, a bad row named by its part file and line."""
+    folder = tmp_path / "cdm"
+    (folder / "measurement.parquet").mkdir(parents=True)
+    for k in range(2):
+        pq.write_table(pa.table({"measurement_id": [10 * k + 1, 10 * k + 2], "person_id": [1, 2],
+                                 "measurement_concept_id": [0, 0], "measurement_type_concept_id": [32817, 32817],
+                                 "measurement_date": pa.array([dt.date(2020, 1, 1)] * 2)}),
+                       folder / "measurement.parquet" / f"part-0000{k}-abc.snappy.parquet")
+    (folder / "measurement.parquet" / "_SUCCESS").write_text("")
+    (folder / "measurement.parquet" / ".part-00000-abc.snappy.parquet.crc").write_bytes(b"\0")
+    (folder / "PERSON").mkdir()
+    (folder / "PERSON" / "part-00000.csv").write_text(PERSON_HEADER + "1,8507,1980,0,0\n")
+    (folder / "PERSON" / "part-00001.csv").write_text(PERSON_HEADER + "2,8532,1990,0,0\n3,8532,19x0,0,0\n")
+    (folder / "docs").mkdir()
+    (folder / "docs" / "readme.txt").write_text("not data")  # a folder without data files: not a table
+    eng = open_engine("duckdb::memory:")
+    got = []
+    report = importer.import_folder(eng, folder, "5.4", set_aside=lambda files, bad: got.extend(bad))
+    assert {t: (r.path.name, r.rows, r.bad) for t, r in report.items()} == {
+        "measurement": ("measurement.parquet", 4, 0), "person": ("PERSON", 2, 1)}
+    assert sorted(eng.query("SELECT measurement_id FROM measurement").column(0).to_pylist()) == [1, 2, 11, 12]
+    assert [b.where for b in got] == [f"{folder / 'PERSON' / 'part-00001.csv'}:3"]
+    (folder / "PERSON" / "part-00002.parquet").write_bytes(b"")
+    with pytest.raises(ValueError, match="PERSON: holds both CSV and Parquet files; keep one kind per table"):
+        importer.import_folder(eng, folder, "5.4")
+    (folder / "PERSON" / "part-00002.parquet").unlink()
+    (folder / "measurment").mkdir()
+    (folder / "measurment" / "part-0.csv").write_text("x\n1\n")
+    with pytest.raises(ValueError, match=r"measurment: no table 'measurment' in OMOP CDM v5.4; name each file \(or "
+                                         r"folder of part files\) after its table"):
+        importer.import_folder(eng, folder, "5.4")
+
+
 def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
     folder = tmp_path / "cdm"
     folder.mkdir()

@@ -77,18 +77,41 @@ def quarantine_source(table: str) -> str:
     return QUARANTINE_PREFIX + table
 
 
+def _suffix(p: Path) -> str | None:
+    return next((s for s in SUFFIXES if p.name.lower().endswith(s)), None)
+
+
+def _parts(path: Path) -> list[Path]:
+    """The data files of a table: the file, or the part files of a table's folder as Spark and other engines write
+    it (`measurement/part-00000-….parquet`, `measurement.parquet/…`; `_SUCCESS`, `.crc` and hidden files aside)."""
+    if not path.is_dir():
+        return [path]
+    return [p for p in sorted(path.iterdir()) if p.is_file() and _suffix(p) and not p.name.startswith((".", "_"))]
+
+
 def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
+    """{table: its file or folder of part files} in `folder`."""
     if not folder.is_dir():
         raise CdmImportError(f"{folder} is not a folder; give a folder with one CSV or Parquet file per CDM table")
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        suffix = next((s for s in SUFFIXES if p.name.lower().endswith(s)), None)
-        if suffix is None or not p.is_file():
+        if p.name.startswith((".", "_")):
             continue
-        name = p.name[: -len(suffix)].lower()
+        if p.is_dir():
+            if not _parts(p):
+                continue  # a folder without data files (documentation, …)
+            kinds = {".parquet" if _suffix(x) == ".parquet" else "CSV" for x in _parts(p)}
+            if len(kinds) > 1:
+                raise CdmImportError(f"{p}: holds both CSV and Parquet files; keep one kind per table")
+            name = p.name[: -len(".parquet")] if p.name.lower().endswith(".parquet") else p.name
+        elif _suffix(p):
+            name = p.name[: -len(_suffix(p))]
+        else:
+            continue
+        name = name.lower()
         if name not in cdm.table_names:
-            raise CdmImportError(f"{p}: no table {name!r} in OMOP CDM v{cdm.version}; name each file after its "
-                               "table (e.g. person.csv) or move it out of the folder")
+            raise CdmImportError(f"{p}: no table {name!r} in OMOP CDM v{cdm.version}; name each file (or folder of "
+                                 "part files) after its table (e.g. person.csv) or move it out of the folder")
         if name in found:
             raise CdmImportError(f"{p}: table {name} also comes from {found[name].name}; keep one file per table")
         found[name] = p
@@ -366,11 +389,58 @@ def _line(line: int, skipped: list[tuple[int, int]]) -> int:
     return line
 
 
+def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimiter: str, strict: bool,
+               max_bad: int, used: int) -> tuple[int, list[BadRow], dict[str, tuple[int, str]]]:
+    """Load one file of a table: (rows loaded, rows left out, {field: (values cut, where the first is)}); more than
+    `max_bad` rows left out, with the `used` of the files before, stops the import."""
+    budget = max_bad - used
+    parquet = path.name.lower().endswith(".parquet")
+    invalid: list[tuple[str, int, int]] | None = None if parquet else []
+    batches = _parquet_batches(path) if parquet else _csv_batches(path, table, delimiter, invalid)
+    rows, bad, cut = 0, [], {}  # bad: (line as read, problems, raw row); cut: {field: (values, first line as read)}
+    for batch, line in batches:
+        if strict and invalid:
+            _stop_at_invalid(path, invalid)
+        left = 0 if strict else budget - len(bad) - len(invalid or [])
+        if left < 0:
+            _too_many_invalid(path, max_bad, invalid)
+        try:
+            data, problems, long = _conform(batch, table, schema, path, left)
+        except _TooMany as e:
+            i = min(e.bad)
+            at, why = _at(path, line(i)), e.bad[i][0][2]
+            if strict:
+                raise CdmImportError(f"{at}: {why}") from None
+            raise CdmImportError(
+                f"{path}: more than {max_bad:,} rows cannot be imported (the first: {at}: {why}): "
+                "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
+                "nothing was imported") from None
+        if problems:
+            raw = _raw_rows(batch, sorted(problems), None if parquet else _delimiter(path, delimiter))
+            bad += [(line(i), problems[i], raw[i]) for i in sorted(problems)]
+        for field, (n, i) in long.items():
+            before, at = cut.get(field, (0, line(i)))
+            cut[field] = (before + n, at)
+        rows += engine.load_arrow(table.name, data)
+    if strict and invalid:
+        _stop_at_invalid(path, invalid)
+    skipped = _invalid_lines(path, [t for t, _, _ in invalid]) if invalid else []
+    if invalid and len(bad) + len(invalid) > budget:
+        _too_many_invalid(path, max_bad, invalid)
+    known = sorted((x, t.count("\n") + 1) for x, (t, _, _) in zip(skipped, invalid or []) if x is not None)
+    left_out = [BadRow(table.name, path, _line(at, known), problems[0][0], problems[0][1],
+                       "; ".join(p[2] for p in problems), raw) for at, problems, raw in bad]
+    left_out += [BadRow(table.name, path, at, None, "malformed", _malformed(expected, found), text.encode())
+                 for (text, expected, found), at in zip(invalid or [], skipped)]
+    return rows, left_out, {f: (n, _at(path, _line(at, known))) for f, (n, at) in cut.items()}
+
+
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
                   progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
                   max_bad: int = MAX_BAD,
                   set_aside: Callable[[dict[str, Path], list[BadRow]], None] | None = None) -> dict[str, Imported]:
-    """Load every table file of `folder` into the store; return {table: Imported(file, rows, bad rows)}.
+    """Load every table file (or folder of part files) of `folder` into the store; return {table: Imported(file,
+    rows, bad rows)}.
 
     Rows that cannot be imported are left out and given to `set_aside` with the tables imported ({table: file};
     once, before the transaction commits: an error there rolls the import back); `strict`: the first one stops
@@ -390,51 +460,17 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                 progress(name, n, len(files))
             table = cdm.table(name)
             schema = ddl.arrow_schema(table)
-            parquet = path.name.lower().endswith(".parquet")
-            invalid: list[tuple[str, int, int]] | None = None if parquet else []
-            batches = _parquet_batches(path) if parquet else _csv_batches(path, table, delimiter, invalid)
             if engine.query(f'SELECT count(*) AS n FROM "{name}"').column(0)[0].as_py():
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
-            rows, bad, cut = 0, [], {}  # bad: (line as read, problems, raw row); cut: {field: (values, first)}
-            for batch, line in batches:
-                if strict and invalid:
-                    _stop_at_invalid(path, invalid)
-                budget = 0 if strict else max_bad - len(left_out) - len(bad) - len(invalid or [])
-                if budget < 0:
-                    _too_many_invalid(path, max_bad, invalid)
-                try:
-                    data, problems, long = _conform(batch, table, schema, path, budget)
-                except _TooMany as e:
-                    i = min(e.bad)
-                    at, why = _at(path, line(i)), e.bad[i][0][2]
-                    if strict:
-                        raise CdmImportError(f"{at}: {why}") from None
-                    raise CdmImportError(
-                        f"{path}: more than {max_bad:,} rows cannot be imported (the first: {at}: {why}): "
-                        "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
-                        "nothing was imported") from None
-                if problems:
-                    raw = _raw_rows(batch, sorted(problems), None if parquet else _delimiter(path, delimiter))
-                    bad += [(line(i), problems[i], raw[i]) for i in sorted(problems)]
-                for field, (n, i) in long.items():
-                    before, at = cut.get(field, (0, line(i)))
-                    cut[field] = (before + n, at)
-                rows += engine.load_arrow(name, data)
-            if strict and invalid:
-                _stop_at_invalid(path, invalid)
-            skipped = _invalid_lines(path, [t for t, _, _ in invalid]) if invalid else []
-            if invalid and len(left_out) + len(bad) + len(invalid) > max_bad:
-                _too_many_invalid(path, max_bad, invalid)
-            known = sorted((x, t.count("\n") + 1) for x, (t, _, _) in zip(skipped, invalid or []) if x is not None)
-            for at, problems, raw in bad:
-                field, reason, _ = problems[0]
-                left_out.append(BadRow(name, path, _line(at, known), field, reason,
-                                       "; ".join(p[2] for p in problems), raw))
-            for (text, expected, found), at in zip(invalid or [], skipped):
-                left_out.append(BadRow(name, path, at, None, "malformed", _malformed(expected, found),
-                                       text.encode()))
-            report[name] = Imported(path, rows, len(bad) + len(invalid or []),
-                                    {f: (n, _at(path, _line(at, known))) for f, (n, at) in cut.items()})
+            rows, bad, cut = 0, 0, {}
+            for part in _parts(path):
+                loaded, aside, long = _load_file(engine, table, schema, part, delimiter, strict, max_bad, len(left_out))
+                rows, bad = rows + loaded, bad + len(aside)
+                left_out += aside
+                for field, (k, at) in long.items():
+                    before, first = cut.get(field, (0, at))
+                    cut[field] = (before + k, first)
+            report[name] = Imported(path, rows, bad, cut)
         if set_aside:
             set_aside(dict(files), left_out)
         if progress:
