@@ -3,8 +3,10 @@ checks, the DQD-vs-spec list, `medlake cdm import` and `medlake quality run` (Du
 from __future__ import annotations
 
 from html import escape
+import bz2
 import csv
 import datetime as dt
+import gzip
 import json
 import os
 import shutil
@@ -399,6 +401,8 @@ PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethni
     ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person", False),
     ("person.csv", "person_id,year_of_birth\n1,1980\n", r"no column gender_concept_id, .*required in person", False),
     ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4", False),
+    ("Person.txt", PERSON_HEADER + "1,8507,1980,0,0\n", r"Person.txt: not a kind of file the import reads \(.csv "
+     r"\(any --delimiter\), .tsv, .parquet, or .csv/.tsv compressed as .gz, .bz2 or .zst\); convert or rename it", False),
     ("person.csv", PERSON_HEADER.replace(",", ";") + "1;8507;1980;0;0\n",
      r"person.csv: the header reads as one column: its fields are separated by ';' \(give --delimiter ';'\)", False),
 ])
@@ -529,6 +533,19 @@ def test_import_reads_a_table_from_a_folder_of_part_files(tmp_path):
     with pytest.raises(ValueError, match=r"measurment: no table 'measurment' in OMOP CDM v5.4; name each file \(or "
                                          r"folder of part files\) after its table"):
         importer.import_folder(eng, folder, "5.4")
+
+
+@pytest.mark.parametrize("suffix,compress", [(".csv.gz", gzip.compress), (".csv.bz2", bz2.compress),
+                                             (".tsv.gz", gzip.compress)])
+def test_import_reads_compressed_files_and_names_their_lines(tmp_path, suffix, compress):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    text = PERSON_HEADER + "1,8507,1980,0,0\n2,8507\n3,8532,19x0,0,0\n4,8532,1990,0,0\n"
+    (folder / f"person{suffix}").write_bytes(compress((text.replace(",", "\t") if "tsv" in suffix else text).encode()))
+    got = []
+    report = importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4", set_aside=lambda f, b: got.extend(b))
+    assert (report["person"].rows, report["person"].bad) == (2, 2)
+    assert sorted((b.line, b.reason) for b in got) == [(3, "malformed"), (4, "invalid")]
 
 
 def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):

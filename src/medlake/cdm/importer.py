@@ -1,6 +1,7 @@
 """`medlake cdm import`: load an existing OMOP CDM from a folder of CSV or Parquet files, one per table.
 
-Files are named after their table (`person.csv`, `PERSON.csv`, `condition_occurrence.parquet`, `.csv.gz`).
+Files are named after their table (`person.csv`, `PERSON.csv`, `condition_occurrence.parquet`, `.csv.gz`), or a
+table is a folder of part files (`measurement/part-00000.parquet`, as Spark writes it).
 Data is streamed in Arrow batches, converted to the CDM types of the spec, and loaded in ONE transaction.
 A row that cannot be imported (a value not of its field's type, an empty required field, a CSV line with the
 wrong number of fields) is set aside with its file, line, field and what to do, and handed to `set_aside` before the
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import gzip
 import io
 import json
 import re
@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 from medlake.cdm import ddl, model, store
 from medlake.cdm.vocab import index_lookups
 
-SUFFIXES = (".csv", ".csv.gz", ".tsv", ".parquet")
+SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv", ".tsv.gz", ".parquet")  # compressed: read as they come
+KINDS = ".csv (any --delimiter), .tsv, .parquet, or .csv/.tsv compressed as .gz, .bz2 or .zst"
 BATCH_BYTES = 8 << 20
 
 
@@ -106,6 +107,9 @@ def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
             name = p.name[: -len(".parquet")] if p.name.lower().endswith(".parquet") else p.name
         elif _suffix(p):
             name = p.name[: -len(_suffix(p))]
+        elif p.name.split(".")[0].lower() in cdm.table_names:  # person.txt, person.csv.zip: not left out unsaid
+            raise CdmImportError(f"{p}: not a kind of file the import reads ({KINDS}); convert or rename it, or move "
+                                 "it out of the folder")
         else:
             continue
         name = name.lower()
@@ -116,12 +120,12 @@ def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
             raise CdmImportError(f"{p}: table {name} also comes from {found[name].name}; keep one file per table")
         found[name] = p
     if not found:
-        raise CdmImportError(f"{folder}: no .csv, .csv.gz, .tsv or .parquet files")
+        raise CdmImportError(f"{folder}: no table files ({KINDS}, named after their table)")
     return found
 
 
 def _delimiter(path: Path, delimiter: str) -> str:
-    return "\t" if path.name.lower().endswith(".tsv") else delimiter
+    return "\t" if _suffix(path).startswith(".tsv") else delimiter
 
 
 def _breaks(batch: pa.RecordBatch) -> np.ndarray | None:
@@ -352,8 +356,8 @@ def _invalid_lines(path: Path, texts: list[str]) -> list[int | None]:
     its first line: a quoted value may run over several)."""
     texts = [t.split("\n", 1)[0].rstrip("\r") for t in texts]
     lines: list[int | None] = []
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+    with io.TextIOWrapper(pa.input_stream(path, compression="detect"), encoding="utf-8", errors="replace",
+                          newline="") as fh:
         want = iter(texts)
         text = next(want, None)
         for n, line in enumerate(fh, 1):
