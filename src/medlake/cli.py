@@ -754,6 +754,8 @@ def cdm_import(
                                   "writes)."),
     version: Optional[str] = typer.Option(None, "--version", help="OMOP CDM version of the files: 5.4 or 5.3."),
     delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Character encoding of the CSV files (e.g. cp1252, "
+                                 "latin-1, gb18030, utf-16); a value not in it goes to quarantine."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first row that cannot be imported (nothing "
                                 "is imported) instead of setting it aside in quarantine."),
     max_bad: int = typer.Option(1000, "--max-bad-rows", min=0, help="Stop (nothing imported) when more rows than "
@@ -779,6 +781,7 @@ def cdm_import(
                     bar.update(task, description=name, completed=done, total=total)
 
                 report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
+                                                encoding=encoding,
                                                 progress=tick, strict=strict, max_bad=max_bad,
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:

@@ -548,6 +548,39 @@ def test_import_reads_compressed_files_and_names_their_lines(tmp_path, suffix, c
     assert sorted((b.line, b.reason) for b in got) == [(3, "malformed"), (4, "invalid")]
 
 
+def test_import_sets_aside_values_not_in_the_files_encoding_and_reads_the_encoding_given(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    lines = [b"Person_Id,Gender_Concept_Id,Year_Of_Birth,Race_Concept_Id,Ethnicity_Concept_Id,Person_Source_Value",
+             b"1,8507,1980,0,0,M\xfcller", b"2,85\xe907,1990,0,0,00123", b"3,8532,1990,0,0,Fran\xe7oise"]
+    (folder / "person.csv").write_bytes(b"\r\n".join(lines) + b"\r\n")  # Windows' cp1252, as Excel saves it
+    eng = open_engine("duckdb::memory:")
+    got = []
+    report = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: got.extend(b))
+    assert (report["person"].rows, report["person"].bad) == (0, 3)
+    bad = {b.line: b for b in got}
+    assert {k: (b.reason, b.field) for k, b in bad.items()} == {
+        2: ("wrong_encoding", "person_source_value"), 3: ("wrong_encoding", "gender_concept_id"),
+        4: ("wrong_encoding", "person_source_value")}
+    assert bad[3].detail == ("field gender_concept_id: byte 3 (b'\\xe907') is not UTF-8; give the file's encoding "
+                             "with --encoding (e.g. cp1252, latin-1) or export it as UTF-8, and import again")
+    assert bad[2].raw == lines[1]  # the bytes as read
+    report = importer.import_folder(eng, folder, "5.4", encoding="cp1252")
+    assert (report["person"].rows, report["person"].bad) == (2, 1)  # 85é07 is no integer in any encoding
+    assert eng.query("SELECT person_source_value AS v FROM person ORDER BY person_id").column(0).to_pylist() == [
+        "Müller", "Françoise"]
+    (folder / "person.csv").write_bytes(("person_id\tgender_concept_id\tyear_of_birth\trace_concept_id\t"
+                                         "ethnicity_concept_id\tperson_source_value\n1\t8507\t1980\t0\t0\t"
+                                         "00123 Zoë\n").encode("utf-16"))  # Excel's "Unicode text": UTF-16, tabs
+    report = importer.import_folder(eng, folder, "5.4", encoding="utf-16", delimiter="\t")
+    assert eng.query("SELECT person_source_value AS v FROM person").column(0).to_pylist() == ["00123 Zoë"]
+    (folder / "person.csv").write_bytes(lines[0] + b"\n1,8507,1980,0,0,007\n")  # a header in mixed case: no guessing
+    importer.import_folder(eng, folder, "5.4")
+    assert eng.query("SELECT person_source_value AS v FROM person").column(0).to_pylist() == ["007"]
+    with pytest.raises(ValueError, match="'base64' is not a text encoding"):
+        importer.import_folder(eng, folder, "5.4", encoding="base64")
+
+
 def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
     folder = tmp_path / "cdm"
     folder.mkdir()

@@ -12,6 +12,7 @@ A table in the folder replaces the store's rows of that table, so importing twic
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import io
@@ -134,7 +135,7 @@ def _breaks(batch: pa.RecordBatch) -> np.ndarray | None:
     over their bytes)."""
     per_row = None
     for col in batch.columns:
-        data = col.buffers()[2] if len(col) and col.type == pa.string() else None
+        data = col.buffers()[2] if len(col) and col.type in (pa.string(), pa.binary()) else None
         if data is None:
             continue
         offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=len(col) + 1, offset=4 * col.offset)
@@ -145,13 +146,27 @@ def _breaks(batch: pa.RecordBatch) -> np.ndarray | None:
     return None if per_row is None else np.concatenate(([0], np.cumsum(per_row)))
 
 
-def _csv_batches(path: Path, table: model.Table, delimiter: str,
+def _text(path: Path, encoding: str) -> io.TextIOWrapper:
+    """The file as text (decompressed as its name says)."""
+    return io.TextIOWrapper(pa.input_stream(path, compression="detect"), encoding=encoding, errors="replace",
+                            newline="")
+
+
+def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
+    try:
+        with _text(path, encoding) as fh:
+            return next(csv.reader([fh.readline().lstrip("\ufeff")], delimiter=delimiter), [])
+    except (OSError, pa.ArrowInvalid) as e:
+        raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
+
+
+def _csv_batches(path: Path, delimiter: str, encoding: str,
                  invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, Callable]]:
-    """(batch of strings, the file line of its row i as `line(i)`). `invalid`: lines with the wrong number of
-    fields are appended to it (text, fields expected, fields found) and skipped (the line numbers of later rows are
-    then fixed by `_invalid_lines`); without it they stop the import."""
-    names = table.field_names
-    types = {n: pa.string() for n in names} | {n.upper(): pa.string() for n in names}
+    """(batch of bytes, as in the file but for `encoding` read as UTF-8; the file line of its row i as `line(i)`).
+    `invalid`: lines with the wrong number of fields are appended to it (text, fields expected, fields found) and
+    skipped (the line numbers of later rows are then fixed by `_invalid_lines`); without it they stop the import."""
+    delimiter = _delimiter(path, delimiter)
+    types = {n: pa.binary() for n in _header(path, delimiter, encoding)}  # every column as written: no guessing
 
     def skip(row) -> str:
         invalid.append((row.text, row.expected_columns, row.actual_columns))
@@ -159,8 +174,8 @@ def _csv_batches(path: Path, table: model.Table, delimiter: str,
 
     try:
         reader = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES),
-            parse_options=pacsv.ParseOptions(delimiter=_delimiter(path, delimiter), newlines_in_values=True,
+            path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=encoding),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                              invalid_row_handler=skip if invalid is not None else None),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
                                                  null_values=[""], quoted_strings_can_be_null=True))
@@ -244,21 +259,44 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
 CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
 
 
-def _refused(col: pa.Array, f: model.Field, target: pa.DataType, limit: int) -> list[int]:
-    """Indices of the values `_cast` refuses, found by casting halves (the same conversion, not a re-implementation
-    of it); stops after `limit` + 1."""
+def _refused(convert: Callable[[pa.Array], pa.Array], col: pa.Array, limit: int) -> list[int]:
+    """Indices of the values `convert` refuses, found by converting halves (the same conversion, not a
+    re-implementation of it); stops after `limit` + 1."""
     found: list[int] = []
     todo = [(0, len(col))]
     while todo and len(found) <= limit:
         lo, n = todo.pop()
         try:
-            _cast(col.slice(lo, n), f, target)
+            convert(col.slice(lo, n))
         except CAST_ERRORS:
             if n == 1:
                 found.append(lo)
             else:
                 todo += [(lo + n // 2, n - n // 2), (lo, n // 2)]
     return sorted(found)
+
+
+def _utf8(col: pa.Array, name: str, limit: int, bad: dict[int, list[tuple[str, str, str]]],
+          garbled: set[tuple[int, str]]) -> pa.Array:
+    """A column of bytes as text; a value that is not UTF-8 is added to `bad` (and `garbled`) and left empty."""
+    try:
+        return col.cast(pa.string())
+    except CAST_ERRORS:
+        pass
+    wrong = _refused(lambda c: c.cast(pa.string()), col, limit)
+    for i in wrong:
+        v = col[i].as_py()
+        try:
+            v.decode("utf-8")
+        except UnicodeDecodeError as e:
+            at = f"byte {e.start + 1} ({v[e.start:e.start + 4]!r})"
+        bad.setdefault(i, []).append((name, "wrong_encoding", f"field {name}: {at} is not UTF-8; give the file's "
+                                      "encoding with --encoding (e.g. cp1252, latin-1) or export it as UTF-8, and "
+                                      "import again"))
+        garbled.add((i, name))
+    mask = np.zeros(len(col), dtype=bool)
+    mask[wrong] = True
+    return pc.if_else(pa.array(mask), pa.scalar(None, pa.binary()), col).cast(pa.string())
 
 
 def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int
@@ -283,6 +321,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         raise CdmImportError(f"{path}: no column {', '.join(absent)}, required in {table.name}: add it to "
                            "the file")
     bad: dict[int, list[tuple[str, str, str]]] = {}
+    garbled: set[tuple[int, str]] = set()  # (row, field) of values that are not UTF-8: left empty, said once
+    for name, col in list(data.items()):
+        if pa.types.is_binary(col.type):
+            data[name] = _utf8(col, name, limit, bad, garbled)
     done: dict[str, pa.Array] = {}
     for f, af in zip(table.fields, schema):
         col = data.get(f.name)
@@ -290,12 +332,13 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             continue
         if f.required and col.null_count:
             for i in pc.indices_nonzero(col.is_null()).to_pylist():
-                bad.setdefault(i, []).append((f.name, "missing_mandatory", f"field {f.name} is required in "
-                                              f"{table.name} but empty; fill it in the file and import again"))
+                if (i, f.name) not in garbled:
+                        bad.setdefault(i, []).append((f.name, "missing_mandatory", f"field {f.name} is required in "
+                                                  f"{table.name} but empty; fill it in the file and import again"))
         try:
             done[f.name] = _cast(col, f, af.type)
         except CAST_ERRORS:
-            for i in _refused(col, f, af.type, limit):
+            for i in _refused(lambda c: _cast(c, f, af.type), col, limit):
                 v = col[i].as_py()
                 bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read {v!r} as {f.kind} "
                                               f"({_why(v, f.kind)}); fix the value in the file and import again"))
@@ -341,23 +384,23 @@ def _raw_rows(batch: pa.RecordBatch, rows: list[int], csv_delimiter: str | None)
     out = {}
     for i in rows:
         values = [batch.column(k)[i].as_py() for k in range(len(names))]
+        values = [v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v for v in values]
         if csv_delimiter is None:
-            out[i] = json.dumps(dict(zip(names, values)), default=str).encode()
+            out[i] = json.dumps(dict(zip(names, values)), default=str).encode("utf-8", "surrogateescape")
         else:
             buf = io.StringIO()
             csv.writer(buf, delimiter=csv_delimiter, lineterminator="").writerow(["" if v is None else v
                                                                                  for v in values])
-            out[i] = buf.getvalue().encode()
+            out[i] = buf.getvalue().encode("utf-8", "surrogateescape")  # the bytes as read, not UTF-8 ones too
     return out
 
 
-def _invalid_lines(path: Path, texts: list[str]) -> list[int | None]:
+def _invalid_lines(path: Path, texts: list[str], encoding: str) -> list[int | None]:
     """The file lines of the CSV rows the reader skipped (it does not number them), found in order by text (by
     its first line: a quoted value may run over several)."""
     texts = [t.split("\n", 1)[0].rstrip("\r") for t in texts]
     lines: list[int | None] = []
-    with io.TextIOWrapper(pa.input_stream(path, compression="detect"), encoding="utf-8", errors="replace",
-                          newline="") as fh:
+    with _text(path, encoding) as fh:
         want = iter(texts)
         text = next(want, None)
         for n, line in enumerate(fh, 1):
@@ -374,9 +417,9 @@ def _malformed(expected: int, found: int) -> str:
             "import again")
 
 
-def _stop_at_invalid(path: Path, invalid: list[tuple[str, int, int]]):
+def _stop_at_invalid(path: Path, invalid: list[tuple[str, int, int]], encoding: str):
     text, expected, found = invalid[0]
-    raise CdmImportError(f"{_at(path, _invalid_lines(path, [text])[0])}: {_malformed(expected, found)}")
+    raise CdmImportError(f"{_at(path, _invalid_lines(path, [text], encoding)[0])}: {_malformed(expected, found)}")
 
 
 def _too_many_invalid(path: Path, max_bad: int, invalid: list[tuple[str, int, int]]):
@@ -393,18 +436,18 @@ def _line(line: int, skipped: list[tuple[int, int]]) -> int:
     return line
 
 
-def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimiter: str, strict: bool,
-               max_bad: int, used: int) -> tuple[int, list[BadRow], dict[str, tuple[int, str]]]:
+def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimiter: str, encoding: str,
+               strict: bool, max_bad: int, used: int) -> tuple[int, list[BadRow], dict[str, tuple[int, str]]]:
     """Load one file of a table: (rows loaded, rows left out, {field: (values cut, where the first is)}); more than
     `max_bad` rows left out, with the `used` of the files before, stops the import."""
     budget = max_bad - used
     parquet = path.name.lower().endswith(".parquet")
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
-    batches = _parquet_batches(path) if parquet else _csv_batches(path, table, delimiter, invalid)
+    batches = _parquet_batches(path) if parquet else _csv_batches(path, delimiter, encoding, invalid)
     rows, bad, cut = 0, [], {}  # bad: (line as read, problems, raw row); cut: {field: (values, first line as read)}
     for batch, line in batches:
         if strict and invalid:
-            _stop_at_invalid(path, invalid)
+            _stop_at_invalid(path, invalid, encoding)
         left = 0 if strict else budget - len(bad) - len(invalid or [])
         if left < 0:
             _too_many_invalid(path, max_bad, invalid)
@@ -427,8 +470,8 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimi
             cut[field] = (before + n, at)
         rows += engine.load_arrow(table.name, data)
     if strict and invalid:
-        _stop_at_invalid(path, invalid)
-    skipped = _invalid_lines(path, [t for t, _, _ in invalid]) if invalid else []
+        _stop_at_invalid(path, invalid, encoding)
+    skipped = _invalid_lines(path, [t for t, _, _ in invalid], encoding) if invalid else []
     if invalid and len(bad) + len(invalid) > budget:
         _too_many_invalid(path, max_bad, invalid)
     known = sorted((x, t.count("\n") + 1) for x, (t, _, _) in zip(skipped, invalid or []) if x is not None)
@@ -440,7 +483,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimi
 
 
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
-                  progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
+                  encoding: str = "utf-8", progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
                   max_bad: int = MAX_BAD,
                   set_aside: Callable[[dict[str, Path], list[BadRow]], None] | None = None) -> dict[str, Imported]:
     """Load every table file (or folder of part files) of `folder` into the store; return {table: Imported(file,
@@ -453,6 +496,11 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     if len(delimiter) != 1:
         raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), "
                              f"not {delimiter!r}")
+    try:
+        if not codecs.lookup(encoding)._is_text_encoding:
+            raise LookupError
+    except LookupError:
+        raise CdmImportError(f"{encoding!r} is not a text encoding (e.g. utf-8, cp1252, latin-1, gb18030, utf-16)")
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)
@@ -468,7 +516,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
             rows, bad, cut = 0, 0, {}
             for part in _parts(path):
-                loaded, aside, long = _load_file(engine, table, schema, part, delimiter, strict, max_bad, len(left_out))
+                loaded, aside, long = _load_file(engine, table, schema, part, delimiter, encoding, strict, max_bad,
+                                                 len(left_out))
                 rows, bad = rows + loaded, bad + len(aside)
                 left_out += aside
                 for field, (k, at) in long.items():
