@@ -166,7 +166,10 @@ def _csv_batches(path: Path, delimiter: str, encoding: str,
     `invalid`: lines with the wrong number of fields are appended to it (text, fields expected, fields found) and
     skipped (the line numbers of later rows are then fixed by `_invalid_lines`); without it they stop the import."""
     delimiter = _delimiter(path, delimiter)
-    types = {n: pa.binary() for n in _header(path, delimiter, encoding)}  # every column as written: no guessing
+    header = _header(path, delimiter, encoding)
+    if not header or header == [""]:  # an empty file (as some exports write an empty table): no rows
+        return
+    types = {n: pa.binary() for n in header}  # every column as written: no guessing
 
     def skip(row) -> str:
         invalid.append((row.text, row.expected_columns, row.actual_columns))
@@ -315,6 +318,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                                      f"(give --delimiter {sep!r})")
         raise CdmImportError(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
                            f"(fields: {', '.join(table.field_names)})")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CdmImportError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header; keep one "
+                             "of each")
     data = dict(zip(names, batch.columns))
     absent = [f.name for f in table.fields if f.required and f.name not in data]
     if absent:
