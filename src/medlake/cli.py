@@ -524,8 +524,9 @@ def quality_run(
         d = s["since_last_run"]
         out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s), {len(d['fixed'])} fixed",
                   highlight=False)
+    resumed = f", resumed {len(s['resumed_tables'])} from the interrupted run" if s.get("resumed_tables") else ""
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
-              f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged")
+              f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged{resumed}")
     if s["excluded_tables"]:
         out.print(f"not checked (--exclude): {', '.join(s['excluded_tables'])}", highlight=False)
     if s.get("tables"):

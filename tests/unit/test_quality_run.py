@@ -143,6 +143,7 @@ def test_a_crashed_run_resumes_where_it_stopped(store, tmp_path):
     done = runner.Runner(store, "5.4", out).run()
     assert done.dir == unfinished[0] and len(done.resumed) == 5
     assert len(done.results) == len(SUITE)
+    assert ", resumed 5 from the interrupted run" in (done.dir / "report.html").read_text()
 
 
 def test_vocabulary_tables_are_excluded_as_dqd_does_unless_asked(store, tmp_path):

@@ -203,6 +203,7 @@ def render(run, history: list[dict]) -> str:
         f"{escape(s['engine'])} store {escape(s['store'])} · OMOP CDM v{escape(s['cdm_version'])} ({escape(s.get('cdm_version_from', ''))}) · "
         f"{s['queries']} queries, {s['seconds']} s · rechecked {len(s['rechecked_tables'])} table(s), "
         f"reused {len(s['reused_tables'])}"
+        + (f", resumed {len(s['resumed_tables'])} from the interrupted run" if s.get("resumed_tables") else "")
         + (f" · not checked: {escape(', '.join(s['excluded_tables']))}" if s.get("excluded_tables") else "")
         + (f" · only the tables {escape(', '.join(s['tables']))}" if s.get("tables") else "")
         + (f" · DQD's rules and thresholds from the site's files {escape(', '.join(Path(f).name for f in s['dqd_thresholds']))}"
