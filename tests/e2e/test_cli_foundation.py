@@ -62,6 +62,22 @@ def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+def test_a_store_another_process_holds_is_named_with_what_to_do(tmp_path):
+    """DuckDB lets one process at a time open a file to write: a transform or a notebook holding the store."""
+    store = tmp_path / "s.duckdb"
+    assert run("--store", f"duckdb:{store}", "init", cwd=tmp_path).returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(store)!r}); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        r = run("--store", f"duckdb:{store}", "quality", "run", cwd=tmp_path)
+    finally:
+        holder.kill()
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "another process has it open (" in r.stderr and f"PID {holder.pid}: a transform, a notebook?); let it " \
+        "finish or close it, and run again" in r.stderr
+
+
 def test_status_of_an_existing_ohdsi_cdm_medlake_did_not_create(tmp_path):
     """A v5.3 CDM created by other tools (no medlake record): status reads the version and counts, and does not ask
     for `medlake init` (which would write to that database)."""

@@ -1,6 +1,7 @@
 """DuckDB: the embedded default. One file, nothing to start."""
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class DuckDBEngine:
         try:
             self.con = duckdb.connect(self.path, read_only=read_only, config=config)
         except duckdb.Error as e:
+            held = re.search(r"Conflicting lock is held in (.*?) \(PID (\d+)\)", str(e))
+            if held:  # DuckDB lets one process at a time open a file to write
+                raise EngineError(f"cannot open DuckDB store {self.path}: another process has it open ({held[1]}, "
+                                  f"PID {held[2]}: a transform, a notebook?); let it finish or close it, and run "
+                                  "again") from e
             raise EngineError(f"cannot open DuckDB store {self.path}: {e}") from e
         for macro in DUCKDB_MACROS:
             self.con.execute(macro)
