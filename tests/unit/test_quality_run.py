@@ -404,6 +404,12 @@ PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethni
     ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person", False),
     ("person.csv", "person_id,year_of_birth\n1,1980\n", r"no column gender_concept_id, .*required in person", False),
     ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4", False),
+    ("attribute_definition.csv", "attribute_definition_id\n1\n", r"attribute_definition is a table of OMOP CDM v5.3, "
+     r"not v5.4: give --version 5.3 if the files are v5.3", False),
+    ("visit_occurrence.csv", "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_end_date,"
+     "visit_type_concept_id,admitting_source_concept_id\n1,1,9201,2020-01-01,2020-01-02,32817,0\n",
+     r"visit_occurrence.csv: column\(s\) admitting_source_concept_id are fields of visit_occurrence in OMOP CDM v5.3, "
+     r"not v5.4: give --version 5.3 if the files are v5.3", False),
     ("person.csv", "person_id,PERSON_ID\n1,2\n", r"person.csv: column\(s\) person_id appear more than once", False),
     ("Person.txt", PERSON_HEADER + "1,8507,1980,0,0\n", r"Person.txt: not a kind of file the import reads \(.csv "
      r"\(any --delimiter\), .tsv, .parquet, or .csv/.tsv compressed as .gz, .bz2 or .zst\); convert or rename it", False),

@@ -42,6 +42,16 @@ class CdmImportError(ValueError):
     """A file cannot be imported; the message names the file, line, field and what to do."""
 
 
+class UnknownColumns(CdmImportError):
+    def __init__(self, message: str, columns: list[str]):
+        super().__init__(message)
+        self.columns = columns
+
+
+def _other_version(version: str) -> str:
+    return next(v for v in model.VERSIONS if v != version)
+
+
 class BadRow(NamedTuple):
     """A row left out of the import: where (file, CSV line or Parquet row, field), why, and the row as read."""
     table: str
@@ -115,6 +125,10 @@ def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
             continue
         name = name.lower()
         if name not in cdm.table_names:
+            other = _other_version(cdm.version)
+            if name in model.load(other).table_names:
+                raise CdmImportError(f"{p}: {name} is a table of OMOP CDM v{other}, not v{cdm.version}: give "
+                                     f"--version {other} if the files are v{other}, or move it out of the folder")
             raise CdmImportError(f"{p}: no table {name!r} in OMOP CDM v{cdm.version}; name each file (or folder of "
                                  "part files) after its table (e.g. person.csv) or move it out of the folder")
         if name in found:
@@ -316,8 +330,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             if sep:
                 raise CdmImportError(f"{path}: the header reads as one column: its fields are separated by {sep!r} "
                                      f"(give --delimiter {sep!r})")
-        raise CdmImportError(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
-                           f"(fields: {', '.join(table.field_names)})")
+        raise UnknownColumns(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
+                             f"(fields: {', '.join(table.field_names)})", unknown)
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise CdmImportError(f"{path}: column(s) {', '.join(twice)} appear more than once in the header; keep one "
@@ -523,8 +537,16 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
             rows, bad, cut = 0, 0, {}
             for part in _parts(path):
-                loaded, aside, long = _load_file(engine, table, schema, part, delimiter, encoding, strict, max_bad,
-                                                 len(left_out))
+                try:
+                    loaded, aside, long = _load_file(engine, table, schema, part, delimiter, encoding, strict,
+                                                     max_bad, len(left_out))
+                except UnknownColumns as e:
+                    other = model.load(_other_version(version))
+                    if name in other.table_names and set(e.columns) <= set(other.table(name).field_names):
+                        raise CdmImportError(f"{part}: column(s) {', '.join(e.columns)} are fields of {name} in OMOP "
+                                             f"CDM v{other.version}, not v{version}: give --version {other.version} "
+                                             f"if the files are v{other.version}") from None
+                    raise
                 rows, bad = rows + loaded, bad + len(aside)
                 left_out += aside
                 for field, (k, at) in long.items():
