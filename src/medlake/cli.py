@@ -463,7 +463,8 @@ def quality_run(
     write_table: Optional[str] = typer.Option(
         None, "--write-table", metavar="NAME",
         help="Also put the DQD checks' results in table NAME of the store, in DQD's layout (e.g. "
-             "dqdashboard_results, as DQD's writeToTable); its rows are replaced each run."),
+             "dqdashboard_results, as DQD's writeToTable); its rows are replaced each run. It is made in the store's "
+             "first schema: on PostgreSQL name the results schema first on the search path."),
     check_levels: Optional[str] = typer.Option(
         None, "--check-levels", metavar="LEVELS",
         help="Only checks of these levels, comma-separated (DQD's checkLevels): TABLE, FIELD, CONCEPT, and SOURCE "

@@ -670,6 +670,9 @@ def test_cli_import_then_quality_run(tmp_path):
     p = subprocess.run(cli + ["quality", "run", "--write-table", "person"], env=env, cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: table person exists with other")
+    p = subprocess.run(cli + ["quality", "run", "--write-table", "results.dqdashboard_results"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)  # DQD's resultsDatabaseSchema: the search path's first schema
+    assert p.returncode == 1 and "first on the search path (?options=-csearch_path%3Dresults,cdm" in p.stderr
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     n = eng.query("SELECT count(*) AS n, sum(failed) AS f FROM dqdashboard_results").to_pylist()[0]
     eng.close()

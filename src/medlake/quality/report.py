@@ -424,7 +424,9 @@ def dqd_table_exists(engine, name: str) -> bool:
     name or a table of that name has other columns (it is left alone)."""
     if not TABLE_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a table name (letters, digits, _): name the results table plainly, "
-                         "e.g. dqdashboard_results")
+                         "e.g. dqdashboard_results; it is written in the store's first schema, so on PostgreSQL "
+                         "name DQD's results schema first on the search path "
+                         "(?options=-csearch_path%3Dresults,cdm in the store URL)")
     if name.lower() not in {t.lower() for t in engine.tables()}:
         return False
     have = [c.name.lower() for c in engine.columns(name.lower())]
