@@ -377,17 +377,29 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
         "person_id,gender_concept_id,year_of_birth,birth_datetime,race_concept_id,ethnicity_concept_id\n"
         "1,8507,1950,1950-03-04 10:00:00.250,0,0\n2,8507,1950,1950-03-04T10:00:00Z,0,0\n"
         "3,8507,1950,1950-03-04T10:00:00+02:00,0,0\n4,8507,1950,1950-03-04 10:00-0500,0,0\n"
-        "5,8507,1950,1950-13-04 10:00:00,0,0\n")
+        "5,8507,1950,1950-13-04 10:00:00,0,0\n6,8507,1950,19500304,0,0\n")
+    # a day as a number in Parquet (an export's YYYYMMDD): read as in a CSV file, not as days since 1970
+    pq.write_table(pa.table({"person_id": [1, 2, 3], "death_date": pa.array([20200131, 18262, 20200229], pa.int32()),
+                             "death_datetime": pa.array([20200131.0, None, None]),
+                             "death_type_concept_id": [32817] * 3}), folder / "death.parquet")
     eng = open_engine("duckdb::memory:")
     aside = []
     report = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: aside.extend(b))
-    assert {k: (r.rows, r.bad) for k, r in report.items()} == {"observation_period": (2, 1), "person": (4, 1)}
+    assert {k: (r.rows, r.bad) for k, r in report.items()} == {
+        "death": (2, 1), "observation_period": (2, 1), "person": (5, 1)}
+    assert eng.query("SELECT death_date AS d, death_datetime AS t FROM death ORDER BY 1").to_pylist() == [
+        {"d": dt.date(2020, 1, 31), "t": dt.datetime(2020, 1, 31)}, {"d": dt.date(2020, 2, 29), "t": None}]
+    assert [b.detail for b in aside if b.table == "death"] == [
+        "field death_date: cannot read 18262 as date (a date is read as YYYY-MM-DD or YYYYMMDD); fix the value in the "
+        "file and import again"]
+    aside = [b for b in aside if b.table != "death"]
     periods = eng.query("SELECT observation_period_start_date AS s, observation_period_end_date AS e "
                         "FROM observation_period ORDER BY 1").to_pylist()
     assert periods == [{"s": dt.date(2010, 1, 1), "e": dt.date(2020, 12, 31)},
                        {"s": dt.date(2015, 1, 1), "e": dt.date(2016, 1, 1)}]
     births = eng.query("SELECT birth_datetime AS b FROM person ORDER BY person_id").column(0).to_pylist()
-    assert births == [dt.datetime(1950, 3, 4, 10, 0, 0, 250000)] + [dt.datetime(1950, 3, 4, 10, 0)] * 3
+    assert births == [dt.datetime(1950, 3, 4, 10, 0, 0, 250000)] + [dt.datetime(1950, 3, 4, 10, 0)] * 3 + [
+        dt.datetime(1950, 3, 4)]
     why = sorted(b.detail for b in aside)
     assert len(why) == 2 and "month must be in 1..12" in why[0] and "day is out of range for month" in why[1], why
 

@@ -258,15 +258,17 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
     """The field's column as the spec's type (raises ArrowInvalid where a value cannot be read so)."""
     if col.type == target:
         return col
+    if f.kind in ("date", "datetime") and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+        col = pc.cast(pc.cast(col, pa.int64()), pa.string())  # a number is a day as YYYYMMDD, as in a CSV file
     if f.kind in ("date", "datetime") and pa.types.is_string(col.type):
         s = pc.replace_substring_regex(pc.utf8_trim_whitespace(col), ZONE, r"\1")
-        if f.kind == "datetime":
-            return pc.cast(s, target)
         compact = pc.match_substring_regex(s, r"^\d{8}$")
         if pc.any(compact).as_py():  # 20200131 as written by some exports
             s = pc.if_else(compact, pc.binary_join_element_wise(
                 pc.utf8_slice_codeunits(s, 0, 4), pc.utf8_slice_codeunits(s, 4, 6),
                 pc.utf8_slice_codeunits(s, 6, 8), "-"), s)
+        if f.kind == "datetime":
+            return pc.cast(s, target)
         return pc.cast(pc.cast(s, pa.timestamp("us")), target)  # (a time after the day, as SQL Server's .000, read)
     if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
         col = pc.utf8_trim_whitespace(col)
