@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -393,6 +394,14 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
         "field death_date: cannot read 18262 as date (a date is read as YYYY-MM-DD or YYYYMMDD); fix the value in the "
         "file and import again"]
     aside = [b for b in aside if b.table != "death"]
+    # a time with its zone (pandas' tz-aware column): the clock's time there, the day beside it the same day
+    local = pc.assume_timezone(pa.array([dt.datetime(2020, 1, 1, 0, 30)], pa.timestamp("us")), "Europe/Paris")
+    pq.write_table(pa.table({"visit_occurrence_id": [1], "person_id": [1], "visit_concept_id": [9201],
+                             "visit_start_date": local, "visit_start_datetime": local, "visit_end_date": local,
+                             "visit_type_concept_id": [32817]}), folder / "visit_occurrence.parquet")
+    importer.import_folder(eng, folder, "5.4")
+    assert eng.query("SELECT visit_start_date AS d, visit_start_datetime AS t FROM visit_occurrence").to_pylist() == [
+        {"d": dt.date(2020, 1, 1), "t": dt.datetime(2020, 1, 1, 0, 30)}]
     periods = eng.query("SELECT observation_period_start_date AS s, observation_period_end_date AS e "
                         "FROM observation_period ORDER BY 1").to_pylist()
     assert periods == [{"s": dt.date(2010, 1, 1), "e": dt.date(2020, 12, 31)},

@@ -258,6 +258,8 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
     """The field's column as the spec's type (raises ArrowInvalid where a value cannot be read so)."""
     if col.type == target:
         return col
+    if pa.types.is_timestamp(col.type) and col.type.tz:  # the time as the clock read there, as a CSV file's
+        col = pc.local_timestamp(col)                      # (the cast would give UTC's; its date, the local one)
     if f.kind in ("date", "datetime") and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         col = pc.cast(pc.cast(col, pa.int64()), pa.string())  # a number is a day as YYYYMMDD, as in a CSV file
     if f.kind in ("date", "datetime") and pa.types.is_string(col.type):
