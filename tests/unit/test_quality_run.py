@@ -355,11 +355,12 @@ def _write_cdm(folder: Path):
 def test_import_csv_and_parquet_twice_is_a_no_op(tmp_path):
     _write_cdm(tmp_path / "cdm")
     (tmp_path / "cdm" / "death.csv").write_text("")  # an empty table as some exports write it: no header either
-    eng = open_engine("duckdb::memory:")
+    (tmp_path / "cdm" / "care_site.csv").write_text("care_site_id,care_site_name,\n1,ICU,\n")  # a delimiter ending
+    eng = open_engine("duckdb::memory:")                                                     # every line
     for _ in range(2):
         report = importer.import_folder(eng, tmp_path / "cdm", "5.4")
     assert {k: (r.rows, r.bad) for k, r in report.items()} == {
-        "condition_occurrence": (2, 0), "death": (0, 0), "person": (2, 0)}
+        "care_site": (1, 0), "condition_occurrence": (2, 0), "death": (0, 0), "person": (2, 0)}
     assert eng.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 2
     rows = eng.query("SELECT year_of_birth, birth_datetime FROM person ORDER BY person_id").to_pylist()
     assert rows[0]["year_of_birth"] == 1980 and rows[1]["birth_datetime"] is None
@@ -425,6 +426,8 @@ PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethni
     ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person", False),
     ("person.csv", "person_id,year_of_birth\n1,1980\n", r"no column gender_concept_id, .*required in person", False),
     ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4", False),
+    ("person.csv", PERSON_HEADER.replace("\n", ",\n") + "1,8507,1980,0,0,x\n",
+     "person.csv: a column without a name in the header holds values; name it or remove it", False),
     ("attribute_definition.csv", "attribute_definition_id\n1\n", r"attribute_definition is a table of OMOP CDM v5.3, "
      r"not v5.4: give --version 5.3 if the files are v5.3", False),
     ("visit_occurrence.csv", "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_end_date,"

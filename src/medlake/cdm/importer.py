@@ -327,6 +327,11 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted:
     {field: (values cut, row index of the first)}."""
     names = [n.lower().strip() for n in batch.schema.names]
+    if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
+        if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
+            raise CdmImportError(f"{path}: a column without a name in the header holds values; name it or remove it")
+        keep = [i for i, n in enumerate(names) if n]
+        batch, names = batch.select(keep), [names[i] for i in keep]
     unknown = [n for n in names if n not in table.field_names]
     if unknown:
         if len(names) == 1:  # the header read as one column: another delimiter than the file's
