@@ -758,6 +758,8 @@ def cdm_import(
     delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Character encoding of the CSV files (e.g. cp1252, "
                                  "latin-1, gb18030, utf-16); a value not in it goes to quarantine."),
+    nulls: list[str] = typer.Option([], "--null", help="A text that means empty in the CSV files besides the empty "
+                                    "text, as SQL Server writes NULL and R writes NA (repeat for more)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first row that cannot be imported (nothing "
                                 "is imported) instead of setting it aside in quarantine."),
     max_bad: int = typer.Option(1000, "--max-bad-rows", min=0, help="Stop (nothing imported) when more rows than "
@@ -768,7 +770,8 @@ def cdm_import(
     A row that cannot be imported (a value not of its field's type, an empty required field, a CSV line with the
     wrong number of fields) goes to quarantine with its file, line and field; the rest loads. Importing a table
     again resolves its earlier quarantined rows (the file replaces the table). Text longer than the spec's length
-    for its field is cut to it (as the CDM's tables hold it), with a warning naming the field."""
+    for its field is cut to it (as the CDM's tables hold it), with a warning naming the field; so is a NULL kept as
+    text (give --null NULL if it means empty)."""
     from medlake.cdm import importer, model
     from medlake.landing.quarantine import Quarantine
 
@@ -783,7 +786,7 @@ def cdm_import(
                     bar.update(task, description=name, completed=done, total=total)
 
                 report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
-                                                encoding=encoding,
+                                                encoding=encoding, nulls=tuple(nulls),
                                                 progress=tick, strict=strict, max_bad=max_bad,
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:
@@ -801,11 +804,13 @@ def cdm_import(
     out.print(t)
     cdm = model.load(version)
     for name, r in report.items():
-        for field, (n, first) in r.cut.items():
+        for (field, what), (n, first) in r.notes.items():
             length = cdm.table(name).field(field).length
-            err.print(f"warning: {name}.{field}: {n:,} value(s) longer than the {length} characters OMOP CDM "
-                      f"v{version} gives the field, cut to {length} (the first: {first}); shorten them in the file "
-                      "to choose what is kept", highlight=False, markup=False, soft_wrap=True)
+            says = (f"{n:,} value(s) longer than the {length} characters OMOP CDM v{version} gives the field, cut to "
+                    f"{length} (the first: {first}); shorten them in the file to choose what is kept" if what == "cut"
+                    else f"{n:,} value(s) NULL or \\N kept as text (the first: {first}); give --null NULL (or "
+                    "--null '\\N') if they mean empty")
+            err.print(f"warning: {name}.{field}: {says}", highlight=False, markup=False, soft_wrap=True)
     if bad:
         out.print(f"{sum(bad.values()):,} row(s) could not be imported and are in quarantine (source "
                   f"{', '.join(importer.quarantine_source(t) for t in bad)}): see `medlake quarantine list`, fix the "

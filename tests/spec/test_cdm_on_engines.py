@@ -186,7 +186,7 @@ def test_cdm_import_sets_bad_rows_aside_and_a_failed_import_leaves_the_store_as_
     aside = []
     report = importer.import_folder(engine, folder, "5.4", set_aside=lambda files, bad: aside.extend(bad))
     assert {t: (r.rows, r.bad) for t, r in report.items()} == {"death": (1, 1), "person": (2, 2)}
-    assert report["person"].cut == {"person_source_value": (1, f"{folder / 'person.csv'}:4")}
+    assert report["person"].notes == {("person_source_value", "cut"): (1, f"{folder / 'person.csv'}:4")}
     assert engine.query("SELECT person_source_value AS v FROM person WHERE person_id = 3").column(0).to_pylist() == [
         "é" * 49 + "ü"]
     assert sorted((b.table, b.line, b.reason) for b in aside) == [

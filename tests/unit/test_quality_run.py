@@ -455,6 +455,25 @@ def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name,
     assert aside == []
 
 
+def test_import_reads_the_texts_that_mean_empty(tmp_path):
+    """SQL Server writes NULL, R writes NA: without --null an integer's NULL is set aside saying to give it."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth,month_of_birth,race_concept_id,"
+                                       "ethnicity_concept_id,person_source_value\n1,8507,1980,NULL,0,0,NULL\n"
+                                       "2,8507,1980,NA,0,0,p2\n3,8507,1980,4,0,0,NA\n")
+    eng = open_engine("duckdb::memory:")
+    got = []
+    report = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: got.extend(b))
+    assert (report["person"].rows, report["person"].bad) == (1, 2)
+    assert [b.detail.split("; ")[-1] for b in got] == ["if it means empty, give --null 'NULL'",
+                                                       "if it means empty, give --null 'NA'"]
+    report = importer.import_folder(eng, folder, "5.4", nulls=("NULL", "NA"))
+    assert (report["person"].rows, report["person"].bad, report["person"].notes) == (3, 0, {})
+    assert eng.query("SELECT month_of_birth AS m, person_source_value AS v FROM person ORDER BY person_id").to_pylist(
+    ) == [{"m": None, "v": None}, {"m": None, "v": "p2"}, {"m": 4, "v": None}]
+
+
 def test_import_delimiter_is_one_character(tmp_path):
     _write_cdm(tmp_path / "cdm")
     with pytest.raises(ValueError, match=r"the delimiter must be one character .*, not ';;'"):
@@ -667,7 +686,8 @@ def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):
 def test_cli_import_then_quality_run(tmp_path):
     _write_cdm(tmp_path / "cdm")
     (tmp_path / "cdm" / "death.csv").write_text("person_id,death_date,death_type_concept_id,cause_source_value\n"
-                                                f"1,2020-01-01,32817,{'x' * 51}\n2,2021-01-01,32817,{'y' * 60}\n")
+                                                f"1,2020-01-01,32817,{'x' * 51}\n2,2021-01-01,32817,{'y' * 60}\n"
+                                                "3,2021-01-01,32817,NULL\n")
     env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
     cli = [sys.executable, "-m", "medlake.cli"]
     p = subprocess.run(cli + ["cdm", "import", str(tmp_path / "cdm"), "--version", "5.4"], env=env, cwd=tmp_path,
@@ -675,7 +695,9 @@ def test_cli_import_then_quality_run(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stderr.splitlines() == [  # text longer than the spec's length: cut, said
         f"warning: death.cause_source_value: 2 value(s) longer than the 50 characters OMOP CDM v5.4 gives the field, "
-        f"cut to 50 (the first: {tmp_path / 'cdm' / 'death.csv'}:2); shorten them in the file to choose what is kept"]
+        f"cut to 50 (the first: {tmp_path / 'cdm' / 'death.csv'}:2); shorten them in the file to choose what is kept",
+        f"warning: death.cause_source_value: 1 value(s) NULL or \\N kept as text (the first: "
+        f"{tmp_path / 'cdm' / 'death.csv'}:4); give --null NULL (or --null '\\N') if they mean empty"]
     p = subprocess.run(cli + ["quality", "run"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr  # failed checks are reported, not an exit code
     assert "pass rate" in p.stdout and (tmp_path / "quality").is_dir()

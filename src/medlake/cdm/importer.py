@@ -78,7 +78,9 @@ class Imported(NamedTuple):
     path: Path
     rows: int  # loaded
     bad: int  # left out (BadRow)
-    cut: dict[str, tuple[int, str]] = {}  # {field: (values longer than the spec's length, where the first is)}
+    # {(field, what): (values, where the first is)}; what: "cut" (longer than the spec's length: cut to it),
+    # "null_text" (NULL or \N kept as text in a text field: --null not given)
+    notes: dict[tuple[str, str], tuple[int, str]] = {}
 
 
 QUARANTINE_PREFIX = "cdm:"
@@ -139,8 +141,15 @@ def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
     return found
 
 
-def _delimiter(path: Path, delimiter: str) -> str:
-    return "\t" if _suffix(path).startswith(".tsv") else delimiter
+class CsvFormat(NamedTuple):
+    """How the CSV files are written: `delimiter` (a .tsv file's is a tab), `encoding`, the texts that mean empty."""
+    delimiter: str = ","
+    encoding: str = "utf-8"
+    nulls: tuple[str, ...] = ("",)
+
+    def of(self, path: Path) -> str:
+        """The delimiter of file `path`."""
+        return "\t" if _suffix(path).startswith(".tsv") else self.delimiter
 
 
 def _breaks(batch: pa.RecordBatch) -> np.ndarray | None:
@@ -174,13 +183,13 @@ def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
 
 
-def _csv_batches(path: Path, delimiter: str, encoding: str,
+def _csv_batches(path: Path, fmt: CsvFormat,
                  invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, Callable]]:
-    """(batch of bytes, as in the file but for `encoding` read as UTF-8; the file line of its row i as `line(i)`).
+    """(batch of bytes, as in the file but for its encoding read as UTF-8; the file line of its row i as `line(i)`).
     `invalid`: lines with the wrong number of fields are appended to it (text, fields expected, fields found) and
     skipped (the line numbers of later rows are then fixed by `_invalid_lines`); without it they stop the import."""
-    delimiter = _delimiter(path, delimiter)
-    header = _header(path, delimiter, encoding)
+    delimiter = fmt.of(path)
+    header = _header(path, delimiter, fmt.encoding)
     if not header or header == [""]:  # an empty file (as some exports write an empty table): no rows
         return
     types = {n: pa.binary() for n in header}  # every column as written: no guessing
@@ -191,11 +200,11 @@ def _csv_batches(path: Path, delimiter: str, encoding: str,
 
     try:
         reader = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=encoding),
+            path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                              invalid_row_handler=skip if invalid is not None else None),
             convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
-                                                 null_values=[""], quoted_strings_can_be_null=True))
+                                                 null_values=list(fmt.nulls), quoted_strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
     line = 2  # after the header
@@ -278,6 +287,7 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
 
 
 CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
+NULL_MARKS = {"NULL", "NA", "N/A", "\\N", "NONE", "NAN", "#N/A", "."}  # how some exports write an empty value
 
 
 def _refused(convert: Callable[[pa.Array], pa.Array], col: pa.Array, limit: int) -> list[int]:
@@ -324,8 +334,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[str, tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
-    length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted:
-    {field: (values cut, row index of the first)}."""
+    length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted, as are
+    texts NULL and \\N kept in a text field: {(field, "cut" or "null_text"): (values, row index of the first)}."""
     names = [n.lower().strip() for n in batch.schema.names]
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
@@ -370,8 +380,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         except CAST_ERRORS:
             for i in _refused(lambda c: _cast(c, f, af.type), col, limit):
                 v = col[i].as_py()
+                fix = (f"if it means empty, give --null {v!r}" if str(v).strip().upper() in NULL_MARKS else
+                       "fix the value in the file and import again")
                 bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read {v!r} as {f.kind} "
-                                              f"({_why(v, f.kind)}); fix the value in the file and import again"))
+                                              f"({_why(v, f.kind)}); {fix}"))
         if len(bad) > limit:
             break
     if len(bad) > limit:
@@ -383,7 +395,14 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             mask[i] = False
         keep = pa.array(mask)
     cols = []
-    cut: dict[str, tuple[int, int]] = {}
+    notes: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def note(field: str, what: str, mask: pa.Array) -> None:
+        n = pc.sum(mask).as_py()
+        if n:
+            first = pc.index(mask, True).as_py()
+            notes[field, what] = (n, first if keep is None else pc.indices_nonzero(keep)[first].as_py())
+
     for f, af in zip(table.fields, schema):
         if f.name not in data:
             cols.append(pa.nulls(batch.num_rows if keep is None else batch.num_rows - len(bad), af.type))
@@ -394,13 +413,13 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             col = _cast(data[f.name].filter(keep), f, af.type)
         if f.kind == "varchar" and f.length:
             over = pc.fill_null(pc.greater(pc.utf8_length(col), f.length), False)
-            n = pc.sum(over).as_py()
-            if n:
-                first = pc.index(over, True).as_py()
-                cut[f.name] = (n, first if keep is None else pc.indices_nonzero(keep)[first].as_py())
+            note(f.name, "cut", over)
+            if (f.name, "cut") in notes:
                 col = pc.if_else(over, pc.utf8_slice_codeunits(col, 0, f.length), col)
+        if f.kind == "varchar":
+            note(f.name, "null_text", pc.fill_null(pc.is_in(col, pa.array(["NULL", "\\N"])), False))
         cols.append(col)
-    return pa.Table.from_arrays(cols, schema=schema), bad, cut
+    return pa.Table.from_arrays(cols, schema=schema), bad, notes
 
 
 class _TooMany(Exception):
@@ -466,23 +485,23 @@ def _line(line: int, skipped: list[tuple[int, int]]) -> int:
     return line
 
 
-def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimiter: str, encoding: str,
-               strict: bool, max_bad: int, used: int) -> tuple[int, list[BadRow], dict[str, tuple[int, str]]]:
-    """Load one file of a table: (rows loaded, rows left out, {field: (values cut, where the first is)}); more than
+def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: CsvFormat, strict: bool,
+               max_bad: int, used: int) -> tuple[int, list[BadRow], dict[str, tuple[int, str]]]:
+    """Load one file of a table: (rows loaded, rows left out, {(field, what): (values, where the first is)}); more than
     `max_bad` rows left out, with the `used` of the files before, stops the import."""
     budget = max_bad - used
     parquet = path.name.lower().endswith(".parquet")
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
-    batches = _parquet_batches(path) if parquet else _csv_batches(path, delimiter, encoding, invalid)
-    rows, bad, cut = 0, [], {}  # bad: (line as read, problems, raw row); cut: {field: (values, first line as read)}
+    batches = _parquet_batches(path) if parquet else _csv_batches(path, fmt, invalid)
+    rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
     for batch, line in batches:
         if strict and invalid:
-            _stop_at_invalid(path, invalid, encoding)
+            _stop_at_invalid(path, invalid, fmt.encoding)
         left = 0 if strict else budget - len(bad) - len(invalid or [])
         if left < 0:
             _too_many_invalid(path, max_bad, invalid)
         try:
-            data, problems, long = _conform(batch, table, schema, path, left)
+            data, problems, noted = _conform(batch, table, schema, path, left)
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
@@ -493,15 +512,15 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimi
                 "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
                 "nothing was imported") from None
         if problems:
-            raw = _raw_rows(batch, sorted(problems), None if parquet else _delimiter(path, delimiter))
+            raw = _raw_rows(batch, sorted(problems), None if parquet else fmt.of(path))
             bad += [(line(i), problems[i], raw[i]) for i in sorted(problems)]
-        for field, (n, i) in long.items():
-            before, at = cut.get(field, (0, line(i)))
-            cut[field] = (before + n, at)
+        for key, (n, i) in noted.items():
+            before, at = notes.get(key, (0, line(i)))
+            notes[key] = (before + n, at)
         rows += engine.load_arrow(table.name, data)
     if strict and invalid:
-        _stop_at_invalid(path, invalid, encoding)
-    skipped = _invalid_lines(path, [t for t, _, _ in invalid], encoding) if invalid else []
+        _stop_at_invalid(path, invalid, fmt.encoding)
+    skipped = _invalid_lines(path, [t for t, _, _ in invalid], fmt.encoding) if invalid else []
     if invalid and len(bad) + len(invalid) > budget:
         _too_many_invalid(path, max_bad, invalid)
     known = sorted((x, t.count("\n") + 1) for x, (t, _, _) in zip(skipped, invalid or []) if x is not None)
@@ -509,11 +528,12 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, delimi
                        "; ".join(p[2] for p in problems), raw) for at, problems, raw in bad]
     left_out += [BadRow(table.name, path, at, None, "malformed", _malformed(expected, found), text.encode())
                  for (text, expected, found), at in zip(invalid or [], skipped)]
-    return rows, left_out, {f: (n, _at(path, _line(at, known))) for f, (n, at) in cut.items()}
+    return rows, left_out, {k: (n, _at(path, _line(at, known))) for k, (n, at) in notes.items()}
 
 
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
-                  encoding: str = "utf-8", progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
+                  encoding: str = "utf-8", nulls: tuple[str, ...] = (),
+                  progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
                   max_bad: int = MAX_BAD,
                   set_aside: Callable[[dict[str, Path], list[BadRow]], None] | None = None) -> dict[str, Imported]:
     """Load every table file (or folder of part files) of `folder` into the store; return {table: Imported(file,
@@ -521,7 +541,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
 
     Rows that cannot be imported are left out and given to `set_aside` with the tables imported ({table: file};
     once, before the transaction commits: an error there rolls the import back); `strict`: the first one stops
-    the import instead.
+    the import instead. CSV files: `delimiter`, `encoding`, and `nulls`, the texts that mean empty besides the empty
+    text (SQL Server's NULL, R's NA).
     """
     if len(delimiter) != 1:
         raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), "
@@ -531,6 +552,7 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             raise LookupError
     except LookupError:
         raise CdmImportError(f"{encoding!r} is not a text encoding (e.g. utf-8, cp1252, latin-1, gb18030, utf-16)")
+    fmt = CsvFormat(delimiter, encoding, ("", *nulls))
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)
@@ -544,11 +566,11 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             schema = ddl.arrow_schema(table)
             if engine.query(f'SELECT count(*) AS n FROM "{name}"').column(0)[0].as_py():
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
-            rows, bad, cut = 0, 0, {}
+            rows, bad, notes = 0, 0, {}
             for part in _parts(path):
                 try:
-                    loaded, aside, long = _load_file(engine, table, schema, part, delimiter, encoding, strict,
-                                                     max_bad, len(left_out))
+                    loaded, aside, noted = _load_file(engine, table, schema, part, fmt, strict, max_bad,
+                                                     len(left_out))
                 except UnknownColumns as e:
                     other = model.load(_other_version(version))
                     if name in other.table_names and set(e.columns) <= set(other.table(name).field_names):
@@ -558,10 +580,10 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                     raise
                 rows, bad = rows + loaded, bad + len(aside)
                 left_out += aside
-                for field, (k, at) in long.items():
-                    before, first = cut.get(field, (0, at))
-                    cut[field] = (before + k, first)
-            report[name] = Imported(path, rows, bad, cut)
+                for key, (k, at) in noted.items():
+                    before, first = notes.get(key, (0, at))
+                    notes[key] = (before + k, first)
+            report[name] = Imported(path, rows, bad, notes)
         if set_aside:
             set_aside(dict(files), left_out)
         if progress:
