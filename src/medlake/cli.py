@@ -760,6 +760,8 @@ def cdm_import(
                                  "latin-1, gb18030, utf-16); a value not in it goes to quarantine."),
     nulls: list[str] = typer.Option([], "--null", help="A text that means empty in the CSV files besides the empty "
                                     "text, as SQL Server writes NULL and R writes NA (repeat for more)."),
+    decimal: str = typer.Option(".", "--decimal", help="The decimal mark of the CSV files' numbers: '.' or ',' (as "
+                                "European exports write 7,5; with --delimiter ';')."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first row that cannot be imported (nothing "
                                 "is imported) instead of setting it aside in quarantine."),
     max_bad: int = typer.Option(1000, "--max-bad-rows", min=0, help="Stop (nothing imported) when more rows than "
@@ -786,7 +788,7 @@ def cdm_import(
                     bar.update(task, description=name, completed=done, total=total)
 
                 report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
-                                                encoding=encoding, nulls=tuple(nulls),
+                                                encoding=encoding, nulls=tuple(nulls), decimal=decimal,
                                                 progress=tick, strict=strict, max_bad=max_bad,
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:

@@ -474,6 +474,24 @@ def test_import_reads_the_texts_that_mean_empty(tmp_path):
     ) == [{"m": None, "v": None}, {"m": None, "v": "p2"}, {"m": 4, "v": None}]
 
 
+def test_import_reads_a_decimal_comma_when_told(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "measurement.csv").write_text("measurement_id;person_id;measurement_concept_id;measurement_date;"
+                                            "measurement_type_concept_id;value_as_number;range_high\n"
+                                            "1;1;3004410;2020-01-01;32817;7,5;8\n2;1;3004410;2020-01-02;32817;-0,25;\n")
+    eng = open_engine("duckdb::memory:")
+    got = []
+    importer.import_folder(eng, folder, "5.4", delimiter=";", set_aside=lambda f, b: got.extend(b))
+    assert [b.detail.split("; ")[-1] for b in got] == ["if it is a decimal comma, give --decimal ','"] * 2
+    report = importer.import_folder(eng, folder, "5.4", delimiter=";", decimal=",")
+    assert (report["measurement"].rows, report["measurement"].bad) == (2, 0)
+    assert eng.query("SELECT value_as_number AS v, range_high AS h FROM measurement ORDER BY 1").to_pylist() == [
+        {"v": -0.25, "h": None}, {"v": 7.5, "h": 8.0}]
+    with pytest.raises(ValueError, match="the decimal mark and the delimiter are both ','"):
+        importer.import_folder(eng, folder, "5.4", decimal=",")
+
+
 def test_import_delimiter_is_one_character(tmp_path):
     _write_cdm(tmp_path / "cdm")
     with pytest.raises(ValueError, match=r"the delimiter must be one character .*, not ';;'"):

@@ -146,6 +146,7 @@ class CsvFormat(NamedTuple):
     delimiter: str = ","
     encoding: str = "utf-8"
     nulls: tuple[str, ...] = ("",)
+    decimal: str = "."  # the decimal mark of numbers with a fraction
 
     def of(self, path: Path) -> str:
         """The delimiter of file `path`."""
@@ -330,8 +331,8 @@ def _utf8(col: pa.Array, name: str, limit: int, bad: dict[int, list[tuple[str, s
     return pc.if_else(pa.array(mask), pa.scalar(None, pa.binary()), col).cast(pa.string())
 
 
-def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int
-             ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[str, tuple[int, int]]]:
+def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = "."
+             ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
     length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted, as are
@@ -365,6 +366,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     for name, col in list(data.items()):
         if pa.types.is_binary(col.type):
             data[name] = _utf8(col, name, limit, bad, garbled)
+    if decimal != ".":  # 7,5 as a European export writes a number
+        for f in table.fields:
+            if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
+                data[f.name] = pc.replace_substring(data[f.name], decimal, ".")
     done: dict[str, pa.Array] = {}
     for f, af in zip(table.fields, schema):
         col = data.get(f.name)
@@ -381,6 +386,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             for i in _refused(lambda c: _cast(c, f, af.type), col, limit):
                 v = col[i].as_py()
                 fix = (f"if it means empty, give --null {v!r}" if str(v).strip().upper() in NULL_MARKS else
+                       "if it is a decimal comma, give --decimal ','" if f.kind == "float" and decimal == "."
+                       and re.fullmatch(r"\s*[-+]?\d*,\d+\s*", str(v)) else
                        "fix the value in the file and import again")
                 bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read {v!r} as {f.kind} "
                                               f"({_why(v, f.kind)}); {fix}"))
@@ -501,7 +508,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         if left < 0:
             _too_many_invalid(path, max_bad, invalid)
         try:
-            data, problems, noted = _conform(batch, table, schema, path, left)
+            data, problems, noted = _conform(batch, table, schema, path, left, "." if parquet else fmt.decimal)
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
@@ -532,7 +539,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
 
 
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
-                  encoding: str = "utf-8", nulls: tuple[str, ...] = (),
+                  encoding: str = "utf-8", nulls: tuple[str, ...] = (), decimal: str = ".",
                   progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
                   max_bad: int = MAX_BAD,
                   set_aside: Callable[[dict[str, Path], list[BadRow]], None] | None = None) -> dict[str, Imported]:
@@ -541,8 +548,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
 
     Rows that cannot be imported are left out and given to `set_aside` with the tables imported ({table: file};
     once, before the transaction commits: an error there rolls the import back); `strict`: the first one stops
-    the import instead. CSV files: `delimiter`, `encoding`, and `nulls`, the texts that mean empty besides the empty
-    text (SQL Server's NULL, R's NA).
+    the import instead. CSV files: `delimiter`, `encoding`, `nulls`, the texts that mean empty besides the empty
+    text (SQL Server's NULL, R's NA), and `decimal`, the decimal mark ('.' or ',').
     """
     if len(delimiter) != 1:
         raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), "
@@ -552,7 +559,11 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             raise LookupError
     except LookupError:
         raise CdmImportError(f"{encoding!r} is not a text encoding (e.g. utf-8, cp1252, latin-1, gb18030, utf-16)")
-    fmt = CsvFormat(delimiter, encoding, ("", *nulls))
+    if decimal not in (".", ","):
+        raise CdmImportError(f"the decimal mark is '.' or ',', not {decimal!r}")
+    if decimal == delimiter:
+        raise CdmImportError(f"the decimal mark and the delimiter are both {decimal!r}: give --delimiter ';'")
+    fmt = CsvFormat(delimiter, encoding, ("", *nulls), decimal)
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)
