@@ -455,41 +455,36 @@ def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name,
     assert aside == []
 
 
-def test_import_reads_the_texts_that_mean_empty(tmp_path):
-    """SQL Server writes NULL, R writes NA: without --null an integer's NULL is set aside saying to give it."""
+@pytest.mark.parametrize("name,content,told,hints,query,rows", [
+    # SQL Server writes NULL, R writes NA: without --null an integer's NULL is set aside saying to give it
+    ("person.csv", "person_id,gender_concept_id,year_of_birth,month_of_birth,race_concept_id,ethnicity_concept_id,"
+     "person_source_value\n1,8507,1980,NULL,0,0,NULL\n2,8507,1980,NA,0,0,p2\n3,8507,1980,4,0,0,NA\n",
+     {"nulls": ("NULL", "NA")}, ["if it means empty, give --null 'NULL'", "if it means empty, give --null 'NA'"],
+     "SELECT month_of_birth AS m, person_source_value AS v FROM person ORDER BY person_id",
+     [{"m": None, "v": None}, {"m": None, "v": "p2"}, {"m": 4, "v": None}]),
+    # a European export: 7,5 with ';' between fields
+    ("measurement.csv", "measurement_id;person_id;measurement_concept_id;measurement_date;measurement_type_concept_id;"
+     "value_as_number;range_high\n1;1;3004410;2020-01-01;32817;7,5;8\n2;1;3004410;2020-01-02;32817;-0,25;\n",
+     {"delimiter": ";", "decimal": ","}, ["if it is a decimal comma, give --decimal ','"] * 2,
+     "SELECT value_as_number AS v, range_high AS h FROM measurement ORDER BY 1",
+     [{"v": -0.25, "h": None}, {"v": 7.5, "h": 8.0}]),
+])
+def test_import_reads_the_forms_exports_write_when_told(tmp_path, name, content, told, hints, query, rows):
+    """Without the option, the rows it would read are set aside saying which option to give; with it, read."""
     folder = tmp_path / "cdm"
     folder.mkdir()
-    (folder / "person.csv").write_text("person_id,gender_concept_id,year_of_birth,month_of_birth,race_concept_id,"
-                                       "ethnicity_concept_id,person_source_value\n1,8507,1980,NULL,0,0,NULL\n"
-                                       "2,8507,1980,NA,0,0,p2\n3,8507,1980,4,0,0,NA\n")
+    (folder / name).write_text(content)
     eng = open_engine("duckdb::memory:")
     got = []
-    report = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: got.extend(b))
-    assert (report["person"].rows, report["person"].bad) == (1, 2)
-    assert [b.detail.split("; ")[-1] for b in got] == ["if it means empty, give --null 'NULL'",
-                                                       "if it means empty, give --null 'NA'"]
-    report = importer.import_folder(eng, folder, "5.4", nulls=("NULL", "NA"))
-    assert (report["person"].rows, report["person"].bad, report["person"].notes) == (3, 0, {})
-    assert eng.query("SELECT month_of_birth AS m, person_source_value AS v FROM person ORDER BY person_id").to_pylist(
-    ) == [{"m": None, "v": None}, {"m": None, "v": "p2"}, {"m": 4, "v": None}]
-
-
-def test_import_reads_a_decimal_comma_when_told(tmp_path):
-    folder = tmp_path / "cdm"
-    folder.mkdir()
-    (folder / "measurement.csv").write_text("measurement_id;person_id;measurement_concept_id;measurement_date;"
-                                            "measurement_type_concept_id;value_as_number;range_high\n"
-                                            "1;1;3004410;2020-01-01;32817;7,5;8\n2;1;3004410;2020-01-02;32817;-0,25;\n")
-    eng = open_engine("duckdb::memory:")
-    got = []
-    importer.import_folder(eng, folder, "5.4", delimiter=";", set_aside=lambda f, b: got.extend(b))
-    assert [b.detail.split("; ")[-1] for b in got] == ["if it is a decimal comma, give --decimal ','"] * 2
-    report = importer.import_folder(eng, folder, "5.4", delimiter=";", decimal=",")
-    assert (report["measurement"].rows, report["measurement"].bad) == (2, 0)
-    assert eng.query("SELECT value_as_number AS v, range_high AS h FROM measurement ORDER BY 1").to_pylist() == [
-        {"v": -0.25, "h": None}, {"v": 7.5, "h": 8.0}]
-    with pytest.raises(ValueError, match="the decimal mark and the delimiter are both ','"):
-        importer.import_folder(eng, folder, "5.4", decimal=",")
+    importer.import_folder(eng, folder, "5.4", delimiter=told.get("delimiter", ","),
+                           set_aside=lambda f, b: got.extend(b))
+    assert [b.detail.split("; ")[-1] for b in got] == hints
+    [report] = importer.import_folder(eng, folder, "5.4", **told).values()
+    assert (report.rows, report.bad, report.notes) == (len(rows), 0, {})
+    assert eng.query(query).to_pylist() == rows
+    if "decimal" in told:
+        with pytest.raises(ValueError, match="the decimal mark and the delimiter are both ','"):
+            importer.import_folder(eng, folder, "5.4", decimal=",")
 
 
 def test_import_delimiter_is_one_character(tmp_path):
