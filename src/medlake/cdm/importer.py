@@ -493,7 +493,8 @@ def _line(line: int, skipped: list[tuple[int, int]]) -> int:
 
 
 def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: CsvFormat, strict: bool,
-               max_bad: int, used: int) -> tuple[int, list[BadRow], dict[str, tuple[int, str]]]:
+               max_bad: int, used: int, loaded: Callable[[int], None] = lambda rows: None
+               ) -> tuple[int, list[BadRow], dict[tuple[str, str], tuple[int, str]]]:
     """Load one file of a table: (rows loaded, rows left out, {(field, what): (values, where the first is)}); more than
     `max_bad` rows left out, with the `used` of the files before, stops the import."""
     budget = max_bad - used
@@ -525,6 +526,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
             before, at = notes.get(key, (0, line(i)))
             notes[key] = (before + n, at)
         rows += engine.load_arrow(table.name, data)
+        loaded(rows)
     if strict and invalid:
         _stop_at_invalid(path, invalid, fmt.encoding)
     skipped = _invalid_lines(path, [t for t, _, _ in invalid], fmt.encoding) if invalid else []
@@ -580,8 +582,10 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             rows, bad, notes = 0, 0, {}
             for part in _parts(path):
                 try:
-                    loaded, aside, noted = _load_file(engine, table, schema, part, fmt, strict, max_bad,
-                                                     len(left_out))
+                    done, aside, noted = _load_file(
+                        engine, table, schema, part, fmt, strict, max_bad, len(left_out),
+                        lambda k, before=rows: progress(f"{name} ({before + k:,} rows)", n, len(files)) if progress
+                        else None)
                 except UnknownColumns as e:
                     other = model.load(_other_version(version))
                     if name in other.table_names and set(e.columns) <= set(other.table(name).field_names):
@@ -589,7 +593,7 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                                              f"CDM v{other.version}, not v{version}: give --version {other.version} "
                                              f"if the files are v{other.version}") from None
                     raise
-                rows, bad = rows + loaded, bad + len(aside)
+                rows, bad = rows + done, bad + len(aside)
                 left_out += aside
                 for key, (k, at) in noted.items():
                     before, first = notes.get(key, (0, at))
