@@ -360,7 +360,7 @@ def test_import_csv_and_parquet_twice_is_a_no_op(tmp_path):
     seen = []
     for _ in range(2):
         report = importer.import_folder(eng, tmp_path / "cdm", "5.4", progress=lambda *a: seen.append(a))
-    assert ("person (2 rows)", 3, 4) in seen and seen[-1] == ("done", 4, 4)  # rows as they load, table by table
+    assert ("person (2 rows)", 0, 4) in seen and seen[-1] == ("done", 4, 4)  # rows as they load, table by table
     assert {k: (r.rows, r.bad) for k, r in report.items()} == {
         "care_site": (1, 0), "condition_occurrence": (2, 0), "death": (0, 0), "person": (2, 0)}
     assert eng.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 2
