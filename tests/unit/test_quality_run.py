@@ -680,6 +680,10 @@ def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):
     eng.execute("INSERT INTO cdm_source (cdm_source_name, cdm_version) VALUES ('site', 'v5.3.1')")
     eng.execute("DROP TABLE visit_occurrence")
     assert cdm_store.detect_version(eng) == ("5.3", "from cdm_source.cdm_version 'v5.3.1'")
+    eng.execute("UPDATE cdm_source SET cdm_version = 'OMOP CDM v5.3.0'")  # as sites write it
+    assert cdm_store.detect_version(eng) == ("5.3", "from cdm_source.cdm_version 'OMOP CDM v5.3.0'")
+    eng.execute("UPDATE cdm_source SET cdm_version = 'v5.40'")  # no version of the CDM
+    assert cdm_store.detect_version(eng)[0] == "5.4" and "the default" in cdm_store.detect_version(eng)[1]
     eng.execute("DELETE FROM cdm_source")
     assert cdm_store.detect_version(eng)[0] == "5.4"  # nothing says: the default
     eng.execute("INSERT INTO cdm_source (cdm_source_name, cdm_version) VALUES ('site', '5.3')")

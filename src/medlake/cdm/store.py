@@ -44,7 +44,7 @@ def detect_version(engine) -> tuple[str, str]:
             return v, f"from visit_occurrence.{field}_concept_id"
     if "cdm_source" in tables and "cdm_version" in {c.name.lower() for c in engine.columns("cdm_source")}:
         for value in engine.query("SELECT cdm_version FROM cdm_source").column(0).to_pylist():
-            m = re.match(r"\s*v?(5\.[34])\b", str(value or ""), re.IGNORECASE)
+            m = re.search(r"(?<![\d.])(5\.[34])(?!\d)", str(value or ""))  # 'v5.3.1', 'CDM v5.4.0', 'OMOP CDM 5.3'
             if m:
                 return m[1], f"from cdm_source.cdm_version '{value}'"
     return model.DEFAULT_VERSION, "the default: nothing in the store says"
