@@ -77,6 +77,7 @@ def open_store():
 
 
 def progress() -> Progress:
+    """A bar counting bytes (`_counting_progress` counts things: tables, files, messages)."""
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
 
@@ -489,7 +490,7 @@ def quality_run(
 
     extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
     with open_store() as eng:
-        with progress() as bar:
+        with _counting_progress() as bar:  # tables
             task = bar.add_task("quality", total=None)
 
             def tick(name, done, total):
@@ -781,7 +782,7 @@ def cdm_import(
     with open_store() as eng:
         q = Quarantine(settings().landing_dir)
         try:
-            with progress() as bar:
+            with _counting_progress() as bar:  # tables
                 task = bar.add_task("import", total=None)
 
                 def tick(name, done, total):
