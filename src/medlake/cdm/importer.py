@@ -184,6 +184,16 @@ def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
 
 
+def _sniff(path: Path, fmt: CsvFormat) -> CsvFormat:
+    """The file's format: with the delimiter given, or, when its header does not split by it, the one it splits by
+    (a folder of comma-separated tables with Athena's tab-separated vocabulary, a ';' export)."""
+    given = fmt.of(path)
+    if len(_header(path, given, fmt.encoding)) > 1:
+        return fmt
+    found = next((d for d in (",", ";", "|", "\t") if d != given and len(_header(path, d, fmt.encoding)) > 1), None)
+    return fmt._replace(delimiter=found) if found else fmt
+
+
 def _csv_batches(path: Path, fmt: CsvFormat,
                  invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, Callable]]:
     """(batch of bytes, as in the file but for its encoding read as UTF-8; the file line of its row i as `line(i)`).
@@ -345,11 +355,6 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         batch, names = batch.select(keep), [names[i] for i in keep]
     unknown = [n for n in names if n not in table.field_names]
     if unknown:
-        if len(names) == 1:  # the header read as one column: another delimiter than the file's
-            sep = next((d for d in (",", ";", "|", "\t") if d in names[0]), None)
-            if sep:
-                raise CdmImportError(f"{path}: the header reads as one column: its fields are separated by {sep!r} "
-                                     f"(give --delimiter {sep!r})")
         raise UnknownColumns(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
                              f"(fields: {', '.join(table.field_names)})", unknown)
     twice = sorted({n for n in names if names.count(n) > 1})
@@ -499,6 +504,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     `max_bad` rows left out, with the `used` of the files before, stops the import."""
     budget = max_bad - used
     parquet = path.name.lower().endswith(".parquet")
+    fmt = fmt if parquet else _sniff(path, fmt)
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
     batches = _parquet_batches(path) if parquet else _csv_batches(path, fmt, invalid)
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
