@@ -186,7 +186,7 @@ def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
 
 def _sniff(path: Path, fmt: CsvFormat) -> CsvFormat:
     """The file's format: with the delimiter given, or, when its header does not split by it, the one it splits by
-    (a folder of comma-separated tables with Athena's tab-separated vocabulary, a ';' export)."""
+    (a ';' export in a folder of comma-separated tables)."""
     given = fmt.of(path)
     if len(_header(path, given, fmt.encoding)) > 1:
         return fmt
