@@ -147,6 +147,20 @@ def test_a_crashed_run_resumes_where_it_stopped(store, tmp_path):
     assert ", resumed 5 from the interrupted run" in (done.dir / "report.html").read_text()
 
 
+def test_a_cdm_without_rows_says_its_pass_rate_is_of_its_structure(store, tmp_path):
+    from medlake.cdm import store as cdm_store
+
+    empty = open_engine("duckdb::memory:")
+    cdm_store.init(empty, "5.4")
+    run = runner.run(empty, "5.4", tmp_path / "empty")
+    assert run.summary["failed"] == 0 and run.summary["passed"] > 0  # the tables are there, as the spec says
+    assert run.summary["warnings"] == [
+        "the 31 CDM table(s) checked hold no rows: only their structure was checked, and the pass rate is of that; "
+        "load data first (medlake transform, or medlake cdm import DIR)"]
+    assert "hold no rows" in (run.dir / "report.html").read_text()
+    assert not any("hold no rows" in w for w in runner.run(store, "5.4", tmp_path / "full").summary["warnings"])
+
+
 def test_vocabulary_tables_are_excluded_as_dqd_does_unless_asked(store, tmp_path):
     store.execute("INSERT INTO concept SELECT * FROM concept WHERE concept_id = 8507")  # a duplicate key
     cid = "field_isprimarykey_concept_concept_id"
