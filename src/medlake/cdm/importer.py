@@ -351,8 +351,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
             raise CdmImportError(f"{path}: a column without a name in the header holds values; name it or remove it")
-        keep = [i for i, n in enumerate(names) if n]
-        batch, names = batch.select(keep), [names[i] for i in keep]
+        named = [i for i, n in enumerate(names) if n]
+        batch, names = batch.select(named), [names[i] for i in named]
     unknown = [n for n in names if n not in table.field_names]
     if unknown:
         raise UnknownColumns(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
@@ -383,7 +383,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         if f.required and col.null_count:
             for i in pc.indices_nonzero(col.is_null()).to_pylist():
                 if (i, f.name) not in garbled:
-                        bad.setdefault(i, []).append((f.name, "missing_mandatory", f"field {f.name} is required in "
+                    bad.setdefault(i, []).append((f.name, "missing_mandatory", f"field {f.name} is required in "
                                                   f"{table.name} but empty; fill it in the file and import again"))
         try:
             done[f.name] = _cast(col, f, af.type)
