@@ -755,7 +755,9 @@ def cdm_import(
     folder: Path = typer.Argument(..., help="Folder with one CSV or Parquet file per CDM table (e.g. person.csv), "
                                   "or a folder of part files per table (measurement/part-0.parquet, as Spark "
                                   "writes)."),
-    version: Optional[str] = typer.Option(None, "--version", help="OMOP CDM version of the files: 5.4 or 5.3."),
+    version: Optional[str] = typer.Option(None, "--version", help="OMOP CDM version of the files: 5.4 or 5.3 "
+                                          "(default: the store's; else the one the files' tables and columns are of; "
+                                          "else the configured one)."),
     delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Character encoding of the CSV files (e.g. cp1252, "
                                  "latin-1, gb18030, utf-16); a value not in it goes to quarantine."),
@@ -776,10 +778,14 @@ def cdm_import(
     for its field is cut to it (as the CDM's tables hold it), with a warning naming the field; so is a NULL kept as
     text (give --null NULL if it means empty)."""
     from medlake.cdm import importer, model
+    from medlake.cdm import store as cdm_store
     from medlake.landing.quarantine import Quarantine
 
-    version = version or settings().cdm_version
     with open_store() as eng:
+        # the store's version; else the one the files are of (their tables and columns); else the configured one
+        version = (version or cdm_store.info(eng).get("cdm_version")
+                   or importer.files_version(folder, delimiter.replace("\\t", "\t"), encoding)
+                   or settings().cdm_version)
         q = Quarantine(settings().landing_dir)
         try:
             with _counting_progress() as bar:  # tables

@@ -503,6 +503,28 @@ def test_import_reads_the_forms_exports_write_when_told(tmp_path, name, content,
             importer.import_folder(eng, folder, "5.4", decimal=",")
 
 
+def test_the_version_the_files_are_of(tmp_path):
+    """Without --version: the store's version, else the one the files' tables and columns are of, else the
+    configured one."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON_HEADER + "1,8507,1980,0,0\n")
+    assert importer.files_version(folder) is None  # person is the same in both
+    (folder / "visit_occurrence.csv").write_text("visit_occurrence_id;person_id;visit_concept_id;visit_start_date;"
+                                                 "visit_end_date;visit_type_concept_id;ADMITTING_SOURCE_CONCEPT_ID\n")
+    assert importer.files_version(folder) == "5.3"
+    (folder / "visit_occurrence.csv").unlink()
+    (folder / "episode").mkdir()
+    pq.write_table(pa.table({"episode_id": [1]}), folder / "episode" / "part-0.parquet")
+    assert importer.files_version(folder) == "5.4"
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
+    cli = [sys.executable, "-m", "medlake.cli"]
+    assert subprocess.run(cli + ["init", "--cdm-version", "5.3"], env=env, cwd=tmp_path).returncode == 0
+    (folder / "episode" / "part-0.parquet").unlink()
+    p = subprocess.run(cli + ["cdm", "import", str(folder)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "OMOP CDM v5.3 imported" in " ".join(p.stdout.split()), p.stderr  # the store's
+
+
 def test_import_delimiter_is_one_character(tmp_path):
     _write_cdm(tmp_path / "cdm")
     with pytest.raises(ValueError, match=r"the delimiter must be one character .*, not ';;'"):

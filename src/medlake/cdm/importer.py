@@ -546,6 +546,27 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     return rows, left_out, {k: (n, _at(path, _line(at, known))) for k, (n, at) in notes.items()}
 
 
+def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf-8") -> str | None:
+    """The CDM version the files of `folder` are of, when they say: every file's table and columns are of one version
+    and not the other (v5.3's visit_occurrence.admitting_source_concept_id, v5.4's episode); else None."""
+    fits = set(model.VERSIONS)
+    fmt = CsvFormat(delimiter, encoding)
+    for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
+        parts = _parts(p)
+        if p.name.startswith((".", "_")) or not parts or not _suffix(parts[0]):
+            continue
+        name = (p.name[: -len(_suffix(p))] if _suffix(p) else p.name.removesuffix(".parquet")).lower()
+        try:
+            cols = (pq.read_schema(parts[0]).names if _suffix(parts[0]) == ".parquet"
+                    else _header(parts[0], _sniff(parts[0], fmt).of(parts[0]), encoding))
+        except (CdmImportError, pa.ArrowInvalid, OSError):
+            continue  # the import says what is wrong with it
+        cols = {c.lower().strip() for c in cols} - {""}
+        fits = {v for v in fits if name in model.load(v).table_names
+                and cols <= set(model.load(v).table(name).field_names)}
+    return fits.pop() if len(fits) == 1 else None
+
+
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
                   encoding: str = "utf-8", nulls: tuple[str, ...] = (), decimal: str = ".",
                   progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
