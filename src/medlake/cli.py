@@ -60,16 +60,17 @@ def settings() -> config_mod.Config:
     return config_mod.load(state.config, state.store)
 
 
-def engine():
+def engine(read_only: bool = False):
     from medlake.engines import open_engine
 
-    return open_engine(settings().store)
+    return open_engine(settings().store, read_only)
 
 
 @contextmanager
-def open_store():
-    """The configured store, closed when the block ends (also on error)."""
-    eng = engine()
+def open_store(read_only: bool = False):
+    """The configured store, closed when the block ends (also on error); `read_only`: a command that only reads it
+    (a DuckDB file then opens beside a notebook reading it)."""
+    eng = engine(read_only)
     try:
         yield eng
     finally:
@@ -489,7 +490,7 @@ def quality_run(
     from medlake.quality import report, runner, site
 
     extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
-    with open_store() as eng:
+    with open_store(read_only=not write_table) as eng:
         with _counting_progress() as bar:  # tables
             task = bar.add_task("quality", total=None)
 

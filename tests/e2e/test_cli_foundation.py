@@ -51,9 +51,11 @@ def test_config_file_and_environment_name_the_store(tmp_path):
     (["listen", "--port", "0"], 2, "give either --source S or --routes FILE"),
     (["init", "--cdm-version", "6.0"], 1, "unknown OMOP CDM version"),
     (["quality", "run", "--out", "/proc/medlake-q"], 1, "error: /proc/medlake-q: no such file or directory"),
+    (["--store", "duckdb:nowhere/s.duckdb", "quality", "run"], 1,
+     "error: no DuckDB store at nowhere/s.duckdb: run `medlake init` there, or name the store with --store"),
 ])
 def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text):
-    if args[:2] == ["vocab", "load"] and len(args) == 3:
+    if (args[:2] == ["vocab", "load"] and len(args) == 3) or args[:3] == ["quality", "run", "--out"]:
         assert run("init", cwd=tmp_path).returncode == 0
     r = run(*args, cwd=tmp_path)
     assert r.returncode == code, (r.stdout, r.stderr)
@@ -63,19 +65,26 @@ def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text
 
 
 def test_a_store_another_process_holds_is_named_with_what_to_do(tmp_path):
-    """DuckDB lets one process at a time open a file to write: a transform or a notebook holding the store."""
+    """DuckDB lets one process at a time open a file to write: a transform or a notebook holding the store stops a
+    command with the holder's PID and what to do; a quality run only reads, so it runs beside a notebook reading."""
     store = tmp_path / "s.duckdb"
     assert run("--store", f"duckdb:{store}", "init", cwd=tmp_path).returncode == 0
-    holder = subprocess.Popen([sys.executable, "-c", f"import duckdb, sys, time; c = duckdb.connect({str(store)!r}); "
-                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "open"
-        r = run("--store", f"duckdb:{store}", "quality", "run", cwd=tmp_path)
-    finally:
-        holder.kill()
-    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "another process has it open (" in r.stderr and f"PID {holder.pid}: a transform, a notebook?); let it " \
-        "finish or close it, and run again" in r.stderr
+    for read_only in (False, True):
+        holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect("
+                                   f"{str(store)!r}, read_only={read_only}); print('open', flush=True); "
+                                   "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "open"
+            r = run("--store", f"duckdb:{store}", "quality", "run", cwd=tmp_path)
+            w = run("--store", f"duckdb:{store}", "quality", "run", "--write-table", "dq", cwd=tmp_path)
+        finally:
+            holder.kill()
+        if read_only:
+            assert r.returncode == 0, r.stderr
+        for p in ((w,) if read_only else (r, w)):
+            assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+            assert "another process has it open (" in p.stderr and f"PID {holder.pid}: a transform, a notebook?); " \
+                "let it finish or close it, and run again" in p.stderr
 
 
 def test_status_of_an_existing_ohdsi_cdm_medlake_did_not_create(tmp_path):

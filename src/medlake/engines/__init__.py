@@ -10,8 +10,8 @@ from medlake.engines.base import Column, Engine, EngineError, transpile
 __all__ = ["Column", "Engine", "EngineError", "open_engine", "transpile"]
 
 
-def open_engine(url: str) -> Engine:
-    """Open the store a URL names."""
+def open_engine(url: str, read_only: bool = False) -> Engine:
+    """Open the store a URL names; `read_only`: to read only (a DuckDB file then opens beside other readers)."""
     if url.startswith(("postgresql://", "postgres://")):
         from medlake.engines.postgres import PostgresEngine
 
@@ -25,7 +25,8 @@ def open_engine(url: str) -> Engine:
 
         path, _, query = url.removeprefix("duckdb:").partition("?")
         opts = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        return DuckDBEngine(path or ":memory:", memory_limit=opts.get("memory_limit"))
+        return DuckDBEngine(path or ":memory:", memory_limit=opts.get("memory_limit"),
+                            read_only=read_only and bool(path) and path != ":memory:")
     raise EngineError(
         f"unknown store {url!r}: use duckdb:PATH, postgresql://USER@HOST:PORT/DB or spark:WAREHOUSE_DIR"
     )

@@ -23,7 +23,10 @@ class DuckDBEngine:
 
     def __init__(self, path: str | Path = ":memory:", *, memory_limit: str | None = None, read_only: bool = False):
         self.path = str(path)
-        if self.path != ":memory:":
+        if read_only and not Path(self.path).is_file():
+            raise EngineError(f"no DuckDB store at {self.path}: run `medlake init` there, or name the store with "
+                              "--store")
+        if self.path != ":memory:" and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         config = {"memory_limit": memory_limit} if memory_limit else {}
         try:
