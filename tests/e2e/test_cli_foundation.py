@@ -51,6 +51,7 @@ def test_config_file_and_environment_name_the_store(tmp_path):
     (["listen", "--port", "0"], 2, "give either --source S or --routes FILE"),
     (["init", "--cdm-version", "6.0"], 1, "unknown OMOP CDM version"),
     (["quality", "run", "--out", "/proc/medlake-q"], 1, "error: /proc/medlake-q: no such file or directory"),
+    (["cdm", "import", ".", "--encoding", "base64"], 1, "error: 'base64' is not a text encoding"),
     (["--store", "duckdb:nowhere/s.duckdb", "quality", "run"], 1,
      "error: no DuckDB store at nowhere/s.duckdb: run `medlake init` there, or name the store with --store"),
 ])

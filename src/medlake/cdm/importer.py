@@ -546,11 +546,29 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     return rows, left_out, {k: (n, _at(path, _line(at, known))) for k, (n, at) in notes.items()}
 
 
+def csv_format(delimiter: str = ",", encoding: str = "utf-8", nulls: tuple[str, ...] = (),
+               decimal: str = ".") -> CsvFormat:
+    """The CSV options, checked (CdmImportError naming the one that cannot be)."""
+    if len(delimiter) != 1:
+        raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), "
+                             f"not {delimiter!r}")
+    try:
+        if not codecs.lookup(encoding)._is_text_encoding:
+            raise LookupError
+    except LookupError:
+        raise CdmImportError(f"{encoding!r} is not a text encoding (e.g. utf-8, cp1252, latin-1, gb18030, utf-16)")
+    if decimal not in (".", ","):
+        raise CdmImportError(f"the decimal mark is '.' or ',', not {decimal!r}")
+    if decimal == delimiter:
+        raise CdmImportError(f"the decimal mark and the delimiter are both {decimal!r}: give --delimiter ';'")
+    return CsvFormat(delimiter, encoding, ("", *nulls), decimal)
+
+
 def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf-8") -> str | None:
     """The CDM version the files of `folder` are of, when they say: every file's table and columns are of one version
     and not the other (v5.3's visit_occurrence.admitting_source_concept_id, v5.4's episode); else None."""
     fits = set(model.VERSIONS)
-    fmt = CsvFormat(delimiter, encoding)
+    fmt = csv_format(delimiter, encoding)
     for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
         parts = _parts(p)
         if p.name.startswith((".", "_")) or not parts or not _suffix(parts[0]):
@@ -580,19 +598,7 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     the import instead. CSV files: `delimiter`, `encoding`, `nulls`, the texts that mean empty besides the empty
     text (SQL Server's NULL, R's NA), and `decimal`, the decimal mark ('.' or ',').
     """
-    if len(delimiter) != 1:
-        raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), "
-                             f"not {delimiter!r}")
-    try:
-        if not codecs.lookup(encoding)._is_text_encoding:
-            raise LookupError
-    except LookupError:
-        raise CdmImportError(f"{encoding!r} is not a text encoding (e.g. utf-8, cp1252, latin-1, gb18030, utf-16)")
-    if decimal not in (".", ","):
-        raise CdmImportError(f"the decimal mark is '.' or ',', not {decimal!r}")
-    if decimal == delimiter:
-        raise CdmImportError(f"the decimal mark and the delimiter are both {decimal!r}: give --delimiter ';'")
-    fmt = CsvFormat(delimiter, encoding, ("", *nulls), decimal)
+    fmt = csv_format(delimiter, encoding, nulls, decimal)
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)
