@@ -672,7 +672,7 @@ def quality_show(
     from medlake.quality import compile as cp, report, runner, site
 
     extra = site.load(site_checks)[0] if site_checks else []
-    with open_store() as eng:
+    with open_store(read_only=True) as eng:
         last, run_summary = None, {}
         files, cohort = [], None  # the site's DQD threshold files and the cohort the run used
         runs = runner.finished_runs(out_dir, redact(eng.url))

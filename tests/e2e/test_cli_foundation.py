@@ -67,7 +67,8 @@ def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text
 
 def test_a_store_another_process_holds_is_named_with_what_to_do(tmp_path):
     """DuckDB lets one process at a time open a file to write: a transform or a notebook holding the store stops a
-    command with the holder's PID and what to do; a quality run only reads, so it runs beside a notebook reading."""
+    command with the holder's PID and what to do; a quality run (and show) only reads, so it runs beside a notebook
+    reading."""
     store = tmp_path / "s.duckdb"
     assert run("--store", f"duckdb:{store}", "init", cwd=tmp_path).returncode == 0
     for read_only in (False, True):
@@ -78,6 +79,9 @@ def test_a_store_another_process_holds_is_named_with_what_to_do(tmp_path):
             assert holder.stdout.readline().strip() == "open"
             r = run("--store", f"duckdb:{store}", "quality", "run", cwd=tmp_path)
             w = run("--store", f"duckdb:{store}", "quality", "run", "--write-table", "dq", cwd=tmp_path)
+            if read_only:  # and the check's rows, from the report to the store
+                shown = run("--store", f"duckdb:{store}", "quality", "show", "table_cdmtable_person", cwd=tmp_path)
+                assert shown.returncode == 0 and "table_cdmtable_person" in shown.stdout, shown.stderr
         finally:
             holder.kill()
         if read_only:
