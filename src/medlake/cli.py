@@ -782,11 +782,11 @@ def cdm_import(
     from medlake.cdm import store as cdm_store
     from medlake.landing.quarantine import Quarantine
 
+    delimiter = delimiter.replace("\\t", "\t")
     with open_store() as eng:
         # the store's version; else the one the files are of (their tables and columns); else the configured one
         version = (version or cdm_store.info(eng).get("cdm_version")
-                   or importer.files_version(folder, delimiter.replace("\\t", "\t"), encoding)
-                   or settings().cdm_version)
+                   or importer.files_version(folder, delimiter, encoding) or settings().cdm_version)
         q = Quarantine(settings().landing_dir)
         try:
             with _counting_progress() as bar:  # tables
@@ -795,9 +795,9 @@ def cdm_import(
                 def tick(name, done, total):
                     bar.update(task, description=name, completed=done, total=total)
 
-                report = importer.import_folder(eng, folder, version, delimiter=delimiter.replace("\\t", "\t"),
-                                                encoding=encoding, nulls=tuple(nulls), decimal=decimal,
-                                                progress=tick, strict=strict, max_bad=max_bad,
+                report = importer.import_folder(eng, folder, version, delimiter=delimiter, encoding=encoding,
+                                                nulls=tuple(nulls), decimal=decimal, progress=tick, strict=strict,
+                                                max_bad=max_bad,
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:
             q.close()

@@ -103,29 +103,33 @@ def _parts(path: Path) -> list[Path]:
     return [p for p in sorted(path.iterdir()) if p.is_file() and _suffix(p) and not p.name.startswith((".", "_"))]
 
 
+def _table_name(p: Path) -> str | None:
+    """The table (lower case) a data file, or a folder of part files, is named after; None for anything else
+    (hidden files, `_SUCCESS`, other kinds of file, a folder without data files)."""
+    if p.name.startswith((".", "_")):
+        return None
+    if p.is_dir():
+        if not _parts(p):
+            return None
+        return (p.name[: -len(".parquet")] if p.name.lower().endswith(".parquet") else p.name).lower()
+    suffix = _suffix(p)
+    return p.name[: -len(suffix)].lower() if suffix else None
+
+
 def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
     """{table: its file or folder of part files} in `folder`."""
     if not folder.is_dir():
         raise CdmImportError(f"{folder} is not a folder; give a folder with one CSV or Parquet file per CDM table")
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith((".", "_")):
+        name = _table_name(p)
+        if name is None:
+            if p.is_file() and p.name.split(".")[0].lower() in cdm.table_names:  # person.txt, person.csv.zip
+                raise CdmImportError(f"{p}: not a kind of file the import reads ({KINDS}); convert or rename it, or "
+                                     "move it out of the folder")
             continue
-        if p.is_dir():
-            if not _parts(p):
-                continue  # a folder without data files (documentation, …)
-            kinds = {".parquet" if _suffix(x) == ".parquet" else "CSV" for x in _parts(p)}
-            if len(kinds) > 1:
-                raise CdmImportError(f"{p}: holds both CSV and Parquet files; keep one kind per table")
-            name = p.name[: -len(".parquet")] if p.name.lower().endswith(".parquet") else p.name
-        elif _suffix(p):
-            name = p.name[: -len(_suffix(p))]
-        elif p.name.split(".")[0].lower() in cdm.table_names:  # person.txt, person.csv.zip: not left out unsaid
-            raise CdmImportError(f"{p}: not a kind of file the import reads ({KINDS}); convert or rename it, or move "
-                                 "it out of the folder")
-        else:
-            continue
-        name = name.lower()
+        if p.is_dir() and len({_suffix(x) == ".parquet" for x in _parts(p)}) > 1:
+            raise CdmImportError(f"{p}: holds both CSV and Parquet files; keep one kind per table")
         if name not in cdm.table_names:
             other = _other_version(cdm.version)
             if name in model.load(other).table_names:
@@ -176,31 +180,29 @@ def _text(path: Path, encoding: str) -> io.TextIOWrapper:
                             newline="")
 
 
-def _header(path: Path, delimiter: str, encoding: str) -> list[str]:
+def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str]]:
+    """The file's format and its header's fields: with the delimiter given, or, when the header does not split by
+    it, the one it splits by (a ';' export in a folder of comma-separated tables)."""
     try:
-        with _text(path, encoding) as fh:
-            return next(csv.reader([fh.readline().lstrip("\ufeff")], delimiter=delimiter), [])
+        with _text(path, fmt.encoding) as fh:
+            first = fh.readline().lstrip("\ufeff")
     except (OSError, pa.ArrowInvalid) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
-
-
-def _sniff(path: Path, fmt: CsvFormat) -> CsvFormat:
-    """The file's format: with the delimiter given, or, when its header does not split by it, the one it splits by
-    (a ';' export in a folder of comma-separated tables)."""
     given = fmt.of(path)
-    if len(_header(path, given, fmt.encoding)) > 1:
-        return fmt
-    found = next((d for d in (",", ";", "|", "\t") if d != given and len(_header(path, d, fmt.encoding)) > 1), None)
-    return fmt._replace(delimiter=found) if found else fmt
+    for d in (given, *(d for d in (",", ";", "|", "\t") if d != given)):
+        header = next(csv.reader([first], delimiter=d), [])
+        if len(header) > 1:
+            return (fmt if d == given else fmt._replace(delimiter=d)), header
+    return fmt, next(csv.reader([first], delimiter=given), [])
 
 
-def _csv_batches(path: Path, fmt: CsvFormat,
+def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
                  invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, Callable]]:
-    """(batch of bytes, as in the file but for its encoding read as UTF-8; the file line of its row i as `line(i)`).
-    `invalid`: lines with the wrong number of fields are appended to it (text, fields expected, fields found) and
-    skipped (the line numbers of later rows are then fixed by `_invalid_lines`); without it they stop the import."""
+    """(batch of bytes, as in the file but for its encoding read as UTF-8; the file line of its row i as `line(i)`),
+    of a file of this format and `header` (`_sniff`). `invalid`: lines with the wrong number of fields are appended
+    to it (text, fields expected, fields found) and skipped (the line numbers of later rows are then fixed by
+    `_invalid_lines`); without it they stop the import."""
     delimiter = fmt.of(path)
-    header = _header(path, delimiter, fmt.encoding)
     if not header or header == [""]:  # an empty file (as some exports write an empty table): no rows
         return
     types = {n: pa.binary() for n in header}  # every column as written: no guessing
@@ -497,6 +499,14 @@ def _line(line: int, skipped: list[tuple[int, int]]) -> int:
     return line
 
 
+def _add_notes(notes: dict, more: dict) -> None:
+    """Add `more` {(field, what): (values, where the first is)} of a later batch or file to `notes`: the counts
+    summed, the first place kept."""
+    for key, (n, at) in more.items():
+        before, first = notes.get(key, (0, at))
+        notes[key] = (before + n, first)
+
+
 def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: CsvFormat, strict: bool,
                max_bad: int, used: int, loaded: Callable[[int], None] = lambda rows: None
                ) -> tuple[int, list[BadRow], dict[tuple[str, str], tuple[int, str]]]:
@@ -504,9 +514,12 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     `max_bad` rows left out, with the `used` of the files before, stops the import."""
     budget = max_bad - used
     parquet = path.name.lower().endswith(".parquet")
-    fmt = fmt if parquet else _sniff(path, fmt)
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
-    batches = _parquet_batches(path) if parquet else _csv_batches(path, fmt, invalid)
+    if parquet:
+        batches = _parquet_batches(path)
+    else:
+        fmt, header = _sniff(path, fmt)
+        batches = _csv_batches(path, fmt, header, invalid)
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
     for batch, line in batches:
         if strict and invalid:
@@ -528,9 +541,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         if problems:
             raw = _raw_rows(batch, sorted(problems), None if parquet else fmt.of(path))
             bad += [(line(i), problems[i], raw[i]) for i in sorted(problems)]
-        for key, (n, i) in noted.items():
-            before, at = notes.get(key, (0, line(i)))
-            notes[key] = (before + n, at)
+        _add_notes(notes, {k: (n, line(i)) for k, (n, i) in noted.items()})
         rows += engine.load_arrow(table.name, data)
         loaded(rows)
     if strict and invalid:
@@ -570,13 +581,12 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
     fits = set(model.VERSIONS)
     fmt = csv_format(delimiter, encoding)
     for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
-        parts = _parts(p)
-        if p.name.startswith((".", "_")) or not parts or not _suffix(parts[0]):
+        name = _table_name(p)
+        if name is None:
             continue
-        name = (p.name[: -len(_suffix(p))] if _suffix(p) else p.name.removesuffix(".parquet")).lower()
+        first = _parts(p)[0]
         try:
-            cols = (pq.read_schema(parts[0]).names if _suffix(parts[0]) == ".parquet"
-                    else _header(parts[0], _sniff(parts[0], fmt).of(parts[0]), encoding))
+            cols = pq.read_schema(first).names if _suffix(first) == ".parquet" else _sniff(first, fmt)[1]
         except (CdmImportError, pa.ArrowInvalid, OSError):
             continue  # the import says what is wrong with it
         cols = {c.lower().strip() for c in cols} - {""}
@@ -628,9 +638,7 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                     raise
                 rows, bad = rows + done, bad + len(aside)
                 left_out += aside
-                for key, (k, at) in noted.items():
-                    before, first = notes.get(key, (0, at))
-                    notes[key] = (before + k, first)
+                _add_notes(notes, noted)
             report[name] = Imported(path, rows, bad, notes)
         if set_aside:
             set_aside(dict(files), left_out)
