@@ -132,7 +132,7 @@ def status():
     """Show the store: engine, location, CDM version, vocabulary version, rows per table."""
     from medlake.cdm import store
 
-    with open_store() as eng:
+    with open_store(read_only=True) as eng:
         s = store.status(eng)
     out.print(f"store      {s.url}")
     out.print(f"engine     {s.engine}")
@@ -579,10 +579,10 @@ def quality_runs(
     from rich import box
 
     from medlake.config import redact
+    from medlake.engines import store_url
     from medlake.quality import runner
 
-    with open_store() as eng:
-        store = redact(eng.url)
+    store = redact(store_url(settings().store))  # the store is not opened: its runs' files name it
     runs = runner.history(out_dir, store)
     if not runs:
         raise ValueError(f"no finished quality run of {store} in {out_dir}: run `medlake quality run` first")
@@ -619,10 +619,10 @@ def quality_diff(
     from rich import box
 
     from medlake.config import redact
+    from medlake.engines import store_url
     from medlake.quality import report, runner
 
-    with open_store() as eng:
-        store = redact(eng.url)
+    store = redact(store_url(settings().store))  # the store is not opened: its runs' files name it
     runs = {d.name: d for d in runner.finished_runs(out_dir, store)}
     names = list(runs)
     b = after or (names[-1] if names else None)

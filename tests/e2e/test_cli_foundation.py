@@ -67,10 +67,12 @@ def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text
 
 def test_a_store_another_process_holds_is_named_with_what_to_do(tmp_path):
     """DuckDB lets one process at a time open a file to write: a transform or a notebook holding the store stops a
-    command with the holder's PID and what to do; a quality run (and show) only reads, so it runs beside a notebook
-    reading."""
+    command with the holder's PID and what to do; a quality run (and show, and status) only reads, so it runs beside
+    a notebook reading; the list of quality runs and their diff read only the runs' files, beside a transform too."""
     store = tmp_path / "s.duckdb"
     assert run("--store", f"duckdb:{store}", "init", cwd=tmp_path).returncode == 0
+    for _ in range(2):
+        assert run("--store", f"duckdb:{store}", "quality", "run", cwd=tmp_path).returncode == 0
     for read_only in (False, True):
         holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect("
                                    f"{str(store)!r}, read_only={read_only}); print('open', flush=True); "
@@ -82,6 +84,14 @@ def test_a_store_another_process_holds_is_named_with_what_to_do(tmp_path):
             if read_only:  # and the check's rows, from the report to the store
                 shown = run("--store", f"duckdb:{store}", "quality", "show", "table_cdmtable_person", cwd=tmp_path)
                 assert shown.returncode == 0 and "table_cdmtable_person" in shown.stdout, shown.stderr
+                s = run("--store", f"duckdb:{store}", "status", cwd=tmp_path)
+                assert s.returncode == 0 and "OMOP v5.4" in s.stdout, s.stderr
+            runs = run("--store", f"duckdb:{store}", "quality", "runs", cwd=tmp_path)
+            assert runs.returncode == 0, runs.stderr
+            n = 2 + read_only  # the quality run beside a reader finished
+            assert f"quality runs of duckdb:{store} ({n} of {n})" in " ".join(runs.stdout.split())
+            diff = run("--store", f"duckdb:{store}", "quality", "diff", cwd=tmp_path)
+            assert diff.returncode == 0 and "0 newly failing" in diff.stdout, diff.stderr
         finally:
             holder.kill()
         if read_only:

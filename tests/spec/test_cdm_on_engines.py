@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from medlake.cdm import ddl, model, store
-from medlake.engines import EngineError
+from medlake.engines import EngineError, open_engine, store_url
 
 # What each engine must report for each logical kind of the spec.
 EXPECTED = {
@@ -19,6 +19,20 @@ EXPECTED = {
     "spark": {"bigint": "BIGINT", "integer": "INT", "float": "DOUBLE", "date": "DATE",
               "datetime": "TIMESTAMP_NTZ", "varchar": "STRING"},
 }
+
+
+def test_the_url_a_store_is_known_by_is_known_without_opening_it(engine, tmp_path, monkeypatch):
+    """`quality runs` and `quality diff` find a store's runs by the URL it names itself by once open, without opening
+    it (no lock, connection or Spark session): a relative path and options as given on the command line."""
+    monkeypatch.chdir(tmp_path)
+    if engine.name == "duckdb":
+        other = open_engine("duckdb:sub/other.duckdb?memory_limit=1GB")
+        assert (store_url("duckdb:sub/other.duckdb?memory_limit=1GB"), store_url("duckdb:")) == (other.url,
+                                                                                               "duckdb::memory:")
+        other.close()
+    assert store_url("spark:warehouse" if engine.name == "spark" else engine.url) == engine.url
+    with pytest.raises(EngineError, match="unknown store 'mysql://x': use duckdb:PATH"):
+        store_url("mysql://x")
 
 
 @pytest.mark.parametrize("version", ["5.4", "5.3"])

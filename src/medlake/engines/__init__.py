@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from medlake.engines.base import Column, Engine, EngineError, transpile
 
-__all__ = ["Column", "Engine", "EngineError", "open_engine", "transpile"]
+__all__ = ["Column", "Engine", "EngineError", "open_engine", "store_url", "transpile"]
 
 
 def open_engine(url: str, read_only: bool = False) -> Engine:
@@ -27,6 +27,24 @@ def open_engine(url: str, read_only: bool = False) -> Engine:
         opts = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
         return DuckDBEngine(path or ":memory:", memory_limit=opts.get("memory_limit"),
                             read_only=read_only and bool(path) and path != ":memory:")
-    raise EngineError(
+    raise _unknown(url)
+
+
+def store_url(url: str) -> str:
+    """The URL the store `url` names is known by once open (`Engine.url`: its runs and records name it so), without
+    opening it: a command that only reads the quality runs' files needs no connection or Spark session."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    if url.startswith("spark:"):
+        from pathlib import Path
+
+        return f"spark:{Path(url.removeprefix('spark:')).resolve()}"
+    if url.startswith("duckdb:"):
+        return f"duckdb:{url.removeprefix('duckdb:').partition('?')[0] or ':memory:'}"
+    raise _unknown(url)
+
+
+def _unknown(url: str) -> EngineError:
+    return EngineError(
         f"unknown store {url!r}: use duckdb:PATH, postgresql://USER@HOST:PORT/DB or spark:WAREHOUSE_DIR"
     )
