@@ -604,6 +604,28 @@ def test_import_stops_at_a_quote_not_closed_naming_its_line(tmp_path, monkeypatc
         importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4")
 
 
+def test_import_sets_aside_a_row_whose_quote_not_closed_swallowed_the_rows_after_it(tmp_path):
+    """A quote opened in a short field and closed again rows later reads those rows as one value: the row is set
+    aside (the rows it swallowed kept in it), not loaded as a person with a 4-line source value and three persons
+    fewer; a note whose text runs over lines, one of them with commas, loads."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON_HEADER.replace("\n", ",person_source_value\n") + "".join(
+        f"{i},8507,1980,0,0,{'p' if i not in (2, 5) else chr(34) + 'p'}{i}{chr(34) if i == 5 else ''}\n"
+        for i in range(1, 8)))  # 34: a quote; person 2's is not closed, person 5's closes it
+    (folder / "note.csv").write_text("note_id,person_id,note_date,note_type_concept_id,note_class_concept_id,"
+                                     "note_title,note_text,encoding_concept_id,language_concept_id\n"
+                                     '1,1,2020-01-01,32817,0,t,"Na 140, K 4.1, Cl 101\nplan: recheck, call",0,0\n')
+    got = []
+    report = importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4",
+                                    set_aside=lambda files, bad: got.extend(bad))
+    assert (report["person"].rows, report["person"].bad, report["note"].rows, report["note"].bad) == (3, 1, 1, 0)
+    (b,) = got
+    assert (b.line, b.reason, b.field) == (3, "unclosed_quote", "person_source_value")
+    assert "runs over 4 lines, 3 of them a row of the file (a quote opened there and not closed?)" in b.detail
+    assert b"3,8507,1980,0,0,p3" in b.raw and b"4,8507,1980,0,0,p4" in b.raw
+
+
 def test_import_reads_a_table_from_a_folder_of_part_files(tmp_path):
     """As Spark writes a table (`measurement.parquet/part-*.parquet`, `_SUCCESS`, `.crc`), or CSV parts each with its
     header: one table, its rows from every part, a bad row named by its part file and line."""

@@ -343,12 +343,30 @@ def _utf8(col: pa.Array, name: str, limit: int, bad: dict[int, list[tuple[str, s
     return pc.if_else(pa.array(mask), pa.scalar(None, pa.binary()), col).cast(pa.string())
 
 
-def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = "."
+def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict[int, list[tuple[str, str, str]]]
+               ) -> None:
+    """Add to `bad` the rows whose value of `col` runs over lines that read as rows of the file: a quote opened and not
+    closed swallows the rows after it, up to the next quote, into one value (a row is then lost from the count)."""
+    data = col.buffers()[2] if len(col) and columns >= 4 else None
+    if data is None or not np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10):
+        return
+    for i in pc.indices_nonzero(pc.fill_null(pc.match_substring(col, "\n"), False)).to_pylist():
+        lines = col[i].as_py().split("\n")
+        rows = sum(x.count(delimiter) >= columns - 1 for x in lines[1:])
+        if rows:
+            bad.setdefault(i, []).append((name, "unclosed_quote", f"field {name}: its value runs over {len(lines)} "
+                                          f"lines, {rows} of them a row of the file (a quote opened there and not "
+                                          "closed?); close the quote in the file and import again"))
+
+
+def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = ".",
+             delimiter: str | None = None
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
     length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted, as are
-    texts NULL and \\N kept in a text field: {(field, "cut" or "null_text"): (values, row index of the first)}."""
+    texts NULL and \\N kept in a text field: {(field, "cut" or "null_text"): (values, row index of the first)}.
+    `delimiter`: a CSV file's, whose values that swallowed rows after a quote not closed are left out."""
     names = [n.lower().strip() for n in batch.schema.names]
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
@@ -373,6 +391,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     for name, col in list(data.items()):
         if pa.types.is_binary(col.type):
             data[name] = _utf8(col, name, limit, bad, garbled)
+        if delimiter is not None and pa.types.is_string(data[name].type):
+            _swallowed(data[name], name, delimiter, batch.num_columns, bad)
     if decimal != ".":  # 7,5 as a European export writes a number
         for f in table.fields:
             if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
@@ -528,7 +548,8 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         if left < 0:
             _too_many_invalid(path, max_bad, invalid)
         try:
-            data, problems, noted = _conform(batch, table, schema, path, left, "." if parquet else fmt.decimal)
+            data, problems, noted = _conform(batch, table, schema, path, left, *(() if parquet else (fmt.decimal,
+                                                                                            fmt.of(path))))
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
