@@ -503,6 +503,31 @@ def test_import_reads_the_forms_exports_write_when_told(tmp_path, name, content,
             importer.import_folder(eng, folder, "5.4", decimal=",")
 
 
+@pytest.mark.parametrize("parquet", [False, True])
+def test_import_reads_integers_pandas_wrote_as_floats(tmp_path, parquet):
+    """pandas writes an integer column with empty values as floats (12.0, in CSV and Parquet): read as the integer;
+    a fraction, or an exponent (a spreadsheet's 1.23E+11, its last digits lost), is set aside saying so."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    cols = {"person_id": [1.0, 2.0, 3.0, 4.0], "gender_concept_id": [8507.0] * 4, "year_of_birth": [1980.0] * 4,
+            "race_concept_id": [0.0] * 4, "ethnicity_concept_id": [0.0] * 4,
+            "provider_id": [12.0, None, 12.5, 1.23e11 if parquet else "1.23E+11"]}
+    if parquet:
+        pq.write_table(pa.table(cols), folder / "person.parquet")
+    else:
+        (folder / "person.csv").write_text(",".join(cols) + "\n" + "".join(
+            ",".join("" if v is None else str(v) for v in row) + "\n" for row in zip(*cols.values())))
+    eng = open_engine("duckdb::memory:")
+    got = []
+    [report] = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: got.extend(b)).values()
+    assert eng.query("SELECT person_id AS p, provider_id AS v FROM person ORDER BY 1").to_pylist() == [
+        {"p": 1, "v": 12}, {"p": 2, "v": None}] + ([{"p": 4, "v": 123_000_000_000}] if parquet else [])
+    assert [(b.line, b.field, b.detail.split(" (", 1)[1].split(")")[0]) for b in got] == [
+        (3 if parquet else 4, "provider_id", "not a whole number")] + ([] if parquet else [
+            (5, "provider_id", "a number with an exponent, as a spreadsheet shows a long one: its last digits may "
+                               "be lost; export the column with all its digits")])
+
+
 def test_the_version_the_files_are_of(tmp_path):
     """Without --version: the store's version, else the one the files' tables and columns are of, else the
     configured one."""

@@ -253,6 +253,11 @@ def _why(value, kind: str) -> str:
     s = str(value).strip()
     try:
         if kind in ("bigint", "integer"):
+            if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", s):
+                return ("a number with an exponent, as a spreadsheet shows a long one: its last digits may be lost; "
+                        "export the column with all its digits")
+            if re.fullmatch(r"[-+]?\d*\.\d+", s):
+                return "not a whole number"
             n = int(s)
             if kind == "integer" and not -2**31 <= n < 2**31:
                 return "out of range for a 32-bit integer"
@@ -296,6 +301,11 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
         return pc.cast(pc.cast(s, pa.timestamp("us")), target)  # (a time after the day, as SQL Server's .000, read)
     if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
         col = pc.utf8_trim_whitespace(col)
+        if f.kind != "float":
+            try:
+                return pc.cast(col, target)
+            except CAST_ERRORS:  # 12.0: pandas writes an integer column with empty values as floats
+                col = pc.replace_substring_regex(col, r"^([-+]?\d+)\.0*$", r"\1")
     return pc.cast(col, target)
 
 
