@@ -766,6 +766,9 @@ def cdm_import(
                                     "text, as SQL Server writes NULL and R writes NA (repeat for more)."),
     decimal: str = typer.Option(".", "--decimal", help="The decimal mark of the CSV files' numbers: '.' or ',' (as "
                                 "European exports write 7,5; with --delimiter ';')."),
+    date_format: Optional[str] = typer.Option(None, "--date-format", help="How the files write dates besides "
+                                              "YYYY-MM-DD, as strptime does: '%m/%d/%Y' (1/31/2020), '%d.%m.%Y' "
+                                              "(31.01.2020); a time after a date is read too (HH:MM[:SS] [AM/PM])."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first row that cannot be imported (nothing "
                                 "is imported) instead of setting it aside in quarantine."),
     max_bad: int = typer.Option(1000, "--max-bad-rows", min=0, help="Stop (nothing imported) when more rows than "
@@ -796,7 +799,7 @@ def cdm_import(
                     bar.update(task, description=name, completed=done, total=total)
 
                 report = importer.import_folder(eng, folder, version, delimiter=delimiter, encoding=encoding,
-                                                nulls=tuple(nulls), decimal=decimal, progress=tick, strict=strict,
+                                                nulls=tuple(nulls), decimal=decimal, dates=date_format, progress=tick, strict=strict,
                                                 max_bad=max_bad,
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:

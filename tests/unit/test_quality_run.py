@@ -484,6 +484,16 @@ def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name,
      {"delimiter": ";", "decimal": ","}, ["if it is a decimal comma, give --decimal ','"] * 2,
      "SELECT value_as_number AS v, range_high AS h FROM measurement ORDER BY 1",
      [{"v": -0.25, "h": None}, {"v": 7.5, "h": 8.0}]),
+    # a file saved by a spreadsheet in the US: month first, a time with AM/PM; ISO dates beside them still read
+    ("measurement.csv", "measurement_id,person_id,measurement_concept_id,measurement_date,measurement_datetime,"
+     "measurement_type_concept_id\n1,1,3004410,1/31/2020,1/31/2020 10:05 PM,32817\n2,1,3004410,2020-02-01,,32817\n"
+     "3,1,3004410,3/4/2020,3/4/2020 7:30,32817\n",
+     {"dates": "%m/%d/%Y"}, ["if the file writes its dates so, give --date-format '%m/%d/%Y'",
+                             "if the file writes its dates so, give --date-format '%m/%d/%Y' or '%d/%m/%Y' (which is "
+                             "the day?)"],
+     "SELECT measurement_date AS d, measurement_datetime AS t FROM measurement ORDER BY measurement_id",
+     [{"d": dt.date(2020, 1, 31), "t": dt.datetime(2020, 1, 31, 22, 5)}, {"d": dt.date(2020, 2, 1), "t": None},
+      {"d": dt.date(2020, 3, 4), "t": dt.datetime(2020, 3, 4, 7, 30)}]),
 ])
 def test_import_reads_the_forms_exports_write_when_told(tmp_path, name, content, told, hints, query, rows):
     """Without the option, the rows it would read are set aside saying which option to give; with it, read."""
@@ -501,6 +511,25 @@ def test_import_reads_the_forms_exports_write_when_told(tmp_path, name, content,
     if "decimal" in told:
         with pytest.raises(ValueError, match="the decimal mark and the delimiter are both ','"):
             importer.import_folder(eng, folder, "5.4", decimal=",")
+
+
+def test_import_date_format_is_checked_and_a_date_not_in_it_set_aside(tmp_path):
+    for form, message in [("%m/%d/%y", r"has a two-digit year \(%y\): 1/31/45 is 1945 or 2045\?"),
+                          ("%m/%Y", r"needs a day \(%d\), a month \(%m, or %b for Jan\) and a year \(%Y\)")]:
+        with pytest.raises(ValueError, match=message):
+            importer.csv_format(dates=form)
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "death.csv").write_text("person_id,death_date,death_type_concept_id\n1,31.01.2020,32817\n"
+                                      "2,2020-01-31,32817\n3,31/01/2020,32817\n")
+    got = []
+    eng = open_engine("duckdb::memory:")
+    [report] = importer.import_folder(eng, folder, "5.4", dates="%d.%m.%Y",
+                                      set_aside=lambda f, b: got.extend(b)).values()
+    assert eng.query("SELECT death_date FROM death ORDER BY 1").column(0).to_pylist() == [dt.date(2020, 1, 31)] * 2
+    assert [(b.line, b.detail) for b in got] == [(4, "field death_date: cannot read '31/01/2020' as date (a date is "
+                                                  "read as %d.%m.%Y (--date-format) or YYYY-MM-DD, a time after it "
+                                                  "as HH:MM[:SS] [AM/PM]); fix the value in the file and import again")]
 
 
 @pytest.mark.parametrize("parquet", [False, True])

@@ -151,6 +151,7 @@ class CsvFormat(NamedTuple):
     encoding: str = "utf-8"
     nulls: tuple[str, ...] = ("",)
     decimal: str = "."  # the decimal mark of numbers with a fraction
+    dates: str | None = None  # the form of dates besides YYYY-MM-DD, as strptime writes it (%m/%d/%Y)
 
     def of(self, path: Path) -> str:
         """The delimiter of file `path`."""
@@ -248,9 +249,11 @@ def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, Callable]]:
         row += batch.num_rows
 
 
-def _why(value, kind: str) -> str:
+def _why(value, kind: str, dates: str | None = None) -> str:
     """Why the conversion refuses `value`, in words (Python's reading of it; the vectorised cast's error is terse)."""
     s = str(value).strip()
+    if dates and kind in ("date", "datetime"):
+        return f"a date is read as {dates} (--date-format) or YYYY-MM-DD, a time after it as HH:MM[:SS] [AM/PM]"
     try:
         if kind in ("bigint", "integer"):
             if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", s):
@@ -281,8 +284,22 @@ def _why(value, kind: str) -> str:
 ZONE = r"^(.*[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?)(?:Z|[+-]\d\d(?::?\d\d)?)$"
 
 
-def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
-    """The field's column as the spec's type (raises ArrowInvalid where a value cannot be read so)."""
+TIMES = ("", " %H:%M", " %H:%M:%S", " %I:%M %p", " %I:%M:%S %p")  # a time after a --date-format date, as written
+
+
+def _dates(s: pa.Array, form: str) -> pa.Array:
+    """Texts of dates written in `form` (--date-format), with a time after them or not, as timestamps; the others are
+    read as YYYY-MM-DD (raising where one cannot be read either way)."""
+    got = pc.coalesce(*(pc.strptime(s, form + t, "us", error_is_null=True) for t in TIMES))
+    rest = pc.and_(pc.is_null(got), pc.is_valid(s))
+    if pc.any(rest).as_py():
+        got = pc.coalesce(got, pc.cast(pc.if_else(rest, s, pa.scalar(None, pa.string())), pa.timestamp("us")))
+    return got
+
+
+def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None = None) -> pa.Array:
+    """The field's column as the spec's type (raises ArrowInvalid where a value cannot be read so); `dates`: the
+    form of dates besides YYYY-MM-DD (--date-format)."""
     if col.type == target:
         return col
     if pa.types.is_timestamp(col.type) and col.type.tz:  # the time as the clock read there, as a CSV file's
@@ -296,6 +313,8 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType) -> pa.Array:
             s = pc.if_else(compact, pc.binary_join_element_wise(
                 pc.utf8_slice_codeunits(s, 0, 4), pc.utf8_slice_codeunits(s, 4, 6),
                 pc.utf8_slice_codeunits(s, 6, 8), "-"), s)
+        if dates:
+            s = _dates(s, dates)
         if f.kind == "datetime":
             return pc.cast(s, target)
         return pc.cast(pc.cast(s, pa.timestamp("us")), target)  # (a time after the day, as SQL Server's .000, read)
@@ -370,13 +389,14 @@ def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict
 
 
 def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = ".",
-             delimiter: str | None = None
+             delimiter: str | None = None, dates: str | None = None
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
     length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted, as are
     texts NULL and \\N kept in a text field: {(field, "cut" or "null_text"): (values, row index of the first)}.
-    `delimiter`: a CSV file's, whose values that swallowed rows after a quote not closed are left out."""
+    `delimiter`: a CSV file's, whose values that swallowed rows after a quote not closed are left out; `dates`: the
+    form of dates besides YYYY-MM-DD (--date-format)."""
     names = [n.lower().strip() for n in batch.schema.names]
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
@@ -418,16 +438,18 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                     bad.setdefault(i, []).append((f.name, "missing_mandatory", f"field {f.name} is required in "
                                                   f"{table.name} but empty; fill it in the file and import again"))
         try:
-            done[f.name] = _cast(col, f, af.type)
+            done[f.name] = _cast(col, f, af.type, dates)
         except CAST_ERRORS:
-            for i in _refused(lambda c: _cast(c, f, af.type), col, limit):
+            for i in _refused(lambda c: _cast(c, f, af.type, dates), col, limit):
                 v = col[i].as_py()
                 fix = (f"if it means empty, give --null {v!r}" if str(v).strip().upper() in NULL_MARKS else
                        "if it is a decimal comma, give --decimal ','" if f.kind == "float" and decimal == "."
                        and re.fullmatch(r"\s*[-+]?\d*,\d+\s*", str(v)) else
+                       _date_hint(str(v)) if f.kind in ("date", "datetime") and not dates
+                       and re.match(r"\s*\d{1,2}[/.-]\d{1,2}[/.-]\d{4}\b", str(v)) else
                        "fix the value in the file and import again")
                 bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read {v!r} as {f.kind} "
-                                              f"({_why(v, f.kind)}); {fix}"))
+                                              f"({_why(v, f.kind, dates)}); {fix}"))
         if len(bad) > limit:
             break
     if len(bad) > limit:
@@ -454,7 +476,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         if f.name in done:
             col = done[f.name] if keep is None else done[f.name].filter(keep)
         else:  # this column had bad values: the rest of it converts
-            col = _cast(data[f.name].filter(keep), f, af.type)
+            col = _cast(data[f.name].filter(keep), f, af.type, dates)
         if f.kind == "varchar" and f.length:
             over = pc.fill_null(pc.greater(pc.utf8_length(col), f.length), False)
             note(f.name, "cut", over)
@@ -464,6 +486,15 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             note(f.name, "null_text", pc.fill_null(pc.is_in(col, pa.array(["NULL", "\\N"])), False))
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=schema), bad, notes
+
+
+def _date_hint(v: str) -> str:
+    """What to give for a date written day and month first (31/01/2020, 1/31/2020), as a spreadsheet saves it."""
+    a, sep, b = re.match(r"\s*(\d+)([/.-])(\d+)", v).groups()
+    day_first = f"'%d{sep}%m{sep}%Y'"
+    month_first = f"'%m{sep}%d{sep}%Y'"
+    form = day_first if int(a) > 12 else month_first if int(b) > 12 else f"{month_first} or {day_first} (which is the day?)"
+    return f"if the file writes its dates so, give --date-format {form}"
 
 
 class _TooMany(Exception):
@@ -559,7 +590,8 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
             _too_many_invalid(path, max_bad, invalid)
         try:
             data, problems, noted = _conform(batch, table, schema, path, left, *(() if parquet else (fmt.decimal,
-                                                                                            fmt.of(path))))
+                                                                                            fmt.of(path))),
+                                             dates=fmt.dates)
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
@@ -589,7 +621,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
 
 
 def csv_format(delimiter: str = ",", encoding: str = "utf-8", nulls: tuple[str, ...] = (),
-               decimal: str = ".") -> CsvFormat:
+               decimal: str = ".", dates: str | None = None) -> CsvFormat:
     """The CSV options, checked (CdmImportError naming the one that cannot be)."""
     if len(delimiter) != 1:
         raise CdmImportError(f"the delimiter must be one character (',', ';', '|', or '\\t' for a tab), "
@@ -603,7 +635,14 @@ def csv_format(delimiter: str = ",", encoding: str = "utf-8", nulls: tuple[str, 
         raise CdmImportError(f"the decimal mark is '.' or ',', not {decimal!r}")
     if decimal == delimiter:
         raise CdmImportError(f"the decimal mark and the delimiter are both {decimal!r}: give --delimiter ';'")
-    return CsvFormat(delimiter, encoding, ("", *nulls), decimal)
+    if dates is not None:
+        if "%y" in dates:
+            raise CdmImportError(f"the date format {dates!r} has a two-digit year (%y): 1/31/45 is 1945 or 2045? "
+                                 "export the dates with four-digit years (%Y)")
+        if not all(x in dates for x in ("%Y", "%d")) or not ("%m" in dates or "%b" in dates):
+            raise CdmImportError(f"the date format {dates!r} needs a day (%d), a month (%m, or %b for Jan) and a year "
+                                 "(%Y), as in '%m/%d/%Y' or '%d.%m.%Y'; a time after the date is read without it")
+    return CsvFormat(delimiter, encoding, ("", *nulls), decimal, dates)
 
 
 def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf-8") -> str | None:
@@ -627,7 +666,7 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
 
 
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
-                  encoding: str = "utf-8", nulls: tuple[str, ...] = (), decimal: str = ".",
+                  encoding: str = "utf-8", nulls: tuple[str, ...] = (), decimal: str = ".", dates: str | None = None,
                   progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
                   max_bad: int = MAX_BAD,
                   set_aside: Callable[[dict[str, Path], list[BadRow]], None] | None = None) -> dict[str, Imported]:
@@ -637,9 +676,10 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     Rows that cannot be imported are left out and given to `set_aside` with the tables imported ({table: file};
     once, before the transaction commits: an error there rolls the import back); `strict`: the first one stops
     the import instead. CSV files: `delimiter`, `encoding`, `nulls`, the texts that mean empty besides the empty
-    text (SQL Server's NULL, R's NA), and `decimal`, the decimal mark ('.' or ',').
+    text (SQL Server's NULL, R's NA), `decimal`, the decimal mark ('.' or ','), and `dates`, the form of dates
+    besides YYYY-MM-DD, as strptime writes it ('%m/%d/%Y'; of text dates in Parquet files too).
     """
-    fmt = csv_format(delimiter, encoding, nulls, decimal)
+    fmt = csv_format(delimiter, encoding, nulls, decimal, dates)
     cdm = model.load(version)
     files = _table_files(Path(folder), cdm)
     store.init(engine, version)
