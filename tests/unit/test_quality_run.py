@@ -757,6 +757,11 @@ def test_import_sets_aside_values_not_in_the_files_encoding_and_reads_the_encodi
     (folder / "person.csv").write_bytes(lines[0] + b"\n1,8507,1980,0,0,007\n")  # a header in mixed case: no guessing
     importer.import_folder(eng, folder, "5.4")
     assert eng.query("SELECT person_source_value AS v FROM person").column(0).to_pylist() == ["007"]
+    pq.write_table(pa.table({"person.person_id": [5], "person.gender_concept_id": [8507], "Person.Year_Of_Birth": [1980],
+                             "person.race_concept_id": [0], "person.ethnicity_concept_id": [0]}), tmp_path / "p.parquet")
+    (folder / "person.csv").unlink()  # Hive's and Spark SQL clients' header: the table's name before each column
+    shutil.move(tmp_path / "p.parquet", folder / "person.parquet")
+    assert importer.files_version(folder) is None and importer.import_folder(eng, folder, "5.4")["person"].rows == 1
     with pytest.raises(ValueError, match="'base64' is not a text encoding"):
         importer.import_folder(eng, folder, "5.4", encoding="base64")
 

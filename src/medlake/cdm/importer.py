@@ -372,6 +372,13 @@ def _utf8(col: pa.Array, name: str, limit: int, bad: dict[int, list[tuple[str, s
     return pc.if_else(pa.array(mask), pa.scalar(None, pa.binary()), col).cast(pa.string())
 
 
+def _columns(header: list[str], table: str) -> list[str]:
+    """A file's column names as the table's fields are named: any case, spaces around, and the table's name before
+    them as Hive and Spark SQL clients write it (`person.person_id`) taken off."""
+    names = [n.lower().strip() for n in header]
+    return [n.removeprefix(f"{table}.") for n in names]
+
+
 def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict[int, list[tuple[str, str, str]]]
                ) -> None:
     """Add to `bad` the rows whose value of `col` runs over lines that read as rows of the file: a quote opened and not
@@ -397,7 +404,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     texts NULL and \\N kept in a text field: {(field, "cut" or "null_text"): (values, row index of the first)}.
     `delimiter`: a CSV file's, whose values that swallowed rows after a quote not closed are left out; `dates`: the
     form of dates besides YYYY-MM-DD (--date-format)."""
-    names = [n.lower().strip() for n in batch.schema.names]
+    names = _columns(batch.schema.names, table.name)
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
             raise CdmImportError(f"{path}: a column without a name in the header holds values; name it or remove it")
@@ -659,7 +666,7 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
             cols = pq.read_schema(first).names if _suffix(first) == ".parquet" else _sniff(first, fmt)[1]
         except (CdmImportError, pa.ArrowInvalid, OSError):
             continue  # the import says what is wrong with it
-        cols = {c.lower().strip() for c in cols} - {""}
+        cols = set(_columns(cols, name)) - {""}
         fits = {v for v in fits if name in model.load(v).table_names
                 and cols <= set(model.load(v).table(name).field_names)}
     return fits.pop() if len(fits) == 1 else None
