@@ -769,6 +769,8 @@ def cdm_import(
     date_format: Optional[str] = typer.Option(None, "--date-format", help="How the files write dates besides "
                                               "YYYY-MM-DD, as strptime does: '%m/%d/%Y' (1/31/2020), '%d.%m.%Y' "
                                               "(31.01.2020); a time after a date is read too (HH:MM[:SS] [AM/PM])."),
+    skip_unknown: bool = typer.Option(False, "--skip-unknown-columns", help="Leave out columns that are no field "
+                                      "of their table (a site's own), each named in a warning, instead of stopping."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first row that cannot be imported (nothing "
                                 "is imported) instead of setting it aside in quarantine."),
     max_bad: int = typer.Option(1000, "--max-bad-rows", min=0, help="Stop (nothing imported) when more rows than "
@@ -800,7 +802,7 @@ def cdm_import(
 
                 report = importer.import_folder(eng, folder, version, delimiter=delimiter, encoding=encoding,
                                                 nulls=tuple(nulls), decimal=decimal, dates=date_format, progress=tick, strict=strict,
-                                                max_bad=max_bad,
+                                                max_bad=max_bad, skip_unknown=skip_unknown,
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:
             q.close()
@@ -818,11 +820,19 @@ def cdm_import(
     cdm = model.load(version)
     for name, r in report.items():
         for (field, what), (n, first) in r.notes.items():
-            length = cdm.table(name).field(field).length
-            says = (f"{n:,} value(s) longer than the {length} characters OMOP CDM v{version} gives the field, cut to "
-                    f"{length} (the first: {first}); shorten them in the file to choose what is kept" if what == "cut"
-                    else f"{n:,} value(s) NULL or \\N kept as text (the first: {first}); give --null NULL (or "
-                    "--null '\\N') if they mean empty")
+            if what == "skipped":
+                other = model.load("5.3" if version == "5.4" else "5.4")
+                says = (f"not a field of {name} in OMOP CDM v{version}: left out ({n:,} value(s)" + (
+                        f", the first: {first})" if n else ")") + (
+                        f"; a field of v{other.version}: give --version {other.version} if the files are of it"
+                        if name in other.table_names and field in other.table(name).field_names else ""))
+            elif what == "cut":
+                length = cdm.table(name).field(field).length
+                says = (f"{n:,} value(s) longer than the {length} characters OMOP CDM v{version} gives the field, "
+                        f"cut to {length} (the first: {first}); shorten them in the file to choose what is kept")
+            else:
+                says = (f"{n:,} value(s) NULL or \\N kept as text (the first: {first}); give --null NULL (or "
+                        "--null '\\N') if they mean empty")
             err.print(f"warning: {name}.{field}: {says}", highlight=False, markup=False, soft_wrap=True)
     if bad:
         out.print(f"{sum(bad.values()):,} row(s) could not be imported and are in quarantine (source "

@@ -513,6 +513,36 @@ def test_import_reads_the_forms_exports_write_when_told(tmp_path, name, content,
             importer.import_folder(eng, folder, "5.4", decimal=",")
 
 
+def test_import_leaves_out_a_sites_own_columns_when_told(tmp_path, monkeypatch):
+    """A site's own column (an ETL batch id) stops the import saying what to give; with --skip-unknown-columns it is
+    left out, named with its values and the first one's line (in a later batch than the first), and a field of the
+    other CDM version says so."""
+    monkeypatch.setattr(importer, "BATCH_BYTES", 256)
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON_HEADER.replace("\n", ",etl_batch\n") + "".join(
+        f"{i},8507,1980,0,0,{'b7' if i > 12 else ''}\n" for i in range(1, 21)))
+    (folder / "visit_occurrence.csv").write_text("visit_occurrence_id,person_id,visit_concept_id,visit_start_date,"
+                                                 "visit_end_date,visit_type_concept_id,admitting_source_concept_id\n"
+                                                 "1,1,9201,2020-01-01,2020-01-02,32817,\n")
+    eng = open_engine("duckdb::memory:")
+    with pytest.raises(ValueError, match=r"person.csv: column\(s\) etl_batch are not fields of person \(fields: .*\); "
+                                         r"give --skip-unknown-columns to leave them out"):
+        importer.import_folder(eng, folder, "5.4")
+    report = importer.import_folder(eng, folder, "5.4", skip_unknown=True)
+    assert (report["person"].rows, report["person"].notes) == (20, {("etl_batch", "skipped"): (8, f"{folder}/person.csv:14")})
+    assert report["visit_occurrence"].notes == {("admitting_source_concept_id", "skipped"): (0, f"{folder}/visit_occurrence.csv:2")}
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "cdm", "import", str(folder), "--skip-unknown-columns"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [
+        f"warning: person.etl_batch: not a field of person in OMOP CDM v5.4: left out (8 value(s), the first: "
+        f"{folder}/person.csv:14)",
+        "warning: visit_occurrence.admitting_source_concept_id: not a field of visit_occurrence in OMOP CDM v5.4: "
+        "left out (0 value(s)); a field of v5.3: give --version 5.3 if the files are of it"]
+
+
 def test_import_date_format_is_checked_and_a_date_not_in_it_set_aside(tmp_path):
     for form, message in [("%m/%d/%y", r"has a two-digit year \(%y\): 1/31/45 is 1945 or 2045\?"),
                           ("%m/%Y", r"needs a day \(%d\), a month \(%m, or %b for Jan\) and a year \(%Y\)")]:

@@ -79,7 +79,8 @@ class Imported(NamedTuple):
     rows: int  # loaded
     bad: int  # left out (BadRow)
     # {(field, what): (values, where the first is)}; what: "cut" (longer than the spec's length: cut to it),
-    # "null_text" (NULL or \N kept as text in a text field: --null not given)
+    # "null_text" (NULL or \N kept as text in a text field: --null not given), "skipped" (a column that is no field
+    # of the table, left out: skip_unknown; values: its non-empty values)
     notes: dict[tuple[str, str], tuple[int, str]] = {}
 
 
@@ -396,14 +397,15 @@ def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict
 
 
 def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = ".",
-             delimiter: str | None = None, dates: str | None = None
+             delimiter: str | None = None, dates: str | None = None, skip_unknown: bool = False
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
     length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted, as are
     texts NULL and \\N kept in a text field: {(field, "cut" or "null_text"): (values, row index of the first)}.
     `delimiter`: a CSV file's, whose values that swallowed rows after a quote not closed are left out; `dates`: the
-    form of dates besides YYYY-MM-DD (--date-format)."""
+    form of dates besides YYYY-MM-DD (--date-format); `skip_unknown`: columns that are no field of the table are left
+    out, counted as {(column, "skipped"): (values, row index of the first)}, instead of stopping the import."""
     names = _columns(batch.schema.names, table.name)
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
@@ -411,6 +413,15 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         named = [i for i, n in enumerate(names) if n]
         batch, names = batch.select(named), [names[i] for i in named]
     unknown = [n for n in names if n not in table.field_names]
+    skipped: dict[tuple[str, str], tuple[int, int]] = {}
+    if unknown and skip_unknown:
+        for i, n in enumerate(names):
+            if n in unknown:
+                col = batch.column(i)
+                skipped[n, "skipped"] = (len(col) - col.null_count, pc.index(col.is_valid(), True).as_py()
+                                         if col.null_count < len(col) else 0)
+        known = [i for i, n in enumerate(names) if n not in unknown]
+        batch, names, unknown = batch.select(known), [names[i] for i in known], []
     if unknown:
         raise UnknownColumns(f"{path}: column(s) {', '.join(unknown)} are not fields of {table.name} "
                              f"(fields: {', '.join(table.field_names)})", unknown)
@@ -468,7 +479,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             mask[i] = False
         keep = pa.array(mask)
     cols = []
-    notes: dict[tuple[str, str], tuple[int, int]] = {}
+    notes: dict[tuple[str, str], tuple[int, int]] = dict(skipped)
 
     def note(field: str, what: str, mask: pa.Array) -> None:
         n = pc.sum(mask).as_py()
@@ -572,14 +583,15 @@ def _add_notes(notes: dict, more: dict) -> None:
     summed, the first place kept."""
     for key, (n, at) in more.items():
         before, first = notes.get(key, (0, at))
-        notes[key] = (before + n, first)
+        notes[key] = (before + n, first if before else at)  # (a column skipped may have no values in a batch)
 
 
 def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: CsvFormat, strict: bool,
-               max_bad: int, used: int, loaded: Callable[[int], None] = lambda rows: None
+               max_bad: int, used: int, loaded: Callable[[int], None] = lambda rows: None, skip_unknown: bool = False
                ) -> tuple[int, list[BadRow], dict[tuple[str, str], tuple[int, str]]]:
     """Load one file of a table: (rows loaded, rows left out, {(field, what): (values, where the first is)}); more than
-    `max_bad` rows left out, with the `used` of the files before, stops the import."""
+    `max_bad` rows left out, with the `used` of the files before, stops the import; `skip_unknown`: columns that are
+    no field of the table are left out (and counted) instead of stopping it."""
     budget = max_bad - used
     parquet = path.name.lower().endswith(".parquet")
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
@@ -598,7 +610,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         try:
             data, problems, noted = _conform(batch, table, schema, path, left, *(() if parquet else (fmt.decimal,
                                                                                             fmt.of(path))),
-                                             dates=fmt.dates)
+                                             dates=fmt.dates, skip_unknown=skip_unknown)
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
@@ -675,7 +687,7 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
                   encoding: str = "utf-8", nulls: tuple[str, ...] = (), decimal: str = ".", dates: str | None = None,
                   progress: Callable[[str, int, int], None] | None = None, strict: bool = False,
-                  max_bad: int = MAX_BAD,
+                  max_bad: int = MAX_BAD, skip_unknown: bool = False,
                   set_aside: Callable[[dict[str, Path], list[BadRow]], None] | None = None) -> dict[str, Imported]:
     """Load every table file (or folder of part files) of `folder` into the store; return {table: Imported(file,
     rows, bad rows)}.
@@ -684,7 +696,9 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     once, before the transaction commits: an error there rolls the import back); `strict`: the first one stops
     the import instead. CSV files: `delimiter`, `encoding`, `nulls`, the texts that mean empty besides the empty
     text (SQL Server's NULL, R's NA), `decimal`, the decimal mark ('.' or ','), and `dates`, the form of dates
-    besides YYYY-MM-DD, as strptime writes it ('%m/%d/%Y'; of text dates in Parquet files too).
+    besides YYYY-MM-DD, as strptime writes it ('%m/%d/%Y'; of text dates in Parquet files too). `skip_unknown`:
+    columns that are no field of their table (a site's own) are left out, each counted in the table's notes as
+    (column, "skipped"), instead of stopping the import.
     """
     fmt = csv_format(delimiter, encoding, nulls, decimal, dates)
     cdm = model.load(version)
@@ -706,14 +720,14 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                     done, aside, noted = _load_file(
                         engine, table, schema, part, fmt, strict, max_bad, len(left_out),
                         lambda k, before=rows: progress(f"{name} ({before + k:,} rows)", n, len(files)) if progress
-                        else None)
+                        else None, skip_unknown)
                 except UnknownColumns as e:
                     other = model.load(_other_version(version))
                     if name in other.table_names and set(e.columns) <= set(other.table(name).field_names):
                         raise CdmImportError(f"{part}: column(s) {', '.join(e.columns)} are fields of {name} in OMOP "
                                              f"CDM v{other.version}, not v{version}: give --version {other.version} "
                                              f"if the files are v{other.version}") from None
-                    raise
+                    raise UnknownColumns(f"{e}; give --skip-unknown-columns to leave them out", e.columns) from None
                 rows, bad = rows + done, bad + len(aside)
                 left_out += aside
                 _add_notes(notes, noted)
