@@ -385,19 +385,20 @@ def test_import_csv_and_parquet_twice_is_a_no_op(tmp_path):
 
 
 def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
-    """SQL Server's '2020-12-31 00:00:00.000' in a date field, 20201231, a time after the day; a zone after a time
+    """SQL Server's '2020-12-31 00:00:00.000' in a date field, and its datetime2's seven digits after the second
+    (.1234567, to the microsecond), 20201231, a time after the day; a zone after a time
     (Z, +02:00, -0500) dropped, the time as written kept; a day or month that does not exist set aside, saying so."""
     folder = tmp_path / "cdm"
     folder.mkdir()
     (folder / "observation_period.csv").write_text(
         "observation_period_id,person_id,observation_period_start_date,observation_period_end_date,"
         "period_type_concept_id\n1,1,2010-01-01 00:00:00.000,20201231,32817\n2,2,2015-01-01T13:45:00,2016-01-01,32817\n"
-        "3,3,2015-01-01,2016-02-30 00:00:00,32817\n")
+        "3,3,2015-01-01,2016-02-30 00:00:00,32817\n4,4,2017-01-01 00:00:00.0000000,2017-12-31,32817\n")
     (folder / "person.csv").write_text(
         "person_id,gender_concept_id,year_of_birth,birth_datetime,race_concept_id,ethnicity_concept_id\n"
         "1,8507,1950,1950-03-04 10:00:00.250,0,0\n2,8507,1950,1950-03-04T10:00:00Z,0,0\n"
         "3,8507,1950,1950-03-04T10:00:00+02:00,0,0\n4,8507,1950,1950-03-04 10:00-0500,0,0\n"
-        "5,8507,1950,1950-13-04 10:00:00,0,0\n6,8507,1950,19500304,0,0\n")
+        "5,8507,1950,1950-13-04 10:00:00,0,0\n6,8507,1950,19500304,0,0\n7,8507,1950,1950-03-04 10:00:00.1234567,0,0\n")
     # a day as a number in Parquet (an export's YYYYMMDD): read as in a CSV file, not as days since 1970
     pq.write_table(pa.table({"person_id": [1, 2, 3], "death_date": pa.array([20200131, 18262, 20200229], pa.int32()),
                              "death_datetime": pa.array([20200131.0, None, None]),
@@ -406,7 +407,7 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
     aside = []
     report = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: aside.extend(b))
     assert {k: (r.rows, r.bad) for k, r in report.items()} == {
-        "death": (2, 1), "observation_period": (2, 1), "person": (5, 1)}
+        "death": (2, 1), "observation_period": (3, 1), "person": (6, 1)}
     assert eng.query("SELECT death_date AS d, death_datetime AS t FROM death ORDER BY 1").to_pylist() == [
         {"d": dt.date(2020, 1, 31), "t": dt.datetime(2020, 1, 31)}, {"d": dt.date(2020, 2, 29), "t": None}]
     assert [b.detail for b in aside if b.table == "death"] == [
@@ -424,10 +425,11 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
     periods = eng.query("SELECT observation_period_start_date AS s, observation_period_end_date AS e "
                         "FROM observation_period ORDER BY 1").to_pylist()
     assert periods == [{"s": dt.date(2010, 1, 1), "e": dt.date(2020, 12, 31)},
-                       {"s": dt.date(2015, 1, 1), "e": dt.date(2016, 1, 1)}]
+                       {"s": dt.date(2015, 1, 1), "e": dt.date(2016, 1, 1)},
+                       {"s": dt.date(2017, 1, 1), "e": dt.date(2017, 12, 31)}]
     births = eng.query("SELECT birth_datetime AS b FROM person ORDER BY person_id").column(0).to_pylist()
     assert births == [dt.datetime(1950, 3, 4, 10, 0, 0, 250000)] + [dt.datetime(1950, 3, 4, 10, 0)] * 3 + [
-        dt.datetime(1950, 3, 4)]
+        dt.datetime(1950, 3, 4), dt.datetime(1950, 3, 4, 10, 0, 0, 123456)]
     why = sorted(b.detail for b in aside)
     assert len(why) == 2 and "month must be in 1..12" in why[0] and "day is out of range for month" in why[1], why
 

@@ -316,9 +316,12 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
                 pc.utf8_slice_codeunits(s, 6, 8), "-"), s)
         if dates:
             s = _dates(s, dates)
-        if f.kind == "datetime":
-            return pc.cast(s, target)
-        return pc.cast(pc.cast(s, pa.timestamp("us")), target)  # (a time after the day, as SQL Server's .000, read)
+        at = target if f.kind == "datetime" else pa.timestamp("us")  # (a time after the day, as SQL Server's .000, read)
+        try:
+            t = pc.cast(s, at)
+        except CAST_ERRORS:  # SQL Server's datetime2 writes 7 digits after the second (.1234567): to the microsecond
+            t = pc.cast(pc.replace_substring_regex(s, r"(:\d\d\.\d{6})\d+$", r"\1"), at)
+        return t if f.kind == "datetime" else pc.cast(t, target)
     if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
         col = pc.utf8_trim_whitespace(col)
         if f.kind != "float":
