@@ -545,6 +545,20 @@ def test_import_leaves_out_a_sites_own_columns_when_told(tmp_path, monkeypatch):
         "left out (0 value(s)); a field of v5.3: give --version 5.3 if the files are of it"]
 
 
+def test_import_names_a_header_inside_the_file(tmp_path):
+    """Two exports joined one after the other (cat): the second one's header is a row, set aside saying so."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON_HEADER + "1,8507,1980,0,0\n" + PERSON_HEADER + "2,8532,1990,0,0\n")
+    got = []
+    [report] = importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4",
+                                      set_aside=lambda f, b: got.extend(b)).values()
+    assert [(b.line, b.field, b.reason, b.detail) for b in got] == [
+        (3, "person_id", "header_row", "the file's header again, inside it (files joined one after the other?): "
+                                       "remove the line and import again")]
+    assert report.rows == 2 and got[0].raw == PERSON_HEADER.strip().encode()
+
+
 def test_import_date_format_is_checked_and_a_date_not_in_it_set_aside(tmp_path):
     for form, message in [("%m/%d/%y", r"has a two-digit year \(%y\): 1/31/45 is 1945 or 2045\?"),
                           ("%m/%Y", r"needs a day \(%d\), a month \(%m, or %b for Jan\) and a year \(%Y\)")]:

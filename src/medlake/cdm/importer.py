@@ -399,6 +399,32 @@ def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict
                                           "closed?); close the quote in the file and import again"))
 
 
+def _headers(data: dict[str, pa.Array], table: str, bad: dict[int, list[tuple[str, str, str]]],
+             garbled: set[tuple[int, str]]) -> None:
+    """Rows that are the header again (files joined one after the other) added to `bad`, once each, their values
+    left empty (and in `garbled`, so that they are not said again field by field)."""
+    first, col = next(iter(data.items()))
+    if not pa.types.is_string(col.type):
+        return
+    said = pc.utf8_lower(pc.utf8_trim_whitespace(col))
+    if not pc.any(pc.is_in(said, pa.array([first, f"{table}.{first}"]))).as_py():
+        return
+    mask = None
+    for name, c in data.items():
+        if pa.types.is_string(c.type):
+            same = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(c)), pa.array([name, f"{table}.{name}"]))
+            mask = same if mask is None else pc.and_(mask, same)
+    mask = pc.fill_null(mask, False)
+    rows = pc.indices_nonzero(mask).to_pylist()
+    for i in rows:
+        bad.setdefault(i, []).append((first, "header_row", "the file's header again, inside it (files joined one "
+                                      "after the other?): remove the line and import again"))
+        garbled.update((i, name) for name in data)
+    if rows:
+        for name, c in data.items():
+            data[name] = pc.if_else(mask, pa.scalar(None, c.type), c)
+
+
 def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = ".",
              delimiter: str | None = None, dates: str | None = None, skip_unknown: bool = False
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
@@ -438,12 +464,14 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         raise CdmImportError(f"{path}: no column {', '.join(absent)}, required in {table.name}: add it to "
                            "the file")
     bad: dict[int, list[tuple[str, str, str]]] = {}
-    garbled: set[tuple[int, str]] = set()  # (row, field) of values that are not UTF-8: left empty, said once
+    garbled: set[tuple[int, str]] = set()  # (row, field) of values already said (not UTF-8, a header): left empty
     for name, col in list(data.items()):
         if pa.types.is_binary(col.type):
             data[name] = _utf8(col, name, limit, bad, garbled)
         if delimiter is not None and pa.types.is_string(data[name].type):
             _swallowed(data[name], name, delimiter, batch.num_columns, bad)
+    if delimiter is not None:
+        _headers(data, table.name, bad, garbled)
     if decimal != ".":  # 7,5 as a European export writes a number
         for f in table.fields:
             if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
