@@ -9,6 +9,7 @@ import datetime as dt
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -543,6 +544,26 @@ def test_import_leaves_out_a_sites_own_columns_when_told(tmp_path, monkeypatch):
         f"{folder}/person.csv:14)",
         "warning: visit_occurrence.admitting_source_concept_id: not a field of visit_occurrence in OMOP CDM v5.4: "
         "left out (0 value(s)); a field of v5.3: give --version 5.3 if the files are of it"]
+
+
+def test_import_stops_on_a_parquet_column_of_lists_or_structs(tmp_path):
+    """A nested column (a list, a struct) has no value that reads as the field's: the import stops in one line (a
+    traceback from pyarrow's cast before)."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    base = {"person_id": [1, 2], "gender_concept_id": [8507] * 2, "year_of_birth": [1980] * 2,
+            "race_concept_id": [0] * 2, "ethnicity_concept_id": [0] * 2}
+    for extra, message in [({"person_id": pa.array([[1], [2]])}, "column person_id holds list<element: int64> "
+                            "values, which cannot be read as the bigint of person.person_id: write it as one value "
+                            "per row"),
+                           ({"person_source_value": pa.array([{"a": 1}, {"a": 2}])}, "column person_source_value "
+                            "holds struct<a: int64> values, which cannot be read as the varchar of "
+                            "person.person_source_value")]:
+        pq.write_table(pa.table({**base, **extra}), folder / "person.parquet")
+        eng = open_engine("duckdb::memory:")
+        with pytest.raises(importer.CdmImportError, match=re.escape(f"{folder / 'person.parquet'}: {message}")):
+            importer.import_folder(eng, folder, "5.4")
+        assert eng.query("SELECT count(*) FROM person").column(0)[0].as_py() == 0
 
 
 def test_import_names_a_header_inside_the_file(tmp_path):

@@ -481,6 +481,11 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         col = data.get(f.name)
         if col is None:
             continue
+        try:  # a type no value of which can be read as the field's (a Parquet list or struct): the file's form
+            _cast(col.slice(0, 0), f, af.type, dates)
+        except pa.ArrowNotImplementedError:
+            raise CdmImportError(f"{path}: column {f.name} holds {col.type} values, which cannot be read as the "
+                                 f"{f.kind} of {table.name}.{f.name}: write it as one value per row") from None
         if f.required and col.null_count:
             for i in pc.indices_nonzero(col.is_null()).to_pylist():
                 if (i, f.name) not in garbled:
