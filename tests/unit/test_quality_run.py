@@ -548,14 +548,19 @@ def test_import_leaves_out_a_sites_own_columns_when_told(tmp_path, monkeypatch):
 
 def test_import_stops_on_a_parquet_column_of_lists_or_structs(tmp_path):
     """A nested column (a list, a struct) has no value that reads as the field's: the import stops in one line (a
-    traceback from pyarrow's cast before)."""
+    traceback from pyarrow's cast before); so does a true or a time where a number is (read as 1, or as a count of
+    milliseconds, before). Text as Parquet's large or view strings is read as text."""
     folder = tmp_path / "cdm"
     folder.mkdir()
     base = {"person_id": [1, 2], "gender_concept_id": [8507] * 2, "year_of_birth": [1980] * 2,
             "race_concept_id": [0] * 2, "ethnicity_concept_id": [0] * 2}
     for extra, message in [({"person_id": pa.array([[1], [2]])}, "column person_id holds list<element: int64> "
-                            "values, which cannot be read as the bigint of person.person_id: write it as one value "
-                            "per row"),
+                            "values, which cannot be read as the bigint of person.person_id: convert the column to "
+                            "bigint values, or to text as a CSV file holds them"),
+                           ({"year_of_birth": pa.array([True, False])}, "column year_of_birth holds bool values, which "
+                            "cannot be read as the integer"),  # (the cast would read true as 1)
+                           ({"person_id": pa.array([dt.datetime(2020, 1, 1)] * 2, pa.timestamp("ms"))},
+                            "column person_id holds timestamp[ms] values"),  # (the cast: milliseconds since 1970)
                            ({"person_source_value": pa.array([{"a": 1}, {"a": 2}])}, "column person_source_value "
                             "holds struct<a: int64> values, which cannot be read as the varchar of "
                             "person.person_source_value")]:
@@ -564,6 +569,11 @@ def test_import_stops_on_a_parquet_column_of_lists_or_structs(tmp_path):
         with pytest.raises(importer.CdmImportError, match=re.escape(f"{folder / 'person.parquet'}: {message}")):
             importer.import_folder(eng, folder, "5.4")
         assert eng.query("SELECT count(*) FROM person").column(0)[0].as_py() == 0
+    pq.write_table(pa.table({**base, "birth_datetime": pa.array(["2020-01-01 10:00"] * 2, pa.large_string())}),
+                   folder / "person.parquet")
+    eng = open_engine("duckdb::memory:")
+    importer.import_folder(eng, folder, "5.4")
+    assert eng.query("SELECT birth_datetime FROM person").column(0).to_pylist() == [dt.datetime(2020, 1, 1, 10)] * 2
 
 
 def test_import_names_a_header_inside_the_file(tmp_path):

@@ -425,6 +425,17 @@ def _headers(data: dict[str, pa.Array], table: str, bad: dict[int, list[tuple[st
             data[name] = pc.if_else(mask, pa.scalar(None, c.type), c)
 
 
+def _readable(t: pa.DataType, kind: str) -> bool:
+    """Whether values of type `t` are read as a field of `kind`, beyond a cast existing: a true or a time is no number
+    (the cast would give 1, or the time's count of milliseconds since 1970), and a true no date."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    if kind in ("bigint", "integer", "float"):
+        return not (pa.types.is_boolean(t) or pa.types.is_temporal(t))
+    if kind in ("date", "datetime"):
+        return not (pa.types.is_boolean(t) or pa.types.is_time(t) or pa.types.is_duration(t))
+    return True
+
+
 def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = ".",
              delimiter: str | None = None, dates: str | None = None, skip_unknown: bool = False
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
@@ -466,6 +477,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     bad: dict[int, list[tuple[str, str, str]]] = {}
     garbled: set[tuple[int, str]] = set()  # (row, field) of values already said (not UTF-8, a header): left empty
     for name, col in list(data.items()):
+        if pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):  # (Parquet from other tools)
+            col = data[name] = col.cast(pa.string())
+        elif pa.types.is_large_binary(col.type) or pa.types.is_binary_view(col.type):
+            col = data[name] = col.cast(pa.binary())
         if pa.types.is_binary(col.type):
             data[name] = _utf8(col, name, limit, bad, garbled)
         if delimiter is not None and pa.types.is_string(data[name].type):
@@ -483,9 +498,12 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             continue
         try:  # a type no value of which can be read as the field's (a Parquet list or struct): the file's form
             _cast(col.slice(0, 0), f, af.type, dates)
+            if not _readable(col.type, f.kind):
+                raise pa.ArrowNotImplementedError
         except pa.ArrowNotImplementedError:
             raise CdmImportError(f"{path}: column {f.name} holds {col.type} values, which cannot be read as the "
-                                 f"{f.kind} of {table.name}.{f.name}: write it as one value per row") from None
+                                 f"{f.kind} of {table.name}.{f.name}: convert the column to {f.kind} values, or to text as a CSV file "
+                                 "holds them") from None
         if f.required and col.null_count:
             for i in pc.indices_nonzero(col.is_null()).to_pylist():
                 if (i, f.name) not in garbled:
