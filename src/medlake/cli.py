@@ -801,8 +801,9 @@ def cdm_import(
                     bar.update(task, description=name, completed=done, total=total)
 
                 report = importer.import_folder(eng, folder, version, delimiter=delimiter, encoding=encoding,
-                                                nulls=tuple(nulls), decimal=decimal, dates=date_format, progress=tick, strict=strict,
-                                                max_bad=max_bad, skip_unknown=skip_unknown,
+                                                nulls=tuple(nulls), decimal=decimal, dates=date_format,
+                                                progress=tick, strict=strict, max_bad=max_bad,
+                                                skip_unknown=skip_unknown,
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:
             q.close()

@@ -316,7 +316,7 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
                 pc.utf8_slice_codeunits(s, 6, 8), "-"), s)
         if dates:
             s = _dates(s, dates)
-        at = target if f.kind == "datetime" else pa.timestamp("us")  # (a time after the day, as SQL Server's .000, read)
+        at = target if f.kind == "datetime" else pa.timestamp("us")  # (a time after a day read: SQL Server's .000)
         try:
             t = pc.cast(s, at)
         except CAST_ERRORS:  # SQL Server's datetime2 writes 7 digits after the second (.1234567): to the microsecond
@@ -502,8 +502,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                 raise pa.ArrowNotImplementedError
         except pa.ArrowNotImplementedError:
             raise CdmImportError(f"{path}: column {f.name} holds {col.type} values, which cannot be read as the "
-                                 f"{f.kind} of {table.name}.{f.name}: convert the column to {f.kind} values, or to text as a CSV file "
-                                 "holds them") from None
+                                 f"{f.kind} of {table.name}.{f.name}: convert the column to {f.kind} values, or to "
+                                 "text as a CSV file holds them") from None
         if f.required and col.null_count:
             for i in pc.indices_nonzero(col.is_null()).to_pylist():
                 if (i, f.name) not in garbled:
@@ -565,7 +565,8 @@ def _date_hint(v: str) -> str:
     a, sep, b = re.match(r"\s*(\d+)([/.-])(\d+)", v).groups()
     day_first = f"'%d{sep}%m{sep}%Y'"
     month_first = f"'%m{sep}%d{sep}%Y'"
-    form = day_first if int(a) > 12 else month_first if int(b) > 12 else f"{month_first} or {day_first} (which is the day?)"
+    form = (day_first if int(a) > 12 else month_first if int(b) > 12 else
+            f"{month_first} or {day_first} (which is the day?)")
     return f"if the file writes its dates so, give --date-format {form}"
 
 
