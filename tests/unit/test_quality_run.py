@@ -449,6 +449,9 @@ PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethni
     ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4", False),
     ("person.csv", PERSON_HEADER.replace("\n", ",\n") + "1,8507,1980,0,0,x\n",
      "person.csv: a column without a name in the header holds values; name it or remove it", False),
+    ("person.csv", '"",' + PERSON_HEADER + '"1",1,8507,1980,0,0\n"2",2,8507,1981,0,0\n',
+     r"person.csv: a column without a name in the header holds values \(R's write.csv writes its row names so: give "
+     r"it row.names = FALSE\); name it or remove it", False),
     ("attribute_definition.csv", "attribute_definition_id\n1\n", r"attribute_definition is a table of OMOP CDM v5.3, "
      r"not v5.4: give --version 5.3 if the files are v5.3", False),
     ("visit_occurrence.csv", "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_end_date,"

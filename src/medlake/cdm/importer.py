@@ -448,8 +448,11 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     out, counted as {(column, "skipped"): (values, row index of the first)}, instead of stopping the import."""
     names = _columns(batch.schema.names, table.name)
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
-        if any(batch.column(i).null_count < batch.num_rows for i, n in enumerate(names) if not n):
-            raise CdmImportError(f"{path}: a column without a name in the header holds values; name it or remove it")
+        held = [i for i, n in enumerate(names) if not n and batch.column(i).null_count < batch.num_rows]
+        if held:
+            raise CdmImportError(f"{path}: a column without a name in the header holds values" + (
+                " (R's write.csv writes its row names so: give it row.names = FALSE)" if held == [0] else "")
+                + "; name it or remove it")
         named = [i for i, n in enumerate(names) if n]
         batch, names = batch.select(named), [names[i] for i in named]
     unknown = [n for n in names if n not in table.field_names]
