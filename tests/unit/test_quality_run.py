@@ -614,13 +614,16 @@ def test_import_date_format_is_checked_and_a_date_not_in_it_set_aside(tmp_path):
 
 @pytest.mark.parametrize("parquet", [False, True])
 def test_import_reads_integers_pandas_wrote_as_floats(tmp_path, parquet):
-    """pandas writes an integer column with empty values as floats (12.0, in CSV and Parquet): read as the integer;
-    a fraction, or an exponent (a spreadsheet's 1.23E+11, its last digits lost), is set aside saying so."""
+    """pandas writes an integer column with empty values as floats (12.0, in CSV and Parquet), R's write.csv writes
+    100000 as 1e+05 (readr 1e5, Java 1.0E10): read as the integer; a fraction, or a long number as a spreadsheet
+    shows it (1.23457E+11, its last digits lost), is set aside saying so."""
     folder = tmp_path / "cdm"
     folder.mkdir()
-    cols = {"person_id": [1.0, 2.0, 3.0, 4.0], "gender_concept_id": [8507.0] * 4, "year_of_birth": [1980.0] * 4,
-            "race_concept_id": [0.0] * 4, "ethnicity_concept_id": [0.0] * 4,
-            "provider_id": [12.0, None, 12.5, 1.23e11 if parquet else "1.23E+11"]}
+    n = 8
+    cols = {"person_id": [float(i) for i in range(1, n + 1)], "gender_concept_id": [8507.0] * n,
+            "year_of_birth": [1980.0] * n, "race_concept_id": [0.0] * n, "ethnicity_concept_id": [0.0] * n,
+            "provider_id": [12.0, None, 12.5, 1.23457e11] + [1e5, 1e5, 1e10, 1.2e11] if parquet else
+            ["12.0", None, "12.5", "1.23457E+11", "1e+05", "1e5", "1.0E10", "1.2E+11"]}
     if parquet:
         pq.write_table(pa.table(cols), folder / "person.parquet")
     else:
@@ -628,13 +631,14 @@ def test_import_reads_integers_pandas_wrote_as_floats(tmp_path, parquet):
             ",".join("" if v is None else str(v) for v in row) + "\n" for row in zip(*cols.values())))
     eng = open_engine("duckdb::memory:")
     got = []
-    [report] = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: got.extend(b)).values()
+    importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: got.extend(b))
     assert eng.query("SELECT person_id AS p, provider_id AS v FROM person ORDER BY 1").to_pylist() == [
-        {"p": 1, "v": 12}, {"p": 2, "v": None}] + ([{"p": 4, "v": 123_000_000_000}] if parquet else [])
+        {"p": 1, "v": 12}, {"p": 2, "v": None}] + ([{"p": 4, "v": 123_457_000_000}] if parquet else []) + [
+        {"p": 5, "v": 100_000}, {"p": 6, "v": 100_000}, {"p": 7, "v": 10_000_000_000}, {"p": 8, "v": 120_000_000_000}]
     assert [(b.line, b.field, b.detail.split(" (", 1)[1].split(")")[0]) for b in got] == [
         (3 if parquet else 4, "provider_id", "not a whole number")] + ([] if parquet else [
-            (5, "provider_id", "a number with an exponent, as a spreadsheet shows a long one: its last digits may "
-                               "be lost; export the column with all its digits")])
+            (5, "provider_id", "a long number as a spreadsheet shows it, six digits kept: the others are lost; "
+                               "export the column with all its digits")])
 
 
 def test_the_version_the_files_are_of(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import decimal
 import datetime as dt
 import io
 import json
@@ -257,11 +258,16 @@ def _why(value, kind: str, dates: str | None = None) -> str:
         return f"a date is read as {dates} (--date-format) or YYYY-MM-DD, a time after it as HH:MM[:SS] [AM/PM]"
     try:
         if kind in ("bigint", "integer"):
-            if re.fullmatch(r"[-+]?\d*\.?\d+[eE][-+]?\d+", s):
-                return ("a number with an exponent, as a spreadsheet shows a long one: its last digits may be lost; "
-                        "export the column with all its digits")
-            if re.fullmatch(r"[-+]?\d*\.\d+", s):
-                return "not a whole number"
+            if re.fullmatch(SPREADSHEET, s):
+                return ("a long number as a spreadsheet shows it, six digits kept: the others are lost; export the "
+                        "column with all its digits")
+            if re.fullmatch(r"[-+]?\d*\.\d+", s) or re.fullmatch(EXPONENT, s):
+                d = decimal.Decimal(s)
+                if d.adjusted() >= 19:
+                    return "out of range for a 64-bit integer"
+                if d != d.to_integral_value():
+                    return "not a whole number"
+                s = str(int(d))
             n = int(s)
             if kind == "integer" and not -2**31 <= n < 2**31:
                 return "out of range for a 32-bit integer"
@@ -328,8 +334,26 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
             try:
                 return pc.cast(col, target)
             except CAST_ERRORS:  # 12.0: pandas writes an integer column with empty values as floats
-                col = pc.replace_substring_regex(col, r"^([-+]?\d+)\.0*$", r"\1")
+                col = _whole(pc.replace_substring_regex(col, r"^([-+]?\d+)\.0*$", r"\1"))
     return pc.cast(col, target)
+
+
+EXPONENT = r"^[-+]?\d*\.?\d+[eE][-+]?\d+$"
+SPREADSHEET = r"[-+]?\d\.\d{5}E\+\d+"  # a long number as a spreadsheet shows it: 6 digits kept, the others lost
+
+
+def _whole(col: pa.Array) -> pa.Array:
+    """Numbers written with an exponent (1e+05 as R's write.csv writes 100000, 1e5 readr, 1.0E10 Java) as their
+    digits, when whole; not a spreadsheet's rounding (1.23457E+11), whose lost digits cannot be told."""
+    sci = pc.fill_null(pc.match_substring_regex(col, EXPONENT), False)
+    if not pc.any(sci).as_py():
+        return col
+    new = []
+    for v in col.filter(sci).to_pylist():
+        d = decimal.Decimal(v)
+        whole = d.adjusted() < 19 and d == d.to_integral_value() and not re.fullmatch(SPREADSHEET, v.strip())
+        new.append(str(int(d)) if whole else v)  # (past 10^19 out of range: said so, its digits not written out)
+    return pc.replace_with_mask(col, sci, pa.array(new, pa.string()))
 
 
 CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError)
