@@ -850,6 +850,26 @@ def test_import_sets_aside_values_not_in_the_files_encoding_and_reads_the_encodi
         importer.import_folder(eng, folder, "5.4", encoding="base64")
 
 
+def test_a_malformed_line_not_in_utf8_stops_in_one_line_and_is_set_aside_with_the_encoding(tmp_path, capsys):
+    """pyarrow decodes a line with the wrong number of fields as UTF-8 before the import sees it: a cp1252 line
+    stopped the import with pyarrow's parse error and Python's "Exception ignored" traceback; now one sentence naming
+    --encoding, and with it the line is set aside as malformed."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_bytes(PERSON_HEADER.replace("\n", ",person_source_value\n").encode() +
+                                        b"1,8507,1980,0,0,a\n2,8507,1980,0,0,M\xfcller,extra\n3,8507,1980,0,0,c\n")
+    eng = open_engine("duckdb::memory:")
+    with pytest.raises(importer.CdmImportError, match=r"person.csv: a line with the wrong number of fields holds bytes "
+                       r"that are not UTF-8 \(CSV parse error: Expected 6 columns, got 7: 2,8507,1980,0,0,M.ller,extra\); "
+                       r"give the file's encoding with --encoding \(e.g. cp1252, latin-1\), or fix that line"):
+        importer.import_folder(eng, folder, "5.4")
+    assert "Exception ignored" not in capsys.readouterr().err
+    got = []
+    report = importer.import_folder(eng, folder, "5.4", encoding="cp1252", set_aside=lambda f, b: got.extend(b))
+    assert (report["person"].rows, [(b.line, b.reason) for b in got]) == (2, [(3, "malformed")])
+    assert got[0].raw.decode() == "2,8507,1980,0,0,Müller,extra"
+
+
 def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
     folder = tmp_path / "cdm"
     folder.mkdir()

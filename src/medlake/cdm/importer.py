@@ -19,6 +19,8 @@ import datetime as dt
 import io
 import json
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -215,18 +217,20 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
         return "skip"
 
     try:
-        reader = pacsv.open_csv(
-            path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
-                                             invalid_row_handler=skip if invalid is not None else None),
-            convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
-                                                 null_values=list(fmt.nulls), quoted_strings_can_be_null=True))
+        with _row_text(path):
+            reader = pacsv.open_csv(
+                path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                                                 invalid_row_handler=skip if invalid is not None else None),
+                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                     null_values=list(fmt.nulls), quoted_strings_can_be_null=True))
     except (pa.ArrowInvalid, OSError) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
     line = 2  # after the header
     while True:
         try:
-            batch = reader.read_next_batch()
+            with _row_text(path):
+                batch = reader.read_next_batch()
         except StopIteration:
             return
         except pa.ArrowInvalid as e:
@@ -238,6 +242,24 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
         yield batch, (lambda i, first=line: first + i) if breaks is None else (
             lambda i, first=line, breaks=breaks: first + i + int(breaks[i]))
         line += batch.num_rows + (0 if breaks is None else int(breaks[-1]))
+
+
+@contextmanager
+def _row_text(path: Path) -> Iterator[None]:
+    """pyarrow decodes a line with the wrong number of fields as UTF-8 before handing it to the handler; when it is
+    not UTF-8 the handler is not called (Python prints "Exception ignored") and the read fails: said in one line."""
+    undecodable, hook = [], sys.unraisablehook
+    sys.unraisablehook = lambda u: undecodable.append(u) if isinstance(u.exc_value, UnicodeDecodeError) else hook(u)
+    try:
+        yield
+    except pa.ArrowInvalid as e:
+        if undecodable:
+            raise CdmImportError(f"{path}: a line with the wrong number of fields holds bytes that are not UTF-8 "
+                                 f"({str(e).splitlines()[0]}); give the file's encoding with --encoding (e.g. cp1252, "
+                                 "latin-1), or fix that line, and import again") from e
+        raise
+    finally:
+        sys.unraisablehook = hook
 
 
 def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, Callable]]:
