@@ -850,7 +850,7 @@ def test_import_sets_aside_values_not_in_the_files_encoding_and_reads_the_encodi
         importer.import_folder(eng, folder, "5.4", encoding="base64")
 
 
-def test_a_malformed_line_not_in_utf8_stops_in_one_line_and_is_set_aside_with_the_encoding(tmp_path, capsys):
+def test_a_line_or_header_not_in_utf8_stops_in_one_line_and_is_read_with_the_encoding(tmp_path, capsys):
     """pyarrow decodes a line with the wrong number of fields as UTF-8 before the import sees it: a cp1252 line
     stopped the import with pyarrow's parse error and Python's "Exception ignored" traceback; now one sentence naming
     --encoding, and with it the line is set aside as malformed."""
@@ -868,6 +868,13 @@ def test_a_malformed_line_not_in_utf8_stops_in_one_line_and_is_set_aside_with_th
     report = importer.import_folder(eng, folder, "5.4", encoding="cp1252", set_aside=lambda f, b: got.extend(b))
     assert (report["person"].rows, [(b.line, b.reason) for b in got]) == (2, [(3, "malformed")])
     assert got[0].raw.decode() == "2,8507,1980,0,0,Müller,extra"
+    (folder / "person.csv").write_bytes(PERSON_HEADER.replace("\n", ",pr\xe9nom\n").encode("cp1252") +
+                                        b"1,8507,1980,0,0,a\n")  # a header not in UTF-8: pyarrow's traceback before
+    with pytest.raises(importer.CdmImportError, match=r"person.csv: its header is not in utf-8 \('person_id,.*,pr.nom'\): "
+                       r"give the file's encoding with --encoding"):
+        importer.import_folder(eng, folder, "5.4")
+    with pytest.raises(importer.CdmImportError, match=r"column\(s\) prénom are not fields of person"):
+        importer.import_folder(eng, folder, "5.4", encoding="cp1252")
 
 
 def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):

@@ -193,6 +193,9 @@ def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str]]:
             first = fh.readline().lstrip("\ufeff")
     except (OSError, pa.ArrowInvalid) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
+    if "\ufffd" in first:  # (read with errors="replace")
+        raise CdmImportError(f"{path}: its header is not in {fmt.encoding} ({first.strip()!r}): give the file's "
+                             "encoding with --encoding (e.g. cp1252, latin-1), or fix the header, and import again")
     given = fmt.of(path)
     for d in (given, *(d for d in (",", ";", "|", "\t") if d != given)):
         header = next(csv.reader([first], delimiter=d), [])
