@@ -822,7 +822,7 @@ def cdm_import(
     for name, r in report.items():
         for (field, what), (n, first) in r.notes.items():
             if what == "skipped":
-                other = model.load("5.3" if version == "5.4" else "5.4")
+                other = model.load(importer.other_version(version))
                 says = (f"not a field of {name} in OMOP CDM v{version}: left out ({n:,} value(s)" + (
                         f", the first: {first})" if n else ")") + (
                         f"; a field of v{other.version}: give --version {other.version} if the files are of it"

@@ -51,7 +51,8 @@ class UnknownColumns(CdmImportError):
         self.columns = columns
 
 
-def _other_version(version: str) -> str:
+def other_version(version: str) -> str:
+    """The other CDM version medlake reads (5.3 for 5.4)."""
     return next(v for v in model.VERSIONS if v != version)
 
 
@@ -135,7 +136,7 @@ def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
         if p.is_dir() and len({_suffix(x) == ".parquet" for x in _parts(p)}) > 1:
             raise CdmImportError(f"{p}: holds both CSV and Parquet files; keep one kind per table")
         if name not in cdm.table_names:
-            other = _other_version(cdm.version)
+            other = other_version(cdm.version)
             if name in model.load(other).table_names:
                 raise CdmImportError(f"{p}: {name} is a table of OMOP CDM v{other}, not v{cdm.version}: give "
                                      f"--version {other} if the files are v{other}, or move it out of the folder")
@@ -162,17 +163,22 @@ class CsvFormat(NamedTuple):
         return "\t" if _suffix(path).startswith(".tsv") else self.delimiter
 
 
+def _has_breaks(col: pa.Array) -> bool:
+    """Whether a column of text or bytes holds a line break (one pass over its bytes)."""
+    data = col.buffers()[2] if len(col) and col.type in (pa.string(), pa.binary()) else None
+    if data is None:
+        return False
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=len(col) + 1, offset=4 * col.offset)
+    return bool(np.count_nonzero(np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] == 10))
+
+
 def _breaks(batch: pa.RecordBatch) -> np.ndarray | None:
     """Per row, the line breaks inside the quoted values of the batch's rows before it (a note's text written over
     several lines), with the batch's total last; None when its values have none (the usual case, found in one pass
     over their bytes)."""
     per_row = None
     for col in batch.columns:
-        data = col.buffers()[2] if len(col) and col.type in (pa.string(), pa.binary()) else None
-        if data is None:
-            continue
-        offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=len(col) + 1, offset=4 * col.offset)
-        if not np.count_nonzero(np.frombuffer(data, dtype=np.uint8)[offsets[0]:offsets[-1]] == 10):
+        if not _has_breaks(col):
             continue
         n = pc.fill_null(pc.count_substring(col, "\n"), 0).to_numpy(zero_copy_only=False)
         per_row = n if per_row is None else per_row + n
@@ -436,8 +442,7 @@ def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict
                ) -> None:
     """Add to `bad` the rows whose value of `col` runs over lines that read as rows of the file: a quote opened and not
     closed swallows the rows after it, up to the next quote, into one value (a row is then lost from the count)."""
-    data = col.buffers()[2] if len(col) and columns >= 4 else None
-    if data is None or not np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10):
+    if columns < 4 or not _has_breaks(col):
         return
     for i in pc.indices_nonzero(pc.fill_null(pc.match_substring(col, "\n"), False)).to_pylist():
         lines = col[i].as_py().split("\n")
@@ -452,18 +457,16 @@ def _headers(data: dict[str, pa.Array], table: str, bad: dict[int, list[tuple[st
              garbled: set[tuple[int, str]]) -> None:
     """Rows that are the header again (files joined one after the other) added to `bad`, once each, their values
     left empty (and in `garbled`, so that they are not said again field by field)."""
-    first, col = next(iter(data.items()))
-    if not pa.types.is_string(col.type):
-        return
-    said = pc.utf8_lower(pc.utf8_trim_whitespace(col))
-    if not pc.any(pc.is_in(said, pa.array([first, f"{table}.{first}"]))).as_py():
-        return
+    first = next(iter(data))
     mask = None
     for name, c in data.items():
-        if pa.types.is_string(c.type):
-            same = pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(c)), pa.array([name, f"{table}.{name}"]))
-            mask = same if mask is None else pc.and_(mask, same)
-    mask = pc.fill_null(mask, False)
+        if not pa.types.is_string(c.type):
+            return
+        same = pc.fill_null(pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(c)), pa.array([name, f"{table}.{name}"])),
+                            False)
+        mask = same if mask is None else pc.and_(mask, same)
+        if not pc.any(mask).as_py():  # (the usual case: the first column's values are no header)
+            return
     rows = pc.indices_nonzero(mask).to_pylist()
     for i in rows:
         bad.setdefault(i, []).append((first, "header_row", "the file's header again, inside it (files joined one "
@@ -549,9 +552,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         if col is None:
             continue
         try:  # a type no value of which can be read as the field's (a Parquet list or struct): the file's form
-            _cast(col.slice(0, 0), f, af.type, dates)
-            if not _readable(col.type, f.kind):
-                raise pa.ArrowNotImplementedError
+            if not pa.types.is_string(col.type):  # (text reads as every kind)
+                _cast(col.slice(0, 0), f, af.type, dates)
+                if not _readable(col.type, f.kind):
+                    raise pa.ArrowNotImplementedError
         except pa.ArrowNotImplementedError:
             raise CdmImportError(f"{path}: column {f.name} holds {col.type} values, which cannot be read as the "
                                  f"{f.kind} of {table.name}.{f.name}: convert the column to {f.kind} values, or to "
@@ -829,7 +833,7 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                         lambda k, before=rows: progress(f"{name} ({before + k:,} rows)", n, len(files)) if progress
                         else None, skip_unknown)
                 except UnknownColumns as e:
-                    other = model.load(_other_version(version))
+                    other = model.load(other_version(version))
                     if name in other.table_names and set(e.columns) <= set(other.table(name).field_names):
                         raise CdmImportError(f"{part}: column(s) {', '.join(e.columns)} are fields of {name} in OMOP "
                                              f"CDM v{other.version}, not v{version}: give --version {other.version} "
