@@ -93,6 +93,64 @@ def test_bad_records_are_rejected_with_line_and_json_path_and_the_rest_goes_on()
     assert "'done' is not one of" in bad.detail
 
 
+ENC = {"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"code": "AMB"},
+       "subject": {"reference": "Patient/p1"}}
+MEDREQ = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+          "medicationCodeableConcept": {"coding": [{"code": "860975"}]}, "subject": {"reference": "Patient/p1"},
+          "dosageInstruction": [{"timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}}]}
+DOC = {"resourceType": "DocumentReference", "id": "d1", "status": "current", "subject": {"reference": "Patient/p1"},
+       "content": [{"attachment": {"contentType": "text/plain", "data": base64.b64encode(b"note").decode()}}]}
+
+
+def _with(res: dict, path: str, value) -> dict:
+    res = json.loads(json.dumps(res))
+    *head, last = [int(k) if k.isdigit() else k for k in path.split(".")]
+    o = res
+    for k in head:
+        o = o[k]
+    o[last] = value
+    return res
+
+
+@pytest.mark.parametrize("res, path, value, field, says", [
+    # a value of the wrong JSON type: staged as it came, it was cast by Arrow (2.5 → 2, true → 1.0) or set aside
+    # later as a staging row, apart from the resource's codings
+    (OBS, "code.coding.0.code", 2339, "Observation.code.coding[0].code", "is a number (2339); FHIR has a string"),
+    (PATIENT, "name.0.given", ["Xiu", 7], "Patient.name[0].given[1]", "is a number (7)"),
+    (PATIENT, "address.0.postalCode", 310000, "Patient.address[0].postalCode", "is a number (310000)"),
+    (PATIENT, "deceasedBoolean", "true", "Patient.deceasedBoolean", 'is a string ("true"); FHIR has true or false'),
+    (MEDREQ, "dosageInstruction.0.timing.repeat.frequency", 2.5,
+     "MedicationRequest.dosageInstruction[0].timing.repeat.frequency", "is a number (2.5); FHIR has an integer"),
+    (OBS, "valueQuantity.unit", ["mmol/L"], "Observation.valueQuantity.unit", "is a list"),
+    # the wrong type where the reader looks inside: it raised (TypeError, AttributeError) and the rest of the file
+    # was set aside with it
+    (ENC, "status", ["finished"], "Encounter.status", "['finished'] is not one of"),
+    (PATIENT, "identifier", {"value": "MRN-7"}, "Patient.identifier", "is not a list"),
+    (PATIENT, "extension", {"url": "x"}, "Patient.extension", "is not a list"),
+    (DOC, "content.0.attachment", "note", "DocumentReference.content[0].attachment", "is not an Attachment"),
+    (DOC, "content.0.attachment.contentType", 7, "DocumentReference.content[0].attachment.contentType",
+     "is not a string"),
+    (OBS | {"resourceType": "DiagnosticReport"}, "result", {"reference": "Observation/o1"},
+     "DiagnosticReport.result", "is not a list of References"),
+])
+def test_an_element_of_the_wrong_json_type_rejects_its_resource_by_path_and_the_file_goes_on(
+        res, path, value, field, says):
+    bad = _with(res, path, value)
+    for recs, prefix in ((read(nd(bad, OBS)), ""),
+                         (read(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+                             {"resource": bad}, {"resource": OBS}]}).encode(), "b.json"), "Bundle.entry[0].resource.")):
+        assert [type(r) for r in recs] == [Rejected, Staged]
+        assert (recs[0].reason, recs[0].loc.field) == ("invalid", prefix + field)
+        assert says in recs[0].detail and json.loads(recs[0].raw) == bad
+    assert isinstance(read(nd(res))[0], Staged)  # the same resource with the right type stages
+
+
+def test_nulls_in_a_list_of_names_are_skipped():
+    """FHIR JSON puts null where a repeating primitive has only an extension (given + _given)."""
+    (r,) = read(nd(_with(PATIENT, "name.0.given", ["Xiu", None]) | {"_given": [None, {"extension": []}]}))
+    assert r.rows["stg_fhir_patient"][0]["given_names"] == "Xiu"
+
+
 def test_transaction_bundle_resolves_urn_uuid_references_and_ids_from_full_urls():
     pid = "urn:uuid:9a1b0c4e-0000-4000-8000-000000000001"
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [

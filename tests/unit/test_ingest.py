@@ -256,8 +256,7 @@ def test_the_same_staging_on_postgresql(site, pg_cluster, tmp_path):
         pg.close()
 
 
-def test_a_value_of_the_wrong_type_quarantines_its_row_not_the_batch(site, monkeypatch):
-    root, sources, eng, land, q = site
+def _sloppy_observation(monkeypatch):
     real = ing.fhir._observation
 
     def sloppy(r, c):
@@ -265,8 +264,26 @@ def test_a_value_of_the_wrong_type_quarantines_its_row_not_the_batch(site, monke
         if r["id"] == "o4":
             out["value_number"] = "nine"  # a reader bug: a string where staging wants a number
         return out
-
     monkeypatch.setitem(ing.fhir.EXTRACT, "Observation", sloppy)
+
+
+def test_a_reader_bug_quarantines_its_record_not_the_file(site, monkeypatch):
+    root, sources, eng, land, q = site
+    _sloppy_observation(monkeypatch)
+    s = ing.ingest(eng, land, q, [root / "h1" / "emr"], sources)
+    assert s.sources["h1-emr"].quarantined["invalid"] == 1  # o3 (status)
+    (item,) = q.items(reason="parser_error")
+    assert item.loc_key.startswith("line 4") and item.field == "Observation"
+    assert "stg_fhir_observation.value_number = 'nine' is not a number" in item.detail
+    assert "medlake quarantine retry" in item.detail
+    assert eng.query("SELECT resource_id FROM stg_fhir_observation").column(0).to_pylist() == ["o1"]
+
+
+def test_a_value_of_the_wrong_type_quarantines_its_row_not_the_batch(site, monkeypatch):
+    """The last net, for a reader that does not check its rows: the batch's Arrow conversion."""
+    root, sources, eng, land, q = site
+    _sloppy_observation(monkeypatch)
+    monkeypatch.setitem(ing.fhir.ROW_TYPES["stg_fhir_observation"], "value_number", (float, int, str))
     s = ing.ingest(eng, land, q, [root / "h1" / "emr"], sources)
     assert s.sources["h1-emr"].quarantined["invalid"] == 2  # o3 (status) and o4 (type)
     (item,) = [i for i in q.items(reason="invalid") if i.field == "stg_fhir_observation"]

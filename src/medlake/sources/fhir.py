@@ -173,6 +173,12 @@ STAGING_SCHEMAS["stg_fhir_encounter_location"] = pa.schema(_fields(  # Encounter
 STAGING_SCHEMAS["stg_fhir_bulk_manifest"] = pa.schema(_fields(
     "transaction_time:t request resource_type url count:i"))
 TABLE_OF = {rt: table_name(rt) for rt in COLUMNS}
+# The Python types a staging column takes (exactly: True is no number, 2.5 no integer; Arrow would cast both).
+_PY = {pa.string(): (str,), pa.float64(): (float, int), pa.int64(): (int,), pa.date32(): (dt.date,),
+       pa.timestamp("us"): (dt.datetime,), pa.bool_(): (bool,)}
+_WANT = {str: "a string", float: "a number", int: "an integer", bool: "true or false", dt.date: "a date",
+         dt.datetime: "a dateTime"}
+ROW_TYPES = {t: {f.name: _PY[f.type] for f in schema} for t, schema in STAGING_SCHEMAS.items()}
 
 
 # -- small readers of FHIR datatypes ----------------------------------------------------------------------------
@@ -245,6 +251,8 @@ class Ctx:
     def refs_joined(self, v, el: str) -> str | None:
         if not v:
             return None
+        if not isinstance(v, list):
+            raise Invalid(f"{self.rt}.{el}", "invalid", f"{self.rt}.{el} is not a list of References")
         out = [self.ref(x, f"{el}[{i}]") for i, x in enumerate(v)]
         return ";".join(x for x in out if x) or None
 
@@ -300,14 +308,14 @@ def _codes(res: dict, c: Ctx, el: str) -> dict:
 def _status(res: dict, c: Ctx, allowed=None) -> str | None:
     s = res.get("status")
     allowed = allowed or STATUS.get(c.rt)
-    if s is not None and allowed and s not in allowed:
+    if s is not None and allowed and (not isinstance(s, str) or s not in allowed):
         raise Invalid(f"{c.rt}.status", "invalid", f"{c.rt}.status {s!r} is not one of {', '.join(sorted(allowed))}")
     return s
 
 
 def _coded_status(res: dict, c: Ctx, el: str, allowed: set) -> str | None:
     s = _code(res.get(el))
-    if s is not None and s not in allowed:
+    if s is not None and (not isinstance(s, str) or s not in allowed):
         raise Invalid(f"{c.rt}.{el}", "invalid", f"{c.rt}.{el} {s!r} is not one of {', '.join(sorted(allowed))}")
     return s
 
@@ -318,8 +326,16 @@ def _human_name(v) -> tuple:
     n = next((x for x in v if isinstance(x, dict) and x.get("use") == "official"), v[0])
     if not isinstance(n, dict):
         return None, None, None
-    given = n.get("given")
-    return n.get("family"), " ".join(given) if isinstance(given, list) else None, n.get("text")
+    return n.get("family"), _joined(n.get("given"), " "), n.get("text")
+
+
+def _joined(v, sep: str):
+    """A list of strings joined; of another list its first item that is no string, for the row check to name."""
+    if not isinstance(v, list):
+        return None
+    v = [x for x in v if x is not None]  # FHIR JSON holds a null where only the item's extension (_given) is
+    bad = [x for x in v if not isinstance(x, str)]
+    return bad[0] if bad else sep.join(v) or None
 
 
 def _json(v) -> str | None:
@@ -331,21 +347,31 @@ def _address(v, prefix="address_") -> dict:
         v = next((x for x in v if isinstance(x, dict) and x.get("use") == "home"), v[0] if v else None)
     if not isinstance(v, dict):
         return {}
-    line = v.get("line")
-    return {prefix + "line": " ".join(line) if isinstance(line, list) else None, prefix + "city": v.get("city"),
+    return {prefix + "line": _joined(v.get("line"), " "), prefix + "city": v.get("city"),
             prefix + "state": v.get("state"), prefix + "postal_code": v.get("postalCode"),
             prefix + "country": v.get("country"), **({prefix + "district": v.get("district")}
                                                        if prefix == "address_" else {})}
 
 
+def _list(res: dict, el: str, path: str) -> list:
+    """An element FHIR repeats: its list ([] when absent); anything else is refused with its path."""
+    v = res.get(el)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise Invalid(f"{path}.{el}", "invalid", f"{path}.{el} is not a list (FHIR JSON writes a repeating element "
+                      "as an array, even of one)")
+    return v
+
+
 def _ext(res: dict, url: str) -> list:
-    return [e for e in res.get("extension", ()) if isinstance(e, dict) and e.get("url") == url]
+    return [e for e in _list(res, "extension", res["resourceType"]) if isinstance(e, dict) and e.get("url") == url]
 
 
 def _omb(res: dict, url: str) -> tuple:
     for e in _ext(res, url):
-        for sub in e.get("extension", ()):
-            if sub.get("url") == "ombCategory" and isinstance(sub.get("valueCoding"), dict):
+        for sub in _list(e, "extension", f"{res['resourceType']}.extension"):
+            if isinstance(sub, dict) and sub.get("url") == "ombCategory" and isinstance(sub.get("valueCoding"), dict):
                 return sub["valueCoding"].get("code"), sub["valueCoding"].get("display")
     return None, None
 
@@ -354,6 +380,8 @@ def _attachment_text(att, path: str) -> str | None:
     if not isinstance(att, dict) or "data" not in att:
         return None
     ctype = att.get("contentType") or ""
+    if not isinstance(ctype, str):
+        raise Invalid(path + ".contentType", "invalid", f"{path}.contentType is not a string")
     if ctype and not ctype.startswith("text/"):
         return None
     try:
@@ -372,7 +400,7 @@ def _attachment_text(att, path: str) -> str | None:
 # -- one extractor per resource type ----------------------------------------------------------------------------
 def _patient(r: dict, c: Ctx) -> dict:
     fam, given, text = _human_name(r.get("name"))
-    mrn = next((i.get("value") for i in r.get("identifier", ()) if isinstance(i, dict)
+    mrn = next((i.get("value") for i in _list(r, "identifier", "Patient") if isinstance(i, dict)
                 and _code(i.get("type")) == "MR"), None)
     race, ethn = _omb(r, "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"), \
         _omb(r, "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity")
@@ -390,7 +418,8 @@ def _patient(r: dict, c: Ctx) -> dict:
             **_address(r.get("address")), "marital_status_code": _code(r.get("maritalStatus")),
             "race_code": race[0], "race_display": race[1], "ethnicity_code": ethn[0], "ethnicity_display": ethn[1],
             "birth_sex": sex[0].get("valueCode") if sex else None,
-            "language_code": _code(comm[0].get("language")) if isinstance(comm, list) and comm else None,
+            "language_code": _code(comm[0].get("language")) if isinstance(comm, list) and comm
+            and isinstance(comm[0], dict) else None,
             "managing_organization_ref": c.ref(r.get("managingOrganization"), "managingOrganization"),
             "general_practitioner_ref": c.ref(r.get("generalPractitioner"), "generalPractitioner")}
 
@@ -528,7 +557,8 @@ def _dosage(d) -> dict:
     dose = dr[0].get("doseQuantity") if isinstance(dr, list) and dr and isinstance(dr[0], dict) else d.get("dose")
     v, u = _qty(dose)
     rs, rc, _, _ = _cc(d.get("route"))
-    timing = d.get("timing", {}).get("repeat", {}) if isinstance(d.get("timing"), dict) else {}
+    timing = d.get("timing") if isinstance(d.get("timing"), dict) else {}
+    timing = timing.get("repeat") if isinstance(timing.get("repeat"), dict) else {}
     return {"dose_value": v, "dose_unit": u, "route_system": rs, "route_code": rc,
             "frequency": timing.get("frequency"), "period": timing.get("period"), "period_unit": timing.get("periodUnit")}
 
@@ -579,10 +609,9 @@ def _allergy(r: dict, c: Ctx) -> dict:
     onset, _ = _choice(r, "onset", c)
     reac = r.get("reaction")
     reac = reac[0] if isinstance(reac, list) and reac and isinstance(reac[0], dict) else {}
-    cat = r.get("category")
     return {"clinical_status": _coded_status(r, c, "clinicalStatus", CLINICAL_STATUS["AllergyIntolerance"]),
             "verification_status": _coded_status(r, c, "verificationStatus", VERIFICATION_STATUS),
-            "type": r.get("type"), "category": ";".join(cat) if isinstance(cat, list) else None,
+            "type": r.get("type"), "category": _joined(r.get("category"), ";"),
             "criticality": r.get("criticality"), **_codes(r, c, "code"),
             "patient_ref": c.ref(r.get("patient"), "patient"), "encounter_ref": c.ref(r.get("encounter"), "encounter"),
             "onset_at": onset, "recorded_date": c.when(r.get("recordedDate"), "recordedDate"),
@@ -606,9 +635,13 @@ def _document(r: dict, c: Ctx) -> dict:
     content = r.get("content")
     if not isinstance(content, list) or not content or not all(isinstance(x, dict) for x in content):
         raise Invalid("DocumentReference.content", "missing_mandatory", "DocumentReference.content must list attachments")
-    text, att = None, content[0].get("attachment") or {}
     for i, x in enumerate(content):
-        a = x.get("attachment") or {}
+        if not isinstance(x.get("attachment"), dict):
+            raise Invalid(f"DocumentReference.content[{i}].attachment", "invalid" if "attachment" in x else
+                          "missing_mandatory", f"DocumentReference.content[{i}].attachment is not an Attachment")
+    text, att = None, content[0]["attachment"]
+    for i, x in enumerate(content):
+        a = x["attachment"]
         text = _attachment_text(a, f"DocumentReference.content[{i}].attachment")
         if text is not None:
             att = a
@@ -637,7 +670,7 @@ def _report(r: dict, c: Ctx) -> dict:
 
 def _practitioner(r: dict, c: Ctx) -> dict:
     fam, given, _ = _human_name(r.get("name"))
-    npi = next((i.get("value") for i in r.get("identifier", ()) if isinstance(i, dict)
+    npi = next((i.get("value") for i in _list(r, "identifier", "Practitioner") if isinstance(i, dict)
                 and i.get("system") == "http://hl7.org/fhir/sid/us-npi"), None)
     q = r.get("qualification")
     return {"active": r.get("active") if isinstance(r.get("active"), bool) else None, "gender": r.get("gender"),
@@ -795,7 +828,32 @@ def stage_resource(res, raw: str | None = None, refs: dict | None = None, id_hin
                                         "display": cd.get("display"), "text": cc.get("text"), "coding_index": k})
     if codings:
         out["stg_fhir_coding"] = codings
+    for table, rows in out.items():
+        types = ROW_TYPES[table]
+        for row in rows:
+            for k, v in row.items():
+                if v is not None and type(v) not in types.get(k, (type(v),)):  # a key not in the table: not kept
+                    _wrong_type(res, rt, v, types[k][0], f"{table}.{k}")
     return out
+
+
+def _wrong_type(res: dict, rt: str, v, want: type, column: str):
+    """Refuse a resource whose element has a JSON type FHIR does not allow there, naming the element."""
+    def where(x, path):
+        if x is v if isinstance(v, (list, dict)) else (type(x) is type(v) and x == v):
+            return path
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, y in items:
+            if (p := where(y, f"{path}[{k}]" if isinstance(k, int) else f"{path}.{k}")) is not None:
+                return p
+        return None
+    path = where(res, rt)
+    if path is None:  # not a value of the resource: medlake made it
+        raise TypeError(f"{column} = {v!r:.60} is not {_WANT[want]}")
+    kind = {str: "a string", bool: "true or false", int: "a number", float: "a number", list: "a list",
+            dict: "an object"}.get(type(v), type(v).__name__)
+    raise Invalid(path, "invalid", f"{path} is {kind} ({orjson.dumps(v).decode()[:60]}); FHIR has "
+                  f"{_WANT[want]} there")
 
 
 # -- files --------------------------------------------------------------------------------------------------------
@@ -834,6 +892,11 @@ def _resource_record(res, raw: str | None, loc: Loc, refs=None, id_hint=None, pr
     except Invalid as e:
         loc.field = prefix + e.path
         return Rejected(loc, e.reason, e.detail, raw.encode() if raw is not None else orjson.dumps(res))
+    except Exception as e:  # a reader bug: this resource is kept in quarantine, the rest of the file goes on
+        loc.field = prefix + str(res.get("resourceType"))
+        return Rejected(loc, "parser_error", f"medlake could not read this {res.get('resourceType')} ({type(e).__name__}: "
+                        f"{e}); it is kept here: report it, and run `medlake quarantine retry` once medlake is fixed",
+                        raw.encode() if raw is not None else orjson.dumps(res))
 
 
 def _fullurl_id(url) -> str | None:
