@@ -98,6 +98,8 @@ ENC = {"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {
 MEDREQ = {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
           "medicationCodeableConcept": {"coding": [{"code": "860975"}]}, "subject": {"reference": "Patient/p1"},
           "dosageInstruction": [{"timing": {"repeat": {"frequency": 2, "period": 1, "periodUnit": "d"}}}]}
+ALLERGY = {"resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"},
+           "category": ["food"]}
 DOC = {"resourceType": "DocumentReference", "id": "d1", "status": "current", "subject": {"reference": "Patient/p1"},
        "content": [{"attachment": {"contentType": "text/plain", "data": base64.b64encode(b"note").decode()}}]}
 
@@ -132,6 +134,11 @@ def _with(res: dict, path: str, value) -> dict:
      "is not a string"),
     (OBS | {"resourceType": "DiagnosticReport"}, "result", {"reference": "Observation/o1"},
      "DiagnosticReport.result", "is not a list of References"),
+    (OBS, "component", {"code": {"text": "systolic"}}, "Observation.component", "is not a list"),
+    # one object where FHIR repeats an element, or a string where it repeats objects: it was read as absent
+    (PATIENT, "name", {"family": "Wang"}, "Patient.name", "is not a list"),
+    (ALLERGY, "category", "food", "AllergyIntolerance.category", "is not a list"),
+    (ENC, "participant", ["Practitioner/x"], "Encounter.participant[0]", "is not an object"),
 ])
 def test_an_element_of_the_wrong_json_type_rejects_its_resource_by_path_and_the_file_goes_on(
         res, path, value, field, says):
@@ -145,10 +152,13 @@ def test_an_element_of_the_wrong_json_type_rejects_its_resource_by_path_and_the_
     assert isinstance(read(nd(res))[0], Staged)  # the same resource with the right type stages
 
 
-def test_nulls_in_a_list_of_names_are_skipped():
-    """FHIR JSON puts null where a repeating primitive has only an extension (given + _given)."""
+def test_what_the_reader_passes_over_does_not_stop_the_resource():
+    # FHIR JSON puts null where a repeating primitive has only an extension (given + _given)
     (r,) = read(nd(_with(PATIENT, "name.0.given", ["Xiu", None]) | {"_given": [None, {"extension": []}]}))
     assert r.rows["stg_fhir_patient"][0]["given_names"] == "Xiu"
+    # an identifier's type the visit number rule looks into, not a CodeableConcept
+    (r,) = read(nd(ENC | {"identifier": [{"type": {"coding": 7}, "value": "V1"}]}))
+    assert r.rows["stg_fhir_encounter"][0]["identifier_value"] == "V1"
 
 
 def test_transaction_bundle_resolves_urn_uuid_references_and_ids_from_full_urls():

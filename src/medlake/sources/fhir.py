@@ -364,6 +364,14 @@ def _list(res: dict, el: str, path: str) -> list:
     return v
 
 
+def _first(res: dict, el: str, path: str) -> dict:
+    """The first item of a repeating element of objects ({} when absent); anything else refused with its path."""
+    v = _list(res, el, path)
+    if v and not isinstance(v[0], dict):
+        raise Invalid(f"{path}.{el}[0]", "invalid", f"{path}.{el}[0] is not an object")
+    return v[0] if v else {}
+
+
 def _ext(res: dict, url: str) -> list:
     return [e for e in _list(res, "extension", res["resourceType"]) if isinstance(e, dict) and e.get("url") == url]
 
@@ -399,7 +407,7 @@ def _attachment_text(att, path: str) -> str | None:
 
 # -- one extractor per resource type ----------------------------------------------------------------------------
 def _patient(r: dict, c: Ctx) -> dict:
-    fam, given, text = _human_name(r.get("name"))
+    fam, given, text = _human_name(_list(r, "name", "Patient"))
     mrn = next((i.get("value") for i in _list(r, "identifier", "Patient") if isinstance(i, dict)
                 and _code(i.get("type")) == "MR"), None)
     race, ethn = _omb(r, "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"), \
@@ -408,7 +416,7 @@ def _patient(r: dict, c: Ctx) -> dict:
     gender = r.get("gender")
     if gender is not None and gender not in ("male", "female", "other", "unknown"):
         raise Invalid("Patient.gender", "invalid", f"Patient.gender {gender!r} is not male|female|other|unknown")
-    comm = r.get("communication")
+    comm = _first(r, "communication", "Patient")
     return {"active": r.get("active") if isinstance(r.get("active"), bool) else None, "gender": gender,
             "birth_date": _date(r.get("birthDate"), "Patient.birthDate"),
             "deceased": r.get("deceasedBoolean") if "deceasedBoolean" in r else ("deceasedDateTime" in r or None),
@@ -418,8 +426,7 @@ def _patient(r: dict, c: Ctx) -> dict:
             **_address(r.get("address")), "marital_status_code": _code(r.get("maritalStatus")),
             "race_code": race[0], "race_display": race[1], "ethnicity_code": ethn[0], "ethnicity_display": ethn[1],
             "birth_sex": sex[0].get("valueCode") if sex else None,
-            "language_code": _code(comm[0].get("language")) if isinstance(comm, list) and comm
-            and isinstance(comm[0], dict) else None,
+            "language_code": _code(comm.get("language")),
             "managing_organization_ref": c.ref(r.get("managingOrganization"), "managingOrganization"),
             "general_practitioner_ref": c.ref(r.get("generalPractitioner"), "generalPractitioner")}
 
@@ -430,20 +437,18 @@ def _encounter(r: dict, c: Ctx) -> dict:
     rs, rc, _, _ = _cc(r.get("reasonCode"))
     start, end = _period(r.get("period"), c, "period")
     hosp = r.get("hospitalization") if isinstance(r.get("hospitalization"), dict) else {}
-    part = r.get("participant")
-    loc = r.get("location")
+    part = _first(r, "participant", "Encounter")
+    loc = _first(r, "location", "Encounter")
     return {"status": _status(r, c), "class_system": cls.get("system"), "class_code": cls.get("code"),
             "class_display": cls.get("display"), "type_system": ts, "type_code": tc, "type_display": td,
             "subject_ref": c.ref(r.get("subject"), "subject"), "period_start": start, "period_end": end,
             "service_provider_ref": c.ref(r.get("serviceProvider"), "serviceProvider"),
-            "participant_ref": c.ref(part[0].get("individual"), "participant[0].individual")
-            if isinstance(part, list) and part and isinstance(part[0], dict) else None,
-            "location_ref": c.ref(loc[0].get("location"), "location[0].location")
-            if isinstance(loc, list) and loc and isinstance(loc[0], dict) else None,
+            "participant_ref": c.ref(part.get("individual"), "participant[0].individual"),
+            "location_ref": c.ref(loc.get("location"), "location[0].location"),
             "part_of_ref": c.ref(r.get("partOf"), "partOf"),
             "admit_source_code": _code(hosp.get("admitSource")),
             "discharge_disposition_code": _code(hosp.get("dischargeDisposition")),
-            "reason_system": rs, "reason_code": rc, "identifier_value": _visit_number(r.get("identifier"))}
+            "reason_system": rs, "reason_code": rc, "identifier_value": _visit_number(_list(r, "identifier", "Encounter"))}
 
 
 def _visit_number(ids) -> str | None:
@@ -455,7 +460,8 @@ def _visit_number(ids) -> str | None:
 
     def rank(i):
         t = i.get("type") if isinstance(i.get("type"), dict) else {}
-        vn = any(isinstance(cd, dict) and cd.get("code") == "VN" for cd in t.get("coding") or ())
+        codings = t.get("coding") if isinstance(t.get("coding"), list) else ()
+        vn = any(isinstance(cd, dict) and cd.get("code") == "VN" for cd in codings)
         return (0 if vn else 1 if i.get("use") in ("official", "usual") else 2)
     return min(ids, key=rank)["value"] if ids else None
 
@@ -499,8 +505,7 @@ def _value(r: dict, c: Ctx, out: dict, prefix: str = "value_") -> None:
 
 def _observation(r: dict, c: Ctx) -> dict:
     start, end = _choice(r, "effective", c)
-    rr = r.get("referenceRange")
-    rr = rr[0] if isinstance(rr, list) and rr and isinstance(rr[0], dict) else {}
+    rr = _first(r, "referenceRange", "Observation")
     low, unit = _qty(rr.get("low"))
     high, unit2 = _qty(rr.get("high"))
     out = {"status": _status(r, c), "category_code": _code(r.get("category")), **_codes(r, c, "code"),
@@ -517,7 +522,7 @@ def _observation(r: dict, c: Ctx) -> dict:
 
 def _components(r: dict, c: Ctx, rid: str) -> list[dict]:
     out = []
-    for i, comp in enumerate(r.get("component") or ()):
+    for i, comp in enumerate(_list(r, "component", "Observation")):
         if not isinstance(comp, dict):
             continue
         if "code" not in comp:
@@ -595,23 +600,21 @@ def _medication(r: dict, c: Ctx) -> dict:
 
 def _procedure(r: dict, c: Ctx) -> dict:
     start, end = _choice(r, "performed", c)
-    perf = r.get("performer")
+    perf = _first(r, "performer", "Procedure")
     return {"status": _status(r, c), **_codes(r, c, "code"), "category_code": _code(r.get("category")),
             "subject_ref": c.ref(r.get("subject"), "subject"), "encounter_ref": c.ref(r.get("encounter"), "encounter"),
             "performed_at": start, "performed_end": end,
-            "performer_ref": c.ref(perf[0].get("actor"), "performer[0].actor")
-            if isinstance(perf, list) and perf and isinstance(perf[0], dict) else None,
+            "performer_ref": c.ref(perf.get("actor"), "performer[0].actor"),
             "location_ref": c.ref(r.get("location"), "location"), "body_site_code": _code(r.get("bodySite")),
             "reason_code": _code(r.get("reasonCode"))}
 
 
 def _allergy(r: dict, c: Ctx) -> dict:
     onset, _ = _choice(r, "onset", c)
-    reac = r.get("reaction")
-    reac = reac[0] if isinstance(reac, list) and reac and isinstance(reac[0], dict) else {}
+    reac = _first(r, "reaction", "AllergyIntolerance")
     return {"clinical_status": _coded_status(r, c, "clinicalStatus", CLINICAL_STATUS["AllergyIntolerance"]),
             "verification_status": _coded_status(r, c, "verificationStatus", VERIFICATION_STATUS),
-            "type": r.get("type"), "category": _joined(r.get("category"), ";"),
+            "type": r.get("type"), "category": _joined(_list(r, "category", "AllergyIntolerance"), ";"),
             "criticality": r.get("criticality"), **_codes(r, c, "code"),
             "patient_ref": c.ref(r.get("patient"), "patient"), "encounter_ref": c.ref(r.get("encounter"), "encounter"),
             "onset_at": onset, "recorded_date": c.when(r.get("recordedDate"), "recordedDate"),
@@ -659,8 +662,7 @@ def _document(r: dict, c: Ctx) -> dict:
 
 def _report(r: dict, c: Ctx) -> dict:
     start, end = _choice(r, "effective", c)
-    forms = r.get("presentedForm")
-    text = _attachment_text(forms[0], "DiagnosticReport.presentedForm[0]") if isinstance(forms, list) and forms else None
+    text = _attachment_text(_first(r, "presentedForm", "DiagnosticReport"), "DiagnosticReport.presentedForm[0]")
     return {"status": _status(r, c), "category_code": _code(r.get("category")), **_codes(r, c, "code"),
             "subject_ref": c.ref(r.get("subject"), "subject"), "encounter_ref": c.ref(r.get("encounter"), "encounter"),
             "effective_at": start, "effective_end": end, "issued": c.when(r.get("issued"), "issued"),
@@ -669,15 +671,14 @@ def _report(r: dict, c: Ctx) -> dict:
 
 
 def _practitioner(r: dict, c: Ctx) -> dict:
-    fam, given, _ = _human_name(r.get("name"))
+    fam, given, _ = _human_name(_list(r, "name", "Practitioner"))
     npi = next((i.get("value") for i in _list(r, "identifier", "Practitioner") if isinstance(i, dict)
                 and i.get("system") == "http://hl7.org/fhir/sid/us-npi"), None)
-    q = r.get("qualification")
+    q = _first(r, "qualification", "Practitioner")
     return {"active": r.get("active") if isinstance(r.get("active"), bool) else None, "gender": r.get("gender"),
             "family_name": fam, "given_names": given, "identifiers": _json(r.get("identifier")), "npi": npi,
             "telecom": _json(r.get("telecom")),
-            "qualification_code": _code(q[0].get("code")) if isinstance(q, list) and q and isinstance(q[0], dict)
-            else None}
+            "qualification_code": _code(q.get("code"))}
 
 
 def _practitioner_role(r: dict, c: Ctx) -> dict:
@@ -711,8 +712,7 @@ def _location(r: dict, c: Ctx) -> dict:
 
 def _device(r: dict, c: Ctx) -> dict:
     """Device (R4 has no use period: the IG takes manufactureDate → expirationDate as the exposure)."""
-    udi = r.get("udiCarrier")
-    udi = udi[0] if isinstance(udi, list) and udi and isinstance(udi[0], dict) else {}
+    udi = _first(r, "udiCarrier", "Device")
     return {"status": _status(r, c), **_codes(r, c, "type"), "patient_ref": c.ref(r.get("patient"), "patient"),
             "lot_number": r.get("lotNumber"), "udi_device_identifier": udi.get("deviceIdentifier"),
             "manufacture_date": c.when(r.get("manufactureDate"), "manufactureDate"),
@@ -732,8 +732,7 @@ def _specimen(r: dict, c: Ctx) -> dict:
 def _coverage(r: dict, c: Ctx) -> dict:
     """Coverage without the member and subscriber ids (identifying): who pays, which plan, when."""
     start, end = _period(r.get("period"), c, "period")
-    payor = r.get("payor")
-    payor = payor[0] if isinstance(payor, list) and payor and isinstance(payor[0], dict) else {}
+    payor = _first(r, "payor", "Coverage")
     ts, tc, _, tt = _cc(r.get("type"))
     return {"status": _status(r, c), "beneficiary_ref": c.ref(r.get("beneficiary"), "beneficiary"),
             "period_start": start, "period_end": end, "payor_ref": c.ref(payor, "payor[0]") if payor else None,
