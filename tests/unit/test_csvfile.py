@@ -64,3 +64,25 @@ def test_utf8_bom_and_identifying_patient_id():
     assert r.rows["stg_csv_pharmacy"][0]["dispensed_at"] == dt.datetime(2024, 1, 2, 3, 4)
     schema = csvfile.STAGING_SCHEMAS["stg_csv_pharmacy"]
     assert is_identifying(schema.field("patient_id")) and not is_identifying(schema.field("drug_code"))
+
+
+def test_a_stray_carriage_return_rejects_its_line_and_the_file_goes_on():
+    data = (HEADER + "R1,MRN-1,D001,维生素C,1,1,2024/03/01 08:30,\n"
+            "R2,MRN-2,D002,维生\r素C,1,1,2024/03/02 08:30,\n"       # a CR inside a field not quoted
+            "R3,MRN-3,D003,维生素C,1,1,2024/03/03 08:30,\n").encode("gbk")
+    recs = read(data)
+    assert [(type(r), r.loc.line) for r in recs] == [(Staged, 2), (Rejected, 3), (Staged, 4)]
+    assert recs[1].reason == "malformed" and "carriage return" in recs[1].detail
+    assert recs[1].raw == "R2,MRN-2,D002,维生\r素C,1,1,2024/03/02 08:30,\n".encode("gbk")
+    (r,) = read(("发药单号,病人ID,药品\r编码\n" + "R1,MRN-1,D001\n").encode("gbk"))
+    assert (r.reason, r.loc.key()) == ("malformed", "file") and r.detail.startswith("the header:")
+
+
+def test_numbers_python_reads_but_no_export_means_are_refused():
+    def row(qty, days):
+        (r,) = read((HEADER + f"R1,MRN-1,D001,维生素C,{qty},{days},2024/03/01 08:30,\n").encode("gbk"))
+        return r.rows["stg_csv_pharmacy"][0] if isinstance(r, Staged) else r.loc.field
+    assert [row(q, 7) for q in ("nan", "inf", "-Infinity", "1e400", "1_000")] == ["数量"] * 5
+    assert [row(1, d) for d in ("7.5", "7e0", "0x1F")] == ["天数"] * 3
+    assert [(r["quantity"], r["days_supply"]) for r in (row("2.5", "30.0"), row("-.5e1", "+7"), row("１２", "３"))] == \
+        [(2.5, 30), (-5.0, 7), (12.0, 3)]  # 30.0: pandas' whole number in a column with gaps; full-width digits

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
+import re
 from typing import BinaryIO, Iterator
 
 import pyarrow as pa
@@ -30,6 +32,8 @@ CODE_FIELDS: dict[str, tuple[str, ...]] = {"pharmacy": ("drug_code",)}
 ARROW = {"string": pa.string(), "float": pa.float64(), "integer": pa.int64(), "date": pa.date32(),
          "datetime": pa.timestamp("us")}
 csv.field_size_limit(1 << 24)
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # \d: full-width digits (１２) too
+_WHOLE = re.compile(r"[+-]?\d+(\.0*)?")
 
 
 def fields_for(system: str | None) -> dict[str, str] | None:
@@ -69,10 +73,17 @@ def _lines(stream: BinaryIO, encoding: str, bad: dict[int, str], raw: dict[int, 
 def _value(text: str, kind: str, fmt: str | None):
     if kind == "string":
         return text
-    if kind == "float":
-        return float(text)
-    if kind == "integer":
-        return int(text)
+    if kind in ("float", "integer"):
+        if not _NUMBER.fullmatch(text):  # float() also reads nan, inf and 1_000
+            raise ValueError(text)
+        v = float(text)
+        if not math.isfinite(v):
+            raise ValueError(text)
+        if kind == "float":
+            return v
+        if not _WHOLE.fullmatch(text):  # 30.0: how pandas writes a whole number in a column with gaps
+            raise ValueError(text)
+        return int(text.split(".")[0])
     if kind == "date":
         return dt.datetime.strptime(text, fmt).date() if fmt else dt.date.fromisoformat(text)
     v = dt.datetime.strptime(text, fmt) if fmt else dt.datetime.fromisoformat(text)
@@ -94,12 +105,25 @@ def read(stream: BinaryIO, name: str, source) -> Iterator[Staged | Rejected]:
                         quotechar=source.quotechar)
     prev = 0
     header = None
-    for rec in reader:
+    while True:
+        try:
+            rec, error = next(reader), None
+        except StopIteration:
+            break
+        except csv.Error as e:  # the reader goes on at the next line
+            rec, error = None, ("a carriage return (CR) inside a field that is not quoted: quote the field or remove "
+                                "the CR" if "new-line character" in str(e) else f"not readable as CSV ({e})")
         first, last = prev + 1, reader.line_num
         prev = last
         if header is None and first <= source.skip_rows:
             continue
         lines_raw = b"".join(raw.pop(n, b"") for n in range(first, last + 1))
+        if error:
+            if header is None:
+                yield Rejected(Loc(name, line=first, whole=True), "malformed", f"the header: {error}", lines_raw)
+                return
+            yield Rejected(Loc(name, line=first), "malformed", error, lines_raw)
+            continue
         if not rec or (len(rec) == 1 and not rec[0].strip()):
             continue
         if header is None:
