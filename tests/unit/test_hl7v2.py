@@ -269,6 +269,17 @@ def test_unreadable_values_stage_as_null_with_a_note():
     assert o["notes"] == "OBX-5: 'high' is not a number (OBX-2 is NM); OBX-14: '2024030599' is not a valid date/time"
 
 
+def test_numbers_past_a_doubles_range_or_not_numbers_stage_as_null_with_a_note():
+    m = parse(msg(MSH, PID, "OBX|1|NM|GLU^Glucose||1e400|mmol/L|3.9-6.1|||F", "OBX|2|SN|X^x||^inf",
+                  "OBX|3|SN|X^x||^1^-^1e999", "OBX|4|NM|X^x||2|u|1-" + "9" * 400))
+    a, b, c, d = stage(m)["stg_hl7_observation"]
+    assert (a["value_number"], a["value_text"], a["range_low"], a["range_high"]) == (None, "1e400", 3.9, 6.1)
+    assert a["notes"] == "OBX-5: '1e400' is not a number (OBX-2 is NM)"
+    assert (b["value_number"], b["notes"]) == (None, "OBX-5: 'inf' is not a structured numeric value")
+    assert (c["value_number"], c["notes"]) == (None, "OBX-5: '1-1e999' is not a structured numeric value")
+    assert (d["value_number"], d["range_low"], d["range_high"]) == (2.0, None, None)
+
+
 def test_hl7_null_and_comparators():
     m = parse(msg(MSH, PID, 'OBX|1|NM|CRP^C-reactive protein||<5|mg/L|""|""|||F', 'OBX|2|SN|X^x||>=^10'))
     a, b = stage(m)["stg_hl7_observation"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import math
 import re
 import uuid
 from dataclasses import dataclass
@@ -457,6 +458,15 @@ _NUM = re.compile(r"^\s*([<>]=?|=)?\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?
 _RANGE = re.compile(r"^\s*([<>]=?)?\s*([+-]?\d+(?:\.\d+)?)\s*(?:(?:-|_|~|to|–)\s*([+-]?\d+(?:\.\d+)?))?\s*$")
 
 
+def _number(text: str | None) -> float | None:
+    """A plain decimal number (exponent allowed) within a double's range; else None (float() reads nan, inf)."""
+    m = _NUM.match(text) if text else None
+    if m is None or m.group(1):
+        return None
+    v = float(m.group(2))
+    return v if math.isfinite(v) else None
+
+
 _TS_CACHE: dict[str, dt.datetime] = {}
 
 # -- staging schemas ------------------------------------------------------------------------------------------
@@ -663,9 +673,8 @@ class _Stager:
         v = self.c(seg, n, c)
         if not v:
             return None
-        m = _NUM.match(v)
-        if m and not m.group(1):
-            return float(m.group(2))
+        if (x := _number(v)) is not None:
+            return x
         self.notes.append(f"{seg.name}-{n}: {v!r} is not a number")
         return None
 
@@ -910,17 +919,16 @@ class _Stager:
             p = self.comps(seg, 5) + [""] * 4
             value_text = "".join(p[:4]) or None
             comparator = p[0] or None
-            try:
-                number = float(p[1]) if p[1] else None
-                high = float(p[3]) if p[3] and p[2] in ("-", "") else None
-            except ValueError:
+            number = _number(p[1])
+            high = _number(p[3]) if p[2] in ("-", "") else None
+            if (p[1] and number is None) or (p[3] and p[2] in ("-", "") and high is None):
                 self.notes.append(f"OBX-5: {value_text!r} is not a structured numeric value")
                 number = high = None
         else:
             value_text = self.text(seg, 5, "\n" if vt in ("TX", "FT") else "~")
             if vt == "NM" and value_text:
                 m = _NUM.match(value_text.split("~")[0])
-                if m:
+                if m and math.isfinite(float(m.group(2))):
                     comparator, number = m.group(1), float(m.group(2))
                 else:
                     self.notes.append(f"OBX-5: {value_text!r} is not a number (OBX-2 is NM)")
@@ -928,7 +936,7 @@ class _Stager:
         low = rhigh = None
         if rr:
             m = _RANGE.match(rr)
-            if m:
+            if m and all(math.isfinite(float(g)) for g in m.groups()[1:] if g):
                 if m.group(1):
                     (low, rhigh) = (float(m.group(2)), None) if m.group(1)[0] == ">" else (None, float(m.group(2)))
                 else:
