@@ -168,12 +168,12 @@ def _csv_options(t: dict, bad, csvfile) -> dict:
         else:
             opts[k] = v
     skip = t.get("skip_rows", 0)
-    if not isinstance(skip, int) or skip < 0:
+    if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
         bad("skip_rows", "must be a whole number ≥ 0")
     else:
         opts["skip_rows"] = skip
     system = t.get("system")
-    fields = csvfile.fields_for(system)
+    fields = csvfile.fields_for(system) if isinstance(system, str) else None
     if fields is None:
         bad("system", f"{system!r} has no csv staging fields (known: {', '.join(csvfile.FIELDS)})")
     for key in ("columns", "formats", "code_systems"):
