@@ -184,6 +184,42 @@ def test_csv_round_trip_and_import_errors(eng, tmp_path):
     assert eng.query("SELECT count(*) FROM mapping_decision").column(0)[0].as_py() == before
 
 
+def test_a_sheet_saved_by_a_spreadsheet_imports_or_says_what_it_changed(eng, tmp_path):
+    gaps.refresh(eng)
+    suggest.refresh(eng)
+    path = tmp_path / "review.csv"
+    review.export_csv(eng, path)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.DictReader(f))
+
+    def save(rows, delimiter=","):
+        with open(path, "w", encoding="utf-8-sig", newline="") as f:
+            w = csv.DictWriter(f, review.EXPORT_COLUMNS, delimiter=delimiter)
+            w.writeheader()
+            w.writerows(rows)
+
+    def edited(which, **change):
+        return [r | change if r["code"] == which else r for r in rows]
+    # the code changed on the way (leading zeros dropped, 1.23E+11): nothing is imported, the row is named
+    hba1c = next(i for i, r in enumerate(rows) if r["code"] == "HBA1C")
+    save(edited("HBA1C", code="HBA1", decision="accept"))
+    with pytest.raises(ValueError, match=rf"review\.csv:{hba1c + 2}: column code: 'HBA1' is not the code exported"):
+        review.import_csv(eng, path)
+    # an id that is no whole number; a note over two lines counts its lines
+    save(edited("HBA1C", decision="accept", concept_id="4548.7", note="two\nlines")[:hba1c + 1]
+         + [rows[hba1c + 1] | {"decision": "accept", "concept_id": "1e400"}] + rows[hba1c + 2:])
+    with pytest.raises(ValueError, match=rf"review\.csv:{hba1c + 2}: column concept_id: '4548.7' is not a concept "
+                                         r"id.*\(and 1 more\)"):
+        review.import_csv(eng, path)
+    # semicolons, as a spreadsheet in a decimal-comma locale saves CSV, and an id shown as 4548.0
+    todo = next(r for r in rows if not r["decision"] and r["concept_id"])
+    save(edited(todo["code"], decision="accept", concept_id=f"{todo['concept_id']}.0"), delimiter=";")
+    got = review.import_csv(eng, path)
+    assert got["accepted"] == 1, got
+    assert eng.query("SELECT target_concept_id FROM source_to_concept_map WHERE source_code = ?", [todo["code"]]
+                     ).column(0)[0].as_py() == int(todo["concept_id"])
+
+
 def test_auto_accept_takes_only_confident_top_suggestions(eng):
     gaps.refresh(eng)
     suggest.refresh(eng)

@@ -17,6 +17,7 @@ import csv
 import datetime as dt
 import getpass
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -325,14 +326,25 @@ def import_csv(engine, path: Path, by: str | None = None) -> dict[str, int]:
     store.require_cdm(engine)
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            rows = list(csv.DictReader(f))
+            head = f.readline()
+            f.seek(0)
+            # a spreadsheet in a locale with the decimal comma saves its "CSV" with semicolons
+            delim = next((d for d in (",", ";", "\t") if d in head), ",")
+            reader = csv.DictReader(f, delimiter=delim)
+            rows, first = [], (reader.fieldnames, reader.line_num)[1] + 1
+            for r in reader:  # a row's first line: a note may hold line breaks
+                rows.append((first, r))
+                first = reader.line_num + 1
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); save the sheet as CSV UTF-8") from e
-    if rows and not {"code", "decision", "concept_id"} <= set(rows[0]):
+    if rows and not {"code", "decision", "concept_id"} <= set(rows[0][1]):
         raise ValueError(f"{path}:1: the header needs at least code, decision and concept_id (and code_system or "
                          "source_vocabulary_id); export one with `medlake map export`")
+    store.ensure(engine)
+    known = {(g["code_system"], g["code"]) for g in engine.query("SELECT code_system, code FROM mapping_gap")
+             .to_pylist()} | {(d["code_system"], c) for (_, c), d in current(engine).items()}
     errors, plan = [], []
-    for line, r in enumerate(rows, 2):
+    for line, r in rows:
         d = (r.get("decision") or "").strip().lower()
         if not d:
             continue
@@ -343,11 +355,12 @@ def import_csv(engine, path: Path, by: str | None = None) -> dict[str, int]:
         cid = (r.get("concept_id") or "").strip()
         if d != "no_match":
             try:
-                cid_int = int(float(cid))
+                if not re.fullmatch(r"\d+(\.0*)?", cid):  # 4548.0: a spreadsheet's number; 4548.7 is no id
+                    raise ValueError(f"{cid!r} is not a concept id" if cid else "empty")
+                cid_int = int(cid.split(".")[0])
                 _concept(engine, cid_int)
             except (ValueError, TypeError) as e:
-                errors.append(f"{path}:{line}: column concept_id: {e if cid else 'empty'}; give a standard "
-                              "concept id")
+                errors.append(f"{path}:{line}: column concept_id: {e}; give a standard concept id")
                 continue
         else:
             cid_int = 0
@@ -356,6 +369,12 @@ def import_csv(engine, path: Path, by: str | None = None) -> dict[str, int]:
             errors.append(f"{path}:{line}: column code is empty")
             continue
         system = (r.get("code_system") or "").strip() or None
+        gid = (r.get("gap_id") or "").strip()
+        if gid and gid != store.gap_id(system, code) and (system, code) not in known:
+            errors.append(f"{path}:{line}: column code: {code!r} is not the code exported in this row (gap {gid}) "
+                          "nor one medlake has seen; a spreadsheet drops leading zeros and shows long numbers as "
+                          "1.23E+11: import the column as text, or export again")
+            continue
         svid = (r.get("source_vocabulary_id") or "").strip() or store.source_vocabulary_id(system)
         plan.append((Target(system, svid, code, r.get("display") or None), d, cid_int,
                      (r.get("reviewer") or "").strip() or by))
