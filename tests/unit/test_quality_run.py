@@ -317,6 +317,11 @@ def test_check_levels_run_only_those_levels(store, tmp_path):
      r"\[thresholds\] isRequired must be a percent from 0 to 100, not 150"),
     (site.tuning_config, "[thresholds]\nisRequired = 'five'", r"\[thresholds\] isRequired must be a percent"),
     (site.tuning_config, "[notes]\nisRequired = 5", r"\[notes\] isRequired must be a text"),
+    # a key where a table belongs: it raised AttributeError or TypeError
+    (site.parse, "check = {name = 'a'}", r"checks are tables, each written \[\[check\]\]"),
+    (site.fields_config, "source_fields = ['stg_x']", r"source_fields is a table, written \[source_fields.<staging"),
+    (site.fields_config, "[source_fields.stg_x]\nwhen = 'a > 1'", r"\[source_fields.stg_x\]: when is a table"),
+    (site.tuning_config, "thresholds = 5", r"thresholds is a table, written \[thresholds\]"),
 ])
 def test_site_file_errors_name_file_and_entry(read, text, message):
     """The site's [source_fields], [thresholds] and [notes] entries: a mistake names the file and the entry."""

@@ -217,7 +217,7 @@ def _calendar(country, sub, where: str) -> tuple[str | None, str | None]:
 def fields_config(text: str, source: str = "site checks") -> dict:
     """The [source_fields.<staging table>] tables of a site checks file ({} if none), checked."""
     out = {}
-    for table, spec in (_toml(text, source).get("source_fields") or {}).items():
+    for table, spec in _table(_toml(text, source), "source_fields", source, "[source_fields.<staging table>]").items():
         where = f"{source}: [source_fields.{table}]"
         if not isinstance(spec, dict) or set(spec) - {"key", "mandatory", "when"}:
             raise ValueError(f"{where}: give key = [...], mandatory = [...] and/or a [when] table")
@@ -225,6 +225,8 @@ def fields_config(text: str, source: str = "site checks") -> dict:
             if k in spec and not (isinstance(spec[k], list) and all(isinstance(f, str) and f for f in spec[k])):
                 raise ValueError(f"{where}: {k} must be a list of field names")
         when = spec.get("when", {})
+        if not isinstance(when, dict):
+            raise ValueError(f"{where}: when is a table, [source_fields.{table}.when]: field = \"SQL condition\"")
         for f, cond in when.items():
             try:
                 sqlglot.parse_one(f"SELECT 1 WHERE {cond}", read="duckdb")
@@ -239,11 +241,11 @@ def tuning_config(text: str, source: str = "site checks") -> dict:
     """{"thresholds": {check id or name: percent}, "notes": {check id or name: text}} of a site checks file."""
     doc = _toml(text, source)
     out: dict[str, dict] = {"thresholds": {}, "notes": {}}
-    for key, value in (doc.get("thresholds") or {}).items():
+    for key, value in _table(doc, "thresholds", source, "[thresholds]: check id or name = percent").items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
             raise ValueError(f"{source}: [thresholds] {key} must be a percent from 0 to 100, not {value!r}")
         out["thresholds"][key] = float(value)
-    for key, value in (doc.get("notes") or {}).items():
+    for key, value in _table(doc, "notes", source, "[notes]: check id or name = \"text\"").items():
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{source}: [notes] {key} must be a text (a string in quotes)")
         out["notes"][key] = value.strip()
@@ -273,6 +275,14 @@ def tune(results: list[dict], tuning: dict) -> list[str]:
             for kind in ("thresholds", "notes") for key in tuning.get(kind, {}) if (kind, key) not in used]
 
 
+def _table(doc: dict, key: str, source: str, how: str) -> dict:
+    """A TOML table of the file ({} when absent); anything else is refused saying how it is written."""
+    v = doc.get(key) or {}
+    if not isinstance(v, dict):
+        raise ValueError(f"{source}: {key} is a table, written {how}")
+    return v
+
+
 def _toml(text: str, source: str) -> dict:
     try:
         return tomllib.loads(text)
@@ -284,7 +294,10 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
     """Checks and their compiled items from TOML text; errors name the file, the check and what to fix."""
     doc = _toml(text, source)
     out, seen = [], set()
-    for n, spec in enumerate(doc.get("check", []), 1):
+    checks = doc.get("check", [])
+    if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+        raise ValueError(f"{source}: checks are tables, each written [[check]]")
+    for n, spec in enumerate(checks, 1):
         name = spec.get("name")
         where = f"{source}: check #{n}" + (f" ({name})" if name else "")
         for key in ("name", "table"):
