@@ -57,6 +57,25 @@ def test_malformed_row_stops_the_load_and_leaves_the_store_as_it_was(duck, tmp_p
     assert duck.query("SELECT vocabulary_version FROM vocabulary").column(0)[0].as_py() == "v5.0 01-JAN-24"
 
 
+@pytest.mark.parametrize("line,where", [
+    (b"1\tCaf\xe9\tGender\tGender\tGender\tS\tM\t19700101\t20991231\t\n", "line 3, field concept_name: byte 6"),
+    (b"1\tCaf\xe9\tGender\n", "line 3, field concept_name: byte 6"),  # and the wrong number of fields: pyarrow fails before us
+    (HEAD.replace("concept_name", "concept_n\xe4me").encode("latin-1"), "the header: byte 21"),
+])
+def test_bytes_that_are_not_utf8_stop_the_load_in_one_line(duck, tmp_path, capfd, line, where):
+    """A file a spreadsheet saved in its own encoding; before, a header raised UnicodeDecodeError, a short line
+    printed Python's "Exception ignored" traceback and pyarrow's parse error, a field pyarrow's column number."""
+    store.init(duck)
+    folder = write_vocab(tmp_path / "bad", ROWS)
+    lines = (folder / "CONCEPT.csv").read_bytes().splitlines(keepends=True)
+    at = 0 if line.startswith(b"concept_id") else 2
+    (folder / "CONCEPT.csv").write_bytes(b"".join(lines[:at] + [line] + lines[at + 1:]))
+    with pytest.raises(vocab.VocabError) as e:
+        vocab.load(duck, folder)
+    assert str(e.value).startswith(f"CONCEPT.csv: {where}") and "is not UTF-8" in str(e.value)
+    assert "Exception ignored" not in capfd.readouterr().err
+
+
 def test_newer_release_replaces_older(duck, tmp_path):
     store.init(duck)
     vocab.load(duck, write_vocab(tmp_path / "v1", ROWS))

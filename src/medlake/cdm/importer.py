@@ -19,8 +19,6 @@ import datetime as dt
 import io
 import json
 import re
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -31,7 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from medlake.cdm import ddl, model, store
-from medlake.cdm.vocab import index_lookups
+from medlake.cdm.vocab import index_lookups, undecodable_lines
 
 SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv", ".tsv.gz", ".parquet")  # compressed: read as they come
 KINDS = ".csv (any --delimiter), .tsv, .parquet, or .csv/.tsv compressed as .gz, .bz2 or .zst"
@@ -253,22 +251,11 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
         line += batch.num_rows + (0 if breaks is None else int(breaks[-1]))
 
 
-@contextmanager
-def _row_text(path: Path) -> Iterator[None]:
-    """pyarrow decodes a line with the wrong number of fields as UTF-8 before handing it to the handler; when it is
-    not UTF-8 the handler is not called (Python prints "Exception ignored") and the read fails: said in one line."""
-    undecodable, hook = [], sys.unraisablehook
-    sys.unraisablehook = lambda u: undecodable.append(u) if isinstance(u.exc_value, UnicodeDecodeError) else hook(u)
-    try:
-        yield
-    except pa.ArrowInvalid as e:
-        if undecodable:
-            raise CdmImportError(f"{path}: a line with the wrong number of fields holds bytes that are not UTF-8 "
-                                 f"({str(e).splitlines()[0]}); give the file's encoding with --encoding (e.g. cp1252, "
-                                 "latin-1), or fix that line, and import again") from e
-        raise
-    finally:
-        sys.unraisablehook = hook
+def _row_text(path: Path):
+    """A line with the wrong number of fields that is not UTF-8 (pyarrow fails on it): said in one line."""
+    return undecodable_lines(lambda e: CdmImportError(
+        f"{path}: a line with the wrong number of fields holds bytes that are not UTF-8 ({str(e).splitlines()[0]}); "
+        "give the file's encoding with --encoding (e.g. cp1252, latin-1), or fix that line, and import again"))
 
 
 def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, Callable]]:

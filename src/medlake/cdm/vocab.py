@@ -6,10 +6,12 @@ the files. Loading a newer release replaces the tables it brings.
 """
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -124,6 +126,39 @@ def convert_batch(batch: pa.RecordBatch, table: model.Table, path: Path, first_l
     return pa.Table.from_arrays(cols, names=names)
 
 
+@contextmanager
+def undecodable_lines(fail: Callable[[pa.ArrowInvalid], Exception]) -> Iterator[None]:
+    """pyarrow decodes a CSV line with the wrong number of fields as UTF-8 before handing it to the
+    invalid_row_handler; when it is not UTF-8 the handler is not called (Python prints "Exception ignored") and the
+    read fails with pyarrow's parse error: `fail(error)` is raised instead, and nothing printed."""
+    undecodable, hook = [], sys.unraisablehook
+    sys.unraisablehook = lambda u: undecodable.append(u) if isinstance(u.exc_value, UnicodeDecodeError) else hook(u)
+    try:
+        yield
+    except pa.ArrowInvalid as e:
+        if undecodable:
+            raise fail(e) from e
+        raise
+    finally:
+        sys.unraisablehook = hook
+
+
+def _not_utf8(path: Path, names: list[str] | None) -> VocabError | None:
+    """The first line of a vocabulary file that is not UTF-8, said with its field; None if every line is."""
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                k = line.count(b"\t", 0, e.start)
+                where = "the header" if n == 1 else f"line {n}" + (f", field {names[k]}" if names and k < len(names)
+                                                                    else "")
+                return VocabError(f"{path.name}: {where}: byte {e.start + 1} ({line[e.start:e.start + 4]!r}) is not "
+                                  "UTF-8; Athena's files are UTF-8: download the file again (a spreadsheet that "
+                                  "opened and saved it changes its encoding)")
+    return None
+
+
 def read_batches(path: Path, table: model.Table):
     """Yield (first_line, converted table) per streamed block of a vocabulary file."""
     bad_rows: list = []
@@ -133,22 +168,34 @@ def read_batches(path: Path, table: model.Table):
         return "error"
 
     with open(path, "rb") as fh:
-        head = fh.readline().decode("utf-8-sig").rstrip("\r\n").split("\t")
+        try:
+            head = fh.readline().decode("utf-8-sig").rstrip("\r\n").split("\t")
+        except UnicodeDecodeError:
+            raise _not_utf8(path, None) from None
     names = [h.strip().strip('"').lower() for h in head]
+    line = 2
+
+    def guard():  # a line with the wrong number of fields that is not UTF-8, said as such
+        return undecodable_lines(lambda e: _not_utf8(path, names) or e)
     try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=BLOCK, use_threads=False, column_names=names,
-                                           skip_rows=1),
-            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False,
-                                              escape_char=False, newlines_in_values=False,
-                                              invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
-                                                 null_values=[""], strings_can_be_null=True,
-                                                 quoted_strings_can_be_null=False),
-        )
-        line = 2
-        for batch in reader:
+        with guard():
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=BLOCK, use_threads=False, column_names=names,
+                                               skip_rows=1),
+                parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False,
+                                                  escape_char=False, newlines_in_values=False,
+                                                  invalid_row_handler=on_invalid),
+                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                     null_values=[""], strings_can_be_null=True,
+                                                     quoted_strings_can_be_null=False),
+            )
+        while True:
+            try:
+                with guard():
+                    batch = reader.read_next_batch()
+            except StopIteration:
+                return
             yield line, convert_batch(batch, table, path, line)
             line += batch.num_rows
     except pa.ArrowInvalid as e:
@@ -159,6 +206,8 @@ def read_batches(path: Path, table: model.Table):
                 f"{path.name}: {where}: expected {r.expected_columns} tab-separated fields, found "
                 f"{r.actual_columns}: {r.text[:120]!r}"
             ) from e
+        if "UTF8" in str(e) and (bad := _not_utf8(path, names)):  # pyarrow: "invalid UTF8 data", in a column
+            raise bad from e
         raise VocabError(f"{path.name}: {str(e).splitlines()[0]}") from e
 
 
