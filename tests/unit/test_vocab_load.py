@@ -76,6 +76,16 @@ def test_bytes_that_are_not_utf8_stop_the_load_in_one_line(duck, tmp_path, capfd
     assert "Exception ignored" not in capfd.readouterr().err
 
 
+def test_rows_and_lines_that_differ_say_which_line(duck, tmp_path):
+    store.init(duck)
+    folder = write_vocab(tmp_path / "v", ROWS)
+    lines = (folder / "CONCEPT.csv").read_bytes().splitlines(keepends=True)
+    (folder / "CONCEPT.csv").write_bytes(b"".join(lines[:2] + [b"\n"] + lines[2:]))  # an empty line 3
+    with pytest.raises(vocab.VocabError, match=r"^CONCEPT.csv: 4 rows in the file but 3 loaded \(line 3 is empty\); "
+                                               "download the file again"):
+        vocab.load(duck, folder)
+
+
 def test_newer_release_replaces_older(duck, tmp_path):
     store.init(duck)
     vocab.load(duck, write_vocab(tmp_path / "v1", ROWS))

@@ -159,6 +159,17 @@ def _not_utf8(path: Path, names: list[str] | None) -> VocabError | None:
     return None
 
 
+def _line_breaks(path: Path) -> str:
+    """Why rows and lines differ: the first empty line (skipped) or carriage return inside a line (a row break)."""
+    with open(path, "rb") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip(b"\r\n"):
+                return f" (line {n} is empty)"
+            if b"\r" in line.rstrip(b"\r\n"):
+                return f" (line {n} holds a carriage return, read as the end of a row)"
+    return ""
+
+
 def read_batches(path: Path, table: model.Table):
     """Yield (first_line, converted table) per streamed block of a vocabulary file."""
     bad_rows: list = []
@@ -287,7 +298,8 @@ def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
                 report.kept[name] = keep.num_rows
             report.loaded[name] = n
             if n != report.files[name]:
-                raise VocabError(f"{path.name}: {report.files[name]} rows in the file but {n} loaded")
+                raise VocabError(f"{path.name}: {report.files[name]} rows in the file but {n} loaded"
+                                 + _line_breaks(path) + "; download the file again from Athena")
     index_lookups(engine, list(files))
     if "vocabulary" in files:
         v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
