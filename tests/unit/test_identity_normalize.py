@@ -5,6 +5,10 @@ from medlake.identity.normalize import blocking_keys, comparison_values, id_chec
 def test_id_check_digit_and_names():
     assert id_check_ok("110101198003050016") and not id_check_ok("110101198003050013")
     assert id_check_ok("11010119800305001X") is False and not id_check_ok("12345")
+    # characters Python calls digits that int() does not read (a garbled id stopped the linkage with ValueError)
+    assert not id_check_ok("\U00010a40" + "10101198003050016") and not id_check_ok("1101011980030500\u00b96")
+    assert comparison_values({"id_number": "\U00010a40" + "10101198003050016"})["id_valid"] is False
+    assert comparison_values({"id_number": "１１０１０１１９８００３０５００１６"})["id_valid"]  # full-width: NFKC
     assert pinyin("欧阳娜娜") == "ouyangnana" and pinyin("O'Brien") == "obrien"
     assert split_full("欧阳娜娜") == ("欧阳", "娜娜") and split_full("张伟") == ("张", "伟")
     assert split_full("John Smith") == ("Smith", "John") and split_full("SMITH, John") == ("SMITH", "John")

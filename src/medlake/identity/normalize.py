@@ -22,7 +22,7 @@ _NOT_LETTER = re.compile(r"[^a-z]")
 
 def id_check_ok(s: str | None) -> bool:
     """GB 11643-1999: 17 digits and a check character."""
-    if not s or len(s) != 18 or not s[:17].isdigit():
+    if not s or len(s) != 18 or not (s[:17].isascii() and s[:17].isdigit()):  # isdigit alone: ² and 𐩀 (int fails)
         return False
     return "10X98765432"[sum(int(c) * w for c, w in zip(s[:17], WEIGHTS)) % 11] == s[17]
 
