@@ -118,6 +118,11 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
     assert r.returncode == 1 and "no pair 999" in r.stderr
     r = run("empi", "explain", "nocolon", "h1-his:M001", cwd=tmp_path, env=env)
     assert r.returncode == 1 and "SOURCE:SOURCE_ID" in r.stderr
+    # a typo in an identity: refused (it was recorded, and the phantom identity put in the person map)
+    r = run("empi", "accept", "h1-his:M0001", "h2-emr:p1", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and "h1-his:M0001 is not an identity of the person map" in r.stderr, r.stderr
+    r = run("empi", "status", cwd=tmp_path, env=env)
+    assert re.search(r"identities\s+7\b", r.stdout), r.stdout
 
 
 @pytest.mark.spark

@@ -415,6 +415,10 @@ def decide(engine, kind: str, a: Key, b: Key, who: str, reason: str = "", reclus
     if a == b:
         raise ValueError(f"{a[0]}:{a[1]} is the same identity on both sides")
     ensure_tables(engine)
+    for k in (a, b) if kind in ("accept", "reject") else ():  # a reviewer's typo would link or split an identity
+        if person_id_for(engine, *k) is None:                     # that does not exist (and put it in the person map)
+            raise ValueError(f"{k[0]}:{k[1]} is not an identity of the person map: check the source and id (`medlake "
+                             "empi review` shows pairs), or run `medlake empi run` if it arrived since the last run")
     (sl, il), (sr, ir) = _order(a, b)
     seq = (engine.query("SELECT max(seq) FROM empi_decision").column(0)[0].as_py() or 0) + 1
     engine.execute("INSERT INTO empi_decision VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
