@@ -1347,7 +1347,8 @@ def main() -> None:
     except (EngineError, VocabError, config_mod.ConfigError, ValueError, OSError, KeyError) as e:
         if os.environ.get("MEDLAKE_DEBUG"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # KeyError's str() is a repr
+        msg = text.strip().splitlines()[0] if text.strip() else type(e).__name__
         if isinstance(e, OSError) and e.strerror and e.filename:  # not "[Errno 2] …: '/x'" but what and where
             msg = f"{e.filename}: {e.strerror.lower()}" + (f" ({e.filename2})" if e.filename2 else "")
         err.print(f"error: {msg}", highlight=False, markup=False, soft_wrap=True)

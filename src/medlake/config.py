@@ -37,9 +37,12 @@ class Config:
 
 
 def load(path: str | Path | None = None, store: str | None = None) -> Config:
-    path = Path(path or os.environ.get("MEDLAKE_CONFIG", "medlake.toml"))
+    named = path or os.environ.get("MEDLAKE_CONFIG")
+    path = Path(named or "medlake.toml")
     data: dict = {}
     origin = "defaults"
+    if named and not path.is_file():  # only ./medlake.toml may be absent (defaults); a named file is meant
+        raise ConfigError(f"{path}: no such config file")
     if path.exists():
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))

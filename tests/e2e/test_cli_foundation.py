@@ -54,6 +54,9 @@ def test_config_file_and_environment_name_the_store(tmp_path):
     (["cdm", "import", ".", "--encoding", "base64"], 1, "error: 'base64' is not a text encoding"),
     (["--store", "duckdb:nowhere/s.duckdb", "quality", "run"], 1,
      "error: no DuckDB store at nowhere/s.duckdb: run `medlake init` there, or name the store with --store"),
+    # a config file named that is not there was passed over for the defaults (another store than meant)
+    (["--config", "site.toml", "status"], 1, "error: site.toml: no such config file"),
+    (["quarantine", "show", "99"], 1, "error: no quarantine item 99: see `medlake quarantine list`"),  # no quotes
 ])
 def test_errors_are_one_line_and_exit_codes_are_right(tmp_path, args, code, text):
     if (args[:2] == ["vocab", "load"] and len(args) == 3) or args[:3] == ["quality", "run", "--out"]:
