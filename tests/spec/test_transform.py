@@ -421,3 +421,24 @@ def test_a_unit_that_does_not_map_is_0_and_no_unit_is_null(engine):
     transform(engine, namespaces=NS)
     got = engine.query("SELECT unit_source_value AS u, unit_concept_id AS c FROM measurement").to_pylist()
     assert {(r["u"] or None, r["c"]) for r in got} == {("%", 8554), ("PERCENT", 0), (None, None)} and len(got) == 4
+
+
+def test_numbers_past_integers_range_are_null_and_the_run_goes_on(engine):
+    """A supply of 1e12 days or 99,999,999,999 refills: CAST to the CDM's INTEGER failed the whole transform;
+    the value is NULL in the CDM (the staging row keeps it), the drug exposure is there."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    rx = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
+    stage(engine, "stg_fhir_medication_request", "emr", 1, [
+        dict(resource_id=f"m{i}", status="active", intent="order", code_system=rx, code="313782",
+             subject_ref="Patient/p1", authored_on=T(2021, 5, i), days_supply=days, refills=refills)
+        for i, days, refills in ((1, 1e12, 99_999_999_999), (2, 30.0, 2), (3, -3e9, -2_147_483_648))])
+    stage(engine, "stg_csv_pharmacy", "pharmacy", 1, [
+        dict(record_id="RX1", patient_id="M1", drug_code="Y100147", drug_code_system="H1PHARM", quantity=90.0,
+             days_supply=99_999_999_999, dispensed_at=T(2021, 5, 3, 15))])
+    transform(engine, namespaces=NS)
+    assert rows(engine, "SELECT drug_exposure_start_date, COALESCE(CAST(days_supply AS VARCHAR), '-') AS d, "
+                        "COALESCE(CAST(refills AS VARCHAR), '-') AS r FROM drug_exposure") == sorted([
+        (D(2021, 5, 1), "-", "-"), (D(2021, 5, 2), "30", "2"), (D(2021, 5, 3), "-", "-"),
+        (D(2021, 5, 3), "-", "-2147483648")])

@@ -9,7 +9,8 @@ import re
 
 from medlake.cdm import model
 from medlake.cdm.ddl import SQL_TYPES
-from medlake.transform.rules import DOMAIN_TABLE, TABLE_KEYS, Code, EventRule, PersonRule, TableRule
+from medlake.transform.rules import (DOMAIN_TABLE, TABLE_KEYS, Code, EventRule, PersonRule, TableRule,
+                                     as_integer)
 
 OPERATORS = {"<": 4171756, "<=": 4171754, "=": 4172703, ">=": 4171755, ">": 4172704}
 
@@ -109,7 +110,7 @@ DOMAIN_COLUMNS = {
         "device_exposure_id": "e.row_id", "device_concept_id": "e.concept_id",
         "device_exposure_start_date": "e.start_date", "device_exposure_start_datetime": "e.start_datetime",
         "device_exposure_end_date": "e.end_date", "device_exposure_end_datetime": "e.end_datetime",
-        "device_type_concept_id": "e.type_concept_id", "quantity": "CAST(e.quantity AS INTEGER)",
+        "device_type_concept_id": "e.type_concept_id", "quantity": as_integer("e.quantity"),
         "device_source_value": "e.source_value", "device_source_concept_id": "e.source_concept_id",
         "unit_concept_id": "e.unit_concept_id", "unit_source_value": "e.unit_source_value",
         "unique_device_id": "CASE WHEN e.rule = 'fhir.device' THEN e.value_source_value END",  # UDI device id

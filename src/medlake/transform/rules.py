@@ -20,6 +20,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+
+def as_integer(expr: str) -> str:
+    """A number as a CDM INTEGER; NULL outside INTEGER's range, where CAST would fail the whole run (a FHIR supply
+    of 1e12 days; as text longer than its VARCHAR is cut: `compile.select_list`). The staging row keeps it."""
+    return f"CASE WHEN round({expr}) BETWEEN -2147483648 AND 2147483647 THEN CAST({expr} AS INTEGER) END"
+
+
 # Type concepts (OMOP "Type Concept" vocabulary).
 EHR = 32817
 EHR_ENCOUNTER = 32827
@@ -257,15 +264,15 @@ FHIR_EVENTS = [
               where="COALESCE(s.status, 'active') NOT IN ('entered-in-error', 'cancelled', 'draft') AND "
                     "COALESCE(s.intent, 'order') IN ('order', 'original-order', 'reflex-order', 'filler-order', "
                     "'instance-order')",
-              values={"quantity": "s.dispense_quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
-                      "refills": "CAST(s.refills AS INTEGER)", "route_source_value": "s.route_code",
+              values={"quantity": "s.dispense_quantity", "days_supply": as_integer("s.days_supply"),
+                      "refills": as_integer("s.refills"), "route_source_value": "s.route_code",
                       "dose_unit_source_value": "s.dose_unit"},
               **_fhir("MedicationRequest")),
     *[EventRule(name=f"fhir.medication_{kind}", staging=f"stg_fhir_medication_{kind}", default_table="drug_exposure",
                 start="s.effective_at", end="s.effective_end", code=_FHIR_CODE, source_value=_FHIR_SRC,
                 visit=_ENC, visit_if=_ENC_VISIT, type_concept=tc,
                 where=f"COALESCE(s.status, 'completed') NOT IN ({bad})",
-                values={"quantity": "s.quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
+                values={"quantity": "s.quantity", "days_supply": as_integer("s.days_supply"),
                         "route_source_value": "s.route_code", "dose_unit_source_value": "s.dose_unit"},
                 **_fhir(rt))
       for kind, rt, tc, bad in [
@@ -486,7 +493,7 @@ HL7_EVENTS = [
               type_concept=f"CASE WHEN s.message_type LIKE 'RDS%' OR s.source_segment = 'RXD' THEN {DISPENSING} "
                            f"WHEN s.source_segment = 'RXA' THEN {ADMINISTRATION} ELSE {PRESCRIPTION} END",
               where="COALESCE(s.order_control, 'NW') NOT IN ('CA', 'OC', 'CR', 'DE')",
-              values={"quantity": "s.quantity", "refills": "CAST(s.refills AS INTEGER)",
+              values={"quantity": "s.quantity", "refills": as_integer("s.refills"),
                       "route_source_value": "s.route", "dose_unit_source_value": "s.dose_units"},
               provider="s.ordering_provider_id", **_HL7),
     EventRule(name="hl7.immunization", staging="stg_hl7_immunization", default_table="drug_exposure",
@@ -564,7 +571,7 @@ CSV_EVENTS = [
               key="'rx|' || s.record_id", person="s.patient_id", message_id="s.record_id",
               start="s.dispensed_at", code=Code("s.drug_code_system", "s.drug_code"),
               source_value="left(s.drug_code, 50)", type_concept=DISPENSING, visit="s.visit_id",
-              values={"quantity": "s.quantity", "days_supply": "CAST(s.days_supply AS INTEGER)",
+              values={"quantity": "s.quantity", "days_supply": as_integer("s.days_supply"),
                       "route_source_value": "left(s.route, 50)", "dose_unit_source_value": "left(s.quantity_unit, 50)"}),
 ]
 
