@@ -86,6 +86,13 @@ def test_rows_and_lines_that_differ_say_which_line(duck, tmp_path):
         vocab.load(duck, folder)
 
 
+def test_a_nul_in_a_name_is_left_out(duck, tmp_path):
+    """PostgreSQL cannot store a NUL; every engine loads the name without it."""
+    store.init(duck)
+    vocab.load(duck, write_vocab(tmp_path / "v", [(8507, "MA\x00LE", *ROWS[0][2:])]))
+    assert duck.query("SELECT concept_name FROM concept").column(0).to_pylist() == ["MALE"]
+
+
 def test_newer_release_replaces_older(duck, tmp_path):
     store.init(duck)
     vocab.load(duck, write_vocab(tmp_path / "v1", ROWS))

@@ -1,7 +1,9 @@
 """DDL and Arrow schemas generated from the CDM model, never hand-written."""
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
 from medlake.cdm.model import Field, Table
@@ -24,6 +26,18 @@ ARROW_TYPES = {
     "datetime": pa.timestamp("us"),
     "varchar": pa.string(),
 }
+
+
+def without_nul(a: pa.Array) -> pa.Array:
+    """Text without NUL characters: PostgreSQL cannot store one (the whole load failed), and they mean nothing in a
+    value (a field padded with NUL bytes); the file as received keeps them. The same on every engine."""
+    if not pa.types.is_string(a.type) or len(a) == 0 or a.buffers()[2] is None:
+        return a
+    offsets = np.frombuffer(a.buffers()[1], np.int32, count=len(a) + 1, offset=a.offset * 4)
+    lo, hi = int(offsets[0]), int(offsets[-1])  # the text of this array (or slice) in its data buffer
+    if np.frombuffer(a.buffers()[2], np.uint8, count=hi - lo, offset=lo).all():  # no zero byte: at memory speed
+        return a
+    return pc.replace_substring(a, "\x00", "")
 
 
 def sql_type(field: Field, overrides: dict[str, str] | None = None, keep_length: bool = False) -> exp.DataType:

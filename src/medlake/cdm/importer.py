@@ -525,6 +525,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             col = data[name] = col.cast(pa.binary())
         if pa.types.is_binary(col.type):
             data[name] = _utf8(col, name, limit, bad, garbled)
+        data[name] = ddl.without_nul(data[name])
         if delimiter is not None and pa.types.is_string(data[name].type):
             _swallowed(data[name], name, delimiter, batch.num_columns, bad)
     if delimiter is not None:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from medlake.cdm import model
-from medlake.cdm.ddl import ARROW_TYPES
+from medlake.cdm.ddl import ARROW_TYPES, without_nul
 
 VOCAB_FILES = (
     "vocabulary", "domain", "concept_class", "relationship", "concept", "concept_relationship",
@@ -101,7 +101,9 @@ def convert_batch(batch: pa.RecordBatch, table: model.Table, path: Path, first_l
             raise VocabError(f"{path.name}: unknown column {name!r} for table {table.name}") from e
         col = batch.column(name)
         kind = f.kind
-        if kind != "varchar":
+        if kind == "varchar":
+            col = without_nul(col)
+        else:
             bad = pc.invert(pc.match_substring_regex(col, PATTERNS["date" if kind == "datetime" else kind]))
             bad = pc.and_(bad, pc.is_valid(col))
             if pc.any(bad).as_py():

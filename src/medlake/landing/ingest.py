@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Iterator
 import orjson
 import pyarrow as pa
 
+from medlake.cdm.ddl import without_nul
 from medlake.cdm.importer import QUARANTINE_PREFIX
 from medlake.engines.base import Engine, EngineError
 from medlake.landing.quarantine import Quarantine
@@ -289,6 +290,7 @@ class _Stager:
             rows, seqs, shas, locs = ([x[i] for i in keep] for x in (rows, seqs, shas, locs))
             columns = list(zip(*rows)) if rows else [()] * len(schema)
             arrays = [pa.array(c, type=f.type) for c, f in zip(columns, schema)]
+        arrays = [without_nul(a) for a in arrays]
         arrays += [pa.array([source] * len(seqs), pa.string()), pa.array(seqs, pa.int64()),
                    pa.array(shas, pa.string()), pa.array(locs, pa.string())]
         batch = pa.RecordBatch.from_arrays(arrays, schema=_full(schema))
