@@ -651,6 +651,26 @@ def test_feed_table_of_the_sites_own_with_its_calendar(engine):
     assert got["FR"]["feedVolume", "HIS"]["num_denominator_rows"] == 14 - 1 - 3  # New Year's Day not judged; 3 first
 
 
+def test_records_without_their_key_repeat_no_record(engine, tmp_path):
+    """Messages without a control id were one group of duplicates, their example None (the HTML report then failed
+    with a TypeError): they miss a mandatory field, which is counted; a repeated key still is."""
+    from medlake.quality import report
+    from medlake.quality.feeds import run_sources
+    from medlake.quality.runner import result
+
+    store.init(engine, "5.4")
+    engine.execute("CREATE TABLE stg_hl7_message (control_id VARCHAR, message_type VARCHAR, message_time TIMESTAMP, "
+                   "sending_facility VARCHAR, source VARCHAR)")
+    engine.execute("INSERT INTO stg_hl7_message VALUES " + ", ".join(
+        f"({cid}, 'ADT^A01', TIMESTAMP '2024-01-01 10:00:00', 'H1', 'ed')" for cid in ("NULL", "NULL", "'M1'", "'M1'")))
+    got = {(x["check_name"], x["cdm_field"]): x for x in run_sources(engine, result, tmp_path / "landing")
+           if x["data_source"] == "ed"}
+    dup = got["sourceDuplicateRecords", "control_id"]
+    assert (dup["num_violated_rows"], dup["num_denominator_rows"], dup["examples"]) == (1, 4, ["M1"])
+    assert got["sourceMandatoryCompleteness", "control_id"]["num_violated_rows"] == 2
+    assert "M1" in "".join(report._row(x) for x in got.values())
+
+
 def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(engine, tmp_path):
     """On DuckDB, PostgreSQL and Spark (the `engine` fixture): the same counts."""
     from medlake.landing import Landing

@@ -59,6 +59,12 @@ class Check:
         return dict(self.params).get(key, default)
 
 
+def example_ids(values) -> list[str]:
+    """Example row ids as the results give them: text, and a violating row whose id is empty as NULL (isRequired of
+    the table's own id)."""
+    return ["NULL" if v is None else str(v) for v in values]
+
+
 def fails(violated: int, pct: float, threshold: float) -> bool:
     """DQD's rule: threshold 0 fails on any violation, otherwise a share above the threshold (percent)."""
     return violated > 0 if threshold == 0 else pct * 100 > threshold

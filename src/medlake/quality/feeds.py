@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo
 from medlake import config
 from medlake.cdm.importer import QUARANTINE_PREFIX
 from medlake.identity.staging import VAULTED
-from medlake.quality.checks import Check
+from medlake.quality.checks import Check, example_ids
 from medlake.quality.compile import lit, q
 
 TYPES = {
@@ -283,7 +283,7 @@ def _counted(result, name, table, field, src, violated, denominator, examples=()
     r = result(source_check(name, table, field, src), "counted", violated, denominator)
     r["check_id"] = "_".join(["source", name.lower(), src, table] + ([field] if field else []))
     r["data_source"] = src
-    r["examples"], r["example_field"] = list(examples)[:10], example_field
+    r["examples"], r["example_field"] = example_ids(list(examples)[:10]), example_field
     return r
 
 
@@ -344,9 +344,11 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             k = ", ".join(q(c) for c in key)
             # one GROUP BY of the record key: per source its totals (kind 0) and the duplicated keys (kind 1)
             g = f"SELECT CAST(source AS VARCHAR) AS s, {k}, count(*) AS n FROM {q(table)} GROUP BY source, {k}"
-            rows = engine.query(
-                f"WITH g AS ({g}) SELECT 0 AS kind, s, sum(n) AS n, sum(n - 1) AS dups, NULL AS k FROM g GROUP BY s "
-                f"UNION ALL SELECT 1 AS kind, s, n, NULL AS dups, CAST({q(key[0])} AS VARCHAR) AS k FROM g WHERE n > 1"
+            keyed = " AND ".join(f"{q(c)} IS NOT NULL" for c in key)  # records without a key repeat none: they are
+            rows = engine.query(                                        # missing a mandatory field, counted there
+                f"WITH g AS ({g}) SELECT 0 AS kind, s, sum(n) AS n, sum(CASE WHEN {keyed} THEN n - 1 ELSE 0 END) "
+                f"AS dups, NULL AS k FROM g GROUP BY s UNION ALL SELECT 1 AS kind, s, n, NULL AS dups, "
+                f"CAST({q(key[0])} AS VARCHAR) AS k FROM g WHERE n > 1 AND {keyed}"
             ).to_pylist()
             examples: dict[str, list[str]] = {}
             for r in sorted((r for r in rows if r["kind"] == 1), key=lambda r: (r["s"], r["k"] is None, r["k"])):

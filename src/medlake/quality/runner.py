@@ -27,7 +27,8 @@ from medlake.cdm import model
 from medlake.config import redact
 from medlake.engines.base import EngineError
 from medlake.quality import compile as cp
-from medlake.quality.checks import Check, build_checks, checks as all_dqd_checks, fails, threshold_files
+from medlake.quality.checks import (Check, build_checks, checks as all_dqd_checks, example_ids, fails,
+                                    threshold_files)
 
 RESULT_FIELDS = (
     "check_id", "check_name", "check_level", "category", "subcategory", "context", "severity", "cdm_table",
@@ -58,12 +59,6 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
         "not_applicable_reason": reason, "examples": [], "example_field": None, "description": c.description,
         "source": c.source, "notes": c.notes or None,
     }
-
-
-def example_ids(values) -> list[str]:
-    """Example row ids as the results give them: text, and a violating row whose id is empty as NULL (isRequired of
-    the table's own id)."""
-    return ["NULL" if v is None else str(v) for v in values]
 
 
 TABLE_REF = re.compile(r"(?<!YEAR )(?<!MONTH )(?<!DAY )\b(?:FROM|JOIN)\s+(?!\()", re.IGNORECASE)  # a base table read (not a subquery)
