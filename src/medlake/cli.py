@@ -915,6 +915,9 @@ def listen_cmd(
     landing: Optional[Path] = typer.Option(None, "--landing", help="Landing folder (default: <data_dir>/landing)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Stage each message to answer AE "
                                   "(with the field) when it is invalid; off: AA once landed and parsed."),
+    max_frame: int = typer.Option(16, "--max-frame", min=1, max=2047, help="Largest message accepted, in MB "
+                                  "(e.g. a report with a PDF in OBX-5); a larger one is landed as far as read, "
+                                  "answered AR, and its connection closed."),
 ):
     """Receive HL7 v2 over MLLP: land each message durably (group commit), then answer AA, AE or AR."""
     from medlake.landing import Item, Landing
@@ -925,7 +928,7 @@ def listen_cmd(
     rules, default = mllp.load_routes(routes) if routes else ([], None)
     root = landing or settings().landing_dir
     listener = mllp.Listener(Landing(root), Item, mllp.Router(rules, default=source or default), host=host,
-                             port=port, validate=validate)
+                             port=port, validate=validate, max_frame=max_frame << 20)
 
     def line(s) -> str:
         return (f"received {s.received:,}: AA {s.acks['AA']:,}, AE {s.acks['AE']:,}, AR {s.acks['AR']:,}; "

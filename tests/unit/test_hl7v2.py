@@ -228,6 +228,19 @@ def test_split_flags_truncated_files():
     assert list(split(msg(MSH, PID) + msg(MSH, PID)))[1].error is None
 
 
+def test_split_flags_mllp_frames_without_their_end_block():
+    """A frame cut off (no 0x1C before the next message or the end) in a framed stream, or alone as the listener
+    lands a frame it read only part of; a file of start blocks only is read as it is."""
+    a, b, c = (msg(MSH.replace("C42", x), PID) for x in ("C1", "C2", "C3"))
+    cut = "the MLLP frame has no end block (0x1C): cut off?"
+    errors = lambda data: [(parse(r.data).control_id, r.error) for r in split(data)]  # noqa: E731
+    assert errors(b"\x0b" + a) == [("C1", cut)]
+    assert errors(b"\x0b" + a + b"\x1c\r\x0b" + b + b"\x0b" + c + b"\x1c\r") == [("C1", None), ("C2", cut), ("C3", None)]
+    assert errors(b"\x0b" + a + b"\x1c\r\x0b" + b) == [("C1", None), ("C2", cut)]
+    assert errors(b"\x0b" + a + b"\x1c\r\x0b" + b + b"\x1c\r") == [("C1", None), ("C2", None)]
+    assert errors(b"\x0b" + a + b"\x0b" + b) == errors(a + b) == [("C1", None), ("C2", None)]
+
+
 @pytest.mark.parametrize("data,field,reason", [
     (b"PID|1||X\r", "MSH", "does not start with an MSH"),
     (b"MSH|^~\\&|A|B|C|D|2024||ADT^A01\rPID|1||X", "MSH-10", "control ID"),

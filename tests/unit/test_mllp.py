@@ -1,13 +1,16 @@
 """MLLP listener and sender, in-process on loopback with a real landing store."""
 import asyncio
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from medlake.landing import Item, Landing
+from medlake.landing import Item, Landing, ingest
 from medlake.sources import hl7v2, mllp
 
 
@@ -121,6 +124,74 @@ def test_bytes_outside_frames_and_unframed_messages_are_landed_and_rejected(land
     assert "no MLLP start block" in hl7v2.parse(buf.split(b"\x1c\r")[1].strip(b"\x0b")).get("MSA-3")
     assert landed(land) == [b"noise before", message("F1"), message("F2").rstrip(b"\r"),
                             b"\x0bMSH|^~\\&|cut off in the midd"]
+
+
+def test_a_frame_started_again_is_answered_for_the_whole_one_and_the_part_is_kept(land):
+    """A sender that gives up part-way through a frame and sends the message again on the same connection: the
+    ACK is the whole message's, its rows are its own (the part's patient does not get them), the part is landed."""
+    part = b"\x0b" + message("C1")[:120]                 # cut inside OBR: MSH and PID parse
+    whole = message("C2", pid3="MRN2^^^H1^MR")
+    with Running(listener(land)) as run:
+        with socket.create_connection(("127.0.0.1", run.li.port), timeout=10) as s:
+            s.sendall(part)
+            s.sendall(mllp.frame(whole))
+            buf = b""
+            while b"\x1c\r" not in buf:
+                buf += s.recv(65536)
+        deadline = time.time() + 10
+        while run.li.stats.unacknowledged < 1 and time.time() < deadline:
+            time.sleep(0.02)
+    ack = hl7v2.parse(buf.split(b"\x1c\r")[0].strip(b"\x0b"))
+    assert (ack.get("MSA-1"), ack.get("MSA-2")) == ("AA", "C2")
+    assert sorted(landed(land)) == sorted([part, whole])
+    names = {land.get(r.sha256): r.original_name for r in land.receipts("h1-lis")}
+    assert names[part].endswith("/incomplete") and names[whole].endswith("/C2")
+    staged = list(ingest.hl7_records(part, names[part]))     # the part, when staged: quarantined, not staged
+    assert [(type(r).__name__, r.reason) for r in staged] == [("Rejected", "truncated")]
+    assert (run.li.stats.received, run.li.stats.unacknowledged, run.li.stats.acks["AA"]) == (2, 1, 1)
+
+
+def test_a_frame_over_the_limit_is_landed_as_read_and_answered_after_the_ones_before(land):
+    """A message bigger than the limit (a PDF in OBX-5): the frames before it are answered, it gets AR saying how
+    to raise the limit, what was read of it is landed, and the connection closes without resetting the ACKs."""
+    big = message("C1") + b"OBX|2|ED|PDF^Report^L||^AP^PDF^Base64^" + b"QUJD" * 5000 + b"\r"
+    with Running(listener(land, max_frame=5000)) as run:
+        with socket.create_connection(("127.0.0.1", run.li.port), timeout=10) as s:
+            s.sendall(mllp.frame(message("C0")) + b"\x0b" + big)
+            time.sleep(0.3)
+            s.sendall(b"\x1c\r" + mllp.frame(message("C2")))   # still sending: read and dropped, no reset
+            buf = b""
+            while chunk := s.recv(65536):                     # to the end: the listener closes
+                buf += chunk
+        deadline = time.time() + 10
+        while run.li.stats.unacknowledged < 1 and time.time() < deadline:
+            time.sleep(0.02)
+    acks = [hl7v2.parse(a.strip(b"\x0b")) for a in buf.split(b"\x1c\r") if a]
+    assert [(a.get("MSA-1"), a.get("MSA-2")) for a in acks] == [("AA", "C0"), ("AR", "C1")]
+    assert "frame larger than 5,000 bytes" in acks[1].get("MSA-3") and "--max-frame" in acks[1].get("MSA-3")
+    kept = {r.original_name.rsplit("/", 1)[1]: land.get(r.sha256) for r in land.receipts("h1-lis")}
+    assert sorted(kept) == ["C0", "oversized"]
+    assert len(kept["oversized"]) > 5000 and (b"\x0b" + big).startswith(kept["oversized"])
+    assert [r.reason for r in ingest.hl7_records(kept["oversized"], "oversized")] == ["truncated"]
+    assert run.li.stats.acks == {"AA": 1, "AE": 0, "AR": 1}
+
+
+def test_listen_takes_a_larger_limit(tmp_path):
+    """`medlake listen --max-frame MB`: a 1.5 MB message is refused under 1 MB and accepted under 2 MB."""
+    big = message("C1") + b"OBX|2|ED|PDF^Report^L||^AP^PDF^Base64^" + b"QUJD" * 400_000 + b"\r"
+    codes = []
+    for mb in ("1", "2"):
+        p = subprocess.Popen([sys.executable, "-m", "medlake.cli", "listen", "--port", "0", "--source", "h1-lis",
+                              "--landing", str(tmp_path / mb), "--max-frame", mb],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = p.stderr.readline()
+            port = int(line.split()[2].rsplit(":", 1)[1])
+            codes.append(mllp.ack_code(mllp.send("127.0.0.1", port, [big])[0]))
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.communicate(timeout=30)
+    assert codes == ["AR", "AA"]
 
 
 def test_routes_by_header(land, tmp_path):

@@ -31,6 +31,7 @@ from typing import Iterator
 import pyarrow as pa
 
 BOM = b"\xef\xbb\xbf"
+VT, FS = b"\x0b", b"\x1c"          # MLLP's start and end blocks
 
 
 class HL7Error(ValueError):
@@ -88,9 +89,13 @@ def split(data: bytes) -> Iterator[RawMessage]:
         yield garbage
     pending: RawMessage | None = None
     open_file = open_batch = False
+    # A message after a start block (0x0B) whose end block (0x1C) never comes was cut off: in a stream that ends
+    # its frames, or alone (a frame the listener landed as far as it was read). Files of start blocks only pass.
+    framed = FS in data or sum(k == b"MSH" for _, k in starts) == 1
     for (start, kind), (end, _) in zip(starts, bounds[1:]):
         if kind == b"MSH":
-            m = piece(start, end)
+            cut = framed and data[start - 1:start] == VT and data.find(FS, start, end) < 0
+            m = piece(start, end, "the MLLP frame has no end block (0x1C): cut off?" if cut else None)
             if pending is not None:
                 yield pending
             pending = m
@@ -116,8 +121,10 @@ def split(data: bytes) -> Iterator[RawMessage]:
                 pending = None
             yield g
     if pending is not None:
-        error = None
-        if open_file or open_batch:
+        error = pending.error
+        if error:
+            pass
+        elif open_file or open_batch:
             error = "the file ends inside a batch (no BTS/FTS trailer): truncated?"
         elif b"\n" not in data and data.count(b"\r") > 1 and not data.rstrip(b"\x1c\x1a\x00 \t").endswith(b"\r"):
             error = "the file ends in the middle of a segment (no final segment terminator): truncated?"

@@ -9,7 +9,9 @@ A frame is `0x0B message 0x1C 0x0D`. The listener (asyncio, many concurrent conn
   loop keeps reading while the disk syncs;
 - answers only after the commit: AA when landed (and, with validation on, staged without error), AE with the
   reason and field when the content is invalid, AR when the bytes are not an HL7 message (no start block, no
-  MSH, undecodable) or could not be stored. Whatever was received is landed first, even when rejected;
+  MSH, undecodable) or could not be stored. Whatever was received is landed first, even when rejected: bytes
+  outside a frame, a frame cut short (by a disconnect, or by a new start block: the message starts after the
+  last 0x0B), a frame over `max_frame` as far as it was read (answered AR, the connection then closed);
 - applies backpressure: when the queue is full a connection stops reading its socket (TCP pushes back on the
   sender) and each connection has at most `window` unanswered messages, so memory stays bounded;
 - shuts down gracefully (`stop()`, SIGTERM in the CLI): stops accepting, stops reading, lands and answers what
@@ -33,7 +35,7 @@ from typing import Any, Callable, Iterable
 
 from medlake.sources import hl7v2
 
-VT, FS, CR = b"\x0b", b"\x1c", b"\r"
+VT, FS, CR = hl7v2.VT, hl7v2.FS, b"\r"
 _WS = b" \t\r\n\x00"
 
 
@@ -162,6 +164,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.paused = self.closed = self.eof = False
+        self.refused = self.draining = False    # a frame over the limit: read no more, close once answered
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -174,7 +177,7 @@ class _Conn(asyncio.Protocol):
         self.li.stats.connections += 1
 
     def data_received(self, data: bytes) -> None:
-        if self.li.stopping:
+        if self.li.stopping or self.refused:
             return                                  # not read: never answered, the sender sends it again
         self.buf += data
         self.process()
@@ -201,13 +204,23 @@ class _Conn(asyncio.Protocol):
                 self.transport.pause_reading()
             return
         if len(buf) > li.max_frame:
-            reason = f"frame larger than {self.li.max_frame} bytes: not accepted; split the message"
-            self.waiting.append(_Entry(b"", "", "", None, None, reason, self, hl7v2.ack(bytes(buf[:4096]), "AR",
-                                                                                           reason)))
-            self.li.stats.acks["AR"] += 1
+            # Memory stays bounded: what came of the frame is landed (nobody to answer), the sender gets AR after
+            # the ACKs of the frames before it, and the connection closes (the rest of the frame is not read).
+            reason = (f"frame larger than {li.max_frame:,} bytes: not accepted; the listener's limit is raised "
+                      f"with `medlake listen --max-frame MB`")
+            data = bytes(buf).lstrip(_WS)
             buf.clear()
+            li.submit(_Entry(data, li.router.default or li.router.unrouted, f"mllp:{self.peer}/oversized", None,
+                             None, reason, None))
+            i = data.rfind(VT)
+            self.waiting.append(_Entry(b"", "", "", None, None, reason, self,
+                                       hl7v2.ack(data[i + 1:i + 4097] if i >= 0 else data[:4096], "AR", reason)))
+            li.stats.acks["AR"] += 1
+            self.refused = True
+            if not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
             self.flush()
-            self.transport.close()
 
     def eof_received(self):
         rest = bytes(self.buf).strip(_WS)
@@ -232,8 +245,18 @@ class _Conn(asyncio.Protocol):
             out.append(frame(w.popleft().ack))
         if out and not self.closed:
             self.transport.write(b"".join(out))
-        if not w and self.eof and not self.closed:
+        if w or self.closed:
+            return
+        if self.eof:
             self.transport.close()
+        elif self.refused and not self.draining:
+            # Half-close: the sender reads every ACK before it sees the end. What it still sends is read and
+            # dropped (closing with unread input would reset the connection and could destroy the ACKs).
+            self.draining = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.transport.resume_reading()
+            asyncio.get_running_loop().call_later(2.0, self.transport.close)
 
 
 class Listener:
@@ -307,12 +330,18 @@ class Listener:
 
     # receiving --------------------------------------------------------------------------------------------------------
     def receive(self, body: bytes, conn: _Conn) -> None:
-        """One frame's body (without the 0x1C): its message, and any bytes before its start block."""
-        i = body.find(VT)
+        """One frame's body (without the 0x1C): its message, and any bytes before its start block.
+
+        The message starts after the last start block: a sender that gives up on a frame part-way and starts
+        again on the same connection sends 0x0B part 0x0B whole 0x1C; the part is landed on its own (nobody to
+        answer: the sender, without an ACK, sends it again), not read as the start of the whole one."""
+        i = body.rfind(VT)
         before = (body[:i] if i >= 0 else b"").strip(_WS)
-        if before:   # bytes outside any frame: landed, nobody to answer
+        if before:   # bytes outside any frame, or a frame cut short by a new start block: landed, nobody to answer
+            cut = VT in before
             self.submit(_Entry(before, self.router.default or self.router.unrouted,
-                               f"mllp:{conn.peer}/outside-frame", None, None, "outside a frame", None))
+                               f"mllp:{conn.peer}/{'incomplete' if cut else 'outside-frame'}", None, None,
+                               "incomplete frame" if cut else "outside a frame", None))
         data = body[i + 1:] if i >= 0 else body.strip(_WS)
         if not data:
             if i >= 0:
@@ -353,7 +382,7 @@ class Listener:
         if len(self.queue) >= self.max_queue // 2 or self.stopping:
             return
         for c in list(self.conns):
-            if c.paused and len(c.waiting) < self.window and not c.transport.is_closing():
+            if c.paused and not c.refused and len(c.waiting) < self.window and not c.transport.is_closing():
                 c.paused = False
                 c.transport.resume_reading()
                 c.process()
