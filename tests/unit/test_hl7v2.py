@@ -332,6 +332,23 @@ def test_ack_for_messages_and_for_garbage():
         hl7v2.ack(m, "OK")
 
 
+@pytest.mark.parametrize("header", [
+    "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||2.5.1",      # a field too many: MSH-18 no charset
+    "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||KLINGON",
+    "MSH|^~\\&MSH|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1",             # MSH-2 not encoding characters
+    "MSH|^ ~|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1",
+])
+def test_the_ack_of_a_message_with_a_bad_header_is_one_the_sender_can_read(header):
+    """An AR echoes only the header fields the sender can read back: no unknown character set in MSH-18, no
+    invalid encoding characters in MSH-2 (the ACK itself would not parse)."""
+    data = (header + "\r" + PID + "\r").encode()
+    with pytest.raises(HL7Error) as e:
+        parse(data)
+    a = parse(hl7v2.ack(data, "AR", e.value.reason, error_field=e.value.field))
+    assert (a.get("MSA-1"), a.get("MSA-2"), a.get("MSA-3")) == ("AR", "C42", e.value.reason)
+    assert a.charset in ("", None, "UNICODE UTF-8") and a.delims[:5] == ("|", "^", "~", "\\", "&")
+
+
 def test_python_hl7_agrees_on_the_samples():
     """A second opinion: python-hl7 reads the same MSH-10 and PID-3.1 from every sample."""
     for path in FILES:

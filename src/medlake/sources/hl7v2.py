@@ -286,6 +286,11 @@ class Message:
                f"segments={len(self._raw)})"
 
 
+def _valid_encoding(enc: str) -> bool:
+    """MSH-2 holds encoding characters: no letter, digit or blank, at most 6 (doubled ones are tolerated)."""
+    return bool(enc) and len(enc) <= 6 and not any(ch.isalnum() or ch in " \t" for ch in enc)
+
+
 def _delims(fs: str, enc: str) -> tuple[str, str, str, str, str, str]:
     """(field, component, repetition, escape, subcomponent, truncation) from MSH-1 and MSH-2."""
     seen = []
@@ -333,7 +338,7 @@ def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
         raise HL7Error(f"MSH-1 field separator {fs!r} is not a valid separator", field="MSH-1")
     hf = head.split(fs)
     enc = hf[1]
-    if not enc or any(ch.isalnum() or ch in " \t" for ch in enc) or len(enc) > 6:
+    if not _valid_encoding(enc):
         raise HL7Error(f"MSH-2 encoding characters {enc[:10]!r} are not valid (expected e.g. ^~\\&)", field="MSH-2")
     delims = _delims(fs, enc)
     charset = hf[17] if len(hf) > 17 else ""
@@ -1106,7 +1111,11 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
         m = msg_or_raw
         fields, delims, codec = m.header.fields, m.delims, m.codec
     else:
+        # Echo only what the sender can read back: encoding characters that are valid (else the defaults, and
+        # nothing of the header but MSH-10), and a character set medlake knows (else none: UTF-8).
         fields = _header_fields(msg_or_raw)
+        if len(fields) > 2 and not _valid_encoding(fields[2]):
+            fields = ["MSH", "|", ""] + [""] * 7 + [fields[10] if len(fields) > 10 else ""]
         delims = _delims(fields[1], fields[2]) if len(fields) > 2 and fields[2] else _delims("|", "^~\\&")
         codec = "utf-8"
         charset = fields[18] if len(fields) > 18 else ""
@@ -1114,7 +1123,7 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
             try:
                 codec = codec_for(charset.split(delims[2] or "~")[0].split(delims[1])[0])
             except HL7Error:
-                pass
+                fields = fields[:18]
     get = lambda n: fields[n] if n < len(fields) else ""  # noqa: E731
     cs = delims[1]
     mt = get(9).split(cs)
