@@ -194,6 +194,29 @@ def test_listen_takes_a_larger_limit(tmp_path):
     assert codes == ["AR", "AA"]
 
 
+def test_a_reader_bug_on_one_message_is_answered_and_the_feed_goes_on(land, monkeypatch):
+    """A bug in the reader (an exception that is no HL7Error) on one message: it is landed and answered (AE when
+    staging it fails, AR when parsing it does), the connection goes on. It closed the connection and the message
+    was not landed: the sender sent it again and again (a poison message stopping the feed)."""
+    parse, stage = hl7v2.parse, hl7v2.stage
+
+    def bug(fn, cid):
+        def call(m):
+            if (m.startswith(b"MSH|") and f"|{cid}|P|".encode() in m) if isinstance(m, bytes) else m.control_id == cid:
+                raise KeyError("a reader bug")
+            return fn(m)
+        return call
+
+    monkeypatch.setattr(hl7v2, "stage", bug(stage, "C1"))
+    monkeypatch.setattr(hl7v2, "parse", bug(parse, "C2"))
+    msgs = [message(f"C{i}") for i in range(4)]
+    with Running(listener(land)) as run:
+        acks = mllp.send("127.0.0.1", run.li.port, msgs, timeout=10)
+    assert [mllp.ack_code(a) for a in acks] == ["AA", "AE", "AR", "AA"]
+    assert "reader failed on this message (KeyError: 'a reader bug'); it is landed" in acks[1].decode()
+    assert landed(land) == msgs
+
+
 def test_routes_by_header(land, tmp_path):
     rules = tmp_path / "routes.toml"
     rules.write_text('[[route]]\nsource = "h1-his"\nmessage_type = "ADT^*"\n\n'

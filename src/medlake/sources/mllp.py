@@ -259,6 +259,11 @@ class _Conn(asyncio.Protocol):
             asyncio.get_running_loop().call_later(2.0, self.transport.close)
 
 
+def _reader_failed(e: Exception) -> str:
+    return (f"medlake's HL7 v2 reader failed on this message ({type(e).__name__}: {e}); it is landed, and staged "
+            f"by `medlake quarantine retry` once the reader is fixed")
+
+
 class Listener:
     def __init__(self, landing: Any, item: Callable[..., Any], router: Router, *, host: str = "127.0.0.1",
                  port: int = 2575, max_queue: int = 4096, max_batch: int = 2048, window: int = 256,
@@ -355,6 +360,8 @@ class Listener:
             msg = hl7v2.parse(data)
         except hl7v2.HL7Error as e:
             error, reject = e, e.reason
+        except Exception as e:  # noqa: BLE001 - a reader bug: this message is landed and answered, the feed goes on
+            reject = _reader_failed(e)
         if i < 0:
             reject = "no MLLP start block (0x0B) before the message; frame each message as 0x0B … 0x1C 0x0D"
         source = self.router(msg)
@@ -369,6 +376,8 @@ class Listener:
                 hl7v2.stage(msg)
             except hl7v2.HL7Error as x:
                 entry.invalid = x
+            except Exception as x:  # noqa: BLE001 - as above: AE, the message landed
+                entry.invalid = hl7v2.HL7Error(_reader_failed(x))
         conn.waiting.append(entry)
         self.submit(entry)
 
