@@ -286,9 +286,15 @@ class Message:
                f"segments={len(self._raw)})"
 
 
+def _delimiter(ch: str) -> bool:
+    """A separator or encoding character: printable ASCII, no letter or digit (an ACK echoes them: they must
+    read the same in any character set)."""
+    return "!" <= ch <= "~" and not ch.isalnum()
+
+
 def _valid_encoding(enc: str) -> bool:
-    """MSH-2 holds encoding characters: no letter, digit or blank, at most 6 (doubled ones are tolerated)."""
-    return bool(enc) and len(enc) <= 6 and not any(ch.isalnum() or ch in " \t" for ch in enc)
+    """MSH-2 holds encoding characters: at most 6 (doubled ones are tolerated)."""
+    return bool(enc) and len(enc) <= 6 and all(_delimiter(ch) for ch in enc)
 
 
 def _delims(fs: str, enc: str) -> tuple[str, str, str, str, str, str]:
@@ -334,7 +340,7 @@ def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
     if len(head) < 5:
         raise HL7Error("the MSH segment is too short to hold its separator and encoding characters", field="MSH-2")
     fs = head[3]
-    if fs.isalnum() or fs in " \t":
+    if not _delimiter(fs):
         raise HL7Error(f"MSH-1 field separator {fs!r} is not a valid separator", field="MSH-1")
     hf = head.split(fs)
     enc = hf[1]
@@ -1109,21 +1115,22 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
         raise ValueError(f"ACK code must be AA, AE or AR, not {code!r}")
     if isinstance(msg_or_raw, Message):
         m = msg_or_raw
-        fields, delims, codec = m.header.fields, m.delims, m.codec
+        fields, delims, codec, declared = m.header.fields, m.delims, m.codec, m.charset or ""
     else:
         # Echo only what the sender can read back: encoding characters that are valid (else the defaults, and
         # nothing of the header but MSH-10), and a character set medlake knows (else none: UTF-8).
         fields = _header_fields(msg_or_raw)
-        if len(fields) > 2 and not _valid_encoding(fields[2]):
+        if len(fields) > 2 and not (_delimiter(fields[1]) and _valid_encoding(fields[2])):
             fields = ["MSH", "|", ""] + [""] * 7 + [fields[10] if len(fields) > 10 else ""]
         delims = _delims(fields[1], fields[2]) if len(fields) > 2 and fields[2] else _delims("|", "^~\\&")
         codec = "utf-8"
-        charset = fields[18] if len(fields) > 18 else ""
-        if charset:
-            try:
-                codec = codec_for(charset.split(delims[2] or "~")[0].split(delims[1])[0])
-            except HL7Error:
-                fields = fields[:18]
+        declared = (fields[18] if len(fields) > 18 else "").split(delims[2] or "~")[0].split(delims[1])[0].strip()
+        try:
+            codec = codec_for(declared) if declared else codec
+        except HL7Error:
+            declared = ""
+    if not declared.isascii():
+        declared = ""
     get = lambda n: fields[n] if n < len(fields) else ""  # noqa: E731
     cs = delims[1]
     mt = get(9).split(cs)
@@ -1136,9 +1143,7 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
     mtype = cs.join(["ACK", trigger, "ACK"]) if trigger else "ACK"
     msh = ["MSH", enc, get(5), get(6), get(3), get(4), stamp, "", mtype, uuid.uuid4().hex[:20], get(11) or "P",
            version]
-    if get(18):
-        msh += [""] * 5 + [get(18)]
-    segs = [fs.join(msh), fs.join(["MSA", code, escape(control, delims), escape(text, delims)[:400]])]
+    segs = [fs.join(["MSA", code, escape(control, delims), escape(text, delims)[:400]])]
     if code[1] != "A":
         where = ""
         m = re.match(r"^([A-Z][A-Z0-9]{2})-?(\d+)?", error_field or "")
@@ -1146,8 +1151,12 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
             where = cs.join([m.group(1), "1", m.group(2) or ""])
         err = error_code.replace("^", cs)
         segs.append(fs.join(["ERR", "", where, err, "E", "", "", "", escape(text, delims)[:400]]))
-    out = "\r".join(segs) + "\r"
-    try:
-        return out.encode(codec)
-    except (UnicodeEncodeError, LookupError):
-        return out.encode("utf-8")
+    # In the message's character set, saying so in MSH-18; what that set cannot hold goes in UTF-8, MSH-18 empty.
+    for charset, enc_ in ((declared, codec), ("", "utf-8")) if declared else (("", "utf-8"),):
+        out = "\r".join([fs.join(msh + ([""] * 5 + [charset] if charset else [])), *segs]) + "\r"
+        out = out.replace(VT.decode(), "").replace(FS.decode(), "")    # echoed bytes must not end the frame
+        try:
+            return out.encode(enc_)
+        except (UnicodeEncodeError, LookupError):
+            continue
+    return out.encode("utf-8", "replace")
