@@ -281,10 +281,11 @@ def quarantine_list(
         land.close()
         q.close()
     t = Table(title=f"quarantine ({sum(counts.values()):,} {'items' if all_ else 'open'})")
-    for c in ("id", "source", "status", "reason", "location", "detail"):
+    for c in ("id", "source", "status", "reason", "location", "detail (the last retry's, when one failed)"):
         t.add_column(c, overflow="fold")
     for it in items:
-        t.add_row(str(it.id), it.source, it.status, it.reason, it.location, it.detail[:100])
+        detail = f"retry {it.attempts}: {it.last_error}" if it.last_error and it.status == "open" else it.detail
+        t.add_row(str(it.id), it.source, it.status, it.reason, it.location, detail[:160])
     out.print(t)
     out.print("by reason: " + (", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"))
 

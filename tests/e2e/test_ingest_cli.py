@@ -36,7 +36,13 @@ def test_ingest_quarantine_retry_replay(tmp_path):
     p = run(tmp_path, "ingest", site, "--sources", toml)  # nothing new
     assert row(p.stdout, "total") == ["total", "0", "0", "0", "2", "0", "0", "0"]
 
-    toml.write_text(toml.read_text(encoding="utf-8").replace("药品X", "药品"), encoding="utf-8")
+    toml.write_text(toml.read_text(encoding="utf-8").replace("药品X", "药品Y"), encoding="utf-8")  # a wrong fix
+    p = run(tmp_path, "quarantine", "retry", "--sources", toml)
+    assert "resolved 0, still failing 2" in p.stdout
+    p = run(tmp_path, "quarantine", "list")           # the list says why it fails now, not why it failed first
+    assert "retry 1: column(s) named in the source mapping are not in the header: drug_code → '药品Y'" in p.stdout
+    assert "d.csv, line 1, at 药品Y" in p.stdout and "药品X" not in p.stdout
+    toml.write_text(toml.read_text(encoding="utf-8").replace("药品Y", "药品"), encoding="utf-8")
     p = run(tmp_path, "quarantine", "retry", "--sources", toml)
     assert "resolved 1, still failing 1, rows staged 1" in p.stdout
     p = run(tmp_path, "quarantine", "list", "--all")

@@ -623,7 +623,8 @@ def retry(engine: Engine, land: Landing, q: Quarantine, sources: dict[str, Sourc
         staged_keys = {s.loc.key() for s in staged}
         for k, it in want.items():
             if k in failed:
-                q.failed_again(it.id, f"{failed[k].reason}: {failed[k].detail}")
+                f = failed[k]
+                q.failed_again(it.id, f.detail if f.reason == it.reason else f"{f.reason}: {f.detail}", f.loc.field)
                 res.still_failing += 1
             elif k in staged_keys or (whole and k == "file"):
                 what = f"{len(staged)} record(s) of the file" if whole else "record"

@@ -143,9 +143,11 @@ class Quarantine:
             self.db.execute("UPDATE item SET status = 'resolved', resolved_at = ?, resolution = ?, "
                             "attempts = attempts + 1 WHERE id = ?", (now(), resolution, item_id))
 
-    def failed_again(self, item_id: int, error: str) -> None:
+    def failed_again(self, item_id: int, error: str, field: str | None = None) -> None:
+        """A retry failed: its error, and the field it names (the location says where it fails now)."""
         with self.lock:
-            self.db.execute("UPDATE item SET attempts = attempts + 1, last_error = ? WHERE id = ?", (error, item_id))
+            self.db.execute("UPDATE item SET attempts = attempts + 1, last_error = ?, field = coalesce(?, field) "
+                            "WHERE id = ?", (error, field, item_id))
 
     def counts(self, source: str | None = None, status: str | None = "open") -> dict[str, int]:
         """Items by reason."""
