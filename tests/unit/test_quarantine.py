@@ -32,3 +32,9 @@ def test_items_are_filed_once_listed_resolved_and_never_deleted(tmp_path):
     assert q.get(items[0].id).status == "open" and len(q.items(status=None)) == 2
     with pytest.raises(KeyError, match="no quarantine item 99"):
         q.get(99)
+
+
+def test_a_parquet_row_is_shown_as_a_row():
+    """`cdm import` sets a bad Parquet row aside by its row number: the quarantine says row, not line."""
+    assert str(Loc("cdm/person.parquet", 3, field="year_of_birth")) == "cdm/person.parquet, row 3, at year_of_birth"
+    assert str(Loc("cdm/PERSON.csv", 3)) == "cdm/PERSON.csv, line 3"

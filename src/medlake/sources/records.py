@@ -53,8 +53,8 @@ class Loc:
 
     def __str__(self) -> str:
         parts = [self.file or "?"]
-        if self.line is not None:
-            parts.append(f"line {self.line}")
+        if self.line is not None:   # a Parquet file has rows, no lines (`cdm import` sets its bad rows aside)
+            parts.append(f"{'row' if (self.file or '').lower().endswith('.parquet') else 'line'} {self.line}")
         if self.offset is not None:
             parts.append(f"byte {self.offset}")
         if self.message_id:
