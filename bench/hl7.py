@@ -96,7 +96,7 @@ from medlake.landing import Item, Landing
 from medlake.sources import mllp
 root, max_batch, validate = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 li = mllp.Listener(Landing(root), Item, mllp.Router(default="bench"), port=0, max_batch=max_batch, validate=validate)
-stats = mllp.run(li, on_start=lambda l: print(l.port, flush=True))
+[stats] = mllp.run([li], on_start=lambda l: print(l.port, flush=True))
 print(stats.received, stats.commits, stats.largest_commit, stats.acks["AA"], flush=True)
 """
 

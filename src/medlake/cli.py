@@ -913,6 +913,8 @@ def listen_cmd(
     source: Optional[str] = typer.Option(None, "--source", help="Land every message in this source."),
     routes: Optional[Path] = typer.Option(None, "--routes", help="Routing rules: TOML [[route]] tables with "
                                           "source, message_type, sending_application, sending_facility globs."),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="The site's sources.toml: listen on the "
+                                           "`mllp_port` of each of its sources (not --port), landing in that source."),
     landing: Optional[Path] = typer.Option(None, "--landing", help="Landing folder (default: <data_dir>/landing)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Stage each message to answer AE "
                                   "(with the field) when it is invalid; off: AA once landed and parsed."),
@@ -922,25 +924,47 @@ def listen_cmd(
 ):
     """Receive HL7 v2 over MLLP: land each message durably (group commit), then answer AA, AE or AR."""
     from medlake.landing import Item, Landing
+    from medlake.landing import ingest as ingest_mod
     from medlake.sources import mllp
 
-    if bool(source) == bool(routes):
-        raise typer.BadParameter("give either --source S or --routes FILE")
-    rules, default = mllp.load_routes(routes) if routes else ([], None)
+    if sum(x is not None for x in (source, routes, sources)) != 1:
+        raise typer.BadParameter("give one of --source S, --routes FILE or --sources FILE")
     root = landing or settings().landing_dir
-    listener = mllp.Listener(Landing(root), Item, mllp.Router(rules, default=source or default), host=host,
-                             port=port, validate=validate, max_frame=max_frame << 20)
+    land = Landing(root)
+    opts = dict(host=host, validate=validate, max_frame=max_frame << 20)
+    if sources:
+        srcs = [s for s in _load_sources(sources) if s.mllp_port]
+        if not srcs:
+            raise typer.BadParameter(f"no [[source]] in {sources} has an `mllp_port`")
+        ingest_mod.remember(root, srcs)   # `ingest`, `replay` and `quarantine retry` know them
+        listeners = [mllp.Listener(land, Item, mllp.Router(default=s.name), port=s.mllp_port, **opts) for s in srcs]
+    else:
+        rules, default = mllp.load_routes(routes) if routes else ([], None)
+        listeners = [mllp.Listener(land, Item, mllp.Router(rules, default=source or default), port=port, **opts)]
 
-    def line(s) -> str:
-        return (f"received {s.received:,}: AA {s.acks['AA']:,}, AE {s.acks['AE']:,}, AR {s.acks['AR']:,}; "
-                f"landed {s.landed:,} new, {s.duplicates:,} duplicate(s), in {s.commits:,} commit(s)")
+    def line(ss) -> str:
+        acks = {k: sum(s.acks[k] for s in ss) for k in ("AA", "AE", "AR")}
+        n = {k: sum(getattr(s, k) for s in ss) for k in ("received", "landed", "duplicates", "commits")}
+        return (f"received {n['received']:,}: AA {acks['AA']:,}, AE {acks['AE']:,}, AR {acks['AR']:,}; "
+                f"landed {n['landed']:,} new, {n['duplicates']:,} duplicate(s), in {n['commits']:,} commit(s)")
 
-    with err.status("listening", spinner="dots") if err.is_terminal else _nothing() as status:
-        stats = mllp.run(listener,
-                         on_start=lambda li: err.print(f"listening on {host}:{li.port} -> landing {root} "
-                                                       f"(SIGTERM or Ctrl-C to stop)", highlight=False,
-                                                       markup=False, soft_wrap=True),
-                         tick=(lambda s: status.update(line(s))) if status is not None else None)
+    def started(li) -> None:
+        err.print(f"listening on {host}:{li.port} -> landing {root}"
+                  + (f" as source {li.router.default}" if sources else "") + " (SIGTERM or Ctrl-C to stop)",
+                  highlight=False, markup=False, soft_wrap=True)
+
+    try:
+        with err.status("listening", spinner="dots") if err.is_terminal else _nothing() as status:
+            stats = mllp.run(listeners, on_start=started,
+                             tick=(lambda ss: status.update(line(ss))) if status is not None else None)
+    except OSError as e:
+        raise ValueError(f"cannot listen: {e.strerror or e}; is another listener on that port?") from e
+    finally:
+        land.close()
+    if len(listeners) > 1:
+        for li, st in zip(listeners, stats):
+            out.print(f"  {li.router.default} (port {li.port}): {line([st])}", highlight=False, markup=False,
+                      soft_wrap=True)
     out.print(f"stopped; {line(stats)}", highlight=False, markup=False, soft_wrap=True)
 
 

@@ -48,7 +48,7 @@ def test_config_file_and_environment_name_the_store(tmp_path):
     (["vocab", "load", "does-not-exist"], 1, "not a folder"),
     (["vocab", "load"], 2, "give a FOLDER or --demo"),
     (["no-such-command"], 2, "No such command"),
-    (["listen", "--port", "0"], 2, "give either --source S or --routes FILE"),
+    (["listen", "--port", "0"], 2, "give one of --source S, --routes FILE or --sources FILE"),
     (["init", "--cdm-version", "6.0"], 1, "unknown OMOP CDM version"),
     (["quality", "run", "--out", "/proc/medlake-q"], 1, "error: /proc/medlake-q: no such file or directory"),
     (["cdm", "import", ".", "--encoding", "base64"], 1, "error: 'base64' is not a text encoding"),

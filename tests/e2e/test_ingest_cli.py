@@ -1,7 +1,13 @@
 """`medlake ingest`, `replay` and `quarantine` as a person uses them: a shell, a folder, a sources.toml."""
 import json
+import os
+import signal
+import socket
+import subprocess
 
-from e2e_cli import SHARED, run
+from e2e_cli import MEDLAKE, SHARED, run
+
+from medlake.sources import mllp
 
 
 def row(out: str, name: str) -> list[str]:
@@ -69,3 +75,42 @@ def test_every_shared_fhir_file_ingests(tmp_path):
     r4, synthea = row(p.stdout, "r4-examples"), row(p.stdout, "synthea-bundles")
     assert r4[1:3] == ["14", "14"] and synthea[1:3] == ["4", "4"]
     assert "quarantined by reason: none" in p.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_listen_on_the_ports_of_sources_toml_then_stage_them(tmp_path):
+    """`medlake listen --sources`: one port per source with an `mllp_port`, each message landed in its source;
+    `medlake ingest --sources` then stages them under that source. A port in use is one line."""
+    ports = {"h1-adt": free_port(), "h1-lab": free_port()}
+    toml = tmp_path / "sources.toml"
+    toml.write_text("".join(f'[[source]]\nname = "{n}"\nkind = "hl7v2"\nmllp_port = {p}\n\n' for n, p in ports.items())
+                    + '[[source]]\nname = "files"\nkind = "fhir"\nupload = true\n', encoding="utf-8")
+    msg = ("MSH|^~\\&|{app}|H1|MEDLAKE|DC|20240305101500||{kind}|{cid}|P|2.5.1\r"
+           "PID|1||MRN{cid}^^^H1^MR||Wang^Fang||19900307|F\r"
+           "PV1|1|I|W1^101^1\r")
+    env = {**os.environ, "MEDLAKE_STORE": f"duckdb:{tmp_path / 'data' / 'store.duckdb'}"}
+    p = subprocess.Popen([str(MEDLAKE), "listen", "--sources", str(toml)], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = [p.stderr.readline() for _ in ports]
+        assert all(any(f":{port} -> landing" in s and f"as source {n}" in s for s in started)
+                   for n, port in ports.items()), started
+        acks = [mllp.send("127.0.0.1", ports["h1-adt"], [msg.format(app="ADT", kind="ADT^A01", cid=f"A{i}").encode()
+                                                        for i in range(3)]),
+                mllp.send("127.0.0.1", ports["h1-lab"], [msg.format(app="LIS", kind="ADT^A08", cid="L1").encode()])]
+        busy = run(tmp_path, "listen", "--sources", toml, ok=False)          # the ports are taken
+        assert busy.returncode == 1 and busy.stderr.count("\n") == 1
+        assert busy.stderr.startswith("error: cannot listen: ") and "is another listener on that port?" in busy.stderr
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=30)
+    assert [mllp.ack_code(a) for a in acks[0] + acks[1]] == ["AA"] * 4
+    assert p.returncode == 0 and "h1-adt (port" in out and "h1-lab (port" in out
+    assert out.splitlines()[-1].startswith("stopped; received 4: AA 4, AE 0, AR 0; landed 4 new, 0 duplicate(s)")
+    staged = run(tmp_path, "ingest", "--sources", toml)
+    assert row(staged.stdout, "h1-adt")[5] == "3" and row(staged.stdout, "h1-lab")[5] == "1"   # records staged

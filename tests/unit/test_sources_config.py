@@ -84,6 +84,31 @@ record_id = "%Y"
     assert f"{where2} key `formats.record_id`: record_id is a string field" in msg
 
 
+def test_mllp_ports_are_for_hl7_sources_one_source_each(tmp_path):
+    p = write(tmp_path, """
+[[source]]
+name = "adt"
+kind = "hl7v2"
+mllp_port = 2575
+
+[[source]]
+name = "lab"
+kind = "hl7v2"
+mllp_port = 2575
+
+[[source]]
+name = "emr"
+kind = "fhir"
+mllp_port = 2576
+""")
+    with pytest.raises(config.SourceConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert f"{p}: [[source]] #2 (lab) key `mllp_port`: port 2575 is already that of source 'adt'" in msg
+    assert f"{p}: [[source]] #3 (emr) key `mllp_port`: MLLP carries HL7 v2: a fhir source takes a `path`" in msg
+    assert "#1 (adt)" not in msg
+
+
 def test_toml_syntax_and_unknown_keys(tmp_path):
     with pytest.raises(config.SourceConfigError, match=r"sources.toml: not valid TOML"):
         config.load(write(tmp_path, "[[source]\nname = 1"))

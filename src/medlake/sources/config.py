@@ -7,7 +7,7 @@ kind = "csv"             # hl7v2 | fhir | csv
 hospital = "h2"
 system = "pharmacy"      # his | lis | emr | pharmacy | …
 path = "h2/pharmacy"     # file-drop folder, relative to this file
-# mllp_port = 2575       # optional: arrives over MLLP
+# mllp_port = 2575       # an hl7v2 source may arrive over MLLP instead (`medlake listen --sources`)
 encoding = "gbk"         # csv: any Python codec name whose newline is one byte "\\n"; default utf-8
 delimiter = ","
 [source.columns]         # csv: staging field = source column header
@@ -96,6 +96,7 @@ def parse(data: dict, path: Path, check_paths: bool = True) -> list[Source]:
         errors.append(f"{path}: no [[source]] declared")
     out: list[Source] = []
     seen: dict[str, int] = {}
+    ports: dict[int, str] = {}
     for i, t in enumerate(tables, 1):
         where = f"{path}: [[source]] #{i}" + (f" ({t['name']})" if isinstance(t.get("name"), str) else "")
 
@@ -131,6 +132,13 @@ def parse(data: dict, path: Path, check_paths: bool = True) -> list[Source]:
         port = t.get("mllp_port")
         if port is not None and (not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536):
             bad("mllp_port", f"{port!r} is not a port number (1-65535)")
+        elif port is not None and kind in KINDS and kind != "hl7v2":
+            bad("mllp_port", f"MLLP carries HL7 v2: a {kind} source takes a `path` or `upload = true`")
+        elif port is not None and port in ports:
+            bad("mllp_port", f"port {port} is already that of source {ports[port]!r}; give each source its own "
+                "port (or route one port's messages with `medlake listen --routes`)")
+        elif port is not None:
+            ports[port] = name
         upload = t.get("upload", False)
         if not isinstance(upload, bool):
             bad("upload", f"{upload!r} must be true or false")

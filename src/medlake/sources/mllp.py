@@ -2,8 +2,8 @@
 
 A frame is `0x0B message 0x1C 0x0D`. The listener (asyncio, many concurrent connections):
 
-- reads frames, parses the header (`hl7v2.parse`) and picks the source: one port per source (`--source`), or
-  routing rules on MSH-3/MSH-4/MSH-9 (`--routes FILE`);
+- reads frames, parses the header (`hl7v2.parse`) and picks the source: one port per source (`--source`, or
+  every `mllp_port` of a sources.toml with `--sources`), or routing rules on MSH-3/MSH-4/MSH-9 (`--routes FILE`);
 - puts every received message on one bounded queue; a single committer takes whatever has arrived meanwhile
   and lands it with one `put_many` (one durable transaction: group commit) in a worker thread, so the event
   loop keeps reading while the disk syncs;
@@ -516,24 +516,28 @@ def ack_code(ack: bytes) -> str:
 
 # -- running it --------------------------------------------------------------------------------------------------------
 
-async def serve(listener: Listener, stop: asyncio.Event, on_start: Callable[[Listener], None] | None = None,
-                tick: Callable[[Stats], None] | None = None) -> Stats:
-    """Run until `stop` is set, then shut down gracefully."""
-    await listener.start()
-    if on_start:
-        on_start(listener)
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), 0.5)
-        except asyncio.TimeoutError:
-            pass
-        if tick:
-            tick(listener.stats)
-    await listener.stop()
-    return listener.stats
+async def serve(listeners: list[Listener], stop: asyncio.Event, on_start: Callable[[Listener], None] | None = None,
+                tick: Callable[[list[Stats]], None] | None = None) -> list[Stats]:
+    """Run the listeners (one port each) until `stop` is set, then shut them all down gracefully."""
+    started = []
+    try:
+        for li in listeners:
+            started.append(await li.start())
+            if on_start:
+                on_start(li)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+            if tick:
+                tick([li.stats for li in listeners])
+    finally:
+        await asyncio.gather(*(li.stop() for li in started))
+    return [li.stats for li in listeners]
 
 
-def run(listener: Listener, on_start=None, tick=None) -> Stats:
+def run(listeners: list[Listener], on_start=None, tick=None) -> list[Stats]:
     """Serve until SIGTERM or SIGINT (Ctrl-C); then finish what was received and return the counts."""
     import signal
 
@@ -542,6 +546,6 @@ def run(listener: Listener, on_start=None, tick=None) -> Stats:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await serve(listener, stop, on_start, tick)
+        return await serve(listeners, stop, on_start, tick)
 
     return asyncio.run(main())
