@@ -217,6 +217,23 @@ def test_a_reader_bug_on_one_message_is_answered_and_the_feed_goes_on(land, monk
     assert landed(land) == msgs
 
 
+def test_a_frame_holding_a_batch_is_answered_once_for_all_its_messages(land):
+    """An HL7 batch (FHS/BHS … BTS/FTS) or messages one after another in one frame: one ACK for the frame, AA when
+    every message is good, AE naming the one that is not; landed as received, and staged as its messages. (It was
+    answered AR, "a second MSH segment", while `ingest` staged its messages from landing all the same.)"""
+    batch = b"FHS|^~\\&\rBHS|^~\\&|LIS|H1||||||B7\r" + b"".join(message(f"C{i}") for i in range(3)) + b"BTS|3\rFTS|1\r"
+    two = message("D1") + message("D2", pid3="")
+    with Running(listener(land)) as run:
+        acks = mllp.send("127.0.0.1", run.li.port, [batch, two], timeout=10)
+    a, b = (hl7v2.parse(x) for x in acks)
+    assert (a.get("MSA-1"), a.get("MSA-2"), b.get("MSA-1"), b.get("MSA-2")) == ("AA", "C0", "AE", "D1")
+    assert b.get("MSA-3").startswith("message 2 of the frame's 2 (D2): ") and "PID-3" in b.get("MSA-3")
+    assert landed(land) == [batch, two]
+    assert [r.original_name.rsplit("/", 1)[1] for r in land.receipts("h1-lis")] == ["C0+2", "D1+1"]
+    staged = list(ingest.hl7_records(batch, "batch"))
+    assert [r.loc.message_id for r in staged] == ["C0", "C1", "C2"] and all(not hasattr(r, "reason") for r in staged)
+
+
 def test_routes_by_header(land, tmp_path):
     rules = tmp_path / "routes.toml"
     rules.write_text('[[route]]\nsource = "h1-his"\nmessage_type = "ADT^*"\n\n'

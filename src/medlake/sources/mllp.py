@@ -259,6 +259,27 @@ class _Conn(asyncio.Protocol):
             asyncio.get_running_loop().call_later(2.0, self.transport.close)
 
 
+def _several(data: bytes):
+    """A frame holding several messages (an HL7 batch, FHS/BHS … BTS/FTS, or messages one after another): (first
+    message, the others, None, None), answered as one; or (first, [], error, reason) when one of them fails to
+    parse — said with its place — or the frame holds none."""
+    msgs: list[hl7v2.Message] = []
+    raws = [r for r in hl7v2.split(data)]
+    try:
+        for k, r in enumerate(raws, 1):
+            if r.error:
+                raise hl7v2.HL7Error(r.error)
+            msgs.append(hl7v2.parse(r.data))
+    except hl7v2.HL7Error as e:
+        reason = f"message {k} of the frame's {len(raws)}: {e.reason}"
+        return (msgs[0] if msgs else None), [], hl7v2.HL7Error(reason, field=e.field), reason
+    except Exception as e:  # noqa: BLE001 - a reader bug, as in `receive`
+        return (msgs[0] if msgs else None), [], None, _reader_failed(e)
+    if not msgs:
+        return None, [], None, "the frame holds a batch header and no message"
+    return msgs[0], msgs[1:], None, None
+
+
 def _reader_failed(e: Exception) -> str:
     return (f"medlake's HL7 v2 reader failed on this message ({type(e).__name__}: {e}); it is landed, and staged "
             f"by `medlake quarantine retry` once the reader is fixed")
@@ -356,10 +377,13 @@ class Listener:
                 conn.flush()
             return
         msg = error = reject = None
+        more: list[hl7v2.Message] = []   # the frame's other messages, when it holds several (an HL7 batch)
         try:
             msg = hl7v2.parse(data)
         except hl7v2.HL7Error as e:
             error, reject = e, e.reason
+            if data.lstrip(_WS).startswith((b"FHS", b"BHS")) or e.reason.startswith("a second MSH segment"):
+                msg, more, error, reject = _several(data)
         except Exception as e:  # noqa: BLE001 - a reader bug: this message is landed and answered, the feed goes on
             reject = _reader_failed(e)
         if i < 0:
@@ -369,15 +393,23 @@ class Listener:
             source = self.router.unrouted
             reject = reject or (f"no route for MSH-3 {msg.get('MSH-3.1')!r}, MSH-4 {msg.get('MSH-4.1')!r}, "
                                 f"MSH-9 {msg.type!r}")
-        name = f"mllp:{conn.peer}/{msg.control_id}" if msg is not None else f"mllp:{conn.peer}"
+        name = (f"mllp:{conn.peer}/{msg.control_id}" + (f"+{len(more)}" if more else "") if msg is not None
+                else f"mllp:{conn.peer}")
         entry = _Entry(data, source, name, msg, error, reject, conn)
         if self.validate and reject is None:   # here, on the loop, while the worker thread waits on the disk
-            try:
-                hl7v2.stage(msg)
-            except hl7v2.HL7Error as x:
-                entry.invalid = x
-            except Exception as x:  # noqa: BLE001 - as above: AE, the message landed
-                entry.invalid = hl7v2.HL7Error(_reader_failed(x))
+            for k, m in enumerate([msg, *more], 1):
+                try:
+                    hl7v2.stage(m)
+                    continue
+                except hl7v2.HL7Error as x:
+                    entry.invalid = x
+                except Exception as x:  # noqa: BLE001 - as above: AE, the message landed
+                    entry.invalid = hl7v2.HL7Error(_reader_failed(x))
+                if more:
+                    x = entry.invalid
+                    entry.invalid = hl7v2.HL7Error(f"message {k} of the frame's {len(more) + 1} ({m.control_id}): "
+                                                   f"{x.reason}", field=x.field)
+                break
         conn.waiting.append(entry)
         self.submit(entry)
 
