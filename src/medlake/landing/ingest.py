@@ -45,6 +45,8 @@ from medlake.sources.records import Loc, Rejected, Staged
 EXTRA = [pa.field("source", pa.string()), pa.field("receipt_seq", pa.int64()),
          pa.field("landing_sha256", pa.string()), pa.field("record_location", pa.string())]
 LOG_TABLE = "ingest_log"
+RESTAGED_TABLE = "ingest_restaged"  # receipts whose staging `retry` or `replay` rewrote: the next transform maps
+#                                     them again (they are below its watermark)
 FLUSH_ROWS = 20_000  # buffered rows per table before they go to the engine (inside the open transaction)
 COMMIT_ROWS = 200_000  # rows per transaction (a transaction always ends on a receipt boundary)
 COMMIT_RECEIPTS = 500
@@ -101,6 +103,13 @@ def _ensure_log(engine: Engine) -> None:
         engine.execute(f'CREATE TABLE IF NOT EXISTS "{LOG_TABLE}" (source VARCHAR, receipt_seq BIGINT, '
                        'landing_sha256 VARCHAR, kind VARCHAR, records BIGINT, staged_rows BIGINT, '
                        'quarantined BIGINT, processed_at TIMESTAMP)')
+
+
+def _mark_restaged(engine: Engine, source: str, seq: int) -> None:
+    """In the open transaction: receipt `seq` of `source` was staged again (`medlake transform` maps it again)."""
+    if RESTAGED_TABLE not in engine.tables():
+        engine.execute(f'CREATE TABLE IF NOT EXISTS "{RESTAGED_TABLE}" (source VARCHAR, receipt_seq BIGINT)')
+    engine.execute(f'INSERT INTO "{RESTAGED_TABLE}" VALUES (?, ?)', [source, seq])
 
 
 def _processed(engine: Engine, source: str) -> set[int]:
@@ -533,6 +542,7 @@ def replay(engine: Engine, land: Landing, q: Quarantine, src: Source, progress: 
         for t in _staging_tables(engine):
             engine.execute(f'DELETE FROM "{t}" WHERE source = ?', [src.name])
         engine.execute(f'DELETE FROM "{LOG_TABLE}" WHERE source = ?', [src.name])
+        _mark_restaged(engine, src.name, 0)   # every receipt of the source
     summary.sources[src.name]
     stage_pending(engine, land, q, src, summary, progress)
     return summary
@@ -614,6 +624,8 @@ def retry(engine: Engine, land: Landing, q: Quarantine, sources: dict[str, Sourc
                 res.rows += st.add(r, s)
             for table in list(st.buf):
                 st.flush_table(table, name)
+            if staged:
+                _mark_restaged(engine, name, seq)
         except BaseException as e:
             st.abort(e)
             raise

@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from medlake.engines.base import Engine
 from medlake.identity import demographics
+from medlake.landing.ingest import RESTAGED_TABLE
 from medlake.transform import compile as c
 from medlake.transform import derived, rules as r
 
@@ -141,6 +142,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if full:
             engine.execute("DELETE FROM transform_watermark")
             engine.execute("DELETE FROM transform_quiet_key")
+        _restaged(engine, tables)
         if not staged:
             return RunSummary(None, seconds=time.perf_counter() - t0)
         marks = engine.query("SELECT source, MIN(receipt_seq) AS lo, MAX(receipt_seq) AS hi FROM (" + " UNION ALL ".join(
@@ -369,6 +371,24 @@ def _pk(table: str) -> str:
 
     t = model.load("5.4").table(table)
     return (t.primary_key or t.field_names)[0]
+
+
+def _restaged(engine: Engine, tables: set[str]) -> None:
+    """Receipts staged again by `medlake quarantine retry` or `replay` lie below the watermark of their source: it
+    goes down to just below the lowest of them, so this run maps them (and what follows them) again."""
+    if RESTAGED_TABLE not in tables:
+        return
+    low = {x["source"]: x["lo"] for x in engine.query(
+        f"SELECT source, MIN(receipt_seq) AS lo FROM {RESTAGED_TABLE} GROUP BY source").to_pylist()}
+    seen = {x["source"]: x["receipt_seq"] for x in engine.query(
+        "SELECT source, receipt_seq FROM transform_watermark").to_pylist()}
+    lower = {s: lo - 1 for s, lo in low.items() if s in seen and seen[s] >= lo}
+    if lower:
+        engine.execute("DELETE FROM transform_watermark WHERE source IN (" + ", ".join("?" * len(lower)) + ")",
+                       list(lower))
+        engine.load_arrow("transform_watermark", pa.table({"source": pa.array(list(lower), pa.string()),
+                                                          "receipt_seq": pa.array(list(lower.values()), pa.int64())}))
+    engine.execute(f"DELETE FROM {RESTAGED_TABLE}")
 
 
 def _merges(engine: Engine, tables: set[str], bulk: bool) -> None:
