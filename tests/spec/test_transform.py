@@ -442,3 +442,34 @@ def test_numbers_past_integers_range_are_null_and_the_run_goes_on(engine):
                         "COALESCE(CAST(refills AS VARCHAR), '-') AS r FROM drug_exposure") == sorted([
         (D(2021, 5, 1), "-", "-"), (D(2021, 5, 2), "30", "2"), (D(2021, 5, 3), "-", "-"),
         (D(2021, 5, 3), "-", "-2147483648")])
+
+
+def test_a_component_keeps_its_comparator_and_unit_system(engine):
+    """Observation.component[].valueQuantity `comparator` and `system` (e.g. a urine panel's "<0.1 g/L"): the
+    measurement gets its operator and the unit is looked up in the system given (they were read, not staged: the
+    value was stored as exactly 0.1). A store staged before these columns existed is brought up to date."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
+    stage(engine, "stg_fhir_observation", "emr", 1, [
+        dict(resource_id="o1", status="final", code_system="http://loinc.org", code="24356-8", subject_ref="Patient/p1",
+             effective_at=T(2021, 5, 2, 7))])
+    engine.execute("CREATE TABLE stg_fhir_observation_component (resource_id VARCHAR, position INTEGER, "
+                   "code_system VARCHAR, code VARCHAR, value_number DOUBLE, value_unit VARCHAR, value_unit_code "
+                   "VARCHAR, source VARCHAR, receipt_seq BIGINT, landing_sha256 VARCHAR, record_location VARCHAR)")
+    engine.execute("INSERT INTO stg_fhir_observation_component VALUES ('o1', 0, 'http://loinc.org', '4548-4', 6.5, "
+                   "'%', '%', 'emr', 1, 'sha-emr-1', 'line 1')")   # staged by an older medlake
+    transform(engine, namespaces=NS)
+    stage(engine, "stg_fhir_observation", "emr", 2, [
+        dict(resource_id="o2", status="final", code_system="http://loinc.org", code="24356-8", subject_ref="Patient/p1",
+             effective_at=T(2021, 5, 3, 7))])
+    stage(engine, "stg_fhir_observation_component", "emr", 2, [
+        dict(resource_id="o2", position=0, code_system="http://loinc.org", code="4548-4", value_number=4.0,
+             value_unit="%", value_unit_code="%", value_comparator="<", value_unit_system="http://unitsofmeasure.org"),
+        dict(resource_id="o2", position=1, code_system="http://loinc.org", code="4548-4", value_number=9.0,
+             value_unit="percent", value_unit_code="%", value_comparator=">=", value_unit_system="urn:local:units",
+             record_location="line 1")])                              # the components of one resource
+    transform(engine, namespaces=NS)
+    assert rows(engine, "SELECT measurement_date, value_as_number, COALESCE(operator_concept_id, 0) AS op, "
+                        "unit_concept_id FROM measurement WHERE measurement_concept_id = 3004410") == sorted([
+        (D(2021, 5, 2), 6.5, 0, 8554), (D(2021, 5, 3), 4.0, 4171756, 8554), (D(2021, 5, 3), 9.0, 4171755, 0)])

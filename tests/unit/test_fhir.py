@@ -67,6 +67,19 @@ def test_ndjson_rows_values_and_identifying_columns():
     assert "gender" not in marked and "resource_id" not in marked
 
 
+def test_a_component_quantity_keeps_its_comparator_and_unit_system():
+    panel = {**OBS, "id": "o2", "valueQuantity": None, "component": [
+        {"code": {"coding": [{"system": "http://loinc.org", "code": "2888-6"}]},
+         "valueQuantity": {"value": 0.1, "comparator": "<", "unit": "g/L", "system": "http://unitsofmeasure.org",
+                           "code": "g/L"}}]}
+    del panel["valueQuantity"]
+    [rec] = read(nd(panel))
+    [k] = rec.rows["stg_fhir_observation_component"]
+    assert (k["value_number"], k["value_comparator"], k["value_unit_system"], k["value_unit_code"]) == \
+        (0.1, "<", "http://unitsofmeasure.org", "g/L")
+    assert set(k) <= set(fhir.STAGING_SCHEMAS["stg_fhir_observation_component"].names)
+
+
 def test_bad_records_are_rejected_with_line_and_json_path_and_the_rest_goes_on():
     no_status = {k: v for k, v in OBS.items() if k != "status"} | {"id": "o2"}
     bad_status = OBS | {"id": "o3", "status": "done"}

@@ -151,6 +151,10 @@ class SparkEngine:
         if isinstance(parsed, exp.Delete):
             self._delete(parsed, params)
             return
+        if isinstance(parsed, exp.Alter) and parsed.args.get("actions") and all(
+                isinstance(a, exp.ColumnDef) for a in parsed.args["actions"]):
+            self._add_columns(parsed.this.name, parsed.args["actions"])
+            return
         if isinstance(parsed, exp.TruncateTable):  # external Parquet tables cannot be truncated by Spark
             for t in parsed.expressions:
                 self._replace_files(t.name, None)
@@ -158,6 +162,17 @@ class SparkEngine:
         df = self._sql(sql, params)
         if df is not None:
             df.collect()
+
+    def _add_columns(self, name: str, defs: list) -> None:
+        """ALTER TABLE … ADD COLUMN (a reader gained a column): into medlake's table definition, which the
+        Parquet files written before read as NULL."""
+        meta = self._meta(name)
+        if meta is None:
+            raise EngineError(f"no table {name} in {self.warehouse}")
+        have = {c["name"] for c in meta["columns"]}
+        new = [{"name": d.name, "type": d.kind.sql("spark"), "nullable": True} for d in defs if d.name not in have]
+        if new:
+            self._define(name, meta["columns"] + new)
 
     def _delete(self, delete: exp.Delete, params: list | None) -> None:
         """Parquet tables have no DELETE: write the rows that stay to new files, then swap them in."""

@@ -167,7 +167,7 @@ STAGING_SCHEMAS["stg_fhir_coding"] = pa.schema(_fields(
     "resource_type resource_id element position:i system code display text! coding_index:i"))
 STAGING_SCHEMAS["stg_fhir_observation_component"] = pa.schema(_fields(
     "resource_id position:i code_system code code_display code_text value_number:f value_unit value_unit_code "
-    "value_code_system value_code value_string!"))
+    "value_code_system value_code value_string! value_comparator value_unit_system"))
 STAGING_SCHEMAS["stg_fhir_encounter_location"] = pa.schema(_fields(  # Encounter.location[]: transfers (VISIT_DETAIL)
     "resource_id position:i location_ref status period_start:t period_end:t"))
 STAGING_SCHEMAS["stg_fhir_bulk_manifest"] = pa.schema(_fields(

@@ -250,11 +250,12 @@ FHIR_EVENTS = [
               visit=_ENC, visit_if=_ENC_VISIT, provider=_PROVIDER.format(c="s.performer_ref"),
               where="COALESCE(s.status, 'final') NOT IN ('entered-in-error', 'cancelled', 'registered') AND "
                     "(s.value_number IS NOT NULL OR s.value_code IS NOT NULL)",
-              unit=Code("'http://unitsofmeasure.org'", "COALESCE(s.value_unit_code, s.value_unit)"),
+              unit=Code("COALESCE(s.value_unit_system, 'http://unitsofmeasure.org')",
+                        "COALESCE(s.value_unit_code, s.value_unit)"),
               value_code=Code("s.value_code_system", "s.value_code"),
               values={"value_as_number": "s.value_number",
                       "unit_source_value": "COALESCE(s.value_unit_code, s.value_unit)",
-                      "value_source_value": "left(s.value_code, 50)"},
+                      "value_source_value": "left(s.value_code, 50)", "operator_source": "s.value_comparator"},
               **{**_fhir("Observation", codings=()), "key": "'Observation/' || s.resource_id || '#' || "
                                                "CAST(s.position AS VARCHAR)"}),
     EventRule(name="fhir.medication_request", staging="stg_fhir_medication_request", default_table="drug_exposure",
