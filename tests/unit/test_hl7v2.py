@@ -332,6 +332,20 @@ def test_ack_for_messages_and_for_garbage():
         hl7v2.ack(m, "OK")
 
 
+@pytest.mark.parametrize("codec,charset,facility", [
+    ("gbk", "GBK", "北京東城医院"), ("gb18030", "GB 18030-2000", "北京東城医院"), ("big5", "BIG-5", "臺大醫院")])
+def test_a_two_byte_character_whose_second_byte_is_the_separator_does_not_shift_the_header(codec, charset, facility):
+    """東 in GBK and 院 in Big5 end in 0x7C, the field separator: read byte by byte, MSH-18 moved one field and the
+    message was refused as not UTF-8, its control id read from MSH-9."""
+    assert any(facility.encode(codec)[i + 1:i + 2] == b"|" for i in range(len(facility.encode(codec))))
+    data = (f"MSH|^~\\&|LIS|{facility}|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||{charset}\r"
+            f"PID|1||M1^^^H1^MR||王^芳||19900307|F\r").encode(codec)
+    m = parse(data)
+    assert (m.control_id, m.type, m.version, m.get("MSH-4"), m.get("PID-5.1")) == ("C42", "ORU^R01", "2.5.1",
+                                                                                  facility, "王")
+    assert parse(hl7v2.ack(m)).get("MSA-2") == "C42"
+
+
 @pytest.mark.parametrize("header", [
     "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||2.5.1",      # a field too many: MSH-18 no charset
     "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||KLINGON",

@@ -309,6 +309,39 @@ def _delims(fs: str, enc: str) -> tuple[str, str, str, str, str, str]:
     return (fs, got[0], got[1], got[2], got[3], got[4])
 
 
+TWO_BYTE = {"gbk", "gb18030", "gb2312", "big5", "euc_kr"}   # codecs whose second bytes include ASCII punctuation
+
+
+def _charset_field(fields: list[str], delims) -> str:
+    """MSH-18's first character set, from the header split on the field separator (MSH-n is fields[n - 1])."""
+    charset = fields[17] if len(fields) > 17 else ""
+    if delims[2] and delims[2] in charset:
+        charset = charset.split(delims[2])[0]
+    return charset.split(delims[1])[0].strip()
+
+
+def _two_byte_header(head: bytes, fs: str) -> list[str] | None:
+    """The header split on the field separator a character at a time as in a two-byte set (a byte from 0x81 starts
+    a character of two bytes, of four in GB 18030 when the second is a digit); None when it holds no such byte."""
+    if max(head, default=0) < 0x81:
+        return None
+    sep, fields, cur, i = ord(fs), [], bytearray(), 0
+    while i < len(head):
+        c = head[i]
+        if c >= 0x81:
+            n = 4 if i + 3 < len(head) and 0x30 <= head[i + 1] <= 0x39 else 2
+            cur += head[i:i + n]
+            i += n
+            continue
+        if c == sep:
+            fields.append(cur.decode("latin-1"))
+            cur = bytearray()
+        else:
+            cur.append(c)
+        i += 1
+    return fields + [cur.decode("latin-1")]
+
+
 def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
     """Parse one message. `default_charset` is used when MSH-18 is empty."""
     if isinstance(data, str):
@@ -347,23 +380,33 @@ def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
     if not _valid_encoding(enc):
         raise HL7Error(f"MSH-2 encoding characters {enc[:10]!r} are not valid (expected e.g. ^~\\&)", field="MSH-2")
     delims = _delims(fs, enc)
-    charset = hf[17] if len(hf) > 17 else ""
-    if delims[2] and delims[2] in charset:
-        charset = charset.split(delims[2])[0]
-    charset = charset.split(delims[1])[0].strip()
+    charset = _charset_field(hf, delims)
     control_id = hf[9].strip() if len(hf) > 9 else ""
     if b is not None:
         try:
             codec = codec_for(charset, default_charset)
-        except HL7Error as e:
-            e.control_id = control_id or None
-            raise
-        try:
             text = b.decode(codec)
-        except UnicodeDecodeError as e:
-            declared = f"MSH-18 declares {charset!r}" if charset else "MSH-18 is empty"
-            raise HL7Error(f"bytes at offset {e.start} are not valid {codec} ({declared}); fix the sender's "
-                           f"character set or MSH-18", field="MSH-18", control_id=control_id or None) from None
+        except (HL7Error, UnicodeDecodeError) as e:
+            # The header read byte by byte: in a two-byte set (GBK, GB 18030, Big5) the second byte of a character
+            # in MSH-3..17 can be the field separator, which shifts MSH-18. Read it again a character at a time.
+            again = _two_byte_header(b[:head_end], fs)
+            alt = _charset_field(again, delims) if again else ""
+            try:
+                alt_codec = codec_for(alt) if alt else None
+                text = b.decode(alt_codec) if alt_codec in TWO_BYTE else None
+            except (HL7Error, UnicodeDecodeError):
+                text = None
+            if text is None:
+                if isinstance(e, HL7Error):
+                    e.control_id = control_id or None
+                    raise
+                declared = f"MSH-18 declares {charset!r}" if charset else "MSH-18 is empty"
+                raise HL7Error(f"bytes at offset {e.start} are not valid {codec} ({declared}); fix the sender's "
+                               f"character set or MSH-18", field="MSH-18", control_id=control_id or None) from None
+            codec, charset = alt_codec, alt
+        end = min(i for i in (text.find("\r"), text.find("\n"), len(text)) if i >= 0)
+        hf = text[:end].split(fs)   # the header as decoded (MSH-9, -10, -12 for Message)
+        control_id = hf[9].strip() if len(hf) > 9 else ""
     if "\n" in text:
         text = text.replace("\r\n", "\r").replace("\n", "\r")
     raw = []
