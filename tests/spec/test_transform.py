@@ -473,3 +473,29 @@ def test_a_component_keeps_its_comparator_and_unit_system(engine):
     assert rows(engine, "SELECT measurement_date, value_as_number, COALESCE(operator_concept_id, 0) AS op, "
                         "unit_concept_id FROM measurement WHERE measurement_concept_id = 3004410") == sorted([
         (D(2021, 5, 2), 6.5, 0, 8554), (D(2021, 5, 3), 4.0, 4171756, 8554), (D(2021, 5, 3), 9.0, 4171755, 0)])
+
+
+def test_after_a_replay_the_records_no_longer_staged_leave_the_cdm(engine):
+    """`medlake replay` rebuilds a source's staging; a record the reader now rejects is not staged again. The next
+    transform maps the source again and removes that record's rows (they stayed in the CDM)."""
+    from medlake.landing.ingest import _mark_restaged
+
+    store.init(engine, "5.4")
+    vocab(engine)
+    rx = [dict(record_id=f"RX{i}", patient_id="M1", drug_code="Y100147", drug_code_system="H1PHARM", quantity=90.0,
+               days_supply=30, dispensed_at=T(2021, 5, i, 15)) for i in (1, 2, 3)]
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
+    stage(engine, "stg_csv_pharmacy", "pharmacy", 1, rx[:2])
+    stage(engine, "stg_csv_pharmacy", "pharmacy", 2, rx[2:])
+    transform(engine, namespaces=NS)
+    days = "SELECT drug_exposure_start_date FROM drug_exposure"
+    assert rows(engine, days) == [(D(2021, 5, 1),), (D(2021, 5, 2),), (D(2021, 5, 3),)]
+    with engine.transaction():                           # what replay does: its staging rebuilt, RX2 now rejected
+        engine.execute("DELETE FROM stg_csv_pharmacy WHERE source = 'pharmacy'")
+        _mark_restaged(engine, "pharmacy", 0)
+    stage(engine, "stg_csv_pharmacy", "pharmacy", 1, rx[:1])
+    stage(engine, "stg_csv_pharmacy", "pharmacy", 2, rx[2:])
+    transform(engine, namespaces=NS)
+    assert rows(engine, days) == [(D(2021, 5, 1),), (D(2021, 5, 3),)]
+    assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'drug_exposure'") == [(2,)]
+    assert transform(engine, namespaces=NS).run_id is None   # and then nothing to do

@@ -145,7 +145,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if full:
             engine.execute("DELETE FROM transform_watermark")
             engine.execute("DELETE FROM transform_quiet_key")
-        _restaged(engine, tables)
+        replayed = _restaged(engine, tables)
         if not staged:
             return RunSummary(None, seconds=time.perf_counter() - t0)
         marks = engine.query("SELECT source, MIN(receipt_seq) AS lo, MAX(receipt_seq) AS hi FROM (" + " UNION ALL ".join(
@@ -168,6 +168,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         bulk = full or new_keys * 10 > _count(engine, "SELECT CAST(sum(records) AS BIGINT) FROM transform_run")
         _merges(engine, tables, bulk)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
+        for src in replayed:   # records gone from a replayed source's staging (now rejected): their rows go too
+            engine.execute("INSERT INTO tx_delta SELECT DISTINCT rule, source_key FROM cdm_lineage WHERE source = ? "
+                           "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
         engine.analyze("tx_mark", "tx_delta", "tx_merge")  # work tables just filled: statistics for the planner
         only_new = _count(engine, "SELECT count(*) FROM tx_delta") == new_keys  # no merge, mapping or EMPI change
         per_rule = {x["rule"]: x["n"] for x in engine.query(
@@ -376,11 +379,12 @@ def _pk(table: str) -> str:
     return (t.primary_key or t.field_names)[0]
 
 
-def _restaged(engine: Engine, tables: set[str]) -> None:
+def _restaged(engine: Engine, tables: set[str]) -> list[str]:
     """Receipts staged again by `medlake quarantine retry` or `replay` lie below the watermark of their source: it
-    goes down to just below the lowest of them, so this run maps them (and what follows them) again."""
+    goes down to just below the lowest of them, so this run maps them (and what follows them) again. Returns the
+    sources replayed whole (receipt 0), whose records no longer staged are to leave the CDM."""
     if RESTAGED_TABLE not in tables:
-        return
+        return []
     low = {x["source"]: x["lo"] for x in engine.query(
         f"SELECT source, MIN(receipt_seq) AS lo FROM {RESTAGED_TABLE} GROUP BY source").to_pylist()}
     seen = {x["source"]: x["receipt_seq"] for x in engine.query(
@@ -392,6 +396,7 @@ def _restaged(engine: Engine, tables: set[str]) -> None:
         engine.load_arrow("transform_watermark", pa.table({"source": pa.array(list(lower), pa.string()),
                                                           "receipt_seq": pa.array(list(lower.values()), pa.int64())}))
     engine.execute(f"DELETE FROM {RESTAGED_TABLE}")
+    return sorted(s for s, lo in low.items() if lo == 0 and s in seen)
 
 
 def _merges(engine: Engine, tables: set[str], bulk: bool) -> None:
