@@ -122,11 +122,9 @@ def split(data: bytes) -> Iterator[RawMessage]:
             yield g
     if pending is not None:
         error = pending.error
-        if error:
-            pass
-        elif open_file or open_batch:
+        if not error and (open_file or open_batch):
             error = "the file ends inside a batch (no BTS/FTS trailer): truncated?"
-        elif b"\n" not in data and data.count(b"\r") > 1 and not data.rstrip(b"\x1c\x1a\x00 \t").endswith(b"\r"):
+        elif not error and b"\n" not in data and data.count(b"\r") > 1 and not data.rstrip(b"\x1c\x1a\x00 \t").endswith(b"\r"):
             error = "the file ends in the middle of a segment (no final segment terminator): truncated?"
         yield RawMessage(pending.offset, pending.line, pending.data, error)
 

@@ -264,7 +264,7 @@ def _several(data: bytes):
     message, the others, None, None), answered as one; or (first, [], error, reason) when one of them fails to
     parse — said with its place — or the frame holds none."""
     msgs: list[hl7v2.Message] = []
-    raws = [r for r in hl7v2.split(data)]
+    raws = list(hl7v2.split(data))
     try:
         for k, r in enumerate(raws, 1):
             if r.error:
@@ -278,6 +278,17 @@ def _several(data: bytes):
     if not msgs:
         return None, [], None, "the frame holds a batch header and no message"
     return msgs[0], msgs[1:], None, None
+
+
+def _stage_error(msg: hl7v2.Message) -> hl7v2.HL7Error | None:
+    """Why staging `msg` fails (answered AE once landed), or None."""
+    try:
+        hl7v2.stage(msg)
+    except hl7v2.HL7Error as x:
+        return x
+    except Exception as x:  # noqa: BLE001 - a reader bug, as in `receive`: AE, the message landed
+        return hl7v2.HL7Error(_reader_failed(x))
+    return None
 
 
 def _reader_failed(e: Exception) -> str:
@@ -398,18 +409,11 @@ class Listener:
         entry = _Entry(data, source, name, msg, error, reject, conn)
         if self.validate and reject is None:   # here, on the loop, while the worker thread waits on the disk
             for k, m in enumerate([msg, *more], 1):
-                try:
-                    hl7v2.stage(m)
-                    continue
-                except hl7v2.HL7Error as x:
-                    entry.invalid = x
-                except Exception as x:  # noqa: BLE001 - as above: AE, the message landed
-                    entry.invalid = hl7v2.HL7Error(_reader_failed(x))
-                if more:
-                    x = entry.invalid
-                    entry.invalid = hl7v2.HL7Error(f"message {k} of the frame's {len(more) + 1} ({m.control_id}): "
-                                                   f"{x.reason}", field=x.field)
-                break
+                x = _stage_error(m)
+                if x is not None:
+                    entry.invalid = x if not more else hl7v2.HL7Error(
+                        f"message {k} of the frame's {len(more) + 1} ({m.control_id}): {x.reason}", field=x.field)
+                    break
         conn.waiting.append(entry)
         self.submit(entry)
 
