@@ -229,6 +229,56 @@ def test_set_based_and_one_query_per_check_agree_on_every_engine(engine, referen
 
 
 
+def test_a_row_counts_once_when_a_table_it_joins_repeats_its_key_on_every_engine(engine, tmp_path):
+    """A person and a visit twice (an export that appended a copy; isPrimaryKey fails): each condition counts
+    once in every check that joins them — DQD's isForeignKey denominator is the table's rows — and violates when
+    it would against any of the key's rows (as a death is joined by the earliest): the same counts and examples
+    set-based, one query per check and in DQD's shapes. Before, the set-based run counted 7 rows of 5 for
+    isForeignKey, and the one condition after death as 2 of 4."""
+    cdm = model.load("5.4")
+    rows = {
+        "concept": DATA["concept"] + [dict(DATA["concept"][5], concept_id=26662, concept_name="Testicular hypofunction")],
+        "person": [dict(person_id=1, gender_concept_id=8507, year_of_birth=1980, race_concept_id=0, ethnicity_concept_id=0),
+                   dict(person_id=2, gender_concept_id=8532, year_of_birth=1990, race_concept_id=0, ethnicity_concept_id=0),
+                   dict(person_id=2, gender_concept_id=8507, year_of_birth=1995, birth_datetime=dt.datetime(1995, 6, 1),
+                        race_concept_id=0, ethnicity_concept_id=0),
+                   dict(person_id=3, gender_concept_id=8507, year_of_birth=1970, race_concept_id=0, ethnicity_concept_id=0)],
+        "visit_occurrence": [dict(visit_occurrence_id=10, person_id=1, visit_concept_id=9201, visit_start_date=s,
+                                  visit_end_date=e, visit_type_concept_id=32817)
+                             for s, e in [(D(2020, 1, 1), D(2020, 1, 3)), (D(2020, 3, 1), D(2020, 3, 5))]]
+                            + [dict(visit_occurrence_id=20, person_id=3, visit_concept_id=9201, visit_start_date=D(2021, 1, 1),
+                                    visit_end_date=D(2021, 1, 2), visit_type_concept_id=32817)],
+        "death": [dict(person_id=2, death_date=D(2022, 1, 1), death_type_concept_id=32817)],
+        "condition_occurrence": [
+            dict(condition_occurrence_id=i, person_id=p, condition_concept_id=c, condition_start_date=d,
+                 condition_type_concept_id=32817, visit_occurrence_id=v)
+            for i, p, c, d, v in [
+                (100, 1, 26662, D(2020, 1, 2), 10),  # in the first visit 10, not in the second
+                (200, 2, 26662, D(1993, 1, 1), None),  # after one birth of person 2, before the other; two genders
+                (300, 2, 201826, D(2022, 6, 1), 20),  # after person 2's death; not in visit 20
+                (400, 3, 26662, D(2021, 1, 1), 20),
+                (500, 99, 201826, D(2020, 1, 1), None)]],  # no such person
+    }
+    for name, data in rows.items():
+        engine.create_table(cdm.table(name))
+        engine.load_arrow(name, pa.Table.from_pylist(data, schema=ddl.arrow_schema(cdm.table(name))))
+    want = {
+        "field_isforeignkey_condition_occurrence_person_id": ("failed", 1, 5, ["500"]),
+        "field_isforeignkey_condition_occurrence_visit_occurrence_id": ("passed", 0, 5, []),
+        "field_plausibleafterbirth_condition_occurrence_condition_start_date": ("failed", 1, 4, ["200"]),
+        "field_plausiblebeforedeath_condition_occurrence_condition_start_date": ("failed", 1, 2, ["300"]),
+        "field_withinvisitdates_condition_occurrence_condition_start_date": ("failed", 2, 3, ["100", "300"]),
+        "concept_plausiblegender_condition_occurrence_condition_concept_id_26662": ("failed", 1, 3, ["200"]),
+    }
+    for mode in ("set",) if engine.name == "spark" else ("set", "per_check", "dqd"):  # (a query is a Spark job)
+        run = runner.Runner(engine, "5.4", tmp_path / mode, only=["condition_occurrence"], incremental=False,
+                            resume=False, mode=mode, check_names=["isForeignKey", "plausibleAfterBirth",
+                                                                  "plausibleBeforeDeath", "withinVisitDates",
+                                                                  "plausibleGender"]).run()
+        got = {x["check_id"]: (x["status"], x["num_violated_rows"], x["num_denominator_rows"], sorted(x["examples"]))
+               for x in run.results}
+        assert {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v} == {}, mode
+
 def test_a_primary_key_the_store_enforces_needs_no_query(engine, tmp_path):
     """An OHDSI database with its primary-key DDL applied: the engine keeps person_id unique and not NULL, so the
     check is answered from the catalog (where the engine has one: not Spark's Parquet tables); a table without the

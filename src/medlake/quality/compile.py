@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from medlake.engines.base import Shapes
@@ -71,6 +72,7 @@ class Context:
     joins: dict[str, tuple[str, str]] = field(default_factory=dict)  # alias -> (join SQL, table it reads)
     shapes: Shapes = field(default_factory=Shapes)  # the query shapes the engine runs faster (engines/base.py)
     person_columns: tuple[str, ...] | None = None  # the person table's columns (None: the spec's)
+    unique: Callable[[str, str], bool] = lambda table, key: True  # is a joined table's key unique (the runner asks the store)
 
     def has(self, table: str) -> bool:
         return self.present.get(table, 0) != 0
@@ -93,8 +95,16 @@ class Context:
         elif table not in self.present:  # an empty referenced table is checked: every value then violates
             raise NotApplicable(f"{table} table absent (referenced by {self.table}.{fld})")
         alias = f"fk_{fld}"
-        self.joins[alias] = (f"LEFT JOIN {q(table)} AS {alias} ON t.{q(fld)} = {alias}.{q(key)}", table)
+        self.joins[alias] = (f"LEFT JOIN {self.target(table, key)} AS {alias} ON t.{q(fld)} = {alias}.{q(key)}", table)
         return alias
+
+    def target(self, table: str, key: str) -> str:
+        """A table to join by `key`: itself, or, when the key is not unique there (its isPrimaryKey fails), one
+        row per key (`one_per_key`), so that a joined row counts once in every check. The vocabulary is taken as
+        it is (concept_id is unique in every Athena download; testing 5M ids would cost every run)."""
+        if table == "concept" or self.unique(table, key):
+            return q(table)
+        return one_per_key(table, key, self.person_columns)
 
     def join_sql(self, aliases, *reads: str | None) -> str:
         """The joins `aliases` name, for a statement whose conditions are `reads`: the person table with each
@@ -191,6 +201,25 @@ def person_sql(columns=None) -> str:
 
 
 PERSON = person_sql()
+
+
+def one_per_key(table: str, key: str, person_columns=None) -> str:
+    """`table` as one row per `key`, for a join when the key is duplicated: a row of the checked table then counts
+    once, and violates when it would against any of the key's rows (as death is joined by the earliest death):
+    a person's latest birth (the date only when every row has one, else as yyyymmdd), its gender only where its
+    rows agree (else -1, no gender: every gender rule fails), a visit's latest start and earliest end; any other
+    table is joined for its key alone (isForeignKey reads nothing else)."""
+    if table == "person":
+        ymd = _ymd(*(f"EXTRACT({p} FROM birth_date__)" for p in ("YEAR", "MONTH", "DAY")))
+        gender = (", CASE WHEN min(gender_concept_id) = max(gender_concept_id) THEN min(gender_concept_id) ELSE -1 "
+                  "END AS gender_concept_id" if person_columns is None or "gender_concept_id" in person_columns else "")
+        return ("(SELECT person_id, CASE WHEN count(*) = count(birth_date__) THEN max(birth_date__) END AS "
+                f"birth_date__, max(coalesce(birth_key__, {ymd})) AS birth_key__{gender} "
+                f"FROM {person_sql(person_columns)} AS p1 GROUP BY person_id)")
+    if table == "visit_occurrence":
+        return ("(SELECT visit_occurrence_id, max(visit_start_date) AS visit_start_date, min(visit_end_date) AS "
+                "visit_end_date FROM visit_occurrence GROUP BY visit_occurrence_id)")
+    return f"(SELECT DISTINCT {q(key)} FROM {q(table)})"
 
 
 def _birth_after(p: str, when: str) -> str:
@@ -486,7 +515,8 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
             reads += ("concept_ancestor",)
         f = ctx.need_column(gender[0].field)
         add(f"FROM {q(table)} AS t JOIN ({' UNION ALL '.join(rules)}) AS r ON {f} = r.concept_id "
-            f"JOIN person AS p ON t.person_id = p.person_id", None, "p.gender_concept_id <> r.g", gender, reads)
+            f"JOIN {ctx.target('person', 'person_id')} AS p ON t.person_id = p.person_id", None,
+            "p.gender_concept_id <> r.g", gender, reads)
     if units:
         ctx.need_column("value_as_number")
         ctx.need_column("unit_concept_id")

@@ -216,6 +216,7 @@ class Runner:
         self.dqd_files = threshold_files(dqd_thresholds)
         self._checks: tuple[Check, ...] | None = None
         self._fp: dict[str, str] = {}
+        self._unique: dict[tuple[str, str], bool | None] = {}
 
     def _wanted(self, name: str, level: str, severity: str) -> bool:
         """A check of a type (`--check-names`), level (`--check-levels`) and severity (`--check-severity`) this run
@@ -305,15 +306,35 @@ class Runner:
         return self._fp[table]
 
     # -- one table ----------------------------------------------------------------------------------------
-    def context(self, table: str) -> cp.Context:
+    def context(self, table: str, probe: bool = True) -> cp.Context:
+        """`probe`: test the keys of the tables it joins (False: only the tables read are wanted, no query)."""
         cols = self.cols(table)
         spec = model.load(self.version)
         pk = spec.table(table).primary_key if table in spec.table_names else []
         idc = next((c for c in pk + ["person_id"] if c in cols), next(iter(cols), None))
         person = tuple(self.cols("person")) if "person" in self.present else None
-        return cp.Context(table, cols, self.present, idc, shapes=self.shapes, person_columns=person)
+        unique = (lambda t, k: self.key_is_unique(t, k) is not False) if probe else (lambda t, k: True)
+        return cp.Context(table, cols, self.present, idc, shapes=self.shapes, person_columns=person, unique=unique)
 
-    def plan(self, table: str, checks: list[Check]):
+    def key_is_unique(self, table: str, key: str) -> bool | None:
+        """Whether `key` is unique in `table` (a NULL key aside in a bitmap): a key the store enforces is; else
+        tested once per run (isPrimaryKey's first test; a check joining a table whose key is duplicated joins it
+        one row per key: compile.one_per_key). None when the test fails (isPrimaryKey's own query then says why;
+        a join takes the table as it is)."""
+        if (table, key) in self.declared_keys():
+            return True
+        if (table, key) not in self._unique:
+            self._unique[(table, key)] = None
+            for bitmap in dict.fromkeys((self.shapes.bitmap_keys, False)):
+                try:
+                    test = self.eng.query(cp.key_unique_sql(table, key, bitmap))
+                    self._unique[(table, key)] = test.column(0)[0].as_py() == 0
+                    break
+                except EngineError:
+                    continue
+        return self._unique[(table, key)]
+
+    def plan(self, table: str, checks: list[Check], probe: bool = True):
         """Compile a table's checks: (results known without querying, field items, pk, concept, table-level)."""
         known: dict[str, dict] = {}
         if table not in self.present:
@@ -323,7 +344,7 @@ class Runner:
                 else:
                     known[c.id] = result(c, "not_applicable", reason=f"table {table} absent")
             return known, [], [], [], [], {table}, None
-        ctx = self.context(table)
+        ctx = self.context(table, probe)
         empty = self.present.get(table) == 0
         items, pks, concept, tlevel, reads = [], [], [], [], {table}
         for c in checks:
@@ -400,14 +421,10 @@ class Runner:
             sql, ex = cp.primary_key_sql(table, c.field, sort=self.shapes.sorted_keys)
             if self.mode == "dqd":
                 sql = cp.primary_key_dqd_sql(table, c.field)
-            elif self.shapes.unique_test:  # first the test that every key is distinct; the exact count only when not
-                try:
-                    test = cp.key_unique_sql(table, c.field, self.shapes.bitmap_keys)
-                    if self.eng.query(test).column(0)[0].as_py() == 0:
-                        res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
-                        continue
-                except EngineError:
-                    pass  # the exact query below reports the error
+            elif self.shapes.unique_test and self.key_is_unique(table, c.field) is True:
+                # first the test that every key is distinct (shared with the joins); the exact count only when not
+                res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
+                continue
             self._single(c, sql, res, examples=ex)
         concept_failed = []  # (example parts, failed checks by rid) per rule kind
         for sql, group, _, parts in cq:
@@ -556,10 +573,10 @@ class Runner:
             grouped = [it for it in items if it.grouped]
             rest = [it for it in items if not it.grouped]
             todo = []
-            # one scan per set of joins, not one with every LEFT JOIN chained: a join to a table whose key is
-            # duplicated multiplies the rows, and then only for the checks that need it (as each of DQD's queries
-            # joins only what its check reads); also faster on DuckDB and PostgreSQL (bench/quality.py). Person
-            # and death are both small and keyed by person_id: one scan for both
+            # one scan per set of joins, not one with every LEFT JOIN chained: faster on DuckDB and PostgreSQL
+            # (bench/quality.py), as each of DQD's queries joins only what its check reads (a table whose key is
+            # repeated is joined one row per key: Context.target). Person and death are both small and keyed by
+            # person_id: one scan for both
             parts: dict[tuple, list] = {}
             for it in rest:
                 parts.setdefault(tuple(sorted({"fk_person_id" if a == "dth" else a for a in it.joins})), []).append(it)
@@ -828,7 +845,7 @@ class Runner:
     def _key(self, table, checks, site_items) -> str:
         if not (self.incremental or self.resume):
             return ""  # nothing to compare with: skip the fingerprint queries
-        reads = set(self.plan(table, checks)[5])
+        reads = set(self.plan(table, checks, probe=False)[5])
         sig = [self.version, self.mode] + [c.id + repr(c.threshold) + repr(c.params) for c in checks]
         sig += [it.check.id + it.num + it.den for it in site_items]
         sig += [f"{t}={self.fingerprint(t)}" for t in sorted(reads)]
