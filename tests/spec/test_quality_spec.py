@@ -165,6 +165,27 @@ def test_an_ohdsi_database_with_the_vocabulary_in_its_own_schema(pg_cluster, ref
     assert written and not [f for f in written if "s3cret" in f.read_text(errors="replace")]  # the password stays out
 
 
+@pytest.mark.postgres
+def test_an_ohdsi_database_of_views_is_checked_as_its_tables(pg_cluster, reference, tmp_path):
+    """A site that exposes its CDM as views (and materialized views) over its warehouse, in schema `cdm`: every
+    table is found, with its columns and types, and checked in place — the same results as the tables. Before,
+    only base tables were listed: every CDM table was 'missing' (cdmTable failed) and nothing else was checked."""
+    url = pg_cluster.create_database("views")
+    raw = open_engine(url)
+    load(raw)
+    raw.execute("CREATE SCHEMA cdm")
+    for i, t in enumerate(sorted(raw.tables())):
+        raw.execute(f'CREATE {"MATERIALIZED VIEW" if i % 2 else "VIEW"} cdm."{t}" AS SELECT * FROM public."{t}"')
+    raw.close()
+    eng = open_engine(url + "?options=-csearch_path%3Dcdm")
+    try:
+        person = eng.columns("person")  # (a materialized view's columns are not in information_schema)
+        assert [(c.name, c.type) for c in person][:3] == [("person_id", "BIGINT"), ("gender_concept_id", "INTEGER"),
+                                                          ("year_of_birth", "INTEGER")]
+        assert outcome(eng, tmp_path / "q") == reference
+    finally:
+        eng.close()
+
 def run_native(eng, sql: str) -> list[dict]:
     """A statement in the engine's own dialect, as `medlake quality show` prints it for a user to run by hand."""
     if eng.name == "postgres":

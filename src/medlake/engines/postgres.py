@@ -118,22 +118,25 @@ class PostgresEngine:
 
     def tables(self) -> list[str]:
         """The tables of every schema on the search path (an OHDSI database may keep its CDM and its vocabulary in
-        two schemas: `?options=-csearch_path%3Dcdm,vocab` in the URL), as unqualified names resolve them."""
+        two schemas: `?options=-csearch_path%3Dcdm,vocab` in the URL), as unqualified names resolve them; a view,
+        materialized view, foreign or partitioned table is read as a table (a CDM a site exposes as views)."""
         t = self.query(
-            "SELECT DISTINCT table_name FROM information_schema.tables WHERE table_schema = ANY(current_schemas(FALSE)) "
-            "AND table_type = 'BASE TABLE' ORDER BY 1"
+            "SELECT DISTINCT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = ANY(current_schemas(FALSE)) AND c.relkind IN ('r', 'p', 'v', 'm', 'f') ORDER BY 1"
         )
         return [str(x) for x in t.column(0).to_pylist()]
 
     def columns(self, table: str) -> list[Column]:
-        """The columns of the table the name resolves to (the first schema on the search path that has it)."""
+        """The columns of the table the name resolves to (the first schema on the search path that has it), from
+        the system catalog (information_schema leaves out a materialized view's); types named as
+        information_schema names them (format_type: integer, character varying, timestamp without time zone)."""
         rows = self.query(
-            "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_name = ? "
-            "AND table_schema = (SELECT n.nspname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
-            "WHERE c.oid = to_regclass(quote_ident(?))) ORDER BY ordinal_position",
-            [table, table],
+            "SELECT attname AS column_name, format_type(atttypid, NULL) AS data_type, NOT attnotnull AS nullable "
+            "FROM pg_attribute WHERE attrelid = to_regclass(quote_ident(?)) AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum",
+            [table],
         ).to_pylist()
-        return [Column(r["column_name"], r["data_type"].upper(), r["is_nullable"] == "YES") for r in rows]
+        return [Column(r["column_name"], r["data_type"].upper(), r["nullable"]) for r in rows]
 
     def create_table(self, table, name: str | None = None) -> None:
         self.execute_native(create_table(table, name=name, overrides=TYPE_OVERRIDES, keep_length=True).sql("postgres"))
