@@ -451,6 +451,23 @@ def test_columns_not_of_their_cdm_type_are_named_on_every_engine(engine, tmp_pat
     assert ("read as empty" in w) == (engine.name == "spark")
 
 
+def test_observation_periods_with_dates_as_text_are_compared_as_dates_on_every_engine(engine, tmp_path):
+    """measureObservationPeriodOverlap on periods whose dates an ETL kept as text (ISO dates): compared as dates,
+    as every other date check does. Before, DuckDB stopped it with 'Cannot compare values of type VARCHAR and type
+    DATE' (its result an error) while the table's other checks counted."""
+    cdm_table = model.load("5.4").table("observation_period")
+    op = dataclasses.replace(cdm_table, fields=tuple(
+        dataclasses.replace(f, datatype="varchar(10)") if f.name.endswith("_date") else f for f in cdm_table.fields))
+    engine.create_table(op)
+    rows = [dict(observation_period_id=i, person_id=p, observation_period_start_date=s, observation_period_end_date=e,
+                 period_type_concept_id=32817)
+            for i, (p, s, e) in enumerate([(1, "2019-01-01", "2020-12-31"), (1, "2020-06-01", "2021-12-31"),
+                                           (2, "2019-01-01", "2019-12-31"), (2, "2020-01-05", "2020-12-31")])]
+    engine.load_arrow("observation_period", pa.Table.from_pylist(rows, schema=ddl.arrow_schema(op)))
+    [r] = runner.Runner(engine, "5.4", tmp_path / "q", only=["observation_period"], incremental=False, resume=False,
+                        check_names=["measureObservationPeriodOverlap"]).run().results
+    assert (r["status"], r["num_violated_rows"], r["num_denominator_rows"], r["examples"]) == ("failed", 1, 2, ["1"])
+
 def test_a_person_table_without_some_fields_on_every_engine(engine, tmp_path):
     """A CDM trimmed to what its source had: a person table with year_of_birth and no other birth field still
     gives plausibleAfterBirth its counts (a missing field reads as unknown); without year_of_birth and

@@ -611,9 +611,10 @@ def table_level_sql(c: Check, ctx: Context, dqd: bool = False) -> tuple[str, str
                 f"ORDER BY co.person_id LIMIT 10", ("condition_occurrence",))
     if c.name == "measureObservationPeriodOverlap":
         s, e = "observation_period_start_date", "observation_period_end_date"
+        s, e = as_date(s), as_date(e)  # (dates kept as text or timestamps by the site's ETL compare as dates)
         w = (f"SELECT person_id, {s} AS s, max({e}) OVER (PARTITION BY person_id ORDER BY {s}, {e} "
              f"ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end FROM {t}")
-        bad = "s <= CAST(prev_end AS DATE) + 1"  # overlapping or back to back
+        bad = "s <= prev_end + 1"  # overlapping or back to back
         return (f"SELECT count(DISTINCT CASE WHEN {bad} THEN person_id END) AS v0, count(DISTINCT person_id) AS d0 "
                 f"FROM ({w}) AS w",
                 f"SELECT DISTINCT CAST(person_id AS VARCHAR) AS row_id FROM ({w}) AS w WHERE {bad} "
