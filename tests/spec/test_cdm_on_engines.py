@@ -216,3 +216,45 @@ def test_cdm_import_sets_bad_rows_aside_and_a_failed_import_leaves_the_store_as_
     with pytest.raises(importer.CdmImportError, match="shoe_size are not fields of visit_occurrence"):
         importer.import_folder(engine, folder, "5.4")
     assert engine.query("SELECT person_id FROM person ORDER BY person_id").column(0).to_pylist() == [1, 3]
+
+
+@pytest.mark.postgres
+def test_a_cdm_made_by_ohdsis_postgresql_ddl_takes_imports_and_vocabularies(pg_cluster, tmp_path):
+    """OHDSI's DDL for PostgreSQL makes the CDM's floats NUMERIC (value_as_number, range_low, quantity,
+    drug_strength's amounts). COPY cannot fill NUMERIC from doubles: `cdm import` and `vocab load` into such a
+    database stopped at the first table with one ('COPY Writer from Arrow type string to PostgreSQL numeric is
+    not implemented'). Now they load, each value as its shortest decimal; the quality run reads them as numbers."""
+    from medlake.cdm import importer, vocab
+    from medlake.quality import runner
+
+    eng = open_engine(pg_cluster.create_database("ohdsi_ddl"))
+    try:
+        store.init(eng, "5.4")
+        floats = [(t.name, f.name) for t in model.load("5.4").tables for f in t.fields if f.kind == "float"]
+        assert ("measurement", "value_as_number") in floats and ("drug_strength", "amount_value") in floats
+        for table, field in floats:
+            eng.execute_native(f'ALTER TABLE "{table}" ALTER COLUMN "{field}" TYPE NUMERIC')
+        assert vocab.load(eng, vocab.demo_vocabulary_dir()).verified
+        folder = tmp_path / "cdm"
+        folder.mkdir()
+        (folder / "measurement.csv").write_text(
+            "measurement_id,person_id,measurement_concept_id,measurement_date,measurement_type_concept_id,"
+            "value_as_number,range_low,unit_concept_id\n1,1,3004410,2020-01-01,32817,6.5,0.1,8554\n"
+            "2,1,3004410,2020-01-02,32817,123456789.123,1e-12,8554\n3,1,3004410,2020-01-03,32817,-4,,8554\n")
+        (folder / "drug_strength.csv").write_text(
+            "drug_concept_id,ingredient_concept_id,amount_value,amount_unit_concept_id,valid_start_date,"
+            "valid_end_date\n19019073,1125315,0.5,8576,2000-01-01,2099-12-31\n")
+        report = importer.import_folder(eng, folder, "5.4")
+        assert {t: (r.rows, r.bad) for t, r in report.items()} == {"drug_strength": (1, 0), "measurement": (3, 0)}
+        got = eng.query("SELECT CAST(value_as_number AS TEXT) AS v, CAST(range_low AS TEXT) AS r FROM measurement "
+                        "ORDER BY measurement_id").to_pylist()
+        assert got == [{"v": "6.5", "r": "0.1"}, {"v": "123456789.123", "r": "0.000000000001"}, {"v": "-4", "r": None}]
+        assert eng.query("SELECT CAST(amount_value AS TEXT) AS a FROM drug_strength").to_pylist() == [{"a": "0.5"}]
+        run = runner.Runner(eng, "5.4", tmp_path / "q", only=["measurement"], incremental=False, resume=False).run()
+        got = {x["check_id"]: x for x in run.results}
+        for name, violated in (("low", 1), ("high", 1)):  # HbA1c in %: 2 to 25
+            r = got[f"concept_plausiblevalue{name}_measurement_measurement_concept_id_3004410_8554"]
+            assert (r["status"], r["num_violated_rows"], r["num_denominator_rows"]) == ("failed", violated, 3)
+        assert not [x for x in run.results if x["status"] == "error"]
+    finally:
+        eng.close()

@@ -153,8 +153,8 @@ ARROW_OF_SQL = {
     "SMALLINT": pa.int16(), "DOUBLE": pa.float64(), "DOUBLE PRECISION": pa.float64(), "FLOAT": pa.float64(),
     "REAL": pa.float32(), "DATE": pa.date32(), "TIMESTAMP": pa.timestamp("us"), "TIMESTAMP_NTZ": pa.timestamp("us"),
     "TIMESTAMP WITHOUT TIME ZONE": pa.timestamp("us"), "BOOLEAN": pa.bool_(), "BLOB": pa.binary(),
-    "BYTEA": pa.binary(), "BINARY": pa.binary(),
-}
+    "BYTEA": pa.binary(), "BINARY": pa.binary(), "NUMERIC": pa.float64(), "DECIMAL": pa.float64(),
+}  # (NUMERIC: the OHDSI DDL's type for the CDM's floats on PostgreSQL; values travel as doubles)
 
 
 def arrow_schema_of(columns: list[Column]) -> pa.Schema:

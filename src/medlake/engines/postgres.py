@@ -9,7 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 
@@ -98,19 +98,34 @@ class PostgresEngine:
         return to_postgres(sql)
 
     def load_arrow(self, table: str, data: pa.Table | pa.RecordBatchReader) -> int:
-        schema = arrow_schema_of(self.columns(table))
+        """Append by COPY (ADBC). A table with NUMERIC columns (the OHDSI DDL's type for the CDM's floats), which
+        COPY cannot fill from doubles, is filled through a temporary table of doubles by INSERT … SELECT: the
+        server then casts each double to its shortest decimal (0.1, not 0.1000000000000000055511)."""
+        columns = self.columns(table)
+        schema = arrow_schema_of(columns)
         if not len(schema):
             raise EngineError(f"no table {table} in {redact(self.url)}")
+        via = f"medlake_load_{table}"[:63] if any(c.type.split("(")[0] in ("NUMERIC", "DECIMAL") for c in columns) else None
+        names = ", ".join(f'"{f.name}"' for f in schema)
         batches = data.to_batches() if isinstance(data, pa.Table) else data
         total = 0
         with self._cursor() as cur:
-            for batch in batches:
-                part = conform(pa.Table.from_batches([batch]), schema, table)
-                try:
-                    cur.adbc_ingest(table, part, mode="append")
-                except Exception as e:
-                    raise EngineError(f"{table}: {str(e).splitlines()[0]}") from e
-                total += part.num_rows
+            try:
+                for batch in batches:
+                    part = conform(pa.Table.from_batches([batch]), schema, table)
+                    try:
+                        if via:
+                            cur.adbc_ingest(via, part, mode="replace", temporary=True)
+                            cur.execute(f'INSERT INTO "{table}" ({names}) SELECT {names} FROM pg_temp."{via}"')
+                        else:
+                            cur.adbc_ingest(table, part, mode="append")
+                    except Exception as e:
+                        raise EngineError(f"{table}: {str(e).splitlines()[0]}") from e
+                    total += part.num_rows
+            finally:
+                if via:
+                    with suppress(Exception):  # (an aborted transaction drops it at its rollback)
+                        cur.execute(f'DROP TABLE IF EXISTS pg_temp."{via}"')
         return total
 
     def read_arrow(self, table: str) -> pa.Table:
