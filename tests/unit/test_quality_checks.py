@@ -495,6 +495,41 @@ def test_feed_checks_read_what_the_landing_received_per_day(tmp_path):
     eng.close()
 
 
+def test_the_day_in_progress_is_not_judged(tmp_path):
+    """A run during the day sees only part of it: today is neither a volume drop (lis has sent 1 of its usual 10 so
+    far) nor a missing day (his has sent nothing yet today), and teaches nothing; the chart marks it `~`. A source
+    that has sent on today only is not judged until tomorrow. Before, a nightly run at 01:00 failed every feed's
+    volume with today's first hour."""
+    import sqlite3
+
+    from medlake.landing import Landing
+    from medlake.quality.feeds import run_sources
+    from medlake.quality.runner import result
+
+    Landing(tmp_path / "landing").close()
+    now = dt.datetime.now(dt.timezone.utc)
+    today = now.date()
+    sent = [("lis", today - dt.timedelta(days=d), 10) for d in range(1, 8)] + [("lis", today, 1)]
+    sent += [("his", today - dt.timedelta(days=d), 5) for d in range(1, 8)] + [("pacs", today, 3)]
+    db = sqlite3.connect(tmp_path / "landing" / "landing.sqlite")
+    db.executemany("INSERT INTO receipt (sha256, source, received_at, size, duplicate) VALUES (?, ?, ?, 1, 0)",
+                   [(f"{src}-{day}-{i}", src, (now if day == today else dt.datetime.combine(
+                       day, dt.time(12, i), dt.timezone.utc)).isoformat()) for src, day, n in sent for i in range(n)])
+    db.commit()
+    db.close()
+    eng = open_engine("duckdb::memory:")
+    got = {(x["check_name"], x["data_source"]): x for x in run_sources(eng, result, tmp_path / "landing")
+           if x["check_name"].startswith("feed")}
+    eng.close()
+    counts = {k: (v["status"], v["num_violated_rows"], v["num_denominator_rows"]) for k, v in got.items()}
+    assert counts == {("feedTimeliness", "lis"): ("passed", 0, 7), ("feedVolume", "lis"): ("passed", 0, 4),
+                      ("feedTimeliness", "his"): ("passed", 0, 7), ("feedVolume", "his"): ("passed", 0, 4),
+                      ("feedTimeliness", "pacs"): ("not_applicable", None, None),
+                      ("feedVolume", "pacs"): ("not_applicable", None, None)}
+    assert got["feedVolume", "lis"]["daily_marks"] == "." * 7 + "~" and got["feedVolume", "lis"]["daily_counts"][-1] == 1
+    assert got["feedVolume", "his"]["daily_marks"] == "." * 7
+    assert "day in progress" in got["feedVolume", "pacs"]["not_applicable_reason"]
+
 def test_feed_checks_count_the_hospitals_local_days(tmp_path):
     """[feed] timezone: the landing's receipts (UTC) counted by local days, to the quarter of an hour (Nepal is
     UTC+5:45); the examples are local days. A zone that is none, or a zone beside a table, is refused."""

@@ -110,14 +110,16 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
     per: dict[str, dict[dt.date, int]] = {}
     for r in rows:
         per.setdefault(r["s"], {})[r["d"]] = r["n"]
-    return feed_run(per, table, cfg, result)
+    return feed_run(per, table, cfg, result, dt.date.today())  # (the site's own times: the machine's day)
 
 
-def feed_run(per: dict[str, dict[dt.date, int]], table: str, feed: dict, result) -> list[dict]:
+def feed_run(per: dict[str, dict[dt.date, int]], table: str, feed: dict, result, today: dt.date | None = None
+             ) -> list[dict]:
     """The feed checks of every source in `per` ({source: {day: count}}) under the site's [feed] settings
-    (`site.feed_config`), and a not_applicable pair for a source named in [feed.sources] that sent nothing."""
+    (`site.feed_config`), and a not_applicable pair for a source named in [feed.sources] that sent nothing.
+    `today`: the day in progress on the feed's clock, not judged (see `feed_results`)."""
     drop = feed.get("drop", FEED_DROP)
-    out = feed_results(per, table, drop, result, days_off(feed, per))
+    out = feed_results(per, table, drop, result, days_off(feed, per), today)
     for src in sorted(set(feed.get("sources", {})) - set(per)):
         for c in feed_checks(table, src, drop):
             r = result(c, "not_applicable", reason=f"source {src} (named in [feed.sources]) sent nothing to {table}")
@@ -146,16 +148,36 @@ def days_off(feed: dict, per: dict[str, dict[dt.date, int]]) -> dict[str, frozen
 
 
 def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result,
-                 days_off: dict[str, frozenset] | None = None) -> list[dict]:
+                 days_off: dict[str, frozenset] | None = None, today: dt.date | None = None) -> list[dict]:
     """feedTimeliness and feedVolume per source from what it sent per day ({source: {day: count}}).
 
     A day the source does not send on (a weekend for a weekday feed, learnt by `cadence`) is not a missing day;
     a quiet weekday's volume is judged against the source's previous quiet days, the others against its other
     days, so a lighter weekend is not a volume drop. A source's holidays (`days_off`: {source: days}) are neither
-    missing days nor judged for volume, nor part of any day's baseline."""
-    last = max(d for days in per.values() for d in days)
+    missing days nor judged for volume, nor part of any day's baseline. The day in progress (`today`, and any
+    day after it) is not over: neither missing nor low, nor learnt from (a run at 01:00 saw an hour of it); the
+    feed's last day is its last day before it."""
+    whole = {src: {d: n for d, n in days.items() if today is None or d < today} for src, days in per.items()}
+    if not any(whole.values()):  # nothing but the day in progress yet
+        reason = f"nothing yet but the day in progress ({today.isoformat() if today else ''}): judged from tomorrow"
+        out = []
+        for src in sorted(per):
+            for c in feed_checks(table, src, drop):
+                r = result(c, "not_applicable", reason=reason)
+                r["data_source"] = src
+                out.append(r)
+        return out
+    last = max(d for days in whole.values() for d in days)
     out = []
-    for src, days in sorted(per.items()):
+    for src, all_days in sorted(per.items()):
+        days = whole[src]
+        if not days:
+            for c in feed_checks(table, src, drop):
+                r = result(c, "not_applicable", reason=f"{src} has sent on the day in progress only "
+                                                       f"({today.isoformat() if today else ''}): judged from tomorrow")
+                r["data_source"] = src
+                out.append(r)
+            continue
         holidays = (days_off or {}).get(src, frozenset())
         off, quiet = cadence(days, drop, holidays)
         first = min(days)
@@ -179,7 +201,7 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         r = result(volume, "counted", len(low), judged,
                    reason=f"{len(seen)} day(s) with data from {src}: a day is judged against at least 3 before it")
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[:10]], "day", src
-        r.update(daily(days, first, last, set(missing), set(low), off, holidays))
+        r.update(daily(all_days, first, max(last, *all_days), set(missing), set(low), off, holidays, today))
         out.append(r)
     return out
 
@@ -188,14 +210,15 @@ FEED_CHART_DAYS = 90  # the report draws a source's last 90 days
 
 
 def daily(days: dict[dt.date, int], first: dt.date, last: dt.date, missing: set, low: set, off: tuple[int, ...],
-          holidays: frozenset) -> dict:
+          holidays: frozenset, today: dt.date | None = None) -> dict:
     """A source's last `FEED_CHART_DAYS` days to the feed's last day (from its first): `daily_from` (the first
     day), `daily_counts` (what it sent, 0 for nothing) and `daily_marks`, a letter a day: `x` a missing day, `v` a
-    volume drop, `-` a day off (a weekday it does not send on, a holiday), `.` any other."""
+    volume drop, `-` a day off (a weekday it does not send on, a holiday), `~` the day in progress (not judged),
+    `.` any other."""
     start = max(first, last - dt.timedelta(days=FEED_CHART_DAYS - 1))
     span = [start + dt.timedelta(days=i) for i in range((last - start).days + 1)]
-    marks = "".join("x" if d in missing else "v" if d in low else "-" if d.weekday() in off or d in holidays else "."
-                    for d in span)
+    marks = "".join("x" if d in missing else "v" if d in low else "~" if today and d >= today else
+                    "-" if d.weekday() in off or d in holidays else "." for d in span)
     return {"daily_from": start.isoformat(), "daily_counts": [days.get(d, 0) for d in span], "daily_marks": marks}
 
 
@@ -469,7 +492,8 @@ def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool =
                 out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
             feed = feed or {}
             per = landing_feed(db, feed.get("timezone")) if feeds else {}
-            out += feed_run(per, "landing", feed, result) if per else []
+            now = dt.datetime.now(ZoneInfo(feed.get("timezone") or "UTC"))  # the landing's days: UTC or the site's
+            out += feed_run(per, "landing", feed, result, now.date()) if per else []
     qpath = Path(landing_dir) / "quarantine.sqlite"
     if not qpath.exists():
         return out

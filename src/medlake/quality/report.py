@@ -290,7 +290,8 @@ def _sources(results: list[dict]) -> list[str]:
 
 
 MARKS = {".": ("sent", "#7a94c4", "sent"), "v": ("low", "#e08a00", "volume drop"),
-         "x": ("missing", "#b00020", "nothing: a missing day"), "-": ("off", "#c8c8c8", "a day off (not expected)")}
+         "x": ("missing", "#b00020", "nothing: a missing day"), "-": ("off", "#c8c8c8", "a day off (not expected)"),
+         "~": ("today", "#b8c8e4", "the day in progress (not judged)")}
 
 
 def _days(r: dict) -> tuple[dt.date, dt.date]:
@@ -336,7 +337,8 @@ def daily_text(r: dict) -> list[str]:
     top = max(counts) or 1
     bars = "".join(" " if not n else "▁▂▃▄▅▆▇█"[min(7, (8 * n - 1) // top)] for n in counts)
     return [f"what {r['data_source']} sent, {start.isoformat()} to {end.isoformat()}, a character a day (most "
-            f"{max(counts):,}); under it x: missing, v: volume drop, -: a day off", bars, marks.replace(".", " ").rstrip()]
+            f"{max(counts):,}); under it x: missing, v: volume drop, -: a day off, ~: the day in progress", bars,
+            marks.replace(".", " ").rstrip()]
 
 
 def write_html(run, history: list[dict]) -> None:
