@@ -346,6 +346,23 @@ def test_a_two_byte_character_whose_second_byte_is_the_separator_does_not_shift_
     assert parse(hl7v2.ack(m)).get("MSA-2") == "C42"
 
 
+@pytest.mark.parametrize("codec,charset,facility", [
+    ("gbk", "GBK", "北京東城医院"), ("big5", "BIG-5", "臺大醫院"), ("utf-8", "UNICODE UTF-8", "Städtisches Klinikum")])
+def test_a_message_not_valid_in_its_declared_set_is_refused_naming_it_and_answered_in_it(codec, charset, facility):
+    """A byte its set does not have, after a header with a 0x7C second byte (GBK's 東, Big5's 院): refused as not
+    valid in the set MSH-18 declares, with its control id — before, 'not valid utf-8 (MSH-18 is empty)', the
+    header read byte by byte. The AR echoes the sender's MSH-4 as text of that set (was: its bytes read as
+    latin-1, '±±¾©', 'StÃ¤dtisches') and names C42, not MSH-9."""
+    data = (f"MSH|^~\\&|LIS|{facility}|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||{charset}\r"
+            f"PID|1||M1^^^H1^MR||王^芳||19900307|F\r").encode(codec) + b"OBX|1|ST|X||\xff\xfe\xff\r"
+    with pytest.raises(HL7Error) as e:
+        parse(data)
+    assert e.value.reason.startswith("bytes at offset") and f"not valid {codec} (MSH-18 declares '{charset}')" in \
+        e.value.reason and e.value.control_id == "C42" and e.value.field == "MSH-18"
+    a = parse(hl7v2.ack(data, "AR", e.value.reason, error_field=e.value.field))
+    assert (a.get("MSA-1"), a.get("MSA-2"), a.get("MSH-6"), a.get("MSH-5"), a.charset) == (
+        "AR", "C42", facility, "LIS", charset)
+
 @pytest.mark.parametrize("header", [
     "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||2.5.1",      # a field too many: MSH-18 no charset
     "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||KLINGON",

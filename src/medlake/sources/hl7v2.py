@@ -391,17 +391,23 @@ def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
             alt = _charset_field(again, delims) if again else ""
             try:
                 alt_codec = codec_for(alt) if alt else None
-                text = b.decode(alt_codec) if alt_codec in TWO_BYTE else None
-            except (HL7Error, UnicodeDecodeError):
+            except HL7Error:
+                alt_codec = None
+            if alt_codec in TWO_BYTE:  # so read, the header names the set: the message is of it, or is wrong in it
+                codec, charset = alt_codec, alt
+                control_id = again[9].strip() if len(again) > 9 else ""
+            elif isinstance(e, HL7Error):
+                e.control_id = control_id or None
+                raise
+            try:
+                text = b.decode(codec) if alt_codec in TWO_BYTE else None
+            except UnicodeDecodeError as bad:
+                e = bad
                 text = None
             if text is None:
-                if isinstance(e, HL7Error):
-                    e.control_id = control_id or None
-                    raise
                 declared = f"MSH-18 declares {charset!r}" if charset else "MSH-18 is empty"
                 raise HL7Error(f"bytes at offset {e.start} are not valid {codec} ({declared}); fix the sender's "
                                f"character set or MSH-18", field="MSH-18", control_id=control_id or None) from None
-            codec, charset = alt_codec, alt
         end = min(i for i in (text.find("\r"), text.find("\n"), len(text)) if i >= 0)
         hf = text[:end].split(fs)   # the header as decoded (MSH-9, -10, -12 for Message)
         control_id = hf[9].strip() if len(hf) > 9 else ""
@@ -1136,7 +1142,9 @@ def stage(msg: Message) -> dict[str, list[dict]]:
 # -- acknowledgements -----------------------------------------------------------------------------------------
 
 def _header_fields(raw: bytes) -> list[str]:
-    """MSH fields of a message that may not parse (MSH-n at index n), read as latin-1: enough to answer it."""
+    """MSH fields of a message that may not parse (MSH-n at index n), each as the bytes it holds read as latin-1:
+    enough to answer it. Read again a character at a time when so read MSH-18 names a two-byte set (GBK, Big5:
+    a second byte can be the field separator, as `parse` reads such a header)."""
     b = raw[3:] if raw.startswith(BOM) else raw
     b = b.lstrip(_BLANK)
     end = min([i for i in (b.find(b"\r"), b.find(b"\n")) if i >= 0] or [len(b)])
@@ -1144,7 +1152,23 @@ def _header_fields(raw: bytes) -> list[str]:
     if not head.startswith("MSH") or len(head) < 5 or head[3].isalnum():
         return []
     fields = head.split(head[3])
+    again = _two_byte_header(b[:end], head[3])
+    if again and len(again) > 1:
+        try:
+            if codec_for(_charset_field(again, _delims(head[3], again[1]))) in TWO_BYTE:
+                fields = again
+        except HL7Error:
+            pass
     return [fields[0], head[3], *fields[1:]]
+
+
+def _as_text(field: str, codec: str) -> str:
+    """A header field read as latin-1 (its bytes) as text of the message's character set; as it was read when its
+    bytes are not text of that set."""
+    try:
+        return field.encode("latin-1").decode(codec)
+    except (UnicodeDecodeError, LookupError):
+        return field
 
 
 def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_field: str | None = None,
@@ -1165,11 +1189,12 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
             fields = ["MSH", "|", ""] + [""] * 7 + [fields[10] if len(fields) > 10 else ""]
         delims = _delims(fields[1], fields[2]) if len(fields) > 2 and fields[2] else _delims("|", "^~\\&")
         codec = "utf-8"
-        declared = (fields[18] if len(fields) > 18 else "").split(delims[2] or "~")[0].split(delims[1])[0].strip()
+        declared = _charset_field(fields[1:], delims)
         try:
             codec = codec_for(declared) if declared else codec
         except HL7Error:
             declared = ""
+        fields = [_as_text(f, codec) for f in fields]  # (a hospital's name in MSH-4 is echoed in MSH-6)
     if not declared.isascii():
         declared = ""
     get = lambda n: fields[n] if n < len(fields) else ""  # noqa: E731
