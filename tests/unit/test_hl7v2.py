@@ -363,6 +363,18 @@ def test_a_message_not_valid_in_its_declared_set_is_refused_naming_it_and_answer
     assert (a.get("MSA-1"), a.get("MSA-2"), a.get("MSH-6"), a.get("MSH-5"), a.charset) == (
         "AR", "C42", facility, "LIS", charset)
 
+def test_the_ack_of_a_header_broken_inside_a_two_byte_character_names_the_message():
+    """MSH-4 of a GBK message ends in 東 (0x96 0x7C) then a byte GBK lacks: read a character at a time the header
+    is right (C42), but its MSH-4 is no GBK text. The AR names C42 and echoes MSH-4 with U+FFFD for the bad byte,
+    not with the 0x7C as a separator (which shifted the ACK's own header: found by fuzzing)."""
+    data = (b"MSH|^~\\&|LIS|" + "北京東".encode("gbk") + b"\x80|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||GBK\r"
+            b"PID|1||M1\r")
+    with pytest.raises(HL7Error) as e:
+        parse(data)
+    a = parse(hl7v2.ack(data, "AR", e.value.reason))
+    assert (a.get("MSA-2"), a.get("MSH-9"), a.get("MSH-5"), a.get("MSH-6")) == ("C42", "ACK^R01^ACK", "LIS",
+                                                                               "北京東\ufffd")
+
 @pytest.mark.parametrize("header", [
     "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||2.5.1",      # a field too many: MSH-18 no charset
     "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||KLINGON",

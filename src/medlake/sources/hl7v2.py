@@ -1162,13 +1162,13 @@ def _header_fields(raw: bytes) -> list[str]:
     return [fields[0], head[3], *fields[1:]]
 
 
-def _as_text(field: str, codec: str) -> str:
-    """A header field read as latin-1 (its bytes) as text of the message's character set; as it was read when its
-    bytes are not text of that set."""
+def _as_text(field: str, codec: str, fs: str) -> str:
+    """A header field read as latin-1 (its bytes) as text of the message's character set; a byte not of that set
+    as U+FFFD, and so the field separator (a 0x7C that, after a broken character, is none's second byte)."""
     try:
         return field.encode("latin-1").decode(codec)
-    except (UnicodeDecodeError, LookupError):
-        return field
+    except UnicodeDecodeError:
+        return field.encode("latin-1").decode(codec, "replace").replace(fs, "\ufffd")
 
 
 def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_field: str | None = None,
@@ -1194,7 +1194,7 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
             codec = codec_for(declared) if declared else codec
         except HL7Error:
             declared = ""
-        fields = [_as_text(f, codec) for f in fields]  # (a hospital's name in MSH-4 is echoed in MSH-6)
+        fields = fields[:2] + [_as_text(f, codec, fields[1]) for f in fields[2:]]  # (MSH-4 is echoed in MSH-6)
     if not declared.isascii():
         declared = ""
     get = lambda n: fields[n] if n < len(fields) else ""  # noqa: E731
