@@ -25,6 +25,25 @@ from medlake.engines.base import Column, EngineError, Shapes, arrow_schema_of, c
 TYPE_OVERRIDES: dict[str, str] = {}
 
 
+def _numbers(t: pa.Table) -> pa.Table:
+    """NUMERIC (a sum of integers, an OHDSI DDL's float column) comes from ADBC as text: as numbers, as DuckDB
+    and Spark give them — int64 when every value is whole and fits, else decimal128(38, 0) when whole, else
+    double ('NaN' included). (`f"{n:,}"` of a sum of rows failed on text: `medlake transform`'s gap count.)"""
+    for i, f in enumerate(t.schema):
+        if (f.metadata or {}).get(b"ADBC:postgresql:typname") != b"numeric":
+            continue
+        col = t.column(i)
+        text = pa.chunked_array([c.storage if isinstance(c, pa.ExtensionArray) else c for c in col.chunks], pa.string())
+        for typ in (pa.int64(), pa.decimal128(38, 0), pa.float64()):
+            try:
+                text = text.cast(typ)
+                break
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+        t = t.set_column(i, pa.field(f.name, text.type, f.nullable), text)
+    return t
+
+
 FUNCTIONS = {
     "stable_id": template("CAST(CAST('x' || LPAD(SUBSTRING(MD5(CAST(_1 AS TEXT)), 1, 15), 16, '0') AS BIT(64)) "
                           "AS BIGINT)", "postgres"),
@@ -88,7 +107,7 @@ class PostgresEngine:
         with self._cursor() as cur:
             try:
                 cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
-                return cur.fetch_arrow_table()
+                return _numbers(cur.fetch_arrow_table())
             except EngineError:
                 raise
             except Exception as e:
