@@ -121,10 +121,17 @@ def feed_run(per: dict[str, dict[dt.date, int]], table: str, feed: dict, result,
     drop = feed.get("drop", FEED_DROP)
     out = feed_results(per, table, drop, result, days_off(feed, per), today)
     for src in sorted(set(feed.get("sources", {})) - set(per)):
-        for c in feed_checks(table, src, drop):
-            r = result(c, "not_applicable", reason=f"source {src} (named in [feed.sources]) sent nothing to {table}")
-            r["data_source"] = src
-            out.append(r)
+        out += _unjudged(table, src, drop, result, f"source {src} (named in [feed.sources]) sent nothing to {table}")
+    return out
+
+
+def _unjudged(table: str, src: str, drop: float, result, reason: str) -> list[dict]:
+    """The feed checks of a source that cannot be judged (yet), not applicable for `reason`."""
+    out = []
+    for c in feed_checks(table, src, drop):
+        r = result(c, "not_applicable", reason=reason)
+        r["data_source"] = src
+        out.append(r)
     return out
 
 
@@ -158,25 +165,13 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
     day after it) is not over: neither missing nor low, nor learnt from (a run at 01:00 saw an hour of it); the
     feed's last day is its last day before it."""
     whole = {src: {d: n for d, n in days.items() if today is None or d < today} for src, days in per.items()}
-    if not any(whole.values()):  # nothing but the day in progress yet
-        reason = f"nothing yet but the day in progress ({today.isoformat() if today else ''}): judged from tomorrow"
-        out = []
-        for src in sorted(per):
-            for c in feed_checks(table, src, drop):
-                r = result(c, "not_applicable", reason=reason)
-                r["data_source"] = src
-                out.append(r)
-        return out
-    last = max(d for days in whole.values() for d in days)
+    last = max((d for days in whole.values() for d in days), default=None)
     out = []
     for src, all_days in sorted(per.items()):
         days = whole[src]
-        if not days:
-            for c in feed_checks(table, src, drop):
-                r = result(c, "not_applicable", reason=f"{src} has sent on the day in progress only "
-                                                       f"({today.isoformat() if today else ''}): judged from tomorrow")
-                r["data_source"] = src
-                out.append(r)
+        if not days:  # (then `today` is given: only its days were left out)
+            out += _unjudged(table, src, drop, result, f"{src} has sent on the day in progress only "
+                                                       f"({today.isoformat()}): judged from tomorrow")
             continue
         holidays = (days_off or {}).get(src, frozenset())
         off, quiet = cadence(days, drop, holidays)
