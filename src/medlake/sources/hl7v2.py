@@ -340,6 +340,18 @@ def _two_byte_header(head: bytes, fs: str) -> list[str] | None:
     return fields + [cur.decode("latin-1")]
 
 
+def _two_byte_reading(head: bytes, fs: str, delims) -> tuple[list[str], str, str] | None:
+    """The header read a character at a time (`_two_byte_header`) when, so read, its MSH-18 names a two-byte set:
+    (fields, MSH-18, codec) — the header is then of that set, or is wrong in it; else None."""
+    again = _two_byte_header(head, fs)
+    charset = _charset_field(again, delims) if again else ""
+    try:
+        codec = codec_for(charset) if charset else None
+    except HL7Error:
+        return None
+    return (again, charset, codec) if codec in TWO_BYTE else None
+
+
 def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
     """Parse one message. `default_charset` is used when MSH-18 is empty."""
     if isinstance(data, str):
@@ -387,26 +399,22 @@ def parse(data: bytes | str, default_charset: str = "utf-8") -> Message:
         except (HL7Error, UnicodeDecodeError) as e:
             # The header read byte by byte: in a two-byte set (GBK, GB 18030, Big5) the second byte of a character
             # in MSH-3..17 can be the field separator, which shifts MSH-18. Read it again a character at a time.
-            again = _two_byte_header(b[:head_end], fs)
-            alt = _charset_field(again, delims) if again else ""
-            try:
-                alt_codec = codec_for(alt) if alt else None
-            except HL7Error:
-                alt_codec = None
-            if alt_codec in TWO_BYTE:  # so read, the header names the set: the message is of it, or is wrong in it
-                codec, charset = alt_codec, alt
+            read = _two_byte_reading(b[:head_end], fs, delims)
+            if read is None:
+                if isinstance(e, HL7Error):
+                    e.control_id = control_id or None
+                    raise
+                bad = e
+            else:
+                again, charset, codec = read
                 control_id = again[9].strip() if len(again) > 9 else ""
-            elif isinstance(e, HL7Error):
-                e.control_id = control_id or None
-                raise
-            try:
-                text = b.decode(codec) if alt_codec in TWO_BYTE else None
-            except UnicodeDecodeError as bad:
-                e = bad
-                text = None
-            if text is None:
+                try:
+                    text, bad = b.decode(codec), None
+                except UnicodeDecodeError as x:
+                    bad = x
+            if bad is not None:
                 declared = f"MSH-18 declares {charset!r}" if charset else "MSH-18 is empty"
-                raise HL7Error(f"bytes at offset {e.start} are not valid {codec} ({declared}); fix the sender's "
+                raise HL7Error(f"bytes at offset {bad.start} are not valid {codec} ({declared}); fix the sender's "
                                f"character set or MSH-18", field="MSH-18", control_id=control_id or None) from None
         end = min(i for i in (text.find("\r"), text.find("\n"), len(text)) if i >= 0)
         hf = text[:end].split(fs)   # the header as decoded (MSH-9, -10, -12 for Message)
@@ -1152,13 +1160,8 @@ def _header_fields(raw: bytes) -> list[str]:
     if not head.startswith("MSH") or len(head) < 5 or head[3].isalnum():
         return []
     fields = head.split(head[3])
-    again = _two_byte_header(b[:end], head[3])
-    if again and len(again) > 1:
-        try:
-            if codec_for(_charset_field(again, _delims(head[3], again[1]))) in TWO_BYTE:
-                fields = again
-        except HL7Error:
-            pass
+    read = _two_byte_reading(b[:end], head[3], _delims(head[3], fields[1]))
+    fields = read[0] if read else fields
     return [fields[0], head[3], *fields[1:]]
 
 
