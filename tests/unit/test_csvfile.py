@@ -86,3 +86,11 @@ def test_numbers_python_reads_but_no_export_means_are_refused():
     assert [row(1, d) for d in ("7.5", "7e0", "0x1F")] == ["天数"] * 3
     assert [(r["quantity"], r["days_supply"]) for r in (row("2.5", "30.0"), row("-.5e1", "+7"), row("１２", "３"))] == \
         [(2.5, 30), (-5.0, 7), (12.0, 3)]  # 30.0: pandas' whole number in a column with gaps; full-width digits
+
+
+def test_a_whole_number_beyond_64_bits_is_refused_at_its_column():
+    (r, ok) = read((HEADER + "R1,MRN-1,D001,维生素C,1,99999999999999999999,2024/03/01 08:30,\n"
+                    "R2,MRN-1,D001,维生素C,1,9223372036854775807,2024/03/01 08:30,\n").encode("gbk"))
+    assert (r.reason, r.loc.field, r.loc.line) == ("invalid", "天数", 2)
+    assert "is not a whole number a 64-bit integer holds" in r.detail
+    assert ok.rows["stg_csv_pharmacy"][0]["days_supply"] == 2**63 - 1

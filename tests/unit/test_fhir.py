@@ -165,6 +165,23 @@ def test_an_element_of_the_wrong_json_type_rejects_its_resource_by_path_and_the_
     assert isinstance(read(nd(res))[0], Staged)  # the same resource with the right type stages
 
 
+def test_a_number_beyond_64_bits_is_refused_at_its_element_or_staged_as_the_decimal_it_is():
+    """orjson reads whole numbers up to 2^64 - 1 as integers: staging's 64-bit columns cannot hold them."""
+    big = 18446744073709551615
+    bad = _with(DOC, "content.0.attachment.size", big)  # unsignedInt: 32-bit in FHIR R4
+    rej, ok = read(nd(bad, _with(DOC, "content.0.attachment.size", 2**31 - 1) | {"id": "d2"}))
+    assert (rej.reason, rej.loc.field) == ("invalid", "DocumentReference.content[0].attachment.size")
+    assert "18446744073709551615, beyond FHIR's 32-bit integer range" in rej.detail
+    assert ok.rows["stg_fhir_document_reference"][0]["content_size"] == 2**31 - 1
+    (r,) = read(nd(_with(OBS, "valueQuantity.value", big)))  # a decimal: the float JSON's number is
+    assert r.rows["stg_fhir_observation"][0]["value_number"] == float(big)
+    pa.Table.from_pylist(r.rows["stg_fhir_observation"], schema=fhir.STAGING_SCHEMAS["stg_fhir_observation"])
+    manifest = {"transactionTime": "2024-01-01T00:00:00Z", "request": "http://x/$export",
+                "output": [{"type": "Patient", "url": "Patient.ndjson", "count": big}]}
+    (m,) = read(json.dumps(manifest).encode(), "manifest.json")
+    assert m.rows["stg_fhir_bulk_manifest"][0]["count"] is None
+
+
 def test_what_the_reader_passes_over_does_not_stop_the_resource():
     # FHIR JSON puts null where a repeating primitive has only an extension (given + _given)
     (r,) = read(nd(_with(PATIENT, "name.0.given", ["Xiu", None]) | {"_given": [None, {"extension": []}]}))

@@ -291,8 +291,9 @@ class _Stager:
         if bad:  # those rows go to quarantine instead of staging
             for i, why in bad.items():
                 loc = Loc(self.names.get(seqs[i]), field=table)
-                self.q.add_many(source, seqs[i], shas[i], [Rejected(loc, "invalid", why, orjson.dumps(
-                    dict(zip(schema.names, rows[i])), default=str))], keys=[locs[i]])
+                # json, not orjson: the row may hold the very value orjson cannot write (an integer over 64 bits)
+                self.q.add_many(source, seqs[i], shas[i], [Rejected(loc, "invalid", why, json.dumps(
+                    dict(zip(schema.names, rows[i])), default=str, ensure_ascii=False).encode())], keys=[locs[i]])
                 if self.summary is not None:
                     self.summary.sources[source].quarantined["invalid"] += 1
             keep = [i for i in range(len(rows)) if i not in bad]

@@ -70,6 +70,10 @@ def _lines(stream: BinaryIO, encoding: str, bad: dict[int, str], raw: dict[int, 
             yield b.decode(encoding, errors="replace")
 
 
+class _TooLarge(ValueError):
+    """A whole number beyond the staging column's 64-bit integer."""
+
+
 def _value(text: str, kind: str, fmt: str | None):
     if kind == "string":
         return text
@@ -83,7 +87,10 @@ def _value(text: str, kind: str, fmt: str | None):
             return v
         if not _WHOLE.fullmatch(text):  # 30.0: how pandas writes a whole number in a column with gaps
             raise ValueError(text)
-        return int(text.split(".")[0])
+        n = int(text.split(".")[0])
+        if not -2**63 <= n < 2**63:
+            raise _TooLarge(text)
+        return n
     if kind == "date":
         return dt.datetime.strptime(text, fmt).date() if fmt else dt.date.fromisoformat(text)
     v = dt.datetime.strptime(text, fmt) if fmt else dt.datetime.fromisoformat(text)
@@ -163,9 +170,11 @@ def read(stream: BinaryIO, name: str, source) -> Iterator[Staged | Rejected]:
             fmt = source.formats.get(f)
             try:
                 row[f] = _value(text, fields[f], fmt)
-            except ValueError:
-                want = f"format {fmt!r}" if fmt else {"float": "a number", "integer": "a whole number",
-                                                      "date": "an ISO date", "datetime": "an ISO datetime"}[fields[f]]
+            except ValueError as e:
+                want = ("a whole number a 64-bit integer holds (at most 9,223,372,036,854,775,807 either way)"
+                        if isinstance(e, _TooLarge) else f"format {fmt!r}" if fmt else
+                        {"float": "a number", "integer": "a whole number", "date": "an ISO date",
+                         "datetime": "an ISO datetime"}[fields[f]])
                 problem = ("invalid", header[i], f"{f} (column {header[i]!r}) = {text!r} is not {want}")
                 break
         if problem:

@@ -833,10 +833,16 @@ def stage_resource(res, raw: str | None = None, refs: dict | None = None, id_hin
             for k, v in row.items():
                 if v is not None and type(v) not in types.get(k, (type(v),)):  # a key not in the table: not kept
                     _wrong_type(res, rt, v, types[k][0], f"{table}.{k}")
+                if type(v) is int and not -2**31 <= v < 2**31:
+                    if types.get(k) is not _PY[pa.int64()]:  # a decimal: staged as the float it is in JSON
+                        row[k] = float(v)
+                    else:  # FHIR R4's integer, unsignedInt and positiveInt are 32-bit
+                        _wrong_type(res, rt, v, int, f"{table}.{k}", "beyond FHIR's 32-bit integer range "
+                                    "(-2,147,483,648 to 2,147,483,647)")
     return out
 
 
-def _wrong_type(res: dict, rt: str, v, want: type, column: str):
+def _wrong_type(res: dict, rt: str, v, want: type, column: str, beyond: str | None = None):
     """Refuse a resource whose element has a JSON type FHIR does not allow there, naming the element."""
     def where(x, path):
         if x is v if isinstance(v, (list, dict)) else (type(x) is type(v) and x == v):
@@ -849,6 +855,8 @@ def _wrong_type(res: dict, rt: str, v, want: type, column: str):
     path = where(res, rt)
     if path is None:  # not a value of the resource: medlake made it
         raise TypeError(f"{column} = {v!r:.60} is not {_WANT[want]}")
+    if beyond:
+        raise Invalid(path, "invalid", f"{path} is {v}, {beyond}")
     kind = {str: "a string", bool: "true or false", int: "a number", float: "a number", list: "a list",
             dict: "an object"}.get(type(v), type(v).__name__)
     raise Invalid(path, "invalid", f"{path} is {kind} ({orjson.dumps(v).decode()[:60]}); FHIR has "
@@ -879,7 +887,7 @@ def _manifest(doc: dict, loc: Loc) -> Staged | Rejected:
                             orjson.dumps(doc))
         rows.append({"transaction_time": _when(doc.get("transactionTime"), "transactionTime"),
                      "request": doc.get("request"), "resource_type": o["type"], "url": o["url"],
-                     "count": o.get("count") if isinstance(o.get("count"), int) else None})
+                     "count": o.get("count") if type(o.get("count")) is int and 0 <= o["count"] < 2**63 else None})
     return Staged(loc, {"stg_fhir_bulk_manifest": rows})
 
 
