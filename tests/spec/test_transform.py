@@ -84,7 +84,7 @@ def batch1(engine):
     stage(engine, "stg_hl7_observation", "lis", 1, [
         dict(control_id="L1", message_type="ORU^R01", event_time=T(2021, 5, 2), patient_id="M1", visit_number="V9",
              filler_number="F1", code="4548-4", code_system="LN", code_text="HbA1c", value_type="NM",
-             value_number=6.5, units="%", observation_time=T(2021, 5, 2, 7), result_status="F")])
+             value_text="7", value_number=7.0, units="%", observation_time=T(2021, 5, 2, 7), result_status="F")])
     stage(engine, "stg_csv_pharmacy", "pharmacy", 1, [
         dict(record_id="RX1", patient_id="M1", visit_id="V9", drug_code="Y100147", drug_code_system="H1PHARM",
              quantity=90.0, days_supply=30, dispensed_at=T(2021, 5, 3, 15))])
@@ -119,12 +119,12 @@ def test_fhir_hl7_csv_to_cdm_same_rows_and_ids(engine):
         (sid("condition_occurrence|fhir.condition|emr|Condition/c4|0"), 0, 0, "X1", D(2020, 4, 1), 32817, 0, None)])
     # a Condition whose standard concept is a Measurement goes to MEASUREMENT; the HL7 lab result too, with unit
     assert rows(engine, "SELECT measurement_id, person_id, measurement_concept_id, measurement_source_concept_id, "
-                        "measurement_date, value_as_number, unit_concept_id, unit_source_value, visit_occurrence_id, "
-                        "measurement_type_concept_id FROM measurement") == sorted([
+                        "measurement_date, value_as_number, value_source_value, unit_concept_id, unit_source_value, "
+                        "visit_occurrence_id, measurement_type_concept_id FROM measurement") == sorted([
         (sid("measurement|fhir.condition|emr|Condition/c2|3004410"), person, 3004410, 45548980, D(2020, 2, 1),
-         None, None, None, None, 32817),
+         None, None, None, None, None, 32817),
         (sid("measurement|hl7.observation|lis|obx|F1|4548-4||3004410"), person, 3004410, 3004410, D(2021, 5, 2),
-         6.5, 8554, "%", visit_hl7, 32856)])
+         7.0, "7", 8554, "%", visit_hl7, 32856)])  # the value as OBX-5 writes it, not '7.0' (DuckDB) or '7' (PG)
     # the pharmacy's local code maps through SOURCE_TO_CONCEPT_MAP; end date from days supply
     assert rows(engine, "SELECT drug_exposure_id, drug_concept_id, drug_exposure_start_date, drug_exposure_end_date, "
                         "days_supply, quantity, drug_type_concept_id, visit_occurrence_id FROM drug_exposure") == [

@@ -468,8 +468,9 @@ HL7_EVENTS = [
               unit=Code("COALESCE(s.units_system, 'UCUM')", "s.units"),
               value_code=Code("s.value_code_system", "s.value_code"),
               values={"value_as_number": "s.value_number", "unit_source_value": "s.units",
+                      # a number as OBX-5 writes it ("7", ">5", "1-10"), not as an engine prints a double
                       "value_source_value": "left(COALESCE(s.value_code_text, s.value_code, "
-                                            "CAST(s.value_number AS VARCHAR)), 50)",
+                                            "CASE WHEN s.value_number IS NOT NULL THEN s.value_text END), 50)",
                       "range_low": "s.range_low", "range_high": "s.range_high",
                       "operator_source": "s.value_comparator"},
               provider="s.observer_id", **_HL7),
