@@ -668,6 +668,8 @@ def quality_show(
     violating rows — from a failure in the report to the rows behind it."""
     import json
 
+    import pyarrow as pa
+
     from medlake.cdm import store
     from medlake.config import redact
     from medlake.quality import compile as cp, report, runner, site
@@ -747,7 +749,12 @@ def quality_show(
             t = Table(title=f"violating rows (up to {rows})")
             for name in got.column_names:
                 t.add_column(name)
-            for r in got.to_pylist():
+            try:
+                shown = got.to_pylist()
+            except (OverflowError, ValueError):  # a date Python has no day for (past 9999): as Arrow writes it
+                shown = pa.table([c.cast(pa.string()) if pa.types.is_temporal(c.type) else c for c in got.columns],
+                                 names=got.column_names).to_pylist()
+            for r in shown:
                 t.add_row(*("" if v is None else str(v) for v in r.values()))
             out.print(t if got.num_rows else "none", highlight=False)
 

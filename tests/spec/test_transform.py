@@ -444,6 +444,33 @@ def test_numbers_past_integers_range_are_null_and_the_run_goes_on(engine):
         (D(2021, 5, 3), "-", "-2147483648")])
 
 
+def test_dates_medlake_computes_stop_at_the_calendars_end_and_the_run_goes_on(engine):
+    """A supply of 2,147,483,647 days (an INTEGER still) ended an exposure in year 5,881,509 — past PostgreSQL's
+    last date, so the run failed there — and a condition on 9999-12-31 ended its era on 10000-01-01, a date no
+    Python, R or Java client reads. What medlake adds to a date now stops at 9999-12-31."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    rx = "http://www.nlm.nih.gov/research/umls/rxnorm"
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
+    stage(engine, "stg_fhir_medication_request", "emr", 1, [
+        dict(resource_id=f"m{i}", status="active", intent="order", code_system=rx, code="313782",
+             subject_ref="Patient/p1", authored_on=start, days_supply=days)
+        for i, start, days in ((1, T(2021, 5, 1), 2_147_483_647.0), (2, T(9999, 12, 30), 5.0),
+                               (3, T(9999, 12, 31), None))])
+    stage(engine, "stg_fhir_condition", "emr", 1, [
+        dict(resource_id="c1", code_system="http://snomed.info/sct", code="59621000", subject_ref="Patient/p1",
+             onset_at=T(9999, 12, 31))])
+    transform(engine, namespaces=NS)
+    last = D(9999, 12, 31)
+    assert rows(engine, "SELECT drug_exposure_start_date, drug_exposure_end_date, days_supply FROM drug_exposure") \
+        == [(D(2021, 5, 1), last, 2_147_483_647), (D(9999, 12, 30), last, 5), (last, last, None)]
+    assert rows(engine, "SELECT drug_era_start_date, drug_era_end_date FROM drug_era") == [(D(2021, 5, 1), last)]
+    assert rows(engine, "SELECT condition_era_start_date, condition_era_end_date FROM condition_era") == \
+        [(last, last)]
+    assert rows(engine, "SELECT observation_period_start_date, observation_period_end_date "
+                        "FROM observation_period") == [(D(2021, 5, 1), last)]
+
+
 def test_a_component_keeps_its_comparator_and_unit_system(engine):
     """Observation.component[].valueQuantity `comparator` and `system` (e.g. a urine panel's "<0.1 g/L"): the
     measurement gets its operator and the unit is looked up in the system given (they were read, not staged: the

@@ -1110,6 +1110,22 @@ def test_cli_show_a_feed_check_draws_its_days(tmp_path):
     assert marks == " " * 12 + "x" + " " * 2 + "v"
 
 
+def test_cli_show_rows_with_dates_past_9999(tmp_path):
+    """An OHDSI database can hold a date Python has no day for (PostgreSQL and DuckDB go past 9999): the rows of
+    the check that finds it are shown, not a traceback (OverflowError: date value out of range)."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute(CO + "condition_end_date = DATE '10000-01-05' WHERE condition_occurrence_id = 200")
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    assert subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    check = "field_plausiblevaluehigh_condition_occurrence_condition_end_date"
+    p = subprocess.run(cli + ["show", check], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and ": failed — 1 of " in p.stdout, p.stdout + p.stderr
+    [row] = [x for x in p.stdout.splitlines() if x.startswith("│")]
+    assert "200" in row and "10000-01-05" in row, p.stdout
+
+
 def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     world(eng).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")

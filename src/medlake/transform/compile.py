@@ -9,8 +9,8 @@ import re
 
 from medlake.cdm import model
 from medlake.cdm.ddl import SQL_TYPES
-from medlake.transform.rules import (DOMAIN_TABLE, TABLE_KEYS, Code, EventRule, PersonRule, TableRule,
-                                     as_integer)
+from medlake.transform.rules import (DOMAIN_TABLE, TABLE_KEYS, Code, EventRule, PersonRule, TableRule, as_integer,
+                                     days_after)
 
 OPERATORS = {"<": 4171756, "<=": 4171754, "=": 4172703, ">=": 4171755, ">": 4172704}
 
@@ -97,7 +97,7 @@ DOMAIN_COLUMNS = {
         "drug_exposure_id": "e.row_id", "drug_concept_id": "e.concept_id",
         "drug_exposure_start_date": "e.start_date", "drug_exposure_start_datetime": "e.start_datetime",
         "drug_exposure_end_date": "COALESCE(e.end_date, CASE WHEN e.days_supply > 0 THEN "
-                                  "e.start_date + e.days_supply END, e.start_date)",
+                                  f"{days_after('e.start_date', 'e.days_supply')} END, e.start_date)",
         "drug_exposure_end_datetime": "COALESCE(e.end_datetime, CASE WHEN e.end_date IS NULL AND "
                                       "COALESCE(e.days_supply, 0) <= 0 THEN e.start_datetime END)",
         "verbatim_end_date": "e.end_date",

@@ -62,16 +62,16 @@ def _person_filter(alias: str, persons: str | None) -> str:
 def condition_era_sql(persons: str | None = None) -> str:
     events = f"""
         SELECT c.person_id, c.condition_concept_id AS concept_id, c.condition_start_date AS start_date,
-               COALESCE(c.condition_end_date, c.condition_start_date + 1) AS end_date
+               COALESCE(c.condition_end_date, {r.days_after('c.condition_start_date', '1')}) AS end_date
         FROM condition_occurrence c
         WHERE c.condition_concept_id <> 0{_person_filter('c', persons)}"""
     return _era_sql(events, "condition_era")
 
 
 # A drug exposure's end (its own, else start + days supply, else the next day) and its ingredients (RxNorm)
-_DRUG_END = """COALESCE(d.drug_exposure_end_date,
-                        CASE WHEN d.days_supply > 0 THEN d.drug_exposure_start_date + d.days_supply END,
-                        d.drug_exposure_start_date + 1)"""
+_DRUG_END = f"""COALESCE(d.drug_exposure_end_date,
+                        CASE WHEN d.days_supply > 0 THEN {r.days_after('d.drug_exposure_start_date', 'd.days_supply')} END,
+                        {r.days_after('d.drug_exposure_start_date', '1')})"""
 _INGREDIENTS = """JOIN concept_ancestor ca ON ca.descendant_concept_id = d.drug_concept_id
         JOIN concept c ON c.concept_id = ca.ancestor_concept_id"""
 _IS_INGREDIENT = "c.concept_class_id = 'Ingredient' AND c.vocabulary_id IN ('RxNorm', 'RxNorm Extension')"

@@ -27,6 +27,15 @@ def as_integer(expr: str) -> str:
     return f"CASE WHEN round({expr}) BETWEEN -2147483648 AND 2147483647 THEN CAST({expr} AS INTEGER) END"
 
 
+LAST_DAY = "DATE '9999-12-31'"  # the last day every OMOP client (R, Python, Java, SQL Server) holds
+
+
+def days_after(date: str, days: str) -> str:
+    """`date` + `days` (an INTEGER), stopping at 9999-12-31: a supply of 2,147,483,647 days ran past every engine's
+    last date (the run failed) and a day after 9999-12-31 is a date no client reads. NULL in, NULL out."""
+    return f"CASE WHEN {days} > date_diff('day', {date}, {LAST_DAY}) THEN {LAST_DAY} ELSE {date} + {days} END"
+
+
 # Type concepts (OMOP "Type Concept" vocabulary).
 EHR = 32817
 EHR_ENCOUNTER = 32827
