@@ -399,7 +399,8 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
     (folder / "observation_period.csv").write_text(
         "observation_period_id,person_id,observation_period_start_date,observation_period_end_date,"
         "period_type_concept_id\n1,1,2010-01-01 00:00:00.000,20201231,32817\n2,2,2015-01-01T13:45:00,2016-01-01,32817\n"
-        "3,3,2015-01-01,2016-02-30 00:00:00,32817\n4,4,2017-01-01 00:00:00.0000000,2017-12-31,32817\n")
+        "3,3,2015-01-01,2016-02-30 00:00:00,32817\n4,4,2017-01-01 00:00:00.0000000,2017-12-31,32817\n"
+        "5,5,0000-01-01,2016-01-01,32817\n")  # year 0: Arrow reads 1 BC, which no R, Python or SQL Server holds
     (folder / "person.csv").write_text(
         "person_id,gender_concept_id,year_of_birth,birth_datetime,race_concept_id,ethnicity_concept_id\n"
         "1,8507,1950,1950-03-04 10:00:00.250,0,0\n2,8507,1950,1950-03-04T10:00:00Z,0,0\n"
@@ -413,7 +414,7 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
     aside = []
     report = importer.import_folder(eng, folder, "5.4", set_aside=lambda f, b: aside.extend(b))
     assert {k: (r.rows, r.bad) for k, r in report.items()} == {
-        "death": (2, 1), "observation_period": (3, 1), "person": (6, 1)}
+        "death": (2, 1), "observation_period": (3, 2), "person": (6, 1)}
     assert eng.query("SELECT death_date AS d, death_datetime AS t FROM death ORDER BY 1").to_pylist() == [
         {"d": dt.date(2020, 1, 31), "t": dt.datetime(2020, 1, 31)}, {"d": dt.date(2020, 2, 29), "t": None}]
     assert [b.detail for b in aside if b.table == "death"] == [
@@ -437,7 +438,9 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
     assert births == [dt.datetime(1950, 3, 4, 10, 0, 0, 250000)] + [dt.datetime(1950, 3, 4, 10, 0)] * 3 + [
         dt.datetime(1950, 3, 4), dt.datetime(1950, 3, 4, 10, 0, 0, 123456)]
     why = sorted(b.detail for b in aside)
-    assert len(why) == 2 and "month must be in 1..12" in why[0] and "day is out of range for month" in why[1], why
+    assert len(why) == 3 and "month must be in 1..12" in why[0] and "day is out of range for month" in why[1], why
+    assert why[2] == ("field observation_period_start_date: cannot read '0000-01-01' as date (year 0 is out of range)"
+                      "; fix the value in the file and import again")
 
 
 PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n"

@@ -345,6 +345,8 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
             t = pc.cast(s, at)
         except CAST_ERRORS:  # SQL Server's datetime2 writes 7 digits after the second (.1234567): to the microsecond
             t = pc.cast(pc.replace_substring_regex(s, r"(:\d\d\.\d{6})\d+$", r"\1"), at)
+        if pc.any(pc.less(pc.year(t), 1)).as_py():  # Arrow reads 0000-01-01 as 1 BC, as 10000 it reads nothing:
+            raise pa.ArrowInvalid("a year before 1")  # a day before 0001-01-01 no R, Python or SQL Server holds
         return t if f.kind == "datetime" else pc.cast(t, target)
     if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
         col = pc.utf8_trim_whitespace(col)
