@@ -100,6 +100,11 @@ def test_staging_into_the_vault_and_nothing_left_in_the_store(site):
         # a second move finds nothing to clear, and the vault keeps its values
         assert staging.vault_staging(eng, v, {s.name: (s.hospital, s.system) for s in srcs})["rows_cleared"] == {}
         assert v.read("test", "again", [("h1-his", "M001")])[0]["family"] == "张"
+        # and so do the demographics the CDM keeps (they were year_of_birth NULL after a second `empi run`: the
+        # persons of the first batch lost their PERSON rows)
+        assert sorted(tuple(r.values()) for r in eng.query("SELECT source_id, gender_source_value, year_of_birth, "
+                                                           "month_of_birth FROM identity_demographics").to_pylist()) \
+            == [("M001", "M", 1980, 3), ("M002", "F", 1950, 1), ("M003", "F", 1950, 1), ("h2-pat-1", "M", 1980, 3)]
 
         empi.run(eng, v, who="test")
         pid = {k: empi.person_id_for(eng, "h1-his", k) for k in ("M001", "M002", "M003")}

@@ -35,23 +35,34 @@ def year_month(value: str | None) -> tuple[int | None, int | None]:
 
 
 def record(engine, identities: list[dict]) -> int:
-    """Keep sex and year/month of birth of these identities (replacing earlier values of the same keys)."""
+    """Keep sex and year/month of birth of these identities: a value given replaces the one kept before, a value not
+    given keeps it — a later `empi run` sees the identities whose staging rows it already cleared, without them."""
     if not identities:
         return 0
     if TABLE not in engine.tables():
         engine.execute(f"CREATE TABLE {TABLE} (source VARCHAR NOT NULL, source_id VARCHAR NOT NULL, "
                        "gender_source_value VARCHAR, year_of_birth INTEGER, month_of_birth INTEGER)")
-    rows = {}
+    rows: dict[tuple[str, str], tuple] = {}
+
+    def keep(k, sex, y, m):  # year and month come together, from one record
+        was = rows.get(k)
+        rows[k] = (sex, y, m) if was is None else (sex or was[0], *((y, m) if y is not None else was[1:]))
+    new = []
     for r in identities:
-        y, m = year_month(r.get("birth_date"))
-        rows[(r["source"], str(r["source_id"]))] = (sex_code(r.get("sex")), y, m)
-    keys = list(rows)
-    data = pa.table([[k[0] for k in keys], [k[1] for k in keys], [rows[k][0] for k in keys],
-                     [rows[k][1] for k in keys], [rows[k][2] for k in keys]], schema=SCHEMA)
+        new.append(((r["source"], str(r["source_id"])), sex_code(r.get("sex")), *year_month(r.get("birth_date"))))
+    keys = list(dict.fromkeys(k for k, *_ in new))
     with engine.transaction():  # the keys go through a plain work table: Spark has no temporary tables
         engine.execute("DROP TABLE IF EXISTS identity_demographics_new")
         engine.execute("CREATE TABLE identity_demographics_new (source VARCHAR, source_id VARCHAR)")
-        engine.load_arrow("identity_demographics_new", data.select(["source", "source_id"]))
+        engine.load_arrow("identity_demographics_new", pa.table([[k[0] for k in keys], [k[1] for k in keys]],
+                                                                 names=["source", "source_id"]))
+        for o in engine.query(f"SELECT d.* FROM {TABLE} d JOIN identity_demographics_new n ON n.source = d.source "
+                              "AND n.source_id = d.source_id").to_pylist():
+            keep((o["source"], o["source_id"]), o["gender_source_value"], o["year_of_birth"], o["month_of_birth"])
+        for k, sex, y, m in new:
+            keep(k, sex, y, m)
+        data = pa.table([[k[0] for k in keys], [k[1] for k in keys], *([rows[k][i] for k in keys] for i in range(3))],
+                        schema=SCHEMA)
         engine.execute(f"DELETE FROM {TABLE} WHERE source || '|' || source_id IN "
                        "(SELECT source || '|' || source_id FROM identity_demographics_new)")
         engine.execute("DROP TABLE identity_demographics_new")
