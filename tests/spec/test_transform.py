@@ -312,6 +312,15 @@ def test_visit_detail_from_transfers(engine):
                           (w3, T(2021, 5, 9, 12), w2)])
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == [(6,)]
     assert rows(engine, "SELECT message_id FROM cdm_lineage WHERE row_id = " + str(w3)) == [("A6",)]
+    # a transfer that arrives after the stay's results: the lab of batch 1 (4 May 07:00) is now in CCU, as it is
+    # when everything is loaded at once (it kept ICU's id, as if the transfer had not come)
+    stage(engine, "stg_hl7_visit", "his", 3, [
+        dict(adt, control_id="A5", event_type="A02", message_type="ADT^A02", event_time=T(2021, 5, 4, 6),
+             point_of_care="CCU")])
+    transform(engine, namespaces=NS)
+    ccu = sid("visit_detail|h1|V9|CCU|2021-05-04 06:00:00")
+    assert rows(engine, "SELECT visit_occurrence_id, visit_detail_id FROM measurement") == [(visit, ccu)]
+    assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'measurement'") == [(1,)]
     assert transform(engine, namespaces=NS).run_id is None  # nothing new: nothing changes
 
 

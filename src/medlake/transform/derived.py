@@ -320,9 +320,40 @@ def _visit_detail_steps(engine, persons: str | None) -> list[tuple[str, str]]:
             ("visit_detail", insert), ("visit_detail", lineage)]
 
 
+def _relink_earlier(engine, persons: str) -> None:
+    """The touched persons' events of earlier runs look their visit_detail_id up again in the VISIT_DETAIL just
+    rebuilt — a transfer that arrives after the results of the stay, a stretch that moved — so a CDM loaded in
+    batches is the CDM loaded at once. Only rows whose id changes are written again (same ids, same lineage)."""
+    for table in sorted(set(c.DOMAIN_COLUMNS) & set(engine.tables())):
+        t = model.load("5.4").table(table)
+        if "visit_detail_id" not in t.field_names:
+            continue
+        col = {v: k for k, v in c.DOMAIN_COLUMNS[table].items()}
+        pk, at = t.primary_key[0], f"COALESCE(t.{col['e.start_datetime']}, CAST(t.{col['e.start_date']} AS TIMESTAMP))"
+        engine.execute("DROP TABLE IF EXISTS tx_relink")
+        engine.execute(f"""CREATE TEMP TABLE tx_relink AS
+SELECT x.* FROM (
+    SELECT t.*, vd.visit_detail_id AS new_detail_id,
+           ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY vd.visit_detail_start_datetime DESC, vd.visit_detail_id)
+               AS detail_rn
+    FROM {table} t
+    LEFT JOIN visit_detail vd ON vd.visit_occurrence_id = t.visit_occurrence_id
+         AND vd.visit_detail_start_datetime <= {at} AND {at} <= vd.visit_detail_end_datetime
+    WHERE t.person_id IN (SELECT person_id FROM {persons})
+      AND (t.visit_detail_id IS NOT NULL OR t.visit_occurrence_id IN (SELECT visit_occurrence_id FROM visit_detail))
+      AND t.{pk} NOT IN (SELECT row_id FROM tx_event WHERE cdm_table = '{table}')
+) AS x
+WHERE x.detail_rn = 1 AND x.visit_detail_id IS DISTINCT FROM x.new_detail_id""")
+        if engine.query("SELECT count(*) AS n FROM tx_relink").column(0)[0].as_py():
+            engine.execute(f"DELETE FROM {table} WHERE {pk} IN (SELECT {pk} FROM tx_relink)")
+            cols = ", ".join("new_detail_id" if f == "visit_detail_id" else f for f in t.field_names)
+            engine.execute(f"INSERT INTO {table} SELECT {cols} FROM tx_relink")
+        engine.execute("DROP TABLE tx_relink")
+
+
 def _link_events(engine) -> None:
     """This run's events (tx_event) that fall in a stretch of their visit get its visit_detail_id: their rows are
-    written again with it (same ids, same lineage). Events of earlier runs keep theirs until re-mapped."""
+    written again with it (same ids, same lineage). Earlier runs' events: `_relink_earlier`."""
     at = "COALESCE(e.start_datetime, CAST(e.start_date AS TIMESTAMP))"
     linked = {x["cdm_table"] for x in engine.query(
         "SELECT DISTINCT e.cdm_table FROM tx_event e JOIN visit_detail vd ON vd.visit_occurrence_id = "
@@ -366,6 +397,7 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[s
             engine.execute(detail[2][1])
             if persons and "tx_event" in engine.tables():
                 _link_events(engine)
+                _relink_earlier(engine, persons)
     for table, _ in steps:
         counts[table] = engine.query(f"SELECT count(*) AS n FROM {table}").column(0)[0].as_py()
     return counts
