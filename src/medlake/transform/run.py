@@ -168,6 +168,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         bulk = full or new_keys * 10 > _count(engine, "SELECT CAST(sum(records) AS BIGINT) FROM transform_run")
         _merges(engine, tables, bulk)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
+        _late_encounters(engine, tables, events, entities)
         for src in replayed:   # records gone from a replayed source's staging (now rejected): their rows go too
             engine.execute("INSERT INTO tx_delta SELECT DISTINCT rule, source_key FROM cdm_lineage WHERE source = ? "
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
@@ -439,6 +440,29 @@ FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace A
     engine.plan(bulk=True)
     engine.execute("DELETE FROM transform_merge")
     engine.execute("INSERT INTO transform_merge SELECT * FROM tx_merge")
+
+
+def _late_encounters(engine: Engine, tables: set[str], events: list, entities: list) -> None:
+    """A FHIR event's visit is its Encounter's visit number, looked up when the event is mapped: an event mapped
+    before its Encounter arrived (bulk files in any order, a feed that sends results first) took `Encounter/id`,
+    a visit that never exists once the Encounter has a number. Such events are mapped again when it comes."""
+    enc = next((x for x in entities if x.name == "fhir.encounter"), None)
+    late = [x for x in events if any(t == r.VISIT_NUMBER for t, _ in x.visit_if)]
+    if enc is None or r.VISIT_NUMBER not in tables or not late or not _count(
+            engine, "SELECT count(*) FROM tx_delta WHERE rule = 'fhir.encounter'"):
+        return
+    numbered = (f"SELECT DISTINCT s.source, 'Encounter/' || s.resource_id AS ref FROM stg_fhir_encounter s "
+                f"WHERE s.identifier_value IS NOT NULL AND {c.source_key(enc)} IN "
+                "(SELECT source_key FROM tx_delta WHERE rule = 'fhir.encounter')")
+    for rule in late:
+        engine.execute(f"""INSERT INTO tx_delta
+SELECT DISTINCT '{rule.name}', {c.source_key(rule)}
+FROM {c.read_sql(rule)} s
+JOIN ({numbered}) AS x ON x.source = s.source AND x.ref = s.encounter_ref
+JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
+WHERE ({rule.key}) IS NOT NULL
+  AND {c.source_key(rule)} IN (SELECT source_key FROM cdm_lineage WHERE rule = '{rule.name}')
+  AND {c.source_key(rule)} NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
 
 
 def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], indexed: set[str]) -> dict:
