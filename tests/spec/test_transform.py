@@ -467,17 +467,23 @@ def test_a_unit_that_does_not_map_is_0_and_no_unit_is_null(engine):
     assert {(r["u"] or None, r["c"]) for r in got} == {("%", 8554), ("PERCENT", 0), (None, None)} and len(got) == 4
 
 
+def prescriptions(engine, orders: list[tuple]):
+    """A CDM with the vocabulary, patient p1 and one MedicationRequest (acetaminophen tablets) per
+    (authored on, days supply, refills)."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
+    stage(engine, "stg_fhir_medication_request", "emr", 1, [
+        dict(resource_id=f"m{i}", status="active", intent="order", code="313782", subject_ref="Patient/p1",
+             code_system="http://www.nlm.nih.gov/research/umls/rxnorm", authored_on=at, days_supply=days,
+             refills=refills) for i, (at, days, refills) in enumerate(orders, 1)])
+
+
 def test_numbers_past_integers_range_are_null_and_the_run_goes_on(engine):
     """A supply of 1e12 days or 99,999,999,999 refills: CAST to the CDM's INTEGER failed the whole transform;
     the value is NULL in the CDM (the staging row keeps it), the drug exposure is there."""
-    store.init(engine, "5.4")
-    vocab(engine)
-    rx = "http://www.nlm.nih.gov/research/umls/rxnorm"
-    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
-    stage(engine, "stg_fhir_medication_request", "emr", 1, [
-        dict(resource_id=f"m{i}", status="active", intent="order", code_system=rx, code="313782",
-             subject_ref="Patient/p1", authored_on=T(2021, 5, i), days_supply=days, refills=refills)
-        for i, days, refills in ((1, 1e12, 99_999_999_999), (2, 30.0, 2), (3, -3e9, -2_147_483_648))])
+    prescriptions(engine, [(T(2021, 5, i), days, refills)
+                           for i, days, refills in ((1, 1e12, 99_999_999_999), (2, 30.0, 2), (3, -3e9, -2_147_483_648))])
     stage(engine, "stg_csv_pharmacy", "pharmacy", 1, [
         dict(record_id="RX1", patient_id="M1", drug_code="Y100147", drug_code_system="H1PHARM", quantity=90.0,
              days_supply=99_999_999_999, dispensed_at=T(2021, 5, 3, 15))])
@@ -492,15 +498,8 @@ def test_dates_medlake_computes_stop_at_the_calendars_end_and_the_run_goes_on(en
     """A supply of 2,147,483,647 days (an INTEGER still) ended an exposure in year 5,881,509 — past PostgreSQL's
     last date, so the run failed there — and a condition on 9999-12-31 ended its era on 10000-01-01, a date no
     Python, R or Java client reads. What medlake adds to a date now stops at 9999-12-31."""
-    store.init(engine, "5.4")
-    vocab(engine)
-    rx = "http://www.nlm.nih.gov/research/umls/rxnorm"
-    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p1", birth_date=D(1965, 4, 12), mrn="M1")])
-    stage(engine, "stg_fhir_medication_request", "emr", 1, [
-        dict(resource_id=f"m{i}", status="active", intent="order", code_system=rx, code="313782",
-             subject_ref="Patient/p1", authored_on=start, days_supply=days)
-        for i, start, days in ((1, T(2021, 5, 1), 2_147_483_647.0), (2, T(9999, 12, 30), 5.0),
-                               (3, T(9999, 12, 31), None))])
+    prescriptions(engine, [(T(2021, 5, 1), 2_147_483_647.0, None), (T(9999, 12, 30), 5.0, None),
+                           (T(9999, 12, 31), None, None)])
     stage(engine, "stg_fhir_condition", "emr", 1, [
         dict(resource_id="c1", code_system="http://snomed.info/sct", code="59621000", subject_ref="Patient/p1",
              onset_at=T(9999, 12, 31))])
