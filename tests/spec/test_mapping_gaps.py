@@ -23,7 +23,7 @@ def test_gap_inventory_same_on_every_engine(engine):
     assert (glu.unit, glu.value_median, glu.display) == ("mmol/L", 6.0, "血糖(空腹)")
     hba1c = inv[("LN", "4548-4")]
     assert (hba1c.status, hba1c.target_concept_id, hba1c.via, hba1c.value_median) == (
-        "mapped", 3004410, "vocabulary", 6.5)
+        "mapped", 3004410, "vocabulary", 7.0)  # batch1's HbA1c result
     assert inv[("urn:local", "X1")].status == "gap"
     pharm = inv[("H1PHARM", "Y100147")]
     assert (pharm.status, pharm.target_concept_id, pharm.via) == ("mapped", 1127433, "source_to_concept_map")
