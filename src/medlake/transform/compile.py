@@ -388,14 +388,23 @@ def domain_insert_sql(table: str, detail: bool = False) -> str:
            f"WHERE e.cdm_table = '{table}' AND e.person_id IS NOT NULL AND e.start_date IS NOT NULL"
 
 
+# The stretch of its visit a row falls in: of those that hold its time, the latest-starting (a transfer's time
+# belongs to the new unit). `in_stretch` joins a row to them as `vd`; DETAIL_ORDER puts that one first.
+DETAIL_ORDER = "vd.visit_detail_start_datetime DESC, vd.visit_detail_id"
+
+
+def in_stretch(alias: str, datetime_col: str = "start_datetime", date_col: str = "start_date") -> str:
+    """The join condition of a row (`alias`) to the VISIT_DETAIL stretches `vd` of its visit holding its time."""
+    at = f"COALESCE({alias}.{datetime_col}, CAST({alias}.{date_col} AS TIMESTAMP))"
+    return (f"vd.visit_occurrence_id = {alias}.visit_occurrence_id AND vd.visit_detail_start_datetime <= {at} "
+            f"AND {at} <= vd.visit_detail_end_datetime")
+
+
 def event_detail_sql(table: str) -> str:
-    """(row_id, visit_detail_id, rn) of this run's events of `table` whose time lies in a VISIT_DETAIL stretch of their
-    visit (start ≤ time ≤ end); rn = 1 is the latest-starting such stretch (a transfer's time belongs to the new unit)."""
-    at = "COALESCE(e.start_datetime, CAST(e.start_date AS TIMESTAMP))"
-    return (f"SELECT e.row_id, vd.visit_detail_id, ROW_NUMBER() OVER (PARTITION BY e.row_id ORDER BY "
-            f"vd.visit_detail_start_datetime DESC, vd.visit_detail_id) AS rn FROM tx_event e JOIN visit_detail vd "
-            f"ON vd.visit_occurrence_id = e.visit_occurrence_id AND vd.visit_detail_start_datetime <= {at} "
-            f"AND {at} <= vd.visit_detail_end_datetime WHERE e.cdm_table = '{table}'")
+    """(row_id, visit_detail_id, rn) of this run's events of `table` that fall in a VISIT_DETAIL stretch of their
+    visit; rn = 1 is the stretch they belong to (`in_stretch`)."""
+    return (f"SELECT e.row_id, vd.visit_detail_id, ROW_NUMBER() OVER (PARTITION BY e.row_id ORDER BY {DETAIL_ORDER}) "
+            f"AS rn FROM tx_event e JOIN visit_detail vd ON {in_stretch('e')} WHERE e.cdm_table = '{table}'")
 
 
 def table_rule_sql(rule: TableRule, empi: bool, run_id: int, tables=frozenset()) -> tuple[str, str]:

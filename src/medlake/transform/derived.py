@@ -328,17 +328,15 @@ def _relink_earlier(engine, persons: str) -> None:
         t = model.load("5.4").table(table)
         if "visit_detail_id" not in t.field_names:
             continue
-        col = {v: k for k, v in c.DOMAIN_COLUMNS[table].items()}
-        pk, at = t.primary_key[0], f"COALESCE(t.{col['e.start_datetime']}, CAST(t.{col['e.start_date']} AS TIMESTAMP))"
+        col = {v: k for k, v in c.DOMAIN_COLUMNS[table].items()}  # the table's columns of the event's start
+        pk = t.primary_key[0]
         engine.execute("DROP TABLE IF EXISTS tx_relink")
         engine.execute(f"""CREATE TEMP TABLE tx_relink AS
 SELECT x.* FROM (
     SELECT t.*, vd.visit_detail_id AS new_detail_id,
-           ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY vd.visit_detail_start_datetime DESC, vd.visit_detail_id)
-               AS detail_rn
+           ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY {c.DETAIL_ORDER}) AS detail_rn
     FROM {table} t
-    LEFT JOIN visit_detail vd ON vd.visit_occurrence_id = t.visit_occurrence_id
-         AND vd.visit_detail_start_datetime <= {at} AND {at} <= vd.visit_detail_end_datetime
+    LEFT JOIN visit_detail vd ON {c.in_stretch('t', col['e.start_datetime'], col['e.start_date'])}
     WHERE t.person_id IN (SELECT person_id FROM {persons})
       AND (t.visit_detail_id IS NOT NULL OR t.visit_occurrence_id IN (SELECT visit_occurrence_id FROM visit_detail))
       AND t.{pk} NOT IN (SELECT row_id FROM tx_event WHERE cdm_table = '{table}')
@@ -354,11 +352,8 @@ WHERE x.detail_rn = 1 AND x.visit_detail_id IS DISTINCT FROM x.new_detail_id""")
 def _link_events(engine) -> None:
     """This run's events (tx_event) that fall in a stretch of their visit get its visit_detail_id: their rows are
     written again with it (same ids, same lineage). Earlier runs' events: `_relink_earlier`."""
-    at = "COALESCE(e.start_datetime, CAST(e.start_date AS TIMESTAMP))"
     linked = {x["cdm_table"] for x in engine.query(
-        "SELECT DISTINCT e.cdm_table FROM tx_event e JOIN visit_detail vd ON vd.visit_occurrence_id = "
-        f"e.visit_occurrence_id AND vd.visit_detail_start_datetime <= {at} AND {at} <= vd.visit_detail_end_datetime"
-    ).to_pylist()}  # rewrite only the tables that have such events (a DELETE is a file rewrite on Spark)
+        f"SELECT DISTINCT e.cdm_table FROM tx_event e JOIN visit_detail vd ON {c.in_stretch('e')}").to_pylist()}  # rewrite only the tables that have such events (a DELETE is a file rewrite on Spark)
     for table in sorted(linked & set(c.DOMAIN_COLUMNS)):
         if "visit_detail_id" not in model.load("5.4").table(table).field_names:
             continue

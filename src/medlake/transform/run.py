@@ -451,14 +451,17 @@ def _late_encounters(engine: Engine, tables: set[str], events: list, entities: l
     if enc is None or r.VISIT_NUMBER not in tables or not late or not _count(
             engine, "SELECT count(*) FROM tx_delta WHERE rule = 'fhir.encounter'"):
         return
-    numbered = (f"SELECT DISTINCT s.source, 'Encounter/' || s.resource_id AS ref FROM stg_fhir_encounter s "
-                f"WHERE s.identifier_value IS NOT NULL AND {c.source_key(enc)} IN "
-                "(SELECT source_key FROM tx_delta WHERE rule = 'fhir.encounter')")
+    # the new Encounters that have a visit number, once (every rule below reads them)
+    _work(engine, f"SELECT DISTINCT s.source, 'Encounter/' || s.resource_id AS ref FROM stg_fhir_encounter s "
+                  f"WHERE s.identifier_value IS NOT NULL AND {c.source_key(enc)} IN "
+                  "(SELECT source_key FROM tx_delta WHERE rule = 'fhir.encounter')", "tx_late_encounter")
+    if not _count(engine, "SELECT count(*) FROM tx_late_encounter"):
+        return  # (no event staging table is read)
     for rule in late:
         engine.execute(f"""INSERT INTO tx_delta
 SELECT DISTINCT '{rule.name}', {c.source_key(rule)}
 FROM {c.read_sql(rule)} s
-JOIN ({numbered}) AS x ON x.source = s.source AND x.ref = s.encounter_ref
+JOIN tx_late_encounter x ON x.source = s.source AND x.ref = s.encounter_ref
 JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
 WHERE ({rule.key}) IS NOT NULL
   AND {c.source_key(rule)} IN (SELECT source_key FROM cdm_lineage WHERE rule = '{rule.name}')
