@@ -411,7 +411,8 @@ def table_rule_sql(rule: TableRule, empi: bool, run_id: int, tables=frozenset())
     """(insert into the CDM table, insert into cdm_lineage) for an entity rule.
 
     A row whose id is already in the table is not inserted again (the HL7 visit and the FHIR Encounter of one stay
-    share a visit id; the first one mapped is the row); both records still get a lineage row."""
+    share a visit id): the rule first in `rules.TABLES`, then the lowest record key, writes it (`sharing`); both
+    records still get a lineage row."""
     keys = TABLE_KEYS.get(rule.name, {})
     joins = ["LEFT JOIN transform_source ns ON ns.source = s.source"]
     pid = "CAST(NULL AS BIGINT)"
@@ -441,7 +442,7 @@ def table_rule_sql(rule: TableRule, empi: bool, run_id: int, tables=frozenset())
         frm += f" AND ({pid}) IS NOT NULL"
     cols = ", ".join(f"d.{c}" for c in table.field_names)
     insert = (f"INSERT INTO {rule.table}\n{frm.split(chr(10) + 'SELECT {cols}')[0]}\nSELECT {cols} FROM (\n"
-              f"SELECT {select_list(rule.table, exprs)}, ROW_NUMBER() OVER (PARTITION BY {id_expr} ORDER BY s.rkey) "
+              f"SELECT {select_list(rule.table, exprs)}, ROW_NUMBER() OVER (PARTITION BY {id_expr} ORDER BY s.rkey, s.source) "
               f"AS dup_rn\n" + frm.split("SELECT {cols}\n")[1] + f"\n) AS d\nWHERE d.dup_rn = 1 AND NOT EXISTS "
               f"(SELECT 1 FROM {rule.table} x WHERE x.{pk} = d.{pk})")
     code = (f"CAST({concept.system} AS VARCHAR), CAST({concept.code} AS VARCHAR), COALESCE(c.concept_id, 0)"
@@ -451,6 +452,18 @@ def table_rule_sql(rule: TableRule, empi: bool, run_id: int, tables=frozenset())
            f"CAST({run_id} AS BIGINT)")
     lineage = "INSERT INTO cdm_lineage\n" + frm.replace("{cols}", lin)
     return insert, lineage
+
+
+def sharing(rules) -> list:
+    """The entity rules whose rows other records may share (an id named by a key, not the record's own), in the
+    order that says which record writes a shared row: the first rule, then the lowest record key and source."""
+    return [x for x in rules if x.id != "{row_id}"]
+
+
+def writer_order(rules, alias: str = "l") -> str:
+    """ORDER BY of lineage rows `alias` sharing a row: its writer first (see `sharing`)."""
+    rank = " ".join(f"WHEN '{x.name}' THEN {i}" for i, x in enumerate(sharing(rules)))
+    return f"CASE {alias}.rule {rank} END, {alias}.record_key, {alias}.source"
 
 
 def lineage_from_events_sql(run_id: int) -> str:

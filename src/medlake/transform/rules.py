@@ -401,7 +401,7 @@ FHIR_TABLES += [
               key="'Location/' || s.resource_id", message_id="'Location/' || s.resource_id"),
     # A PractitionerRole is the provider its references name (events key a performer `PractitionerRole/id`): its
     # specialty (resolved through the vocabulary) and its care site (organization, else location). The
-    # Practitioner's own row is not changed by it (first mapped wins; see docs/transform.md).
+    # Practitioner's own row is not changed by it (another id: see docs/transform.md).
     TableRule(name="fhir.practitioner_role", staging="stg_fhir_practitioner_role", table="provider", id="{provider}",
               columns={"specialty_concept_id": "{concept}", "care_site_id": "{care_site}",
                        "provider_source_value": "left(s.resource_id, 50)", "specialty_source_value":

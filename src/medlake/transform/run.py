@@ -174,6 +174,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
         engine.analyze("tx_mark", "tx_delta", "tx_merge")  # work tables just filled: statistics for the planner
         only_new = _count(engine, "SELECT count(*) FROM tx_delta") == new_keys  # no merge, mapping or EMPI change
+        remapped = _co_owners(engine, entities)
         per_rule = {x["rule"]: x["n"] for x in engine.query(
             "SELECT rule, count(DISTINCT source_key) AS n FROM tx_delta GROUP BY rule").to_pylist()}
         n_delta = sum(per_rule.values())
@@ -207,7 +208,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         engine.plan(bulk=True)
         narrowed = {}
         if not full and seen and engine.shapes.narrow_delta:
-            narrowed = _narrow(engine, events + entities, floor if only_new else None, tables, indexed)
+            narrowed = _narrow(engine, events + entities, floor if only_new else None, tables, indexed, remapped)
         events = [narrowed.get(x.name, x) for x in events]  # rules narrowed to their delta rows
         entities = [narrowed.get(x.name, x) for x in entities]
 
@@ -238,11 +239,13 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             engine.execute(c.domain_insert_sql(t))
         engine.execute(c.lineage_from_events_sql(run_id))
         skipped = _count(engine, "SELECT count(*) FROM tx_event WHERE person_id IS NULL OR start_date IS NULL")
+        inserts = {}
         for rule in entities:
             step(f"mapping {rule.name}")
-            insert, lineage = c.table_rule_sql(rule, empi, run_id, tables)
-            engine.execute(insert)
+            inserts[rule.name], lineage = c.table_rule_sql(rule, empi, run_id, tables)
+            engine.execute(inserts[rule.name])
             engine.execute(lineage)
+        _writers(engine, run_id, entities, inserts)
 
         # persons: demographics and death from all their records; derived tables
         step("rebuilding persons")
@@ -339,7 +342,7 @@ def _cdm_indexes(engine: Engine, tables: set[str], analyze: bool) -> None:
     statistics, or the next run's planner guesses half the lineage for a few thousand record keys."""
     from medlake.cdm import model
 
-    for key in ("source_key", "person_id", "run_id"):
+    for key in ("source_key", "person_id", "run_id", "row_id"):  # (row_id: the records sharing a row)
         engine.index("cdm_lineage", key)
     for t in model.load("5.4").tables:
         if t.name in tables and "person_id" in t.field_names:
@@ -468,7 +471,50 @@ WHERE ({rule.key}) IS NOT NULL
   AND {c.source_key(rule)} NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
 
 
-def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], indexed: set[str]) -> dict:
+def _co_owners(engine: Engine, entities: list) -> set[str]:
+    """A row that several records share (`compile.sharing`: the HL7 visit and the FHIR Encounter of one stay) goes
+    when one of them is mapped again: its other records are mapped again too, so that the one that comes first
+    writes it again (an A08 must not overwrite the Encounter's row). Returns their rules."""
+    shared = _names(c.sharing(r.TABLES))
+    if not c.sharing(entities) or not _count(engine, f"SELECT count(*) FROM tx_delta WHERE rule IN {shared}"):
+        return set()
+    _work(engine, f"""SELECT DISTINCT o.rule, o.source_key FROM cdm_lineage l
+JOIN cdm_lineage o ON o.row_id = l.row_id AND o.cdm_table = l.cdm_table AND o.rule IN {shared}
+WHERE l.rule IN {shared} AND l.source_key IN (SELECT source_key FROM tx_delta WHERE rule IN {shared})
+  AND o.source_key NOT IN (SELECT source_key FROM tx_delta)""", "tx_co_owner")
+    engine.execute("INSERT INTO tx_delta SELECT rule, source_key FROM tx_co_owner")
+    return {x["rule"] for x in engine.query("SELECT DISTINCT rule FROM tx_co_owner").to_pylist()}
+
+
+def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None:
+    """A record mapped now that comes before the one that wrote a shared row in an earlier run (`compile.sharing`:
+    the FHIR Encounter that arrives after the HL7 stay) writes the row instead, as if both came in one run."""
+    mapped = [x for x in c.sharing(entities) if x.name in inserts]
+    if not mapped:
+        return
+    shared = _names(c.sharing(r.TABLES))
+    _work(engine, f"""SELECT cdm_table, row_id, rule FROM (
+    SELECT l.cdm_table, l.row_id, l.rule, l.run_id, MIN(l.run_id) OVER (PARTITION BY l.cdm_table, l.row_id) AS since,
+           ROW_NUMBER() OVER (PARTITION BY l.cdm_table, l.row_id ORDER BY {c.writer_order(r.TABLES)}) AS rn
+    FROM cdm_lineage l
+    WHERE l.rule IN {shared} AND l.row_id IN (  -- rows written now that records of earlier runs share
+        SELECT row_id FROM cdm_lineage WHERE run_id = {run_id} AND rule IN {_names(mapped)} INTERSECT
+        SELECT row_id FROM cdm_lineage WHERE run_id < {run_id} AND rule IN {shared})
+) AS w WHERE rn = 1 AND run_id = {run_id} AND since < {run_id}""", "tx_writer")
+    found = engine.query("SELECT DISTINCT cdm_table, rule FROM tx_writer").to_pylist()
+    for t in sorted({x["cdm_table"] for x in found}):
+        engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM tx_writer WHERE cdm_table = '{t}')")
+    for rule in mapped:  # in order: the first rule writes a row two of them share
+        if rule.name in {x["rule"] for x in found}:
+            engine.execute(inserts[rule.name])
+
+
+def _names(rules) -> str:
+    return "(" + ", ".join(f"'{x.name}'" for x in rules) + ")"
+
+
+def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], indexed: set[str],
+            remapped: set[str] = frozenset()) -> dict:
     """Rules reading a work table with only the staging rows of their delta keys (every version), instead of scanning
     their staging table once per code and once more per statement. Where the newest version is the last received,
     the new rows suffice: rules read only the rows above `floor` (None: a merge, mapping or EMPI change re-maps old
@@ -483,6 +529,8 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
             f"SELECT rule FROM tx_delta WHERE {rules_in} AND source_key IN (SELECT source_key FROM tx_replaced) UNION "
             f"SELECT rule FROM tx_delta WHERE {rules_in} AND source_key IN (SELECT source_key FROM transform_quiet_key)"
         ).to_pylist()}
+
+    old_rules |= remapped  # (records mapped again for a row they share: no new rows)
 
     def above(alias: str, names) -> str:
         return f"{alias}.receipt_seq > {floor} AND " if floor is not None and not old_rules & set(names) else ""
