@@ -57,6 +57,19 @@ def test_malformed_row_stops_the_load_and_leaves_the_store_as_it_was(duck, tmp_p
     assert duck.query("SELECT vocabulary_version FROM vocabulary").column(0)[0].as_py() == "v5.0 01-JAN-24"
 
 
+def test_a_concept_id_repeated_stops_the_load_and_leaves_the_store_as_it_was(duck, tmp_path):
+    """Two rows of one concept_id (two releases concatenated, a file edited by hand) would map every record coded
+    with it twice: the load stops, naming the id, and the store keeps the release it had."""
+    store.init(duck)
+    vocab.load(duck, write_vocab(tmp_path / "good", ROWS))
+    twice = (201826, "Type 2 diabetes", "Condition", "SNOMED", "Disorder", "S", "44054006", "19700101", "20991231", "")
+    with pytest.raises(vocab.VocabError) as e:
+        vocab.load(duck, write_vocab(tmp_path / "bad", [*ROWS, twice], version="v5.0 NEWER"))
+    assert str(e.value).startswith("CONCEPT.csv: concept_id 201826 (2 rows) repeated; CONCEPT has one row per")
+    assert duck.query("SELECT count(*) FROM concept").column(0)[0].as_py() == 3
+    assert duck.query("SELECT vocabulary_version FROM vocabulary").column(0)[0].as_py() == "v5.0 01-JAN-24"
+
+
 @pytest.mark.parametrize("line,where", [
     (b"1\tCaf\xe9\tGender\tGender\tGender\tS\tM\t19700101\t20991231\t\n", "line 3, field concept_name: byte 6"),
     (b"1\tCaf\xe9\tGender\n", "line 3, field concept_name: byte 6"),  # and the wrong number of fields: pyarrow fails before us

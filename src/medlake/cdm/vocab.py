@@ -2,7 +2,8 @@
 
 Streamed in batches; strict parsing (a malformed row stops the load, naming file, line and field); the
 whole load is one transaction, so a failure leaves the store as it was; row counts are verified against
-the files. Loading a newer release replaces the tables it brings.
+the files, and a table's primary key (concept_id, vocabulary_id, …) must not repeat. Loading a newer release
+replaces the tables it brings.
 """
 from __future__ import annotations
 
@@ -257,6 +258,21 @@ def index_lookups(engine, tables) -> None:
     engine.analyze(*tables)
 
 
+def _unique(engine, table: model.Table, path: Path) -> None:
+    """A table with a primary key (CONCEPT, VOCABULARY, DOMAIN, …) has one row per key: a key repeated (a file
+    edited by hand, two releases concatenated) would give every record mapped through it two rows."""
+    if len(table.primary_key) != 1:
+        return
+    key = table.primary_key[0]
+    dup = engine.query(f"SELECT {key} AS k, count(*) AS n FROM {table.name} GROUP BY {key} HAVING count(*) > 1 "
+                       f"ORDER BY {key}").to_pylist()
+    if dup:
+        more = f" (and {len(dup) - 3} more)" if len(dup) > 3 else ""
+        raise VocabError(f"{path.name}: {key} " + ", ".join(f"{x['k']} ({x['n']} rows)" for x in dup[:3]) + more
+                         + f" repeated; {table.name.upper()} has one row per {key}: remove the repeated rows or "
+                         "download the file again from Athena")
+
+
 def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
          progress: Callable[[str, int, int], None] | None = None) -> VocabReport:
     """Load every vocabulary file found in `folder` into `engine`, atomically."""
@@ -302,6 +318,7 @@ def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
             if n != report.files[name]:
                 raise VocabError(f"{path.name}: {report.files[name]} rows in the file but {n} loaded"
                                  + _line_breaks(path) + "; download the file again from Athena")
+            _unique(engine, cdm.table(name), path)
     index_lookups(engine, list(files))
     if "vocabulary" in files:
         v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
