@@ -217,21 +217,33 @@ def test_a_reader_bug_on_one_message_is_answered_and_the_feed_goes_on(land, monk
     assert landed(land) == msgs
 
 
-def test_a_frame_holding_a_batch_is_answered_once_for_all_its_messages(land):
-    """An HL7 batch (FHS/BHS … BTS/FTS) or messages one after another in one frame: one ACK for the frame, AA when
-    every message is good, AE naming the one that is not; landed as received, and staged as its messages. (It was
-    answered AR, "a second MSH segment", while `ingest` staged its messages from landing all the same.)"""
-    batch = b"FHS|^~\\&\rBHS|^~\\&|LIS|H1||||||B7\r" + b"".join(message(f"C{i}") for i in range(3)) + b"BTS|3\rFTS|1\r"
+def test_a_frame_holding_a_batch_is_answered_by_a_batch_of_acks(land):
+    """An HL7 batch (FHS/BHS … BTS/FTS) is answered as HL7 v2 says (§2.10.3): a batch holding one ACK per message,
+    AE for the one that fails staging (with its field), its BHS-12 the batch's BHS-11. Messages one after another
+    in a frame, without a batch header, get one ACK: AE naming the first that is not good. Both are landed as
+    received and staged as their messages."""
+    batch = (b"FHS|^~\\&\rBHS|^~\\&|LIS|H1|MEDLAKE|DC|||||B7\r" + message("C0") + message("C1", pid3="")
+             + message("C2") + b"BTS|3\rFTS|1\r")
     two = message("D1") + message("D2", pid3="")
     with Running(listener(land)) as run:
         acks = mllp.send("127.0.0.1", run.li.port, [batch, two], timeout=10)
-    a, b = (hl7v2.parse(x) for x in acks)
-    assert (a.get("MSA-1"), a.get("MSA-2"), b.get("MSA-1"), b.get("MSA-2")) == ("AA", "C0", "AE", "D1")
+    segments = acks[0].split(b"\r")
+    assert [x[:3] for x in segments if x] == [b"FHS", b"BHS", b"MSH", b"MSA", b"MSH", b"MSA", b"ERR", b"MSH", b"MSA",
+                                              b"BTS", b"FTS"]
+    bhs = segments[1].decode().split("|")
+    assert bhs[2:6] == ["MEDLAKE", "DC", "LIS", "H1"] and bhs[11] == "B7" and segments[-3:] == [b"BTS|3", b"FTS|1", b""]
+    each = [hl7v2.parse(r.data) for r in hl7v2.split(acks[0])]
+    assert [(m.get("MSA-1"), m.get("MSA-2")) for m in each] == [("AA", "C0"), ("AE", "C1"), ("AA", "C2")]
+    assert "PID-3" in each[1].get("MSA-3") and not each[1].get("MSA-3").startswith("message")
+    assert mllp.ack_code(acks[0]) == "AE"  # the worst of the batch
+    b = hl7v2.parse(acks[1])
+    assert (b.get("MSA-1"), b.get("MSA-2")) == ("AE", "D1")
     assert b.get("MSA-3").startswith("message 2 of the frame's 2 (D2): ") and "PID-3" in b.get("MSA-3")
     assert landed(land) == [batch, two]
     assert [r.original_name.rsplit("/", 1)[1] for r in land.receipts("h1-lis")] == ["C0+2", "D1+1"]
     staged = list(ingest.hl7_records(batch, "batch"))
-    assert [r.loc.message_id for r in staged] == ["C0", "C1", "C2"] and all(not hasattr(r, "reason") for r in staged)
+    assert [r.loc.message_id for r in staged] == ["C0", "C1", "C2"]
+    assert [hasattr(r, "reason") for r in staged] == [False, True, False]  # C1 quarantined at ingest, as answered
 
 
 def test_routes_by_header(land, tmp_path):

@@ -1174,6 +1174,31 @@ def _as_text(field: str, codec: str, fs: str) -> str:
         return field.encode("latin-1").decode(codec, "replace").replace(fs, "\ufffd")
 
 
+def batch_ack(envelope: bytes, acks: list[bytes]) -> bytes:
+    """The answer to an HL7 batch (v2.5.1 §2.10.3): a batch holding one ACK per message, in order — BHS (BHS-3..6
+    the received BHS-5, -6, -3, -4; BHS-12 the received BHS-11, the batch control id), the ACKs, BTS-1 their count —
+    inside FHS … FTS when the batch came in a file header. `envelope`: the received bytes before the first MSH."""
+    heads = {}
+    for line in re.split(rb"[\r\n]+", envelope.lstrip(b"\x0b\x1c\r\n \t")):
+        if line[:3] in (b"FHS", b"BHS") and line[:3].decode() not in heads:
+            heads[line[:3].decode()] = line.decode("utf-8", "replace").replace(VT.decode(), "").replace(FS.decode(), "")
+    stamp = dt.datetime.now().strftime("%Y%m%d%H%M%S")
+    sep = next((h[3] for h in heads.values() if len(h) > 3 and not h[3].isalnum()), "|")
+
+    def header(kind: str, line: str) -> str:
+        f = line.split(sep) if line else [kind]
+        get = lambda n: f[n - 1] if 1 < n <= len(f) else ""  # noqa: E731 - field n (n >= 2) of the segment
+        return sep.join([kind, get(2) or "^~\\&", get(5), get(6), get(3), get(4), stamp, "", "", "",
+                         uuid.uuid4().hex[:20], get(11)])
+
+    out = [header("FHS", heads["FHS"]).encode()] if "FHS" in heads else []
+    out += [header("BHS", heads.get("BHS") or heads.get("FHS", "")).encode(), *(a.rstrip(b"\r") for a in acks),
+            f"BTS{sep}{len(acks)}".encode()]
+    if "FHS" in heads:
+        out.append(f"FTS{sep}1".encode())
+    return b"\r".join(out) + b"\r"
+
+
 def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_field: str | None = None,
         error_code: str = "207^Application internal error^HL70357") -> bytes:
     """An ACK for a message (parsed, or raw bytes that may not parse), in its own delimiters and character set:

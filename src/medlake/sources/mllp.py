@@ -152,6 +152,7 @@ class _Entry:
     conn: "_Conn | None"        # None: land it, nobody to answer (bytes outside a frame, a frame cut short)
     ack: bytes | None = None    # set after the commit
     invalid: hl7v2.HL7Error | None = None   # staging failed: answered AE once landed
+    batch: list | None = None   # an HL7 batch (FHS/BHS): [(message, why staging it fails or None)], one ACK each
 
 
 class _Conn(asyncio.Protocol):
@@ -291,6 +292,15 @@ def _stage_error(msg: hl7v2.Message) -> hl7v2.HL7Error | None:
     return None
 
 
+def _ack(msg: hl7v2.Message, invalid: hl7v2.HL7Error | None) -> bytes:
+    """AA, or AE with why staging the message fails (landed all the same)."""
+    if invalid is None:
+        return hl7v2.ack(msg, "AA")
+    return hl7v2.ack(msg, "AE", invalid.reason, error_field=invalid.field,
+                     error_code="101^Required field missing^HL70357" if "empty" in invalid.reason
+                     or "missing" in invalid.reason else "207^Application internal error^HL70357")
+
+
 def _reader_failed(e: Exception) -> str:
     return (f"medlake's HL7 v2 reader failed on this message ({type(e).__name__}: {e}); it is landed, and staged "
             f"by `medlake quarantine retry` once the reader is fixed")
@@ -408,12 +418,16 @@ class Listener:
                 else f"mllp:{conn.peer}")
         entry = _Entry(data, source, name, msg, error, reject, conn)
         if self.validate and reject is None:   # here, on the loop, while the worker thread waits on the disk
-            for k, m in enumerate([msg, *more], 1):
-                x = _stage_error(m)
-                if x is not None:
-                    entry.invalid = x if not more else hl7v2.HL7Error(
-                        f"message {k} of the frame's {len(more) + 1} ({m.control_id}): {x.reason}", field=x.field)
-                    break
+            errors = [_stage_error(m) for m in [msg, *more]]
+            k, x = next(((k, x) for k, x in enumerate(errors, 1) if x is not None), (0, None))
+            if x is not None:
+                entry.invalid = x if not more else hl7v2.HL7Error(
+                    f"message {k} of the frame's {len(more) + 1} ({[msg, *more][k - 1].control_id}): {x.reason}",
+                    field=x.field)
+        else:
+            errors = [None] * (len(more) + 1)
+        if more and reject is None and data.lstrip(_WS).startswith((b"FHS", b"BHS")):
+            entry.batch = list(zip([msg, *more], errors))
         conn.waiting.append(entry)
         self.submit(entry)
 
@@ -479,14 +493,12 @@ class Listener:
             elif e.reject is not None:
                 field = e.error.field if e.error is not None else None
                 out.append(("AR", hl7v2.ack(e.msg or e.data, "AR", e.reject, error_field=field)))
-            elif e.invalid is not None:
-                x = e.invalid
-                out.append(("AE", hl7v2.ack(e.msg, "AE", x.reason, error_field=x.field,
-                                            error_code="101^Required field missing^HL70357"
-                                            if "empty" in x.reason or "missing" in x.reason else
-                                            "207^Application internal error^HL70357")))
+            elif e.batch is not None:   # an HL7 batch is answered by a batch: one ACK per message
+                data = e.data.lstrip(_WS)
+                acks = [_ack(m, x) for m, x in e.batch]
+                out.append(("AA" if e.invalid is None else "AE", hl7v2.batch_ack(data[:data.find(b"MSH")], acks)))
             else:
-                out.append(("AA", hl7v2.ack(e.msg, "AA")))
+                out.append(("AA" if e.invalid is None else "AE", _ack(e.msg, e.invalid)))
         return out
 
 
@@ -543,11 +555,13 @@ def send(host: str, port: int, messages: Iterable[bytes], *, window: int = 1, ti
 
 
 def ack_code(ack: bytes) -> str:
-    """MSA-1 of an ACK ("AA", "AE", "AR"), or "" when it is not an ACK."""
+    """MSA-1 of an ACK ("AA", "AE", "AR"); of a batch of ACKs, the worst of theirs; "" when it is not an ACK."""
+    worst = {"AA": 0, "CA": 0, "AE": 1, "CE": 1, "AR": 2, "CR": 2}
     try:
-        return hl7v2.parse(ack).get("MSA-1")
+        codes = [hl7v2.parse(r.data).get("MSA-1") for r in hl7v2.split(ack)]
     except hl7v2.HL7Error:
         return ""
+    return max(codes, key=lambda c: worst.get(c, -1)) if codes and all(c in worst for c in codes) else ""
 
 
 # -- running it --------------------------------------------------------------------------------------------------------
