@@ -380,6 +380,7 @@ def test_the_ack_of_a_header_broken_inside_a_two_byte_character_names_the_messag
     "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||KLINGON",
     "MSH|^~\\&MSH|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1",             # MSH-2 not encoding characters
     "MSH|^ ~|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1",
+    "MSH|^~\\&|LIS|H1|MEDLAKE|DC|20240305||ORU^R01|C42|P|2.5.1||||||UNICODE UTF-16",  # bytes one at a time: not so
 ])
 def test_the_ack_of_a_message_with_a_bad_header_is_one_the_sender_can_read(header):
     """An AR echoes only the header fields the sender can read back: no unknown character set in MSH-18, no

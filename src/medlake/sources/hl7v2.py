@@ -1220,8 +1220,10 @@ def ack(msg_or_raw: Message | bytes, code: str = "AA", text: str = "", *, error_
         declared = _charset_field(fields[1:], delims)
         try:
             codec = codec_for(declared) if declared else codec
+            if "MSH|".encode(codec, "replace") != b"MSH|":  # UTF-16/32 declared over a header read byte by byte
+                raise HL7Error(f"MSH-18 {declared!r} does not match the bytes")
         except HL7Error:
-            declared = ""
+            declared, codec = "", "utf-8"
         fields = fields[:2] + [_as_text(f, codec, fields[1]) for f in fields[2:]]  # (MSH-4 is echoed in MSH-6)
     if not declared.isascii():
         declared = ""
