@@ -174,7 +174,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
         engine.analyze("tx_mark", "tx_delta", "tx_merge")  # work tables just filled: statistics for the planner
         only_new = _count(engine, "SELECT count(*) FROM tx_delta") == new_keys  # no merge, mapping or EMPI change
-        remapped = _co_owners(engine, entities)
+        remapped = set() if full else _co_owners(engine, entities)  # (--full: every record is mapped again)
         per_rule = {x["rule"]: x["n"] for x in engine.query(
             "SELECT rule, count(DISTINCT source_key) AS n FROM tx_delta GROUP BY rule").to_pylist()}
         n_delta = sum(per_rule.values())
