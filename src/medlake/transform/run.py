@@ -168,7 +168,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         bulk = full or new_keys * 10 > _count(engine, "SELECT CAST(sum(records) AS BIGINT) FROM transform_run")
         _merges(engine, tables, bulk)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
-        _late_encounters(engine, tables, events, entities)
+        _late_encounters(engine, tables, events, entities, bulk)
         for src in replayed:   # records gone from a replayed source's staging (now rejected): their rows go too
             engine.execute("INSERT INTO tx_delta SELECT DISTINCT rule, source_key FROM cdm_lineage WHERE source = ? "
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
@@ -330,6 +330,10 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
         engine.index("tx_empi_ns", "source", "source_id")
     if "stg_fhir_observation_component" in tables:
         engine.index("stg_fhir_observation_component", "source", "receipt_seq", "record_location", "resource_id")
+    if r.VISIT_NUMBER in tables:  # the events of an Encounter that comes late (_late_encounters)
+        for t in sorted({x.staging for x in r.EVENTS if not x.from_sql and any(
+                k == r.VISIT_NUMBER for k, _ in x.visit_if)} & tables):
+            engine.index(t, "source", "encounter_ref")
     if r.VISIT_NUMBER in tables and engine.index("stg_fhir_encounter", "source", "('Encounter/' || resource_id)"):
         return {"stg_fhir_encounter"}
     return set()
@@ -445,10 +449,12 @@ FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace A
     engine.execute("INSERT INTO transform_merge SELECT * FROM tx_merge")
 
 
-def _late_encounters(engine: Engine, tables: set[str], events: list, entities: list) -> None:
+def _late_encounters(engine: Engine, tables: set[str], events: list, entities: list, bulk: bool) -> None:
     """A FHIR event's visit is its Encounter's visit number, looked up when the event is mapped: an event mapped
     before its Encounter arrived (bulk files in any order, a feed that sends results first) took `Encounter/id`,
-    a visit that never exists once the Encounter has a number. Such events are mapped again when it comes."""
+    a visit that never exists once the Encounter has a number. Such events are mapped again when it comes (found
+    through the staging tables' (source, encounter_ref) index where the engine keeps one, `_staging_indexes`: a
+    daily batch of new Encounters scanned every FHIR event table, 3 of PostgreSQL's 8.5 s at 10,000 patients)."""
     enc = next((x for x in entities if x.name == "fhir.encounter"), None)
     late = [x for x in events if any(t == r.VISIT_NUMBER for t, _ in x.visit_if)]
     if enc is None or r.VISIT_NUMBER not in tables or not late or not _count(
@@ -460,6 +466,7 @@ def _late_encounters(engine: Engine, tables: set[str], events: list, entities: l
                   "(SELECT source_key FROM tx_delta WHERE rule = 'fhir.encounter')", "tx_late_encounter")
     if not _count(engine, "SELECT count(*) FROM tx_late_encounter"):
         return  # (no event staging table is read)
+    engine.plan(bulk=bulk)
     for rule in late:
         engine.execute(f"""INSERT INTO tx_delta
 SELECT DISTINCT '{rule.name}', {c.source_key(rule)}
@@ -469,6 +476,7 @@ JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
 WHERE ({rule.key}) IS NOT NULL
   AND {c.source_key(rule)} IN (SELECT source_key FROM cdm_lineage WHERE rule = '{rule.name}')
   AND {c.source_key(rule)} NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
+    engine.plan(bulk=True)
 
 
 def _co_owners(engine: Engine, entities: list) -> set[str]:
