@@ -196,6 +196,9 @@ def _print_ingest_summary(summary) -> None:
     out.print("quarantined by reason: " + (", ".join(f"{k} {v:,}" for k, v in sorted(q.items())) or "none"))
     if q:
         out.print("see `medlake quarantine list`; fix the parser or mapping, then `medlake quarantine retry`")
+    if summary.total().superseded:
+        out.print(f"{summary.total().superseded:,} message(s) cut off in transit came again whole: their parts' "
+                  "quarantine items are resolved (superseded)")
     if summary.ignored:
         out.print(f"{len(summary.ignored):,} file(s) outside every configured source were not ingested, e.g. "
                   f"{summary.ignored[0]}", highlight=False)

@@ -157,6 +157,28 @@ def test_rerun_is_a_noop_and_new_content_is_incremental(site):
     assert eng.query("SELECT count(*) FROM stg_hl7_patient").column(0)[0].as_py() == 4
 
 
+def test_a_message_cut_off_then_sent_again_whole_resolves_the_parts_item(site):
+    """A frame cut off in transit (the connection dropped) is landed and quarantined `truncated`; the sender sends
+    the message again, whole: once it is staged, the part's item is resolved as superseded. A part no whole copy
+    followed stays open."""
+    root, sources, eng, land, q = site
+    his = root / "h1" / "his"
+    (his / "cut-m9.hl7").write_bytes(b"\x0b" + adt("M9")[:100])
+    (his / "cut-m8.hl7").write_bytes(b"\x0b" + adt("M8")[:100])
+    first = ing.ingest(eng, land, q, [his], sources)
+    assert first.sources["h1-his"].superseded == 0
+    cut = {x.message_id: x for x in q.items(reason="truncated")}
+    assert sorted(cut) == ["M8", "M9"]
+    (his / "m9.hl7").write_bytes(adt("M9"))
+    again = ing.ingest(eng, land, q, [his], sources)
+    assert again.sources["h1-his"].superseded == again.total().superseded == 1
+    assert [x.message_id for x in q.items(reason="truncated")] == ["M8"]  # still open
+    done = q.get(cut["M9"].id)
+    assert done.status == "resolved" and done.resolution.startswith("superseded: message M9 arrived whole in receipt ")
+    assert done.raw == adt("M9")[:100]  # kept
+    assert ing.ingest(eng, land, q, [his], sources).total().superseded == 0
+
+
 def test_replay_rebuilds_the_same_staging_from_landing(site):
     root, sources, eng, land, q = site
     ing.ingest(eng, land, q, [root], sources)

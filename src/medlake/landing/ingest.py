@@ -205,6 +205,7 @@ class SourceSummary:
     records: int = 0
     rows: int = 0
     quarantined: Counter = field(default_factory=Counter)
+    superseded: int = 0   # items of messages cut off, resolved: the message came again whole (`_superseded`)
 
 
 @dataclass
@@ -216,7 +217,8 @@ class Summary:
     def total(self) -> SourceSummary:
         t = SourceSummary()
         for s in self.sources.values():
-            for k in ("received", "landed", "duplicates", "unchanged", "receipts_staged", "records", "rows"):
+            for k in ("received", "landed", "duplicates", "unchanged", "receipts_staged", "records", "rows",
+                      "superseded"):
                 setattr(t, k, getattr(t, k) + getattr(s, k))
             t.quarantined.update(s.quarantined)
         return t
@@ -511,6 +513,33 @@ def stage_pending(engine: Engine, land: Landing, q: Quarantine, src: Source, sum
     finally:
         if collecting:
             gc.enable()
+    if pending:
+        summary.sources[src.name].superseded += _superseded(engine, q, src.name)
+
+
+def _superseded(engine: Engine, q: Quarantine, source: str) -> int:
+    """A message cut off in transit (an MLLP connection dropped mid-frame, a file copied half) is quarantined
+    `truncated`; the sender then sends it again, whole. Once another receipt of the source has staged a message
+    with that control id, the part is resolved as superseded (kept, as every item). Returns how many."""
+    cut = [x for x in q.items(source=source, reason="truncated") if x.message_id]
+    tables = [t for t in engine.tables() if t.startswith("stg_hl7_")
+              and {"source", "control_id", "receipt_seq"} <= {c.name for c in engine.columns(t)}]
+    if not cut or not tables:
+        return 0
+    ids = sorted({x.message_id for x in cut})
+    marks = ", ".join("?" for _ in ids)
+    whole: dict[str, set[int]] = {}
+    for t in tables:
+        for r in engine.query(f"SELECT DISTINCT control_id, receipt_seq FROM {t} WHERE source = ? AND control_id IN "
+                              f"({marks})", [source, *ids]).to_pylist():
+            whole.setdefault(r["control_id"], set()).add(r["receipt_seq"])
+    n = 0
+    for x in cut:
+        again = sorted(whole.get(x.message_id, set()) - {x.receipt_seq})
+        if again:
+            q.resolve(x.id, f"superseded: message {x.message_id} arrived whole in receipt {again[-1]}")
+            n += 1
+    return n
 
 
 def ingest(engine: Engine, land: Landing, q: Quarantine, paths: Iterable[str | Path] = (),
