@@ -523,8 +523,8 @@ def _superseded(engine: Engine, q: Quarantine, source: str) -> int:
     with that control id, the part is resolved as superseded (kept, as every item). Returns how many."""
     cut = [x for x in q.items(source=source, reason="truncated") if x.message_id]
     tables = [t for t in engine.tables() if t.startswith("stg_hl7_")
-              and {"source", "control_id", "receipt_seq"} <= {c.name for c in engine.columns(t)}]
-    if not cut or not tables:
+              and {"source", "control_id", "receipt_seq"} <= {c.name for c in engine.columns(t)}] if cut else []
+    if not tables:
         return 0
     ids = sorted({x.message_id for x in cut})
     marks = ", ".join("?" for _ in ids)
