@@ -168,7 +168,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         bulk = full or new_keys * 10 > _count(engine, "SELECT CAST(sum(records) AS BIGINT) FROM transform_run")
         _merges(engine, tables, bulk)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
-        _late_encounters(engine, tables, events, entities, bulk)
+        if not full:  # (--full maps every event again)
+            _late_encounters(engine, tables, events, entities, bulk, floor)
         for src in replayed:   # records gone from a replayed source's staging (now rejected): their rows go too
             engine.execute("INSERT INTO tx_delta SELECT DISTINCT rule, source_key FROM cdm_lineage WHERE source = ? "
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
@@ -449,7 +450,8 @@ FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace A
     engine.execute("INSERT INTO transform_merge SELECT * FROM tx_merge")
 
 
-def _late_encounters(engine: Engine, tables: set[str], events: list, entities: list, bulk: bool) -> None:
+def _late_encounters(engine: Engine, tables: set[str], events: list, entities: list, bulk: bool,
+                     floor: int | None) -> None:
     """A FHIR event's visit is its Encounter's visit number, looked up when the event is mapped: an event mapped
     before its Encounter arrived (bulk files in any order, a feed that sends results first) took `Encounter/id`,
     a visit that never exists once the Encounter has a number. Such events are mapped again when it comes (found
@@ -457,12 +459,13 @@ def _late_encounters(engine: Engine, tables: set[str], events: list, entities: l
     daily batch of new Encounters scanned every FHIR event table, 3 of PostgreSQL's 8.5 s at 10,000 patients)."""
     enc = next((x for x in entities if x.name == "fhir.encounter"), None)
     late = [x for x in events if any(t == r.VISIT_NUMBER for t, _ in x.visit_if)]
-    if enc is None or r.VISIT_NUMBER not in tables or not late or not _count(
+    if floor is None or enc is None or r.VISIT_NUMBER not in tables or not late or not _count(
             engine, "SELECT count(*) FROM tx_delta WHERE rule = 'fhir.encounter'"):
         return
-    # the new Encounters that have a visit number, once (every rule below reads them)
+    # the Encounters received now that have a visit number, once (every rule below reads them; an Encounter
+    # mapped again for another reason, a merge or a mapping, has the number its events already took)
     _work(engine, f"SELECT DISTINCT s.source, 'Encounter/' || s.resource_id AS ref FROM stg_fhir_encounter s "
-                  f"WHERE s.identifier_value IS NOT NULL AND {c.source_key(enc)} IN "
+                  f"WHERE s.receipt_seq > {floor} AND s.identifier_value IS NOT NULL AND {c.source_key(enc)} IN "
                   "(SELECT source_key FROM tx_delta WHERE rule = 'fhir.encounter')", "tx_late_encounter")
     if not _count(engine, "SELECT count(*) FROM tx_late_encounter"):
         return  # (no event staging table is read)
