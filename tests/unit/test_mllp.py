@@ -246,6 +246,27 @@ def test_a_frame_holding_a_batch_is_answered_by_a_batch_of_acks(land):
     assert [hasattr(r, "reason") for r in staged] == [False, True, False]  # C1 quarantined at ingest, as answered
 
 
+def test_a_batch_message_that_does_not_parse_is_answered_ar_in_its_place(land):
+    """One message of a batch does not parse (its MSH-2 is no encoding characters): it gets AR in its place in the
+    batch of ACKs, the others AA — not one AR for the whole batch, whose good messages are staged all the same. A
+    batch of one message is answered by a batch too; a batch of nothing that parses, by one AR."""
+    broken = message("C1").replace(b"MSH|^~\\&|", b"MSH|^ ~|", 1)
+    batch = b"BHS|^~\\&|LIS|H1|MEDLAKE|DC|||||B8\r" + message("C0") + broken + message("C2") + b"BTS|3\r"
+    one = b"BHS|^~\\&|LIS|H1|MEDLAKE|DC|||||B9\r" + message("C3") + b"BTS|1\r"
+    none = b"BHS|^~\\&|LIS|H1|MEDLAKE|DC|||||B0\r" + broken + b"BTS|1\r"
+    with Running(listener(land)) as run:
+        acks = mllp.send("127.0.0.1", run.li.port, [batch, one, none], timeout=10)
+    each = [hl7v2.parse(r.data) for r in hl7v2.split(acks[0])]
+    assert [(m.get("MSA-1"), m.get("MSA-2")) for m in each] == [("AA", "C0"), ("AR", "C1"), ("AA", "C2")]
+    assert "MSH-2" in each[1].get("MSA-3") and acks[0].split(b"\r")[-2] == b"BTS|3"
+    assert mllp.ack_code(acks[0]) == "AR" and run.li.stats.acks == {"AA": 1, "AE": 0, "AR": 2}
+    assert acks[1].startswith(b"BHS|") and [hl7v2.parse(r.data).get("MSA-2") for r in hl7v2.split(acks[1])] == ["C3"]
+    assert mllp.ack_code(acks[2]) == "AR" and not acks[2].startswith(b"BHS")
+    assert landed(land) == [batch, one, none]
+    staged = list(ingest.hl7_records(batch, "batch"))
+    assert [hasattr(r, "reason") for r in staged] == [False, True, False]
+
+
 def test_routes_by_header(land, tmp_path):
     rules = tmp_path / "routes.toml"
     rules.write_text('[[route]]\nsource = "h1-his"\nmessage_type = "ADT^*"\n\n'

@@ -152,7 +152,8 @@ class _Entry:
     conn: "_Conn | None"        # None: land it, nobody to answer (bytes outside a frame, a frame cut short)
     ack: bytes | None = None    # set after the commit
     invalid: hl7v2.HL7Error | None = None   # staging failed: answered AE once landed
-    batch: list | None = None   # an HL7 batch (FHS/BHS): [(message, why staging it fails or None)], one ACK each
+    batch: list | None = None   # an HL7 batch (FHS/BHS), one ACK each: [(message, why staging it fails or None)],
+                                # or [(its bytes, HL7Error)] for a message that does not parse (AR)
 
 
 class _Conn(asyncio.Protocol):
@@ -261,9 +262,9 @@ class _Conn(asyncio.Protocol):
 
 
 def _several(data: bytes):
-    """A frame holding several messages (an HL7 batch, FHS/BHS … BTS/FTS, or messages one after another): (first
+    """A frame holding several messages one after another, without a batch header (see `_batch`): (first
     message, the others, None, None), answered as one; or (first, [], error, reason) when one of them fails to
-    parse — said with its place — or the frame holds none."""
+    parse — said with its place."""
     msgs: list[hl7v2.Message] = []
     raws = list(hl7v2.split(data))
     try:
@@ -276,9 +277,28 @@ def _several(data: bytes):
         return (msgs[0] if msgs else None), [], hl7v2.HL7Error(reason, field=e.field), reason
     except Exception as e:  # noqa: BLE001 - a reader bug, as in `receive`
         return (msgs[0] if msgs else None), [], None, _reader_failed(e)
-    if not msgs:
-        return None, [], None, "the frame holds a batch header and no message"
     return msgs[0], msgs[1:], None, None
+
+
+def _batch(data: bytes):
+    """An HL7 batch (FHS/BHS … BTS/FTS): (first message that parses, the others that do, {place: (bytes, HL7Error)}
+    of those that do not, None) — each is answered in the batch of ACKs, AR for those; or (None, [], {}, reason)
+    when none parses."""
+    msgs: list[hl7v2.Message] = []
+    unparsed = {}
+    for k, r in enumerate(hl7v2.split(data)):
+        try:
+            if r.error:
+                raise hl7v2.HL7Error(r.error)
+            msgs.append(hl7v2.parse(r.data))
+        except hl7v2.HL7Error as e:
+            unparsed[k] = (r.data, e)
+        except Exception as e:  # noqa: BLE001 - a reader bug, as in `receive`
+            unparsed[k] = (r.data, hl7v2.HL7Error(_reader_failed(e)))
+    if not msgs:
+        return None, [], {}, ("the frame holds a batch header and no message" if not unparsed else
+                              f"no message of the batch parses: {next(iter(unparsed.values()))[1].reason}")
+    return msgs[0], msgs[1:], unparsed, None
 
 
 def _stage_error(msg: hl7v2.Message) -> hl7v2.HL7Error | None:
@@ -399,11 +419,16 @@ class Listener:
             return
         msg = error = reject = None
         more: list[hl7v2.Message] = []   # the frame's other messages, when it holds several (an HL7 batch)
+        unparsed: dict[int, tuple[bytes, hl7v2.HL7Error]] = {}  # an HL7 batch's messages that do not parse
+        batch = data.lstrip(_WS).startswith((b"FHS", b"BHS"))
         try:
             msg = hl7v2.parse(data)
         except hl7v2.HL7Error as e:
             error, reject = e, e.reason
-            if data.lstrip(_WS).startswith((b"FHS", b"BHS")) or e.reason.startswith("a second MSH segment"):
+            if batch:
+                msg, more, unparsed, reject = _batch(data)
+                error = None
+            elif e.reason.startswith("a second MSH segment"):
                 msg, more, error, reject = _several(data)
         except Exception as e:  # noqa: BLE001 - a reader bug: this message is landed and answered, the feed goes on
             reject = _reader_failed(e)
@@ -426,8 +451,10 @@ class Listener:
                     field=x.field)
         else:
             errors = [None] * (len(more) + 1)
-        if more and reject is None and data.lstrip(_WS).startswith((b"FHS", b"BHS")):
+        if batch and reject is None and msg is not None:
             entry.batch = list(zip([msg, *more], errors))
+            for k in sorted(unparsed):   # in their places
+                entry.batch.insert(k, unparsed[k])
         conn.waiting.append(entry)
         self.submit(entry)
 
@@ -495,8 +522,11 @@ class Listener:
                 out.append(("AR", hl7v2.ack(e.msg or e.data, "AR", e.reject, error_field=field)))
             elif e.batch is not None:   # an HL7 batch is answered by a batch: one ACK per message
                 data = e.data.lstrip(_WS)
-                acks = [_ack(m, x) for m, x in e.batch]
-                out.append(("AA" if e.invalid is None else "AE", hl7v2.batch_ack(data[:data.find(b"MSH")], acks)))
+                acks = [hl7v2.ack(m, "AR", x.reason, error_field=x.field) if isinstance(m, bytes) else _ack(m, x)
+                        for m, x in e.batch]
+                code = ("AR" if any(isinstance(m, bytes) for m, _ in e.batch) else
+                        "AA" if e.invalid is None else "AE")
+                out.append((code, hl7v2.batch_ack(data[:data.find(b"MSH")], acks)))
             else:
                 out.append(("AA" if e.invalid is None else "AE", _ack(e.msg, e.invalid)))
         return out
