@@ -261,40 +261,44 @@ class _Conn(asyncio.Protocol):
             asyncio.get_running_loop().call_later(2.0, self.transport.close)
 
 
+def _parse_each(data: bytes) -> list[tuple[bytes, hl7v2.Message | None, hl7v2.HL7Error | str | None]]:
+    """Each message of a frame holding several, in order: (its bytes, the message, None), or (its bytes, None, why
+    it does not parse: the HL7Error, or the reader's failure as text)."""
+    out = []
+    for r in hl7v2.split(data):
+        try:
+            if r.error:
+                raise hl7v2.HL7Error(r.error)
+            out.append((r.data, hl7v2.parse(r.data), None))
+        except hl7v2.HL7Error as e:
+            out.append((r.data, None, e))
+        except Exception as e:  # noqa: BLE001 - a reader bug, as in `receive`
+            out.append((r.data, None, _reader_failed(e)))
+    return out
+
+
 def _several(data: bytes):
     """A frame holding several messages one after another, without a batch header (see `_batch`): (first
     message, the others, None, None), answered as one; or (first, [], error, reason) when one of them fails to
     parse — said with its place."""
-    msgs: list[hl7v2.Message] = []
-    raws = list(hl7v2.split(data))
-    try:
-        for k, r in enumerate(raws, 1):
-            if r.error:
-                raise hl7v2.HL7Error(r.error)
-            msgs.append(hl7v2.parse(r.data))
-    except hl7v2.HL7Error as e:
-        reason = f"message {k} of the frame's {len(raws)}: {e.reason}"
-        return (msgs[0] if msgs else None), [], hl7v2.HL7Error(reason, field=e.field), reason
-    except Exception as e:  # noqa: BLE001 - a reader bug, as in `receive`
-        return (msgs[0] if msgs else None), [], None, _reader_failed(e)
-    return msgs[0], msgs[1:], None, None
+    each = _parse_each(data)
+    k, x = next(((k, x) for k, (_, m, x) in enumerate(each, 1) if m is None), (0, None))
+    if isinstance(x, str):
+        return each[0][1], [], None, x
+    if x is not None:
+        reason = f"message {k} of the frame's {len(each)}: {x.reason}"
+        return each[0][1], [], hl7v2.HL7Error(reason, field=x.field), reason
+    return each[0][1], [m for _, m, _ in each[1:]], None, None
 
 
 def _batch(data: bytes):
     """An HL7 batch (FHS/BHS … BTS/FTS): (first message that parses, the others that do, {place: (bytes, HL7Error)}
     of those that do not, None) — each is answered in the batch of ACKs, AR for those; or (None, [], {}, reason)
     when none parses."""
-    msgs: list[hl7v2.Message] = []
-    unparsed = {}
-    for k, r in enumerate(hl7v2.split(data)):
-        try:
-            if r.error:
-                raise hl7v2.HL7Error(r.error)
-            msgs.append(hl7v2.parse(r.data))
-        except hl7v2.HL7Error as e:
-            unparsed[k] = (r.data, e)
-        except Exception as e:  # noqa: BLE001 - a reader bug, as in `receive`
-            unparsed[k] = (r.data, hl7v2.HL7Error(_reader_failed(e)))
+    each = _parse_each(data)
+    msgs = [m for _, m, _ in each if m is not None]
+    unparsed = {k: (raw, x if isinstance(x, hl7v2.HL7Error) else hl7v2.HL7Error(x))
+                for k, (raw, m, x) in enumerate(each) if m is None}
     if not msgs:
         return None, [], {}, ("the frame holds a batch header and no message" if not unparsed else
                               f"no message of the batch parses: {next(iter(unparsed.values()))[1].reason}")

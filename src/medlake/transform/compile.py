@@ -442,8 +442,8 @@ def table_rule_sql(rule: TableRule, empi: bool, run_id: int, tables=frozenset())
         frm += f" AND ({pid}) IS NOT NULL"
     cols = ", ".join(f"d.{c}" for c in table.field_names)
     insert = (f"INSERT INTO {rule.table}\n{frm.split(chr(10) + 'SELECT {cols}')[0]}\nSELECT {cols} FROM (\n"
-              f"SELECT {select_list(rule.table, exprs)}, ROW_NUMBER() OVER (PARTITION BY {id_expr} ORDER BY s.rkey, s.source) "
-              f"AS dup_rn\n" + frm.split("SELECT {cols}\n")[1] + f"\n) AS d\nWHERE d.dup_rn = 1 AND NOT EXISTS "
+              f"SELECT {select_list(rule.table, exprs)}, ROW_NUMBER() OVER (PARTITION BY {id_expr} "
+              f"ORDER BY s.rkey, s.source) AS dup_rn\n" + frm.split("SELECT {cols}\n")[1] + f"\n) AS d\nWHERE d.dup_rn = 1 AND NOT EXISTS "
               f"(SELECT 1 FROM {rule.table} x WHERE x.{pk} = d.{pk})")
     code = (f"CAST({concept.system} AS VARCHAR), CAST({concept.code} AS VARCHAR), COALESCE(c.concept_id, 0)"
             if concept else "CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS INTEGER)")

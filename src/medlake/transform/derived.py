@@ -352,8 +352,9 @@ WHERE x.detail_rn = 1 AND x.visit_detail_id IS DISTINCT FROM x.new_detail_id""")
 def _link_events(engine) -> None:
     """This run's events (tx_event) that fall in a stretch of their visit get its visit_detail_id: their rows are
     written again with it (same ids, same lineage). Earlier runs' events: `_relink_earlier`."""
+    # rewrite only the tables that have such events (a DELETE is a file rewrite on Spark)
     linked = {x["cdm_table"] for x in engine.query(
-        f"SELECT DISTINCT e.cdm_table FROM tx_event e JOIN visit_detail vd ON {c.in_stretch('e')}").to_pylist()}  # rewrite only the tables that have such events (a DELETE is a file rewrite on Spark)
+        f"SELECT DISTINCT e.cdm_table FROM tx_event e JOIN visit_detail vd ON {c.in_stretch('e')}").to_pylist()}
     for table in sorted(linked & set(c.DOMAIN_COLUMNS)):
         if "visit_detail_id" not in model.load("5.4").table(table).field_names:
             continue

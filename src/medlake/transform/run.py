@@ -332,8 +332,7 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
     if "stg_fhir_observation_component" in tables:
         engine.index("stg_fhir_observation_component", "source", "receipt_seq", "record_location", "resource_id")
     if r.VISIT_NUMBER in tables:  # the events of an Encounter that comes late (_late_encounters)
-        for t in sorted({x.staging for x in r.EVENTS if not x.from_sql and any(
-                k == r.VISIT_NUMBER for k, _ in x.visit_if)} & tables):
+        for t in sorted({x.staging for x in _numbered(r.EVENTS) if not x.from_sql} & tables):
             engine.index(t, "source", "encounter_ref")
     if r.VISIT_NUMBER in tables and engine.index("stg_fhir_encounter", "source", "('Encounter/' || resource_id)"):
         return {"stg_fhir_encounter"}
@@ -458,7 +457,7 @@ def _late_encounters(engine: Engine, tables: set[str], events: list, entities: l
     through the staging tables' (source, encounter_ref) index where the engine keeps one, `_staging_indexes`: a
     daily batch of new Encounters scanned every FHIR event table, 3 of PostgreSQL's 8.5 s at 10,000 patients)."""
     enc = next((x for x in entities if x.name == "fhir.encounter"), None)
-    late = [x for x in events if any(t == r.VISIT_NUMBER for t, _ in x.visit_if)]
+    late = _numbered(events)
     if floor is None or enc is None or r.VISIT_NUMBER not in tables or not late or not _count(
             engine, "SELECT count(*) FROM tx_delta WHERE rule = 'fhir.encounter'"):
         return
@@ -480,6 +479,11 @@ WHERE ({rule.key}) IS NOT NULL
   AND {c.source_key(rule)} IN (SELECT source_key FROM cdm_lineage WHERE rule = '{rule.name}')
   AND {c.source_key(rule)} NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
     engine.plan(bulk=True)
+
+
+def _numbered(events: list) -> list:
+    """The event rules whose visit is their FHIR Encounter's visit number (once the staging holds it)."""
+    return [x for x in events if any(t == r.VISIT_NUMBER for t, _ in x.visit_if)]
 
 
 def _co_owners(engine: Engine, entities: list) -> set[str]:
@@ -515,8 +519,9 @@ def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None
     found = engine.query("SELECT DISTINCT cdm_table, rule FROM tx_writer").to_pylist()
     for t in sorted({x["cdm_table"] for x in found}):
         engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM tx_writer WHERE cdm_table = '{t}')")
+    writers = {x["rule"] for x in found}
     for rule in mapped:  # in order: the first rule writes a row two of them share
-        if rule.name in {x["rule"] for x in found}:
+        if rule.name in writers:
             engine.execute(inserts[rule.name])
 
 
