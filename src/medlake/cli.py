@@ -423,7 +423,7 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
     from medlake.landing import Landing
     from medlake.transform.trace import trace
 
-    eng = engine()
+    eng = engine(read_only=True)
     root = settings().landing_dir
     land = Landing(root) if Path(root).exists() else None
     try:
@@ -1108,7 +1108,7 @@ def empi_status():
     """Identities, persons, review queue, decisions and the last run."""
     from medlake.identity import empi
 
-    with open_store() as eng:
+    with open_store(read_only=True) as eng:
         s = empi.status(eng)
     for k in ("identities", "persons", "pairs", "review_pending", "decisions", "id_changes"):
         out.print(f"{k.replace('_', ' '):<15}{s[k]:,}")

@@ -57,3 +57,8 @@ def test_persons_from_the_empi_carry_sex_and_birth_year(tmp_path):
     # and nothing identifying is left in staging
     assert con.execute("SELECT count(*) FROM stg_hl7_patient WHERE birth_date IS NOT NULL OR family_name IS NOT NULL"
                        ).fetchone()[0] == 0
+    # what only reads opens the store read-only, beside a notebook holding it open (it was refused the lock)
+    row_id = con.execute("SELECT min(measurement_id) FROM measurement").fetchone()[0]
+    assert "<- landing receipt" in medlake("trace", "measurement", str(row_id), cwd=tmp_path, env=env)
+    assert f"persons        {len(set(p for _, _, p in mapped)):,}" in medlake("empi", "status", cwd=tmp_path, env=env)
+    con.close()

@@ -70,6 +70,8 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("ingest", "--sources", "sources.toml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    r = run("empi", "status", cwd=tmp_path, env=env)  # before any run: nothing counted, nothing created
+    assert r.returncode == 0 and re.search(r"identities\s+0\b", r.stdout), r.stdout + r.stderr
 
     r = run("empi", "run", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr

@@ -60,7 +60,13 @@ LINKING = {"accept", "merge"}
 SPLITTING = {"reject", "unmerge"}
 
 
+TABLES = ("empi_person_map", "empi_pair", "empi_decision", "empi_person_history", "empi_run")
+
+
 def ensure_tables(engine) -> None:
+    """The EMPI tables, created where missing (nothing is written when they all exist: a read-only store reads)."""
+    if set(TABLES) <= set(engine.tables()):
+        return
     for stmt in DDL.split(";"):
         if stmt.strip():
             engine.execute(stmt)
@@ -499,6 +505,9 @@ def pair(engine, pair_id: int) -> dict:
 
 
 def status(engine) -> dict:
+    if not set(TABLES) & set(engine.tables()):  # no EMPI run yet: nothing to count, nothing created
+        return {k: 0 for k in ("identities", "persons", "pairs", "review_pending", "decisions",
+                               "decision_conflicts", "id_changes")} | {"last": None}
     ensure_tables(engine)
     q = lambda sql: engine.query(sql).column(0)[0].as_py()  # noqa: E731
     last = engine.query("SELECT run_id, recorded_at, who, kind, identities, pairs, links, review, persons, changed, "
