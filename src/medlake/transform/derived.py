@@ -320,6 +320,13 @@ def _visit_detail_steps(engine, persons: str | None) -> list[tuple[str, str]]:
             ("visit_detail", insert), ("visit_detail", lineage)]
 
 
+def work(engine, sql: str, name: str) -> None:
+    """A temporary work table holding the rows of `sql` (the transform's one way to make one)."""
+    engine.execute(f"DROP TABLE IF EXISTS {name}")
+    engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
+    engine.analyze(name)  # temporary tables get no statistics otherwise
+
+
 def _relink_earlier(engine, persons: str) -> None:
     """The touched persons' events of earlier runs look their visit_detail_id up again in the VISIT_DETAIL just
     rebuilt — a transfer that arrives after the results of the stay, a stretch that moved — so a CDM loaded in
@@ -330,9 +337,7 @@ def _relink_earlier(engine, persons: str) -> None:
             continue
         col = {v: k for k, v in c.DOMAIN_COLUMNS[table].items()}  # the table's columns of the event's start
         pk = t.primary_key[0]
-        engine.execute("DROP TABLE IF EXISTS tx_relink")
-        engine.execute(f"""CREATE TEMP TABLE tx_relink AS
-SELECT x.* FROM (
+        work(engine, f"""SELECT x.* FROM (
     SELECT t.*, vd.visit_detail_id AS new_detail_id,
            ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY {c.DETAIL_ORDER}) AS detail_rn
     FROM {table} t
@@ -341,7 +346,7 @@ SELECT x.* FROM (
       AND (t.visit_detail_id IS NOT NULL OR t.visit_occurrence_id IN (SELECT visit_occurrence_id FROM visit_detail))
       AND t.{pk} NOT IN (SELECT row_id FROM tx_event WHERE cdm_table = '{table}')
 ) AS x
-WHERE x.detail_rn = 1 AND x.visit_detail_id IS DISTINCT FROM x.new_detail_id""")
+WHERE x.detail_rn = 1 AND x.visit_detail_id IS DISTINCT FROM x.new_detail_id""", "tx_relink")
         if engine.query("SELECT count(*) AS n FROM tx_relink").column(0)[0].as_py():
             engine.execute(f"DELETE FROM {table} WHERE {pk} IN (SELECT {pk} FROM tx_relink)")
             cols = ", ".join("new_detail_id" if f == "visit_detail_id" else f for f in t.field_names)

@@ -27,6 +27,7 @@ from medlake.identity import demographics
 from medlake.landing.ingest import RESTAGED_TABLE, _ensure_table, staging_schemas
 from medlake.transform import compile as c
 from medlake.transform import derived, rules as r
+from medlake.transform.derived import work
 
 PROTECTED = ("person", "death")  # rebuilt per touched person, not per record key
 
@@ -463,9 +464,9 @@ def _late_encounters(engine: Engine, tables: set[str], events: list, entities: l
         return
     # the Encounters received now that have a visit number, once (every rule below reads them; an Encounter
     # mapped again for another reason, a merge or a mapping, has the number its events already took)
-    _work(engine, f"SELECT DISTINCT s.source, 'Encounter/' || s.resource_id AS ref FROM stg_fhir_encounter s "
-                  f"WHERE s.receipt_seq > {floor} AND s.identifier_value IS NOT NULL AND {c.source_key(enc)} IN "
-                  "(SELECT source_key FROM tx_delta WHERE rule = 'fhir.encounter')", "tx_late_encounter")
+    work(engine, f"SELECT DISTINCT s.source, 'Encounter/' || s.resource_id AS ref FROM stg_fhir_encounter s "
+                 f"WHERE s.receipt_seq > {floor} AND s.identifier_value IS NOT NULL AND {c.source_key(enc)} IN "
+                 "(SELECT source_key FROM tx_delta WHERE rule = 'fhir.encounter')", "tx_late_encounter")
     if not _count(engine, "SELECT count(*) FROM tx_late_encounter"):
         return  # (no event staging table is read)
     engine.plan(bulk=bulk)
@@ -493,7 +494,7 @@ def _co_owners(engine: Engine, entities: list) -> set[str]:
     shared = _names(c.sharing(r.TABLES))
     if not c.sharing(entities) or not _count(engine, f"SELECT count(*) FROM tx_delta WHERE rule IN {shared}"):
         return set()
-    _work(engine, f"""SELECT DISTINCT o.rule, o.source_key FROM cdm_lineage l
+    work(engine, f"""SELECT DISTINCT o.rule, o.source_key FROM cdm_lineage l
 JOIN cdm_lineage o ON o.row_id = l.row_id AND o.cdm_table = l.cdm_table AND o.rule IN {shared}
 WHERE l.rule IN {shared} AND l.source_key IN (SELECT source_key FROM tx_delta WHERE rule IN {shared})
   AND o.source_key NOT IN (SELECT source_key FROM tx_delta)""", "tx_co_owner")
@@ -508,7 +509,7 @@ def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None
     if not mapped:
         return
     shared = _names(c.sharing(r.TABLES))
-    _work(engine, f"""SELECT cdm_table, row_id, rule FROM (
+    work(engine, f"""SELECT cdm_table, row_id, rule FROM (
     SELECT l.cdm_table, l.row_id, l.rule, l.run_id, MIN(l.run_id) OVER (PARTITION BY l.cdm_table, l.row_id) AS since,
            ROW_NUMBER() OVER (PARTITION BY l.cdm_table, l.row_id ORDER BY {c.writer_order(r.TABLES)}) AS rn
     FROM cdm_lineage l
@@ -551,15 +552,12 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
     def above(alias: str, names) -> str:
         return f"{alias}.receipt_seq > {floor} AND " if floor is not None and not old_rules & set(names) else ""
 
-    def work(sql: str, name: str) -> None:
-        _work(engine, sql, name)
-
     out = {}
     for rule in rules:
         name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
         frm = getattr(rule, "from_sql", None) or rule.staging
-        work(f"SELECT s.* FROM {frm} s WHERE {above('s', [rule.name])}{c.source_key(rule)} IN "
-             f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
+        work(engine, f"SELECT s.* FROM {frm} s WHERE {above('s', [rule.name])}{c.source_key(rule)} IN "
+                     f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
         field = "from_sql" if hasattr(rule, "from_sql") else "staging"  # entity rules read their `staging`
         out[rule.name] = dataclasses.replace(rule, **{field: name})
         out[name] = None
@@ -583,19 +581,12 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
         name = CODING_WORK if table == "stg_fhir_coding" else f"tx_stg_lookup_{alias}_{len(replace)}"
         keys = " UNION ALL ".join(f"SELECT {ref.format(a='s')} FROM {x.from_sql} s" for x in users)
         lo = above(alias, [x.name for x in users]) if same_receipt else ""
-        work(f"SELECT {alias}.* FROM {table} {alias} WHERE {lo}{key.format(a=alias)} IN ({keys})", name)
+        work(engine, f"SELECT {alias}.* FROM {table} {alias} WHERE {lo}{key.format(a=alias)} IN ({keys})", name)
         out[name] = None
         replace[f"FROM {table} {alias}\n"] = f"FROM {name} {alias}\n"
         replace[f"FROM {table} {alias} "] = f"FROM {name} {alias} "
     out["__sql__"] = replace
     return out
-
-
-def _work(engine: Engine, sql: str, name: str) -> None:
-    """A temporary work table holding the rows of `sql`."""
-    engine.execute(f"DROP TABLE IF EXISTS {name}")
-    engine.execute(f"CREATE TEMP TABLE {name} AS {sql}")
-    engine.analyze(name)  # temporary tables get no statistics otherwise
 
 
 def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tuple[dict, dict]:
@@ -607,8 +598,8 @@ def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tupl
     found, records = {}, {}
     for rule in persons:
         name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
-        _work(engine, f"SELECT s.* FROM {rule.staging} s WHERE s.receipt_seq > {floor} AND {c.source_key(rule)} IN "
-                      f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
+        work(engine, f"SELECT s.* FROM {rule.staging} s WHERE s.receipt_seq > {floor} AND {c.source_key(rule)} IN "
+                     f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
         found[rule.name] = dataclasses.replace(rule, staging=name)
     refs = [f"SELECT ({x.person_ref or x.person}) AS ref FROM {getattr(x, 'from_sql', None) or x.staging} s"
             for x in (*rules, *found.values()) if x.person and (getattr(x, "from_sql", None) or x.staging).startswith(
@@ -621,8 +612,8 @@ def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tupl
                    "WHERE survivor_ref IN (SELECT ref FROM tx_person_ref)")
     for rule in persons:
         name = "tx_rec_" + re.sub(r"\W", "_", rule.name)
-        _work(engine, f"SELECT s.* FROM {rule.staging} s WHERE ({rule.person_ref or rule.person}) IN "
-                      "(SELECT ref FROM tx_person_ref)", name)
+        work(engine, f"SELECT s.* FROM {rule.staging} s WHERE ({rule.person_ref or rule.person}) IN "
+                     "(SELECT ref FROM tx_person_ref)", name)
         records[rule.name] = dataclasses.replace(rule, staging=name)
     return found, records
 
