@@ -165,7 +165,7 @@ _FHIR_ENC = "COALESCE(s.status, 'finished') NOT IN ('entered-in-error', 'cancell
 _WINDOW = ("JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq\n"
            "    LEFT JOIN transform_source ns ON ns.source = s.source")
 # the columns every stretch carries into the common tail (HL7 and FHIR parts select them in this order)
-_STRETCH = ("grp", "id_key", "person_id", "visit_occurrence_id", "concept_id", "provider_id", "care_site_id",
+_STRETCH = ("grp", "id_key", "visit_occurrence_id", "concept_id", "provider_id", "care_site_id",
             "source_value", "d_start", "d_end", "v_end", "o2", "o3", "rule", "source", "record_key", "source_key",
             "landing_sha256", "receipt_seq", "record_location", "message_id")
 
@@ -177,24 +177,29 @@ def _rule(name: str):
 STAY_CLASSES = ("I", "E")  # PV1-2 patient classes whose units make details (an outpatient visit has one place)
 
 
-def _hl7_stretches(persons: str | None, empi: bool) -> str:
+def _visits(persons: str) -> str:
+    """The visits whose details are rebuilt for the persons of table `persons`: their VISIT_OCCURRENCE rows'."""
+    return f"SELECT visit_occurrence_id FROM visit_occurrence WHERE person_id IN (SELECT person_id FROM {persons})"
+
+
+def _hl7_stretches(persons: str | None) -> str:
     """HL7 ADT of inpatient and emergency visits: the unit (PV1-3.1 point of care) of each message of a visit, in
     time order; a message in another unit than the one before starts a stretch (A01 admit at the admit time, A02
-    transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out."""
-    rule = _rule("hl7.visit")
-    pj, pid = c.person_joins(rule, empi)
-    flt = f" AND ({pid}) IN (SELECT person_id FROM {persons})" if persons else ""
+    transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out. Every message of
+    the visit counts, whichever patient it names (the stretches are the visit's, see `visit_detail_sql`)."""
+    visit = c.keyed_id("visit_occurrence", "s.visit_number")
+    flt = f" AND {visit} IN ({_visits(persons)})" if persons else ""
     order = "COALESCE(s.event_time, s.admit_time), s.receipt_seq, s.record_location"
     return f"""
     SELECT s.source || '|' || s.visit_number, s.ns || '|' || s.visit_number || '|' || s.point_of_care || '|'
                || CAST(s.d_start AS VARCHAR),
-           s.person_id, s.visit_occurrence_id, s.concept_id, s.provider_id, s.care_site_id,
+           s.visit_occurrence_id, s.concept_id, s.provider_id, s.care_site_id,
            left(s.point_of_care, 50), s.d_start, CAST(NULL AS TIMESTAMP), s.v_end, s.receipt_seq, s.record_location,
            'hl7.visit_detail', s.source, 'visit|' || s.visit_number, 'hl7.visit|' || s.source || '|visit|' ||
            s.visit_number, s.landing_sha256, s.receipt_seq, s.record_location, s.control_id
     FROM (
         SELECT s.*,
-               {c.keyed_id("visit_occurrence", "s.visit_number")} AS visit_occurrence_id,
+               {visit} AS visit_occurrence_id,
                {c.keyed_id("provider", "s.attending_doctor_id")} AS provider_id,
                {c.keyed_id("care_site", "s.point_of_care")} AS care_site_id,
                COALESCE({r.case("s.patient_class", r.HL7_VISIT)}, 0) AS concept_id,
@@ -203,13 +208,12 @@ def _hl7_stretches(persons: str | None, empi: bool) -> str:
                LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) AS prev_unit,
                MAX(s.discharge_time) OVER (PARTITION BY s.source, s.visit_number) AS v_end
         FROM (
-            SELECT s.*, {pid} AS person_id, {c.NS} AS ns,
+            SELECT s.*, {c.NS} AS ns,
                    LEAD(s.event_type) OVER (PARTITION BY s.source, s.visit_number,
                                             CASE WHEN s.event_type IN ('A02', 'A12') THEN 1 ELSE 0 END
                                             ORDER BY {order}) AS next_move
             FROM stg_hl7_visit s
             {_WINDOW}
-            {pj}
             WHERE ({_HL7_ADT} OR s.event_type = 'A12') AND s.visit_number IS NOT NULL AND s.point_of_care IS NOT NULL
               AND s.patient_class IN ({", ".join(f"'{k}'" for k in STAY_CLASSES)}){flt}
         ) AS s
@@ -219,26 +223,23 @@ def _hl7_stretches(persons: str | None, empi: bool) -> str:
     WHERE s.prev_unit IS NULL OR s.prev_unit <> s.point_of_care"""
 
 
-def _fhir_stretches(persons: str | None, empi: bool) -> str:
+def _fhir_stretches(persons: str | None) -> str:
     """FHIR: every Encounter.location[] entry (not `planned`) of the newest version of an Encounter, with its
     period (else the Encounter's), under the Encounter's visit (its visit number, as for VISIT_OCCURRENCE)."""
-    rule = _rule("fhir.encounter")
-    pj, pid = c.person_joins(rule, empi)
-    flt = f" AND ({pid}) IN (SELECT person_id FROM {persons})" if persons else ""
-    visit = "COALESCE(s.identifier_value, 'Encounter/' || s.resource_id)"
+    visit = c.keyed_id("visit_occurrence", "COALESCE(s.identifier_value, 'Encounter/' || s.resource_id)")
+    flt = f" AND {visit} IN ({_visits(persons)})" if persons else ""
     loc = r.fhir_ref("s.l_ref", "Location")
     return f"""
     SELECT s.source || '|Encounter/' || s.resource_id, s.ns || '|Encounter/' || s.resource_id || '|'
                || CAST(s.position AS VARCHAR),
-           s.person_id, s.visit_occurrence_id, s.concept_id, CAST(NULL AS BIGINT), s.care_site_id,
+           s.visit_occurrence_id, s.concept_id, CAST(NULL AS BIGINT), s.care_site_id,
            left({r.ref_id("s.l_ref", "Location")}, 50), s.d_start, s.l_end, s.period_end,
            CAST(s.position AS BIGINT), s.record_location,
            'fhir.encounter_location', s.source, 'Encounter/' || s.resource_id, 'fhir.encounter|' || s.source ||
            '|Encounter/' || s.resource_id, s.landing_sha256, s.receipt_seq, s.record_location,
            'Encounter/' || s.resource_id
     FROM (
-        SELECT s.*, {pid} AS person_id, {c.NS} AS ns,
-               {c.keyed_id("visit_occurrence", visit)} AS visit_occurrence_id,
+        SELECT s.*, {c.NS} AS ns, {visit} AS visit_occurrence_id,
                {c.keyed_id("care_site", loc)} AS care_site_id,
                COALESCE({r.case("s.class_code", r.FHIR_VISIT)}, 0) AS concept_id
         FROM (
@@ -253,7 +254,6 @@ def _fhir_stretches(persons: str | None, empi: bool) -> str:
             WHERE e.rn = 1
         ) AS s
         LEFT JOIN transform_source ns ON ns.source = s.source
-        {pj}
         WHERE {_FHIR_ENC} AND COALESCE(s.location_status, 'completed') <> 'planned'
           AND s.l_ref IS NOT NULL{flt}
     ) AS s"""
@@ -265,15 +265,17 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     A stretch ends where the next one of its visit starts, else at its own end (FHIR period), else at the visit's
     discharge, else where it started. Ids are stable_id of (namespace, visit, unit, start) for HL7 and (namespace,
     Encounter, location entry) for FHIR; preceding_visit_detail_id links the stretches of a stay. Only stretches
-    whose VISIT_OCCURRENCE exists are written."""
+    whose VISIT_OCCURRENCE exists are written, with its person: the stay's messages may name several patients (a
+    PID error, a merge not yet received); the stretches and whose they are do not depend on which of them a run
+    touches, so a CDM loaded in batches has the details it has loaded at once."""
     union = "\n    UNION ALL".join(parts)
     cols = ", ".join(_STRETCH)
     tail = f"""WITH seg ({cols}) AS ({union}
 ), t AS (
-    SELECT seg.*, stable_id('visit_detail|' || id_key) AS id,
+    SELECT seg.*, vo.person_id, stable_id('visit_detail|' || id_key) AS id,
            LEAD(d_start) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS next_start
-    FROM seg WHERE d_start IS NOT NULL AND person_id IS NOT NULL
-      AND visit_occurrence_id IN (SELECT visit_occurrence_id FROM visit_occurrence)
+    FROM seg JOIN visit_occurrence vo ON vo.visit_occurrence_id = seg.visit_occurrence_id
+    WHERE d_start IS NOT NULL
 ), u AS (
     SELECT t.*, LAG(id) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS prev_id,
            COALESCE(d_end, next_start, v_end, d_start) AS end0
@@ -298,26 +300,29 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     return insert, lineage
 
 
-def _visit_detail_steps(engine, persons: str | None) -> list[tuple[str, str]]:
-    """The VISIT_DETAIL statements for this store (none when nothing stages visits or no run has set up)."""
+def _visit_detail_steps(engine, persons: str | None) -> list[str]:
+    """The VISIT_DETAIL statements for this store, in order: delete the lineage and the rows rebuilt (the persons'
+    and their visits'), insert, lineage; none when nothing stages visits or no run has set up."""
     tables = set(engine.tables())
     if not {"tx_mark", "transform_source", "cdm_lineage"} <= tables:
         return []
-    empi = "empi_person_map" in tables
     parts = []
     if "stg_hl7_visit" in tables:
-        parts.append(_hl7_stretches(persons, empi))
+        parts.append(_hl7_stretches(persons))
     if {"stg_fhir_encounter", "stg_fhir_encounter_location"} <= tables:
-        parts.append(_fhir_stretches(persons, empi))
+        parts.append(_fhir_stretches(persons))
     if not parts:
         return []
     # the run that calls rebuild records itself as the next run_id when it ends
     run_id = engine.query("SELECT COALESCE(MAX(run_id), 0) + 1 AS n FROM transform_run").column(0)[0].as_py() \
         if "transform_run" in tables else 0
-    flt = f" AND person_id IN (SELECT person_id FROM {persons})" if persons else ""
     insert, lineage = visit_detail_sql(parts, run_id)
-    return [("visit_detail", f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'{flt}"),
-            ("visit_detail", insert), ("visit_detail", lineage)]
+    if not persons:
+        return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", insert, lineage]
+    rows = f"person_id IN (SELECT person_id FROM {persons}) OR visit_occurrence_id IN ({_visits(persons)})"
+    return [f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail' AND (person_id IN (SELECT person_id FROM "
+            f"{persons}) OR row_id IN (SELECT visit_detail_id FROM visit_detail WHERE {rows}))",
+            f"DELETE FROM visit_detail WHERE {rows}", insert, lineage]
 
 
 def work(engine, sql: str, name: str) -> None:
@@ -378,7 +383,7 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[s
     the run's window `tx_mark` and writes lineage); without staging it is left alone."""
     flt = f" WHERE person_id IN (SELECT person_id FROM {persons})" if persons else ""
     detail = _visit_detail_steps(engine, persons)
-    steps = [*([("visit_detail", detail[1][1])] if detail else []),
+    steps = [
         ("observation_period", observation_period_sql(persons)),
         ("condition_era", condition_era_sql(persons)),
         ("drug_era", drug_era_sql(persons)),
@@ -388,17 +393,20 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[s
     with engine.transaction():
         if detail:
             engine.plan(bulk=not lookups)
-            engine.execute(detail[0][1])
+            engine.execute(detail[0])
+            engine.execute(detail[1])
+            engine.plan(bulk=True)
+            engine.execute(detail[2])
         for table, sql in steps:
-            engine.plan(bulk=not lookups or table == "visit_detail")
+            engine.plan(bulk=not lookups)
             engine.execute(f"DELETE FROM {table}{flt}")
             engine.execute(sql)
         engine.plan(bulk=True)
         if detail:
-            engine.execute(detail[2][1])
+            engine.execute(detail[3])
             if persons and "tx_event" in engine.tables():
                 _link_events(engine)
                 _relink_earlier(engine, persons)
-    for table, _ in steps:
+    for table in ["visit_detail"] * bool(detail) + [t for t, _ in steps]:
         counts[table] = engine.query(f"SELECT count(*) AS n FROM {table}").column(0)[0].as_py()
     return counts
