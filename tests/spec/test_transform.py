@@ -423,14 +423,31 @@ def test_a_stay_whose_messages_name_two_patients_has_the_details_it_has_loaded_a
              "AND l.cdm_table = 'visit_detail'")
     want = sorted((sid(f"visit_detail|h1|{v}|W1|2021-05-01 08:00:00"), sid(f"h1|{p}"), sid(f"h1|{p}"),
                    T(2021, 5, 1, 8), T(2021, 5, 9, 12), f"{v}-1") for v, p in (("V1", "M2"), ("V2", "M4")))
-    # V1: the admission first, the discharge (another patient id) in the next batch; V2: the other way round
-    stage(engine, "stg_hl7_visit", "his", 1, [a01("V1", "M1"), a03("V2", "M4")])
+    # V1: the admission first, the discharge (another patient id) in the next batch; V2: the other way round;
+    # V3: a lab of the first patient, then a transfer and discharge naming another: the lab moves to the new unit
+    # V4: the same where the stay's patient stays the same and the lab names another: the transfer moves it too
+    def lab(visit, patient):
+        return dict(control_id=f"{visit}-L", message_type="ORU^R01", event_time=T(2021, 5, 4), patient_id=patient,
+                    visit_number=visit, filler_number=f"F{visit}", code="4548-4", code_system="LN", value_number=6.5,
+                    units="%", observation_time=T(2021, 5, 4, 7), result_status="F")
+
+    def a02(visit, patient):
+        return dict(adt, control_id=f"{visit}-2", event_type="A02", message_type="ADT^A02",
+                    event_time=T(2021, 5, 3, 10), visit_number=visit, patient_id=patient, point_of_care="ICU")
+
+    stage(engine, "stg_hl7_visit", "his", 1, [a01("V1", "M1"), a03("V2", "M4"), a01("V3", "M5"), a01("V4", "M8"),
+                                              a03("V4", "M8")])
+    stage(engine, "stg_hl7_observation", "lis", 1, [lab("V3", "M5"), lab("V4", "M7")])
     transform(engine, namespaces=NS)
-    stage(engine, "stg_hl7_visit", "his", 2, [a03("V1", "M2"), a01("V2", "M3")])
+    stage(engine, "stg_hl7_visit", "his", 2, [a03("V1", "M2"), a01("V2", "M3"), a02("V3", "M6"),
+                                              dict(a03("V3", "M6"), point_of_care="ICU"), a02("V4", "M8")])
     transform(engine, namespaces=NS)
-    assert rows(engine, query) == want
-    transform(engine, namespaces=NS, full=True)  # as loaded at once
-    assert rows(engine, query) == want
+    icu = {v: sid(f"visit_detail|h1|{v}|ICU|2021-05-03 10:00:00") for v in ("V3", "V4")}
+    for _ in ("batches", "at once"):
+        assert [r for r in rows(engine, query) if r[5] in ("V1-1", "V2-1")] == want
+        assert rows(engine, "SELECT person_id, visit_detail_id FROM measurement") == sorted(
+            [(sid("h1|M5"), icu["V3"]), (sid("h1|M7"), icu["V4"])])
+        transform(engine, namespaces=NS, full=True)
 
 
 def test_location_device_specimen_coverage_report(engine):

@@ -177,9 +177,14 @@ def _rule(name: str):
 STAY_CLASSES = ("I", "E")  # PV1-2 patient classes whose units make details (an outpatient visit has one place)
 
 
-def _visits(persons: str) -> str:
-    """The visits whose details are rebuilt for the persons of table `persons`: their VISIT_OCCURRENCE rows'."""
-    return f"SELECT visit_occurrence_id FROM visit_occurrence WHERE person_id IN (SELECT person_id FROM {persons})"
+VISITS = "SELECT visit_occurrence_id FROM tx_detail_visit"  # the visits whose details a run rebuilds (`rebuild`)
+
+
+def _rows(table: str, key: str, persons: str) -> str:
+    """The `key`s of the rows of `table` a rebuild for `persons` reads again: the persons' and their visits' (two
+    lookups, not an OR of two sets, which PostgreSQL runs as a scan of the table)."""
+    return (f"SELECT {key} FROM {table} WHERE person_id IN (SELECT person_id FROM {persons}) UNION "
+            f"SELECT {key} FROM {table} WHERE visit_occurrence_id IN ({VISITS})")
 
 
 def _hl7_stretches(persons: str | None) -> str:
@@ -188,7 +193,7 @@ def _hl7_stretches(persons: str | None) -> str:
     transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out. Every message of
     the visit counts, whichever patient it names (the stretches are the visit's, see `visit_detail_sql`)."""
     visit = c.keyed_id("visit_occurrence", "s.visit_number")
-    flt = f" AND {visit} IN ({_visits(persons)})" if persons else ""
+    flt = f" AND {visit} IN ({VISITS})" if persons else ""
     order = "COALESCE(s.event_time, s.admit_time), s.receipt_seq, s.record_location"
     return f"""
     SELECT s.source || '|' || s.visit_number, s.ns || '|' || s.visit_number || '|' || s.point_of_care || '|'
@@ -227,7 +232,7 @@ def _fhir_stretches(persons: str | None) -> str:
     """FHIR: every Encounter.location[] entry (not `planned`) of the newest version of an Encounter, with its
     period (else the Encounter's), under the Encounter's visit (its visit number, as for VISIT_OCCURRENCE)."""
     visit = c.keyed_id("visit_occurrence", "COALESCE(s.identifier_value, 'Encounter/' || s.resource_id)")
-    flt = f" AND {visit} IN ({_visits(persons)})" if persons else ""
+    flt = f" AND {visit} IN ({VISITS})" if persons else ""
     loc = r.fhir_ref("s.l_ref", "Location")
     return f"""
     SELECT s.source || '|Encounter/' || s.resource_id, s.ns || '|Encounter/' || s.resource_id || '|'
@@ -319,10 +324,9 @@ def _visit_detail_steps(engine, persons: str | None) -> list[str]:
     insert, lineage = visit_detail_sql(parts, run_id)
     if not persons:
         return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", insert, lineage]
-    rows = f"person_id IN (SELECT person_id FROM {persons}) OR visit_occurrence_id IN ({_visits(persons)})"
-    return [f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail' AND (person_id IN (SELECT person_id FROM "
-            f"{persons}) OR row_id IN (SELECT visit_detail_id FROM visit_detail WHERE {rows}))",
-            f"DELETE FROM visit_detail WHERE {rows}", insert, lineage]
+    rows = _rows("visit_detail", "visit_detail_id", persons)  # (a detail's lineage rows are its persons')
+    return [f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail' AND row_id IN ({rows})",
+            f"DELETE FROM visit_detail WHERE visit_detail_id IN ({rows})", insert, lineage]
 
 
 def work(engine, sql: str, name: str) -> None:
@@ -333,9 +337,10 @@ def work(engine, sql: str, name: str) -> None:
 
 
 def _relink_earlier(engine, persons: str) -> None:
-    """The touched persons' events of earlier runs look their visit_detail_id up again in the VISIT_DETAIL just
-    rebuilt — a transfer that arrives after the results of the stay, a stretch that moved — so a CDM loaded in
-    batches is the CDM loaded at once. Only rows whose id changes are written again (same ids, same lineage)."""
+    """The touched persons' events of earlier runs, and those of their visits (an event may name another patient),
+    look their visit_detail_id up again in the VISIT_DETAIL just rebuilt — a transfer that arrives after the
+    results of the stay, a stretch that moved — so a CDM loaded in batches is the CDM loaded at once. Only rows
+    whose id changes are written again (same ids, same lineage)."""
     for table in sorted(set(c.DOMAIN_COLUMNS) & set(engine.tables())):
         t = model.load("5.4").table(table)
         if "visit_detail_id" not in t.field_names:
@@ -347,7 +352,7 @@ def _relink_earlier(engine, persons: str) -> None:
            ROW_NUMBER() OVER (PARTITION BY t.{pk} ORDER BY {c.DETAIL_ORDER}) AS detail_rn
     FROM {table} t
     LEFT JOIN visit_detail vd ON {c.in_stretch('t', col['e.start_datetime'], col['e.start_date'])}
-    WHERE t.person_id IN (SELECT person_id FROM {persons})
+    WHERE t.{pk} IN ({_rows(table, pk, persons)})
       AND (t.visit_detail_id IS NOT NULL OR t.visit_occurrence_id IN (SELECT visit_occurrence_id FROM visit_detail))
       AND t.{pk} NOT IN (SELECT row_id FROM tx_event WHERE cdm_table = '{table}')
 ) AS x
@@ -393,6 +398,9 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[s
     with engine.transaction():
         if detail:
             engine.plan(bulk=not lookups)
+            if persons:
+                work(engine, "SELECT visit_occurrence_id FROM visit_occurrence WHERE person_id IN (SELECT person_id "
+                             f"FROM {persons})", "tx_detail_visit")
             engine.execute(detail[0])
             engine.execute(detail[1])
             engine.plan(bulk=True)

@@ -343,15 +343,17 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
 def _cdm_indexes(engine: Engine, tables: set[str], analyze: bool) -> None:
     """Indexes the next run finds its few rows through, where the engine keeps them (created once, after the first
     load, which is faster than growing them row by row): lineage by record key, person and run; every person-level
-    CDM table by its primary key and person (as the OHDSI DDL's indexes). `analyze`: after a bulk load, fresh
-    statistics, or the next run's planner guesses half the lineage for a few thousand record keys."""
+    CDM table by its primary key, person and visit (as the OHDSI DDL's indexes; by visit: the events of a stay
+    whose details are rebuilt, see derived.rebuild). `analyze`: after a bulk load, fresh statistics, or the next
+    run's planner guesses half the lineage for a few thousand record keys."""
     from medlake.cdm import model
 
     for key in ("source_key", "person_id", "run_id", "row_id"):  # (row_id: the records sharing a row)
         engine.index("cdm_lineage", key)
     for t in model.load("5.4").tables:
         if t.name in tables and "person_id" in t.field_names:
-            for key in dict.fromkeys([*t.primary_key[:1], "person_id"]):
+            keys = [*t.primary_key[:1], "person_id"] + [k for k in ("visit_occurrence_id",) if k in t.field_names]
+            for key in dict.fromkeys(keys):
                 engine.index(t.name, key)
             if analyze:
                 engine.analyze(t.name)
