@@ -400,8 +400,8 @@ def test_visit_detail_from_transfers(engine):
 def test_a_stay_whose_messages_name_two_patients_has_the_details_it_has_loaded_at_once(engine):
     """A stay's A01 names one patient, its A03 another (a PID error): its stretches are those of all its messages,
     under its VISIT_OCCURRENCE and with that row's person (the A03's, the newest), whichever batch brought which.
-    The batch bringing the other patient's message rebuilt only the details of the persons it touched: a stretch
-    left open, ending where it started, or its id written twice, once per person."""
+    The batch bringing the other patient's message rebuilt only the details of the persons it touched (a stretch
+    left open, or begun by the wrong message); the events of a stay look their unit up again whoever they name."""
     if engine.name == "spark":
         pytest.skip("the incremental statements are the same on Spark; each run takes a minute there")
     store.init(engine, "5.4")
