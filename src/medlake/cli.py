@@ -1341,7 +1341,7 @@ def map_export(file: Path = typer.Argument(..., help="CSV file to write (UTF-8 w
     """Write gaps, their suggestions and current decisions to CSV for review in a spreadsheet."""
     from medlake.mapping import review
 
-    with open_store() as eng:
+    with open_store(read_only=True) as eng:
         n = review.export_csv(eng, file)
     out.print(f"{n:,} row(s) -> {file}; fill the decision column (accept, reject, no_match; change concept_id to "
               "accept another concept), then `medlake map import`", highlight=False)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 
 from medlake.engines import open_engine
@@ -25,6 +26,9 @@ def run(tmp_path, *args, ok=True):
 def test_map_commands(tmp_path):
     run(tmp_path, "init")
     run(tmp_path, "vocab", "load", "--demo")
+    empty = tmp_path / "empty.csv"  # nothing inventoried yet: the header alone
+    assert run(tmp_path, "map", "export", empty).stdout.startswith("0 row(s)")
+    assert list(csv.reader(open(empty, encoding="utf-8-sig")))[0][:2] == ["gap_id", "code_system"]
     eng = open_engine(f"duckdb:{tmp_path / 'store.duckdb'}")
     eng.execute("CREATE TABLE stg_csv_pharmacy (source VARCHAR, drug_code VARCHAR, drug_code_system VARCHAR, "
                 "drug_name VARCHAR, patient_id VARCHAR)")
@@ -39,7 +43,9 @@ def test_map_commands(tmp_path):
     gap = next(line.split("│")[1].strip() for line in p.stdout.splitlines() if "metformin" in line)
     assert "accepted" in run(tmp_path, "map", "accept", gap).stdout
     out = tmp_path / "r.csv"
+    notebook = duckdb.connect(str(tmp_path / "store.duckdb"), read_only=True)  # the export only reads: beside it
     run(tmp_path, "map", "export", out)
+    notebook.close()
     rows = list(csv.DictReader(open(out, encoding="utf-8-sig")))
     assert {r["code"]: r["decision"] for r in rows} == {"Y2": "", "Y1": "accept"}
     assert next(r for r in rows if r["code"] == "Y1")["reviewer"] == "dana"

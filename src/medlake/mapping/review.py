@@ -271,13 +271,14 @@ def changed_since(engine, when: dt.datetime) -> list[tuple[str, str]]:
 
 
 def export_csv(engine, path: Path) -> int:
-    """One row per gap (top suggestion and alternatives), then the codes already decided; returns rows written."""
-    store.ensure(engine)
-    gaps = engine.query("SELECT * FROM mapping_gap ORDER BY rows DESC, gap_id").to_pylist()
+    """One row per gap (top suggestion and alternatives), then the codes already decided; returns rows written.
+    It only reads (a store without the mapping tables yet gives a file of the header alone)."""
+    inventory = set(store.TABLES) <= set(engine.tables())
+    gaps = engine.query("SELECT * FROM mapping_gap ORDER BY rows DESC, gap_id").to_pylist() if inventory else []
     sugg: dict[str, list] = {}
-    for s in engine.query("SELECT * FROM mapping_suggestion ORDER BY gap_id, rank").to_pylist():
+    for s in engine.query("SELECT * FROM mapping_suggestion ORDER BY gap_id, rank").to_pylist() if inventory else []:
         sugg.setdefault(s["gap_id"], []).append(s)
-    dec = current(engine)
+    dec = current(engine) if inventory else {}
     names = {}
     ids = sorted({d["target_concept_id"] for d in dec.values() if d["target_concept_id"]})
     for i in range(0, len(ids), 500):
