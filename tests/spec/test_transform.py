@@ -233,9 +233,10 @@ def test_one_visit_for_hl7_and_fhir_and_the_coding_that_maps(engine):
 
 
 def test_an_event_mapped_before_its_encounter_arrived_joins_its_visit(engine):
-    """A Condition and an Observation mapped before their Encounter was staged took the visit `Encounter/e9`; the
-    Encounter, when it comes, has the visit number V9: the events are mapped again onto that visit (they pointed
-    at a VISIT_OCCURRENCE that never existed), as when everything arrives in one batch."""
+    """A Condition, an Observation and a DocumentReference (a NOTE) mapped before their Encounter was staged took
+    the visit `Encounter/e9`; the Encounter, when it comes, has the visit number V9: they are mapped again onto
+    that visit (they pointed at a VISIT_OCCURRENCE that never existed), as when everything arrives in one batch.
+    (The note kept `Encounter/e9`: only event rules were looked at, found by fuzzing.)"""
     if engine.name == "spark":
         pytest.skip("incremental runs are checked on DuckDB and PostgreSQL; Spark runs the same statements above")
     store.init(engine, "5.4")
@@ -247,6 +248,9 @@ def test_an_event_mapped_before_its_encounter_arrived_joins_its_visit(engine):
     stage(engine, "stg_fhir_observation", "emr", 1, [
         dict(resource_id="o9", status="final", code_system="http://loinc.org", code="4548-4", subject_ref="Patient/p1",
              encounter_ref="Encounter/e9", effective_at=T(2022, 3, 2, 7), value_number=6.5, value_unit="%")])
+    stage(engine, "stg_fhir_document_reference", "emr", 1, [
+        dict(resource_id="d9", status="current", subject_ref="Patient/p1", encounter_ref="Encounter/e9",
+             date=T(2022, 3, 3, 9), text="Admission note")])
     stage(engine, "stg_fhir_encounter", "emr", 1, [  # another stay: its events stay as they are
         dict(resource_id="e1", status="finished", class_code="AMB", subject_ref="Patient/p1",
              period_start=T(2022, 1, 1, 8))])
@@ -260,10 +264,11 @@ def test_an_event_mapped_before_its_encounter_arrived_joins_its_visit(engine):
     visit = sid("visit_occurrence|h1|V9")
     assert rows(engine, "SELECT visit_occurrence_id FROM condition_occurrence") == [(visit,)]
     assert rows(engine, "SELECT visit_occurrence_id FROM measurement") == [(visit,)]
+    assert rows(engine, "SELECT visit_occurrence_id FROM note") == [(visit,)]
     assert rows(engine, "SELECT visit_occurrence_id FROM visit_occurrence") == sorted([
         (visit,), (sid("visit_occurrence|h1|Encounter/e1"),)])
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table IN ('condition_occurrence', "
-                        "'measurement')") == [(2,)]
+                        "'measurement', 'note')") == [(3,)]
     assert s.written.get("condition_occurrence") == 1 and transform(engine, namespaces=NS).run_id is None
 
 

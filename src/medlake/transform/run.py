@@ -333,7 +333,8 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
     if "stg_fhir_observation_component" in tables:
         engine.index("stg_fhir_observation_component", "source", "receipt_seq", "record_location", "resource_id")
     if r.VISIT_NUMBER in tables:  # the events of an Encounter that comes late (_late_encounters)
-        for t in sorted({x.staging for x in _numbered(r.EVENTS) if not x.from_sql} & tables):
+        for t in sorted({x.staging for x in _numbered([*r.EVENTS, *r.TABLES]) if not getattr(x, "from_sql", None)}
+                        & tables):
             engine.index(t, "source", "encounter_ref")
     if r.VISIT_NUMBER in tables and engine.index("stg_fhir_encounter", "source", "('Encounter/' || resource_id)"):
         return {"stg_fhir_encounter"}
@@ -454,13 +455,13 @@ FROM ({changed}) AS x LEFT JOIN transform_merge o ON o.namespace = x.namespace A
 
 def _late_encounters(engine: Engine, tables: set[str], events: list, entities: list, bulk: bool,
                      floor: int | None) -> None:
-    """A FHIR event's visit is its Encounter's visit number, looked up when the event is mapped: an event mapped
+    """A FHIR event's (or note's) visit is its Encounter's visit number, looked up when it is mapped: an event mapped
     before its Encounter arrived (bulk files in any order, a feed that sends results first) took `Encounter/id`,
     a visit that never exists once the Encounter has a number. Such events are mapped again when it comes (found
     through the staging tables' (source, encounter_ref) index where the engine keeps one, `_staging_indexes`: a
     daily batch of new Encounters scanned every FHIR event table, 3 of PostgreSQL's 8.5 s at 10,000 patients)."""
     enc = next((x for x in entities if x.name == "fhir.encounter"), None)
-    late = _numbered(events)
+    late = _numbered([*events, *entities])
     if floor is None or enc is None or r.VISIT_NUMBER not in tables or not late or not _count(
             engine, "SELECT count(*) FROM tx_delta WHERE rule = 'fhir.encounter'"):
         return
@@ -484,9 +485,11 @@ WHERE ({rule.key}) IS NOT NULL
     engine.plan(bulk=True)
 
 
-def _numbered(events: list) -> list:
-    """The event rules whose visit is their FHIR Encounter's visit number (once the staging holds it)."""
-    return [x for x in events if any(t == r.VISIT_NUMBER for t, _ in x.visit_if)]
+def _numbered(rules: list) -> list:
+    """The rules whose visit is their FHIR Encounter's visit number (once the staging holds it): events, and the
+    NOTE rules (DocumentReference, DiagnosticReport text)."""
+    return [x for x in rules if any("FROM stg_fhir_encounter x WHERE" in k for _, k in (
+        x.visit_if if isinstance(x, r.EventRule) else r.TABLE_KEYS.get(x.name, {}).get("visit_if", ())))]
 
 
 def _co_owners(engine: Engine, entities: list) -> set[str]:
