@@ -170,10 +170,6 @@ _STRETCH = ("grp", "id_key", "visit_occurrence_id", "concept_id", "provider_id",
             "landing_sha256", "receipt_seq", "record_location", "message_id")
 
 
-def _rule(name: str):
-    return next(x for x in r.TABLES if x.name == name)
-
-
 STAY_CLASSES = ("I", "E")  # PV1-2 patient classes whose units make details (an outpatient visit has one place)
 
 

@@ -576,9 +576,8 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
             ("stg_fhir_coding", "k", lambda x: getattr(x, "codings", ()) and c.CODINGS in tables, rec, rec, True),
             ("stg_fhir_observation_component", "k", lambda x: "FROM stg_fhir_observation_component k WHERE" in x.where,
              rec, rec, True),
-            ("stg_fhir_encounter", "x", lambda x: r.VISIT_NUMBER in tables and any(
-                "FROM stg_fhir_encounter x WHERE" in k for _, k in x.visit_if), "'Encounter/' || {a}.resource_id",
-             "{a}.encounter_ref", False)):
+            ("stg_fhir_encounter", "x", lambda x: r.VISIT_NUMBER in tables and bool(_numbered([x])),
+             "'Encounter/' || {a}.resource_id", "{a}.encounter_ref", False)):
         users = [x for x in narrowed if isinstance(x, r.EventRule) and uses(x)]
         if not users or table not in tables or table in indexed:
             continue  # looked up through its index (_staging_indexes); a work table without one would be scanned
