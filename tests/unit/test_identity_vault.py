@@ -150,3 +150,21 @@ def test_pseudonyms_differ_per_project_are_stable_and_reidentify_only_for_truste
     # another vault (another site secret) gives other pseudonyms for the same person
     with Vault(tmp_path / "w.sqlite", ring(keys.new_key())) as w:
         assert pseudonym.pseudonym(w, "study-a", pid) != a
+
+
+def test_a_vault_made_before_as_of_opens_and_takes_updates(tmp_path):
+    """A vault file written before values kept their time (no `as_of` column) gets the column when opened; its
+    values count as older than any update that has a time, and keep their place against an update without one."""
+    k = ring(keys.new_key())
+    with Vault.open(tmp_path, k) as v:
+        v.put(PEOPLE[:1])
+        v.con.execute("ALTER TABLE identity DROP COLUMN as_of")
+    with Vault.open(tmp_path, k) as v:
+        v.put([dict(source="h1-his", source_id="MRN0000", phone="13911112222",
+                    as_of={"phone": "2001-01-01T00:00:00.000000|00000000000000000001|line 1"}),
+               dict(source="h1-his", source_id="MRN0001", family="王", as_of={"family": "2001"})])
+        v.put([dict(source="h1-his", source_id="MRN0000", phone="13933334444",
+                    as_of={"phone": "1999-01-01T00:00:00.000000|00000000000000000009|line 1"})])  # older: kept out
+        got = {r["source_id"]: r for r in v.read("test", "check")}
+    assert (got["MRN0000"]["family"], got["MRN0000"]["phone"]) == ("欧阳", "13911112222")
+    assert got["MRN0001"]["family"] == "王"

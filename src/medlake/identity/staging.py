@@ -2,7 +2,9 @@
 
 One source identity per (source, source_id): for HL7 v2 the patient id (PID-3, the MRN) of the source, for FHIR
 the Patient resource id. Several staging rows of one identity (A01, A08, every ORU's PID …) are folded into one:
-per field, the latest non-empty value (by event time, then receipt). A40 merges come from `stg_hl7_merge`.
+per field, the latest non-empty value (by `as_of`: event time, then receipt, then place in the file), each field
+with its `as_of`, which the vault keeps, so a later run's older message changes nothing newer. A40 merges come from
+`stg_hl7_merge`.
 
 `vault_staging(engine, vault)` puts these identities into the vault, records the merges in the EMPI, then nulls
 (`clear_columns`: insert again with NULLs, delete the originals — engine-neutral, Spark has no UPDATE) every
@@ -20,7 +22,7 @@ from pathlib import Path
 from medlake.engines.base import arrow_schema_of
 from medlake.identity import demographics, empi
 from medlake.landing.ingest import SQL_OF
-from medlake.identity.normalize import id_check_ok
+from medlake.identity.normalize import FIELDS, id_check_ok
 from medlake.identity.vault import Vault
 
 KEEP = {"patient_id", "prior_patient_id"}  # source ids: the join key to empi_person_map, not moved
@@ -53,21 +55,41 @@ def _rows(engine, table: str, wanted: list[str], order: list[str]) -> list[dict]
     cols = [c for c in wanted if c in have]
     if "source" not in have:
         return []
-    by = ", ".join(f'"{c}"' for c in order if c in have) or "1"
-    return engine.query(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{table}" ORDER BY {by}').to_pylist()
+    by = ", ".join(f'"{c}"' for c in order if c in have)
+    return engine.query(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{table}"'
+                        + (f" ORDER BY {by}" if by else "")).to_pylist()
 
 
-def _fold(rows: list[dict], key) -> dict:
+_NO_TIME = "0000-00-00T00:00:00.000000"  # a row without a time is older than every row with one (as the transform)
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def as_of(time, receipt_seq, location) -> str:
+    """Where a staging row stands in time, as text that sorts so: its event time (none: oldest), then its receipt,
+    then its place in the file (line 9 before line 10). The vault keeps it per field, so a later run's older
+    message does not replace a newer value (`Vault.put`)."""
+    if time is None:
+        t = _NO_TIME
+    elif hasattr(time, "microsecond"):
+        t = f"{time.year:04d}-{time:%m-%dT%H:%M:%S}.{time.microsecond:06d}"
+    else:
+        t = str(time)
+    return f"{t}|{int(receipt_seq or 0):020d}|{_DIGITS.sub(lambda m: m.group().zfill(12), location or '')}"
+
+
+def _fold(rows: list[dict], identity, when: str) -> list[dict]:
+    """One record per (source, source_id): per field the value of the latest row (by `as_of`) that has one, and
+    `as_of` per identifying field. `identity(row)` gives a row's record (None: the row names no identity)."""
     out: dict = {}
-    for r in rows:
-        k = key(r)
-        if k is None:
-            continue
-        cur = out.setdefault(k, {})
-        for f, v in r.items():
+    for at, rec in sorted(((as_of(r.get(when), r.get("receipt_seq"), r.get("record_location")), rec)
+                           for r in rows if (rec := identity(r)) is not None), key=lambda x: x[0]):
+        cur = out.setdefault((rec["source"], rec["source_id"]), {"as_of": {}})
+        for f, v in rec.items():
             if v not in (None, ""):
                 cur[f] = v
-    return out
+                if f in FIELDS:
+                    cur["as_of"][f] = at
+    return list(out.values())
 
 
 def _hl7_ids(text: str | None) -> dict:
@@ -87,9 +109,12 @@ def _join(*parts) -> str | None:
     return s or None
 
 
+_PLACE = ["receipt_seq", "record_location"]
+
+
 def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None) -> list[dict]:
-    """Vault records from `stg_hl7_patient` and `stg_fhir_patient`. `sources` maps a source name to (hospital,
-    system) (from sources.toml); without it the HL7 assigning authority stands for the hospital."""
+    """Vault records from `stg_hl7_patient` and `stg_fhir_patient`, with `as_of` per field. `sources` maps a source
+    name to (hospital, system) (from sources.toml); without it the HL7 assigning authority stands for the hospital."""
     sources = sources or {}
     tables = set(engine.tables())
     out = []
@@ -97,29 +122,35 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
         cols = ["source", "patient_id", "patient_id_type", "patient_id_authority", "identifiers", "national_id",
                 "names", "family_name", "given_name", "middle_name", "birth_date", "sex", "address_street",
                 "address_other", "address_county", "address_city", "address_state", "address_postal_code",
-                "phone_home", "phone_business"]
-        for (src, pid), r in _fold(_rows(engine, "stg_hl7_patient", cols, ["event_time", "receipt_seq"]),
-                                   lambda r: (r["source"], r["patient_id"]) if r.get("patient_id") else None).items():
+                "phone_home", "phone_business", "event_time", *_PLACE]
+
+        def hl7(r):
+            if not r.get("patient_id"):
+                return None
+            src, pid = r["source"], r["patient_id"]
             hosp, system = sources.get(src, (r.get("patient_id_authority"), None))
             ids = _hl7_ids(r.get("identifiers"))
-            given = _join(r.get("given_name"), r.get("middle_name"))
-            out.append(dict(
+            return dict(
                 source=src, source_id=str(pid), hospital=hosp, system=system,
                 id_type="mrn" if (r.get("patient_id_type") or "MR") == "MR" else r["patient_id_type"].lower(),
-                family=r.get("family_name"), given=given,
+                family=r.get("family_name"), given=_join(r.get("given_name"), r.get("middle_name")),
                 full_name=None if r.get("family_name") else r.get("names"),
                 id_number=r.get("national_id") or ids.get("id_number"), insurance=ids.get("insurance"),
                 birth_date=r.get("birth_date"), sex=r.get("sex"),
                 phone=r.get("phone_home") or r.get("phone_business"),
                 address=_join(r.get("address_state"), r.get("address_city"), r.get("address_county"),
                               r.get("address_street"), r.get("address_other")),
-                mrn=str(pid)))
+                mrn=str(pid))
+        out += _fold(_rows(engine, "stg_hl7_patient", cols, []), hl7, "event_time")
     if "stg_fhir_patient" in tables:
         cols = ["source", "resource_id", "gender", "birth_date", "family_name", "given_names", "name_text",
                 "identifiers", "mrn", "telecom", "address_line", "address_city", "address_district", "address_state",
-                "address_postal_code"]
-        for (src, rid), r in _fold(_rows(engine, "stg_fhir_patient", cols, ["last_updated", "receipt_seq"]),
-                                   lambda r: (r["source"], r["resource_id"]) if r.get("resource_id") else None).items():
+                "address_postal_code", "last_updated", *_PLACE]
+
+        def fhir(r):
+            if not r.get("resource_id"):
+                return None
+            src = r["source"]
             hosp, system = sources.get(src, (None, None))
             idn = ins = None
             for i in _loads(r.get("identifiers")):
@@ -129,13 +160,14 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
                 elif "ins" in str(i.get("system", "")).lower():
                     ins = ins or v
             phone = next((t.get("value") for t in _loads(r.get("telecom")) if t.get("system") == "phone"), None)
-            out.append(dict(
-                source=src, source_id=str(rid), hospital=hosp, system=system, id_type="patient_resource",
+            return dict(
+                source=src, source_id=str(r["resource_id"]), hospital=hosp, system=system, id_type="patient_resource",
                 family=r.get("family_name"), given=r.get("given_names"),
                 full_name=None if r.get("family_name") else r.get("name_text"), id_number=idn, insurance=ins,
                 birth_date=r.get("birth_date"), sex=r.get("gender"), phone=phone,
                 address=_join(r.get("address_state"), r.get("address_city"), r.get("address_district"),
-                              r.get("address_line")), mrn=r.get("mrn")))
+                              r.get("address_line")), mrn=r.get("mrn"))
+        out += _fold(_rows(engine, "stg_fhir_patient", cols, []), fhir, "last_updated")
     return out
 
 
@@ -163,8 +195,8 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
     Returns counts. Idempotent: a second call finds nothing left to move."""
     ids = source_identities(engine, sources)
     # identities already in the vault and nothing new in staging: put() is only called with what staging holds
-    moved = vault.put(ids) if ids else 0
-    demographics.record(engine, ids)  # sex, year and month of birth: what the CDM may keep
+    stored = vault.put(ids) if ids else []  # as merged with what the vault held: a later run's older message loses
+    demographics.record(engine, stored)  # sex, year and month of birth: what the CDM may keep
     merges = empi.record_merges(engine, source_merges(engine))
     schemas = _schemas()
     nulled = {}
@@ -175,7 +207,7 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
             n = clear_columns(engine, t, [c for c in identifying_columns(t, schemas) if c not in KEEP])
             if n:
                 nulled[t] = n
-    return {"identities": moved, "merges": merges, "rows_cleared": nulled}
+    return {"identities": len(stored), "merges": merges, "rows_cleared": nulled}
 
 
 VAULTED = "identity_vaulted"  # per staging table, source, receipt and column: how many values moved to the vault

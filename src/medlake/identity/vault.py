@@ -3,7 +3,8 @@
 Layout (`<data_dir>/identity/vault.sqlite`):
 - `identity`: one row per (source, source_id) with plain routing columns (hospital, system, id_type) and one
   AES-GCM ciphertext per identifying value (`normalize.FIELDS`), bound to its row and field by the associated
-  data; `key_id` names the key all of the row's values are encrypted with.
+  data; `key_id` names the key all of the row's values are encrypted with; `as_of` (JSON, plain) the time of the
+  message each value came from, so an older one does not replace it (`put`).
 - `blocking_key`: HMAC-ed blocking keys (no plaintext) for candidate search.
 - `secret`: the vault's own secrets (matching HMAC secret, pseudonym site secret), encrypted like the values.
 - `access_log`: every plaintext read and every re-identification: who, role, when, why, what. Append-only
@@ -29,7 +30,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS secret (name TEXT PRIMARY KEY, key_id TEXT NOT NULL, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS identity (
   source TEXT NOT NULL, source_id TEXT NOT NULL, hospital TEXT, system TEXT, id_type TEXT,
-  key_id TEXT NOT NULL, updated_at TEXT NOT NULL, {fields},
+  key_id TEXT NOT NULL, updated_at TEXT NOT NULL, {fields}, as_of TEXT,
   PRIMARY KEY (source, source_id));
 CREATE INDEX IF NOT EXISTS identity_key ON identity (key_id);
 CREATE TABLE IF NOT EXISTS blocking_key (
@@ -78,6 +79,8 @@ class Vault:
         self.con.execute("PRAGMA journal_mode=WAL")
         self.con.execute("PRAGMA secure_delete=ON")  # freed pages are zeroed: no stale ciphertext or log text
         self.con.executescript(SCHEMA)
+        if "as_of" not in {r[1] for r in self.con.execute("PRAGMA table_info(identity)")}:  # a vault of before 2026-12
+            self.con.execute("ALTER TABLE identity ADD COLUMN as_of TEXT")
         self._secrets: dict[str, bytes] = {}
 
     @classmethod
@@ -115,11 +118,14 @@ class Vault:
                              f"{keys_mod.KeyRing.blob_key_id(blob)}, or the vault was altered): {type(e).__name__}") from e
 
     # -- writing -------------------------------------------------------------------------------------------
-    def put(self, identities: Iterable[dict], who: str = "vault", merge: bool = True) -> int:
-        """Insert or update source identities: dicts with source, source_id, hospital, system, id_type and any of
-        `FIELDS`. With `merge` (the default) a field given as empty keeps the value already in the vault (staging
-        of a later message may carry fewer fields); that update decrypts the stored row, which is logged.
-        Values are encrypted; keyed blocking keys are derived. One transaction. Returns the count."""
+    def put(self, identities: Iterable[dict], who: str = "vault", merge: bool = True) -> list[dict]:
+        """Insert or update source identities: dicts with source, source_id, hospital, system, id_type, any of
+        `FIELDS`, and optionally `as_of` ({field: text that sorts by time}, `staging.as_of`). With `merge` (the
+        default) a field given as empty keeps the value already in the vault (staging of a later message may carry
+        fewer fields), and so does a field whose stored value is of a later `as_of` than the one given (a run that
+        brings an older message); that update decrypts the stored row, which is logged.
+        Values are encrypted; keyed blocking keys are derived. One transaction. Returns the records as stored
+        (plaintext, in this process only)."""
         match = self.secret("matching")
         now = _now()
         recs = {}
@@ -128,29 +134,40 @@ class Vault:
             if not src or sid is None or str(sid) == "":
                 raise VaultError(f"identity without source/source_id: fields {sorted(k for k in rec if rec[k])}")
             recs[(str(src), str(sid))] = rec
-        old = {}
+        old, old_as_of = {}, {}
         if merge and recs:
-            present = [k for k in recs if self.con.execute(
-                "SELECT 1 FROM identity WHERE source = ? AND source_id = ?", list(k)).fetchone()]
-            if present:
-                old = {(r["source"], r["source_id"]): r
-                       for r in self.read(who, "update identities (keep fields the update leaves empty)", present)}
-        rows, bks = [], []
+            for k in recs:
+                row = self.con.execute("SELECT as_of FROM identity WHERE source = ? AND source_id = ?",
+                                       list(k)).fetchone()
+                if row is not None:
+                    old_as_of[k] = json.loads(row[0]) if row[0] else {}
+            if old_as_of:
+                why = "update identities (keep fields the update leaves empty or has older)"
+                old = {(r["source"], r["source_id"]): r for r in self.read(who, why, list(old_as_of))}
+        rows, bks, out = [], [], []
         for (src, sid), rec in recs.items():
-            prev = old.get((src, sid), {})
-            vals = {f: (str(rec[f]) if rec.get(f) not in (None, "") else prev.get(f)) for f in FIELDS}
+            prev, was, given = old.get((src, sid), {}), old_as_of.get((src, sid), {}), rec.get("as_of") or {}
+            vals, at = {}, {}
+            for f in FIELDS:
+                new = rec.get(f) not in (None, "") and (prev.get(f) is None or f not in given or f not in was
+                                                        or given[f] >= was[f])
+                vals[f], when = (str(rec[f]), given.get(f)) if new else (prev.get(f), was.get(f))
+                if vals[f] is not None and when is not None:
+                    at[f] = when
             plain = {c: rec.get(c) or prev.get(c) for c in ("hospital", "system", "id_type")}
             rows.append([src, sid, plain["hospital"], plain["system"], plain["id_type"], self.keys.active_id, now]
-                        + [None if v is None else self.keys.encrypt(v.encode(), _aad(src, sid, f)) for f, v in vals.items()])
+                        + [None if v is None else self.keys.encrypt(v.encode(), _aad(src, sid, f)) for f, v in vals.items()]
+                        + [json.dumps(at, sort_keys=True) if at else None])
             bk = blocking_keys(match, comparison_values({**vals, "hospital": plain["hospital"]}))
             bks.append([src, sid] + [bk[k] for k in BLOCKING_KINDS])
-        cols = ", ".join(["source", "source_id", "hospital", "system", "id_type", "key_id", "updated_at", *FIELDS])
+            out.append({"source": src, "source_id": sid, **plain, **vals})
+        cols = ", ".join(["source", "source_id", "hospital", "system", "id_type", "key_id", "updated_at", *FIELDS, "as_of"])
         with self._tx():
-            self.con.executemany(f"INSERT OR REPLACE INTO identity ({cols}) VALUES ({', '.join('?' * (7 + len(FIELDS)))})",
+            self.con.executemany(f"INSERT OR REPLACE INTO identity ({cols}) VALUES ({', '.join('?' * (8 + len(FIELDS)))})",
                                  rows)
             self.con.executemany(f"INSERT OR REPLACE INTO blocking_key VALUES ({', '.join('?' * (2 + len(BLOCKING_KINDS)))})",
                                  bks)
-        return len(rows)
+        return out
 
     class _Tx:
         def __init__(self, con):
