@@ -14,6 +14,7 @@ must then be rewritten (`compact_duckdb`), or the old values stay readable in fr
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -55,41 +56,54 @@ def _rows(engine, table: str, wanted: list[str], order: list[str]) -> list[dict]
     cols = [c for c in wanted if c in have]
     if "source" not in have:
         return []
-    by = ", ".join(f'"{c}"' for c in order if c in have)
-    return engine.query(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{table}"'
-                        + (f" ORDER BY {by}" if by else "")).to_pylist()
+    by = ", ".join(f'"{c}"' for c in order if c in have) or "1"
+    return engine.query(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{table}" ORDER BY {by}').to_pylist()
 
 
 _NO_TIME = "0000-00-00T00:00:00.000000"  # a row without a time is older than every row with one (as the transform)
-_DIGITS = re.compile(r"[0-9]+")
+_PLACE = ("receipt_seq", "record_location")
 
 
 def as_of(time, receipt_seq, location) -> str:
     """Where a staging row stands in time, as text that sorts so: its event time (none: oldest), then its receipt,
-    then its place in the file (line 9 before line 10). The vault keeps it per field, so a later run's older
-    message does not replace a newer value (`Vault.put`)."""
-    if time is None:
-        t = _NO_TIME
-    elif hasattr(time, "microsecond"):
-        t = f"{time.year:04d}-{time:%m-%dT%H:%M:%S}.{time.microsecond:06d}"
-    else:
-        t = str(time)
-    return f"{t}|{int(receipt_seq or 0):020d}|{_DIGITS.sub(lambda m: m.group().zfill(12), location or '')}"
+    then its place in the file (as text, as the transform breaks such ties). The vault keeps it per field, so a
+    later run's older message does not replace a newer value (`Vault.put`)."""
+    t = _NO_TIME if time is None else f"{time.year:04d}-{time:%m-%dT%H:%M:%S}.{time.microsecond:06d}"
+    return f"{t}|{int(receipt_seq or 0):020d}|{location or ''}"
+
+
+def _latest_rows(engine, table: str, wanted: list[str], when: str) -> list[dict]:
+    """The `wanted` columns of `table`'s rows, rows alike but for their time and place (every ORU repeats its PID)
+    once, at their latest: only the latest of them can give a field its latest value."""
+    have = {c.name for c in engine.columns(table)}
+    if "source" not in have:
+        return []
+    cols = [c for c in wanted if c in have]
+    names = ", ".join(f'"{c}"' for c in cols)
+    alike = ", ".join(f'"{c}"' for c in cols if c not in (when, *_PLACE))
+    order = ", ".join(f'"{c}" DESC NULLS LAST' for c in (when, *_PLACE) if c in have)
+    return engine.query(f'SELECT {names} FROM (SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {alike} ORDER BY '
+                        f'{order}) AS rn FROM "{table}") AS t WHERE rn = 1').to_pylist()
 
 
 def _fold(rows: list[dict], identity, when: str) -> list[dict]:
-    """One record per (source, source_id): per field the value of the latest row (by `as_of`) that has one, and
-    `as_of` per identifying field. `identity(row)` gives a row's record (None: the row names no identity)."""
+    """One record per (source, source_id): per field the value of the latest row (in `as_of` order) that has one,
+    and `as_of` per identifying field. `identity(row)` gives a row's record (None: the row names no identity)."""
     out: dict = {}
-    for at, rec in sorted(((as_of(r.get(when), r.get("receipt_seq"), r.get("record_location")), rec)
-                           for r in rows if (rec := identity(r)) is not None), key=lambda x: x[0]):
-        cur = out.setdefault((rec["source"], rec["source_id"]), {"as_of": {}})
+    first = dt.datetime.min
+    for r in sorted(rows, key=lambda r: (r.get(when) is not None, r.get(when) or first, r.get("receipt_seq") or 0,
+                                         r.get("record_location") or "")):
+        rec = identity(r)
+        if rec is None:
+            continue
+        values, at = out.setdefault((rec["source"], rec["source_id"]), ({}, {}))
         for f, v in rec.items():
             if v not in (None, ""):
-                cur[f] = v
+                values[f] = v
                 if f in FIELDS:
-                    cur["as_of"][f] = at
-    return list(out.values())
+                    at[f] = r
+    return [{**values, "as_of": {f: as_of(r.get(when), r.get("receipt_seq"), r.get("record_location"))
+                                 for f, r in at.items()}} for values, at in out.values()]
 
 
 def _hl7_ids(text: str | None) -> dict:
@@ -141,7 +155,7 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
                 address=_join(r.get("address_state"), r.get("address_city"), r.get("address_county"),
                               r.get("address_street"), r.get("address_other")),
                 mrn=str(pid))
-        out += _fold(_rows(engine, "stg_hl7_patient", cols, []), hl7, "event_time")
+        out += _fold(_latest_rows(engine, "stg_hl7_patient", cols, "event_time"), hl7, "event_time")
     if "stg_fhir_patient" in tables:
         cols = ["source", "resource_id", "gender", "birth_date", "family_name", "given_names", "name_text",
                 "identifiers", "mrn", "telecom", "address_line", "address_city", "address_district", "address_state",
@@ -167,7 +181,7 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
                 birth_date=r.get("birth_date"), sex=r.get("gender"), phone=phone,
                 address=_join(r.get("address_state"), r.get("address_city"), r.get("address_district"),
                               r.get("address_line")), mrn=r.get("mrn"))
-        out += _fold(_rows(engine, "stg_fhir_patient", cols, []), fhir, "last_updated")
+        out += _fold(_latest_rows(engine, "stg_fhir_patient", cols, "last_updated"), fhir, "last_updated")
     return out
 
 
