@@ -165,7 +165,7 @@ def test_a_later_run_that_brings_an_older_message_keeps_the_newer_values(site):
     ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
     (site / "h1/his/adt.hl7").unlink()
     newer = hl7(8, "A08", "PID|1||M001^^^H1^MR||张^伟||19800305|M|||建国路1号^^北京市^朝阳区^100000^CN||13800000009\r")
-    older = hl7(2, "A01", "PID|1||M001^^^H1^MR~310100000001^^^H1INS^HC||李^娜||19910717|F|||"
+    older = hl7(2, "A01", "PID|1||M001^^^H1^PI~310100000001^^^H1INS^HC||李^娜||19910717|F|||"
                           "漕溪北路8号^^上海市^徐汇区^200000^CN||13900000002\r", "PV1|1|I|W1^101^1\r")
 
     def load(name: str, files: list[list[str]]) -> tuple[dict, list]:
@@ -188,6 +188,7 @@ def test_a_later_run_that_brings_an_older_message_keeps_the_newer_values(site):
     at_once = load("once", [[newer, older]])
     assert (at_once[0]["family"], at_once[0]["phone"], at_once[0]["sex"]) == ("张", "13800000009", "M")
     assert at_once[0]["insurance"] == "310100000001"  # only the older message has it
+    assert at_once[0]["id_type"] == "mrn"  # the older one says PI
     assert at_once[1] == [{"gender_source_value": "M", "year_of_birth": 1980, "month_of_birth": 3}]
     assert load("newer-first", [[newer], [older]]) == at_once
     assert load("older-first", [[older], [newer]]) == at_once

@@ -162,9 +162,12 @@ def test_a_vault_made_before_as_of_opens_and_takes_updates(tmp_path):
     with Vault.open(tmp_path, k) as v:
         v.put([dict(source="h1-his", source_id="MRN0000", phone="13911112222",
                     as_of={"phone": "2001-01-01T00:00:00.000000|00000000000000000001|line 1"}),
-               dict(source="h1-his", source_id="MRN0001", family="王", as_of={"family": "2001"})])
+               dict(source="h1-his", source_id="MRN0001", family="王", id_type="mrn",
+                    as_of={"family": "2001", "id_type": "2001"})])
         v.put([dict(source="h1-his", source_id="MRN0000", phone="13933334444",
-                    as_of={"phone": "1999-01-01T00:00:00.000000|00000000000000000009|line 1"})])  # older: kept out
+                    as_of={"phone": "1999-01-01T00:00:00.000000|00000000000000000009|line 1"}),
+               dict(source="h1-his", source_id="MRN0001", family="汪", given="五", id_type="pi",
+                    as_of={"family": "2000", "given": "2000", "id_type": "2000"})])  # older: only the given name fills
         got = {r["source_id"]: r for r in v.read("test", "check")}
     assert (got["MRN0000"]["family"], got["MRN0000"]["phone"]) == ("欧阳", "13911112222")
-    assert got["MRN0001"]["family"] == "王"
+    assert (got["MRN0001"]["family"], got["MRN0001"]["given"], got["MRN0001"]["id_type"]) == ("王", "五", "mrn")

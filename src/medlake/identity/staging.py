@@ -23,7 +23,7 @@ from pathlib import Path
 from medlake.engines.base import arrow_schema_of
 from medlake.identity import demographics, empi
 from medlake.landing.ingest import SQL_OF
-from medlake.identity.normalize import FIELDS, id_check_ok
+from medlake.identity.normalize import id_check_ok
 from medlake.identity.vault import Vault
 
 KEEP = {"patient_id", "prior_patient_id"}  # source ids: the join key to empi_person_map, not moved
@@ -88,7 +88,7 @@ def _latest_rows(engine, table: str, wanted: list[str], when: str) -> list[dict]
 
 def _fold(rows: list[dict], identity, when: str) -> list[dict]:
     """One record per (source, source_id): per field the value of the latest row (in `as_of` order) that has one,
-    and `as_of` per identifying field. `identity(row)` gives a row's record (None: the row names no identity)."""
+    and `as_of` per field. `identity(row)` gives a row's record (None: the row names no identity)."""
     out: dict = {}
     first = dt.datetime.min
     for r in sorted(rows, key=lambda r: (r.get(when) is not None, r.get(when) or first, r.get("receipt_seq") or 0,
@@ -100,7 +100,7 @@ def _fold(rows: list[dict], identity, when: str) -> list[dict]:
         for f, v in rec.items():
             if v not in (None, ""):
                 values[f] = v
-                if f in FIELDS:
+                if f not in ("source", "source_id"):
                     at[f] = r
     return [{**values, "as_of": {f: as_of(r.get(when), r.get("receipt_seq"), r.get("record_location"))
                                  for f, r in at.items()}} for values, at in out.values()]

@@ -51,6 +51,9 @@ class VaultError(ValueError):
     """The vault cannot do what was asked; the message says what and what to do."""
 
 
+PLAIN = ("hospital", "system", "id_type")  # an identity's routing columns, not encrypted
+
+
 def default_user() -> str:
     try:
         return os.environ.get("MEDLAKE_USER") or getpass.getuser()
@@ -120,7 +123,7 @@ class Vault:
     # -- writing -------------------------------------------------------------------------------------------
     def put(self, identities: Iterable[dict], who: str = "vault", merge: bool = True) -> list[dict]:
         """Insert or update source identities: dicts with source, source_id, hospital, system, id_type, any of
-        `FIELDS`, and optionally `as_of` ({field: text that sorts by time}, `staging.as_of`). With `merge` (the
+        `FIELDS`, and optionally `as_of` ({field or routing column: text that sorts by time}, `staging.as_of`). With `merge` (the
         default) a field given as empty keeps the value already in the vault (staging of a later message may carry
         fewer fields), and so does a field whose stored value is of a later `as_of` than the one given (a run that
         brings an older message); that update decrypts the stored row, which is logged.
@@ -148,20 +151,20 @@ class Vault:
         for (src, sid), rec in recs.items():
             prev, was, given = old.get((src, sid), {}), old_as_of.get((src, sid), {}), rec.get("as_of") or {}
             vals, at = {}, {}
-            for f in FIELDS:
+            for f in (*PLAIN, *FIELDS):
                 new = rec.get(f) not in (None, "") and (prev.get(f) is None or f not in given or f not in was
                                                         or given[f] >= was[f])
                 vals[f], when = (str(rec[f]), given.get(f)) if new else (prev.get(f), was.get(f))
                 if vals[f] is not None and when is not None:
                     at[f] = when
-            plain = {c: rec.get(c) or prev.get(c) for c in ("hospital", "system", "id_type")}
-            rows.append([src, sid, plain["hospital"], plain["system"], plain["id_type"], self.keys.active_id, now]
+            plain = {c: vals.pop(c) for c in PLAIN}
+            rows.append([src, sid, *plain.values(), self.keys.active_id, now]
                         + [None if v is None else self.keys.encrypt(v.encode(), _aad(src, sid, f)) for f, v in vals.items()]
                         + [json.dumps(at, sort_keys=True) if at else None])
             bk = blocking_keys(match, comparison_values({**vals, "hospital": plain["hospital"]}))
             bks.append([src, sid] + [bk[k] for k in BLOCKING_KINDS])
             out.append({"source": src, "source_id": sid, **plain, **vals})
-        cols = ", ".join(["source", "source_id", "hospital", "system", "id_type", "key_id", "updated_at", *FIELDS, "as_of"])
+        cols = ", ".join(["source", "source_id", *PLAIN, "key_id", "updated_at", *FIELDS, "as_of"])
         with self._tx():
             self.con.executemany(f"INSERT OR REPLACE INTO identity ({cols}) VALUES ({', '.join('?' * (8 + len(FIELDS)))})",
                                  rows)
