@@ -301,28 +301,29 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     return insert, lineage
 
 
-def _visit_detail_steps(engine, persons: str | None) -> list[str]:
+def _visit_detail_steps(engine, persons: str | None) -> tuple[list[str], int]:
     """The VISIT_DETAIL statements for this store, in order: delete the lineage and the rows rebuilt (the persons'
-    and their visits'), insert, lineage; none when nothing stages visits or no run has set up."""
+    and their visits'), insert, lineage; none when nothing stages visits or no run has set up. And the run's id."""
     tables = set(engine.tables())
     if not {"tx_mark", "transform_source", "cdm_lineage"} <= tables:
-        return []
+        return [], 0
     parts = []
     if "stg_hl7_visit" in tables:
         parts.append(_hl7_stretches(persons))
     if {"stg_fhir_encounter", "stg_fhir_encounter_location"} <= tables:
         parts.append(_fhir_stretches(persons))
     if not parts:
-        return []
+        return [], 0
     # the run that calls rebuild records itself as the next run_id when it ends
     run_id = engine.query("SELECT COALESCE(MAX(run_id), 0) + 1 AS n FROM transform_run").column(0)[0].as_py() \
         if "transform_run" in tables else 0
     insert, lineage = visit_detail_sql(parts, run_id)
     if not persons:
-        return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", insert, lineage]
+        return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", insert,
+                lineage], run_id
     rows = _rows("visit_detail", "visit_detail_id", persons)  # (a detail's lineage rows are its persons')
     return [f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail' AND row_id IN ({rows})",
-            f"DELETE FROM visit_detail WHERE visit_detail_id IN ({rows})", insert, lineage]
+            f"DELETE FROM visit_detail WHERE visit_detail_id IN ({rows})", insert, lineage], run_id
 
 
 def work(engine, sql: str, name: str) -> None:
@@ -333,10 +334,10 @@ def work(engine, sql: str, name: str) -> None:
 
 
 def _relink_earlier(engine, persons: str) -> None:
-    """The touched persons' events of earlier runs, and those of their visits (an event may name another patient),
-    look their visit_detail_id up again in the VISIT_DETAIL just rebuilt — a transfer that arrives after the
-    results of the stay, a stretch that moved — so a CDM loaded in batches is the CDM loaded at once. Only rows
-    whose id changes are written again (same ids, same lineage)."""
+    """The touched persons' events of earlier runs, and those of the visits whose details were rebuilt (`VISITS`:
+    an event may name another patient), look their visit_detail_id up again in the VISIT_DETAIL just rebuilt — a
+    transfer that arrives after the results of the stay, a stretch that moved — so a CDM loaded in batches is the
+    CDM loaded at once. Only rows whose id changes are written again (same ids, same lineage)."""
     for table in sorted(set(c.DOMAIN_COLUMNS) & set(engine.tables())):
         t = model.load("5.4").table(table)
         if "visit_detail_id" not in t.field_names:
@@ -383,7 +384,7 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[s
     VISIT_DETAIL is rebuilt from staging (HL7 ADT units, FHIR Encounter.location) inside a transform run (it reads
     the run's window `tx_mark` and writes lineage); without staging it is left alone."""
     flt = f" WHERE person_id IN (SELECT person_id FROM {persons})" if persons else ""
-    detail = _visit_detail_steps(engine, persons)
+    detail, run_id = _visit_detail_steps(engine, persons)
     steps = [
         ("observation_period", observation_period_sql(persons)),
         ("condition_era", condition_era_sql(persons)),
@@ -394,9 +395,11 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[s
     with engine.transaction():
         if detail:
             engine.plan(bulk=not lookups)
-            if persons:
+            if persons:  # the persons' visits, and the visits this run's records name (a shared visit row may
+                #          be another person's: a stay and an Encounter whose patients differ)
                 work(engine, "SELECT visit_occurrence_id FROM visit_occurrence WHERE person_id IN (SELECT person_id "
-                             f"FROM {persons})", "tx_detail_visit")
+                             f"FROM {persons}) UNION SELECT row_id FROM cdm_lineage WHERE run_id = {run_id} "
+                             "AND cdm_table = 'visit_occurrence'", "tx_detail_visit")
             engine.execute(detail[0])
             engine.execute(detail[1])
             engine.plan(bulk=True)
