@@ -509,7 +509,8 @@ WHERE l.rule IN {shared} AND l.source_key IN (SELECT source_key FROM tx_delta WH
 
 def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None:
     """A record mapped now that comes before the one that wrote a shared row in an earlier run (`compile.sharing`:
-    the FHIR Encounter that arrives after the HL7 stay) writes the row instead, as if both came in one run."""
+    the FHIR Encounter that arrives after the HL7 stay) writes the row instead, as if both came in one run. The
+    row's person before is touched (the Encounter may name another patient: their periods and eras change)."""
     mapped = [x for x in c.sharing(entities) if x.name in inserts]
     if not mapped:
         return
@@ -524,7 +525,11 @@ def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None
 ) AS w WHERE rn = 1 AND run_id = {run_id} AND since < {run_id}""", "tx_writer")
     found = engine.query("SELECT DISTINCT cdm_table, rule FROM tx_writer").to_pylist()
     for t in sorted({x["cdm_table"] for x in found}):
-        engine.execute(f"DELETE FROM {t} WHERE {_pk(t)} IN (SELECT row_id FROM tx_writer WHERE cdm_table = '{t}')")
+        rows = f"{_pk(t)} IN (SELECT row_id FROM tx_writer WHERE cdm_table = '{t}')"
+        if "person_id" in {f.name for f in engine.columns(t)}:  # the row's person may lose it: rebuilt too
+            engine.execute(f"INSERT INTO tx_touched SELECT DISTINCT person_id FROM {t} WHERE {rows} "
+                           "AND person_id IS NOT NULL")
+        engine.execute(f"DELETE FROM {t} WHERE {rows}")
     writers = {x["rule"] for x in found}
     for rule in mapped:  # in order: the first rule writes a row two of them share
         if rule.name in writers:
