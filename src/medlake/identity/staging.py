@@ -123,9 +123,6 @@ def _join(*parts) -> str | None:
     return s or None
 
 
-_PLACE = ["receipt_seq", "record_location"]
-
-
 def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None) -> list[dict]:
     """Vault records from `stg_hl7_patient` and `stg_fhir_patient`, with `as_of` per field. `sources` maps a source
     name to (hospital, system) (from sources.toml); without it the HL7 assigning authority stands for the hospital."""
