@@ -123,10 +123,10 @@ class Vault:
     # -- writing -------------------------------------------------------------------------------------------
     def put(self, identities: Iterable[dict], who: str = "vault", merge: bool = True) -> list[dict]:
         """Insert or update source identities: dicts with source, source_id, hospital, system, id_type, any of
-        `FIELDS`, and optionally `as_of` ({field or routing column: text that sorts by time}, `staging.as_of`). With `merge` (the
-        default) a field given as empty keeps the value already in the vault (staging of a later message may carry
-        fewer fields), and so does a field whose stored value is of a later `as_of` than the one given (a run that
-        brings an older message); that update decrypts the stored row, which is logged.
+        `FIELDS`, and optionally `as_of` ({field or routing column: text that sorts by time}, `staging.as_of`).
+        With `merge` (the default) a field given as empty keeps the value already in the vault (staging of a later
+        message may carry fewer fields), and so does a field whose stored value is of a later `as_of` than the one
+        given (a run that brings an older message); that update decrypts the stored row, which is logged.
         Values are encrypted; keyed blocking keys are derived. One transaction. Returns the records as stored
         (plaintext, in this process only)."""
         match = self.secret("matching")
