@@ -14,7 +14,6 @@ must then be rewritten (`compact_duckdb`), or the old values stay readable in fr
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import re
@@ -87,12 +86,11 @@ def _latest_rows(engine, table: str, wanted: list[str], when: str) -> list[dict]
 
 
 def _fold(rows: list[dict], identity, when: str) -> list[dict]:
-    """One record per (source, source_id): per field the value of the latest row (in `as_of` order) that has one,
-    and `as_of` per field. `identity(row)` gives a row's record (None: the row names no identity)."""
+    """One record per (source, source_id): per field the value of the latest row (by `as_of`) that has one, and
+    that row's `as_of` per field. `identity(row)` gives a row's record (None: the row names no identity)."""
     out: dict = {}
-    first = dt.datetime.min
-    for r in sorted(rows, key=lambda r: (r.get(when) is not None, r.get(when) or first, r.get("receipt_seq") or 0,
-                                         r.get("record_location") or "")):
+    for at_row, r in sorted(((as_of(r.get(when), r.get("receipt_seq"), r.get("record_location")), r) for r in rows),
+                            key=lambda x: x[0]):
         rec = identity(r)
         if rec is None:
             continue
@@ -101,9 +99,8 @@ def _fold(rows: list[dict], identity, when: str) -> list[dict]:
             if v not in (None, ""):
                 values[f] = v
                 if f not in ("source", "source_id"):
-                    at[f] = r
-    return [{**values, "as_of": {f: as_of(r.get(when), r.get("receipt_seq"), r.get("record_location"))
-                                 for f, r in at.items()}} for values, at in out.values()]
+                    at[f] = at_row
+    return [{**values, "as_of": at} for values, at in out.values()]
 
 
 def _hl7_ids(text: str | None) -> dict:
