@@ -11,14 +11,51 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from medlake import config as config_mod
 
+GLOBAL_OPTIONS = ("--store", "--config")
+
+
+def global_options_first(args: list[str]) -> list[str]:
+    """`medlake quality run --store URL` as `medlake --store URL quality run`: the store and config options are the
+    root's, but people write them after the command too. Each (with its value) is moved to the front, in order;
+    nothing after `--` is touched."""
+    moved, rest, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            rest += args[i:]
+            break
+        if a.split("=", 1)[0] in GLOBAL_OPTIONS and "=" in a:
+            moved.append(a)
+        elif a in GLOBAL_OPTIONS:
+            if i + 1 == len(args):
+                raise typer.BadParameter("requires a value.", param_hint=f"'{a}'")
+            moved += args[i:i + 2]
+            i += 1
+        else:
+            rest.append(a)
+        i += 1
+    return moved + rest
+
+
+class _Root(TyperGroup):
+    def parse_args(self, ctx, args):
+        try:
+            args = global_options_first(list(args))
+        except typer.BadParameter as e:
+            e.ctx = ctx
+            raise
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(help="medlake: a hospital data center on the OMOP CDM.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False, cls=_Root)
 vocab_app = typer.Typer(help="Load and inspect OMOP vocabularies.", no_args_is_help=True)
 app.add_typer(vocab_app, name="vocab")
 quality_app = typer.Typer(help="Data quality: every OHDSI DQD check, set-based, with a report.", no_args_is_help=True)
@@ -49,8 +86,10 @@ def _items(text: Optional[str]) -> list[str] | None:
 
 @app.callback()
 def _root(
-    store: Optional[str] = typer.Option(None, "--store", help="Store URL: duckdb:PATH, postgresql://…, spark:DIR."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Config file (default: ./medlake.toml)."),
+    store: Optional[str] = typer.Option(
+        None, "--store", help="Store URL: duckdb:PATH, postgresql://…, spark:DIR (also after the command)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Config file (default: ./medlake.toml; also after the command)."),
 ) -> None:
     state.store = store
     state.config = str(config) if config else None

@@ -1,6 +1,7 @@
 """The CLI as a person uses it: a real `medlake` process, exit codes and output."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +42,22 @@ def test_config_file_and_environment_name_the_store(tmp_path):
     assert r.returncode == 0 and (tmp_path / "from-env.duckdb").exists()
     r = run("--store", "duckdb:from-flag.duckdb", "init", cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "from-flag.duckdb").exists()
+
+
+def test_the_store_and_config_options_go_after_the_command_too(tmp_path):
+    """`medlake quality run --store URL`, as people write it: the root's options are taken wherever they stand."""
+    (tmp_path / "site.toml").write_text('[store]\nurl = "duckdb:from-config.duckdb"\ncdm_version = "5.3"\n')
+    assert run("init", "--store", "duckdb:after.duckdb", cwd=tmp_path).returncode == 0
+    assert run("init", "--store=duckdb:after-eq.duckdb", "--cdm-version", "5.3", cwd=tmp_path).returncode == 0
+    assert {p.name for p in tmp_path.glob("*.duckdb")} == {"after.duckdb", "after-eq.duckdb"}
+    r = run("quality", "run", "--store", "duckdb:after-eq.duckdb", "--out", "q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    done = json.loads(next((tmp_path / "q").glob("*/run.json")).read_text())
+    assert (done["store"], done["cdm_version"]) == ("duckdb:after-eq.duckdb", "5.3")  # the store named after
+    r = run("status", "--config", "site.toml", cwd=tmp_path)
+    assert r.returncode == 1 and "no DuckDB store at from-config.duckdb" in r.stderr  # the config's store
+    r = run("quality", "run", "--store", cwd=tmp_path)
+    assert r.returncode == 2 and "'--store': requires a value" in r.stderr
 
 
 @pytest.mark.parametrize("args,code,text", [
