@@ -529,7 +529,10 @@ def quality_run(
         help="The site's own copies of DQD's threshold files (Table_Level, Field_Level, Concept_Level CSV; "
              "comma-separated), as DQD's tableCheckThresholdLoc, fieldCheckThresholdLoc, conceptCheckThresholdLoc."),
 ):
-    """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format)."""
+    """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format).
+
+    On the store --store URL names (here or before the command; an existing OHDSI database is checked in place),
+    else MEDLAKE_STORE, else medlake.toml."""
     from medlake.quality import report, runner, site
 
     extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
