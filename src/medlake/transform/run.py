@@ -523,10 +523,12 @@ def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None
         SELECT row_id FROM cdm_lineage WHERE run_id = {run_id} AND rule IN {_names(mapped)} INTERSECT
         SELECT row_id FROM cdm_lineage WHERE run_id < {run_id} AND rule IN {shared})
 ) AS w WHERE rn = 1 AND run_id = {run_id} AND since < {run_id}""", "tx_writer")
+    from medlake.cdm import model
+
     found = engine.query("SELECT DISTINCT cdm_table, rule FROM tx_writer").to_pylist()
     for t in sorted({x["cdm_table"] for x in found}):
         rows = f"{_pk(t)} IN (SELECT row_id FROM tx_writer WHERE cdm_table = '{t}')"
-        if "person_id" in {f.name for f in engine.columns(t)}:  # the row's person may lose it: rebuilt too
+        if "person_id" in model.load("5.4").table(t).field_names:  # the row's person may lose it: rebuilt too
             engine.execute(f"INSERT INTO tx_touched SELECT DISTINCT person_id FROM {t} WHERE {rows} "
                            "AND person_id IS NOT NULL")
         engine.execute(f"DELETE FROM {t} WHERE {rows}")
