@@ -729,3 +729,44 @@ def test_after_a_replay_the_records_no_longer_staged_leave_the_cdm(engine):
     assert rows(engine, days) == [(D(2021, 5, 1),), (D(2021, 5, 3),)]
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'drug_exposure'") == [(2,)]
     assert transform(engine, namespaces=NS).run_id is None   # and then nothing to do
+
+
+def test_a_death_its_own_record_takes_back_leaves_the_cdm(engine):
+    """A death is corrected by the record that reported it (an ADT A08 with PID-30 'N', a FHIR Patient version no
+    longer deceased): the DEATH row goes. A record that says nothing of death, or another record's word, does not
+    take back a death it did not report."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    pid = dict(message_type="ADT^A08", patient_id="M1", sex="F", birth_date=D(1965, 4, 12), family_name="Zhao")
+    stage(engine, "stg_hl7_patient", "his", 1, [
+        dict(pid, control_id="A1", event_time=T(2021, 5, 1)),
+        dict(pid, control_id="A2", event_time=T(2021, 5, 3), death_time=T(2021, 5, 3, 1), death_indicator="Y")])
+    stage(engine, "stg_hl7_patient", "lis", 1, [
+        dict(pid, control_id="L1", message_type="ORU^R01", event_time=T(2021, 5, 4), death_indicator="N")])
+    stage(engine, "stg_fhir_patient", "emr", 1, [
+        dict(resource_id="p1", birth_date=D(1950, 1, 2), mrn="M7", deceased=True, deceased_at=T(2022, 1, 1),
+             last_updated=T(2022, 1, 2))])
+    transform(engine, namespaces=NS)
+    m1, p1 = sid("h1|M1"), sid("h1|M7")  # the FHIR Patient by its MRN
+    deaths = "SELECT person_id, death_date FROM death"
+    lineage = "SELECT person_id, message_id FROM cdm_lineage WHERE cdm_table = 'death'"
+    assert rows(engine, deaths) == sorted([(m1, D(2021, 5, 3)), (p1, D(2022, 1, 1))])  # the LIS's 'N' is its own word
+    assert rows(engine, lineage) == sorted([(m1, "A2"), (p1, "Patient/p1")])
+
+    stage(engine, "stg_hl7_patient", "his", 2, [
+        dict(pid, control_id="A3", event_time=T(2021, 5, 5)),                         # says nothing of death
+        dict(pid, control_id="A4", event_time=T(2021, 5, 2), death_indicator="N")])   # an older word
+    stage(engine, "stg_fhir_patient", "emr", 2, [
+        dict(resource_id="p1", birth_date=D(1950, 1, 2), mrn="M7", deceased=True, last_updated=T(2022, 1, 3))])
+    transform(engine, namespaces=NS)
+    assert rows(engine, deaths) == sorted([(m1, D(2021, 5, 3)), (p1, D(2022, 1, 1))])
+
+    stage(engine, "stg_hl7_patient", "his", 3, [dict(pid, control_id="A5", event_time=T(2021, 5, 6),
+                                                      death_indicator="N")])
+    stage(engine, "stg_fhir_patient", "emr", 3, [
+        dict(resource_id="p1", birth_date=D(1950, 1, 2), mrn="M7", last_updated=T(2022, 1, 4))])
+    transform(engine, namespaces=NS)
+    assert rows(engine, deaths) == [] and rows(engine, lineage) == []
+    assert rows(engine, "SELECT person_id FROM person") == sorted([(m1,), (p1,)])
+    transform(engine, namespaces=NS, full=True)  # a full re-map agrees
+    assert rows(engine, deaths) == []

@@ -57,7 +57,7 @@ WORK_TABLES = {
     "tx_person": "person_id BIGINT, rule VARCHAR, source VARCHAR, record_key VARCHAR, source_key VARCHAR, "
                  "landing_sha256 VARCHAR, receipt_seq BIGINT, record_location VARCHAR, message_id VARCHAR, "
                  "seen_at TIMESTAMP, gender VARCHAR, birth DATE, race VARCHAR, ethnicity VARCHAR, death TIMESTAMP, "
-                 "birth_year INTEGER, birth_month INTEGER",
+                 "birth_year INTEGER, birth_month INTEGER, alive BOOLEAN",
 }
 
 # Event columns -> CDM columns, per domain table (unlisted CDM columns are NULL).
@@ -486,14 +486,15 @@ def person_rows_sql(rule: PersonRule, empi: bool, touched_only: bool = True, dem
     return f"""INSERT INTO tx_person
 SELECT p.person_id, p.rule, p.source, p.record_key, p.source_key, p.landing_sha256, p.receipt_seq,
        p.record_location, p.message_id, p.seen_at, COALESCE(dm.gender_source_value, p.gender), p.birth, p.race,
-       p.ethnicity, p.death, dm.year_of_birth, dm.month_of_birth
+       p.ethnicity, p.death, dm.year_of_birth, dm.month_of_birth, p.alive
 FROM (
     SELECT {pid} AS person_id, '{rule.name}' AS rule, s.source AS source, {rule.key} AS record_key,
            {source_key(rule)} AS source_key, s.landing_sha256 AS landing_sha256, s.receipt_seq AS receipt_seq,
            s.record_location AS record_location, CAST({rule.message_id} AS VARCHAR) AS message_id,
            CAST({rule.when} AS TIMESTAMP) AS seen_at, CAST({rule.gender} AS VARCHAR) AS gender,
            CAST({rule.birth} AS DATE) AS birth, CAST({rule.race} AS VARCHAR) AS race,
-           CAST({rule.ethnicity} AS VARCHAR) AS ethnicity, CAST({rule.death} AS TIMESTAMP) AS death
+           CAST({rule.ethnicity} AS VARCHAR) AS ethnicity, CAST({rule.death} AS TIMESTAMP) AS death,
+           CAST({rule.alive} AS BOOLEAN) AS alive
     FROM {rule.staging} s
     JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
     LEFT JOIN transform_source ns ON ns.source = s.source
@@ -518,6 +519,13 @@ def _case(expr: str, mapping: dict) -> str:
     return "CASE " + expr + " " + " ".join(f"WHEN '{k}' THEN {v}" for k, v in mapping.items()) + " ELSE 0 END"
 
 
+_NEWEST = "seen_at DESC NULLS LAST, receipt_seq DESC, record_location DESC"
+# A person's demographics: the newest of their records with a birth.
+PERSONS = f"""(SELECT * FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY {_NEWEST}) AS rn
+      FROM tx_person tp WHERE birth IS NOT NULL OR birth_year IS NOT NULL) AS p
+  WHERE rn = 1)"""
+
+
 def person_insert_sql(gender: dict, race: dict, ethnicity: dict) -> str:
     exprs = {
         "person_id": "p.person_id", "gender_concept_id": _case("p.gender", gender),
@@ -531,29 +539,29 @@ def person_insert_sql(gender: dict, race: dict, ethnicity: dict) -> str:
     }
     return f"""INSERT INTO person
 SELECT {select_list('person', exprs)}
-FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
-                                      record_location DESC) AS rn
-      FROM tx_person tp WHERE birth IS NOT NULL OR birth_year IS NOT NULL) AS p
-WHERE p.rn = 1"""
+FROM {PERSONS} AS p"""
 
+
+# A person's death: of each source record (a patient id of a source, a FHIR Patient), its latest word on death
+# (a time of death, or that the person is not dead: HL7 PID-30 'N', a FHIR Patient version that is not deceased);
+# of the records whose latest word is a death, the newest. A death its own record takes back is gone; another
+# record that says nothing of it, or an older word, does not take it back.
+DEATHS = f"""(SELECT * FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY {_NEWEST}) AS rn
+      FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id, source, record_key ORDER BY {_NEWEST}) AS said
+            FROM tx_person tp WHERE death IS NOT NULL OR alive) AS tp
+      WHERE said = 1 AND death IS NOT NULL) AS p
+  WHERE rn = 1)"""
 
 DEATH_SQL = f"""INSERT INTO death
 SELECT {select_list('death', {"person_id": "p.person_id", "death_date": "CAST(p.death AS DATE)",
                               "death_datetime": "p.death", "death_type_concept_id": "32817",
                               })}
-FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
-                                      record_location DESC) AS rn
-      FROM tx_person tp WHERE death IS NOT NULL) AS p
-WHERE p.rn = 1"""
+FROM {DEATHS} AS p"""
 
 
 def person_lineage_sql(table: str, run_id: int) -> str:
-    cond = "(birth IS NOT NULL OR birth_year IS NOT NULL)" if table == "person" else "death IS NOT NULL"
     return f"""INSERT INTO cdm_lineage
 SELECT '{table}', p.person_id, p.person_id, p.rule, p.source, p.record_key, p.source_key, p.landing_sha256,
        p.receipt_seq, p.record_location, p.message_id, CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR),
        CAST(NULL AS INTEGER), CAST({run_id} AS BIGINT)
-FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY person_id ORDER BY seen_at DESC NULLS LAST, receipt_seq DESC,
-                                      record_location DESC) AS rn
-      FROM tx_person tp WHERE {cond}) AS p
-WHERE p.rn = 1"""
+FROM {DEATHS if table == "death" else PERSONS} AS p"""

@@ -180,6 +180,7 @@ class PersonRule:
     race: str = "NULL"
     ethnicity: str = "NULL"
     death: str = "NULL"              # timestamp of death
+    alive: str = "NULL"              # boolean: the record says the person is not dead (retracts its source's death)
     message_id: str = "NULL"
 
 
@@ -460,7 +461,7 @@ FHIR_PERSONS = [
                message_id="'Patient/' || s.resource_id",
                when="s.last_updated",
                gender="s.gender", birth="s.birth_date", race="s.race_code", ethnicity="s.ethnicity_code",
-               death="s.deceased_at"),
+               death="s.deceased_at", alive="s.deceased IS NOT TRUE AND s.deceased_at IS NULL"),
 ]
 
 # -- HL7 v2 ----------------------------------------------------------------------------------------------------------
@@ -573,7 +574,8 @@ HL7_PERSONS = [
                when="s.event_time",
                where="s.patient_id IS NOT NULL",
                gender="s.sex", birth="s.birth_date", race="s.race", ethnicity="s.ethnicity",
-               death="CASE WHEN s.death_time IS NOT NULL THEN s.death_time END"),
+               death="CASE WHEN s.death_time IS NOT NULL THEN s.death_time END",
+               alive="s.death_indicator = 'N' AND s.death_time IS NULL"),
 ]
 
 # -- CSV -------------------------------------------------------------------------------------------------------------
