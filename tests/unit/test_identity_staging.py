@@ -192,3 +192,44 @@ def test_a_later_run_that_brings_an_older_message_keeps_the_newer_values(site):
     assert at_once[1] == [{"gender_source_value": "M", "year_of_birth": 1980, "month_of_birth": 3}]
     assert load("newer-first", [[newer], [older]]) == at_once
     assert load("older-first", [[older], [newer]]) == at_once
+
+
+def test_a_value_a_later_fhir_patient_version_removes_leaves_the_vault(site):
+    """A FHIR Patient version is the whole resource: a phone the later version no longer has was removed, in one
+    run or in two; a version older than both, brought by a later run, does not bring it back, and a run with
+    nothing new keeps the vault as it is (the moved, NULL staging values say nothing)."""
+    srcs = config.load(site / "sources.toml")
+    where = {s.name: (s.hospital, s.system) for s in srcs}
+    ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
+    (site / "h1/his/adt.hl7").unlink()
+    (site / "h2/emr/Patient.ndjson").unlink()
+
+    def version(day: int, **change) -> str:
+        return json.dumps({**PATIENT, "meta": {"lastUpdated": f"2024-02-0{day}T10:00:00Z"}, **change},
+                          ensure_ascii=False) + "\n"
+
+    v1 = version(2)
+    v2 = version(3, telecom=[], address=[{"city": "Suzhou"}])
+    v0 = version(1, telecom=[{"system": "phone", "value": "13700000007"}])
+
+    def load(name: str, files: list[list[str]]) -> list[dict]:
+        eng = open_engine(f"duckdb:{site / name}.duckdb")
+        seen = []
+        with Vault.open(site / name, ring) as v:
+            for i, batch in enumerate(files):
+                for j, text in enumerate(batch):
+                    (site / f"h2/emr/{name}-{i}-{j}.ndjson").write_text(text, encoding="utf-8")
+                ingest_mod.ingest(eng, Landing(site / name / "landing"), Quarantine(site / name / "quarantine"),
+                                  [site / "h2/emr"], sources=srcs)
+                staging.vault_staging(eng, v, where)
+                rec = v.read("test", "compare", [("h2-emr", "h2-pat-1")])[0]
+                seen.append((rec["phone"], rec["address"], rec["family"], rec["id_number"]))
+        eng.close()
+        for f in (site / "h2/emr").glob(f"{name}-*"):
+            f.unlink()
+        return seen
+
+    assert load("one", [[v1]]) == [("13800000001", None, "Zhang", "110101198003050016")]
+    assert load("once", [[v1 + v2]])[-1] == (None, "Suzhou", "Zhang", "110101198003050016")
+    assert load("runs", [[v1], [v2], [v0], []]) == [("13800000001", None, "Zhang", "110101198003050016")] + [
+        (None, "Suzhou", "Zhang", "110101198003050016")] * 3

@@ -3,7 +3,8 @@
 One source identity per (source, source_id): for HL7 v2 the patient id (PID-3, the MRN) of the source, for FHIR
 the Patient resource id. Several staging rows of one identity (A01, A08, every ORU's PID …) are folded into one:
 per field, the latest non-empty value (by `as_of`: event time, then receipt, then place in the file), each field
-with its `as_of`, which the vault keeps, so a later run's older message changes nothing newer. A40 merges come from
+with its `as_of`, which the vault keeps, so a later run's older message changes nothing newer. A FHIR Patient
+version is the whole resource: a field its latest version lacks was removed, and goes from the vault too. A40 merges come from
 `stg_hl7_merge`.
 
 `vault_staging(engine, vault)` puts these identities into the vault, records the merges in the EMPI, then nulls
@@ -22,7 +23,7 @@ from pathlib import Path
 from medlake.engines.base import arrow_schema_of
 from medlake.identity import demographics, empi
 from medlake.landing.ingest import SQL_OF
-from medlake.identity.normalize import id_check_ok
+from medlake.identity.normalize import FIELDS, id_check_ok
 from medlake.identity.vault import Vault
 
 KEEP = {"patient_id", "prior_patient_id"}  # source ids: the join key to empi_person_map, not moved
@@ -85,9 +86,12 @@ def _latest_rows(engine, table: str, wanted: list[str], when: str) -> list[dict]
                         f'{order}) AS rn FROM "{table}") AS t WHERE rn = 1').to_pylist()
 
 
-def _fold(rows: list[dict], identity, when: str) -> list[dict]:
+def _fold(rows: list[dict], identity, when: str, whole=lambda row: False) -> list[dict]:
     """One record per (source, source_id): per field the value of the latest row (by `as_of`) that has one, and
-    that row's `as_of` per field. `identity(row)` gives a row's record (None: the row names no identity)."""
+    that row's `as_of` per field. `identity(row)` gives a row's record (None: the row names no identity).
+    `whole(row)`: the row is the whole record (a FHIR Patient version replaces the resource), so an identifying
+    field it lacks was removed: it is left empty with the row's `as_of` (`Vault.put` removes it) unless a later
+    row has it."""
     out: dict = {}
     for at_row, r in sorted(((as_of(r.get(when), r.get("receipt_seq"), r.get("record_location")), r) for r in rows),
                             key=lambda x: x[0]):
@@ -95,11 +99,15 @@ def _fold(rows: list[dict], identity, when: str) -> list[dict]:
         if rec is None:
             continue
         values, at = out.setdefault((rec["source"], rec["source_id"]), ({}, {}))
+        replaces = whole(r)
         for f, v in rec.items():
             if v not in (None, ""):
                 values[f] = v
                 if f not in ("source", "source_id"):
                     at[f] = at_row
+            elif replaces and f in FIELDS:
+                values.pop(f, None)
+                at[f] = at_row
     return [{**values, "as_of": at} for values, at in out.values()]
 
 
@@ -175,7 +183,10 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
                 birth_date=r.get("birth_date"), sex=r.get("gender"), phone=phone,
                 address=_join(r.get("address_state"), r.get("address_city"), r.get("address_district"),
                               r.get("address_line")), mrn=r.get("mrn"))
-        out += _fold(_latest_rows(engine, "stg_fhir_patient", cols, "last_updated"), fhir, "last_updated")
+        # a version whose identifying values have moved to the vault already (all NULL in staging) tells nothing
+        moved = [c for c in identifying_columns("stg_fhir_patient") if c in cols]
+        out += _fold(_latest_rows(engine, "stg_fhir_patient", cols, "last_updated"), fhir, "last_updated",
+                     whole=lambda r: any(r.get(c) not in (None, "") for c in moved))
     return out
 
 

@@ -126,7 +126,9 @@ class Vault:
         `FIELDS`, and optionally `as_of` ({field or routing column: text that sorts by time}, `staging.as_of`).
         With `merge` (the default) a field given as empty keeps the value already in the vault (staging of a later
         message may carry fewer fields), and so does a field whose stored value is of a later `as_of` than the one
-        given (a run that brings an older message); that update decrypts the stored row, which is logged.
+        given (a run that brings an older message); that update decrypts the stored row, which is logged. A field
+        given as empty *with* an `as_of` was removed at that time (a FHIR Patient version without it): the stored
+        value goes unless it is newer, and the time stays, so an older value does not come back.
         Values are encrypted; keyed blocking keys are derived. One transaction. Returns the records as stored
         (plaintext, in this process only)."""
         match = self.secret("matching")
@@ -152,10 +154,11 @@ class Vault:
             prev, was, given = old.get((src, sid), {}), old_as_of.get((src, sid), {}), rec.get("as_of") or {}
             vals, at = {}, {}
             for f in (*PLAIN, *FIELDS):
-                new = rec.get(f) not in (None, "") and (prev.get(f) is None or f not in given or f not in was
-                                                        or given[f] >= was[f])
-                vals[f], when = (str(rec[f]), given.get(f)) if new else (prev.get(f), was.get(f))
-                if vals[f] is not None and when is not None:
+                v = None if rec.get(f) in (None, "") else str(rec[f])
+                said = v is not None or f in given  # a value, or with a time that there is none (it was removed)
+                new = said and (f not in given or f not in was or given[f] >= was[f])
+                vals[f], when = (v, given.get(f)) if new else (prev.get(f), was.get(f))
+                if when is not None:
                     at[f] = when
             plain = {c: vals.pop(c) for c in PLAIN}
             rows.append([src, sid, *plain.values(), self.keys.active_id, now]
