@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from medlake.cdm import ddl, model, store
-from medlake.landing.ingest import _full, staging_schemas
+from medlake.landing.ingest import SQL_OF, _full, staging_schemas
 from medlake.transform.run import transform
 
 D, T = dt.date, dt.datetime
@@ -49,11 +49,15 @@ def vocab(engine):
         valid_end_date=[D(2099, 12, 31)])))
 
 
+def create(engine, table: str, schema: pa.Schema):
+    engine.execute(f"CREATE TABLE {table} (" + ", ".join(f'"{f.name}" {SQL_OF.get(f.type, "VARCHAR")}' for f in schema)
+                   + ")")
+
+
 def stage(engine, table: str, source: str, seq: int, rows: list[dict]):
     schema = _full(staging_schemas()[table])
     if table not in engine.tables():
-        cols = ", ".join(f'"{f.name}" {"BIGINT" if f.type == pa.int64() else "DOUBLE" if f.type == pa.float64() else "DATE" if f.type == pa.date32() else "TIMESTAMP" if pa.types.is_timestamp(f.type) else "BOOLEAN" if f.type == pa.bool_() else "INTEGER" if f.type == pa.int32() else "VARCHAR"}' for f in schema)
-        engine.execute(f"CREATE TABLE {table} ({cols})")
+        create(engine, table, schema)
     full = [{"record_location": f"line {i + 1}", **r, "source": source, "receipt_seq": seq,
              "landing_sha256": f"sha-{source}-{seq}"} for i, r in enumerate(rows)]
     engine.load_arrow(table, pa.Table.from_pylist(full, schema=schema))
@@ -732,26 +736,27 @@ def test_after_a_replay_the_records_no_longer_staged_leave_the_cdm(engine):
 
 
 def test_a_death_its_own_record_takes_back_leaves_the_cdm(engine):
-    """A death is corrected by the record that reported it (an ADT A08 with PID-30 'N', a FHIR Patient version no
-    longer deceased): the DEATH row goes. A record that says nothing of death, or another record's word, does not
+    """A death is corrected by the record that reported it (an ADT A08 with PID-30 'N' or PID-29 `""`, a FHIR
+    Patient version no longer deceased): the DEATH row goes. A record that says nothing of death, or another record's word, does not
     take back a death it did not report."""
     store.init(engine, "5.4")
     vocab(engine)
     pid = dict(message_type="ADT^A08", patient_id="M1", sex="F", birth_date=D(1965, 4, 12), family_name="Zhao")
     stage(engine, "stg_hl7_patient", "his", 1, [
         dict(pid, control_id="A1", event_time=T(2021, 5, 1)),
-        dict(pid, control_id="A2", event_time=T(2021, 5, 3), death_time=T(2021, 5, 3, 1), death_indicator="Y")])
+        dict(pid, control_id="A2", event_time=T(2021, 5, 3), death_time=T(2021, 5, 3, 1), death_indicator="Y"),
+        dict(pid, control_id="B1", event_time=T(2021, 6, 1), patient_id="M2", death_time=T(2021, 6, 1))])
     stage(engine, "stg_hl7_patient", "lis", 1, [
         dict(pid, control_id="L1", message_type="ORU^R01", event_time=T(2021, 5, 4), death_indicator="N")])
     stage(engine, "stg_fhir_patient", "emr", 1, [
         dict(resource_id="p1", birth_date=D(1950, 1, 2), mrn="M7", deceased=True, deceased_at=T(2022, 1, 1),
              last_updated=T(2022, 1, 2))])
     transform(engine, namespaces=NS)
-    m1, p1 = sid("h1|M1"), sid("h1|M7")  # the FHIR Patient by its MRN
+    m1, m2, p1 = sid("h1|M1"), sid("h1|M2"), sid("h1|M7")  # the FHIR Patient by its MRN
     deaths = "SELECT person_id, death_date FROM death"
     lineage = "SELECT person_id, message_id FROM cdm_lineage WHERE cdm_table = 'death'"
-    assert rows(engine, deaths) == sorted([(m1, D(2021, 5, 3)), (p1, D(2022, 1, 1))])  # the LIS's 'N' is its own word
-    assert rows(engine, lineage) == sorted([(m1, "A2"), (p1, "Patient/p1")])
+    assert rows(engine, deaths) == sorted([(m1, D(2021, 5, 3)), (m2, D(2021, 6, 1)), (p1, D(2022, 1, 1))])
+    assert rows(engine, lineage) == sorted([(m1, "A2"), (m2, "B1"), (p1, "Patient/p1")])  # the LIS's 'N': its own
 
     stage(engine, "stg_hl7_patient", "his", 2, [
         dict(pid, control_id="A3", event_time=T(2021, 5, 5)),                         # says nothing of death
@@ -759,14 +764,32 @@ def test_a_death_its_own_record_takes_back_leaves_the_cdm(engine):
     stage(engine, "stg_fhir_patient", "emr", 2, [
         dict(resource_id="p1", birth_date=D(1950, 1, 2), mrn="M7", deceased=True, last_updated=T(2022, 1, 3))])
     transform(engine, namespaces=NS)
-    assert rows(engine, deaths) == sorted([(m1, D(2021, 5, 3)), (p1, D(2022, 1, 1))])
+    assert rows(engine, deaths) == sorted([(m1, D(2021, 5, 3)), (m2, D(2021, 6, 1)), (p1, D(2022, 1, 1))])
 
-    stage(engine, "stg_hl7_patient", "his", 3, [dict(pid, control_id="A5", event_time=T(2021, 5, 6),
-                                                      death_indicator="N")])
+    stage(engine, "stg_hl7_patient", "his", 3, [
+        dict(pid, control_id="A5", event_time=T(2021, 5, 6), death_indicator="N"),
+        dict(pid, control_id="B2", event_time=T(2021, 6, 2), patient_id="M2", removed="PID-11 PID-29")])  # ""
     stage(engine, "stg_fhir_patient", "emr", 3, [
         dict(resource_id="p1", birth_date=D(1950, 1, 2), mrn="M7", last_updated=T(2022, 1, 4))])
     transform(engine, namespaces=NS)
     assert rows(engine, deaths) == [] and rows(engine, lineage) == []
-    assert rows(engine, "SELECT person_id FROM person") == sorted([(m1,), (p1,)])
+    assert rows(engine, "SELECT person_id FROM person") == sorted([(m1,), (m2,), (p1,)])
     transform(engine, namespaces=NS, full=True)  # a full re-map agrees
     assert rows(engine, deaths) == []
+
+
+def test_patients_staged_before_the_removed_column_existed_still_transform(engine):
+    """A store whose HL7 patients were staged by an older medlake lacks `stg_hl7_patient.removed`: the transform
+    adds the column (older rows NULL) instead of failing on it."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    old = _full(staging_schemas()["stg_hl7_patient"])
+    old = old.remove(old.get_field_index("removed"))
+    create(engine, "stg_hl7_patient", old)
+    engine.load_arrow("stg_hl7_patient", pa.Table.from_pylist([dict(
+        source="his", receipt_seq=1, record_location="line 1", landing_sha256="sha", control_id="A1",
+        message_type="ADT^A08", event_time=T(2021, 5, 3), patient_id="M1", sex="F", birth_date=D(1965, 4, 12),
+        death_time=T(2021, 5, 3, 1), death_indicator="Y")], schema=old))
+    transform(engine, namespaces=NS)
+    assert rows(engine, "SELECT person_id, death_date FROM death") == [(sid("h1|M1"), D(2021, 5, 3))]
+    assert "removed" in {c.name for c in engine.columns("stg_hl7_patient")}

@@ -233,3 +233,41 @@ def test_a_value_a_later_fhir_patient_version_removes_leaves_the_vault(site):
     assert load("once", [[v1 + v2]])[-1] == (None, "Suzhou", "Zhang", "110101198003050016")
     assert load("runs", [[v1], [v2], [v0], []]) == [("13800000001", None, "Zhang", "110101198003050016")] + [
         (None, "Suzhou", "Zhang", "110101198003050016")] * 3
+
+
+def test_an_hl7_explicit_null_takes_the_value_out_of_the_vault(site):
+    """HL7's `""` tells the receiver to delete the value: an A08 with PID-13 `""` removes the phone and one with
+    PID-11 `""` the address, whether it comes in the same run or a later one; an A08 that leaves the field empty
+    changes nothing, and an older message brought later does not bring the value back."""
+    srcs = config.load(site / "sources.toml")
+    where = {s.name: (s.hospital, s.system) for s in srcs}
+    ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
+    (site / "h1/his/adt.hl7").unlink()
+    (site / "h2/emr/Patient.ndjson").unlink()
+    a01 = hl7(1, "A01", PIDS["M001"], "PV1|1|I|W1^101^1\r")
+    silent = hl7(2, "A08", "PID|1||M001^^^H1^MR||张^伟||19800305|M\r")                     # PID-11, -13 not sent
+    nulls = hl7(3, "A08", 'PID|1||M001^^^H1^MR||张^伟||19800305|M|||""||""\r')           # PID-11, -13 deleted
+    late = hl7(2, "A08", "PID|1||M001^^^H1^MR||张^伟||19800305|M|||西路2号^^北京市||13800000002\r")
+
+    def load(name: str, files: list[list[str]]) -> list[tuple]:
+        eng = open_engine(f"duckdb:{site / name}.duckdb")
+        seen = []
+        with Vault.open(site / name, ring) as v:
+            for i, batch in enumerate(files):
+                for j, msg in enumerate(batch):
+                    (site / f"h1/his/{name}-{i}-{j}.hl7").write_bytes(msg.encode())
+                ingest_mod.ingest(eng, Landing(site / name / "landing"), Quarantine(site / name / "quarantine"),
+                                  [site / "h1/his"], sources=srcs)
+                staging.vault_staging(eng, v, where)
+                rec = v.read("test", "compare", [("h1-his", "M001")])[0]
+                seen.append((rec["phone"], rec["address"], rec["family"]))
+        eng.close()
+        for f in (site / "h1/his").glob(f"{name}-*"):
+            f.unlink()
+        return seen
+
+    kept = ("13800000001", "朝阳区 北京市 建国路1号", "张")
+    assert load("silent", [[a01, silent]]) == [kept]
+    gone = (None, None, "张")
+    assert load("once", [[a01, silent, nulls]]) == [gone]
+    assert load("runs", [[a01], [silent], [nulls], [late], []]) == [kept, kept, gone, gone, gone]

@@ -3,8 +3,9 @@
 One source identity per (source, source_id): for HL7 v2 the patient id (PID-3, the MRN) of the source, for FHIR
 the Patient resource id. Several staging rows of one identity (A01, A08, every ORU's PID …) are folded into one:
 per field, the latest non-empty value (by `as_of`: event time, then receipt, then place in the file), each field
-with its `as_of`, which the vault keeps, so a later run's older message changes nothing newer. A FHIR Patient
-version is the whole resource: a field its latest version lacks was removed, and goes from the vault too. A40 merges come from
+with its `as_of`, which the vault keeps, so a later run's older message changes nothing newer. A field can be
+taken away: by HL7's explicit null `""` (`stg_hl7_patient.removed`), or by a FHIR Patient version that lacks it (a
+version is the whole resource); it then goes from the vault too. A40 merges come from
 `stg_hl7_merge`.
 
 `vault_staging(engine, vault)` puts these identities into the vault, records the merges in the EMPI, then nulls
@@ -86,29 +87,33 @@ def _latest_rows(engine, table: str, wanted: list[str], when: str) -> list[dict]
                         f'{order}) AS rn FROM "{table}") AS t WHERE rn = 1').to_pylist()
 
 
-def _fold(rows: list[dict], identity, when: str, whole=lambda row: False) -> list[dict]:
+def _fold(rows: list[dict], identity, when: str) -> list[dict]:
     """One record per (source, source_id): per field the value of the latest row (by `as_of`) that has one, and
-    that row's `as_of` per field. `identity(row)` gives a row's record (None: the row names no identity).
-    `whole(row)`: the row is the whole record (a FHIR Patient version replaces the resource), so an identifying
-    field it lacks was removed: it is left empty with the row's `as_of` (`Vault.put` removes it) unless a later
-    row has it."""
+    that row's `as_of` per field. `identity(row)` gives a row's record (None: the row names no identity); its
+    `_removed` lists the fields the row takes away (HL7's `""`; what a FHIR Patient version lacks): they are left
+    empty with the row's `as_of` (`Vault.put` removes them) unless a later row has them."""
     out: dict = {}
     for at_row, r in sorted(((as_of(r.get(when), r.get("receipt_seq"), r.get("record_location")), r) for r in rows),
                             key=lambda x: x[0]):
         rec = identity(r)
         if rec is None:
             continue
+        removed = rec.pop("_removed", ())
         values, at = out.setdefault((rec["source"], rec["source_id"]), ({}, {}))
-        replaces = whole(r)
         for f, v in rec.items():
             if v not in (None, ""):
                 values[f] = v
                 if f not in ("source", "source_id"):
                     at[f] = at_row
-            elif replaces and f in FIELDS:
+            elif f in removed:
                 values.pop(f, None)
                 at[f] = at_row
     return [{**values, "as_of": at} for values, at in out.values()]
+
+
+# vault fields an HL7 explicit null `""` in a PID field takes away (`stg_hl7_patient.removed`)
+_HL7_REMOVES = {"PID-5": ("family", "given", "full_name"), "PID-7": ("birth_date",), "PID-8": ("sex",),
+                "PID-11": ("address",), "PID-13": ("phone",)}
 
 
 def _hl7_ids(text: str | None) -> dict:
@@ -138,7 +143,7 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
         cols = ["source", "patient_id", "patient_id_type", "patient_id_authority", "identifiers", "national_id",
                 "names", "family_name", "given_name", "middle_name", "birth_date", "sex", "address_street",
                 "address_other", "address_county", "address_city", "address_state", "address_postal_code",
-                "phone_home", "phone_business", "event_time", *_PLACE]
+                "phone_home", "phone_business", "removed", "event_time", *_PLACE]
 
         def hl7(r):
             if not r.get("patient_id"):
@@ -156,12 +161,13 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
                 phone=r.get("phone_home") or r.get("phone_business"),
                 address=_join(r.get("address_state"), r.get("address_city"), r.get("address_county"),
                               r.get("address_street"), r.get("address_other")),
-                mrn=str(pid))
+                mrn=str(pid), _removed={f for p in (r.get("removed") or "").split() for f in _HL7_REMOVES.get(p, ())})
         out += _fold(_latest_rows(engine, "stg_hl7_patient", cols, "event_time"), hl7, "event_time")
     if "stg_fhir_patient" in tables:
         cols = ["source", "resource_id", "gender", "birth_date", "family_name", "given_names", "name_text",
                 "identifiers", "mrn", "telecom", "address_line", "address_city", "address_district", "address_state",
                 "address_postal_code", "last_updated", *_PLACE]
+        moved = [c for c in identifying_columns("stg_fhir_patient") if c in cols]
 
         def fhir(r):
             if not r.get("resource_id"):
@@ -176,17 +182,17 @@ def source_identities(engine, sources: dict[str, tuple[str, str]] | None = None)
                 elif "ins" in str(i.get("system", "")).lower():
                     ins = ins or v
             phone = next((t.get("value") for t in _loads(r.get("telecom")) if t.get("system") == "phone"), None)
+            # a version is the whole resource: what it lacks was removed (unless its identifying values have
+            # moved to the vault already: all NULL in staging, it says nothing of them)
             return dict(
                 source=src, source_id=str(r["resource_id"]), hospital=hosp, system=system, id_type="patient_resource",
                 family=r.get("family_name"), given=r.get("given_names"),
                 full_name=None if r.get("family_name") else r.get("name_text"), id_number=idn, insurance=ins,
                 birth_date=r.get("birth_date"), sex=r.get("gender"), phone=phone,
                 address=_join(r.get("address_state"), r.get("address_city"), r.get("address_district"),
-                              r.get("address_line")), mrn=r.get("mrn"))
-        # a version whose identifying values have moved to the vault already (all NULL in staging) tells nothing
-        moved = [c for c in identifying_columns("stg_fhir_patient") if c in cols]
-        out += _fold(_latest_rows(engine, "stg_fhir_patient", cols, "last_updated"), fhir, "last_updated",
-                     whole=lambda r: any(r.get(c) not in (None, "") for c in moved))
+                              r.get("address_line")), mrn=r.get("mrn"),
+                _removed=FIELDS if any(r.get(c) not in (None, "") for c in moved) else ())
+        out += _fold(_latest_rows(engine, "stg_fhir_patient", cols, "last_updated"), fhir, "last_updated")
     return out
 
 

@@ -14,6 +14,8 @@
   Columns holding names, ID numbers, phones, addresses or birth dates carry the Arrow field metadata
   `{b"identifying": b"true"}`; free text that may contain them carries `{b"free_text": b"true"}`.
   Timestamps are kept as the wall-clock time written in the message (a `+hhmm` offset is dropped).
+  HL7's explicit null `""` (the receiver is to delete the value) stages as empty; `stg_hl7_patient.removed` lists
+  the PID fields sent so (`PID-13 PID-29`), for the vault and the CDM's DEATH to take the value away.
   Values that are present but unreadable (a date `20241399`, a number `abc` in an NM field) stage as null with
   a note in the row's `notes` column; a missing mandatory field raises `HL7Error` naming the field.
 - `ack(msg_or_raw, code, text)` builds the ACK (MSA, and ERR for AE/AR) in the message's own character set.
@@ -550,6 +552,9 @@ FREE = {b"free_text": b"true"}
 
 _COMMON = [("control_id", S), ("message_type", S), ("event_time", TS), ("segment_line", I)]
 _PAT = [("patient_id", S, IDENT), ("visit_number", S)]
+# PID fields whose explicit null `""` (delete the value) is staged in `removed`: name, birth, sex, address, phones,
+# death time, death indicator
+_REMOVABLE = (5, 7, 8, 11, 13, 14, 29, 30)
 
 _TABLES = {
     "stg_hl7_message": [
@@ -567,7 +572,7 @@ _TABLES = {
         ("address_state", S, IDENT), ("address_postal_code", S, IDENT), ("address_country", S),
         ("address_county", S, IDENT), ("phone_home", S, IDENT), ("phone_business", S, IDENT),
         ("email", S, IDENT), ("account_number", S, IDENT), ("death_time", TS), ("death_indicator", S),
-        ("last_update_time", TS)],
+        ("last_update_time", TS), ("removed", S)],
     "stg_hl7_visit": [
         ("event_type", S), *_PAT, ("patient_class", S), ("point_of_care", S), ("room", S), ("bed", S),
         ("facility", S), ("location", S), ("prior_location", S), ("admission_type", S),
@@ -868,7 +873,8 @@ class _Stager:
                  address_postal_code=self.c(seg, 11, 5), address_country=self.c(seg, 11, 6),
                  address_county=self.c(seg, 11, 9), phone_home=home, phone_business=self.phone(seg, 14),
                  email=email, account_number=self.c(seg, 18), death_time=self.ts(seg, 29),
-                 death_indicator=self.c(seg, 30), last_update_time=self.ts(seg, 33))
+                 death_indicator=self.c(seg, 30), last_update_time=self.ts(seg, 33),
+                 removed=" ".join(f"PID-{n}" for n in _REMOVABLE if seg.field(n) == '""') or None)
 
     def phone(self, seg: Segment, n: int) -> str | None:
         p = self.comps(seg, n) + [""] * 12

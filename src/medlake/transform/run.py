@@ -111,9 +111,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
     if "concept" not in tables or "person" not in tables:
         raise ValueError("this store has no OMOP CDM: run `medlake init` (and `medlake vocab load`) first")
     ensure_tables(engine)
-    component = "stg_fhir_observation_component"
-    if component in tables:  # staged before it had its comparator and unit system
-        _ensure_table(engine, component, staging_schemas()[component], set())
+    for t in ("stg_fhir_observation_component", "stg_hl7_patient"):  # staged before they had a column the rules
+        if t in tables:                                                # read (comparator, unit system; removed)
+            _ensure_table(engine, t, staging_schemas()[t], set())
     tables = set(engine.tables())
     if "stg_fhir_encounter" in tables and "identifier_value" in {x.name for x in engine.columns("stg_fhir_encounter")}:
         tables.add(r.VISIT_NUMBER)  # the visit number is staged (older stores lack the column)
