@@ -57,7 +57,7 @@ def _rows(engine, table: str, wanted: list[str], order: list[str]) -> list[dict]
     cols = [c for c in wanted if c in have]
     if "source" not in have:
         return []
-    by = ", ".join(f'"{c}"' for c in order if c in have) or "1"
+    by = ", ".join(f'"{c}" NULLS FIRST' for c in order if c in have) or "1"  # no time: oldest, on every engine
     return engine.query(f'SELECT {", ".join(chr(34) + c + chr(34) for c in cols)} FROM "{table}" ORDER BY {by}').to_pylist()
 
 
@@ -209,7 +209,7 @@ def source_merges(engine) -> list[dict]:
     if "stg_hl7_merge" not in engine.tables():
         return []
     rows = _rows(engine, "stg_hl7_merge", ["source", "patient_id", "prior_patient_id", "event_type", "control_id"],
-                 ["event_time", "receipt_seq"])
+                 ["event_time", *_PLACE])
     return [dict(prior_source=r["source"], prior_id=r["prior_patient_id"], source=r["source"], source_id=r["patient_id"],
                  reason=f"ADT {r.get('event_type') or 'merge'} message {r.get('control_id')}")
             for r in rows if r.get("prior_patient_id") and r.get("patient_id")]
