@@ -425,6 +425,10 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
             for name, n in s.written.items():
                 t.add_row(name, f"{n:,}")
             out.print(t)
+            if s.vocabularies_changed:
+                out.print(f"a new vocabulary release since the last run ({', '.join(s.vocabularies_changed[:8])}"
+                          f"{', …' if len(s.vocabularies_changed) > 8 else ''}): every record was mapped again",
+                          highlight=False)
             out.print(f"{s.records:,} source record(s), {s.deleted:,} row(s) replaced, {s.persons:,} person(s) "
                       f"touched, {s.skipped:,} event(s) without person or date skipped, {s.seconds:.1f} s",
                       highlight=False)

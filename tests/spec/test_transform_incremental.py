@@ -189,3 +189,36 @@ def test_only_a_source_the_empi_does_not_register_takes_the_empi_person_of_its_n
     transform(engine, namespaces=ns)
     assert rows(engine, "SELECT person_id FROM measurement") == sorted([(101,), (sid("h1|M5"),)])
     assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(101,), (105,), (sid("h1|M9"),)])
+
+
+def test_a_new_vocabulary_release_maps_every_record_again(engine):
+    """`medlake vocab load` of a new release changes what codes map to (ICD-10-CM R73 now maps to a condition, not
+    a lab): the next plain run sees the release changed and maps every record again, as `--full` would; the site's
+    own code lists (`medlake map`) and a re-run do not count as a release."""
+    from medlake.cdm import ddl
+    from test_transform import CDM
+
+    store.init(engine, "5.4")
+    vocab(engine)
+    batch1(engine)
+    transform(engine, namespaces=NS)
+    c2 = "SELECT count(*) FROM {} WHERE person_id = %d AND {}_date = DATE '2020-02-01'" % sid("h1|M1")
+    assert rows(engine, c2.format("measurement", "measurement")) == [(1,)]
+
+    x1 = review.Target("urn:local", "local", "X1", "local hypertension")  # a site code list: no release
+    review.decide(engine, x1, "accepted", 320128, by="test", today=dt.date(2024, 1, 1))
+    assert transform(engine, namespaces=NS).vocabularies_changed == []
+
+    engine.execute("DELETE FROM vocabulary WHERE vocabulary_id = 'None'")
+    engine.load_arrow("vocabulary", ddl.arrow_table(CDM.table("vocabulary"), dict(
+        vocabulary_id=["None"], vocabulary_name=["OMOP Standardized Vocabularies"],
+        vocabulary_version=["v5.0 31-AUG-26"], vocabulary_concept_id=[44819096])))
+    engine.execute("DELETE FROM concept_relationship WHERE concept_id_1 = 45548980")
+    engine.load_arrow("concept_relationship", ddl.arrow_table(CDM.table("concept_relationship"), dict(
+        concept_id_1=[45548980], concept_id_2=[320128], relationship_id=["Maps to"],
+        valid_start_date=[D(1970, 1, 1)], valid_end_date=[D(2099, 12, 31)])))
+    s = transform(engine, namespaces=NS)
+    assert s.vocabularies_changed == ["None"] and s.records > 1
+    assert rows(engine, c2.format("measurement", "measurement")) == [(0,)]
+    assert rows(engine, c2.format("condition_occurrence", "condition_start")) == [(1,)]
+    assert transform(engine, namespaces=NS).run_id is None

@@ -41,6 +41,10 @@ APPLIED = {
                                   "source_concept_id FROM source_to_concept_map WHERE invalid_reason IS NULL"),
     "transform_applied_identity": ("source VARCHAR, source_id VARCHAR, person_id BIGINT",
                                    "SELECT DISTINCT source, source_id, person_id FROM empi_person_map"),
+    # the vocabulary releases (not the site's own code lists, which `medlake map` adds and the mapping diff covers)
+    "transform_applied_vocabulary": ("vocabulary_id VARCHAR, vocabulary_version VARCHAR",
+                                     "SELECT DISTINCT vocabulary_id, vocabulary_version FROM vocabulary "
+                                     "WHERE COALESCE(vocabulary_reference, '') <> 'medlake map'"),
 }
 CHANGES = {"tx_remap_code": "vocabulary_id VARCHAR, code VARCHAR",  # codes whose site mapping changed
            "tx_remap_identity": "source VARCHAR, source_id VARCHAR",  # source patients whose EMPI person changed
@@ -65,6 +69,7 @@ class RunSummary:
     persons: int = 0                       # persons touched
     unmapped_codes: int = 0                # distinct (source, system, code) with concept 0, whole store
     seconds: float = 0.0
+    vocabularies_changed: list[str] = field(default_factory=list)  # new releases since the last run: all re-mapped
 
 
 def _count(engine: Engine, sql: str) -> int:
@@ -143,6 +148,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if empi:
             engine.execute(c.EMPI_BY_NAMESPACE)
             engine.analyze("tx_empi_ns")
+        changed = _vocabularies_changed(engine)
+        full = full or bool(changed)  # a new vocabulary release can change any code's concept and domain
         if full:
             engine.execute("DELETE FROM transform_watermark")
             engine.execute("DELETE FROM transform_quiet_key")
@@ -316,7 +323,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                 engine.execute(f"TRUNCATE TABLE {w}")
         _cdm_indexes(engine, tables, analyze=bulk)
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
-                      time.perf_counter() - t0)
+                      time.perf_counter() - t0, changed)
 
 
 def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set[str]:
@@ -655,7 +662,7 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
         cols = now.split("SELECT DISTINCT ")[1].split(" FROM ")[0]
         diff = (f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
                 f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b")
-        if full:
+        if full or name == "transform_applied_vocabulary":  # (a changed release makes the run a full one)
             pass
         elif name == "transform_applied_code_system":
             if not _count(engine, f"SELECT count(*) FROM ({diff}) AS d"):
@@ -680,6 +687,17 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
                                                    f"AND m.source_id = ({rule.person})"))
         engine.execute(f"DELETE FROM {name}")
         engine.execute(f"INSERT INTO {name} {now}")
+
+
+def _vocabularies_changed(engine: Engine) -> list[str]:
+    """The vocabularies whose release (`vocabulary_version`) differs from the one the last run mapped with, or that
+    came or went since (`medlake vocab load` of a new Athena download); none before a first run."""
+    name, (_, now) = "transform_applied_vocabulary", APPLIED["transform_applied_vocabulary"]
+    if not _count(engine, f"SELECT count(*) FROM {name}"):
+        return []
+    return sorted(x["vocabulary_id"] for x in engine.query(
+        f"SELECT DISTINCT vocabulary_id FROM (SELECT * FROM ({now} EXCEPT SELECT * FROM {name}) AS a UNION ALL "
+        f"SELECT * FROM (SELECT * FROM {name} EXCEPT {now}) AS b) AS d").to_pylist())
 
 
 def _keys_sql(rule, join: str, frm: str | None = None, key: str | None = None) -> str:
