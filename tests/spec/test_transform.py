@@ -793,3 +793,44 @@ def test_patients_staged_before_the_removed_column_existed_still_transform(engin
     transform(engine, namespaces=NS)
     assert rows(engine, "SELECT person_id, death_date FROM death") == [(sid("h1|M1"), D(2021, 5, 3))]
     assert "removed" in {c.name for c in engine.columns("stg_hl7_patient")}
+
+
+def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it(engine):
+    """ADT cancels: an A11 (cancel admit) as a visit's newest message leaves no VISIT_OCCURRENCE row (a new A01
+    after it admits again); an A13 (cancel discharge) after the last A03 takes the discharge back, in
+    VISIT_OCCURRENCE and VISIT_DETAIL — whether it comes in the same batch or a later one — and a new A03 after it
+    discharges again. Before, an A13 as the newest message removed the whole visit."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    stage(engine, "stg_hl7_patient", "his", 1, [dict(control_id="P1", message_type="ADT^A01", patient_id="M1",
+                                                      event_time=T(2021, 5, 1), sex="F", birth_date=D(1965, 4, 12))])
+
+    def adt(cid, ev, visit, day, hour, discharge=None):
+        return dict(control_id=cid, message_type=f"ADT^{ev}", event_type=ev, event_time=T(2021, 5, day, hour),
+                    patient_id="M1", visit_number=visit, patient_class="I", point_of_care="W1",
+                    admit_time=T(2021, 5, day if ev == "A01" else 1, 8), discharge_time=discharge)
+
+    stage(engine, "stg_hl7_visit", "his", 1, [
+        adt("A1", "A01", "V1", 1, 8), adt("A2", "A11", "V1", 1, 9),                            # cancelled
+        adt("B1", "A01", "V2", 1, 8), adt("B2", "A03", "V2", 3, 8, T(2021, 5, 3, 8)),
+        adt("B3", "A13", "V2", 3, 9),                                                          # open again
+        adt("C1", "A01", "V3", 1, 8), adt("C2", "A11", "V3", 1, 9), adt("C3", "A01", "V3", 2, 8),  # re-admitted
+        adt("D1", "A01", "V4", 1, 8), adt("D2", "A03", "V4", 4, 8, T(2021, 5, 4, 8))])
+    transform(engine, namespaces=NS)
+    visits = "SELECT visit_source_value, visit_start_datetime, visit_end_datetime FROM visit_occurrence"
+    details = ("SELECT v.visit_source_value, d.visit_detail_end_datetime FROM visit_detail d "
+               "JOIN visit_occurrence v ON v.visit_occurrence_id = d.visit_occurrence_id")
+    assert rows(engine, visits + " WHERE visit_source_value <> 'V3'") == [("V2", T(2021, 5, 1, 8), T(2021, 5, 1, 8)),
+                                                                          ("V4", T(2021, 5, 1, 8), T(2021, 5, 4, 8))]
+    assert rows(engine, details + " WHERE v.visit_source_value <> 'V3'") == [("V2", T(2021, 5, 1, 8)),
+                                                                             ("V4", T(2021, 5, 4, 8))]
+    assert rows(engine, "SELECT count(*) FROM visit_occurrence WHERE visit_source_value = 'V3'") == [(1,)]
+
+    stage(engine, "stg_hl7_visit", "his", 2, [
+        adt("B4", "A03", "V2", 5, 8, T(2021, 5, 5, 8)),                                        # discharged again
+        adt("D3", "A13", "V4", 4, 9)])                                                         # open, later batch
+    transform(engine, namespaces=NS)
+    assert rows(engine, visits + " WHERE visit_source_value <> 'V3'") == [("V2", T(2021, 5, 1, 8), T(2021, 5, 5, 8)),
+                                                                          ("V4", T(2021, 5, 1, 8), T(2021, 5, 1, 8))]
+    assert rows(engine, details + " WHERE v.visit_source_value <> 'V3'") == [("V2", T(2021, 5, 5, 8)),
+                                                                             ("V4", T(2021, 5, 1, 8))]

@@ -186,8 +186,8 @@ def _rows(table: str, key: str, persons: str) -> str:
 def _hl7_stretches(persons: str | None) -> str:
     """HL7 ADT of inpatient and emergency visits: the unit (PV1-3.1 point of care) of each message of a visit, in
     time order; a message in another unit than the one before starts a stretch (A01 admit at the admit time, A02
-    transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out. Every message of
-    the visit counts, whichever patient it names (the stretches are the visit's, see `visit_detail_sql`)."""
+    transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out; an A13 cancels the
+    discharge before it (the visit's end, as hl7.visit's). Every message of the visit counts, whichever patient it names (the stretches are the visit's, see `visit_detail_sql`)."""
     visit = c.keyed_id("visit_occurrence", "s.visit_number")
     flt = f" AND {visit} IN ({VISITS})" if persons else ""
     order = "COALESCE(s.event_time, s.admit_time), s.receipt_seq, s.record_location"
@@ -207,19 +207,23 @@ def _hl7_stretches(persons: str | None) -> str:
                CASE WHEN LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) IS NULL
                     THEN COALESCE(s.admit_time, s.event_time) ELSE s.event_time END AS d_start,
                LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) AS prev_unit,
-               MAX(s.discharge_time) OVER (PARTITION BY s.source, s.visit_number) AS v_end
+               {r.HL7_DISCHARGE.replace("s.v_dis", "MAX(s.discharge_time) OVER (PARTITION BY s.source, s.visit_number)")}
+                   AS v_end
         FROM (
             SELECT s.*, {c.NS} AS ns,
                    LEAD(s.event_type) OVER (PARTITION BY s.source, s.visit_number,
                                             CASE WHEN s.event_type IN ('A02', 'A12') THEN 1 ELSE 0 END
-                                            ORDER BY {order}) AS next_move
+                                            ORDER BY {order}) AS next_move,
+                   {", ".join(f"{a} OVER (PARTITION BY s.source, s.visit_number) AS {n}"
+                              for n, a in r.DISCHARGE_CANCELS.items())}
             FROM stg_hl7_visit s
             {_WINDOW}
-            WHERE ({_HL7_ADT} OR s.event_type = 'A12') AND s.visit_number IS NOT NULL AND s.point_of_care IS NOT NULL
-              AND s.patient_class IN ({", ".join(f"'{k}'" for k in STAY_CLASSES)}){flt}
+            WHERE ({_HL7_ADT} OR s.event_type IN ('A12', 'A13')) AND s.visit_number IS NOT NULL
+              AND s.point_of_care IS NOT NULL AND s.patient_class IN ({", ".join(f"'{k}'" for k in STAY_CLASSES)}){flt}
         ) AS s
         LEFT JOIN transform_source ns ON ns.source = s.source
-        WHERE COALESCE(s.event_type, '') <> 'A12' AND NOT (s.event_type = 'A02' AND COALESCE(s.next_move, '') = 'A12')
+        WHERE COALESCE(s.event_type, '') NOT IN ('A12', 'A13')
+          AND NOT (s.event_type = 'A02' AND COALESCE(s.next_move, '') = 'A12')
     ) AS s
     WHERE s.prev_unit IS NULL OR s.prev_unit <> s.point_of_care"""
 

@@ -467,6 +467,11 @@ FHIR_PERSONS = [
 # -- HL7 v2 ----------------------------------------------------------------------------------------------------------
 _HL7 = dict(person="s.patient_id", message_id="s.control_id", visit="s.visit_number")
 _HL7_ORDER = "s.event_time DESC NULLS LAST, s.receipt_seq DESC, s.record_location DESC"
+# A visit's discharge (the latest PV1-45 of its messages but A13s, `s.v_dis`) unless an A13 (cancel discharge) came
+# after the last A03: the window aggregates over a visit's messages that tell (hl7.visit, derived VISIT_DETAIL).
+DISCHARGE_CANCELS = {"v_a03": "MAX(CASE WHEN s.event_type = 'A03' THEN s.event_time END)",
+                     "v_a13": "MAX(CASE WHEN s.event_type = 'A13' THEN s.event_time END)"}
+HL7_DISCHARGE = "CASE WHEN s.v_a13 IS NOT NULL AND (s.v_a03 IS NULL OR s.v_a13 >= s.v_a03) THEN NULL ELSE s.v_dis END"
 
 HL7_EVENTS = [
     EventRule(name="hl7.observation", staging="stg_hl7_observation", default_table="measurement",
@@ -526,15 +531,21 @@ HL7_EVENTS = [
 ]
 
 HL7_TABLES = [
+    # The newest message of a visit gives its state: a cancelled admission (A11, A27, A38 newest) has no row. An A13
+    # (cancel discharge) is no state of its own (the newest other message gives the row): it takes back the
+    # discharges (A03) before it, so the visit is open again until the next A03.
     TableRule(name="hl7.visit", staging="stg_hl7_visit", table="visit_occurrence",
               key="'visit|' || COALESCE(s.visit_number, s.control_id)", person="s.patient_id",
-              message_id="s.control_id", order=_HL7_ORDER, id="{visit}",
+              message_id="s.control_id", order=f"CASE WHEN s.event_type = 'A13' THEN 1 ELSE 0 END, {_HL7_ORDER}",
+              id="{visit}",
               where="s.message_type LIKE 'ADT%' AND COALESCE(s.event_type, '') NOT IN ('A11', 'A13', 'A27', 'A38')",
-              aggregates={"v_start": "MIN(COALESCE(s.admit_time, s.event_time))", "v_end": "MAX(s.discharge_time)"},
+              aggregates={"v_start": "MIN(COALESCE(s.admit_time, s.event_time))",
+                          "v_dis": "MAX(CASE WHEN COALESCE(s.event_type, '') <> 'A13' THEN s.discharge_time END)",
+                          **DISCHARGE_CANCELS},
               columns={"visit_concept_id": f"COALESCE({case('s.patient_class', HL7_VISIT)}, 0)",
                        "visit_start_date": "CAST(s.v_start AS DATE)", "visit_start_datetime": "s.v_start",
-                       "visit_end_date": "CAST(COALESCE(s.v_end, s.v_start) AS DATE)",
-                       "visit_end_datetime": "COALESCE(s.v_end, s.v_start)",
+                       "visit_end_date": f"CAST(COALESCE({HL7_DISCHARGE}, s.v_start) AS DATE)",
+                       "visit_end_datetime": f"COALESCE({HL7_DISCHARGE}, s.v_start)",
                        "visit_type_concept_id": str(EHR), "provider_id": "{provider}",
                        "care_site_id": "{care_site}", "visit_source_value": "left(s.visit_number, 50)",
                        "visit_source_concept_id": "0", "admitted_from_source_value": "s.admit_source",
