@@ -797,7 +797,7 @@ def test_patients_staged_before_the_removed_column_existed_still_transform(engin
 
 def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it(engine):
     """ADT cancels: an A11 (cancel admit) as a visit's newest message leaves no VISIT_OCCURRENCE row (a new A01
-    after it admits again); an A13 (cancel discharge) after the last A03 takes the discharge back, in
+    after it admits again, at its own admit time); an A13 (cancel discharge) after the last A03 takes the discharge back, in
     VISIT_OCCURRENCE and VISIT_DETAIL — whether it comes in the same batch or a later one — and a new A03 after it
     discharges again. Before, an A13 as the newest message removed the whole visit."""
     store.init(engine, "5.4")
@@ -815,22 +815,28 @@ def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it
         adt("B1", "A01", "V2", 1, 8), adt("B2", "A03", "V2", 3, 8, T(2021, 5, 3, 8)),
         adt("B3", "A13", "V2", 3, 9),                                                          # open again
         adt("C1", "A01", "V3", 1, 8), adt("C2", "A11", "V3", 1, 9), adt("C3", "A01", "V3", 2, 8),  # re-admitted
-        adt("D1", "A01", "V4", 1, 8), adt("D2", "A03", "V4", 4, 8, T(2021, 5, 4, 8))])
+        adt("D1", "A01", "V4", 1, 8), adt("D2", "A03", "V4", 4, 8, T(2021, 5, 4, 8)),
+        adt("E1", "A01", "V5", 1, 8), dict(adt("E2", "A08", "V5", 1, 12), admit_time=T(2021, 5, 1, 10))])
     transform(engine, namespaces=NS)
-    visits = "SELECT visit_source_value, visit_start_datetime, visit_end_datetime FROM visit_occurrence"
+    assert rows(engine, "SELECT visit_start_datetime FROM visit_occurrence WHERE visit_source_value = 'V5'") == [
+        (T(2021, 5, 1, 10),)]  # an A08 corrects the admit time
+    visits = ("SELECT visit_source_value, visit_start_datetime, visit_end_datetime FROM visit_occurrence "
+              "WHERE visit_source_value <> 'V5'")
     details = ("SELECT v.visit_source_value, d.visit_detail_end_datetime FROM visit_detail d "
-               "JOIN visit_occurrence v ON v.visit_occurrence_id = d.visit_occurrence_id")
-    assert rows(engine, visits + " WHERE visit_source_value <> 'V3'") == [("V2", T(2021, 5, 1, 8), T(2021, 5, 1, 8)),
-                                                                          ("V4", T(2021, 5, 1, 8), T(2021, 5, 4, 8))]
-    assert rows(engine, details + " WHERE v.visit_source_value <> 'V3'") == [("V2", T(2021, 5, 1, 8)),
+               "JOIN visit_occurrence v ON v.visit_occurrence_id = d.visit_occurrence_id "
+               "WHERE v.visit_source_value <> 'V5'")
+    assert rows(engine, visits) == [("V2", T(2021, 5, 1, 8), T(2021, 5, 1, 8)),
+                                    ("V3", T(2021, 5, 2, 8), T(2021, 5, 2, 8)),
+                                    ("V4", T(2021, 5, 1, 8), T(2021, 5, 4, 8))]
+    assert rows(engine, details + " AND v.visit_source_value <> 'V3'") == [("V2", T(2021, 5, 1, 8)),
                                                                              ("V4", T(2021, 5, 4, 8))]
-    assert rows(engine, "SELECT count(*) FROM visit_occurrence WHERE visit_source_value = 'V3'") == [(1,)]
 
     stage(engine, "stg_hl7_visit", "his", 2, [
         adt("B4", "A03", "V2", 5, 8, T(2021, 5, 5, 8)),                                        # discharged again
         adt("D3", "A13", "V4", 4, 9)])                                                         # open, later batch
     transform(engine, namespaces=NS)
-    assert rows(engine, visits + " WHERE visit_source_value <> 'V3'") == [("V2", T(2021, 5, 1, 8), T(2021, 5, 5, 8)),
-                                                                          ("V4", T(2021, 5, 1, 8), T(2021, 5, 1, 8))]
-    assert rows(engine, details + " WHERE v.visit_source_value <> 'V3'") == [("V2", T(2021, 5, 5, 8)),
+    assert rows(engine, visits) == [("V2", T(2021, 5, 1, 8), T(2021, 5, 5, 8)),
+                                    ("V3", T(2021, 5, 2, 8), T(2021, 5, 2, 8)),
+                                    ("V4", T(2021, 5, 1, 8), T(2021, 5, 1, 8))]
+    assert rows(engine, details + " AND v.visit_source_value <> 'V3'") == [("V2", T(2021, 5, 5, 8)),
                                                                              ("V4", T(2021, 5, 1, 8))]

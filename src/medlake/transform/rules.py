@@ -471,6 +471,9 @@ _HL7_ORDER = "s.event_time DESC NULLS LAST, s.receipt_seq DESC, s.record_locatio
 # after the last A03: the window aggregates over a visit's messages that tell (hl7.visit, derived VISIT_DETAIL).
 DISCHARGE_CANCELS = {"v_a03": "MAX(CASE WHEN s.event_type = 'A03' THEN s.event_time END)",
                      "v_a13": "MAX(CASE WHEN s.event_type = 'A13' THEN s.event_time END)"}
+# A visit's admission: the newest message's PV1-44 (an A08 corrects it; a re-admission after an A11 has its own),
+# else the earliest admit or event time of its messages (`s.v_start`).
+HL7_ADMIT = "COALESCE(s.admit_time, s.v_start)"
 HL7_DISCHARGE = "CASE WHEN s.v_a13 IS NOT NULL AND (s.v_a03 IS NULL OR s.v_a13 >= s.v_a03) THEN NULL ELSE s.v_dis END"
 
 HL7_EVENTS = [
@@ -543,9 +546,9 @@ HL7_TABLES = [
                           "v_dis": "MAX(CASE WHEN COALESCE(s.event_type, '') <> 'A13' THEN s.discharge_time END)",
                           **DISCHARGE_CANCELS},
               columns={"visit_concept_id": f"COALESCE({case('s.patient_class', HL7_VISIT)}, 0)",
-                       "visit_start_date": "CAST(s.v_start AS DATE)", "visit_start_datetime": "s.v_start",
-                       "visit_end_date": f"CAST(COALESCE({HL7_DISCHARGE}, s.v_start) AS DATE)",
-                       "visit_end_datetime": f"COALESCE({HL7_DISCHARGE}, s.v_start)",
+                       "visit_start_date": f"CAST({HL7_ADMIT} AS DATE)", "visit_start_datetime": HL7_ADMIT,
+                       "visit_end_date": f"CAST(COALESCE({HL7_DISCHARGE}, {HL7_ADMIT}) AS DATE)",
+                       "visit_end_datetime": f"COALESCE({HL7_DISCHARGE}, {HL7_ADMIT})",
                        "visit_type_concept_id": str(EHR), "provider_id": "{provider}",
                        "care_site_id": "{care_site}", "visit_source_value": "left(s.visit_number, 50)",
                        "visit_source_concept_id": "0", "admitted_from_source_value": "s.admit_source",
