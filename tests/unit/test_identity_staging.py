@@ -51,6 +51,7 @@ PATIENT = {"resourceType": "Patient", "id": "h2-pat-1",
                           {"system": "urn:oid:2.16.156.10011.1.1", "value": "110101198003050016"}],
            "name": [{"family": "Zhang", "given": ["Wei"], "text": "Wei Zhang"}], "gender": "male",
            "birthDate": "1980-03-05", "telecom": [{"system": "phone", "value": "13800000001"}]}
+RING = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
 SECRETS = ["张", "欧阳", "娜娜", "建国路", "漕溪北路", "110101198003050016", "310104195001100027", "13800000001", "Zhang"]
 
 
@@ -68,6 +69,30 @@ def site(tmp_path):
     (tmp_path / "h2/emr/Patient.ndjson").write_text(json.dumps(PATIENT, ensure_ascii=False) + "\n", encoding="utf-8")
     (tmp_path / "sources.toml").write_text(SOURCES)
     return tmp_path
+
+
+def runs(site, name: str, folder: str, batches: list[list[str]], key: tuple[str, str]) -> tuple[list[dict], list]:
+    """A site's runs: each batch of messages written into `folder`, then ingest and `vault_staging`. The vault's
+    record of `key` after each run, and the store's `identity_demographics` rows of it at the end."""
+    srcs = config.load(site / "sources.toml")
+    where = {s.name: (s.hospital, s.system) for s in srcs}
+    ext = ".ndjson" if "emr" in folder else ".hl7"
+    eng = open_engine(f"duckdb:{site / name}.duckdb")
+    seen = []
+    with Vault.open(site / name, RING) as v:
+        for i, batch in enumerate(batches):
+            for j, text in enumerate(batch):
+                (site / folder / f"{name}-{i}-{j}{ext}").write_bytes(text.encode())
+            ingest_mod.ingest(eng, Landing(site / name / "landing"), Quarantine(site / name / "quarantine"),
+                              [site / folder], sources=srcs)
+            staging.vault_staging(eng, v, where)
+            seen.append(v.read("test", "compare", [key])[0])
+    demo = eng.query("SELECT gender_source_value, year_of_birth, month_of_birth FROM identity_demographics "
+                     "WHERE source_id = ?", [key[1]]).to_pylist()
+    eng.close()
+    for f in (site / folder).glob(f"{name}-*"):
+        f.unlink()
+    return seen, demo
 
 
 def test_staging_into_the_vault_and_nothing_left_in_the_store(site):
@@ -160,30 +185,14 @@ def test_a_later_run_that_brings_an_older_message_keeps_the_newer_values(site):
     brings a message older than the ones already in the vault fills the fields they left empty and changes no
     other (it replaced them: two patients' messages under one mistyped MRN gave the identity, and so its person,
     the demographics of whichever came last — found by the at-once vs batches fuzz, HL7 seed 45)."""
-    srcs = config.load(site / "sources.toml")
-    where = {s.name: (s.hospital, s.system) for s in srcs}
-    ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
     (site / "h1/his/adt.hl7").unlink()
     newer = hl7(8, "A08", "PID|1||M001^^^H1^MR||张^伟||19800305|M|||建国路1号^^北京市^朝阳区^100000^CN||13800000009\r")
     older = hl7(2, "A01", "PID|1||M001^^^H1^PI~310100000001^^^H1INS^HC||李^娜||19910717|F|||"
                           "漕溪北路8号^^上海市^徐汇区^200000^CN||13900000002\r", "PV1|1|I|W1^101^1\r")
 
-    def load(name: str, files: list[list[str]]) -> tuple[dict, list]:
-        eng = open_engine(f"duckdb:{site / name}.duckdb")
-        with Vault.open(site / name, ring) as v:
-            for i, batch in enumerate(files):
-                for j, msg in enumerate(batch):
-                    (site / f"h1/his/{name}-{i}-{j}.hl7").write_bytes(msg.encode())
-                ingest_mod.ingest(eng, Landing(site / name / "landing"), Quarantine(site / name / "quarantine"),
-                                  [site / "h1/his"], sources=srcs)
-                staging.vault_staging(eng, v, where)
-            rec = v.read("test", "compare", [("h1-his", "M001")])[0]
-        demo = eng.query("SELECT gender_source_value, year_of_birth, month_of_birth FROM identity_demographics "
-                         "WHERE source_id = 'M001'").to_pylist()
-        eng.close()
-        for f in (site / "h1/his").glob(f"{name}-*"):
-            f.unlink()
-        return rec, demo
+    def load(name: str, batches: list[list[str]]) -> tuple[dict, list]:
+        seen, demo = runs(site, name, "h1/his", batches, ("h1-his", "M001"))
+        return seen[-1], demo
 
     at_once = load("once", [[newer, older]])
     assert (at_once[0]["family"], at_once[0]["phone"], at_once[0]["sex"]) == ("张", "13800000009", "M")
@@ -198,9 +207,6 @@ def test_a_value_a_later_fhir_patient_version_removes_leaves_the_vault(site):
     """A FHIR Patient version is the whole resource: a phone the later version no longer has was removed, in one
     run or in two; a version older than both, brought by a later run, does not bring it back, and a run with
     nothing new keeps the vault as it is (the moved, NULL staging values say nothing)."""
-    srcs = config.load(site / "sources.toml")
-    where = {s.name: (s.hospital, s.system) for s in srcs}
-    ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
     (site / "h1/his/adt.hl7").unlink()
     (site / "h2/emr/Patient.ndjson").unlink()
 
@@ -212,22 +218,9 @@ def test_a_value_a_later_fhir_patient_version_removes_leaves_the_vault(site):
     v2 = version(3, telecom=[], address=[{"city": "Suzhou"}])
     v0 = version(1, telecom=[{"system": "phone", "value": "13700000007"}])
 
-    def load(name: str, files: list[list[str]]) -> list[dict]:
-        eng = open_engine(f"duckdb:{site / name}.duckdb")
-        seen = []
-        with Vault.open(site / name, ring) as v:
-            for i, batch in enumerate(files):
-                for j, text in enumerate(batch):
-                    (site / f"h2/emr/{name}-{i}-{j}.ndjson").write_text(text, encoding="utf-8")
-                ingest_mod.ingest(eng, Landing(site / name / "landing"), Quarantine(site / name / "quarantine"),
-                                  [site / "h2/emr"], sources=srcs)
-                staging.vault_staging(eng, v, where)
-                rec = v.read("test", "compare", [("h2-emr", "h2-pat-1")])[0]
-                seen.append((rec["phone"], rec["address"], rec["family"], rec["id_number"]))
-        eng.close()
-        for f in (site / "h2/emr").glob(f"{name}-*"):
-            f.unlink()
-        return seen
+    def load(name: str, batches: list[list[str]]) -> list[tuple]:
+        return [(r["phone"], r["address"], r["family"], r["id_number"])
+                for r in runs(site, name, "h2/emr", batches, ("h2-emr", "h2-pat-1"))[0]]
 
     assert load("one", [[v1]]) == [("13800000001", None, "Zhang", "110101198003050016")]
     assert load("once", [[v1 + v2]])[-1] == (None, "Suzhou", "Zhang", "110101198003050016")
@@ -239,9 +232,6 @@ def test_an_hl7_explicit_null_takes_the_value_out_of_the_vault(site):
     """HL7's `""` tells the receiver to delete the value: an A08 with PID-13 `""` removes the phone and one with
     PID-11 `""` the address, whether it comes in the same run or a later one; an A08 that leaves the field empty
     changes nothing, and an older message brought later does not bring the value back."""
-    srcs = config.load(site / "sources.toml")
-    where = {s.name: (s.hospital, s.system) for s in srcs}
-    ring = keys.KeyRing([base64.b64decode(keys.new_key())], origin="test")
     (site / "h1/his/adt.hl7").unlink()
     (site / "h2/emr/Patient.ndjson").unlink()
     a01 = hl7(1, "A01", PIDS["M001"], "PV1|1|I|W1^101^1\r")
@@ -249,22 +239,9 @@ def test_an_hl7_explicit_null_takes_the_value_out_of_the_vault(site):
     nulls = hl7(3, "A08", 'PID|1||M001^^^H1^MR||张^伟||19800305|M|||""||""\r')           # PID-11, -13 deleted
     late = hl7(2, "A08", "PID|1||M001^^^H1^MR||张^伟||19800305|M|||西路2号^^北京市||13800000002\r")
 
-    def load(name: str, files: list[list[str]]) -> list[tuple]:
-        eng = open_engine(f"duckdb:{site / name}.duckdb")
-        seen = []
-        with Vault.open(site / name, ring) as v:
-            for i, batch in enumerate(files):
-                for j, msg in enumerate(batch):
-                    (site / f"h1/his/{name}-{i}-{j}.hl7").write_bytes(msg.encode())
-                ingest_mod.ingest(eng, Landing(site / name / "landing"), Quarantine(site / name / "quarantine"),
-                                  [site / "h1/his"], sources=srcs)
-                staging.vault_staging(eng, v, where)
-                rec = v.read("test", "compare", [("h1-his", "M001")])[0]
-                seen.append((rec["phone"], rec["address"], rec["family"]))
-        eng.close()
-        for f in (site / "h1/his").glob(f"{name}-*"):
-            f.unlink()
-        return seen
+    def load(name: str, batches: list[list[str]]) -> list[tuple]:
+        return [(r["phone"], r["address"], r["family"])
+                for r in runs(site, name, "h1/his", batches, ("h1-his", "M001"))[0]]
 
     kept = ("13800000001", "朝阳区 北京市 建国路1号", "张")
     assert load("silent", [[a01, silent]]) == [kept]
