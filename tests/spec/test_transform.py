@@ -799,7 +799,8 @@ def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it
     """ADT cancels: an A11 (cancel admit) as a visit's newest message leaves no VISIT_OCCURRENCE row (a new A01
     after it admits again, at its own admit time); an A13 (cancel discharge) after the last A03 takes the discharge back, in
     VISIT_OCCURRENCE and VISIT_DETAIL — whether it comes in the same batch or a later one — and a new A03 after it
-    discharges again. Before, an A13 as the newest message removed the whole visit."""
+    discharges again. An A08 corrects the admit and discharge times; a result's PV1 on the same feed (ORU, later
+    than the ADT) changes nothing. Before, an A13 or such an ORU as the newest message removed the whole visit."""
     store.init(engine, "5.4")
     vocab(engine)
     stage(engine, "stg_hl7_patient", "his", 1, [dict(control_id="P1", message_type="ADT^A01", patient_id="M1",
@@ -816,15 +817,23 @@ def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it
         adt("B3", "A13", "V2", 3, 9),                                                          # open again
         adt("C1", "A01", "V3", 1, 8), adt("C2", "A11", "V3", 1, 9), adt("C3", "A01", "V3", 2, 8),  # re-admitted
         adt("D1", "A01", "V4", 1, 8), adt("D2", "A03", "V4", 4, 8, T(2021, 5, 4, 8)),
-        adt("E1", "A01", "V5", 1, 8), dict(adt("E2", "A08", "V5", 1, 12), admit_time=T(2021, 5, 1, 10))])
+        adt("E1", "A01", "V5", 1, 8), dict(adt("E2", "A08", "V5", 1, 12), admit_time=T(2021, 5, 1, 10)),
+        adt("F1", "A01", "V6", 1, 8), adt("F2", "A03", "V6", 4, 8, T(2021, 5, 4, 8)),
+        dict(adt("F3", "A08", "V6", 4, 12, T(2021, 5, 4, 6))),
+        dict(adt("F4", "", "V6", 6, 8), message_type="ORU^R01", event_type=None, admit_time=None)])  # same feed
     transform(engine, namespaces=NS)
-    assert rows(engine, "SELECT visit_start_datetime FROM visit_occurrence WHERE visit_source_value = 'V5'") == [
-        (T(2021, 5, 1, 10),)]  # an A08 corrects the admit time
+    assert rows(engine, "SELECT visit_source_value, visit_start_datetime, visit_end_datetime FROM visit_occurrence "
+                        "WHERE visit_source_value IN ('V5', 'V6')") == [
+        ("V5", T(2021, 5, 1, 10), T(2021, 5, 1, 10)),  # an A08 corrects the admit time
+        ("V6", T(2021, 5, 1, 8), T(2021, 5, 4, 6))]    # and the discharge time; a later result's PV1 changes none
+    assert rows(engine, "SELECT d.visit_detail_end_datetime FROM visit_detail d JOIN visit_occurrence v ON "
+                        "v.visit_occurrence_id = d.visit_occurrence_id WHERE v.visit_source_value = 'V6'") == [
+        (T(2021, 5, 4, 6),)]
     visits = ("SELECT visit_source_value, visit_start_datetime, visit_end_datetime FROM visit_occurrence "
-              "WHERE visit_source_value <> 'V5'")
+              "WHERE visit_source_value NOT IN ('V5', 'V6')")
     details = ("SELECT v.visit_source_value, d.visit_detail_end_datetime FROM visit_detail d "
                "JOIN visit_occurrence v ON v.visit_occurrence_id = d.visit_occurrence_id "
-               "WHERE v.visit_source_value <> 'V5'")
+               "WHERE v.visit_source_value NOT IN ('V5', 'V6')")
     assert rows(engine, visits) == [("V2", T(2021, 5, 1, 8), T(2021, 5, 1, 8)),
                                     ("V3", T(2021, 5, 2, 8), T(2021, 5, 2, 8)),
                                     ("V4", T(2021, 5, 1, 8), T(2021, 5, 4, 8))]

@@ -191,6 +191,7 @@ def _hl7_stretches(persons: str | None) -> str:
     visit = c.keyed_id("visit_occurrence", "s.visit_number")
     flt = f" AND {visit} IN ({VISITS})" if persons else ""
     order = "COALESCE(s.event_time, s.admit_time), s.receipt_seq, s.record_location"
+    stay = "PARTITION BY s.source, s.visit_number"
     return f"""
     SELECT s.source || '|' || s.visit_number, s.ns || '|' || s.visit_number || '|' || s.point_of_care || '|'
                || CAST(s.d_start AS VARCHAR),
@@ -207,8 +208,9 @@ def _hl7_stretches(persons: str | None) -> str:
                CASE WHEN LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) IS NULL
                     THEN COALESCE(s.admit_time, s.event_time) ELSE s.event_time END AS d_start,
                LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) AS prev_unit,
-               {r.HL7_DISCHARGE.replace("s.v_dis", "MAX(s.discharge_time) OVER (PARTITION BY s.source, s.visit_number)")}
-                   AS v_end
+               {r.HL7_DISCHARGE.replace("s.discharge_time", f"FIRST_VALUE(s.discharge_time) OVER ({stay} ORDER BY "
+                                                             f"{r.HL7_ORDER})").replace("s.v_dis",
+                                        f"MAX(s.discharge_time) OVER ({stay})")} AS v_end
         FROM (
             SELECT s.*, {c.NS} AS ns,
                    LEAD(s.event_type) OVER (PARTITION BY s.source, s.visit_number,

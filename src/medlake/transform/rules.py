@@ -466,22 +466,25 @@ FHIR_PERSONS = [
 
 # -- HL7 v2 ----------------------------------------------------------------------------------------------------------
 _HL7 = dict(person="s.patient_id", message_id="s.control_id", visit="s.visit_number")
-_HL7_ORDER = "s.event_time DESC NULLS LAST, s.receipt_seq DESC, s.record_location DESC"
+HL7_ORDER = "s.event_time DESC NULLS LAST, s.receipt_seq DESC, s.record_location DESC"
 # A visit's discharge (the latest PV1-45 of its messages but A13s, `s.v_dis`) unless an A13 (cancel discharge) came
 # after the last A03: the window aggregates over a visit's messages that tell (hl7.visit, derived VISIT_DETAIL).
 DISCHARGE_CANCELS = {"v_a03": "MAX(CASE WHEN s.event_type = 'A03' THEN s.event_time END)",
                      "v_a13": "MAX(CASE WHEN s.event_type = 'A13' THEN s.event_time END)"}
+ADT_STATE = "s.message_type LIKE 'ADT%' AND COALESCE(s.event_type, '') <> 'A13'"  # an ADT message that gives a state
 # A visit's admission: the newest message's PV1-44 (an A08 corrects it; a re-admission after an A11 has its own),
-# else the earliest admit or event time of its messages (`s.v_start`).
+# else the earliest admit or event time of its ADT messages (`s.v_start`); its discharge likewise the newest
+# message's PV1-45, else the latest of them (`s.v_dis`) — none once an A13 has cancelled it.
 HL7_ADMIT = "COALESCE(s.admit_time, s.v_start)"
-HL7_DISCHARGE = "CASE WHEN s.v_a13 IS NOT NULL AND (s.v_a03 IS NULL OR s.v_a13 >= s.v_a03) THEN NULL ELSE s.v_dis END"
+HL7_DISCHARGE = ("CASE WHEN s.v_a13 IS NOT NULL AND (s.v_a03 IS NULL OR s.v_a13 >= s.v_a03) THEN NULL "
+                 "ELSE COALESCE(s.discharge_time, s.v_dis) END")
 
 HL7_EVENTS = [
     EventRule(name="hl7.observation", staging="stg_hl7_observation", default_table="measurement",
               key="'obx|' || COALESCE(s.filler_number, s.placer_number, s.control_id) || '|' || "
                   "COALESCE(s.code, '') || '|' || COALESCE(s.sub_id, '')",
               start="COALESCE(s.observation_time, s.specimen_time, s.event_time)", code=Code("s.code_system", "s.code"),
-              source_value="left(COALESCE(s.code_text, s.code), 50)", type_concept=LAB, order=_HL7_ORDER,
+              source_value="left(COALESCE(s.code_text, s.code), 50)", type_concept=LAB, order=HL7_ORDER,
               where="COALESCE(s.result_status, 'F') NOT IN ('W', 'X', 'D')",
               unit=Code("COALESCE(s.units_system, 'UCUM')", "s.units"),
               value_code=Code("s.value_code_system", "s.value_code"),
@@ -496,20 +499,20 @@ HL7_EVENTS = [
               key="'dg1|' || COALESCE(s.visit_number, s.control_id) || '|' || COALESCE(s.code, '') || '|' || "
                   "COALESCE(s.code_system, '')",
               start="COALESCE(s.diagnosis_time, s.event_time)", code=Code("s.code_system", "s.code"),
-              source_value="left(COALESCE(s.code, s.code_text), 50)", order=_HL7_ORDER,
+              source_value="left(COALESCE(s.code, s.code_text), 50)", order=HL7_ORDER,
               where="COALESCE(s.action, 'A') <> 'D'",
               provider="s.clinician_id", **_HL7),
     EventRule(name="hl7.procedure", staging="stg_hl7_procedure", default_table="procedure_occurrence",
               key="'pr1|' || COALESCE(s.visit_number, s.control_id) || '|' || COALESCE(s.code, '') || '|' || "
                   "COALESCE(CAST(s.procedure_time AS VARCHAR), '')",
               start="COALESCE(s.procedure_time, s.event_time)", code=Code("s.code_system", "s.code"),
-              source_value="left(COALESCE(s.code, s.code_text), 50)", order=_HL7_ORDER, **_HL7),
+              source_value="left(COALESCE(s.code, s.code_text), 50)", order=HL7_ORDER, **_HL7),
     EventRule(name="hl7.medication", staging="stg_hl7_medication", default_table="drug_exposure",
               key="'rx|' || COALESCE(s.placer_number, s.filler_number, s.prescription_number, s.control_id) || '|' "
                   "|| COALESCE(s.drug_code, '')",
               start="COALESCE(s.start_time, s.dispensed_time, s.ordered_time, s.event_time)", end="s.end_time",
               code=Code("s.drug_code_system", "s.drug_code"),
-              source_value="left(COALESCE(s.drug_code, s.drug_name), 50)", order=_HL7_ORDER,
+              source_value="left(COALESCE(s.drug_code, s.drug_name), 50)", order=HL7_ORDER,
               type_concept=f"CASE WHEN s.message_type LIKE 'RDS%' OR s.source_segment = 'RXD' THEN {DISPENSING} "
                            f"WHEN s.source_segment = 'RXA' THEN {ADMINISTRATION} ELSE {PRESCRIPTION} END",
               where="COALESCE(s.order_control, 'NW') NOT IN ('CA', 'OC', 'CR', 'DE')",
@@ -521,7 +524,7 @@ HL7_EVENTS = [
                   "COALESCE(s.vaccine_code, '') || '|' || COALESCE(CAST(s.administered_time AS VARCHAR), '')",
               start="s.administered_time", end="s.administered_end_time",
               code=Code("COALESCE(s.vaccine_code_system, 'CVX')", "s.vaccine_code"),
-              source_value="left(COALESCE(s.vaccine_code, s.vaccine_name), 50)", order=_HL7_ORDER,
+              source_value="left(COALESCE(s.vaccine_code, s.vaccine_name), 50)", order=HL7_ORDER,
               where="COALESCE(s.completion_status, 'CP') IN ('CP', 'PA') AND COALESCE(s.action_code, 'A') <> 'D'",
               values={"quantity": "s.amount", "lot_number": "s.lot_number", "route_source_value": "s.route",
                       "dose_unit_source_value": "s.amount_units"},
@@ -530,21 +533,21 @@ HL7_EVENTS = [
               key="'al1|' || COALESCE(s.code, '') || '|' || COALESCE(s.code_text, '')",
               start="COALESCE(CAST(s.identified_date AS TIMESTAMP), s.event_time)",
               code=Code("s.code_system", "s.code"), source_value="left(COALESCE(s.code, s.code_text), 50)",
-              order=_HL7_ORDER, values={"value_source_value": "left(s.reaction, 50)"}, **_HL7),
+              order=HL7_ORDER, values={"value_source_value": "left(s.reaction, 50)"}, **_HL7),
 ]
 
 HL7_TABLES = [
-    # The newest message of a visit gives its state: a cancelled admission (A11, A27, A38 newest) has no row. An A13
-    # (cancel discharge) is no state of its own (the newest other message gives the row): it takes back the
-    # discharges (A03) before it, so the visit is open again until the next A03.
+    # The newest ADT message of a visit gives its state: a cancelled admission (A11, A27, A38 newest) has no row. An
+    # A13 (cancel discharge) is no state of its own: it takes back the discharges (A03) before it, so the visit is
+    # open again until the next A03. A result's PV1 (ORU on the same feed) names the visit but gives no state.
     TableRule(name="hl7.visit", staging="stg_hl7_visit", table="visit_occurrence",
               key="'visit|' || COALESCE(s.visit_number, s.control_id)", person="s.patient_id",
-              message_id="s.control_id", order=f"CASE WHEN s.event_type = 'A13' THEN 1 ELSE 0 END, {_HL7_ORDER}",
+              message_id="s.control_id", order=f"CASE WHEN {ADT_STATE} THEN 0 ELSE 1 END, {HL7_ORDER}",
               id="{visit}",
               where="s.message_type LIKE 'ADT%' AND COALESCE(s.event_type, '') NOT IN ('A11', 'A13', 'A27', 'A38')",
-              aggregates={"v_start": "MIN(COALESCE(s.admit_time, s.event_time))",
-                          "v_dis": "MAX(CASE WHEN COALESCE(s.event_type, '') <> 'A13' THEN s.discharge_time END)",
-                          **DISCHARGE_CANCELS},
+              aggregates={"v_start": "MIN(CASE WHEN s.message_type LIKE 'ADT%' THEN COALESCE(s.admit_time, "
+                                     "s.event_time) END)",
+                          "v_dis": f"MAX(CASE WHEN {ADT_STATE} THEN s.discharge_time END)", **DISCHARGE_CANCELS},
               columns={"visit_concept_id": f"COALESCE({case('s.patient_class', HL7_VISIT)}, 0)",
                        "visit_start_date": f"CAST({HL7_ADMIT} AS DATE)", "visit_start_datetime": HL7_ADMIT,
                        "visit_end_date": f"CAST(COALESCE({HL7_DISCHARGE}, {HL7_ADMIT}) AS DATE)",
@@ -554,20 +557,20 @@ HL7_TABLES = [
                        "visit_source_concept_id": "0", "admitted_from_source_value": "s.admit_source",
                        "discharged_to_source_value": "s.discharge_disposition"}),
     TableRule(name="hl7.provider", staging="stg_hl7_visit", table="provider", key="'doctor|' || s.attending_doctor_id",
-              where="s.attending_doctor_id IS NOT NULL", id="{provider}", order=_HL7_ORDER,
+              where="s.attending_doctor_id IS NOT NULL", id="{provider}", order=HL7_ORDER,
               message_id="s.control_id",
               columns={"provider_source_value": "left(s.attending_doctor_id, 50)", "specialty_concept_id": "0",
                        "specialty_source_value": "left(s.hospital_service, 50)", "gender_concept_id": "0",
                        "specialty_source_concept_id": "0", "gender_source_concept_id": "0"}),
     TableRule(name="hl7.care_site", staging="stg_hl7_visit", table="care_site",
               key="'unit|' || s.point_of_care", where="s.point_of_care IS NOT NULL", id="{care_site}",
-              order=_HL7_ORDER, message_id="s.control_id",
+              order=HL7_ORDER, message_id="s.control_id",
               columns={"care_site_name": "left(s.point_of_care, 255)", "place_of_service_concept_id": "0",
                        "care_site_source_value": "left(s.point_of_care, 50)",
                        "place_of_service_source_value": "left(COALESCE(s.facility, s.servicing_facility), 50)"}),
     TableRule(name="hl7.document", staging="stg_hl7_document", table="note",
               key="'doc|' || COALESCE(s.document_id, s.control_id)", person="s.patient_id", message_id="s.control_id",
-              order=_HL7_ORDER, where="COALESCE(s.completion_status, 'AU') NOT IN ('CA')", id="{row_id}",
+              order=HL7_ORDER, where="COALESCE(s.completion_status, 'AU') NOT IN ('CA')", id="{row_id}",
               columns={"note_date": "CAST(COALESCE(s.activity_time, s.origination_time, s.event_time) AS DATE)",
                        "note_datetime": "COALESCE(s.activity_time, s.origination_time, s.event_time)",
                        "note_type_concept_id": str(EHR), "note_class_concept_id": "0",
