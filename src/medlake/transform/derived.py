@@ -186,8 +186,9 @@ def _rows(table: str, key: str, persons: str) -> str:
 def _hl7_stretches(persons: str | None) -> str:
     """HL7 ADT of inpatient and emergency visits: the unit (PV1-3.1 point of care) of each message of a visit, in
     time order; a message in another unit than the one before starts a stretch (A01 admit at the admit time, A02
-    transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out; an A13 cancels the
-    discharge before it (the visit's end, as hl7.visit's). Every message of the visit counts, whichever patient it names (the stretches are the visit's, see `visit_detail_sql`)."""
+    transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out. The stay ends at
+    the visit's discharge, as hl7.visit's (`rules.HL7_DISCHARGE`: the newest message's, none after an A13). Every
+    message of the visit counts, whichever patient it names (the stretches are the visit's, see `visit_detail_sql`)."""
     visit = c.keyed_id("visit_occurrence", "s.visit_number")
     flt = f" AND {visit} IN ({VISITS})" if persons else ""
     order = "COALESCE(s.event_time, s.admit_time), s.receipt_seq, s.record_location"

@@ -467,8 +467,8 @@ FHIR_PERSONS = [
 # -- HL7 v2 ----------------------------------------------------------------------------------------------------------
 _HL7 = dict(person="s.patient_id", message_id="s.control_id", visit="s.visit_number")
 HL7_ORDER = "s.event_time DESC NULLS LAST, s.receipt_seq DESC, s.record_location DESC"
-# A visit's discharge (the latest PV1-45 of its messages but A13s, `s.v_dis`) unless an A13 (cancel discharge) came
-# after the last A03: the window aggregates over a visit's messages that tell (hl7.visit, derived VISIT_DETAIL).
+# Whether an A13 (cancel discharge) came after a visit's last A03: window aggregates over the visit's messages
+# (hl7.visit, derived VISIT_DETAIL).
 DISCHARGE_CANCELS = {"v_a03": "MAX(CASE WHEN s.event_type = 'A03' THEN s.event_time END)",
                      "v_a13": "MAX(CASE WHEN s.event_type = 'A13' THEN s.event_time END)"}
 ADT_STATE = "s.message_type LIKE 'ADT%' AND COALESCE(s.event_type, '') <> 'A13'"  # an ADT message that gives a state
