@@ -776,6 +776,15 @@ def test_records_without_their_key_repeat_no_record(engine, tmp_path):
     assert got["sourceMandatoryCompleteness", "control_id"]["num_violated_rows"] == 2
     assert "M1" in "".join(report._row(x) for x in got.values())
 
+    # a FHIR resource sent twice without meta.versionId: its key's second part is absent, still a repeat
+    engine.execute("CREATE TABLE stg_fhir_condition (resource_id VARCHAR, version_id VARCHAR, source VARCHAR)")
+    engine.execute("INSERT INTO stg_fhir_condition VALUES ('c1', NULL, 'emr'), ('c1', NULL, 'emr'), "
+                   "('c2', '1', 'emr'), ('c2', '2', 'emr'), (NULL, NULL, 'emr')")
+    got = {(x["check_name"], x["cdm_table"]): x for x in run_sources(engine, result, tmp_path / "landing")
+           if x["data_source"] == "emr"}
+    dup = got["sourceDuplicateRecords", "stg_fhir_condition"]
+    assert (dup["num_violated_rows"], dup["num_denominator_rows"], dup["examples"]) == (1, 5, ["c1"])
+
 
 def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_rows(engine, tmp_path):
     """On DuckDB, PostgreSQL and Spark (the `engine` fixture): the same counts."""

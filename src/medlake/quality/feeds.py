@@ -362,8 +362,10 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             k = ", ".join(q(c) for c in key)
             # one GROUP BY of the record key: per source its totals (kind 0) and the duplicated keys (kind 1)
             g = f"SELECT CAST(source AS VARCHAR) AS s, {k}, count(*) AS n FROM {q(table)} GROUP BY source, {k}"
-            keyed = " AND ".join(f"{q(c)} IS NOT NULL" for c in key)  # records without a key repeat none: they are
-            rows = engine.query(                                        # missing a mandatory field, counted there
+            # records without their id (the key's first part) repeat none: they miss a mandatory field, counted
+            # there; a later part may be absent (a FHIR resource sent twice without meta.versionId repeats)
+            keyed = f"{q(key[0])} IS NOT NULL"
+            rows = engine.query(
                 f"WITH g AS ({g}) SELECT 0 AS kind, s, sum(n) AS n, sum(CASE WHEN {keyed} THEN n - 1 ELSE 0 END) "
                 f"AS dups, NULL AS k FROM g GROUP BY s UNION ALL SELECT 1 AS kind, s, n, NULL AS dups, "
                 f"CAST({q(key[0])} AS VARCHAR) AS k FROM g WHERE n > 1 AND {keyed}"
