@@ -476,8 +476,16 @@ ADT_STATE = "s.message_type LIKE 'ADT%' AND COALESCE(s.event_type, '') <> 'A13'"
 # else the earliest admit or event time of its ADT messages (`s.v_start`); its discharge likewise the newest
 # message's PV1-45, else the latest of them (`s.v_dis`) — none once an A13 has cancelled it.
 HL7_ADMIT = "COALESCE(s.admit_time, s.v_start)"
-HL7_DISCHARGE = ("CASE WHEN s.v_a13 IS NOT NULL AND (s.v_a03 IS NULL OR s.v_a13 >= s.v_a03) THEN NULL "
-                 "ELSE COALESCE(s.discharge_time, s.v_dis) END")
+
+
+def hl7_discharge(newest: str = "s.discharge_time", latest: str = "s.v_dis") -> str:
+    """A visit's discharge: `newest` (the newest message's PV1-45), else `latest` (the latest of its messages'),
+    none once an A13 has cancelled the last A03 (`DISCHARGE_CANCELS`)."""
+    return (f"CASE WHEN s.v_a13 IS NOT NULL AND (s.v_a03 IS NULL OR s.v_a13 >= s.v_a03) THEN NULL "
+            f"ELSE COALESCE({newest}, {latest}) END")
+
+
+HL7_DISCHARGE = hl7_discharge()
 
 HL7_EVENTS = [
     EventRule(name="hl7.observation", staging="stg_hl7_observation", default_table="measurement",

@@ -659,9 +659,7 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
     for name, (_, now) in APPLIED.items():
         if name == "transform_applied_identity" and "empi_person_map" not in tables:
             continue
-        cols = now.split("SELECT DISTINCT ")[1].split(" FROM ")[0]
-        diff = (f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
-                f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b")
+        cols, diff = _applied_diff(name)
         if full or name == "transform_applied_vocabulary":  # (a changed release makes the run a full one)
             pass
         elif name == "transform_applied_code_system":
@@ -689,15 +687,23 @@ def _applied_changes(engine: Engine, tables: set[str], rules, full: bool) -> Non
         engine.execute(f"INSERT INTO {name} {now}")
 
 
+def _applied_diff(name: str) -> tuple[str, str]:
+    """The columns of the APPLIED table `name` and the rows that differ between it (what the last run applied) and
+    what its query reads now, both ways."""
+    now = APPLIED[name][1]
+    cols = now.split("SELECT DISTINCT ")[1].split(" FROM ")[0]
+    return cols, (f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
+                  f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b")
+
+
 def _vocabularies_changed(engine: Engine) -> list[str]:
     """The vocabularies whose release (`vocabulary_version`) differs from the one the last run mapped with, or that
     came or went since (`medlake vocab load` of a new Athena download); none before a first run."""
-    name, (_, now) = "transform_applied_vocabulary", APPLIED["transform_applied_vocabulary"]
+    name = "transform_applied_vocabulary"
     if not _count(engine, f"SELECT count(*) FROM {name}"):
         return []
     return sorted(x["vocabulary_id"] for x in engine.query(
-        f"SELECT DISTINCT vocabulary_id FROM (SELECT * FROM ({now} EXCEPT SELECT * FROM {name}) AS a UNION ALL "
-        f"SELECT * FROM (SELECT * FROM {name} EXCEPT {now}) AS b) AS d").to_pylist())
+        f"SELECT DISTINCT vocabulary_id FROM ({_applied_diff(name)[1]}) AS d").to_pylist())
 
 
 def _keys_sql(rule, join: str, frm: str | None = None, key: str | None = None) -> str:
