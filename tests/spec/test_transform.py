@@ -799,7 +799,8 @@ def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it
     """ADT cancels: an A11 (cancel admit) as a visit's newest message leaves no VISIT_OCCURRENCE row (a new A01
     after it admits again, at its own admit time); an A13 (cancel discharge) after the last A03 takes the discharge back, in
     VISIT_OCCURRENCE and VISIT_DETAIL — whether it comes in the same batch or a later one — and a new A03 after it
-    discharges again. An A08 corrects the admit and discharge times; a result's PV1 on the same feed (ORU, later
+    discharges again. An A08 corrects the admit and discharge times (VISIT_DETAIL's first stretch moves with the
+    visit's start, as after a re-admission); a result's PV1 on the same feed (ORU, later
     than the ADT) changes nothing. Before, an A13 or such an ORU as the newest message removed the whole visit."""
     store.init(engine, "5.4")
     vocab(engine)
@@ -829,6 +830,10 @@ def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it
     assert rows(engine, "SELECT d.visit_detail_end_datetime FROM visit_detail d JOIN visit_occurrence v ON "
                         "v.visit_occurrence_id = d.visit_occurrence_id WHERE v.visit_source_value = 'V6'") == [
         (T(2021, 5, 4, 6),)]
+    assert rows(engine, "SELECT v.visit_source_value, d.visit_detail_start_datetime FROM visit_detail d JOIN "
+                        "visit_occurrence v ON v.visit_occurrence_id = d.visit_occurrence_id "
+                        "WHERE v.visit_source_value IN ('V3', 'V5')") == [
+        ("V3", T(2021, 5, 2, 8)), ("V5", T(2021, 5, 1, 10))]  # the first stretch starts when its visit does
     visits = ("SELECT visit_source_value, visit_start_datetime, visit_end_datetime FROM visit_occurrence "
               "WHERE visit_source_value NOT IN ('V5', 'V6')")
     details = ("SELECT v.visit_source_value, d.visit_detail_end_datetime FROM visit_detail d "

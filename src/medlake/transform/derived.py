@@ -187,7 +187,7 @@ def _hl7_stretches(persons: str | None) -> str:
     """HL7 ADT of inpatient and emergency visits: the unit (PV1-3.1 point of care) of each message of a visit, in
     time order; a message in another unit than the one before starts a stretch (A01 admit at the admit time, A02
     transfer at the event time). An A12 cancels the transfer (A02) before it: both are left out. The stay ends at
-    the visit's discharge, as hl7.visit's (`rules.HL7_DISCHARGE`: the newest message's, none after an A13). Every
+    the visit's discharge, as hl7.visit's (`rules.hl7_discharge`: the newest message's, none after an A13). Every
     message of the visit counts, whichever patient it names (the stretches are the visit's, see `visit_detail_sql`)."""
     visit = c.keyed_id("visit_occurrence", "s.visit_number")
     flt = f" AND {visit} IN ({VISITS})" if persons else ""
@@ -206,18 +206,17 @@ def _hl7_stretches(persons: str | None) -> str:
                {c.keyed_id("provider", "s.attending_doctor_id")} AS provider_id,
                {c.keyed_id("care_site", "s.point_of_care")} AS care_site_id,
                COALESCE({r.case("s.patient_class", r.HL7_VISIT)}, 0) AS concept_id,
-               CASE WHEN LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) IS NULL
+               CASE WHEN LAG(s.point_of_care) OVER ({stay} ORDER BY {order}) IS NULL
                     THEN COALESCE(s.admit_time, s.event_time) ELSE s.event_time END AS d_start,
-               LAG(s.point_of_care) OVER (PARTITION BY s.source, s.visit_number ORDER BY {order}) AS prev_unit,
-               {r.HL7_DISCHARGE.replace("s.discharge_time", f"FIRST_VALUE(s.discharge_time) OVER ({stay} ORDER BY "
-                                                             f"{r.HL7_ORDER})").replace("s.v_dis",
-                                        f"MAX(s.discharge_time) OVER ({stay})")} AS v_end
+               LAG(s.point_of_care) OVER ({stay} ORDER BY {order}) AS prev_unit,
+               {r.hl7_discharge(f"FIRST_VALUE(s.discharge_time) OVER ({stay} ORDER BY {r.HL7_ORDER})",
+                                f"MAX(s.discharge_time) OVER ({stay})")} AS v_end
         FROM (
             SELECT s.*, {c.NS} AS ns,
-                   LEAD(s.event_type) OVER (PARTITION BY s.source, s.visit_number,
+                   LEAD(s.event_type) OVER ({stay},
                                             CASE WHEN s.event_type IN ('A02', 'A12') THEN 1 ELSE 0 END
                                             ORDER BY {order}) AS next_move,
-                   {", ".join(f"{a} OVER (PARTITION BY s.source, s.visit_number) AS {n}"
+                   {", ".join(f"{a} OVER ({stay}) AS {n}"
                               for n, a in r.DISCHARGE_CANCELS.items())}
             FROM stg_hl7_visit s
             {_WINDOW}
@@ -271,7 +270,9 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     """(insert into VISIT_DETAIL, insert into cdm_lineage) from the stretches of `parts` (HL7 and/or FHIR).
 
     A stretch ends where the next one of its visit starts, else at its own end (FHIR period), else at the visit's
-    discharge, else where it started. Ids are stable_id of (namespace, visit, unit, start) for HL7 and (namespace,
+    discharge, else where it started. An HL7 stay's first stretch starts when its visit does (the newest message's
+    admit time: an A08 that corrects it, a re-admission after an A11, moves both); its id keeps the first
+    message's time, so a correction updates the row. Ids are stable_id of (namespace, visit, unit, start) for HL7 and (namespace,
     Encounter, location entry) for FHIR; preceding_visit_detail_id links the stretches of a stay. Only stretches
     whose VISIT_OCCURRENCE exists are written, with its person: the stay's messages may name several patients (a
     PID error, a merge not yet received); the stretches and whose they are do not depend on which of them a run
@@ -280,21 +281,23 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     cols = ", ".join(_STRETCH)
     tail = f"""WITH seg ({cols}) AS ({union}
 ), t AS (
-    SELECT seg.*, vo.person_id, stable_id('visit_detail|' || id_key) AS id,
+    SELECT seg.*, vo.person_id, vo.visit_start_datetime AS v_start, stable_id('visit_detail|' || id_key) AS id,
            LEAD(d_start) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS next_start
     FROM seg JOIN visit_occurrence vo ON vo.visit_occurrence_id = seg.visit_occurrence_id
     WHERE d_start IS NOT NULL
 ), u AS (
     SELECT t.*, LAG(id) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS prev_id,
+           CASE WHEN rule = 'hl7.visit_detail' AND LAG(id) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) IS NULL
+                THEN COALESCE(v_start, d_start) ELSE d_start END AS d_begin,
            COALESCE(d_end, next_start, v_end, d_start) AS end0
     FROM t
 ), d AS (
-    SELECT u.*, CASE WHEN end0 < d_start THEN d_start ELSE end0 END AS d_stop,
+    SELECT u.*, CASE WHEN end0 < d_begin THEN d_begin ELSE end0 END AS d_stop,
            ROW_NUMBER() OVER (PARTITION BY id ORDER BY source, record_location) AS dup
     FROM u
 )"""
     exprs = {"visit_detail_id": "d.id", "person_id": "d.person_id", "visit_detail_concept_id": "d.concept_id",
-             "visit_detail_start_date": "CAST(d.d_start AS DATE)", "visit_detail_start_datetime": "d.d_start",
+             "visit_detail_start_date": "CAST(d.d_begin AS DATE)", "visit_detail_start_datetime": "d.d_begin",
              "visit_detail_end_date": "CAST(d.d_stop AS DATE)", "visit_detail_end_datetime": "d.d_stop",
              "visit_detail_type_concept_id": str(r.EHR), "provider_id": "d.provider_id",
              "care_site_id": "d.care_site_id", "visit_detail_source_value": "d.source_value",
