@@ -7,6 +7,7 @@ import pytest
 
 from medlake.cdm import ddl, model, store
 from medlake.landing.ingest import SQL_OF, _full, staging_schemas
+from medlake.transform import derived
 from medlake.transform.run import transform
 
 D, T = dt.date, dt.datetime
@@ -854,3 +855,11 @@ def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it
                                     ("V4", T(2021, 5, 1, 8), T(2021, 5, 1, 8))]
     assert rows(engine, details + " AND v.visit_source_value <> 'V3'") == [("V2", T(2021, 5, 5, 8)),
                                                                              ("V4", T(2021, 5, 1, 8))]
+
+    # rebuilt outside a run, the details are the same and their lineage names the last run (not one yet to come)
+    everything = "SELECT * FROM visit_detail"
+    before = rows(engine, everything)
+    derived.rebuild(engine)
+    assert rows(engine, everything) == before
+    assert rows(engine, "SELECT DISTINCT run_id FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == \
+        rows(engine, "SELECT MAX(run_id) FROM transform_run")

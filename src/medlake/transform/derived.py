@@ -311,9 +311,11 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     return insert, lineage
 
 
-def _visit_detail_steps(engine, persons: str | None) -> tuple[list[str], int]:
+def _visit_detail_steps(engine, persons: str | None, run_id: int | None) -> tuple[list[str], int]:
     """The VISIT_DETAIL statements for this store, in order: delete the lineage and the rows rebuilt (the persons'
-    and their visits'), insert, lineage; none when nothing stages visits or no run has set up. And the run's id."""
+    and their visits'), insert, lineage; none when nothing stages visits or no run has set up. And the id of the run
+    the lineage names: `run_id` (the calling run's), else the last run's (a rebuild outside a run reads that run's
+    window, `tx_mark`)."""
     tables = set(engine.tables())
     if not {"tx_mark", "transform_source", "cdm_lineage"} <= tables:
         return [], 0
@@ -324,9 +326,9 @@ def _visit_detail_steps(engine, persons: str | None) -> tuple[list[str], int]:
         parts.append(_fhir_stretches(persons))
     if not parts:
         return [], 0
-    # the run that calls rebuild records itself as the next run_id when it ends
-    run_id = engine.query("SELECT COALESCE(MAX(run_id), 0) + 1 AS n FROM transform_run").column(0)[0].as_py() \
-        if "transform_run" in tables else 0
+    if run_id is None:
+        run_id = engine.query("SELECT COALESCE(MAX(run_id), 0) AS n FROM transform_run").column(0)[0].as_py() \
+            if "transform_run" in tables else 0
     insert, lineage = visit_detail_sql(parts, run_id)
     if not persons:
         return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", insert,
@@ -386,15 +388,16 @@ def _link_events(engine) -> None:
         engine.execute(c.domain_insert_sql(table, detail=True))
 
 
-def rebuild(engine, persons: str | None = None, lookups: bool = False) -> dict[str, int]:
+def rebuild(engine, persons: str | None = None, lookups: bool = False, run_id: int | None = None) -> dict[str, int]:
     """Recompute the derived tables (for all persons, or only those listed in table `persons`), atomically.
     `lookups`: the persons are few, their rows are found through indexes (`Engine.plan`); VISIT_DETAIL, rebuilt
     from staging, joins whole tables either way.
 
-    VISIT_DETAIL is rebuilt from staging (HL7 ADT units, FHIR Encounter.location) inside a transform run (it reads
-    the run's window `tx_mark` and writes lineage); without staging it is left alone."""
+    VISIT_DETAIL is rebuilt from staging (HL7 ADT units, FHIR Encounter.location) in the window of a transform run
+    (`tx_mark`), its lineage under `run_id` (the calling run's; else the last run's); without staging it is left
+    alone."""
     flt = f" WHERE person_id IN (SELECT person_id FROM {persons})" if persons else ""
-    detail, run_id = _visit_detail_steps(engine, persons)
+    detail, run_id = _visit_detail_steps(engine, persons, run_id)
     steps = [
         ("observation_period", observation_period_sql(persons)),
         ("condition_era", condition_era_sql(persons)),
