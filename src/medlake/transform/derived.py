@@ -271,8 +271,8 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
 
     A stretch ends where the next one of its visit starts, else at its own end (FHIR period), else at the visit's
     discharge, else where it started. An HL7 stay's first stretch starts when its visit does (the newest message's
-    admit time: an A08 that corrects it, a re-admission after an A11, moves both); its id keeps the first
-    message's time, so a correction updates the row. Ids are stable_id of (namespace, visit, unit, start) for HL7 and (namespace,
+    admit time: an A08 that corrects it, a re-admission after an A11, moves both). Ids are stable_id of (namespace,
+    visit, unit, first message's start) for HL7 — so a corrected admit time updates the row — and (namespace,
     Encounter, location entry) for FHIR; preceding_visit_detail_id links the stretches of a stay. Only stretches
     whose VISIT_OCCURRENCE exists are written, with its person: the stay's messages may name several patients (a
     PID error, a merge not yet received); the stretches and whose they are do not depend on which of them a run
