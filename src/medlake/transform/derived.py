@@ -279,16 +279,17 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     touches, so a CDM loaded in batches has the details it has loaded at once."""
     union = "\n    UNION ALL".join(parts)
     cols = ", ".join(_STRETCH)
+    stay = "PARTITION BY grp ORDER BY d_start, o2, o3"  # a stay's stretches in order
     tail = f"""WITH seg ({cols}) AS ({union}
 ), t AS (
     SELECT seg.*, vo.person_id, vo.visit_start_datetime AS v_start, stable_id('visit_detail|' || id_key) AS id,
-           LEAD(d_start) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS next_start
+           LEAD(d_start) OVER ({stay}) AS next_start
     FROM seg JOIN visit_occurrence vo ON vo.visit_occurrence_id = seg.visit_occurrence_id
     WHERE d_start IS NOT NULL
 ), u AS (
-    SELECT t.*, LAG(id) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) AS prev_id,
-           CASE WHEN rule = 'hl7.visit_detail' AND LAG(id) OVER (PARTITION BY grp ORDER BY d_start, o2, o3) IS NULL
-                THEN COALESCE(v_start, d_start) ELSE d_start END AS d_begin,
+    SELECT t.*, LAG(id) OVER ({stay}) AS prev_id,
+           CASE WHEN rule = 'hl7.visit_detail' AND LAG(id) OVER ({stay}) IS NULL THEN COALESCE(v_start, d_start)
+                ELSE d_start END AS d_begin,
            COALESCE(d_end, next_start, v_end, d_start) AS end0
     FROM t
 ), d AS (
