@@ -737,7 +737,7 @@ def test_after_a_replay_the_records_no_longer_staged_leave_the_cdm(engine):
 
 
 def test_a_death_its_own_record_takes_back_leaves_the_cdm(engine):
-    """A death is corrected by the record that reported it (an ADT A08 with PID-30 'N' or PID-29 `""`, a FHIR
+    """A death is corrected by the record that reported it (an ADT A08 with PID-30 'N' in either case or PID-29 `""`, a FHIR
     Patient version no longer deceased): the DEATH row goes. A record that says nothing of death, or another record's word, does not
     take back a death it did not report."""
     store.init(engine, "5.4")
@@ -768,7 +768,7 @@ def test_a_death_its_own_record_takes_back_leaves_the_cdm(engine):
     assert rows(engine, deaths) == sorted([(m1, D(2021, 5, 3)), (m2, D(2021, 6, 1)), (p1, D(2022, 1, 1))])
 
     stage(engine, "stg_hl7_patient", "his", 3, [
-        dict(pid, control_id="A5", event_time=T(2021, 5, 6), death_indicator="N"),
+        dict(pid, control_id="A5", event_time=T(2021, 5, 6), death_indicator="n"),   # a sender in lower case
         dict(pid, control_id="B2", event_time=T(2021, 6, 2), patient_id="M2", removed="PID-11 PID-29")])  # ""
     stage(engine, "stg_fhir_patient", "emr", 3, [
         dict(resource_id="p1", birth_date=D(1950, 1, 2), mrn="M7", last_updated=T(2022, 1, 4))])
@@ -863,3 +863,47 @@ def test_a_cancelled_admission_has_no_visit_and_a_cancelled_discharge_reopens_it
     assert rows(engine, everything) == before
     assert rows(engine, "SELECT DISTINCT run_id FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == \
         rows(engine, "SELECT MAX(run_id) FROM transform_run")
+
+
+def test_an_hl7_stays_details_lie_within_its_visit(engine):
+    """VISIT_DETAIL of an HL7 stay lies within its VISIT_OCCURRENCE: the units of an admission an A11 cancelled
+    make no stretch of the re-admitted stay, a transfer before the admit time an A08 corrects leaves its first unit
+    out, and a unit the discharge message names first is a stretch of no length at the discharge (the discharge
+    message's event time is later than its discharge time). Before, these made stretches before the visit's start
+    (a day of W2 before the re-admission) and past its discharge."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    stage(engine, "stg_hl7_patient", "his", 1, [dict(control_id="P1", message_type="ADT^A01", patient_id="M1",
+                                                      event_time=T(2021, 5, 1), sex="F", birth_date=D(1965, 4, 12))])
+
+    def adt(cid, ev, visit, unit, at, admit, discharge=None):
+        return dict(control_id=cid, message_type=f"ADT^{ev}", event_type=ev, event_time=at, patient_id="M1",
+                    visit_number=visit, patient_class="I", point_of_care=unit, admit_time=admit,
+                    discharge_time=discharge)
+
+    day1, day2 = T(2021, 5, 1, 8), T(2021, 5, 2, 8)
+    stage(engine, "stg_hl7_visit", "his", 1, [
+        adt("A1", "A01", "V1", "W1", day1, day1), adt("A2", "A02", "V1", "W2", T(2021, 5, 1, 12), day1),
+        adt("A3", "A11", "V1", "W2", T(2021, 5, 1, 13), day1),                        # cancelled: the W2 day is not
+        adt("A4", "A01", "V1", "W1", day2, day2),                                      # the re-admitted stay's
+        adt("A5", "A02", "V1", "W3", T(2021, 5, 2, 10), day2),
+        adt("A6", "A03", "V1", "W3", T(2021, 5, 3, 8), day2, T(2021, 5, 3, 8)),
+        adt("B1", "A01", "V2", "W1", day1, day1), adt("B2", "A02", "V2", "W2", T(2021, 5, 1, 9), day1),
+        adt("B3", "A08", "V2", "W2", T(2021, 5, 1, 12), T(2021, 5, 1, 10)),           # admitted at 10:00, not 8:00
+        adt("B4", "A03", "V2", "W2", T(2021, 5, 2, 12), T(2021, 5, 1, 10), T(2021, 5, 2, 12)),
+        adt("C1", "A01", "V3", "W1", day1, day1),
+        adt("C2", "A03", "V3", "W2", T(2021, 5, 2, 9), day1, day2)])                  # sent an hour after it
+    transform(engine, namespaces=NS)
+    ids = {x["visit_detail_id"]: x["visit_detail_source_value"]
+           for x in engine.query("SELECT visit_detail_id, visit_detail_source_value FROM visit_detail").to_pylist()}
+    got = rows(engine, "SELECT v.visit_source_value, d.visit_detail_source_value, d.visit_detail_start_datetime, "
+                       "d.visit_detail_end_datetime, d.preceding_visit_detail_id FROM visit_detail d JOIN "
+                       "visit_occurrence v ON v.visit_occurrence_id = d.visit_occurrence_id")
+    assert [(v, u, s, e, ids.get(p)) for v, u, s, e, p in got] == [
+        ("V1", "W1", day2, T(2021, 5, 2, 10), None), ("V1", "W3", T(2021, 5, 2, 10), T(2021, 5, 3, 8), "W1"),
+        ("V2", "W2", T(2021, 5, 1, 10), T(2021, 5, 2, 12), None),
+        ("V3", "W1", day1, day2, None), ("V3", "W2", day2, day2, "W1")]
+    assert rows(engine, "SELECT count(*) FROM visit_detail d JOIN visit_occurrence v ON v.visit_occurrence_id = "
+                        "d.visit_occurrence_id WHERE d.visit_detail_start_datetime < v.visit_start_datetime "
+                        "OR d.visit_detail_end_datetime > v.visit_end_datetime") == [(0,)]
+    assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == [(5,)]

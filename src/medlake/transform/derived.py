@@ -270,8 +270,11 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     """(insert into VISIT_DETAIL, insert into cdm_lineage) from the stretches of `parts` (HL7 and/or FHIR).
 
     A stretch ends where the next one of its visit starts, else at its own end (FHIR period), else at the visit's
-    discharge, else where it started. An HL7 stay's first stretch starts when its visit does (the newest message's
-    admit time: an A08 that corrects it, a re-admission after an A11, moves both). Ids are stable_id of (namespace,
+    discharge, else where it started. An HL7 stay's stretches lie within its visit: the first starts when the visit
+    does (the newest message's admit time: an A08 that corrects it, a re-admission after an A11, moves both), a
+    stretch over by then is left out (the units of the cancelled admission, a transfer before the corrected admit
+    time), and none runs past the discharge (a unit first named by the discharge message is a stretch of no length
+    at the discharge: the patient left from there, when they moved there is unknown). Ids are stable_id of (namespace,
     visit, unit, first message's start) for HL7 — so a corrected admit time updates the row — and (namespace,
     Encounter, location entry) for FHIR; preceding_visit_detail_id links the stretches of a stay. Only stretches
     whose VISIT_OCCURRENCE exists are written, with its person: the stay's messages may name several patients (a
@@ -280,20 +283,25 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     union = "\n    UNION ALL".join(parts)
     cols = ", ".join(_STRETCH)
     stay = "PARTITION BY grp ORDER BY d_start, o2, o3"  # a stay's stretches in order
+    cut = "rule = 'hl7.visit_detail' AND v_end >= COALESCE(v_start, d_first)"  # an HL7 stay ends at its discharge
     tail = f"""WITH seg ({cols}) AS ({union}
 ), t AS (
     SELECT seg.*, vo.person_id, vo.visit_start_datetime AS v_start, stable_id('visit_detail|' || id_key) AS id,
            LEAD(d_start) OVER ({stay}) AS next_start
     FROM seg JOIN visit_occurrence vo ON vo.visit_occurrence_id = seg.visit_occurrence_id
     WHERE d_start IS NOT NULL
+), k AS (
+    SELECT t.* FROM t
+    WHERE rule <> 'hl7.visit_detail' OR COALESCE(d_start >= v_start OR next_start > v_start, TRUE)
 ), u AS (
-    SELECT t.*, LAG(id) OVER ({stay}) AS prev_id,
+    SELECT k.*, LAG(id) OVER ({stay}) AS prev_id,
            CASE WHEN rule = 'hl7.visit_detail' AND LAG(id) OVER ({stay}) IS NULL THEN COALESCE(v_start, d_start)
-                ELSE d_start END AS d_begin,
+                ELSE d_start END AS d_first,
            COALESCE(d_end, next_start, v_end, d_start) AS end0
-    FROM t
+    FROM k
 ), d AS (
-    SELECT u.*, CASE WHEN end0 < d_begin THEN d_begin ELSE end0 END AS d_stop,
+    SELECT u.*, CASE WHEN {cut} AND d_first > v_end THEN v_end ELSE d_first END AS d_begin,
+           CASE WHEN {cut} AND (end0 > v_end OR d_first > v_end) THEN v_end WHEN end0 < d_first THEN d_first ELSE end0 END AS d_stop,
            ROW_NUMBER() OVER (PARTITION BY id ORDER BY source, record_location) AS dup
     FROM u
 )"""

@@ -600,8 +600,8 @@ HL7_PERSONS = [
                where="s.patient_id IS NOT NULL",
                gender="s.sex", birth="s.birth_date", race="s.race", ethnicity="s.ethnicity",
                death="CASE WHEN s.death_time IS NOT NULL THEN s.death_time END",
-               alive="s.death_time IS NULL AND (s.death_indicator = 'N' OR (s.death_indicator IS NULL "
-                     "AND s.removed LIKE '%PID-29%'))"),  # PID-30 'N', or PID-29 sent as "" (delete it)
+               alive="s.death_time IS NULL AND (upper(s.death_indicator) = 'N' OR (s.death_indicator IS NULL "
+                     "AND s.removed LIKE '%PID-29%'))"),  # PID-30 'N' (or 'n'), or PID-29 sent as "" (delete it)
 ]
 
 # -- CSV -------------------------------------------------------------------------------------------------------------
