@@ -268,19 +268,28 @@ def test_a_batch_message_that_does_not_parse_is_answered_ar_in_its_place(land):
 
 
 def test_routes_by_header(land, tmp_path):
+    """Each message goes to the source its header routes it to; one no route takes is landed as `unrouted` and
+    answered AR naming its header — a batch with no route by a batch of ARs, one per message (§2.10.3)."""
     rules = tmp_path / "routes.toml"
     rules.write_text('[[route]]\nsource = "h1-his"\nmessage_type = "ADT^*"\n\n'
                      '[[route]]\nsource = "h2-lis"\nsending_facility = "H2"\n', encoding="utf-8")
     routes, default = mllp.load_routes(rules)
     assert default is None and routes[0] == mllp.Route("h1-his", message_type="ADT^*")
+    batch = (b"BHS|^~\\&|LIS|H9|MEDLAKE|DC|||||B5\r" + message("X4", facility="H9") + message("X5", facility="H9")
+             + b"BTS|2\r")
     with Running(listener(land, router=mllp.Router(routes))) as run:
         acks = mllp.send("127.0.0.1", run.li.port, [message("A1", "ADT^A01"), message("L2", facility="H2"),
-                                                    message("X3", facility="H9"), b"garbage"])
-    assert [mllp.ack_code(a) for a in acks] == ["AA", "AA", "AR", "AR"]
+                                                    message("X3", facility="H9"), b"garbage", batch])
+        assert run.li.stats.acks == {"AA": 2, "AE": 0, "AR": 3}
+    assert [mllp.ack_code(a) for a in acks] == ["AA", "AA", "AR", "AR", "AR"]
     assert "no route for MSH-3 'LIS', MSH-4 'H9', MSH-9 'ORU^R01'" in hl7v2.parse(acks[2]).get("MSA-3")
+    each = [hl7v2.parse(r.data) for r in hl7v2.split(acks[4])]
+    assert acks[4].startswith(b"BHS|") and acks[4].split(b"\r")[-2] == b"BTS|2"
+    assert [(m.get("MSA-1"), m.get("MSA-2")) for m in each] == [("AR", "X4"), ("AR", "X5")]
+    assert all("no route for MSH-3 'LIS', MSH-4 'H9'" in m.get("MSA-3") for m in each)
     assert landed(land, "h1-his") == [message("A1", "ADT^A01")]
     assert landed(land, "h2-lis") == [message("L2", facility="H2")]
-    assert landed(land, "unrouted") == [message("X3", facility="H9"), b"garbage"]
+    assert landed(land, "unrouted") == [message("X3", facility="H9"), b"garbage", batch]
 
 
 @pytest.mark.parametrize("text,error", [

@@ -438,7 +438,7 @@ class Listener:
             reject = _reader_failed(e)
         if i < 0:
             reject = "no MLLP start block (0x0B) before the message; frame each message as 0x0B … 0x1C 0x0D"
-        source = self.router(msg)
+        source, routed = self.router(msg), reject is None
         if source is None:
             source = self.router.unrouted
             reject = reject or (f"no route for MSH-3 {msg.get('MSH-3.1')!r}, MSH-4 {msg.get('MSH-4.1')!r}, "
@@ -455,7 +455,7 @@ class Listener:
                     field=x.field)
         else:
             errors = [None] * (len(more) + 1)
-        if batch and reject is None and msg is not None:
+        if batch and routed and msg is not None:  # (a batch with no route: each of its messages answered AR)
             entry.batch = list(zip([msg, *more], errors))
             for k in sorted(unparsed):   # in their places
                 entry.batch.insert(k, unparsed[k])
@@ -521,16 +521,16 @@ class Listener:
                 self.stats.landed += 1
             if e.conn is None:
                 out.append(("", b""))
+            elif e.batch is not None:   # an HL7 batch is answered by a batch: one ACK per message
+                data = e.data.lstrip(_WS)
+                acks = [hl7v2.ack(m, "AR", x.reason, error_field=x.field) if isinstance(m, bytes) else
+                        hl7v2.ack(m, "AR", e.reject) if e.reject is not None else _ack(m, x) for m, x in e.batch]
+                code = ("AR" if e.reject is not None or any(isinstance(m, bytes) for m, _ in e.batch) else
+                        "AA" if e.invalid is None else "AE")
+                out.append((code, hl7v2.batch_ack(data[:data.find(b"MSH")], acks)))
             elif e.reject is not None:
                 field = e.error.field if e.error is not None else None
                 out.append(("AR", hl7v2.ack(e.msg or e.data, "AR", e.reject, error_field=field)))
-            elif e.batch is not None:   # an HL7 batch is answered by a batch: one ACK per message
-                data = e.data.lstrip(_WS)
-                acks = [hl7v2.ack(m, "AR", x.reason, error_field=x.field) if isinstance(m, bytes) else _ack(m, x)
-                        for m, x in e.batch]
-                code = ("AR" if any(isinstance(m, bytes) for m, _ in e.batch) else
-                        "AA" if e.invalid is None else "AE")
-                out.append((code, hl7v2.batch_ack(data[:data.find(b"MSH")], acks)))
             else:
                 out.append(("AA" if e.invalid is None else "AE", _ack(e.msg, e.invalid)))
         return out
