@@ -171,3 +171,30 @@ def test_a_vault_made_before_as_of_opens_and_takes_updates(tmp_path):
         got = {r["source_id"]: r for r in v.read("test", "check")}
     assert (got["MRN0000"]["family"], got["MRN0000"]["phone"]) == ("欧阳", "13911112222")
     assert (got["MRN0001"]["family"], got["MRN0001"]["given"], got["MRN0001"]["id_type"]) == ("王", "五", "mrn")
+
+
+def test_the_times_values_came_from_are_encrypted_and_move_with_the_key(tmp_path):
+    """`as_of` (when each value was sent: a patient's message times) is encrypted as the values are: not in the
+    file in plain text, re-encrypted by a key rotation (the vault still compares times with only the new key),
+    and a vault of before 2026-12-05 that holds it in plain text still compares by it and is encrypted by
+    `rotate`."""
+    old, new = keys.new_key(), keys.new_key()
+    when = "2019-07-14T09:26:53.000000|00000000000000000042|line 7"
+    with Vault.open(tmp_path, ring(old)) as v:
+        v.put([dict(PEOPLE[0], as_of={f: when for f in ("family", "phone")}), PEOPLE[1]])
+        v.con.execute("UPDATE identity SET as_of = ? WHERE source_id = 'MRN0001'",  # as an older vault wrote it
+                      ['{"phone": "2019-07-14T09:26:53.000000|00000000000000000009|line 2"}'])
+        assert v.con.execute("SELECT source_id, typeof(as_of) FROM identity ORDER BY 1").fetchall() == [
+            ("MRN0000", "blob"), ("MRN0001", "text")]
+    assert b"2019-07-14" not in raw_bytes(tmp_path / "identity").replace(
+        b'"2019-07-14T09:26:53.000000|00000000000000000009|line 2"', b"")
+    earlier = "2019-07-14T09:26:52.000000|00000000000000000050|line 1"
+    with Vault.open(tmp_path, ring(old, new)) as v:
+        assert v.rotate() == 3  # the two rows and the matching secret
+        assert {r[0] for r in v.con.execute("SELECT typeof(as_of) FROM identity")} == {"blob"}
+    with Vault.open(tmp_path, ring(new)) as v:  # the old key gone: times still read and compared
+        v.put([dict(source="h1-his", source_id=f"MRN000{i}", phone="13999999999", as_of={"phone": earlier})
+               for i in (0, 1)])
+        got = {r["source_id"]: r["phone"] for r in v.read("test", "check")}
+    assert got == {"MRN0000": PEOPLE[0]["phone"], "MRN0001": PEOPLE[1]["phone"]}  # an older message changes none
+    assert b"2019-07-14" not in raw_bytes(tmp_path / "identity")

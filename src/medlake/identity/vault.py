@@ -3,8 +3,9 @@
 Layout (`<data_dir>/identity/vault.sqlite`):
 - `identity`: one row per (source, source_id) with plain routing columns (hospital, system, id_type) and one
   AES-GCM ciphertext per identifying value (`normalize.FIELDS`), bound to its row and field by the associated
-  data; `key_id` names the key all of the row's values are encrypted with; `as_of` (JSON, plain) the time of the
-  message each value came from, so an older one does not replace it (`put`).
+  data; `key_id` names the key all of the row's values are encrypted with; `as_of` the time of the message each
+  value came from, so an older one does not replace it (`put`): JSON, encrypted as the values are (a vault of
+  before 2026-12-05 holds it in plain text until the row is written again or `rotate` passes).
 - `blocking_key`: HMAC-ed blocking keys (no plaintext) for candidate search.
 - `secret`: the vault's own secrets (matching HMAC secret, pseudonym site secret), encrypted like the values.
 - `access_log`: every plaintext read and every re-identification: who, role, when, why, what. Append-only
@@ -111,6 +112,19 @@ class Vault:
             self._secrets[name] = self._decrypt(row[0], _aad("secret", name, ""))
         return self._secrets[name]
 
+    def _as_of_blob(self, source: str, source_id: str, at: dict) -> bytes | None:
+        """A row's `as_of` as stored: its JSON encrypted under the active key, bound to the row."""
+        return self.keys.encrypt(json.dumps(at, sort_keys=True).encode(), _aad(source, source_id, "as_of")) \
+            if at else None
+
+    def _as_of(self, source: str, source_id: str, stored) -> dict:
+        """A row's `as_of` as `put` compares it (a vault of before 2026-12-05 stored the JSON in plain text)."""
+        if stored is None or stored == "":
+            return {}
+        if isinstance(stored, str):
+            return json.loads(stored)
+        return json.loads(self._decrypt(stored, _aad(source, source_id, "as_of")))
+
     def _decrypt(self, blob: bytes, aad: bytes) -> bytes:
         try:
             return self.keys.decrypt(blob, aad)
@@ -145,7 +159,7 @@ class Vault:
                 row = self.con.execute("SELECT as_of FROM identity WHERE source = ? AND source_id = ?",
                                        list(k)).fetchone()
                 if row is not None:
-                    old_as_of[k] = json.loads(row[0]) if row[0] else {}
+                    old_as_of[k] = self._as_of(*k, row[0])
             if old_as_of:
                 why = "update identities (keep fields the update leaves empty or has older)"
                 old = {(r["source"], r["source_id"]): r for r in self.read(who, why, list(old_as_of))}
@@ -163,7 +177,7 @@ class Vault:
             plain = {c: vals.pop(c) for c in PLAIN}
             rows.append([src, sid, *plain.values(), self.keys.active_id, now]
                         + [None if v is None else self.keys.encrypt(v.encode(), _aad(src, sid, f)) for f, v in vals.items()]
-                        + [json.dumps(at, sort_keys=True) if at else None])
+                        + [self._as_of_blob(src, sid, at)])
             bk = blocking_keys(match, comparison_values({**vals, "hospital": plain["hospital"]}))
             bks.append([src, sid] + [bk[k] for k in BLOCKING_KINDS])
             out.append({"source": src, "source_id": sid, **plain, **vals})
@@ -262,7 +276,8 @@ class Vault:
         return out
 
     def rotate(self, batch: int = 1000, between: Callable[[int], None] | None = None) -> int:
-        """Re-encrypt every value not under the active key, `batch` rows per short transaction. Readers and
+        """Re-encrypt every value not under the active key (and a row's `as_of` still in plain text, as a vault of
+        before 2026-12-05 has it), `batch` rows per short transaction. Readers and
         writers go on meanwhile (old keys stay readable); a row changed by someone else during a batch is left
         for the next batch. Safe to interrupt and run again. Returns the number of rows re-encrypted."""
         new = self.keys.active_id
@@ -275,19 +290,20 @@ class Vault:
             done += 1
         cols = ", ".join(FIELDS)
         while True:
-            rows = self.con.execute(f"SELECT source, source_id, key_id, updated_at, {cols} FROM identity "
-                                    "WHERE key_id <> ? LIMIT ?", [new, batch]).fetchall()
+            rows = self.con.execute(f"SELECT source, source_id, key_id, updated_at, as_of, {cols} FROM identity "
+                                    "WHERE key_id <> ? OR typeof(as_of) = 'text' LIMIT ?", [new, batch]).fetchall()
             if not rows:
                 return done
             updates = []
             for r in rows:
                 src, sid = r[0], r[1]
                 enc = [None if b is None else self.keys.encrypt(self._decrypt(b, _aad(src, sid, f)), _aad(src, sid, f))
-                       for f, b in zip(FIELDS, r[4:])]
-                updates.append([new, *enc, src, sid, r[2], r[3]])
+                       for f, b in zip(FIELDS, r[5:])]
+                updates.append([new, *enc, self._as_of_blob(src, sid, self._as_of(src, sid, r[4])), src, sid, r[2],
+                                r[3]])
             with self._tx():
                 cur = self.con.executemany(
-                    f"UPDATE identity SET key_id = ?, {', '.join(f + ' = ?' for f in FIELDS)} "
+                    f"UPDATE identity SET key_id = ?, {', '.join(f + ' = ?' for f in FIELDS)}, as_of = ? "
                     "WHERE source = ? AND source_id = ? AND key_id = ? AND updated_at = ?", updates)
                 done += cur.rowcount
             if between:
