@@ -248,3 +248,42 @@ def test_an_hl7_explicit_null_takes_the_value_out_of_the_vault(site):
     gone = (None, None, "张")
     assert load("once", [[a01, silent, nulls]]) == [gone]
     assert load("runs", [[a01], [silent], [nulls], [late], []]) == [kept, kept, gone, gone, gone]
+
+
+def test_a_run_reads_only_what_came_since_the_last(site):
+    """An identity run reads the patient rows received since the last run (a watermark per staging table and
+    source) and any that still hold an identifying value (a receipt staged again): the vault is written for those
+    identities only — the others are neither decrypted nor written again — and a PID carrying no identifying value
+    (an A08 changing only the sex) still counts. Before, every run folded and re-wrote every identity it had."""
+    (site / "h2/emr/Patient.ndjson").unlink()
+    srcs = config.load(site / "sources.toml")
+    where = {s.name: (s.hospital, s.system) for s in srcs}
+    eng = open_engine(f"duckdb:{site / 'w.duckdb'}")
+
+    def ingest_and_vault(v):
+        ingest_mod.ingest(eng, Landing(site / "w/landing"), Quarantine(site / "w/quarantine"), [site / "h1/his"],
+                          sources=srcs)
+        return staging.vault_staging(eng, v, where)
+
+    def stamps(v):
+        return dict(v.con.execute("SELECT source_id, updated_at FROM identity").fetchall())
+
+    with Vault.open(site / "w", RING) as v:
+        assert ingest_and_vault(v)["identities"] == 3
+        before = stamps(v)
+        (site / "h1/his/sex.hl7").write_bytes(hl7(6, "A08", "PID|1||M001^^^H1^MR|||||F\r").encode())
+        assert ingest_and_vault(v)["identities"] == 1
+        after = stamps(v)
+        assert {k for k in after if after[k] != before[k]} == {"M001"}
+        assert v.access_log()[-1]["what"].startswith("1 identity h1-his:M001;")  # the only one decrypted
+        assert v.read("test", "check", [("h1-his", "M001")])[0]["sex"] == "F"
+        assert v.read("test", "check", [("h1-his", "M001")])[0]["family"] == "张"
+        assert ingest_and_vault(v)["identities"] == 0 and stamps(v) == after  # nothing new: nothing written
+        # a receipt staged again (a replay) below the watermark, still holding its values: read and moved
+        eng.execute("INSERT INTO stg_hl7_patient (source, receipt_seq, record_location, control_id, patient_id, "
+                    "family_name, event_time) VALUES ('h1-his', 1, 'message 9', 'R9', 'M009', '赵', "
+                    "TIMESTAMP '2024-01-09 12:00:00')")
+        got = staging.vault_staging(eng, v, where)
+        assert got["identities"] == 1 and got["rows_cleared"] == {"stg_hl7_patient": 1}
+        assert v.read("test", "check", [("h1-his", "M009")])[0]["family"] == "赵"
+    eng.close()

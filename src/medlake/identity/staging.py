@@ -21,6 +21,8 @@ import os
 import re
 from pathlib import Path
 
+import pyarrow as pa
+
 from medlake.engines.base import arrow_schema_of
 from medlake.identity import demographics, empi
 from medlake.landing.ingest import SQL_OF
@@ -73,9 +75,24 @@ def as_of(time, receipt_seq, location) -> str:
     return f"{t}|{int(receipt_seq or 0):020d}|{location or ''}"
 
 
+WATERMARK = "identity_watermark"  # per staging table and source: the last receipt an identity run has read
+
+
+def _unread(engine, table: str, have: set[str]) -> str:
+    """The rows of `table` an identity run reads: those received after the last run's watermark, and any that
+    still hold an identifying value (a replayed receipt staged again); the others are in the vault already, each
+    field with its time (`Vault.put` compares them), so a run costs what is new, not the whole history."""
+    held = " OR ".join(f't."{c}" IS NOT NULL' for c in identifying_columns(table) if c in have and c not in KEEP)
+    if "receipt_seq" not in have or WATERMARK not in engine.tables():
+        return ""
+    return (f" LEFT JOIN {WATERMARK} w ON w.stg_table = '{table}' AND w.source = t.source WHERE w.receipt_seq IS "
+            f"NULL OR t.receipt_seq > w.receipt_seq" + (f" OR {held}" if held else ""))
+
+
 def _latest_rows(engine, table: str, wanted: list[str], when: str) -> list[dict]:
-    """The `wanted` columns of `table`'s rows, rows alike but for their time and place (every ORU repeats its PID)
-    once, at their latest: only the latest of them can give a field its latest value."""
+    """The `wanted` columns of `table`'s rows not read by an earlier run (`_unread`), rows alike but for their time
+    and place (every ORU repeats its PID) once, at their latest: only the latest of them can give a field its
+    latest value."""
     have = {c.name for c in engine.columns(table)}
     if "source" not in have:
         return []
@@ -83,8 +100,34 @@ def _latest_rows(engine, table: str, wanted: list[str], when: str) -> list[dict]
     names = ", ".join(f'"{c}"' for c in cols)
     alike = ", ".join(f'"{c}"' for c in cols if c not in (when, *_PLACE))
     order = ", ".join(f'"{c}" DESC NULLS LAST' for c in (when, *_PLACE) if c in have)
+    rows = f'(SELECT t.* FROM "{table}" t{_unread(engine, table, have)})'
     return engine.query(f'SELECT {names} FROM (SELECT {names}, ROW_NUMBER() OVER (PARTITION BY {alike} ORDER BY '
-                        f'{order}) AS rn FROM "{table}") AS t WHERE rn = 1').to_pylist()
+                        f'{order}) AS rn FROM {rows} AS r) AS t WHERE rn = 1').to_pylist()
+
+
+def _marks(engine, tables: list[str]) -> list[tuple[str, str, int]]:
+    """(staging table, source, last receipt) of the patient tables an identity run reads, taken before it reads."""
+    out = []
+    for t in tables:
+        if {"source", "receipt_seq"} <= {c.name for c in engine.columns(t)}:
+            out += [(t, r["source"], r["n"]) for r in engine.query(
+                f'SELECT source, MAX(receipt_seq) AS n FROM "{t}" GROUP BY source').to_pylist()]
+    return out
+
+
+def _set_marks(engine, marks: list[tuple[str, str, int]]) -> None:
+    """After the identities are in the vault: the next run reads only what comes after `marks` (`_unread`)."""
+    if not marks:
+        return
+    if WATERMARK not in engine.tables():
+        engine.execute(f"CREATE TABLE {WATERMARK} (stg_table VARCHAR, source VARCHAR, receipt_seq BIGINT)")
+    cols = list(zip(*marks))
+    with engine.transaction():
+        tables = ", ".join(sorted({f"'{t}'" for t in cols[0]}))
+        engine.execute(f"DELETE FROM {WATERMARK} WHERE stg_table IN ({tables})")
+        engine.load_arrow(WATERMARK, pa.table({"stg_table": pa.array(cols[0], pa.string()),
+                                               "source": pa.array(cols[1], pa.string()),
+                                               "receipt_seq": pa.array(cols[2], pa.int64())}))
 
 
 def _fold(rows: list[dict], identity, when: str) -> list[dict]:
@@ -217,12 +260,15 @@ def source_merges(engine) -> list[dict]:
 
 def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | None = None) -> dict:
     """Move identifying staging values into the vault; record merges; null the moved columns in staging.
-    Returns counts. Idempotent: a second call finds nothing left to move."""
+    Returns counts. Idempotent: a second call finds nothing left to move. Reads only the patient rows an earlier
+    call has not (`_unread`): `identities` counts those this call put."""
+    marks = _marks(engine, [t for t in ("stg_hl7_patient", "stg_fhir_patient") if t in engine.tables()])
     ids = source_identities(engine, sources)
     # identities already in the vault and nothing new in staging: put() is only called with what staging holds
     stored = vault.put(ids) if ids else []  # as merged with what the vault held: a later run's older message loses
     demographics.record(engine, stored)  # sex, year and month of birth: what the CDM may keep
     merges = empi.record_merges(engine, source_merges(engine))
+    _set_marks(engine, marks)
     schemas = _schemas()
     nulled = {}
     with engine.transaction():
