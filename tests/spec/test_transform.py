@@ -737,9 +737,9 @@ def test_after_a_replay_the_records_no_longer_staged_leave_the_cdm(engine):
 
 
 def test_a_death_its_own_record_takes_back_leaves_the_cdm(engine):
-    """A death is corrected by the record that reported it (an ADT A08 with PID-30 'N' in either case or PID-29 `""`, a FHIR
-    Patient version no longer deceased): the DEATH row goes. A record that says nothing of death, or another record's word, does not
-    take back a death it did not report."""
+    """A death is corrected by the record that reported it (an ADT A08 with PID-30 'N' in either case or PID-29
+    `""`, a FHIR Patient version no longer deceased): the DEATH row goes. A record that says nothing of death, or
+    another record's word, does not take back a death it did not report."""
     store.init(engine, "5.4")
     vocab(engine)
     pid = dict(message_type="ADT^A08", patient_id="M1", sex="F", birth_date=D(1965, 4, 12), family_name="Zhao")

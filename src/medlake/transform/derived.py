@@ -301,7 +301,8 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     FROM k
 ), d AS (
     SELECT u.*, CASE WHEN {cut} AND d_first > v_end THEN v_end ELSE d_first END AS d_begin,
-           CASE WHEN {cut} AND (end0 > v_end OR d_first > v_end) THEN v_end WHEN end0 < d_first THEN d_first ELSE end0 END AS d_stop,
+           CASE WHEN {cut} AND (end0 > v_end OR d_first > v_end) THEN v_end
+                WHEN end0 < d_first THEN d_first ELSE end0 END AS d_stop,
            ROW_NUMBER() OVER (PARTITION BY id ORDER BY source, record_location) AS dup
     FROM u
 )"""
