@@ -416,8 +416,11 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
             task = bar.add_task("transform", total=None)
             s = transform(eng, namespaces=ns, full=full,
                           progress=lambda d, i, n: bar.update(task, description=d[:70], completed=i, total=n))
+        release = (f"a new vocabulary release since the last run ({', '.join(s.vocabularies_changed[:8])}"
+                   f"{', …' if len(s.vocabularies_changed) > 8 else ''})")
         if s.run_id is None:
-            out.print("nothing new in staging: the CDM is unchanged")
+            out.print(f"{release}: no code maps differently, the eras were rebuilt" if s.vocabularies_changed else
+                      "nothing new in staging: the CDM is unchanged", highlight=False)
         else:
             t = Table(title=f"transform run {s.run_id}")
             t.add_column("CDM table")
@@ -426,9 +429,9 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
                 t.add_row(name, f"{n:,}")
             out.print(t)
             if s.vocabularies_changed:
-                out.print(f"a new vocabulary release since the last run ({', '.join(s.vocabularies_changed[:8])}"
-                          f"{', …' if len(s.vocabularies_changed) > 8 else ''}): every record was mapped again",
-                          highlight=False)
+                out.print(f"{release}: " + ("every record was mapped again" if s.codes_changed is None else
+                                            f"{s.codes_changed:,} code(s) map differently, their records were "
+                                            "mapped again and every person's eras rebuilt"), highlight=False)
             out.print(f"{s.records:,} source record(s), {s.deleted:,} row(s) replaced, {s.persons:,} person(s) "
                       f"touched, {s.skipped:,} event(s) without person or date skipped, {s.seconds:.1f} s",
                       highlight=False)

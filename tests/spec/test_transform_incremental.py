@@ -191,17 +191,24 @@ def test_only_a_source_the_empi_does_not_register_takes_the_empi_person_of_its_n
     assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(101,), (105,), (sid("h1|M9"),)])
 
 
-def test_a_new_vocabulary_release_maps_every_record_again(engine):
+def test_a_new_vocabulary_release_maps_again_the_records_whose_codes_it_changed(engine):
     """`medlake vocab load` of a new release changes what codes map to (ICD-10-CM R73 now maps to a condition, not
-    a lab): the next plain run sees the release changed and maps every record again, as `--full` would; the site's
-    own code lists (`medlake map`) and a re-run do not count as a release."""
+    a lab) and the drug hierarchy (acetaminophen tablets no longer under the ingredient): the next plain run sees
+    the release changed, maps again the records whose codes now resolve differently — only those, with the same
+    CDM as `--full` gives — and rebuilds every person's eras, also of persons none of whose records changed; the
+    site's own code lists (`medlake map`) and a re-run do not count as a release. A store mapped before the code
+    map was kept maps every record again."""
     from medlake.cdm import ddl
     from test_transform import CDM
 
     store.init(engine, "5.4")
     vocab(engine)
     batch1(engine)
+    stage(engine, "stg_csv_pharmacy", "pharmacy", 2, [  # another patient, only this dispensing
+        dict(record_id="RX2", patient_id="M2", drug_code="Y100147", drug_code_system="H1PHARM", quantity=30.0,
+             days_supply=30, dispensed_at=T(2021, 6, 1, 9))])
     transform(engine, namespaces=NS)
+    assert rows(engine, "SELECT person_id FROM drug_era") == sorted([(sid("h1|M1"),), (sid("h1|M2"),)])
     c2 = "SELECT count(*) FROM {} WHERE person_id = %d AND {}_date = DATE '2020-02-01'" % sid("h1|M1")
     assert rows(engine, c2.format("measurement", "measurement")) == [(1,)]
 
@@ -217,8 +224,38 @@ def test_a_new_vocabulary_release_maps_every_record_again(engine):
     engine.load_arrow("concept_relationship", ddl.arrow_table(CDM.table("concept_relationship"), dict(
         concept_id_1=[45548980], concept_id_2=[320128], relationship_id=["Maps to"],
         valid_start_date=[D(1970, 1, 1)], valid_end_date=[D(2099, 12, 31)])))
+    engine.execute("DELETE FROM concept_ancestor")
+    cdm = ("condition_occurrence", "measurement", "drug_exposure", "observation", "person", "visit_occurrence",
+           "drug_era", "condition_era", "observation_period")
     s = transform(engine, namespaces=NS)
-    assert s.vocabularies_changed == ["None"] and s.records > 1
+    assert s.vocabularies_changed == ["None"] and s.codes_changed == 1 and s.records == 1  # c2 alone
     assert rows(engine, c2.format("measurement", "measurement")) == [(0,)]
     assert rows(engine, c2.format("condition_occurrence", "condition_start")) == [(1,)]
+    assert rows(engine, "SELECT count(*) FROM drug_era") == [(0,)]  # M2's too: no record of M2 changed
+    got = {t: rows(engine, f"SELECT * FROM {t}") for t in cdm}
     assert transform(engine, namespaces=NS).run_id is None
+    transform(engine, namespaces=NS, full=True)
+    assert {t: rows(engine, f"SELECT * FROM {t}") for t in cdm} == got  # what a full re-map gives
+
+    def release(version: str) -> None:
+        engine.execute("DELETE FROM vocabulary WHERE vocabulary_id = 'None'")
+        engine.load_arrow("vocabulary", ddl.arrow_table(CDM.table("vocabulary"), dict(
+            vocabulary_id=["None"], vocabulary_name=["OMOP Standardized Vocabularies"],
+            vocabulary_version=[version], vocabulary_concept_id=[44819096])))
+
+    # a release that changes no code's mapping: no record is mapped again, the eras are rebuilt
+    release("v5.0 30-SEP-26")
+    engine.load_arrow("concept_ancestor", pa.table({
+        "ancestor_concept_id": pa.array([1125315], pa.int32()), "descendant_concept_id": pa.array([1127433], pa.int32()),
+        "min_levels_of_separation": pa.array([1], pa.int32()), "max_levels_of_separation": pa.array([1], pa.int32())}))
+    s = transform(engine, namespaces=NS)
+    assert (s.run_id, s.vocabularies_changed, s.codes_changed) == (None, ["None"], 0)
+    assert rows(engine, "SELECT person_id FROM drug_era") == sorted([(sid("h1|M1"),), (sid("h1|M2"),)])
+    got = {t: rows(engine, f"SELECT * FROM {t}") for t in cdm}
+
+    # a store mapped before the code map was kept: the next release maps every record again
+    engine.execute("DROP TABLE transform_code_map")
+    release("v5.0 31-OCT-26")
+    s = transform(engine, namespaces=NS)
+    assert s.vocabularies_changed == ["None"] and s.codes_changed is None and s.records > 1
+    assert {t: rows(engine, f"SELECT * FROM {t}") for t in cdm} == got

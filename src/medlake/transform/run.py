@@ -56,6 +56,11 @@ CHANGES = {"tx_remap_code": "vocabulary_id VARCHAR, code VARCHAR",  # codes whos
            "tx_merge_person": "person_id BIGINT"}  # persons whose link (A40, a Patient's MRN) is new or changed
 # Record keys mapped without writing a CDM row (filtered, skipped): with the lineage, the keys seen before.
 QUIET = {"transform_quiet_key": "source_key VARCHAR"}
+# What every code of the CDM's records resolved to when last mapped (tx_code's rows, kept): a new vocabulary
+# release re-maps only the records whose codes now resolve differently (`_release_changes`). A row with a NULL
+# system marks a map begun on a store mapped before it was kept: incomplete until a full run.
+CODE_MAP = {"transform_code_map": c.WORK_TABLES["tx_code"]}
+_CODE_COLS = "system, code, vocabulary_id, source_concept_id, concept_id, domain_id, n"
 CODING_WORK = "tx_stg_coding"
 
 
@@ -69,7 +74,9 @@ class RunSummary:
     persons: int = 0                       # persons touched
     unmapped_codes: int = 0                # distinct (source, system, code) with concept 0, whole store
     seconds: float = 0.0
-    vocabularies_changed: list[str] = field(default_factory=list)  # new releases since the last run: all re-mapped
+    vocabularies_changed: list[str] = field(default_factory=list)  # new releases since the last run
+    codes_changed: int | None = None       # codes such a release maps differently (their records re-mapped);
+    #                                        None: every record was re-mapped (--full, or no code map kept yet)
 
 
 def _count(engine: Engine, sql: str) -> int:
@@ -83,9 +90,12 @@ def ensure_tables(engine: Engine) -> None:
             engine.execute(f"DROP TABLE {name}")  # a work table from an older release: recreated below
             have.discard(name)
     own = {k: v[0] for k, v in APPLIED.items()}
-    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES, **QUIET}.items():
+    for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES, **QUIET, **CODE_MAP}.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
+    if "transform_code_map" not in have and _count(engine, "SELECT count(*) FROM transform_run"):
+        engine.execute("INSERT INTO transform_code_map SELECT " + ", ".join(
+            f"CAST(NULL AS {x.split()[1]})" for x in CODE_MAP["transform_code_map"].split(", ")))
     if _count(engine, "SELECT count(*) FROM medlake_code_system") == 0:
         engine.load_arrow("medlake_code_system", pa.table({"system": list(r.CODE_SYSTEMS),
                                                            "vocabulary_id": list(r.CODE_SYSTEMS.values())}))
@@ -148,14 +158,18 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if empi:
             engine.execute(c.EMPI_BY_NAMESPACE)
             engine.analyze("tx_empi_ns")
-        changed = _vocabularies_changed(engine)
-        full = full or bool(changed)  # a new vocabulary release can change any code's concept and domain
+        changed = _vocabularies_changed(engine)  # a new release can change any code's concept and domain:
+        codes_changed = None  # the records whose codes it resolves differently are mapped again (else all of them)
+        if changed and not full and _count(engine, "SELECT count(*) FROM transform_code_map WHERE system IS NULL"):
+            full = True
+        elif changed and not full:
+            codes_changed = _release_changes(engine)
         if full:
             engine.execute("DELETE FROM transform_watermark")
             engine.execute("DELETE FROM transform_quiet_key")
         replayed = _restaged(engine, tables)
         if not staged:
-            return RunSummary(None, seconds=time.perf_counter() - t0)
+            return RunSummary(None, seconds=time.perf_counter() - t0, vocabularies_changed=changed)
         marks = engine.query("SELECT source, MIN(receipt_seq) AS lo, MAX(receipt_seq) AS hi FROM (" + " UNION ALL ".join(
             f"SELECT source, receipt_seq FROM {t}" for t in staged) + ") AS a GROUP BY source").to_pylist()
         engine.load_arrow("tx_mark", pa.table({"source": pa.array([m["source"] for m in marks], pa.string()),
@@ -192,7 +206,10 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         if n_delta == 0:
             engine.execute("DELETE FROM transform_watermark WHERE source IN (SELECT source FROM tx_mark)")
             engine.execute("INSERT INTO transform_watermark SELECT source, receipt_seq FROM tx_mark")
-            return RunSummary(None, seconds=time.perf_counter() - t0)
+            if changed:  # no code maps differently; the eras may (CONCEPT_ANCESTOR, DRUG_STRENGTH)
+                derived.rebuild(engine)
+            return RunSummary(None, seconds=time.perf_counter() - t0, vocabularies_changed=changed,
+                              codes_changed=codes_changed)
         run_id = _count(engine, "SELECT COALESCE(MAX(run_id), 0) + 1 FROM transform_run")
         started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
@@ -237,6 +254,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         engine.analyze("tx_needed")
         engine.execute(c.RESOLVE_SQL)
         engine.analyze("tx_code")
+        engine.execute("DELETE FROM transform_code_map" + ("" if full else " WHERE system || '|' || code IN "
+                                                                     "(SELECT system || '|' || code FROM tx_code)"))
+        engine.execute(f"INSERT INTO transform_code_map SELECT {_CODE_COLS} FROM tx_code")
 
         for rule in events:
             step(f"mapping {rule.name}")
@@ -260,6 +280,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         step("rebuilding persons")
         engine.execute(f"INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE run_id = {run_id} "
                        "AND person_id IS NOT NULL")
+        if changed:  # a new release: every person's eras may change (CONCEPT_ANCESTOR, DRUG_STRENGTH)
+            engine.execute("INSERT INTO tx_touched SELECT DISTINCT person_id FROM cdm_lineage WHERE person_id IS NOT "
+                           "NULL AND person_id NOT IN (SELECT person_id FROM tx_touched)")
         found, records = {}, {}
         if narrowed and floor is not None and only_new and not empi:
             found, records = _person_work(engine, persons, [*events, *entities], floor)
@@ -323,7 +346,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                 engine.execute(f"TRUNCATE TABLE {w}")
         _cdm_indexes(engine, tables, analyze=bulk)
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
-                      time.perf_counter() - t0, changed)
+                      time.perf_counter() - t0, changed, codes_changed)
 
 
 def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set[str]:
@@ -694,6 +717,21 @@ def _applied_diff(name: str) -> tuple[str, str]:
     cols = now.split("SELECT DISTINCT ")[1].split(" FROM ")[0]
     return cols, (f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
                   f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b")
+
+
+def _release_changes(engine: Engine) -> int:
+    """After a new vocabulary release: every code the CDM's records carry (`transform_code_map`) resolved again;
+    those that resolve differently now (concept, source concept, domain) go to tx_remap_code, whose records
+    `_applied_changes` maps again. Returns how many codes."""
+    engine.execute("INSERT INTO tx_needed SELECT DISTINCT system, code FROM transform_code_map WHERE system IS NOT NULL")
+    engine.execute(c.RESOLVE_SQL)
+    known = f"SELECT {_CODE_COLS} FROM transform_code_map WHERE system IS NOT NULL"
+    engine.execute(f"""INSERT INTO tx_remap_code SELECT DISTINCT vocabulary_id, code FROM (
+    SELECT * FROM (SELECT {_CODE_COLS} FROM tx_code EXCEPT {known}) AS a UNION ALL
+    SELECT * FROM ({known} EXCEPT SELECT {_CODE_COLS} FROM tx_code) AS b) AS d""")
+    for w in ("tx_needed", "tx_code"):  # the run resolves its own codes
+        engine.execute(f"TRUNCATE TABLE {w}")
+    return _count(engine, "SELECT count(*) FROM tx_remap_code")
 
 
 def _vocabularies_changed(engine: Engine) -> list[str]:
