@@ -312,7 +312,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         for t in PROTECTED:
             engine.execute(c.person_lineage_sql(t, run_id))
         step("rebuilding observation periods and eras")
-        derived.rebuild(engine, persons="tx_touched", lookups=not bulk, run_id=run_id)
+        # (after a release every person is touched: their rows are joined whole, not looked up)
+        derived.rebuild(engine, persons="tx_touched", lookups=not (bulk or changed), run_id=run_id)
 
         history = [x.name for x in (*events, *entities) if _needs_history(x)]
         if history:  # keys mapped without a row: with the lineage, the keys seen before (see _narrow)
