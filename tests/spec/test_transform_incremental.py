@@ -191,6 +191,26 @@ def test_only_a_source_the_empi_does_not_register_takes_the_empi_person_of_its_n
     assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(101,), (105,), (sid("h1|M9"),)])
 
 
+def test_a_vocabulary_loaded_after_the_first_run_maps_the_records(engine):
+    """Runs before any vocabulary was loaded leave every code unmapped; the first `medlake vocab load` after them
+    counts as a release, and the next plain run maps the records its codes now reach — the CDM of a store whose
+    vocabulary came first. Before, it took `--full`: the run saw no release."""
+    store.init(engine, "5.4")
+    batch1(engine)
+    transform(engine, namespaces=NS)
+    assert rows(engine, "SELECT condition_concept_id FROM condition_occurrence") == [(0,), (0,), (0,)]
+    vocab(engine)
+    s = transform(engine, namespaces=NS)
+    assert s.vocabularies_changed == ["None"] and s.codes_changed >= 3
+    cdm = ("condition_occurrence", "measurement", "drug_exposure", "person", "visit_occurrence", "drug_era")
+    got = {t: rows(engine, f"SELECT * FROM {t}") for t in cdm}
+    assert rows(engine, "SELECT condition_concept_id FROM condition_occurrence") == [(0,), (320128,)]
+    transform(engine, namespaces=NS, full=True)
+    assert {t: rows(engine, f"SELECT * FROM {t}") for t in cdm} == got
+    engine.execute("DROP TABLE transform_applied_vocabulary")  # a store mapped before the releases were kept:
+    assert transform(engine, namespaces=NS).vocabularies_changed == []  # taken as mapped with the one it has
+
+
 def test_a_new_vocabulary_release_maps_again_the_records_whose_codes_it_changed(engine):
     """`medlake vocab load` of a new release changes what codes map to (ICD-10-CM R73 now maps to a condition, not
     a lab) and the drug hierarchy (acetaminophen tablets no longer under the ingredient): the next plain run sees

@@ -93,6 +93,9 @@ def ensure_tables(engine: Engine) -> None:
     for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES, **QUIET, **CODE_MAP}.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
+    if "transform_applied_vocabulary" not in have and _count(engine, "SELECT count(*) FROM transform_run"):
+        # a store mapped before the releases were kept: taken as mapped with the vocabulary it has
+        engine.execute(f"INSERT INTO transform_applied_vocabulary {APPLIED['transform_applied_vocabulary'][1]}")
     if "transform_code_map" not in have and _count(engine, "SELECT count(*) FROM transform_run"):
         engine.execute("INSERT INTO transform_code_map SELECT " + ", ".join(
             f"CAST(NULL AS {x.split()[1]})" for x in CODE_MAP["transform_code_map"].split(", ")))
@@ -737,9 +740,10 @@ def _release_changes(engine: Engine) -> int:
 
 def _vocabularies_changed(engine: Engine) -> list[str]:
     """The vocabularies whose release (`vocabulary_version`) differs from the one the last run mapped with, or that
-    came or went since (`medlake vocab load` of a new Athena download); none before a first run."""
+    came or went since (`medlake vocab load` of a new Athena download, or of the first one after runs without a
+    vocabulary); none before a first run."""
     name = "transform_applied_vocabulary"
-    if not _count(engine, f"SELECT count(*) FROM {name}"):
+    if not _count(engine, "SELECT count(*) FROM transform_run"):
         return []
     return sorted(x["vocabulary_id"] for x in engine.query(
         f"SELECT DISTINCT vocabulary_id FROM ({_applied_diff(name)[1]}) AS d").to_pylist())
