@@ -93,10 +93,12 @@ def ensure_tables(engine: Engine) -> None:
     for name, cols in {**c.OWN_TABLES, **c.WORK_TABLES, **own, **CHANGES, **QUIET, **CODE_MAP}.items():
         if name not in have:
             engine.execute(c.create_sql(name, cols))
-    if "transform_applied_vocabulary" not in have and _count(engine, "SELECT count(*) FROM transform_run"):
+    mapped = not {"transform_applied_vocabulary", "transform_code_map"} <= have and \
+        _count(engine, "SELECT count(*) FROM transform_run")  # (a store with runs from before these tables)
+    if "transform_applied_vocabulary" not in have and mapped:
         # a store mapped before the releases were kept: taken as mapped with the vocabulary it has
         engine.execute(f"INSERT INTO transform_applied_vocabulary {APPLIED['transform_applied_vocabulary'][1]}")
-    if "transform_code_map" not in have and _count(engine, "SELECT count(*) FROM transform_run"):
+    if "transform_code_map" not in have and mapped:
         engine.execute("INSERT INTO transform_code_map SELECT " + ", ".join(
             f"CAST(NULL AS {x.split()[1]})" for x in CODE_MAP["transform_code_map"].split(", ")))
     if _count(engine, "SELECT count(*) FROM medlake_code_system") == 0:
@@ -719,8 +721,12 @@ def _applied_diff(name: str) -> tuple[str, str]:
     what its query reads now, both ways."""
     now = APPLIED[name][1]
     cols = now.split("SELECT DISTINCT ")[1].split(" FROM ")[0]
-    return cols, (f"SELECT * FROM ({now} EXCEPT SELECT {cols} FROM {name}) AS a UNION ALL "
-                  f"SELECT * FROM (SELECT {cols} FROM {name} EXCEPT {now}) AS b")
+    return cols, _both_ways(now, f"SELECT {cols} FROM {name}")
+
+
+def _both_ways(now: str, kept: str) -> str:
+    """The rows of query `now` that query `kept` lacks, and those of `kept` that `now` lacks (same columns)."""
+    return f"SELECT * FROM ({now} EXCEPT {kept}) AS a UNION ALL SELECT * FROM ({kept} EXCEPT {now}) AS b"
 
 
 def _release_changes(engine: Engine) -> int:
@@ -729,10 +735,9 @@ def _release_changes(engine: Engine) -> int:
     `_applied_changes` maps again. Returns how many codes."""
     engine.execute("INSERT INTO tx_needed SELECT DISTINCT system, code FROM transform_code_map WHERE system IS NOT NULL")
     engine.execute(c.RESOLVE_SQL)
-    known = f"SELECT {_CODE_COLS} FROM transform_code_map WHERE system IS NOT NULL"
-    engine.execute(f"""INSERT INTO tx_remap_code SELECT DISTINCT vocabulary_id, code FROM (
-    SELECT * FROM (SELECT {_CODE_COLS} FROM tx_code EXCEPT {known}) AS a UNION ALL
-    SELECT * FROM ({known} EXCEPT SELECT {_CODE_COLS} FROM tx_code) AS b) AS d""")
+    diff = _both_ways(f"SELECT {_CODE_COLS} FROM tx_code",
+                      f"SELECT {_CODE_COLS} FROM transform_code_map WHERE system IS NOT NULL")
+    engine.execute(f"INSERT INTO tx_remap_code SELECT DISTINCT vocabulary_id, code FROM ({diff}) AS d")
     for w in ("tx_needed", "tx_code"):  # the run resolves its own codes
         engine.execute(f"TRUNCATE TABLE {w}")
     return _count(engine, "SELECT count(*) FROM tx_remap_code")
