@@ -24,20 +24,25 @@ GLOBAL_OPTIONS = ("--store", "--config")
 def global_options_first(args: list[str]) -> list[str]:
     """`medlake quality run --store URL` as `medlake --store URL quality run`: the store and config options are the
     root's, but people write them after the command too. Each (with its value) is moved to the front, in order;
-    nothing after `--` is touched."""
-    moved, rest, i = [], [], 0
+    nothing after `--` is touched. One given twice with two values (before and after the command) is refused: which
+    store was meant cannot be told."""
+    moved, rest, seen, i = [], [], {}, 0
     while i < len(args):
         a = args[i]
         if a == "--":
             rest += args[i:]
             break
-        if a.split("=", 1)[0] in GLOBAL_OPTIONS and "=" in a:
-            moved.append(a)
-        elif a in GLOBAL_OPTIONS:
-            if i + 1 == len(args):
-                raise typer.BadParameter("requires a value.", param_hint=f"'{a}'")
-            moved += args[i:i + 2]
-            i += 1
+        name, eq, value = a.partition("=")
+        if name in GLOBAL_OPTIONS and (eq or a in GLOBAL_OPTIONS):
+            if not eq:
+                if i + 1 == len(args):
+                    raise typer.BadParameter("requires a value.", param_hint=f"'{a}'")
+                i += 1
+                value = args[i]
+            if seen.setdefault(name, value) != value:
+                raise typer.BadParameter(f"given twice, as {seen[name]!r} and {value!r}; give it once.",
+                                         param_hint=f"'{name}'")
+            moved += [name, value]
         else:
             rest.append(a)
         i += 1

@@ -58,6 +58,11 @@ def test_the_store_and_config_options_go_after_the_command_too(tmp_path):
     assert r.returncode == 1 and "no DuckDB store at from-config.duckdb" in r.stderr  # the config's store
     r = run("quality", "run", "--store", cwd=tmp_path)
     assert r.returncode == 2 and "'--store': requires a value" in r.stderr
+    r = run("--store", "duckdb:after.duckdb", "status", "--store=duckdb:after-eq.duckdb", cwd=tmp_path)
+    assert r.returncode == 2 and "'--store': given twice, as 'duckdb:after.duckdb' and 'duckdb:after-eq.duckdb'" \
+        in r.stderr  # which was meant cannot be told
+    r = run("--store", "duckdb:after.duckdb", "status", "--store", "duckdb:after.duckdb", cwd=tmp_path)
+    assert r.returncode == 0 and "after.duckdb" in r.stdout  # the same store twice is the one store
 
 
 @pytest.mark.parametrize("args,code,text", [
