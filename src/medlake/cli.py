@@ -1085,9 +1085,8 @@ def identity_rotate_key(
             raise ValueError("--generate needs MEDLAKE_VAULT_KEY_FILE (a key file to add the new key to)")
         out.print(f"new key {keys.append_key(path)} added to {path}", highlight=False)
     with _vault() as v:
-        before = v.key_status()
         with _counting_progress() as bar:
-            task = bar.add_task("re-encrypting", total=sum(n for k, n in before.items() if k != v.keys.active_id))
+            task = bar.add_task("re-encrypting", total=v.to_rotate())
             moved = v.rotate(batch=batch, between=lambda done: bar.update(task, completed=done))
         after = v.key_status()
     out.print(f"{moved:,} row(s) re-encrypted; rows per key now: "

@@ -186,11 +186,14 @@ def test_the_times_values_came_from_are_encrypted_and_move_with_the_key(tmp_path
                       ['{"phone": "2019-07-14T09:26:53.000000|00000000000000000009|line 2"}'])
         assert v.con.execute("SELECT source_id, typeof(as_of) FROM identity ORDER BY 1").fetchall() == [
             ("MRN0000", "blob"), ("MRN0001", "text")]
+        assert v.to_rotate() == 1  # every row under the active key: the plain time alone (the progress bar's total)
     assert b"2019-07-14" not in raw_bytes(tmp_path / "identity").replace(
         b'"2019-07-14T09:26:53.000000|00000000000000000009|line 2"', b"")
     earlier = "2019-07-14T09:26:52.000000|00000000000000000050|line 1"
     with Vault.open(tmp_path, ring(old, new)) as v:
+        assert v.to_rotate() == 3
         assert v.rotate() == 3  # the two rows and the matching secret
+        assert v.to_rotate() == 0
         assert {r[0] for r in v.con.execute("SELECT typeof(as_of) FROM identity")} == {"blob"}
     with Vault.open(tmp_path, ring(new)) as v:  # the old key gone: times still read and compared
         v.put([dict(source="h1-his", source_id=f"MRN000{i}", phone="13999999999", as_of={"phone": earlier})

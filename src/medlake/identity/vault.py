@@ -275,6 +275,15 @@ class Vault:
                 out[k] = out.get(k, 0) + n
         return out
 
+    _STALE = "key_id <> ? OR typeof(as_of) = 'text'"  # the identity rows `rotate` re-encrypts
+
+    def to_rotate(self) -> int:
+        """Rows `rotate` would re-encrypt now: secrets and identities under another key than the active one, and
+        identities whose `as_of` is still plain text."""
+        new = self.keys.active_id
+        return (self.con.execute("SELECT count(*) FROM secret WHERE key_id <> ?", [new]).fetchone()[0]
+                + self.con.execute(f"SELECT count(*) FROM identity WHERE {self._STALE}", [new]).fetchone()[0])
+
     def rotate(self, batch: int = 1000, between: Callable[[int], None] | None = None) -> int:
         """Re-encrypt every value not under the active key (and a row's `as_of` still in plain text, as a vault of
         before 2026-12-05 has it), `batch` rows per short transaction. Readers and
@@ -291,7 +300,7 @@ class Vault:
         cols = ", ".join(FIELDS)
         while True:
             rows = self.con.execute(f"SELECT source, source_id, key_id, updated_at, as_of, {cols} FROM identity "
-                                    "WHERE key_id <> ? OR typeof(as_of) = 'text' LIMIT ?", [new, batch]).fetchall()
+                                    f"WHERE {self._STALE} LIMIT ?", [new, batch]).fetchall()
             if not rows:
                 return done
             updates = []
