@@ -934,6 +934,9 @@ def simulate_cmd(
     start: str = typer.Option("2015-01-01", "--start", help="First day of care (YYYY-MM-DD)."),
     end: str = typer.Option("2025-12-31", "--end", help="Last day of care (YYYY-MM-DD)."),
     defect_rate: float = typer.Option(0.02, "--defect-rate", help="Share of records carrying each kind of defect."),
+    correction_rate: float = typer.Option(0.02, "--correction-rate", help="Share of visits with an admission or "
+                                          "registration in error that the HIS cancels (A11), and of inpatient "
+                                          "stays with a death recorded in error and taken back (not defects)."),
     discard: bool = typer.Option(False, "--discard", help="Generate and encode everything but keep no bytes (only "
                                  "count them): to measure runs larger than the disk."),
 ):
@@ -952,7 +955,7 @@ def simulate_cmd(
                   TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("simulate", total=patients)
         s = simulate(out_dir, patients=patients, hospitals=hospitals, seed=seed, start=first, end=last,
-                     defect_rate=defect_rate, progress=lambda done, total: bar.update(task, completed=done),
+                     defect_rate=defect_rate, correction_rate=correction_rate, progress=lambda done, total: bar.update(task, completed=done),
                      discard=discard)
     where = f"{s.bytes / 1e6:,.0f} MB counted and discarded" if discard else f"-> {s.out}"
     out.print(f"simulated {s.patients:,} patients in {s.hospitals} hospital(s) {where}", highlight=False)

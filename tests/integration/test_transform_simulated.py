@@ -83,7 +83,7 @@ def site_mapping(engine, truth) -> None:
 @pytest.fixture(scope="module")
 def hospital(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim")
-    simulate(root / "out", patients=40, hospitals=2, seed=11)
+    simulate(root / "out", patients=40, hospitals=2, seed=11, correction_rate=0.3)  # every kind of correction
     engine = open_engine(f"duckdb:{root / 'store.duckdb'}")
     store.init(engine, "5.4")
     vocab.load(engine, vocab.demo_vocabulary_dir())
@@ -127,6 +127,39 @@ def test_recall_and_precision_per_table_on_well_formed_input(hospital):
     assert sum(n for _, _, n in scores.values()) > 1000, scores
     low = {k: v for k, v in scores.items() if v[2] and (v[0] < 0.99 or v[1] < 0.99)}
     assert not low, f"recall/precision below 0.99 (recall, precision, facts): {low}"
+
+
+def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
+    """The HIS's own corrections: an admission or registration in error cancelled by an A11 leaves no visit and no
+    detail; an admission with a wrong admit time, cancelled and sent again, starts the visit at the right time; a
+    death recorded in error, taken back by an A08 (PID-29 `""`, PID-30 `N`), leaves no DEATH row."""
+    engine, out, _ = hospital
+    truth = out / "ground_truth"
+    fixes = collections.defaultdict(list)
+    for c in jsonl(truth / "corrections.jsonl"):
+        fixes[c["kind"]].append(c)
+    assert {k: len(v) > 0 for k, v in fixes.items()} == {"cancelled_visit": True, "cancelled_admit_time": True,
+                                                         "retracted_death": True}
+
+    def visits(fixed):  # visit number -> start date of its row (the id of a visit number in its hospital)
+        ids = {sid(f"visit_occurrence|{c['hospital']}|{c['visit']}"): c["visit"] for c in fixed}
+        rows = engine.query("SELECT visit_occurrence_id, visit_start_date FROM visit_occurrence").to_pylist()
+        return {ids[r["visit_occurrence_id"]]: r["visit_start_date"].isoformat() for r in rows
+                if r["visit_occurrence_id"] in ids}
+
+    assert len(visits(fixes["retracted_death"])) == len({c["visit"] for c in fixes["retracted_death"]})  # ids right
+    assert visits(fixes["cancelled_visit"]) == {}
+    orphans = engine.query("SELECT count(*) FROM visit_detail d LEFT JOIN visit_occurrence v "
+                           "ON v.visit_occurrence_id = d.visit_occurrence_id WHERE v.visit_occurrence_id IS NULL")
+    assert orphans.column(0)[0].as_py() == 0
+    again = {c["visit"]: c["start"][:10] for c in fixes["cancelled_admit_time"]}
+    assert visits(fixes["cancelled_admit_time"]) == again  # the admission sent again, not the day before the cancelled one said
+    dead = {p["person"] for p in jsonl(truth / "persons.jsonl") if p["death_date"]}
+    retracted = {sid(f"{c['hospital']}|{c['mrn']}") for c in fixes["retracted_death"] if c["person"] not in dead}
+    assert retracted
+    deaths = {r["person_id"] for r in engine.query("SELECT person_id FROM death").to_pylist()}
+    assert not retracted & deaths
+    assert engine.query("SELECT count(*) FROM person").column(0)[0].as_py() and deaths  # deaths are kept
 
 
 def test_no_identifier_of_a_simulated_person_in_any_cdm_text_column(hospital):

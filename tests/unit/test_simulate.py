@@ -3,6 +3,7 @@ complete and consistent (every defect is where it says), care is coherent."""
 from __future__ import annotations
 
 import base64
+import codecs
 import csv
 import datetime as dt
 import hashlib
@@ -58,7 +59,7 @@ def defects(messy) -> list[dict]:
 
 def hl7_messages(path: Path):
     """(first line number, message text, lines) for each message in an HL7 file; batch segments skipped."""
-    text = path.read_bytes().decode("utf-8")
+    text = codecs.getincrementaldecoder("utf-8")().decode(path.read_bytes())  # a truncated file may end mid-character
     lines = text.split("\r")
     msgs, cur, start = [], None, 0
     for i, line in enumerate(lines, 1):
@@ -399,6 +400,42 @@ def test_duplicates_really_repeat_and_out_of_order_discharges_precede_admission(
     for d in (d for d in defects if d["class"] == "out_of_order"):
         lines = (messy / d["file"]).read_bytes().split(b"\r")
         assert b"ADT^A03" in lines[d["line"] - 1]
+
+
+def test_corrections_are_the_messages_they_say(tmp_path):
+    """Each error the HIS takes back (ground_truth/corrections.jsonl) is its messages, in time order, in its
+    hospital's ADT feed, whole (never a defect's message), and carries no fact."""
+    out = tmp_path / "sim"
+    simulate(out, patients=60, hospitals=2, seed=11, correction_rate=0.3)
+    msgs = {}
+    for path in out.glob("h*/his/*.hl7"):
+        for _, lines in hl7_messages(path):
+            seg = {x[:3]: x.split("|") for x in lines}
+            pid, pv1 = seg.get("PID", []) + [""] * 31, seg.get("PV1", []) + [""] * 20  # A40: no PV1
+            msgs[seg["MSH"][9]] = (path.parts[-3], seg["MSH"][6], seg["MSH"][8], pid[3].split("^")[0], pid[29:31],
+                                   pv1[19].split("^")[0])
+    fixes = jsonl(out / "ground_truth" / "corrections.jsonl")
+    shapes = {"cancelled_visit": [("A01", "A04"), ("A11",)], "cancelled_admit_time": [("A01",), ("A11",)]}
+    seen = Counter()
+    for c in fixes:
+        got = [msgs[m] for m in c["message_ids"]]
+        assert {(g[0], g[3], g[5]) for g in got} == {(c["hospital"], c["mrn"], c["visit"])}, c
+        assert [g[1] for g in got] == sorted(g[1] for g in got) and all(g[1] < c["start"].replace("-", "")
+                                                                         .replace("T", "").replace(":", "")[:12]
+                                                                         for g in got if c["kind"] != "retracted_death")
+        events = [g[2].split("^")[1] for g in got]
+        if c["kind"] == "retracted_death":
+            assert events == ["A08", "A08"] and got[0][4][1] == "Y" and got[0][4][0] and got[1][4] == ['""', "N"]
+        else:
+            assert all(e in allowed for e, allowed in zip(events, shapes[c["kind"]])), c
+        seen[c["kind"]] += 1
+    assert set(seen) == {"cancelled_visit", "cancelled_admit_time", "retracted_death"}
+    ids = {m for c in fixes for m in c["message_ids"]}
+    assert not ids & {d["message_id"] for d in jsonl(out / "ground_truth" / "defects.jsonl")
+                      if d["class"] != "duplicate_message"}
+    assert not ids & {f["source"]["message_id"] for f in jsonl(out / "ground_truth" / "facts.jsonl")}
+    assert simulate(tmp_path / "none", patients=60, hospitals=2, seed=11, correction_rate=0).patients == 60
+    assert (tmp_path / "none" / "ground_truth" / "corrections.jsonl").read_bytes() == b""
 
 
 def test_identities_cover_every_source_identifier(messy, defects):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -41,8 +41,42 @@ def _visit_fact(person: dict, enc: care.Encounter) -> dict:
             "concept_id": VISIT_CONCEPT[enc.cls], "value_as_number": None, "unit_concept_id": None}
 
 
+def _corrections(person: dict, enc: care.Encounter, h: Hospital, reg, visit: str, crng: random.Random,
+                 rate: float, truth: Truth) -> None:
+    """At `rate` per visit, a clerk's error the HIS takes back, before the stay's own messages: an admission or
+    registration to a visit number that never was, cancelled (A11); or (half of an inpatient stay's) an admission
+    with a wrong admit time (a day early), cancelled and sent again by the stay's own A01. Not defects: a correct
+    pipeline keeps no trace of them."""
+    r = crng.random()
+    if r >= rate:
+        return
+    event = "A01" if enc.cls == "IP" else "A04"
+    before = enc.start - dt.timedelta(minutes=10)
+    if r < rate / 2 or enc.cls != "IP":
+        wrong, kind, e = f"{h.H}V{h.next('visit'):08d}", "cancelled_visit", enc
+    else:
+        wrong, kind, e = visit, "cancelled_admit_time", replace(enc, start=enc.start - dt.timedelta(days=1))
+    ids = [h.adt(event, reg, e, wrong, before, crng, correction=True),
+           h.adt("A11", reg, e, wrong, before + dt.timedelta(minutes=5), crng, correction=True)]
+    truth.row("corrections", {"kind": kind, "hospital": h.id, "person": person["person"], "mrn": reg.mrn,
+                              "visit": wrong, "start": enc.start.isoformat(), "message_ids": ids})
+
+
+def _retracted_death(person: dict, enc: care.Encounter, h: Hospital, reg, visit: str, crng: random.Random,
+                     rate: float, truth: Truth) -> None:
+    """At `rate` per inpatient stay the person survives, a death recorded in error after it (an A08 with
+    PID-29/30), taken back by the next A08 (PID-29 `""`, PID-30 `N`)."""
+    if enc.cls != "IP" or enc.died or crng.random() >= rate:
+        return
+    sent = enc.end + dt.timedelta(minutes=30)
+    ids = [h.adt("A08", reg, enc, visit, sent, crng, death=enc.end + dt.timedelta(minutes=20), correction=True),
+           h.adt("A08", reg, enc, visit, sent + dt.timedelta(hours=2), crng, correction=True, alive=True)]
+    truth.row("corrections", {"kind": "retracted_death", "hospital": h.id, "person": person["person"],
+                              "mrn": reg.mrn, "visit": visit, "start": enc.start.isoformat(), "message_ids": ids})
+
+
 def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, rng: random.Random,
-                  truth: Truth) -> None:
+                  truth: Truth, crng: random.Random, correction_rate: float) -> None:
     regs: dict[int, list] = {}
     merged: set = set()
     second: set = set()  # hospitals where the person came back (the one chance of a duplicate registration)
@@ -66,6 +100,7 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
         visit = f"{h.H}V{h.next('visit'):08d}"
         death = enc.end if enc.died else None
         vfact = [_visit_fact(person, enc)]
+        _corrections(person, enc, h, reg, visit, crng, correction_rate, truth)
         if enc.cls == "IP":
             dfact = [{"person": person["person"], "kind": "death", "date": enc.end.date().isoformat(),
                       "concept_id": 0, "value_as_number": None, "unit_concept_id": None}] if death else []
@@ -82,6 +117,7 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
                 h.adt("A03", reg, enc, visit, enc.end, rng)
         if rng.random() < 0.04:
             h.adt("A08", reg, enc, visit, enc.end, rng)
+        _retracted_death(person, enc, h, reg, visit, crng, correction_rate, truth)
         if enc.labs:
             h.oru(reg, enc, visit, rng)
         h.fhir_encounter(reg, enc, visit, rng, person)
@@ -127,7 +163,7 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
 
 def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: int = 42,
              start: dt.date = dt.date(2015, 1, 1), end: dt.date = dt.date(2025, 12, 31), defect_rate: float = 0.02,
-             progress: Optional[Callable[[int, int], None]] = None, discard: bool = False) -> Summary:
+             correction_rate: float = 0.02, progress: Optional[Callable[[int, int], None]] = None, discard: bool = False) -> Summary:
     """Write a simulated hospital group to `out` (emptied first).
 
     discard=True does all the work (generation, every writer and encoder, the ground truth) but keeps no bytes:
@@ -138,6 +174,8 @@ def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: in
         raise ValueError("--patients and --hospitals must be at least 1")
     if not 0 <= defect_rate <= 0.2:
         raise ValueError("--defect-rate must be between 0 and 0.2")
+    if not 0 <= correction_rate <= 0.5:
+        raise ValueError("--correction-rate must be between 0 and 0.5")
     if end <= start:
         raise ValueError(f"--end {end} must be after --start {start}")
     if not discard:
@@ -156,7 +194,8 @@ def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: in
         person = make_person(f"P{i + 1:07d}", rng, start)
         encs = care.plan(person, start, end, hospitals, rng)
         person["allergies"] = care.allergies(rng)
-        _write_person(person, encs, hosp, defect_rate, rng, truth)
+        _write_person(person, encs, hosp, defect_rate, rng, truth, random.Random(f"{seed}|{i}|corrections"),
+                      correction_rate)
         if progress and (i + 1) % 200 == 0:
             progress(i + 1, patients)
     stamp = f"{end.isoformat()}T23:59:59+08:00"

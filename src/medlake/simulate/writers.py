@@ -41,7 +41,8 @@ EXPIRED = {"dischargeDisposition": {"coding": [{
     "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "exp"}]}}
 FIVE_MINUTES, TWO_HOURS = dt.timedelta(minutes=5), dt.timedelta(hours=2)
 HL7_CLASS = {"OP": "O", "ER": "E", "IP": "I"}
-ADT_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03", "A40": "ADT_A39"}
+ADT_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03", "A11": "ADT_A09",
+                 "A40": "ADT_A39"}
 FHIR_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
               "AllergyIntolerance", "Immunization", "DocumentReference")
 # Unmapped local codes: traditional Chinese medicine items, hospital-specific tests (truly no standard concept).
@@ -262,14 +263,16 @@ class Hospital:
         tail = "" if self.profile == 1 else "|||AL|NE||UNICODE UTF-8"
         return f"MSH|^~\\&|{app}|{self.H}|MEDLAKE|DC|{self.ts(when)}||{mtype}|{mid}|P|{self.version}{tail}"
 
-    def pid(self, reg: Registration, death: dt.datetime | None = None) -> str:
-        if death is None:
+    def pid(self, reg: Registration, death: dt.datetime | None = None, alive: bool = False) -> str:
+        """PID of a registration; with `death` its PID-29/30, `alive`: PID-29 the explicit null `""` and PID-30 `N`
+        (a death recorded in error taken back)."""
+        if death is None and not alive:
             if reg.pid is None:
                 reg.pid = self._pid(reg, None)
             return reg.pid
-        return self._pid(reg, death)
+        return self._pid(reg, death, alive)
 
-    def _pid(self, reg: Registration, death: dt.datetime | None) -> str:
+    def _pid(self, reg: Registration, death: dt.datetime | None, alive: bool = False) -> str:
         d = reg.demo
         mrn = escape(reg.mrn)
         zh_name = not d["pinyin"] and d["family"] and not d["family"].isascii()
@@ -301,6 +304,8 @@ class Hospital:
         f[13] = phone
         if death:
             f[29], f[30] = self.ts(death), "Y"
+        elif alive:
+            f[29], f[30] = '""', "N"
         while f and f[-1] == "":
             f.pop()
         return "PID|" + "|".join(f[1:])
@@ -344,21 +349,24 @@ class Hospital:
                             len(segs)))
 
     def adt(self, event: str, reg: Registration, enc: Encounter, visit: str, when: dt.datetime,
-            rng: random.Random, facts=(), defects=(), death=None, merge: str | None = None) -> str:
+            rng: random.Random, facts=(), defects=(), death=None, merge: str | None = None,
+            correction: bool = False, alive: bool = False) -> str:
+        """An ADT message. `correction`: a clerk's message that a later one takes back or that takes an earlier one
+        back (never broken, carries no registration defect); `alive`: PID-29 `""`, PID-30 `N`."""
         mid = f"{self.H}A{self.next('msg'):09d}"
         structure = ADT_STRUCTURE[event]
         segs = [self.msh("HIS", f"ADT^{event}", structure, when, mid), f"EVN|{event}|{self.ts(when)}",
-                self.pid(reg, death)]
+                self.pid(reg, death, alive)]
         defects = list(defects)
-        if reg.defects and event in ("A01", "A04"):
+        if reg.defects and event in ("A01", "A04") and not correction:
             defects += [(cls, 2, field, detail, None) for cls, field, detail in reg.defects]
             reg.defects = []
         if merge:
             segs.append(f"MRG|{merge}^^^{self.H}^MR" if self.profile != 1 else f"MRG|{merge}")
         else:
-            segs.append(self.pv1(enc, visit, event == "A03"))
+            segs.append(self.pv1(enc, visit, event == "A03" or (correction and enc.cls == "IP" and when > enc.end)))
         reg.systems.add("his")
-        self.hl7_record(segs, mid, list(facts), defects, rng, self.his, allow_malformed=not defects)
+        self.hl7_record(segs, mid, list(facts), defects, rng, self.his, allow_malformed=not defects and not correction)
         return mid
 
     def oru(self, reg: Registration, enc: Encounter, visit: str, rng: random.Random) -> None:
