@@ -138,8 +138,9 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
     fixes = collections.defaultdict(list)
     for c in jsonl(truth / "corrections.jsonl"):
         fixes[c["kind"]].append(c)
-    assert {k: len(v) > 0 for k, v in fixes.items()} == {"cancelled_visit": True, "cancelled_admit_time": True,
-                                                         "retracted_death": True}
+    assert {k: len(v) > 0 for k, v in fixes.items()} == dict.fromkeys(
+        ("cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer", "cancelled_discharge"),
+        True)
 
     def visits(fixed):  # visit number -> start date of its row (the id of a visit number in its hospital)
         ids = {sid(f"visit_occurrence|{c['hospital']}|{c['visit']}"): c["visit"] for c in fixed}
@@ -160,6 +161,29 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
     deaths = {r["person_id"] for r in engine.query("SELECT person_id FROM death").to_pylist()}
     assert not retracted & deaths
     assert engine.query("SELECT count(*) FROM person").column(0)[0].as_py() and deaths  # deaths are kept
+
+
+def test_each_stay_has_its_units_from_when_to_when(hospital):
+    """VISIT_DETAIL of every inpatient stay and emergency visit whose messages all loaded equals the true units of
+    the stay (ground_truth/stays.jsonl: intensive care, then a ward from a transfer; the emergency department) to
+    the minute the HL7 times carry, through the transfers, cancelled transfers (A12) and discharges (A13) taken
+    back, cancelled admissions and deaths recorded in error."""
+    engine, out, _ = hospital
+    truth = out / "ground_truth"
+    quarantined = {d["message_id"] for d in jsonl(truth / "defects.jsonl") if d["class"] in
+                   ("malformed_hl7", "missing_mandatory", "truncated_file", "wrong_encoding")}
+    got = collections.defaultdict(list)
+    for r in engine.query("SELECT visit_occurrence_id AS v, visit_detail_source_value AS unit, "
+                          "visit_detail_start_datetime AS a, visit_detail_end_datetime AS b FROM visit_detail "
+                          "ORDER BY 1, 3").to_pylist():
+        got[r["v"]].append([r["unit"], r["a"].isoformat()[:16], r["b"].isoformat()[:16]])
+    stays = [s for s in jsonl(truth / "stays.jsonl") if not quarantined & set(s["message_ids"])]
+    assert sum(len(s["units"]) > 1 for s in stays) and sum(s["class"] == "ER" for s in stays)
+    wrong = [(s["visit"], s["units"], got.get(sid(f"visit_occurrence|{s['hospital']}|{s['visit']}")))
+             for s in stays
+             if got.get(sid(f"visit_occurrence|{s['hospital']}|{s['visit']}")) != [[u, a[:16], b[:16]]
+                                                                                  for u, a, b in s["units"]]]
+    assert not wrong, f"{len(wrong)} of {len(stays)} stays: {wrong[:3]}"
 
 
 def test_no_identifier_of_a_simulated_person_in_any_cdm_text_column(hospital):

@@ -415,21 +415,24 @@ def test_corrections_are_the_messages_they_say(tmp_path):
             msgs[seg["MSH"][9]] = (path.parts[-3], seg["MSH"][6], seg["MSH"][8], pid[3].split("^")[0], pid[29:31],
                                    pv1[19].split("^")[0])
     fixes = jsonl(out / "ground_truth" / "corrections.jsonl")
-    shapes = {"cancelled_visit": [("A01", "A04"), ("A11",)], "cancelled_admit_time": [("A01",), ("A11",)]}
+    shapes = {"cancelled_visit": [("A01", "A04"), ("A11",)], "cancelled_admit_time": [("A01",), ("A11",)],
+              "cancelled_transfer": [("A02",), ("A12",)], "cancelled_discharge": [("A03",), ("A13",)]}
     seen = Counter()
     for c in fixes:
         got = [msgs[m] for m in c["message_ids"]]
         assert {(g[0], g[3], g[5]) for g in got} == {(c["hospital"], c["mrn"], c["visit"])}, c
-        assert [g[1] for g in got] == sorted(g[1] for g in got) and all(g[1] < c["start"].replace("-", "")
-                                                                         .replace("T", "").replace(":", "")[:12]
-                                                                         for g in got if c["kind"] != "retracted_death")
+        start = c["start"].replace("-", "").replace("T", "").replace(":", "")[:12]
+        assert [g[1] for g in got] == sorted(g[1] for g in got)
+        assert all(g[1] < start if c["kind"] in ("cancelled_visit", "cancelled_admit_time") else g[1] > start
+                   for g in got)  # before the stay's own first message; a stay's own errors after its start
         events = [g[2].split("^")[1] for g in got]
         if c["kind"] == "retracted_death":
             assert events == ["A08", "A08"] and got[0][4][1] == "Y" and got[0][4][0] and got[1][4] == ['""', "N"]
         else:
             assert all(e in allowed for e, allowed in zip(events, shapes[c["kind"]])), c
         seen[c["kind"]] += 1
-    assert set(seen) == {"cancelled_visit", "cancelled_admit_time", "retracted_death"}
+    assert set(seen) == {"cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer",
+                         "cancelled_discharge"}
     ids = {m for c in fixes for m in c["message_ids"]}
     assert not ids & {d["message_id"] for d in jsonl(out / "ground_truth" / "defects.jsonl")
                       if d["class"] != "duplicate_message"}

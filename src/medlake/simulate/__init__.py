@@ -75,6 +75,39 @@ def _retracted_death(person: dict, enc: care.Encounter, h: Hospital, reg, visit:
                               "mrn": reg.mrn, "visit": visit, "start": enc.start.isoformat(), "message_ids": ids})
 
 
+ICU_SHARE = 0.25  # inpatient stays that begin in intensive care and move to a ward (A02)
+
+
+def _units(enc: care.Encounter, crng: random.Random) -> list[tuple[str, dt.datetime, dt.datetime]]:
+    """An inpatient stay's units, (unit key, from, to): the ward, or intensive care first and then the ward from a
+    whole minute between a fifth and half of the stay."""
+    if crng.random() >= ICU_SHARE:
+        return [("IP", enc.start, enc.end)]
+    move = (enc.start + (enc.end - enc.start) * crng.uniform(0.2, 0.5)).replace(second=0, microsecond=0)
+    return [("ICU", enc.start, move), ("IP", move, enc.end)]
+
+
+def _transfers(units, reg, enc: care.Encounter, h: Hospital, visit: str, crng: random.Random) -> None:
+    for unit, start, _ in units[1:]:
+        h.adt("A02", reg, enc, visit, start, crng, unit=unit)
+
+
+def _taken_back_moves(person: dict, units, reg, enc: care.Encounter, h: Hospital, visit: str,
+                      crng: random.Random, rate: float, truth: Truth) -> None:
+    """At `rate` each, per inpatient stay: a transfer in error to the cardiac unit, cancelled (A02, A12), at 60 % of
+    the stay; a discharge too early (at 80 %), cancelled (A03, A13) — the stay's own A03 comes at its end."""
+    span, last = enc.end - enc.start, units[-1][0]
+    for kind, share, moves in (("cancelled_transfer", 0.6, (("A02", "CCU", None, 0), ("A12", last, None, 5))),
+                               ("cancelled_discharge", 0.8, (("A03", last, True, 0), ("A13", last, None, 10)))):
+        if crng.random() >= rate:
+            continue
+        t = (enc.start + span * share).replace(second=0, microsecond=0)
+        ids = [h.adt(event, reg, replace(enc, end=t) if early else enc, visit, t + dt.timedelta(minutes=m), crng,
+                     correction=True, unit=unit) for event, unit, early, m in moves]
+        truth.row("corrections", {"kind": kind, "hospital": h.id, "person": person["person"], "mrn": reg.mrn,
+                                  "visit": visit, "start": enc.start.isoformat(), "message_ids": ids})
+
+
 def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, rng: random.Random,
                   truth: Truth, crng: random.Random, correction_rate: float) -> None:
     regs: dict[int, list] = {}
@@ -104,12 +137,17 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
         if enc.cls == "IP":
             dfact = [{"person": person["person"], "kind": "death", "date": enc.end.date().isoformat(),
                       "concept_id": 0, "value_as_number": None, "unit_concept_id": None}] if death else []
+            units = _units(enc, crng)
+            first = units[0][0]
             if rng.random() < rate * 2:
                 h.adt("A03", reg, enc, visit, enc.end, rng, dfact, death=death,
                       defects=[("out_of_order", 0, None, "discharge (A03) sent before its admission (A01)", None)])
-                h.adt("A01", reg, enc, visit, enc.start, rng, vfact)
+                h.adt("A01", reg, enc, visit, enc.start, rng, vfact, unit=first)
+                _transfers(units, reg, enc, h, visit, crng)
             else:
-                h.adt("A01", reg, enc, visit, enc.start, rng, vfact)
+                h.adt("A01", reg, enc, visit, enc.start, rng, vfact, unit=first)
+                _transfers(units, reg, enc, h, visit, crng)
+                _taken_back_moves(person, units, reg, enc, h, visit, crng, correction_rate, truth)
                 h.adt("A03", reg, enc, visit, enc.end, rng, dfact, death=death)
         else:
             h.adt("A04", reg, enc, visit, enc.start, rng, vfact)
@@ -118,6 +156,13 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
         if rng.random() < 0.04:
             h.adt("A08", reg, enc, visit, enc.end, rng)
         _retracted_death(person, enc, h, reg, visit, crng, correction_rate, truth)
+        sent = h.sent.pop(visit, [])
+        if enc.cls in ("IP", "ER"):
+            stretches = units if enc.cls == "IP" else [("ER", enc.start, enc.end)]
+            truth.row("stays", {"hospital": h.id, "person": person["person"], "visit": visit, "class": enc.cls,
+                                "start": enc.start.isoformat(), "end": enc.end.isoformat(),
+                                "units": [[h.units[u], a.isoformat(), b.isoformat()] for u, a, b in stretches],
+                                "message_ids": sent})
         if enc.labs:
             h.oru(reg, enc, visit, rng)
         h.fhir_encounter(reg, enc, visit, rng, person)

@@ -37,7 +37,7 @@ class Truth:
         if not discard:
             d.mkdir(parents=True, exist_ok=True)
         self.files = {n: self.open(d / f"{n}.jsonl") for n in
-                      ("identities", "persons", "facts", "defects", "note_mentions", "corrections")}
+                      ("identities", "persons", "facts", "defects", "note_mentions", "corrections", "stays")}
         self.codes: dict = {}
         self.defects_by_class: dict[str, int] = {}
         self.n_defects = 0

@@ -41,8 +41,8 @@ EXPIRED = {"dischargeDisposition": {"coding": [{
     "system": "http://terminology.hl7.org/CodeSystem/discharge-disposition", "code": "exp"}]}}
 FIVE_MINUTES, TWO_HOURS = dt.timedelta(minutes=5), dt.timedelta(hours=2)
 HL7_CLASS = {"OP": "O", "ER": "E", "IP": "I"}
-ADT_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03", "A11": "ADT_A09",
-                 "A40": "ADT_A39"}
+ADT_STRUCTURE = {"A01": "ADT_A01", "A02": "ADT_A02", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03",
+                 "A11": "ADT_A09", "A12": "ADT_A12", "A13": "ADT_A01", "A40": "ADT_A39"}
 FHIR_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
               "AllergyIntolerance", "Immunization", "DocumentReference")
 # Unmapped local codes: traditional Chinese medicine items, hospital-specific tests (truly no standard concept).
@@ -118,12 +118,14 @@ class Hospital:
         self.dx: dict = {}     # condition key -> local coding (dx_local)
         self.batch, self.batch_records = ([], [], []), 0   # the transaction Bundle being filled
         self.counters = {k: itertools.count(1) for k in ("mrn", "msg", "visit", "rx", "order", "bundle")}
+        self.sent: dict[str, list[str]] = {}  # visit number -> its ADT messages' ids (taken by the stay's truth row)
         self._res = itertools.count(1)  # FHIR resource ids (all types)
         self.visit_sys = f"urn:medlake:{self.id}:visit"
         self.vital_info = self._vital_info()
         self.med_info: dict = {}
-        locations = {"OP": "门诊", "ER": "急诊", "IP": "病房"} if self.profile != 2 else {"OP": "OPD", "ER": "ED", "IP": "WARD"}
-        self.pv1_head = {c: f"PV1|1|{HL7_CLASS[c]}|{locations[c]}^^^{self.H}" + "|" * 16 for c in HL7_CLASS}
+        self.units = {"OP": "门诊", "ER": "急诊", "IP": "病房", "ICU": "重症监护室", "CCU": "心脏监护室"} \
+            if self.profile != 2 else {"OP": "OPD", "ER": "ED", "IP": "WARD", "ICU": "ICU", "CCU": "CCU"}
+        self.pv1_head = {c: self._pv1_head(c, self.units[c]) for c in HL7_CLASS}
         self.proc_info: dict = {}
         self.note_codes: set = set()
         self.rx_info: dict = {}
@@ -310,10 +312,13 @@ class Hospital:
             f.pop()
         return "PID|" + "|".join(f[1:])
 
-    def pv1(self, enc: Encounter, visit: str, discharge: bool) -> str:
-        """PV1 with PV1-2 class, PV1-3 location, PV1-19 visit number, PV1-44 admit time, and on discharge PV1-36
-        disposition and PV1-45 discharge time."""
-        head = self.pv1_head[enc.cls]
+    def _pv1_head(self, cls: str, unit: str) -> str:
+        return f"PV1|1|{HL7_CLASS[cls]}|{unit}^^^{self.H}" + "|" * 16
+
+    def pv1(self, enc: Encounter, visit: str, discharge: bool, unit: str | None = None) -> str:
+        """PV1 with PV1-2 class, PV1-3 location (the class's unit, else `unit`: a key of `units`), PV1-19 visit
+        number, PV1-44 admit time, and on discharge PV1-36 disposition and PV1-45 discharge time."""
+        head = self._pv1_head(enc.cls, self.units[unit]) if unit else self.pv1_head[enc.cls]
         vn = visit if self.profile == 1 else f"{visit}^^^{self.H}^VN"
         if discharge:
             return (f"{head}{vn}|||||||||||||||||{'20' if enc.died else '01'}||||||||"
@@ -350,7 +355,7 @@ class Hospital:
 
     def adt(self, event: str, reg: Registration, enc: Encounter, visit: str, when: dt.datetime,
             rng: random.Random, facts=(), defects=(), death=None, merge: str | None = None,
-            correction: bool = False, alive: bool = False) -> str:
+            correction: bool = False, alive: bool = False, unit: str | None = None) -> str:
         """An ADT message. `correction`: a clerk's message that a later one takes back or that takes an earlier one
         back (never broken, carries no registration defect); `alive`: PID-29 `""`, PID-30 `N`."""
         mid = f"{self.H}A{self.next('msg'):09d}"
@@ -364,7 +369,9 @@ class Hospital:
         if merge:
             segs.append(f"MRG|{merge}^^^{self.H}^MR" if self.profile != 1 else f"MRG|{merge}")
         else:
-            segs.append(self.pv1(enc, visit, event == "A03" or (correction and enc.cls == "IP" and when > enc.end)))
+            self.sent.setdefault(visit, []).append(mid)
+            segs.append(self.pv1(enc, visit, event == "A03" or (correction and enc.cls == "IP" and when > enc.end),
+                                 unit))
         reg.systems.add("his")
         self.hl7_record(segs, mid, list(facts), defects, rng, self.his, allow_malformed=not defects and not correction)
         return mid
