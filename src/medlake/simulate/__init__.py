@@ -60,6 +60,8 @@ def _corrections(person: dict, enc: care.Encounter, h: Hospital, reg, visit: str
            h.adt("A11", reg, e, wrong, before + dt.timedelta(minutes=5), crng, correction=True)]
     truth.row("corrections", {"kind": kind, "hospital": h.id, "person": person["person"], "mrn": reg.mrn,
                               "visit": wrong, "start": enc.start.isoformat(), "message_ids": ids})
+    if wrong != visit:
+        h.sent.pop(wrong)  # a visit that never was: no stay
 
 
 def _retracted_death(person: dict, enc: care.Encounter, h: Hospital, reg, visit: str, crng: random.Random,
@@ -208,7 +210,8 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
 
 def simulate(out: Path | str, patients: int = 1000, hospitals: int = 3, seed: int = 42,
              start: dt.date = dt.date(2015, 1, 1), end: dt.date = dt.date(2025, 12, 31), defect_rate: float = 0.02,
-             correction_rate: float = 0.02, progress: Optional[Callable[[int, int], None]] = None, discard: bool = False) -> Summary:
+             correction_rate: float = 0.02, progress: Optional[Callable[[int, int], None]] = None,
+             discard: bool = False) -> Summary:
     """Write a simulated hospital group to `out` (emptied first).
 
     discard=True does all the work (generation, every writer and encoder, the ground truth) but keeps no bytes:
