@@ -59,3 +59,5 @@ def test_simulate_errors_are_one_line_and_usage_errors_exit_2(tmp_path):
     assert r.returncode == 2
     r = run("simulate", "--patients", "5", "--start", "2024-01-01", "--end", "2020-01-01", "--out", "x", cwd=tmp_path)
     assert r.returncode == 1 and "must be after" in r.stderr
+    r = run("simulate", "--patients", "5", "--correction-rate", "0.9", "--out", "x", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.strip() == "error: --correction-rate must be between 0 and 0.5"
