@@ -33,7 +33,7 @@ def global_options_first(args: list[str]) -> list[str]:
             rest += args[i:]
             break
         name, eq, value = a.partition("=")
-        if name in GLOBAL_OPTIONS and (eq or a in GLOBAL_OPTIONS):
+        if name in GLOBAL_OPTIONS:
             if not eq:
                 if i + 1 == len(args):
                     raise typer.BadParameter("requires a value.", param_hint=f"'{a}'")
@@ -955,8 +955,8 @@ def simulate_cmd(
                   TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("simulate", total=patients)
         s = simulate(out_dir, patients=patients, hospitals=hospitals, seed=seed, start=first, end=last,
-                     defect_rate=defect_rate, correction_rate=correction_rate, progress=lambda done, total: bar.update(task, completed=done),
-                     discard=discard)
+                     defect_rate=defect_rate, correction_rate=correction_rate, discard=discard,
+                     progress=lambda done, total: bar.update(task, completed=done))
     where = f"{s.bytes / 1e6:,.0f} MB counted and discarded" if discard else f"-> {s.out}"
     out.print(f"simulated {s.patients:,} patients in {s.hospitals} hospital(s) {where}", highlight=False)
     t = Table(title="output")

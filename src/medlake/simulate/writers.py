@@ -370,8 +370,7 @@ class Hospital:
             segs.append(f"MRG|{merge}^^^{self.H}^MR" if self.profile != 1 else f"MRG|{merge}")
         else:
             self.sent.setdefault(visit, []).append(mid)
-            segs.append(self.pv1(enc, visit, event == "A03" or (correction and enc.cls == "IP" and when > enc.end),
-                                 unit))
+            segs.append(self.pv1(enc, visit, event == "A03" or when > enc.end, unit))  # after the stay: its discharge
         reg.systems.add("his")
         self.hl7_record(segs, mid, list(facts), defects, rng, self.his, allow_malformed=not defects and not correction)
         return mid
