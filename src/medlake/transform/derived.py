@@ -276,7 +276,9 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     time), and none runs past the discharge (a unit first named by the discharge message is a stretch of no length
     at the discharge: the patient left from there, when they moved there is unknown). Ids are stable_id of (namespace,
     visit, unit, first message's start) for HL7 — so a corrected admit time updates the row — and (namespace,
-    Encounter, location entry) for FHIR; preceding_visit_detail_id links the stretches of a stay. Only stretches
+    Encounter, location entry) for FHIR; preceding_visit_detail_id links the stretches of a stay. A stay one FHIR
+    Encounter with locations and HL7 messages both describe has the Encounter's stretches only (FHIR before HL7, as
+    for the VISIT_OCCURRENCE row they share): one set of details per visit, not two. Only stretches
     whose VISIT_OCCURRENCE exists are written, with its person: the stay's messages may name several patients (a
     PID error, a merge not yet received); the stretches and whose they are do not depend on which of them a run
     touches, so a CDM loaded in batches has the details it has loaded at once."""
@@ -287,12 +289,14 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
     tail = f"""WITH seg ({cols}) AS ({union}
 ), t AS (
     SELECT seg.*, vo.person_id, vo.visit_start_datetime AS v_start, stable_id('visit_detail|' || id_key) AS id,
-           LEAD(d_start) OVER ({stay}) AS next_start
+           LEAD(d_start) OVER ({stay}) AS next_start,
+           MAX(CASE WHEN rule = 'fhir.encounter_location' THEN 1 ELSE 0 END)
+               OVER (PARTITION BY seg.visit_occurrence_id) AS fhir_units
     FROM seg JOIN visit_occurrence vo ON vo.visit_occurrence_id = seg.visit_occurrence_id
     WHERE d_start IS NOT NULL
 ), k AS (
     SELECT t.* FROM t
-    WHERE rule <> 'hl7.visit_detail' OR COALESCE(d_start >= v_start OR next_start > v_start, TRUE)
+    WHERE rule <> 'hl7.visit_detail' OR (fhir_units = 0 AND COALESCE(d_start >= v_start OR next_start > v_start, TRUE))
 ), u AS (
     SELECT k.*, LAG(id) OVER ({stay}) AS prev_id,
            CASE WHEN rule = 'hl7.visit_detail' AND LAG(id) OVER ({stay}) IS NULL THEN COALESCE(v_start, d_start)
