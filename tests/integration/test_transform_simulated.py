@@ -167,18 +167,29 @@ def test_each_stay_has_its_units_from_when_to_when(hospital):
     """VISIT_DETAIL of every inpatient stay and emergency visit whose messages all loaded equals the true units of
     the stay (ground_truth/stays.jsonl: intensive care, then a ward from a transfer; the emergency department) to
     the minute the HL7 times carry, through the transfers, cancelled transfers (A12) and discharges (A13) taken
-    back, cancelled admissions and deaths recorded in error."""
+    back, cancelled admissions and deaths recorded in error. The bulk-exporting EMR gives the same stays' units as
+    Encounter locations: those stays have the Encounter's stretches (its Locations, named as the HIS names the
+    units), once — not a second set from the HIS."""
     engine, out, _ = hospital
     truth = out / "ground_truth"
-    quarantined = {d["message_id"] for d in jsonl(truth / "defects.jsonl") if d["class"] in
-                   ("malformed_hl7", "missing_mandatory", "truncated_file", "wrong_encoding")}
-    got = collections.defaultdict(list)
-    for r in engine.query("SELECT visit_occurrence_id AS v, visit_detail_source_value AS unit, "
-                          "visit_detail_start_datetime AS a, visit_detail_end_datetime AS b FROM visit_detail "
-                          "ORDER BY 1, 3").to_pylist():
-        got[r["v"]].append([r["unit"], r["a"].isoformat()[:16], r["b"].isoformat()[:16]])
-    stays = [s for s in jsonl(truth / "stays.jsonl") if not quarantined & set(s["message_ids"])]
+    lost = {d["message_id"] for d in jsonl(truth / "defects.jsonl") if d["class"] in
+            ("malformed_hl7", "missing_mandatory", "truncated_file", "wrong_encoding", "bad_json")}
+    names = {}  # the EMR's Locations: id -> name
+    for f in out.glob("*/emr/bulk/Location.ndjson"):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip() and json.loads(line)["id"] not in lost:
+                names[json.loads(line)["id"]] = json.loads(line)["name"]
+    got, rules = collections.defaultdict(list), collections.defaultdict(set)
+    for r in engine.query("SELECT d.visit_occurrence_id AS v, d.visit_detail_source_value AS unit, "
+                          "d.visit_detail_start_datetime AS a, d.visit_detail_end_datetime AS b, l.rule FROM "
+                          "visit_detail d JOIN cdm_lineage l ON l.cdm_table = 'visit_detail' AND "
+                          "l.row_id = d.visit_detail_id ORDER BY 1, 3").to_pylist():
+        got[r["v"]].append([names.get(r["unit"], r["unit"]), r["a"].isoformat()[:16], r["b"].isoformat()[:16]])
+        rules[r["v"]].add(r["rule"])
+    stays = [s for s in jsonl(truth / "stays.jsonl") if not lost & set(s["message_ids"])]
     assert sum(len(s["units"]) > 1 for s in stays) and sum(s["class"] == "ER" for s in stays)
+    by = collections.Counter(min(rules[sid(f"visit_occurrence|{s['hospital']}|{s['visit']}")] or {""}) for s in stays)
+    assert by["fhir.encounter_location"] and by["hl7.visit_detail"], by  # both systems' stretches are compared
     wrong = [(s["visit"], s["units"], got.get(sid(f"visit_occurrence|{s['hospital']}|{s['visit']}")))
              for s in stays
              if got.get(sid(f"visit_occurrence|{s['hospital']}|{s['visit']}")) != [[u, a[:16], b[:16]]

@@ -203,7 +203,7 @@ def test_fhir_sample_validates_with_fhir_resources_r4b(messy, defects):
         if r["id"] not in bad:
             by_type[r["resourceType"]].append(r)
     assert set(by_type) == {"Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
-                            "AllergyIntolerance", "Immunization", "DocumentReference"}
+                            "AllergyIntolerance", "Immunization", "DocumentReference", "Location"}
     rng = random.Random(0)
     for rtype, items in sorted(by_type.items()):
         for r in rng.sample(items, min(20, len(items))):

@@ -159,15 +159,15 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
             h.adt("A08", reg, enc, visit, enc.end, rng)
         _retracted_death(person, enc, h, reg, visit, crng, correction_rate, truth)
         sent = h.sent.pop(visit, [])
-        if enc.cls in ("IP", "ER"):
-            stretches = units if enc.cls == "IP" else [("ER", enc.start, enc.end)]
+        stretches = units if enc.cls == "IP" else [("ER", enc.start, enc.end)] if enc.cls == "ER" else None
+        if stretches:
             truth.row("stays", {"hospital": h.id, "person": person["person"], "visit": visit, "class": enc.cls,
                                 "start": enc.start.isoformat(), "end": enc.end.isoformat(),
                                 "units": [[h.units[u], a.isoformat(), b.isoformat()] for u, a, b in stretches],
                                 "message_ids": sent})
         if enc.labs:
             h.oru(reg, enc, visit, rng)
-        h.fhir_encounter(reg, enc, visit, rng, person)
+        h.fhir_encounter(reg, enc, visit, rng, person, stretches)
         when = enc.end + dt.timedelta(minutes=5 + rng.randrange(55))
         for key, days in enc.meds:
             h.dispense(reg, enc, visit, key, days, rng, when)

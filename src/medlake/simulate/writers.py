@@ -44,7 +44,10 @@ HL7_CLASS = {"OP": "O", "ER": "E", "IP": "I"}
 ADT_STRUCTURE = {"A01": "ADT_A01", "A02": "ADT_A02", "A04": "ADT_A01", "A08": "ADT_A01", "A03": "ADT_A03",
                  "A11": "ADT_A09", "A12": "ADT_A12", "A13": "ADT_A01", "A40": "ADT_A39"}
 FHIR_TYPES = ("Patient", "Encounter", "Condition", "Observation", "MedicationRequest", "Procedure",
-              "AllergyIntolerance", "Immunization", "DocumentReference")
+              "AllergyIntolerance", "Immunization", "DocumentReference", "Location")
+# the hospital a unit (Location) is in, per profile: its city and country
+SITE = ({"city": "上海市", "country": "CN"}, {"city": "广州市", "country": "CN"},
+        {"city": "Boston", "state": "MA", "country": "US"})
 # Unmapped local codes: traditional Chinese medicine items, hospital-specific tests (truly no standard concept).
 UNMAPPED_DRUGS = [("ZY0301", "黄芪颗粒"), ("ZY0517", "连花清瘟胶囊"), ("ZY0722", "复方丹参滴丸"), ("ZY0903", "小柴胡颗粒")]
 UNMAPPED_LABS = [("XLB-01", "全血黏度(低切)", "mPa.s", 6.0), ("ZDY-07", "自定义检验套餐指数", "", 1.2),
@@ -125,6 +128,7 @@ class Hospital:
         self.med_info: dict = {}
         self.units = {"OP": "门诊", "ER": "急诊", "IP": "病房", "ICU": "重症监护室", "CCU": "心脏监护室"} \
             if self.profile != 2 else {"OP": "OPD", "ER": "ED", "IP": "WARD", "ICU": "ICU", "CCU": "CCU"}
+        self.located: set = set()  # the units an Encounter.location names (a bulk EMR exports them as Locations)
         self.pv1_head = {c: self._pv1_head(c, self.units[c]) for c in HL7_CLASS}
         self.proc_info: dict = {}
         self.note_codes: set = set()
@@ -538,7 +542,10 @@ class Hospital:
     def res_id(self, kind: str) -> str:
         return f"{self.id}-{kind}-{next(self._res)}"
 
-    def fhir_encounter(self, reg: Registration, enc: Encounter, visit: str, rng: random.Random, person: dict):
+    def fhir_encounter(self, reg: Registration, enc: Encounter, visit: str, rng: random.Random, person: dict,
+                       stretches=None):
+        """The EMR's Encounter of a visit and its events. A bulk-exporting EMR also gives an inpatient stay's or
+        emergency visit's units (`stretches`: unit key, from, to) as its `location` entries, with their periods."""
         p = self.rate
         hid = self.id
         res = self._res
@@ -551,6 +558,12 @@ class Hospital:
              "subject": pref, "period": {"start": fhir_time(start), "end": fhir_time(enc.end)}}
         if enc.died:
             e["hospitalization"] = EXPIRED
+        if stretches and self.fhir_mode == "bulk":
+            self.located.update(u for u, _, _ in stretches)
+            e["location"] = [{"location": {"reference": f"Location/{self.id}-loc-{u.lower()}",
+                                           "display": self.units[u]},
+                              "status": "completed", "period": {"start": fhir_time(a), "end": fhir_time(b)}}
+                             for u, a, b in stretches]
         add = reg.resources.append
         add((e, [], []))
         day = start.date().isoformat()
@@ -829,6 +842,10 @@ class Hospital:
             self.write_bundle()
             self.bundles.close_file(final=True)
             return
+        for u in sorted(self.located):  # the units the Encounters name, exported with them
+            loc = {"resourceType": "Location", "id": f"{self.id}-loc-{u.lower()}", "status": "active",
+                   "mode": "instance", "name": self.units[u], "address": SITE[self.profile]}
+            self.bulk["Location"].add(Record(orjson.dumps(loc) + b"\n", loc["id"], [], []))
         out = []
         for t, sink in self.bulk.items():
             if sink.f is not None and self.rng.random() < self.rate * 5:
