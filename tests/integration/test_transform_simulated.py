@@ -132,15 +132,29 @@ def test_recall_and_precision_per_table_on_well_formed_input(hospital):
 def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
     """The HIS's own corrections: an admission or registration in error cancelled by an A11 leaves no visit and no
     detail; an admission with a wrong admit time, cancelled and sent again, starts the visit at the right time; a
-    death recorded in error, taken back by an A08 (PID-29 `""`, PID-30 `N`), leaves no DEATH row."""
+    death recorded in error, taken back by an A08 (PID-29 `""`, PID-30 `N`), leaves no DEATH row. The EMR's: an
+    Encounter taken back (entered-in-error: in the next sync batch, or as the bulk export's current state) leaves no
+    visit; a Patient version deceased and the next not leaves no DEATH row — where the correcting version loaded."""
     engine, out, _ = hospital
     truth = out / "ground_truth"
     fixes = collections.defaultdict(list)
     for c in jsonl(truth / "corrections.jsonl"):
         fixes[c["kind"]].append(c)
     assert {k: len(v) > 0 for k, v in fixes.items()} == dict.fromkeys(
-        ("cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer", "cancelled_discharge"),
-        True)
+        ("cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer", "cancelled_discharge",
+         "encounter_entered_in_error", "deceased_in_error"), True)
+    loaded = set()  # (resource id, version) of every FHIR resource in a file or line that parses
+    for f in sorted(out.glob("*/emr/bundles/*.json")) + sorted(out.glob("*/emr/bulk/*.ndjson")):
+        for doc in ([f.read_bytes()] if f.suffix == ".json" else f.read_bytes().splitlines()):
+            try:
+                res = json.loads(doc)
+            except ValueError:
+                continue
+            for r in [e["resource"] for e in res.get("entry", [])] or [res]:
+                loaded.add((r["id"], r.get("meta", {}).get("versionId")))
+    for kind in ("encounter_entered_in_error", "deceased_in_error"):
+        fixes[kind] = [c for c in fixes[kind] if (c["message_ids"][0], "2") in loaded]
+        assert fixes[kind], kind
 
     def visits(fixed):  # visit number -> start date of its row (the id of a visit number in its hospital)
         ids = {sid(f"visit_occurrence|{c['hospital']}|{c['visit']}"): c["visit"] for c in fixed}
@@ -150,6 +164,7 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
 
     assert len(visits(fixes["retracted_death"])) == len({c["visit"] for c in fixes["retracted_death"]})  # ids right
     assert visits(fixes["cancelled_visit"]) == {}
+    assert visits(fixes["encounter_entered_in_error"]) == {}
     orphans = engine.query("SELECT count(*) FROM visit_detail d LEFT JOIN visit_occurrence v "
                            "ON v.visit_occurrence_id = d.visit_occurrence_id WHERE v.visit_occurrence_id IS NULL")
     assert orphans.column(0)[0].as_py() == 0
@@ -158,6 +173,7 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
     dead = {p["person"] for p in jsonl(truth / "persons.jsonl") if p["death_date"]}
     retracted = {sid(f"{c['hospital']}|{c['mrn']}") for c in fixes["retracted_death"] if c["person"] not in dead}
     assert retracted
+    retracted |= {sid(f"{c['hospital']}|{c['mrn']}") for c in fixes["deceased_in_error"]}
     deaths = {r["person_id"] for r in engine.query("SELECT person_id FROM death").to_pylist()}
     assert not retracted & deaths
     assert engine.query("SELECT count(*) FROM person").column(0)[0].as_py() and deaths  # deaths are kept

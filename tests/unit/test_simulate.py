@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import contextlib
 import csv
 import datetime as dt
 import hashlib
@@ -404,7 +405,8 @@ def test_duplicates_really_repeat_and_out_of_order_discharges_precede_admission(
 
 def test_corrections_are_the_messages_they_say(tmp_path):
     """Each error the HIS takes back (ground_truth/corrections.jsonl) is its messages, in time order, in its
-    hospital's ADT feed, whole (never a defect's message), and carries no fact."""
+    hospital's ADT feed, whole (never a defect's message), and carries no fact. Each the EMR takes back is its
+    resource: version 1 (a sync batch) and version 2 in a later batch, or only version 2 in a bulk export."""
     out = tmp_path / "sim"
     simulate(out, patients=60, hospitals=2, seed=11, correction_rate=0.3)
     msgs = {}
@@ -414,11 +416,37 @@ def test_corrections_are_the_messages_they_say(tmp_path):
             pid, pv1 = seg.get("PID", []) + [""] * 31, seg.get("PV1", []) + [""] * 20  # A40: no PV1
             msgs[seg["MSH"][9]] = (path.parts[-3], seg["MSH"][6], seg["MSH"][8], pid[3].split("^")[0], pid[29:31],
                                    pv1[19].split("^")[0])
+    versions = defaultdict(list)  # EMR resource id -> [(file, version, resource)] in file order
+    for path in sorted(out.glob("h*/emr/bundles/*.json")):
+        with contextlib.suppress(ValueError):
+            for e in json.loads(path.read_bytes())["entry"]:
+                versions[e["resource"]["id"]].append((path.parts[-4], path.name, e["resource"]))
+    for path in sorted(out.glob("h*/emr/bulk/*.ndjson")):
+        for line in path.read_bytes().splitlines():
+            with contextlib.suppress(ValueError):
+                versions[json.loads(line)["id"]].append((path.parts[-4], path.name, json.loads(line)))
     fixes = jsonl(out / "ground_truth" / "corrections.jsonl")
-    shapes = {"cancelled_visit": [("A01", "A04"), ("A11",)], "cancelled_admit_time": [("A01",), ("A11",)],
-              "cancelled_transfer": [("A02",), ("A12",)], "cancelled_discharge": [("A03",), ("A13",)]}
     seen = Counter()
     for c in fixes:
+        if c["kind"] not in ("encounter_entered_in_error", "deceased_in_error"):
+            continue
+        got = versions[c["message_ids"][0]]
+        assert {g[0] for g in got} == {c["hospital"]}
+        res = [g[2] for g in got]
+        assert [r["meta"]["versionId"] for r in res] in (["1", "2"], ["2"]), c  # (a bundle may have been cut)
+        assert len({g[1] for g in got}) == len(got)  # the versions in different sync batches
+        if c["kind"] == "deceased_in_error":
+            assert res[-1]["deceasedBoolean"] is False and "deceasedDateTime" not in res[-1]
+            assert len(res) == 1 or res[0]["deceasedDateTime"][:19] == c["start"]
+        else:
+            assert res[-1]["status"] == "entered-in-error" and res[-1]["identifier"][0]["value"] == c["visit"]
+            assert len(res) == 1 or res[0]["status"] == "in-progress"
+        seen[c["kind"]] += 1
+    shapes = {"cancelled_visit": [("A01", "A04"), ("A11",)], "cancelled_admit_time": [("A01",), ("A11",)],
+              "cancelled_transfer": [("A02",), ("A12",)], "cancelled_discharge": [("A03",), ("A13",)]}
+    for c in fixes:
+        if c["kind"] in ("encounter_entered_in_error", "deceased_in_error"):
+            continue
         got = [msgs[m] for m in c["message_ids"]]
         assert {(g[0], g[3], g[5]) for g in got} == {(c["hospital"], c["mrn"], c["visit"])}, c
         start = c["start"].replace("-", "").replace("T", "").replace(":", "")[:12]
@@ -432,7 +460,7 @@ def test_corrections_are_the_messages_they_say(tmp_path):
             assert all(e in allowed for e, allowed in zip(events, shapes[c["kind"]])), c
         seen[c["kind"]] += 1
     assert set(seen) == {"cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer",
-                         "cancelled_discharge"}
+                         "cancelled_discharge", "encounter_entered_in_error", "deceased_in_error"}
     ids = {m for c in fixes for m in c["message_ids"]}
     assert not ids & {d["message_id"] for d in jsonl(out / "ground_truth" / "defects.jsonl")
                       if d["class"] != "duplicate_message"}

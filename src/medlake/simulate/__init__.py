@@ -110,12 +110,38 @@ def _taken_back_moves(person: dict, units, reg, enc: care.Encounter, h: Hospital
                                   "visit": visit, "start": enc.start.isoformat(), "message_ids": ids})
 
 
+def _emr_corrections(person: dict, visits: list, regs: dict, hosp: list[Hospital], crng: random.Random,
+                     rate: float, truth: Truth) -> None:
+    """At `rate` each, after the HIS's (drawn after them, so those stay as they were): per visit, an Encounter the
+    EMR opened in error for a visit number that never was and took back (entered-in-error); per patient record in
+    an EMR that syncs by batches, when the person lives, a death recorded in error (deceasedDateTime) and taken back
+    by the next version (deceasedBoolean false). Not defects: a correct pipeline keeps no trace of them."""
+    for enc, reg in visits:
+        if crng.random() < rate:
+            h = hosp[enc.hospital]
+            visit, eid = h.encounter_in_error(reg, enc)
+            truth.row("corrections", {"kind": "encounter_entered_in_error", "hospital": h.id,
+                                      "person": person["person"], "mrn": reg.mrn, "visit": visit,
+                                      "start": enc.start.isoformat(), "message_ids": [eid]})
+    for idx in sorted(regs):
+        h = hosp[idx]
+        for reg in regs[idx]:
+            if h.fhir_mode != "bundle" or person["death_date"] or crng.random() >= rate:
+                continue
+            last = max(enc.end for enc, r in visits if r is reg)
+            reg.dead_in_error = last + dt.timedelta(days=1)
+            truth.row("corrections", {"kind": "deceased_in_error", "hospital": h.id, "person": person["person"],
+                                      "mrn": reg.mrn, "visit": None, "start": reg.dead_in_error.isoformat(),
+                                      "message_ids": [reg.patient_id]})
+
+
 def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, rng: random.Random,
                   truth: Truth, crng: random.Random, correction_rate: float) -> None:
     regs: dict[int, list] = {}
     merged: set = set()
     second: set = set()  # hospitals where the person came back (the one chance of a duplicate registration)
     death_enc = next((e for e in encs if e.died), None)
+    visits = []  # (encounter, the patient record it was registered under)
     for enc in encs:
         h = hosp[enc.hospital]
         lst = regs.get(enc.hospital)
@@ -133,6 +159,7 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
         else:
             reg = lst[0]
         visit = f"{h.H}V{h.next('visit'):08d}"
+        visits.append((enc, reg))
         death = enc.end if enc.died else None
         vfact = [_visit_fact(person, enc)]
         _corrections(person, enc, h, reg, visit, crng, correction_rate, truth)
@@ -184,6 +211,7 @@ def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, r
             reg = regs[person["home"]][0]
             reg.deceased = dt.datetime.combine(person["death_date"], dt.time(12))
             person["death_source"] = (hosp[person["home"]].id, reg.patient_id)
+    _emr_corrections(person, visits, regs, hosp, crng, correction_rate, truth)
     for idx in sorted(regs):
         h = hosp[idx]
         for i, reg in enumerate(regs[idx]):

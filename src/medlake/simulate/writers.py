@@ -89,13 +89,15 @@ def fhir_time(d: dt.datetime) -> str:
 class Registration:
     """One patient record (MRN) of a person at one hospital, with the demographics as registered there."""
     __slots__ = ("mrn", "patient_id", "demo", "defects", "systems", "primary", "resources", "facts",
-                 "res_defects", "deceased", "pid")
+                 "res_defects", "deceased", "pid", "after", "dead_in_error")
 
     def __init__(self, mrn, patient_id, demo, primary):
         self.mrn, self.patient_id, self.demo, self.primary = mrn, patient_id, demo, primary
         self.defects = []          # registration defects, placed on the first HIS message of this record
         self.systems = set()
         self.resources = []        # FHIR resources for this record: (resource dict, facts, defects)
+        self.after = []            # the EMR's corrections of them: sent in the next sync batch (resource dicts)
+        self.dead_in_error = None  # a death the EMR records in error and takes back (a time)
         self.facts = []
         self.res_defects = []
         self.deceased = None
@@ -120,7 +122,8 @@ class Hospital:
         self.labs: dict = {}   # lab key -> local dialect (lab_local)
         self.dx: dict = {}     # condition key -> local coding (dx_local)
         self.batch, self.batch_records = ([], [], []), 0   # the transaction Bundle being filled
-        self.counters = {k: itertools.count(1) for k in ("mrn", "msg", "visit", "rx", "order", "bundle")}
+        self.counters = {k: itertools.count(1) for k in ("mrn", "msg", "visit", "rx", "order", "bundle", "error")}
+        self.later: list = []  # resources for the next sync batch (the EMR's corrections)
         self.sent: dict[str, list[str]] = {}  # visit number -> its ADT messages' ids (taken by the stay's truth row)
         self._res = itertools.count(1)  # FHIR resource ids (all types)
         self.visit_sys = f"urn:medlake:{self.id}:visit"
@@ -666,6 +669,22 @@ class Hospital:
         if enc.note:
             self.note(reg, enc, eref, pref, rng, person)
 
+    def encounter_in_error(self, reg: Registration, enc: Encounter) -> tuple[str, str]:
+        """An Encounter the EMR opened in error, for a visit number that never was, ten minutes before the visit's
+        own, and took back: a sync batch sends it in progress and the next one entered-in-error (version 2); a bulk
+        export has only its current state. Returns (visit number, resource id)."""
+        visit, eid = f"{self.H}V{self.next('visit'):08d}", f"{self.id}-enc-error-{self.next('error')}"
+        start = enc.start - dt.timedelta(minutes=10)
+        e = {"resourceType": "Encounter", "id": eid, "meta": {"versionId": "1", "lastUpdated": fhir_time(start)},
+             "status": "in-progress", "class": FHIR_CLASS_CODING[enc.cls],
+             "identifier": [{"system": self.visit_sys, "value": visit}],
+             "subject": {"reference": f"Patient/{reg.patient_id}"}, "period": {"start": fhir_time(start)}}
+        if self.fhir_mode == "bundle":
+            reg.resources.append((e, [], []))
+        reg.after.append(dict(e, status="entered-in-error", meta={
+            "versionId": "2", "lastUpdated": fhir_time(start + dt.timedelta(minutes=30))}))
+        return visit, eid
+
     def _vital_info(self) -> dict:
         """Per vital sign: (LOINC code, unit as this EMR writes it, UCUM unit, concept id, unit concept id)."""
         return {v.key: (VITAL_CODE[v.key], cat.UNIT[v.unit].local_styles[self.profile], v.unit,
@@ -776,6 +795,12 @@ class Hospital:
         """Write one patient record's EMR resources: one transaction Bundle, or lines in the NDJSON files."""
         p = self.rate
         items = [self.patient_resource(reg, person, rng)] + reg.resources
+        if reg.dead_in_error:  # version 1 deceased, version 2 (the next sync batch) not
+            res, t = items[0][0], reg.dead_in_error
+            items[0] = (dict(res, deceasedDateTime=fhir_time(t), meta={"versionId": "1", "lastUpdated": fhir_time(t)}),
+                        *items[0][1:])
+            reg.after.append(dict(res, deceasedBoolean=False, meta={
+                "versionId": "2", "lastUpdated": fhir_time(t + dt.timedelta(hours=2))}))
         for key in person.get("allergies", ()):
             a = next(x for x in cat.ALLERGIES if x[0] == key)
             aid = self.res_id("alg")
@@ -795,15 +820,10 @@ class Hospital:
                                 "concept_id": cat.concept_id("allergy", key), "value_as_number": None,
                                 "unit_concept_id": None, "_mid": aid}], []))
         reg.systems.add("emr")
-        reg.resources = []
+        reg.resources, after, reg.after = [], reg.after, []
         if self.fhir_mode == "bundle":
-            self.res_count += len(items)
-            entries, facts, defects = self.batch
-            for res, f, dfs in items:
-                entries.append({"fullUrl": f"urn:uuid:{res['id']}", "resource": res,
-                                "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
-                facts += f
-                defects += dfs
+            self._put(items)
+            self.later += after
             self.batch_records += 1
             if self.batch_records >= BUNDLE_RECORDS:
                 self.write_bundle()
@@ -819,6 +839,18 @@ class Hospital:
             if not rec.quarantined and rng.random() < p / 8:
                 sink.add(Record(data, res["id"], [], [("duplicate_message", None, None,
                                                        "same resource exported twice", None)]))
+        for res in after:  # the export's current state of what the EMR took back
+            self.bulk[res["resourceType"]].add(Record(orjson.dumps(res) + b"\n", res["id"], [], []))
+
+    def _put(self, items) -> None:
+        """Resources (resource, facts, defects) into the transaction Bundle being filled (PUT Type/id)."""
+        self.res_count += len(items)
+        entries, facts, defects = self.batch
+        for res, f, dfs in items:
+            entries.append({"fullUrl": f"urn:uuid:{res['id']}", "resource": res,
+                            "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
+            facts += f
+            defects += dfs
 
     def write_bundle(self) -> None:
         """One transaction Bundle with the resources of up to BUNDLE_RECORDS patient records (a sync batch)."""
@@ -834,12 +866,15 @@ class Hospital:
         self.bundles.add(Record(data, bid, facts, defects))
         self.batch = ([], [], [])
         self.batch_records = 0
+        self._put([(res, [], []) for res in self.later])  # the corrections of the batch before, in the next
+        self.later = []
 
     def close(self, transaction_time: str) -> None:
         for s in (self.his, self.lis, self.pharmacy):
             s.close_file(final=True)
         if self.fhir_mode == "bundle":
             self.write_bundle()
+            self.write_bundle()  # the last batch's corrections
             self.bundles.close_file(final=True)
             return
         for u in sorted(self.located):  # the units the Encounters name, exported with them
