@@ -134,7 +134,8 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
     detail; an admission with a wrong admit time, cancelled and sent again, starts the visit at the right time; a
     death recorded in error, taken back by an A08 (PID-29 `""`, PID-30 `N`), leaves no DEATH row. The EMR's: an
     Encounter taken back (entered-in-error: in the next sync batch, or as the bulk export's current state) leaves no
-    visit; a Patient version deceased and the next not leaves no DEATH row — where the correcting version loaded."""
+    visit; a Patient version deceased and the next not leaves no DEATH row; a result amended (a slipped decimal) has
+    the amended value — where the correcting version loaded."""
     engine, out, _ = hospital
     truth = out / "ground_truth"
     fixes = collections.defaultdict(list)
@@ -142,8 +143,9 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
         fixes[c["kind"]].append(c)
     assert {k: len(v) > 0 for k, v in fixes.items()} == dict.fromkeys(
         ("cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer", "cancelled_discharge",
-         "encounter_entered_in_error", "deceased_in_error"), True)
+         "encounter_entered_in_error", "deceased_in_error", "amended_result"), True)
     loaded = set()  # (resource id, version) of every FHIR resource in a file or line that parses
+    amended = {}  # result id -> its amended value
     for f in sorted(out.glob("*/emr/bundles/*.json")) + sorted(out.glob("*/emr/bulk/*.ndjson")):
         for doc in ([f.read_bytes()] if f.suffix == ".json" else f.read_bytes().splitlines()):
             try:
@@ -152,7 +154,9 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
                 continue
             for r in [e["resource"] for e in res.get("entry", [])] or [res]:
                 loaded.add((r["id"], r.get("meta", {}).get("versionId")))
-    for kind in ("encounter_entered_in_error", "deceased_in_error"):
+                if r.get("status") == "amended":
+                    amended[r["id"]] = r["valueQuantity"]["value"]
+    for kind in ("encounter_entered_in_error", "deceased_in_error", "amended_result"):
         fixes[kind] = [c for c in fixes[kind] if (c["message_ids"][0], "2") in loaded]
         assert fixes[kind], kind
 
@@ -177,6 +181,11 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
     deaths = {r["person_id"] for r in engine.query("SELECT person_id FROM death").to_pylist()}
     assert not retracted & deaths
     assert engine.query("SELECT count(*) FROM person").column(0)[0].as_py() and deaths  # deaths are kept
+    ids = {c["message_ids"][0] for c in fixes["amended_result"]}
+    values = {r["m"].split("/", 1)[-1]: r["v"] for r in engine.query(
+        "SELECT l.message_id AS m, t.value_as_number AS v FROM measurement t JOIN cdm_lineage l ON "
+        "l.row_id = t.measurement_id AND l.cdm_table = 'measurement'").to_pylist() if r["m"].split("/", 1)[-1] in ids}
+    assert values == {i: amended[i] for i in ids}
 
 
 def test_each_stay_has_its_units_from_when_to_when(hospital):

@@ -403,10 +403,14 @@ def test_duplicates_really_repeat_and_out_of_order_discharges_precede_admission(
         assert b"ADT^A03" in lines[d["line"] - 1]
 
 
+EMR_FIXES = {"encounter_entered_in_error", "deceased_in_error", "amended_result"}
+
+
 def test_corrections_are_the_messages_they_say(tmp_path):
     """Each error the HIS takes back (ground_truth/corrections.jsonl) is its messages, in time order, in its
     hospital's ADT feed, whole (never a defect's message), and carries no fact. Each the EMR takes back is its
-    resource: version 1 (a sync batch) and version 2 in a later batch, or only version 2 in a bulk export."""
+    resource: version 1 (a sync batch) and version 2 in a later batch, or only version 2 in a bulk export; an
+    amended result's fact is its version 2's value."""
     out = tmp_path / "sim"
     simulate(out, patients=60, hospitals=2, seed=11, correction_rate=0.3)
     msgs = {}
@@ -426,9 +430,12 @@ def test_corrections_are_the_messages_they_say(tmp_path):
             with contextlib.suppress(ValueError):
                 versions[json.loads(line)["id"]].append((path.parts[-4], path.name, json.loads(line)))
     fixes = jsonl(out / "ground_truth" / "corrections.jsonl")
+    emr_values = defaultdict(set)  # result id -> its facts' values
+    for f in jsonl(out / "ground_truth" / "facts.jsonl"):
+        emr_values[f["source"]["message_id"]].add(f["value_as_number"])
     seen = Counter()
     for c in fixes:
-        if c["kind"] not in ("encounter_entered_in_error", "deceased_in_error"):
+        if c["kind"] not in EMR_FIXES:
             continue
         got = versions[c["message_ids"][0]]
         assert {g[0] for g in got} == {c["hospital"]}
@@ -438,6 +445,10 @@ def test_corrections_are_the_messages_they_say(tmp_path):
         if c["kind"] == "deceased_in_error":
             assert res[-1]["deceasedBoolean"] is False and "deceasedDateTime" not in res[-1]
             assert len(res) == 1 or res[0]["deceasedDateTime"][:19] == c["start"]
+        elif c["kind"] == "amended_result":
+            value = res[-1]["valueQuantity"]["value"]
+            assert res[-1]["status"] == "amended" and value in emr_values[c["message_ids"][0]]
+            assert len(res) == 1 or res[0]["valueQuantity"]["value"] == round(value * 10, 2)
         else:
             assert res[-1]["status"] == "entered-in-error" and res[-1]["identifier"][0]["value"] == c["visit"]
             assert len(res) == 1 or res[0]["status"] == "in-progress"
@@ -445,7 +456,7 @@ def test_corrections_are_the_messages_they_say(tmp_path):
     shapes = {"cancelled_visit": [("A01", "A04"), ("A11",)], "cancelled_admit_time": [("A01",), ("A11",)],
               "cancelled_transfer": [("A02",), ("A12",)], "cancelled_discharge": [("A03",), ("A13",)]}
     for c in fixes:
-        if c["kind"] in ("encounter_entered_in_error", "deceased_in_error"):
+        if c["kind"] in EMR_FIXES:
             continue
         got = [msgs[m] for m in c["message_ids"]]
         assert {(g[0], g[3], g[5]) for g in got} == {(c["hospital"], c["mrn"], c["visit"])}, c
@@ -460,10 +471,11 @@ def test_corrections_are_the_messages_they_say(tmp_path):
             assert all(e in allowed for e, allowed in zip(events, shapes[c["kind"]])), c
         seen[c["kind"]] += 1
     assert set(seen) == {"cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer",
-                         "cancelled_discharge", "encounter_entered_in_error", "deceased_in_error"}
+                         "cancelled_discharge"} | EMR_FIXES
     ids = {m for c in fixes for m in c["message_ids"]}
     assert not ids & {d["message_id"] for d in jsonl(out / "ground_truth" / "defects.jsonl")
                       if d["class"] != "duplicate_message"}
+    ids -= {c["message_ids"][0] for c in fixes if c["kind"] == "amended_result"}  # (its true value is a fact)
     assert not ids & {f["source"]["message_id"] for f in jsonl(out / "ground_truth" / "facts.jsonl")}
     assert simulate(tmp_path / "none", patients=60, hospitals=2, seed=11, correction_rate=0).patients == 60
     assert (tmp_path / "none" / "ground_truth" / "corrections.jsonl").read_bytes() == b""

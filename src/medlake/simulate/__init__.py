@@ -115,7 +115,8 @@ def _emr_corrections(person: dict, visits: list, regs: dict, hosp: list[Hospital
     """At `rate` each, after the HIS's (drawn after them, so those stay as they were): per visit, an Encounter the
     EMR opened in error for a visit number that never was and took back (entered-in-error); per patient record in
     an EMR that syncs by batches, when the person lives, a death recorded in error (deceasedDateTime) and taken back
-    by the next version (deceasedBoolean false). Not defects: a correct pipeline keeps no trace of them."""
+    by the next version (deceasedBoolean false), and a result sent with a slipped decimal and amended. Not defects: a
+    correct pipeline keeps no trace of them."""
     for enc, reg in visits:
         if crng.random() < rate:
             h = hosp[enc.hospital]
@@ -126,13 +127,21 @@ def _emr_corrections(person: dict, visits: list, regs: dict, hosp: list[Hospital
     for idx in sorted(regs):
         h = hosp[idx]
         for reg in regs[idx]:
-            if h.fhir_mode != "bundle" or person["death_date"] or crng.random() >= rate:
+            if h.fhir_mode != "bundle":
                 continue
-            last = max(enc.end for enc, r in visits if r is reg)
-            reg.dead_in_error = last + dt.timedelta(days=1)
-            truth.row("corrections", {"kind": "deceased_in_error", "hospital": h.id, "person": person["person"],
-                                      "mrn": reg.mrn, "visit": None, "start": reg.dead_in_error.isoformat(),
-                                      "message_ids": [reg.patient_id]})
+            if not person["death_date"] and crng.random() < rate:
+                last = max(enc.end for enc, r in visits if r is reg)
+                reg.dead_in_error = last + dt.timedelta(days=1)
+                truth.row("corrections", {"kind": "deceased_in_error", "hospital": h.id, "person": person["person"],
+                                          "mrn": reg.mrn, "visit": None, "start": reg.dead_in_error.isoformat(),
+                                          "message_ids": [reg.patient_id]})
+            results = [x for x in reg.resources if "valueQuantity" in x[0] and x[1] and not x[2]]
+            if results and crng.random() < rate:
+                item = crng.choice(results)
+                h.amended(reg, item)
+                truth.row("corrections", {"kind": "amended_result", "hospital": h.id, "person": person["person"],
+                                          "mrn": reg.mrn, "visit": None, "start": item[0]["effectiveDateTime"][:19],
+                                          "message_ids": [item[0]["id"]]})
 
 
 def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, rng: random.Random,

@@ -96,7 +96,7 @@ class Registration:
         self.defects = []          # registration defects, placed on the first HIS message of this record
         self.systems = set()
         self.resources = []        # FHIR resources for this record: (resource dict, facts, defects)
-        self.after = []            # the EMR's corrections of them: sent in the next sync batch (resource dicts)
+        self.after = []            # the EMR's corrections of them, for the next sync batch (same tuples)
         self.dead_in_error = None  # a death the EMR records in error and takes back (a time)
         self.facts = []
         self.res_defects = []
@@ -123,7 +123,7 @@ class Hospital:
         self.dx: dict = {}     # condition key -> local coding (dx_local)
         self.batch, self.batch_records = ([], [], []), 0   # the transaction Bundle being filled
         self.counters = {k: itertools.count(1) for k in ("mrn", "msg", "visit", "rx", "order", "bundle", "error")}
-        self.later: list = []  # resources for the next sync batch (the EMR's corrections)
+        self.later: list = []  # (resource, facts, defects) for the next sync batch (the EMR's corrections)
         self.sent: dict[str, list[str]] = {}  # visit number -> its ADT messages' ids (taken by the stay's truth row)
         self._res = itertools.count(1)  # FHIR resource ids (all types)
         self.visit_sys = f"urn:medlake:{self.id}:visit"
@@ -681,9 +681,22 @@ class Hospital:
              "subject": {"reference": f"Patient/{reg.patient_id}"}, "period": {"start": fhir_time(start)}}
         if self.fhir_mode == "bundle":
             reg.resources.append((e, [], []))
-        reg.after.append(dict(e, status="entered-in-error", meta={
-            "versionId": "2", "lastUpdated": fhir_time(start + dt.timedelta(minutes=30))}))
+        reg.after.append((dict(e, status="entered-in-error", meta={
+            "versionId": "2", "lastUpdated": fhir_time(start + dt.timedelta(minutes=30))}), [], []))
         return visit, eid
+
+    @staticmethod
+    def amended(reg: Registration, item: tuple) -> None:
+        """A result (an Observation of `reg.resources`) the EMR sent with a slipped decimal, ten times its value, and
+        amended: version 1 in this sync batch, version 2 (`amended`, the true value, an hour later by
+        `meta.lastUpdated`) in the next; the result's facts go with version 2."""
+        res, facts, defects = item
+        when = res["effectiveDateTime"]
+        wrong = dict(res, meta={"versionId": "1", "lastUpdated": when},
+                     valueQuantity=dict(res["valueQuantity"], value=round(res["valueQuantity"]["value"] * 10, 2)))
+        reg.resources[reg.resources.index(item)] = (wrong, [], defects)
+        later = (dt.datetime.fromisoformat(when) + dt.timedelta(hours=1)).isoformat(timespec="seconds")
+        reg.after.append((dict(res, status="amended", meta={"versionId": "2", "lastUpdated": later}), facts, []))
 
     def _vital_info(self) -> dict:
         """Per vital sign: (LOINC code, unit as this EMR writes it, UCUM unit, concept id, unit concept id)."""
@@ -799,8 +812,8 @@ class Hospital:
             res, t = items[0][0], reg.dead_in_error
             items[0] = (dict(res, deceasedDateTime=fhir_time(t), meta={"versionId": "1", "lastUpdated": fhir_time(t)}),
                         *items[0][1:])
-            reg.after.append(dict(res, deceasedBoolean=False, meta={
-                "versionId": "2", "lastUpdated": fhir_time(t + dt.timedelta(hours=2))}))
+            reg.after.append((dict(res, deceasedBoolean=False, meta={
+                "versionId": "2", "lastUpdated": fhir_time(t + dt.timedelta(hours=2))}), [], []))
         for key in person.get("allergies", ()):
             a = next(x for x in cat.ALLERGIES if x[0] == key)
             aid = self.res_id("alg")
@@ -839,8 +852,8 @@ class Hospital:
             if not rec.quarantined and rng.random() < p / 8:
                 sink.add(Record(data, res["id"], [], [("duplicate_message", None, None,
                                                        "same resource exported twice", None)]))
-        for res in after:  # the export's current state of what the EMR took back
-            self.bulk[res["resourceType"]].add(Record(orjson.dumps(res) + b"\n", res["id"], [], []))
+        for res, f, _ in after:  # the export's current state of what the EMR took back
+            self.bulk[res["resourceType"]].add(Record(orjson.dumps(res) + b"\n", res["id"], f, []))
 
     def _put(self, items) -> None:
         """Resources (resource, facts, defects) into the transaction Bundle being filled (PUT Type/id)."""
@@ -866,7 +879,7 @@ class Hospital:
         self.bundles.add(Record(data, bid, facts, defects))
         self.batch = ([], [], [])
         self.batch_records = 0
-        self._put([(res, [], []) for res in self.later])  # the corrections of the batch before, in the next
+        self._put(self.later)  # the corrections of the batch before, in the next
         self.later = []
 
     def close(self, transaction_time: str) -> None:
