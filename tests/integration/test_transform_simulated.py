@@ -56,6 +56,19 @@ def jsonl(path):
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+def emr_resources(out) -> list[dict]:
+    """Every FHIR resource the simulated EMRs sent in a Bundle or bulk line that parses (each version)."""
+    found = []
+    for f in sorted(out.glob("*/emr/bundles/*.json")) + sorted(out.glob("*/emr/bulk/*.ndjson")):
+        for doc in ([f.read_bytes()] if f.suffix == ".json" else f.read_bytes().splitlines()):
+            try:
+                res = json.loads(doc)
+            except ValueError:
+                continue
+            found += [e["resource"] for e in res.get("entry", [])] or [res]
+    return found
+
+
 def site_mapping(engine, truth) -> None:
     """The site's reviewed mappings of its local codes, recorded through the mapping workbench as a reviewer who
     accepts each code's true concept would (SOURCE_TO_CONCEPT_MAP, the codes' own source concepts, history), and
@@ -144,18 +157,9 @@ def test_what_the_hospitals_system_took_back_leaves_no_trace(hospital):
     assert {k: len(v) > 0 for k, v in fixes.items()} == dict.fromkeys(
         ("cancelled_visit", "cancelled_admit_time", "retracted_death", "cancelled_transfer", "cancelled_discharge",
          "encounter_entered_in_error", "deceased_in_error", "amended_result"), True)
-    loaded = set()  # (resource id, version) of every FHIR resource in a file or line that parses
-    amended = {}  # result id -> its amended value
-    for f in sorted(out.glob("*/emr/bundles/*.json")) + sorted(out.glob("*/emr/bulk/*.ndjson")):
-        for doc in ([f.read_bytes()] if f.suffix == ".json" else f.read_bytes().splitlines()):
-            try:
-                res = json.loads(doc)
-            except ValueError:
-                continue
-            for r in [e["resource"] for e in res.get("entry", [])] or [res]:
-                loaded.add((r["id"], r.get("meta", {}).get("versionId")))
-                if r.get("status") == "amended":
-                    amended[r["id"]] = r["valueQuantity"]["value"]
+    sent = emr_resources(out)
+    loaded = {(r["id"], r.get("meta", {}).get("versionId")) for r in sent}
+    amended = {r["id"]: r["valueQuantity"]["value"] for r in sent if r.get("status") == "amended"}
     for kind in ("encounter_entered_in_error", "deceased_in_error", "amended_result"):
         fixes[kind] = [c for c in fixes[kind] if (c["message_ids"][0], "2") in loaded]
         assert fixes[kind], kind
@@ -199,11 +203,8 @@ def test_each_stay_has_its_units_from_when_to_when(hospital):
     truth = out / "ground_truth"
     lost = {d["message_id"] for d in jsonl(truth / "defects.jsonl") if d["class"] in
             ("malformed_hl7", "missing_mandatory", "truncated_file", "wrong_encoding", "bad_json")}
-    names = {}  # the EMR's Locations: id -> name
-    for f in out.glob("*/emr/bulk/Location.ndjson"):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            if line.strip() and json.loads(line)["id"] not in lost:
-                names[json.loads(line)["id"]] = json.loads(line)["name"]
+    names = {r["id"]: r["name"] for r in emr_resources(out)  # the EMR's Locations
+             if r["resourceType"] == "Location" and r["id"] not in lost}
     got, rules = collections.defaultdict(list), collections.defaultdict(set)
     for r in engine.query("SELECT d.visit_occurrence_id AS v, d.visit_detail_source_value AS unit, "
                           "d.visit_detail_start_datetime AS a, d.visit_detail_end_datetime AS b, l.rule FROM "

@@ -564,22 +564,17 @@ def test_a_stay_both_systems_describe_has_one_set_of_details(engine):
     stage(engine, "stg_hl7_observation", "lis", 1, [lab])
     transform(engine, namespaces=NS)
     assert rows(engine, query) == hl7
-    stage(engine, "stg_fhir_encounter", "emr", 2, [enc])
-    stage(engine, "stg_fhir_encounter_location", "emr", 2, [dict(x, record_location="line 1") for x in locations])
-    transform(engine, namespaces=NS)
-    for _ in ("batches", "at once"):
-        assert rows(engine, query) == fhir
-        assert rows(engine, lineage) == [(2,)]
-        assert rows(engine, "SELECT visit_detail_id FROM measurement") == [(fhir_icu,)]
-        transform(engine, namespaces=NS, full=True)
-    # the EMR takes the Encounter back (entered in error): the HIS's stretches again
-    stage(engine, "stg_fhir_encounter", "emr", 3, [dict(enc, status="entered-in-error")])
-    transform(engine, namespaces=NS)
-    for _ in ("batches", "at once"):
-        assert rows(engine, query) == hl7
-        assert rows(engine, lineage) == [(2,)]
-        assert rows(engine, "SELECT visit_detail_id FROM measurement") == [(hl7_icu,)]
-        transform(engine, namespaces=NS, full=True)
+    # the Encounter, then its next version, entered in error (the EMR takes it back): the HIS's stretches again
+    for seq, status, want, icu in ((2, "finished", fhir, fhir_icu), (3, "entered-in-error", hl7, hl7_icu)):
+        stage(engine, "stg_fhir_encounter", "emr", seq, [dict(enc, status=status)])
+        stage(engine, "stg_fhir_encounter_location", "emr", seq,
+              [dict(x, record_location="line 1") for x in locations])
+        transform(engine, namespaces=NS)
+        for _ in ("batches", "at once"):
+            assert rows(engine, query) == want
+            assert rows(engine, lineage) == [(2,)]
+            assert rows(engine, "SELECT visit_detail_id FROM measurement") == [(icu,)]
+            transform(engine, namespaces=NS, full=True)
 
 
 def test_location_device_specimen_coverage_report(engine):

@@ -135,13 +135,15 @@ def _emr_corrections(person: dict, visits: list, regs: dict, hosp: list[Hospital
                 truth.row("corrections", {"kind": "deceased_in_error", "hospital": h.id, "person": person["person"],
                                           "mrn": reg.mrn, "visit": None, "start": reg.dead_in_error.isoformat(),
                                           "message_ids": [reg.patient_id]})
-            results = [x for x in reg.resources if "valueQuantity" in x[0] and x[1] and not x[2]]
+            results = [i for i, (res, facts, defects) in enumerate(reg.resources)
+                       if "valueQuantity" in res and facts and not defects]
             if results and crng.random() < rate:
-                item = crng.choice(results)
-                h.amended(reg, item)
+                i = crng.choice(results)
+                res = reg.resources[i][0]
+                h.amended(reg, i)
                 truth.row("corrections", {"kind": "amended_result", "hospital": h.id, "person": person["person"],
-                                          "mrn": reg.mrn, "visit": None, "start": item[0]["effectiveDateTime"][:19],
-                                          "message_ids": [item[0]["id"]]})
+                                          "mrn": reg.mrn, "visit": None, "start": res["effectiveDateTime"][:19],
+                                          "message_ids": [res["id"]]})
 
 
 def _write_person(person: dict, encs: list, hosp: list[Hospital], rate: float, rng: random.Random,

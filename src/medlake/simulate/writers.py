@@ -86,6 +86,11 @@ def fhir_time(d: dt.datetime) -> str:
     return d.isoformat(timespec="seconds") + "+08:00"
 
 
+def version(res: dict, n: int, when: str, **fields) -> dict:
+    """Version `n` of a FHIR resource, last updated `when` (the EMR's corrections), with `fields` changed."""
+    return dict(res, **fields, meta={"versionId": str(n), "lastUpdated": when})
+
+
 class Registration:
     """One patient record (MRN) of a person at one hospital, with the demographics as registered there."""
     __slots__ = ("mrn", "patient_id", "demo", "defects", "systems", "primary", "resources", "facts",
@@ -675,28 +680,27 @@ class Hospital:
         export has only its current state. Returns (visit number, resource id)."""
         visit, eid = f"{self.H}V{self.next('visit'):08d}", f"{self.id}-enc-error-{self.next('error')}"
         start = enc.start - dt.timedelta(minutes=10)
-        e = {"resourceType": "Encounter", "id": eid, "meta": {"versionId": "1", "lastUpdated": fhir_time(start)},
-             "status": "in-progress", "class": FHIR_CLASS_CODING[enc.cls],
+        e = {"resourceType": "Encounter", "id": eid, "meta": None, "status": None,  # (set per version)
+             "class": FHIR_CLASS_CODING[enc.cls],
              "identifier": [{"system": self.visit_sys, "value": visit}],
              "subject": {"reference": f"Patient/{reg.patient_id}"}, "period": {"start": fhir_time(start)}}
         if self.fhir_mode == "bundle":
-            reg.resources.append((e, [], []))
-        reg.after.append((dict(e, status="entered-in-error", meta={
-            "versionId": "2", "lastUpdated": fhir_time(start + dt.timedelta(minutes=30))}), [], []))
+            reg.resources.append((version(e, 1, fhir_time(start), status="in-progress"), [], []))
+        reg.after.append((version(e, 2, fhir_time(start + dt.timedelta(minutes=30)), status="entered-in-error"),
+                          [], []))
         return visit, eid
 
     @staticmethod
-    def amended(reg: Registration, item: tuple) -> None:
-        """A result (an Observation of `reg.resources`) the EMR sent with a slipped decimal, ten times its value, and
+    def amended(reg: Registration, i: int) -> None:
+        """A result (`reg.resources[i]`, an Observation) the EMR sent with a slipped decimal, ten times its value, and
         amended: version 1 in this sync batch, version 2 (`amended`, the true value, an hour later by
         `meta.lastUpdated`) in the next; the result's facts go with version 2."""
-        res, facts, defects = item
+        res, facts, defects = reg.resources[i]
         when = res["effectiveDateTime"]
-        wrong = dict(res, meta={"versionId": "1", "lastUpdated": when},
-                     valueQuantity=dict(res["valueQuantity"], value=round(res["valueQuantity"]["value"] * 10, 2)))
-        reg.resources[reg.resources.index(item)] = (wrong, [], defects)
+        reg.resources[i] = (version(res, 1, when, valueQuantity=dict(
+            res["valueQuantity"], value=round(res["valueQuantity"]["value"] * 10, 2))), [], defects)
         later = (dt.datetime.fromisoformat(when) + dt.timedelta(hours=1)).isoformat(timespec="seconds")
-        reg.after.append((dict(res, status="amended", meta={"versionId": "2", "lastUpdated": later}), facts, []))
+        reg.after.append((version(res, 2, later, status="amended"), facts, []))
 
     def _vital_info(self) -> dict:
         """Per vital sign: (LOINC code, unit as this EMR writes it, UCUM unit, concept id, unit concept id)."""
@@ -810,10 +814,8 @@ class Hospital:
         items = [self.patient_resource(reg, person, rng)] + reg.resources
         if reg.dead_in_error:  # version 1 deceased, version 2 (the next sync batch) not
             res, t = items[0][0], reg.dead_in_error
-            items[0] = (dict(res, deceasedDateTime=fhir_time(t), meta={"versionId": "1", "lastUpdated": fhir_time(t)}),
-                        *items[0][1:])
-            reg.after.append((dict(res, deceasedBoolean=False, meta={
-                "versionId": "2", "lastUpdated": fhir_time(t + dt.timedelta(hours=2))}), [], []))
+            items[0] = (version(res, 1, fhir_time(t), deceasedDateTime=fhir_time(t)), *items[0][1:])
+            reg.after.append((version(res, 2, fhir_time(t + dt.timedelta(hours=2)), deceasedBoolean=False), [], []))
         for key in person.get("allergies", ()):
             a = next(x for x in cat.ALLERGIES if x[0] == key)
             aid = self.res_id("alg")
