@@ -486,6 +486,10 @@ def hl7_discharge(newest: str = "s.discharge_time", latest: str = "s.v_dis") -> 
 
 
 HL7_DISCHARGE = hl7_discharge()
+# An ADT message of the visit number of an HL7 visit record `s`, from any source of its namespace
+ADT_OF_VISIT = ("SELECT 1 FROM stg_hl7_visit a LEFT JOIN transform_source na ON na.source = a.source "
+                "WHERE a.visit_number = s.visit_number AND a.message_type LIKE 'ADT%' "
+                "AND COALESCE(na.namespace, a.source) = COALESCE(ns.namespace, s.source)")
 
 HL7_EVENTS = [
     EventRule(name="hl7.observation", staging="stg_hl7_observation", default_table="measurement",
@@ -547,7 +551,8 @@ HL7_EVENTS = [
 HL7_TABLES = [
     # The newest ADT message of a visit gives its state: a cancelled admission (A11, A27, A38 newest) has no row. An
     # A13 (cancel discharge) is no state of its own: it takes back the discharges (A03) before it, so the visit is
-    # open again until the next A03. A result's PV1 (ORU on the same feed) names the visit but gives no state.
+    # open again until the next A03. A result's PV1 (ORU on the same feed) names the visit but gives no state (a
+    # visit known only from results: hl7.result_visit).
     TableRule(name="hl7.visit", staging="stg_hl7_visit", table="visit_occurrence",
               key="'visit|' || COALESCE(s.visit_number, s.control_id)", person="s.patient_id",
               message_id="s.control_id", order=f"CASE WHEN {ADT_STATE} THEN 0 ELSE 1 END, {HL7_ORDER}",
@@ -564,6 +569,22 @@ HL7_TABLES = [
                        "care_site_id": "{care_site}", "visit_source_value": "left(s.visit_number, 50)",
                        "visit_source_concept_id": "0", "admitted_from_source_value": "s.admit_source",
                        "discharged_to_source_value": "s.discharge_disposition"}),
+    # A visit known only from its results (an ORU's PV1-19, and no ADT message of that visit number in its
+    # namespace: the HIS not connected, or its messages quarantined) still has a row, so that its events point at a
+    # visit: the class from PV1-2, from the earliest to the latest of its results' messages (PV1-44 / PV1-45 where
+    # sent), type Lab. An ADT message of the visit number takes it over, arriving with or after the results, a cancel
+    # included (run._adt_visits); an Encounter with the visit number writes it first (FHIR before HL7).
+    TableRule(name="hl7.result_visit", staging="stg_hl7_visit", table="visit_occurrence",
+              key="'visit|' || s.visit_number", person="s.patient_id", message_id="s.control_id", order=HL7_ORDER,
+              id="{visit}", where=f"s.message_type NOT LIKE 'ADT%' AND NOT EXISTS ({ADT_OF_VISIT})",
+              aggregates={"r_start": "MIN(COALESCE(s.admit_time, s.event_time))",
+                          "r_end": "MAX(COALESCE(s.discharge_time, s.event_time))"},
+              columns={"visit_concept_id": f"COALESCE({case('s.patient_class', HL7_VISIT)}, 0)",
+                       "visit_start_date": "CAST(s.r_start AS DATE)", "visit_start_datetime": "s.r_start",
+                       "visit_end_date": "CAST(s.r_end AS DATE)", "visit_end_datetime": "s.r_end",
+                       "visit_type_concept_id": str(LAB), "provider_id": "{provider}",
+                       "care_site_id": "{care_site}", "visit_source_value": "left(s.visit_number, 50)",
+                       "visit_source_concept_id": "0"}),
     TableRule(name="hl7.provider", staging="stg_hl7_visit", table="provider", key="'doctor|' || s.attending_doctor_id",
               where="s.attending_doctor_id IS NOT NULL", id="{provider}", order=HL7_ORDER,
               message_id="s.control_id",
@@ -588,6 +609,7 @@ HL7_TABLES = [
 ]
 TABLE_KEYS.update({
     "hl7.visit": dict(visit="s.visit_number", provider="s.attending_doctor_id", care_site="s.point_of_care"),
+    "hl7.result_visit": dict(visit="s.visit_number", provider="s.attending_doctor_id", care_site="s.point_of_care"),
     "hl7.provider": dict(provider="s.attending_doctor_id"),
     "hl7.care_site": dict(care_site="s.point_of_care"),
     "hl7.document": dict(visit="s.visit_number", provider="s.author_id"),

@@ -197,6 +197,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
         if not full:  # (--full maps every event again)
             _late_encounters(engine, tables, events, entities, bulk, floor)
+            _adt_visits(engine, entities)
         for src in replayed:   # records gone from a replayed source's staging (now rejected): their rows go too
             engine.execute("INSERT INTO tx_delta SELECT DISTINCT rule, source_key FROM cdm_lineage WHERE source = ? "
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
@@ -366,6 +367,8 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
     if "empi_person_map" in tables:  # every rule's person: its source's EMPI id, else its namespace's (lookups)
         engine.index("empi_person_map", "source", "source_id")
         engine.index("tx_empi_ns", "source", "source_id")
+    if "stg_hl7_visit" in tables:  # whether a visit known from results has an ADT message (rules.ADT_OF_VISIT)
+        engine.index("stg_hl7_visit", "visit_number")
     if "stg_fhir_observation_component" in tables:
         engine.index("stg_fhir_observation_component", "source", "receipt_seq", "record_location", "resource_id")
     if r.VISIT_NUMBER in tables:  # the events of an Encounter that comes late (_late_encounters)
@@ -519,6 +522,23 @@ WHERE ({rule.key}) IS NOT NULL
   AND {c.source_key(rule)} IN (SELECT source_key FROM cdm_lineage WHERE rule = '{rule.name}')
   AND {c.source_key(rule)} NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
     engine.plan(bulk=True)
+
+
+def _adt_visits(engine: Engine, entities: list) -> None:
+    """A visit known only from its results has the results' row (`rules` hl7.result_visit) until an ADT message of
+    its visit number arrives: then the results' records that wrote or share the row are mapped again (they no
+    longer write it) and the ADT's state holds, a cancel included, as if both had come in one run."""
+    adt = next((x for x in entities if x.name == "hl7.visit"), None)
+    if adt is None or not any(x.name == "hl7.result_visit" for x in entities) or not _count(
+            engine, "SELECT count(*) FROM tx_delta WHERE rule = 'hl7.visit'"):
+        return
+    visit = c.keyed_id("visit_occurrence", "s.visit_number")
+    engine.execute(f"""INSERT INTO tx_delta
+SELECT DISTINCT l.rule, l.source_key FROM cdm_lineage l
+WHERE l.rule = 'hl7.result_visit' AND l.cdm_table = 'visit_occurrence' AND l.row_id IN (
+    SELECT {visit} FROM stg_hl7_visit s LEFT JOIN transform_source ns ON ns.source = s.source
+    WHERE s.message_type LIKE 'ADT%' AND {c.source_key(adt)} IN (SELECT source_key FROM tx_delta WHERE rule = 'hl7.visit'))
+  AND l.source_key NOT IN (SELECT source_key FROM tx_delta WHERE rule = 'hl7.result_visit')""")
 
 
 def _numbered(rules: list) -> list:
