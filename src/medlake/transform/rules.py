@@ -575,8 +575,9 @@ HL7_TABLES = [
     # sent), type Lab. An ADT message of the visit number takes it over, arriving with or after the results, a cancel
     # included (run._adt_visits); an Encounter with the visit number writes it first (FHIR before HL7).
     TableRule(name="hl7.result_visit", staging="stg_hl7_visit", table="visit_occurrence",
-              key="'visit|' || s.visit_number", person="s.patient_id", message_id="s.control_id", order=HL7_ORDER,
-              id="{visit}", where=f"s.message_type NOT LIKE 'ADT%' AND NOT EXISTS ({ADT_OF_VISIT})",
+              key="CASE WHEN s.message_type NOT LIKE 'ADT%' THEN 'visit|' || s.visit_number END",  # results only
+              person="s.patient_id", message_id="s.control_id", order=HL7_ORDER,
+              id="{visit}", where=f"NOT EXISTS ({ADT_OF_VISIT})",
               aggregates={"r_start": "MIN(COALESCE(s.admit_time, s.event_time))",
                           "r_end": "MAX(COALESCE(s.discharge_time, s.event_time))"},
               columns={"visit_concept_id": f"COALESCE({case('s.patient_class', HL7_VISIT)}, 0)",
