@@ -8,6 +8,7 @@ import collections
 import datetime as dt
 import hashlib
 import json
+import re
 
 import pytest
 
@@ -274,3 +275,51 @@ def test_rerun_changes_nothing_and_lineage_covers_every_row(hospital):
     both = engine.query("SELECT count(*) FROM (SELECT row_id FROM cdm_lineage WHERE cdm_table = 'visit_occurrence' "
                         "GROUP BY row_id HAVING count(DISTINCT rule) = 2) AS a").column(0)[0].as_py()
     assert both > 0.9 * counts["visit_occurrence"]
+
+
+def test_a_site_that_connects_its_lab_before_its_his(hospital, tmp_path):
+    """A site connects its LIS first: every result's visit has a row from the results (type Lab), and each result
+    lies within it unless its time is a recorded defect. When the HIS follows, its ADT takes each visit over with the
+    class the results gave it, admitted before the first result; the only visits left to the results are those
+    whose every ADT message is a recorded defect (quarantined); and the store is the one a full run gives."""
+    _, out, _ = hospital
+    engine = open_engine(f"duckdb:{tmp_path / 'store.duckdb'}")
+    store.init(engine, "5.4")
+    vocab.load(engine, vocab.demo_vocabulary_dir())
+    sources = source_config.load(out / "sources.toml")
+    ns = {s.name: s.hospital for s in sources}
+    land, q = Landing(tmp_path / "landing"), Quarantine(tmp_path / "landing")
+    defective = {d["message_id"] for d in jsonl(out / "ground_truth" / "defects.jsonl") if d["message_id"]}
+    visits = ("SELECT visit_occurrence_id, visit_concept_id, visit_start_datetime, visit_type_concept_id, "
+              "visit_source_value FROM visit_occurrence")
+    found = {}
+    for system in ("lis", "his"):
+        ingest(engine, land, q, (), [s for s in sources if s.name.endswith("-" + system)])
+        transform(engine, namespaces=ns)
+        found[system] = {r[0]: r[1:] for r in (tuple(x.values()) for x in engine.query(visits).to_pylist())}
+    land.close()
+    q.close()
+    lab, adt = found["lis"], found["his"]
+    assert len(lab) > 100 and {v[2] for v in lab.values()} == {32856}
+    # every result points at a visit of the first run; the ones outside it are recorded defects
+    placed = engine.query("SELECT l.message_id, m.visit_occurrence_id, m.measurement_datetime FROM measurement m "
+                          "JOIN cdm_lineage l ON l.row_id = m.measurement_id AND l.cdm_table = 'measurement' "
+                          "WHERE l.rule = 'hl7.observation'").to_pylist()
+    assert placed and all(p["visit_occurrence_id"] in lab for p in placed)
+    outside = {p["message_id"] for p in placed if lab[p["visit_occurrence_id"]][1] > p["measurement_datetime"]}
+    assert outside <= defective
+    # the HIS takes the visits over: the same class, admitted before the first result
+    left = {v for v, row in adt.items() if row[2] == 32856}
+    assert set(lab) <= set(adt) and len(left) < 0.05 * len(lab)
+    assert all(adt[v][0] == lab[v][0] and adt[v][1] <= lab[v][1] for v in set(lab) - left)
+    # a visit left to its results: the HIS sent it only in messages it quarantined
+    his = "".join(f.read_text(encoding="utf-8", errors="replace") for f in sorted(out.glob("*/his/*.hl7")))
+    for v in left:
+        sent = [m.split("|")[9] for m in re.split(r"(?=MSH\|)", his) if "|" + adt[v][3] in m and "PV1|" in m]
+        assert sent and set(sent) <= defective, (adt[v][3], sent)
+    tables = ("visit_occurrence", "measurement", "person")
+    before = {t: sorted(tuple(r.values()) for r in engine.query(f"SELECT * FROM {t}").to_pylist()) for t in tables}
+    transform(engine, namespaces=ns, full=True)
+    assert before == {t: sorted(tuple(r.values()) for r in engine.query(f"SELECT * FROM {t}").to_pylist())
+                      for t in tables}
+    engine.close()

@@ -579,8 +579,8 @@ def test_a_stay_both_systems_describe_has_one_set_of_details(engine):
 
 def test_a_visit_known_only_from_its_results_has_a_row_until_its_adt_arrives(engine):
     """A lab feed names visits the HIS never sent (not connected, or its messages quarantined): the visit takes its
-    row from the results' PV1 (class, from the first to the last result message, type Lab), so the results point at
-    a visit that exists. Not where the namespace has an ADT message of the visit number (an A11 cancelled it; another
+    row from the results' PV1 (class; from the first to the last result, by the result's own time where staged,
+    else the message's; type Lab), so the results point at a visit that exists and lie within it. Not where the namespace has an ADT message of the visit number (an A11 cancelled it; another
     hospital's visit of the same number has its row). The ADT, arriving later, takes the row over; its cancel
     removes it. Each step gives what a full run gives."""
     if engine.name == "spark":
@@ -605,11 +605,14 @@ def test_a_visit_known_only_from_its_results_has_a_row_until_its_adt_arrives(eng
     stage(engine, "stg_hl7_observation", "lis", 1, [dict(
         control_id="L1", message_type="ORU^R01", event_time=T(2021, 6, 1, 10), patient_id="M1", visit_number="V7",
         filler_number="F1", code="4548-4", code_system="LN", value_number=6.5, units="%",
-        observation_time=T(2021, 6, 1, 9, 30), result_status="F")])
+        observation_time=T(2021, 6, 1, 9, 30), result_status="F"), dict(
+        control_id="L2", message_type="ORU^R01", event_time=T(2021, 6, 1, 14), patient_id="M1", visit_number="V7",
+        filler_number="F2", code="4548-4", code_system="LN", value_number=6.6, units="%",
+        observation_time=T(2031, 6, 1, 13), result_status="F")])  # a slipped year: stretches no visit
     v7 = sid("visit_occurrence|h1|V7")
     visits = ("SELECT visit_occurrence_id, visit_concept_id, visit_start_datetime, visit_end_datetime, "
               "visit_type_concept_id, visit_source_value FROM visit_occurrence")
-    from_results = [(v7, 9202, T(2021, 6, 1, 10), T(2021, 6, 1, 14), 32856, "V7"),
+    from_results = [(v7, 9202, T(2021, 6, 1, 9, 30), T(2021, 6, 1, 14), 32856, "V7"),  # L1's result, L2's message
                     (sid("visit_occurrence|h2|V8"), 9203, T(2021, 6, 3, 9), T(2021, 6, 3, 9), 32856, "V8")]
     from_adt = [(v7, 9202, T(2021, 6, 1, 9), T(2021, 6, 1, 15), 32817, "V7"), from_results[1]]
     writers = "SELECT rule FROM cdm_lineage WHERE cdm_table = 'visit_occurrence' AND row_id = " + str(v7)
@@ -625,7 +628,10 @@ def test_a_visit_known_only_from_its_results_has_a_row_until_its_adt_arrives(eng
         for _ in ("batches", "at once"):
             assert rows(engine, visits) == want
             assert rows(engine, writers) == lineage
-            assert rows(engine, "SELECT visit_occurrence_id FROM measurement") == [(v7,)]
+            assert rows(engine, "SELECT m.visit_occurrence_id, m.measurement_datetime BETWEEN v.visit_start_datetime "
+                                "AND v.visit_end_datetime FROM measurement m LEFT JOIN visit_occurrence v ON "
+                                "v.visit_occurrence_id = m.visit_occurrence_id") == [
+                (v7, False if lineage else None), (v7, True if lineage else None)]
             transform(engine, namespaces=ns, full=True)
 
 

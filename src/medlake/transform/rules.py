@@ -164,6 +164,7 @@ class TableRule:
     order: str = "s.receipt_seq DESC, s.record_location DESC"
     message_id: str = "NULL"
     aggregates: dict = field(default_factory=dict)  # name -> aggregate over all versions of the key
+    from_sql: str | None = None      # a query to read instead of the staging table (same columns and more)
 
 
 @dataclass(frozen=True)
@@ -571,14 +572,20 @@ HL7_TABLES = [
                        "discharged_to_source_value": "s.discharge_disposition"}),
     # A visit known only from its results (an ORU's PV1-19, and no ADT message of that visit number in its
     # namespace: the HIS not connected, or its messages quarantined) still has a row, so that its events point at a
-    # visit: the class from PV1-2, from the earliest to the latest of its results' messages (PV1-44 / PV1-45 where
-    # sent), type Lab. An ADT message of the visit number takes it over, arriving with or after the results, a cancel
-    # included (run._adt_visits); an Encounter with the visit number writes it first (FHIR before HL7).
+    # visit: the class from PV1-2, from its first result (PV1-44 where sent, else the results' own time as their
+    # MEASUREMENT rows have it, else the message's; a result time after its message's is an error, not used) to its
+    # last message (PV1-45 where sent), type Lab. An ADT message of the visit number takes it over, arriving with or
+    # after the results, a cancel included (run._adt_visits); an Encounter with the visit number writes it first
+    # (FHIR before HL7).
     TableRule(name="hl7.result_visit", staging="stg_hl7_visit", table="visit_occurrence",
-              key="CASE WHEN s.message_type NOT LIKE 'ADT%' THEN 'visit|' || s.visit_number END",  # results only
+              from_sql="(SELECT v.*, COALESCE(o.observation_time, o.specimen_time) AS result_time FROM stg_hl7_visit v "
+                       "LEFT JOIN stg_hl7_observation o ON o.source = v.source AND o.control_id = v.control_id "
+                       "WHERE v.message_type NOT LIKE 'ADT%')",  # the result messages' PV1, with their results
+              key="'visit|' || s.visit_number",
               person="s.patient_id", message_id="s.control_id", order=HL7_ORDER,
               id="{visit}", where=f"NOT EXISTS ({ADT_OF_VISIT})",
-              aggregates={"r_start": "MIN(COALESCE(s.admit_time, s.event_time))",
+              aggregates={"r_start": "MIN(COALESCE(s.admit_time, CASE WHEN s.result_time <= s.event_time THEN "
+                                     "s.result_time END, s.event_time))",
                           "r_end": "MAX(COALESCE(s.discharge_time, s.event_time))"},
               columns={"visit_concept_id": f"COALESCE({case('s.patient_class', HL7_VISIT)}, 0)",
                        "visit_start_date": "CAST(s.r_start AS DATE)", "visit_start_datetime": "s.r_start",

@@ -134,6 +134,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
     for t in ("stg_fhir_observation_component", "stg_hl7_patient"):  # staged before they had a column the rules
         if t in tables:                                                # read (comparator, unit system; removed)
             _ensure_table(engine, t, staging_schemas()[t], set())
+    if "stg_hl7_visit" in tables and "stg_hl7_observation" not in tables:  # a visit's results (hl7.result_visit)
+        _ensure_table(engine, "stg_hl7_observation", staging_schemas()["stg_hl7_observation"], set())
     tables = set(engine.tables())
     if "stg_fhir_encounter" in tables and "identifier_value" in {x.name for x in engine.columns("stg_fhir_encounter")}:
         tables.add(r.VISIT_NUMBER)  # the visit number is staged (older stores lack the column)
@@ -367,8 +369,9 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
     if "empi_person_map" in tables:  # every rule's person: its source's EMPI id, else its namespace's (lookups)
         engine.index("empi_person_map", "source", "source_id")
         engine.index("tx_empi_ns", "source", "source_id")
-    if "stg_hl7_visit" in tables:  # whether a visit known from results has an ADT message (rules.ADT_OF_VISIT)
-        engine.index("stg_hl7_visit", "visit_number")
+    if "stg_hl7_visit" in tables:  # a visit known from results: whether it has an ADT message (rules.ADT_OF_VISIT),
+        engine.index("stg_hl7_visit", "visit_number")  # and its results' times
+        engine.index("stg_hl7_observation", "source", "control_id")
     if "stg_fhir_observation_component" in tables:
         engine.index("stg_fhir_observation_component", "source", "receipt_seq", "record_location", "resource_id")
     if r.VISIT_NUMBER in tables:  # the events of an Encounter that comes late (_late_encounters)
