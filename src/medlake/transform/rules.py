@@ -487,10 +487,6 @@ def hl7_discharge(newest: str = "s.discharge_time", latest: str = "s.v_dis") -> 
 
 
 HL7_DISCHARGE = hl7_discharge()
-# An ADT message of the visit number of an HL7 visit record `s`, from any source of its namespace
-ADT_OF_VISIT = ("SELECT 1 FROM stg_hl7_visit a LEFT JOIN transform_source na ON na.source = a.source "
-                "WHERE a.visit_number = s.visit_number AND a.message_type LIKE 'ADT%' "
-                "AND COALESCE(na.namespace, a.source) = COALESCE(ns.namespace, s.source)")
 
 HL7_EVENTS = [
     EventRule(name="hl7.observation", staging="stg_hl7_observation", default_table="measurement",
@@ -578,12 +574,17 @@ HL7_TABLES = [
     # after the results, a cancel included (run._adt_visits); an Encounter with the visit number writes it first
     # (FHIR before HL7).
     TableRule(name="hl7.result_visit", staging="stg_hl7_visit", table="visit_occurrence",
-              from_sql="(SELECT v.*, COALESCE(o.observation_time, o.specimen_time) AS result_time FROM stg_hl7_visit v "
-                       "LEFT JOIN stg_hl7_observation o ON o.source = v.source AND o.control_id = v.control_id "
-                       "WHERE v.message_type NOT LIKE 'ADT%')",  # the result messages' PV1, with their results
+              # the result messages' PV1 of visit numbers without an ADT message in the namespace, with their results
+              # (the results joined last: DuckDB joined every result message's first, 0.25 s vs 0.07 s at 10k)
+              from_sql="(SELECT v.*, COALESCE(o.observation_time, o.specimen_time) AS result_time FROM (SELECT v.* "
+                       "FROM stg_hl7_visit v LEFT JOIN transform_source vn ON vn.source = v.source "
+                       "WHERE v.message_type NOT LIKE 'ADT%' AND NOT EXISTS (SELECT 1 FROM stg_hl7_visit a "
+                       "LEFT JOIN transform_source an ON an.source = a.source WHERE a.visit_number = v.visit_number "
+                       "AND a.message_type LIKE 'ADT%' AND COALESCE(an.namespace, a.source) = "
+                       "COALESCE(vn.namespace, v.source))) v "
+                       "LEFT JOIN stg_hl7_observation o ON o.source = v.source AND o.control_id = v.control_id)",
               key="'visit|' || s.visit_number",
-              person="s.patient_id", message_id="s.control_id", order=HL7_ORDER,
-              id="{visit}", where=f"NOT EXISTS ({ADT_OF_VISIT})",
+              person="s.patient_id", message_id="s.control_id", order=HL7_ORDER, id="{visit}",
               aggregates={"r_start": "MIN(COALESCE(s.admit_time, CASE WHEN s.result_time <= s.event_time THEN "
                                      "s.result_time END, s.event_time))",
                           "r_end": "MAX(COALESCE(s.discharge_time, s.event_time))"},
