@@ -369,8 +369,8 @@ def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set
     if "empi_person_map" in tables:  # every rule's person: its source's EMPI id, else its namespace's (lookups)
         engine.index("empi_person_map", "source", "source_id")
         engine.index("tx_empi_ns", "source", "source_id")
-    if "stg_hl7_visit" in tables:  # a visit known from results: whether it has an ADT message (rules: hl7.result_visit),
-        engine.index("stg_hl7_visit", "visit_number")  # and its results' times
+    if "stg_hl7_visit" in tables:  # a visit known from results (hl7.result_visit): its ADT messages, its results
+        engine.index("stg_hl7_visit", "visit_number")
         engine.index("stg_hl7_observation", "source", "control_id")
     if "stg_fhir_observation_component" in tables:
         engine.index("stg_fhir_observation_component", "source", "receipt_seq", "record_location", "resource_id")
