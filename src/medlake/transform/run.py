@@ -199,7 +199,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
         if not full:  # (--full maps every event again)
             _late_encounters(engine, tables, events, entities, bulk, floor)
-            _adt_visits(engine, entities, floor)
+            _adt_visits(engine, entities, floor, replayed)
         for src in replayed:   # records gone from a replayed source's staging (now rejected): their rows go too
             engine.execute("INSERT INTO tx_delta SELECT DISTINCT rule, source_key FROM cdm_lineage WHERE source = ? "
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
@@ -527,21 +527,31 @@ WHERE ({rule.key}) IS NOT NULL
     engine.plan(bulk=True)
 
 
-def _adt_visits(engine: Engine, entities: list, floor: int | None) -> None:
+def _adt_visits(engine: Engine, entities: list, floor: int | None, replayed: list[str]) -> None:
     """A visit known only from its results has the results' row (`rules` hl7.result_visit) until an ADT message of
     its visit number arrives: then the results' records that wrote or share the row are mapped again (they no
     longer write it) and the ADT's state holds, a cancel included, as if both had come in one run. Only the ADT
-    messages received now can be the first of their visit (read above `floor`, as `_late_encounters` reads)."""
-    if floor is None or not {"hl7.visit", "hl7.result_visit"} <= {x.name for x in entities} or not _count(
-            engine, "SELECT count(*) FROM tx_delta WHERE rule = 'hl7.visit'"):
+    messages received now can be the first of their visit (read above `floor`, as `_late_encounters` reads). A
+    replay that takes a visit's ADT messages back (now rejected) gives the row back to its results."""
+    rule = next((x for x in entities if x.name == "hl7.result_visit"), None)
+    if rule is None or "hl7.visit" not in {x.name for x in entities}:
+        return
+    if replayed:  # the results of visit numbers without an ADT message that have no row (the rule reads only those)
+        key = c.source_key(rule)
+        engine.execute(f"""INSERT INTO tx_delta
+SELECT DISTINCT '{rule.name}', {key} FROM {c.read_sql(rule)} s
+JOIN tx_mark mk ON mk.source = s.source AND s.receipt_seq <= mk.receipt_seq
+WHERE ({rule.key}) IS NOT NULL AND {key} NOT IN (SELECT source_key FROM cdm_lineage WHERE rule = '{rule.name}')
+  AND {key} NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
+    if floor is None or not _count(engine, "SELECT count(*) FROM tx_delta WHERE rule = 'hl7.visit'"):
         return
     visit = c.keyed_id("visit_occurrence", "s.visit_number")
     engine.execute(f"""INSERT INTO tx_delta
 SELECT DISTINCT l.rule, l.source_key FROM cdm_lineage l
-WHERE l.rule = 'hl7.result_visit' AND l.cdm_table = 'visit_occurrence' AND l.row_id IN (
+WHERE l.rule = '{rule.name}' AND l.cdm_table = 'visit_occurrence' AND l.row_id IN (
     SELECT {visit} FROM stg_hl7_visit s LEFT JOIN transform_source ns ON ns.source = s.source
     WHERE s.receipt_seq > {floor} AND s.message_type LIKE 'ADT%')
-  AND l.source_key NOT IN (SELECT source_key FROM tx_delta WHERE rule = 'hl7.result_visit')""")
+  AND l.source_key NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
 
 
 def _numbered(rules: list) -> list:
