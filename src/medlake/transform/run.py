@@ -190,16 +190,21 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         step("finding new records")
         if floor is not None:
             for rule in (*events, *entities, *persons):
+                joins = bool(seen) and isinstance(rule, r.TableRule) and rule.from_sql is not None  # as in _narrow
+                if joins:
+                    engine.plan(bulk=False)
                 engine.execute(c.delta_sql(rule) + f" AND s.receipt_seq > {floor}")
+                if joins:
+                    engine.plan(bulk=True)
         new_keys = _count(engine, "SELECT count(*) FROM tx_delta")
         # a first load, or a batch as large as a tenth of what the store holds, joins whole tables; a smaller one
         # finds the rows it replaces and the persons it touches through indexes (`lookups`)
         bulk = full or new_keys * 10 > _count(engine, "SELECT CAST(sum(records) AS BIGINT) FROM transform_run")
         _merges(engine, tables, bulk)
         _applied_changes(engine, tables, (*events, *entities, *persons), full)
-        if not full:  # (--full maps every event again)
+        if not full and seen:  # (--full maps every event again; a first load has nothing mapped before)
             _late_encounters(engine, tables, events, entities, bulk, floor)
-            _adt_visits(engine, entities, floor, replayed)
+            _adt_visits(engine, entities, bulk, floor, replayed)
         for src in replayed:   # records gone from a replayed source's staging (now rejected): their rows go too
             engine.execute("INSERT INTO tx_delta SELECT DISTINCT rule, source_key FROM cdm_lineage WHERE source = ? "
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
@@ -242,7 +247,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         engine.plan(bulk=True)
         narrowed = {}
         if not full and seen and engine.shapes.narrow_delta:
-            narrowed = _narrow(engine, events + entities, floor if only_new else None, tables, indexed, remapped)
+            narrowed = _narrow(engine, events + entities, floor if only_new else None, tables, indexed, bulk,
+                               remapped)
         events = [narrowed.get(x.name, x) for x in events]  # rules narrowed to their delta rows
         entities = [narrowed.get(x.name, x) for x in entities]
 
@@ -527,7 +533,7 @@ WHERE ({rule.key}) IS NOT NULL
     engine.plan(bulk=True)
 
 
-def _adt_visits(engine: Engine, entities: list, floor: int | None, replayed: list[str]) -> None:
+def _adt_visits(engine: Engine, entities: list, bulk: bool, floor: int | None, replayed: list[str]) -> None:
     """A visit known only from its results has the results' row (`rules` hl7.result_visit) until an ADT message of
     its visit number arrives: then the results' records that wrote or share the row are mapped again (they no
     longer write it) and the ADT's state holds, a cancel included, as if both had come in one run. Only the ADT
@@ -545,13 +551,17 @@ WHERE ({rule.key}) IS NOT NULL AND {key} NOT IN (SELECT source_key FROM cdm_line
   AND {key} NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
     if floor is None or not _count(engine, "SELECT count(*) FROM tx_delta WHERE rule = 'hl7.visit'"):
         return
-    visit = c.keyed_id("visit_occurrence", "s.visit_number")
+    # the visits of those messages, then their lineage through its row_id index (PostgreSQL scanned the lineage,
+    # 0.5-1.6 s at 10k: for a row_id IN a list it could not size, and for a NOT IN it costs once per index lookup)
+    work(engine, f"SELECT DISTINCT {c.keyed_id('visit_occurrence', 's.visit_number')} AS row_id FROM stg_hl7_visit s "
+                 f"LEFT JOIN transform_source ns ON ns.source = s.source WHERE s.receipt_seq > {floor} "
+                 "AND s.message_type LIKE 'ADT%' AND s.visit_number IS NOT NULL", "tx_adt_visit")
+    engine.plan(bulk=bulk)
     engine.execute(f"""INSERT INTO tx_delta
-SELECT DISTINCT l.rule, l.source_key FROM cdm_lineage l
-WHERE l.rule = '{rule.name}' AND l.cdm_table = 'visit_occurrence' AND l.row_id IN (
-    SELECT {visit} FROM stg_hl7_visit s LEFT JOIN transform_source ns ON ns.source = s.source
-    WHERE s.receipt_seq > {floor} AND s.message_type LIKE 'ADT%')
-  AND l.source_key NOT IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')""")
+SELECT DISTINCT l.rule, l.source_key FROM tx_adt_visit v JOIN cdm_lineage l ON l.row_id = v.row_id
+WHERE l.rule = '{rule.name}' AND l.cdm_table = 'visit_occurrence'
+  AND NOT EXISTS (SELECT 1 FROM tx_delta d WHERE d.rule = l.rule AND d.source_key = l.source_key)""")
+    engine.plan(bulk=True)
 
 
 def _numbered(rules: list) -> list:
@@ -611,7 +621,7 @@ def _names(rules) -> str:
     return "(" + ", ".join(f"'{x.name}'" for x in rules) + ")"
 
 
-def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], indexed: set[str],
+def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], indexed: set[str], bulk: bool,
             remapped: set[str] = frozenset()) -> dict:
     """Rules reading a work table with only the staging rows of their delta keys (every version), instead of scanning
     their staging table once per code and once more per statement. Where the newest version is the last received,
@@ -637,8 +647,16 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
     for rule in rules:
         name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
         frm = getattr(rule, "from_sql", None) or rule.staging
+        # an entity rule's query (hl7.result_visit) for a few keys: its lookups through their indexes (PostgreSQL
+        # hashed every ADT message and result: 0.2-0.3 s at 10k; an event's query, the components' join to their
+        # Observation, is quicker hashed)
+        joins = not bulk and isinstance(rule, r.TableRule) and frm != rule.staging
+        if joins:
+            engine.plan(bulk=False)
         work(engine, f"SELECT s.* FROM {frm} s WHERE {above('s', [rule.name])}{c.source_key(rule)} IN "
                      f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
+        if joins:
+            engine.plan(bulk=True)
         field = "from_sql" if hasattr(rule, "from_sql") else "staging"  # entity rules read their `staging`
         out[rule.name] = dataclasses.replace(rule, **{field: name})
         out[name] = None
