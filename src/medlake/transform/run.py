@@ -190,7 +190,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         step("finding new records")
         if floor is not None:
             for rule in (*events, *entities, *persons):
-                joins = bool(seen) and isinstance(rule, r.TableRule) and rule.from_sql is not None  # as in _narrow
+                # (after a first load, an entity rule's query looks its new rows up through indexes, as in _narrow)
+                joins = bool(seen) and isinstance(rule, r.TableRule) and rule.from_sql is not None
                 if joins:
                     engine.plan(bulk=False)
                 engine.execute(c.delta_sql(rule) + f" AND s.receipt_seq > {floor}")
