@@ -190,8 +190,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         step("finding new records")
         if floor is not None:
             for rule in (*events, *entities, *persons):
-                # (after a first load, an entity rule's query looks its new rows up through indexes, as in _narrow)
-                joins = bool(seen) and isinstance(rule, r.TableRule) and rule.from_sql is not None
+                joins = bool(seen) and _looks_up(rule)  # (a first load hashes whole tables)
                 if joins:
                     engine.plan(bulk=False)
                 engine.execute(c.delta_sql(rule) + f" AND s.receipt_seq > {floor}")
@@ -622,6 +621,14 @@ def _names(rules) -> str:
     return "(" + ", ".join(f"'{x.name}'" for x in rules) + ")"
 
 
+def _looks_up(rule) -> bool:
+    """An entity rule that reads a query of its own (hl7.result_visit: visit numbers without an ADT message, with
+    their results) finds a run's few keys' rows through the ADT and result indexes (`_staging_indexes`): hashed,
+    PostgreSQL read every ADT message and result, 0.2-0.3 s per statement of a 10k +1 % run. An event rule's query
+    (the components joined to their Observation) is quicker hashed."""
+    return isinstance(rule, r.TableRule) and rule.from_sql is not None
+
+
 def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], indexed: set[str], bulk: bool,
             remapped: set[str] = frozenset()) -> dict:
     """Rules reading a work table with only the staging rows of their delta keys (every version), instead of scanning
@@ -648,10 +655,7 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
     for rule in rules:
         name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
         frm = getattr(rule, "from_sql", None) or rule.staging
-        # an entity rule's query (hl7.result_visit) for a few keys: its lookups through their indexes (PostgreSQL
-        # hashed every ADT message and result: 0.2-0.3 s at 10k; an event's query, the components' join to their
-        # Observation, is quicker hashed)
-        joins = not bulk and isinstance(rule, r.TableRule) and frm != rule.staging
+        joins = not bulk and _looks_up(rule)
         if joins:
             engine.plan(bulk=False)
         work(engine, f"SELECT s.* FROM {frm} s WHERE {above('s', [rule.name])}{c.source_key(rule)} IN "
