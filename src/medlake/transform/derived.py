@@ -255,7 +255,9 @@ def _fhir_stretches(persons: str | None) -> str:
             FROM (SELECT s.*, ROW_NUMBER() OVER (PARTITION BY s.source, s.resource_id ORDER BY s.last_updated DESC
                                                  NULLS LAST, s.receipt_seq DESC, s.record_location DESC) AS rn
                   FROM stg_fhir_encounter s JOIN tx_mark mk ON mk.source = s.source
-                       AND s.receipt_seq <= mk.receipt_seq) AS e
+                       AND s.receipt_seq <= mk.receipt_seq
+                  WHERE EXISTS (SELECT 1 FROM stg_fhir_encounter_location l0 WHERE l0.source = s.source
+                                AND l0.resource_id = s.resource_id)) AS e  -- (versions of Encounters with units)
             JOIN stg_fhir_encounter_location l ON l.source = e.source AND l.receipt_seq = e.receipt_seq
                  AND l.record_location = e.record_location AND l.resource_id = e.resource_id
             WHERE e.rn = 1
@@ -266,8 +268,9 @@ def _fhir_stretches(persons: str | None) -> str:
     ) AS s"""
 
 
-def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
-    """(insert into VISIT_DETAIL, insert into cdm_lineage) from the stretches of `parts` (HL7 and/or FHIR).
+def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str, str]:
+    """(the details, as a query; insert into VISIT_DETAIL and into cdm_lineage from them, read as `tx_detail`) from
+    the stretches of `parts` (HL7 and/or FHIR): the stretches are computed once, for both.
 
     A stretch ends where the next one of its visit starts, else at its own end (FHIR period), else at the visit's
     discharge, else where it started. An HL7 stay's stretches lie within its visit: the first starts when the visit
@@ -317,17 +320,18 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str]:
              "care_site_id": "d.care_site_id", "visit_detail_source_value": "d.source_value",
              "visit_detail_source_concept_id": "0", "preceding_visit_detail_id": "d.prev_id",
              "visit_occurrence_id": "d.visit_occurrence_id"}
-    insert = f"INSERT INTO visit_detail\n{tail}\nSELECT {c.select_list('visit_detail', exprs)} FROM d WHERE d.dup = 1"
-    lineage = (f"INSERT INTO cdm_lineage\n{tail}\nSELECT 'visit_detail', d.id, d.person_id, d.rule, d.source, "
+    insert = f"INSERT INTO visit_detail SELECT {c.select_list('visit_detail', exprs)} FROM tx_detail d"
+    lineage = ("INSERT INTO cdm_lineage SELECT 'visit_detail', d.id, d.person_id, d.rule, d.source, "
                "d.record_key, d.source_key, d.landing_sha256, d.receipt_seq, d.record_location, d.message_id, "
                f"CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS INTEGER), CAST({run_id} AS BIGINT) "
-               "FROM d WHERE d.dup = 1")
-    return insert, lineage
+               "FROM tx_detail d")
+    return f"{tail}\nSELECT * FROM d WHERE d.dup = 1", insert, lineage
 
 
 def _visit_detail_steps(engine, persons: str | None, run_id: int | None) -> tuple[list[str], int]:
     """The VISIT_DETAIL statements for this store, in order: delete the lineage and the rows rebuilt (the persons'
-    and their visits'), insert, lineage; none when nothing stages visits or no run has set up. And the id of the run
+    and their visits'), the details (a query, for `tx_detail`), insert, lineage; none when nothing stages visits or
+    no run has set up. And the id of the run
     the lineage names: `run_id` (the calling run's), else the last run's (a rebuild outside a run reads that run's
     window, `tx_mark`)."""
     tables = set(engine.tables())
@@ -343,13 +347,13 @@ def _visit_detail_steps(engine, persons: str | None, run_id: int | None) -> tupl
     if run_id is None:
         run_id = engine.query("SELECT COALESCE(MAX(run_id), 0) AS n FROM transform_run").column(0)[0].as_py() \
             if "transform_run" in tables else 0
-    insert, lineage = visit_detail_sql(parts, run_id)
+    details = list(visit_detail_sql(parts, run_id))
     if not persons:
-        return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", insert,
-                lineage], run_id
+        return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", *details], \
+            run_id
     rows = _rows("visit_detail", "visit_detail_id", persons)  # (a detail's lineage rows are its persons')
     return [f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail' AND row_id IN ({rows})",
-            f"DELETE FROM visit_detail WHERE visit_detail_id IN ({rows})", insert, lineage], run_id
+            f"DELETE FROM visit_detail WHERE visit_detail_id IN ({rows})", *details], run_id
 
 
 def work(engine, sql: str, name: str) -> None:
@@ -430,14 +434,16 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False, run_id: i
             engine.execute(detail[0])
             engine.execute(detail[1])
             engine.plan(bulk=True)
-            engine.execute(detail[2])
+            work(engine, detail[2], "tx_detail")
+            engine.execute(detail[3])
         for table, sql in steps:
             engine.plan(bulk=not lookups)
             engine.execute(f"DELETE FROM {table}{flt}")
             engine.execute(sql)
         engine.plan(bulk=True)
         if detail:
-            engine.execute(detail[3])
+            engine.execute(detail[4])
+            engine.execute("DROP TABLE tx_detail")
             if persons and "tx_event" in engine.tables():
                 _link_events(engine)
                 _relink_earlier(engine, persons)

@@ -578,10 +578,12 @@ def _co_owners(engine: Engine, entities: list) -> set[str]:
     shared = _names(c.sharing(r.TABLES))
     if not c.sharing(entities) or not _count(engine, f"SELECT count(*) FROM tx_delta WHERE rule IN {shared}"):
         return set()
-    work(engine, f"""SELECT DISTINCT o.rule, o.source_key FROM cdm_lineage l
-JOIN cdm_lineage o ON o.row_id = l.row_id AND o.cdm_table = l.cdm_table AND o.rule IN {shared}
-WHERE l.rule IN {shared} AND l.source_key IN (SELECT source_key FROM tx_delta WHERE rule IN {shared})
-  AND o.source_key NOT IN (SELECT source_key FROM tx_delta)""", "tx_co_owner")
+    # (the delta's shared rows first: DuckDB joined every shared lineage row to every other, 5M pairs at 100k)
+    work(engine, f"""SELECT DISTINCT o.rule, o.source_key FROM (
+    SELECT DISTINCT l.cdm_table, l.row_id FROM cdm_lineage l
+    WHERE l.rule IN {shared} AND l.source_key IN (SELECT source_key FROM tx_delta WHERE rule IN {shared})) AS k
+JOIN cdm_lineage o ON o.row_id = k.row_id AND o.cdm_table = k.cdm_table AND o.rule IN {shared}
+WHERE o.source_key NOT IN (SELECT source_key FROM tx_delta)""", "tx_co_owner")
     engine.execute("INSERT INTO tx_delta SELECT rule, source_key FROM tx_co_owner")
     return {x["rule"] for x in engine.query("SELECT DISTINCT rule FROM tx_co_owner").to_pylist()}
 
