@@ -210,7 +210,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                            "AND source_key NOT IN (SELECT source_key FROM tx_delta)", [src])
         engine.analyze("tx_mark", "tx_delta", "tx_merge")  # work tables just filled: statistics for the planner
         only_new = _count(engine, "SELECT count(*) FROM tx_delta") == new_keys  # no merge, mapping or EMPI change
-        remapped = set() if full else _co_owners(engine, entities)  # (--full: every record is mapped again)
+        remapped = set() if full else _co_owners(engine, entities, bulk)  # (--full: every record is mapped again)
         per_rule = {x["rule"]: x["n"] for x in engine.query(
             "SELECT rule, count(DISTINCT source_key) AS n FROM tx_delta GROUP BY rule").to_pylist()}
         n_delta = sum(per_rule.values())
@@ -571,19 +571,22 @@ def _numbered(rules: list) -> list:
         x.visit_if if isinstance(x, r.EventRule) else r.TABLE_KEYS.get(x.name, {}).get("visit_if", ())))]
 
 
-def _co_owners(engine: Engine, entities: list) -> set[str]:
+def _co_owners(engine: Engine, entities: list, bulk: bool) -> set[str]:
     """A row that several records share (`compile.sharing`: the HL7 visit and the FHIR Encounter of one stay) goes
     when one of them is mapped again: its other records are mapped again too, so that the one that comes first
     writes it again (an A08 must not overwrite the Encounter's row). Returns their rules."""
     shared = _names(c.sharing(r.TABLES))
     if not c.sharing(entities) or not _count(engine, f"SELECT count(*) FROM tx_delta WHERE rule IN {shared}"):
         return set()
-    # (the delta's shared rows first: DuckDB joined every shared lineage row to every other, 5M pairs at 100k)
+    # (the delta's shared rows first: DuckDB joined every shared lineage row to every other, 5M pairs at 100k;
+    # PostgreSQL finds them through the lineage's indexes)
+    engine.plan(bulk=bulk)
     work(engine, f"""SELECT DISTINCT o.rule, o.source_key FROM (
     SELECT DISTINCT l.cdm_table, l.row_id FROM cdm_lineage l
     WHERE l.rule IN {shared} AND l.source_key IN (SELECT source_key FROM tx_delta WHERE rule IN {shared})) AS k
 JOIN cdm_lineage o ON o.row_id = k.row_id AND o.cdm_table = k.cdm_table AND o.rule IN {shared}
-WHERE o.source_key NOT IN (SELECT source_key FROM tx_delta)""", "tx_co_owner")
+WHERE NOT EXISTS (SELECT 1 FROM tx_delta d WHERE d.source_key = o.source_key)""", "tx_co_owner")
+    engine.plan(bulk=True)
     engine.execute("INSERT INTO tx_delta SELECT rule, source_key FROM tx_co_owner")
     return {x["rule"] for x in engine.query("SELECT DISTINCT rule FROM tx_co_owner").to_pylist()}
 
