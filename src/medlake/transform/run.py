@@ -672,8 +672,8 @@ def _narrow(engine: Engine, rules: list, floor: int | None, tables: set[str], in
         joins = not bulk and _looks_up(rule)
         if joins:
             engine.plan(bulk=False)
-        work(engine, f"SELECT {_read(engine, frm, 's')} FROM {frm} s WHERE {above('s', [rule.name])}{c.source_key(rule)} IN "
-                     f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
+        work(engine, f"SELECT {_read(engine, frm, 's')} FROM {frm} s WHERE {above('s', [rule.name])}"
+                     f"{c.source_key(rule)} IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
         if joins:
             engine.plan(bulk=True)
         field = "from_sql" if hasattr(rule, "from_sql") else "staging"  # entity rules read their `staging`
@@ -717,8 +717,7 @@ def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tupl
     for rule in persons:
         name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
         work(engine, f"SELECT {_read(engine, rule.staging, 's')} FROM {rule.staging} s WHERE s.receipt_seq > {floor} "
-                     f"AND {c.source_key(rule)} IN "
-                     f"(SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
+                     f"AND {c.source_key(rule)} IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
         found[rule.name] = dataclasses.replace(rule, staging=name)
     refs = [f"SELECT ({x.person_ref or x.person}) AS ref FROM {getattr(x, 'from_sql', None) or x.staging} s"
             for x in (*rules, *found.values()) if x.person and (getattr(x, "from_sql", None) or x.staging).startswith(
@@ -732,8 +731,7 @@ def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tupl
     for rule in persons:
         name = "tx_rec_" + re.sub(r"\W", "_", rule.name)
         work(engine, f"SELECT {_read(engine, rule.staging, 's')} FROM {rule.staging} s WHERE "
-                     f"({rule.person_ref or rule.person}) IN "
-                     "(SELECT ref FROM tx_person_ref)", name)
+                     f"({rule.person_ref or rule.person}) IN (SELECT ref FROM tx_person_ref)", name)
         records[rule.name] = dataclasses.replace(rule, staging=name)
     return found, records
 
