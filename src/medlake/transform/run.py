@@ -288,7 +288,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             inserts[rule.name], lineage = c.table_rule_sql(rule, empi, run_id, tables)
             engine.execute(inserts[rule.name])
             engine.execute(lineage)
-        _writers(engine, run_id, entities, inserts)
+        _writers(engine, run_id, entities, inserts, bulk)
 
         # persons: demographics and death from all their records; derived tables
         step("rebuilding persons")
@@ -591,7 +591,7 @@ WHERE NOT EXISTS (SELECT 1 FROM tx_delta d WHERE d.source_key = o.source_key)"""
     return {x["rule"] for x in engine.query("SELECT DISTINCT rule FROM tx_co_owner").to_pylist()}
 
 
-def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None:
+def _writers(engine: Engine, run_id: int, entities: list, inserts: dict, bulk: bool) -> None:
     """A record mapped now that comes before the one that wrote a shared row in an earlier run (`compile.sharing`:
     the FHIR Encounter that arrives after the HL7 stay) writes the row instead, as if both came in one run. The
     row's person before is touched (the Encounter may name another patient: their periods and eras change)."""
@@ -599,14 +599,16 @@ def _writers(engine: Engine, run_id: int, entities: list, inserts: dict) -> None
     if not mapped:
         return
     shared = _names(c.sharing(r.TABLES))
+    engine.plan(bulk=bulk)  # (the rows written now, then their earlier records: through the lineage's indexes)
     work(engine, f"""SELECT cdm_table, row_id, rule FROM (
     SELECT l.cdm_table, l.row_id, l.rule, l.run_id, MIN(l.run_id) OVER (PARTITION BY l.cdm_table, l.row_id) AS since,
            ROW_NUMBER() OVER (PARTITION BY l.cdm_table, l.row_id ORDER BY {c.writer_order(r.TABLES)}) AS rn
     FROM cdm_lineage l
     WHERE l.rule IN {shared} AND l.row_id IN (  -- rows written now that records of earlier runs share
-        SELECT row_id FROM cdm_lineage WHERE run_id = {run_id} AND rule IN {_names(mapped)} INTERSECT
-        SELECT row_id FROM cdm_lineage WHERE run_id < {run_id} AND rule IN {shared})
+        SELECT n.row_id FROM cdm_lineage n WHERE n.run_id = {run_id} AND n.rule IN {_names(mapped)} AND EXISTS (
+            SELECT 1 FROM cdm_lineage o WHERE o.row_id = n.row_id AND o.run_id < {run_id} AND o.rule IN {shared}))
 ) AS w WHERE rn = 1 AND run_id = {run_id} AND since < {run_id}""", "tx_writer")
+    engine.plan(bulk=True)
     from medlake.cdm import model
 
     found = engine.query("SELECT DISTINCT cdm_table, rule FROM tx_writer").to_pylist()
