@@ -37,7 +37,8 @@ class Shapes:
     distinct_on_groups: bool = True  # count(DISTINCT …) on the table grouped by value, not over every row
     window_examples: bool = True  # examples of failed rules: one windowed scan per rule kind, not a LIMIT query each
     sorted_keys: bool = False  # duplicate keys found by sorting (a row equal to its neighbour), not by GROUP BY
-    unique_test: bool = False  # keys first tested with count(DISTINCT …); duplicates counted only if that fails
+    unique_test: bool = False  # keys first tested with count(DISTINCT …) (where keys sort: the sort's own count);
+    # duplicates counted only if that fails
     bitmap_keys: bool = False  # that test as a bitmap of the key range (DuckDB's bitstring_agg), not a DISTINCT
     lookup_array: bool = False  # the concept ids a table uses looked up as one array (= ANY(ARRAY(…)): an index
     # scan), not as an IN subquery, which a planner that overestimates the ids turns into a scan of the vocabulary

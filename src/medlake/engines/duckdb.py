@@ -15,9 +15,9 @@ from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes
 class DuckDBEngine:
     name = "duckdb"
     dialect = "duckdb"
-    # a column store: a bitmap of the key range tests that keys are distinct, and where they are not, sorting a
-    # million keys beats a hash table that outgrows the cache; a LIMIT 10 query stops early; count(DISTINCT) is
-    # hashed in the scan itself
+    # a column store: a bitmap of the key range tests that keys are distinct, and where they are not or too sparse
+    # for a bitmap, sorting a million keys beats a hash table that outgrows the cache; a LIMIT 10 query stops early;
+    # count(DISTINCT) is hashed in the scan itself
     shapes = Shapes(distinct_on_groups=False, window_examples=False, sorted_keys=True, unique_test=True,
                     bitmap_keys=True, catalog=True, narrow_delta=True, truncate=True)
 

@@ -317,18 +317,22 @@ class Runner:
         return cp.Context(table, cols, self.present, idc, shapes=self.shapes, person_columns=person, unique=unique)
 
     def key_is_unique(self, table: str, key: str) -> bool | None:
-        """Whether `key` is unique in `table` (a NULL key aside in a bitmap): a key the store enforces is; else
-        tested once per run (isPrimaryKey's first test; a check joining a table whose key is duplicated joins it
-        one row per key: compile.one_per_key). None when the test fails (isPrimaryKey's own query then says why;
-        a join takes the table as it is)."""
+        """Whether `key` is unique in `table` (one NULL key aside, but in a DISTINCT count): a key the store
+        enforces is; else tested once per run (isPrimaryKey's first test; a check joining a table whose key is
+        duplicated joins it one row per key: compile.one_per_key). None when the test fails (isPrimaryKey's own
+        query then says why; a join takes the table as it is)."""
         if (table, key) in self.declared_keys():
             return True
         if (table, key) not in self._unique:
             self._unique[(table, key)] = None
-            for bitmap in dict.fromkeys((self.shapes.bitmap_keys, False)):
+            tests = [cp.key_unique_sql(table, key, True)] if self.shapes.bitmap_keys else []
+            # where a bitmap cannot hold the keys, an engine that sorts them counts their duplicates at once (DuckDB:
+            # 0.34-0.41 s for 8.5M hashed keys, against 0.45-0.60 s for count(DISTINCT …) before the same sort)
+            tests.append(cp.primary_key_sql(table, key, sort=True)[0] if self.shapes.sorted_keys else
+                         cp.key_unique_sql(table, key))
+            for sql in tests:
                 try:
-                    test = self.eng.query(cp.key_unique_sql(table, key, bitmap))
-                    self._unique[(table, key)] = test.column(0)[0].as_py() == 0
+                    self._unique[(table, key)] = self.eng.query(sql).column(0)[0].as_py() == 0
                     break
                 except EngineError:
                     continue
