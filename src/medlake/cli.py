@@ -483,6 +483,7 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
         eng.close()
         if land is not None:
             land.close()
+    missing = next((r for r in chain if r.get("person_row") is False), None)
     for r in chain:
         out.print(f"{r['cdm_table']} {r['row_id']}  (person {r['person_id']})", highlight=False)
         out.print(f"  <- rule {r['rule']}, run {r['run_id']} at {r['run_at']}", highlight=False)
@@ -496,6 +497,23 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
             " (not in this site's landing)"
         out.print(f"  <- landing receipt {r['receipt_seq']} sha256 {r['landing_sha256']}{where}", highlight=False,
                   markup=False)
+    if missing is not None:  # what isForeignKey on person_id reports: say where the patient may be
+        from medlake.landing.quarantine import Quarantine
+
+        held = ""
+        if (Path(root) / "quarantine.sqlite").exists():
+            q = Quarantine(root)
+            try:
+                n, own = sum(q.counts().values()), sum(q.counts(source=missing["source"]).values())
+            finally:
+                q.close()
+            held = (f" The quarantine holds {n:,} open item(s), {own:,} of them from {missing['source']} "
+                    "(`medlake quarantine list`): a patient record among them would come in once fixed (`medlake "
+                    "quarantine retry`).")
+        out.print(f"person {missing['person_id']} has no PERSON row: no record of this patient with a birth date or "
+                  "year (a FHIR Patient, an HL7 PID, …; OMOP's PERSON needs the year of birth) has been staged, from "
+                  f"any source.{held} Once one is, `medlake transform` (after `medlake empi run` where the site links "
+                  "identities) writes the person.", highlight=False, markup=False)
 
 
 @quality_app.command("run")

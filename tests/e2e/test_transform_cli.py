@@ -9,6 +9,11 @@ from e2e_cli import SHARED, run
 
 def test_transform_then_trace_then_rerun(tmp_path):
     simulate(tmp_path / "sim", patients=8, hospitals=1, seed=3)
+    # a dispensing for an MRN no feed describes: its person has no PERSON row (isForeignKey), and trace says why
+    csv = tmp_path / "sim" / "h1" / "pharmacy" / "dispense_00001.csv"
+    first = csv.read_text(encoding="utf-8").splitlines()[1].split(",")
+    csv.write_text(csv.read_text(encoding="utf-8") + ",".join(["RX999999999", "99999999", "H1V99999999"] + first[3:])
+                   + "\n", encoding="utf-8")
     run(tmp_path, "init")
     run(tmp_path, "vocab", "load", "--demo")
     run(tmp_path, "ingest", "--sources", tmp_path / "sim" / "sources.toml")
@@ -18,10 +23,16 @@ def test_transform_then_trace_then_rerun(tmp_path):
 
     con = duckdb.connect(str(tmp_path / "data" / "store.duckdb"), read_only=True)
     mid = con.sql("SELECT measurement_id FROM measurement ORDER BY measurement_id LIMIT 1").fetchall()[0][0]
+    orphan = con.sql("SELECT d.drug_exposure_id FROM drug_exposure AS d WHERE d.person_id NOT IN (SELECT person_id "
+                     "FROM person)").fetchall()
     con.close()
     chain = run(tmp_path, "trace", "measurement", mid).stdout
     assert f"measurement {mid}" in chain and "landing receipt" in chain and "received" in chain
-    assert re.search(r"sha256 [0-9a-f]{64}", chain.replace("\n", " "))
+    assert re.search(r"sha256 [0-9a-f]{64}", chain.replace("\n", " ")) and "no PERSON row" not in chain
+    assert len(orphan) == 1
+    chain = " ".join(run(tmp_path, "trace", "drug_exposure", orphan[0][0]).stdout.split())
+    assert "record rx|RX999999999" in chain and "has no PERSON row: no record of this patient" in chain
+    assert "`medlake quarantine list`" in chain and "`medlake transform`" in chain
     assert "nothing new in staging" in run(tmp_path, "transform").stdout
     bad = run(tmp_path, "trace", "measurement", "1", ok=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no lineage for measurement 1")

@@ -20,6 +20,14 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
         "ORDER BY source, record_key", [table, int(row_id)]).to_pylist()
     if not rows:
         raise ValueError(f"no lineage for {table} {row_id}: not a row written by `medlake transform`")
+    persons = {r["person_id"] for r in rows if r["person_id"] is not None}
+    if table != "person" and persons and "person" in engine.tables():
+        # a person without a PERSON row: no record of its demographics was staged (what isForeignKey reports)
+        known = {r["person_id"] for r in engine.query(
+            f"SELECT person_id FROM person WHERE person_id IN ({', '.join('?' * len(persons))})",
+            sorted(persons)).to_pylist()}
+        for r in rows:
+            r["person_row"] = r["person_id"] is None or r["person_id"] in known
     for r in rows:
         run = engine.query("SELECT started_at FROM transform_run WHERE run_id = ?", [r["run_id"]]).to_pylist()
         r["run_at"] = run[0]["started_at"] if run else None
