@@ -470,20 +470,21 @@ def conformance_fhir2omop(folder: Path = typer.Argument(..., help="Folder of fhi
 @app.command("trace")
 def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement."),
               row_id: int = typer.Argument(..., help="The row's id (its primary key).")):
-    """Print the chain from a CDM row back to the landing receipt it came from."""
+    """Print the chain from a CDM row back to the landing receipt it came from, and the rows it names that do not
+    exist."""
     from medlake.landing import Landing
-    from medlake.transform.trace import trace
+    from medlake.transform.trace import dangling, trace
 
     eng = engine(read_only=True)
     root = settings().landing_dir
     land = Landing(root) if Path(root).exists() else None
     try:
         chain = trace(eng, table, row_id, land)
+        missing = dangling(eng, table, row_id)
     finally:
         eng.close()
         if land is not None:
             land.close()
-    missing = next((r for r in chain if r.get("person_row") is False), None)
     for r in chain:
         out.print(f"{r['cdm_table']} {r['row_id']}  (person {r['person_id']})", highlight=False)
         out.print(f"  <- rule {r['rule']}, run {r['run_id']} at {r['run_at']}", highlight=False)
@@ -497,22 +498,27 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
             " (not in this site's landing)"
         out.print(f"  <- landing receipt {r['receipt_seq']} sha256 {r['landing_sha256']}{where}", highlight=False,
                   markup=False)
-    if missing is not None:  # what isForeignKey on person_id reports: say where the patient may be
+    for field_, value, target in missing:  # what isForeignKey reports, and where to look
+        if target != "person":
+            out.print(f"{field_} {value} names no {target.upper()} row: the record that describes it has not been "
+                      f"mapped (never sent, or in quarantine: `medlake quarantine list`).", highlight=False,
+                      markup=False)
+            continue
         from medlake.landing.quarantine import Quarantine
 
         held = ""
         if (Path(root) / "quarantine.sqlite").exists():
             q = Quarantine(root)
             try:
-                n, own = sum(q.counts().values()), sum(q.counts(source=missing["source"]).values())
+                n, own = sum(q.counts().values()), sum(q.counts(source=chain[0]["source"]).values())
             finally:
                 q.close()
-            held = (f" The quarantine holds {n:,} open item(s), {own:,} of them from {missing['source']} "
+            held = (f" The quarantine holds {n:,} open item(s), {own:,} of them from {chain[0]['source']} "
                     "(`medlake quarantine list`): a patient record among them would come in once fixed (`medlake "
                     "quarantine retry`).")
-        out.print(f"person {missing['person_id']} has no PERSON row: no record of this patient with a birth date or "
-                  "year (a FHIR Patient, an HL7 PID, …; OMOP's PERSON needs the year of birth) has been staged, from "
-                  f"any source.{held} Once one is, `medlake transform` (after `medlake empi run` where the site links "
+        out.print(f"person {value} has no PERSON row: no record of this patient with a birth date or year (a FHIR "
+                  "Patient, an HL7 PID, …; OMOP's PERSON needs the year of birth) has been staged, from any "
+                  f"source.{held} Once one is, `medlake transform` (after `medlake empi run` where the site links "
                   "identities) writes the person.", highlight=False, markup=False)
 
 

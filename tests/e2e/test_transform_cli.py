@@ -33,6 +33,7 @@ def test_transform_then_trace_then_rerun(tmp_path):
     chain = " ".join(run(tmp_path, "trace", "drug_exposure", orphan[0][0]).stdout.split())
     assert "record rx|RX999999999" in chain and "has no PERSON row: no record of this patient" in chain
     assert "`medlake quarantine list`" in chain and "`medlake transform`" in chain
+    assert "names no VISIT_OCCURRENCE row" in chain  # its visit number, which no feed sent either
     assert "nothing new in staging" in run(tmp_path, "transform").stdout
     bad = run(tmp_path, "trace", "measurement", "1", ok=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no lineage for measurement 1")

@@ -1029,3 +1029,21 @@ def test_an_hl7_stays_details_lie_within_its_visit(engine):
                         "d.visit_occurrence_id WHERE d.visit_detail_start_datetime < v.visit_start_datetime "
                         "OR d.visit_detail_end_datetime > v.visit_end_datetime") == [(0,)]
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE cdm_table = 'visit_detail'") == [(5,)]
+
+
+def test_trace_names_the_rows_a_cdm_row_refers_to_that_do_not_exist(engine):
+    """What isForeignKey counts, for one row: `medlake trace` says which of its references name no row (a person
+    whose demographics never came, a visit never sent), on every engine; references to the vocabulary (concept ids)
+    are not followed."""
+    from medlake.transform.trace import dangling
+
+    store.init(engine, "5.4")
+    engine.load_arrow("person", ddl.arrow_table(CDM.table("person"), dict(
+        person_id=[1], gender_concept_id=[0], year_of_birth=[1980], race_concept_id=[0], ethnicity_concept_id=[0])))
+    engine.load_arrow("measurement", ddl.arrow_table(CDM.table("measurement"), dict(
+        measurement_id=[10, 11], person_id=[1, 2], measurement_concept_id=[3004410, 123456789],
+        measurement_date=[D(2020, 1, 1)] * 2, measurement_type_concept_id=[32817] * 2, visit_occurrence_id=[None, 5])))
+    assert dangling(engine, "measurement", 10) == []
+    assert dangling(engine, "measurement", 11) == [("person_id", 2, "person"),
+                                                   ("visit_occurrence_id", 5, "visit_occurrence")]
+    assert dangling(engine, "person", 1) == []

@@ -20,14 +20,6 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
         "ORDER BY source, record_key", [table, int(row_id)]).to_pylist()
     if not rows:
         raise ValueError(f"no lineage for {table} {row_id}: not a row written by `medlake transform`")
-    persons = {r["person_id"] for r in rows if r["person_id"] is not None}
-    if table != "person" and persons and "person" in engine.tables():
-        # a person without a PERSON row: no record of its demographics was staged (what isForeignKey reports)
-        known = {r["person_id"] for r in engine.query(
-            f"SELECT person_id FROM person WHERE person_id IN ({', '.join('?' * len(persons))})",
-            sorted(persons)).to_pylist()}
-        for r in rows:
-            r["person_row"] = r["person_id"] is None or r["person_id"] in known
     for r in rows:
         run = engine.query("SELECT started_at FROM transform_run WHERE run_id = ?", [r["run_id"]]).to_pylist()
         r["run_at"] = run[0]["started_at"] if run else None
@@ -38,3 +30,23 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
                 "seq": found.seq, "original_name": found.original_name, "received_at": found.received_at,
                 "batch": found.batch, "size": found.size, "sha256": found.sha256}
     return rows
+
+
+def dangling(engine: Engine, table: str, row_id: int) -> list[tuple[str, int, str]]:
+    """(field, value, table it names) of each reference of a CDM row to a CDM row that does not exist (what
+    isForeignKey counts; references to the vocabulary are not followed)."""
+    cdm = model.load("5.4")
+    spec = cdm.table(table.lower())
+    tables = {t.lower() for t in engine.tables()} & {t.name for t in cdm.tables if t.schema == "CDM"}
+    refs = [f for f in spec.fields if f.fk_table in tables and f.fk_field]
+    if not refs or not spec.primary_key:
+        return []
+    got = engine.query(f"SELECT {', '.join(f.name for f in refs)} FROM {spec.name} WHERE {spec.primary_key[0]} = ?",
+                       [int(row_id)]).to_pylist()
+    out = []
+    for f in refs:
+        value = got[0][f.name] if got else None
+        if value is not None and not engine.query(f"SELECT count(*) AS n FROM {f.fk_table} WHERE {f.fk_field} = ?",
+                                                  [value]).to_pylist()[0]["n"]:
+            out.append((f.name, value, f.fk_table))
+    return out
