@@ -1144,7 +1144,8 @@ def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     assert "isForeignKey on condition_occurrence.person_id" in p.stdout and ": failed — 1 of 4 rows (25%)" in p.stdout
     assert "violated_rows" in p.stdout  # the query alone, in DQD's shape
     assert f"what to do: Rows point at a row that does not exist. List them (`medlake quality show {fk} --rows`) " \
-           "and trace one (`medlake trace condition_occurrence ROW_ID`)" in " ".join(p.stdout.split())
+           "and trace one (`medlake trace condition_occurrence ROW_ID` names what the row refers to" \
+           in " ".join(p.stdout.split())
     [row] = [x for x in p.stdout.splitlines() if x.startswith("│")]  # the one violating row: its id, its person
     assert [x.strip() for x in row.split("│")[1:-1]] == ["200", "99", ""], p.stdout  # person 99 not in person
     p = subprocess.run(cli + ["show", "field_isrequired_nowhere_x"], env=env, cwd=tmp_path, capture_output=True,
