@@ -487,6 +487,11 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
             land.close()
     for r in chain:
         out.print(f"{r['cdm_table']} {r['row_id']}  (person {r['person_id']})", highlight=False)
+        if r.get("derived"):
+            out.print(f"  <- computed by `medlake transform` from the events of person {r['person_id']} (rebuilt "
+                      "whenever they change): no source record of its own; trace those events, e.g. `medlake trace "
+                      "condition_occurrence ID`", highlight=False, markup=False)
+            continue
         out.print(f"  <- rule {r['rule']}, run {r['run_id']} at {r['run_at']}", highlight=False)
         if r["code"] is not None:
             out.print(f"  <- code {r['code_system']} {r['code']} -> concept {r['concept_id']}", highlight=False,
@@ -510,10 +515,11 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
         if (Path(root) / "quarantine.sqlite").exists():
             q = Quarantine(root)
             try:
-                n, own = sum(q.counts().values()), sum(q.counts(source=chain[0]["source"]).values())
+                src = chain[0].get("source")
+                n, own = sum(q.counts().values()), sum(q.counts(source=src).values()) if src else 0
             finally:
                 q.close()
-            held = (f" The quarantine holds {n:,} open item(s), {own:,} of them from {chain[0]['source']} "
+            held = (f" The quarantine holds {n:,} open item(s){f', {own:,} of them from {src}' if src else ''} "
                     "(`medlake quarantine list`): a patient record among them would come in once fixed (`medlake "
                     "quarantine retry`).")
         out.print(f"person {value} has no PERSON row: no record of this patient with a birth date or year (a FHIR "

@@ -25,6 +25,8 @@ def test_transform_then_trace_then_rerun(tmp_path):
     mid = con.sql("SELECT measurement_id FROM measurement ORDER BY measurement_id LIMIT 1").fetchall()[0][0]
     orphan = con.sql("SELECT d.drug_exposure_id FROM drug_exposure AS d WHERE d.person_id NOT IN (SELECT person_id "
                      "FROM person)").fetchall()
+    period = con.sql("SELECT observation_period_id FROM observation_period WHERE person_id NOT IN (SELECT person_id "
+                     "FROM person)").fetchall()
     con.close()
     chain = run(tmp_path, "trace", "measurement", mid).stdout
     assert f"measurement {mid}" in chain and "landing receipt" in chain and "received" in chain
@@ -34,6 +36,10 @@ def test_transform_then_trace_then_rerun(tmp_path):
     assert "record rx|RX999999999" in chain and "has no PERSON row: no record of this patient" in chain
     assert "`medlake quarantine list`" in chain and "`medlake transform`" in chain
     assert "names no VISIT_OCCURRENCE row" in chain  # its visit number, which no feed sent either
+    # the person's observation period, computed from its events: no source record of its own, and the same person
+    chain = " ".join(run(tmp_path, "trace", "observation_period", period[0][0]).stdout.split())
+    assert "computed by `medlake transform` from the events of person" in chain and "has no PERSON row" in chain
+    assert "<- source" not in chain
     assert "nothing new in staging" in run(tmp_path, "transform").stdout
     bad = run(tmp_path, "trace", "measurement", "1", ok=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no lineage for measurement 1")

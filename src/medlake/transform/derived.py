@@ -405,6 +405,11 @@ def _link_events(engine) -> None:
         engine.execute(c.domain_insert_sql(table, detail=True))
 
 
+# the tables computed from each person's events: no row of theirs has a source record (nor lineage) of its own
+FROM_EVENTS = {"observation_period": observation_period_sql, "condition_era": condition_era_sql,
+               "drug_era": drug_era_sql, "dose_era": dose_era_sql}
+
+
 def rebuild(engine, persons: str | None = None, lookups: bool = False, run_id: int | None = None) -> dict[str, int]:
     """Recompute the derived tables (for all persons, or only those listed in table `persons`), atomically.
     `lookups`: the persons are few, their rows are found through indexes (`Engine.plan`); VISIT_DETAIL, rebuilt
@@ -415,12 +420,7 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False, run_id: i
     alone."""
     flt = f" WHERE person_id IN (SELECT person_id FROM {persons})" if persons else ""
     detail, run_id = _visit_detail_steps(engine, persons, run_id)
-    steps = [
-        ("observation_period", observation_period_sql(persons)),
-        ("condition_era", condition_era_sql(persons)),
-        ("drug_era", drug_era_sql(persons)),
-        ("dose_era", dose_era_sql(persons)),
-    ]
+    steps = [(table, sql(persons)) for table, sql in FROM_EVENTS.items()]
     counts = {}
     with engine.transaction():
         if detail:

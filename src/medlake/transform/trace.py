@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from medlake.cdm import model
 from medlake.engines.base import Engine
+from medlake.transform.derived import FROM_EVENTS
 
 
 def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
-    """Lineage of one CDM row (one entry per source record), with its landing receipt when `landing` is given."""
+    """Lineage of one CDM row (one entry per source record), with its landing receipt when `landing` is given; of a
+    row computed from a person's events (derived.FROM_EVENTS), one entry marked `derived`: it has no source record."""
     table = table.lower()
     try:
         model.load("5.4").table(table)
@@ -19,6 +21,10 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
         "landing_sha256, code_system, code, concept_id, run_id FROM cdm_lineage WHERE cdm_table = ? AND row_id = ? "
         "ORDER BY source, record_key", [table, int(row_id)]).to_pylist()
     if not rows:
+        got = engine.query(f"SELECT person_id FROM {table} WHERE {table}_id = ?",
+                           [int(row_id)]).to_pylist() if table in FROM_EVENTS else []
+        if got:  # computed from the person's events: no source record of its own
+            return [{"cdm_table": table, "row_id": int(row_id), "person_id": got[0]["person_id"], "derived": True}]
         raise ValueError(f"no lineage for {table} {row_id}: not a row written by `medlake transform`")
     for r in rows:
         run = engine.query("SELECT started_at FROM transform_run WHERE run_id = ?", [r["run_id"]]).to_pylist()
