@@ -473,6 +473,7 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
     """Print the chain from a CDM row back to the landing receipt it came from, and the rows it names that do not
     exist."""
     from medlake.landing import Landing
+    from medlake.landing.quarantine import Quarantine
     from medlake.transform.trace import dangling, trace
 
     eng = engine(read_only=True)
@@ -509,8 +510,6 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
                       f"mapped (never sent, or in quarantine: `medlake quarantine list`).", highlight=False,
                       markup=False)
             continue
-        from medlake.landing.quarantine import Quarantine
-
         held = ""
         if (Path(root) / "quarantine.sqlite").exists():
             q = Quarantine(root)

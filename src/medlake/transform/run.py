@@ -716,9 +716,10 @@ def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tupl
     Patient's MRN, of the surviving id: the patient ids of the new rows, their survivors and every id merged into
     those are all the ids of the touched persons (checked by the caller)."""
     found, records = {}, {}
+    read = {rule.name: _read(engine, rule.staging, "s") for rule in persons}  # (one catalog read per table)
     for rule in persons:
         name = "tx_stg_" + re.sub(r"\W", "_", rule.name)
-        work(engine, f"SELECT {_read(engine, rule.staging, 's')} FROM {rule.staging} s WHERE s.receipt_seq > {floor} "
+        work(engine, f"SELECT {read[rule.name]} FROM {rule.staging} s WHERE s.receipt_seq > {floor} "
                      f"AND {c.source_key(rule)} IN (SELECT source_key FROM tx_delta WHERE rule = '{rule.name}')", name)
         found[rule.name] = dataclasses.replace(rule, staging=name)
     refs = [f"SELECT ({x.person_ref or x.person}) AS ref FROM {getattr(x, 'from_sql', None) or x.staging} s"
@@ -732,7 +733,7 @@ def _person_work(engine: Engine, persons: list, rules: list, floor: int) -> tupl
                    "WHERE survivor_ref IN (SELECT ref FROM tx_person_ref)")
     for rule in persons:
         name = "tx_rec_" + re.sub(r"\W", "_", rule.name)
-        work(engine, f"SELECT {_read(engine, rule.staging, 's')} FROM {rule.staging} s WHERE "
+        work(engine, f"SELECT {read[rule.name]} FROM {rule.staging} s WHERE "
                      f"({rule.person_ref or rule.person}) IN (SELECT ref FROM tx_person_ref)", name)
         records[rule.name] = dataclasses.replace(rule, staging=name)
     return found, records

@@ -11,7 +11,7 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
     row computed from a person's events (derived.FROM_EVENTS), one entry marked `derived`: it has no source record."""
     table = table.lower()
     try:
-        model.load("5.4").table(table)
+        spec = model.load("5.4").table(table)
     except KeyError as e:
         raise ValueError(f"{table!r} is not an OMOP CDM v5.4 table") from e
     if "cdm_lineage" not in engine.tables():
@@ -21,7 +21,7 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
         "landing_sha256, code_system, code, concept_id, run_id FROM cdm_lineage WHERE cdm_table = ? AND row_id = ? "
         "ORDER BY source, record_key", [table, int(row_id)]).to_pylist()
     if not rows:
-        got = engine.query(f"SELECT person_id FROM {table} WHERE {table}_id = ?",
+        got = engine.query(f"SELECT person_id FROM {table} WHERE {spec.primary_key[0]} = ?",
                            [int(row_id)]).to_pylist() if table in FROM_EVENTS else []
         if got:  # computed from the person's events: no source record of its own
             return [{"cdm_table": table, "row_id": int(row_id), "person_id": got[0]["person_id"], "derived": True}]
