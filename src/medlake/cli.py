@@ -474,7 +474,7 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
     exist."""
     from medlake.landing import Landing
     from medlake.landing.quarantine import Quarantine
-    from medlake.transform.trace import dangling, trace
+    from medlake.transform.trace import dangling, patient_ids, trace
 
     eng = engine(read_only=True)
     root = settings().landing_dir
@@ -482,6 +482,7 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
     try:
         chain = trace(eng, table, row_id, land)
         missing = dangling(eng, table, row_id)
+        known = {v: patient_ids(eng, v) for _, v, target in missing if target == "person"}
     finally:
         eng.close()
         if land is not None:
@@ -510,17 +511,21 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
                       f"mapped (never sent, or in quarantine: `medlake quarantine list`).", highlight=False,
                       markup=False)
             continue
-        held = ""
+        held, ids = "", known[value]
         if (Path(root) / "quarantine.sqlite").exists():
             q = Quarantine(root)
             try:
-                src = chain[0].get("source")
-                n, own = sum(q.counts().values()), sum(q.counts(source=src).values()) if src else 0
+                n, naming = sum(q.counts().values()), q.naming(ids)
             finally:
                 q.close()
-            held = (f" The quarantine holds {n:,} open item(s){f', {own:,} of them from {src}' if src else ''} "
-                    "(`medlake quarantine list`): a patient record among them would come in once fixed (`medlake "
-                    "quarantine retry`).")
+            shown = "; ".join(f"{x.id} ({x.reason}, {x.source}, {x.location})" for x in naming[:10])
+            held = (f" Open quarantine item(s) naming this patient ({', '.join(ids)}): {shown}"
+                    f"{f'; and {len(naming) - 10:,} more' if len(naming) > 10 else ''}. A patient record among "
+                    "them comes in once fixed (`medlake quarantine show ID`, then `medlake quarantine retry`)."
+                    if naming else
+                    f" No open quarantine item names this patient ({', '.join(ids) or 'no source id found'}): its "
+                    "record was probably never sent, or broke before its id; ask its source system (the quarantine "
+                    f"holds {n:,} open item(s): `medlake quarantine list`).")
         out.print(f"person {value} has no PERSON row: no record of this patient with a birth date or year (a FHIR "
                   "Patient, an HL7 PID, …; OMOP's PERSON needs the year of birth) has been staged, from any "
                   f"source.{held} Once one is, `medlake transform` (after `medlake empi run` where the site links "

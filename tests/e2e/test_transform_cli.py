@@ -34,6 +34,7 @@ def test_transform_then_trace_then_rerun(tmp_path):
     assert len(orphan) == 1
     chain = " ".join(run(tmp_path, "trace", "drug_exposure", orphan[0][0]).stdout.split())
     assert "record rx|RX999999999" in chain and "has no PERSON row: no record of this patient" in chain
+    assert "No open quarantine item names this patient (99999999)" in chain
     assert "`medlake quarantine list`" in chain and "`medlake transform`" in chain
     assert "names no VISIT_OCCURRENCE row" in chain  # its visit number, which no feed sent either
     # the person's observation period, computed from its events: no source record of its own, and the same person
@@ -41,6 +42,17 @@ def test_transform_then_trace_then_rerun(tmp_path):
     assert "computed by `medlake transform` from the events of person" in chain and "has no PERSON row" in chain
     assert "<- source" not in chain
     assert "nothing new in staging" in run(tmp_path, "transform").stdout
+    # the HIS sends the patient, broken (no message type): trace names the quarantined message, not a count
+    (tmp_path / "sim" / "h1" / "his" / "ADT_000099.hl7").write_bytes(
+        b"MSH|^~\\&|HIS|H1|MEDLAKE|DC|20160207142141|||H1A999999999|P|2.5.1\rEVN|A04|20160207142141\r"
+        b"PID|1||99999999^^^H1^MR||DOE^JANE||19800130|F\r"  # the patient's MRN
+        b"MSH|^~\\&|HIS|H1|MEDLAKE|DC|20160207142141|||H1A999999998|P|2.5.1\rEVN|A04|20160207142141\r"
+        b"PID|1||999999991^^^H1^MR||DOE^JOHN||19800130|M\r")  # another MRN that starts with it: not named
+    run(tmp_path, "ingest", "--sources", tmp_path / "sim" / "sources.toml")
+    chain = " ".join(run(tmp_path, "trace", "drug_exposure", orphan[0][0]).stdout.split())
+    named = re.search(r"Open quarantine item\(s\) naming this patient \(99999999\): (.*?)\. A patient record", chain)
+    assert named and "malformed, h1-his, ADT_000099.hl7, line 1" in named.group(1), chain
+    assert "H1A999999998" not in named.group(1) and named.group(1).count("h1-his") == 1
     bad = run(tmp_path, "trace", "measurement", "1", ok=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: no lineage for measurement 1")
     assert run(tmp_path, "trace", "nosuchtable", "1", ok=False).returncode == 1

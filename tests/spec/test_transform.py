@@ -9,6 +9,7 @@ from medlake.cdm import ddl, model, store
 from medlake.landing.ingest import SQL_OF, _full, staging_schemas
 from medlake.transform import derived
 from medlake.transform.run import transform
+from medlake.transform.trace import patient_ids
 
 D, T = dt.date, dt.datetime
 CDM = model.load("5.4")
@@ -146,6 +147,9 @@ def test_fhir_hl7_csv_to_cdm_same_rows_and_ids(engine):
                         "WHERE cdm_table = 'drug_exposure'") == [
         ("drug_exposure", "csv.pharmacy", "pharmacy", "RX1", "sha-pharmacy-1")]
     assert s.written["measurement"] == 2 and s.skipped == 0
+    # the ids the person is known by in its sources (what `trace` looks for in the quarantine): the HIS, LIS and
+    # pharmacy's MRN, the EMR's Patient id
+    assert patient_ids(engine, person) == ["M1", "p1"] and patient_ids(engine, 12345) == []
     assert rows(engine, "SELECT vocabulary_version FROM cdm_source") == [("v5.0 27-FEB-26 (a lo",)]  # cut to fit
     # no identifier reaches the CDM
     for t in ("person", "condition_occurrence", "measurement", "drug_exposure", "visit_occurrence"):

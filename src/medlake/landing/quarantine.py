@@ -7,6 +7,7 @@ processing the same landed object twice never files it twice.
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -131,6 +132,19 @@ class Quarantine:
             args += ids
         sql += " ORDER BY id" + (f" LIMIT {int(limit)}" if limit else "")
         return [Item(*r) for r in self.db.execute(sql, args)]
+
+    def naming(self, ids: Iterable[str], status: str | None = "open") -> list[Item]:
+        """Items whose raw record carries one of these ids (a patient's MRN or FHIR id) as a whole token: not as part
+        of a longer id (`P-12` is not in `P-123`). A record broken before its id is not found."""
+        ids = [i for i in dict.fromkeys(ids) if i]
+        if not ids:
+            return []
+        sql = (f"SELECT id FROM item WHERE ({' OR '.join(['instr(raw, ?) > 0'] * len(ids))})"
+               + (" AND status = ?" if status is not None else ""))
+        found = [x for (x,) in self.db.execute(sql, [i.encode() for i in ids] + ([status] if status else []))]
+        token = re.compile(rb"(?<![A-Za-z0-9_-])(?:" + b"|".join(re.escape(i.encode()) for i in ids)
+                           + rb")(?![A-Za-z0-9_-])")
+        return [x for x in self.items(status=None, ids=found) if token.search(x.raw)] if found else []
 
     def get(self, item_id: int) -> Item:
         got = self.items(status=None, ids=[item_id])

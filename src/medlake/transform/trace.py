@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from medlake.cdm import model
 from medlake.engines.base import Engine
+from medlake.transform import rules as r
+from medlake.transform.compile import read_sql
 from medlake.transform.derived import FROM_EVENTS
 
 
@@ -56,3 +58,25 @@ def dangling(engine: Engine, table: str, row_id: int) -> list[tuple[str, int, st
                                                   [value]).to_pylist()[0]["n"]:
             out.append((f.name, value, f.fk_table))
     return out
+
+
+def patient_ids(engine: Engine, person_id: int) -> list[str]:
+    """The source patient ids a person is known by: the patient that one record of each rule and source of the
+    person's CDM rows names (an MRN, a FHIR Patient id), and the ids the EMPI links to it. What a quarantined record
+    of that patient would carry (`Quarantine.naming`)."""
+    tables = set(engine.tables())
+    by_name = {x.name: x for x in r.ALL}
+    ids: set[str] = set()
+    seen = engine.query("SELECT rule, source, min(record_key) AS record_key FROM cdm_lineage WHERE person_id = ? "
+                        "GROUP BY rule, source", [int(person_id)]).to_pylist()
+    for g in seen:
+        rule = by_name.get(g["rule"])
+        if rule is None or rule.person is None or rule.staging not in tables:
+            continue
+        got = engine.query(f"SELECT DISTINCT CAST({rule.person} AS VARCHAR) AS p FROM {read_sql(rule)} s "
+                           f"WHERE s.source = ? AND ({rule.key}) = ?", [g["source"], g["record_key"]]).to_pylist()
+        ids |= {x["p"] for x in got if x["p"]}
+    if "empi_person_map" in tables:
+        ids |= {x["source_id"] for x in engine.query("SELECT DISTINCT source_id FROM empi_person_map WHERE person_id "
+                                                      "= ?", [int(person_id)]).to_pylist()}
+    return sorted(ids)
