@@ -54,6 +54,19 @@ def test_persons_from_the_empi_carry_sex_and_birth_year(tmp_path):
         total, orphans = con.execute(f"SELECT count(*), count(*) FILTER (WHERE person_id NOT IN "
                                      f"(SELECT person_id FROM person)) FROM {table}").fetchone()
         assert total and orphans / total < 0.03, (table, orphans, total)
+    # the EMR Patients' MRN identifiers, which staging no longer holds, are the EMPI's aliases of their identities:
+    # each names the MRN the ground truth gives that patient (the pharmacy takes the person by it)
+    emr = {(f"{i['hospital']}-emr", i["source_id"]): i["person"] for i in ids
+           if i["system"] == "emr" and i["id_type"] == "patient_resource"}
+    mrns: dict = {}  # (a person registered twice in a hospital has two MRNs there)
+    for i in ids:
+        if i["system"] == "emr" and i["id_type"] == "mrn":
+            mrns.setdefault((i["hospital"], i["person"]), set()).add(i["source_id"])
+    aliases = con.execute("SELECT source, source_id, alias FROM empi_alias").fetchall()
+    assert len(aliases) >= 0.9 * len(emr)
+    wrong = [x for x in aliases if x[2] not in mrns.get((x[0].split("-")[0], emr.get(x[:2])), ())]
+    assert not wrong, wrong
+    assert con.execute("SELECT count(*) FROM stg_fhir_patient WHERE mrn IS NOT NULL").fetchone()[0] == 0
     # and nothing identifying is left in staging
     assert con.execute("SELECT count(*) FROM stg_hl7_patient WHERE birth_date IS NOT NULL OR family_name IS NOT NULL"
                        ).fetchone()[0] == 0

@@ -191,6 +191,35 @@ def test_only_a_source_the_empi_does_not_register_takes_the_empi_person_of_its_n
     assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(101,), (105,), (sid("h1|M9"),)])
 
 
+def test_a_pharmacy_mrn_only_a_fhir_patient_carries_takes_the_empi_person_of_that_patient(engine):
+    """The vault holds the FHIR Patient's MRN identifier (staging no longer does), and no HL7 source sent the patient:
+    the EMPI keeps the MRN as the identity's alias (`empi_alias`), and the pharmacy's rows take its person — without
+    it they had a person of their own, with no PERSON row. A changed alias re-maps those rows."""
+    from medlake.identity import empi as empi_mod
+
+    store.init(engine, "5.4")
+    vocab(engine)
+    ns = {"emr": "h1", "rx": "h1"}
+    stage(engine, "stg_fhir_patient", "emr", 1, [dict(resource_id="p7", gender="female", birth_date=D(1970, 1, 1))])
+    stage(engine, "stg_csv_pharmacy", "rx", 1, [
+        dict(record_id=f"RX{m}", patient_id=m, drug_code="Y100147", drug_code_system="urn:medlake:h1:pharmacy",
+             quantity=30.0, dispensed_at=T(2021, 7, 1)) for m in ("M7", "M8")])
+    empi(engine, {("emr", "p7"): 107})
+    empi_mod.ensure_tables(engine)
+    engine.load_arrow("empi_alias", pa.table({"source": ["emr"], "source_id": ["p7"], "alias": ["M7"]}))
+    transform(engine, namespaces=ns)
+    assert rows(engine, "SELECT person_id FROM person") == [(107,)]
+    assert rows(engine, "SELECT person_id, drug_source_value FROM drug_exposure") == sorted([
+        (107, "Y100147"), (sid("h1|M8"), "Y100147")])
+    # the MRN was mistyped in the EMR: corrected to M8, the dispensing for M8 is the patient's, M7's no longer
+    engine.execute("DELETE FROM empi_alias")
+    engine.load_arrow("empi_alias", pa.table({"source": ["emr"], "source_id": ["p7"], "alias": ["M8"]}))
+    assert transform(engine, namespaces=ns).records == 2
+    assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(107,), (sid("h1|M7"),)])
+    assert rows(engine, "SELECT person_id FROM observation_period") == sorted([(107,), (sid("h1|M7"),)])
+    assert transform(engine, namespaces=ns).run_id is None  # the change is applied once
+
+
 def test_a_vocabulary_loaded_after_the_first_run_maps_the_records(engine):
     """Runs before any vocabulary was loaded leave every code unmapped; the first `medlake vocab load` after them
     counts as a release, and the next plain run maps the records its codes now reach — the CDM of a store whose

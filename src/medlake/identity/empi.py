@@ -10,6 +10,9 @@ and stores in the site store — never any identifying value — :
 - `empi_decision`: the history of A40 merges and of manual accept / reject / unmerge decisions (append-only;
   the latest decision on a pair wins);
 - `empi_person_map(source, source_id, person_id)`: what the transform uses;
+- `empi_alias(source, source_id, alias)`: the hospital MRN an identity carries besides its own id (a FHIR Patient's
+  MR identifier; an HL7 patient's id is its MRN): a source the EMPI does not register, which sends only the MRN (a
+  pharmacy), takes the person by it (`transform.compile.EMPI_IDS`) — an MRN, like an HL7 source id, not a name;
 - `empi_person_history`: every person_id change, with the run and the reason;
 - `empi_run`: one row per run or re-cluster, with thresholds and the model (Splink JSON: the m/u parameters).
 
@@ -43,6 +46,7 @@ Key = tuple[str, str]
 DDL = """
 CREATE TABLE IF NOT EXISTS empi_person_map (source VARCHAR NOT NULL, source_id VARCHAR NOT NULL,
   person_id BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS empi_alias (source VARCHAR NOT NULL, source_id VARCHAR NOT NULL, alias VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS empi_pair (run_id BIGINT NOT NULL, pair_id BIGINT NOT NULL,
   source_l VARCHAR NOT NULL, id_l VARCHAR NOT NULL, source_r VARCHAR NOT NULL, id_r VARCHAR NOT NULL,
   match_probability DOUBLE, match_weight DOUBLE, status VARCHAR NOT NULL, {gammas});
@@ -60,7 +64,7 @@ LINKING = {"accept", "merge"}
 SPLITTING = {"reject", "unmerge"}
 
 
-TABLES = ("empi_person_map", "empi_pair", "empi_decision", "empi_person_history", "empi_run")
+TABLES = ("empi_person_map", "empi_alias", "empi_pair", "empi_decision", "empi_person_history", "empi_run")
 
 
 def ensure_tables(engine) -> None:
@@ -104,15 +108,18 @@ class RunReport:
 
 
 # -- input ------------------------------------------------------------------------------------------------------
-def build_input(vault: Vault, who: str, why: str = "empi run") -> tuple[pa.Table, list[Key]]:
-    """The in-memory linkage input: comparison values (plaintext, this process only) + HMAC blocking keys."""
+def build_input(vault: Vault, who: str, why: str = "empi run") -> tuple[pa.Table, list[Key], dict[Key, str]]:
+    """The in-memory linkage input: comparison values (plaintext, this process only) + HMAC blocking keys; and the
+    MRN of each identity whose own id is another (`empi_alias`)."""
     recs = vault.read(who, why)
     bks = {(b["source"], b["source_id"]): b for b in vault.blocking()}
     cols: dict[str, list] = defaultdict(list)
-    keys = []
+    keys, aliases = [], {}
     for i, r in enumerate(recs):
         k = (r["source"], r["source_id"])
         keys.append(k)
+        if r.get("mrn") and str(r["mrn"]) != k[1]:
+            aliases[k] = str(r["mrn"])
         cv = comparison_values(r)
         cols["unique_id"].append(i)
         for c in model_mod.COMPARISON_COLUMNS:
@@ -122,7 +129,7 @@ def build_input(vault: Vault, who: str, why: str = "empi run") -> tuple[pa.Table
             cols[f"bk_{kind}"].append(bk.get(f"bk_{kind}"))
     types = {"unique_id": pa.int64(), "id_valid": pa.bool_()}
     table = pa.table({c: pa.array(v, types.get(c, pa.string())) for c, v in cols.items()}) if keys else None
-    return table, keys
+    return table, keys, aliases
 
 
 def _linker(table: pa.Table, settings: dict, engine=None):
@@ -204,7 +211,7 @@ def run(engine, vault: Vault, *, who: str, link_threshold: float = LINK_THRESHOL
     t0 = time.perf_counter()
     timings = {}
     say("reading the vault")
-    table, keys = build_input(vault, who)
+    table, keys, aliases = build_input(vault, who)
     timings["read_and_normalise"] = time.perf_counter() - t0
     run_id = _next_run_id(engine)
     if not keys:
@@ -243,16 +250,18 @@ def run(engine, vault: Vault, *, who: str, link_threshold: float = LINK_THRESHOL
         pairs.append((a, b, probs[i], weights[i], "link" if probs[i] >= link_threshold else "review",
                       [g[i] for g in gcols]))
     rep = _finish(engine, run_id, who, "run", keys, pairs, link_threshold, review_threshold, trained,
-                  model_json, t0, timings)
+                  model_json, t0, timings, aliases)
     rep.backend = linkage_backend(engine)
     return rep
 
 
-def _finish(engine, run_id, who, kind, keys, pairs, link_t, review_t, trained, model_json, t0, timings) -> RunReport:
+def _finish(engine, run_id, who, kind, keys, pairs, link_t, review_t, trained, model_json, t0, timings,
+            aliases: dict[Key, str] | None = None) -> RunReport:
     names = [c["output_column_name"] for c in model_mod.COMPARISONS]
     now = _now()
     t3 = time.perf_counter()
     with engine.transaction():
+        _store_aliases(engine, keys, aliases or {})
         engine.execute("DELETE FROM empi_pair")
         if pairs:
             data = {
@@ -279,6 +288,21 @@ def _finish(engine, run_id, who, kind, keys, pairs, link_t, review_t, trained, m
     timings["cluster_and_store"] = time.perf_counter() - t3
     return RunReport(run_id, len(keys), len(pairs), links, len(pairs) - links, persons, changed, trained,
                      time.perf_counter() - t0, timings)
+
+
+def _store_aliases(engine, keys: list[Key], aliases: dict[Key, str]) -> None:
+    """The MRNs of the identities this run read replace theirs; an identity it did not read keeps its own (as it
+    keeps its person: `_recluster`)."""
+    old = [(r["source"], r["source_id"], r["alias"]) for r in engine.query(
+        "SELECT source, source_id, alias FROM empi_alias").to_pylist()]
+    seen = set(keys)
+    rows = sorted({x for x in old if x[:2] not in seen} | {(*k, a) for k, a in aliases.items()})
+    if sorted(old) == rows:
+        return
+    engine.execute("DELETE FROM empi_alias")
+    if rows:
+        engine.load_arrow("empi_alias", pa.table({"source": [x[0] for x in rows], "source_id": [x[1] for x in rows],
+                                                  "alias": [x[2] for x in rows]}))
 
 
 # -- clustering and stable ids ----------------------------------------------------------------------------------

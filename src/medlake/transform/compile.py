@@ -168,11 +168,17 @@ def keyed_id(kind: str, expr: str | None) -> str:
 # Patient id equal to some MRN links nothing). Sources of a namespace that disagree on an id: the lowest person.
 # UNREGISTERED_IN_NAMESPACE: for each row `m` of a source, the sources of its namespace the EMPI does not register
 # (as t2.source): the ones that take the EMPI's person by id here, and follow its changes (transform.run).
+# EMPI_IDS: the ids the EMPI knows each person by, in its sources: their own ids and the MRNs that identities with
+# another id carry (a FHIR Patient's MR identifier: `empi_alias`), so a pharmacy dispensing for a patient only the
+# EMR sent has that patient's person.
 UNREGISTERED_IN_NAMESPACE = ("JOIN transform_source t1 ON t1.source = m.source "
                              "JOIN transform_source t2 ON t2.namespace = t1.namespace "
                              "WHERE t2.source NOT IN (SELECT DISTINCT source FROM empi_person_map)")
-EMPI_BY_NAMESPACE = ("INSERT INTO tx_empi_ns SELECT t2.source, m.source_id, min(m.person_id) FROM empi_person_map m "
-                     f"{UNREGISTERED_IN_NAMESPACE} GROUP BY 1, 2")
+EMPI_IDS = ("(SELECT source, source_id, person_id FROM empi_person_map UNION ALL SELECT a.source, a.alias AS "
+            "source_id, p.person_id FROM empi_alias a JOIN empi_person_map p ON p.source = a.source AND p.source_id = "
+            "a.source_id)")
+EMPI_BY_NAMESPACE = ("INSERT INTO tx_empi_ns SELECT t2.source, m.source_id, min(m.person_id) FROM "
+                     f"{EMPI_IDS} m {UNREGISTERED_IN_NAMESPACE} GROUP BY 1, 2")
 
 
 def person_joins(rule, empi: bool) -> tuple[str, str]:

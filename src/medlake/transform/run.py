@@ -23,7 +23,7 @@ from typing import Callable
 import pyarrow as pa
 
 from medlake.engines.base import Engine
-from medlake.identity import demographics
+from medlake.identity import demographics, empi as empi_tables
 from medlake.landing.ingest import RESTAGED_TABLE, _ensure_table, staging_schemas
 from medlake.transform import compile as c
 from medlake.transform import derived, rules as r
@@ -40,7 +40,7 @@ APPLIED = {
                                   "SELECT DISTINCT source_vocabulary_id, source_code, target_concept_id, "
                                   "source_concept_id FROM source_to_concept_map WHERE invalid_reason IS NULL"),
     "transform_applied_identity": ("source VARCHAR, source_id VARCHAR, person_id BIGINT",
-                                   "SELECT DISTINCT source, source_id, person_id FROM empi_person_map"),
+                                   f"SELECT DISTINCT source, source_id, person_id FROM {c.EMPI_IDS} AS m"),
     # the vocabulary releases (not the site's own code lists, which `medlake map` adds and the mapping diff covers)
     "transform_applied_vocabulary": ("vocabulary_id VARCHAR, vocabulary_version VARCHAR",
                                      "SELECT DISTINCT vocabulary_id, vocabulary_version FROM vocabulary "
@@ -142,6 +142,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
     if "stg_fhir_coding" in tables and "coding_index" in {x.name for x in engine.columns("stg_fhir_coding")}:
         tables.add(c.CODINGS)  # every coding is staged in order: events pick the one that maps
     empi = "empi_person_map" in tables
+    if empi:
+        empi_tables.ensure_tables(engine)  # (a store linked before empi_alias existed)
     events = [x for x in r.EVENTS if x.staging in tables]
     entities = [x for x in r.TABLES if x.staging in tables]
     persons = [x for x in r.PERSONS if x.staging in tables]
