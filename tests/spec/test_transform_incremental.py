@@ -196,6 +196,7 @@ def test_a_pharmacy_mrn_only_a_fhir_patient_carries_takes_the_empi_person_of_tha
     the EMPI keeps the MRN as the identity's alias (`empi_alias`), and the pharmacy's rows take its person — without
     it they had a person of their own, with no PERSON row. A changed alias re-maps those rows."""
     from medlake.identity import empi as empi_mod
+    from medlake.transform.trace import patient_ids
 
     store.init(engine, "5.4")
     vocab(engine)
@@ -218,6 +219,10 @@ def test_a_pharmacy_mrn_only_a_fhir_patient_carries_takes_the_empi_person_of_tha
     assert rows(engine, "SELECT person_id FROM drug_exposure") == sorted([(107,), (sid("h1|M7"),)])
     assert rows(engine, "SELECT person_id FROM observation_period") == sorted([(107,), (sid("h1|M7"),)])
     assert transform(engine, namespaces=ns).run_id is None  # the change is applied once
+    assert patient_ids(engine, 107) == ["M8", "p7"]  # what `trace` looks for in the quarantine
+    engine.execute("DELETE FROM empi_alias")
+    engine.load_arrow("empi_alias", pa.table({"source": ["emr"], "source_id": ["p7"], "alias": ["M9"]}))
+    assert patient_ids(engine, 107) == ["M8", "M9", "p7"]  # (before the next run: the EMPI's alias, no record yet)
 
 
 def test_a_vocabulary_loaded_after_the_first_run_maps_the_records(engine):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from medlake.cdm import model
 from medlake.engines.base import Engine
 from medlake.transform import rules as r
-from medlake.transform.compile import read_sql
+from medlake.transform.compile import EMPI_IDS, read_sql
 from medlake.transform.derived import FROM_EVENTS
 
 
@@ -62,8 +62,8 @@ def dangling(engine: Engine, table: str, row_id: int) -> list[tuple[str, int, st
 
 def patient_ids(engine: Engine, person_id: int) -> list[str]:
     """The source patient ids a person is known by: the patient that one record of each rule and source of the
-    person's CDM rows names (an MRN, a FHIR Patient id), and the ids the EMPI links to it. What a quarantined record
-    of that patient would carry (`Quarantine.naming`)."""
+    person's CDM rows names (an MRN, a FHIR Patient id), and the ids and MRNs the EMPI links to it. What a
+    quarantined record of that patient would carry (`Quarantine.naming`)."""
     tables = set(engine.tables())
     by_name = {x.name: x for x in r.ALL}
     ids: set[str] = set()
@@ -76,7 +76,7 @@ def patient_ids(engine: Engine, person_id: int) -> list[str]:
         got = engine.query(f"SELECT DISTINCT CAST({rule.person} AS VARCHAR) AS p FROM {read_sql(rule)} s "
                            f"WHERE s.source = ? AND ({rule.key}) = ?", [g["source"], g["record_key"]]).to_pylist()
         ids |= {x["p"] for x in got if x["p"]}
-    if "empi_person_map" in tables:
-        ids |= {x["source_id"] for x in engine.query("SELECT DISTINCT source_id FROM empi_person_map WHERE person_id "
-                                                      "= ?", [int(person_id)]).to_pylist()}
+    if "empi_alias" in tables:  # (the transform makes it beside empi_person_map)
+        ids |= {x["source_id"] for x in engine.query(f"SELECT DISTINCT source_id FROM {EMPI_IDS} AS m WHERE "
+                                                      "person_id = ?", [int(person_id)]).to_pylist()}
     return sorted(ids)
