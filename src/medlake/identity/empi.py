@@ -215,7 +215,8 @@ def run(engine, vault: Vault, *, who: str, link_threshold: float = LINK_THRESHOL
     timings["read_and_normalise"] = time.perf_counter() - t0
     run_id = _next_run_id(engine)
     if not keys:
-        return _finish(engine, run_id, who, "run", [], [], link_threshold, review_threshold, False, None, t0, timings)
+        return _finish(engine, run_id, who, "run", [], [], link_threshold, review_threshold, False, None, t0, timings,
+                       aliases)
     settings = None if retrain else _latest_model(engine)
     trained = False
     t1 = time.perf_counter()
@@ -256,12 +257,12 @@ def run(engine, vault: Vault, *, who: str, link_threshold: float = LINK_THRESHOL
 
 
 def _finish(engine, run_id, who, kind, keys, pairs, link_t, review_t, trained, model_json, t0, timings,
-            aliases: dict[Key, str] | None = None) -> RunReport:
+            aliases: dict[Key, str]) -> RunReport:
     names = [c["output_column_name"] for c in model_mod.COMPARISONS]
     now = _now()
     t3 = time.perf_counter()
     with engine.transaction():
-        _store_aliases(engine, keys, aliases or {})
+        _store_aliases(engine, keys, aliases)
         engine.execute("DELETE FROM empi_pair")
         if pairs:
             data = {

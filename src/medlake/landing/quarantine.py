@@ -139,12 +139,12 @@ class Quarantine:
         ids = [i for i in dict.fromkeys(ids) if i]
         if not ids:
             return []
-        sql = (f"SELECT id FROM item WHERE ({' OR '.join(['instr(raw, ?) > 0'] * len(ids))})"
-               + (" AND status = ?" if status is not None else ""))
-        found = [x for (x,) in self.db.execute(sql, [i.encode() for i in ids] + ([status] if status else []))]
+        sql = (f"SELECT {', '.join(COLUMNS)} FROM item WHERE ({' OR '.join(['instr(raw, ?) > 0'] * len(ids))})"
+               + (" AND status = ?" if status is not None else "") + " ORDER BY id")
+        args = [i.encode() for i in ids] + ([status] if status is not None else [])
         token = re.compile(rb"(?<![A-Za-z0-9_-])(?:" + b"|".join(re.escape(i.encode()) for i in ids)
                            + rb")(?![A-Za-z0-9_-])")
-        return [x for x in self.items(status=None, ids=found) if token.search(x.raw)] if found else []
+        return [x for x in (Item(*r) for r in self.db.execute(sql, args)) if token.search(x.raw)]
 
     def get(self, item_id: int) -> Item:
         got = self.items(status=None, ids=[item_id])
