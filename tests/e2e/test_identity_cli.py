@@ -126,6 +126,17 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
     r = run("empi", "status", cwd=tmp_path, env=env)
     assert re.search(r"identities\s+7\b", r.stdout), r.stdout
 
+    # the vault file lost (restored from before the first run): refused in one line, until a replay
+    for f in (tmp_path / "medlake-data" / "identity").glob("vault.sqlite*"):
+        f.unlink()
+    r = run("empi", "run", cwd=tmp_path, env=env)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert "lacks the identifying values of 2 receipt(s)" in r.stderr and "`medlake replay --source h2-emr`" in r.stderr
+    for src in ("h1-his", "h2-emr"):
+        assert run("replay", "--source", src, cwd=tmp_path, env=env).returncode == 0
+    r = run("empi", "run", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "7 identit(ies) into the vault" in r.stdout, r.stdout + r.stderr
+
 
 @pytest.mark.spark
 def test_empi_on_a_spark_store_links_with_splinks_spark_backend(tmp_path):

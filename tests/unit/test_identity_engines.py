@@ -15,7 +15,7 @@ from test_identity_staging import SECRETS, ingest_mod, site  # noqa: F401  (site
 
 from medlake.engines import open_engine
 from medlake.identity import empi, keys, staging
-from medlake.identity.vault import Vault
+from medlake.identity.vault import Vault, VaultError
 from medlake.landing.quarantine import Quarantine
 from medlake.landing.store import Landing
 from medlake.sources import config
@@ -114,5 +114,15 @@ def test_staging_moves_into_the_vault_on_every_engine(engine, site, tmp_path):  
         pid = {k: empi.person_id_for(engine, "h1-his", k) for k in ("M001", "M002", "M003")}
         assert pid["M002"] == pid["M003"] != pid["M001"]  # the A40 merge
         assert empi.person_id_for(engine, "h2-emr", "h2-pat-1") == pid["M001"]
+    # a new vault file beside a store whose staging has moved its values: refused, naming what it lacks
+    with Vault.open(tmp_path / "new", _ring()) as v:
+        with pytest.raises(VaultError, match=r"lacks the identifying values of 2 receipt\(s\).*h1-his: receipts "
+                                             r"\d+–\d+ of stg_hl7_patient; h2-emr: receipts \d+–\d+ of stg_fhir_pat"):
+            staging.vault_staging(engine, v, {s.name: (s.hospital, s.system) for s in srcs})
+        assert v.count() == 0
+        if engine.name != "spark":  # replay deletes staging rows: DuckDB and PostgreSQL
+            for s in srcs:
+                ingest_mod.replay(engine, Landing(site / "data/landing"), Quarantine(site / "data/quarantine"), s)
+            assert staging.vault_staging(engine, v, {s.name: (s.hospital, s.system) for s in srcs})["identities"] == 4
     if engine.name == "spark":  # the old Parquet files are gone, not just hidden
         assert _secrets_in(engine.warehouse) == []

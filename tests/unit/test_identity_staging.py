@@ -287,3 +287,62 @@ def test_a_run_reads_only_what_came_since_the_last(site):
         assert got["identities"] == 1 and got["rows_cleared"] == {"stg_hl7_patient": 1}
         assert v.read("test", "check", [("h1-his", "M009")])[0]["family"] == "赵"
     eng.close()
+
+
+def test_a_vault_older_than_the_store_is_refused_until_a_replay_stages_what_it_lacks(site):
+    """The vault is its own file, backed up on its own: restored from before the EMR's patient moved into it, it
+    lacks values the store no longer holds. The run says so, names the source, and changes nothing; after
+    `replay` of that source the same run brings them back."""
+    import shutil
+
+    from medlake.identity.vault import VaultError, vault_path
+
+    srcs = config.load(site / "sources.toml")
+    where = {s.name: (s.hospital, s.system) for s in srcs}
+    eng = open_engine(f"duckdb:{site / 'data' / 'store.duckdb'}")
+    land, q = Landing(site / "data/landing"), Quarantine(site / "data/quarantine")
+    path, backup = vault_path(site / "data"), site / "vault-backup.sqlite"
+    ingest_mod.ingest(eng, land, q, [site / "h1/his"], sources=srcs)
+    with Vault.open(site / "data", RING) as v:
+        staging.vault_staging(eng, v, where)
+    shutil.copy(path, backup)  # closed: its WAL is in the file
+    ingest_mod.ingest(eng, land, q, [site / "h2/emr"], sources=srcs)
+    with Vault.open(site / "data", RING) as v:
+        staging.vault_staging(eng, v, where)
+        assert v.read("test", "check", [("h2-emr", "h2-pat-1")])[0]["mrn"] == "X77"
+    for f in path.parent.glob(path.name + "*"):
+        f.unlink()
+    shutil.copy(backup, path)
+    with Vault.open(site / "data", RING) as v:
+        with pytest.raises(VaultError, match=r"lacks the identifying values of 1 receipt\(s\).*\(h2-emr: receipts "
+                                             r"\d+–\d+ of stg_fhir_patient\).*`medlake replay --source h2-emr`, then"):
+            staging.vault_staging(eng, v, where)
+        assert {s for s, _ in v.keys_of()} == {"h1-his"}  # nothing changed
+        ingest_mod.replay(eng, land, q, next(s for s in srcs if s.name == "h2-emr"))
+        assert staging.vault_staging(eng, v, where)["identities"] == 1
+        rec = v.read("test", "check", [("h2-emr", "h2-pat-1")])[0]
+        assert (rec["mrn"], rec["family"], rec["birth_date"]) == ("X77", "Zhang", "1980-03-05")
+        assert staging.vault_staging(eng, v, where)["rows_cleared"] == {}  # and the next run is quiet
+    # a vault that lost the file altogether lacks both sources
+    for f in path.parent.glob(path.name + "*"):
+        f.unlink()
+    with Vault.open(site / "data", RING) as v, pytest.raises(VaultError, match="replay --source h1-his`, `medlake "
+                                                                             "replay --source h2-emr`"):
+        staging.vault_staging(eng, v, where)
+    eng.close()
+
+
+def test_patient_rows_staged_after_a_run_took_its_marks_keep_their_values(site):
+    """A patient message staged while an identity run reads (`medlake listen`, an ingest beside it) is not in what
+    the run put into the vault: the run clears only rows up to the receipts it took as its marks."""
+    srcs = config.load(site / "sources.toml")
+    eng = open_engine(f"duckdb:{site / 'data' / 'store.duckdb'}")
+    ingest_mod.ingest(eng, Landing(site / "data/landing"), Quarantine(site / "data/quarantine"), [site / "h1/his"],
+                      sources=srcs)
+    seq = eng.query("SELECT max(receipt_seq) FROM stg_hl7_patient").column(0)[0].as_py()
+    cols = [c for c in staging.identifying_columns("stg_hl7_patient") if c not in staging.KEEP]
+    assert staging.clear_columns(eng, "stg_hl7_patient", cols, [("h1-his", seq - 1), ("h2-emr", seq)]) == 0
+    assert eng.query("SELECT count(family_name) FROM stg_hl7_patient").column(0)[0].as_py() == 5
+    assert staging.clear_columns(eng, "stg_hl7_patient", cols, [("h1-his", seq)]) == 5
+    assert eng.query("SELECT count(family_name) FROM stg_hl7_patient").column(0)[0].as_py() == 0
+    eng.close()

@@ -27,7 +27,7 @@ from medlake.engines.base import arrow_schema_of
 from medlake.identity import demographics, empi
 from medlake.landing.ingest import SQL_OF
 from medlake.identity.normalize import FIELDS, id_check_ok
-from medlake.identity.vault import Vault
+from medlake.identity.vault import Vault, VaultError
 
 KEEP = {"patient_id", "prior_patient_id"}  # source ids: the join key to empi_person_map, not moved
 _ID18 = re.compile(r"^[0-9]{17}[0-9Xx]$")
@@ -128,6 +128,37 @@ def _set_marks(engine, marks: list[tuple[str, str, int]]) -> None:
         engine.load_arrow(WATERMARK, pa.table({"stg_table": pa.array(cols[0], pa.string()),
                                                "source": pa.array(cols[1], pa.string()),
                                                "receipt_seq": pa.array(cols[2], pa.int64())}))
+
+
+def _received(upto: list[tuple[str, int]]) -> str:
+    """A condition on a staging row (`source`, `receipt_seq`): received up to the receipt `upto` names for its
+    source (none named: false)."""
+    return " OR ".join(f"(source = '{s.replace(chr(39), chr(39) * 2)}' AND receipt_seq <= {int(n)})"
+                       for s, n in upto) or "1 = 0"
+
+
+def _missing(engine, vault: Vault, tables: list[str]) -> list[dict]:
+    """Per patient table and source, the receipts whose identifying values the store moved into a vault
+    (`identity_vaulted`) beyond what this vault holds (`Vault.read_up_to`), and whose staging rows no longer hold
+    them (a replay stages them again): the vault is older than the store. None for a vault of before 2026-12-06 (it
+    has identities but no record of the receipts they came from)."""
+    upto = vault.read_up_to()
+    if (not upto and vault.count()) or VAULTED not in engine.tables():
+        return []
+    schemas, out = _schemas(), []
+    for t in tables:
+        have = {c.name for c in engine.columns(t)}
+        held = " OR ".join(f'"{c}" IS NOT NULL' for c in identifying_columns(t, schemas) if c in have and c not in KEEP)
+        if not held or not {"source", "receipt_seq"} <= have:
+            continue
+        after = f"NOT ({_received([(s, n) for (tt, s), n in upto.items() if tt == t])})"
+        out += engine.query(
+            f"SELECT '{t}' AS stg_table, v.source, min(v.receipt_seq) AS lo, max(v.receipt_seq) AS hi, count(*) AS n "
+            f"FROM (SELECT DISTINCT source, receipt_seq FROM {VAULTED} WHERE stg_table = '{t}' AND present > 0 AND "
+            f"{after}) v JOIN (SELECT source, receipt_seq, max(CASE WHEN {held} THEN 1 ELSE 0 END) AS held FROM "
+            f'"{t}" WHERE {after} GROUP BY source, receipt_seq) s ON s.source = v.source AND s.receipt_seq = '
+            f"v.receipt_seq WHERE s.held = 0 GROUP BY v.source ORDER BY v.source").to_pylist()
+    return out
 
 
 def _fold(rows: list[dict], identity, when: str) -> list[dict]:
@@ -262,12 +293,23 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
     """Move identifying staging values into the vault; record merges; null the moved columns in staging.
     Returns counts. Idempotent: a second call finds nothing left to move. Reads only the patient rows an earlier
     call has not (`_unread`): `identities` counts those this call put."""
-    marks = _marks(engine, [t for t in ("stg_hl7_patient", "stg_fhir_patient") if t in engine.tables()])
+    patients = [t for t in ("stg_hl7_patient", "stg_fhir_patient") if t in engine.tables()]
+    marks = _marks(engine, patients)
+    missing = _missing(engine, vault, patients)
+    if missing:
+        raise VaultError(
+            f"the identity vault {vault.path} lacks the identifying values of "
+            f"{sum(m['n'] for m in missing):,} receipt(s) the store has moved into a vault ("
+            + "; ".join(f"{m['source']}: receipts {m['lo']}–{m['hi']} of {m['stg_table']}" for m in missing)
+            + "): it is older than the store (a backup restored, or a new vault file). The landing keeps the "
+            "originals: " + ", ".join(f"`medlake replay --source {s}`" for s in sorted({m["source"] for m in missing}))
+            + ", then `medlake empi run` again")
     ids = source_identities(engine, sources)
     # identities already in the vault and nothing new in staging: put() is only called with what staging holds
     stored = vault.put(ids) if ids else []  # as merged with what the vault held: a later run's older message loses
     demographics.record(engine, stored)  # sex, year and month of birth: what the CDM may keep
     merges = empi.record_merges(engine, source_merges(engine))
+    vault.set_read(marks)
     _set_marks(engine, marks)
     schemas = _schemas()
     nulled = {}
@@ -275,7 +317,10 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
         for t in engine.tables():
             if not t.startswith("stg_"):
                 continue
-            n = clear_columns(engine, t, [c for c in identifying_columns(t, schemas) if c not in KEEP])
+            # a patient row staged while this run read (`medlake listen`, an ingest beside it) keeps its values
+            # for the next run: only rows up to the marks have theirs in the vault
+            upto = [(s, n) for tt, s, n in marks if tt == t] if any(m[0] == t for m in marks) else None
+            n = clear_columns(engine, t, [c for c in identifying_columns(t, schemas) if c not in KEEP], upto)
             if n:
                 nulled[t] = n
     return {"identities": len(stored), "merges": merges, "rows_cleared": nulled}
@@ -298,9 +343,10 @@ def _record_vaulted(engine, table: str, gone: list[str], where: str) -> None:
         f"WHERE {where} GROUP BY source, receipt_seq HAVING count(\"{c}\") > 0" for c in gone))
 
 
-def clear_columns(engine, table: str, columns: list[str]) -> int:
+def clear_columns(engine, table: str, columns: list[str], upto: list[tuple[str, int]] | None = None) -> int:
     """Set `columns` to NULL in every row of `table` that has a value in one of them (a staging table first records
-    how many values move: `_record_vaulted`); returns how many rows.
+    how many values move: `_record_vaulted`); returns how many rows. `upto` [(source, receipt)]: only the rows of
+    those sources received up to those receipts.
 
     Engine-neutral (Spark's Parquet tables have no UPDATE): the rows are inserted again with those columns
     NULL, then the originals are deleted — both set-based in the engine, inside the caller's transaction."""
@@ -309,6 +355,8 @@ def clear_columns(engine, table: str, columns: list[str]) -> int:
     if not gone:
         return 0
     where = " OR ".join(f'"{c}" IS NOT NULL' for c in gone)
+    if upto is not None:
+        where = f"({where}) AND ({_received(upto)})"
     n = engine.query(f'SELECT count(*) FROM "{table}" WHERE {where}').column(0)[0].as_py()
     if n:
         if {"source", "receipt_seq"} <= {c.name for c in cols}:  # a staging table: what moved, for quality

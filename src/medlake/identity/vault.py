@@ -8,6 +8,8 @@ Layout (`<data_dir>/identity/vault.sqlite`):
   before 2026-12-05 holds it in plain text until the row is written again or `rotate` passes).
 - `blocking_key`: HMAC-ed blocking keys (no plaintext) for candidate search.
 - `secret`: the vault's own secrets (matching HMAC secret, pseudonym site secret), encrypted like the values.
+- `staging_read`: per staging table and source, the last receipt whose identities the vault holds (a store's
+  `identity_watermark` beyond it means the vault is older than the store: `staging.vault_staging` refuses).
 - `access_log`: every plaintext read and every re-identification: who, role, when, why, what. Append-only
   (triggers refuse UPDATE and DELETE) and hash-chained, so a removed or edited row shows in `verify_log()`.
 
@@ -37,6 +39,8 @@ CREATE INDEX IF NOT EXISTS identity_key ON identity (key_id);
 CREATE TABLE IF NOT EXISTS blocking_key (
   source TEXT NOT NULL, source_id TEXT NOT NULL, {kinds},
   PRIMARY KEY (source, source_id));
+CREATE TABLE IF NOT EXISTS staging_read (
+  stg_table TEXT NOT NULL, source TEXT NOT NULL, receipt_seq INTEGER NOT NULL, PRIMARY KEY (stg_table, source));
 CREATE TABLE IF NOT EXISTS access_log (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, who TEXT NOT NULL, role TEXT, why TEXT NOT NULL,
   what TEXT NOT NULL, rows INTEGER NOT NULL, granted INTEGER NOT NULL DEFAULT 1, prev TEXT NOT NULL,
@@ -202,7 +206,17 @@ class Vault:
     def _tx(self):
         return Vault._Tx(self.con)
 
+    def set_read(self, marks: Iterable[tuple[str, str, int]]) -> None:
+        """After a `put` of what staging held up to them: (staging table, source, last receipt) the vault holds."""
+        with self._tx():
+            self.con.executemany("INSERT OR REPLACE INTO staging_read VALUES (?, ?, ?)", list(marks))
+
     # -- reading -------------------------------------------------------------------------------------------
+    def read_up_to(self) -> dict[tuple[str, str], int]:
+        """{(staging table, source): last receipt} whose identities the vault holds (`set_read`); empty for a new
+        vault and for one written before 2026-12-06."""
+        return {(t, s): n for t, s, n in self.con.execute("SELECT stg_table, source, receipt_seq FROM staging_read")}
+
     def count(self) -> int:
         return self.con.execute("SELECT count(*) FROM identity").fetchone()[0]
 
