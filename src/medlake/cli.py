@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 failure (one clear line on stderr), 2 usage error.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -614,7 +615,8 @@ def quality_run(
             t.add_row(x["check_id"], f"{x['num_violated_rows']:,} of {x['num_denominator_rows']:,}",
                       f"{100 * x['pct_violated_rows']:.2f} > {x['threshold']:g}")
         out.print(t)
-        out.print("a check's rows and what to do: medlake quality show CHECK_ID", highlight=False)
+        at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
+        out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
     if s.get("since_last_run"):
         d = s["since_last_run"]
         out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s), {len(d['fixed'])} fixed",

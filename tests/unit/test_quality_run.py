@@ -1210,6 +1210,7 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     # what to do (it has no query of its own)
     assert "failed checks, worst first" in p.stdout
     assert "source_sourcemandatorycompleteness_lab_stg_csv_lab_order_id" in p.stdout
+    assert "what to do: medlake quality show CHECK_ID\n" in p.stdout  # the default folder: no --out to name
     p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "show", dup["check_id"]], env=dict(
         env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -1223,6 +1224,7 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml", "--out", "dups",
                         "--check-names", "sourceDuplicateRecords"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
+    assert "what to do: medlake quality show CHECK_ID --out dups\n" in p.stdout  # where `show` finds the run
     [rows] = [json.loads(x.read_text()) for x in (tmp_path / "dups").glob("*/results.json")]
     assert {x["check_name"] for x in rows} == {"sourceDuplicateRecords"} and dup["check_id"] in {x["check_id"] for x in rows}
     assert "only the check types (--check-names): sourceDuplicateRecords" in p.stdout
