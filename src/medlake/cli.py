@@ -1135,7 +1135,13 @@ def identity_rotate_key(
 
 @identity_app.command("status")
 def identity_status():
-    """The vault: identities, rows per key, the access log and whether its hash chain is intact."""
+    """The vault: identities, rows per key, the access log and whether its hash chain is intact; and whether it holds
+    every value the store has moved into a vault (a vault restored from an older backup does not)."""
+    from rich.markup import escape
+
+    from medlake.engines.base import EngineError
+    from medlake.identity import staging
+
     with _vault() as v:
         out.print(f"vault      {v.path}", highlight=False)
         out.print(f"identities {v.count():,}")
@@ -1145,6 +1151,16 @@ def identity_status():
         problems = v.verify_log()
         out.print(f"access log {len(log):,} entr{'y' if len(log) == 1 else 'ies'}; "
                   + ("hash chain intact" if not problems else f"[red]{problems[0]}[/red]"))
+        try:
+            with open_store(read_only=True) as eng:  # what the store moved into a vault: all in this one?
+                missing = staging.missing_in_vault(eng, v)
+        except (EngineError, OSError, ValueError) as e:
+            out.print(f"staging    not compared: the store does not open ({e})", highlight=False, markup=False)
+            return
+        read = ", ".join(f"{s} up to {n}" for (_, s), n in sorted(v.read_up_to().items(), key=lambda x: x[0][::-1])) or "none"
+        out.print("staging    " + (f"[red]{escape(staging.lacking(v, missing))}[/red]" if missing else
+                                   f"every value the store moved is in the vault (patient receipts read: {read})"),
+                  highlight=False)
 
 
 @empi_app.command("run")

@@ -127,8 +127,12 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
     assert re.search(r"identities\s+7\b", r.stdout), r.stdout
 
     # the vault file lost (restored from before the first run): refused in one line, until a replay
+    assert "every value the store moved is in the vault (patient receipts read: h1-his up to 1, h2-emr up to 2)" \
+        in run("identity", "status", cwd=tmp_path, env=env).stdout
     for f in (tmp_path / "medlake-data" / "identity").glob("vault.sqlite*"):
         f.unlink()
+    r = run("identity", "status", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "lacks the identifying values of 2 receipt(s)" in r.stdout, r.stdout + r.stderr
     r = run("empi", "run", cwd=tmp_path, env=env)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
     assert "lacks the identifying values of 2 receipt(s)" in r.stderr and "`medlake replay --source h2-emr`" in r.stderr
@@ -136,6 +140,7 @@ def test_identity_and_empi_commands_end_to_end(tmp_path):
         assert run("replay", "--source", src, cwd=tmp_path, env=env).returncode == 0
     r = run("empi", "run", cwd=tmp_path, env=env)
     assert r.returncode == 0 and "7 identit(ies) into the vault" in r.stdout, r.stdout + r.stderr
+    assert "every value the store moved is in the vault" in run("identity", "status", cwd=tmp_path, env=env).stdout
 
 
 @pytest.mark.spark

@@ -137,7 +137,11 @@ def _received(upto: list[tuple[str, int]]) -> str:
                        for s, n in upto) or "1 = 0"
 
 
-def _missing(engine, vault: Vault, tables: list[str]) -> list[dict]:
+def _patient_tables(engine) -> list[str]:
+    return [t for t in ("stg_hl7_patient", "stg_fhir_patient") if t in engine.tables()]
+
+
+def missing_in_vault(engine, vault: Vault) -> list[dict]:
     """Per patient table and source, the receipts whose identifying values the store moved into a vault
     (`identity_vaulted`) beyond what this vault holds (`Vault.read_up_to`), and whose staging rows no longer hold
     them (a replay stages them again): the vault is older than the store. None for a vault of before 2026-12-06 (it
@@ -146,7 +150,7 @@ def _missing(engine, vault: Vault, tables: list[str]) -> list[dict]:
     if (not upto and vault.count()) or VAULTED not in engine.tables():
         return []
     schemas, out = _schemas(), []
-    for t in tables:
+    for t in _patient_tables(engine):
         have = {c.name for c in engine.columns(t)}
         held = " OR ".join(f'"{c}" IS NOT NULL' for c in identifying_columns(t, schemas) if c in have and c not in KEEP)
         if not held or not {"source", "receipt_seq"} <= have:
@@ -159,6 +163,16 @@ def _missing(engine, vault: Vault, tables: list[str]) -> list[dict]:
             f'"{t}" WHERE {after} GROUP BY source, receipt_seq) s ON s.source = v.source AND s.receipt_seq = '
             f"v.receipt_seq WHERE s.held = 0 GROUP BY v.source ORDER BY v.source").to_pylist()
     return out
+
+
+def lacking(vault: Vault, missing: list[dict]) -> str:
+    """What `missing_in_vault` found, and what to do, in one line."""
+    return (f"the identity vault {vault.path} lacks the identifying values of {sum(m['n'] for m in missing):,} "
+            "receipt(s) the store has moved into a vault ("
+            + "; ".join(f"{m['source']}: receipts {m['lo']}–{m['hi']} of {m['stg_table']}" for m in missing)
+            + "): it is older than the store (a backup restored, or a new vault file). The landing keeps the "
+            "originals: " + ", ".join(f"`medlake replay --source {s}`" for s in sorted({m["source"] for m in missing}))
+            + ", then `medlake empi run` again")
 
 
 def _fold(rows: list[dict], identity, when: str) -> list[dict]:
@@ -293,17 +307,10 @@ def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | No
     """Move identifying staging values into the vault; record merges; null the moved columns in staging.
     Returns counts. Idempotent: a second call finds nothing left to move. Reads only the patient rows an earlier
     call has not (`_unread`): `identities` counts those this call put."""
-    patients = [t for t in ("stg_hl7_patient", "stg_fhir_patient") if t in engine.tables()]
-    marks = _marks(engine, patients)
-    missing = _missing(engine, vault, patients)
+    marks = _marks(engine, _patient_tables(engine))
+    missing = missing_in_vault(engine, vault)
     if missing:
-        raise VaultError(
-            f"the identity vault {vault.path} lacks the identifying values of "
-            f"{sum(m['n'] for m in missing):,} receipt(s) the store has moved into a vault ("
-            + "; ".join(f"{m['source']}: receipts {m['lo']}–{m['hi']} of {m['stg_table']}" for m in missing)
-            + "): it is older than the store (a backup restored, or a new vault file). The landing keeps the "
-            "originals: " + ", ".join(f"`medlake replay --source {s}`" for s in sorted({m["source"] for m in missing}))
-            + ", then `medlake empi run` again")
+        raise VaultError(lacking(vault, missing))
     ids = source_identities(engine, sources)
     # identities already in the vault and nothing new in staging: put() is only called with what staging holds
     stored = vault.put(ids) if ids else []  # as merged with what the vault held: a later run's older message loses
