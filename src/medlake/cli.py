@@ -1157,10 +1157,15 @@ def identity_status():
         except (EngineError, OSError, ValueError) as e:
             out.print(f"staging    not compared: the store does not open ({e})", highlight=False, markup=False)
             return
-        read = ", ".join(f"{s} up to {n}" for (_, s), n in sorted(v.read_up_to().items(), key=lambda x: x[0][::-1])) or "none"
-        out.print("staging    " + (f"[red]{escape(staging.lacking(v, missing))}[/red]" if missing else
-                                   f"every value the store moved is in the vault (patient receipts read: {read})"),
-                  highlight=False)
+        read = sorted(v.read_up_to().items(), key=lambda x: x[0][::-1])
+        if missing:
+            out.print(f"staging    [red]{escape(staging.lacking(v, missing))}[/red]", highlight=False)
+        elif not read and v.count():
+            out.print("staging    not compared: the vault has no record of the receipts it read (a vault of before "
+                      "2026-12-06); the next `medlake empi run` writes it", highlight=False)
+        else:
+            out.print("staging    every value the store moved is in the vault (patient receipts read: "
+                      + (", ".join(f"{s} up to {n}" for (_, s), n in read) or "none") + ")", highlight=False)
 
 
 @empi_app.command("run")

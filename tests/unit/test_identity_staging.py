@@ -323,6 +323,13 @@ def test_a_vault_older_than_the_store_is_refused_until_a_replay_stages_what_it_l
         rec = v.read("test", "check", [("h2-emr", "h2-pat-1")])[0]
         assert (rec["mrn"], rec["family"], rec["birth_date"]) == ("X77", "Zhang", "1980-03-05")
         assert staging.vault_staging(eng, v, where)["rows_cleared"] == {}  # and the next run is quiet
+    # a vault of before 2026-12-06 keeps no record of the receipts it read: it cannot be told older, and its next
+    # run writes the record
+    with Vault.open(site / "data", RING) as v:
+        v.con.execute("DELETE FROM staging_read")
+        assert staging.missing_in_vault(eng, v) == [] and v.read_up_to() == {}
+        staging.vault_staging(eng, v, where)
+        assert {s for _, s in v.read_up_to()} == {"h1-his", "h2-emr"}
     # a vault that lost the file altogether lacks both sources
     for f in path.parent.glob(path.name + "*"):
         f.unlink()

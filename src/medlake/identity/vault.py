@@ -8,8 +8,9 @@ Layout (`<data_dir>/identity/vault.sqlite`):
   before 2026-12-05 holds it in plain text until the row is written again or `rotate` passes).
 - `blocking_key`: HMAC-ed blocking keys (no plaintext) for candidate search.
 - `secret`: the vault's own secrets (matching HMAC secret, pseudonym site secret), encrypted like the values.
-- `staging_read`: per staging table and source, the last receipt whose identities the vault holds (a store's
-  `identity_watermark` beyond it means the vault is older than the store: `staging.vault_staging` refuses).
+- `staging_read`: per staging table and source, the last receipt whose identities the vault holds; values the
+  store moved from later receipts and no longer holds are missing from it (a vault older than the store:
+  `staging.vault_staging` refuses, `staging.missing_in_vault` lists them).
 - `access_log`: every plaintext read and every re-identification: who, role, when, why, what. Append-only
   (triggers refuse UPDATE and DELETE) and hash-chained, so a removed or edited row shows in `verify_log()`.
 
