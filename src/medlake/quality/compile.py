@@ -363,9 +363,16 @@ def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
     fields = sorted({it.check.field for it in items} | {f for it in items for f in it.group_cols})
     cols = ", ".join(q(f) for f in fields)
     aggs = ["sum(t.n__) AS n"]
+    # the counts of distinct values (sourceValueCompleteness, on engines that count them on groups) are taken on
+    # the groups (`g__`); the weighted conditions on the groups of the concept fields alone (`c__`): a source
+    # value may be one per row (a visit number) and make as many groups as rows, over which every condition and
+    # concept join would run again (PostgreSQL: 6.4 s for the simulated hospital's 1.3M visits, 1.9 s so)
+    distinct = [(i, it) for i, it in enumerate(items) if not it.weighted]
+    concept = sorted({it.check.field for it in items if it.weighted})
+    for i, it in distinct:
+        aggs += [f"max(s__.v{i}) AS v{i}", f"max(s__.d{i}) AS d{i}"]
     for i, it in enumerate(items):
-        if not it.weighted:  # count(DISTINCT …): the same on the groups as on the rows
-            aggs += [f"{it.num} AS v{i}", f"{it.den} AS d{i}"]
+        if not it.weighted:
             continue
         aggs += [f"sum(CASE WHEN {it.where} THEN t.n__ ELSE 0 END) AS v{i}",
                  f"sum(CASE WHEN {it.den_where} THEN t.n__ ELSE 0 END) AS d{i}" if it.den_where else f"sum(t.n__) AS d{i}",
@@ -374,12 +381,20 @@ def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
     aliases = []
     for it in items:
         aliases += [a for a in it.joins if a not in aliases]
+    src = "c__" if distinct else "g__"  # what the weighted conditions and the concept lookup read
     joins = " ".join(f"LEFT JOIN lk__ AS {a} ON t.{q(a[3:])} = {a}.concept_id" for a in aliases)
-    ids = " UNION ".join(f"SELECT {q(a[3:])} FROM g__" for a in aliases)
+    ids = " UNION ".join(f"SELECT {q(a[3:])} FROM {src}" for a in aliases)
     ids = f"= ANY(ARRAY({ids}))" if ctx.shapes.lookup_array else f"IN ({ids})"
     lookup = f", lk__ AS (SELECT {', '.join(CONCEPT_COLUMNS)} FROM concept WHERE concept_id {ids})" if aliases else ""
-    return (f"WITH g__ AS (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols}){lookup} "
-            f"SELECT {', '.join(aggs)} FROM g__ AS t {joins}")
+    withs = f"g__ AS (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols})"
+    rest = ""
+    if distinct:
+        ccols = ", ".join(q(f) for f in concept)
+        withs += (f", c__ AS (SELECT {ccols + ', ' if ccols else ''}sum(n__) AS n__ FROM g__"
+                  f"{' GROUP BY ' + ccols if ccols else ''})")
+        rest = " CROSS JOIN (SELECT " + ", ".join(f"{it.num} AS v{i}, {it.den} AS d{i}" for i, it in distinct) + \
+            " FROM g__ AS t) AS s__"
+    return f"WITH {withs}{lookup} SELECT {', '.join(aggs)} FROM {src} AS t {joins}{rest}"
 
 
 def value_condition(it: Item, values: list) -> tuple[str, tuple[str, ...]] | None:
