@@ -126,3 +126,40 @@ def test_staging_moves_into_the_vault_on_every_engine(engine, site, tmp_path):  
             assert staging.vault_staging(engine, v, {s.name: (s.hospital, s.system) for s in srcs})["identities"] == 4
     if engine.name == "spark":  # the old Parquet files are gone, not just hidden
         assert _secrets_in(engine.warehouse) == []
+
+
+def test_a_patient_row_staged_while_the_move_reads_keeps_its_values(engine, site, tmp_path):  # noqa: F811
+    """Another process stages a patient row (a `quarantine retry` at its old receipt) after the move has read
+    staging and before it clears it: the row was not read, so it is not cleared, and the next move puts it into the
+    vault. (PostgreSQL, the engine where two processes write at once.)"""
+    if engine.name != "postgres":
+        pytest.skip("one writer on DuckDB (a file lock) and on Spark")
+    from medlake.engines import open_engine as reopen
+
+    srcs = config.load(site / "sources.toml")
+    where = {s.name: (s.hospital, s.system) for s in srcs}
+    ingest_mod.ingest(engine, Landing(site / "data/landing"), Quarantine(site / "data/quarantine"),
+                      [site / "h1/his"], sources=srcs)
+    other = reopen(engine.url)
+    read = staging.source_identities
+
+    def read_then_another_process_stages(eng, srcs_):
+        out = read(eng, srcs_)
+        other.execute("INSERT INTO stg_hl7_patient (source, receipt_seq, record_location, patient_id, family_name) "
+                      "SELECT source, receipt_seq, 'retried', 'M009', 'Retried' FROM stg_hl7_patient LIMIT 1")
+        return out
+
+    try:
+        with Vault.open(site / "data", _ring()) as v:
+            staging.source_identities = read_then_another_process_stages
+            try:
+                staging.vault_staging(engine, v, where)
+            finally:
+                staging.source_identities = read
+            assert engine.query("SELECT family_name FROM stg_hl7_patient WHERE patient_id = 'M009'").to_pylist() \
+                == [{"family_name": "Retried"}]  # not read, not cleared
+            assert staging.vault_staging(engine, v, where)["identities"] == 1
+            assert v.read("test", "check", [("h1-his", "M009")])[0]["family"] == "Retried"
+            assert engine.query("SELECT count(family_name) FROM stg_hl7_patient").column(0)[0].as_py() == 0
+    finally:
+        other.close()

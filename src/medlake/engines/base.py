@@ -72,7 +72,10 @@ class Engine(Protocol):
     def create_table(self, table: "Table", name: str | None = None) -> None:
         """Create a CDM table (or a table shaped like one, under another name) with the engine's types."""
 
-    def transaction(self) -> AbstractContextManager[None]: ...
+    def transaction(self, snapshot: bool = False) -> AbstractContextManager[None]:
+        """All or nothing; a nested call joins the outer transaction. `snapshot`: every statement sees the store as
+        at the first, and deletes and updates only rows it sees — a row another process commits meanwhile is left
+        alone (PostgreSQL: REPEATABLE READ; a DuckDB transaction is a snapshot; Spark has one writer)."""
 
     def analyze(self, *tables: str) -> None:
         """Refresh the planner's statistics of tables just filled (work tables inside a run); may do nothing."""

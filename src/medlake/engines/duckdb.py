@@ -93,7 +93,7 @@ class DuckDBEngine:
         self.execute(create_table(table, name=name).sql("duckdb"))
 
     @contextmanager
-    def transaction(self):
+    def transaction(self, snapshot: bool = False):  # (a DuckDB transaction is a snapshot)
         if self._depth:  # nested: join the outer transaction
             self._depth += 1
             try:

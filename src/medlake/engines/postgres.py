@@ -222,7 +222,7 @@ class PostgresEngine:
                 self.execute_native(f"SET {k} = '{v}'")
 
     @contextmanager
-    def transaction(self):
+    def transaction(self, snapshot: bool = False):
         if self._depth:
             self._depth += 1
             try:
@@ -230,7 +230,7 @@ class PostgresEngine:
             finally:
                 self._depth -= 1
             return
-        self.execute_native("BEGIN")
+        self.execute_native("BEGIN ISOLATION LEVEL REPEATABLE READ" if snapshot else "BEGIN")
         self._depth = 1
         try:
             yield

@@ -269,7 +269,7 @@ class SparkEngine:
 
     # -- transactions by snapshot ----------------------------------------------------------------------
     @contextmanager
-    def transaction(self):
+    def transaction(self, snapshot: bool = False):  # (one writer: nothing commits beside it)
         if self._depth:
             self._depth += 1
             try:

@@ -306,26 +306,27 @@ def source_merges(engine) -> list[dict]:
 def vault_staging(engine, vault: Vault, sources: dict[str, tuple[str, str]] | None = None) -> dict:
     """Move identifying staging values into the vault; record merges; null the moved columns in staging.
     Returns counts. Idempotent: a second call finds nothing left to move. Reads only the patient rows an earlier
-    call has not (`_unread`): `identities` counts those this call put."""
-    marks = _marks(engine, _patient_tables(engine))
-    missing = missing_in_vault(engine, vault)
-    if missing:
-        raise VaultError(lacking(vault, missing))
-    ids = source_identities(engine, sources)
-    # identities already in the vault and nothing new in staging: put() is only called with what staging holds
-    stored = vault.put(ids) if ids else []  # as merged with what the vault held: a later run's older message loses
-    demographics.record(engine, stored)  # sex, year and month of birth: what the CDM may keep
-    merges = empi.record_merges(engine, source_merges(engine))
-    vault.set_read(marks)
-    _set_marks(engine, marks)
-    schemas = _schemas()
-    nulled = {}
-    with engine.transaction():
+    call has not (`_unread`): `identities` counts those this call put. One snapshot from the read to the clear: a
+    row another process stages meanwhile (`medlake listen`, a `quarantine retry` at its old receipt) is not seen,
+    so not cleared, and keeps its values for the next run."""
+    with engine.transaction(snapshot=True):
+        marks = _marks(engine, _patient_tables(engine))
+        missing = missing_in_vault(engine, vault)
+        if missing:
+            raise VaultError(lacking(vault, missing))
+        ids = source_identities(engine, sources)
+        # identities already in the vault and nothing new in staging: put() is only called with what staging holds
+        stored = vault.put(ids) if ids else []  # as merged with what the vault held: a later run's older message loses
+        demographics.record(engine, stored)  # sex, year and month of birth: what the CDM may keep
+        merges = empi.record_merges(engine, source_merges(engine))
+        vault.set_read(marks)
+        _set_marks(engine, marks)
+        schemas = _schemas()
+        nulled = {}
         for t in engine.tables():
             if not t.startswith("stg_"):
                 continue
-            # a patient row staged while this run read (`medlake listen`, an ingest beside it) keeps its values
-            # for the next run: only rows up to the marks have theirs in the vault
+            # only rows up to the marks, too: called inside a caller's transaction, the snapshot is the caller's
             upto = [(s, n) for tt, s, n in marks if tt == t] if any(m[0] == t for m in marks) else None
             n = clear_columns(engine, t, [c for c in identifying_columns(t, schemas) if c not in KEEP], upto)
             if n:
