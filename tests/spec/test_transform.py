@@ -110,7 +110,7 @@ def test_fhir_hl7_csv_to_cdm_same_rows_and_ids(engine):
     s = transform(engine, namespaces=NS)
     person = sid("h1|M1")  # the FHIR Patient's MRN links it to the HL7 patient of the same hospital
     assert rows(engine, "SELECT person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth "
-                        "FROM person") == [(person, 8532, 1965, 4, 12)]
+                        "FROM person") == [(person, 8532, 1965, 4, None)]  # the day of birth stays out
     visit_fhir, visit_hl7 = sid("visit_occurrence|h1|Encounter/e1"), sid("visit_occurrence|h1|V9")
     assert rows(engine, "SELECT visit_occurrence_id, person_id, visit_concept_id, visit_start_date, visit_end_date "
                         "FROM visit_occurrence") == sorted([
@@ -650,6 +650,48 @@ def test_a_visit_known_only_from_its_results_has_a_row_until_its_adt_arrives(eng
         transform(engine, namespaces=ns, full=True)
 
 
+def test_notes_and_persons_reach_the_cdm_without_what_identifies_the_patient(engine):
+    """Before `empi run` (or at a site without the EMPI) staging still holds every identifying value: the CDM takes
+    none of them, so it is the same whichever ran first. An HL7 MDM document and a FHIR DocumentReference each give
+    a NOTE (date, type, visit, author) without their text, which names people; PERSON keeps year and month of
+    birth, not the day; no name, address, phone or note sentence of staging is in any CDM table."""
+    store.init(engine, "5.4")
+    vocab(engine)
+    said = "Mrs Wang Fang, seen with her son Wang Lei; lives at 12 Lotus Lane, phone 13900001111."
+    stage(engine, "stg_hl7_patient", "his", 1, [
+        dict(control_id="A1", message_type="ADT^A01", event_time=T(2024, 3, 1, 8), patient_id="M7", sex="F",
+             names="Wang^Fang", family_name="Wang", given_name="Fang", birth_date=D(1950, 7, 23),
+             address_street="12 Lotus Lane", address_city="Ningbo", phone_home="13900001111")])
+    stage(engine, "stg_hl7_visit", "his", 1, [
+        dict(control_id="A1", message_type="ADT^A01", event_time=T(2024, 3, 1, 8), patient_id="M7",
+             visit_number="V70", patient_class="I", attending_doctor_id="D5", attending_doctor_name="Li Ming",
+             admit_time=T(2024, 3, 1, 8))])
+    stage(engine, "stg_hl7_document", "his", 2, [
+        dict(control_id="T1", message_type="MDM^T02", event_time=T(2024, 3, 2, 9), patient_id="M7",
+             visit_number="V70", document_type="DS", activity_time=T(2024, 3, 2, 9), author_id="D5",
+             author_name="Li Ming", document_id="DOC1", completion_status="AU", text=said),
+        dict(control_id="T2", message_type="MDM^T02", event_time=T(2024, 3, 3, 9), patient_id="M7",
+             visit_number="V70", document_type="DS", document_id="DOC2", completion_status="CA", text=said)])
+    stage(engine, "stg_fhir_patient", "emr", 1, [
+        dict(resource_id="p7", mrn="M7", gender="female", birth_date=D(1950, 7, 23), family_name="Wang",
+             given_names="Fang", address_line="12 Lotus Lane")])
+    stage(engine, "stg_fhir_document_reference", "emr", 1, [
+        dict(resource_id="d1", status="current", subject_ref="Patient/p7", date=T(2024, 3, 4, 10),
+             content_title="Discharge summary", text=said)])
+    transform(engine, namespaces={"his": "h1", "emr": "h1"})
+    person = sid("h1|M7")
+    assert rows(engine, "SELECT person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth "
+                        "FROM person") == [(person, 8532, 1950, 7, None)]
+    assert rows(engine, "SELECT person_id, note_date, note_type_concept_id, note_title, note_text, "
+                        "encoding_concept_id, visit_occurrence_id, provider_id, note_source_value FROM note") == sorted([
+        (person, D(2024, 3, 2), 32817, None, "", 32678, sid("visit_occurrence|h1|V70"), sid("provider|h1|D5"), "DS"),
+        (person, D(2024, 3, 4), 32817, "Discharge summary", "", 32678, None, None, None)])  # DOC2 cancelled
+    cdm = " ".join(str(engine.query(f"SELECT * FROM {t.name}").to_pylist()) for t in CDM.tables
+                   if t.schema == "CDM" and t.name in engine.tables())
+    for value in ("Wang", "Fang", "Lei", "Lotus", "Ningbo", "13900001111", "Li Ming", "1950, 7, 23"):
+        assert value not in cdm, value
+
+
 def test_location_device_specimen_coverage_report(engine):
     """FHIR Location → CARE_SITE + LOCATION (facility address only), Device → DEVICE_EXPOSURE, Specimen → SPECIMEN,
     Coverage → PAYER_PLAN_PERIOD, DiagnosticReport → NOTE (+ its code, when a clinical fact, by domain),
@@ -725,8 +767,8 @@ def test_location_device_specimen_coverage_report(engine):
         (person, D(2022, 1, 1), D(2022, 12, 31), None, None)])  # a person paying: no name
     assert rows(engine, "SELECT person_id, note_date, note_class_concept_id, note_title, note_text, "
                         "note_source_value FROM note") == sorted([
-        (person, D(2021, 3, 16), 3030023, "H&P", "History and physical.", "34117-2"),
-        (person, D(2021, 3, 17), 0, None, "Normal.", "24323-8")])
+        (person, D(2021, 3, 16), 3030023, "H&P", "", "34117-2"),  # free text stays out of the CDM
+        (person, D(2021, 3, 17), 0, None, "", "24323-8")])
     assert rows(engine, "SELECT person_id, measurement_concept_id, measurement_date, measurement_type_concept_id "
                         "FROM measurement") == [(person, 3026023, D(2021, 3, 17), 32856)]  # the panel; not the H&P
     assert rows(engine, "SELECT cdm_table, count(*) FROM cdm_lineage WHERE rule IN ('fhir.location', "

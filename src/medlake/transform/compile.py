@@ -533,11 +533,13 @@ PERSONS = f"""(SELECT * FROM (SELECT tp.*, ROW_NUMBER() OVER (PARTITION BY perso
 
 
 def person_insert_sql(gender: dict, race: dict, ethnicity: dict) -> str:
+    """PERSON from each person's newest record with a birth. Of the birth date the CDM keeps the year and month
+    (what `identity.demographics` keeps once the EMPI moved the date into the vault): the day stays out (NULL), also
+    from a birth date staging still holds (a transform before `empi run`, or a site without the EMPI)."""
     exprs = {
         "person_id": "p.person_id", "gender_concept_id": _case("p.gender", gender),
         "year_of_birth": "COALESCE(CAST(EXTRACT(year FROM p.birth) AS INTEGER), p.birth_year)",
         "month_of_birth": "COALESCE(CAST(EXTRACT(month FROM p.birth) AS INTEGER), p.birth_month)",
-        "day_of_birth": "CAST(EXTRACT(day FROM p.birth) AS INTEGER)",
         "race_concept_id": _case("p.race", race), "ethnicity_concept_id": _case("p.ethnicity", ethnicity),
         "gender_source_value": "left(p.gender, 50)", "gender_source_concept_id": "0",
         "race_source_value": "left(p.race, 50)", "race_source_concept_id": "0",

@@ -27,6 +27,12 @@ def as_integer(expr: str) -> str:
     return f"CASE WHEN round({expr}) BETWEEN -2147483648 AND 2147483647 THEN CAST({expr} AS INTEGER) END"
 
 
+# A note's text is free text (staging marks it identifying or free_text: it names patients, relatives, staff): like
+# every identifying staging value it stays out of the CDM, whether the EMPI has moved it into the vault yet or not
+# (the CDM must not depend on that order). NOTE keeps what the note is (date, class, title, visit, author); the
+# original is in the landing. note_text is NOT NULL: ''. Test: tests/unit/test_transform_rules.py.
+NO_TEXT = "''"
+
 LAST_DAY = "DATE '9999-12-31'"  # the last day every OMOP client (R, Python, Java, SQL Server) holds
 
 
@@ -376,7 +382,7 @@ FHIR_TABLES = [
                   "note_date": "CAST(COALESCE(s.date, s.period_start) AS DATE)",
                   "note_datetime": "COALESCE(s.date, s.period_start)", "note_type_concept_id": str(EHR),
                   "note_class_concept_id": "{concept}", "note_title": "left(s.content_title, 250)",
-                  "note_text": "COALESCE(s.text, '')", "encoding_concept_id": "32678",
+                  "note_text": NO_TEXT, "encoding_concept_id": "32678",
                   "language_concept_id": f"COALESCE({case('s.content_language', LANGUAGE)}, 0)",
                   "provider_id": "{provider}", "visit_occurrence_id": "{visit}",
                   "note_source_value": "left(COALESCE(s.code_display, s.code), 50)",
@@ -427,7 +433,7 @@ FHIR_TABLES += [
                   "note_datetime": "COALESCE(s.effective_at, s.issued)", "note_type_concept_id": str(EHR),
                   "note_class_concept_id": "CASE WHEN c.domain_id = 'Note' THEN c.concept_id ELSE 0 END",
                   "note_title": "left(COALESCE(s.code_text, s.code_display), 250)",
-                  "note_text": "COALESCE(s.text, s.conclusion, s.code_text, s.code_display, '')",
+                  "note_text": NO_TEXT,
                   "encoding_concept_id": "32678", "language_concept_id": "0",
                   "provider_id": "{provider}", "visit_occurrence_id": "{visit}",
                   "note_source_value": "left(s.code, 50)",
@@ -612,7 +618,7 @@ HL7_TABLES = [
               columns={"note_date": "CAST(COALESCE(s.activity_time, s.origination_time, s.event_time) AS DATE)",
                        "note_datetime": "COALESCE(s.activity_time, s.origination_time, s.event_time)",
                        "note_type_concept_id": str(EHR), "note_class_concept_id": "0",
-                       "note_text": "COALESCE(s.text, '')", "encoding_concept_id": "32678",
+                       "note_text": NO_TEXT, "encoding_concept_id": "32678",
                        "language_concept_id": "0", "provider_id": "{provider}", "visit_occurrence_id": "{visit}",
                        "note_source_value": "left(s.document_type, 50)"}),
 ]
