@@ -414,7 +414,7 @@ def _print_gaps(eng, limit: int = 10) -> None:
 def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every staged record again, not only new ones.")):
     """Staging -> OMOP CDM: new records only, in one transaction; lineage, gaps, derived tables."""
     from medlake.landing import ingest as ingest_mod
-    from medlake.transform.run import transform
+    from medlake.transform.run import RULES, transform
 
     ns = {s.name: s.hospital for s in ingest_mod.known_sources(settings().landing_dir).values() if s.hospital}
     with open_store() as eng:
@@ -434,6 +434,10 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
             for name, n in s.written.items():
                 t.add_row(name, f"{n:,}")
             out.print(t)
+            if s.rules_upgraded:
+                out.print(f"the store was mapped by the rules of {s.rules_upgraded}: every record was mapped again "
+                          f"once, so no row keeps what the rules of {RULES[-1]} keep out of the CDM "
+                          "(docs/transform.md)", highlight=False)
             if s.vocabularies_changed:
                 out.print(f"{release}: " + ("every record was mapped again" if s.codes_changed is None else
                                             f"{s.codes_changed:,} code(s) map differently, their records were "

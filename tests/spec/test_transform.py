@@ -650,14 +650,15 @@ def test_a_visit_known_only_from_its_results_has_a_row_until_its_adt_arrives(eng
         transform(engine, namespaces=ns, full=True)
 
 
-def test_notes_and_persons_reach_the_cdm_without_what_identifies_the_patient(engine):
-    """Before `empi run` (or at a site without the EMPI) staging still holds every identifying value: the CDM takes
-    none of them, so it is the same whichever ran first. An HL7 MDM document and a FHIR DocumentReference each give
-    a NOTE (date, type, visit, author) without their text, which names people; PERSON keeps year and month of
-    birth, not the day; no name, address, phone or note sentence of staging is in any CDM table."""
+SAID = "Mrs Wang Fang, seen with her son Wang Lei; lives at 12 Lotus Lane, phone 13900001111."
+IDENTIFYING = ("Wang", "Fang", "Lei", "Lotus", "Ningbo", "13900001111", "Li Ming", "1950, 7, 23")
+
+
+def identified_staging(engine):
+    """An HL7 patient, visit and two MDM documents, a FHIR Patient and DocumentReference, as staged before `empi
+    run`: names, address, phone, birth date, and notes that name the patient and her son."""
     store.init(engine, "5.4")
     vocab(engine)
-    said = "Mrs Wang Fang, seen with her son Wang Lei; lives at 12 Lotus Lane, phone 13900001111."
     stage(engine, "stg_hl7_patient", "his", 1, [
         dict(control_id="A1", message_type="ADT^A01", event_time=T(2024, 3, 1, 8), patient_id="M7", sex="F",
              names="Wang^Fang", family_name="Wang", given_name="Fang", birth_date=D(1950, 7, 23),
@@ -669,15 +670,23 @@ def test_notes_and_persons_reach_the_cdm_without_what_identifies_the_patient(eng
     stage(engine, "stg_hl7_document", "his", 2, [
         dict(control_id="T1", message_type="MDM^T02", event_time=T(2024, 3, 2, 9), patient_id="M7",
              visit_number="V70", document_type="DS", activity_time=T(2024, 3, 2, 9), author_id="D5",
-             author_name="Li Ming", document_id="DOC1", completion_status="AU", text=said),
+             author_name="Li Ming", document_id="DOC1", completion_status="AU", text=SAID),
         dict(control_id="T2", message_type="MDM^T02", event_time=T(2024, 3, 3, 9), patient_id="M7",
-             visit_number="V70", document_type="DS", document_id="DOC2", completion_status="CA", text=said)])
+             visit_number="V70", document_type="DS", document_id="DOC2", completion_status="CA", text=SAID)])
     stage(engine, "stg_fhir_patient", "emr", 1, [
         dict(resource_id="p7", mrn="M7", gender="female", birth_date=D(1950, 7, 23), family_name="Wang",
              given_names="Fang", address_line="12 Lotus Lane")])
     stage(engine, "stg_fhir_document_reference", "emr", 1, [
         dict(resource_id="d1", status="current", subject_ref="Patient/p7", date=T(2024, 3, 4, 10),
-             content_title="Discharge summary", text=said)])
+             content_title="Discharge summary", text=SAID)])
+
+
+def test_notes_and_persons_reach_the_cdm_without_what_identifies_the_patient(engine):
+    """Before `empi run` (or at a site without the EMPI) staging still holds every identifying value: the CDM takes
+    none of them, so it is the same whichever ran first. An HL7 MDM document and a FHIR DocumentReference each give
+    a NOTE (date, type, visit, author) without their text, which names people; PERSON keeps year and month of
+    birth, not the day; no name, address, phone or note sentence of staging is in any CDM table."""
+    identified_staging(engine)
     transform(engine, namespaces={"his": "h1", "emr": "h1"})
     person = sid("h1|M7")
     assert rows(engine, "SELECT person_id, gender_concept_id, year_of_birth, month_of_birth, day_of_birth "
@@ -686,10 +695,36 @@ def test_notes_and_persons_reach_the_cdm_without_what_identifies_the_patient(eng
                         "encoding_concept_id, visit_occurrence_id, provider_id, note_source_value FROM note") == sorted([
         (person, D(2024, 3, 2), 32817, None, "", 32678, sid("visit_occurrence|h1|V70"), sid("provider|h1|D5"), "DS"),
         (person, D(2024, 3, 4), 32817, "Discharge summary", "", 32678, None, None, None)])  # DOC2 cancelled
-    cdm = " ".join(str(engine.query(f"SELECT * FROM {t.name}").to_pylist()) for t in CDM.tables
-                   if t.schema == "CDM" and t.name in engine.tables())
-    for value in ("Wang", "Fang", "Lei", "Lotus", "Ningbo", "13900001111", "Li Ming", "1950, 7, 23"):
+    cdm = cdm_text(engine)
+    for value in IDENTIFYING:
         assert value not in cdm, value
+
+
+def cdm_text(engine) -> str:
+    return " ".join(str(engine.query(f"SELECT * FROM {t.name}").to_pylist()) for t in CDM.tables
+                    if t.schema == "CDM" and t.name in engine.tables())
+
+
+def test_a_store_mapped_by_older_rules_is_mapped_again_once(engine):
+    """A store an earlier release mapped holds the notes' text and the day of birth, and no record of the rules it
+    was mapped by: the next run maps every record again (and says so), once."""
+    identified_staging(engine)
+    first = transform(engine, namespaces={"his": "h1", "emr": "h1"})
+    for table, column, value in (("note", "note_text", SAID), ("person", "day_of_birth", 23)):
+        old = engine.query(f"SELECT * FROM {table}")  # the rows as an earlier release wrote them
+        at = old.schema.get_field_index(column)
+        old = old.set_column(at, old.schema.field(at), pa.array([value] * old.num_rows, old.schema.field(at).type))
+        with engine.transaction():
+            engine.execute(f"DELETE FROM {table}")
+            engine.load_arrow(table, old)
+    engine.execute("DELETE FROM medlake_info WHERE key = 'transform_rules'")
+    assert "Lotus" in cdm_text(engine) and "23" in str(engine.query("SELECT day_of_birth FROM person").to_pylist())
+    again = transform(engine, namespaces={"his": "h1", "emr": "h1"})
+    assert again.rules_upgraded == "an earlier release" and again.records == first.records > 0
+    cdm = cdm_text(engine)
+    for value in IDENTIFYING:
+        assert value not in cdm, value
+    assert first.rules_upgraded is None and transform(engine, namespaces={"his": "h1", "emr": "h1"}).run_id is None
 
 
 def test_location_device_specimen_coverage_report(engine):

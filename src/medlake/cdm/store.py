@@ -28,6 +28,14 @@ def info(engine) -> dict[str, str]:
     return {r["key"]: r["value"] for r in rows}
 
 
+def set_info(engine, key: str, value: str) -> None:
+    """Record `key` = `value` in the store's `medlake_info` (replacing it), in the caller's transaction."""
+    if INFO_TABLE not in engine.tables():
+        engine.create_table(INFO)
+    engine.execute(f"DELETE FROM {INFO_TABLE} WHERE key = ?", [key])
+    engine.load_arrow(INFO_TABLE, pa.table({"key": [key], "value": [value]}))
+
+
 def detect_version(engine) -> tuple[str, str]:
     """(CDM version, how it was found) of a store: medlake's own record; else, for a database medlake did not
     create (an existing OHDSI CDM), its tables — v5.4 renamed visit_occurrence.admitting_source_concept_id to

@@ -22,6 +22,7 @@ from typing import Callable
 
 import pyarrow as pa
 
+from medlake.cdm import store
 from medlake.engines.base import Engine
 from medlake.identity import demographics, empi as empi_tables
 from medlake.landing.ingest import RESTAGED_TABLE, _ensure_table, staging_schemas
@@ -64,6 +65,13 @@ _CODE_COLS = "system, code, vocabulary_id, source_concept_id, concept_id, domain
 CODING_WORK = "tx_stg_coding"
 
 
+# The dates the rules changed what a CDM row may hold that an earlier run wrote (2026-12-07: no note text, no day of
+# birth). A store last mapped by older rules is mapped again in full once (`RunSummary.rules_upgraded`): its rows
+# hold what the rules now keep out. The store records the rules it was mapped by (`medlake_info`).
+RULES = ("2026-12-07",)
+RULES_KEY = "transform_rules"
+
+
 @dataclass
 class RunSummary:
     run_id: int | None
@@ -77,6 +85,7 @@ class RunSummary:
     vocabularies_changed: list[str] = field(default_factory=list)  # new releases since the last run
     codes_changed: int | None = None       # codes such a release maps differently (their records re-mapped);
     #                                        None: every record was re-mapped (--full, or no code map kept yet)
+    rules_upgraded: str | None = None      # mapped before these rules (RULES): every record was mapped again
 
 
 def _count(engine: Engine, sql: str) -> int:
@@ -173,6 +182,10 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             full = True
         elif changed and not full:
             codes_changed = _release_changes(engine)
+        older = store.info(engine).get(RULES_KEY)
+        upgraded = older != RULES[-1] and _count(engine, "SELECT count(*) FROM transform_run") > 0
+        if upgraded:
+            full = True
         if full:
             engine.execute("DELETE FROM transform_watermark")
             engine.execute("DELETE FROM transform_quiet_key")
@@ -356,6 +369,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             "finished_at": [dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], "engine": [engine.name],
             "records": [n_delta], "rows_written": [sum(written.values())], "rows_deleted": [deleted],
             "skipped": [skipped], "persons": [n_persons]}))
+        store.set_info(engine, RULES_KEY, RULES[-1])
         gaps = _count(engine, "SELECT count(*) FROM transform_gap")
         for w in (*c.WORK_TABLES, *CHANGES):  # emptied now, so the next run does not pay for this one's size
             if w not in ("tx_mark", "tx_empi_ns") and engine.shapes.truncate:  # (Spark empties a table by removing
@@ -363,7 +377,8 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
                 engine.execute(f"TRUNCATE TABLE {w}")
         _cdm_indexes(engine, tables, analyze=bulk)
     return RunSummary(run_id, n_delta, dict(sorted(written.items())), deleted, skipped, n_persons, gaps,
-                      time.perf_counter() - t0, changed, codes_changed)
+                      time.perf_counter() - t0, changed, codes_changed,
+                      (older or "an earlier release") if upgraded else None)
 
 
 def _staging_indexes(engine: Engine, tables: set[str], staged: list[str]) -> set[str]:
