@@ -749,12 +749,13 @@ class Hospital:
         dx = [cat.CONDITION[k] for k in enc.dx]
         others = [c for c in NOT_PREGNANCY if c.key not in enc.dx]
         neg, maybe, fam = rng.sample(others, 3)
+        who = full_name(person)  # as clinicians write notes: the patient by name (the CDM must not take it)
         if zh_note:
-            parts = [f"{zh}。", f"患者因{'、'.join(c.zh for c in dx) or '体检'}就诊。", rng.choice(NOTE_NEG_ZH),
+            parts = [f"{zh}。", f"患者{who}因{'、'.join(c.zh for c in dx) or '体检'}就诊。", rng.choice(NOTE_NEG_ZH),
                      f"否认{neg.zh}病史。", f"考虑{maybe.zh}可能，待排。", f"家族史：母亲患{fam.zh}。",
                      rng.choice(NOTE_NEG_ZH)]
         else:
-            parts = [f"{en}.", f"Patient seen for {', '.join(c.en.lower() for c in dx) or 'a check-up'}.",
+            parts = [f"{en}.", f"Patient {who} seen for {', '.join(c.en.lower() for c in dx) or 'a check-up'}.",
                      rng.choice(NOTE_NEG_EN), f"Denies history of {neg.en.lower()}.",
                      f"Possible {maybe.en.lower()}, to be ruled out.", f"Family history: mother with {fam.en.lower()}.",
                      rng.choice(NOTE_NEG_EN)]
