@@ -10,6 +10,8 @@ Incremental: with `persons` (a table holding `person_id`s), only those persons' 
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from medlake.cdm import model
 from medlake.transform import compile as c
 from medlake.transform import rules as r
@@ -268,8 +270,20 @@ def _fhir_stretches(persons: str | None) -> str:
     ) AS s"""
 
 
+DETAILS = "tx_detail"  # the work table of the details a rebuild computes, read by its insert and lineage
+
+
+class DetailSteps(NamedTuple):
+    """The VISIT_DETAIL statements of a rebuild, in the order they run."""
+    delete_lineage: str
+    delete_rows: str
+    details: str   # a query: the work table DETAILS
+    insert: str    # into VISIT_DETAIL, from DETAILS
+    lineage: str   # into cdm_lineage, from DETAILS
+
+
 def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str, str]:
-    """(the details, as a query; insert into VISIT_DETAIL and into cdm_lineage from them, read as `tx_detail`) from
+    """(the details, as a query; insert into VISIT_DETAIL and into cdm_lineage from them, read as DETAILS) from
     the stretches of `parts` (HL7 and/or FHIR): the stretches are computed once, for both.
 
     A stretch ends where the next one of its visit starts, else at its own end (FHIR period), else at the visit's
@@ -320,39 +334,38 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str, str]:
              "care_site_id": "d.care_site_id", "visit_detail_source_value": "d.source_value",
              "visit_detail_source_concept_id": "0", "preceding_visit_detail_id": "d.prev_id",
              "visit_occurrence_id": "d.visit_occurrence_id"}
-    insert = f"INSERT INTO visit_detail SELECT {c.select_list('visit_detail', exprs)} FROM tx_detail d"
+    insert = f"INSERT INTO visit_detail SELECT {c.select_list('visit_detail', exprs)} FROM {DETAILS} d"
     lineage = ("INSERT INTO cdm_lineage SELECT 'visit_detail', d.id, d.person_id, d.rule, d.source, "
                "d.record_key, d.source_key, d.landing_sha256, d.receipt_seq, d.record_location, d.message_id, "
                f"CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS INTEGER), CAST({run_id} AS BIGINT) "
-               "FROM tx_detail d")
+               f"FROM {DETAILS} d")
     return f"{tail}\nSELECT * FROM d WHERE d.dup = 1", insert, lineage
 
 
-def _visit_detail_steps(engine, persons: str | None, run_id: int | None) -> tuple[list[str], int]:
-    """The VISIT_DETAIL statements for this store, in order: delete the lineage and the rows rebuilt (the persons'
-    and their visits'), the details (a query, for `tx_detail`), insert, lineage; none when nothing stages visits or
-    no run has set up. And the id of the run the lineage names: `run_id` (the calling run's), else the last run's (a
+def _visit_detail_steps(engine, persons: str | None, run_id: int | None) -> tuple[DetailSteps | None, int]:
+    """The VISIT_DETAIL statements for this store: delete the lineage and the rows rebuilt (the persons' and their
+    visits'), the details, insert, lineage; None when nothing stages visits or no run has set up. And the id of the run the lineage names: `run_id` (the calling run's), else the last run's (a
     rebuild outside a run reads that run's window, `tx_mark`)."""
     tables = set(engine.tables())
     if not {"tx_mark", "transform_source", "cdm_lineage"} <= tables:
-        return [], 0
+        return None, 0
     parts = []
     if "stg_hl7_visit" in tables:
         parts.append(_hl7_stretches(persons))
     if {"stg_fhir_encounter", "stg_fhir_encounter_location"} <= tables:
         parts.append(_fhir_stretches(persons))
     if not parts:
-        return [], 0
+        return None, 0
     if run_id is None:
         run_id = engine.query("SELECT COALESCE(MAX(run_id), 0) AS n FROM transform_run").column(0)[0].as_py() \
             if "transform_run" in tables else 0
-    details = list(visit_detail_sql(parts, run_id))
+    details = visit_detail_sql(parts, run_id)
     if not persons:
-        return ["DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail", *details], \
-            run_id
+        return DetailSteps("DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail'", "DELETE FROM visit_detail",
+                           *details), run_id
     rows = _rows("visit_detail", "visit_detail_id", persons)  # (a detail's lineage rows are its persons')
-    return [f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail' AND row_id IN ({rows})",
-            f"DELETE FROM visit_detail WHERE visit_detail_id IN ({rows})", *details], run_id
+    return DetailSteps(f"DELETE FROM cdm_lineage WHERE cdm_table = 'visit_detail' AND row_id IN ({rows})",
+                       f"DELETE FROM visit_detail WHERE visit_detail_id IN ({rows})", *details), run_id
 
 
 def work(engine, sql: str, name: str) -> None:
@@ -430,19 +443,19 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False, run_id: i
                 work(engine, "SELECT visit_occurrence_id FROM visit_occurrence WHERE person_id IN (SELECT person_id "
                              f"FROM {persons}) UNION SELECT row_id FROM cdm_lineage WHERE run_id = {run_id} "
                              "AND cdm_table = 'visit_occurrence'", "tx_detail_visit")
-            engine.execute(detail[0])
-            engine.execute(detail[1])
+            engine.execute(detail.delete_lineage)
+            engine.execute(detail.delete_rows)
             engine.plan(bulk=True)
-            work(engine, detail[2], "tx_detail")
-            engine.execute(detail[3])
+            work(engine, detail.details, DETAILS)
+            engine.execute(detail.insert)
         for table, sql in steps:
             engine.plan(bulk=not lookups)
             engine.execute(f"DELETE FROM {table}{flt}")
             engine.execute(sql)
         engine.plan(bulk=True)
         if detail:
-            engine.execute(detail[4])
-            engine.execute("DROP TABLE tx_detail")
+            engine.execute(detail.lineage)
+            engine.execute(f"DROP TABLE {DETAILS}")
             if persons and "tx_event" in engine.tables():
                 _link_events(engine)
                 _relink_earlier(engine, persons)
