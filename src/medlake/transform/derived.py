@@ -344,8 +344,9 @@ def visit_detail_sql(parts: list[str], run_id: int) -> tuple[str, str, str]:
 
 def _visit_detail_steps(engine, persons: str | None, run_id: int | None) -> tuple[DetailSteps | None, int]:
     """The VISIT_DETAIL statements for this store: delete the lineage and the rows rebuilt (the persons' and their
-    visits'), the details, insert, lineage; None when nothing stages visits or no run has set up. And the id of the run the lineage names: `run_id` (the calling run's), else the last run's (a
-    rebuild outside a run reads that run's window, `tx_mark`)."""
+    visits'), the details, insert, lineage; None when nothing stages visits or no run has set up. And the id of the
+    run the lineage names: `run_id` (the calling run's), else the last run's (a rebuild outside a run reads that
+    run's window, `tx_mark`)."""
     tables = set(engine.tables())
     if not {"tx_mark", "transform_source", "cdm_lineage"} <= tables:
         return None, 0
