@@ -3,6 +3,7 @@ import dataclasses
 import re
 
 from medlake.identity.staging import KEEP, _schemas
+from medlake.sources.records import is_identifying
 from medlake.transform import rules
 
 # Rule fields that decide which rows are read and in which order, never written to a CDM column.
@@ -17,8 +18,7 @@ ALLOWED = {
 
 def _marked(table: str) -> set[str]:
     schema = _schemas().get(table)
-    return {f.name for f in schema or [] if f.metadata and
-            (f.metadata.get(b"identifying") == b"true" or f.metadata.get(b"free_text") == b"true")}
+    return {f.name for f in schema or [] if is_identifying(f) or (f.metadata or {}).get(b"free_text") == b"true"}
 
 
 def _expressions(value, path: str):
