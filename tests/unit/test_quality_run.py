@@ -6,6 +6,7 @@ from html import escape
 import bz2
 import csv
 import datetime as dt
+import decimal
 import gzip
 import json
 import os
@@ -388,6 +389,59 @@ def test_import_csv_and_parquet_twice_is_a_no_op(tmp_path):
     assert eng.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 2
     rows = eng.query("SELECT year_of_birth, birth_datetime FROM person ORDER BY person_id").to_pylist()
     assert rows[0]["year_of_birth"] == 1980 and rows[1]["birth_datetime"] is None
+
+
+def test_import_reads_a_quoted_empty_field_as_an_empty_text(tmp_path):
+    """"" is an empty text, an empty field nothing (NULL), as DuckDB, PostgreSQL and pandas write and read them: a
+    note without text (medlake's transform writes note_text '', a required field) comes back as it went; in a field
+    that is no text (every field quoted, as Python's QUOTE_ALL writes them) "" is empty."""
+    (tmp_path / "cdm").mkdir()
+    (tmp_path / "cdm" / "note.csv").write_text(
+        "note_id,person_id,note_date,note_type_concept_id,note_class_concept_id,note_title,note_text,"
+        "encoding_concept_id,language_concept_id,provider_id\n"
+        '1,1,2020-09-02,32817,3041851,"","",32678,4182948,\n'
+        '"2","1","2020-09-03","32817","3041851",,"x","32678","4182948",""\n')
+    eng = open_engine("duckdb::memory:")
+    report = importer.import_folder(eng, tmp_path / "cdm", "5.4")
+    assert (report["note"].rows, report["note"].bad) == (2, 0)
+    got = eng.query("SELECT note_id, note_title, note_text, provider_id FROM note ORDER BY note_id").to_pylist()
+    assert [tuple(r.values()) for r in got] == [(1, "", "", None), (2, None, "x", None)]
+
+
+def test_import_sets_aside_numbers_and_dates_no_export_means_and_reads_decimals_exactly(tmp_path):
+    """NaN, an infinity, a number too large for a double (1e400) or written in hexadecimal (Arrow reads 0x7a8 as 1960)
+    is no measured value; a spreadsheet's two-digit year read with a four-digit --date-format (9/3/22) no date of
+    the year 22: their rows are set aside, saying why. A Parquet DECIMAL (as Spark and Hive write) is read as the
+    double nearest its digits: 49.3000 is 49.3, not 49.300000000000004."""
+    (tmp_path / "cdm").mkdir()
+    (tmp_path / "cdm" / "observation.csv").write_text(
+        "observation_id,person_id,observation_concept_id,observation_date,observation_type_concept_id,value_as_number\n"
+        + "".join(f"{i},1,0,2020-01-01,32817,{v}\n" for i, v in enumerate(["nan", "inf", "-Infinity", "1e400", "0x10",
+                                                                          "7.25", "1e3"], 1)))
+    (tmp_path / "cdm" / "person.csv").write_text(
+        "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id\n1,8507,0x7a8,0,0\n"
+        "2,8532,1960,0,0\n")
+    (tmp_path / "cdm" / "death.csv").write_text(
+        "person_id,death_date,death_type_concept_id\n1,9/3/22,32817\n2,1/31/2020,32817\n")
+    values = ["49.3000", "38.8000", "0.1000", "69.6000"]
+    pq.write_table(pa.table({
+        "measurement_id": pa.array(range(1, 5), pa.int64()), "person_id": pa.array([2] * 4, pa.int64()),
+        "measurement_concept_id": pa.array([3025315] * 4, pa.int32()),
+        "measurement_date": pa.array([dt.date(2020, 1, 1)] * 4), "measurement_type_concept_id": pa.array([32817] * 4),
+        "value_as_number": pa.array([decimal.Decimal(v) for v in values], pa.decimal128(18, 4))}),
+        tmp_path / "cdm" / "measurement.parquet")
+    eng = open_engine("duckdb::memory:")
+    aside = []
+    report = importer.import_folder(eng, tmp_path / "cdm", "5.4", dates="%m/%d/%Y",
+                                    set_aside=lambda files, rows: aside.extend(rows))
+    assert {k: (r.rows, r.bad) for k, r in report.items()} == {
+        "death": (1, 1), "measurement": (4, 0), "observation": (2, 5), "person": (1, 1)}
+    assert eng.query("SELECT value_as_number AS v FROM observation ORDER BY 1").column(0).to_pylist() == [7.25, 1000.0]
+    assert eng.query("SELECT value_as_number AS v FROM measurement ORDER BY measurement_id").column(0).to_pylist() == [
+        49.3, 38.8, 0.1, 69.6]
+    why = " ".join(str(r) for r in aside)
+    assert "cannot read 'nan' as float (not a finite decimal number" in why and "'9/3/22' as date" in why
+    assert "cannot read '0x7a8' as integer" in why
 
 
 def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):

@@ -18,6 +18,7 @@ import decimal
 import datetime as dt
 import io
 import json
+import math
 import re
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -230,7 +231,7 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                                  invalid_row_handler=skip if invalid is not None else None),
                 convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
-                                                     null_values=list(fmt.nulls), quoted_strings_can_be_null=True))
+                                                     null_values=list(fmt.nulls), quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, OSError) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
     line = 2  # after the header
@@ -292,7 +293,8 @@ def _why(value, kind: str, dates: str | None = None) -> str:
             if not -2**63 <= n < 2**63:
                 return "out of range for a 64-bit integer"
         elif kind == "float":
-            float(s)
+            if s.lower().startswith(("0x", "+0x", "-0x")) or not math.isfinite(float(s)):
+                return "not a finite decimal number (NaN, infinite, or too large for a double)"
         elif kind == "date":
             if not re.fullmatch(r"\d{4}-\d\d-\d\d([T ].*)?|\d{8}", s):
                 return "a date is read as YYYY-MM-DD or YYYYMMDD"
@@ -316,6 +318,8 @@ def _dates(s: pa.Array, form: str) -> pa.Array:
     """Texts of dates written in `form` (--date-format), with a time after them or not, as timestamps; the others are
     read as YYYY-MM-DD (raising where one cannot be read either way)."""
     got = pc.coalesce(*(pc.strptime(s, form + t, "us", error_is_null=True) for t in TIMES))
+    # strptime's %Y takes 1 to 4 digits: a spreadsheet's 9/3/22 is no date of the year 22 (and %y is refused)
+    got = pc.if_else(pc.fill_null(pc.less(pc.year(got), 100), False), pa.scalar(None, got.type), got)
     rest = pc.and_(pc.is_null(got), pc.is_valid(s))
     if pc.any(rest).as_py():
         got = pc.coalesce(got, pc.cast(pc.if_else(rest, s, pa.scalar(None, pa.string())), pa.timestamp("us")))
@@ -348,14 +352,21 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
         if pc.any(pc.less(pc.year(t), 1)).as_py():  # Arrow reads 0000-01-01 as 1 BC, as 10000 it reads nothing:
             raise pa.ArrowInvalid("a year before 1")  # a day before 0001-01-01 no R, Python or SQL Server holds
         return t if f.kind == "datetime" else pc.cast(t, target)
+    if f.kind == "float" and pa.types.is_decimal(col.type):  # 49.3000 as the double nearest 49.3, as its text reads
+        col = pc.cast(col, pa.string())
     if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
         col = pc.utf8_trim_whitespace(col)
+        if pc.any(pc.match_substring_regex(col, r"^[-+]?0[xX]")).as_py():  # (Arrow reads 0x7a8 as 1960)
+            raise pa.ArrowInvalid("a hexadecimal number")
         if f.kind != "float":
             try:
                 return pc.cast(col, target)
             except CAST_ERRORS:  # 12.0: pandas writes an integer column with empty values as floats
                 col = _whole(pc.replace_substring_regex(col, r"^([-+]?\d+)\.0*$", r"\1"))
-    return pc.cast(col, target)
+    got = pc.cast(col, target)
+    if f.kind == "float" and pc.any(pc.fill_null(pc.invert(pc.is_finite(got)), False)).as_py():
+        raise pa.ArrowInvalid("not a finite number")  # NaN, inf, 1e400: no measured value
+    return got
 
 
 EXPONENT = r"^[-+]?\d*\.?\d+[eE][-+]?\d+$"
@@ -532,6 +543,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             _swallowed(data[name], name, delimiter, batch.num_columns, bad)
     if delimiter is not None:
         _headers(data, table.name, bad, garbled)
+        for f in table.fields:  # a quoted empty field ("") is an empty text; in a field of another kind, empty
+            col = data.get(f.name)
+            if f.kind != "varchar" and col is not None and pa.types.is_string(col.type):
+                data[f.name] = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
     if decimal != ".":  # 7,5 as a European export writes a number
         for f in table.fields:
             if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
@@ -560,7 +575,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         except CAST_ERRORS:
             for i in _refused(lambda c: _cast(c, f, af.type, dates), col, limit):
                 v = col[i].as_py()
-                fix = (f"if it means empty, give --null {v!r}" if str(v).strip().upper() in NULL_MARKS else
+                fix = (f"if it means empty, give --null {v!r}" if pa.types.is_string(col.type)
+                       and str(v).strip().upper() in NULL_MARKS else
                        "if it is a decimal comma, give --decimal ','" if f.kind == "float" and decimal == "."
                        and re.fullmatch(r"\s*[-+]?\d*,\d+\s*", str(v)) else
                        _date_hint(str(v)) if f.kind in ("date", "datetime") and not dates
