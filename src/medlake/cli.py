@@ -623,7 +623,8 @@ def quality_run(
         out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
     if s.get("since_last_run"):
         d = s["since_last_run"]
-        out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s), {len(d['fixed'])} fixed",
+        errors = f", {len(d['new_errors'])} new error(s)" if d.get("new_errors") else ""
+        out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s){errors}, {len(d['fixed'])} fixed",
                   highlight=False)
     resumed = f", resumed {len(s['resumed_tables'])} from the interrupted run" if s.get("resumed_tables") else ""
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
@@ -652,11 +653,15 @@ def quality_run(
     if s.get("dqd_table"):
         out.print(f"table:   {s['dqd_table']['table']} ({s['dqd_table']['rows']} DQD check results, DQD's layout)",
                   highlight=False)
-    new = (s.get("since_last_run") or {}).get("new_failures", [])
-    if fail_on_new and new:
-        err.print(f"error: {len(new)} check(s) failed that did not fail in run {s['since_last_run']['run_id']}: "
-                  f"{', '.join(new[:3])}{', …' if len(new) > 3 else ''} (the report marks them 'new')",
-                  highlight=False, markup=False, soft_wrap=True)
+    since = s.get("since_last_run") or {}
+    new, broken = since.get("new_failures", []), since.get("new_errors", [])
+    if fail_on_new and (new or broken):
+        names = lambda ids: f"{', '.join(ids[:3])}{', …' if len(ids) > 3 else ''}"  # noqa: E731
+        said = ([f"{len(new)} check(s) failed that did not fail in run {since['run_id']}: {names(new)} (the report "
+                 "marks them 'new')"] if new else []) + (
+            [f"{len(broken)} check(s) could not run that could in run {since['run_id']}: {names(broken)}"]
+            if broken else [])
+        err.print("error: " + "; ".join(said), highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
     if fail_on is not None:
         judged = s["passed"] + s["failed"] + s["errors"]

@@ -83,14 +83,14 @@ EXPECTED = {  # check id: (status, violated, denominator)
     "field_isforeignkey_condition_occurrence_person_id": ("failed", 1, 4),
     "field_isstandardvalidconcept_condition_occurrence_condition_concept_id": ("failed", 1, 4),
     "field_plausiblestartbeforeend_condition_occurrence_condition_start_date": ("failed", 1, 2),
-    "field_plausibleafterbirth_condition_occurrence_condition_start_date": ("passed", 0, 3),
+    "field_plausibleafterbirth_condition_occurrence_condition_start_date": ("passed", 0, 4),  # person 99's too
     "field_plausiblebeforedeath_condition_occurrence_condition_start_date": ("failed", 2, 2),
     "field_withinvisitdates_condition_occurrence_condition_start_date": ("failed", 2, 3),
     "field_plausiblevaluelow_person_year_of_birth": ("failed", 1, 3),
     "field_sourcevaluecompleteness_condition_occurrence_condition_source_value": ("failed", 1, 3),
     "table_measureobservationperiodoverlap_observation_period": ("failed", 1, 2),
     "table_measurepersoncompleteness_observation_period": ("failed", 1, 3),
-    "table_measureconditioneracompleteness_condition_era": ("failed", 2, 3),
+    "table_measureconditioneracompleteness_condition_era": ("failed", 1, 2),  # not 99: its condition is unmapped
     "concept_plausibleunitconceptids_measurement_measurement_concept_id_3004410": ("failed", 1, 2),
     "field_isrequired_specimen_specimen_id": ("not_applicable", None, None),
 }
@@ -286,7 +286,7 @@ def test_a_row_counts_once_when_a_table_it_joins_repeats_its_key_on_every_engine
     want = {
         "field_isforeignkey_condition_occurrence_person_id": ("failed", 1, 5, ["500"]),
         "field_isforeignkey_condition_occurrence_visit_occurrence_id": ("passed", 0, 5, []),
-        "field_plausibleafterbirth_condition_occurrence_condition_start_date": ("failed", 1, 4, ["200"]),
+        "field_plausibleafterbirth_condition_occurrence_condition_start_date": ("failed", 1, 5, ["200"]),  # 500 too
         "field_plausiblebeforedeath_condition_occurrence_condition_start_date": ("failed", 1, 2, ["300"]),
         "field_withinvisitdates_condition_occurrence_condition_start_date": ("failed", 2, 3, ["100", "300"]),
         "concept_plausiblegender_condition_occurrence_condition_concept_id_26662": ("failed", 1, 3, ["200"]),
@@ -543,3 +543,64 @@ def test_a_dirty_cdm_gives_every_check_a_result_on_every_engine(engine, tmp_path
     assert [(x["check_id"], x["error"]) for x in run.results if x["status"] == "error"] == []
     assert sum(x["status"] == "failed" for x in run.results) > 100 and (run.dir / "report.html").exists()
     assert not [w for w in run.summary["warnings"] if "not of their CDM type" in w]  # the engine's types are the CDM's
+
+
+def test_counts_as_dqd_2_8_counts_on_every_engine(engine, tmp_path):
+    """Each check type's violating rows and denominator as DQD 2.8's templates count them (the release of the
+    threshold files), on rows written to tell the rules apart: a NULL source value is one distinct source value;
+    a NULL non-required concept beside its source value is unmapped; unit 0 is not plausibleUnitConceptIds' (and a
+    NULL unit no wrong unit, with or without a value); a person whose conditions are all unmapped needs no era;
+    the spec's several domains for an episode's object are each allowed; denominators of every row."""
+    store.init(engine, "5.4")
+    cdm = model.load("5.4")
+
+    def load(table, rows):
+        engine.load_arrow(table, pa.Table.from_pylist(rows, schema=ddl.arrow_schema(cdm.table(table))))
+
+    load("concept", [dict(concept_id=c, concept_name=str(c), domain_id=d, vocabulary_id="Test", concept_class_id="X",
+                          standard_concept=s, concept_code=str(c), valid_start_date=D(1970, 1, 1),
+                          valid_end_date=D(2099, 12, 31))
+                     for c, d, s in [(0, "Metadata", None), (32817, "Type Concept", "S"), (201826, "Condition", "S"),
+                                     (4000001, "Procedure", "S"), (4000002, "Regimen", "S"),
+                                     (3004501, "Measurement", "S"), (8840, "Unit", "S"), (9999, "Unit", None)]])
+    load("person", [dict(person_id=i, gender_concept_id=0, year_of_birth=y, race_concept_id=0, ethnicity_concept_id=0)
+                    for i, y in [(1, 1980), (2, 1990), (3, 2000)]])
+    load("condition_occurrence", [
+        dict(condition_occurrence_id=i, person_id=p, condition_concept_id=c, condition_start_date=s,
+             condition_end_date=e, condition_type_concept_id=32817, condition_source_value=sv,
+             condition_source_concept_id=sc)
+        for i, p, c, s, e, sv, sc in [
+            (1, 1, 201826, D(2020, 1, 10), D(2020, 1, 5), "A", 0),  # ends before it starts
+            (2, 2, 0, D(2020, 2, 1), None, "B", None),
+            (3, 2, 0, D(2020, 2, 2), None, None, None),  # person 2: unmapped conditions only
+            (4, 3, 201826, D(2020, 3, 1), D(2020, 3, 2), None, None),
+            (5, 99, 201826, D(2020, 4, 1), None, "A", None)]])  # no such person
+    load("condition_era", [dict(condition_era_id=1, person_id=1, condition_concept_id=201826,
+                                condition_era_start_date=D(2020, 1, 10), condition_era_end_date=D(2020, 1, 10),
+                                condition_occurrence_count=1)])
+    load("measurement", [
+        dict(measurement_id=i, person_id=1, measurement_concept_id=3004501, measurement_date=D(2020, 1, 10),
+             measurement_type_concept_id=32817, value_as_number=v, unit_concept_id=u, unit_source_value=usv)
+        for i, v, u, usv in [(1, 100.0, 8840, "mg/dL"), (2, 100.0, 0, "mg/dl?"), (3, 100.0, None, None),
+                             (4, 100.0, 9999, "x"), (5, None, 9999, "x"), (6, 5.0, None, "mmol")]])
+    load("episode", [dict(episode_id=i, person_id=1, episode_concept_id=0, episode_start_date=D(2020, 1, 1),
+                          episode_object_concept_id=o, episode_type_concept_id=32817)
+                     for i, o in [(1, 4000001), (2, 4000002), (3, 201826)]])
+    got = {x["check_id"]: x for x in runner.Runner(
+        engine, "5.4", tmp_path / "q", only=["condition_occurrence", "measurement", "episode", "condition_era"],
+        incremental=False, resume=False).run().results}
+    want = {
+        "field_sourcevaluecompleteness_condition_occurrence_condition_source_value": (2, 3),  # B, NULL of A, B, NULL
+        "field_standardconceptrecordcompleteness_condition_occurrence_condition_concept_id": (2, 5),  # required: 0s
+        "field_sourceconceptrecordcompleteness_condition_occurrence_condition_source_concept_id": (3, 3),  # 0, 2 NULLs
+        "field_plausibletemporalafter_condition_occurrence_condition_end_date": (1, 5),  # of every row
+        "field_plausibleafterbirth_condition_occurrence_condition_start_date": (0, 5),  # person 99's row too
+        "table_measureconditioneracompleteness_condition_era": (2, 3),  # persons 3 and 99, not 2
+        "concept_plausibleunitconceptids_measurement_measurement_concept_id_3004501": (2, 5),  # 9999 twice; not 0
+        "field_standardconceptrecordcompleteness_measurement_unit_concept_id": (2, 5),  # 0, NULL beside 'mmol'
+        "field_isstandardvalidconcept_measurement_unit_concept_id": (2, 4),  # 9999 twice, of the units given
+        "field_cdmdatatype_measurement_unit_concept_id": (0, 6),
+        "field_fkdomain_episode_episode_object_concept_id": (1, 3),  # the Condition, not Procedure nor Regimen
+    }
+    assert {k: (got[k]["num_violated_rows"], got[k]["num_denominator_rows"]) for k in want} == want
+    assert not [x for x in got.values() if x["status"] == "error"]

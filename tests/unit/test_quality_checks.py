@@ -118,7 +118,7 @@ CASES = [
     ("field_plausibletemporalafter_condition_occurrence_condition_start_date",
      [CO + "condition_start_date = DATE '1975-01-01' WHERE condition_occurrence_id = 100"], 1, 4),
     ("field_plausibletemporalafter_condition_occurrence_condition_end_date",
-     [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 2),
+     [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 4),  # every row (DQD)
     ("field_plausibleafterbirth_condition_occurrence_condition_start_date",
      [CO + "condition_start_date = DATE '1975-01-01' WHERE condition_occurrence_id = 100"], 1, 4),
     # a concept id in year_of_birth: a birth after every date, counted (64-bit), not an overflow that stops the check
@@ -127,7 +127,7 @@ CASES = [
     ("field_plausiblebeforedeath_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
     ("field_plausibleduringlife_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
     ("field_plausiblestartbeforeend_condition_occurrence_condition_start_date",
-     [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 2),
+     [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 2),  # rows with both
     ("field_withinvisitdates_condition_occurrence_condition_start_date",
      [CO + "condition_start_date = DATE '2020-03-01', condition_end_date = NULL WHERE condition_occurrence_id = 100"],
      1, 4),

@@ -207,6 +207,12 @@ max = 5
 name = "brokenPredicate"
 table = "measurement"
 violation = "no_such_column > 1"
+
+[[check]]
+name = "earlyOfTheLater"
+table = "condition_occurrence"
+violation = "condition_start_date < DATE '2021-01-01'"
+denominator = "condition_start_date >= DATE '2021-01-01'"
 """
     extra = site.parse(toml, "site.toml")
     r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra, only=["condition_occurrence", "measurement"])
@@ -215,6 +221,9 @@ violation = "no_such_column > 1"
     assert got["conditionAfter2020"]["examples"]
     assert (got["labValueRange"]["status"], got["labValueRange"]["num_violated_rows"]) == ("failed", 1)  # 6.5 > 5
     assert got["brokenPredicate"]["status"] == "error" and "no_such_column" in got["brokenPredicate"]["error"]
+    # the violations are counted among the denominator's rows (the two early ones are not of them)
+    later = got["earlyOfTheLater"]
+    assert (later["status"], later["num_violated_rows"]) == ("passed", 0) and later["num_denominator_rows"] > 0
 
 
 @pytest.mark.parametrize("text,message", [
@@ -232,6 +241,20 @@ violation = "no_such_column > 1"
     ("[feed]\ndrop = 'x'", r"\[feed\] drop must be a share between 0 and 1 \(0.5: a day below half the usual volume\), "
      "not 'x'"),
     ("[feed]\ntable = 5", r"\[feed\] table must be text \(in quotes\), not 5"),
+    # nothing the site writes is dropped or taken quietly
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\ntreshold = 50", "unknown key 'treshold'"),
+    ("[[checks]]\nname = 'a'\ntable = 'person'\nviolation = 'true'", "unknown section 'checks'"),
+    ("[threshold]\nisForeignKey = 50", "unknown section 'threshold'"),
+    ("[[check]]\nname = 'bigYear'\ntable = 'person'\nviolation = 'true'\n[[check]]\nname = 'bigyear'\n"
+     "table = 'person'\nviolation = 'false'", r"check #2 \(bigyear\): duplicate check name 'bigyear'"),
+    ("[[check]]\nname = 'isRequired'\ntable = 'person'\nfield = 'person_id'\nviolation = 'true'",
+     "'isRequired' is the name of a check medlake runs itself"),
+    ("[[check]]\nname = 'feedVolume'\ntable = 'person'\nviolation = 'true'", "is the name of a check medlake runs"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nthreshold = 150",
+     "threshold must be a percent from 0 to 100, not 150"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nthreshold = -1", "not -1"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'range'\nmin = 10\nmax = 1",
+     "min 10 is above max 1"),
 ])
 def test_site_check_errors_name_file_and_check(text, message):
     with pytest.raises(ValueError, match=message) as e:
@@ -1096,6 +1119,31 @@ def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
         "error: 2 check(s) failed that did not fail in run "), p.stderr
     assert "field_isforeignkey_condition_occurrence_person_id" in p.stderr
     assert subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True).returncode == 0  # known now: not new
+    # a check that cannot run any more (a column renamed by an ETL change) broke too
+    for name, field in (("a.toml", "year_of_birth"), ("b.toml", "year_of_brth")):
+        (tmp_path / name).write_text(f'[[check]]\nname = "late"\ntable = "person"\nviolation = "{field} > 3000"\n')
+    assert subprocess.run(cli + ["--checks", "a.toml"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    p = subprocess.run(cli + ["--checks", "b.toml"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: 1 check(s) could not run that could in run "), p.stderr
+    assert "table_late_person" in p.stderr and "1 new error(s)" in p.stdout
+
+
+def test_options_that_select_no_check_are_refused_before_the_run(store, tmp_path):
+    with pytest.raises(ValueError, match=r"the options select no check \(--check-names, --check-levels together\)"):
+        runner.Runner(store, "5.4", tmp_path / "q", check_levels=["TABLE"], check_names=["isForeignKey"]).run()
+    assert not [d for d in (tmp_path / "q").glob("*") if d.is_dir()]  # no run recorded
+
+
+def test_a_second_run_of_a_store_into_one_folder_stops_while_the_first_runs(store, tmp_path):
+    """It would take the running one's unfinished folder for a stopped run's, resume it and write beside it."""
+    first = runner.Runner(store, "5.4", tmp_path / "q", only=["person"])
+    with first.alone():
+        with pytest.raises(ValueError, match=f"another quality run of this store is writing to {tmp_path / 'q'} "
+                                             rf"\(PID {os.getpid()}\): wait for it to end, or give another --out"):
+            runner.Runner(store, "5.4", tmp_path / "q", only=["person"]).run()
+        assert runner.Runner(store, "5.4", tmp_path / "other", only=["person"]).run().results  # another folder
+    assert runner.Runner(store, "5.4", tmp_path / "q", only=["person"]).run().results  # after it
 
 
 def test_compare_two_runs_worst_change_first():
@@ -1129,7 +1177,7 @@ def test_cli_diff_two_runs(tmp_path):
     first, second = sorted(d.name for d in (tmp_path / "quality").iterdir())
     p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert f"from run {first} to run {second}: 2 newly failing, 0 fixed, 0 more rows, 0 fewer rows, 2 other" in p.stdout
+    assert f"from run {first} to run {second}: 2 newly failing, 0 fixed, 0 more rows, 0 fewer rows, 1 other" in p.stdout
     assert "field_isforeignkey_condition_occurrence_person_id" in p.stdout and "passed 0" in p.stdout
     assert "(condition_occurrence.person_id)" in p.stdout and "failed 1" in p.stdout
     p = subprocess.run(cli + ["diff", second, first], env=env, cwd=tmp_path, capture_output=True, text=True)
@@ -1318,11 +1366,11 @@ def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
     assert "table_measureobservationperiodoverlap_observation_period" in got
 
 
-@pytest.mark.parametrize("keys, dups", [([1, 2, 3], 0), ([1, 1, 2], 2), ([None, None, 1], 2), ([None, 1], 0),
-                                        ([None, 1, 1, 1, 2, 2, 3], 5)])
+@pytest.mark.parametrize("keys, dups", [([1, 2, 3], 0), ([1, 1, 2], 2), ([None, None, 1], 0), ([None, 1], 0),
+                                        ([None, None, 1, 1, 1, 2, 2, 3], 5)])
 def test_primary_key_by_sorting_counts_what_group_by_counts(keys, dups):
-    """isPrimaryKey on DuckDB sorts (a row equal to its neighbour) instead of grouping: the same rows count,
-    NULL keys included (GROUP BY puts them in one group)."""
+    """isPrimaryKey on DuckDB sorts (a row equal to its neighbour) instead of grouping: the same rows count; NULL
+    keys are no key value, as in DQD's template (isRequired counts them), however many there are."""
     eng = open_engine("duckdb::memory:")
     eng.execute("CREATE TABLE t (id BIGINT)")
     eng.load_arrow("t", pa.table({"id": pa.array(keys, pa.int64())}))
@@ -1424,18 +1472,21 @@ def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last
     eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
     second = runner.run(eng, "5.4", out)
     both = [fk, "table_measureconditioneracompleteness_condition_era"]  # person 99's condition has no era either
-    assert second.summary["since_last_run"] == {"run_id": first.run_id, "new_failures": both, "fixed": []}
+    assert second.summary["since_last_run"] == {"run_id": first.run_id, "new_failures": both, "new_errors": [],
+                                                "fixed": []}
     html = (second.dir / "report.html").read_text()
     assert "2 new failure(s)" in html and html.count("<span class=new>new</span>") == 5  # legend; failed; all
     # a run of one table between two whole runs: the next whole run compares with the whole run before (a check
     # the run of one table did not run is not new), and its trend leaves the run of one table out
     one = runner.run(eng, "5.4", out, only=["person"])
-    assert one.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "fixed": []}
+    assert one.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "new_errors": [],
+                                             "fixed": []}
     assert one.summary["tables"] == ["person"] and "Runs of the same tables and check types" in (
         one.dir / "report.html").read_text()
     eng.execute(CO + "person_id = 1 WHERE condition_occurrence_id = 200")
     third = runner.run(eng, "5.4", out)
-    assert third.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "fixed": both}
+    assert third.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "new_errors": [],
+                                               "fixed": both}
     html = (third.dir / "report.html").read_text()
     assert f"<h2>Fixed since run {second.run_id} (2)</h2>" in html and f"<code>{fk}</code>" in html.split("Fixed since")[1]
     assert f"<title>{second.run_id}, all checks" in html and one.run_id not in html
@@ -1443,9 +1494,9 @@ def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last
         first.run_id, second.run_id, one.run_id, third.run_id]
     eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")  # broken again, seen by a run of one table
     assert runner.run(eng, "5.4", out, only=["condition_occurrence"]).summary["since_last_run"] == {
-        "run_id": third.run_id, "new_failures": [fk], "fixed": []}
+        "run_id": third.run_id, "new_failures": [fk], "new_errors": [], "fixed": []}
     assert runner.run(eng, "5.4", out).summary["since_last_run"] == {  # new since the last whole run, still
-        "run_id": third.run_id, "new_failures": both, "fixed": []}
+        "run_id": third.run_id, "new_failures": both, "new_errors": [], "fixed": []}
     eng.close()
     other.close()
 

@@ -209,6 +209,15 @@ def _read(column: str, raw: str, read):
                          "a number, a date as 'YYYYMMDD', or concept ids separated by commas)") from None
 
 
+def source_value_of(concept_field: str, fields) -> str | None:
+    """The source value field a concept field is mapped from, by the CDM's naming (`X_concept_id` and
+    `X_source_concept_id` from `X_source_value`), if the table has it: a non-required concept field left NULL beside
+    a source value is unmapped, as DQD 2.7 counts it in `standard/sourceConceptRecordCompleteness`."""
+    base = concept_field.removesuffix("_concept_id").removesuffix("_source")
+    name = f"{base}_source_value"
+    return name if concept_field.endswith("_concept_id") and name in fields else None
+
+
 def _fill(text: str, **kw) -> str:
     for k, v in kw.items():
         text = text.replace(f"@{k}", str(v))
@@ -283,11 +292,14 @@ def build_checks(version: str, today: dt.date | None = None, files: tuple[str, .
                     add("isStandardValidConcept", table.name, f.name, thr("isStandardValidConcept"))
                 if _yes(r.get("measureValueCompleteness")):
                     add("measureValueCompleteness", table.name, f.name, thr("measureValueCompleteness"))
+                recorded = (("required", f.required), ("source_value", source_value_of(f.name, table.field_names)))
                 if _yes(r.get("standardConceptRecordCompleteness")):
-                    add("standardConceptRecordCompleteness", table.name, f.name, thr("standardConceptRecordCompleteness"))
+                    add("standardConceptRecordCompleteness", table.name, f.name,
+                        thr("standardConceptRecordCompleteness"), params=recorded)
                     add("mappingCoverage", table.name, f.name, 100)
                 if _yes(r.get("sourceConceptRecordCompleteness")):
-                    add("sourceConceptRecordCompleteness", table.name, f.name, thr("sourceConceptRecordCompleteness"))
+                    add("sourceConceptRecordCompleteness", table.name, f.name, thr("sourceConceptRecordCompleteness"),
+                        params=recorded)
                 std = (r.get("standardConceptFieldName") or "").strip().lower()
                 if _yes(r.get("sourceValueCompleteness")) and std in table.field_names:
                     add("sourceValueCompleteness", table.name, f.name, thr("sourceValueCompleteness"),

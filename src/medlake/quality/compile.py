@@ -255,10 +255,10 @@ def field_item(c: Check, ctx: Context) -> Item:
         return item(f"{f} IS NULL")
     if name == "cdmDatatype":
         if col_type in INTEGRAL:
-            return item(FALSE, nn)  # the engine's column type guarantees integers
+            return item(FALSE)  # the engine's column type guarantees integers
         if col_type in FLOATING:
-            return item(f"{nn} AND {f} <> floor({f})", nn)
-        return item(f"{nn} AND NOT regexp_matches(trim(CAST({f} AS VARCHAR)), '^-?[0-9]+$')", nn)
+            return item(f"{nn} AND {f} <> floor({f})")
+        return item(f"{nn} AND NOT regexp_matches(trim(CAST({f} AS VARCHAR)), '^-?[0-9]+$')")
     if name == "isForeignKey":
         ft = c.param("fk_table")
         if ft != "concept" and ctx.present.get(ft) == 0:  # an empty referenced table: every value violates
@@ -269,21 +269,29 @@ def field_item(c: Check, ctx: Context) -> Item:
         if name == "mappingCoverage" and not ctx.has("concept"):
             return item(f"({f} IS NULL OR {f} = 0)")  # without a vocabulary only unmapped (0/NULL) rows count
         a = ctx.fk(c.field, "concept", "concept_id")
+        domains = ", ".join(lit(d.strip()) for d in str(c.param("domain", "")).split(","))
         cond = {
-            "fkDomain": f"{a}.concept_id <> 0 AND {a}.domain_id <> {lit(c.param('domain'))}",
+            "fkDomain": f"{a}.concept_id <> 0 AND {a}.domain_id NOT IN ({domains})",
             "fkClass": f"{a}.concept_id <> 0 AND {a}.concept_class_id <> {lit(c.param('class'))}",
             "isStandardValidConcept": f"{a}.concept_id <> 0 AND (coalesce({a}.standard_concept, '') <> 'S' "
                                       f"OR coalesce({a}.invalid_reason, '') <> '')",
             "mappingCoverage": f"({f} IS NULL OR {f} = 0 OR {a}.concept_id IS NULL "
                                f"OR coalesce({a}.standard_concept, '') <> 'S')",
         }[name]
-        return item(cond, needs=["concept"])
+        return item(cond, nn if name == "isStandardValidConcept" else None, needs=["concept"])
     if name in ("standardConceptRecordCompleteness", "sourceConceptRecordCompleteness"):
-        return item(f"{f} = 0")
+        # DQD 2.7: 0 is unmapped; so is a NULL beside its source value where the field is not required
+        sv = c.param("source_value")
+        if c.param("required") or sv not in ctx.columns:
+            return item(f"{f} = 0", nn)
+        v = f"t.{q(sv)} IS NOT NULL"
+        return item(f"({f} = 0 OR ({f} IS NULL AND {v}))", f"({nn} OR {v})")
     if name == "sourceValueCompleteness":
         s = ctx.need_column(c.param("standard_field"))
-        return Item(c, f"count(DISTINCT CASE WHEN {s} = 0 THEN {f} END)", f"count(DISTINCT {f})", (),
-                    f"{s} = 0 AND {nn}", grouped=ctx.shapes.distinct_on_groups, group_cols=(c.param("standard_field"),),
+        null = lambda cond: f"coalesce(max(CASE WHEN {cond} THEN 1 END), 0)"  # noqa: E731
+        return Item(c, f"count(DISTINCT CASE WHEN {s} = 0 THEN {f} END) + {null(f'{s} = 0 AND {f} IS NULL')}",
+                    f"count(DISTINCT {f}) + {null(f'{f} IS NULL')}", (), f"{s} = 0",
+                    grouped=ctx.shapes.distinct_on_groups, group_cols=(c.param("standard_field"),),
                     weighted=False)
     if name in ("plausibleValueLow", "plausibleValueHigh"):
         v = c.param("value")
@@ -294,20 +302,19 @@ def field_item(c: Check, ctx: Context) -> Item:
         at, af = c.param("after_table"), c.param("after_field")
         if at == ctx.table:
             other = ctx.need_column(af)
-            return item(f"{as_date(other)} > {as_date(f)}", f"{nn} AND {other} IS NOT NULL")
+            return item(f"{as_date(other)} > {as_date(f)}")
         if at == "person" and af == "birth_datetime":
             p = ctx.birth()
-            return item(f"{nn} AND {_birth_after(p, as_date(f))}", f"{nn} AND {p}.person_id IS NOT NULL",
-                        needs=["person"])
+            return item(f"{nn} AND {_birth_after(p, as_date(f))}", needs=["person"])
         raise NotApplicable(f"temporal rule against {at}.{af} is not supported")
     if name == "plausibleAfterBirth":
         p = ctx.birth()
-        return item(f"{nn} AND {_birth_after(p, as_date(f))}", f"{nn} AND {p}.person_id IS NOT NULL",
-                    needs=["person"])
+        return item(f"{nn} AND {_birth_after(p, as_date(f))}", nn, needs=["person"])
     if name in ("plausibleDuringLife", "plausibleBeforeDeath"):
         d = ctx.death()  # DQD allows 60 days after death (e.g. claims processed late)
-        return item(f"{as_date(f)} > {as_date(f'{d}.death_date')} + 60", f"{nn} AND {d}.death_date IS NOT NULL",
-                    needs=["death"])
+        died = f"{d}.death_date IS NOT NULL"
+        return item(f"{as_date(f)} > {as_date(f'{d}.death_date')} + 60",
+                    died if name == "plausibleDuringLife" else f"{nn} AND {died}", needs=["death"])
     if name == "plausibleStartBeforeEnd":
         end = ctx.need_column(c.param("end_field"))
         return item(f"{as_date(f)} > {as_date(end)}", f"{nn} AND {end} IS NOT NULL")
@@ -316,10 +323,16 @@ def field_item(c: Check, ctx: Context) -> Item:
         v = ctx.fk("visit_occurrence_id", "visit_occurrence", "visit_occurrence_id")
         return item(f"({as_date(f)} < CAST({v}.visit_start_date AS DATE) - 7 OR "
                     f"{as_date(f)} > CAST({v}.visit_end_date AS DATE) + 7)",
-                    f"{nn} AND {v}.visit_occurrence_id IS NOT NULL", needs=["visit_occurrence"])
+                    f"{v}.visit_occurrence_id IS NOT NULL", needs=["visit_occurrence"])
     if name == "site":
-        return item(c.param("violation"), c.param("denominator"))
+        return item(violating(c.param("violation"), c.param("denominator")), c.param("denominator"))
     raise NotApplicable(f"no field-level compiler for {name}")
+
+
+def violating(violation: str, denominator: str | None) -> str:
+    """A site check's violating rows: those of its denominator that its violation holds for (a percentage of at
+    most 100, as every check counts)."""
+    return f"({denominator}) AND ({violation})" if denominator else f"({violation})"
 
 
 def _used(*conds) -> set[str]:
@@ -441,42 +454,39 @@ def examples_sql(table: str, wanted: list[tuple[str, str, tuple[str, ...]]], ctx
 
 
 def primary_key_sql(table: str, fld: str, sort: bool = False) -> tuple[str, str]:
-    """(violations query, examples query) for isPrimaryKey: rows whose key value occurs more than once.
-    `sort`: find them by sorting (a row equal to its neighbour) instead of a GROUP BY: same count, about twice
-    as fast on DuckDB for a million unique keys (a sort beats a hash table that does not fit the cache)."""
-    dup = f"SELECT {q(fld)} AS k, count(*) AS n FROM {q(table)} GROUP BY {q(fld)} HAVING count(*) > 1"
+    """(violations query, examples query) for isPrimaryKey: rows whose key value occurs more than once (a NULL
+    key is no value, as in DQD's `IN`: isRequired counts it). `sort`: find them by sorting (a row equal to its
+    neighbour) instead of a GROUP BY: same count, about twice as fast on DuckDB for a million unique keys (a sort
+    beats a hash table that does not fit the cache)."""
+    dup = (f"SELECT {q(fld)} AS k, count(*) AS n FROM {q(table)} WHERE {q(fld)} IS NOT NULL GROUP BY {q(fld)} "
+           "HAVING count(*) > 1")
     ex = f"SELECT CAST(k AS VARCHAR) AS row_id FROM ({dup}) AS d ORDER BY k LIMIT 10"
     if sort:
         f = q(fld)
         w = (f"SELECT {f} AS k, lag({f}) OVER (ORDER BY {f}) AS p, lead({f}) OVER (ORDER BY {f}) AS nx "
              f"FROM {q(table)}")
-        nulls = "count(*) - count(k)"  # GROUP BY puts NULL keys in one group: more than one NULL is a duplicate
-        return (f"SELECT {sum_if('k = p OR k = nx')} + CASE WHEN {nulls} > 1 THEN {nulls} ELSE 0 END AS v0 "
-                f"FROM ({w}) AS w", ex)
+        return f"SELECT {sum_if('k = p OR k = nx')} AS v0 FROM ({w}) AS w", ex
     return f"SELECT coalesce(sum(n), 0) AS v0 FROM ({dup}) AS d", ex
 
 
 def primary_key_dqd_sql(table: str, fld: str) -> str:
-    """isPrimaryKey shaped as DQD's template (the rows whose key is among the duplicated keys, counted); NULL keys
-    count as one key, as in `primary_key_sql`."""
+    """isPrimaryKey shaped as DQD's template (the rows whose key is among the duplicated keys, counted)."""
     f = q(fld)
     dup = f"SELECT {f} FROM {q(table)} GROUP BY {f} HAVING count(*) > 1"
-    nulls = f"(SELECT count(*) - count({f}) FROM {q(table)}) > 1"
-    return dqd_wrap(table, fld, f"WHERE t.{f} IN ({dup}) OR (t.{f} IS NULL AND {nulls})",
+    return dqd_wrap(table, fld, f"WHERE t.{f} IN ({dup})",
                     f"SELECT count(*) AS num_rows FROM {q(table)}")
 
 
 def key_unique_sql(table: str, fld: str, bitmap: bool = False) -> str:
-    """0 when every key is present and distinct (then isPrimaryKey has no violation; otherwise the exact
+    """0 when the keys present are distinct (then isPrimaryKey has no violation; otherwise the exact
     query counts them): on PostgreSQL a DISTINCT count sorts, ~8x faster than a GROUP BY of a million keys.
     `bitmap`: the distinct keys counted as the bits set in a bitmap of the column's range (DuckDB's bitstring_agg,
     the range from the column's statistics), ~10x faster than sorting 8.5M keys; an error (keys not integers, or
     too sparse for a bitmap) leaves the exact query to count."""
     f = q(fld)
     if bitmap:
-        one_null = f"CASE WHEN count(*) - count({f}) = 1 THEN 1 ELSE 0 END"  # one NULL key is no duplicate
-        return f"SELECT count(*) - bit_count(bitstring_agg({f})) - {one_null} AS x FROM {q(table)}"
-    return f"SELECT count(*) - count(DISTINCT {f}) AS x FROM {q(table)}"
+        return f"SELECT count({f}) - bit_count(bitstring_agg({f})) AS x FROM {q(table)}"
+    return f"SELECT count({f}) - count(DISTINCT {f}) AS x FROM {q(table)}"
 
 
 # -- concept level -----------------------------------------------------------------------------------------
@@ -487,6 +497,11 @@ def _rows(rows: list[dict]) -> str:
     first = "(" + ", ".join(f"CAST({lit(v)} AS {t})" for v, t in rows[0].values()) + ")"
     rest = ["(" + ", ".join(lit(v) for v, _ in r.values()) + ")" for r in rows[1:]]
     return f"SELECT * FROM (VALUES {', '.join([first] + rest)}) AS v({', '.join(rows[0])})"
+
+
+# plausibleUnitConceptIds' rows (DQD 2.7): any unit but 0 (an unmapped unit, standardConceptRecordCompleteness's),
+# with or without a value; a NULL unit (no unit) is no wrong unit
+UNITS_SCOPE = "coalesce(t.unit_concept_id, -1) <> 0"
 
 
 def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple[str, list[Check], tuple[str, ...], tuple]]:
@@ -529,18 +544,17 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
             reads += ("concept_ancestor",)
         f = ctx.need_column(gender[0].field)
         add(f"FROM {q(table)} AS t JOIN ({' UNION ALL '.join(rules)}) AS r ON {f} = r.concept_id "
-            f"JOIN {ctx.target('person', 'person_id')} AS p ON t.person_id = p.person_id", None,
+            f"LEFT JOIN {ctx.target('person', 'person_id')} AS p ON t.person_id = p.person_id", None,
             "p.gender_concept_id <> r.g", gender, reads)
     if units:
-        ctx.need_column("value_as_number")
         ctx.need_column("unit_concept_id")
         f = ctx.need_column(units[0].field)
         rules = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER")}
                  for i, c in enumerate(units) for cid in c.param("concept_ids")]
         allowed = [{"rid": (i, "INTEGER"), "unit_id": (u, "INTEGER")} for i, c in enumerate(units) for u in c.param("units")]
         add(f"FROM {q(table)} AS t JOIN ({_rows(rules)}) AS r ON {f} = r.concept_id "
-            f"LEFT JOIN ({_rows(allowed)}) AS ru ON ru.rid = r.rid AND ru.unit_id = coalesce(t.unit_concept_id, -1)",
-            "t.value_as_number IS NOT NULL", "ru.rid IS NULL", units, ())
+            f"LEFT JOIN ({_rows(allowed)}) AS ru ON ru.rid = r.rid AND ru.unit_id = t.unit_concept_id",
+            UNITS_SCOPE, "t.unit_concept_id IS NOT NULL AND ru.rid IS NULL", units, ())
     return out
 
 
@@ -567,9 +581,7 @@ def concept_single_sql(c: Check, ctx: Context, dqd: bool = False) -> str:
     if c.name in ("plausibleValueLow", "plausibleValueHigh"):
         scope += f" AND t.unit_concept_id = {c.unit_concept_id} AND t.value_as_number IS NOT NULL"
     elif c.name == "plausibleUnitConceptIds":
-        scope += " AND t.value_as_number IS NOT NULL"
-    else:
-        scope += f" AND {joins[0]}.person_id IS NOT NULL"
+        scope += f" AND {UNITS_SCOPE}"
     js = ctx.join_sql(joins, scope, cond)
     if dqd:  # (a violating row is in scope: `cond` names the concepts, and its test fails on a missing value)
         return dqd_wrap(c.table, c.field, f"{js} WHERE {cond}",
@@ -587,8 +599,7 @@ def concept_example(c: Check, ctx: Context) -> tuple[str, tuple[str, ...]]:
                 f"AND t.value_as_number {op} {lit(c.param('value'))}", ())
     if c.name == "plausibleUnitConceptIds":
         units = ", ".join(str(u) for u in c.param("units"))
-        return (f"{f} IN ({ids}) AND t.value_as_number IS NOT NULL "
-                f"AND coalesce(t.unit_concept_id, -1) NOT IN ({units})", ())
+        return f"{f} IN ({ids}) AND {UNITS_SCOPE} AND t.unit_concept_id NOT IN ({units})", ()
     p = ctx.person()
     ctx.need_person_column("gender_concept_id")
     g = c.param("gender_concept_id")
@@ -609,16 +620,18 @@ def table_level_sql(c: Check, ctx: Context, dqd: bool = False) -> tuple[str, str
         ctx.need_column("person_id")
         base = f"FROM person AS p LEFT JOIN (SELECT DISTINCT person_id FROM {t}) AS x ON p.person_id = x.person_id"
         # an anti-join: PostgreSQL hashes the table's rows about twice as fast as it groups them for the DISTINCT
-        sql = (f"SELECT (SELECT count(*) FROM person AS p WHERE NOT EXISTS (SELECT 1 FROM {t} AS x "
-               "WHERE x.person_id = p.person_id)) AS v0, (SELECT count(*) FROM person) AS d0")
+        # (a person row without a person_id is no person: isRequired counts it)
+        sql = (f"SELECT (SELECT count(*) FROM person AS p WHERE p.person_id IS NOT NULL AND NOT EXISTS (SELECT 1 "
+               f"FROM {t} AS x WHERE x.person_id = p.person_id)) AS v0, (SELECT count(*) FROM person) AS d0")
         if dqd:  # DQD's template: every person row left-joined to every row of the table
             sql = dqd_wrap("person", "person_id", f"LEFT JOIN {t} AS x ON t.person_id = x.person_id "
-                           "WHERE x.person_id IS NULL", "SELECT count(*) AS num_rows FROM person")
+                           "WHERE x.person_id IS NULL AND t.person_id IS NOT NULL",
+                           "SELECT count(*) AS num_rows FROM person")
         return (sql, f"SELECT CAST(p.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "
                 f"ORDER BY p.person_id LIMIT 10", ("person",))
     if c.name == "measureConditionEraCompleteness":
         ctx.need_table("condition_occurrence", "conditions")
-        base = ("FROM (SELECT DISTINCT person_id FROM condition_occurrence) AS co "
+        base = ("FROM (SELECT DISTINCT person_id FROM condition_occurrence WHERE condition_concept_id <> 0) AS co "
                 f"LEFT JOIN (SELECT DISTINCT person_id FROM {t}) AS x ON co.person_id = x.person_id")
         return (f"SELECT {sum_if('x.person_id IS NULL')} AS v0, count(*) AS d0 {base}",
                 f"SELECT CAST(co.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "

@@ -66,8 +66,14 @@ TABLE_REF = re.compile(r"(?<!YEAR )(?<!MONTH )(?<!DAY )\b(?:FROM|JOIN)\s+(?!\()"
 
 FIELD_REF = re.compile(r'\b(t|fk_\w+|dth)\.("[^"]+"|\w+)')  # a field a check's condition reads: alias.field
 
+# How this release counts (its compiler and runner): a table's results are reused only from a run that counted them
+# the same way, so an upgrade that changes what a check counts re-checks every table once
+COUNTING = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (cp.__file__, __file__))).hexdigest()[:16]
+
 NA_IF_NO_VALUES = ("isForeignKey", "fkDomain", "fkClass", "isStandardValidConcept",
-                   "standardConceptRecordCompleteness", "sourceConceptRecordCompleteness")
+                   "standardConceptRecordCompleteness", "sourceConceptRecordCompleteness",
+                   # (their denominators, as DQD's, count rows without a value too)
+                   "cdmDatatype", "plausibleTemporalAfter", "plausibleDuringLife", "withinVisitDates")
 
 
 class RowCounts(dict):
@@ -674,8 +680,31 @@ class Runner:
                                  "its cohort_definition_id?")
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
-        with self.eng.engine.scanning(), self.restricted():  # whole-table aggregates; a cohort's rows only
+        with self.alone(), self.eng.engine.scanning(), self.restricted():  # whole-table aggregates; a cohort's rows
             return self._run(run_id, started, t0)
+
+    @contextlib.contextmanager
+    def alone(self):
+        """One run of this store into this folder at a time: a second would take the first's unfinished run folder
+        for a stopped run's, resume it and write beside it. A lock the system drops with its process (a run killed
+        leaves none), on a file of the machine's temporary folder named for the two (not among the runs); the
+        holder's PID in it, for the message."""
+        import fcntl
+        import tempfile
+
+        key = hashlib.sha256(f"{self.out.resolve()}\n{self.store}".encode()).hexdigest()[:16]
+        with open(Path(tempfile.gettempdir()) / f"medlake-quality-{key}.lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                raise ValueError(f"another quality run of this store is writing to {self.out} (PID "
+                                 f"{fh.read().strip() or '?'}): wait for it to end, or give another --out") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
+            yield
 
     def restricted(self):
         """With a cohort: for the session, every CDM table with a person_id seen as its rows of the cohort's
@@ -702,6 +731,18 @@ class Runner:
             site_by_table.setdefault(c.table, []).append(it)
             by_table.setdefault(c.table, [])
         tables = [t for t in by_table if self._checked(t)]
+        from medlake.quality.feeds import SOURCE_TYPES, TYPES
+
+        asked = (not self.levels or "SOURCE" in self.levels) and (not self.severities or self.severities & SEVERITIES)
+        feed = self.feed and self.feed["table"] and asked and not self.cohort and (
+            not self.names or self.names & set(TYPES))
+        sources = self.sources and asked and not self.only and (
+            not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
+        if not any(by_table[t] or site_by_table.get(t) for t in tables) and not (feed or sources):
+            raise ValueError("the options select no check (" + ", ".join(o for o, v in (
+                ("--tables", self.only), ("--check-names", self.names), ("--check-levels", self.levels),
+                ("--check-severity", self.severities), ("--cohort-id", self.cohort)) if v) + " together): a run "
+                "would check nothing; widen one of them")
 
         run_dir, earlier = self._dirs(run_id)
         (run_dir / "tables").mkdir(parents=True, exist_ok=True)
@@ -733,13 +774,6 @@ class Runner:
             run.results += results
             run.rechecked.append(table)
         first = len(run.results)  # the source-level checks' results start here
-        from medlake.quality.feeds import SOURCE_TYPES, TYPES
-
-        asked = (not self.levels or "SOURCE" in self.levels) and (not self.severities or self.severities & SEVERITIES)
-        feed = self.feed and self.feed["table"] and asked and not self.cohort and (
-            not self.names or self.names & set(TYPES))
-        sources = self.sources and asked and not self.only and (
-            not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
         if self.progress and (feed or sources):
             self.progress("source-level checks", len(tables), len(tables))
         if feed:
@@ -850,7 +884,7 @@ class Runner:
         if not (self.incremental or self.resume):
             return ""  # nothing to compare with: skip the fingerprint queries
         reads = set(self.plan(table, checks, probe=False)[5])
-        sig = [self.version, self.mode] + [c.id + repr(c.threshold) + repr(c.params) for c in checks]
+        sig = [self.version, self.mode, COUNTING] + [c.id + repr(c.threshold) + repr(c.params) for c in checks]
         sig += [it.check.id + it.num + it.den for it in site_items]
         sig += [f"{t}={self.fingerprint(t)}" for t in sorted(reads)]
         return hashlib.sha256("\n".join(sig).encode()).hexdigest()
@@ -933,7 +967,8 @@ def partial(summary: dict) -> bool:
 def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> dict | None:
     """What changed since the store's previous finished run of the same scope (`within`, this run's) or of all
     tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an
-    error, not run) and those that failed then and pass now. None when there is none (a first run). An ad-hoc run
+    error, not run), those that could not run now and could then (`new_errors`: a column an ETL change dropped) and
+    those that failed then and pass now. None when there is none (a first run). An ad-hoc run
     of one table is not what the next nightly run compares with; a cohort's run compares with the same cohort's
     only (other persons' rows are not its rows fixed or broken)."""
     cohort = within[3]
@@ -943,6 +978,7 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
             changes = compare(json.loads((d / "results.json").read_text()), results)
             return {"run_id": d.name,
                     "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
+                    "new_errors": sorted(c["check_id"] for c in changes if c["after"] == "error"),
                     "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed")}
     return None
 

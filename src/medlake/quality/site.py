@@ -73,6 +73,7 @@ field_isforeignkey_observation_person_id = "h1-emr sends observations of visitor
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import tomllib
 from pathlib import Path
@@ -80,9 +81,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlglot
 
-from medlake.quality.checks import Check, fails
-from medlake.quality.compile import Item, lit, q, sum_if
-from medlake.quality.feeds import FEED_DROP
+from medlake.cdm import model
+from medlake.quality.checks import MEDLAKE_TYPES, Check, check_types, fails
+from medlake.quality.compile import Item, lit, q, sum_if, violating
+from medlake.quality.feeds import FEED_DROP, SOURCE_TYPES, TYPES as FEED_TYPES
 
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
 
@@ -100,6 +102,15 @@ def _bound(v) -> bool:
 
 TEXT_KEYS = ("name", "table", "field", "violation", "denominator", "rule", "category", "subcategory", "context",
              "severity", "description")
+CHECK_KEYS = (*TEXT_KEYS, "threshold", "min", "max", "values", "regex")
+SECTIONS = ("check", "feed", "source_fields", "thresholds", "notes")  # what a site checks file holds
+
+
+def _taken() -> set[str]:
+    """The check names medlake reports itself (DQD's, medlake's, the source-level ones), in lower case: a site
+    check of one of these names would take the id of that check's result."""
+    names = {n for v in model.VERSIONS for n in check_types(v)} | {*MEDLAKE_TYPES, *SOURCE_TYPES, *FEED_TYPES}
+    return {n.lower() for n in names}
 
 
 def _rule_sql(spec: dict, where: str) -> str:
@@ -112,6 +123,9 @@ def _rule_sql(spec: dict, where: str) -> str:
             v = spec.get(k)
             if k in spec and not _bound(v):
                 raise ValueError(f"{where}: {k} must be a number or a date (1900, 2.5, 2020-01-01), not {v!r}")
+        with contextlib.suppress(KeyError, TypeError):  # (both given, and of one kind)
+            if spec["min"] > spec["max"]:
+                raise ValueError(f"{where}: min {spec['min']!r} is above max {spec['max']!r}: no value could pass")
         if "min" in spec:
             parts.append(f"{f} < {lit(spec['min'])}")
         if "max" in spec:
@@ -293,7 +307,11 @@ def _toml(text: str, source: str) -> dict:
 def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
     """Checks and their compiled items from TOML text; errors name the file, the check and what to fix."""
     doc = _toml(text, source)
-    out, seen = [], set()
+    unknown = [k for k in doc if k not in SECTIONS]
+    if unknown:
+        raise ValueError(f"{source}: unknown section {unknown[0]!r}; a site checks file holds "
+                         f"{', '.join(f'[{k}]' for k in SECTIONS[1:])} and [[check]] tables")
+    out, seen, taken = [], set(), _taken()
     checks = doc.get("check", [])
     if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
         raise ValueError(f"{source}: checks are tables, each written [[check]]")
@@ -306,9 +324,15 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
         for key in TEXT_KEYS:
             if key in spec and not isinstance(spec[key], str):
                 raise ValueError(f"{where}: {key} must be text (in quotes), not {spec[key]!r}")
-        if name in seen:
-            raise ValueError(f"{where}: duplicate check name {name!r}")
-        seen.add(name)
+        odd = [k for k in spec if k not in CHECK_KEYS]
+        if odd:
+            raise ValueError(f"{where}: unknown key {odd[0]!r}; a check takes {', '.join(CHECK_KEYS)}")
+        if name.lower() in seen:
+            raise ValueError(f"{where}: duplicate check name {name!r} (names are compared in any case)")
+        if name.lower() in taken:
+            raise ValueError(f"{where}: {name!r} is the name of a check medlake runs itself; give yours another "
+                             "(to change that check's threshold, use [thresholds])")
+        seen.add(name.lower())
         spec = {k: (v.lower() if k in ("table", "field") and isinstance(v, str) else v) for k, v in spec.items()}
         if "violation" in spec:
             violation = spec["violation"]
@@ -325,17 +349,18 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
                     sqlglot.parse_one(f"SELECT 1 WHERE {sql}", read="duckdb")
                 except sqlglot.errors.ParseError as e:
                     raise ValueError(f"{where}: {label} is not valid SQL: {str(e).splitlines()[0]}") from e
-        try:
-            threshold = float(spec.get("threshold", 0))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{where}: threshold must be a number (percent)") from e
+        threshold = spec.get("threshold", 0)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
+            raise ValueError(f"{where}: threshold must be a percent from 0 to 100, not {threshold!r}")
+        threshold = float(threshold)
         check = Check(
             name=name, level="FIELD" if spec.get("field") else "TABLE", table=spec["table"], field=spec.get("field"),
             threshold=threshold, category=spec.get("category", "Plausibility"),
             subcategory=spec.get("subcategory", ""), context=spec.get("context", "Validation"),
             severity=spec.get("severity", "site"), description=spec.get("description", violation),
             params=(("violation", violation), ("denominator", den)), source="site")
-        item = Item(check, sum_if(f"({violation})"), sum_if(f"({den})") if den else "count(*)", (), f"({violation})")
+        bad = violating(violation, den)
+        item = Item(check, sum_if(bad), sum_if(f"({den})") if den else "count(*)", (), bad)
         out.append((check, item))
     return out
 
