@@ -811,10 +811,11 @@ def quality_show(
         about = last or runner.result(c, "not_applicable")  # the check, worded as the report words it
         out.print(f"{check_id}: {about['check_name']} on {report.where(about)}", highlight=False, markup=False)
         own = f" (the site's; the check's own {about['default_threshold']:g}%)" if "default_threshold" in about else ""
+        kind = ("" if c else "; a check of the site's: give its file with --checks for its query and rows"
+                if about.get("source") == "site" else "; one of medlake's source-level checks (staging, landing, "
+                "lineage): its rows are the examples below, it has no query of its own")
         out.print(f"{about['category']} / {about['subcategory'] or '-'} / {about['context']}; threshold "
-                  f"{about['threshold']:g}%{own}" + ("" if c else "; one of medlake's source-level checks (staging, "
-                                               "landing, lineage): its rows are the examples below, it has no query "
-                                               "of its own"), highlight=False, markup=False)
+                  f"{about['threshold']:g}%{own}{kind}", highlight=False, markup=False)
         if about.get("description"):
             out.print(about["description"], highlight=False, markup=False)
         if about.get("notes"):

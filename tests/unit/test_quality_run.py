@@ -64,9 +64,17 @@ def test_results_json_and_self_contained_report(store, tmp_path):
 def test_an_empty_vocabulary_is_a_warning_not_a_quiet_pass(store, tmp_path):
     """With the concept table empty (a vocabulary not loaded, or hidden by the CDM schema's empty one on a search
     path) every concept check is not applicable: the run says how many, in run.json, the report and the CLI."""
-    assert runner.run(store, "5.4", tmp_path / "a").summary["warnings"] == []
+    # (a source's CDM rows with their codes, as the transform's lineage records them: its mapping coverage)
+    store.execute("CREATE TABLE cdm_lineage (source VARCHAR, cdm_table VARCHAR, row_id BIGINT, code_system VARCHAR, "
+                  "code VARCHAR, concept_id INTEGER)")
+    store.execute("INSERT INTO cdm_lineage VALUES ('lis', 'measurement', 1000, 'LN', '4548-4', 3004410)")
+    coverage = "source_sourcemappingcoverage_lis_measurement"
+    first = runner.run(store, "5.4", tmp_path / "a")
+    assert first.summary["warnings"] == []
+    assert next(x for x in first.results if x["check_id"] == coverage)["status"] == "passed"
     store.execute("DELETE FROM concept")
     r = runner.run(store, "5.4", tmp_path / "b")
+    assert next(x for x in r.results if x["check_id"] == coverage)["status"] == "not_applicable"  # not 100% unmapped
     silenced = [x for x in r.results if x["status"] == "not_applicable"
                 and x["not_applicable_reason"].startswith("concept table empty")]
     assert len(silenced) > 50 and {x["check_name"] for x in silenced} >= {"isForeignKey", "fkDomain", "isStandardValidConcept"}
@@ -1265,6 +1273,17 @@ def test_cli_show_a_failed_check_its_query_and_rows(tmp_path):
     p = subprocess.run(cli + ["show", fk, "--rows", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert "threshold 30% (the site's; the check's own 0%)" in p.stdout and "note: person 99: a visitor" in p.stdout
     assert ": passed — 1 of 4 rows (25%)" in p.stdout and "what to do" not in p.stdout
+    # a site check of a whole table (no field): its own predicate, counted and listed; without its file, said so
+    (tmp_path / "late.toml").write_text('[[check]]\nname = "lateCondition"\ntable = "condition_occurrence"\n'
+                                        'violation = "condition_start_date > DATE \'2020-06-01\'"\n')
+    assert subprocess.run(cli + ["run", "--checks", "late.toml"], env=env, cwd=tmp_path).returncode == 0
+    site_id = "table_latecondition_condition_occurrence"
+    p = subprocess.run(cli + ["show", site_id, "--checks", "late.toml"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and "violated_rows" in p.stdout and "condition_start_date > DATE" in p.stdout, p.stderr
+    assert [x.split("│")[1].strip() for x in p.stdout.splitlines() if x.startswith("│")] == ["200", "300"]
+    p = subprocess.run(cli + ["show", site_id], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert "a check of the site's: give its file with --checks" in " ".join(p.stdout.split()), p.stdout
 
 
 def test_cli_show_of_a_check_that_stopped_says_which_column_is_not_of_its_type(tmp_path):

@@ -405,10 +405,17 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             if v:
                 # (a code without a system, as an HL7 CE without its coding system, sorts and reads as the code)
                 examples.setdefault((r["s"], r["t"]), []).append((-v, r["sys"] or "", r["code"]))
+        vocabulary = bool(per) and engine.query("SELECT count(*) AS n FROM (SELECT 1 FROM concept LIMIT 1) AS c"
+                                                ).column(0)[0].as_py()
         for (src, table), (v, d) in sorted(per.items()):
             ex = [f"{sys + '|' if sys else ''}{code} ({-n})"
                   for n, sys, code in sorted(examples.get((src, table), []))[:10]]
-            out.append(_counted(result, "sourceMappingCoverage", table, None, src, v, d, ex, "code (rows)"))
+            r = _counted(result, "sourceMappingCoverage", table, None, src, v, d, ex, "code (rows)")
+            if not vocabulary:  # no code is mapped without one: not applicable, as every check looking up concepts
+                r.update(result(source_check("sourceMappingCoverage", table, None, src), "not_applicable",
+                                reason="concept table empty (vocabulary not loaded)"), check_id=r["check_id"],
+                         data_source=src)
+            out.append(r)
     return out
 
 

@@ -558,7 +558,7 @@ class Runner:
             pick = ", ".join(f"{e} AS {cp.q(n)}" for e, n in cols.items()) or "t.*"
             return f"SELECT {pick} FROM {cp.q(table)} AS t {ctx.join_sql(joins, cond)} WHERE {cond}{order} LIMIT {rows}"
 
-        if c.level == "TABLE":
+        if c.level == "TABLE" and not site_item:  # (a site check of a whole table is its own predicate)
             count, ex, _ = cp.table_level_sql(c, ctx, dqd=True)
             listed = ex.replace("LIMIT 10", f"LIMIT {rows}")
         elif c.name == "isPrimaryKey":
