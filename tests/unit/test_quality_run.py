@@ -1576,6 +1576,10 @@ def test_a_sites_own_dqd_threshold_files_set_rules_thresholds_and_notes(store, t
      r"site\.csv:2: isRequiredThreshold must be empty, NA or a percent from 0 to 100, not 'abc'"),
     ("cdmTableName,cdmFieldName,isRequired,isRequiredThreshold\nperson,person_id,Maybe,0\n",
      r"site\.csv:2: isRequired must be Yes, No or empty, not 'Maybe'"),
+    # the file's line, where a note above runs over two lines (as DQD's descriptions do), not the record's number
+    ("cdmTableName,cdmFieldName,isRequired,isRequiredThreshold,isRequiredNotes\nperson,year_of_birth,Yes,0,\"a note\n"
+     "over two lines\"\nperson,person_id,Yes,150,\n", r"site\.csv:4: isRequiredThreshold must be empty, NA or a "
+     r"percent from 0 to 100, not '150'"),
     ("table,field\nperson,person_id\n", r"site\.csv: not one of DQD's threshold files"),
     ("cdmTableName,cdmFieldName,conceptId,conceptName,plausibleGender,plausibleGenderThreshold\n"
      "measurement,measurement_concept_id,4000,x,Both,5\n", r"site\.csv:2: plausibleGender must be Male or Female"),

@@ -124,7 +124,9 @@ def threshold_file(path: str) -> tuple[str, list[dict[str, str]]]:
         raise ValueError(f"{p}: not one of DQD's threshold files (no cdmTableName column; a Table_Level, Field_Level "
                          "or Concept_Level CSV as DQD ships them)")
     rows = []
-    for n, r in enumerate(reader, 2):
+    after = reader.line_num  # the file's line a record starts on: DQD's texts run over several lines
+    for r in reader:
+        n, after = after + 1, reader.line_num
         for col in cols:
             v = (r.get(col) or "").strip()
             if col.endswith("Threshold") and v and v != "NA":
