@@ -1362,6 +1362,20 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     assert {x["check_id"] for x in rows} == {k for k, x in got.items() if x["severity"] == "source"} != set()
 
 
+def test_a_version_the_store_contradicts_is_said_and_compared_with_its_own_runs_only(store, tmp_path):
+    """--cdm-version 5.3 on a store recorded as 5.4: the run says so (a warning, the version's origin) and is not
+    compared with the 5.4 runs (their checks are others), nor is the next 5.4 run compared with it."""
+    out = tmp_path / "q"
+    first = runner.run(store, None, out, only=["person"])
+    other = runner.run(store, "5.3", out, only=["person"])
+    assert other.summary["cdm_version_from"] == "as given; the store says v5.4 (from the store's record)"
+    assert any(w.startswith("checked as OMOP CDM v5.3 (--cdm-version), but the store says v5.4")
+               for w in other.summary["warnings"])
+    assert other.summary["since_last_run"] is None  # not the 5.4 run's
+    again = runner.run(store, None, out, only=["person"])
+    assert again.summary["since_last_run"]["run_id"] == first.run_id and not again.summary["warnings"]
+
+
 def test_v53_suite_runs_with_results_on_a_v53_store(tmp_path):
     """CDM v5.3 has its own spec and DQD files (e.g. death has no death_id, visit_occurrence has
     admitting_source_concept_id); the whole suite runs on a v5.3 store and finds a v5.3 defect."""

@@ -832,7 +832,9 @@ class Runner:
             "mismatched_columns": wrong,
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
-            + tuned,
+            + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
+                        "a run of the other version's checks finds its fields missing; it is compared with runs of "
+                        f"v{self.version} only"] if "; the store says" in self.version_from else []),
         }
         run.summary["since_last_run"] = since_last_run(
             run.results, [d for d in finished_runs(self.out, self.store) if d.name != run.run_id], scope(run.summary))
@@ -946,11 +948,11 @@ def history(out: Path, store: str | None = None) -> list[dict]:
 def scope(summary: dict) -> tuple:
     """What a run checked: its tables (`--tables`), check types and levels (`--check-names`, `--check-levels`),
     cohort (`--cohort-id`: (table, id), or ()) and excluded tables. The trend compares runs of one scope (a run of
-    one table is not a drop in the pass rate of the whole suite)."""
+    one table is not a drop in the pass rate of the whole suite) and of one CDM version (the last)."""
     return (tuple(summary.get("tables") or ()), tuple(summary.get("check_names") or ()),
             tuple(summary.get("check_levels") or ()), tuple((summary.get("cohort") or {}).items())[:2],
             tuple(summary.get("check_severity") or ()),
-            tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))))
+            tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))), summary.get("cdm_version"))
 
 
 def some_checks(summary: dict) -> bool:
@@ -974,7 +976,7 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
     cohort = within[3]
     for d in reversed(earlier):
         s = json.loads((d / "run.json").read_text())
-        if scope(s) == within or (not partial(s) and not cohort):
+        if scope(s) == within or (not partial(s) and not cohort and s.get("cdm_version") == within[-1]):
             changes = compare(json.loads((d / "results.json").read_text()), results)
             return {"run_id": d.name,
                     "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
@@ -1096,5 +1098,8 @@ def run(engine, version: str | None = None, out: str | Path = "quality", **kw) -
     """Run every check for the store's CDM version (and the site's checks) and write the reports."""
     from medlake.cdm import store
 
-    version, found = (version, "as given") if version else store.detect_version(engine)
+    found_version, how = store.detect_version(engine)
+    version, found = (version, "as given") if version else (found_version, how)
+    if version != found_version and not how.startswith("the default"):  # said in the reports, not refused: a
+        found += f"; the store says v{found_version} ({how})"              # cdm_source can be out of date
     return Runner(engine, version, Path(out), version_from=found, **kw).run()
