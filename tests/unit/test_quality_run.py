@@ -612,6 +612,26 @@ def test_import_reads_the_forms_exports_write_when_told(tmp_path, name, content,
             importer.import_folder(eng, folder, "5.4", decimal=",")
 
 
+def test_import_with_a_decimal_comma_sets_aside_a_number_with_a_point(tmp_path):
+    """Told the decimal mark is ',', a '.' in a number is a thousands separator or another decimal mark: 1.234 is
+    neither read as 1.234 nor as 1234 but set aside saying so; a value is shown as the file holds it, and the
+    option to give as a shell takes it (\\N, not repr's doubled backslash)."""
+    (tmp_path / "cdm").mkdir()
+    (tmp_path / "cdm" / "observation.csv").write_text(
+        "observation_id;person_id;observation_concept_id;observation_date;observation_type_concept_id;value_as_number\n"
+        + "".join(f"{i};1;0;2020-01-01;32817;{v}\n" for i, v in enumerate(["1.234", "7,5", "1.234,5", "\\N"], 1)))
+    eng = open_engine("duckdb::memory:")
+    aside = []
+    [report] = importer.import_folder(eng, tmp_path / "cdm", "5.4", delimiter=";", decimal=",",
+                                      set_aside=lambda f, rows: aside.extend(rows)).values()
+    assert (report.rows, report.bad) == (1, 3)
+    assert eng.query("SELECT value_as_number AS v FROM observation").column(0).to_pylist() == [7.5]
+    said = {b.line: b.detail for b in aside}
+    assert said[2].startswith("field value_as_number: cannot read '1.234' as float (a '.' in a number of a file whose "
+                              "decimal mark is ','") and "'1.234,5'" in said[4]
+    assert said[5].endswith("if it means empty, give --null '\\N'")
+
+
 def test_import_leaves_out_a_sites_own_columns_when_told(tmp_path, monkeypatch):
     """A site's own column (an ETL batch id) stops the import saying what to give; with --skip-unknown-columns it is
     left out, named with its values and the first one's line (in a later batch than the first), and a field of the

@@ -550,7 +550,15 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     if decimal != ".":  # 7,5 as a European export writes a number
         for f in table.fields:
             if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
-                data[f.name] = pc.replace_substring(data[f.name], decimal, ".")
+                col = data[f.name]
+                dotted = pc.fill_null(pc.match_substring(col, "."), False)
+                for i in pc.indices_nonzero(dotted).to_pylist():  # 1.234: a thousands separator, or a decimal point?
+                    bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read "
+                                                  f"{_shown(col[i].as_py())} as float (a '.' in a number of a file "
+                                                  f"whose decimal mark is "
+                                                  f"'{decimal}': a thousands separator, or a decimal point?); write "
+                                                  "the number without it and import again"))
+                data[f.name] = pc.replace_substring(pc.if_else(dotted, pa.scalar(None, pa.string()), col), decimal, ".")
     done: dict[str, pa.Array] = {}
     for f, af in zip(table.fields, schema):
         col = data.get(f.name)
@@ -575,14 +583,14 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         except CAST_ERRORS:
             for i in _refused(lambda c: _cast(c, f, af.type, dates), col, limit):
                 v = col[i].as_py()
-                fix = (f"if it means empty, give --null {v!r}" if pa.types.is_string(col.type)
+                fix = (f"if it means empty, give --null {_shown(v)}" if pa.types.is_string(col.type)
                        and str(v).strip().upper() in NULL_MARKS else
                        "if it is a decimal comma, give --decimal ','" if f.kind == "float" and decimal == "."
                        and re.fullmatch(r"\s*[-+]?\d*,\d+\s*", str(v)) else
                        _date_hint(str(v)) if f.kind in ("date", "datetime") and not dates
                        and re.match(r"\s*\d{1,2}[/.-]\d{1,2}[/.-]\d{4}\b", str(v)) else
                        "fix the value in the file and import again")
-                bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read {v!r} as {f.kind} "
+                bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read {_shown(v)} as {f.kind} "
                                               f"({_why(v, f.kind, dates)}); {fix}"))
         if len(bad) > limit:
             break
@@ -620,6 +628,11 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             note(f.name, "null_text", pc.fill_null(pc.is_in(col, pa.array(["NULL", "\\N"])), False))
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=schema), bad, notes
+
+
+def _shown(v) -> str:
+    """A value as the file holds it and a shell takes it, in single quotes (\\N is `'\\N'`, not repr's `'\\\\N'`)."""
+    return f"'{v}'" if isinstance(v, str) and "'" not in v else repr(v)
 
 
 def _date_hint(v: str) -> str:
