@@ -901,8 +901,8 @@ def cdm_import(
     delimiter = delimiter.replace("\\t", "\t")
     with open_store() as eng:
         # the store's version; else the one the files are of (their tables and columns); else the configured one
-        version = (version or cdm_store.info(eng).get("cdm_version")
-                   or importer.files_version(folder, delimiter, encoding) or settings().cdm_version)
+        held = cdm_store.info(eng).get("cdm_version")  # (the store's record before the import makes one)
+        version = (version or held or importer.files_version(folder, delimiter, encoding) or settings().cdm_version)
         q = Quarantine(settings().landing_dir)
         try:
             with _counting_progress() as bar:  # tables
@@ -936,7 +936,7 @@ def cdm_import(
                 other = model.load(importer.other_version(version))
                 says = (f"not a field of {name} in OMOP CDM v{version}: left out ({n:,} value(s)" + (
                         f", the first: {first})" if n else ")") + (
-                        f"; a field of v{other.version}: give --version {other.version} if the files are of it"
+                        f"; a field of v{other.version}: {importer.switch_to(other.version, held)}"
                         if name in other.table_names and field in other.table(name).field_names else ""))
             elif what == "cut":
                 length = cdm.table(name).field(field).length

@@ -659,7 +659,24 @@ def test_import_leaves_out_a_sites_own_columns_when_told(tmp_path, monkeypatch):
         f"warning: person.etl_batch: not a field of person in OMOP CDM v5.4: left out (8 value(s), the first: "
         f"{folder}/person.csv:14)",
         "warning: visit_occurrence.admitting_source_concept_id: not a field of visit_occurrence in OMOP CDM v5.4: "
-        "left out (0 value(s)); a field of v5.3: give --version 5.3 if the files are of it"]
+        "left out (0 value(s)); a field of v5.3: give --version 5.3 if the files are v5.3"]
+
+
+def test_import_of_the_other_versions_files_into_a_store_that_holds_one_says_to_use_another_store(tmp_path):
+    """`medlake init` made the store v5.4: --version 5.3 cannot change it, so the import says where v5.3 files go."""
+    from medlake.cdm import store as cdm_store
+
+    (tmp_path / "cdm").mkdir()
+    (tmp_path / "cdm" / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_end_date,visit_type_concept_id,"
+        "admitting_source_concept_id\n1,1,9201,2020-01-01,2020-01-02,32817,0\n")
+    eng = open_engine("duckdb::memory:")
+    cdm_store.init(eng, "5.4")
+    with pytest.raises(ValueError, match=r"fields of visit_occurrence in OMOP CDM v5.3, not v5.4: this store holds "
+                                         r"v5.4: v5.3 files go into a v5.3 store \(a new --store: the import makes it"):
+        importer.import_folder(eng, tmp_path / "cdm", "5.4")
+    with pytest.raises(ValueError, match="it cannot be initialised as v5.3: give another --store for a v5.3 CDM"):
+        importer.import_folder(eng, tmp_path / "cdm", "5.3")
 
 
 def test_import_stops_on_a_parquet_column_of_lists_or_structs(tmp_path):
@@ -913,7 +930,8 @@ def test_import_reads_a_table_from_a_folder_of_part_files(tmp_path):
 
 
 @pytest.mark.parametrize("suffix,compress", [(".csv.gz", gzip.compress), (".csv.bz2", bz2.compress),
-                                             (".tsv.gz", gzip.compress)])
+                                             (".tsv.gz", gzip.compress), (".tsv.bz2", bz2.compress),
+                                             (".csv.GZ", gzip.compress)])  # (names in any case)
 def test_import_reads_compressed_files_and_names_their_lines(tmp_path, suffix, compress):
     folder = tmp_path / "cdm"
     folder.mkdir()
@@ -983,11 +1001,16 @@ def test_a_line_or_header_not_in_utf8_stops_in_one_line_and_is_read_with_the_enc
     assert got[0].raw.decode() == "2,8507,1980,0,0,Müller,extra"
     (folder / "person.csv").write_bytes(PERSON_HEADER.replace("\n", ",pr\xe9nom\n").encode("cp1252") +
                                         b"1,8507,1980,0,0,a\n")  # a header not in UTF-8: pyarrow's traceback before
-    with pytest.raises(importer.CdmImportError, match=r"person.csv: its header is not in utf-8 \('person_id,.*,pr.nom'\): "
+    with pytest.raises(importer.CdmImportError, match=r"person.csv: its header is not in utf-8 \(…'.*,pr.nom'\): "
                        r"give the file's encoding with --encoding"):
         importer.import_folder(eng, folder, "5.4")
     with pytest.raises(importer.CdmImportError, match=r"column\(s\) prénom are not fields of person"):
         importer.import_folder(eng, folder, "5.4", encoding="cp1252")
+    # a spreadsheet's "Unicode text": its byte-order mark names the encoding to give
+    (folder / "person.csv").write_bytes((PERSON_HEADER + "1,8507,1980,0,0\n").replace(",", "\t").encode("utf-16"))
+    with pytest.raises(importer.CdmImportError, match="its byte-order mark says UTF-16: give --encoding utf-16"):
+        importer.import_folder(eng, folder, "5.4")
+    assert importer.import_folder(eng, folder, "5.4", encoding="utf-16", delimiter="\t")["person"].rows == 1
 
 
 def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):

@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 from medlake.cdm import ddl, model, store
 from medlake.cdm.vocab import index_lookups, undecodable_lines
 
-SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv", ".tsv.gz", ".parquet")  # compressed: read as they come
+SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv", ".tsv.gz", ".tsv.bz2", ".tsv.zst", ".parquet")
+CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}  # compressed files are read as they come, named in any case
 KINDS = ".csv (any --delimiter), .tsv, .parquet, or .csv/.tsv compressed as .gz, .bz2 or .zst"
 BATCH_BYTES = 8 << 20
 
@@ -120,8 +121,17 @@ def _table_name(p: Path) -> str | None:
     return p.name[: -len(suffix)].lower() if suffix else None
 
 
-def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
-    """{table: its file or folder of part files} in `folder`."""
+def switch_to(other: str, held: str | None) -> str:
+    """What to do with files of CDM version `other`: name it, or, where the store already holds a version
+    (`held`, its record: `medlake init` makes v5.4), import them into another store."""
+    if held:
+        return (f"this store holds v{held}: v{other} files go into a v{other} store (a new --store: the import makes "
+                "it of the files' version)")
+    return f"give --version {other} if the files are v{other}"
+
+
+def _table_files(folder: Path, cdm: model.CDM, held: str | None = None) -> dict[str, Path]:
+    """{table: its file or folder of part files} in `folder` (`held`: the version the store holds, if it says)."""
     if not folder.is_dir():
         raise CdmImportError(f"{folder} is not a folder; give a folder with one CSV or Parquet file per CDM table")
     found: dict[str, Path] = {}
@@ -137,8 +147,8 @@ def _table_files(folder: Path, cdm: model.CDM) -> dict[str, Path]:
         if name not in cdm.table_names:
             other = other_version(cdm.version)
             if name in model.load(other).table_names:
-                raise CdmImportError(f"{p}: {name} is a table of OMOP CDM v{other}, not v{cdm.version}: give "
-                                     f"--version {other} if the files are v{other}, or move it out of the folder")
+                raise CdmImportError(f"{p}: {name} is a table of OMOP CDM v{other}, not v{cdm.version}: "
+                                     f"{switch_to(other, held)}, or move it out of the folder")
             raise CdmImportError(f"{p}: no table {name!r} in OMOP CDM v{cdm.version}; name each file (or folder of "
                                  "part files) after its table (e.g. person.csv) or move it out of the folder")
         if name in found:
@@ -184,9 +194,14 @@ def _breaks(batch: pa.RecordBatch) -> np.ndarray | None:
     return None if per_row is None else np.concatenate(([0], np.cumsum(per_row)))
 
 
+def _stream(path: Path):
+    """The file's bytes, decompressed as its name says in any case (Arrow's own detection misses death.csv.GZ)."""
+    return pa.input_stream(str(path), compression=CODECS.get(Path(path).suffix.lower()))
+
+
 def _text(path: Path, encoding: str) -> io.TextIOWrapper:
     """The file as text (decompressed as its name says)."""
-    return io.TextIOWrapper(pa.input_stream(path, compression="detect"), encoding=encoding, errors="replace",
+    return io.TextIOWrapper(_stream(path), encoding=encoding, errors="replace",
                             newline="")
 
 
@@ -199,8 +214,15 @@ def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str]]:
     except (OSError, pa.ArrowInvalid) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
     if "\ufffd" in first:  # (read with errors="replace")
-        raise CdmImportError(f"{path}: its header is not in {fmt.encoding} ({first.strip()!r}): give the file's "
-                             "encoding with --encoding (e.g. cp1252, latin-1), or fix the header, and import again")
+        with _stream(path) as raw:
+            bom = raw.read(4)
+        if bom[:2] in (b"\xff\xfe", b"\xfe\xff"):  # as a spreadsheet saves "Unicode text"
+            raise CdmImportError(f"{path}: its byte-order mark says UTF-16: give --encoding utf-16 (and --delimiter "
+                                 "'\\t' for a spreadsheet's Unicode text) and import again")
+        shown, at = first.strip(), first.strip().index("\ufffd")  # around its first character not read
+        shown = ("…" if at > 60 else "") + repr(shown[max(0, at - 60):at + 20]) + ("…" if len(shown) > at + 20 else "")
+        raise CdmImportError(f"{path}: its header is not in {fmt.encoding} ({shown}): give the file's encoding with "
+                             "--encoding (e.g. cp1252, latin-1), or fix the header, and import again")
     given = fmt.of(path)
     for d in (given, *(d for d in (",", ";", "|", "\t") if d != given)):
         header = next(csv.reader([first], delimiter=d), [])
@@ -227,7 +249,7 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
     try:
         with _row_text(path):
             reader = pacsv.open_csv(
-                path, read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding),
+                _stream(path), read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                                  invalid_row_handler=skip if invalid is not None else None),
                 convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
@@ -832,7 +854,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     """
     fmt = csv_format(delimiter, encoding, nulls, decimal, dates)
     cdm = model.load(version)
-    files = _table_files(Path(folder), cdm)
+    held = store.info(engine).get("cdm_version")
+    files = _table_files(Path(folder), cdm, held)
     store.init(engine, version)
     report: dict[str, Imported] = {}
     left_out: list[BadRow] = []
@@ -855,8 +878,8 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                     other = model.load(other_version(version))
                     if name in other.table_names and set(e.columns) <= set(other.table(name).field_names):
                         raise CdmImportError(f"{part}: column(s) {', '.join(e.columns)} are fields of {name} in OMOP "
-                                             f"CDM v{other.version}, not v{version}: give --version {other.version} "
-                                             f"if the files are v{other.version}") from None
+                                             f"CDM v{other.version}, not v{version}: {switch_to(other.version, held)}"
+                                             ) from None
                     raise UnknownColumns(f"{e}; give --skip-unknown-columns to leave them out", e.columns) from None
                 rows, bad = rows + done, bad + len(aside)
                 left_out += aside

@@ -65,7 +65,8 @@ def init(engine, version: str = model.DEFAULT_VERSION) -> list[str]:
     """
     current = info(engine).get("cdm_version")
     if current and current != version:
-        raise ValueError(f"this store holds OMOP CDM v{current}; it cannot be initialised as v{version}")
+        raise ValueError(f"this store holds OMOP CDM v{current}; it cannot be initialised as v{version}: give another "
+                         f"--store for a v{version} CDM")
     cdm = model.load(version)
     existing = set(engine.tables())
     created = []
