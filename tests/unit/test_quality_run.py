@@ -222,7 +222,10 @@ table = "condition_occurrence"
 violation = "condition_start_date < DATE '2021-01-01'"
 denominator = "condition_start_date >= DATE '2021-01-01'"
 """
-    extra = site.parse(toml, "site.toml")
+    extra = site.parse(toml + '[[check]]\nname = "loud"\ntable = "person"\nviolation = "false"\nseverity = "Fatal"\n'
+                       'category = "conformance"\n', "site.toml")
+    loud = extra[-1][0]  # its words as --check-severity and the report's categories spell them
+    assert (loud.severity, loud.category, loud.context) == ("fatal", "Conformance", "Validation")
     r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra, only=["condition_occurrence", "measurement"])
     got = {x["check_name"]: x for x in r.results if x["source"] == "site"}
     assert (got["conditionAfter2020"]["status"], got["conditionAfter2020"]["num_violated_rows"]) == ("failed", 2)
@@ -263,6 +266,10 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nthreshold = -1", "not -1"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'range'\nmin = 10\nmax = 1",
      "min 10 is above max 1"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\ncategory = 'Plausability'",
+     "category must be one of Conformance, Completeness, Plausibility, not 'Plausability'"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nseverity = 'urgent'",
+     "severity must be one of fatal, convention, characterization, site, not 'urgent'"),
 ])
 def test_site_check_errors_name_file_and_check(text, message):
     with pytest.raises(ValueError, match=message) as e:

@@ -104,6 +104,9 @@ TEXT_KEYS = ("name", "table", "field", "violation", "denominator", "rule", "cate
              "severity", "description")
 CHECK_KEYS = (*TEXT_KEYS, "threshold", "min", "max", "values", "regex")
 SECTIONS = ("check", "feed", "source_fields", "thresholds", "notes")  # what a site checks file holds
+# the words a check is reported and selected by (--check-severity; the report's Kahn categories), in their case
+WORDS = {"category": ("Conformance", "Completeness", "Plausibility"), "context": ("Verification", "Validation"),
+         "severity": ("fatal", "convention", "characterization", "site")}
 
 
 def _taken() -> set[str]:
@@ -353,11 +356,17 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
             raise ValueError(f"{where}: threshold must be a percent from 0 to 100, not {threshold!r}")
         threshold = float(threshold)
+        words = {}
+        for key, allowed in WORDS.items():
+            given = spec.get(key)
+            words[key] = next((w for w in allowed if given and w.lower() == given.lower()), None)
+            if given and words[key] is None:
+                raise ValueError(f"{where}: {key} must be one of {', '.join(allowed)}, not {given!r}")
         check = Check(
             name=name, level="FIELD" if spec.get("field") else "TABLE", table=spec["table"], field=spec.get("field"),
-            threshold=threshold, category=spec.get("category", "Plausibility"),
-            subcategory=spec.get("subcategory", ""), context=spec.get("context", "Validation"),
-            severity=spec.get("severity", "site"), description=spec.get("description", violation),
+            threshold=threshold, category=words["category"] or "Plausibility",
+            subcategory=spec.get("subcategory", ""), context=words["context"] or "Validation",
+            severity=words["severity"] or "site", description=spec.get("description", violation),
             params=(("violation", violation), ("denominator", den)), source="site")
         bad = violating(violation, den)
         item = Item(check, sum_if(bad), sum_if(f"({den})") if den else "count(*)", (), bad)
