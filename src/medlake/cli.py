@@ -739,7 +739,16 @@ def quality_diff(
     if a is None or b is None:
         raise ValueError(f"fewer than two finished quality runs of {store} in {out_dir}: run `medlake quality run` "
                          "again, or name two runs")
-    changes = runner.compare(*(json.loads((runs[r] / "results.json").read_text()) for r in (a, b)))
+    results = [json.loads((runs[r] / "results.json").read_text()) for r in (a, b)]
+    scopes = [runner.scope(json.loads((runs[r] / "run.json").read_text())) for r in (a, b)]
+    if scopes[0] != scopes[1]:  # a run of one table, or of a cohort, against a whole run: only what both checked
+        both = {x["check_id"] for x in results[0]} & {x["check_id"] for x in results[1]}
+        results = [[x for x in rs if x["check_id"] in both] for rs in results]
+        out.print(f"note: the runs checked different things ({_scope_words(scopes[0])}; {_scope_words(scopes[1])}): "
+                  f"the {len(both):,} checks both ran are compared", highlight=False, markup=False)
+    if names.index(a) > names.index(b):
+        out.print(f"note: run {a} is the later one: the changes read back in time", highlight=False, markup=False)
+    changes = runner.compare(*results)
     counts = {k: sum(c["change"] == k for c in changes) for k in runner.CHANGES}
     out.print(f"from run {a} to run {b}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
     if not changes:
@@ -756,6 +765,15 @@ def quality_diff(
         t.add_row(c["change"], f"{c['check_id']}\n({report.where(c['result'])})", status(c["before"],
                   c["violated_before"]), status(c["after"], c["violated_after"]))
     out.print(t)
+
+
+def _scope_words(scope: tuple) -> str:
+    """A run's scope (runner.scope) in a few words."""
+    tables, names, levels, cohort, severities, _, version = scope
+    said = [f"{what} {', '.join(map(str, v))}" for what, v in (("tables", tables), ("checks", names),
+                                                               ("levels", levels), ("severities", severities)) if v]
+    said += [f"the cohort {dict(cohort).get('cohort_definition_id')}"] if cohort else []
+    return f"v{version}: " + ("; ".join(said) if said else "the whole suite")
 
 
 @quality_app.command("show")

@@ -1247,6 +1247,12 @@ def test_cli_diff_two_runs(tmp_path):
         assert subprocess.run(cli + ["run", *args], env=env, cwd=tmp_path, capture_output=True).returncode == 0
     p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert f"from run {second} to run " in p.stdout and "0 newly failing, 0 fixed" in p.stdout, p.stdout
+    # named runs of another scope: the checks both ran, said so (not the whole run's other checks as 'not run')
+    one, whole = [d.name for d in sorted((tmp_path / "quality").iterdir())][-2:]
+    p = subprocess.run(cli + ["diff", whole, one], env=env, cwd=tmp_path, capture_output=True, text=True)
+    said = " ".join(p.stdout.split())
+    assert "note: the runs checked different things (v5.4: the whole suite; v5.4: tables person)" in said, said
+    assert f"note: run {whole} is the later one" in said and "0 other" in said
 
 
 def test_cli_show_a_feed_check_draws_its_days(tmp_path):
