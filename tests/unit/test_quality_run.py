@@ -438,12 +438,13 @@ def test_import_reads_a_quoted_empty_field_as_an_empty_text(tmp_path):
         "note_id,person_id,note_date,note_type_concept_id,note_class_concept_id,note_title,note_text,"
         "encoding_concept_id,language_concept_id,provider_id\n"
         '1,1,2020-09-02,32817,3041851,"","",32678,4182948,\n'
-        '"2","1","2020-09-03","32817","3041851",,"x","32678","4182948",""\n')
+        '"2","1","2020-09-03","32817","3041851",,"x","32678","4182948",""\n'
+        "3,1,2020-09-04,32817,3041851,t,x,32678,4182948,  \n")  # a blank number: empty, as fixed-width files write it
     eng = open_engine("duckdb::memory:")
     report = importer.import_folder(eng, tmp_path / "cdm", "5.4")
-    assert (report["note"].rows, report["note"].bad) == (2, 0)
+    assert (report["note"].rows, report["note"].bad) == (3, 0)
     got = eng.query("SELECT note_id, note_title, note_text, provider_id FROM note ORDER BY note_id").to_pylist()
-    assert [tuple(r.values()) for r in got] == [(1, "", "", None), (2, None, "x", None)]
+    assert [tuple(r.values()) for r in got] == [(1, "", "", None), (2, None, "x", None), (3, "t", "x", None)]
 
 
 def test_import_sets_aside_numbers_and_dates_no_export_means_and_reads_decimals_exactly(tmp_path):

@@ -565,10 +565,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             _swallowed(data[name], name, delimiter, batch.num_columns, bad)
     if delimiter is not None:
         _headers(data, table.name, bad, garbled)
-        for f in table.fields:  # a quoted empty field ("") is an empty text; in a field of another kind, empty
-            col = data.get(f.name)
+        for f in table.fields:  # a quoted empty field ("") is an empty text; in a field of another kind, empty, as
+            col = data.get(f.name)  # is a blank one (fixed-width and SQL Server exports write NULL so)
             if f.kind != "varchar" and col is not None and pa.types.is_string(col.type):
-                data[f.name] = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+                data[f.name] = pc.if_else(pc.equal(pc.utf8_trim_whitespace(col), ""), pa.scalar(None, pa.string()), col)
     if decimal != ".":  # 7,5 as a European export writes a number
         for f in table.fields:
             if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
