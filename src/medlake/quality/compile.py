@@ -628,7 +628,7 @@ def table_level_sql(c: Check, ctx: Context, dqd: bool = False) -> tuple[str, str
                            "WHERE x.person_id IS NULL AND t.person_id IS NOT NULL",
                            "SELECT count(*) AS num_rows FROM person")
         return (sql, f"SELECT CAST(p.person_id AS VARCHAR) AS row_id {base} WHERE x.person_id IS NULL "
-                f"ORDER BY p.person_id LIMIT 10", ("person",))
+                f"AND p.person_id IS NOT NULL ORDER BY p.person_id LIMIT 10", ("person",))
     if c.name == "measureConditionEraCompleteness":
         ctx.need_table("condition_occurrence", "conditions")
         base = ("FROM (SELECT DISTINCT person_id FROM condition_occurrence WHERE condition_concept_id <> 0) AS co "
