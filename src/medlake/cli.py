@@ -572,9 +572,9 @@ def quality_run(
     cohort_id: Optional[int] = typer.Option(
         None, "--cohort-id", metavar="ID",
         help="Check only the rows of this cohort's persons (DQD's cohortDefinitionId), from --cohort-table."),
-    cohort_table: str = typer.Option(
-        "cohort", "--cohort-table", metavar="TABLE",
-        help="The cohort table (DQD's cohortDatabaseSchema.cohortTableName): NAME or SCHEMA.NAME."),
+    cohort_table: Optional[str] = typer.Option(
+        None, "--cohort-table", metavar="TABLE",
+        help="The cohort table (DQD's cohortDatabaseSchema.cohortTableName): NAME or SCHEMA.NAME (default cohort)."),
     dqd_thresholds: Optional[str] = typer.Option(
         None, "--dqd-thresholds", metavar="FILES",
         help="The site's own copies of DQD's threshold files (Table_Level, Field_Level, Concept_Level CSV; "
@@ -586,6 +586,9 @@ def quality_run(
     else MEDLAKE_STORE, else medlake.toml."""
     from medlake.quality import report, runner, site
 
+    if cohort_table is not None and cohort_id is None:
+        raise ValueError("--cohort-table names where the cohort of --cohort-id is: give --cohort-id too")
+    cohort_table = cohort_table or "cohort"
     extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
     with open_store(read_only=not write_table) as eng:
         with _counting_progress() as bar:  # tables
@@ -621,6 +624,9 @@ def quality_run(
         out.print(t)
         at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
         out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
+    if fail_on_new and not s.get("since_last_run"):
+        out.print("since run: none to compare with (the store's first run of this scope): nothing is new",
+                  highlight=False)
     if s.get("since_last_run"):
         d = s["since_last_run"]
         errors = f", {len(d['new_errors'])} new error(s)" if d.get("new_errors") else ""

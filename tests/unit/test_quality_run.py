@@ -270,6 +270,8 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
      "category must be one of Conformance, Completeness, Plausibility, not 'Plausability'"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nseverity = 'urgent'",
      "severity must be one of fatal, convention, characterization, site, not 'urgent'"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'year_of_birth > 1; DELETE FROM person'",
+     "violation is one condition, not statements: remove its ';' and what follows"),
 ])
 def test_site_check_errors_name_file_and_check(text, message):
     with pytest.raises(ValueError, match=message) as e:
@@ -1169,7 +1171,11 @@ def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
     eng.close()
     env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
     cli = [sys.executable, "-m", "medlake.cli", "quality", "run", "--fail-on-new"]
-    assert subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True).returncode == 0  # a first run: nothing new
+    p = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "since run: none to compare with" in p.stdout  # a first run: nothing new, said
+    p = subprocess.run(cli + ["--cohort-table", "results.cohort"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 1 and "--cohort-table names where the cohort of --cohort-id is" in p.stderr
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
     eng.close()

@@ -350,8 +350,12 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
             if sql:
                 try:
                     sqlglot.parse_one(f"SELECT 1 WHERE {sql}", read="duckdb")
-                except sqlglot.errors.ParseError as e:
+                    ends = [t for t in sqlglot.tokenize(sql, read="duckdb") if t.token_type.name == "SEMICOLON"]
+                except sqlglot.errors.SqlglotError as e:
                     raise ValueError(f"{where}: {label} is not valid SQL: {str(e).splitlines()[0]}") from e
+                if ends:
+                    raise ValueError(f"{where}: {label} is one condition, not statements: remove its ';' and what "
+                                     "follows")
         threshold = spec.get("threshold", 0)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
             raise ValueError(f"{where}: threshold must be a percent from 0 to 100, not {threshold!r}")
