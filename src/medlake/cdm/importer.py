@@ -804,8 +804,8 @@ def csv_format(delimiter: str = ",", encoding: str = "utf-8", nulls: tuple[str, 
         raise CdmImportError(f"{encoding!r} is not a text encoding (e.g. utf-8, cp1252, latin-1, gb18030, utf-16)")
     if decimal not in (".", ","):
         raise CdmImportError(f"the decimal mark is '.' or ',', not {decimal!r}")
-    if decimal == delimiter:
-        raise CdmImportError(f"the decimal mark and the delimiter are both {decimal!r}: give --delimiter ';'")
+    # (a decimal comma in a comma-separated file is quoted, "7,5": the reader tells them apart; one not quoted
+    # makes its line a field too long, set aside as such)
     if dates is not None:
         if "%y" in dates:
             raise CdmImportError(f"the date format {dates!r} has a two-digit year (%y): 1/31/45 is 1945 or 2045? "
