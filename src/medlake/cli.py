@@ -900,7 +900,7 @@ def cdm_import(
     nulls: list[str] = typer.Option([], "--null", help="A text that means empty in the CSV files besides the empty "
                                     "text, as SQL Server writes NULL and R writes NA (repeat for more)."),
     decimal: str = typer.Option(".", "--decimal", help="The decimal mark of the CSV files' numbers: '.' or ',' (as "
-                                "European exports write 7,5; with --delimiter ';')."),
+                                "European exports write 7,5; with --delimiter ';', or quoted: \"7,5\")."),
     date_format: Optional[str] = typer.Option(None, "--date-format", help="How the files write dates besides "
                                               "YYYY-MM-DD, as strptime does: '%m/%d/%Y' (1/31/2020), '%d.%m.%Y' "
                                               "(31.01.2020); a time after a date is read too (HH:MM[:SS] [AM/PM])."),
