@@ -219,8 +219,9 @@ def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str]]:
         if bom[:2] in (b"\xff\xfe", b"\xfe\xff"):  # as a spreadsheet saves "Unicode text"
             raise CdmImportError(f"{path}: its byte-order mark says UTF-16: give --encoding utf-16 (and --delimiter "
                                  "'\\t' for a spreadsheet's Unicode text) and import again")
-        shown, at = first.strip(), first.strip().index("\ufffd")  # around its first character not read
-        shown = ("…" if at > 60 else "") + repr(shown[max(0, at - 60):at + 20]) + ("…" if len(shown) > at + 20 else "")
+        line = first.strip()
+        at = line.index("\ufffd")  # shown around its first character not read
+        shown = "…" * (at > 60) + repr(line[max(0, at - 60):at + 20]) + "…" * (len(line) > at + 20)
         raise CdmImportError(f"{path}: its header is not in {fmt.encoding} ({shown}): give the file's encoding with "
                              "--encoding (e.g. cp1252, latin-1), or fix the header, and import again")
     given = fmt.of(path)
@@ -568,19 +569,20 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         for f in table.fields:  # a quoted empty field ("") is an empty text; in a field of another kind, empty, as
             col = data.get(f.name)  # is a blank one (fixed-width and SQL Server exports write NULL so)
             if f.kind != "varchar" and col is not None and pa.types.is_string(col.type):
-                data[f.name] = pc.if_else(pc.equal(pc.utf8_trim_whitespace(col), ""), pa.scalar(None, pa.string()), col)
+                blank = pc.equal(pc.utf8_trim_whitespace(col), "")
+                data[f.name] = pc.if_else(blank, pa.scalar(None, pa.string()), col)
     if decimal != ".":  # 7,5 as a European export writes a number
         for f in table.fields:
             if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
                 col = data[f.name]
                 dotted = pc.fill_null(pc.match_substring(col, "."), False)
                 for i in pc.indices_nonzero(dotted).to_pylist():  # 1.234: a thousands separator, or a decimal point?
-                    bad.setdefault(i, []).append((f.name, "invalid", f"field {f.name}: cannot read "
-                                                  f"{_shown(col[i].as_py())} as float (a '.' in a number of a file "
-                                                  f"whose decimal mark is "
-                                                  f"'{decimal}': a thousands separator, or a decimal point?); write "
-                                                  "the number without it and import again"))
-                data[f.name] = pc.replace_substring(pc.if_else(dotted, pa.scalar(None, pa.string()), col), decimal, ".")
+                    bad.setdefault(i, []).append((f.name, "invalid", (
+                        f"field {f.name}: cannot read {_shown(col[i].as_py())} as float (a '.' in a number of a file "
+                        f"whose decimal mark is '{decimal}': a thousands separator, or a decimal point?); write the "
+                        "number without it and import again")))
+                col = pc.if_else(dotted, pa.scalar(None, pa.string()), col)  # (said above; not read again)
+                data[f.name] = pc.replace_substring(col, decimal, ".")
     done: dict[str, pa.Array] = {}
     for f, af in zip(table.fields, schema):
         col = data.get(f.name)
