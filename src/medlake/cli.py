@@ -746,11 +746,11 @@ def quality_diff(
         raise ValueError(f"fewer than two finished quality runs of {store} in {out_dir}: run `medlake quality run` "
                          "again, or name two runs")
     results = [json.loads((runs[r] / "results.json").read_text()) for r in (a, b)]
-    scopes = [runner.scope(json.loads((runs[r] / "run.json").read_text())) for r in (a, b)]
-    if scopes[0] != scopes[1]:  # a run of one table, or of a cohort, against a whole run: only what both checked
+    summaries = [json.loads((runs[r] / "run.json").read_text()) for r in (a, b)]
+    if runner.scope(summaries[0]) != runner.scope(summaries[1]):  # a run of a table or a cohort against a whole run
         both = {x["check_id"] for x in results[0]} & {x["check_id"] for x in results[1]}
         results = [[x for x in rs if x["check_id"] in both] for rs in results]
-        out.print(f"note: the runs checked different things ({_scope_words(scopes[0])}; {_scope_words(scopes[1])}): "
+        out.print(f"note: the runs checked different things ({'; '.join(map(_scope_words, summaries))}): "
                   f"the {len(both):,} checks both ran are compared", highlight=False, markup=False)
     if names.index(a) > names.index(b):
         out.print(f"note: run {a} is the later one: the changes read back in time", highlight=False, markup=False)
@@ -773,13 +773,13 @@ def quality_diff(
     out.print(t)
 
 
-def _scope_words(scope: tuple) -> str:
-    """A run's scope (runner.scope) in a few words."""
-    tables, names, levels, cohort, severities, _, version = scope
-    said = [f"{what} {', '.join(map(str, v))}" for what, v in (("tables", tables), ("checks", names),
-                                                               ("levels", levels), ("severities", severities)) if v]
-    said += [f"the cohort {dict(cohort).get('cohort_definition_id')}"] if cohort else []
-    return f"v{version}: " + ("; ".join(said) if said else "the whole suite")
+def _scope_words(summary: dict) -> str:
+    """What a run checked (its run.json: the fields runner.scope compares) in a few words."""
+    said = [f"{what} {', '.join(map(str, summary[key]))}" for what, key in (
+        ("tables", "tables"), ("checks", "check_names"), ("levels", "check_levels"), ("severities", "check_severity"))
+        if summary.get(key)]
+    said += [f"the cohort {summary['cohort']['cohort_definition_id']}"] if summary.get("cohort") else []
+    return f"v{summary.get('cdm_version')}: " + ("; ".join(said) if said else "the whole suite")
 
 
 @quality_app.command("show")
