@@ -966,6 +966,9 @@ def cdm_import(
                 length = cdm.table(name).field(field).length
                 says = (f"{n:,} value(s) longer than the {length} characters OMOP CDM v{version} gives the field, "
                         f"cut to {length} (the first: {first}); shorten them in the file to choose what is kept")
+            elif what == "nul":
+                says = (f"{n:,} value(s) held a NUL character (0x00), removed from the value: no engine but DuckDB "
+                        f"can store one (the first: {first})")
             else:
                 says = (f"{n:,} value(s) NULL or \\N kept as text (the first: {first}); give --null NULL (or "
                         "--null '\\N') if they mean empty")

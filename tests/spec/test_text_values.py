@@ -34,5 +34,6 @@ def test_a_nul_in_a_value_is_left_out_on_every_engine(engine, tmp_path):
     cdm.mkdir()
     (cdm / "person.csv").write_bytes(b"person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id,"
                                      b"person_source_value\n1,8507,1970,0,0,M\x001\n2,8532,1980,0,0,M2\n")
-    importer.import_folder(engine, cdm, "5.4")
+    [report] = importer.import_folder(engine, cdm, "5.4").values()
     assert sorted(engine.query("SELECT person_source_value FROM person").column(0).to_pylist()) == ["M1", "M2"]
+    assert report.notes == {("person_source_value", "nul"): (1, f"{cdm / 'person.csv'}:2")}  # said, not silent

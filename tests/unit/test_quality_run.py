@@ -547,6 +547,9 @@ PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethni
     ("person.csv", PERSON_HEADER + "1,8507,1980,0,0\n2,,1990,0,0\n",
      r"person.csv:3: field gender_concept_id is required in person but empty", True),
     ("person.csv", PERSON_HEADER + "1,8507,1980,0,0\n2,8507\n", r"person.csv:3: 2 fields where the header has 5", True),
+    # --strict names the first bad line of the file, whichever check finds it
+    ("person.csv", PERSON_HEADER + "1,8507,19x0,0,0\n2,8507\n", r"person.csv:2: field year_of_birth: cannot read", True),
+    ("person.csv", PERSON_HEADER + "1,8507\n2,8507,19x0,0,0\n", r"person.csv:2: 2 fields where the header has 5", True),
     ("person.csv", "person_id,shoe_size\n1,42\n", r"column\(s\) shoe_size are not fields of person", False),
     ("person.csv", "person_id,year_of_birth\n1,1980\n", r"no column gender_concept_id, .*required in person", False),
     ("patients.csv", "a\n1\n", r"no table 'patients' in OMOP CDM v5.4", False),
@@ -578,6 +581,22 @@ def test_import_errors_name_file_line_and_field_and_load_nothing(tmp_path, name,
     if "death" in eng.tables():
         assert eng.query("SELECT count(*) FROM death").column(0)[0].as_py() == 0  # all or nothing
     assert aside == []
+
+
+@pytest.mark.parametrize("wrong_fields,bad_year", [(30, 20), (20, 30), (5, 60), (60, 5)])
+def test_strict_import_names_the_first_bad_line_across_batches(tmp_path, monkeypatch, wrong_fields, bad_year):
+    """The CSV reader skips a line with the wrong number of fields as it reads (maybe ahead of the batch being
+    loaded); a value that cannot be read is found when its batch is loaded: --strict names whichever comes first in
+    the file."""
+    monkeypatch.setattr(importer, "BATCH_BYTES", 128)
+    (tmp_path / "cdm").mkdir()
+    lines = [f"{i},8507,{'19x0' if i + 1 == bad_year else 1980},0,0" if i + 1 != wrong_fields else f"{i},8507"
+             for i in range(1, 80)]
+    (tmp_path / "cdm" / "person.csv").write_text(PERSON_HEADER + "\n".join(lines) + "\n")
+    first = min(wrong_fields, bad_year)
+    said = "2 fields where the header has 5" if first == wrong_fields else "field year_of_birth: cannot read '19x0'"
+    with pytest.raises(ValueError, match=rf"person.csv:{first}: {said}"):
+        importer.import_folder(open_engine("duckdb::memory:"), tmp_path / "cdm", "5.4", strict=True)
 
 
 @pytest.mark.parametrize("name,content,told,hints,query,rows", [
@@ -630,17 +649,19 @@ def test_import_with_a_decimal_comma_sets_aside_a_number_with_a_point(tmp_path):
     (tmp_path / "cdm").mkdir()
     (tmp_path / "cdm" / "observation.csv").write_text(
         "observation_id;person_id;observation_concept_id;observation_date;observation_type_concept_id;value_as_number\n"
-        + "".join(f"{i};1;0;2020-01-01;32817;{v}\n" for i, v in enumerate(["1.234", "7,5", "1.234,5", "\\N"], 1)))
+        + "".join(f"{i};1;0;2020-01-01;32817;{v}\n" for i, v in enumerate(["1.234", "7,5", "1.234,5", "\\N", "1,234,5"],
+                                                                           1)))
     eng = open_engine("duckdb::memory:")
     aside = []
     [report] = importer.import_folder(eng, tmp_path / "cdm", "5.4", delimiter=";", decimal=",",
                                       set_aside=lambda f, rows: aside.extend(rows)).values()
-    assert (report.rows, report.bad) == (1, 3)
+    assert (report.rows, report.bad) == (1, 4)
     assert eng.query("SELECT value_as_number AS v FROM observation").column(0).to_pylist() == [7.5]
     said = {b.line: b.detail for b in aside}
     assert said[2].startswith("field value_as_number: cannot read '1.234' as float (a '.' in a number of a file whose "
                               "decimal mark is ','") and "'1.234,5'" in said[4]
     assert said[5].endswith("if it means empty, give --null '\\N'")
+    assert said[6].startswith("field value_as_number: cannot read '1,234,5' as float")  # as written, not 1.234.5
 
 
 def test_import_leaves_out_a_sites_own_columns_when_told(tmp_path, monkeypatch):

@@ -84,7 +84,8 @@ class Imported(NamedTuple):
     bad: int  # left out (BadRow)
     # {(field, what): (values, where the first is)}; what: "cut" (longer than the spec's length: cut to it),
     # "null_text" (NULL or \N kept as text in a text field: --null not given), "skipped" (a column that is no field
-    # of the table, left out: skip_unknown; values: its non-empty values)
+    # of the table, left out: skip_unknown; values: its non-empty values), "nul" (a text that held a NUL character,
+    # left out of it: no engine but DuckDB can store one)
     notes: dict[tuple[str, str], tuple[int, str]] = {}
 
 
@@ -517,7 +518,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
     length for its field is cut to it, as the OMOP DDL holds it (PostgreSQL refuses it whole), and counted, as are
-    texts NULL and \\N kept in a text field: {(field, "cut" or "null_text"): (values, row index of the first)}.
+    texts NULL and \\N kept in a text field and texts that held a NUL character (left out of them): {(field, "cut",
+    "null_text" or "nul"): (values, row index of the first)}.
     `delimiter`: a CSV file's, whose values that swallowed rows after a quote not closed are left out; `dates`: the
     form of dates besides YYYY-MM-DD (--date-format); `skip_unknown`: columns that are no field of the table are left
     out, counted as {(column, "skipped"): (values, row index of the first)}, instead of stopping the import."""
@@ -554,6 +556,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                            "the file")
     bad: dict[int, list[tuple[str, str, str]]] = {}
     garbled: set[tuple[int, str]] = set()  # (row, field) of values already said (not UTF-8, a header): left empty
+    nul: dict[str, pa.Array] = {}  # the values of a field that held a NUL character
+    as_read: dict[str, pa.Array] = {}  # numbers as the file writes them, before a decimal comma is read as a point
     for name, col in list(data.items()):
         if pa.types.is_large_string(col.type) or pa.types.is_string_view(col.type):  # (Parquet from other tools)
             col = data[name] = col.cast(pa.string())
@@ -561,7 +565,10 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             col = data[name] = col.cast(pa.binary())
         if pa.types.is_binary(col.type):
             data[name] = _utf8(col, name, limit, bad, garbled)
-        data[name] = ddl.without_nul(data[name])
+        kept = ddl.without_nul(data[name])
+        if kept is not data[name]:  # a NUL character (padding of a fixed-width export) left out, and counted
+            nul[name] = pc.fill_null(pc.match_substring(data[name], "\x00"), False)
+        data[name] = kept
         if delimiter is not None and pa.types.is_string(data[name].type):
             _swallowed(data[name], name, delimiter, batch.num_columns, bad)
     if delimiter is not None:
@@ -581,6 +588,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                         f"field {f.name}: cannot read {_shown(col[i].as_py())} as float (a '.' in a number of a file "
                         f"whose decimal mark is '{decimal}': a thousands separator, or a decimal point?); write the "
                         "number without it and import again")))
+                as_read[f.name] = col
                 col = pc.if_else(dotted, pa.scalar(None, pa.string()), col)  # (said above; not read again)
                 data[f.name] = pc.replace_substring(col, decimal, ".")
     done: dict[str, pa.Array] = {}
@@ -606,7 +614,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             done[f.name] = _cast(col, f, af.type, dates)
         except CAST_ERRORS:
             for i in _refused(lambda c: _cast(c, f, af.type, dates), col, limit):
-                v = col[i].as_py()
+                v = as_read.get(f.name, col)[i].as_py()
                 fix = (f"if it means empty, give --null {_shown(v)}" if pa.types.is_string(col.type)
                        and str(v).strip().upper() in NULL_MARKS else
                        "if it is a decimal comma, give --decimal ','" if f.kind == "float" and decimal == "."
@@ -650,6 +658,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                 col = pc.if_else(over, pc.utf8_slice_codeunits(col, 0, f.length), col)
         if f.kind == "varchar":
             note(f.name, "null_text", pc.fill_null(pc.is_in(col, pa.array(["NULL", "\\N"])), False))
+        if f.name in nul:
+            note(f.name, "nul", nul[f.name] if keep is None else nul[f.name].filter(keep))
         cols.append(col)
     return pa.Table.from_arrays(cols, schema=schema), bad, notes
 
@@ -755,12 +765,14 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         fmt, header = _sniff(path, fmt)
         batches = _csv_batches(path, fmt, header, invalid)
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
+    first_invalid = None  # --strict: the file line of the first line with the wrong number of fields, once found
     for batch, line in batches:
-        if strict and invalid:
-            _stop_at_invalid(path, invalid, fmt.encoding)
         left = 0 if strict else budget - len(bad) - len(invalid or [])
         if left < 0:
             _too_many_invalid(path, max_bad, invalid)
+        if strict and invalid and first_invalid is None:  # the file line of the first (read ahead, maybe)
+            first_invalid = _invalid_lines(path, [invalid[0][0]], fmt.encoding)[0] or 0
+        malformed = first_invalid or None
         try:
             data, problems, noted = _conform(batch, table, schema, path, left, *(() if parquet else (fmt.decimal,
                                                                                             fmt.of(path))),
@@ -768,12 +780,16 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
+            if strict and invalid and (malformed is None or line(i) >= malformed):
+                _stop_at_invalid(path, invalid, fmt.encoding)  # a line with the wrong number of fields comes first
             if strict:
                 raise CdmImportError(f"{at}: {why}") from None
             raise CdmImportError(
                 f"{path}: more than {max_bad:,} rows cannot be imported (the first: {at}: {why}): "
                 "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
                 "nothing was imported") from None
+        if strict and invalid and (malformed is None or not batch.num_rows or malformed <= line(batch.num_rows - 1)):
+            _stop_at_invalid(path, invalid, fmt.encoding)  # (read ahead of this batch, its rows are loaded first)
         if problems:
             raw = _raw_rows(batch, sorted(problems), None if parquet else fmt.of(path))
             bad += [(line(i), problems[i], raw[i]) for i in sorted(problems)]
