@@ -1688,6 +1688,18 @@ def test_a_sites_own_dqd_threshold_files_set_rules_thresholds_and_notes(store, t
      "measurement,measurement_concept_id,3013721,x,8840,five,5\n", r"site\.csv:2: plausibleValueLow cannot be read"),
     ("cdmTableName,cdmFieldName,conceptId,conceptName\nmeasurement,measurement_concept_id,30x,x\n",
      r"site\.csv:2: conceptId cannot be read: '30x'"),
+    # a row of a table or field the CDM has not (its rules were left out unsaid), a second row for one (one was)
+    ("cdmTableName,cdmFieldName,isRequired\nperson,person_id,Yes\nmeasurment,measurement_id,Yes\n",
+     r"site\.csv:3: no table 'measurment' in OMOP CDM v5.4 \(did you mean measurement\?\); fix or remove the row"),
+    ("cdmTableName,cdmFieldName,isRequired\nperson,year_of_brith,Yes\n",
+     r"site\.csv:2: no field 'year_of_brith' in person \(OMOP CDM v5.4\) \(did you mean year_of_birth\?\)"),
+    ("cdmTableName,measurePersonCompleteness\nPERSON,No\nvisit_occurrence,Yes\nperson,Yes\n",
+     r"site\.csv:4: a second row for person \(the first: line 2\); keep one"),
+    ("cdmTableName,cdmFieldName,conceptId,conceptName,unitConceptId,plausibleValueLow,plausibleValueLowThreshold\n"
+     "measurement,measurement_concept_id,3013721,x,8840,5,5\nmeasurement,measurement_concept_id,3013721,x,8713,5,5\n"
+     "measurement,measurement_concept_id,3013721,x,8840,6,5\n",
+     r"site\.csv:4: a second row for measurement.measurement_concept_id, concept 3013721, unit 8840 \(the first: "
+     r"line 2\); keep one"),
 ])
 def test_a_mistake_in_a_sites_dqd_threshold_file_names_file_line_and_column(store, tmp_path, text, message):
     (tmp_path / "site.csv").write_text(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import difflib
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -89,18 +90,42 @@ def dqd_rows(version: str, level: str, files: tuple[str, ...] = ()) -> list[dict
     return [r | {"_at": f"{name}:{n}"} for n, r in enumerate(_csv(name), 2)]
 
 
-def threshold_files(paths) -> tuple[str, ...]:
-    """A site's own copies of DQD's threshold files, read and checked (`threshold_file`), at most one per level;
-    as absolute paths (what run.json records)."""
+def threshold_files(paths, version: str = model.DEFAULT_VERSION) -> tuple[str, ...]:
+    """A site's own copies of DQD's threshold files, read and checked (`threshold_file`, `_rows_of`), at most one
+    per level; as absolute paths (what run.json records)."""
     out, seen = [], {}
     for path in paths:
         p = str(Path(path).resolve())
-        level = threshold_file(p)[0]
+        level, rows = threshold_file(p)
         if level in seen:
             raise ValueError(f"two DQD {level} threshold files: {seen[level]} and {path} (give one per level)")
+        _rows_of(model.load(version), level, rows)
         seen[level] = path
         out.append(p)
     return tuple(out)
+
+
+def _rows_of(cdm: model.CDM, level: str, rows: list[dict[str, str]]) -> None:
+    """Each row of a site's threshold file names a table (and field) of the CDM, and no two rows the same one (or
+    the same concept and unit): a misspelt name's rules would be left out, and of two rows one would be, unsaid."""
+    seen: dict[tuple[str, ...], str] = {}
+    for r in rows:
+        table, fld = r["cdmTableName"].strip().lower(), (r.get("cdmFieldName") or "").strip().lower()
+        if table not in cdm.table_names:
+            near = difflib.get_close_matches(table, cdm.table_names, 1)
+            raise ValueError(f"{r['_at']}: no table {table!r} in OMOP CDM v{cdm.version}"
+                             + (f" (did you mean {near[0]}?)" if near else "") + "; fix or remove the row")
+        if level != "Table_Level" and fld not in cdm.table(table).field_names:
+            near = difflib.get_close_matches(fld, cdm.table(table).field_names, 1)
+            raise ValueError(f"{r['_at']}: no field {fld!r} in {table} (OMOP CDM v{cdm.version})"
+                             + (f" (did you mean {near[0]}?)" if near else "") + "; fix or remove the row")
+        key = (table, fld, (r.get("conceptId") or "").strip(), (r.get("unitConceptId") or "").strip())
+        if key in seen:
+            what = ".".join(k for k in key[:2] if k) + "".join(f", {n} {v}" for n, v in zip(
+                ("concept", "unit"), key[2:]) if v)
+            raise ValueError(f"{r['_at']}: a second row for {what} (the first: line {seen[key].rsplit(':', 1)[1]}); "
+                             "keep one")
+        seen[key] = r["_at"]
 
 
 VALUE_COLUMNS = ("cdmDatatype", "fkDomain", "fkClass", "plausibleValueLow", "plausibleValueHigh")  # not Yes/No

@@ -219,7 +219,7 @@ class Runner:
             raise ValueError(f"no check level {', '.join(sorted(self.levels - set(LEVELS)))}: the levels are "
                              f"{', '.join(LEVELS)}")
         self.severities = {x.lower() for x in check_severity or ()}  # DQD's checkSeverity (and medlake's)
-        self.dqd_files = threshold_files(dqd_thresholds)
+        self.dqd_files = threshold_files(dqd_thresholds, version)
         self._checks: tuple[Check, ...] | None = None
         self._fp: dict[str, str] = {}
         self._unique: dict[tuple[str, str], bool | None] = {}
