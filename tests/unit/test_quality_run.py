@@ -223,11 +223,16 @@ violation = "condition_start_date < DATE '2021-01-01'"
 denominator = "condition_start_date >= DATE '2021-01-01'"
 """
     extra = site.parse(toml + '[[check]]\nname = "loud"\ntable = "person"\nviolation = "false"\nseverity = "Fatal"\n'
-                       'category = "conformance"\n', "site.toml")
-    loud = extra[-1][0]  # its words as --check-severity and the report's categories spell them
+                       'category = "conformance"\n[[check]]\nname = "misspelt"\ntable = "measurment"\n'
+                       'violation = "value_as_number < 0"\n', "site.toml")
+    loud = extra[-2][0]  # its words as --check-severity and the report's categories spell them
     assert (loud.severity, loud.category, loud.context) == ("fatal", "Conformance", "Validation")
-    r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra, only=["condition_occurrence", "measurement"])
+    r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra,
+                   only=["condition_occurrence", "measurement", "measurment"])
     got = {x["check_name"]: x for x in r.results if x["source"] == "site"}
+    said = "table measurment absent (did you mean measurement?)"  # a check of no table is said, with the one meant
+    assert (got["misspelt"]["status"], got["misspelt"]["not_applicable_reason"]) == ("not_applicable", said)
+    assert f"site check misspelt not applicable: {said}" in r.summary["warnings"]
     assert (got["conditionAfter2020"]["status"], got["conditionAfter2020"]["num_violated_rows"]) == ("failed", 2)
     assert got["conditionAfter2020"]["examples"]
     assert (got["labValueRange"]["status"], got["labValueRange"]["num_violated_rows"]) == ("failed", 1)  # 6.5 > 5

@@ -397,9 +397,10 @@ class Runner:
 
     def run_table(self, table: str, checks: list[Check], site_items: list[cp.Item]) -> list[dict]:
         known, items, pks, cq, tlevel, reads, ctx = self.plan(table, checks)
-        if ctx is None:  # absent table
-            return list(known.values()) + [result(i.check, "not_applicable", reason=f"table {table} absent")
-                                           for i in site_items]
+        if ctx is None:  # absent table (a site check's: maybe misspelt)
+            near = difflib.get_close_matches(table, list(self.present), 1) if site_items else []
+            absent = f"table {table} absent" + (f" (did you mean {near[0]}?)" if near else "")
+            return list(known.values()) + [result(i.check, "not_applicable", reason=absent) for i in site_items]
         res = dict(known)
         conds: dict[str, tuple[str, tuple[str, ...]]] = {}
         if self.present.get(table) == 0:
@@ -832,6 +833,8 @@ class Runner:
             "mismatched_columns": wrong,
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
+            + [f"site check {r['check_name']} not applicable: {r['not_applicable_reason']}" for r in run.results
+               if r["source"] == "site" and " absent" in (r.get("not_applicable_reason") or "")]
             + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
                         "a run of the other version's checks finds its fields missing; it is compared with runs of "
                         f"v{self.version} only"] if "; the store says" in self.version_from else []),
