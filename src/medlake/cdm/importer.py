@@ -765,14 +765,14 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         fmt, header = _sniff(path, fmt)
         batches = _csv_batches(path, fmt, header, invalid)
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
-    first_invalid = None  # --strict: the file line of the first line with the wrong number of fields, once found
+    malformed: int | None = 0  # --strict: the file line of the first line with the wrong number of fields (None:
+    # not found by its text), once the reader has skipped one
     for batch, line in batches:
         left = 0 if strict else budget - len(bad) - len(invalid or [])
         if left < 0:
             _too_many_invalid(path, max_bad, invalid)
-        if strict and invalid and first_invalid is None:  # the file line of the first (read ahead, maybe)
-            first_invalid = _invalid_lines(path, [invalid[0][0]], fmt.encoding)[0] or 0
-        malformed = first_invalid or None
+        if strict and invalid and malformed == 0:  # the reader may have skipped it ahead of this batch
+            malformed = _invalid_lines(path, [invalid[0][0]], fmt.encoding)[0]
         try:
             data, problems, noted = _conform(batch, table, schema, path, left, *(() if parquet else (fmt.decimal,
                                                                                             fmt.of(path))),
@@ -789,7 +789,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
                 "the files are not in the form the import reads; fix them, or raise --max-bad-rows; "
                 "nothing was imported") from None
         if strict and invalid and (malformed is None or not batch.num_rows or malformed <= line(batch.num_rows - 1)):
-            _stop_at_invalid(path, invalid, fmt.encoding)  # (read ahead of this batch, its rows are loaded first)
+            _stop_at_invalid(path, invalid, fmt.encoding)  # in this batch; one after it: this batch loads first
         if problems:
             raw = _raw_rows(batch, sorted(problems), None if parquet else fmt.of(path))
             bad += [(line(i), problems[i], raw[i]) for i in sorted(problems)]
