@@ -966,6 +966,9 @@ def cdm_import(
                 length = cdm.table(name).field(field).length
                 says = (f"{n:,} value(s) longer than the {length} characters OMOP CDM v{version} gives the field, "
                         f"cut to {length} (the first: {first}); shorten them in the file to choose what is kept")
+            elif what == "swallowed":
+                says = (f"{n:,} more row(s) of the file are inside a value whose quote is not closed (the first such "
+                        f"value: {first}), in quarantine with its row: close the quote and import again")
             elif what == "nul":
                 says = (f"{n:,} value(s) held a NUL character (0x00), removed from the value: no engine but DuckDB "
                         f"can store one (the first: {first})")

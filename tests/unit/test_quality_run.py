@@ -925,6 +925,9 @@ def test_import_sets_aside_a_row_whose_quote_not_closed_swallowed_the_rows_after
     report = importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4",
                                     set_aside=lambda files, bad: got.extend(bad))
     assert (report["person"].rows, report["person"].bad, report["note"].rows, report["note"].bad) == (3, 1, 1, 0)
+    # the rows it swallowed are counted: 3 loaded + 1 set aside + 3 inside it = the file's 7
+    assert report["person"].notes == {("person_source_value", "swallowed"): (3, f"{folder / 'person.csv'}:3")}
+    assert report["note"].notes == {}
     (b,) = got
     assert (b.line, b.reason, b.field) == (3, "unclosed_quote", "person_source_value")
     assert "runs over 4 lines, 3 of them a row of the file (a quote opened there and not closed?)" in b.detail

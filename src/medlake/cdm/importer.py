@@ -85,7 +85,8 @@ class Imported(NamedTuple):
     # {(field, what): (values, where the first is)}; what: "cut" (longer than the spec's length: cut to it),
     # "null_text" (NULL or \N kept as text in a text field: --null not given), "skipped" (a column that is no field
     # of the table, left out: skip_unknown; values: its non-empty values), "nul" (a text that held a NUL character,
-    # left out of it: no engine but DuckDB can store one)
+    # left out of it: no engine but DuckDB can store one), "swallowed" (rows of the file inside a value whose quote
+    # is not closed, set aside with its row; values: those rows)
     notes: dict[tuple[str, str], tuple[int, str]] = {}
 
 
@@ -463,11 +464,13 @@ def _columns(header: list[str], table: str) -> list[str]:
 
 
 def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict[int, list[tuple[str, str, str]]]
-               ) -> None:
+               ) -> tuple[int, int] | None:
     """Add to `bad` the rows whose value of `col` runs over lines that read as rows of the file: a quote opened and not
-    closed swallows the rows after it, up to the next quote, into one value (a row is then lost from the count)."""
+    closed swallows the rows after it, up to the next quote, into one value (a row is then lost from the count).
+    Returns (rows of the file so swallowed, row index of the first value that did), if any."""
     if columns < 4 or not _has_breaks(col):
-        return
+        return None
+    swallowed, first = 0, None
     for i in pc.indices_nonzero(pc.fill_null(pc.match_substring(col, "\n"), False)).to_pylist():
         lines = col[i].as_py().split("\n")
         rows = sum(x.count(delimiter) >= columns - 1 for x in lines[1:])
@@ -475,6 +478,8 @@ def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict
             bad.setdefault(i, []).append((name, "unclosed_quote", f"field {name}: its value runs over {len(lines)} "
                                           f"lines, {rows} of them a row of the file (a quote opened there and not "
                                           "closed?); close the quote in the file and import again"))
+            swallowed, first = swallowed + rows, i if first is None else first
+    return (swallowed, first) if swallowed else None
 
 
 def _headers(data: dict[str, pa.Array], table: str, bad: dict[int, list[tuple[str, str, str]]],
@@ -522,7 +527,9 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     "null_text" or "nul"): (values, row index of the first)}.
     `delimiter`: a CSV file's, whose values that swallowed rows after a quote not closed are left out; `dates`: the
     form of dates besides YYYY-MM-DD (--date-format); `skip_unknown`: columns that are no field of the table are left
-    out, counted as {(column, "skipped"): (values, row index of the first)}, instead of stopping the import."""
+    out, counted as {(column, "skipped"): (values, row index of the first)}, instead of stopping the import; rows of
+    the file swallowed by a value whose quote is not closed are counted as {(field, "swallowed"): (rows, row index
+    of the value)}."""
     names = _columns(batch.schema.names, table.name)
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         held = [i for i, n in enumerate(names) if not n and batch.column(i).null_count < batch.num_rows]
@@ -533,12 +540,12 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         named = [i for i, n in enumerate(names) if n]
         batch, names = batch.select(named), [names[i] for i in named]
     unknown = [n for n in names if n not in table.field_names]
-    skipped: dict[tuple[str, str], tuple[int, int]] = {}
+    counted: dict[tuple[str, str], tuple[int, int]] = {}  # notes found before the values are read (below)
     if unknown and skip_unknown:
         for i, n in enumerate(names):
             if n in unknown:
                 col = batch.column(i)
-                skipped[n, "skipped"] = (len(col) - col.null_count, pc.index(col.is_valid(), True).as_py()
+                counted[n, "skipped"] = (len(col) - col.null_count, pc.index(col.is_valid(), True).as_py()
                                          if col.null_count < len(col) else 0)
         known = [i for i, n in enumerate(names) if n not in unknown]
         batch, names, unknown = batch.select(known), [names[i] for i in known], []
@@ -570,7 +577,9 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             nul[name] = pc.fill_null(pc.match_substring(data[name], "\x00"), False)
         data[name] = kept
         if delimiter is not None and pa.types.is_string(data[name].type):
-            _swallowed(data[name], name, delimiter, batch.num_columns, bad)
+            lost = _swallowed(data[name], name, delimiter, batch.num_columns, bad)
+            if lost:  # counted, so that the rows loaded and set aside add up to the file's (said by the CLI)
+                counted[name, "swallowed"] = lost
     if delimiter is not None:
         _headers(data, table.name, bad, garbled)
         for f in table.fields:  # a quoted empty field ("") is an empty text; in a field of another kind, empty, as
@@ -635,7 +644,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             mask[i] = False
         keep = pa.array(mask)
     cols = []
-    notes: dict[tuple[str, str], tuple[int, int]] = dict(skipped)
+    notes: dict[tuple[str, str], tuple[int, int]] = dict(counted)
 
     def note(field: str, what: str, mask: pa.Array) -> None:
         n = pc.sum(mask).as_py()
