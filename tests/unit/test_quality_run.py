@@ -224,8 +224,9 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
 """
     extra = site.parse(toml + '[[check]]\nname = "loud"\ntable = "person"\nviolation = "false"\nseverity = "Fatal"\n'
                        'category = "conformance"\n[[check]]\nname = "misspelt"\ntable = "measurment"\n'
-                       'violation = "value_as_number < 0"\n', "site.toml")
-    loud = extra[-2][0]  # its words as --check-severity and the report's categories spell them
+                       'violation = "value_as_number < 0"\n[[check]]\nname = "noSuchField"\ntable = "measurement"\n'
+                       'field = "value_as_numbr"\nviolation = "measurement_id < 0"\n', "site.toml")
+    loud = extra[-3][0]  # its words as --check-severity and the report's categories spell them
     assert (loud.severity, loud.category, loud.context) == ("fatal", "Conformance", "Validation")
     r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra,
                    only=["condition_occurrence", "measurement", "measurment"])
@@ -233,10 +234,15 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     said = "table measurment absent (did you mean measurement?)"  # a check of no table is said, with the one meant
     assert (got["misspelt"]["status"], got["misspelt"]["not_applicable_reason"]) == ("not_applicable", said)
     assert f"site check misspelt not applicable: {said}" in r.summary["warnings"]
+    said = "field measurement.value_as_numbr absent (did you mean value_as_number?)"  # not passed: its field is not
+    assert (got["noSuchField"]["status"], got["noSuchField"]["not_applicable_reason"]) == ("not_applicable", said)
+    assert f"site check noSuchField not applicable: {said}" in r.summary["warnings"]
     assert (got["conditionAfter2020"]["status"], got["conditionAfter2020"]["num_violated_rows"]) == ("failed", 2)
     assert got["conditionAfter2020"]["examples"]
     assert (got["labValueRange"]["status"], got["labValueRange"]["num_violated_rows"]) == ("failed", 1)  # 6.5 > 5
     assert got["brokenPredicate"]["status"] == "error" and "no_such_column" in got["brokenPredicate"]["error"]
+    s = r.summary  # a check that could not run is no pass (DQD's percentPassed): a broken check lowers the rate
+    assert s["errors"] >= 1 and s["pass_rate"] == round(s["passed"] / (s["passed"] + s["failed"] + s["errors"]), 4)
     # the violations are counted among the denominator's rows (the two early ones are not of them)
     later = got["earlyOfTheLater"]
     assert (later["status"], later["num_violated_rows"]) == ("passed", 0) and later["num_denominator_rows"] > 0

@@ -407,6 +407,11 @@ class Runner:
             for it in site_items:
                 res[it.check.id] = result(it.check, "not_applicable", reason=f"table {table} empty")
             site_items = []
+        for it in [it for it in site_items if it.check.field and it.check.field not in ctx.columns]:
+            near = difflib.get_close_matches(it.check.field, list(ctx.columns), 1)  # a check of a field not there
+            res[it.check.id] = result(it.check, "not_applicable", reason=f"field {table}.{it.check.field} absent"
+                                      + (f" (did you mean {near[0]}?)" if near else ""))
+            site_items.remove(it)
         # field-level: one scan for the DQD checks, one for site checks (their SQL is the site's own).
         # DQD: a check on a field with no values at all is not applicable, not passed
         empty_ok = sorted({it.check.field for it in items if it.check.name in NA_IF_NO_VALUES})
@@ -1080,12 +1085,12 @@ def type_warnings(wrong: list[dict], engine: str, table: str | None = None) -> l
 
 
 def summarize(results: list[dict]) -> dict:
-    def rate(rs):
+    def rate(rs):  # DQD's percentPassed: a check that could not run is no pass
         p = sum(r["status"] == "passed" for r in rs)
         f = sum(r["status"] == "failed" for r in rs)
-        return {"passed": p, "failed": f, "errors": sum(r["status"] == "error" for r in rs),
-                "not_applicable": sum(r["status"] == "not_applicable" for r in rs),
-                "pass_rate": round(p / (p + f), 4) if p + f else None}
+        e = sum(r["status"] == "error" for r in rs)
+        return {"passed": p, "failed": f, "errors": e, "not_applicable": sum(r["status"] == "not_applicable" for r in rs),
+                "pass_rate": round(p / (p + f + e), 4) if p + f + e else None}
 
     by_cat: dict[str, list] = {}
     by_table: dict[str, list] = {}
