@@ -3,6 +3,7 @@ names."""
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,3 +34,66 @@ def test_each_step_fills_in_and_names_a_medlake_command_or_the_report(name):
 
 def test_a_site_check_type_without_a_step_has_none():
     assert report.next_step({"check_name": "site_rule", "check_id": "x", "cdm_table": "t", "cdm_field": None}) is None
+
+
+@pytest.mark.parametrize("share, shown", [(0, "0.00%"), (1 / 26594, "0.00376%"), (1e-9, "0.0000001%"),
+                                          (0.0001, "0.01%"), (0.1538, "15.38%"), (1 / 3, "33.33%"),
+                                          (1 - 1e-5, "99.999%"), (1, "100.00%"), (None, "")])
+def test_a_share_reads_as_what_it_is_a_tiny_one_never_as_0_percent(share, shown):
+    assert report._pct(share) == shown
+
+
+def check(check_id, status, name="isForeignKey", severity="fatal", violated=None, of=None):
+    """A check's result as results.json has it, with the fields the report reads."""
+    return {"check_id": check_id, "check_name": name, "check_level": "FIELD", "status": status,
+            "category": "Conformance", "subcategory": "Relational", "context": "Verification", "severity": severity,
+            "cdm_table": "measurement", "cdm_field": check_id, "concept_id": None, "unit_concept_id": None,
+            "num_violated_rows": violated, "num_denominator_rows": of,
+            "pct_violated_rows": violated / of if of else None, "threshold": 0, "description": "a rule",
+            "examples": [], "error": "Conversion Error: '20220822'" if status == "error" else None}
+
+
+def render(results, since=None):
+    """The report of a run with these results (its counts from them), compared with `since` (since_last_run)."""
+    count = {s: sum(r["status"] == s for r in results) for s in ("passed", "failed", "error", "not_applicable")}
+    rate = count["passed"] / (count["passed"] + count["failed"] + count["error"])
+    counts = {"passed": count["passed"], "failed": count["failed"], "errors": count["error"],
+              "not_applicable": count["not_applicable"], "pass_rate": rate}
+    summary = {"run_id": "20261207T053720226244Z", "started": "2026-12-07T05:37:20", "engine": "duckdb",
+               "store": "duckdb:s.duckdb", "cdm_version": "5.4", "queries": 3, "seconds": 0.5, "rechecked_tables": [],
+               "reused_tables": [], **counts, "by_category": {"Conformance": counts},
+               "by_table": {"measurement": counts}, "since_last_run": since}
+    return report.render(SimpleNamespace(summary=summary, results=results), [])
+
+
+def test_new_errors_are_said_beside_new_failures_and_marked_new():
+    results = [check("provider_id", "failed", violated=1, of=26594), check("start_date", "error", "plausibleAfterBirth",
+               "characterization"), check("unit", "passed")]
+    html = render(results, {"run_id": "20261206T010000000000Z", "new_failures": [], "new_errors": ["start_date"],
+                            "fixed": []})
+    assert ("since run 20261206T010000000000Z: 0 new failure(s), 1 new error(s) (marked <span class=new>new</span>), "
+            "0 fixed") in html
+    errors = html.split("Checks that could not run (1)")[1].split("Failed checks")[0]
+    assert errors.count("<span class=new>new</span>") == 1 and "plausibleAfterBirth" in errors
+    assert html.count("<span class=new>new</span>") == 3  # the since line, the errors' table, the table of all checks
+    failed = html.split("Failed checks (1)")[1].split("A check's query")[0]
+    assert "class=new" not in failed and "0.00376%" in failed and "severity <b>fatal</b>" in failed
+    assert "(1/3)" in html  # the category's passed of passed + failed + errors
+
+
+def test_nothing_new_shows_no_new_mark():
+    html = render([check("provider_id", "failed", violated=1, of=2), check("unit", "passed")],
+                  {"run_id": "20261206T010000000000Z", "new_failures": [], "new_errors": [], "fixed": []})
+    assert "0 new failure(s), 0 new error(s), 0 fixed" in html and "class=new" not in html
+
+
+def test_checks_that_could_not_run_come_before_the_failures_and_are_counted_by_type():
+    results = [check(f"f{i}", "failed", violated=1, of=10) for i in range(3)] + [
+        check("e1", "error"), check("e2", "error", "plausibleAfterBirth"), *[check(f"p{i}", "passed") for i in range(1200)]]
+    html = render(results)
+    assert html.index("<h2 id='errors'>Checks that could not run (2)</h2>") < html.index("<h2 id='failed'>Failed checks")
+    assert "<a class='card' href='#errors'><div class='big error'>2</div>" in html
+    assert "<div class='big passed'>1,200</div>" in html
+    types = re.findall(r"<tr><td><b>(\w+)</b>.*?<td class='num failed'>(\d+)</td><td class='num error'>(\d*)</td>",
+                       html.split("id='types'")[1].split("</table>")[0])
+    assert types == [("isForeignKey", "3", "1"), ("plausibleAfterBirth", "0", "1")]

@@ -1,6 +1,7 @@
 """The quality report as a reader opens it: the file in headless Chromium (Debian's, driven by Playwright), offline."""
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 
@@ -48,24 +49,30 @@ def test_the_report_reads_offline_in_a_browser(report):
         assert page.title().startswith("medlake data quality")
         assert [u for u in requests if not u.startswith("file://")] == []  # nothing fetched: self-contained
         # the failed check comes first, with its example row
-        failed = page.locator("h2:has-text('Failed checks') ~ table tbody tr").first
+        failed = page.locator("#failures tbody tr").first
         assert "isForeignKey" in failed.inner_text() and "200" in failed.inner_text()
+        assert "severity fatal" in failed.inner_text()  # what puts it first
         assert "What to do: Rows point at a row that does not exist" in failed.inner_text()  # the next step
         assert failed.locator(".new").inner_text() == "new"  # it did not fail in the run before
         assert "What to do" not in page.locator("#all tbody tr", has_text="passed").first.inner_text()
         assert "What to do" not in page.locator("#all tbody tr", has_text="isForeignKey").first.inner_text()
         # the kinds of problem at a glance: one line per failed check type, where, how many rows
-        types = [r.split("\t") for r in page.locator("#types tbody tr").all_inner_texts()]
+        types = [r.split("\t") for r in page.locator("#types tbody tr").all_inner_texts()]  # type, failed, errors, …
         want = Counter(r["check_name"] for r in report.results if r["status"] == "failed")
         got = {t[0].split("\n")[0]: int(t[1]) for t in types}
         assert got == want and list(got) == sorted(want, key=lambda n: (-want[n], n))  # most failed checks first
         fk = next(t for t in types if t[0].startswith("isForeignKey"))
-        assert fk[2:4] == ["condition_occurrence.person_id", "1"]
+        assert fk[2:5] == ["", "condition_occurrence.person_id", "1"]
         # the charts are drawn: category bars and the pass rate across the two runs
         trend = page.locator("svg[aria-label='pass rate across runs'] polyline")  # all checks, each Kahn category
         assert [trend.nth(i).get_attribute("data-series") for i in range(trend.count())] == [
             "all checks", "Completeness", "Conformance", "Plausibility"]
         assert trend.first.bounding_box()["width"] > 100
+        chart = page.locator("svg[aria-label='pass rate across runs']")  # a y axis of round steps, values shown
+        assert chart.locator("text[text-anchor=end]").all_text_contents()[0] == "100%"
+        assert chart.locator("text.value").all_text_contents() == [
+            f"{100 * h['pass_rate']:.2f}%" for h in runner.history(report.dir.parent)]
+        assert [trend.nth(i).get_attribute("stroke-dasharray") for i in range(4)] == ["", "7 3", "2 3", "10 3 2 3"]
         assert page.locator("svg[aria-label='pass rates'] rect").count() >= 6
         # what the LIS sent per day, its last 90: one bar a day, the silent day red, the low day orange
         lis = page.locator("svg[aria-label='LIS per day']")
@@ -76,9 +83,16 @@ def test_the_report_reads_offline_in_a_browser(report):
         assert low.locator("title").text_content() == "2024-03-11: 2 (volume drop)"
         assert 0 < low.bounding_box()["height"] < lis.locator("rect.sent").first.bounding_box()["height"] / 2
         # laid out to be read on a laptop screen: nothing wider than the window, no chart label cut by its chart
-        for width in (1280, 1024):
+        # and on a small one: a table wider than the window scrolls in its box; no header, status or number is
+        # cut or broken across lines
+        for width in (1280, 1024, 800):
             page.set_viewport_size({"width": width, "height": 800})
             assert page.evaluate("document.documentElement.scrollWidth") <= width
+            assert page.evaluate("""[...document.querySelectorAll('th, td.num, .checks td:first-child')].filter(
+                c => c.offsetParent).every(c => c.scrollWidth <= c.clientWidth)""")
+            assert page.evaluate("""[...document.querySelectorAll('.checks td:first-child')].every(c => {
+                const r = document.createRange(); r.selectNodeContents(c.firstChild);
+                return r.getClientRects().length === 1 })""")  # "failed" on one line
             assert page.evaluate("""[...document.querySelectorAll('svg text')].every(t => {
                 const s = t.ownerSVGElement.getBoundingClientRect(), b = t.getBoundingClientRect();
                 return b.right <= s.right + 0.5 && b.left >= s.left - 0.5 })""")
@@ -87,10 +101,30 @@ def test_the_report_reads_offline_in_a_browser(report):
         shown = "() => [...document.querySelectorAll('#all tbody tr')].filter(r => r.offsetParent).map(r => r.innerText)"
         total = len(page.evaluate(shown))
         assert total == len(report.results)
-        page.fill("#q", "isforeignkey")
+        page.get_by_label("Filter the checks").fill("isforeignkey")
         visible = page.evaluate(shown)
         assert 0 < len(visible) < total and all("isForeignKey" in r for r in visible)
         page.fill("#q", "")
         assert len(page.evaluate(shown)) == total
+        grey = page.eval_on_selector("#all td.not_applicable", "c => getComputedStyle(c).color")
+        assert contrast(grey, "rgb(255, 255, 255)") >= 4.5  # WCAG AA for text of 14 px
+
+        # printed: the list of all checks left out (said so), nothing wider than an A4 page, a few pages
+        page.emulate_media(media="print")
+        page.set_viewport_size({"width": 718, "height": 1000})  # A4's printable width
+        assert page.locator("#all").is_hidden() and page.locator("p.print").is_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 718
+        pdf = page.pdf(format="A4")
+        assert 1 <= len(re.findall(rb"/Type\s*/Page[^s]", pdf)) <= 4
         browser.close()
     assert errors == []
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG's contrast ratio of two CSS colours rgb(r, g, b)."""
+    def lum(c):
+        s = [int(x) / 255 for x in re.findall(r"\d+", c)[:3]]
+        r, g, b = (x / 12.92 if x <= 0.03928 else ((x + 0.055) / 1.055) ** 2.4 for x in s)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+    hi, lo = sorted((lum(a), lum(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import tomllib
 from functools import cache
@@ -14,13 +15,21 @@ body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;width:100%}td,th{padding:3px 6px;border-bottom:1px solid #eee;text-align:left;
 vertical-align:top}th{background:#f6f6f6}.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{white-space:nowrap}.num small{white-space:normal}.wrap{overflow-x:auto}svg[viewBox]{max-width:100%;height:auto}
 .big{font-size:2.4em;font-weight:600}.failed{color:#b00020}.passed{color:#1b7a2f}.error{color:#a15c00}
-.not_applicable{color:#777}.cards{display:flex;gap:2em;flex-wrap:wrap}.card{padding:.6em 1em;background:#f6f6f6;
-border-radius:6px}code{font-size:12px}small{color:#666}input{padding:4px;width:30em}
+.not_applicable{color:#666}.cards{display:flex;gap:2em;flex-wrap:wrap}.card{padding:.6em 1em;background:#f6f6f6;
+border-radius:6px;color:inherit;text-decoration:none}a.card:hover{outline:1px solid #999}
+code{font-size:12px}small{color:#666}input{padding:4px;width:30em;max-width:90%}
 .warning{background:#fff4e0;border-left:4px solid #a15c00;padding:.5em 1em}
-table.checks{table-layout:fixed}table.checks td{overflow-wrap:anywhere}
+table.checks,#types{table-layout:fixed}table.checks td{overflow-wrap:anywhere}table.checks td.num{overflow-wrap:normal}
+@media (max-width:1000px),print{table.checks,table.checks>*{display:block}table.checks colgroup,table.checks th:last-child
+{display:none}table.checks tr{display:grid;grid-template-columns:6.5em minmax(0,1fr) minmax(0,1fr) 5.5em 6.5em 5.5em 6.5em;
+border-bottom:1px solid #ddd}table.checks td{border:0}table.checks td:last-child{grid-column:1/-1}}
 .remark{color:#5a3e00}.new{font-size:11px;color:#fff;background:#b00020;border-radius:3px;padding:0 4px}
-p.next{margin:.3em 0 0;padding:.2em .5em;background:#f3f7ff;border-left:3px solid #3a6fd8}
+p.next{margin:.3em 0 0;padding:.2em .5em;background:#f3f7ff;border-left:3px solid #3a6fd8}.print{display:none}
+@media print{body{margin:0;max-width:none;font-size:11px;padding:0}code{font-size:10px}.wrap{overflow:visible}
+table.checks{min-width:0}#all-checks,.ex{display:none}.print{display:block}tr,.card,svg{break-inside:avoid}
+h2{break-after:avoid}a{color:inherit;text-decoration:none}}
 """
 
 JS = """
@@ -30,13 +39,20 @@ for(const tr of document.querySelectorAll('#all tbody tr')){tr.style.display=tr.
 
 
 def _pct(x) -> str:
-    return "" if x is None else f"{100 * x:.2f}%"
+    """A share as a percentage, two decimals; a share under 0.01% (or just under all) with as many as it takes to
+    read as what it is, never 0.00% (or 100.00%)."""
+    if x is None:
+        return ""
+    v = 100 * x
+    if 0 < v < 0.01 or 99.99 < v < 100:
+        return f"{v:.{2 - math.floor(math.log10(min(v, 100 - v)))}f}".rstrip("0") + "%"
+    return f"{v:.2f}%"
 
 
 def _bars(rows: list[tuple[str, float | None, str]]) -> str:
     """Horizontal bars (SVG) of pass rates."""
     h = 22 * len(rows) + 10
-    out = [f'<svg width="760" height="{h}" role="img" aria-label="pass rates">']
+    out = [f'<svg width="760" height="{h}" viewBox="0 0 760 {h}" role="img" aria-label="pass rates">']
     for i, (label, rate, extra) in enumerate(rows):
         y = 5 + 22 * i
         w = 0 if rate is None else 360 * rate
@@ -48,12 +64,25 @@ def _bars(rows: list[tuple[str, float | None, str]]) -> str:
     return "".join(out)
 
 
-TREND = (("all checks", "#3b7dd8", 3), ("Completeness", "#1b7a2f", 1.5), ("Conformance", "#a15c00", 1.5),
-         ("Plausibility", "#7b3fb0", 1.5))
+TREND = (("all checks", "#3b7dd8", 3, ""), ("Completeness", "#1b7a2f", 1.5, "7 3"),
+         ("Conformance", "#a15c00", 1.5, "2 3"), ("Plausibility", "#7b3fb0", 1.5, "10 3 2 3"))
+
+
+def _when(run_ids: list[str]) -> list[str]:
+    """Runs' ids (their UTC start, 20261207T053310567293Z) as short axis labels: 12-07 05:33, or 05:33:10 when
+    the runs are of one day."""
+    try:
+        times = [dt.datetime.strptime(r, "%Y%m%dT%H%M%S%fZ") for r in run_ids]
+    except ValueError:
+        return run_ids
+    one_day = times[0].date() == times[-1].date()
+    return [t.strftime("%H:%M:%S" if one_day else "%m-%d %H:%M") for t in times]
 
 
 def _trend(history: list[dict]) -> str:
-    """The pass rate of each run, of all checks and per Kahn category, as lines over the store's runs."""
+    """The pass rate of each run, of all checks and per Kahn category, as lines over the store's runs: a y axis of
+    round steps with grid lines, a dash pattern per line (lines of equal rates stay told apart), the latest rates
+    in the legend and, for a few runs, each run's rate of all checks written at its point."""
     runs = [h for h in history if h.get("pass_rate") is not None]
     if len(runs) < 2:
         return "<p><small>Trends appear after two or more runs.</small></p>"
@@ -61,34 +90,53 @@ def _trend(history: list[dict]) -> str:
     def rate(h, name):
         return h["pass_rate"] if name == "all checks" else (h.get("by_category") or {}).get(name, {}).get("pass_rate")
 
-    series = [(name, color, width, [rate(h, name) for h in runs]) for name, color, width in TREND]
-    series = [x for x in series if any(r is not None for r in x[3])]
-    w, h, pad, left = 640, 200, 30, 44
-    lo = min(r for *_, rs in series for r in rs if r is not None)
-    lo = max(0.0, min(lo, 1.0) - 0.05)
-    xs = [left + (w - left - pad) * i / (len(runs) - 1) for i in range(len(runs))]
+    series = [(name, color, width, dash, [rate(h, name) for h in runs]) for name, color, width, dash in TREND]
+    series = [x for x in series if any(r is not None for r in x[4])]
+    w, h, top, bottom, left, right = 700, 230, 16, 170, 44, 30
+    low = 100 * min(r for *_, rs in series for r in rs if r is not None)
+    step = next(s for s in (0.5, 1, 2, 5, 10, 20, 25) if 100 - low <= 4 * s)  # four steps down from 100%
+    lo = 100 - 4 * step
+    xs = [left + (w - left - right) * i / (len(runs) - 1) for i in range(len(runs))]
 
     def y(r):
-        return h - 2 * pad - (h - 3 * pad) * ((r - lo) / (1 - lo or 1))
+        return bottom - (bottom - top) * (100 * r - lo) / (100 - lo)
 
-    out = [f'<svg width="{w}" height="{h}" role="img" aria-label="pass rate across runs">',
-           f'<line x1="{left}" y1="{h - 2 * pad}" x2="{w - pad}" y2="{h - 2 * pad}" stroke="#999"/>',
-           f'<text x="2" y="{pad + 4}" font-size="11">100%</text>'
-           f'<text x="2" y="{h - 2 * pad}" font-size="11">{_pct(lo)}</text>']
-    for name, color, width, rs in series:
+    latest = [f"{name} {_pct(next(r for r in rs[::-1] if r is not None))}" for name, *_, rs in series]
+    out = [f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="pass rate across runs">'
+           f'<desc>{len(runs)} runs, {escape(runs[0]["run_id"])} to {escape(runs[-1]["run_id"])}; the latest: '
+           f'{escape("; ".join(latest))}</desc>']
+    for i in range(5):  # the y axis: 100% and four round steps down, a grid line each
+        gy = y((100 - i * step) / 100)
+        out.append(f'<line x1="{left}" y1="{gy:.1f}" x2="{w - right}" y2="{gy:.1f}" stroke="{"#999" if i == 4 else "#e4e4e4"}"/>'
+                   f'<text x="{left - 4}" y="{gy + 4:.1f}" font-size="11" text-anchor="end">{100 - i * step:g}%</text>')
+    every = math.ceil(len(runs) / 6)  # the x axis: about six runs named by their start (UTC), the last always
+    named = list(range(0, len(runs) - 1, every))
+    if (len(runs) - 1 - named[-1]) * (xs[1] - xs[0]) < 80:
+        named.pop()
+    labels = _when([r["run_id"] for r in runs])
+
+    def anchor(i, n):
+        return "start" if i == 0 else "end" if i == n - 1 else "middle"
+
+    for i in [*named, len(runs) - 1]:
+        out.append(f'<line x1="{xs[i]:.1f}" y1="{bottom}" x2="{xs[i]:.1f}" y2="{bottom + 4}" stroke="#999"/>'
+                   f'<text x="{xs[i]:.1f}" y="{bottom + 16}" font-size="11" text-anchor="{anchor(i, len(runs))}">'
+                   f'{escape(labels[i])}</text>')
+    for name, color, width, dash, rs in series:
         pts = [(x, y(r), run["run_id"], r) for x, r, run in zip(xs, rs, runs) if r is not None]
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}" data-series="{escape(name)}" '
-                   f'points="{" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)}"/>')
+        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}" '
+                   f'data-series="{escape(name)}" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)}"/>')
         out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"><title>{escape(rid)}, {escape(name)}: '
                 f'{_pct(r)}</title></circle>' for px, py, rid, r in pts]
-    out.append(f'<text x="{left}" y="{h - 2 * pad + 16}" font-size="11">{escape(runs[0]["run_id"])}</text>'
-               f'<text x="{w - pad}" y="{h - 2 * pad + 16}" font-size="11" text-anchor="end">'
-               f'{escape(runs[-1]["run_id"])}</text>')
-    x = left
-    for name, color, _, _ in series:  # the legend, one line under the chart
-        out.append(f'<rect x="{x}" y="{h - 14}" width="12" height="4" fill="{color}"/>'
-                   f'<text x="{x + 16}" y="{h - 9}" font-size="11">{escape(name)}</text>')
-        x += 26 + 7 * len(name)
+    if len(runs) <= 8:  # a few runs: each one's rate of all checks written under its point, over the lines
+        out += [f'<text class="value" x="{x:.1f}" y="{y(r) + 14:.1f}" font-size="10" stroke="#fff" stroke-width="3" '
+                f'paint-order="stroke" text-anchor="{anchor(i, len(runs))}">{_pct(r)}</text>'
+                for i, (x, r) in enumerate(zip(xs, series[0][4]))]
+    x = 4
+    for (name, color, width, dash, _), label in zip(series, latest):  # the legend under the chart, latest rates
+        out.append(f'<line x1="{x}" y1="{h - 12}" x2="{x + 22}" y2="{h - 12}" stroke="{color}" stroke-width="{width}" '
+                   f'stroke-dasharray="{dash}"/><text x="{x + 26}" y="{h - 8}" font-size="11">{escape(label)}</text>')
+        x += 32 + 6.8 * len(label)
     out.append("</svg>")
     return "".join(out)
 
@@ -128,26 +176,32 @@ def _code(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
-def _by_type(failed: list[dict]) -> str:
-    """One line per check type that failed: how many of its checks, where (table.field, source, concept), the rows
-    they find and the worst share — the kinds of problem at a glance, before the checks one by one."""
+def _by_type(checks: list[dict]) -> str:
+    """One line per check type that failed or could not run: how many of its checks failed, how many could not run,
+    where (table.field, source, concept), the rows the failed ones find and the worst share — the kinds of problem
+    at a glance, before the checks one by one."""
     by: dict[str, list[dict]] = {}
-    for r in failed:
+    for r in checks:
         by.setdefault(r["check_name"], []).append(r)
     rows = []
-    for name, rs in sorted(by.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+    for name, rs in sorted(by.items(), key=lambda kv: (-sum(r["status"] == "failed" for r in kv[1]), -len(kv[1]),
+                                                       kv[0])):
+        failed = [r for r in rs if r["status"] == "failed"]
+        errors = len(rs) - len(failed)
         places = [where(r) for r in rs]
         more = f" <small>(+{len(places) - 6} more)</small>" if len(places) > 6 else ""
         rows.append(
             f"<tr><td><b>{escape(name)}</b><br><small>{escape(rs[0]['category'])} / "
-            f"{escape(rs[0]['subcategory'] or '-')}</small></td><td class='num failed'>{len(rs)}</td>"
-            f"<td><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
-            f"<td class='num'>{sum(r['num_violated_rows'] or 0 for r in rs):,}</td>"
-            f"<td class='num'>{_pct(max(r['pct_violated_rows'] or 0 for r in rs))}</td></tr>")
-    return ("<table id='types'><colgroup><col style='width:22%'><col style='width:8%'><col><col style='width:10%'>"
-            "<col style='width:8%'></colgroup><thead><tr><th>check type</th><th class='num'>failed</th>"
-            "<th>where</th><th class='num'>violated rows</th><th class='num'>worst %</th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+            f"{escape(rs[0]['subcategory'] or '-')}</small></td><td class='num failed'>{len(failed)}</td>"
+            f"<td class='num error'>{errors or ''}</td>"
+            f"<td style='overflow-wrap:anywhere'><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
+            f"<td class='num'>{sum(r['num_violated_rows'] or 0 for r in failed):,}</td>"
+            f"<td class='num'>{_pct(max(r['pct_violated_rows'] or 0 for r in failed)) if failed else ''}</td></tr>")
+    return ("<div class=wrap><table id='types'><colgroup><col style='width:22%'><col style='width:5em'>"
+            "<col style='width:6em'><col><col style='width:7em'><col style='width:6em'></colgroup><thead><tr>"
+            "<th>check type</th><th class='num'>failed</th><th class='num'>could not run</th><th>where</th>"
+            "<th class='num'>violated rows</th><th class='num'>worst %</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
 def _row(r: dict, new: frozenset = frozenset(), steps: bool = True) -> str:
@@ -158,15 +212,18 @@ def _row(r: dict, new: frozenset = frozenset(), steps: bool = True) -> str:
     step = f"<p class=next><small><b>What to do:</b> {_code(escape(step))}</small></p>" if step else ""
     ex = ", ".join(r.get("examples") or [])
     if ex:
-        ex = f"<br><small>examples ({escape(r.get('example_field') or 'id')}): {escape(ex)}</small>"
+        ex = f"<small class=ex><br>examples ({escape(r.get('example_field') or 'id')}): {escape(ex)}</small>"
     vr = "" if r["num_violated_rows"] is None else f"{r['num_violated_rows']:,}"
     dr = "" if r["num_denominator_rows"] is None else f"{r['num_denominator_rows']:,}"
     badge = "<br><span class=new>new</span>" if r["check_id"] in new else ""
     site = f"<br><small>the site's; the check's own {r['default_threshold']:g}%</small>" if "default_threshold" in r \
         else ""
     remark = f"<br><small class=remark><b>Note:</b> {escape(r['notes'])}</small>" if r.get("notes") else ""
-    return (f'<tr><td class="{r["status"]}">{r["status"]}{badge}</td><td><b>{escape(r["check_name"])}</b><br>'
-            f'<small>{escape(r["category"])} / {escape(r["subcategory"] or "-")} / {escape(r["context"])}</small>'
+    severity = r.get("severity") or "-"
+    severity = "<b>fatal</b>" if severity == "fatal" else escape(severity)
+    return (f'<tr><td class="{r["status"]}">{r["status"].replace("_", "_<wbr>")}{badge}</td>'
+            f'<td><b>{escape(r["check_name"])}</b><br><small>{escape(r["category"])} / '
+            f'{escape(r["subcategory"] or "-")} / {escape(r["context"])} · severity {severity}</small>'
             f'<br><small><code>{escape(r["check_id"])}</code></small></td>'
             f'<td>{escape(where(r))}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
             f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%{site}</td>'
@@ -174,8 +231,14 @@ def _row(r: dict, new: frozenset = frozenset(), steps: bool = True) -> str:
             f'{"<br><small>" + escape(note) + "</small>" if note else ""}{step}</td></tr>')
 
 
-HEAD = ('<colgroup><col style="width:6%"><col style="width:20%"><col style="width:18%"><col style="width:6%">'
-        '<col style="width:7%"><col style="width:6%"><col style="width:7%"><col></colgroup>'
+def _checks(rows: str, id: str = "") -> str:
+    """A table of checks, one `_row` each, in a box that scrolls sideways in a narrow window."""
+    return (f"<div class=wrap><table{f' id={id}' if id else ''} class='checks'>{HEAD}<tbody>"
+            f"{rows or '<tr><td colspan=8>none</td></tr>'}</tbody></table></div>")
+
+
+HEAD = ('<colgroup><col style="width:6.5em"><col style="width:20%"><col style="width:16%"><col style="width:5.5em">'
+        '<col style="width:6.5em"><col style="width:5.5em"><col style="width:6.5em"><col></colgroup>'
         '<thead><tr><th>status</th><th>check</th><th>where</th><th class="num">violated</th><th class="num">of</th>'
         '<th class="num">%</th><th class="num">threshold</th><th>details</th></tr></thead>')
 
@@ -187,15 +250,21 @@ def render(run, history: list[dict]) -> str:
     results = run.results
     failed = failed_first(results)
     since = s.get("since_last_run")
-    new = frozenset(since["new_failures"]) if since else frozenset()
+    new = frozenset(since["new_failures"]) | frozenset(since["new_errors"]) if since else frozenset()
     errors = [r for r in results if r["status"] == "error"]
     order = {"failed": 0, "error": 1, "passed": 2, "not_applicable": 3}
-    cats = [(k, v["pass_rate"], f"({v['passed']}/{v['passed'] + v['failed']})") for k, v in s["by_category"].items()]
+    cats = [(k, v["pass_rate"], f"({v['passed']:,}/{v['passed'] + v['failed'] + v['errors']:,})")
+            for k, v in s["by_category"].items()]
     tables = "".join(
-        f'<tr><td>{escape(t)}</td><td class="num">{v["passed"]}</td><td class="num failed">{v["failed"]}</td>'
-        f'<td class="num">{v["errors"]}</td><td class="num">{v["not_applicable"]}</td>'
+        f'<tr><td>{escape(t)}</td><td class="num">{v["passed"]:,}</td><td class="num failed">{v["failed"]:,}</td>'
+        f'<td class="num">{v["errors"]:,}</td><td class="num">{v["not_applicable"]:,}</td>'
         f'<td class="num">{_pct(v["pass_rate"])}</td></tr>'
         for t, v in sorted(s["by_table"].items(), key=lambda kv: (-kv[1]["failed"], kv[0])))
+
+    def card(n, label, cls, href=None):  # a count at the top; a link to its section when there is one
+        tag = f"a class='card' href='#{href}'" if href else "div class='card'"
+        return f"<{tag}><div class='big {cls}'>{n:,}</div>{label}</{tag.split()[0]}>"
+
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>medlake data quality — {escape(s['run_id'])}</title><style>{CSS}</style><script>{JS}</script></head><body>",
@@ -216,37 +285,45 @@ def render(run, history: list[dict]) -> str:
         + "</small></p>",
         *(f"<p class='warning'>warning: {escape(w)}</p>" for w in s.get("warnings", [])),
         "<div class='cards'>",
-        f"<div class='card'><div class='big'>{_pct(s['pass_rate']) or 'n/a'}</div>pass rate (passed / (passed + failed))</div>",
-        f"<div class='card'><div class='big passed'>{s['passed']}</div>passed</div>",
-        f"<div class='card'><div class='big failed'>{s['failed']}</div>failed</div>",
-        f"<div class='card'><div class='big error'>{s['errors']}</div>errors</div>",
-        f"<div class='card'><div class='big not_applicable'>{s['not_applicable']}</div>not applicable</div></div>",
+        f"<div class='card'><div class='big'>{_pct(s['pass_rate']) or 'n/a'}</div>pass rate "
+        "(passed / (passed + failed + errors))</div>",
+        card(s["passed"], "passed", "passed"), card(s["failed"], "failed", "failed", "failed" if failed else None),
+        card(s["errors"], "errors: could not run", "error", "errors" if errors else None),
+        card(s["not_applicable"], "not applicable", "not_applicable"), "</div>",
+        *([f"<p><small>since run {escape(since['run_id'])}: {len(since['new_failures'])} new failure(s), "
+           f"{len(since['new_errors'])} new error(s)"
+           + (" (marked <span class=new>new</span>)" if new else "")
+           + f", {len(since['fixed'])} fixed</small></p>"] if since else []),
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
         *(["<p><small>Runs of the same tables and check types as this one only.</small></p>"]
           if partial(s) else []),
-        *([f"<h2>Failures by check type ({len({r['check_name'] for r in failed})})</h2>", _by_type(failed)]
-          if failed else []),
-        f"<h2>Failed checks ({len(failed)})</h2>",
-        *([f"<p><small>since run {escape(since['run_id'])}: {len(since['new_failures'])} new failure(s) (marked "
-           f"<span class=new>new</span>), {len(since['fixed'])} fixed</small></p>"] if since else []),
-        f"<table class='checks'>{HEAD}<tbody>"
-        f"{''.join(_row(r, new) for r in failed) or '<tr><td colspan=8>none</td></tr>'}</tbody></table>",
+        *([f"<h2>Failures by check type ({len({r['check_name'] for r in failed + errors})})</h2>",
+           _by_type(failed + errors)] if failed or errors else []),
+    ]
+    if errors:  # before the failures: where a check could not run, the run measured nothing
+        parts += [f"<h2 id='errors'>Checks that could not run ({len(errors)})</h2>", _checks("".join(_row(r, new) for r in errors))]
+    parts += [
+        f"<h2 id='failed'>Failed checks ({len(failed)})</h2>",
+        "<p><small>Fatal ones first (their severity is under the check's name), then by the share of rows they find."
+        "</small></p>" if failed else "",
+        _checks("".join(_row(r, new) for r in failed), "failures"),
         "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
         *_fixed(results, since),
     ]
-    if errors:
-        parts += [f"<h2>Checks that could not run ({len(errors)})</h2>",
-                  f"<table class='checks'>{HEAD}<tbody>{''.join(_row(r) for r in errors)}</tbody></table>"]
     parts += _sources(results)
     parts += _feeds(results)
     parts += [
-        "<h2>By table</h2><table><thead><tr><th>table</th><th>passed</th><th>failed</th><th>errors</th>"
-        f"<th>not applicable</th><th>pass rate</th></tr></thead><tbody>{tables}</tbody></table>",
-        f"<h2>All checks ({len(results)})</h2><p><input id='q' oninput='filt()' placeholder='filter: table, check, status…'></p>",
-        f"<table id='all' class='checks'>{HEAD}<tbody>",
-        "".join(_row(r, new, steps=False) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
-        "</tbody></table></body></html>",
+        "<h2>By table</h2><div class=wrap><table><thead><tr><th>table</th><th class='num'>passed</th>"
+        "<th class='num'>failed</th><th class='num'>errors</th><th class='num'>not applicable</th>"
+        f"<th class='num'>pass rate</th></tr></thead><tbody>{tables}</tbody></table></div>",
+        f"<p class='print'>The list of all {len(results):,} checks is left out of the printout: open report.html to "
+        "read and filter it.</p>",
+        f"<section id='all-checks'><h2>All checks ({len(results)})</h2><p><label for='q'>Filter the checks: </label>"
+        "<input id='q' type='search' oninput='filt()' placeholder='table, check, status…'></p>",
+        _checks("".join(_row(r, new, steps=False) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
+                "all"),
+        "</section></body></html>",
     ]
     return "".join(parts)
 
@@ -257,8 +334,7 @@ def _fixed(results: list[dict], since: dict | None) -> list[str]:
         return []
     by_id = {r["check_id"]: r for r in results}
     rows = "".join(_row(by_id[c]) for c in since["fixed"] if c in by_id)
-    return [f"<h2>Fixed since run {escape(since['run_id'])} ({len(since['fixed'])})</h2>"
-            f"<table id='fixed' class='checks'>{HEAD}<tbody>{rows}</tbody></table>"]
+    return [f"<h2>Fixed since run {escape(since['run_id'])} ({len(since['fixed'])})</h2>", _checks(rows, "fixed")]
 
 
 def _sources(results: list[dict]) -> list[str]:
@@ -285,8 +361,8 @@ def _sources(results: list[dict]) -> list[str]:
         f"<tr><td><b>{escape(src)}</b></td><td class='num failed'>{sum(r['status'] == 'failed' for r in rs)}</td>"
         + "".join(f"<td class='num'>{rate(rs, n)}</td>" for n, _ in names) + "</tr>"
         for src, rs in sorted(by.items()))
-    return [f"<h2>By source ({len(by)})</h2><table><thead><tr><th>source</th><th>failed checks</th>{head}</tr></thead>"
-            f"<tbody>{rows}</tbody></table>"]
+    return [f"<h2>By source ({len(by)})</h2><div class=wrap><table><thead><tr><th>source</th><th class='num'>failed "
+            f"checks</th>{head}</tr></thead><tbody>{rows}</tbody></table></div>"]
 
 
 MARKS = {".": ("sent", "#7a94c4", "sent"), "v": ("low", "#e08a00", "volume drop"),
