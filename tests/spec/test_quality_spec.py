@@ -186,6 +186,52 @@ def test_an_ohdsi_database_of_views_is_checked_as_its_tables(pg_cluster, referen
     finally:
         eng.close()
 
+@pytest.mark.postgres
+def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg_cluster, tmp_path):
+    """A table created quoted in upper case ("SPECIMEN", migrated from SQL Server), a column so, a table the user
+    may not read (notes kept from researchers): the run checks the rest and says each with its fix. Before, the
+    first two stopped the run ("relation specimen does not exist") or made a field's checks errors, the third
+    stopped it with the driver's message. A search path without the CDM is refused naming it; a misspelt schema
+    on it is said."""
+    url = pg_cluster.create_database("site_kept")
+    eng = load(open_engine(url))
+    eng.execute('ALTER TABLE specimen RENAME TO "SPECIMEN"')
+    eng.execute('ALTER TABLE condition_occurrence RENAME COLUMN condition_source_value TO "CONDITION_SOURCE_VALUE"')
+    eng.execute("CREATE ROLE reader LOGIN")
+    for t in eng.tables():
+        if t != "measurement":
+            eng.execute(f'GRANT SELECT ON "{t}" TO reader')
+    got = {x["check_id"]: x for x in runner.run(eng, "5.4", tmp_path / "q", only=TABLES).results}
+    assert got["table_cdmtable_specimen"]["status"] == "failed"  # as DQD's SQL, which does not quote, sees it
+    assert got["field_cdmfield_condition_occurrence_condition_source_value"]["status"] == "failed"
+    assert got["field_sourcevaluecompleteness_condition_occurrence_condition_source_value"]["status"] == \
+        "not_applicable"
+    assert got["field_isrequired_measurement_person_id"]["status"] == "passed"
+    eng.close()
+    reader = open_engine(url.replace("postgres@", "reader@") + "?options=-csearch_path%3Dnosuch,public")
+    try:
+        r = runner.run(reader, "5.4", tmp_path / "q2", only=TABLES)
+        got = {x["check_id"]: x for x in r.results}
+        assert got["field_isrequired_measurement_person_id"]["error"] == \
+            "cannot read measurement: permission denied for table measurement"
+        assert got["field_isrequired_person_person_id"]["status"] == "passed"  # the others are checked
+        said = "\n".join(r.summary["warnings"])
+        assert "1 table(s) the store's user may not read (measurement: permission denied for table measurement)" \
+            in said and "--exclude measurement" in said
+        assert '"SPECIMEN", condition_occurrence."CONDITION_SOURCE_VALUE"; rename them in lower case' in said
+        assert "schema(s) nosuch on the search path do not exist" in said
+    finally:
+        reader.close()
+    nowhere = open_engine(url + "?options=-csearch_path%3Dcdm")
+    try:
+        with pytest.raises(ValueError, match=r"no table of OMOP CDM v5.4 on the search path \(cdm\) of .*: name the "
+                                             r"schemas of the CDM and the vocabulary in the store URL"):
+            runner.run(nowhere, "5.4", tmp_path / "q3")
+        assert not (tmp_path / "q3").exists() or not list((tmp_path / "q3").glob("*/results.json"))
+    finally:
+        nowhere.close()
+
+
 def run_native(eng, sql: str) -> list[dict]:
     """A statement in the engine's own dialect, as `medlake quality show` prints it for a user to run by hand."""
     if eng.name == "postgres":

@@ -53,6 +53,7 @@ class Engine(Protocol):
     dialect: str  # sqlglot dialect name
     url: str
     shapes: Shapes  # the query shapes it runs faster (set-based quality checks)
+    exact_names: bool  # a name matches in its case only (PostgreSQL): a table created as "PERSON" is not person
 
     def execute(self, sql: str, params: list | None = None) -> None: ...
 

@@ -20,6 +20,7 @@ class DuckDBEngine:
     # count(DISTINCT) is hashed in the scan itself
     shapes = Shapes(distinct_on_groups=False, window_examples=False, sorted_keys=True, unique_test=True,
                     bitmap_keys=True, catalog=True, narrow_delta=True, truncate=True)
+    exact_names = False
 
     def __init__(self, path: str | Path = ":memory:", *, memory_limit: str | None = None, read_only: bool = False):
         self.path = str(path)

@@ -78,6 +78,7 @@ class PostgresEngine:
     # far too high, so the concept ids it uses are looked up by the index as an array
     shapes = Shapes(filter_aggs=True, unique_test=True, lookup_array=True, catalog=True,
                     narrow_delta=True, truncate=True)
+    exact_names = True
 
     def __init__(self, url: str):
         try:

@@ -92,6 +92,7 @@ class SparkEngine:
     name = "spark"
     dialect = "spark"
     shapes = Shapes(unique_test=True)  # every query is a job: the fewer the better
+    exact_names = False
 
     def __init__(self, warehouse: str | Path):
         self.warehouse = Path(warehouse).resolve()

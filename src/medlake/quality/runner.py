@@ -239,15 +239,32 @@ class Runner:
         return self._checks
 
     # -- store facts --------------------------------------------------------------------------------------
+    def _name(self, name: str) -> str:
+        """A table's or column's name as the checks' SQL reaches it: in lower case where names match in any case;
+        as it is where they match exactly (PostgreSQL: "PERSON", created quoted, is not the CDM's person)."""
+        return name if self.eng.engine.exact_names else name.lower()
+
     def _survey(self) -> None:
-        tables = [t.lower() for t in self.eng.tables()]
+        tables = [self._name(t) for t in self.eng.tables()]
+        if not set(tables) & set(model.load(self.version).table_names):
+            raise ValueError(self._no_cdm())
         wanted = [t.name for t in model.load(self.version).tables if t.name in tables]
         wanted += [c.table for c, _ in self.site if c.table in tables and c.table not in wanted]
         wanted = [t for t in wanted if self._checked(t)]
         self.present = RowCounts(tables, self._count)
+        self.denied: dict[str, str] = {}  # tables the store's user may not read: why
         if wanted:  # the tables to check, counted in one query; the ones they refer to when first needed
             sql = " UNION ALL ".join(f"SELECT '{n}' AS t, count(*) AS n FROM {cp.q(n)}" for n in wanted)
-            for r in self.eng.query(sql).to_pylist():
+            try:
+                rows = self.eng.query(sql).to_pylist()
+            except EngineError:  # a table the user may not read (notes kept from researchers): the others are checked
+                rows = []
+                for n in wanted:
+                    try:
+                        rows += self.eng.query(f"SELECT '{n}' AS t, count(*) AS n FROM {cp.q(n)}").to_pylist()
+                    except EngineError as e:
+                        self.denied[n] = _why_not(e)
+            for r in rows:
                 self.present[r["t"]] = r["n"]
         self.columns: dict[str, dict[str, str]] = {}
 
@@ -272,18 +289,24 @@ class Runner:
         return table not in self.exclude and (not self.only or table in self.only)
 
     def _count(self, table: str) -> int:
-        """1 if `table` has a row, else 0 (see RowCounts)."""
-        return self.eng.query(f"SELECT count(*) AS n FROM (SELECT 1 AS x FROM {cp.q(table)} LIMIT 1) AS r"
-                              ).column(0)[0].as_py()
+        """1 if `table` has a row, else 0 (see RowCounts); 1 if it cannot be read (`denied`: the checks that read it
+        say why)."""
+        try:
+            return self.eng.query(f"SELECT count(*) AS n FROM (SELECT 1 AS x FROM {cp.q(table)} LIMIT 1) AS r"
+                                  ).column(0)[0].as_py()
+        except EngineError as e:
+            self.denied[table] = _why_not(e)
+            return 1
 
     def cols(self, table: str) -> dict[str, str]:
         if not self.columns and self.shapes.catalog:  # every table in one query
             for r in self.eng.query("SELECT table_name, column_name, data_type FROM information_schema.columns "
                                     "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
                                     ).to_pylist():
-                self.columns.setdefault(r["table_name"].lower(), {})[r["column_name"].lower()] = r["data_type"].upper()
+                self.columns.setdefault(self._name(r["table_name"]), {})[self._name(r["column_name"])] = \
+                    r["data_type"].upper()
         if table not in self.columns:
-            self.columns[table] = {c.name.lower(): c.type.upper() for c in self.eng.columns(table)}
+            self.columns[table] = {self._name(c.name): c.type.upper() for c in self.eng.columns(table)}
         return self.columns[table]
 
     def declared_keys(self) -> set[tuple[str, str]]:
@@ -294,7 +317,8 @@ class Runner:
             self._keys: set[tuple[str, str]] = set()
             if self.shapes.catalog:
                 try:
-                    self._keys = {(r["t"].lower(), r["c"].lower()) for r in self.eng.query(DECLARED_KEYS).to_pylist()}
+                    self._keys = {(self._name(r["t"]), self._name(r["c"]))
+                                  for r in self.eng.query(DECLARED_KEYS).to_pylist()}
                 except EngineError:
                     pass  # no such catalog: every key is counted
         return self._keys
@@ -310,6 +334,50 @@ class Runner:
                 except EngineError:  # (an engine without the hash function): no key ever matches, so always checked
                     self._fp[table] = f"unknown {time.time_ns()}"
         return self._fp[table]
+
+    def _no_cdm(self) -> str:
+        """Why a store without a table of the CDM is not checked: on PostgreSQL, where it looked."""
+        if self.eng.engine.name == "postgres":
+            path = self.eng.query("SELECT current_setting('search_path') AS p").column(0)[0].as_py()
+            return (f"no table of OMOP CDM v{self.version} on the search path ({path}) of {self.store}: name the "
+                    "schemas of the CDM and the vocabulary in the store URL (?options=-csearch_path%3Dcdm,vocab), as "
+                    "DQD's cdmDatabaseSchema and vocabDatabaseSchema" + "".join(f"; {w}" for w in self._no_schema()))
+        return (f"no table of OMOP CDM v{self.version} in {self.store}: make one (medlake init, then medlake "
+                "transform) or import one (medlake cdm import DIR)")
+
+    def _no_schema(self) -> list[str]:
+        """PostgreSQL: the schemas on the search path that do not exist (a misspelt `cdmx` is passed over quietly)."""
+        if self.eng.engine.name != "postgres":
+            return []
+        path = self.eng.query("SELECT current_setting('search_path') AS p").column(0)[0].as_py()
+        named = [x.strip().strip('"') for x in path.split(",") if x.strip() and "$user" not in x]
+        have = set(self.eng.query("SELECT nspname FROM pg_namespace").column(0).to_pylist())
+        gone = [x for x in named if x not in have]
+        return [f"schema(s) {', '.join(gone)} on the search path do not exist: a misspelt name? (schemas: "
+                f"{', '.join(sorted(h for h in have if not h.startswith('pg_') and h != 'information_schema'))})"
+                ] if gone else []
+
+    def _unreadable(self) -> list[str]:
+        """Warnings of what the checks could not read: tables the store's user may not read, and tables or columns
+        named in upper case where names match exactly (the checks, as DQD's SQL, do not find them)."""
+        out = []
+        if self.denied:
+            names = ", ".join(sorted(self.denied))
+            out.append(f"{len(self.denied)} table(s) the store's user may not read ({names}: "
+                       f"{next(iter(self.denied.values()))}): the checks that read them are errors; give the user "
+                       f"SELECT on them (GRANT SELECT ON … TO …), or leave them out with --exclude {names} (it replaces "
+                       "the default list: name the vocabulary tables too)")
+        if self.eng.engine.exact_names:
+            cdm = model.load(self.version)
+            named = [f'"{t}"' for t in self.eng.tables() if t != t.lower() and t.lower() in cdm.table_names]
+            named += [f'{t}."{c}"' for t, cols in self.columns.items() if t in cdm.table_names
+                      for c in cols if c != c.lower() and c.lower() in cdm.table(t).field_names]
+            if named:
+                out.append(f"{len(named)} table(s) or column(s) named in upper case, which the checks (and DQD's SQL, "
+                           f"which does not quote names) do not find as the CDM's: {', '.join(named[:10])}; rename "
+                           "them in lower case (ALTER TABLE \"PERSON\" RENAME TO person; ALTER TABLE t RENAME COLUMN "
+                           "\"X\" TO x)")
+        return out
 
     # -- one table ----------------------------------------------------------------------------------------
     def context(self, table: str, probe: bool = True) -> cp.Context:
@@ -396,6 +464,9 @@ class Runner:
         return known, items, pks, cq, tlevel, reads, ctx
 
     def run_table(self, table: str, checks: list[Check], site_items: list[cp.Item]) -> list[dict]:
+        if table in self.denied:  # there, but not to be read by the store's user: every check says so
+            return [result(c, "counted", 0, 1) if c.name == "cdmTable" else result(c, "error", error=(
+                f"cannot read {table}: {self.denied[table]}")) for c in checks + [i.check for i in site_items]]
         known, items, pks, cq, tlevel, reads, ctx = self.plan(table, checks)
         if ctx is None:  # absent table (a site check's: maybe misspelt)
             near = difflib.get_close_matches(table, list(self.present), 1) if site_items else []
@@ -719,7 +790,7 @@ class Runner:
         if not self.cohort:
             return contextlib.nullcontext()
         table, cid = self.cohort
-        present = {t.lower() for t in self.eng.engine.tables()}
+        present = {self._name(t) for t in self.eng.engine.tables()}
         cond = f"person_id IN (SELECT subject_id FROM {_qualified(table)} WHERE cohort_definition_id = {cid})"
         return self.eng.engine.restricted({t.name: cond for t in model.load(self.version).tables
                                            if "person_id" in t.field_names and t.name in present})
@@ -838,7 +909,7 @@ class Runner:
             "mismatched_columns": wrong,
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
-            + [f"site check {r['check_name']} not applicable: {r['not_applicable_reason']}" for r in run.results
+            + self._no_schema() + self._unreadable() + [f"site check {r['check_name']} not applicable: {r['not_applicable_reason']}" for r in run.results
                if r["source"] == "site" and " absent" in (r.get("not_applicable_reason") or "")]
             + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
                         "a run of the other version's checks finds its fields missing; it is compared with runs of "
@@ -1038,6 +1109,12 @@ def _write_csv(path: Path, results: list[dict]) -> None:
         for r in results:
             w.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()})
     os.replace(tmp, path)
+
+
+def _why_not(e: EngineError) -> str:
+    """The database's own words of why a query failed (PostgreSQL's after `ERROR:`), without the driver's."""
+    m = re.search(r"ERROR:\s+(.*)", str(e))
+    return m.group(1).strip() if m else str(e)
 
 
 def empty_warnings(counts: dict[str, int]) -> list[str]:
