@@ -111,7 +111,7 @@ def _trend(history: list[dict]) -> str:
                    f'<text x="{left - 4}" y="{gy + 4:.1f}" font-size="11" text-anchor="end">{100 - i * step:g}%</text>')
     every = math.ceil(len(runs) / 6)  # the x axis: about six runs named by their start (UTC), the last always
     named = list(range(0, len(runs) - 1, every))
-    if (len(runs) - 1 - named[-1]) * (xs[1] - xs[0]) < 80:
+    if (len(runs) - 1 - named[-1]) * (xs[1] - xs[0]) < 110:  # the last, right-aligned, would run into it
         named.pop()
     labels = _when([r["run_id"] for r in runs])
 
