@@ -14,6 +14,7 @@ import pytest
 
 from medlake.cdm import ddl, model, store
 from medlake.engines import open_engine
+from medlake.engines.base import EngineError
 from medlake.quality import compile as cp, runner
 from medlake.quality.checks import checks
 from medlake.quality.compile import PERSON, _birth_after
@@ -198,6 +199,10 @@ def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg
     eng.execute('ALTER TABLE specimen RENAME TO "SPECIMEN"')
     eng.execute('ALTER TABLE condition_occurrence RENAME COLUMN condition_source_value TO "CONDITION_SOURCE_VALUE"')
     eng.execute("CREATE ROLE reader LOGIN")
+    eng.execute("CREATE TABLE site_cohort (cohort_definition_id INTEGER, subject_id BIGINT, cohort_start_date DATE, "
+                "cohort_end_date DATE)")
+    eng.execute("INSERT INTO site_cohort VALUES (1, 1, DATE '2019-01-01', DATE '2022-12-31')")
+    eng.execute("REVOKE TEMP ON DATABASE site_kept FROM PUBLIC")  # a hardened database
     for t in eng.tables():
         if t != "measurement":
             eng.execute(f'GRANT SELECT ON "{t}" TO reader')
@@ -220,6 +225,8 @@ def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg
             in said and "--exclude measurement" in said
         assert '"SPECIMEN", condition_occurrence."CONDITION_SOURCE_VALUE"; rename them in lower case' in said
         assert "schema(s) nosuch on the search path do not exist" in said
+        with pytest.raises(EngineError, match=r"a run of one cohort needs the TEMP privilege on the database"):
+            runner.run(reader, "5.4", tmp_path / "q4", only=TABLES, cohort=("site_cohort", 1))
     finally:
         reader.close()
     nowhere = open_engine(url + "?options=-csearch_path%3Dcdm")
