@@ -1049,9 +1049,9 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
     """What changed since the store's previous finished run of the same scope (`within`, this run's) or of all
     tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an
     error, not run), those that stop with an error now and did not then (`new_errors`: a column an ETL change
-    dropped, a check added since that cannot run) and those that failed then and pass now. None when there is none (a first run). An ad-hoc run
-    of one table is not what the next nightly run compares with; a cohort's run compares with the same cohort's
-    only (other persons' rows are not its rows fixed or broken)."""
+    dropped, a check added since that cannot run) and those that failed then and pass now. None when there is none
+    (a first run). An ad-hoc run of one table is not what the next nightly run compares with; a cohort's run
+    compares with the same cohort's only (other persons' rows are not its rows fixed or broken)."""
     cohort = within[3]
     for d in reversed(earlier):
         s = json.loads((d / "run.json").read_text())
