@@ -17,6 +17,7 @@ from medlake.engines import open_engine
 from medlake.engines.base import EngineError
 from medlake.quality import compile as cp, runner
 from medlake.quality.checks import checks
+from medlake.quality.report import write_dqd_table
 from medlake.quality.compile import PERSON, _birth_after
 
 D = dt.date
@@ -193,7 +194,8 @@ def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg
     may not read (notes kept from researchers): the run checks the rest and says each with its fix. Before, the
     first two stopped the run ("relation specimen does not exist") or made a field's checks errors, the third
     stopped it with the driver's message. A search path without the CDM is refused naming it; a misspelt schema
-    on it is said."""
+    on it is said; a cohort's run without the TEMP privilege, and a results table behind the first schema, are
+    refused before the run saying what to do."""
     url = pg_cluster.create_database("site_kept")
     eng = load(open_engine(url))
     eng.execute('ALTER TABLE specimen RENAME TO "SPECIMEN"')
@@ -229,6 +231,21 @@ def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg
             runner.run(reader, "5.4", tmp_path / "q4", only=TABLES, cohort=("site_cohort", 1))
     finally:
         reader.close()
+    # DQD's results table in schema results, not first on the path: said before the run (the rows would go to the
+    # first schema, where the write failed after the run); a name longer than PostgreSQL takes, said so
+    results = open_engine(url + "?options=-csearch_path%3Dresults")
+    results.execute("CREATE SCHEMA results")
+    write_dqd_table(results, "dqd_site", {"CheckResults": []})
+    results.close()
+    behind = open_engine(url + "?options=-csearch_path%3Dpublic,results")
+    try:
+        with pytest.raises(ValueError, match=r"table dqd_site is in schema results, but the rows are written to the "
+                                             r"first schema on the search path, public: name results first"):
+            runner.run(behind, "5.4", tmp_path / "q5", only=TABLES, write_table="dqd_site")
+        with pytest.raises(ValueError, match=r"is 70 characters long: a table name has at most 63"):
+            runner.run(behind, "5.4", tmp_path / "q5", only=TABLES, write_table="d" * 70)
+    finally:
+        behind.close()
     nowhere = open_engine(url + "?options=-csearch_path%3Dcdm")
     try:
         with pytest.raises(ValueError, match=r"no table of OMOP CDM v5.4 on the search path \(cdm\) of .*: name the "

@@ -500,6 +500,9 @@ TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 def dqd_table_exists(engine, name: str) -> bool:
     """Whether the store has results table `name` in DQD's layout already; ValueError if `name` is not a plain table
     name or a table of that name has other columns (it is left alone)."""
+    if len(name) > 63 and TABLE_NAME.fullmatch(name[:63]):
+        raise ValueError(f"{name!r} is {len(name)} characters long: a table name has at most 63 (PostgreSQL's "
+                         "limit); give a shorter one")
     if not TABLE_NAME.fullmatch(name):
         raise ValueError(f"{name!r} is not a table name (letters, digits, _): name the results table plainly, "
                          "e.g. dqdashboard_results; it is written in the store's first schema, so on PostgreSQL "
@@ -507,6 +510,14 @@ def dqd_table_exists(engine, name: str) -> bool:
                          "(?options=-csearch_path%3Dresults,cdm in the store URL)")
     if name.lower() not in {t.lower() for t in engine.tables()}:
         return False
+    if engine.name == "postgres":  # found on the search path; written to its first schema
+        where = engine.query("SELECT n.nspname AS s, current_schema() AS f FROM pg_class AS c JOIN pg_namespace AS "
+                             "n ON n.oid = c.relnamespace WHERE c.oid = to_regclass(quote_ident(?))", [name.lower()])
+        at, first = where.column(0)[0].as_py(), where.column(1)[0].as_py()
+        if at != first:
+            raise ValueError(f"table {name.lower()} is in schema {at}, but the rows are written to the first schema "
+                             f"on the search path, {first}: name {at} first (?options=-csearch_path%3D{at},… in "
+                             "the store URL)")
     have = [c.name.lower() for c in engine.columns(name.lower())]
     if have != [c for c, _, _ in DQD_TABLE]:
         raise ValueError(f"table {name.lower()} exists with other columns than DQD's results table "
