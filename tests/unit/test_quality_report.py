@@ -16,9 +16,21 @@ def every_type() -> set[str]:
 
 
 def test_every_check_type_has_a_next_step_and_no_step_names_a_type_that_does_not_exist():
-    steps = set(report._steps())
+    steps = set(report._steps()["steps"])
     assert every_type() - steps == set()
     assert steps - every_type() == set()  # a misspelt name would never be shown
+    assert set(report._steps()["elsewhere"]) - every_type() == set()
+
+
+@pytest.mark.parametrize("name", sorted({*check_types("5.4"), *check_types("5.3"), *MEDLAKE_TYPES}))
+def test_a_cdm_medlake_did_not_make_is_not_sent_to_medlakes_pipeline(name):
+    """An OHDSI database checked in place: its steps name no command of medlake's pipeline, which would write
+    medlake's tables into it (`medlake transform`) or find nothing there (`trace`, `map`, `empi`)."""
+    r = {"check_name": name, "check_id": f"id_of_{name}", "cdm_table": "measurement", "cdm_field": "unit_concept_id"}
+    pipeline = r"medlake (trace|transform|map|empi|quarantine|vocab)"
+    assert not re.search(pipeline, report.next_step(r, own=False)), name
+    if re.search(pipeline, report.next_step(r)):  # medlake's own store is sent there
+        assert name in report._steps()["elsewhere"]
 
 
 @pytest.mark.parametrize("name", sorted(every_type()))

@@ -1077,6 +1077,42 @@ def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
     assert eng.query("SELECT count(*) FROM person").column(0)[0].as_py() == 0
 
 
+def test_a_database_medlake_did_not_create_is_told_to_fix_its_etl_and_is_not_written_to(tmp_path):
+    """An OHDSI database checked in place: a failed check's next step (report, `quality show`) is said for the
+    site's ETL, not medlake's pipeline; `medlake transform` there is refused (it wrote 28 tables of medlake's into
+    the site's CDM schema) and `medlake trace` says there is no lineage to follow, not to run `transform`."""
+    from medlake.transform.run import transform
+    from medlake.transform.trace import trace
+
+    eng = open_engine(f"duckdb:{tmp_path / 'ohdsi.duckdb'}")
+    world(eng).execute("DROP TABLE medlake_info")  # the same CDM, not made by medlake
+    eng.execute("INSERT INTO condition_occurrence (condition_occurrence_id, person_id, condition_concept_id, "
+                "condition_start_date, condition_type_concept_id) VALUES (900, 999, 0, DATE '2020-01-01', 32817)")
+    before = sorted(eng.tables())
+    with pytest.raises(ValueError, match=r"this store's CDM was not made by medlake \(it has no medlake_info table\)"):
+        transform(eng)
+    with pytest.raises(ValueError, match=r"this store's CDM was not made by medlake: its rows have no lineage"):
+        trace(eng, "condition_occurrence", 900)
+    assert sorted(eng.tables()) == before  # nothing written
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 'ohdsi.duckdb'}", COLUMNS="200")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    p = subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    [run_dir] = list((tmp_path / "quality").iterdir())
+    assert json.loads((run_dir / "run.json").read_text())["medlake_store"] is False
+    fk = "field_isforeignkey_condition_occurrence_person_id"
+    p = subprocess.run(cli + ["show", fk], env=env, cwd=tmp_path, capture_output=True, text=True)
+    [step] = [x for x in p.stdout.splitlines() if x.startswith("what to do:")]
+    assert "the ETL did not load" in step and "medlake trace" not in step and "medlake transform" not in step
+    html = (run_dir / "report.html").read_text()
+    assert "the ETL did not load" in html and "medlake empi run" not in html
+    own = open_engine(f"duckdb:{tmp_path / 'own.duckdb'}")  # medlake's own store: its pipeline, as before
+    world(own)
+    assert runner.run(own, "5.4", tmp_path / "own").summary["medlake_store"] is True
+    own.close()
+
+
 def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):
     """An existing OHDSI CDM has no medlake record of its version: it is read from its tables (v5.4 renamed
     visit_occurrence.admitting_source_concept_id), else from cdm_source.cdm_version; `--cdm-version` overrides."""

@@ -142,14 +142,16 @@ def _trend(history: list[dict]) -> str:
 
 
 @cache
-def _steps() -> dict[str, str]:
-    return tomllib.loads(resources.files("medlake.quality").joinpath("next_steps.toml").read_text("utf-8"))["steps"]
+def _steps() -> dict[str, dict[str, str]]:
+    return tomllib.loads(resources.files("medlake.quality").joinpath("next_steps.toml").read_text("utf-8"))
 
 
-def next_step(r: dict) -> str | None:
+def next_step(r: dict, own: bool = True) -> str | None:
     """What to do about a failed check of this type (next_steps.toml), with its own id, table, field and source;
-    None for a type without one (a site's own check)."""
-    text = _steps().get(r["check_name"])
+    None for a type without one (a site's own check). `own`: the store's CDM is medlake's (else the steps that name
+    medlake's pipeline are said for the site's own ETL: its `[elsewhere]`)."""
+    steps = _steps()
+    text = (not own and steps["elsewhere"].get(r["check_name"])) or steps["steps"].get(r["check_name"])
     names = {"check_id": r["check_id"], "table": r["cdm_table"], "field": r["cdm_field"] or "the field",
              "source": r.get("data_source") or "the source"}
     return text.format(**names) if text else None
@@ -204,11 +206,11 @@ def _by_type(checks: list[dict]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def _row(r: dict, new: frozenset = frozenset(), steps: bool = True) -> str:
+def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = True) -> str:
     """A check as a table row; `steps`: with what to do under a failed check (the failures' table, not the list
-    of all checks, which would repeat it)."""
+    of all checks, which would repeat it), for medlake's own store or (`own` False) another CDM."""
     note = r.get("error") or r.get("not_applicable_reason") or r.get("answered_by") or ""
-    step = next_step(r) if steps and r["status"] == "failed" else None
+    step = next_step(r, own) if steps and r["status"] == "failed" else None
     step = f"<p class=next><small><b>What to do:</b> {_code(escape(step))}</small></p>" if step else ""
     ex = ", ".join(r.get("examples") or [])
     if ex:
@@ -307,7 +309,7 @@ def render(run, history: list[dict]) -> str:
         f"<h2 id='failed'>Failed checks ({len(failed)})</h2>",
         "<p><small>Fatal ones first (their severity is under the check's name), then by the share of rows they find."
         "</small></p>" if failed else "",
-        _checks("".join(_row(r, new) for r in failed), "failures"),
+        _checks("".join(_row(r, new, own=s.get("medlake_store", True)) for r in failed), "failures"),
         "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
         *_fixed(results, since),
     ]

@@ -1,7 +1,7 @@
 """`medlake trace TABLE ID`: the chain from a CDM row back to the landing receipt it came from."""
 from __future__ import annotations
 
-from medlake.cdm import model
+from medlake.cdm import model, store
 from medlake.engines.base import Engine
 from medlake.transform import rules as r
 from medlake.transform.compile import EMPI_IDS, read_sql
@@ -17,6 +17,10 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
     except KeyError as e:
         raise ValueError(f"{table!r} is not an OMOP CDM v5.4 table") from e
     if "cdm_lineage" not in engine.tables():
+        if store.INFO_TABLE not in engine.tables():
+            raise ValueError("this store's CDM was not made by medlake: its rows have no lineage to trace (medlake "
+                             "trace follows the rows `medlake transform` writes); list a check's rows with `medlake "
+                             "quality show CHECK_ID --rows` and look them up in the ETL that loaded them")
         raise ValueError("this store has no lineage yet: run `medlake transform` first")
     rows = engine.query(
         "SELECT cdm_table, row_id, person_id, rule, source, record_key, message_id, record_location, receipt_seq, "
