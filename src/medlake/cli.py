@@ -694,7 +694,8 @@ def quality_runs(
     store = redact(store_url(settings().store))  # the store is not opened: its runs' files name it
     runs = runner.history(out_dir, store)
     if not runs:
-        raise ValueError(f"no finished quality run of {store} in {out_dir}: run `medlake quality run` first")
+        raise ValueError(f"no finished quality run of {store} in {out_dir}" + (
+            runner.other_stores(out_dir, store) or ": run `medlake quality run` first"))
     t = Table(title=f"quality runs of {store} ({min(last, len(runs))} of {len(runs)})", box=box.SIMPLE_HEAD,
               padding=(0, 1, 0, 0), pad_edge=False)
     for col in ("run (started, UTC)", "checks", "pass", "failed", "err", "new", "fixed", "tables", "s"):
@@ -737,7 +738,8 @@ def quality_diff(
     b = after or (names[-1] if names else None)
     for rid in (before, after):
         if rid is not None and rid not in runs:
-            raise ValueError(f"no finished run {rid} of {store} in {out_dir} (medlake quality runs lists them)")
+            raise ValueError(f"no finished run {rid} of {store} in {out_dir}" + (
+                runner.other_stores(out_dir, store) or " (medlake quality runs lists them)"))
     a = before
     if a is None and b is not None:  # the run b compared itself with (its scope's previous one), else the one before
         a = (json.loads((runs[b] / "run.json").read_text()).get("since_last_run") or {}).get("run_id") or (

@@ -1204,6 +1204,10 @@ def test_cli_import_then_quality_run(tmp_path):
     p = subprocess.run(cli + ["quality", "runs", "--out", "elsewhere"], env=env, cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 1 and "no finished quality run of duckdb:" in p.stderr
+    p = subprocess.run(cli + ["quality", "runs"], env=dict(env, MEDLAKE_STORE=f"duckdb:{tmp_path / 'other.duckdb'}"),
+                       cwd=tmp_path, capture_output=True, text=True)  # the runs there are of another store: said
+    assert p.returncode == 1 and f"(the folder holds runs of duckdb:{tmp_path / 's.duckdb'}: give --store)" in \
+        " ".join(p.stderr.split()), p.stderr
 
 
 def test_cli_import_quarantines_bad_rows_the_quality_run_counts_them_a_fixed_file_resolves_them(tmp_path):

@@ -1020,6 +1020,12 @@ def finished_runs(out: Path, store: str | None = None) -> list[Path]:
     return runs
 
 
+def other_stores(out: Path, store: str) -> str:
+    """The other stores whose runs `out` holds, as a hint for a store that has none there ('' if none)."""
+    others = sorted({_store_of(d) for d in finished_runs(out)} - {store, None})
+    return f" (the folder holds runs of {', '.join(others)}: give --store)" if others else ""
+
+
 def history(out: Path, store: str | None = None) -> list[dict]:
     """The summaries of the finished runs in `out` (of one store, when given), oldest first."""
     return [json.loads((d / "run.json").read_text()) for d in finished_runs(out, store)]
