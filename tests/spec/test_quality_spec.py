@@ -205,6 +205,7 @@ def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg
                 "cohort_end_date DATE)")
     eng.execute("INSERT INTO site_cohort VALUES (1, 1, DATE '2019-01-01', DATE '2022-12-31')")
     eng.execute("REVOKE TEMP ON DATABASE site_kept FROM PUBLIC")  # a hardened database
+    eng.execute("ALTER TABLE person ADD PRIMARY KEY (person_id)")  # OHDSI's DDL
     for t in eng.tables():
         if t != "measurement":
             eng.execute(f'GRANT SELECT ON "{t}" TO reader')
@@ -222,6 +223,7 @@ def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg
         assert got["field_isrequired_measurement_person_id"]["error"] == \
             "cannot read measurement: permission denied for table measurement"
         assert got["field_isrequired_person_person_id"]["status"] == "passed"  # the others are checked
+        assert got["field_isprimarykey_person_person_id"]["answered_by"]  # a read-only user sees the constraint too
         said = "\n".join(r.summary["warnings"])
         assert "1 table(s) the store's user may not read (measurement: permission denied for table measurement)" \
             in said and "--exclude measurement" in said

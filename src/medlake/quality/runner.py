@@ -147,6 +147,12 @@ DECLARED_KEYS = ("SELECT tc.table_name AS t, min(kcu.column_name) AS c FROM info
                  "kcu.table_schema = tc.table_schema AND kcu.table_name = tc.table_name WHERE tc.constraint_type = "
                  "'PRIMARY KEY' AND tc.table_schema = current_schema() GROUP BY tc.table_name, tc.constraint_name "
                  "HAVING count(*) = 1")
+# the same from PostgreSQL's own catalog, of the tables the search path resolves: information_schema shows a
+# constraint only to the table's owner (a read-only user saw none), and of the first schema only
+DECLARED_KEYS_PG = ("SELECT c.relname AS t, min(a.attname) AS c FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = "
+                    "k.conrelid JOIN pg_attribute AS a ON a.attrelid = k.conrelid AND a.attnum = k.conkey[1] WHERE "
+                    "k.contype = 'p' AND array_length(k.conkey) = 1 AND c.oid = to_regclass(quote_ident(c.relname)) "
+                    "GROUP BY c.relname")
 
 
 def _fmt(v) -> str:
@@ -317,8 +323,8 @@ class Runner:
             self._keys: set[tuple[str, str]] = set()
             if self.shapes.catalog:
                 try:
-                    self._keys = {(self._name(r["t"]), self._name(r["c"]))
-                                  for r in self.eng.query(DECLARED_KEYS).to_pylist()}
+                    sql = DECLARED_KEYS_PG if self.eng.engine.name == "postgres" else DECLARED_KEYS
+                    self._keys = {(self._name(r["t"]), self._name(r["c"])) for r in self.eng.query(sql).to_pylist()}
                 except EngineError:
                     pass  # no such catalog: every key is counted
         return self._keys
