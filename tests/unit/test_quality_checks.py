@@ -832,6 +832,9 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     counts = {k: (v["num_violated_rows"], v["num_denominator_rows"], v["status"]) for k, v in got.items()}
     assert counts[("sourceMandatoryCompleteness", "lis", "stg_hl7_message", "message_time")] == (1, 3, "failed")
     assert counts[("sourceMandatoryCompleteness", "his", "stg_hl7_message", "sending_facility")] == (1, 1, "failed")
+    late = got[("sourceMandatoryCompleteness", "lis", "stg_hl7_message", "message_time")]  # the records, by their id
+    assert (late["examples"], late["example_field"]) == (["M2"], "control_id")
+    assert got[("sourceMandatoryCompleteness", "his", "stg_hl7_message", "sending_facility")]["examples"] == ["A1"]
     assert counts[("sourceMandatoryCompleteness", "lis", "stg_hl7_message", "control_id")] == (0, 3, "passed")
     assert counts[("sourceDuplicateRecords", "lis", "stg_hl7_message", "control_id")] == (1, 3, "failed")
     assert got[("sourceDuplicateRecords", "lis", "stg_hl7_message", "control_id")]["examples"] == ["M1"]

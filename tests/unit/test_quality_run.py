@@ -1451,7 +1451,8 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     checks file are checked per source, like medlake's own staging tables."""
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     world(eng).execute("CREATE TABLE stg_csv_lab (order_id VARCHAR, test_code VARCHAR, source VARCHAR)")
-    eng.execute("INSERT INTO stg_csv_lab VALUES ('O1', 'HB', 'lab'), (NULL, 'HB', 'lab'), ('O1', 'HB', 'lab')")
+    eng.execute("INSERT INTO stg_csv_lab VALUES ('O1', 'HB', 'lab'), (NULL, 'HB', 'lab'), ('O1', 'HB', 'lab'), "
+                "('O2', NULL, 'lab')")
     eng.close()
     (tmp_path / "site.toml").write_text("[source_fields.stg_csv_lab]\nmandatory = ['order_id', 'test_code']\n"
                                         "key = ['order_id', 'test_code']\n")
@@ -1462,8 +1463,10 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     [run_dir] = list((tmp_path / "quality").iterdir())
     got = {x["check_id"]: x for x in json.loads((run_dir / "results.json").read_text())}
     missing = got["source_sourcemandatorycompleteness_lab_stg_csv_lab_order_id"]
-    assert (missing["status"], missing["num_violated_rows"], missing["num_denominator_rows"]) == ("failed", 1, 3)
-    assert got["source_sourcemandatorycompleteness_lab_stg_csv_lab_test_code"]["status"] == "passed"
+    assert (missing["status"], missing["num_violated_rows"], missing["num_denominator_rows"]) == ("failed", 1, 4)
+    assert missing["examples"] == []  # a row without its id cannot be named by it
+    code = got["source_sourcemandatorycompleteness_lab_stg_csv_lab_test_code"]  # named by the record's id
+    assert (code["status"], code["examples"], code["example_field"]) == ("failed", ["O2"], "order_id")
     dup = got["source_sourceduplicaterecords_lab_stg_csv_lab_order_id+test_code"]
     assert (dup["num_violated_rows"], dup["examples"]) == (1, ["O1"])
     # the run's summary lists the worst failures; quality show gives a source-level one's result, examples and
@@ -1475,7 +1478,7 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
         env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "sourceDuplicateRecords on source lab: stg_csv_lab.order_id+test_code" in p.stdout
-    assert ": failed — 1 of 3 rows" in p.stdout and "examples (order_id): O1" in p.stdout
+    assert ": failed — 1 of 4 rows" in p.stdout and "examples (order_id): O1" in p.stdout
     assert "what to do: Source lab sent the same record (the same key) more than once" in p.stdout
     p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml"],
                        env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)

@@ -305,6 +305,25 @@ def _counted(result, name, table, field, src, violated, denominator, examples=()
     return r
 
 
+def _missing_examples(engine, table: str, key: str, missing: set[tuple[str, str]], when: dict, cols: dict
+                      ) -> dict[tuple[str, str], list[str]]:
+    """Up to 10 record keys per (source, field) of `missing`, the rows that leave the field empty, in one query
+    (not of a field moved to the identity vault: its staged value is empty by design)."""
+    if not missing:
+        return {}
+    parts = []
+    for src, f in sorted(missing):
+        quoted = src.replace("'", "''")
+        parts.append(f"SELECT CAST(source AS VARCHAR) AS s, '{f}' AS f, CAST({q(key)} AS VARCHAR) AS k, row_number() "
+                     f"OVER (ORDER BY {q(key)}) AS n FROM {q(table)} WHERE CAST(source AS VARCHAR) = '{quoted}' AND "
+                     f"{_blank(f, cols[f])}" + (f" AND ({when[f]})" if f in when else ""))
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in engine.query(f"SELECT s, f, k FROM ({' UNION ALL '.join(parts)}) AS x WHERE n <= 10 ORDER BY s, f, k"
+                          ).to_pylist():
+        out.setdefault((r["s"], r["f"]), []).append(r["k"])
+    return out
+
+
 def _site_field_problems(result, table: str, spec: dict, cols: dict) -> list[dict]:
     """A site's [source_fields] entry that cannot be checked, said rather than skipped: its table not in the store
     yet (not applicable) or without a source column, or a field it names not in the table (errors)."""
@@ -351,12 +370,18 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
                 f"sum(CASE WHEN {_blank(f, cols[f])} THEN 1 ELSE 0 END) AS v{i}, count(*) AS d{i}"
                 for i, f in enumerate(mandatory))
             vaulted = _vaulted(engine, table) if VAULTED in tables else {}
-            for r in engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
-                                  "ORDER BY 1").to_pylist():
+            counts = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
+                                  "ORDER BY 1").to_pylist()
+            record = (spec.get("key") or [None])[0]  # the record's id, to name the rows
+            missing = {(r["s"], f) for r in counts for i, f in enumerate(mandatory) if r[f"v{i}"]
+                       and f != record and not (f not in when and vaulted.get((r["s"], f)))}
+            examples = _missing_examples(engine, table, record, missing, when, cols) if record in cols else {}
+            for r in counts:
                 for i, f in enumerate(mandatory):
                     moved = 0 if f in when else vaulted.get((r["s"], f), 0)  # sent, now in the identity vault
                     out.append(_counted(result, "sourceMandatoryCompleteness", table, f, r["s"],
-                                        max(_int(r[f"v{i}"] or 0) - moved, 0), r[f"d{i}"] or 0))
+                                        max(_int(r[f"v{i}"] or 0) - moved, 0), r[f"d{i}"] or 0,
+                                        examples.get((r["s"], f), ()), record))
         key = spec.get("key", [])
         if key and set(key) <= cols.keys():  # (a key with a field missing would count other duplicates)
             k = ", ".join(q(c) for c in key)
