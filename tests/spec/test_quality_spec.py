@@ -258,6 +258,33 @@ def test_an_ohdsi_database_as_sites_keep_it_is_checked_and_said_what_it_hides(pg
         nowhere.close()
 
 
+@pytest.mark.postgres
+def test_a_run_beside_a_loading_etl_counts_one_state_of_the_data(pg_cluster, tmp_path):
+    """An ETL appends rows to measurement while the run checks the tables before it: the run counts the table as
+    it was when the run began, every check alike (before, the survey and some checks counted it before the load,
+    others after); the rows are there for the next run."""
+    url = pg_cluster.create_database("loading")
+    eng, etl = load(open_engine(url)), open_engine(url)
+    before = eng.query("SELECT count(*) AS n FROM measurement").column(0)[0].as_py()
+
+    def progress(table, *_):
+        if table == "measurement":  # just before its checks
+            etl.execute("INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date, "
+                        "measurement_type_concept_id) SELECT measurement_id + 1000, person_id, measurement_concept_id, "
+                        "measurement_date, measurement_type_concept_id FROM measurement")
+    try:
+        run = runner.Runner(eng, "5.4", tmp_path / "q", only=TABLES, incremental=False, resume=False,
+                            progress=progress).run()
+        seen = {x["num_denominator_rows"] for x in run.results if x["cdm_table"] == "measurement"
+                and x["check_name"] in ("isRequired", "cdmDatatype", "isForeignKey") and x["status"] != "not_applicable"}
+        assert seen == {before}
+        assert eng.query("SELECT count(*) AS n FROM measurement").column(0)[0].as_py() == 2 * before
+        assert outcome(eng, tmp_path / "next")["field_isrequired_measurement_person_id"][2] == 2 * before
+    finally:
+        eng.close()
+        etl.close()
+
+
 def run_native(eng, sql: str) -> list[dict]:
     """A statement in the engine's own dialect, as `medlake quality show` prints it for a user to run by hand."""
     if eng.name == "postgres":

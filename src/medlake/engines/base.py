@@ -91,7 +91,7 @@ class Engine(Protocol):
 
     def scanning(self) -> AbstractContextManager[None]:
         """Session settings for a series of read-only queries that aggregate whole tables (a quality run), restored
-        after; may do nothing."""
+        after, and one state of the data for them where other sessions may write meanwhile; may do nothing."""
 
     def restricted(self, where: dict[str, str]) -> AbstractContextManager[None]:
         """For the session, then dropped: each table of `where` seen through a temporary view of the same name, of

@@ -91,12 +91,28 @@ class PostgresEngine:
         except Exception as e:  # adbc raises its own OperationalError family
             raise EngineError(f"cannot connect to {redact(url)}: {str(e).splitlines()[0]}") from e
         self._depth = 0
+        self._guarded = False  # in a quality run's snapshot: each statement in a savepoint (`_step`)
 
     def _cursor(self):
         return self.con.cursor()
 
+    @contextmanager
+    def _step(self):
+        """Inside a quality run's snapshot (`scanning`), each statement in a savepoint: one that fails (a check's
+        error) is undone alone and the run's transaction goes on (else every later statement would fail)."""
+        if not self._guarded:
+            yield
+            return
+        self.execute_native("SAVEPOINT step")
+        try:
+            yield
+        except BaseException:
+            self.execute_native("ROLLBACK TO SAVEPOINT step")
+            raise
+        self.execute_native("RELEASE SAVEPOINT step")
+
     def execute(self, sql: str, params: list | None = None) -> None:
-        with self._cursor() as cur:
+        with self._step(), self._cursor() as cur:
             try:
                 cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
             except EngineError:
@@ -105,7 +121,7 @@ class PostgresEngine:
                 raise EngineError(str(e).splitlines()[0]) from e
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
-        with self._cursor() as cur:
+        with self._step(), self._cursor() as cur:
             try:
                 cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
                 return _numbers(cur.fetch_arrow_table())
@@ -212,12 +228,18 @@ class PostgresEngine:
     def scanning(self):
         """For the session, then restored: no JIT (it compiles each wide aggregate for ~1 s, with its huge cost
         estimate, and then runs it in ms), and 256 MB work_mem (at the default 4 MB every GROUP BY of a large
-        table's keys goes to disk)."""
+        table's keys goes to disk). The queries see one state of the data (a REPEATABLE READ transaction): a run
+        beside a loading ETL counted some checks of a table before a load and some after."""
         old = {k: self.query(f"SELECT current_setting('{k}') AS v").column(0)[0].as_py() for k in ("jit", "work_mem")}
         for k, v in (("jit", "off"), ("work_mem", "256MB")):
             self.execute_native(f"SET {k} = '{v}'")
         try:
-            yield
+            with self.transaction(snapshot=True):
+                self._guarded = True
+                try:
+                    yield
+                finally:
+                    self._guarded = False
         finally:
             for k, v in old.items():
                 self.execute_native(f"SET {k} = '{v}'")
