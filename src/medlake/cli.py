@@ -856,7 +856,8 @@ def quality_show(
                           highlight=False, markup=False)
             for line in report.daily_text(series) if series else []:
                 out.print(line, highlight=False, markup=False, soft_wrap=True)
-            step = report.next_step(last, run_summary.get("medlake_store", True)) if last["status"] == "failed" else None
+            own = run_summary.get("medlake_store", True)  # (else what to do in the site's own ETL)
+            step = report.next_step(last, own) if last["status"] == "failed" else None
             if last["status"] == "error":  # a column of its table not of the CDM's type explains most errors
                 step = next(iter(runner.type_warnings(run_summary.get("mismatched_columns") or [], eng.name,
                                                       last["cdm_table"])), None)

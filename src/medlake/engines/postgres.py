@@ -270,8 +270,9 @@ class PostgresEngine:
         made = []
         temp = "SELECT has_database_privilege(current_database(), 'TEMP') AS t"
         if where and not self.query(temp).column(0)[0].as_py():
-            raise EngineError("a run of one cohort needs the TEMP privilege on the database, to see each table's rows "
-                              "of the cohort's persons as a temporary view: GRANT TEMP ON DATABASE … TO the store's user")
+            raise EngineError("a run of one cohort needs the TEMP privilege on the database, to see each table's "
+                              "rows of the cohort's persons as a temporary view: GRANT TEMP ON DATABASE … TO the "
+                              "store's user")
         try:
             for table, cond in where.items():
                 schema = self.query("SELECT n.nspname AS s FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = "

@@ -107,7 +107,8 @@ def _trend(history: list[dict]) -> str:
            f'{escape("; ".join(latest))}</desc>']
     for i in range(5):  # the y axis: 100% and four round steps down, a grid line each
         gy = y((100 - i * step) / 100)
-        out.append(f'<line x1="{left}" y1="{gy:.1f}" x2="{w - right}" y2="{gy:.1f}" stroke="{"#999" if i == 4 else "#e4e4e4"}"/>'
+        grid = "#999" if i == 4 else "#e4e4e4"  # (the lowest line is the axis)
+        out.append(f'<line x1="{left}" y1="{gy:.1f}" x2="{w - right}" y2="{gy:.1f}" stroke="{grid}"/>'
                    f'<text x="{left - 4}" y="{gy + 4:.1f}" font-size="11" text-anchor="end">{100 - i * step:g}%</text>')
     every = math.ceil(len(runs) / 6)  # the x axis: about six runs named by their start (UTC), the last always
     named = list(range(0, len(runs) - 1, every))
@@ -304,7 +305,8 @@ def render(run, history: list[dict]) -> str:
            _by_type(failed + errors)] if failed or errors else []),
     ]
     if errors:  # before the failures: where a check could not run, the run measured nothing
-        parts += [f"<h2 id='errors'>Checks that could not run ({len(errors)})</h2>", _checks("".join(_row(r, new) for r in errors))]
+        parts += [f"<h2 id='errors'>Checks that could not run ({len(errors)})</h2>",
+                  _checks("".join(_row(r, new) for r in errors))]
     parts += [
         f"<h2 id='failed'>Failed checks ({len(failed)})</h2>",
         "<p><small>Fatal ones first (their severity is under the check's name), then by the share of rows they find."

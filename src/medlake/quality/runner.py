@@ -341,13 +341,17 @@ class Runner:
                     self._fp[table] = f"unknown {time.time_ns()}"
         return self._fp[table]
 
+    def _path(self) -> str:
+        """PostgreSQL's search path, as set (the schemas the store's tables are read from)."""
+        return self.eng.query("SELECT current_setting('search_path') AS p").column(0)[0].as_py()
+
     def _no_cdm(self) -> str:
         """Why a store without a table of the CDM is not checked: on PostgreSQL, where it looked."""
         if self.eng.engine.name == "postgres":
-            path = self.eng.query("SELECT current_setting('search_path') AS p").column(0)[0].as_py()
-            return (f"no table of OMOP CDM v{self.version} on the search path ({path}) of {self.store}: name the "
-                    "schemas of the CDM and the vocabulary in the store URL (?options=-csearch_path%3Dcdm,vocab), as "
-                    "DQD's cdmDatabaseSchema and vocabDatabaseSchema" + "".join(f"; {w}" for w in self._no_schema()))
+            return (f"no table of OMOP CDM v{self.version} on the search path ({self._path()}) of {self.store}: "
+                    "name the schemas of the CDM and the vocabulary in the store URL (?options=-csearch_path%3Dcdm,"
+                    "vocab), as DQD's cdmDatabaseSchema and vocabDatabaseSchema"
+                    + "".join(f"; {w}" for w in self._no_schema()))
         return (f"no table of OMOP CDM v{self.version} in {self.store}: make one (medlake init, then medlake "
                 "transform) or import one (medlake cdm import DIR)")
 
@@ -355,8 +359,7 @@ class Runner:
         """PostgreSQL: the schemas on the search path that do not exist (a misspelt `cdmx` is passed over quietly)."""
         if self.eng.engine.name != "postgres":
             return []
-        path = self.eng.query("SELECT current_setting('search_path') AS p").column(0)[0].as_py()
-        named = [x.strip().strip('"') for x in path.split(",") if x.strip() and "$user" not in x]
+        named = [x.strip().strip('"') for x in self._path().split(",") if x.strip() and "$user" not in x]
         have = set(self.eng.query("SELECT nspname FROM pg_namespace").column(0).to_pylist())
         gone = [x for x in named if x not in have]
         return [f"schema(s) {', '.join(gone)} on the search path do not exist: a misspelt name? (schemas: "
@@ -371,8 +374,8 @@ class Runner:
             names = ", ".join(sorted(self.denied))
             out.append(f"{len(self.denied)} table(s) the store's user may not read ({names}: "
                        f"{next(iter(self.denied.values()))}): the checks that read them are errors; give the user "
-                       f"SELECT on them (GRANT SELECT ON … TO …), or leave them out with --exclude {names} (it replaces "
-                       "the default list: name the vocabulary tables too)")
+                       f"SELECT on them (GRANT SELECT ON … TO …), or leave them out with --exclude {names} (it "
+                       "replaces the default list: name the vocabulary tables too)")
         if self.eng.engine.exact_names:
             cdm = model.load(self.version)
             named = [f'"{t}"' for t in self.eng.tables() if t != t.lower() and t.lower() in cdm.table_names]
@@ -916,8 +919,7 @@ class Runner:
             "mismatched_columns": wrong,
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
-            + self._no_schema() + self._unreadable() + [f"site check {r['check_name']} not applicable: {r['not_applicable_reason']}" for r in run.results
-               if r["source"] == "site" and " absent" in (r.get("not_applicable_reason") or "")]
+            + self._no_schema() + self._unreadable() + site_absent(run.results)
             + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
                         "a run of the other version's checks finds its fields missing; it is compared with runs of "
                         f"v{self.version} only"] if "; the store says" in self.version_from else []),
@@ -1124,6 +1126,13 @@ def _write_csv(path: Path, results: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def site_absent(results: list[dict]) -> list[str]:
+    """The site's checks of a table or field the store has not (misspelt, or not there yet): said, not only counted
+    as not applicable among thousands of results."""
+    return [f"site check {r['check_name']} not applicable: {r['not_applicable_reason']}" for r in results
+            if r["source"] == "site" and " absent" in (r.get("not_applicable_reason") or "")]
+
+
 def _why_not(e: EngineError) -> str:
     """The database's own words of why a query failed (PostgreSQL's after `ERROR:`), without the driver's."""
     m = re.search(r"ERROR:\s+(.*)", str(e))
@@ -1179,7 +1188,8 @@ def summarize(results: list[dict]) -> dict:
         p = sum(r["status"] == "passed" for r in rs)
         f = sum(r["status"] == "failed" for r in rs)
         e = sum(r["status"] == "error" for r in rs)
-        return {"passed": p, "failed": f, "errors": e, "not_applicable": sum(r["status"] == "not_applicable" for r in rs),
+        na = sum(r["status"] == "not_applicable" for r in rs)
+        return {"passed": p, "failed": f, "errors": e, "not_applicable": na,
                 "pass_rate": round(p / (p + f + e), 4) if p + f + e else None}
 
     by_cat: dict[str, list] = {}
