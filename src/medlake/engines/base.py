@@ -91,7 +91,12 @@ class Engine(Protocol):
 
     def scanning(self) -> AbstractContextManager[None]:
         """Session settings for a series of read-only queries that aggregate whole tables (a quality run), restored
-        after, and one state of the data for them where other sessions may write meanwhile; may do nothing."""
+        after; may do nothing."""
+
+    def snapshot(self) -> AbstractContextManager[None]:
+        """One state of the data for a few read-only queries (a quality run's checks of one table) where other
+        sessions may write meanwhile, held no longer (its locks would keep an ETL's TRUNCATE waiting); a query that
+        fails leaves the others running. Nothing where no other session writes beside a reader."""
 
     def restricted(self, where: dict[str, str]) -> AbstractContextManager[None]:
         """For the session, then dropped: each table of `where` seen through a temporary view of the same name, of

@@ -129,6 +129,11 @@ class DuckDBEngine:
         yield
 
     @contextmanager
+    def snapshot(self):
+        """Nothing: no other process writes to the file while a reader has it open."""
+        yield
+
+    @contextmanager
     def restricted(self, where: dict[str, str]):
         """Temporary views (the temp catalog is read first); each reads its table by the catalog's name."""
         db, schema = self.query("SELECT current_database() AS d, current_schema() AS s").to_pylist()[0].values()

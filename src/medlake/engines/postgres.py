@@ -91,15 +91,15 @@ class PostgresEngine:
         except Exception as e:  # adbc raises its own OperationalError family
             raise EngineError(f"cannot connect to {redact(url)}: {str(e).splitlines()[0]}") from e
         self._depth = 0
-        self._guarded = False  # in a quality run's snapshot: each statement in a savepoint (`_step`)
+        self._guarded = False  # in a `snapshot`: each statement in a savepoint (`_step`)
 
     def _cursor(self):
         return self.con.cursor()
 
     @contextmanager
     def _step(self):
-        """Inside a quality run's snapshot (`scanning`), each statement in a savepoint: one that fails (a check's
-        error) is undone alone and the run's transaction goes on (else every later statement would fail)."""
+        """Inside a `snapshot`, each statement in a savepoint: one that fails (a check's error) is undone alone and
+        the snapshot's transaction goes on (else every later statement would fail)."""
         if not self._guarded:
             yield
             return
@@ -228,21 +228,26 @@ class PostgresEngine:
     def scanning(self):
         """For the session, then restored: no JIT (it compiles each wide aggregate for ~1 s, with its huge cost
         estimate, and then runs it in ms), and 256 MB work_mem (at the default 4 MB every GROUP BY of a large
-        table's keys goes to disk). The queries see one state of the data (a REPEATABLE READ transaction): a run
-        beside a loading ETL counted some checks of a table before a load and some after."""
+        table's keys goes to disk)."""
         old = {k: self.query(f"SELECT current_setting('{k}') AS v").column(0)[0].as_py() for k in ("jit", "work_mem")}
         for k, v in (("jit", "off"), ("work_mem", "256MB")):
             self.execute_native(f"SET {k} = '{v}'")
         try:
-            with self.transaction(snapshot=True):
-                self._guarded = True
-                try:
-                    yield
-                finally:
-                    self._guarded = False
+            yield
         finally:
             for k, v in old.items():
                 self.execute_native(f"SET {k} = '{v}'")
+
+    @contextmanager
+    def snapshot(self):
+        """A REPEATABLE READ transaction, each statement in a savepoint (`_step`): a quality run beside a loading ETL
+        counted some checks of a table before a load and some after."""
+        with self.transaction(snapshot=True):
+            self._guarded = True
+            try:
+                yield
+            finally:
+                self._guarded = False
 
     @contextmanager
     def transaction(self, snapshot: bool = False):

@@ -319,6 +319,11 @@ class SparkEngine:
         yield
 
     @contextmanager
+    def snapshot(self):
+        """Nothing: each query reads the table's files as they are when it starts."""
+        yield
+
+    @contextmanager
     def restricted(self, where: dict[str, str]):
         """Temporary views (read before the catalog's tables); each reads its table by the catalog's name."""
         db = self.spark.catalog.currentDatabase()

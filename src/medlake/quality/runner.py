@@ -855,7 +855,10 @@ class Runner:
                 run.reused.append(table)
                 continue
             t1 = time.perf_counter()
-            results = self.run_table(table, checks, site_items)
+            # the table's checks see one state of the data (rows an ETL loads meanwhile are the next run's); the
+            # snapshot is held for this table only (its locks keep an ETL's TRUNCATE waiting, and a run can be long)
+            with self.eng.engine.snapshot():
+                results = self.run_table(table, checks, site_items)
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
             run.results += results
             run.rechecked.append(table)
