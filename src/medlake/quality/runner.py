@@ -378,7 +378,7 @@ class Runner:
                        "replaces the default list: name the vocabulary tables too)")
         if self.eng.engine.exact_names:
             cdm = model.load(self.version)
-            named = [f'"{t}"' for t in self.eng.tables() if t != t.lower() and t.lower() in cdm.table_names]
+            named = [f'"{t}"' for t in self.present if t != t.lower() and t.lower() in cdm.table_names]  # (as listed)
             named += [f'{t}."{c}"' for t, cols in self.columns.items() if t in cdm.table_names
                       for c in cols if c != c.lower() and c.lower() in cdm.table(t).field_names]
             if named:

@@ -140,9 +140,9 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
     if "concept" not in tables or "person" not in tables:
         raise ValueError("this store has no OMOP CDM: run `medlake init` (and `medlake vocab load`) first")
     if store.INFO_TABLE not in tables:  # an OHDSI database checked in place: nothing is written to it unasked
-        raise ValueError("this store's CDM was not made by medlake (it has no medlake_info table): `medlake transform` "
-                         "would write medlake's own tables into it and rebuild its CDM from medlake's staging; to make "
-                         "it medlake's store, run `medlake init` on it first")
+        raise ValueError("this store's CDM was not made by medlake (it has no medlake_info table): `medlake "
+                         "transform` would write medlake's own tables into it and rebuild its CDM from medlake's "
+                         "staging; to make it medlake's store, run `medlake init` on it first")
     ensure_tables(engine)
     for t in ("stg_fhir_observation_component", "stg_hl7_patient"):  # staged before they had a column the rules
         if t in tables:                                                # read (comparator, unit system; removed)

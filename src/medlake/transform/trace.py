@@ -16,8 +16,9 @@ def trace(engine: Engine, table: str, row_id: int, landing=None) -> list[dict]:
         spec = model.load("5.4").table(table)
     except KeyError as e:
         raise ValueError(f"{table!r} is not an OMOP CDM v5.4 table") from e
-    if "cdm_lineage" not in engine.tables():
-        if store.INFO_TABLE not in engine.tables():
+    tables = engine.tables()
+    if "cdm_lineage" not in tables:
+        if store.INFO_TABLE not in tables:
             raise ValueError("this store's CDM was not made by medlake: its rows have no lineage to trace (medlake "
                              "trace follows the rows `medlake transform` writes); list a check's rows with `medlake "
                              "quality show CHECK_ID --rows` and look them up in the ETL that loaded them")
