@@ -599,6 +599,7 @@ def quality_run(
 
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
+                           notice=lambda m: err.print(f"note: {m}", highlight=False, markup=False, soft_wrap=True),
                            check_names=_items(check_names), check_levels=_items(check_levels),
                            check_severity=_items(check_severity),
                            dqd_thresholds=_items(dqd_thresholds) or (),

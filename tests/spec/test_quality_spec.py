@@ -5,6 +5,7 @@ agreement cannot come from every engine being wrong the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from medlake.cdm import ddl, model, store
-from medlake.engines import open_engine
+from medlake.engines import open_engine, postgres
 from medlake.engines.base import EngineError
 from medlake.quality import compile as cp, runner
 from medlake.quality.checks import checks
@@ -288,6 +289,49 @@ def test_a_run_beside_a_loading_etl_counts_one_state_of_each_table(pg_cluster, t
         monkeypatch.undo()
         assert eng.query("SELECT count(*) AS n FROM measurement").column(0)[0].as_py() == 2 * before
         assert outcome(eng, tmp_path / "next")["field_isrequired_measurement_person_id"][2] == 2 * before
+    finally:
+        eng.close()
+        etl.close()
+
+
+@pytest.mark.postgres
+def test_a_run_kept_waiting_by_an_etl_says_who_and_checks_the_reloaded_table(pg_cluster, tmp_path, monkeypatch):
+    """An ETL reloads person (TRUNCATE, INSERT, one transaction) just as the run starts on measurement, whose checks
+    read person: the run says which session it waits for, and, when that commits, counts the reloaded person as a
+    run without the ETL does. (A snapshot taken before the wait, by a first query of measurement, saw person empty
+    once the ETL committed — TRUNCATE is not MVCC-safe — and every measurement's person missing; a wait was
+    silent.)"""
+    url = pg_cluster.create_database("waiting")
+    eng, etl = load(open_engine(url)), open_engine(url)
+    want = {k: v for k, v in outcome(eng, tmp_path / "before").items() if "_measurement_" in k}
+    etl_pid = etl.query("SELECT pg_backend_pid() AS p").column(0)[0].as_py()
+    monkeypatch.setattr(postgres, "LOCK_WAIT", 1)
+    snapshot, said = eng.snapshot, []
+
+    @contextlib.contextmanager
+    def reload_then_snapshot(tables=()):
+        if "person" in tables and not said:  # the ETL's transaction begins after the run read person in autocommit
+            for sql in ("BEGIN", "CREATE TEMP TABLE p AS SELECT * FROM person", "TRUNCATE person",
+                        "INSERT INTO person SELECT * FROM p"):
+                etl.execute_native(sql)
+        with snapshot(tables):
+            yield
+
+    def notice(message):
+        said.append(message)
+        etl.execute_native("COMMIT")
+
+    monkeypatch.setattr(eng, "snapshot", reload_then_snapshot)
+    try:
+        r = runner.Runner(eng, "5.4", tmp_path / "during", only=["measurement"], incremental=False, resume=False,
+                          notice=notice).run()
+        got = {x["check_id"]: (x["status"], x["num_violated_rows"], x["num_denominator_rows"], sorted(x["examples"]))
+               for x in r.results if "_measurement_" in x["check_id"]}
+        assert len(said) == 1 and said[0].startswith(f"measurement: waiting 1 s for a lock: session {etl_pid} (")
+        assert "INSERT INTO person SELECT * FROM p) holds person; the checks go on when it ends" in said[0]
+        assert got == want
+        assert any(w.startswith(f"measurement: waited 1 s for a lock: session {etl_pid} (")
+                   for w in r.summary["warnings"])
     finally:
         eng.close()
         etl.close()

@@ -5,6 +5,7 @@ Arrow. A capability an engine lacks fails with `EngineError` and a clear message
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -89,14 +90,16 @@ class Engine(Protocol):
         """Planner settings for the rest of this transaction: `bulk` statements join whole tables (a first or full
         load), the others find few rows through indexes; may do nothing."""
 
-    def scanning(self) -> AbstractContextManager[None]:
+    def scanning(self, waiting: Callable[[int, str], None] | None = None) -> AbstractContextManager[None]:
         """Session settings for a series of read-only queries that aggregate whole tables (a quality run), restored
-        after; may do nothing."""
+        after; may do nothing. `waiting(seconds, who)`: called while a query waits for another session's lock, with
+        who holds it (the query goes on waiting); engines where no other session locks a reader out never call it."""
 
-    def snapshot(self) -> AbstractContextManager[None]:
-        """One state of the data for a few read-only queries (a quality run's checks of one table) where other
-        sessions may write meanwhile, held no longer (its locks would keep an ETL's TRUNCATE waiting); a query that
-        fails leaves the others running. Nothing where no other session writes beside a reader."""
+    def snapshot(self, tables: Iterable[str] = ()) -> AbstractContextManager[None]:
+        """One state of the data for a few read-only queries (a quality run's checks of one table, which read
+        `tables`) where other sessions may write meanwhile, held no longer (its locks would keep an ETL's TRUNCATE
+        waiting); a query that fails leaves the others running. Nothing where no other session writes beside a
+        reader."""
 
     def restricted(self, where: dict[str, str]) -> AbstractContextManager[None]:
         """For the session, then dropped: each table of `where` seen through a temporary view of the same name, of

@@ -124,12 +124,12 @@ class DuckDBEngine:
         """Nothing to set: DuckDB joins by hash whatever the size."""
 
     @contextmanager
-    def scanning(self):
+    def scanning(self, waiting=None):
         """Nothing to set: DuckDB's defaults are for scans."""
         yield
 
     @contextmanager
-    def snapshot(self):
+    def snapshot(self, tables=()):
         """Nothing: no other process writes to the file while a reader has it open."""
         yield
 

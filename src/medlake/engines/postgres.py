@@ -21,6 +21,8 @@ from medlake.cdm.ddl import create_table
 from medlake.config import redact
 from medlake.engines.base import Column, EngineError, Shapes, arrow_schema_of, conform, template, translate
 
+LOCK_WAIT = 10  # seconds a quality run's read waits for a lock before it says who holds it (`scanning`)
+
 # Dialect overrides: keep VARCHAR lengths; float is DOUBLE PRECISION (sqlglot renders DOUBLE that way).
 TYPE_OVERRIDES: dict[str, str] = {}
 
@@ -69,6 +71,10 @@ def to_postgres(sql: str) -> str:
     return ";\n".join(translate(sql, "postgres", FUNCTIONS, number))
 
 
+class _Busy(Exception):
+    """A table is locked by another session (`PostgresEngine.snapshot`)."""
+
+
 class PostgresEngine:
     name = "postgres"
     dialect = "postgres"
@@ -92,6 +98,7 @@ class PostgresEngine:
             raise EngineError(f"cannot connect to {redact(url)}: {str(e).splitlines()[0]}") from e
         self._depth = 0
         self._guarded = False  # in a `snapshot`: each statement in a savepoint (`_step`)
+        self._waiting = None  # in `scanning`: told of each wait for a lock (`_run`)
 
     def _cursor(self):
         return self.con.cursor()
@@ -112,23 +119,43 @@ class PostgresEngine:
         self.execute_native("RELEASE SAVEPOINT step")
 
     def execute(self, sql: str, params: list | None = None) -> None:
-        with self._step(), self._cursor() as cur:
-            try:
-                cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
-            except EngineError:
-                raise
-            except Exception as e:
-                raise EngineError(str(e).splitlines()[0]) from e
+        self._run(sql, params, fetch=False)
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
-        with self._step(), self._cursor() as cur:
+        return self._run(sql, params, fetch=True)
+
+    def _run(self, sql: str, params: list | None, fetch: bool, native: bool = False):
+        """In `scanning`, a statement that waits `LOCK_WAIT` s for another session's lock (an ETL's TRUNCATE, a
+        migration's ALTER) tells `self._waiting` who holds it and waits again: the run goes on when they end."""
+        waited = 0
+        while True:
             try:
-                cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
-                return _numbers(cur.fetch_arrow_table())
-            except EngineError:
-                raise
-            except Exception as e:
-                raise EngineError(str(e).splitlines()[0]) from e
+                with self._step(), self._cursor() as cur:
+                    try:
+                        cur.execute(sql if native else to_postgres(sql), tuple(params) if params is not None else None)
+                        return _numbers(cur.fetch_arrow_table()) if fetch else None
+                    except Exception as e:
+                        raise EngineError(str(e).splitlines()[0]) from e
+            except EngineError as e:
+                # (a statement of a transaction without savepoints cannot be tried again: its transaction failed)
+                if not self._waiting or "lock timeout" not in str(e) or (self._depth and not self._guarded):
+                    raise
+                waited += LOCK_WAIT
+                self._waiting(waited, self._holders())
+
+    def _holders(self) -> str:
+        """Who holds a table exclusively (the locks a read waits for): session, user, application, since when,
+        what it runs (its text only to the user's own sessions or pg_read_all_stats), and the tables."""
+        rows = self.query(
+            "SELECT a.pid, a.usename AS who, a.application_name AS app, to_char(a.xact_start, 'HH24:MI:SS') AS since, "
+            "left(regexp_replace(a.query, '\\s+', ' ', 'g'), 60) AS what, string_agg(DISTINCT c.relname, ', ') AS t "
+            "FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation JOIN pg_stat_activity AS a ON a.pid = l.pid "
+            "WHERE l.granted AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_backend_pid() "
+            "AND c.relkind IN ('r', 'p', 'v', 'm', 'f') GROUP BY 1, 2, 3, 4, 5 ORDER BY 1").to_pylist()
+        return "; ".join(
+            f"session {r['pid']} ({r['who']}{', ' + r['app'] if r['app'] else ''}"
+            f"{', in a transaction since ' + r['since'] if r['since'] else ''}: {r['what']}) holds {r['t']}"
+            for r in rows) or "a session holds a table the checks read"
 
     def native(self, sql: str) -> str:
         return to_postgres(sql)
@@ -225,29 +252,60 @@ class PostgresEngine:
             self.execute_native(f"SET LOCAL {k} = {v}")
 
     @contextmanager
-    def scanning(self):
+    def scanning(self, waiting=None):
         """For the session, then restored: no JIT (it compiles each wide aggregate for ~1 s, with its huge cost
         estimate, and then runs it in ms), and 256 MB work_mem (at the default 4 MB every GROUP BY of a large
-        table's keys goes to disk)."""
-        old = {k: self.query(f"SELECT current_setting('{k}') AS v").column(0)[0].as_py() for k in ("jit", "work_mem")}
-        for k, v in (("jit", "off"), ("work_mem", "256MB")):
-            self.execute_native(f"SET {k} = '{v}'")
+        table's keys goes to disk). A read that waits for a lock is said to `waiting` every `LOCK_WAIT` s (a run
+        kept waiting by an ETL had looked hung)."""
+        settings = {"jit": "off", "work_mem": "256MB", "lock_timeout": f"{LOCK_WAIT}s" if waiting else None}
+        old = {k: self.query(f"SELECT current_setting('{k}') AS v").column(0)[0].as_py() for k, v in settings.items()
+               if v}
+        for k in old:
+            self.execute_native(f"SET {k} = '{settings[k]}'")
+        self._waiting = waiting
         try:
             yield
         finally:
+            self._waiting = None
             for k, v in old.items():
                 self.execute_native(f"SET {k} = '{v}'")
 
     @contextmanager
-    def snapshot(self):
+    def snapshot(self, tables=()):
         """A REPEATABLE READ transaction, each statement in a savepoint (`_step`): a quality run beside a loading ETL
-        counted some checks of a table before a load and some after."""
-        with self.transaction(snapshot=True):
-            self._guarded = True
+        counted some checks of a table before a load and some after. `tables` (those the checks read) are locked
+        for reading first: the snapshot is taken by the first query, so a query that then waited for an ETL's
+        TRUNCATE saw the table empty (TRUNCATE is not MVCC-safe). A lock that waits `LOCK_WAIT` s is said with who
+        holds it (`_waiting`, outside the transaction: a query inside would take the snapshot) and asked again;
+        the ETL's TRUNCATE then waits for the table's checks."""
+        waited = 0
+        while True:
             try:
-                yield
-            finally:
-                self._guarded = False
+                with self.transaction(snapshot=True):
+                    self._lock(tables)
+                    self._guarded = True
+                    try:
+                        yield
+                    finally:
+                        self._guarded = False
+                return
+            except _Busy:
+                waited += LOCK_WAIT
+                self._waiting(waited, self._holders())
+
+    def _lock(self, tables) -> None:
+        """LOCK … IN ACCESS SHARE MODE (it takes no snapshot) each table; one the user may not lock (not to be read,
+        a foreign table) is left to its checks; a lock that timed out raises `_Busy`."""
+        for t in tables:
+            self.execute_native("SAVEPOINT lock")
+            try:
+                self.execute_native(f'LOCK TABLE "{t}" IN ACCESS SHARE MODE')
+            except EngineError as e:
+                if self._waiting and "lock timeout" in str(e):
+                    raise _Busy() from None
+                self.execute_native("ROLLBACK TO SAVEPOINT lock")
+            else:
+                self.execute_native("RELEASE SAVEPOINT lock")
 
     @contextmanager
     def transaction(self, snapshot: bool = False):

@@ -314,12 +314,12 @@ class SparkEngine:
         """Nothing to set: Spark picks its joins by size at run time."""
 
     @contextmanager
-    def scanning(self):
+    def scanning(self, waiting=None):
         """Nothing to set: Spark sizes its shuffles at run time."""
         yield
 
     @contextmanager
-    def snapshot(self):
+    def snapshot(self, tables=()):
         """Nothing: each query reads the table's files as they are when it starts."""
         yield
 

@@ -179,7 +179,8 @@ VOCABULARY_TABLES = ("concept", "vocabulary", "concept_ancestor", "concept_relat
 class Runner:
     def __init__(self, engine, version: str, out: Path, *, site_checks: list[tuple[Check, cp.Item]] = (),
                  mode: str = "set", incremental: bool = True, resume: bool = True,
-                 progress: Callable[[str, int, int], None] | None = None, only: list[str] | None = None,
+                 progress: Callable[[str, int, int], None] | None = None,
+                 notice: Callable[[str], None] | None = None, only: list[str] | None = None,
                  exclude: Iterable[str] | None = None, feed: dict | None = None, sources: bool = True,
                  source_fields: dict | None = None,
                  version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
@@ -207,6 +208,10 @@ class Runner:
         self.incremental = incremental
         self.resume = resume
         self.progress = progress
+        self.notice = notice  # a message to show now, not only in the summary (a wait for another session's lock)
+        self.waits: dict[str, str] = {}  # what waited for a lock: for how long, held by whom
+        self._said: dict[str, int] = {}  # when a wait was last said (`_waiting`)
+        self._at = ("the store survey", 0, 0)  # what the run is doing, for a wait's message
         self.only = sorted({t.lower() for t in only}) if only else None  # (once each, as the store names them)
         self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(self.only or ())
         self.feed = feed
@@ -766,8 +771,22 @@ class Runner:
                                  "its cohort_definition_id?")
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
-        with self.alone(), self.eng.engine.scanning(), self.restricted():  # whole-table aggregates; a cohort's rows
+        # whole-table aggregates, a wait for a lock said; a cohort's rows
+        with self.alone(), self.eng.engine.scanning(self._waiting), self.restricted():
             return self._run(run_id, started, t0)
+
+    def _waiting(self, seconds: int, who: str) -> None:
+        """A query of this run waits for another session's lock (an ETL loading a table): said at once and then
+        every minute (`notice`; the progress line says it every time), and in the run's warnings with how long it
+        waited in all."""
+        at, n, total = self._at
+        if seconds - self._said.get(at, -60) >= 60:
+            self._said[at] = seconds
+            if self.notice:
+                self.notice(f"{at}: waiting {seconds} s for a lock: {who}; the checks go on when it ends")
+        if self.progress:
+            self.progress(f"{at}: waiting for a lock ({seconds} s)", n, total)
+        self.waits[at] = f"{at}: waited {seconds} s for a lock: {who}"
 
     @contextlib.contextmanager
     def alone(self):
@@ -834,6 +853,7 @@ class Runner:
         (run_dir / "tables").mkdir(parents=True, exist_ok=True)
         run = Run(run_dir.name, run_dir, [], {})
         for n, table in enumerate(tables):
+            self._at = (table, n, len(tables))
             if self.progress:
                 self.progress(table, n, len(tables))
             checks = by_table[table]
@@ -857,11 +877,13 @@ class Runner:
             t1 = time.perf_counter()
             # the table's checks see one state of the data (rows an ETL loads meanwhile are the next run's); the
             # snapshot is held for this table only (its locks keep an ETL's TRUNCATE waiting, and a run can be long)
-            with self.eng.engine.snapshot():
+            with self.eng.engine.snapshot(sorted(t for t in self.plan(table, checks, probe=False)[5]
+                                                 if t in self.present and t not in self.denied)):
                 results = self.run_table(table, checks, site_items)
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
             run.results += results
             run.rechecked.append(table)
+        self._at = ("source-level checks", len(tables), len(tables))
         first = len(run.results)  # the source-level checks' results start here
         if self.progress and (feed or sources):
             self.progress("source-level checks", len(tables), len(tables))
@@ -922,7 +944,7 @@ class Runner:
             "mismatched_columns": wrong,
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
-            + self._no_schema() + self._unreadable() + site_absent(run.results)
+            + self._no_schema() + self._unreadable() + site_absent(run.results) + list(self.waits.values())
             + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
                         "a run of the other version's checks finds its fields missing; it is compared with runs of "
                         f"v{self.version} only"] if "; the store says" in self.version_from else []),
