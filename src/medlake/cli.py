@@ -73,7 +73,9 @@ app.add_typer(identity_app, name="identity")
 empi_app = typer.Typer(help="EMPI: one person across systems; review, decisions, explain.", no_args_is_help=True)
 app.add_typer(empi_app, name="empi")
 
-out = Console()
+# Not a terminal (a pipeline's log, `| grep`): lines as long as they are, not cut at 80 columns (or $COLUMNS), so a
+# path or a check id stays on one line and a table's cells whole.
+out = Console(width=None if sys.stdout.isatty() else 100_000)
 err = Console(stderr=True)
 
 
@@ -83,6 +85,11 @@ class State:
 
 
 state = State()
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _items(text: Optional[str]) -> list[str] | None:
@@ -542,9 +549,11 @@ def quality_run(
     out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder for quality/<run-id>/ reports."),
     fail_on: Optional[float] = typer.Option(
         None, "--fail-on", min=0, max=100,
-        help="Exit 1 when failed checks (plus errors) exceed this percent of checks with a result (0: any)."),
+        help="Exit 3 when failed checks (plus errors) exceed this percent of checks with a result (0: any)."),
     fail_on_new: bool = typer.Option(
-        False, "--fail-on-new", help="Exit 1 when a check fails that did not fail in the store's previous run."),
+        False, "--fail-on-new",
+        help="Exit 3 when a check fails or stops with an error that did not in the store's previous run of the same "
+             "scope (a run this refused is not compared with: a retry is refused again)."),
     site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
     full: bool = typer.Option(False, "--full", help="Re-check every table (default: only tables that changed)."),
     tables: Optional[str] = typer.Option(None, "--tables", help="Only these tables (comma-separated)."),
@@ -582,12 +591,25 @@ def quality_run(
 ):
     """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format).
 
+    Exit 0 when the run is made (checks may fail), 3 when --fail-on or --fail-on-new is crossed, 1 when the run
+    cannot be made, 2 for a wrong option, 130 when interrupted.
+
     On the store --store URL names (here or before the command; an existing OHDSI database is checked in place),
     else MEDLAKE_STORE, else medlake.toml."""
+    from rich.markup import escape
+
     from medlake.quality import report, runner, site
 
+    for name, value in (("--tables", tables), ("--exclude", exclude), ("--check-names", check_names),
+                        ("--check-levels", check_levels), ("--check-severity", check_severity),
+                        ("--write-table", write_table), ("--dqd-thresholds", dqd_thresholds),
+                        ("--cohort-table", cohort_table)):
+        if value is not None and not value.replace(",", "").strip():  # (a pipeline's unset variable)
+            raise ValueError(f"{name} is empty: give a value, or leave the option out"
+                             + ("; --exclude none checks every table" if name == "--exclude" else ""))
     if cohort_table is not None and cohort_id is None:
         raise ValueError("--cohort-table names where the cohort of --cohort-id is: give --cohort-id too")
+    cdm_version = cdm_version.strip().lower().removeprefix("v") if cdm_version else None  # (v5.4, as sites write it)
     cohort_table = cohort_table or "cohort"
     extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
     with open_store(read_only=not write_table) as eng:
@@ -599,6 +621,7 @@ def quality_run(
 
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
+                           fail_on_new=fail_on_new,
                            notice=lambda m: err.print(f"note: {m}", highlight=False, markup=False, soft_wrap=True),
                            check_names=_items(check_names), check_levels=_items(check_levels),
                            check_severity=_items(check_severity),
@@ -625,6 +648,14 @@ def quality_run(
         out.print(t)
         at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
         out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
+    errs = [x for x in r.results if x["status"] == "error"]
+    if errs:  # the checks that measured nothing, named (the summary only counted them)
+        t = Table(title=f"checks that could not run ({min(len(errs), 10)} of {len(errs)}; all in the report)")
+        for col in ("check", "error"):
+            t.add_column(col, overflow="fold")
+        for x in errs[:10]:
+            t.add_row(x["check_id"], escape((x.get("error") or "").strip().splitlines()[0] if x.get("error") else ""))
+        out.print(t)
     if fail_on_new and not s.get("since_last_run"):
         out.print("since run: none to compare with (the store's first run of this scope): nothing is new",
                   highlight=False)
@@ -637,7 +668,8 @@ def quality_run(
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged{resumed}")
     if s["excluded_tables"]:
-        out.print(f"not checked (--exclude): {', '.join(s['excluded_tables'])}", highlight=False)
+        why = "--exclude" if exclude is not None else "the vocabulary, as DQD; --exclude none checks them"
+        out.print(f"not checked ({why}): {', '.join(s['excluded_tables'])}", highlight=False)
     if s.get("tables"):
         out.print(f"only the tables (--tables): {', '.join(s['tables'])}", highlight=False)
     if s.get("dqd_thresholds"):
@@ -653,8 +685,7 @@ def quality_run(
         c = s["cohort"]
         out.print(f"only the rows of cohort {c['cohort_definition_id']}'s {c['subjects']:,} person(s) ({c['table']}; "
                   "no source-level checks)", highlight=False)
-    for w in s.get("warnings", []):
-        err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
+    _warn(s.get("warnings", []))
     out.print(f"results: {r.dir / 'results.json'}", highlight=False)
     out.print(f"report:  {r.dir / 'report.html'}", highlight=False)
     if s.get("dqd_table"):
@@ -662,6 +693,7 @@ def quality_run(
                   highlight=False)
     since = s.get("since_last_run") or {}
     new, broken = since.get("new_failures", []), since.get("new_errors", [])
+    crossed = False
     if fail_on_new and (new or broken):
         names = lambda ids: f"{', '.join(ids[:3])}{', …' if len(ids) > 3 else ''}"  # noqa: E731
         said = ([f"{len(new)} check(s) failed that did not fail in run {since['run_id']}: {names(new)} (the report "
@@ -669,14 +701,16 @@ def quality_run(
             [f"{len(broken)} check(s) could not run that could in run {since['run_id']}: {names(broken)}"]
             if broken else [])
         err.print("error: " + "; ".join(said), highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1)
+        crossed = True
     if fail_on is not None:
         judged = s["passed"] + s["failed"] + s["errors"]
         bad = 100 * (s["failed"] + s["errors"]) / judged if judged else 0.0
         if bad > fail_on:
             err.print(f"error: {bad:.2f}% of checks failed or could not run, above --fail-on {fail_on:g}%",
                       highlight=False, markup=False)
-            raise typer.Exit(1)
+            crossed = True
+    if crossed:  # (3, not 1: a pipeline tells data that crossed its gate from a run that could not be made)
+        raise typer.Exit(3)
 
 
 @quality_app.command("runs")
@@ -693,6 +727,7 @@ def quality_runs(
     from medlake.quality import runner
 
     store = redact(store_url(settings().store))  # the store is not opened: its runs' files name it
+    _warn(runner.damaged_runs(out_dir))
     runs = runner.history(out_dir, store)
     if not runs:
         raise ValueError(f"no finished quality run of {store} in {out_dir}" + (
@@ -706,10 +741,12 @@ def quality_runs(
         rate = "n/a" if s["pass_rate"] is None else f"{100 * s['pass_rate']:.2f}%"
         t.add_row(s["run_id"] + ("*" if runner.partial(s) else ""), str(s["checks"]), rate, str(s["failed"]),
                   str(s["errors"]),
-                  str(len(d["new_failures"])) if d else "-", str(len(d["fixed"])) if d else "-",
+                  str(len(d["new_failures"]) + len(d.get("new_errors") or ())) if d else "-",
+                  str(len(d["fixed"])) if d else "-",
                   str(len(s["rechecked_tables"])), f"{s['seconds']:.1f}")
     out.print(t)
-    out.print("pass: passed / (passed + failed); new, fixed: failed checks since the run before; tables: re-checked "
+    out.print("pass: passed / (passed + failed + errors); new: checks failed or in error that were not in the run "
+              "before; fixed: failed before, not now; tables: re-checked "
               "(the others were unchanged); *: some tables, check types, levels or severities, or a cohort, only",
               highlight=False)
     out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
@@ -734,6 +771,7 @@ def quality_diff(
     from medlake.quality import report, runner
 
     store = redact(store_url(settings().store))  # the store is not opened: its runs' files name it
+    _warn(runner.damaged_runs(out_dir))
     runs = {d.name: d for d in runner.finished_runs(out_dir, store)}
     names = list(runs)
     b = after or (names[-1] if names else None)
@@ -807,6 +845,7 @@ def quality_show(
     with open_store(read_only=True) as eng:
         last, run_summary = None, {}
         files, cohort = [], None  # the site's DQD threshold files and the cohort the run used
+        _warn(runner.damaged_runs(out_dir))
         runs = runner.finished_runs(out_dir, redact(eng.url))
         series = None  # a feed check's days: its source's feedVolume result in the same run
         for d in reversed(runs):
@@ -858,7 +897,7 @@ def quality_show(
             for line in report.daily_text(series) if series else []:
                 out.print(line, highlight=False, markup=False, soft_wrap=True)
             own = run_summary.get("medlake_store", True)  # (else what to do in the site's own ETL)
-            step = report.next_step(last, own) if last["status"] == "failed" else None
+            step = report.next_step(last, own, out_dir) if last["status"] == "failed" else None
             if last["status"] == "error":  # a column of its table not of the CDM's type explains most errors
                 step = next(iter(runner.type_warnings(run_summary.get("mismatched_columns") or [], eng.name,
                                                       last["cdm_table"])), None)
@@ -1539,6 +1578,9 @@ def main() -> None:
 
     try:
         app()
+    except BrokenPipeError:  # `| head`: the reader has gone; say nothing more (Python would complain at exit)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # (as a program killed by SIGPIPE)
     except (EngineError, VocabError, config_mod.ConfigError, ValueError, OSError, KeyError) as e:
         if os.environ.get("MEDLAKE_DEBUG"):
             raise
@@ -1548,6 +1590,13 @@ def main() -> None:
             msg = f"{e.filename}: {e.strerror.lower()}" + (f" ({e.filename2})" if e.filename2 else "")
         err.print(f"error: {msg}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
+    except (KeyboardInterrupt, RuntimeError) as e:  # DuckDB stops a query on Ctrl-C with RuntimeError
+        # (after medlake's own errors: EngineError is a RuntimeError)
+        if isinstance(e, RuntimeError) and "interrupted" not in str(e).lower() or os.environ.get("MEDLAKE_DEBUG"):
+            raise
+        err.print("error: interrupted; run the command again (a quality run goes on from the tables it had "
+                  "finished)", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

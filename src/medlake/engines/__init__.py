@@ -35,12 +35,13 @@ def store_url(url: str) -> str:
     opening it: a command that only reads the quality runs' files needs no connection or Spark session."""
     if url.startswith(("postgresql://", "postgres://")):
         return url
-    if url.startswith("spark:"):
-        from pathlib import Path
+    from pathlib import Path
 
+    if url.startswith("spark:"):
         return f"spark:{Path(url.removeprefix('spark:')).resolve()}"
     if url.startswith("duckdb:"):
-        return f"duckdb:{url.removeprefix('duckdb:').partition('?')[0] or ':memory:'}"
+        path = url.removeprefix('duckdb:').partition('?')[0] or ':memory:'
+        return f"duckdb:{path if path == ':memory:' else Path(path).resolve()}"
     raise _unknown(url)
 
 

@@ -41,7 +41,8 @@ class DuckDBEngine:
             raise EngineError(f"cannot open DuckDB store {self.path}: {e}") from e
         for macro in DUCKDB_MACROS:
             self.con.execute(macro)
-        self.url = f"duckdb:{self.path}"
+        # (the file's full path: one store however a command spells it, e.g. its quality runs' history)
+        self.url = f"duckdb:{self.path if self.path == ':memory:' else Path(self.path).resolve()}"
         self._depth = 0
 
     def execute(self, sql: str, params: list | None = None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import shlex
 import tomllib
 from functools import cache
 from html import escape
@@ -147,14 +148,17 @@ def _steps() -> dict[str, dict[str, str]]:
     return tomllib.loads(resources.files("medlake.quality").joinpath("next_steps.toml").read_text("utf-8"))
 
 
-def next_step(r: dict, own: bool = True) -> str | None:
+def next_step(r: dict, own: bool = True, out: Path | None = None) -> str | None:
     """What to do about a failed check of this type (next_steps.toml), with its own id, table, field and source;
     None for a type without one (a site's own check). `own`: the store's CDM is medlake's (else the steps that name
-    medlake's pipeline are said for the site's own ETL: its `[elsewhere]`)."""
+    medlake's pipeline are said for the site's own ETL: its `[elsewhere]`). `out`: the folder of the run (the
+    command that lists the rows names it unless it is the default)."""
     steps = _steps()
     text = (not own and steps["elsewhere"].get(r["check_name"])) or steps["steps"].get(r["check_name"])
+    at = "" if out is None or Path(out) == Path("quality") else f" --out {shlex.quote(str(out))}"
     names = {"check_id": r["check_id"], "table": r["cdm_table"], "field": r["cdm_field"] or "the field",
-             "source": r.get("data_source") or "the source"}
+             "source": r.get("data_source") or "the source",
+             "show": f"medlake quality show {r['check_id']} --rows 50{at}"}
     return text.format(**names) if text else None
 
 
@@ -207,11 +211,11 @@ def _by_type(checks: list[dict]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = True) -> str:
+def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = True, out: Path | None = None) -> str:
     """A check as a table row; `steps`: with what to do under a failed check (the failures' table, not the list
-    of all checks, which would repeat it), for medlake's own store or (`own` False) another CDM."""
+    of all checks, which would repeat it), for medlake's own store or (`own` False) another CDM, its run in `out`."""
     note = r.get("error") or r.get("not_applicable_reason") or r.get("answered_by") or ""
-    step = next_step(r, own) if steps and r["status"] == "failed" else None
+    step = next_step(r, own, out) if steps and r["status"] == "failed" else None
     step = f"<p class=next><small><b>What to do:</b> {_code(escape(step))}</small></p>" if step else ""
     ex = ", ".join(r.get("examples") or [])
     if ex:
@@ -244,6 +248,11 @@ HEAD = ('<colgroup><col style="width:6.5em"><col style="width:20%"><col style="w
         '<col style="width:6.5em"><col style="width:5.5em"><col style="width:6.5em"><col></colgroup>'
         '<thead><tr><th>status</th><th>check</th><th>where</th><th class="num">violated</th><th class="num">of</th>'
         '<th class="num">%</th><th class="num">threshold</th><th>details</th></tr></thead>')
+
+
+def _folder(run) -> Path | None:
+    """The folder of the run's folder (`--out`), where there is one."""
+    return run.dir.parent if getattr(run, "dir", None) else None
 
 
 def render(run, history: list[dict]) -> str:
@@ -311,7 +320,8 @@ def render(run, history: list[dict]) -> str:
         f"<h2 id='failed'>Failed checks ({len(failed)})</h2>",
         "<p><small>Fatal ones first (their severity is under the check's name), then by the share of rows they find."
         "</small></p>" if failed else "",
-        _checks("".join(_row(r, new, own=s.get("medlake_store", True)) for r in failed), "failures"),
+        _checks("".join(_row(r, new, own=s.get("medlake_store", True), out=_folder(run)) for r in failed),
+                "failures"),
         "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
         *_fixed(results, since),
     ]

@@ -25,6 +25,7 @@ import re
 
 from medlake.cdm import model, store
 from medlake.config import redact
+from medlake.engines import store_url
 from medlake.engines.base import EngineError
 from medlake.quality import compile as cp
 from medlake.quality.checks import (Check, build_checks, checks as all_dqd_checks, example_ids, fails,
@@ -186,7 +187,7 @@ class Runner:
                  version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
                  check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = (),
                  check_levels: Iterable[str] | None = None, cohort: tuple[str, int] | None = None,
-                 check_severity: Iterable[str] | None = None):
+                 check_severity: Iterable[str] | None = None, fail_on_new: bool = False):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
@@ -197,7 +198,8 @@ class Runner:
         mistake in them is a ValueError before any run. `cohort`: (cohort table, cohort_definition_id): check the
         rows of that cohort's persons only (DQD's cohortTableName and cohortDefinitionId; `restricted`).
         `check_levels`, `check_severity`: only checks of these levels and severities (DQD's checkLevels and
-        checkSeverity)."""
+        checkSeverity). `fail_on_new`: the run is a pipeline's gate on new failures and errors (`--fail-on-new`): a
+        run it refuses is not what later runs compare with (`since_last_run`), so a retry is refused again."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -208,6 +210,7 @@ class Runner:
         self.incremental = incremental
         self.resume = resume
         self.progress = progress
+        self.fail_on_new = fail_on_new
         self.notice = notice  # a message to show now, not only in the summary (a wait for another session's lock)
         self.waits: dict[str, str] = {}  # what waited for a lock: for how long, held by whom
         self._said: dict[str, int] = {}  # when a wait was last said (`_waiting`)
@@ -945,12 +948,14 @@ class Runner:
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
             + self._no_schema() + self._unreadable() + site_absent(run.results) + list(self.waits.values())
+            + damaged_runs(self.out)
             + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
                         "a run of the other version's checks finds its fields missing; it is compared with runs of "
                         f"v{self.version} only"] if "; the store says" in self.version_from else []),
         }
-        run.summary["since_last_run"] = since_last_run(
+        since = run.summary["since_last_run"] = since_last_run(
             run.results, [d for d in finished_runs(self.out, self.store) if d.name != run.run_id], scope(run.summary))
+        run.summary["refused_new"] = bool(self.fail_on_new and since and (since["new_failures"] or since["new_errors"]))
         _write(run_dir / "results.json", run.results)
         _write_csv(run_dir / "results.csv", run.results)
         _write(run_dir / "run.json", run.summary)
@@ -1039,18 +1044,51 @@ class Runner:
 
 
 def _store_of(d: Path) -> str | None:
+    """The store a run folder's runs are of (a DuckDB file by its full path; runs before 2026-12-07 named it as the
+    command spelt it, read from the folder the command runs in now)."""
     p = d / "store.txt"
-    return p.read_text() if p.exists() else None
+    if not p.exists():
+        return None
+    text = p.read_text().strip()
+    return store_url(text) if text.startswith("duckdb:") else text
 
 
 def finished_runs(out: Path, store: str | None = None) -> list[Path]:
+    """The finished runs in `out` (of one store, when given), oldest first: folders with a run.json and a
+    results.json that read; a link (a site's `latest`) is not another run, and a damaged run is passed over
+    (`damaged_runs` says which)."""
     if not Path(out).exists():
         return []
-    runs = []
-    for d in sorted(Path(out).iterdir()):
-        if (d / "run.json").exists() and (store is None or _store_of(d) == store):
-            runs.append(d)
-    return runs
+    return [d for d in sorted(Path(out).iterdir()) if not d.is_symlink() and (d / "run.json").exists()
+            and (store is None or _store_of(d) == store) and not _damaged(d)]
+
+
+def _damaged(d: Path) -> str:
+    """Why a finished run's files cannot be read ('' if they can): a copy cut short, a hand edit. (results.json is
+    only looked at at both ends: a year of nightly runs' results is large.)"""
+    try:
+        s = json.loads((d / "run.json").read_text())
+        if not isinstance(s, dict) or not {"run_id", "checks", "pass_rate"} <= s.keys():
+            return "its run.json is not a medlake run's summary"
+        with open(d / "results.json", "rb") as fh:
+            head = fh.read(64).lstrip()[:1]
+            fh.seek(max(0, fh.seek(0, 2) - 64))
+            tail = fh.read().rstrip()[-1:]
+        if (head, tail) != (b"[", b"]"):
+            return "its results.json is cut short or not a list of results"
+    except FileNotFoundError:
+        return "its results.json is missing"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"its run.json cannot be read ({str(e).splitlines()[0]})"
+    return ""
+
+
+def damaged_runs(out: Path) -> list[str]:
+    """Warnings for the run folders in `out` that are passed over because their files cannot be read."""
+    if not Path(out).exists():
+        return []
+    return [f"run {d.name} in {out} is passed over: {_damaged(d)} (move the folder away, or restore it)"
+            for d in sorted(Path(out).iterdir()) if not d.is_symlink() and (d / "run.json").exists() and _damaged(d)]
 
 
 def other_stores(out: Path, store: str) -> str:
@@ -1091,10 +1129,14 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
     error, not run), those that stop with an error now and did not then (`new_errors`: a column an ETL change
     dropped, a check added since that cannot run) and those that failed then and pass now. None when there is none
     (a first run). An ad-hoc run of one table is not what the next nightly run compares with; a cohort's run
-    compares with the same cohort's only (other persons' rows are not its rows fixed or broken)."""
+    compares with the same cohort's only (other persons' rows are not its rows fixed or broken); nor is a run that
+    `--fail-on-new` refused for its new failures (`refused_new`): a pipeline's retry, with nothing fixed, is refused
+    again, until a run without the gate accepts them."""
     cohort = within[3]
     for d in reversed(earlier):
         s = json.loads((d / "run.json").read_text())
+        if s.get("refused_new"):
+            continue
         if scope(s) == within or (not partial(s) and not cohort and s.get("cdm_version") == within[-1]):
             changes = compare(json.loads((d / "results.json").read_text()), results)
             return {"run_id": d.name,

@@ -383,5 +383,9 @@ def load(path: str | Path) -> tuple[list[tuple[Check, Item]], dict | None, dict,
     p = Path(path)
     if not p.exists():
         raise ValueError(f"site checks file {p} not found")
-    text = p.read_text(encoding="utf-8")
+    try:  # (utf-8-sig: a file a Windows editor saved with a byte-order mark reads as it looks)
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text (byte {e.start + 1} is 0x{e.object[e.start]:02x}): save it as UTF-8"
+                         ) from None
     return parse(text, str(p)), feed_config(text, str(p)), fields_config(text, str(p)), tuning_config(text, str(p))
