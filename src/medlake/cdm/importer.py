@@ -1,7 +1,11 @@
 """`medlake cdm import`: load an existing OMOP CDM from a folder of CSV or Parquet files, one per table.
 
 Files are named after their table (`person.csv`, `PERSON.csv`, `condition_occurrence.parquet`, `.csv.gz`), or a
-table is a folder of part files (`measurement/part-00000.parquet`, as Spark writes it).
+table is a folder of part files (`measurement/part-00000.parquet`, as Spark writes it), also in Hive partition folders
+(`measurement/measurement_type_concept_id=32856/part-….parquet`, Spark's `partitionBy`: the value in the folder's name
+is the rows' value of that field, or, of a column that is no CDM field, left out and counted). A table's folder without
+data files (Spark's empty table: none, or only `_SUCCESS` and `.crc`) is the table without rows. A Delta table (a
+folder with `_delta_log/`) is refused: which of its part files are current only its log says.
 Data is streamed in Arrow batches, converted to the CDM types of the spec, and loaded in ONE transaction.
 A row that cannot be imported (a value not of its field's type, an empty required field, a CSV line with the
 wrong number of fields) is set aside with its file, line, field and what to do, and handed to `set_aside` before the
@@ -22,6 +26,7 @@ import math
 import re
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -102,22 +107,68 @@ def _suffix(p: Path) -> str | None:
     return next((s for s in SUFFIXES if p.name.lower().endswith(s)), None)
 
 
+PARTITION = re.compile(r"([^=]+)=(.*)")  # a Hive partition folder: `measurement_type_concept_id=32856`
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the partition folder of an empty value (Hive, Spark)
+
+
+def _hidden(p: Path) -> bool:
+    """`_SUCCESS`, `_delta_log`, `_temporary`, `.crc` and other hidden files and folders: no part of a table's data."""
+    return p.name.startswith((".", "_"))
+
+
 def _parts(path: Path) -> list[Path]:
     """The data files of a table: the file, or the part files of a table's folder as Spark and other engines write
-    it (`measurement/part-00000-….parquet`, `measurement.parquet/…`; `_SUCCESS`, `.crc` and hidden files aside)."""
+    it (`measurement/part-00000-….parquet`, `measurement.parquet/…`; `_SUCCESS`, `.crc` and hidden files aside), in
+    its Hive partition folders too (`measurement/measurement_type_concept_id=32856/part-….parquet`, any depth). A
+    sub-folder holding data files that is no partition folder is refused (its files would be left out)."""
     if not path.is_dir():
         return [path]
-    return [p for p in sorted(path.iterdir()) if p.is_file() and _suffix(p) and not p.name.startswith((".", "_"))]
+    found = []
+    for p in sorted(path.iterdir()):
+        if _hidden(p):
+            continue
+        if p.is_file():
+            if _suffix(p):
+                found.append(p)
+        elif p.is_dir():
+            inside = _parts(p)
+            if inside and not PARTITION.fullmatch(p.name):
+                raise CdmImportError(f"{p}: a sub-folder of data files that is no Hive partition folder (column=value);"
+                                     " move its files into the table's folder, or the folder out of it, and import "
+                                     "again")
+            found += inside
+    return found
+
+
+def _partition(folder: Path, part: Path) -> dict[str, str | None]:
+    """{column: value} of a part file's Hive partition folders below its table's `folder` (the value as the folder
+    name escapes it, decoded; None for the empty value's folder)."""
+    if part == folder:
+        return {}
+    values: dict[str, str | None] = {}
+    for name in part.parent.relative_to(folder).parts:
+        key, value = PARTITION.fullmatch(name).groups()
+        values[unquote(key)] = None if value == HIVE_NULL else unquote(value)
+    return values
+
+
+def _delta(p: Path) -> None:
+    """Refuse a Delta table: its folder keeps the part files its log removed (until VACUUM), so they cannot be read as
+    the table without reading the log."""
+    if p.is_dir() and (p / "_delta_log").is_dir():
+        raise CdmImportError(f"{p}: a Delta table (_delta_log/): which of its part files are current only its log "
+                             "says, and medlake does not read it; export the table as Parquet (in Spark: "
+                             "spark.read.format('delta').load(...).write.parquet(...)) or give a snapshot folder, and "
+                             "import that")
 
 
 def _table_name(p: Path) -> str | None:
     """The table (lower case) a data file, or a folder of part files, is named after; None for anything else
-    (hidden files, `_SUCCESS`, other kinds of file, a folder without data files)."""
-    if p.name.startswith((".", "_")):
+    (hidden files, `_SUCCESS`, other kinds of file). A folder is named so with or without data files in it (Spark's
+    empty table)."""
+    if _hidden(p):
         return None
     if p.is_dir():
-        if not _parts(p):
-            return None
         return (p.name[: -len(".parquet")] if p.name.lower().endswith(".parquet") else p.name).lower()
     suffix = _suffix(p)
     return p.name[: -len(suffix)].lower() if suffix else None
@@ -136,6 +187,7 @@ def _table_files(folder: Path, cdm: model.CDM, held: str | None = None) -> dict[
     """{table: its file or folder of part files} in `folder` (`held`: the version the store holds, if it says)."""
     if not folder.is_dir():
         raise CdmImportError(f"{folder} is not a folder; give a folder with one CSV or Parquet file per CDM table")
+    _delta(folder)  # (the folder of one Delta table given as DIR)
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
         name = _table_name(p)
@@ -144,7 +196,16 @@ def _table_files(folder: Path, cdm: model.CDM, held: str | None = None) -> dict[
                 raise CdmImportError(f"{p}: not a kind of file the import reads ({KINDS}); convert or rename it, or "
                                      "move it out of the folder")
             continue
-        if p.is_dir() and len({_suffix(x) == ".parquet" for x in _parts(p)}) > 1:
+        _delta(p)
+        try:
+            parts = _parts(p)
+        except CdmImportError:
+            if name in cdm.table_names:
+                raise
+            continue  # folders of folders, named after no table (a warehouse's database folder): not a table
+        if not parts and name not in cdm.table_names:
+            continue  # no data, and no table of this version to empty (docs/, v5.4's episode/ in a v5.3 import)
+        if p.is_dir() and len({_suffix(x) == ".parquet" for x in parts}) > 1:
             raise CdmImportError(f"{p}: holds both CSV and Parquet files; keep one kind per table")
         if name not in cdm.table_names:
             other = other_version(cdm.version)
@@ -759,12 +820,35 @@ def _add_notes(notes: dict, more: dict) -> None:
         notes[key] = (before + n, first if before else at)  # (a column skipped may have no values in a batch)
 
 
+def _with_partition(batch: pa.RecordBatch, partition: dict[str, str | None], table: model.Table
+                    ) -> tuple[pa.RecordBatch, dict[str, int]]:
+    """The batch with its part file's Hive partition values (`_partition`) as columns of text, read as the rest of
+    the file, for the fields of the table the file does not hold; the others (a column that is no field, as Spark's
+    derived `measurement_date_year`) left out, as {column: values}."""
+    names = set(_columns(batch.schema.names, table.name))
+    left_out: dict[str, int] = {}
+    for key, value in partition.items():
+        [name] = _columns([key], table.name)
+        if name in names:
+            continue  # the file holds the column itself
+        if name not in table.field_names:
+            left_out[name] = 0 if value is None else batch.num_rows
+            continue
+        batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()) if value is None
+                                    else pa.repeat(pa.scalar(value, pa.string()), batch.num_rows))
+        names.add(name)
+    return batch, left_out
+
+
 def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: CsvFormat, strict: bool,
-               max_bad: int, used: int, loaded: Callable[[int], None] = lambda rows: None, skip_unknown: bool = False
+               max_bad: int, used: int, loaded: Callable[[int], None] = lambda rows: None, skip_unknown: bool = False,
+               partition: dict[str, str | None] | None = None
                ) -> tuple[int, list[BadRow], dict[tuple[str, str], tuple[int, str]]]:
     """Load one file of a table: (rows loaded, rows left out, {(field, what): (values, where the first is)}); more than
     `max_bad` rows left out, with the `used` of the files before, stops the import; `skip_unknown`: columns that are
-    no field of the table are left out (and counted) instead of stopping it."""
+    no field of the table are left out (and counted) instead of stopping it; `partition`: the file's Hive partition
+    values ({column: value}), of its fields read as the file's columns, the others left out and counted as
+    (column, "skipped")."""
     budget = max_bad - used
     parquet = path.name.lower().endswith(".parquet")
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
@@ -782,6 +866,9 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
             _too_many_invalid(path, max_bad, invalid)
         if strict and invalid and malformed == 0:  # the reader may have skipped it ahead of this batch
             malformed = _invalid_lines(path, [invalid[0][0]], fmt.encoding)[0]
+        if partition:
+            batch, left_out = _with_partition(batch, partition, table)
+            _add_notes(notes, {(name, "skipped"): (n, line(0)) for name, n in left_out.items()})
         try:
             data, problems, noted = _conform(batch, table, schema, path, left, *(() if parquet else (fmt.decimal,
                                                                                             fmt.of(path))),
@@ -852,9 +939,15 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
         name = _table_name(p)
         if name is None:
             continue
-        first = _parts(p)[0]
         try:
-            cols = pq.read_schema(first).names if _suffix(first) == ".parquet" else _sniff(first, fmt)[1]
+            parts = _parts(p)
+            if not parts:  # an empty table's folder (Spark's): its name alone says
+                if not any(name in model.load(v).table_names for v in model.VERSIONS):
+                    continue
+                cols = []
+            else:  # (a partition folder's column is not among them: it may be no field, as Spark's derived year)
+                first = parts[0]
+                cols = pq.read_schema(first).names if _suffix(first) == ".parquet" else _sniff(first, fmt)[1]
         except (CdmImportError, pa.ArrowInvalid, OSError):
             continue  # the import says what is wrong with it
         cols = set(_columns(cols, name)) - {""}
@@ -894,13 +987,14 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             schema = ddl.arrow_schema(table)
             if engine.query(f'SELECT count(*) AS n FROM "{name}"').column(0)[0].as_py():
                 engine.execute(f'DELETE FROM "{name}"')  # the file replaces the table: importing twice is a no-op
+                # (a folder without data files too: the table emptied at the site, as Spark leaves it, is empty here)
             rows, bad, notes = 0, 0, {}
             for part in _parts(path):
                 try:
                     done, aside, noted = _load_file(
                         engine, table, schema, part, fmt, strict, max_bad, len(left_out),
                         lambda k, before=rows: progress(f"{name} ({before + k:,} rows)", n, len(files)) if progress
-                        else None, skip_unknown)
+                        else None, skip_unknown, _partition(path, part))
                 except UnknownColumns as e:
                     other = model.load(other_version(version))
                     if name in other.table_names and set(e.columns) <= set(other.table(name).field_names):
