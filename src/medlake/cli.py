@@ -555,7 +555,8 @@ def quality_run(
         help="Exit 3 when a check fails or stops with an error that did not in the store's previous run of the same "
              "scope (a run this refused is not compared with: a retry is refused again)."),
     site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
-    full: bool = typer.Option(False, "--full", help="Re-check every table (default: only tables that changed)."),
+    full: bool = typer.Option(
+        False, "--full", help="Re-check every table (default: only tables that changed; a stopped run's tables too)."),
     tables: Optional[str] = typer.Option(None, "--tables", help="Only these tables (comma-separated)."),
     exclude: Optional[str] = typer.Option(
         None, "--exclude",
@@ -620,7 +621,8 @@ def quality_run(
                 bar.update(task, description=name, completed=done, total=total)
 
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
-                           incremental=not full, progress=tick, write_table=write_table, tuning=tuning,
+                           incremental=not full, resume=not full, progress=tick, write_table=write_table,
+                           tuning=tuning,
                            fail_on_new=fail_on_new,
                            notice=lambda m: err.print(f"note: {m}", highlight=False, markup=False, soft_wrap=True),
                            check_names=_items(check_names), check_levels=_items(check_levels),

@@ -35,6 +35,27 @@ def test_the_url_a_store_is_known_by_is_known_without_opening_it(engine, tmp_pat
         store_url("mysql://x")
 
 
+@pytest.mark.spark
+def test_a_spark_store_is_not_made_over_tables_another_tool_wrote(tmp_path):
+    """A site's CDM as Spark wrote it (Parquet part files, no medlake definition): `medlake init` there declared
+    medlake's types over the site's files (every read of a column of another type then failed) and wrote into the
+    site's folders; it is refused before any table is made, saying to import the CDM."""
+    import pyarrow.parquet as pq
+
+    site = tmp_path / "omop"
+    (site / "person").mkdir(parents=True)
+    pq.write_table(pa.table({"person_id": pa.array([1], pa.int64())}), site / "person" / "part-00000.parquet")
+    eng = open_engine(f"spark:{site}")
+    try:
+        with pytest.raises(EngineError, match=r"holds tables medlake did not write \(person: Spark or another tool "
+                                              r"wrote them\): .*medlake cdm import"):
+            store.init(eng, "5.4")
+    finally:
+        eng.close()
+    assert sorted(p.name for p in site.iterdir()) == ["person"]
+    assert sorted(p.name for p in (site / "person").iterdir()) == ["part-00000.parquet"]
+
+
 @pytest.mark.parametrize("version", ["5.4", "5.3"])
 def test_cdm_created_exactly_per_spec(engine, version):
     store.init(engine, version)

@@ -1313,6 +1313,50 @@ def test_a_stores_runs_are_one_history_however_a_pipeline_spells_it_or_fills_the
     assert p.returncode == 0, p.stderr
 
 
+def test_a_tables_saved_results_are_reused_only_whole_readable_and_without_errors(store, tmp_path):
+    """A check that stopped with an error (a cancelled query, a dropped connection) is tried again, not carried into
+    every later run; a table's saved file cut short or missing results is checked again, not a stop or a gap."""
+    site = tmp_path / "site.toml"
+    site.write_text('[[check]]\nname = "late"\ntable = "person"\nviolation = "year_of_brth > 3000"\n')
+    from medlake.quality.site import load as load_site
+
+    extra = load_site(site)[0]
+    run = lambda: runner.Runner(store, "5.4", tmp_path / "q", only=["person", "death"], site_checks=extra).run()  # noqa: E731
+    first = run()
+    assert [x["status"] for x in first.results if x["check_id"] == "table_late_person"] == ["error"]
+    second = run()
+    assert second.rechecked == ["person"] and second.reused == ["death"]  # person has an error: tried again
+    saved = second.dir / "tables" / "death.json"
+    saved.write_text(saved.read_text()[:100])  # cut short
+    third = run()
+    assert "death" in third.rechecked and len(third.results) == len(first.results)
+    data = json.loads((third.dir / "tables" / "death.json").read_text())
+    (third.dir / "tables" / "death.json").write_text(json.dumps(dict(data, results=data["results"][:3])))
+    fourth = run()
+    assert "death" in fourth.rechecked and len(fourth.results) == len(first.results)
+
+
+def test_a_site_check_is_reused_only_while_the_tables_it_reads_and_the_date_are_the_same(store, tmp_path):
+    """A site check of person that reads death: a change of death checks person again (only the predicate's text
+    was in the key, so its result was re-used stale); one that asks for the date has today's date in its key."""
+    from medlake.quality.compile import CLOCK
+    from medlake.quality.site import _reads_of, load as load_site
+
+    site = tmp_path / "site.toml"
+    site.write_text('[[check]]\nname = "deadAlive"\ntable = "person"\nviolation = "person_id IN (SELECT person_id '
+                    'FROM death)"\n')
+    extra = load_site(site)[0]
+    run = lambda: runner.Runner(store, "5.4", tmp_path / "q", only=["person"], site_checks=extra).run()  # noqa: E731
+    before = {x["check_id"]: x["num_violated_rows"] for x in run().results}["table_deadalive_person"]
+    assert run().reused == ["person"]
+    store.execute("DELETE FROM death")
+    again = run()
+    assert again.rechecked == ["person"]
+    assert {x["check_id"]: x["num_violated_rows"] for x in again.results}["table_deadalive_person"] == 0 < before
+    assert _reads_of("visit_occurrence", "visit_start_date > current_date - 400", None) == (CLOCK,)
+    assert _reads_of("visit_occurrence", "visit_start_date > now()", None) == (CLOCK,)
+
+
 def test_options_that_select_no_check_are_refused_before_the_run(store, tmp_path):
     with pytest.raises(ValueError, match=r"the options select no check \(--check-names, --check-levels together\)"):
         runner.Runner(store, "5.4", tmp_path / "q", check_levels=["TABLE"], check_names=["isForeignKey"]).run()

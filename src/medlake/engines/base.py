@@ -95,6 +95,11 @@ class Engine(Protocol):
         after; may do nothing. `waiting(seconds, who)`: called while a query waits for another session's lock, with
         who holds it (the query goes on waiting); engines where no other session locks a reader out never call it."""
 
+    def data_version(self) -> str | None:
+        """A mark that changes whenever another session may have written (PostgreSQL: its current snapshot); None
+        where no other session writes while a reader has the store open. A quality run's fingerprints, taken at one
+        mark, stand for a table's checks while the mark in its snapshot is the same."""
+
     def snapshot(self, tables: Iterable[str] = ()) -> AbstractContextManager[None]:
         """One state of the data for a few read-only queries (a quality run's checks of one table, which read
         `tables`) where other sessions may write meanwhile, held no longer (its locks would keep an ETL's TRUNCATE

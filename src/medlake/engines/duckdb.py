@@ -129,6 +129,10 @@ class DuckDBEngine:
         """Nothing to set: DuckDB's defaults are for scans."""
         yield
 
+    def data_version(self) -> None:
+        """None: no other process writes to the file while a reader has it open."""
+        return None
+
     @contextmanager
     def snapshot(self, tables=()):
         """Nothing: no other process writes to the file while a reader has it open."""

@@ -50,9 +50,11 @@ FUNCTIONS = {
     "stable_id": template("CAST(CAST('x' || LPAD(SUBSTRING(MD5(CAST(_1 AS TEXT)), 1, 15), 16, '0') AS BIT(64)) "
                           "AS BIGINT)", "postgres"),
     # the values as one record, hashed to 64 bits (PostgreSQL 14 or later; about twice as fast as hashing the
-    # row's text form)
-    "hash": lambda *args: exp.func("hash_record_extended", exp.Anonymous(this="ROW", expressions=list(args)),
-                                   exp.Literal.number(0)),
+    # row's text form), mixed again: the record's hash is linear in its columns' (31 * h + h'), so a fingerprint's
+    # sum over rows missed two rows swapping values in most pairs
+    "hash": lambda *args: exp.func("hashint8extended", exp.func(
+        "hash_record_extended", exp.Anonymous(this="ROW", expressions=list(args)), exp.Literal.number(0)),
+        exp.Literal.number(0)),
 }
 
 
@@ -269,6 +271,12 @@ class PostgresEngine:
             self._waiting = None
             for k, v in old.items():
                 self.execute_native(f"SET {k} = '{v}'")
+
+    def data_version(self) -> str:
+        """The current snapshot (its oldest and next transaction ids and those in progress): it changes when a
+        transaction that writes begins or ends, anywhere on the server (inside a REPEATABLE READ transaction, the
+        transaction's)."""
+        return self.query("SELECT CAST(pg_current_snapshot() AS TEXT) AS v").column(0)[0].as_py()
 
     @contextmanager
     def snapshot(self, tables=()):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from contextlib import contextmanager
@@ -68,7 +69,7 @@ def spark_session():
             .config("spark.sql.ansi.enabled", "false")
         )
         _SESSION = b.getOrCreate()
-        _SESSION.sparkContext.setLogLevel("ERROR")
+        _SESSION.sparkContext.setLogLevel("FATAL")  # (a failed task's stack, thousands of lines: the error says it)
     return _SESSION
 
 
@@ -87,6 +88,19 @@ def _arrow_to_spark_type(t: pa.DataType) -> str:
         return "BOOLEAN"
     return "STRING"
 
+
+
+def _why(e: Exception) -> str:
+    """An error's first line; for one from the JVM, whose first line is py4j's "An error occurred while calling
+    o570.getResult.", the line with Spark's error class ([FAILED_READ_FILE…] … Expected Spark type double, actual
+    Parquet type INT64) or else the deepest cause."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if first.startswith("An error occurred while calling"):
+        named = re.search(r"\[[A-Z][A-Z0-9_.]+\][^\n]*", text)
+        causes = re.findall(r"Caused by: ([^\n]+)", text)
+        first = named.group(0) if named else causes[-1] if causes else (text.splitlines()[1:] or [first])[0]
+    return first[:500]
 
 class SparkEngine:
     name = "spark"
@@ -137,7 +151,7 @@ class SparkEngine:
         except EngineError:
             raise
         except Exception as e:
-            raise EngineError(str(e).splitlines()[0][:500]) from e
+            raise EngineError(_why(e)) from e
 
     def execute(self, sql: str, params: list | None = None) -> None:
         parsed = exp.maybe_parse(sql, dialect="duckdb") if ";" not in sql else None
@@ -195,7 +209,7 @@ class SparkEngine:
             try:
                 df.write.parquet(staged.as_posix())
             except Exception as e:
-                raise EngineError(str(e).splitlines()[0][:500]) from e
+                raise EngineError(_why(e)) from e
         for p in table_dir.iterdir():
             if p.name != META:
                 p.unlink() if p.is_file() else shutil.rmtree(p)
@@ -210,6 +224,14 @@ class SparkEngine:
             if create.args.get("exists"):
                 return
             raise EngineError(f"table {name} already exists")
+        foreign = sorted(d.name for d in self.warehouse.iterdir() if d.is_dir() and d.name[0] not in "._"
+                         and not (d / META).exists() and any(d.iterdir()))
+        if foreign:  # (medlake's types were declared over them: files of other types failed every read)
+            raise EngineError(
+                f"{self.warehouse} holds tables medlake did not write ({', '.join(foreign[:5])}"
+                f"{', …' if len(foreign) > 5 else ''}: Spark or another tool wrote them): a Spark store is a folder of "
+                f"medlake's own; load that CDM into one with `medlake cdm import {self.warehouse} --store "
+                "spark:ANOTHER_FOLDER`")
         cols = []
         for cd in create.this.expressions:
             nn = any(isinstance(c.kind, exp.NotNullColumnConstraint) for c in cd.constraints)
@@ -226,7 +248,7 @@ class SparkEngine:
         try:
             return df.toArrow()
         except Exception as e:
-            raise EngineError(str(e).splitlines()[0][:500]) from e
+            raise EngineError(_why(e)) from e
 
     def native(self, sql: str) -> str:
         return ";\n".join(to_spark(sql))
@@ -317,6 +339,10 @@ class SparkEngine:
     def scanning(self, waiting=None):
         """Nothing to set: Spark sizes its shuffles at run time."""
         yield
+
+    def data_version(self) -> None:
+        """None: each query reads the table's files as they are when it starts."""
+        return None
 
     @contextmanager
     def snapshot(self, tables=()):

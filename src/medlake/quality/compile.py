@@ -41,6 +41,9 @@ def lit(v) -> str:
     return "'" + str(v).replace("'", "''") + "'"
 
 
+CLOCK = "current_date"  # in an Item's `needs`: it reads the clock (a site check's `current_date`, `now()`)
+
+
 @dataclass
 class Item:
     """One check as SQL: aggregates over `FROM <table> AS t <joins>` (or a whole query of its own)."""

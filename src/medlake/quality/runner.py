@@ -855,6 +855,10 @@ class Runner:
         run_dir, earlier = self._dirs(run_id)
         (run_dir / "tables").mkdir(parents=True, exist_ok=True)
         run = Run(run_dir.name, run_dir, [], {})
+        # the fingerprints (`_key`) are taken once a run, at this mark; a table checked after another session wrote
+        # (an ETL beside the run) has its key taken again in its snapshot (results saved under a key of other data
+        # were re-used by a later run)
+        self._mark = self.eng.engine.data_version() if self.incremental or self.resume else None
         for n, table in enumerate(tables):
             self._at = (table, n, len(tables))
             if self.progress:
@@ -863,13 +867,13 @@ class Runner:
             site_items = site_by_table.get(table, [])
             key = self._key(table, checks, site_items)
             path = run_dir / "tables" / f"{table}.json"
-            if path.exists():
-                saved = json.loads(path.read_text())
-                if saved.get("key") == key:
-                    run.results += saved["results"]
-                    run.resumed.append(table)
-                    continue
-            found = self._reusable(earlier, table, key) if self.incremental else None
+            ids = {c.id for c in checks} | {it.check.id for it in site_items}
+            saved = _saved(path, key, ids) if self.resume else None
+            if saved:
+                run.results += saved["results"]
+                run.resumed.append(table)
+                continue
+            found = self._reusable(earlier, table, key, ids) if self.incremental else None
             if found:
                 d, saved = found
                 _write(path, {"key": key, "reused_from": saved.get("reused_from") or d.name,
@@ -880,8 +884,12 @@ class Runner:
             t1 = time.perf_counter()
             # the table's checks see one state of the data (rows an ETL loads meanwhile are the next run's); the
             # snapshot is held for this table only (its locks keep an ETL's TRUNCATE waiting, and a run can be long)
-            with self.eng.engine.snapshot(sorted(t for t in self.plan(table, checks, probe=False)[5]
+            with self.eng.engine.snapshot(sorted(t for t in self._reads(table, checks, site_items)
                                                  if t in self.present and t not in self.denied)):
+                if key and self.eng.engine.data_version() != self._mark:  # another session wrote since the
+                    self._fp.clear()  # fingerprints were taken: the key of the data these checks count, taken anew
+                    key = self._key(table, checks, site_items)
+                    self._mark = self.eng.engine.data_version()
                 results = self.run_table(table, checks, site_items)
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
             run.results += results
@@ -1003,22 +1011,29 @@ class Runner:
     def _key(self, table, checks, site_items) -> str:
         if not (self.incremental or self.resume):
             return ""  # nothing to compare with: skip the fingerprint queries
-        reads = set(self.plan(table, checks, probe=False)[5])
         sig = [self.version, self.mode, COUNTING] + [c.id + repr(c.threshold) + repr(c.params) for c in checks]
         sig += [it.check.id + it.num + it.den for it in site_items]
-        sig += [f"{t}={self.fingerprint(t)}" for t in sorted(reads)]
+        sig += [f"{t}={self.fingerprint(t)}" for t in sorted(self._reads(table, checks, site_items))]
+        if any(cp.CLOCK in it.needs for it in site_items):  # a site check that reads the clock: today's
+            sig.append(f"today={self.eng.query('SELECT CAST(current_date AS VARCHAR) AS d').column(0)[0].as_py()}")
         return hashlib.sha256("\n".join(sig).encode()).hexdigest()
 
+    def _reads(self, table, checks, site_items) -> set[str]:
+        """The tables a table's checks read: its own, those DQD's checks join, those the site's predicates name."""
+        return {t for t in self.plan(table, checks, probe=False)[5].union(*(it.needs for it in site_items))
+                if t != cp.CLOCK}
+
     @staticmethod
-    def _reusable(earlier: list[Path], table: str, key: str) -> tuple[Path, dict] | None:
+    def _reusable(earlier: list[Path], table: str, key: str, ids: set[str]) -> tuple[Path, dict] | None:
         """(run, its saved results of `table`) from the latest earlier run that checked it with the same checks on the
-        same data (`key`); back past runs that did not check it (of other tables) or checked only some check types
-        or a cohort's rows, to the table's last check by every type of all its rows. None if there is none."""
+        same data (`key`, `_saved`); back past runs that did not check it (of other tables) or checked only some
+        check types or a cohort's rows, to the table's last check by every type of all its rows. None if there is
+        none."""
         for d in earlier:
             p = d / "tables" / f"{table}.json"
             if p.exists():
-                saved = json.loads(p.read_text())
-                if saved.get("key") == key:
+                saved = _saved(p, key, ids)
+                if saved:
                     return d, saved
                 s = json.loads((d / "run.json").read_text())
                 if not (some_checks(s) or s.get("cohort")):
@@ -1041,6 +1056,21 @@ class Runner:
         (d / "tables").mkdir(parents=True, exist_ok=True)
         (d / "store.txt").write_text(self.store)
         return d, prev
+
+
+def _saved(p: Path, key: str, ids: set[str]) -> dict | None:
+    """A table's saved results (`tables/<table>.json`) where they stand for this run: readable, of the same checks
+    on the same data (`key`), a result for each check (`ids`), none an error — a cancelled query, a dropped
+    connection or a full disk is tried again, not carried into every later run. None otherwise (re-checked)."""
+    try:
+        saved = json.loads(p.read_text())
+        results = saved["results"]
+        if saved.get("key") != key or {r["check_id"] for r in results} != ids or any(
+                r["status"] == "error" for r in results):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):  # a file a crash or a copy cut short: checked again
+        return None
+    return saved
 
 
 def _store_of(d: Path) -> str | None:

@@ -80,10 +80,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlglot
+from sqlglot import exp
 
 from medlake.cdm import model
 from medlake.quality.checks import MEDLAKE_TYPES, Check, check_types, fails
-from medlake.quality.compile import Item, lit, q, sum_if, violating
+from medlake.quality.compile import CLOCK, Item, lit, q, sum_if, violating
 from medlake.quality.feeds import FEED_DROP, SOURCE_TYPES, TYPES as FEED_TYPES
 
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
@@ -373,9 +374,25 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
             severity=words["severity"] or "site", description=spec.get("description", violation),
             params=(("violation", violation), ("denominator", den)), source="site")
         bad = violating(violation, den)
-        item = Item(check, sum_if(bad), sum_if(f"({den})") if den else "count(*)", (), bad)
+        item = Item(check, sum_if(bad), sum_if(f"({den})") if den else "count(*)", (), bad,
+                    needs=_reads_of(spec["table"], violation, den))
         out.append((check, item))
     return out
+
+
+def _reads_of(table: str, *predicates: str | None) -> tuple[str, ...]:
+    """What a site check's predicates read beyond its table: the other tables they name, and the clock (CLOCK)
+    where they ask for the date or time — in its key, so that a run re-uses its result only while those are the
+    same (a check of care_site's rows from location, or of visits in the last year, was re-used stale)."""
+    out = set()
+    for sql in filter(None, predicates):
+        tree = sqlglot.parse_one(f"SELECT 1 FROM {table} AS t WHERE {sql}", read="duckdb")
+        out |= {t.name.lower() for t in tree.find_all(exp.Table)}
+        if any(tree.find_all(exp.CurrentDate, exp.CurrentTimestamp, exp.CurrentTime)) or any(
+                f.name.lower() in ("now", "today", "getdate", "get_current_time", "get_current_timestamp")
+                for f in tree.find_all(exp.Anonymous)):
+            out.add(CLOCK)
+    return tuple(sorted(out - {table}))
 
 
 def load(path: str | Path) -> tuple[list[tuple[Check, Item]], dict | None, dict, dict]:
