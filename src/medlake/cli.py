@@ -999,6 +999,11 @@ def cdm_import(
                   *([f"{r.bad:,}" if r.bad else ""] if bad else []))
     out.print(t)
     cdm = model.load(version)
+    from medlake.quality.runner import VOCABULARY_TABLES
+
+    absent = [n for n in cdm.table_names if n not in report and n not in VOCABULARY_TABLES]
+    if absent:  # (made empty by the store; a quality run finds them empty, not missing)
+        out.print(f"not in the folder, so empty in the store: {', '.join(absent)}", highlight=False, markup=False)
     for name, r in report.items():
         for (field, what), (n, first) in r.notes.items():
             if what == "skipped":

@@ -1111,6 +1111,11 @@ def test_a_database_medlake_did_not_create_is_told_to_fix_its_etl_and_is_not_wri
     world(own)
     assert runner.run(own, "5.4", tmp_path / "own").summary["medlake_store"] is True
     own.close()
+    _write_cdm(tmp_path / "cdm")  # a CDM the site's ETL made, imported into a store medlake made: the site's steps
+    imported = open_engine(f"duckdb:{tmp_path / 'imported.duckdb'}")
+    importer.import_folder(imported, tmp_path / "cdm", "5.4")
+    assert runner.run(imported, "5.4", tmp_path / "imported").summary["medlake_store"] is False
+    imported.close()
 
 
 def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):

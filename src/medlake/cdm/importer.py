@@ -56,6 +56,9 @@ class UnknownColumns(CdmImportError):
         self.columns = columns
 
 
+IMPORTED = "cdm_imported_from"  # medlake_info: the folder a store's CDM was imported from (`medlake cdm import`)
+
+
 def other_version(version: str) -> str:
     """The other CDM version medlake reads (5.3 for 5.4)."""
     return next(v for v in model.VERSIONS if v != version)
@@ -1008,6 +1011,9 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
             report[name] = Imported(path, rows, bad, notes)
         if set_aside:
             set_aside(dict(files), left_out)
+        # the CDM is the site's, loaded, not made by medlake's pipeline: what to do about a failed check is said
+        # for the site's ETL (a quality run's `medlake_store`), not as `medlake trace` or `transform`
+        store.set_info(engine, IMPORTED, str(Path(folder).resolve()))
         if progress:
             progress("done", len(files), len(files))
     index_lookups(engine, list(files))

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 import re
 
 from medlake.cdm import model, store
+from medlake.cdm.importer import IMPORTED
 from medlake.config import redact
 from medlake.engines import store_url
 from medlake.engines.base import EngineError
@@ -937,7 +938,8 @@ class Runner:
         run.summary = summarize(run.results) | {
             "run_id": run.run_id, "store": self.store, "engine": self.eng.engine.name,
             "cdm_version": self.version, "cdm_version_from": self.version_from,
-            "medlake_store": store.INFO_TABLE in self.present,  # (else an OHDSI database checked in place)
+            # (else an OHDSI database checked in place, or a CDM imported from one: the site's ETL made it)
+            "medlake_store": store.INFO_TABLE in self.present and IMPORTED not in store.info(self.eng.engine),
             "started": started.isoformat(timespec="seconds"),
             "seconds": round(time.perf_counter() - t0, 3), "queries": self.eng.queries, "scans": self.eng.scans,
             "mode": self.mode, "rechecked_tables": run.rechecked, "reused_tables": run.reused,
