@@ -664,8 +664,9 @@ def quality_run(
     if s.get("since_last_run"):
         d = s["since_last_run"]
         errors = f", {len(d['new_errors'])} new error(s)" if d.get("new_errors") else ""
-        out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s){errors}, {len(d['fixed'])} fixed",
-                  highlight=False)
+        emptied = f"; emptied since: {', '.join(d['emptied'])}" if d.get("emptied") else ""
+        out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s){errors}, {len(d['fixed'])} fixed"
+                  f"{emptied}", highlight=False)
     resumed = f", resumed {len(s['resumed_tables'])} from the interrupted run" if s.get("resumed_tables") else ""
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged{resumed}")
@@ -694,14 +695,16 @@ def quality_run(
         out.print(f"table:   {s['dqd_table']['table']} ({s['dqd_table']['rows']} DQD check results, DQD's layout)",
                   highlight=False)
     since = s.get("since_last_run") or {}
-    new, broken = since.get("new_failures", []), since.get("new_errors", [])
+    new, broken, emptied = since.get("new_failures", []), since.get("new_errors", []), since.get("emptied", [])
     crossed = False
-    if fail_on_new and (new or broken):
+    if fail_on_new and (new or broken or emptied):
         names = lambda ids: f"{', '.join(ids[:3])}{', …' if len(ids) > 3 else ''}"  # noqa: E731
         said = ([f"{len(new)} check(s) failed that did not fail in run {since['run_id']}: {names(new)} (the report "
                  "marks them 'new')"] if new else []) + (
             [f"{len(broken)} check(s) could not run that could in run {since['run_id']}: {names(broken)}"]
-            if broken else [])
+            if broken else []) + (
+            [f"table(s) {names(emptied)} held rows in run {since['run_id']} and are empty or gone now: their checks "
+             "are not applicable (an ETL that emptied them and stopped?)"] if emptied else [])
         err.print("error: " + "; ".join(said), highlight=False, markup=False, soft_wrap=True)
         crossed = True
     if fail_on is not None:
@@ -850,8 +853,9 @@ def quality_show(
         _warn(runner.damaged_runs(out_dir))
         runs = runner.finished_runs(out_dir, redact(eng.url))
         series = None  # a feed check's days: its source's feedVolume result in the same run
-        for d in reversed(runs):
-            results = json.loads((d / "results.json").read_text())
+        every = [d for d in reversed(runs) if not json.loads((d / "run.json").read_text()).get("cohort")]
+        for d in every + [d for d in reversed(runs) if d not in every]:  # the latest run of every person's rows first
+            results = json.loads((d / "results.json").read_text())  # (an ad-hoc run of a cohort's said "passed")
             last = next((r for r in results if r["check_id"] == check_id), None)
             if last:
                 if last["check_name"] in ("feedTimeliness", "feedVolume"):
@@ -872,6 +876,11 @@ def quality_show(
                 where = (f", and no finished run of this store in {out_dir} to look in (--out names the folder of its "
                          "runs)" if not runs else f" nor in its runs in {out_dir}: the check ids are in results.json "
                          "and the report")
+                import difflib
+
+                known = {x.id for x in r.dqd_checks()} | {x.id for x, _ in extra}
+                like = difflib.get_close_matches(check_id.lower(), known, 1, 0.85)
+                where += f"; did you mean {like[0]}?" if like else ""
                 raise ValueError(f"no check {check_id} in OMOP CDM v{version} (nor in --checks){where}") from None
             c = count = listed = None  # in the run, not a CDM check: medlake's source-level checks (staging, landing)
         except cp.NotApplicable as e:

@@ -515,7 +515,7 @@ def test_a_primary_key_the_store_enforces_needs_no_query(engine, tmp_path):
     assert issued == (set() if engine.shapes.catalog else issued) and (issued or engine.shapes.catalog)
     if engine.shapes.catalog:  # the report says how it was answered
         assert "the store&#x27;s PRIMARY KEY constraint on person(person_id)" in (run.out / sorted(
-            d.name for d in run.out.iterdir())[-1] / "report.html").read_text()
+            d.name for d in run.out.glob("[!.]*"))[-1] / "report.html").read_text()
     co = got["field_isprimarykey_condition_occurrence_condition_occurrence_id"]
     assert (co["status"], co["num_violated_rows"], co.get("answered_by")) == ("failed", 2, None)
 
@@ -543,12 +543,12 @@ def test_results_written_to_a_table_in_dqds_layout_on_every_engine(engine, tmp_p
     by_id = {x["checkId"]: x for x in dqd}
     assert {k: (v["failed"], v["passed"], v["not_applicable"]) for k, v in rows.items()} == \
         {k: (v["failed"], v["passed"], v["notApplicable"]) for k, v in by_id.items()}
-    runs = sorted(out.iterdir())
+    runs = sorted(out.glob("[!.]*"))
     with pytest.raises(ValueError, match="person exists with other columns"):
         runner.Runner(engine, "5.4", out, only=["condition_occurrence"], write_table="person").run()
     with pytest.raises(ValueError, match="not a table name"):
         runner.Runner(engine, "5.4", out, only=["condition_occurrence"], write_table="results.dq; drop").run()
-    assert sorted(out.iterdir()) == runs  # refused before any run folder was made
+    assert sorted(out.glob("[!.]*")) == runs  # refused before any run folder was made
 
 BIRTHS = [  # (year, month, day, birth_datetime of a person) -> the first day not before birth (None: no such day)
     ((1990, None, None, None), D(1990, 1, 1)), ((1990, 3, None, None), D(1990, 3, 1)),

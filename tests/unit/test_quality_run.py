@@ -149,7 +149,7 @@ def test_a_crashed_run_resumes_where_it_stopped(store, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         runner.Runner(store, "5.4", out, progress=crash).run()
-    unfinished = [d for d in out.iterdir() if not (d / "run.json").exists()]
+    unfinished = [d for d in out.glob("[!.]*") if not (d / "run.json").exists()]
     assert len(unfinished) == 1 and len(list((unfinished[0] / "tables").glob("*.json"))) == 5
     done = runner.Runner(store, "5.4", out).run()
     assert done.dir == unfinished[0] and len(done.resumed) == 5
@@ -253,6 +253,9 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     ("[[check]]\nname = 'a'\ntable = 'person'", "give 'violation'"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'x'\nrule = 'shiny'", "unknown rule 'shiny'"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'x >'", "violation is not valid SQL"),
+    # where in the predicate, not the parser's class names ("Required keyword: 'this' missing for <class …Paren>")
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'year_of_birth = = 1'",
+     r"violation is not valid SQL: it does not parse \(at character 17\)$"),
     ("[[check", "not valid TOML"),
     ("[[check]]\nname = 5\ntable = 'person'\nfield = 'person_id'\nrule = 'not_null'",
      r"check #1 \(5\): name must be text \(in quotes\), not 5"),
@@ -362,7 +365,7 @@ def test_check_levels_run_only_those_levels(store, tmp_path):
     (site.fields_config, "[source_fields.stg_x]\nmandatory = 'a'",
      r"\[source_fields.stg_x\]: mandatory must be a list of field names"),
     (site.fields_config, "[source_fields.stg_x]\nrequired = ['a']",
-     r"\[source_fields.stg_x\]: give key = \[...\], mandatory"),
+     r"\[source_fields.stg_x\]: unknown key 'required'; give key = \[...\], mandatory"),
     (site.fields_config, "[source_fields.stg_x.when]\na = 'b >'",
      r"\[source_fields.stg_x\]: when.a is not a valid SQL condition"),
     (site.tuning_config, "[thresholds]\nisRequired = 150",
@@ -1099,7 +1102,7 @@ def test_a_database_medlake_did_not_create_is_told_to_fix_its_etl_and_is_not_wri
     cli = [sys.executable, "-m", "medlake.cli", "quality"]
     p = subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    [run_dir] = list((tmp_path / "quality").iterdir())
+    [run_dir] = list((tmp_path / "quality").glob("[!.]*"))
     assert json.loads((run_dir / "run.json").read_text())["medlake_store"] is False
     fk = "field_isforeignkey_condition_occurrence_person_id"
     p = subprocess.run(cli + ["show", fk], env=env, cwd=tmp_path, capture_output=True, text=True)
@@ -1143,7 +1146,7 @@ def test_the_cdm_version_of_a_database_medlake_did_not_create(tmp_path):
     cli = [sys.executable, "-m", "medlake.cli", "quality", "run"]
     p = subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    [run_dir] = list((tmp_path / "quality").iterdir())
+    [run_dir] = list((tmp_path / "quality").glob("[!.]*"))
     summary = json.loads((run_dir / "run.json").read_text())
     assert (summary["cdm_version"], summary["cdm_version_from"]) == ("5.3", "from cdm_source.cdm_version '5.3'")
     rows = json.loads((run_dir / "results.json").read_text())
@@ -1174,7 +1177,7 @@ def test_cli_import_then_quality_run(tmp_path):
     # no vocabulary in this CDM: the checks it silences are counted and the fix named
     [w] = [x for x in p.stderr.splitlines() if x.startswith("warning: ")]
     assert "because the store's vocabulary is missing: the concept table is empty" in w, p.stderr
-    [run_dir] = list((tmp_path / "quality").iterdir())
+    [run_dir] = list((tmp_path / "quality").glob("[!.]*"))
     assert (run_dir / "results.json").exists() and (run_dir / "report.html").exists()
     p = subprocess.run(cli + ["quality", "run", "--fail-on", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 3 and "above --fail-on 0%" in p.stderr  # (3: the run was made; the data did not pass)
@@ -1200,7 +1203,7 @@ def test_cli_import_then_quality_run(tmp_path):
     p = subprocess.run(cli + ["quality", "runs"], env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 0, p.stderr
-    runs = sorted(d.name for d in (tmp_path / "quality").iterdir())
+    runs = sorted(d.name for d in (tmp_path / "quality").glob("[!.]*"))
     lines = [x.split() for x in p.stdout.splitlines() if x.strip().startswith("2")]  # the rows: run ids are dates
     assert [x[0] for x in lines] == runs[:3] + [runs[3] + "*"] and "(4 of 4)" in " ".join(p.stdout.split())  # the title wraps with the path
     failed = json.loads((tmp_path / "quality" / runs[-2] / "run.json").read_text())["failed"]
@@ -1244,6 +1247,27 @@ def test_cli_import_quarantines_bad_rows_the_quality_run_counts_them_a_fixed_fil
     run("quality", "run", "--out", "q2")
     [rows] = [json.loads(p.read_text()) for p in (tmp_path / "q2").glob("*/results.json")]
     assert [r for r in rows if r["check_name"] == "sourceQuarantined"] == []  # nothing held: no import source
+
+
+def test_cli_a_table_emptied_since_the_last_run_breaks_the_gate(tmp_path):
+    """An ETL that emptied a table and stopped: its checks, not applicable now, raised the pass rate, and
+    --fail-on-new passed; it is refused, naming the table. A misspelt check id is answered with the one meant."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    eng.close()
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    assert subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    assert list((tmp_path / "quality").glob(".run-*.lock"))  # (the one-run-at-a-time lock: in the runs' folder)
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    eng.execute("DELETE FROM condition_occurrence")
+    eng.close()
+    p = subprocess.run(cli + ["run", "--fail-on-new"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 3 and "table(s) condition_occurrence held rows in run " in p.stderr, p.stderr
+    assert "emptied since: condition_occurrence" in p.stdout
+    p = subprocess.run(cli + ["show", "field_isforeignkey_condition_occurence_person_id"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "did you mean field_isforeignkey_condition_occurrence_person_id?" in p.stderr, p.stderr
 
 
 def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
@@ -1290,7 +1314,7 @@ def test_a_stores_runs_are_one_history_however_a_pipeline_spells_it_or_fills_the
     cli = [sys.executable, "-m", "medlake.cli", "quality"]
     relative, absolute = ["--store", "duckdb:s.duckdb"], ["--store", f"duckdb:{tmp_path}/./s.duckdb"]
     assert subprocess.run(cli + ["run"] + relative, cwd=tmp_path, capture_output=True).returncode == 0
-    [first] = [d for d in (tmp_path / "quality").iterdir()]
+    [first] = [d for d in (tmp_path / "quality").glob("[!.]*")]
     (tmp_path / "quality" / "latest").symlink_to(first.name)
     cut = tmp_path / "quality" / "20000101T000000000000Z"  # an older run, cut short by a copy
     shutil.copytree(first, cut)
@@ -1407,7 +1431,7 @@ def test_cli_diff_two_runs(tmp_path):
     eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
     eng.close()
     assert subprocess.run(cli + ["run"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
-    first, second = sorted(d.name for d in (tmp_path / "quality").iterdir())
+    first, second = sorted(d.name for d in (tmp_path / "quality").glob("[!.]*"))
     p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert f"from run {first} to run {second}: 2 newly failing, 0 fixed, 0 more rows, 0 fewer rows, 1 other" in p.stdout
@@ -1423,7 +1447,7 @@ def test_cli_diff_two_runs(tmp_path):
     p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert f"from run {second} to run " in p.stdout and "0 newly failing, 0 fixed" in p.stdout, p.stdout
     # named runs of another scope: the checks both ran, said so (not the whole run's other checks as 'not run')
-    one, whole = [d.name for d in sorted((tmp_path / "quality").iterdir())][-2:]
+    one, whole = [d.name for d in sorted((tmp_path / "quality").glob("[!.]*"))][-2:]
     p = subprocess.run(cli + ["diff", whole, one], env=env, cwd=tmp_path, capture_output=True, text=True)
     said = " ".join(p.stdout.split())
     assert "note: the runs checked different things (v5.4: the whole suite; v5.4: tables person)" in said, said
@@ -1552,7 +1576,7 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--checks", "site.toml"],
                        env=dict(env, COLUMNS="200"), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    [run_dir] = list((tmp_path / "quality").iterdir())
+    [run_dir] = list((tmp_path / "quality").glob("[!.]*"))
     got = {x["check_id"]: x for x in json.loads((run_dir / "results.json").read_text())}
     missing = got["source_sourcemandatorycompleteness_lab_stg_csv_lab_order_id"]
     assert (missing["status"], missing["num_violated_rows"], missing["num_denominator_rows"]) == ("failed", 1, 4)
@@ -1740,20 +1764,20 @@ def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last
     second = runner.run(eng, "5.4", out)
     both = [fk, "table_measureconditioneracompleteness_condition_era"]  # person 99's condition has no era either
     assert second.summary["since_last_run"] == {"run_id": first.run_id, "new_failures": both, "new_errors": [],
-                                                "fixed": []}
+                                                "fixed": [], "emptied": []}
     html = (second.dir / "report.html").read_text()
     assert "2 new failure(s)" in html and html.count("<span class=new>new</span>") == 5  # legend; failed; all
     # a run of one table between two whole runs: the next whole run compares with the whole run before (a check
     # the run of one table did not run is not new), and its trend leaves the run of one table out
     one = runner.run(eng, "5.4", out, only=["person"])
     assert one.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "new_errors": [],
-                                             "fixed": []}
+                                             "fixed": [], "emptied": []}
     assert one.summary["tables"] == ["person"] and "Runs of the same tables and check types" in (
         one.dir / "report.html").read_text()
     eng.execute(CO + "person_id = 1 WHERE condition_occurrence_id = 200")
     third = runner.run(eng, "5.4", out)
     assert third.summary["since_last_run"] == {"run_id": second.run_id, "new_failures": [], "new_errors": [],
-                                               "fixed": both}
+                                               "fixed": both, "emptied": []}
     html = (third.dir / "report.html").read_text()
     assert f"<h2>Fixed since run {second.run_id} (2)</h2>" in html and f"<code>{fk}</code>" in html.split("Fixed since")[1]
     assert f"<title>{second.run_id}, all checks" in html and one.run_id not in html
@@ -1761,9 +1785,9 @@ def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last
         first.run_id, second.run_id, one.run_id, third.run_id]
     eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")  # broken again, seen by a run of one table
     assert runner.run(eng, "5.4", out, only=["condition_occurrence"]).summary["since_last_run"] == {
-        "run_id": third.run_id, "new_failures": [fk], "new_errors": [], "fixed": []}
+        "run_id": third.run_id, "new_failures": [fk], "new_errors": [], "fixed": [], "emptied": []}
     assert runner.run(eng, "5.4", out).summary["since_last_run"] == {  # new since the last whole run, still
-        "run_id": third.run_id, "new_failures": both, "new_errors": [], "fixed": []}
+        "run_id": third.run_id, "new_failures": both, "new_errors": [], "fixed": [], "emptied": []}
     eng.close()
     other.close()
 
@@ -1854,7 +1878,7 @@ def test_a_mistake_in_a_sites_dqd_threshold_file_names_file_line_and_column(stor
     (tmp_path / "site.csv").write_text(text)
     with pytest.raises(ValueError, match=message):
         runner.run(store, "5.4", tmp_path / "q", dqd_thresholds=[str(tmp_path / "site.csv")])
-    assert not (tmp_path / "q").exists()  # refused before any run folder
+    assert not list((tmp_path / "q").glob("[!.]*"))  # refused before any run folder (the folder's lock aside)
 
 
 def test_two_dqd_threshold_files_of_one_level_are_refused(store, tmp_path):
@@ -1902,7 +1926,7 @@ def test_cli_runs_on_a_cohort_and_shows_its_rows(tmp_path):
     check = "field_plausiblestartbeforeend_condition_occurrence_condition_start_date"
 
     def status(out):
-        [d] = [x for x in (tmp_path / out).iterdir()]
+        [d] = [x for x in (tmp_path / out).glob("[!.]*")]
         return {r["check_id"]: r for r in json.loads((d / "results.json").read_text())}[check]
 
     p = subprocess.run(cli + ["run", "--cohort-id", "7", "--out", "c7"], env=env, cwd=tmp_path, capture_output=True,
@@ -1912,7 +1936,7 @@ def test_cli_runs_on_a_cohort_and_shows_its_rows(tmp_path):
     p = subprocess.run(cli + ["run", "--cohort-id", "8", "--out", "c8"], env=env, cwd=tmp_path, capture_output=True,
                        text=True)
     assert p.returncode == 0 and (status("c8")["status"], status("c8")["num_violated_rows"]) == ("failed", 1)
-    assert "only the rows of cohort 8's 1 person(s) (cohort)" in next((tmp_path / "c8").iterdir()).joinpath(
+    assert "only the rows of cohort 8's 1 person(s) (cohort)" in next((tmp_path / "c8").glob("[!.]*")).joinpath(
         "report.html").read_text()
     # after it in the same folder: cohort 7's run is not compared with cohort 8's, and a whole run neither
     for args in (["--cohort-id", "7"], []):
@@ -1920,9 +1944,9 @@ def test_cli_runs_on_a_cohort_and_shows_its_rows(tmp_path):
         assert p.returncode == 0 and "since run" not in p.stdout, p.stdout
     p = subprocess.run(cli + ["show", check, "--out", "c8"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert "(run of cohort" not in p.stdout  # the latest run of c8 is the whole one
-    [c8] = [d for d in (tmp_path / "c8").iterdir() if json.loads((d / "run.json").read_text())["cohort"] == {
+    [c8] = [d for d in (tmp_path / "c8").glob("[!.]*") if json.loads((d / "run.json").read_text())["cohort"] == {
         "table": "cohort", "cohort_definition_id": 8, "subjects": 1}]
-    for d in (tmp_path / "c8").iterdir():
+    for d in (tmp_path / "c8").glob("[!.]*"):
         if d != c8:
             shutil.rmtree(d)  # (show reads the latest run that has the check)
     p = subprocess.run(cli + ["show", check, "--out", "c8"], env=env, cwd=tmp_path, capture_output=True, text=True)

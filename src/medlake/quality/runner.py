@@ -68,9 +68,12 @@ TABLE_REF = re.compile(r"(?<!YEAR )(?<!MONTH )(?<!DAY )\b(?:FROM|JOIN)\s+(?!\()"
 
 FIELD_REF = re.compile(r'\b(t|fk_\w+|dth)\.("[^"]+"|\w+)')  # a field a check's condition reads: alias.field
 
-# How this release counts (its compiler and runner): a table's results are reused only from a run that counted them
-# the same way, so an upgrade that changes what a check counts re-checks every table once
-COUNTING = hashlib.sha256(b"".join(Path(m).read_bytes() for m in (cp.__file__, __file__))).hexdigest()[:16]
+# How this release counts (its checks, compiler, runner, the engines' SQL rewrites and the CDM model): a table's
+# results are reused only from a run that counted them the same way, so an upgrade that changes what a check counts
+# re-checks every table once
+COUNTING = hashlib.sha256(b"".join(Path(m).read_bytes() for m in sorted(
+    [cp.__file__, __file__, str(Path(cp.__file__).with_name("checks.py")), model.__file__]
+    + [str(p) for p in (Path(__file__).parents[1] / "engines").glob("*.py")]))).hexdigest()[:16]
 
 NA_IF_NO_VALUES = ("isForeignKey", "fkDomain", "fkClass", "isStandardValidConcept",
                    "standardConceptRecordCompleteness", "sourceConceptRecordCompleteness",
@@ -215,6 +218,7 @@ class Runner:
         self.notice = notice  # a message to show now, not only in the summary (a wait for another session's lock)
         self.waits: dict[str, str] = {}  # what waited for a lock: for how long, held by whom
         self._said: dict[str, int] = {}  # when a wait was last said (`_waiting`)
+        self.unprinted: dict[str, str] = {}  # tables the engine could not fingerprint: why (checked every run)
         self._at = ("the store survey", 0, 0)  # what the run is doing, for a wait's message
         self.only = sorted({t.lower() for t in only}) if only else None  # (once each, as the store names them)
         self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(self.only or ())
@@ -346,8 +350,9 @@ class Runner:
                 try:
                     row = self.eng.query(_fingerprint_sql(table, self.cols(table))).to_pylist()[0]
                     self._fp[table] = "|".join(_fmt(v) for v in row.values())
-                except EngineError:  # (an engine without the hash function): no key ever matches, so always checked
+                except EngineError as e:  # (a column the engine cannot hash): no key ever matches, always checked
                     self._fp[table] = f"unknown {time.time_ns()}"
+                    self.unprinted[table] = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
         return self._fp[table]
 
     def _path(self) -> str:
@@ -796,13 +801,13 @@ class Runner:
     def alone(self):
         """One run of this store into this folder at a time: a second would take the first's unfinished run folder
         for a stopped run's, resume it and write beside it. A lock the system drops with its process (a run killed
-        leaves none), on a file of the machine's temporary folder named for the two (not among the runs); the
-        holder's PID in it, for the message."""
+        leaves none), on a file in the folder named for the store (a dot file, not among the runs); the holder's
+        PID in it, for the message."""
         import fcntl
-        import tempfile
 
-        key = hashlib.sha256(f"{self.out.resolve()}\n{self.store}".encode()).hexdigest()[:16]
-        with open(Path(tempfile.gettempdir()) / f"medlake-quality-{key}.lock", "a+") as fh:
+        key = hashlib.sha256(self.store.encode()).hexdigest()[:16]
+        self.out.mkdir(parents=True, exist_ok=True)  # (in the folder: two machines or TMPDIRs writing it see it)
+        with open(self.out / f".run-{key}.lock", "a+") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -958,14 +963,16 @@ class Runner:
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
             + self._no_schema() + self._unreadable() + site_absent(run.results) + list(self.waits.values())
-            + damaged_runs(self.out)
+            + damaged_runs(self.out) + [f"{t}: no fingerprint of its rows ({why}), so it and the tables whose checks "
+                                        "read it are checked again on every run" for t, why in self.unprinted.items()]
             + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
                         "a run of the other version's checks finds its fields missing; it is compared with runs of "
                         f"v{self.version} only"] if "; the store says" in self.version_from else []),
         }
         since = run.summary["since_last_run"] = since_last_run(
             run.results, [d for d in finished_runs(self.out, self.store) if d.name != run.run_id], scope(run.summary))
-        run.summary["refused_new"] = bool(self.fail_on_new and since and (since["new_failures"] or since["new_errors"]))
+        run.summary["refused_new"] = bool(self.fail_on_new and since and (
+            since["new_failures"] or since["new_errors"] or since["emptied"]))
         _write(run_dir / "results.json", run.results)
         _write_csv(run_dir / "results.csv", run.results)
         _write(run_dir / "run.json", run.summary)
@@ -1170,12 +1177,22 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
         if s.get("refused_new"):
             continue
         if scope(s) == within or (not partial(s) and not cohort and s.get("cdm_version") == within[-1]):
-            changes = compare(json.loads((d / "results.json").read_text()), results)
+            before = json.loads((d / "results.json").read_text())
+            changes = compare(before, results)
+            judged = {r["check_id"] for r in before if r["status"] in ("passed", "failed")}
             return {"run_id": d.name,
                     "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
                     "new_errors": sorted(c["check_id"] for c in changes if c["after"] == "error"),
-                    "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed")}
+                    "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed"),
+                    # the tables that held rows then and are empty or gone now (an ETL that emptied one and
+                    # failed): their checks, judged then, are not applicable now, which no pass rate shows
+                    "emptied": sorted({r["cdm_table"] for r in results
+                                       if r["status"] == "not_applicable" and r["check_id"] in judged
+                                       and EMPTIED.match(r.get("not_applicable_reason") or "")})}
     return None
+
+
+EMPTIED = re.compile(r"table \S+ (empty|absent)")  # a check's reason for being not applicable: its table has no rows
 
 
 CHANGES = ("newly failing", "fixed", "more rows", "fewer rows", "other")  # compare's kinds, the worst first

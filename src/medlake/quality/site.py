@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import tomllib
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -237,8 +238,10 @@ def fields_config(text: str, source: str = "site checks") -> dict:
     out = {}
     for table, spec in _table(_toml(text, source), "source_fields", source, "[source_fields.<staging table>]").items():
         where = f"{source}: [source_fields.{table}]"
-        if not isinstance(spec, dict) or set(spec) - {"key", "mandatory", "when"}:
-            raise ValueError(f"{where}: give key = [...], mandatory = [...] and/or a [when] table")
+        odd = sorted(set(spec) - {"key", "mandatory", "when"}) if isinstance(spec, dict) else []
+        if not isinstance(spec, dict) or odd:
+            raise ValueError(f"{where}: " + (f"unknown key {odd[0]!r}; " if odd else "")
+                             + "give key = [...], mandatory = [...] and/or a [when] table")
         for k in ("key", "mandatory"):
             if k in spec and not (isinstance(spec[k], list) and all(isinstance(f, str) and f for f in spec[k])):
                 raise ValueError(f"{where}: {k} must be a list of field names")
@@ -353,7 +356,8 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
                     sqlglot.parse_one(f"SELECT 1 WHERE {sql}", read="duckdb")
                     ends = [t for t in sqlglot.tokenize(sql, read="duckdb") if t.token_type.name == "SEMICOLON"]
                 except sqlglot.errors.SqlglotError as e:
-                    raise ValueError(f"{where}: {label} is not valid SQL: {str(e).splitlines()[0]}") from e
+                    raise ValueError(f"{where}: {label} is not valid SQL: {_sql_error(e, len('SELECT 1 WHERE '))}"
+                                     ) from e
                 if ends:
                     raise ValueError(f"{where}: {label} is one condition, not statements: remove its ';' and what "
                                      "follows")
@@ -378,6 +382,17 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
                     needs=_reads_of(spec["table"], violation, den))
         out.append((check, item))
     return out
+
+
+def _sql_error(e: Exception, offset: int) -> str:
+    """A SQL parser's complaint as a person reads it: where in the predicate (the column counted from its start,
+    not from the statement it was parsed in), without the parser's class names."""
+    text = str(e).splitlines()[0]
+    col = next((x.get("col") for x in getattr(e, "errors", []) if x.get("col")), None)
+    if "<class" in text or "Required keyword" in text:
+        text = "it does not parse"
+    text = re.sub(r"\.?\s*Line \d+, Col: \d+\.?", "", text).strip()
+    return text + (f" (at character {max(1, col - offset)})" if col else "")
 
 
 def _reads_of(table: str, *predicates: str | None) -> tuple[str, ...]:
