@@ -126,7 +126,7 @@ class PostgresEngine:
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         return self._run(sql, params, fetch=True)
 
-    def _run(self, sql: str, params: list | None, fetch: bool, native: bool = False):
+    def _run(self, sql: str, params: list | None, fetch: bool):
         """In `scanning`, a statement that waits `LOCK_WAIT` s for another session's lock (an ETL's TRUNCATE, a
         migration's ALTER) tells `self._waiting` who holds it and waits again: the run goes on when they end."""
         waited = 0
@@ -134,7 +134,7 @@ class PostgresEngine:
             try:
                 with self._step(), self._cursor() as cur:
                     try:
-                        cur.execute(sql if native else to_postgres(sql), tuple(params) if params is not None else None)
+                        cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
                         return _numbers(cur.fetch_arrow_table()) if fetch else None
                     except Exception as e:
                         raise EngineError(str(e).splitlines()[0]) from e
