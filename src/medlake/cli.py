@@ -722,6 +722,9 @@ def quality_run(
 def quality_runs(
     out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder of the quality runs."),
     last: int = typer.Option(20, "--last", min=1, help="Show this many of the latest runs."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the runs' summaries (run.json, with the folder of each as `dir`) as one JSON list, "
+                              "latest last: for a pipeline (`jq '.[-1].dir'` is the latest run)."),
 ):
     """This store's finished quality runs, oldest first: pass rate, failed checks, what failed anew and what was
     fixed since the run before."""
@@ -737,6 +740,11 @@ def quality_runs(
     if not runs:
         raise ValueError(f"no finished quality run of {store} in {out_dir}" + (
             runner.other_stores(out_dir, store) or ": run `medlake quality run` first"))
+    if as_json:
+        import json
+
+        print(json.dumps([dict(s, dir=str(Path(out_dir) / s["run_id"])) for s in runs[-last:]], indent=1))
+        return
     t = Table(title=f"quality runs of {store} ({min(last, len(runs))} of {len(runs)})", box=box.SIMPLE_HEAD,
               padding=(0, 1, 0, 0), pad_edge=False)
     for col in ("run (started, UTC)", "checks", "pass", "failed", "err", "new", "fixed", "tables", "s"):

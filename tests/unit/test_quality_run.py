@@ -1333,6 +1333,9 @@ def test_a_stores_runs_are_one_history_however_a_pipeline_spells_it_or_fills_the
     p = subprocess.run(cli + ["runs"] + relative, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0 and "(2 of 2)" in p.stdout and first.name in p.stdout, p.stdout
     assert "latest" not in p.stdout and "20000101" not in p.stdout
+    p = subprocess.run(cli + ["runs", "--json", "--last", "1"] + relative, cwd=tmp_path, capture_output=True, text=True)
+    [latest] = json.loads(p.stdout)  # (a pipeline's way to the latest run: its folder, counts, what is new)
+    assert latest["dir"] == f"quality/{latest['run_id']}" and latest["run_id"] != first.name and latest["refused_new"]
     # a pipeline's unset variable is refused, not a run of everything; a site file saved with a byte-order mark reads
     p = subprocess.run(cli + ["run", "--tables", ""] + relative, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 1 and "--tables is empty: give a value, or leave the option out" in p.stderr
