@@ -819,10 +819,12 @@ def quality_diff(
         t.add_column(col, overflow="fold")
 
     def status(s, v):
-        return s if s in ("not run", "not_applicable", "error") or v is None else f"{s} {v:,}"
+        return s if s in ("not run", "not_applicable", "error") or v is None else f"{s}: {v:,} row{'s' * (v != 1)}"
 
-    for c in changes[:limit]:
-        t.add_row(c["change"], f"{c['check_id']}\n({report.where(c['result'])})", status(c["before"],
+    from rich.markup import escape
+
+    for c in changes[:limit]:  # (escaped: "[concept 3013721]" was read as a style and vanished)
+        t.add_row(c["change"], escape(f"{c['check_id']}\n({report.where(c['result'])})"), status(c["before"],
                   c["violated_before"]), status(c["after"], c["violated_after"]))
     out.print(t)
 

@@ -1438,8 +1438,8 @@ def test_cli_diff_two_runs(tmp_path):
     p = subprocess.run(cli + ["diff"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert f"from run {first} to run {second}: 2 newly failing, 0 fixed, 0 more rows, 0 fewer rows, 1 other" in p.stdout
-    assert "field_isforeignkey_condition_occurrence_person_id" in p.stdout and "passed 0" in p.stdout
-    assert "(condition_occurrence.person_id)" in p.stdout and "failed 1" in p.stdout
+    assert "field_isforeignkey_condition_occurrence_person_id" in p.stdout and "passed: 0 rows" in p.stdout
+    assert "(condition_occurrence.person_id)" in p.stdout and "failed: 1 row" in p.stdout
     p = subprocess.run(cli + ["diff", second, first], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert "0 newly failing, 2 fixed" in p.stdout
     p = subprocess.run(cli + ["diff", "nosuchrun"], env=env, cwd=tmp_path, capture_output=True, text=True)
