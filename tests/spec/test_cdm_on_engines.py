@@ -35,6 +35,14 @@ def test_the_url_a_store_is_known_by_is_known_without_opening_it(engine, tmp_pat
         store_url("mysql://x")
 
 
+def test_a_mistyped_spark_store_is_said_not_made_by_a_command_that_reads(tmp_path):
+    """`medlake quality run --store spark:/data/omp` made the folder and then found no CDM in it; as for DuckDB, a
+    command that only reads says there is no store there (before any Spark session starts)."""
+    with pytest.raises(EngineError, match=r"no Spark store at .*omp: run `medlake init` there"):
+        open_engine(f"spark:{tmp_path / 'omp'}", read_only=True)
+    assert not (tmp_path / "omp").exists()
+
+
 @pytest.mark.spark
 def test_a_spark_store_is_not_made_over_tables_another_tool_wrote(tmp_path):
     """A site's CDM as Spark wrote it (Parquet part files, no medlake definition): `medlake init` there declared

@@ -19,7 +19,7 @@ def open_engine(url: str, read_only: bool = False) -> Engine:
     if url.startswith("spark:"):
         from medlake.engines.spark import SparkEngine
 
-        return SparkEngine(url.removeprefix("spark:"))
+        return SparkEngine(url.removeprefix("spark:"), read_only=read_only)
     if url.startswith("duckdb:"):
         from medlake.engines.duckdb import DuckDBEngine
 

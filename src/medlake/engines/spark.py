@@ -108,8 +108,11 @@ class SparkEngine:
     shapes = Shapes(unique_test=True)  # every query is a job: the fewer the better
     exact_names = False
 
-    def __init__(self, warehouse: str | Path):
+    def __init__(self, warehouse: str | Path, read_only: bool = False):
         self.warehouse = Path(warehouse).resolve()
+        if read_only and not self.warehouse.is_dir():  # (a mistyped folder was made, and then had no CDM)
+            raise EngineError(f"no Spark store at {self.warehouse}: run `medlake init` there, or name the store with "
+                              "--store")
         self.warehouse.mkdir(parents=True, exist_ok=True)
         self.url = f"spark:{self.warehouse}"
         self.spark = spark_session()
