@@ -87,6 +87,17 @@ class State:
 state = State()
 
 
+def _percent(text) -> float:
+    """A percent option's value: 5, 2.5 or 5% (as the README writes it); 0 to 100."""
+    try:
+        value = float(str(text).strip().removesuffix("%"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a percent (5, 2.5 or 5%)") from None
+    if not 0 <= value <= 100:  # (NaN too)
+        raise typer.BadParameter(f"{text!r} is not a percent from 0 to 100")
+    return value
+
+
 def _warn(warnings: list[str]) -> None:
     for w in warnings:
         err.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
@@ -548,7 +559,7 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
 def quality_run(
     out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder for quality/<run-id>/ reports."),
     fail_on: Optional[float] = typer.Option(
-        None, "--fail-on", min=0, max=100,
+        None, "--fail-on", metavar="PERCENT", parser=lambda v: _percent(v),
         help="Exit 3 when failed checks (plus errors) exceed this percent of checks with a result (0: any)."),
     fail_on_new: bool = typer.Option(
         False, "--fail-on-new",

@@ -1179,9 +1179,13 @@ def test_cli_import_then_quality_run(tmp_path):
     assert "because the store's vocabulary is missing: the concept table is empty" in w, p.stderr
     [run_dir] = list((tmp_path / "quality").glob("[!.]*"))
     assert (run_dir / "results.json").exists() and (run_dir / "report.html").exists()
-    p = subprocess.run(cli + ["quality", "run", "--fail-on", "0"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(cli + ["quality", "run", "--fail-on", "0%"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)  # (a percent as the README writes it)
     assert p.returncode == 3 and "above --fail-on 0%" in p.stderr  # (3: the run was made; the data did not pass)
     assert [x for x in p.stderr.strip().splitlines() if not x.startswith("warning:")] == [p.stderr.strip().splitlines()[-1]]
+    p = subprocess.run(cli + ["quality", "run", "--fail-on", "101"], env=env, cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert p.returncode == 2 and "is not a percent from 0 to 100" in p.stderr
     # DQD's results table (writeToTable), and a name that would overwrite a CDM table refused in one line
     p = subprocess.run(cli + ["quality", "run", "--write-table", "dqdashboard_results"], env=env, cwd=tmp_path,
                        capture_output=True, text=True)
