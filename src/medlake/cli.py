@@ -559,7 +559,7 @@ def trace_cmd(table: str = typer.Argument(..., help="CDM table, e.g. measurement
 def quality_run(
     out_dir: Path = typer.Option(Path("quality"), "--out", help="Folder for quality/<run-id>/ reports."),
     fail_on: Optional[float] = typer.Option(
-        None, "--fail-on", metavar="PERCENT", parser=lambda v: _percent(v),
+        None, "--fail-on", metavar="PERCENT", parser=_percent,
         help="Exit 3 when failed checks (plus errors) exceed this percent of checks with a result (0: any)."),
     fail_on_new: bool = typer.Option(
         False, "--fail-on-new",

@@ -892,10 +892,11 @@ class Runner:
             # snapshot is held for this table only (its locks keep an ETL's TRUNCATE waiting, and a run can be long)
             with self.eng.engine.snapshot(sorted(t for t in self._reads(table, checks, site_items)
                                                  if t in self.present and t not in self.denied)):
-                if key and self.eng.engine.data_version() != self._mark:  # another session wrote since the
-                    self._fp.clear()  # fingerprints were taken: the key of the data these checks count, taken anew
+                now = self.eng.engine.data_version() if key else self._mark
+                if now != self._mark:  # another session wrote since the fingerprints were taken: the key of the
+                    self._fp.clear()  # data these checks count, taken anew
                     key = self._key(table, checks, site_items)
-                    self._mark = self.eng.engine.data_version()
+                    self._mark = now
                 results = self.run_table(table, checks, site_items)
             _write(path, {"key": key, "seconds": round(time.perf_counter() - t1, 3), "results": results})
             run.results += results
@@ -1096,10 +1097,15 @@ def finished_runs(out: Path, store: str | None = None) -> list[Path]:
     """The finished runs in `out` (of one store, when given), oldest first: folders with a run.json and a
     results.json that read; a link (a site's `latest`) is not another run, and a damaged run is passed over
     (`damaged_runs` says which)."""
+    return [d for d, why in _run_dirs(out) if not why and (store is None or _store_of(d) == store)]
+
+
+def _run_dirs(out: Path) -> list[tuple[Path, str]]:
+    """The folders in `out` with a run.json (a link is not another run), each with why its files cannot be read
+    ('' if they can: `_damaged`), in the order of their names."""
     if not Path(out).exists():
         return []
-    return [d for d in sorted(Path(out).iterdir()) if not d.is_symlink() and (d / "run.json").exists()
-            and (store is None or _store_of(d) == store) and not _damaged(d)]
+    return [(d, _damaged(d)) for d in sorted(Path(out).iterdir()) if not d.is_symlink() and (d / "run.json").exists()]
 
 
 def _damaged(d: Path) -> str:
@@ -1124,10 +1130,8 @@ def _damaged(d: Path) -> str:
 
 def damaged_runs(out: Path) -> list[str]:
     """Warnings for the run folders in `out` that are passed over because their files cannot be read."""
-    if not Path(out).exists():
-        return []
-    return [f"run {d.name} in {out} is passed over: {_damaged(d)} (move the folder away, or restore it)"
-            for d in sorted(Path(out).iterdir()) if not d.is_symlink() and (d / "run.json").exists() and _damaged(d)]
+    return [f"run {d.name} in {out} is passed over: {why} (move the folder away, or restore it)"
+            for d, why in _run_dirs(out) if why]
 
 
 def other_stores(out: Path, store: str) -> str:
