@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -48,6 +48,11 @@ def global_options_first(args: list[str]) -> list[str]:
             rest.append(a)
         i += 1
     return moved + rest
+
+
+if hasattr(TyperOption, "display_type_rich"):  # typer 0.29 gives a flag a type in help (`--full <bool>`)
+    _type_of = TyperOption.display_type_rich  # as if it took a value; a flag takes none
+    TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag and not self.count else _type_of(self, ctx)
 
 
 class _Root(TyperGroup):
@@ -1608,13 +1613,26 @@ def map_auto_accept(
               highlight=False)
 
 
+INTERRUPTED = "error: interrupted; run the command again (a quality run goes on from the tables it had finished)"
+
+
 def main() -> None:
     """Typer handles --help and usage errors (exit 2); medlake's own errors become one line and exit 1."""
     from medlake.cdm.vocab import VocabError
     from medlake.engines.base import EngineError
 
     try:
-        app()
+        code = app(standalone_mode=False)  # (usage errors said here in one line, not in a rich box)
+    except typer.TyperException as e:  # a usage error (typer's own click's exceptions)
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help is printed
+            sys.exit(e.exit_code)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err.print(f"error: {e.format_message()}{hint}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("error: aborted", highlight=False, markup=False)
+        sys.exit(1)
     except BrokenPipeError:  # `| head`: the reader has gone; say nothing more (Python would complain at exit)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # (as a program killed by SIGPIPE)
@@ -1631,9 +1649,12 @@ def main() -> None:
         # (after medlake's own errors: EngineError is a RuntimeError)
         if isinstance(e, RuntimeError) and "interrupted" not in str(e).lower() or os.environ.get("MEDLAKE_DEBUG"):
             raise
-        err.print("error: interrupted; run the command again (a quality run goes on from the tables it had "
-                  "finished)", highlight=False, markup=False, soft_wrap=True)
+        err.print(INTERRUPTED, highlight=False, markup=False, soft_wrap=True)
         sys.exit(130)
+    code = code if isinstance(code, int) and not isinstance(code, bool) else 0  # typer.Exit's code
+    if code == 130:  # (typer's for Ctrl-C)
+        err.print(INTERRUPTED, highlight=False, markup=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

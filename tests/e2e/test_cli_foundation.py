@@ -160,3 +160,17 @@ def test_every_command_has_help(tmp_path):
                  ["status", "--help"]):
         r = run(*args, cwd=tmp_path)
         assert r.returncode == 0 and "Usage" in r.stdout, args
+
+
+def test_a_usage_error_is_one_line_and_exit_2(tmp_path):
+    """A wrong option or command: one `error:` line naming it and the help to read (not a box), exit 2; flags show
+    no value in help (typer 0.29 wrote `--full <bool>`)."""
+    for args, said in ((["quality", "run", "--bogus"], "error: No such option: --bogus"),
+                       (["quality", "run", "--fail-on", "150"], "error: Invalid value for '--fail-on': '150' is not a "
+                                                                "percent from 0 to 100"),
+                       (["nosuch"], "error: No such command 'nosuch'.")):
+        r = run(*args, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.startswith(said) and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "--help" in r.stderr and "╭" not in r.stderr
+    r = run("quality", "run", "--help", cwd=tmp_path)
+    assert r.returncode == 0 and "--full " in r.stdout and "<bool>" not in r.stdout
