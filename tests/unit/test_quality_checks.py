@@ -294,6 +294,30 @@ def test_not_applicable_is_not_passed(clean, tmp_path):
     clean.execute("DROP TABLE death")
     r = results(clean, "condition_occurrence", tmp_path)
     assert r["field_plausiblebeforedeath_condition_occurrence_condition_start_date"]["status"] == "not_applicable"
+    # DQD 2.8: a required field, or a key, no row fills: its completeness check fails, its other checks do not apply
+    for sql in ("ALTER TABLE condition_occurrence ALTER COLUMN condition_occurrence_id DROP NOT NULL",
+                "ALTER TABLE condition_occurrence ALTER COLUMN condition_type_concept_id DROP NOT NULL",
+                "UPDATE condition_occurrence SET condition_occurrence_id = NULL, condition_type_concept_id = NULL"):
+        clean.execute(sql)
+    r = results(clean, "condition_occurrence", tmp_path)
+    for check in ("isrequired_condition_occurrence_condition_type_concept_id",
+                  "isprimarykey_condition_occurrence_condition_occurrence_id",
+                  "isrequired_condition_occurrence_condition_occurrence_id"):
+        assert r[f"field_{check}"]["status"] == "not_applicable", check
+    full = r["field_measurevaluecompleteness_condition_occurrence_condition_type_concept_id"]
+    assert (full["status"], full["num_violated_rows"], full["num_denominator_rows"]) == ("failed", 4, 4)
+
+
+def test_a_concept_the_vocabulary_holds_twice_counts_each_row_once(clean, tmp_path):
+    """A local concept loaded again: the concept checks' denominators stay the table's rows."""
+    before = results(clean, "condition_occurrence", tmp_path)
+    clean.execute("INSERT INTO concept SELECT * FROM concept WHERE concept_id IN (201826, 32817)")
+    after = results(clean, "condition_occurrence", tmp_path)
+    ids = [i for i, r in before.items() if r["num_denominator_rows"] and ("concept" in i or "foreignkey" in i)]
+    assert len(ids) > 5 and all(
+        (before[i]["num_violated_rows"], before[i]["num_denominator_rows"])
+        == (after[i]["num_violated_rows"], after[i]["num_denominator_rows"]) for i in ids), \
+        [(i, before[i]["num_denominator_rows"], after[i]["num_denominator_rows"]) for i in ids]
 
 
 def test_a_failing_query_is_an_error_with_its_text(clean, tmp_path):

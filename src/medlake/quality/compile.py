@@ -104,7 +104,8 @@ class Context:
     def target(self, table: str, key: str) -> str:
         """A table to join by `key`: itself, or, when the key is not unique there (its isPrimaryKey fails), one
         row per key (`one_per_key`), so that a joined row counts once in every check. The vocabulary is taken as
-        it is (concept_id is unique in every Athena download; testing 5M ids would cost every run)."""
+        it is (concept_id is unique in every Athena download; testing 5M ids would cost every run); the concept
+        checks of a table read it once per concept (`grouped_sql`)."""
         if table == "concept" or self.unique(table, key):
             return q(table)
         return one_per_key(table, key, self.person_columns)
@@ -400,7 +401,9 @@ def grouped_sql(table: str, items: list[Item], ctx: Context) -> str:
     joins = " ".join(f"LEFT JOIN lk__ AS {a} ON t.{q(a[3:])} = {a}.concept_id" for a in aliases)
     ids = " UNION ".join(f"SELECT {q(a[3:])} FROM {src}" for a in aliases)
     ids = f"= ANY(ARRAY({ids}))" if ctx.shapes.lookup_array else f"IN ({ids})"
-    lookup = f", lk__ AS (SELECT {', '.join(CONCEPT_COLUMNS)} FROM concept WHERE concept_id {ids})" if aliases else ""
+    # one row per concept: a concept_id the vocabulary holds twice (a local concept added again) is counted once
+    lookup = (f", lk__ AS (SELECT concept_id, {', '.join(f'min({c}) AS {c}' for c in CONCEPT_COLUMNS[1:])} FROM concept "
+              f"WHERE concept_id {ids} GROUP BY concept_id)") if aliases else ""
     withs = f"g__ AS (SELECT {cols}, count(*) AS n__ FROM {q(table)} GROUP BY {cols})"
     rest = ""
     if distinct:

@@ -78,7 +78,9 @@ COUNTING = hashlib.sha256(b"".join(Path(m).read_bytes() for m in sorted(
 NA_IF_NO_VALUES = ("isForeignKey", "fkDomain", "fkClass", "isStandardValidConcept",
                    "standardConceptRecordCompleteness", "sourceConceptRecordCompleteness",
                    # (their denominators, as DQD's, count rows without a value too)
-                   "cdmDatatype", "plausibleTemporalAfter", "plausibleDuringLife", "withinVisitDates")
+                   "cdmDatatype", "plausibleTemporalAfter", "plausibleDuringLife", "withinVisitDates",
+                   "isRequired", "isPrimaryKey", "sourceValueCompleteness")
+# (DQD 2.8: every check of a field no row fills but cdmField and measureValueCompleteness, which say it)
 
 
 class RowCounts(dict):
@@ -508,7 +510,8 @@ class Runner:
             site_items.remove(it)
         # field-level: one scan for the DQD checks, one for site checks (their SQL is the site's own).
         # DQD: a check on a field with no values at all is not applicable, not passed
-        empty_ok = sorted({it.check.field for it in items if it.check.name in NA_IF_NO_VALUES})
+        empty_ok = sorted({it.check.field for it in items if it.check.name in NA_IF_NO_VALUES}
+                          | {c.field for c in pks if c.field in ctx.columns})
         probes = [cp.Item(Check("nonNull", "FIELD", table, f, source="probe"), f"count(t.{cp.q(f)})", "count(*)")
                   for f in empty_ok]
         found: dict[str, tuple[str, tuple[str, ...]]] = {}  # violating rows by value, from the grouped scan
@@ -516,14 +519,15 @@ class Runner:
             self._scan(table, group, ctx, res, found)
         for it in items + site_items:
             conds[it.check.id] = found.get(it.check.id) or (it.where, it.joins)
+        empty = set()
         for p in probes:
             got = res.pop(p.check.id)
             if got["status"] != "error" and not got["num_violated_rows"]:
-                for it in items:
-                    if it.check.field == p.check.field and it.check.name in NA_IF_NO_VALUES:
-                        res[it.check.id] = result(it.check, "not_applicable",
-                                                  reason=f"field {table}.{p.check.field} has no values")
-        for c in pks:
+                empty.add(p.check.field)
+        for c in [it.check for it in items] + [c for c in pks if c.field in empty]:
+            if c.field in empty and c.name in NA_IF_NO_VALUES:
+                res[c.id] = result(c, "not_applicable", reason=f"field {table}.{c.field} has no values")
+        for c in [c for c in pks if c.field not in empty]:
             if self.mode == "set" and (table, c.field) in self.declared_keys():
                 res[c.id] = result(c, "counted", 0, self.present.get(table, 0))
                 res[c.id]["answered_by"] = f"the store's PRIMARY KEY constraint on {table}({c.field})"
