@@ -579,6 +579,16 @@ PERSON_HEADER = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethni
      r"visit_occurrence.csv: column\(s\) admitting_source_concept_id are fields of visit_occurrence in OMOP CDM v5.3, "
      r"not v5.4: give --version 5.3 if the files are v5.3", False),
     ("person.csv", "person_id,PERSON_ID\n1,2\n", r"person.csv: column\(s\) person_id appear more than once", False),
+    # one row exported without a header (bcp, \copy without HEADER), and a header alone, are read as headers are
+    ("cdm_source.csv", "Review Hospital,RH,Review,,,,2020-12-31,2021-01-15,v5.4,v5.0 20-MAY-22,756265\n",
+     r"cdm_source.csv: its first line \(Review Hospital, RH, Review, 2020-12-31, …\) names no field of cdm_source: a "
+     r"file without a header row \(as bcp, or \\copy without HEADER, writes one\)\? Export it with the fields' names",
+     False),
+    ("person.csv", "person_id,year_of_birth\n", r"person.csv: no column gender_concept_id, .*required in person", False),
+    ("cdm_source.csv", "cdm_source_name,cdm_source_abbreviation,cdm_holder,source_release_date,cdm_release_date,"
+     "cdm_version,vocabulary_version\nH,H,H,2020-12-31,2021-01-15,v5.3.1,v5.0\n",
+     r"cdm_source.csv: no column cdm_version_concept_id, required in cdm_source in OMOP CDM v5.4, not in v5.3: give "
+     r"--version 5.3 if the files are v5.3", False),
     ("Person.txt", PERSON_HEADER + "1,8507,1980,0,0\n", r"Person.txt: not a kind of file the import reads \(.csv "
      r"\(any --delimiter\), .tsv, .parquet, or .csv/.tsv compressed as .gz, .bz2 or .zst\); convert or rename it", False),
 ])
@@ -828,6 +838,15 @@ def test_the_version_the_files_are_of(tmp_path):
                                                  "visit_end_date;visit_type_concept_id;ADMITTING_SOURCE_CONCEPT_ID\n")
     assert importer.files_version(folder) == "5.3"
     (folder / "visit_occurrence.csv").unlink()
+    (folder / "cdm_source.csv").write_text("cdm_source_name,cdm_source_abbreviation,cdm_holder,source_release_date,"
+                                           "cdm_release_date,cdm_version,vocabulary_version\n")
+    assert importer.files_version(folder) == "5.3"  # without v5.4's required cdm_version_concept_id
+    (folder / "cdm_source.csv").unlink()
+    (folder / "cohort.csv").write_text("cohort_definition_id,subject_id,cohort_start_date,cohort_end_date\n")
+    with pytest.raises(ValueError, match="cohort.csv: cohort is a results table of OMOP CDM v5.4, which v5.3 has not: "
+                                         "move it out of the folder"):
+        importer.import_folder(open_engine("duckdb::memory:"), folder, "5.3")
+    (folder / "cohort.csv").unlink()
     (folder / "episode").mkdir()
     pq.write_table(pa.table({"episode_id": [1]}), folder / "episode" / "part-0.parquet")
     assert importer.files_version(folder) == "5.4"

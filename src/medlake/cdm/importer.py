@@ -56,6 +56,12 @@ class UnknownColumns(CdmImportError):
         self.columns = columns
 
 
+class MissingColumns(CdmImportError):
+    def __init__(self, message: str, columns: list[str], present: list[str]):
+        super().__init__(message)
+        self.columns, self.present = columns, present
+
+
 IMPORTED = "cdm_imported_from"  # medlake_info: the folder a store's CDM was imported from (`medlake cdm import`)
 
 
@@ -212,6 +218,10 @@ def _table_files(folder: Path, cdm: model.CDM, held: str | None = None) -> dict[
             raise CdmImportError(f"{p}: holds both CSV and Parquet files; keep one kind per table")
         if name not in cdm.table_names:
             other = other_version(cdm.version)
+            if name in model.load(other).table_names and model.load(other).table(name).schema == "RESULTS":
+                raise CdmImportError(f"{p}: {name} is a results table of OMOP CDM v{other}, which v{cdm.version} has "
+                                     "not: move it out of the folder (a quality run reads a cohort from a table of "
+                                     "any name: --cohort-table)")
             if name in model.load(other).table_names:
                 raise CdmImportError(f"{p}: {name} is a table of OMOP CDM v{other}, not v{cdm.version}: "
                                      f"{switch_to(other, held)}, or move it out of the folder")
@@ -604,6 +614,11 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
         named = [i for i, n in enumerate(names) if n]
         batch, names = batch.select(named), [names[i] for i in named]
     unknown = [n for n in names if n not in table.field_names]
+    if names and len(unknown) == len(names) and any(names):  # (whatever --skip-unknown-columns says)
+        raise CdmImportError(f"{path}: its first line ({', '.join(batch.schema.names[:4])}"
+                             f"{', …' if len(names) > 4 else ''}) names no field of {table.name}: a file without a "
+                             "header row (as bcp, or \\copy without HEADER, writes one)? Export it with the fields' "
+                             "names on its first line")
     counted: dict[tuple[str, str], tuple[int, int]] = {}  # notes found before the values are read (below)
     if unknown and skip_unknown:
         for i, n in enumerate(names):
@@ -623,8 +638,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     data = dict(zip(names, batch.columns))
     absent = [f.name for f in table.fields if f.required and f.name not in data]
     if absent:
-        raise CdmImportError(f"{path}: no column {', '.join(absent)}, required in {table.name}: add it to "
-                           "the file")
+        raise MissingColumns(f"{path}: no column {', '.join(absent)}, required in {table.name}: add it to the file",
+                             absent, names)
     bad: dict[int, list[tuple[str, str, str]]] = {}
     garbled: set[tuple[int, str]] = set()  # (row, field) of values already said (not UTF-8, a header): left empty
     nul: dict[str, pa.Array] = {}  # the values of a field that held a NUL character
@@ -863,7 +878,9 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
     malformed: int | None = 0  # --strict: the file line of the first line with the wrong number of fields (None:
     # not found by its text), once the reader has skipped one
+    read = False
     for batch, line in batches:
+        read = True
         left = 0 if strict else budget - len(bad) - len(invalid or [])
         if left < 0:
             _too_many_invalid(path, max_bad, invalid)
@@ -895,6 +912,10 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         _add_notes(notes, {k: (n, line(i)) for k, (n, i) in noted.items()})
         rows += engine.load_arrow(table.name, data)
         loaded(rows)
+    if not read and not parquet and header and header != [""]:
+        # a header alone is checked as the header of rows is (one row exported without a header is such a file)
+        _conform(pa.RecordBatch.from_pydict({n: pa.array([], pa.binary()) for n in header}), table, schema, path, 0,
+                 skip_unknown=skip_unknown)
     if strict and invalid:
         _stop_at_invalid(path, invalid, fmt.encoding)
     skipped = _invalid_lines(path, [t for t, _, _ in invalid], fmt.encoding) if invalid else []
@@ -935,7 +956,8 @@ def csv_format(delimiter: str = ",", encoding: str = "utf-8", nulls: tuple[str, 
 
 def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf-8") -> str | None:
     """The CDM version the files of `folder` are of, when they say: every file's table and columns are of one version
-    and not the other (v5.3's visit_occurrence.admitting_source_concept_id, v5.4's episode); else None."""
+    and not the other (v5.3's visit_occurrence.admitting_source_concept_id, v5.4's episode, a cdm_source without
+    v5.4's required cdm_version_concept_id); else None."""
     fits = set(model.VERSIONS)
     fmt = csv_format(delimiter, encoding)
     for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
@@ -955,8 +977,21 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
             continue  # the import says what is wrong with it
         cols = set(_columns(cols, name)) - {""}
         fits = {v for v in fits if name in model.load(v).table_names
-                and cols <= set(model.load(v).table(name).field_names)}
+                and cols <= set(model.load(v).table(name).field_names) and not _lacks(name, v, cols)}
     return fits.pop() if len(fits) == 1 else None
+
+
+def _lacks(name: str, version: str, columns) -> list[str]:
+    """The fields table `name` requires in `version` and not in the other, that `columns` lack (of a header)."""
+    other = model.load(other_version(version))
+    theirs = {f.name for f in other.table(name).fields if f.required} if name in other.table_names else None
+    return [f.name for f in model.load(version).table(name).fields
+            if f.required and f.name not in columns and theirs is not None and f.name not in theirs] if columns else []
+
+
+def _fits(table: model.Table, columns) -> bool:
+    """Whether a file of these columns can be `table`: each is a field of it, and each required field is there."""
+    return set(columns) <= set(table.field_names) and all(f.name in columns for f in table.fields if f.required)
 
 
 def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSION, *, delimiter: str = ",",
@@ -1005,6 +1040,13 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
                                              f"CDM v{other.version}, not v{version}: {switch_to(other.version, held)}"
                                              ) from None
                     raise UnknownColumns(f"{e}; give --skip-unknown-columns to leave them out", e.columns) from None
+                except MissingColumns as e:  # (v5.4's cdm_source.cdm_version_concept_id in a v5.3 export)
+                    other = model.load(other_version(version))
+                    if name in other.table_names and _fits(other.table(name), e.present):
+                        raise CdmImportError(f"{part}: no column {', '.join(e.columns)}, required in {name} in OMOP "
+                                             f"CDM v{version}, not in v{other.version}: "
+                                             f"{switch_to(other.version, held)}") from None
+                    raise
                 rows, bad = rows + done, bad + len(aside)
                 left_out += aside
                 _add_notes(notes, noted)
