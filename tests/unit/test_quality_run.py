@@ -402,6 +402,23 @@ def test_feed_checks_flag_missing_days_and_volume_drops(store, tmp_path):
     assert got["feedVolume", "LIS"]["status"] == "passed"
 
 
+def test_a_feed_silent_again_is_new_though_its_check_failed_before(store, tmp_path):
+    """--fail-on-new: one more silent day of a source whose feed check failed already (an old outage) is new."""
+    rows = [("LIS", f"2024-01-{d:02d}") for d in range(1, 21) if d != 5 for _ in range(10)]
+    store.execute("CREATE TABLE feed (source VARCHAR, received_at TIMESTAMP)")
+    store.load_arrow("feed", pa.table({"source": [s for s, _ in rows], "received_at": pa.array(
+        [f"{d} 10:00:00" for _, d in rows]).cast(pa.timestamp("us"))}))
+    cfg = site.feed_config("[feed]\ntable = 'feed'\n")
+    first = runner.run(store, "5.4", tmp_path / "q", feed=cfg, only=["person"], fail_on_new=True)
+    tid = next(x["check_id"] for x in first.results if x["check_name"] == "feedTimeliness")
+    assert next(x["num_violated_rows"] for x in first.results if x["check_id"] == tid) == 1
+    again = runner.run(store, "5.4", tmp_path / "q", feed=cfg, only=["person"], fail_on_new=True)
+    assert again.summary["since_last_run"]["new_failures"] == [] and not again.summary["refused_new"]
+    store.execute("DELETE FROM feed WHERE CAST(received_at AS DATE) = DATE '2024-01-15'")  # silent again
+    later = runner.run(store, "5.4", tmp_path / "q", feed=cfg, only=["person"], fail_on_new=True)
+    assert later.summary["since_last_run"]["new_failures"] == [tid] and later.summary["refused_new"]
+
+
 def test_dqd_vs_spec_document_is_current():
     assert (REPO / "docs" / "dqd-vs-spec.md").read_text() == differences_markdown()
 

@@ -1189,7 +1189,8 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
             changes = compare(before, results)
             judged = {r["check_id"] for r in before if r["status"] in ("passed", "failed")}
             return {"run_id": d.name,
-                    "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
+                    "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing" or (
+                        c["change"] == "more rows" and c["result"].get("check_name") in FEED_DAYS)),
                     "new_errors": sorted(c["check_id"] for c in changes if c["after"] == "error"),
                     "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed"),
                     # the tables that held rows then and are empty or gone now (an ETL that emptied one and
@@ -1200,6 +1201,8 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
     return None
 
 
+FEED_DAYS = ("feedTimeliness", "feedVolume")  # each violating row a day a source was silent or low: one more is a
+# new incident, though the check failed already (one outage weeks ago would hide every later one from the gate)
 EMPTIED = re.compile(r"table \S+ (empty|absent)")  # a check's reason for being not applicable: its table has no rows
 
 
