@@ -82,6 +82,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.optimizer.scope import traverse_scope
 
 from medlake.cdm import model
 from medlake.quality.checks import MEDLAKE_TYPES, Check, check_types, fails
@@ -146,11 +147,27 @@ def _rule_sql(spec: dict, where: str) -> str:
     if rule == "pattern":
         if not isinstance(spec.get("regex"), str):
             raise ValueError(f"{where}: rule 'pattern' needs regex = \"...\" (a regular expression in quotes)")
+        _regex(spec["regex"], where)
         return f"{f} IS NOT NULL AND NOT regexp_matches(CAST({f} AS VARCHAR), {lit(spec['regex'])})"
     if rule == "unique":
         t = q(spec["table"])
         return f"{f} IN (SELECT {f} FROM {t} WHERE {f} IS NOT NULL GROUP BY {f} HAVING count(*) > 1)"
     raise ValueError(f"{where}: unknown rule {rule!r}; use one of {', '.join(RULES)}")
+
+
+def _regex(regex: str, where: str) -> None:
+    """A rule's regular expression as the database reads it (DuckDB's RE2), refused before the run if it does not
+    compile (`([A-Z` was each run's error, in DuckDB's words)."""
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.execute(f"SELECT regexp_matches('', {lit(regex)})")
+    except duckdb.Error as e:
+        why = str(e).splitlines()[0].split(": ", 1)[-1]
+        raise ValueError(f"{where}: regex {regex!r} is not a regular expression: {why}") from None
+    finally:
+        con.close()
 
 
 def feed_config(text: str, source: str = "site checks") -> dict | None:
@@ -342,25 +359,14 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
         seen.add(name.lower())
         spec = {k: (v.lower() if k in ("table", "field") and isinstance(v, str) else v) for k, v in spec.items()}
         if "violation" in spec:
-            violation = spec["violation"]
+            violation = _predicate(spec["violation"], "violation", spec["table"], where)
         elif "rule" in spec:
             if not spec.get("field"):
                 raise ValueError(f"{where}: rule {spec['rule']!r} needs a 'field'")
-            violation = _rule_sql(spec, where)
+            violation = _predicate(_rule_sql(spec, where), "violation", spec["table"], where)
         else:
             raise ValueError(f"{where}: give 'violation' (a SQL predicate) or 'rule' ({', '.join(RULES)})")
-        den = spec.get("denominator")
-        for label, sql in (("violation", violation), ("denominator", den)):
-            if sql:
-                try:
-                    sqlglot.parse_one(f"SELECT 1 WHERE {sql}", read="duckdb")
-                    ends = [t for t in sqlglot.tokenize(sql, read="duckdb") if t.token_type.name == "SEMICOLON"]
-                except sqlglot.errors.SqlglotError as e:
-                    raise ValueError(f"{where}: {label} is not valid SQL: {_sql_error(e, len('SELECT 1 WHERE '))}"
-                                     ) from e
-                if ends:
-                    raise ValueError(f"{where}: {label} is one condition, not statements: remove its ';' and what "
-                                     "follows")
+        den = _predicate(spec["denominator"], "denominator", spec["table"], where) if "denominator" in spec else None
         threshold = spec.get("threshold", 0)
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
             raise ValueError(f"{where}: threshold must be a percent from 0 to 100, not {threshold!r}")
@@ -375,13 +381,79 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
             name=name, level="FIELD" if spec.get("field") else "TABLE", table=spec["table"], field=spec.get("field"),
             threshold=threshold, category=words["category"] or "Plausibility",
             subcategory=spec.get("subcategory", ""), context=words["context"] or "Validation",
-            severity=words["severity"] or "site", description=spec.get("description", violation),
+            severity=words["severity"] or "site", description=spec.get("description", spec.get("violation", violation)),
             params=(("violation", violation), ("denominator", den)), source="site")
         bad = violating(violation, den)
         item = Item(check, sum_if(bad), sum_if(f"({den})") if den else "count(*)", (), bad,
                     needs=_reads_of(spec["table"], violation, den))
         out.append((check, item))
     return out
+
+
+def _predicate(sql: str, label: str, table: str, where: str) -> str:
+    """A site's SQL condition (`violation`, `denominator`) checked and made ready to be spliced into a one-line scan:
+    its comments taken out (a trailing `-- note` swallowed the rest of the query), columns qualified by the checked
+    table's own name read from its alias `t` (a correlated subquery's `visit_occurrence.person_id` on a check of
+    visit_occurrence), the user's text otherwise as written. Refused with what to fix: an empty condition, SQL that
+    does not parse, more than one statement, an aggregate or window function outside a subquery."""
+    what = ("give a SQL condition, TRUE for a bad row (or a 'rule')" if label == "violation" else
+            "give a SQL condition, or leave it out to count every row")
+    if not sql.strip():
+        raise ValueError(f"{where}: {label} is empty: {what}")
+    try:
+        tokens = sqlglot.tokenize(sql, read="duckdb")
+    except sqlglot.errors.TokenError:
+        if "/*" in sql:
+            raise ValueError(f"{where}: {label} has a /* comment that is not closed: end it with */ (or put the note "
+                             "in description)") from None
+        raise ValueError(f"{where}: {label} is not valid SQL: a quote or comment is not closed") from None
+    # the text of its tokens with what lies between them (spaces; comments, put as one space)
+    parts, at = [], 0
+    for tok in tokens:
+        gap = sql[at:tok.start]
+        parts += [gap if not gap.strip() else " ", sql[tok.start:tok.end + 1]]
+        at = tok.end + 1
+    sql = "".join(parts).strip()
+    if not sql:
+        raise ValueError(f"{where}: {label} is only a comment: {what}")
+    head = f"SELECT 1 FROM {q(table)} AS t WHERE "
+    try:
+        tree = sqlglot.parse_one(head + sql, read="duckdb")
+    except sqlglot.errors.SqlglotError as e:
+        raise ValueError(f"{where}: {label} is not valid SQL: {_sql_error(e, len(head))}") from e
+    if any(t.token_type.name == "SEMICOLON" for t in tokens):
+        raise ValueError(f"{where}: {label} is one condition, not statements: remove its ';' and what follows")
+    for node in tree.find_all(exp.AggFunc, exp.Window):
+        if node.find_ancestor(exp.Select) is tree:
+            raise ValueError(f"{where}: {label} is a condition on each row of {table}: {node.sql('duckdb')} is "
+                             "computed over many rows, allowed only in a subquery (… IN (SELECT … GROUP BY … HAVING "
+                             "count(*) > 1), or rule = \"unique\")")
+    return _own_name_as_t(sql, tree, table, len(head))
+
+
+def _own_name_as_t(sql: str, tree: exp.Expression, table: str, offset: int) -> str:
+    """`sql` with each column qualified by `table`'s own name that means the checked row (no subquery around it reads
+    a table of that name unaliased, or an alias of it) qualified by `t` instead, the alias the checked table has in
+    the scan. A subquery's own `FROM visit_occurrence` (and its columns) stays as written."""
+    try:
+        scopes = {id(s.expression): s for s in traverse_scope(tree)}
+    except (sqlglot.errors.SqlglotError, KeyError, ValueError):  # (a shape the scope walk does not know: as written)
+        return sql
+    spans = set()
+    for col in tree.find_all(exp.Column):
+        qual = col.args.get("table")
+        if not isinstance(qual, exp.Identifier) or col.args.get("db") or qual.name.lower() != table:
+            continue
+        scope = scopes.get(id(col.find_ancestor(exp.Select)))
+        if scope is None or "start" not in qual.meta:
+            continue
+        while scope.parent is not None and not any(k.lower() == table for k in scope.sources):
+            scope = scope.parent
+        if scope.parent is None:  # no subquery's source of that name: the checked table
+            spans.add((qual.meta["start"] - offset, qual.meta["end"] - offset))
+    for start, end in sorted(spans, reverse=True):
+        sql = sql[:start] + "t" + sql[end + 1:]
+    return sql
 
 
 def _sql_error(e: Exception, offset: int) -> str:
