@@ -23,6 +23,8 @@ consistency of numeric results (through `cdm_lineage`). Each result names its `d
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import math
 import sqlite3
 import statistics
 import tomllib
@@ -48,11 +50,13 @@ TYPES = {
 
 
 def feed_checks(table: str, source: str, drop: float, off: tuple[int, ...] = (), quiet: tuple[int, ...] = (),
-                holidays: int = 0) -> list[Check]:
-    """The two feed checks of one source; `off` and `quiet` are its learnt weekdays (see `cadence`), `holidays` the
-    number of its holidays (`days_off`) on other days of its span."""
+                holidays: int = 0, declared: bool = False) -> list[Check]:
+    """The two feed checks of one source; `off` and `quiet` are its learnt weekdays (see `cadence`; `declared`: its
+    off days are the site's, [feed.sources.NAME] weekdays), `holidays` the number of its holidays (`days_off`) on
+    other days of its span."""
     hol = f"{holidays} holiday(s)" if holidays else ""
-    not_counted = [f"{_weekdays(off)}: it sends on fewer than 1 in 5 of them" if off else "", hol]
+    why = "the site says it does not send on them" if declared else "it sends on fewer than 1 in 5 of them"
+    not_counted = [f"{_weekdays(off)}: {why}" if off else "", hol]
     words = {"feedTimeliness": f" (not counting {'; nor '.join(x for x in not_counted if x)})" if off or hol else "",
              "feedVolume": f" ({_weekdays(quiet)}, its quiet days, are judged against its previous quiet days)"
              if quiet else ""}
@@ -73,16 +77,17 @@ def _weekdays(days: tuple[int, ...]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
 
 
-def cadence(days: dict[dt.date, int], drop: float, holidays: frozenset = frozenset()
-            ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def cadence(days: dict[dt.date, int], drop: float, holidays: frozenset = frozenset(),
+            weekdays: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """A source's weekly habit, learnt from its own span (its first to its last day with data, so a feed that
     went silent does not teach that silence): the weekdays it does not send on (data on fewer than 1 in 5 of at
     least `CADENCE_WEEKS` of them; never all seven) and its quiet weekdays (those, and the weekdays with data on at
     least `CADENCE_WEEKS` days whose median volume is below `drop` x the median of all its days). Holidays are
-    not weekdays of the source's habit."""
-    first, last = min(days), max(days)
+    not weekdays of the source's habit. `weekdays`: the weekdays the site says it sends on ([feed.sources.NAME]
+    weekdays), the others off from its first day, not learnt."""
+    first, last = (min(days), max(days)) if days else (None, None)
     seen, sent = [0] * 7, [[] for _ in range(7)]
-    for i in range((last - first).days + 1):
+    for i in range((last - first).days + 1 if days else 0):
         d = first + dt.timedelta(days=i)
         if d in holidays:
             continue
@@ -91,9 +96,38 @@ def cadence(days: dict[dt.date, int], drop: float, holidays: frozenset = frozens
             sent[d.weekday()].append(days[d])
     off = tuple(w for w in range(7) if seen[w] >= CADENCE_WEEKS and 5 * len(sent[w]) < seen[w])
     off = () if len(off) == 7 else off
-    usual = statistics.median(days.values())
+    if weekdays is not None:
+        off = tuple(w for w in range(7) if w not in weekdays)
+    usual = statistics.median(days.values()) if days else 0
     low = {w for w in range(7) if len(sent[w]) >= CADENCE_WEEKS and statistics.median(sent[w]) < drop * usual}
     return off, tuple(sorted(low | set(off)))
+
+
+SPAN_KEYS = ("from", "until", "weekdays")  # [feed.sources.NAME]: its span and its weekdays, declared
+WEEKDAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def source_span(spec: dict, where: str) -> dict:
+    """A [feed.sources.NAME] table's `from` and `until` (dates: a planned start, a retired feed's last day) and
+    `weekdays` (the days it sends on, ["Mon", "Tue", ...] or full names), checked; `where` names it in a message."""
+    out: dict = {}
+    for key in ("from", "until"):
+        if key in spec:
+            d = spec[key]
+            try:
+                out[key] = d if isinstance(d, dt.date) and not isinstance(d, dt.datetime) else dt.date.fromisoformat(d)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where} {key} must be a date (2026-11-15 or \"2026-11-15\"), not {d!r}") from None
+    if "from" in out and "until" in out and out["from"] > out["until"]:
+        raise ValueError(f"{where} from {out['from']} is after until {out['until']}")
+    if "weekdays" in spec:
+        days = spec["weekdays"]
+        names = [str(d).strip().lower()[:3] for d in days] if isinstance(days, list) else None
+        if not names or any(n not in WEEKDAY_NAMES for n in names):
+            raise ValueError(f"{where} weekdays must be a list of the days it sends on, such as [\"Mon\", \"Tue\", "
+                             f"\"Wed\", \"Thu\", \"Fri\"], not {days!r}")
+        out["weekdays"] = tuple(sorted({WEEKDAY_NAMES.index(n) for n in names}))
+    return out
 
 
 def run_feeds(engine, cfg: dict, result) -> list[dict]:
@@ -119,7 +153,7 @@ def feed_run(per: dict[str, dict[dt.date, int]], table: str, feed: dict, result,
     (`site.feed_config`), and a not_applicable pair for a source named in [feed.sources] that sent nothing.
     `today`: the day in progress on the feed's clock, not judged (see `feed_results`)."""
     drop = feed.get("drop", FEED_DROP)
-    out = feed_results(per, table, drop, result, days_off(feed, per), today)
+    out = feed_results(per, table, drop, result, days_off(feed, per), today, feed.get("sources"))
     for src in sorted(set(feed.get("sources", {})) - set(per)):
         out += _unjudged(table, src, drop, result, f"source {src} (named in [feed.sources]) sent nothing to {table}")
     return out
@@ -154,33 +188,90 @@ def days_off(feed: dict, per: dict[str, dict[dt.date, int]]) -> dict[str, frozen
     return out
 
 
+SILENCE_DAYS = 14  # a site-wide silence up to this many days before today: missing days; longer: an archive
+FUTURE_DAYS = 1  # receipts dated after tomorrow on the feed's clock are the sender's clock, not the day in progress
+FEED_CHANCE = 0.02  # a low day is a drop only if a Poisson count of its baseline's median is that low less often
+
+
+def _by_chance(n: int, mean: float) -> float:
+    """P(X <= n) for X ~ Poisson(mean): how often a day this low comes by chance alone (1 vs a median of 3: 0.2;
+    6 vs 20: 0.0006). Above a mean of 200 any day below half of it is far below 1e-9."""
+    if mean > 200:
+        return 0.0
+    term = total = math.exp(-mean)
+    for k in range(1, n + 1):
+        term *= mean / k
+        total += term
+    return total
+
+
 def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result,
-                 days_off: dict[str, frozenset] | None = None, today: dt.date | None = None) -> list[dict]:
+                 days_off: dict[str, frozenset] | None = None, today: dt.date | None = None,
+                 sources: dict[str, dict] | None = None) -> list[dict]:
     """feedTimeliness and feedVolume per source from what it sent per day ({source: {day: count}}).
 
-    A day the source does not send on (a weekend for a weekday feed, learnt by `cadence`) is not a missing day;
-    a quiet weekday's volume is judged against the source's previous quiet days, the others against its other
-    days, so a lighter weekend is not a volume drop. A source's holidays (`days_off`: {source: days}) are neither
-    missing days nor judged for volume, nor part of any day's baseline. The day in progress (`today`, and any
-    day after it) is not over: neither missing nor low, nor learnt from (a run at 01:00 saw an hour of it); the
-    feed's last day is its last day before it."""
+    A day the source does not send on (a weekend for a weekday feed, learnt by `cadence` or declared in
+    `sources[src]['weekdays']`) is not a missing day; a quiet weekday's volume is judged against the source's
+    previous quiet days, the others against its other days, so a lighter weekend is not a volume drop. A day is a
+    drop when below `drop` x the median of its baseline and unlikely by chance (`_by_chance` < FEED_CHANCE: 1 message
+    against a usual 3 is noise). A source's holidays (`days_off`: {source: days}) are neither missing days nor
+    judged for volume, nor part of any day's baseline. The day in progress (`today`, and the day after it: a
+    clock a few hours ahead) is not over: neither missing nor low, nor learnt from (a run at 01:00 saw an hour of
+    it). Days after that are the sender's clock: not judged, and said in a warning. The feed's last day is
+    yesterday when the whole feed has been silent for up to SILENCE_DAYS (an outage of the interface engine, the
+    listener or the ingest: each source's silent days are missing days, and a warning says since when); after a
+    longer silence it is the last day anything arrived (a store that no longer receives: an archive, a replay of
+    history), also said in a warning. `sources`: per source, `from` and `until` (its span, declared: days before
+    and after are not judged; a retired feed is not missing every day since) and `weekdays`."""
+    sources = sources or {}
+    ahead = (today + dt.timedelta(days=FUTURE_DAYS)) if today else None
     whole = {src: {d: n for d, n in days.items() if today is None or d < today} for src, days in per.items()}
-    last = max((d for days in whole.values() for d in days), default=None)
-    out = []
+    seen_last = max((d for days in whole.values() for d in days), default=None)
+    last, warnings = seen_last, []
+    if today is not None and seen_last is not None and seen_last < today - dt.timedelta(days=1):
+        ago = (today - seen_last).days
+        if ago - 1 <= SILENCE_DAYS:
+            last = today - dt.timedelta(days=1)
+        else:
+            warnings.append(f"{table}: nothing received from any source since {seen_last} ({ago} days ago): the "
+                            f"feed checks judge each source up to that day only (a store that no longer receives: an "
+                            f"archive or a replay of history); if it should be receiving, every feed is down")
+    out, silent = [], []
     for src, all_days in sorted(per.items()):
-        days = whole[src]
-        if not days:  # (then `today` is given: only its days were left out)
-            out += _unjudged(table, src, drop, result, f"{src} has sent on the day in progress only "
-                                                       f"({today.isoformat()}): judged from tomorrow")
+        spec = sources.get(src, {})
+        start, until, weekdays = spec.get("from"), spec.get("until"), spec.get("weekdays")
+        future = {d: n for d, n in all_days.items() if ahead and d > ahead}
+        if future:
+            far = max(future)
+            warnings.append(f"{sum(future.values()):,} receipt(s) of {src} in {table} are dated after today, on "
+                            f"{len(future)} day(s) up to {far} ({(far - today).days} days ahead): the sender's clock, "
+                            "or the interface engine's? They are not judged")
+        days = {d: n for d, n in whole[src].items() if (start is None or d >= start) and (until is None or d <= until)}
+        end = min(last, until) if last and until else last
+        if until is not None and any(d > until for d in whole[src]):
+            n = sum(n for d, n in whole[src].items() if d > until)
+            warnings.append(f"{src} in {table} sent {n:,} receipt(s) after its until date {until} ([feed.sources."
+                            f"{src}]): not judged; is it retired?")
+        if not days and not (start and end and start <= end):
+            if whole[src]:
+                why = f"{src} sent nothing between its from and until dates ([feed.sources.{src}])"
+            elif future and len(future) == len(all_days):
+                why = (f"{src} has sent only receipts dated after today ({min(future)} to {max(future)}): the "
+                       "sender's clock? judged once they are not")
+            else:
+                why = f"{src} has sent on the day in progress only ({today.isoformat()}): judged from tomorrow"
+            out += _unjudged(table, src, drop, result, why)
             continue
         holidays = (days_off or {}).get(src, frozenset())
-        off, quiet = cadence(days, drop, holidays)
-        first = min(days)
-        on = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+        off, quiet = cadence(days, drop, holidays, weekdays)
+        first = start or min(days)
+        on = [first + dt.timedelta(days=i) for i in range((end - first).days + 1)]
         on = [d for d in on if d.weekday() not in off]  # the weekdays it sends on
         span = [d for d in on if d not in holidays]
-        timely, volume = feed_checks(table, src, drop, off, quiet, len(on) - len(span))
+        timely, volume = feed_checks(table, src, drop, off, quiet, len(on) - len(span), weekdays is not None)
         missing = [d for d in span if d not in days]
+        if seen_last and last > seen_last and any(d > seen_last for d in missing):
+            silent.append(src)
         r = result(timely, "counted", len(missing), len(span))
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[:10]], "day", src
         out.append(r)
@@ -191,13 +282,22 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
             prev = [days[x] for x in seen[:i] if (x.weekday() in quiet) == kind][-7:]
             if len(prev) >= 3:
                 judged += 1
-                if days[d] < drop * statistics.median(prev):
+                usual = statistics.median(prev)
+                if days[d] < drop * usual and _by_chance(days[d], usual) < FEED_CHANCE:
                     low.append(d)
         r = result(volume, "counted", len(low), judged,
                    reason=f"{len(seen)} day(s) with data from {src}: a day is judged against at least 3 before it")
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[:10]], "day", src
-        r.update(daily(all_days, first, max(last, *all_days), set(missing), set(low), off, holidays, today))
+        shown = [d for d in all_days if not ahead or d <= ahead]
+        r.update(daily(all_days, first, max([end, *shown]), set(missing), set(low), off, holidays, today))
         out.append(r)
+    if silent:
+        ago = (today - seen_last).days
+        warnings.insert(0, f"{table}: nothing received from any source since {seen_last} ({ago} days ago): the "
+                           f"interface engine, the listener or the ingest stopped? {len(silent)} source(s) are "
+                           f"missing every day since ({', '.join(silent[:5])}{', …' if len(silent) > 5 else ''})")
+    if warnings and out:
+        out[0]["warnings"] = warnings
     return out
 
 

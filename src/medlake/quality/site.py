@@ -88,7 +88,7 @@ from sqlglot.optimizer.scope import traverse_scope
 from medlake.cdm import model
 from medlake.quality.checks import MEDLAKE_TYPES, Check, check_types, fails
 from medlake.quality.compile import CLOCK, Item, lit, q, sum_if, violating
-from medlake.quality.feeds import FEED_DROP, SOURCE_TYPES, TYPES as FEED_TYPES
+from medlake.quality.feeds import FEED_DROP, SOURCE_TYPES, SPAN_KEYS, TYPES as FEED_TYPES, source_span
 
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
 
@@ -207,15 +207,16 @@ def feed_config(text: str, source: str = "site checks") -> dict | None:
     own = {}
     for name, spec in sources.items():
         where = f"[feed.sources.{name}]"
-        if set(spec) - {"country", "subdivision", "holidays", "sends_on_holidays"}:
-            raise ValueError(f"{source}: {where} takes country, subdivision, holidays and sends_on_holidays")
+        if set(spec) - {"country", "subdivision", "holidays", "sends_on_holidays", *SPAN_KEYS}:
+            raise ValueError(f"{source}: {where} takes country, subdivision, holidays, sends_on_holidays, from, until "
+                             "and weekdays")
         if not isinstance(spec.get("sends_on_holidays", False), bool):
             raise ValueError(f"{source}: {where} sends_on_holidays is true or false")
         inherit = {k: feed[k] for k in ("country", "subdivision", "holidays") if k in feed}
         if "country" in spec:
             inherit.pop("subdivision", None)  # another country's calendar: not the site's state
         own[str(name)] = _days_off(inherit | spec, source, where) | {
-            "sends_on_holidays": spec.get("sends_on_holidays", False)}
+            "sends_on_holidays": spec.get("sends_on_holidays", False)} | source_span(spec, f"{source}: {where}")
     return {"table": str(feed["table"]).lower() if feed.get("table") else None, "source": feed.get("source", "source"),
             "received_at": feed.get("received_at", "received_at"), "drop": float(drop),
             "timezone": tz, **days, "sources": own}
