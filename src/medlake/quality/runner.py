@@ -968,6 +968,7 @@ class Runner:
             "warnings": empty_warnings({t: self.present[t] for t in tables if t in self.present and t in cdm_tables})
             + vocabulary_warnings(run.results, self.eng.engine.name) + type_warnings(wrong, self.eng.engine.name)
             + self._no_schema() + self._unreadable() + site_absent(run.results) + list(self.waits.values())
+            + [w for r in run.results for w in r.get("warnings") or ()]  # the source-level checks' (feeds.py)
             + damaged_runs(self.out) + [f"{t}: no fingerprint of its rows ({why}), so it and the tables whose checks "
                                         "read it are checked again on every run" for t, why in self.unprinted.items()]
             + tuned + ([f"checked as OMOP CDM v{self.version} (--cdm-version), but {self.version_from.split('; ')[1]}: "
