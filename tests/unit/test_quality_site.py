@@ -86,11 +86,16 @@ def test_the_checked_tables_own_name_reads_the_checked_row(store, tmp_path):
     (check("a", "count(*) > 1"), r"violation is a condition on each row of condition_occurrence: COUNT\(\*\) is "
      r"computed over many rows, allowed only in a subquery"),
     (check("a", "sum(condition_concept_id) OVER () > 1"), "allowed only in a subquery"),
+    (check("a", "person.year_of_birth > 2000"), r"violation reads person.year_of_birth, but no FROM around it "
+     r"reads person by that name: a predicate reads its own table's columns \(condition_occurrence's, as t.x or x\); "
+     r"read person in a subquery \(EXISTS \(SELECT 1 FROM person AS o WHERE o.person_id = t.person_id AND …\)\)$"),
+    (check("a", "EXISTS (SELECT 1 FROM person AS p WHERE p.person_id = t.person_id AND person.year_of_birth > 1)"),
+     "reads person.year_of_birth, but no FROM around it reads person by that name"),
     (check("a", "x", rule="pattern").replace("violation = '''x'''\n", "field = 'condition_source_value'\n")
      .replace("rule = '''pattern'''", "rule = 'pattern'\nregex = '([A-Z'"),
      r"regex '\(\[A-Z' is not a regular expression: missing \]: \[A-Z$"),
 ], ids=["empty", "blank", "only-comment", "empty-denominator", "open-comment", "open-comment-denominator",
-        "open-quote", "aggregate", "window", "regex"])
+        "open-quote", "aggregate", "window", "other-table", "other-table-aliased", "regex"])
 def test_a_predicate_that_cannot_run_is_refused_before_the_run(text, message):
     """Each was accepted and then the check's error at run time, in DuckDB's or sqlglot's words (`violation = ""`:
     "Unimplemented type for cast (TUPLE -> BOOLEAN)"; an open /*: "Error tokenizing 'SELECT 1 WHERE …'")."""
@@ -107,7 +112,9 @@ def test_what_a_subquery_may_do_is_not_refused():
     text = (check("dup", dup) + "[[check]]\nname = 'u'\ntable = 'person'\nfield = 'person_id'\nrule = 'unique'\n"
             "[[check]]\nname = 'p'\ntable = 'person'\nfield = 'person_source_value'\nrule = 'pattern'\n"
             "regex = '^[A-Z]{2}\\d+$'\n")
+    text += check("inSubquery", "person_id IN (SELECT person.person_id FROM person WHERE person.year_of_birth > 2000)")
     got = {c.name: c.param("violation") for c, _ in site.parse(text, "site.toml")}
     assert got["dup"] == dup
+    assert got["inSubquery"] == "person_id IN (SELECT person.person_id FROM person WHERE person.year_of_birth > 2000)"
     assert got["u"].startswith('"person_id" IN (SELECT "person_id" FROM "person"')
     assert got["p"].endswith("'^[A-Z]{2}\\d+$')")

@@ -430,29 +430,37 @@ def _predicate(sql: str, label: str, table: str, where: str) -> str:
             raise ValueError(f"{where}: {label} is a condition on each row of {table}: {node.sql('duckdb')} is "
                              "computed over many rows, allowed only in a subquery (… IN (SELECT … GROUP BY … HAVING "
                              "count(*) > 1), or rule = \"unique\")")
-    return _own_name_as_t(sql, tree, table, len(head))
+    return _own_name_as_t(sql, tree, table, len(head), where, label)
 
 
-def _own_name_as_t(sql: str, tree: exp.Expression, table: str, offset: int) -> str:
+def _own_name_as_t(sql: str, tree: exp.Expression, table: str, offset: int, where: str, label: str) -> str:
     """`sql` with each column qualified by `table`'s own name that means the checked row (no subquery around it reads
     a table of that name unaliased, or an alias of it) qualified by `t` instead, the alias the checked table has in
-    the scan. A subquery's own `FROM visit_occurrence` (and its columns) stays as written."""
+    the scan. A subquery's own `FROM visit_occurrence` (and its columns) stays as written. A column of another CDM
+    table that no FROM around it reads (`person.year_of_birth` on measurement) is refused, saying how to read it."""
     try:
         scopes = {id(s.expression): s for s in traverse_scope(tree)}
     except (sqlglot.errors.SqlglotError, KeyError, ValueError):  # (a shape the scope walk does not know: as written)
         return sql
-    spans = set()
+    spans, cdm = set(), {n for v in model.VERSIONS for n in model.load(v).table_names}
     for col in tree.find_all(exp.Column):
         qual = col.args.get("table")
-        if not isinstance(qual, exp.Identifier) or col.args.get("db") or qual.name.lower() != table:
+        name = qual.name.lower() if isinstance(qual, exp.Identifier) else None
+        if name is None or col.args.get("db") or (name != table and name not in cdm):
             continue
         scope = scopes.get(id(col.find_ancestor(exp.Select)))
         if scope is None or "start" not in qual.meta:
             continue
-        while scope.parent is not None and not any(k.lower() == table for k in scope.sources):
+        while scope.parent is not None and not any(k.lower() == name for k in scope.sources):
             scope = scope.parent
-        if scope.parent is None:  # no subquery's source of that name: the checked table
-            spans.add((qual.meta["start"] - offset, qual.meta["end"] - offset))
+        if scope.parent is not None or name == "t":  # read by a subquery's FROM
+            continue
+        if name != table:
+            raise ValueError(f"{where}: {label} reads {col.sql('duckdb')}, but no FROM around it reads {name} by "
+                             f"that name: a predicate reads its own table's columns ({table}'s, as t.x or x); read "
+                             f"{name} in a subquery (EXISTS (SELECT 1 FROM {name} AS o WHERE o.person_id = t.person_id "
+                             "AND …))")
+        spans.add((qual.meta["start"] - offset, qual.meta["end"] - offset))  # the checked table, by its name
     for start, end in sorted(spans, reverse=True):
         sql = sql[:start] + "t" + sql[end + 1:]
     return sql
