@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
+from pathlib import Path
 
 import pytest
 
@@ -16,10 +17,11 @@ from medlake.cdm import model, store
 from medlake.engines import open_engine
 from medlake.engines.base import Shapes
 from medlake.quality import report, site
-from medlake.quality.checks import checks
+from medlake.quality.checks import build_checks, checks
 from medlake.quality.compile import PERSON
 from medlake.quality.runner import Runner
 
+DQD = Path(report.__file__).parent / "dqd"  # DQD's own threshold files, as medlake ships them
 FEMALE_ONLY = next(c for c in checks("5.4") if c.name == "plausibleGender" and c.table == "condition_occurrence"
                    and c.param("gender_concept_id") == 8532).concept_id
 MALE_TREE = 4090861  # plausibleGenderUseDescendants: male genitalia finding and its descendants
@@ -534,6 +536,13 @@ def test_si_units_join_dqds_unit_lists():
     units = {c.concept_id: c.param("units") for c in checks("5.4") if c.name == "plausibleUnitConceptIds"}
     assert 8840 in units[3000483] and 8753 in units[3000483]  # glucose in blood: DQD lists mg/dL only
     assert units[HBA1C][:4] == (8554, 8737, 9225, 9579)  # DQD's own list first, unchanged
+    glucose = next(c for c in checks("5.4") if c.name == "plausibleUnitConceptIds" and c.concept_id == 3000483)
+    assert glucose.description.endswith("(DQD's list 8840, with medlake's SI unit(s) 8753; DQD's exactly: "
+                                        "--dqd-thresholds with DQD's Concept_Level file)")  # said where it is read
+    # the site's own Concept_Level file (here DQD's) is the lists as written
+    dqd = build_checks("5.4", files=(str(DQD / "OMOP_CDMv5.4_Concept_Level.csv"),))
+    exact = {c.concept_id: c.param("units") for c in dqd if c.name == "plausibleUnitConceptIds"}
+    assert exact[3000483] == (8840,) and len(exact) == len(units)
 
 
 def test_catalog_lab_ids_are_the_ones_dqd_lists_under_the_same_loinc_name():

@@ -286,7 +286,9 @@ def load(engine, folder: str | Path, version: str = model.DEFAULT_VERSION,
     report = VocabReport(folder=str(folder), missing=[t for t in VOCAB_FILES if t not in files])
     missing_tables = [t for t in files if t not in engine.tables()]
     if missing_tables:
-        raise VocabError(f"store has no table(s) {', '.join(missing_tables)}: run `medlake init` first")
+        raise VocabError(f"store has no table(s) {', '.join(missing_tables)}: run `medlake init` first "
+                         "(`medlake init --cdm-version 5.3` for a v5.3 CDM: a store holds one version), or `medlake cdm "
+                         "import` of the CDM's files, which makes the store of their version")
     total = sum(p.stat().st_size for p in files.values())
     done = 0
     kept = _site_local(engine, files)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -362,6 +362,8 @@ def build_checks(version: str, today: dt.date | None = None, files: tuple[str, .
         extra_units: dict[int, set[int]] = {}
         for r in ranges:
             extra_units.setdefault(r["concept_id"], set()).add(r["unit_concept_id"])
+        # a site's own Concept_Level file is its lists as it wrote them (DQD's exactly: give DQD's file)
+        own = any(threshold_file(path)[0] == "Concept_Level" for path in files)
         unit_rules: set[int] = set()
         for r in dqd_rows(version, "Concept_Level", files):
             row = r
@@ -390,13 +392,17 @@ def build_checks(version: str, today: dt.date | None = None, files: tuple[str, .
             units = (r.get("plausibleUnitConceptIds") or "").strip()
             if units and "unit_concept_id" in cdm.table(table).field_names:
                 ids = _read("plausibleUnitConceptIds", units, _ids)
+                more: list[int] = []
                 if table == "measurement":  # medlake's SI units for the concept join DQD's (mostly US) list
-                    more = sorted(set().union(*(extra_units.get(c, set()) for c in concepts)) - set(ids))
-                    ids += tuple(more)
+                    more = [] if own else sorted(set().union(*(extra_units.get(c, set()) for c in concepts)) - set(ids))
                     unit_rules.update(concepts)
                 add("plausibleUnitConceptIds", table, fld, _num(r.get("plausibleUnitConceptIdsThreshold")), concept,
-                    params=(("units", ids), ("concept_ids", concepts)),
-                    plausibleUnitConceptIds=",".join(str(u) for u in ids), **fill)
+                    params=(("units", ids + tuple(more)), ("concept_ids", concepts)),
+                    plausibleUnitConceptIds=",".join(str(u) for u in ids + tuple(more)), **fill)
+                if more:  # said in the check (and in dqd.json's description): not DQD's result where they occur
+                    out[-1] = replace(out[-1], description=out[-1].description + (
+                        f" (DQD's list {','.join(map(str, ids))}, with medlake's SI unit(s) "
+                        f"{','.join(map(str, more))}; DQD's exactly: --dqd-thresholds with DQD's Concept_Level file)"))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{row.get('_at', 'DQD threshold file')}: {e}") from None
 
@@ -521,7 +527,9 @@ def differences_markdown() -> str:
               "DQD's `plausibleUnitConceptIds` lists come mostly from US data and lack the SI units Chinese (and most",
               "non-US) laboratories report in. Where medlake's physiologic value ranges",
               "(`src/medlake/quality/plausible_values.csv`, checks `plausibleValueLow/High` with source `medlake`) name",
-              "a unit for a concept DQD lists units for, that unit joins DQD's list (same on v5.4 and v5.3):", "",
+              "a unit for a concept DQD lists units for, that unit joins DQD's list (same on v5.4 and v5.3), and the",
+              "check's description says so (DQD's result differs where rows have it). A site that wants DQD's lists",
+              "exactly gives DQD's Concept_Level file with `--dqd-thresholds` (its own copy is read as written).", "",
               "| concept | name | DQD's units | added by medlake |", "|---|---|---|---|"]
     ranges = plausible_values()
     for r in dqd_rows("5.4", "Concept_Level"):
