@@ -226,6 +226,11 @@ def test_cdm_import_sets_bad_rows_aside_and_a_failed_import_leaves_the_store_as_
         "4,8507\n")
     (folder / "death.csv").write_text("person_id,death_date,death_type_concept_id\n1,2020-02-30,32817\n"
                                       "3,20200101,32817\n")
+    (folder / "visit_occurrence.csv").write_text("visit_occurrence_id,shoe_size\n1,42\n")
+    with pytest.raises(importer.CdmImportError, match="shoe_size are not fields of visit_occurrence"):
+        importer.import_folder(engine, folder, "5.3")
+    assert "person" not in engine.tables()  # a new store stays new: not made of the version tried (5.4 goes in)
+    (folder / "visit_occurrence.csv").unlink()
     aside = []
     report = importer.import_folder(engine, folder, "5.4", set_aside=lambda files, bad: aside.extend(bad))
     assert {t: (r.rows, r.bad) for t, r in report.items()} == {"death": (1, 1), "person": (2, 2)}

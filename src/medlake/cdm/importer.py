@@ -1014,10 +1014,10 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     cdm = model.load(version)
     held = store.info(engine).get("cdm_version")
     files = _table_files(Path(folder), cdm, held)
-    store.init(engine, version)
     report: dict[str, Imported] = {}
     left_out: list[BadRow] = []
     with engine.transaction():
+        store.init(engine, version)  # (an import that stops leaves a new store as it was: not of the version tried)
         for n, (name, path) in enumerate(files.items()):
             if progress:
                 progress(name, n, len(files))
