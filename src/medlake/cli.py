@@ -1061,6 +1061,11 @@ def cdm_import(
                 says = (f"{n:,} value(s) NULL or \\N kept as text (the first: {first}); give --null NULL (or "
                         "--null '\\N') if they mean empty")
             err.print(f"warning: {name}.{field}: {says}", highlight=False, markup=False, soft_wrap=True)
+    for name in [n for n in bad if not report[n].rows]:  # a whole table set aside: the export's form, not a few rows
+        err.print(f"warning: {name}: none of its {bad[name]:,} row(s) could be imported (the table is empty): the "
+                  f"file is not in the form the import reads (its first reason: `medlake quarantine list --source "
+                  f"{importer.quarantine_source(name)}`); fix the export or give the option it names, and import again",
+                  highlight=False, markup=False, soft_wrap=True)
     if bad:
         out.print(f"{sum(bad.values()):,} row(s) could not be imported and are in quarantine (source "
                   f"{', '.join(importer.quarantine_source(t) for t in bad)}): see `medlake quarantine list`, fix the "

@@ -1291,6 +1291,11 @@ def test_cli_import_quarantines_bad_rows_the_quality_run_counts_them_a_fixed_fil
     run("quality", "run", "--out", "q2")
     [rows] = [json.loads(p.read_text()) for p in (tmp_path / "q2").glob("*/results.json")]
     assert [r for r in rows if r["check_name"] == "sourceQuarantined"] == []  # nothing held: no import source
+    # every row of a table set aside (R's NA without --null NA): said as the export's form, not only counted
+    (folder / "PERSON.csv").write_text(PERSON_HEADER + "1,8507,NA,0,0\n2,8532,NA,0,0\n")
+    p = subprocess.run(cli + ["cdm", "import", str(folder)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "warning: person: none of its 2 row(s) could be imported (the table is empty)" \
+        in p.stderr, p.stderr
 
 
 def test_cli_a_table_emptied_since_the_last_run_breaks_the_gate(tmp_path):
