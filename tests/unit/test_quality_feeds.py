@@ -139,3 +139,134 @@ def test_a_sources_declared_span_and_weekdays():
                                                                "sends_on_holidays, from, until and weekdays")):
         with pytest.raises(ValueError, match=message):
             site.feed_config(text, "site.toml")
+
+
+# -- the landing: records, not files (F3); examples of records without a key (F8) ---------------------------------
+
+def _landing(tmp_path, receipts: list[tuple[int, str, dt.datetime, int]]):
+    """A landing folder with `receipts` (seq, source, received at, duplicate)."""
+    from medlake.landing import Landing
+
+    Landing(tmp_path / "landing").close()
+    db = sqlite3.connect(tmp_path / "landing" / "landing.sqlite")
+    db.executemany("INSERT INTO receipt (seq, sha256, source, received_at, size, duplicate) VALUES (?, ?, ?, ?, 1, ?)",
+                   [(seq, f"h{seq}", src, at.isoformat(), dup) for seq, src, at, dup in receipts])
+    db.commit()
+    db.close()
+    return tmp_path / "landing"
+
+
+def test_a_file_feeds_volume_is_its_records_and_a_resent_file_is_no_volume(tmp_path):
+    """A pharmacy CSV export, one file a day of 40 rows: the day its file held 12 rows is a drop (it counted 1 file,
+    as every day); the day it sent its file twice counts 40 rows, not 80; the day its file held the header only is a
+    day without data; yesterday's file, landed but not staged yet, counts the feed's usual 40. Before, volume
+    counted files, duplicates included."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    days = [today - dt.timedelta(days=i) for i in range(20, 0, -1)]
+    rows = {d: 40 for d in days}
+    rows[days[14]], rows[days[11]] = 12, 0
+    receipts, log = [], []
+    for seq, d in enumerate(days, start=1):
+        receipts.append((seq, "rx", dt.datetime.combine(d, dt.time(6), dt.timezone.utc), 0))
+        if d != days[-1]:  # yesterday's: not staged yet
+            log.append(f"('rx', {seq}, {rows[d] - 1 if rows[d] else 0}, {1 if rows[d] else 0})")  # a row quarantined
+    receipts.append((100, "rx", dt.datetime.combine(days[9], dt.time(7), dt.timezone.utc), 1))  # the file re-sent
+    landing = _landing(tmp_path, receipts)
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE ingest_log (source VARCHAR, receipt_seq BIGINT, records BIGINT, quarantined BIGINT)")
+    eng.execute("INSERT INTO ingest_log VALUES " + ", ".join(log))
+    got = _by([r for r in run_sources(eng, result, landing) if r["check_name"].startswith("feed")])
+    eng.close()
+    vol = got["feedVolume", "rx"]
+    assert (vol["status"], vol["examples"]) == ("failed", [days[14].isoformat()])
+    assert vol["daily_counts"] == [rows[d] for d in days]
+    assert got["feedTimeliness", "rx"]["examples"] == [days[11].isoformat()]
+
+
+def test_records_missing_a_field_in_a_table_without_a_key_are_named_with_their_day(tmp_path):
+    """stg_hl7_observation has no record key: its examples are the messages (control ids), each once however many
+    observations it holds, the first received first, with the day the landing received them. Before: none."""
+    landing = _landing(tmp_path, [(5, "lis-a", dt.datetime(2026, 12, 3, 10, tzinfo=dt.timezone.utc), 0),
+                                  (7, "lis-a", dt.datetime(2026, 12, 4, 9, tzinfo=dt.timezone.utc), 0),
+                                  (9, "lis-a", dt.datetime(2026, 12, 4, 11, tzinfo=dt.timezone.utc), 0)])
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE stg_hl7_observation (control_id VARCHAR, code VARCHAR, observation_time TIMESTAMP, "
+                "value_type VARCHAR, value_number DOUBLE, source VARCHAR, receipt_seq BIGINT)")
+    eng.execute("INSERT INTO stg_hl7_observation VALUES "
+                "('M9', 'GLU', NULL, 'NM', 5.1, 'lis-a', 9), ('M9', 'NA', NULL, 'NM', 140, 'lis-a', 9), "
+                "('M5', 'GLU', NULL, 'NM', 5.2, 'lis-a', 5), ('M5', 'K', NULL, 'NM', 4.1, 'lis-a', 5), "
+                "('M5', 'NA', NULL, 'NM', 139, 'lis-a', 5), ('M7', 'GLU', TIMESTAMP '2026-12-04 08:00:00', 'NM', NULL, "
+                "'lis-a', 7)")
+    got = {(r["check_name"], r["cdm_field"]): r for r in run_sources(eng, result, landing)
+           if r["cdm_table"] == "stg_hl7_observation"}
+    eng.close()
+    late = got["sourceMandatoryCompleteness", "observation_time"]
+    assert (late["num_violated_rows"], late["num_denominator_rows"]) == (5, 6)
+    assert (late["examples"], late["example_field"]) == (
+        ["M5 (received 2026-12-03)", "M9 (received 2026-12-04)"], "control_id")
+    assert got["sourceMandatoryCompleteness", "value_number"]["examples"] == ["M7 (received 2026-12-04)"]
+
+
+# -- F4: a mapping lost on new data ------------------------------------------------------------------------------
+
+def test_a_code_unmapped_in_the_last_days_is_seen_though_the_whole_history_dilutes_it(tmp_path):
+    """A LIS renames its creatinine code (C1016, new, 12 rows) and glucose loses its mapping (3 rows to concept 0):
+    1.9% of the source's whole history, under sourceMappingCoverage's 5%, but sourceNewUnmappedCodes counts them of
+    the rows received in the last 7 days; an old unmapped code (Q) is not new. A source whose rows are all recent is
+    judged by sourceMappingCoverage alone. Before, nothing failed."""
+    from medlake.cdm import store
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    old, new = (dt.datetime.combine(today - dt.timedelta(days=n), dt.time(10), dt.timezone.utc) for n in (30, 2))
+    landing = _landing(tmp_path, [(1, "lis", old, 0), (2, "lis", new, 0), (3, "pacs", new, 0)])
+    eng = open_engine("duckdb::memory:")
+    store.init(eng, "5.4")
+    eng.execute("INSERT INTO concept VALUES (3016723, 'Creatinine', 'Measurement', 'LOINC', 'Lab Test', 'S', "
+                "'2160-0', DATE '1970-01-01', DATE '2099-12-31', NULL), (3004501, 'Glucose', 'Measurement', 'LOINC', "
+                "'Lab Test', 'S', '2345-7', DATE '1970-01-01', DATE '2099-12-31', NULL)")
+    eng.execute("CREATE TABLE cdm_lineage (cdm_table VARCHAR, row_id BIGINT, source VARCHAR, code_system VARCHAR, "
+                "code VARCHAR, concept_id INTEGER, receipt_seq BIGINT)")
+    rows = ([("lis", "1016", 3016723, 1)] * 1000 + [("lis", "GLU", 3004501, 1)] * 50 + [("lis", "Q", 0, 1)] * 5
+            + [("lis", "1016", 3016723, 2)] * 20 + [("lis", "C1016", 0, 2)] * 12 + [("lis", "GLU", 0, 2)] * 3
+            + [("lis", "Q", 0, 2)] + [("pacs", "XR", 0, 3)] * 4)
+    eng.execute("INSERT INTO cdm_lineage VALUES " + ", ".join(
+        f"('measurement', {i}, '{s}', 'H1LIS', '{c}', {cid}, {seq})" for i, (s, c, cid, seq) in enumerate(rows)))
+    got = {(r["check_name"], r["data_source"]): r for r in run_sources(eng, result, landing)
+           if "Mapping" in r["check_name"] or "Unmapped" in r["check_name"]}
+    eng.close()
+    whole, recent = got["sourceMappingCoverage", "lis"], got["sourceNewUnmappedCodes", "lis"]
+    assert (whole["status"], whole["num_violated_rows"], whole["num_denominator_rows"]) == ("passed", 21, 1091)
+    assert (recent["status"], recent["num_violated_rows"], recent["num_denominator_rows"]) == ("failed", 15, 36)
+    assert recent["examples"] == ["H1LIS|C1016 (12, new)", "H1LIS|GLU (3, mapped before)"]
+    assert recent["check_id"] == "source_sourcenewunmappedcodes_lis_measurement"
+    assert got["sourceNewUnmappedCodes", "pacs"]["status"] == "not_applicable"
+    assert "every row of measurement from pacs is from its receipts of the last 7 days" in got[
+        "sourceNewUnmappedCodes", "pacs"]["not_applicable_reason"]
+    assert got["sourceMappingCoverage", "pacs"]["status"] == "failed"
+
+
+# -- F13: a site's [source_fields] that drops medlake's rules, or names a table that is not there -----------------
+
+def test_a_sites_source_fields_say_what_they_stop_checking_and_a_misspelt_table(tmp_path):
+    """A site that adds `units` writes mandatory = ["code", "units"] and a [when] for it: medlake's observation_time
+    and its value_number rule are no longer checked, said in a warning; a misspelt table gets a did-you-mean.
+    Before, both went unsaid (the failing observation_time check vanished from the run)."""
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE stg_hl7_observation (control_id VARCHAR, code VARCHAR, observation_time TIMESTAMP, "
+                "value_type VARCHAR, value_number DOUBLE, units VARCHAR, source VARCHAR)")
+    eng.execute("INSERT INTO stg_hl7_observation VALUES ('M1', 'GLU', NULL, 'NM', 5.0, NULL, 'lis')")
+    fields = site.fields_config("[source_fields.stg_hl7_observation]\nmandatory = ['code', 'units']\n"
+                                "[source_fields.stg_hl7_observation.when]\nunits = \"value_type = 'NM'\"\n"
+                                "[source_fields.stg_hl7_observaton]\nmandatory = ['code']\n"
+                                "[source_fields.stg_hl7_message]\nmandatory = ['control_id', 'message_type', "
+                                "'message_time', 'sending_facility', 'receiving_facility']\n")
+    got = run_sources(eng, result, tmp_path / "none", fields=fields)
+    eng.close()
+    assert _warnings(got) == [
+        "[source_fields.stg_hl7_observation] replaces medlake's rules for stg_hl7_observation: observation_time, "
+        "value_number (when value_type = 'NM') no longer checked (name them in its mandatory list or its [when] "
+        "table to keep them)",
+        "[source_fields.stg_hl7_observaton] not checked: stg_hl7_observaton is not in the store (did you mean "
+        "stg_hl7_observation?)"]
+    typo = next(r for r in got if r["check_id"] == "source_sourcemandatorycompleteness_site_stg_hl7_observaton")
+    assert typo["not_applicable_reason"].endswith("did you mean stg_hl7_observation?")

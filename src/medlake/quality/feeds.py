@@ -29,6 +29,7 @@ import sqlite3
 import statistics
 import tomllib
 from contextlib import closing
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 from importlib import resources
@@ -317,25 +318,67 @@ def daily(days: dict[dt.date, int], first: dt.date, last: dt.date, missing: set,
     return {"daily_from": start.isoformat(), "daily_counts": [days.get(d, 0) for d in span], "daily_marks": marks}
 
 
-def landing_feed(db: sqlite3.Connection, timezone: str | None = None) -> dict[str, dict[dt.date, int]]:
-    """What each source sent per day, as the landing received it: messages (MLLP) or files, by UTC day, or by the
-    local day of `timezone` (the receipts, in UTC, counted per quarter of an hour, as every zone's offset is a
-    whole number of quarters, then each quarter given its local day)."""
+def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: Records | None = None
+                 ) -> dict[str, dict[dt.date, int]]:
+    """What each source sent per day, as the landing received it, by UTC day, or by the local day of `timezone`
+    (the receipts, in UTC, counted per quarter of an hour, as every zone's offset is a whole number of quarters,
+    then each quarter given its local day). A receipt of content the source had already landed (a re-sent file or
+    message, `duplicate`) is not counted. `records` (`receipt_records`, from the store's ingest log): each staged
+    receipt counts its records (staged and quarantined: an MLLP message 1, a CSV file its rows, a FHIR bundle its
+    resources), a receipt not staged yet its source's usual records per receipt; without it, receipts count 1
+    each. A day whose receipts held no record (an export with its header only) is a day without data."""
     per: dict[str, dict[dt.date, int]] = {}
-    if timezone is None:
-        rows = db.execute("SELECT source, substr(received_at, 1, 10), count(*) FROM receipt GROUP BY 1, 2")
-    else:
-        rows = db.execute("SELECT source, substr(received_at, 1, 14) || printf('%02d', "
-                          "CAST(substr(received_at, 15, 2) AS INTEGER) / 15 * 15), count(*) FROM receipt GROUP BY 1, 2")
+    day = "substr(r.received_at, 1, 10)" if timezone is None else (
+        "substr(r.received_at, 1, 14) || printf('%02d', CAST(substr(r.received_at, 15, 2) AS INTEGER) / 15 * 15)")
+    n = "1"
+    if records is not None:
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS feed_records (seq INTEGER PRIMARY KEY, n INTEGER)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS feed_staged (source TEXT PRIMARY KEY, upto INTEGER, per INTEGER)")
+        db.execute("DELETE FROM temp.feed_records")
+        db.execute("DELETE FROM temp.feed_staged")
+        db.executemany("INSERT OR REPLACE INTO temp.feed_records VALUES (?, ?)", records.counts.items())
+        db.executemany("INSERT OR REPLACE INTO temp.feed_staged VALUES (?, ?, ?)",
+                       [(src, upto, per_) for src, (upto, per_) in records.staged.items()])
+        n = ("CASE WHEN s.upto IS NULL THEN 1 WHEN r.seq <= s.upto THEN coalesce(f.n, 1) ELSE s.per END")
+        joins = ("LEFT JOIN temp.feed_records f ON f.seq = r.seq LEFT JOIN temp.feed_staged s ON s.source = r.source")
+    rows = db.execute(f"SELECT r.source, {day}, sum({n}) FROM receipt r {joins if records is not None else ''} "
+                      "WHERE r.duplicate = 0 GROUP BY 1, 2")
     local = _local_day(timezone) if timezone else dt.date.fromisoformat
     for src, at, n in rows:
         try:
-            day = local(at)
+            d = local(at)
         except ValueError:  # (a receipt's time is written by the landing itself: never expected)
             continue
         days = per.setdefault(src, {})
-        days[day] = days.get(day, 0) + n
-    return per
+        days[d] = days.get(d, 0) + n
+    return {src: {d: n for d, n in days.items() if n} for src, days in per.items()}
+
+
+@dataclass(frozen=True)
+class Records:
+    """What the store's ingest log says of the landing's receipts: `counts`, {receipt seq: records} of the staged
+    receipts that did not hold exactly one record; `staged`, {source: (its last staged receipt's seq, its usual
+    records per receipt)}."""
+    counts: dict[int, int]
+    staged: dict[str, tuple[int, int]]
+
+
+def receipt_records(engine, tables: set[str]) -> Records | None:
+    """The records of each staged receipt, from the store's `ingest_log` (None without one)."""
+    if "ingest_log" not in tables or not {"source", "receipt_seq", "records", "quarantined"} <= {
+            c.name.lower() for c in engine.columns("ingest_log")}:
+        return None
+    n = "coalesce(records, 0) + coalesce(quarantined, 0)"
+    many = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, receipt_seq AS seq, sum({n}) AS n FROM ingest_log "
+                        f"WHERE receipt_seq IS NOT NULL GROUP BY 1, 2 HAVING sum({n}) <> 1").to_pylist()
+    counts = {int(r["seq"]): _int(r["n"]) for r in many}
+    staged = {}
+    for r in engine.query("SELECT CAST(source AS VARCHAR) AS s, max(receipt_seq) AS upto, count(*) AS k FROM "
+                          "ingest_log WHERE receipt_seq IS NOT NULL GROUP BY 1").to_pylist():
+        sizes = [_int(x["n"]) for x in many if x["s"] == r["s"]]
+        sizes += [1] * (_int(r["k"]) - len(sizes))  # (the receipts of one record each)
+        staged[r["s"]] = (int(r["upto"]), max(1, round(statistics.median(sizes))))
+    return Records(counts, staged)
 
 
 def _local_day(timezone: str):
@@ -367,6 +410,11 @@ SOURCE_TYPES = {
     "sourceMappingCoverage": (
         "Completeness", "Mapping", "Verification", 5.0,
         "Rows of @table from source @source whose source code is not mapped to a standard, valid concept."),
+    "sourceNewUnmappedCodes": (
+        "Completeness", "Mapping", "Verification", 0.0,
+        "Rows of @table from source @source received in the last 7 days whose source code is not mapped to a "
+        "standard, valid concept and was not unmapped in the rows received before (a code new to the source, or a "
+        "mapping lost)."),
     "sourceUnitConsistency": (
         "Plausibility", "Atemporal", "Validation", 0.0,
         "Numeric results from source @source in a unit other than the one the source uses for at least "
@@ -375,6 +423,7 @@ SOURCE_TYPES = {
 
 FEED_DROP = 0.5  # a day below half the median of the source's previous 7 days with data is a volume drop
 UNIT_DOMINANT = 0.95  # a source's usual unit for a measurement: at least this share of its results
+RECENT_DAYS = 7  # sourceNewUnmappedCodes: the rows of the receipts of the last 7 days (today included)
 
 
 @cache
@@ -405,35 +454,65 @@ def _counted(result, name, table, field, src, violated, denominator, examples=()
     return r
 
 
-def _missing_examples(engine, table: str, key: str, missing: set[tuple[str, str]], when: dict, cols: dict
-                      ) -> dict[tuple[str, str], list[str]]:
-    """Up to 10 record keys per (source, field) of `missing`, the rows that leave the field empty, in one query
-    (not of a field moved to the identity vault: its staged value is empty by design)."""
+RECORD_IDS = ("control_id", "resource_id", "record_location")  # a record's id in a staging table without a key
+
+
+def _missing_examples(engine, table: str, key: str, missing: set[tuple[str, str]], when: dict, cols: dict,
+                      landing: Path | None = None) -> dict[tuple[str, str], list[str]]:
+    """Up to 10 records per (source, field) of `missing`, the rows that leave the field empty, in one query (not of a
+    field moved to the identity vault: its staged value is empty by design): each record once (an HL7 message's id,
+    not once per observation), the first received first, with the day the landing received it ("M2 (received
+    2026-12-03)": since when), when the table has its receipts and the landing is found."""
     if not missing:
         return {}
+    seq = "min(receipt_seq)" if "receipt_seq" in cols else "NULL"
     parts = []
     for src, f in sorted(missing):
         quoted = src.replace("'", "''")
-        parts.append(f"SELECT CAST(source AS VARCHAR) AS s, '{f}' AS f, CAST({q(key)} AS VARCHAR) AS k, row_number() "
-                     f"OVER (ORDER BY {q(key)}) AS n FROM {q(table)} WHERE CAST(source AS VARCHAR) = '{quoted}' AND "
-                     f"{_blank(f, cols[f])}" + (f" AND ({when[f]})" if f in when else ""))
+        parts.append(f"SELECT '{quoted}' AS s, '{f}' AS f, k, q, row_number() OVER (ORDER BY q, k) AS n FROM (SELECT "
+                     f"CAST({q(key)} AS VARCHAR) AS k, {seq} AS q FROM {q(table)} WHERE CAST(source AS VARCHAR) = "
+                     f"'{quoted}' AND {_blank(f, cols[f])}" + (f" AND ({when[f]})" if f in when else "")
+                     + f" GROUP BY {q(key)}) AS g{len(parts)}")
+    rows = engine.query(f"SELECT s, f, k, q FROM ({' UNION ALL '.join(parts)}) AS x WHERE n <= 10 ORDER BY s, f, n"
+                        ).to_pylist()
+    days = _received_on(landing, {int(r["q"]) for r in rows if r["q"] is not None})
     out: dict[tuple[str, str], list[str]] = {}
-    for r in engine.query(f"SELECT s, f, k FROM ({' UNION ALL '.join(parts)}) AS x WHERE n <= 10 ORDER BY s, f, k"
-                          ).to_pylist():
-        out.setdefault((r["s"], r["f"]), []).append(r["k"])
+    for r in rows:
+        day = days.get(int(r["q"])) if r["q"] is not None else None
+        out.setdefault((r["s"], r["f"]), []).append(r["k"] if day is None else f"{r['k']} (received {day})")
     return out
 
 
-def _site_field_problems(result, table: str, spec: dict, cols: dict) -> list[dict]:
+def _replaced(table: str, spec: dict) -> list[str]:
+    """What a site's [source_fields.T] (`spec`) stops checking of medlake's own rules for T: its `mandatory` list
+    replaces medlake's, its [when] table medlake's (a site adding a field drops the others without a word)."""
+    base = source_fields().get(table, {})
+    named = set(spec.get("mandatory", [])) | set(spec.get("when", {}))
+    gone = [f for f in base.get("mandatory", []) if "mandatory" in spec and f not in named]
+    gone += [f"{f} (when {c})" for f, c in base.get("when", {}).items() if "when" in spec and f not in named]
+    if not gone:
+        return []
+    return [f"[source_fields.{table}] replaces medlake's rules for {table}: {', '.join(gone)} no longer checked "
+            "(name them in its mandatory list or its [when] table to keep them)"]
+
+
+def _site_field_problems(result, table: str, spec: dict, cols: dict, tables: set[str] = frozenset()) -> list[dict]:
     """A site's [source_fields] entry that cannot be checked, said rather than skipped: its table not in the store
-    yet (not applicable) or without a source column, or a field it names not in the table (errors)."""
+    yet (not applicable; a name close to a staging table's is likely a typo: a `warning` saying which) or without a
+    source column, or a field it names not in the table (errors)."""
     def res(field, status, **kw):
         r = result(source_check("sourceMandatoryCompleteness", table, field, "*"), status, **kw)
         r["check_id"] = "_".join(["source", "sourcemandatorycompleteness", "site", table] + ([field] if field else []))
         return r
 
     if not cols:
-        return [res(None, "not_applicable", reason=f"{table} is not in the store (no data from its feed yet)")]
+        known = sorted(set(source_fields()) | {t for t in tables if t.startswith("stg_")})
+        near = [] if table in known else difflib.get_close_matches(table, known, n=1, cutoff=0.8)
+        r = res(None, "not_applicable", reason=f"{table} is not in the store (no data from its feed yet)"
+                + (f"; did you mean {near[0]}?" if near else ""))
+        if near:
+            r["warning"] = f"[source_fields.{table}] not checked: {table} is not in the store (did you mean {near[0]}?)"
+        return [r]
     if "source" not in cols:
         return [res(None, "error", error=f"{table} has no source column: not a staging table")]
     named = dict.fromkeys(list(spec.get("mandatory", [])) + list(spec.get("when", {})) + list(spec.get("key", [])))
@@ -442,24 +521,30 @@ def _site_field_problems(result, table: str, spec: dict, cols: dict) -> list[dic
 
 
 def run_sources(engine, result, landing_dir: str | Path | None = None, fields: dict | None = None,
-                feeds: bool = True, feed: dict | None = None) -> list[dict]:
+                feeds: bool = True, feed: dict | None = None, today: dt.date | None = None) -> list[dict]:
     """Source-level checks for every source in the store: mandatory fields and duplicate records in the
     staging tables, landing duplicates, the feed checks on what the landing received per day (`feeds`; a site's
     [feed] table replaces them; `feed`: the site's [feed] `timezone` and `drop`, site.feed_config) and open
     quarantine (from the landing folder, when it is found), mapping coverage
     per source and CDM table and unit consistency of numeric results (through `cdm_lineage`).
     A store without medlake's staging and lineage tables (an imported OHDSI database) gets none of them.
-    `fields`: the site's [source_fields] (site.fields_config): per staging table, a key given replaces medlake's."""
+    `fields`: the site's [source_fields] (site.fields_config): per staging table, a key given replaces medlake's
+    (what it no longer checks said in a warning). `today`: the landing's UTC day (the recent window's end)."""
     tables = {t.lower() for t in engine.tables()}
+    landing = _landing_dir(engine, landing_dir)
     out: list[dict] = []
+    warned: list[str] = []  # said on the run's command line (a result's `warnings`)
     specs = {t: dict(v) for t, v in source_fields().items()}
     for table, spec in (fields or {}).items():
         specs.setdefault(table, {}).update(spec)
     for table, spec in specs.items():
         cols = {c.name.lower(): c.type for c in engine.columns(table)} if table in tables else {}
         when = spec.get("when", {})
+        first = len(out)
         if table in (fields or {}):
-            out += _site_field_problems(result, table, spec, cols)
+            out += _site_field_problems(result, table, spec, cols, tables)
+            warned += [r.pop("warning") for r in out[first:] if r.get("warning")]
+            warned += _replaced(table, fields[table]) if "source" in cols else []
         if "source" not in cols:
             continue
         mandatory = [f for f in dict.fromkeys(list(spec.get("mandatory", [])) + list(when)) if f in cols]
@@ -472,10 +557,11 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             vaulted = _vaulted(engine, table) if VAULTED in tables else {}
             counts = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
                                   "ORDER BY 1").to_pylist()
-            record = (spec.get("key") or [None])[0]  # the record's id, to name the rows
+            # the record's id, to name the rows: its key's first part, else its message's or resource's id
+            record = next((c for c in [*(spec.get("key") or [])[:1], *RECORD_IDS] if c in cols), None)
             missing = {(r["s"], f) for r in counts for i, f in enumerate(mandatory) if r[f"v{i}"]
                        and f != record and not (f not in when and vaulted.get((r["s"], f)))}
-            examples = _missing_examples(engine, table, record, missing, when, cols) if record in cols else {}
+            examples = _missing_examples(engine, table, record, missing, when, cols, landing) if record else {}
             for r in counts:
                 for i, f in enumerate(mandatory):
                     moved = 0 if f in when else vaulted.get((r["s"], f), 0)  # sent, now in the identity vault
@@ -502,7 +588,7 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             for r in sorted((r for r in rows if r["kind"] == 0), key=lambda r: r["s"]):
                 out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
                                     r["n"] or 0, examples.get(r["s"], ()), key[0]))
-    out += _landing_checks(engine, result, tables, landing_dir, feeds, feed or {})
+    out += _landing_checks(engine, result, tables, landing, feeds, feed or {})
     if {"cdm_lineage", "measurement"} <= tables:
         rows, odd = _unit_counts(engine)
         examples: dict[str, list[str]] = {}
@@ -513,34 +599,10 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
                                 sum(n for (s, *_), n in odd.items() if s == src), rows[src],
                                 examples.get(src, ()), "concept in unit (rows)"))
     if "cdm_lineage" in tables and "concept" in tables:
-        # lineage grouped by source code first (a few thousand codes, millions of rows), then the concepts of
-        # just those looked up: one pass, and no join of every row to a vocabulary of millions of concepts
-        bad = ("c.concept_id IS NULL OR g.concept_id = 0 OR coalesce(c.standard_concept, '') <> 'S' "
-               "OR c.invalid_reason IS NOT NULL")
-        codes = ("SELECT source AS s, cdm_table AS t, code_system AS sys, code, concept_id, count(*) AS n "
-                 "FROM cdm_lineage WHERE code IS NOT NULL AND source IS NOT NULL GROUP BY 1, 2, 3, 4, 5")
-        per: dict[tuple, list[int]] = {}
-        examples: dict[tuple, list[tuple]] = {}
-        for r in engine.query(f"SELECT g.s, g.t, g.sys, g.code, sum(CASE WHEN {bad} THEN g.n ELSE 0 END) AS v, "
-                              f"sum(g.n) AS d FROM ({codes}) AS g LEFT JOIN concept AS c ON c.concept_id = "
-                              "g.concept_id GROUP BY 1, 2, 3, 4").to_pylist():
-            v, tot = _int(r["v"]), per.setdefault((r["s"], r["t"]), [0, 0])
-            tot[0] += v
-            tot[1] += _int(r["d"])
-            if v:
-                # (a code without a system, as an HL7 CE without its coding system, sorts and reads as the code)
-                examples.setdefault((r["s"], r["t"]), []).append((-v, r["sys"] or "", r["code"]))
-        vocabulary = bool(per) and engine.query("SELECT count(*) AS n FROM (SELECT 1 FROM concept LIMIT 1) AS c"
-                                                ).column(0)[0].as_py()
-        for (src, table), (v, d) in sorted(per.items()):
-            ex = [f"{sys + '|' if sys else ''}{code} ({-n})"
-                  for n, sys, code in sorted(examples.get((src, table), []))[:10]]
-            r = _counted(result, "sourceMappingCoverage", table, None, src, v, d, ex, "code (rows)")
-            if not vocabulary:  # no code is mapped without one: not applicable, as every check looking up concepts
-                r.update(result(source_check("sourceMappingCoverage", table, None, src), "not_applicable",
-                                reason="concept table empty (vocabulary not loaded)"), check_id=r["check_id"],
-                         data_source=src)
-            out.append(r)
+        out += _mapping(engine, result, _recent_from(landing, today or dt.datetime.now(dt.timezone.utc).date())
+                        if "receipt_seq" in {c.name.lower() for c in engine.columns("cdm_lineage")} else None)
+    if warned and out:
+        out[0].setdefault("warnings", []).extend(warned)
     return out
 
 
@@ -599,18 +661,71 @@ def _vaulted(engine, table: str) -> dict[tuple[str, str], int]:
         "AND x.receipt_seq = v.receipt_seq) GROUP BY v.source, v.field").to_pylist()}
 
 
+def _mapping(engine, result, recent: int | None) -> list[dict]:
+    """sourceMappingCoverage per source and CDM table, and (`recent`: the first receipt of the last RECENT_DAYS
+    days) sourceNewUnmappedCodes: of the rows from the receipts since, those whose code is unmapped and was not
+    unmapped in the rows before (new to the source, or its mapping lost), judged when the source sent rows of the
+    table before; a loss the whole history dilutes below 5% is seen the day it starts."""
+    # lineage grouped by source code first (a few thousand codes, millions of rows), then the concepts of
+    # just those looked up: one pass, and no join of every row to a vocabulary of millions of concepts
+    bad = ("c.concept_id IS NULL OR g.concept_id = 0 OR coalesce(c.standard_concept, '') <> 'S' "
+           "OR c.invalid_reason IS NOT NULL")
+    new = f"coalesce(receipt_seq >= {int(recent)}, FALSE)" if recent is not None else "FALSE"
+    codes = (f"SELECT source AS s, cdm_table AS t, code_system AS sys, code, concept_id, {new} AS r, count(*) AS n "
+             "FROM cdm_lineage WHERE code IS NOT NULL AND source IS NOT NULL GROUP BY 1, 2, 3, 4, 5, 6")
+    per: dict[tuple, list[int]] = {}
+    examples: dict[tuple, list[tuple]] = {}
+    split: dict[tuple, dict[tuple, list[int]]] = {}  # (source, table): {(system, code): [old bad, old, new bad, new]}
+    for r in engine.query(f"SELECT g.s, g.t, g.sys, g.code, g.r, sum(CASE WHEN {bad} THEN g.n ELSE 0 END) AS v, "
+                          f"sum(g.n) AS d FROM ({codes}) AS g LEFT JOIN concept AS c ON c.concept_id = "
+                          "g.concept_id GROUP BY 1, 2, 3, 4, 5").to_pylist():
+        v, d, tot = _int(r["v"]), _int(r["d"]), per.setdefault((r["s"], r["t"]), [0, 0])
+        tot[0] += v
+        tot[1] += d
+        # (a code without a system, as an HL7 CE without its coding system, sorts and reads as the code)
+        code, i = split.setdefault((r["s"], r["t"]), {}).setdefault((r["sys"] or "", r["code"]), [0, 0, 0, 0]), \
+            2 if r["r"] else 0
+        code[i] += v
+        code[i + 1] += d
+    for key, codes_ in split.items():
+        examples[key] = sorted((-(c[0] + c[2]), sys, code) for (sys, code), c in codes_.items() if c[0] + c[2])
+    vocabulary = bool(per) and engine.query("SELECT count(*) AS n FROM (SELECT 1 FROM concept LIMIT 1) AS c"
+                                            ).column(0)[0].as_py()
+    out = []
+    for (src, table), (v, d) in sorted(per.items()):
+        ex = [f"{sys + '|' if sys else ''}{code} ({-n})" for n, sys, code in examples.get((src, table), [])[:10]]
+        rs = [_counted(result, "sourceMappingCoverage", table, None, src, v, d, ex, "code (rows)")]
+        if recent is not None:
+            codes_ = split[src, table]
+            lost = sorted((-c[2], sys, code) for (sys, code), c in codes_.items() if c[2] and not c[0])
+            ex = [f"{sys + '|' if sys else ''}{code} ({-n}{', mapped before' if codes_[sys, code][1] else ', new'})"
+                  for n, sys, code in lost[:10]]
+            r = _counted(result, "sourceNewUnmappedCodes", table, None, src, sum(-n for n, *_ in lost),
+                         sum(c[3] for c in codes_.values()), ex, "code (rows)")
+            if not any(c[1] for c in codes_.values()) and r["status"] != "not_applicable":
+                r.update(result(source_check("sourceNewUnmappedCodes", table, None, src), "not_applicable",
+                                reason=f"every row of {table} from {src} is from its receipts of the last {RECENT_DAYS} "
+                                       "days: sourceMappingCoverage judges them"), check_id=r["check_id"],
+                         data_source=src)
+            elif r["status"] == "not_applicable":
+                r["not_applicable_reason"] = f"no row of {table} from {src} received in the last {RECENT_DAYS} days"
+            rs.append(r)
+        for r in rs:
+            if not vocabulary:  # no code is mapped without one: not applicable, as every check looking up concepts
+                r.update(result(source_check(r["check_name"], table, None, src), "not_applicable",
+                                reason="concept table empty (vocabulary not loaded)"), check_id=r["check_id"],
+                         data_source=src)
+        out += rs
+    return out
+
+
 def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool = True, feed: dict | None = None
                     ) -> list[dict]:
     """Landing duplicates, the feed checks (`feeds`) and open quarantine per source, read (read-only) from the
     landing folder's SQLite files; none when the folder is not found (a store checked without its landing, e.g.
     `--store postgresql://…`). Rows a `medlake cdm import` set aside are a source per CDM table (`cdm:<table>`),
     of the rows imported."""
-    if landing_dir is None:
-        try:
-            url = getattr(getattr(engine, "engine", engine), "url", None)
-            landing_dir = config.load(store=url).landing_dir if url else None
-        except (config.ConfigError, OSError):
-            landing_dir = None
+    landing_dir = _landing_dir(engine, landing_dir)
     if landing_dir is None:
         return []
     out = []
@@ -620,7 +735,7 @@ def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool =
                                            "GROUP BY source ORDER BY source"):
                 out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
             feed = feed or {}
-            per = landing_feed(db, feed.get("timezone")) if feeds else {}
+            per = landing_feed(db, feed.get("timezone"), receipt_records(engine, tables)) if feeds else {}
             now = dt.datetime.now(ZoneInfo(feed.get("timezone") or "UTC"))  # the landing's days: UTC or the site's
             out += feed_run(per, "landing", feed, result, now.date()) if per else []
     qpath = Path(landing_dir) / "quarantine.sqlite"
@@ -644,6 +759,39 @@ def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool =
         out.append(_counted(result, "sourceQuarantined", "quarantine", None, src, sum(reasons.values()),
                             records.get(src) or 0, [f"{k}: {v}" for k, v in reasons.items()], "reason"))
     return out
+
+
+def _landing_dir(engine, landing_dir=None) -> Path | None:
+    """The landing folder given, or the one of the store's site (None when not found: a store checked alone)."""
+    if landing_dir is None:
+        try:
+            url = getattr(getattr(engine, "engine", engine), "url", None)
+            landing_dir = config.load(store=url).landing_dir if url else None
+        except (config.ConfigError, OSError):
+            landing_dir = None
+    return None if landing_dir is None else Path(landing_dir)
+
+
+def _recent_from(landing_dir: Path | None, today: dt.date) -> int | None:
+    """The first receipt (its seq) the landing received in the last RECENT_DAYS days to `today` (UTC days; the
+    landing numbers its receipts as they come), None if it received none or is not found."""
+    path = landing_dir / "landing.sqlite" if landing_dir else None
+    if path is None or not path.exists():
+        return None
+    since = (today - dt.timedelta(days=RECENT_DAYS - 1)).isoformat()
+    with closing(_ro(path)) as db:
+        return db.execute("SELECT min(seq) FROM receipt WHERE received_at >= ?", (since,)).fetchone()[0]
+
+
+def _received_on(landing_dir: Path | None, seqs: set[int]) -> dict[int, str]:
+    """{receipt seq: the UTC day it was received} for `seqs` (a few examples), {} without the landing."""
+    path = landing_dir / "landing.sqlite" if landing_dir else None
+    if not seqs or path is None or not path.exists():
+        return {}
+    with closing(_ro(path)) as db:
+        marks = ", ".join("?" * len(seqs))
+        return {seq: at[:10] for seq, at in db.execute(
+            f"SELECT seq, received_at FROM receipt WHERE seq IN ({marks})", sorted(seqs))}
 
 
 def _ro(path: Path) -> sqlite3.Connection:
