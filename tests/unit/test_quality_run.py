@@ -1918,6 +1918,10 @@ def test_a_sites_own_dqd_threshold_files_set_rules_thresholds_and_notes(store, t
      r"site\.csv:3: no table 'measurment' in OMOP CDM v5.4 \(did you mean measurement\?\); fix or remove the row"),
     ("cdmTableName,cdmFieldName,isRequired\nperson,year_of_brith,Yes\n",
      r"site\.csv:2: no field 'year_of_brith' in person \(OMOP CDM v5.4\) \(did you mean year_of_birth\?\)"),
+    # DQD's file of the other version: said as such (it suggested a field of this version)
+    ("cdmTableName,cdmFieldName,isRequired\nvisit_occurrence,admitting_source_concept_id,No\n",
+     r"site\.csv:2: visit_occurrence.admitting_source_concept_id is of OMOP CDM v5.3, not v5.4: the file is of the "
+     r"other version \(DQD's OMOP_CDMv5.3_Field_Level.csv\?\); give the v5.4 one"),
     ("cdmTableName,measurePersonCompleteness\nPERSON,No\nvisit_occurrence,Yes\nperson,Yes\n",
      r"site\.csv:4: a second row for person \(the first: line 2\); keep one"),
     ("cdmTableName,cdmFieldName,conceptId,conceptName,unitConceptId,plausibleValueLow,plausibleValueLowThreshold\n"

@@ -109,8 +109,14 @@ def _rows_of(cdm: model.CDM, level: str, rows: list[dict[str, str]]) -> None:
     """Each row of a site's threshold file names a table (and field) of the CDM, and no two rows the same one (or
     the same concept and unit): a misspelt name's rules would be left out, and of two rows one would be, unsaid."""
     seen: dict[tuple[str, ...], str] = {}
+    other = model.load(next(v for v in model.VERSIONS if v != cdm.version))
     for r in rows:
         table, fld = r["cdmTableName"].strip().lower(), (r.get("cdmFieldName") or "").strip().lower()
+        if (table not in cdm.table_names or level != "Table_Level" and fld not in cdm.table(table).field_names) and (
+                table in other.table_names and (level == "Table_Level" or fld in other.table(table).field_names)):
+            raise ValueError(f"{r['_at']}: {table}{'.' + fld if level != 'Table_Level' else ''} is of OMOP CDM "
+                             f"v{other.version}, not v{cdm.version}: the file is of the other version (DQD's "
+                             f"OMOP_CDMv{other.version}_{level}.csv?); give the v{cdm.version} one")
         if table not in cdm.table_names:
             near = difflib.get_close_matches(table, cdm.table_names, 1)
             raise ValueError(f"{r['_at']}: no table {table!r} in OMOP CDM v{cdm.version}"
