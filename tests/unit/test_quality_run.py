@@ -552,9 +552,17 @@ def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
     pq.write_table(pa.table({"visit_occurrence_id": [1], "person_id": [1], "visit_concept_id": [9201],
                              "visit_start_date": local, "visit_start_datetime": local, "visit_end_date": local,
                              "visit_type_concept_id": [32817]}), folder / "visit_occurrence.parquet")
-    importer.import_folder(eng, folder, "5.4")
+    # a Parquet time in a text field (measurement_time) as a CSV file writes it, not Arrow's 08:00:00.000000 cut
+    pq.write_table(pa.table({"measurement_id": [1, 2], "person_id": [1, 1], "measurement_concept_id": [0, 0],
+                             "measurement_date": [dt.date(2020, 1, 1)] * 2, "measurement_type_concept_id": [32817] * 2,
+                             "measurement_time": pa.array([dt.time(8, 0), dt.time(8, 0, 5)], pa.time64("us"))}),
+                   folder / "measurement.parquet")
+    report = importer.import_folder(eng, folder, "5.4")
     assert eng.query("SELECT visit_start_date AS d, visit_start_datetime AS t FROM visit_occurrence").to_pylist() == [
         {"d": dt.date(2020, 1, 1), "t": dt.datetime(2020, 1, 1, 0, 30)}]
+    assert eng.query("SELECT measurement_time FROM measurement ORDER BY 1").column(0).to_pylist() == [
+        "08:00:00", "08:00:05"] and not report["measurement"].notes
+    (folder / "measurement.parquet").unlink()
     periods = eng.query("SELECT observation_period_start_date AS s, observation_period_end_date AS e "
                         "FROM observation_period ORDER BY 1").to_pylist()
     assert periods == [{"s": dt.date(2010, 1, 1), "e": dt.date(2020, 12, 31)},

@@ -462,6 +462,8 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
                 return pc.cast(col, target)
             except CAST_ERRORS:  # 12.0: pandas writes an integer column with empty values as floats
                 col = _whole(pc.replace_substring_regex(col, r"^([-+]?\d+)\.0*$", r"\1"))
+    if pa.types.is_time(col.type) and pa.types.is_string(target):  # a Parquet time as a CSV file writes it, 08:00:00
+        col = pc.replace_substring_regex(pc.cast(col, pa.string()), r"\.0+$", "")  # (Arrow: 08:00:00.000000)
     got = pc.cast(col, target)
     if f.kind == "float" and pc.any(pc.fill_null(pc.invert(pc.is_finite(got)), False)).as_py():
         raise pa.ArrowInvalid("not a finite number")  # NaN, inf, 1e400: no measured value
