@@ -322,11 +322,12 @@ def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: R
                  ) -> dict[str, dict[dt.date, int]]:
     """What each source sent per day, as the landing received it, by UTC day, or by the local day of `timezone`
     (the receipts, in UTC, counted per quarter of an hour, as every zone's offset is a whole number of quarters,
-    then each quarter given its local day). A receipt of content the source had already landed (a re-sent file or
-    message, `duplicate`) is not counted. `records` (`receipt_records`, from the store's ingest log): each staged
-    receipt counts its records (staged and quarantined: an MLLP message 1, a CSV file its rows, a FHIR bundle its
-    resources), a receipt not staged yet its source's usual records per receipt; without it, receipts count 1
-    each. A day whose receipts held no record (an export with its header only) is a day without data."""
+    then each quarter given its local day). A day with a receipt is a day the source sent on (feedTimeliness);
+    what it counts is its volume: a receipt of content the source had already landed (a re-sent file or message,
+    `duplicate`) counts 0; with `records` (`receipt_records`, from the store's ingest log) each staged receipt counts
+    its records (staged and quarantined: an MLLP message 1, a CSV file its rows, a FHIR bundle its resources) and a
+    receipt not staged yet its source's usual records per receipt; without it, a receipt counts 1. So a day of an
+    export with its header only, or of a re-sent file only, is a day of volume 0 (a drop), not a missing day."""
     per: dict[str, dict[dt.date, int]] = {}
     day = "substr(r.received_at, 1, 10)" if timezone is None else (
         "substr(r.received_at, 1, 14) || printf('%02d', CAST(substr(r.received_at, 15, 2) AS INTEGER) / 15 * 15)")
@@ -341,8 +342,8 @@ def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: R
                        [(src, upto, per_) for src, (upto, per_) in records.staged.items()])
         n = ("CASE WHEN s.upto IS NULL THEN 1 WHEN r.seq <= s.upto THEN coalesce(f.n, 1) ELSE s.per END")
         joins = ("LEFT JOIN temp.feed_records f ON f.seq = r.seq LEFT JOIN temp.feed_staged s ON s.source = r.source")
-    rows = db.execute(f"SELECT r.source, {day}, sum({n}) FROM receipt r {joins if records is not None else ''} "
-                      "WHERE r.duplicate = 0 GROUP BY 1, 2")
+    rows = db.execute(f"SELECT r.source, {day}, sum(CASE WHEN r.duplicate = 0 THEN {n} ELSE 0 END) FROM receipt r "
+                      f"{joins if records is not None else ''} GROUP BY 1, 2")
     local = _local_day(timezone) if timezone else dt.date.fromisoformat
     for src, at, n in rows:
         try:
@@ -351,7 +352,7 @@ def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: R
             continue
         days = per.setdefault(src, {})
         days[d] = days.get(d, 0) + n
-    return {src: {d: n for d, n in days.items() if n} for src, days in per.items()}
+    return per
 
 
 @dataclass(frozen=True)
