@@ -665,8 +665,8 @@ def _vaulted(engine, table: str) -> dict[tuple[str, str], int]:
 def _mapping(engine, result, recent: int | None) -> list[dict]:
     """sourceMappingCoverage per source and CDM table, and (`recent`: the first receipt of the last RECENT_DAYS
     days) sourceNewUnmappedCodes: of the rows from the receipts since, those whose code is unmapped and was not
-    unmapped in the rows before (new to the source, or its mapping lost), judged when the source sent rows of the
-    table before; a loss the whole history dilutes below 5% is seen the day it starts."""
+    unmapped in the rows before (new to the source, or its mapping lost), judged when the source sent at least as
+    many rows of the table before as since; a loss the whole history dilutes below 5% is seen the day it starts."""
     # lineage grouped by source code first (a few thousand codes, millions of rows), then the concepts of
     # just those looked up: one pass, and no join of every row to a vocabulary of millions of concepts
     bad = ("c.concept_id IS NULL OR g.concept_id = 0 OR coalesce(c.standard_concept, '') <> 'S' "
@@ -703,11 +703,14 @@ def _mapping(engine, result, recent: int | None) -> list[dict]:
                   for n, sys, code in lost[:10]]
             r = _counted(result, "sourceNewUnmappedCodes", table, None, src, sum(-n for n, *_ in lost),
                          sum(c[3] for c in codes_.values()), ex, "code (rows)")
-            if not any(c[1] for c in codes_.values()) and r["status"] != "not_applicable":
+            before = sum(c[1] for c in codes_.values())
+            if before < r["num_denominator_rows"] and r["status"] != "not_applicable":
+                # (a young source: a code of its second week is new only for want of a first)
                 r.update(result(source_check("sourceNewUnmappedCodes", table, None, src), "not_applicable",
-                                reason=f"every row of {table} from {src} is from its receipts of the last {RECENT_DAYS} "
-                                       "days: sourceMappingCoverage judges them"), check_id=r["check_id"],
-                         data_source=src)
+                                reason=(f"every row of {table} from {src} is from its receipts of the last {RECENT_DAYS} "
+                                        "days" if not before else f"{src} sent fewer rows of {table} before its last "
+                                        f"{RECENT_DAYS} days ({before:,}) than in them: too young to tell a new code")
+                                + ": sourceMappingCoverage judges them"), check_id=r["check_id"], data_source=src)
             elif r["status"] == "not_applicable":
                 r["not_applicable_reason"] = f"no row of {table} from {src} received in the last {RECENT_DAYS} days"
             rs.append(r)
