@@ -183,13 +183,14 @@ def test_a_file_feeds_volume_is_its_records_and_a_resent_file_is_no_volume(tmp_p
     assert got["feedTimeliness", "rx"]["num_violated_rows"] == 0
 
 
-def test_records_missing_a_field_in_a_table_without_a_key_are_named_with_their_day(tmp_path):
-    """stg_hl7_observation has no record key: its examples are the messages (control ids), each once however many
-    observations it holds, the first received first, with the day the landing received them. Before: none."""
+def test_records_missing_a_field_in_a_table_without_a_key_are_named_with_their_day(engine, tmp_path):
+    """On DuckDB, PostgreSQL and Spark: stg_hl7_observation has no record key: its examples are the messages
+    (control ids), each once however many observations it holds, the first received first, with the day the
+    landing received them. Before: none."""
     landing = _landing(tmp_path, [(5, "lis-a", dt.datetime(2026, 12, 3, 10, tzinfo=dt.timezone.utc), 0),
                                   (7, "lis-a", dt.datetime(2026, 12, 4, 9, tzinfo=dt.timezone.utc), 0),
                                   (9, "lis-a", dt.datetime(2026, 12, 4, 11, tzinfo=dt.timezone.utc), 0)])
-    eng = open_engine("duckdb::memory:")
+    eng = engine
     eng.execute("CREATE TABLE stg_hl7_observation (control_id VARCHAR, code VARCHAR, observation_time TIMESTAMP, "
                 "value_type VARCHAR, value_number DOUBLE, source VARCHAR, receipt_seq BIGINT)")
     eng.execute("INSERT INTO stg_hl7_observation VALUES "
@@ -199,7 +200,6 @@ def test_records_missing_a_field_in_a_table_without_a_key_are_named_with_their_d
                 "'lis-a', 7)")
     got = {(r["check_name"], r["cdm_field"]): r for r in run_sources(eng, result, landing)
            if r["cdm_table"] == "stg_hl7_observation"}
-    eng.close()
     late = got["sourceMandatoryCompleteness", "observation_time"]
     assert (late["num_violated_rows"], late["num_denominator_rows"]) == (5, 6)
     assert (late["examples"], late["example_field"]) == (
@@ -209,17 +209,17 @@ def test_records_missing_a_field_in_a_table_without_a_key_are_named_with_their_d
 
 # -- F4: a mapping lost on new data ------------------------------------------------------------------------------
 
-def test_a_code_unmapped_in_the_last_days_is_seen_though_the_whole_history_dilutes_it(tmp_path):
+def test_a_code_unmapped_in_the_last_days_is_seen_though_the_whole_history_dilutes_it(engine, tmp_path):
     """A LIS renames its creatinine code (C1016, new, 12 rows) and glucose loses its mapping (3 rows to concept 0):
     1.9% of the source's whole history, under sourceMappingCoverage's 5%, but sourceNewUnmappedCodes counts them of
     the rows received in the last 7 days; an old unmapped code (Q) is not new. A source whose rows are all recent,
-    or mostly, is judged by sourceMappingCoverage alone. Before, nothing failed."""
+    or mostly, is judged by sourceMappingCoverage alone. Before, nothing failed. On DuckDB, PostgreSQL and Spark."""
     from medlake.cdm import store
 
     today = dt.datetime.now(dt.timezone.utc).date()
     old, new = (dt.datetime.combine(today - dt.timedelta(days=n), dt.time(10), dt.timezone.utc) for n in (30, 2))
     landing = _landing(tmp_path, [(1, "lis", old, 0), (2, "lis", new, 0), (3, "pacs", new, 0)])
-    eng = open_engine("duckdb::memory:")
+    eng = engine
     store.init(eng, "5.4")
     eng.execute("INSERT INTO concept VALUES (3016723, 'Creatinine', 'Measurement', 'LOINC', 'Lab Test', 'S', "
                 "'2160-0', DATE '1970-01-01', DATE '2099-12-31', NULL), (3004501, 'Glucose', 'Measurement', 'LOINC', "
@@ -233,7 +233,6 @@ def test_a_code_unmapped_in_the_last_days_is_seen_though_the_whole_history_dilut
         f"('measurement', {i}, '{s}', 'H1LIS', '{c}', {cid}, {seq})" for i, (s, c, cid, seq) in enumerate(rows)))
     got = {(r["check_name"], r["data_source"]): r for r in run_sources(eng, result, landing)
            if "Mapping" in r["check_name"] or "Unmapped" in r["check_name"]}
-    eng.close()
     whole, recent = got["sourceMappingCoverage", "lis"], got["sourceNewUnmappedCodes", "lis"]
     assert (whole["status"], whole["num_violated_rows"], whole["num_denominator_rows"]) == ("passed", 21, 1091)
     assert (recent["status"], recent["num_violated_rows"], recent["num_denominator_rows"]) == ("failed", 15, 36)
