@@ -902,3 +902,25 @@ def test_source_checks_count_missing_fields_duplicates_quarantine_and_unmapped_r
     assert lab["status"] == "not_applicable" and "not in the store" in lab["not_applicable_reason"]
     typo = got["source_sourcemandatorycompleteness_site_stg_hl7_message_sendng_facility"]
     assert typo["status"] == "error" and "sendng_facility is not a field of stg_hl7_message" in typo["error"]
+
+
+def test_a_table_checked_for_long_is_said_every_minute(clean, tmp_path):
+    """A slow query (a site predicate that scans for ever) is not silence in a pipeline's log: the table being
+    checked is said after a minute, then every minute, with how long it has run."""
+    said = []
+    runner = Runner(clean, "5.4", tmp_path / "q", notice=said.append)
+    runner._at = ("measurement", 3, 15)
+    for now in (100.0, 130.0, 159.0):
+        runner._beat(now)
+    assert said == []
+    runner._beat(160.0)
+    assert said == ["measurement (table 4 of 15): still being checked after 60 s (a slow query: a site check's "
+                    "predicate from --checks, a table larger than usual); Ctrl-C stops the run, which goes on from "
+                    "the tables it finished"]
+    runner._beat(200.0)
+    runner._beat(220.0)
+    assert len(said) == 2 and "after 120 s" in said[1]
+    runner._at = ("person", 4, 15)  # the next table: its own minute
+    runner._beat(250.0)
+    assert len(said) == 2
+    assert runner.run().summary["checks"]  # a run with the watch on ends (its thread stopped)

@@ -785,8 +785,42 @@ class Runner:
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
         # whole-table aggregates, a wait for a lock said; a cohort's rows
-        with self.alone(), self.eng.engine.scanning(self._waiting), self.restricted():
+        with self.alone(), self.eng.engine.scanning(self._waiting), self.restricted(), self._beating():
             return self._run(run_id, started, t0)
+
+    BEAT = 60  # seconds: a table checked longer than this is said, then every BEAT seconds
+
+    @contextlib.contextmanager
+    def _beating(self):
+        """While the run goes, a table checked for more than a minute is said (`notice`), then every minute: a
+        pipeline's log otherwise shows nothing while a slow query runs (a site check's predicate that scans for
+        ever, a table far larger than usual)."""
+        if not self.notice:
+            yield
+            return
+        import threading
+
+        stop = threading.Event()
+        watch = threading.Thread(target=lambda: [self._beat(time.monotonic()) for _ in iter(
+            lambda: stop.wait(min(5, self.BEAT)), True)], daemon=True)
+        watch.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            watch.join()
+
+    def _beat(self, now: float) -> None:
+        """Say the table being checked when it has been for a BEAT or more since last said (`_beating`)."""
+        at = self._at
+        if at is not getattr(self, "_beat_at", None):
+            self._beat_at, self._beat_since, self._beat_said = at, now, now
+        elif now - self._beat_said >= self.BEAT:
+            self._beat_said = now
+            name, n, total = at
+            self.notice(f"{name}{f' (table {n + 1} of {total})' if total and n < total else ''}: still being checked "
+                        f"after {now - self._beat_since:.0f} s (a slow query: a site check's predicate from --checks, "
+                        "a table larger than usual); Ctrl-C stops the run, which goes on from the tables it finished")
 
     def _waiting(self, seconds: int, who: str) -> None:
         """A query of this run waits for another session's lock (an ETL loading a table): said at once and then
