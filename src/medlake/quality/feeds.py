@@ -707,10 +707,11 @@ def _mapping(engine, result, recent: int | None) -> list[dict]:
             if before < r["num_denominator_rows"] and r["status"] != "not_applicable":
                 # (a young source: a code of its second week is new only for want of a first)
                 r.update(result(source_check("sourceNewUnmappedCodes", table, None, src), "not_applicable",
-                                reason=(f"every row of {table} from {src} is from its receipts of the last {RECENT_DAYS} "
-                                        "days" if not before else f"{src} sent fewer rows of {table} before its last "
-                                        f"{RECENT_DAYS} days ({before:,}) than in them: too young to tell a new code")
-                                + ": sourceMappingCoverage judges them"), check_id=r["check_id"], data_source=src)
+                                reason=(f"every row of {table} from {src} is from its receipts of the last "
+                                        f"{RECENT_DAYS} days" if not before else f"{src} sent fewer rows of {table} "
+                                        f"before its last {RECENT_DAYS} days ({before:,}) than in them: too young to "
+                                        "tell a new code") + ": sourceMappingCoverage judges them"),
+                         check_id=r["check_id"], data_source=src)
             elif r["status"] == "not_applicable":
                 r["not_applicable_reason"] = f"no row of {table} from {src} received in the last {RECENT_DAYS} days"
             rs.append(r)
