@@ -368,7 +368,6 @@ def _sources(results: list[dict]) -> list[str]:
     names = [("sourceMandatoryCompleteness", "missing mandatory fields"), ("sourceDuplicateRecords", "duplicate records"),
              ("sourceDuplicateReceipts", "duplicate receipts"), ("sourceQuarantined", "quarantined (open)"),
              ("sourceMappingCoverage", "rows without a standard concept"),
-             ("sourceNewUnmappedCodes", "last 7 days: rows of a code unmapped anew"),
              ("sourceUnitConsistency", "results in an unusual unit"), ("feedTimeliness", "days without data"),
              ("feedVolume", "days of low volume")]
     head = "".join(f"<th>{escape(label)}</th>" for _, label in names)
