@@ -1622,7 +1622,8 @@ INTERRUPTED = "error: interrupted; run the command again (a quality run goes on 
 
 
 def main() -> None:
-    """Typer handles --help and usage errors (exit 2); medlake's own errors become one line and exit 1."""
+    """Typer handles --help; a usage error is one line and exit 2, medlake's own errors one line and exit 1, a crossed
+    gate (typer.Exit) its code, Ctrl-C 130."""
     from medlake.cdm.vocab import VocabError
     from medlake.engines.base import EngineError
 
