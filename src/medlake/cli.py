@@ -571,6 +571,10 @@ def quality_run(
         help="Exit 3 when a check fails or stops with an error that did not in the store's previous run of the same "
              "scope (a run this refused is not compared with: a retry is refused again)."),
     site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
+    site_timeout: Optional[float] = typer.Option(
+        None, "--site-timeout", metavar="SECONDS", min=1,
+        help="Stop a query of site checks after this many seconds: a predicate that would scan for ever is its "
+             "check's error, and the run goes on (default: no limit)."),
     full: bool = typer.Option(
         False, "--full", help="Re-check every table (default: only tables that changed; a stopped run's tables too)."),
     tables: Optional[str] = typer.Option(None, "--tables", help="Only these tables (comma-separated)."),
@@ -639,7 +643,7 @@ def quality_run(
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, resume=not full, progress=tick, write_table=write_table,
                            tuning=tuning,
-                           fail_on_new=fail_on_new,
+                           fail_on_new=fail_on_new, site_timeout=site_timeout,
                            notice=lambda m: err.print(f"note: {m}", highlight=False, markup=False, soft_wrap=True),
                            check_names=_items(check_names), check_levels=_items(check_levels),
                            check_severity=_items(check_severity),

@@ -305,3 +305,21 @@ def test_sums_and_averages_come_back_as_numbers_on_every_engine(engine):
                                                                                      4000003 / 3)
     none = engine.query(f"SELECT sum(x) AS s FROM {rows} WHERE x < 0").to_pylist()[0]
     assert none["s"] is None
+
+
+def test_a_query_past_its_time_limit_is_stopped_and_the_next_runs(engine):
+    """Engine.limited: a query that would run for minutes (10^10 pairs) stops at the limit with an EngineError
+    saying so (a site check's predicate that scans for ever: `quality run --site-timeout`); the session goes on."""
+    from medlake.engines.base import EngineError
+
+    pairs = ("generate_series(1, 100000) AS a(x) CROSS JOIN generate_series(1, 100000) AS b(y)"
+             if engine.name == "postgres" else  # (a set-returning function there; a list to unnest elsewhere)
+             "(SELECT unnest(range(100000)) AS x) AS a CROSS JOIN (SELECT unnest(range(100000)) AS y) AS b")
+    slow = f"SELECT count(*) AS n FROM {pairs} WHERE (CAST(a.x AS BIGINT) * b.y) % 7 = 3"
+    with engine.limited(2):
+        with pytest.raises(EngineError, match=r"^stopped after 2 s, its time limit$"):
+            engine.query(slow)
+        assert engine.query("SELECT 1 AS x").column(0)[0].as_py() == 1
+    assert engine.query("SELECT 2 AS x").column(0)[0].as_py() == 2
+    with engine.limited(None):  # no limit: nothing set
+        assert engine.query("SELECT 3 AS x").column(0)[0].as_py() == 3

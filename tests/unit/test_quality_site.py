@@ -118,3 +118,20 @@ def test_what_a_subquery_may_do_is_not_refused():
     assert got["inSubquery"] == "person_id IN (SELECT person.person_id FROM person WHERE person.year_of_birth > 2000)"
     assert got["u"].startswith('"person_id" IN (SELECT "person_id" FROM "person"')
     assert got["p"].endswith("'^[A-Z]{2}\\d+$')")
+
+
+def test_a_site_check_that_scans_for_ever_is_stopped_at_its_limit_and_the_run_goes_on(store, tmp_path):
+    """--site-timeout: a predicate that would scan for ever (here 10^10 pairs) is its check's error, saying so; the
+    site's other checks of the table, and every DQD check, are counted."""
+    slow = ("(SELECT count(*) FROM range(100000) AS a, range(100000) AS b WHERE (a.range * b.range) % 7 = 3) < 0 "
+            "AND condition_occurrence_id > 0")
+    text = check("forever", slow) + check("early", "condition_start_date < DATE '2021-01-01'")
+    r = runner.run(store, "5.4", tmp_path / "q", site_checks=site.parse(text, "site.toml"),
+                   only=["condition_occurrence"], site_timeout=0.5)
+    got = {x["check_name"]: x for x in r.results if x["source"] == "site"}
+    assert (got["forever"]["status"], got["forever"]["error"]) == (
+        "error", "stopped after 0.5 s, its time limit for a site check (--site-timeout): its predicate reads too "
+                 "much; rewrite it, or raise the limit")
+    assert counted(got["early"]) == ("failed", 2, 4, None)
+    dqd = [x for x in r.results if x["source"] == "dqd" and x["cdm_table"] == "condition_occurrence"]
+    assert dqd and not [x for x in dqd if x["status"] == "error"]

@@ -48,6 +48,11 @@ class Shapes:
     truncate: bool = False  # TRUNCATE TABLE empties a work table (else a DELETE, or the engine drops its files)
 
 
+def stopped(seconds: float) -> str:
+    """The error of a query an engine stopped at its time limit (`Engine.limited`)."""
+    return f"stopped after {seconds:g} s, its time limit"
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str  # duckdb | postgres | spark
@@ -94,6 +99,10 @@ class Engine(Protocol):
         """Session settings for a series of read-only queries that aggregate whole tables (a quality run), restored
         after; may do nothing. `waiting(seconds, who)`: called while a query waits for another session's lock, with
         who holds it (the query goes on waiting); engines where no other session locks a reader out never call it."""
+
+    def limited(self, seconds: float | None) -> AbstractContextManager[None]:
+        """Each query in it that runs longer than `seconds` is stopped and raises EngineError(`stopped(seconds)`) (a
+        site check's predicate that would scan for ever); None or 0: no limit."""
 
     def data_version(self) -> str | None:
         """A mark that changes whenever another session may have written (PostgreSQL: its current snapshot); None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes
+from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes, stopped
 
 
 class DuckDBEngine:
@@ -24,6 +25,7 @@ class DuckDBEngine:
 
     def __init__(self, path: str | Path = ":memory:", *, memory_limit: str | None = None, read_only: bool = False):
         self.path = str(path)
+        self._limit: float | None = None  # seconds a query may run (`limited`)
         if read_only and not Path(self.path).is_file():
             raise EngineError(f"no DuckDB store at {self.path}: run `medlake init` there, or name the store with "
                               "--store")
@@ -52,11 +54,26 @@ class DuckDBEngine:
             raise EngineError(str(e).splitlines()[0]) from e
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
+        fired, timer = [], None
+        if self._limit:  # (an interrupt that comes as the query ends is harmless: the next query clears it)
+            timer = threading.Timer(self._limit, lambda: (fired.append(True), self.con.interrupt()))
+            timer.start()
         try:
             rel = self.con.sql(sql, params=params)
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
-            raise EngineError(str(e).splitlines()[0]) from e
+            raise EngineError(stopped(self._limit) if fired else str(e).splitlines()[0]) from e
+        finally:
+            if timer:
+                timer.cancel()
+
+    @contextmanager
+    def limited(self, seconds):
+        before, self._limit = self._limit, seconds or None
+        try:
+            yield
+        finally:
+            self._limit = before
 
     def native(self, sql: str) -> str:
         return sql

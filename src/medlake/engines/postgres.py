@@ -19,7 +19,8 @@ from sqlglot import exp
 
 from medlake.cdm.ddl import create_table
 from medlake.config import redact
-from medlake.engines.base import Column, EngineError, Shapes, arrow_schema_of, conform, template, translate
+from medlake.engines.base import (Column, EngineError, Shapes, arrow_schema_of, conform, stopped, template,
+                                  translate)
 
 LOCK_WAIT = 10  # seconds a quality run's read waits for a lock before it says who holds it (`scanning`)
 
@@ -101,6 +102,7 @@ class PostgresEngine:
         self._depth = 0
         self._guarded = False  # in a `snapshot`: each statement in a savepoint (`_step`)
         self._waiting = None  # in `scanning`: told of each wait for a lock (`_run`)
+        self._limit = None  # in `limited`: the seconds a statement may run (its statement_timeout)
 
     def _cursor(self):
         return self.con.cursor()
@@ -137,7 +139,8 @@ class PostgresEngine:
                         cur.execute(to_postgres(sql), tuple(params) if params is not None else None)
                         return _numbers(cur.fetch_arrow_table()) if fetch else None
                     except Exception as e:
-                        raise EngineError(str(e).splitlines()[0]) from e
+                        timed_out = self._limit and "statement timeout" in str(e)
+                        raise EngineError(stopped(self._limit) if timed_out else str(e).splitlines()[0]) from e
             except EngineError as e:
                 # (a statement of a transaction without savepoints cannot be tried again: its transaction failed)
                 if not self._waiting or "lock timeout" not in str(e) or (self._depth and not self._guarded):
@@ -271,6 +274,23 @@ class PostgresEngine:
             self._waiting = None
             for k, v in old.items():
                 self.execute_native(f"SET {k} = '{v}'")
+
+    @contextmanager
+    def limited(self, seconds):
+        """statement_timeout for the queries in it, then the session's again (a SET in a transaction that is rolled
+        back is undone with it)."""
+        if not seconds:
+            yield
+            return
+        old = self.query("SELECT current_setting('statement_timeout') AS v").column(0)[0].as_py()
+        self.execute_native(f"SET statement_timeout = '{max(1, round(seconds * 1000))}ms'")
+        self._limit = seconds
+        try:
+            yield
+        finally:
+            self._limit = None
+            with suppress(EngineError):  # (in a transaction a failed statement aborted, its rollback undoes the SET)
+                self.execute_native(f"SET statement_timeout = '{old}'")
 
     def data_version(self) -> str:
         """The current snapshot (its oldest and next transaction ids and those in progress): it changes when a

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from contextlib import contextmanager
 from functools import lru_cache
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from medlake.engines.base import Column, EngineError, Shapes, conform, template, translate
+from medlake.engines.base import Column, EngineError, Shapes, conform, stopped, template, translate
 
 TYPE_OVERRIDES = {"datetime": "TIMESTAMP_NTZ"}
 META = "_medlake.json"
@@ -118,6 +119,7 @@ class SparkEngine:
         self.spark = spark_session()
         self._snapshot: Path | None = None
         self._depth = 0
+        self._limit: float | None = None  # seconds a query may run (`limited`)
         self._register_all()
 
     # -- catalog ---------------------------------------------------------------------------------------
@@ -248,10 +250,29 @@ class SparkEngine:
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         df = self._sql(sql, params)
+        fired, timer, sc = [], None, self.spark.sparkContext
+        if self._limit:  # at the limit every job is cancelled: the session runs one query at a time, and a scalar
+            # subquery's jobs, which a job tag or group does not reach, went on holding the cores for the next query
+            # (a task already running may still finish its partition: the cores can stay busy a while after)
+            sc.setInterruptOnCancel(True)
+            timer = threading.Timer(self._limit, lambda: (fired.append(True), sc.cancelAllJobs()))
+            timer.start()
         try:
             return df.toArrow()
         except Exception as e:
-            raise EngineError(_why(e)) from e
+            raise EngineError(stopped(self._limit) if fired else _why(e)) from e
+        finally:
+            if timer:
+                timer.cancel()
+                sc.setInterruptOnCancel(False)
+
+    @contextmanager
+    def limited(self, seconds):
+        before, self._limit = self._limit, seconds or None
+        try:
+            yield
+        finally:
+            self._limit = before
 
     def native(self, sql: str) -> str:
         return ";\n".join(to_spark(sql))

@@ -27,7 +27,7 @@ from medlake.cdm import model, store
 from medlake.cdm.importer import IMPORTED
 from medlake.config import redact
 from medlake.engines import store_url
-from medlake.engines.base import EngineError
+from medlake.engines.base import EngineError, stopped
 from medlake.quality import compile as cp
 from medlake.quality.checks import (Check, build_checks, checks as all_dqd_checks, example_ids, fails,
                                     threshold_files)
@@ -193,7 +193,8 @@ class Runner:
                  version_from: str = "as given", write_table: str | None = None, tuning: dict | None = None,
                  check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = (),
                  check_levels: Iterable[str] | None = None, cohort: tuple[str, int] | None = None,
-                 check_severity: Iterable[str] | None = None, fail_on_new: bool = False):
+                 check_severity: Iterable[str] | None = None, fail_on_new: bool = False,
+                 site_timeout: float | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
@@ -205,7 +206,9 @@ class Runner:
         rows of that cohort's persons only (DQD's cohortTableName and cohortDefinitionId; `restricted`).
         `check_levels`, `check_severity`: only checks of these levels and severities (DQD's checkLevels and
         checkSeverity). `fail_on_new`: the run is a pipeline's gate on new failures and errors (`--fail-on-new`): a
-        run it refuses is not what later runs compare with (`since_last_run`), so a retry is refused again."""
+        run it refuses is not what later runs compare with (`since_last_run`), so a retry is refused again.
+        `site_timeout`: seconds a query of site checks may run (`--site-timeout`): a predicate that would scan for
+        ever is its check's error, and the run goes on."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -217,6 +220,7 @@ class Runner:
         self.resume = resume
         self.progress = progress
         self.fail_on_new = fail_on_new
+        self.site_timeout = site_timeout
         self.notice = notice  # a message to show now, not only in the summary (a wait for another session's lock)
         self.waits: dict[str, str] = {}  # what waited for a lock: for how long, held by whom
         self._said: dict[str, int] = {}  # when a wait was last said (`_waiting`)
@@ -515,8 +519,13 @@ class Runner:
         probes = [cp.Item(Check("nonNull", "FIELD", table, f, source="probe"), f"count(t.{cp.q(f)})", "count(*)")
                   for f in empty_ok]
         found: dict[str, tuple[str, tuple[str, ...]]] = {}  # violating rows by value, from the grouped scan
-        for group in (items + probes, site_items):  # the DQD checks, then the site's own SQL
-            self._scan(table, group, ctx, res, found)
+        self._scan(table, items + probes, ctx, res, found)  # the DQD checks, then the site's own SQL, in its time
+        with self.eng.engine.limited(self.site_timeout if site_items else None):  # limit: each alone once more
+            self._scan(table, site_items, ctx, res, found)
+        for it in site_items:
+            if (res.get(it.check.id) or {}).get("error") == stopped(self.site_timeout or 0):
+                res[it.check.id]["error"] += (" for a site check (--site-timeout): its predicate reads too much; "
+                                              "rewrite it, or raise the limit")
         for it in items + site_items:
             conds[it.check.id] = found.get(it.check.id) or (it.where, it.joins)
         empty = set()
