@@ -519,9 +519,9 @@ class Runner:
         probes = [cp.Item(Check("nonNull", "FIELD", table, f, source="probe"), f"count(t.{cp.q(f)})", "count(*)")
                   for f in empty_ok]
         found: dict[str, tuple[str, tuple[str, ...]]] = {}  # violating rows by value, from the grouped scan
-        self._scan(table, items + probes, ctx, res, found)  # the DQD checks, then the site's own SQL, in its time
-        with self.eng.engine.limited(self.site_timeout if site_items else None):  # limit: each alone once more
-            self._scan(table, site_items, ctx, res, found)
+        self._scan(table, items + probes, ctx, res, found)  # the DQD checks
+        with self.eng.engine.limited(self.site_timeout if site_items else None):  # the site's own SQL, in its time
+            self._scan(table, site_items, ctx, res, found)  # limit (a scan stopped: each check alone, in the same)
         for it in site_items:
             if (res.get(it.check.id) or {}).get("error") == stopped(self.site_timeout or 0):
                 res[it.check.id]["error"] += (" for a site check (--site-timeout): its predicate reads too much; "
