@@ -6,7 +6,7 @@ Arrow. A capability an engine lacks fails with `EngineError` and a clear message
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol, runtime_checkable
@@ -51,6 +51,16 @@ class Shapes:
 def stopped(seconds: float) -> str:
     """The error of a query an engine stopped at its time limit (`Engine.limited`)."""
     return f"stopped after {seconds:g} s, its time limit"
+
+
+@contextmanager
+def limit_held(engine, seconds: float | None):
+    """`Engine.limited` of an engine whose `query` applies `engine._limit` itself (DuckDB, Spark)."""
+    before, engine._limit = engine._limit, seconds or None
+    try:
+        yield
+    finally:
+        engine._limit = before
 
 
 @runtime_checkable

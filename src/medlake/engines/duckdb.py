@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes, stopped
+from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes, limit_held, stopped
 
 
 class DuckDBEngine:
@@ -67,13 +67,8 @@ class DuckDBEngine:
             if timer:
                 timer.cancel()
 
-    @contextmanager
     def limited(self, seconds):
-        before, self._limit = self._limit, seconds or None
-        try:
-            yield
-        finally:
-            self._limit = before
+        return limit_held(self, seconds)
 
     def native(self, sql: str) -> str:
         return sql

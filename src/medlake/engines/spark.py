@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
-from medlake.engines.base import Column, EngineError, Shapes, conform, stopped, template, translate
+from medlake.engines.base import (Column, EngineError, Shapes, conform, limit_held, stopped, template,
+                                  translate)
 
 TYPE_OVERRIDES = {"datetime": "TIMESTAMP_NTZ"}
 META = "_medlake.json"
@@ -266,13 +267,8 @@ class SparkEngine:
                 timer.cancel()
                 sc.setInterruptOnCancel(False)
 
-    @contextmanager
     def limited(self, seconds):
-        before, self._limit = self._limit, seconds or None
-        try:
-            yield
-        finally:
-            self._limit = before
+        return limit_held(self, seconds)
 
     def native(self, sql: str) -> str:
         return ";\n".join(to_spark(sql))
