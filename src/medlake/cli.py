@@ -670,6 +670,9 @@ def quality_run(
         out.print(t)
         at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
         out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
+    silent = report.silent_now(r.results)
+    if silent:  # (the ongoing outage first, whatever its share of the source's history)
+        out.print("feeds silent now: " + "; ".join(silent), highlight=False, markup=False)
     errs = [x for x in r.results if x["status"] == "error"]
     if errs:  # the checks that measured nothing, named (the summary only counted them)
         t = Table(title=f"checks that could not run ({min(len(errs), 10)} of {len(errs)}; all in the report)")

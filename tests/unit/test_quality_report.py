@@ -109,3 +109,17 @@ def test_checks_that_could_not_run_come_before_the_failures_and_are_counted_by_t
     types = re.findall(r"<tr><td><b>(\w+)</b>.*?<td class='num failed'>(\d+)</td><td class='num error'>(\d*)</td>",
                        html.split("id='types'")[1].split("</table>")[0])
     assert types == [("isForeignKey", "3", "1"), ("plausibleAfterBirth", "0", "1")]
+
+
+def test_a_feed_silent_up_to_its_last_day_is_said_first():
+    """`quality run` says the sources silent now (their last judged days missing), apart from the failed checks
+    ranked by their share of the source's history, where an old outage or a retired feed came first."""
+    def feed(src, marks, counts):
+        return {"check_name": "feedVolume", "data_source": src, "daily_from": "2026-12-01", "daily_marks": marks,
+                "daily_counts": counts}
+    results = [feed("lis-b", "..x.xx-~", [5, 6, 0, 4, 0, 0, 0, 0]),  # silent since the 4th (a day off between)
+               feed("lis-a", "..x....~", [5, 6, 0, 4, 5, 5, 5, 2]),  # an old missing day: sending now
+               feed("adt", "....xx~", [3, 3, 3, 3, 0, 0, 2]),        # silent two days, back today
+               feed("rx", "xx~", [0, 0, 0])]                         # nothing in the chart's days
+    assert report.silent_now(results) == ["lis-b: nothing since 2026-12-04 (2 day(s) missing)",
+                                          "rx: nothing since before 2026-12-01 (2 day(s) missing)"]

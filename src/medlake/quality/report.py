@@ -379,6 +379,26 @@ def _sources(results: list[dict]) -> list[str]:
             f"checks</th>{head}</tr></thead><tbody>{rows}</tbody></table></div>"]
 
 
+def silent_now(results: list[dict]) -> list[str]:
+    """The sources whose last judged days are missing (feedVolume's `daily_marks`: its days off and the day in
+    progress aside), each as "SOURCE: nothing since DAY (N day(s) missing)": the incident a feed's engineer acts on
+    first, which a check's share of the source's whole history ranks low. A source that sent today is not silent."""
+    out = []
+    for r in sorted((r for r in results if r.get("check_name") == "feedVolume" and r.get("daily_marks")),
+                    key=lambda r: r["data_source"]):
+        marks, counts = r["daily_marks"], r["daily_counts"]
+        i = len(marks) - 1
+        while i >= 0 and marks[i] in "~-x" and not (marks[i] == "~" and counts[i]):
+            i -= 1
+        missing = marks[i + 1:].count("x")
+        if missing and not (i >= 0 and marks[i] == "~"):
+            last = next((j for j in range(i, -1, -1) if counts[j]), None)
+            since = (dt.date.fromisoformat(r["daily_from"]) + dt.timedelta(days=last)).isoformat() if last is not None \
+                else f"before {r['daily_from']}"
+            out.append(f"{r['data_source']}: nothing since {since} ({missing} day(s) missing)")
+    return out
+
+
 MARKS = {".": ("sent", "#7a94c4", "sent"), "v": ("low", "#e08a00", "volume drop"),
          "x": ("missing", "#b00020", "nothing: a missing day"), "-": ("off", "#c8c8c8", "a day off (not expected)"),
          "~": ("today", "#b8c8e4", "the day in progress (not judged)")}
