@@ -983,12 +983,15 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
     return fits.pop() if len(fits) == 1 else None
 
 
-def _lacks(name: str, version: str, columns) -> list[str]:
-    """The fields table `name` requires in `version` and not in the other, that `columns` lack (of a header)."""
+def _lacks(name: str, version: str, columns) -> bool:
+    """Whether a header's `columns` lack a field table `name` requires in `version` and not in the other version
+    (which has the table too): v5.4's cdm_source.cdm_version_concept_id."""
     other = model.load(other_version(version))
-    theirs = {f.name for f in other.table(name).fields if f.required} if name in other.table_names else None
-    return [f.name for f in model.load(version).table(name).fields
-            if f.required and f.name not in columns and theirs is not None and f.name not in theirs] if columns else []
+    if not columns or name not in other.table_names:
+        return False
+    theirs = {f.name for f in other.table(name).fields if f.required}
+    return any(f.required and f.name not in columns and f.name not in theirs
+               for f in model.load(version).table(name).fields)
 
 
 def _fits(table: model.Table, columns) -> bool:

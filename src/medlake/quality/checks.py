@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from medlake.cdm import model
+from medlake.cdm.importer import other_version
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,20 @@ def dqd_rows(version: str, level: str, files: tuple[str, ...] = ()) -> list[dict
     (`_at`: file and line)."""
     if version not in model.VERSIONS:
         raise ValueError(f"unknown OMOP CDM version {version!r}; supported: {', '.join(model.VERSIONS)}")
+    own = _site_rows(level, files)
+    if own is not None:
+        return own
+    name = f"OMOP_CDMv{version}_{level}.csv"
+    return [r | {"_at": f"{name}:{n}"} for n, r in enumerate(_csv(name), 2)]
+
+
+def _site_rows(level: str, files: tuple[str, ...]) -> list[dict[str, str]] | None:
+    """The rows of the site's own threshold file of `level` among `files` (`threshold_file`), None without one."""
     for path in files:
         got, rows = threshold_file(path)
         if got == level:
             return rows
-    name = f"OMOP_CDMv{version}_{level}.csv"
-    return [r | {"_at": f"{name}:{n}"} for n, r in enumerate(_csv(name), 2)]
+    return None
 
 
 def threshold_files(paths, version: str = model.DEFAULT_VERSION) -> tuple[str, ...]:
@@ -109,7 +118,7 @@ def _rows_of(cdm: model.CDM, level: str, rows: list[dict[str, str]]) -> None:
     """Each row of a site's threshold file names a table (and field) of the CDM, and no two rows the same one (or
     the same concept and unit): a misspelt name's rules would be left out, and of two rows one would be, unsaid."""
     seen: dict[tuple[str, ...], str] = {}
-    other = model.load(next(v for v in model.VERSIONS if v != cdm.version))
+    other = model.load(other_version(cdm.version))
     for r in rows:
         table, fld = r["cdmTableName"].strip().lower(), (r.get("cdmFieldName") or "").strip().lower()
         if (table not in cdm.table_names or level != "Table_Level" and fld not in cdm.table(table).field_names) and (
@@ -369,9 +378,9 @@ def build_checks(version: str, today: dt.date | None = None, files: tuple[str, .
         for r in ranges:
             extra_units.setdefault(r["concept_id"], set()).add(r["unit_concept_id"])
         # a site's own Concept_Level file is its lists as it wrote them (DQD's exactly: give DQD's file)
-        own = any(threshold_file(path)[0] == "Concept_Level" for path in files)
+        own = _site_rows("Concept_Level", files)
         unit_rules: set[int] = set()
-        for r in dqd_rows(version, "Concept_Level", files):
+        for r in own if own is not None else dqd_rows(version, "Concept_Level"):
             row = r
             table, fld = r["cdmTableName"].strip().lower(), (r.get("cdmFieldName") or "").strip().lower()
             if table not in cdm.table_names or fld not in cdm.table(table).field_names:
@@ -400,7 +409,7 @@ def build_checks(version: str, today: dt.date | None = None, files: tuple[str, .
                 ids = _read("plausibleUnitConceptIds", units, _ids)
                 more: list[int] = []
                 if table == "measurement":  # medlake's SI units for the concept join DQD's (mostly US) list
-                    more = [] if own else sorted(set().union(*(extra_units.get(c, set()) for c in concepts)) - set(ids))
+                    more = [] if own is not None else sorted(set().union(*(extra_units.get(c, set()) for c in concepts)) - set(ids))
                     unit_rules.update(concepts)
                 add("plausibleUnitConceptIds", table, fld, _num(r.get("plausibleUnitConceptIdsThreshold")), concept,
                     params=(("units", ids + tuple(more)), ("concept_ids", concepts)),

@@ -724,13 +724,12 @@ def _mapping(engine, result, recent: int | None) -> list[dict]:
     return out
 
 
-def _landing_checks(engine, result, tables: set[str], landing_dir, feeds: bool = True, feed: dict | None = None
-                    ) -> list[dict]:
+def _landing_checks(engine, result, tables: set[str], landing_dir: Path | None, feeds: bool = True,
+                    feed: dict | None = None) -> list[dict]:
     """Landing duplicates, the feed checks (`feeds`) and open quarantine per source, read (read-only) from the
-    landing folder's SQLite files; none when the folder is not found (a store checked without its landing, e.g.
-    `--store postgresql://…`). Rows a `medlake cdm import` set aside are a source per CDM table (`cdm:<table>`),
-    of the rows imported."""
-    landing_dir = _landing_dir(engine, landing_dir)
+    landing folder's SQLite files (`_landing_dir`); none when the folder is not found (a store checked without its
+    landing, e.g. `--store postgresql://…`). Rows a `medlake cdm import` set aside are a source per CDM table
+    (`cdm:<table>`), of the rows imported."""
     if landing_dir is None:
         return []
     out = []
