@@ -35,7 +35,7 @@ from medlake.landing.quarantine import Quarantine  # noqa: E402
 from medlake.quality import runner  # noqa: E402
 from medlake.quality.checks import checks as dqd_checks  # noqa: E402
 from medlake.quality.checks import plausible_values  # noqa: E402
-from medlake.quality.feeds import odd_unit_rows  # noqa: E402
+from medlake.quality.feeds import EVENT_DATES, future_date_rows, odd_unit_rows  # noqa: E402
 from medlake.simulate import simulate  # noqa: E402
 from medlake.sources import config as source_config  # noqa: E402
 from medlake.transform.run import transform  # noqa: E402
@@ -46,7 +46,8 @@ EXPECTED = {
     "wrong_unit": ("plausibleValueLow", "plausibleValueHigh", "plausibleUnitConceptIds", "sourceUnitConsistency"),
     "missing_unit": ("plausibleUnitConceptIds", "measureValueCompleteness:unit_concept_id",
                      "measureValueCompleteness:unit_source_value", "standardConceptRecordCompleteness:unit_concept_id"),
-    "future_date": ("plausibleValueHigh", "plausibleStartBeforeEnd", "plausibleTemporalAfter", "plausibleBeforeDeath"),
+    "future_date": ("plausibleValueHigh", "plausibleStartBeforeEnd", "plausibleTemporalAfter", "plausibleBeforeDeath",
+                    "sourceFutureDates"),
     "death_before_birth": ("plausibleAfterBirth", "plausibleDuringLife", "plausibleBeforeDeath"),
     "unmapped_code": ("standardConceptRecordCompleteness", "isStandardValidConcept"),
 }
@@ -102,10 +103,16 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
             for rid in rows:
                 flagged[(table, rid)].add((by_id[cid].name, by_id[cid].field, status.get(cid), by_id[cid].source))
     unit_status = {x["data_source"]: x["status"] for x in run.results if x["check_name"] == "sourceUnitConsistency"}
-    for src, ids in odd_unit_rows(eng).items():  # the one source-level check with rows in the CDM
+    for src, ids in odd_unit_rows(eng).items():  # the source-level checks with rows in the CDM
         for rid in ids:
             flagged[("measurement", str(rid))].add(("sourceUnitConsistency", "unit_concept_id", unit_status.get(src),
                                                     "medlake"))
+    late_status = {(x["data_source"], x["cdm_table"]): x["status"] for x in run.results
+                   if x["check_name"] == "sourceFutureDates"}
+    for (src, table), ids in future_date_rows(eng, work / "landing").items():
+        for rid in ids:
+            flagged[(table, str(rid))].add(("sourceFutureDates", EVENT_DATES[table][1], late_status.get((src, table)),
+                                            "medlake"))
     per = collections.defaultdict(lambda: collections.Counter())
     by_check = collections.defaultdict(collections.Counter)  # class -> check name -> defects it saw
     missed = collections.defaultdict(list)
@@ -314,7 +321,8 @@ def main() -> None:
            f"{truth['wrong_encoding']} + truncated_file {truth['truncated_file']}); rows without a standard concept "
            f"{viol.get('sourceMappingCoverage', 0)} (simulator: unmapped_code {truth['unmapped_code']}, each message "
            f"can carry several rows); results in an unusual unit {viol.get('sourceUnitConsistency', 0)} (simulator: "
-           f"wrong_unit {truth['wrong_unit']}).\n",
+           f"wrong_unit {truth['wrong_unit']}); rows dated more than a day after their receipt "
+           f"{viol.get('sourceFutureDates', 0)} (simulator: future_date {truth['future_date']}).\n",
            "| source | check | table | field | violated | of | status |", "|---|---|---|---|---:|---:|---|"]
     for x in src:
         if x["status"] != "passed" or x["check_name"] in ("sourceQuarantined", "sourceMappingCoverage",

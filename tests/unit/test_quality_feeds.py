@@ -246,6 +246,54 @@ def test_a_code_unmapped_in_the_last_days_is_seen_though_the_whole_history_dilut
     assert young["status"] == "not_applicable" and "too young to tell a new code" in young["not_applicable_reason"]
 
 
+# -- F9: a sender's or a device's clock ahead ---------------------------------------------------------------------
+
+def test_rows_dated_after_their_receipt_are_a_sources_future_dates(engine, tmp_path):
+    """An analyser's clock a year ahead, a result dated two days after it was received, a row of no receipt dated
+    after tomorrow: sourceFutureDates of the source, each row named with its date and receipt day; a day later is
+    the local day (passes), and a visit the source spoke of again after it began (a pre-admit, then the admission)
+    is judged by its last record. Before, only DQD's table-wide plausibleValueHigh (1%) saw dates after today, no
+    source named, and a skew since past not at all. On DuckDB, PostgreSQL and Spark."""
+    from medlake.cdm import store
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    day = lambda n: today + dt.timedelta(days=n)  # noqa: E731
+    at = lambda n: dt.datetime.combine(day(n), dt.time(10), dt.timezone.utc)  # noqa: E731
+    landing = _landing(tmp_path, [(1, "lis", at(-10), 0), (2, "lis", at(-5), 0), (3, "lis", at(-1), 0),
+                                  (4, "adt", at(-5), 0), (5, "adt", at(-2), 0)])
+    eng = engine
+    store.init(eng, "5.4")
+    eng.execute("CREATE TABLE cdm_lineage (cdm_table VARCHAR, row_id BIGINT, source VARCHAR, receipt_seq BIGINT, "
+                "code_system VARCHAR, code VARCHAR, concept_id INTEGER)")
+    measured = {1: (-10, 1), 2: (-9, 1), 3: (-8, 1), 4: (365, 2), 5: (2, None), 6: (0, 3)}
+    eng.execute("INSERT INTO measurement (measurement_id, person_id, measurement_concept_id, measurement_date, "
+                "measurement_type_concept_id) VALUES " + ", ".join(
+                    f"({i}, 1, 0, DATE '{day(n)}', 32817)" for i, (n, _) in measured.items()))
+    eng.execute("INSERT INTO visit_occurrence (visit_occurrence_id, person_id, visit_concept_id, visit_start_date, "
+                f"visit_end_date, visit_type_concept_id) VALUES (10, 1, 9201, DATE '{day(-3)}', DATE '{day(-1)}', "
+                f"32817), (11, 1, 9201, DATE '{day(-3)}', DATE '{day(-1)}', 32817)")
+    eng.execute("INSERT INTO cdm_lineage VALUES " + ", ".join(
+        [f"('measurement', {i}, 'lis', {seq if seq else 'NULL'}, NULL, NULL, NULL)"
+         for i, (_, seq) in measured.items()]
+        + [f"('visit_occurrence', {i}, 'adt', {seq}, NULL, NULL, NULL)" for i, seq in ((10, 4), (10, 5), (11, 4))]))
+    got = {(r["data_source"], r["cdm_table"]): r for r in run_sources(eng, result, landing, today=today)
+           if r["check_name"] == "sourceFutureDates"}
+    lis, adt = got["lis", "measurement"], got["adt", "visit_occurrence"]
+    assert (lis["status"], lis["num_violated_rows"], lis["num_denominator_rows"]) == ("failed", 3, 6)
+    assert (lis["examples"], lis["example_field"], lis["cdm_field"]) == (
+        [f"4 ({day(365)}, received {day(-5)})", f"5 ({day(2)})", f"3 ({day(-8)}, received {day(-10)})"],
+        "measurement_id", "measurement_date")
+    assert (adt["num_violated_rows"], adt["num_denominator_rows"], adt["examples"]) == (
+        1, 2, [f"11 ({day(-3)}, received {day(-5)})"])
+    assert lis["check_id"] == "source_sourcefuturedates_lis_measurement_measurement_date"
+    # without the landing, a row is late only when dated after tomorrow
+    alone = {(r["data_source"], r["cdm_table"]): r for r in run_sources(eng, result, tmp_path / "elsewhere",
+                                                                        today=today)
+             if r["check_name"] == "sourceFutureDates"}
+    assert (alone["lis", "measurement"]["num_violated_rows"], alone["adt", "visit_occurrence"]["status"]) == (
+        2, "passed")
+
+
 # -- F13: a site's [source_fields] that drops medlake's rules, or names a table that is not there -----------------
 
 def test_a_sites_source_fields_say_what_they_stop_checking_and_a_misspelt_table(tmp_path):

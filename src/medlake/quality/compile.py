@@ -497,7 +497,7 @@ def key_unique_sql(table: str, fld: str, bitmap: bool = False) -> str:
 
 # -- concept level -----------------------------------------------------------------------------------------
 
-def _rows(rows: list[dict]) -> str:
+def inline_rows(rows: list[dict]) -> str:
     """Literal rows as an inline VALUES table (one small relation on every engine); the first row is cast so
     every engine gives the columns the same types. Use as `FROM (...) AS alias`: returns `VALUES … ) AS x(cols`."""
     first = "(" + ", ".join(f"CAST({lit(v)} AS {t})" for v, t in rows[0].values()) + ")"
@@ -531,7 +531,8 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
                  "hi": (c.param("value") if c.name == "plausibleValueHigh" else None, "DOUBLE")}
                 for i, c in enumerate(value) for cid in c.param("concept_ids")]
         f = ctx.need_column(value[0].field)
-        add(f"FROM {q(table)} AS t JOIN ({_rows(rows)}) AS r ON {f} = r.concept_id AND t.unit_concept_id = r.unit_id",
+        add(f"FROM {q(table)} AS t JOIN ({inline_rows(rows)}) AS r ON {f} = r.concept_id "
+            "AND t.unit_concept_id = r.unit_id",
             "t.value_as_number IS NOT NULL", "t.value_as_number < r.lo OR t.value_as_number > r.hi", value, ())
     if gender:
         ctx.need_column("person_id")
@@ -541,11 +542,12 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
                   for i, c in enumerate(gender) if c.name == "plausibleGender" for cid in c.param("concept_ids")]
         desc = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER"), "g": (c.param("gender_concept_id"), "INTEGER")}
                 for i, c in enumerate(gender) if c.name != "plausibleGender" for cid in c.param("concept_ids")]
-        rules = [f"SELECT rid, concept_id, g FROM ({_rows(direct)}) AS r0"] if direct else []
+        rules = [f"SELECT rid, concept_id, g FROM ({inline_rows(direct)}) AS r0"] if direct else []
         reads = ("person",)
         if desc:
             ctx.need_table("concept_ancestor", "descendants")
-            rules.append(f"SELECT DISTINCT r1.rid, ca.descendant_concept_id AS concept_id, r1.g FROM ({_rows(desc)}) AS r1 "
+            rules.append(f"SELECT DISTINCT r1.rid, ca.descendant_concept_id AS concept_id, r1.g "
+                         f"FROM ({inline_rows(desc)}) AS r1 "
                          "JOIN concept_ancestor AS ca ON ca.ancestor_concept_id = r1.concept_id")
             reads += ("concept_ancestor",)
         f = ctx.need_column(gender[0].field)
@@ -558,8 +560,8 @@ def concept_queries(table: str, checks: list[Check], ctx: Context) -> list[tuple
         rules = [{"rid": (i, "INTEGER"), "concept_id": (cid, "INTEGER")}
                  for i, c in enumerate(units) for cid in c.param("concept_ids")]
         allowed = [{"rid": (i, "INTEGER"), "unit_id": (u, "INTEGER")} for i, c in enumerate(units) for u in c.param("units")]
-        add(f"FROM {q(table)} AS t JOIN ({_rows(rules)}) AS r ON {f} = r.concept_id "
-            f"LEFT JOIN ({_rows(allowed)}) AS ru ON ru.rid = r.rid AND ru.unit_id = t.unit_concept_id",
+        add(f"FROM {q(table)} AS t JOIN ({inline_rows(rules)}) AS r ON {f} = r.concept_id "
+            f"LEFT JOIN ({inline_rows(allowed)}) AS ru ON ru.rid = r.rid AND ru.unit_id = t.unit_concept_id",
             UNITS_SCOPE, "t.unit_concept_id IS NOT NULL AND ru.rid IS NULL", units, ())
     return out
 

@@ -40,7 +40,7 @@ from medlake import config
 from medlake.cdm.importer import QUARANTINE_PREFIX
 from medlake.identity.staging import VAULTED
 from medlake.quality.checks import Check, example_ids
-from medlake.quality.compile import lit, q
+from medlake.quality.compile import inline_rows, lit, q
 
 TYPES = {
     "feedTimeliness": ("Plausibility", "Temporal", "Validation",
@@ -416,6 +416,10 @@ SOURCE_TYPES = {
         "Rows of @table from source @source received in the last 7 days whose source code is not mapped to a "
         "standard, valid concept and was not unmapped in the rows received before (a code new to the source, or a "
         "mapping lost)."),
+    "sourceFutureDates": (
+        "Plausibility", "Temporal", "Verification", 0.0,
+        "Rows of @table from source @source dated (@field) more than a day after the landing received the source's "
+        "last record of them (a sender's or device's clock ahead, a mistyped year)."),
     "sourceUnitConsistency": (
         "Plausibility", "Atemporal", "Validation", 0.0,
         "Numeric results from source @source in a unit other than the one the source uses for at least "
@@ -425,6 +429,17 @@ SOURCE_TYPES = {
 FEED_DROP = 0.5  # a day below half the median of the source's previous 7 days with data is a volume drop
 UNIT_DOMINANT = 0.95  # a source's usual unit for a measurement: at least this share of its results
 RECENT_DAYS = 7  # sourceNewUnmappedCodes: the rows of the receipts of the last 7 days (today included)
+# sourceFutureDates: a CDM table's event date and the id its cdm_lineage rows name (a death's is its person's)
+EVENT_DATES = {"visit_occurrence": ("visit_occurrence_id", "visit_start_date"),
+               "visit_detail": ("visit_detail_id", "visit_detail_start_date"),
+               "condition_occurrence": ("condition_occurrence_id", "condition_start_date"),
+               "drug_exposure": ("drug_exposure_id", "drug_exposure_start_date"),
+               "procedure_occurrence": ("procedure_occurrence_id", "procedure_date"),
+               "device_exposure": ("device_exposure_id", "device_exposure_start_date"),
+               "measurement": ("measurement_id", "measurement_date"),
+               "observation": ("observation_id", "observation_date"),
+               "note": ("note_id", "note_date"), "specimen": ("specimen_id", "specimen_date"),
+               "death": ("person_id", "death_date")}
 
 
 @cache
@@ -599,6 +614,8 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             out.append(_counted(result, "sourceUnitConsistency", "measurement", "unit_concept_id", src,
                                 sum(n for (s, *_), n in odd.items() if s == src), rows[src],
                                 examples.get(src, ()), "concept in unit (rows)"))
+    if "cdm_lineage" in tables:
+        out += _future_dates(engine, result, tables, landing, today or dt.datetime.now(dt.timezone.utc).date())
     if "cdm_lineage" in tables and "concept" in tables:
         out += _mapping(engine, result, _recent_from(landing, today or dt.datetime.now(dt.timezone.utc).date())
                         if "receipt_seq" in {c.name.lower() for c in engine.columns("cdm_lineage")} else None)
@@ -722,6 +739,91 @@ def _mapping(engine, result, recent: int | None) -> list[dict]:
                          data_source=src)
         out += rs
     return out
+
+
+def _future_dates(engine, result, tables: set[str], landing: Path | None, today: dt.date) -> list[dict]:
+    """sourceFutureDates per source and CDM table (`_dated_rows`), each late row named with its date and the day its
+    source's last record of it was received."""
+    dated = _dated_rows(engine, tables, landing, today)
+    if dated is None:
+        return []
+    rows, late = dated
+    counts = engine.query(f"SELECT r.s, r.tb, count(*) AS d, sum(CASE WHEN {late} THEN 1 ELSE 0 END) AS v "
+                          f"FROM ({rows}) AS r GROUP BY 1, 2 ORDER BY 1, 2").to_pylist()
+    examples: dict[tuple, list[str]] = {}
+    if any(_int(r["v"]) for r in counts):
+        found = engine.query(
+            f"SELECT s, tb, id, e, seq FROM (SELECT r.*, row_number() OVER (PARTITION BY r.s, r.tb ORDER BY r.e DESC, "
+            f"r.id) AS rn FROM ({rows}) AS r WHERE {late}) AS x WHERE rn <= 10 ORDER BY s, tb, rn").to_pylist()
+        received = _received_on(landing, {int(r["seq"]) for r in found if r["seq"] is not None})
+        for r in found:
+            on = received.get(int(r["seq"])) if r["seq"] is not None else None
+            examples.setdefault((r["s"], r["tb"]), []).append(
+                f"{r['id']} ({r['e']}, received {on})" if on else f"{r['id']} ({r['e']})")
+    return [_counted(result, "sourceFutureDates", r["tb"], EVENT_DATES[r["tb"]][1], r["s"], r["v"], r["d"],
+                     examples.get((r["s"], r["tb"]), ()), EVENT_DATES[r["tb"]][0]) for r in counts]
+
+
+def future_date_rows(engine, landing_dir: Path | None = None, today: dt.date | None = None
+                     ) -> dict[tuple[str, str], list[int]]:
+    """Every row `sourceFutureDates` counts, {(source, CDM table): row ids} (for tracing)."""
+    tables = {t.lower() for t in engine.tables()}
+    dated = _dated_rows(engine, tables, _landing_dir(engine, landing_dir),
+                        today or dt.datetime.now(dt.timezone.utc).date()) if "cdm_lineage" in tables else None
+    out: dict[tuple[str, str], list[int]] = {}
+    for r in engine.query(f"SELECT s, tb, id FROM ({dated[0]}) AS r WHERE {dated[1]} ORDER BY 1, 2, 3"
+                          ).to_pylist() if dated else ():
+        out.setdefault((r["s"], r["tb"]), []).append(r["id"])
+    return out
+
+
+def _dated_rows(engine, tables: set[str], landing: Path | None, today: dt.date) -> tuple[str, str] | None:
+    """(a query of the CDM rows with an event date (EVENT_DATES) per source: `s`, `tb`, `id`, `e` the date, `seq` the
+    source's last receipt of the row; the condition, on alias `r`, that the row is late) or None without them. A row
+    is late when dated more than a day after the UTC day the landing received its source's last record of it (a day
+    either way: the date is the hospital's local day). The landing numbers its receipts as they come, so a record
+    received before day D has a seq below the first of D: one small inline table, {event date e: the first seq of
+    day e - 1}, tells every row's verdict in one join, whatever the number of receipts. A row dated after tomorrow
+    is late whatever its receipt; without the landing (or a row without its receipt) that is the whole test."""
+    have = [(t, i, d) for t, (i, d) in EVENT_DATES.items()
+            if t in tables and {i, d} <= {c.name.lower() for c in engine.columns(t)}]
+    if not have or "receipt_seq" not in {c.name.lower() for c in engine.columns("cdm_lineage")}:
+        return None
+    events = " UNION ALL ".join(f"SELECT {lit(t)} AS tb, {q(i)} AS id, CAST({q(d)} AS DATE) AS e FROM {q(t)}"
+                                for t, i, d in have)
+    rows = (f"SELECT l.source AS s, x.tb, x.id, max(x.e) AS e, max(l.receipt_seq) AS seq FROM ({events}) AS x JOIN "
+            "cdm_lineage AS l ON l.cdm_table = x.tb AND l.row_id = x.id WHERE l.source IS NOT NULL AND x.e IS NOT NULL "
+            "GROUP BY 1, 2, 3")
+    late = f"r.e > {lit(today + dt.timedelta(days=1))}"
+    firsts = _first_receipts(landing, today)
+    if not firsts:
+        return rows, late
+    return (f"SELECT r.*, f.seq AS f_seq FROM ({rows}) AS r LEFT JOIN ({inline_rows(firsts)}) AS f ON f.e = r.e",
+            late + " OR r.seq < r.f_seq")
+
+
+def _first_receipts(landing_dir: Path | None, today: dt.date) -> list[dict]:
+    """Rows {e: an event date, seq: the first receipt the landing received on day e - 1 or later} for the dates
+    from the landing's second day to tomorrow (a row of date e is late when its receipt's seq is below), as
+    inline_rows takes them; [] without the landing. A day without receipts takes the next day's first; after the
+    last, none was received yet (the last seq + 1)."""
+    path = landing_dir / "landing.sqlite" if landing_dir else None
+    if path is None or not path.exists():
+        return []
+    with closing(_ro(path)) as db:
+        days = db.execute("SELECT substr(received_at, 1, 10), min(seq) FROM receipt GROUP BY 1 ORDER BY 1"
+                          ).fetchall()
+        top = db.execute("SELECT max(seq) FROM receipt").fetchone()[0]
+    if not days:
+        return []
+    first = {dt.date.fromisoformat(d): s for d, s in days}
+    out, nxt = [], top + 1
+    day = max(today, max(first))
+    while day > min(first):  # from the last day back: each day's first seq, or the next day's
+        nxt = first.get(day, nxt)
+        out.append({"e": (day + dt.timedelta(days=1), "DATE"), "seq": (nxt, "BIGINT")})
+        day -= dt.timedelta(days=1)
+    return out[::-1]
 
 
 def _landing_checks(engine, result, tables: set[str], landing_dir: Path | None, feeds: bool = True,
