@@ -662,10 +662,10 @@ def quality_run(
     worst = report.failed_first(r.results)
     if worst:
         t = Table(title=f"failed checks, worst first ({min(len(worst), 10)} of {len(worst)}; all in the report)")
-        for col in ("check", "violated rows", "% > threshold"):
+        for col in ("check", "violated", "% > threshold"):
             t.add_column(col, justify="left" if col == "check" else "right", overflow="fold")
         for x in worst[:10]:  # the id names the table and field (report.where has the source and concept)
-            t.add_row(x["check_id"], f"{x['num_violated_rows']:,} of {x['num_denominator_rows']:,}",
+            t.add_row(x["check_id"], f"{x['num_violated_rows']:,} of {report.counted(x, x['num_denominator_rows'])}",
                       f"{100 * x['pct_violated_rows']:.2f} > {x['threshold']:g}")
         out.print(t)
         at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
@@ -841,14 +841,14 @@ def quality_diff(
     for col in ("change", "check (where)", "before", "after"):
         t.add_column(col, overflow="fold")
 
-    def status(s, v):
-        return s if s in ("not run", "not_applicable", "error") or v is None else f"{s}: {v:,} row{'s' * (v != 1)}"
+    def status(c, s, v):
+        return s if s in ("not run", "not_applicable", "error") or v is None else f"{s}: {report.counted(c['result'], v)}"
 
     from rich.markup import escape
 
     for c in changes[:limit]:  # (escaped: "[concept 3013721]" was read as a style and vanished)
-        t.add_row(c["change"], escape(f"{c['check_id']}\n({report.where(c['result'])})"), status(c["before"],
-                  c["violated_before"]), status(c["after"], c["violated_after"]))
+        t.add_row(c["change"], escape(f"{c['check_id']}\n({report.where(c['result'])})"), status(c, c["before"],
+                  c["violated_before"]), status(c, c["after"], c["violated_after"]))
     out.print(t)
 
 
@@ -932,7 +932,7 @@ def quality_show(
             out.print(f"note: {about['notes']}", highlight=False, markup=False)
         if last:
             pct = "" if last["pct_violated_rows"] is None else f" ({100 * last['pct_violated_rows']:.4g}%)"
-            seen = (f"{last['num_violated_rows']:,} of {last['num_denominator_rows']:,} rows{pct}"
+            seen = (f"{last['num_violated_rows']:,} of {report.counted(last, last['num_denominator_rows'])}{pct}"
                     if last["num_denominator_rows"] is not None else last.get("not_applicable_reason") or last["error"] or "")
             out.print(f"run {last['run_id']}: {last['status']} — {seen}", highlight=False, markup=False)
             if c is None and last.get("examples"):

@@ -111,6 +111,31 @@ def test_checks_that_could_not_run_come_before_the_failures_and_are_counted_by_t
     assert types == [("isForeignKey", "3", "1"), ("plausibleAfterBirth", "0", "1")]
 
 
+def test_a_feeds_ongoing_incident_ranks_before_older_failures_and_its_counts_are_days():
+    """A feed missing yesterday ranks first among the failures that are not fatal, though its share of the source's
+    history (1 of 40 days) is the smallest: a retired feed (21 of 42) and a table's 30% came before it. The
+    report and the CLI say days for a feed check (it said rows). Review-feeds F12."""
+    def feed(name, src, marks, violated, of):
+        r = check(f"source_{name.lower()}_landing_{src}", "failed", name, "feed", violated, of)
+        return r | {"data_source": src, "cdm_table": "landing", "cdm_field": src, "daily_marks": marks,
+                    "daily_counts": [5] * len(marks), "daily_from": "2026-10-26"}
+    results = [check("value", "failed", "plausibleValueHigh", "plausibility", 3, 10),
+               feed("feedTimeliness", "retired", "x" * 21 + "." * 21, 21, 42),
+               feed("feedVolume", "retired", "x" * 21 + "." * 21, 0, 21) | {"status": "passed"},
+               feed("feedTimeliness", "lis-b", "." * 39 + "x-~", 1, 40),
+               feed("feedVolume", "lis-b", "." * 39 + "x-~", 0, 39) | {"status": "passed"},
+               check("person_id", "failed", violated=1, of=100)]
+    assert [r["check_id"] for r in report.failed_first(results)] == [
+        "person_id", "source_feedtimeliness_landing_lis-b", "source_feedtimeliness_landing_retired", "value"]
+    assert report.ongoing(results) == {"lis-b"}
+    assert (report.counted(results[3]), report.counted(results[0]), report.counted(results[5], 1)) == (
+        "1 day", "3 rows", "1 row")
+    html = render(results)
+    assert '<td class="num">1 day</td><td class="num">40 days</td>' in html
+    assert '<td class="num">3</td><td class="num">10</td>' in html
+    assert re.search(r"<b>feedTimeliness</b>.*?<td class='num'>22 days</td>", html)
+
+
 def test_a_feed_silent_up_to_its_last_day_is_said_first():
     """`quality run` says the sources silent now (their last judged days missing), apart from the failed checks
     ranked by their share of the source's history, where an old outage or a retired feed came first."""

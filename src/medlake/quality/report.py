@@ -162,10 +162,30 @@ def next_step(r: dict, own: bool = True, out: Path | None = None) -> str | None:
     return text.format(**names) if text else None
 
 
+FEED_CHECKS = ("feedTimeliness", "feedVolume")  # they count days, the other checks rows (records, receipts)
+
+
+def counted(r: dict, n: int | None = None) -> str:
+    """`n` (the check's violated rows by default) in what the check counts: "3 days" for a feed check, "1 row"."""
+    n = r["num_violated_rows"] if n is None else n
+    return f"{n:,} {'day' if r['check_name'] in FEED_CHECKS else 'row'}{'s' * (n != 1)}"
+
+
 def failed_first(results: list[dict]) -> list[dict]:
-    """The failed checks, fatal ones first, then by the share of rows they find (as the report lists them)."""
+    """The failed checks, fatal ones first, then a feed's ongoing incident (`ongoing`: a share of the source's whole
+    history would rank it below a feed retired weeks ago), then by the share of rows they find (as the report lists
+    them)."""
+    now = ongoing(results)
     return sorted((r for r in results if r["status"] == "failed"),
-                  key=lambda r: (r["severity"] != "fatal", -(r["pct_violated_rows"] or 0)))
+                  key=lambda r: (r["severity"] != "fatal", not (r["check_name"] in FEED_CHECKS and r.get(
+                      "data_source") in now), -(r["pct_violated_rows"] or 0)))
+
+
+def ongoing(results: list[dict]) -> set[str]:
+    """The sources whose last judged day is missing or a drop (feedVolume's `daily_marks`; days off and the day in
+    progress aside)."""
+    return {r["data_source"] for r in results if r.get("check_name") == "feedVolume" and r.get("daily_marks")
+            and r["daily_marks"].rstrip("~-")[-1:] in ("x", "v")}
 
 
 def where(r: dict) -> str:
@@ -202,12 +222,12 @@ def _by_type(checks: list[dict]) -> str:
             f"{escape(rs[0]['subcategory'] or '-')}</small></td><td class='num failed'>{len(failed)}</td>"
             f"<td class='num error'>{errors or ''}</td>"
             f"<td style='overflow-wrap:anywhere'><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
-            f"<td class='num'>{sum(r['num_violated_rows'] or 0 for r in failed):,}</td>"
+            f"<td class='num'>{counted(rs[0], sum(r['num_violated_rows'] or 0 for r in failed))}</td>"
             f"<td class='num'>{_pct(max(r['pct_violated_rows'] or 0 for r in failed)) if failed else ''}</td></tr>")
     return ("<div class=wrap><table id='types'><colgroup><col style='width:22%'><col style='width:5em'>"
-            "<col style='width:6em'><col><col style='width:7em'><col style='width:6em'></colgroup><thead><tr>"
+            "<col style='width:6em'><col><col style='width:8em'><col style='width:6em'></colgroup><thead><tr>"
             "<th>check type</th><th class='num'>failed</th><th class='num'>could not run</th><th>where</th>"
-            "<th class='num'>violated rows</th><th class='num'>worst %</th></tr></thead>"
+            "<th class='num'>violated</th><th class='num'>worst %</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
@@ -220,8 +240,8 @@ def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = 
     ex = ", ".join(r.get("examples") or [])
     if ex:
         ex = f"<small class=ex><br>examples ({escape(r.get('example_field') or 'id')}): {escape(ex)}</small>"
-    vr = "" if r["num_violated_rows"] is None else f"{r['num_violated_rows']:,}"
-    dr = "" if r["num_denominator_rows"] is None else f"{r['num_denominator_rows']:,}"
+    vr, dr = ("" if n is None else counted(r, n) if r["check_name"] in FEED_CHECKS else f"{n:,}"
+              for n in (r["num_violated_rows"], r["num_denominator_rows"]))  # (a feed check's: days)
     badge = "<br><span class=new>new</span>" if r["check_id"] in new else ""
     site = f"<br><small>the site's; the check's own {r['default_threshold']:g}%</small>" if "default_threshold" in r \
         else ""
@@ -318,7 +338,8 @@ def render(run, history: list[dict]) -> str:
                   _checks("".join(_row(r, new) for r in errors))]
     parts += [
         f"<h2 id='failed'>Failed checks ({len(failed)})</h2>",
-        "<p><small>Fatal ones first (their severity is under the check's name), then by the share of rows they find."
+        "<p><small>Fatal ones first (their severity is under the check's name), then a feed whose last day is missing "
+        "or low, then by the share of rows (a feed check's: days) they find."
         "</small></p>" if failed else "",
         _checks("".join(_row(r, new, own=s.get("medlake_store", True), out=_folder(run)) for r in failed),
                 "failures"),
