@@ -294,6 +294,28 @@ def test_rows_dated_after_their_receipt_are_a_sources_future_dates(engine, tmp_p
         2, "passed")
 
 
+# -- test traffic on the production interface -----------------------------------------------------------------
+
+def test_hl7_messages_marked_for_training_or_debugging_are_a_sources_test_messages(engine, tmp_path):
+    """MSH-11 T (training) and D (debugging) messages staged with the patient data: sourceTestMessages of their
+    source, named by control id, processing id and day received, the first received first; P and an empty MSH-11
+    are production. On DuckDB, PostgreSQL and Spark."""
+    landing = _landing(tmp_path, [(1, "adt", dt.datetime(2026, 12, 3, 10, tzinfo=dt.timezone.utc), 0),
+                                  (2, "adt", dt.datetime(2026, 12, 4, 10, tzinfo=dt.timezone.utc), 0)])
+    engine.execute("CREATE TABLE stg_hl7_message (control_id VARCHAR, message_type VARCHAR, processing_id VARCHAR, "
+                   "source VARCHAR, receipt_seq BIGINT)")
+    engine.execute("INSERT INTO stg_hl7_message VALUES ('A3', 'ADT^A01', 'T', 'adt', 2), ('A1', 'ADT^A01', 'P', "
+                   "'adt', 1), ('A2', 'ADT^A08', 'd', 'adt', 1), ('A4', 'ADT^A01', NULL, 'adt', 2), "
+                   "('L1', 'ORU^R01', 'P', 'lis', 3)")
+    got = {r["data_source"]: r for r in run_sources(engine, result, landing)
+           if r["check_name"] == "sourceTestMessages"}
+    adt, lis = got["adt"], got["lis"]
+    assert (adt["status"], adt["num_violated_rows"], adt["num_denominator_rows"]) == ("failed", 2, 4)
+    assert (adt["examples"], adt["example_field"], adt["cdm_field"]) == (
+        ["A2 (d, received 2026-12-03)", "A3 (T, received 2026-12-04)"], "control_id", "processing_id")
+    assert (lis["status"], lis["num_violated_rows"], lis["examples"]) == ("passed", 0, [])
+
+
 # -- F13: a site's [source_fields] that drops medlake's rules, or names a table that is not there -----------------
 
 def test_a_sites_source_fields_say_what_they_stop_checking_and_a_misspelt_table(tmp_path):

@@ -404,6 +404,10 @@ SOURCE_TYPES = {
     "sourceDuplicateReceipts": (
         "Plausibility", "Uniqueness", "Verification", 5.0,
         "Messages or files from source @source received again with content already landed (landing duplicates)."),
+    "sourceTestMessages": (
+        "Plausibility", "Atemporal", "Verification", 0.0,
+        "HL7 messages from source @source marked for training or debugging (MSH-11 processing id T or D, not P: "
+        "production), staged with the patient data."),
     "sourceQuarantined": (
         "Conformance", "Value", "Verification", 0.0,
         "Records from source @source held in quarantine (malformed, missing a mandatory field, bad encoding, …) "
@@ -604,6 +608,9 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             for r in sorted((r for r in rows if r["kind"] == 0), key=lambda r: r["s"]):
                 out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
                                     r["n"] or 0, examples.get(r["s"], ()), key[0]))
+    if "processing_id" in ({c.name.lower() for c in engine.columns("stg_hl7_message")}
+                           if "stg_hl7_message" in tables else ()):
+        out += _test_messages(engine, result, landing)
     out += _landing_checks(engine, result, tables, landing, feeds, feed or {})
     if {"cdm_lineage", "measurement"} <= tables:
         rows, odd = _unit_counts(engine)
@@ -739,6 +746,27 @@ def _mapping(engine, result, recent: int | None) -> list[dict]:
                          data_source=src)
         out += rs
     return out
+
+
+def _test_messages(engine, result, landing: Path | None) -> list[dict]:
+    """sourceTestMessages per source: its staged HL7 messages whose MSH-11 is T (training) or D (debugging) — a
+    sender's test traffic on the production interface; examples: the first received, control id, processing id and
+    day received. A message without MSH-11 is no test message (v2.1's senders may leave it empty)."""
+    test = "upper(trim(processing_id)) IN ('T', 'D')"
+    counts = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, count(*) AS d, sum(CASE WHEN {test} THEN 1 ELSE 0 "
+                          "END) AS v FROM stg_hl7_message GROUP BY 1 ORDER BY 1").to_pylist()
+    examples: dict[str, list[str]] = {}
+    if any(_int(r["v"]) for r in counts):
+        found = engine.query(
+            "SELECT s, c, p, seq FROM (SELECT CAST(source AS VARCHAR) AS s, control_id AS c, processing_id AS p, "
+            "receipt_seq AS seq, row_number() OVER (PARTITION BY source ORDER BY receipt_seq, control_id) AS rn "
+            f"FROM stg_hl7_message WHERE {test}) AS x WHERE rn <= 10 ORDER BY s, rn").to_pylist()
+        received = _received_on(landing, {int(r["seq"]) for r in found if r["seq"] is not None})
+        for r in found:
+            on = received.get(int(r["seq"])) if r["seq"] is not None else None
+            examples.setdefault(r["s"], []).append(f"{r['c']} ({r['p']}{', received ' + on if on else ''})")
+    return [_counted(result, "sourceTestMessages", "stg_hl7_message", "processing_id", r["s"], r["v"], r["d"],
+                     examples.get(r["s"], ()), "control_id") for r in counts]
 
 
 def _future_dates(engine, result, tables: set[str], landing: Path | None, today: dt.date) -> list[dict]:
