@@ -1128,6 +1128,23 @@ def test_import_with_more_bad_rows_than_allowed_loads_nothing(tmp_path):
     assert eng.query("SELECT count(*) FROM person").column(0)[0].as_py() == 0
 
 
+def test_transform_refuses_a_cdm_loaded_by_cdm_import(tmp_path):
+    """`medlake cdm import` records the folder in medlake_info, the table whose absence alone made `transform` refuse
+    a CDM medlake did not make: an imported CDM (a site's, to be checked) was transformed, medlake's own tables
+    written into it and its persons' rows exposed to a rebuild. Now refused, naming the folder; nothing written."""
+    from medlake.transform.run import transform
+
+    _write_cdm(tmp_path / "cdm")
+    eng = open_engine(f"duckdb:{tmp_path / 'site.duckdb'}")
+    importer.import_folder(eng, tmp_path / "cdm", "5.4")
+    before = sorted(eng.tables())
+    with pytest.raises(ValueError, match=r"this store's CDM was loaded by `medlake cdm import` \(from .*cdm\): "
+                                         r"`medlake transform` would write medlake's own tables into it"):
+        transform(eng)
+    assert sorted(eng.tables()) == before
+    assert eng.query("SELECT count(*) AS n FROM person").column(0)[0].as_py() == 2
+
+
 def test_a_database_medlake_did_not_create_is_told_to_fix_its_etl_and_is_not_written_to(tmp_path):
     """An OHDSI database checked in place: a failed check's next step (report, `quality show`) is said for the
     site's ETL, not medlake's pipeline; `medlake transform` there is refused (it wrote 28 tables of medlake's into

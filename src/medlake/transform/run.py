@@ -23,6 +23,7 @@ from typing import Callable
 import pyarrow as pa
 
 from medlake.cdm import store
+from medlake.cdm.importer import IMPORTED
 from medlake.engines.base import Engine
 from medlake.identity import demographics, empi as empi_tables
 from medlake.landing.ingest import RESTAGED_TABLE, _ensure_table, staging_schemas
@@ -143,6 +144,11 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
         raise ValueError("this store's CDM was not made by medlake (it has no medlake_info table): `medlake "
                          "transform` would write medlake's own tables into it and rebuild its CDM from medlake's "
                          "staging; to make it medlake's store, run `medlake init` on it first")
+    imported = store.info(engine).get(IMPORTED)
+    if imported:  # the site's CDM, loaded to be checked: a transform would delete and rebuild rows of its persons
+        raise ValueError(f"this store's CDM was loaded by `medlake cdm import` (from {imported}): `medlake transform` "
+                         "would write medlake's own tables into it and delete and rebuild the rows of the persons it "
+                         "loads; give medlake's pipeline a store of its own (--store, or `medlake init` on a new one)")
     ensure_tables(engine)
     for t in ("stg_fhir_observation_component", "stg_hl7_patient"):  # staged before they had a column the rules
         if t in tables:                                                # read (comparator, unit system; removed)
