@@ -687,9 +687,10 @@ def quality_run(
     if s.get("since_last_run"):
         d = s["since_last_run"]
         errors = f", {len(d['new_errors'])} new error(s)" if d.get("new_errors") else ""
+        days = f", {len(d['more_days'])} feed check(s) with more days" if d.get("more_days") else ""
         emptied = f"; emptied since: {', '.join(d['emptied'])}" if d.get("emptied") else ""
-        out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s){errors}, {len(d['fixed'])} fixed"
-                  f"{emptied}", highlight=False)
+        out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s){errors}{days}, "
+                  f"{len(d['fixed'])} fixed{emptied}", highlight=False)
     resumed = f", resumed {len(s['resumed_tables'])} from the interrupted run" if s.get("resumed_tables") else ""
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged{resumed}")
@@ -719,11 +720,14 @@ def quality_run(
                   highlight=False)
     since = s.get("since_last_run") or {}
     new, broken, emptied = since.get("new_failures", []), since.get("new_errors", []), since.get("emptied", [])
+    days = since.get("more_days", [])
     crossed = False
-    if fail_on_new and (new or broken or emptied):
+    if fail_on_new and (new or days or broken or emptied):
         names = lambda ids: f"{', '.join(ids[:3])}{', …' if len(ids) > 3 else ''}"  # noqa: E731
         said = ([f"{len(new)} check(s) failed that did not fail in run {since['run_id']}: {names(new)} (the report "
                  "marks them 'new')"] if new else []) + (
+            [f"{len(days)} feed check(s) failing in run {since['run_id']} find more days now (a source silent or low "
+             f"again): {names(days)}"] if days else []) + (
             [f"{len(broken)} check(s) could not run that could in run {since['run_id']}: {names(broken)}"]
             if broken else []) + (
             [f"table(s) {names(emptied)} held rows in run {since['run_id']} and are empty or gone now: their checks "

@@ -29,6 +29,7 @@ from medlake.config import redact
 from medlake.engines import store_url
 from medlake.engines.base import EngineError, stopped
 from medlake.quality import compile as cp
+from medlake.quality.report import FEED_CHECKS
 from medlake.quality.checks import (Check, build_checks, checks as all_dqd_checks, example_ids, fails,
                                     threshold_files)
 
@@ -1021,7 +1022,7 @@ class Runner:
         since = run.summary["since_last_run"] = since_last_run(
             run.results, [d for d in finished_runs(self.out, self.store) if d.name != run.run_id], scope(run.summary))
         run.summary["refused_new"] = bool(self.fail_on_new and since and (
-            since["new_failures"] or since["new_errors"] or since["emptied"]))
+            since["new_failures"] or since["more_days"] or since["new_errors"] or since["emptied"]))
         _write(run_dir / "results.json", run.results)
         _write_csv(run_dir / "results.csv", run.results)
         _write(run_dir / "run.json", run.summary)
@@ -1217,7 +1218,8 @@ def partial(summary: dict) -> bool:
 def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> dict | None:
     """What changed since the store's previous finished run of the same scope (`within`, this run's) or of all
     tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an
-    error, not run), those that stop with an error now and did not then (`new_errors`: a column an ETL change
+    error, not run), the feed checks that failed then and find more days now (`more_days`: a source silent or low
+    again; one outage weeks ago keeps its check failed), those that stop with an error now and did not then (`new_errors`: a column an ETL change
     dropped, a check added since that cannot run) and those that failed then and pass now. None when there is none
     (a first run). An ad-hoc run of one table is not what the next nightly run compares with; a cohort's run
     compares with the same cohort's only (other persons' rows are not its rows fixed or broken); nor is a run that
@@ -1233,8 +1235,9 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
             changes = compare(before, results)
             judged = {r["check_id"] for r in before if r["status"] in ("passed", "failed")}
             return {"run_id": d.name,
-                    "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing" or (
-                        c["change"] == "more rows" and c["result"].get("check_name") in FEED_DAYS)),
+                    "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
+                    "more_days": sorted(c["check_id"] for c in changes if c["change"] == "more rows"
+                                        and c["result"].get("check_name") in FEED_CHECKS),
                     "new_errors": sorted(c["check_id"] for c in changes if c["after"] == "error"),
                     "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed"),
                     # the tables that held rows then and are empty or gone now (an ETL that emptied one and
@@ -1245,8 +1248,6 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
     return None
 
 
-FEED_DAYS = ("feedTimeliness", "feedVolume")  # each violating row a day a source was silent or low: one more is a
-# new incident, though the check failed already (one outage weeks ago would hide every later one from the gate)
 EMPTIED = re.compile(r"table \S+ (empty|absent)")  # a check's reason for being not applicable: its table has no rows
 
 
