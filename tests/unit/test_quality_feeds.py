@@ -113,14 +113,18 @@ def test_a_low_volume_feed_is_not_a_drop_by_chance_but_a_real_drop_is():
 def test_a_sources_declared_span_and_weekdays():
     """[feed.sources.NAME]: `until` ends a retired feed's span (it was missing every day since); `from` starts a
     feed's span at its go-live (test messages before are not judged; a go-live that did not happen is missing days);
-    `weekdays` a new clinic feed's cadence from its first day (its weekends were missing for three weeks)."""
+    `weekdays` a new clinic feed's cadence from its first day (its weekends were missing for three weeks). A go-live
+    from which nothing at all came is missing every day since (it was not applicable: review-docs #4); without a
+    `from`, or one not over yet, a source that never sent is not applicable, saying why."""
     yesterday = TODAY - dt.timedelta(days=1)
     retired_on = TODAY - dt.timedelta(days=22)
     clinic = {d: 25 for d in _days(16, yesterday) if d.weekday() < 5}
     per = {"retired": _days(20, retired_on), "clinic": clinic, "lis": _days(40, yesterday),
            "new": {TODAY - dt.timedelta(days=30): 2, TODAY - dt.timedelta(days=29): 1}}  # test messages
     text = ("[feed.sources.retired]\nuntil = %s\n[feed.sources.clinic]\nweekdays = ['Mon', 'Tue', 'Wed', 'Thu', "
-            "'Friday']\n[feed.sources.new]\nfrom = '%s'\n" % (retired_on, TODAY - dt.timedelta(days=5)))
+            "'Friday']\n[feed.sources.new]\nfrom = '%s'\n[feed.sources.never]\nfrom = %s\n[feed.sources.soon]\n"
+            "from = %s\n[feed.sources.named]\nweekdays = ['Mon']\n" % (
+                retired_on, TODAY - dt.timedelta(days=5), TODAY - dt.timedelta(days=3), TODAY))
     plain = _by(feed_run(per, "landing", site.feed_config("[feed]\ndrop = 0.5"), result, TODAY))
     got = _by(feed_run(per, "landing", site.feed_config(text), result, TODAY))
 
@@ -131,6 +135,15 @@ def test_a_sources_declared_span_and_weekdays():
     assert "Saturdays and Sundays: the site says it does not send on them" in got["feedTimeliness", "clinic"][
         "description"]
     assert t(got, "new") == (5, 5)  # from 5 days ago to yesterday: nothing came
+    assert t(got, "never") == (3, 3) and got["feedTimeliness", "never"]["examples"] == [
+        str(TODAY - dt.timedelta(days=n)) for n in (3, 2, 1)]
+    assert got["feedVolume", "never"]["status"] == "not_applicable"
+    assert got["feedTimeliness", "soon"]["not_applicable_reason"] == (
+        f"soon has sent nothing to landing yet and goes live on {TODAY} ([feed.sources.soon] from): each day from "
+        "then is judged once it is over")
+    assert got["feedTimeliness", "named"]["not_applicable_reason"] == (
+        "source named (named in [feed.sources]) sent nothing to landing; give its go-live ([feed.sources.named] from) "
+        "to judge each day since")
     assert got["feedTimeliness", "lis"] == plain["feedTimeliness", "lis"]
     for text, message in (("[feed.sources.x]\nuntil = 'soon'", r"\[feed.sources.x\] until must be a date"),
                           ("[feed.sources.x]\nfrom = 2026-12-01\nuntil = 2026-11-01", "from 2026-12-01 is after until"),

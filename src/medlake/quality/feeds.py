@@ -151,12 +151,17 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
 def feed_run(per: dict[str, dict[dt.date, int]], table: str, feed: dict, result, today: dt.date | None = None
              ) -> list[dict]:
     """The feed checks of every source in `per` ({source: {day: count}}) under the site's [feed] settings
-    (`site.feed_config`), and a not_applicable pair for a source named in [feed.sources] that sent nothing.
+    (`site.feed_config`); a source named in [feed.sources] that sent nothing is missing every day since its `from`
+    (a go-live that did not happen), or without one a not_applicable pair (nothing says when it should have sent).
     `today`: the day in progress on the feed's clock, not judged (see `feed_results`)."""
     drop = feed.get("drop", FEED_DROP)
-    out = feed_results(per, table, drop, result, days_off(feed, per), today, feed.get("sources"))
-    for src in sorted(set(feed.get("sources", {})) - set(per)):
-        out += _unjudged(table, src, drop, result, f"source {src} (named in [feed.sources]) sent nothing to {table}")
+    named = feed.get("sources", {})
+    per = per | {src: {} for src, spec in named.items() if src not in per and spec.get("from")}
+    out = feed_results(per, table, drop, result, days_off(feed, per), today, named)
+    for src in sorted(set(named) - set(per)):
+        out += _unjudged(table, src, drop, result, f"source {src} (named in [feed.sources]) sent nothing to {table}; "
+                                                   f"give its go-live ([feed.sources.{src}] from) to judge each day "
+                                                   "since")
     return out
 
 
@@ -256,6 +261,10 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         if not days and not (start and end and start <= end):
             if whole[src]:
                 why = f"{src} sent nothing between its from and until dates ([feed.sources.{src}])"
+            elif not all_days:  # (named with a go-live, `from`, not over yet; or nothing arrived from any source)
+                why = (f"{src} has sent nothing to {table}, nor has any other source: nothing to judge its go-live "
+                       f"{start} against" if end is None else f"{src} has sent nothing to {table} yet and goes live "
+                       f"on {start} ([feed.sources.{src}] from): each day from then is judged once it is over")
             elif future and len(future) == len(all_days):
                 why = (f"{src} has sent only receipts dated after today ({min(future)} to {max(future)}): the "
                        "sender's clock? judged once they are not")
