@@ -598,7 +598,8 @@ def quality_run(
     check_severity: Optional[str] = typer.Option(
         None, "--check-severity", metavar="SEVERITIES",
         help="Only checks of these severities, comma-separated (DQD's checkSeverity): fatal, convention, "
-             "characterization; source and feed for medlake's source-level checks."),
+             "characterization; source and feed for medlake's source-level checks; site for the site's own (--checks) "
+             "without a severity of their own."),
     cohort_id: Optional[int] = typer.Option(
         None, "--cohort-id", metavar="ID",
         help="Check only the rows of this cohort's persons (DQD's cohortDefinitionId), from --cohort-table."),
@@ -626,11 +627,16 @@ def quality_run(
                         ("--write-table", write_table), ("--dqd-thresholds", dqd_thresholds),
                         ("--cohort-table", cohort_table)):
         if value is not None and not value.replace(",", "").strip():  # (a pipeline's unset variable)
-            raise ValueError(f"{name} is empty: give a value, or leave the option out"
-                             + ("; --exclude none checks every table" if name == "--exclude" else ""))
+            raise config_mod.OptionError(f"{name} is empty: give a value, or leave the option out"
+                                         + ("; --exclude none checks every table" if name == "--exclude" else ""))
     if cohort_table is not None and cohort_id is None:
-        raise ValueError("--cohort-table names where the cohort of --cohort-id is: give --cohort-id too")
+        raise config_mod.OptionError("--cohort-table names where the cohort of --cohort-id is: give --cohort-id too")
     cdm_version = cdm_version.strip().lower().removeprefix("v") if cdm_version else None  # (v5.4, as sites write it)
+    from medlake.cdm import model
+
+    if cdm_version and cdm_version not in model.VERSIONS:
+        raise config_mod.OptionError(f"--cdm-version: no OMOP CDM version {cdm_version}: the versions are "
+                                     f"{', '.join(model.VERSIONS)}")
     cohort_table = cohort_table or "cohort"
     extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
     with open_store(read_only=not write_table) as eng:
@@ -1632,6 +1638,16 @@ def map_auto_accept(
 INTERRUPTED = "error: interrupted; run the command again (a quality run goes on from the tables it had finished)"
 
 
+def _command_path(argv: list[str]) -> str:
+    """The command the arguments name ("medlake quality run"), for a usage error's pointer to its help."""
+    cmd, path = typer.main.get_command(app), ["medlake"]
+    for a in argv:
+        sub = getattr(cmd, "commands", {}).get(a)
+        if sub is not None:
+            cmd, path = sub, path + [a]
+    return " ".join(path)
+
+
 def main() -> None:
     """Typer handles --help; a usage error is one line and exit 2, medlake's own errors one line and exit 1, a crossed
     gate (typer.Exit) its code, Ctrl-C 130."""
@@ -1653,6 +1669,10 @@ def main() -> None:
     except BrokenPipeError:  # `| head`: the reader has gone; say nothing more (Python would complain at exit)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # (as a program killed by SIGPIPE)
+    except config_mod.OptionError as e:  # an option that names nothing there is: a usage error, as typer's
+        err.print(f"error: {e} (see '{_command_path(sys.argv[1:])} --help')", highlight=False, markup=False,
+                  soft_wrap=True)
+        sys.exit(2)
     except (EngineError, VocabError, config_mod.ConfigError, ValueError, OSError, KeyError) as e:
         if os.environ.get("MEDLAKE_DEBUG"):
             raise

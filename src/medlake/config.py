@@ -23,6 +23,11 @@ class ConfigError(ValueError):
     """The config file is wrong; the message names file, key and reason."""
 
 
+class OptionError(ValueError):
+    """A command's option names nothing there is (a table, a check type, level or severity, a CDM version), or its
+    options together select nothing: a usage error, as a wrong option (the CLI exits 2)."""
+
+
 @dataclass(frozen=True)
 class Config:
     store: str

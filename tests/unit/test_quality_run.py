@@ -357,7 +357,8 @@ def test_check_levels_run_only_those_levels(store, tmp_path):
     assert len(r.results) == len([c for c in SUITE if c.severity == "fatal" and c.level == "FIELD"]) > 0
     assert r.summary["check_severity"] == ["fatal"] and "only the check severities fatal" in (
         r.dir / "report.html").read_text()
-    with pytest.raises(ValueError, match="no check severity fatl: the severities are characterization, convention"):
+    with pytest.raises(ValueError, match="no check severity fatl: the severities are characterization, convention, "
+                                         "fatal, feed, site, source"):
         runner.run(store, "5.4", tmp_path / "q", check_severity=["fatl"])
 
 
@@ -1357,7 +1358,7 @@ def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
     assert p.returncode == 0 and "since run: none to compare with" in p.stdout  # a first run: nothing new, said
     p = subprocess.run(cli + ["--cohort-table", "results.cohort"], env=env, cwd=tmp_path, capture_output=True,
                        text=True)
-    assert p.returncode == 1 and "--cohort-table names where the cohort of --cohort-id is" in p.stderr
+    assert p.returncode == 2 and "--cohort-table names where the cohort of --cohort-id is" in p.stderr
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     eng.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
     eng.close()
@@ -1415,7 +1416,19 @@ def test_a_stores_runs_are_one_history_however_a_pipeline_spells_it_or_fills_the
     assert latest["dir"] == f"quality/{latest['run_id']}" and latest["run_id"] != first.name and latest["refused_new"]
     # a pipeline's unset variable is refused, not a run of everything; a site file saved with a byte-order mark reads
     p = subprocess.run(cli + ["run", "--tables", ""] + relative, cwd=tmp_path, capture_output=True, text=True)
-    assert p.returncode == 1 and "--tables is empty: give a value, or leave the option out" in p.stderr
+    assert p.returncode == 2 and "--tables is empty: give a value, or leave the option out" in p.stderr
+    # an option that names nothing there is exits 2 as a wrong option does (it exited 1, as a run that could not be
+    # made: review-docs #3), its one line pointing at the command's help
+    for opt, said in ((["--tables", "persn"], "--tables: no table persn in OMOP CDM v5.4 (nor in --checks); did you "
+                                                "mean person?"),
+                      (["--check-levels", "COLUMN"], "no check level COLUMN: the levels are"),
+                      (["--check-severity", "fatl"], "no check severity fatl"),
+                      (["--check-names", "isForeignKy"], "no check type isForeignKy"),
+                      (["--cdm-version", "5.5"], "--cdm-version: no OMOP CDM version 5.5: the versions are 5.4, 5.3"),
+                      (["--check-levels", "TABLE", "--check-names", "isForeignKey"], "the options select no check")):
+        p = subprocess.run(cli + ["run", *opt] + relative, cwd=tmp_path, capture_output=True, text=True)
+        assert (p.returncode, p.stderr.count("\n")) == (2, 1) and said in p.stderr, (opt, p.stderr)
+        assert p.stderr.rstrip().endswith("(see 'medlake quality run --help')"), p.stderr
     (tmp_path / "bom.toml").write_text('\ufeff[[check]]\nname = "late"\ntable = "person"\nviolation = '
                                        '"year_of_birth > 3000"\n', encoding="utf-8")
     p = subprocess.run(cli + ["run", "--checks", "bom.toml"] + relative, cwd=tmp_path, capture_output=True, text=True)

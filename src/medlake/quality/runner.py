@@ -25,7 +25,7 @@ import re
 
 from medlake.cdm import model, store
 from medlake.cdm.importer import IMPORTED
-from medlake.config import redact
+from medlake.config import OptionError, redact
 from medlake.engines import store_url
 from medlake.engines.base import EngineError, stopped
 from medlake.quality import compile as cp
@@ -242,7 +242,7 @@ class Runner:
         self.names = set(check_names or ())
         self.levels = {x.upper() for x in check_levels or ()}  # DQD's checkLevels (and SOURCE: medlake's)
         if self.levels - set(LEVELS):
-            raise ValueError(f"no check level {', '.join(sorted(self.levels - set(LEVELS)))}: the levels are "
+            raise OptionError(f"no check level {', '.join(sorted(self.levels - set(LEVELS)))}: the levels are "
                              f"{', '.join(LEVELS)}")
         self.severities = {x.lower() for x in check_severity or ()}  # DQD's checkSeverity (and medlake's)
         self.dqd_files = threshold_files(dqd_thresholds, version)
@@ -761,7 +761,7 @@ class Runner:
             spelled = {n.lower(): n for n in known}  # isforeignkey is isForeignKey
             self.names = {spelled.get(n.lower(), n) for n in self.names}
             if self.names - known:
-                raise ValueError(f"no check type {', '.join(sorted(self.names - known))} in OMOP CDM v{self.version}: "
+                raise OptionError(f"no check type {', '.join(sorted(self.names - known))} in OMOP CDM v{self.version}: "
                                  "the names are DQD's (isRequired, isForeignKey, plausibleDuringLife, …), medlake's "
                                  "(mappingCoverage, sourceDuplicateRecords, feedTimeliness, …) and the site's")
         if self.only or self.exclude:  # a misspelt table would quietly check nothing (--tables) or not skip it
@@ -769,12 +769,13 @@ class Runner:
             for opt, given in (("--tables", set(self.only or ())), ("--exclude", self.exclude)):
                 if given - known:
                     near = [m for t in sorted(given - known) for m in difflib.get_close_matches(t, known, 1)]
-                    raise ValueError(f"{opt}: no table {', '.join(sorted(given - known))} in OMOP CDM v{self.version}"
+                    raise OptionError(f"{opt}: no table {', '.join(sorted(given - known))} in OMOP CDM v{self.version}"
                                      f" (nor in --checks){'; did you mean ' + ', '.join(near) + '?' if near else ''}")
         if self.severities:  # as a misspelt name, a misspelt severity would quietly check nothing
-            known = {c.severity for c in self.dqd_checks()} | {c.severity for c, _ in self.site} | SEVERITIES
+            known = {c.severity for c in self.dqd_checks()} | {c.severity for c, _ in self.site} | SEVERITIES | {
+                "site"}  # (a site check's own, when it gives none)
             if self.severities - known:
-                raise ValueError(f"no check severity {', '.join(sorted(self.severities - known))}: the severities are "
+                raise OptionError(f"no check severity {', '.join(sorted(self.severities - known))}: the severities are "
                                  f"{', '.join(sorted(known))}")
         if self.write_table:  # a name that cannot be written is said before the run, not after it
             from medlake.quality.report import dqd_table_exists
@@ -901,7 +902,7 @@ class Runner:
         sources = self.sources and asked and not self.only and (
             not self.names or self.names & (set(SOURCE_TYPES) | set(TYPES)))
         if not any(by_table[t] or site_by_table.get(t) for t in tables) and not (feed or sources):
-            raise ValueError("the options select no check (" + ", ".join(o for o, v in (
+            raise OptionError("the options select no check (" + ", ".join(o for o, v in (
                 ("--tables", self.only), ("--check-names", self.names), ("--check-levels", self.levels),
                 ("--check-severity", self.severities), ("--cohort-id", self.cohort)) if v) + " together): a run "
                 "would check nothing; widen one of them")
