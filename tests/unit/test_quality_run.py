@@ -421,6 +421,8 @@ def test_a_feed_silent_again_is_new_though_its_check_failed_before(store, tmp_pa
     # with more days (review-docs #2), refused all the same
     since = later.summary["since_last_run"]
     assert (since["new_failures"], since["more_days"], later.summary["refused_new"]) == ([], [tid], True)
+    assert ": 0 new failure(s), 0 new error(s), 1 feed check(s) with more days, 0 fixed" in (
+        later.dir / "report.html").read_text()
 
 
 def test_dqd_vs_spec_document_is_current():

@@ -325,6 +325,7 @@ def render(run, history: list[dict]) -> str:
         *([f"<p><small>since run {escape(since['run_id'])}: {len(since['new_failures'])} new failure(s), "
            f"{len(since['new_errors'])} new error(s)"
            + (" (marked <span class=new>new</span>)" if new else "")
+           + (f", {len(since['more_days'])} feed check(s) with more days" if since.get("more_days") else "")
            + f", {len(since['fixed'])} fixed</small></p>"] if since else []),
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
