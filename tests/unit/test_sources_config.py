@@ -123,5 +123,8 @@ def test_toml_syntax_and_unknown_keys(tmp_path):
 def test_values_of_the_wrong_toml_type_are_config_errors(tmp_path):
     with pytest.raises(config.SourceConfigError, match=r"key `system`: \['pharmacy'\] has no csv staging fields"):
         config.load(write(tmp_path, GOOD.replace('system = "pharmacy"', 'system = ["pharmacy"]')))
+    with pytest.raises(config.SourceConfigError, match=r"key `system`: missing: a csv source names what its rows are "
+                                                       r"\(one of pharmacy"):  # (it said "None has no csv …")
+        config.load(write(tmp_path, GOOD.replace('system = "pharmacy"', '')))
     with pytest.raises(config.SourceConfigError, match=r"key `skip_rows`: must be a whole number"):
         config.load(write(tmp_path, GOOD.replace('encoding = "gbk"', 'encoding = "gbk"\nskip_rows = true')))

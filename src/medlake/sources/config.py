@@ -182,7 +182,9 @@ def _csv_options(t: dict, bad, csvfile) -> dict:
         opts["skip_rows"] = skip
     system = t.get("system")
     fields = csvfile.fields_for(system) if isinstance(system, str) else None
-    if fields is None:
+    if system is None:
+        bad("system", f"missing: a csv source names what its rows are (one of {', '.join(csvfile.FIELDS)})")
+    elif fields is None:
         bad("system", f"{system!r} has no csv staging fields (known: {', '.join(csvfile.FIELDS)})")
     for key in ("columns", "formats", "code_systems"):
         v = t.get(key, {})
