@@ -787,12 +787,13 @@ def quality_runs(
         rate = "n/a" if s["pass_rate"] is None else f"{100 * s['pass_rate']:.2f}%"
         t.add_row(s["run_id"] + ("*" if runner.partial(s) else ""), str(s["checks"]), rate, str(s["failed"]),
                   str(s["errors"]),
-                  str(len(d["new_failures"]) + len(d.get("new_errors") or ())) if d else "-",
+                  str(len(d["new_failures"]) + len(d.get("new_errors") or ()) + len(d.get("more_days") or ()))
+                  if d else "-",
                   str(len(d["fixed"])) if d else "-",
                   str(len(s["rechecked_tables"])), f"{s['seconds']:.1f}")
     out.print(t)
     out.print("pass: passed / (passed + failed + errors); new: checks failed or in error that were not in the run "
-              "before; fixed: failed before, not now; tables: re-checked "
+              "before, and feed checks that find more days; fixed: failed before, not now; tables: re-checked "
               "(the others were unchanged); *: some tables, check types, levels or severities, or a cohort, only",
               highlight=False)
     out.print(f"a run's report: {Path(out_dir) / runs[-1]['run_id'] / 'report.html'} (and the others beside it)",
