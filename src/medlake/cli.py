@@ -853,7 +853,8 @@ def quality_diff(
         t.add_column(col, overflow="fold")
 
     def status(c, s, v):
-        return s if s in ("not run", "not_applicable", "error") or v is None else f"{s}: {report.counted(c['result'], v)}"
+        return s if s in ("not run", "not_applicable", "error") or v is None else \
+            f"{s}: {report.counted(c['result'], v)}"
 
     from rich.markup import escape
 
