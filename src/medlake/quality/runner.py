@@ -1218,14 +1218,14 @@ def partial(summary: dict) -> bool:
 
 def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> dict | None:
     """What changed since the store's previous finished run of the same scope (`within`, this run's) or of all
-    tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an
-    error, not run), the feed checks that failed then and find more days now (`more_days`: a source silent or low
-    again; one outage weeks ago keeps its check failed), those that stop with an error now and did not then
-    (`new_errors`: a column an ETL change dropped, a check added since that cannot run) and those that failed then
-    and pass now. None when there is none (a first run). An ad-hoc run of one table is not what the next nightly run compares with; a cohort's run
-    compares with the same cohort's only (other persons' rows are not its rows fixed or broken); nor is a run that
-    `--fail-on-new` refused for its new failures (`refused_new`): a pipeline's retry, with nothing fixed, is refused
-    again, until a run without the gate accepts them."""
+    tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an error,
+    not run), the feed checks that failed then and find more days now (`more_days`: a source silent or low again;
+    one outage weeks ago keeps its check failed), those that stop with an error now and did not then (`new_errors`:
+    a column an ETL change dropped, a check added since that cannot run) and those that failed then and pass now.
+    None when there is none (a first run). An ad-hoc run of one table is not what the next nightly run compares
+    with; a cohort's run compares with the same cohort's only (other persons' rows are not its rows fixed or
+    broken); nor is a run that `--fail-on-new` refused for its new failures (`refused_new`): a pipeline's retry,
+    with nothing fixed, is refused again, until a run without the gate accepts them."""
     cohort = within[3]
     for d in reversed(earlier):
         s = json.loads((d / "run.json").read_text())
