@@ -264,8 +264,8 @@ def test_a_code_unmapped_in_the_last_days_is_seen_though_the_whole_history_dilut
 def test_rows_dated_after_their_receipt_are_a_sources_future_dates(engine, tmp_path):
     """An analyser's clock a year ahead, a result dated two days after it was received, a row of no receipt dated
     after tomorrow: sourceFutureDates of the source, each row named with its date and receipt day; a day later is
-    the local day (passes), and a visit the source spoke of again after it began (a pre-admit, then the admission)
-    is judged by its last record. Before, only DQD's table-wide plausibleValueHigh (1%) saw dates after today, no
+    the local day (passes), and a visit the source spoke of again after it began (a pre-admit, then the admission:
+    its lineage holds the record's latest version) is judged by the admission's message. Before, only DQD's table-wide plausibleValueHigh (1%) saw dates after today, no
     source named, and a skew since past not at all. On DuckDB, PostgreSQL and Spark."""
     from medlake.cdm import store
 
@@ -288,7 +288,7 @@ def test_rows_dated_after_their_receipt_are_a_sources_future_dates(engine, tmp_p
     eng.execute("INSERT INTO cdm_lineage VALUES " + ", ".join(
         [f"('measurement', {i}, 'lis', {seq if seq else 'NULL'}, NULL, NULL, NULL)"
          for i, (_, seq) in measured.items()]
-        + [f"('visit_occurrence', {i}, 'adt', {seq}, NULL, NULL, NULL)" for i, seq in ((10, 4), (10, 5), (11, 4))]))
+        + [f"('visit_occurrence', {i}, 'adt', {seq}, NULL, NULL, NULL)" for i, seq in ((10, 5), (11, 4))]))
     got = {(r["data_source"], r["cdm_table"]): r for r in run_sources(eng, result, landing, today=today)
            if r["check_name"] == "sourceFutureDates"}
     lis, adt = got["lis", "measurement"], got["adt", "visit_occurrence"]

@@ -431,8 +431,8 @@ SOURCE_TYPES = {
         "mapping lost)."),
     "sourceFutureDates": (
         "Plausibility", "Temporal", "Verification", 0.0,
-        "Rows of @table from source @source dated (@field) more than a day after the landing received the source's "
-        "last record of them (a sender's or device's clock ahead, a mistyped year)."),
+        "Rows of @table from source @source dated (@field) more than a day after the landing received their record "
+        "(a sender's or device's clock ahead, a mistyped year)."),
     "sourceUnitConsistency": (
         "Plausibility", "Atemporal", "Validation", 0.0,
         "Numeric results from source @source in a unit other than the one the source uses for at least "
@@ -780,7 +780,7 @@ def _test_messages(engine, result, landing: Path | None) -> list[dict]:
 
 def _future_dates(engine, result, tables: set[str], landing: Path | None, today: dt.date) -> list[dict]:
     """sourceFutureDates per source and CDM table (`_dated_rows`), each late row named with its date and the day its
-    source's last record of it was received."""
+    record was received."""
     dated = _dated_rows(engine, tables, landing, today)
     if dated is None:
         return []
@@ -815,10 +815,11 @@ def future_date_rows(engine, landing_dir: Path | None = None, today: dt.date | N
 
 
 def _dated_rows(engine, tables: set[str], landing: Path | None, today: dt.date) -> tuple[str, str] | None:
-    """(a query of the CDM rows with an event date (EVENT_DATES) per source: `s`, `tb`, `id`, `e` the date, `seq` the
-    source's last receipt of the row; the condition, on alias `r`, that the row is late) or None without them. A row
-    is late when dated more than a day after the UTC day the landing received its source's last record of it (a day
-    either way: the date is the hospital's local day). The landing numbers its receipts as they come, so a record
+    """(a query of the CDM rows with an event date (EVENT_DATES) per record of a source that made them (cdm_lineage:
+    one row per CDM row and record; a record's receipt is its latest version's): `s`, `tb`, `id`, `e` the date,
+    `seq` the receipt; the condition, on alias `r`, that the row is late) or None without them. A row is late when
+    dated more than a day after the UTC day the landing received its record (a day either way: the date is the
+    hospital's local day; a visit's record pre-admitted, then admitted, is of the admission's message). The landing numbers its receipts as they come, so a record
     received before day D has a seq below the first of D: one small inline table, {event date e: the first seq of
     day e - 1}, tells every row's verdict in one join, whatever the number of receipts. A row dated after tomorrow
     is late whatever its receipt; without the landing (or a row without its receipt) that is the whole test."""
@@ -828,9 +829,8 @@ def _dated_rows(engine, tables: set[str], landing: Path | None, today: dt.date) 
         return None
     events = " UNION ALL ".join(f"SELECT {lit(t)} AS tb, {q(i)} AS id, CAST({q(d)} AS DATE) AS e FROM {q(t)}"
                                 for t, i, d in have)
-    rows = (f"SELECT l.source AS s, x.tb, x.id, max(x.e) AS e, max(l.receipt_seq) AS seq FROM ({events}) AS x JOIN "
-            "cdm_lineage AS l ON l.cdm_table = x.tb AND l.row_id = x.id WHERE l.source IS NOT NULL AND x.e IS NOT NULL "
-            "GROUP BY 1, 2, 3")
+    rows = (f"SELECT l.source AS s, x.tb, x.id, x.e, l.receipt_seq AS seq FROM ({events}) AS x JOIN cdm_lineage AS l "
+            "ON l.cdm_table = x.tb AND l.row_id = x.id WHERE l.source IS NOT NULL AND x.e IS NOT NULL")
     late = f"r.e > {lit(today + dt.timedelta(days=1))}"
     firsts = _first_receipts(landing, today)
     if not firsts:
