@@ -569,7 +569,8 @@ def quality_run(
     fail_on_new: bool = typer.Option(
         False, "--fail-on-new",
         help="Exit 3 when a check fails or stops with an error that did not in the store's previous run of the same "
-             "scope (a run this refused is not compared with: a retry is refused again)."),
+             "scope, a feed check finds more silent or low days than then, or a table that held rows then is empty "
+             "(a run this refused is not compared with: a retry is refused again)."),
     site_checks: Optional[Path] = typer.Option(None, "--checks", help="Site-defined checks (TOML)."),
     site_timeout: Optional[float] = typer.Option(
         None, "--site-timeout", metavar="SECONDS", min=1,
@@ -614,7 +615,8 @@ def quality_run(
     """Run every DQD check (and the site's checks); write results.json, report.html and dqd.json (DQD's format).
 
     Exit 0 when the run is made (checks may fail), 3 when --fail-on or --fail-on-new is crossed, 1 when the run
-    cannot be made, 2 for a wrong option, 130 when interrupted.
+    cannot be made, 2 for a wrong option (or one naming no table, check, level, severity or version), 130 when
+    interrupted.
 
     On the store --store URL names (here or before the command; an existing OHDSI database is checked in place),
     else MEDLAKE_STORE, else medlake.toml."""
@@ -760,7 +762,7 @@ def quality_runs(
                               "latest last: for a pipeline (`jq '.[-1].dir'` is the latest run)."),
 ):
     """This store's finished quality runs, oldest first: pass rate, failed checks, what failed anew and what was
-    fixed since the run before."""
+    fixed since the run each was compared with (the one before of its scope that --fail-on-new did not refuse)."""
     from rich import box
 
     from medlake.config import redact
