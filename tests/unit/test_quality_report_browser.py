@@ -62,7 +62,7 @@ def test_the_report_reads_offline_in_a_browser(report):
         got = {t[0].split("\n")[0]: int(t[1]) for t in types}
         assert got == want and list(got) == sorted(want, key=lambda n: (-want[n], n))  # most failed checks first
         fk = next(t for t in types if t[0].startswith("isForeignKey"))
-        assert fk[2:5] == ["", "condition_occurrence.person_id", "1"]
+        assert fk[2:5] == ["", "condition_occurrence.person_id", "1 row"]  # (a feed type's: days)
         # the charts are drawn: category bars and the pass rate across the two runs
         trend = page.locator("svg[aria-label='pass rate across runs'] polyline")  # all checks, each Kahn category
         assert [trend.nth(i).get_attribute("data-series") for i in range(trend.count())] == [
