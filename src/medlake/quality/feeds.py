@@ -28,6 +28,7 @@ import math
 import sqlite3
 import statistics
 import tomllib
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
@@ -504,10 +505,10 @@ def _missing_examples(engine, table: str, key: str, missing: set[tuple[str, str]
                      + f" GROUP BY {q(key)}) AS g{len(parts)}")
     rows = engine.query(f"SELECT s, f, k, q FROM ({' UNION ALL '.join(parts)}) AS x WHERE n <= 10 ORDER BY s, f, n"
                         ).to_pylist()
-    days = _received_on(landing, {int(r["q"]) for r in rows if r["q"] is not None})
+    received = _received_on(landing, (r["q"] for r in rows))
     out: dict[tuple[str, str], list[str]] = {}
     for r in rows:
-        day = days.get(int(r["q"])) if r["q"] is not None else None
+        day = received(r["q"])
         out.setdefault((r["s"], r["f"]), []).append(r["k"] if day is None else f"{r['k']} (received {day})")
     return out
 
@@ -561,6 +562,7 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
     (what it no longer checks said in a warning). `today`: the landing's UTC day (the recent window's end)."""
     tables = {t.lower() for t in engine.tables()}
     landing = _landing_dir(engine, landing_dir)
+    today = today or dt.datetime.now(dt.timezone.utc).date()
     out: list[dict] = []
     warned: list[str] = []  # said on the run's command line (a result's `warnings`)
     specs = {t: dict(v) for t, v in source_fields().items()}
@@ -631,9 +633,9 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
                                 sum(n for (s, *_), n in odd.items() if s == src), rows[src],
                                 examples.get(src, ()), "concept in unit (rows)"))
     if "cdm_lineage" in tables:
-        out += _future_dates(engine, result, tables, landing, today or dt.datetime.now(dt.timezone.utc).date())
+        out += _future_dates(engine, result, tables, landing, today)
     if "cdm_lineage" in tables and "concept" in tables:
-        out += _mapping(engine, result, _recent_from(landing, today or dt.datetime.now(dt.timezone.utc).date())
+        out += _mapping(engine, result, _recent_from(landing, today)
                         if "receipt_seq" in {c.name.lower() for c in engine.columns("cdm_lineage")} else None)
     if warned and out:
         out[0].setdefault("warnings", []).extend(warned)
@@ -770,9 +772,9 @@ def _test_messages(engine, result, landing: Path | None) -> list[dict]:
             "SELECT s, c, p, seq FROM (SELECT CAST(source AS VARCHAR) AS s, control_id AS c, processing_id AS p, "
             "receipt_seq AS seq, row_number() OVER (PARTITION BY source ORDER BY receipt_seq, control_id) AS rn "
             f"FROM stg_hl7_message WHERE {test}) AS x WHERE rn <= 10 ORDER BY s, rn").to_pylist()
-        received = _received_on(landing, {int(r["seq"]) for r in found if r["seq"] is not None})
+        received = _received_on(landing, (r["seq"] for r in found))
         for r in found:
-            on = received.get(int(r["seq"])) if r["seq"] is not None else None
+            on = received(r["seq"])
             examples.setdefault(r["s"], []).append(f"{r['c']} ({r['p']}{', received ' + on if on else ''})")
     return [_counted(result, "sourceTestMessages", "stg_hl7_message", "processing_id", r["s"], r["v"], r["d"],
                      examples.get(r["s"], ()), "control_id") for r in counts]
@@ -792,9 +794,9 @@ def _future_dates(engine, result, tables: set[str], landing: Path | None, today:
         found = engine.query(
             f"SELECT s, tb, id, e, seq FROM (SELECT r.*, row_number() OVER (PARTITION BY r.s, r.tb ORDER BY r.e DESC, "
             f"r.id) AS rn FROM ({rows}) AS r WHERE {late}) AS x WHERE rn <= 10 ORDER BY s, tb, rn").to_pylist()
-        received = _received_on(landing, {int(r["seq"]) for r in found if r["seq"] is not None})
+        received = _received_on(landing, (r["seq"] for r in found))
         for r in found:
-            on = received.get(int(r["seq"])) if r["seq"] is not None else None
+            on = received(r["seq"])
             examples.setdefault((r["s"], r["tb"]), []).append(
                 f"{r['id']} ({r['e']}, received {on})" if on else f"{r['id']} ({r['e']})")
     return [_counted(result, "sourceFutureDates", r["tb"], EVENT_DATES[r["tb"]][1], r["s"], r["v"], r["d"],
@@ -926,15 +928,17 @@ def _recent_from(landing_dir: Path | None, today: dt.date) -> int | None:
         return db.execute("SELECT min(seq) FROM receipt WHERE received_at >= ?", (since,)).fetchone()[0]
 
 
-def _received_on(landing_dir: Path | None, seqs: set[int]) -> dict[int, str]:
-    """{receipt seq: the UTC day it was received} for `seqs` (a few examples), {} without the landing."""
+def _received_on(landing_dir: Path | None, seqs: Iterable) -> Callable[[object], str | None]:
+    """The UTC day each receipt seq of `seqs` (a few examples; None for a row without one) was received, as a lookup
+    giving None for None, a seq not found, or without the landing."""
+    wanted = sorted({int(s) for s in seqs if s is not None})
     path = landing_dir / "landing.sqlite" if landing_dir else None
-    if not seqs or path is None or not path.exists():
-        return {}
-    with closing(_ro(path)) as db:
-        marks = ", ".join("?" * len(seqs))
-        return {seq: at[:10] for seq, at in db.execute(
-            f"SELECT seq, received_at FROM receipt WHERE seq IN ({marks})", sorted(seqs))}
+    days: dict[int, str] = {}
+    if wanted and path is not None and path.exists():
+        with closing(_ro(path)) as db:
+            days = {seq: at[:10] for seq, at in db.execute(
+                f"SELECT seq, received_at FROM receipt WHERE seq IN ({', '.join('?' * len(wanted))})", wanted)}
+    return lambda seq: None if seq is None else days.get(int(seq))
 
 
 def _ro(path: Path) -> sqlite3.Connection:

@@ -11,6 +11,8 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 
+from medlake.quality.feeds import TYPES as FEED_TYPES
+
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
@@ -162,7 +164,7 @@ def next_step(r: dict, own: bool = True, out: Path | None = None) -> str | None:
     return text.format(**names) if text else None
 
 
-FEED_CHECKS = ("feedTimeliness", "feedVolume")  # they count days, the other checks rows (records, receipts)
+FEED_CHECKS = tuple(FEED_TYPES)  # they count days, the other checks rows (records, receipts)
 
 
 def counted(r: dict, n: int | None = None) -> str:
@@ -185,7 +187,18 @@ def ongoing(results: list[dict]) -> set[str]:
     """The sources whose last judged day is missing or a drop (feedVolume's `daily_marks`; days off and the day in
     progress aside)."""
     return {r["data_source"] for r in results if r.get("check_name") == "feedVolume" and r.get("daily_marks")
-            and r["daily_marks"].rstrip("~-")[-1:] in ("x", "v")}
+            and _tail(r)[0] in ("x", "v")}
+
+
+def _tail(r: dict) -> tuple[str, int, int]:
+    """A feedVolume's tail, days off and the day in progress aside: its last judged day's mark ('' for none), the
+    missing days its series ends with (none when the day in progress has data) and the index of the day before them
+    (-1 for none)."""
+    marks = r["daily_marks"]
+    judged = marks.rstrip("~-")
+    before = len(judged.rstrip("x-"))
+    sent_today = marks.endswith("~") and r["daily_counts"][-1]
+    return judged[-1:], 0 if sent_today else judged[before:].count("x"), before - 1
 
 
 def where(r: dict) -> str:
@@ -408,13 +421,9 @@ def silent_now(results: list[dict]) -> list[str]:
     out = []
     for r in sorted((r for r in results if r.get("check_name") == "feedVolume" and r.get("daily_marks")),
                     key=lambda r: r["data_source"]):
-        marks, counts = r["daily_marks"], r["daily_counts"]
-        i = len(marks) - 1
-        while i >= 0 and marks[i] in "~-x" and not (marks[i] == "~" and counts[i]):
-            i -= 1
-        missing = marks[i + 1:].count("x")
-        if missing and not (i >= 0 and marks[i] == "~"):
-            last = next((j for j in range(i, -1, -1) if counts[j]), None)
+        _, missing, i = _tail(r)
+        if missing:
+            last = next((j for j in range(i, -1, -1) if r["daily_counts"][j]), None)
             since = (dt.date.fromisoformat(r["daily_from"]) + dt.timedelta(days=last)).isoformat() if last is not None \
                 else f"before {r['daily_from']}"
             out.append(f"{r['data_source']}: nothing since {since} ({missing} day(s) missing)")

@@ -243,7 +243,7 @@ class Runner:
         self.levels = {x.upper() for x in check_levels or ()}  # DQD's checkLevels (and SOURCE: medlake's)
         if self.levels - set(LEVELS):
             raise OptionError(f"no check level {', '.join(sorted(self.levels - set(LEVELS)))}: the levels are "
-                             f"{', '.join(LEVELS)}")
+                              f"{', '.join(LEVELS)}")
         self.severities = {x.lower() for x in check_severity or ()}  # DQD's checkSeverity (and medlake's)
         self.dqd_files = threshold_files(dqd_thresholds, version)
         self._checks: tuple[Check, ...] | None = None
