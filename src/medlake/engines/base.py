@@ -43,6 +43,8 @@ class Shapes:
     bitmap_keys: bool = False  # that test as a bitmap of the key range (DuckDB's bitstring_agg), not a DISTINCT
     lookup_array: bool = False  # the concept ids a table uses looked up as one array (= ANY(ARRAY(…)): an index
     # scan), not as an IN subquery, which a planner that overestimates the ids turns into a scan of the vocabulary
+    anti_join: bool = False  # the persons without a row in a table found by NOT EXISTS (an anti-join on the table's
+    # rows), not by a LEFT JOIN to the table's DISTINCT person ids
     catalog: bool = False  # information_schema.columns lists every table's columns in one query
     narrow_delta: bool = False  # an incremental transform copies its delta rows into work tables first
     truncate: bool = False  # TRUNCATE TABLE empties a work table (else a DELETE, or the engine drops its files)

@@ -85,7 +85,7 @@ class PostgresEngine:
     # reads whole rows, so one windowed scan for the examples; count(DISTINCT key) sorts ~8x faster than a
     # GROUP BY of a million keys, so that first; the planner's estimate of a grouped table's distinct values is
     # far too high, so the concept ids it uses are looked up by the index as an array
-    shapes = Shapes(filter_aggs=True, unique_test=True, lookup_array=True, catalog=True,
+    shapes = Shapes(filter_aggs=True, unique_test=True, lookup_array=True, anti_join=True, catalog=True,
                     narrow_delta=True, truncate=True)
     exact_names = True
 

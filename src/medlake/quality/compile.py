@@ -627,10 +627,13 @@ def table_level_sql(c: Check, ctx: Context, dqd: bool = False) -> tuple[str, str
         ctx.need_table("person", "persons")
         ctx.need_column("person_id")
         base = f"FROM person AS p LEFT JOIN (SELECT DISTINCT person_id FROM {t}) AS x ON p.person_id = x.person_id"
-        # an anti-join: PostgreSQL hashes the table's rows about twice as fast as it groups them for the DISTINCT
-        # (a person row without a person_id is no person: isRequired counts it)
+        # (a person row without a person_id is no person: isRequired counts it). PostgreSQL hashes the table's rows
+        # for an anti-join about twice as fast as it groups them for the DISTINCT; DuckDB runs the join to the
+        # DISTINCT three times as fast as the anti-join (0.07 s against 0.24 s on 8.5 million measurements)
         sql = (f"SELECT (SELECT count(*) FROM person AS p WHERE p.person_id IS NOT NULL AND NOT EXISTS (SELECT 1 "
-               f"FROM {t} AS x WHERE x.person_id = p.person_id)) AS v0, (SELECT count(*) FROM person) AS d0")
+               f"FROM {t} AS x WHERE x.person_id = p.person_id)) AS v0, (SELECT count(*) FROM person) AS d0"
+               if ctx.shapes.anti_join else
+               f"SELECT {sum_if('x.person_id IS NULL AND p.person_id IS NOT NULL')} AS v0, count(*) AS d0 {base}")
         if dqd:  # DQD's template: every person row left-joined to every row of the table
             sql = dqd_wrap("person", "person_id", f"LEFT JOIN {t} AS x ON t.person_id = x.person_id "
                            "WHERE x.person_id IS NULL AND t.person_id IS NOT NULL",
