@@ -669,13 +669,22 @@ def quality_run(
     out.print(t)
     worst = report.failed_first(r.results)
     if worst:
-        t = Table(title=f"failed checks, worst first ({min(len(worst), 10)} of {len(worst)}; all in the report)")
-        for col in ("check", "violated", "% > threshold"):
-            t.add_column(col, justify="left" if col == "check" else "right", overflow="fold")
-        for x in worst[:10]:  # the id names the table and field (report.where has the source and concept)
-            t.add_row(x["check_id"], f"{x['num_violated_rows']:,} of {report.counted(x, x['num_denominator_rows'])}",
-                      f"{100 * x['pct_violated_rows']:.2f} > {x['threshold']:g}")
-        out.print(t)
+        title = f"failed checks, worst first ({min(len(worst), 10)} of {len(worst)}; all in the report)"
+        head = ("check", "violated", "% > threshold")
+        rows = [(x["check_id"], f"{x['num_violated_rows']:,} of {report.counted(x, x['num_denominator_rows'])}",
+                 f"{100 * x['pct_violated_rows']:.2f} > {x['threshold']:g}") for x in worst[:10]]
+        if out.width >= sum(max(len(r[i]) for r in [head, *rows]) for i in range(3)) + 10:  # (borders, padding)
+            t = Table(title=title)
+            for col in head:
+                t.add_column(col, justify="left" if col == "check" else "right", overflow="fold")
+            for row in rows:  # the id names the table and field (report.where has the source and concept)
+                t.add_row(*row)
+            out.print(t)
+        else:  # a narrow terminal: each id on a line of its own (folded in a table, it cannot be copied into `show`)
+            out.print(title + ":", highlight=False, markup=False)
+            for check_id, violated, pct in rows:
+                out.print(check_id, highlight=False, markup=False, soft_wrap=True)
+                out.print(f"    {violated}, % > threshold: {pct}", highlight=False, markup=False)
         at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
         out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
     silent = report.silent_now(r.results)

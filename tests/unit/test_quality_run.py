@@ -1715,6 +1715,46 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     assert {x["check_id"] for x in rows} == {k for k, x in got.items() if x["severity"] == "source"} != set()
 
 
+def test_in_a_narrow_terminal_the_failed_checks_ids_are_whole_lines(tmp_path):
+    """In a narrow terminal the summary's failed checks are listed an id to a line, not as a table whose id
+    column folds `field_isforeignkey_procedure_occurrence_visit_detail_id` mid-word (it could not be copied into
+    `medlake quality show`); a wide terminal, or a pipe, gets the table."""
+    import pty
+
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute(CO + "condition_end_date = DATE '1999-01-01' WHERE condition_occurrence_id = 100")
+    eng.close()
+    cmd = [sys.executable, "-m", "medlake.cli", "quality", "run", "--tables", "condition_occurrence", "--out"]
+
+    def terminal(columns: int, out: str) -> str:
+        main, sub = pty.openpty()
+        p = subprocess.Popen(cmd + [out], env=dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}",
+                             COLUMNS=str(columns), TERM="xterm"), cwd=tmp_path, stdout=sub, stderr=sub)
+        os.close(sub)
+        text = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the run ended: its side of the terminal closed
+                break
+            if not chunk:
+                break
+            text += chunk
+        os.close(main)
+        assert p.wait() == 0, text
+        return re.sub(r"\x1b\[[0-9;]*m", "", text.decode()).replace("\r\n", "\n")  # (styles aside)
+
+    narrow = terminal(60, "narrow")
+    ids = [x["check_id"] for x in json.loads(next((tmp_path / "narrow").glob("*/results.json")).read_text())
+           if x["status"] == "failed"]
+    assert ids and "failed checks, worst first" in narrow
+    lines = narrow.splitlines()
+    assert all(i in lines for i in ids), narrow  # each id a whole line of its own
+    assert "│" not in narrow.split("failed checks, worst first")[1].split("a check's rows")[0]
+    wide = terminal(200, "wide")
+    assert "┃ check" in wide and all(f"│ {i} " in wide for i in ids), wide  # the table, its ids whole
+
+
 def test_a_version_the_store_contradicts_is_said_and_compared_with_its_own_runs_only(store, tmp_path):
     """--cdm-version 5.3 on a store recorded as 5.4: the run says so (a warning, the version's origin) and is not
     compared with the 5.4 runs (their checks are others), nor is the next 5.4 run compared with it."""
