@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 import sqlite3
+import statistics
 
 import pytest
 
@@ -106,6 +107,32 @@ def test_a_low_volume_feed_is_not_a_drop_by_chance_but_a_real_drop_is():
     got = _by(feed_results(per, "landing", 0.5, result, today=TODAY))
     assert (got["feedVolume", "small"]["status"], got["feedVolume", "small"]["num_violated_rows"]) == ("passed", 0)
     assert got["feedVolume", "lis"]["examples"] == [days[20].isoformat()]
+
+
+def test_a_burst_is_marked_and_said_but_not_a_failure_and_chance_is_no_burst():
+    """F7: lis-a sent 60 records one Sunday against its usual ~14 (a resend storm, a replay after an outage, a
+    message loop): marked `^` in its series, listed with its usual in `bursts`, drawn and said in `quality show`'s
+    text, not a failure (feedVolume fails on drops: a backlog after an outage is no defect). A 1-to-3 a day feed's 3
+    is chance, not a burst."""
+    from medlake.quality.report import _feeds, daily_text
+
+    rnd = random.Random(3)
+    days = sorted(_days(40, TODAY - dt.timedelta(days=1)))
+    burst = days[30]
+    per = {"lis-a": {d: 60 if d == burst else 12 + rnd.randint(0, 4) for d in days},
+           "small": {d: rnd.randint(1, 3) for d in days}}
+    got = _by(feed_results(per, "landing", 0.5, result, today=TODAY))
+    r = got["feedVolume", "lis-a"]
+    assert (r["status"], r["num_violated_rows"]) == ("passed", 0)
+    usual = statistics.median(per["lis-a"][d] for d in days[23:30])  # its 7 days before
+    assert r["bursts"] == [f"{burst.isoformat()}: 60 against a usual {usual:g}"]
+    start = dt.date.fromisoformat(r["daily_from"])
+    assert [start + dt.timedelta(days=i) for i, m in enumerate(r["daily_marks"]) if m == "^"] == [burst]
+    assert got["feedVolume", "small"]["bursts"] == [] and "^" not in got["feedVolume", "small"]["daily_marks"]
+    text = daily_text(r)
+    assert "^: a burst" in text[0] and text[2].strip() == "^" and text[3].startswith("bursts (more than 3× the usual")
+    html = "".join(_feeds([r]))
+    assert f"{burst.isoformat()}: 60 (a burst" in html and "1 burst(s)" in html
 
 
 # -- F6, F11: a retired feed, a planned start, declared weekdays ------------------------------------------------

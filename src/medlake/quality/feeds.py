@@ -198,6 +198,7 @@ def days_off(feed: dict, per: dict[str, dict[dt.date, int]]) -> dict[str, frozen
 SILENCE_DAYS = 14  # a site-wide silence up to this many days before today: missing days; longer: an archive
 FUTURE_DAYS = 1  # receipts dated after tomorrow on the feed's clock are the sender's clock, not the day in progress
 FEED_CHANCE = 0.02  # a low day is a drop only if a Poisson count of its baseline's median is that low less often
+FEED_BURST = 3.0  # a day with more than this times its baseline's median (and unlikely by chance) is a burst
 
 
 def _by_chance(n: int, mean: float) -> float:
@@ -210,6 +211,12 @@ def _by_chance(n: int, mean: float) -> float:
         term *= mean / k
         total += term
     return total
+
+
+def _burst(n: int, mean: float) -> bool:
+    """Whether `n` is more than FEED_BURST x `mean` and a Poisson count of `mean` that high comes less often than
+    FEED_CHANCE (3 against a usual 1 is chance: 0.08; 4 is not: 0.019)."""
+    return n > FEED_BURST * mean and (mean > 200 or 1 - _by_chance(n - 1, mean) < FEED_CHANCE)
 
 
 def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result,
@@ -287,7 +294,7 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[:10]], "day", src
         out.append(r)
         seen = sorted(d for d in days if d not in holidays)
-        low, judged = [], 0
+        low, high, judged = [], [], 0
         for i, d in enumerate(seen):
             kind = d.weekday() in quiet
             prev = [days[x] for x in seen[:i] if (x.weekday() in quiet) == kind][-7:]
@@ -296,11 +303,16 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
                 usual = statistics.median(prev)
                 if days[d] < drop * usual and _by_chance(days[d], usual) < FEED_CHANCE:
                     low.append(d)
+                elif _burst(days[d], usual):
+                    high.append((d, days[d], usual))
         r = result(volume, "counted", len(low), judged,
                    reason=f"{len(seen)} day(s) with data from {src}: a day is judged against at least 3 before it")
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[:10]], "day", src
+        # bursts are said, not failed: a replay after an outage is one, and so are a message loop and a resend
+        r["bursts"] = [f"{d.isoformat()}: {n:,} against a usual {usual:g}" for d, n, usual in high[-10:]]
         shown = [d for d in all_days if not ahead or d <= ahead]
-        r.update(daily(all_days, first, max([end, *shown]), set(missing), set(low), off, holidays, today))
+        r.update(daily(all_days, first, max([end, *shown]), set(missing), set(low), off, holidays, today,
+                       {d for d, *_ in high}))
         out.append(r)
     if silent:
         ago = (today - seen_last).days
@@ -316,15 +328,15 @@ FEED_CHART_DAYS = 90  # the report draws a source's last 90 days
 
 
 def daily(days: dict[dt.date, int], first: dt.date, last: dt.date, missing: set, low: set, off: tuple[int, ...],
-          holidays: frozenset, today: dt.date | None = None) -> dict:
+          holidays: frozenset, today: dt.date | None = None, high: set = frozenset()) -> dict:
     """A source's last `FEED_CHART_DAYS` days to the feed's last day (from its first): `daily_from` (the first
     day), `daily_counts` (what it sent, 0 for nothing) and `daily_marks`, a letter a day: `x` a missing day, `v` a
-    volume drop, `-` a day off (a weekday it does not send on, a holiday), `~` the day in progress (not judged),
-    `.` any other."""
+    volume drop, `^` a burst (`high`), `-` a day off (a weekday it does not send on, a holiday), `~` the day in
+    progress (not judged), `.` any other."""
     start = max(first, last - dt.timedelta(days=FEED_CHART_DAYS - 1))
     span = [start + dt.timedelta(days=i) for i in range((last - start).days + 1)]
-    marks = "".join("x" if d in missing else "v" if d in low else "~" if today and d >= today else
-                    "-" if d.weekday() in off or d in holidays else "." for d in span)
+    marks = "".join("x" if d in missing else "v" if d in low else "^" if d in high else "~" if today and d >= today
+                    else "-" if d.weekday() in off or d in holidays else "." for d in span)
     return {"daily_from": start.isoformat(), "daily_counts": [days.get(d, 0) for d in span], "daily_marks": marks}
 
 

@@ -11,7 +11,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 
-from medlake.quality.feeds import TYPES as FEED_TYPES
+from medlake.quality.feeds import FEED_BURST, TYPES as FEED_TYPES
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
@@ -431,6 +431,7 @@ def silent_now(results: list[dict]) -> list[str]:
 
 
 MARKS = {".": ("sent", "#7a94c4", "sent"), "v": ("low", "#e08a00", "volume drop"),
+         "^": ("burst", "#6a3d9a", f"a burst (more than {FEED_BURST:g}× the usual: a resend, a replay, a loop?)"),
          "x": ("missing", "#b00020", "nothing: a missing day"), "-": ("off", "#c8c8c8", "a day off (not expected)"),
          "~": ("today", "#b8c8e4", "the day in progress (not judged)")}
 
@@ -465,7 +466,8 @@ def _feeds(results: list[dict]) -> list[str]:
                + "".join(bars) + "</svg>")
         rows.append(f"<tr><td><b>{escape(r['data_source'])}</b><br><small>{escape(r['cdm_table'])}</small></td>"
                     f"<td>{svg}<br><small>{start.isoformat()} to {end.isoformat()}"
-                    f" · most in a day {max(counts):,} · {marks.count('x')} missing, {marks.count('v')} low</small></td></tr>")
+                    f" · most in a day {max(counts):,} · {marks.count('x')} missing, {marks.count('v')} low"
+                    + (f", {marks.count('^')} burst(s)" if "^" in marks else "") + "</small></td></tr>")
     legend = " · ".join(f"<span style='color:{c}'>■</span> {escape(label)}" for _, c, label in MARKS.values())
     return [f"<h2>Feeds: what each source sent per day (its last {max(len(r['daily_counts']) for r in feeds)} days)</h2>",
             f"<p><small>{legend}</small></p><table class='feeds'><tbody>{''.join(rows)}</tbody></table>"]
@@ -473,13 +475,16 @@ def _feeds(results: list[dict]) -> list[str]:
 
 def daily_text(r: dict) -> list[str]:
     """A feed's days (feedVolume's series) as text for a terminal: a heading, a block a day scaled to its most in
-    a day (a blank for nothing), and under it the days that are not ordinary (`x` missing, `v` drop, `-` off)."""
+    a day (a blank for nothing), and under it the days that are not ordinary (`x` missing, `v` drop, `^` burst,
+    `-` off), then the bursts (feedVolume's `bursts`: said, not failed)."""
     (start, end), counts, marks = _days(r), r["daily_counts"], r["daily_marks"]
     top = max(counts) or 1
     bars = "".join(" " if not n else "▁▂▃▄▅▆▇█"[min(7, (8 * n - 1) // top)] for n in counts)
     return [f"what {r['data_source']} sent, {start.isoformat()} to {end.isoformat()}, a character a day (most "
-            f"{max(counts):,}); under it x: missing, v: volume drop, -: a day off, ~: the day in progress", bars,
-            marks.replace(".", " ").rstrip()]
+            f"{max(counts):,}); under it x: missing, v: volume drop, ^: a burst, -: a day off, ~: the day in "
+            "progress", bars, marks.replace(".", " ").rstrip()] + (
+        [f"bursts (more than {FEED_BURST:g}× the usual: a resend, a replay after an outage, a message loop?): "
+         + "; ".join(r["bursts"])] if r.get("bursts") else [])
 
 
 def write_html(run, history: list[dict]) -> None:
