@@ -1481,6 +1481,30 @@ def test_a_site_check_is_reused_only_while_the_tables_it_reads_and_the_date_are_
     assert _reads_of("visit_occurrence", "visit_start_date > now()", None) == (CLOCK,)
 
 
+def test_an_edited_site_rule_is_judged_anew_and_a_full_run_leaves_results_to_reuse(store, tmp_path):
+    """review-site #1: a site rule's threshold (or severity, description…) edited, the data unchanged: its table is
+    checked again with the new rule (only its id and predicate were in the key, so the old verdict, threshold and
+    severity were reused). #5: the run after a --full run reuses its results (it had saved no key)."""
+    from medlake.quality.site import load as load_site
+
+    site = tmp_path / "site.toml"
+    rule = '[[check]]\nname = "oldBirth"\ntable = "person"\nviolation = "year_of_birth < 2100"\nseverity = "fatal"\n'
+    site.write_text(rule + "threshold = 1\n")
+    run = lambda **kw: runner.Runner(store, "5.4", tmp_path / "q", only=["person"],  # noqa: E731
+                                     site_checks=load_site(site)[0], **kw).run()
+    first = {x["check_id"]: x for x in run().results}["table_oldbirth_person"]
+    assert first["status"] == "failed" and first["threshold"] == 1 and first["severity"] == "fatal"
+    assert run().reused == ["person"]
+    site.write_text(rule.replace('"fatal"', '"convention"') + "threshold = 100\n")
+    again = run()
+    now = {x["check_id"]: x for x in again.results}["table_oldbirth_person"]
+    assert again.rechecked == ["person"]
+    assert (now["status"], now["threshold"], now["severity"]) == ("passed", 100, "convention")
+    assert now["num_violated_rows"] == first["num_violated_rows"]
+    assert run(incremental=False, resume=False).rechecked == ["person"]  # --full
+    assert run().reused == ["person"]
+
+
 def test_options_that_select_no_check_are_refused_before_the_run(store, tmp_path):
     with pytest.raises(ValueError, match=r"the options select no check \(--check-names, --check-levels together\)"):
         runner.Runner(store, "5.4", tmp_path / "q", check_levels=["TABLE"], check_names=["isForeignKey"]).run()

@@ -195,7 +195,7 @@ class Runner:
                  check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = (),
                  check_levels: Iterable[str] | None = None, cohort: tuple[str, int] | None = None,
                  check_severity: Iterable[str] | None = None, fail_on_new: bool = False,
-                 site_timeout: float | None = None):
+                 site_timeout: float | None = None, keyed: bool = True):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
@@ -209,7 +209,9 @@ class Runner:
         checkSeverity). `fail_on_new`: the run is a pipeline's gate on new failures and errors (`--fail-on-new`): a
         run it refuses is not what later runs compare with (`since_last_run`), so a retry is refused again.
         `site_timeout`: seconds a query of site checks may run (`--site-timeout`): a predicate that would scan for
-        ever is its check's error, and the run goes on."""
+        ever is its check's error, and the run goes on. `keyed`: record each table's key (the checks and the
+        fingerprints of the data they read) even when not reusing (`incremental`) or resuming, so that the run
+        after a `--full` run reuses its results; False only for one-off executions (the benchmark's)."""
         self.eng = Counted(engine)
         self.store = redact(engine.url)  # names the store in the reports and run folders, without a password
         self.shapes = engine.shapes  # the query shapes the engine runs faster (engines/base.py Shapes)
@@ -219,6 +221,7 @@ class Runner:
         self.mode = mode
         self.incremental = incremental
         self.resume = resume
+        self.keyed = keyed or incremental or resume
         self.progress = progress
         self.fail_on_new = fail_on_new
         self.site_timeout = site_timeout
@@ -913,7 +916,7 @@ class Runner:
         # the fingerprints (`_key`) are taken once a run, at this mark; a table checked after another session wrote
         # (an ETL beside the run) has its key taken again in its snapshot (results saved under a key of other data
         # were re-used by a later run)
-        self._mark = self.eng.engine.data_version() if self.incremental or self.resume else None
+        self._mark = self.eng.engine.data_version() if self.keyed else None
         for n, table in enumerate(tables):
             self._at = (table, n, len(tables))
             if self.progress:
@@ -1069,10 +1072,12 @@ class Runner:
         return {k.lower(): v for k, v in rows[0].items()} if rows else None
 
     def _key(self, table, checks, site_items) -> str:
-        if not (self.incremental or self.resume):
-            return ""  # nothing to compare with: skip the fingerprint queries
-        sig = [self.version, self.mode, COUNTING] + [c.id + repr(c.threshold) + repr(c.params) for c in checks]
-        sig += [it.check.id + it.num + it.den for it in site_items]
+        if not self.keyed:
+            return ""  # a one-off execution: skip the fingerprint queries
+        # each check whole (repr: its threshold, severity, category, description… as well as what it counts: a
+        # site's edited rule is judged anew) and each site predicate
+        sig = [self.version, self.mode, COUNTING] + [repr(c) for c in checks]
+        sig += [repr(it.check) + it.num + it.den for it in site_items]
         sig += [f"{t}={self.fingerprint(t)}" for t in sorted(self._reads(table, checks, site_items))]
         if any(cp.CLOCK in it.needs for it in site_items):  # a site check that reads the clock: today's
             sig.append(f"today={self.eng.query('SELECT CAST(current_date AS VARCHAR) AS d').column(0)[0].as_py()}")
