@@ -248,6 +248,26 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     assert (later["status"], later["num_violated_rows"]) == ("passed", 0) and later["num_denominator_rows"] > 0
 
 
+def test_a_site_checks_query_alone_counts_its_denominator_and_lists_the_fields_it_reads(store, tmp_path):
+    """review-site #2, #6: `quality show`'s query of a site check with a `denominator` counts that denominator, as the
+    run did (it counted the whole table), and its rows carry the fields the rule reads, named bare as site rules
+    name them (only the row id was listed), and the check's field."""
+    extra = site.parse('[[check]]\nname = "earlyOfTheLater"\ntable = "condition_occurrence"\n'
+                       'field = "condition_end_date"\nviolation = "condition_start_date < DATE \'2021-01-01\'"\n'
+                       'denominator = "visit_occurrence_id = 20 OR condition_occurrence_id = 100"\n', "site.toml")
+    r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra, only=["condition_occurrence"])
+    got = next(x for x in r.results if x["check_name"] == "earlyOfTheLater")
+    total = store.query("SELECT count(*) AS n FROM condition_occurrence").column(0)[0].as_py()
+    assert (got["num_violated_rows"], got["num_denominator_rows"], total) == (1, 3, 4)  # (100 of 100, 200, 300)
+    _, count, listed = runner.Runner(store, "5.4", tmp_path / "q", site_checks=extra).check_queries(
+        got["check_id"], rows=50)
+    [row] = store.query(count).to_pylist()
+    assert (row["v0"], row["d0"]) == (got["num_violated_rows"], got["num_denominator_rows"])
+    rows = store.query(listed).to_pylist()
+    assert list(rows[0]) == ["condition_occurrence_id", "condition_start_date", "condition_end_date",
+                             "visit_occurrence_id"] and len(rows) == got["num_violated_rows"]
+
+
 @pytest.mark.parametrize("text,message", [
     ("[[check]]\ntable = 'person'\nviolation = 'x'", "missing 'name'"),
     ("[[check]]\nname = 'a'\ntable = 'person'", "give 'violation'"),

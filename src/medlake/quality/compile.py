@@ -444,7 +444,7 @@ def dqd_sql(table: str, it: Item, ctx: Context) -> str:
 def dqd_wrap(table: str, fld: str, rest: str, denominator: str) -> str:
     """DQD's result shape, as v0, d0: the violating rows (`FROM table AS t {rest}`: joins and WHERE) selected with
     a label and every column, counted, cross-joined to the `denominator` query (one row, `num_rows`)."""
-    violated = f"SELECT {lit(f'{table}.{fld}')} AS violating_field, t.* FROM {q(table)} AS t {rest}"
+    violated = f"SELECT {lit(f'{table}.{fld}' if fld else table)} AS violating_field, t.* FROM {q(table)} AS t {rest}"
     v = f"(SELECT count(violated_rows.violating_field) AS num_violated_rows FROM ({violated}) AS violated_rows) AS vc"
     return f"SELECT vc.num_violated_rows AS v0, dn.num_rows AS d0 FROM {v} CROSS JOIN ({denominator}) AS dn"
 

@@ -672,6 +672,10 @@ class Runner:
                 name = col.strip('"')
                 owner = ctx.joins.get(alias, ("", alias))[1]  # a joined table's field: named by its table
                 cols.setdefault(f"{alias}.{col}", name if alias == "t" else f"{owner}.{name}")
+            if site_item:  # a site's predicate names its table's fields bare: those it reads, and the check's field
+                for name in ctx.columns:
+                    if name == c.field or re.search(rf'(?<![.\w"])"?{re.escape(name)}"?(?![\w"])', cond):
+                        cols.setdefault(f"t.{cp.q(name)}", name)
             pick = ", ".join(f"{e} AS {cp.q(n)}" for e, n in cols.items()) or "t.*"
             return f"SELECT {pick} FROM {cp.q(table)} AS t {ctx.join_sql(joins, cond)} WHERE {cond}{order} LIMIT {rows}"
 

@@ -387,7 +387,7 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
             params=(("violation", violation), ("denominator", den)), source="site")
         bad = violating(violation, den)
         item = Item(check, sum_if(bad), sum_if(f"({den})") if den else "count(*)", (), bad,
-                    needs=_reads_of(spec["table"], violation, den))
+                    needs=_reads_of(spec["table"], violation, den), den_where=f"({den})" if den else None)
         out.append((check, item))
     return out
 
