@@ -31,6 +31,7 @@ TYPE_OVERRIDES = {"datetime": "TIMESTAMP_NTZ"}
 META = "_medlake.json"
 
 _SESSION = None
+LOG4J2 = Path(__file__).with_name("spark-log4j2.properties")
 
 FUNCTIONS = {
     "stable_id": template("CAST(CONV(SUBSTRING(MD5(CAST(_1 AS STRING)), 1, 15), 16, 10) AS BIGINT)", "spark"),
@@ -69,6 +70,8 @@ def spark_session():
             .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
             .config("spark.driver.memory", os.environ.get("MEDLAKE_SPARK_DRIVER_MEMORY", "2g"))
             .config("spark.sql.ansi.enabled", "false")
+            # errors only from the driver's start (its notes would come before medlake's own line on stderr)
+            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}")
         )
         _SESSION = b.getOrCreate()
         _SESSION.sparkContext.setLogLevel("FATAL")  # (a failed task's stack, thousands of lines: the error says it)
