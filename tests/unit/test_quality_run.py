@@ -300,6 +300,17 @@ def test_a_site_checks_query_alone_counts_its_denominator_and_lists_the_fields_i
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nthreshold = -1", "not -1"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'range'\nmin = 10\nmax = 1",
      "min 10 is above max 1"),
+    # review-site #4, #7: bounds of two kinds; keys no rule of the check reads, said rather than left unread
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'birth_datetime'\nrule = 'range'\nmin = 2020-06-01\nmax = 12",
+     r"min datetime.date\(2020, 6, 1\) and max 12 are not of one kind"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'range'\nmin = 0\n"
+     "violation = 'year_of_birth < 0'", "give 'violation' .* or 'rule', not both"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'not_null'\nmin = 0",
+     "'min' is not read by rule 'not_null'$"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'range'\nmin = 0\nvalues = [1]",
+     "'values' is not read by rule 'range'; it takes min, max"),
+    ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'year_of_birth < 1900'\nmax = 2000",
+     r"'max' is not read by a violation \(write the bounds in its SQL\)"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\ncategory = 'Plausability'",
      "category must be one of Conformance, Completeness, Plausibility, not 'Plausability'"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nseverity = 'urgent'",
@@ -311,6 +322,30 @@ def test_site_check_errors_name_file_and_check(text, message):
     with pytest.raises(ValueError, match=message) as e:
         site.parse(text, "site.toml") if "[feed]" not in text else site.feed_config(text, "site.toml")
     assert str(e.value).startswith("site.toml")
+
+
+def test_a_site_check_of_the_vocabulary_runs_and_a_date_time_bound_keeps_its_time(store, tmp_path):
+    """review-site #3: a site check of the concept table (left out by default, as DQD leaves the vocabulary) runs,
+    without DQD's checks of it; #4: a range bound written as a TOML date-time compares with its time of day."""
+    store.execute("INSERT INTO concept VALUES (2000000001, '', 'Measurement', 'Local', 'Lab Test', NULL, 'X1', "
+                  "DATE '2020-01-01', DATE '2099-12-31', NULL)")
+    store.execute("UPDATE person SET birth_datetime = TIMESTAMP '2020-01-01 10:00:00' WHERE person_id = 1")
+    extra = site.parse('[[check]]\nname = "localConceptsNamed"\ntable = "concept"\n'
+                       'violation = "concept_id >= 2000000000 AND trim(concept_name) = \'\'"\n'
+                       '[[check]]\nname = "bornAfterNoon"\ntable = "person"\nfield = "birth_datetime"\n'
+                       'rule = "range"\nmin = 2020-01-01T12:00:00\n', "site.toml")
+    r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra)
+    got = {x["check_name"]: x for x in r.results if x["source"] == "site"}
+    assert (got["localConceptsNamed"]["status"], got["localConceptsNamed"]["num_violated_rows"]) == ("failed", 1)
+    assert not [x for x in r.results if x["cdm_table"] == "concept" and x["source"] != "site"]  # not DQD's
+    assert "concept" not in r.summary["excluded_tables"]
+    before = lambda bound: store.query(  # noqa: E731
+        f"SELECT count(*) AS n FROM person WHERE birth_datetime < {bound}").column(0)[0].as_py()
+    # person 1's 10:00 is before 12:00 of that day: counted (cut to the day, it was not)
+    assert got["bornAfterNoon"]["num_violated_rows"] == before("TIMESTAMP '2020-01-01 12:00:00'") \
+        == before("DATE '2020-01-01'") + 1
+    only = runner.run(store, "5.4", tmp_path / "q2", site_checks=extra, check_names=["localConceptsNamed"])
+    assert [x["check_name"] for x in only.results] == ["localConceptsNamed"]
 
 
 def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path):

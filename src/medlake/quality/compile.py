@@ -36,6 +36,9 @@ def lit(v) -> str:
         return "TRUE" if v else "FALSE"
     if isinstance(v, (int, float)):
         return repr(v)
+    if isinstance(v, dt.datetime):  # (a TOML date-time: a time of day kept; one with an offset, in UTC)
+        v = v.astimezone(dt.timezone.utc).replace(tzinfo=None) if v.tzinfo else v
+        return f"TIMESTAMP '{v.isoformat(sep=' ')}'"
     if isinstance(v, dt.date):
         return f"DATE '{v.isoformat()}'"
     return "'" + str(v).replace("'", "''") + "'"

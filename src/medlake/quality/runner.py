@@ -232,6 +232,7 @@ class Runner:
         self._at = ("the store survey", 0, 0)  # what the run is doing, for a wait's message
         self.only = sorted({t.lower() for t in only}) if only else None  # (once each, as the store names them)
         self.exclude = set(VOCABULARY_TABLES if exclude is None else (t.lower() for t in exclude)) - set(self.only or ())
+        self.default_exclude = exclude is None  # (the vocabulary left out as DQD leaves it, not by the site's word)
         self.feed = feed
         self.sources = sources and not cohort  # the source-level checks (staging, landing, lineage) of a whole run
         if cohort and not COHORT_TABLE.fullmatch(cohort[0]):
@@ -900,7 +901,12 @@ class Runner:
                 continue
             site_by_table.setdefault(c.table, []).append(it)
             by_table.setdefault(c.table, [])
-        tables = [t for t in by_table if self._checked(t)]
+        # a vocabulary table DQD's checks leave out by default still gets the site's own checks of it (its file names
+        # the table: its local concepts, say); not DQD's checks of it
+        site_only = {t for t in site_by_table if self.default_exclude and not self.only and t in self.exclude}
+        for t in site_only:
+            by_table[t] = []
+        tables = [t for t in by_table if self._checked(t) or t in site_only]
         from medlake.quality.feeds import SOURCE_TYPES, TYPES
 
         asked = (not self.levels or "SOURCE" in self.levels) and (not self.severities or self.severities & SEVERITIES)
@@ -1013,7 +1019,8 @@ class Runner:
             "dqd_thresholds": list(self.dqd_files) or None,
             "exclude": sorted(self.exclude),
             "resumed_tables": run.resumed,
-            "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present),
+            "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present
+                                      and t not in site_only),
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cdm_source": self._cdm_source(),
             "mismatched_columns": wrong,

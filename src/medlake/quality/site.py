@@ -91,6 +91,7 @@ from medlake.quality.compile import CLOCK, Item, lit, q, sum_if, violating
 from medlake.quality.feeds import FEED_DROP, SOURCE_TYPES, SPAN_KEYS, TYPES as FEED_TYPES, source_span
 
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
+RULE_KEYS = {"not_null": (), "range": ("min", "max"), "allowed": ("values",), "pattern": ("regex",), "unique": ()}
 
 
 def _bound(v) -> bool:
@@ -102,6 +103,11 @@ def _bound(v) -> bool:
             return False
         return True
     return isinstance(v, (int, float, dt.date)) and not isinstance(v, bool)
+
+
+def _kind(v) -> str:
+    """A range bound's kind: a number, or a date (a date-time too, and a date in quotes)."""
+    return "number" if isinstance(v, (int, float)) else "date"
 
 
 TEXT_KEYS = ("name", "table", "field", "violation", "denominator", "rule", "category", "subcategory", "context",
@@ -130,6 +136,9 @@ def _rule_sql(spec: dict, where: str) -> str:
             v = spec.get(k)
             if k in spec and not _bound(v):
                 raise ValueError(f"{where}: {k} must be a number or a date (1900, 2.5, 2020-01-01), not {v!r}")
+        if "min" in spec and "max" in spec and _kind(spec["min"]) != _kind(spec["max"]):
+            raise ValueError(f"{where}: min {spec['min']!r} and max {spec['max']!r} are not of one kind (both numbers, "
+                             "or both dates)")
         with contextlib.suppress(KeyError, TypeError):  # (both given, and of one kind)
             if spec["min"] > spec["max"]:
                 raise ValueError(f"{where}: min {spec['min']!r} is above max {spec['max']!r}: no value could pass")
@@ -360,6 +369,16 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
                              "(to change that check's threshold, use [thresholds])")
         seen.add(name.lower())
         spec = {k: (v.lower() if k in ("table", "field") and isinstance(v, str) else v) for k, v in spec.items()}
+        if "violation" in spec and "rule" in spec:
+            raise ValueError(f"{where}: give 'violation' (a SQL predicate) or 'rule', not both: one of them would "
+                             "not be checked")
+        if "violation" in spec or spec.get("rule") in RULE_KEYS:  # (a key no rule of it reads: a mistake, said)
+            takes = RULE_KEYS.get(spec.get("rule"), ())
+            odd = [k for k in ("min", "max", "values", "regex") if k in spec and k not in takes]
+            if odd:
+                by = f"rule {spec['rule']!r}" if "rule" in spec else "a violation (write the bounds in its SQL)"
+                raise ValueError(f"{where}: {odd[0]!r} is not read by {by}" + (
+                    f"; it takes {', '.join(takes)}" if takes else ""))
         if "violation" in spec:
             violation = _predicate(spec["violation"], "violation", spec["table"], where)
         elif "rule" in spec:
