@@ -225,8 +225,9 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     extra = site.parse(toml + '[[check]]\nname = "loud"\ntable = "person"\nviolation = "false"\nseverity = "Fatal"\n'
                        'category = "conformance"\n[[check]]\nname = "misspelt"\ntable = "measurment"\n'
                        'violation = "value_as_number < 0"\n[[check]]\nname = "noSuchField"\ntable = "measurement"\n'
-                       'field = "value_as_numbr"\nviolation = "measurement_id < 0"\n', "site.toml")
-    loud = extra[-3][0]  # its words as --check-severity and the report's categories spell them
+                       'field = "value_as_numbr"\nviolation = "measurement_id < 0"\n[[check]]\nname = "misspeltColumn"\n'
+                       'table = "measurement"\nviolation = "value_as_numbr < 0"\n', "site.toml")
+    loud = extra[-4][0]  # its words as --check-severity and the report's categories spell them
     assert (loud.severity, loud.category, loud.context) == ("fatal", "Conformance", "Validation")
     r = runner.run(store, "5.4", tmp_path / "q", site_checks=extra,
                    only=["condition_occurrence", "measurement", "measurment"])
@@ -241,6 +242,8 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     assert got["conditionAfter2020"]["examples"]
     assert (got["labValueRange"]["status"], got["labValueRange"]["num_violated_rows"]) == ("failed", 1)  # 6.5 > 5
     assert got["brokenPredicate"]["status"] == "error" and "no_such_column" in got["brokenPredicate"]["error"]
+    # the database's suggestion kept with its error (review-site #9: only the first line was)
+    assert '(Candidate bindings: "value_as_number", ' in got["misspeltColumn"]["error"]
     s = r.summary  # a check that could not run is no pass (DQD's percentPassed): a broken check lowers the rate
     assert s["errors"] >= 1 and s["pass_rate"] == round(s["passed"] / (s["passed"] + s["failed"] + s["errors"]), 4)
     # the violations are counted among the denominator's rows (the two early ones are not of them)

@@ -50,6 +50,15 @@ class Shapes:
     truncate: bool = False  # TRUNCATE TABLE empties a work table (else a DELETE, or the engine drops its files)
 
 
+def message(e: Exception) -> str:
+    """A database error in one line: its first, and the suggestion the database makes on a line of its own
+    (DuckDB's `Candidate bindings: "value_as_number"`, `Did you mean "t"?`; PostgreSQL's `HINT: …`), which is
+    what a misspelt name needs; not the query text and caret lines."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    hint = next((x for x in lines[1:] if x.startswith(("Candidate bindings", "Did you mean", "HINT:"))), None)
+    return (lines[0] if lines else type(e).__name__) + (f" ({hint})" if hint else "")
+
+
 def stopped(seconds: float) -> str:
     """The error of a query an engine stopped at its time limit (`Engine.limited`)."""
     return f"stopped after {seconds:g} s, its time limit"

@@ -10,7 +10,7 @@ import duckdb
 import pyarrow as pa
 
 from medlake.cdm.ddl import create_table
-from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes, limit_held, stopped
+from medlake.engines.base import DUCKDB_MACROS, Column, EngineError, Shapes, limit_held, message, stopped
 
 
 class DuckDBEngine:
@@ -51,7 +51,7 @@ class DuckDBEngine:
         try:
             self.con.execute(sql, params) if params is not None else self.con.execute(sql)
         except duckdb.Error as e:
-            raise EngineError(str(e).splitlines()[0]) from e
+            raise EngineError(message(e)) from e
 
     def query(self, sql: str, params: list | None = None) -> pa.Table:
         fired, timer = [], None
@@ -62,7 +62,7 @@ class DuckDBEngine:
             rel = self.con.sql(sql, params=params)
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
-            raise EngineError(stopped(self._limit) if fired else str(e).splitlines()[0]) from e
+            raise EngineError(stopped(self._limit) if fired else message(e)) from e
         finally:
             if timer:
                 timer.cancel()

@@ -19,7 +19,7 @@ from sqlglot import exp
 
 from medlake.cdm.ddl import create_table
 from medlake.config import redact
-from medlake.engines.base import (Column, EngineError, Shapes, arrow_schema_of, conform, stopped, template,
+from medlake.engines.base import (Column, EngineError, Shapes, arrow_schema_of, conform, message, stopped, template,
                                   translate)
 
 LOCK_WAIT = 10  # seconds a quality run's read waits for a lock before it says who holds it (`scanning`)
@@ -140,7 +140,7 @@ class PostgresEngine:
                         return _numbers(cur.fetch_arrow_table()) if fetch else None
                     except Exception as e:
                         timed_out = self._limit and "statement timeout" in str(e)
-                        raise EngineError(stopped(self._limit) if timed_out else str(e).splitlines()[0]) from e
+                        raise EngineError(stopped(self._limit) if timed_out else message(e)) from e
             except EngineError as e:
                 # (a statement of a transaction without savepoints cannot be tried again: its transaction failed)
                 if not self._waiting or "lock timeout" not in str(e) or (self._depth and not self._guarded):
@@ -230,7 +230,7 @@ class PostgresEngine:
             try:
                 cur.execute(sql)
             except Exception as e:
-                raise EngineError(str(e).splitlines()[0]) from e
+                raise EngineError(message(e)) from e
 
     def analyze(self, *tables: str) -> None:
         """ANALYZE: a table filled in this transaction has no statistics otherwise, and the planner's guesses
