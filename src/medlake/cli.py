@@ -706,8 +706,10 @@ def quality_run(
         errors = f", {len(d['new_errors'])} new error(s)" if d.get("new_errors") else ""
         days = f", {len(d['more_days'])} feed check(s) with more days" if d.get("more_days") else ""
         emptied = f"; emptied since: {', '.join(d['emptied'])}" if d.get("emptied") else ""
+        ruled = f"; {len(d['rule_changed'])} site check(s) changed their rule since (the site's checks file): " \
+            "their change is of the rule, not of the data (medlake quality diff)" if d.get("rule_changed") else ""
         out.print(f"since run {d['run_id']}: {len(d['new_failures'])} new failure(s){errors}{days}, "
-                  f"{len(d['fixed'])} fixed{emptied}", highlight=False)
+                  f"{len(d['fixed'])} fixed{emptied}{ruled}", highlight=False, markup=False)
     resumed = f", resumed {len(s['resumed_tables'])} from the interrupted run" if s.get("resumed_tables") else ""
     out.print(f"{s['checks']} checks in {s['seconds']} s, {s['queries']} queries; rechecked "
               f"{len(s['rechecked_tables'])} table(s), reused {len(s['reused_tables'])} unchanged{resumed}")
@@ -741,8 +743,10 @@ def quality_run(
     crossed = False
     if fail_on_new and (new or days or broken or emptied):
         names = lambda ids: f"{', '.join(ids[:3])}{', …' if len(ids) > 3 else ''}"  # noqa: E731
+        ruled = [x for x in new if x in (since.get("rule_changed") or ())]
         said = ([f"{len(new)} check(s) failed that did not fail in run {since['run_id']}: {names(new)} (the report "
-                 "marks them 'new')"] if new else []) + (
+                 "marks them 'new')" + (f"; of them, {len(ruled)} site check(s) whose rule changed since: "
+                                        f"{names(ruled)}" if ruled else "")] if new else []) + (
             [f"{len(days)} feed check(s) failing in run {since['run_id']} find more days now (a source silent or low "
              f"again): {names(days)}"] if days else []) + (
             [f"{len(broken)} check(s) could not run that could in run {since['run_id']}: {names(broken)}"]
@@ -870,8 +874,9 @@ def quality_diff(
     from rich.markup import escape
 
     for c in changes[:limit]:  # (escaped: "[concept 3013721]" was read as a style and vanished)
-        t.add_row(c["change"], escape(f"{c['check_id']}\n({report.where(c['result'])})"), status(c, c["before"],
-                  c["violated_before"]), status(c, c["after"], c["violated_after"]))
+        ruled = "\nits rule changed between the runs (the site's checks file)" if c["rule_changed"] else ""
+        t.add_row(c["change"], escape(f"{c['check_id']}\n({report.where(c['result'])}){ruled}"),
+                  status(c, c["before"], c["violated_before"]), status(c, c["after"], c["violated_after"]))
     out.print(t)
 
 

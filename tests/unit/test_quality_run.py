@@ -1559,6 +1559,12 @@ def test_an_edited_site_rule_is_judged_anew_and_a_full_run_leaves_results_to_reu
     assert again.rechecked == ["person"]
     assert (now["status"], now["threshold"], now["severity"]) == ("passed", 100, "convention")
     assert now["num_violated_rows"] == first["num_violated_rows"]
+    # #8: its fix is said to be of its rule, not of the data (the site's file changed)
+    since = again.summary["since_last_run"]
+    assert since["fixed"] == since["rule_changed"] == ["table_oldbirth_person"]
+    [change] = runner.compare([first], [now])
+    assert (change["change"], change["rule_changed"]) == ("fixed", True)
+    assert runner.compare([first], [first | {"status": "passed"}])[0]["rule_changed"] is False
     assert run(incremental=False, resume=False).rechecked == ["person"]  # --full
     assert run().reused == ["person"]
 

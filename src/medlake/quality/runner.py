@@ -61,7 +61,13 @@ def result(c: Check, status: str, violated: int | None = None, denominator: int 
         "pct_violated_rows": pct, "threshold": c.threshold, "failed": status == "failed", "error": error,
         "not_applicable_reason": reason, "examples": [], "example_field": None, "description": c.description,
         "source": c.source, "notes": c.notes or None,
-    }
+    } | ({"rule": rule_of(c)} if c.source == "site" else {})
+
+
+def rule_of(c: Check) -> str:
+    """A site check's rule as its file gives it (predicate, denominator, threshold), as a short hash: a result
+    compared with one of another rule is said to be of a changed rule (`compare`), not of changed data."""
+    return hashlib.sha256(repr((c.params, c.threshold)).encode()).hexdigest()[:12]
 
 
 TABLE_REF = re.compile(r"(?<!YEAR )(?<!MONTH )(?<!DAY )\b(?:FROM|JOIN)\s+(?!\()", re.IGNORECASE)  # a base table read (not a subquery)
@@ -1257,6 +1263,9 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
                                         and c["result"].get("check_name") in FEED_CHECKS),
                     "new_errors": sorted(c["check_id"] for c in changes if c["after"] == "error"),
                     "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed"),
+                    # the site's checks among those whose rule the site changed since (not the data: their file)
+                    **({"rule_changed": ruled} if (ruled := sorted(c["check_id"] for c in changes
+                                                                   if c["rule_changed"])) else {}),
                     # the tables that held rows then and are empty or gone now (an ETL that emptied one and
                     # failed): their checks, judged then, are not applicable now, which no pass rate shows
                     "emptied": sorted({r["cdm_table"] for r in results
@@ -1274,7 +1283,8 @@ CHANGES = ("newly failing", "fixed", "more rows", "fewer rows", "other")  # comp
 def compare(before: list[dict], after: list[dict]) -> list[dict]:
     """The checks whose result differs between two runs, the worst change first: failing now and not then
     (`newly failing`), failed then and passed now (`fixed`), failing in both with more or fewer violating rows,
-    any other change of status (a check now not applicable, an error, not run in one of them)."""
+    any other change of status (a check now not applicable, an error, not run in one of them). `rule_changed`: a
+    site check whose rule (predicate, denominator or threshold) the site changed between the runs."""
     old = {r["check_id"]: r for r in before}
     new = {r["check_id"]: r for r in after}
     out = []
@@ -1293,7 +1303,8 @@ def compare(before: list[dict], after: list[dict]) -> list[dict]:
         else:
             continue
         out.append({"check_id": cid, "change": change, "before": sa, "after": sb, "violated_before": va,
-                    "violated_after": vb, "result": b or a})
+                    "violated_after": vb, "result": b or a,
+                    "rule_changed": bool(a and b and a.get("rule") and b.get("rule") and a["rule"] != b["rule"])})
     return sorted(out, key=lambda c: (CHANGES.index(c["change"]), c["check_id"]))
 
 
