@@ -303,6 +303,10 @@ def test_a_site_checks_query_alone_counts_its_denominator_and_lists_the_fields_i
     ("[[check]]\nname = 'a'\ntable = 'person'\nviolation = 'true'\nthreshold = -1", "not -1"),
     ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'year_of_birth'\nrule = 'range'\nmin = 10\nmax = 1",
      "min 10 is above max 1"),
+    # review-site #12: a name that makes an id to quote in a shell
+    ("[[check]]\nname = 'Lab Value Negative'\ntable = 'person'\nviolation = 'true'",
+     "name 'Lab Value Negative' must be letters, digits and _"),
+    ("[[check]]\nname = '  '\ntable = 'person'\nviolation = 'true'", "name '  ' must be letters"),
     # review-site #4, #7: bounds of two kinds; keys no rule of the check reads, said rather than left unread
     ("[[check]]\nname = 'a'\ntable = 'person'\nfield = 'birth_datetime'\nrule = 'range'\nmin = 2020-06-01\nmax = 12",
      r"min datetime.date\(2020, 6, 1\) and max 12 are not of one kind"),
@@ -359,7 +363,8 @@ def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path
     store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")  # 1 of 4 rows: 25%
     tuning = site.tuning_config(f"[thresholds]\n{fk} = 30\nisForeignKey = 10\nisRequired = 5\n"
                                 f"field_measurevaluecompleteness_person_month_of_birth = 0\n"
-                                f"[notes]\n{fk} = \"person 99 is a visitor: known\"\nnoSuchCheck = \"x\"\n", "site.toml")
+                                f"[notes]\n{fk} = \"person 99 is a visitor: known\"\nnoSuchCheck = \"x\"\n"
+                                "isforeignkey = \"y\"\n", "site.toml")
     r = runner.run(store, "5.4", tmp_path / "q", tuning=tuning)
     got = {x["check_id"]: x for x in r.results}
     assert (got[fk]["status"], got[fk]["threshold"], got[fk]["default_threshold"], got[fk]["notes"]) == \
@@ -373,7 +378,9 @@ def test_site_thresholds_and_notes_decide_and_annotate_any_check(store, tmp_path
     assert required and all(x["threshold"] == 5.0 for x in required)
     assert all(x["threshold"] == 0 for x in r.results if x["check_name"] == "isRequired" and x["status"] == "error")
     assert r.summary["warnings"] == ["[notes] noSuchCheck: no check of this run has that id or name (a typo, or a "
-                                     "table not checked)"]
+                                     "table not checked)",  # (matched as written: review-site #12)
+                                     "[notes] isforeignkey: no check of this run has that id or name (did you mean "
+                                     "isForeignKey?) (a typo, or a table not checked)"]
     dqd = {x["checkId"]: x for x in json.loads((r.dir / "dqd.json").read_text())["CheckResults"]}
     assert (dqd[fk]["passed"], dqd[fk]["thresholdValue"], dqd[fk]["notesValue"]) == (1, 30.0, "person 99 is a visitor: known")
     html = (r.dir / "report.html").read_text()

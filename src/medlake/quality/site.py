@@ -75,6 +75,7 @@ field_isforeignkey_observation_person_id = "h1-emr sends observations of visitor
 from __future__ import annotations
 
 import contextlib
+import difflib
 import datetime as dt
 import re
 import tomllib
@@ -91,6 +92,7 @@ from medlake.quality.compile import CLOCK, Item, lit, q, sum_if, violating
 from medlake.quality.feeds import FEED_DROP, SOURCE_TYPES, SPAN_KEYS, TYPES as FEED_TYPES, source_span
 
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
+NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a site check's name (its id is made of it)
 RULE_KEYS = {"not_null": (), "range": ("min", "max"), "allowed": ("values",), "pattern": ("regex",), "unique": ()}
 
 
@@ -320,7 +322,13 @@ def tune(results: list[dict], tuning: dict) -> list[str]:
                         bad = fails(r["num_violated_rows"], r["pct_violated_rows"], value)
                         r["status"], r["failed"] = ("failed", True) if bad else ("passed", False)
                     break
-    return [f"[{kind}] {key}: no check of this run has that id or name (a typo, or a table not checked)"
+    known = {k for r in results for k in (r["check_id"], r["check_name"])}
+
+    def meant(key: str) -> str:  # (ids and names are matched as written: `sbprange` is not `sbpRange`)
+        near = [k for k in known if k.lower() == key.lower()] or difflib.get_close_matches(key, known, 1)
+        return f" (did you mean {near[0]}?)" if near else ""
+
+    return [f"[{kind}] {key}: no check of this run has that id or name{meant(key)} (a typo, or a table not checked)"
             for kind in ("thresholds", "notes") for key in tuning.get(kind, {}) if (kind, key) not in used]
 
 
@@ -362,6 +370,9 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
         odd = [k for k in spec if k not in CHECK_KEYS]
         if odd:
             raise ValueError(f"{where}: unknown key {odd[0]!r}; a check takes {', '.join(CHECK_KEYS)}")
+        if not NAME.fullmatch(name):
+            raise ValueError(f"{where}: name {name!r} must be letters, digits and _ (as DQD's check names, e.g. "
+                             "labValueNegative): it makes the check's id, typed in `medlake quality show` and [thresholds]")
         if name.lower() in seen:
             raise ValueError(f"{where}: duplicate check name {name!r} (names are compared in any case)")
         if name.lower() in taken:
