@@ -641,6 +641,9 @@ def quality_run(
                                      f"{', '.join(model.VERSIONS)}")
     cohort_table = cohort_table or "cohort"
     extra, feed, fields, tuning = site.load(site_checks) if site_checks else ([], None, {}, {})
+    if site_checks and not (extra or feed or fields or any(tuning.values())):
+        _warn([f"{site_checks} holds no [[check]], [feed], [source_fields], [thresholds] or [notes]: nothing of it is "
+               "used (an empty file, or all of it commented out?)"])
     with open_store(read_only=not write_table) as eng:
         with _counting_progress() as bar:  # tables
             task = bar.add_task("quality", total=None)

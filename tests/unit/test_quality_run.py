@@ -1810,6 +1810,19 @@ def test_cli_site_rules_for_a_staging_table_of_its_own(tmp_path):
     assert {x["check_id"] for x in rows} == {k for k, x in got.items() if x["severity"] == "source"} != set()
 
 
+def test_a_checks_file_with_nothing_in_it_is_said(tmp_path):
+    """review-site #13: an empty or all-commented checks file ran as if none were given, unsaid."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    eng.close()
+    (tmp_path / "site.toml").write_text("# [[check]]\n# name = \"later\"\n")
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--tables", "person", "--checks",
+                        "site.toml"], env=dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}"),
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "warning: site.toml holds no [[check]], [feed], [source_fields], [thresholds] or " \
+        "[notes]: nothing of it is used" in p.stderr, p.stderr
+
+
 def test_in_a_narrow_terminal_the_failed_checks_ids_are_whole_lines(tmp_path):
     """In a narrow terminal the summary's failed checks are listed an id to a line, not as a table whose id
     column folds `field_isforeignkey_procedure_occurrence_visit_detail_id` mid-word (it could not be copied into
