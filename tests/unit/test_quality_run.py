@@ -351,6 +351,7 @@ def test_a_site_check_of_the_vocabulary_runs_and_a_date_time_bound_keeps_its_tim
     # person 1's 10:00 is before 12:00 of that day: counted (cut to the day, it was not)
     assert got["bornAfterNoon"]["num_violated_rows"] == before("TIMESTAMP '2020-01-01 12:00:00'") \
         == before("DATE '2020-01-01'") + 1
+    assert got["bornAfterNoon"]["description"] == "birth_datetime below 2020-01-01 12:00:00"  # (not its SQL)
     only = runner.run(store, "5.4", tmp_path / "q2", site_checks=extra, check_names=["localConceptsNamed"])
     assert [x["check_name"] for x in only.results] == ["localConceptsNamed"]
 

@@ -167,6 +167,17 @@ def _rule_sql(spec: dict, where: str) -> str:
     raise ValueError(f"{where}: unknown rule {rule!r}; use one of {', '.join(RULES)}")
 
 
+def _rule_words(spec: dict) -> str:
+    """A declared rule in words, its description when the site gives none ("year_of_birth below 1900 or above
+    2026"; its SQL read as compiled, quotes and all)."""
+    f, rule = spec["field"], spec["rule"]
+    if rule == "range":
+        return " or ".join(f"{w} {spec[k]}" for k, w in (("min", "below"), ("max", "above")) if k in spec) \
+            .join((f"{f} ", ""))
+    return {"not_null": f"{f} is empty", "allowed": f"{f} is not one of {spec.get('values')}",
+            "pattern": f"{f} does not match {spec.get('regex')}", "unique": f"{f} is held by more than one row"}[rule]
+
+
 def _regex(regex: str, where: str) -> None:
     """A rule's regular expression as the database reads it (DuckDB's RE2), refused before the run if it does not
     compile (`([A-Z` was each run's error, in DuckDB's words)."""
@@ -413,7 +424,8 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
             name=name, level="FIELD" if spec.get("field") else "TABLE", table=spec["table"], field=spec.get("field"),
             threshold=threshold, category=words["category"] or "Plausibility",
             subcategory=spec.get("subcategory", ""), context=words["context"] or "Validation",
-            severity=words["severity"] or "site", description=spec.get("description", spec.get("violation", violation)),
+            severity=words["severity"] or "site",
+            description=spec.get("description", spec.get("violation") or _rule_words(spec)),
             params=(("violation", violation), ("denominator", den)), source="site")
         bad = violating(violation, den)
         item = Item(check, sum_if(bad), sum_if(f"({den})") if den else "count(*)", (), bad,
