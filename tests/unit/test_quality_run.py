@@ -1824,6 +1824,25 @@ def test_a_checks_file_with_nothing_in_it_is_said(tmp_path):
         "[notes]: nothing of it is used" in p.stderr, p.stderr
 
 
+def test_show_says_when_the_checks_file_changed_a_rule_since_the_run(tmp_path):
+    """review-site #13: `quality show --checks` with an edited file printed the file's query beside the run's counts
+    of the old rule, as if they were one."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng)
+    eng.close()
+    for name, year in (("a.toml", 2100), ("b.toml", 1950)):
+        (tmp_path / name).write_text(f'[[check]]\nname = "oldBirth"\ntable = "person"\n'
+                                     f'violation = "year_of_birth < {year}"\n')
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="300")
+    cli = [sys.executable, "-m", "medlake.cli", "quality"]
+    assert subprocess.run(cli + ["run", "--tables", "person", "--checks", "a.toml"], env=env, cwd=tmp_path,
+                          capture_output=True).returncode == 0
+    shown = {f: subprocess.run(cli + ["show", "table_oldbirth_person", "--checks", f], env=env, cwd=tmp_path,
+                               capture_output=True, text=True).stdout for f in ("a.toml", "b.toml")}
+    assert "has changed this check's rule" not in shown["a.toml"] and "year_of_birth < 2100" in shown["a.toml"]
+    assert "note: b.toml has changed this check's rule since run " in shown["b.toml"], shown["b.toml"]
+
+
 def test_in_a_narrow_terminal_the_failed_checks_ids_are_whole_lines(tmp_path):
     """In a narrow terminal the summary's failed checks are listed an id to a line, not as a table whose id
     column folds `field_isforeignkey_procedure_occurrence_visit_detail_id` mid-word (it could not be copied into
