@@ -244,6 +244,8 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     assert got["brokenPredicate"]["status"] == "error" and "no_such_column" in got["brokenPredicate"]["error"]
     # the database's suggestion kept with its error (review-site #9: only the first line was)
     assert '(Candidate bindings: "value_as_number", ' in got["misspeltColumn"]["error"]
+    html = (r.dir / "report.html").read_text()  # a site check says so in the report (its search finds "site")
+    assert "severity site · the site's check" in html
     s = r.summary  # a check that could not run is no pass (DQD's percentPassed): a broken check lowers the rate
     assert s["errors"] >= 1 and s["pass_rate"] == round(s["passed"] / (s["passed"] + s["failed"] + s["errors"]), 4)
     # the violations are counted among the denominator's rows (the two early ones are not of them)

@@ -263,7 +263,8 @@ def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = 
     severity = "<b>fatal</b>" if severity == "fatal" else escape(severity)
     return (f'<tr><td class="{r["status"]}">{r["status"].replace("_", "_<wbr>")}{badge}</td>'
             f'<td><b>{escape(r["check_name"])}</b><br><small>{escape(r["category"])} / '
-            f'{escape(r["subcategory"] or "-")} / {escape(r["context"])} · severity {severity}</small>'
+            f'{escape(r["subcategory"] or "-")} / {escape(r["context"])} · severity {severity}'
+            + (" · the site's check" if r.get("source") == "site" else "") + '</small>'
             f'<br><small><code>{escape(r["check_id"])}</code></small></td>'
             f'<td>{escape(where(r))}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
             f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%{site}</td>'
