@@ -120,8 +120,10 @@ def test_a_burst_is_marked_and_said_but_not_a_failure_and_chance_is_no_burst():
     days = sorted(_days(40, TODAY - dt.timedelta(days=1)))
     burst = days[30]
     per = {"lis-a": {d: 60 if d == burst else 12 + rnd.randint(0, 4) for d in days},
-           "small": {d: rnd.randint(1, 3) for d in days}}
+           "small": {d: rnd.randint(1, 3) for d in days},
+           "resent": {d: 5 if d == burst else 0 for d in days}}  # re-sent files only, then a first new record
     got = _by(feed_results(per, "landing", 0.5, result, today=TODAY))
+    assert got["feedVolume", "resent"]["bursts"] == []  # against a usual of nothing: no ratio to judge by
     r = got["feedVolume", "lis-a"]
     assert (r["status"], r["num_violated_rows"]) == ("passed", 0)
     usual = statistics.median(per["lis-a"][d] for d in days[23:30])  # its 7 days before

@@ -215,8 +215,9 @@ def _by_chance(n: int, mean: float) -> float:
 
 def _burst(n: int, mean: float) -> bool:
     """Whether `n` is more than FEED_BURST x `mean` and a Poisson count of `mean` that high comes less often than
-    FEED_CHANCE (3 against a usual 1 is chance: 0.08; 4 is not: 0.019)."""
-    return n > FEED_BURST * mean and (mean > 200 or 1 - _by_chance(n - 1, mean) < FEED_CHANCE)
+    FEED_CHANCE (3 against a usual 1 is chance: 0.08; 4 is not: 0.019). No day is a burst against a usual of
+    nothing (days of re-sent files only): no ratio to judge by."""
+    return mean > 0 and n > FEED_BURST * mean and (mean > 200 or 1 - _by_chance(n - 1, mean) < FEED_CHANCE)
 
 
 def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, result,
