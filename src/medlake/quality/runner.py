@@ -1257,6 +1257,7 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
             before = json.loads((d / "results.json").read_text())
             changes = compare(before, results)
             judged = {r["check_id"] for r in before if r["status"] in ("passed", "failed")}
+            ruled = sorted(c["check_id"] for c in changes if c["rule_changed"])
             return {"run_id": d.name,
                     "new_failures": sorted(c["check_id"] for c in changes if c["change"] == "newly failing"),
                     "more_days": sorted(c["check_id"] for c in changes if c["change"] == "more rows"
@@ -1264,8 +1265,7 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
                     "new_errors": sorted(c["check_id"] for c in changes if c["after"] == "error"),
                     "fixed": sorted(c["check_id"] for c in changes if c["change"] == "fixed"),
                     # the site's checks among those whose rule the site changed since (not the data: their file)
-                    **({"rule_changed": ruled} if (ruled := sorted(c["check_id"] for c in changes
-                                                                   if c["rule_changed"])) else {}),
+                    **({"rule_changed": ruled} if ruled else {}),
                     # the tables that held rows then and are empty or gone now (an ETL that emptied one and
                     # failed): their checks, judged then, are not applicable now, which no pass rate shows
                     "emptied": sorted({r["cdm_table"] for r in results

@@ -75,8 +75,8 @@ field_isforeignkey_observation_person_id = "h1-emr sends observations of visitor
 from __future__ import annotations
 
 import contextlib
-import difflib
 import datetime as dt
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -172,8 +172,7 @@ def _rule_words(spec: dict) -> str:
     2026"; its SQL read as compiled, quotes and all)."""
     f, rule = spec["field"], spec["rule"]
     if rule == "range":
-        return " or ".join(f"{w} {spec[k]}" for k, w in (("min", "below"), ("max", "above")) if k in spec) \
-            .join((f"{f} ", ""))
+        return f"{f} " + " or ".join(f"{w} {spec[k]}" for k, w in (("min", "below"), ("max", "above")) if k in spec)
     return {"not_null": f"{f} is empty", "allowed": f"{f} is not one of {spec.get('values')}",
             "pattern": f"{f} does not match {spec.get('regex')}", "unique": f"{f} is held by more than one row"}[rule]
 
