@@ -834,9 +834,10 @@ def _dated_rows(engine, tables: set[str], landing: Path | None, today: dt.date) 
     one row per CDM row and record; a record's receipt is its latest version's): `s`, `tb`, `id`, `e` the date,
     `seq` the receipt; the condition, on alias `r`, that the row is late) or None without them. A row is late when
     dated more than a day after the UTC day the landing received its record (a day either way: the date is the
-    hospital's local day; a visit's record pre-admitted, then admitted, is of the admission's message). The landing numbers its receipts as they come, so a record
-    received before day D has a seq below the first of D: one small inline table, {event date e: the first seq of
-    day e - 1}, tells every row's verdict in one join, whatever the number of receipts. A row dated after tomorrow
+    hospital's local day; a visit's record pre-admitted, then admitted, is of the admission's message). The landing
+    numbers its receipts as they come, so a record received before day D has a seq below the first of D: one small
+    inline table, {event date e: the first seq of day e - 1}, tells every row's verdict in one join, whatever the
+    number of receipts. A row dated after tomorrow
     is late whatever its receipt; without the landing (or a row without its receipt) that is the whole test."""
     have = [(t, i, d) for t, (i, d) in EVENT_DATES.items()
             if t in tables and {i, d} <= {c.name.lower() for c in engine.columns(t)}]

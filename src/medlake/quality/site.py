@@ -382,7 +382,8 @@ def parse(text: str, source: str = "site checks") -> list[tuple[Check, Item]]:
             raise ValueError(f"{where}: unknown key {odd[0]!r}; a check takes {', '.join(CHECK_KEYS)}")
         if not NAME.fullmatch(name):
             raise ValueError(f"{where}: name {name!r} must be letters, digits and _ (as DQD's check names, e.g. "
-                             "labValueNegative): it makes the check's id, typed in `medlake quality show` and [thresholds]")
+                             "labValueNegative): it makes the check's id, typed in `medlake quality show` and "
+                             "[thresholds]")
         if name.lower() in seen:
             raise ValueError(f"{where}: duplicate check name {name!r} (names are compared in any case)")
         if name.lower() in taken:
