@@ -131,3 +131,31 @@ def test_the_same_exposure_recorded_twice_is_one_era(engine):
     derived.rebuild(engine)
     assert rows(engine, "SELECT count(*) AS n, count(DISTINCT drug_era_id) AS ids, min(drug_exposure_count) AS lo, "
                         "max(drug_exposure_count) AS hi FROM drug_era WHERE person_id >= 10") == [(n, n, 2, 2)]
+
+
+def test_an_inferred_drug_end_stops_at_death_and_comes_back_when_the_death_goes(engine):
+    """A 90-day supply dispensed a month before death: the end medlake inferred from the supply stops at the death
+    (the exposure, its drug era and DQD's plausibleBeforeDeath agree); the source's own end, the supply, and an
+    exposure started after the death stay. A death recorded later (a rebuild for the person) shortens it; a death
+    taken back gives the inferred end again."""
+    seed(engine)
+    engine.load_arrow("drug_exposure", table("drug_exposure",
+        drug_exposure_id=[20, 21, 22], person_id=[3, 3, 3], drug_concept_id=[1127433] * 3,
+        drug_exposure_start_date=[D(2019, 10, 19), D(2019, 10, 1), D(2019, 12, 1)],
+        drug_exposure_end_date=[D(2020, 1, 17), D(2020, 1, 1), D(2019, 12, 31)],
+        verbatim_end_date=[None, D(2020, 1, 1), None],  # 21: the source said when it ended
+        days_supply=[90, 92, 30], drug_type_concept_id=[32838] * 3))  # ends: start + supply, as the transform
+    ends = "SELECT drug_exposure_id, drug_exposure_end_date, days_supply FROM drug_exposure WHERE person_id = 3"
+    derived.rebuild(engine)
+    assert rows(engine, ends) == [(20, D(2020, 1, 17), 90), (21, D(2020, 1, 1), 92), (22, D(2019, 12, 31), 30)]
+    engine.load_arrow("death", table("death", person_id=[3], death_date=[D(2019, 11, 16)],
+                                     death_type_concept_id=[32817]))
+    engine.execute("CREATE TABLE touched (person_id BIGINT)")
+    engine.execute("INSERT INTO touched VALUES (3)")
+    derived.rebuild(engine, persons="touched")
+    assert rows(engine, ends) == [(20, D(2019, 11, 16), 90), (21, D(2020, 1, 1), 92), (22, D(2019, 12, 31), 30)]
+    assert rows(engine, "SELECT drug_era_start_date, drug_era_end_date, drug_exposure_count FROM drug_era "
+                        "WHERE person_id = 3") == [(D(2019, 10, 1), D(2020, 1, 1), 3)]  # 21 and 22 run on
+    engine.execute("DELETE FROM death")
+    derived.rebuild(engine, persons="touched")
+    assert rows(engine, ends) == [(20, D(2020, 1, 17), 90), (21, D(2020, 1, 1), 92), (22, D(2019, 12, 31), 30)]

@@ -167,6 +167,10 @@ class SparkEngine:
         if isinstance(parsed, exp.Create) and parsed.kind == "TABLE" and isinstance(parsed.this, exp.Schema):
             self._create_from_sql(parsed)
             return
+        if isinstance(parsed, exp.Create) and parsed.kind == "TABLE" and parsed.expression is not None and any(
+                isinstance(p, exp.TemporaryProperty) for p in (parsed.args.get("properties") or exp.Properties())):
+            self._work_table(parsed.this.name, parsed.expression.sql("duckdb"), params)
+            return
         if isinstance(parsed, exp.Drop) and parsed.kind == "TABLE":
             self._sql(sql, params)
             for t in parsed.args.get("tables") or [parsed.this]:
@@ -186,6 +190,17 @@ class SparkEngine:
         df = self._sql(sql, params)
         if df is not None:
             df.collect()
+
+    def _work_table(self, name: str, select: str, params: list | None) -> None:
+        """CREATE TEMP TABLE … AS: the rows, computed now and kept (a local checkpoint). Spark's own translation, a
+        temporary view, computed its query again at each read: a work table read after a DELETE from the table it
+        was selected from (rows written again with a new value) held no rows any more, and the rows were lost."""
+        try:
+            self._sql(select, params).localCheckpoint(eager=True).createOrReplaceTempView(name)
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(_why(e)) from e
 
     def _add_columns(self, name: str, defs: list) -> None:
         """ALTER TABLE … ADD COLUMN (a reader gained a column): into medlake's table definition, which the

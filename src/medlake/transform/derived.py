@@ -404,6 +404,34 @@ WHERE x.detail_rn = 1 AND x.visit_detail_id IS DISTINCT FROM x.new_detail_id""",
         engine.execute("DROP TABLE tx_relink")
 
 
+# A drug exposure's end that medlake inferred from its days supply (the source gave none: verbatim_end_date NULL)
+_INFERRED_END = r.days_after("d.drug_exposure_start_date", "d.days_supply")
+
+
+def _end_at_death(engine, persons: str | None) -> None:
+    """A drug exposure whose end medlake inferred from its days supply ends at the person's death at the latest: a
+    90-day supply dispensed a month before death did not expose the person after it (the drug era and DQD's
+    `plausibleBeforeDeath` read this end). A death recorded in a later run shortens the exposures of earlier runs;
+    a death taken back gives them their inferred end again. The source's own end (verbatim_end_date), its days
+    supply, and an exposure that starts after the death (a defect the checks should see) stay as they are. Only
+    rows whose end changes are written again (same ids, same lineage)."""
+    if "death" not in engine.tables():
+        return
+    t = model.load("5.4").table("drug_exposure")
+    end = (f"CASE WHEN dd.death_date >= d.drug_exposure_start_date AND {_INFERRED_END} > dd.death_date "
+           f"THEN dd.death_date ELSE {_INFERRED_END} END")
+    work(engine, f"""SELECT d.*, {end} AS new_end
+FROM drug_exposure d
+LEFT JOIN (SELECT person_id, min(death_date) AS death_date FROM death GROUP BY person_id) AS dd
+       ON dd.person_id = d.person_id
+WHERE d.verbatim_end_date IS NULL AND d.days_supply > 0 AND d.drug_exposure_end_date <= {_INFERRED_END}
+  AND d.drug_exposure_end_date IS DISTINCT FROM ({end}){_person_filter('d', persons)}""", "tx_drug_end")
+    if engine.query("SELECT count(*) AS n FROM tx_drug_end").column(0)[0].as_py():
+        engine.execute("DELETE FROM drug_exposure WHERE drug_exposure_id IN (SELECT drug_exposure_id FROM tx_drug_end)")
+        cols = ", ".join("new_end" if f == "drug_exposure_end_date" else f for f in t.field_names)
+        engine.execute(f"INSERT INTO drug_exposure SELECT {cols} FROM tx_drug_end")
+    engine.execute("DROP TABLE tx_drug_end")
+
 def _link_events(engine) -> None:
     """This run's events (tx_event) that fall in a stretch of their visit get its visit_detail_id: their rows are
     written again with it (same ids, same lineage). Earlier runs' events: `_relink_earlier`."""
@@ -449,6 +477,8 @@ def rebuild(engine, persons: str | None = None, lookups: bool = False, run_id: i
             engine.plan(bulk=True)
             work(engine, detail.details, DETAILS)
             engine.execute(detail.insert)
+        engine.plan(bulk=not lookups)
+        _end_at_death(engine, persons)  # (before the eras, which read the end)
         for table, sql in steps:
             engine.plan(bulk=not lookups)
             engine.execute(f"DELETE FROM {table}{flt}")
