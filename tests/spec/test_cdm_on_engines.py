@@ -214,6 +214,21 @@ def test_work_tables_can_be_created_filled_and_dropped(engine):
     assert "work_t" not in engine.tables()
 
 
+def test_a_temporary_work_table_holds_the_rows_it_was_made_with(engine):
+    """`CREATE TEMP TABLE … AS` (derived.work): rows to write again are copied, deleted from their table, then
+    inserted from the copy. The copy keeps them after the DELETE (Spark's temporary view computed its query again
+    and was empty: the rows were lost)."""
+    engine.execute("CREATE TABLE IF NOT EXISTS work_t (a INTEGER, b VARCHAR)")
+    engine.execute("INSERT INTO work_t VALUES (1, 'x'), (2, 'y')")
+    engine.execute("CREATE TEMP TABLE tx_copy AS SELECT a, b || '!' AS b FROM work_t WHERE a = 1")
+    engine.execute("DELETE FROM work_t WHERE a IN (SELECT a FROM tx_copy)")
+    engine.execute("INSERT INTO work_t SELECT a, b FROM tx_copy")
+    assert sorted(engine.query("SELECT a, b FROM work_t").to_pylist(), key=lambda x: x["a"]) == [
+        {"a": 1, "b": "x!"}, {"a": 2, "b": "y"}]
+    engine.execute("DROP TABLE tx_copy")
+    engine.execute("DROP TABLE work_t")
+
+
 def test_cdm_import_sets_bad_rows_aside_and_a_failed_import_leaves_the_store_as_it_was(engine, tmp_path):
     from medlake.cdm import importer
 
