@@ -23,7 +23,7 @@ import hl7
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
-from medlake.simulate import catalog, simulate
+from medlake.simulate import catalog, simulate, writers
 from medlake.simulate.people import check_digit, id_number, make_person, typo, valid_id_number
 
 QUARANTINE = {"malformed_hl7", "bad_json", "truncated_file", "wrong_encoding", "missing_mandatory"}
@@ -275,6 +275,9 @@ def test_csv_reads_with_its_declared_encoding(messy, defects):
 def test_every_defect_class_occurs_and_each_defect_is_where_it_says(messy, defects):
     assert REQUIRED_CLASSES <= {d["class"] for d in defects}
     assert len({d["defect_id"] for d in defects}) == len(defects)
+    impossible = {d["detail"].split()[0] for d in defects if d["class"] == "impossible_value"}
+    assert "body" in impossible and len(impossible - {"body"}) >= 4  # body temperature and the other vital signs
+    assert impossible <= {"body", *writers.IMPOSSIBLE_ABOVE}  # (respiratory rate is taken at some visits only)
     cache: dict[str, bytes] = {}
     for d in defects:
         path = messy / d["file"]
@@ -308,7 +311,9 @@ def test_every_defect_class_occurs_and_each_defect_is_where_it_says(messy, defec
             if cls == "missing_unit":
                 assert "unit" not in r["valueQuantity"]
             elif cls == "impossible_value":
-                assert r["valueQuantity"]["value"] in (500.0, 3.7)
+                v, loinc = r["valueQuantity"]["value"], r["code"]["coding"][0]["code"]
+                key = next(x.key for x in catalog.VITALS if x.loinc == loinc)
+                assert v in (500.0, 3.7) if key == "temp" else v > writers.IMPOSSIBLE_ABOVE[key], d
             elif cls == "death_before_birth":
                 assert r["deceasedDateTime"][:10] < r["birthDate"]
             elif cls == "future_date":

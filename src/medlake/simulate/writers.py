@@ -32,6 +32,9 @@ VITAL_SIGNS = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/obs
                             "code": "vital-signs"}]}]
 VITAL_CODE = {v.key: {"coding": [{"system": LOINC, "code": v.loinc, "display": v.en}]} for v in cat.VITALS}
 BP_PANEL = {"coding": [{"system": LOINC, "code": "85354-9", "display": "Blood pressure panel with all children optional"}]}
+# a vital sign no body has: a digit too many (a decimal point lost: 97.5 % -> 975 %) gives a value above these limits,
+# whatever the true value (times ten until it is); body temperature has its own (a 500 °C or 3.7 °C thermometer)
+IMPOSSIBLE_ABOVE = {"hr": 300, "rr": 90, "spo2": 100, "weight": 450, "height": 260, "bmi": 150}
 BUNDLE_RECORDS = 20  # patient records per transaction Bundle
 VISIT_CONCEPT = {"OP": 9202, "ER": 9203, "IP": 9201}
 FHIR_CLASS = {"OP": "AMB", "ER": "EMER", "IP": "IMP"}
@@ -639,6 +642,13 @@ class Hospital:
                 o["effectiveDateTime"] = fhir_time(self.future(start))
                 defects.append(("future_date", None, "Observation.effectiveDateTime",
                                 f"effective in {(self.future(start)).year} (true {day})", oid))
+            elif key in IMPOSSIBLE_ABOVE and r < p / 5 + p / 10:
+                bad = value * 10
+                while bad <= IMPOSSIBLE_ABOVE[key]:
+                    bad *= 10
+                qty["value"] = round(bad, 1)
+                defects.append(("impossible_value", None, "Observation.valueQuantity.value",
+                                f"{key} {qty['value']} {ucum} (true {value})", oid))
             add((o, [{"person": who, "kind": "measurement", "date": day, "concept_id": concept,
                       "value_as_number": value, "unit_concept_id": unit_concept, "_mid": oid}], defects))
         meds = self.med_info
