@@ -967,7 +967,7 @@ def quality_show(
                     if last["num_denominator_rows"] is not None else last.get("not_applicable_reason") or last["error"] or "")
             out.print(f"run {last['run_id']}: {last['status']} — {seen}", highlight=False, markup=False)
             if c is not None and last.get("rule") and last["rule"] != runner.rule_of(c):
-                out.print(f"note: {Path(site_checks).name if site_checks else 'the checks file'} has changed this "
+                out.print(f"note: {site_checks.name if site_checks else 'the checks file'} has changed this "
                           f"check's rule since run {last['run_id']}: the query below is the file's, the counts above "
                           "the run's; a run counts it anew", highlight=False, markup=False)
             if c is None and last.get("examples"):

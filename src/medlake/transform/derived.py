@@ -432,6 +432,7 @@ WHERE d.verbatim_end_date IS NULL AND d.days_supply > 0 AND d.drug_exposure_end_
         engine.execute(f"INSERT INTO drug_exposure SELECT {cols} FROM tx_drug_end")
     engine.execute("DROP TABLE tx_drug_end")
 
+
 def _link_events(engine) -> None:
     """This run's events (tx_event) that fall in a stretch of their visit get its visit_detail_id: their rows are
     written again with it (same ids, same lineage). Earlier runs' events: `_relink_earlier`."""
