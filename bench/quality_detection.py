@@ -119,6 +119,7 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
     per = collections.defaultdict(lambda: collections.Counter())
     by_check = collections.defaultdict(collections.Counter)  # class -> check name -> defects it saw
     missed = collections.defaultdict(list)
+    of_class = collections.defaultdict(set)  # class -> the CDM rows of its defects' messages
     for d in jsonl(work / "out" / "ground_truth" / "defects.jsonl"):
         # the defect's source from its file (h4/pharmacy/dispense_00001.csv: h4-pharmacy), as the sources are named
         src = "-".join(Path(d["file"]).parts[:2]) if d.get("file") else None
@@ -127,6 +128,7 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
         if not rows:
             continue
         per[cls]["reached"] += 1
+        of_class[cls] |= rows
         hits = set().union(*(flagged.get(x, set()) for x in rows))
         per[cls]["any"] += bool(hits)
         want = [h for h in hits if h[0] in EXPECTED.get(cls, ()) or f"{h[0]}:{h[1]}" in EXPECTED.get(cls, ())]
@@ -139,6 +141,11 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
         if cls in EXPECTED and not want:
             missed[cls].append({"defect_id": d["defect_id"], "message_id": d["message_id"], "detail": d["detail"],
                                 "rows": sorted(rows)[:3], "checks": sorted(f"{h[0]}:{h[1]}" for h in hits)[:12]})
+    listed = collections.defaultdict(set)  # class -> the rows its checks list (precision: how many are its defects')
+    for row, hs in flagged.items():
+        for cls, want in EXPECTED.items():
+            if any(h[0] in want or f"{h[0]}:{h[1]}" in want for h in hs):
+                listed[cls].add(row)
     out = []
     for cls in sorted(per, key=lambda c: (c not in EXPECTED, c)):
         n = per[cls]
@@ -150,6 +157,8 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
                     "recall": n["expected"] / n["reached"] if n["reached"] and cls in EXPECTED else None,
                     "recall_by_failed_check": n["failed_check"] / n["reached"] if n["reached"] and cls in EXPECTED
                     else None,
+                    "rows_listed_by_its_checks": len(listed[cls]) if cls in EXPECTED else None,
+                    "of_them_rows_of_its_defects": len(listed[cls] & of_class[cls]) if cls in EXPECTED else None,
                     "missed_examples": missed.get(cls, [])})
     units = {i for c in dqd_checks("5.4") if c.name == "plausibleUnitConceptIds" and c.table == "measurement"
              and c.source == "dqd" for i in c.param("concept_ids")}
@@ -318,6 +327,10 @@ def main() -> None:
            f"with a DQD unit rule: {meta['numeric_measurement_rows_with_a_dqd_unit_rule']:.1%}; with a medlake value "
            f"range for their unit: {meta['numeric_measurement_rows_with_a_value_range_for_their_unit']:.1%} "
            "(the demo vocabulary now carries Athena ids for the simulated LOINC labs and UCUM units)."]
+    md.append("- Precision (rows the class's checks list that are rows of its defects' messages; the rest are rows "
+              "of other causes, a defect of another class, or the data as it is): " + ", ".join(
+                  f"{d['class']} {d['of_them_rows_of_its_defects']}/{d['rows_listed_by_its_checks']}"
+                  for d in det if d["rows_listed_by_its_checks"]) + ".")
     for d in det:
         if d["detected_by_check"]:
             md.append(f"- {d['class']} seen by: " + ", ".join(f"{k} {v}" for k, v in d["detected_by_check"].items()))
