@@ -41,17 +41,32 @@ from medlake.simulate import simulate  # noqa: E402
 from medlake.sources import config as source_config  # noqa: E402
 from medlake.transform.run import transform  # noqa: E402
 
-# defect class -> the checks meant to see it in the CDM ("name" or "name:field")
+# defect class -> the checks meant to see it in the CDM ("name" or "name:field"); a value range (a concept-level
+# check: its field is the concept's) or a concept by its field, so that another field's violation on the row (a
+# route 0, a date) is not taken for the defect's
+_CONCEPTS = ("measurement_concept_id", "condition_concept_id", "drug_concept_id", "observation_concept_id",
+             "procedure_concept_id")
 EXPECTED = {
-    "impossible_value": ("plausibleValueLow", "plausibleValueHigh"),
-    "wrong_unit": ("plausibleValueLow", "plausibleValueHigh", "plausibleUnitConceptIds", "sourceUnitConsistency"),
+    "impossible_value": ("plausibleValueLow:measurement_concept_id", "plausibleValueHigh:measurement_concept_id"),
+    "wrong_unit": ("plausibleValueLow:measurement_concept_id", "plausibleValueHigh:measurement_concept_id",
+                   "plausibleUnitConceptIds", "sourceUnitConsistency"),
     "missing_unit": ("plausibleUnitConceptIds", "measureValueCompleteness:unit_concept_id",
                      "measureValueCompleteness:unit_source_value", "standardConceptRecordCompleteness:unit_concept_id"),
     "future_date": ("plausibleValueHigh", "plausibleStartBeforeEnd", "plausibleTemporalAfter", "plausibleBeforeDeath",
                     "sourceFutureDates"),
     "death_before_birth": ("plausibleAfterBirth", "plausibleDuringLife", "plausibleBeforeDeath"),
-    "unmapped_code": ("standardConceptRecordCompleteness", "isStandardValidConcept"),
+    "unmapped_code": tuple(f"{c}:{f}" for c in ("standardConceptRecordCompleteness", "isStandardValidConcept")
+                           for f in _CONCEPTS),
 }
+
+
+def shown(checks) -> str:
+    """The checks of a class in a line: `name (field, field)` for those named with their fields."""
+    fields = collections.defaultdict(list)
+    for c in checks:
+        name, _, field = c.partition(":")
+        fields[name] += [field] if field else []
+    return ", ".join(f"{n} ({', '.join(f)})" if f else n for n, f in fields.items())
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -311,7 +326,7 @@ def main() -> None:
           "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for d in det:
         md.append(f"| {d['class']} | {d['defects']} | {d['reached_cdm']} | "
-                  f"{', '.join(d['expected_checks']) or '(not a CDM-level defect)'} | {d['detected']} | "
+                  f"{shown(d['expected_checks']) or '(not a CDM-level defect)'} | {d['detected']} | "
                   f"{pct(d['recall'])} | {d['detected_by_failed_check']} | {d['detected_by_dqd_check']} | "
                   f"{d['detected_by_medlake_check']} | {d['flagged_by_any_check']} |")
     md += ["", f"- **Recall ≥ 0.95 for every CDM-visible class: {'met' if met else 'NOT met'}**"
