@@ -397,11 +397,19 @@ def _relink_earlier(engine, persons: str) -> None:
       AND t.{pk} NOT IN (SELECT row_id FROM tx_event WHERE cdm_table = '{table}')
 ) AS x
 WHERE x.detail_rn = 1 AND x.visit_detail_id IS DISTINCT FROM x.new_detail_id""", "tx_relink")
-        if engine.query("SELECT count(*) AS n FROM tx_relink").column(0)[0].as_py():
-            engine.execute(f"DELETE FROM {table} WHERE {pk} IN (SELECT {pk} FROM tx_relink)")
-            cols = ", ".join("new_detail_id" if f == "visit_detail_id" else f for f in t.field_names)
-            engine.execute(f"INSERT INTO {table} SELECT {cols} FROM tx_relink")
-        engine.execute("DROP TABLE tx_relink")
+        _write_again(engine, table, "tx_relink", "visit_detail_id", "new_detail_id")
+
+
+def _write_again(engine, table: str, rows: str, field: str, new: str) -> None:
+    """Write again the rows of `table` held in work table `rows` (its columns, and `new`: the value `field` takes),
+    with their ids (their lineage stays): delete, insert from the work table, drop it."""
+    t = model.load("5.4").table(table)
+    pk = t.primary_key[0]
+    if engine.query(f"SELECT count(*) AS n FROM {rows}").column(0)[0].as_py():
+        engine.execute(f"DELETE FROM {table} WHERE {pk} IN (SELECT {pk} FROM {rows})")
+        cols = ", ".join(new if f == field else f for f in t.field_names)
+        engine.execute(f"INSERT INTO {table} SELECT {cols} FROM {rows}")
+    engine.execute(f"DROP TABLE {rows}")
 
 
 # A drug exposure's end that medlake inferred from its days supply (the source gave none: verbatim_end_date NULL)
@@ -417,7 +425,6 @@ def _end_at_death(engine, persons: str | None) -> None:
     rows whose end changes are written again (same ids, same lineage)."""
     if "death" not in engine.tables():
         return
-    t = model.load("5.4").table("drug_exposure")
     end = (f"CASE WHEN dd.death_date >= d.drug_exposure_start_date AND {_INFERRED_END} > dd.death_date "
            f"THEN dd.death_date ELSE {_INFERRED_END} END")
     work(engine, f"""SELECT d.*, {end} AS new_end
@@ -426,11 +433,7 @@ LEFT JOIN (SELECT person_id, min(death_date) AS death_date FROM death GROUP BY p
        ON dd.person_id = d.person_id
 WHERE d.verbatim_end_date IS NULL AND d.days_supply > 0 AND d.drug_exposure_end_date <= {_INFERRED_END}
   AND d.drug_exposure_end_date IS DISTINCT FROM ({end}){_person_filter('d', persons)}""", "tx_drug_end")
-    if engine.query("SELECT count(*) AS n FROM tx_drug_end").column(0)[0].as_py():
-        engine.execute("DELETE FROM drug_exposure WHERE drug_exposure_id IN (SELECT drug_exposure_id FROM tx_drug_end)")
-        cols = ", ".join("new_end" if f == "drug_exposure_end_date" else f for f in t.field_names)
-        engine.execute(f"INSERT INTO drug_exposure SELECT {cols} FROM tx_drug_end")
-    engine.execute("DROP TABLE tx_drug_end")
+    _write_again(engine, "drug_exposure", "tx_drug_end", "drug_exposure_end_date", "new_end")
 
 
 def _link_events(engine) -> None:
