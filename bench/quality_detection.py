@@ -60,6 +60,12 @@ EXPECTED = {
 }
 
 
+def meant(cls: str, hit: tuple) -> bool:
+    """Whether a row's violation `hit` (check name, field, …) is of a check meant for the class (EXPECTED)."""
+    want = EXPECTED.get(cls, ())
+    return hit[0] in want or f"{hit[0]}:{hit[1]}" in want
+
+
 def shown(checks) -> str:
     """The checks of a class in a line: `name (field, field)` for those named with their fields."""
     fields = collections.defaultdict(list)
@@ -146,7 +152,7 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
         of_class[cls] |= rows
         hits = set().union(*(flagged.get(x, set()) for x in rows))
         per[cls]["any"] += bool(hits)
-        want = [h for h in hits if h[0] in EXPECTED.get(cls, ()) or f"{h[0]}:{h[1]}" in EXPECTED.get(cls, ())]
+        want = [h for h in hits if meant(cls, h)]
         per[cls]["expected"] += bool(want)
         per[cls]["failed_check"] += any(h[2] == "failed" for h in want)
         per[cls]["by_dqd"] += any(h[3] == "dqd" for h in want)
@@ -158,8 +164,8 @@ def detection(eng, work: Path) -> tuple[list[dict], dict]:
                                 "rows": sorted(rows)[:3], "checks": sorted(f"{h[0]}:{h[1]}" for h in hits)[:12]})
     listed = collections.defaultdict(set)  # class -> the rows its checks list (precision: how many are its defects')
     for row, hs in flagged.items():
-        for cls, want in EXPECTED.items():
-            if any(h[0] in want or f"{h[0]}:{h[1]}" in want for h in hs):
+        for cls in EXPECTED:
+            if any(meant(cls, h) for h in hs):
                 listed[cls].add(row)
     out = []
     for cls in sorted(per, key=lambda c: (c not in EXPECTED, c)):
