@@ -295,7 +295,8 @@ def test_rows_dated_after_their_receipt_are_a_sources_future_dates(engine, tmp_p
     after tomorrow: sourceFutureDates of the source, each row named with its date and receipt day; a day later is
     the local day (passes), and a visit the source spoke of again after it began (a pre-admit, then the admission:
     its lineage holds the record's latest version) is judged by the admission's message. Before, only DQD's
-    table-wide plausibleValueHigh (1%) saw dates after today, no source named, and a skew since past not at all. On DuckDB, PostgreSQL and Spark."""
+    table-wide plausibleValueHigh (1%) saw dates after today, no source named, and a skew since past not at all. On
+    DuckDB, PostgreSQL and Spark."""
     from medlake.cdm import store
 
     today = dt.datetime.now(dt.timezone.utc).date()

@@ -837,8 +837,8 @@ def _dated_rows(engine, tables: set[str], landing: Path | None, today: dt.date) 
     hospital's local day; a visit's record pre-admitted, then admitted, is of the admission's message). The landing
     numbers its receipts as they come, so a record received before day D has a seq below the first of D: one small
     inline table, {event date e: the first seq of day e - 1}, tells every row's verdict in one join, whatever the
-    number of receipts. A row dated after tomorrow
-    is late whatever its receipt; without the landing (or a row without its receipt) that is the whole test."""
+    number of receipts. A row dated after tomorrow is late whatever its receipt; without the landing (or a row
+    without its receipt) that is the whole test."""
     have = [(t, i, d) for t, (i, d) in EVENT_DATES.items()
             if t in tables and {i, d} <= {c.name.lower() for c in engine.columns(t)}]
     if not have or "receipt_seq" not in {c.name.lower() for c in engine.columns("cdm_lineage")}:
