@@ -654,7 +654,7 @@ def quality_run(
             r = runner.run(eng, cdm_version, out_dir, site_checks=extra, feed=feed, source_fields=fields,
                            incremental=not full, resume=not full, progress=tick, write_table=write_table,
                            tuning=tuning,
-                           fail_on_new=fail_on_new, site_timeout=site_timeout,
+                           fail_on_new=fail_on_new, site_timeout=site_timeout, site_file=site_checks,
                            notice=lambda m: err.print(f"note: {m}", highlight=False, markup=False, soft_wrap=True),
                            check_names=_items(check_names), check_levels=_items(check_levels),
                            check_severity=_items(check_severity),
@@ -885,10 +885,14 @@ def quality_diff(
 
 def _scope_words(summary: dict) -> str:
     """What a run checked (its run.json: the fields runner.scope compares) in a few words."""
+    from medlake.quality import runner
+
     said = [f"{what} {', '.join(map(str, summary[key]))}" for what, key in (
         ("tables", "tables"), ("checks", "check_names"), ("levels", "check_levels"), ("severities", "check_severity"))
         if summary.get(key)]
     said += [f"the cohort {summary['cohort']['cohort_definition_id']}"] if summary.get("cohort") else []
+    files = [Path(f).name for f in runner.site_files(summary) if f]
+    said += [f"the site's files {', '.join(files)}"] if files else []
     return f"v{summary.get('cdm_version')}: " + ("; ".join(said) if said else "the whole suite")
 
 

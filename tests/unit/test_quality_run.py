@@ -1439,11 +1439,13 @@ def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
         assert "field_isforeignkey_condition_occurrence_person_id" in p.stderr
     assert subprocess.run(cli[:-1], env=env, cwd=tmp_path, capture_output=True).returncode == 0  # a run accepts them
     assert subprocess.run(cli, env=env, cwd=tmp_path, capture_output=True).returncode == 0  # known now: not new
-    # a check that cannot run any more (a column renamed by an ETL change) broke too
-    for name, field in (("a.toml", "year_of_birth"), ("b.toml", "year_of_brth")):
-        (tmp_path / name).write_text(f'[[check]]\nname = "late"\ntable = "person"\nviolation = "{field} > 3000"\n')
-    assert subprocess.run(cli + ["--checks", "a.toml"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
-    p = subprocess.run(cli + ["--checks", "b.toml"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    # a check that cannot run any more (a column renamed by an ETL change; here the site's file edited) broke too
+    site = tmp_path / "site.toml"
+    late = '[[check]]\nname = "late"\ntable = "person"\nviolation = "{} > 3000"\n'
+    site.write_text(late.format("year_of_birth"))
+    assert subprocess.run(cli + ["--checks", "site.toml"], env=env, cwd=tmp_path, capture_output=True).returncode == 0
+    site.write_text(late.format("year_of_brth"))
+    p = subprocess.run(cli + ["--checks", "site.toml"], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 3 and p.stderr.strip().splitlines()[-1].startswith(
         "error: 1 check(s) could not run that could in run "), p.stderr
     assert "table_late_person" in p.stderr and "1 new error(s)" in p.stdout
@@ -1577,6 +1579,33 @@ def test_an_edited_site_rule_is_judged_anew_and_a_full_run_leaves_results_to_reu
     assert runner.compare([first], [first | {"status": "passed"}])[0]["rule_changed"] is False
     assert run(incremental=False, resume=False).rechecked == ["person"]  # --full
     assert run().reused == ["person"]
+
+
+def test_a_run_with_the_sites_checks_compares_with_runs_of_the_same_files_not_an_ad_hoc_run_without(store, tmp_path):
+    """A nightly run with `--checks` and `--fail-on-new`, after an ad-hoc run without the file: compared with the
+    ad-hoc run, the site's checks failing for weeks were new (not run then) and the gate refused the night; and the
+    trend drew the two kinds of run as one line."""
+    from medlake.quality.site import load as load_site
+
+    site = tmp_path / "site.toml"
+    site.write_text('[[check]]\nname = "oldBirth"\ntable = "person"\nviolation = "year_of_birth < 2100"\n'
+                    "threshold = 1\n")
+    nightly = lambda: runner.Runner(store, "5.4", tmp_path / "q", only=["person"], fail_on_new=True,  # noqa: E731
+                                    site_checks=load_site(site)[0], site_file=site).run()
+    first = nightly()
+    assert {x["check_id"]: x["status"] for x in first.results}["table_oldbirth_person"] == "failed"
+    assert first.summary["site_checks"] == str(site.resolve())
+    ad_hoc = runner.Runner(store, "5.4", tmp_path / "q", only=["person"]).run()
+    assert ad_hoc.summary["site_checks"] is None and ad_hoc.summary["since_last_run"] is None
+    again = nightly()
+    assert again.summary["since_last_run"]["run_id"] == first.run_id
+    assert again.summary["since_last_run"]["new_failures"] == [] and not again.summary["refused_new"]
+    html = (again.dir / "report.html").read_text()
+    assert first.run_id in html and ad_hoc.run_id not in html
+    from medlake.cli import _scope_words  # (quality diff of the two: "the runs checked different things (…)")
+
+    assert [_scope_words(r.summary) for r in (first, ad_hoc)] == [
+        "v5.4: tables person; the site's files site.toml", "v5.4: tables person"]
 
 
 def test_options_that_select_no_check_are_refused_before_the_run(store, tmp_path):

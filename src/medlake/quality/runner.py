@@ -201,7 +201,7 @@ class Runner:
                  check_names: Iterable[str] | None = None, dqd_thresholds: Iterable[str] = (),
                  check_levels: Iterable[str] | None = None, cohort: tuple[str, int] | None = None,
                  check_severity: Iterable[str] | None = None, fail_on_new: bool = False,
-                 site_timeout: float | None = None, keyed: bool = True):
+                 site_timeout: float | None = None, keyed: bool = True, site_file: str | None = None):
         """`only`: check just these tables; otherwise every CDM table but `exclude` (default: the vocabulary
         tables, as DQD; `()` checks every table). A table named in `only` is checked even if excluded.
         `write_table`: also put the DQD checks' results in this table of the store, as DQD's `writeToTable` does
@@ -224,6 +224,7 @@ class Runner:
         self.version = version
         self.out = Path(out)
         self.site = list(site_checks)
+        self.site_file = str(Path(site_file).resolve()) if site_file else None  # (--checks: what run.json records)
         self.mode = mode
         self.incremental = incremental
         self.resume = resume
@@ -1022,7 +1023,7 @@ class Runner:
             "check_severity": sorted(self.severities) or None,
             "cohort": {"table": self.cohort[0], "cohort_definition_id": self.cohort[1],
                        "subjects": self.cohort_subjects} if self.cohort else None,
-            "dqd_thresholds": list(self.dqd_files) or None,
+            "dqd_thresholds": list(self.dqd_files) or None, "site_checks": self.site_file,
             "exclude": sorted(self.exclude),
             "resumed_tables": run.resumed,
             "excluded_tables": sorted(t for t in self.exclude if t in by_table and t in self.present
@@ -1219,12 +1220,18 @@ def history(out: Path, store: str | None = None) -> list[dict]:
 
 def scope(summary: dict) -> tuple:
     """What a run checked: its tables (`--tables`), check types and levels (`--check-names`, `--check-levels`),
-    cohort (`--cohort-id`: (table, id), or ()) and excluded tables. The trend compares runs of one scope (a run of
-    one table is not a drop in the pass rate of the whole suite) and of one CDM version (the last)."""
+    cohort (`--cohort-id`: (table, id), or ()), excluded tables, the site's files (`--checks`, `--dqd-thresholds`:
+    their checks, thresholds and feeds) and CDM version (the last). The trend compares runs of one scope (a run of
+    one table is not a drop in the pass rate of the whole suite, nor is a run without the site's checks)."""
     return (tuple(summary.get("tables") or ()), tuple(summary.get("check_names") or ()),
             tuple(summary.get("check_levels") or ()), tuple((summary.get("cohort") or {}).items())[:2],
             tuple(summary.get("check_severity") or ()),
-            tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))), summary.get("cdm_version"))
+            tuple(summary.get("exclude", sorted(VOCABULARY_TABLES))), site_files(summary), summary.get("cdm_version"))
+
+
+def site_files(summary: dict) -> tuple:
+    """The site's files a run read (`--checks`, `--dqd-thresholds`), as run.json records them (absolute paths)."""
+    return (summary.get("site_checks"), *(summary.get("dqd_thresholds") or ()))
 
 
 def some_checks(summary: dict) -> bool:
@@ -1240,10 +1247,12 @@ def partial(summary: dict) -> bool:
 
 def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> dict | None:
     """What changed since the store's previous finished run of the same scope (`within`, this run's) or of all
-    tables and check types: the checks failing now that did not fail then (new, or passed, not applicable, an error,
-    not run), the feed checks that failed then and find more days now (`more_days`: a source silent or low again;
-    one outage weeks ago keeps its check failed), those that stop with an error now and did not then (`new_errors`:
-    a column an ETL change dropped, a check added since that cannot run) and those that failed then and pass now.
+    tables and check types with the same site files (a nightly run with `--checks` does not compare with an ad-hoc
+    run without them, which would make the site's failing checks new): the checks failing now that did not fail
+    then (new, or passed, not applicable, an error, not run), the feed checks that failed then and find more days
+    now (`more_days`: a source silent or low again; one outage weeks ago keeps its check failed), those that stop
+    with an error now and did not then (`new_errors`: a column an ETL change dropped, a check added since that
+    cannot run) and those that failed then and pass now.
     None when there is none (a first run). An ad-hoc run of one table is not what the next nightly run compares
     with; a cohort's run compares with the same cohort's only (other persons' rows are not its rows fixed or
     broken); nor is a run that `--fail-on-new` refused for its new failures (`refused_new`): a pipeline's retry,
@@ -1253,7 +1262,7 @@ def since_last_run(results: list[dict], earlier: list[Path], within: tuple) -> d
         s = json.loads((d / "run.json").read_text())
         if s.get("refused_new"):
             continue
-        if scope(s) == within or (not partial(s) and not cohort and s.get("cdm_version") == within[-1]):
+        if scope(s) == within or (not partial(s) and not cohort and scope(s)[-2:] == within[-2:]):
             before = json.loads((d / "results.json").read_text())
             changes = compare(before, results)
             judged = {r["check_id"] for r in before if r["status"] in ("passed", "failed")}
