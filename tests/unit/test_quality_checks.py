@@ -128,6 +128,11 @@ CASES = [
      ["UPDATE person SET birth_datetime = NULL, year_of_birth = 3004410 WHERE person_id = 2"], 1, 2),
     ("field_plausiblebeforedeath_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
     ("field_plausibleduringlife_condition_occurrence_condition_start_date", [DEATH_P1], 2, 4),
+    # a death row without its date (a CDM medlake did not make) counts its person's rows, as DQD's `IN (… death)`
+    ("field_plausibleduringlife_condition_occurrence_condition_start_date",
+     ["ALTER TABLE death ALTER COLUMN death_date DROP NOT NULL",
+      "INSERT INTO death (person_id, death_date, death_type_concept_id) VALUES (1, NULL, 32817)",
+      CO + "condition_start_date = DATE '2023-01-01' WHERE condition_occurrence_id = 200"], 1, 4),
     ("field_plausiblestartbeforeend_condition_occurrence_condition_start_date",
      [CO + "condition_end_date = DATE '2019-12-01' WHERE condition_occurrence_id = 100"], 1, 2),  # rows with both
     ("field_withinvisitdates_condition_occurrence_condition_start_date",

@@ -84,6 +84,23 @@ def test_an_empty_vocabulary_is_a_warning_not_a_quiet_pass(store, tmp_path):
     assert "warning: " + escape(w) in (r.dir / "report.html").read_text()
 
 
+def test_a_gender_rule_reads_no_vocabulary_and_runs_without_concept_ancestor(store, tmp_path):
+    """plausibleGender matches its concept ids as they are: a vocabulary loaded without concept_ancestor (a trimmed
+    one) leaves only plausibleGenderUseDescendants not applicable, not every gender rule of the table with it."""
+    from test_quality_checks import FEMALE_ONLY, MALE_TREE
+
+    store.execute("INSERT INTO condition_occurrence (condition_occurrence_id, person_id, condition_concept_id, "
+                  f"condition_start_date, condition_type_concept_id) VALUES (301, 1, {FEMALE_ONLY}, DATE '2020-01-01', "
+                  "32817)")  # person 1 is male
+    store.execute("DELETE FROM concept_ancestor")
+    r = {x["check_id"]: x for x in runner.run(store, "5.4", tmp_path / "q", only=["condition_occurrence"]).results}
+    direct = r[f"concept_plausiblegender_condition_occurrence_condition_concept_id_{FEMALE_ONLY}"]
+    assert (direct["status"], direct["num_violated_rows"], direct["num_denominator_rows"]) == ("failed", 1, 2)
+    tree = r[f"concept_plausiblegenderusedescendants_condition_occurrence_condition_concept_id_{MALE_TREE}"]
+    assert (tree["status"], tree["not_applicable_reason"]) == (
+        "not_applicable", "concept_ancestor table empty (descendants)")
+
+
 def test_rerun_sees_a_change_that_keeps_every_column_total(store, tmp_path):
     """Two rows swap their end dates: the row count, every column's values (as a multiset), sums and ranges stay the
     same, but condition 200 now ends before it starts. The table's fingerprint hashes whole rows, so the re-run

@@ -319,7 +319,7 @@ def field_item(c: Check, ctx: Context) -> Item:
         return item(f"{nn} AND {_birth_after(p, as_date(f))}", nn, needs=["person"])
     if name in ("plausibleDuringLife", "plausibleBeforeDeath"):
         d = ctx.death()  # DQD allows 60 days after death (e.g. claims processed late)
-        died = f"{d}.death_date IS NOT NULL"
+        died = f"{d}.person_id IS NOT NULL"  # (a death row without its date too, as DQD's `IN (… death)`)
         return item(f"{as_date(f)} > {as_date(f'{d}.death_date')} + 60",
                     died if name == "plausibleDuringLife" else f"{nn} AND {died}", needs=["death"])
     if name == "plausibleStartBeforeEnd":

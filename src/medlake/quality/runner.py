@@ -483,6 +483,8 @@ class Runner:
                     pks.append(c)
                 elif c.level == "CONCEPT":
                     ctx.need_column(c.field)
+                    if c.name == "plausibleGenderUseDescendants":  # (alone: plausibleGender reads no vocabulary)
+                        ctx.need_table("concept_ancestor", "descendants")
                     concept.append(c)
                 else:
                     it = cp.field_item(c, ctx)
