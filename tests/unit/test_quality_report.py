@@ -65,8 +65,9 @@ def check(check_id, status, name="isForeignKey", severity="fatal", violated=None
             "examples": [], "error": "Conversion Error: '20220822'" if status == "error" else None}
 
 
-def render(results, since=None):
-    """The report of a run with these results (its counts from them), compared with `since` (since_last_run)."""
+def render(results, since=None, history=()):
+    """The report of a run with these results (its counts from them), compared with `since` (since_last_run), after
+    the runs of `history` (their run.json)."""
     count = {s: sum(r["status"] == s for r in results) for s in ("passed", "failed", "error", "not_applicable")}
     rate = count["passed"] / (count["passed"] + count["failed"] + count["error"])
     counts = {"passed": count["passed"], "failed": count["failed"], "errors": count["error"],
@@ -75,7 +76,7 @@ def render(results, since=None):
                "store": "duckdb:s.duckdb", "cdm_version": "5.4", "queries": 3, "seconds": 0.5, "rechecked_tables": [],
                "reused_tables": [], **counts, "by_category": {"Conformance": counts},
                "by_table": {"measurement": counts}, "since_last_run": since}
-    return report.render(SimpleNamespace(summary=summary, results=results), [])
+    return report.render(SimpleNamespace(summary=summary, results=results), [*history, summary])
 
 
 def test_new_errors_are_said_beside_new_failures_and_marked_new():
@@ -148,3 +149,36 @@ def test_a_feed_silent_up_to_its_last_day_is_said_first():
                feed("rx", "xx~", [0, 0, 0])]                         # nothing in the chart's days
     assert report.silent_now(results) == ["lis-b: nothing since 2026-12-04 (2 day(s) missing)",
                                           "rx: nothing since before 2026-12-01 (2 day(s) missing)"]
+
+
+def test_a_table_emptied_since_the_last_run_is_said_at_the_top_not_read_as_fixed():
+    """Review-report #1: an ETL emptied drug_exposure; its checks, failed then, are not applicable now, so the pass
+    rate rose and the failures fell. The report says which table, that its checks are not applicable now and that the
+    rise is no fix, beside the cards and on the since line, and the fixed list says they are not among its own."""
+    def empty(cid):
+        return check(cid, "not_applicable") | {"cdm_table": "drug_exposure",
+                                               "not_applicable_reason": "table drug_exposure empty"}
+    results = [empty("drug_a"), empty("drug_b"), check("provider_id", "failed", violated=1, of=2),
+               check("unit", "passed"), check("visit_date", "passed")]
+    before = {"run_id": "20261206T010000000000Z", "pass_rate": 0.5, "by_table": {"drug_exposure": {
+        "passed": 0, "failed": 2, "errors": 0, "not_applicable": 0, "pass_rate": 0.0}}}
+    since = {"run_id": "20261206T010000000000Z", "new_failures": [], "new_errors": [], "fixed": ["visit_date"],
+             "emptied": ["drug_exposure"]}
+    html = render(results, since, history=[before])
+    top = html.split("<h2>")[0]  # the header, warnings, cards and since line: before the first section
+    warning = re.search(r"<p class='warning' id='emptied'>(.*?)</p>", top).group(1)
+    assert ("table(s) emptied since run 20261206T010000000000Z: drug_exposure (rows then, none now): its 2 checks "
+            "that read rows are not applicable now (its failed checks: 2 then, 0 now), so the pass rate rising and "
+            "the failures falling are not a fix") in warning
+    assert "1 fixed; table(s) emptied since: drug_exposure (its checks not applicable now, not fixed)" in top
+    fixed = html.split("Fixed since run")[1].split("</table>")[0]
+    assert "not counted as fixed" in fixed and "drug_exposure" in fixed
+    # its point in the trend is hollow, titled with the table
+    assert re.search(r'<circle [^>]*fill="#fff"[^>]*><title>20261207T053720226244Z, all checks: [^<]*; table\(s\) '
+                     r'emptied since the run before: drug_exposure</title>', html)
+
+
+def test_nothing_emptied_no_emptied_warning():
+    html = render([check("unit", "passed")], {"run_id": "20261206T010000000000Z", "new_failures": [],
+                                              "new_errors": [], "fixed": [], "emptied": []})
+    assert "emptied" not in html

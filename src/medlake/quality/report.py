@@ -93,6 +93,7 @@ def _trend(history: list[dict]) -> str:
     def rate(h, name):
         return h["pass_rate"] if name == "all checks" else (h.get("by_category") or {}).get(name, {}).get("pass_rate")
 
+    emptied = {h["run_id"]: (h.get("since_last_run") or {}).get("emptied") for h in runs}
     series = [(name, color, width, dash, [rate(h, name) for h in runs]) for name, color, width, dash in TREND]
     series = [x for x in series if any(r is not None for r in x[4])]
     w, h, top, bottom, left, right = 700, 230, 16, 170, 44, 30
@@ -130,8 +131,11 @@ def _trend(history: list[dict]) -> str:
         pts = [(x, y(r), run["run_id"], r) for x, r, run in zip(xs, rs, runs) if r is not None]
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="{width}" stroke-dasharray="{dash}" '
                    f'data-series="{escape(name)}" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)}"/>')
-        out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"><title>{escape(rid)}, {escape(name)}: '
-                f'{_pct(r)}</title></circle>' for px, py, rid, r in pts]
+        out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" ' + (  # a run after a table was emptied: hollow, said
+                    f'r="4" fill="#fff" stroke="{color}"' if emptied.get(rid) and name == "all checks" else
+                    f'r="2.5" fill="{color}"') + f'><title>{escape(rid)}, {escape(name)}: {_pct(r)}'
+                + (f"; table(s) emptied since the run before: {escape(', '.join(emptied[rid]))}"
+                   if emptied.get(rid) else "") + '</title></circle>' for px, py, rid, r in pts]
     if len(runs) <= 8:  # a few runs: each one's rate of all checks written under its point, over the lines
         out += [f'<text class="value" x="{x:.1f}" y="{y(r) + 14:.1f}" font-size="10" stroke="#fff" stroke-width="3" '
                 f'paint-order="stroke" text-anchor="{anchor(i, len(runs))}">{_pct(r)}</text>'
@@ -297,6 +301,7 @@ def render(run, history: list[dict]) -> str:
     failed = failed_first(results)
     since = s.get("since_last_run")
     new = frozenset(since["new_failures"]) | frozenset(since["new_errors"]) if since else frozenset()
+    emptied = (since or {}).get("emptied") or []
     errors = [r for r in results if r["status"] == "error"]
     order = {"failed": 0, "error": 1, "passed": 2, "not_applicable": 3}
     cats = [(k, v["pass_rate"], f"({v['passed']:,}/{v['passed'] + v['failed'] + v['errors']:,})")
@@ -340,7 +345,10 @@ def render(run, history: list[dict]) -> str:
            f"{len(since['new_errors'])} new error(s)"
            + (" (marked <span class=new>new</span>)" if new else "")
            + (f", {len(since['more_days'])} feed check(s) with more days" if since.get("more_days") else "")
-           + f", {len(since['fixed'])} fixed</small></p>"] if since else []),
+           + f", {len(since['fixed'])} fixed"
+           + (f"; table(s) emptied since: {escape(', '.join(emptied))} (its checks not applicable now, not fixed)"
+              if emptied else "") + "</small></p>"] if since else []),
+        *_emptied(results, since, history),
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
         *(["<p><small>Runs of the same tables and check types as this one only.</small></p>"]
@@ -378,13 +386,36 @@ def render(run, history: list[dict]) -> str:
     return "".join(parts)
 
 
+def _emptied(results: list[dict], since: dict | None, history: list[dict]) -> list[str]:
+    """A warning beside the cards of the tables emptied since the last run (`since_last_run.emptied`): their checks
+    are not applicable now, which raises the pass rate and lowers the failures with nothing fixed."""
+    emptied = (since or {}).get("emptied")
+    if not emptied:
+        return []
+    n = sum(r["status"] == "not_applicable" and r["cdm_table"] in emptied for r in results)
+    then = next((h for h in history if h.get("run_id") == since["run_id"]), None)
+    failed = sum(((then or {}).get("by_table") or {}).get(t, {}).get("failed", 0) for t in emptied)
+    now = sum(r["status"] == "failed" and r["cdm_table"] in emptied for r in results)
+    its = "its" if len(emptied) == 1 else "their"
+    return [f"<p class='warning' id='emptied'>warning: table(s) emptied since run {escape(since['run_id'])}: "
+            f"{escape(', '.join(emptied))} (rows then, none now): {its} {n:,} checks that read rows are not applicable "
+            "now" + (f" ({its} failed checks: {failed:,} then, {now:,} now)" if then else "")
+            + ", so the pass rate rising and the failures falling are not a fix: load the table(s) again, or find "
+            "the step that emptied them</p>"]
+
+
 def _fixed(results: list[dict], since: dict | None) -> list[str]:
-    """The checks that failed in the store's previous run and pass now, with where they look."""
+    """The checks that failed in the store's previous run and pass now, with where they look (those of a table
+    emptied since are not among them: not applicable now, said so)."""
     if not since or not since["fixed"]:
         return []
     by_id = {r["check_id"]: r for r in results}
     rows = "".join(_row(by_id[c]) for c in since["fixed"] if c in by_id)
-    return [f"<h2>Fixed since run {escape(since['run_id'])} ({len(since['fixed'])})</h2>", _checks(rows, "fixed")]
+    emptied = since.get("emptied")
+    note = (f"<p><small>The failed checks of the table(s) emptied since, {escape(', '.join(emptied))}, are not "
+            "applicable now: not counted as fixed.</small></p>" if emptied else "")
+    return [f"<h2>Fixed since run {escape(since['run_id'])} ({len(since['fixed'])})</h2>", note,
+            _checks(rows, "fixed")]
 
 
 def _sources(results: list[dict]) -> list[str]:
