@@ -264,7 +264,7 @@ denominator = "condition_start_date >= DATE '2021-01-01'"
     html = (r.dir / "report.html").read_text()  # a site check says so in the report (its search finds "site")
     assert "severity site · the site's check" in html
     s = r.summary  # a check that could not run is no pass (DQD's percentPassed): a broken check lowers the rate
-    assert s["errors"] >= 1 and s["pass_rate"] == round(s["passed"] / (s["passed"] + s["failed"] + s["errors"]), 4)
+    assert s["errors"] >= 1 and s["pass_rate"] == s["passed"] / (s["passed"] + s["failed"] + s["errors"])
     # the violations are counted among the denominator's rows (the two early ones are not of them)
     later = got["earlyOfTheLater"]
     assert (later["status"], later["num_violated_rows"]) == ("passed", 0) and later["num_denominator_rows"] > 0
@@ -1640,6 +1640,16 @@ def test_a_second_run_of_a_store_into_one_folder_stops_while_the_first_runs(stor
             runner.Runner(store, "5.4", tmp_path / "q", only=["person"]).run()
         assert runner.Runner(store, "5.4", tmp_path / "other", only=["person"]).run().results  # another folder
     assert runner.Runner(store, "5.4", tmp_path / "q", only=["person"]).run().results  # after it
+
+
+def test_a_failed_check_among_twenty_thousand_is_no_100_percent_pass_rate():
+    """The pass rate is kept whole in run.json (rounded to 4 decimals it was 1.0) and written as what it is."""
+    from medlake.quality.report import _pct
+
+    s = runner.summarize([{"status": "passed", "category": "Plausibility", "cdm_table": "measurement"}] * 20_000
+                         + [{"status": "failed", "category": "Plausibility", "cdm_table": "measurement"}])
+    assert s["pass_rate"] < 1 and s["by_category"]["Plausibility"]["pass_rate"] < 1
+    assert _pct(s["pass_rate"]) == "99.995%"
 
 
 def test_compare_two_runs_worst_change_first():
