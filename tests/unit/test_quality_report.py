@@ -2,13 +2,21 @@
 names."""
 from __future__ import annotations
 
+import os
 import re
+import shlex
+import subprocess
+import sys
+from html import unescape
 from types import SimpleNamespace
 
 import pytest
 
-from medlake.quality import feeds, report
+from medlake.engines import open_engine
+from medlake.quality import feeds, report, runner
 from medlake.quality.checks import MEDLAKE_TYPES, check_types
+
+from test_quality_checks import CO, world  # the small clean CDM of the check-type tests
 
 
 def every_type() -> set[str]:
@@ -182,3 +190,26 @@ def test_nothing_emptied_no_emptied_warning():
     html = render([check("unit", "passed")], {"run_id": "20261206T010000000000Z", "new_failures": [],
                                               "new_errors": [], "fixed": [], "emptied": []})
     assert "emptied" not in html
+
+
+def test_the_reports_commands_work_pasted_in_another_folder(tmp_path):
+    """Review-report #4: the step under a failure and the hint under the failures name the run's folder and store,
+    so pasted into a shell anywhere (no medlake.toml, no MEDLAKE_STORE) they list the violating row."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    run = runner.run(eng, "5.4", tmp_path / "quality")
+    eng.close()
+    html = (run.dir / "report.html").read_text()
+    fk = "field_isforeignkey_condition_occurrence_person_id"
+    step = re.search(rf"<code>(medlake quality show {fk} [^<]*)</code>", html).group(1)
+    hint = re.search(r"<p class='hint'>.*?<code>(medlake quality show CHECK_ID[^<]*)</code>", html).group(1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDLAKE_")} | {"COLUMNS": "200"}
+    for command in (step, hint.replace("CHECK_ID", fk)):
+        words = shlex.split(unescape(command))
+        p = subprocess.run([sys.executable, "-m", "medlake.cli", *words[1:]], env=env, cwd=elsewhere,
+                           capture_output=True, text=True)
+        assert p.returncode == 0, (command, p.stderr)
+        assert ": failed — 1 of 4 rows (25%)" in p.stdout
+        assert [x.split("│")[1].strip() for x in p.stdout.splitlines() if x.startswith("│")] == ["200"], p.stdout

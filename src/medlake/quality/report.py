@@ -154,17 +154,23 @@ def _steps() -> dict[str, dict[str, str]]:
     return tomllib.loads(resources.files("medlake.quality").joinpath("next_steps.toml").read_text("utf-8"))
 
 
-def next_step(r: dict, own: bool = True, out: Path | None = None) -> str | None:
+def run_at(out: Path | None = None, store: str | None = None) -> str:
+    """The options of `medlake quality show` that find a run: its folder (`--out`, unless the default) and its store
+    (`--store`, the run's own without its password: the command works pasted anywhere)."""
+    at = "" if out is None or Path(out) == Path("quality") else f" --out {shlex.quote(str(out))}"
+    return at + (f" --store {shlex.quote(store)}" if store else "")
+
+
+def next_step(r: dict, own: bool = True, out: Path | None = None, store: str | None = None) -> str | None:
     """What to do about a failed check of this type (next_steps.toml), with its own id, table, field and source;
     None for a type without one (a site's own check). `own`: the store's CDM is medlake's (else the steps that name
-    medlake's pipeline are said for the site's own ETL: its `[elsewhere]`). `out`: the folder of the run (the
-    command that lists the rows names it unless it is the default)."""
+    medlake's pipeline are said for the site's own ETL: its `[elsewhere]`). `out`, `store`: the folder and store of
+    the run (the command that lists the rows names them: `run_at`)."""
     steps = _steps()
     text = (not own and steps["elsewhere"].get(r["check_name"])) or steps["steps"].get(r["check_name"])
-    at = "" if out is None or Path(out) == Path("quality") else f" --out {shlex.quote(str(out))}"
     names = {"check_id": r["check_id"], "table": r["cdm_table"], "field": r["cdm_field"] or "the field",
              "source": r.get("data_source") or "the source",
-             "show": f"medlake quality show {r['check_id']} --rows 50{at}"}
+             "show": f"medlake quality show {r['check_id']} --rows 50{run_at(out, store)}"}
     return text.format(**names) if text else None
 
 
@@ -248,11 +254,13 @@ def _by_type(checks: list[dict]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table></div>")
 
 
-def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = True, out: Path | None = None) -> str:
+def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = True, out: Path | None = None,
+         store: str | None = None) -> str:
     """A check as a table row; `steps`: with what to do under a failed check (the failures' table, not the list
-    of all checks, which would repeat it), for medlake's own store or (`own` False) another CDM, its run in `out`."""
+    of all checks, which would repeat it), for medlake's own store or (`own` False) another CDM, its run in `out`
+    of `store`."""
     note = r.get("error") or r.get("not_applicable_reason") or r.get("answered_by") or ""
-    step = next_step(r, own, out) if steps and r["status"] == "failed" else None
+    step = next_step(r, own, out, store) if steps and r["status"] == "failed" else None
     step = f"<p class=next><small><b>What to do:</b> {_code(escape(step))}</small></p>" if step else ""
     ex = ", ".join(r.get("examples") or [])
     if ex:
@@ -364,9 +372,10 @@ def render(run, history: list[dict]) -> str:
         "<p><small>Fatal ones first (their severity is under the check's name), then a feed whose last day is missing "
         "or low, then by the share of rows (a feed check's: days) they find."
         "</small></p>" if failed else "",
-        _checks("".join(_row(r, new, own=s.get("medlake_store", True), out=_folder(run)) for r in failed),
-                "failures"),
-        "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID</code></small></p>",
+        _checks("".join(_row(r, new, own=s.get("medlake_store", True), out=_folder(run), store=s["store"])
+                        for r in failed), "failures"),
+        "<p class='hint'><small>A check's query and its violating rows: <code>medlake quality show CHECK_ID"
+        f"{escape(run_at(_folder(run), s['store']))}</code></small></p>",
         *_fixed(results, since),
     ]
     parts += _sources(results)
