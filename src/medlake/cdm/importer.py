@@ -281,12 +281,17 @@ def _text(path: Path, encoding: str) -> io.TextIOWrapper:
                             newline="")
 
 
-def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str]]:
-    """The file's format and its header's fields: with the delimiter given, or, when the header does not split by
-    it, the one it splits by (a ';' export in a folder of comma-separated tables)."""
+def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str], int]:
+    """The file's format, its header's fields and the blank lines before the header (SQL*Plus SPOOL and
+    `echo > f; bcp ... >> f` write one; skipped, the file's lines still counted as it has them): with the delimiter
+    given, or, when the header does not split by it, the one it splits by (a ';' export in a folder of
+    comma-separated tables). A file of blank lines alone has no header (an empty table)."""
+    blank = 0
     try:
         with _text(path, fmt.encoding) as fh:
             first = fh.readline().lstrip("\ufeff")
+            while first and not first.strip():
+                blank, first = blank + 1, fh.readline().lstrip("\ufeff")  # (a BOM after them: `echo >> f`)
     except (OSError, pa.ArrowInvalid) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
     if "\ufffd" in first:  # (read with errors="replace")
@@ -304,14 +309,14 @@ def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str]]:
     for d in (given, *(d for d in (",", ";", "|", "\t") if d != given)):
         header = next(csv.reader([first], delimiter=d), [])
         if len(header) > 1:
-            return (fmt if d == given else fmt._replace(delimiter=d)), header
-    return fmt, next(csv.reader([first], delimiter=given), [])
+            return (fmt if d == given else fmt._replace(delimiter=d)), header, blank
+    return fmt, next(csv.reader([first], delimiter=given), []), blank
 
 
-def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
-                 invalid: list[tuple[str, int, int]] | None = None) -> Iterator[tuple[pa.RecordBatch, Callable]]:
+def _csv_batches(path: Path, fmt: CsvFormat, header: list[str], invalid: list[tuple[str, int, int]] | None = None,
+                 blank: int = 0) -> Iterator[tuple[pa.RecordBatch, Callable]]:
     """(batch of bytes, as in the file but for its encoding read as UTF-8; the file line of its row i as `line(i)`),
-    of a file of this format and `header` (`_sniff`). `invalid`: lines with the wrong number of fields are appended
+    of a file of this format and `header`, after `blank` lines (`_sniff`). `invalid`: lines with the wrong number of fields are appended
     to it (text, fields expected, fields found) and skipped (the line numbers of later rows are then fixed by
     `_invalid_lines`); without it they stop the import."""
     delimiter = fmt.of(path)
@@ -326,14 +331,15 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str],
     try:
         with _row_text(path):
             reader = pacsv.open_csv(
-                _stream(path), read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding),
+                _stream(path), read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding,
+                                                              skip_rows=blank),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
                                                  invalid_row_handler=skip if invalid is not None else None),
                 convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
                                                      null_values=list(fmt.nulls), quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, OSError) as e:
         raise CdmImportError(f"{path}: cannot read as CSV: {str(e).splitlines()[0]}") from e
-    line = 2  # after the header
+    line = 2 + blank  # after the header
     while True:
         try:
             with _row_text(path):
@@ -534,8 +540,9 @@ def _utf8(col: pa.Array, name: str, limit: int, bad: dict[int, list[tuple[str, s
 
 def _columns(header: list[str], table: str) -> list[str]:
     """A file's column names as the table's fields are named: any case, spaces around, and the table's name before
-    them as Hive and Spark SQL clients write it (`person.person_id`) taken off."""
-    names = [n.lower().strip() for n in header]
+    them as Hive and Spark SQL clients write it (`person.person_id`) taken off; a byte-order mark after blank lines
+    (which the reader keeps in the first name) too."""
+    names = [n.lstrip("\ufeff").lower().strip() for n in header]
     return [n.removeprefix(f"{table}.") for n in names]
 
 
@@ -875,8 +882,8 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     if parquet:
         batches = _parquet_batches(path)
     else:
-        fmt, header = _sniff(path, fmt)
-        batches = _csv_batches(path, fmt, header, invalid)
+        fmt, header, blank = _sniff(path, fmt)
+        batches = _csv_batches(path, fmt, header, invalid, blank)
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
     malformed: int | None = 0  # --strict: the file line of the first line with the wrong number of fields (None:
     # not found by its text), once the reader has skipped one

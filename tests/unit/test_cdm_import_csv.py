@@ -1,0 +1,47 @@
+"""`medlake cdm import` of CSV files as exports write them where they go wrong: blank lines before the header,
+files not in UTF-8, quotes not closed, Athena vocabulary files, re-imports into a store that holds data."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medlake.cdm import importer
+from medlake.engines import open_engine
+
+PERSON = "person_id,gender_concept_id,year_of_birth,race_concept_id,ethnicity_concept_id"
+
+
+def _rows(eng, sql: str) -> list[tuple]:
+    return [tuple(r.values()) for r in eng.query(sql).to_pylist()]
+
+
+@pytest.mark.parametrize("blank", ["\r\n", "\n\n", " \r\n\t\r\n", "\r\n\ufeff"])
+def test_blank_lines_before_the_header_are_skipped_and_lines_still_counted_as_the_file_has_them(tmp_path, blank):
+    """SQL*Plus SPOOL and `echo > f; bcp ... >> f` write a blank first line: the rows below it are the table's (they
+    read as an empty table before, and a re-import emptied the store's), and a bad row's line is the file's."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    lines = blank.count("\n")  # (a byte-order mark after them: a blank line put before a UTF-8 file's)
+    (folder / "person.csv").write_text(blank + PERSON + "\r\n1,8507,1980,0,0\r\n2,8507,19x0,0,0\r\n3,8507,1982,0,0\r\n",
+                                       newline="")
+    aside = []
+    report = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4",
+                                    set_aside=lambda f, b: aside.extend(b))
+    assert (report["person"].rows, report["person"].bad) == (2, 1)
+    assert _rows(eng, "SELECT person_id, year_of_birth FROM person ORDER BY 1") == [(1, 1980), (3, 1982)]
+    [bad] = aside
+    assert (bad.line, bad.field) == (lines + 3, "year_of_birth")
+    with pytest.raises(importer.CdmImportError, match=rf"person.csv:{lines + 3}: field year_of_birth: cannot read"):
+        importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4", strict=True)
+
+
+def test_a_file_of_blank_lines_alone_is_an_empty_table(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text("\n\r\n  \n")
+    assert importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4")["person"].rows == 0
+
