@@ -45,3 +45,21 @@ def test_a_file_of_blank_lines_alone_is_an_empty_table(tmp_path):
     (folder / "person.csv").write_text("\n\r\n  \n")
     assert importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4")["person"].rows == 0
 
+
+def test_a_file_not_in_utf8_beyond_strict_or_max_bad_rows_is_said_with_its_file_line_field_and_the_option(tmp_path):
+    """A latin-1 export: --strict, or more such rows than --max-bad-rows, stopped with `Invalid UTF8 payload`."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    rows = [PERSON + ",person_source_value"] + [f"{i},8507,1980,0,0,Müller{i}" for i in range(1, 11)]
+    (folder / "person.csv").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    said = (r"person.csv:2: field person_source_value: byte 2 \(b'\\xfclle'\) is not UTF-8; give the file's encoding "
+            r"with --encoding \(e.g. cp1252, latin-1\)")
+    with pytest.raises(importer.CdmImportError, match=said):
+        importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4", strict=True)
+    with pytest.raises(importer.CdmImportError, match=r"person.csv: more than 3 rows cannot be imported \(the first: .*"
+                       + said):
+        importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4", max_bad=3)
+    eng = open_engine("duckdb::memory:")
+    assert importer.import_folder(eng, folder, "5.4", max_bad=10)["person"].bad == 10
+    assert importer.import_folder(eng, folder, "5.4", encoding="latin-1")["person"].rows == 10
+    assert _rows(eng, "SELECT person_source_value FROM person WHERE person_id = 1") == [("Müller1",)]

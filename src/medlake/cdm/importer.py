@@ -533,6 +533,8 @@ def _utf8(col: pa.Array, name: str, limit: int, bad: dict[int, list[tuple[str, s
                                       "encoding with --encoding (e.g. cp1252, latin-1) or export it as UTF-8, and "
                                       "import again"))
         garbled.add((i, name))
+    if len(bad) > limit:  # (the values past the limit were not looked for: the cast below would fail on them)
+        raise _TooMany(bad)
     mask = np.zeros(len(col), dtype=bool)
     mask[wrong] = True
     return pc.if_else(pa.array(mask), pa.scalar(None, pa.binary()), col).cast(pa.string())
