@@ -1652,6 +1652,25 @@ def test_a_failed_check_among_twenty_thousand_is_no_100_percent_pass_rate():
     assert _pct(s["pass_rate"]) == "99.995%"
 
 
+def test_a_run_of_no_dqd_check_writes_no_dqd_json_and_leaves_the_dqd_table(store, tmp_path):
+    """A run of the site's checks alone (`--check-severity site --write-table …`): an empty dqd.json breaks ARES,
+    and the table lost the last run's rows (DQD stops where no check is to run)."""
+    from medlake.quality.site import parse
+
+    full = runner.Runner(store, "5.4", tmp_path / "q", only=["person"], write_table="dqdashboard_results").run()
+    rows = full.summary["dqd_table"]["rows"]
+    assert rows > 0 and (full.dir / "dqd.json").exists()
+    site = parse('[[check]]\nname = "late"\ntable = "person"\nviolation = "year_of_birth > 3000"\n')
+    alone = runner.Runner(store, "5.4", tmp_path / "q", only=["person"], write_table="dqdashboard_results",
+                          site_checks=site, check_severity=["site"]).run()
+    assert [x["check_id"] for x in alone.results] == ["table_late_person"]
+    assert not (alone.dir / "dqd.json").exists() and "dqd_table" not in alone.summary
+    assert alone.summary["warnings"][-1] == ("no DQD check ran (--check-severity, --check-levels or --check-names "
+                                             "chose none): no dqd.json, and table dqdashboard_results is left as it was")
+    assert json.loads((alone.dir / "run.json").read_text())["warnings"] == alone.summary["warnings"]
+    assert store.query("SELECT count(*) FROM dqdashboard_results").column(0)[0].as_py() == rows
+
+
 def test_compare_two_runs_worst_change_first():
     def r(cid, status, v=None):
         return {"check_id": cid, "status": status, "num_violated_rows": v}

@@ -1054,6 +1054,12 @@ class Runner:
 
         write_html(run, [h for h in history(self.out, self.store) if scope(h) == scope(run.summary)])
         dqd = dqd_results(run, self._query_texts(run.results, all_checks))
+        if not dqd["CheckResults"]:  # (DQD stops where no check is to run: an empty file breaks ARES, an emptied
+            run.summary["warnings"].append(  # table loses the last run's rows)
+                "no DQD check ran (--check-severity, --check-levels or --check-names chose none): no dqd.json"
+                + (f", and table {self.write_table} is left as it was" if self.write_table else ""))
+            _write(run_dir / "run.json", run.summary)
+            return run
         _write(run_dir / "dqd.json", dqd)  # DQD's own results format, for its viewer and ARES
         if self.write_table:
             from medlake.quality.report import write_dqd_table
