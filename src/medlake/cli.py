@@ -443,7 +443,7 @@ def transform_cmd(full: bool = typer.Option(False, "--full", help="Map every sta
     with open_store() as eng:
         with _counting_progress() as bar:
             task = bar.add_task("transform", total=None)
-            s = transform(eng, namespaces=ns, full=full,
+            s = transform(eng, namespaces=ns, full=full, site=settings().cdm_source,
                           progress=lambda d, i, n: bar.update(task, description=d[:70], completed=i, total=n))
         release = (f"a new vocabulary release since the last run ({', '.join(s.vocabularies_changed[:8])}"
                    f"{', …' if len(s.vocabularies_changed) > 8 else ''})")
@@ -1052,6 +1052,7 @@ def cdm_import(
     with open_store() as eng:
         # the store's version; else the one the files are of (their tables and columns); else the configured one
         held = cdm_store.info(eng).get("cdm_version")  # (the store's record before the import makes one)
+        before = cdm_store.info(eng).get(importer.IMPORTED)  # the folder of the store's earlier import, if any
         version = (version or held or importer.files_version(folder, delimiter, encoding) or settings().cdm_version)
         q = Quarantine(settings().landing_dir)
         try:
@@ -1068,6 +1069,7 @@ def cdm_import(
                                                 set_aside=lambda files, bad: _quarantine_import(q, files, bad))
         finally:
             q.close()
+        counts = cdm_store.status(eng).counts  # (tables not in the folder keep the rows they held)
     t = Table(title=f"OMOP CDM v{version} imported from {folder}")
     t.add_column("table")
     t.add_column("file")
@@ -1082,9 +1084,17 @@ def cdm_import(
     cdm = model.load(version)
     from medlake.quality.runner import VOCABULARY_TABLES
 
-    absent = [n for n in cdm.table_names if n not in report and n not in VOCABULARY_TABLES]
+    absent = [n for n in cdm.table_names if n not in report and n not in VOCABULARY_TABLES and not counts.get(n)]
     if absent:  # (made empty by the store; a quality run finds them empty, not missing)
         out.print(f"not in the folder, so empty in the store: {', '.join(absent)}", highlight=False, markup=False)
+    kept = {n: counts[n] for n in cdm.table_names if n not in report and n not in VOCABULARY_TABLES and counts.get(n)}
+    if kept:  # a table in the folder replaces the store's; the others keep the rows of an earlier import or load
+        since = f" (imported from {before})" if before and before != str(Path(folder).resolve()) else ""
+        err.print(f"warning: not in the folder, kept as the store held them before this import{since}: "
+                  + ", ".join(f"{n} {k:,} row{'s' * (k != 1)}" for n, k in kept.items())
+                  + "; the store now mixes them with this import's tables: to empty one, put an empty file of it "
+                  f"(e.g. {next(iter(kept))}.csv) in the folder and import again", highlight=False, markup=False,
+                  soft_wrap=True)
     for name, r in report.items():
         for (field, what), (n, first) in r.notes.items():
             if what == "skipped":

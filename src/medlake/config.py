@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_STORE = "duckdb:medlake-data/medlake.duckdb"
+CDM_SOURCE = {"name": "cdm_source_name", "abbreviation": "cdm_source_abbreviation", "holder": "cdm_holder",
+              "description": "source_description", "documentation": "source_documentation_reference"}  # [site] keys
 
 
 class ConfigError(ValueError):
@@ -39,6 +41,12 @@ class Config:
     @property
     def landing_dir(self) -> Path:
         return Path(self.data_dir) / "landing"
+
+    @property
+    def cdm_source(self) -> dict[str, str]:
+        """The site's names for its CDM (`[site] name`, `abbreviation`, `holder`, `description`,
+        `documentation`): the `cdm_source` row that DQD's results, its viewer and ARES name the data source by."""
+        return {CDM_SOURCE[k]: v for k, v in self.data.get("site", {}).items() if k in CDM_SOURCE and v}
 
 
 def load(path: str | Path | None = None, store: str | None = None) -> Config:
@@ -69,6 +77,9 @@ def load(path: str | Path | None = None, store: str | None = None) -> Config:
     data_dir = os.environ.get("MEDLAKE_DATA_DIR") or site.get("data_dir")
     if data_dir is not None and not isinstance(data_dir, str):
         raise ConfigError(f"{path}: site.data_dir must be a string")
+    for key in CDM_SOURCE:
+        if not isinstance(site.get(key, ""), str):
+            raise ConfigError(f"{path}: site.{key} must be a string")
     if not data_dir:
         data_dir = str(Path(url.removeprefix("duckdb:").partition("?")[0]).parent) \
             if url.startswith("duckdb:") and url.removeprefix("duckdb:").partition("?")[0] not in ("", ":memory:") \

@@ -183,7 +183,10 @@ def test_incremental_updates_deletes_and_reruns(engine):
     stage(engine, "stg_hl7_observation", "lis", 2, [
         dict(control_id="L2", message_type="ORU^R01", event_time=T(2021, 6, 2), patient_id="M2", filler_number="F2",
              code="4548-4", code_system="LN", value_number=7.0, units="%", observation_time=T(2021, 6, 2))])
-    s2 = transform(engine, namespaces=NS)
+    assert rows(engine, "SELECT cdm_source_name, cdm_source_abbreviation, cdm_holder FROM cdm_source") == [
+        ("medlake site", "medlake", "medlake site")]
+    engine.execute("UPDATE cdm_source SET cdm_holder = 'Hospital X'")  # the site's own edit of the row
+    s2 = transform(engine, namespaces=NS, site={"cdm_source_name": "St Elsewhere", "cdm_source_abbreviation": "STE"})
     assert s2.run_id == 2
     assert rows(engine, "SELECT condition_occurrence_id, condition_concept_id FROM condition_occurrence") == [
         (sid("condition_occurrence|fhir.condition|emr|Condition/c4|320128"), 320128)]
@@ -197,6 +200,9 @@ def test_incremental_updates_deletes_and_reruns(engine):
     stage(engine, "stg_hl7_merge", "his", 3, [a40, a40])
     transform(engine, namespaces=NS)
     assert rows(engine, "SELECT person_id FROM person") == [(sid("h1|M1"),)]
+    # the site's names (medlake.toml's [site]) and its own edit stay through the runs (ARES names a source by them)
+    assert rows(engine, "SELECT cdm_source_name, cdm_source_abbreviation, cdm_holder FROM cdm_source") == [
+        ("St Elsewhere", "STE", "Hospital X")]
     assert rows(engine, "SELECT DISTINCT person_id FROM measurement") == [(sid("h1|M1"),)]
     assert rows(engine, "SELECT count(*) - count(DISTINCT measurement_id) FROM measurement") == [(0,)]
     assert rows(engine, "SELECT count(*) FROM cdm_lineage WHERE person_id = ?".replace("?", str(sid("h1|M2")))) == [(0,)]

@@ -128,3 +128,17 @@ def test_values_of_the_wrong_toml_type_are_config_errors(tmp_path):
         config.load(write(tmp_path, GOOD.replace('system = "pharmacy"', '')))
     with pytest.raises(config.SourceConfigError, match=r"key `skip_rows`: must be a whole number"):
         config.load(write(tmp_path, GOOD.replace('encoding = "gbk"', 'encoding = "gbk"\nskip_rows = true')))
+
+
+def test_the_sites_names_for_its_cdm_source_come_from_medlake_toml(tmp_path):
+    """`[site] name`, `abbreviation`, … name the CDM in cdm_source (what DQD's viewer and ARES show); a value that
+    is not text is a mistake named by its key."""
+    from medlake import config as medlake_config
+
+    p = tmp_path / "medlake.toml"
+    p.write_text('[site]\nname = "St Elsewhere General"\nabbreviation = "STE"\nholder = ""\ndata_dir = "d"\n')
+    assert medlake_config.load(p).cdm_source == {"cdm_source_name": "St Elsewhere General",
+                                                 "cdm_source_abbreviation": "STE"}
+    p.write_text("[site]\nabbreviation = 7\n")
+    with pytest.raises(medlake_config.ConfigError, match="site.abbreviation must be a string"):
+        medlake_config.load(p)

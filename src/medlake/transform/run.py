@@ -133,9 +133,10 @@ def _set_namespaces(engine: Engine, namespaces: dict[str, str]) -> None:
 
 
 def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full: bool = False,
-              progress: Callable[[str, int, int], None] | None = None) -> RunSummary:
+              progress: Callable[[str, int, int], None] | None = None, site: dict[str, str] | None = None) -> RunSummary:
     """Transform what is new in staging. `namespaces` maps a source to the namespace of its patient and visit ids
-    (the hospital: a HIS, LIS and pharmacy of one hospital share MRNs); `full` re-maps every record."""
+    (the hospital: a HIS, LIS and pharmacy of one hospital share MRNs); `full` re-maps every record. `site`: the
+    site's names for its `cdm_source` row (config.Config.cdm_source)."""
     t0 = time.perf_counter()
     tables = set(engine.tables())
     if "concept" not in tables or "person" not in tables:
@@ -373,7 +374,7 @@ def transform(engine: Engine, *, namespaces: dict[str, str] | None = None, full:
             f"SELECT cdm_table, count(DISTINCT row_id) AS n FROM cdm_lineage WHERE run_id = {run_id} "
             "GROUP BY cdm_table").to_pylist()}
         n_persons = _count(engine, "SELECT count(DISTINCT person_id) FROM tx_touched")
-        _cdm_source(engine, run_id, started)
+        _cdm_source(engine, run_id, started, site or {})
         engine.load_arrow("transform_run", pa.table({
             "run_id": [run_id], "started_at": [started],
             "finished_at": [dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)], "engine": [engine.name],
@@ -883,16 +884,23 @@ WHERE k.resource_type = '{rtype}' AND k.element = '{element}'""")
     return out
 
 
-def _cdm_source(engine: Engine, run_id: int, when: dt.datetime) -> None:
+def _cdm_source(engine: Engine, run_id: int, when: dt.datetime, site: dict[str, str]) -> None:
+    """The CDM's one `cdm_source` row, its dates and vocabulary version of this run; its names the site's (`site`,
+    from `[site]` in medlake.toml), else those the row has (a site's own UPDATE is kept), else medlake's defaults."""
     v = engine.query("SELECT vocabulary_version FROM vocabulary WHERE vocabulary_id = 'None'")
     vocab = (v.column(0)[0].as_py() if v.num_rows else None) or "unknown"
+    names = {"cdm_source_name": "medlake site", "cdm_source_abbreviation": "medlake", "cdm_holder": "medlake site",
+             "source_description": "HL7 v2, FHIR R4 and CSV feeds transformed by medlake",
+             "source_documentation_reference": None}
+    had = engine.query(f"SELECT {', '.join(names)} FROM cdm_source LIMIT 1").to_pylist()
+    names |= {k: v for k, v in (had[0] if had else {}).items() if v} | site
     engine.execute("DELETE FROM cdm_source")
     engine.execute("INSERT INTO cdm_source SELECT " + c.select_list("cdm_source", {
-        "cdm_source_name": "'medlake site'", "cdm_source_abbreviation": "'medlake'", "cdm_holder": "'medlake site'",
-        "source_description": "'HL7 v2, FHIR R4 and CSV feeds transformed by medlake'",
+        **{k: "CAST(? AS VARCHAR)" for k in names},
         "source_release_date": "CAST(? AS DATE)", "cdm_release_date": "CAST(? AS DATE)",
         "cdm_etl_reference": "'medlake.transform'", "cdm_version": "'5.4'", "cdm_version_concept_id": "756265",
-        "vocabulary_version": "CAST(? AS VARCHAR)"}), [when.date().isoformat(), when.date().isoformat(), vocab])
+        "vocabulary_version": "CAST(? AS VARCHAR)"}), [*names.values(), when.date().isoformat(),
+                                                       when.date().isoformat(), vocab])
     engine.execute("INSERT INTO metadata SELECT " + c.select_list("metadata", {
         "metadata_id": str(run_id), "metadata_concept_id": "0", "metadata_type_concept_id": "32817",
         "name": "'medlake transform run'", "value_as_string": f"'run {run_id}'", "value_as_number": str(run_id),
