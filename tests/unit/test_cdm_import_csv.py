@@ -63,3 +63,27 @@ def test_a_file_not_in_utf8_beyond_strict_or_max_bad_rows_is_said_with_its_file_
     assert importer.import_folder(eng, folder, "5.4", max_bad=10)["person"].bad == 10
     assert importer.import_folder(eng, folder, "5.4", encoding="latin-1")["person"].rows == 10
     assert _rows(eng, "SELECT person_source_value FROM person WHERE person_id = 1") == [("Müller1",)]
+
+
+def test_cli_reimport_says_which_tables_not_in_the_folder_keep_the_rows_of_before(tmp_path):
+    """Next month's export with PERSON.csv alone: the store's death and cdm_source rows of the earlier import are kept
+    (as before), and said so, not called empty."""
+    first, second = tmp_path / "jan", tmp_path / "feb"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "person.csv").write_text(PERSON + "\n1,8507,1980,0,0\n2,8507,1981,0,0\n")
+    (first / "death.csv").write_text("person_id,death_date,death_type_concept_id\n1,2020-01-01,32817\n")
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="300")
+    cli = [sys.executable, "-m", "medlake.cli", "cdm", "import"]
+    p = subprocess.run(cli + [str(first)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "warning" not in p.stderr, p.stderr
+    p = subprocess.run(cli + [str(second)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    out, said = " ".join(p.stdout.split()), " ".join(p.stderr.split())
+    empty = out.split("not in the folder, so empty in the store:")[1]  # (the last the import prints)
+    assert "death" not in empty and "measurement" in empty
+    assert (f"warning: not in the folder, kept as the store held them before this import (imported from "
+            f"{first.resolve()}): death 1 row; the store now mixes them with this import's tables: to empty one, put "
+            "an empty file of it (e.g. death.csv) in the folder and import again") in said
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    assert _rows(eng, "SELECT count(*) FROM death") == [(1,)]
