@@ -97,6 +97,32 @@ def test_the_report_reads_offline_in_a_browser(report):
                 const s = t.ownerSVGElement.getBoundingClientRect(), b = t.getBoundingClientRect();
                 return b.right <= s.right + 0.5 && b.left >= s.left - 0.5 })""")
 
+        # on a phone (390 px) and a small tablet (600 px): each check a block — status and name on a line, then
+        # where, then its counts as one line — no word broken a letter a line, no taller than a few times the
+        # desktop's page; wide tables (by source) scroll in their box (review-report #2)
+        page.set_viewport_size({"width": 1280, "height": 800})
+        desktop = page.evaluate("document.documentElement.scrollHeight")
+        for width in (600, 390):
+            page.set_viewport_size({"width": width, "height": 844})
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            assert page.evaluate("document.documentElement.scrollHeight") < 2.5 * desktop
+            words = """sel => [...document.querySelectorAll(sel)].filter(c => c.offsetParent).map(c => {
+                const r = document.createRange(); r.selectNodeContents(c); return r.getClientRects().length })"""
+            for sel in (".checks td:nth-child(2) b", "#types td:first-child b", ".checks td.num", "#types td.num"):
+                lines = page.evaluate(words, sel)  # a check's name, a count: on one line
+                assert lines and max(lines) == 1, (width, sel, lines)
+            assert max(page.evaluate(words, ".checks td:nth-child(2) code")) <= 3  # a long id: a few lines at most
+            assert min(page.evaluate("""() => [...document.querySelectorAll('.checks td:nth-child(2)')].filter(
+                c => c.offsetParent).map(c => c.getBoundingClientRect().width)""")) > 150
+            failed = page.locator("#failures tbody tr").first
+            assert failed.bounding_box()["height"] < 700  # (2,500 px, a letter a line)
+            box = page.evaluate("""() => { const [s, n] = document.querySelectorAll('#failures tbody tr:first-child td');
+                return [s.getBoundingClientRect().top, n.getBoundingClientRect().top, n.getBoundingClientRect().width] }""")
+            assert box[0] == box[1] and box[2] > 150  # the status beside the check's name, the name wide enough
+            tops = page.evaluate("""() => [...document.querySelectorAll('#failures tbody tr:first-child td')].map(
+                c => Math.round(c.getBoundingClientRect().top))""")
+            assert len(set(tops[3:7])) == 1 and tops[2] < tops[3] < tops[7]  # where, the counts on a line, details
+
         # the filter box narrows the table of all checks to the rows that match (shown: laid out by the browser)
         shown = "() => [...document.querySelectorAll('#all tbody tr')].filter(r => r.offsetParent).map(r => r.innerText)"
         total = len(page.evaluate(shown))

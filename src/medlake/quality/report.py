@@ -28,6 +28,15 @@ table.checks,#types{table-layout:fixed}table.checks td{overflow-wrap:anywhere}ta
 @media (max-width:1000px),print{table.checks,table.checks>*{display:block}table.checks colgroup,table.checks th:last-child
 {display:none}table.checks tr{display:grid;grid-template-columns:6.5em minmax(0,1fr) minmax(0,1fr) 5.5em 6.5em 5.5em 6.5em;
 border-bottom:1px solid #ddd}table.checks td{border:0}table.checks td:last-child{grid-column:1/-1}}
+@media screen and (max-width:720px){table.checks thead,#types thead,#types colgroup{display:none}
+#types,#types tbody{display:block}table.checks tr,#types tr{display:flex;flex-wrap:wrap;column-gap:.5em;
+border-bottom:1px solid #ddd}table.checks td,#types td{border:0;padding:2px 0;text-align:left}td:empty{display:none}
+table.checks td:nth-child(2){flex:1 1 12em}table.checks td:nth-child(3),#types td:first-child{flex:1 1 100%}
+#types td:nth-child(4){flex:1 1 100%;order:9}table.checks td:nth-child(5)::before{content:"of "}
+table.checks td:nth-child(6)::before{content:"("}table.checks td:nth-child(6)::after{content:")"}
+table.checks td:nth-child(7)::before{content:"· threshold "}#types td:nth-child(2)::after{content:" failed"}
+#types td:nth-child(3)::after{content:" could not run"}#types td:nth-child(5)::before{content:"violated "}
+#types td:nth-child(6)::before{content:"worst "}table.checks td:nth-child(2) b{overflow-wrap:normal}}
 .remark{color:#5a3e00}.new{font-size:11px;color:#fff;background:#b00020;border-radius:3px;padding:0 4px}
 p.next{margin:.3em 0 0;padding:.2em .5em;background:#f3f7ff;border-left:3px solid #3a6fd8}.print{display:none}
 @media print{body{margin:0;max-width:none;font-size:11px;padding:0}code{font-size:10px}.wrap{overflow:visible}
@@ -511,7 +520,7 @@ def _feeds(results: list[dict]) -> list[str]:
                     + (f", {marks.count('^')} burst(s)" if "^" in marks else "") + "</small></td></tr>")
     legend = " · ".join(f"<span style='color:{c}'>■</span> {escape(label)}" for _, c, label in MARKS.values())
     return [f"<h2>Feeds: what each source sent per day (its last {max(len(r['daily_counts']) for r in feeds)} days)</h2>",
-            f"<p><small>{legend}</small></p><table class='feeds'><tbody>{''.join(rows)}</tbody></table>"]
+            f"<p><small>{legend}</small></p><div class=wrap><table class='feeds'><tbody>{''.join(rows)}</tbody></table></div>"]
 
 
 def daily_text(r: dict) -> list[str]:
