@@ -213,3 +213,13 @@ def test_the_reports_commands_work_pasted_in_another_folder(tmp_path):
         assert p.returncode == 0, (command, p.stderr)
         assert ": failed — 1 of 4 rows (25%)" in p.stdout
         assert [x.split("│")[1].strip() for x in p.stdout.splitlines() if x.startswith("│")] == ["200"], p.stdout
+
+
+def test_a_check_type_that_only_stopped_with_errors_reads_not_measured_not_0_rows():
+    """Review-report #8: a type whose checks could only stop with an error measured nothing; "0 rows" read as clean."""
+    html = render([check("f1", "failed", violated=3, of=10), check("e1", "error", "plausibleAfterBirth"),
+                   check("p1", "passed")])
+    types = html.split("id='types'")[1].split("</table>")[0]
+    cells = {m[0]: m[1:] for m in re.findall(r"<tr><td><b>(\w+)</b>.*?<td class='num'>([^<]*)</td>"
+                                             r"<td class='num'>([^<]*)</td></tr>", types)}
+    assert cells == {"isForeignKey": ("3 rows", "30.00%"), "plausibleAfterBirth": ("not measured", "")}

@@ -254,7 +254,9 @@ def _by_type(checks: list[dict]) -> str:
             f"{escape(rs[0]['subcategory'] or '-')}</small></td><td class='num failed'>{len(failed)}</td>"
             f"<td class='num error'>{errors or ''}</td>"
             f"<td style='overflow-wrap:anywhere'><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
-            f"<td class='num'>{counted(rs[0], sum(r['num_violated_rows'] or 0 for r in failed))}</td>"
+            # (checks that could only stop with an error measured nothing: not "0 rows")
+            f"<td class='num'>{counted(rs[0], sum(r['num_violated_rows'] or 0 for r in failed)) if failed else ''}"
+            f"{'' if failed else 'not measured'}</td>"
             f"<td class='num'>{_pct(max(r['pct_violated_rows'] or 0 for r in failed)) if failed else ''}</td></tr>")
     return ("<div class=wrap><table id='types'><colgroup><col style='width:22%'><col style='width:5em'>"
             "<col style='width:6em'><col><col style='width:8em'><col style='width:6em'></colgroup><thead><tr>"
