@@ -123,15 +123,48 @@ def test_the_report_reads_offline_in_a_browser(report):
                 c => Math.round(c.getBoundingClientRect().top))""")
             assert len(set(tops[3:7])) == 1 and tops[2] < tops[3] < tops[7]  # where, the counts on a line, details
 
-        # the filter box narrows the table of all checks to the rows that match (shown: laid out by the browser)
+        # the filter box narrows the table of all checks to the rows that match (shown: laid out by the browser),
+        # as the reader stops typing; how many match is said
+        page.set_viewport_size({"width": 1280, "height": 800})
         shown = "() => [...document.querySelectorAll('#all tbody tr')].filter(r => r.offsetParent).map(r => r.innerText)"
         total = len(page.evaluate(shown))
         assert total == len(report.results)
+        assert page.locator("#n").inner_text() == f"all {total:,} checks"
+
+        def matching(text):  # the rows shown once the count says `text`
+            page.wait_for_function("t => document.getElementById('n').textContent === t", arg=text)
+            return page.evaluate(shown)
+
+        count = Counter(r["status"] for r in report.results)
         page.get_by_label("Filter the checks").fill("isforeignkey")
-        visible = page.evaluate(shown)
+        fks = sum(r["check_name"] == "isForeignKey" for r in report.results)
+        visible = matching(f"{fks:,} of {total:,} checks")
         assert 0 < len(visible) < total and all("isForeignKey" in r for r in visible)
+        page.fill("#q", "not applicable")  # as the cards say it (the rows: not_applicable)
+        assert len(matching(f"{count['not_applicable']:,} of {total:,} checks")) == count["not_applicable"]
+        page.fill("#q", "no such check")
+        assert matching("no check matches") == []
         page.fill("#q", "")
-        assert len(page.evaluate(shown)) == total
+        assert len(matching(f"all {total:,} checks")) == total
+        # by status and table (review-report #6)
+        page.get_by_label("status").select_option("failed")
+        assert all(r.startswith("failed") for r in matching(f"{count['failed']:,} of {total:,} checks"))
+        page.get_by_label("table").select_option("condition_occurrence")
+        both = sum(r["status"] == "failed" and r["cdm_table"] == "condition_occurrence" for r in report.results)
+        assert all("condition_occurrence" in r for r in matching(f"{both:,} of {total:,} checks"))
+        page.get_by_label("status").select_option("")
+        page.get_by_label("table").select_option("")
+        # only the new failures and errors, from the since line's link (review-report #5)
+        since = report.summary["since_last_run"]
+        new = {*since["new_failures"], *since["new_errors"]}
+        page.get_by_role("link", name="list the new ones").click()
+        assert page.get_by_label(re.compile("only the .* new since run")).is_checked()
+        ids = page.evaluate("() => [...document.querySelectorAll('#all tbody tr')].filter(r => r.offsetParent).map("
+                            "r => r.querySelector('code').textContent)")
+        assert set(ids) == new and len(ids) == len(new) > 0
+        assert page.locator("#n").inner_text() == f"{len(new):,} of {total:,} checks"
+        page.get_by_label(re.compile("only the .* new since run")).uncheck()
+        assert len(matching(f"all {total:,} checks")) == total
         grey = page.eval_on_selector("#all td.not_applicable", "c => getComputedStyle(c).color")
         assert contrast(grey, "rgb(255, 255, 255)") >= 4.5  # WCAG AA for text of 14 px
 

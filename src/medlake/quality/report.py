@@ -22,7 +22,8 @@ td.num{white-space:nowrap}.num small{white-space:normal}.wrap{overflow-x:auto}sv
 .big{font-size:2.4em;font-weight:600}.failed{color:#b00020}.passed{color:#1b7a2f}.error{color:#a15c00}
 .not_applicable{color:#666}.cards{display:flex;gap:2em;flex-wrap:wrap}.card{padding:.6em 1em;background:#f6f6f6;
 border-radius:6px;color:inherit;text-decoration:none}a.card:hover{outline:1px solid #999}
-code{font-size:12px}small{color:#666}input{padding:4px;width:30em;max-width:90%}
+code{font-size:12px}small{color:#666}input[type=search]{padding:4px;width:22em;max-width:90%}
+.filters{display:flex;flex-wrap:wrap;gap:.4em 1.2em;align-items:center}#n{font-weight:600}
 .warning{background:#fff4e0;border-left:4px solid #a15c00;padding:.5em 1em}
 table.checks,#types{table-layout:fixed}table.checks td{overflow-wrap:anywhere}table.checks td.num{overflow-wrap:normal}
 @media (max-width:1000px),print{table.checks,table.checks>*{display:block}table.checks colgroup,table.checks th:last-child
@@ -45,8 +46,17 @@ h2{break-after:avoid}a{color:inherit;text-decoration:none}}
 """
 
 JS = """
-function filt(){const q=document.getElementById('q').value.toLowerCase();
-for(const tr of document.querySelectorAll('#all tbody tr')){tr.style.display=tr.textContent.toLowerCase().includes(q)?'':'none'}}
+let rows, timer;
+function filt(){const $=id=>document.getElementById(id), q=$('q').value.toLowerCase().trim(), s=$('st').value,
+t=$('tb').value, nw=$('nw')&&$('nw').checked;
+rows=rows||[...document.querySelectorAll('#all tbody tr[data-s]')].map(tr=>[tr,(tr.textContent+' '+
+tr.dataset.s.replace('_',' ')).toLowerCase()]);
+let n=0;for(const [tr,text] of rows){const ok=(!s||tr.dataset.s===s)&&(!t||tr.dataset.t===t)&&(!nw||tr.hasAttribute(
+'data-n'))&&text.includes(q);tr.style.display=ok?'':'none';n+=ok}
+const f=x=>x.toLocaleString('en');$('n').textContent=n===rows.length?`all ${f(n)} checks`:n?`${f(n)} of ${f(rows.length)}`
++' checks':'no check matches'}
+function later(){clearTimeout(timer);timer=setTimeout(filt,150)}
+function newOnly(){document.getElementById('nw').checked=true;filt()}
 """
 
 
@@ -284,7 +294,8 @@ def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = 
     remark = f"<br><small class=remark><b>Note:</b> {escape(r['notes'])}</small>" if r.get("notes") else ""
     severity = r.get("severity") or "-"
     severity = "<b>fatal</b>" if severity == "fatal" else escape(severity)
-    return (f'<tr><td class="{r["status"]}">{r["status"].replace("_", "_<wbr>")}{badge}</td>'
+    return (f'<tr data-s={r["status"]} data-t="{escape(r["cdm_table"] or "")}"{" data-n" if badge else ""}>'
+            f'<td class="{r["status"]}">{r["status"].replace("_", "_<wbr>")}{badge}</td>'
             f'<td><b>{escape(r["check_name"])}</b><br><small>{escape(r["category"])} / '
             f'{escape(r["subcategory"] or "-")} / {escape(r["context"])} · severity {severity}'
             + (" · the site's check" if r.get("source") == "site" else "") + '</small>'
@@ -366,7 +377,9 @@ def render(run, history: list[dict]) -> str:
            + (f", {len(since['more_days'])} feed check(s) with more days" if since.get("more_days") else "")
            + f", {len(since['fixed'])} fixed"
            + (f"; table(s) emptied since: {escape(', '.join(emptied))} (its checks not applicable now, not fixed)"
-              if emptied else "") + "</small></p>"] if since else []),
+              if emptied else "")
+           + (" · <a href='#all-checks' onclick='newOnly()'>list the new ones</a>" if new else "")
+           + "</small></p>"] if since else []),
         *_emptied(results, since, history),
         "<h2>Pass rate by Kahn category</h2>", _bars(cats),
         "<h2>Pass rate across runs</h2>", _trend(history),
@@ -397,8 +410,7 @@ def render(run, history: list[dict]) -> str:
         f"<th class='num'>pass rate</th></tr></thead><tbody>{tables}</tbody></table></div>",
         f"<p class='print'>The list of all {len(results):,} checks is left out of the printout: open report.html to "
         "read and filter it.</p>",
-        f"<section id='all-checks'><h2>All checks ({len(results)})</h2><p><label for='q'>Filter the checks: </label>"
-        "<input id='q' type='search' oninput='filt()' placeholder='table, check, status…'></p>",
+        f"<section id='all-checks'><h2>All checks ({len(results)})</h2>", _filters(results, since, new),
         _checks("".join(_row(r, new, steps=False) for r in sorted(results, key=lambda r: order.get(r["status"], 9))),
                 "all"),
         "</section></body></html>",
@@ -422,6 +434,23 @@ def _emptied(results: list[dict], since: dict | None, history: list[dict]) -> li
             "now" + (f" ({its} failed checks: {failed:,} then, {now:,} now)" if then else "")
             + ", so the pass rate rising and the failures falling are not a fix: load the table(s) again, or find "
             "the step that emptied them</p>"]
+
+
+def _filters(results: list[dict], since: dict | None, new: frozenset) -> str:
+    """The filter over all checks: words, a status, a table, only the new failures and errors since the last run;
+    how many checks match (said to a screen reader as it changes)."""
+    count = {s: sum(r["status"] == s for r in results) for s in ("failed", "error", "not_applicable", "passed")}
+    words = {"failed": "failed", "error": "could not run (error)", "not_applicable": "not applicable",
+             "passed": "passed"}
+    status = "".join(f"<option value={s}>{words[s]} ({n:,})</option>" for s, n in count.items())
+    tables = "".join(f"<option>{escape(t)}</option>" for t in sorted({r["cdm_table"] for r in results if r["cdm_table"]}))
+    only = (f"<label><input id='nw' type='checkbox' onchange='filt()'> only the {len(new):,} new since run "
+            f"{escape(since['run_id'])} (failures and errors)</label> " if new else "")
+    return ("<p class=filters><span><label for='q'>Filter the checks: </label><input id='q' type='search' oninput='later()' "
+            "placeholder='table, check, status…'></span> <label>status <select id='st' onchange='filt()'><option value=''>"
+            f"any</option>{status}</select></label> <label>table <select id='tb' onchange='filt()'><option value=''>"
+            f"any</option>{tables}</select></label> {only}<output id='n' aria-live='polite'>all {len(results):,} "
+            "checks</output></p>")
 
 
 def _fixed(results: list[dict], since: dict | None) -> list[str]:
