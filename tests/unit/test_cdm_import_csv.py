@@ -87,3 +87,40 @@ def test_cli_reimport_says_which_tables_not_in_the_folder_keep_the_rows_of_befor
             "an empty file of it (e.g. death.csv) in the folder and import again") in said
     eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
     assert _rows(eng, "SELECT count(*) FROM death") == [(1,)]
+
+
+NOTE = ("note_id,person_id,note_date,note_type_concept_id,note_class_concept_id,note_title,note_text,"
+        "encoding_concept_id,language_concept_id\n")
+
+
+@pytest.mark.parametrize("between", [0, 2])
+def test_a_quote_not_closed_accounts_for_every_line_the_row_where_it_closes_too(tmp_path, between):
+    """Note 1's title opens a quote that note 4's `5" tube` closes: notes 2 to 4 are inside its value. Note 4, whose
+    line the quote closes in, was neither loaded nor counted (loaded + set aside + swallowed fell one short of the
+    file); with no whole row between them (`between` 0) the two rows were read as one, and loaded."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    rows = ['1,1,2019-01-31,32817,0,"Unclosed title,text1,0,0']
+    rows += [f"{i},1,2019-01-31,32817,0,T{i},text{i},0,0" for i in range(2, 2 + between)]
+    rows += [f'{2 + between},1,2019-01-31,32817,0,5" tube,text,0,0', f"{3 + between},1,2019-01-31,32817,0,T,t,0,0"]
+    (folder / "note.csv").write_text(NOTE + "\n".join(rows) + "\n")
+    got = []
+    [report] = importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4",
+                                      set_aside=lambda f, b: got.extend(b)).values()
+    assert (report.rows, report.bad) == (1, 1)
+    assert report.notes == {("note_title", "swallowed"): (between + 1, f"{folder / 'note.csv'}:2")}
+    assert report.rows + report.bad + report.notes["note_title", "swallowed"][0] == len(rows)
+    [b] = got
+    assert (b.line, b.reason, b.field) == (2, "unclosed_quote", "note_title")
+    assert f"runs over {between + 2} lines, {between + 1} of them a row of the file" in b.detail
+
+
+def test_a_note_whose_text_runs_over_lines_with_commas_loads(tmp_path):
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "note.csv").write_text(NOTE + '1,1,2020-01-01,32817,0,"Labs, today","Na 140, K 4.1, Cl 101\n'
+                                     'plan: recheck, call, write, see, ask, rest\nok",0,0\n2,1,2020-01-01,32817,0,t,x,0,0\n')
+    [report] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4").values()
+    assert (report.rows, report.bad, report.notes) == (2, 0, {})
+    assert _rows(eng, "SELECT note_text FROM note WHERE note_id = 1") == [
+        ("Na 140, K 4.1, Cl 101\nplan: recheck, call, write, see, ask, rest\nok",)]

@@ -548,17 +548,21 @@ def _columns(header: list[str], table: str) -> list[str]:
     return [n.removeprefix(f"{table}.") for n in names]
 
 
-def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, bad: dict[int, list[tuple[str, str, str]]]
-               ) -> tuple[int, int] | None:
-    """Add to `bad` the rows whose value of `col` runs over lines that read as rows of the file: a quote opened and not
-    closed swallows the rows after it, up to the next quote, into one value (a row is then lost from the count).
-    Returns (rows of the file so swallowed, row index of the first value that did), if any."""
+def _swallowed(col: pa.Array, name: str, delimiter: str, columns: int, at: int,
+               bad: dict[int, list[tuple[str, str, str]]]) -> tuple[int, int] | None:
+    """Add to `bad` the rows whose value of `col` (the file's column `at` of `columns`) runs over lines that read as
+    rows of the file: a quote opened and not closed swallows the rows after it, up to the next quote, into one value
+    (a row is then lost from the count). A line inside the value with as many delimiters as the header is such a row;
+    so is its last line, where the quote closes, when it holds the delimiters before the field and its first line
+    those after it (the rest of the row the quote opened in). Returns (rows of the file so swallowed, row index of
+    the first value that did), if any."""
     if columns < 4 or not _has_breaks(col):
         return None
     swallowed, first = 0, None
     for i in pc.indices_nonzero(pc.fill_null(pc.match_substring(col, "\n"), False)).to_pylist():
         lines = col[i].as_py().split("\n")
-        rows = sum(x.count(delimiter) >= columns - 1 for x in lines[1:])
+        rows = sum(x.count(delimiter) >= columns - 1 for x in lines[1:-1]) + (
+            lines[-1].count(delimiter) >= at and lines[0].count(delimiter) >= columns - 1 - at)
         if rows:
             bad.setdefault(i, []).append((name, "unclosed_quote", f"field {name}: its value runs over {len(lines)} "
                                           f"lines, {rows} of them a row of the file (a quote opened there and not "
@@ -616,6 +620,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     the file swallowed by a value whose quote is not closed are counted as {(field, "swallowed"): (rows, row index
     of the value)}."""
     names = _columns(batch.schema.names, table.name)
+    width, at = len(names), {n: i for i, n in enumerate(names)}  # the file's columns (before any is left out)
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
         held = [i for i, n in enumerate(names) if not n and batch.column(i).null_count < batch.num_rows]
         if held:
@@ -667,7 +672,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
             nul[name] = pc.fill_null(pc.match_substring(data[name], "\x00"), False)
         data[name] = kept
         if delimiter is not None and pa.types.is_string(data[name].type):
-            lost = _swallowed(data[name], name, delimiter, batch.num_columns, bad)
+            lost = _swallowed(data[name], name, delimiter, width, at[name], bad)
             if lost:  # counted, so that the rows loaded and set aside add up to the file's (said by the CLI)
                 counted[name, "swallowed"] = lost
     if delimiter is not None:
