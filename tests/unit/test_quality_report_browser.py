@@ -107,7 +107,8 @@ def test_the_report_reads_offline_in_a_browser(report):
             assert page.evaluate("document.documentElement.scrollWidth") <= width
             assert page.evaluate("document.documentElement.scrollHeight") < 2.5 * desktop
             words = """sel => [...document.querySelectorAll(sel)].filter(c => c.offsetParent).map(c => {
-                const r = document.createRange(); r.selectNodeContents(c); return r.getClientRects().length })"""
+                const r = document.createRange(); r.selectNodeContents(c);  // the lines: the text's boxes' tops
+                return new Set([...r.getClientRects()].map(b => Math.round(b.top))).size })"""
             for sel in (".checks td:nth-child(2) b", "#types td:first-child b", ".checks td.num", "#types td.num"):
                 lines = page.evaluate(words, sel)  # a check's name, a count: on one line
                 assert lines and max(lines) == 1, (width, sel, lines)
@@ -173,6 +174,9 @@ def test_the_report_reads_offline_in_a_browser(report):
         page.set_viewport_size({"width": 718, "height": 1000})  # A4's printable width
         assert page.locator("#all").is_hidden() and page.locator("p.print").is_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 718
+        assert page.evaluate("""[...document.querySelectorAll('#types td')].every(c => {  // no name over its count
+            const r = document.createRange(); r.selectNodeContents(c);
+            return [...r.getClientRects()].every(b => b.right <= c.getBoundingClientRect().right + 0.5) })""")
         pdf = page.pdf(format="A4")
         assert 1 <= len(re.findall(rb"/Type\s*/Page[^s]", pdf)) <= 4
         browser.close()

@@ -260,7 +260,8 @@ def _by_type(checks: list[dict]) -> str:
         places = [where(r) for r in rs]
         more = f" <small>(+{len(places) - 6} more)</small>" if len(places) > 6 else ""
         rows.append(
-            f"<tr><td><b>{escape(name)}</b><br><small>{escape(rs[0]['category'])} / "
+            # a long type name may break before a capital (measure<wbr>Condition…), not over its counts in print
+            f"<tr><td><b>{re.sub(r'(?<=[a-z])(?=[A-Z])', '<wbr>', escape(name))}</b><br><small>{escape(rs[0]['category'])} / "
             f"{escape(rs[0]['subcategory'] or '-')}</small></td><td class='num failed'>{len(failed)}</td>"
             f"<td class='num error'>{errors or ''}</td>"
             f"<td style='overflow-wrap:anywhere'><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
