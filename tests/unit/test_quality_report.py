@@ -223,3 +223,16 @@ def test_a_check_type_that_only_stopped_with_errors_reads_not_measured_not_0_row
     cells = {m[0]: m[1:] for m in re.findall(r"<tr><td><b>(\w+)</b>.*?<td class='num'>([^<]*)</td>"
                                              r"<td class='num'>([^<]*)</td></tr>", types)}
     assert cells == {"isForeignKey": ("3 rows", "30.00%"), "plausibleAfterBirth": ("not measured", "")}
+
+
+def test_the_charts_values_reach_a_screen_reader():
+    """Review-report #10: role=img hides an SVG's text; the bars' values are in their label, and the trend's runs
+    are in a table under it (a <details>, also for print)."""
+    before = {"run_id": "20261206T010000000000Z", "pass_rate": 0.5,
+              "by_category": {"Conformance": {"pass_rate": 0.5}}}
+    html = render([check("f1", "failed", violated=3, of=10), check("p1", "passed")], history=[before])
+    assert '<svg width="760" height="32" viewBox="0 0 760 32" role="img" aria-label="pass rates: Conformance 50.00% ' \
+           '(1/2)">' in html
+    table = html.split("<details class=trend>")[1].split("</details>")[0]
+    rows = re.findall(r"<tr><td>(.*?)</td><td class='num'>(.*?)</td><td class='num'>(.*?)</td></tr>", table)
+    assert rows == [("20261206T010000000000Z", "50.00%", "50.00%"), ("20261207T053720226244Z", "50.00%", "50.00%")]

@@ -73,7 +73,7 @@ def test_the_report_reads_offline_in_a_browser(report):
         assert chart.locator("text.value").all_text_contents() == [
             f"{100 * h['pass_rate']:.2f}%" for h in runner.history(report.dir.parent)]
         assert [trend.nth(i).get_attribute("stroke-dasharray") for i in range(4)] == ["", "7 3", "2 3", "10 3 2 3"]
-        assert page.locator("svg[aria-label='pass rates'] rect").count() >= 6
+        assert page.locator("svg[aria-label^='pass rates: Completeness'] rect").count() >= 6
         # what the LIS sent per day, its last 90: one bar a day, the silent day red, the low day orange
         lis = page.locator("svg[aria-label='LIS per day']")
         assert lis.locator("rect").count() == 90 and lis.bounding_box()["width"] >= 90 * 5

@@ -74,7 +74,8 @@ def _pct(x) -> str:
 def _bars(rows: list[tuple[str, float | None, str]]) -> str:
     """Horizontal bars (SVG) of pass rates."""
     h = 22 * len(rows) + 10
-    out = [f'<svg width="760" height="{h}" viewBox="0 0 760 {h}" role="img" aria-label="pass rates">']
+    said = "; ".join(f"{label} {_pct(rate) or 'n/a'} {extra}".strip() for label, rate, extra in rows)
+    out = [f'<svg width="760" height="{h}" viewBox="0 0 760 {h}" role="img" aria-label="pass rates: {escape(said)}">']
     for i, (label, rate, extra) in enumerate(rows):
         y = 5 + 22 * i
         w = 0 if rate is None else 360 * rate
@@ -165,6 +166,12 @@ def _trend(history: list[dict]) -> str:
                    f'stroke-dasharray="{dash}"/><text x="{x + 26}" y="{h - 8}" font-size="11">{escape(label)}</text>')
         x += 32 + 6.8 * len(label)
     out.append("</svg>")
+    head = "".join(f"<th class='num'>{escape(name)}</th>" for name, *_ in series)  # the values as a table too
+    body = "".join(f"<tr><td>{escape(run['run_id'])}</td>" + "".join(f"<td class='num'>{_pct(rs[i])}</td>"
+                                                                      for *_, rs in series) + "</tr>"
+                   for i, run in enumerate(runs))
+    out.append(f"<details class=trend><summary><small>the pass rates as a table</small></summary><div class=wrap><table>"
+               f"<thead><tr><th>run</th>{head}</tr></thead><tbody>{body}</tbody></table></div></details>")
     return "".join(out)
 
 
