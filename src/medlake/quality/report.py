@@ -266,15 +266,15 @@ def _by_type(checks: list[dict]) -> str:
         errors = len(rs) - len(failed)
         places = [where(r) for r in rs]
         more = f" <small>(+{len(places) - 6} more)</small>" if len(places) > 6 else ""
+        # checks that could only stop with an error measured nothing: not "0 rows"
+        violated = counted(rs[0], sum(r["num_violated_rows"] or 0 for r in failed)) if failed else "not measured"
         rows.append(
             # a long type name may break before a capital (measure<wbr>Condition…), not over its counts in print
             f"<tr><td><b>{re.sub(r'(?<=[a-z])(?=[A-Z])', '<wbr>', escape(name))}</b><br><small>{escape(rs[0]['category'])} / "
             f"{escape(rs[0]['subcategory'] or '-')}</small></td><td class='num failed'>{len(failed)}</td>"
             f"<td class='num error'>{errors or ''}</td>"
             f"<td style='overflow-wrap:anywhere'><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
-            # (checks that could only stop with an error measured nothing: not "0 rows")
-            f"<td class='num'>{counted(rs[0], sum(r['num_violated_rows'] or 0 for r in failed)) if failed else ''}"
-            f"{'' if failed else 'not measured'}</td>"
+            f"<td class='num'>{violated}</td>"
             f"<td class='num'>{_pct(max(r['pct_violated_rows'] or 0 for r in failed)) if failed else ''}</td></tr>")
     return ("<div class=wrap><table id='types'><colgroup><col style='width:22%'><col style='width:5em'>"
             "<col style='width:6em'><col><col style='width:8em'><col style='width:6em'></colgroup><thead><tr>"
