@@ -124,3 +124,53 @@ def test_a_note_whose_text_runs_over_lines_with_commas_loads(tmp_path):
     assert (report.rows, report.bad, report.notes) == (2, 0, {})
     assert _rows(eng, "SELECT note_text FROM note WHERE note_id = 1") == [
         ("Na 140, K 4.1, Cl 101\nplan: recheck, call, write, see, ask, rest\nok",)]
+
+
+CONCEPT = [("concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id", "standard_concept",
+            "concept_code", "valid_start_date", "valid_end_date", "invalid_reason"),
+           ("8507", "MALE", "Gender", "Gender", "Gender", "S", "M", "19700101", "20991231", ""),
+           ("1002", '"Dry" cough', "Condition", "SNOMED", "Clinical Finding", "S", "222", "19700101", "20991231", ""),
+           ("1003", '"Hello world', "Observation", "SNOMED", "Clinical Finding", "S", "333", "19700101", "20991231",
+            ""),
+           ("1004", "Normal concept A", "Observation", "SNOMED", "Clinical Finding", "S", "444", "19700101",
+            "20991231", ""),
+           ("1006", 'Pipe 5" tube', "Device", "SNOMED", "Physical Object", "S", "666", "19700101", "20991231", ""),
+           ("1007", "Last one", "Observation", "SNOMED", "Clinical Finding", "", "777", "19700101", "20991231", "D")]
+
+
+def test_athena_vocabulary_files_in_the_folder_are_read_as_vocab_load_reads_them(tmp_path):
+    """Athena's CONCEPT.csv (tab-separated, never quoted: a `"` is part of a name) read with CSV quoting lost the
+    quotes of `"Dry" cough` and swallowed the concepts after `"Hello world`; it is read as `medlake vocab load` reads
+    the same file, and a bad value stops the import naming its file, line and field."""
+    from medlake.cdm import store, vocab
+
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "CONCEPT.csv").write_text("".join("\t".join(r) + "\n" for r in CONCEPT))
+    (folder / "person.csv").write_text(PERSON + "\n1,8507,1980,0,0\n")
+    [concept, person] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4").values()
+    assert (concept.rows, concept.bad, concept.notes, person.rows) == (6, 0, {}, 1)
+    sql = "SELECT * FROM concept ORDER BY concept_id"
+    loaded = open_engine("duckdb::memory:")
+    store.init(loaded, "5.4")
+    vocab.load(loaded, folder, "5.4")
+    assert _rows(eng, sql) == _rows(loaded, sql)
+    assert _rows(eng, "SELECT concept_name FROM concept WHERE concept_id IN (1002, 1003, 1006) ORDER BY 1") == [
+        ('"Dry" cough',), ('"Hello world',), ('Pipe 5" tube',)]
+    (folder / "CONCEPT.csv").write_text("".join("\t".join(r) + "\n" for r in CONCEPT[:3])
+                                        + "1003\tX\tDrug\tRxNorm\tClinical Drug\tS\t1\t1970013\t20991231\t\n")
+    with pytest.raises(importer.CdmImportError, match=r"CONCEPT.csv: line 4, field valid_start_date: '1970013' is not "
+                       r"a valid date \(expected YYYYMMDD\)"):
+        importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4")
+
+
+def test_a_tab_separated_concept_export_with_iso_dates_is_read_as_csv(tmp_path):
+    """A concept table exported from a CDM database with its dates as YYYY-MM-DD is no Athena file: read as the
+    other CSV files (quoted values unquoted)."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "concept.tsv").write_text("\t".join(CONCEPT[0]) + "\n"
+                                        + '8507\t"MALE"\tGender\tGender\tGender\tS\tM\t1970-01-01\t2099-12-31\t\n')
+    [concept] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4").values()
+    assert (concept.rows, concept.bad) == (1, 0)
+    assert _rows(eng, "SELECT concept_name, CAST(valid_start_date AS VARCHAR) FROM concept") == [("MALE", "1970-01-01")]

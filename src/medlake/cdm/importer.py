@@ -35,7 +35,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from medlake.cdm import ddl, model, store
-from medlake.cdm.vocab import index_lookups, undecodable_lines
+from medlake.cdm.vocab import VOCAB_FILES, VocabError, index_lookups, read_batches, undecodable_lines
 
 SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".tsv", ".tsv.gz", ".tsv.bz2", ".tsv.zst", ".parquet")
 CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}  # compressed files are read as they come, named in any case
@@ -355,6 +355,37 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str], invalid: list[tu
         yield batch, (lambda i, first=line: first + i) if breaks is None else (
             lambda i, first=line, breaks=breaks: first + i + int(breaks[i]))
         line += batch.num_rows + (0 if breaks is None else int(breaks[-1]))
+
+
+def _athena(path: Path, fmt: CsvFormat, table: model.Table, blank: int) -> bool:
+    """Whether a file is a vocabulary table as Athena writes it: tab-separated, never quoted (a `"` is part of a
+    name), its header unquoted, dates as YYYYMMDD (those of its first row), UTF-8, not compressed. Such a file is read
+    as `medlake vocab load` reads it; a CDM database's export of the table (dates as YYYY-MM-DD, values quoted) is
+    read as CSV."""
+    if (table.name not in VOCAB_FILES or fmt.of(path) != "\t" or blank or path.suffix.lower() in CODECS
+            or codecs.lookup(fmt.encoding).name != "utf-8"):
+        return False
+    with open(path, "rb") as fh:
+        head, row = fh.readline(), fh.readline()
+    if b'"' in head:
+        return False
+    names = _columns(head.decode("utf-8-sig", "replace").rstrip("\r\n").split("\t"), table.name)
+    values = dict(zip(names, row.decode("utf-8", "replace").rstrip("\r\n").split("\t")))
+    return all(re.fullmatch(r"\d{8}", values[f.name]) for f in table.fields
+               if f.kind in ("date", "datetime") and values.get(f.name))
+
+
+def _vocab_batches(path: Path, table: model.Table) -> Iterator[tuple[pa.RecordBatch, Callable]]:
+    """The batches of an Athena vocabulary file (`_athena`), read and typed by `medlake vocab load`'s reader (a value
+    it cannot read stops the import, naming its line and field)."""
+    try:
+        for first, part in read_batches(path, table):
+            for batch in part.combine_chunks().to_batches():
+                yield batch, lambda i, first=first: first + i
+                first += batch.num_rows
+    except VocabError as e:
+        raise CdmImportError(f"{path}: {str(e).removeprefix(path.name + ': ')} (read as Athena writes its vocabulary "
+                             "files: tab-separated, unquoted, dates as YYYYMMDD)") from None
 
 
 def _row_text(path: Path):
@@ -886,11 +917,15 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     budget = max_bad - used
     parquet = path.name.lower().endswith(".parquet")
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
+    typed = parquet  # columns read as their types, not as CSV text
     if parquet:
         batches = _parquet_batches(path)
     else:
         fmt, header, blank = _sniff(path, fmt)
-        batches = _csv_batches(path, fmt, header, invalid, blank)
+        if _athena(path, fmt, table, blank):
+            typed, invalid, batches = True, None, _vocab_batches(path, table)
+        else:
+            batches = _csv_batches(path, fmt, header, invalid, blank)
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
     malformed: int | None = 0  # --strict: the file line of the first line with the wrong number of fields (None:
     # not found by its text), once the reader has skipped one
@@ -906,8 +941,8 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
             batch, left_out = _with_partition(batch, partition, table)
             _add_notes(notes, {(name, "skipped"): (n, line(0)) for name, n in left_out.items()})
         try:
-            data, problems, noted = _conform(batch, table, schema, path, left, *(() if parquet else (fmt.decimal,
-                                                                                            fmt.of(path))),
+            data, problems, noted = _conform(batch, table, schema, path, left, *(() if typed else (fmt.decimal,
+                                                                                          fmt.of(path))),
                                              dates=fmt.dates, skip_unknown=skip_unknown)
         except _TooMany as e:
             i = min(e.bad)
