@@ -2053,7 +2053,8 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
     store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
     r = runner.run(store, "5.4", tmp_path / "quality")
     dqd = json.loads((r.dir / "dqd.json").read_text())
-    assert set(dqd) == {"startTimestamp", "endTimestamp", "executionTime", "CheckResults", "Metadata", "Overview"}
+    assert set(dqd) == {"startTimestamp", "endTimestamp", "executionTime", "executionTimeSeconds", "CheckResults",
+                        "Metadata", "Overview"}
     # results.csv: results.json for a spreadsheet, row for row
     import csv
 
@@ -2079,12 +2080,32 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
     for x in dqd["CheckResults"]:  # exactly one status each, the one results.json has
         flags = {"failed": x["failed"], "passed": x["passed"], "error": x["isError"], "not_applicable": x["notApplicable"]}
         assert sum(flags.values()) == 1 and flags[ours[x["checkId"]]["status"]] == 1
+    # review-dqdjson: the Overview as DQD's summarizeResults counts (ARES adds countPassed and countOverallFailed
+    # up to the total): a check not applicable or in error is not failed
     o = dqd["Overview"]
-    assert o["countTotal"] == len(ours) and o["countThresholdFailed"] == sum(x["status"] == "failed" for x in ours.values())
-    assert o["countPassed"] == sum(x["status"] == "passed" for x in ours.values())  # not-applicable is not passed
+    failed = sum(x["status"] == "failed" for x in ours.values())
+    assert (o["countTotal"], o["countOverallFailed"], o["countThresholdFailed"]) == (len(ours), failed, failed)
+    assert o["countPassed"] + o["countOverallFailed"] == o["countTotal"] > sum(x["status"] == "passed" for x in ours.values())
+    assert o["percentPassed"] == round(100 * o["countPassed"] / o["countTotal"], 2)
+    # a not-applicable check's counts where they are known (an empty table: 0 rows), in DQD's words
+    empty = next(x for x in dqd["CheckResults"] if x["checkId"] == "field_isrequired_specimen_specimen_id")
+    assert (empty["numViolatedRows"], empty["numDenominatorRows"], empty["notApplicableReason"]) == (
+        0, 0, "Table SPECIMEN is empty.")
+    unvalued = next(x for x in dqd["CheckResults"] if x["checkId"] == "field_isforeignkey_condition_occurrence_provider_id")
+    assert (unvalued["numDenominatorRows"], unvalued["notApplicableReason"]) == (
+        None, "Field CONDITION_OCCURRENCE.PROVIDER_ID is not populated.")
+    cdm_table = next(x for x in dqd["CheckResults"] if x["checkName"] == "cdmTable")
+    assert cdm_table["thresholdValue"] is None and fk["thresholdValue"] == 0  # DQD's files have no cdmTable column
+    assert all(isinstance(x["conceptId"], str) for x in dqd["CheckResults"] if x["conceptId"] is not None)
     meta = dqd["Metadata"][0]
     assert (meta["cdmSourceName"], meta["cdmSourceAbbreviation"], meta["cdmVersion"]) == ("Test hospital", "TH", "5.4")
+    assert (meta["cdmVersionConceptId"], meta["cdmReleaseDate"], meta["sourceDescription"]) == (
+        756265, "2026-01-02", None)
     assert meta["dqdVersion"].startswith("medlake")
+    store.execute("DELETE FROM cdm_source")  # no row: every key of DQD's Metadata still there (ARES reads them)
+    meta = json.loads((runner.run(store, "5.4", tmp_path / "quality").dir / "dqd.json").read_text())["Metadata"][0]
+    assert {"cdmSourceName", "cdmSourceAbbreviation", "cdmReleaseDate", "vocabularyVersion"} <= set(meta)
+    assert (meta["cdmSourceName"], meta["cdmVersion"]) == (None, "5.4")  # (not the store's URL)
 
 
 def test_each_run_says_what_failed_anew_and_what_was_fixed_since_the_stores_last_run(tmp_path):

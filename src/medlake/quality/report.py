@@ -588,8 +588,9 @@ def _camel(name: str) -> str:
 def dqd_results(run, queries: dict[str, str] | None = None) -> dict:
     """The run's DQD checks as DQD (2.1 and later) writes its results JSON — `CheckResults`, `Metadata` (the
     store's cdm_source row), `Overview` — so DQD's own viewer and the tools that read its files (ARES) take them.
-    medlake's own and the site's checks are left out. Unlike DQD's Overview, a check that is not applicable is not
-    counted as passed. `queries`: check id -> its query alone (`queryText`)."""
+    medlake's own and the site's checks are left out. The Overview counts as DQD's does (a check not applicable or
+    in error is not failed, so counted as passed; run.json's pass rate leaves them out). `queries`: check id -> its
+    query alone (`queryText`)."""
     from medlake.quality.checks import check_types
 
     s = run.summary
@@ -599,42 +600,80 @@ def dqd_results(run, queries: dict[str, str] | None = None) -> dict:
         if r["source"] != "dqd":
             continue
         st = r["status"]
+        counts = (r["num_violated_rows"], r["pct_violated_rows"], r["num_denominator_rows"])
+        if st == "not_applicable" and counts[2] is None and NOTHING_TO_COUNT.match(r["not_applicable_reason"] or ""):
+            counts = (0, 0.0, 0)  # (DQD counts an empty table's rows, or a missing concept's, and reads them as NA)
         rows.append({
-            "numViolatedRows": r["num_violated_rows"], "pctViolatedRows": r["pct_violated_rows"],
-            "numDenominatorRows": r["num_denominator_rows"], "executionTime": None,
-            "queryText": (queries or {}).get(r["check_id"], ""),
+            "numViolatedRows": counts[0], "pctViolatedRows": counts[1], "numDenominatorRows": counts[2],
+            "executionTime": None, "queryText": (queries or {}).get(r["check_id"], ""),
             "checkName": r["check_name"], "checkLevel": r["check_level"], "checkDescription": r["description"],
             "cdmTableName": (r["cdm_table"] or "").upper(), "cdmFieldName": (r["cdm_field"] or "").upper() or None,
-            "conceptId": r["concept_id"], "unitConceptId": r["unit_concept_id"],
+            "conceptId": _text(r["concept_id"]), "unitConceptId": _text(r["unit_concept_id"]),
             "sqlFile": getattr(types.get(r["check_name"]), "sql_file", ""), "category": r["category"],
             "subcategory": r["subcategory"] or None, "context": r["context"], "warning": None, "error": r["error"],
             "checkId": r["check_id"], "failed": int(st == "failed"), "passed": int(st == "passed"),
             "isError": int(st == "error"), "notApplicable": int(st == "not_applicable"),
-            "notApplicableReason": r["not_applicable_reason"], "thresholdValue": r["threshold"], "notesValue": r.get("notes"),
+            "notApplicableReason": _dqd_reason(r),
+            # (DQD's threshold files have no column for cdmTable and cdmField: no threshold, not 0)
+            "thresholdValue": None if r["check_name"] in ("cdmTable", "cdmField") else r["threshold"],
+            "notesValue": r.get("notes"),
         })
 
-    def count(status=None, category=None):
-        return sum(1 for x in rows if (category is None or x["category"] == category)
-                   and (status is None or x[status] == 1))
+    def count(flag=None, category=None):
+        return sum(1 for x in rows if (category is None or x["category"] == category) and (flag is None or x[flag]))
 
-    passed, failed, errors = count("passed"), count("failed"), count("isError")
-    overview = {"countTotal": len(rows), "countPassed": passed, "countErrorFailed": errors,
-                "countThresholdFailed": failed, "countOverallFailed": failed + errors,
-                "percentPassed": round(100 * passed / (passed + failed + errors), 2) if passed + failed + errors else None,
-                "percentFailed": round(100 * (failed + errors) / (passed + failed + errors), 2)
-                if passed + failed + errors else None}
+    failed, total = count("failed"), len(rows)  # DQD's summarizeResults
+    overview = {"countTotal": total, "countPassed": total - failed, "countErrorFailed": count("isError"),
+                "countThresholdFailed": failed, "countOverallFailed": failed,
+                "percentPassed": round(100 * (total - failed) / total, 2) if total else None,
+                "percentFailed": round(100 * failed / total, 2) if total else None}
     for cat in ("Plausibility", "Conformance", "Completeness"):
         overview |= {f"countTotal{cat}": count(None, cat), f"countFailed{cat}": count("failed", cat),
                      f"countPassed{cat}": count("passed", cat)}
-    meta = {_camel(k): (str(v) if v is not None else None) for k, v in (s.get("cdm_source") or {}).items()}
-    meta.setdefault("cdmSourceName", s["store"])
-    meta.setdefault("cdmVersion", s["cdm_version"])
+    # every key of DQD's Metadata (cdm_source's columns), null where the store has no cdm_source row: ARES reads
+    # cdmSourceAbbreviation, vocabularyVersion and cdmReleaseDate by name (DQD refuses to run without the row)
+    meta = {_camel(k): None for k in CDM_SOURCE_COLUMNS} | {
+        _camel(k): (v if v is None or isinstance(v, int) else str(v)) for k, v in (s.get("cdm_source") or {}).items()}
+    meta["cdmVersion"] = meta["cdmVersion"] or s["cdm_version"]
     from medlake import __version__
 
     meta["dqdVersion"] = f"medlake {__version__}"
     start, end = (s[k].replace("T", " ")[:19] for k in ("started", "finished"))
     return {"startTimestamp": start, "endTimestamp": end, "executionTime": f"{s['seconds']} secs",
-            "CheckResults": rows, "Metadata": [meta], "Overview": overview}
+            "executionTimeSeconds": s["seconds"], "CheckResults": rows, "Metadata": [meta], "Overview": overview}
+
+
+CDM_SOURCE_COLUMNS = ("cdm_source_name", "cdm_source_abbreviation", "cdm_holder", "source_description",
+                      "source_documentation_reference", "cdm_etl_reference", "source_release_date", "cdm_release_date",
+                      "cdm_version", "cdm_version_concept_id", "vocabulary_version")
+# a not-applicable check whose counts are known though not queried: 0 rows (DQD's results carry them)
+NOTHING_TO_COUNT = re.compile(r"table \S+ empty$|no records with concept ")
+
+
+def _text(v) -> str | None:
+    """An id as DQD's results write it (text: DQD reads its threshold files' rows as text)."""
+    return None if v is None else str(v)
+
+
+def _dqd_reason(r: dict) -> str | None:
+    """A not-applicable check's reason in DQD's words (calculateNotApplicableStatus), where DQD has one for it."""
+    why, table, fld = r["not_applicable_reason"], (r["cdm_table"] or "").upper(), (r["cdm_field"] or "").upper()
+    if why is None or r["status"] != "not_applicable":
+        return why
+    if re.fullmatch(r"table \S+ absent", why):
+        return f"Table {table} does not exist."
+    if re.fullmatch(r"table \S+ empty", why):
+        return f"Table {table} is empty."
+    if re.fullmatch(r"field \S+ absent", why):
+        return f"Field {table}.{fld} does not exist."
+    if re.fullmatch(r"field \S+ has no values", why):
+        return f"Field {table}.{fld} is not populated."
+    if why.startswith("no records with concept "):
+        if r["unit_concept_id"] is not None:
+            return (f"Combination of {fld}={r['concept_id']}, unitConceptId={r['unit_concept_id']} and "
+                    f"VALUE_AS_NUMBER IS NOT NULL is missing from the {table} table.")
+        return f"{fld}={r['concept_id']} is missing from the {table} table."
+    return why
 
 
 # DQD's results table (DataQualityDashboard's result_dataframe_ddl.sql: what `executeDqChecks(writeToTable = TRUE)`
