@@ -539,7 +539,8 @@ def test_results_written_to_a_table_in_dqds_layout_on_every_engine(engine, tmp_p
             fk["num_denominator_rows"], fk["cdm_table_name"], fk["cdm_field_name"], fk["sql_file"]) == \
         (1, 0, 0, 0, 1, 4, "CONDITION_OCCURRENCE", "PERSON_ID", "is_foreign_key.sql")
     assert fk["pct_violated_rows"] == pytest.approx(0.25) and fk["threshold_value"] == 0
-    assert [(r["v0"], r["d0"]) for r in run_native(engine, fk["query_text"])] == [(1, 4)]  # the engine's dialect
+    assert [(r["num_violated_rows"], r["num_denominator_rows"]) for r in run_native(engine, fk["query_text"])] == [
+        (1, 4)]  # the engine's dialect, DQD's columns
     by_id = {x["checkId"]: x for x in dqd}
     assert {k: (v["failed"], v["passed"], v["not_applicable"]) for k, v in rows.items()} == \
         {k: (v["failed"], v["passed"], v["notApplicable"]) for k, v in by_id.items()}

@@ -2075,7 +2075,8 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
         (1, 0, 1, "CONDITION_OCCURRENCE", "PERSON_ID")
     assert fk["sqlFile"] == "is_foreign_key.sql"  # DQD's template for the check type
     # a failed check's query alone (what `quality show` prints) counts it; the checks that passed share queries
-    assert store.query(fk["queryText"]).to_pylist()[0]["v0"] == 1
+    assert store.query(fk["queryText"]).to_pylist() == [
+        {"num_violated_rows": 1, "pct_violated_rows": 0.25, "num_denominator_rows": 4}]  # DQD's columns
     assert all(x["queryText"] == "" for x in dqd["CheckResults"] if not (x["failed"] or x["isError"]))
     for x in dqd["CheckResults"]:  # exactly one status each, the one results.json has
         flags = {"failed": x["failed"], "passed": x["passed"], "error": x["isError"], "not_applicable": x["notApplicable"]}

@@ -1083,8 +1083,10 @@ class Runner:
                     count = self.queries_of(c)[1]
                 except cp.NotApplicable:
                     continue
-                if count:
-                    out[c.id] = self.eng.engine.native(count)
+                if count:  # (named as DQD's templates name their result's columns)
+                    out[c.id] = self.eng.engine.native(
+                        "SELECT r.v0 AS num_violated_rows, CASE WHEN r.d0 = 0 THEN 0 ELSE 1.0 * r.v0 / r.d0 END AS "
+                        f"pct_violated_rows, r.d0 AS num_denominator_rows FROM ({count}) AS r")
         return out
 
     def _cdm_source(self) -> dict | None:
