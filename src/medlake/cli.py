@@ -1113,6 +1113,11 @@ def cdm_import(
             elif what == "nul":
                 says = (f"{n:,} value(s) held a NUL character (0x00), removed from the value: no engine but DuckDB "
                         f"can store one (the first: {first})")
+            elif what == "quoted_empty":
+                says = (f'{n:,} value(s) "" (the first: {first}), in a file that quotes its header, as pandas and '
+                        "Python's csv write NULL with QUOTE_ALL or QUOTE_NONNUMERIC: loaded as empty texts, which the "
+                        "quality checks count as present; if they mean NULL, export them unquoted (pandas: to_csv "
+                        "without quoting=)")
             else:
                 says = (f"{n:,} value(s) NULL or \\N kept as text (the first: {first}); give --null NULL (or "
                         "--null '\\N') if they mean empty")

@@ -174,3 +174,29 @@ def test_a_tab_separated_concept_export_with_iso_dates_is_read_as_csv(tmp_path):
     [concept] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4").values()
     assert (concept.rows, concept.bad) == (1, 0)
     assert _rows(eng, "SELECT concept_name, CAST(valid_start_date AS VARCHAR) FROM concept") == [("MALE", "1970-01-01")]
+
+
+def test_empty_texts_of_a_file_that_quotes_its_header_and_texts_are_counted_in_a_warning(tmp_path):
+    """pandas' to_csv(quoting=QUOTE_NONNUMERIC) writes None as "": loaded as an empty text (present to the quality
+    checks), which the import now says per field; a file that does not quote its header is not warned of."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    header = '"' + PERSON.replace(",", '","') + '","person_source_value","gender_source_value"\n'
+    (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a",""\n2,8507,1980,0,0,"",""\n3,8507,19x0,0,0,"",""\n')
+    [report] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4").values()
+    where = f"{folder / 'person.csv'}"
+    assert (report.rows, report.bad) == (2, 1)
+    assert report.notes == {("person_source_value", "quoted_empty"): (1, f"{where}:3"),
+                            ("gender_source_value", "quoted_empty"): (2, f"{where}:2")}
+    assert _rows(eng, "SELECT gender_source_value FROM person") == [("",), ("",)]  # (loaded as they are)
+    (folder / "person.csv").write_text(PERSON + ',person_source_value\n1,8507,1980,0,0,""\n')
+    assert importer.import_folder(eng, folder, "5.4")["person"].notes == {}
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="300")
+    (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a",""\n')
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "cdm", "import", str(folder)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (f'warning: person.gender_source_value: 1 value(s) "" (the first: {where}:2), in a file that quotes its '
+            "header, as pandas and Python's csv write NULL with QUOTE_ALL or QUOTE_NONNUMERIC: loaded as empty texts, "
+            "which the quality checks count as present; if they mean NULL, export them unquoted (pandas: to_csv "
+            "without quoting=)") in " ".join(p.stderr.split())

@@ -100,7 +100,8 @@ class Imported(NamedTuple):
     # "null_text" (NULL or \N kept as text in a text field: --null not given), "skipped" (a column that is no field
     # of the table, left out: skip_unknown; values: its non-empty values), "nul" (a text that held a NUL character,
     # left out of it: no engine but DuckDB can store one), "swallowed" (rows of the file inside a value whose quote
-    # is not closed, set aside with its row; values: those rows)
+    # is not closed, set aside with its row; values: those rows), "quoted_empty" ("" in a text field of a file whose
+    # header is quoted: QUOTE_ALL writes NULL so)
     notes: dict[tuple[str, str], tuple[int, str]] = {}
 
 
@@ -242,6 +243,7 @@ class CsvFormat(NamedTuple):
     nulls: tuple[str, ...] = ("",)
     decimal: str = "."  # the decimal mark of numbers with a fraction
     dates: str | None = None  # the form of dates besides YYYY-MM-DD, as strptime writes it (%m/%d/%Y)
+    quoted: bool = False  # a file's header is quoted, every name (found by `_sniff`): QUOTE_ALL writes NULL as ""
 
     def of(self, path: Path) -> str:
         """The delimiter of file `path`."""
@@ -309,8 +311,11 @@ def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str], int]:
     for d in (given, *(d for d in (",", ";", "|", "\t") if d != given)):
         header = next(csv.reader([first], delimiter=d), [])
         if len(header) > 1:
-            return (fmt if d == given else fmt._replace(delimiter=d)), header, blank
-    return fmt, next(csv.reader([first], delimiter=given), []), blank
+            fmt = fmt if d == given else fmt._replace(delimiter=d)
+            break
+    else:
+        header = next(csv.reader([first], delimiter=given), [])
+    return fmt._replace(quoted=bool(header) and first.count('"') == 2 * len(header)), header, blank
 
 
 def _csv_batches(path: Path, fmt: CsvFormat, header: list[str], invalid: list[tuple[str, int, int]] | None = None,
@@ -638,7 +643,8 @@ def _readable(t: pa.DataType, kind: str) -> bool:
 
 
 def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = ".",
-             delimiter: str | None = None, dates: str | None = None, skip_unknown: bool = False
+             delimiter: str | None = None, dates: str | None = None, skip_unknown: bool = False,
+             quoted: bool = False
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
@@ -649,7 +655,9 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     form of dates besides YYYY-MM-DD (--date-format); `skip_unknown`: columns that are no field of the table are left
     out, counted as {(column, "skipped"): (values, row index of the first)}, instead of stopping the import; rows of
     the file swallowed by a value whose quote is not closed are counted as {(field, "swallowed"): (rows, row index
-    of the value)}."""
+    of the value)}; `quoted`: a CSV file whose header is quoted, as QUOTE_ALL and QUOTE_NONNUMERIC exports write NULL
+    as "" (pandas, Python's csv): its empty texts counted as {(field, "quoted_empty"): (values, row index of the
+    first)}."""
     names = _columns(batch.schema.names, table.name)
     width, at = len(names), {n: i for i, n in enumerate(names)}  # the file's columns (before any is left out)
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
@@ -793,6 +801,8 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                 col = pc.if_else(over, pc.utf8_slice_codeunits(col, 0, f.length), col)
         if f.kind == "varchar":
             note(f.name, "null_text", pc.fill_null(pc.is_in(col, pa.array(["NULL", "\\N"])), False))
+            if quoted:
+                note(f.name, "quoted_empty", pc.fill_null(pc.equal(col, ""), False))
         if f.name in nul:
             note(f.name, "nul", nul[f.name] if keep is None else nul[f.name].filter(keep))
         cols.append(col)
@@ -943,7 +953,8 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         try:
             data, problems, noted = _conform(batch, table, schema, path, left, *(() if typed else (fmt.decimal,
                                                                                           fmt.of(path))),
-                                             dates=fmt.dates, skip_unknown=skip_unknown)
+                                             dates=fmt.dates, skip_unknown=skip_unknown,
+                                             quoted=fmt.quoted and not typed)
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
