@@ -2,6 +2,7 @@
 names."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import shlex
@@ -236,3 +237,23 @@ def test_the_charts_values_reach_a_screen_reader():
     table = html.split("<details class=trend>")[1].split("</details>")[0]
     rows = re.findall(r"<tr><td>(.*?)</td><td class='num'>(.*?)</td><td class='num'>(.*?)</td></tr>", table)
     assert rows == [("20261206T010000000000Z", "50.00%", "50.00%"), ("20261207T053720226244Z", "50.00%", "50.00%")]
+
+
+def test_the_trends_axis_says_the_year_and_its_first_labels_do_not_run_into_each_other():
+    """review-report #9: 400 nightly runs over 13 months were labelled 12-20 02:00 … 01-23 02:00 (no year), and the
+    first two labels overlapped."""
+    from medlake.quality.report import _trend, _when
+
+    assert _when(["20261207T053310567293Z", "20261207T063310567293Z"]) == ["2026-12-07 05:33:10", "06:33:10"]
+    assert _when(["20261207T053310567293Z", "20261209T063310567293Z"]) == ["2026-12-07 05:33", "12-09 06:33"]
+    assert _when(["20251220T020000000000Z", "20270123T020000000000Z"]) == ["2025-12-20", "2027-01-23"]
+    start = dt.datetime(2025, 12, 20, 2)
+    runs = [{"run_id": (start + dt.timedelta(days=i)).strftime("%Y%m%dT%H%M%S000000Z"), "pass_rate": 0.9,
+             "by_category": {}} for i in range(400)]
+    svg = _trend(runs)
+    labels = re.findall(r'<text x="([\d.]+)" y="186" font-size="11" text-anchor="(\w+)">([^<]+)</text>', svg)
+    assert labels[0][2] == "2025-12-20" and labels[-1][2] == "2027-01-23"
+    spans = [(float(x) - (0 if a == "start" else 6.5 * len(t) if a == "end" else 3.25 * len(t)),
+              float(x) + (6.5 * len(t) if a == "start" else 0 if a == "end" else 3.25 * len(t))) for x, a, t in labels]
+    assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), labels  # (about 6.5 px a character at 11 px)
+    assert "runs in order, by their start (UTC)" in svg

@@ -93,13 +93,15 @@ TREND = (("all checks", "#3b7dd8", 3, ""), ("Completeness", "#1b7a2f", 1.5, "7 3
 
 def _when(run_ids: list[str]) -> list[str]:
     """Runs' ids (their UTC start, 20261207T053310567293Z) as short axis labels: 12-07 05:33, or 05:33:10 when
-    the runs are of one day."""
+    the runs are of one day, or 2026-12-07 when they span years; the first says its year (and day) either way."""
     try:
         times = [dt.datetime.strptime(r, "%Y%m%dT%H%M%S%fZ") for r in run_ids]
     except ValueError:
         return run_ids
-    one_day = times[0].date() == times[-1].date()
-    return [t.strftime("%H:%M:%S" if one_day else "%m-%d %H:%M") for t in times]
+    one_day, one_year = times[0].date() == times[-1].date(), times[0].year == times[-1].year
+    form = "%H:%M:%S" if one_day else "%m-%d %H:%M" if one_year else "%Y-%m-%d"
+    first = "%Y-%m-%d %H:%M:%S" if one_day else "%Y-%m-%d %H:%M" if one_year else "%Y-%m-%d"
+    return [t.strftime(first if i == 0 else form) for i, t in enumerate(times)]
 
 
 def _trend(history: list[dict]) -> str:
@@ -138,7 +140,11 @@ def _trend(history: list[dict]) -> str:
     named = list(range(0, len(runs) - 1, every))
     if (len(runs) - 1 - named[-1]) * (xs[1] - xs[0]) < 110:  # the last, right-aligned, would run into it
         named.pop()
+    if len(named) > 1 and named[1] * (xs[1] - xs[0]) < 170:  # the first (with its year), left-aligned, too
+        named.pop(1)
     labels = _when([r["run_id"] for r in runs])
+    out.append(f'<text x="{w - right}" y="{bottom + 30}" font-size="10" fill="#555" text-anchor="end">'
+               "runs in order, by their start (UTC)</text>")
 
     def anchor(i, n):
         return "start" if i == 0 else "end" if i == n - 1 else "middle"
@@ -153,7 +159,7 @@ def _trend(history: list[dict]) -> str:
                    f'data-series="{escape(name)}" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)}"/>')
         out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" ' + (  # a run after a table was emptied: hollow, said
                     f'r="4" fill="#fff" stroke="{color}"' if emptied.get(rid) and name == "all checks" else
-                    f'r="2.5" fill="{color}"') + f'><title>{escape(rid)}, {escape(name)}: {_pct(r)}'
+                    f'r="{2.5 if len(runs) <= 60 else 1.2}" fill="{color}"') + f'><title>{escape(rid)}, {escape(name)}: {_pct(r)}'
                 + (f"; table(s) emptied since the run before: {escape(', '.join(emptied[rid]))}"
                    if emptied.get(rid) else "") + '</title></circle>' for px, py, rid, r in pts]
     if len(runs) <= 8:  # a few runs: each one's rate of all checks written under its point, over the lines
