@@ -2095,6 +2095,8 @@ def test_dqd_results_file_in_dqd_format(store, tmp_path):
     unvalued = next(x for x in dqd["CheckResults"] if x["checkId"] == "field_isforeignkey_condition_occurrence_provider_id")
     assert (unvalued["numDenominatorRows"], unvalued["notApplicableReason"]) == (
         None, "Field CONDITION_OCCURRENCE.PROVIDER_ID is not populated.")
+    nothing = next(x for x in dqd["CheckResults"] if x["checkId"] == "field_plausiblevaluelow_person_month_of_birth")
+    assert (nothing["numViolatedRows"], nothing["pctViolatedRows"], nothing["numDenominatorRows"]) == (0, 0.0, 0)
     cdm_table = next(x for x in dqd["CheckResults"] if x["checkName"] == "cdmTable")
     assert cdm_table["thresholdValue"] is None and fk["thresholdValue"] == 0  # DQD's files have no cdmTable column
     assert all(isinstance(x["conceptId"], str) for x in dqd["CheckResults"] if x["conceptId"] is not None)

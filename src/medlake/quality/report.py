@@ -609,6 +609,8 @@ def dqd_results(run, queries: dict[str, str] | None = None) -> dict:
         counts = (r["num_violated_rows"], r["pct_violated_rows"], r["num_denominator_rows"])
         if st == "not_applicable" and counts[2] is None and NOTHING_TO_COUNT.match(r["not_applicable_reason"] or ""):
             counts = (0, 0.0, 0)  # (DQD counts an empty table's rows, or a missing concept's, and reads them as NA)
+        elif counts[2] == 0:
+            counts = (counts[0], 0.0, 0)  # (DQD's templates: 0% of no rows)
         rows.append({
             "numViolatedRows": counts[0], "pctViolatedRows": counts[1], "numDenominatorRows": counts[2],
             "executionTime": None, "queryText": (queries or {}).get(r["check_id"], ""),
