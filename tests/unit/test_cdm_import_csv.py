@@ -200,3 +200,22 @@ def test_empty_texts_of_a_file_that_quotes_its_header_and_texts_are_counted_in_a
             "header, as pandas and Python's csv write NULL with QUOTE_ALL or QUOTE_NONNUMERIC: loaded as empty texts, "
             "which the quality checks count as present; if they mean NULL, export them unquoted (pandas: to_csv "
             "without quoting=)") in " ".join(p.stderr.split())
+
+
+def test_blank_lines_inside_the_file_are_skipped_and_counted_in_the_lines_of_the_rows_after_them(tmp_path):
+    """The reader skipped a blank line without counting it: a bad row on line 5 was said to be on line 4. A line of
+    delimiters alone (no value in any field) is no blank line: set aside, on its own line."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON + ",person_source_value\n1,8507,1980,0,0,\"two\n\nlines\"\n\n"
+                                       "2,8507,19x0,0,0,a\r\n\r\n3,8507,1982,0,0\n,,,,,\n4,8507,1983,0,0,b\n\n\n",
+                                       newline="")
+    aside = []
+    report = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4",
+                                    set_aside=lambda f, b: aside.extend(b))
+    assert (report["person"].rows, report["person"].bad) == (2, 3)
+    assert _rows(eng, "SELECT person_id FROM person ORDER BY 1") == [(1,), (4,)]
+    assert sorted((b.line, b.reason, b.field) for b in aside) == [
+        (6, "invalid", "year_of_birth"), (8, "malformed", None), (9, "missing_mandatory", "person_id")]
+    with pytest.raises(importer.CdmImportError, match=r"person.csv:6: field year_of_birth: cannot read"):
+        importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4", strict=True)

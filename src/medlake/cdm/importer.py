@@ -319,11 +319,13 @@ def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str], int]:
 
 
 def _csv_batches(path: Path, fmt: CsvFormat, header: list[str], invalid: list[tuple[str, int, int]] | None = None,
-                 blank: int = 0) -> Iterator[tuple[pa.RecordBatch, Callable]]:
+                 blank: int = 0, emptied: list[int] | None = None) -> Iterator[tuple[pa.RecordBatch, Callable]]:
     """(batch of bytes, as in the file but for its encoding read as UTF-8; the file line of its row i as `line(i)`),
     of a file of this format and `header`, after `blank` lines (`_sniff`). `invalid`: lines with the wrong number of fields are appended
     to it (text, fields expected, fields found) and skipped (the line numbers of later rows are then fixed by
-    `_invalid_lines`); without it they stop the import."""
+    `_invalid_lines`); without it they stop the import. Rows without a value in any field (a blank line, which the
+    reader keeps so that the lines after it are counted, or a line of delimiters alone: `_delimiters_only`) are
+    left out, their count appended to `emptied`."""
     delimiter = fmt.of(path)
     if not header or header == [""]:  # an empty file (as some exports write an empty table): no rows
         return
@@ -338,7 +340,7 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str], invalid: list[tu
             reader = pacsv.open_csv(
                 _stream(path), read_options=pacsv.ReadOptions(block_size=BATCH_BYTES, encoding=fmt.encoding,
                                                               skip_rows=blank),
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, ignore_empty_lines=False,
                                                  invalid_row_handler=skip if invalid is not None else None),
                 convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
                                                      null_values=list(fmt.nulls), quoted_strings_can_be_null=False))
@@ -357,9 +359,35 @@ def _csv_batches(path: Path, fmt: CsvFormat, header: list[str], invalid: list[tu
                                      "quote that is not closed?): fix the quoting there and import again") from e
             raise CdmImportError(f"{path}: near line {line}: {str(e).splitlines()[0]}") from e
         breaks = _breaks(batch)
-        yield batch, (lambda i, first=line: first + i) if breaks is None else (
+        at = (lambda i, first=line: first + i) if breaks is None else (
             lambda i, first=line, breaks=breaks: first + i + int(breaks[i]))
         line += batch.num_rows + (0 if breaks is None else int(breaks[-1]))
+        valued = _valued(batch)
+        if valued is not None:
+            if emptied is not None:
+                emptied.append(batch.num_rows - len(valued))
+            batch, at = batch.take(valued), (lambda i, at=at, valued=valued: at(int(valued[i])))
+        yield batch, at
+
+
+def _valued(batch: pa.RecordBatch) -> np.ndarray | None:
+    """The indices of the rows with a value in some field; None when every row has one (the usual case)."""
+    empty = None
+    for col in batch.columns:
+        if not col.null_count:
+            return None
+        empty = col.is_null() if empty is None else pc.and_(empty, col.is_null())
+    if empty is None or not pc.any(empty).as_py():
+        return None
+    return pc.indices_nonzero(pc.invert(empty)).to_numpy()
+
+
+def _delimiters_only(path: Path, fmt: CsvFormat, columns: int) -> list[int]:
+    """The file lines of delimiters alone (`,,,,`: a row of no value, not a blank line), found by their text."""
+    if columns < 2:
+        return []
+    with _text(path, fmt.encoding) as fh:
+        return [n for n, line in enumerate(fh, 1) if line.rstrip("\r\n") == fmt.of(path) * (columns - 1)]
 
 
 def _athena(path: Path, fmt: CsvFormat, table: model.Table, blank: int) -> bool:
@@ -928,6 +956,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
     parquet = path.name.lower().endswith(".parquet")
     invalid: list[tuple[str, int, int]] | None = None if parquet else []
     typed = parquet  # columns read as their types, not as CSV text
+    emptied: list[int] = []  # rows of no value left out per batch (blank lines, delimiters alone)
     if parquet:
         batches = _parquet_batches(path)
     else:
@@ -935,7 +964,7 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
         if _athena(path, fmt, table, blank):
             typed, invalid, batches = True, None, _vocab_batches(path, table)
         else:
-            batches = _csv_batches(path, fmt, header, invalid, blank)
+            batches = _csv_batches(path, fmt, header, invalid, blank, emptied)
     rows, bad, notes = 0, [], {}  # bad: (line as read, problems, raw row); notes: {(field, what): (values, line)}
     malformed: int | None = 0  # --strict: the file line of the first line with the wrong number of fields (None:
     # not found by its text), once the reader has skipped one
@@ -988,6 +1017,15 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
                        "; ".join(p[2] for p in problems), raw) for at, problems, raw in bad]
     left_out += [BadRow(table.name, path, at, None, "malformed", _malformed(expected, found), text.encode())
                  for (text, expected, found), at in zip(invalid or [], skipped)]
+    if any(emptied):  # a blank line holds no row; a line of delimiters alone, a row of empty fields, is set aside
+        required = next((f.name for f in table.fields if f.required), None)
+        for at in _delimiters_only(path, fmt, len(header)):
+            why = (f"no value in any field (a line of delimiters alone); field {required} is required in "
+                   f"{table.name}: remove the line, or fill it, and import again")
+            if strict:
+                raise CdmImportError(f"{_at(path, at)}: {why}")
+            left_out.append(BadRow(table.name, path, at, required, "missing_mandatory", why,
+                                   (fmt.of(path) * (len(header) - 1)).encode()))
     return rows, left_out, {k: (n, _at(path, _line(at, known))) for k, (n, at) in notes.items()}
 
 
