@@ -116,6 +116,25 @@ def test_rerun_sees_a_change_that_keeps_every_column_total(store, tmp_path):
     assert (r["status"], r["num_violated_rows"], r["examples"]) == ("failed", 1, ["200"])
 
 
+def test_rerun_sees_columns_renamed_or_their_names_swapped(store, tmp_path):
+    """review-incr #1: the fingerprint hashed each row's values in order, not the columns' names: year_of_birth and
+    month_of_birth swapped by name (an ETL's mistake) kept every hash, and the run re-used the table's results."""
+    out = tmp_path / "quality"
+    runner.run(store, "5.4", out, only=["person"])
+    for sql in ("ALTER TABLE person RENAME COLUMN year_of_birth TO y", "ALTER TABLE person RENAME COLUMN "
+                "month_of_birth TO year_of_birth", "ALTER TABLE person RENAME COLUMN y TO month_of_birth"):
+        store.execute(sql)  # (the months were empty: every year is now empty, the values unchanged)
+    again = runner.run(store, "5.4", out, only=["person"])
+    assert again.rechecked == ["person"]
+    empty = next(x for x in again.results if x["check_id"] == "field_measurevaluecompleteness_person_year_of_birth")
+    assert (empty["status"], empty["num_violated_rows"]) == ("failed", 2)
+    store.execute("ALTER TABLE person RENAME COLUMN gender_source_value TO gender_source_text")
+    renamed = runner.run(store, "5.4", out, only=["person"])
+    assert renamed.rechecked == ["person"]
+    assert next(x for x in renamed.results if x["check_id"] == "field_cdmfield_person_gender_source_value")[
+        "status"] == "failed"
+
+
 def test_a_table_without_a_fingerprint_is_always_checked(store, tmp_path, monkeypatch):
     """If the engine cannot compute a table's fingerprint (e.g. no hash function), the run does not stop: that
     table's results are never reused, the others' are."""

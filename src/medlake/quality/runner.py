@@ -367,7 +367,10 @@ class Runner:
             else:
                 try:
                     row = self.eng.query(_fingerprint_sql(table, self.cols(table))).to_pylist()[0]
-                    self._fp[table] = "|".join(_fmt(v) for v in row.values())
+                    # the columns' names and types too: the hash of a row is of its values in order, so a renamed
+                    # column, or two whose names were swapped, gave the same sum (review-incr #1)
+                    self._fp[table] = "|".join([*(_fmt(v) for v in row.values()),
+                                                *(f"{n} {t}" for n, t in self.cols(table).items())])
                 except EngineError as e:  # (a column the engine cannot hash): no key ever matches, always checked
                     self._fp[table] = f"unknown {time.time_ns()}"
                     self.unprinted[table] = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
