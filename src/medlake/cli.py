@@ -1055,6 +1055,20 @@ def cdm_import(
         before = cdm_store.info(eng).get(importer.IMPORTED)  # the folder of the store's earlier import, if any
         version = (version or held or importer.files_version(folder, delimiter, encoding) or settings().cdm_version)
         q = Quarantine(settings().landing_dir)
+
+        def set_aside(files, bad):  # each file's bad rows are its own items, keyed on its path in the folder and line:
+            from medlake.landing.store import file_sha256  # (identical part files are one by their content)
+            from medlake.sources.records import Loc, Rejected
+
+            _quarantine_import(q, files, [])  # the tables' earlier items resolved (a row still bad reopens its own)
+            by_file: dict[Path, list] = {}
+            for b in bad:
+                by_file.setdefault(b.path, []).append(b)
+            for path, rows in by_file.items():
+                at = path.relative_to(folder).as_posix()
+                q.add_many(importer.quarantine_source(rows[0].table), 0, file_sha256(path),
+                           [Rejected(Loc(str(b.path), b.line, field=b.field), b.reason, b.detail, b.raw) for b in rows],
+                           keys=[f"{at} line {b.line}" if b.line else f"{at} #{n}" for n, b in enumerate(rows)])
         try:
             with _counting_progress() as bar:  # tables
                 task = bar.add_task("import", total=None)
@@ -1066,7 +1080,7 @@ def cdm_import(
                                                 nulls=tuple(nulls), decimal=decimal, dates=date_format,
                                                 progress=tick, strict=strict, max_bad=max_bad,
                                                 skip_unknown=skip_unknown,
-                                                set_aside=lambda files, bad: _quarantine_import(q, files, bad))
+                                                set_aside=set_aside)
         finally:
             q.close()
         counts = cdm_store.status(eng).counts  # (tables not in the folder keep the rows they held)

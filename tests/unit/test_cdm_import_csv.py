@@ -219,3 +219,25 @@ def test_blank_lines_inside_the_file_are_skipped_and_counted_in_the_lines_of_the
         (6, "invalid", "year_of_birth"), (8, "malformed", None), (9, "missing_mandatory", "person_id")]
     with pytest.raises(importer.CdmImportError, match=r"person.csv:6: field year_of_birth: cannot read"):
         importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4", strict=True)
+
+
+def test_identical_part_files_have_their_bad_rows_each_in_quarantine_and_a_reimport_reopens_them(tmp_path):
+    """Items were keyed on (source, the file's content hash, line): two identical part files gave "2 quarantined" and
+    one item. Each file's bad row is its own item; importing the same files again reopens them, not files twice."""
+    from medlake.landing.quarantine import Quarantine
+
+    folder = tmp_path / "cdm" / "person"
+    folder.mkdir(parents=True)
+    for name in ("part-00000.csv", "part-00001.csv"):
+        (folder / name).write_text(PERSON + "\n1,8507,1980,0,0\n2,8507,19x0,0,0\n")
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", MEDLAKE_DATA_DIR=str(tmp_path / "data"),
+               COLUMNS="300")
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-m", "medlake.cli", "cdm", "import", str(folder.parent)], env=env,
+                           cwd=tmp_path, capture_output=True, text=True)
+        assert p.returncode == 0 and "2 row(s) could not be imported" in p.stdout, p.stdout + p.stderr
+        q = Quarantine(tmp_path / "data" / "landing")
+        items = q.items(source="cdm:person", status=None)
+        q.close()
+        assert sorted((Path(i.file).name, i.line, i.status) for i in items) == [
+            ("part-00000.csv", 3, "open"), ("part-00001.csv", 3, "open")]
