@@ -143,3 +143,20 @@ def test_cli_import_says_a_delta_table_in_one_line_and_warns_of_a_partition_colu
     assert p.returncode == 1 and p.stdout == ""
     [line] = p.stderr.strip().splitlines()
     assert line.startswith(f"error: {cdm / 'measurement'}: a Delta table (_delta_log/)") and "snapshot" in line
+
+
+def test_a_parquet_file_with_a_corrupt_page_is_named_with_what_to_do(tmp_path):
+    """A damaged part file stopped the import with `Corrupt snappy compressed data.` alone: which of the files?"""
+    folder = tmp_path / "cdm" / "person"
+    folder.mkdir(parents=True)
+    n = 20000
+    pq.write_table(pa.table({"person_id": list(range(n)), "gender_concept_id": [8507] * n,
+                             "year_of_birth": [1980] * n, "race_concept_id": [0] * n,
+                             "ethnicity_concept_id": [0] * n}), folder / "part-00001.parquet")
+    data = bytearray((folder / "part-00001.parquet").read_bytes())
+    for k in range(100, 400):
+        data[k] ^= 0x5A
+    (folder / "part-00001.parquet").write_bytes(bytes(data))
+    with pytest.raises(importer.CdmImportError, match=r"part-00001.parquet: cannot read row group 1 as Parquet "
+                       r"\(.+\): the file is damaged; export it again and import again"):
+        importer.import_folder(open_engine("duckdb::memory:"), folder.parent, "5.4")

@@ -434,9 +434,18 @@ def _parquet_batches(path: Path) -> Iterator[tuple[pa.RecordBatch, Callable]]:
     except (pa.ArrowInvalid, OSError) as e:
         raise CdmImportError(f"{path}: cannot read as Parquet: {str(e).splitlines()[0]}") from e
     row = 1
-    for batch in f.iter_batches(batch_size=100_000):
-        yield batch, lambda i, first=row: first + i
-        row += batch.num_rows
+    for group in range(f.num_row_groups):
+        batches = f.iter_batches(batch_size=100_000, row_groups=[group])
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError) as e:  # a damaged page (Corrupt snappy compressed data.)
+                raise CdmImportError(f"{path}: cannot read row group {group + 1} as Parquet ({str(e).splitlines()[0]})"
+                                     ": the file is damaged; export it again and import again") from e
+            yield batch, lambda i, first=row: first + i
+            row += batch.num_rows
 
 
 def _why(value, kind: str, dates: str | None = None) -> str:
