@@ -1569,7 +1569,7 @@ def test_a_tables_saved_results_are_reused_only_whole_readable_and_without_error
 def test_a_site_check_is_reused_only_while_the_tables_it_reads_and_the_date_are_the_same(store, tmp_path):
     """A site check of person that reads death: a change of death checks person again (only the predicate's text
     was in the key, so its result was re-used stale); one that asks for the date has today's date in its key."""
-    from medlake.quality.compile import CLOCK
+    from medlake.quality.compile import CLOCK, NOW
     from medlake.quality.site import _reads_of, load as load_site
 
     site = tmp_path / "site.toml"
@@ -1584,7 +1584,17 @@ def test_a_site_check_is_reused_only_while_the_tables_it_reads_and_the_date_are_
     assert again.rechecked == ["person"]
     assert {x["check_id"]: x["num_violated_rows"] for x in again.results}["table_deadalive_person"] == 0 < before
     assert _reads_of("visit_occurrence", "visit_start_date > current_date - 400", None) == (CLOCK,)
-    assert _reads_of("visit_occurrence", "visit_start_date > now()", None) == (CLOCK,)
+    # the time of day (review-incr #2: localtimestamp and PostgreSQL's clocks were not seen; now() was keyed by
+    # the date): a result no later run re-uses
+    for clock in ("now()", "current_timestamp", "localtimestamp", "current_localtimestamp()", "clock_timestamp()",
+                  "transaction_timestamp()", "statement_timestamp()", "get_current_timestamp()"):
+        assert _reads_of("visit_occurrence", f"visit_start_datetime > {clock}", None) == (NOW,), clock
+    for other in ("site.excl", "other.main.excl", "read_csv('excl.csv')", "'excl.parquet'"):  # no fingerprint here
+        assert _reads_of("person", f"person_id IN (SELECT person_id FROM {other})", None) == (NOW,), other
+    site.write_text('[[check]]\nname = "ahead"\ntable = "person"\nviolation = "birth_datetime > now()"\n')
+    ahead = lambda: runner.Runner(store, "5.4", tmp_path / "q", only=["person"],  # noqa: E731
+                                  site_checks=load_site(site)[0]).run()
+    assert ahead().rechecked == ahead().rechecked == ["person"]
 
 
 def test_an_edited_site_rule_is_judged_anew_and_a_full_run_leaves_results_to_reuse(store, tmp_path):

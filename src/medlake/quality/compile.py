@@ -44,7 +44,9 @@ def lit(v) -> str:
     return "'" + str(v).replace("'", "''") + "'"
 
 
-CLOCK = "current_date"  # in an Item's `needs`: it reads the clock (a site check's `current_date`, `now()`)
+# in an Item's `needs`: it reads the clock — the date (a site check's `current_date`: its result holds for the day)
+# or the time (`now()`, `current_timestamp`: its result holds for no later run)
+CLOCK, NOW = "current_date", "current_timestamp"
 
 
 @dataclass

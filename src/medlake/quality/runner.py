@@ -1112,12 +1112,14 @@ class Runner:
         sig += [f"{t}={self.fingerprint(t)}" for t in sorted(self._reads(table, checks, site_items))]
         if any(cp.CLOCK in it.needs for it in site_items):  # a site check that reads the clock: today's
             sig.append(f"today={self.eng.query('SELECT CAST(current_date AS VARCHAR) AS d').column(0)[0].as_py()}")
+        if any(cp.NOW in it.needs for it in site_items):  # the time: no later run re-uses its result
+            sig.append(f"now={time.time_ns()}")
         return hashlib.sha256("\n".join(sig).encode()).hexdigest()
 
     def _reads(self, table, checks, site_items) -> set[str]:
         """The tables a table's checks read: its own, those DQD's checks join, those the site's predicates name."""
         return {t for t in self.plan(table, checks, probe=False)[5].union(*(it.needs for it in site_items))
-                if t != cp.CLOCK}
+                if t not in (cp.CLOCK, cp.NOW)}
 
     @staticmethod
     def _reusable(earlier: list[Path], table: str, key: str, ids: set[str]) -> tuple[Path, dict] | None:

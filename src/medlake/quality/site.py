@@ -88,7 +88,7 @@ from sqlglot.optimizer.scope import traverse_scope
 
 from medlake.cdm import model
 from medlake.quality.checks import MEDLAKE_TYPES, Check, check_types, fails
-from medlake.quality.compile import CLOCK, Item, lit, q, sum_if, violating
+from medlake.quality.compile import CLOCK, NOW, Item, lit, q, sum_if, violating
 from medlake.quality.feeds import FEED_DROP, SOURCE_TYPES, SPAN_KEYS, TYPES as FEED_TYPES, source_span
 
 RULES = ("not_null", "range", "allowed", "pattern", "unique")
@@ -520,18 +520,29 @@ def _sql_error(e: Exception, offset: int) -> str:
 
 
 def _reads_of(table: str, *predicates: str | None) -> tuple[str, ...]:
-    """What a site check's predicates read beyond its table: the other tables they name, and the clock (CLOCK)
-    where they ask for the date or time — in its key, so that a run re-uses its result only while those are the
-    same (a check of care_site's rows from location, or of visits in the last year, was re-used stale)."""
+    """What a site check's predicates read beyond its table: the other tables they name, and the clock where they
+    ask for the date (CLOCK) or the time (NOW: also for what has no fingerprint, a table of another schema or a
+    file) — in its key, so that a run re-uses its result only while those are the same (a check of care_site's
+    rows from location, or of visits in the last year, was re-used stale)."""
     out = set()
     for sql in filter(None, predicates):
         tree = sqlglot.parse_one(f"SELECT 1 FROM {table} AS t WHERE {sql}", read="duckdb")
-        out |= {t.name.lower() for t in tree.find_all(exp.Table)}
-        if any(tree.find_all(exp.CurrentDate, exp.CurrentTimestamp, exp.CurrentTime)) or any(
-                f.name.lower() in ("now", "today", "getdate", "get_current_time", "get_current_timestamp")
-                for f in tree.find_all(exp.Anonymous)):
+        for t in tree.find_all(exp.Table):  # another schema's or database's table, or a file (read_csv(…),
+            if t.db or t.catalog or not isinstance(t.this, exp.Identifier) or not re.fullmatch(r"\w+", t.name):
+                out.add(NOW)  # 'x.parquet'), has no fingerprint here: read anew on every run (review-incr #3)
+            else:
+                out.add(t.name.lower())
+        if any(tree.find_all(exp.CurrentDate)):
             out.add(CLOCK)
+        if any(tree.find_all(exp.CurrentTimestamp, exp.CurrentTime, exp.Localtimestamp, exp.Localtime)) or any(
+                f.name.lower() in TIME_FUNCTIONS for f in tree.find_all(exp.Anonymous)):
+            out.add(NOW)
     return tuple(sorted(out - {table}))
+
+
+# functions of the time of day that sqlglot reads as plain functions (DuckDB's, PostgreSQL's, SQL Server's)
+TIME_FUNCTIONS = {"now", "getdate", "get_current_time", "get_current_timestamp", "transaction_timestamp",
+                  "statement_timestamp", "clock_timestamp", "timeofday", "sysdate", "systimestamp"}
 
 
 def load(path: str | Path) -> tuple[list[tuple[Check, Item]], dict | None, dict, dict]:
