@@ -160,3 +160,25 @@ def test_a_parquet_file_with_a_corrupt_page_is_named_with_what_to_do(tmp_path):
     with pytest.raises(importer.CdmImportError, match=r"part-00001.parquet: cannot read row group 1 as Parquet "
                        r"\(.+\): the file is damaged; export it again and import again"):
         importer.import_folder(open_engine("duckdb::memory:"), folder.parent, "5.4")
+
+
+def test_parquet_nanoseconds_are_cut_to_the_microsecond_as_csv_fractions_are(tmp_path):
+    """pandas writes timestamp[ns]: a time with a part below the microsecond set its row aside ("not a value of this
+    type"); it is cut to the microsecond, as SQL Server's seven digits in a CSV file are (before 1970 too)."""
+    import numpy as np
+
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    times = np.array(["2019-01-31T10:00:00.123456789", "1969-12-31T23:59:59.999999999", "2019-01-31T10:00:00"],
+                     dtype="datetime64[ns]")
+    pq.write_table(pa.table({"measurement_id": [1, 2, 3], "person_id": [1, 1, 1], "measurement_concept_id": [1, 1, 1],
+                             "measurement_date": pa.array(times), "measurement_datetime": pa.array(times),
+                             "measurement_type_concept_id": [32817] * 3}), folder / "measurement.parquet",
+                   coerce_timestamps=None, version="2.6")
+    [report] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4").values()
+    assert (report.rows, report.bad) == (3, 0)
+    got = eng.query("SELECT measurement_date, measurement_datetime FROM measurement ORDER BY measurement_id").to_pylist()
+    assert [tuple(r.values()) for r in got] == [
+        (dt.date(2019, 1, 31), dt.datetime(2019, 1, 31, 10, 0, 0, 123456)),
+        (dt.date(1969, 12, 31), dt.datetime(1969, 12, 31, 23, 59, 59, 999999)),
+        (dt.date(2019, 1, 31), dt.datetime(2019, 1, 31, 10, 0))]

@@ -511,6 +511,8 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
         return col
     if pa.types.is_timestamp(col.type) and col.type.tz:  # the time as the clock read there, as a CSV file's
         col = pc.local_timestamp(col)                      # (the cast would give UTC's; its date, the local one)
+    if pa.types.is_timestamp(col.type) and col.type.unit == "ns":  # pandas' unit: cut to the microsecond the CDM
+        col = pc.cast(pc.floor_temporal(col, unit="microsecond"), pa.timestamp("us"))  # holds, as CSV's 7 digits
     if f.kind in ("date", "datetime") and (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
         col = pc.cast(pc.cast(col, pa.int64()), pa.string())  # a number is a day as YYYYMMDD, as in a CSV file
     if f.kind in ("date", "datetime") and pa.types.is_string(col.type):
