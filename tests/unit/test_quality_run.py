@@ -1700,6 +1700,18 @@ def test_a_run_of_no_dqd_check_writes_no_dqd_json_and_leaves_the_dqd_table(store
     assert store.query("SELECT count(*) FROM dqdashboard_results").column(0)[0].as_py() == rows
 
 
+def test_a_cohorts_dqd_results_go_to_their_own_table_as_dqd_names_it(store, tmp_path):
+    """DQD writes a cohort's results to `<writeTableName>_<cohortDefinitionId>` (writeResultsTo): a site's SQL
+    for a cohort's run reads them there, and the whole CDM's table keeps its rows."""
+    store.execute("INSERT INTO cohort VALUES (7, 2, DATE '2020-01-01', DATE '2020-12-31')")
+    whole = runner.Runner(store, "5.4", tmp_path / "q", only=["person"], write_table="dqdashboard_results").run()
+    seven = runner.Runner(store, "5.4", tmp_path / "q", only=["person"], write_table="dqdashboard_results",
+                          cohort=("cohort", 7)).run()
+    assert seven.summary["dqd_table"]["table"] == "dqdashboard_results_7"
+    for table, run in (("dqdashboard_results", whole), ("dqdashboard_results_7", seven)):
+        assert store.query(f"SELECT count(*) FROM {table}").column(0)[0].as_py() == run.summary["dqd_table"]["rows"]
+
+
 def test_compare_two_runs_worst_change_first():
     def r(cid, status, v=None):
         return {"check_id": cid, "status": status, "num_violated_rows": v}

@@ -248,7 +248,8 @@ class Runner:
         self.cohort_subjects: int | None = None
         self.source_fields = source_fields  # the site's staging tables' keys and mandatory fields (site.py)
         self.version_from = version_from  # how the CDM version was found (store.detect_version), for the reports
-        self.write_table = write_table
+        # a cohort's results go to their own table, as DQD names it (writeResultsTo: `<name>_<cohort id>`)
+        self.write_table = f"{write_table}_{self.cohort[1]}" if write_table and self.cohort else write_table
         self.tuning = tuning or {}
         self.names = set(check_names or ())
         self.levels = {x.upper() for x in check_levels or ()}  # DQD's checkLevels (and SOURCE: medlake's)
