@@ -688,8 +688,9 @@ def quality_run(
             for check_id, violated, pct in rows:
                 out.print(check_id, highlight=False, markup=False, soft_wrap=True)
                 out.print(f"    {violated}, % > threshold: {pct}", highlight=False, markup=False)
-        at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
-        out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
+        at = report.run_at(out_dir, s["store"] if state.store else None)  # where `show` finds the run (a store
+        out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}",  # given by --store: named)
+                  highlight=False, markup=False, soft_wrap=True)
     silent = report.silent_now(r.results)
     if silent:  # (the ongoing outage first, whatever its share of the source's history)
         out.print("feeds silent now: " + "; ".join(silent), highlight=False, markup=False)
@@ -1023,8 +1024,9 @@ def cdm_import(
     delimiter: str = typer.Option(",", "--delimiter", help="CSV field separator (use '\\t' for tab)."),
     encoding: str = typer.Option("utf-8", "--encoding", help="Character encoding of the CSV files (e.g. cp1252, "
                                  "latin-1, gb18030, utf-16); a value not in it goes to quarantine."),
-    nulls: list[str] = typer.Option([], "--null", help="A text that means empty in the CSV files besides the empty "
-                                    "text, as SQL Server writes NULL and R writes NA (repeat for more)."),
+    nulls: list[str] = typer.Option([], "--null", help="A text that means empty in the CSV files (and Parquet text "
+                                    "columns) besides the empty text, as SQL Server writes NULL and R writes NA "
+                                    "(repeat for more)."),
     decimal: str = typer.Option(".", "--decimal", help="The decimal mark of the CSV files' numbers: '.' or ',' (as "
                                 "European exports write 7,5; with --delimiter ';', or quoted: \"7,5\")."),
     date_format: Optional[str] = typer.Option(None, "--date-format", help="How the files write dates besides "

@@ -182,3 +182,24 @@ def test_parquet_nanoseconds_are_cut_to_the_microsecond_as_csv_fractions_are(tmp
         (dt.date(2019, 1, 31), dt.datetime(2019, 1, 31, 10, 0, 0, 123456)),
         (dt.date(1969, 12, 31), dt.datetime(1969, 12, 31, 23, 59, 59, 999999)),
         (dt.date(2019, 1, 31), dt.datetime(2019, 1, 31, 10, 0))]
+
+
+def test_parquet_text_columns_read_empty_and_null_texts_as_csv_files_do(tmp_path):
+    """Spark's CSV-to-Parquet without inferSchema writes every column as text: '' in a number set its row aside, and
+    the hint "give --null 'NULL'" did nothing for Parquet. '' in a field that is no text is empty, as in CSV, and
+    --null applies to Parquet text columns; '' in a text field stays an empty text (as a quoted "" in CSV)."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    pq.write_table(pa.table({"person_id": ["1", "2", "3"], "gender_concept_id": ["8507"] * 3,
+                             "year_of_birth": ["1980", "1981", "1982"], "month_of_birth": ["1", "NULL", " "],
+                             "race_concept_id": ["0"] * 3, "ethnicity_concept_id": ["0"] * 3,
+                             "person_source_value": ["a", "NULL", ""]}), folder / "person.parquet")
+    aside = []
+    [report] = importer.import_folder(open_engine("duckdb::memory:"), folder, "5.4",
+                                      set_aside=lambda f, b: aside.extend(b)).values()
+    assert (report.rows, report.bad) == (2, 1)
+    assert "give --null 'NULL'" in aside[0].detail
+    [report] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4", nulls=("NULL",)).values()
+    assert (report.rows, report.bad) == (3, 0)
+    got = eng.query("SELECT month_of_birth, person_source_value FROM person ORDER BY person_id").to_pylist()
+    assert [tuple(r.values()) for r in got] == [(1, "a"), (None, None), (None, "")]

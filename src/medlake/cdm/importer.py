@@ -683,7 +683,7 @@ def _readable(t: pa.DataType, kind: str) -> bool:
 
 def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path: Path, limit: int, decimal: str = ".",
              delimiter: str | None = None, dates: str | None = None, skip_unknown: bool = False,
-             quoted: bool = False
+             quoted: bool = False, nulls: tuple[str, ...] = ()
              ) -> tuple[pa.Table, dict[int, list[tuple[str, str, str]]], dict[tuple[str, str], tuple[int, int]]]:
     """The batch as the table's Arrow schema, less the rows that cannot be imported; those as
     {row index: [(field, reason, detail)]}. More than `limit` such rows: CdmImportError. Text longer than the spec's
@@ -696,7 +696,7 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
     the file swallowed by a value whose quote is not closed are counted as {(field, "swallowed"): (rows, row index
     of the value)}; `quoted`: a CSV file whose header is quoted, as QUOTE_ALL and QUOTE_NONNUMERIC exports write NULL
     as "" (pandas, Python's csv): its empty texts counted as {(field, "quoted_empty"): (values, row index of the
-    first)}."""
+    first)}; `nulls`: texts that mean empty in a Parquet file's text columns (--null; CSV's reader reads them so)."""
     names = _columns(batch.schema.names, table.name)
     width, at = len(names), {n: i for i, n in enumerate(names)}  # the file's columns (before any is left out)
     if "" in names and len(names) > 1:  # a delimiter at the end of every line: a column without a name
@@ -755,11 +755,13 @@ def _conform(batch: pa.RecordBatch, table: model.Table, schema: pa.Schema, path:
                 counted[name, "swallowed"] = lost
     if delimiter is not None:
         _headers(data, table.name, bad, garbled)
-        for f in table.fields:  # a quoted empty field ("") is an empty text; in a field of another kind, empty, as
-            col = data.get(f.name)  # is a blank one (fixed-width and SQL Server exports write NULL so)
-            if f.kind != "varchar" and col is not None and pa.types.is_string(col.type):
-                blank = pc.equal(pc.utf8_trim_whitespace(col), "")
-                data[f.name] = pc.if_else(blank, pa.scalar(None, pa.string()), col)
+    for f in table.fields:  # a quoted empty field ("") is an empty text; in a field of another kind, empty, as is a
+        col = data.get(f.name)  # blank one (fixed-width and SQL Server exports write NULL so), in Parquet text too
+        if col is not None and pa.types.is_string(col.type) and (nulls or f.kind != "varchar"):
+            empty = pc.is_in(col, pa.array(nulls, pa.string()))
+            if f.kind != "varchar":
+                empty = pc.or_(empty, pc.equal(pc.utf8_trim_whitespace(col), ""))
+            data[f.name] = pc.if_else(empty, pa.scalar(None, pa.string()), col)
     if decimal != ".":  # 7,5 as a European export writes a number
         for f in table.fields:
             if f.kind == "float" and f.name in data and pa.types.is_string(data[f.name].type):
@@ -994,7 +996,8 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
             data, problems, noted = _conform(batch, table, schema, path, left, *(() if typed else (fmt.decimal,
                                                                                           fmt.of(path))),
                                              dates=fmt.dates, skip_unknown=skip_unknown,
-                                             quoted=fmt.quoted and not typed)
+                                             quoted=fmt.quoted and not typed,
+                                             nulls=tuple(n for n in fmt.nulls if n) if parquet else ())
         except _TooMany as e:
             i = min(e.bad)
             at, why = _at(path, line(i)), e.bad[i][0][2]
