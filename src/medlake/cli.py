@@ -688,8 +688,9 @@ def quality_run(
             for check_id, violated, pct in rows:
                 out.print(check_id, highlight=False, markup=False, soft_wrap=True)
                 out.print(f"    {violated}, % > threshold: {pct}", highlight=False, markup=False)
-        at = "" if out_dir == Path("quality") else f" --out {shlex.quote(str(out_dir))}"  # where `show` finds the run
-        out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}", highlight=False)
+        at = report.run_at(out_dir, s["store"] if state.store else None)  # where `show` finds the run (a store
+        out.print(f"a check's rows and what to do: medlake quality show CHECK_ID{at}",  # given by --store: named)
+                  highlight=False, markup=False, soft_wrap=True)
     silent = report.silent_now(r.results)
     if silent:  # (the ongoing outage first, whatever its share of the source's history)
         out.print("feeds silent now: " + "; ".join(silent), highlight=False, markup=False)

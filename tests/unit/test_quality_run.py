@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -1488,6 +1489,25 @@ def test_cli_fail_on_new_breaks_a_pipeline_only_on_a_new_failure(tmp_path):
     # the check that could not run is named with its error (the summary only counted it), on one line in a log
     [line] = [x for x in p.stdout.splitlines() if "table_late_person" in x]
     assert "year_of_brth" in line, p.stdout
+
+
+def test_cli_the_hint_under_the_failures_works_pasted_in_another_folder(tmp_path):
+    """`make demo` names its store with --store: the hint `medlake quality show CHECK_ID --out …` then named no store,
+    and pasted it found none (the default store's)."""
+    eng = open_engine(f"duckdb:{tmp_path / 's.duckdb'}")
+    world(eng).execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    eng.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDLAKE_")} | {"COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "quality", "run", "--store", "duckdb:s.duckdb", "--out",
+                        "q"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    [hint] = [x for x in p.stdout.splitlines() if x.startswith("a check's rows and what to do: ")]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    command = shlex.split(hint.split(": ", 1)[1].replace("CHECK_ID", "field_isforeignkey_condition_occurrence_person_id"))
+    command = [x.replace("q", str(tmp_path / "q")) if x == "q" else x for x in command]  # (the folder is relative)
+    shown = subprocess.run([sys.executable, "-m", "medlake.cli", *command[1:]], env=env, cwd=elsewhere,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "200" in shown.stdout.split("violating rows (up to")[-1], (hint, shown.stderr)
 
 
 def test_a_stores_runs_are_one_history_however_a_pipeline_spells_it_or_fills_the_folder(tmp_path):
