@@ -667,7 +667,7 @@ def quality_run(
     for col in ("category", "passed", "failed", "errors", "not applicable", "pass rate"):
         t.add_column(col, justify="left" if col == "category" else "right")
     for name, v in list(s["by_category"].items()) + [("all", s)]:
-        rate = report._pct(v["pass_rate"]) or "n/a"
+        rate = report.percent(v["pass_rate"]) or "n/a"
         t.add_row(name, str(v["passed"]), str(v["failed"]), str(v["errors"]), str(v["not_applicable"]), rate)
     out.print(t)
     worst = report.failed_first(r.results)
@@ -803,7 +803,7 @@ def quality_runs(
         t.add_column(col, justify="left" if col.startswith("run") else "right", no_wrap=True)
     for s in runs[-last:]:
         d = s.get("since_last_run") or {}
-        rate = report._pct(s["pass_rate"]) or "n/a"
+        rate = report.percent(s["pass_rate"]) or "n/a"
         t.add_row(s["run_id"] + ("*" if runner.partial(s) else ""), str(s["checks"]), rate, str(s["failed"]),
                   str(s["errors"]),
                   str(len(d["new_failures"]) + len(d.get("new_errors") or ()) + len(d.get("more_days") or ()))

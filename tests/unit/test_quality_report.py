@@ -61,7 +61,7 @@ def test_a_site_check_type_without_a_step_has_none():
                                           (0.0001, "0.01%"), (0.1538, "15.38%"), (1 / 3, "33.33%"),
                                           (1 - 1e-5, "99.999%"), (1, "100.00%"), (None, "")])
 def test_a_share_reads_as_what_it_is_a_tiny_one_never_as_0_percent(share, shown):
-    assert report._pct(share) == shown
+    assert report.percent(share) == shown
 
 
 def check(check_id, status, name="isForeignKey", severity="fatal", violated=None, of=None):

@@ -1693,12 +1693,12 @@ def test_a_second_run_of_a_store_into_one_folder_stops_while_the_first_runs(stor
 
 def test_a_failed_check_among_twenty_thousand_is_no_100_percent_pass_rate():
     """The pass rate is kept whole in run.json (rounded to 4 decimals it was 1.0) and written as what it is."""
-    from medlake.quality.report import _pct
+    from medlake.quality.report import percent
 
     s = runner.summarize([{"status": "passed", "category": "Plausibility", "cdm_table": "measurement"}] * 20_000
                          + [{"status": "failed", "category": "Plausibility", "cdm_table": "measurement"}])
     assert s["pass_rate"] < 1 and s["by_category"]["Plausibility"]["pass_rate"] < 1
-    assert _pct(s["pass_rate"]) == "99.995%"
+    assert percent(s["pass_rate"]) == "99.995%"
 
 
 def test_a_run_of_no_dqd_check_writes_no_dqd_json_and_leaves_the_dqd_table(store, tmp_path):

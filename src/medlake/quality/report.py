@@ -60,7 +60,7 @@ function newOnly(){document.getElementById('nw').checked=true;filt()}
 """
 
 
-def _pct(x) -> str:
+def percent(x) -> str:
     """A share as a percentage, two decimals; a share under 0.01% (or just under all) with as many as it takes to
     read as what it is, never 0.00% (or 100.00%)."""
     if x is None:
@@ -74,7 +74,7 @@ def _pct(x) -> str:
 def _bars(rows: list[tuple[str, float | None, str]]) -> str:
     """Horizontal bars (SVG) of pass rates."""
     h = 22 * len(rows) + 10
-    said = "; ".join(f"{label} {_pct(rate) or 'n/a'} {extra}".strip() for label, rate, extra in rows)
+    said = "; ".join(f"{label} {percent(rate) or 'n/a'} {extra}".strip() for label, rate, extra in rows)
     out = [f'<svg width="760" height="{h}" viewBox="0 0 760 {h}" role="img" aria-label="pass rates: {escape(said)}">']
     for i, (label, rate, extra) in enumerate(rows):
         y = 5 + 22 * i
@@ -82,7 +82,7 @@ def _bars(rows: list[tuple[str, float | None, str]]) -> str:
         out.append(f'<text x="0" y="{y + 14}" font-size="12">{escape(label)}</text>'
                    f'<rect x="170" y="{y}" width="360" height="16" fill="#eee"/>'
                    f'<rect x="170" y="{y}" width="{w:.1f}" height="16" fill="#3b7dd8"/>'
-                   f'<text x="540" y="{y + 14}" font-size="12">{_pct(rate) or "n/a"} {escape(extra)}</text>')
+                   f'<text x="540" y="{y + 14}" font-size="12">{percent(rate) or "n/a"} {escape(extra)}</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -127,7 +127,7 @@ def _trend(history: list[dict]) -> str:
     def y(r):
         return bottom - (bottom - top) * (100 * r - lo) / (100 - lo)
 
-    latest = [f"{name} {_pct(next(r for r in rs[::-1] if r is not None))}" for name, *_, rs in series]
+    latest = [f"{name} {percent(next(r for r in rs[::-1] if r is not None))}" for name, *_, rs in series]
     out = [f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="pass rate across runs">'
            f'<desc>{len(runs)} runs, {escape(runs[0]["run_id"])} to {escape(runs[-1]["run_id"])}; the latest: '
            f'{escape("; ".join(latest))}</desc>']
@@ -159,12 +159,13 @@ def _trend(history: list[dict]) -> str:
                    f'data-series="{escape(name)}" points="{" ".join(f"{px:.1f},{py:.1f}" for px, py, _, _ in pts)}"/>')
         out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" ' + (  # a run after a table was emptied: hollow, said
                     f'r="4" fill="#fff" stroke="{color}"' if emptied.get(rid) and name == "all checks" else
-                    f'r="{2.5 if len(runs) <= 60 else 1.2}" fill="{color}"') + f'><title>{escape(rid)}, {escape(name)}: {_pct(r)}'
+                    f'r="{2.5 if len(runs) <= 60 else 1.2}" fill="{color}"')
+                + f'><title>{escape(rid)}, {escape(name)}: {percent(r)}'
                 + (f"; table(s) emptied since the run before: {escape(', '.join(emptied[rid]))}"
                    if emptied.get(rid) else "") + '</title></circle>' for px, py, rid, r in pts]
     if len(runs) <= 8:  # a few runs: each one's rate of all checks written under its point, over the lines
         out += [f'<text class="value" x="{x:.1f}" y="{y(r) + 14:.1f}" font-size="10" stroke="#fff" stroke-width="3" '
-                f'paint-order="stroke" text-anchor="{anchor(i, len(runs))}">{_pct(r)}</text>'
+                f'paint-order="stroke" text-anchor="{anchor(i, len(runs))}">{percent(r)}</text>'
                 for i, (x, r) in enumerate(zip(xs, series[0][4]))]
     x = 4
     for (name, color, width, dash, _), label in zip(series, latest):  # the legend under the chart, latest rates
@@ -173,7 +174,7 @@ def _trend(history: list[dict]) -> str:
         x += 32 + 6.8 * len(label)
     out.append("</svg>")
     head = "".join(f"<th class='num'>{escape(name)}</th>" for name, *_ in series)  # the values as a table too
-    body = "".join(f"<tr><td>{escape(run['run_id'])}</td>" + "".join(f"<td class='num'>{_pct(rs[i])}</td>"
+    body = "".join(f"<tr><td>{escape(run['run_id'])}</td>" + "".join(f"<td class='num'>{percent(rs[i])}</td>"
                                                                       for *_, rs in series) + "</tr>"
                    for i, run in enumerate(runs))
     out.append(f"<details class=trend><summary><small>the pass rates as a table</small></summary><div class=wrap><table>"
@@ -281,7 +282,7 @@ def _by_type(checks: list[dict]) -> str:
             f"<td class='num error'>{errors or ''}</td>"
             f"<td style='overflow-wrap:anywhere'><small>{escape(', '.join(places[:6]))}</small>{more}</td>"
             f"<td class='num'>{violated}</td>"
-            f"<td class='num'>{_pct(max(r['pct_violated_rows'] or 0 for r in failed)) if failed else ''}</td></tr>")
+            f"<td class='num'>{percent(max(r['pct_violated_rows'] or 0 for r in failed)) if failed else ''}</td></tr>")
     return ("<div class=wrap><table id='types'><colgroup><col style='width:22%'><col style='width:5em'>"
             "<col style='width:6em'><col><col style='width:8em'><col style='width:6em'></colgroup><thead><tr>"
             "<th>check type</th><th class='num'>failed</th><th class='num'>could not run</th><th>where</th>"
@@ -315,7 +316,7 @@ def _row(r: dict, new: frozenset = frozenset(), steps: bool = True, own: bool = 
             + (" · the site's check" if r.get("source") == "site" else "") + '</small>'
             f'<br><small><code>{escape(r["check_id"])}</code></small></td>'
             f'<td>{escape(where(r))}</td><td class="num">{vr}</td><td class="num">{dr}</td>'
-            f'<td class="num">{_pct(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%{site}</td>'
+            f'<td class="num">{percent(r["pct_violated_rows"])}</td><td class="num">{r["threshold"]:g}%{site}</td>'
             f'<td><small>{escape(r["description"])}</small>{remark}{ex}'
             f'{"<br><small>" + escape(note) + "</small>" if note else ""}{step}</td></tr>')
 
@@ -353,7 +354,7 @@ def render(run, history: list[dict]) -> str:
     tables = "".join(
         f'<tr><td>{escape(t)}</td><td class="num">{v["passed"]:,}</td><td class="num failed">{v["failed"]:,}</td>'
         f'<td class="num">{v["errors"]:,}</td><td class="num">{v["not_applicable"]:,}</td>'
-        f'<td class="num">{_pct(v["pass_rate"])}</td></tr>'
+        f'<td class="num">{percent(v["pass_rate"])}</td></tr>'
         for t, v in sorted(s["by_table"].items(), key=lambda kv: (-kv[1]["failed"], kv[0])))
 
     def card(n, label, cls, href=None):  # a count at the top; a link to its section when there is one
@@ -380,7 +381,7 @@ def render(run, history: list[dict]) -> str:
         + "</small></p>",
         *(f"<p class='warning'>warning: {escape(w)}</p>" for w in s.get("warnings", [])),
         "<div class='cards'>",
-        f"<div class='card'><div class='big'>{_pct(s['pass_rate']) or 'n/a'}</div>pass rate "
+        f"<div class='card'><div class='big'>{percent(s['pass_rate']) or 'n/a'}</div>pass rate "
         "(passed / (passed + failed + errors))</div>",
         card(s["passed"], "passed", "passed"), card(s["failed"], "failed", "failed", "failed" if failed else None),
         card(s["errors"], "errors: could not run", "error", "errors" if errors else None),
@@ -493,7 +494,7 @@ def _sources(results: list[dict]) -> list[str]:
     def rate(rs, name):
         v = sum(r["num_violated_rows"] or 0 for r in rs if r["check_name"] == name)
         d = sum(r["num_denominator_rows"] or 0 for r in rs if r["check_name"] == name)
-        return f"{_pct(v / d)} <small>({v:,} of {d:,})</small>" if d else "<small>n/a</small>"
+        return f"{percent(v / d)} <small>({v:,} of {d:,})</small>" if d else "<small>n/a</small>"
 
     names = [("sourceMandatoryCompleteness", "missing mandatory fields"), ("sourceDuplicateRecords", "duplicate records"),
              ("sourceDuplicateReceipts", "duplicate receipts"), ("sourceQuarantined", "quarantined (open)"),
