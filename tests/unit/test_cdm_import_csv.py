@@ -241,3 +241,21 @@ def test_identical_part_files_have_their_bad_rows_each_in_quarantine_and_a_reimp
         q.close()
         assert sorted((Path(i.file).name, i.line, i.status) for i in items) == [
             ("part-00000.csv", 3, "open"), ("part-00001.csv", 3, "open")]
+
+
+def test_a_folder_of_files_of_both_cdm_versions_is_said_in_one_line_naming_the_files_of_each(tmp_path):
+    """Half-way through a v5.3 to v5.4 migration: --version 5.4 said 'give --version 5.3' (visit_occurrence's
+    admitting_source_concept_id), and --version 5.3 said 'give --version 5.4' (episode)."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_text(PERSON + "\n1,8507,1980,0,0\n")
+    (folder / "visit_occurrence.csv").write_text(
+        "visit_occurrence_id,person_id,visit_concept_id,visit_start_date,visit_end_date,visit_type_concept_id,"
+        "admitting_source_concept_id\n1,1,9201,2019-01-31,2019-02-02,32817,0\n")
+    (folder / "episode.csv").write_text("episode_id,person_id,episode_concept_id,episode_start_date,"
+                                        "episode_object_concept_id,episode_type_concept_id\n1,1,32533,2019-01-01,0,32817\n")
+    said = (r"cdm: files of two OMOP CDM versions: v5.3 visit_occurrence.csv; v5.4 episode.csv: export every table "
+            r"of one version \(or move the other's files out of the folder\) and import again")
+    for version in ("5.3", "5.4"):
+        with pytest.raises(importer.CdmImportError, match=said):
+            importer.import_folder(open_engine("duckdb::memory:"), folder, version)

@@ -1073,7 +1073,14 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
     and not the other (v5.3's visit_occurrence.admitting_source_concept_id, v5.4's episode, a cdm_source without
     v5.4's required cdm_version_concept_id); else None."""
     fits = set(model.VERSIONS)
-    fmt = csv_format(delimiter, encoding)
+    for these in _versions(folder, csv_format(delimiter, encoding)).values():
+        fits &= these
+    return fits.pop() if len(fits) == 1 else None
+
+
+def _versions(folder: str | Path, fmt: CsvFormat) -> dict[Path, set[str]]:
+    """{table file or folder of `folder`: the CDM versions its table and columns are of} (`files_version`)."""
+    found = {}
     for p in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
         name = _table_name(p)
         if name is None:
@@ -1090,9 +1097,19 @@ def files_version(folder: str | Path, delimiter: str = ",", encoding: str = "utf
         except (CdmImportError, pa.ArrowInvalid, OSError):
             continue  # the import says what is wrong with it
         cols = set(_columns(cols, name)) - {""}
-        fits = {v for v in fits if name in model.load(v).table_names
-                and cols <= set(model.load(v).table(name).field_names) and not _lacks(name, v, cols)}
-    return fits.pop() if len(fits) == 1 else None
+        found[p] = {v for v in model.VERSIONS if name in model.load(v).table_names
+                    and cols <= set(model.load(v).table(name).field_names) and not _lacks(name, v, cols)}
+    return found
+
+
+def _one_version(folder: Path, fmt: CsvFormat) -> None:
+    """Stop, naming the files of each, an import of a folder holding files of one CDM version only and others of
+    the other only (a site half-way through a migration): with either --version, the other's files would be said."""
+    only = {v: [p.name for p, fits in _versions(folder, fmt).items() if fits == {v}] for v in model.VERSIONS}
+    if all(only.values()):
+        raise CdmImportError(f"{folder}: files of two OMOP CDM versions: " + "; ".join(
+            f"v{v} {', '.join(names[:5])}{', …' * (len(names) > 5)}" for v, names in sorted(only.items()))
+            + ": export every table of one version (or move the other's files out of the folder) and import again")
 
 
 def _lacks(name: str, version: str, columns) -> bool:
@@ -1130,6 +1147,7 @@ def import_folder(engine, folder: str | Path, version: str = model.DEFAULT_VERSI
     fmt = csv_format(delimiter, encoding, nulls, decimal, dates)
     cdm = model.load(version)
     held = store.info(engine).get("cdm_version")
+    _one_version(Path(folder), fmt)
     files = _table_files(Path(folder), cdm, held)
     report: dict[str, Imported] = {}
     left_out: list[BadRow] = []
