@@ -1058,19 +1058,9 @@ def cdm_import(
         version = (version or held or importer.files_version(folder, delimiter, encoding) or settings().cdm_version)
         q = Quarantine(settings().landing_dir)
 
-        def set_aside(files, bad):  # each file's bad rows are its own items, keyed on its path in the folder and line:
-            from medlake.landing.store import file_sha256  # (identical part files are one by their content)
-            from medlake.sources.records import Loc, Rejected
+        def set_aside(files, bad):
+            _quarantine_import(q, folder, files, bad)
 
-            _quarantine_import(q, files, [])  # the tables' earlier items resolved (a row still bad reopens its own)
-            by_file: dict[Path, list] = {}
-            for b in bad:
-                by_file.setdefault(b.path, []).append(b)
-            for path, rows in by_file.items():
-                at = path.relative_to(folder).as_posix()
-                q.add_many(importer.quarantine_source(rows[0].table), 0, file_sha256(path),
-                           [Rejected(Loc(str(b.path), b.line, field=b.field), b.reason, b.detail, b.raw) for b in rows],
-                           keys=[f"{at} line {b.line}" if b.line else f"{at} #{n}" for n, b in enumerate(rows)])
         try:
             with _counting_progress() as bar:  # tables
                 task = bar.add_task("import", total=None)
@@ -1149,9 +1139,10 @@ def cdm_import(
                   "file(s) and import again", highlight=False, markup=False)
 
 
-def _quarantine_import(q, files: dict[str, Path], bad) -> None:
+def _quarantine_import(q, folder: Path, files: dict[str, Path], bad) -> None:
     """File a CDM import's bad rows in quarantine; a table's earlier open items are resolved first (its file
-    replaced the table; a row still bad is filed again, which reopens its item)."""
+    replaced the table; a row still bad is filed again, which reopens its item). Each file's rows are its own
+    items, keyed on its path in the import folder and line (identical part files are one by their content)."""
     from medlake.cdm.importer import quarantine_source
     from medlake.landing.store import file_sha256
     from medlake.sources.records import Loc, Rejected
@@ -1163,8 +1154,10 @@ def _quarantine_import(q, files: dict[str, Path], bad) -> None:
     for b in bad:
         by_file.setdefault(b.path, []).append(b)
     for path, rows in by_file.items():
+        at = path.relative_to(folder).as_posix()
         q.add_many(quarantine_source(rows[0].table), 0, file_sha256(path),
-                   [Rejected(Loc(str(b.path), b.line, field=b.field), b.reason, b.detail, b.raw) for b in rows])
+                   [Rejected(Loc(str(b.path), b.line, field=b.field), b.reason, b.detail, b.raw) for b in rows],
+                   keys=[f"{at} line {b.line}" if b.line else f"{at} #{n}" for n, b in enumerate(rows)])
 
 
 @app.command("simulate")
