@@ -136,6 +136,25 @@ def test_rerun_sees_columns_renamed_or_their_names_swapped(store, tmp_path):
         "status"] == "failed"
 
 
+def test_results_whose_examples_could_not_be_read_are_not_reused(store, tmp_path, monkeypatch):
+    """review-incr #5: a failed check whose examples query failed (a cancelled query, a dropped connection) was saved
+    and re-used without examples until the data changed."""
+    from medlake.quality import compile as cp
+
+    store.execute(CO + "person_id = 99 WHERE condition_occurrence_id = 200")
+    fk = "field_isforeignkey_condition_occurrence_person_id"
+    examples = cp.examples_sql
+    monkeypatch.setattr(cp, "examples_sql", lambda *a, **k: "SELECT no_such_column FROM person")
+    first = runner.run(store, "5.4", tmp_path / "q", only=["condition_occurrence"])
+    got = {x["check_id"]: x for x in first.results}[fk]
+    assert got["examples"] == [] and "no_such_column" in got["example_error"]
+    monkeypatch.setattr(cp, "examples_sql", examples)
+    again = runner.run(store, "5.4", tmp_path / "q", only=["condition_occurrence"])
+    assert again.rechecked == ["condition_occurrence"] and {x["check_id"]: x for x in again.results}[fk][
+        "examples"] == ["200"]
+    assert runner.run(store, "5.4", tmp_path / "q", only=["condition_occurrence"]).reused == ["condition_occurrence"]
+
+
 def test_a_table_without_a_fingerprint_is_always_checked(store, tmp_path, monkeypatch):
     """If the engine cannot compute a table's fingerprint (e.g. no hash function), the run does not stop: that
     table's results are never reused, the others' are."""

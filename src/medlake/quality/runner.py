@@ -1159,13 +1159,14 @@ class Runner:
 
 def _saved(p: Path, key: str, ids: set[str]) -> dict | None:
     """A table's saved results (`tables/<table>.json`) where they stand for this run: readable, of the same checks
-    on the same data (`key`), a result for each check (`ids`), none an error — a cancelled query, a dropped
-    connection or a full disk is tried again, not carried into every later run. None otherwise (re-checked)."""
+    on the same data (`key`), a result for each check (`ids`), none an error, nor without the examples its query
+    failed to give — a cancelled query, a dropped connection or a full disk is tried again, not carried into every
+    later run. None otherwise (re-checked)."""
     try:
         saved = json.loads(p.read_text())
         results = saved["results"]
         if saved.get("key") != key or {r["check_id"] for r in results} != ids or any(
-                r["status"] == "error" for r in results):
+                r["status"] == "error" or r.get("example_error") for r in results):
             return None
     except (OSError, ValueError, KeyError, TypeError):  # a file a crash or a copy cut short: checked again
         return None
