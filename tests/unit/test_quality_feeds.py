@@ -384,3 +384,37 @@ def test_a_sites_source_fields_say_what_they_stop_checking_and_a_misspelt_table(
         "stg_hl7_observation?)"]
     typo = next(r for r in got if r["check_id"] == "source_sourcemandatorycompleteness_site_stg_hl7_observaton")
     assert typo["not_applicable_reason"].endswith("did you mean stg_hl7_observation?")
+
+
+# -- review-src #1: one failing query stops no other source-level check --------------------------------------------
+
+def test_a_when_condition_the_database_refuses_is_its_fields_error_and_every_other_check_runs(tmp_path):
+    """A site's [source_fields.stg_csv_lab.when] unit = "result_time > 'notadate'" parses but fails in the database:
+    that field's check is an `error` naming the condition, the database's words and what to fix; the table's other
+    fields, its duplicates, another staging table and the feed checks are counted. Before, run_sources raised and
+    the runner reported one mislabelled sourceMappingCoverage error in place of every source-level check."""
+    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    landing = _landing(tmp_path, [(i, "lab", dt.datetime.combine(yesterday - dt.timedelta(days=i), dt.time(9),
+                                                                  dt.timezone.utc), 0) for i in range(1, 6)])
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE stg_csv_lab (source VARCHAR, order_id VARCHAR, result_time TIMESTAMP, unit VARCHAR)")
+    eng.execute("INSERT INTO stg_csv_lab VALUES ('lab', 'O1', NULL, NULL), ('lab', 'O1', NULL, 'mg')")
+    eng.execute("CREATE TABLE stg_hl7_observation (control_id VARCHAR, code VARCHAR, observation_time TIMESTAMP, "
+                "value_type VARCHAR, value_number DOUBLE, source VARCHAR)")
+    eng.execute("INSERT INTO stg_hl7_observation VALUES ('M1', NULL, NULL, 'NM', 5.0, 'lis')")
+    fields = site.fields_config("[source_fields.stg_csv_lab]\nkey = ['order_id']\n"
+                                "mandatory = ['order_id', 'result_time']\n[source_fields.stg_csv_lab.when]\n"
+                                "unit = \"result_time > 'notadate'\"\n")
+    got = {r["check_id"]: r for r in run_sources(eng, result, landing, fields=fields)}
+    eng.close()
+    bad = got["source_sourcemandatorycompleteness_stg_csv_lab_unit"]
+    assert bad["status"] == "error"
+    assert bad["error"].startswith("the condition of unit ([source_fields.stg_csv_lab.when] unit = \"result_time > "
+                                   "'notadate'\") fails in the database: Conversion Error: invalid timestamp field")
+    assert bad["error"].endswith("fix it (a SQL condition on one row of stg_csv_lab) in the site checks file")
+    counted = {k: (r["status"], r["num_violated_rows"]) for k, r in got.items() if r["status"] != "error"}
+    assert counted["source_sourcemandatorycompleteness_lab_stg_csv_lab_result_time"] == ("failed", 2)
+    assert counted["source_sourceduplicaterecords_lab_stg_csv_lab_order_id"] == ("failed", 1)
+    assert counted["source_sourcemandatorycompleteness_lis_stg_hl7_observation_code"] == ("failed", 1)
+    assert {"source_feedtimeliness_landing_lab", "source_feedvolume_landing_lab"} <= set(got)
+    assert [k for k, r in got.items() if r["status"] == "error"] == [bad["check_id"]]

@@ -32,13 +32,14 @@ from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from medlake import config
 from medlake.cdm.importer import QUARANTINE_PREFIX
+from medlake.engines.base import EngineError
 from medlake.identity.staging import VAULTED
 from medlake.quality.checks import Check, example_ids
 from medlake.quality.compile import inline_rows, lit, q
@@ -593,66 +594,140 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
             continue
         mandatory = [f for f in dict.fromkeys(list(spec.get("mandatory", [])) + list(when)) if f in cols]
         if mandatory:
-            sums = ", ".join(
-                f"sum(CASE WHEN ({when[f]}) AND {_blank(f, cols[f])} THEN 1 ELSE 0 END) AS v{i}, "
-                f"sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS d{i}" if f in when else
-                f"sum(CASE WHEN {_blank(f, cols[f])} THEN 1 ELSE 0 END) AS v{i}, count(*) AS d{i}"
-                for i, f in enumerate(mandatory))
-            vaulted = _vaulted(engine, table) if VAULTED in tables else {}
-            counts = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
-                                  "ORDER BY 1").to_pylist()
-            # the record's id, to name the rows: its key's first part, else its message's or resource's id
-            record = next((c for c in [*(spec.get("key") or [])[:1], *RECORD_IDS] if c in cols), None)
-            missing = {(r["s"], f) for r in counts for i, f in enumerate(mandatory) if r[f"v{i}"]
-                       and f != record and not (f not in when and vaulted.get((r["s"], f)))}
-            examples = _missing_examples(engine, table, record, missing, when, cols, landing) if record else {}
-            for r in counts:
-                for i, f in enumerate(mandatory):
-                    moved = 0 if f in when else vaulted.get((r["s"], f), 0)  # sent, now in the identity vault
-                    out.append(_counted(result, "sourceMandatoryCompleteness", table, f, r["s"],
-                                        max(_int(r[f"v{i}"] or 0) - moved, 0), r[f"d{i}"] or 0,
-                                        examples.get((r["s"], f), ()), record))
+            out += _mandatory_guarded(engine, result, table, spec, cols, mandatory, tables, landing)
         key = spec.get("key", [])
         if key and set(key) <= cols.keys():  # (a key with a field missing would count other duplicates)
-            k = ", ".join(q(c) for c in key)
-            # one GROUP BY of the record key: per source its totals (kind 0) and the duplicated keys (kind 1)
-            g = f"SELECT CAST(source AS VARCHAR) AS s, {k}, count(*) AS n FROM {q(table)} GROUP BY source, {k}"
-            # records without their id (the key's first part) repeat none: they miss a mandatory field, counted
-            # there; a later part may be absent (a FHIR resource sent twice without meta.versionId repeats)
-            keyed = f"{q(key[0])} IS NOT NULL"
-            rows = engine.query(
-                f"WITH g AS ({g}) SELECT 0 AS kind, s, sum(n) AS n, sum(CASE WHEN {keyed} THEN n - 1 ELSE 0 END) "
-                f"AS dups, NULL AS k FROM g GROUP BY s UNION ALL SELECT 1 AS kind, s, n, NULL AS dups, "
-                f"CAST({q(key[0])} AS VARCHAR) AS k FROM g WHERE n > 1 AND {keyed}"
-            ).to_pylist()
-            examples: dict[str, list[str]] = {}
-            for r in sorted((r for r in rows if r["kind"] == 1), key=lambda r: (r["s"], r["k"] is None, r["k"])):
-                if len(examples.setdefault(r["s"], [])) < 10:
-                    examples[r["s"]].append(r["k"])
-            for r in sorted((r for r in rows if r["kind"] == 0), key=lambda r: r["s"]):
-                out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
-                                    r["n"] or 0, examples.get(r["s"], ()), key[0]))
+            _guarded(out, result, source_check("sourceDuplicateRecords", table, "+".join(key), "*"),
+                     f"the query of {table}'s duplicate records", partial(_duplicates, engine, result, table, key))
     if "processing_id" in ({c.name.lower() for c in engine.columns("stg_hl7_message")}
                            if "stg_hl7_message" in tables else ()):
-        out += _test_messages(engine, result, landing)
+        _guarded(out, result, source_check("sourceTestMessages", "stg_hl7_message", "processing_id", "*"),
+                 "the query of test messages", partial(_test_messages, engine, result, landing))
     out += _landing_checks(engine, result, tables, landing, feeds, feed or {})
     if {"cdm_lineage", "measurement"} <= tables:
-        rows, odd = _unit_counts(engine)
-        examples: dict[str, list[str]] = {}
-        for (src, cid, unit), n in sorted(odd.items()):
-            examples.setdefault(src, []).append(f"concept {cid} in unit {unit} ({n})")
-        for src in sorted(rows):
-            out.append(_counted(result, "sourceUnitConsistency", "measurement", "unit_concept_id", src,
-                                sum(n for (s, *_), n in odd.items() if s == src), rows[src],
-                                examples.get(src, ()), "concept in unit (rows)"))
+        _guarded(out, result, source_check("sourceUnitConsistency", "measurement", "unit_concept_id", "*"),
+                 "the query of the sources' units", partial(_units, engine, result))
     if "cdm_lineage" in tables:
-        out += _future_dates(engine, result, tables, landing, today)
+        _guarded(out, result, source_check("sourceFutureDates", "cdm_lineage", None, "*"),
+                 "the query of rows dated after their receipt",
+                 partial(_future_dates, engine, result, tables, landing, today))
     if "cdm_lineage" in tables and "concept" in tables:
-        out += _mapping(engine, result, _recent_from(landing, today)
-                        if "receipt_seq" in {c.name.lower() for c in engine.columns("cdm_lineage")} else None)
+        _guarded(out, result, source_check("sourceMappingCoverage", "cdm_lineage", None, "*"),
+                 "the query of the sources' mapping coverage", lambda: _mapping(engine, result, _recent_from(landing, today) if "receipt_seq" in {
+                     c.name.lower() for c in engine.columns("cdm_lineage")} else None))
     if warned and out:
         out[0].setdefault("warnings", []).extend(warned)
     return out
+
+
+def _mandatory(engine, result, table: str, spec: dict, cols: dict, mandatory: list[str], tables: set[str],
+               landing: Path | None) -> list[dict]:
+    """sourceMandatoryCompleteness of `mandatory`, the fields of staging table `table` (`cols`: its columns and
+    types) its sources must send (`spec`: its key and [when] conditions), per source and field, in one scan."""
+    when, out = spec.get("when", {}), []
+    sums = ", ".join(
+        f"sum(CASE WHEN ({when[f]}) AND {_blank(f, cols[f])} THEN 1 ELSE 0 END) AS v{i}, "
+        f"sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS d{i}" if f in when else
+        f"sum(CASE WHEN {_blank(f, cols[f])} THEN 1 ELSE 0 END) AS v{i}, count(*) AS d{i}"
+        for i, f in enumerate(mandatory))
+    vaulted = _vaulted(engine, table) if VAULTED in tables else {}
+    counts = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
+                          "ORDER BY 1").to_pylist()
+    # the record's id, to name the rows: its key's first part, else its message's or resource's id
+    record = next((c for c in [*(spec.get("key") or [])[:1], *RECORD_IDS] if c in cols), None)
+    missing = {(r["s"], f) for r in counts for i, f in enumerate(mandatory) if r[f"v{i}"]
+               and f != record and not (f not in when and vaulted.get((r["s"], f)))}
+    examples = _missing_examples(engine, table, record, missing, when, cols, landing) if record else {}
+    for r in counts:
+        for i, f in enumerate(mandatory):
+            moved = 0 if f in when else vaulted.get((r["s"], f), 0)  # sent, now in the identity vault
+            out.append(_counted(result, "sourceMandatoryCompleteness", table, f, r["s"],
+                                max(_int(r[f"v{i}"] or 0) - moved, 0), r[f"d{i}"] or 0,
+                                examples.get((r["s"], f), ()), record))
+    return out
+
+
+def _mandatory_guarded(engine, result, table: str, spec: dict, cols: dict, mandatory: list[str], tables: set[str],
+                       landing: Path | None) -> list[dict]:
+    """`_mandatory`, a query the database refuses said rather than stopping every source-level check: each [when]
+    condition that fails alone (a site's `dispensed_at > 'notadate'`) is its field's `error`, with the database's
+    words and what to fix, and the other fields are counted; any other failure is the table's error."""
+    try:
+        return _mandatory(engine, result, table, spec, cols, mandatory, tables, landing)
+    except EngineError as e:
+        failed = e
+    out, when = [], spec.get("when", {})
+    for f in [f for f in mandatory if f in when]:
+        try:
+            engine.query(f"SELECT sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS n FROM {q(table)}")
+        except EngineError as e:
+            mandatory = [m for m in mandatory if m != f]
+            out.append(result(source_check("sourceMandatoryCompleteness", table, f, "*"), "error", error=(
+                f"the condition of {f} ([source_fields.{table}.when] {f} = {when[f]!r}) fails in the database: "
+                f"{_first_line(e)}; fix it (a SQL condition on one row of {table}) in the site checks file")))
+    whole = source_check("sourceMandatoryCompleteness", table, None, "*")
+    what = f"the query of {table}'s mandatory fields"
+    if not out:  # no condition of its own fails alone: the table's error
+        out.append(_error(result, whole, what, failed))
+    elif mandatory:  # the fields left, without the conditions that failed
+        _guarded(out, result, whole, what, partial(_mandatory, engine, result, table, spec, cols, mandatory, tables,
+                                                   landing))
+    return out
+
+
+def _duplicates(engine, result, table: str, key: list[str]) -> list[dict]:
+    """sourceDuplicateRecords of staging table `table` per source: records repeating `key` (all its fields there)."""
+    out = []
+    k = ", ".join(q(c) for c in key)
+    # one GROUP BY of the record key: per source its totals (kind 0) and the duplicated keys (kind 1)
+    g = f"SELECT CAST(source AS VARCHAR) AS s, {k}, count(*) AS n FROM {q(table)} GROUP BY source, {k}"
+    # records without their id (the key's first part) repeat none: they miss a mandatory field, counted
+    # there; a later part may be absent (a FHIR resource sent twice without meta.versionId repeats)
+    keyed = f"{q(key[0])} IS NOT NULL"
+    rows = engine.query(
+        f"WITH g AS ({g}) SELECT 0 AS kind, s, sum(n) AS n, sum(CASE WHEN {keyed} THEN n - 1 ELSE 0 END) "
+        f"AS dups, NULL AS k FROM g GROUP BY s UNION ALL SELECT 1 AS kind, s, n, NULL AS dups, "
+        f"CAST({q(key[0])} AS VARCHAR) AS k FROM g WHERE n > 1 AND {keyed}"
+    ).to_pylist()
+    examples: dict[str, list[str]] = {}
+    for r in sorted((r for r in rows if r["kind"] == 1), key=lambda r: (r["s"], r["k"] is None, r["k"])):
+        if len(examples.setdefault(r["s"], [])) < 10:
+            examples[r["s"]].append(r["k"])
+    for r in sorted((r for r in rows if r["kind"] == 0), key=lambda r: r["s"]):
+        out.append(_counted(result, "sourceDuplicateRecords", table, "+".join(key), r["s"], r["dups"] or 0,
+                            r["n"] or 0, examples.get(r["s"], ()), key[0]))
+    return out
+
+
+def _guarded(out: list[dict], result, checks: Check | list[Check], what: str, run: Callable[[], list[dict]]) -> None:
+    """`run()`'s results added to `out`, or, when the database refuses its query or a landing file cannot be read,
+    the `_error` of `checks`, so that one section's failure stops no other source-level check."""
+    try:
+        out += run()
+    except (EngineError, sqlite3.Error) as e:
+        out += [_error(result, c, what, e) for c in (checks if isinstance(checks, list) else [checks])]
+
+
+def _error(result, check: Check, what: str, e: Exception) -> dict:
+    """`check` (of every source) could not run: `what` failed, in the database's words."""
+    return result(check, "error", error=f"{what} failed: {_first_line(e)}. The other source-level checks ran; fix "
+                                        "what the message names (a column of another type than medlake's, a file "
+                                        "that cannot be read) and run again")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _units(engine, result) -> list[dict]:
+    """sourceUnitConsistency per source (`_unit_counts`), the odd units named with their concept and rows."""
+    rows, odd = _unit_counts(engine)
+    examples: dict[str, list[str]] = {}
+    for (src, cid, unit), n in sorted(odd.items()):
+        examples.setdefault(src, []).append(f"concept {cid} in unit {unit} ({n})")
+    return [_counted(result, "sourceUnitConsistency", "measurement", "unit_concept_id", src,
+                     sum(n for (s, *_), n in odd.items() if s == src), rows[src], examples.get(src, ()),
+                     "concept in unit (rows)") for src in sorted(rows)]
 
 
 _UNITS = ("SELECT l.source AS s, m.measurement_concept_id AS c, m.unit_concept_id AS u, count(*) AS n "
@@ -887,19 +962,40 @@ def _landing_checks(engine, result, tables: set[str], landing_dir: Path | None, 
     (`cdm:<table>`), of the rows imported."""
     if landing_dir is None:
         return []
+    out, path, feed = [], Path(landing_dir) / "landing.sqlite", feed or {}
+    if path.exists():
+        _guarded(out, result, source_check("sourceDuplicateReceipts", "landing", None, "*"),
+                 f"reading the landing's receipts ({path})", partial(_receipts, result, path))
+        if feeds:
+            _guarded(out, result, feed_checks("landing", "*", feed.get("drop", FEED_DROP)),
+                     f"counting the landing's receipts per day ({path})",
+                     partial(_landing_feeds, engine, result, tables, path, feed))
+    if (Path(landing_dir) / "quarantine.sqlite").exists():
+        _guarded(out, result, source_check("sourceQuarantined", "quarantine", None, "*"),
+                 f"reading the quarantine ({Path(landing_dir) / 'quarantine.sqlite'})",
+                 partial(_quarantined, engine, result, tables, Path(landing_dir) / "quarantine.sqlite"))
+    return out
+
+
+def _receipts(result, path: Path) -> list[dict]:
+    """sourceDuplicateReceipts per source, from the landing's receipts (`path`, read-only)."""
+    with closing(_ro(path)) as db:
+        return [_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n) for src, n, dups in
+                db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt GROUP BY source "
+                           "ORDER BY source")]
+
+
+def _landing_feeds(engine, result, tables: set[str], path: Path, feed: dict) -> list[dict]:
+    """The feed checks of every source on what the landing (`path`) received per day, by the site's [feed]."""
+    with closing(_ro(path)) as db:
+        per = landing_feed(db, feed.get("timezone"), receipt_records(engine, tables))
+    now = dt.datetime.now(ZoneInfo(feed.get("timezone") or "UTC"))  # the landing's days: UTC or the site's
+    return feed_run(per, "landing", feed, result, now.date()) if per else []
+
+
+def _quarantined(engine, result, tables: set[str], qpath: Path) -> list[dict]:
+    """sourceQuarantined per source: its open quarantine items (`qpath`, read-only) of all records it sent."""
     out = []
-    if (Path(landing_dir) / "landing.sqlite").exists():
-        with closing(_ro(Path(landing_dir) / "landing.sqlite")) as db:
-            for src, n, dups in db.execute("SELECT source, count(*), coalesce(sum(duplicate), 0) FROM receipt "
-                                           "GROUP BY source ORDER BY source"):
-                out.append(_counted(result, "sourceDuplicateReceipts", "landing", None, src, dups, n))
-            feed = feed or {}
-            per = landing_feed(db, feed.get("timezone"), receipt_records(engine, tables)) if feeds else {}
-            now = dt.datetime.now(ZoneInfo(feed.get("timezone") or "UTC"))  # the landing's days: UTC or the site's
-            out += feed_run(per, "landing", feed, result, now.date()) if per else []
-    qpath = Path(landing_dir) / "quarantine.sqlite"
-    if not qpath.exists():
-        return out
     held: dict[str, dict[str, int]] = {}
     with closing(_ro(qpath)) as db:
         for src, reason, n in db.execute("SELECT source, reason, count(*) FROM item WHERE status = 'open' "
