@@ -135,3 +135,31 @@ def test_a_site_check_that_scans_for_ever_is_stopped_at_its_limit_and_the_run_go
     assert counted(got["early"]) == ("failed", 2, 4, None)
     dqd = [x for x in r.results if x["source"] == "dqd" and x["cdm_table"] == "condition_occurrence"]
     assert dqd and not [x for x in dqd if x["status"] == "error"]
+
+
+def test_a_source_fields_when_condition_is_read_as_a_predicate_and_refused_before_the_run(tmp_path):
+    """[source_fields.T.when] conditions as site checks' violations (review-src #1): a `-- note` is taken out (it
+    swallowed the rest of the one-line scan: every mandatory field of the table was an error) and the table's own
+    name reads the checked row; an aggregate, two statements or a condition not in quotes are refused naming the
+    key. Before, the note and the aggregate were accepted and failed in the database."""
+    from medlake.quality.feeds import run_sources
+
+    text = ("[source_fields.stg_csv_lab]\nkey = ['order_id']\n[source_fields.stg_csv_lab.when]\n"
+            "unit = \"stg_csv_lab.result_type = 'numeric'  -- numeric results carry a unit\"\n")
+    when = site.fields_config(text, "site.toml")["stg_csv_lab"]["when"]
+    assert when == {"unit": "t.result_type = 'numeric'"}
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE stg_csv_lab (source VARCHAR, order_id VARCHAR, result_type VARCHAR, unit VARCHAR)")
+    eng.execute("INSERT INTO stg_csv_lab VALUES ('lab', 'O1', 'numeric', NULL), ('lab', 'O2', 'text', NULL)")
+    got = {r["cdm_field"]: r for r in run_sources(eng, runner.result, tmp_path / "none",
+                                                  fields=site.fields_config(text))}
+    eng.close()
+    assert (got["unit"]["status"], got["unit"]["num_violated_rows"], got["unit"]["num_denominator_rows"]) == (
+        "failed", 1, 1)
+    assert got["unit"]["examples"] == ["O1"]
+    for cond, message in (('"count(*) > 1"', r"when.unit is a condition on each row of stg_csv_lab: COUNT\(\*\) is "
+                                             "computed over many rows"),
+                          ('"unit = \'x\'; DROP TABLE stg_csv_lab"', "when.unit is one condition, not statements"),
+                          ("3", "when.unit must be a SQL condition in quotes, not 3")):
+        with pytest.raises(ValueError, match=r"^site.toml: \[source_fields.stg_csv_lab\]: " + message):
+            site.fields_config(f"[source_fields.stg_csv_lab.when]\nunit = {cond}\n", "site.toml")

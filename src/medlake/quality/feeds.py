@@ -514,8 +514,9 @@ def _missing_examples(engine, table: str, key: str, missing: set[tuple[str, str]
     for src, f in sorted(missing):
         quoted = src.replace("'", "''")
         parts.append(f"SELECT '{quoted}' AS s, '{f}' AS f, k, q, row_number() OVER (ORDER BY q, k) AS n FROM (SELECT "
-                     f"CAST({q(key)} AS VARCHAR) AS k, {seq} AS q FROM {q(table)} WHERE CAST(source AS VARCHAR) = "
-                     f"'{quoted}' AND {_blank(f, cols[f])}" + (f" AND ({when[f]})" if f in when else "")
+                     f"CAST({q(key)} AS VARCHAR) AS k, {seq} AS q FROM {q(table)} AS t "
+                     f"WHERE CAST(source AS VARCHAR) = '{quoted}' AND {_blank(f, cols[f])}"
+                     + (f" AND ({when[f]})" if f in when else "")
                      + f" GROUP BY {q(key)}) AS g{len(parts)}")
     rows = engine.query(f"SELECT s, f, k, q FROM ({' UNION ALL '.join(parts)}) AS x WHERE n <= 10 ORDER BY s, f, n"
                         ).to_pylist()
@@ -612,9 +613,10 @@ def run_sources(engine, result, landing_dir: str | Path | None = None, fields: d
                  "the query of rows dated after their receipt",
                  partial(_future_dates, engine, result, tables, landing, today))
     if "cdm_lineage" in tables and "concept" in tables:
+        receipts = "receipt_seq" in {c.name.lower() for c in engine.columns("cdm_lineage")}
         _guarded(out, result, source_check("sourceMappingCoverage", "cdm_lineage", None, "*"),
-                 "the query of the sources' mapping coverage", lambda: _mapping(engine, result, _recent_from(landing, today) if "receipt_seq" in {
-                     c.name.lower() for c in engine.columns("cdm_lineage")} else None))
+                 "the query of the sources' mapping coverage",
+                 lambda: _mapping(engine, result, _recent_from(landing, today) if receipts else None))
     if warned and out:
         out[0].setdefault("warnings", []).extend(warned)
     return out
@@ -631,7 +633,7 @@ def _mandatory(engine, result, table: str, spec: dict, cols: dict, mandatory: li
         f"sum(CASE WHEN {_blank(f, cols[f])} THEN 1 ELSE 0 END) AS v{i}, count(*) AS d{i}"
         for i, f in enumerate(mandatory))
     vaulted = _vaulted(engine, table) if VAULTED in tables else {}
-    counts = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} GROUP BY 1 "
+    counts = engine.query(f"SELECT CAST(source AS VARCHAR) AS s, {sums} FROM {q(table)} AS t GROUP BY 1 "
                           "ORDER BY 1").to_pylist()
     # the record's id, to name the rows: its key's first part, else its message's or resource's id
     record = next((c for c in [*(spec.get("key") or [])[:1], *RECORD_IDS] if c in cols), None)
@@ -659,7 +661,7 @@ def _mandatory_guarded(engine, result, table: str, spec: dict, cols: dict, manda
     out, when = [], spec.get("when", {})
     for f in [f for f in mandatory if f in when]:
         try:
-            engine.query(f"SELECT sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS n FROM {q(table)}")
+            engine.query(f"SELECT sum(CASE WHEN ({when[f]}) THEN 1 ELSE 0 END) AS n FROM {q(table)} AS t")
         except EngineError as e:
             mandatory = [m for m in mandatory if m != f]
             out.append(result(source_check("sourceMandatoryCompleteness", table, f, "*"), "error", error=(

@@ -288,11 +288,14 @@ def fields_config(text: str, source: str = "site checks") -> dict:
         when = spec.get("when", {})
         if not isinstance(when, dict):
             raise ValueError(f"{where}: when is a table, [source_fields.{table}.when]: field = \"SQL condition\"")
-        for f, cond in when.items():
+        for f, cond in when.items():  # (as a site check's violation: its comments out, one condition on a row)
+            if not isinstance(cond, str):
+                raise ValueError(f"{where}: when.{f} must be a SQL condition in quotes, not {cond!r}")
             try:
                 sqlglot.parse_one(f"SELECT 1 WHERE {cond}", read="duckdb")
-            except (sqlglot.errors.ParseError, TypeError) as e:
+            except sqlglot.errors.SqlglotError as e:
                 raise ValueError(f"{where}: when.{f} is not a valid SQL condition: {str(e).splitlines()[0]}") from e
+            when[f] = _predicate(cond, f"when.{f}", table.lower(), where)
         out[table.lower()] = {k: ([f.lower() for f in v] if isinstance(v, list) else {f.lower(): c for f, c in v.items()})
                               for k, v in spec.items()}
     return out
