@@ -25,7 +25,7 @@ def _days(n: int, end: dt.date, count=20) -> dict[dt.date, int]:
 
 
 def _by(results: list[dict]) -> dict[tuple[str, str], dict]:
-    return {(r["check_name"], r["data_source"]): r for r in results}
+    return {(r["check_name"], r.get("data_source")): r for r in results}
 
 
 def _warnings(results: list[dict]) -> list[str]:
@@ -418,3 +418,62 @@ def test_a_when_condition_the_database_refuses_is_its_fields_error_and_every_oth
     assert counted["source_sourcemandatorycompleteness_lis_stg_hl7_observation_code"] == ("failed", 1)
     assert {"source_feedtimeliness_landing_lab", "source_feedvolume_landing_lab"} <= set(got)
     assert [k for k, r in got.items() if r["status"] == "error"] == [bad["check_id"]]
+
+
+# -- review-src #9, #10, #11: rows a feed check cannot read are counted and said, not a crash ------------------------
+
+def test_a_feed_tables_rows_without_a_source_or_a_readable_time_are_said_and_the_rest_judged():
+    """A site's message log with one row of no source and one of a time not in ISO form (07/12/2026 10:00): each is
+    a warning naming the table, the source, how many and an example, and every source is judged on its other rows;
+    a source with no readable row is not applicable, saying why. Before, the NULL source stopped the run with a
+    TypeError, and the unreadable time was the error of both feed checks of every source."""
+    from medlake.quality.feeds import run_feeds
+
+    yesterday = dt.date.today() - dt.timedelta(days=1)
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE interface_message_log (source VARCHAR, received_at VARCHAR)")
+    eng.execute("INSERT INTO interface_message_log VALUES " + ", ".join(
+        [f"('adt', '{yesterday - dt.timedelta(days=i)} 08:00:00')" for i in range(30) if i != 3]
+        + ["(NULL, '2026-12-01 10:00:00')", "('adt', '07/12/2026 10:00')", "('adt', NULL)", "('lab', '')"]))
+    got = run_feeds(eng, site.feed_config('[feed]\ntable = "interface_message_log"'), result)
+    eng.close()
+    adt = _by(got)["feedTimeliness", "adt"]
+    assert (adt["status"], adt["num_violated_rows"], adt["examples"]) == (
+        "failed", 1, [str(yesterday - dt.timedelta(days=3))])
+    assert _by(got)["feedTimeliness", "lab"]["not_applicable_reason"] == (
+        "no row of lab in interface_message_log has a received_at that is a date ('')")
+    fix = "write received_at as a date and time (2026-12-07 10:00:00), or make the column a timestamp"
+    assert _warnings(got) == [
+        "interface_message_log: 1 row(s) without a source (NULL): not judged by the feed checks; give each row the "
+        "system it came from",
+        f"interface_message_log: 2 row(s) of adt whose received_at is not a date ('07/12/2026'): not counted by the "
+        f"feed checks; {fix}",
+        f"interface_message_log: 1 row(s) of lab whose received_at is not a date (''): not counted by the feed "
+        f"checks; {fix}"]
+
+
+def test_a_landing_receipt_without_a_readable_time_is_said_and_stops_no_check(tmp_path):
+    """A receipt with an empty received_at (a landing restored from elsewhere): a warning naming the source, how many
+    and how to find them; the source's other receipts are judged, and the future-date check (which reads each day's
+    first receipt) runs. Before, `Invalid isoformat string: ''` stopped the whole run."""
+    yesterday = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=1)
+    landing = _landing(tmp_path, [(i, "lis", dt.datetime.combine(yesterday - dt.timedelta(days=i), dt.time(9),
+                                                                  dt.timezone.utc), 0) for i in range(1, 10)])
+    db = sqlite3.connect(landing / "landing.sqlite")
+    db.execute("INSERT INTO receipt (seq, sha256, source, received_at, size, duplicate) VALUES (20, 'h', 'lis', '', 1, "
+               "0)")
+    db.commit()
+    db.close()
+    eng = open_engine("duckdb::memory:")
+    eng.execute("CREATE TABLE visit_occurrence (visit_occurrence_id BIGINT, visit_start_date DATE)")
+    eng.execute("CREATE TABLE cdm_lineage (cdm_table VARCHAR, row_id BIGINT, source VARCHAR, receipt_seq BIGINT)")
+    eng.execute(f"INSERT INTO visit_occurrence VALUES (1, DATE '{yesterday}')")
+    eng.execute("INSERT INTO cdm_lineage VALUES ('visit_occurrence', 1, 'lis', 20)")
+    got = run_sources(eng, result, landing)
+    eng.close()
+    lis = _by(got)["feedTimeliness", "lis"]
+    assert (lis["status"], lis["num_violated_rows"], lis["num_denominator_rows"]) == ("failed", 1, 10)  # yesterday
+    assert [r["status"] for r in got if r["status"] == "error"] == []
+    assert _by(got)["sourceFutureDates", "lis"]["status"] == "passed"
+    assert _warnings(got)[0].startswith("landing: 1 row(s) of lis whose received_at is not a date (empty, or no "
+                                        "date-time): not counted by the feed checks; the landing writes it itself")

@@ -29,7 +29,7 @@ import sqlite3
 import statistics
 import tomllib
 from collections.abc import Callable, Iterable
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache, partial
@@ -139,15 +139,53 @@ def run_feeds(engine, cfg: dict, result) -> list[dict]:
     if table not in [t.lower() for t in engine.tables()]:
         c = feed_checks(table, "*", drop)
         return [result(x, "not_applicable", reason=f"feed table {table} absent") for x in c]
+    # its days read here, not cast by the database: one row whose time is not a date (07/12/2026) failed the cast
+    # and so the feed checks of every source (and TRY_CAST is no PostgreSQL's)
     rows = engine.query(
-        f"SELECT CAST({q(scol)} AS VARCHAR) AS s, CAST({q(tcol)} AS DATE) AS d, count(*) AS n FROM {q(table)} "
-        f"WHERE {q(tcol)} IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2").to_pylist()
+        f"SELECT CAST({q(scol)} AS VARCHAR) AS s, substr(CAST({q(tcol)} AS VARCHAR), 1, 10) AS d, count(*) AS n "
+        f"FROM {q(table)} GROUP BY 1, 2").to_pylist()
     if not rows:
         return [result(x, "not_applicable", reason=f"feed table {table} empty") for x in feed_checks(table, "*", drop)]
     per: dict[str, dict[dt.date, int]] = {}
+    skipped: dict[str | None, list] = {}  # {source: [rows, an example]} of the rows not counted
     for r in rows:
-        per.setdefault(r["s"], {})[r["d"]] = r["n"]
-    return feed_run(per, table, cfg, result, dt.date.today())  # (the site's own times: the machine's day)
+        try:
+            d = dt.date.fromisoformat(r["d"]) if r["s"] is not None else None
+        except (TypeError, ValueError):
+            d = None
+        if d is None:
+            skip = skipped.setdefault(r["s"], [0, None])
+            skip[0] += _int(r["n"])
+            skip[1] = skip[1] or (repr(r["d"]) if r["d"] is not None else "NULL")
+            continue
+        per.setdefault(r["s"], {})[d] = _int(r["n"])
+    out = feed_run(per, table, cfg, result, dt.date.today()) if per else [
+        result(x, "not_applicable", reason=f"no row of feed table {table} has a source and a {tcol} that is a date")
+        for x in feed_checks(table, "*", drop)]  # (the site's own times: the machine's day)
+    fix = f"write {tcol} as a date and time (2026-12-07 10:00:00), or make the column a timestamp"
+    return _skipped(out, per, skipped, table, drop, result, tcol, fix)
+
+
+def _skipped(out: list[dict], per: dict, skipped: dict, table: str, drop: float, result, tcol: str, fix: str
+             ) -> list[dict]:
+    """`out` with a warning (on its first result) for each source's rows the feed checks did not count (`skipped`:
+    {source: [rows, an example value]}): rows without a source (None) or whose `tcol` is not a date; a source with
+    no other row gets its two checks not applicable, saying why."""
+    warnings = []
+    for src, (n, example) in sorted(skipped.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+        if src is None:
+            warnings.append(f"{table}: {n:,} row(s) without a source (NULL): not judged by the feed checks; give "
+                            "each row the system it came from")
+            continue
+        example = example or "empty, or no date-time"
+        warnings.append(f"{table}: {n:,} row(s) of {src} whose {tcol} is not a date ({example}): not counted by the "
+                        f"feed checks; {fix}")
+        if src not in per:
+            out += _unjudged(table, src, drop, result, f"no row of {src} in {table} has a {tcol} that is a date "
+                                                       f"({example})")
+    if warnings and out:
+        out[0]["warnings"] = warnings + list(out[0].get("warnings") or [])
+    return out
 
 
 def feed_run(per: dict[str, dict[dt.date, int]], table: str, feed: dict, result, today: dt.date | None = None
@@ -342,8 +380,8 @@ def daily(days: dict[dt.date, int], first: dt.date, last: dt.date, missing: set,
     return {"daily_from": start.isoformat(), "daily_counts": [days.get(d, 0) for d in span], "daily_marks": marks}
 
 
-def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: Records | None = None
-                 ) -> dict[str, dict[dt.date, int]]:
+def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: Records | None = None,
+                 skipped: dict | None = None) -> dict[str, dict[dt.date, int]]:
     """What each source sent per day, as the landing received it, by UTC day, or by the local day of `timezone`
     (the receipts, in UTC, counted per quarter of an hour, as every zone's offset is a whole number of quarters,
     then each quarter given its local day). A day with a receipt is a day the source sent on (feedTimeliness);
@@ -351,7 +389,9 @@ def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: R
     `duplicate`) counts 0; with `records` (`receipt_records`, from the store's ingest log) each staged receipt counts
     its records (staged and quarantined: an MLLP message 1, a CSV file its rows, a FHIR bundle its resources) and a
     receipt not staged yet its source's usual records per receipt; without it, a receipt counts 1. So a day of an
-    export with its header only, or of a re-sent file only, is a day of volume 0 (a drop), not a missing day."""
+    export with its header only, or of a re-sent file only, is a day of volume 0 (a drop), not a missing day.
+    A receipt whose received_at is empty or no date-time (a landing restored or migrated from elsewhere: the landing
+    writes it itself) is not counted, but added to `skipped` ({source: [receipts, None]}, see `_skipped`)."""
     per: dict[str, dict[dt.date, int]] = {}
     day = "substr(r.received_at, 1, 10)" if timezone is None else (
         "substr(r.received_at, 1, 14) || printf('%02d', CAST(substr(r.received_at, 15, 2) AS INTEGER) / 15 * 15)")
@@ -366,13 +406,15 @@ def landing_feed(db: sqlite3.Connection, timezone: str | None = None, records: R
                        [(src, upto, per_) for src, (upto, per_) in records.staged.items()])
         n = ("CASE WHEN s.upto IS NULL THEN 1 WHEN r.seq <= s.upto THEN coalesce(f.n, 1) ELSE s.per END")
         joins = ("LEFT JOIN temp.feed_records f ON f.seq = r.seq LEFT JOIN temp.feed_staged s ON s.source = r.source")
-    rows = db.execute(f"SELECT r.source, {day}, sum(CASE WHEN r.duplicate = 0 THEN {n} ELSE 0 END) FROM receipt r "
-                      f"{joins if records is not None else ''} GROUP BY 1, 2")
+    rows = db.execute(f"SELECT r.source, {day}, sum(CASE WHEN r.duplicate = 0 THEN {n} ELSE 0 END), count(*) "
+                      f"FROM receipt r {joins if records is not None else ''} GROUP BY 1, 2")
     local = _local_day(timezone) if timezone else dt.date.fromisoformat
-    for src, at, n in rows:
+    for src, at, n, receipts in rows:
         try:
             d = local(at)
-        except ValueError:  # (a receipt's time is written by the landing itself: never expected)
+        except (TypeError, ValueError):
+            if skipped is not None:
+                skipped.setdefault(src, [0, None])[0] += receipts
             continue
         days = per.setdefault(src, {})
         days[d] = days.get(d, 0) + n
@@ -944,9 +986,12 @@ def _first_receipts(landing_dir: Path | None, today: dt.date) -> list[dict]:
         days = db.execute("SELECT substr(received_at, 1, 10), min(seq) FROM receipt GROUP BY 1 ORDER BY 1"
                           ).fetchall()
         top = db.execute("SELECT max(seq) FROM receipt").fetchone()[0]
-    if not days:
+    first = {}
+    for d, s in days:
+        with suppress(TypeError, ValueError):  # (a receipt without a readable time: the feed checks warn of it)
+            first[dt.date.fromisoformat(d)] = s
+    if not first:
         return []
-    first = {dt.date.fromisoformat(d): s for d, s in days}
     out, nxt = [], top + 1
     day = max(today, max(first))
     while day > min(first):  # from the last day back: each day's first seq, or the next day's
@@ -989,10 +1034,15 @@ def _receipts(result, path: Path) -> list[dict]:
 
 def _landing_feeds(engine, result, tables: set[str], path: Path, feed: dict) -> list[dict]:
     """The feed checks of every source on what the landing (`path`) received per day, by the site's [feed]."""
+    skipped: dict = {}
     with closing(_ro(path)) as db:
-        per = landing_feed(db, feed.get("timezone"), receipt_records(engine, tables))
+        per = landing_feed(db, feed.get("timezone"), receipt_records(engine, tables), skipped)
     now = dt.datetime.now(ZoneInfo(feed.get("timezone") or "UTC"))  # the landing's days: UTC or the site's
-    return feed_run(per, "landing", feed, result, now.date()) if per else []
+    out = feed_run(per, "landing", feed, result, now.date()) if per else []
+    return _skipped(out, per, skipped, "landing", feed.get("drop", FEED_DROP), result, "received_at",
+                    f"the landing writes it itself: one restored or migrated from elsewhere? Find them in {path}: "
+                    "SELECT seq, source, received_at FROM receipt WHERE coalesce(received_at, '') NOT GLOB "
+                    "'[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'")
 
 
 def _quarantined(engine, result, tables: set[str], qpath: Path) -> list[dict]:
@@ -1048,7 +1098,7 @@ def _received_on(landing_dir: Path | None, seqs: Iterable) -> Callable[[object],
     days: dict[int, str] = {}
     if wanted and path is not None and path.exists():
         with closing(_ro(path)) as db:
-            days = {seq: at[:10] for seq, at in db.execute(
+            days = {seq: (at or "")[:10] or None for seq, at in db.execute(
                 f"SELECT seq, received_at FROM receipt WHERE seq IN ({', '.join('?' * len(wanted))})", wanted)}
     return lambda seq: None if seq is None else days.get(int(seq))
 
