@@ -1119,6 +1119,11 @@ def cdm_import(
             elif what == "nul":
                 says = (f"{n:,} value(s) held a NUL character (0x00), removed from the value: no engine but DuckDB "
                         f"can store one (the first: {first})")
+            elif what == "stray_quote":
+                says = (f'{n:,} line(s) where a quoted value holds a quote that is not doubled (the first: {first}): '
+                        'read as the CSV reader goes on past it (`"a"b` as ab; MySQL\'s `\\"` is no escape in CSV, '
+                        '`"5\\" tube"` reads `5\\ tube"`): check those values; export with quotes doubled ("") '
+                        "(MySQL: FIELDS ESCAPED BY '') and import again")
             elif what == "quoted_empty":
                 says = (f'{n:,} value(s) "" (the first: {first}), in a file that quotes its header, as pandas and '
                         "Python's csv write NULL with QUOTE_ALL or QUOTE_NONNUMERIC: loaded as empty texts, which the "
@@ -1127,7 +1132,8 @@ def cdm_import(
             else:
                 says = (f"{n:,} value(s) NULL or \\N kept as text (the first: {first}); give --null NULL (or "
                         "--null '\\N') if they mean empty")
-            err.print(f"warning: {name}.{field}: {says}", highlight=False, markup=False, soft_wrap=True)
+            err.print(f"warning: {name}{'.' * bool(field)}{field}: {says}", highlight=False, markup=False,
+                      soft_wrap=True)
     for name in [n for n in bad if not report[n].rows]:  # a whole table set aside: the export's form, not a few rows
         err.print(f"warning: {name}: none of its {bad[name]:,} row(s) could be imported (the table is empty): the "
                   f"file is not in the form the import reads (its first reason: `medlake quarantine list --source "

@@ -259,3 +259,27 @@ def test_a_folder_of_files_of_both_cdm_versions_is_said_in_one_line_naming_the_f
     for version in ("5.3", "5.4"):
         with pytest.raises(importer.CdmImportError, match=said):
             importer.import_folder(open_engine("duckdb::memory:"), folder, version)
+
+
+def test_a_quote_inside_a_quoted_value_that_is_not_doubled_is_counted_in_a_warning_with_its_line(tmp_path):
+    """review-import #2: the reader goes on past a quote that is not doubled (`"a"b` read as `ab`, MySQL's `\\"`
+    mangled) and said nothing; a quote inside a value that is not quoted (`5" tube`) is kept and not counted, nor are
+    doubled quotes."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    header = PERSON + ",person_source_value,gender_source_value\n"
+    (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a"b,x\n2,8507,1981,0,0,5" tube,"He said ""hi"""\n'
+                                       '3,8507,1982,0,0,"two\nlines",y\n4,8507,1983,0,0,"5\\" tube",z\n')
+    [report] = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4").values()
+    assert report.rows == 4 and report.notes == {("", "stray_quote"): (2, f"{folder / 'person.csv'}:2")}
+    assert _rows(eng, "SELECT person_source_value FROM person ORDER BY person_id") == [
+        ("ab",), ('5" tube',), ("two\nlines",), ('5\\ tube"',)]  # (read as the reader reads them: said, not changed)
+    (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a ""b""",x\n')
+    assert importer.import_folder(eng, folder, "5.4")["person"].notes == {}
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="300")
+    (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a"b,x\n')
+    p = subprocess.run([sys.executable, "-m", "medlake.cli", "cdm", "import", str(folder)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (f"warning: person: 1 line(s) where a quoted value holds a quote that is not doubled (the first: "
+            f"{folder / 'person.csv'}:2)") in " ".join(p.stderr.split())

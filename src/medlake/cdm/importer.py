@@ -101,7 +101,8 @@ class Imported(NamedTuple):
     # of the table, left out: skip_unknown; values: its non-empty values), "nul" (a text that held a NUL character,
     # left out of it: no engine but DuckDB can store one), "swallowed" (rows of the file inside a value whose quote
     # is not closed, set aside with its row; values: those rows), "quoted_empty" ("" in a text field of a file whose
-    # header is quoted: QUOTE_ALL writes NULL so)
+    # header is quoted: QUOTE_ALL writes NULL so); ("", "stray_quote"): lines where a quoted value holds a quote
+    # that is not doubled (`"a"b`: read as `ab`; values: lines)
     notes: dict[tuple[str, str], tuple[int, str]] = {}
 
 
@@ -388,6 +389,47 @@ def _delimiters_only(path: Path, fmt: CsvFormat, columns: int) -> list[int]:
         return []
     with _text(path, fmt.encoding) as fh:
         return [n for n, line in enumerate(fh, 1) if line.rstrip("\r\n") == fmt.of(path) * (columns - 1)]
+
+
+def _stray_quotes(path: Path, fmt: CsvFormat) -> list[int]:
+    """The file lines where a quoted value holds a quote that is not doubled (`"a"b`, MySQL's `"5\\" tube"`): the
+    reader goes on past it (`"a"b` reads `ab`), so each is counted in a warning. Found in the bytes (a quote with
+    something other than a delimiter, a line break or a quote on both sides; most files have none), then each such
+    line read by Python's csv, strictly: a quote inside a value that is not quoted (`5" tube`) is kept as written,
+    not counted. A line inside a value written over several lines is read alone: rarely, one more is counted."""
+    if not fmt.encoding.lower().replace("-", "").replace("_", "").startswith(("utf8", "latin", "cp", "iso8859",
+                                                                               "ascii", "windows")):
+        return []  # (UTF-16 and such: a quote is not the byte 0x22)
+    ok = np.zeros(256, dtype=bool)  # the bytes a quote may stand beside
+    ok[list(b'"\n\r' + fmt.of(path).encode())] = True
+    found, lines, tail = [], 1, b""
+    with _stream(path) as raw:
+        while True:
+            chunk = raw.read(BATCH_BYTES)
+            data = tail + chunk
+            if not data:
+                break
+            b = np.frombuffer(data, dtype=np.uint8)
+            breaks = np.flatnonzero(b == 10)
+            end = (int(breaks[-1]) + 1 if len(breaks) else 0) if chunk else len(b)  # whole lines (the rest: next)
+            quotes = np.flatnonzero(b[:end] == 34)
+            quotes = quotes[(quotes > 0) & (quotes < len(b) - 1)]  # (data begins a line; the file's last byte)
+            odd = quotes[~(ok[b[quotes - 1]] | ok[b[quotes + 1]])]
+            found += [lines + int(n) for n in np.searchsorted(breaks, odd)]
+            if not chunk:
+                break
+            lines, tail = lines + len(breaks), data[end:]
+    if not found:
+        return []
+    wanted, strict = set(found), []
+    with _text(path, fmt.encoding) as fh:
+        for n, line in enumerate(fh, 1):
+            if n in wanted:
+                try:
+                    list(csv.reader([line], delimiter=fmt.of(path), strict=True))
+                except csv.Error:
+                    strict.append(n)
+    return strict
 
 
 def _athena(path: Path, fmt: CsvFormat, table: model.Table, blank: int) -> bool:
@@ -1040,7 +1082,9 @@ def _load_file(engine, table: model.Table, schema: pa.Schema, path: Path, fmt: C
                 raise CdmImportError(f"{_at(path, at)}: {why}")
             left_out.append(BadRow(table.name, path, at, required, "missing_mandatory", why,
                                    (fmt.of(path) * (len(header) - 1)).encode()))
-    return rows, left_out, {k: (n, _at(path, _line(at, known))) for k, (n, at) in notes.items()}
+    noted = {k: (n, _at(path, _line(at, known))) for k, (n, at) in notes.items()}
+    stray = [] if typed else _stray_quotes(path, fmt)  # (lines of the file as it is: no _line)
+    return rows, left_out, noted | ({("", "stray_quote"): (len(stray), _at(path, stray[0]))} if stray else {})
 
 
 def csv_format(delimiter: str = ",", encoding: str = "utf-8", nulls: tuple[str, ...] = (),
