@@ -646,6 +646,21 @@ def test_import_sets_aside_numbers_and_dates_no_export_means_and_reads_decimals_
     assert "cannot read '0x7a8' as integer" in why
 
 
+def test_import_reads_a_parquet_float32_as_its_digits(tmp_path):
+    """review-import #13: a float32 column (pandas' and Spark's `float`) was loaded as its binary value, 98.6 as
+    98.5999984741211: a range's bound of 98.6 then flipped. It is read as the double its digits name, as a DECIMAL."""
+    (tmp_path / "cdm").mkdir()
+    pq.write_table(pa.table({
+        "measurement_id": pa.array([1, 2, 3], pa.int64()), "person_id": pa.array([2] * 3, pa.int64()),
+        "measurement_concept_id": pa.array([3020891] * 3, pa.int32()),
+        "measurement_date": pa.array([dt.date(2020, 1, 1)] * 3), "measurement_type_concept_id": pa.array([32817] * 3),
+        "value_as_number": pa.array([98.6, 0.1, None], pa.float32())}), tmp_path / "cdm" / "measurement.parquet")
+    eng = open_engine("duckdb::memory:")
+    importer.import_folder(eng, tmp_path / "cdm", "5.4")
+    assert eng.query("SELECT value_as_number FROM measurement ORDER BY measurement_id").column(0).to_pylist() == [
+        98.6, 0.1, None]
+
+
 def test_import_reads_dates_and_times_as_exports_write_them(tmp_path):
     """SQL Server's '2020-12-31 00:00:00.000' in a date field, and its datetime2's seven digits after the second
     (.1234567, to the microsecond), 20201231, a time after the day; a zone after a time

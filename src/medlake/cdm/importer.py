@@ -574,8 +574,9 @@ def _cast(col: pa.Array, f: model.Field, target: pa.DataType, dates: str | None 
         if pc.any(pc.less(pc.year(t), 1)).as_py():  # Arrow reads 0000-01-01 as 1 BC, as 10000 it reads nothing:
             raise pa.ArrowInvalid("a year before 1")  # a day before 0001-01-01 no R, Python or SQL Server holds
         return t if f.kind == "datetime" else pc.cast(t, target)
-    if f.kind == "float" and pa.types.is_decimal(col.type):  # 49.3000 as the double nearest 49.3, as its text reads
-        col = pc.cast(col, pa.string())
+    if f.kind == "float" and (pa.types.is_decimal(col.type) or col.type in (pa.float16(), pa.float32())):
+        col = pc.cast(col, pa.string())  # 49.3000, a float32 98.6: the double nearest 49.3 and 98.6, as their text
+        # reads (a float32's own value, 98.5999984741211, would cross a range's 98.6 both ways)
     if f.kind in ("bigint", "integer", "float") and pa.types.is_string(col.type):
         col = pc.utf8_trim_whitespace(col)
         if pc.any(pc.match_substring_regex(col, r"^[-+]?0[xX]")).as_py():  # (Arrow reads 0x7a8 as 1960)
