@@ -209,7 +209,10 @@ def status():
         return
     out.print(f"CDM        OMOP v{s.cdm_version}" + ("" if s.cdm_version_from == "from the store's record" else
                                                       f" ({s.cdm_version_from}; a CDM medlake did not create)"))
-    out.print(f"vocabulary {s.vocabulary_version or 'not loaded: run `medlake vocab load DIR` or `--demo`'}")
+    concepts = s.counts.get("concept") or 0  # (a CDM imported with its CONCEPT file but no VOCABULARY row)
+    out.print("vocabulary " + (s.vocabulary_version or (
+        f"{concepts:,} concept(s), its version not recorded (no vocabulary row 'None')" if concepts else
+        "not loaded: run `medlake vocab load DIR` or `--demo`")), highlight=False, markup=False)
     t = Table(title="rows per table")
     t.add_column("table")
     t.add_column("rows", justify="right")

@@ -144,9 +144,15 @@ def test_status_of_an_existing_ohdsi_cdm_medlake_did_not_create(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "OMOP v5.3 (from visit_occurrence.admitting_source_concept_id" in r.stdout and "init" not in r.stdout
     assert "person" in r.stdout
+    assert "vocabulary not loaded" in " ".join(r.stdout.split())
     eng = open_engine(f"duckdb:{tmp_path / 'ohdsi.duckdb'}")
     assert "medlake_info" not in eng.tables()  # nothing written
+    # its concepts imported without their VOCABULARY file: loaded, its version unknown (not "not loaded")
+    eng.execute("INSERT INTO concept VALUES (8507, 'MALE', 'Gender', 'Gender', 'Gender', 'S', 'M', DATE '1970-01-01', "
+                "DATE '2099-12-31', NULL)")
     eng.close()
+    r = run("--store", f"duckdb:{tmp_path / 'ohdsi.duckdb'}", "status", cwd=tmp_path)
+    assert "vocabulary 1 concept(s), its version not recorded (no vocabulary row 'None')" in " ".join(r.stdout.split())
 
 
 def test_bad_config_names_file_and_reason(tmp_path):
