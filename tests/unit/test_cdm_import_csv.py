@@ -283,3 +283,17 @@ def test_a_quote_inside_a_quoted_value_that_is_not_doubled_is_counted_in_a_warni
     assert p.returncode == 0, p.stderr
     assert (f"warning: person: 1 line(s) where a quoted value holds a quote that is not doubled (the first: "
             f"{folder / 'person.csv'}:2)") in " ".join(p.stderr.split())
+
+
+def test_a_file_that_begins_with_a_utf8_byte_order_mark_is_read_as_utf8_whatever_encoding_the_folder_has(tmp_path):
+    """review-import #13: --encoding cp1252 for a folder of Windows exports, one of them saved as UTF-8 with a BOM:
+    its first column was `ï»¿person_id`, no field of the table, and its names were mangled."""
+    folder = tmp_path / "cdm"
+    folder.mkdir()
+    (folder / "person.csv").write_bytes(b"\xef\xbb\xbf" + (PERSON + ",person_source_value\n1,8507,1980,0,0,Zoë\n").encode())
+    (folder / "death.csv").write_bytes("person_id,death_date,death_type_concept_id,cause_source_value\n"
+                                       "1,2020-01-31,32817,Müller\n".encode("cp1252"))
+    report = importer.import_folder(eng := open_engine("duckdb::memory:"), folder, "5.4", encoding="cp1252")
+    assert {k: (r.rows, r.bad) for k, r in report.items()} == {"person": (1, 0), "death": (1, 0)}
+    assert _rows(eng, "SELECT p.person_source_value, d.cause_source_value FROM person p JOIN death d USING "
+                      "(person_id)") == [("Zoë", "Müller")]

@@ -290,6 +290,10 @@ def _sniff(path: Path, fmt: CsvFormat) -> tuple[CsvFormat, list[str], int]:
     given, or, when the header does not split by it, the one it splits by (a ';' export in a folder of
     comma-separated tables). A file of blank lines alone has no header (an empty table)."""
     blank = 0
+    if fmt.encoding.lower().replace("-", "").replace("_", "") not in ("utf8", "utf8sig"):
+        with _stream(path) as raw:  # a UTF-8 byte-order mark: the file is UTF-8, whatever --encoding says of the
+            if raw.read(3) == codecs.BOM_UTF8:  # folder's others (cp1252 read it as ï»¿ in the first column's name)
+                fmt = fmt._replace(encoding="utf-8")
     try:
         with _text(path, fmt.encoding) as fh:
             first = fh.readline().lstrip("\ufeff")
