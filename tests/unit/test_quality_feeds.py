@@ -42,7 +42,7 @@ def test_a_site_wide_silence_is_missing_days_of_every_source_and_a_warning():
     per = {"lis": _days(30, last), "adt": _days(30, last, 50)}
     got = feed_results(per, "landing", 0.5, result, today=TODAY)
     t = {src: (r["num_violated_rows"], r["examples"]) for (c, src), r in _by(got).items() if c == "feedTimeliness"}
-    silent = [str(TODAY - dt.timedelta(days=d)) for d in (3, 2, 1)]
+    silent = [str(TODAY - dt.timedelta(days=d)) for d in (1, 2, 3)]  # the newest first
     assert t == {"lis": (3, silent), "adt": (3, silent)}
     assert _by(got)["feedVolume", "lis"]["daily_marks"].endswith(".xxx")
     assert _warnings(got) == [f"landing: nothing received from any source since {last} (4 days ago): the interface "
@@ -165,7 +165,7 @@ def test_a_sources_declared_span_and_weekdays():
         "description"]
     assert t(got, "new") == (5, 5)  # from 5 days ago to yesterday: nothing came
     assert t(got, "never") == (3, 3) and got["feedTimeliness", "never"]["examples"] == [
-        str(TODAY - dt.timedelta(days=n)) for n in (3, 2, 1)]
+        str(TODAY - dt.timedelta(days=n)) for n in (1, 2, 3)]
     assert got["feedVolume", "never"]["status"] == "not_applicable"
     assert got["feedTimeliness", "soon"]["not_applicable_reason"] == (
         f"soon has sent nothing to landing yet and goes live on {TODAY} ([feed.sources.soon] from): each day from "
@@ -220,7 +220,7 @@ def test_a_file_feeds_volume_is_its_records_and_a_resent_file_is_no_volume(tmp_p
     got = _by([r for r in run_sources(eng, result, landing) if r["check_name"].startswith("feed")])
     eng.close()
     vol = got["feedVolume", "rx"]
-    assert (vol["status"], vol["examples"]) == ("failed", [days[11].isoformat(), days[14].isoformat()])
+    assert (vol["status"], vol["examples"]) == ("failed", [days[14].isoformat(), days[11].isoformat()])
     assert vol["daily_counts"] == [rows[d] for d in days]
     assert got["feedTimeliness", "rx"]["num_violated_rows"] == 0
 
@@ -477,3 +477,27 @@ def test_a_landing_receipt_without_a_readable_time_is_said_and_stops_no_check(tm
     assert _by(got)["sourceFutureDates", "lis"]["status"] == "passed"
     assert _warnings(got)[0].startswith("landing: 1 row(s) of lis whose received_at is not a date (empty, or no "
                                         "date-time): not counted by the feed checks; the landing writes it itself")
+
+
+# -- review-src #2: the newest missing days first, and a silence going on said ------------------------------------
+
+def test_a_feeds_examples_are_its_newest_days_and_a_silence_going_on_is_said():
+    """A LIS with 12 missing Mondays early in the year, an outage last week and nothing for its last 3 days: the
+    examples are the 10 newest missing days (the silence and last week's outage first), and the description says
+    since when it is silent (`silent_since`); its volume examples too are the newest drops. Before, the examples
+    were the 10 oldest days: the outage going on was not among them."""
+    yesterday = TODAY - dt.timedelta(days=1)
+    mondays = [dt.date(2026, 1, 5) + dt.timedelta(weeks=i) for i in range(12)]
+    outage = TODAY - dt.timedelta(days=6)
+    days = {d: 30 for d in _days(400, TODAY - dt.timedelta(days=4)) if d not in mondays and d != outage}
+    days |= {dt.date(2026, 2, 3): 2, dt.date(2026, 11, 3): 3}  # two drops
+    got = _by(feed_results({"lis": days}, "landing", 0.5, result, today=TODAY))
+    t = got["feedTimeliness", "lis"]
+    newest = [yesterday - dt.timedelta(days=i) for i in range(3)] + [outage] + mondays[::-1][:6]
+    assert (t["num_violated_rows"], t["examples"]) == (16, [str(d) for d in newest])
+    assert t["silent_since"] == str(TODAY - dt.timedelta(days=3))
+    assert t["description"].endswith(f"Silent since {TODAY - dt.timedelta(days=3)}: nothing on its last 3 day(s) "
+                                     f"judged, to {yesterday}.")
+    assert got["feedVolume", "lis"]["examples"] == ["2026-11-03", "2026-02-03"]
+    assert "silent_since" not in _by(feed_results({"lis": days | {yesterday: 30}}, "landing", 0.5, result,
+                                                  today=TODAY))["feedTimeliness", "lis"]

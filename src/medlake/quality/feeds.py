@@ -331,7 +331,13 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         if seen_last and last > seen_last and any(d > seen_last for d in missing):
             silent.append(src)
         r = result(timely, "counted", len(missing), len(span))
-        r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[:10]], "day", src
+        # the newest first: an outage going on, or last week's, is what to look at (the oldest could fill the ten)
+        r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[::-1][:10]], "day", src
+        gone = next((i for i, d in enumerate(reversed(span)) if d not in missing), len(span))  # its last days missing
+        if gone:
+            since = span[-gone]
+            r["silent_since"] = since.isoformat()
+            r["description"] += f" Silent since {since}: nothing on its last {gone} day(s) judged, to {span[-1]}."
         out.append(r)
         seen = sorted(d for d in days if d not in holidays)
         low, high, judged = [], [], 0
@@ -347,7 +353,7 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
                     high.append((d, days[d], usual))
         r = result(volume, "counted", len(low), judged,
                    reason=f"{len(seen)} day(s) with data from {src}: a day is judged against at least 3 before it")
-        r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[:10]], "day", src
+        r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in low[::-1][:10]], "day", src
         # bursts are said, not failed: a replay after an outage is one, and so are a message loop and a resend
         r["bursts"] = [f"{d.isoformat()}: {n:,} against a usual {usual:g}" for d, n, usual in high[-10:]]
         shown = [d for d in all_days if not ahead or d <= ahead]
