@@ -497,7 +497,37 @@ def test_a_feeds_examples_are_its_newest_days_and_a_silence_going_on_is_said():
     assert (t["num_violated_rows"], t["examples"]) == (16, [str(d) for d in newest])
     assert t["silent_since"] == str(TODAY - dt.timedelta(days=3))
     assert t["description"].endswith(f"Silent since {TODAY - dt.timedelta(days=3)}: nothing on its last 3 day(s) "
-                                     f"judged, to {yesterday}.")
+                                     f"judged, to {yesterday}. Retired on purpose? Give its last day: "
+                                     f"[feed.sources.lis] until = {TODAY - dt.timedelta(days=4)}.")
     assert got["feedVolume", "lis"]["examples"] == ["2026-11-03", "2026-02-03"]
     assert "silent_since" not in _by(feed_results({"lis": days | {yesterday: 30}}, "landing", 0.5, result,
                                                   today=TODAY))["feedTimeliness", "lis"]
+
+
+# -- review-src #12: what to do fits the case --------------------------------------------------------------------
+
+def test_what_to_do_about_missing_days_fits_a_retired_feed_and_a_young_weekday_feed():
+    """A feed retired 17 days ago is told its `until` (its last day); a two-week-old feed whose missing days are all
+    Saturdays and Sundays (its habit is learnt after three weeks) is told `weekdays`; an outage on scattered days is
+    told neither, and the next step (next_steps.toml) names the outage and each setting. Before, all three were only
+    told to look for an outage and ask for a resend."""
+    from medlake.quality.report import next_step
+
+    yesterday = TODAY - dt.timedelta(days=1)
+    retired = _days(40, TODAY - dt.timedelta(days=18))
+    young = {d: 20 for d in _days(14, yesterday) if d.weekday() < 5}
+    flaky = {d: 20 for d in _days(40, yesterday) if d not in (TODAY - dt.timedelta(days=5), TODAY - dt.timedelta(
+        days=12), TODAY - dt.timedelta(days=30))}
+    got = _by(feed_results({"old": retired, "clinic": young, "flaky": flaky, "lis": _days(40, yesterday)},
+                           "landing", 0.5, result, today=TODAY))
+    assert got["feedTimeliness", "old"]["description"].endswith(
+        f"Retired on purpose? Give its last day: [feed.sources.old] until = {TODAY - dt.timedelta(days=18)}.")
+    assert got["feedTimeliness", "clinic"]["description"].endswith(
+        "All on Saturdays and Sundays: if it does not send on them, list the days it sends on: "
+        "[feed.sources.clinic] weekdays.")
+    flaky = got["feedTimeliness", "flaky"]
+    assert flaky["status"] == "failed" and flaky["description"].endswith("between its first day and the feed's last "
+                                                                         "day.")
+    step = next_step(flaky)
+    assert "ask for a resend" in step and "[feed.sources.flaky]" in step
+    assert all(k in step for k in ("(until)", "(weekdays)", "(from)"))

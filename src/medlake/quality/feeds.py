@@ -333,11 +333,21 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         r = result(timely, "counted", len(missing), len(span))
         # the newest first: an outage going on, or last week's, is what to look at (the oldest could fill the ten)
         r["examples"], r["example_field"], r["data_source"] = [d.isoformat() for d in missing[::-1][:10]], "day", src
+        # every missing day on one or two weekdays, each at least twice: a habit not learnt yet (a young feed)?
+        odd = tuple(sorted({d.weekday() for d in missing}))
+        habit = weekdays is None and 0 < len(odd) <= 2 and all(
+            sum(d.weekday() == w for d in missing) >= 2 for w in odd)
         gone = next((i for i, d in enumerate(reversed(span)) if d not in missing), len(span))  # its last days missing
         if gone:
             since = span[-gone]
             r["silent_since"] = since.isoformat()
             r["description"] += f" Silent since {since}: nothing on its last {gone} day(s) judged, to {span[-1]}."
+            if not habit:
+                r["description"] += (f" Retired on purpose? Give its last day: [feed.sources.{src}] until = "
+                                     f"{max(days) if days else since - dt.timedelta(days=1)}.")
+        if habit:
+            r["description"] += (f" All on {_weekdays(odd)}: if it does not send on them, list the days it sends on: "
+                                 f"[feed.sources.{src}] weekdays.")
         out.append(r)
         seen = sorted(d for d in days if d not in holidays)
         low, high, judged = [], [], 0
