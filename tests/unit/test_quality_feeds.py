@@ -531,3 +531,25 @@ def test_what_to_do_about_missing_days_fits_a_retired_feed_and_a_young_weekday_f
     step = next_step(flaky)
     assert "ask for a resend" in step and "[feed.sources.flaky]" in step
     assert all(k in step for k in ("(until)", "(weekdays)", "(from)"))
+
+
+# -- review-src #4, #5: holidays of a feed that sends every day ----------------------------------------------------
+
+def test_a_feed_that_sends_on_weekends_is_not_excused_on_holidays_and_its_holiday_volume_is_a_weekends():
+    """A LIS sending every day (200 on weekdays, 80 on weekends) silent on a public holiday: a missing day (a 24/7
+    feed's holiday outage is the one nobody sees); a weekday-only clinic silent on it is excused. An ED feed declared
+    sends_on_holidays with its weekend volume on the holiday is no drop. Before, the LIS's silent holiday passed, and
+    the ED's holiday was a volume drop against its weekdays."""
+    holiday = dt.date(2026, 11, 18)  # a Wednesday
+    span = sorted(_days(56, TODAY - dt.timedelta(days=1)))
+    lis = {d: 80 if d.weekday() >= 5 else 200 for d in span if d != holiday}
+    clinic = {d: 20 for d in span if d.weekday() < 5 and d != holiday}
+    ed = {d: 40 if d.weekday() >= 5 or d == holiday else 200 for d in span}
+    cfg = site.feed_config(f"[feed]\nholidays = [{holiday}]\n[feed.sources.ed]\nsends_on_holidays = true\n")
+    got = _by(feed_run({"lis": lis, "clinic": clinic, "ed": ed}, "landing", cfg, result, TODAY))
+    assert (got["feedTimeliness", "lis"]["num_violated_rows"], got["feedTimeliness", "lis"]["examples"]) == (
+        1, [str(holiday)])
+    assert got["feedTimeliness", "clinic"]["num_violated_rows"] == 0
+    assert "1 holiday(s)" in got["feedTimeliness", "clinic"]["description"]
+    assert (got["feedVolume", "ed"]["status"], got["feedVolume", "ed"]["num_violated_rows"]) == ("passed", 0)
+    assert (got["feedVolume", "lis"]["status"], got["feedTimeliness", "ed"]["num_violated_rows"]) == ("passed", 0)

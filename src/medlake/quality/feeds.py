@@ -8,7 +8,8 @@ rest is arithmetic on that small result:
   feed (any source) — a silent feed is flagged; threshold 0 (any missing day fails). The weekdays a source
   does not send on (learnt from three weeks of it: a weekday-only feed's weekends) are not missing days.
   Nor are its holidays (the site's `[feed] holidays` and its `country`'s public holidays, python-holidays'
-  calendars; or a calendar of the source's own, `[feed.sources.NAME]`).
+  calendars; or a calendar of the source's own, `[feed.sources.NAME]`), unless it sends on weekends (learnt) or
+  on holidays (declared): then a holiday is judged, its volume as its quiet days'.
 - `feedVolume`: days whose count is below `drop` × the median of the source's previous 7 days with data of
   the same kind: its quiet weekdays (learnt: a lighter weekend) against its quiet days, the others against
   the others.
@@ -218,14 +219,13 @@ def _unjudged(table: str, src: str, drop: float, result, reason: str) -> list[di
 def days_off(feed: dict, per: dict[str, dict[dt.date, int]]) -> dict[str, frozenset]:
     """Each source's days it is not expected to send on: its calendar's `holidays` and its country's (and
     subdivision's) public holidays, including the days they are observed on, in the years of the feed; the site's
-    calendar ([feed]) unless [feed.sources.NAME] gives the source its own, none if it sends on holidays."""
+    calendar ([feed]) unless [feed.sources.NAME] gives the source its own (`feed_results` judges them for a source
+    that sends on holidays: declared, or learnt from its weekends)."""
     seen = [d for days in per.values() for d in days]
     years = range(min(seen).year, max(seen).year + 1) if seen else range(0)
     out, cals = {}, {}
     for src in per:
         spec = feed.get("sources", {}).get(src, feed)
-        if spec.get("sends_on_holidays"):
-            continue
         key = (spec.get("country"), spec.get("subdivision"))
         if key[0] and key not in cals:
             import holidays  # ~0.1 s to import, only for a calendar with a country
@@ -320,8 +320,13 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
                 why = f"{src} has sent on the day in progress only ({today.isoformat()}): judged from tomorrow"
             out += _unjudged(table, src, drop, result, why)
             continue
-        holidays = (days_off or {}).get(src, frozenset())
-        off, quiet = cadence(days, drop, holidays, weekdays)
+        calendar = (days_off or {}).get(src, frozenset())
+        off, quiet = cadence(days, drop, calendar, weekdays)
+        # a source that sends on weekends (3 of each, learnt) sends on holidays too, as one declared so: a silent
+        # holiday is a missing day, and its holiday's volume is judged as its quiet days' (a lighter weekend's)
+        weekend = [sum(d.weekday() == w and d not in calendar for d in days) >= CADENCE_WEEKS for w in (5, 6)]
+        sends = spec.get("sends_on_holidays") or (all(weekend) and not {5, 6} & set(off))
+        holidays = frozenset() if sends else calendar
         first = start or min(days)
         on = [first + dt.timedelta(days=i) for i in range((end - first).days + 1)]
         on = [d for d in on if d.weekday() not in off]  # the weekdays it sends on
@@ -352,7 +357,7 @@ def feed_results(per: dict[str, dict[dt.date, int]], table: str, drop: float, re
         seen = sorted(d for d in days if d not in holidays)
         low, high, judged = [], [], 0
         for i, d in enumerate(seen):
-            kind = d.weekday() in quiet
+            kind = d.weekday() in quiet or (bool(quiet) and d in calendar)
             prev = [days[x] for x in seen[:i] if (x.weekday() in quiet) == kind][-7:]
             if len(prev) >= 3:
                 judged += 1
