@@ -996,9 +996,10 @@ class Runner:
             try:
                 run.results += run_sources(self.eng, result, fields=self.source_fields,
                                            feeds=not (self.feed and self.feed["table"]), feed=self.feed)
-            except EngineError as e:
-                run.results.append(result(source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
-                                          error=str(e)))
+            except EngineError as e:  # (each section's own failure is its checks' error, in run_sources: this is
+                run.results.append(result(  # the store's tables or columns not read, so none of them could run)
+                    source_check("sourceMappingCoverage", "cdm_lineage", None, "*"), "error",
+                    error=f"the source-level checks could not read the store's staging tables: {e}"))
         if self.names or self.severities:  # (the source-level queries each serve several check types: as asked)
             run.results[first:] = [r for r in run.results[first:]
                                    if self._wanted(r["check_name"], r["check_level"], r["severity"])]
