@@ -19,6 +19,13 @@ def _rows(eng, sql: str) -> list[tuple]:
     return [tuple(r.values()) for r in eng.query(sql).to_pylist()]
 
 
+def _cli_import(tmp_path: Path, folder: Path) -> subprocess.CompletedProcess:
+    """`medlake cdm import FOLDER` into the store tmp_path/s.duckdb, as a person runs it (its warnings on stderr)."""
+    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="300")
+    return subprocess.run([sys.executable, "-m", "medlake.cli", "cdm", "import", str(folder)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+
+
 @pytest.mark.parametrize("blank", ["\r\n", "\n\n", " \r\n\t\r\n", "\r\n\ufeff"])
 def test_blank_lines_before_the_header_are_skipped_and_lines_still_counted_as_the_file_has_them(tmp_path, blank):
     """SQL*Plus SPOOL and `echo > f; bcp ... >> f` write a blank first line: the rows below it are the table's (they
@@ -191,10 +198,8 @@ def test_empty_texts_of_a_file_that_quotes_its_header_and_texts_are_counted_in_a
     assert _rows(eng, "SELECT gender_source_value FROM person") == [("",), ("",)]  # (loaded as they are)
     (folder / "person.csv").write_text(PERSON + ',person_source_value\n1,8507,1980,0,0,""\n')
     assert importer.import_folder(eng, folder, "5.4")["person"].notes == {}
-    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="300")
     (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a",""\n')
-    p = subprocess.run([sys.executable, "-m", "medlake.cli", "cdm", "import", str(folder)], env=env, cwd=tmp_path,
-                       capture_output=True, text=True)
+    p = _cli_import(tmp_path, folder)
     assert p.returncode == 0, p.stderr
     assert (f'warning: person.gender_source_value: 1 value(s) "" (the first: {where}:2), in a file that quotes its '
             "header, as pandas and Python's csv write NULL with QUOTE_ALL or QUOTE_NONNUMERIC: loaded as empty texts, "
@@ -276,10 +281,8 @@ def test_a_quote_inside_a_quoted_value_that_is_not_doubled_is_counted_in_a_warni
         ("ab",), ('5" tube',), ("two\nlines",), ('5\\ tube"',)]  # (read as the reader reads them: said, not changed)
     (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a ""b""",x\n')
     assert importer.import_folder(eng, folder, "5.4")["person"].notes == {}
-    env = dict(os.environ, MEDLAKE_STORE=f"duckdb:{tmp_path / 's.duckdb'}", COLUMNS="300")
     (folder / "person.csv").write_text(header + '1,8507,1980,0,0,"a"b,x\n')
-    p = subprocess.run([sys.executable, "-m", "medlake.cli", "cdm", "import", str(folder)], env=env, cwd=tmp_path,
-                       capture_output=True, text=True)
+    p = _cli_import(tmp_path, folder)
     assert p.returncode == 0, p.stderr
     assert (f"warning: person: 1 line(s) where a quoted value holds a quote that is not doubled (the first: "
             f"{folder / 'person.csv'}:2)") in " ".join(p.stderr.split())
